@@ -1,0 +1,3 @@
+from tiger._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,416 @@
+"""Client and Table handles: writes go to the writer over zmq, reads come from the local replica."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from tiger import _protocol as p
+from tiger._errors import AlreadyExists, NotFound, ProtocolError, TigerError, Unavailable
+from tiger._replica import Replica, frozen_change
+from tiger._table import (
+    GLOBAL,
+    Put,
+    Record,
+    check_fields,
+    check_id,
+    check_name,
+    check_prefix,
+    check_record,
+)
+
+_namespace: ContextVar[str] = ContextVar("tiger_namespace", default=GLOBAL)
+_current = _namespace.get
+
+
+@contextmanager
+def namespace(name: str) -> Iterator[str]:
+    """Make ``name`` the current namespace inside the ``with`` block (contextvars: per thread and task)."""
+    check_name(name, "namespace")
+    token = _namespace.set(name)
+    try:
+        yield name
+    finally:
+        _namespace.reset(token)
+
+
+def current_namespace() -> str:
+    """The namespace reads and writes apply to here; ``"global"`` unless a ``namespace()`` block is active."""
+    return _current()
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of ``Table.list``, Stripe style."""
+
+    data: list[Record]
+    has_more: bool
+    object: str = field(default="list")
+
+
+_FAILURES: dict[str, type[Exception]] = {
+    "not_found": NotFound,
+    "already_exists": AlreadyExists,
+    "value": ValueError,
+    "type": TypeError,
+    "protocol": ProtocolError,
+}
+
+_open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    for client in list(_open_clients):
+        client.close()
+
+
+class Client:
+    """A connection to a tiger writer plus a full local replica of its tables.
+
+    Use :func:`tiger.connect` to make one.
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        if type(url) is not str:
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        if not url.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"url must start with tcp:// or ipc://, got {url!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.url = url
+        self.timeout = float(timeout)
+        self.client_id = secrets.token_hex(8)
+        self._pid = os.getpid()
+        self._closed = False
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._lock = threading.Lock()  # one request in flight on the command socket
+        self._req_ids = itertools.count(1)
+        self._socket = self._new_socket()
+        self._replica: Replica | None = None
+        try:
+            hello = self._request(p.Hello(next(self._req_ids), self.client_id))
+            info = hello.result
+            self.writer_pid: int = info["pid"]
+            self._replica = Replica(
+                self._ctx, url, _reachable(url, info["pub"]), self.client_id, heartbeat=info["heartbeat"], timeout=self.timeout
+            )
+            self._replica.start(self.timeout)
+        except BaseException:
+            self.close()
+            raise
+        _open_clients.add(self)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Say goodbye to the writer, stop the replica, close the sockets. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_clients.discard(self)
+        if os.getpid() != self._pid:
+            return  # a forked child: the sockets belong to the parent
+        if self._replica is not None:
+            try:
+                self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self._replica.stop()
+        self._socket.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"epoch {self.epoch}, seq {self.seq}"
+        return f"<tiger.Client {self.url} ({state})>"
+
+    # -- the replica ----------------------------------------------------------------
+
+    @property
+    def replica(self) -> Replica:
+        if self._replica is None:
+            raise TigerError("this client is not connected")
+        return self._replica
+
+    @property
+    def epoch(self) -> str | None:
+        """The writer's epoch the replica follows."""
+        return self.replica.epoch
+
+    @property
+    def seq(self) -> int:
+        """The last change the local replica has applied."""
+        return self.replica.seq
+
+    def table(self, name: str, prefix: str | None = None, fallback_to_global: bool = False) -> Table:
+        """A handle on table ``name``; the table exists from its first write."""
+        check_name(name, "name")
+        check_prefix(prefix)
+        if type(fallback_to_global) is not bool:
+            raise TypeError(f"fallback_to_global must be a bool, not {type(fallback_to_global).__name__}")
+        return Table(self, name, prefix, fallback_to_global)
+
+    def tables(self) -> list[str]:
+        """Tables holding at least one record (in any namespace), from the replica."""
+        return self.replica.store.table_names()
+
+    def namespaces(self) -> list[str]:
+        """Namespaces holding at least one record (in any table), from the replica."""
+        return self.replica.store.namespace_names()
+
+    def sync(self, timeout: float | None = None) -> None:
+        """Return once the replica holds every write any client was answered for before this call."""
+        deadline = time.monotonic() + _timeout(timeout, self.timeout)
+        reply = self._request(p.Sync(next(self._req_ids)), deadline)
+        self.replica.catch_up(reply.epoch, reply.seq, None, deadline)
+
+    def stats(self) -> dict[str, Any]:
+        """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
+        return self._request(p.Stats(next(self._req_ids))).result  # type: ignore[no-any-return]
+
+    # -- requests -------------------------------------------------------------------
+
+    def _new_socket(self) -> zmq.Socket[Any]:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.url)
+        return sock
+
+    def _request(self, request: p.Request, deadline: float | None = None) -> p.Ok:
+        """Send one request and return its Ok reply; raise what a Failed reply names."""
+        if self._closed:
+            raise TigerError("this client is closed")
+        if os.getpid() != self._pid:
+            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        req_id = request.req_id  # type: ignore[union-attr]
+        with self._lock:
+            self._socket.send(p.encode_request(request))
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._socket.poll(remaining * 1000):
+                    # a fresh socket, so a late answer can never be taken for a later request's
+                    self._socket.close(linger=0)
+                    self._socket = self._new_socket()
+                    raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s")
+                reply = p.decode_reply(self._socket.recv())
+                if reply.req_id == req_id:
+                    break
+        if type(reply) is p.Failed:
+            raise _FAILURES.get(reply.kind, TigerError)(reply.message)
+        if type(reply) is not p.Ok:
+            raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
+        return reply
+
+    def _write(self, request: p.Request) -> p.Ok:
+        """A write: returns once the local replica holds its change (read-your-writes)."""
+        deadline = time.monotonic() + self.timeout
+        reply = self._request(request, deadline)
+        change = None if reply.change is None else frozen_change(reply.change)
+        self.replica.catch_up(reply.epoch, reply.seq, change, deadline)
+        return p.Ok(reply.req_id, reply.epoch, reply.seq, change, reply.result)
+
+
+def _timeout(value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def _reachable(url: str, pub: str) -> str:
+    """The writer's PUB endpoint as this client can reach it (the writer may have bound a wildcard)."""
+    if url.startswith("tcp://") and pub.startswith("tcp://"):
+        host = url[len("tcp://") :].rsplit(":", 1)[0]
+        port = pub.rsplit(":", 1)[1]
+        return f"tcp://{host}:{port}"
+    return pub
+
+
+class Table:
+    """A handle on one table. Every method works in the current namespace.
+
+    Reads (``get``, ``[]``, ``in``, ``len``, ``count``, ``list``, ``find``, ``all``)
+    are answered by the local replica; writes go to the writer and return once the
+    local replica holds their change.
+    """
+
+    __slots__ = ("_client", "_namespaces", "_store", "fallback_to_global", "name", "prefix")
+
+    def __init__(self, client: Client, name: str, prefix: str | None, fallback_to_global: bool) -> None:
+        self._client = client
+        self.name = name
+        self.prefix = prefix
+        self.fallback_to_global = fallback_to_global
+        self._store = client.replica.store
+        self._namespaces = self._store.namespaces_of(name)  # stable: never replaced by the replica
+
+    def __repr__(self) -> str:
+        return f"<tiger.Table {self.name!r} prefix={self.prefix!r}>"
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, id: str, default: Any = None) -> Any:
+        """The record with this id, or ``default``."""
+        rows = self._namespaces.get(_current())
+        if rows is not None:
+            record = rows.get(id)
+            if record is not None:
+                return record
+        if self.fallback_to_global:
+            rows = self._namespaces.get(GLOBAL)
+            if rows is not None:
+                record = rows.get(id)
+                if record is not None:
+                    return record
+        if type(id) is not str:  # checked after the lookup: the hit path stays a dict lookup
+            check_id(id)
+        return default
+
+    def __getitem__(self, id: str) -> Record:
+        record = self.get(id)
+        if record is None:
+            raise NotFound(f"{self.name} {id!r} is not in namespace {_current()!r}")
+        return record  # type: ignore[no-any-return]
+
+    def __contains__(self, id: object) -> bool:
+        return self.get(id) is not None  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self._namespaces.get(_current()) or ())
+
+    def count(self) -> int:
+        """How many records the current namespace holds."""
+        return len(self._namespaces.get(_current()) or ())
+
+    def list(self, limit: int = 10, starting_after: str | None = None, ending_before: str | None = None) -> Page:
+        """A page of records, newest first (``created`` descending, later inserts first on ties)."""
+        data, has_more = self._store.page(self.name, _current(), limit, starting_after, ending_before)
+        return Page(data, has_more)
+
+    def find(self, **fields: Any) -> list[Record]:
+        """Records of the current namespace whose top-level fields equal all the given values, in list order."""
+        check_fields(fields)
+        return self._store.find(self.name, _current(), fields)
+
+    def all(self, namespace: str | None = None) -> list[Record]:
+        """Every record of the current (or the given) namespace, in list order."""
+        ns = _current() if namespace is None else check_name(namespace, "namespace")
+        return list(self._store.ordered(self.name, ns))
+
+    def wait_for(self, id: str, timeout: float = 5.0) -> Record:
+        """Block until ``id`` is in the local replica (written by any process); else ``tiger.Timeout``."""
+        check_id(id)
+        timeout = _timeout(timeout, 5.0)
+        found = self.get(id)
+        if found is None:
+            ns = _current()
+            self._client.replica.wait_until(
+                lambda: self._lookup(id, ns) is not None,
+                time.monotonic() + timeout,
+                lambda: f"{self.name} {id!r} did not appear in namespace {ns!r} within {timeout:g}s",
+            )
+            found = self._lookup(id, ns)
+        return found  # type: ignore[no-any-return]
+
+    def _lookup(self, id: str, ns: str) -> Record | None:
+        for name in (ns, GLOBAL) if self.fallback_to_global else (ns,):
+            rows = self._namespaces.get(name)
+            if rows is not None and id in rows:
+                return rows[id]
+        return None
+
+    # -- writes -----------------------------------------------------------------------
+
+    def _put(self, records: list[Any], create: bool) -> tuple[Record, ...]:
+        reply = self._client._write(p.Insert(next(self._client._req_ids), self.name, _current(), self.prefix, records, create))
+        assert type(reply.change) is Put
+        return reply.change.records
+
+    def _check_given_id(self, record: Mapping[str, Any], where: str) -> None:
+        id = record.get("id")
+        if id is not None and self.prefix and not id.startswith(self.prefix + "_"):
+            raise ValueError(f"{where}['id']: {id!r} must start with {self.prefix + '_'!r} (the prefix of table {self.name!r})")
+
+    def insert(self, record: Mapping[str, Any]) -> Record:
+        """Store the whole record (replacing one with the same id); returns it as stored.
+
+        Without an ``"id"`` the writer makes one (``prefix_`` + 16 hex digits);
+        ``"created"`` (Unix seconds) is added when absent.
+        """
+        check_record(record, "record")
+        self._check_given_id(record, "record")
+        return self._put([record], create=False)[0]
+
+    def insert_many(self, records: list[Mapping[str, Any]]) -> list[Record]:
+        """Insert every record in one command: all of them or, on any error, none."""
+        if not isinstance(records, (list, tuple)):
+            raise TypeError(f"records must be a list, not {type(records).__name__}")
+        if not records:
+            return []
+        for i, record in enumerate(records):
+            check_record(record, f"records[{i}]")
+            self._check_given_id(record, f"records[{i}]")
+        return list(self._put(list(records), create=False))
+
+    def create(self, record: Mapping[str, Any]) -> Record:
+        """Like ``insert``, but ``tiger.AlreadyExists`` if the id is taken (decided at the writer)."""
+        check_record(record, "record")
+        self._check_given_id(record, "record")
+        return self._put([record], create=True)[0]
+
+    def update(self, id: str, changes: Mapping[str, Any]) -> Record:
+        """Merge ``changes`` into the stored record, atomically at the writer; returns the result."""
+        check_id(id)
+        check_record(changes, "changes")
+        if "id" in changes and changes["id"] != id:
+            raise ValueError(f"changes['id']: the id of {id!r} cannot be changed")
+        reply = self._client._write(p.Update(next(self._client._req_ids), self.name, _current(), id, dict(changes)))
+        assert type(reply.change) is Put
+        return reply.change.records[0]
+
+    def delete(self, id: str) -> None:
+        """Remove the record if present (idempotent)."""
+        check_id(id)
+        self._client._write(p.Remove(next(self._client._req_ids), self.name, _current(), id))
+
+    def clear(self) -> None:
+        """Remove every record of this table, in every namespace."""
+        self._client._write(p.ClearTable(next(self._client._req_ids), self.name, None))
+
+    def clear_namespace(self, namespace: str) -> None:
+        """Remove every record of this table in one namespace."""
+        check_name(namespace, "namespace")
+        self._client._write(p.ClearTable(next(self._client._req_ids), self.name, namespace))
+
+
+def connect(url: str | None = None, timeout: float = 5.0) -> Client:
+    """Connect to a tiger writer; returns once the local replica holds the full snapshot.
+
+    ``url`` defaults to the ``TIGER_URL`` environment variable.
+    """
+    if url is None:
+        url = os.environ.get("TIGER_URL") or None
+        if url is None:
+            raise ValueError("no tiger URL: pass connect(url=...) or set the TIGER_URL environment variable")
+    return Client(url, timeout)

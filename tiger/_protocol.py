@@ -1,0 +1,378 @@
+"""Every wire message, in one place.
+
+Each message is one msgpack array in one ZeroMQ frame (the ROUTER's identity
+frames aside): ``[tag, ...fields]``. Decoding checks the shape and the type of
+every envelope field and raises :class:`ProtocolError` naming the field;
+the *content* of records is checked by the table rules (``tiger._table``).
+
+Sockets:
+- command socket (writer ROUTER, client DEALER): requests, replies, snapshot chunks;
+- publish socket (writer PUB, replica SUB): changes and heartbeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from tiger._errors import ProtocolError
+from tiger._table import Change, Clear, ClearNamespace, Delete, Put, Record
+
+MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
+
+
+def _plain(obj: Any) -> Any:
+    """msgpack's fallback for the mappings and sequences the table rules accept."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot send a {type(obj).__name__}")
+
+
+def pack(obj: Any) -> bytes:
+    # packb, not a shared Packer: a Packer is not safe across threads once `default` runs Python code
+    return msgpack.packb(obj, use_bin_type=True, default=_plain)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types for bad bytes
+        raise ProtocolError(f"not a msgpack message ({type(e).__name__}: {e})") from None
+
+
+def _field(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ProtocolError(f"field {name!r} must be {expected}, not {type(value).__name__}")
+    return value
+
+
+def _array(obj: Any, tags: dict[str, int], what: str) -> list[Any]:
+    if not isinstance(obj, list) or not obj:
+        raise ProtocolError(f"a {what} must be a non-empty msgpack array, not {type(obj).__name__}")
+    tag = obj[0]
+    if tag not in tags:
+        raise ProtocolError(f"unknown {what} {tag!r}")
+    if len(obj) != tags[tag]:
+        raise ProtocolError(f"{what} {tag!r} has {len(obj) - 1} fields, expected {tags[tag] - 1}")
+    return obj
+
+
+# -- changes --------------------------------------------------------------------
+
+_CHANGE_TAGS = {"put": 4, "del": 4, "clear": 2, "clear_ns": 3}
+
+
+def change_to_wire(change: Change) -> list[Any]:
+    if type(change) is Put:
+        return ["put", change.table, change.namespace, change.records]
+    if type(change) is Delete:
+        return ["del", change.table, change.namespace, change.id]
+    if type(change) is Clear:
+        return ["clear", change.table]
+    if type(change) is ClearNamespace:
+        return ["clear_ns", change.table, change.namespace]
+    raise TypeError(f"not a change: {change!r}")
+
+
+def change_from_wire(obj: Any) -> Change:
+    a = _array(obj, _CHANGE_TAGS, "change")
+    tag = a[0]
+    table = _field(a[1], str, "table")
+    if tag == "put":
+        records = _field(a[3], list, "records")
+        for r in records:
+            if not isinstance(r, dict) or type(r.get("id")) is not str:
+                raise ProtocolError("field 'records' must hold records with a str id")
+        return Put(table, _field(a[2], str, "namespace"), tuple(records))
+    if tag == "del":
+        return Delete(table, _field(a[2], str, "namespace"), _field(a[3], str, "id"))
+    if tag == "clear":
+        return Clear(table)
+    return ClearNamespace(table, _field(a[2], str, "namespace"))
+
+
+# -- requests: client -> writer ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    req_id: int
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """insert, insert_many and create (``create=True``)."""
+
+    req_id: int
+    table: str
+    namespace: str
+    prefix: str | None
+    records: list[dict[str, Any]]
+    create: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    req_id: int
+    table: str
+    namespace: str
+    id: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """delete one record."""
+
+    req_id: int
+    table: str
+    namespace: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearTable:
+    req_id: int
+    table: str
+    namespace: str | None  # None: every namespace
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Publish a heartbeat now, then reply with the current (epoch, seq)."""
+
+    req_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    req_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    req_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A client's heartbeat; never answered."""
+
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """A client closing; never answered."""
+
+    client_id: str
+
+
+Request = Hello | Insert | Update | Remove | ClearTable | Sync | SnapshotRequest | Stats | Beat | Bye
+
+_REQUEST_TAGS = {
+    "hello": 3,
+    "insert": 7,
+    "update": 6,
+    "delete": 5,
+    "clear": 4,
+    "sync": 2,
+    "snapshot": 2,
+    "stats": 2,
+    "beat": 2,
+    "bye": 2,
+}
+
+
+def encode_request(r: Request) -> bytes:
+    t = type(r)
+    if t is Insert:
+        return pack(["insert", r.req_id, r.table, r.namespace, r.prefix, r.records, r.create])  # type: ignore[union-attr]
+    if t is Update:
+        return pack(["update", r.req_id, r.table, r.namespace, r.id, r.changes])  # type: ignore[union-attr]
+    if t is Remove:
+        return pack(["delete", r.req_id, r.table, r.namespace, r.id])  # type: ignore[union-attr]
+    if t is ClearTable:
+        return pack(["clear", r.req_id, r.table, r.namespace])  # type: ignore[union-attr]
+    if t is Hello:
+        return pack(["hello", r.req_id, r.client_id])  # type: ignore[union-attr]
+    if t is Beat or t is Bye:
+        return pack(["beat" if t is Beat else "bye", r.client_id])  # type: ignore[union-attr]
+    tag = {Sync: "sync", SnapshotRequest: "snapshot", Stats: "stats"}[t]  # type: ignore[index]
+    return pack([tag, r.req_id])  # type: ignore[union-attr]
+
+
+def request_id_of(obj: Any) -> int | None:
+    """The request id of a decoded but possibly invalid request, to address an error reply."""
+    if isinstance(obj, list) and len(obj) > 1 and type(obj[1]) is int and obj[0] not in ("beat", "bye"):
+        return obj[1]
+    return None
+
+
+def decode_request(data: bytes) -> Request:
+    return request_from(unpack(data))
+
+
+def request_from(obj: Any) -> Request:
+    """The request an unpacked message holds; ProtocolError naming the bad field if none."""
+    a = _array(obj, _REQUEST_TAGS, "request")
+    tag = a[0]
+    if tag in ("beat", "bye"):
+        client_id = _field(a[1], str, "client_id")
+        return Beat(client_id) if tag == "beat" else Bye(client_id)
+    req_id = _field(a[1], int, "req_id")
+    if tag == "insert":
+        prefix = a[4]
+        if prefix is not None:
+            _field(prefix, str, "prefix")
+        records = _field(a[5], list, "records")
+        return Insert(
+            req_id, _field(a[2], str, "table"), _field(a[3], str, "namespace"), prefix, records, _field(a[6], bool, "create")
+        )
+    if tag == "update":
+        return Update(
+            req_id,
+            _field(a[2], str, "table"),
+            _field(a[3], str, "namespace"),
+            _field(a[4], str, "id"),
+            _field(a[5], dict, "changes"),
+        )
+    if tag == "delete":
+        return Remove(req_id, _field(a[2], str, "table"), _field(a[3], str, "namespace"), _field(a[4], str, "id"))
+    if tag == "clear":
+        ns = a[3]
+        if ns is not None:
+            _field(ns, str, "namespace")
+        return ClearTable(req_id, _field(a[2], str, "table"), ns)
+    if tag == "hello":
+        return Hello(req_id, _field(a[2], str, "client_id"))
+    return {"sync": Sync, "snapshot": SnapshotRequest, "stats": Stats}[tag](req_id)  # type: ignore[no-any-return]
+
+
+# -- replies: writer -> client -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """A request succeeded. ``change`` is the change it made (None: nothing changed)."""
+
+    req_id: int
+    epoch: str
+    seq: int
+    change: Change | None
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A request was refused; nothing changed. ``kind`` names the exception to raise."""
+
+    req_id: int | None
+    kind: str  # "value", "type", "not_found", "already_exists", "protocol", "internal"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    req_id: int
+    segments: list[tuple[str, str, list[Record]]]  # (table, namespace, records)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEnd:
+    req_id: int
+    epoch: str
+    seq: int
+    records: int
+
+
+Reply = Ok | Failed | SnapshotChunk | SnapshotEnd
+_REPLY_TAGS = {"ok": 6, "fail": 4, "chunk": 3, "end": 5}
+
+
+def pack_change(change: Change) -> bytes:
+    """A change packed once, to embed in both the published message and the reply."""
+    return pack(change_to_wire(change))
+
+
+def ok_bytes(req_id: int, epoch: str, seq: int, packed_change: bytes | None, result: Any = None) -> bytes:
+    """``encode_reply(Ok(...))`` with an already packed change (a msgpack array is its parts in a row)."""
+    return b"\x96" + pack("ok") + pack(req_id) + pack(epoch) + pack(seq) + (packed_change or b"\xc0") + pack(result)
+
+
+def encode_reply(r: Reply) -> bytes:
+    t = type(r)
+    if t is Ok:
+        change = None if r.change is None else change_to_wire(r.change)  # type: ignore[union-attr]
+        return pack(["ok", r.req_id, r.epoch, r.seq, change, r.result])  # type: ignore[union-attr]
+    if t is Failed:
+        return pack(["fail", r.req_id, r.kind, r.message])  # type: ignore[union-attr]
+    if t is SnapshotChunk:
+        return pack(["chunk", r.req_id, r.segments])  # type: ignore[union-attr]
+    return pack(["end", r.req_id, r.epoch, r.seq, r.records])  # type: ignore[union-attr]
+
+
+def decode_reply(data: bytes) -> Reply:
+    a = _array(unpack(data), _REPLY_TAGS, "reply")
+    tag = a[0]
+    if tag == "ok":
+        change = None if a[4] is None else change_from_wire(a[4])
+        return Ok(_field(a[1], int, "req_id"), _field(a[2], str, "epoch"), _field(a[3], int, "seq"), change, a[5])
+    if tag == "fail":
+        req_id = a[1] if a[1] is None else _field(a[1], int, "req_id")
+        return Failed(req_id, _field(a[2], str, "kind"), _field(a[3], str, "message"))
+    if tag == "chunk":
+        return SnapshotChunk(_field(a[1], int, "req_id"), _field(a[2], list, "segments"))
+    return SnapshotEnd(
+        _field(a[1], int, "req_id"), _field(a[2], str, "epoch"), _field(a[3], int, "seq"), _field(a[4], int, "records")
+    )
+
+
+# -- published: writer PUB -> replica SUB ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One applied change, numbered: seq counts changes from 1 within an epoch."""
+
+    epoch: str
+    seq: int
+    change: Change
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The writer is alive at (epoch, seq): every change up to seq was published before it."""
+
+    epoch: str
+    seq: int
+
+
+_PUBLISHED_TAGS = {"c": 4, "h": 3}
+
+
+def encode_published(m: Published | Heartbeat) -> bytes:
+    if type(m) is Published:
+        return pack(["c", m.epoch, m.seq, change_to_wire(m.change)])
+    return pack(["h", m.epoch, m.seq])
+
+
+def published_bytes(epoch: str, seq: int, packed_change: bytes) -> bytes:
+    """``encode_published(Published(...))`` with an already packed change."""
+    return b"\x94" + pack("c") + pack(epoch) + pack(seq) + packed_change
+
+
+def decode_published(data: bytes) -> Published | Heartbeat:
+    a = _array(unpack(data), _PUBLISHED_TAGS, "published message")
+    epoch = _field(a[1], str, "epoch")
+    seq = _field(a[2], int, "seq")
+    if a[0] == "h":
+        return Heartbeat(epoch, seq)
+    return Published(epoch, seq, change_from_wire(a[3]))

@@ -1,0 +1,150 @@
+"""``tiger.serve()``: start a writer in a child process and own it."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from typing import Any
+
+import zmq
+
+from tiger import _protocol as p
+from tiger._errors import TigerError, Unavailable
+
+_IPC_PATH_MAX = 107 - len(".pub")  # the PUB socket's path is the command path + ".pub"
+_running: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running() -> None:
+    for server in list(_running):
+        server.stop()
+
+
+def check_url(url: object) -> str:
+    if type(url) is not str:
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    if url.startswith("ipc://"):
+        path = url[len("ipc://") :]
+        if not path or len(path) > _IPC_PATH_MAX:
+            raise ValueError(f"url: an ipc path must be 1 to {_IPC_PATH_MAX} characters, got {len(path)}: {url!r}")
+        return url
+    if url.startswith("tcp://") and ":" in url[len("tcp://") :]:
+        return url
+    raise ValueError(f"url must be tcp://HOST:PORT or ipc://PATH, got {url!r}")
+
+
+class Server:
+    """A writer process started by :func:`tiger.serve`. Context manager; ``stop()`` ends it."""
+
+    def __init__(self, url: str, process: subprocess.Popen[bytes], tmpdir: str | None) -> None:
+        self.url = url
+        self.pid = process.pid
+        self._process = process
+        self._tmpdir = tmpdir
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<tiger.Server {self.url} pid={self.pid}>"
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Stop the writer (SIGTERM, then SIGKILL after ``timeout``); returns its exit code. Idempotent."""
+        _running.discard(self)
+        proc = self._process
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+        return proc.returncode
+
+
+def serve(url: str | None = None, timeout: float = 10.0) -> Server:
+    """Start a writer process; return once it answers.
+
+    ``url=None`` binds a fresh ipc endpoint in a private (0700) temporary directory.
+    The writer exits by itself when this process dies.
+    """
+    tmpdir = None
+    if url is None:
+        tmpdir = tempfile.mkdtemp(prefix="tiger-")  # mode 0700
+        url = f"ipc://{tmpdir}/w"
+        if len(url) - len("ipc://") > _IPC_PATH_MAX:  # a long TMPDIR: fall back to /tmp
+            shutil.rmtree(tmpdir)
+            tmpdir = tempfile.mkdtemp(prefix="tiger-", dir="/tmp")
+            url = f"ipc://{tmpdir}/w"
+    check_url(url)
+    command = [sys.executable, "-m", "tiger", "serve", "--url", url, "--owner-pid", str(os.getpid()), "--watch-stdin"]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+    server = Server(url, process, tmpdir)
+    try:
+        server.url = _await_ready(process, url, time.monotonic() + timeout)
+        ping(server.url, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    _running.add(server)
+    return server
+
+
+def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) -> str:
+    """Read the writer's 'serving at URL' line; return the URL it bound."""
+    assert process.stdout is not None
+    line = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(f"the tiger writer for {url} did not start within the timeout")
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(process.stdout.fileno(), 1024)
+            if not chunk:
+                code = process.wait()
+                raise TigerError(f"the tiger writer for {url} exited with code {code} before it was ready (its log is above)")
+            line += chunk
+    return line.decode().strip().rsplit(" ", 1)[-1]
+
+
+def ping(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """One request to the writer at ``url``: its stats. ``Unavailable`` if it does not answer in time."""
+    with zmq.Context() as ctx:
+        sock = ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(url)
+            sock.send(p.encode_request(p.Stats(1)))
+            if not sock.poll(timeout * 1000):
+                raise Unavailable(f"the tiger writer at {url} did not answer within {timeout:g}s")
+            reply = p.decode_reply(sock.recv())
+        finally:
+            sock.close(linger=0)
+    if type(reply) is not p.Ok:
+        raise TigerError(f"the tiger writer at {url} answered {reply}")
+    return reply.result  # type: ignore[no-any-return]

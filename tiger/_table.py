@@ -1,0 +1,530 @@
+"""The table rules: records by (table, namespace, id), ids, merge, pagination, find.
+
+Theory of operation
+-------------------
+Rule 1: everything that decides what a write does lives here. The writer turns a
+command into a *change* with the ``prepare_*`` functions (which validate and read
+the current state but never modify it), then applies the change with
+:meth:`Store.apply`. Every replica applies the very same change records through
+the very same :meth:`Store.apply`, so the writer and the replicas cannot drift.
+
+Rule 2: this module is pure. It imports no zmq, socket, thread or clock: the
+writer passes the current time and a token generator in.
+
+Rule 3: stored records are frozen (:class:`Record`, :class:`FrozenList`), so a
+read can hand out the stored object itself: no copy on the read path, and no
+caller can change the replica by mutating what it was given.
+
+Rule 4: ``Store.apply`` is written so that a reader in another thread (the
+replica's owner) never sees a half-applied change: each change lands in the
+dicts through a single C-level dict operation, and the structures readers
+reach through (one dict per table) are never replaced, only updated.
+
+Order: a namespace lists newest first, by ``created`` descending, ties broken
+by insertion order (later inserted first). Replacing a record (``insert`` of an
+existing id, ``update``) keeps its place; ``delete`` then ``insert`` moves it to
+the end. Python dicts keep insertion order, and snapshots are sent in that order,
+so the order is the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from tiger._errors import AlreadyExists, NotFound
+
+GLOBAL = "global"
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+MAX_DEPTH = 32
+MAX_NAME_LENGTH = 200
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_STORABLE = "None, bool, int, float, str, bytes, list, dict"
+
+
+# -- frozen records -------------------------------------------------------------
+
+
+def _readonly(self: object, *args: object, **kwargs: object) -> NoReturn:
+    raise TypeError(
+        f"tiger {type(self).__name__} objects are read-only: "
+        "copy with dict(record) or tiger.thaw(record), change the copy, then write it"
+    )
+
+
+class Record(dict):  # type: ignore[type-arg]
+    """A stored record: a read-only ``dict``. ``dict(record)`` is a mutable shallow copy."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly
+    __ior__ = _readonly
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Record, (dict(self),))
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return thaw(self)  # type: ignore[no-any-return]
+
+
+class FrozenList(list):  # type: ignore[type-arg]
+    """A list inside a stored record: read-only. ``list(value)`` is a mutable copy."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = append = extend = insert = remove = pop = _readonly
+    clear = sort = reverse = __iadd__ = __imul__ = _readonly
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return thaw(self)  # type: ignore[no-any-return]
+
+
+def _freeze_value(value: Any) -> Any:
+    t = type(value)
+    if t is dict or t is Record:
+        return Record({k: _freeze_value(v) for k, v in value.items()})
+    if t is list or t is tuple or t is FrozenList:
+        return FrozenList([_freeze_value(v) for v in value])
+    return value
+
+
+def freeze(record: Mapping[str, Any]) -> Record:
+    """The frozen form of a record (already validated). A Record is returned as is."""
+    if type(record) is Record:
+        return record
+    for v in record.values():
+        t = type(v)
+        if t is dict or t is list or t is tuple or t is Record or t is FrozenList:
+            return _freeze_value(dict(record))  # type: ignore[no-any-return]
+    return Record(record)
+
+
+def thaw(value: Any) -> Any:
+    """A fully mutable deep copy of a record (or of any value inside one)."""
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
+
+
+# -- validation -----------------------------------------------------------------
+
+
+def check_name(value: object, what: str) -> str:
+    """A table or namespace name: a non-empty str of at most 200 characters."""
+    if type(value) is not str:
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value or len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} must be 1 to {MAX_NAME_LENGTH} characters, got {len(value)}")
+    return value
+
+
+def check_prefix(value: object) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise TypeError(f"prefix must be a str or None, not {type(value).__name__}")
+    if not value or len(value) > 50 or value.endswith("_"):
+        raise ValueError(f"prefix must be 1 to 50 characters without a trailing '_', got {value!r}")
+    return value
+
+
+def check_id(value: object, what: str = "id") -> str:
+    if type(value) is not str:
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    return value
+
+
+def check_limit(value: object) -> int:
+    if type(value) is not int:
+        raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {type(value).__name__} {value!r}")
+    if not 1 <= value <= MAX_LIMIT:
+        raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {value}")
+    return value
+
+
+def _check_value(value: Any, where: str, depth: int) -> None:
+    t = type(value)
+    if t is str or t is int or t is float or t is bool or value is None or t is bytes:
+        if t is int and not _INT_MIN <= value <= _INT_MAX:
+            raise ValueError(f"{where}: int {value} does not fit in 64 bits")
+        return
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if type(k) is not str:
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}; record keys must be str")
+            _check_value(v, f"{where}[{k!r}]", depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_value(v, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, (str, int, float, bytes)):  # subclasses: IntEnum, str enums, numpy scalars...
+        raise TypeError(f"{where}: {t.__name__} is a subclass; store a plain {t.__mro__[1].__name__}")
+    raise TypeError(f"{where}: {t.__name__} is not storable (a record holds {_STORABLE})")
+
+
+def check_record(record: object, where: str = "record") -> Mapping[str, Any]:
+    """Validate a record a user wants to store; the error names the offending field."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"{where} must be a mapping (dict), not {type(record).__name__}")
+    _check_value(record, where, 0)
+    if "id" in record and record["id"] is not None:
+        check_id(record["id"], f"{where}['id']")
+    if "created" in record and type(record["created"]) is not int:
+        raise TypeError(f"{where}['created'] must be an int (Unix seconds), not {type(record['created']).__name__}")
+    return record
+
+
+def check_fields(fields: Mapping[str, Any], where: str = "find") -> None:
+    for k, v in fields.items():
+        _check_value(v, f"{where}({k}=...)", 1)
+
+
+# -- changes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Store these whole records (replacing any with the same id), in this order."""
+
+    table: str
+    namespace: str
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    table: str
+    namespace: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """Every namespace of one table."""
+
+    table: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearNamespace:
+    table: str
+    namespace: str
+
+
+Change = Put | Delete | Clear | ClearNamespace
+Rows = dict[str, Record]  # id -> record, in insertion order
+
+
+# -- the store ------------------------------------------------------------------
+
+
+class Store:
+    """Every table, namespace and record; the writer's state and every replica's."""
+
+    def __init__(self) -> None:
+        # table -> namespace -> id -> record. The per-table dicts are never replaced
+        # once created (readers hold them); namespace dicts are replaced whole.
+        self.tables: dict[str, dict[str, Rows]] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self._orders: dict[tuple[str, str], tuple[int, list[Record], dict[str, int]]] = {}
+
+    # -- writing -----------------------------------------------------------------
+
+    def namespaces_of(self, table: str) -> dict[str, Rows]:
+        """The stable dict namespace -> rows of one table (created empty if unknown)."""
+        found = self.tables.get(table)
+        if found is None:
+            found = self.tables.setdefault(table, {})
+        return found
+
+    def _touch(self, table: str, namespace: str) -> None:
+        key = (table, namespace)
+        self._versions[key] = self._versions.get(key, 0) + 1
+
+    def apply(self, change: Change) -> None:
+        """Apply one change. Never raises for a change that ``prepare_*`` produced."""
+        if type(change) is Put:
+            namespaces = self.namespaces_of(change.table)
+            rows = namespaces.get(change.namespace)
+            batch = {r["id"]: freeze(r) for r in change.records}
+            if rows is None:
+                namespaces[change.namespace] = batch
+            else:
+                rows.update(batch)
+            self._touch(change.table, change.namespace)
+        elif type(change) is Delete:
+            namespaces = self.tables.get(change.table)
+            rows = namespaces.get(change.namespace) if namespaces else None
+            if rows is not None and change.id in rows:
+                if len(rows) == 1:
+                    del namespaces[change.namespace]  # type: ignore[index]
+                else:
+                    del rows[change.id]
+                self._touch(change.table, change.namespace)
+        elif type(change) is ClearNamespace:
+            namespaces = self.tables.get(change.table)
+            if namespaces and namespaces.pop(change.namespace, None) is not None:
+                self._touch(change.table, change.namespace)
+        elif type(change) is Clear:
+            namespaces = self.tables.get(change.table)
+            if namespaces:
+                touched = list(namespaces)
+                namespaces.clear()
+                for ns in touched:
+                    self._touch(change.table, ns)
+        else:
+            raise TypeError(f"not a change: {change!r}")
+
+    def load(self, content: Mapping[str, Mapping[str, list[Record]]]) -> None:
+        """Replace everything by a snapshot's content, in place.
+
+        A reader in another thread sees, per namespace, either the old rows or the
+        new ones, never an empty table in between.
+        """
+        fresh = {
+            table: {ns: {r["id"]: freeze(r) for r in records} for ns, records in namespaces.items() if records}
+            for table, namespaces in content.items()
+        }
+        for table, namespaces in self.tables.items():
+            new = fresh.pop(table, {})
+            namespaces.update(new)
+            for ns in [ns for ns in namespaces if ns not in new]:
+                del namespaces[ns]
+        self.tables.update(fresh)
+        for key in list(self._versions):
+            self._touch(*key)
+        for table, namespaces in self.tables.items():
+            for ns in namespaces:
+                self._touch(table, ns)
+
+    # -- reading -----------------------------------------------------------------
+
+    def rows(self, table: str, namespace: str) -> Rows:
+        namespaces = self.tables.get(table)
+        if namespaces is None:
+            return {}
+        return namespaces.get(namespace) or {}
+
+    def get(self, table: str, namespace: str, id: str) -> Record | None:
+        return self.rows(table, namespace).get(id)
+
+    def _ordered(self, table: str, namespace: str) -> tuple[list[Record], dict[str, int]]:
+        key = (table, namespace)
+        version = self._versions.get(key, 0)
+        cached = self._orders.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        records = list(self.rows(table, namespace).values())  # one C call: a consistent copy
+        records.reverse()  # newest insertion first, so the stable sort breaks ties that way
+        records.sort(key=_created, reverse=True)
+        index = {r["id"]: i for i, r in enumerate(records)}
+        self._orders[key] = (version, records, index)
+        return records, index
+
+    def ordered(self, table: str, namespace: str) -> list[Record]:
+        """Every record of a namespace in list order (newest first). Do not mutate."""
+        return self._ordered(table, namespace)[0]
+
+    def page(
+        self,
+        table: str,
+        namespace: str,
+        limit: int = DEFAULT_LIMIT,
+        starting_after: str | None = None,
+        ending_before: str | None = None,
+    ) -> tuple[list[Record], bool]:
+        """One page of a namespace, Stripe style: (records, has_more)."""
+        check_limit(limit)
+        if starting_after is not None and ending_before is not None:
+            raise ValueError("pass starting_after or ending_before, not both")
+        records, index = self._ordered(table, namespace)
+        if starting_after is not None:
+            start = _cursor(index, starting_after, "starting_after", table, namespace) + 1
+            return records[start : start + limit], start + limit < len(records)
+        if ending_before is not None:
+            end = _cursor(index, ending_before, "ending_before", table, namespace)
+            start = max(0, end - limit)
+            return records[start:end], start > 0
+        return records[:limit], len(records) > limit
+
+    def find(self, table: str, namespace: str, fields: Mapping[str, Any]) -> list[Record]:
+        """Records whose top-level fields equal every given value, in list order."""
+        items = list(fields.items())
+        missing = object()
+        return [r for r in self.ordered(table, namespace) if all(r.get(k, missing) == v for k, v in items)]
+
+    def table_names(self) -> list[str]:
+        """Tables that hold at least one record, sorted."""
+        return sorted(t for t, namespaces in list(self.tables.items()) if namespaces)
+
+    def namespace_names(self) -> list[str]:
+        """Namespaces that hold at least one record in some table, sorted."""
+        return sorted({ns for namespaces in list(self.tables.values()) for ns in list(namespaces)})
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """table -> namespace -> number of records."""
+        return {
+            t: {ns: len(rows) for ns, rows in sorted(namespaces.items())}
+            for t, namespaces in sorted(self.tables.items())
+            if namespaces
+        }
+
+    def __len__(self) -> int:
+        return sum(len(rows) for namespaces in self.tables.values() for rows in namespaces.values())
+
+    def snapshot(self, chunk_size: int) -> Iterator[list[tuple[str, str, list[Record]]]]:
+        """The whole content in chunks of about ``chunk_size`` records, insertion order kept."""
+        chunk: list[tuple[str, str, list[Record]]] = []
+        size = 0
+        for table, namespaces in self.tables.items():
+            for ns, rows in namespaces.items():
+                records = list(rows.values())
+                for start in range(0, len(records), chunk_size):
+                    part = records[start : start + chunk_size]
+                    chunk.append((table, ns, part))
+                    size += len(part)
+                    if size >= chunk_size:
+                        yield chunk
+                        chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    def content(self) -> dict[str, dict[str, list[Record]]]:
+        """Everything as plain nested data, order included: for equality checks in tests."""
+        return {
+            t: {ns: list(rows.values()) for ns, rows in namespaces.items()} for t, namespaces in self.tables.items() if namespaces
+        }
+
+    def check(self) -> None:
+        """Assert the invariants; intended for tests."""
+        for table, namespaces in self.tables.items():
+            for ns, rows in namespaces.items():
+                assert rows, f"empty namespace dict kept: {table}/{ns}"
+                for id, r in rows.items():
+                    assert type(r) is Record, f"{table}/{ns}/{id} is not frozen"
+                    assert r["id"] == id, f"{table}/{ns}/{id} stored under another id"
+                    assert type(r["created"]) is int, f"{table}/{ns}/{id} has no int created"
+
+
+def _created(record: Record) -> int:
+    return record["created"]  # type: ignore[no-any-return]
+
+
+def _cursor(index: dict[str, int], id: object, what: str, table: str, namespace: str) -> int:
+    check_id(id, what)
+    position = index.get(id)  # type: ignore[arg-type]
+    if position is None:
+        raise NotFound(f"{what}: {table} {id!r} is not in namespace {namespace!r}")
+    return position
+
+
+# -- commands -> changes ----------------------------------------------------------
+
+
+def prepare_insert(
+    store: Store,
+    table: str,
+    namespace: str,
+    prefix: str | None,
+    records: list[Mapping[str, Any]],
+    *,
+    create: bool,
+    now: int,
+    token: Callable[[int], str],
+) -> Put:
+    """The change for ``insert``/``insert_many``/``create``: ids and ``created`` filled in.
+
+    ``token(n)`` returns n random bytes as hex. All or nothing: any bad record
+    rejects the whole batch.
+    """
+    check_name(table, "table")
+    check_name(namespace, "namespace")
+    check_prefix(prefix)
+    if not isinstance(records, list):
+        raise TypeError(f"records must be a list, not {type(records).__name__}")
+    if not records:
+        raise ValueError("records must not be empty")
+    rows = store.rows(table, namespace)
+    batch_ids: dict[str, int] = {}
+    out: list[Record] = []
+    single = len(records) == 1
+    for i, record in enumerate(records):
+        where = "record" if single else f"records[{i}]"
+        check_record(record, where)
+        id = record.get("id")
+        if id is None:
+            while True:
+                id = f"{prefix}_{token(8)}" if prefix else token(12)
+                if id not in rows and id not in batch_ids:
+                    break
+        elif prefix and not id.startswith(prefix + "_"):
+            raise ValueError(f"{where}['id']: {id!r} must start with {prefix + '_'!r} (the prefix of table {table!r})")
+        if id in batch_ids:
+            raise ValueError(f"{where}['id']: {id!r} appears twice in one batch (first at records[{batch_ids[id]}])")
+        batch_ids[id] = i
+        existing = rows.get(id)
+        if create and existing is not None:
+            raise AlreadyExists(f"{table} {id!r} already exists in namespace {namespace!r}")
+        stored = {"id": id}
+        stored.update(record)
+        stored["id"] = id
+        if "created" not in stored:
+            stored["created"] = existing["created"] if existing is not None else now
+        out.append(freeze(stored))
+    return Put(table, namespace, tuple(out))
+
+
+def prepare_update(store: Store, table: str, namespace: str, id: str, changes: Mapping[str, Any]) -> Put:
+    """The change for ``update``: a shallow merge of ``changes`` into the stored record."""
+    check_name(table, "table")
+    check_name(namespace, "namespace")
+    check_id(id)
+    check_record(changes, "changes")
+    current = store.get(table, namespace, id)
+    if current is None:
+        raise NotFound(f"{table} {id!r} is not in namespace {namespace!r}")
+    if "id" in changes and changes["id"] != id:
+        raise ValueError(f"changes['id']: the id of {id!r} cannot be changed")
+    if "created" in changes and changes["created"] != current["created"]:
+        raise ValueError(f"changes['created']: the created time of {id!r} cannot be changed")
+    merged = dict(current)
+    merged.update(changes)
+    return Put(table, namespace, (freeze(merged),))
+
+
+def prepare_delete(store: Store, table: str, namespace: str, id: str) -> Delete | None:
+    """The change for ``delete``, or None when there is nothing to delete."""
+    check_name(table, "table")
+    check_name(namespace, "namespace")
+    check_id(id)
+    if id not in store.rows(table, namespace):
+        return None
+    return Delete(table, namespace, id)
+
+
+def prepare_clear(store: Store, table: str) -> Clear | None:
+    check_name(table, "table")
+    return Clear(table) if store.tables.get(table) else None
+
+
+def prepare_clear_namespace(store: Store, table: str, namespace: str) -> ClearNamespace | None:
+    check_name(table, "table")
+    check_name(namespace, "namespace")
+    return ClearNamespace(table, namespace) if store.rows(table, namespace) else None

@@ -1,0 +1,270 @@
+"""The writer process: owns the authoritative Store, applies commands one at a time.
+
+Loop: receive a command on the ROUTER, turn it into a change with the table
+rules, apply it, publish it (PUB) and only then reply, so a client that gets
+the reply can count on the change being on its way to every replica.
+Heartbeats on the PUB tell replicas the writer is alive and how far it is.
+
+The writer never dies of what a client sends: every request is decoded and
+checked before anything changes, and a refused one gets an error reply and one
+log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from tiger import _protocol as p
+from tiger import _table
+from tiger._errors import AlreadyExists, NotFound, ProtocolError
+
+log = logging.getLogger("tiger.writer")
+
+HEARTBEAT = 0.5  # seconds between published heartbeats
+SNAPSHOT_CHUNK = 2000  # records per snapshot message
+PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (replicas resync)
+CLIENT_SILENCE = 5.0  # a client not heard from for this long no longer counts as connected
+
+_ERROR_KINDS: list[tuple[type[BaseException], str]] = [
+    (NotFound, "not_found"),
+    (AlreadyExists, "already_exists"),
+    (ProtocolError, "protocol"),
+    (TypeError, "type"),
+    (ValueError, "value"),
+]
+
+
+def publish_endpoint(url: str) -> str:
+    """Where the writer binds its PUB socket, given its command URL."""
+    if url.startswith("ipc://"):
+        return url + ".pub"
+    if url.startswith("tcp://"):
+        host = url[len("tcp://") :].rsplit(":", 1)[0]
+        return f"tcp://{host}:*"
+    raise ValueError(f"url must start with tcp:// or ipc://, got {url!r}")
+
+
+class Writer:
+    """The writer's sockets and state. ``run()`` serves until stopped."""
+
+    def __init__(self, url: str, *, heartbeat: float = HEARTBEAT, owner_pid: int | None = None) -> None:
+        self.epoch = secrets.token_hex(8)
+        self.seq = 0
+        self.store = _table.Store()
+        self.heartbeat = heartbeat
+        self.owner_pid = owner_pid
+        self.started = time.time()
+        self.clients: dict[str, float] = {}  # client id -> monotonic time last heard
+        self._running = True
+        self._ctx = zmq.Context()
+        self.router = self._ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # raise, not drop, when a peer is gone
+        self.router.setsockopt(zmq.SNDHWM, 0)  # a snapshot is many messages: never drop one
+        self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
+        self.pub = self._ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        try:
+            self.router.bind(url)
+            self.pub.bind(publish_endpoint(url))
+        except BaseException:
+            self.close()
+            raise
+        self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._handlers: dict[type, Callable[[Any], tuple[_table.Change | None, Any]]] = {
+            p.Insert: self._insert,
+            p.Update: self._update,
+            p.Remove: self._remove,
+            p.ClearTable: self._clear,
+        }
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self, watch_fd: int | None = None) -> None:
+        """Serve until SIGTERM/SIGINT, ``stop()``, the owner process dying, or EOF on ``watch_fd``."""
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(wake_r.fileno(), zmq.POLLIN)
+        if watch_fd is not None:
+            poller.register(watch_fd, zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while self._running:
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat()
+                    next_beat = now + self.heartbeat
+                events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+                if self.router in events:
+                    self._drain()
+                if watch_fd is not None and watch_fd in events and not os.read(watch_fd, 4096):
+                    log.info("the process that started this writer is gone; stopping")
+                    self._running = False
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            wake_r.close()
+            wake_w.close()
+            self.close()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def close(self) -> None:
+        self.router.close(linger=0)
+        self.pub.close(linger=0)
+        self._ctx.term()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self._running = False
+
+    def _beat(self) -> None:
+        self.pub.send(p.encode_published(p.Heartbeat(self.epoch, self.seq)))
+        if self.owner_pid is not None and os.getppid() != self.owner_pid:
+            log.info("owner process %d is gone; stopping", self.owner_pid)
+            self._running = False
+        silent = time.monotonic() - CLIENT_SILENCE
+        for client_id in [c for c, seen in self.clients.items() if seen < silent]:
+            del self.clients[client_id]
+
+    def _drain(self) -> None:
+        for _ in range(1000):  # then look at heartbeats and signals again
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handle(frames)
+
+    # -- one request ---------------------------------------------------------------
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Answer one request (``frames``: the ROUTER's envelope, then one payload frame)."""
+        if len(frames) < 2:
+            log.warning("dropped a message with no payload frame")
+            return
+        envelope, data = frames[:-1], frames[-1]
+        req_id: int | None = None
+        try:
+            obj = p.unpack(data)
+            req_id = p.request_id_of(obj)
+            request = p.request_from(obj)
+            self._dispatch(envelope, request)
+        except Exception as e:  # the writer never dies of what a client sends
+            kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
+            if kind == "internal":
+                log.exception("internal error on a request")
+            else:
+                log.warning("refused a request (%s): %s", kind, e)
+            self._send(envelope, p.encode_reply(p.Failed(req_id, kind, str(e))))
+
+    def _dispatch(self, envelope: list[bytes], request: p.Request) -> None:
+        t = type(request)
+        handler = self._handlers.get(t)
+        if handler is not None:
+            change, _ = handler(request)
+            if change is None:
+                self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None))  # type: ignore[union-attr]
+                return
+            packed = p.pack_change(change)
+            self.store.apply(change)
+            self.seq += 1
+            self.pub.send(p.published_bytes(self.epoch, self.seq, packed))
+            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, packed))  # type: ignore[union-attr]
+        elif t is p.Beat:
+            self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
+        elif t is p.Sync:
+            self.pub.send(p.encode_published(p.Heartbeat(self.epoch, self.seq)))
+            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None))  # type: ignore[union-attr]
+        elif t is p.SnapshotRequest:
+            self._snapshot(envelope, request.req_id)  # type: ignore[union-attr]
+        elif t is p.Hello:
+            self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
+            result = {"pub": self.pub_url, "heartbeat": self.heartbeat, "pid": os.getpid()}
+            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None, result))  # type: ignore[union-attr]
+        elif t is p.Bye:
+            self.clients.pop(request.client_id, None)  # type: ignore[union-attr]
+        elif t is p.Stats:
+            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats()))  # type: ignore[union-attr]
+        else:  # pragma: no cover - request_from only returns the types above
+            raise ProtocolError(f"no handler for {t.__name__}")
+
+    def _send(self, envelope: list[bytes], payload: bytes) -> None:
+        try:
+            self.router.send_multipart([*envelope, payload])
+        except zmq.ZMQError as e:  # EHOSTUNREACH: the client left before its answer
+            log.warning("could not answer a client: %s", e)
+
+    def _snapshot(self, envelope: list[bytes], req_id: int) -> None:
+        count = 0
+        try:
+            for chunk in self.store.snapshot(SNAPSHOT_CHUNK):
+                self.router.send_multipart([*envelope, p.encode_reply(p.SnapshotChunk(req_id, chunk))])  # type: ignore[arg-type]
+                count += sum(len(records) for _, _, records in chunk)
+            self.router.send_multipart([*envelope, p.encode_reply(p.SnapshotEnd(req_id, self.epoch, self.seq, count))])
+        except zmq.ZMQError as e:
+            log.warning("snapshot abandoned, its client left: %s", e)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "pid": os.getpid(),
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "uptime": time.time() - self.started,
+            "clients": len(self.clients),
+            "records": len(self.store),
+            "tables": self.store.counts(),
+        }
+
+    # -- writes: command -> change ------------------------------------------------------
+
+    def _insert(self, r: p.Insert) -> tuple[_table.Change | None, Any]:
+        change = _table.prepare_insert(
+            self.store, r.table, r.namespace, r.prefix, r.records, create=r.create, now=int(time.time()), token=secrets.token_hex
+        )
+        return change, None
+
+    def _update(self, r: p.Update) -> tuple[_table.Change | None, Any]:
+        return _table.prepare_update(self.store, r.table, r.namespace, r.id, r.changes), None
+
+    def _remove(self, r: p.Remove) -> tuple[_table.Change | None, Any]:
+        return _table.prepare_delete(self.store, r.table, r.namespace, r.id), None
+
+    def _clear(self, r: p.ClearTable) -> tuple[_table.Change | None, Any]:
+        if r.namespace is None:
+            return _table.prepare_clear(self.store, r.table), None
+        return _table.prepare_clear_namespace(self.store, r.table, r.namespace), None
+
+
+def serve_forever(url: str, *, heartbeat: float = HEARTBEAT, owner_pid: int | None = None, watch_stdin: bool = False) -> int:
+    """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code."""
+    logging.basicConfig(level=logging.INFO, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        writer = Writer(url, heartbeat=heartbeat, owner_pid=owner_pid)
+    except zmq.ZMQError as e:
+        print(f"tiger: cannot bind {url}: {e}", file=sys.stderr)
+        return 2
+    print(f"tiger writer serving at {writer.url}", flush=True)
+    log.info("epoch %s, publishing at %s", writer.epoch, writer.pub_url)
+    writer.run(watch_fd=sys.stdin.fileno() if watch_stdin else None)
+    log.info("stopped at seq %d", writer.seq)
+    return 0
