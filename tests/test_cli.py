@@ -1,0 +1,137 @@
+"""`tiger serve` and `tiger stats` as a user runs them: real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import tiger
+
+TIGER = [sys.executable, "-m", "tiger"]
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
+    """One line of the process's stdout, waiting at most ``timeout``."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout), f"no output within {timeout}s"
+    return proc.stdout.readline()
+
+
+@pytest.fixture
+def foreground() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`tiger serve` in the foreground on a random loopback port; yields (process, url)."""
+    proc = subprocess.Popen(
+        [*TIGER, "serve", "--url", "tcp://127.0.0.1:*"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = read_line(proc)
+        match = re.fullmatch(r"tiger writer serving at (tcp://127\.0\.0\.1:\d+)\n", line)
+        assert match, line
+        yield proc, match.group(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_a_signal(foreground, sig):
+    proc, url = foreground
+    with tiger.connect(url) as client:
+        client.table("t").insert({"id": "a"})
+    proc.send_signal(sig)
+    assert proc.wait(10) == 0
+    assert "stopping" in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_stats_shows_tables_namespaces_and_counts(foreground):
+    _, url = foreground
+    with tiger.connect(url) as client:
+        plans = client.table("plans", prefix="plan")
+        plans.insert_many([{} for _ in range(3)])
+        with tiger.namespace("test-1"):
+            plans.insert({})
+        out = subprocess.run([*TIGER, "stats", "--url", url], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert re.search(rf"^epoch\s+{client.epoch}$", out.stdout, re.M)
+        assert re.search(r"^seq\s+2$", out.stdout, re.M)
+        assert re.search(r"^clients\s+1$", out.stdout, re.M)
+        assert re.search(r"^plans\s+global\s+3$", out.stdout, re.M)
+        assert re.search(r"^plans\s+test-1\s+1$", out.stdout, re.M)
+        assert re.search(r"^uptime\s+[\d.]+ s$", out.stdout, re.M)
+
+
+def test_stats_url_defaults_to_tiger_url(foreground):
+    _, url = foreground
+    env = {**os.environ, "TIGER_URL": url}
+    out = subprocess.run([*TIGER, "stats"], capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"url      {url}" in out.stdout
+
+
+def test_stats_without_any_url_says_so():
+    env = {k: v for k, v in os.environ.items() if k != "TIGER_URL"}
+    out = subprocess.run([*TIGER, "stats"], capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 1
+    assert "TIGER_URL" in out.stderr
+
+
+def test_stats_of_a_writer_that_is_not_there(tmp_path):
+    url = f"ipc://{tmp_path}/nobody"
+    out = subprocess.run([*TIGER, "stats", "--url", url, "--timeout", "0.3"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert url in out.stderr and "did not answer" in out.stderr
+
+
+def test_serve_refuses_a_bad_url():
+    out = subprocess.run([*TIGER, "serve", "--url", "http://x"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "url must be" in out.stderr
+
+
+def test_serve_reports_an_address_in_use(foreground):
+    _, url = foreground
+    out = subprocess.run([*TIGER, "serve", "--url", url], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "cannot bind" in out.stderr
+
+
+def test_a_served_writer_exits_when_its_owner_is_killed(tmp_path):
+    """tiger.serve() in a process that then dies of SIGKILL: its writer does not outlive it."""
+    script = "import sys, tiger; s = tiger.serve(); print(s.pid, flush=True); sys.stdin.read()"
+    owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        writer_pid = int(read_line(owner))  # type: ignore[arg-type]
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(writer_pid):
+            assert time.monotonic() < deadline, f"writer {writer_pid} outlived its owner"
+            time.sleep(0.05)  # sleep-ok: polling another process's exit, not a socket
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        owner.communicate(timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

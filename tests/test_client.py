@@ -1,0 +1,417 @@
+"""The table API through a real writer process, from one test process."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import re
+import stat
+import threading
+
+import pytest
+
+import tiger
+
+
+def writer_seq(client: tiger.Client) -> int:
+    return client.stats()["seq"]  # type: ignore[no-any-return]
+
+
+def test_insert_returns_the_stored_record_with_id_and_created(client, ns):
+    plans = client.table("plans", prefix="plan")
+    plan = plans.insert({"amount": 500, "currency": "usd"})
+    assert re.fullmatch(r"plan_[0-9a-f]{16}", plan["id"])
+    assert type(plan["created"]) is int
+    assert plan["amount"] == 500
+    assert plans.get(plan["id"]) == plan
+    assert plans[plan["id"]] == plan
+    assert plan["id"] in plans
+    assert len(plans) == plans.count() == 1
+
+
+def test_ids_without_prefix_are_24_hex(client, ns):
+    things = client.table("things")
+    assert re.fullmatch(r"[0-9a-f]{24}", things.insert({})["id"])
+
+
+def test_read_your_writes_in_a_loop(client, ns):
+    plans = client.table("plans", prefix="plan")
+    for i in range(300):
+        plan = plans.insert({"i": i})
+        assert plans.get(plan["id"])["i"] == i
+        assert plans.update(plan["id"], {"j": i})["j"] == i
+        assert plans[plan["id"]]["j"] == i
+        plans.delete(plan["id"])
+        assert plan["id"] not in plans
+
+
+def test_given_id_must_carry_the_prefix_and_nothing_is_sent(client, ns):
+    plans = client.table("plans", prefix="plan")
+    before = writer_seq(client)
+    with pytest.raises(ValueError, match=r"record\['id'\].*plan_"):
+        plans.insert({"id": "price_1"})
+    assert writer_seq(client) == before
+    assert plans.insert({"id": "plan_1"})["id"] == "plan_1"
+
+
+def test_not_found_is_a_key_error_naming_the_id(client, ns):
+    plans = client.table("plans")
+    with pytest.raises(tiger.NotFound, match="plan_missing") as e:
+        plans["plan_missing"]
+    assert isinstance(e.value, KeyError)
+    assert plans.get("plan_missing") is None
+    assert plans.get("plan_missing", 7) == 7
+    assert "plan_missing" not in plans
+
+
+def test_create_refuses_an_existing_id(client, ns):
+    plans = client.table("plans", prefix="plan")
+    plans.create({"id": "plan_a", "v": 1})
+    with pytest.raises(tiger.AlreadyExists, match="plan_a"):
+        plans.create({"id": "plan_a", "v": 2})
+    assert plans["plan_a"]["v"] == 1
+    with tiger.namespace(ns + "-other"):
+        assert plans.create({"id": "plan_a", "v": 3})["v"] == 3  # ids are per namespace
+
+
+def test_insert_is_an_upsert_of_the_whole_record_keeping_created(client, ns):
+    plans = client.table("plans", prefix="plan")
+    first = plans.insert({"id": "plan_a", "a": 1, "created": 1000})
+    second = plans.insert({"id": "plan_a", "b": 2})
+    assert second == {"id": "plan_a", "b": 2, "created": first["created"]}
+    assert plans["plan_a"] == second
+
+
+def test_update_merges_and_guards_id_and_created(client, ns):
+    plans = client.table("plans", prefix="plan")
+    plan = plans.insert({"id": "plan_a", "a": 1, "b": 2})
+    assert plans.update("plan_a", {"b": 3, "c": None}) == {**plan, "b": 3, "c": None}
+    with pytest.raises(tiger.NotFound):
+        plans.update("plan_nope", {"a": 1})
+    with pytest.raises(ValueError, match="id"):
+        plans.update("plan_a", {"id": "plan_b"})
+    with pytest.raises(ValueError, match="created"):
+        plans.update("plan_a", {"created": plan["created"] + 1})
+    assert plans.update("plan_a", {"created": plan["created"]})["b"] == 3  # unchanged value is fine
+
+
+def test_delete_is_idempotent(client, ns):
+    plans = client.table("plans", prefix="plan")
+    plans.insert({"id": "plan_a"})
+    plans.delete("plan_a")
+    plans.delete("plan_a")
+    assert "plan_a" not in plans
+    assert plans.count() == 0
+
+
+def test_insert_many_is_all_or_none(client, ns):
+    plans = client.table("plans", prefix="plan")
+    stored = plans.insert_many([{"n": i} for i in range(5)])
+    assert [r["n"] for r in stored] == list(range(5))
+    assert plans.count() == 5
+    before = writer_seq(client)
+    with pytest.raises(TypeError, match=r"records\[2\]\['when'\]"):
+        plans.insert_many([{"n": 10}, {"n": 11}, {"when": datetime.datetime.now()}])
+    with pytest.raises(ValueError, match=r"records\[1\]\['id'\]"):
+        plans.insert_many([{"n": 10}, {"id": "cus_1"}])
+    assert writer_seq(client) == before
+    assert plans.count() == 5
+    # a conflict only the writer can see (create) also rejects the whole batch
+    assert plans.insert_many([]) == []
+
+
+@pytest.mark.parametrize(
+    ("record", "error", "field"),
+    [
+        ({"when": datetime.date(2024, 1, 1)}, TypeError, r"record\['when'\]"),
+        ({"tags": {1, 2}}, TypeError, r"record\['tags'\]"),
+        ({1: "x"}, TypeError, "key 1"),
+        ({"meta": {"deep": {2: 3}}}, TypeError, r"record\['meta'\]\['deep'\]"),
+        ({"n": 2**70}, ValueError, r"record\['n'\]"),
+        ({"created": "yesterday"}, TypeError, r"record\['created'\]"),
+        ({"id": 5}, TypeError, r"record\['id'\]"),
+        ([("a", 1)], TypeError, "record must be a mapping"),
+    ],
+)
+def test_bad_records_are_refused_naming_the_field_and_nothing_is_sent(client, ns, record, error, field):
+    plans = client.table("plans")
+    before = writer_seq(client)
+    with pytest.raises(error, match=field):
+        plans.insert(record)
+    assert writer_seq(client) == before
+    assert plans.count() == 0
+
+
+def test_bad_list_arguments(client, ns):
+    plans = client.table("plans", prefix="plan")
+    plans.insert({"id": "plan_a"})
+    for bad in (0, 101, "10", 2.0, True, None):
+        with pytest.raises(ValueError, match="limit"):
+            plans.list(limit=bad)
+    with pytest.raises(ValueError, match="starting_after or ending_before"):
+        plans.list(starting_after="plan_a", ending_before="plan_a")
+    with pytest.raises(tiger.NotFound, match="plan_zzz"):
+        plans.list(starting_after="plan_zzz")
+
+
+def test_list_pages_newest_first_with_cursors(client, ns):
+    plans = client.table("plans", prefix="plan")
+    for i in range(25):
+        plans.insert({"id": f"plan_{i:02d}", "created": 1000 + i // 2})  # ties: later insert first
+    expected = sorted((f"plan_{i:02d}" for i in range(25)), key=lambda id: (int(id[5:]) // 2, int(id[5:])), reverse=True)
+    seen: list[str] = []
+    page = plans.list(limit=10)
+    while True:
+        assert page.object == "list"
+        seen += [r["id"] for r in page.data]
+        if not page.has_more:
+            break
+        page = plans.list(limit=10, starting_after=page.data[-1]["id"])
+    assert seen == expected
+    back = plans.list(limit=10, ending_before=expected[15])
+    assert [r["id"] for r in back.data] == expected[5:15]
+    assert back.has_more is True
+    first = plans.list(limit=10, ending_before=expected[3])
+    assert [r["id"] for r in first.data] == expected[:3]
+    assert first.has_more is False
+
+
+def test_update_does_not_move_a_record_in_the_list(client, ns):
+    plans = client.table("plans", prefix="plan")
+    for i in range(3):
+        plans.insert({"id": f"plan_{i}", "created": 5})
+    plans.update("plan_0", {"x": 1})
+    assert [r["id"] for r in plans.all()] == ["plan_2", "plan_1", "plan_0"]
+
+
+def test_find_is_scoped_to_the_current_namespace(client, ns):
+    plans = client.table("plans", prefix="plan")
+    plans.insert({"id": "plan_a", "product": "prod_1", "active": True})
+    plans.insert({"id": "plan_b", "product": "prod_1", "active": False})
+    plans.insert({"id": "plan_c", "product": "prod_2", "active": True})
+    with tiger.namespace(ns + "-other"):
+        plans.insert({"id": "plan_x", "product": "prod_1", "active": True})
+        assert [r["id"] for r in plans.find(product="prod_1")] == ["plan_x"]
+    assert [r["id"] for r in plans.find(product="prod_1")] == ["plan_b", "plan_a"]
+    assert [r["id"] for r in plans.find(product="prod_1", active=True)] == ["plan_a"]
+    assert plans.find(nothing="here") == []
+    with pytest.raises(TypeError, match="active"):
+        plans.find(active={1, 2})
+
+
+def test_namespaces_isolate_and_clear(client, ns):
+    plans = client.table("plans", prefix="plan")
+    other = ns + "-b"
+    plans.insert({"id": "plan_a"})
+    with tiger.namespace(other):
+        assert plans.get("plan_a") is None
+        plans.insert({"id": "plan_b"})
+        assert tiger.current_namespace() == other
+    assert tiger.current_namespace() == ns
+    assert [r["id"] for r in plans.all(namespace=other)] == ["plan_b"]
+    assert {ns, other} <= set(client.namespaces())
+    assert "plans" in client.tables()
+    plans.clear_namespace(other)
+    assert plans.all(namespace=other) == []
+    assert plans.count() == 1
+    assert other not in client.namespaces()
+
+
+def test_clear_empties_every_namespace_of_one_table(connect, ns):
+    # its own table name: clear() reaches every namespace, so it must not touch other tests' data
+    client = connect()
+    table = client.table(f"cleared-{ns}")
+    keep = client.table(f"kept-{ns}")
+    table.insert({"id": "a"})
+    keep.insert({"id": "a"})
+    with tiger.namespace(ns + "-b"):
+        table.insert({"id": "b"})
+    table.clear()
+    assert table.count() == 0 and table.all(namespace=ns + "-b") == []
+    assert keep.count() == 1
+
+
+def test_default_namespace_is_global_and_namespaces_nest():
+    assert tiger.current_namespace() == "global"
+    with tiger.namespace("a"):
+        with tiger.namespace("b"):
+            assert tiger.current_namespace() == "b"
+        assert tiger.current_namespace() == "a"
+    assert tiger.current_namespace() == "global"
+    with pytest.raises(TypeError, match="namespace"):
+        with tiger.namespace(42):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(ValueError, match="namespace"):
+        with tiger.namespace(""):
+            pass
+
+
+def test_namespace_is_per_thread(client, ns):
+    plans = client.table("plans", prefix="plan")
+    plans.insert({"id": "plan_a"})
+    seen = {}
+
+    def other_thread() -> None:
+        seen["ns"] = tiger.current_namespace()
+        seen["found"] = plans.get("plan_a")
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert seen == {"ns": "global", "found": None}
+
+
+def test_fallback_to_global(client, ns):
+    shared = f"tokens-{ns}"
+    tokens = client.table(shared, prefix="tok", fallback_to_global=True)
+    strict = client.table(shared, prefix="tok")
+    with tiger.namespace("global"):
+        tokens.insert({"id": "tok_visa"})
+    assert tokens["tok_visa"]["id"] == "tok_visa"
+    assert "tok_visa" in tokens
+    assert strict.get("tok_visa") is None
+    tokens.insert({"id": "tok_visa", "local": True})
+    assert tokens["tok_visa"]["local"] is True  # the current namespace wins
+    assert tokens.count() == 1
+    with tiger.namespace("global"):
+        tokens.delete("tok_visa")
+
+
+def test_records_never_alias_the_replica(client, ns):
+    plans = client.table("plans", prefix="plan")
+    plan = plans.insert({"id": "plan_a", "meta": {"k": "v"}, "tags": ["x"]})
+    got = plans["plan_a"]
+    for mutate in (
+        lambda: got.__setitem__("amount", 1),
+        lambda: got.update(amount=1),
+        lambda: got.pop("id"),
+        lambda: got["meta"].__setitem__("k", "w"),
+        lambda: got["tags"].append("y"),
+        lambda: plan.clear(),
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    copy_ = copy.deepcopy(got)
+    copy_["meta"]["k"] = "w"
+    copy_["tags"].append("y")
+    shallow = dict(got)
+    shallow["amount"] = 1
+    assert plans["plan_a"] == {"id": "plan_a", "meta": {"k": "v"}, "tags": ["x"], "created": plan["created"]}
+    assert tiger.thaw(got) == got
+
+
+def test_wait_for_sees_another_clients_write(connect, ns):
+    a, b = connect(), connect()
+    plans_a = a.table("plans", prefix="plan")
+    plans_b = b.table("plans", prefix="plan")
+    done = threading.Event()
+
+    def write_later() -> None:
+        with tiger.namespace(ns):
+            plans_b.insert({"id": "plan_late"})
+        done.set()
+
+    t = threading.Thread(target=write_later)
+    t.start()
+    assert plans_a.wait_for("plan_late", timeout=5)["id"] == "plan_late"
+    t.join()
+    with pytest.raises(tiger.Timeout, match="plan_never"):
+        plans_a.wait_for("plan_never", timeout=0.2)
+
+
+def test_sync_makes_other_clients_writes_visible(connect, ns):
+    a, b = connect(), connect()
+    b_plans = b.table("plans", prefix="plan")
+    for i in range(50):
+        a.table("plans", prefix="plan").insert({"id": f"plan_{i}"})
+        b.sync()
+        assert f"plan_{i}" in b_plans
+
+
+def test_late_joiner_gets_everything(connect, ns):
+    a = connect()
+    plans = a.table("plans", prefix="plan")
+    plans.insert_many([{"n": i} for i in range(5000)])
+    b = connect()
+    assert b.table("plans").count() == 5000
+    assert b.table("plans").all() == plans.all()
+
+
+def test_connect_without_url_names_tiger_url(monkeypatch):
+    monkeypatch.delenv("TIGER_URL", raising=False)
+    with pytest.raises(ValueError, match="TIGER_URL"):
+        tiger.connect()
+
+
+def test_connect_reads_tiger_url(monkeypatch, writer):
+    monkeypatch.setenv("TIGER_URL", writer.url)
+    with tiger.connect() as client:
+        assert client.url == writer.url
+
+
+def test_connect_to_nothing_is_unavailable_naming_the_url(tmp_path):
+    url = f"ipc://{tmp_path}/nobody"
+    with pytest.raises(tiger.Unavailable, match=re.escape(url)):
+        tiger.connect(url, timeout=0.3)
+
+
+def test_bad_connect_arguments():
+    with pytest.raises(ValueError, match="url"):
+        tiger.connect("http://localhost:1")
+    with pytest.raises(ValueError, match="timeout"):
+        tiger.connect("tcp://127.0.0.1:1", timeout=0)
+
+
+def test_serve_binds_a_private_ipc_directory():
+    with tiger.serve() as server:
+        assert server.url.startswith("ipc://")
+        directory = os.path.dirname(server.url[len("ipc://") :])
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert server.running
+    assert not server.running
+    assert not os.path.exists(directory)
+
+
+def test_serve_on_tcp_with_a_random_port():
+    with tiger.serve("tcp://127.0.0.1:*") as server, tiger.connect(server.url) as client:
+        assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", server.url)
+        assert client.table("t").insert({"id": "x"})["id"] == "x"
+
+
+def test_writes_raise_unavailable_when_the_writer_is_gone():
+    with tiger.serve() as server:
+        client = tiger.connect(server.url, timeout=0.5)
+        table = client.table("t")
+        table.insert({"id": "a"})
+        server.stop()
+        with pytest.raises(tiger.Unavailable, match=re.escape(server.url)):
+            table.insert({"id": "b"})
+        assert table.get("a") is not None  # reads still answer from the replica
+        client.close()
+
+
+def test_a_restarted_writer_is_noticed_and_the_replica_resyncs(tmp_path):
+    url = f"ipc://{tmp_path}/w"
+    with tiger.serve(url) as first:
+        client = tiger.connect(url)
+        client.table("t").insert({"id": "old"})
+        old_epoch = client.epoch
+    with tiger.serve(url) as second, tiger.connect(second.url) as other:
+        other.table("t").insert({"id": "new"})
+        client.sync(timeout=5)
+        assert client.epoch != old_epoch
+        assert client.table("t").get("new") is not None
+        assert client.table("t").get("old") is None
+        client.close()
+    assert not first.running
+
+
+def test_client_stats_and_context_manager(writer):
+    with tiger.connect(writer.url) as client:
+        stats = client.stats()
+        assert stats["epoch"] == client.epoch
+        assert stats["clients"] >= 1
+        assert stats["pid"] == writer.pid
+    with pytest.raises(tiger.TigerError, match="closed"):
+        client.table("t").insert({})
