@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -12,19 +11,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from _util import read_line
 
 import tiger
 
 TIGER = [sys.executable, "-m", "tiger"]
-
-
-def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
-    """One line of the process's stdout, waiting at most ``timeout``."""
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        assert sel.select(timeout), f"no output within {timeout}s"
-    return proc.stdout.readline()
 
 
 @pytest.fixture

@@ -7,9 +7,12 @@ import datetime
 import os
 import re
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
+from _util import read_line
 
 import tiger
 
@@ -415,3 +418,30 @@ def test_client_stats_and_context_manager(writer):
         assert stats["pid"] == writer.pid
     with pytest.raises(tiger.TigerError, match="closed"):
         client.table("t").insert({})
+
+
+def test_a_replica_that_misses_published_changes_resyncs_by_itself(tmp_path, monkeypatch):
+    """PUB drops silently at its high-water mark; the seq gap (or a heartbeat ahead) triggers a snapshot reload."""
+    monkeypatch.setattr("tiger._replica.SUB_HWM", 5)
+    url = f"ipc://{tmp_path}/w"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiger", "serve", "--url", url, "--pub-hwm", "5", "--heartbeat", "0.1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert read_line(proc).startswith("tiger writer serving at")
+        stalled, writer = tiger.connect(url), tiger.connect(url)
+        with stalled.replica.changed:  # the replica thread blocks on its next change; its queues fill up
+            writer.table("t").insert_many([{"n": i} for i in range(10)])
+            for i in range(3000):
+                writer.table("t").insert({"id": f"r{i}", "n": i})
+        stalled.sync(timeout=10)
+        assert stalled.replica.resyncs >= 1
+        assert stalled.table("t").all() == writer.table("t").all()
+        assert stalled.table("t").count() == 3010
+        stalled.close()
+        writer.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from tiger._errors import TigerError
 from tiger._server import check_url, ping
-from tiger._writer import HEARTBEAT, serve_forever
+from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
 DEFAULT_URL = "tcp://127.0.0.1:7710"
 
@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat", type=float, default=HEARTBEAT, help="seconds between heartbeats (default %(default)s)")
     serve.add_argument("--owner-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--pub-hwm", type=int, default=PUB_HWM, help=argparse.SUPPRESS)  # tests force drops with it
 
     stats = commands.add_parser("stats", help="show a running writer's epoch, seq, clients and record counts")
     stats.add_argument("--url", default=env_url, help="the writer's URL (default: $TIGER_URL)")
@@ -38,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_url(args.url)
             if not args.heartbeat > 0:
                 raise ValueError("--heartbeat must be a positive number of seconds")
-            return serve_forever(args.url, heartbeat=args.heartbeat, owner_pid=args.owner_pid, watch_stdin=args.watch_stdin)
+            return serve_forever(
+                args.url, heartbeat=args.heartbeat, owner_pid=args.owner_pid, watch_stdin=args.watch_stdin, pub_hwm=args.pub_hwm
+            )
         if args.url is None:
             raise ValueError("no writer URL: pass --url or set TIGER_URL")
         print(format_stats(ping(check_url(args.url), args.timeout)))

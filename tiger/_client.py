@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import builtins
 import itertools
 import os
 import secrets
@@ -189,7 +190,7 @@ class Client:
     # -- requests -------------------------------------------------------------------
 
     def _new_socket(self) -> zmq.Socket[Any]:
-        sock = self._ctx.socket(zmq.DEALER)
+        sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.url)
         return sock
@@ -207,7 +208,7 @@ class Client:
             self._socket.send(p.encode_request(request))
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._socket.poll(remaining * 1000):
+                if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
                     # a fresh socket, so a late answer can never be taken for a later request's
                     self._socket.close(linger=0)
                     self._socket = self._new_socket()
@@ -308,12 +309,12 @@ class Table:
         data, has_more = self._store.page(self.name, _current(), limit, starting_after, ending_before)
         return Page(data, has_more)
 
-    def find(self, **fields: Any) -> list[Record]:
+    def find(self, **fields: Any) -> builtins.list[Record]:
         """Records of the current namespace whose top-level fields equal all the given values, in list order."""
         check_fields(fields)
         return self._store.find(self.name, _current(), fields)
 
-    def all(self, namespace: str | None = None) -> list[Record]:
+    def all(self, namespace: str | None = None) -> builtins.list[Record]:
         """Every record of the current (or the given) namespace, in list order."""
         ns = _current() if namespace is None else check_name(namespace, "namespace")
         return list(self._store.ordered(self.name, ns))
@@ -342,7 +343,7 @@ class Table:
 
     # -- writes -----------------------------------------------------------------------
 
-    def _put(self, records: list[Any], create: bool) -> tuple[Record, ...]:
+    def _put(self, records: builtins.list[Any], create: bool) -> tuple[Record, ...]:
         reply = self._client._write(p.Insert(next(self._client._req_ids), self.name, _current(), self.prefix, records, create))
         assert type(reply.change) is Put
         return reply.change.records
@@ -362,7 +363,7 @@ class Table:
         self._check_given_id(record, "record")
         return self._put([record], create=False)[0]
 
-    def insert_many(self, records: list[Mapping[str, Any]]) -> list[Record]:
+    def insert_many(self, records: builtins.list[Mapping[str, Any]]) -> builtins.list[Record]:
         """Insert every record in one command: all of them or, on any error, none."""
         if not isinstance(records, (list, tuple)):
             raise TypeError(f"records must be a list, not {type(records).__name__}")

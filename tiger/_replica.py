@@ -130,7 +130,7 @@ class Replica:
                     for data in queued:
                         self._receive(data)
                     queued = []
-                    events = dict(poller.poll(self._heartbeat * 1000))
+                    events = dict(poller.poll(int(self._heartbeat * 1000)))
                     if self._stop_rx in events:
                         break
                     if dealer in events:
@@ -159,7 +159,7 @@ class Replica:
             dealer.close(linger=0)
 
     def _dealer(self) -> zmq.Socket[Any]:
-        dealer = self._ctx.socket(zmq.DEALER)
+        dealer: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.RCVHWM, 0)  # a snapshot is many messages: never drop one
         dealer.connect(self._url)
@@ -192,7 +192,7 @@ class Replica:
         dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
         content: dict[str, dict[str, list[Any]]] = {}
         while True:
-            if not dealer.poll(self._timeout * 1000):
+            if not dealer.poll(int(self._timeout * 1000)):
                 raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
             reply = p.decode_reply(dealer.recv())
             if reply.req_id != req_id:
@@ -217,7 +217,7 @@ class Replica:
         wait = 0.01
         while True:
             dealer.send(p.encode_request(p.Sync(next(self._req_ids))))
-            if sub.poll(wait * 1000):
+            if sub.poll(int(wait * 1000)):
                 queued = [sub.recv()]
                 while True:
                     try:

@@ -140,7 +140,7 @@ def ping(url: str, timeout: float = 5.0) -> dict[str, Any]:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(url)
             sock.send(p.encode_request(p.Stats(1)))
-            if not sock.poll(timeout * 1000):
+            if not sock.poll(int(timeout * 1000)):
                 raise Unavailable(f"the tiger writer at {url} did not answer within {timeout:g}s")
             reply = p.decode_reply(sock.recv())
         finally:

@@ -57,7 +57,9 @@ def publish_endpoint(url: str) -> str:
 class Writer:
     """The writer's sockets and state. ``run()`` serves until stopped."""
 
-    def __init__(self, url: str, *, heartbeat: float = HEARTBEAT, owner_pid: int | None = None) -> None:
+    def __init__(
+        self, url: str, *, heartbeat: float = HEARTBEAT, owner_pid: int | None = None, pub_hwm: int = PUB_HWM
+    ) -> None:
         self.epoch = secrets.token_hex(8)
         self.seq = 0
         self.store = _table.Store()
@@ -74,7 +76,7 @@ class Writer:
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
         self.pub = self._ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
         try:
             self.router.bind(url)
             self.pub.bind(publish_endpoint(url))
@@ -83,7 +85,7 @@ class Writer:
             raise
         self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._handlers: dict[type, Callable[[Any], tuple[_table.Change | None, Any]]] = {
+        self._handlers: dict[type, Callable[[Any], _table.Change | None]] = {
             p.Insert: self._insert,
             p.Update: self._update,
             p.Remove: self._remove,
@@ -111,7 +113,7 @@ class Writer:
                 if now >= next_beat:
                     self._beat()
                     next_beat = now + self.heartbeat
-                events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+                events = dict(poller.poll(max(0, int((next_beat - time.monotonic()) * 1000))))
                 if self.router in events:
                     self._drain()
                 if watch_fd is not None and watch_fd in events and not os.read(watch_fd, 4096):
@@ -180,7 +182,7 @@ class Writer:
         t = type(request)
         handler = self._handlers.get(t)
         if handler is not None:
-            change, _ = handler(request)
+            change = handler(request)
             if change is None:
                 self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None))  # type: ignore[union-attr]
                 return
@@ -217,7 +219,7 @@ class Writer:
         count = 0
         try:
             for chunk in self.store.snapshot(SNAPSHOT_CHUNK):
-                self.router.send_multipart([*envelope, p.encode_reply(p.SnapshotChunk(req_id, chunk))])  # type: ignore[arg-type]
+                self.router.send_multipart([*envelope, p.encode_reply(p.SnapshotChunk(req_id, chunk))])
                 count += sum(len(records) for _, _, records in chunk)
             self.router.send_multipart([*envelope, p.encode_reply(p.SnapshotEnd(req_id, self.epoch, self.seq, count))])
         except zmq.ZMQError as e:
@@ -237,29 +239,36 @@ class Writer:
 
     # -- writes: command -> change ------------------------------------------------------
 
-    def _insert(self, r: p.Insert) -> tuple[_table.Change | None, Any]:
-        change = _table.prepare_insert(
-            self.store, r.table, r.namespace, r.prefix, r.records, create=r.create, now=int(time.time()), token=secrets.token_hex
+    def _insert(self, r: p.Insert) -> _table.Change | None:
+        now = int(time.time())
+        return _table.prepare_insert(
+            self.store, r.table, r.namespace, r.prefix, r.records, create=r.create, now=now, token=secrets.token_hex
         )
-        return change, None
 
-    def _update(self, r: p.Update) -> tuple[_table.Change | None, Any]:
-        return _table.prepare_update(self.store, r.table, r.namespace, r.id, r.changes), None
+    def _update(self, r: p.Update) -> _table.Change | None:
+        return _table.prepare_update(self.store, r.table, r.namespace, r.id, r.changes)
 
-    def _remove(self, r: p.Remove) -> tuple[_table.Change | None, Any]:
-        return _table.prepare_delete(self.store, r.table, r.namespace, r.id), None
+    def _remove(self, r: p.Remove) -> _table.Change | None:
+        return _table.prepare_delete(self.store, r.table, r.namespace, r.id)
 
-    def _clear(self, r: p.ClearTable) -> tuple[_table.Change | None, Any]:
+    def _clear(self, r: p.ClearTable) -> _table.Change | None:
         if r.namespace is None:
-            return _table.prepare_clear(self.store, r.table), None
-        return _table.prepare_clear_namespace(self.store, r.table, r.namespace), None
+            return _table.prepare_clear(self.store, r.table)
+        return _table.prepare_clear_namespace(self.store, r.table, r.namespace)
 
 
-def serve_forever(url: str, *, heartbeat: float = HEARTBEAT, owner_pid: int | None = None, watch_stdin: bool = False) -> int:
+def serve_forever(
+    url: str,
+    *,
+    heartbeat: float = HEARTBEAT,
+    owner_pid: int | None = None,
+    watch_stdin: bool = False,
+    pub_hwm: int = PUB_HWM,
+) -> int:
     """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code."""
     logging.basicConfig(level=logging.INFO, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        writer = Writer(url, heartbeat=heartbeat, owner_pid=owner_pid)
+        writer = Writer(url, heartbeat=heartbeat, owner_pid=owner_pid, pub_hwm=pub_hwm)
     except zmq.ZMQError as e:
         print(f"tiger: cannot bind {url}: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,15 @@
+"""Helpers shared by tiger's tests."""
+
+from __future__ import annotations
+
+import selectors
+import subprocess
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
+    """One line of the process's stdout, waiting at most ``timeout``."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout), f"no output within {timeout}s"
+    return proc.stdout.readline()
