@@ -70,11 +70,13 @@ def test_stats_url_defaults_to_tiger_url(foreground):
     assert f"url      {url}" in out.stdout
 
 
-def test_stats_without_any_url_says_so():
+def test_stats_without_any_url_tries_the_default_and_names_tiger_url():
     env = {k: v for k, v in os.environ.items() if k != "TIGER_URL"}
-    out = subprocess.run([*TIGER, "stats"], capture_output=True, text=True, timeout=30, env=env)
+    out = subprocess.run([*TIGER, "stats", "--timeout", "0.3"], capture_output=True, text=True, timeout=30, env=env)
+    if out.returncode == 0:
+        pytest.skip("a writer is running on the default URL on this machine")
     assert out.returncode == 1
-    assert "TIGER_URL" in out.stderr
+    assert "tcp://127.0.0.1:7710" in out.stderr and "TIGER_URL" in out.stderr
 
 
 def test_stats_of_a_writer_that_is_not_there(tmp_path):

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tiger._errors import TigerError
+from tiger._errors import TigerError, Unavailable
 from tiger._server import check_url, ping
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--pub-hwm", type=int, default=PUB_HWM, help=argparse.SUPPRESS)  # tests force drops with it
 
     stats = commands.add_parser("stats", help="show a running writer's epoch, seq, clients and record counts")
-    stats.add_argument("--url", default=env_url, help="the writer's URL (default: $TIGER_URL)")
+    stats.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
     stats.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default %(default)s)")
     return parser
 
@@ -42,9 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve_forever(
                 args.url, heartbeat=args.heartbeat, owner_pid=args.owner_pid, watch_stdin=args.watch_stdin, pub_hwm=args.pub_hwm
             )
-        if args.url is None:
-            raise ValueError("no writer URL: pass --url or set TIGER_URL")
-        print(format_stats(ping(check_url(args.url), args.timeout)))
+        try:
+            print(format_stats(ping(check_url(args.url), args.timeout)))
+        except Unavailable as e:
+            print(f"tiger stats: {e} (pass --url or set TIGER_URL to reach another writer)", file=sys.stderr)
+            return 1
         return 0
     except (TigerError, ValueError, TypeError) as e:
         print(f"tiger {args.command}: {e}", file=sys.stderr)
