@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import subprocess
 
@@ -13,3 +14,16 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
         sel.register(proc.stdout, selectors.EVENT_READ)
         assert sel.select(timeout), f"no output within {timeout}s"
     return proc.stdout.readline()
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -10,6 +10,8 @@ import pytest
 
 import tiger
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session")
 def writer() -> Iterator[tiger.Server]:

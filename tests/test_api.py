@@ -11,6 +11,7 @@ def test_public_names_are_pinned():
         "Client",
         "FrozenList",
         "NotFound",
+        "OnceFailed",
         "Page",
         "Record",
         "Server",

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _util import read_line
+from _util import alive, read_line
 
 import tiger
 
@@ -108,23 +108,10 @@ def test_a_served_writer_exits_when_its_owner_is_killed(tmp_path):
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(writer_pid):
+        while alive(writer_pid):
             assert time.monotonic() < deadline, f"writer {writer_pid} outlived its owner"
             time.sleep(0.05)  # sleep-ok: polling another process's exit, not a socket
     finally:
         if owner.poll() is None:
             owner.kill()
         owner.communicate(timeout=10)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by init) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -11,7 +11,7 @@ with tiger.serve() as server, tiger.connect(server.url) as client:
 from __future__ import annotations
 
 from tiger._client import Client, Page, Table, connect, current_namespace, namespace
-from tiger._errors import AlreadyExists, NotFound, TigerError, Timeout, Unavailable
+from tiger._errors import AlreadyExists, NotFound, OnceFailed, TigerError, Timeout, Unavailable
 from tiger._server import Server, serve
 from tiger._table import FrozenList, Record, thaw
 
@@ -20,6 +20,7 @@ __all__ = [
     "Client",
     "FrozenList",
     "NotFound",
+    "OnceFailed",
     "Page",
     "Record",
     "Server",

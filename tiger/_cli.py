@@ -7,8 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
 from tiger._server import check_url, ping
+from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
 DEFAULT_URL = "tcp://127.0.0.1:7710"
@@ -22,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a writer in the foreground (Ctrl-C or SIGTERM stops it)")
     serve.add_argument("--url", default=env_url or DEFAULT_URL, help=f"where to bind (default: $TIGER_URL or {DEFAULT_URL})")
     serve.add_argument("--heartbeat", type=float, default=HEARTBEAT, help="seconds between heartbeats (default %(default)s)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default %(default)s")
     serve.add_argument("--owner-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--pub-hwm", type=int, default=PUB_HWM, help=argparse.SUPPRESS)  # tests force drops with it
@@ -29,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="show a running writer's epoch, seq, clients and record counts")
     stats.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
     stats.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default %(default)s)")
+
+    load = commands.add_parser("load", help="insert the records of a JSON or JSON-lines seed file")
+    load.add_argument(
+        "file", help='JSON lines of {"table": ..., "record": {...}} (optional "namespace"), or one {table: [records]}'
+    )
+    load.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
+
+    dump = commands.add_parser("dump", help="print every record as JSON lines (tables, namespaces sorted; insertion order)")
+    dump.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
     return parser
 
 
@@ -40,17 +52,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.heartbeat > 0:
                 raise ValueError("--heartbeat must be a positive number of seconds")
             return serve_forever(
-                args.url, heartbeat=args.heartbeat, owner_pid=args.owner_pid, watch_stdin=args.watch_stdin, pub_hwm=args.pub_hwm
+                args.url,
+                log_level=args.log_level.upper(),
+                heartbeat=args.heartbeat,
+                owner_pid=args.owner_pid,
+                watch_stdin=args.watch_stdin,
+                pub_hwm=args.pub_hwm,
             )
+        if args.command == "load":
+            from tiger._seed import load_files
+
+            with connect(check_url(args.url)) as client:
+                count = load_files(client, [args.file])
+            print(f"loaded {count} records from {args.file}")
+            return 0
+        if args.command == "dump":
+            from tiger._seed import dump_lines
+
+            with connect(check_url(args.url)) as client:
+                for line in dump_lines(client):
+                    sys.stdout.write(line + "\n")
+            return 0
         try:
             print(format_stats(ping(check_url(args.url), args.timeout)))
         except Unavailable as e:
             print(f"tiger stats: {e} (pass --url or set TIGER_URL to reach another writer)", file=sys.stderr)
             return 1
         return 0
-    except (TigerError, ValueError, TypeError) as e:
+    except (TigerError, ValueError, TypeError, OSError) as e:
         print(f"tiger {args.command}: {e}", file=sys.stderr)
         return 1
+
+
+def format_run_stats(client: Client) -> str:
+    """``pytest --tiger-stats``: records per table, writes applied, once-keys and who built them."""
+    stats = client.stats()
+    client.sync()
+    lines = [f"writer {stats['url']}: {stats['seq']} writes applied in epoch {stats['epoch']}"]
+    for table, namespaces in stats["tables"].items():
+        if not table.startswith(RESERVED_PREFIX):
+            lines.append(f"  {table}: {sum(namespaces.values())} records in {len(namespaces)} namespaces")
+    keys = client.replica.store.ordered(ONCE_TABLE, GLOBAL)
+    lines.append(f"once-keys: {len(keys)}")
+    for record in reversed(keys):
+        lines.append(f"  {record['id']}: {record['state']} by {record['by']}")
+    return "\n".join(lines)
 
 
 def format_stats(stats: dict) -> str:  # type: ignore[type-arg]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import atexit
 import builtins
 import itertools
+import math
 import os
 import secrets
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -19,10 +20,12 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
-from tiger._errors import AlreadyExists, NotFound, ProtocolError, TigerError, Unavailable
+from tiger._errors import AlreadyExists, NotFound, OnceFailed, ProtocolError, TigerError, Unavailable
 from tiger._replica import Replica, frozen_change
 from tiger._table import (
     GLOBAL,
+    ONCE_TABLE,
+    RESERVED_PREFIX,
     Put,
     Record,
     check_fields,
@@ -30,6 +33,7 @@ from tiger._table import (
     check_name,
     check_prefix,
     check_record,
+    check_value,
 )
 
 _namespace: ContextVar[str] = ContextVar("tiger_namespace", default=GLOBAL)
@@ -99,6 +103,9 @@ class Client:
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._lock = threading.Lock()  # one request in flight on the command socket
         self._req_ids = itertools.count(1)
+        self._once_locks: dict[str, threading.Lock] = {}
+        self._once_locks_guard = threading.Lock()
+        self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
         self._socket = self._new_socket()
         self._replica: Replica | None = None
         try:
@@ -164,6 +171,8 @@ class Client:
     def table(self, name: str, prefix: str | None = None, fallback_to_global: bool = False) -> Table:
         """A handle on table ``name``; the table exists from its first write."""
         check_name(name, "name")
+        if name.startswith(RESERVED_PREFIX):
+            raise ValueError(f"name: table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
         check_prefix(prefix)
         if type(fallback_to_global) is not bool:
             raise TypeError(f"fallback_to_global must be a bool, not {type(fallback_to_global).__name__}")
@@ -171,7 +180,7 @@ class Client:
 
     def tables(self) -> list[str]:
         """Tables holding at least one record (in any namespace), from the replica."""
-        return self.replica.store.table_names()
+        return [t for t in self.replica.store.table_names() if not t.startswith(RESERVED_PREFIX)]
 
     def namespaces(self) -> list[str]:
         """Namespaces holding at least one record (in any table), from the replica."""
@@ -182,6 +191,68 @@ class Client:
         deadline = time.monotonic() + _timeout(timeout, self.timeout)
         reply = self._request(p.Sync(next(self._req_ids)), deadline)
         self.replica.catch_up(reply.epoch, reply.seq, None, deadline)
+
+    def drop_namespace(self, namespace: str) -> None:
+        """Remove every record of ``namespace`` in every table, in one command (a test's cleanup)."""
+        check_name(namespace, "namespace")
+        self._write(p.Drop(next(self._req_ids), namespace))
+
+    def once(self, key: str, factory: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Across every process using this writer, exactly one runs ``factory()``; all get its value.
+
+        The value (anything a record can hold) is stored at the writer: every caller,
+        now or later, gets the same (frozen) value. Waiting callers wait on their
+        replica. If the factory raises, every caller gets ``tiger.OnceFailed``. If the
+        process running it dies, the writer notices its silence and one waiting caller
+        takes over. ``timeout`` (seconds, default no limit) raises ``tiger.Timeout``.
+        """
+        check_name(key, "key")
+        if not callable(factory):
+            raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+        deadline = math.inf if timeout is None else time.monotonic() + _timeout(timeout, 0.0)
+        with self._once_locks_guard:
+            lock = self._once_locks.setdefault(key, threading.Lock())
+        with lock:  # two threads of this process never both build one key
+            while True:
+                claim = self._write(p.OnceClaim(next(self._req_ids), key, self.client_id, self.label))
+                if claim.result == "build":
+                    built = self._build(key, factory)
+                    if built is not _SUPERSEDED:
+                        return built
+                    continue
+                record = self._once_record(key)
+                if record is not None and record["state"] != "building":
+                    return _once_value(record)
+                owner = None if record is None else record["owner"]
+                self.replica.wait_until(
+                    lambda owner=owner: _once_moved(self._once_record(key), owner),  # type: ignore[misc]
+                    deadline,
+                    lambda: f"once {key!r} was not built by another process within {timeout:g}s",
+                )
+
+    def _once_record(self, key: str) -> Record | None:
+        return self.replica.store.get(ONCE_TABLE, GLOBAL, key)
+
+    def _build(self, key: str, factory: Callable[[], Any]) -> Any:
+        try:
+            value = factory()
+            check_value(value, "the once value")
+        except Exception as e:
+            error = [type(e).__name__, str(e)]
+            self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "error", error))
+            raise OnceFailed(key, *error) from e
+        except BaseException:  # KeyboardInterrupt, SystemExit: let another caller build it
+            try:
+                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None))
+            except TigerError:
+                pass
+            raise
+        finish = self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "value", value))
+        if finish.result != "stored":
+            return _SUPERSEDED  # the writer gave the key to another caller meanwhile (we were silent too long)
+        record = self._once_record(key)
+        assert record is not None
+        return _once_value(record)
 
     def stats(self) -> dict[str, Any]:
         """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
@@ -229,6 +300,21 @@ class Client:
         change = None if reply.change is None else frozen_change(reply.change)
         self.replica.catch_up(reply.epoch, reply.seq, change, deadline)
         return p.Ok(reply.req_id, reply.epoch, reply.seq, change, reply.result)
+
+
+_SUPERSEDED = object()
+
+
+def _once_value(record: Record) -> Any:
+    if record["state"] == "failed":
+        type_name, message = record["error"]
+        raise OnceFailed(record["id"], type_name, message)
+    return record["value"]
+
+
+def _once_moved(record: Record | None, owner: str | None) -> bool:
+    """A waiting caller's cue: the key was built, failed, released, or claimed anew."""
+    return record is None or record["state"] != "building" or record["owner"] != owner
 
 
 def _timeout(value: float | None, default: float) -> float:

@@ -26,5 +26,18 @@ class Unavailable(TigerError):
     """The writer did not answer within the client's timeout."""
 
 
+class OnceFailed(TigerError):
+    """The factory of a ``once`` key raised; every caller of that key gets this."""
+
+    def __init__(self, key: str, type_name: str, message: str) -> None:
+        super().__init__(f"once {key!r} failed: {type_name}: {message}")
+        self.key = key
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (OnceFailed, (self.key, self.type_name, self.message))
+
+
 class ProtocolError(TigerError, ValueError):
     """Bytes that are not a valid tiger message."""

@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 
 from tiger._errors import ProtocolError
-from tiger._table import Change, Clear, ClearNamespace, Delete, Put, Record
+from tiger._table import Change, Clear, ClearNamespace, Delete, DropNamespace, Put, Record
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
 
@@ -30,6 +30,8 @@ def _plain(obj: Any) -> Any:
         return dict(obj)
     if isinstance(obj, tuple):
         return list(obj)
+    if isinstance(obj, int):  # msgpack hands over the ints it cannot carry
+        raise OverflowError(f"cannot send int {obj}: msgpack carries -2**63 to 2**64-1")
     raise TypeError(f"cannot send a {type(obj).__name__}")
 
 
@@ -52,20 +54,51 @@ def _field(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     return value
 
 
+_SHOWN_MAX = 40  # characters of a peer's str shown in an error message
+
+
+def _shown(value: Any) -> str:
+    """A short description of a value a peer sent, for an error message (which is logged and sent back)."""
+    if isinstance(value, (str, bytes)):
+        if len(value) <= _SHOWN_MAX:
+            return repr(value)
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:_SHOWN_MAX]!r}... ({len(value)} {unit})"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
 def _array(obj: Any, tags: dict[str, int], what: str) -> list[Any]:
-    if not isinstance(obj, list) or not obj:
-        raise ProtocolError(f"a {what} must be a non-empty msgpack array, not {type(obj).__name__}")
+    if not isinstance(obj, list):
+        raise ProtocolError(f"a {what} must be a msgpack array, not {type(obj).__name__}")
+    if not obj:
+        raise ProtocolError(f"a {what} must be a non-empty msgpack array, got an empty one")
     tag = obj[0]
-    if tag not in tags:
-        raise ProtocolError(f"unknown {what} {tag!r}")
-    if len(obj) != tags[tag]:
-        raise ProtocolError(f"{what} {tag!r} has {len(obj) - 1} fields, expected {tags[tag] - 1}")
+    arity = tags.get(tag) if type(tag) is str else None  # a list or map tag is unhashable: not a lookup
+    if arity is None:
+        raise ProtocolError(f"unknown {what}: tag {_shown(tag)}")
+    if len(obj) != arity:
+        raise ProtocolError(f"{what} {tag!r} has {len(obj) - 1} fields, expected {arity - 1}")
     return obj
+
+
+def _records(value: Any, name: str) -> list[Record]:
+    """Records as the writer sends them (to replicas): maps with a str id and an int created.
+
+    Their content was checked by the table rules at the writer; these two fields are what a
+    replica's store relies on (its key, its list order).
+    """
+    records: list[Record] = _field(value, list, name)
+    for r in records:
+        if not isinstance(r, dict) or type(r.get("id")) is not str or type(r.get("created")) is not int:
+            raise ProtocolError(f"field {name!r} must hold records (maps) with a str 'id' and an int 'created'")
+    return records
 
 
 # -- changes --------------------------------------------------------------------
 
-_CHANGE_TAGS = {"put": 4, "del": 4, "clear": 2, "clear_ns": 3}
+_CHANGE_TAGS = {"put": 4, "del": 4, "clear": 2, "clear_ns": 3, "drop_ns": 2}
 
 
 def change_to_wire(change: Change) -> list[Any]:
@@ -77,19 +110,19 @@ def change_to_wire(change: Change) -> list[Any]:
         return ["clear", change.table]
     if type(change) is ClearNamespace:
         return ["clear_ns", change.table, change.namespace]
+    if type(change) is DropNamespace:
+        return ["drop_ns", change.namespace]
     raise TypeError(f"not a change: {change!r}")
 
 
 def change_from_wire(obj: Any) -> Change:
     a = _array(obj, _CHANGE_TAGS, "change")
     tag = a[0]
+    if tag == "drop_ns":
+        return DropNamespace(_field(a[1], str, "namespace"))
     table = _field(a[1], str, "table")
     if tag == "put":
-        records = _field(a[3], list, "records")
-        for r in records:
-            if not isinstance(r, dict) or type(r.get("id")) is not str:
-                raise ProtocolError("field 'records' must hold records with a str id")
-        return Put(table, _field(a[2], str, "namespace"), tuple(records))
+        return Put(table, _field(a[2], str, "namespace"), tuple(_records(a[3], "records")))
     if tag == "del":
         return Delete(table, _field(a[2], str, "namespace"), _field(a[3], str, "id"))
     if tag == "clear":
@@ -145,6 +178,35 @@ class ClearTable:
 
 
 @dataclass(frozen=True, slots=True)
+class Drop:
+    """Remove one namespace from every table."""
+
+    req_id: int
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class OnceClaim:
+    """Ask to build a once key; the result says "build", "wait" or "done"."""
+
+    req_id: int
+    key: str
+    client_id: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class OnceFinish:
+    """The builder's outcome: "value" (payload: the value), "error" (payload: [type, message]) or "release"."""
+
+    req_id: int
+    key: str
+    client_id: str
+    outcome: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Sync:
     """Publish a heartbeat now, then reply with the current (epoch, seq)."""
 
@@ -175,7 +237,9 @@ class Bye:
     client_id: str
 
 
-Request = Hello | Insert | Update | Remove | ClearTable | Sync | SnapshotRequest | Stats | Beat | Bye
+Request = (
+    Hello | Insert | Update | Remove | ClearTable | Drop | OnceClaim | OnceFinish | Sync | SnapshotRequest | Stats | Beat | Bye
+)
 
 _REQUEST_TAGS = {
     "hello": 3,
@@ -183,6 +247,9 @@ _REQUEST_TAGS = {
     "update": 6,
     "delete": 5,
     "clear": 4,
+    "drop_ns": 3,
+    "once_claim": 5,
+    "once_finish": 6,
     "sync": 2,
     "snapshot": 2,
     "stats": 2,
@@ -203,9 +270,15 @@ def encode_request(r: Request) -> bytes:
         return pack(["clear", r.req_id, r.table, r.namespace])  # type: ignore[union-attr]
     if t is Hello:
         return pack(["hello", r.req_id, r.client_id])  # type: ignore[union-attr]
+    if t is Drop:
+        return pack(["drop_ns", r.req_id, r.namespace])  # type: ignore[union-attr]
+    if t is OnceClaim:
+        return pack(["once_claim", r.req_id, r.key, r.client_id, r.by])  # type: ignore[union-attr]
+    if t is OnceFinish:
+        return pack(["once_finish", r.req_id, r.key, r.client_id, r.outcome, r.payload])  # type: ignore[union-attr]
     if t is Beat or t is Bye:
         return pack(["beat" if t is Beat else "bye", r.client_id])  # type: ignore[union-attr]
-    tag = {Sync: "sync", SnapshotRequest: "snapshot", Stats: "stats"}[t]  # type: ignore[index]
+    tag = "sync" if t is Sync else "snapshot" if t is SnapshotRequest else "stats"
     return pack([tag, r.req_id])  # type: ignore[union-attr]
 
 
@@ -253,7 +326,20 @@ def request_from(obj: Any) -> Request:
         return ClearTable(req_id, _field(a[2], str, "table"), ns)
     if tag == "hello":
         return Hello(req_id, _field(a[2], str, "client_id"))
-    return {"sync": Sync, "snapshot": SnapshotRequest, "stats": Stats}[tag](req_id)  # type: ignore[no-any-return]
+    if tag == "drop_ns":
+        return Drop(req_id, _field(a[2], str, "namespace"))
+    if tag == "once_claim":
+        return OnceClaim(req_id, _field(a[2], str, "key"), _field(a[3], str, "client_id"), _field(a[4], str, "by"))
+    if tag == "once_finish":
+        outcome = _field(a[4], str, "outcome")
+        if outcome not in ("value", "error", "release"):
+            raise ProtocolError(f"field 'outcome' must be 'value', 'error' or 'release', not {_shown(outcome)}")
+        return OnceFinish(req_id, _field(a[2], str, "key"), _field(a[3], str, "client_id"), outcome, a[5])
+    if tag == "sync":
+        return Sync(req_id)
+    if tag == "snapshot":
+        return SnapshotRequest(req_id)
+    return Stats(req_id)
 
 
 # -- replies: writer -> client -----------------------------------------------------
@@ -319,6 +405,16 @@ def encode_reply(r: Reply) -> bytes:
     return pack(["end", r.req_id, r.epoch, r.seq, r.records])  # type: ignore[union-attr]
 
 
+def _segments(value: Any) -> list[tuple[str, str, list[Record]]]:
+    segments = []
+    for segment in _field(value, list, "segments"):
+        if not isinstance(segment, list) or len(segment) != 3:
+            raise ProtocolError("field 'segments' must hold [table, namespace, records] arrays")
+        table, namespace, records = segment
+        segments.append((_field(table, str, "table"), _field(namespace, str, "namespace"), _records(records, "records")))
+    return segments
+
+
 def decode_reply(data: bytes) -> Reply:
     a = _array(unpack(data), _REPLY_TAGS, "reply")
     tag = a[0]
@@ -329,7 +425,7 @@ def decode_reply(data: bytes) -> Reply:
         req_id = a[1] if a[1] is None else _field(a[1], int, "req_id")
         return Failed(req_id, _field(a[2], str, "kind"), _field(a[3], str, "message"))
     if tag == "chunk":
-        return SnapshotChunk(_field(a[1], int, "req_id"), _field(a[2], list, "segments"))
+        return SnapshotChunk(_field(a[1], int, "req_id"), _segments(a[2]))
     return SnapshotEnd(
         _field(a[1], int, "req_id"), _field(a[2], str, "epoch"), _field(a[3], int, "seq"), _field(a[4], int, "records")
     )

@@ -99,7 +99,8 @@ def serve(url: str | None = None, timeout: float = 10.0) -> Server:
             tmpdir = tempfile.mkdtemp(prefix="tiger-", dir="/tmp")
             url = f"ipc://{tmpdir}/w"
     check_url(url)
-    command = [sys.executable, "-m", "tiger", "serve", "--url", url, "--owner-pid", str(os.getpid()), "--watch-stdin"]
+    command = [sys.executable, "-m", "tiger", "serve", "--url", url, "--log-level", "warning"]
+    command += ["--owner-pid", str(os.getpid()), "--watch-stdin"]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
     server = Server(url, process, tmpdir)
     try:

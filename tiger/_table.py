@@ -29,13 +29,15 @@ so the order is the same everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from tiger._errors import AlreadyExists, NotFound
 
 GLOBAL = "global"
+RESERVED_PREFIX = "tiger."  # table names tiger keeps for itself
+ONCE_TABLE = "tiger.once"  # once keys: one record per key, in namespace "global"
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 MAX_DEPTH = 32
@@ -43,6 +45,7 @@ MAX_NAME_LENGTH = 200
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _STORABLE = "None, bool, int, float, str, bytes, list, dict"
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 # -- frozen records -------------------------------------------------------------
@@ -90,10 +93,13 @@ class FrozenList(list):  # type: ignore[type-arg]
 
 
 def _freeze_value(value: Any) -> Any:
-    t = type(value)
-    if t is dict or t is Record:
+    if type(value) in _SCALARS:
+        return value
+    # Any mapping or list, subclasses included (OrderedDict, defaultdict...): copied
+    # into frozen form, so the store never holds an object the caller can still mutate.
+    if isinstance(value, Mapping):
         return Record({k: _freeze_value(v) for k, v in value.items()})
-    if t is list or t is tuple or t is FrozenList:
+    if isinstance(value, (list, tuple)):
         return FrozenList([_freeze_value(v) for v in value])
     return value
 
@@ -103,8 +109,7 @@ def freeze(record: Mapping[str, Any]) -> Record:
     if type(record) is Record:
         return record
     for v in record.values():
-        t = type(v)
-        if t is dict or t is list or t is tuple or t is Record or t is FrozenList:
+        if type(v) not in _SCALARS:
             return _freeze_value(dict(record))  # type: ignore[no-any-return]
     return Record(record)
 
@@ -175,7 +180,8 @@ def _check_value(value: Any, where: str, depth: int) -> None:
             _check_value(v, f"{where}[{i}]", depth + 1)
         return
     if isinstance(value, (str, int, float, bytes)):  # subclasses: IntEnum, str enums, numpy scalars...
-        raise TypeError(f"{where}: {t.__name__} is a subclass; store a plain {t.__mro__[1].__name__}")
+        base = next(b for b in (int, float, str, bytes) if isinstance(value, b))
+        raise TypeError(f"{where}: {t.__name__} is a subclass of {base.__name__}; store a plain {base.__name__}")
     raise TypeError(f"{where}: {t.__name__} is not storable (a record holds {_STORABLE})")
 
 
@@ -228,7 +234,14 @@ class ClearNamespace:
     namespace: str
 
 
-Change = Put | Delete | Clear | ClearNamespace
+@dataclass(frozen=True, slots=True)
+class DropNamespace:
+    """One namespace, in every table (a test's cleanup)."""
+
+    namespace: str
+
+
+Change = Put | Delete | Clear | ClearNamespace | DropNamespace
 Rows = dict[str, Record]  # id -> record, in insertion order
 
 
@@ -257,6 +270,7 @@ class Store:
     def _touch(self, table: str, namespace: str) -> None:
         key = (table, namespace)
         self._versions[key] = self._versions.get(key, 0) + 1
+        self._orders.pop(key, None)  # a stale order would keep deleted records alive
 
     def apply(self, change: Change) -> None:
         """Apply one change. Never raises for a change that ``prepare_*`` produced."""
@@ -270,25 +284,29 @@ class Store:
                 rows.update(batch)
             self._touch(change.table, change.namespace)
         elif type(change) is Delete:
-            namespaces = self.tables.get(change.table)
-            rows = namespaces.get(change.namespace) if namespaces else None
-            if rows is not None and change.id in rows:
+            found = self.tables.get(change.table)
+            rows = found.get(change.namespace) if found else None
+            if found is not None and rows is not None and change.id in rows:
                 if len(rows) == 1:
-                    del namespaces[change.namespace]  # type: ignore[index]
+                    del found[change.namespace]
                 else:
                     del rows[change.id]
                 self._touch(change.table, change.namespace)
         elif type(change) is ClearNamespace:
-            namespaces = self.tables.get(change.table)
-            if namespaces and namespaces.pop(change.namespace, None) is not None:
+            found = self.tables.get(change.table)
+            if found and found.pop(change.namespace, None) is not None:
                 self._touch(change.table, change.namespace)
         elif type(change) is Clear:
-            namespaces = self.tables.get(change.table)
-            if namespaces:
-                touched = list(namespaces)
-                namespaces.clear()
+            found = self.tables.get(change.table)
+            if found:
+                touched = list(found)
+                found.clear()
                 for ns in touched:
                     self._touch(change.table, ns)
+        elif type(change) is DropNamespace:
+            for table, found in list(self.tables.items()):
+                if found.pop(change.namespace, None) is not None:
+                    self._touch(table, change.namespace)
         else:
             raise TypeError(f"not a change: {change!r}")
 
@@ -366,7 +384,7 @@ class Store:
 
     def find(self, table: str, namespace: str, fields: Mapping[str, Any]) -> list[Record]:
         """Records whose top-level fields equal every given value, in list order."""
-        items = list(fields.items())
+        items = [(k, _freeze_value(v)) for k, v in fields.items()]  # a tuple matches the stored list
         missing = object()
         return [r for r in self.ordered(table, namespace) if all(r.get(k, missing) == v for k, v in items)]
 
@@ -418,9 +436,21 @@ class Store:
             for ns, rows in namespaces.items():
                 assert rows, f"empty namespace dict kept: {table}/{ns}"
                 for id, r in rows.items():
-                    assert type(r) is Record, f"{table}/{ns}/{id} is not frozen"
+                    _check_frozen(r, f"{table}/{ns}/{id}")
                     assert r["id"] == id, f"{table}/{ns}/{id} stored under another id"
                     assert type(r["created"]) is int, f"{table}/{ns}/{id} has no int created"
+
+
+def _check_frozen(value: Any, where: str) -> None:
+    t = type(value)
+    if t is Record:
+        for k, v in value.items():
+            _check_frozen(v, f"{where}[{k!r}]")
+    elif t is FrozenList:
+        for i, v in enumerate(value):
+            _check_frozen(v, f"{where}[{i}]")
+    else:
+        assert t in _SCALARS, f"{where} is a mutable {t.__name__}, not frozen"
 
 
 def _created(record: Record) -> int:
@@ -428,8 +458,7 @@ def _created(record: Record) -> int:
 
 
 def _cursor(index: dict[str, int], id: object, what: str, table: str, namespace: str) -> int:
-    check_id(id, what)
-    position = index.get(id)  # type: ignore[arg-type]
+    position = index.get(check_id(id, what))
     if position is None:
         raise NotFound(f"{what}: {table} {id!r} is not in namespace {namespace!r}")
     return position
@@ -462,6 +491,7 @@ def prepare_insert(
     if not records:
         raise ValueError("records must not be empty")
     rows = store.rows(table, namespace)
+    given = {r.get("id") for r in records if isinstance(r, Mapping) and type(r.get("id")) is str}
     batch_ids: dict[str, int] = {}
     out: list[Record] = []
     single = len(records) == 1
@@ -472,7 +502,7 @@ def prepare_insert(
         if id is None:
             while True:
                 id = f"{prefix}_{token(8)}" if prefix else token(12)
-                if id not in rows and id not in batch_ids:
+                if id not in rows and id not in batch_ids and id not in given:
                     break
         elif prefix and not id.startswith(prefix + "_"):
             raise ValueError(f"{where}['id']: {id!r} must start with {prefix + '_'!r} (the prefix of table {table!r})")
@@ -528,3 +558,77 @@ def prepare_clear_namespace(store: Store, table: str, namespace: str) -> ClearNa
     check_name(table, "table")
     check_name(namespace, "namespace")
     return ClearNamespace(table, namespace) if store.rows(table, namespace) else None
+
+
+def prepare_drop_namespace(store: Store, namespace: str) -> DropNamespace | None:
+    check_name(namespace, "namespace")
+    if not any(namespace in found for found in store.tables.values()):
+        return None
+    return DropNamespace(namespace)
+
+
+def check_value(value: object, where: str = "value") -> None:
+    """Validate a value a record could hold (a once value, a find argument)."""
+    _check_value(value, where, 0)
+
+
+# -- once keys ------------------------------------------------------------------------
+#
+# A once key is a record {"id": key, "state": "building" | "done" | "failed", "owner": client id,
+# "by": who built it, "value": ..., "error": [type name, message] | None} in ONCE_TABLE / GLOBAL.
+# Waiting callers watch that record in their replica; nothing polls the writer.
+
+
+def prepare_once_claim(
+    store: Store, key: str, client_id: str, by: str, live: Container[str], *, now: int
+) -> tuple[str, Put | None]:
+    """The verdict for a caller of ``once``: ("build", change) | ("wait", None) | ("done", None).
+
+    A key being built by a client that is no longer ``live`` is handed to this caller.
+    """
+    check_name(key, "key")
+    check_id(client_id, "client_id")
+    check_value(by, "by")
+    current = store.get(ONCE_TABLE, GLOBAL, key)
+    if current is not None:
+        if current["state"] != "building":
+            return "done", None
+        if current["owner"] != client_id and current["owner"] in live:
+            return "wait", None
+    record = {"id": key, "state": "building", "owner": client_id, "by": by, "value": None, "error": None, "created": now}
+    return "build", Put(ONCE_TABLE, GLOBAL, (freeze(record),))
+
+
+def prepare_once_finish(store: Store, key: str, client_id: str, value: Any, error: Any) -> tuple[str, Change | None]:
+    """Store the builder's value (or its error); both None: give the key up for another caller.
+
+    ("stored", change), or ("superseded", None) when ``client_id`` no longer holds the key.
+    """
+    check_name(key, "key")
+    check_id(client_id, "client_id")
+    current = store.get(ONCE_TABLE, GLOBAL, key)
+    if current is None or current["state"] != "building" or current["owner"] != client_id:
+        return "superseded", None
+    if error is not None:
+        if not (isinstance(error, list) and len(error) == 2 and all(type(x) is str for x in error)):
+            raise TypeError("error must be [type name, message], two str")
+        return "stored", Put(ONCE_TABLE, GLOBAL, (freeze({**current, "state": "failed", "error": error}),))
+    check_value(value, "value")
+    return "stored", Put(ONCE_TABLE, GLOBAL, (freeze({**current, "state": "done", "value": value}),))
+
+
+def prepare_once_release(store: Store, key: str, client_id: str) -> Delete | None:
+    """Give a key up (its builder was interrupted): waiting callers then claim it anew."""
+    current = store.get(ONCE_TABLE, GLOBAL, key)
+    if current is None or current["state"] != "building" or current["owner"] != client_id:
+        return None
+    return Delete(ONCE_TABLE, GLOBAL, key)
+
+
+def claims_of(store: Store, client_id: str) -> list[str]:
+    """The once keys ``client_id`` is building (to release them when it goes silent)."""
+    return [
+        key
+        for key, record in store.rows(ONCE_TABLE, GLOBAL).items()
+        if record["state"] == "building" and record["owner"] == client_id
+    ]

@@ -33,7 +33,8 @@ log = logging.getLogger("tiger.writer")
 HEARTBEAT = 0.5  # seconds between published heartbeats
 SNAPSHOT_CHUNK = 2000  # records per snapshot message
 PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (replicas resync)
-CLIENT_SILENCE = 5.0  # a client not heard from for this long no longer counts as connected
+MAX_ERROR = 500  # characters of an error message the writer logs and sends back
+CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
 
 _ERROR_KINDS: list[tuple[type[BaseException], str]] = [
     (NotFound, "not_found"),
@@ -57,9 +58,7 @@ def publish_endpoint(url: str) -> str:
 class Writer:
     """The writer's sockets and state. ``run()`` serves until stopped."""
 
-    def __init__(
-        self, url: str, *, heartbeat: float = HEARTBEAT, owner_pid: int | None = None, pub_hwm: int = PUB_HWM
-    ) -> None:
+    def __init__(self, url: str, *, heartbeat: float = HEARTBEAT, owner_pid: int | None = None, pub_hwm: int = PUB_HWM) -> None:
         self.epoch = secrets.token_hex(8)
         self.seq = 0
         self.store = _table.Store()
@@ -85,11 +84,14 @@ class Writer:
             raise
         self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._handlers: dict[type, Callable[[Any], _table.Change | None]] = {
+        self._handlers: dict[type, Callable[[Any], tuple[_table.Change | None, Any]]] = {
             p.Insert: self._insert,
             p.Update: self._update,
             p.Remove: self._remove,
             p.ClearTable: self._clear,
+            p.Drop: self._drop,
+            p.OnceClaim: self._once_claim,
+            p.OnceFinish: self._once_finish,
         }
 
     # -- the loop ----------------------------------------------------------------
@@ -146,7 +148,7 @@ class Writer:
             self._running = False
         silent = time.monotonic() - CLIENT_SILENCE
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
-            del self.clients[client_id]
+            self._forget(client_id)
 
     def _drain(self) -> None:
         for _ in range(1000):  # then look at heartbeats and signals again
@@ -172,25 +174,22 @@ class Writer:
             self._dispatch(envelope, request)
         except Exception as e:  # the writer never dies of what a client sends
             kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
+            message = str(e)
+            if len(message) > MAX_ERROR:  # a huge bad argument must not make a huge log line and reply
+                message = f"{message[:MAX_ERROR]}... ({len(message)} characters)"
             if kind == "internal":
                 log.exception("internal error on a request")
             else:
-                log.warning("refused a request (%s): %s", kind, e)
-            self._send(envelope, p.encode_reply(p.Failed(req_id, kind, str(e))))
+                log.warning("refused a request (%s): %s", kind, message)
+            self._send(envelope, p.encode_reply(p.Failed(req_id, kind, message)))
 
     def _dispatch(self, envelope: list[bytes], request: p.Request) -> None:
         t = type(request)
         handler = self._handlers.get(t)
         if handler is not None:
-            change = handler(request)
-            if change is None:
-                self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None))  # type: ignore[union-attr]
-                return
-            packed = p.pack_change(change)
-            self.store.apply(change)
-            self.seq += 1
-            self.pub.send(p.published_bytes(self.epoch, self.seq, packed))
-            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, packed))  # type: ignore[union-attr]
+            change, result = handler(request)
+            packed = None if change is None else self._commit(change)
+            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result))  # type: ignore[union-attr]
         elif t is p.Beat:
             self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
         elif t is p.Sync:
@@ -203,11 +202,28 @@ class Writer:
             result = {"pub": self.pub_url, "heartbeat": self.heartbeat, "pid": os.getpid()}
             self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None, result))  # type: ignore[union-attr]
         elif t is p.Bye:
-            self.clients.pop(request.client_id, None)  # type: ignore[union-attr]
+            self._forget(request.client_id)  # type: ignore[union-attr]
         elif t is p.Stats:
             self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats()))  # type: ignore[union-attr]
         else:  # pragma: no cover - request_from only returns the types above
             raise ProtocolError(f"no handler for {t.__name__}")
+
+    def _commit(self, change: _table.Change) -> bytes:
+        """Apply a change, number it and publish it; returns it packed (for the reply)."""
+        packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
+        self.store.apply(change)
+        self.seq += 1
+        self.pub.send(p.published_bytes(self.epoch, self.seq, packed))
+        return packed
+
+    def _forget(self, client_id: str) -> None:
+        """A client left (goodbye or silence): release the once keys it was building."""
+        self.clients.pop(client_id, None)
+        for key in _table.claims_of(self.store, client_id):
+            log.info("released once key %r: its builder %s is gone", key, client_id)
+            change = _table.prepare_once_release(self.store, key, client_id)
+            if change is not None:
+                self._commit(change)
 
     def _send(self, envelope: list[bytes], payload: bytes) -> None:
         try:
@@ -239,22 +255,39 @@ class Writer:
 
     # -- writes: command -> change ------------------------------------------------------
 
-    def _insert(self, r: p.Insert) -> _table.Change | None:
+    def _insert(self, r: p.Insert) -> tuple[_table.Change | None, Any]:
         now = int(time.time())
-        return _table.prepare_insert(
+        change = _table.prepare_insert(
             self.store, r.table, r.namespace, r.prefix, r.records, create=r.create, now=now, token=secrets.token_hex
         )
+        return change, None
 
-    def _update(self, r: p.Update) -> _table.Change | None:
-        return _table.prepare_update(self.store, r.table, r.namespace, r.id, r.changes)
+    def _update(self, r: p.Update) -> tuple[_table.Change | None, Any]:
+        return _table.prepare_update(self.store, r.table, r.namespace, r.id, r.changes), None
 
-    def _remove(self, r: p.Remove) -> _table.Change | None:
-        return _table.prepare_delete(self.store, r.table, r.namespace, r.id)
+    def _remove(self, r: p.Remove) -> tuple[_table.Change | None, Any]:
+        return _table.prepare_delete(self.store, r.table, r.namespace, r.id), None
 
-    def _clear(self, r: p.ClearTable) -> _table.Change | None:
+    def _clear(self, r: p.ClearTable) -> tuple[_table.Change | None, Any]:
         if r.namespace is None:
-            return _table.prepare_clear(self.store, r.table)
-        return _table.prepare_clear_namespace(self.store, r.table, r.namespace)
+            return _table.prepare_clear(self.store, r.table), None
+        return _table.prepare_clear_namespace(self.store, r.table, r.namespace), None
+
+    def _drop(self, r: p.Drop) -> tuple[_table.Change | None, Any]:
+        return _table.prepare_drop_namespace(self.store, r.namespace), None
+
+    def _once_claim(self, r: p.OnceClaim) -> tuple[_table.Change | None, Any]:
+        self.clients[r.client_id] = time.monotonic()
+        verdict, change = _table.prepare_once_claim(self.store, r.key, r.client_id, r.by, self.clients, now=int(time.time()))
+        return change, verdict
+
+    def _once_finish(self, r: p.OnceFinish) -> tuple[_table.Change | None, Any]:
+        self.clients[r.client_id] = time.monotonic()
+        if r.outcome == "release":
+            return _table.prepare_once_release(self.store, r.key, r.client_id), "released"
+        value, error = (r.payload, None) if r.outcome == "value" else (None, r.payload)
+        verdict, change = _table.prepare_once_finish(self.store, r.key, r.client_id, value, error)
+        return change, verdict
 
 
 def serve_forever(
@@ -264,9 +297,10 @@ def serve_forever(
     owner_pid: int | None = None,
     watch_stdin: bool = False,
     pub_hwm: int = PUB_HWM,
+    log_level: str = "INFO",
 ) -> int:
     """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code."""
-    logging.basicConfig(level=logging.INFO, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=log_level, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
     try:
         writer = Writer(url, heartbeat=heartbeat, owner_pid=owner_pid, pub_hwm=pub_hwm)
     except zmq.ZMQError as e:

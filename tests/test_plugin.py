@@ -1,0 +1,324 @@
+"""The pytest plugin, run for real: pytest in subprocesses (pytester), with and without xdist."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from _util import alive, read_line
+
+import tiger
+
+RUN_TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def _own_writer(monkeypatch):
+    """The inner runs start their own writer unless a test says otherwise."""
+    monkeypatch.delenv("TIGER_URL", raising=False)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=RUN_TIMEOUT)
+
+
+ONCE_SUITE = """
+import os, uuid
+import pytest
+
+def build():
+    with open({built!r}, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+    return {{"token": uuid.uuid4().hex}}
+
+@pytest.mark.parametrize("i", range(40))
+def test_shares_the_value(tiger_once, i):
+    value = tiger_once("seed", build)
+    with open({seen!r}, "a") as f:
+        f.write(value["token"] + "\\n")
+"""
+
+
+@pytest.mark.parametrize("xdist", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
+def test_tiger_once_builds_exactly_once_across_workers(pytester, tmp_path, xdist):
+    built, seen = tmp_path / "built", tmp_path / "seen"
+    pytester.makepyfile(test_once=ONCE_SUITE.format(built=str(built), seen=str(seen)))
+    result = run(pytester, *xdist)
+    result.assert_outcomes(passed=40)
+    assert len(built.read_text().splitlines()) == 1
+    values = seen.read_text().splitlines()
+    assert len(values) == 40 and len(set(values)) == 1
+
+
+def test_per_test_namespaces_isolate_and_are_cleared(pytester, tmp_path):
+    pytester.makepyfile(
+        test_ns=f"""
+        import os, tiger
+
+        def _insert_and_check(tiger_client, tiger_namespace, who):
+            plans = tiger_client.table("plans", prefix="plan")
+            assert tiger.current_namespace() == tiger_namespace
+            assert os.environ["PYTEST_XDIST_WORKER"] in tiger_namespace
+            plans.insert({{"id": "plan_same", "who": who}})
+            tiger_client.sync()
+            assert plans["plan_same"]["who"] == who
+            assert plans.count() == 1
+            with open({str(tmp_path / "workers")!r}, "a") as f:
+                f.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+
+        def test_a(tiger_client, tiger_namespace):
+            _insert_and_check(tiger_client, tiger_namespace, "a")
+
+        def test_b(tiger_client, tiger_namespace):
+            _insert_and_check(tiger_client, tiger_namespace, "b")
+        """
+    )
+    with tiger.serve() as server:
+        result = run(pytester, "-n", "2", "--tiger-url", server.url)
+        result.assert_outcomes(passed=2)
+        assert sorted((tmp_path / "workers").read_text().split()) == ["gw0", "gw1"]
+        with tiger.connect(server.url) as client:
+            assert client.namespaces() == []  # both tests' namespaces were cleared
+        assert server.running  # a writer given by --tiger-url is never stopped
+
+
+def test_namespace_is_current_in_the_tests_own_fixtures(pytester):
+    pytester.makepyfile(
+        test_fixture_ns="""
+        import pytest, tiger
+
+        @pytest.fixture
+        def plan(tiger_client):
+            # set up before tiger_namespace in the argument list, yet inside it
+            return tiger_client.table("plans", prefix="plan").insert({"id": "plan_f"}), tiger.current_namespace()
+
+        def test_uses_it(plan, tiger_namespace, tiger_client):
+            record, ns_at_setup = plan
+            assert ns_at_setup == tiger_namespace
+            assert "plan_f" in tiger_client.table("plans")
+        """
+    )
+    run(pytester, "-p", "no:xdist").assert_outcomes(passed=1)
+
+
+def test_a_failing_factory_fails_every_caller_with_once_failed(pytester, tmp_path):
+    built = tmp_path / "built"
+    pytester.makepyfile(
+        test_fail=f"""
+        import pytest, tiger
+
+        def build():
+            with open({str(built)!r}, "a") as f:
+                f.write("x\\n")
+            raise ValueError("no database today")
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_needs_it(tiger_once, i):
+            tiger_once("db", build)
+        """
+    )
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(failed=6)
+    assert built.read_text() == "x\n"
+    assert len(re.findall(r"OnceFailed: once 'db' failed: ValueError: no database today", result.stdout.str())) >= 6
+
+
+def test_a_builder_that_dies_is_replaced_and_the_run_passes(pytester, tmp_path):
+    built = tmp_path / "built"
+    pytester.makepyfile(
+        test_dies=f"""
+        import os, subprocess, sys
+        import pytest, tiger
+
+        DIE = "import os, tiger; tiger.connect().once('fixture', lambda: os._exit(3))"
+
+        def build():
+            with open({str(built)!r}, "a") as f:
+                f.write("built\\n")
+            return 42
+
+        def test_first_a_builder_dies(tiger_client, tiger_once):
+            assert subprocess.run([sys.executable, "-c", DIE], timeout=60).returncode == 3
+            with tiger.namespace("global"):
+                tiger_client.table("signals").insert({{"id": "claim-orphaned"}})
+            assert tiger_once("fixture", build) == 42
+
+        @pytest.mark.parametrize("i", range(5))
+        def test_others_wait(tiger_client, tiger_once, i):
+            with tiger.namespace("global"):
+                tiger_client.table("signals").wait_for("claim-orphaned", timeout=60)
+            assert tiger_once("fixture", build, timeout=60) == 42
+        """
+    )
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=6)
+    assert built.read_text() == "built\n"
+
+
+def test_no_writer_outlives_the_run(pytester):
+    pytester.makepyfile(test_ok="def test_ok(tiger_url): assert tiger_url")
+    for args in (["-n", "2"], ["-p", "no:xdist"]):
+        result = run(pytester, *args)
+        result.assert_outcomes(passed=1)
+        [pid] = re.findall(r"tiger: writer \S+ \(pid (\d+)\)", result.stdout.str())
+        assert not alive(int(pid))
+
+
+def test_no_writer_outlives_a_killed_controller(pytester, tmp_path):
+    started = tmp_path / "started"
+    pytester.makepyfile(
+        test_block=f"""
+        import pathlib, threading
+
+        def test_blocks(tiger_url):
+            pathlib.Path({str(started)!r}).write_text("yes")
+            threading.Event().wait(120)
+        """
+    )
+    controller = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "-s", str(pytester.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=pytester.path,
+        start_new_session=True,
+    )
+    try:
+        pid = None
+        deadline = time.monotonic() + 60
+        while pid is None:
+            assert time.monotonic() < deadline, "no tiger header line"
+            match = re.search(r"tiger: writer \S+ \(pid (\d+)\)", read_line(controller, 60))
+            pid = int(match.group(1)) if match else None
+        while not started.exists():
+            assert time.monotonic() < deadline, "the blocking test never started"
+            time.sleep(0.05)  # sleep-ok: polling for a file another process writes
+        assert alive(pid)
+        os.kill(controller.pid, signal.SIGKILL)
+        controller.wait(10)
+        while alive(pid):
+            assert time.monotonic() < deadline + 10, f"writer {pid} outlived its killed controller"
+            time.sleep(0.05)  # sleep-ok: polling another process's exit
+    finally:
+        try:
+            os.killpg(controller.pid, signal.SIGKILL)  # the xdist workers we started, if still there
+        except ProcessLookupError:
+            pass
+        controller.communicate(timeout=10)
+
+
+def test_keep_keeps_the_data_and_names_the_namespace_of_a_failed_test(pytester):
+    pytester.makepyfile(
+        test_keep="""
+        def test_fails(tiger_client, tiger_namespace):
+            tiger_client.table("plans").insert({"id": "kept"})
+            assert False
+        """
+    )
+    with tiger.serve() as server:
+        result = run(pytester, "-p", "no:xdist", "--tiger-url", server.url, "--tiger-keep")
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*namespace kept: main::test_keep.py::test_fails*"])
+        with tiger.connect(server.url) as client, tiger.namespace("main::test_keep.py::test_fails"):
+            assert "kept" in client.table("plans")
+
+
+def test_isolate_ini_gives_every_test_a_namespace(pytester):
+    pytester.makeini("[pytest]\ntiger_isolate = true\n")
+    pytester.makepyfile(
+        test_iso="""
+        import tiger
+
+        def test_one():
+            assert tiger.current_namespace().endswith("test_iso.py::test_one")
+
+        def test_two():
+            assert tiger.current_namespace().endswith("test_iso.py::test_two")
+        """
+    )
+    run(pytester, "-n", "2").assert_outcomes(passed=2)
+
+
+def test_seed_files_are_loaded_into_global_once(pytester, tmp_path):
+    (tmp_path / "plans.jsonl").write_text(
+        '{"table": "plans", "record": {"id": "plan_a", "amount": 1}}\n{"table": "plans", "record": {"id": "plan_b"}}\n'
+    )
+    (tmp_path / "more.json").write_text('{"customers": [{"id": "cus_1"}, {"id": "cus_2"}]}')
+    pytester.makeini(f"[pytest]\ntiger_seed =\n    {tmp_path / 'plans.jsonl'}\n    {tmp_path / 'more.json'}\n")
+    pytester.makepyfile(
+        test_seeded="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_sees_seed(tiger_client, i):
+            assert tiger_client.table("plans")["plan_a"]["amount"] == 1
+            assert tiger_client.table("plans").count() == 2
+            assert tiger_client.table("customers").count() == 2
+        """
+    )
+    run(pytester, "-n", "2").assert_outcomes(passed=4)
+
+
+def test_a_bad_seed_file_stops_the_run_naming_the_line(pytester, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"table": "plans", "record": {"id": "plan_a"}}\n{"table": "plans"}\n')
+    pytester.makeini(f"[pytest]\ntiger_seed = {tmp_path / 'bad.jsonl'}\n")
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = run(pytester, "-p", "no:xdist")
+    assert result.ret != 0
+    assert "bad.jsonl: line 2" in result.stderr.str() + result.stdout.str()
+
+
+def test_stats_summary(pytester):
+    pytester.makepyfile(
+        test_s="""
+        def test_s(tiger_client, tiger_once):
+            tiger_client.table("plans").insert({"id": "p"})
+            tiger_once("k", lambda: 1)
+        """
+    )
+    result = run(pytester, "-n", "2", "--tiger-stats")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*tiger*", "*writes applied*", "*plans: 1 records in 1 namespaces*", "*k: done by gw*"])
+
+
+def test_disabled_with_p_no_tiger(pytester):
+    pytester.makepyfile(test_off="def test_off(tiger_url): pass")
+    result = run(pytester, "-p", "no:tiger", "-p", "no:xdist")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'tiger_url' not found*"])
+    assert "tiger: writer" not in result.stdout.str()
+
+
+def test_load_and_dump_commands(tmp_path):
+    seed = tmp_path / "seed.jsonl"
+    seed.write_text(
+        textwrap.dedent(
+            """\
+            {"table": "plans", "record": {"id": "plan_b", "created": 2}}
+            {"table": "plans", "record": {"id": "plan_a", "created": 1}}
+            {"table": "customers", "namespace": "n1", "record": {"id": "cus_1", "created": 3, "name": "Zoë"}}
+            """
+        )
+    )
+    with tiger.serve() as server:
+        tiger_cmd = [sys.executable, "-m", "tiger"]
+        out = subprocess.run([*tiger_cmd, "load", str(seed), "--url", server.url], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "loaded 3 records" in out.stdout
+        out = subprocess.run([*tiger_cmd, "dump", "--url", server.url], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == [
+            '{"table": "customers", "namespace": "n1", "record": {"id": "cus_1", "created": 3, "name": "Zoë"}}',
+            '{"table": "plans", "namespace": "global", "record": {"id": "plan_b", "created": 2}}',
+            '{"table": "plans", "namespace": "global", "record": {"id": "plan_a", "created": 1}}',
+        ]
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text("{not json\n")
+        out = subprocess.run([*tiger_cmd, "load", str(bad), "--url", server.url], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "bad.jsonl:1: not JSON" in out.stderr
