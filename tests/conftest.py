@@ -1,10 +1,8 @@
-"""Fixtures for tiger's own tests: a real writer process per test session (per xdist worker)."""
+"""Fixtures for tiger's own tests, built on tiger's pytest plugin (one writer for the whole run)."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -15,18 +13,18 @@ pytest_plugins = ["pytester"]
 
 @pytest.fixture(scope="session")
 def writer() -> Iterator[tiger.Server]:
-    """A writer process shared by this worker's tests; tests isolate themselves by namespace."""
+    """A writer process of this worker's own, for tests that need its Server handle (pid, stop)."""
     with tiger.serve() as server:
         yield server
 
 
 @pytest.fixture
-def connect(writer: tiger.Server) -> Iterator[object]:
-    """``connect(**kw)`` -> a fresh Client to the session's writer, closed after the test."""
+def connect(tiger_url: str) -> Iterator[Callable[..., tiger.Client]]:
+    """``connect()`` -> a fresh Client (its own replica) to the run's writer, closed after the test."""
     clients: list[tiger.Client] = []
 
     def _connect(url: str | None = None, timeout: float = 5.0) -> tiger.Client:
-        client = tiger.connect(url or writer.url, timeout=timeout)
+        client = tiger.connect(url or tiger_url, timeout=timeout)
         clients.append(client)
         return client
 
@@ -36,13 +34,11 @@ def connect(writer: tiger.Server) -> Iterator[object]:
 
 
 @pytest.fixture
-def client(connect) -> tiger.Client:  # type: ignore[no-untyped-def]
-    return connect()  # type: ignore[no-any-return]
+def client(connect: Callable[..., tiger.Client]) -> tiger.Client:
+    return connect()
 
 
 @pytest.fixture
-def ns() -> Iterator[str]:
-    """A fresh namespace, current for the whole test."""
-    name = f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with tiger.namespace(name):
-        yield name
+def ns(tiger_namespace: str) -> str:
+    """This test's namespace (the plugin's tiger_namespace: current for the test, dropped after it)."""
+    return tiger_namespace

@@ -351,6 +351,7 @@ def test_connect_reads_tiger_url(monkeypatch, writer):
     monkeypatch.setenv("TIGER_URL", writer.url)
     with tiger.connect() as client:
         assert client.url == writer.url
+        assert client.writer_pid == writer.pid
 
 
 def test_connect_to_nothing_is_unavailable_naming_the_url(tmp_path):

@@ -133,26 +133,26 @@ def join_and_summarise(results: Any, index: int, url: str, ns: str) -> None:
 # -- tests -------------------------------------------------------------------------------
 
 
-def test_read_your_writes_in_three_processes(writer, client, ns):
-    counts = run_workers(read_your_writes, [(writer.url, ns, 200)] * 3)
+def test_read_your_writes_in_three_processes(tiger_url, client, ns):
+    counts = run_workers(read_your_writes, [(tiger_url, ns, 200)] * 3)
     client.sync()
     assert client.table("plans").count() == 600
     assert all(200 <= c <= 600 for c in counts)
 
 
-def test_concurrent_updates_of_different_fields_all_win(writer, client, ns):
+def test_concurrent_updates_of_different_fields_all_win(tiger_url, client, ns):
     plans = client.table("plans", prefix="plan")
     plans.insert({"id": "plan_shared"})
-    run_workers(update_own_field, [(writer.url, ns, 100)] * 3)
+    run_workers(update_own_field, [(tiger_url, ns, 100)] * 3)
     client.sync()
     record = plans["plan_shared"]
     assert {k: record[k] for k in ("field_0", "field_1", "field_2")} == {"field_0": 99, "field_1": 99, "field_2": 99}
 
 
-def test_concurrent_create_of_one_id_has_exactly_one_winner(writer, client, ns):
+def test_concurrent_create_of_one_id_has_exactly_one_winner(tiger_url, client, ns):
     ids = [f"plan_race_{i}" for i in range(30)]
     barrier = SPAWN.Barrier(3)
-    won = run_workers(create_race, [(writer.url, ns, ids, barrier)] * 3)
+    won = run_workers(create_race, [(tiger_url, ns, ids, barrier)] * 3)
     winners = [id for per_worker in won for id in per_worker]
     assert sorted(winners) == sorted(ids), "every id is created exactly once"
     client.sync()
@@ -162,13 +162,13 @@ def test_concurrent_create_of_one_id_has_exactly_one_winner(writer, client, ns):
             assert plans[id]["winner"] == index
 
 
-def test_acknowledged_writes_are_visible_in_other_processes_after_sync(writer, ns):
+def test_acknowledged_writes_are_visible_in_other_processes_after_sync(tiger_url, ns):
     acknowledged = SPAWN.Queue()
-    args: list[tuple[Any, ...]] = [(writer.url, ns, acknowledged), (writer.url, ns, acknowledged)]
+    args: list[tuple[Any, ...]] = [(tiger_url, ns, acknowledged), (tiger_url, ns, acknowledged)]
     # two writers and one checker: the checker syncs after each acknowledgement it hears of
     results: Any = SPAWN.Queue()
     procs = [SPAWN.Process(target=write_then_signal, args=(results, i, *a)) for i, a in enumerate(args)]
-    checker = SPAWN.Process(target=sync_and_check, args=(results, 2, writer.url, ns, acknowledged, 200))
+    checker = SPAWN.Process(target=sync_and_check, args=(results, 2, tiger_url, ns, acknowledged, 200))
     for proc in [checker, *procs]:
         proc.start()
     got = dict(results.get(timeout=DEADLINE) for _ in range(3))
@@ -181,13 +181,13 @@ def test_acknowledged_writes_are_visible_in_other_processes_after_sync(writer, n
     assert got[2] == 200
 
 
-def test_late_joiner_receives_a_100k_snapshot(writer, client, ns):
+def test_late_joiner_receives_a_100k_snapshot(tiger_url, client, ns):
     plans = client.table("plans", prefix="plan")
     record = {f"field_{i}": i for i in range(8)}
     for start in range(0, 100_000, 2000):
         plans.insert_many([{**record, "n": n, "created": n} for n in range(start, start + 2000)])
     assert plans.count() == 100_000
-    [(count, first_page)] = run_workers(join_and_summarise, [(writer.url, ns)])
+    [(count, first_page)] = run_workers(join_and_summarise, [(tiger_url, ns)])
     assert count == 100_000
     assert first_page == [dict(r) for r in plans.list(limit=100).data]
     assert [r["n"] for r in first_page] == list(range(99_999, 99_899, -1))

@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -449,7 +449,7 @@ class Table:
         self._check_given_id(record, "record")
         return self._put([record], create=False)[0]
 
-    def insert_many(self, records: builtins.list[Mapping[str, Any]]) -> builtins.list[Record]:
+    def insert_many(self, records: Sequence[Mapping[str, Any]]) -> builtins.list[Record]:
         """Insert every record in one command: all of them or, on any error, none."""
         if not isinstance(records, (list, tuple)):
             raise TypeError(f"records must be a list, not {type(records).__name__}")

@@ -29,7 +29,7 @@ so the order is the same everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -393,8 +393,9 @@ class Store:
         return sorted(t for t, namespaces in list(self.tables.items()) if namespaces)
 
     def namespace_names(self) -> list[str]:
-        """Namespaces that hold at least one record in some table, sorted."""
-        return sorted({ns for namespaces in list(self.tables.values()) for ns in list(namespaces)})
+        """Namespaces that hold at least one record in some user table (tiger's own excluded), sorted."""
+        tables = [namespaces for table, namespaces in list(self.tables.items()) if not table.startswith(RESERVED_PREFIX)]
+        return sorted({ns for namespaces in tables for ns in list(namespaces)})
 
     def counts(self) -> dict[str, dict[str, int]]:
         """table -> namespace -> number of records."""
@@ -472,7 +473,7 @@ def prepare_insert(
     table: str,
     namespace: str,
     prefix: str | None,
-    records: list[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
     *,
     create: bool,
     now: int,

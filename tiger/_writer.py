@@ -179,6 +179,8 @@ class Writer:
                 message = f"{message[:MAX_ERROR]}... ({len(message)} characters)"
             if kind == "internal":
                 log.exception("internal error on a request")
+            elif kind in ("not_found", "already_exists"):  # answers, not bad input
+                log.debug("answered a request with %s: %s", kind, message)
             else:
                 log.warning("refused a request (%s): %s", kind, message)
             self._send(envelope, p.encode_reply(p.Failed(req_id, kind, message)))

@@ -1,0 +1,156 @@
+"""once keys: the pure rules, then Client.once against a real writer."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+
+import pytest
+
+import tiger
+from tiger import _table as t
+
+
+def test_claim_rules():
+    store = t.Store()
+    verdict, change = t.prepare_once_claim(store, "k", "c1", "gw0", live={"c1"}, now=5)
+    assert verdict == "build" and change is not None
+    store.apply(change)
+    assert t.prepare_once_claim(store, "k", "c2", "gw1", live={"c1", "c2"}, now=6) == ("wait", None)
+    # the builder went silent: the next caller takes the key over
+    verdict, change = t.prepare_once_claim(store, "k", "c2", "gw1", live={"c2"}, now=7)
+    assert verdict == "build"
+    store.apply(change)
+    assert t.claims_of(store, "c2") == ["k"]
+    assert t.prepare_once_finish(store, "k", "c1", 1, None) == ("superseded", None)  # c1 lost the key
+    verdict, change = t.prepare_once_finish(store, "k", "c2", {"v": [1]}, None)
+    assert verdict == "stored"
+    store.apply(change)
+    assert t.prepare_once_claim(store, "k", "c3", "gw2", live=set(), now=8) == ("done", None)
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["value"] == {"v": [1]}
+    assert t.claims_of(store, "c2") == []
+    store.check()
+
+
+def test_finish_with_an_error_and_release():
+    store = t.Store()
+    store.apply(t.prepare_once_claim(store, "k", "c1", "me", live=set(), now=1)[1])
+    assert t.prepare_once_release(store, "k", "c2") is None  # not the owner
+    store.apply(t.prepare_once_release(store, "k", "c1"))
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k") is None
+    store.apply(t.prepare_once_claim(store, "k", "c1", "me", live=set(), now=1)[1])
+    with pytest.raises(TypeError, match="error"):
+        t.prepare_once_finish(store, "k", "c1", None, ["only one"])
+    verdict, change = t.prepare_once_finish(store, "k", "c1", None, ["ValueError", "boom"])
+    assert verdict == "stored"
+    store.apply(change)
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["state"] == "failed"
+
+
+def test_drop_namespace_removes_it_from_every_table():
+    store = t.Store()
+    for table in ("a", "b"):
+        for ns in ("n1", "n2"):
+            store.apply(t.prepare_insert(store, table, ns, None, [{"id": "x"}], create=False, now=1, token=lambda n: "0" * n))
+    store.apply(t.prepare_drop_namespace(store, "n1"))
+    assert store.counts() == {"a": {"n2": 1}, "b": {"n2": 1}}
+    assert t.prepare_drop_namespace(store, "n1") is None
+    store.check()
+
+
+def test_once_in_one_process_builds_once_and_returns_the_stored_value(tiger_client):
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return {"token": "abc", "list": [1, 2]}
+
+    first = tiger_client.once("one-process", factory)
+    second = tiger_client.once("one-process", factory)
+    assert first == second == {"token": "abc", "list": [1, 2]}
+    assert calls == [1]
+    with pytest.raises(TypeError, match="read-only"):
+        first["token"] = "x"
+
+
+def test_once_from_threads_and_clients_builds_once(connect):
+    clients = [connect(), connect(), connect()]
+    calls = []
+    started = threading.Barrier(6)
+
+    def factory():
+        calls.append(1)
+        return len(calls)
+
+    results = []
+
+    def call(client):
+        started.wait(10)
+        results.append(client.once("threads", factory))
+
+    threads = [threading.Thread(target=call, args=(c,)) for c in clients * 2]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert calls == [1]
+    assert results == [1] * 6
+
+
+def test_a_failing_factory_fails_every_caller(tiger_client, connect):
+    def factory():
+        raise KeyError("no such fixture")
+
+    with pytest.raises(tiger.OnceFailed, match="once 'failing' failed: KeyError: 'no such fixture'") as e:
+        tiger_client.once("failing", factory)
+    assert isinstance(e.value.__cause__, KeyError)
+    assert (e.value.type_name, e.value.key) == ("KeyError", "failing")
+    with pytest.raises(tiger.OnceFailed, match="KeyError"):
+        connect().once("failing", lambda: 1)  # never runs: the key failed
+    again = pickle.loads(pickle.dumps(e.value))
+    assert str(again) == str(e.value)
+
+
+def test_a_value_that_cannot_be_stored_fails_the_key(tiger_client):
+    with pytest.raises(tiger.OnceFailed, match="TypeError: the once value: set is not storable"):
+        tiger_client.once("unstorable", lambda: {1, 2})
+
+
+def test_an_interrupted_builder_releases_the_key(tiger_client):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiger_client.once("interrupted", interrupted)
+    assert tiger_client.once("interrupted", lambda: "built") == "built"
+
+
+def test_waiting_for_a_live_builder_times_out(connect):
+    builder, waiter = connect(), connect()
+    release = threading.Event()
+    done = []
+
+    def slow():
+        release.wait(30)
+        return "slow"
+
+    th = threading.Thread(target=lambda: done.append(builder.once("slow", slow)))
+    th.start()
+    # the builder's claim reaches the waiter's replica through the writer
+    waiter.replica.wait_until(lambda: waiter._once_record("slow") is not None, time.monotonic() + 10, lambda: "no claim")
+    with pytest.raises(tiger.Timeout, match="once 'slow'"):
+        waiter.once("slow", lambda: "other", timeout=0.3)
+    release.set()
+    th.join(30)
+    assert done == ["slow"]
+    assert waiter.once("slow", lambda: "other") == "slow"
+
+
+def test_once_arguments_are_checked(tiger_client):
+    with pytest.raises(TypeError, match="key"):
+        tiger_client.once(5, lambda: 1)
+    with pytest.raises(TypeError, match="factory"):
+        tiger_client.once("k", 5)
+    with pytest.raises(ValueError, match="reserved"):
+        tiger_client.table("tiger.once")
