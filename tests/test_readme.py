@@ -19,3 +19,14 @@ def test_readme_test_command_is_what_ci_runs():
     command = next(line for line in text.splitlines() if "pytest" in line and "pip install" in line)
     ci = (README.parent / ".ci" / "run").read_text()
     assert command.strip() in ci
+
+
+def test_readme_xdist_example_runs_as_is(pytester, monkeypatch):
+    monkeypatch.delenv("TIGER_URL", raising=False)  # the inner runs start writers of their own
+    files = dict(re.findall(r"`((?:conftest|test_\w+)\.py)`:\n\n```python\n(.*?)```", README.read_text(), re.S))
+    assert set(files) == {"conftest.py", "test_billing.py"}
+    for name, text in files.items():
+        (pytester.path / name).write_text(text)
+    for args in (["-n", "2"], ["-p", "no:xdist"]):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+        result.assert_outcomes(passed=21)
