@@ -329,6 +329,15 @@ def test_any_envelope_gets_its_answer(unchanged, open_socket):
         assert type(reply) is p.Ok and reply.req_id == 62, reply
 
 
+def test_an_oversized_envelope_is_dropped_and_the_writer_goes_on(unchanged, open_socket):
+    # frames before the payload are echoed in the answer: megabytes of them are dropped, not echoed
+    dealer = open_socket(zmq.DEALER, unchanged.url)
+    dealer.send_multipart([b"x" * (2 * 1024 * 1024), p.encode_request(p.Stats(64))])
+    assert not dealer.poll(300)
+    reply = Peer(open_socket(zmq.DEALER, unchanged.url)).ask(p.encode_request(p.Stats(65)))
+    assert type(reply) is p.Ok and reply.req_id == 65
+
+
 def test_a_message_of_exactly_max_message_bytes_is_answered(unchanged, open_socket):
     # the largest message the writer accepts: an unknown tag filling MAX_MESSAGE, answered briefly
     tag_length = p.MAX_MESSAGE - len(raw(["", 63])) - 4  # str32 header: 5 bytes, not the fixstr's 1

@@ -21,7 +21,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._errors import AlreadyExists, NotFound, OnceFailed, ProtocolError, TigerError, Unavailable
-from tiger._replica import Replica, frozen_change
+from tiger._replica import Replica, _reachable, frozen_change
 from tiger._table import (
     GLOBAL,
     ONCE_TABLE,
@@ -88,7 +88,7 @@ class Client:
     Use :func:`tiger.connect` to make one.
     """
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0) -> None:
         if type(url) is not str:
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         if not url.startswith(("tcp://", "ipc://")):
@@ -97,6 +97,10 @@ class Client:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = url
         self.timeout = float(timeout)
+        if isinstance(heartbeat_timeout, bool) or not isinstance(heartbeat_timeout, (int, float)) or not heartbeat_timeout > 0:
+            raise ValueError(f"heartbeat_timeout must be a positive number of seconds, got {heartbeat_timeout!r}")
+        self.heartbeat_timeout = float(heartbeat_timeout)  # a writer silent this long is taken for gone
+        self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
         self.client_id = secrets.token_hex(8)
         self._pid = os.getpid()
         self._closed = False
@@ -267,31 +271,58 @@ class Client:
         return sock
 
     def _request(self, request: p.Request, deadline: float | None = None) -> p.Ok:
-        """Send one request and return its Ok reply; raise what a Failed reply names."""
+        """Send one request and return its Ok reply; raise what a Failed reply names.
+
+        Lazy Pirate: with no answer within ``resend`` seconds, the same call (same
+        request id) goes again on a fresh socket; the writer answers a repeat with
+        its first answer. At the deadline the socket is dropped (and what it still
+        queued with it) and ``Unavailable`` is raised; the call carries an expiry
+        a little before that deadline, after which the writer refuses it, so a call
+        that raised is never applied later.
+        """
         if self._closed:
             raise TigerError("this client is closed")
         if os.getpid() != self._pid:
             raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+        replica = self._replica
+        if replica is not None and replica.silent_for() > self.heartbeat_timeout:
+            raise Unavailable(f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s")
+        now = time.monotonic()
         if deadline is None:
-            deadline = time.monotonic() + self.timeout
+            deadline = now + self.timeout
+        margin = min(0.5, 0.2 * (deadline - now))
+        payload = p.encode_call(p.Call(self.client_id, time.time() + (deadline - now) - margin, request))
         req_id = request.req_id  # type: ignore[union-attr]
+        resend_every = min(1.0, self.timeout / 3)
         with self._lock:
-            self._socket.send(p.encode_request(request))
+            self._socket.send(payload)
+            resend_at = time.monotonic() + resend_every
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
-                    # a fresh socket, so a late answer can never be taken for a later request's
-                    self._socket.close(linger=0)
-                    self._socket = self._new_socket()
+                now = time.monotonic()
+                if now >= deadline:
+                    self._fresh_socket()  # what the old socket still queued goes with it
                     raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s")
+                if now >= resend_at:
+                    self._fresh_socket()
+                    self._socket.send(payload)
+                    resend_at = now + resend_every
+                    self.resends += 1
+                if not self._socket.poll(max(1, int((min(deadline, resend_at) - now) * 1000))):
+                    continue
                 reply = p.decode_reply(self._socket.recv())
                 if reply.req_id == req_id:
                     break
         if type(reply) is p.Failed:
+            if reply.kind == "expired":
+                raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s ({reply.message})")
             raise _FAILURES.get(reply.kind, TigerError)(reply.message)
         if type(reply) is not p.Ok:
             raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
         return reply
+
+    def _fresh_socket(self) -> None:
+        self._socket.close(linger=0)
+        self._socket = self._new_socket()
 
     def _write(self, request: p.Request) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes)."""
@@ -323,15 +354,6 @@ def _timeout(value: float | None, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"timeout must be a non-negative number of seconds, got {value!r}")
     return float(value)
-
-
-def _reachable(url: str, pub: str) -> str:
-    """The writer's PUB endpoint as this client can reach it (the writer may have bound a wildcard)."""
-    if url.startswith("tcp://") and pub.startswith("tcp://"):
-        host = url[len("tcp://") :].rsplit(":", 1)[0]
-        port = pub.rsplit(":", 1)[1]
-        return f"tcp://{host}:{port}"
-    return pub
 
 
 class Table:
@@ -491,13 +513,15 @@ class Table:
         self._client._write(p.ClearTable(next(self._client._req_ids), self.name, namespace))
 
 
-def connect(url: str | None = None, timeout: float = 5.0) -> Client:
+def connect(url: str | None = None, timeout: float = 5.0, *, heartbeat_timeout: float = 2.0) -> Client:
     """Connect to a tiger writer; returns once the local replica holds the full snapshot.
 
-    ``url`` defaults to the ``TIGER_URL`` environment variable.
+    ``url`` defaults to the ``TIGER_URL`` environment variable. ``timeout`` bounds every
+    request; a writer not heard from for ``heartbeat_timeout`` seconds is taken for gone
+    (writes raise ``tiger.Unavailable`` at once until it is back).
     """
     if url is None:
         url = os.environ.get("TIGER_URL") or None
         if url is None:
             raise ValueError("no tiger URL: pass connect(url=...) or set the TIGER_URL environment variable")
-    return Client(url, timeout)
+    return Client(url, timeout, heartbeat_timeout)

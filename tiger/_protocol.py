@@ -284,9 +284,44 @@ def encode_request(r: Request) -> bytes:
 
 def request_id_of(obj: Any) -> int | None:
     """The request id of a decoded but possibly invalid request, to address an error reply."""
+    if isinstance(obj, list) and len(obj) == 4 and obj[0] == "call":
+        return request_id_of(obj[3])
     if isinstance(obj, list) and len(obj) > 1 and type(obj[1]) is int and obj[0] not in ("beat", "bye"):
         return obj[1]
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request that may be sent more than once (Lazy Pirate).
+
+    The writer answers a repeat of ``(client_id, request.req_id)`` with its first
+    answer instead of applying it again, and refuses a call that arrives after
+    ``expires`` (Unix time), so a call the client gave up on is never applied later.
+    """
+
+    client_id: str
+    expires: float
+    request: Request
+
+
+def encode_call(call: Call) -> bytes:
+    # a msgpack array is its elements in a row: the inner request is packed as usual
+    return b"\x94" + pack("call") + pack(call.client_id) + pack(call.expires) + encode_request(call.request)
+
+
+def call_from(obj: Any) -> Call | Request:
+    """A Call, or a plain request, from an unpacked message."""
+    if isinstance(obj, list) and obj and obj[0] == "call":
+        if len(obj) != 4:
+            raise ProtocolError(f"call has {len(obj) - 1} fields, expected 3")
+        client_id = _field(obj[1], str, "client_id")
+        expires = _field(obj[2], (int, float), "expires")
+        inner = request_from(obj[3])
+        if isinstance(inner, (Beat, Bye)):
+            raise ProtocolError("a call cannot carry a beat or a bye")
+        return Call(client_id, float(expires), inner)
+    return request_from(obj)
 
 
 def decode_request(data: bytes) -> Request:

@@ -38,6 +38,10 @@ class _Resync(Exception):
     """The replica has lost track of the writer's changes and must reload."""
 
 
+class _Stopped(Exception):
+    """The client is closing: leave the thread now."""
+
+
 class Replica:
     """A Store kept equal to the writer's by a background thread."""
 
@@ -51,6 +55,7 @@ class Replica:
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.resyncs = 0
+        self.last_heard = time.monotonic()
         self._ctx = ctx
         self._url = url
         self._pub_url = pub_url
@@ -110,6 +115,10 @@ class Replica:
 
     # -- the thread ------------------------------------------------------------------
 
+    def silent_for(self) -> float:
+        """Seconds since the writer was last heard on the PUB socket."""
+        return time.monotonic() - self.last_heard
+
     def _run(self) -> None:
         sub = self._ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -117,46 +126,98 @@ class Replica:
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(self._pub_url)
         dealer = self._dealer()
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(self._stop_rx, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
         try:
-            queued = self._resync(sub, dealer)
-            self.ready.set()
-            poller = zmq.Poller()
-            poller.register(sub, zmq.POLLIN)
-            poller.register(self._stop_rx, zmq.POLLIN)
-            poller.register(dealer, zmq.POLLIN)
-            next_beat = time.monotonic() + self._heartbeat
+            try:
+                queued = self._resync(sub, dealer)
+            except Unavailable as e:
+                self.failure = e  # connect() raises it
+                return
+            finally:
+                self.ready.set()
+            must_resync = False
+            next_beat = time.monotonic()
             while True:
                 try:
+                    if must_resync:
+                        queued = self._resync(sub, dealer)
+                        must_resync = False
                     for data in queued:
                         self._receive(data)
                     queued = []
                     events = dict(poller.poll(int(self._heartbeat * 1000)))
                     if self._stop_rx in events:
-                        break
-                    if dealer in events:
-                        dealer.recv()  # a late answer to an earlier sync; nothing to do
+                        return
                     if sub in events:
                         for _ in range(10_000):
                             try:
                                 self._receive(sub.recv(zmq.NOBLOCK))
                             except zmq.Again:
                                 break
+                    if dealer in events:
+                        self._answer(sub, dealer.recv())
                     if time.monotonic() >= next_beat:
-                        dealer.send(p.encode_request(p.Beat(self._client_id)))
                         next_beat = time.monotonic() + self._heartbeat
+                        dealer.send(p.encode_request(p.Beat(self._client_id)))
+                        if self.silent_for() > self._heartbeat * 3:
+                            # the writer may be gone, or back with a new epoch and PUB endpoint: ask it
+                            dealer.send(p.encode_request(p.Hello(next(self._req_ids), self._client_id)))
                 except _Resync as why:
                     log.info("replica resynchronising: %s", why)
                     self.resyncs += 1
-                    queued = self._resync(sub, dealer)
-        except BaseException as e:
+                    must_resync = True
+                except Unavailable as e:  # the writer went away during a resync: try again once it answers
+                    log.info("replica waiting for the writer: %s", e)
+                    must_resync = True
+                    queued = []
+                    self._await_writer(dealer)
+        except _Stopped:
+            return
+        except BaseException as e:  # reported to every waiting caller
             self.failure = e
             log.debug("replica thread stopped: %r", e)
+        finally:
             with self.changed:
                 self.changed.notify_all()
-            self.ready.set()
-        finally:
             sub.close(linger=0)
             dealer.close(linger=0)
+
+    def _answer(self, sub: zmq.Socket[Any], data: bytes) -> None:
+        """A reply on the replica's own DEALER: a late sync answer, or the answer to a Hello."""
+        try:
+            reply = p.decode_reply(data)
+        except ProtocolError:
+            return
+        if type(reply) is not p.Ok or not isinstance(reply.result, dict) or "pub" not in reply.result:
+            return
+        if reply.epoch != self.epoch:
+            pub_url = _reachable(self._url, reply.result["pub"])
+            if pub_url != self._pub_url:
+                sub.disconnect(self._pub_url)
+                sub.connect(pub_url)
+                self._pub_url = pub_url
+            raise _Resync(f"the writer answers with a new epoch {reply.epoch}")
+
+    def _await_writer(self, dealer: zmq.Socket[Any]) -> None:
+        """Ask Hello until the writer answers (or stop); then the caller resyncs."""
+        while True:
+            dealer.send(p.encode_request(p.Hello(next(self._req_ids), self._client_id)))
+            if self._wait(dealer, self._heartbeat):
+                dealer.recv()
+                return
+
+    def _wait(self, sock: zmq.Socket[Any], timeout: float) -> bool:
+        """Poll ``sock`` for up to ``timeout`` seconds; ``_Stopped`` if the client closes meanwhile."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._stop_rx, zmq.POLLIN)
+        events = dict(poller.poll(max(1, int(timeout * 1000))))
+        if self._stop_rx in events:
+            raise _Stopped
+        return sock in events
 
     def _dealer(self) -> zmq.Socket[Any]:
         dealer: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
@@ -166,6 +227,7 @@ class Replica:
         return dealer
 
     def _receive(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
         try:
             m = p.decode_published(data)
         except ProtocolError as e:
@@ -192,7 +254,7 @@ class Replica:
         dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
         content: dict[str, dict[str, list[Any]]] = {}
         while True:
-            if not dealer.poll(int(self._timeout * 1000)):
+            if not self._wait(dealer, self._timeout):
                 raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
             reply = p.decode_reply(dealer.recv())
             if reply.req_id != req_id:
@@ -217,7 +279,8 @@ class Replica:
         wait = 0.01
         while True:
             dealer.send(p.encode_request(p.Sync(next(self._req_ids))))
-            if sub.poll(int(wait * 1000)):
+            if self._wait(sub, wait):
+                self.last_heard = time.monotonic()
                 queued = [sub.recv()]
                 while True:
                     try:
@@ -227,6 +290,15 @@ class Replica:
             if time.monotonic() >= deadline:
                 raise Unavailable(f"no published message from the tiger writer at {self._url} within {self._timeout}s")
             wait = min(wait * 2, 0.2)
+
+
+def _reachable(url: str, pub: str) -> str:
+    """The writer's PUB endpoint as a client of ``url`` can reach it (the writer may have bound a wildcard)."""
+    if url.startswith("tcp://") and pub.startswith("tcp://"):
+        host = url[len("tcp://") :].rsplit(":", 1)[0]
+        port = pub.rsplit(":", 1)[1]
+        return f"tcp://{host}:{port}"
+    return pub
 
 
 def frozen_change(change: Change) -> Change:

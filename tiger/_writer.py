@@ -33,10 +33,20 @@ log = logging.getLogger("tiger.writer")
 HEARTBEAT = 0.5  # seconds between published heartbeats
 SNAPSHOT_CHUNK = 2000  # records per snapshot message
 PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (replicas resync)
+MAX_ENVELOPE = 100  # frames before the payload (ROUTER identity, REQ delimiter, a peer's extras)
+MAX_ENVELOPE_BYTES = 1024 * 1024  # their total size: the answer echoes them, so they are capped
+ANSWERS_KEPT = 32  # answers kept per client, to answer a resent call without applying it twice
+ANSWERS_FORGOTTEN = 60.0  # seconds of silence after which a client's kept answers are dropped
 MAX_ERROR = 500  # characters of an error message the writer logs and sends back
 CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
 
+
+class Expired(ValueError):
+    """A call that arrived after its deadline: the client has given up on it."""
+
+
 _ERROR_KINDS: list[tuple[type[BaseException], str]] = [
+    (Expired, "expired"),
     (NotFound, "not_found"),
     (AlreadyExists, "already_exists"),
     (ProtocolError, "protocol"),
@@ -66,6 +76,8 @@ class Writer:
         self.owner_pid = owner_pid
         self.started = time.time()
         self.clients: dict[str, float] = {}  # client id -> monotonic time last heard
+        self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
+        self._answers_heard: dict[str, float] = {}  # forgotten client id -> when; its answers go later
         self._running = True
         self._ctx = zmq.Context()
         self.router = self._ctx.socket(zmq.ROUTER)
@@ -149,6 +161,10 @@ class Writer:
         silent = time.monotonic() - CLIENT_SILENCE
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
             self._forget(client_id)
+        stale = time.monotonic() - ANSWERS_FORGOTTEN
+        for client_id in [c for c, seen in self._answers_heard.items() if seen < stale]:
+            del self._answers_heard[client_id]
+            self._answered.pop(client_id, None)
 
     def _drain(self) -> None:
         for _ in range(1000):  # then look at heartbeats and signals again
@@ -166,12 +182,26 @@ class Writer:
             log.warning("dropped a message with no payload frame")
             return
         envelope, data = frames[:-1], frames[-1]
+        if len(envelope) > MAX_ENVELOPE or sum(map(len, envelope)) > MAX_ENVELOPE_BYTES:
+            log.warning("dropped a message with %d envelope frames of %d bytes", len(envelope), sum(map(len, envelope)))
+            return
         req_id: int | None = None
+        call: p.Call | None = None
         try:
             obj = p.unpack(data)
             req_id = p.request_id_of(obj)
-            request = p.request_from(obj)
-            self._dispatch(envelope, request)
+            request = p.call_from(obj)
+            if type(request) is p.Call:
+                call = request
+                answered = self._answered.get(call.client_id, {}).get(request.request.req_id)  # type: ignore[union-attr]
+                if answered is not None:  # a resent call: its first answer, not a second application
+                    self._send(envelope, answered)
+                    return
+                self.clients[call.client_id] = time.monotonic()
+                if time.time() > call.expires:
+                    raise Expired(f"the call arrived after its deadline ({time.time() - call.expires:.3f}s late); not applied")
+                request = call.request
+            reply = self._dispatch(envelope, request)  # type: ignore[arg-type]
         except Exception as e:  # the writer never dies of what a client sends
             kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
             message = str(e)
@@ -179,36 +209,47 @@ class Writer:
                 message = f"{message[:MAX_ERROR]}... ({len(message)} characters)"
             if kind == "internal":
                 log.exception("internal error on a request")
-            elif kind in ("not_found", "already_exists"):  # answers, not bad input
+            elif kind in ("not_found", "already_exists", "expired"):  # answers, not bad input
                 log.debug("answered a request with %s: %s", kind, message)
             else:
                 log.warning("refused a request (%s): %s", kind, message)
-            self._send(envelope, p.encode_reply(p.Failed(req_id, kind, message)))
+            reply = p.encode_reply(p.Failed(req_id, kind, message))
+        if reply is None:
+            return
+        if call is not None and req_id is not None:
+            answered = self._answered.setdefault(call.client_id, {})
+            answered[req_id] = reply
+            if len(answered) > ANSWERS_KEPT:
+                del answered[next(iter(answered))]
+        self._send(envelope, reply)
 
-    def _dispatch(self, envelope: list[bytes], request: p.Request) -> None:
+    def _dispatch(self, envelope: list[bytes], request: p.Request) -> bytes | None:
+        """Carry out one request; returns its reply (None: no reply, or already sent)."""
         t = type(request)
         handler = self._handlers.get(t)
         if handler is not None:
             change, result = handler(request)
             packed = None if change is None else self._commit(change)
-            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result))  # type: ignore[union-attr]
-        elif t is p.Beat:
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result)  # type: ignore[union-attr]
+        if t is p.Beat:
             self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
-        elif t is p.Sync:
+            return None
+        if t is p.Sync:
             self.pub.send(p.encode_published(p.Heartbeat(self.epoch, self.seq)))
-            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None))  # type: ignore[union-attr]
-        elif t is p.SnapshotRequest:
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None)  # type: ignore[union-attr]
+        if t is p.SnapshotRequest:
             self._snapshot(envelope, request.req_id)  # type: ignore[union-attr]
-        elif t is p.Hello:
+            return None
+        if t is p.Hello:
             self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
             result = {"pub": self.pub_url, "heartbeat": self.heartbeat, "pid": os.getpid()}
-            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None, result))  # type: ignore[union-attr]
-        elif t is p.Bye:
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
+        if t is p.Bye:
             self._forget(request.client_id)  # type: ignore[union-attr]
-        elif t is p.Stats:
-            self._send(envelope, p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats()))  # type: ignore[union-attr]
-        else:  # pragma: no cover - request_from only returns the types above
-            raise ProtocolError(f"no handler for {t.__name__}")
+            return None
+        if t is p.Stats:
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats())  # type: ignore[union-attr]
+        raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
 
     def _commit(self, change: _table.Change) -> bytes:
         """Apply a change, number it and publish it; returns it packed (for the reply)."""
@@ -221,6 +262,7 @@ class Writer:
     def _forget(self, client_id: str) -> None:
         """A client left (goodbye or silence): release the once keys it was building."""
         self.clients.pop(client_id, None)
+        self._answers_heard[client_id] = time.monotonic()
         for key in _table.claims_of(self.store, client_id):
             log.info("released once key %r: its builder %s is gone", key, client_id)
             change = _table.prepare_once_release(self.store, key, client_id)
