@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
+from tiger._protocol import Compact
 from tiger._server import check_url, ping
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
@@ -24,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a writer in the foreground (Ctrl-C or SIGTERM stops it)")
     serve.add_argument("--url", default=env_url or DEFAULT_URL, help=f"where to bind (default: $TIGER_URL or {DEFAULT_URL})")
     serve.add_argument("--heartbeat", type=float, default=HEARTBEAT, help="seconds between heartbeats (default %(default)s)")
+    serve.add_argument("--data", default=None, help="keep the store in this directory (created if missing); default: memory only")
+    serve.add_argument(
+        "--fsync", default="everysec", choices=["always", "everysec", "never"], help="with --data (default %(default)s)"
+    )
+    serve.add_argument(
+        "--curve-secret", default=None, metavar="FILE", help="serve with CurveZMQ using this key file (tiger keygen)"
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default %(default)s")
     serve.add_argument("--owner-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
@@ -38,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "file", help='JSON lines of {"table": ..., "record": {...}} (optional "namespace"), or one {table: [records]}'
     )
     load.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
+
+    compact = commands.add_parser("compact", help="make a writer started with --data write a snapshot and start a fresh log")
+    compact.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
+
+    keygen = commands.add_parser("keygen", help="write a CurveZMQ key pair: DIR/tiger.key (secret, 0600) and DIR/tiger.pub")
+    keygen.add_argument("dir", nargs="?", default=".", help="where to write them (default: here)")
 
     dump = commands.add_parser("dump", help="print every record as JSON lines (tables, namespaces sorted; insertion order)")
     dump.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
@@ -58,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 owner_pid=args.owner_pid,
                 watch_stdin=args.watch_stdin,
                 pub_hwm=args.pub_hwm,
+                data=args.data,
+                fsync=args.fsync,
+                curve_secret=args.curve_secret,
             )
         if args.command == "load":
             from tiger._seed import load_files
@@ -65,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             with connect(check_url(args.url)) as client:
                 count = load_files(client, [args.file])
             print(f"loaded {count} records from {args.file}")
+            return 0
+        if args.command == "compact":
+            with connect(check_url(args.url)) as client:
+                result = client._request(Compact(next(client._req_ids))).result
+            print(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
+            return 0
+        if args.command == "keygen":
+            public = keygen(args.dir)
+            print(f"wrote {args.dir}/tiger.key (secret) and {args.dir}/tiger.pub")
+            print(f"server key for clients (tiger.connect(url, server_key=...) or TIGER_SERVER_KEY): {public}")
             return 0
         if args.command == "dump":
             from tiger._seed import dump_lines
@@ -82,6 +109,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TigerError, ValueError, TypeError, OSError) as e:
         print(f"tiger {args.command}: {e}", file=sys.stderr)
         return 1
+
+
+def keygen(directory: str) -> str:
+    """Write a CurveZMQ key pair into ``directory``; returns the public key clients need."""
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    os.makedirs(directory, exist_ok=True)
+    key_path = os.path.join(directory, "tiger.key")
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"public: {public.decode()}\nsecret: {secret.decode()}\n")
+    with open(os.path.join(directory, "tiger.pub"), "w") as f:
+        f.write(f"public: {public.decode()}\n")
+    return public.decode()
 
 
 def format_run_stats(client: Client) -> str:

@@ -22,6 +22,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._errors import AlreadyExists, NotFound, OnceFailed, ProtocolError, TigerError, Unavailable
 from tiger._replica import Replica, _reachable, frozen_change
+from tiger._server import secure
 from tiger._table import (
     GLOBAL,
     ONCE_TABLE,
@@ -88,7 +89,9 @@ class Client:
     Use :func:`tiger.connect` to make one.
     """
 
-    def __init__(self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0) -> None:
+    def __init__(
+        self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
+    ) -> None:
         if type(url) is not str:
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         if not url.startswith(("tcp://", "ipc://")):
@@ -96,6 +99,7 @@ class Client:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = url
+        self._server_key = server_key
         self.timeout = float(timeout)
         if isinstance(heartbeat_timeout, bool) or not isinstance(heartbeat_timeout, (int, float)) or not heartbeat_timeout > 0:
             raise ValueError(f"heartbeat_timeout must be a positive number of seconds, got {heartbeat_timeout!r}")
@@ -117,7 +121,13 @@ class Client:
             info = hello.result
             self.writer_pid: int = info["pid"]
             self._replica = Replica(
-                self._ctx, url, _reachable(url, info["pub"]), self.client_id, heartbeat=info["heartbeat"], timeout=self.timeout
+                self._ctx,
+                url,
+                _reachable(url, info["pub"]),
+                self.client_id,
+                heartbeat=info["heartbeat"],
+                timeout=self.timeout,
+                secure=self._secure,
             )
             self._replica.start(self.timeout)
         except BaseException:
@@ -258,15 +268,24 @@ class Client:
         assert record is not None
         return _once_value(record)
 
+    def checksum(self) -> int:
+        """The local replica's checksum; equal to ``stats()["checksum"]`` when it is up to date."""
+        with self.replica.changed:
+            return p.checksum(self.replica.store)
+
     def stats(self) -> dict[str, Any]:
         """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
         return self._request(p.Stats(next(self._req_ids))).result  # type: ignore[no-any-return]
 
     # -- requests -------------------------------------------------------------------
 
+    def _secure(self, sock: zmq.Socket[Any]) -> None:
+        secure(sock, self._server_key)
+
     def _new_socket(self) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        secure(sock, self._server_key)
         sock.connect(self.url)
         return sock
 
@@ -513,15 +532,20 @@ class Table:
         self._client._write(p.ClearTable(next(self._client._req_ids), self.name, namespace))
 
 
-def connect(url: str | None = None, timeout: float = 5.0, *, heartbeat_timeout: float = 2.0) -> Client:
+def connect(
+    url: str | None = None, timeout: float = 5.0, *, heartbeat_timeout: float = 2.0, server_key: str | None = None
+) -> Client:
     """Connect to a tiger writer; returns once the local replica holds the full snapshot.
 
     ``url`` defaults to the ``TIGER_URL`` environment variable. ``timeout`` bounds every
     request; a writer not heard from for ``heartbeat_timeout`` seconds is taken for gone
-    (writes raise ``tiger.Unavailable`` at once until it is back).
+    (writes raise ``tiger.Unavailable`` at once until it is back). ``server_key`` (default
+    ``$TIGER_SERVER_KEY``) is the public key of a writer serving with CurveZMQ.
     """
     if url is None:
         url = os.environ.get("TIGER_URL") or None
         if url is None:
             raise ValueError("no tiger URL: pass connect(url=...) or set the TIGER_URL environment variable")
-    return Client(url, timeout, heartbeat_timeout)
+    if server_key is None:
+        server_key = os.environ.get("TIGER_SERVER_KEY") or None
+    return Client(url, timeout, heartbeat_timeout, server_key)

@@ -12,6 +12,7 @@ Sockets:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import msgpack
 
 from tiger._errors import ProtocolError
-from tiger._table import Change, Clear, ClearNamespace, Delete, DropNamespace, Put, Record
+from tiger._table import Change, Clear, ClearNamespace, Delete, DropNamespace, Put, Record, Store
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
 
@@ -219,6 +220,13 @@ class SnapshotRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Compact:
+    """Write a snapshot of the whole store to the data directory and start a fresh log."""
+
+    req_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     req_id: int
 
@@ -238,7 +246,20 @@ class Bye:
 
 
 Request = (
-    Hello | Insert | Update | Remove | ClearTable | Drop | OnceClaim | OnceFinish | Sync | SnapshotRequest | Stats | Beat | Bye
+    Hello
+    | Insert
+    | Update
+    | Remove
+    | ClearTable
+    | Drop
+    | OnceClaim
+    | OnceFinish
+    | Sync
+    | SnapshotRequest
+    | Stats
+    | Compact
+    | Beat
+    | Bye
 )
 
 _REQUEST_TAGS = {
@@ -253,6 +274,7 @@ _REQUEST_TAGS = {
     "sync": 2,
     "snapshot": 2,
     "stats": 2,
+    "compact": 2,
     "beat": 2,
     "bye": 2,
 }
@@ -278,7 +300,7 @@ def encode_request(r: Request) -> bytes:
         return pack(["once_finish", r.req_id, r.key, r.client_id, r.outcome, r.payload])  # type: ignore[union-attr]
     if t is Beat or t is Bye:
         return pack(["beat" if t is Beat else "bye", r.client_id])  # type: ignore[union-attr]
-    tag = "sync" if t is Sync else "snapshot" if t is SnapshotRequest else "stats"
+    tag = "sync" if t is Sync else "snapshot" if t is SnapshotRequest else "compact" if t is Compact else "stats"
     return pack([tag, r.req_id])  # type: ignore[union-attr]
 
 
@@ -374,6 +396,8 @@ def request_from(obj: Any) -> Request:
         return Sync(req_id)
     if tag == "snapshot":
         return SnapshotRequest(req_id)
+    if tag == "compact":
+        return Compact(req_id)
     return Stats(req_id)
 
 
@@ -416,6 +440,11 @@ class SnapshotEnd:
 
 Reply = Ok | Failed | SnapshotChunk | SnapshotEnd
 _REPLY_TAGS = {"ok": 6, "fail": 4, "chunk": 3, "end": 5}
+
+
+def checksum(store: Store) -> int:
+    """A CRC32 of a store's whole content, order included: equal stores, equal checksums."""
+    return zlib.crc32(pack(store.content()))
 
 
 def pack_change(change: Change) -> bytes:

@@ -46,8 +46,17 @@ class Replica:
     """A Store kept equal to the writer's by a background thread."""
 
     def __init__(
-        self, ctx: zmq.Context[Any], url: str, pub_url: str, client_id: str, *, heartbeat: float, timeout: float
+        self,
+        ctx: zmq.Context[Any],
+        url: str,
+        pub_url: str,
+        client_id: str,
+        *,
+        heartbeat: float,
+        timeout: float,
+        secure: Callable[[zmq.Socket[Any]], None] = lambda sock: None,
     ) -> None:
+        self._secure = secure
         self.store = Store()
         self.epoch: str | None = None
         self.seq = -1
@@ -124,6 +133,7 @@ class Replica:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, SUB_HWM)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._secure(sub)
         sub.connect(self._pub_url)
         dealer = self._dealer()
         poller = zmq.Poller()
@@ -223,6 +233,7 @@ class Replica:
         dealer: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.RCVHWM, 0)  # a snapshot is many messages: never drop one
+        self._secure(dealer)
         dealer.connect(self._url)
         return dealer
 

@@ -84,12 +84,23 @@ class Server:
         return proc.returncode
 
 
-def serve(url: str | None = None, timeout: float = 10.0) -> Server:
+def serve(
+    url: str | None = None,
+    timeout: float = 10.0,
+    *,
+    data: str | os.PathLike[str] | None = None,
+    fsync: str = "everysec",
+    curve_secret: str | os.PathLike[str] | None = None,
+) -> Server:
     """Start a writer process; return once it answers.
 
     ``url=None`` binds a fresh ipc endpoint in a private (0700) temporary directory.
+    ``data=DIR`` keeps the store in DIR (``fsync``: "always", "everysec" or "never");
+    ``curve_secret`` is a key file from ``tiger keygen`` (required for non-loopback tcp).
     The writer exits by itself when this process dies.
     """
+    if fsync not in ("always", "everysec", "never"):
+        raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     tmpdir = None
     if url is None:
         tmpdir = tempfile.mkdtemp(prefix="tiger-")  # mode 0700
@@ -99,13 +110,22 @@ def serve(url: str | None = None, timeout: float = 10.0) -> Server:
             tmpdir = tempfile.mkdtemp(prefix="tiger-", dir="/tmp")
             url = f"ipc://{tmpdir}/w"
     check_url(url)
+    server_key = None
+    if curve_secret is not None:
+        from tiger._writer import read_secret_key
+
+        server_key = zmq.curve_public(read_secret_key(os.fspath(curve_secret)))
     command = [sys.executable, "-m", "tiger", "serve", "--url", url, "--log-level", "warning"]
     command += ["--owner-pid", str(os.getpid()), "--watch-stdin"]
+    if data is not None:
+        command += ["--data", os.fspath(data), "--fsync", fsync]
+    if curve_secret is not None:
+        command += ["--curve-secret", os.fspath(curve_secret)]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
     server = Server(url, process, tmpdir)
     try:
         server.url = _await_ready(process, url, time.monotonic() + timeout)
-        ping(server.url, timeout)
+        ping(server.url, timeout, server_key)
     except BaseException:
         server.stop()
         raise
@@ -133,12 +153,26 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) ->
     return line.decode().strip().rsplit(" ", 1)[-1]
 
 
-def ping(url: str, timeout: float = 5.0) -> dict[str, Any]:
+def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
+    """Make ``sock`` a CurveZMQ client of the server whose public key is ``server_key`` (None: plain)."""
+    if server_key is None:
+        return
+    key = server_key.encode() if isinstance(server_key, str) else server_key
+    if len(key) != 40:
+        raise ValueError(f"server_key must be the 40-character z85 public key tiger keygen printed, got {len(key)} characters")
+    public, secret = zmq.curve_keypair()
+    sock.curve_serverkey = key
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+
+
+def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> dict[str, Any]:
     """One request to the writer at ``url``: its stats. ``Unavailable`` if it does not answer in time."""
     with zmq.Context() as ctx:
         sock = ctx.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
+            secure(sock, server_key)
             sock.connect(url)
             sock.send(p.encode_request(p.Stats(1)))
             if not sock.poll(int(timeout * 1000)):

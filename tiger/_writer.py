@@ -27,6 +27,7 @@ import zmq
 from tiger import _protocol as p
 from tiger import _table
 from tiger._errors import AlreadyExists, NotFound, ProtocolError
+from tiger._log import Corrupt, DataDir, Locked
 
 log = logging.getLogger("tiger.writer")
 
@@ -55,6 +56,26 @@ _ERROR_KINDS: list[tuple[type[BaseException], str]] = [
 ]
 
 
+LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a tcp URL binds only this machine's loopback (wildcards are not loopback)."""
+    host = url[len("tcp://") :].rsplit(":", 1)[0]
+    return host in LOOPBACK_HOSTS or (host.startswith("127.") and host.replace(".", "").isdigit() and host.count(".") == 3)
+
+
+def read_secret_key(path: str) -> bytes:
+    """The z85 secret key from a file ``tiger keygen`` wrote."""
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            if line.startswith("secret:"):
+                key = line.split(":", 1)[1].strip().encode()
+                if len(key) == 40:
+                    return key
+    raise ValueError(f"{path} holds no 'secret: <40 z85 characters>' line (make one with tiger keygen)")
+
+
 def publish_endpoint(url: str) -> str:
     """Where the writer binds its PUB socket, given its command URL."""
     if url.startswith("ipc://"):
@@ -68,7 +89,22 @@ def publish_endpoint(url: str) -> str:
 class Writer:
     """The writer's sockets and state. ``run()`` serves until stopped."""
 
-    def __init__(self, url: str, *, heartbeat: float = HEARTBEAT, owner_pid: int | None = None, pub_hwm: int = PUB_HWM) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        heartbeat: float = HEARTBEAT,
+        owner_pid: int | None = None,
+        pub_hwm: int = PUB_HWM,
+        data: str | None = None,
+        fsync: str = "everysec",
+        curve_secret: bytes | None = None,
+    ) -> None:
+        if url.startswith("tcp://") and not is_loopback(url) and curve_secret is None:
+            raise ValueError(
+                f"refusing to bind {url} without CurveZMQ: other machines could read and change the store; "
+                "bind 127.0.0.1, or pass --curve-secret FILE (tiger keygen makes one)"
+            )
         self.epoch = secrets.token_hex(8)
         self.seq = 0
         self.store = _table.Store()
@@ -79,6 +115,18 @@ class Writer:
         self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
         self._answers_heard: dict[str, float] = {}  # forgotten client id -> when; its answers go later
         self._running = True
+        self.data: DataDir | None = None
+        if data is not None:  # before any socket: a directory that cannot be used stops the start
+            self.data = DataDir(data, fsync)
+            try:
+                content, changes = self.data.load(p.unpack)
+                self.store.load(content)
+                for payload in changes:
+                    self.store.apply(p.change_from_wire(p.unpack(payload)))
+            except BaseException:
+                self.data.close()
+                raise
+            log.info("loaded %d records from %s (%d logged changes)", len(self.store), self.data.path, len(changes))
         self._ctx = zmq.Context()
         self.router = self._ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -88,6 +136,12 @@ class Writer:
         self.pub = self._ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
+        if curve_secret is not None:
+            public = zmq.curve_public(curve_secret)
+            for sock in (self.router, self.pub):
+                sock.curve_secretkey = curve_secret
+                sock.curve_publickey = public
+                sock.curve_server = True
         try:
             self.router.bind(url)
             self.pub.bind(publish_endpoint(url))
@@ -145,6 +199,9 @@ class Writer:
         self._running = False
 
     def close(self) -> None:
+        if self.data is not None:
+            self.data.close()
+            self.data = None
         self.router.close(linger=0)
         self.pub.close(linger=0)
         self._ctx.term()
@@ -155,6 +212,10 @@ class Writer:
 
     def _beat(self) -> None:
         self.pub.send(p.encode_published(p.Heartbeat(self.epoch, self.seq)))
+        if self.data is not None:
+            self.data.tick()
+            if self.data.needs_compaction():
+                self.compact()
         if self.owner_pid is not None and os.getppid() != self.owner_pid:
             log.info("owner process %d is gone; stopping", self.owner_pid)
             self._running = False
@@ -193,9 +254,9 @@ class Writer:
             request = p.call_from(obj)
             if type(request) is p.Call:
                 call = request
-                answered = self._answered.get(call.client_id, {}).get(request.request.req_id)  # type: ignore[union-attr]
-                if answered is not None:  # a resent call: its first answer, not a second application
-                    self._send(envelope, answered)
+                first = self._answered.get(call.client_id, {}).get(request.request.req_id)  # type: ignore[union-attr]
+                if first is not None:  # a resent call: its first answer, not a second application
+                    self._send(envelope, first)
                     return
                 self.clients[call.client_id] = time.monotonic()
                 if time.time() > call.expires:
@@ -247,6 +308,8 @@ class Writer:
         if t is p.Bye:
             self._forget(request.client_id)  # type: ignore[union-attr]
             return None
+        if t is p.Compact:
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.compact())  # type: ignore[union-attr]
         if t is p.Stats:
             return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats())  # type: ignore[union-attr]
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
@@ -254,6 +317,8 @@ class Writer:
     def _commit(self, change: _table.Change) -> bytes:
         """Apply a change, number it and publish it; returns it packed (for the reply)."""
         packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
+        if self.data is not None:
+            self.data.append(packed)  # logged before it is applied, published and answered
         self.store.apply(change)
         self.seq += 1
         self.pub.send(p.published_bytes(self.epoch, self.seq, packed))
@@ -285,6 +350,15 @@ class Writer:
         except zmq.ZMQError as e:
             log.warning("snapshot abandoned, its client left: %s", e)
 
+    def compact(self) -> dict[str, Any]:
+        """Write a snapshot of the whole store and start a fresh log."""
+        if self.data is None:
+            raise ValueError("this writer keeps no data: start it with --data DIR")
+        started = time.monotonic()
+        size = self.data.compact(p.pack, self.store.content())
+        log.info("compacted %s: snapshot of %d records, %d bytes", self.data.path, len(self.store), size)
+        return {"records": len(self.store), "bytes": size, "seconds": time.monotonic() - started}
+
     def stats(self) -> dict[str, Any]:
         return {
             "url": self.url,
@@ -295,6 +369,10 @@ class Writer:
             "clients": len(self.clients),
             "records": len(self.store),
             "tables": self.store.counts(),
+            "checksum": p.checksum(self.store),
+            "data": None
+            if self.data is None
+            else {"path": self.data.path, "fsync": self.data.fsync, "log_bytes": self.data.size},
         }
 
     # -- writes: command -> change ------------------------------------------------------
@@ -342,13 +420,25 @@ def serve_forever(
     watch_stdin: bool = False,
     pub_hwm: int = PUB_HWM,
     log_level: str = "INFO",
+    data: str | None = None,
+    fsync: str = "everysec",
+    curve_secret: str | None = None,
 ) -> int:
     """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code."""
     logging.basicConfig(level=log_level, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        writer = Writer(url, heartbeat=heartbeat, owner_pid=owner_pid, pub_hwm=pub_hwm)
+        secret = None if curve_secret is None else read_secret_key(curve_secret)
+        writer = Writer(
+            url, heartbeat=heartbeat, owner_pid=owner_pid, pub_hwm=pub_hwm, data=data, fsync=fsync, curve_secret=secret
+        )
     except zmq.ZMQError as e:
         print(f"tiger: cannot bind {url}: {e}", file=sys.stderr)
+        return 2
+    except (Corrupt, Locked, OSError) as e:
+        print(f"tiger: cannot use the data directory: {e}", file=sys.stderr)
+        return 3
+    except ValueError as e:
+        print(f"tiger: {e}", file=sys.stderr)
         return 2
     print(f"tiger writer serving at {writer.url}", flush=True)
     log.info("epoch %s, publishing at %s", writer.epoch, writer.pub_url)
