@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
+from tiger._log import COMPACT_BYTES
 from tiger._protocol import Compact
 from tiger._server import check_url, ping
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--fsync", default="everysec", choices=["always", "everysec", "never"], help="with --data (default %(default)s)"
     )
+    serve.add_argument("--compact-bytes", type=int, default=COMPACT_BYTES, help="with --data: compact past this log size")
     serve.add_argument(
         "--curve-secret", default=None, metavar="FILE", help="serve with CurveZMQ using this key file (tiger keygen)"
     )
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data=args.data,
                 fsync=args.fsync,
                 curve_secret=args.curve_secret,
+                compact_bytes=args.compact_bytes,
             )
         if args.command == "load":
             from tiger._seed import load_files

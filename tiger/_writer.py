@@ -27,7 +27,7 @@ import zmq
 from tiger import _protocol as p
 from tiger import _table
 from tiger._errors import AlreadyExists, NotFound, ProtocolError
-from tiger._log import Corrupt, DataDir, Locked
+from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 
 log = logging.getLogger("tiger.writer")
 
@@ -99,6 +99,7 @@ class Writer:
         data: str | None = None,
         fsync: str = "everysec",
         curve_secret: bytes | None = None,
+        compact_bytes: int = COMPACT_BYTES,
     ) -> None:
         if url.startswith("tcp://") and not is_loopback(url) and curve_secret is None:
             raise ValueError(
@@ -117,7 +118,7 @@ class Writer:
         self._running = True
         self.data: DataDir | None = None
         if data is not None:  # before any socket: a directory that cannot be used stops the start
-            self.data = DataDir(data, fsync)
+            self.data = DataDir(data, fsync, compact_bytes)
             try:
                 content, changes = self.data.load(p.unpack)
                 self.store.load(content)
@@ -423,13 +424,21 @@ def serve_forever(
     data: str | None = None,
     fsync: str = "everysec",
     curve_secret: str | None = None,
+    compact_bytes: int = COMPACT_BYTES,
 ) -> int:
     """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code."""
     logging.basicConfig(level=log_level, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
     try:
         secret = None if curve_secret is None else read_secret_key(curve_secret)
         writer = Writer(
-            url, heartbeat=heartbeat, owner_pid=owner_pid, pub_hwm=pub_hwm, data=data, fsync=fsync, curve_secret=secret
+            url,
+            heartbeat=heartbeat,
+            owner_pid=owner_pid,
+            pub_hwm=pub_hwm,
+            data=data,
+            fsync=fsync,
+            curve_secret=secret,
+            compact_bytes=compact_bytes,
         )
     except zmq.ZMQError as e:
         print(f"tiger: cannot bind {url}: {e}", file=sys.stderr)

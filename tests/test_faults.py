@@ -1,0 +1,361 @@
+"""Faults injected for real: killed and stopped writers, torn and corrupt logs, stuck readers, retries, access."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+from _util import read_line
+
+import tiger
+from tiger import _log
+from tiger import _protocol as p
+
+TIGER = [sys.executable, "-m", "tiger"]
+
+
+def kill(server: tiger.Server) -> None:
+    """SIGKILL a writer we started, and reap it."""
+    os.kill(server.pid, signal.SIGKILL)
+    server._process.wait(10)
+    server.stop()
+
+
+def wait(condition, timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll a condition another process brings about, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
+        time.sleep(0.02)  # sleep-ok: polling a state another process changes, not a socket
+
+
+def cli_serve(*args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([*TIGER, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = read_line(proc, 30)
+    assert line.startswith("tiger writer serving at"), line + proc.stderr.read()  # type: ignore[union-attr]
+    return proc, line.strip().rsplit(" ", 1)[-1]
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    return err
+
+
+# -- durability ------------------------------------------------------------------------------
+
+
+def test_fsync_always_loses_no_acknowledged_write_to_sigkill(tmp_path):
+    url, data = f"ipc://{tmp_path}/w", tmp_path / "data"
+    server = tiger.serve(url, data=data, fsync="always")
+    client = tiger.connect(url)
+    plans = client.table("plans", prefix="plan")
+    acked = [plans.insert({"n": i})["id"] for i in range(300)]
+    plans.update(acked[0], {"changed": True})
+    plans.delete(acked[1])
+    with tiger.namespace("other"):
+        plans.insert({"id": "plan_elsewhere"})
+    before = client.stats()["checksum"]
+    kill(server)
+    client.close()
+    with tiger.serve(url, data=data) as again, tiger.connect(again.url) as fresh:
+        stored = fresh.table("plans")
+        assert {r["id"] for r in stored.all()} == set(acked) - {acked[1]}
+        assert stored[acked[0]]["changed"] is True
+        assert fresh.stats()["checksum"] == before  # order included
+        with tiger.namespace("other"):
+            assert "plan_elsewhere" in stored
+
+
+def test_a_torn_tail_is_cut_at_its_offset_and_reported(tmp_path):
+    data = tmp_path / "data"
+    with tiger.serve(data=data, fsync="always") as server, tiger.connect(server.url) as client:
+        client.table("t").insert_many([{"n": i} for i in range(10)])
+    log_file = data / "log.0"
+    valid = log_file.stat().st_size
+    with open(log_file, "ab") as f:
+        f.write(_log.frame(b"x" * 100)[:57])  # a crash in the middle of an append
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w2", "--data", str(data))
+    with tiger.connect(url) as client:
+        assert client.table("t").count() == 10
+        client.table("t").insert({"id": "after-the-cut"})
+    err = stop(proc)
+    assert f"cut a torn tail of 57 bytes at byte {valid} of {log_file}" in err
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w3", "--data", str(data))
+    with tiger.connect(url) as client:  # later appends followed valid data
+        assert client.table("t").count() == 11
+    stop(proc)
+
+
+def test_corruption_in_the_middle_refuses_to_start_and_changes_nothing(tmp_path):
+    data = tmp_path / "data"
+    with tiger.serve(data=data, fsync="always") as server, tiger.connect(server.url) as client:
+        for i in range(10):
+            client.table("t").insert({"n": i})
+    log_file = data / "log.0"
+    damaged = bytearray(log_file.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    log_file.write_bytes(damaged)
+    listing = sorted(os.listdir(data))
+    out = subprocess.run(
+        [*TIGER, "serve", "--url", f"ipc://{tmp_path}/w2", "--data", str(data)], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 3
+    assert re.search(r"damaged entry at byte \d+ followed by a valid one at byte \d+", out.stderr)
+    assert "nothing on disk was changed" in out.stderr
+    assert log_file.read_bytes() == damaged
+    assert sorted(os.listdir(data)) == listing
+
+
+def test_compaction_writes_a_snapshot_and_a_fresh_log(tmp_path):
+    data = tmp_path / "data"
+    with tiger.serve(data=data, fsync="everysec") as server, tiger.connect(server.url) as client:
+        t = client.table("t")
+        ids = [r["id"] for r in t.insert_many([{"n": i} for i in range(500)])]
+        t.update(ids[3], {"x": 1})
+        t.delete(ids[4])
+        out = subprocess.run([*TIGER, "compact", "--url", server.url], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "snapshot of 499 records" in out.stdout
+        assert sorted(os.listdir(data)) == ["lock", "log.1", "snapshot"]
+        t.insert({"id": "after"})
+        expected = client.stats()["checksum"]
+    with tiger.serve(data=data) as server, tiger.connect(server.url) as client:
+        assert client.stats()["checksum"] == expected
+        assert client.table("t")[ids[3]]["x"] == 1 and "after" in client.table("t")
+
+
+def test_the_log_compacts_itself_past_its_size(tmp_path):
+    data = tmp_path / "data"
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--compact-bytes", "20000", "--heartbeat", "0.05")
+    with tiger.connect(url) as client:
+        client.table("t").insert_many([{"n": i, "pad": "x" * 50} for i in range(1000)])
+        wait(lambda: (data / "snapshot").exists(), what="automatic compaction")
+        assert client.stats()["data"]["log_bytes"] < 20000
+    stop(proc)
+
+
+def test_a_second_writer_on_the_same_directory_is_refused_naming_the_pid(tmp_path):
+    data = tmp_path / "data"
+    with tiger.serve(data=data) as first:
+        out = subprocess.run(
+            [*TIGER, "serve", "--url", f"ipc://{tmp_path}/w2", "--data", str(data)], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 3
+        assert f"in use by the tiger writer with pid {first.pid}" in out.stderr
+        assert first.running
+
+
+# -- retries and restarts ------------------------------------------------------------------------
+
+
+def test_a_resent_call_is_answered_from_memory_not_applied_twice(writer):
+    call = p.encode_call(p.Call("client-x", time.time() + 30, p.Insert(7, "t", "retry", None, [{"id": "once"}], True)))
+    answers = []
+    with zmq.Context() as ctx:
+        for _ in range(3):  # a fresh socket each time, like Lazy Pirate
+            sock = ctx.socket(zmq.DEALER)
+            sock.connect(writer.url)
+            sock.send(call)
+            assert sock.poll(5000)
+            answers.append(sock.recv())
+            sock.close(linger=0)
+    assert answers[0] == answers[1] == answers[2]
+    assert type(p.decode_reply(answers[0])) is p.Ok  # create succeeded once, not AlreadyExists after
+    with tiger.connect(writer.url) as client, tiger.namespace("retry"):
+        assert client.table("t").count() == 1
+
+
+def test_a_call_past_its_deadline_is_refused_unapplied(writer):
+    call = p.encode_call(p.Call("client-y", time.time() - 1, p.Insert(8, "t", "expired", None, [{"id": "late"}], False)))
+    with zmq.Context() as ctx:
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(writer.url)
+        sock.send(call)
+        assert sock.poll(5000)
+        reply = p.decode_reply(sock.recv())
+        sock.close(linger=0)
+    assert type(reply) is p.Failed and reply.kind == "expired"
+    with tiger.connect(writer.url) as client, tiger.namespace("expired"):
+        assert client.table("t").count() == 0
+
+
+def test_a_write_to_a_stopped_writer_raises_in_time_and_is_never_applied_later():
+    with tiger.serve() as server:
+        client = tiger.connect(server.url, timeout=1.0)
+        table = client.table("t")
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(tiger.Unavailable, match=re.escape(server.url)):
+                table.insert({"id": "raised"})
+            assert time.monotonic() - started < 3.0, "the write hung past its timeout"
+            assert client.resends >= 1  # it was resent on a fresh socket before giving up
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        table.insert({"id": "after"})
+        client.sync()
+        assert "after" in table and "raised" not in table
+        client.close()
+
+
+def test_clients_notice_a_dead_writer_and_fail_fast():
+    server = tiger.serve()
+    client = tiger.connect(server.url, heartbeat_timeout=0.5)
+    kill(server)
+    wait(lambda: client.replica.silent_for() > 0.6, what="silence noticed")
+    resends = client.resends
+    with pytest.raises(tiger.Unavailable, match="silent"):
+        client.table("t").insert({})
+    assert client.resends == resends  # failed at once, without trying
+    client.close()
+
+
+def test_a_restarted_writer_on_a_new_publish_port_is_followed():
+    first = tiger.serve("tcp://127.0.0.1:*")
+    url = first.url
+    client = tiger.connect(url)
+    client.table("t").insert({"id": "old"})
+    old_epoch = client.epoch
+    kill(first)
+    with tiger.serve(url) as second, tiger.connect(second.url) as other:
+        other.table("t").insert({"id": "new"})
+        client.replica.wait_until(lambda: client.epoch != old_epoch, time.monotonic() + 20, lambda: "no resync")
+        client.sync()
+        assert "new" in client.table("t") and "old" not in client.table("t")
+        client.table("t").insert({"id": "mine"})
+        other.sync()
+        assert "mine" in other.table("t")
+    client.close()
+
+
+# -- stuck readers -----------------------------------------------------------------------------------
+
+READER = """
+import sys, tiger
+client = tiger.connect(sys.argv[1], timeout=30)
+print("ready", flush=True)
+for line in sys.stdin:
+    client.sync(timeout=30)
+    print(client.table("t").count(), client.checksum(), client.replica.resyncs, flush=True)
+"""
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+
+
+def test_a_stopped_reader_neither_stalls_the_writer_nor_stays_behind(tmp_path):
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--pub-hwm", "200")
+    writer_pid = tiger.connect(url).writer_pid
+    reader = subprocess.Popen([sys.executable, "-c", READER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert read_line(reader, 30).strip() == "ready"
+        before = rss_kib(writer_pid)
+        os.kill(reader.pid, signal.SIGSTOP)
+        with tiger.connect(url) as client:
+            t = client.table("t")
+            for i in range(30):
+                t.insert_many([{"n": i * 100 + j, "pad": "x" * 200} for j in range(100)])
+            for i in range(2000):
+                t.insert({"n": i})  # each within the client's timeout: the writer is not held up
+            grown = rss_kib(writer_pid) - before
+            assert grown < 150_000, f"writer grew by {grown} KiB while a reader was stuck"
+            os.kill(reader.pid, signal.SIGCONT)
+            reader.stdin.write("check\n")  # type: ignore[union-attr]
+            reader.stdin.flush()  # type: ignore[union-attr]
+            count, checksum, resyncs = read_line(reader, 60).split()
+            assert int(count) == 5000
+            assert int(checksum) == client.stats()["checksum"]
+            assert int(resyncs) >= 1  # it saw the gap PUB left and reloaded
+    finally:
+        os.kill(reader.pid, signal.SIGCONT)
+        reader.kill()
+        reader.communicate(timeout=10)
+        stop(proc)
+
+
+# -- access ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["tcp://0.0.0.0:*", "tcp://*:*", "tcp://192.0.2.1:*"])
+def test_non_loopback_tcp_is_refused_without_curve(url):
+    out = subprocess.run([*TIGER, "serve", "--url", url], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert f"refusing to bind {url} without CurveZMQ" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_curve_clients_with_the_key_are_served_and_others_get_nothing(tmp_path):
+    out = subprocess.run([*TIGER, "keygen", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    public = out.stdout.strip().rsplit(" ", 1)[-1]
+    assert oct((tmp_path / "tiger.key").stat().st_mode & 0o777) == "0o600"
+    with tiger.serve("tcp://127.0.0.1:*", curve_secret=tmp_path / "tiger.key") as server:
+        with tiger.connect(server.url, server_key=public) as client:
+            with pytest.raises(tiger.Unavailable):
+                tiger.connect(server.url, timeout=0.5)  # no key: never answered
+            with zmq.Context() as ctx:
+                spy = ctx.socket(zmq.SUB)
+                spy.setsockopt(zmq.SUBSCRIBE, b"")
+                spy.connect(client.replica._pub_url)
+                client.table("t").insert({"id": "secret"})
+                assert "secret" in client.table("t")
+                assert not spy.poll(500)  # no published change reaches a SUB without the key
+                spy.close(linger=0)
+
+
+# -- fuzz -------------------------------------------------------------------------------------------------
+
+
+def test_fuzzed_messages_change_nothing(writer):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = (
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20)
+    )
+    values = st.recursive(
+        scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4), max_leaves=10
+    )
+    tags = st.sampled_from(["insert", "update", "delete", "clear", "drop_ns", "once_claim", "once_finish", "call", "hello", "x"])
+    # a known command with arguments of random types: an integer where a table name goes, etc.
+    shaped = st.builds(lambda tag, rest: [tag, *rest], tags, st.lists(values, max_size=7)).filter(lambda m: not _valid(m))
+    garbage = st.binary(max_size=300) | shaped.map(p.pack)
+
+    with tiger.connect(writer.url) as client, zmq.Context() as ctx:
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(writer.url)
+        before = client.stats()["checksum"]
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(garbage, min_size=1, max_size=5))
+        def fuzz(messages: list[bytes]) -> None:
+            for message in messages:
+                sock.send(message)
+            sock.send(p.encode_request(p.Stats(999_999)))  # answered after all of them, in order
+            while True:
+                assert sock.poll(5000), "the writer stopped answering"
+                reply = p.decode_reply(sock.recv())
+                if reply.req_id == 999_999:
+                    assert type(reply) is p.Ok and reply.result["checksum"] == before
+                    return
+
+        fuzz()
+        sock.close(linger=0)
+    assert writer.running
+
+
+def _valid(message: list[object]) -> bool:
+    try:
+        p.call_from(message)
+    except Exception:
+        return False
+    return True
