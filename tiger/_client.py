@@ -113,6 +113,7 @@ class Client:
         self._req_ids = itertools.count(1)
         self._once_locks: dict[str, threading.Lock] = {}
         self._once_locks_guard = threading.Lock()
+        self._once_built: dict[str, Any] = {}  # values built whose delivery to the writer failed
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
         self._socket = self._new_socket()
         self._replica: Replica | None = None
@@ -248,20 +249,25 @@ class Client:
         return self.replica.store.get(ONCE_TABLE, GLOBAL, key)
 
     def _build(self, key: str, factory: Callable[[], Any]) -> Any:
-        try:
-            value = factory()
-            check_value(value, "the once value")
-        except Exception as e:
-            error = [type(e).__name__, str(e)]
-            self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "error", error))
-            raise OnceFailed(key, *error) from e
-        except BaseException:  # KeyboardInterrupt, SystemExit: let another caller build it
+        if key in self._once_built:  # built before, but the writer did not get the value: send it, build nothing
+            value = self._once_built[key]
+        else:
             try:
-                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None))
-            except TigerError:
-                pass
-            raise
+                value = factory()
+                check_value(value, "the once value")
+                self._once_built[key] = value
+            except Exception as e:
+                error = [type(e).__name__, str(e)]
+                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "error", error))
+                raise OnceFailed(key, *error) from e
+            except BaseException:  # KeyboardInterrupt, SystemExit: let another caller build it
+                try:
+                    self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None))
+                except TigerError:
+                    pass
+                raise
         finish = self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "value", value))
+        del self._once_built[key]
         if finish.result != "stored":
             return _SUPERSEDED  # the writer gave the key to another caller meanwhile (we were silent too long)
         record = self._once_record(key)

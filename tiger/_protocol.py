@@ -443,8 +443,9 @@ _REPLY_TAGS = {"ok": 6, "fail": 4, "chunk": 3, "end": 5}
 
 
 def checksum(store: Store) -> int:
-    """A CRC32 of a store's whole content, order included: equal stores, equal checksums."""
-    return zlib.crc32(pack(store.content()))
+    """A CRC32 of a store's whole content: tables and namespaces sorted, records in list order."""
+    content = store.content()
+    return zlib.crc32(pack([(t, ns, content[t][ns]) for t in sorted(content) for ns in sorted(content[t])]))
 
 
 def pack_change(change: Change) -> bytes:

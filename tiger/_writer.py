@@ -128,6 +128,10 @@ class Writer:
                 self.data.close()
                 raise
             log.info("loaded %d records from %s (%d logged changes)", len(self.store), self.data.path, len(changes))
+            # builders of once keys get a heartbeat's grace to find the restarted writer before others take over
+            for record in self.store.rows(_table.ONCE_TABLE, _table.GLOBAL).values():
+                if record["state"] == "building":
+                    self.clients[record["owner"]] = time.monotonic()
         self._ctx = zmq.Context()
         self.router = self._ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)

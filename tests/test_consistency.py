@@ -1,0 +1,216 @@
+"""The consistency checker: random operations in several processes while faults are injected.
+
+Three worker processes run a seeded random mix of insert / update / delete / read /
+create / once against one writer (``--data``, ``fsync=always``) for a fixed time.
+Meanwhile the test stops a worker (SIGSTOP, SIGCONT), sends garbage, and kills the
+writer with SIGKILL and restarts it on the same URL and data directory. Afterwards
+the histories are checked:
+
+- read-your-writes in every process (checked by the workers as they go);
+- monotonic reads: a record seen by a process never disappears from its view later;
+- every acknowledged write is present after recovery (a write that raised may or
+  may not have been applied, never half);
+- ``create`` of one id is won by at most one acknowledged caller, and the stored
+  winner is that caller;
+- each ``once`` factory ran exactly once (no process died here);
+- every replica's checksum equals the writer's at the end.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import zmq
+
+import tiger
+
+SPAWN = multiprocessing.get_context("spawn")
+DURATION = 6.0
+WORKERS = 3
+NS = "consistency"
+
+
+def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results: Any) -> None:
+    rng = random.Random(seed)
+    own: dict[str, int | None] = {}  # id -> last acknowledged version (None: deleted)
+    maybe: dict[str, list[int | None]] = {}  # id -> states of writes that raised after that
+    creates: list[tuple[str, str]] = []  # (id, "won" | "lost" | "maybe")
+    seen_race: set[str] = set()
+    violations: list[str] = []
+    once_values: dict[str, Any] = {}
+    client = tiger.connect(url, timeout=2.0, heartbeat_timeout=1.0)
+    items = client.table("items")
+    races = client.table("races")
+    counter = 0
+
+    def build(key: str) -> Any:
+        def factory() -> Any:
+            with open(os.path.join(once_dir, key), "a") as f:
+                f.write(f"{index}\n")
+            return {"key": key}
+
+        return factory
+
+    with tiger.namespace(NS):
+        end = time.monotonic() + DURATION
+        while time.monotonic() < end:
+            op = rng.choices(["insert", "update", "delete", "read", "create", "once"], [4, 4, 1, 4, 2, 1])[0]
+            live = [i for i, v in own.items() if v is not None]
+            target = None
+            try:
+                if op == "insert" or (op in ("update", "delete", "read") and not live):
+                    op, target = "insert", f"w{index}-{counter}"
+                    counter += 1
+                    items.insert({"id": target, "v": 1})
+                    own[target], maybe[target] = 1, []
+                    if items.get(target, {}).get("v") != 1:
+                        violations.append(f"read-your-writes: insert of {target} not visible")
+                elif op == "update":
+                    target = rng.choice(live)
+                    version = (own[target] or 0) + 1
+                    items.update(target, {"v": version})
+                    own[target], maybe[target] = version, []
+                    if items.get(target, {}).get("v") != version:
+                        violations.append(f"read-your-writes: update of {target} to {version} not visible")
+                elif op == "delete":
+                    target = rng.choice(live)
+                    items.delete(target)
+                    own[target], maybe[target] = None, []
+                    if target in items:
+                        violations.append(f"read-your-writes: deleted {target} still visible")
+                elif op == "read":
+                    target = rng.choice(live)
+                    got = items.get(target)
+                    allowed = {own[target], *maybe.get(target, [])}
+                    if (None if got is None else got["v"]) not in allowed:
+                        violations.append(f"read of {target}: {got} not in {allowed}")
+                    for rid in list(seen_race):
+                        if rid not in races:
+                            violations.append(f"monotonic reads: {rid} was seen, then vanished")
+                    seen_race.update(r["id"] for r in races.all())
+                elif op == "create":
+                    target = f"race-{rng.randrange(15)}"
+                    try:
+                        races.create({"id": target, "winner": index})
+                        creates.append((target, "won"))
+                    except tiger.AlreadyExists:
+                        creates.append((target, "lost"))
+                else:
+                    key = f"once-{rng.randrange(4)}"
+                    once_values[key] = dict(client.once(key, build(key), timeout=20))
+            except (tiger.Unavailable, tiger.Timeout):
+                if op in ("insert", "update", "delete") and target is not None:
+                    state = None if op == "delete" else (1 if op == "insert" else (own.get(target) or 0) + 1)
+                    maybe.setdefault(target, []).append(state)
+                    if op == "insert":
+                        own.setdefault(target, None)
+                elif op == "create" and target is not None:
+                    creates.append((target, "maybe"))
+    barrier.wait(60)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.sync(timeout=5)
+            break
+        except (tiger.Unavailable, tiger.Timeout):
+            if time.monotonic() > deadline:
+                raise
+    results.put(
+        (
+            index,
+            {
+                "own": own,
+                "maybe": maybe,
+                "creates": creates,
+                "violations": violations,
+                "once": once_values,
+                "checksum": client.checksum(),
+                "resyncs": client.replica.resyncs,
+            },
+        )
+    )
+    client.close()
+
+
+def test_histories_hold_under_faults(tmp_path):
+    url, data = f"ipc://{tmp_path}/w", tmp_path / "data"
+    once_dir = tmp_path / "once"
+    once_dir.mkdir()
+    server = tiger.serve(url, data=data, fsync="always")
+    barrier = SPAWN.Barrier(WORKERS)
+    results: Any = SPAWN.Queue()
+    procs = [
+        SPAWN.Process(target=worker, args=(i, url, 1000 + i, str(once_dir), barrier, results), daemon=True)
+        for i in range(WORKERS)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        with tiger.connect(url) as probe:
+            probe.sync()  # the writer is up before the fault schedule starts
+        start = time.monotonic()
+
+        def at(offset: float) -> None:
+            time.sleep(max(0.0, start + offset - time.monotonic()))  # sleep-ok: the fault schedule, not a socket wait
+
+        at(1.0)
+        os.kill(procs[0].pid, signal.SIGSTOP)  # a reader (and writer) that stops reading
+        at(1.8)
+        os.kill(procs[0].pid, signal.SIGCONT)
+        at(2.2)
+        with zmq.Context() as ctx:  # garbage from a stranger
+            junk = ctx.socket(zmq.DEALER)
+            junk.connect(url)
+            for payload in (b"\x00\xff", b"\x93\xa6insert\x01\x02", os.urandom(500)):
+                junk.send(payload)
+            junk.close(linger=0)
+        at(2.8)
+        os.kill(server.pid, signal.SIGKILL)  # the writer dies mid-run ...
+        server._process.wait(10)
+        server.stop()
+        server = tiger.serve(url, data=data, fsync="always")  # ... and comes back on the same URL and data
+        reports = dict(results.get(timeout=90) for _ in procs)
+        for proc in procs:
+            proc.join(30)
+        assert [proc.exitcode for proc in procs] == [0] * WORKERS
+
+        with tiger.connect(url) as final, tiger.namespace(NS):
+            final.sync()
+            writer_checksum = final.stats()["checksum"]
+            items, races = final.table("items"), final.table("races")
+            for index, report in reports.items():
+                assert report["violations"] == [], f"worker {index}"
+                assert report["checksum"] == writer_checksum, f"worker {index}'s replica differs from the writer"
+                for id, version in report["own"].items():
+                    got = items.get(id)
+                    allowed = {version, *report["maybe"].get(id, [])}
+                    assert (None if got is None else got["v"]) in allowed, f"{id}: acknowledged {version}, stored {got}"
+            attempts: dict[str, list[tuple[int, str]]] = {}
+            for index, report in reports.items():
+                for rid, outcome in report["creates"]:
+                    attempts.setdefault(rid, []).append((index, outcome))
+            for rid, tries in attempts.items():
+                winners = [i for i, outcome in tries if outcome == "won"]
+                assert len(winners) <= 1, f"{rid} created by {winners}"
+                stored = races.get(rid)
+                if winners:
+                    assert stored is not None and stored["winner"] == winners[0], rid
+                elif stored is not None:
+                    assert (stored["winner"], "maybe") in tries, rid
+            for path in once_dir.iterdir():
+                assert len(path.read_text().splitlines()) == 1, f"{path.name} built more than once"
+            values = [v for report in reports.values() for v in report["once"].items()]
+            assert all(value == {"key": key} for key, value in values)
+        assert sum(report["resyncs"] for report in reports.values()) >= WORKERS  # everyone followed the restart
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.join(10)
+        server.stop()
