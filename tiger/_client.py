@@ -422,6 +422,11 @@ class Table:
         return default
 
     def __getitem__(self, id: str) -> Record:
+        rows = self._namespaces.get(_current())
+        if rows is not None:
+            found = rows.get(id)
+            if found is not None:
+                return found  # the hit path, inlined: no second method call
         record = self.get(id)
         if record is None:
             raise NotFound(f"{self.name} {id!r} is not in namespace {_current()!r}")

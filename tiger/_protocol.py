@@ -12,6 +12,7 @@ Sockets:
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -528,6 +529,24 @@ def encode_published(m: Published | Heartbeat) -> bytes:
 def published_bytes(epoch: str, seq: int, packed_change: bytes) -> bytes:
     """``encode_published(Published(...))`` with an already packed change."""
     return b"\x94" + pack("c") + pack(epoch) + pack(seq) + packed_change
+
+
+_PUBLISHED_HEAD = b"\x94\xa1c"
+_UINT = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q"}
+
+
+def peek_published(data: bytes) -> tuple[str, int] | None:
+    """(epoch, seq) of a published change without decoding the change; None if not that shape."""
+    if not data.startswith(_PUBLISHED_HEAD) or len(data) < 22 or data[3] != 0xB0:
+        return None
+    epoch = data[4:20].decode("ascii", "replace")
+    first = data[20]
+    if first < 0x80:
+        return epoch, first
+    fmt = _UINT.get(first)
+    if fmt is None or len(data) < 21 + struct.calcsize(fmt):
+        return None
+    return epoch, struct.unpack_from(fmt, data, 21)[0]
 
 
 def decode_published(data: bytes) -> Published | Heartbeat:

@@ -239,6 +239,9 @@ class Replica:
 
     def _receive(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
+        head = p.peek_published(data)
+        if head is not None and head[0] == self.epoch and head[1] <= self.seq:
+            return  # applied already (by the writing thread's catch_up): not worth decoding
         try:
             m = p.decode_published(data)
         except ProtocolError as e:

@@ -185,11 +185,47 @@ def _check_value(value: Any, where: str, depth: int) -> None:
     raise TypeError(f"{where}: {t.__name__} is not storable (a record holds {_STORABLE})")
 
 
-def check_record(record: object, where: str = "record") -> Mapping[str, Any]:
+def _storable(value: Any, depth: int) -> bool:
+    """The fast check: True when ``value`` is storable. Builds no messages; _check_value explains a False."""
+    t = type(value)
+    if t is str or t is float or t is bool or value is None or t is bytes:
+        return True
+    if t is int:
+        return _INT_MIN <= value <= _INT_MAX  # type: ignore[no-any-return]
+    if depth >= MAX_DEPTH:
+        return False
+    if t is dict or t is Record:
+        return all(type(k) is str and _storable(v, depth + 1) for k, v in value.items())
+    if t is list or t is tuple or t is FrozenList:
+        return all(_storable(v, depth + 1) for v in value)
+    return False
+
+
+def _flat_storable(record: Mapping[str, Any]) -> bool:
+    """``_storable`` for a record, with its top-level scalars checked inline (the common case)."""
+    for k, v in record.items():
+        if type(k) is not str:
+            return False
+        t = type(v)
+        if t is str or t is float or t is bool or v is None or t is bytes:
+            continue
+        if t is int:
+            if _INT_MIN <= v <= _INT_MAX:
+                continue
+            return False
+        if not _storable(v, 1):
+            return False
+    return True
+
+
+def check_record(value: object, where: str = "record") -> Mapping[str, Any]:
     """Validate a record a user wants to store; the error names the offending field."""
-    if not isinstance(record, Mapping):
-        raise TypeError(f"{where} must be a mapping (dict), not {type(record).__name__}")
-    _check_value(record, where, 0)
+    plain = type(value) is dict or type(value) is Record
+    if not plain and not isinstance(value, Mapping):
+        raise TypeError(f"{where} must be a mapping (dict), not {type(value).__name__}")
+    record: Mapping[str, Any] = value  # type: ignore[assignment]
+    if not (plain and _flat_storable(record)):
+        _check_value(record, where, 0)  # slow: finds and names the offending field
     if "id" in record and record["id"] is not None:
         check_id(record["id"], f"{where}['id']")
     if "created" in record and type(record["created"]) is not int:
