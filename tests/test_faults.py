@@ -209,7 +209,8 @@ def test_clients_notice_a_dead_writer_and_fail_fast():
     server = tiger.serve()
     client = tiger.connect(server.url, heartbeat_timeout=0.5)
     kill(server)
-    wait(lambda: client.replica.silent_for() > 0.6, what="silence noticed")
+    assert client.heartbeat_timeout == 2.0  # at least four of the writer's heartbeats (0.5 s)
+    wait(lambda: client.replica.silent_for() > client.heartbeat_timeout + 0.1, what="silence noticed")
     resends = client.resends
     with pytest.raises(tiger.Unavailable, match="silent"):
         client.table("t").insert({})

@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sys.stdout.write(line + "\n")
             return 0
         try:
-            print(format_stats(ping(check_url(args.url), args.timeout)))
+            print(format_stats(ping(check_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
         except Unavailable as e:
             print(f"tiger stats: {e} (pass --url or set TIGER_URL to reach another writer)", file=sys.stderr)
             return 1

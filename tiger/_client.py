@@ -105,6 +105,7 @@ class Client:
             raise ValueError(f"heartbeat_timeout must be a positive number of seconds, got {heartbeat_timeout!r}")
         self.heartbeat_timeout = float(heartbeat_timeout)  # a writer silent this long is taken for gone
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
+        self._clock_offset = 0.0  # the writer's time.time() minus ours
         self.client_id = secrets.token_hex(8)
         self._pid = os.getpid()
         self._closed = False
@@ -115,12 +116,19 @@ class Client:
         self._once_locks_guard = threading.Lock()
         self._once_built: dict[str, Any] = {}  # values built whose delivery to the writer failed
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
-        self._socket = self._new_socket()
         self._replica: Replica | None = None
+        try:
+            self._socket = self._new_socket()
+        except ValueError:
+            self._ctx.term()
+            raise
         try:
             hello = self._request(p.Hello(next(self._req_ids), self.client_id))
             info = hello.result
             self.writer_pid: int = info["pid"]
+            if "time" in info:  # the writer checks call deadlines on its own clock
+                self._clock_offset = info["time"] - time.time()
+            self.heartbeat_timeout = max(self.heartbeat_timeout, 4 * info["heartbeat"])
             self._replica = Replica(
                 self._ctx,
                 url,
@@ -146,13 +154,18 @@ class Client:
         _open_clients.discard(self)
         if os.getpid() != self._pid:
             return  # a forked child: the sockets belong to the parent
-        if self._replica is not None:
-            try:
-                self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            self._replica.stop()
-        self._socket.close(linger=0)
+        locked = self._lock.acquire(timeout=self.timeout)  # a request in flight on another thread ends first
+        try:
+            if self._replica is not None:
+                try:
+                    self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+                self._replica.stop()
+            self._socket.close(linger=0)
+        finally:
+            if locked:
+                self._lock.release()
         self._ctx.term()
 
     def __enter__(self) -> Client:
@@ -258,7 +271,7 @@ class Client:
                 self._once_built[key] = value
             except Exception as e:
                 error = [type(e).__name__, str(e)]
-                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "error", error))
+                self._finish_or_release(key, "error", error)
                 raise OnceFailed(key, *error) from e
             except BaseException:  # KeyboardInterrupt, SystemExit: let another caller build it
                 try:
@@ -266,13 +279,24 @@ class Client:
                 except TigerError:
                     pass
                 raise
-        finish = self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "value", value))
+        finish = self._finish_or_release(key, "value", value)
         del self._once_built[key]
         if finish.result != "stored":
             return _SUPERSEDED  # the writer gave the key to another caller meanwhile (we were silent too long)
         record = self._once_record(key)
         assert record is not None
         return _once_value(record)
+
+    def _finish_or_release(self, key: str, outcome: str, payload: Any) -> p.Ok:
+        """Deliver a build's outcome; if that fails, give the key up (best effort) so no caller waits on it."""
+        try:
+            return self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, outcome, payload))
+        except TigerError:
+            try:
+                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None))
+            except TigerError:
+                pass  # the writer is gone: it forgets this claim when this client falls silent
+            raise
 
     def checksum(self) -> int:
         """The local replica's checksum; equal to ``stats()["checksum"]`` when it is up to date."""
@@ -286,13 +310,20 @@ class Client:
     # -- requests -------------------------------------------------------------------
 
     def _secure(self, sock: zmq.Socket[Any]) -> None:
+        """Options every socket of this client gets: IPv6 for a [::1] URL, CurveZMQ with a server key."""
+        if "[" in self.url:
+            sock.setsockopt(zmq.IPV6, 1)
         secure(sock, self._server_key)
 
     def _new_socket(self) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        secure(sock, self._server_key)
-        sock.connect(self.url)
+        self._secure(sock)
+        try:
+            sock.connect(self.url)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            raise ValueError(f"url: cannot connect to {self.url!r}: {e}") from None
         return sock
 
     def _request(self, request: p.Request, deadline: float | None = None) -> p.Ok:
@@ -316,10 +347,16 @@ class Client:
         if deadline is None:
             deadline = now + self.timeout
         margin = min(0.5, 0.2 * (deadline - now))
-        payload = p.encode_call(p.Call(self.client_id, time.time() + (deadline - now) - margin, request))
+        payload = p.encode_call(p.Call(self.client_id, time.time() + self._clock_offset + (deadline - now) - margin, request))
+        if len(payload) > p.MAX_MESSAGE:
+            raise ValueError(
+                f"the request is {len(payload)} bytes; a request may be at most {p.MAX_MESSAGE} bytes (store less per call)"
+            )
         req_id = request.req_id  # type: ignore[union-attr]
         resend_every = min(1.0, self.timeout / 3)
         with self._lock:
+            if self._closed:
+                raise TigerError("this client is closed")
             self._socket.send(payload)
             resend_at = time.monotonic() + resend_every
             while True:
@@ -408,7 +445,11 @@ class Table:
         """The record with this id, or ``default``."""
         rows = self._namespaces.get(_current())
         if rows is not None:
-            record = rows.get(id)
+            try:
+                record = rows.get(id)
+            except TypeError:  # unhashable: say which argument
+                check_id(id)
+                raise
             if record is not None:
                 return record
         if self.fallback_to_global:
@@ -423,7 +464,7 @@ class Table:
 
     def __getitem__(self, id: str) -> Record:
         rows = self._namespaces.get(_current())
-        if rows is not None:
+        if rows is not None and type(id) is str:
             found = rows.get(id)
             if found is not None:
                 return found  # the hit path, inlined: no second method call
@@ -507,9 +548,15 @@ class Table:
             raise TypeError(f"records must be a list, not {type(records).__name__}")
         if not records:
             return []
+        seen: dict[str, int] = {}
         for i, record in enumerate(records):
             check_record(record, f"records[{i}]")
             self._check_given_id(record, f"records[{i}]")
+            id = record.get("id")
+            if id is not None:
+                if id in seen:
+                    raise ValueError(f"records[{i}]['id']: {id!r} appears twice in one batch (first at records[{seen[id]}])")
+                seen[id] = i
         return list(self._put(list(records), create=False))
 
     def create(self, record: Mapping[str, Any]) -> Record:

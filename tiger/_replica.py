@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
-from tiger._errors import ProtocolError, Timeout, Unavailable
+from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._table import Change, Put, Store, freeze
 
 log = logging.getLogger("tiger.replica")
@@ -64,6 +64,7 @@ class Replica:
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.resyncs = 0
+        self.loading = False  # a snapshot is on its way: writing threads must not apply changes themselves
         self.last_heard = time.monotonic()
         self._ctx = ctx
         self._url = url
@@ -96,11 +97,15 @@ class Replica:
             self._thread.join(5.0)
             tx.close(linger=0)
         self._stop_rx.close(linger=0)
+        with self.changed:  # whoever waits on this replica (once, wait_for, sync) learns it is closed
+            if self.failure is None:
+                self.failure = TigerError("the client was closed")
+            self.changed.notify_all()
 
     def catch_up(self, epoch: str, seq: int, change: Change | None, deadline: float) -> None:
         """Return once the replica has applied (epoch, seq); apply ``change`` here if it is the next one."""
         with self.changed:
-            if self.epoch == epoch:
+            if self.epoch == epoch and not self.loading:
                 if self.seq >= seq:
                     return
                 if change is not None and self.seq == seq - 1:
@@ -158,7 +163,7 @@ class Replica:
                     for data in queued:
                         self._receive(data)
                     queued = []
-                    events = dict(poller.poll(int(self._heartbeat * 1000)))
+                    events = dict(poller.poll(int(min(self._heartbeat, 0.5) * 1000)))
                     if self._stop_rx in events:
                         return
                     if sub in events:
@@ -170,7 +175,7 @@ class Replica:
                     if dealer in events:
                         self._answer(sub, dealer.recv())
                     if time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + self._heartbeat
+                        next_beat = time.monotonic() + min(self._heartbeat, 0.5)
                         dealer.send(p.encode_request(p.Beat(self._client_id)))
                         if self.silent_for() > self._heartbeat * 3:
                             # the writer may be gone, or back with a new epoch and PUB endpoint: ask it
@@ -183,7 +188,7 @@ class Replica:
                     log.info("replica waiting for the writer: %s", e)
                     must_resync = True
                     queued = []
-                    self._await_writer(dealer)
+                    self._await_writer(sub, dealer)
         except _Stopped:
             return
         except BaseException as e:  # reported to every waiting caller
@@ -211,12 +216,15 @@ class Replica:
                 self._pub_url = pub_url
             raise _Resync(f"the writer answers with a new epoch {reply.epoch}")
 
-    def _await_writer(self, dealer: zmq.Socket[Any]) -> None:
-        """Ask Hello until the writer answers (or stop); then the caller resyncs."""
+    def _await_writer(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
+        """Ask Hello until the writer answers (or stop), following it to a new PUB endpoint; then resync."""
         while True:
             dealer.send(p.encode_request(p.Hello(next(self._req_ids), self._client_id)))
             if self._wait(dealer, self._heartbeat):
-                dealer.recv()
+                try:
+                    self._answer(sub, dealer.recv())
+                except _Resync:
+                    pass
                 return
 
     def _wait(self, sock: zmq.Socket[Any], timeout: float) -> bool:
@@ -263,6 +271,8 @@ class Replica:
 
     def _resync(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
         """Load a fresh snapshot; return the published messages received meanwhile, to apply next."""
+        with self.changed:
+            self.loading = True
         queued = self._confirm_subscription(sub, dealer)
         req_id = next(self._req_ids)
         dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
@@ -284,6 +294,7 @@ class Replica:
             self.store.load(content)
             self.epoch = reply.epoch
             self.seq = reply.seq
+            self.loading = False
             self.changed.notify_all()
         return queued
 

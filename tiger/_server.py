@@ -50,6 +50,7 @@ class Server:
         self.pid = process.pid
         self._process = process
         self._tmpdir = tmpdir
+        self._owner = os.getpid()
 
     def __enter__(self) -> Server:
         return self
@@ -67,6 +68,8 @@ class Server:
     def stop(self, timeout: float = 5.0) -> int | None:
         """Stop the writer (SIGTERM, then SIGKILL after ``timeout``); returns its exit code. Idempotent."""
         _running.discard(self)
+        if os.getpid() != self._owner:
+            return None  # a forked child: the writer and its directory belong to the parent
         proc = self._process
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -172,6 +175,8 @@ def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) 
         sock = ctx.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
+            if "[" in url:
+                sock.setsockopt(zmq.IPV6, 1)
             secure(sock, server_key)
             sock.connect(url)
             sock.send(p.encode_request(p.Stats(1)))

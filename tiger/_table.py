@@ -341,6 +341,8 @@ class Store:
                     self._touch(change.table, ns)
         elif type(change) is DropNamespace:
             for table, found in list(self.tables.items()):
+                if table.startswith(RESERVED_PREFIX):
+                    continue  # tiger's own records (once keys) are not a test's data
                 if found.pop(change.namespace, None) is not None:
                     self._touch(table, change.namespace)
         else:
@@ -356,16 +358,17 @@ class Store:
             table: {ns: {r["id"]: freeze(r) for r in records} for ns, records in namespaces.items() if records}
             for table, namespaces in content.items()
         }
-        for table, namespaces in self.tables.items():
-            new = fresh.pop(table, {})
-            namespaces.update(new)
-            for ns in [ns for ns in namespaces if ns not in new]:
+        # user threads may add table dicts meanwhile (Client.table): never iterate or replace the live dict
+        for table, new in fresh.items():
+            self.namespaces_of(table).update(new)
+        for table, namespaces in list(self.tables.items()):
+            new = fresh.get(table, {})
+            for ns in [ns for ns in list(namespaces) if ns not in new]:
                 del namespaces[ns]
-        self.tables.update(fresh)
         for key in list(self._versions):
             self._touch(*key)
-        for table, namespaces in self.tables.items():
-            for ns in namespaces:
+        for table, namespaces in list(self.tables.items()):
+            for ns in list(namespaces):
                 self._touch(table, ns)
 
     # -- reading -----------------------------------------------------------------
@@ -599,7 +602,7 @@ def prepare_clear_namespace(store: Store, table: str, namespace: str) -> ClearNa
 
 def prepare_drop_namespace(store: Store, namespace: str) -> DropNamespace | None:
     check_name(namespace, "namespace")
-    if not any(namespace in found for found in store.tables.values()):
+    if not any(namespace in found for table, found in store.tables.items() if not table.startswith(RESERVED_PREFIX)):
         return None
     return DropNamespace(namespace)
 

@@ -157,6 +157,9 @@ class Writer:
         self.pub = self._ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
+        if "[" in url:
+            for sock in (self.router, self.pub):
+                sock.setsockopt(zmq.IPV6, 1)
         if curve_secret is not None:
             public = zmq.curve_public(curve_secret)
             for sock in (self.router, self.pub):
@@ -240,7 +243,7 @@ class Writer:
         if self.owner_pid is not None and os.getppid() != self.owner_pid:
             log.info("owner process %d is gone; stopping", self.owner_pid)
             self._running = False
-        silent = time.monotonic() - CLIENT_SILENCE
+        silent = time.monotonic() - max(CLIENT_SILENCE, 6 * self.heartbeat)
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
             self._forget(client_id)
         stale = time.monotonic() - ANSWERS_FORGOTTEN
@@ -324,7 +327,7 @@ class Writer:
             return None
         if t is p.Hello:
             self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
-            result = {"pub": self.pub_url, "heartbeat": self.heartbeat, "pid": os.getpid()}
+            result = {"pub": self.pub_url, "heartbeat": self.heartbeat, "pid": os.getpid(), "time": time.time()}
             return p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
         if t is p.Bye:
             self._forget(request.client_id)  # type: ignore[union-attr]

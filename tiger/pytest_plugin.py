@@ -48,6 +48,7 @@ class _Run:
         self.worker = worker
         self.server = server  # set only where this process started the writer
         self.client: Client | None = None
+        self.previous_url: str | None = None
 
     def connect(self) -> Client:
         if self.client is None:
@@ -83,9 +84,12 @@ def pytest_configure(config: pytest.Config) -> None:
             server = serve()
             url = server.url
         else:
-            ping(url)  # fail the run at once, naming the URL, if nobody answers there
-    os.environ["TIGER_URL"] = url  # so tiger.connect() in tests and their subprocesses finds it
+            ping(
+                url, server_key=os.environ.get("TIGER_SERVER_KEY") or None
+            )  # fail the run at once, naming the URL, if nobody answers there
     run = _Run(url, server, _worker_id(config))
+    run.previous_url = os.environ.get("TIGER_URL")
+    os.environ["TIGER_URL"] = url  # so tiger.connect() in tests and their subprocesses finds it
     config.stash[_run_key] = run
     if not _is_worker(config):
         seeds = config.getini("tiger_seed")
@@ -118,6 +122,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(_run_key, None)
     if run is not None:
         run.close()
+        if run.previous_url is None:
+            os.environ.pop("TIGER_URL", None)
+        else:
+            os.environ["TIGER_URL"] = run.previous_url
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -1,0 +1,81 @@
+"""One test per bug found in review, named after what broke."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import tiger
+
+
+def test_closing_a_client_wakes_a_caller_waiting_on_once(connect):
+    builder, waiter = connect(), connect()
+    release = threading.Event()
+    th = threading.Thread(target=lambda: builder.once("closing-wakes", lambda: release.wait(30) and 1))
+    th.start()
+    waiter.replica.wait_until(lambda: waiter._once_record("closing-wakes") is not None, time.monotonic() + 10, lambda: "no claim")
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            waiter.once("closing-wakes", lambda: 2)
+        except BaseException as e:
+            outcome.append(e)
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    waiter.close()
+    waiting.join(10)
+    assert not waiting.is_alive(), "a once() caller hung after its client was closed"
+    assert isinstance(outcome[0], tiger.TigerError)
+    release.set()
+    th.join(30)
+
+
+def test_dropping_namespace_global_keeps_once_keys(tiger_client):
+    runs = []
+    tiger_client.once("survives-drop", lambda: runs.append(1) or len(runs))
+    tiger_client.drop_namespace("global")
+    assert tiger_client.once("survives-drop", lambda: runs.append(1) or len(runs)) == 1
+    assert runs == [1]
+
+
+def test_an_oversized_request_is_refused_before_sending(private_writer_client):
+    before = private_writer_client.stats()["seq"]
+    with pytest.raises(ValueError, match="at most"):
+        private_writer_client.table("t").insert({"blob": b"x" * (65 * 1024 * 1024)})
+    assert private_writer_client.stats()["seq"] == before
+    assert private_writer_client.resends == 0
+
+
+def test_an_unhashable_id_names_the_argument(client, ns):
+    t = client.table("t")
+    t.insert({"id": "a"})
+    for read in (lambda: t.get(["a"]), lambda: t[["a"]], lambda: ["a"] in t):
+        with pytest.raises(TypeError, match="id must be a str"):
+            read()
+
+
+def test_duplicate_ids_in_a_batch_are_refused_without_sending(private_writer_client):
+    before = private_writer_client.stats()["seq"]
+    with pytest.raises(ValueError, match=r"records\[2\]\['id'\]: 'a' appears twice"):
+        private_writer_client.table("t").insert_many([{"id": "a"}, {"id": "b"}, {"id": "a"}])
+    assert private_writer_client.stats()["seq"] == before
+
+
+def test_a_malformed_url_is_a_value_error_naming_url():
+    with pytest.raises(ValueError, match="url"):
+        tiger.connect("tcp://localhost:notaport", timeout=0.5)
+
+
+def test_ipv6_loopback_serves_and_connects():
+    with tiger.serve("tcp://[::1]:*") as server, tiger.connect(server.url) as client:
+        assert client.table("t").insert({"id": "v6"})["id"] == "v6"
+
+
+@pytest.fixture
+def private_writer_client(writer):
+    with tiger.connect(writer.url) as client:
+        yield client
