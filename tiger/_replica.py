@@ -16,6 +16,7 @@ with a seq above the snapshot's.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import threading
@@ -271,6 +272,16 @@ class Replica:
 
     def _resync(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
         """Load a fresh snapshot; return the published messages received meanwhile, to apply next."""
+        # millions of new dicts would trigger repeated full collections (quadratic); none of them form cycles
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._load_snapshot(sub, dealer)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _load_snapshot(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
         with self.changed:
             self.loading = True
         queued = self._confirm_subscription(sub, dealer)
