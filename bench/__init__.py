@@ -1,0 +1,22 @@
+"""tiger's benchmark suite: tiger side by side with its floors and its peers, in one run.
+
+Run it from the repository root (after ``pip install -e '.[bench]'``)::
+
+    python -m bench               # every scenario, about 5 to 10 minutes on 2 cores
+    python -m bench --quick       # every scenario, smaller, under a minute
+    python -m bench --only read   # one scenario
+    python -m bench --out DIR     # write results somewhere else than bench/results/
+
+Each scenario writes ``<out>/<scenario>.json`` (the exact command, the machine,
+the method, every figure, the targets) and ``<out>/<scenario>.png``. The
+committed files in ``bench/results/`` were produced by ``python -m bench``.
+
+Scenarios: ``read``, ``write``, ``writers``, ``fanout``, ``join``, ``xdist``.
+Comparators (each skipped with a one-line reason when absent): a plain ``dict``
+(the read floor), a raw pyzmq REQ/REP round trip (the write floor),
+``multiprocessing.Manager().dict()``, redis, diskcache, sqlite3 in WAL mode,
+UltraDict.
+
+Nothing here is collected by pytest and nothing asserts a timing: targets are
+evaluated and reported as met or missed.
+"""

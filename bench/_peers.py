@@ -1,0 +1,578 @@
+"""tiger and what users would pick instead, behind one small interface.
+
+Each subject has a server side (``setup``/``teardown``, run by the scenario) and
+a client side (``connect(spec)``, run by the scenario or by a worker process
+with the JSON-able ``spec``). A client offers:
+
+- ``read``/``read_stmt`` and ``miss_stmt``: what one read of id ``k`` is, as a
+  statement for the timing loop (``target`` is ``read``);
+- ``write``/``write_stmt``: one write of record ``k`` (read-your-writes where the
+  subject has replicas: tiger's ``insert`` returns once the local replica holds it);
+- ``write_many(records)``: the subject's own bulk write.
+
+Values are stored the way a user would: redis and sqlite hold msgpack blobs and
+reads decode them (so a read returns a dict, as tiger's does); diskcache,
+Manager and UltraDict pickle by themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.managers import BaseManager, DictProxy
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench._common import Children, Result, free_port, receive
+
+
+class Unavailable(Exception):
+    """This comparator cannot run here; the message is the one-line reason."""
+
+
+class Client:
+    read: Callable[[str], Any]
+    read_stmt = "target(k)"
+    miss_stmt = "target(k)"
+    write: Callable[[dict[str, Any]], Any]
+    write_stmt = "target(k)"
+
+    def lookup(self, id: str) -> Any:
+        """One read, for checking the subject holds what was written (not timed)."""
+        return self.read(id)
+
+    def put_function(self) -> Callable[[Any], Any]:
+        """``write_stmt`` as a function of ``k`` (for loops outside the timing template)."""
+        namespace: dict[str, Any] = {"target": self.write}
+        exec(f"def put(k):\n    {self.write_stmt}\n", namespace)
+        return namespace["put"]  # type: ignore[no-any-return]
+
+    def write_many(self, records: Sequence[dict[str, Any]]) -> None:
+        for r in records:
+            self.write(r)
+
+    def close(self) -> None:
+        pass
+
+
+class Subject:
+    """One comparator's server side."""
+
+    name: ClassVar[str]
+    role: ClassVar[str] = "peer"
+    label: str = ""
+    note: str = ""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.children = Children()
+        self.spec: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        self.children.stop_all()
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        raise NotImplementedError
+
+    def __enter__(self) -> Subject:
+        try:
+            self.setup()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+
+def _packer() -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    import msgpack
+
+    return (lambda obj: msgpack.packb(obj, use_bin_type=True)), (lambda data: msgpack.unpackb(data, raw=False))
+
+
+# -- tiger -----------------------------------------------------------------------------
+
+
+class _TigerClient(Client):
+    def __init__(self, url: str) -> None:
+        import tiger
+
+        self.client = tiger.connect(url, timeout=30.0)
+        self.table = self.client.table("plans", prefix="plan")
+        self.read = self.table.get
+        self.write = self.table.insert
+        self.write_many = self.table.insert_many  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Tiger(Subject):
+    name = "tiger"
+    role = "tiger"
+
+    def setup(self) -> None:
+        import tiger
+
+        self.server = tiger.serve()
+        self.spec = {"url": self.server.url}
+        self.label = f"tiger {_dist_version('tiger')} (replica read; insert over {self.server.url.split(':')[0]})"
+
+    def teardown(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.stop()
+        super().teardown()
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _TigerClient(spec["url"])
+
+
+# -- the floors ------------------------------------------------------------------------
+
+
+def tiger_insert_bytes(records: Sequence[dict[str, Any]], req_id: int = 1) -> bytes:
+    """The bytes tiger's client sends for ``insert_many(records)``: the REQ/REP floor sends exactly these."""
+    from tiger import _protocol as p
+
+    request = p.Insert(req_id, "plans", "global", "plan", list(records), False)
+    if hasattr(p, "encode_call"):  # a client wraps every write in a Call (client id, expiry) it may resend
+        return p.encode_call(p.Call(secrets.token_hex(8), time.time() + 5.0, request))  # type: ignore[no-any-return]
+    return p.encode_request(request)  # type: ignore[no-any-return]
+
+
+class _DictClient(Client):
+    read_stmt = "target[k]"
+    miss_stmt = "target.get(k)"
+    write_stmt = "target[k['id']] = k"
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.read = self.data  # type: ignore[assignment]
+        self.write = self.data  # type: ignore[assignment]
+
+    def lookup(self, id: str) -> Any:
+        return self.data.get(id)
+
+    def write_many(self, records: Sequence[dict[str, Any]]) -> None:
+        self.data.update({r["id"]: r for r in records})
+
+
+class PlainDict(Subject):
+    name = "dict"
+    role = "floor"
+    label = "plain dict: d[id] (miss: d.get(id)), in process"
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _DictClient()
+
+
+class _EchoClient(Client):
+    def __init__(self, url: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.REQ)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(url)
+        send, recv = self.sock.send, self.sock.recv
+
+        def round_trip(payload: bytes) -> bytes:
+            send(payload)
+            return recv()  # type: ignore[no-any-return]
+
+        self.write = round_trip  # type: ignore[assignment]
+        round_trip(b"warm-up")  # one warm-up round trip before any timer
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+class ZmqEcho(Subject):
+    """The write floor: a raw pyzmq REQ/REP round trip, the REP peer echoing in its own process."""
+
+    name = "pyzmq REQ/REP"
+    role = "floor"
+
+    def __init__(self, tmp: Path, transport: str = "ipc") -> None:
+        super().__init__(tmp)
+        self.transport = transport
+
+    def setup(self) -> None:
+        try:
+            import zmq  # noqa: F401
+        except ImportError as e:  # tiger itself needs pyzmq; kept for symmetry
+            raise Unavailable(f"pyzmq not importable: {e}") from None
+        url = f"ipc://{self.tmp}/echo" if self.transport == "ipc" else "tcp://127.0.0.1:*"
+        proc = self.children.worker("echo", url)
+        ready = receive(proc, 20.0)
+        self.spec = {"url": ready["url"]}
+        self.label = f"raw pyzmq REQ/REP round trip over {self.transport}, same payload, echo peer in its own process"
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _EchoClient(spec["url"])
+
+
+# -- the peers -------------------------------------------------------------------------
+
+
+_SHARED: dict[str, Any] = {}  # the Manager server's dict (lives in the manager process)
+
+
+def _shared_table() -> dict[str, Any]:
+    return _SHARED
+
+
+class TableManager(BaseManager):
+    """Serves one dict (``table()``) from the manager process."""
+
+
+TableManager.register("table", callable=_shared_table, proxytype=DictProxy)
+
+
+class _ManagerClient(Client):
+    write_stmt = "target[k['id']] = k"
+
+    def __init__(self, address: tuple[str, int], authkey: bytes) -> None:
+        manager = TableManager(address=address, authkey=authkey)
+        manager.connect()
+        self.proxy = manager.table()
+        self.read = self.proxy.get
+        self.write = self.proxy  # __setitem__: one round trip to the manager process
+
+    def write_many(self, records: Sequence[dict[str, Any]]) -> None:
+        self.proxy.update({r["id"]: r for r in records})
+
+
+class Manager(Subject):
+    name = "Manager().dict()"
+    label = (
+        "a multiprocessing manager's dict (DictProxy, as Manager().dict() gives), "
+        "used from this process; the dict lives in the manager process"
+    )
+
+    def setup(self) -> None:
+        # the manager's server in a child of our own (python -m bench._worker manager), stopped by pid like the others
+        authkey = secrets.token_hex(16)
+        proc = self.children.worker("manager", authkey)
+        ready = receive(proc, 30.0)
+        self.spec = {"address": ready["address"], "authkey": authkey}
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _ManagerClient((spec["address"][0], spec["address"][1]), bytes.fromhex(spec["authkey"]))
+
+
+class _RedisClient(Client):
+    def __init__(self, port: int) -> None:
+        import redis
+
+        pack, unpack = _packer()
+        self.redis = redis.Redis(host="127.0.0.1", port=port)
+        get, set_ = self.redis.get, self.redis.set
+
+        def read(k: str) -> Any:
+            value = get(k)
+            return None if value is None else unpack(value)
+
+        def write(r: dict[str, Any]) -> None:
+            set_(r["id"], pack(r))
+
+        self.read = read
+        self.write = write
+        self._pack = pack
+
+    def write_many(self, records: Sequence[dict[str, Any]]) -> None:
+        self.redis.mset({r["id"]: self._pack(r) for r in records})
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class Redis(Subject):
+    name = "redis"
+
+    def setup(self) -> None:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise Unavailable("redis-py not installed (pip install redis)") from None
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise Unavailable("redis-server not on PATH (e.g. apt-get install redis-server)")
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()
+        server_version = next((w[2:] for w in version if w.startswith("v=")), "?")
+        self.label = f"redis-server {server_version} on 127.0.0.1 (redis-py {_dist_version('redis')}), msgpack values"
+        for _ in range(5):  # a free port can be taken between the probe and the bind: try another
+            port = free_port()
+            proc = self.children.start(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if self._wait(port, proc):
+                self.spec = {"port": port}
+                return
+        raise Unavailable("redis-server did not start on a free port (5 tries)")
+
+    def _wait(self, port: int, proc: subprocess.Popen[str]) -> bool:
+        import redis
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5) as r:
+                    if r.ping():
+                        return True
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        return False
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _RedisClient(spec["port"])
+
+
+class _DiskcacheClient(Client):
+    write_stmt = "target[k['id']] = k"
+
+    def __init__(self, directory: str) -> None:
+        import diskcache
+
+        self.cache = diskcache.Cache(directory)
+        self.read = self.cache.get
+        self.write = self.cache  # type: ignore[assignment]
+
+    def write_many(self, records: Sequence[dict[str, Any]]) -> None:
+        cache = self.cache
+        with cache.transact():
+            for r in records:
+                cache[r["id"]] = r
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+class Diskcache(Subject):
+    name = "diskcache"
+
+    def setup(self) -> None:
+        try:
+            import diskcache
+        except ImportError:
+            raise Unavailable("diskcache not installed (pip install diskcache)") from None
+        self.label = f"diskcache {diskcache.__version__} Cache (sqlite underneath), pickled values"
+        self.spec = {"directory": str(self.tmp / "diskcache")}
+        self.connect(self.spec).close()  # created here, not by N worker processes at once
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _DiskcacheClient(spec["directory"])
+
+
+class _SqliteClient(Client):
+    def __init__(self, path: str) -> None:
+        import sqlite3
+
+        pack, unpack = _packer()
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS plans (id TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
+        execute = self.db.execute
+
+        def read(k: str) -> Any:
+            row = execute("SELECT data FROM plans WHERE id = ?", (k,)).fetchone()
+            return None if row is None else unpack(row[0])
+
+        def write(r: dict[str, Any]) -> None:
+            execute("INSERT OR REPLACE INTO plans (id, data) VALUES (?, ?)", (r["id"], pack(r)))
+
+        self.read = read
+        self.write = write
+        self._pack = pack
+
+    def write_many(self, records: Sequence[dict[str, Any]]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO plans (id, data) VALUES (?, ?)", [(r["id"], self._pack(r)) for r in records]
+            )
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Sqlite(Subject):
+    name = "sqlite3 WAL"
+
+    def setup(self) -> None:
+        import sqlite3
+
+        self.label = (
+            f"sqlite3 {sqlite3.sqlite_version}, WAL, synchronous=NORMAL, one autocommit statement per write, msgpack values"
+        )
+        self.spec = {"path": str(self.tmp / "sqlite.db")}
+        self.connect(self.spec).close()  # WAL mode and the table, set here, not by N worker processes at once
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _SqliteClient(spec["path"])
+
+
+class _UltraClient(Client):
+    write_stmt = "target[k['id']] = k"
+
+    def __init__(self, name: str) -> None:
+        from UltraDict import UltraDict
+
+        self.ud = UltraDict(name=name, create=False)
+        self.read = self.ud.get
+        self.write = self.ud  # type: ignore[assignment]
+
+    def write_many(self, records: Sequence[dict[str, Any]]) -> None:
+        self.ud.update({r["id"]: r for r in records})
+
+    def close(self) -> None:
+        self.ud.close()
+
+
+class Ultra(Subject):
+    name = "UltraDict"
+    BUFFER = 64 * 1024 * 1024  # the shared update stream; a full dump happens when it fills up
+
+    def setup(self) -> None:
+        try:
+            from UltraDict import UltraDict
+        except ImportError:
+            raise Unavailable("UltraDict not installed (pip install UltraDict)") from None
+        import logging
+
+        logging.getLogger("UltraDict").setLevel(logging.ERROR)
+        self.owner = UltraDict(name=f"tb_{os.getpid()}_{secrets.token_hex(4)}", create=True, buffer_size=self.BUFFER)
+        self.spec = {"name": self.owner.name}
+        self.label = (
+            f"UltraDict {_dist_version('UltraDict')} (shared memory stream, {self.BUFFER >> 20} MiB buffer, no shared_lock), "
+            "read from a second handle"
+        )
+
+    def teardown(self) -> None:
+        owner = getattr(self, "owner", None)
+        if owner is not None:
+            owner.close(unlink=True)
+        super().teardown()
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _UltraClient(spec["name"])
+
+
+PEERS: list[type[Subject]] = [Manager, Redis, Diskcache, Sqlite, Ultra]
+ALL: dict[str, type[Subject]] = {s.name: s for s in [Tiger, PlainDict, ZmqEcho, *PEERS]}
+KINDS: dict[str, type[Subject]] = {
+    "tiger": Tiger,
+    "dict": PlainDict,
+    "echo": ZmqEcho,
+    "manager": Manager,
+    "redis": Redis,
+    "diskcache": Diskcache,
+    "sqlite": Sqlite,
+    "ultradict": Ultra,
+}
+KIND_OF: dict[type[Subject], str] = {v: k for k, v in KINDS.items()}
+
+
+def _dist_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def versions() -> dict[str, str | None]:
+    """The versions of every comparator library present (for the results files)."""
+    import sqlite3
+
+    out: dict[str, str | None] = {"sqlite": sqlite3.sqlite_version}
+    for dist in ("redis", "diskcache", "UltraDict", "filelock", "pytest", "pytest-xdist", "matplotlib"):
+        v = _dist_version(dist)
+        out[dist] = None if v == "?" else v
+    binary = shutil.which("redis-server")
+    if binary:
+        words = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()
+        out["redis-server"] = next((w[2:] for w in words if w.startswith("v=")), None)
+    else:
+        out["redis-server"] = None
+    out["executable"] = sys.executable
+    return out
+
+
+# -- running subjects in a scenario ----------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a scenario is given: quick or full, and a private temporary directory."""
+
+    quick: bool
+    tmp: Path
+
+    def pick(self, full: Any, quick: Any) -> Any:
+        return quick if self.quick else full
+
+
+@contextmanager
+def opened(
+    cls: type[Subject], ctx: Context, res: Result, connect: bool = True, **kwargs: Any
+) -> Iterator[tuple[Subject, Client] | None]:
+    """Set up a subject (and a client in this process); yields None, after a one-line skip, if it cannot run."""
+    tmp = Path(tempfile.mkdtemp(dir=ctx.tmp, prefix=KIND_OF[cls] + "-"))
+    subject = cls(tmp, **kwargs)
+    client: Client | None = None
+    reason = None
+    try:
+        try:
+            subject.setup()
+            if connect:
+                client = cls.connect(subject.spec)
+        except Unavailable as e:
+            reason = str(e)
+        except Exception as e:
+            if cls.role == "tiger":
+                raise
+            reason = f"failed to start: {type(e).__name__}: {e}"
+        if reason is not None:
+            res.skip(cls.name, reason)
+            yield None
+        else:
+            yield subject, client  # type: ignore[misc]
+    finally:
+        if client is not None:
+            client.close()
+        subject.teardown()
+        shutil.rmtree(tmp, ignore_errors=True)

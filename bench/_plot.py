@@ -1,0 +1,292 @@
+"""PNG plots of each scenario's results (matplotlib, Agg backend), drawn from the results data alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TIGER = "#d95f02"
+FLOOR = "#7f7f7f"
+FLOORS = ["#444444", "#9a9a9a", "#bbbbbb"]
+PEER_COLORS = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+
+
+def plot(data: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Draw ``<out>/<scenario>.png``; returns {"file": name} or {"skipped": reason}."""
+    try:
+        import matplotlib
+    except ImportError:
+        return {"skipped": "matplotlib not installed (pip install matplotlib)"}
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    draw = _DRAW.get(data["scenario"])
+    if draw is None or not data["rows"]:
+        return {"skipped": "nothing to plot"}
+    fig = draw(plt, data)
+    fig.text(0.01, 0.005, _footer(data), fontsize=7, color="#555555", ha="left", va="bottom")
+    path = out / f"{data['scenario']}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {"file": path.name}
+
+
+def _footer(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    box = f"{m['cores']} cores {m['cpu']}, {m['python']}, pyzmq {m['pyzmq']} / libzmq {m['libzmq']}"
+    return f"{data['command']}  |  {box}, {m['date'][:10]}"
+
+
+def _colors(subjects: list[str], roles: dict[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    peers = iter(PEER_COLORS)
+    floors = iter(FLOORS)
+    for s in subjects:
+        role = roles[s]
+        out[s] = TIGER if role == "tiger" else next(floors, FLOOR) if role == "floor" else next(peers, "#333333")
+    return out
+
+
+def _rows(data: dict[str, Any], case: str) -> list[dict[str, Any]]:
+    return [r for r in data["rows"] if r["case"] == case]
+
+
+def _label(value: float, unit: str) -> str:
+    from bench._report import fmt
+
+    return f"{fmt(value, unit)} {unit}"
+
+
+def _bars(ax: Any, rows: list[dict[str, Any]], unit: str, title: str, colors: dict[str, str]) -> None:
+    """Horizontal bars of the median, log scale, with the p99 as a whisker; tiger on top."""
+    rows = sorted(rows, key=lambda r: (r["role"] != "tiger", r["median"]))
+    names = [r["subject"] + (" (floor)" if r["role"] == "floor" else "") for r in rows][::-1]
+    medians = [r["median"] for r in rows][::-1]
+    p99 = [r.get("p99") or r["median"] for r in rows][::-1]
+    ys = range(len(rows))
+    ax.barh(ys, medians, color=[colors[r["subject"]] for r in rows][::-1])
+    ax.errorbar(p99, ys, xerr=0, fmt="|", color="black", markersize=10, label="p99")
+    ax.set_yticks(list(ys), names)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{unit} per op, median (bar) and p99 (tick), log scale")
+    ax.set_title(title, fontsize=10)
+    for y, m, p in zip(ys, medians, p99, strict=True):
+        ax.text(max(m, p) * 1.25, y, f"{_label(m, unit)}  (p99 {_label(p, unit)})", va="center", fontsize=7.5)
+    lo, hi = min(medians), max(p99)
+    ax.set_xlim(lo / 2, hi * 150)
+    ax.grid(axis="x", which="both", alpha=0.25)
+
+
+def _read(plt: Any, data: dict[str, Any]) -> Any:
+    roles = {r["subject"]: r["role"] for r in data["rows"]}
+    colors = _colors(list(roles), roles)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    _bars(axes[0], _rows(data, "hit"), "ns", "get of an existing id", colors)
+    _bars(axes[1], _rows(data, "miss"), "ns", "get of a missing id", colors)
+    fig.suptitle("read: ns per get, tiger's local replica vs the dict floor and its peers")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW: dict[str, Callable[[Any, dict[str, Any]], Any]] = {"read": _read}
+
+
+def _write(plt: Any, data: dict[str, Any]) -> Any:
+    roles = {r["subject"]: r["role"] for r in data["rows"]}
+    colors = _colors(list(roles), roles)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [1, 1]})
+    _bars(axes[0], _rows(data, "single write"), "us", "one write (tiger: insert with read-your-writes)", colors)
+    ax = axes[1]
+    _lines(ax, data["series"].get("records_per_s", {}), roles, colors)
+    target = next((t for t in data["targets"] if "insert_many" in t["target"]), None)
+    if target:
+        ax.scatter([1000], [target["limit"]], marker="*", s=160, color=TIGER, zorder=5, label="target: 250k records/s at 1000")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("records per call (log)")
+    ax.set_ylabel("records/s (log)")
+    ax.set_title("bulk write throughput vs batch size (tiger: insert_many)", fontsize=10)
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("write: tiger vs the raw REQ/REP floor and its peers")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["write"] = _write
+
+
+def _lines(ax: Any, series: dict[str, dict[str, float]], roles: dict[str, str], colors: dict[str, str]) -> None:
+    """One line per subject: tiger thick, floors dashed grey, peers thin."""
+    for subject, points in series.items():
+        xs = sorted(int(x) for x in points)
+        role = roles.get(subject, "peer")
+        ax.plot(
+            xs,
+            [points[str(x)] for x in xs],
+            marker="s" if role == "floor" else "o",
+            color=colors.get(subject, "#333333"),
+            linewidth=2.8 if role == "tiger" else 1.3,
+            linestyle="--" if role == "floor" else "-",
+            label=subject + (" (floor)" if role == "floor" else ""),
+            zorder=4 if role == "tiger" else 2,
+        )
+
+
+def _writers(plt: Any, data: dict[str, Any]) -> Any:
+    roles = {r["subject"]: r["role"] for r in data["rows"]}
+    colors = _colors(list(roles), roles)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    series = data["series"]["writes_per_s"]
+    _lines(ax, series, roles, colors)
+    counts = sorted({int(x) for points in series.values() for x in points})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_yscale("log")
+    ax.set_xlabel("client processes writing at once")
+    ax.set_ylabel("aggregate single writes/s (log)")
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    ax.set_title("writers: aggregate writes/s vs concurrent writer processes")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["writers"] = _writers
+
+
+def _fanout(plt: Any, data: dict[str, Any]) -> Any:
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
+    ax = axes[0]
+    styles = {"median": ("o", "p50"), "p99": ("s", "p99"), "max": ("^", "max")}
+    lines = (("tiger", TIGER, "-", styles), ("tiger, from the insert call", "#7a3b00", ":", {"median": styles["median"]}))
+    lines += (("pyzmq PUB/SUB one hop", FLOOR, "--", styles),)
+    for subject, color, line, keys in lines:
+        points = data["series"]["lag_us"].get(subject, {})
+        xs = sorted(int(x) for x in points)
+        for key, (marker, name) in keys.items():
+            ys = [points[str(x)][key] for x in xs]
+            floor = " (floor)" if subject.startswith("pyzmq") else ""
+            alpha = 1.0 if key == "median" else 0.65
+            ax.plot(xs, ys, marker=marker, linestyle=line, color=color, alpha=alpha, label=f"{subject}{floor} {name}")
+    for t in data["targets"]:
+        limit = t["limit"] * (1000 if t["unit"] == "ms" else 1)
+        ax.axhline(limit, color=TIGER, linewidth=0.8, linestyle=":")
+        which = "p50" if "p50" in t["target"] else "p99"
+        ax.annotate(
+            f"target {which} < {fmt_limit(t)}",
+            (1, limit),
+            xycoords=("axes fraction", "data"),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            fontsize=7,
+            color=TIGER,
+        )
+    counts = sorted({int(x) for points in data["series"]["lag_us"].values() for x in points})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_yscale("symlog", linthresh=10)  # a lag can be negative: B saw the change before A's reply arrived
+    lowest = min(v[k] for points in data["series"]["lag_us"].values() for v in points.values() for k in styles)
+    highest = max(v[k] for points in data["series"]["lag_us"].values() for v in points.values() for k in styles)
+    ax.set_ylim(bottom=min(0.0, lowest * 2), top=max(highest, 2000) * 3)
+    ax.set_xlabel("replica processes")
+    ax.set_ylabel("lag, us (symmetric log: linear within +-10 us)")
+    ax.set_title("replication lag: acknowledged in A -> visible in B", fontsize=10)
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=7, ncol=2)
+    ax = axes[1]
+    rates = data["series"]["writes_per_s"]
+    xs = sorted(int(x) for x in rates)
+    ax.bar([str(x) for x in xs], [rates[str(x)] for x in xs], color=TIGER)
+    for i, x in enumerate(xs):
+        ax.text(i, rates[str(x)] * 1.01, f"{rates[str(x)]:,.0f}", ha="center", fontsize=8)
+    ax.set_xlabel("replica processes attached")
+    ax.set_ylabel("A's single inserts/s")
+    ax.set_title("writer throughput with replicas attached", fontsize=10)
+    fig.suptitle("fanout: tiger replicas in other processes")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def fmt_limit(t: dict[str, Any]) -> str:
+    return f"{t['limit']:g} {t['unit']}"
+
+
+_DRAW["fanout"] = _fanout
+
+
+def _join(plt: Any, data: dict[str, Any]) -> Any:
+    roles = {r["subject"]: r["role"] for r in data["rows"]}
+    colors = _colors(list(roles), roles)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    ax = axes[0]
+    _lines(ax, data["series"]["join_s"], roles, colors)
+    for t in data["targets"]:
+        if t["unit"] == "s":
+            n = 100_000 if "100k" in t["target"] else 1_000_000
+            ax.scatter([n], [t["limit"]], marker="*", s=160, color=TIGER, zorder=5)
+            ax.annotate(
+                f"target {t['limit']:g} s", (n, t["limit"]), textcoords="offset points", xytext=(8, -3), fontsize=7, color=TIGER
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("records held by the writer (log)")
+    ax.set_ylabel("seconds until a fresh process holds them all (log)")
+    ax.set_title("join time vs record count", fontsize=10)
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    series = data["series"]["bytes_per_record"]
+    subjects = list(series)
+    sizes = sorted({int(x) for points in series.values() for x in points})
+    width = 0.8 / max(1, len(subjects))
+    for j, subject in enumerate(subjects):
+        xs = [i + (j - (len(subjects) - 1) / 2) * width for i in range(len(sizes))]
+        ys = [series[subject].get(str(n), 0) for n in sizes]
+        ax.bar(xs, ys, width=width, color=colors[subject], label=subject + (" (floor)" if roles[subject] == "floor" else ""))
+        for x, y in zip(xs, ys, strict=True):
+            ax.text(x, y * 1.01, f"{y:.0f}", ha="center", fontsize=7)
+    ax.set_xticks(range(len(sizes)), [f"{n:,}" for n in sizes])
+    ax.set_xlabel("records")
+    ax.set_ylabel("RSS bytes per record in the joining process")
+    ax.set_title("memory per record vs a plain dict of the same records", fontsize=10)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
+    fig.suptitle("join: a late joiner's time and memory")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["join"] = _join
+
+
+def _xdist(plt: Any, data: dict[str, Any]) -> Any:
+    walls = _rows(data, "wall time")
+    builds = {r["subject"]: r["median"] for r in _rows(data, "fixture builds")}
+    roles = {r["subject"]: r["role"] for r in data["rows"]}
+    colors = _colors(list(roles), roles)
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    names = [r["subject"] + (" (floor)" if r["role"] == "floor" else "") for r in walls]
+    ax.barh(range(len(walls)), [r["median"] for r in walls], color=[colors[r["subject"]] for r in walls])
+    for i, r in enumerate(walls):
+        built = builds.get(r["subject"])
+        text = f"{r['median']:.2f} s" + (
+            f", fixture built {built:.0f}x" if built is not None and roles[r["subject"]] != "floor" else ""
+        )
+        ax.text(r["median"] * 1.01, i, text, va="center", fontsize=8)
+    ax.set_yticks(range(len(walls)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(r["median"] for r in walls) * 1.45)
+    ax.set_xlabel("wall time of the whole pytest -n 2 run, s")
+    p = data["params"]
+    ax.set_title(
+        f"xdist: {p['tests']} tests sharing a session fixture that takes {p['build_s']:g} s to build, pytest -n 2", fontsize=10
+    )
+    ax.grid(axis="x", alpha=0.25)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+_DRAW["xdist"] = _xdist

@@ -1,0 +1,103 @@
+"""The results table (markdown) and the targets, from the scenarios' results."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+_TIME_UNITS = {"ns", "us", "ms", "s"}
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if unit == "builds":
+        return f"{value:.0f}"
+    a = abs(value)
+    if a >= 1000:
+        return f"{value:,.0f}"
+    if a >= 100:
+        return f"{value:.0f}"
+    if a >= 10:
+        return f"{value:.1f}"
+    if a >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _times(r: float) -> str:
+    return f"{r:.1f}x" if r < 100 else f"{r:,.0f}x"
+
+
+def versus(tiger: dict[str, Any], row: dict[str, Any]) -> str:
+    """How tiger compares with this row, in words: 'tiger 3.2x slower', 'tiger 12x faster'."""
+    if row is tiger:
+        return "(tiger)"
+    a, b = tiger.get("median"), row.get("median")
+    if a is None or b is None or not a or not b or math.isnan(a) or math.isnan(b):
+        return "-"
+    unit = row["unit"]
+    if a < 0 or b < 0:  # a lag can be negative (seen before acknowledged): no meaningful ratio
+        return "-"
+    if unit == "builds":
+        return f"tiger {a:.0f} vs {b:.0f}"
+    r = a / b if row["better"] == "lower" else b / a  # > 1: tiger is worse
+    if unit.startswith("B/"):
+        return f"tiger uses {_times(r)} the memory"
+    if 0.95 <= r <= 1.05:
+        return "tiger about equal"
+    return f"tiger {_times(r)} slower" if r > 1 else f"tiger {_times(1 / r)} faster"
+
+
+def scenario_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"### {result['scenario']}: {result['title']}",
+        "",
+        "| case | subject | median (or rate) | p99 | max | unit | tiger vs this |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    cases = list(dict.fromkeys(r["case"] for r in result["rows"]))
+    order = {"tiger": 0, "floor": 1, "peer": 2}
+    rows = sorted(result["rows"], key=lambda r: (cases.index(r["case"]), order.get(r["role"], 3)))
+    for row in rows:
+        tiger = next((r for r in result["rows"] if r["case"] == row["case"] and r["role"] == "tiger"), None)
+        name = row["subject"] + (" (floor)" if row["role"] == "floor" else "")
+        lines.append(
+            f"| {row['case']} | {name} | {fmt(row.get('median'), row['unit'])} | {fmt(row.get('p99'), row['unit'])} "
+            f"| {fmt(row.get('max'), row['unit'])} | {row['unit']} | {versus(tiger, row) if tiger else '-'} |"
+        )
+    extra = [f"- {note}" for note in result.get("notes", [])]
+    extra += [f"- skipped {subject}: {reason}" for subject, reason in result.get("skipped", {}).items()]
+    if extra:
+        lines += ["", *extra]
+    return "\n".join(lines)
+
+
+def target_line(t: dict[str, Any]) -> tuple[str, str, str, str]:
+    verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+    measured = "-" if t["measured"] is None else f"{fmt(t['measured'])} {t['unit']}"
+    limit = f"{'<=' if t['at_most'] else '>='} {fmt(t['limit'])} {t['unit']}"
+    return t["target"], measured, limit, verdict + (f" ({t['detail']})" if t.get("detail") else "")
+
+
+def targets_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "### targets (issue 5)",
+        "",
+        "| scenario | target | measured | limit | result |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for result in results:
+        for t in result.get("targets", []):
+            name, measured, limit, verdict = target_line(t)
+            lines.append(f"| {result['scenario']} | {name} | {measured} | {limit} | {verdict} |")
+    return "\n".join(lines)
+
+
+def report(results: list[dict[str, Any]], machine_line: str, command: str) -> str:
+    parts = [f"Command: `{command}`", "", f"Machine: {machine_line}", ""]
+    for result in results:
+        parts += [scenario_table(result), ""]
+    if any(r.get("targets") for r in results):
+        parts += [targets_table(results), ""]
+    return "\n".join(parts)

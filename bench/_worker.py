@@ -1,0 +1,232 @@
+"""Child processes of the benchmarks: ``python -m bench._worker COMMAND ARGS``.
+
+Each speaks JSON lines: it prints ``{"ready": ...}`` once set up, reads its
+orders on stdin, prints its figures, and exits when its stdin closes (so a
+parent that dies never leaves one behind).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+
+def _say(message: Any) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _order() -> Any:
+    line = sys.stdin.readline()
+    if not line:
+        raise SystemExit(0)  # the parent closed our stdin: stop
+    return json.loads(line)
+
+
+def _exit_on_eof() -> None:
+    """For workers whose main thread blocks elsewhere: exit as soon as stdin closes."""
+
+    def watch() -> None:
+        while sys.stdin.readline():
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def echo(url: str) -> None:
+    """The REP side of the raw REQ/REP floor: receive one frame, send it back."""
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(url)
+    _say({"ready": True, "url": sock.getsockopt_string(zmq.LAST_ENDPOINT)})
+    _exit_on_eof()
+    recv, send = sock.recv, sock.send
+    while True:
+        send(recv())
+
+
+def manager(authkey: str) -> None:
+    """The server of the Manager peer: one dict, served to every client process by address."""
+    from bench._peers import TableManager
+
+    server = TableManager(address=("127.0.0.1", 0), authkey=bytes.fromhex(authkey)).get_server()
+    _say({"ready": True, "address": list(server.address)})
+    _exit_on_eof()
+    server.serve_forever()
+
+
+def writer(kind: str, spec_json: str, index: str) -> None:
+    """One of N processes writing at once: single writes of fresh records for the given duration."""
+    from bench._common import make_records
+    from bench._peers import KINDS
+
+    client = KINDS[kind].connect(json.loads(spec_json))
+    pool = make_records(500, tag=f"w{int(index):02x}")
+    made = 0
+
+    def fresh() -> dict[str, Any]:
+        nonlocal made
+        made += 1
+        r = dict(pool[made % len(pool)])
+        r["id"] = f"plan_w{int(index):02x}{made:014x}"
+        return r
+
+    if kind == "echo":  # the floor sends what tiger would send for the same insert
+        from bench._peers import tiger_insert_bytes
+
+        items: list[Any] = [tiger_insert_bytes([fresh()], i) for i in range(20_000)]
+    else:
+        items = [fresh() for _ in range(20_000)]  # made before the clock starts; reused (as upserts) if exhausted
+    write = client.put_function()
+    write(items[-1])  # warm-up
+    _say({"ready": True})
+    duration = _order()["go"]
+    n = 0
+    clock = time.perf_counter
+    t0 = clock()
+    end = t0 + duration
+    now = t0
+    while now < end:
+        for item in items:
+            write(item)
+            n += 1
+            if not n & 63:
+                now = clock()
+                if now >= end:
+                    break
+    _say({"writes": n, "seconds": now - t0})
+    client.close()
+    _order()
+
+
+def replica(url: str, count: str) -> None:
+    """A tiger replica for the fanout scenario: when did each record appear here?"""
+    import tiger
+
+    client = tiger.connect(url, timeout=30.0)
+    table = client.table("plans", prefix="plan")
+    _say({"ready": True})
+    order = _order()
+    prefix = order["prefix"]
+    seen = []
+    clock = time.monotonic_ns
+    for i in range(int(count)):
+        table.wait_for(f"{prefix}{i:08x}", timeout=30.0)
+        seen.append(clock())
+    _say({"seen": seen})
+    _order()  # stay attached (applying changes) until told: the writer's throughput is measured meanwhile
+    client.close()
+
+
+def sub(url: str, count: str) -> None:
+    """The lag floor: a raw SUB that decodes what one PUB hop delivers."""
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(url)
+    _exit_on_eof()
+    unpack = msgpack.unpackb
+    while True:  # pings until the subscription is live (the slow joiner)
+        if unpack(sock.recv())[0] == -1:
+            break
+    _say({"ready": True})
+    seen: dict[int, int] = {}
+    clock = time.monotonic_ns
+    while len(seen) < int(count):
+        m = unpack(sock.recv())
+        if m[0] >= 0:
+            seen[m[0]] = clock()
+    _say({"seen": [seen[i] for i in range(int(count))]})
+    sock.close(linger=0)
+    ctx.term()
+    while True:
+        time.sleep(3600)  # _exit_on_eof ends us
+
+
+def join(url: str, expected: str) -> None:
+    """A late joiner: how long until a fresh process holds the full replica, and its RSS cost."""
+    import tiger
+    from bench._common import rss_bytes
+
+    gc.collect()
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    client = tiger.connect(url, timeout=120.0)
+    seconds = time.perf_counter() - t0
+    held = client.table("plans", prefix="plan").count()
+    gc.collect()
+    after = rss_bytes()
+    _say({"seconds": seconds, "records": held, "expected": int(expected), "rss_before": before, "rss_after": after})
+    client.close()
+
+
+def dictmem(path: str) -> None:
+    """The memory floor: the same records, decoded from one msgpack blob, in a plain dict."""
+    import msgpack
+
+    from bench._common import rss_bytes
+
+    with open(path, "rb") as f:
+        blob = f.read()
+    gc.collect()
+    before = rss_bytes()
+    gc.disable()  # the floor: no cyclic GC passes over the new objects while they are made
+    t0 = time.perf_counter()
+    records = msgpack.unpackb(blob, raw=False)
+    table = {r["id"]: r for r in records}
+    seconds = time.perf_counter() - t0
+    gc.enable()
+    del records, blob
+    gc.collect()
+    after = rss_bytes()
+    _say({"seconds": seconds, "records": len(table), "rss_before": before, "rss_after": after})
+
+
+def ultrajoin(name: str, expected: str) -> None:
+    """UltraDict's late joiner: attach to the shared memory and load its full dump."""
+    import logging
+
+    from UltraDict import UltraDict
+
+    from bench._common import rss_bytes
+
+    logging.getLogger("UltraDict").setLevel(logging.ERROR)
+    gc.collect()
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    ud = UltraDict(name=name, create=False)
+    held = len(ud)
+    seconds = time.perf_counter() - t0
+    gc.collect()
+    after = rss_bytes()
+    _say({"seconds": seconds, "records": held, "expected": int(expected), "rss_before": before, "rss_after": after})
+    ud.close()
+
+
+COMMANDS = {
+    "manager": manager,
+    "echo": echo,
+    "writer": writer,
+    "replica": replica,
+    "sub": sub,
+    "join": join,
+    "dictmem": dictmem,
+    "ultrajoin": ultrajoin,
+}
+
+if __name__ == "__main__":
+    COMMANDS[sys.argv[1]](*sys.argv[2:])

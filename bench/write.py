@@ -1,0 +1,139 @@
+"""write: us per single insert (read-your-writes) vs the raw REQ/REP floor and each peer; insert_many records/s by batch size."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from bench._common import BATCH_NS, HIGHER, TIMING_METHOD, Result, Sampler, make_records, step, summary, time_calls
+from bench._peers import PEERS, Client, Context, PlainDict, Subject, Tiger, ZmqEcho, opened, tiger_insert_bytes
+
+NAME = "write"
+BATCH_SIZES = (1, 10, 100, 1000)
+
+
+def _fresh(tag: str) -> Callable[[int], list[dict[str, Any]]]:
+    """n -> n records never written before (the pool's fields, a new id each)."""
+    pool = make_records(1000, tag=tag)
+    counter = itertools.count()
+
+    def make(n: int) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(n):
+            i = next(counter)
+            r = dict(pool[i % len(pool)])
+            r["id"] = f"plan_{tag}{i:016x}"
+            out.append(r)
+        return out
+
+    return make
+
+
+class _Bulk:
+    """insert_many (or the subject's own bulk write) of ``size`` records per call, timed per call over rounds."""
+
+    def __init__(self, client: Client, echo: bool, fresh: Callable[[int], list[dict[str, Any]]], size: int) -> None:
+        self.size = size
+        self.fresh = fresh
+        self.echo = echo
+        self.call = client.write if echo else client.write_many
+        self.seconds: list[float] = []
+        self.call(self._work(1)[0])  # warm-up
+
+    def _work(self, calls: int) -> list[Any]:
+        batches = [self.fresh(self.size) for _ in range(calls)]
+        return [tiger_insert_bytes(b) for b in batches] if self.echo else batches
+
+    def take(self, records: int, budget: float) -> None:
+        queue = iter(self._work(max(2, min(400, records // self.size))))  # made before the clock starts
+        self.seconds += time_calls(lambda: self.call(next(queue)), count=max(2, min(400, records // self.size)), budget=budget)
+
+    def row(self) -> dict[str, Any]:
+        return {"median": self.size * len(self.seconds) / sum(self.seconds), "calls": len(self.seconds)}
+
+
+def run(ctx: Context) -> Result:
+    rounds = ctx.pick(5, 2)
+    batches = ctx.pick(400, 150)  # single writes per round (one per batch: they take more than 50 us)
+    budget = ctx.pick(0.4, 0.2)  # seconds per round, at most
+    many_records = ctx.pick(4_000, 1_500)  # per round and batch size, at most
+    many_budget = ctx.pick(0.3, 0.15)
+    res = Result(
+        NAME,
+        "us per single write (read-your-writes for tiger), and records/s by batch size",
+        TIMING_METHOD.format(batch_us=BATCH_NS // 1000)
+        + " Bulk writes: each call timed alone with perf_counter_ns; records/s = records written / the sum of the call times.",
+        params={
+            "rounds": rounds,
+            "single_batches_per_round": batches,
+            "budget_s_per_round": budget,
+            "bulk_records_per_round_and_size": many_records,
+            "batch_sizes": list(BATCH_SIZES),
+        },
+    )
+    res.notes.append(
+        "tiger insert returns once the writer applied, published and answered it and the local replica holds it; "
+        "the pyzmq floor sends the very bytes tiger's client sends for the same insert and gets them echoed back."
+    )
+    with ExitStack() as stack:
+        ready: list[tuple[type[Subject], Subject, Client, Sampler, dict[int, _Bulk]]] = []
+        for cls in [Tiger, ZmqEcho, PlainDict, *PEERS]:
+            got = stack.enter_context(opened(cls, ctx, res))
+            if got is None:
+                continue
+            subject, client = got
+            fresh = _fresh("w")  # every subject has its own store: the same ids everywhere
+            echo = cls is ZmqEcho
+
+            def items(n: int, fresh: Callable[[int], list[dict[str, Any]]] = fresh, echo: bool = echo) -> list[Any]:
+                records = fresh(n)
+                return [tiger_insert_bytes([r]) for r in records] if echo else records
+
+            try:
+                single = Sampler(client.write_stmt, client.write, items)
+                bulk = {size: _Bulk(client, echo, fresh, size) for size in BATCH_SIZES}
+            except Exception as e:
+                if cls.role == "tiger":
+                    raise
+                res.skip(cls.name, f"failed: {type(e).__name__}: {e}")
+                continue
+            ready.append((cls, subject, client, single, bulk))
+        for r in range(rounds):
+            with step(NAME, f"round {r + 1}/{rounds}: single writes, then batches of {', '.join(map(str, BATCH_SIZES))}"):
+                for _, _, _, single, _ in ready:
+                    single.take(batches, budget, warmup=3 if r == 0 else 1)
+                for size in BATCH_SIZES:
+                    for _, _, _, _, bulk in ready:
+                        bulk[size].take(many_records, many_budget)
+        series: dict[str, dict[str, float]] = {}
+        for cls, subject, client, single, bulk in ready:
+            label = subject.label or cls.name
+            res.row("single write", cls.name, cls.role, "us", single.summary(scale=1000), label=label, stmt=client.write_stmt)
+            for size, b in bulk.items():
+                row = res.row(f"batch {size}", cls.name, cls.role, "records/s", b.row(), better=HIGHER, label=label)
+                row["call_us"] = summary([s * 1e6 for s in b.seconds])
+                series.setdefault(cls.name, {})[str(size)] = row["median"]
+    res.series["records_per_s"] = series
+
+    tiger = res.find("single write", role="tiger")
+    floor = res.find("single write", ZmqEcho.name)
+    assert tiger is not None
+    res.target(
+        "single insert median at most 1.3x the raw pyzmq REQ/REP round trip",
+        tiger["median"] / floor["median"] if floor else None,
+        1.3,
+        "x REQ/REP",
+        at_most=True,
+        detail=f"tiger {tiger['median']:.0f} us, REQ/REP {floor['median']:.0f} us" if floor else "the floor did not run",
+    )
+    big = res.find("batch 1000", role="tiger")
+    res.target(
+        "insert_many at least 250,000 records/s in batches of 1000",
+        big["median"] if big else None,
+        250_000,
+        "records/s",
+        at_most=False,
+    )
+    return res

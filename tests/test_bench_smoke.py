@@ -1,0 +1,62 @@
+"""The benchmark suite runs: ``python -m bench --quick --only read`` writes valid JSON. No timing is asserted.
+
+Comparators that are not installed (the bench extra) are skipped by the bench itself,
+so this passes with tiger's runtime and test dependencies alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBJECTS = {"Manager().dict()", "redis", "diskcache", "sqlite3 WAL", "UltraDict"}
+
+
+def test_quick_read_runs_and_writes_valid_json(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TIGER_URL"}
+    command = [sys.executable, "-m", "bench", "--quick", "--only", "read", "--out", str(tmp_path)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    data = json.loads((tmp_path / "read.json").read_text())  # strict JSON: no NaN
+    assert {
+        "scenario",
+        "command",
+        "quick",
+        "machine",
+        "versions",
+        "method",
+        "params",
+        "rows",
+        "targets",
+        "skipped",
+        "plot",
+    } <= set(data)
+    assert data["scenario"] == "read"
+    assert data["quick"] is True
+    assert data["command"] == f"python -m bench --quick --only read --out {tmp_path}"
+    assert {"cores", "cpu", "python", "pyzmq", "libzmq", "date"} <= set(data["machine"])
+    assert "perf_counter_ns" in data["method"]
+
+    rows = {(r["case"], r["subject"]): r for r in data["rows"]}
+    for case in ("hit", "miss"):
+        for subject in ("tiger", "dict"):
+            row = rows[(case, subject)]
+            assert row["unit"] == "ns"
+            assert isinstance(row["median"], float) and row["median"] > 0
+            assert row["median"] <= row["p99"] <= row["max"]
+    ran = {r["subject"] for r in data["rows"]}
+    assert SUBJECTS <= ran | set(data["skipped"])  # every peer measured, or skipped with a reason
+    assert all(isinstance(reason, str) and reason for reason in data["skipped"].values())
+
+    assert [t["target"] for t in data["targets"]] == [
+        "get median within 5x of a bare dict[key] lookup",
+        "get median at least 3x faster than the fastest peer",
+    ]
+    assert all(t["met"] in (True, False, None) for t in data["targets"])
+    assert "file" in data["plot"] or "skipped" in data["plot"]
+    assert "| hit | tiger |" in proc.stdout  # the results table
