@@ -35,7 +35,7 @@ def plot(data: dict[str, Any], out: Path) -> dict[str, Any]:
 def _footer(data: dict[str, Any]) -> str:
     m = data["machine"]
     box = f"{m['cores']} cores {m['cpu']}, {m['python']}, pyzmq {m['pyzmq']} / libzmq {m['libzmq']}"
-    return f"{data['command']}  |  {box}, {m['date'][:10]}"
+    return f"{data['command']}  |  {box}  |  tiger {m.get('tiger_commit') or m.get('tiger')}, {m['date'][:10]}"
 
 
 def _colors(subjects: list[str], roles: dict[str, str]) -> dict[str, str]:
