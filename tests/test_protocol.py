@@ -158,11 +158,11 @@ def assert_valid_reply(m: object) -> None:
     if t is p.SnapshotEnd:
         assert _is_int(m.records)  # type: ignore[attr-defined]
     if t is p.SnapshotChunk:
-        assert type(m.segments) is list  # type: ignore[attr-defined]
+        assert isinstance(m.segments, list)  # type: ignore[attr-defined]
         for segment in m.segments:  # type: ignore[attr-defined]
             table, namespace, records = segment  # what a replica does with it
             assert _is_str(table) and _is_str(namespace)
-            assert type(records) is list and all(_is_record(r) for r in records)
+            assert isinstance(records, list) and all(_is_record(r) for r in records)
 
 
 def assert_valid_published(m: object) -> None:

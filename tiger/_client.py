@@ -443,6 +443,10 @@ class Table:
 
     def get(self, id: str, default: Any = None) -> Any:
         """The record with this id, or ``default``."""
+        try:
+            return self._namespaces[_current()][id]  # the hit path: two subscripts, nothing else
+        except (KeyError, TypeError):
+            pass
         rows = self._namespaces.get(_current())
         if rows is not None:
             try:

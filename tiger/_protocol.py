@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from tiger._errors import ProtocolError
-from tiger._table import Change, Clear, ClearNamespace, Delete, DropNamespace, Put, Record, Store
+from tiger._table import Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
 
@@ -42,6 +42,11 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, default=_plain)  # type: ignore[no-any-return]
 
 
+def _type_name(value: Any) -> str:
+    """A value's type as the wire knows it (frozen maps and arrays are still a dict and a list)."""
+    return "dict" if isinstance(value, dict) else "list" if isinstance(value, list) else type(value).__name__
+
+
 def unpack(data: bytes) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
@@ -49,10 +54,18 @@ def unpack(data: bytes) -> Any:
         raise ProtocolError(f"not a msgpack message ({type(e).__name__}: {e})") from None
 
 
+def unpack_frozen(data: bytes) -> Any:
+    """``unpack``, building maps and arrays in their frozen form at once (what replicas store): no copy later."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, object_hook=Record, list_hook=FrozenList)
+    except Exception as e:
+        raise ProtocolError(f"not a msgpack message ({type(e).__name__}: {e})") from None
+
+
 def _field(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ProtocolError(f"field {name!r} must be {expected}, not {type(value).__name__}")
+        raise ProtocolError(f"field {name!r} must be {expected}, not {_type_name(value)}")
     return value
 
 
@@ -68,12 +81,12 @@ def _shown(value: Any) -> str:
         return f"{value[:_SHOWN_MAX]!r}... ({len(value)} {unit})"
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
-    return f"a {type(value).__name__}"
+    return f"a {_type_name(value)}"
 
 
 def _array(obj: Any, tags: dict[str, int], what: str) -> list[Any]:
     if not isinstance(obj, list):
-        raise ProtocolError(f"a {what} must be a msgpack array, not {type(obj).__name__}")
+        raise ProtocolError(f"a {what} must be a msgpack array, not {_type_name(obj)}")
     if not obj:
         raise ProtocolError(f"a {what} must be a non-empty msgpack array, got an empty one")
     tag = obj[0]
@@ -482,7 +495,7 @@ def _segments(value: Any) -> list[tuple[str, str, list[Record]]]:
 
 
 def decode_reply(data: bytes) -> Reply:
-    a = _array(unpack(data), _REPLY_TAGS, "reply")
+    a = _array(unpack_frozen(data), _REPLY_TAGS, "reply")
     tag = a[0]
     if tag == "ok":
         change = None if a[4] is None else change_from_wire(a[4])
@@ -550,7 +563,7 @@ def peek_published(data: bytes) -> tuple[str, int] | None:
 
 
 def decode_published(data: bytes) -> Published | Heartbeat:
-    a = _array(unpack(data), _PUBLISHED_TAGS, "published message")
+    a = _array(unpack_frozen(data), _PUBLISHED_TAGS, "published message")
     epoch = _field(a[1], str, "epoch")
     seq = _field(a[2], int, "seq")
     if a[0] == "h":

@@ -93,8 +93,8 @@ class FrozenList(list):  # type: ignore[type-arg]
 
 
 def _freeze_value(value: Any) -> Any:
-    if type(value) in _SCALARS:
-        return value
+    if type(value) in _SCALARS or type(value) is Record or type(value) is FrozenList:
+        return value  # frozen values are made only by freeze() and the frozen decoder: frozen all the way down
     # Any mapping or list, subclasses included (OrderedDict, defaultdict...): copied
     # into frozen form, so the store never holds an object the caller can still mutate.
     if isinstance(value, Mapping):
@@ -109,8 +109,9 @@ def freeze(record: Mapping[str, Any]) -> Record:
     if type(record) is Record:
         return record
     for v in record.values():
-        if type(v) not in _SCALARS:
-            return _freeze_value(dict(record))  # type: ignore[no-any-return]
+        t = type(v)
+        if t not in _SCALARS and t is not Record and t is not FrozenList:
+            return Record({k: _freeze_value(v) for k, v in record.items()})
     return Record(record)
 
 
