@@ -322,3 +322,21 @@ def test_load_and_dump_commands(tmp_path):
         bad.write_text("{not json\n")
         out = subprocess.run([*tiger_cmd, "load", str(bad), "--url", server.url], capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and "bad.jsonl:1: not JSON" in out.stderr
+
+
+def test_once_keys_start_afresh_in_each_run_on_a_writer_given_by_url(pytester, tmp_path):
+    built = tmp_path / "built"
+    pytester.makepyfile(
+        test_again=f"""
+        def test_builds(tiger_once):
+            def build():
+                with open({str(built)!r}, "a") as f:
+                    f.write("x\\n")
+                return 1
+            assert tiger_once("per-run", build) == 1
+        """
+    )
+    with tiger.serve() as server:
+        for _ in range(2):
+            run(pytester, "-p", "no:xdist", "--tiger-url", server.url).assert_outcomes(passed=1)
+    assert built.read_text() == "x\nx\n"  # once per run, not once per writer

@@ -258,6 +258,10 @@ class Client:
                     lambda: f"once {key!r} was not built by another process within {timeout:g}s",
                 )
 
+    def forget_once_keys(self) -> None:
+        """Remove every once key at the writer (the plugin does this per run on a writer it did not start)."""
+        self._write(p.ClearTable(next(self._req_ids), ONCE_TABLE, None))
+
     def _once_record(self, key: str) -> Record | None:
         return self.replica.store.get(ONCE_TABLE, GLOBAL, key)
 

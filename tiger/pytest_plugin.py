@@ -92,6 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TIGER_URL"] = url  # so tiger.connect() in tests and their subprocesses finds it
     config.stash[_run_key] = run
     if not _is_worker(config):
+        if server is None:  # a writer that outlives runs: this run's tiger_once keys start afresh
+            run.connect().forget_once_keys()
         seeds = config.getini("tiger_seed")
         if seeds:
             from tiger._seed import load_files
@@ -121,6 +123,11 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(_run_key, None)
     if run is not None:
+        if run.server is None and not _is_worker(config) and run.client is not None:
+            try:
+                run.client.forget_once_keys()  # leave nothing of this run's once keys for the next
+            except TigerError:
+                pass
         run.close()
         if run.previous_url is None:
             os.environ.pop("TIGER_URL", None)
