@@ -79,3 +79,30 @@ def test_ipv6_loopback_serves_and_connects():
 def private_writer_client(writer):
     with tiger.connect(writer.url) as client:
         yield client
+
+
+def test_a_record_over_the_size_cap_is_refused_naming_it(private_writer_client):
+    from tiger import _protocol as p
+
+    t = private_writer_client.table("t")
+    before = private_writer_client.stats()["seq"]
+    with pytest.raises(ValueError, match=r"records\[1\] is \d+ bytes packed; a record may be at most"):
+        t.insert_many([{"small": 1}, {"big": b"x" * (p.MAX_RECORD + 1)}])
+    with pytest.raises(ValueError, match=r"^record is \d+ bytes packed"):
+        t.insert({"big": b"x" * (p.MAX_RECORD + 1)})
+    assert private_writer_client.stats()["seq"] == before
+
+
+def test_the_writer_refuses_an_oversized_record_from_a_raw_peer(writer):
+    import zmq
+
+    from tiger import _protocol as p
+
+    with zmq.Context() as ctx:
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(writer.url)
+        sock.send(p.encode_request(p.Insert(3, "t", "big", None, [{"big": b"x" * (p.MAX_RECORD + 1)}], False)))
+        assert sock.poll(10_000)
+        reply = p.decode_reply(sock.recv())
+        sock.close(linger=0)
+    assert type(reply) is p.Failed and reply.kind == "value" and "at most" in reply.message

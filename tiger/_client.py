@@ -295,7 +295,7 @@ class Client:
         """Deliver a build's outcome; if that fails, give the key up (best effort) so no caller waits on it."""
         try:
             return self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, outcome, payload))
-        except TigerError:
+        except Exception:  # the writer gone (TigerError), or the value refused (ValueError: too big)
             try:
                 self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None))
             except TigerError:
@@ -352,6 +352,10 @@ class Client:
             deadline = now + self.timeout
         margin = min(0.5, 0.2 * (deadline - now))
         payload = p.encode_call(p.Call(self.client_id, time.time() + self._clock_offset + (deadline - now) - margin, request))
+        if type(request) is p.Insert:
+            p.check_record_sizes(request.records, len(payload), "record" if len(request.records) == 1 else "records")
+        elif type(request) is p.Update:
+            p.check_record_sizes([request.changes], len(payload), "changes")
         if len(payload) > p.MAX_MESSAGE:
             raise ValueError(
                 f"the request is {len(payload)} bytes; a request may be at most {p.MAX_MESSAGE} bytes (store less per call)"

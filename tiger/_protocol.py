@@ -24,6 +24,18 @@ from tiger._errors import ProtocolError
 from tiger._table import Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
+MAX_RECORD = 8 * 1024 * 1024  # bytes of one packed record
+
+
+def check_record_sizes(records: Any, total: int, what: str = "records") -> None:
+    """ValueError naming the first record over MAX_RECORD packed bytes (looked for only when ``total`` is over it)."""
+    if total <= MAX_RECORD:
+        return
+    for i, record in enumerate(records):
+        size = len(pack(record))
+        if size > MAX_RECORD:
+            where = what if len(records) == 1 else f"{what}[{i}]"
+            raise ValueError(f"{where} is {size} bytes packed; a record may be at most {MAX_RECORD} bytes")
 
 
 def _plain(obj: Any) -> Any:

@@ -341,6 +341,8 @@ class Writer:
     def _commit(self, change: _table.Change) -> bytes:
         """Apply a change, number it and publish it; returns it packed (for the reply)."""
         packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
+        if type(change) is _table.Put:
+            p.check_record_sizes(change.records, len(packed))
         if self.data is not None:
             self.data.append(packed)  # logged before it is applied, published and answered
         self.store.apply(change)
