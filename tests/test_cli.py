@@ -14,6 +14,7 @@ import pytest
 from _util import alive, read_line
 
 import tiger
+from tiger._cli import DEFAULT_URL
 
 TIGER = [sys.executable, "-m", "tiger"]
 
@@ -75,7 +76,7 @@ def test_url_defaults_to_tiger_url_then_the_serve_default(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TIGER_URL"}
     for command in ("serve", "stats", "load", "dump", "compact"):
         out = subprocess.run([*TIGER, command, "--help"], capture_output=True, text=True, timeout=30, env=env)
-        assert "$TIGER_URL or tcp://127.0.0.1:7710" in " ".join(out.stdout.split()), command
+        assert f"$TIGER_URL or {DEFAULT_URL}" in " ".join(out.stdout.split()), command
     url = f"ipc://{tmp_path}/nobody"
     out = subprocess.run(
         [*TIGER, "stats", "--timeout", "0.3"], capture_output=True, text=True, timeout=30, env={**env, "TIGER_URL": url}

@@ -233,6 +233,3 @@ def tiger_once(tiger_client: Client) -> Callable[[str, Callable[[], Any]], Any]:
         return tiger_client.once(key, factory, timeout=timeout)
 
     return once
-
-
-__all__ = ["TigerError", "namespace_for"]
