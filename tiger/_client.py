@@ -21,7 +21,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._errors import AlreadyExists, NotFound, OnceFailed, ProtocolError, TigerError, Unavailable
-from tiger._replica import Replica, _reachable, frozen_change
+from tiger._replica import Replica, _reachable
 from tiger._server import secure
 from tiger._table import (
     GLOBAL,
@@ -34,6 +34,7 @@ from tiger._table import (
     check_name,
     check_prefix,
     check_record,
+    check_records,
     check_value,
 )
 
@@ -398,9 +399,8 @@ class Client:
         """A write: returns once the local replica holds its change (read-your-writes)."""
         deadline = time.monotonic() + self.timeout
         reply = self._request(request, deadline)
-        change = None if reply.change is None else frozen_change(reply.change)
-        self.replica.catch_up(reply.epoch, reply.seq, change, deadline)
-        return p.Ok(reply.req_id, reply.epoch, reply.seq, change, reply.result)
+        self.replica.catch_up(reply.epoch, reply.seq, reply.change, deadline)  # its records decoded frozen
+        return reply
 
 
 _SUPERSEDED = object()
@@ -454,36 +454,27 @@ class Table:
         try:
             return self._namespaces[_current()][id]  # the hit path: two subscripts, nothing else
         except (KeyError, TypeError):
-            pass
-        rows = self._namespaces.get(_current())
-        if rows is not None:
-            try:
-                record = rows.get(id)
-            except TypeError:  # unhashable: say which argument
-                check_id(id)
-                raise
-            if record is not None:
-                return record
+            record = self._miss(id)
+        return default if record is None else record
+
+    def __getitem__(self, id: str) -> Record:
+        try:
+            return self._namespaces[_current()][id]  # the same hit path, inlined: no second method call
+        except (KeyError, TypeError):
+            record = self._miss(id)
+        if record is None:
+            raise NotFound(f"{self.name} {id!r} is not in namespace {_current()!r}")
+        return record
+
+    def _miss(self, id: object) -> Record | None:
+        """After a miss in the current namespace: a bad id is named; then "global" if this handle falls back."""
+        if type(id) is not str:  # checked only here: the hit path stays a dict lookup
+            check_id(id)
         if self.fallback_to_global:
             rows = self._namespaces.get(GLOBAL)
             if rows is not None:
-                record = rows.get(id)
-                if record is not None:
-                    return record
-        if type(id) is not str:  # checked after the lookup: the hit path stays a dict lookup
-            check_id(id)
-        return default
-
-    def __getitem__(self, id: str) -> Record:
-        rows = self._namespaces.get(_current())
-        if rows is not None and type(id) is str:
-            found = rows.get(id)
-            if found is not None:
-                return found  # the hit path, inlined: no second method call
-        record = self.get(id)
-        if record is None:
-            raise NotFound(f"{self.name} {id!r} is not in namespace {_current()!r}")
-        return record  # type: ignore[no-any-return]
+                return rows.get(id)  # type: ignore[call-overload, no-any-return]
+        return None
 
     def __contains__(self, id: object) -> bool:
         return self.get(id) is not None  # type: ignore[arg-type]
@@ -539,19 +530,13 @@ class Table:
         assert type(reply.change) is Put
         return reply.change.records
 
-    def _check_given_id(self, record: Mapping[str, Any], where: str) -> None:
-        id = record.get("id")
-        if id is not None and self.prefix and not id.startswith(self.prefix + "_"):
-            raise ValueError(f"{where}['id']: {id!r} must start with {self.prefix + '_'!r} (the prefix of table {self.name!r})")
-
     def insert(self, record: Mapping[str, Any]) -> Record:
         """Store the whole record (replacing one with the same id); returns it as stored.
 
         Without an ``"id"`` the writer makes one (``prefix_`` + 16 hex digits);
         ``"created"`` (Unix seconds) is added when absent.
         """
-        check_record(record, "record")
-        self._check_given_id(record, "record")
+        check_records([record], self.name, self.prefix, single=True)
         return self._put([record], create=False)[0]
 
     def insert_many(self, records: Sequence[Mapping[str, Any]]) -> builtins.list[Record]:
@@ -560,21 +545,12 @@ class Table:
             raise TypeError(f"records must be a list, not {type(records).__name__}")
         if not records:
             return []
-        seen: dict[str, int] = {}
-        for i, record in enumerate(records):
-            check_record(record, f"records[{i}]")
-            self._check_given_id(record, f"records[{i}]")
-            id = record.get("id")
-            if id is not None:
-                if id in seen:
-                    raise ValueError(f"records[{i}]['id']: {id!r} appears twice in one batch (first at records[{seen[id]}])")
-                seen[id] = i
+        check_records(records, self.name, self.prefix, single=False)
         return list(self._put(list(records), create=False))
 
     def create(self, record: Mapping[str, Any]) -> Record:
         """Like ``insert``, but ``tiger.AlreadyExists`` if the id is taken (decided at the writer)."""
-        check_record(record, "record")
-        self._check_given_id(record, "record")
+        check_records([record], self.name, self.prefix, single=True)
         return self._put([record], create=True)[0]
 
     def update(self, id: str, changes: Mapping[str, Any]) -> Record:

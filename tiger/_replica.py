@@ -28,7 +28,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
-from tiger._table import Change, Put, Store, freeze
+from tiger._table import Change, Store
 
 log = logging.getLogger("tiger.replica")
 
@@ -335,10 +335,3 @@ def _reachable(url: str, pub: str) -> str:
         port = pub.rsplit(":", 1)[1]
         return f"tcp://{host}:{port}"
     return pub
-
-
-def frozen_change(change: Change) -> Change:
-    """The change with its records frozen, so what a write returns is what the replica holds."""
-    if type(change) is Put:
-        return Put(change.table, change.namespace, tuple(freeze(r) for r in change.records))
-    return change

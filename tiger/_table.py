@@ -508,6 +508,30 @@ def _cursor(index: dict[str, int], id: object, what: str, table: str, namespace:
 # -- commands -> changes ----------------------------------------------------------
 
 
+def check_records(records: Sequence[Mapping[str, Any]], table: str, prefix: str | None, *, single: bool) -> None:
+    """Everything about a batch to insert that needs no store: values, given ids' prefix, ids given twice.
+
+    The client runs it before sending (nothing bad is sent) and the writer in ``prepare_insert``.
+    ``single``: name the record ``record``, not ``records[i]``.
+    """
+    given: dict[str, int] = {}
+    for i, record in enumerate(records):
+        _check_batch_record(record, i, "record" if single else f"records[{i}]", table, prefix, given)
+
+
+def _check_batch_record(record: object, i: int, where: str, table: str, prefix: str | None, given: dict[str, int]) -> None:
+    """One record of a batch: its values, its given id's prefix, an id given twice (``given``: id -> index)."""
+    check_record(record, where)
+    id = record.get("id")  # type: ignore[attr-defined]
+    if id is None:
+        return
+    if prefix and not id.startswith(prefix + "_"):
+        raise ValueError(f"{where}['id']: {id!r} must start with {prefix + '_'!r} (the prefix of table {table!r})")
+    if id in given:
+        raise ValueError(f"{where}['id']: {id!r} appears twice in one batch (first at records[{given[id]}])")
+    given[id] = i
+
+
 def prepare_insert(
     store: Store,
     table: str,
@@ -532,24 +556,21 @@ def prepare_insert(
     if not records:
         raise ValueError("records must not be empty")
     rows = store.rows(table, namespace)
-    given = {r.get("id") for r in records if isinstance(r, Mapping) and type(r.get("id")) is str}
-    batch_ids: dict[str, int] = {}
+    # generated ids avoid stored ids, given ids and each other
+    taken = {r.get("id") for r in records if isinstance(r, Mapping) and type(r.get("id")) is str}
+    given: dict[str, int] = {}
     out: list[Record] = []
     single = len(records) == 1
     for i, record in enumerate(records):
-        where = "record" if single else f"records[{i}]"
-        check_record(record, where)
+        # per record, in this order, so the first bad record decides the error (as the client sees it)
+        _check_batch_record(record, i, "record" if single else f"records[{i}]", table, prefix, given)
         id = record.get("id")
         if id is None:
             while True:
                 id = f"{prefix}_{token(8)}" if prefix else token(12)
-                if id not in rows and id not in batch_ids and id not in given:
+                if id not in rows and id not in taken:
                     break
-        elif prefix and not id.startswith(prefix + "_"):
-            raise ValueError(f"{where}['id']: {id!r} must start with {prefix + '_'!r} (the prefix of table {table!r})")
-        if id in batch_ids:
-            raise ValueError(f"{where}['id']: {id!r} appears twice in one batch (first at records[{batch_ids[id]}])")
-        batch_ids[id] = i
+            taken.add(id)
         existing = rows.get(id)
         if create and existing is not None:
             raise AlreadyExists(f"{table} {id!r} already exists in namespace {namespace!r}")
