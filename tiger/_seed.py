@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tiger._client import Client
+from tiger._client import namespace as in_namespace
 from tiger._table import GLOBAL, RESERVED_PREFIX, check_name, check_record
 
 BATCH = 1000
@@ -71,8 +72,6 @@ def load_entries(client: Client, entries: list[tuple[str, str, dict[str, Any]]])
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for table, namespace, record in entries:
         groups.setdefault((table, namespace), []).append(record)
-    from tiger._client import namespace as in_namespace
-
     for (table, namespace), records in groups.items():
         handle = client.table(table)
         with in_namespace(namespace):
