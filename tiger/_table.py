@@ -46,6 +46,7 @@ _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _STORABLE = "None, bool, int, float, str, bytes, list, dict"
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_FLAT = _SCALARS - {int}  # scalars storable whatever their value
 
 
 # -- frozen records -------------------------------------------------------------
@@ -189,32 +190,38 @@ def _check_value(value: Any, where: str, depth: int) -> None:
 def _storable(value: Any, depth: int) -> bool:
     """The fast check: True when ``value`` is storable. Builds no messages; _check_value explains a False."""
     t = type(value)
-    if t is str or t is float or t is bool or value is None or t is bytes:
-        return True
     if t is int:
         return _INT_MIN <= value <= _INT_MAX  # type: ignore[no-any-return]
+    if t in _FLAT:
+        return True
     if depth >= MAX_DEPTH:
         return False
     if t is dict or t is Record:
-        return all(type(k) is str and _storable(v, depth + 1) for k, v in value.items())
+        return _flat_storable(value, depth + 1)
     if t is list or t is tuple or t is FrozenList:
-        return all(_storable(v, depth + 1) for v in value)
+        for v in value:
+            t = type(v)
+            if t in _FLAT:
+                continue
+            if not _storable(v, depth + 1):
+                return False
+        return True
     return False
 
 
-def _flat_storable(record: Mapping[str, Any]) -> bool:
-    """``_storable`` for a record, with its top-level scalars checked inline (the common case)."""
+def _flat_storable(record: Mapping[str, Any], depth: int = 1) -> bool:
+    """``_storable`` for a map (a record: ``depth`` 1), with its scalars checked inline (the common case)."""
     for k, v in record.items():
         if type(k) is not str:
             return False
         t = type(v)
-        if t is str or t is float or t is bool or v is None or t is bytes:
+        if t in _FLAT:
             continue
         if t is int:
             if _INT_MIN <= v <= _INT_MAX:
                 continue
             return False
-        if not _storable(v, 1):
+        if not _storable(v, depth):
             return False
     return True
 
