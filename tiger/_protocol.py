@@ -13,6 +13,7 @@ Sockets:
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,9 +50,17 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"cannot send a {type(obj).__name__}")
 
 
+_local = threading.local()
+
+
 def pack(obj: Any) -> bytes:
-    # packb, not a shared Packer: a Packer is not safe across threads once `default` runs Python code
-    return msgpack.packb(obj, use_bin_type=True, default=_plain)  # type: ignore[no-any-return]
+    # one Packer per thread (a shared one is not safe once `default` runs Python code); packb would
+    # build a new Packer per call, about 0.4 us, several times per message
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_plain)
+    return packer.pack(obj)  # type: ignore[no-any-return]
 
 
 def _type_name(value: Any) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +29,12 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
-from tiger._table import Change, Store
+from tiger._table import Change, Rows, Store
 
 log = logging.getLogger("tiger.replica")
 
 SUB_HWM = 200_000
+_ID = operator.itemgetter("id")
 
 
 class _Resync(Exception):
@@ -287,7 +289,7 @@ class Replica:
         queued = self._confirm_subscription(sub, dealer)
         req_id = next(self._req_ids)
         dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
-        content: dict[str, dict[str, list[Any]]] = {}
+        content: dict[str, dict[str, Rows]] = {}
         while True:
             if not self._wait(dealer, self._timeout):
                 raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
@@ -296,13 +298,14 @@ class Replica:
                 continue
             if type(reply) is p.SnapshotChunk:
                 for table, ns, records in reply.segments:
-                    content.setdefault(table, {}).setdefault(ns, []).extend(records)
+                    if records:  # decoded frozen, each checked for a str id: into the rows in C, no per-record Python
+                        content.setdefault(table, {}).setdefault(ns, {}).update(zip(map(_ID, records), records))
             elif type(reply) is p.SnapshotEnd:
                 break
             else:
                 raise Unavailable(f"the tiger writer at {self._url} refused a snapshot: {reply}")
         with self.changed:
-            self.store.load(content)
+            self.store.load_rows(content)
             self.epoch = reply.epoch
             self.seq = reply.seq
             self.loading = False

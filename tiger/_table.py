@@ -362,10 +362,15 @@ class Store:
         A reader in another thread sees, per namespace, either the old rows or the
         new ones, never an empty table in between.
         """
-        fresh = {
-            table: {ns: {r["id"]: freeze(r) for r in records} for ns, records in namespaces.items() if records}
-            for table, namespaces in content.items()
-        }
+        self.load_rows(
+            {
+                table: {ns: {r["id"]: freeze(r) for r in records} for ns, records in namespaces.items() if records}
+                for table, namespaces in content.items()
+            }
+        )
+
+    def load_rows(self, fresh: dict[str, dict[str, Rows]]) -> None:
+        """``load``, given the rows already built: table -> namespace -> id -> frozen record (none empty)."""
         # user threads may add table dicts meanwhile (Client.table): never iterate or replace the live dict
         for table, new in fresh.items():
             self.namespaces_of(table).update(new)
