@@ -299,7 +299,7 @@ class Replica:
             if type(reply) is p.SnapshotChunk:
                 for table, ns, records in reply.segments:
                     if records:  # decoded frozen, each checked for a str id: into the rows in C, no per-record Python
-                        content.setdefault(table, {}).setdefault(ns, {}).update(zip(map(_ID, records), records))
+                        content.setdefault(table, {}).setdefault(ns, {}).update(zip(map(_ID, records), records, strict=True))
             elif type(reply) is p.SnapshotEnd:
                 break
             else:
