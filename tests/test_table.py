@@ -297,6 +297,26 @@ def test_records_must_be_a_non_empty_list(store: Store, records: Any, error: typ
         prepare_insert(store, "plans", "global", "plan", records, create=False, now=NOW, token=secrets.token_hex)
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"id": "plan_a", "n": 1, "created": 5},  # complete, id first: the writer stores the decoded record as is
+        {"n": 1, "id": "plan_a", "created": 5},  # id not first
+        {"id": "plan_a", "n": 1},  # no created
+        {"id": None, "n": 1, "created": 5},  # id to generate
+        {"n": 1},
+    ],
+)
+def test_records_decoded_frozen_are_stored_exactly_as_plain_dicts_are(record: dict[str, Any]) -> None:
+    """The writer decodes requests into Records; what it stores must not depend on that (values, key order)."""
+    as_dicts, as_frozen = Store(), Store()
+    (plain,) = insert(as_dicts, record, token=counting_token())
+    (frozen,) = insert(as_frozen, freeze(record), token=counting_token())
+    assert list(frozen.items()) == list(plain.items())
+    assert next(iter(frozen)) == "id" and type(frozen) is Record
+    assert frozen["id"] is not None and frozen["created"] == record.get("created", NOW)
+
+
 def test_prepare_insert_neither_mutates_the_input_nor_aliases_it(store: Store) -> None:
     record = {"name": "A", "tags": ["x"], "meta": {"k": [1]}}
     (stored,) = insert(store, record)

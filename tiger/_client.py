@@ -378,9 +378,13 @@ class Client:
                     self._socket.send(payload)
                     resend_at = now + resend_every
                     self.resends += 1
-                if not self._socket.poll(max(1, int((min(deadline, resend_at) - now) * 1000))):
+                # a blocking recv with a timeout, not poll + recv: one GIL hand-over per wait, not two
+                self._socket.setsockopt(zmq.RCVTIMEO, max(1, int((min(deadline, resend_at) - now) * 1000)))
+                try:
+                    data = self._socket.recv()
+                except zmq.Again:
                     continue
-                reply = p.decode_reply(self._socket.recv())
+                reply = p.decode_reply(data)
                 if reply.req_id == req_id:
                     break
         if type(reply) is p.Failed:

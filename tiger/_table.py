@@ -569,7 +569,7 @@ def prepare_insert(
         raise ValueError("records must not be empty")
     rows = store.rows(table, namespace)
     # generated ids avoid stored ids, given ids and each other
-    taken = {r.get("id") for r in records if isinstance(r, Mapping) and type(r.get("id")) is str}
+    taken = {r.get("id") for r in records if (type(r) is Record or isinstance(r, Mapping)) and type(r.get("id")) is str}
     given: dict[str, int] = {}
     out: list[Record] = []
     single = len(records) == 1
@@ -586,6 +586,9 @@ def prepare_insert(
         existing = rows.get(id)
         if create and existing is not None:
             raise AlreadyExists(f"{table} {id!r} already exists in namespace {namespace!r}")
+        if type(record) is Record and record.get("id") is id and "created" in record and next(iter(record)) == "id":
+            out.append(record)  # already frozen (as the writer decodes it) and complete, id first: stored as is
+            continue
         stored = {"id": id}
         stored.update(record)
         stored["id"] = id
