@@ -7,6 +7,7 @@ on one, so a TypeError or KeyError out of a decoder is a bug.
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Callable
 from typing import Any
@@ -712,3 +713,35 @@ def test_any_reply_round_trips(reply):
 @given(message=published)
 def test_any_published_message_round_trips(message):
     assert p.decode_published(p.encode_published(message)) == message
+
+
+# -- publish topics -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    excluded=st.binary(min_size=p.TOPIC_SIZE, max_size=p.TOPIC_SIZE),
+    other=st.binary(min_size=p.TOPIC_SIZE, max_size=p.TOPIC_SIZE),
+)
+def test_a_replica_subscribes_to_every_topic_but_its_own(excluded, other):
+    prefixes = p.subscriptions(excluded)
+    matches = sum(other.startswith(prefix) for prefix in prefixes)
+    if excluded == p.EVERYONE:
+        assert prefixes == [b""]  # an id without a topic of its own gets everything
+    else:
+        assert len(prefixes) == 255 * p.TOPIC_SIZE
+        assert sum(excluded.startswith(prefix) for prefix in prefixes) == 0
+        assert matches == (0 if other == excluded else 1)
+        for i in range(p.TOPIC_SIZE):  # the topics nearest the excluded one, which random ones rarely hit
+            near = excluded[:i] + bytes([excluded[i] ^ 1]) + excluded[i + 1 :]
+            assert sum(near.startswith(prefix) for prefix in prefixes) == 1
+    assert sum(p.EVERYONE.startswith(prefix) for prefix in prefixes) == 1  # heartbeats reach every replica
+
+
+def test_client_ids_have_a_topic_of_their_own_and_odd_ids_publish_to_everyone():
+    for _ in range(100):
+        client_id = p.new_client_id()
+        assert re.fullmatch(r"[0-9a-f]{16}", client_id)
+        assert p.topic_of(client_id) == bytes.fromhex(client_id[:6]) != p.EVERYONE
+    for odd in ["", "abc", "zzzzzzzzzzzzzzzz", "a b c d e f", "000000ffffffffff"]:
+        assert p.topic_of(odd) == p.EVERYONE

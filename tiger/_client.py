@@ -7,7 +7,6 @@ import builtins
 import itertools
 import math
 import os
-import secrets
 import threading
 import time
 import weakref
@@ -107,7 +106,7 @@ class Client:
         self.heartbeat_timeout = float(heartbeat_timeout)  # a writer silent this long is taken for gone
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
         self._clock_offset = 0.0  # the writer's time.time() minus ours
-        self.client_id = secrets.token_hex(8)
+        self.client_id = p.new_client_id()
         self._pid = os.getpid()
         self._closed = False
         self._ctx: zmq.Context[Any] = zmq.Context()
@@ -400,10 +399,20 @@ class Client:
         self._socket = self._new_socket()
 
     def _write(self, request: p.Request) -> p.Ok:
-        """A write: returns once the local replica holds its change (read-your-writes)."""
+        """A write: returns once the local replica holds its change (read-your-writes).
+
+        The change is not published to this client's replica: it comes in the reply (its records
+        decoded frozen), and ``catch_up`` applies it in seq order.
+        """
         deadline = time.monotonic() + self.timeout
-        reply = self._request(request, deadline)
-        self.replica.catch_up(reply.epoch, reply.seq, reply.change, deadline)  # its records decoded frozen
+        replica = self.replica
+        replica.writing()
+        try:
+            reply = self._request(request, deadline)
+        except BaseException:
+            replica.write_failed()
+            raise
+        replica.catch_up(reply.epoch, reply.seq, reply.change, deadline, own=True)
         return reply
 
 

@@ -7,11 +7,13 @@ the *content* of records is checked by the table rules (``tiger._table``).
 
 Sockets:
 - command socket (writer ROUTER, client DEALER): requests, replies, snapshot chunks;
-- publish socket (writer PUB, replica SUB): changes and heartbeats.
+- publish socket (writer PUB, replica SUB): changes and heartbeats, each after a
+  topic frame (see ``topic_of``: a client is not sent the changes its own calls made).
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
 import threading
 import zlib
@@ -552,6 +554,36 @@ class Heartbeat:
 
 
 _PUBLISHED_TAGS = {"c": 4, "h": 3}
+
+# Every published message is two frames: a topic, then the message. A change made by a client's call
+# carries that client's topic, and the client's replica subscribes to every topic but its own: the
+# calling thread applies the change from its reply, so the copy would only wake the replica thread.
+TOPIC_SIZE = 3
+EVERYONE = bytes(TOPIC_SIZE)  # heartbeats, and changes no reply carries (a once key released for a gone client)
+
+
+def topic_of(client_id: str) -> bytes:
+    """The topic of changes made by ``client_id``'s calls (EVERYONE for an id that is not hex)."""
+    try:
+        topic = bytes.fromhex(client_id[: 2 * TOPIC_SIZE])
+    except ValueError:
+        return EVERYONE
+    return topic if len(topic) == TOPIC_SIZE else EVERYONE
+
+
+def new_client_id() -> str:
+    """16 random hex digits whose topic is not EVERYONE."""
+    while True:
+        client_id = secrets.token_hex(8)
+        if topic_of(client_id) != EVERYONE:
+            return client_id
+
+
+def subscriptions(excluded: bytes) -> list[bytes]:
+    """SUB prefixes matching every topic but ``excluded`` (a SUB filter is a prefix: 255 per topic byte)."""
+    if excluded == EVERYONE:
+        return [b""]
+    return [excluded[:i] + bytes([b]) for i in range(TOPIC_SIZE) for b in range(256) if b != excluded[i]]
 
 
 def encode_published(m: Published | Heartbeat) -> bytes:

@@ -4,9 +4,12 @@ A background thread owns the SUB socket (and a DEALER of its own for
 snapshots and heartbeats). It applies each published change in seq order; on
 a gap, a heartbeat ahead of it, or a new epoch it resynchronises from a fresh
 snapshot. Readers in other threads read ``store`` directly without a lock (see
-the table rules' Rule 4). A writing thread whose reply carries the change it
-made applies that change itself when the replica is exactly one behind
-(``catch_up``), so read-your-writes rarely waits on this thread.
+the table rules' Rule 4).
+
+The changes this client's own calls make are not published to it (its SUB
+skips their topic): the writing thread deposits each from its reply, and a
+``Sequencer`` applies deposits and published changes in one seq order. While
+an own call is in flight, a gap is its change on the way, not a loss.
 
 Joining: subscribe, ask the writer to publish a heartbeat until one arrives
 (the subscription is then live, so nothing published after the snapshot can
@@ -45,6 +48,82 @@ class _Stopped(Exception):
     """The client is closing: leave the thread now."""
 
 
+class Sequencer:
+    """Applies numbered changes to a Store in seq order: published ones and this client's own.
+
+    No sockets, no threads: the replica calls it holding its lock. ``writing`` counts this
+    client's calls in flight; their changes arrive by ``deposit`` (from the reply), never
+    published. A published change ahead of a gap is held while a call is in flight;
+    ``lost()`` says why the replica must resync once none is.
+    """
+
+    MAX_HELD = 100_000  # published changes held behind a gap, at most; then resync
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.epoch: str | None = None
+        self.seq = -1
+        self.writing = 0
+        self._own: dict[int, Change] = {}  # seq -> this client's change, deposited from its reply
+        self._own_epoch: str | None = None
+        self._held: dict[int, Change] = {}  # seq -> published change waiting for the gap before it
+        self._announced = -1  # the highest seq a heartbeat of this epoch announced
+
+    def reset(self, epoch: str, seq: int) -> None:
+        """A snapshot of (epoch, seq) was loaded into the store."""
+        if epoch != self.epoch:
+            self._held.clear()
+        if epoch != self._own_epoch:
+            self._own.clear()
+        for pending in (self._held, self._own):  # drop what the snapshot holds already
+            for stale in [s for s in pending if s <= seq]:
+                del pending[stale]
+        self.epoch, self.seq, self._announced = epoch, seq, seq
+        self._fill()
+
+    def deposit(self, epoch: str, seq: int, change: Change, apply: bool) -> None:
+        """This client's own change; applied now if it is next (``apply``: the store may be written)."""
+        if epoch != self._own_epoch:
+            self._own = {}
+            self._own_epoch = epoch
+        if epoch != self.epoch or seq > self.seq:
+            self._own[seq] = change
+        if apply:
+            self._fill()
+
+    def published(self, seq: int, change: Change) -> None:
+        """A published change of the current epoch."""
+        if seq > self.seq:
+            self._held[seq] = change
+            self._fill()
+
+    def heartbeat(self, seq: int) -> None:
+        """The writer is at ``seq`` (current epoch): every change up to it was published or answered."""
+        self._announced = max(self._announced, seq)
+
+    def _fill(self) -> None:
+        while True:
+            nxt = self.seq + 1
+            own = self._own.pop(nxt, None) if self._own_epoch == self.epoch else None
+            change = self._held.pop(nxt, own)  # both, while joining: a join subscribes to every topic
+            if change is None:
+                break
+            self.store.apply(change)
+            self.seq += 1
+
+    def lost(self) -> str | None:
+        """Why the store cannot catch up without a snapshot (None: it can, or a call in flight may fill the gap)."""
+        if len(self._held) > self.MAX_HELD:
+            return f"{len(self._held)} published changes held behind a gap at seq {self.seq + 1}"
+        if self.writing:
+            return None
+        if self._held:
+            return f"gap: got seq {min(self._held)} after {self.seq}"
+        if self._announced > self.seq:
+            return f"heartbeat at seq {self._announced}, replica at {self.seq}"
+        return None
+
+
 class Replica:
     """A Store kept equal to the writer's by a background thread."""
 
@@ -61,18 +140,20 @@ class Replica:
     ) -> None:
         self._secure = secure
         self.store = Store()
-        self.epoch: str | None = None
-        self.seq = -1
+        self._seq = Sequencer(self.store)
         self.changed = threading.Condition(threading.Lock())  # guards applying; notified after each
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.resyncs = 0
+        self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
         self.loading = False  # a snapshot is on its way: writing threads must not apply changes themselves
         self.last_heard = time.monotonic()
         self._ctx = ctx
         self._url = url
         self._pub_url = pub_url
         self._client_id = client_id
+        self._topic = p.topic_of(client_id)
+        self._everything = False  # subscribed to every topic, this client's own too (while joining)
         self._heartbeat = heartbeat
         self._timeout = timeout
         self._req_ids = itertools.count(1)
@@ -105,17 +186,38 @@ class Replica:
                 self.failure = TigerError("the client was closed")
             self.changed.notify_all()
 
-    def catch_up(self, epoch: str, seq: int, change: Change | None, deadline: float) -> None:
-        """Return once the replica has applied (epoch, seq); apply ``change`` here if it is the next one."""
+    @property
+    def epoch(self) -> str | None:
+        return self._seq.epoch
+
+    @property
+    def seq(self) -> int:
+        return self._seq.seq
+
+    def writing(self) -> None:
+        """A call of this client is about to be sent: its change will come by ``catch_up(..., own=True)``."""
         with self.changed:
-            if self.epoch == epoch and not self.loading:
-                if self.seq >= seq:
-                    return
-                if change is not None and self.seq == seq - 1:
-                    self.store.apply(change)
-                    self.seq = seq
+            self._seq.writing += 1
+
+    def write_failed(self) -> None:
+        """The call announced by ``writing()`` got no answer, or an error: nothing to deposit."""
+        with self.changed:
+            self._seq.writing -= 1
+
+    def catch_up(self, epoch: str, seq: int, change: Change | None, deadline: float, own: bool = False) -> None:
+        """Return once the replica has applied (epoch, seq).
+
+        ``own``: the answer to a call announced by ``writing()``; its ``change`` (never
+        published to this replica) is applied here, in seq order.
+        """
+        with self.changed:
+            if own:
+                self._seq.writing -= 1
+                if change is not None:
+                    self._seq.deposit(epoch, seq, change, apply=not self.loading)
                     self.changed.notify_all()
-                    return
+            if self.epoch == epoch and self.seq >= seq:
+                return
         self.wait_until(
             lambda: self.epoch == epoch and self.seq >= seq, deadline, lambda: f"the local replica did not reach seq {seq}"
         )
@@ -140,7 +242,8 @@ class Replica:
         sub = self._ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, SUB_HWM)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for prefix in p.subscriptions(self._topic):  # every topic but this client's own changes
+            sub.setsockopt(zmq.SUBSCRIBE, prefix)
         self._secure(sub)
         sub.connect(self._pub_url)
         dealer = self._dealer()
@@ -172,13 +275,17 @@ class Replica:
                     if sub in events:
                         for _ in range(10_000):
                             try:
-                                self._receive(sub.recv(zmq.NOBLOCK))
+                                self._receive(sub.recv_multipart(zmq.NOBLOCK))
                             except zmq.Again:
                                 break
                     if dealer in events:
                         self._answer(sub, dealer.recv())
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + min(self._heartbeat, 0.5)
+                        with self.changed:
+                            lost = self._seq.lost()  # a gap an own call was to fill, that call gone unanswered
+                        if lost is not None:
+                            raise _Resync(lost)
                         dealer.send(p.encode_request(p.Beat(self._client_id)))
                         if self.silent_for() > self._heartbeat * 3:
                             # the writer may be gone, or back with a new epoch and PUB endpoint: ask it
@@ -248,11 +355,16 @@ class Replica:
         dealer.connect(self._url)
         return dealer
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, frames: list[bytes]) -> None:
         self.last_heard = time.monotonic()
+        if len(frames) != 2:
+            raise _Resync(f"a published message of {len(frames)} frames, not 2 (topic, message)")
+        data = frames[1]
         head = p.peek_published(data)
+        if head is not None:
+            self.changes_received += 1
         if head is not None and head[0] == self.epoch and head[1] <= self.seq:
-            return  # applied already (by the writing thread's catch_up): not worth decoding
+            return  # applied already (from the snapshot): not worth decoding
         try:
             m = p.decode_published(data)
         except ProtocolError as e:
@@ -260,19 +372,19 @@ class Replica:
         with self.changed:
             if m.epoch != self.epoch:
                 raise _Resync(f"the writer's epoch changed from {self.epoch} to {m.epoch}")
+            before = self._seq.seq
             if type(m) is p.Heartbeat:
-                if m.seq > self.seq:
-                    raise _Resync(f"heartbeat at seq {m.seq}, replica at {self.seq}")
-                return
-            if m.seq <= self.seq:
-                return  # already applied: by a writing thread's catch_up or by the snapshot
-            if m.seq != self.seq + 1:
-                raise _Resync(f"gap: got seq {m.seq} after {self.seq}")
-            self.store.apply(m.change)  # type: ignore[union-attr]
-            self.seq = m.seq
-            self.changed.notify_all()
+                self._seq.heartbeat(m.seq)
+            else:
+                self.changes_received += head is None  # counted above when the header could be read
+                self._seq.published(m.seq, m.change)  # type: ignore[union-attr]
+            lost = self._seq.lost()
+            if lost is not None:
+                raise _Resync(lost)
+            if self._seq.seq != before:
+                self.changed.notify_all()
 
-    def _resync(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
+    def _resync(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[list[bytes]]:
         """Load a fresh snapshot; return the published messages received meanwhile, to apply next."""
         # millions of new dicts would trigger repeated full collections (quadratic); none of them form cycles
         collecting = gc.isenabled()
@@ -283,9 +395,15 @@ class Replica:
             if collecting:
                 gc.enable()
 
-    def _load_snapshot(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
+    def _load_snapshot(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[list[bytes]]:
         with self.changed:
             self.loading = True
+        if not self._everything:
+            # A heartbeat arriving proves only that the prefix it matched is live at the PUB, not all 765
+            # (a reconnect resends them in libzmq's order): subscribe to everything meanwhile, and drop
+            # that after the snapshot, when every prefix sent before it has been applied by the PUB.
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self._everything = True
         queued = self._confirm_subscription(sub, dealer)
         req_id = next(self._req_ids)
         dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
@@ -306,13 +424,14 @@ class Replica:
                 raise Unavailable(f"the tiger writer at {self._url} refused a snapshot: {reply}")
         with self.changed:
             self.store.load_rows(content)
-            self.epoch = reply.epoch
-            self.seq = reply.seq
+            self._seq.reset(reply.epoch, reply.seq)  # then this client's own changes deposited meanwhile
             self.loading = False
             self.changed.notify_all()
+        sub.setsockopt(zmq.UNSUBSCRIBE, b"")  # back to every topic but this client's own
+        self._everything = False
         return queued
 
-    def _confirm_subscription(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
+    def _confirm_subscription(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[list[bytes]]:
         """Ask for heartbeats until one arrives on the SUB: from then on nothing published is missed."""
         deadline = time.monotonic() + self._timeout
         wait = 0.01
@@ -320,10 +439,10 @@ class Replica:
             dealer.send(p.encode_request(p.Sync(next(self._req_ids))))
             if self._wait(sub, wait):
                 self.last_heard = time.monotonic()
-                queued = [sub.recv()]
+                queued = [sub.recv_multipart()]
                 while True:
                     try:
-                        queued.append(sub.recv(zmq.NOBLOCK))
+                        queued.append(sub.recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         return queued
             if time.monotonic() >= deadline:

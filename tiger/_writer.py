@@ -133,7 +133,8 @@ class Writer:
         self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
         self._answers_heard: dict[str, float] = {}  # forgotten client id -> when; its answers go later
         self._running = True
-        self._unpublished: list[bytes] = []  # committed changes to publish, right after the reply
+        self._unpublished: list[tuple[bytes, bytes]] = []  # (topic, message) to publish right after the reply
+        self._topic = p.EVERYONE  # the topic of the changes being made: their caller's, while a call is handled
         self._tokens = _Tokens()
         self.data: DataDir | None = None
         if data is not None:  # before any socket: a directory that cannot be used stops the start
@@ -237,8 +238,11 @@ class Writer:
         log.info("received %s; stopping", signal.Signals(signum).name)
         self._running = False
 
+    def _heartbeat(self) -> None:
+        self.pub.send_multipart([p.EVERYONE, p.encode_published(p.Heartbeat(self.epoch, self.seq))])
+
     def _beat(self) -> None:
-        self.pub.send(p.encode_published(p.Heartbeat(self.epoch, self.seq)))
+        self._heartbeat()
         if self.data is not None:
             self.data.tick()
             if self.data.needs_compaction():
@@ -269,6 +273,7 @@ class Writer:
         if len(frames) < 2:
             log.warning("dropped a message with no payload frame")
             return
+        self._topic = p.EVERYONE
         envelope, data = frames[:-1], frames[-1]
         if len(envelope) > MAX_ENVELOPE or sum(map(len, envelope)) > MAX_ENVELOPE_BYTES:
             log.warning("dropped a message with %d envelope frames of %d bytes", len(envelope), sum(map(len, envelope)))
@@ -286,6 +291,7 @@ class Writer:
                     self._send(envelope, first)
                     return
                 self.clients[call.client_id] = time.monotonic()
+                self._topic = p.topic_of(call.client_id)  # its reply carries the change: its replica skips the copy
                 if time.time() > call.expires:
                     raise Expired(f"the call arrived after its deadline ({time.time() - call.expires:.3f}s late); not applied")
                 request = call.request
@@ -309,9 +315,10 @@ class Writer:
                 if len(answered) > ANSWERS_KEPT:
                     del answered[next(iter(answered))]
             self._send(envelope, reply)
-        # published after the reply: the writing client applies its change from the reply and skips this
-        # copy unread; any request handled after this one (another client's sync) sees it published
+        # published after the reply: the writing client applies its change from the reply (its replica
+        # is not sent this copy); any request handled after this one (another client's sync) sees it published
         self._publish()
+        self._topic = p.EVERYONE
 
     def _dispatch(self, envelope: list[bytes], request: p.Request) -> bytes | None:
         """Carry out one request; returns its reply (None: no reply, or already sent)."""
@@ -325,7 +332,7 @@ class Writer:
             self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
             return None
         if t is p.Sync:
-            self.pub.send(p.encode_published(p.Heartbeat(self.epoch, self.seq)))
+            self._heartbeat()
             return p.ok_bytes(request.req_id, self.epoch, self.seq, None)  # type: ignore[union-attr]
         if t is p.SnapshotRequest:
             self._snapshot(envelope, request.req_id)  # type: ignore[union-attr]
@@ -352,12 +359,13 @@ class Writer:
             self.data.append(packed)  # logged before it is applied, published and answered
         self.store.apply(change)
         self.seq += 1
-        self._unpublished.append(p.published_bytes(self.epoch, self.seq, packed))
+        self._unpublished.append((self._topic, p.published_bytes(self.epoch, self.seq, packed)))
         return packed
 
     def _publish(self) -> None:
         """Publish the changes committed since the last call, in seq order."""
-        for message in self._unpublished:
+        for topic, message in self._unpublished:
+            self.pub.send(topic, zmq.SNDMORE)
             self.pub.send(message)
         self._unpublished.clear()
 

@@ -1,0 +1,180 @@
+"""The replica's Sequencer without sockets: published changes and this client's own, in one seq order.
+
+A client's replica is not sent the changes its own calls make; the calling thread deposits
+each from its reply. These tests drive a writer Store and a replica Store through the
+Sequencer the way the replica thread and the writing thread do.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiger._replica import Sequencer
+from tiger._table import Change, Store, prepare_insert
+
+EPOCH = "e" * 16
+
+
+class Writer:
+    """A writer's store handing out numbered changes, as the writer process does."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        self.seq = 0
+
+    def insert(self, n: int) -> tuple[int, Change]:
+        change = prepare_insert(self.store, "t", "global", None, [{"n": n}], create=False, now=1, token=secrets.token_hex)
+        self.store.apply(change)
+        self.seq += 1
+        return self.seq, change
+
+
+@pytest.fixture
+def pair() -> tuple[Writer, Sequencer]:
+    writer, replica = Writer(), Sequencer(Store())
+    replica.reset(EPOCH, 0)
+    return writer, replica
+
+
+def test_published_changes_apply_in_order(pair):
+    writer, replica = pair
+    for n in range(5):
+        replica.published(*writer.insert(n))
+    assert replica.seq == 5
+    assert replica.store.content() == writer.store.content()
+    assert replica.lost() is None
+
+
+def test_a_change_after_an_own_call_in_flight_is_held_until_the_deposit_fills_the_gap(pair):
+    writer, replica = pair
+    replica.writing += 1
+    own = writer.insert(0)  # never published to this replica
+    replica.published(*writer.insert(1))
+    replica.published(*writer.insert(2))
+    assert replica.seq == 0  # held, not applied out of order
+    assert replica.lost() is None  # and not taken for a loss: the call is in flight
+    replica.writing -= 1
+    replica.deposit(EPOCH, *own, apply=True)
+    assert replica.seq == 3
+    assert replica.store.content() == writer.store.content()
+    assert replica.lost() is None
+
+
+def test_an_own_change_answered_before_an_earlier_foreign_change_arrives_waits_for_it(pair):
+    writer, replica = pair
+    foreign = writer.insert(0)
+    replica.writing += 1
+    own = writer.insert(1)
+    replica.writing -= 1
+    replica.deposit(EPOCH, *own, apply=True)
+    assert replica.seq == 0
+    assert replica.lost() is None  # nothing published is ahead yet
+    replica.published(*foreign)
+    assert replica.seq == 2
+    assert replica.store.content() == writer.store.content()
+
+
+def test_a_gap_with_no_call_in_flight_is_a_loss(pair):
+    writer, replica = pair
+    writer.insert(0)  # lost on the way
+    replica.published(*writer.insert(1))
+    assert replica.seq == 0
+    assert replica.lost() == "gap: got seq 2 after 0"
+
+
+def test_an_own_call_that_got_no_answer_leaves_a_gap_that_is_a_loss(pair):
+    writer, replica = pair
+    replica.writing += 1
+    writer.insert(0)  # applied by the writer, its answer never arrived
+    replica.published(*writer.insert(1))
+    assert replica.lost() is None
+    replica.writing -= 1  # the call raised: nothing to deposit
+    assert replica.lost() == "gap: got seq 2 after 0"
+
+
+def test_a_heartbeat_ahead_is_a_loss_unless_a_call_is_in_flight(pair):
+    writer, replica = pair
+    replica.writing += 1
+    own = writer.insert(0)
+    replica.heartbeat(writer.seq)
+    assert replica.lost() is None
+    replica.writing -= 1
+    assert replica.lost() == "heartbeat at seq 1, replica at 0"
+    replica.deposit(EPOCH, *own, apply=True)
+    assert replica.lost() is None
+
+
+def test_a_snapshot_covers_what_was_held_and_deposited_and_later_deposits_still_apply(pair):
+    writer, replica = pair
+    replica.writing += 2
+    own_early = writer.insert(0)  # seq 1
+    replica.published(*writer.insert(1))  # seq 2: held behind own_early
+    replica.deposit(EPOCH, *own_early, apply=False)  # a snapshot is loading: nothing applied now
+    snapshot = writer.store.content()  # taken at seq 2
+    own_late = writer.insert(2)  # seq 3
+    replica.deposit(EPOCH, *own_late, apply=False)
+    replica.writing -= 2
+    later = writer.insert(3)  # seq 4, published after the snapshot
+    replica.store.load(snapshot)
+    replica.reset(EPOCH, 2)
+    assert replica.seq == 3  # the late own change applied right after the snapshot
+    assert replica.lost() is None  # nothing stale kept from before the snapshot
+    replica.published(*later)
+    assert replica.seq == 4
+    assert replica.store.content() == writer.store.content()
+
+
+def test_a_deposit_of_a_new_epoch_waits_for_the_resync_to_that_epoch(pair):
+    _, replica = pair
+    replica.writing += 1
+    restarted = Writer()
+    seq, change = restarted.insert(7)  # answered by a restarted writer (new epoch) before the replica noticed
+    replica.writing -= 1
+    replica.deposit("f" * 16, seq, change, apply=True)
+    assert replica.seq == 0 and replica.epoch == EPOCH
+    replica.store.load({})  # the new epoch's snapshot, taken before that change
+    replica.reset("f" * 16, 0)
+    assert replica.seq == 1
+    assert replica.store.content() == restarted.store.content()
+
+
+def test_too_many_held_changes_are_a_loss_even_with_a_call_in_flight(pair, monkeypatch):
+    writer, replica = pair
+    monkeypatch.setattr(Sequencer, "MAX_HELD", 3)
+    replica.writing += 1
+    writer.insert(0)
+    for n in range(4):
+        replica.published(*writer.insert(n))
+    assert replica.lost() == "4 published changes held behind a gap at seq 1"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3)), min_size=1, max_size=30))
+def test_any_interleaving_of_published_and_own_changes_ends_equal_to_the_writer(plan):
+    """Each step: the writer makes a change, own (this client's call) or not; an own change's answer
+    arrives after ``delay`` more steps. Published changes arrive in order, at once."""
+    writer, replica = Writer(), Sequencer(Store())
+    replica.reset(EPOCH, 0)
+    answers: list[tuple[int, int, Change]] = []  # (due step, seq, change)
+    for step, (own, delay) in enumerate(plan):
+        if own:
+            replica.writing += 1
+            seq, change = writer.insert(step)
+            answers.append((step + delay, seq, change))
+        else:
+            replica.published(*writer.insert(step))
+        for due in [a for a in answers if a[0] <= step]:
+            answers.remove(due)
+            replica.writing -= 1
+            replica.deposit(EPOCH, due[1], due[2], apply=True)
+        assert replica.lost() is None  # a gap is always an own answer still to come
+    for _, seq, change in answers:
+        replica.writing -= 1
+        replica.deposit(EPOCH, seq, change, apply=True)
+    assert replica.lost() is None
+    assert replica.seq == writer.seq
+    assert replica.store.content() == writer.store.content()
