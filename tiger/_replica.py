@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import math
 import operator
 import threading
 import time
@@ -392,6 +393,11 @@ class Replica:
         try:
             return self._load_snapshot(sub, dealer)
         finally:
+            if gc.get_freeze_count() == 0:  # (a process that froze objects itself keeps them frozen)
+                # The records are here to stay: file them with the oldest generation at once, instead of
+                # letting the next young-generation collections walk every one of them twice first.
+                gc.freeze()
+                gc.unfreeze()
             if collecting:
                 gc.enable()
 
@@ -399,8 +405,8 @@ class Replica:
         with self.changed:
             self.loading = True
         if not self._everything:
-            # A heartbeat arriving proves only that the prefix it matched is live at the PUB, not all 765
-            # (a reconnect resends them in libzmq's order): subscribe to everything meanwhile, and drop
+            # The PUB applies subscriptions as they arrive: a heartbeat matching one of the 765 prefixes
+            # proves nothing about the others. Subscribe to everything (sent after them) meanwhile, and drop
             # that after the snapshot, when every prefix sent before it has been applied by the PUB.
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             self._everything = True
@@ -436,7 +442,10 @@ class Replica:
         deadline = time.monotonic() + self._timeout
         wait = 0.01
         while True:
-            dealer.send(p.encode_request(p.Sync(next(self._req_ids))))
+            # a call: its heartbeat has this client's topic, which only the catch-all prefix b"" matches here;
+            # that prefix went after the others, so once the heartbeat arrives every prefix is live. (A negative
+            # request id: the writer keeps answers by client id and request id, and the client counts up from 1.)
+            dealer.send(p.encode_call(p.Call(self._client_id, math.inf, p.Sync(-next(self._req_ids)))))
             if self._wait(sub, wait):
                 self.last_heard = time.monotonic()
                 queued = [sub.recv_multipart()]

@@ -238,8 +238,8 @@ class Writer:
         log.info("received %s; stopping", signal.Signals(signum).name)
         self._running = False
 
-    def _heartbeat(self) -> None:
-        self.pub.send_multipart([p.EVERYONE, p.encode_published(p.Heartbeat(self.epoch, self.seq))])
+    def _heartbeat(self, topic: bytes = p.EVERYONE) -> None:
+        self.pub.send_multipart([topic, p.encode_published(p.Heartbeat(self.epoch, self.seq))])
 
     def _beat(self) -> None:
         self._heartbeat()
@@ -332,7 +332,8 @@ class Writer:
             self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
             return None
         if t is p.Sync:
-            self._heartbeat()
+            # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
+            self._heartbeat(self._topic)
             return p.ok_bytes(request.req_id, self.epoch, self.seq, None)  # type: ignore[union-attr]
         if t is p.SnapshotRequest:
             self._snapshot(envelope, request.req_id)  # type: ignore[union-attr]
