@@ -1,10 +1,10 @@
 """The writer process: owns the authoritative Store, applies commands one at a time.
 
 Loop: receive a command on the ROUTER, turn it into a change with the table
-rules, apply it, reply, then publish it (PUB) before the next command. The
-caller applies its own change from the reply (so its replica skips the
-published copy unread); any later request, such as another client's sync,
-is handled after the change was published.
+rules, apply it, publish it (PUB) and only then reply, so a client that gets
+the reply can count on the change being on its way to every replica. The
+change is published under the caller's topic, which the caller's own replica
+does not subscribe to: the caller applies its change from the reply.
 Heartbeats on the PUB tell replicas the writer is alive and how far it is.
 
 The writer never dies of what a client sends: every request is decoded and
@@ -133,7 +133,6 @@ class Writer:
         self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
         self._answers_heard: dict[str, float] = {}  # forgotten client id -> when; its answers go later
         self._running = True
-        self._unpublished: list[tuple[bytes, bytes]] = []  # (topic, message) to publish right after the reply
         self._topic = p.EVERYONE  # the topic of the changes being made: their caller's, while a call is handled
         self._tokens = _Tokens()
         self.data: DataDir | None = None
@@ -308,17 +307,15 @@ class Writer:
             else:
                 log.warning("refused a request (%s): %s", kind, message)
             reply = p.encode_reply(p.Failed(req_id, kind, message))
-        if reply is not None:
-            if call is not None and req_id is not None:
-                answered = self._answered.setdefault(call.client_id, {})
-                answered[req_id] = reply
-                if len(answered) > ANSWERS_KEPT:
-                    del answered[next(iter(answered))]
-            self._send(envelope, reply)
-        # published after the reply: the writing client applies its change from the reply (its replica
-        # is not sent this copy); any request handled after this one (another client's sync) sees it published
-        self._publish()
         self._topic = p.EVERYONE
+        if reply is None:
+            return
+        if call is not None and req_id is not None:
+            answered = self._answered.setdefault(call.client_id, {})
+            answered[req_id] = reply
+            if len(answered) > ANSWERS_KEPT:
+                del answered[next(iter(answered))]
+        self._send(envelope, reply)
 
     def _dispatch(self, envelope: list[bytes], request: p.Request) -> bytes | None:
         """Carry out one request; returns its reply (None: no reply, or already sent)."""
@@ -352,7 +349,7 @@ class Writer:
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
 
     def _commit(self, change: _table.Change) -> bytes:
-        """Apply a change and number it; returns it packed (for the reply). ``_publish()`` sends it on."""
+        """Apply a change, number it and publish it; returns it packed (for the reply)."""
         packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
         if type(change) is _table.Put:
             p.check_record_sizes(change.records, len(packed))
@@ -360,15 +357,9 @@ class Writer:
             self.data.append(packed)  # logged before it is applied, published and answered
         self.store.apply(change)
         self.seq += 1
-        self._unpublished.append((self._topic, p.published_bytes(self.epoch, self.seq, packed)))
+        self.pub.send(self._topic, zmq.SNDMORE)  # the caller's topic: its own replica is not sent the change
+        self.pub.send(p.published_bytes(self.epoch, self.seq, packed))
         return packed
-
-    def _publish(self) -> None:
-        """Publish the changes committed since the last call, in seq order."""
-        for topic, message in self._unpublished:
-            self.pub.send(topic, zmq.SNDMORE)
-            self.pub.send(message)
-        self._unpublished.clear()
 
     def _forget(self, client_id: str) -> None:
         """A client left (goodbye or silence): release the once keys it was building."""
@@ -379,7 +370,6 @@ class Writer:
             change = _table.prepare_once_release(self.store, key, client_id)
             if change is not None:
                 self._commit(change)
-        self._publish()
 
     def _send(self, envelope: list[bytes], payload: bytes) -> None:
         try:
