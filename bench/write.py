@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -52,6 +53,27 @@ class _Bulk:
 
     def row(self) -> dict[str, Any]:
         return {"median": self.size * len(self.seconds) / sum(self.seconds), "calls": len(self.seconds)}
+
+
+CODEC = "msgpack codec only"
+
+
+def _codec_floor(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
+    """records/s if a write cost nothing but its msgpack work: the client packs the batch, the writer
+    decodes it (frozen, as tiger's does) and packs it again, the client decodes the answer (frozen)."""
+    from tiger import _protocol as p
+
+    def trip() -> None:
+        p.unpack_frozen(p.pack(p.unpack_frozen(p.pack(records))))
+
+    collecting = gc.isenabled()
+    gc.disable()  # the codec's own cost: not the collections this process's heap would add
+    try:
+        seconds = time_calls(trip, count=max(5, 20_000 // len(records)), budget=budget)
+    finally:
+        if collecting:
+            gc.enable()
+    return {"median": len(records) * len(seconds) / sum(seconds), "calls": len(seconds)}  # as _Bulk.row
 
 
 def run(ctx: Context) -> Result:
@@ -115,6 +137,18 @@ def run(ctx: Context) -> Result:
                 row = res.row(f"batch {size}", cls.name, cls.role, "records/s", b.row(), better=HIGHER, label=label)
                 row["call_us"] = summary([s * 1e6 for s in b.seconds])
                 series.setdefault(cls.name, {})[str(size)] = row["median"]
+    with step(NAME, "floor: the msgpack codec alone, per batch size (in this process)"):
+        for size in BATCH_SIZES:
+            row = res.row(
+                f"batch {size}",
+                CODEC,
+                "floor",
+                "records/s",
+                _codec_floor(_fresh("c")(size), ctx.pick(0.3, 0.1)),
+                better=HIGHER,
+                label="pack + frozen unpack + pack + frozen unpack of the batch in one process, GC off: no socket, no rules",
+            )
+            series.setdefault(CODEC, {})[str(size)] = row["median"]
     res.series["records_per_s"] = series
 
     tiger = res.find("single write", role="tiger")
