@@ -560,3 +560,20 @@ def test_a_client_that_just_joined_gets_the_next_change_published_without_a_resy
             reader.sync()
             assert reader.table("joins").count() == i + 1
             assert reader.replica.resyncs == 0, f"join {i}"
+
+
+def test_two_clients_sharing_a_topic_still_read_each_others_changes(writer, monkeypatch):
+    """Topics are 3 bytes of a random id: when two collide, each finds the other's changes by their gap."""
+    import secrets
+
+    monkeypatch.setattr("tiger._protocol.new_client_id", lambda: "abcdef" + secrets.token_hex(5))
+    with tiger.connect(writer.url) as x, tiger.connect(writer.url) as y:
+        assert x.client_id[:6] == y.client_id[:6] and x.client_id != y.client_id
+        x.table("shared").insert({"id": "from-x"})
+        y.sync(timeout=5)
+        assert y.table("shared").get("from-x") is not None
+        y.table("shared").insert({"id": "from-y"})
+        x.sync(timeout=5)
+        assert x.table("shared").get("from-y") is not None
+        assert x.checksum() == y.checksum() == x.stats()["checksum"]
+        assert x.replica.resyncs >= 1 and y.replica.resyncs >= 1
