@@ -391,13 +391,15 @@ class Replica:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._load_snapshot(sub, dealer)
-        finally:
-            if gc.get_freeze_count() == 0:  # (a process that froze objects itself keeps them frozen)
+            queued = self._load_snapshot(sub, dealer)
+            if gc.get_freeze_count() == 0:  # a process that froze objects itself keeps them frozen
                 # The records are here to stay: file them with the oldest generation at once, instead of
                 # letting the next young-generation collections walk every one of them twice first.
+                # (Not atomic: another thread calling gc.freeze() between these lines would see it undone.)
                 gc.freeze()
                 gc.unfreeze()
+            return queued
+        finally:
             if collecting:
                 gc.enable()
 
