@@ -578,3 +578,31 @@ def test_two_clients_sharing_a_topic_still_read_each_others_changes(writer, monk
         assert x.table("shared").get("from-y") is not None
         assert x.checksum() == y.checksum() == x.stats()["checksum"]
         assert x.replica.resyncs >= 1 and y.replica.resyncs >= 1
+
+
+def test_a_forked_copy_of_a_client_raises_on_write_even_if_forked_while_its_replica_was_applying(writer):
+    """The child inherits the replica's lock as it was at fork: held, if the replica thread was applying."""
+    import warnings
+
+    with tiger.connect(writer.url) as client:
+        table = client.table("fork")
+        with client.replica.changed, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: what this test is about
+            pid = os.fork()
+            if pid == 0:  # the child: must raise at once, not wait on the inherited lock
+                try:
+                    table.insert({"id": "from-child"})
+                except tiger.TigerError as e:
+                    os._exit(0 if "connect() again" in str(e) else 2)
+                except BaseException:
+                    os._exit(3)
+                os._exit(4)
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # sleep-ok: polling a child's exit with a deadline
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on its write")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert "from-child" not in table

@@ -17,6 +17,8 @@ from tiger._replica import Sequencer
 from tiger._table import Change, Store, prepare_insert
 
 EPOCH = "e" * 16
+PATIENCE = 5.0  # seconds a call may stay in flight
+T0 = 1000.0  # the replica's clock, as it passes it in
 
 
 class Writer:
@@ -35,7 +37,7 @@ class Writer:
 
 @pytest.fixture
 def pair() -> tuple[Writer, Sequencer]:
-    writer, replica = Writer(), Sequencer(Store())
+    writer, replica = Writer(), Sequencer(Store(), patience=PATIENCE)
     replica.reset(EPOCH, 0)
     return writer, replica
 
@@ -46,7 +48,7 @@ def test_published_changes_apply_in_order(pair):
         replica.published(*writer.insert(n))
     assert replica.seq == 5
     assert replica.store.content() == writer.store.content()
-    assert replica.lost() is None
+    assert replica.lost(T0) is None
 
 
 def test_a_change_after_an_own_call_in_flight_is_held_until_the_deposit_fills_the_gap(pair):
@@ -56,12 +58,12 @@ def test_a_change_after_an_own_call_in_flight_is_held_until_the_deposit_fills_th
     replica.published(*writer.insert(1))
     replica.published(*writer.insert(2))
     assert replica.seq == 0  # held, not applied out of order
-    assert replica.lost() is None  # and not taken for a loss: the call is in flight
+    assert replica.lost(T0) is None  # and not taken for a loss: the call is in flight
     replica.writing -= 1
     replica.deposit(EPOCH, *own, apply=True)
     assert replica.seq == 3
     assert replica.store.content() == writer.store.content()
-    assert replica.lost() is None
+    assert replica.lost(T0) is None
 
 
 def test_an_own_change_answered_before_an_earlier_foreign_change_arrives_waits_for_it(pair):
@@ -72,7 +74,7 @@ def test_an_own_change_answered_before_an_earlier_foreign_change_arrives_waits_f
     replica.writing -= 1
     replica.deposit(EPOCH, *own, apply=True)
     assert replica.seq == 0
-    assert replica.lost() is None  # nothing published is ahead yet
+    assert replica.lost(T0) is None  # nothing published is ahead yet
     replica.published(*foreign)
     assert replica.seq == 2
     assert replica.store.content() == writer.store.content()
@@ -83,7 +85,7 @@ def test_a_gap_with_no_call_in_flight_is_a_loss(pair):
     writer.insert(0)  # lost on the way
     replica.published(*writer.insert(1))
     assert replica.seq == 0
-    assert replica.lost() == "gap: got seq 2 after 0"
+    assert replica.lost(T0) == "gap: got seq 2 after 0"
 
 
 def test_an_own_call_that_got_no_answer_leaves_a_gap_that_is_a_loss(pair):
@@ -91,9 +93,9 @@ def test_an_own_call_that_got_no_answer_leaves_a_gap_that_is_a_loss(pair):
     replica.writing += 1
     writer.insert(0)  # applied by the writer, its answer never arrived
     replica.published(*writer.insert(1))
-    assert replica.lost() is None
+    assert replica.lost(T0) is None
     replica.writing -= 1  # the call raised: nothing to deposit
-    assert replica.lost() == "gap: got seq 2 after 0"
+    assert replica.lost(T0) == "gap: got seq 2 after 0"
 
 
 def test_a_heartbeat_ahead_is_a_loss_unless_a_call_is_in_flight(pair):
@@ -101,11 +103,11 @@ def test_a_heartbeat_ahead_is_a_loss_unless_a_call_is_in_flight(pair):
     replica.writing += 1
     own = writer.insert(0)
     replica.heartbeat(writer.seq)
-    assert replica.lost() is None
+    assert replica.lost(T0) is None
     replica.writing -= 1
-    assert replica.lost() == "heartbeat at seq 1, replica at 0"
+    assert replica.lost(T0) == "heartbeat at seq 1, replica at 0"
     replica.deposit(EPOCH, *own, apply=True)
-    assert replica.lost() is None
+    assert replica.lost(T0) is None
 
 
 def test_a_snapshot_covers_what_was_held_and_deposited_and_later_deposits_still_apply(pair):
@@ -122,7 +124,7 @@ def test_a_snapshot_covers_what_was_held_and_deposited_and_later_deposits_still_
     replica.store.load(snapshot)
     replica.reset(EPOCH, 2)
     assert replica.seq == 3  # the late own change applied right after the snapshot
-    assert replica.lost() is None  # nothing stale kept from before the snapshot
+    assert replica.lost(T0) is None  # nothing stale kept from before the snapshot
     replica.published(*later)
     assert replica.seq == 4
     assert replica.store.content() == writer.store.content()
@@ -149,7 +151,7 @@ def test_too_many_held_changes_are_a_loss_even_with_a_call_in_flight(pair, monke
     writer.insert(0)
     for n in range(4):
         replica.published(*writer.insert(n))
-    assert replica.lost() == "4 published changes held behind a gap at seq 1"
+    assert replica.lost(T0) == "4 published changes held behind a gap at seq 1"
 
 
 @settings(max_examples=200, deadline=None)
@@ -157,7 +159,7 @@ def test_too_many_held_changes_are_a_loss_even_with_a_call_in_flight(pair, monke
 def test_any_interleaving_of_published_and_own_changes_ends_equal_to_the_writer(plan):
     """Each step: the writer makes a change, own (this client's call) or not; an own change's answer
     arrives after ``delay`` more steps. Published changes arrive in order, at once."""
-    writer, replica = Writer(), Sequencer(Store())
+    writer, replica = Writer(), Sequencer(Store(), patience=PATIENCE)
     replica.reset(EPOCH, 0)
     answers: list[tuple[int, int, Change]] = []  # (due step, seq, change)
     for step, (own, delay) in enumerate(plan):
@@ -171,10 +173,52 @@ def test_any_interleaving_of_published_and_own_changes_ends_equal_to_the_writer(
             answers.remove(due)
             replica.writing -= 1
             replica.deposit(EPOCH, due[1], due[2], apply=True)
-        assert replica.lost() is None  # a gap is always an own answer still to come
+        assert replica.lost(T0) is None  # a gap is always an own answer still to come
     for _, seq, change in answers:
         replica.writing -= 1
         replica.deposit(EPOCH, seq, change, apply=True)
-    assert replica.lost() is None
+    assert replica.lost(T0) is None
     assert replica.seq == writer.seq
     assert replica.store.content() == writer.store.content()
+
+
+def test_a_gap_older_than_any_call_can_be_is_a_loss_even_while_writing_is_counted(pair):
+    """An interrupt between counting a call and sending it (or between its answer and the deposit)
+    would leave ``writing`` counted for good: the gap is trusted only as long as a call can last."""
+    writer, replica = pair
+    replica.writing += 1
+    writer.insert(0)  # its answer never deposited
+    replica.published(*writer.insert(1))
+    assert replica.lost(T0) is None
+    assert replica.lost(T0 + PATIENCE) is None
+    assert replica.lost(T0 + PATIENCE + 0.1) == "gap: got seq 2 after 0"
+
+
+def test_the_gap_clock_restarts_once_the_replica_caught_up(pair):
+    writer, replica = pair
+    replica.writing += 1
+    own = writer.insert(0)
+    replica.published(*writer.insert(1))
+    assert replica.lost(T0) is None
+    replica.deposit(EPOCH, *own, apply=True)
+    assert replica.lost(T0 + 1) is None  # caught up: no gap any more
+    writer.insert(2)
+    replica.published(*writer.insert(3))
+    assert replica.lost(T0 + PATIENCE + 1) is None  # a new gap, seen just now, while a call is in flight
+    assert replica.lost(T0 + 2 * PATIENCE + 2) == "gap: got seq 4 after 2"
+
+
+def test_deposits_of_two_epochs_are_kept_apart(pair):
+    """After a writer restart two threads may deposit answers of the old and the new epoch, in any order."""
+    writer, replica = pair
+    restarted = Writer()
+    new_seq, new_change = restarted.insert(9)
+    replica.writing += 2
+    old = writer.insert(0)
+    replica.writing -= 2
+    replica.deposit("f" * 16, new_seq, new_change, apply=True)
+    replica.deposit(EPOCH, *old, apply=True)  # must not drop the new epoch's deposit
+    assert replica.seq == 1
+    replica.store.load({})
+    replica.reset("f" * 16, 0)
+    assert replica.seq == 1 and replica.store.content() == restarted.store.content()

@@ -340,10 +340,7 @@ class Client:
         a little before that deadline, after which the writer refuses it, so a call
         that raised is never applied later.
         """
-        if self._closed:
-            raise TigerError("this client is closed")
-        if os.getpid() != self._pid:
-            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+        self._check_usable()
         replica = self._replica
         if replica is not None and replica.silent_for() > self.heartbeat_timeout:
             raise Unavailable(f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s")
@@ -394,6 +391,12 @@ class Client:
             raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
         return reply
 
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise TigerError("this client is closed")
+        if os.getpid() != self._pid:
+            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+
     def _fresh_socket(self) -> None:
         self._socket.close(linger=0)
         self._socket = self._new_socket()
@@ -404,9 +407,10 @@ class Client:
         The change is not published to this client's replica: it comes in the reply (its records
         decoded frozen), and ``catch_up`` applies it in seq order.
         """
+        self._check_usable()  # before the replica's lock: a forked child may have inherited it held
         deadline = time.monotonic() + self.timeout
         replica = self.replica
-        replica.writing()
+        replica.writing()  # (should an interrupt leave it counted, the replica stops trusting it after the timeout)
         try:
             reply = self._request(request, deadline)
         except BaseException:

@@ -52,43 +52,42 @@ class _Stopped(Exception):
 class Sequencer:
     """Applies numbered changes to a Store in seq order: published ones and this client's own.
 
-    No sockets, no threads: the replica calls it holding its lock. ``writing`` counts this
-    client's calls in flight; their changes arrive by ``deposit`` (from the reply), never
-    published. A published change ahead of a gap is held while a call is in flight;
-    ``lost()`` says why the replica must resync once none is.
+    No sockets, no threads, no clock: the replica calls it holding its lock, and passes the
+    time. ``writing`` counts this client's calls in flight; their changes arrive by
+    ``deposit`` (from the reply), never published. A published change ahead of a gap is
+    held while a call is in flight; ``lost()`` says why the replica must resync once none
+    is, or once the gap is older than any call can be (its answer is not coming).
     """
 
     MAX_HELD = 100_000  # published changes held behind a gap, at most; then resync
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, patience: float) -> None:
         self.store = store
         self.epoch: str | None = None
         self.seq = -1
         self.writing = 0
-        self._own: dict[int, Change] = {}  # seq -> this client's change, deposited from its reply
-        self._own_epoch: str | None = None
+        self._patience = patience  # seconds a call can stay in flight (the client's timeout)
+        self._own: dict[tuple[str, int], Change] = {}  # (epoch, seq) -> this client's change, from its reply
         self._held: dict[int, Change] = {}  # seq -> published change waiting for the gap before it
         self._announced = -1  # the highest seq a heartbeat of this epoch announced
+        self._behind_since: float | None = None  # when a gap (or a heartbeat ahead) was first seen
 
     def reset(self, epoch: str, seq: int) -> None:
         """A snapshot of (epoch, seq) was loaded into the store."""
         if epoch != self.epoch:
             self._held.clear()
-        if epoch != self._own_epoch:
-            self._own.clear()
-        for pending in (self._held, self._own):  # drop what the snapshot holds already
-            for stale in [s for s in pending if s <= seq]:
-                del pending[stale]
+        for stale in [s for s in self._held if s <= seq]:  # the snapshot holds them already
+            del self._held[stale]
+        for key in [k for k in self._own if k[0] != epoch or k[1] <= seq]:
+            del self._own[key]
         self.epoch, self.seq, self._announced = epoch, seq, seq
+        self._behind_since = None
         self._fill()
 
     def deposit(self, epoch: str, seq: int, change: Change, apply: bool) -> None:
         """This client's own change; applied now if it is next (``apply``: the store may be written)."""
-        if epoch != self._own_epoch:
-            self._own = {}
-            self._own_epoch = epoch
         if epoch != self.epoch or seq > self.seq:
-            self._own[seq] = change
+            self._own[(epoch, seq)] = change
         if apply:
             self._fill()
 
@@ -105,24 +104,27 @@ class Sequencer:
     def _fill(self) -> None:
         while True:
             nxt = self.seq + 1
-            own = self._own.pop(nxt, None) if self._own_epoch == self.epoch else None
+            own = self._own.pop((self.epoch, nxt), None) if self._own else None  # type: ignore[arg-type]
             change = self._held.pop(nxt, own)  # both, while joining: a join subscribes to every topic
             if change is None:
                 break
             self.store.apply(change)
             self.seq += 1
 
-    def lost(self) -> str | None:
+    def lost(self, now: float) -> str | None:
         """Why the store cannot catch up without a snapshot (None: it can, or a call in flight may fill the gap)."""
+        if not self._held and self._announced <= self.seq:
+            self._behind_since = None
+            return None
+        if self._behind_since is None:
+            self._behind_since = now
         if len(self._held) > self.MAX_HELD:
             return f"{len(self._held)} published changes held behind a gap at seq {self.seq + 1}"
-        if self.writing:
+        if self.writing and now - self._behind_since <= self._patience:
             return None
         if self._held:
             return f"gap: got seq {min(self._held)} after {self.seq}"
-        if self._announced > self.seq:
-            return f"heartbeat at seq {self._announced}, replica at {self.seq}"
-        return None
+        return f"heartbeat at seq {self._announced}, replica at {self.seq}"
 
 
 class Replica:
@@ -141,7 +143,7 @@ class Replica:
     ) -> None:
         self._secure = secure
         self.store = Store()
-        self._seq = Sequencer(self.store)
+        self._seq = Sequencer(self.store, patience=2 * timeout)
         self.changed = threading.Condition(threading.Lock())  # guards applying; notified after each
         self.ready = threading.Event()
         self.failure: BaseException | None = None
@@ -284,7 +286,7 @@ class Replica:
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + min(self._heartbeat, 0.5)
                         with self.changed:
-                            lost = self._seq.lost()  # a gap an own call was to fill, that call gone unanswered
+                            lost = self._seq.lost(time.monotonic())  # a gap no call in flight can fill
                         if lost is not None:
                             raise _Resync(lost)
                         dealer.send(p.encode_request(p.Beat(self._client_id)))
@@ -379,7 +381,7 @@ class Replica:
             else:
                 self.changes_received += head is None  # counted above when the header could be read
                 self._seq.published(m.seq, m.change)  # type: ignore[union-attr]
-            lost = self._seq.lost()
+            lost = self._seq.lost(time.monotonic())
             if lost is not None:
                 raise _Resync(lost)
             if self._seq.seq != before:
@@ -440,22 +442,33 @@ class Replica:
         return queued
 
     def _confirm_subscription(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[list[bytes]]:
-        """Ask for heartbeats until one arrives on the SUB: from then on nothing published is missed."""
+        """Ask for heartbeats until one with this client's topic arrives: from then on nothing published is missed.
+
+        Returns every message received meanwhile (applied after the snapshot, which covers them).
+        """
         deadline = time.monotonic() + self._timeout
         wait = 0.01
+        queued: list[list[bytes]] = []
         while True:
             # a call: its heartbeat has this client's topic, which only the catch-all prefix b"" matches here;
             # that prefix went after the others, so once the heartbeat arrives every prefix is live. (A negative
             # request id: the writer keeps answers by client id and request id, and the client counts up from 1.)
             dealer.send(p.encode_call(p.Call(self._client_id, math.inf, p.Sync(-next(self._req_ids)))))
-            if self._wait(sub, wait):
+            until = time.monotonic() + wait
+            while self._wait(sub, until - time.monotonic()):
                 self.last_heard = time.monotonic()
-                queued = [sub.recv_multipart()]
+                confirmed = False
                 while True:
                     try:
-                        queued.append(sub.recv_multipart(zmq.NOBLOCK))
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
-                        return queued
+                        break
+                    queued.append(frames)
+                    confirmed = confirmed or frames[0] == self._topic
+                if confirmed:
+                    return queued
+                if time.monotonic() >= until:
+                    break
             if time.monotonic() >= deadline:
                 raise Unavailable(f"no published message from the tiger writer at {self._url} within {self._timeout}s")
             wait = min(wait * 2, 0.2)

@@ -304,7 +304,7 @@ class Writer:
         self._topic = p.EVERYONE
         if reply is None:
             return
-        if call is not None and req_id is not None:
+        if call is not None and req_id is not None and type(call.request) is not p.Sync:  # a sync may just run again
             answered = self._answered.setdefault(call.client_id, {})
             answered[req_id] = reply
             if len(answered) > ANSWERS_KEPT:
