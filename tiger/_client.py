@@ -330,7 +330,7 @@ class Client:
             raise ValueError(f"url: cannot connect to {self.url!r}: {e}") from None
         return sock
 
-    def _request(self, request: p.Request, deadline: float | None = None) -> p.Ok:
+    def _request(self, request: p.Request, deadline: float | None = None, own: bool = False) -> p.Ok:
         """Send one request and return its Ok reply; raise what a Failed reply names.
 
         Lazy Pirate: with no answer within ``resend`` seconds, the same call (same
@@ -339,8 +339,14 @@ class Client:
         queued with it) and ``Unavailable`` is raised; the call carries an expiry
         a little before that deadline, after which the writer refuses it, so a call
         that raised is never applied later.
+
+        ``own``: a write, whose change comes only in the answer (this client's replica is
+        not sent it): the replica counts it in flight until ``catch_up(..., own=True)``.
         """
-        self._check_usable()
+        if self._closed:
+            raise TigerError("this client is closed")
+        if os.getpid() != self._pid:
+            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
         replica = self._replica
         if replica is not None and replica.silent_for() > self.heartbeat_timeout:
             raise Unavailable(f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s")
@@ -359,43 +365,44 @@ class Client:
             )
         req_id = request.req_id  # type: ignore[union-attr]
         resend_every = min(1.0, self.timeout / 3)
-        with self._lock:
-            if self._closed:
-                raise TigerError("this client is closed")
-            self._socket.send(payload)
-            resend_at = time.monotonic() + resend_every
-            while True:
-                now = time.monotonic()
-                if now >= deadline:
-                    self._fresh_socket()  # what the old socket still queued goes with it
-                    raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s")
-                if now >= resend_at:
-                    self._fresh_socket()
-                    self._socket.send(payload)
-                    resend_at = now + resend_every
-                    self.resends += 1
-                # a blocking recv with a timeout, not poll + recv: one GIL hand-over per wait, not two
-                self._socket.setsockopt(zmq.RCVTIMEO, max(1, int((min(deadline, resend_at) - now) * 1000)))
-                try:
-                    data = self._socket.recv()
-                except zmq.Again:
-                    continue
-                reply = p.decode_reply(data)
-                if reply.req_id == req_id:
-                    break
-        if type(reply) is p.Failed:
-            if reply.kind == "expired":
-                raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s ({reply.message})")
-            raise _FAILURES.get(reply.kind, TigerError)(reply.message)
-        if type(reply) is not p.Ok:
-            raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
-        return reply
-
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise TigerError("this client is closed")
-        if os.getpid() != self._pid:
-            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+        if own:
+            self.replica.writing()  # after the pid check: a forked child may have inherited the replica's lock held
+        try:
+            with self._lock:
+                if self._closed:
+                    raise TigerError("this client is closed")
+                self._socket.send(payload)
+                resend_at = time.monotonic() + resend_every
+                while True:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        self._fresh_socket()  # what the old socket still queued goes with it
+                        raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s")
+                    if now >= resend_at:
+                        self._fresh_socket()
+                        self._socket.send(payload)
+                        resend_at = now + resend_every
+                        self.resends += 1
+                    # a blocking recv with a timeout, not poll + recv: one GIL hand-over per wait, not two
+                    self._socket.setsockopt(zmq.RCVTIMEO, max(1, int((min(deadline, resend_at) - now) * 1000)))
+                    try:
+                        data = self._socket.recv()
+                    except zmq.Again:
+                        continue
+                    reply = p.decode_reply(data)
+                    if reply.req_id == req_id:
+                        break
+            if type(reply) is p.Failed:
+                if reply.kind == "expired":
+                    raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s ({reply.message})")
+                raise _FAILURES.get(reply.kind, TigerError)(reply.message)
+            if type(reply) is not p.Ok:
+                raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
+            return reply
+        except BaseException:
+            if own:
+                self.replica.write_failed()
+            raise
 
     def _fresh_socket(self) -> None:
         self._socket.close(linger=0)
@@ -407,16 +414,9 @@ class Client:
         The change is not published to this client's replica: it comes in the reply (its records
         decoded frozen), and ``catch_up`` applies it in seq order.
         """
-        self._check_usable()  # before the replica's lock: a forked child may have inherited it held
         deadline = time.monotonic() + self.timeout
-        replica = self.replica
-        replica.writing()  # (should an interrupt leave it counted, the replica stops trusting it after the timeout)
-        try:
-            reply = self._request(request, deadline)
-        except BaseException:
-            replica.write_failed()
-            raise
-        replica.catch_up(reply.epoch, reply.seq, reply.change, deadline, own=True)
+        reply = self._request(request, deadline, own=True)
+        self.replica.catch_up(reply.epoch, reply.seq, reply.change, deadline, own=True)
         return reply
 
 

@@ -139,7 +139,6 @@ class Writer:
         self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
         self._answers_heard: dict[str, float] = {}  # forgotten client id -> when; its answers go later
         self._running = True
-        self._topic = p.EVERYONE  # the topic of the changes being made: their caller's, while a call is handled
         self._tokens = _Tokens()
         self.data: DataDir | None = None
         if data is not None:  # before any socket: a directory that cannot be used stops the start
@@ -239,8 +238,13 @@ class Writer:
         log.info("received %s; stopping", signal.Signals(signum).name)
         self._running = False
 
+    def _publish(self, topic: bytes, message: bytes) -> None:
+        """One published message: its topic frame (who may skip it), then the message."""
+        self.pub.send(topic, zmq.SNDMORE)
+        self.pub.send(message)
+
     def _heartbeat(self, topic: bytes = p.EVERYONE) -> None:
-        self.pub.send_multipart([topic, p.encode_published(p.Heartbeat(self.epoch, self.seq))])
+        self._publish(topic, p.encode_published(p.Heartbeat(self.epoch, self.seq)))
 
     def _beat(self) -> None:
         self._heartbeat()
@@ -266,13 +270,13 @@ class Writer:
         if len(frames) < 2:
             log.warning("dropped a message with no payload frame")
             return
-        self._topic = p.EVERYONE
         envelope, data = frames[:-1], frames[-1]
         if len(envelope) > MAX_ENVELOPE or sum(map(len, envelope)) > MAX_ENVELOPE_BYTES:
             log.warning("dropped a message with %d envelope frames of %d bytes", len(envelope), sum(map(len, envelope)))
             return
         req_id: int | None = None
         call: p.Call | None = None
+        topic = p.EVERYONE  # of the changes this request makes: a call's are its caller's
         try:
             obj = p.unpack_frozen(data)  # records arrive in their stored form: no copy to freeze them
             req_id = p.request_id_of(obj)
@@ -284,11 +288,11 @@ class Writer:
                     self._send(envelope, first)
                     return
                 self.clients[call.client_id] = time.monotonic()
-                self._topic = p.topic_of(call.client_id)  # its reply carries the change: its replica skips the copy
+                topic = p.topic_of(call.client_id)  # its reply carries the change: its replica is not sent it
                 if time.time() > call.expires:
                     raise Expired(f"the call arrived after its deadline ({time.time() - call.expires:.3f}s late); not applied")
                 request = call.request
-            reply = self._dispatch(envelope, request)  # type: ignore[arg-type]
+            reply = self._dispatch(envelope, request, topic)  # type: ignore[arg-type]
         except Exception as e:  # the writer never dies of what a client sends
             kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
             message = str(e)
@@ -301,7 +305,6 @@ class Writer:
             else:
                 log.warning("refused a request (%s): %s", kind, message)
             reply = p.encode_reply(p.Failed(req_id, kind, message))
-        self._topic = p.EVERYONE
         if reply is None:
             return
         if call is not None and req_id is not None and type(call.request) is not p.Sync:  # a sync may just run again
@@ -311,20 +314,20 @@ class Writer:
                 del answered[next(iter(answered))]
         self._send(envelope, reply)
 
-    def _dispatch(self, envelope: list[bytes], request: p.Request) -> bytes | None:
+    def _dispatch(self, envelope: list[bytes], request: p.Request, topic: bytes) -> bytes | None:
         """Carry out one request; returns its reply (None: no reply, or already sent)."""
         t = type(request)
         handler = self._handlers.get(t)
         if handler is not None:
             change, result = handler(request)
-            packed = None if change is None else self._commit(change)
+            packed = None if change is None else self._commit(change, topic)
             return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result)  # type: ignore[union-attr]
         if t is p.Beat:
             self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
             return None
         if t is p.Sync:
             # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
-            self._heartbeat(self._topic)
+            self._heartbeat(topic)
             return p.ok_bytes(request.req_id, self.epoch, self.seq, None)  # type: ignore[union-attr]
         if t is p.SnapshotRequest:
             self._snapshot(envelope, request.req_id)  # type: ignore[union-attr]
@@ -342,7 +345,7 @@ class Writer:
             return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats())  # type: ignore[union-attr]
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
 
-    def _commit(self, change: _table.Change) -> bytes:
+    def _commit(self, change: _table.Change, topic: bytes = p.EVERYONE) -> bytes:
         """Apply a change, number it and publish it; returns it packed (for the reply)."""
         packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
         if type(change) is _table.Put:
@@ -351,8 +354,7 @@ class Writer:
             self.data.append(packed)  # logged before it is applied, published and answered
         self.store.apply(change)
         self.seq += 1
-        self.pub.send(self._topic, zmq.SNDMORE)  # the caller's topic: its own replica is not sent the change
-        self.pub.send(p.published_bytes(self.epoch, self.seq, packed))
+        self._publish(topic, p.published_bytes(self.epoch, self.seq, packed))  # the caller's replica is not sent it
         return packed
 
     def _forget(self, client_id: str) -> None:
