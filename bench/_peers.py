@@ -546,6 +546,13 @@ class Context:
         return quick if self.quick else full
 
 
+def skip_failed(cls: type[Subject], res: Result, e: Exception, what: str = "failed") -> None:
+    """A subject raised: tiger's failure stops the run; a peer's is skipped with a one-line reason."""
+    if cls.role == "tiger":
+        raise e
+    res.skip(cls.name, f"{what}: {type(e).__name__}: {e}")
+
+
 @contextmanager
 def opened(
     cls: type[Subject], ctx: Context, res: Result, connect: bool = True, **kwargs: Any
@@ -554,23 +561,19 @@ def opened(
     tmp = Path(tempfile.mkdtemp(dir=ctx.tmp, prefix=KIND_OF[cls] + "-"))
     subject = cls(tmp, **kwargs)
     client: Client | None = None
-    reason = None
+    skipped = False
     try:
         try:
             subject.setup()
             if connect:
                 client = cls.connect(subject.spec)
         except Unavailable as e:
-            reason = str(e)
+            res.skip(cls.name, str(e))
+            skipped = True
         except Exception as e:
-            if cls.role == "tiger":
-                raise
-            reason = f"failed to start: {type(e).__name__}: {e}"
-        if reason is not None:
-            res.skip(cls.name, reason)
-            yield None
-        else:
-            yield subject, client  # type: ignore[misc]
+            skip_failed(cls, res, e, "failed to start")
+            skipped = True
+        yield None if skipped else (subject, client)  # type: ignore[misc]
     finally:
         if client is not None:
             client.close()

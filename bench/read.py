@@ -6,7 +6,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from bench._common import BATCH_NS, TIMING_METHOD, Result, Sampler, empty_loop, make_records, missing_ids, shuffled, step
-from bench._peers import PEERS, Client, Context, PlainDict, Subject, Tiger, opened
+from bench._peers import PEERS, Client, Context, PlainDict, Subject, Tiger, opened, skip_failed
 
 NAME = "read"
 
@@ -54,9 +54,7 @@ def run(ctx: Context) -> Result:
                     hit = Sampler(client.read_stmt, client.read, hits)
                     miss = Sampler(client.miss_stmt, client.read, misses)
             except Exception as e:
-                if cls.role == "tiger":
-                    raise
-                res.skip(cls.name, f"failed: {type(e).__name__}: {e}")
+                skip_failed(cls, res, e)
                 continue
             ready.append((cls, subject, client, hit, miss))
         for r in range(rounds):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bench._common import HIGHER, Children, Result, receive_all, send, step
-from bench._peers import KIND_OF, Context, Diskcache, Manager, Redis, Sqlite, Tiger, Ultra, ZmqEcho, opened
+from bench._peers import KIND_OF, Context, Diskcache, Manager, Redis, Sqlite, Tiger, Ultra, ZmqEcho, opened, skip_failed
 
 NAME = "writers"
 
@@ -44,9 +44,7 @@ def run(ctx: Context) -> Result:
                     case = f"{n} writer{'s' if n > 1 else ''}"
                     res.row(case, cls.name, cls.role, "writes/s", {"median": rate}, better=HIGHER, label=label, per_process=per)
         except Exception as e:
-            if cls.role == "tiger":
-                raise
-            res.skip(cls.name, f"failed: {type(e).__name__}: {e}")
+            skip_failed(cls, res, e)
     res.series["writes_per_s"] = {
         s: {str(int(r["case"].split()[0])): r["median"] for r in res.rows if r["subject"] == s}
         for s in dict.fromkeys(r["subject"] for r in res.rows)
