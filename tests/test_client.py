@@ -289,6 +289,25 @@ def test_fallback_to_global(client, ns):
         tokens.delete("tok_visa")
 
 
+def test_wait_for_on_a_fallback_handle_finds_a_global_record_written_later(connect, ns):
+    a, b = connect(), connect()
+    shared = f"late-tokens-{ns}"
+    tokens = a.table(shared, fallback_to_global=True)
+
+    def write_later() -> None:
+        with tiger.namespace("global"):
+            b.table(shared).insert({"id": "tok_late"})
+
+    t = threading.Thread(target=write_later)
+    t.start()
+    assert tokens.wait_for("tok_late", timeout=5)["id"] == "tok_late"  # in "global", seen from this test's namespace
+    t.join()
+    with pytest.raises(tiger.Timeout, match=re.escape(f"namespace {ns!r}")):
+        a.table(shared).wait_for("tok_late", timeout=0.2)  # no fallback: not in this namespace
+    with tiger.namespace("global"):
+        b.table(shared).delete("tok_late")
+
+
 def test_records_never_alias_the_replica(client, ns):
     plans = client.table("plans", prefix="plan")
     plan = plans.insert({"id": "plan_a", "meta": {"k": "v"}, "tags": ["x"]})

@@ -496,12 +496,11 @@ class Table:
     def __contains__(self, id: object) -> bool:
         return self.get(id) is not None  # type: ignore[arg-type]
 
-    def __len__(self) -> int:
-        return len(self._namespaces.get(_current()) or ())
-
     def count(self) -> int:
         """How many records the current namespace holds."""
         return len(self._namespaces.get(_current()) or ())
+
+    __len__ = count
 
     def list(self, limit: int = 10, starting_after: str | None = None, ending_before: str | None = None) -> Page:
         """A page of records, newest first (``created`` descending, later inserts first on ties)."""
@@ -525,20 +524,13 @@ class Table:
         found = self.get(id)
         if found is None:
             ns = _current()
-            self._client.replica.wait_until(
-                lambda: self._lookup(id, ns) is not None,
+            self._client.replica.wait_until(  # the predicate runs in this thread: the same current namespace
+                lambda: self.get(id) is not None,
                 time.monotonic() + timeout,
                 lambda: f"{self.name} {id!r} did not appear in namespace {ns!r} within {timeout:g}s",
             )
-            found = self._lookup(id, ns)
+            found = self.get(id)
         return found  # type: ignore[no-any-return]
-
-    def _lookup(self, id: str, ns: str) -> Record | None:
-        for name in (ns, GLOBAL) if self.fallback_to_global else (ns,):
-            rows = self._namespaces.get(name)
-            if rows is not None and id in rows:
-                return rows[id]
-        return None
 
     # -- writes -----------------------------------------------------------------------
 
