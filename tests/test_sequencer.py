@@ -60,7 +60,7 @@ def test_a_change_after_an_own_call_in_flight_is_held_until_the_deposit_fills_th
     assert replica.seq == 0  # held, not applied out of order
     assert replica.lost(T0) is None  # and not taken for a loss: the call is in flight
     replica.writing -= 1
-    replica.deposit(EPOCH, *own, apply=True)
+    replica.deposit(EPOCH, *own)
     assert replica.seq == 3
     assert replica.store.content() == writer.store.content()
     assert replica.lost(T0) is None
@@ -72,7 +72,7 @@ def test_an_own_change_answered_before_an_earlier_foreign_change_arrives_waits_f
     replica.writing += 1
     own = writer.insert(1)
     replica.writing -= 1
-    replica.deposit(EPOCH, *own, apply=True)
+    replica.deposit(EPOCH, *own)
     assert replica.seq == 0
     assert replica.lost(T0) is None  # nothing published is ahead yet
     replica.published(*foreign)
@@ -106,7 +106,7 @@ def test_a_heartbeat_ahead_is_a_loss_unless_a_call_is_in_flight(pair):
     assert replica.lost(T0) is None
     replica.writing -= 1
     assert replica.lost(T0) == "heartbeat at seq 1, replica at 0"
-    replica.deposit(EPOCH, *own, apply=True)
+    replica.deposit(EPOCH, *own)
     assert replica.lost(T0) is None
 
 
@@ -115,10 +115,12 @@ def test_a_snapshot_covers_what_was_held_and_deposited_and_later_deposits_still_
     replica.writing += 2
     own_early = writer.insert(0)  # seq 1
     replica.published(*writer.insert(1))  # seq 2: held behind own_early
-    replica.deposit(EPOCH, *own_early, apply=False)  # a snapshot is loading: nothing applied now
+    replica.loading = True  # a snapshot is on its way: nothing applied now
+    replica.deposit(EPOCH, *own_early)
+    assert replica.seq == 0 and replica.store.content() == {}
     snapshot = writer.store.content()  # taken at seq 2
     own_late = writer.insert(2)  # seq 3
-    replica.deposit(EPOCH, *own_late, apply=False)
+    replica.deposit(EPOCH, *own_late)
     replica.writing -= 2
     later = writer.insert(3)  # seq 4, published after the snapshot
     replica.store.load(snapshot)
@@ -136,7 +138,7 @@ def test_a_deposit_of_a_new_epoch_waits_for_the_resync_to_that_epoch(pair):
     restarted = Writer()
     seq, change = restarted.insert(7)  # answered by a restarted writer (new epoch) before the replica noticed
     replica.writing -= 1
-    replica.deposit("f" * 16, seq, change, apply=True)
+    replica.deposit("f" * 16, seq, change)
     assert replica.seq == 0 and replica.epoch == EPOCH
     replica.store.load({})  # the new epoch's snapshot, taken before that change
     replica.reset("f" * 16, 0)
@@ -172,11 +174,11 @@ def test_any_interleaving_of_published_and_own_changes_ends_equal_to_the_writer(
         for due in [a for a in answers if a[0] <= step]:
             answers.remove(due)
             replica.writing -= 1
-            replica.deposit(EPOCH, due[1], due[2], apply=True)
+            replica.deposit(EPOCH, due[1], due[2])
         assert replica.lost(T0) is None  # a gap is always an own answer still to come
     for _, seq, change in answers:
         replica.writing -= 1
-        replica.deposit(EPOCH, seq, change, apply=True)
+        replica.deposit(EPOCH, seq, change)
     assert replica.lost(T0) is None
     assert replica.seq == writer.seq
     assert replica.store.content() == writer.store.content()
@@ -200,7 +202,7 @@ def test_the_gap_clock_restarts_once_the_replica_caught_up(pair):
     own = writer.insert(0)
     replica.published(*writer.insert(1))
     assert replica.lost(T0) is None
-    replica.deposit(EPOCH, *own, apply=True)
+    replica.deposit(EPOCH, *own)
     assert replica.lost(T0 + 1) is None  # caught up: no gap any more
     writer.insert(2)
     replica.published(*writer.insert(3))
@@ -216,8 +218,8 @@ def test_deposits_of_two_epochs_are_kept_apart(pair):
     replica.writing += 2
     old = writer.insert(0)
     replica.writing -= 2
-    replica.deposit("f" * 16, new_seq, new_change, apply=True)
-    replica.deposit(EPOCH, *old, apply=True)  # must not drop the new epoch's deposit
+    replica.deposit("f" * 16, new_seq, new_change)
+    replica.deposit(EPOCH, *old)  # must not drop the new epoch's deposit
     assert replica.seq == 1
     replica.store.load({})
     replica.reset("f" * 16, 0)

@@ -66,6 +66,7 @@ class Sequencer:
         self.epoch: str | None = None
         self.seq = -1
         self.writing = 0
+        self.loading = False  # a snapshot is on its way: nothing is applied until ``reset``
         self._patience = patience  # seconds a call can stay in flight (the client's timeout)
         self._own: dict[tuple[str, int], Change] = {}  # (epoch, seq) -> this client's change, from its reply
         self._held: dict[int, Change] = {}  # seq -> published change waiting for the gap before it
@@ -82,13 +83,14 @@ class Sequencer:
             del self._own[key]
         self.epoch, self.seq, self._announced = epoch, seq, seq
         self._behind_since = None
+        self.loading = False
         self._fill()
 
-    def deposit(self, epoch: str, seq: int, change: Change, apply: bool) -> None:
-        """This client's own change; applied now if it is next (``apply``: the store may be written)."""
+    def deposit(self, epoch: str, seq: int, change: Change) -> None:
+        """This client's own change; applied now if it is next (and no snapshot is loading)."""
         if epoch != self.epoch or seq > self.seq:
             self._own[(epoch, seq)] = change
-        if apply:
+        if not self.loading:
             self._fill()
 
     def published(self, seq: int, change: Change) -> None:
@@ -149,7 +151,6 @@ class Replica:
         self.failure: BaseException | None = None
         self.resyncs = 0
         self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
-        self.loading = False  # a snapshot is on its way: writing threads must not apply changes themselves
         self.last_heard = time.monotonic()
         self._ctx = ctx
         self._url = url
@@ -217,7 +218,7 @@ class Replica:
             if own:
                 self._seq.writing -= 1
                 if change is not None:
-                    self._seq.deposit(epoch, seq, change, apply=not self.loading)
+                    self._seq.deposit(epoch, seq, change)
                     self.changed.notify_all()
             if self.epoch == epoch and self.seq >= seq:
                 return
@@ -407,7 +408,7 @@ class Replica:
 
     def _load_snapshot(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[list[bytes]]:
         with self.changed:
-            self.loading = True
+            self._seq.loading = True
         if not self._everything:
             # The PUB applies subscriptions as they arrive: a heartbeat matching one of the 765 prefixes
             # proves nothing about the others. Subscribe to everything (sent after them) meanwhile, and drop
@@ -435,7 +436,6 @@ class Replica:
         with self.changed:
             self.store.load_rows(content)
             self._seq.reset(reply.epoch, reply.seq)  # then this client's own changes deposited meanwhile
-            self.loading = False
             self.changed.notify_all()
         sub.setsockopt(zmq.UNSUBSCRIBE, b"")  # back to every topic but this client's own
         self._everything = False
