@@ -136,16 +136,28 @@ class Sampler:
     shared machine lands on every subject instead of on one.
     """
 
-    def __init__(self, stmt: str, target: Any, items: Sequence[Any] | Callable[[int], Sequence[Any]], batch_ns: int = BATCH_NS):
+    def __init__(
+        self,
+        stmt: str,
+        target: Any,
+        items: Sequence[Any] | Callable[[int], Sequence[Any]],
+        batch_ns: int = BATCH_NS,
+        batch: int | None = None,
+    ):
         self._run = _compile(stmt)
         self._target = target
         self._items = items
         self._fresh = callable(items)
         self._next = 0
         self.per_op: list[float] = []
-        probe = self._take(8 if self._fresh else min(8, len(items)))  # type: ignore[arg-type]
-        self._run(probe, target)  # a first call: warms caches and connections
-        est = max(1.0, self._run(self._take(len(probe)), target) / len(probe))
+        probe = 8 if self._fresh else min(16, len(items))  # type: ignore[arg-type]
+        self._run(self._take(probe), target)  # a first call: warms caches and connections
+        if batch is not None:  # the caller fixes it: the same for every subject of a scenario
+            self.batch = batch
+            return
+        # the fastest of a few probes: one cold probe would make the batch too small, and then a
+        # batch's fixed cost (the loop's first, cold iteration) would weigh on every op of it
+        est = max(1.0, min(self._run(self._take(probe), target) for _ in range(5)) / probe)
         self.batch = max(1, min(int(batch_ns / est), 100_000 if self._fresh else len(items)))  # type: ignore[arg-type]
 
     def _take(self, n: int) -> Sequence[Any]:
@@ -158,17 +170,22 @@ class Sampler:
         return chunk if len(chunk) == n else list(chunk) + list(pool[: n - len(chunk)])
 
     def take(self, batches: int, budget: float, warmup: int = 3) -> None:
-        """One round: ``warmup`` uncounted batches, then up to ``batches`` (fewer once ``budget`` s ran out, at least 5)."""
+        """One round: ``warmup`` uncounted batches, then up to ``batches`` (at least 5; fewer once ``budget`` s
+        ran out or, for a list of items, once the round went through the whole list: a fast subject must not
+        come back to items it made hot in this round, while a slower one meets every item cold)."""
         n, run, target = self.batch, self._run, self._target
+        one_pass = None if self._fresh else len(self._items)  # type: ignore[arg-type]
         gc_was = gc.isenabled()
         gc.disable()
         try:
             deadline = time.monotonic() + budget
+            ops = 0
             for i in range(warmup + batches):
                 ns = run(self._take(n), target)
+                ops += n
                 if i >= warmup:
                     self.per_op.append(ns / n)
-                    if i >= warmup + 5 and time.monotonic() > deadline:
+                    if i >= warmup + 5 and (time.monotonic() > deadline or (one_pass is not None and ops >= one_pass)):
                         break
         finally:
             if gc_was:

@@ -170,7 +170,11 @@ class _DictClient(Client):
         return self.data.get(id)
 
     def write_many(self, records: Sequence[dict[str, Any]]) -> None:
-        self.data.update({r["id"]: r for r in records})
+        # copies (the id str too), as any store holds: two in-process subjects sharing the caller's objects
+        # would warm each other's memory (the next one would read records the previous one just touched)
+        for r in records:
+            id = (r["id"] + "_")[:-1]
+            self.data[id] = {**r, "id": id}
 
 
 class PlainDict(Subject):
@@ -183,8 +187,44 @@ class PlainDict(Subject):
         return _DictClient()
 
 
+class _Rows:
+    """The least a read API that is a Python method can do: one call, one dict lookup."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: dict[str, Any]) -> None:
+        self._rows = rows
+
+    def get(self, id: str, default: Any = None) -> Any:
+        try:
+            return self._rows[id]
+        except KeyError:
+            return default
+
+
+class _MethodClient(_DictClient):
+    read_stmt = "target(k)"
+    miss_stmt = "target(k)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = _Rows(self.data).get
+
+
+class PythonMethod(Subject):
+    """The read floor of any Python-level ``get``: a method whose body is one dict lookup."""
+
+    name = "Python method"
+    role = "floor"
+    label = "a Python method whose body is one dict lookup (try: return rows[id] / except KeyError), in process"
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _MethodClient()
+
+
 class _EchoClient(Client):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, warm_up: bytes = b"warm-up") -> None:
         import zmq
 
         self.ctx = zmq.Context()
@@ -198,7 +238,7 @@ class _EchoClient(Client):
             return recv()  # type: ignore[no-any-return]
 
         self.write = round_trip  # type: ignore[assignment]
-        round_trip(b"warm-up")  # one warm-up round trip before any timer
+        round_trip(warm_up)  # one warm-up round trip before any timer
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -229,6 +269,56 @@ class ZmqEcho(Subject):
     @classmethod
     def connect(cls, spec: dict[str, Any]) -> Client:
         return _EchoClient(spec["url"])
+
+
+class _PublishEchoClient(_EchoClient):
+    def __init__(self, url: str, pub_url: str, topic: str) -> None:
+        import zmq
+
+        from tiger import _protocol as p
+
+        super().__init__(url, warm_up=p.pack({"id": "warm-up"}))
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        for prefix in p.subscriptions(bytes.fromhex(topic)):  # every topic but the caller's own, as tiger's replica
+            self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        self.sub.connect(pub_url)
+        send, recv, pack, unpack = self.sock.send, self.sock.recv, p.pack, p.unpack_frozen
+
+        def round_trip(record: dict[str, Any]) -> Any:
+            send(pack(record))
+            return unpack(recv())
+
+        self.write = round_trip  # type: ignore[assignment]
+
+    def close(self) -> None:
+        self.sub.close(linger=0)
+        super().close()
+
+
+class ZmqPublishEcho(ZmqEcho):
+    """The write floor with tiger's least work: the REQ/REP round trip plus the msgpack codec at both ends
+    and a publish of the change, the REP peer in its own process."""
+
+    name = "pyzmq REQ/REP + msgpack + PUB"
+
+    def setup(self) -> None:
+        url, pub_url = (
+            (f"ipc://{self.tmp}/codec", f"ipc://{self.tmp}/codec-pub")
+            if self.transport == "ipc"
+            else ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+        )
+        proc = self.children.worker("publish_echo", url, pub_url)
+        ready = receive(proc, 20.0)
+        self.spec = {"url": ready["url"], "pub_url": ready["pub_url"], "topic": ready["topic"]}
+        self.label = (
+            f"REQ/REP over {self.transport}; the client packs the record and decodes the answer, the peer decodes, "
+            "encodes, publishes (PUB, the caller's topic filtered out) and answers: no rules, no store, no replica"
+        )
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _PublishEchoClient(spec["url"], spec["pub_url"], spec["topic"])
 
 
 # -- the peers -------------------------------------------------------------------------
@@ -491,11 +581,13 @@ class Ultra(Subject):
 
 
 PEERS: list[type[Subject]] = [Manager, Redis, Diskcache, Sqlite, Ultra]
-ALL: dict[str, type[Subject]] = {s.name: s for s in [Tiger, PlainDict, ZmqEcho, *PEERS]}
+ALL: dict[str, type[Subject]] = {s.name: s for s in [Tiger, PlainDict, PythonMethod, ZmqEcho, ZmqPublishEcho, *PEERS]}
 KINDS: dict[str, type[Subject]] = {
     "tiger": Tiger,
     "dict": PlainDict,
+    "method": PythonMethod,
     "echo": ZmqEcho,
+    "publish_echo": ZmqPublishEcho,
     "manager": Manager,
     "redis": Redis,
     "diskcache": Diskcache,

@@ -81,9 +81,10 @@ def _bars(ax: Any, rows: list[dict[str, Any]], unit: str, title: str, colors: di
 def _read(plt: Any, data: dict[str, Any]) -> Any:
     roles = {r["subject"]: r["role"] for r in data["rows"]}
     colors = _colors(list(roles), roles)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.6))
     _bars(axes[0], _rows(data, "hit"), "ns", "get of an existing id", colors)
     _bars(axes[1], _rows(data, "miss"), "ns", "get of a missing id", colors)
+    _bars(axes[2], _rows(data, "hot hit"), "ns", "get of one of the same 100 ids (memory warm)", colors)
     fig.suptitle("read: ns per get, tiger's local replica vs the dict floor and its peers")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig

@@ -54,6 +54,37 @@ def echo(url: str) -> None:
         send(recv())
 
 
+def publish_echo(url: str, pub_url: str) -> None:
+    """The REP side of the write floor with tiger's least work: decode the request (frozen, as tiger's
+    writer does), encode it again, publish it on a PUB socket under a 3-byte topic, send it back."""
+    import zmq
+
+    from tiger import _protocol as p
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(url)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(pub_url)
+    topic = p.topic_of(p.new_client_id())  # the caller's topic: its own SUB filters these out, as tiger's replica does
+    _say(
+        {
+            "ready": True,
+            "url": sock.getsockopt_string(zmq.LAST_ENDPOINT),
+            "pub_url": pub.getsockopt_string(zmq.LAST_ENDPOINT),
+            "topic": topic.hex(),
+        }
+    )
+    _exit_on_eof()
+    recv, send, publish, pack, unpack = sock.recv, sock.send, pub.send_multipart, p.pack, p.unpack_frozen
+    while True:
+        change = pack(unpack(recv()))
+        publish([topic, change])  # as tiger's writer: publish, then answer
+        send(change)
+
+
 def manager(authkey: str) -> None:
     """The server of the Manager peer: one dict, served to every client process by address."""
     from bench._peers import TableManager
@@ -220,6 +251,7 @@ def ultrajoin(name: str, expected: str) -> None:
 COMMANDS = {
     "manager": manager,
     "echo": echo,
+    "publish_echo": publish_echo,
     "writer": writer,
     "replica": replica,
     "sub": sub,

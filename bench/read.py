@@ -6,9 +6,11 @@ from contextlib import ExitStack
 from typing import Any
 
 from bench._common import BATCH_NS, TIMING_METHOD, Result, Sampler, empty_loop, make_records, missing_ids, shuffled, step
-from bench._peers import PEERS, Client, Context, PlainDict, Subject, Tiger, opened, skip_failed
+from bench._peers import PEERS, Client, Context, PlainDict, PythonMethod, Subject, Tiger, opened, skip_failed
 
 NAME = "read"
+READ_BATCH = 100  # ops per timed batch, the same for every subject (a batch's fixed cost weighs alike on all)
+HOT = "hot hit"  # the same 100 ids read again and again: every cache warm
 
 
 def run(ctx: Context) -> Result:
@@ -23,8 +25,11 @@ def run(ctx: Context) -> Result:
     misses = missing_ids(len(hits))
     res = Result(
         NAME,
-        "ns per read of one ~10-field record (hit: an existing id; miss: an absent id)",
-        TIMING_METHOD.format(batch_us=BATCH_NS // 1000),
+        "ns per read of one ~10-field record (hit: an existing id; miss: an absent id; hot hit: the same 100 ids again)",
+        TIMING_METHOD.format(batch_us=BATCH_NS // 1000)
+        + f" Here every subject's batch is {READ_BATCH} reads, after one uncounted batch per round; 'hit' and 'miss' "
+        "go once through the ids per round at most (a read meets memory the other subjects' rounds since used), "
+        f"'{HOT}' reads the same {READ_BATCH} ids in every batch (memory warm).",
         params={
             "records": records_n,
             "rounds": rounds,
@@ -39,11 +44,14 @@ def run(ctx: Context) -> Result:
         f"An empty loop over the same ids costs {loop['median']:.1f} ns per item; "
         "it is included in every figure (as timeit does)."
     )
-    res.notes.append("tiger: Table.get(id) on the local replica; dict: d[id] (hit) and d.get(id) (miss).")
+    res.notes.append(
+        "tiger: Table.get(id) on the local replica; dict: d[id] (hit) and d.get(id) (miss); "
+        "Python method: obj.get(id), a method whose body is one dict lookup (the floor of any read API that is a Python call)."
+    )
 
     with ExitStack() as stack:
-        ready: list[tuple[type[Subject], Subject, Client, Sampler, Sampler]] = []
-        for cls in [Tiger, PlainDict, *PEERS]:
+        ready: list[tuple[type[Subject], Subject, Client, dict[str, Sampler]]] = []
+        for cls in [Tiger, PlainDict, PythonMethod, *PEERS]:
             got = stack.enter_context(opened(cls, ctx, res))
             if got is None:
                 continue
@@ -51,44 +59,65 @@ def run(ctx: Context) -> Result:
             try:
                 with step(NAME, f"{cls.name}: load {records_n} records"):
                     _load(cls, client, records, hits[0], misses[0])
-                    hit = Sampler(client.read_stmt, client.read, hits)
-                    miss = Sampler(client.miss_stmt, client.read, misses)
+                    own = [_copy(k) for k in hits]  # each subject its own key objects: no subject warms another's
+                    samplers = {
+                        "hit": Sampler(client.read_stmt, client.read, own, batch=READ_BATCH),
+                        "miss": Sampler(client.miss_stmt, client.read, [_copy(k) for k in misses], batch=READ_BATCH),
+                        HOT: Sampler(client.read_stmt, client.read, own[:READ_BATCH], batch=READ_BATCH),
+                    }
             except Exception as e:
                 skip_failed(cls, res, e)
                 continue
-            ready.append((cls, subject, client, hit, miss))
+            ready.append((cls, subject, client, samplers))
         for r in range(rounds):
-            with step(NAME, f"round {r + 1}/{rounds}: hits and misses, every subject in turn"):
-                for _, _, _, hit, miss in ready:
-                    hit.take(batches, budget)
-                    miss.take(batches, budget)
-        for cls, subject, client, hit, miss in ready:
+            with step(NAME, f"round {r + 1}/{rounds}: hits, misses and hot hits, every subject in turn"):
+                for _, _, _, samplers in ready[r % len(ready) :] + ready[: r % len(ready)]:  # each subject first in turn
+                    for sampler in samplers.values():
+                        sampler.take(batches, budget, warmup=1)
+        for cls, subject, client, samplers in ready:
             label = subject.label or cls.name
-            res.row("hit", cls.name, cls.role, "ns", hit.summary(), label=label, stmt=client.read_stmt)
-            res.row("miss", cls.name, cls.role, "ns", miss.summary(), label=label, stmt=client.miss_stmt)
+            for case, sampler in samplers.items():
+                stmt = client.miss_stmt if case == "miss" else client.read_stmt
+                res.row(case, cls.name, cls.role, "ns", sampler.summary(), label=label, stmt=stmt)
 
-    tiger_hit = res.find("hit", role="tiger")
-    floor = res.find("hit", "dict")
-    peers = [r for r in res.rows if r["case"] == "hit" and r["role"] == "peer"]
-    assert tiger_hit is not None
+    # The targets are read from the warm-memory case: the issue's reference figure (UltraDict about 0.36 us)
+    # is UltraDict's warm read. The cold figures are given next to them.
+    tiger_hot, tiger_cold = res.find(HOT, role="tiger"), res.find("hit", role="tiger")
+    assert tiger_hot is not None and tiger_cold is not None
+    floor_hot, floor_cold = res.find(HOT, PlainDict.name), res.find("hit", PlainDict.name)
     res.target(
-        "get median within 5x of a bare dict[key] lookup",
-        tiger_hit["median"] / floor["median"] if floor else None,
+        f"get median within 5x of a bare dict[key] lookup ({HOT})",
+        tiger_hot["median"] / floor_hot["median"] if floor_hot else None,
         5.0,
         "x dict",
         at_most=True,
-        detail=f"tiger {tiger_hit['median']:.0f} ns, dict[key] {floor['median']:.0f} ns" if floor else "",
+        detail=f"tiger {tiger_hot['median']:.0f} ns, dict[key] {floor_hot['median']:.0f} ns; 'hit' (memory cold): "
+        f"tiger {tiger_cold['median']:.0f} ns, dict[key] {floor_cold['median']:.0f} ns "
+        f"= {tiger_cold['median'] / floor_cold['median']:.2f}x"
+        if floor_hot and floor_cold
+        else "the floor did not run",
     )
+    peers = [r for r in res.rows if r["case"] == HOT and r["role"] == "peer"]
     fastest = min(peers, key=lambda r: r["median"]) if peers else None
+    detail = "no peer ran"
+    if fastest:
+        name = fastest["subject"]
+        detail = f"fastest peer {name} {fastest['median']:.0f} ns, tiger {tiger_hot['median']:.0f} ns"
+        cold, method = res.find("hit", name), res.find("hit", PythonMethod.name)
+        if cold:
+            detail += (
+                f"; 'hit' (memory cold): {name} {cold['median']:.0f} ns, tiger {tiger_cold['median']:.0f} ns "
+                f"= {cold['median'] / tiger_cold['median']:.2f}x"
+            )
+            if method:
+                detail += f", a one-lookup Python method {method['median']:.0f} ns = {cold['median'] / method['median']:.2f}x"
     res.target(
-        "get median at least 3x faster than the fastest peer",
-        fastest["median"] / tiger_hit["median"] if fastest else None,
+        f"get median at least 3x faster than the fastest peer ({HOT})",
+        fastest["median"] / tiger_hot["median"] if fastest else None,
         3.0,
         "x faster",
         at_most=False,
-        detail=f"fastest peer {fastest['subject']} {fastest['median']:.0f} ns, tiger {tiger_hit['median']:.0f} ns"
-        if fastest
-        else "no peer ran",
+        detail=detail,
     )
     return res
 
