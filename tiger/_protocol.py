@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import zmq
 
 from tiger._errors import ProtocolError
 from tiger._table import Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
@@ -622,3 +623,27 @@ def decode_published(data: bytes) -> Published | Heartbeat:
     if a[0] == "h":
         return Heartbeat(epoch, seq)
     return Published(epoch, seq, change_from_wire(a[3]))
+
+
+# -- frames on a socket ------------------------------------------------------------------------
+
+_MORE = int(zmq.SNDMORE)
+
+
+def receive(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
+    """One multipart message, as ``recv_multipart`` gives it, without its ``getsockopt(RCVMORE)`` per
+    frame (~0.7 us each on the test machine): a frame received with ``copy=False`` knows if more follow.
+    The frames after the first are there at once (a message arrives whole)."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame.bytes)
+    return frames
+
+
+def send(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
+    """``send_multipart`` without its per-call checks and flag arithmetic (~1 us per message here)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, _MORE if i < last else 0)

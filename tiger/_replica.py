@@ -279,7 +279,7 @@ class Replica:
                     if sub in events:
                         for _ in range(10_000):
                             try:
-                                self._receive(sub.recv_multipart(zmq.NOBLOCK))
+                                self._receive(p.receive(sub, zmq.NOBLOCK))
                             except zmq.Again:
                                 break
                     if dealer in events:
@@ -460,7 +460,7 @@ class Replica:
                 confirmed = False
                 while True:
                     try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                        frames = p.receive(sub, zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     queued.append(frames)

@@ -214,7 +214,7 @@ class Writer:
                         log.info("the process that started this writer is gone; stopping")
                         break
                 try:
-                    frames = router.recv_multipart()
+                    frames = p.receive(router)
                 except zmq.Again:  # quiet for the timeout
                     continue
                 self.handle(frames)
@@ -240,8 +240,7 @@ class Writer:
 
     def _publish(self, topic: bytes, message: bytes) -> None:
         """One published message: its topic frame (who may skip it), then the message."""
-        self.pub.send(topic, zmq.SNDMORE)
-        self.pub.send(message)
+        p.send(self.pub, [topic, message])
 
     def _heartbeat(self, topic: bytes = p.EVERYONE) -> None:
         self._publish(topic, p.encode_published(p.Heartbeat(self.epoch, self.seq)))
@@ -369,7 +368,7 @@ class Writer:
 
     def _send(self, envelope: list[bytes], payload: bytes) -> None:
         try:
-            self.router.send_multipart([*envelope, payload])
+            p.send(self.router, [*envelope, payload])
         except zmq.ZMQError as e:  # EHOSTUNREACH: the client left before its answer
             log.warning("could not answer a client: %s", e)
 
@@ -377,9 +376,9 @@ class Writer:
         count = 0
         try:
             for chunk in self.store.snapshot(SNAPSHOT_CHUNK):
-                self.router.send_multipart([*envelope, p.encode_reply(p.SnapshotChunk(req_id, chunk))])
+                p.send(self.router, [*envelope, p.encode_reply(p.SnapshotChunk(req_id, chunk))])
                 count += sum(len(records) for _, _, records in chunk)
-            self.router.send_multipart([*envelope, p.encode_reply(p.SnapshotEnd(req_id, self.epoch, self.seq, count))])
+            p.send(self.router, [*envelope, p.encode_reply(p.SnapshotEnd(req_id, self.epoch, self.seq, count))])
         except zmq.ZMQError as e:
             log.warning("snapshot abandoned, its client left: %s", e)
 
