@@ -484,6 +484,8 @@ WRONG_FIELDS: list[tuple[str, list[Any], str]] = [
     ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a"}]], None], "records"),  # no created
     ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": "1"}]], None], "records"),
     ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": True}]], None], "records"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": 1}, {"id": "b"}]], None], "records"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": 1}, ["b", 1]]], None], "records"),
     ("reply", ["ok", 1, E, 1, ["del", "t", "ns", 5], None], "id"),
     ("reply", ["ok", 1, E, 1, ["clear", None], None], "table"),
     ("reply", ["ok", 1, E, 1, ["clear_ns", "t", None], None], "namespace"),

@@ -13,6 +13,7 @@ Sockets:
 
 from __future__ import annotations
 
+import operator
 import secrets
 import struct
 import threading
@@ -129,10 +130,32 @@ def _records(value: Any, name: str) -> list[Record]:
     replica's store relies on (its key, its list order).
     """
     records: list[Record] = _field(value, list, name)
-    for r in records:
+    if _plain_records(records):
+        return records
+    for r in records:  # the slow way: which one is wrong (or a dict subclass, which is fine)
         if not isinstance(r, dict) or type(r.get("id")) is not str or type(r.get("created")) is not int:
             raise ProtocolError(f"field {name!r} must hold records (maps) with a str 'id' and an int 'created'")
     return records
+
+
+_ID_OF = operator.itemgetter("id")
+_CREATED_OF = operator.itemgetter("created")
+_MAPS = frozenset({Record, dict})
+_STR = frozenset({str})
+_INT = frozenset({int})
+
+
+def _plain_records(records: list[Any]) -> bool:
+    """Whether every record is a decoded map with a str id and an int created: loops in C (a snapshot
+    chunk holds thousands), where a Python loop over them cost a 100k-record join ~0.1 s here."""
+    try:
+        return (
+            set(map(type, records)) <= _MAPS
+            and set(map(type, map(_ID_OF, records))) <= _STR
+            and set(map(type, map(_CREATED_OF, records))) <= _INT
+        )
+    except (KeyError, TypeError):  # one lacks a field: the slow way names it
+        return False
 
 
 # -- changes --------------------------------------------------------------------
