@@ -30,3 +30,22 @@ def test_readme_xdist_example_runs_as_is(pytester, monkeypatch):
     for args in (["-n", "2"], ["-p", "no:xdist"]):
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
         result.assert_outcomes(passed=21)
+
+
+def _table_after(text: str, heading: str) -> list[str]:
+    """The rows of the first markdown table after ``heading``."""
+    rest = text[text.index(heading) :]
+    lines = rest.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_readme_performance_figures_are_the_committed_results():
+    """The README's targets and read tables and its machine line are those of bench/results/results.md."""
+    readme = README.read_text()
+    results = (README.parent / "bench" / "results" / "results.md").read_text()
+    assert _table_after(readme, "### Targets (issue 5)") == _table_after(results, "### targets (issue 5)")
+    assert _table_after(readme, "### read:") == _table_after(results, "### read:")
+    machine = re.search(r"^Machine: (.*)$", results, re.M)
+    assert machine is not None and machine.group(1) in readme
