@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 import os
 import re
 import stat
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 from _util import read_line
@@ -625,3 +627,54 @@ def test_a_forked_copy_of_a_client_raises_on_write_even_if_forked_while_its_repl
             pytest.fail("the forked child hung on its write")
         assert os.waitstatus_to_exitcode(done[1]) == 0
         assert "from-child" not in table
+
+
+def _replica_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "tiger-replica"}
+
+
+def test_a_client_dropped_without_close_takes_its_replica_thread_and_sockets_with_it(writer):
+    before = _replica_threads()
+    client = tiger.connect(writer.url)
+    (thread,) = _replica_threads() - before
+    context = client._ctx
+    gone = weakref.ref(client)
+    del client
+    gc.collect()
+    assert gone() is None  # nothing tiger keeps (its replica thread included) holds a client alive
+    assert not thread.is_alive()  # stopped and joined as the client went
+    assert context.closed
+
+
+def test_a_table_handle_keeps_its_client_and_replica_alive(writer):
+    before = _replica_threads()
+    plans = tiger.connect(writer.url).table("plans")  # the client itself is not kept by the caller
+    gc.collect()
+    (thread,) = _replica_threads() - before
+    plan = plans.insert({"n": 1})
+    assert plans.get(plan["id"]) == plan
+    assert thread.is_alive()
+    del plans
+    gc.collect()
+    assert not thread.is_alive()
+
+
+def test_a_replica_stopped_from_its_own_thread_ends_after_without_waiting_on_itself(writer):
+    """A dropped client's finalizer may run on the replica thread (a cyclic collection there)."""
+    client = tiger.connect(writer.url)
+    try:
+        replica = client.replica
+        answers: list[bool] = []
+        receive = replica._receive
+
+        def receive_then_stop(frames):
+            receive(frames)
+            if not answers:
+                answers.append(replica.stop())  # on the replica thread: must not join itself
+
+        replica._receive = receive_then_stop  # type: ignore[method-assign]
+        replica._thread.join(timeout=10.0)  # the writer's heartbeats come every 0.5 s
+        assert answers == [False]
+        assert not replica._thread.is_alive()
+    finally:
+        client.close()

@@ -77,6 +77,32 @@ _FAILURES: dict[str, type[Exception]] = {
 _open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
+def _socket_options(url: str, server_key: str | bytes | None) -> Callable[[zmq.Socket[Any]], None]:
+    """What every socket of a client gets: IPv6 for a [::1] URL, CurveZMQ with a server key.
+
+    A function of its own, not a method: the replica keeps it, and must not keep the client alive.
+    """
+
+    def apply(sock: zmq.Socket[Any]) -> None:
+        if "[" in url:
+            sock.setsockopt(zmq.IPV6, 1)
+        secure(sock, server_key)
+
+    return apply
+
+
+def _abandoned(replica: Replica, ctx: zmq.Context[Any], pid: int) -> None:
+    """A Client collected without ``close()``: stop its replica thread and close its sockets.
+
+    No goodbye is sent (the writer forgets a client after its silence). Runs in whichever thread
+    dropped the client's last reference; never in a forked copy, whose sockets are the parent's.
+    """
+    if os.getpid() != pid:
+        return
+    if replica.stop():  # False on the replica's own thread: it stops after this, its sockets with it
+        ctx.destroy(linger=0)
+
+
 @atexit.register
 def _close_open_clients() -> None:
     for client in list(_open_clients):
@@ -116,7 +142,9 @@ class Client:
         self._once_locks_guard = threading.Lock()
         self._once_built: dict[str, Any] = {}  # values built whose delivery to the writer failed
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
+        self._secure = _socket_options(url, server_key)
         self._replica: Replica | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         try:
             self._socket = self._new_socket()
         except ValueError:
@@ -143,6 +171,9 @@ class Client:
             self.close()
             raise
         _open_clients.add(self)
+        # dropped without close(): the replica thread and the sockets go with the client (at exit, close() runs)
+        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._pid)
+        self._finalizer.atexit = False
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -152,6 +183,8 @@ class Client:
             return
         self._closed = True
         _open_clients.discard(self)
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if os.getpid() != self._pid:
             return  # a forked child: the sockets belong to the parent
         locked = self._lock.acquire(timeout=self.timeout)  # a request in flight on another thread ends first
@@ -312,12 +345,6 @@ class Client:
         return self._request(p.Stats(next(self._req_ids))).result  # type: ignore[no-any-return]
 
     # -- requests -------------------------------------------------------------------
-
-    def _secure(self, sock: zmq.Socket[Any]) -> None:
-        """Options every socket of this client gets: IPv6 for a [::1] URL, CurveZMQ with a server key."""
-        if "[" in self.url:
-            sock.setsockopt(zmq.IPV6, 1)
-        secure(sock, self._server_key)
 
     def _new_socket(self) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)

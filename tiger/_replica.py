@@ -161,6 +161,7 @@ class Replica:
         self._heartbeat = heartbeat
         self._timeout = timeout
         self._req_ids = itertools.count(1)
+        self._stopping = False  # set by stop() called on this thread (a dropped client's finalizer)
         self._stop_url = f"inproc://tiger-replica-stop-{id(self)}"
         self._stop_rx = ctx.socket(zmq.PAIR)
         self._stop_rx.bind(self._stop_url)
@@ -177,7 +178,11 @@ class Replica:
         if self.failure is not None:
             raise self.failure
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the thread and wait for it; False if called on the thread itself (it stops once this returns)."""
+        if self._thread is threading.current_thread():
+            self._stopping = True
+            return False
         if self._thread.is_alive():
             tx = self._ctx.socket(zmq.PAIR)
             tx.connect(self._stop_url)
@@ -189,6 +194,7 @@ class Replica:
             if self.failure is None:
                 self.failure = TigerError("the client was closed")
             self.changed.notify_all()
+        return True
 
     @property
     def epoch(self) -> str | None:
@@ -274,7 +280,7 @@ class Replica:
                         self._receive(data)
                     queued = []
                     events = dict(poller.poll(int(min(self._heartbeat, 0.5) * 1000)))
-                    if self._stop_rx in events:
+                    if self._stop_rx in events or self._stopping:
                         return
                     if sub in events:
                         for _ in range(10_000):
