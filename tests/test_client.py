@@ -18,6 +18,7 @@ import pytest
 from _util import read_line
 
 import tiger
+from tiger import _replica
 
 
 @pytest.fixture
@@ -659,22 +660,33 @@ def test_a_table_handle_keeps_its_client_and_replica_alive(writer):
     assert not thread.is_alive()
 
 
-def test_a_replica_stopped_from_its_own_thread_ends_after_without_waiting_on_itself(writer):
-    """A dropped client's finalizer may run on the replica thread (a cyclic collection there)."""
+def test_a_client_closed_on_its_replica_thread_ends_it_and_its_context(writer):
+    """close() (or a dropped client's finalizer) may run on the replica thread: a collection there, a __del__."""
     client = tiger.connect(writer.url)
-    try:
+    replica, context = client.replica, client._ctx
+    outcome: list[str] = []
+    receive = replica._receive
+
+    def receive_then_close(frames):
+        receive(frames)
+        if not outcome:
+            client.close()  # must neither join its own thread nor wait on its own sockets
+            outcome.append("closed")
+
+    replica._receive = receive_then_close  # type: ignore[method-assign]
+    replica._thread.join(timeout=10.0)  # the writer's heartbeats come every 0.5 s
+    assert outcome == ["closed"]
+    assert not replica._thread.is_alive()
+    assert context.closed  # the thread ended the context once its own sockets were closed
+    with pytest.raises(tiger.TigerError, match="closed"):
+        client.table("plans").insert({})
+
+
+def test_a_replica_told_to_stop_on_its_own_thread_leaves_any_wait_at_once(writer):
+    with tiger.connect(writer.url) as client:
         replica = client.replica
-        answers: list[bool] = []
-        receive = replica._receive
-
-        def receive_then_stop(frames):
-            receive(frames)
-            if not answers:
-                answers.append(replica.stop())  # on the replica thread: must not join itself
-
-        replica._receive = receive_then_stop  # type: ignore[method-assign]
-        replica._thread.join(timeout=10.0)  # the writer's heartbeats come every 0.5 s
-        assert answers == [False]
-        assert not replica._thread.is_alive()
-    finally:
-        client.close()
+        replica._stopping = True  # what stop() on the replica thread sets; the thread's own loop ends too
+        started = time.monotonic()
+        with pytest.raises(_replica._Stopped):
+            replica._wait(replica._stop_rx, 30.0)  # e.g. waiting for a writer that is gone
+        assert time.monotonic() - started < 1.0

@@ -91,16 +91,24 @@ def _socket_options(url: str, server_key: str | bytes | None) -> Callable[[zmq.S
     return apply
 
 
-def _abandoned(replica: Replica, ctx: zmq.Context[Any], pid: int) -> None:
+def _shut_down(replica: Replica | None, ctx: zmq.Context[Any], command: list[zmq.Socket[Any]]) -> None:
+    """Stop the replica, close the command socket, end the context: ``close()`` and the finalizer."""
+    stopped = replica is None or replica.stop()
+    command[0].close(linger=0)
+    if stopped:
+        ctx.term()  # waits for the replica's own sockets, which its thread closes as it ends (thread-safe)
+    else:  # called on the replica's own thread (a collection there): it stops as soon as this returns
+        replica.term_context_when_stopped()  # type: ignore[union-attr]
+
+
+def _abandoned(replica: Replica, ctx: zmq.Context[Any], command: list[zmq.Socket[Any]], pid: int) -> None:
     """A Client collected without ``close()``: stop its replica thread and close its sockets.
 
     No goodbye is sent (the writer forgets a client after its silence). Runs in whichever thread
     dropped the client's last reference; never in a forked copy, whose sockets are the parent's.
     """
-    if os.getpid() != pid:
-        return
-    if replica.stop():  # False on the replica's own thread: it stops after this, its sockets with it
-        ctx.destroy(linger=0)
+    if os.getpid() == pid:
+        _shut_down(replica, ctx, command)
 
 
 @atexit.register
@@ -147,6 +155,7 @@ class Client:
         self._finalizer: weakref.finalize[Any, Any] | None = None
         try:
             self._socket = self._new_socket()
+            self._command = [self._socket]  # the finalizer's view of the command socket (replaced on resend)
         except ValueError:
             self._ctx.term()
             raise
@@ -172,7 +181,7 @@ class Client:
             raise
         _open_clients.add(self)
         # dropped without close(): the replica thread and the sockets go with the client (at exit, close() runs)
-        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._pid)
+        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid)
         self._finalizer.atexit = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -194,12 +203,10 @@ class Client:
                     self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
-                self._replica.stop()
-            self._socket.close(linger=0)
+            _shut_down(self._replica, self._ctx, self._command)
         finally:
             if locked:
                 self._lock.release()
-        self._ctx.term()
 
     def __enter__(self) -> Client:
         return self
@@ -433,7 +440,7 @@ class Client:
 
     def _fresh_socket(self) -> None:
         self._socket.close(linger=0)
-        self._socket = self._new_socket()
+        self._socket = self._command[0] = self._new_socket()
 
     def _write(self, request: p.Request) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes).

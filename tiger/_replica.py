@@ -162,6 +162,7 @@ class Replica:
         self._timeout = timeout
         self._req_ids = itertools.count(1)
         self._stopping = False  # set by stop() called on this thread (a dropped client's finalizer)
+        self._term_context = False  # then this thread ends the context too, once its sockets are closed
         self._stop_url = f"inproc://tiger-replica-stop-{id(self)}"
         self._stop_rx = ctx.socket(zmq.PAIR)
         self._stop_rx.bind(self._stop_url)
@@ -179,7 +180,11 @@ class Replica:
             raise self.failure
 
     def stop(self) -> bool:
-        """Stop the thread and wait for it; False if called on the thread itself (it stops once this returns)."""
+        """Stop the thread and wait for it (at most 5 s).
+
+        False if called on the thread itself (a client collected there): it stops as soon as this
+        returns, and its waiters learn it then; nothing here may take ``changed``, which it may hold.
+        """
         if self._thread is threading.current_thread():
             self._stopping = True
             return False
@@ -189,12 +194,17 @@ class Replica:
             tx.send(b"stop")
             self._thread.join(5.0)
             tx.close(linger=0)
-        self._stop_rx.close(linger=0)
+        if not self._thread.is_alive():  # else it still polls this socket: it closes it as it ends
+            self._stop_rx.close(linger=0)
         with self.changed:  # whoever waits on this replica (once, wait_for, sync) learns it is closed
             if self.failure is None:
                 self.failure = TigerError("the client was closed")
             self.changed.notify_all()
         return True
+
+    def term_context_when_stopped(self) -> None:
+        """After ``stop()`` returned False: the thread ends the context once it has closed its sockets."""
+        self._term_context = True
 
     @property
     def epoch(self) -> str | None:
@@ -316,9 +326,14 @@ class Replica:
             log.debug("replica thread stopped: %r", e)
         finally:
             with self.changed:
+                if self._stopping and self.failure is None:
+                    self.failure = TigerError("the client was closed")
                 self.changed.notify_all()
             sub.close(linger=0)
             dealer.close(linger=0)
+            self._stop_rx.close(linger=0)  # here too: a stop() that gave up waiting left it open
+            if self._term_context:
+                self._ctx.term()
 
     def _answer(self, sub: zmq.Socket[Any], data: bytes) -> None:
         """A reply on the replica's own DEALER: a late sync answer, or the answer to a Hello."""
@@ -349,6 +364,8 @@ class Replica:
 
     def _wait(self, sock: zmq.Socket[Any], timeout: float) -> bool:
         """Poll ``sock`` for up to ``timeout`` seconds; ``_Stopped`` if the client closes meanwhile."""
+        if self._stopping:
+            raise _Stopped
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._stop_rx, zmq.POLLIN)
