@@ -143,11 +143,13 @@ class Sampler:
         items: Sequence[Any] | Callable[[int], Sequence[Any]],
         batch_ns: int = BATCH_NS,
         batch: int | None = None,
+        again: bool = False,
     ):
         self._run = _compile(stmt)
         self._target = target
         self._items = items
         self._fresh = callable(items)
+        self._again = again  # the same items in every batch on purpose (warm memory): no one-pass limit
         self._next = 0
         self.per_op: list[float] = []
         probe = 8 if self._fresh else min(16, len(items))  # type: ignore[arg-type]
@@ -174,7 +176,7 @@ class Sampler:
         ran out or, for a list of items, once the round went through the whole list: a fast subject must not
         come back to items it made hot in this round, while a slower one meets every item cold)."""
         n, run, target = self.batch, self._run, self._target
-        one_pass = None if self._fresh else len(self._items)  # type: ignore[arg-type]
+        one_pass = None if self._fresh or self._again else len(self._items)  # type: ignore[arg-type]
         gc_was = gc.isenabled()
         gc.disable()
         try:
@@ -204,15 +206,16 @@ def time_ops(
     batches: int,
     budget: float,
     batch_ns: int = BATCH_NS,
+    batch: int | None = None,
 ) -> dict[str, Any]:
     """Time ``stmt`` (using ``k`` for the item and ``target``) per op, in batches, in one round."""
-    sampler = Sampler(stmt, target, items, batch_ns)
+    sampler = Sampler(stmt, target, items, batch_ns, batch=batch)
     sampler.take(batches, budget, warmup=max(3, batches // 20))
     return sampler.summary()
 
 
-def empty_loop(items: Sequence[Any], batches: int) -> dict[str, Any]:
-    return time_ops("pass", None, items, batches=batches, budget=0.2)
+def empty_loop(items: Sequence[Any], batches: int, batch: int | None = None) -> dict[str, Any]:
+    return time_ops("pass", None, items, batches=batches, budget=0.2, batch=batch)
 
 
 def time_calls(call: Callable[[], Any], *, count: int, budget: float) -> list[float]:

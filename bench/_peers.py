@@ -170,11 +170,7 @@ class _DictClient(Client):
         return self.data.get(id)
 
     def write_many(self, records: Sequence[dict[str, Any]]) -> None:
-        # copies (the id str too), as any store holds: two in-process subjects sharing the caller's objects
-        # would warm each other's memory (the next one would read records the previous one just touched)
-        for r in records:
-            id = (r["id"] + "_")[:-1]
-            self.data[id] = {**r, "id": id}
+        self.data.update({r["id"]: r for r in records})
 
 
 class PlainDict(Subject):

@@ -38,7 +38,7 @@ def run(ctx: Context) -> Result:
             "keys": "every id, shuffled (seed fixed), as new str objects equal to the stored ids",
         },
     )
-    loop = empty_loop(hits, 200)
+    loop = empty_loop(hits, 200, batch=READ_BATCH)
     res.params["empty_loop_ns"] = loop["median"]
     res.notes.append(
         f"An empty loop over the same ids costs {loop['median']:.1f} ns per item; "
@@ -63,7 +63,7 @@ def run(ctx: Context) -> Result:
                     samplers = {
                         "hit": Sampler(client.read_stmt, client.read, own, batch=READ_BATCH),
                         "miss": Sampler(client.miss_stmt, client.read, [_copy(k) for k in misses], batch=READ_BATCH),
-                        HOT: Sampler(client.read_stmt, client.read, own[:READ_BATCH], batch=READ_BATCH),
+                        HOT: Sampler(client.read_stmt, client.read, own[:READ_BATCH], batch=READ_BATCH, again=True),
                     }
             except Exception as e:
                 skip_failed(cls, res, e)
@@ -80,52 +80,51 @@ def run(ctx: Context) -> Result:
                 stmt = client.miss_stmt if case == "miss" else client.read_stmt
                 res.row(case, cls.name, cls.role, "ns", sampler.summary(), label=label, stmt=stmt)
 
-    # The targets are read from the warm-memory case: the issue's reference figure (UltraDict about 0.36 us)
-    # is UltraDict's warm read. The cold figures are given next to them.
-    tiger_hot, tiger_cold = res.find(HOT, role="tiger"), res.find("hit", role="tiger")
-    assert tiger_hot is not None and tiger_cold is not None
-    floor_hot, floor_cold = res.find(HOT, PlainDict.name), res.find("hit", PlainDict.name)
-    res.target(
-        f"get median within 5x of a bare dict[key] lookup ({HOT})",
-        tiger_hot["median"] / floor_hot["median"] if floor_hot else None,
-        5.0,
-        "x dict",
-        at_most=True,
-        detail=f"tiger {tiger_hot['median']:.0f} ns, dict[key] {floor_hot['median']:.0f} ns; 'hit' (memory cold): "
-        f"tiger {tiger_cold['median']:.0f} ns, dict[key] {floor_cold['median']:.0f} ns "
-        f"= {tiger_cold['median'] / floor_cold['median']:.2f}x"
-        if floor_hot and floor_cold
-        else "the floor did not run",
-    )
-    peers = [r for r in res.rows if r["case"] == HOT and r["role"] == "peer"]
-    fastest = min(peers, key=lambda r: r["median"]) if peers else None
-    detail = "no peer ran"
-    if fastest:
-        name = fastest["subject"]
-        detail = f"fastest peer {name} {fastest['median']:.0f} ns, tiger {tiger_hot['median']:.0f} ns"
-        cold, method = res.find("hit", name), res.find("hit", PythonMethod.name)
-        if cold:
-            detail += (
-                f"; 'hit' (memory cold): {name} {cold['median']:.0f} ns, tiger {tiger_cold['median']:.0f} ns "
-                f"= {cold['median'] / tiger_cold['median']:.2f}x"
-            )
+    # Each target twice: memory warm ('hot hit': the issue's reference figure, UltraDict about 0.36 us,
+    # is UltraDict's warm read) and memory cold ('hit'), with the one-lookup method floor beside it.
+    for case in (HOT, "hit"):
+        label = f"({case})" if case == HOT else "(hit: memory cold)"
+        tiger_row, floor = res.find(case, role="tiger"), res.find(case, PlainDict.name)
+        assert tiger_row is not None
+        res.target(
+            f"get median within 5x of a bare dict[key] lookup {label}",
+            tiger_row["median"] / floor["median"] if floor else None,
+            5.0,
+            "x dict",
+            at_most=True,
+            detail=f"tiger {tiger_row['median']:.0f} ns, dict[key] {floor['median']:.0f} ns" if floor else "no floor",
+        )
+        peers = [r for r in res.rows if r["case"] == case and r["role"] == "peer"]
+        fastest = min(peers, key=lambda r: r["median"]) if peers else None
+        detail = "no peer ran"
+        if fastest:
+            detail = f"fastest peer {fastest['subject']} {fastest['median']:.0f} ns, tiger {tiger_row['median']:.0f} ns"
+            method = res.find(case, PythonMethod.name)
             if method:
-                detail += f", a one-lookup Python method {method['median']:.0f} ns = {cold['median'] / method['median']:.2f}x"
-    res.target(
-        f"get median at least 3x faster than the fastest peer ({HOT})",
-        fastest["median"] / tiger_hot["median"] if fastest else None,
-        3.0,
-        "x faster",
-        at_most=False,
-        detail=detail,
-    )
+                detail += (
+                    f"; a Python method whose body is one dict lookup: {method['median']:.0f} ns, "
+                    f"{fastest['median'] / method['median']:.2f}x faster than {fastest['subject']}"
+                )
+        res.target(
+            f"get median at least 3x faster than the fastest peer {label}",
+            fastest["median"] / tiger_row["median"] if fastest else None,
+            3.0,
+            "x faster",
+            at_most=False,
+            detail=detail,
+        )
     return res
 
 
 def _load(cls: type[Subject], client: Client, records: list[dict[str, Any]], hit: str, miss: str) -> None:
-    """Write every record, then check one is there and a missing id is not."""
+    """Write every record, then check one is there and a missing id is not.
+
+    Each subject is given copies (its id str too), as any store holds its own: in-process subjects
+    holding the same objects would warm each other's memory (the next one reading records the
+    previous one just touched).
+    """
     for i in range(0, len(records), 1000):
-        client.write_many(records[i : i + 1000])
+        client.write_many([{**r, "id": _copy(r["id"])} for r in records[i : i + 1000]])
     probe = client.lookup(hit)
     if probe is None or probe["amount"] != next(r for r in records if r["id"] == hit)["amount"]:
         raise RuntimeError(f"{cls.name} does not hold what was written")
