@@ -65,6 +65,10 @@ def _closed(fd: int) -> bool:
     return bool(readable) and not os.read(fd, 4096)
 
 
+class _Interrupted(Exception):
+    """Raised by the signal handler out of the blocking receive (only there: nothing is half done)."""
+
+
 class Expired(ValueError):
     """A call that arrived after its deadline: the client has given up on it."""
 
@@ -139,6 +143,7 @@ class Writer:
         self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
         self._answers_heard: dict[str, float] = {}  # forgotten client id -> when; its answers go later
         self._running = True
+        self._receiving = False  # in the blocking receive: a stop signal may interrupt it at once
         self._tokens = _Tokens()
         self.data: DataDir | None = None
         if data is not None:  # before any socket: a directory that cannot be used stops the start
@@ -214,10 +219,17 @@ class Writer:
                         log.info("the process that started this writer is gone; stopping")
                         break
                 try:
+                    self._receiving = True
+                    if not self._running:  # a signal that came before the line above: seen here
+                        break
                     frames = p.receive(router)
                 except zmq.Again:  # quiet for the timeout
                     continue
+                finally:
+                    self._receiving = False
                 self.handle(frames)
+        except _Interrupted:  # SIGTERM/SIGINT while waiting for a request: stop now, not at the timeout
+            pass
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
@@ -237,6 +249,8 @@ class Writer:
     def _on_signal(self, signum: int, frame: object) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
         self._running = False
+        if self._receiving:  # pyzmq runs this handler inside the interrupted receive: leave it
+            raise _Interrupted
 
     def _publish(self, topic: bytes, message: bytes) -> None:
         """One published message: its topic frame (who may skip it), then the message."""
