@@ -340,3 +340,20 @@ def test_once_keys_start_afresh_in_each_run_on_a_writer_given_by_url(pytester, t
         for _ in range(2):
             run(pytester, "-p", "no:xdist", "--tiger-url", server.url).assert_outcomes(passed=1)
     assert built.read_text() == "x\nx\n"  # once per run, not once per writer
+
+
+def test_a_writer_that_cannot_start_stops_the_run_before_any_test(pytester, tmp_path):
+    """The writer starts while pytest collects (or xdist starts its workers); a failed start still stops the run."""
+    broken = tmp_path / "broken"
+    (broken / "tiger").mkdir(parents=True)
+    (broken / "tiger" / "__init__.py").write_text("raise SystemExit('this tiger is broken on purpose')\n")
+    ran = tmp_path / "ran"
+    pytester.makeconftest(f"import os\nos.environ['PYTHONPATH'] = {str(broken)!r}  # what the writer process imports\n")
+    pytester.makepyfile(test_x=f"def test_x():\n    open({str(ran)!r}, 'w').close()\n")
+    for args in (["-n", "2"], ["-p", "no:xdist"]):
+        result = run(pytester, *args)
+        assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+        assert re.search(r"tiger: the tiger writer for ipc://\S+ exited with code 1 before it was ready", result.stdout.str())
+        assert "INTERNALERROR" not in result.stdout.str()
+        assert "this tiger is broken on purpose" in result.stdout.str() + result.stderr.str()  # its log is shown
+        assert not ran.exists()

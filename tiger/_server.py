@@ -51,6 +51,20 @@ class Server:
         self._process = process
         self._tmpdir = tmpdir
         self._owner = os.getpid()
+        self._pending: tuple[float, float, str | bytes | None] | None = None  # deadline, timeout, server key
+
+    def wait_ready(self) -> None:
+        """Return once the writer answers (at once if it did already); stop it and raise if it cannot."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        deadline, timeout, server_key = pending
+        try:
+            self.url = _await_ready(self._process, self.url, deadline)
+            ping(self.url, timeout, server_key)
+        except BaseException:
+            self.stop()
+            raise
 
     def __enter__(self) -> Server:
         return self
@@ -102,6 +116,22 @@ def serve(
     ``curve_secret`` is a key file from ``tiger keygen`` (required for non-loopback tcp).
     The writer exits by itself when this process dies.
     """
+    server = start_writer(url, timeout, data=data, fsync=fsync, curve_secret=curve_secret)
+    server.wait_ready()
+    return server
+
+
+def start_writer(
+    url: str | None = None,
+    timeout: float = 10.0,
+    *,
+    data: str | os.PathLike[str] | None = None,
+    fsync: str = "everysec",
+    curve_secret: str | os.PathLike[str] | None = None,
+) -> Server:
+    """``serve()`` without its wait: the writer process is started, ``Server.wait_ready()`` waits for it
+    (and raises what ``serve()`` would) later, so its start overlaps other work. ``url`` is final at
+    once unless it is a tcp URL with port ``*``."""
     if fsync not in ("always", "everysec", "never"):
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     tmpdir = None
@@ -126,12 +156,7 @@ def serve(
         command += ["--curve-secret", os.fspath(curve_secret)]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
     server = Server(url, process, tmpdir)
-    try:
-        server.url = _await_ready(process, url, time.monotonic() + timeout)
-        ping(server.url, timeout, server_key)
-    except BaseException:
-        server.stop()
-        raise
+    server._pending = (time.monotonic() + timeout, timeout, server_key)
     _running.add(server)
     return server
 

@@ -19,7 +19,7 @@ import pytest
 
 from tiger._client import Client, _namespace, connect
 from tiger._errors import TigerError
-from tiger._server import Server, ping, serve
+from tiger._server import Server, ping, start_writer
 
 _URL_KEY = "tiger_url"
 _namespace_key = pytest.StashKey[str]()
@@ -50,7 +50,13 @@ class _Run:
         self.client: Client | None = None
         self.previous_url: str | None = None
 
+    def ready(self) -> None:
+        """Wait for the writer this process started (at once if it answered already)."""
+        if self.server is not None:
+            self.server.wait_ready()
+
     def connect(self) -> Client:
+        self.ready()
         if self.client is None:
             self.client = connect(self.url)
             self.client.label = f"{self.worker} (pid {os.getpid()})"
@@ -80,8 +86,8 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         url = config.getoption("--tiger-url") or os.environ.get("TIGER_URL") or None
         server = None
-        if url is None:
-            server = serve()
+        if url is None:  # started now, waited for before the first test: collection or the workers' start overlap it
+            server = start_writer()
             url = server.url
         else:
             ping(
@@ -103,6 +109,18 @@ def pytest_configure(config: pytest.Config) -> None:
             except BaseException:
                 run.close()
                 raise
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, None, None]:
+    """Before any test (here, or on xdist's workers once they are sent tests): the writer answers."""
+    run = session.config.stash.get(_run_key, None)
+    if run is not None:
+        try:
+            run.ready()
+        except TigerError as e:  # the run cannot go on: say why in one line, not as an internal error
+            pytest.exit(f"tiger: {e}", returncode=pytest.ExitCode.INTERNAL_ERROR)
+    yield
 
 
 @pytest.hookimpl(optionalhook=True)
