@@ -15,6 +15,7 @@ import time
 import weakref
 
 import pytest
+import zmq
 from _util import read_line
 
 import tiger
@@ -690,3 +691,62 @@ def test_a_replica_told_to_stop_on_its_own_thread_leaves_any_wait_at_once(writer
         with pytest.raises(_replica._Stopped):
             replica._wait(replica._stop_rx, 30.0)  # e.g. waiting for a writer that is gone
         assert time.monotonic() - started < 1.0
+
+
+class _LosesAnswers:
+    """A command socket whose answers arrive and are lost (and, with ``send=False``, whose calls are lost)."""
+
+    def __init__(self, sock, send: bool = True) -> None:
+        self._sock, self._send = sock, send
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def send(self, data, *args, **kwargs):
+        if self._send:
+            self._sock.send(data, *args, **kwargs)
+
+    def recv(self, *args, **kwargs):
+        self._sock.recv(*args, **kwargs)  # waits as the real one does (its receive timeout)...
+        raise zmq.Again  # ...and the answer is lost
+
+
+def _losing(client: tiger.Client, monkeypatch, send: bool = True) -> None:
+    real = client._new_socket
+    monkeypatch.setattr(client, "_new_socket", lambda: _LosesAnswers(real(), send))
+    client._fresh_socket()
+
+
+def test_a_write_that_raised_after_the_writer_applied_it_is_fetched_without_a_resync(writer, monkeypatch):
+    with tiger.connect(writer.url, timeout=1.0) as client:
+        plans = client.table("plans")
+        plans.insert({"n": 0})
+        resyncs = client.replica.resyncs
+        with monkeypatch.context() as patch:
+            _losing(client, patch)
+            with pytest.raises(tiger.Unavailable):
+                plans.insert({"id": "late_answer", "n": 1})  # applied by the writer; every answer lost
+        client._fresh_socket()
+        client.sync(timeout=5)  # the replica asked the writer for that call's answer again
+        assert plans.get("late_answer")["n"] == 1
+        assert client.replica.resyncs == resyncs  # no snapshot reload
+        assert client.checksum() == client.stats()["checksum"]
+
+
+def test_a_write_that_never_reached_the_writer_is_not_applied_when_asked_again(writer, monkeypatch):
+    with tiger.connect(writer.url, timeout=1.0) as client:
+        plans = client.table("plans")
+        with monkeypatch.context() as patch:
+            _losing(client, patch, send=False)
+            with pytest.raises(tiger.Unavailable):
+                plans.insert({"id": "never_sent", "n": 1})
+        client._fresh_socket()
+        deadline = time.monotonic() + 5
+        while client.replica._seq.asking and time.monotonic() < deadline:  # the writer refuses it: expired
+            client.sync(timeout=1)
+        assert client.replica._seq.asking == 0
+        client.sync(timeout=5)
+        assert plans.get("never_sent") is None
+        with tiger.connect(writer.url) as fresh:  # a snapshot of the writer's store
+            assert fresh.table("plans").get("never_sent") is None
+        assert client.checksum() == client.stats()["checksum"]

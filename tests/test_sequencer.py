@@ -98,6 +98,22 @@ def test_an_own_call_that_got_no_answer_leaves_a_gap_that_is_a_loss(pair):
     assert replica.lost(T0) == "gap: got seq 2 after 0"
 
 
+def test_a_call_that_raised_but_whose_answer_is_asked_again_fills_its_gap_without_a_loss(pair):
+    writer, replica = pair
+    replica.writing += 1
+    own = writer.insert(0)  # applied by the writer; its answer came too late for the call
+    replica.published(*writer.insert(1))
+    replica.writing -= 1  # the call raised Unavailable...
+    replica.asking += 1  # ...and the replica asks the writer for its answer again
+    assert replica.lost(T0) is None
+    assert replica.lost(T0 + PATIENCE + 1) == "gap: got seq 2 after 0"  # not for ever
+    replica.deposit(EPOCH, *own)  # the writer's kept answer
+    replica.asking -= 1
+    assert replica.seq == 2
+    assert replica.lost(T0 + PATIENCE + 2) is None
+    assert replica.store.content() == writer.store.content()
+
+
 def test_a_heartbeat_ahead_is_a_loss_unless_a_call_is_in_flight(pair):
     writer, replica = pair
     replica.writing += 1

@@ -401,11 +401,13 @@ class Client:
         resend_every = min(1.0, self.timeout / 3)
         if own:
             self.replica.writing()  # after the pid check: a forked child may have inherited the replica's lock held
+        sent = answered = False
         try:
             with self._lock:
                 if self._closed:
                     raise TigerError("this client is closed")
                 self._socket.send(payload)
+                sent = True
                 resend_at = time.monotonic() + resend_every
                 while True:
                     now = time.monotonic()
@@ -425,6 +427,7 @@ class Client:
                         continue
                     reply = p.decode_reply(data)
                     if reply.req_id == req_id:
+                        answered = True
                         break
             if type(reply) is p.Failed:
                 if reply.kind == "expired":
@@ -434,8 +437,8 @@ class Client:
                 raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
             return reply
         except BaseException:
-            if own:
-                self.replica.write_failed()
+            if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
+                self.replica.write_failed((req_id, payload) if sent and not answered else None)
             raise
 
     def _fresh_socket(self) -> None:

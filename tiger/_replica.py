@@ -49,13 +49,18 @@ class _Stopped(Exception):
     """The client is closing: leave the thread now."""
 
 
+MAX_ASKING = 64  # calls asked again at once, at most; a gap beyond them is left to a resync
+
+
 class Sequencer:
     """Applies numbered changes to a Store in seq order: published ones and this client's own.
 
     No sockets, no threads, no clock: the replica calls it holding its lock, and passes the
     time. ``writing`` counts this client's calls in flight; their changes arrive by
-    ``deposit`` (from the reply), never published. A published change ahead of a gap is
-    held while a call is in flight; ``lost()`` says why the replica must resync once none
+    ``deposit`` (from the reply), never published. ``asking`` counts calls that raised
+    without an answer, whose answer the replica asks the writer for again (the writer may
+    have applied them): their changes arrive by ``deposit`` too. A published change ahead
+    of a gap is held while either is; ``lost()`` says why the replica must resync once none
     is, or once the gap is older than any call can be (its answer is not coming).
     """
 
@@ -66,6 +71,7 @@ class Sequencer:
         self.epoch: str | None = None
         self.seq = -1
         self.writing = 0
+        self.asking = 0
         self.loading = False  # a snapshot is on its way: nothing is applied until ``reset``
         self._patience = patience  # seconds a call can stay in flight (the client's timeout)
         self._own: dict[tuple[str, int], Change] = {}  # (epoch, seq) -> this client's change, from its reply
@@ -122,7 +128,7 @@ class Sequencer:
             self._behind_since = now
         if len(self._held) > self.MAX_HELD:
             return f"{len(self._held)} published changes held behind a gap at seq {self.seq + 1}"
-        if self.writing and now - self._behind_since <= self._patience:
+        if (self.writing or self.asking) and now - self._behind_since <= self._patience:
             return None
         if self._held:
             return f"gap: got seq {min(self._held)} after {self.seq}"
@@ -160,7 +166,11 @@ class Replica:
         self._everything = False  # subscribed to every topic, this client's own too (while joining)
         self._heartbeat = heartbeat
         self._timeout = timeout
+        # The replica's own requests have negative ids: positive ones are the client's calls, whose
+        # answers this DEALER gets when it asks for them again (see write_failed).
         self._req_ids = itertools.count(1)
+        self._to_ask: dict[int, bytes] = {}  # req id -> a call of the client that raised unanswered, to ask again
+        self._asked: set[int] = set()  # req ids asked again, answer not yet here (this thread only)
         self._stopping = False  # set by stop() called on this thread (a dropped client's finalizer)
         self._term_context = False  # then this thread ends the context too, once its sockets are closed
         self._stop_url = f"inproc://tiger-replica-stop-{id(self)}"
@@ -219,10 +229,16 @@ class Replica:
         with self.changed:
             self._seq.writing += 1
 
-    def write_failed(self) -> None:
-        """The call announced by ``writing()`` got no answer, or an error: nothing to deposit."""
+    def write_failed(self, unanswered: tuple[int, bytes] | None = None) -> None:
+        """The call announced by ``writing()`` raised: after an error answer, nothing to deposit;
+        ``unanswered`` (its request id and bytes) when it raised with no answer, for the writer may
+        have applied it (its answer came too late): this thread asks the writer again, which answers
+        a repeat from the answers it keeps (or refuses it, expired, if it never applied it)."""
         with self.changed:
             self._seq.writing -= 1
+            if unanswered is not None and self._seq.asking < MAX_ASKING:
+                self._to_ask[unanswered[0]] = unanswered[1]
+                self._seq.asking += 1
 
     def catch_up(self, epoch: str, seq: int, change: Change | None, deadline: float, own: bool = False) -> None:
         """Return once the replica has applied (epoch, seq).
@@ -300,6 +316,8 @@ class Replica:
                                 break
                     if dealer in events:
                         self._answer(sub, dealer.recv())
+                    if self._to_ask:
+                        self._ask_again(dealer)
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + min(self._heartbeat, 0.5)
                         with self.changed:
@@ -309,7 +327,7 @@ class Replica:
                         dealer.send(p.encode_request(p.Beat(self._client_id)))
                         if self.silent_for() > self._heartbeat * 3:
                             # the writer may be gone, or back with a new epoch and PUB endpoint: ask it
-                            dealer.send(p.encode_request(p.Hello(next(self._req_ids), self._client_id)))
+                            dealer.send(p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
                 except _Resync as why:
                     log.info("replica resynchronising: %s", why)
                     self.resyncs += 1
@@ -335,11 +353,28 @@ class Replica:
             if self._term_context:
                 self._ctx.term()
 
+    def _ask_again(self, dealer: zmq.Socket[Any]) -> None:
+        """Send again the calls of this client that raised with no answer (``write_failed``)."""
+        with self.changed:
+            calls, self._to_ask = self._to_ask, {}
+        self._asked.update(calls)
+        for payload in calls.values():
+            dealer.send(payload)
+
     def _answer(self, sub: zmq.Socket[Any], data: bytes) -> None:
-        """A reply on the replica's own DEALER: a late sync answer, or the answer to a Hello."""
+        """A reply on the replica's own DEALER: a call asked again, a late sync answer, or a Hello's."""
         try:
             reply = p.decode_reply(data)
         except ProtocolError:
+            return
+        if reply.req_id is not None and reply.req_id > 0:  # a call of the client's, asked again
+            with self.changed:
+                if reply.req_id in self._asked:
+                    self._asked.discard(reply.req_id)
+                    self._seq.asking -= 1
+                if type(reply) is p.Ok and reply.change is not None:
+                    self._seq.deposit(reply.epoch, reply.seq, reply.change)  # stale (the snapshot has it): ignored
+                self.changed.notify_all()
             return
         if type(reply) is not p.Ok or not isinstance(reply.result, dict) or "pub" not in reply.result:
             return
@@ -354,7 +389,7 @@ class Replica:
     def _await_writer(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
         """Ask Hello until the writer answers (or stop), following it to a new PUB endpoint; then resync."""
         while True:
-            dealer.send(p.encode_request(p.Hello(next(self._req_ids), self._client_id)))
+            dealer.send(p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
             if self._wait(dealer, self._heartbeat):
                 try:
                     self._answer(sub, dealer.recv())
@@ -439,7 +474,7 @@ class Replica:
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             self._everything = True
         queued = self._confirm_subscription(sub, dealer)
-        req_id = next(self._req_ids)
+        req_id = -next(self._req_ids)
         dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
         content: dict[str, dict[str, Rows]] = {}
         while True:
@@ -459,6 +494,8 @@ class Replica:
         with self.changed:
             self.store.load_rows(content)
             self._seq.reset(reply.epoch, reply.seq)  # then this client's own changes deposited meanwhile
+            self._seq.asking -= len(self._asked)  # asked before the snapshot: it covers what they applied
+            self._asked.clear()
             self.changed.notify_all()
         sub.setsockopt(zmq.UNSUBSCRIBE, b"")  # back to every topic but this client's own
         self._everything = False
