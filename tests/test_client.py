@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import errno
 import gc
 import os
 import re
@@ -730,23 +731,48 @@ def test_a_write_that_raised_after_the_writer_applied_it_is_fetched_without_a_re
         client.sync(timeout=5)  # the replica asked the writer for that call's answer again
         assert plans.get("late_answer")["n"] == 1
         assert client.replica.resyncs == resyncs  # no snapshot reload
+        assert client.replica._seq.asking == 0
         assert client.checksum() == client.stats()["checksum"]
+
+
+def _refused_when_asked_again(client: tiger.Client, writer: tiger.Server, id: str, resyncs: int) -> None:
+    deadline = time.monotonic() + 10
+    while client.replica._seq.asking and time.monotonic() < deadline:  # the writer refuses it: expired
+        client.sync(timeout=1)
+    assert client.replica._seq.asking == 0
+    assert client.replica.resyncs == resyncs  # refused by the writer, not forgotten by a snapshot
+    client.sync(timeout=5)
+    assert client.table("plans").get(id) is None
+    with tiger.connect(writer.url) as fresh:  # a snapshot of the writer's store
+        assert fresh.table("plans").get(id) is None
+    assert client.checksum() == client.stats()["checksum"]
 
 
 def test_a_write_that_never_reached_the_writer_is_not_applied_when_asked_again(writer, monkeypatch):
     with tiger.connect(writer.url, timeout=1.0) as client:
-        plans = client.table("plans")
+        resyncs = client.replica.resyncs
         with monkeypatch.context() as patch:
             _losing(client, patch, send=False)
             with pytest.raises(tiger.Unavailable):
-                plans.insert({"id": "never_sent", "n": 1})
+                client.table("plans").insert({"id": "never_sent", "n": 1})
         client._fresh_socket()
-        deadline = time.monotonic() + 5
-        while client.replica._seq.asking and time.monotonic() < deadline:  # the writer refuses it: expired
-            client.sync(timeout=1)
-        assert client.replica._seq.asking == 0
-        client.sync(timeout=5)
-        assert plans.get("never_sent") is None
-        with tiger.connect(writer.url) as fresh:  # a snapshot of the writer's store
-            assert fresh.table("plans").get("never_sent") is None
-        assert client.checksum() == client.stats()["checksum"]
+        _refused_when_asked_again(client, writer, "never_sent", resyncs)
+
+
+def test_a_write_that_raised_before_its_deadline_is_asked_again_only_after_it(writer, monkeypatch):
+    """Raised early (here: no socket for the resend), a call is still live: asked again at once, it could apply."""
+    with tiger.connect(writer.url, timeout=3.0) as client:
+        resyncs = client.replica.resyncs
+        with monkeypatch.context() as patch:
+            patch.setattr(client, "_socket", _LosesAnswers(client._socket, send=False))
+
+            def no_socket():
+                raise zmq.ZMQError(errno.EMFILE)
+
+            patch.setattr(client, "_new_socket", no_socket)
+            started = time.monotonic()
+            with pytest.raises(zmq.ZMQError):
+                client.table("plans").insert({"id": "raised_early", "n": 1})
+            assert time.monotonic() - started < 2.0  # at the first resend, well before the 3 s deadline
+        client._fresh_socket()
+        _refused_when_asked_again(client, writer, "raised_early", resyncs)

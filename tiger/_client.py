@@ -438,7 +438,7 @@ class Client:
             return reply
         except BaseException:
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
-                self.replica.write_failed((req_id, payload) if sent and not answered else None)
+                self.replica.write_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
 
     def _fresh_socket(self) -> None:

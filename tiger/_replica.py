@@ -50,6 +50,7 @@ class _Stopped(Exception):
 
 
 MAX_ASKING = 64  # calls asked again at once, at most; a gap beyond them is left to a resync
+MAX_ASKING_BYTES = 64 << 20  # and the bytes they hold
 
 
 class Sequencer:
@@ -169,8 +170,10 @@ class Replica:
         # The replica's own requests have negative ids: positive ones are the client's calls, whose
         # answers this DEALER gets when it asks for them again (see write_failed).
         self._req_ids = itertools.count(1)
-        self._to_ask: dict[int, bytes] = {}  # req id -> a call of the client that raised unanswered, to ask again
-        self._asked: set[int] = set()  # req ids asked again, answer not yet here (this thread only)
+        # req id -> (bytes, deadline) of a call of the client that raised unanswered, to ask again
+        self._to_ask: dict[int, tuple[bytes, float]] = {}
+        self._asking_bytes = 0  # of the calls in _to_ask
+        self._asked: dict[int, float] = {}  # req id asked again -> when (this thread only)
         self._stopping = False  # set by stop() called on this thread (a dropped client's finalizer)
         self._term_context = False  # then this thread ends the context too, once its sockets are closed
         self._stop_url = f"inproc://tiger-replica-stop-{id(self)}"
@@ -229,15 +232,24 @@ class Replica:
         with self.changed:
             self._seq.writing += 1
 
-    def write_failed(self, unanswered: tuple[int, bytes] | None = None) -> None:
-        """The call announced by ``writing()`` raised: after an error answer, nothing to deposit;
-        ``unanswered`` (its request id and bytes) when it raised with no answer, for the writer may
-        have applied it (its answer came too late): this thread asks the writer again, which answers
-        a repeat from the answers it keeps (or refuses it, expired, if it never applied it)."""
+    def write_failed(self, unanswered: tuple[int, bytes, float] | None = None) -> None:
+        """The call announced by ``writing()`` raised: after an error answer, nothing to deposit.
+
+        ``unanswered`` (its request id, bytes and deadline) when it raised with no answer: the writer
+        may have applied it (its answer came too late). Once the deadline has passed, which is after
+        the call's expiry, this thread sends it again: the writer answers a repeat from the answers it
+        keeps, or refuses it as expired if it never applied it: never applied late.
+        """
         with self.changed:
             self._seq.writing -= 1
-            if unanswered is not None and self._seq.asking < MAX_ASKING:
-                self._to_ask[unanswered[0]] = unanswered[1]
+            if (
+                unanswered is not None
+                and self._seq.asking < MAX_ASKING
+                and self._asking_bytes + len(unanswered[1]) <= MAX_ASKING_BYTES
+            ):
+                req_id, payload, deadline = unanswered
+                self._to_ask[req_id] = (payload, deadline)
+                self._asking_bytes += len(payload)
                 self._seq.asking += 1
 
     def catch_up(self, epoch: str, seq: int, change: Change | None, deadline: float, own: bool = False) -> None:
@@ -305,7 +317,8 @@ class Replica:
                     for data in queued:
                         self._receive(data)
                     queued = []
-                    events = dict(poller.poll(int(min(self._heartbeat, 0.5) * 1000)))
+                    # a short client timeout polls more often: a call to ask again goes soon after its deadline
+                    events = dict(poller.poll(int(min(self._heartbeat, 0.5, self._timeout / 4) * 1000)))
                     if self._stop_rx in events or self._stopping:
                         return
                     if sub in events:
@@ -316,7 +329,7 @@ class Replica:
                                 break
                     if dealer in events:
                         self._answer(sub, dealer.recv())
-                    if self._to_ask:
+                    if self._to_ask or self._asked:
                         self._ask_again(dealer)
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + min(self._heartbeat, 0.5)
@@ -354,11 +367,21 @@ class Replica:
                 self._ctx.term()
 
     def _ask_again(self, dealer: zmq.Socket[Any]) -> None:
-        """Send again the calls of this client that raised with no answer (``write_failed``)."""
+        """Send again the calls of this client that raised with no answer (``write_failed``), once
+        their deadline has passed; forget those asked longer ago than an answer can take."""
+        now = time.monotonic()
+        due: list[bytes] = []
         with self.changed:
-            calls, self._to_ask = self._to_ask, {}
-        self._asked.update(calls)
-        for payload in calls.values():
+            for req_id, (payload, deadline) in list(self._to_ask.items()):
+                if now >= deadline:
+                    del self._to_ask[req_id]
+                    self._asking_bytes -= len(payload)
+                    self._asked[req_id] = now
+                    due.append(payload)
+            for req_id in [r for r, at in self._asked.items() if now - at > self._timeout]:
+                del self._asked[req_id]  # its answer was lost too: a gap it leaves is a resync
+                self._seq.asking -= 1
+        for payload in due:
             dealer.send(payload)
 
     def _answer(self, sub: zmq.Socket[Any], data: bytes) -> None:
@@ -369,8 +392,7 @@ class Replica:
             return
         if reply.req_id is not None and reply.req_id > 0:  # a call of the client's, asked again
             with self.changed:
-                if reply.req_id in self._asked:
-                    self._asked.discard(reply.req_id)
+                if self._asked.pop(reply.req_id, None) is not None:
                     self._seq.asking -= 1
                 if type(reply) is p.Ok and reply.change is not None:
                     self._seq.deposit(reply.epoch, reply.seq, reply.change)  # stale (the snapshot has it): ignored
