@@ -360,3 +360,66 @@ def _valid(message: list[object]) -> bool:
     except Exception:
         return False
     return True
+
+
+def _slow_peer(ctx: zmq.Context, url: str) -> zmq.Socket:
+    """A raw DEALER that takes at most one message and a few KiB off its socket, unless it reads."""
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.RCVHWM, 1)
+    peer.setsockopt(zmq.RCVBUF, 4096)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(url)
+    return peer
+
+
+def test_peers_that_ask_for_snapshots_and_never_read_do_not_grow_the_writer(tmp_path):
+    """A snapshot goes to its peer as the peer takes it: one that never reads holds a few chunks queued, not all."""
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w")
+    ctx = zmq.Context()
+    try:
+        with tiger.connect(url) as client:
+            t = client.table("t")
+            for i in range(20):
+                t.insert_many([{"n": i * 1000 + j, "pad": "x" * 200} for j in range(1000)])  # ~6 MB packed
+            before = rss_kib(client.writer_pid)
+            peers = []
+            for _ in range(4):
+                peers.append(_slow_peer(ctx, url))
+            for round in range(10):  # 40 snapshot requests, none read: ~240 MB if each were queued whole
+                for i, peer in enumerate(peers):
+                    peer.send(p.encode_request(p.SnapshotRequest(round * 10 + i + 1)))
+                t.insert({"n": -round})  # the writer goes on answering meanwhile
+            client.sync(timeout=5)
+            grown = rss_kib(client.writer_pid) - before
+            assert grown < 100_000, f"writer grew by {grown} KiB for peers that never read"
+            with tiger.connect(url) as joiner:  # and a reader that does read still joins
+                assert joiner.table("t").count() == 20_010
+                assert joiner.checksum() == client.stats()["checksum"]
+    finally:
+        ctx.destroy(linger=0)  # the peers too, whatever failed
+        stop(proc)
+
+
+def test_a_snapshot_asked_while_the_writer_sends_its_most_is_refused_as_busy(tmp_path):
+    from tiger._writer import SNAPSHOTS_MAX
+
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w")
+    ctx = zmq.Context()
+    try:
+        with tiger.connect(url) as client:
+            t = client.table("t")
+            for i in range(100):
+                t.insert_many([{"n": i * 1000 + j} for j in range(1000)])  # 50 chunks: far more than a peer's queue
+            peers = []
+            for i in range(SNAPSHOTS_MAX + 1):
+                peers.append(_slow_peer(ctx, url))
+                peers[-1].send(p.encode_request(p.SnapshotRequest(i + 1)))
+            kinds = []
+            for peer in peers:  # connected in any order: which one is refused depends on that
+                assert peer.poll(10_000)
+                reply = p.decode_reply(peer.recv())
+                kinds.append(reply.kind if type(reply) is p.Failed else type(reply).__name__)
+            assert sorted(kinds) == ["SnapshotChunk"] * SNAPSHOTS_MAX + ["busy"]
+    finally:
+        ctx.destroy(linger=0)  # the peers too, whatever failed
+        stop(proc)
