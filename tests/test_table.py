@@ -45,7 +45,6 @@ from tiger._table import (
     prepare_clear,
     prepare_clear_namespace,
     prepare_delete,
-    prepare_drop_namespace,
     prepare_insert,
     prepare_update,
     thaw,
@@ -1317,16 +1316,3 @@ def test_replicas_fed_the_writers_changes_equal_the_writer(commands: list[tuple[
         limit = data.draw(st.integers(1, 4), label="limit")
         forward, backward = walk_pages(lagging, table, ns, limit)
         assert forward == backward == ids(writer.ordered(table, ns))
-
-
-def test_a_snapshot_is_the_content_when_asked_whatever_changes_while_it_is_taken():
-    store = Store()
-    records = [{"id": f"r{i}"} for i in range(5)]
-    store.apply(prepare_insert(store, "t", "global", None, records, create=False, now=1, token=lambda n: "x" * n))
-    chunks = store.snapshot(2)  # taken now; sent a chunk at a time while the writer goes on
-    first = next(chunks)
-    store.apply(prepare_delete(store, "t", "global", "r4"))
-    store.apply(prepare_insert(store, "u", "global", None, [{"id": "new"}], create=False, now=1, token=lambda n: "y" * n))
-    store.apply(prepare_drop_namespace(store, "global"))
-    got = [r["id"] for chunk in [first, *chunks] for _, _, records in chunk for r in records]
-    assert got == [f"r{i}" for i in range(5)]

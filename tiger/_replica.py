@@ -419,11 +419,6 @@ class Replica:
                     pass
                 return
 
-    def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``; ``_Stopped`` if the client closes meanwhile."""
-        if self._stopping or self._stop_rx.poll(max(1, int(seconds * 1000))):
-            raise _Stopped
-
     def _wait(self, sock: zmq.Socket[Any], timeout: float) -> bool:
         """Poll ``sock`` for up to ``timeout`` seconds; ``_Stopped`` if the client closes meanwhile."""
         if self._stopping:
@@ -503,7 +498,6 @@ class Replica:
         queued = self._confirm_subscription(sub, dealer)
         req_id = -next(self._req_ids)
         dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
-        busy_until = time.monotonic() + self._timeout
         content: dict[str, dict[str, Rows]] = {}
         while True:
             if not self._wait(dealer, self._timeout):
@@ -517,10 +511,6 @@ class Replica:
                         content.setdefault(table, {}).setdefault(ns, {}).update(zip(map(_ID, records), records, strict=True))
             elif type(reply) is p.SnapshotEnd:
                 break
-            elif type(reply) is p.Failed and reply.kind == "busy" and time.monotonic() < busy_until:
-                self._pause(0.1)  # the writer is sending as many snapshots as it sends at once: ask again
-                req_id = -next(self._req_ids)
-                dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
             else:
                 raise Unavailable(f"the tiger writer at {self._url} refused a snapshot: {reply}")
         with self.changed:

@@ -292,21 +292,6 @@ Rows = dict[str, Record]  # id -> record, in insertion order
 # -- the store ------------------------------------------------------------------
 
 
-def _chunks(view: list[tuple[str, str, list[Record]]], chunk_size: int) -> Iterator[list[tuple[str, str, list[Record]]]]:
-    chunk: list[tuple[str, str, list[Record]]] = []
-    size = 0
-    for table, ns, records in view:
-        for start in range(0, len(records), chunk_size):
-            part = records[start : start + chunk_size]
-            chunk.append((table, ns, part))
-            size += len(part)
-            if size >= chunk_size:
-                yield chunk
-                chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
 class Store:
     """Every table, namespace and record; the writer's state and every replica's."""
 
@@ -476,11 +461,21 @@ class Store:
         return sum(len(rows) for namespaces in self.tables.values() for rows in namespaces.values())
 
     def snapshot(self, chunk_size: int) -> Iterator[list[tuple[str, str, list[Record]]]]:
-        """The whole content as it is at this call, in chunks of about ``chunk_size`` records,
-        insertion order kept. It is taken now (lists of the frozen records, not copies of them), so
-        the store may change while the chunks are taken."""
-        view = [(t, ns, list(rows.values())) for t, namespaces in self.tables.items() for ns, rows in namespaces.items()]
-        return _chunks(view, chunk_size)
+        """The whole content in chunks of about ``chunk_size`` records, insertion order kept."""
+        chunk: list[tuple[str, str, list[Record]]] = []
+        size = 0
+        for table, namespaces in self.tables.items():
+            for ns, rows in namespaces.items():
+                records = list(rows.values())
+                for start in range(0, len(records), chunk_size):
+                    part = records[start : start + chunk_size]
+                    chunk.append((table, ns, part))
+                    size += len(part)
+                    if size >= chunk_size:
+                        yield chunk
+                        chunk, size = [], 0
+        if chunk:
+            yield chunk
 
     def content(self) -> dict[str, dict[str, list[Record]]]:
         """Everything as plain nested data, order included: for equality checks in tests."""

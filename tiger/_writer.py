@@ -35,10 +35,6 @@ log = logging.getLogger("tiger.writer")
 
 HEARTBEAT = 0.5  # seconds between published heartbeats
 SNAPSHOT_CHUNK = 2000  # records per snapshot message
-ROUTER_HWM = 16  # messages queued to one peer, at most: a snapshot goes on as the peer takes them
-SNAPSHOTS_MAX = 64  # snapshots being sent at once (one per peer); more wait for one to end
-SNAPSHOT_PATIENCE = 10.0  # seconds a snapshot may wait for its peer to take the next chunk
-CHUNKS_PER_TURN = 8  # chunks sent to one peer before the writer looks at requests again
 PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (replicas resync)
 MAX_ENVELOPE = 100  # frames before the payload (ROUTER identity, REQ delimiter, a peer's extras)
 MAX_ENVELOPE_BYTES = 1024 * 1024  # their total size: the answer echoes them, so they are capped
@@ -117,29 +113,6 @@ def publish_endpoint(url: str) -> str:
     raise ValueError(f"url must start with tcp:// or ipc://, got {url!r}")
 
 
-class _Snapshot:
-    """A snapshot on its way to one peer: sent a few chunks at a time, as fast as the peer takes them."""
-
-    __slots__ = ("chunks", "envelope", "epoch", "next", "records", "req_id", "seq", "since")
-
-    def __init__(self, envelope: list[bytes], req_id: int, store: _table.Store, epoch: str, seq: int) -> None:
-        self.envelope = envelope
-        self.req_id = req_id
-        self.chunks = store.snapshot(SNAPSHOT_CHUNK)  # the content at (epoch, seq), whatever changes next
-        self.epoch, self.seq = epoch, seq
-        self.records = 0
-        self.next: tuple[bytes, bool] | None = None  # (message, last) a full queue refused: sent first next time
-        self.since = time.monotonic()  # when the peer last took a message
-
-    def message(self) -> tuple[bytes, bool]:
-        """The next message to send, and whether it is the last."""
-        chunk = next(self.chunks, None)
-        if chunk is None:
-            return p.encode_reply(p.SnapshotEnd(self.req_id, self.epoch, self.seq, self.records)), True
-        self.records += sum(len(records) for _, _, records in chunk)
-        return p.encode_reply(p.SnapshotChunk(self.req_id, chunk)), False
-
-
 class Writer:
     """The writer's sockets and state. ``run()`` serves until stopped."""
 
@@ -171,7 +144,6 @@ class Writer:
         self._answers_heard: dict[str, float] = {}  # forgotten client id -> when; its answers go later
         self._running = True
         self._receiving = False  # in the blocking receive: a stop signal may interrupt it at once
-        self._snapshots: dict[bytes, _Snapshot] = {}  # peer (ROUTER identity) -> its snapshot on its way
         self._tokens = _Tokens()
         self.data: DataDir | None = None
         if data is not None:  # before any socket: a directory that cannot be used stops the start
@@ -193,8 +165,7 @@ class Writer:
         self.router = self._ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # raise, not drop, when a peer is gone
-        # every send to it is non-blocking: a peer that does not read gets no more than this queued
-        self.router.setsockopt(zmq.SNDHWM, ROUTER_HWM)
+        self.router.setsockopt(zmq.SNDHWM, 0)  # a snapshot is many messages: never drop one
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
         self.pub = self._ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -237,9 +208,7 @@ class Writer:
         """
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         router = self.router
-        idle = max(1, int(min(self.heartbeat, 0.1) * 1000))
-        waits = idle  # ms the receive waits: 0 while a snapshot can go on, 1 while its peer is full
-        router.setsockopt(zmq.RCVTIMEO, waits)
+        router.setsockopt(zmq.RCVTIMEO, max(1, int(min(self.heartbeat, 0.1) * 1000)))
         next_beat = time.monotonic()
         try:
             while self._running:
@@ -249,10 +218,6 @@ class Writer:
                     if watch_fd is not None and _closed(watch_fd):
                         log.info("the process that started this writer is gone; stopping")
                         break
-                wait = (0 if self.pump() else 1) if self._snapshots else idle  # requests interleave with snapshots
-                if wait != waits:
-                    router.setsockopt(zmq.RCVTIMEO, wait)
-                    waits = wait
                 try:
                     self._receiving = True
                     if not self._running:  # a signal that came before the line above: seen here
@@ -274,7 +239,6 @@ class Writer:
         self._running = False
 
     def close(self) -> None:
-        self._snapshots.clear()
         if self.data is not None:
             self.data.close()
             self.data = None
@@ -418,47 +382,19 @@ class Writer:
 
     def _send(self, envelope: list[bytes], payload: bytes) -> None:
         try:
-            p.send(self.router, [*envelope, payload], zmq.NOBLOCK)
-        except zmq.Again:  # its queue is full (it does not read): a call is asked again, a sync too
-            log.warning("dropped an answer to a client that does not read its queue")
+            p.send(self.router, [*envelope, payload])
         except zmq.ZMQError as e:  # EHOSTUNREACH: the client left before its answer
             log.warning("could not answer a client: %s", e)
 
     def _snapshot(self, envelope: list[bytes], req_id: int) -> None:
-        """Start sending a snapshot (``pump`` sends it); a peer's new request replaces its old one."""
-        peer = envelope[0]
-        if peer not in self._snapshots and len(self._snapshots) >= SNAPSHOTS_MAX:
-            busy = f"{SNAPSHOTS_MAX} snapshots are on their way; ask again"
-            self._send(envelope, p.encode_reply(p.Failed(req_id, "busy", busy)))
-            return
-        self._snapshots[peer] = _Snapshot(envelope, req_id, self.store, self.epoch, self.seq)
-        self.pump()
-
-    def pump(self) -> bool:
-        """Send the snapshots on their way a few chunks further; True if one could take more now."""
-        more = False
-        now = time.monotonic()
-        for peer, snap in list(self._snapshots.items()):
-            try:
-                for _ in range(CHUNKS_PER_TURN):
-                    if snap.next is None:
-                        snap.next = snap.message()
-                    message, last = snap.next
-                    p.send(self.router, [*snap.envelope, message], zmq.NOBLOCK)
-                    snap.next, snap.since = None, now
-                    if last:
-                        del self._snapshots[peer]
-                        break
-                else:
-                    more = True
-            except zmq.Again:  # the peer's queue is full: on when it has taken some
-                if now - snap.since > SNAPSHOT_PATIENCE:
-                    log.warning("snapshot abandoned: its client took nothing for %.0f s", SNAPSHOT_PATIENCE)
-                    del self._snapshots[peer]
-            except zmq.ZMQError as e:
-                log.warning("snapshot abandoned, its client left: %s", e)
-                del self._snapshots[peer]
-        return more
+        count = 0
+        try:
+            for chunk in self.store.snapshot(SNAPSHOT_CHUNK):
+                p.send(self.router, [*envelope, p.encode_reply(p.SnapshotChunk(req_id, chunk))])
+                count += sum(len(records) for _, _, records in chunk)
+            p.send(self.router, [*envelope, p.encode_reply(p.SnapshotEnd(req_id, self.epoch, self.seq, count))])
+        except zmq.ZMQError as e:
+            log.warning("snapshot abandoned, its client left: %s", e)
 
     def compact(self) -> dict[str, Any]:
         """Write a snapshot of the whole store and start a fresh log."""
