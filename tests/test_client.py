@@ -736,10 +736,9 @@ def test_a_write_that_raised_after_the_writer_applied_it_is_fetched_without_a_re
 
 
 def _refused_when_asked_again(client: tiger.Client, writer: tiger.Server, id: str, resyncs: int) -> None:
-    deadline = time.monotonic() + 10
-    while client.replica._seq.asking and time.monotonic() < deadline:  # the writer refuses it: expired
-        client.sync(timeout=1)
-    assert client.replica._seq.asking == 0
+    replica = client.replica
+    with replica.changed:  # notified when the writer's refusal (expired) comes back
+        assert replica.changed.wait_for(lambda: replica._seq.asking == 0, timeout=15)
     assert client.replica.resyncs == resyncs  # refused by the writer, not forgotten by a snapshot
     client.sync(timeout=5)
     assert client.table("plans").get(id) is None
