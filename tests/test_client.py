@@ -457,8 +457,9 @@ def test_a_replica_that_misses_published_changes_resyncs_by_itself(tmp_path, mon
     """PUB drops silently at its high-water mark; the seq gap (or a heartbeat ahead) triggers a snapshot reload."""
     monkeypatch.setattr("tiger._replica.SUB_HWM", 5)
     url = f"ipc://{tmp_path}/w"
+    command = [sys.executable, "-m", "tiger", "serve", "--url", url, "--pub-hwm", "5", "--heartbeat", "0.1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tiger", "serve", "--url", url, "--pub-hwm", "5", "--heartbeat", "0.1"],
+        [*command, "--owner-pid", str(os.getpid())],  # it exits if this test process dies before stopping it
         stdout=subprocess.PIPE,
         text=True,
     )

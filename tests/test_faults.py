@@ -36,7 +36,8 @@ def wait(condition, timeout: float = 15.0, what: str = "condition") -> None:
 
 
 def cli_serve(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([*TIGER, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    owner = ["--owner-pid", str(os.getpid())]  # it exits if this test process dies before stopping it
+    proc = subprocess.Popen([*TIGER, "serve", *owner, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = read_line(proc, 30)
     assert line.startswith("tiger writer serving at"), line + proc.stderr.read()  # type: ignore[union-attr]
     return proc, line.strip().rsplit(" ", 1)[-1]

@@ -9,6 +9,7 @@ go over raw pyzmq sockets, as a buggy or hostile peer would send them.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import signal
@@ -412,7 +413,7 @@ def test_raw_bytes_on_the_writers_ipc_endpoints_are_dropped(unchanged, open_sock
 def test_the_writer_logs_one_short_line_per_refused_request(open_socket):
     # a writer of its own, run as `tiger serve`, to read its log
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tiger", "serve", "--url", "tcp://127.0.0.1:*"],
+        [sys.executable, "-m", "tiger", "serve", "--url", "tcp://127.0.0.1:*", "--owner-pid", str(os.getpid())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
