@@ -170,10 +170,10 @@ class Replica:
         # The replica's own requests have negative ids: positive ones are the client's calls, whose
         # answers this DEALER gets when it asks for them again (see write_failed).
         self._req_ids = itertools.count(1)
-        # req id -> (bytes, deadline) of a call of the client that raised unanswered, to ask again
-        self._to_ask: dict[int, tuple[bytes, float]] = {}
-        self._asking_bytes = 0  # of the calls in _to_ask
-        self._asked: dict[int, float] = {}  # req id asked again -> when (this thread only)
+        # Calls of the client that raised unanswered (see write_failed), guarded by ``changed``; how many
+        # there are, both kinds, is the Sequencer's ``asking`` (set by _asks_changed).
+        self._to_ask: dict[int, tuple[bytes, float]] = {}  # req id -> (bytes, deadline): to ask again
+        self._asked: dict[int, float] = {}  # req id asked again -> when
         self._stopping = False  # set by stop() called on this thread (a dropped client's finalizer)
         self._term_context = False  # then this thread ends the context too, once its sockets are closed
         self._stop_url = f"inproc://tiger-replica-stop-{id(self)}"
@@ -242,15 +242,15 @@ class Replica:
         """
         with self.changed:
             self._seq.writing -= 1
-            if (
-                unanswered is not None
-                and self._seq.asking < MAX_ASKING
-                and self._asking_bytes + len(unanswered[1]) <= MAX_ASKING_BYTES
-            ):
+            if unanswered is not None and self._seq.asking < MAX_ASKING:
                 req_id, payload, deadline = unanswered
-                self._to_ask[req_id] = (payload, deadline)
-                self._asking_bytes += len(payload)
-                self._seq.asking += 1
+                if sum(len(b) for b, _ in self._to_ask.values()) + len(payload) <= MAX_ASKING_BYTES:
+                    self._to_ask[req_id] = (payload, deadline)
+                    self._asks_changed()
+
+    def _asks_changed(self) -> None:
+        """The calls to ask again, or asked and not yet answered, count as calls in flight (holding ``changed``)."""
+        self._seq.asking = len(self._to_ask) + len(self._asked)
 
     def catch_up(self, epoch: str, seq: int, change: Change | None, deadline: float, own: bool = False) -> None:
         """Return once the replica has applied (epoch, seq).
@@ -375,12 +375,11 @@ class Replica:
             for req_id, (payload, deadline) in list(self._to_ask.items()):
                 if now >= deadline:
                     del self._to_ask[req_id]
-                    self._asking_bytes -= len(payload)
                     self._asked[req_id] = now
                     due.append(payload)
             for req_id in [r for r, at in self._asked.items() if now - at > self._timeout]:
                 del self._asked[req_id]  # its answer was lost too: a gap it leaves is a resync
-                self._seq.asking -= 1
+            self._asks_changed()
         for payload in due:
             dealer.send(payload)
 
@@ -392,8 +391,8 @@ class Replica:
             return
         if reply.req_id is not None and reply.req_id > 0:  # a call of the client's, asked again
             with self.changed:
-                if self._asked.pop(reply.req_id, None) is not None:
-                    self._seq.asking -= 1
+                self._asked.pop(reply.req_id, None)
+                self._asks_changed()
                 if type(reply) is p.Ok and reply.change is not None:
                     self._seq.deposit(reply.epoch, reply.seq, reply.change)  # stale (the snapshot has it): ignored
                 self.changed.notify_all()
@@ -516,8 +515,8 @@ class Replica:
         with self.changed:
             self.store.load_rows(content)
             self._seq.reset(reply.epoch, reply.seq)  # then this client's own changes deposited meanwhile
-            self._seq.asking -= len(self._asked)  # asked before the snapshot: it covers what they applied
-            self._asked.clear()
+            self._asked.clear()  # asked before the snapshot: it covers what they applied
+            self._asks_changed()
             self.changed.notify_all()
         sub.setsockopt(zmq.UNSUBSCRIBE, b"")  # back to every topic but this client's own
         self._everything = False
