@@ -154,8 +154,8 @@ class Client:
         self._replica: Replica | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         try:
-            self._socket = self._new_socket()
-            self._command = [self._socket]  # the finalizer's view of the command socket (replaced on resend)
+            # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
+            self._command = [self._new_socket()]
         except ValueError:
             self._ctx.term()
             raise
@@ -353,6 +353,15 @@ class Client:
 
     # -- requests -------------------------------------------------------------------
 
+    @property
+    def _socket(self) -> zmq.Socket[Any]:
+        """The command socket (one request at a time, under ``_lock``)."""
+        return self._command[0]
+
+    @_socket.setter
+    def _socket(self, sock: zmq.Socket[Any]) -> None:
+        self._command[0] = sock
+
     def _new_socket(self) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -443,7 +452,7 @@ class Client:
 
     def _fresh_socket(self) -> None:
         self._socket.close(linger=0)
-        self._socket = self._command[0] = self._new_socket()
+        self._socket = self._new_socket()
 
     def _write(self, request: p.Request) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes).
