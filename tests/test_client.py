@@ -567,6 +567,7 @@ def test_a_process_that_froze_objects_keeps_them_frozen_through_a_join(writer):
     """In a process of its own: other clients' replica threads in this one may be resyncing meanwhile."""
     script = (
         "import gc, sys, tiger\n"
+        "tiger.connect  # tiger's modules imported (lazily) before the freeze, as an application's would be\n"
         "gc.freeze()\n"
         "frozen = gc.get_freeze_count()\n"
         "with tiger.connect(sys.argv[1]) as client:\n"

@@ -22,7 +22,7 @@ def test_claim_rules():
     verdict, change = t.prepare_once_claim(store, "k", "c2", "gw1", live={"c2"}, now=7)
     assert verdict == "build"
     store.apply(change)
-    assert t.claims_of(store, "c2") == ["k"]
+    assert t.claims_of(store, "c2") == [("global", "k")]
     assert t.prepare_once_finish(store, "k", "c1", 1, None) == ("superseded", None)  # c1 lost the key
     verdict, change = t.prepare_once_finish(store, "k", "c2", {"v": [1]}, None)
     assert verdict == "stored"
@@ -42,7 +42,7 @@ def test_finish_with_an_error_and_release():
     store.apply(t.prepare_once_claim(store, "k", "c1", "me", live=set(), now=1)[1])
     with pytest.raises(TypeError, match="error"):
         t.prepare_once_finish(store, "k", "c1", None, ["only one"])
-    verdict, change = t.prepare_once_finish(store, "k", "c1", None, ["ValueError", "boom"])
+    verdict, change = t.prepare_once_finish(store, "k", "c1", None, ["ValueError", "boom", "gw0 (pid 1)", ""])
     assert verdict == "stored"
     store.apply(change)
     assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["state"] == "failed"
@@ -102,7 +102,7 @@ def test_a_failing_factory_fails_every_caller(tiger_client, connect):
     def factory():
         raise KeyError("no such fixture")
 
-    with pytest.raises(tiger.OnceFailed, match="once 'failing' failed: KeyError: 'no such fixture'") as e:
+    with pytest.raises(tiger.OnceFailed, match=r"once 'failing' failed in \S+ \(pid \d+\): KeyError: 'no such fixture'") as e:
         tiger_client.once("failing", factory)
     assert isinstance(e.value.__cause__, KeyError)
     assert (e.value.type_name, e.value.key) == ("KeyError", "failing")
@@ -113,7 +113,7 @@ def test_a_failing_factory_fails_every_caller(tiger_client, connect):
 
 
 def test_a_value_that_cannot_be_stored_fails_the_key(tiger_client):
-    with pytest.raises(tiger.OnceFailed, match="TypeError: the once value: set is not storable"):
+    with pytest.raises(tiger.OnceFailed, match="TypeError: value: set is not storable"):
         tiger_client.once("unstorable", lambda: {1, 2})
 
 
@@ -138,7 +138,9 @@ def test_waiting_for_a_live_builder_times_out(connect):
     th = threading.Thread(target=lambda: done.append(builder.once("slow", slow)))
     th.start()
     # the builder's claim reaches the waiter's replica through the writer
-    waiter.replica.wait_until(lambda: waiter._once_record("slow") is not None, time.monotonic() + 10, lambda: "no claim")
+    waiter.replica.wait_until(
+        lambda: waiter._once_record("global", "slow") is not None, time.monotonic() + 10, lambda: "no claim"
+    )
     with pytest.raises(tiger.Timeout, match="once 'slow'"):
         waiter.once("slow", lambda: "other", timeout=0.3)
     release.set()

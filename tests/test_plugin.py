@@ -126,7 +126,7 @@ def test_a_failing_factory_fails_every_caller_with_once_failed(pytester, tmp_pat
     result = run(pytester, "-n", "2")
     result.assert_outcomes(failed=6)
     assert built.read_text() == "x\n"
-    assert len(re.findall(r"OnceFailed: once 'db' failed: ValueError: no database today", result.stdout.str())) >= 6
+    assert len(re.findall(r"OnceFailed: once 'db' failed in gw\d \(pid \d+\): ValueError: no database today", result.stdout.str())) >= 6
 
 
 def test_a_builder_that_dies_is_replaced_and_the_run_passes(pytester, tmp_path):

@@ -15,7 +15,9 @@ def test_closing_a_client_wakes_a_caller_waiting_on_once(connect):
     release = threading.Event()
     th = threading.Thread(target=lambda: builder.once("closing-wakes", lambda: release.wait(30) and 1))
     th.start()
-    waiter.replica.wait_until(lambda: waiter._once_record("closing-wakes") is not None, time.monotonic() + 10, lambda: "no claim")
+    waiter.replica.wait_until(
+        lambda: waiter._once_record("global", "closing-wakes") is not None, time.monotonic() + 10, lambda: "no claim"
+    )
     outcome: list[BaseException] = []
 
     def wait() -> None:

@@ -6,14 +6,37 @@ with tiger.serve() as server, tiger.connect(server.url) as client:
     plans = client.table("plans", prefix="plan")
     plan = plans.insert({"amount": 500})
     assert plans[plan["id"]] == plan
+
+Importing ``tiger`` is cheap: the errors are plain classes, and everything that needs zmq or
+msgpack (``connect``, ``serve``, ``Client``, ...) is imported on first use (PEP 562). The pytest
+plugin relies on this: a test run that uses no tiger fixture never imports zmq.
 """
 
 from __future__ import annotations
 
-from tiger._client import Client, Page, Table, connect, current_namespace, namespace
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tiger._errors import AlreadyExists, NotFound, OnceFailed, TigerError, Timeout, Unavailable
-from tiger._server import Server, serve
-from tiger._table import FrozenList, Record, thaw
+
+if TYPE_CHECKING:
+    from tiger._client import Client, Page, Table, connect, current_namespace, namespace
+    from tiger._server import Server, serve
+    from tiger._table import FrozenList, Record, thaw
+
+_LAZY = {
+    "Client": "tiger._client",
+    "Page": "tiger._client",
+    "Table": "tiger._client",
+    "connect": "tiger._client",
+    "current_namespace": "tiger._client",
+    "namespace": "tiger._client",
+    "Server": "tiger._server",
+    "serve": "tiger._server",
+    "FrozenList": "tiger._table",
+    "Record": "tiger._table",
+    "thaw": "tiger._table",
+}
 
 __all__ = [
     "AlreadyExists",
@@ -34,3 +57,16 @@ __all__ = [
     "serve",
     "thaw",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tiger' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

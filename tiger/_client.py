@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import inspect
 import itertools
 import math
 import os
 import threading
 import time
+import traceback
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,24 +39,55 @@ from tiger._table import (
     check_value,
 )
 
+# The current namespace is a ContextVar (per thread and task); its default is the process's
+# default namespace, "global" unless the pytest plugin made a test's namespace the default while
+# that test runs (so threads the test starts, which begin with an empty context, write into it).
+# A different default is a different ContextVar: reads stay one C-level get(), never a Python call.
 _namespace: ContextVar[str] = ContextVar("tiger_namespace", default=GLOBAL)
 _current = _namespace.get
 
 
 @contextmanager
 def namespace(name: str) -> Iterator[str]:
-    """Make ``name`` the current namespace inside the ``with`` block (contextvars: per thread and task)."""
+    """Make ``name`` the current namespace inside the ``with`` block (contextvars: per thread and task).
+
+    Overrides the process's default namespace (see ``current_namespace``) in this thread or task only.
+    """
     check_name(name, "namespace")
-    token = _namespace.set(name)
+    var = _namespace  # the block ends on the variable it started on, whatever happens to the default
+    token = var.set(name)
     try:
         yield name
     finally:
-        _namespace.reset(token)
+        var.reset(token)
 
 
 def current_namespace() -> str:
-    """The namespace reads and writes apply to here; ``"global"`` unless a ``namespace()`` block is active."""
+    """The namespace reads and writes apply to here: the innermost ``namespace()`` block of this thread
+    or task, else the process's default: ``"global"``, or, under the pytest plugin, the namespace of
+    the test that is running (for every thread of the process)."""
     return _current()
+
+
+def push_default_namespace(name: str) -> Callable[[], None]:
+    """Make ``name`` the namespace of every thread and task of this process that is in no
+    ``namespace()`` block; returns the function that restores the previous default.
+
+    The pytest plugin calls this around each test that has a namespace. ``namespace()`` blocks
+    entered before the call do not apply again until the default is restored.
+    """
+    global _namespace, _current
+    check_name(name, "namespace")
+    previous = _namespace
+    _namespace = ContextVar("tiger_namespace", default=name)
+    _current = _namespace.get
+
+    def restore() -> None:
+        global _namespace, _current
+        _namespace = previous
+        _current = previous.get
+
+    return restore
 
 
 @dataclass(frozen=True)
@@ -146,9 +179,10 @@ class Client:
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._lock = threading.Lock()  # one request in flight on the command socket
         self._req_ids = itertools.count(1)
-        self._once_locks: dict[str, threading.Lock] = {}
+        self._once_locks: dict[tuple[str, str], threading.Lock] = {}
         self._once_locks_guard = threading.Lock()
-        self._once_built: dict[str, Any] = {}  # values built whose delivery to the writer failed
+        self._once_built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
+        self._teardowns: dict[tuple[str, str], Generator[Any, None, None]] = {}  # (namespace, key) -> its generator
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
         self._secure = _socket_options(url, server_key)
         self._replica: Replica | None = None
@@ -187,9 +221,18 @@ class Client:
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Say goodbye to the writer, stop the replica, close the sockets. Idempotent."""
+        """Run the teardowns of the once values this client built, say goodbye to the writer, stop the
+        replica, close the sockets. Idempotent. A teardown that raised is raised again at the end."""
         if self._closed:
             return
+        errors = self.tear_down_once_values() if os.getpid() == self._pid else []
+        try:
+            self._close()
+        finally:
+            if errors:
+                raise errors[0][1]
+
+    def _close(self) -> None:
         self._closed = True
         _open_clients.discard(self)
         if self._finalizer is not None:
@@ -265,79 +308,115 @@ class Client:
         check_name(namespace, "namespace")
         self._write(p.Drop(next(self._req_ids), namespace))
 
-    def once(self, key: str, factory: Callable[[], Any], timeout: float | None = None) -> Any:
+    def once(self, key: str, factory: Callable[[], Any], timeout: float | None = None, *, namespace: str | None = None) -> Any:
         """Across every process using this writer, exactly one runs ``factory()``; all get its value.
 
-        The value (anything a record can hold) is stored at the writer: every caller,
-        now or later, gets the same (frozen) value. Waiting callers wait on their
-        replica. If the factory raises, every caller gets ``tiger.OnceFailed``. If the
-        process running it dies, the writer notices its silence and one waiting caller
-        takes over. ``timeout`` (seconds, default no limit) raises ``tiger.Timeout``.
+        The value (anything a record can hold) is stored at the writer: every caller, now or
+        later, gets the same (frozen) value. Waiting callers wait on their replica.
+
+        ``factory`` may be a generator function: its first yielded value is the shared value,
+        and the code after that ``yield`` is its teardown, run once, by this client, in
+        ``close()`` (the pytest plugin runs it after every test of every process of the run).
+
+        Outcomes, the same for every caller: if the factory raises (or ``pytest.skip``/``fail``),
+        or returns a value tiger cannot store, it is built once and every caller gets
+        ``tiger.OnceFailed`` naming the key, the builder and the error. If the build is
+        interrupted (``KeyboardInterrupt``, ``SystemExit``) or the builder dies (the writer notices
+        its silence), one waiting caller takes over.
+
+        ``namespace`` scopes the key (default ``"global"``); given, the factory also runs in it, so
+        what it writes lives as long as that namespace. ``timeout`` (seconds, default no limit)
+        bounds the wait for another builder: ``tiger.Timeout``.
         """
         check_name(key, "key")
+        scope = GLOBAL if namespace is None else check_name(namespace, "namespace")
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         deadline = math.inf if timeout is None else time.monotonic() + _timeout(timeout, 0.0)
         with self._once_locks_guard:
-            lock = self._once_locks.setdefault(key, threading.Lock())
+            lock = self._once_locks.setdefault((scope, key), threading.Lock())
         with lock:  # two threads of this process never both build one key
             while True:
-                claim = self._write(p.OnceClaim(next(self._req_ids), key, self.client_id, self.label))
+                claim = self._write(p.OnceClaim(next(self._req_ids), key, self.client_id, self.label, scope))
                 if claim.result == "build":
-                    built = self._build(key, factory)
+                    built = self._build(key, scope, factory, namespace is not None)
                     if built is not _SUPERSEDED:
                         return built
                     continue
-                record = self._once_record(key)
+                record = self._once_record(scope, key)
                 if record is not None and record["state"] != "building":
                     return _once_value(record)
                 owner = None if record is None else record["owner"]
                 self.replica.wait_until(
-                    lambda owner=owner: _once_moved(self._once_record(key), owner),  # type: ignore[misc]
+                    lambda owner=owner: _once_moved(self._once_record(scope, key), owner),  # type: ignore[misc]
                     deadline,
                     lambda: f"once {key!r} was not built by another process within {timeout:g}s",
                 )
 
-    def forget_once_keys(self) -> None:
-        """Remove every once key at the writer (the plugin does this per run on a writer it did not start)."""
-        self._write(p.ClearTable(next(self._req_ids), ONCE_TABLE, None))
+    def forget_once_keys(self, namespace: str | None = None) -> None:
+        """Remove the once keys of one namespace (None: every once key) at the writer."""
+        self._write(p.ClearTable(next(self._req_ids), ONCE_TABLE, namespace))
 
-    def _once_record(self, key: str) -> Record | None:
-        return self.replica.store.get(ONCE_TABLE, GLOBAL, key)
+    def tear_down_once_values(self) -> list[tuple[str, BaseException]]:
+        """Run the teardowns of the generator factories this client built (each once, in reverse order of
+        building); returns the (key, error) of each that raised. ``close()`` calls it."""
+        errors: list[tuple[str, BaseException]] = []
+        while self._teardowns:
+            (_, key), generator = self._teardowns.popitem()
+            try:
+                next(generator)
+            except StopIteration:
+                continue
+            except BaseException as e:  # reported, and the other teardowns still run
+                errors.append((key, e))
+                continue
+            errors.append((key, RuntimeError(f"the factory of once {key!r} yielded more than once")))
+            generator.close()
+        return errors
 
-    def _build(self, key: str, factory: Callable[[], Any]) -> Any:
-        if key in self._once_built:  # built before, but the writer did not get the value: send it, build nothing
-            value = self._once_built[key]
+    def _once_record(self, scope: str, key: str) -> Record | None:
+        return self.replica.store.get(ONCE_TABLE, scope, key)
+
+    def _build(self, key: str, scope: str, factory: Callable[[], Any], in_scope: bool) -> Any:
+        __tracebackhide__ = True
+        if (scope, key) in self._once_built:  # built before, but the writer did not get the value: send it, build nothing
+            value = self._once_built[scope, key]
         else:
             try:
-                value = factory()
-                check_value(value, "the once value")
-                self._once_built[key] = value
-            except Exception as e:
-                error = [type(e).__name__, str(e)]
-                self._finish_or_release(key, "error", error)
-                raise OnceFailed(key, *error) from e
-            except BaseException:  # KeyboardInterrupt, SystemExit: let another caller build it
+                with namespace(scope) if in_scope else nullcontext():
+                    value, generator = _run_factory(factory)
+                if generator is not None:
+                    self._teardowns[scope, key] = generator
+                check_value(value, "value")
+                packed = len(p.pack(value))  # the writer's limit, checked before it is sent: a refusal is an outcome too
+                if packed > MAX_ONCE_VALUE:
+                    raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
+                self._once_built[scope, key] = value
+            except INTERRUPTIONS:  # Ctrl-C, SystemExit: let another caller build it
                 try:
-                    self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None))
+                    self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None, scope))
                 except TigerError:
                     pass
                 raise
-        finish = self._finish_or_release(key, "value", value)
-        del self._once_built[key]
+            except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
+                error = [type(e).__name__, str(e), self.label, _factory_frames(e)]
+                self._finish_or_release(key, scope, "error", error)
+                raise OnceFailed(key, *error) from e
+        finish = self._finish_or_release(key, scope, "value", value)
+        del self._once_built[scope, key]
         if finish.result != "stored":
             return _SUPERSEDED  # the writer gave the key to another caller meanwhile (we were silent too long)
-        record = self._once_record(key)
+        record = self._once_record(scope, key)
         assert record is not None
         return _once_value(record)
 
-    def _finish_or_release(self, key: str, outcome: str, payload: Any) -> p.Ok:
+    def _finish_or_release(self, key: str, scope: str, outcome: str, payload: Any) -> p.Ok:
         """Deliver a build's outcome; if that fails, give the key up (best effort) so no caller waits on it."""
         try:
-            return self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, outcome, payload))
-        except Exception:  # the writer gone (TigerError), or the value refused (ValueError: too big)
+            return self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, outcome, payload, scope))
+        except Exception:  # the writer gone (TigerError)
             try:
-                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None))
+                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None, scope))
             except TigerError:
                 pass  # the writer is gone: it forgets this claim when this client falls silent
             raise
@@ -468,11 +547,35 @@ class Client:
 
 _SUPERSEDED = object()
 
+MAX_ONCE_VALUE = p.MAX_RECORD - 4096  # the value travels in a record with the key's bookkeeping
+INTERRUPTIONS = (KeyboardInterrupt, SystemExit, GeneratorExit)  # a build stopped from outside: another caller builds
+
+
+def _run_factory(factory: Callable[[], Any]) -> tuple[Any, Generator[Any, None, None] | None]:
+    """The factory's value, and its generator when it is a generator function (its teardown is the rest)."""
+    result = factory()
+    if not inspect.isgenerator(result):
+        return result, None
+    generator: Generator[Any, None, None] = result  # type: ignore[assignment]
+    try:
+        return next(generator), generator
+    except StopIteration:
+        raise ValueError("the generator factory returned without yielding a value") from None
+
+
+_TIGER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _factory_frames(error: BaseException, last: int = 3) -> str:
+    """The last frames of a factory's error, tiger's own left out (a value check has none to show)."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.dirname(f.filename) != _TIGER_DIR]
+    return "".join(traceback.format_list(frames[-last:]))
+
 
 def _once_value(record: Record) -> Any:
+    __tracebackhide__ = True
     if record["state"] == "failed":
-        type_name, message = record["error"]
-        raise OnceFailed(record["id"], type_name, message)
+        raise OnceFailed(record["id"], *record["error"])
     return record["value"]
 
 

@@ -27,16 +27,24 @@ class Unavailable(TigerError):
 
 
 class OnceFailed(TigerError):
-    """The factory of a ``once`` key raised; every caller of that key gets this."""
+    """The factory of a ``once`` key failed (raised, or gave a value tiger cannot store); every caller
+    of that key gets this, naming the key, the builder (``by``: worker and pid), the error's type and
+    message, and the builder's last frames (``frames``, text)."""
 
-    def __init__(self, key: str, type_name: str, message: str) -> None:
-        super().__init__(f"once {key!r} failed: {type_name}: {message}")
+    def __init__(self, key: str, type_name: str, message: str, by: str = "", frames: str = "") -> None:
+        where = f" in {by}" if by else ""
+        text = f"once {key!r} failed{where}: {type_name}: {message}"
+        if frames:
+            text += "\nthe factory's last frames:\n" + frames.rstrip()
+        super().__init__(text)
         self.key = key
         self.type_name = type_name
         self.message = message
+        self.by = by
+        self.frames = frames
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (OnceFailed, (self.key, self.type_name, self.message))
+        return (OnceFailed, (self.key, self.type_name, self.message, self.by, self.frames))
 
 
 class ProtocolError(TigerError, ValueError):

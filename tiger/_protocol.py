@@ -255,17 +255,20 @@ class OnceClaim:
     key: str
     client_id: str
     by: str
+    namespace: str = "global"  # the key's scope (the pytest plugin: one per test run)
 
 
 @dataclass(frozen=True, slots=True)
 class OnceFinish:
-    """The builder's outcome: "value" (payload: the value), "error" (payload: [type, message]) or "release"."""
+    """The builder's outcome: "value" (payload: the value), "error" (payload: [type, message, builder,
+    traceback]) or "release"."""
 
     req_id: int
     key: str
     client_id: str
     outcome: str
     payload: Any
+    namespace: str = "global"
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +333,8 @@ _REQUEST_TAGS = {
     "delete": 5,
     "clear": 4,
     "drop_ns": 3,
-    "once_claim": 5,
-    "once_finish": 6,
+    "once_claim": 6,
+    "once_finish": 7,
     "sync": 2,
     "snapshot": 2,
     "stats": 2,
@@ -356,9 +359,9 @@ def encode_request(r: Request) -> bytes:
     if t is Drop:
         return pack(["drop_ns", r.req_id, r.namespace])  # type: ignore[union-attr]
     if t is OnceClaim:
-        return pack(["once_claim", r.req_id, r.key, r.client_id, r.by])  # type: ignore[union-attr]
+        return pack(["once_claim", r.req_id, r.key, r.client_id, r.by, r.namespace])  # type: ignore[union-attr]
     if t is OnceFinish:
-        return pack(["once_finish", r.req_id, r.key, r.client_id, r.outcome, r.payload])  # type: ignore[union-attr]
+        return pack(["once_finish", r.req_id, r.key, r.client_id, r.outcome, r.payload, r.namespace])  # type: ignore[union-attr]
     if t is Beat or t is Bye:
         return pack(["beat" if t is Beat else "bye", r.client_id])  # type: ignore[union-attr]
     tag = "sync" if t is Sync else "snapshot" if t is SnapshotRequest else "compact" if t is Compact else "stats"
@@ -447,12 +450,15 @@ def request_from(obj: Any) -> Request:
     if tag == "drop_ns":
         return Drop(req_id, _field(a[2], str, "namespace"))
     if tag == "once_claim":
-        return OnceClaim(req_id, _field(a[2], str, "key"), _field(a[3], str, "client_id"), _field(a[4], str, "by"))
+        key, client_id, by = _field(a[2], str, "key"), _field(a[3], str, "client_id"), _field(a[4], str, "by")
+        return OnceClaim(req_id, key, client_id, by, _field(a[5], str, "namespace"))
     if tag == "once_finish":
         outcome = _field(a[4], str, "outcome")
         if outcome not in ("value", "error", "release"):
             raise ProtocolError(f"field 'outcome' must be 'value', 'error' or 'release', not {_shown(outcome)}")
-        return OnceFinish(req_id, _field(a[2], str, "key"), _field(a[3], str, "client_id"), outcome, a[5])
+        return OnceFinish(
+            req_id, _field(a[2], str, "key"), _field(a[3], str, "client_id"), outcome, a[5], _field(a[6], str, "namespace")
+        )
     if tag == "sync":
         return Sync(req_id)
     if tag == "snapshot":

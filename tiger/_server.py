@@ -128,10 +128,17 @@ def start_writer(
     data: str | os.PathLike[str] | None = None,
     fsync: str = "everysec",
     curve_secret: str | os.PathLike[str] | None = None,
+    owner_pid: int | None = None,
 ) -> Server:
     """``serve()`` without its wait: the writer process is started, ``Server.wait_ready()`` waits for it
     (and raises what ``serve()`` would) later, so its start overlaps other work. ``url`` is final at
-    once unless it is a tcp URL with port ``*``."""
+    once unless it is a tcp URL with port ``*``.
+
+    The writer runs in a session of its own: the terminal's Ctrl-C (SIGINT to the foreground process
+    group) does not reach it; its owner stops it. ``owner_pid`` (default: this process) is the process
+    whose end ends the writer. When it is another process (the pytest plugin: a worker starts the
+    run's writer, the controller owns it), this process does not stop the writer at its exit.
+    """
     if fsync not in ("always", "everysec", "never"):
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     tmpdir = None
@@ -149,16 +156,54 @@ def start_writer(
 
         server_key = zmq.curve_public(read_secret_key(os.fspath(curve_secret)))
     command = [sys.executable, "-m", "tiger", "serve", "--url", url, "--log-level", "warning"]
-    command += ["--owner-pid", str(os.getpid()), "--watch-stdin"]
+    owned_here = owner_pid is None or owner_pid == os.getpid()
+    command += ["--owner-pid", str(os.getpid() if owner_pid is None else owner_pid)]
+    if owned_here:
+        command += ["--watch-stdin"]
     if data is not None:
         command += ["--data", os.fspath(data), "--fsync", fsync]
     if curve_secret is not None:
         command += ["--curve-secret", os.fspath(curve_secret)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if owned_here else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        close_fds=True,
+        start_new_session=True,
+    )
     server = Server(url, process, tmpdir)
     server._pending = (time.monotonic() + timeout, timeout, server_key)
-    _running.add(server)
+    if owned_here:
+        _running.add(server)
     return server
+
+
+def stop_process(pid: int, marker: str, timeout: float = 5.0) -> bool:
+    """End a writer this process did not start as its child (the pytest plugin's controller ends the
+    run's writer, which a worker may have started): SIGTERM, then SIGKILL after ``timeout`` seconds.
+
+    Only if process ``pid`` is still the one meant: its command line must contain ``marker`` (the
+    writer's URL), so a reused pid is left alone. Returns whether it was ended here.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if marker.encode() not in f.read():
+                return False
+        fd = os.pidfd_open(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)  # readable once the process has exited
+            if not selector.select(timeout):
+                os.kill(pid, signal.SIGKILL)
+                selector.select(timeout)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
+    return True
 
 
 def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) -> str:

@@ -652,60 +652,69 @@ def check_value(value: object, where: str = "value") -> None:
 # -- once keys ------------------------------------------------------------------------
 #
 # A once key is a record {"id": key, "state": "building" | "done" | "failed", "owner": client id,
-# "by": who built it, "value": ..., "error": [type name, message] | None} in ONCE_TABLE / GLOBAL.
+# "by": who built it, "value": ..., "error": [type name, message, builder, traceback] | None} in
+# ONCE_TABLE, in the namespace that scopes it ("global" by default; the pytest plugin uses one
+# namespace per test run, so that two runs on one writer never share a key).
 # Waiting callers watch that record in their replica; nothing polls the writer.
+
+ONCE_ERROR_FIELDS = 4  # type name, message, builder, traceback (last frames)
 
 
 def prepare_once_claim(
-    store: Store, key: str, client_id: str, by: str, live: Container[str], *, now: int
+    store: Store, key: str, client_id: str, by: str, live: Container[str], *, now: int, namespace: str = GLOBAL
 ) -> tuple[str, Put | None]:
     """The verdict for a caller of ``once``: ("build", change) | ("wait", None) | ("done", None).
 
     A key being built by a client that is no longer ``live`` is handed to this caller.
     """
     check_name(key, "key")
+    check_name(namespace, "namespace")
     check_id(client_id, "client_id")
     check_value(by, "by")
-    current = store.get(ONCE_TABLE, GLOBAL, key)
+    current = store.get(ONCE_TABLE, namespace, key)
     if current is not None:
         if current["state"] != "building":
             return "done", None
         if current["owner"] != client_id and current["owner"] in live:
             return "wait", None
     record = {"id": key, "state": "building", "owner": client_id, "by": by, "value": None, "error": None, "created": now}
-    return "build", Put(ONCE_TABLE, GLOBAL, (freeze(record),))
+    return "build", Put(ONCE_TABLE, namespace, (freeze(record),))
 
 
-def prepare_once_finish(store: Store, key: str, client_id: str, value: Any, error: Any) -> tuple[str, Change | None]:
+def prepare_once_finish(
+    store: Store, key: str, client_id: str, value: Any, error: Any, namespace: str = GLOBAL
+) -> tuple[str, Change | None]:
     """Store the builder's value (or its error); both None: give the key up for another caller.
 
     ("stored", change), or ("superseded", None) when ``client_id`` no longer holds the key.
     """
     check_name(key, "key")
+    check_name(namespace, "namespace")
     check_id(client_id, "client_id")
-    current = store.get(ONCE_TABLE, GLOBAL, key)
+    current = store.get(ONCE_TABLE, namespace, key)
     if current is None or current["state"] != "building" or current["owner"] != client_id:
         return "superseded", None
     if error is not None:
-        if not (isinstance(error, list) and len(error) == 2 and all(type(x) is str for x in error)):
-            raise TypeError("error must be [type name, message], two str")
-        return "stored", Put(ONCE_TABLE, GLOBAL, (freeze({**current, "state": "failed", "error": error}),))
+        if not (isinstance(error, list) and len(error) == ONCE_ERROR_FIELDS and all(type(x) is str for x in error)):
+            raise TypeError("error must be [type name, message, builder, traceback], four str")
+        return "stored", Put(ONCE_TABLE, namespace, (freeze({**current, "state": "failed", "error": error}),))
     check_value(value, "value")
-    return "stored", Put(ONCE_TABLE, GLOBAL, (freeze({**current, "state": "done", "value": value}),))
+    return "stored", Put(ONCE_TABLE, namespace, (freeze({**current, "state": "done", "value": value}),))
 
 
-def prepare_once_release(store: Store, key: str, client_id: str) -> Delete | None:
+def prepare_once_release(store: Store, key: str, client_id: str, namespace: str = GLOBAL) -> Delete | None:
     """Give a key up (its builder was interrupted): waiting callers then claim it anew."""
-    current = store.get(ONCE_TABLE, GLOBAL, key)
+    current = store.get(ONCE_TABLE, namespace, key)
     if current is None or current["state"] != "building" or current["owner"] != client_id:
         return None
-    return Delete(ONCE_TABLE, GLOBAL, key)
+    return Delete(ONCE_TABLE, namespace, key)
 
 
-def claims_of(store: Store, client_id: str) -> list[str]:
-    """The once keys ``client_id`` is building (to release them when it goes silent)."""
+def claims_of(store: Store, client_id: str) -> list[tuple[str, str]]:
+    """The once keys ``client_id`` is building, as (namespace, key) (to release them when it goes silent)."""
     return [
-        key
-        for key, record in store.rows(ONCE_TABLE, GLOBAL).items()
+        (namespace, key)
+        for namespace, rows in store.tables.get(ONCE_TABLE, {}).items()
+        for key, record in rows.items()
         if record["state"] == "building" and record["owner"] == client_id
     ]

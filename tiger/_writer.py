@@ -65,6 +65,47 @@ def _closed(fd: int) -> bool:
     return bool(readable) and not os.read(fd, 4096)
 
 
+class OwnerWatch:
+    """Whether the process that owns a writer (``--owner-pid``) has ended.
+
+    The owner need not be the writer's parent (the pytest plugin's writer is started by whichever
+    process of the run needs it first, and owned by the run's controller). A pidfd (Linux 5.3+)
+    refers to that very process, so a reused pid cannot fool it; elsewhere the pid is probed with
+    signal 0.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd: int | None = None
+        self._ended = False
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._ended = True
+        except (AttributeError, OSError):  # no pidfd here: probe the pid
+            pass
+
+    def ended(self) -> bool:
+        if self._ended:
+            return True
+        if self._fd is not None:
+            readable, _, _ = select.select([self._fd], [], [], 0)  # readable once the process has exited
+            self._ended = bool(readable)
+        else:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self._ended = True
+            except PermissionError:  # alive, someone else's
+                pass
+        return self._ended
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class _Interrupted(Exception):
     """Raised by the signal handler out of the blocking receive (only there: nothing is half done)."""
 
@@ -137,7 +178,7 @@ class Writer:
         self.seq = 0
         self.store = _table.Store()
         self.heartbeat = heartbeat
-        self.owner_pid = owner_pid
+        self.owner = None if owner_pid is None else OwnerWatch(owner_pid)
         self.started = time.time()
         self.clients: dict[str, float] = {}  # client id -> monotonic time last heard
         self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
@@ -158,9 +199,10 @@ class Writer:
                 raise
             log.info("loaded %d records from %s (%d logged changes)", len(self.store), self.data.path, len(changes))
             # builders of once keys get a heartbeat's grace to find the restarted writer before others take over
-            for record in self.store.rows(_table.ONCE_TABLE, _table.GLOBAL).values():
-                if record["state"] == "building":
-                    self.clients[record["owner"]] = time.monotonic()
+            for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
+                for record in rows.values():
+                    if record["state"] == "building":
+                        self.clients[record["owner"]] = time.monotonic()
         self._ctx = zmq.Context()
         self.router = self._ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -239,6 +281,8 @@ class Writer:
         self._running = False
 
     def close(self) -> None:
+        if self.owner is not None:
+            self.owner.close()
         if self.data is not None:
             self.data.close()
             self.data = None
@@ -265,8 +309,8 @@ class Writer:
             self.data.tick()
             if self.data.needs_compaction():
                 self.compact()
-        if self.owner_pid is not None and os.getppid() != self.owner_pid:
-            log.info("owner process %d is gone; stopping", self.owner_pid)
+        if self.owner is not None and self.owner.ended():
+            log.info("owner process %d is gone; stopping", self.owner.pid)
             self._running = False
         silent = time.monotonic() - max(CLIENT_SILENCE, 6 * self.heartbeat)
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
@@ -374,9 +418,9 @@ class Writer:
         """A client left (goodbye or silence): release the once keys it was building."""
         self.clients.pop(client_id, None)
         self._answers_heard[client_id] = time.monotonic()
-        for key in _table.claims_of(self.store, client_id):
-            log.info("released once key %r: its builder %s is gone", key, client_id)
-            change = _table.prepare_once_release(self.store, key, client_id)
+        for namespace, key in _table.claims_of(self.store, client_id):
+            log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
+            change = _table.prepare_once_release(self.store, key, client_id, namespace)
             if change is not None:
                 self._commit(change)
 
@@ -446,15 +490,17 @@ class Writer:
 
     def _once_claim(self, r: p.OnceClaim) -> tuple[_table.Change | None, Any]:
         self.clients[r.client_id] = time.monotonic()
-        verdict, change = _table.prepare_once_claim(self.store, r.key, r.client_id, r.by, self.clients, now=int(time.time()))
+        verdict, change = _table.prepare_once_claim(
+            self.store, r.key, r.client_id, r.by, self.clients, now=int(time.time()), namespace=r.namespace
+        )
         return change, verdict
 
     def _once_finish(self, r: p.OnceFinish) -> tuple[_table.Change | None, Any]:
         self.clients[r.client_id] = time.monotonic()
         if r.outcome == "release":
-            return _table.prepare_once_release(self.store, r.key, r.client_id), "released"
+            return _table.prepare_once_release(self.store, r.key, r.client_id, r.namespace), "released"
         value, error = (r.payload, None) if r.outcome == "value" else (None, r.payload)
-        verdict, change = _table.prepare_once_finish(self.store, r.key, r.client_id, value, error)
+        verdict, change = _table.prepare_once_finish(self.store, r.key, r.client_id, value, error, r.namespace)
         return change, verdict
 
 
