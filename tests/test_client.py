@@ -11,6 +11,7 @@ import re
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import weakref
@@ -263,7 +264,7 @@ def test_default_namespace_is_global_and_namespaces_nest():
             pass
 
 
-def test_namespace_is_per_thread(client, ns):
+def test_a_namespace_block_is_per_thread_and_other_threads_see_the_tests_namespace(client, ns):
     plans = client.table("plans", prefix="plan")
     plans.insert({"id": "plan_a"})
     seen = {}
@@ -272,10 +273,26 @@ def test_namespace_is_per_thread(client, ns):
         seen["ns"] = tiger.current_namespace()
         seen["found"] = plans.get("plan_a")
 
-    t = threading.Thread(target=other_thread)
-    t.start()
-    t.join()
-    assert seen == {"ns": "global", "found": None}
+    with tiger.namespace(f"{ns}-block"):  # this thread's block: not the other thread's
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+    assert seen == {"ns": ns, "found": plans.get("plan_a")}  # the test's namespace is every thread's default
+
+
+def test_outside_a_test_namespace_a_new_thread_starts_in_global():
+    script = textwrap.dedent(
+        """
+        import sys, threading, tiger
+        seen = []
+        with tiger.namespace("mine"):
+            t = threading.Thread(target=lambda: seen.append(tiger.current_namespace()))
+            t.start(); t.join()
+        assert seen == ["global"], seen
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_fallback_to_global(client, ns):

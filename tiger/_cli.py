@@ -129,15 +129,16 @@ def keygen(directory: str) -> str:
     return public.decode()
 
 
-def format_run_stats(client: Client) -> str:
-    """``pytest --tiger-stats``: records per table, writes applied, once-keys and who built them."""
+def format_run_stats(client: Client, namespace: str = GLOBAL) -> str:
+    """``pytest --tiger-stats``: records per table, writes applied, the run's once-keys (in ``namespace``)
+    and who built them."""
     stats = client.stats()
     client.sync()
     lines = [f"writer {stats['url']}: {stats['seq']} writes applied in epoch {stats['epoch']}"]
     for table, namespaces in stats["tables"].items():
         if not table.startswith(RESERVED_PREFIX):
             lines.append(f"  {table}: {sum(namespaces.values())} records in {len(namespaces)} namespaces")
-    keys = client.replica.store.ordered(ONCE_TABLE, GLOBAL)
+    keys = client.replica.store.ordered(ONCE_TABLE, namespace)
     lines.append(f"once-keys: {len(keys)}")
     for record in reversed(keys):
         lines.append(f"  {record['id']}: {record['state']} by {record['by']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import selectors
 import shutil
@@ -129,6 +130,7 @@ def start_writer(
     fsync: str = "everysec",
     curve_secret: str | os.PathLike[str] | None = None,
     owner_pid: int | None = None,
+    log: str | os.PathLike[str] | None = None,
 ) -> Server:
     """``serve()`` without its wait: the writer process is started, ``Server.wait_ready()`` waits for it
     (and raises what ``serve()`` would) later, so its start overlaps other work. ``url`` is final at
@@ -138,6 +140,7 @@ def start_writer(
     group) does not reach it; its owner stops it. ``owner_pid`` (default: this process) is the process
     whose end ends the writer. When it is another process (the pytest plugin: a worker starts the
     run's writer, the controller owns it), this process does not stop the writer at its exit.
+    ``log``: a file the writer's log goes to (appended), instead of this process's stderr.
     """
     if fsync not in ("always", "everysec", "never"):
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
@@ -164,46 +167,20 @@ def start_writer(
         command += ["--data", os.fspath(data), "--fsync", fsync]
     if curve_secret is not None:
         command += ["--curve-secret", os.fspath(curve_secret)]
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE if owned_here else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        close_fds=True,
-        start_new_session=True,
-    )
+    with open(log, "ab") if log is not None else contextlib.nullcontext() as log_file:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE if owned_here else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            close_fds=True,
+            start_new_session=True,
+        )
     server = Server(url, process, tmpdir)
     server._pending = (time.monotonic() + timeout, timeout, server_key)
     if owned_here:
         _running.add(server)
     return server
-
-
-def stop_process(pid: int, marker: str, timeout: float = 5.0) -> bool:
-    """End a writer this process did not start as its child (the pytest plugin's controller ends the
-    run's writer, which a worker may have started): SIGTERM, then SIGKILL after ``timeout`` seconds.
-
-    Only if process ``pid`` is still the one meant: its command line must contain ``marker`` (the
-    writer's URL), so a reused pid is left alone. Returns whether it was ended here.
-    """
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if marker.encode() not in f.read():
-                return False
-        fd = os.pidfd_open(pid)
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)  # readable once the process has exited
-            if not selector.select(timeout):
-                os.kill(pid, signal.SIGKILL)
-                selector.select(timeout)
-    except ProcessLookupError:
-        pass
-    finally:
-        os.close(fd)
-    return True
 
 
 def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) -> str:
@@ -241,6 +218,15 @@ def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
 
 def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> dict[str, Any]:
     """One request to the writer at ``url``: its stats. ``Unavailable`` if it does not answer in time."""
+    return request_once(url, p.Stats(1), timeout, server_key).result  # type: ignore[no-any-return]
+
+
+def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key: str | bytes | None = None) -> p.Ok:
+    """One request on a socket of its own, without a replica (``ping``, the plugin's cleanup of a run).
+
+    ``Unavailable`` if the writer does not answer within ``timeout`` seconds; ``TigerError`` naming
+    its answer if that is a refusal.
+    """
     with zmq.Context() as ctx:
         sock = ctx.socket(zmq.DEALER)
         try:
@@ -249,7 +235,7 @@ def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) 
                 sock.setsockopt(zmq.IPV6, 1)
             secure(sock, server_key)
             sock.connect(url)
-            sock.send(p.encode_request(p.Stats(1)))
+            sock.send(p.encode_request(request))
             if not sock.poll(int(timeout * 1000)):
                 raise Unavailable(f"the tiger writer at {url} did not answer within {timeout:g}s")
             reply = p.decode_reply(sock.recv())
@@ -257,4 +243,4 @@ def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) 
             sock.close(linger=0)
     if type(reply) is not p.Ok:
         raise TigerError(f"the tiger writer at {url} answered {reply}")
-    return reply.result  # type: ignore[no-any-return]
+    return reply

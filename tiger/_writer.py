@@ -30,6 +30,7 @@ from tiger import _protocol as p
 from tiger import _table
 from tiger._errors import AlreadyExists, NotFound, ProtocolError
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
+from tiger._process import ProcessWatch
 
 log = logging.getLogger("tiger.writer")
 
@@ -63,47 +64,6 @@ def _closed(fd: int) -> bool:
     """Whether ``fd`` (the starter's end of a pipe) is at EOF: readable, and nothing to read."""
     readable, _, _ = select.select([fd], [], [], 0)
     return bool(readable) and not os.read(fd, 4096)
-
-
-class OwnerWatch:
-    """Whether the process that owns a writer (``--owner-pid``) has ended.
-
-    The owner need not be the writer's parent (the pytest plugin's writer is started by whichever
-    process of the run needs it first, and owned by the run's controller). A pidfd (Linux 5.3+)
-    refers to that very process, so a reused pid cannot fool it; elsewhere the pid is probed with
-    signal 0.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._fd: int | None = None
-        self._ended = False
-        try:
-            self._fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._ended = True
-        except (AttributeError, OSError):  # no pidfd here: probe the pid
-            pass
-
-    def ended(self) -> bool:
-        if self._ended:
-            return True
-        if self._fd is not None:
-            readable, _, _ = select.select([self._fd], [], [], 0)  # readable once the process has exited
-            self._ended = bool(readable)
-        else:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                self._ended = True
-            except PermissionError:  # alive, someone else's
-                pass
-        return self._ended
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class _Interrupted(Exception):
@@ -178,7 +138,7 @@ class Writer:
         self.seq = 0
         self.store = _table.Store()
         self.heartbeat = heartbeat
-        self.owner = None if owner_pid is None else OwnerWatch(owner_pid)
+        self.owner = None if owner_pid is None else ProcessWatch(owner_pid)
         self.started = time.time()
         self.clients: dict[str, float] = {}  # client id -> monotonic time last heard
         self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent

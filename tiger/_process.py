@@ -1,0 +1,81 @@
+"""Processes tiger watches or ends but did not necessarily start as children (no zmq: the pytest
+plugin uses this before, or without, ever importing zmq). Linux: pidfd (5.3+) and /proc."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+
+
+class ProcessWatch:
+    """Whether a process (by pid) has ended: a writer's owner, a ``tiger_once`` builder.
+
+    A pidfd refers to that very process, so a reused pid cannot fool it, and it reads as ended as
+    soon as the process exits (a zombie not yet reaped by its parent counts as ended). Where there
+    is no pidfd, the pid is probed with signal 0.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd: int | None = None
+        self._ended = False
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._ended = True
+        except (AttributeError, OSError):  # no pidfd here: probe the pid
+            pass
+
+    def ended(self, wait: float = 0.0) -> bool:
+        """Whether the process has ended, waiting up to ``wait`` seconds for it to."""
+        if self._ended:
+            return True
+        if self._fd is not None:
+            readable, _, _ = select.select([self._fd], [], [], wait)  # readable once the process has exited
+            self._ended = bool(readable)
+        else:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self._ended = True
+            except PermissionError:  # alive, someone else's
+                pass
+        return self._ended
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ProcessWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stop_process(pid: int, marker: str, timeout: float = 5.0) -> bool:
+    """End a writer this process did not start as its child (the pytest plugin's controller ends the
+    run's writer, which a worker may have started): SIGTERM, then SIGKILL after ``timeout`` seconds.
+
+    Only if process ``pid`` is still the one meant: its command line must contain ``marker`` (the
+    writer's URL), so a reused pid is left alone. Returns whether it was ended here.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if marker.encode() not in f.read():
+                return False
+    except FileNotFoundError:
+        return False
+    with ProcessWatch(pid) as watch:
+        if watch.ended():
+            return False
+        try:
+            os.kill(pid, signal.SIGTERM)
+            if not watch.ended(timeout):
+                os.kill(pid, signal.SIGKILL)
+                watch.ended(timeout)
+        except ProcessLookupError:
+            pass
+    return True
