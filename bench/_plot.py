@@ -291,3 +291,53 @@ def _xdist(plt: Any, data: dict[str, Any]) -> Any:
 
 
 _DRAW["xdist"] = _xdist
+
+
+def _plugin(plt: Any, data: dict[str, Any]) -> Any:
+    cases = list(data["series"]["wall_ms"])
+    variants = [("plugin", TIGER, "tiger's plugin active"), ("-p no:tiger", FLOOR, "-p no:tiger")]
+    targets = {case: t for case in cases for t in data["targets"] if t["target"].startswith(f"{case}: ")}
+    fig, ax = plt.subplots(figsize=(9.5, 1.2 + 1.1 * len(cases)))
+    height = 0.38
+    top = 0.0
+    for i, case in enumerate(cases):
+        t = targets.get(case)
+        for j, (subject, color, label) in enumerate(variants):
+            row = next((r for r in _rows(data, case) if r["subject"] == subject), None)
+            if row is None:
+                continue
+            y = i + (j - 0.5) * height
+            ax.barh(y, row["median"], height=height * 0.9, color=color, label=label if i == 0 else None)
+            ax.plot(row.get("runs", []), [y] * len(row.get("runs", [])), "|", color="black", markersize=7, alpha=0.6)
+            text = f"{row['median']:.0f} ms"
+            if subject == "plugin":
+                over = next((r for r in _rows(data, f"{case}: overhead")), None)
+                if over is not None:
+                    text += f"  ({over['median']:+.0f} ms, {over['ratio']:.2f}x)"
+            right = max(row["max"], t["limit"] if t is not None and subject == "plugin" else 0)
+            top = max(top, right)
+            ax.text(right * 1.02, y, text, va="center", fontsize=8)
+        if t is not None:  # the limit, across the plugin's bar (the axis is inverted: y - height / 2 is its top)
+            y = i - 0.5 * height
+            ax.plot([t["limit"]] * 2, [y - height / 2, y + height / 2], color="black", linewidth=1.2, linestyle="--")
+            ax.annotate(
+                f"target <= {t['limit']:.0f} ms",
+                (t["limit"], y - height / 2),
+                textcoords="offset points",
+                xytext=(0, 1),
+                ha="center",
+                va="bottom",
+                fontsize=6.5,
+            )
+    ax.set_yticks(range(len(cases)), cases)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.45)
+    ax.set_xlabel("wall time of the whole pytest run, ms: median (bar), each run (tick), target (dashed)")
+    ax.grid(axis="x", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("plugin: a suite that does not use tiger, with tiger's pytest plugin vs -p no:tiger", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+_DRAW["plugin"] = _plugin

@@ -62,3 +62,30 @@ def test_quick_read_runs_and_writes_valid_json(tmp_path: Path) -> None:
     assert all(t["met"] in (True, False, None) for t in data["targets"])
     assert "file" in data["plot"] or "skipped" in data["plot"]
     assert "| hit | tiger |" in proc.stdout  # the results table
+
+
+def test_quick_plugin_runs_and_writes_valid_json(tmp_path: Path) -> None:
+    """``--only plugin``: both variants of every case ran (each run must pass, or the scenario fails), one target a case."""
+    env = {k: v for k, v in os.environ.items() if k != "TIGER_URL"}
+    command = [sys.executable, "-m", "bench", "--quick", "--only", "plugin", "--out", str(tmp_path)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    data = json.loads((tmp_path / "plugin.json").read_text())  # strict JSON: no NaN
+    assert data["scenario"] == "plugin"
+    assert data["quick"] is True
+    assert "perf_counter" in data["method"]
+    cases = ["1 test", "200 tests", "200 tests, -n 2"]
+    assert list(data["series"]["wall_ms"]) == [c for c in cases if c not in data["skipped"]]
+    rows = {(r["case"], r["subject"]): r for r in data["rows"]}
+    for case in data["series"]["wall_ms"]:
+        for subject, role in (("plugin", "tiger"), ("-p no:tiger", "floor")):
+            row = rows[(case, subject)]
+            assert (row["role"], row["unit"], row["samples"]) == (role, "ms", data["params"]["rounds"])
+            assert 0 < row["min"] <= row["median"] <= row["max"]
+        assert rows[(f"{case}: overhead", "plugin - no:tiger")]["unit"] == "ms"
+    targets = [t for t in data["targets"] if t["unit"] == "ms"]
+    assert len(targets) == len(data["series"]["wall_ms"])
+    assert all(t["met"] in (True, False) for t in targets)
+    assert "file" in data["plot"] or "skipped" in data["plot"]
+    assert "| 1 test | plugin |" in proc.stdout
