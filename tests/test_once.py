@@ -17,7 +17,11 @@ def test_claim_rules():
     verdict, change = t.prepare_once_claim(store, "k", "c1", "gw0", live={"c1"}, now=5)
     assert verdict == "build" and change is not None
     store.apply(change)
-    assert t.prepare_once_claim(store, "k", "c2", "gw1", live={"c1", "c2"}, now=6) == ("wait", None)
+    verdict, change = t.prepare_once_claim(store, "k", "c2", "gw1", live={"c1", "c2"}, now=6)
+    assert verdict == "wait"
+    store.apply(change)  # c2 holds the value from now on (a teardown waits for it)
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["holders"] == ["c2"]
+    assert t.prepare_once_claim(store, "k", "c2", "gw1", live={"c1", "c2"}, now=6) == ("wait", None)  # held already
     # the builder went silent: the next caller takes the key over
     verdict, change = t.prepare_once_claim(store, "k", "c2", "gw1", live={"c2"}, now=7)
     assert verdict == "build"
@@ -27,9 +31,28 @@ def test_claim_rules():
     verdict, change = t.prepare_once_finish(store, "k", "c2", {"v": [1]}, None)
     assert verdict == "stored"
     store.apply(change)
+    # a value without a teardown: who has it is not tracked (no change per caller)
     assert t.prepare_once_claim(store, "k", "c3", "gw2", live=set(), now=8) == ("done", None)
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["holders"] == []
     assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["value"] == {"v": [1]}
     assert t.claims_of(store, "c2") == []
+    store.check()
+
+
+def test_holders_leave_and_a_torn_down_value_is_retired():
+    store = t.Store()
+    store.apply(t.prepare_once_claim(store, "k", "b", "gw0", live={"b"}, now=1)[1])
+    store.apply(t.prepare_once_finish(store, "k", "b", 1, None, teardown=True)[1])
+    for client in ("h1", "h2"):
+        store.apply(t.prepare_once_claim(store, "k", client, "gw1", live={"b"}, now=2)[1])
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["holders"] == ["h1", "h2"]
+    [left] = t.prepare_once_leave(store, "h1")
+    store.apply(left)
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["holders"] == ["h2"]
+    assert t.prepare_once_leave(store, "h1") == []
+    assert t.prepare_once_retire(store, "k", "h2", t.GLOBAL) is None  # only its builder retires it
+    store.apply(t.prepare_once_retire(store, "k", "b", t.GLOBAL))
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k") is None
     store.check()
 
 
@@ -156,3 +179,69 @@ def test_once_arguments_are_checked(tiger_client):
         tiger_client.once("k", 5)
     with pytest.raises(ValueError, match="reserved"):
         tiger_client.table("tiger.once")
+
+
+def _resource(log: list[str]):
+    def start():
+        log.append("up")
+        yield {"port": 1234}
+        log.append(f"down {time.monotonic()}")
+
+    return start
+
+
+def test_a_generator_factory_is_torn_down_in_the_builders_close_after_every_holder_closed(connect, ns):
+    key = f"server-{ns}"
+    log: list[str] = []
+    builder, holder = connect(), connect()
+    assert builder.once(key, _resource(log)) == {"port": 1234}
+    assert holder.once(key, _resource(log)) == {"port": 1234}
+    assert log == ["up"]
+    closing = threading.Thread(target=builder.close)
+    closing.start()
+    deadline = time.monotonic() + 10
+    while builder._teardowns:  # popped: the builder now waits for its holders
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # sleep-ok: polling another thread's progress
+    assert log == ["up"]  # not while the holder is open
+    holder_closed = time.monotonic()
+    holder.close()
+    closing.join(10)
+    assert len(log) == 2 and float(log[1].split()[1]) >= holder_closed
+    with connect() as later:  # the key is retired with its value: a later caller builds anew
+        assert later.once(key, _resource(log)) == {"port": 1234}
+    assert log[2:] == ["up", log[3]] and log[3].startswith("down")
+
+
+def test_a_teardown_waits_for_holders_only_the_clients_timeout(connect, ns, caplog):
+    key = f"held-{ns}"
+    log: list[str] = []
+    builder, holder = connect(timeout=1.0), connect()
+    builder.once(key, _resource(log))
+    holder.once(key, _resource(log))
+    started = time.monotonic()
+    builder.close()
+    assert 0.9 < time.monotonic() - started < 5
+    assert log[0] == "up" and log[1].startswith("down")
+    assert "still hold it" in caplog.text
+
+
+def test_a_teardown_that_raises_is_raised_by_close(connect, ns):
+    def start():
+        yield 1
+        raise RuntimeError("cannot stop the server")
+
+    builder = connect()
+    assert builder.once(f"raises-{ns}", start) == 1
+    with pytest.raises(RuntimeError, match="cannot stop the server"):
+        builder.close()
+    assert builder._closed
+
+
+def test_a_generator_that_yields_nothing_fails_the_key(connect, ns):
+    def start():
+        return
+        yield
+
+    with pytest.raises(tiger.OnceFailed, match="returned without yielding"):
+        connect().once(f"empty-{ns}", start)

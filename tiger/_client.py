@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import contextlib
 import inspect
 import itertools
+import logging
 import math
 import os
 import threading
@@ -21,7 +23,7 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
-from tiger._errors import AlreadyExists, NotFound, OnceFailed, ProtocolError, TigerError, Unavailable
+from tiger._errors import AlreadyExists, NotFound, OnceFailed, ProtocolError, TigerError, Timeout, Unavailable
 from tiger._replica import Replica, _reachable
 from tiger._server import secure
 from tiger._table import (
@@ -45,6 +47,7 @@ from tiger._table import (
 # A different default is a different ContextVar: reads stay one C-level get(), never a Python call.
 _namespace: ContextVar[str] = ContextVar("tiger_namespace", default=GLOBAL)
 _current = _namespace.get
+log = logging.getLogger("tiger.client")
 
 
 @contextmanager
@@ -225,7 +228,7 @@ class Client:
         replica, close the sockets. Idempotent. A teardown that raised is raised again at the end."""
         if self._closed:
             return
-        errors = self.tear_down_once_values() if os.getpid() == self._pid else []
+        errors = self.tear_down_once_values(wait=self.timeout) if os.getpid() == self._pid else []
         try:
             self._close()
         finally:
@@ -357,21 +360,43 @@ class Client:
         """Remove the once keys of one namespace (None: every once key) at the writer."""
         self._write(p.ClearTable(next(self._req_ids), ONCE_TABLE, namespace))
 
-    def tear_down_once_values(self) -> list[tuple[str, BaseException]]:
-        """Run the teardowns of the generator factories this client built (each once, in reverse order of
-        building); returns the (key, error) of each that raised. ``close()`` calls it."""
+    def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
+        """Run the teardowns of the generator factories this client built, each once, newest first, and
+        retire their keys (a later caller builds anew); returns the (key, error) of each that raised.
+
+        ``wait`` (seconds, for all keys together): first wait for the other clients that got a value
+        (its holders, known to the writer) to close or fall silent. Past it, the teardown runs anyway
+        and a warning names the clients still holding it. ``close()`` waits the client's timeout; the
+        pytest plugin waits for every test of the run instead.
+        """
         errors: list[tuple[str, BaseException]] = []
+        deadline = time.monotonic() + wait
+        if wait > 0 and self._teardowns:
+            with contextlib.suppress(TigerError):
+                self.sync(timeout=wait)  # every holder the writer knows of is in this replica
         while self._teardowns:
-            (_, key), generator = self._teardowns.popitem()
+            (scope, key), generator = self._teardowns.popitem()
+            if wait > 0 and self.replica.silent_for() <= self.heartbeat_timeout:
+                try:
+                    self.replica.wait_until(
+                        lambda scope=scope, key=key: not _held(self._once_record(scope, key)),  # type: ignore[misc]
+                        deadline,
+                        lambda: "",
+                    )
+                except Timeout:
+                    holders = _held(self._once_record(scope, key))
+                    log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
             try:
                 next(generator)
             except StopIteration:
-                continue
+                pass
             except BaseException as e:  # reported, and the other teardowns still run
                 errors.append((key, e))
-                continue
-            errors.append((key, RuntimeError(f"the factory of once {key!r} yielded more than once")))
-            generator.close()
+            else:
+                errors.append((key, RuntimeError(f"the factory of once {key!r} yielded more than once")))
+                generator.close()
+            with contextlib.suppress(TigerError):
+                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "retire", None, scope))
         return errors
 
     def _once_record(self, scope: str, key: str) -> Record | None:
@@ -402,7 +427,7 @@ class Client:
                 error = [type(e).__name__, str(e), self.label, _factory_frames(e)]
                 self._finish_or_release(key, scope, "error", error)
                 raise OnceFailed(key, *error) from e
-        finish = self._finish_or_release(key, scope, "value", value)
+        finish = self._finish_or_release(key, scope, "resource" if (scope, key) in self._teardowns else "value", value)
         del self._once_built[scope, key]
         if finish.result != "stored":
             return _SUPERSEDED  # the writer gave the key to another caller meanwhile (we were silent too long)
@@ -577,6 +602,11 @@ def _once_value(record: Record) -> Any:
     if record["state"] == "failed":
         raise OnceFailed(record["id"], *record["error"])
     return record["value"]
+
+
+def _held(record: Record | None) -> list[str]:
+    """The clients other than its builder holding a once value."""
+    return [] if record is None else list(record["holders"])
 
 
 def _once_moved(record: Record | None, owner: str | None) -> bool:

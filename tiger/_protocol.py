@@ -258,10 +258,14 @@ class OnceClaim:
     namespace: str = "global"  # the key's scope (the pytest plugin: one per test run)
 
 
+ONCE_OUTCOMES = ("value", "resource", "error", "release", "retire")
+
+
 @dataclass(frozen=True, slots=True)
 class OnceFinish:
-    """The builder's outcome: "value" (payload: the value), "error" (payload: [type, message, builder,
-    traceback]) or "release"."""
+    """The builder's outcome: "value" (payload: the value), "resource" (a value the builder tears down
+    later), "error" (payload: [type, message, builder, traceback]), "release" (the build was interrupted)
+    or "retire" (the value was torn down)."""
 
     req_id: int
     key: str
@@ -454,8 +458,8 @@ def request_from(obj: Any) -> Request:
         return OnceClaim(req_id, key, client_id, by, _field(a[5], str, "namespace"))
     if tag == "once_finish":
         outcome = _field(a[4], str, "outcome")
-        if outcome not in ("value", "error", "release"):
-            raise ProtocolError(f"field 'outcome' must be 'value', 'error' or 'release', not {_shown(outcome)}")
+        if outcome not in ONCE_OUTCOMES:
+            raise ProtocolError(f"field 'outcome' must be one of {', '.join(ONCE_OUTCOMES)}, not {_shown(outcome)}")
         return OnceFinish(
             req_id, _field(a[2], str, "key"), _field(a[3], str, "client_id"), outcome, a[5], _field(a[6], str, "namespace")
         )

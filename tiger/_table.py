@@ -652,7 +652,10 @@ def check_value(value: object, where: str = "value") -> None:
 # -- once keys ------------------------------------------------------------------------
 #
 # A once key is a record {"id": key, "state": "building" | "done" | "failed", "owner": client id,
-# "by": who built it, "value": ..., "error": [type name, message, builder, traceback] | None} in
+# "by": who built it, "value": ..., "error": [type name, message, builder, traceback] | None,
+# "teardown": whether its builder tears it down (a generator factory), "holders": [client ids that
+# asked for it besides its builder, until they leave: only while it builds, or for a value with a
+# teardown, which waits for them]} in
 # ONCE_TABLE, in the namespace that scopes it ("global" by default; the pytest plugin uses one
 # namespace per test run, so that two runs on one writer never share a key).
 # Waiting callers watch that record in their replica; nothing polls the writer.
@@ -672,19 +675,41 @@ def prepare_once_claim(
     check_id(client_id, "client_id")
     check_value(by, "by")
     current = store.get(ONCE_TABLE, namespace, key)
+    holders: list[str] = []
     if current is not None:
         if current["state"] != "building":
-            return "done", None
+            return "done", _holding(namespace, current, client_id)
         if current["owner"] != client_id and current["owner"] in live:
-            return "wait", None
-    record = {"id": key, "state": "building", "owner": client_id, "by": by, "value": None, "error": None, "created": now}
+            return "wait", _holding(namespace, current, client_id)
+        holders = [h for h in current["holders"] if h != client_id]  # a key taken over keeps its waiting holders
+    record = {
+        "id": key,
+        "state": "building",
+        "owner": client_id,
+        "by": by,
+        "value": None,
+        "error": None,
+        "holders": holders,
+        "teardown": False,
+        "created": now,
+    }
     return "build", Put(ONCE_TABLE, namespace, (freeze(record),))
 
 
+def _holding(namespace: str, current: Record, client_id: str) -> Put | None:
+    """``client_id`` holds the value from now on (its builder's teardown waits for it to leave)."""
+    if current["owner"] == client_id or client_id in current["holders"]:
+        return None
+    if current["state"] != "building" and not (current["state"] == "done" and current["teardown"]):
+        return None  # a value without a teardown needs no bookkeeping of who has it
+    return Put(ONCE_TABLE, namespace, (freeze({**current, "holders": [*current["holders"], client_id]}),))
+
+
 def prepare_once_finish(
-    store: Store, key: str, client_id: str, value: Any, error: Any, namespace: str = GLOBAL
+    store: Store, key: str, client_id: str, value: Any, error: Any, namespace: str = GLOBAL, teardown: bool = False
 ) -> tuple[str, Change | None]:
-    """Store the builder's value (or its error); both None: give the key up for another caller.
+    """Store the builder's value (or its error). ``teardown``: the builder will tear the value down, once
+    every holder has left (the holders so far are kept); else holders are no longer tracked.
 
     ("stored", change), or ("superseded", None) when ``client_id`` no longer holds the key.
     """
@@ -697,9 +722,29 @@ def prepare_once_finish(
     if error is not None:
         if not (isinstance(error, list) and len(error) == ONCE_ERROR_FIELDS and all(type(x) is str for x in error)):
             raise TypeError("error must be [type name, message, builder, traceback], four str")
-        return "stored", Put(ONCE_TABLE, namespace, (freeze({**current, "state": "failed", "error": error}),))
+        return "stored", Put(ONCE_TABLE, namespace, (freeze({**current, "state": "failed", "error": error, "holders": []}),))
     check_value(value, "value")
-    return "stored", Put(ONCE_TABLE, namespace, (freeze({**current, "state": "done", "value": value}),))
+    holders = current["holders"] if teardown else []
+    done = {**current, "state": "done", "value": value, "teardown": teardown, "holders": holders}
+    return "stored", Put(ONCE_TABLE, namespace, (freeze(done),))
+
+
+def prepare_once_retire(store: Store, key: str, client_id: str, namespace: str = GLOBAL) -> Delete | None:
+    """Its builder tore the value down (a generator factory's teardown): the key goes; a later caller builds anew."""
+    current = store.get(ONCE_TABLE, namespace, key)
+    if current is None or current["state"] != "done" or current["owner"] != client_id:
+        return None
+    return Delete(ONCE_TABLE, namespace, key)
+
+
+def prepare_once_leave(store: Store, client_id: str) -> list[Put]:
+    """``client_id`` left (goodbye or silence): it holds no once value any more."""
+    return [
+        Put(ONCE_TABLE, namespace, (freeze({**record, "holders": [h for h in record["holders"] if h != client_id]}),))
+        for namespace, rows in store.tables.get(ONCE_TABLE, {}).items()
+        for record in rows.values()
+        if client_id in record["holders"]
+    ]
 
 
 def prepare_once_release(store: Store, key: str, client_id: str, namespace: str = GLOBAL) -> Delete | None:

@@ -383,6 +383,8 @@ class Writer:
             change = _table.prepare_once_release(self.store, key, client_id, namespace)
             if change is not None:
                 self._commit(change)
+        for held in _table.prepare_once_leave(self.store, client_id):
+            self._commit(held)
 
     def _send(self, envelope: list[bytes], payload: bytes) -> None:
         try:
@@ -459,8 +461,12 @@ class Writer:
         self.clients[r.client_id] = time.monotonic()
         if r.outcome == "release":
             return _table.prepare_once_release(self.store, r.key, r.client_id, r.namespace), "released"
-        value, error = (r.payload, None) if r.outcome == "value" else (None, r.payload)
-        verdict, change = _table.prepare_once_finish(self.store, r.key, r.client_id, value, error, r.namespace)
+        if r.outcome == "retire":
+            return _table.prepare_once_retire(self.store, r.key, r.client_id, r.namespace), "retired"
+        value, error = (None, r.payload) if r.outcome == "error" else (r.payload, None)
+        verdict, change = _table.prepare_once_finish(
+            self.store, r.key, r.client_id, value, error, r.namespace, teardown=r.outcome == "resource"
+        )
         return change, verdict
 
 
