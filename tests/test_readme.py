@@ -29,7 +29,21 @@ def test_readme_xdist_example_runs_as_is(pytester, monkeypatch):
         (pytester.path / name).write_text(text)
     for args in (["-n", "2"], ["-p", "no:xdist"]):
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
-        result.assert_outcomes(passed=21)
+        result.assert_outcomes(passed=24)
+        assert _servers_started_in(pytester.path) == []  # the mock API's teardown ran: its server is gone
+
+
+def _servers_started_in(cwd: pathlib.Path) -> list[int]:
+    """Pids of running http.server processes whose working directory is ``cwd`` (zombies excluded)."""
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            if b"http.server" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == cwd.resolve():
+                if (proc / "stat").read_text().split(") ", 1)[1][0] != "Z":
+                    found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _table_after(text: str, heading: str) -> list[str]:
