@@ -40,6 +40,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Generator, Iterator
@@ -115,6 +116,7 @@ class _Run:
         """The writer's URL, reaching (or starting) it on first call; ends the run if it cannot."""
         if self.url is not None:
             return self.url
+        _keep_modules()
         failure: _Unreachable | None = None
         try:
             url = self._reach()
@@ -186,6 +188,7 @@ class _Run:
 
     def client(self) -> Client:
         if self._client is None:
+            _keep_modules()
             from tiger._client import connect
 
             url = self.demand()
@@ -210,6 +213,7 @@ class _Run:
         return name
 
     def enter_test(self, item: pytest.Item) -> str:
+        _keep_modules()
         from tiger._client import push_default_namespace
 
         name = self.namespace_for(item)
@@ -237,13 +241,17 @@ class _Run:
         except _BuildInterrupted as e:  # pytest-timeout stopped the build: the key went to the next caller
             raise e.__cause__ from None  # type: ignore[misc]
         except OnceFailed as e:
-            if e.type_name == "Skipped":
-                pytest.skip(f"once {key!r}: {e.message}")
-            if e.type_name == "XFailed":
-                pytest.xfail(f"once {key!r}: {e.message}")
-            if e.type_name == "Failed":
-                pytest.fail(str(e), pytrace=False)
-            raise e.with_traceback(None) from None  # the builder's frames are in its message
+            failed: OnceFailed | None = e
+        else:
+            failed = None
+        if failed is not None:  # outside the except block: pytest shows the outcome alone, not its context too
+            if failed.type_name == "Skipped":
+                pytest.skip(f"once {key!r}: {failed.message}")
+            if failed.type_name == "XFailed":
+                pytest.xfail(f"once {key!r}: {failed.message}")
+            if failed.type_name == "Failed":
+                pytest.fail(str(failed), pytrace=False)
+            raise failed.with_traceback(None) from None  # the builder's frames are in its message
         if (self.namespace, key) in client._teardowns and key not in self._built:
             self._built.append(key)
             _write_json(self.dir / "builders" / _file_name(key), {"key": key, "pid": os.getpid(), "by": client.label})
@@ -415,6 +423,33 @@ def _run_dir() -> str:
     return path
 
 
+_KEPT = ("zmq", "msgpack", "tiger")  # packages whose modules must stay the ones first imported
+_kept: dict[str, Any] = {}  # their modules, as first imported in this process
+_kept_at = 0  # len(sys.modules) when they were last looked for
+
+
+def _keep_modules() -> None:
+    """Put back into ``sys.modules`` any module of zmq, msgpack or tiger that was dropped from it, and
+    remember those imported since the last call.
+
+    pytester restores ``sys.modules`` to a snapshot (``runpytest_inprocess`` after the nested run, its
+    fixture after the test), dropping what was imported meanwhile. Imported a second time, zmq is a copy
+    that does not mix with the first (its compiled core, loaded once per process, raises the first copy's
+    errors: a client cannot connect), and tiger's client a copy with a default namespace of its own.
+    Called around each test and before the plugin imports them."""
+    global _kept_at
+    if not _kept and "zmq" not in sys.modules:
+        return  # nothing imported yet (a run that does not use tiger never gets further)
+    for name, module in _kept.items():
+        if sys.modules.get(name) is not module:
+            sys.modules[name] = module
+    if len(sys.modules) != _kept_at:
+        for name, module in list(sys.modules.items()):
+            if name.partition(".")[0] in _KEPT:
+                _kept.setdefault(name, module)
+        _kept_at = len(sys.modules)
+
+
 _run_key = pytest.StashKey[_Run]()
 
 
@@ -457,6 +492,7 @@ def _wants_namespace(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    _keep_modules()
     run = item.config.stash.get(_run_key, None)
     if run is not None and _wants_namespace(item):
         run.enter_test(item)  # current for every fixture's setup, the call, and teardowns
@@ -465,7 +501,9 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    _keep_modules()  # what the test imported, before pytester's fixture drops it
     yield  # the test's fixtures are torn down inside their namespace first
+    _keep_modules()
     run = item.config.stash.get(_run_key, None)
     if run is not None:
         run.leave_test(item)
@@ -518,9 +556,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(_run_key, None)
     if run is None:
         return
+    _keep_modules()
     if not run.is_controller:
         run.worker_end()  # after xdist sent this worker's end: the controller is not held up by it
     run.close()
+    _keep_modules()  # a nested in-process run: its imports stay for the outer run
 
 
 # -- fixtures -------------------------------------------------------------------------

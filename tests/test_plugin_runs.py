@@ -1,0 +1,822 @@
+"""The pytest plugin's run lifecycle (issue 10), run for real: pytest runs in subprocesses (pytester, or
+Popen in a process group of their own), real xdist workers, real writers, real signals.
+
+Each test is named after what broke. The inner projects find their scratch directory in
+``$PLUGIN_RUNS_DIR`` (this test's tmp_path), so their sources need no formatting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _util import alive
+
+import tiger
+
+RUN_TIMEOUT = 60
+XDIST_OR_NOT = pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
+
+
+@pytest.fixture(autouse=True)
+def _inner_env(monkeypatch, tmp_path):
+    """Inner runs start their own writer unless a test says otherwise, do not think they are xdist
+    workers of this run, and find their scratch directory in $PLUGIN_RUNS_DIR."""
+    for name in ("TIGER_URL", "TIGER_SERVER_KEY", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PLUGIN_RUNS_DIR", str(tmp_path))
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=RUN_TIMEOUT)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout:g}s: {what}"
+        time.sleep(0.05)  # sleep-ok: polling files and processes of another run, with a deadline
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes whose process group is ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def start_pytest(cwd: Path, output: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``python -m pytest ARGS`` in ``cwd``, in a process group of its own, its output to a file (no pipe to fill)."""
+    with open(output, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def end_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill what is left of the process group we started (pytest and its workers), and reap pytest."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+def kill_if_alive(pid: int | None) -> None:
+    if pid is not None and alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- 1. free when unused ---------------------------------------------------------------------------
+
+WATCH_CONFTEST = """
+import os, sys
+import pytest
+
+REPORT = os.path.join(os.environ["PLUGIN_RUNS_DIR"], "report")
+
+def _who(config):
+    return getattr(config, "workerinput", {}).get("workerid", "controller")
+
+def _writers_owned_by(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\\0")
+        except OSError:
+            continue
+        owned = any(a == "--owner-pid" and b == str(pid) for a, b in zip(args, args[1:]))
+        if owned and "serve" in args and any("tiger" in a for a in args):
+            found.append(int(entry))
+    return found
+
+def pytest_sessionfinish(session):
+    if _who(session.config) == "controller":  # the run's writer, if any, is still up here
+        with open(REPORT, "a") as f:
+            f.write(f"writers {_writers_owned_by(os.getpid())}\\n")
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    with open(REPORT, "a") as f:
+        f.write(f"{_who(config)} zmq-imported={'zmq' in sys.modules}\\n")
+"""
+
+PLAIN_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("i", range(4))
+def test_plain(i):
+    assert i < 4
+"""
+
+
+@XDIST_OR_NOT
+def test_a_run_that_uses_no_tiger_fixture_starts_no_writer_and_imports_no_zmq(pytester, tmp_path, mode):
+    pytester.makeconftest(WATCH_CONFTEST)
+    pytester.makepyfile(test_plain=PLAIN_TESTS)
+    run(pytester, *mode).assert_outcomes(passed=4)
+    report = lines(tmp_path / "report")
+    processes = ["controller", "gw0", "gw1"] if mode[0] == "-n" else ["controller"]
+    assert sorted(report) == sorted(["writers []"] + [f"{who} zmq-imported=False" for who in processes])
+
+
+def test_the_free_run_watch_sees_a_writer_and_zmq_when_a_test_uses_tiger(pytester, tmp_path):
+    """The check above can fail: the same watch, with one test asking for tiger."""
+    pytester.makeconftest(WATCH_CONFTEST)
+    pytester.makepyfile(test_plain=PLAIN_TESTS, test_uses="def test_uses(tiger_url):\n    pass\n")
+    run(pytester, "-n", "2").assert_outcomes(passed=5)
+    report = lines(tmp_path / "report")
+    assert re.fullmatch(r"writers \[\d+\]", next(line for line in report if line.startswith("writers")))
+    assert any(re.fullmatch(r"gw\d zmq-imported=True", line) for line in report), report
+
+
+# -- 2. a run is a run -----------------------------------------------------------------------------
+
+NESTING_OUTER = '''
+import os, uuid
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def build_outer():
+    with open(os.path.join(D, "outer-built"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return {"token": uuid.uuid4().hex}
+
+def seen(value):
+    with open(os.path.join(D, "outer-seen"), "a") as f:
+        f.write(value["token"] + "\\n")
+
+INNER = """
+import os, uuid
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def build_inner():
+    with open(os.path.join(D, "inner-built"), "a") as f:
+        f.write("x\\\\n")
+    return {"token": uuid.uuid4().hex}
+
+@pytest.mark.parametrize("i", range(3))
+def test_inner(tiger_once, tiger_namespace, tiger_client, i):
+    value = tiger_once("catalog", build_inner)
+    tiger_client.table("items").insert({"id": "item"})
+    assert tiger_client.table("items").count() == 1
+    with open(os.path.join(D, "inner-seen"), "a") as f:
+        f.write(value["token"] + "\\\\n")
+"""
+
+def test_1_before(tiger_once):
+    seen(tiger_once("catalog", build_outer))
+
+def test_2_nested_in_process(pytester, tiger_once):
+    pytester.makepyfile(test_inner=INNER)
+    pytester.runpytest_inprocess("-p", "no:xdist", "-p", "no:cacheprovider").assert_outcomes(passed=3)
+    seen(tiger_once("catalog", build_outer))
+
+def test_3_nested_subprocess(pytester, tiger_once):
+    pytester.makepyfile(test_inner=INNER)
+    pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", timeout=60).assert_outcomes(passed=3)
+    seen(tiger_once("catalog", build_outer))
+
+def test_4_after(tiger_once):
+    seen(tiger_once("catalog", build_outer))
+'''
+
+NESTING_OTHER = """
+import os
+import pytest
+from test_outer import build_outer, seen
+
+@pytest.mark.parametrize("i", range(3))
+def test_elsewhere(tiger_once, i):
+    seen(tiger_once("catalog", build_outer))
+"""
+
+
+@pytest.mark.parametrize("mode", [["-p", "no:xdist"], ["-n", "2", "--dist", "loadfile"]], ids=["no-xdist", "xdist-loadfile"])
+def test_a_pytest_run_inside_a_test_shared_the_outer_runs_once_keys(pytester, tmp_path, mode):
+    pytester.makeconftest('pytest_plugins = ["pytester"]\n')
+    pytester.makepyfile(test_outer=NESTING_OUTER, test_other=NESTING_OTHER)
+    run(pytester, *mode).assert_outcomes(passed=7)
+    assert len(lines(tmp_path / "outer-built")) == 1  # once across the outer run, nested runs or not
+    outer = lines(tmp_path / "outer-seen")
+    assert len(outer) == 7 and len(set(outer)) == 1  # the outer value before, between and after the nested runs
+    assert len(lines(tmp_path / "inner-built")) == 2  # each nested run built its own, once
+    inner = lines(tmp_path / "inner-seen")
+    assert len(inner) == 6 and len(set(inner)) == 2 and outer[0] not in inner
+
+
+FIRST_USE_UNDER_PYTESTER = '''
+import pytest
+import tiger
+
+INNER = """
+def test_inner(tiger_client, tiger_namespace):
+    tiger_client.table("t").insert({"id": "inner"})
+"""
+
+def test_1_first_use(pytester, tiger_once, how):
+    # the first use of tiger (and zmq) in this process, while pytester holds a snapshot of sys.modules
+    if how == "nested-run":
+        pytester.makepyfile(test_inner=INNER)
+        pytester.runpytest_inprocess("-p", "no:xdist", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    else:
+        with tiger.serve() as server, tiger.connect(server.url) as client:
+            client.table("t").insert({"id": "own"})
+    assert tiger_once("catalog", lambda: "outer") == "outer"  # the outer run's tiger, after the nested run
+
+def test_2_later(tiger_client, tiger_namespace, tiger_once):
+    assert tiger_once("catalog", lambda: "again") == "outer"
+    assert tiger.current_namespace() == tiger_namespace
+    tiger_client.table("t").insert({"id": "outer"})
+    assert [r["id"] for r in tiger_client.table("t").all()] == ["outer"]
+    with tiger.namespace("global"):
+        assert tiger_client.table("t").count() == 0
+'''
+
+
+@pytest.mark.parametrize("how", ["nested-run", "serve-in-test"])
+def test_a_pytest_run_inside_a_test_broke_zmq_for_the_outer_run(pytester, how):
+    """pytester drops from sys.modules what a nested in-process run (or a test) imported meanwhile; the
+    outer run then imported zmq and tiger's client again: a second copy, which does not mix with the first."""
+    pytester.makeconftest(f'pytest_plugins = ["pytester"]\n\nimport pytest\n\n@pytest.fixture\ndef how():\n    return {how!r}\n')
+    pytester.makepyfile(test_first=FIRST_USE_UNDER_PYTESTER)
+    result = run(pytester, "-p", "no:xdist")
+    result.assert_outcomes(passed=2)
+
+
+BILLING = """
+import os, time
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+ME = os.environ["RUN_NAME"]
+OTHER = {"a": "b", "b": "a"}[ME]
+
+def build():
+    with open(os.path.join(D, "built"), "a") as f:
+        f.write(ME + "\\n")
+    return ME
+
+def meet(step):
+    open(os.path.join(D, f"{step}-{ME}"), "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(D, f"{step}-{OTHER}")):
+        assert time.monotonic() < deadline, f"run {OTHER} never got to {step}"
+        time.sleep(0.02)  # sleep-ok: polling for the other run's file, with a deadline
+
+def test_x(tiger_client, tiger_namespace, tiger_once):
+    assert tiger_once("catalog", build) == ME  # each run builds its own
+    invoices = tiger_client.table("invoices")
+    invoices.insert({"id": "in_1", "run": ME})
+    meet("ready")  # both runs have inserted under the same node id
+    tiger_client.sync()
+    assert invoices.count() == 1 and invoices["in_1"]["run"] == ME
+    assert tiger_once("catalog", build) == ME
+    meet("checked")  # neither run ends (and cleans up) before the other has checked
+"""
+
+
+def test_two_runs_on_one_writer_saw_each_others_records_and_once_keys(tmp_path):
+    env = dict(os.environ)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    with tiger.serve() as server:
+        try:
+            for name in ("a", "b"):
+                project = tmp_path / f"project-{name}"
+                project.mkdir()
+                (project / "test_billing.py").write_text(BILLING)
+                procs[name] = start_pytest(
+                    project, tmp_path / f"out-{name}", "-n", "1", "--tiger-url", server.url, env={**env, "RUN_NAME": name}
+                )
+            for name, proc in procs.items():
+                proc.wait(RUN_TIMEOUT)
+                output = (tmp_path / f"out-{name}").read_text()
+                assert proc.returncode == 0, output
+                assert "1 passed" in output
+        finally:
+            for proc in procs.values():
+                end_group(proc)
+        assert sorted(lines(tmp_path / "built")) == ["a", "b"]  # once per run: two builds in all
+        with tiger.connect(server.url) as client:
+            client.sync()
+            assert client.namespaces() == []  # each run dropped its test namespaces and its run namespace
+            once = client.replica.store.tables.get("tiger.once") or {}
+            assert not any(rows for rows in once.values()), once  # and its once keys
+
+
+# -- 3. no writer needed to ask pytest anything ----------------------------------------------------
+
+TIGER_TESTS = """
+def test_a(tiger_client):
+    pass
+
+def test_b(tiger_client):
+    pass
+
+def test_c(tiger_client):
+    pass
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=["ipc", "tcp"])
+def dead_url(request, tmp_path):
+    if request.param == "ipc":
+        return f"ipc://{tmp_path}/nothing-here"
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--version"], ["--collect-only"], ["--co", "-q"], ["--fixtures"], ["test_plain.py"]],
+    ids=["help", "version", "collect-only", "co-q", "fixtures", "plain-run"],
+)
+def test_asking_pytest_something_contacted_the_writer(pytester, monkeypatch, dead_url, args):
+    monkeypatch.setenv("TIGER_URL", dead_url)
+    pytester.makepyfile(test_plain=PLAIN_TESTS, test_uses=TIGER_TESTS)
+    started = time.monotonic()
+    result = run(pytester, *args)
+    took = time.monotonic() - started
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert took < 4.5  # a contact with nothing at the URL takes the ping's 5 s
+    if args == ["test_plain.py"]:
+        result.assert_outcomes(passed=4)
+
+
+def test_asking_pytest_something_connected_to_a_silent_tcp_listener(pytester, monkeypatch):
+    """Not timing: a listener that never answers would see any connection attempt."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.setblocking(False)
+        monkeypatch.setenv("TIGER_URL", f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+        pytester.makepyfile(test_plain=PLAIN_TESTS, test_uses=TIGER_TESTS)
+        for args in (["--help"], ["--collect-only"], ["--fixtures"], ["test_plain.py"]):
+            assert run(pytester, *args).ret == 0
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody knocked
+        # the check can fail: a run that uses tiger does knock (and then gives up)
+        run(pytester, "-p", "no:xdist", "-k", "test_a")
+        conn, _ = listener.accept()
+        conn.close()
+
+
+@XDIST_OR_NOT
+def test_a_run_using_tiger_with_no_writer_at_the_url_ended_in_a_traceback(pytester, monkeypatch, dead_url, mode):
+    monkeypatch.setenv("TIGER_URL", dead_url)
+    pytester.makepyfile(test_uses=TIGER_TESTS)
+    result = run(pytester, *mode)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert any(dead_url in line and f"tiger serve --url {dead_url}" in line for line in output.splitlines()), output
+    assert "INTERNALERROR" not in output
+    assert "Traceback" not in output
+
+
+# -- 4. threads of a test --------------------------------------------------------------------------
+
+THREADS = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+import tiger
+
+EARLY = ThreadPoolExecutor(1)
+EARLY.submit(lambda: None).result()  # a thread started before any test
+
+def insert(table, id):
+    table.insert({"id": id, "ns": tiger.current_namespace()})
+
+def test_1_threads_write_into_the_tests_namespace(tiger_client, tiger_namespace):
+    events = tiger_client.table("events")
+    thread = threading.Thread(target=insert, args=(events, "from-thread"))
+    thread.start()
+    thread.join()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda i: insert(events, f"from-pool-{i}"), range(3)))
+    EARLY.submit(insert, events, "from-early-thread").result()
+
+    def in_block():
+        with tiger.namespace("x"):
+            insert(events, "from-block")
+
+    thread = threading.Thread(target=in_block)
+    thread.start()
+    thread.join()
+    tiger_client.sync()
+    expected = ["from-early-thread", "from-pool-0", "from-pool-1", "from-pool-2", "from-thread"]
+    assert sorted(r["id"] for r in events.all()) == expected
+    assert {r["ns"] for r in events.all()} == {tiger_namespace}
+    with tiger.namespace("global"):
+        assert events.count() == 0
+    with tiger.namespace("x"):
+        assert [r["id"] for r in events.all()] == ["from-block"]
+
+def test_2_the_next_test_sees_none_of_them(tiger_client, tiger_namespace):
+    events = tiger_client.table("events")
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(events.count()))
+    thread.start()
+    thread.join()
+    assert seen == [0]
+    assert events.count() == 0
+    assert EARLY.submit(events.count).result() == 0
+    with tiger.namespace("global"):
+        assert events.count() == 0
+    assert not any("test_1" in ns for ns in tiger_client.namespaces())
+"""
+
+
+def test_records_written_from_a_tests_threads_went_to_global(pytester):
+    pytester.makepyfile(test_threads=THREADS)
+    run(pytester, "-p", "no:xdist").assert_outcomes(passed=2)
+
+
+# -- 5. generator factories: teardown once per run -------------------------------------------------
+
+RESOURCE = """
+import os, time
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+LOG = os.path.join(D, "log")
+PATH = os.path.join(D, "resource")
+CRASH = os.path.join(D, "crashed")
+CRASH_ONE = os.environ.get("CRASH_ONE") == "1"
+N = 30
+
+def log(what):
+    with open(LOG, "a") as f:
+        f.write(f"{what} {os.getpid()} {time.time():.6f}\\n")
+
+def start():
+    with open(PATH, "w") as f:
+        f.write("up")
+    log("setup")
+    yield {"path": PATH, "pid": os.getpid()}
+    with open(LOG) as f:
+        finished = [line for line in f if line.startswith("finished ")]
+    expected = N - (1 if os.path.exists(CRASH) else 0)
+    assert len(finished) == expected, f"teardown with {len(finished)} of {expected} tests finished"
+    os.remove(PATH)
+    log("teardown")
+
+@pytest.fixture(scope="session")
+def resource(tiger_once):
+    return tiger_once("resource", start)
+
+@pytest.mark.parametrize("i", range(N))
+def test_uses_resource(resource, i):
+    assert os.path.exists(resource["path"])
+    if CRASH_ONE and i >= 3 and resource["pid"] != os.getpid():  # a crash candidate: not the builder
+        try:
+            fd = os.open(CRASH, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+            os._exit(1)
+    if resource["pid"] != os.getpid():
+        time.sleep(0.1)  # sleep-ok: work, not a wait; the builder runs out of tests while others still run theirs
+    log("finished")
+"""
+
+
+def check_resource_log(tmp_path: Path, finished: int) -> None:
+    log = [line.split() for line in lines(tmp_path / "log")]
+    assert [entry[0] for entry in log].count("setup") == 1
+    assert [entry[0] for entry in log].count("teardown") == 1
+    assert [entry[0] for entry in log].count("finished") == finished
+    assert log[-1][0] == "teardown"
+    assert float(log[-1][2]) >= max(float(entry[2]) for entry in log if entry[0] == "finished")
+    assert not (tmp_path / "resource").exists()
+
+
+@pytest.mark.parametrize("mode", [["-n", "3"], ["-n", "0"], ["-p", "no:xdist"]], ids=["xdist-3", "n0", "no-xdist"])
+def test_a_generator_factory_was_torn_down_before_every_test_finished(pytester, tmp_path, mode):
+    pytester.makepyfile(test_resource=RESOURCE)
+    run(pytester, *mode).assert_outcomes(passed=30)
+    check_resource_log(tmp_path, finished=30)
+
+
+def test_a_crashed_worker_tore_the_run_s_teardown_down_early_or_twice(pytester, tmp_path, monkeypatch):
+    monkeypatch.setenv("CRASH_ONE", "1")
+    pytester.makepyfile(test_resource=RESOURCE)
+    result = run(pytester, "-n", "3")
+    assert (tmp_path / "crashed").exists(), "no test crashed its worker"
+    result.assert_outcomes(passed=29, failed=1)
+    result.stdout.re_match_lines([r".*worker 'gw\d' crashed while running 'test_resource.py::test_uses_resource\[\d+\]'.*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    check_resource_log(tmp_path, finished=29)
+
+
+# -- 6. a teardown that raises ---------------------------------------------------------------------
+
+RAISING_TEARDOWN = """
+import pytest
+
+def start():
+    yield 1
+    raise RuntimeError("the pool " + "would not close")
+
+@pytest.mark.parametrize("i", range(6))
+def test_uses_pool(tiger_once, i):
+    assert tiger_once("pool", start) == 1
+"""
+
+
+@XDIST_OR_NOT
+def test_a_teardown_that_raised_was_lost_or_shown_twice(pytester, mode):
+    pytester.makepyfile(test_pool=RAISING_TEARDOWN)
+    result = run(pytester, *mode)
+    result.assert_outcomes(passed=6)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    output = result.stdout.str() + result.stderr.str()
+    assert len(re.findall(r"teardown of once 'pool' in (gw\d|main) \(pid \d+\) failed", output)) == 1, output
+    assert output.count("RuntimeError: the pool would not close") == 1, output
+    assert "INTERNALERROR" not in output
+
+
+# -- 7. a builder that dies after building ---------------------------------------------------------
+
+BUILDER_DIES = """
+import os, signal
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def start():
+    yield {"pid": os.getpid()}
+    open(os.path.join(D, "torn-down"), "w").close()
+
+@pytest.mark.parametrize("i", range(8))
+def test_uses(tiger_once, i):
+    value = tiger_once("resource", start)
+    if value["pid"] == os.getpid():  # the builder: the first test it runs kills it
+        try:
+            fd = os.open(os.path.join(D, "killed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os.kill(value["pid"], signal.SIGKILL)
+"""
+
+
+def test_a_builder_killed_after_building_hung_the_run(pytester, tmp_path):
+    pytester.makepyfile(test_dies=BUILDER_DIES)
+    result = run(pytester, "-n", "2")  # the run's timeout is the hang check
+    builder = int((tmp_path / "killed").read_text())
+    result.assert_outcomes(passed=7, failed=1)
+    summary = [line for line in result.stdout.lines if "teardown of once" in line]
+    assert len(summary) == 1, result.stdout.str()
+    assert re.fullmatch(
+        rf"tiger: teardown of once 'resource' did not run: its builder gw\d \(pid {builder}\) ended before it", summary[0]
+    )
+    assert not (tmp_path / "torn-down").exists()
+
+
+# -- 8. Ctrl-C -------------------------------------------------------------------------------------
+
+CTRL_C_DURING_BUILD = """
+import os, threading
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def build():
+    open(os.path.join(D, "building"), "w").close()
+    threading.Event().wait(60)
+    return 1
+
+@pytest.mark.parametrize("i", range(4))
+def test_waits_for_the_build(tiger_client, tiger_once, i):
+    with open(os.path.join(D, f".writer-{os.getpid()}"), "w") as f:
+        f.write(str(tiger_client.stats()["pid"]))
+    os.replace(os.path.join(D, f".writer-{os.getpid()}"), os.path.join(D, "writer"))
+    tiger_once("slow", build)
+"""
+
+CTRL_C_AFTER_BUILD = """
+import os, subprocess, sys, threading, time
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+CHILD = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(300)"
+
+def publish(name, text):
+    with open(os.path.join(D, f".{name}-{os.getpid()}"), "w") as f:
+        f.write(text)
+    os.replace(os.path.join(D, f".{name}-{os.getpid()}"), os.path.join(D, name))
+
+def start():
+    child = subprocess.Popen([sys.executable, "-c", CHILD])
+    publish("child", str(child.pid))
+    yield child.pid
+    child.terminate()
+    child.wait(10)
+    with open(os.path.join(D, "log"), "a") as f:
+        f.write(f"teardown {os.getpid()} {time.time()}\\n")
+
+@pytest.fixture(scope="session")
+def child(tiger_once):
+    return tiger_once("child", start)
+
+@pytest.mark.parametrize("i", range(2))
+def test_blocks(child, tiger_client, i):
+    publish("writer", str(tiger_client.stats()["pid"]))
+    publish("blocking", str(os.getpid()))
+    threading.Event().wait(60)
+"""
+
+
+def interrupt_and_check_nothing_is_left(tmp_path: Path, source: str, ready: list[str]) -> None:
+    """Run ``source`` with ``-n 2`` in a process group of its own; once the files ``ready`` exist, Ctrl-C
+    the group; the run must end in time, and its processes, its writer and the factory's child with it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_ctrl_c.py").write_text(source)
+    output = tmp_path / "output"
+    proc = start_pytest(project, output, "-n", "2")
+    pids: dict[str, int] = {}
+    try:
+        wait_until(lambda: all((tmp_path / name).exists() for name in ready), 30, f"the run gets to {ready}")
+        pids = {name: int((tmp_path / name).read_text()) for name in ("writer", "child") if name in ready}
+        assert all(alive(pid) for pid in pids.values())
+        interrupted = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not end within 15 s of Ctrl-C:\n{output.read_text()}")
+        assert time.monotonic() - interrupted < 15
+        assert proc.returncode == pytest.ExitCode.INTERRUPTED, output.read_text()
+        assert "INTERNALERROR" not in output.read_text()
+        wait_until(lambda: not group_members(proc.pid), 10, f"the run's processes end: {group_members(proc.pid)}")
+        for name, pid in pids.items():
+            wait_until(lambda pid=pid: not alive(pid), 10, f"the {name} (pid {pid}) ends")
+    finally:
+        end_group(proc)
+        for pid in pids.values():
+            kill_if_alive(pid)
+
+
+def test_ctrl_c_during_a_build_left_processes_behind(tmp_path):
+    interrupt_and_check_nothing_is_left(tmp_path, CTRL_C_DURING_BUILD, ["building", "writer"])
+
+
+def test_ctrl_c_after_a_generator_build_left_processes_behind(tmp_path):
+    interrupt_and_check_nothing_is_left(tmp_path, CTRL_C_AFTER_BUILD, ["child", "blocking", "writer"])
+    assert [line.split()[0] for line in lines(tmp_path / "log")] == ["teardown"]
+
+
+# -- 9. build outcomes are the run's, once ---------------------------------------------------------
+
+OUTCOME = """
+import os, pathlib
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def build():
+    with open(os.path.join(D, "built"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    OUTCOME
+
+@pytest.mark.parametrize("i", range(6))
+def test_needs_it(tiger_once, i):
+    tiger_once("db", build)
+"""
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected", "shown"),
+    [
+        ('pytest.skip("no db")', {"skipped": 6}, r"SKIPPED \[6\] test_outcome.py:\d+: once 'db': no db"),
+        ('pytest.fail("db is down")', {"failed": 6}, r"once 'db' failed in gw\d \(pid \d+\): Failed: db is down"),
+        ('pytest.xfail("flaky db")', {"xfailed": 6}, r"XFAIL test_outcome.py::test_needs_it\[\d\] - once 'db': flaky db"),
+    ],
+    ids=["skip", "fail", "xfail"],
+)
+def test_a_factory_s_pytest_outcome_was_not_every_callers(pytester, tmp_path, outcome, expected, shown):
+    pytester.makepyfile(test_outcome=OUTCOME.replace("OUTCOME", outcome))
+    result = run(pytester, "-n", "2", "-rsx")
+    result.assert_outcomes(**expected)
+    assert len(lines(tmp_path / "built")) == 1
+    found = [line for line in result.stdout.lines if re.fullmatch(shown, line)]
+    assert len(found) == (1 if "skip" in outcome else 6), result.stdout.str()  # once per test (skips: one line for all)
+    assert len({re.sub(r"\[\d\]", "", line) for line in found}) == 1  # one outcome (fail: one builder)
+    assert "During handling of the above exception" not in result.stdout.str()
+    assert "The above exception was the direct cause" not in result.stdout.str()
+
+
+def test_an_unstorable_value_was_built_again_or_showed_tigers_internals(pytester, tmp_path):
+    pytester.makepyfile(test_outcome=OUTCOME.replace("OUTCOME", 'return {"root": pathlib.Path("/tmp")}'))
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(failed=6)
+    assert len(lines(tmp_path / "built")) == 1
+    output = result.stdout.str()
+    shown = r"^E\s+.*OnceFailed: once 'db' failed in gw\d \(pid \d+\): TypeError: value\['root'\]: PosixPath is not storable"
+    failures = re.findall(shown, output, re.M)
+    assert len(failures) == 6, output
+    assert not re.search(r"tiger/(_\w+|pytest_plugin)\.py", output + result.stderr.str()), output  # tiger's internals
+
+
+# -- 10. a factory's writes land in the run's namespace --------------------------------------------
+
+FACTORY_NAMESPACE = """
+import tiger
+
+def build():
+    tiger.connect().table("configs").insert({"id": "cfg", "by": "factory"})
+    return tiger.current_namespace()
+
+def test_1_first_caller(tiger_client, tiger_namespace, tiger_once):
+    value = tiger_once("config", build)
+    assert value.startswith("tiger-run:") and value != tiger_namespace
+    assert "cfg" not in tiger_client.table("configs")  # not in this test's namespace
+    with tiger.namespace(value):
+        assert "cfg" in tiger_client.table("configs")
+
+def test_2_later_caller(tiger_client, tiger_namespace, tiger_once):
+    assert not any(ns.endswith("::test_factory_ns.py::test_1_first_caller") for ns in tiger_client.namespaces())
+    value = tiger_once("config", build)
+    tiger_client.sync()
+    with tiger.namespace(value):
+        assert tiger_client.table("configs")["cfg"]["by"] == "factory"
+"""
+
+
+def test_a_factory_s_writes_died_with_the_namespace_of_its_first_caller(pytester):
+    pytester.makepyfile(test_factory_ns=FACTORY_NAMESPACE)
+    run(pytester, "-p", "no:xdist").assert_outcomes(passed=2)
+
+
+# -- 11. pytest-timeout ----------------------------------------------------------------------------
+
+TIMEOUT = """
+import os, threading
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def build():
+    first = not os.path.exists(os.path.join(D, "built"))
+    with open(os.path.join(D, "built"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if first:
+        threading.Event().wait(30)  # stopped by pytest-timeout
+    return "built"
+
+@pytest.mark.timeout(1, method="signal")
+def test_1_times_out_while_building(tiger_once):
+    tiger_once("slow", build)
+
+def test_2_builds_it(tiger_once):
+    assert tiger_once("slow", build, timeout=20) == "built"
+"""
+
+
+def test_a_build_stopped_by_pytest_timeout_left_the_key_stuck(pytester, tmp_path):
+    pytester.makepyfile(test_timeout=TIMEOUT)
+    result = run(pytester, "-p", "no:xdist")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*Timeout (>1.0s) from pytest-timeout*"])
+    result.stdout.fnmatch_lines(["FAILED test_timeout.py::test_1_times_out_while_building*"])
+    assert len(lines(tmp_path / "built")) == 2
