@@ -127,6 +127,9 @@ class _Run:
         self.url = url
         self._previous_env = os.environ.get("TIGER_URL")
         os.environ["TIGER_URL"] = url  # tiger.connect() in tests and their subprocesses finds it
+        seeds = self.config.getini("tiger_seed")
+        if seeds:  # loaded once per run, before any test of this process reads the writer
+            self.once("tiger_seed", lambda: _load_seeds(self.client(), seeds))
         return url
 
     def give_up(self, message: str, returncode: pytest.ExitCode) -> NoReturn:
@@ -191,16 +194,18 @@ class _Run:
             _keep_modules()
             from tiger._client import connect
 
-            url = self.demand()
+            url = self.demand()  # which may connect this process's client already (seeds)
+            if self._client is not None:
+                return self._client
+            failure: TigerError | None = None
             try:
                 self._client = connect(url)
             except TigerError as e:
-                self.give_up(f"tiger: {e}", pytest.ExitCode.INTERRUPTED)
-            self._client.label = f"{self.worker} (pid {os.getpid()})"
-            seeds = self.config.getini("tiger_seed")
-            if seeds:
-                self.once("tiger_seed", lambda: _load_seeds(self._client, seeds))  # type: ignore[arg-type]
-        return self._client
+                failure = e
+            if failure is not None:  # outside the except block: the line is shown alone, with no context
+                self.give_up(f"tiger: {failure}", pytest.ExitCode.INTERRUPTED)
+            self._client.label = f"{self.worker} (pid {os.getpid()})"  # type: ignore[union-attr]
+        return self._client  # type: ignore[return-value]
 
     # -- 3. each test ----------------------------------------------------------------
 
