@@ -150,7 +150,10 @@ def _abandoned(replica: Replica, ctx: zmq.Context[Any], command: list[zmq.Socket
 @atexit.register
 def _close_open_clients() -> None:
     for client in list(_open_clients):
-        client.close()
+        try:
+            client.close()
+        except Exception:  # a teardown that raised: the other clients still close
+            log.exception("closing %r at exit", client)
 
 
 class Client:
@@ -185,7 +188,8 @@ class Client:
         self._once_locks: dict[tuple[str, str], threading.Lock] = {}
         self._once_locks_guard = threading.Lock()
         self._once_built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
-        self._teardowns: dict[tuple[str, str], Generator[Any, None, None]] = {}  # (namespace, key) -> its generator
+        # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
+        self._teardowns: dict[tuple[str, str], tuple[Generator[Any, None, None], bool]] = {}
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
         self._secure = _socket_options(url, server_key)
         self._replica: Replica | None = None
@@ -375,7 +379,7 @@ class Client:
             with contextlib.suppress(TigerError):
                 self.sync(timeout=wait)  # every holder the writer knows of is in this replica
         while self._teardowns:
-            (scope, key), generator = self._teardowns.popitem()
+            (scope, key), (generator, in_scope) = self._teardowns.popitem()
             if wait > 0 and self.replica.silent_for() <= self.heartbeat_timeout:
                 try:
                     self.replica.wait_until(
@@ -386,18 +390,16 @@ class Client:
                 except Timeout:
                     holders = _held(self._once_record(scope, key))
                     log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
-            try:
-                next(generator)
-            except StopIteration:
-                pass
-            except BaseException as e:  # reported, and the other teardowns still run
-                errors.append((key, e))
-            else:
-                errors.append((key, RuntimeError(f"the factory of once {key!r} yielded more than once")))
-                generator.close()
+            error = _finish_generator(key, generator, scope if in_scope else None)
+            if error is not None:  # reported, and the other teardowns still run
+                errors.append((key, error))
             with contextlib.suppress(TigerError):
                 self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "retire", None, scope))
         return errors
+
+    def has_teardown(self, key: str, namespace: str | None = None) -> bool:
+        """Whether this client built once ``key`` with a generator factory whose teardown has not run yet."""
+        return (GLOBAL if namespace is None else namespace, key) in self._teardowns
 
     def _once_record(self, scope: str, key: str) -> Record | None:
         return self.replica.store.get(ONCE_TABLE, scope, key)
@@ -411,7 +413,7 @@ class Client:
                 with namespace(scope) if in_scope else nullcontext():
                     value, generator = _run_factory(factory)
                 if generator is not None:
-                    self._teardowns[scope, key] = generator
+                    self._teardowns[scope, key] = (generator, in_scope)
                 check_value(value, "value")
                 packed = len(p.pack(value))  # the writer's limit, checked before it is sent: a refusal is an outcome too
                 if packed > MAX_ONCE_VALUE:
@@ -424,22 +426,39 @@ class Client:
                     pass
                 raise
             except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
+                self._tear_down_now(scope, key)  # what the factory set up before its value was refused
                 error = [type(e).__name__, str(e), self.label, _factory_frames(e)]
                 self._finish_or_release(key, scope, "error", error)
                 raise OnceFailed(key, *error) from e
         finish = self._finish_or_release(key, scope, "resource" if (scope, key) in self._teardowns else "value", value)
         del self._once_built[scope, key]
-        if finish.result != "stored":
-            return _SUPERSEDED  # the writer gave the key to another caller meanwhile (we were silent too long)
+        if finish.result != "stored":  # the writer gave the key to another caller meanwhile (we were silent too long)
+            self._tear_down_now(scope, key)  # our value is not the key's: nobody else will use it
+            return _SUPERSEDED
         record = self._once_record(scope, key)
         assert record is not None
         return _once_value(record)
 
+    def _tear_down_now(self, scope: str, key: str) -> None:
+        entry = self._teardowns.pop((scope, key), None)
+        if entry is not None:
+            error = _finish_generator(key, entry[0], scope if entry[1] else None)
+            if error is not None:
+                log.warning("once %r: the teardown of a value that was not kept raised %r", key, error)
+
     def _finish_or_release(self, key: str, scope: str, outcome: str, payload: Any) -> p.Ok:
-        """Deliver a build's outcome; if that fails, give the key up (best effort) so no caller waits on it."""
+        """Deliver a build's outcome. If the writer refuses it (a value it will not store), that refusal
+        is the key's outcome for every caller; if the delivery fails otherwise (the writer gone, an
+        interruption), give the key up (best effort) so that no caller waits on it, and raise."""
         try:
             return self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, outcome, payload, scope))
-        except Exception:  # the writer gone (TigerError)
+        except (ValueError, TypeError) as refusal:  # the writer's verdict on the value, not a lost delivery
+            if outcome == "error":
+                raise
+            error = [type(refusal).__name__, str(refusal), self.label, ""]
+            self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "error", error, scope))
+            raise OnceFailed(key, *error) from refusal
+        except BaseException:
             try:
                 self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None, scope))
             except TigerError:
@@ -571,6 +590,21 @@ class Client:
 
 
 _SUPERSEDED = object()
+
+
+def _finish_generator(key: str, generator: Generator[Any, None, None], scope: str | None) -> BaseException | None:
+    """Run a generator factory's teardown (the rest after its ``yield``), in ``scope`` when it was built
+    there; returns what it raised (None: it finished)."""
+    try:
+        with nullcontext() if scope is None else namespace(scope):
+            next(generator)
+    except StopIteration:
+        return None
+    except BaseException as e:
+        return e
+    generator.close()
+    return RuntimeError(f"the factory of once {key!r} yielded more than once")
+
 
 MAX_ONCE_VALUE = p.MAX_RECORD - 4096  # the value travels in a record with the key's bookkeeping
 INTERRUPTIONS = (KeyboardInterrupt, SystemExit, GeneratorExit)  # a build stopped from outside: another caller builds

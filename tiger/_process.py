@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 
 
 class ProcessWatch:
@@ -13,7 +14,8 @@ class ProcessWatch:
 
     A pidfd refers to that very process, so a reused pid cannot fool it, and it reads as ended as
     soon as the process exits (a zombie not yet reaped by its parent counts as ended). Where there
-    is no pidfd, the pid is probed with signal 0.
+    is no pidfd (Linux before 5.3, some seccomp profiles), the pid is probed with signal 0 and
+    /proc (a zombie still counts as ended; a reused pid would not be noticed).
     """
 
     def __init__(self, pid: int) -> None:
@@ -34,14 +36,20 @@ class ProcessWatch:
         if self._fd is not None:
             readable, _, _ = select.select([self._fd], [], [], wait)  # readable once the process has exited
             self._ended = bool(readable)
-        else:
+            return self._ended
+        deadline = time.monotonic() + wait
+        while True:
             try:
                 os.kill(self.pid, 0)
-            except ProcessLookupError:
+                with open(f"/proc/{self.pid}/stat") as f:
+                    self._ended = f.read().split(") ", 1)[1][:1] == "Z"  # exited, not yet reaped by its parent
+            except (ProcessLookupError, FileNotFoundError):
                 self._ended = True
             except PermissionError:  # alive, someone else's
                 pass
-        return self._ended
+            if self._ended or time.monotonic() >= deadline:
+                return self._ended
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def close(self) -> None:
         if self._fd is not None:

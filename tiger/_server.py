@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import weakref
 from typing import Any
@@ -19,8 +18,8 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._errors import TigerError, Unavailable
+from tiger._paths import IPC_PATH_MAX, short_temp_dir
 
-_IPC_PATH_MAX = 107 - len(".pub")  # the PUB socket's path is the command path + ".pub"
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
 
 
@@ -35,8 +34,8 @@ def check_url(url: object) -> str:
         raise TypeError(f"url must be a str, not {type(url).__name__}")
     if url.startswith("ipc://"):
         path = url[len("ipc://") :]
-        if not path or len(path) > _IPC_PATH_MAX:
-            raise ValueError(f"url: an ipc path must be 1 to {_IPC_PATH_MAX} characters, got {len(path)}: {url!r}")
+        if not path or len(path) > IPC_PATH_MAX:
+            raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} characters, got {len(path)}: {url!r}")
         return url
     if url.startswith("tcp://") and ":" in url[len("tcp://") :]:
         return url
@@ -146,12 +145,8 @@ def start_writer(
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     tmpdir = None
     if url is None:
-        tmpdir = tempfile.mkdtemp(prefix="tiger-")  # mode 0700
+        tmpdir = short_temp_dir("tiger-")
         url = f"ipc://{tmpdir}/w"
-        if len(url) - len("ipc://") > _IPC_PATH_MAX:  # a long TMPDIR: fall back to /tmp
-            shutil.rmtree(tmpdir)
-            tmpdir = tempfile.mkdtemp(prefix="tiger-", dir="/tmp")
-            url = f"ipc://{tmpdir}/w"
     check_url(url)
     server_key = None
     if curve_secret is not None:

@@ -41,7 +41,7 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
+import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -56,10 +56,8 @@ if TYPE_CHECKING:
     from tiger._client import Client
 
 _RUN_KEY = "tiger_run"  # the workerinput entry
-_IPC_PATH_MAX = 100  # an ipc path (plus ".pub") must stay under 107 characters
 _POLL = 0.02  # seconds between looks at the run directory while waiting for the end of the run
 _namespace_key = pytest.StashKey[str]()
-_restore_key = pytest.StashKey[Callable[[], None]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -74,6 +72,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         help="JSON (lines) files loaded into 'global' once per run, when a test first uses tiger",
     )
+    parser.addini(
+        "tiger_teardown_timeout",
+        default="300",
+        help="seconds the run waits, at its end, for the teardowns of tiger_once values (default 300)",
+    )
 
 
 class _Unreachable(Exception):
@@ -84,42 +87,139 @@ class _Unreachable(Exception):
         self.returncode = returncode
 
 
+class _RunDir:
+    """The files one run's processes share, in a private (0700) directory the controller makes:
+
+    - ``lock``: held while a process reaches or starts the writer (one writer per run);
+    - ``writer``: ``{"url", "pid"}`` once reached (``pid`` None: a writer the run does not own),
+      or ``{"error", "returncode"}`` once it could not be;
+    - ``writer.log``: the run's own writer's log;
+    - ``builders/PID``: a process that built ``tiger_once`` values with teardowns holds an exclusive
+      lock on its file for as long as it lives, and writes there its keys, then their outcomes; a
+      file whose lock can be taken belongs to a process that ended (pid reuse and zombies cannot
+      fool a lock);
+    - ``all-done``: every test of every process has finished (the controller says so).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._builder: Any = None  # this process's locked builders file, once it built a value with a teardown
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with open(self.path / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def writer(self) -> dict[str, Any] | None:
+        return _read_json(self.path / "writer")  # type: ignore[no-any-return]
+
+    def record_writer(self, state: dict[str, Any]) -> None:
+        _write_json(self.path / "writer", state)
+
+    def record_builder(self, state: dict[str, Any]) -> None:
+        """This process's builder state (keys, then outcomes), under the lock it holds for life."""
+        if self._builder is None:
+            (self.path / "builders").mkdir(exist_ok=True)
+            self._builder = open(self.path / "builders" / str(os.getpid()), "w")
+            fcntl.flock(self._builder, fcntl.LOCK_EX)
+        self._builder.seek(0)
+        self._builder.truncate()
+        self._builder.write(json.dumps(state))
+        self._builder.flush()
+
+    def release_builder(self) -> None:
+        """This process's teardowns are done (their outcomes written): the controller may read them."""
+        if self._builder is not None:
+            self._builder.close()
+            self._builder = None
+
+    def builders(self) -> list[Path]:
+        """The builders files of the other processes of the run."""
+        folder = self.path / "builders"
+        return sorted(p for p in folder.iterdir() if p.name != str(os.getpid())) if folder.exists() else []
+
+    @staticmethod
+    def ended_builder(path: Path) -> dict[str, Any] | None:
+        """The state a builder left if it has ended (its lock is free), else None. ``{}``: unreadable."""
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            try:
+                return json.loads(f.read() or "{}")  # type: ignore[no-any-return]
+            except json.JSONDecodeError:  # it died while writing
+                return {}
+
+    def mark_all_done(self) -> None:
+        (self.path / "all-done").touch()
+
+    def all_done(self) -> bool:
+        return (self.path / "all-done").exists()
+
+    def remove(self) -> None:
+        self.release_builder()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 class _Run:
-    """This process's part of one test run: its identity (configure), the writer (first demand),
-    the once values it built (their teardowns at the end)."""
+    """This process's part of one test run, in lifecycle order: its identity (configure), the writer
+    (first demand), each test's namespace, the once values it built (their teardowns at the end)."""
 
     def __init__(self, config: pytest.Config, identity: dict[str, Any]) -> None:
         self.config = config
         self.id: str = identity["id"]
-        self.dir = Path(identity["dir"])
+        self.dir = _RunDir(Path(identity["dir"]))
         self.controller_pid: int = identity["controller"]
         self.given_url: str | None = identity["url"]  # --tiger-url / $TIGER_URL: a writer this run does not own
         self.worker: str = getattr(config, "workerinput", {}).get("workerid", "main")
         self.namespace = f"tiger-run:{self.id}"  # once keys and what their factories write
         self.is_controller = not hasattr(config, "workerinput")
-        self.url: str | None = None  # set at first demand
-        self._client: Client | None = None
-        self._started: Any = None  # the Server this process started (the controller stops it at the end)
-        self._previous_env: str | None = None
-        self._built: list[str] = []  # once keys with a teardown built here
         self.session: pytest.Session | None = None
-        self.report: list[str] = []  # the controller's end-of-run lines
-        self.failed = False
+        self.url: str | None = None  # set at first demand
+        self._seeded = not config.getini("tiger_seed")
+        self._seeding = False
+        self._client: Client | None = None
+        self._started: Any = None  # the Server this process started: its Popen must live as long as the writer may
+        self._previous_env: str | None = None
+        self._built: dict[str, str] = {}  # once keys with a teardown built here -> their outcome (None: not run yet)
+        self._entered: tuple[pytest.Item, Callable[[], None]] | None = None  # the test whose namespace is the default
+        self.report: list[str] = []  # the end-of-run lines (the controller's summary)
+
+    @property
+    def label(self) -> str:
+        """Who this process is in the run's messages: its worker id and pid."""
+        return f"{self.worker} (pid {os.getpid()})"
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"id": self.id, "dir": str(self.dir), "controller": self.controller_pid, "url": self.given_url}
+        return {"id": self.id, "dir": str(self.dir.path), "controller": self.controller_pid, "url": self.given_url}
 
     # -- 2. first demand -------------------------------------------------------------
 
     def demand(self) -> str:
-        """The writer's URL, reaching (or starting) it on first call; ends the run if it cannot."""
+        """The writer's URL, reaching (or starting) it on first call and loading the seed files once
+        per run; ends the run if the writer cannot be reached; a failed seed fails every caller."""
+        url = self._reached()
+        if not self._seeded and not self._seeding:  # (the seeding itself demands the writer too)
+            seeds = self.config.getini("tiger_seed")
+            self._seeding = True
+            try:
+                self.once("tiger_seed", lambda: _load_seeds(self.client(), seeds))
+            finally:
+                self._seeding = False
+            self._seeded = True
+        return url
+
+    def _reached(self) -> str:
         if self.url is not None:
             return self.url
-        _keep_modules()
+        _keep_modules(activate=True)
         failure: _Unreachable | None = None
         try:
-            url = self._reach()
+            with self.dir.locked():  # one writer per run, whichever process asks first; one verdict
+                url = self._reach()
         except _Unreachable as e:
             failure = e
         if failure is not None:  # outside the except block: the line is shown alone, with no context
@@ -127,75 +227,75 @@ class _Run:
         self.url = url
         self._previous_env = os.environ.get("TIGER_URL")
         os.environ["TIGER_URL"] = url  # tiger.connect() in tests and their subprocesses finds it
-        seeds = self.config.getini("tiger_seed")
-        if seeds:  # loaded once per run, before any test of this process reads the writer
-            self.once("tiger_seed", lambda: _load_seeds(self.client(), seeds))
         return url
+
+    def _reach(self) -> str:
+        """Under the run's lock: the writer's URL, from the run directory or by reaching or starting it."""
+        known = self.dir.writer()
+        if known is not None:
+            if "error" in known:  # another process of the run found it so: say it at once
+                raise _Unreachable(known["error"], pytest.ExitCode(known["returncode"]))
+            return str(known["url"])
+        try:
+            url, pid = self._ping_given() if self.given_url is not None else self._start_writer()
+        except _Unreachable as e:
+            self.dir.record_writer({"error": str(e), "returncode": int(e.returncode)})
+            raise
+        self.dir.record_writer({"url": url, "pid": pid})
+        return url
+
+    def _ping_given(self) -> tuple[str, None]:
+        from tiger._server import ping
+
+        url = self.given_url
+        assert url is not None
+        try:
+            if url.startswith("ipc://") and not os.path.exists(url[len("ipc://") :]):
+                raise TigerError("nothing is bound at that path")  # no need to wait out a timeout
+            ping(url, server_key=os.environ.get("TIGER_SERVER_KEY") or None)
+        except (TigerError, ValueError) as e:
+            raise _Unreachable(
+                f"tiger: no writer answers at {url} ({e}): start one with 'tiger serve --url {url}', "
+                "or unset TIGER_URL (and drop --tiger-url) so the run starts its own",
+                pytest.ExitCode.USAGE_ERROR,
+            ) from None
+        return url, None
+
+    def _start_writer(self) -> tuple[str, int]:
+        from tiger._server import start_writer
+
+        url = f"ipc://{self.dir.path}/w{secrets.token_hex(2)}"  # a fresh path per start: a second bind would steal it
+        log = self.dir.path / "writer.log"
+        server = start_writer(url, owner_pid=self.controller_pid, log=log)
+        try:
+            server.wait_ready()
+        except TigerError as e:
+            shown = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise _Unreachable(
+                f"tiger: the run's writer did not start ({e}); its log: {' / '.join(shown) or '(empty)'}",
+                pytest.ExitCode.INTERRUPTED,
+            ) from None
+        self._started = server
+        return server.url, server.pid
 
     def give_up(self, message: str, returncode: pytest.ExitCode) -> NoReturn:
         """End the run: the writer cannot be reached. One line, no traceback. A worker cannot end the
         run itself (xdist takes ``pytest.exit`` there for a crash): it fails the test asking with that
-        line, stops its own session, and leaves the line for the controller, which ends with it."""
+        line and stops its own session; the controller ends the run with that line's exit code."""
         __tracebackhide__ = True
-        _write_json(self.dir / "unreachable", {"message": message, "returncode": int(returncode)})
         if self.is_controller:
             pytest.exit(message, returncode=returncode)
         if self.session is not None:
             self.session.shouldstop = message
         pytest.fail(message, pytrace=False)
 
-    def _reach(self) -> str:
-        from tiger._server import ping
-
-        earlier = _read_json(self.dir / "unreachable")
-        if earlier is not None:  # another process of the run found it so: say it at once
-            raise _Unreachable(earlier["message"], pytest.ExitCode(earlier["returncode"]))
-        server_key = os.environ.get("TIGER_SERVER_KEY") or None
-        if self.given_url is not None:
-            try:
-                if self.given_url.startswith("ipc://") and not os.path.exists(self.given_url[len("ipc://") :]):
-                    raise TigerError("nothing is bound at that path")  # no need to wait out a timeout
-                ping(self.given_url, server_key=server_key)
-            except (TigerError, ValueError) as e:
-                raise _Unreachable(
-                    f"tiger: no writer answers at {self.given_url} ({e}): start one with 'tiger serve --url "
-                    f"{self.given_url}', or unset TIGER_URL (and drop --tiger-url) so the run starts its own",
-                    pytest.ExitCode.USAGE_ERROR,
-                ) from None
-            _write_json(self.dir / "writer", {"url": self.given_url, "pid": None})
-            return self.given_url
-        with open(self.dir / "lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one writer per run, whichever process asks first
-            known = _read_json(self.dir / "writer")
-            if known is not None:
-                return str(known["url"])
-            return self._start_writer()
-
-    def _start_writer(self) -> str:
-        from tiger._server import start_writer
-
-        url = f"ipc://{self.dir}/w{secrets.token_hex(2)}"  # a fresh path per start: a second bind would steal it
-        log = self.dir / "writer.log"
-        server = start_writer(url, owner_pid=self.controller_pid, log=log)
-        try:
-            server.wait_ready()
-        except TigerError as e:
-            shown = log.read_text(errors="replace").strip().splitlines()[-5:]
-            message = str(e).replace(" (its log is above)", "")
-            raise _Unreachable(
-                f"tiger: {message}; its log: {' / '.join(shown) or '(empty)'}", pytest.ExitCode.INTERRUPTED
-            ) from None
-        self._started = server  # held: a worker ends its process by then, but must not drop the handle before
-        _write_json(self.dir / "writer", {"url": server.url, "pid": server.pid})
-        return server.url
-
     def client(self) -> Client:
         if self._client is None:
-            _keep_modules()
+            _keep_modules(activate=True)
             from tiger._client import connect
 
-            url = self.demand()  # which may connect this process's client already (seeds)
-            if self._client is not None:
+            url = self.demand()
+            if self._client is not None:  # connected by the seeding, inside demand()
                 return self._client
             failure: TigerError | None = None
             try:
@@ -204,7 +304,7 @@ class _Run:
                 failure = e
             if failure is not None:  # outside the except block: the line is shown alone, with no context
                 self.give_up(f"tiger: {failure}", pytest.ExitCode.INTERRUPTED)
-            self._client.label = f"{self.worker} (pid {os.getpid()})"  # type: ignore[union-attr]
+            self._client.label = self.label  # type: ignore[union-attr]
         return self._client  # type: ignore[return-value]
 
     # -- 3. each test ----------------------------------------------------------------
@@ -218,19 +318,24 @@ class _Run:
         return name
 
     def enter_test(self, item: pytest.Item) -> str:
-        _keep_modules()
+        """Make the test's namespace the process's default namespace until ``leave_test``."""
+        name = item.stash.get(_namespace_key, None)
+        if name is not None:
+            return name
+        _keep_modules(activate=True)
         from tiger._client import push_default_namespace
 
         name = self.namespace_for(item)
         item.stash[_namespace_key] = name
-        item.stash[_restore_key] = push_default_namespace(name)
+        self._entered = (item, push_default_namespace(name))
         return name
 
-    def leave_test(self, item: pytest.Item) -> None:
-        restore = item.stash.get(_restore_key, None)
-        if restore is None:
+    def leave_test(self) -> None:
+        """Restore the default namespace and drop the test's (unless --tiger-keep)."""
+        if self._entered is None:
             return
-        del item.stash[_restore_key]
+        item, restore = self._entered
+        self._entered = None
         restore()
         if self.url is not None and not self.config.getoption("--tiger-keep"):
             self.client().drop_namespace(item.stash[_namespace_key])
@@ -243,7 +348,7 @@ class _Run:
         client = self.client()
         try:
             value = client.once(key, _guarded(factory), timeout, namespace=self.namespace)
-        except _BuildInterrupted as e:  # pytest-timeout stopped the build: the key went to the next caller
+        except _BuildInterrupted as e:  # pytest-timeout or pytest.exit stopped the build: the key went to the next caller
             raise e.__cause__ from None  # type: ignore[misc]
         except OnceFailed as e:
             failed: OnceFailed | None = e
@@ -257,74 +362,82 @@ class _Run:
             if failed.type_name == "Failed":
                 pytest.fail(str(failed), pytrace=False)
             raise failed.with_traceback(None) from None  # the builder's frames are in its message
-        if (self.namespace, key) in client._teardowns and key not in self._built:
-            self._built.append(key)
-            _write_json(self.dir / "builders" / _file_name(key), {"key": key, "pid": os.getpid(), "by": client.label})
+        if key not in self._built and client.has_teardown(key, self.namespace):
+            self._built[key] = client.label
+            self.dir.record_builder({"by": client.label, "keys": list(self._built)})
         return value
 
     # -- 4. end of run ---------------------------------------------------------------
 
-    def tear_down(self) -> None:
-        """Run this process's once teardowns (the whole run's tests are done) and record each outcome."""
+    def tear_down(self) -> dict[str, str | None]:
+        """Run this process's once teardowns (every test of the run is done); returns each key's error
+        (shown as text), None where it finished, and leaves the outcome for the controller."""
         if self._client is None or not self._built:
-            return
+            return {}
         errors = dict(self._client.tear_down_once_values())
-        for key in self._built:
-            error = errors.get(key)
-            shown = None if error is None else "".join(traceback.format_exception(error)).rstrip()
-            _write_json(self.dir / "torn" / _file_name(key), {"key": key, "error": shown})
+        outcomes = {
+            key: None if key not in errors else "".join(traceback.format_exception(errors[key])).rstrip() for key in self._built
+        }
+        self.dir.record_builder({"by": self._client.label, "keys": list(self._built), "outcomes": outcomes})
+        self.dir.release_builder()
         self._built.clear()
+        return outcomes
+
+    def report_outcomes(self, by: str, outcomes: dict[str, str | None]) -> bool:
+        """Add the failed teardowns to the end-of-run report; returns whether any failed."""
+        failed = False
+        for key, error in outcomes.items():
+            if error is not None:
+                failed = True
+                self.report.append(f"teardown of once {key!r} in {by} failed:\n{error}")
+        return failed
 
     def worker_end(self) -> None:
         """An xdist worker, after it reported its end: if it built values with teardowns, wait until
-        every test of the run is done (the controller says so), then tear them down."""
-        if self._built:
-            with ProcessWatch(self.controller_pid) as controller:
-                try:
-                    while not (self.dir / "all-done").exists() and not controller.ended(_POLL):
-                        pass
-                except KeyboardInterrupt:  # a second Ctrl-C: the run is over anyway
+        every test of the run is done (the controller says so, or has ended), then tear them down."""
+        if not self._built:
+            return
+        with ProcessWatch(self.controller_pid) as controller:
+            try:
+                while not self.dir.all_done() and not controller.ended(_POLL):
                     pass
-            self.tear_down()
+            except KeyboardInterrupt:  # a second Ctrl-C: the run is over anyway
+                pass
+        self.tear_down()
 
-    def controller_end(self, session: pytest.Session) -> None:
-        """The controller, every test of every process done: teardowns, then their report."""
-        self.tear_down()  # a single-process run builds here
-        (self.dir / "all-done").touch()
-        pending = {path.name: _read_json(path) for path in (self.dir / "builders").glob("*")}
-        watches = {name: ProcessWatch(int(b["pid"])) for name, b in pending.items() if b is not None}
+    def wait_for_builders(self) -> bool:
+        """The xdist controller, every worker done with its tests: let the builders tear down, wait for
+        them (at most ``tiger_teardown_timeout``) and report; returns whether a teardown failed."""
+        self.dir.mark_all_done()
+        failed = False
+        pending = self.dir.builders()
+        deadline = time.monotonic() + float(self.config.getini("tiger_teardown_timeout"))
         try:
             while pending:
-                for name, builder in list(pending.items()):
-                    torn = _read_json(self.dir / "torn" / name)
-                    if builder is None:
-                        del pending[name]
-                    elif torn is not None:
-                        del pending[name]
-                        if torn["error"] is not None:
-                            self.failed = True
-                            self.report.append(f"teardown of once {builder['key']!r} in {builder['by']} failed:\n{torn['error']}")
-                    elif watches[name].ended(_POLL / max(1, len(pending))):
-                        del pending[name]
-                        self.report.append(
-                            f"teardown of once {builder['key']!r} did not run: its builder {builder['by']} ended before it"
-                        )
-        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
-            for builder in pending.values():
-                self.report.append(f"teardown of once {builder['key']!r} in {builder['by']}: not waited for (interrupted)")
-        finally:
-            for watch in watches.values():
-                watch.close()
-        if self.failed and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        unreachable = _read_json(self.dir / "unreachable")
-        if unreachable is not None:  # a worker stopped the run with that line (xdist showed it): its exit code
-            session.exitstatus = pytest.ExitCode(unreachable["returncode"])
+                for path in list(pending):
+                    state = self.dir.ended_builder(path)
+                    if state is None:
+                        continue
+                    pending.remove(path)
+                    by = state.get("by", f"pid {path.name}")
+                    if "outcomes" in state:
+                        failed |= self.report_outcomes(by, state["outcomes"])
+                    else:
+                        for key in state.get("keys", ["?"]):
+                            self.report.append(f"teardown of once {key!r} did not run: its builder {by} ended before it")
+                if pending and time.monotonic() > deadline:
+                    raise TimeoutError
+                time.sleep(_POLL)
+        except (TimeoutError, KeyboardInterrupt) as e:  # past the deadline, or a second Ctrl-C: stop waiting
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else "past tiger_teardown_timeout"
+            for path in pending:
+                self.report.append(f"teardowns of the once values built by pid {path.name}: not waited for ({why})")
+        return failed
 
     def close(self) -> None:
         """This process's last act: close its client; the controller also stops or cleans the writer."""
         if self._client is not None:
-            with contextlib.suppress(TigerError):
+            with contextlib.suppress(Exception):  # its teardowns ran and were reported already
                 self._client.close()
             self._client = None
         if self.url is not None:
@@ -334,38 +447,47 @@ class _Run:
                 os.environ["TIGER_URL"] = self._previous_env
         if not self.is_controller:
             return
-        writer = _read_json(self.dir / "writer")
-        if writer is not None and writer["pid"] is None:
-            self._clean_shared_writer(writer["url"])
-        elif self._started is not None:
-            self._started.stop()
-        elif writer is not None:
-            stop_process(int(writer["pid"]), writer["url"])
-        shutil.rmtree(self.dir, ignore_errors=True)
+        writer = self.dir.writer()
+        if writer is not None and "url" in writer:
+            if self.given_url is not None:
+                self._clean_shared_writer(writer["url"])
+            elif self._started is not None:
+                self._started.stop()
+            else:
+                stop_process(int(writer["pid"]), writer["url"])
+        self.dir.remove()
 
     def _clean_shared_writer(self, url: str) -> None:
-        """A writer this run does not own: drop the run's namespace and its once keys (test namespaces
-        were dropped after each test)."""
+        """A writer this run does not own: drop the run's namespace, its once keys, and the namespaces of
+        tests whose teardown never ran (a crashed worker, Ctrl-C)."""
         from tiger import _protocol as p
         from tiger._server import request_once
         from tiger._table import ONCE_TABLE
 
-        server_key = os.environ.get("TIGER_SERVER_KEY") or None
+        key = os.environ.get("TIGER_SERVER_KEY") or None
         with contextlib.suppress(TigerError):
-            request_once(url, p.ClearTable(1, ONCE_TABLE, self.namespace), server_key=server_key)
-            request_once(url, p.Drop(2, self.namespace), server_key=server_key)
+            request_once(url, p.ClearTable(1, ONCE_TABLE, self.namespace), server_key=key)
+            tables = request_once(url, p.Stats(2), server_key=key).result["tables"]
+            kept = self.config.getoption("--tiger-keep")  # the tests' namespaces stay, then
+            prefixes = (self.namespace,) if kept else (self.namespace, f"{self.id}:")
+            ours = {ns for namespaces in tables.values() for ns in namespaces if ns.startswith(prefixes)}
+            for i, namespace in enumerate(sorted(ours), 3):
+                request_once(url, p.Drop(i, namespace), server_key=key)
 
 
 class _BuildInterrupted(KeyboardInterrupt):
-    """pytest-timeout stopped a build (it raises ``pytest.fail``): a hand-over, not the key's outcome."""
+    """pytest-timeout (its ``pytest.fail``) or ``pytest.exit`` stopped a build: a hand-over to the next
+    caller (if the run goes on), not the key's outcome."""
 
 
 def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
-    """The factory, with pytest-timeout's failure turned into an interruption (its ``pytest.fail`` is
-    no verdict on the factory: another caller may build it)."""
+    """The factory, with what stops a build from outside turned into an interruption: pytest-timeout's
+    failure is no verdict on the factory, and ``pytest.exit`` ends the run, not the key."""
 
     def interrupted(e: BaseException) -> bool:
-        return isinstance(e, pytest.fail.Exception) and "from pytest-timeout" in str(e)
+        return isinstance(e, pytest.exit.Exception) or (
+            isinstance(e, pytest.fail.Exception) and "from pytest-timeout" in str(e)  # its only mark
+        )
 
     if inspect.isgeneratorfunction(factory):
 
@@ -374,7 +496,7 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
             try:
                 value = next(steps)
             except StopIteration:
-                raise ValueError("the generator factory returned without yielding a value") from None
+                return  # Client.once names it: the generator factory returned without yielding a value
             except BaseException as e:
                 if interrupted(e):
                     raise _BuildInterrupted(str(e)) from e
@@ -401,13 +523,8 @@ def _load_seeds(client: Client, paths: list[Any]) -> int:
     return load_files(client, paths)
 
 
-def _file_name(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
 def _write_json(path: Path, value: Any) -> None:
     """Atomically (temp file, rename): a reader sees all of it or nothing."""
-    path.parent.mkdir(exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}")
     temp.write_text(json.dumps(value))
     os.replace(temp, path)
@@ -420,39 +537,37 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _run_dir() -> str:
-    path = tempfile.mkdtemp(prefix="tiger-run-")  # mode 0700
-    if len(path) + len("/w0000.pub") > _IPC_PATH_MAX:  # a long TMPDIR: ipc paths must be short
-        os.rmdir(path)
-        path = tempfile.mkdtemp(prefix="tiger-run-", dir="/tmp")
-    return path
-
-
 _KEPT = ("zmq", "msgpack", "tiger")  # packages whose modules must stay the ones first imported
-_kept: dict[str, Any] = {}  # their modules, as first imported in this process
-_kept_at = 0  # len(sys.modules) when they were last looked for
+_kept: dict[str, Any] = {}  # their modules, as first imported in this process (empty: the plugin imported none)
 
 
-def _keep_modules() -> None:
+def _keep_modules(activate: bool = False) -> None:
     """Put back into ``sys.modules`` any module of zmq, msgpack or tiger that was dropped from it, and
-    remember those imported since the last call.
+    remember those imported since.
 
     pytester restores ``sys.modules`` to a snapshot (``runpytest_inprocess`` after the nested run, its
     fixture after the test), dropping what was imported meanwhile. Imported a second time, zmq is a copy
     that does not mix with the first (its compiled core, loaded once per process, raises the first copy's
     errors: a client cannot connect), and tiger's client a copy with a default namespace of its own.
-    Called around each test and before the plugin imports them."""
-    global _kept_at
-    if not _kept and "zmq" not in sys.modules:
-        return  # nothing imported yet (a run that does not use tiger never gets further)
+    Active once zmq is imported in the process, by the plugin (``activate``) or by a test (a test
+    calling ``tiger.serve()`` inside a pytester run is enough to break the next one): called before
+    the plugin's imports and around each test. It changes pytester's isolation for these three
+    packages only, which cannot be imported twice anyway. Not covered: a module of these packages
+    that a test imports for the first time after a nested in-process run in that same test."""
+    if not (_kept or activate or "zmq" in sys.modules):
+        return  # nothing to keep: a run that never imports zmq never gets further
     for name, module in _kept.items():
         if sys.modules.get(name) is not module:
             sys.modules[name] = module
-    if len(sys.modules) != _kept_at:
-        for name, module in list(sys.modules.items()):
-            if name.partition(".")[0] in _KEPT:
-                _kept.setdefault(name, module)
-        _kept_at = len(sys.modules)
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in _KEPT:
+            _kept.setdefault(name, module)
+
+
+def _run_dir() -> str:
+    from tiger._paths import short_temp_dir
+
+    return short_temp_dir("tiger-run-")
 
 
 _run_key = pytest.StashKey[_Run]()
@@ -511,7 +626,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     _keep_modules()
     run = item.config.stash.get(_run_key, None)
     if run is not None:
-        run.leave_test(item)
+        run.leave_test()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -534,10 +649,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Controller: before xdist stops its workers (builders among them wait to tear down)."""
+    """The xdist controller, before xdist stops its workers: the builders among them tear down now."""
     run = session.config.stash.get(_run_key, None)
-    if run is not None and run.is_controller:
-        run.controller_end(session)
+    if run is not None and run.is_controller and run.dir.builders():
+        if run.wait_for_builders() and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_sessionfinish")
+def pytest_sessionfinish_after_fixtures(session: pytest.Session) -> None:
+    """After pytest tore down the session's fixtures (an interrupted or stopped run tears them down at
+    session finish): the last test's namespace is left, and a single-process run's teardowns run."""
+    run = session.config.stash.get(_run_key, None)
+    if run is None:
+        return
+    run.leave_test()  # a test interrupted (Ctrl-C, pytest.exit) before its own teardown
+    if run.is_controller and run.report_outcomes(run.label, run.tear_down()) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    writer = run.dir.writer()
+    if writer is not None and "error" in writer:  # a worker stopped the run with that line (xdist showed it)
+        session.exitstatus = pytest.ExitCode(writer["returncode"])
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -550,11 +681,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         from tiger._cli import format_run_stats
 
         terminalreporter.write_sep("=", "tiger")
-        writer = _read_json(run.dir / "writer")
-        if writer is None:
+        writer = run.dir.writer()
+        if writer is None or "url" not in writer:
             terminalreporter.write_line(f"run {run.id}: no test used the tiger writer")
         else:
-            terminalreporter.write_line(format_run_stats(run.client(), run.namespace))
+            with contextlib.suppress(TigerError):
+                terminalreporter.write_line(format_run_stats(run.client(), run.namespace))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
