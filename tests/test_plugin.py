@@ -367,7 +367,8 @@ def test_a_writer_that_cannot_start_stops_the_run_with_one_line(pytester, tmp_pa
     for args in (["-n", "2"], ["-p", "no:xdist"]):
         result = run(pytester, *args)
         assert result.ret == pytest.ExitCode.INTERRUPTED
-        assert re.search(r"tiger: the run's writer did not start \(the tiger writer for ipc://\S+ exited with code 1 before it was ready", result.stdout.str())
+        started = r"tiger: the run's writer did not start \(the tiger writer for ipc://\S+ exited with code 1 before it was ready"
+        assert re.search(started, result.stdout.str())
         assert "INTERNALERROR" not in result.stdout.str()
         assert "this tiger is broken on purpose" in result.stdout.str() + result.stderr.str()  # its log is shown
         assert not ran.exists()

@@ -820,3 +820,118 @@ def test_a_build_stopped_by_pytest_timeout_left_the_key_stuck(pytester, tmp_path
     result.stdout.fnmatch_lines(["*Timeout (>1.0s) from pytest-timeout*"])
     result.stdout.fnmatch_lines(["FAILED test_timeout.py::test_1_times_out_while_building*"])
     assert len(lines(tmp_path / "built")) == 2
+
+
+# -- found by trying the plugin as a new user ---------------------------------------------------------
+
+CTRL_C_DURING_TEARDOWN = """
+import os, threading
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def start():
+    yield 1
+    with open(os.path.join(D, ".tearing"), "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.path.join(D, ".tearing"), os.path.join(D, "tearing"))
+    threading.Event().wait(60)
+
+@pytest.mark.parametrize("i", range(2))
+def test_uses(tiger_once, i):
+    assert tiger_once("slow-teardown", start) == 1
+"""
+
+
+@XDIST_OR_NOT
+def test_ctrl_c_during_a_teardown_ended_the_run_as_passed_or_failed(tmp_path, mode):
+    """Ctrl-C while a teardown runs ends the run as interrupted (exit 2), not 0 or a failure's 1."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_td.py").write_text(CTRL_C_DURING_TEARDOWN)
+    output = tmp_path / "output"
+    proc = start_pytest(project, output, *mode)
+    try:
+        wait_until(lambda: (tmp_path / "tearing").exists(), 30, "the teardown starts")
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(15)
+        text = output.read_text()
+        assert proc.returncode == pytest.ExitCode.INTERRUPTED, text
+        assert "slow-teardown" in text and "interrupted" in text, text
+        assert "INTERNALERROR" not in text
+    finally:
+        end_group(proc)
+
+
+WRITER_KILLED = """
+import os, signal
+
+def test_1_kills_the_writer(tiger_client, tiger_namespace):
+    tiger_client.table("t").insert({"id": "a"})
+    os.kill(tiger_client.stats()["pid"], signal.SIGKILL)
+
+def test_2_needs_it(tiger_client, tiger_namespace):
+    tiger_client.table("t").insert({"id": "b"})
+"""
+
+
+def test_a_writer_killed_mid_run_made_the_plugin_raise_in_its_teardown_hook(pytester):
+    """The run's writer killed mid-run: the tests that need it fail, each with its own error; the
+    plugin's own per-test cleanup (dropping the namespace) adds nothing, no hook-wrapper warning."""
+    pytester.makepyfile(test_killed=WRITER_KILLED)
+    result = run(pytester, "-p", "no:xdist")
+    result.assert_outcomes(passed=1, failed=1)
+    text = result.stdout.str() + result.stderr.str()
+    assert "Unavailable" in text
+    assert "PluggyTeardownRaisedWarning" not in text and "INTERNALERROR" not in text
+
+
+@pytest.mark.parametrize("url", ["localhost:7710", "http://127.0.0.1:7710", "tcp://127.0.0.1"], ids=["bare", "http", "no-port"])
+def test_a_malformed_tiger_url_ended_in_a_zmq_traceback(pytester, monkeypatch, url):
+    monkeypatch.setenv("TIGER_URL", url)
+    pytester.makepyfile(test_uses="def test_a(tiger_client): pass\ndef test_b(): pass\n")
+    result = run(pytester, "-p", "no:xdist")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    assert f"tiger: {url!r} (--tiger-url or TIGER_URL) is not a writer's URL" in text
+    assert "Traceback" not in text and "ZMQError" not in text
+
+
+def test_a_stale_ipc_socket_file_made_the_run_wait_out_the_timeout(pytester, monkeypatch, tmp_path):
+    """A socket file left by a writer that is gone: refused at once, not after the 5 s a request waits."""
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as left:
+        left.bind(str(path))  # bound and closed: the file stays, nothing listens
+    monkeypatch.setenv("TIGER_URL", f"ipc://{path}")
+    pytester.makepyfile(test_uses="def test_a(tiger_client): pass\n")
+    started = time.monotonic()
+    result = run(pytester, "-p", "no:xdist")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "nothing listens there (connection refused)" in result.stdout.str()
+    assert time.monotonic() - started < 4.5  # a contact that waited would take the 5 s timeout
+
+
+SESSION_FIXTURE_WRITES = """
+import pytest, tiger
+
+@pytest.fixture(scope="session")
+def customer(tiger_client):
+    record = tiger_client.table("customers").insert({"id": "cus_shared"})
+    return record, tiger.current_namespace()
+
+@pytest.mark.parametrize("i", range(3))
+def test_sees_it(customer, tiger_client, tiger_namespace, i):
+    record, namespace = customer
+    assert namespace.startswith("tiger-run:") and namespace != tiger_namespace
+    with tiger.namespace(namespace):
+        assert tiger_client.table("customers")["cus_shared"] == record
+    assert tiger_client.table("customers").count() == 0  # not in the test's own namespace
+"""
+
+
+def test_a_session_fixture_writing_through_tiger_client_wrote_into_the_first_tests_namespace(pytester):
+    """Set up during the first test that asks for it, a session fixture wrote into that test's namespace,
+    dropped after it: every later test lost its records. Wider-scoped fixtures are set up in the run's
+    namespace."""
+    pytester.makepyfile(test_session_fixture=SESSION_FIXTURE_WRITES)
+    run(pytester, "-p", "no:xdist").assert_outcomes(passed=3)

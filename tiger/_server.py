@@ -8,6 +8,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -219,9 +220,14 @@ def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) 
 def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key: str | bytes | None = None) -> p.Ok:
     """One request on a socket of its own, without a replica (``ping``, the plugin's cleanup of a run).
 
-    ``Unavailable`` if the writer does not answer within ``timeout`` seconds; ``TigerError`` naming
-    its answer if that is a refusal.
+    ``Unavailable`` if the writer does not answer within ``timeout`` seconds, at once if nothing
+    listens at ``url`` (ZeroMQ would retry a refused connection silently until the timeout);
+    ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL.
     """
+    check_url(url)
+    refused = _refused(url)
+    if refused is not None:
+        raise Unavailable(f"the tiger writer at {url} is not there: {refused}")
     with zmq.Context() as ctx:
         sock = ctx.socket(zmq.DEALER)
         try:
@@ -239,3 +245,25 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     if type(reply) is not p.Ok:
         raise TigerError(f"the tiger writer at {url} answered {reply}")
     return reply
+
+
+def _refused(url: str) -> str | None:
+    """Why nothing can answer at ``url`` (a missing or stale ipc socket file, a refused tcp port), or None."""
+    try:
+        if url.startswith("ipc://"):
+            path = url[len("ipc://") :]
+            if not os.path.exists(path):
+                return "nothing is bound at that path"
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1.0)
+                probe.connect(path)
+        else:
+            host, port = url[len("tcp://") :].rsplit(":", 1)
+            if port == "*":
+                return None
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return "nothing listens there (connection refused)"
+    except (OSError, ValueError):  # unknown host, a timeout, a path that is no socket: let the request tell
+        return None
+    return None

@@ -140,6 +140,14 @@ class _RunDir:
         return sorted(p for p in folder.iterdir() if p.name != str(os.getpid())) if folder.exists() else []
 
     @staticmethod
+    def builder_state(path: Path) -> dict[str, Any]:
+        """What a builder wrote so far, read without its lock (``{}`` if caught mid-write)."""
+        try:
+            return json.loads(path.read_text() or "{}")  # type: ignore[no-any-return]
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    @staticmethod
     def ended_builder(path: Path) -> dict[str, Any] | None:
         """The state a builder left if it has ended (its lock is free), else None. ``{}``: unreadable."""
         with open(path) as f:
@@ -186,6 +194,7 @@ class _Run:
         self._built: dict[str, str] = {}  # once keys with a teardown built here -> their outcome (None: not run yet)
         self._entered: tuple[pytest.Item, Callable[[], None]] | None = None  # the test whose namespace is the default
         self.report: list[str] = []  # the end-of-run lines (the controller's summary)
+        self.exit_code: pytest.ExitCode | None = None  # what the end of the run calls for, beyond the tests' own
 
     @property
     def label(self) -> str:
@@ -250,10 +259,12 @@ class _Run:
         url = self.given_url
         assert url is not None
         try:
-            if url.startswith("ipc://") and not os.path.exists(url[len("ipc://") :]):
-                raise TigerError("nothing is bound at that path")  # no need to wait out a timeout
-            ping(url, server_key=os.environ.get("TIGER_SERVER_KEY") or None)
-        except (TigerError, ValueError) as e:
+            ping(url, server_key=os.environ.get("TIGER_SERVER_KEY") or None)  # at once if nothing listens there
+        except ValueError as e:
+            raise _Unreachable(
+                f"tiger: {url!r} (--tiger-url or TIGER_URL) is not a writer's URL: {e}", pytest.ExitCode.USAGE_ERROR
+            ) from None
+        except TigerError as e:
             raise _Unreachable(
                 f"tiger: no writer answers at {url} ({e}): start one with 'tiger serve --url {url}', "
                 "or unset TIGER_URL (and drop --tiger-url) so the run starts its own",
@@ -330,6 +341,11 @@ class _Run:
         self._entered = (item, push_default_namespace(name))
         return name
 
+    @property
+    def in_test(self) -> bool:
+        """Whether a test's namespace is the process's default now."""
+        return self._entered is not None
+
     def leave_test(self) -> None:
         """Restore the default namespace and drop the test's (unless --tiger-keep)."""
         if self._entered is None:
@@ -338,7 +354,8 @@ class _Run:
         self._entered = None
         restore()
         if self.url is not None and not self.config.getoption("--tiger-keep"):
-            self.client().drop_namespace(item.stash[_namespace_key])
+            with contextlib.suppress(TigerError):  # the writer gone (its data with it): the test's own errors say so
+                self.client().drop_namespace(item.stash[_namespace_key])
 
     # -- once ------------------------------------------------------------------------
 
@@ -375,22 +392,25 @@ class _Run:
         if self._client is None or not self._built:
             return {}
         errors = dict(self._client.tear_down_once_values())
-        outcomes = {
-            key: None if key not in errors else "".join(traceback.format_exception(errors[key])).rstrip() for key in self._built
-        }
+        outcomes = {key: _outcome(errors.get(key)) for key in self._built}
         self.dir.record_builder({"by": self._client.label, "keys": list(self._built), "outcomes": outcomes})
         self.dir.release_builder()
         self._built.clear()
         return outcomes
 
-    def report_outcomes(self, by: str, outcomes: dict[str, str | None]) -> bool:
-        """Add the failed teardowns to the end-of-run report; returns whether any failed."""
-        failed = False
+    def report_outcomes(self, by: str, outcomes: dict[str, str | None]) -> None:
+        """Add the teardowns that failed or were interrupted to the end-of-run report and its exit code."""
         for key, error in outcomes.items():
-            if error is not None:
-                failed = True
+            if error == _INTERRUPTED:
+                self.end_with(pytest.ExitCode.INTERRUPTED)
+                self.report.append(f"teardown of once {key!r} in {by} was interrupted")
+            elif error is not None:
+                self.end_with(pytest.ExitCode.TESTS_FAILED)
                 self.report.append(f"teardown of once {key!r} in {by} failed:\n{error}")
-        return failed
+
+    def end_with(self, code: pytest.ExitCode) -> None:
+        """The run's exit code must be at least this bad (an interruption outranks a failure)."""
+        self.exit_code = _worse(self.exit_code, code)
 
     def worker_end(self) -> None:
         """An xdist worker, after it reported its end: if it built values with teardowns, wait until
@@ -405,11 +425,10 @@ class _Run:
                 pass
         self.tear_down()
 
-    def wait_for_builders(self) -> bool:
+    def wait_for_builders(self) -> None:
         """The xdist controller, every worker done with its tests: let the builders tear down, wait for
-        them (at most ``tiger_teardown_timeout``) and report; returns whether a teardown failed."""
+        them (at most ``tiger_teardown_timeout``) and report."""
         self.dir.mark_all_done()
-        failed = False
         pending = self.dir.builders()
         deadline = time.monotonic() + float(self.config.getini("tiger_teardown_timeout"))
         try:
@@ -421,7 +440,7 @@ class _Run:
                     pending.remove(path)
                     by = state.get("by", f"pid {path.name}")
                     if "outcomes" in state:
-                        failed |= self.report_outcomes(by, state["outcomes"])
+                        self.report_outcomes(by, state["outcomes"])
                     else:
                         for key in state.get("keys", ["?"]):
                             self.report.append(f"teardown of once {key!r} did not run: its builder {by} ended before it")
@@ -430,9 +449,12 @@ class _Run:
                 time.sleep(_POLL)
         except (TimeoutError, KeyboardInterrupt) as e:  # past the deadline, or a second Ctrl-C: stop waiting
             why = "interrupted" if isinstance(e, KeyboardInterrupt) else "past tiger_teardown_timeout"
+            self.end_with(pytest.ExitCode.INTERRUPTED if isinstance(e, KeyboardInterrupt) else pytest.ExitCode.TESTS_FAILED)
             for path in pending:
-                self.report.append(f"teardowns of the once values built by pid {path.name}: not waited for ({why})")
-        return failed
+                state = self.dir.builder_state(path)
+                for key in state.get("keys", ["?"]):
+                    by = state.get("by", f"pid {path.name}")
+                    self.report.append(f"teardown of once {key!r} in {by}: not waited for ({why})")
 
     def close(self) -> None:
         """This process's last act: close its client; the controller also stops or cleans the writer."""
@@ -515,6 +537,24 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
             raise
 
     return plain
+
+
+_INTERRUPTED = "interrupted"  # a teardown's outcome when Ctrl-C stopped it
+_RANK = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
+
+
+def _worse(a: pytest.ExitCode | None, b: pytest.ExitCode) -> pytest.ExitCode:
+    """The worse of two exit codes the run's end can call for (an interruption outranks a failure)."""
+    return b if a is None or _RANK.index(b) > _RANK.index(a) else a
+
+
+def _outcome(error: BaseException | None) -> str | None:
+    """A teardown's outcome as the run directory keeps it: None (it finished), interrupted, or the traceback."""
+    if error is None:
+        return None
+    if isinstance(error, KeyboardInterrupt):
+        return _INTERRUPTED
+    return "".join(traceback.format_exception(error)).rstrip()
 
 
 def _load_seeds(client: Client, paths: list[Any]) -> int:
@@ -630,6 +670,23 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, None, None]:
+    """A fixture of a wider scope than the test (session, module, ...) outlives the test's namespace:
+    it is set up in the run's namespace instead, as ``tiger_once`` factories are."""
+    run = request.config.stash.get(_run_key, None)
+    if run is None or not run.in_test or fixturedef.scope == "function":
+        yield
+        return
+    from tiger._client import push_default_namespace
+
+    restore = push_default_namespace(run.namespace)
+    try:
+        yield
+    finally:
+        restore()
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
@@ -652,8 +709,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """The xdist controller, before xdist stops its workers: the builders among them tear down now."""
     run = session.config.stash.get(_run_key, None)
     if run is not None and run.is_controller and run.dir.builders():
-        if run.wait_for_builders() and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        run.wait_for_builders()
 
 
 @pytest.hookimpl(trylast=True, specname="pytest_sessionfinish")
@@ -664,11 +720,14 @@ def pytest_sessionfinish_after_fixtures(session: pytest.Session) -> None:
     if run is None:
         return
     run.leave_test()  # a test interrupted (Ctrl-C, pytest.exit) before its own teardown
-    if run.is_controller and run.report_outcomes(run.label, run.tear_down()) and session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if not run.is_controller:
+        return
+    run.report_outcomes(run.label, run.tear_down())
     writer = run.dir.writer()
     if writer is not None and "error" in writer:  # a worker stopped the run with that line (xdist showed it)
-        session.exitstatus = pytest.ExitCode(writer["returncode"])
+        run.end_with(pytest.ExitCode(writer["returncode"]))
+    if run.exit_code is not None and session.exitstatus in _RANK:  # not an internal error, nor "no tests"
+        session.exitstatus = _worse(pytest.ExitCode(session.exitstatus), run.exit_code)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
