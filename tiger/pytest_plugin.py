@@ -94,10 +94,10 @@ class _RunDir:
     - ``writer``: ``{"url", "pid"}`` once reached (``pid`` None: a writer the run does not own),
       or ``{"error", "returncode"}`` once it could not be;
     - ``writer.log``: the run's own writer's log;
-    - ``builders/PID``: a process that built ``tiger_once`` values with teardowns holds an exclusive
-      lock on its file for as long as it lives, and writes there its keys, then their outcomes; a
-      file whose lock can be taken belongs to a process that ended (pid reuse and zombies cannot
-      fool a lock);
+    - ``builders/PID.lock``, ``builders/PID.json``: a process that built ``tiger_once`` values with
+      teardowns holds an exclusive lock on its ``.lock`` for as long as it lives, and records its keys,
+      then their outcomes, in its ``.json``; a lock that can be taken belongs to a process that ended
+      (pid reuse and zombies cannot fool a lock);
     - ``all-done``: every test of every process has finished (the controller says so).
     """
 
@@ -118,15 +118,14 @@ class _RunDir:
         _write_json(self.path / "writer", state)
 
     def record_builder(self, state: dict[str, Any]) -> None:
-        """This process's builder state (keys, then outcomes), under the lock it holds for life."""
+        """This process's builder state (keys, then outcomes): ``builders/PID.json``, written whole (a
+        reader sees all of it or nothing), beside ``builders/PID.lock``, locked by this process for life."""
+        folder = self.path / "builders"
         if self._builder is None:
-            (self.path / "builders").mkdir(exist_ok=True)
-            self._builder = open(self.path / "builders" / str(os.getpid()), "w")
+            folder.mkdir(exist_ok=True)
+            self._builder = open(folder / f"{os.getpid()}.lock", "w")  # held for life: the lock goes with it
             fcntl.flock(self._builder, fcntl.LOCK_EX)
-        self._builder.seek(0)
-        self._builder.truncate()
-        self._builder.write(json.dumps(state))
-        self._builder.flush()
+        _write_json(folder / f"{os.getpid()}.json", state)
 
     def release_builder(self) -> None:
         """This process's teardowns are done (their outcomes written): the controller may read them."""
@@ -135,30 +134,24 @@ class _RunDir:
             self._builder = None
 
     def builders(self) -> list[Path]:
-        """The builders files of the other processes of the run."""
+        """The lock files of the other processes of the run that built values with teardowns."""
         folder = self.path / "builders"
-        return sorted(p for p in folder.iterdir() if p.name != str(os.getpid())) if folder.exists() else []
+        return sorted(p for p in folder.glob("*.lock") if p.stem != str(os.getpid())) if folder.exists() else []
 
     @staticmethod
-    def builder_state(path: Path) -> dict[str, Any]:
-        """What a builder wrote so far, read without its lock (``{}`` if caught mid-write)."""
-        try:
-            return json.loads(path.read_text() or "{}")  # type: ignore[no-any-return]
-        except (OSError, json.JSONDecodeError):
-            return {}
+    def builder_state(lock: Path) -> dict[str, Any]:
+        """What the builder of ``lock`` recorded so far (``{}``: nothing yet)."""
+        return _read_json(lock.with_suffix(".json")) or {}
 
-    @staticmethod
-    def ended_builder(path: Path) -> dict[str, Any] | None:
-        """The state a builder left if it has ended (its lock is free), else None. ``{}``: unreadable."""
-        with open(path) as f:
+    @classmethod
+    def ended_builder(cls, lock: Path) -> dict[str, Any] | None:
+        """The state a builder left if it has ended (its lock is free), else None."""
+        with open(lock) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None
-            try:
-                return json.loads(f.read() or "{}")  # type: ignore[no-any-return]
-            except json.JSONDecodeError:  # it died while writing
-                return {}
+        return cls.builder_state(lock)
 
     def mark_all_done(self) -> None:
         (self.path / "all-done").touch()
@@ -438,7 +431,7 @@ class _Run:
                     if state is None:
                         continue
                     pending.remove(path)
-                    by = state.get("by", f"pid {path.name}")
+                    by = state.get("by", f"pid {path.stem}")
                     if "outcomes" in state:
                         self.report_outcomes(by, state["outcomes"])
                     else:
@@ -453,7 +446,7 @@ class _Run:
             for path in pending:
                 state = self.dir.builder_state(path)
                 for key in state.get("keys", ["?"]):
-                    by = state.get("by", f"pid {path.name}")
+                    by = state.get("by", f"pid {path.stem}")
                     self.report.append(f"teardown of once {key!r} in {by}: not waited for ({why})")
 
     def close(self) -> None:
