@@ -38,6 +38,7 @@ from tiger._table import (
     check_prefix,
     check_record,
     check_records,
+    check_update,
     check_value,
 )
 
@@ -415,7 +416,10 @@ class Client:
                 if generator is not None:
                     self._teardowns[scope, key] = (generator, in_scope)
                 check_value(value, "value")
-                packed = len(p.pack(value))  # the writer's limit, checked before it is sent: a refusal is an outcome too
+                try:
+                    packed = len(p.pack(value))  # the writer's limit, checked before it is sent: a refusal is an outcome too
+                except UnicodeEncodeError:
+                    raise ValueError(p.unencodable_value(value, "value")) from None
                 if packed > MAX_ONCE_VALUE:
                     raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
                 self._once_built[scope, key] = value
@@ -520,7 +524,10 @@ class Client:
         if deadline is None:
             deadline = now + self.timeout
         margin = min(0.5, 0.2 * (deadline - now))
-        payload = p.encode_call(p.Call(self.client_id, time.time() + self._clock_offset + (deadline - now) - margin, request))
+        try:
+            payload = p.encode_call(p.Call(self.client_id, time.time() + self._clock_offset + (deadline - now) - margin, request))
+        except UnicodeEncodeError:
+            raise ValueError(p.unencodable(request)) from None
         if type(request) is p.Insert:
             p.check_record_sizes(request.records, len(payload), "record" if len(request.records) == 1 else "records")
         elif type(request) is p.Update:
@@ -551,11 +558,14 @@ class Client:
                         self._socket.send(payload)
                         resend_at = now + resend_every
                         self.resends += 1
-                    # a blocking recv with a timeout, not poll + recv: one GIL hand-over per wait, not two
-                    self._socket.setsockopt(zmq.RCVTIMEO, max(1, int((min(deadline, resend_at) - now) * 1000)))
+                    # poll, then receive: a poll interrupted by a signal goes on with what is left of its
+                    # timeout, where a receive with RCVTIMEO starts its whole timeout again (pyzmq retries
+                    # it), so a process taking signals more often than that would never time out
+                    if not self._socket.poll(max(1, int((min(deadline, resend_at) - now) * 1000)), zmq.POLLIN):
+                        continue
                     try:
-                        data = self._socket.recv()
-                    except zmq.Again:
+                        data = self._socket.recv(zmq.NOBLOCK)
+                    except zmq.Again:  # taken back by libzmq since (a peer gone): wait on
                         continue
                     reply = p.decode_reply(data)
                     if reply.req_id == req_id:
@@ -779,8 +789,7 @@ class Table:
         """Merge ``changes`` into the stored record, atomically at the writer; returns the result."""
         check_id(id)
         check_record(changes, "changes")
-        if "id" in changes and changes["id"] != id:
-            raise ValueError(f"changes['id']: the id of {id!r} cannot be changed")
+        check_update(id, changes, self._namespaces.get(_current(), {}).get(id))  # what the replica knows of it
         reply = self._client._write(p.Update(next(self._client._req_ids), self.name, _current(), id, dict(changes)))
         assert type(reply.change) is Put
         return reply.change.records[0]

@@ -685,3 +685,53 @@ def send(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         sock.send(frame, _MORE if i < last else 0)
+
+
+_UNENCODABLE = (
+    "a str UTF-8 cannot encode (a lone surrogate, as os.fsdecode makes of undecodable bytes); "
+    "store bytes, or decode with errors='replace'"
+)
+
+
+def unencodable(request: Request) -> str:
+    """Where a request holds a str that UTF-8 cannot encode (a lone surrogate, as ``os.fsdecode`` makes of
+    undecodable bytes), as the ValueError message naming the field; msgpack's own error names none."""
+    for name in request.__dataclass_fields__:
+        value = getattr(request, name)
+        if name == "records":
+            places = [("record" if len(value) == 1 else f"records[{i}]", r) for i, r in enumerate(value)]
+        else:
+            places = [("value" if name == "payload" else name, value)]
+        for where, item in places:
+            message = unencodable_value(item, where)
+            if message is not None:
+                return message
+    return _UNENCODABLE  # pragma: no cover - called only after such an error
+
+
+def unencodable_value(value: Any, where: str) -> str | None:
+    """The ValueError message naming the first str in ``value`` that UTF-8 cannot encode, or None."""
+    found = _unencodable(value, where)
+    return None if found is None else f"{found}: {_UNENCODABLE}"
+
+
+def _unencodable(value: Any, where: str) -> str | None:
+    if type(value) is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if type(key) is str and _unencodable(key, "") is not None:
+                return f"{where}: key {key!r}"
+            found = _unencodable(item, f"{where}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _unencodable(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None

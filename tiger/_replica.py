@@ -159,6 +159,7 @@ class Replica:
         self.resyncs = 0
         self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
         self.last_heard = time.monotonic()
+        self.last_awake = self.last_heard  # the replica thread's last wake-up: it was listening until then
         self._ctx = ctx
         self._url = url
         self._pub_url = pub_url
@@ -283,8 +284,11 @@ class Replica:
     # -- the thread ------------------------------------------------------------------
 
     def silent_for(self) -> float:
-        """Seconds since the writer was last heard on the PUB socket."""
-        return time.monotonic() - self.last_heard
+        """Seconds the writer went unheard on the PUB socket while this replica was listening: from its
+        last message to the replica thread's last wake-up (at least every 0.5 s). A process that was not
+        running (SIGSTOP, a debugger, a suspended laptop) did not listen meanwhile: right after it
+        resumes, before its replica thread has run again, the writer is not blamed for that time."""
+        return max(0.0, self.last_awake - self.last_heard)
 
     def _run(self) -> None:
         sub = self._ctx.socket(zmq.SUB)
@@ -319,6 +323,7 @@ class Replica:
                     queued = []
                     # a short client timeout polls more often: a call to ask again goes soon after its deadline
                     events = dict(poller.poll(int(min(self._heartbeat, 0.5, self._timeout / 4) * 1000)))
+                    self.last_awake = time.monotonic()
                     if self._stop_rx in events or self._stopping:
                         return
                     if sub in events:

@@ -607,13 +607,20 @@ def prepare_update(store: Store, table: str, namespace: str, id: str, changes: M
     current = store.get(table, namespace, id)
     if current is None:
         raise NotFound(f"{table} {id!r} is not in namespace {namespace!r}")
-    if "id" in changes and changes["id"] != id:
-        raise ValueError(f"changes['id']: the id of {id!r} cannot be changed")
-    if "created" in changes and changes["created"] != current["created"]:
-        raise ValueError(f"changes['created']: the created time of {id!r} cannot be changed")
+    check_update(id, changes, current)
     merged = dict(current)
     merged.update(changes)
     return Put(table, namespace, (freeze(merged),))
+
+
+def check_update(id: str, changes: Mapping[str, Any], current: Mapping[str, Any] | None) -> None:
+    """The rules of ``update`` that need no more than the changes and the record as known (``current``,
+    None: not known here): the client checks them before sending (against its replica), the writer
+    again (against the store)."""
+    if "id" in changes and changes["id"] != id:
+        raise ValueError(f"changes['id']: the id of {id!r} cannot be changed")
+    if current is not None and "created" in changes and changes["created"] != current["created"]:
+        raise ValueError(f"changes['created']: the created time of {id!r} cannot be changed")
 
 
 def prepare_delete(store: Store, table: str, namespace: str, id: str) -> Delete | None:

@@ -43,6 +43,7 @@ ANSWERS_KEPT = 32  # answers kept per client, to answer a resent call without ap
 ANSWERS_FORGOTTEN = 60.0  # seconds of silence after which a client's kept answers are dropped
 MAX_ERROR = 500  # characters of an error message the writer logs and sends back
 CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
+PAUSED = 1.0  # seconds between two turns of the writer's loop (at most 0.1 s apart) that mean it was paused
 
 
 class _Tokens:
@@ -207,14 +208,21 @@ class Writer:
         A blocking receive with a timeout, not poll + receive: on this path every system call and
         wake-up counts (a poll loop cost a ROUTER echo about 20 us more per round trip here). The
         timeout (at most 0.1 s) bounds how late a heartbeat, a signal or the owner's end is noticed.
+        (pyzmq restarts a receive interrupted by a signal with its whole timeout: safe here, where the
+        only handled signals stop the loop, and no other signal wakes the process without ending it.
+        Clients, which live in processes with signal handlers of their own, poll instead.)
         """
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         router = self.router
         router.setsockopt(zmq.RCVTIMEO, max(1, int(min(self.heartbeat, 0.1) * 1000)))
-        next_beat = time.monotonic()
+        next_beat = awake = time.monotonic()
         try:
             while self._running:
-                if time.monotonic() >= next_beat:
+                now = time.monotonic()
+                if now - awake > PAUSED:  # this process was not running (SIGSTOP, a debugger): nor listening
+                    self._resumed(now - awake)
+                awake = now
+                if now >= next_beat:
                     self._beat()
                     next_beat = time.monotonic() + self.heartbeat
                     if watch_fd is not None and _closed(watch_fd):
@@ -239,6 +247,15 @@ class Writer:
 
     def stop(self) -> None:
         self._running = False
+
+    def _resumed(self, paused: float) -> None:
+        """The writer was paused for ``paused`` seconds: its clients' silence is judged only over time it
+        listened, so none is taken for gone (nor its once keys released) for the writer's own pause."""
+        log.info("resumed after %.1fs without running", paused)
+        for client_id in self.clients:
+            self.clients[client_id] += paused
+        for client_id in self._answers_heard:
+            self._answers_heard[client_id] += paused
 
     def close(self) -> None:
         if self.owner is not None:

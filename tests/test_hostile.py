@@ -1,0 +1,246 @@
+"""Promises under hostile conditions (issue 11): signals, paused processes, bad strings, checks the
+client can make first. Real writer processes, real signals; each test is named after what broke."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import tiger
+
+SCRIPT_TIMEOUT = 60
+
+
+def python(script: str, *args: str) -> subprocess.Popen[str]:
+    """``python -c SCRIPT ARGS`` with pipes to talk to it line by line."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], say: str | None = None) -> tuple[str, str]:
+    """Tell the script ``say`` (a line), wait for it to end, return its output; it never outlives the test."""
+    try:
+        return proc.communicate(None if say is None else say + "\n", timeout=SCRIPT_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture
+def own_writer():
+    """A writer of this test's own (the test stops or pauses it), always resumed and stopped after it."""
+    server = tiger.serve()
+    try:
+        yield server
+    finally:
+        if server.running:
+            os.kill(server.pid, signal.SIGCONT)
+        server.stop()
+
+
+# -- 1. deadlines under signals ------------------------------------------------------------------------
+
+SIGNALLED_CALLS = """
+import signal, sys, time, tiger
+
+signal.signal(signal.SIGALRM, lambda *_: None)  # a watchdog, a progress bar, a profiler
+signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+client = tiger.connect(sys.argv[1], timeout=1.0)
+table = client.table("t")
+print("ready", flush=True)
+sys.stdin.readline()  # the writer is stopped now
+calls = [("insert", lambda: table.insert({"id": "a"})), ("sync", client.sync), ("stats", client.stats),
+         ("once", lambda: client.once("k", lambda: 1)), ("connect", lambda: tiger.connect(sys.argv[1], timeout=1.0))]
+for name, call in calls:
+    started = time.monotonic()
+    try:
+        call()
+        print(name, "returned", flush=True)
+    except tiger.Unavailable:
+        print(name, "unavailable", round(time.monotonic() - started, 2), flush=True)
+"""
+
+
+def test_a_call_under_a_busy_signal_timer_hung_until_the_writer_resumed(own_writer):
+    """pyzmq restarts a receive interrupted by a signal with its whole RCVTIMEO: a process taking a signal
+    every 0.1 s never timed out while the writer was stopped. Every call ends by its deadline."""
+    proc = python(SIGNALLED_CALLS, own_writer.url)
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(own_writer.pid, signal.SIGSTOP)
+    out, err = finish(proc, "go")
+    results = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
+    assert set(results) == {"insert", "sync", "stats", "once", "connect"}, (out, err)
+    for name, (outcome, *took) in results.items():
+        assert outcome == "unavailable", (name, out, err)
+        assert float(took[0]) < 4.0, (name, out)  # a 1 s timeout (and later calls fail at once: a silent writer)
+
+
+# -- 2. a paused client blames the writer -----------------------------------------------------------------
+
+PAUSED_CLIENT = """
+import os, signal, sys, tiger
+
+client = tiger.connect(sys.argv[1], timeout=5.0)
+table = client.table("paused")
+failures = 0
+for i in range(4):
+    table.insert({"id": f"before-{i}"})
+    os.kill(os.getpid(), signal.SIGSTOP)  # a debugger, a laptop lid: the test resumes it 2.5 s later
+    try:
+        table.insert({"id": f"after-{i}"})  # at once after the pause
+    except tiger.Unavailable as e:
+        failures += 1
+        print("failed", e, flush=True)
+print("failures", failures, flush=True)
+"""
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(") ", 1)[1][0] == "T"
+
+
+def test_a_paused_client_blamed_the_writer_for_its_own_pause(own_writer):
+    """A client process paused longer than heartbeat_timeout took the writer, which heartbeated all along,
+    for gone: silence is judged only over time the client was able to listen."""
+    proc = python(PAUSED_CLIENT, own_writer.url)
+    try:
+        for _ in range(4):
+            deadline = time.monotonic() + 30
+            while not _stopped(proc.pid):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "not paused"
+                time.sleep(0.01)  # sleep-ok: polling the script's state, with a deadline
+            time.sleep(2.5)  # sleep-ok: the pause under test (longer than the 2 s heartbeat_timeout)
+            os.kill(proc.pid, signal.SIGCONT)
+    finally:
+        out, err = finish(proc)
+    assert "failures 0" in out, (out, err)
+
+
+def test_a_paused_writer_took_its_clients_for_gone_and_released_their_once_keys(own_writer):
+    """A writer paused longer than its client silence (3 s) forgot every client on resuming, before
+    reading their queued heartbeats, and gave a live builder's once key to the next caller."""
+    builder, waiter = tiger.connect(own_writer.url), tiger.connect(own_writer.url)
+    release = threading.Event()
+    built: list[object] = []
+    thread = threading.Thread(target=lambda: built.append(builder.once("paused-key", lambda: release.wait(30) and "v")))
+    try:
+        thread.start()
+        waiter.replica.wait_until(lambda: waiter._once_record("global", "paused-key") is not None, time.monotonic() + 10, str)
+        os.kill(own_writer.pid, signal.SIGSTOP)
+        time.sleep(3.5)  # sleep-ok: the pause under test (longer than the writer's 3 s client silence)
+        os.kill(own_writer.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while waiter.replica.silent_for() > 0.5 or waiter.replica.last_heard < waiter.replica.last_awake - 0.5:
+            assert time.monotonic() < deadline, "the waiter never heard the resumed writer"
+            time.sleep(0.05)  # sleep-ok: polling the replica's state, with a deadline
+        waiter.sync()
+        time.sleep(1.0)  # sleep-ok: a second of the writer's heartbeats after resuming, in which it must not release
+        waiter.sync()
+        record = waiter._once_record("global", "paused-key")
+        assert record is not None and record["state"] == "building" and record["owner"] == builder.client_id
+    finally:
+        release.set()
+        thread.join(30)
+        builder.close()
+        waiter.close()
+    assert built == ["v"]
+
+
+# -- 5. bad strings -------------------------------------------------------------------------------------
+
+BAD = os.fsdecode(b"report-\xff.pdf")  # a file name that is not UTF-8, as os.listdir gives it
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c.table("files").insert({"id": "f1", "meta": {"path": BAD}}), "record['meta']['path']"),
+        (lambda c: c.table("files").insert({"id": "f1", BAD: 1}), "record: key"),
+        (lambda c: c.table("files").insert_many([{"id": "a"}, {"id": "b", "tags": ["x", BAD]}]), "records[1]['tags'][1]"),
+        (lambda c: c.table("files").update("f0", {"path": BAD}), "changes['path']"),
+        (lambda c: c.table(BAD).insert({"id": "f1"}), "table"),
+        (lambda c: c.once(BAD, lambda: 1), "key"),
+    ],
+    ids=["value", "key", "batch", "update", "table", "once-key"],
+)
+def test_a_non_utf8_str_raised_a_bare_unicode_error_naming_no_field(client, ns, call, field):
+    files = client.table("files")
+    files.insert({"id": "f0"})
+    before = client.stats()["seq"]
+    with pytest.raises(ValueError, match=rf"^{__import__('re').escape(field)}.*UTF-8 cannot encode"):
+        call(client)
+    assert client.stats()["seq"] == before  # nothing was applied
+    assert files.count() == 1
+
+
+def test_a_once_value_with_a_non_utf8_str_failed_naming_no_field(client, ns):
+    with pytest.raises(tiger.OnceFailed, match=r"value\['path'\]: a str UTF-8 cannot encode"):
+        client.once(f"bad-value-{ns}", lambda: {"path": BAD})
+
+
+# -- 9. a check the client could make first ----------------------------------------------------------------
+
+
+def test_an_update_of_created_was_refused_by_the_writer_not_before_sending(own_writer):
+    """The client knows the record from its replica: the refusal needs no writer (shown by a stopped one)."""
+    with tiger.connect(own_writer.url, timeout=1.0) as client:
+        plans = client.table("plans")
+        plans.insert({"id": "p1", "created": 5})
+        own_writer.stop()
+        started = time.monotonic()
+        with pytest.raises(ValueError, match=r"changes\['created'\]: the created time of 'p1' cannot be changed"):
+            plans.update("p1", {"created": 1})
+        assert time.monotonic() - started < 0.5  # not after the 1 s timeout: nothing was sent
+
+
+# -- 3. a check made after the expensive work -----------------------------------------------------------------
+
+TOO_BIG = """
+import os, sys, tiger
+
+def build():
+    with open(sys.argv[2], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return "x" * (9 * 2**20)
+
+with tiger.connect(sys.argv[1]) as client:
+    print("ready", flush=True)
+    sys.stdin.readline()
+    try:
+        client.once(sys.argv[3], build)
+    except tiger.OnceFailed as e:
+        print("OnceFailed", e.key, e.type_name, flush=True)
+"""
+
+
+def test_a_once_value_over_the_limit_was_built_by_every_process(tiger_url, tmp_path, ns):
+    """The writer refused the value after each build and the key went to the next caller: 3 builds, each
+    caller a ValueError. The client checks the limit first; every caller gets OnceFailed after one build."""
+    built = tmp_path / "built"
+    key = f"too-big-{ns}"
+    procs = [python(TOO_BIG, tiger_url, str(built), key) for _ in range(3)]
+    outs = []
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+    finally:
+        outs = [finish(proc) for proc in procs]
+    assert len(built.read_text().splitlines()) == 1, outs
+    assert all(out.strip() == f"OnceFailed {key} ValueError" for out, _ in outs), outs
