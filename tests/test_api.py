@@ -25,8 +25,10 @@ def test_public_names_are_pinned():
         "serve",
         "thaw",
     ]
-    for name in tiger.__all__:
-        assert getattr(tiger, name) is not None
+    assert set(tiger._LAZY) <= set(tiger.__all__)  # imported on first use, and public
+    for name in tiger.__all__:  # every public name resolves (a lazy one imports its module)
+        assert getattr(tiger, name).__name__ == name
+    assert dir(tiger) == sorted(tiger.__all__)
 
 
 def test_error_hierarchy():
