@@ -567,16 +567,24 @@ def test_an_own_change_whose_answer_never_came_is_fetched_by_a_resync(writer):
 
 
 def test_a_joined_replica_files_its_records_with_the_oldest_gc_generation(writer):
-    """Young-generation collections would walk every record of a big snapshot twice before it settles."""
+    """Young-generation collections would walk every record of a big snapshot twice before it settles.
+
+    Where anything is frozen already (gc.freeze(): by the process, or by CPython 3.12 itself, which
+    starts with objects in the permanent generation), tiger cannot move the records without unfreezing
+    those too: it leaves every generation as it is (a slower join, nothing unfrozen)."""
     import gc
 
+    frozen = gc.get_freeze_count()
     with tiger.connect(writer.url) as author:
         author.table("gc").insert_many([{"n": i} for i in range(50)])
         with tiger.connect(writer.url) as joiner:
             young = gc.get_objects(generation=0) + gc.get_objects(generation=1)
             records = {id(r) for r in joiner.table("gc").all()}
             assert len(records) == 50
-            assert not any(id(o) in records for o in young)
+            if frozen == 0:
+                assert not any(id(o) in records for o in young)
+            else:
+                assert gc.get_freeze_count() >= frozen  # nothing of the process's was unfrozen
             del young
 
 
