@@ -281,7 +281,7 @@ def test_a_bad_seed_file_fails_every_test_using_tiger_naming_the_line(pytester, 
     assert (
         len(
             re.findall(
-                r"OnceFailed: once 'tiger_seed' failed in main \(pid \d+\): SeedError: \S*bad.jsonl: line 2", result.stdout.str()
+                r"OnceFailed: once 'tiger_seed' failed in main \(pid \d+\): SeedError: \S*bad.jsonl:2: ", result.stdout.str()
             )
         )
         == 2

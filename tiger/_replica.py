@@ -285,9 +285,10 @@ class Replica:
 
     def silent_for(self) -> float:
         """Seconds the writer went unheard on the PUB socket while this replica was listening: from its
-        last message to the replica thread's last wake-up (at least every 0.5 s). A process that was not
-        running (SIGSTOP, a debugger, a suspended laptop) did not listen meanwhile: right after it
-        resumes, before its replica thread has run again, the writer is not blamed for that time."""
+        last message to the moment the replica thread last began to listen (at least every 0.5 s). A
+        process that was not running (SIGSTOP, a debugger, a suspended laptop) did not listen meanwhile:
+        after it resumes, until its replica thread has read what was queued, the writer is not blamed
+        for that time."""
         return max(0.0, self.last_awake - self.last_heard)
 
     def _run(self) -> None:
@@ -322,8 +323,10 @@ class Replica:
                         self._receive(data)
                     queued = []
                     # a short client timeout polls more often: a call to ask again goes soon after its deadline
-                    events = dict(poller.poll(int(min(self._heartbeat, 0.5, self._timeout / 4) * 1000)))
+                    # listening from here: set before the poll, so that after a pause it still says when
+                    # the thread began to listen, until the messages queued meanwhile have been read
                     self.last_awake = time.monotonic()
+                    events = dict(poller.poll(int(min(self._heartbeat, 0.5, self._timeout / 4) * 1000)))
                     if self._stop_rx in events or self._stopping:
                         return
                     if sub in events:

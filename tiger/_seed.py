@@ -8,14 +8,16 @@ Two formats, told apart by content:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
+from tiger import _protocol as p
 from tiger._client import Client
 from tiger._client import namespace as in_namespace
-from tiger._table import GLOBAL, RESERVED_PREFIX, check_name, check_record
+from tiger._table import GLOBAL, RESERVED_PREFIX, check_name, check_record, check_records
 
 BATCH = 1000
 
@@ -25,20 +27,21 @@ class SeedError(ValueError):
 
 
 def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(table, namespace, record) for every record in a seed file, in file order."""
+    """(table, namespace, record) for every record in a seed file, in file order, each checked as a
+    write would be (``SeedError`` naming the file and line, or table and index, of the first bad one)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
         whole = json.loads(text)
     except json.JSONDecodeError:
         whole = None
+    entries: list[tuple[str, str, dict[str, Any]]] = []
+    first_seen: dict[tuple[str, str, str], str] = {}
     if isinstance(whole, dict) and whole and all(isinstance(v, list) for v in whole.values()):
-        out = []
         for table, records in whole.items():
             for i, record in enumerate(records):
-                out.append(_entry(path, f"{table}[{i}]", {"table": table, "record": record}))
-        return out
-    entries = []
+                entries.append(_entry(f"{path}: ", f"{table}[{i}]", {"table": table, "record": record}, first_seen))
+        return entries
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -46,25 +49,57 @@ def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, An
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise SeedError(f"{path}:{number}: not JSON ({e.msg})") from None
-        entries.append(_entry(path, f"line {number}", obj))
+        entries.append(_entry(f"{path}:", f"{number}", obj, first_seen))
     return entries
 
 
-def _entry(path: object, where: str, obj: Any) -> tuple[str, str, dict[str, Any]]:
+def _entry(file: str, place: str, obj: Any, first_seen: dict[tuple[str, str, str], str]) -> tuple[str, str, dict[str, Any]]:
+    """One seed entry, checked whole before anything is written: a file that is refused loads nothing.
+
+    An id given twice for one table and namespace is refused (as ``insert_many`` refuses it), naming both
+    places: which one a seed meant is not for the loader to guess."""
     try:
         if not isinstance(obj, dict) or set(obj) - {"table", "namespace", "record"} or "table" not in obj or "record" not in obj:
             raise ValueError('expected {"table": ..., "record": {...}} (and optionally "namespace")')
         table = check_name(obj["table"], "table")
+        if table.startswith(RESERVED_PREFIX):
+            raise ValueError(f"table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
         namespace = check_name(obj.get("namespace", GLOBAL), "namespace")
-        record = check_record(obj["record"], "record")
+        record = from_json(check_record(obj["record"], "record"))
+        check_records([record], table, None, single=True)
+        try:
+            size = len(p.pack(record))
+        except UnicodeEncodeError:
+            raise ValueError(p.unencodable_value(record, "record")) from None
+        if size > p.MAX_RECORD:
+            raise ValueError(f"record is {size} bytes packed; a record may be at most {p.MAX_RECORD} bytes")
     except (TypeError, ValueError) as e:
-        raise SeedError(f"{path}: {where}: {e}") from None
-    return table, namespace, dict(record)
+        raise SeedError(f"{file}{place}: {e}") from None
+    if "id" in record:
+        key = (table, namespace, record["id"])
+        if key in first_seen:
+            first = first_seen[key]
+            raise SeedError(
+                f"{file}{place}: id {record['id']!r} is given twice (first on {'line ' if first.isdigit() else ''}{first})"
+            )
+        first_seen[key] = place
+    return table, namespace, record
 
 
 def load_files(client: Client, paths: Iterable[str | os.PathLike[str]]) -> int:
-    """Read every file first (so a bad one loads nothing), then insert; returns the record count."""
-    entries = [entry for path in paths for entry in read_file(path)]
+    """Read and check every file first (so a bad one loads nothing), then insert; returns the record count.
+
+    An id given twice across the files (same table and namespace) is refused as within one file."""
+    first_seen: dict[tuple[str, str, str], str] = {}
+    entries = []
+    for path in paths:
+        for table, namespace, record in read_file(path):
+            place = (table, namespace, record.get("id", ""))
+            if "id" in record and place in first_seen:
+                twice = f"id {record['id']!r} of {table} in {namespace} is given twice"
+                raise SeedError(f"{path}: {twice} (also in {first_seen[place]})")
+            first_seen[place] = str(path)
+            entries.append((table, namespace, record))
     return load_entries(client, entries)
 
 
@@ -80,15 +115,51 @@ def load_entries(client: Client, entries: list[tuple[str, str, dict[str, Any]]])
     return len(entries)
 
 
-def dump_lines(client: Client) -> Iterator[str]:
-    """Every record as JSON lines: tables and namespaces sorted, records in insertion order."""
+def dump_lines(client: Client) -> list[str]:
+    """Every record as JSON lines, each in the form ``tiger load`` reads back to the same record (bytes
+    and a dict that looks like a tag go tagged, see ``to_json``; NaN and infinities as Python's json
+    writes them): tables and namespaces sorted, records in insertion order. Built whole before any is
+    written: a dump is all or nothing."""
     store = client.replica.store
+    lines = []
     for table, namespaces in sorted(store.counts().items()):
         if table.startswith(RESERVED_PREFIX):
             continue
         for namespace in sorted(namespaces):
             for record in list(store.rows(table, namespace).values()):
-                try:
-                    yield json.dumps({"table": table, "namespace": namespace, "record": record}, ensure_ascii=False)
-                except (TypeError, ValueError) as e:
-                    raise SeedError(f"cannot dump {table}/{namespace}/{record['id']}: {e}") from None
+                lines.append(json.dumps({"table": table, "namespace": namespace, "record": to_json(record)}, ensure_ascii=False))
+    return lines
+
+
+# Values JSON has no form for, tagged: bytes as {"$bytes": base64}; a dict whose only key starts with "$"
+# (it could read as a tag) as {"$dict": {...}}. Floats NaN, Infinity and -Infinity are written as Python's
+# json module writes and reads them.
+
+
+def to_json(value: Any) -> Any:
+    """A storable value in the form ``dump_lines`` writes (``from_json`` reads it back)."""
+    if type(value) is bytes:
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        inner = {key: to_json(item) for key, item in value.items()}
+        if len(inner) == 1 and next(iter(inner)).startswith("$"):
+            return {"$dict": inner}
+        return inner
+    if isinstance(value, (list, tuple)):
+        return [to_json(item) for item in value]
+    return value
+
+
+def from_json(value: Any) -> Any:
+    """A value as ``to_json`` wrote it, back in its stored form."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((key, inner),) = value.items()
+            if key == "$bytes" and type(inner) is str:
+                return base64.b64decode(inner, validate=True)
+            if key == "$dict" and isinstance(inner, dict):
+                return {k: from_json(v) for k, v in inner.items()}
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(item) for item in value]
+    return value

@@ -1,0 +1,123 @@
+"""Seed files and dumps (issue 11, items 6 and 7): a file loads whole or not at all, whatever the internal
+batches; what tiger stores, ``tiger dump`` writes in a form ``tiger load`` reads back to the same records."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+import tiger
+from tiger._seed import SeedError, from_json, read_file, to_json
+
+TIGER = [sys.executable, "-m", "tiger"]
+
+
+def tiger_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TIGER, *args], capture_output=True, text=True, timeout=60)
+
+
+def plans(n: int, **overrides: dict) -> list[str]:
+    lines = [json.dumps({"table": "plans", "record": {"id": f"plan_{i}", "amount": i}}) for i in range(1, n + 1)]
+    for number, record in overrides.items():
+        lines[int(number.removeprefix("line")) - 1] = json.dumps(record)
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (  # lines 1001 and 1002 give the same id: the second internal batch would have failed after the first loaded
+            plans(1500, line1002={"table": "plans", "record": {"id": "plan_1001"}}),
+            "seed.jsonl:1002: id 'plan_1001' is given twice (first on line 1001)",
+        ),
+        (  # lines 1 and 1001: once loaded with exit 0, the later one winning
+            plans(1500, line1001={"table": "plans", "record": {"id": "plan_1", "amount": 0}}),
+            "seed.jsonl:1001: id 'plan_1' is given twice (first on line 1)",
+        ),
+        (  # a reserved table after a valid line: the valid line was loaded
+            plans(2, line2={"table": "tiger.once", "record": {"id": "k"}}),
+            "seed.jsonl:2: table names starting with 'tiger.' are reserved for tiger",
+        ),
+        (  # a record over the size limit in the middle
+            plans(1500, line1200={"table": "plans", "record": {"id": "big", "blob": "x" * (9 * 2**20)}}),
+            "seed.jsonl:1200: record is",
+        ),
+        (  # a record that does not fit its table's rules (a value tiger cannot store cannot come from JSON; a lone surrogate can)
+            plans(3, line3={"table": "plans", "record": {"id": "s", "name": "\udcff"}}),
+            "seed.jsonl:3: record['name']: a str UTF-8 cannot encode",
+        ),
+    ],
+    ids=["ids-1001-1002", "ids-1-1001", "reserved-table", "too-big", "surrogate"],
+)
+def test_a_refused_seed_file_was_loaded_in_part(tmp_path, lines, message):
+    seed = tmp_path / "seed.jsonl"
+    seed.write_text("\n".join(lines) + "\n")
+    with tiger.serve() as server:
+        out = tiger_cli("load", str(seed), "--url", server.url)
+        assert out.returncode == 1, out
+        assert message in out.stderr, out.stderr
+        with tiger.connect(server.url) as client:
+            assert client.tables() == []  # nothing loaded
+
+
+def test_an_id_given_twice_across_seed_files_is_refused_as_within_one(tmp_path, tiger_client):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"table": "plans", "record": {"id": "plan_x"}}) + "\n")
+    (tmp_path / "b.json").write_text(json.dumps({"plans": [{"id": "plan_x"}]}))
+    from tiger._seed import load_files
+
+    with pytest.raises(SeedError, match=r"b.json: id 'plan_x' of plans in global is given twice \(also in \S*a.jsonl\)"):
+        load_files(tiger_client, [tmp_path / "a.jsonl", tmp_path / "b.json"])
+    with pytest.raises(SeedError, match=r"c.json: plans\[1\]: id 'plan_y' is given twice \(first on plans\[0\]\)"):
+        (tmp_path / "c.json").write_text(json.dumps({"plans": [{"id": "plan_y"}, {"id": "plan_y"}]}))
+        read_file(tmp_path / "c.json")
+
+
+ODD_VALUES = {
+    "id": "odd_1",
+    "created": 7,
+    "blob": b"\x00\xffbytes",
+    "nested": {"list": [b"a", 1.5, None, True], "deep": {"b": b""}},
+    "nan": math.nan,
+    "inf": math.inf,
+    "ninf": -math.inf,
+    "negzero": -0.0,
+    "max": 2**63 - 1,
+    "min": -(2**63),
+    "looks_tagged": {"$bytes": "AAA="},
+    "also": {"$dict": {"x": 1}},
+    "text": "Zoë ✓",
+}
+
+
+def test_a_record_with_bytes_made_tiger_dump_fail_half_way(tmp_path):
+    """dump -> load -> dump is byte-identical, and every record reads back the same."""
+    with tiger.serve() as first:
+        with tiger.connect(first.url) as client:
+            client.table("odd").insert(ODD_VALUES)
+            client.table("plans").insert({"id": "plan_a", "created": 1})
+            with tiger.namespace("n1"):
+                client.table("plans").insert({"id": "plan_b", "created": 2, "raw": b"\x01"})
+        dumped = tiger_cli("dump", "--url", first.url)
+        assert dumped.returncode == 0, dumped.stderr
+    backup = tmp_path / "backup.jsonl"
+    backup.write_text(dumped.stdout)
+    with tiger.serve() as second:
+        loaded = tiger_cli("load", str(backup), "--url", second.url)
+        assert loaded.returncode == 0, loaded.stderr
+        again = tiger_cli("dump", "--url", second.url)
+        assert again.returncode == 0, again.stderr
+        with tiger.connect(second.url) as client:
+            record = dict(client.table("odd")["odd_1"])
+    assert again.stdout == dumped.stdout
+    assert math.isnan(record.pop("nan")) and repr(record.pop("negzero")) == "-0.0"
+    expected = {k: v for k, v in ODD_VALUES.items() if k not in ("nan", "negzero")}
+    assert tiger.thaw(record) == expected
+
+
+@pytest.mark.parametrize("value", [b"", b"\xff", {"$bytes": "x"}, {"$dict": {}}, [{"$x": b"1"}], {"a": {"$bytes": b"\x00"}}])
+def test_the_dump_form_reads_back_the_same_value(value):
+    assert from_json(json.loads(json.dumps(to_json(value)))) == value
