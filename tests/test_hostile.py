@@ -244,3 +244,34 @@ def test_a_once_value_over_the_limit_was_built_by_every_process(tiger_url, tmp_p
         outs = [finish(proc) for proc in procs]
     assert len(built.read_text().splitlines()) == 1, outs
     assert all(out.strip() == f"OnceFailed {key} ValueError" for out, _ in outs), outs
+
+
+# -- 8. hanging instead of failing --------------------------------------------------------------------------
+
+UNDER_GEVENT = """
+import sys, time
+from gevent import monkey
+monkey.patch_all(thread=sys.argv[2] == "threads")
+import tiger
+
+started = time.monotonic()
+try:
+    with tiger.connect(sys.argv[1], timeout=3.0) as client:
+        client.table("g").insert({"id": "a"})
+        print("worked", flush=True)
+except tiger.TigerError as e:
+    print("refused", round(time.monotonic() - started, 2), e, flush=True)
+"""
+
+
+@pytest.mark.parametrize("patched", ["threads", "all-but-threads"])
+def test_connect_under_gevent_monkey_patching_hung_forever(tiger_url, patched):
+    """Under gevent.monkey.patch_all() tiger.connect never returned: it refuses at once, saying why; with
+    threads left unpatched it works."""
+    pytest.importorskip("gevent")
+    out, err = finish(python(UNDER_GEVENT, tiger_url, patched))
+    if patched == "threads":
+        assert out.startswith("refused"), (out, err)
+        assert float(out.split()[1]) < 1.0 and "gevent's monkey-patching of threads is not supported" in out
+    else:
+        assert out.strip() == "worked", (out, err)

@@ -24,6 +24,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._errors import AlreadyExists, NotFound, OnceFailed, ProtocolError, TigerError, Timeout, Unavailable
+from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
 from tiger._server import secure
 from tiger._table import (
@@ -166,6 +167,9 @@ class Client:
     def __init__(
         self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
     ) -> None:
+        unsupported = unsupported_environment()
+        if unsupported is not None:
+            raise TigerError(unsupported)
         if type(url) is not str:
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         if not url.startswith(("tcp://", "ipc://")):

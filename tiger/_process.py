@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import sys
 import time
 
 
@@ -87,3 +88,25 @@ def stop_process(pid: int, marker: str, timeout: float = 5.0) -> bool:
         except ProcessLookupError:
             pass
     return True
+
+
+def unsupported_environment() -> str | None:
+    """Why tiger cannot run in this process (it would hang), or None.
+
+    Monkey-patching that turns threads into greenlets (``gevent.monkey.patch_all()``, eventlet's
+    ``monkey_patch()``): tiger's replica is a real thread blocked in ZeroMQ calls, which a greenlet
+    hub never gets back from. With threads left alone (``patch_all(thread=False)``) tiger works."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        return (
+            "gevent's monkey-patching of threads is not supported: tiger needs real threads (its replica "
+            "waits in ZeroMQ calls a greenlet hub never returns from); use gevent.monkey.patch_all(thread=False), "
+            "or use tiger from a process that is not patched"
+        )
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is not None and patcher.is_monkey_patched("thread"):
+        return (
+            "eventlet's monkey-patching of threads is not supported: tiger needs real threads; "
+            "use eventlet.monkey_patch(thread=False), or use tiger from a process that is not patched"
+        )
+    return None

@@ -20,6 +20,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._errors import TigerError, Unavailable
 from tiger._paths import IPC_PATH_MAX, short_temp_dir
+from tiger._process import unsupported_environment
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
 
@@ -142,6 +143,9 @@ def start_writer(
     run's writer, the controller owns it), this process does not stop the writer at its exit.
     ``log``: a file the writer's log goes to (appended), instead of this process's stderr.
     """
+    unsupported = unsupported_environment()
+    if unsupported is not None:
+        raise TigerError(unsupported)
     if fsync not in ("always", "everysec", "never"):
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     tmpdir = None
