@@ -18,6 +18,7 @@ any point leaves either the old snapshot with its log or the new one with its
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -164,7 +165,10 @@ class DataDir:
     # -- running ------------------------------------------------------------------------
 
     def append(self, payload: bytes) -> None:
-        """Append one change; with fsync=always it is on disk when this returns."""
+        """Append one change; with fsync=always it is on disk when this returns. ``OSError`` (a full or
+        read-only disk): nothing of it stays in the log."""
+        if self._fd < 0:
+            raise OSError(f"{self._log_path()} is not open (a compaction failed after its snapshot was in place)")
         entry = frame(payload)
         try:
             written = os.write(self._fd, entry)
@@ -181,7 +185,7 @@ class DataDir:
 
     def tick(self) -> None:
         """Called about twice a second: fsync=everysec syncs what was appended."""
-        if self._dirty and self.fsync == "everysec" and time.monotonic() - self._last_sync >= 1.0:
+        if self._fd >= 0 and self._dirty and self.fsync == "everysec" and time.monotonic() - self._last_sync >= 1.0:
             os.fsync(self._fd)
             self._dirty = False
             self._last_sync = time.monotonic()
@@ -193,14 +197,23 @@ class DataDir:
         """Write ``content`` as the snapshot of the next generation and start its log; returns its size."""
         payload = pack({"generation": self.generation + 1, "tables": content})
         tmp = os.path.join(self.path, "snapshot.tmp")
-        with open(tmp, "wb") as f:
-            f.write(frame(payload))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.path, "snapshot"))
-        _fsync_dir(self.path)
-        os.close(self._fd)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(frame(payload))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self.path, "snapshot"))
+        except OSError:  # a full or read-only disk: the old snapshot and log stand, as before
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        # the new snapshot is in place: the old log is obsolete, whatever fails from here
         self.generation += 1
+        old, self._fd = self._fd, -1
+        if old >= 0:
+            os.close(old)
+        self._dirty = False
+        _fsync_dir(self.path)
         self._open_log()  # a fresh log; removes the old one
         return len(payload)
 

@@ -75,7 +75,13 @@ class Expired(ValueError):
     """A call that arrived after its deadline: the client has given up on it."""
 
 
+class DiskFault(Exception):
+    """The data directory cannot take writes now (full, read-only, failing): writes are refused until
+    it works again; reads and snapshots go on."""
+
+
 _ERROR_KINDS: list[tuple[type[BaseException], str]] = [
+    (DiskFault, "disk"),
     (Expired, "expired"),
     (NotFound, "not_found"),
     (AlreadyExists, "already_exists"),
@@ -148,6 +154,9 @@ class Writer:
         self._receiving = False  # in the blocking receive: a stop signal may interrupt it at once
         self._tokens = _Tokens()
         self.data: DataDir | None = None
+        self.disk_fault: str | None = None  # why the data directory cannot take writes now (None: it can)
+        self._disk_retry_at = 0.0
+        self._disk_retry_every = 0.5
         if data is not None:  # before any socket: a directory that cannot be used stops the start
             self.data = DataDir(data, fsync, compact_bytes)
             try:
@@ -283,9 +292,18 @@ class Writer:
     def _beat(self) -> None:
         self._heartbeat()
         if self.data is not None:
-            self.data.tick()
-            if self.data.needs_compaction():
-                self.compact()
+            if self.disk_fault is not None:
+                if time.monotonic() >= self._disk_retry_at:
+                    self._recover()
+            else:
+                try:
+                    self.data.tick()
+                    if self.data.needs_compaction():
+                        self.compact()
+                except OSError as e:  # the everysec fsync
+                    self._fault(str(e))
+                except DiskFault:  # the compaction (already a fault)
+                    pass
         if self.owner is not None and self.owner.ended():
             log.info("owner process %d is gone; stopping", self.owner.pid)
             self._running = False
@@ -334,7 +352,7 @@ class Writer:
                 message = f"{message[:MAX_ERROR]}... ({len(message)} characters)"
             if kind == "internal":
                 log.exception("internal error on a request")
-            elif kind in ("not_found", "already_exists", "expired"):  # answers, not bad input
+            elif kind in ("not_found", "already_exists", "expired", "disk"):  # answers (a disk fault: logged once)
                 log.debug("answered a request with %s: %s", kind, message)
             else:
                 log.warning("refused a request (%s): %s", kind, message)
@@ -380,28 +398,65 @@ class Writer:
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
 
     def _commit(self, change: _table.Change, topic: bytes = p.EVERYONE) -> bytes:
-        """Apply a change, number it and publish it; returns it packed (for the reply)."""
+        """Apply a change, number it and publish it; returns it packed (for the reply).
+
+        ``DiskFault`` while the data directory cannot take it: nothing changes."""
         packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
         if type(change) is _table.Put:
             p.check_record_sizes(change.records, len(packed))
         if self.data is not None:
-            self.data.append(packed)  # logged before it is applied, published and answered
+            if self.disk_fault is None:
+                try:
+                    self.data.append(packed)  # logged before it is applied, published and answered
+                except OSError as e:
+                    self._fault(str(e))
+            if self.disk_fault is not None:
+                raise DiskFault(
+                    f"the writer cannot keep writes now ({self.disk_fault}); nothing was applied; "
+                    "reads go on, and writes are taken again once the data directory works"
+                )
         self.store.apply(change)
         self.seq += 1
         self._publish(topic, p.published_bytes(self.epoch, self.seq, packed))  # the caller's replica is not sent it
         return packed
 
     def _forget(self, client_id: str) -> None:
-        """A client left (goodbye or silence): release the once keys it was building."""
-        self.clients.pop(client_id, None)
+        """A client left (goodbye or silence): release the once keys it was building and held. While the
+        data directory cannot take those changes, the client is kept (as silent) to be forgotten later."""
+        seen = self.clients.pop(client_id, None)
         self._answers_heard[client_id] = time.monotonic()
-        for namespace, key in _table.claims_of(self.store, client_id):
-            log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
-            change = _table.prepare_once_release(self.store, key, client_id, namespace)
-            if change is not None:
-                self._commit(change)
-        for held in _table.prepare_once_leave(self.store, client_id):
-            self._commit(held)
+        try:
+            for namespace, key in _table.claims_of(self.store, client_id):
+                change = _table.prepare_once_release(self.store, key, client_id, namespace)
+                if change is not None:
+                    self._commit(change)
+                    log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
+            for held in _table.prepare_once_leave(self.store, client_id):
+                self._commit(held)
+        except DiskFault:
+            self.clients[client_id] = seen if seen is not None else time.monotonic() - CLIENT_SILENCE
+
+    def _fault(self, why: str) -> None:
+        """The data directory failed (full, read-only, an I/O error): refuse writes until it works again."""
+        if self.disk_fault is None:
+            assert self.data is not None
+            log.error("cannot write to %s (%s): writes are refused until it can again; reads go on", self.data.path, why)
+            self._disk_retry_every = 0.5
+        self.disk_fault = why
+        self._disk_retry_at = time.monotonic() + self._disk_retry_every
+
+    def _recover(self) -> None:
+        """Try the data directory again: a compaction writes everything the writer holds (so nothing
+        acknowledged depends on what failed) and starts a fresh log. Tried again later, less often."""
+        try:
+            self.compact()
+        except DiskFault:
+            self._disk_retry_every = min(10.0, self._disk_retry_every * 2)
+            self._disk_retry_at = time.monotonic() + self._disk_retry_every
+            return
+        assert self.data is not None
+        log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.data.path)
+        self.disk_fault = None
 
     def _send(self, envelope: list[bytes], payload: bytes) -> None:
         try:
@@ -424,7 +479,11 @@ class Writer:
         if self.data is None:
             raise ValueError("this writer keeps no data: start it with --data DIR")
         started = time.monotonic()
-        size = self.data.compact(p.pack, self.store.content())
+        try:
+            size = self.data.compact(p.pack, self.store.content())
+        except OSError as e:
+            self._fault(f"compacting: {e}")
+            raise DiskFault(f"the compaction failed ({e}); the snapshot and log before it stand") from e
         log.info("compacted %s: snapshot of %d records, %d bytes", self.data.path, len(self.store), size)
         return {"records": len(self.store), "bytes": size, "seconds": time.monotonic() - started}
 
@@ -441,7 +500,7 @@ class Writer:
             "checksum": p.checksum(self.store),
             "data": None
             if self.data is None
-            else {"path": self.data.path, "fsync": self.data.fsync, "log_bytes": self.data.size},
+            else {"path": self.data.path, "fsync": self.data.fsync, "log_bytes": self.data.size, "fault": self.disk_fault},
         }
 
     # -- writes: command -> change ------------------------------------------------------
