@@ -47,6 +47,7 @@ def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results
     items = client.table("items")
     races = client.table("races")
     counter = 0
+    spans: list[tuple[float, float]] = []  # (start, end) of each operation (CLOCK_MONOTONIC: one clock for all)
 
     def build(key: str) -> Any:
         def factory() -> Any:
@@ -60,6 +61,7 @@ def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results
         end = time.monotonic() + DURATION
         while time.monotonic() < end:
             op = rng.choices(["insert", "update", "delete", "read", "create", "once"], [4, 4, 1, 4, 2, 1])[0]
+            started = time.monotonic()
             live = [i for i, v in own.items() if v is not None]
             target = None
             try:
@@ -111,6 +113,7 @@ def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results
                         own.setdefault(target, None)
                 elif op == "create" and target is not None:
                     creates.append((target, "maybe"))
+            spans.append((started, time.monotonic()))
     barrier.wait(60)
     deadline = time.monotonic() + 30
     while True:
@@ -131,6 +134,7 @@ def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results
                 "once": once_values,
                 "checksum": client.checksum(),
                 "resyncs": client.replica.resyncs,
+                "spans": spans,
             },
         )
     )
@@ -158,11 +162,15 @@ def test_histories_hold_under_faults(tmp_path):
         def at(offset: float) -> None:
             time.sleep(max(0.0, start + offset - time.monotonic()))  # sleep-ok: the fault schedule, not a socket wait
 
+        faults: dict[str, float] = {}  # when each fault struck
         at(1.0)
         os.kill(procs[0].pid, signal.SIGSTOP)  # a reader (and writer) that stops reading
+        faults["stop"] = time.monotonic()
         at(1.8)
         os.kill(procs[0].pid, signal.SIGCONT)
+        faults["cont"] = time.monotonic()
         at(2.2)
+        faults["garbage"] = time.monotonic()
         with zmq.Context() as ctx:  # garbage from a stranger
             junk = ctx.socket(zmq.DEALER)
             junk.connect(url)
@@ -170,6 +178,7 @@ def test_histories_hold_under_faults(tmp_path):
                 junk.send(payload)
             junk.close(linger=0)
         at(2.8)
+        faults["kill"] = time.monotonic()
         os.kill(server.pid, signal.SIGKILL)  # the writer dies mid-run ...
         server._process.wait(10)
         server.stop()
@@ -178,6 +187,17 @@ def test_histories_hold_under_faults(tmp_path):
         for proc in procs:
             proc.join(30)
         assert [proc.exitcode for proc in procs] == [0] * WORKERS
+
+        # each fault hit work in progress: operations returned just before it and after it (else the
+        # schedule ran while the workers were idle, and proved nothing)
+        spans = [span for report in reports.values() for span in report["spans"]]
+        for name, when in faults.items():
+            assert any(when - 0.5 <= end < when for _, end in spans), f"no operation in the 0.5 s before the {name}"
+            assert any(start > when for start, _ in spans), f"no operation after the {name}"
+        others = [end for index, report in reports.items() if index != 0 for _, end in report["spans"]]
+        assert any(faults["stop"] < end < faults["cont"] for end in others), "nobody worked while worker 0 was stopped"
+        across = [(s, e) for s, e in spans if s < faults["kill"] < e]
+        assert across, "no call was in flight when the writer was killed"
 
         with tiger.connect(url) as final, tiger.namespace(NS):
             final.sync()
