@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -82,15 +83,21 @@ def test_drop_namespace_removes_it_from_every_table():
     store.check()
 
 
+def unique(name: str) -> str:
+    """A once key of this test's own (keys live at the writer for the whole run: a rerun must not find it)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
 def test_once_in_one_process_builds_once_and_returns_the_stored_value(tiger_client):
     calls = []
+    key = unique("one-process")
 
     def factory():
         calls.append(1)
         return {"token": "abc", "list": [1, 2]}
 
-    first = tiger_client.once("one-process", factory)
-    second = tiger_client.once("one-process", factory)
+    first = tiger_client.once(key, factory)
+    second = tiger_client.once(key, factory)
     assert first == second == {"token": "abc", "list": [1, 2]}
     assert calls == [1]
     with pytest.raises(TypeError, match="read-only"):
@@ -101,6 +108,7 @@ def test_once_from_threads_and_clients_builds_once(connect):
     clients = [connect(), connect(), connect()]
     calls = []
     started = threading.Barrier(6)
+    key = unique("threads")
 
     def factory():
         calls.append(1)
@@ -110,7 +118,7 @@ def test_once_from_threads_and_clients_builds_once(connect):
 
     def call(client):
         started.wait(10)
-        results.append(client.once("threads", factory))
+        results.append(client.once(key, factory))
 
     threads = [threading.Thread(target=call, args=(c,)) for c in clients * 2]
     for th in threads:
@@ -125,51 +133,52 @@ def test_a_failing_factory_fails_every_caller(tiger_client, connect):
     def factory():
         raise KeyError("no such fixture")
 
-    with pytest.raises(tiger.OnceFailed, match=r"once 'failing' failed in \S+ \(pid \d+\): KeyError: 'no such fixture'") as e:
-        tiger_client.once("failing", factory)
+    key = unique("failing")
+    with pytest.raises(tiger.OnceFailed, match=rf"once '{key}' failed in \S+ \(pid \d+\): KeyError: 'no such fixture'") as e:
+        tiger_client.once(key, factory)
     assert isinstance(e.value.__cause__, KeyError)
-    assert (e.value.type_name, e.value.key) == ("KeyError", "failing")
+    assert (e.value.type_name, e.value.key) == ("KeyError", key)
     with pytest.raises(tiger.OnceFailed, match="KeyError"):
-        connect().once("failing", lambda: 1)  # never runs: the key failed
+        connect().once(key, lambda: 1)  # never runs: the key failed
     again = pickle.loads(pickle.dumps(e.value))
     assert str(again) == str(e.value)
 
 
 def test_a_value_that_cannot_be_stored_fails_the_key(tiger_client):
     with pytest.raises(tiger.OnceFailed, match="TypeError: value: set is not storable"):
-        tiger_client.once("unstorable", lambda: {1, 2})
+        tiger_client.once(unique("unstorable"), lambda: {1, 2})
 
 
 def test_an_interrupted_builder_releases_the_key(tiger_client):
     def interrupted():
         raise KeyboardInterrupt
 
+    key = unique("interrupted")
     with pytest.raises(KeyboardInterrupt):
-        tiger_client.once("interrupted", interrupted)
-    assert tiger_client.once("interrupted", lambda: "built") == "built"
+        tiger_client.once(key, interrupted)
+    assert tiger_client.once(key, lambda: "built") == "built"
 
 
 def test_waiting_for_a_live_builder_times_out(connect):
     builder, waiter = connect(), connect()
     release = threading.Event()
     done = []
+    key = unique("slow")
 
     def slow():
         release.wait(30)
         return "slow"
 
-    th = threading.Thread(target=lambda: done.append(builder.once("slow", slow)))
+    th = threading.Thread(target=lambda: done.append(builder.once(key, slow)))
     th.start()
     # the builder's claim reaches the waiter's replica through the writer
-    waiter.replica.wait_until(
-        lambda: waiter._once_record("global", "slow") is not None, time.monotonic() + 10, lambda: "no claim"
-    )
-    with pytest.raises(tiger.Timeout, match="once 'slow'"):
-        waiter.once("slow", lambda: "other", timeout=0.3)
+    waiter.replica.wait_until(lambda: waiter._once_record("global", key) is not None, time.monotonic() + 10, lambda: "no claim")
+    with pytest.raises(tiger.Timeout, match=f"once '{key}'"):
+        waiter.once(key, lambda: "other", timeout=0.3)
     release.set()
     th.join(30)
     assert done == ["slow"]
-    assert waiter.once("slow", lambda: "other") == "slow"
+    assert waiter.once(key, lambda: "other") == "slow"
 
 
 def test_once_arguments_are_checked(tiger_client):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -13,16 +14,15 @@ import tiger
 def test_closing_a_client_wakes_a_caller_waiting_on_once(connect):
     builder, waiter = connect(), connect()
     release = threading.Event()
-    th = threading.Thread(target=lambda: builder.once("closing-wakes", lambda: release.wait(30) and 1))
+    key = f"closing-wakes-{uuid.uuid4().hex[:8]}"
+    th = threading.Thread(target=lambda: builder.once(key, lambda: release.wait(30) and 1))
     th.start()
-    waiter.replica.wait_until(
-        lambda: waiter._once_record("global", "closing-wakes") is not None, time.monotonic() + 10, lambda: "no claim"
-    )
+    waiter.replica.wait_until(lambda: waiter._once_record("global", key) is not None, time.monotonic() + 10, lambda: "no claim")
     outcome: list[BaseException] = []
 
     def wait() -> None:
         try:
-            waiter.once("closing-wakes", lambda: 2)
+            waiter.once(key, lambda: 2)
         except BaseException as e:
             outcome.append(e)
 
@@ -38,9 +38,10 @@ def test_closing_a_client_wakes_a_caller_waiting_on_once(connect):
 
 def test_dropping_namespace_global_keeps_once_keys(tiger_client):
     runs = []
-    tiger_client.once("survives-drop", lambda: runs.append(1) or len(runs))
+    key = f"survives-drop-{uuid.uuid4().hex[:8]}"
+    tiger_client.once(key, lambda: runs.append(1) or len(runs))
     tiger_client.drop_namespace("global")
-    assert tiger_client.once("survives-drop", lambda: runs.append(1) or len(runs)) == 1
+    assert tiger_client.once(key, lambda: runs.append(1) or len(runs)) == 1
     assert runs == [1]
 
 
