@@ -23,7 +23,10 @@ TIGER = [sys.executable, "-m", "tiger"]
 def foreground() -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`tiger serve` in the foreground on a random loopback port; yields (process, url)."""
     proc = subprocess.Popen(
-        [*TIGER, "serve", "--url", "tcp://127.0.0.1:*"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*TIGER, "serve", "--url", "tcp://127.0.0.1:*", "--owner-pid", str(os.getpid())],  # gone if this process dies
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = read_line(proc)

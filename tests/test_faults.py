@@ -221,11 +221,13 @@ def test_clients_notice_a_dead_writer_and_fail_fast():
 
 def test_a_restarted_writer_on_a_new_publish_port_is_followed():
     first = tiger.serve("tcp://127.0.0.1:*")
-    url = first.url
-    client = tiger.connect(url)
-    client.table("t").insert({"id": "old"})
-    old_epoch = client.epoch
-    kill(first)
+    try:
+        url = first.url
+        client = tiger.connect(url)
+        client.table("t").insert({"id": "old"})
+        old_epoch = client.epoch
+    finally:
+        kill(first)
     with tiger.serve(url) as second, tiger.connect(second.url) as other:
         other.table("t").insert({"id": "new"})
         client.replica.wait_until(lambda: client.epoch != old_epoch, time.monotonic() + 20, lambda: "no resync")
