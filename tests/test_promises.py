@@ -1,0 +1,606 @@
+"""README promises that had no test behind them (issue 11), each proved with real writer processes and real signals.
+
+Every test is named after the promise it proves: "Durability and faults" (what each --fsync loses to a
+SIGKILL, a crash in the middle of compaction, the answers kept for resent calls, TIGER_SERVER_KEY,
+CurveZMQ on a non-loopback address), "With pytest-xdist" (TIGER_URL) and the namespace size limit.
+A promise the code does not keep is a strict xfail whose reason says what happens instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from _util import read_line
+
+import tiger
+from tiger import _log, _writer
+from tiger import _protocol as p
+from tiger._server import request_once
+
+TIGER = [sys.executable, "-m", "tiger"]
+RUN_TIMEOUT = 60
+
+
+def cli_serve(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """``tiger serve ARGS`` owned by this test process; returns the process and the URL it bound."""
+    owner = ["--owner-pid", str(os.getpid())]  # it exits if this test process dies before stopping it
+    proc = subprocess.Popen([*TIGER, "serve", *owner, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = read_line(proc, 30)
+        assert line.startswith("tiger writer serving at"), line + proc.stderr.read()  # type: ignore[union-attr]
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, line.strip().rsplit(" ", 1)[-1]
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM a writer we started (SIGKILL if it does not go); returns its stderr."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    return err
+
+
+def kill(server: tiger.Server) -> None:
+    """SIGKILL a writer we started (a crash of the writer process), and reap it."""
+    if server.running:
+        os.kill(server.pid, signal.SIGKILL)
+    server._process.wait(10)
+    server.stop()
+
+
+def keygen(directory: Path) -> str:
+    out = subprocess.run([*TIGER, "keygen", str(directory)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().rsplit(" ", 1)[-1]
+
+
+def snapshot_generation(data: Path) -> int:
+    raw = (data / "snapshot").read_bytes()
+    return int(p.unpack(raw[_log.HEADER.size :])["generation"])
+
+
+# -- 1. --fsync everysec and never across a SIGKILL of the writer ----------------------------------------
+
+
+@pytest.mark.parametrize("fsync", ["everysec", "never"])
+def test_fsync_everysec_and_never_lose_no_acknowledged_write_to_a_crash_of_the_writer_process(tmp_path, fsync):
+    """everysec: "a crash of the writer process loses nothing"; never: "it is in the OS" (so a process
+    crash loses nothing either). Every write below was acknowledged; the writer is SIGKILLed right after
+    the last one, with no request in between, well inside the everysec interval."""
+    url, data = f"ipc://{tmp_path}/w", tmp_path / "data"
+    server = tiger.serve(url, data=data, fsync=fsync)
+    try:
+        with tiger.connect(url) as client:
+            plans = client.table("plans", prefix="plan")
+            acked = [plans.insert({"n": i})["id"] for i in range(200)]
+            acked += [r["id"] for r in plans.insert_many([{"n": 200 + i} for i in range(100)])]
+            plans.update(acked[0], {"changed": True})
+            plans.delete(acked[1])
+            with tiger.namespace("other"):
+                plans.insert({"id": "plan_elsewhere"})
+            last = plans.insert({"n": "last"})["id"]  # acknowledged ...
+            kill(server)  # ... and the writer dies at once
+            expected = client.checksum()  # the client's replica: every acknowledged write, in order
+        assert not (data / "snapshot").exists()  # everything comes back from the log alone
+        with tiger.serve(url, data=data, fsync=fsync) as again, tiger.connect(again.url) as fresh:
+            stored = fresh.table("plans")
+            assert {r["id"] for r in stored.all()} == {*acked, last} - {acked[1]}
+            assert stored[acked[0]]["changed"] is True
+            with tiger.namespace("other"):
+                assert "plan_elsewhere" in stored
+            assert fresh.stats()["checksum"] == expected  # order included
+    finally:
+        kill(server)
+
+
+# -- 2. a crash in the middle of compaction ---------------------------------------------------------------
+
+
+def _compact(url: str) -> dict:
+    return request_once(url, p.Compact(1), timeout=30).result  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def compaction_states(tmp_path_factory) -> dict[str, object]:
+    """A data directory at generation 1 (snapshot + log.1 holding changes after it), its checksum, and the
+    snapshot the next compaction writes (generation 2), made by compacting a copy of it."""
+    base = tmp_path_factory.mktemp("compaction")
+    data = base / "data"
+    with tiger.serve(f"ipc://{base}/w", data=data) as server, tiger.connect(server.url) as client:
+        t = client.table("t")
+        ids = [r["id"] for r in t.insert_many([{"n": i, "pad": "x" * 40} for i in range(300)])]
+        _compact(server.url)
+        t.insert_many([{"n": 300 + i} for i in range(50)])
+        t.update(ids[0], {"after": "the snapshot"})
+        t.delete(ids[1])
+        with tiger.namespace("elsewhere"):
+            t.insert({"id": "late"})
+        checksum = client.stats()["checksum"]
+        records = client.stats()["records"]
+    assert sorted(os.listdir(data)) == ["lock", "log.1", "snapshot"] and (data / "log.1").stat().st_size > 0
+    ahead = base / "ahead"
+    shutil.copytree(data, ahead)
+    with tiger.serve(f"ipc://{base}/w2", data=ahead) as server:
+        assert _compact(server.url)["records"] == records
+    assert snapshot_generation(data) == 1 and snapshot_generation(ahead) == 2
+    return {"data": data, "checksum": checksum, "new_snapshot": (ahead / "snapshot").read_bytes()}
+
+
+def _start_and_check(tmp_path: Path, data: Path, checksum: int) -> list[str]:
+    """Start a writer on ``data``: it holds every record; a write after it survives a restart. The
+    listing of ``data`` right after the start."""
+    with tiger.serve(f"ipc://{tmp_path}/w", data=data) as server, tiger.connect(server.url) as client:
+        assert client.stats()["checksum"] == checksum
+        assert client.table("t").get("late") is None
+        with tiger.namespace("elsewhere"):
+            assert "late" in client.table("t")
+        listing = sorted(os.listdir(data))
+        client.table("t").insert({"id": "after-restart"})
+        expected = client.stats()["checksum"]
+    with tiger.serve(f"ipc://{tmp_path}/w", data=data) as server, tiger.connect(server.url) as client:
+        assert client.stats()["checksum"] == expected
+    return listing
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["torn-tmp", "whole-tmp-not-renamed"])
+def test_a_crash_before_the_new_snapshot_is_renamed_leaves_the_old_snapshot_with_its_log(tmp_path, compaction_states, whole):
+    data = tmp_path / "data"
+    shutil.copytree(compaction_states["data"], data)
+    new = compaction_states["new_snapshot"]
+    assert isinstance(new, bytes)
+    (data / "snapshot.tmp").write_bytes(new if whole else new[: len(new) // 2])
+    old = (data / "snapshot").read_bytes()
+    listing = _start_and_check(tmp_path, data, compaction_states["checksum"])  # type: ignore[arg-type]
+    assert "log.1" in listing and (data / "snapshot").read_bytes() == old  # the old snapshot and its log stand
+
+
+@pytest.mark.parametrize("new_log", [False, True], ids=["before-the-new-log", "before-the-old-log-is-removed"])
+def test_a_crash_after_the_new_snapshot_is_renamed_leaves_the_new_one_and_the_old_log_is_removed(
+    tmp_path, compaction_states, new_log
+):
+    data = tmp_path / "data"
+    shutil.copytree(compaction_states["data"], data)
+    (data / "snapshot").write_bytes(compaction_states["new_snapshot"])  # type: ignore[arg-type]
+    if new_log:
+        (data / "log.2").touch()
+    listing = _start_and_check(tmp_path, data, compaction_states["checksum"])  # type: ignore[arg-type]
+    assert listing == ["lock", "log.2", "snapshot"]  # log.1 (already in the new snapshot) is gone
+    assert snapshot_generation(data) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: a snapshot.tmp left by a crash mid-compaction is not removed when the writer starts "
+    "(DataDir.load/_open_log remove old log.N only); it stays, as big as a whole snapshot, until the next "
+    "compaction overwrites it. The README promise (old snapshot with its log) holds; the leftover is not cleaned.",
+)
+def test_a_snapshot_tmp_left_by_a_crash_is_removed_when_the_writer_starts(tmp_path, compaction_states):
+    data = tmp_path / "data"
+    shutil.copytree(compaction_states["data"], data)
+    new = compaction_states["new_snapshot"]
+    assert isinstance(new, bytes)
+    (data / "snapshot.tmp").write_bytes(new[: len(new) // 2])
+    with tiger.serve(f"ipc://{tmp_path}/w", data=data):
+        assert not (data / "snapshot.tmp").exists()
+
+
+def test_a_writer_killed_in_the_middle_of_compaction_restarts_with_every_record(tmp_path):
+    """Real SIGKILLs: a big store, `Compact` sent, the writer killed the moment snapshot.tmp appears
+    (the new snapshot is being written), then restarted on the same directory."""
+    url, data = f"ipc://{tmp_path}/w", tmp_path / "data"
+    server = tiger.serve(url, data=data)
+    try:
+        with tiger.connect(url, timeout=30) as client:
+            t = client.table("t")
+            for k in range(30):
+                t.insert_many([{"n": k * 2000 + i, "pad": "x" * 100} for i in range(2000)])
+            _compact(url)
+            ids = [r["id"] for r in t.insert_many([{"n": -i} for i in range(1000)])]
+            t.update(ids[0], {"after": "the snapshot"})
+            t.delete(ids[1])
+            expected = client.stats()["checksum"]
+            records = client.stats()["records"]
+        assert records == 60_999 and sorted(os.listdir(data)) == ["lock", "log.1", "snapshot"]
+        landed = None  # the generation of the snapshot standing when a kill landed mid-compaction
+        with zmq.Context() as ctx:
+            for attempt in range(1, 6):
+                sock = ctx.socket(zmq.DEALER)
+                try:
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.connect(url)
+                    generation = snapshot_generation(data)  # read before: the kill must follow the file at once
+                    sock.send(p.encode_request(p.Compact(attempt)))
+                    deadline = time.monotonic() + 30
+                    while not (data / "snapshot.tmp").exists():  # spin: the file lives some ms
+                        if sock.poll(0):  # the compaction ended before we saw it
+                            break
+                        assert time.monotonic() < deadline, "the compaction neither wrote snapshot.tmp nor answered"
+                    else:
+                        kill(server)
+                        if (data / "snapshot.tmp").exists():  # killed before the rename
+                            landed = generation
+                finally:
+                    sock.close(linger=0)
+                if landed is not None:
+                    break
+                if not server.running:  # killed just after the rename: a crash point too; check it, go on
+                    server = tiger.serve(url, data=data)
+                    assert request_once(url, p.Stats(1)).result["checksum"] == expected
+        assert landed is not None, "no SIGKILL landed while the new snapshot was being written in 5 compactions"
+        assert snapshot_generation(data) == landed and f"log.{landed}" in os.listdir(data)  # the old ones stand
+        server = tiger.serve(url, data=data)
+        with tiger.connect(url, timeout=30) as client:
+            assert client.stats()["checksum"] == expected
+            assert client.table("t")[ids[0]]["after"] == "the snapshot" and ids[1] not in client.table("t")
+            assert _compact(url)["records"] == records  # and it compacts again over the leftover
+        assert snapshot_generation(data) == landed + 1 and "snapshot.tmp" not in os.listdir(data)
+    finally:
+        kill(server)
+
+
+# -- 3. answers kept for resent calls -------------------------------------------------------------------------
+
+
+class _Caller:
+    """One client id's calls over a raw DEALER socket: a fresh socket per send, as the client's resend does.
+    ``serve_one``: called after each send when the writer runs in this process (it handles one request)."""
+
+    def __init__(self, ctx: zmq.Context, url: str, namespace: str, serve_one: Callable[[], None] | None = None) -> None:
+        self.ctx, self.url, self.namespace, self.serve_one = ctx, url, namespace, serve_one
+        self.client_id = f"promises-{uuid.uuid4().hex}"
+        self.sent: dict[int, bytes] = {}
+
+    def call(self, req_id: int, table: str = "t") -> bytes:
+        """A call inserting one record with no id (each application makes a new record); its answer."""
+        call = p.Call(self.client_id, time.time() + 3600, p.Insert(req_id, table, self.namespace, None, [{"req": req_id}], False))
+        self.sent[req_id] = p.encode_call(call)
+        return self.resend(req_id)
+
+    def resend(self, req_id: int) -> bytes:
+        sock = self.ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.url)
+            sock.send(self.sent[req_id])
+            if self.serve_one is not None:
+                self.serve_one()
+            assert sock.poll(5000), "the writer did not answer"
+            return sock.recv()
+        finally:
+            sock.close(linger=0)
+
+
+def _seq(answer: bytes) -> int:
+    reply = p.decode_reply(answer)
+    assert type(reply) is p.Ok, reply
+    return reply.seq
+
+
+def test_a_resent_call_is_answered_with_its_first_answer_and_applied_once(writer):
+    ns = f"resent-{uuid.uuid4().hex}"
+    with zmq.Context() as ctx, tiger.connect(writer.url) as client, tiger.namespace(ns):
+        caller = _Caller(ctx, writer.url, ns)
+        first = caller.call(1)
+        assert caller.resend(1) == first and caller.resend(1) == first
+        client.sync()
+        assert [r["req"] for r in client.table("t").all()] == [1]
+
+
+def test_the_last_32_answers_per_client_are_kept_and_an_older_call_resent_is_applied_again(writer):
+    """ANSWERS_KEPT = 32: after 31 later calls the first call's resend is still answered from memory;
+    after the 32nd it is forgotten, and the resend (still within its deadline) is applied a second time."""
+    assert _writer.ANSWERS_KEPT == 32
+    ns = f"kept-{uuid.uuid4().hex}"
+    with zmq.Context() as ctx, tiger.connect(writer.url) as client, tiger.namespace(ns):
+        caller = _Caller(ctx, writer.url, ns)
+        first = caller.call(1)
+        for req_id in range(2, 33):  # 31 later calls
+            caller.call(req_id, table="later")
+        assert caller.resend(1) == first  # 32 answers kept: the first is one of them
+        client.sync()
+        assert len(client.table("t").all()) == 1
+        caller.call(33, table="later")  # the 32nd later call pushes the first answer out
+        again = caller.resend(1)
+        assert again != first and _seq(again) > _seq(first)  # applied again: a new change
+        client.sync()
+        assert sorted(r["req"] for r in client.table("t").all()) == [1, 1]
+        assert len(client.table("later").all()) == 32
+
+
+def test_a_restarted_writer_does_not_remember_the_answers_so_a_resent_call_is_applied_again(tmp_path):
+    url, data = f"ipc://{tmp_path}/w", tmp_path / "data"
+    ns = "restarted"
+    server = tiger.serve(url, data=data)
+    try:
+        with zmq.Context() as ctx:
+            caller = _Caller(ctx, url, ns)
+            first = caller.call(1)
+            assert caller.resend(1) == first
+            kill(server)
+            server = tiger.serve(url, data=data)
+            again = caller.resend(1)
+            assert p.decode_reply(again).epoch != p.decode_reply(first).epoch  # type: ignore[union-attr]
+        with tiger.connect(url) as client, tiger.namespace(ns):
+            assert [r["req"] for r in client.table("t").all()] == [1, 1]
+    finally:
+        kill(server)
+
+
+# "for a minute": ANSWERS_FORGOTTEN = 60 s is counted on the writer's time.monotonic(), which nothing can
+# inject into a writer process; a real wait would take over a minute. The two tests below run the real
+# Writer class in this process, on real sockets, with its module's clock replaced (monkeypatch), and drive
+# its loop by hand: handle() one request at a time and _beat() where run() would call it.
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()  # call deadlines stay on the real clock
+
+
+@pytest.fixture
+def clocked_writer(tmp_path, monkeypatch) -> Iterator[tuple[_writer.Writer, _Clock, _Caller]]:
+    clock = _Clock()
+    monkeypatch.setattr(_writer, "time", clock)
+    writer = _writer.Writer(f"ipc://{tmp_path}/w")
+    writer.router.setsockopt(zmq.RCVTIMEO, 5000)
+    ctx = zmq.Context()
+    try:
+        yield writer, clock, _Caller(ctx, writer.url, "clocked", lambda: writer.handle(p.receive(writer.router)))
+    finally:
+        writer.close()
+        ctx.term()
+
+
+def _records(writer: _writer.Writer) -> list[int]:
+    return sorted(r["req"] for r in writer.store.ordered("t", "clocked"))
+
+
+def test_kept_answers_last_a_minute_after_the_client_falls_silent(clocked_writer):
+    writer, clock, caller = clocked_writer
+    first = caller.call(1)
+    clock.now += _writer.CLIENT_SILENCE + 0.1
+    writer._beat()
+    assert caller.client_id not in writer.clients  # taken for gone
+    clock.now += _writer.ANSWERS_FORGOTTEN - 1
+    writer._beat()
+    assert caller.resend(1) == first and _records(writer) == [1]  # 59 s later: still answered from memory
+    clock.now += 1.1
+    writer._beat()
+    assert caller.resend(1) != first and _records(writer) == [1, 1]  # past the minute: applied again
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: a client the writer once took for gone (3 s of silence: a SIGSTOP, a laptop lid) and "
+    "that came back and kept calling loses all its kept answers 60 s after that silence began: "
+    "Writer._answers_heard is set by _forget() and never cleared when the client is heard again, so _beat() "
+    "drops _answered[client] while the client is active; a call resent right then is applied twice.",
+)
+def test_a_client_that_comes_back_after_silence_keeps_its_answers_while_active(clocked_writer):
+    writer, clock, caller = clocked_writer
+    caller.call(1)
+    clock.now += _writer.CLIENT_SILENCE + 0.1
+    writer._beat()
+    assert caller.client_id not in writer.clients  # paused for a while: taken for gone
+    answers: dict[int, bytes] = {}
+    for req_id in range(2, 200):  # back, and calling every half second for well over a minute
+        clock.now += 0.5
+        writer._beat()
+        answers[req_id] = caller.call(req_id)
+        if req_id > 2:  # its previous call's answer was lost: resent
+            assert caller.resend(req_id - 1) == answers[req_id - 1], (
+                f"call {req_id - 1}, made 0.5 s ago by an active client, was applied again when resent"
+            )
+    assert len(_records(writer)) == 199
+
+
+# -- 4. TIGER_SERVER_KEY -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def curve_writer(tmp_path) -> Iterator[tuple[str, str]]:
+    """A `tiger serve --curve-secret` on loopback tcp: (url, public key)."""
+    public = keygen(tmp_path / "keys")
+    proc, url = cli_serve("--url", "tcp://127.0.0.1:*", "--curve-secret", str(tmp_path / "keys" / "tiger.key"))
+    try:
+        yield url, public
+    finally:
+        stop(proc)
+
+
+def test_tiger_server_key_lets_a_client_without_server_key_reach_a_curve_writer(curve_writer, monkeypatch):
+    url, public = curve_writer
+    monkeypatch.setenv("TIGER_SERVER_KEY", public)
+    with tiger.connect(url) as one, tiger.connect(url) as other:
+        one.table("t").insert({"id": "through-the-env-key"})
+        assert other.table("t").wait_for("through-the-env-key")  # published changes reach it too
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_without_tiger_server_key_a_curve_writer_never_answers(curve_writer, monkeypatch, key):
+    url, _ = curve_writer
+    if key is None:
+        monkeypatch.delenv("TIGER_SERVER_KEY", raising=False)
+    else:
+        monkeypatch.setenv("TIGER_SERVER_KEY", zmq.curve_keypair()[0].decode())  # another writer's key
+    started = time.monotonic()
+    with pytest.raises(tiger.Unavailable, match=re.escape(url)):
+        tiger.connect(url, timeout=0.5)
+    assert time.monotonic() - started < 3.0, "connect did not give up within its timeout"
+
+
+# -- 5. CurveZMQ on a non-loopback address -------------------------------------------------------------------------
+
+
+def non_loopback_ipv4() -> str | None:
+    """An IPv4 address of this machine outside 127.0.0.0/8, or None."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if "inet" in fields:
+                address = fields[fields.index("inet") + 1].split("/")[0]
+                if not address.startswith("127."):
+                    return address
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+        address = probe.getsockname()[0]
+        if not address.startswith("127.") and address != "0.0.0.0":
+            return address
+    return None
+
+
+def test_a_non_loopback_address_is_refused_without_curve_and_served_with_it(tmp_path):
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    url = f"tcp://{address}:*"
+    command = [*TIGER, "serve", "--url", url, "--owner-pid", str(os.getpid())]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and f"refusing to bind {url} without CurveZMQ" in out.stderr
+
+    public = keygen(tmp_path / "keys")
+    proc, bound = cli_serve("--url", url, "--curve-secret", str(tmp_path / "keys" / "tiger.key"))
+    try:
+        assert bound.startswith(f"tcp://{address}:")
+        with tiger.connect(bound, server_key=public) as client, zmq.Context() as ctx:
+            with pytest.raises(tiger.Unavailable):
+                tiger.connect(bound, timeout=0.5, server_key=None)  # a keyless client: never answered
+            spy = ctx.socket(zmq.SUB)
+            try:
+                spy.setsockopt(zmq.LINGER, 0)
+                spy.setsockopt(zmq.SUBSCRIBE, b"")
+                spy.connect(client.replica._pub_url)
+                assert client.replica._pub_url.startswith(f"tcp://{address}:")
+                with tiger.connect(bound, server_key=public) as other:
+                    other.table("t").insert({"id": "secret"})
+                    assert client.table("t").wait_for("secret")  # a keyed replica gets the change ...
+                assert not spy.poll(500)  # ... a keyless SUB gets nothing: not the change, not a heartbeat
+            finally:
+                spy.close(linger=0)
+    finally:
+        stop(proc)
+
+
+# -- 6. the plugin reading TIGER_URL -------------------------------------------------------------------------------
+
+INNER_USES_TIGER_URL = """
+import os
+
+import pytest
+
+import tiger
+
+
+@pytest.mark.parametrize("mark", ["a", "b"])
+def test_writes_to_the_named_writer(tiger_client, tiger_url, mark):
+    assert tiger_url == os.environ["EXPECTED_URL"]
+    assert tiger_client.writer_pid == int(os.environ["EXPECTED_PID"])
+    with tiger.namespace("from-inner"):
+        tiger_client.table("marks").insert({"id": "mark_" + mark})
+"""
+
+
+@pytest.fixture
+def inner_env(monkeypatch, tmp_path) -> None:
+    """Inner runs do not think they are xdist workers of this run, and use no key or options of ours."""
+    for name in ("TIGER_URL", "TIGER_SERVER_KEY", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PLUGIN_RUNS_DIR", str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
+def test_the_plugin_uses_the_writer_tiger_url_names_and_never_stops_it(pytester, monkeypatch, inner_env, mode):
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        epoch = client.stats()["epoch"]
+        monkeypatch.setenv("TIGER_URL", server.url)
+        monkeypatch.setenv("EXPECTED_URL", server.url)
+        monkeypatch.setenv("EXPECTED_PID", str(server.pid))
+        pytester.makepyfile(test_inner=INNER_USES_TIGER_URL)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *mode, timeout=RUN_TIMEOUT)
+        result.assert_outcomes(passed=2)
+        client.sync()
+        with tiger.namespace("from-inner"):
+            assert sorted(r["id"] for r in client.table("marks").all()) == ["mark_a", "mark_b"]
+        assert server.running  # the run did not stop the writer it was given
+        assert request_once(server.url, p.Stats(1)).result["epoch"] == epoch  # nor restart it
+
+
+# -- 7. namespace names over 200 characters ---------------------------------------------------------------------------
+
+
+def test_a_namespace_over_200_characters_is_refused_naming_namespace():
+    with tiger.namespace("x" * 200) as name:  # 200 is allowed
+        assert tiger.current_namespace() == name
+    with pytest.raises(ValueError, match="namespace"):
+        with tiger.namespace("x" * 201):
+            pass  # pragma: no cover - never entered
+    assert tiger.current_namespace() == "global"
+
+
+LONG_IDS = ["x" * 296 + "-one", "x" * 296 + "-two"]
+
+
+@pytest.mark.parametrize("n", [1], ids=LONG_IDS[:1])
+def test_a_node_id_over_200_characters_gets_a_working_namespace_of_at_most_200(tiger_client, tiger_namespace, request, n):
+    assert len(request.node.nodeid) > 300
+    assert len(tiger_namespace) <= 200 and tiger.current_namespace() == tiger_namespace
+    assert request.node.nodeid[:40] in tiger_namespace  # the start of the node id, then a hash of the rest
+    t = tiger_client.table("long")
+    t.insert({"id": "here", "n": n})
+    assert [r["id"] for r in t.all()] == ["here"]
+    assert [r["id"] for r in t.all(namespace=tiger_namespace)] == ["here"]
+
+
+INNER_LONG_IDS = f"""
+import os
+
+import pytest
+
+import tiger
+
+
+@pytest.mark.parametrize("i", [0, 1], ids={LONG_IDS!r})
+def test_long(tiger_client, tiger_namespace, request, i):
+    assert len(request.node.nodeid) > 300
+    assert tiger.current_namespace() == tiger_namespace
+    t = tiger_client.table("t")
+    t.create({{"id": "mine"}})
+    assert [r["id"] for r in t.all()] == ["mine"]
+    with open(os.path.join(os.environ["PLUGIN_RUNS_DIR"], f"ns-{{i}}"), "w") as f:
+        f.write(tiger_namespace)
+"""
+
+
+def test_two_node_ids_alike_for_200_characters_get_distinct_namespaces_of_at_most_200(pytester, inner_env, tmp_path):
+    pytester.makepyfile(test_inner=INNER_LONG_IDS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(passed=2)
+    names = [(tmp_path / f"ns-{i}").read_text() for i in (0, 1)]
+    assert all(len(name) <= 200 for name in names), names
+    assert names[0] != names[1]
