@@ -3,7 +3,8 @@
 Every test is named after the promise it proves: "Durability and faults" (what each --fsync loses to a
 SIGKILL, a crash in the middle of compaction, the answers kept for resent calls, TIGER_SERVER_KEY,
 CurveZMQ on a non-loopback address), "With pytest-xdist" (TIGER_URL) and the namespace size limit.
-A promise the code does not keep is a strict xfail whose reason says what happens instead.
+Two promises this file found broken (a snapshot.tmp left by a crash; answers dropped from a client back
+after silence) were fixed with it.
 """
 
 from __future__ import annotations
@@ -187,12 +188,6 @@ def test_a_crash_after_the_new_snapshot_is_renamed_leaves_the_new_one_and_the_ol
     assert snapshot_generation(data) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a snapshot.tmp left by a crash mid-compaction is not removed when the writer starts "
-    "(DataDir.load/_open_log remove old log.N only); it stays, as big as a whole snapshot, until the next "
-    "compaction overwrites it. The README promise (old snapshot with its log) holds; the leftover is not cleaned.",
-)
 def test_a_snapshot_tmp_left_by_a_crash_is_removed_when_the_writer_starts(tmp_path, compaction_states):
     data = tmp_path / "data"
     shutil.copytree(compaction_states["data"], data)
@@ -394,13 +389,6 @@ def test_kept_answers_last_a_minute_after_the_client_falls_silent(clocked_writer
     assert caller.resend(1) != first and _records(writer) == [1, 1]  # past the minute: applied again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a client the writer once took for gone (3 s of silence: a SIGSTOP, a laptop lid) and "
-    "that came back and kept calling loses all its kept answers 60 s after that silence began: "
-    "Writer._answers_heard is set by _forget() and never cleared when the client is heard again, so _beat() "
-    "drops _answered[client] while the client is active; a call resent right then is applied twice.",
-)
 def test_a_client_that_comes_back_after_silence_keeps_its_answers_while_active(clocked_writer):
     writer, clock, caller = clocked_writer
     caller.call(1)

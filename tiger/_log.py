@@ -158,8 +158,8 @@ class DataDir:
         self.size = os.fstat(self._fd).st_size
         if not existed:
             _fsync_dir(self.path)
-        for name in os.listdir(self.path):  # logs of older generations: left by a crash mid-compaction
-            if name.startswith("log.") and name != f"log.{self.generation}":
+        for name in os.listdir(self.path):  # left by a crash mid-compaction: older logs, an unfinished snapshot
+            if (name.startswith("log.") and name != f"log.{self.generation}") or name == "snapshot.tmp":
                 os.remove(os.path.join(self.path, name))
 
     # -- running ------------------------------------------------------------------------

@@ -339,7 +339,7 @@ class Writer:
                 if first is not None:  # a resent call: its first answer, not a second application
                     self._send(envelope, first)
                     return
-                self.clients[call.client_id] = time.monotonic()
+                self._heard(call.client_id)
                 topic = p.topic_of(call.client_id)  # its reply carries the change: its replica is not sent it
                 if time.time() > call.expires:
                     raise Expired(f"the call arrived after its deadline ({time.time() - call.expires:.3f}s late); not applied")
@@ -375,7 +375,7 @@ class Writer:
             packed = None if change is None else self._commit(change, topic)
             return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result)  # type: ignore[union-attr]
         if t is p.Beat:
-            self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
+            self._heard(request.client_id)  # type: ignore[union-attr]
             return None
         if t is p.Sync:
             # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
@@ -385,7 +385,7 @@ class Writer:
             self._snapshot(envelope, request.req_id)  # type: ignore[union-attr]
             return None
         if t is p.Hello:
-            self.clients[request.client_id] = time.monotonic()  # type: ignore[union-attr]
+            self._heard(request.client_id)  # type: ignore[union-attr]
             result = {"pub": self.pub_url, "heartbeat": self.heartbeat, "pid": os.getpid(), "time": time.time()}
             return p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
         if t is p.Bye:
@@ -419,6 +419,13 @@ class Writer:
         self.seq += 1
         self._publish(topic, p.published_bytes(self.epoch, self.seq, packed))  # the caller's replica is not sent it
         return packed
+
+    def _heard(self, client_id: str) -> None:
+        """A client spoke: it is live, and the answers kept for it stay (a client once taken for gone,
+        back now, keeps them as any live client does)."""
+        self.clients[client_id] = time.monotonic()
+        if client_id in self._answers_heard:
+            del self._answers_heard[client_id]
 
     def _forget(self, client_id: str) -> None:
         """A client left (goodbye or silence): release the once keys it was building and held. While the
@@ -527,14 +534,14 @@ class Writer:
         return _table.prepare_drop_namespace(self.store, r.namespace), None
 
     def _once_claim(self, r: p.OnceClaim) -> tuple[_table.Change | None, Any]:
-        self.clients[r.client_id] = time.monotonic()
+        self._heard(r.client_id)
         verdict, change = _table.prepare_once_claim(
             self.store, r.key, r.client_id, r.by, self.clients, now=int(time.time()), namespace=r.namespace
         )
         return change, verdict
 
     def _once_finish(self, r: p.OnceFinish) -> tuple[_table.Change | None, Any]:
-        self.clients[r.client_id] = time.monotonic()
+        self._heard(r.client_id)
         if r.outcome == "release":
             return _table.prepare_once_release(self.store, r.key, r.client_id, r.namespace), "released"
         if r.outcome == "retire":
