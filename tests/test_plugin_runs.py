@@ -638,7 +638,7 @@ import os, subprocess, sys, threading, time
 import pytest
 
 D = os.environ["PLUGIN_RUNS_DIR"]
-CHILD = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(300)"  # sleep-ok: the child's own life (the teardown ends it), not a wait
+CHILD = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(300)"  # sleep-ok: its life
 
 def publish(name, text):
     with open(os.path.join(D, f".{name}-{os.getpid()}"), "w") as f:
