@@ -1,28 +1,45 @@
-"""The wire protocol without sockets: every message round-trips, and garbage is a ProtocolError.
+"""The wire protocol: every message round-trips, and garbage is a ProtocolError.
 
 Garbage never escapes as another exception type: the writer answers a
 ProtocolError with a "protocol" error reply, and a replica resynchronises
 on one, so a TypeError or KeyError out of a decoder is a bug.
+
+What a message is comes from the protocol's own description of itself: the
+``Request`` and ``Reply`` unions, what ``decode_published`` returns, the
+``Change`` union, ``Call``, the tag tables and ``ONCE_OUTCOMES``; what a valid
+decoded message holds comes from its dataclass's field annotations. A message
+added to ``tiger._protocol`` and left out of the tables below fails
+``test_the_tables_cover_every_message_the_protocol_declares``.
+
+The last tests run ``send`` and ``receive`` over inproc sockets, every one of
+them made by the ``zmq_socket`` fixture (closed after the test, passed or not).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
+import threading
 import types
-from collections.abc import Callable
+import typing
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+import zmq
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tiger import _protocol as p
 from tiger import _table
 from tiger._errors import ProtocolError
-from tiger._table import Clear, ClearNamespace, Delete, Put, freeze
+from tiger._table import Clear, ClearNamespace, Delete, DropNamespace, Put, Record, freeze
 
 EPOCH = "0123456789abcdef"
+CLIENT = "0123456789abcdef"
 RECORD = {
     "id": "plan_0123456789abcdef",
     "created": 1_700_000_000,
@@ -36,13 +53,28 @@ RECORD = {
 }
 OTHER = {"id": "plan_1", "created": 0, "amount": -(2**63), "max": 2**64 - 1}
 
+# -- what the protocol says its messages are --------------------------------------------------
+
+REQUEST_TYPES: tuple[type, ...] = typing.get_args(p.Request)
+REPLY_TYPES: tuple[type, ...] = typing.get_args(p.Reply)
+PUBLISHED_TYPES: tuple[type, ...] = typing.get_args(typing.get_type_hints(p.decode_published)["return"])
+CHANGE_TYPES: tuple[type, ...] = typing.get_args(_table.Change)
+UNCALLABLE = (p.Beat, p.Bye)  # never answered, so never sent as a Call (call_from refuses them)
+
 CHANGES: list[_table.Change] = [
     Put("plans", "global", (freeze(RECORD),)),
     Put("plans", "test-1", (freeze(RECORD), freeze(OTHER))),
     Delete("plans", "test-1", "plan_1"),
     Clear("plans"),
     ClearNamespace("plans", "test-1"),
+    DropNamespace("test-1"),
 ]
+
+ONCE_PAYLOADS: dict[str, Any] = {  # what each outcome carries; an outcome not named here carries None
+    "value": {"url": "postgres://x", "n": [1, 2.5, None]},
+    "resource": ["a", b"b"],
+    "error": ["ValueError", "boom", "gw0 pid 123", 'File "conftest.py", line 1'],
+}
 
 REQUESTS: list[p.Request] = [
     p.Hello(1, "client-1"),
@@ -56,11 +88,31 @@ REQUESTS: list[p.Request] = [
     p.Sync(9),
     p.SnapshotRequest(10),
     p.Stats(11),
+    p.Compact(12),
+    p.Drop(13, "test-1"),
+    p.OnceClaim(14, "db", CLIENT, "gw0 pid 123"),  # the default namespace
+    p.OnceClaim(15, "db", CLIENT, "", "run-1"),
+    # every outcome there is, from the protocol's own list
+    *(
+        p.OnceFinish(16 + i, "db", CLIENT, outcome, ONCE_PAYLOADS.get(outcome), "run-1")
+        for i, outcome in enumerate(p.ONCE_OUTCOMES)
+    ),
+    p.OnceFinish(30, "db", CLIENT, "value", None),  # the default namespace, a None value
     p.Beat("client-1"),
     p.Bye("client-1"),
     p.Stats(0),
     p.Sync(2**64 - 1),  # the extremes of a msgpack int
     p.Stats(-(2**63)),
+]
+
+# a call around the first request of each type that can be called, and expiries of every kind
+CALLS: list[p.Call] = [
+    *(
+        p.Call(CLIENT, 1_700_000_000.25, r)
+        for r in {type(r): r for r in reversed(REQUESTS) if type(r) not in UNCALLABLE}.values()
+    ),
+    p.Call(CLIENT, math.inf, p.Sync(-1)),  # how a replica asks (never expires, negative req_id)
+    p.Call("", -1.0, p.Stats(2**64 - 1)),
 ]
 
 REPLIES: list[p.Reply] = [
@@ -80,15 +132,46 @@ PUBLISHED: list[p.Published | p.Heartbeat] = [
     *(p.Published(EPOCH, 1 + i, change) for i, change in enumerate(CHANGES)),
 ]
 
-Decoder = Callable[[bytes], Any]
-DECODERS: dict[str, Decoder] = {"request": p.decode_request, "reply": p.decode_reply, "published": p.decode_published}
+
+def decode_command(data: bytes) -> p.Call | p.Request:
+    """What the writer does with a payload on its command socket (tiger._writer.Writer.handle)."""
+    return p.call_from(p.unpack_frozen(data))
+
+
+def encode_command(m: p.Call | p.Request) -> bytes:
+    return p.encode_call(m) if type(m) is p.Call else p.encode_request(m)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One way of decoding bytes: the messages it may give, how to encode them, and how errors name it."""
+
+    types: tuple[type, ...]
+    encode: Callable[[Any], bytes]
+    decode: Callable[[bytes], Any]
+    what: str  # as its ProtocolErrors name a message ("a request must be ...")
+    tags: tuple[str, ...]
+
+
+KINDS: dict[str, Kind] = {
+    "request": Kind(REQUEST_TYPES, p.encode_request, p.decode_request, "request", tuple(p._REQUEST_TAGS)),
+    # the writer's decoding: calls, and plain requests (the request kind's tags, tested there)
+    "command": Kind((*REQUEST_TYPES, p.Call), encode_command, decode_command, "request", ("call",)),
+    "reply": Kind(REPLY_TYPES, p.encode_reply, p.decode_reply, "reply", tuple(p._REPLY_TAGS)),
+    "published": Kind(PUBLISHED_TYPES, p.encode_published, p.decode_published, "published message", tuple(p._PUBLISHED_TAGS)),
+}
+DECODERS: dict[str, Callable[[bytes], Any]] = {kind: k.decode for kind, k in KINDS.items()}
+ENCODERS: dict[str, Callable[[Any], bytes]] = {kind: k.encode for kind, k in KINDS.items()}
+
+MESSAGES: list[tuple[str, Any]] = [
+    *(("request", m) for m in REQUESTS),
+    *(("command", m) for m in CALLS),
+    *(("reply", m) for m in REPLIES),
+    *(("published", m) for m in PUBLISHED),
+]
 
 # every valid encoding, with the decoder it belongs to
-ENCODED: list[tuple[str, bytes]] = [
-    *(("request", p.encode_request(m)) for m in REQUESTS),
-    *(("reply", p.encode_reply(m)) for m in REPLIES),
-    *(("published", p.encode_published(m)) for m in PUBLISHED),
-]
+ENCODED: list[tuple[str, bytes]] = [(kind, ENCODERS[kind](m)) for kind, m in MESSAGES]
 ENCODED_IDS = [f"{kind}-{i}" for i, (kind, _) in enumerate(ENCODED)]
 
 
@@ -100,89 +183,76 @@ def raw(obj: Any) -> bytes:
 # -- what a valid decoded message is ---------------------------------------------------
 
 
-def _is_int(v: object) -> bool:
-    return type(v) is int
+def _once_outcome(m: p.OnceFinish) -> str | None:
+    return None if m.outcome in p.ONCE_OUTCOMES else f"outcome {m.outcome!r} is not one of {p.ONCE_OUTCOMES}"
 
 
-def _is_str(v: object) -> bool:
-    return type(v) is str
+def _callable(m: p.Call) -> str | None:
+    return f"a call carrying a {type(m.request).__name__}" if type(m.request) in UNCALLABLE else None
 
 
-def _is_record(r: object) -> bool:
-    return isinstance(r, dict) and _is_str(r.get("id")) and _is_int(r.get("created"))
+# what a message's field annotations cannot say
+RULES: dict[type, Callable[[Any], str | None]] = {p.OnceFinish: _once_outcome, p.Call: _callable}
+# fields whose items are content, which the table rules check at the writer (naming the record), so the
+# envelope checks only the container: Insert.records is declared list[dict[str, Any]], decoded as any list
+CONTENT: dict[tuple[type, str], Any] = {(p.Insert, "records"): list}
 
 
-def assert_valid_change(c: object) -> None:
-    assert type(c) in (Put, Delete, Clear, ClearNamespace), c
-    assert _is_str(c.table)  # type: ignore[attr-defined]
-    if type(c) is not Clear:
-        assert _is_str(c.namespace)  # type: ignore[attr-defined]
-    if type(c) is Put:
-        assert type(c.records) is tuple and all(_is_record(r) for r in c.records)
-    if type(c) is Delete:
-        assert _is_str(c.id)
+def mismatch(value: Any, hint: Any, where: str) -> str | None:
+    """Where ``value`` is not what the annotation ``hint`` declares, or None.
+
+    Records (``Record``) must be maps with a str id and an int created: what a replica keys and orders
+    by. A ``dict[...]`` is checked to be a map only: record content is the table rules' to check.
+    """
+    if hint is Any:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if any(mismatch(value, arg, where) is None for arg in args):
+            return None
+        return f"{where}: {type(value).__name__} {value!r:.60} is none of {hint}"
+    if hint is type(None):
+        ok = value is None
+    elif hint is Record:
+        ok = isinstance(value, dict) and type(value.get("id")) is str and type(value.get("created")) is int
+    elif hint in (bool, int, float, str, bytes):
+        ok = type(value) is hint  # a bool is not an int here, as on the wire
+    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if type(value) is not hint:
+            return f"{where}: a {type(value).__name__}, not a {hint.__name__}"
+        hints = typing.get_type_hints(hint)
+        for field in dataclasses.fields(hint):
+            hint_of_field = CONTENT.get((hint, field.name), hints[field.name])
+            found = mismatch(getattr(value, field.name), hint_of_field, f"{where}.{field.name}")
+            if found is not None:
+                return found
+        rule = RULES.get(hint)
+        return None if rule is None else rule(value)
+    elif origin is list:
+        if not isinstance(value, list):
+            return f"{where}: {type(value).__name__}, not a list"
+        return next((f for i, v in enumerate(value) if (f := mismatch(v, args[0], f"{where}[{i}]"))), None)
+    elif origin is tuple:
+        if not isinstance(value, tuple):
+            return f"{where}: {type(value).__name__}, not a tuple"
+        items = args[:1] * len(value) if args[-1:] == (...,) else args
+        if len(items) != len(value):
+            return f"{where}: {len(value)} items, not {len(items)}"
+        return next(
+            (f for i, (v, h) in enumerate(zip(value, items, strict=True)) if (f := mismatch(v, h, f"{where}[{i}]"))), None
+        )
+    elif origin is dict or hint in (list, dict):
+        ok = isinstance(value, origin or hint)
+    else:
+        raise AssertionError(f"{where}: the test does not know the annotation {hint!r}; teach mismatch() it")
+    return None if ok else f"{where}: {type(value).__name__} {value!r:.60} is not a {hint}"
 
 
-def assert_valid_request(m: object) -> None:
-    """The types every field of a decoded request is declared with (record content is the table rules' job)."""
-    t = type(m)
-    assert t in (p.Hello, p.Insert, p.Update, p.Remove, p.ClearTable, p.Sync, p.SnapshotRequest, p.Stats, p.Beat, p.Bye)
-    if t in (p.Beat, p.Bye, p.Hello):
-        assert _is_str(m.client_id)  # type: ignore[attr-defined]
-    if t in (p.Beat, p.Bye):
-        return
-    assert _is_int(m.req_id)  # type: ignore[attr-defined]
-    if t in (p.Insert, p.Update, p.Remove, p.ClearTable):
-        assert _is_str(m.table)  # type: ignore[attr-defined]
-        assert _is_str(m.namespace) or (t is p.ClearTable and m.namespace is None)  # type: ignore[attr-defined]
-    if t is p.Insert:
-        assert m.prefix is None or _is_str(m.prefix)  # type: ignore[attr-defined]
-        assert type(m.records) is list and type(m.create) is bool  # type: ignore[attr-defined]
-    if t in (p.Update, p.Remove):
-        assert _is_str(m.id)  # type: ignore[attr-defined]
-    if t is p.Update:
-        assert type(m.changes) is dict  # type: ignore[attr-defined]
-
-
-def assert_valid_reply(m: object) -> None:
-    t = type(m)
-    assert t in (p.Ok, p.Failed, p.SnapshotChunk, p.SnapshotEnd)
-    if t is p.Failed:
-        assert m.req_id is None or _is_int(m.req_id)  # type: ignore[attr-defined]
-        assert _is_str(m.kind) and _is_str(m.message)  # type: ignore[attr-defined]
-        return
-    assert _is_int(m.req_id)  # type: ignore[attr-defined]
-    if t in (p.Ok, p.SnapshotEnd):
-        assert _is_str(m.epoch) and _is_int(m.seq)  # type: ignore[attr-defined]
-    if t is p.Ok and m.change is not None:  # type: ignore[attr-defined]
-        assert_valid_change(m.change)  # type: ignore[attr-defined]
-    if t is p.SnapshotEnd:
-        assert _is_int(m.records)  # type: ignore[attr-defined]
-    if t is p.SnapshotChunk:
-        assert isinstance(m.segments, list)  # type: ignore[attr-defined]
-        for segment in m.segments:  # type: ignore[attr-defined]
-            table, namespace, records = segment  # what a replica does with it
-            assert _is_str(table) and _is_str(namespace)
-            assert isinstance(records, list) and all(_is_record(r) for r in records)
-
-
-def assert_valid_published(m: object) -> None:
-    assert type(m) in (p.Published, p.Heartbeat)
-    assert _is_str(m.epoch) and _is_int(m.seq)  # type: ignore[attr-defined]
-    if type(m) is p.Published:
-        assert_valid_change(m.change)
-
-
-VALIDATORS: dict[str, Callable[[object], None]] = {
-    "request": assert_valid_request,
-    "reply": assert_valid_reply,
-    "published": assert_valid_published,
-}
-ENCODERS: dict[str, Callable[[Any], bytes]] = {
-    "request": p.encode_request,
-    "reply": p.encode_reply,
-    "published": p.encode_published,
-}
+def assert_valid(kind: str, m: object) -> None:
+    """``m`` is a message ``kind`` may decode to, every field of the type its class declares."""
+    assert type(m) in KINDS[kind].types, f"a {kind} decoded to a {type(m).__name__}"
+    found = mismatch(m, type(m), type(m).__name__)
+    assert found is None, found
 
 
 def decode_or_protocol_error(kind: str, data: bytes) -> object | None:
@@ -192,29 +262,99 @@ def decode_or_protocol_error(kind: str, data: bytes) -> object | None:
     except ProtocolError as e:
         assert str(e)
         return None
-    VALIDATORS[kind](m)
+    assert_valid(kind, m)
     # what decodes re-encodes to bytes that decode to the same message (a fixpoint after one trip)
     again = ENCODERS[kind](m)
     assert ENCODERS[kind](DECODERS[kind](again)) == again
     return m
 
 
+# -- the tables above against the protocol ---------------------------------------------------------
+
+
+def test_the_tables_cover_every_message_the_protocol_declares():
+    declared = {
+        obj
+        for obj in vars(p).values()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == p.__name__
+    }
+    described = {t for kind in KINDS.values() for t in kind.types}
+    assert declared - described == set(), "a message class no decoder is declared to return (add it to a union)"
+    assert described - declared == set()
+    assert declared - {type(m) for _, m in MESSAGES} == set(), "message classes the round-trip table leaves out"
+    assert set(CHANGE_TYPES) - {type(c) for c in CHANGES} == set(), "changes the round-trip table leaves out"
+    for kind, k in KINDS.items():  # (the command kind's plain requests are the request kind's)
+        expected = {p.Call} if kind == "command" else set(k.types)
+        assert expected - {type(m) for m_kind, m in MESSAGES if m_kind == kind} == set(), kind
+    assert set(REQUEST_TYPES) - set(UNCALLABLE) - {type(c.request) for c in CALLS} == set(), "requests never called"
+    # every tag on the wire, of every kind, is in an encoding above
+    sent = {kind: {p.unpack(data)[0] for k, data in ENCODED if k == kind} for kind in KINDS}
+    assert sent["request"] == set(p._REQUEST_TAGS)
+    assert sent["command"] == set(KINDS["command"].tags)
+    assert sent["reply"] == set(p._REPLY_TAGS)
+    assert sent["published"] == set(p._PUBLISHED_TAGS)
+    assert {p.change_to_wire(c)[0] for c in CHANGES} == set(p._CHANGE_TAGS)
+    assert {m.outcome for m in REQUESTS if type(m) is p.OnceFinish} == set(p.ONCE_OUTCOMES)
+    # and the hypothesis strategies below build every message and change there is
+    assert set(REQUEST_STRATEGIES) == set(REQUEST_TYPES)
+    assert set(REPLY_STRATEGIES) == set(REPLY_TYPES)
+    assert set(PUBLISHED_STRATEGIES) == set(PUBLISHED_TYPES)
+    assert set(CHANGE_STRATEGIES) == set(CHANGE_TYPES)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_validity_check_refuses_a_message_another_kind_decodes_to(kind):
+    # the check the fuzz tests rely on can fail: a message of another kind, a field of the wrong type
+    other = next(m for k, m in MESSAGES if type(m) not in KINDS[kind].types)
+    with pytest.raises(AssertionError, match="decoded to a"):
+        assert_valid(kind, other)
+    m = next(m for k, m in MESSAGES if k == kind)
+    field = dataclasses.fields(m)[0].name
+    with pytest.raises(AssertionError, match=re.escape(f"{type(m).__name__}.{field}")):
+        assert_valid(kind, dataclasses.replace(m, **{field: b"junk"}))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        p.OnceFinish(1, "k", CLIENT, "nope", None),
+        p.Call(CLIENT, 1.0, p.Beat(CLIENT)),
+        p.Call(CLIENT, 1, p.Sync(1)),  # an int expiry: call_from makes it a float
+        p.Ok(1, EPOCH, 1, Put("t", "ns", ({"id": "a"},))),  # a record without created
+        p.Ok(1, EPOCH, True, None),
+        p.SnapshotChunk(1, [("t", "ns")]),
+        p.Failed(None, "protocol", None),
+    ],
+    ids=repr,
+)
+def test_the_validity_check_refuses_what_no_decoder_may_give(bad):
+    with pytest.raises(AssertionError):
+        assert_valid("command" if type(bad) is p.Call else "request" if type(bad) in REQUEST_TYPES else "reply", bad)
+
+
 # -- round trips ---------------------------------------------------------------------
 
 
-MESSAGES = [
-    *(("request", m) for m in REQUESTS),
-    *(("reply", m) for m in REPLIES),
-    *(("published", m) for m in PUBLISHED),
-]
-
-
-@pytest.mark.parametrize(("kind", "message"), MESSAGES, ids=[f"{kind}-{m!r}" for kind, m in MESSAGES])
+@pytest.mark.parametrize(("kind", "message"), MESSAGES, ids=[f"{kind}-{m!r}"[:100] for kind, m in MESSAGES])
 def test_every_message_round_trips(kind, message):
     decoded = DECODERS[kind](ENCODERS[kind](message))
     assert type(decoded) is type(message)
     assert decoded == message
-    VALIDATORS[kind](decoded)
+    assert_valid(kind, decoded)
+
+
+@pytest.mark.parametrize("request_", REQUESTS, ids=lambda m: repr(m)[:80])
+def test_the_writer_decodes_every_plain_request_as_decode_request_does(request_):
+    # the writer decodes with call_from(unpack_frozen(...)), which takes plain requests as well as calls
+    data = p.encode_request(request_)
+    assert decode_command(data) == p.decode_request(data) == request_
+
+
+@pytest.mark.parametrize("uncallable", UNCALLABLE)
+def test_a_call_carrying_a_beat_or_a_bye_is_refused(uncallable):
+    data = b"\x94" + p.pack("call") + p.pack(CLIENT) + p.pack(1.0) + p.encode_request(uncallable(CLIENT))
+    with pytest.raises(ProtocolError, match="a call cannot carry a beat or a bye"):
+        decode_command(data)
 
 
 @pytest.mark.parametrize("change", CHANGES, ids=repr)
@@ -233,7 +373,9 @@ def test_snapshot_segments_decode_as_the_store_yields_them():
     store = _table.Store()
     store.apply(Put("plans", "global", (freeze(RECORD), freeze(OTHER))))
     store.apply(Put("prices", "test-1", (freeze(OTHER),)))
-    for chunk in store.snapshot(1):
+    chunks = list(store.snapshot(1))
+    assert sum(len(records) for chunk in chunks for _, _, records in chunk) == 3  # the loop below is not empty
+    for chunk in chunks:
         assert p.decode_reply(p.encode_reply(p.SnapshotChunk(1, chunk))) == p.SnapshotChunk(1, chunk)
 
 
@@ -268,6 +410,8 @@ def test_published_bytes_is_encode_published_of_published(change):
     assert fast == p.encode_published(p.Published(EPOCH, 12, change))
 
 
+# random numbers and epochs between the boundaries, which the next test checks every run (epochs here are
+# at most 40 characters: an epoch of 256 or more, a str16 header, went unchecked by this test alone)
 @settings(max_examples=200, deadline=None)
 @given(
     req_id=st.integers(-(2**63), 2**64 - 1),
@@ -282,6 +426,45 @@ def test_ok_and_published_bytes_agree_with_the_encoders_for_any_numbers(req_id, 
         assert p.published_bytes(epoch, seq, packed) == p.encode_published(p.Published(epoch, seq, change))  # type: ignore[arg-type]
 
 
+# every boundary between msgpack's int formats (fixint, uint8..64, negative fixint, int8..64) and its str
+# formats (fixstr, str8..32): where a hand-built encoding goes wrong, checked every run, not when drawn
+UINT_EDGES = [0, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**64 - 1]  # fixint, uint 8, 16, 32, 64
+INT_EDGES = [*UINT_EDGES, -1, -32, -33, -128, -129, -(2**15), -(2**15) - 1, -(2**31), -(2**31) - 1, -(2**63)]
+STR_EDGES = [0, 31, 32, 255, 256, 65535, 65536]
+
+
+@pytest.mark.parametrize("change", [None, *CHANGES], ids=repr)
+def test_ok_and_published_bytes_agree_with_the_encoders_at_every_format_boundary(change):
+    packed = None if change is None else p.pack_change(change)
+    for n in INT_EDGES:
+        for epoch in ("e" * size for size in STR_EDGES):
+            assert p.ok_bytes(n, epoch, abs(n), packed, n) == p.encode_reply(p.Ok(n, epoch, abs(n), change, n))
+            if change is not None:
+                assert p.published_bytes(epoch, abs(n), packed) == p.encode_published(p.Published(epoch, abs(n), change))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seq", UINT_EDGES)
+@pytest.mark.parametrize("change", CHANGES, ids=repr)
+def test_peek_published_reads_what_decode_published_reads(seq, change):
+    # the replica's fast path: (epoch, seq) of a change without decoding the change
+    data = p.published_bytes(EPOCH, seq, p.pack_change(change))
+    assert p.peek_published(data) == (EPOCH, seq) == (p.decode_published(data).epoch, p.decode_published(data).seq)
+
+
+@pytest.mark.parametrize(
+    ("kind", "data"),
+    [(k, d) for k, d in ENCODED if k != "published"]
+    + [
+        ("published", p.encode_published(p.Heartbeat(EPOCH, 5))),
+        ("published", p.published_bytes("short", 5, p.pack_change(CHANGES[0]))),
+        ("published", p.published_bytes(EPOCH, 2**64 - 1, p.pack_change(CHANGES[0]))[:25]),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_peek_published_is_none_for_anything_but_a_published_change(kind, data):
+    assert p.peek_published(data) is None
+
+
 def test_request_id_of_addresses_only_requests_that_carry_one():
     assert p.request_id_of(p.unpack(p.encode_request(p.Stats(7)))) == 7
     assert p.request_id_of(["nonsense", 8, "x"]) == 8  # an unknown request still gets its answer addressed
@@ -291,6 +474,9 @@ def test_request_id_of_addresses_only_requests_that_carry_one():
     assert p.request_id_of(["stats"]) is None
     assert p.request_id_of({"stats": 1}) is None
     assert p.request_id_of(None) is None
+    assert p.request_id_of(p.unpack(p.encode_call(p.Call(CLIENT, 1.0, p.Stats(7))))) == 7  # a call: its request's
+    assert p.request_id_of(["call", CLIENT, 1.0, ["beat", CLIENT]]) is None
+    assert p.request_id_of(["call", CLIENT, 1.0]) is None
 
 
 def test_pack_refuses_what_msgpack_cannot_carry():
@@ -373,7 +559,7 @@ def test_malformed_msgpack_is_a_protocol_error(kind, data):
 @pytest.mark.parametrize("kind", DECODERS)
 @pytest.mark.parametrize("obj", [1, -1, 1.5, True, None, "stats", b"stats", {"tag": "stats"}], ids=repr)
 def test_a_message_that_is_not_an_array_is_a_protocol_error(kind, obj):
-    with pytest.raises(ProtocolError, match=f"a {kind}.* must be a msgpack array, not {type(obj).__name__}"):
+    with pytest.raises(ProtocolError, match=f"^a {KINDS[kind].what} must be a msgpack array, not {type(obj).__name__}$"):
         DECODERS[kind](raw(obj))
 
 
@@ -390,7 +576,7 @@ def test_an_empty_array_is_a_protocol_error(kind):
     ids=repr,
 )
 def test_an_unknown_tag_is_a_protocol_error(kind, tag):
-    with pytest.raises(ProtocolError, match=f"unknown {kind}"):
+    with pytest.raises(ProtocolError, match=f"^unknown {KINDS[kind].what}: tag "):
         DECODERS[kind](raw([tag, 1, "x", 2]))
 
 
@@ -398,7 +584,7 @@ def test_an_unknown_tag_is_a_protocol_error(kind, tag):
 @pytest.mark.parametrize("tag", [[1], ["ok"], {"a": 1}, {}], ids=repr)
 def test_an_unhashable_tag_is_a_protocol_error_not_a_type_error(kind, tag):
     # regression: the tag was looked up in a dict, so a list or map tag raised TypeError
-    with pytest.raises(ProtocolError, match=f"unknown {kind}.*: tag a (list|dict)"):
+    with pytest.raises(ProtocolError, match=f"^unknown {KINDS[kind].what}: tag a (list|dict)$"):
         DECODERS[kind](raw([tag, 1]))
 
 
@@ -422,9 +608,10 @@ def test_every_message_with_a_field_too_many_or_too_few_is_a_protocol_error(kind
         for wrong in (message[:-1], [*message, None], [*message, *message[1:]], [tag]):
             if len(wrong) == len(message):
                 continue
-            with pytest.raises(
-                ProtocolError, match=rf"{kind}.* {tag!r} has {len(wrong) - 1} fields, expected {len(message) - 1}"
-            ):
+            # call_from names a call without quotes; the tag tables' check names the kind and the tag
+            named = "call" if tag == "call" else f"{KINDS[kind].what} {tag!r}"
+            expected = f"{named} has {len(wrong) - 1} fields, expected {len(message) - 1}"
+            with pytest.raises(ProtocolError, match=f"^{re.escape(expected)}$"):
                 DECODERS[kind](raw(wrong))
 
 
@@ -467,6 +654,30 @@ WRONG_FIELDS: list[tuple[str, list[Any], str]] = [
     ("request", ["stats", False], "req_id"),
     ("request", ["beat", 1], "client_id"),
     ("request", ["bye", None], "client_id"),
+    ("request", ["compact", None], "req_id"),
+    ("request", ["drop_ns", 1, None], "namespace"),
+    ("request", ["drop_ns", 1, ["ns"]], "namespace"),
+    ("request", ["once_claim", "1", "k", "c", "by", "ns"], "req_id"),
+    ("request", ["once_claim", 1, 5, "c", "by", "ns"], "key"),
+    ("request", ["once_claim", 1, "k", b"c", "by", "ns"], "client_id"),
+    ("request", ["once_claim", 1, "k", "c", None, "ns"], "by"),
+    ("request", ["once_claim", 1, "k", "c", "by", None], "namespace"),
+    ("request", ["once_finish", 1, None, "c", "value", 1, "ns"], "key"),
+    ("request", ["once_finish", 1, "k", 5, "value", 1, "ns"], "client_id"),
+    ("request", ["once_finish", 1, "k", "c", 1, 1, "ns"], "outcome"),
+    ("request", ["once_finish", 1, "k", "c", "done", 1, "ns"], "outcome"),  # not one of ONCE_OUTCOMES
+    ("request", ["once_finish", 1, "k", "c", "VALUE", 1, "ns"], "outcome"),
+    ("request", ["once_finish", 1, "k", "c", "value", 1, 5], "namespace"),
+    # calls, as the writer decodes them
+    ("command", ["call", 5, 1.0, ["stats", 1]], "client_id"),
+    ("command", ["call", None, 1.0, ["stats", 1]], "client_id"),
+    ("command", ["call", "c", "soon", ["stats", 1]], "expires"),
+    ("command", ["call", "c", None, ["stats", 1]], "expires"),
+    ("command", ["call", "c", 1.0, ["stats", "1"]], "req_id"),  # the request inside
+    ("command", ["call", "c", 1.0, ["drop_ns", 1, 5]], "namespace"),
+    ("command", ["call", "c", 1.0, ["nope", 1]], "unknown request"),
+    ("command", ["call", "c", 1.0, "stats"], "msgpack array"),
+    ("command", ["call", "c", 1.0, ["call", "c", 1.0, ["stats", 1]]], "unknown request"),  # no call in a call
     # replies
     ("reply", ["ok", "1", E, 0, None, None], "req_id"),
     ("reply", ["ok", True, E, 0, None, None], "req_id"),
@@ -490,6 +701,8 @@ WRONG_FIELDS: list[tuple[str, list[Any], str]] = [
     ("reply", ["ok", 1, E, 1, ["clear", None], None], "table"),
     ("reply", ["ok", 1, E, 1, ["clear_ns", "t", None], None], "namespace"),
     ("reply", ["ok", 1, E, 1, ["nope", "t"], None], "change"),
+    ("reply", ["ok", 1, E, 1, ["drop_ns", 5], None], "namespace"),
+    ("reply", ["ok", 1, E, 1, ["drop_ns", "ns", "t"], None], "change"),
     ("reply", ["fail", "1", "value", "m"], "req_id"),
     ("reply", ["fail", 1, 2, "m"], "kind"),
     ("reply", ["fail", 1, "value", None], "message"),
@@ -514,6 +727,7 @@ WRONG_FIELDS: list[tuple[str, list[Any], str]] = [
     ("published", ["c", E, -0.5, PUT_OK], "seq"),
     ("published", ["c", E, 1, ["put", "t", "ns", [{"id": b"a", "created": 1}]]], "records"),
     ("published", ["c", E, 1, ["del", "t", "ns"]], "change"),
+    ("published", ["c", E, 1, ["drop_ns", None]], "namespace"),
 ]
 
 
@@ -608,7 +822,6 @@ msgpack_objects = st.recursive(
     ),
     max_leaves=30,
 )
-TAGS = {"request": list(p._REQUEST_TAGS), "reply": list(p._REPLY_TAGS), "published": list(p._PUBLISHED_TAGS)}
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -624,11 +837,28 @@ def test_random_msgpack_objects_decode_or_raise_protocol_error(kind, obj):
     decode_or_protocol_error(kind, raw(obj))
 
 
-@FUZZ
-@given(data=st.data(), kind=st.sampled_from(list(DECODERS)))
-def test_random_fields_under_a_known_tag_decode_or_raise_protocol_error(data, kind):
-    tag = data.draw(st.sampled_from(TAGS[kind]))
-    fields = data.draw(st.lists(msgpack_objects, min_size=0, max_size=7))
+def _fields_of(kind: str, tag: str) -> list[list[Any]]:
+    """The fields of every valid message of ``kind`` under ``tag`` in the tables above."""
+    return [message[1:] for message in _messages(kind) if message[0] == tag]
+
+
+KNOWN_TAGS = [(kind, tag) for kind, k in KINDS.items() for tag in k.tags]
+
+
+# One test per tag of every kind, every run: a tag drawn at random among ~35 went unexercised in some runs
+# (the fuzz once drew a tag whose messages the validity check did not know). Half the examples keep the
+# tag's arity, each field valid (taken from a message above) or random, so the field checks are reached.
+@pytest.mark.parametrize(("kind", "tag"), KNOWN_TAGS, ids=[f"{kind}-{tag}" for kind, tag in KNOWN_TAGS])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_fields_under_a_known_tag_decode_or_raise_protocol_error(kind, tag, data):
+    valid = _fields_of(kind, tag)
+    assert valid, f"no {kind} message with tag {tag!r} in the tables above"
+    if data.draw(st.booleans()):
+        base = data.draw(st.sampled_from(valid))
+        fields = [data.draw(st.just(v) | msgpack_objects) for v in base]
+    else:
+        fields = data.draw(st.lists(msgpack_objects, min_size=0, max_size=7))
     decode_or_protocol_error(kind, raw([tag, *fields]))
 
 
@@ -663,37 +893,67 @@ plain_records = st.dictionaries(st.text(max_size=8), values, max_size=4)
 stored_records = st.builds(lambda r, id, created: {**r, "id": id, "created": created}, plain_records, ids, st.integers(0, 2**40))
 req_ids = st.integers(-(2**63), 2**64 - 1)
 seqs = st.integers(0, 2**64 - 1)
-changes = st.one_of(
-    st.builds(Put, names, names, st.lists(stored_records, max_size=3).map(tuple)),
-    st.builds(Delete, names, names, ids),
-    st.builds(Clear, names),
-    st.builds(ClearNamespace, names, names),
+# one strategy per class: test_the_tables_cover_every_message_the_protocol_declares checks none is missing
+CHANGE_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
+    Put: st.builds(Put, names, names, st.lists(stored_records, max_size=3).map(tuple)),
+    Delete: st.builds(Delete, names, names, ids),
+    Clear: st.builds(Clear, names),
+    ClearNamespace: st.builds(ClearNamespace, names, names),
+    DropNamespace: st.builds(DropNamespace, names),
+}
+changes = st.one_of(*CHANGE_STRATEGIES.values())
+REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
+    p.Hello: st.builds(p.Hello, req_ids, st.text()),
+    p.Insert: st.builds(p.Insert, req_ids, names, names, st.none() | names, st.lists(plain_records, max_size=3), st.booleans()),
+    p.Update: st.builds(p.Update, req_ids, names, names, ids, plain_records),
+    p.Remove: st.builds(p.Remove, req_ids, names, names, ids),
+    p.ClearTable: st.builds(p.ClearTable, req_ids, names, st.none() | names),
+    p.Drop: st.builds(p.Drop, req_ids, names),
+    p.OnceClaim: st.builds(p.OnceClaim, req_ids, st.text(), st.text(), st.text(), st.text()),
+    p.OnceFinish: st.builds(p.OnceFinish, req_ids, st.text(), st.text(), st.sampled_from(p.ONCE_OUTCOMES), values, st.text()),
+    p.Sync: st.builds(p.Sync, req_ids),
+    p.SnapshotRequest: st.builds(p.SnapshotRequest, req_ids),
+    p.Stats: st.builds(p.Stats, req_ids),
+    p.Compact: st.builds(p.Compact, req_ids),
+    p.Beat: st.builds(p.Beat, st.text()),
+    p.Bye: st.builds(p.Bye, st.text()),
+}
+requests = st.one_of(*REQUEST_STRATEGIES.values())
+calls = st.builds(
+    p.Call,
+    st.text(),
+    st.floats(allow_nan=False),
+    st.one_of(*(s for t, s in REQUEST_STRATEGIES.items() if t not in UNCALLABLE)),
 )
-requests = st.one_of(
-    st.builds(p.Hello, req_ids, st.text()),
-    st.builds(p.Insert, req_ids, names, names, st.none() | names, st.lists(plain_records, max_size=3), st.booleans()),
-    st.builds(p.Update, req_ids, names, names, ids, plain_records),
-    st.builds(p.Remove, req_ids, names, names, ids),
-    st.builds(p.ClearTable, req_ids, names, st.none() | names),
-    st.builds(p.Sync, req_ids),
-    st.builds(p.SnapshotRequest, req_ids),
-    st.builds(p.Stats, req_ids),
-    st.builds(p.Beat, st.text()),
-    st.builds(p.Bye, st.text()),
-)
-replies = st.one_of(
-    st.builds(p.Ok, req_ids, st.text(), seqs, st.none() | changes, values),
-    st.builds(p.Failed, st.none() | req_ids, st.text(), st.text()),
-    st.builds(p.SnapshotChunk, req_ids, st.lists(st.tuples(names, names, st.lists(stored_records, max_size=3)), max_size=3)),
-    st.builds(p.SnapshotEnd, req_ids, st.text(), seqs, st.integers(0, 2**32)),
-)
-published = st.one_of(st.builds(p.Published, st.text(), seqs, changes), st.builds(p.Heartbeat, st.text(), seqs))
+REPLY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
+    p.Ok: st.builds(p.Ok, req_ids, st.text(), seqs, st.none() | changes, values),
+    p.Failed: st.builds(p.Failed, st.none() | req_ids, st.text(), st.text()),
+    p.SnapshotChunk: st.builds(
+        p.SnapshotChunk, req_ids, st.lists(st.tuples(names, names, st.lists(stored_records, max_size=3)), max_size=3)
+    ),
+    p.SnapshotEnd: st.builds(p.SnapshotEnd, req_ids, st.text(), seqs, st.integers(0, 2**32)),
+}
+replies = st.one_of(*REPLY_STRATEGIES.values())
+PUBLISHED_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
+    p.Published: st.builds(p.Published, st.text(), seqs, changes),
+    p.Heartbeat: st.builds(p.Heartbeat, st.text(), seqs),
+}
+published = st.one_of(*PUBLISHED_STRATEGIES.values())
 
 
 @settings(max_examples=300, deadline=None)
 @given(request_=requests)
 def test_any_request_round_trips(request_):
     assert p.decode_request(p.encode_request(request_)) == request_
+    assert decode_command(p.encode_request(request_)) == request_
+
+
+@settings(max_examples=300, deadline=None)
+@given(call=calls)
+def test_any_call_round_trips(call):
+    decoded = decode_command(p.encode_call(call))
+    assert decoded == call
+    assert_valid("command", decoded)
 
 
 @settings(max_examples=300, deadline=None)
@@ -716,11 +976,18 @@ def test_any_published_message_round_trips(message):
     excluded=st.binary(min_size=p.TOPIC_SIZE, max_size=p.TOPIC_SIZE),
     other=st.binary(min_size=p.TOPIC_SIZE, max_size=p.TOPIC_SIZE),
 )
+# the cases random topics rarely or never hit, run every time: no topic of its own, its own topic, the extremes
+@example(excluded=p.EVERYONE, other=b"\x00\x00\x01")
+@example(excluded=b"\x00\x00\x01", other=b"\x00\x00\x01")
+@example(excluded=b"\xff\xff\xff", other=b"\xff\xff\xff")
+@example(excluded=b"\xff\xff\xff", other=p.EVERYONE)
+@example(excluded=b"\x01\x00\x00", other=b"\x01\x00\x01")
 def test_a_replica_subscribes_to_every_topic_but_its_own(excluded, other):
     prefixes = p.subscriptions(excluded)
     matches = sum(other.startswith(prefix) for prefix in prefixes)
     if excluded == p.EVERYONE:
         assert prefixes == [b""]  # an id without a topic of its own gets everything
+        assert matches == 1
     else:
         assert len(prefixes) == 255 * p.TOPIC_SIZE
         assert sum(excluded.startswith(prefix) for prefix in prefixes) == 0
@@ -731,10 +998,108 @@ def test_a_replica_subscribes_to_every_topic_but_its_own(excluded, other):
     assert sum(p.EVERYONE.startswith(prefix) for prefix in prefixes) == 1  # heartbeats reach every replica
 
 
-def test_client_ids_have_a_topic_of_their_own_and_odd_ids_publish_to_everyone():
-    for _ in range(100):
+def test_client_ids_have_a_topic_of_their_own(monkeypatch):
+    # Deterministic: a random id's topic is EVERYONE once in 2**24, so no number of random tries would
+    # catch new_client_id handing one out; the token source is made to offer such ids first.
+    offered = iter(["000000ffffffffff", "000000abcdef0123", "abcdef0123456789"])
+    monkeypatch.setattr(p.secrets, "token_hex", lambda n: next(offered))
+    client_id = p.new_client_id()
+    assert client_id == "abcdef0123456789"
+    assert p.topic_of(client_id) == bytes.fromhex("abcdef") != p.EVERYONE
+
+
+def test_new_client_ids_are_16_hex_digits():
+    for _ in range(20):
         client_id = p.new_client_id()
         assert re.fullmatch(r"[0-9a-f]{16}", client_id)
         assert p.topic_of(client_id) == bytes.fromhex(client_id[:6]) != p.EVERYONE
-    for odd in ["", "abc", "zzzzzzzzzzzzzzzz", "a b c d e f", "000000ffffffffff"]:
-        assert p.topic_of(odd) == p.EVERYONE
+
+
+@pytest.mark.parametrize("odd", ["", "abc", "zzzzzzzzzzzzzzzz", "a b c d e f", "000000ffffffffff", "00000"])
+def test_odd_ids_publish_to_everyone(odd):
+    assert p.topic_of(odd) == p.EVERYONE
+
+
+# -- frames on a socket: send and receive --------------------------------------------------------------
+
+POLL_MS = 5000  # how long a test waits for a message it sent itself (inproc: microseconds, normally)
+
+
+class Sockets:
+    """``zmq_socket(kind)`` -> a socket, closed with linger=0 after the test, passed or failed.
+
+    pyzmq's own suite does this (its tests/conftest.py: a socket factory fixture tracking what it made).
+    The context is then terminated, which hangs while any socket of it is open: a socket made around the
+    factory (``.context.socket``) is closed after 5 s and fails the test instead of hanging the run.
+    """
+
+    def __init__(self) -> None:
+        self.context = zmq.Context()
+        self.opened: list[zmq.Socket[Any]] = []
+
+    def __call__(self, kind: int) -> zmq.Socket[Any]:
+        sock = self.context.socket(kind)
+        self.opened.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def close(self) -> None:
+        for sock in reversed(self.opened):
+            sock.close(linger=0)
+        term = threading.Thread(target=self.context.term, daemon=True)
+        term.start()
+        term.join(5)
+        if term.is_alive():
+            strays = [sock for sock in list(self.context._sockets) if not sock.closed]
+            for sock in strays:
+                sock.close(linger=0)
+            term.join(5)
+            raise AssertionError(f"{len(strays)} zmq socket(s) opened around the zmq_socket fixture were left open")
+
+
+@pytest.fixture
+def zmq_socket() -> Iterator[Sockets]:
+    sockets = Sockets()
+    yield sockets
+    sockets.close()
+
+
+def inproc_pair(zmq_socket: Sockets, bound: int, connected: int) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    url = f"inproc://test-protocol-{uuid.uuid4().hex}"  # no port, no file: nothing to collide with
+    a, b = zmq_socket(bound), zmq_socket(connected)
+    a.bind(url)
+    b.connect(url)
+    return a, b
+
+
+@pytest.mark.parametrize("frames_know_more", [True, False], ids=["cython-frames", "recv_multipart"])
+@pytest.mark.parametrize(
+    "frames",
+    [[b""], [b"x"], [b"", b""], [b"a", b"", b"c"], [b"\x00" * 100_000, b"y"], [b"%d" % i for i in range(20)]],
+    ids=["empty", "one", "two-empty", "delimiter", "large", "twenty"],
+)
+def test_send_and_receive_carry_each_message_whole(zmq_socket, monkeypatch, frames_know_more, frames):
+    if frames_know_more and not p._FRAMES_KNOW_MORE:
+        pytest.skip("this pyzmq backend's frames do not say whether more follow")
+    monkeypatch.setattr(p, "_FRAMES_KNOW_MORE", frames_know_more)
+    a, b = inproc_pair(zmq_socket, zmq.PAIR, zmq.PAIR)
+    p.send(a, frames)
+    p.send(a, [b"next"])
+    assert b.poll(POLL_MS)
+    assert p.receive(b) == frames
+    assert b.poll(POLL_MS)
+    assert p.receive(b) == [b"next"]  # no frame of one message spills into the next
+    assert not b.poll(0)
+    with pytest.raises(zmq.Again):
+        p.receive(b, zmq.NOBLOCK)
+
+
+def test_receive_gives_a_routers_envelope_and_send_answers_through_it(zmq_socket):
+    router, dealer = inproc_pair(zmq_socket, zmq.ROUTER, zmq.DEALER)
+    dealer.send_multipart([b"", p.encode_request(p.Stats(1))])
+    assert router.poll(POLL_MS)
+    identity, *rest = p.receive(router)
+    assert identity and rest == [b"", p.encode_request(p.Stats(1))]
+    p.send(router, [identity, b"", p.encode_reply(p.Failed(1, "value", "no"))])
+    assert dealer.poll(POLL_MS)
+    assert dealer.recv_multipart() == [b"", p.encode_reply(p.Failed(1, "value", "no"))]
