@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import selectors
 import subprocess
+import threading
+from typing import Any
+
+import zmq
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
@@ -27,3 +31,45 @@ def alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class Sockets:
+    """``open_socket(kind, url)`` -> a socket (connected unless url is None); ``open_socket.monitor(sock,
+    events)`` -> a monitor socket of it. Every one is closed with linger=0 after the test, passed or failed.
+
+    pyzmq's own suite does this (its tests/conftest.py: a socket factory fixture tracking what it made).
+    Each test has a context of its own, terminated after the sockets are closed: that hangs while any
+    socket of it is open, so a socket made around the factory is closed after 5 s and fails the test
+    instead of hanging the run.
+    """
+
+    def __init__(self) -> None:
+        self.context = zmq.Context()
+        self.opened: list[zmq.Socket[Any]] = []
+
+    def __call__(self, kind: int, url: str | None) -> zmq.Socket[Any]:
+        sock = self._track(self.context.socket(kind))
+        if url is not None:
+            sock.connect(url)
+        return sock
+
+    def monitor(self, sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
+        return self._track(sock.get_monitor_socket(events))
+
+    def _track(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
+        self.opened.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def close(self) -> None:
+        for sock in reversed(self.opened):  # monitors before the sockets they watch
+            sock.close(linger=0)
+        term = threading.Thread(target=self.context.term, daemon=True)
+        term.start()
+        term.join(5)
+        if term.is_alive():
+            strays = [sock for sock in list(self.context._sockets) if not sock.closed]
+            for sock in strays:
+                sock.close(linger=0)
+            term.join(5)
+            raise AssertionError(f"{len(strays)} zmq socket(s) opened around the open_socket fixture were left open")

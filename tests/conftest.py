@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from _util import Sockets
 
 import tiger
 
@@ -42,3 +43,11 @@ def client(connect: Callable[..., tiger.Client]) -> tiger.Client:
 def ns(tiger_namespace: str) -> str:
     """This test's namespace (the plugin's tiger_namespace: current for the test, dropped after it)."""
     return tiger_namespace
+
+
+@pytest.fixture
+def open_socket() -> Iterator[Sockets]:
+    """``open_socket(kind, url)``: raw zmq sockets of the test's own, closed whether it passes or fails."""
+    sockets = Sockets()
+    yield sockets
+    sockets.close()

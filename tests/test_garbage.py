@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from _util import read_line
+from _util import Sockets, read_line
 from zmq.utils.monitor import recv_monitor_message
 
 import tiger
@@ -66,55 +65,6 @@ def seeded(server: tiger.Server) -> tiger.Server:
         with tiger.namespace("global"):
             plans.insert({"amount": 1})
     return server
-
-
-class Sockets:
-    """``open_socket(kind, url)`` -> a socket (connected unless url is None); ``open_socket.monitor(sock,
-    events)`` -> a monitor socket of it. Every one is closed with linger=0 after the test, passed or failed.
-
-    pyzmq's own suite does this (its tests/conftest.py: a socket factory fixture tracking what it made).
-    Each test has a context of its own, terminated after the sockets are closed: that hangs while any
-    socket of it is open, so a socket made around the factory is closed after 5 s and fails the test
-    instead of hanging the run.
-    """
-
-    def __init__(self) -> None:
-        self.context = zmq.Context()
-        self.opened: list[zmq.Socket[Any]] = []
-
-    def __call__(self, kind: int, url: str | None) -> zmq.Socket[Any]:
-        sock = self._track(self.context.socket(kind))
-        if url is not None:
-            sock.connect(url)
-        return sock
-
-    def monitor(self, sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
-        return self._track(sock.get_monitor_socket(events))
-
-    def _track(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
-        self.opened.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        return sock
-
-    def close(self) -> None:
-        for sock in reversed(self.opened):  # monitors before the sockets they watch
-            sock.close(linger=0)
-        term = threading.Thread(target=self.context.term, daemon=True)
-        term.start()
-        term.join(5)
-        if term.is_alive():
-            strays = [sock for sock in list(self.context._sockets) if not sock.closed]
-            for sock in strays:
-                sock.close(linger=0)
-            term.join(5)
-            raise AssertionError(f"{len(strays)} zmq socket(s) opened around the open_socket fixture were left open")
-
-
-@pytest.fixture
-def open_socket() -> Iterator[Sockets]:
-    sockets = Sockets()
-    yield sockets
-    sockets.close()
 
 
 def writer_state(url: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ added to ``tiger._protocol`` and left out of the tables below fails
 ``test_the_tables_cover_every_message_the_protocol_declares``.
 
 The last tests run ``send`` and ``receive`` over inproc sockets, every one of
-them made by the ``zmq_socket`` fixture (closed after the test, passed or not).
+them made by the ``open_socket`` fixture (conftest.py) (closed after the test, passed or not).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import threading
 import types
 import typing
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import pytest
 import zmq
+from _util import Sockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -1025,48 +1025,9 @@ def test_odd_ids_publish_to_everyone(odd):
 POLL_MS = 5000  # how long a test waits for a message it sent itself (inproc: microseconds, normally)
 
 
-class Sockets:
-    """``zmq_socket(kind)`` -> a socket, closed with linger=0 after the test, passed or failed.
-
-    pyzmq's own suite does this (its tests/conftest.py: a socket factory fixture tracking what it made).
-    The context is then terminated, which hangs while any socket of it is open: a socket made around the
-    factory (``.context.socket``) is closed after 5 s and fails the test instead of hanging the run.
-    """
-
-    def __init__(self) -> None:
-        self.context = zmq.Context()
-        self.opened: list[zmq.Socket[Any]] = []
-
-    def __call__(self, kind: int) -> zmq.Socket[Any]:
-        sock = self.context.socket(kind)
-        self.opened.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        return sock
-
-    def close(self) -> None:
-        for sock in reversed(self.opened):
-            sock.close(linger=0)
-        term = threading.Thread(target=self.context.term, daemon=True)
-        term.start()
-        term.join(5)
-        if term.is_alive():
-            strays = [sock for sock in list(self.context._sockets) if not sock.closed]
-            for sock in strays:
-                sock.close(linger=0)
-            term.join(5)
-            raise AssertionError(f"{len(strays)} zmq socket(s) opened around the zmq_socket fixture were left open")
-
-
-@pytest.fixture
-def zmq_socket() -> Iterator[Sockets]:
-    sockets = Sockets()
-    yield sockets
-    sockets.close()
-
-
-def inproc_pair(zmq_socket: Sockets, bound: int, connected: int) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+def inproc_pair(open_socket: Sockets, bound: int, connected: int) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
     url = f"inproc://test-protocol-{uuid.uuid4().hex}"  # no port, no file: nothing to collide with
-    a, b = zmq_socket(bound), zmq_socket(connected)
+    a, b = open_socket(bound, None), open_socket(connected, None)
     a.bind(url)
     b.connect(url)
     return a, b
@@ -1078,11 +1039,11 @@ def inproc_pair(zmq_socket: Sockets, bound: int, connected: int) -> tuple[zmq.So
     [[b""], [b"x"], [b"", b""], [b"a", b"", b"c"], [b"\x00" * 100_000, b"y"], [b"%d" % i for i in range(20)]],
     ids=["empty", "one", "two-empty", "delimiter", "large", "twenty"],
 )
-def test_send_and_receive_carry_each_message_whole(zmq_socket, monkeypatch, frames_know_more, frames):
+def test_send_and_receive_carry_each_message_whole(open_socket, monkeypatch, frames_know_more, frames):
     if frames_know_more and not p._FRAMES_KNOW_MORE:
         pytest.skip("this pyzmq backend's frames do not say whether more follow")
     monkeypatch.setattr(p, "_FRAMES_KNOW_MORE", frames_know_more)
-    a, b = inproc_pair(zmq_socket, zmq.PAIR, zmq.PAIR)
+    a, b = inproc_pair(open_socket, zmq.PAIR, zmq.PAIR)
     p.send(a, frames)
     p.send(a, [b"next"])
     assert b.poll(POLL_MS)
@@ -1094,8 +1055,8 @@ def test_send_and_receive_carry_each_message_whole(zmq_socket, monkeypatch, fram
         p.receive(b, zmq.NOBLOCK)
 
 
-def test_receive_gives_a_routers_envelope_and_send_answers_through_it(zmq_socket):
-    router, dealer = inproc_pair(zmq_socket, zmq.ROUTER, zmq.DEALER)
+def test_receive_gives_a_routers_envelope_and_send_answers_through_it(open_socket):
+    router, dealer = inproc_pair(open_socket, zmq.ROUTER, zmq.DEALER)
     dealer.send_multipart([b"", p.encode_request(p.Stats(1))])
     assert router.poll(POLL_MS)
     identity, *rest = p.receive(router)
