@@ -16,13 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = {"Manager().dict()", "redis", "diskcache", "sqlite3 WAL", "UltraDict"}
 
 
-def test_quick_read_runs_and_writes_valid_json(tmp_path: Path) -> None:
+def run_quick(tmp_path: Path, scenario: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``python -m bench --quick --only SCENARIO``: it must succeed; its output and its JSON (strict: no NaN)."""
     env = {k: v for k, v in os.environ.items() if k != "TIGER_URL"}
-    command = [sys.executable, "-m", "bench", "--quick", "--only", "read", "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "bench", "--quick", "--only", scenario, "--out", str(tmp_path)]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc, json.loads((tmp_path / f"{scenario}.json").read_text())
 
-    data = json.loads((tmp_path / "read.json").read_text())  # strict JSON: no NaN
+
+def test_quick_read_runs_and_writes_valid_json(tmp_path: Path) -> None:
+    proc, data = run_quick(tmp_path, "read")
     assert {
         "scenario",
         "command",
@@ -66,12 +70,7 @@ def test_quick_read_runs_and_writes_valid_json(tmp_path: Path) -> None:
 
 def test_quick_plugin_runs_and_writes_valid_json(tmp_path: Path) -> None:
     """``--only plugin``: both variants of every case ran (each run must pass, or the scenario fails), one target a case."""
-    env = {k: v for k, v in os.environ.items() if k != "TIGER_URL"}
-    command = [sys.executable, "-m", "bench", "--quick", "--only", "plugin", "--out", str(tmp_path)]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-
-    data = json.loads((tmp_path / "plugin.json").read_text())  # strict JSON: no NaN
+    proc, data = run_quick(tmp_path, "plugin")
     assert data["scenario"] == "plugin"
     assert data["quick"] is True
     assert "perf_counter" in data["method"]
