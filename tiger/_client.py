@@ -365,10 +365,6 @@ class Client:
                     lambda: f"once {key!r} was not built by another process within {timeout:g}s",
                 )
 
-    def forget_once_keys(self, namespace: str | None = None) -> None:
-        """Remove the once keys of one namespace (None: every once key) at the writer."""
-        self._write(p.ClearTable(next(self._req_ids), ONCE_TABLE, namespace))
-
     def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """Run the teardowns of the generator factories this client built, each once, newest first, and
         retire their keys (a later caller builds anew); returns the (key, error) of each that raised.
