@@ -323,10 +323,15 @@ class Replica:
                         self._receive(data)
                     queued = []
                     # a short client timeout polls more often: a call to ask again goes soon after its deadline
+                    interval = min(self._heartbeat, 0.5, self._timeout / 4)
                     # listening from here: set before the poll, so that after a pause it still says when
                     # the thread began to listen, until the messages queued meanwhile have been read
-                    self.last_awake = time.monotonic()
-                    events = dict(poller.poll(int(min(self._heartbeat, 0.5, self._timeout / 4) * 1000)))
+                    now = time.monotonic()
+                    paused = now - self.last_awake - interval - 0.5  # longer than a poll and its work: not running
+                    if paused > 0:  # (libzmq may not have handed over what came meanwhile yet: do not blame the writer)
+                        self.last_heard = min(now, self.last_heard + paused)
+                    self.last_awake = now
+                    events = dict(poller.poll(int(interval * 1000)))
                     if self._stop_rx in events or self._stopping:
                         return
                     if sub in events:
