@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ import zmq
 from _util import read_line
 
 import tiger
-from tiger import _log, _writer
+from tiger import _core, _log
 from tiger import _protocol as p
 from tiger._server import request_once
 
@@ -256,11 +256,10 @@ def test_a_writer_killed_in_the_middle_of_compaction_restarts_with_every_record(
 
 
 class _Caller:
-    """One client id's calls over a raw DEALER socket: a fresh socket per send, as the client's resend does.
-    ``serve_one``: called after each send when the writer runs in this process (it handles one request)."""
+    """One client id's calls over a raw DEALER socket: a fresh socket per send, as the client's resend does."""
 
-    def __init__(self, ctx: zmq.Context, url: str, namespace: str, serve_one: Callable[[], None] | None = None) -> None:
-        self.ctx, self.url, self.namespace, self.serve_one = ctx, url, namespace, serve_one
+    def __init__(self, ctx: zmq.Context, url: str, namespace: str) -> None:
+        self.ctx, self.url, self.namespace = ctx, url, namespace
         self.client_id = f"promises-{uuid.uuid4().hex}"
         self.sent: dict[int, bytes] = {}
 
@@ -276,8 +275,6 @@ class _Caller:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.url)
             sock.send(self.sent[req_id])
-            if self.serve_one is not None:
-                self.serve_one()
             assert sock.poll(5000), "the writer did not answer"
             return sock.recv()
         finally:
@@ -303,7 +300,7 @@ def test_a_resent_call_is_answered_with_its_first_answer_and_applied_once(writer
 def test_the_last_32_answers_per_client_are_kept_and_an_older_call_resent_is_applied_again(writer):
     """ANSWERS_KEPT = 32: after 31 later calls the first call's resend is still answered from memory;
     after the 32nd it is forgotten, and the resend (still within its deadline) is applied a second time."""
-    assert _writer.ANSWERS_KEPT == 32
+    assert _core.ANSWERS_KEPT == 32
     ns = f"kept-{uuid.uuid4().hex}"
     with zmq.Context() as ctx, tiger.connect(writer.url) as client, tiger.namespace(ns):
         caller = _Caller(ctx, writer.url, ns)
@@ -340,71 +337,8 @@ def test_a_restarted_writer_does_not_remember_the_answers_so_a_resent_call_is_ap
         kill(server)
 
 
-# "for a minute": ANSWERS_FORGOTTEN = 60 s is counted on the writer's time.monotonic(), which nothing can
-# inject into a writer process; a real wait would take over a minute. The two tests below run the real
-# Writer class in this process, on real sockets, with its module's clock replaced (monkeypatch), and drive
-# its loop by hand: handle() one request at a time and _beat() where run() would call it.
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return time.time()  # call deadlines stay on the real clock
-
-
-@pytest.fixture
-def clocked_writer(tmp_path, monkeypatch) -> Iterator[tuple[_writer.Writer, _Clock, _Caller]]:
-    clock = _Clock()
-    monkeypatch.setattr(_writer, "time", clock)
-    writer = _writer.Writer(f"ipc://{tmp_path}/w")
-    writer.router.setsockopt(zmq.RCVTIMEO, 5000)
-    ctx = zmq.Context()
-    try:
-        yield writer, clock, _Caller(ctx, writer.url, "clocked", lambda: writer.handle(p.receive(writer.router)))
-    finally:
-        writer.close()
-        ctx.term()
-
-
-def _records(writer: _writer.Writer) -> list[int]:
-    return sorted(r["req"] for r in writer.store.ordered("t", "clocked"))
-
-
-def test_kept_answers_last_a_minute_after_the_client_falls_silent(clocked_writer):
-    writer, clock, caller = clocked_writer
-    first = caller.call(1)
-    clock.now += _writer.CLIENT_SILENCE + 0.1
-    writer._beat()
-    assert caller.client_id not in writer.clients  # taken for gone
-    clock.now += _writer.ANSWERS_FORGOTTEN - 1
-    writer._beat()
-    assert caller.resend(1) == first and _records(writer) == [1]  # 59 s later: still answered from memory
-    clock.now += 1.1
-    writer._beat()
-    assert caller.resend(1) != first and _records(writer) == [1, 1]  # past the minute: applied again
-
-
-def test_a_client_that_comes_back_after_silence_keeps_its_answers_while_active(clocked_writer):
-    writer, clock, caller = clocked_writer
-    caller.call(1)
-    clock.now += _writer.CLIENT_SILENCE + 0.1
-    writer._beat()
-    assert caller.client_id not in writer.clients  # paused for a while: taken for gone
-    answers: dict[int, bytes] = {}
-    for req_id in range(2, 200):  # back, and calling every half second for well over a minute
-        clock.now += 0.5
-        writer._beat()
-        answers[req_id] = caller.call(req_id)
-        if req_id > 2:  # its previous call's answer was lost: resent
-            assert caller.resend(req_id - 1) == answers[req_id - 1], (
-                f"call {req_id - 1}, made 0.5 s ago by an active client, was applied again when resent"
-            )
-    assert len(_records(writer)) == 199
+# "for a minute" (ANSWERS_FORGOTTEN) and the silence rules are tested on the writer's core with a fake
+# clock: tests/test_core.py.
 
 
 # -- 4. TIGER_SERVER_KEY -----------------------------------------------------------------------------------------

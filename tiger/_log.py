@@ -165,8 +165,8 @@ class DataDir:
     # -- running ------------------------------------------------------------------------
 
     def append(self, payload: bytes) -> None:
-        """Append one change; with fsync=always it is on disk when this returns. ``OSError`` (a full or
-        read-only disk): nothing of it stays in the log."""
+        """Append one change (written, not yet synced: see ``commit``). ``OSError`` (a full or read-only
+        disk): nothing of it stays in the log."""
         if self._fd < 0:
             raise OSError(f"{self._log_path()} is not open (a compaction failed after its snapshot was in place)")
         entry = frame(payload)
@@ -178,10 +178,14 @@ class DataDir:
             os.ftruncate(self._fd, self.size)  # leave no partial entry for later appends to follow
             raise
         self.size += len(entry)
-        if self.fsync == "always":
+        self._dirty = True
+
+    def commit(self) -> None:
+        """Group commit: with fsync=always, everything appended is on disk when this returns (one fsync
+        for the whole group). ``OSError`` if the fsync fails."""
+        if self._dirty and self.fsync == "always" and self._fd >= 0:
             os.fsync(self._fd)
-        else:
-            self._dirty = True
+            self._dirty = False
 
     def tick(self) -> None:
         """Called about twice a second: fsync=everysec syncs what was appended."""

@@ -1,15 +1,16 @@
-"""The writer process: owns the authoritative Store, applies commands one at a time.
+"""The writer process: sockets, signals and the data directory around ``WriterCore``.
 
-Loop: receive a command on the ROUTER, turn it into a change with the table
-rules, apply it, publish it (PUB) and only then reply, so a client that gets
-the reply can count on the change being on its way to every replica. The
-change is published under the caller's topic, which the caller's own replica
-does not subscribe to: the caller applies its change from the reply.
-Heartbeats on the PUB tell replicas the writer is alive and how far it is.
+Loop (group commit): wait for a request on the ROUTER, take every request already waiting
+behind it (at most ``MAX_GROUP``), hand them to the core in arrival order, make what they
+logged durable once, then publish their changes (PUB) and only then answer, so a client that
+gets its answer can count on its change being on its way to every replica. A change is
+published under the caller's topic, which the caller's own replica does not subscribe to: the
+caller applies its change from the answer. Heartbeats on the PUB tell replicas the writer is
+alive and how far it is.
 
-The writer never dies of what a client sends: every request is decoded and
-checked before anything changes, and a refused one gets an error reply and one
-log line.
+Every decision (what to apply, what to answer, who is gone, when to retry a failed disk) is
+the core's (``tiger._core``); this module only moves bytes between the sockets, the log and
+the core, and reads the clock.
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 import zmq
 
 from tiger import _protocol as p
 from tiger import _table
-from tiger._errors import AlreadyExists, NotFound, ProtocolError
+from tiger._core import WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 from tiger._process import ProcessWatch
 
@@ -37,12 +36,8 @@ log = logging.getLogger("tiger.writer")
 HEARTBEAT = 0.5  # seconds between published heartbeats
 SNAPSHOT_CHUNK = 2000  # records per snapshot message
 PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (replicas resync)
-MAX_ENVELOPE = 100  # frames before the payload (ROUTER identity, REQ delimiter, a peer's extras)
-MAX_ENVELOPE_BYTES = 1024 * 1024  # their total size: the answer echoes them, so they are capped
-ANSWERS_KEPT = 32  # answers kept per client, to answer a resent call without applying it twice
-ANSWERS_FORGOTTEN = 60.0  # seconds of silence after which a client's kept answers are dropped
-MAX_ERROR = 500  # characters of an error message the writer logs and sends back
-CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
+MAX_GROUP = 256  # requests taken off the socket as one group (one fsync, one publish burst)
+_MORE = int(zmq.SNDMORE)
 PAUSED = 1.0  # seconds between two turns of the writer's loop (at most 0.1 s apart) that mean it was paused
 
 
@@ -69,26 +64,6 @@ def _closed(fd: int) -> bool:
 
 class _Interrupted(Exception):
     """Raised by the signal handler out of the blocking receive (only there: nothing is half done)."""
-
-
-class Expired(ValueError):
-    """A call that arrived after its deadline: the client has given up on it."""
-
-
-class DiskFault(Exception):
-    """The data directory cannot take writes now (full, read-only, failing): writes are refused until
-    it works again; reads and snapshots go on."""
-
-
-_ERROR_KINDS: list[tuple[type[BaseException], str]] = [
-    (DiskFault, "disk"),
-    (Expired, "expired"),
-    (NotFound, "not_found"),
-    (AlreadyExists, "already_exists"),
-    (ProtocolError, "protocol"),
-    (TypeError, "type"),
-    (ValueError, "value"),
-]
 
 
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
@@ -122,7 +97,7 @@ def publish_endpoint(url: str) -> str:
 
 
 class Writer:
-    """The writer's sockets and state. ``run()`` serves until stopped."""
+    """The writer's sockets around its core. ``run()`` serves until stopped."""
 
     def __init__(
         self,
@@ -141,38 +116,27 @@ class Writer:
                 f"refusing to bind {url} without CurveZMQ: other machines could read and change the store; "
                 "bind 127.0.0.1, or pass --curve-secret FILE (tiger keygen makes one)"
             )
-        self.epoch = secrets.token_hex(8)
-        self.seq = 0
-        self.store = _table.Store()
         self.heartbeat = heartbeat
         self.owner = None if owner_pid is None else ProcessWatch(owner_pid)
         self.started = time.time()
-        self.clients: dict[str, float] = {}  # client id -> monotonic time last heard
-        self._answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
-        self._answers_heard: dict[str, float] = {}  # forgotten client id -> when; its answers go later
         self._running = True
         self._receiving = False  # in the blocking receive: a stop signal may interrupt it at once
-        self._tokens = _Tokens()
         self.data: DataDir | None = None
-        self.disk_fault: str | None = None  # why the data directory cannot take writes now (None: it can)
-        self._disk_retry_at = 0.0
-        self._disk_retry_every = 0.5
+        store = _table.Store()
         if data is not None:  # before any socket: a directory that cannot be used stops the start
             self.data = DataDir(data, fsync, compact_bytes)
             try:
                 content, changes = self.data.load(p.unpack)
-                self.store.load(content)
+                store.load(content)
                 for payload in changes:
-                    self.store.apply(p.change_from_wire(p.unpack(payload)))
+                    store.apply(p.change_from_wire(p.unpack(payload)))
             except BaseException:
                 self.data.close()
                 raise
-            log.info("loaded %d records from %s (%d logged changes)", len(self.store), self.data.path, len(changes))
-            # builders of once keys get a heartbeat's grace to find the restarted writer before others take over
-            for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
-                for record in rows.values():
-                    if record["state"] == "building":
-                        self.clients[record["owner"]] = time.monotonic()
+            log.info("loaded %d records from %s (%d logged changes)", len(store), self.data.path, len(changes))
+        self.core = WriterCore(
+            secrets.token_hex(8), heartbeat=heartbeat, now=time.monotonic(), store=store, disk=self.data, token=_Tokens()
+        )
         self._ctx = zmq.Context()
         self.router = self._ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -199,15 +163,19 @@ class Writer:
             raise
         self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._handlers: dict[type, Callable[[Any], tuple[_table.Change | None, Any]]] = {
-            p.Insert: self._insert,
-            p.Update: self._update,
-            p.Remove: self._remove,
-            p.ClearTable: self._clear,
-            p.Drop: self._drop,
-            p.OnceClaim: self._once_claim,
-            p.OnceFinish: self._once_finish,
-        }
+        self.core.info.update(url=self.url, pub=self.pub_url, pid=os.getpid())
+
+    @property
+    def epoch(self) -> str:
+        return self.core.epoch
+
+    @property
+    def seq(self) -> int:
+        return self.core.seq
+
+    @property
+    def store(self) -> _table.Store:
+        return self.core.store
 
     # -- the loop ----------------------------------------------------------------
 
@@ -229,10 +197,10 @@ class Writer:
             while self._running:
                 now = time.monotonic()
                 if now - awake > PAUSED:  # this process was not running (SIGSTOP, a debugger): nor listening
-                    self._resumed(now - awake)
+                    self.core.resumed(now - awake)
                 awake = now
                 if now >= next_beat:
-                    self._beat()
+                    self.tick()
                     next_beat = time.monotonic() + self.heartbeat
                     if watch_fd is not None and _closed(watch_fd):
                         log.info("the process that started this writer is gone; stopping")
@@ -246,7 +214,13 @@ class Writer:
                     continue
                 finally:
                     self._receiving = False
-                self.handle(frames)
+                group = [frames]
+                while len(group) < MAX_GROUP:  # group commit: every request already waiting
+                    try:
+                        group.append(p.receive(router, zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+                self.handle_group(group)
         except _Interrupted:  # SIGTERM/SIGINT while waiting for a request: stop now, not at the timeout
             pass
         finally:
@@ -254,17 +228,29 @@ class Writer:
                 signal.signal(s, h)
             self.close()
 
+    def handle_group(self, group: list[list[bytes]]) -> None:
+        """Requests taken off the socket together: applied in arrival order, made durable once, then
+        their changes published and their answers sent."""
+        now, wall = time.monotonic(), time.time()
+        for frames in group:
+            self.core.handle(frames, now, wall)
+        self.core.commit(now)
+        self._send_outbox()
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Answer one request (``frames``: the ROUTER's envelope, then one payload frame)."""
+        self.handle_group([frames])
+
+    def tick(self) -> None:
+        """About every heartbeat: the core's timed work, and whether the owner process is gone."""
+        self.core.tick(time.monotonic())
+        self._send_outbox()
+        if self.owner is not None and self.owner.ended():
+            log.info("owner process %d is gone; stopping", self.owner.pid)
+            self._running = False
+
     def stop(self) -> None:
         self._running = False
-
-    def _resumed(self, paused: float) -> None:
-        """The writer was paused for ``paused`` seconds: its clients' silence is judged only over time it
-        listened, so none is taken for gone (nor its once keys released) for the writer's own pause."""
-        log.info("resumed after %.1fs without running", paused)
-        for client_id in self.clients:
-            self.clients[client_id] += paused
-        for client_id in self._answers_heard:
-            self._answers_heard[client_id] += paused
 
     def close(self) -> None:
         if self.owner is not None:
@@ -272,6 +258,7 @@ class Writer:
         if self.data is not None:
             self.data.close()
             self.data = None
+            self.core.disk = None
         self.router.close(linger=0)
         self.pub.close(linger=0)
         self._ctx.term()
@@ -282,275 +269,30 @@ class Writer:
         if self._receiving:  # pyzmq runs this handler inside the interrupted receive: leave it
             raise _Interrupted
 
-    def _publish(self, topic: bytes, message: bytes) -> None:
-        """One published message: its topic frame (who may skip it), then the message."""
-        p.send(self.pub, [topic, message])
-
-    def _heartbeat(self, topic: bytes = p.EVERYONE) -> None:
-        self._publish(topic, p.encode_published(p.Heartbeat(self.epoch, self.seq)))
-
-    def _beat(self) -> None:
-        self._heartbeat()
-        if self.data is not None:
-            if self.disk_fault is not None:
-                if time.monotonic() >= self._disk_retry_at:
-                    self._recover()
-            else:
-                try:
-                    self.data.tick()
-                    if self.data.needs_compaction():
-                        self.compact()
-                except OSError as e:  # the everysec fsync
-                    self._fault(str(e))
-                except DiskFault:  # the compaction (already a fault)
-                    pass
-        if self.owner is not None and self.owner.ended():
-            log.info("owner process %d is gone; stopping", self.owner.pid)
-            self._running = False
-        silent = time.monotonic() - max(CLIENT_SILENCE, 6 * self.heartbeat)
-        for client_id in [c for c, seen in self.clients.items() if seen < silent]:
-            self._forget(client_id)
-        stale = time.monotonic() - ANSWERS_FORGOTTEN
-        for client_id in [c for c, seen in self._answers_heard.items() if seen < stale]:
-            del self._answers_heard[client_id]
-            self._answered.pop(client_id, None)
-
-    # -- one request ---------------------------------------------------------------
-
-    def handle(self, frames: list[bytes]) -> None:
-        """Answer one request (``frames``: the ROUTER's envelope, then one payload frame)."""
-        if len(frames) < 2:
-            log.warning("dropped a message with no payload frame")
-            return
-        envelope, data = frames[:-1], frames[-1]
-        if len(envelope) > MAX_ENVELOPE or sum(map(len, envelope)) > MAX_ENVELOPE_BYTES:
-            log.warning("dropped a message with %d envelope frames of %d bytes", len(envelope), sum(map(len, envelope)))
-            return
-        req_id: int | None = None
-        call: p.Call | None = None
-        topic = p.EVERYONE  # of the changes this request makes: a call's are its caller's
-        try:
-            obj = p.unpack_frozen(data)  # records arrive in their stored form: no copy to freeze them
-            req_id = p.request_id_of(obj)
-            request = p.call_from(obj)
-            if type(request) is p.Call:
-                call = request
-                first = self._answered.get(call.client_id, {}).get(request.request.req_id)  # type: ignore[union-attr]
-                if first is not None:  # a resent call: its first answer, not a second application
-                    self._send(envelope, first)
-                    return
-                self._heard(call.client_id)
-                topic = p.topic_of(call.client_id)  # its reply carries the change: its replica is not sent it
-                if time.time() > call.expires:
-                    raise Expired(f"the call arrived after its deadline ({time.time() - call.expires:.3f}s late); not applied")
-                request = call.request
-            reply = self._dispatch(envelope, request, topic)  # type: ignore[arg-type]
-        except Exception as e:  # the writer never dies of what a client sends
-            kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
-            message = str(e)
-            if len(message) > MAX_ERROR:  # a huge bad argument must not make a huge log line and reply
-                message = f"{message[:MAX_ERROR]}... ({len(message)} characters)"
-            if kind == "internal":
-                log.exception("internal error on a request")
-            elif kind in ("not_found", "already_exists", "expired", "disk"):  # answers (a disk fault: logged once)
-                log.debug("answered a request with %s: %s", kind, message)
-            else:
-                log.warning("refused a request (%s): %s", kind, message)
-            reply = p.encode_reply(p.Failed(req_id, kind, message))
-        if reply is None:
-            return
-        if call is not None and req_id is not None and type(call.request) is not p.Sync:  # a sync may just run again
-            answered = self._answered.setdefault(call.client_id, {})
-            answered[req_id] = reply
-            if len(answered) > ANSWERS_KEPT:
-                del answered[next(iter(answered))]
-        self._send(envelope, reply)
-
-    def _dispatch(self, envelope: list[bytes], request: p.Request, topic: bytes) -> bytes | None:
-        """Carry out one request; returns its reply (None: no reply, or already sent)."""
-        t = type(request)
-        handler = self._handlers.get(t)
-        if handler is not None:
-            change, result = handler(request)
-            packed = None if change is None else self._commit(change, topic)
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result)  # type: ignore[union-attr]
-        if t is p.Beat:
-            self._heard(request.client_id)  # type: ignore[union-attr]
-            return None
-        if t is p.Sync:
-            # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
-            self._heartbeat(topic)
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None)  # type: ignore[union-attr]
-        if t is p.SnapshotRequest:
-            self._snapshot(envelope, request.req_id)  # type: ignore[union-attr]
-            return None
-        if t is p.Hello:
-            self._heard(request.client_id)  # type: ignore[union-attr]
-            result = {"pub": self.pub_url, "heartbeat": self.heartbeat, "pid": os.getpid(), "time": time.time()}
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
-        if t is p.Bye:
-            self._forget(request.client_id)  # type: ignore[union-attr]
-            return None
-        if t is p.Compact:
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.compact())  # type: ignore[union-attr]
-        if t is p.Stats:
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats())  # type: ignore[union-attr]
-        raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
-
-    def _commit(self, change: _table.Change, topic: bytes = p.EVERYONE) -> bytes:
-        """Apply a change, number it and publish it; returns it packed (for the reply).
-
-        ``DiskFault`` while the data directory cannot take it: nothing changes."""
-        packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
-        if type(change) is _table.Put:
-            p.check_record_sizes(change.records, len(packed))
-        if self.data is not None:
-            if self.disk_fault is None:
-                try:
-                    self.data.append(packed)  # logged before it is applied, published and answered
-                except OSError as e:
-                    self._fault(str(e))
-            if self.disk_fault is not None:
-                raise DiskFault(
-                    f"the writer cannot keep writes now ({self.disk_fault}); nothing was applied; "
-                    "reads go on, and writes are taken again once the data directory works"
-                )
-        self.store.apply(change)
-        self.seq += 1
-        self._publish(topic, p.published_bytes(self.epoch, self.seq, packed))  # the caller's replica is not sent it
-        return packed
-
-    def _heard(self, client_id: str) -> None:
-        """A client spoke: it is live, and the answers kept for it stay (a client once taken for gone,
-        back now, keeps them as any live client does)."""
-        self.clients[client_id] = time.monotonic()
-        if client_id in self._answers_heard:
-            del self._answers_heard[client_id]
-
-    def _forget(self, client_id: str) -> None:
-        """A client left (goodbye or silence): release the once keys it was building and held. While the
-        data directory cannot take those changes, the client is kept (as silent) to be forgotten later."""
-        seen = self.clients.pop(client_id, None)
-        self._answers_heard[client_id] = time.monotonic()
-        try:
-            for namespace, key in _table.claims_of(self.store, client_id):
-                change = _table.prepare_once_release(self.store, key, client_id, namespace)
-                if change is not None:
-                    self._commit(change)
-                    log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
-            for held in _table.prepare_once_leave(self.store, client_id):
-                self._commit(held)
-        except DiskFault:
-            self.clients[client_id] = seen if seen is not None else time.monotonic() - CLIENT_SILENCE
-
-    def _fault(self, why: str) -> None:
-        """The data directory failed (full, read-only, an I/O error): refuse writes until it works again."""
-        if self.disk_fault is None:
-            assert self.data is not None
-            log.error("cannot write to %s (%s): writes are refused until it can again; reads go on", self.data.path, why)
-            self._disk_retry_every = 0.5
-        self.disk_fault = why
-        self._disk_retry_at = time.monotonic() + self._disk_retry_every
-
-    def _recover(self) -> None:
-        """Try the data directory again: a compaction writes everything the writer holds (so nothing
-        acknowledged depends on what failed) and starts a fresh log. Tried again later, less often."""
-        try:
-            self.compact()
-        except DiskFault:
-            self._disk_retry_every = min(10.0, self._disk_retry_every * 2)
-            self._disk_retry_at = time.monotonic() + self._disk_retry_every
-            return
-        assert self.data is not None
-        log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.data.path)
-        self.disk_fault = None
-
-    def _send(self, envelope: list[bytes], payload: bytes) -> None:
-        try:
-            p.send(self.router, [*envelope, payload])
-        except zmq.ZMQError as e:  # EHOSTUNREACH: the client left before its answer
-            log.warning("could not answer a client: %s", e)
+    def _send_outbox(self) -> None:
+        outbox = self.core.take_outbox()
+        pub, router = self.pub, self.router
+        for topic, message in outbox.published:  # published first: an answer promises its change is on its way
+            pub.send(topic, _MORE)
+            pub.send(message)
+        for frames in outbox.replies:
+            try:
+                p.send(router, frames)
+            except zmq.ZMQError as e:  # EHOSTUNREACH: the client left before its answer
+                log.warning("could not answer a client: %s", e)
+        for envelope, req_id in outbox.snapshots:
+            self._snapshot(envelope, req_id)
 
     def _snapshot(self, envelope: list[bytes], req_id: int) -> None:
         count = 0
+        core = self.core
         try:
-            for chunk in self.store.snapshot(SNAPSHOT_CHUNK):
+            for chunk in core.store.snapshot(SNAPSHOT_CHUNK):
                 p.send(self.router, [*envelope, p.encode_reply(p.SnapshotChunk(req_id, chunk))])
                 count += sum(len(records) for _, _, records in chunk)
-            p.send(self.router, [*envelope, p.encode_reply(p.SnapshotEnd(req_id, self.epoch, self.seq, count))])
+            p.send(self.router, [*envelope, p.encode_reply(p.SnapshotEnd(req_id, core.epoch, core.seq, count))])
         except zmq.ZMQError as e:
             log.warning("snapshot abandoned, its client left: %s", e)
-
-    def compact(self) -> dict[str, Any]:
-        """Write a snapshot of the whole store and start a fresh log."""
-        if self.data is None:
-            raise ValueError("this writer keeps no data: start it with --data DIR")
-        started = time.monotonic()
-        try:
-            size = self.data.compact(p.pack, self.store.content())
-        except OSError as e:
-            self._fault(f"compacting: {e}")
-            raise DiskFault(f"the compaction failed ({e}); the snapshot and log before it stand") from e
-        log.info("compacted %s: snapshot of %d records, %d bytes", self.data.path, len(self.store), size)
-        return {"records": len(self.store), "bytes": size, "seconds": time.monotonic() - started}
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "pid": os.getpid(),
-            "epoch": self.epoch,
-            "seq": self.seq,
-            "uptime": time.time() - self.started,
-            "clients": len(self.clients),
-            "records": len(self.store),
-            "tables": self.store.counts(),
-            "checksum": p.checksum(self.store),
-            "data": None
-            if self.data is None
-            else {"path": self.data.path, "fsync": self.data.fsync, "log_bytes": self.data.size, "fault": self.disk_fault},
-        }
-
-    # -- writes: command -> change ------------------------------------------------------
-
-    def _insert(self, r: p.Insert) -> tuple[_table.Change | None, Any]:
-        now = int(time.time())
-        change = _table.prepare_insert(
-            self.store, r.table, r.namespace, r.prefix, r.records, create=r.create, now=now, token=self._tokens
-        )
-        return change, None
-
-    def _update(self, r: p.Update) -> tuple[_table.Change | None, Any]:
-        return _table.prepare_update(self.store, r.table, r.namespace, r.id, r.changes), None
-
-    def _remove(self, r: p.Remove) -> tuple[_table.Change | None, Any]:
-        return _table.prepare_delete(self.store, r.table, r.namespace, r.id), None
-
-    def _clear(self, r: p.ClearTable) -> tuple[_table.Change | None, Any]:
-        if r.namespace is None:
-            return _table.prepare_clear(self.store, r.table), None
-        return _table.prepare_clear_namespace(self.store, r.table, r.namespace), None
-
-    def _drop(self, r: p.Drop) -> tuple[_table.Change | None, Any]:
-        return _table.prepare_drop_namespace(self.store, r.namespace), None
-
-    def _once_claim(self, r: p.OnceClaim) -> tuple[_table.Change | None, Any]:
-        self._heard(r.client_id)
-        verdict, change = _table.prepare_once_claim(
-            self.store, r.key, r.client_id, r.by, self.clients, now=int(time.time()), namespace=r.namespace
-        )
-        return change, verdict
-
-    def _once_finish(self, r: p.OnceFinish) -> tuple[_table.Change | None, Any]:
-        self._heard(r.client_id)
-        if r.outcome == "release":
-            return _table.prepare_once_release(self.store, r.key, r.client_id, r.namespace), "released"
-        if r.outcome == "retire":
-            return _table.prepare_once_retire(self.store, r.key, r.client_id, r.namespace), "retired"
-        value, error = (None, r.payload) if r.outcome == "error" else (r.payload, None)
-        verdict, change = _table.prepare_once_finish(
-            self.store, r.key, r.client_id, value, error, r.namespace, teardown=r.outcome == "resource"
-        )
-        return change, verdict
 
 
 def serve_forever(

@@ -1,0 +1,425 @@
+"""The writer's core (tiger._core.WriterCore) in-process: no sockets, a fake clock, a fake data directory.
+
+What the writer process does with time (answers kept for a minute, silent clients, its own pauses,
+disk retries with backoff) and with groups of requests (one fsync, order kept), tested here in
+milliseconds instead of minutes of real waiting.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from typing import Any
+
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiger import _core, _table
+from tiger import _protocol as p
+from tiger._core import ANSWERS_FORGOTTEN, ANSWERS_KEPT, CLIENT_SILENCE, WriterCore
+
+EPOCH = "e" * 16
+T0 = 1000.0  # the fake monotonic clock's start
+WALL = 1_700_000_000.0  # the fake wall clock
+
+
+class FakeDisk:
+    """A data directory in memory: what was appended, what was made durable, and a switch to fail."""
+
+    path = "/fake/data"
+    fsync = "always"
+
+    def __init__(self) -> None:
+        self.appended: list[bytes] = []
+        self.durable: list[bytes] = []
+        self.commits = 0
+        self.compactions = 0
+        self.failing: str | None = None  # "append", "commit", "compact" or "all"
+        self.size = 0
+
+    def _maybe_fail(self, what: str) -> None:
+        if self.failing in (what, "all"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def append(self, payload: bytes) -> None:
+        self._maybe_fail("append")
+        self.appended.append(payload)
+        self.size += len(payload)
+
+    def commit(self) -> None:
+        self._maybe_fail("commit")
+        self.commits += 1
+        self.durable = list(self.appended)
+
+    def tick(self) -> None:
+        pass
+
+    def needs_compaction(self) -> bool:
+        return False
+
+    def compact(self, pack: Any, content: Any) -> int:
+        self._maybe_fail("compact")
+        self.compactions += 1
+        self.appended, self.durable = [], []
+        return len(pack(content))
+
+
+class Rig:
+    """A core and its clocks; ``call`` sends one call as a client's DEALER would, and returns its answer."""
+
+    def __init__(self, disk: FakeDisk | None = None) -> None:
+        tokens = itertools.count()
+        self.now = T0
+        self.wall = WALL
+        self.disk = disk
+        self.core = WriterCore(
+            EPOCH, heartbeat=0.5, now=self.now, disk=disk, token=lambda n: f"{next(tokens):0{2 * n}x}", info={"pid": 1}
+        )
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.wall += seconds
+
+    def tick(self) -> _core.Outbox:
+        self.core.tick(self.now)
+        return self.core.take_outbox()
+
+    def send(self, *payloads: bytes, peer: bytes = b"peer") -> _core.Outbox:
+        """One group: every payload handled in order, then committed."""
+        for payload in payloads:
+            self.core.handle([peer, payload], self.now, self.wall)
+        self.core.commit(self.now)
+        return self.core.take_outbox()
+
+    def call(self, client_id: str, request: p.Request, expires_in: float = 3600.0) -> p.Reply:
+        outbox = self.send(self.encode(client_id, request, expires_in))
+        [[_, answer]] = outbox.replies
+        return p.decode_reply(answer)
+
+    def encode(self, client_id: str, request: p.Request, expires_in: float = 3600.0) -> bytes:
+        return p.encode_call(p.Call(client_id, self.wall + expires_in, request))
+
+    def records(self, table: str = "t") -> list[Any]:
+        return [r["n"] for r in self.core.store.ordered(table, "global")]
+
+
+def insert(req_id: int, n: int | None = None, table: str = "t") -> p.Insert:
+    return p.Insert(req_id, table, "global", None, [{"n": req_id if n is None else n}], False)
+
+
+ALICE, BOB = "a1" * 8, "b2" * 8
+
+
+# -- answers kept for resent calls -----------------------------------------------------------------------
+
+
+def test_a_resent_call_gets_its_first_answer_and_is_not_applied_again():
+    rig = Rig()
+    first = rig.send(rig.encode(ALICE, insert(1))).replies
+    again = rig.send(rig.encode(ALICE, insert(1))).replies
+    assert again == first and rig.records() == [1] and rig.core.seq == 1
+
+
+def test_the_last_32_answers_of_a_client_are_kept_and_an_older_call_resent_is_applied_again():
+    rig = Rig()
+    first = rig.call(ALICE, insert(1))
+    for req_id in range(2, ANSWERS_KEPT + 1):  # 31 later calls: the first answer is still one of 32
+        rig.call(ALICE, insert(req_id))
+    assert rig.call(ALICE, insert(1)) == first
+    rig.call(ALICE, insert(ANSWERS_KEPT + 1))  # the 32nd later call pushes it out
+    again = rig.call(ALICE, insert(1))
+    assert type(again) is p.Ok and again.seq == ANSWERS_KEPT + 2  # applied a second time
+    assert sorted(rig.records()).count(1) == 2
+
+
+def test_a_forgotten_answer_whose_call_has_expired_is_refused_not_applied_again():
+    """The client asks a call again after its expiry: if the answer was pushed out of the 32 kept, the
+    writer refuses it as expired, so it is never applied late; the client's replica then reloads a
+    snapshot to learn whether it was applied the first time (the snapshot fallback)."""
+    rig = Rig()
+    call = rig.encode(ALICE, insert(1), expires_in=1.0)
+    rig.send(call)
+    for req_id in range(2, ANSWERS_KEPT + 2):
+        rig.call(ALICE, insert(req_id))
+    rig.advance(2.0)
+    [[_, answer]] = rig.send(call).replies
+    reply = p.decode_reply(answer)
+    assert type(reply) is p.Failed and reply.kind == "expired"
+    assert rig.records().count(1) == 1
+
+
+def test_answers_are_kept_per_client():
+    rig = Rig()
+    alice = rig.call(ALICE, insert(1))
+    bob = rig.call(BOB, insert(1, n=101))
+    assert rig.call(ALICE, insert(1)) == alice and rig.call(BOB, insert(1, n=101)) == bob
+    assert sorted(rig.records()) == [1, 101]
+
+
+def test_kept_answers_last_a_minute_after_the_client_falls_silent():
+    rig = Rig()
+    first = rig.call(ALICE, insert(1))
+    rig.advance(CLIENT_SILENCE + 0.1)
+    rig.tick()
+    assert ALICE not in rig.core.clients  # taken for gone
+    rig.advance(ANSWERS_FORGOTTEN - 1)
+    rig.tick()
+    assert rig.call(ALICE, insert(1)) == first and rig.records() == [1]  # 59 s later: still answered from memory
+    rig.advance(ANSWERS_FORGOTTEN + 1)  # silent again (the resend was heard), past the minute
+    rig.tick()
+    rig.advance(CLIENT_SILENCE + 0.1)
+    rig.tick()
+    rig.advance(ANSWERS_FORGOTTEN + 1)
+    rig.tick()
+    assert rig.call(ALICE, insert(1)) != first and rig.records() == [1, 1]  # applied again
+
+
+def test_a_client_that_comes_back_after_silence_keeps_its_answers_while_active():
+    rig = Rig()
+    rig.call(ALICE, insert(1))
+    rig.advance(CLIENT_SILENCE + 0.1)
+    rig.tick()
+    assert ALICE not in rig.core.clients
+    answers = {}
+    for req_id in range(2, 200):  # back, and calling every half second for well over a minute
+        rig.advance(0.5)
+        rig.tick()
+        answers[req_id] = rig.call(ALICE, insert(req_id))
+        if req_id > 2:
+            assert rig.call(ALICE, insert(req_id - 1)) == answers[req_id - 1]
+    assert len(rig.records()) == 199
+
+
+def test_a_sync_is_never_kept_as_an_answer():
+    rig = Rig()
+    rig.call(ALICE, p.Sync(1))
+    rig.call(ALICE, insert(2))
+    assert list(rig.core.answered[ALICE]) == [2]
+
+
+# -- expiry ------------------------------------------------------------------------------------------------
+
+
+def test_a_call_that_arrives_after_its_expiry_is_refused_and_changes_nothing():
+    rig = Rig()
+    call = rig.encode(ALICE, insert(1), expires_in=0.5)
+    rig.advance(0.6)
+    [[_, answer]] = rig.send(call).replies
+    reply = p.decode_reply(answer)
+    assert type(reply) is p.Failed and reply.kind == "expired" and "after its deadline" in reply.message
+    assert rig.core.seq == 0 and rig.records() == []
+
+
+# -- silent clients and once claims -----------------------------------------------------------------------
+
+
+def claim(req_id: int, client_id: str, key: str = "k") -> p.OnceClaim:
+    return p.OnceClaim(req_id, key, client_id, f"worker-{client_id[:2]}")
+
+
+def test_a_silent_builder_loses_its_claim_after_the_silence_and_the_next_caller_builds():
+    rig = Rig()
+    assert rig.call(ALICE, claim(1, ALICE)).result == "build"  # type: ignore[union-attr]
+    assert rig.call(BOB, claim(1, BOB)).result == "wait"  # type: ignore[union-attr]
+    rig.advance(CLIENT_SILENCE - 0.2)
+    rig.call(BOB, p.Sync(2))  # bob stays heard from; alice does not
+    assert rig.tick().published and ALICE in rig.core.clients  # not yet
+    rig.advance(0.3)
+    published = rig.tick().published
+    assert ALICE not in rig.core.clients
+    assert [type(p.decode_published(m)).__name__ for _, m in published] == ["Heartbeat", "Published"]  # the release
+    assert rig.call(BOB, claim(3, BOB)).result == "build"  # type: ignore[union-attr]
+
+
+def test_a_writer_pause_is_not_its_clients_silence():
+    rig = Rig()
+    rig.call(ALICE, claim(1, ALICE))
+    rig.advance(10.0)  # the writer was stopped (SIGSTOP) for 10 s
+    rig.core.resumed(10.0)
+    rig.tick()
+    assert ALICE in rig.core.clients
+    assert rig.call(BOB, claim(1, BOB)).result == "wait"  # type: ignore[union-attr]
+
+
+def test_a_goodbye_releases_the_claims_at_once():
+    rig = Rig()
+    rig.call(ALICE, claim(1, ALICE))
+    outbox = rig.send(p.encode_request(p.Bye(ALICE)))
+    assert outbox.replies == [] and len(outbox.published) == 1
+    assert rig.call(BOB, claim(1, BOB)).result == "build"  # type: ignore[union-attr]
+
+
+def test_a_heartbeat_tells_the_seq():
+    rig = Rig()
+    rig.call(ALICE, insert(1))
+    [(topic, message)] = rig.tick().published
+    assert topic == p.EVERYONE and p.decode_published(message) == p.Heartbeat(EPOCH, 1)
+
+
+# -- groups (group commit) ---------------------------------------------------------------------------------
+
+
+def test_a_group_is_applied_in_arrival_order_made_durable_once_then_published_then_answered():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    calls = [rig.encode(cid, insert(req_id, n=10 * i)) for i, (cid, req_id) in enumerate([(ALICE, 1), (BOB, 1), (ALICE, 2)])]
+    outbox = rig.send(*calls)
+    assert disk.commits == 1 and len(disk.durable) == 3
+    assert rig.records() == [20, 10, 0]  # newest first, in arrival order
+    seqs = [p.decode_published(m).seq for _, m in outbox.published]  # type: ignore[union-attr]
+    assert seqs == [1, 2, 3]
+    assert [p.decode_reply(a).seq for _, a in outbox.replies] == [1, 2, 3]  # type: ignore[union-attr]
+    assert [t for t, _ in outbox.published] == [p.topic_of(ALICE), p.topic_of(BOB), p.topic_of(ALICE)]
+
+
+def test_a_refused_request_in_a_group_changes_nothing_and_the_others_apply():
+    rig = Rig()
+    outbox = rig.send(
+        rig.encode(ALICE, insert(1)),
+        rig.encode(ALICE, p.Update(2, "t", "global", "nope", {"x": 1})),
+        b"\xff garbage",
+        rig.encode(BOB, insert(1, n=5)),
+    )
+    kinds = [type(p.decode_reply(a)).__name__ for _, a in outbox.replies]
+    assert kinds == ["Ok", "Failed", "Failed", "Ok"] and rig.core.seq == 2 and sorted(rig.records()) == [1, 5]
+
+
+def test_a_write_in_a_group_sees_the_writes_before_it():
+    rig = Rig()
+    outbox = rig.send(
+        rig.encode(ALICE, p.Insert(1, "t", "global", None, [{"id": "x", "n": 1}], True)),
+        rig.encode(BOB, p.Insert(1, "t", "global", None, [{"id": "x", "n": 2}], True)),  # create: already there
+        rig.encode(BOB, p.Update(2, "t", "global", "x", {"n": 3})),
+    )
+    replies = [p.decode_reply(a) for _, a in outbox.replies]
+    assert [type(r).__name__ for r in replies] == ["Ok", "Failed", "Ok"]
+    assert replies[1].kind == "already_exists"  # type: ignore[union-attr]
+    assert rig.records() == [3]
+
+
+def test_a_snapshot_asked_for_in_a_group_is_streamed_after_the_group():
+    rig = Rig()
+    outbox = rig.send(rig.encode(ALICE, insert(1)), p.encode_request(p.SnapshotRequest(-1)), rig.encode(ALICE, insert(2)))
+    assert outbox.snapshots == [([b"peer"], -1)] and len(outbox.replies) == 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([ALICE, BOB]), st.integers(0, 3), st.booleans()), max_size=12), st.data())
+def test_any_grouping_of_the_same_requests_ends_in_the_same_store(ops, data):
+    """Group commit changes when answers go out, never what is applied: the same requests split into groups
+    any way give the same store, seqs and answers as one at a time."""
+    one, grouped = Rig(), Rig()
+    payloads = []
+    for i, (cid, n, create) in enumerate(ops):
+        request = p.Insert(i + 1, "t", "global", None, [{"id": f"r{n}", "n": i}], create)
+        payloads.append(one.encode(cid, request))
+    singly = [one.send(x) for x in payloads]
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(payloads) - 1)))))
+    groups = [payloads[a:b] for a, b in itertools.pairwise([0, *cuts, len(payloads)])]
+    together = [grouped.send(*g) for g in groups if g]
+    assert one.core.store.content() == grouped.core.store.content() and one.core.seq == grouped.core.seq
+    assert [r for o in singly for r in o.replies] == [r for o in together for r in o.replies]
+    assert [m for o in singly for m in o.published] == [m for o in together for m in o.published]
+
+
+# -- the data directory ------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_refuses_the_write_changes_nothing_and_says_why():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    rig.call(ALICE, insert(1))
+    disk.failing = "append"
+    reply = rig.call(ALICE, insert(2))
+    assert type(reply) is p.Failed and reply.kind == "disk" and "No space left on device" in reply.message
+    assert rig.records() == [1] and rig.core.seq == 1
+    assert rig.core.stats(rig.now)["data"]["fault"] is not None
+
+
+def test_reads_snapshots_and_syncs_go_on_during_a_disk_fault():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    disk.failing = "all"
+    assert type(rig.call(ALICE, insert(1))) is p.Failed
+    assert type(rig.call(ALICE, p.Sync(2))) is p.Ok
+    assert rig.send(p.encode_request(p.SnapshotRequest(-1))).snapshots
+
+
+def test_a_failed_disk_is_tried_again_with_a_backoff_and_writes_resume_once_it_works():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    rig.call(ALICE, insert(1))
+    disk.failing = "all"
+    rig.call(ALICE, insert(2))
+    for _ in range(120):  # 30 s of failing retries
+        rig.advance(0.25)
+        rig.tick()
+    assert disk.compactions == 0
+    assert rig.core.disk_fault is not None
+    disk.failing = None
+    rig.advance(10.1)
+    rig.tick()
+    assert rig.core.disk_fault is None and disk.compactions == 1
+    assert type(rig.call(ALICE, insert(3))) is p.Ok and rig.records() == [3, 1]
+
+
+def test_retries_back_off_from_half_a_second_to_ten():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    disk.failing = "all"
+    rig.call(ALICE, insert(1))  # the fault starts: first retry 0.5 s later
+    tries: list[float] = []
+    compact = disk.compact
+
+    def counting(pack: Any, content: Any) -> int:
+        tries.append(rig.now)
+        return compact(pack, content)
+
+    disk.compact = counting  # type: ignore[method-assign]
+    for _ in range(400):  # 100 s in steps a float adds exactly
+        rig.advance(0.25)
+        rig.tick()
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(tries)]
+    assert gaps[:5] == [1.0, 2.0, 4.0, 8.0, 10.0] and set(gaps[5:]) == {10.0}
+    assert round(tries[0] - T0, 1) == 0.5
+
+
+def test_a_failed_group_fsync_enters_the_fault_and_later_writes_are_refused():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    disk.failing = "commit"
+    first = rig.call(ALICE, insert(1))  # appended, applied; its fsync failed: answered, fault entered
+    assert type(first) is p.Ok and rig.core.disk_fault is not None
+    assert type(rig.call(ALICE, insert(2))) is p.Failed
+    disk.failing = None
+    rig.advance(0.6)
+    rig.tick()  # the retry compacts everything held, the first write with it
+    assert rig.core.disk_fault is None and type(rig.call(ALICE, insert(3))) is p.Ok
+
+
+# -- what a client sends never breaks the core -------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=200)
+    | st.builds(msgpack.packb, st.recursive(st.none() | st.integers(-(2**63), 2**64 - 1) | st.text(), st.lists))
+)
+def test_any_bytes_get_an_answer_or_nothing_and_change_nothing(payload):
+    rig = Rig()
+    rig.call(ALICE, insert(1))
+    before = (rig.core.store.content(), rig.core.seq)
+    outbox = rig.send(payload)
+    assert (rig.core.store.content(), rig.core.seq) == before
+    for _, answer in outbox.replies:
+        assert type(p.decode_reply(answer)) in (p.Failed, p.Ok)
+
+
+def test_a_store_loaded_with_a_building_once_key_gives_its_builder_the_grace_of_a_heartbeat():
+    store = _table.Store()
+    _, change = _table.prepare_once_claim(store, "k", ALICE, "gw0", set(), now=1)
+    assert change is not None
+    store.apply(change)
+    core = WriterCore(EPOCH, heartbeat=0.5, now=T0, store=store, token=lambda n: "0" * 2 * n)
+    assert core.clients == {ALICE: T0}

@@ -1,0 +1,433 @@
+"""Every decision of the writer, with no sockets and no clock (h11's shape; ``Sequencer`` is the replica's).
+
+``WriterCore`` takes the bytes of requests and the time, and leaves in its ``outbox`` what the
+process around it must do: the answers to send (each after its ROUTER envelope), the messages to
+publish (each after its topic) and the snapshots to stream. The data directory is a port
+(:class:`Disk`): the core appends each change to it before applying the change, as the log's rule
+asks, and the writer process passes the real ``DataDir`` (tests pass a list, or one that fails).
+
+Group commit: ``handle`` applies one request at a time, in arrival order, and ``commit`` ends a
+group: one fsync of everything the group appended (``--fsync always``) before anything of it is
+published or answered. The writer process takes every request already waiting on its socket as one
+group, so N clients writing at once cost one fsync, not N.
+
+Rules kept here (each was a fault once; see tests/test_core.py):
+- a call is answered once: a resent call (same client id and request id) gets its first answer,
+  for the last ``ANSWERS_KEPT`` calls of each client, kept ``ANSWERS_FORGOTTEN`` seconds after the
+  client fell silent (a call the writer no longer remembers is applied again: Lazy Pirate, ZeroMQ
+  guide ch. 4);
+- a call that arrives after its expiry (the client's wall clock) is refused, never applied late;
+- a client silent for ``CLIENT_SILENCE`` seconds is gone: the once keys it was building are released;
+  a writer that was itself paused does not count the pause as its clients' silence;
+- a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
+  tried again (a compaction) with a backoff of 0.5 s doubling to 10 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tiger import _protocol as p
+from tiger import _table
+from tiger._errors import AlreadyExists, NotFound, ProtocolError
+
+log = logging.getLogger("tiger.writer")
+
+MAX_ENVELOPE = 100  # frames before the payload (ROUTER identity, REQ delimiter, a peer's extras)
+MAX_ENVELOPE_BYTES = 1024 * 1024  # their total size: the answer echoes them, so they are capped
+ANSWERS_KEPT = 32  # answers kept per client, to answer a resent call without applying it twice
+ANSWERS_FORGOTTEN = 60.0  # seconds of silence after which a client's kept answers are dropped
+MAX_ERROR = 500  # characters of an error message the writer logs and sends back
+CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
+DISK_RETRY_FIRST = 0.5  # seconds before a failed data directory is tried again; doubles each time
+DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
+
+
+class Expired(ValueError):
+    """A call that arrived after its deadline: the client has given up on it."""
+
+
+class DiskFault(Exception):
+    """The data directory cannot take writes now (full, read-only, failing): writes are refused until
+    it works again; reads and snapshots go on."""
+
+
+_ERROR_KINDS: list[tuple[type[BaseException], str]] = [
+    (DiskFault, "disk"),
+    (Expired, "expired"),
+    (NotFound, "not_found"),
+    (AlreadyExists, "already_exists"),
+    (ProtocolError, "protocol"),
+    (TypeError, "type"),
+    (ValueError, "value"),
+]
+
+
+class Disk(Protocol):
+    """The data directory as the core uses it (``tiger._log.DataDir``). Each method may raise ``OSError``."""
+
+    path: str
+    fsync: str
+    size: int
+
+    def append(self, payload: bytes) -> None:
+        """Write one change (fsync: ``commit``); on OSError nothing of it stays."""
+
+    def commit(self) -> None:
+        """End of a group: with fsync=always, what was appended is on disk when this returns."""
+
+    def tick(self) -> None:
+        """About twice a second: fsync=everysec syncs what was appended."""
+
+    def needs_compaction(self) -> bool: ...
+
+    def compact(self, pack: Callable[[Any], bytes], content: Any) -> int:
+        """Write ``content`` as a new snapshot and start a fresh log; returns the snapshot's size in bytes."""
+
+
+@dataclass
+class Outbox:
+    """What the process around the core must do, in this order: publish, then answer, then stream."""
+
+    published: list[tuple[bytes, bytes]] = field(default_factory=list)  # (topic, message)
+    replies: list[list[bytes]] = field(default_factory=list)  # envelope frames + the answer
+    snapshots: list[tuple[list[bytes], int]] = field(default_factory=list)  # (envelope, req id)
+
+    def __bool__(self) -> bool:
+        return bool(self.published or self.replies or self.snapshots)
+
+
+class WriterCore:
+    """The writer's state and rules: the Store, the seq, the clients heard from, the answers kept.
+
+    ``now`` arguments are ``time.monotonic()`` seconds (silence, backoff); ``wall`` arguments are
+    ``time.time()`` seconds (call expiry, ``created``, the Hello's clock sample).
+    """
+
+    def __init__(
+        self,
+        epoch: str,
+        *,
+        heartbeat: float,
+        now: float,
+        store: _table.Store | None = None,
+        disk: Disk | None = None,
+        token: Callable[[int], str],
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.epoch = epoch
+        self.seq = 0
+        self.store = store if store is not None else _table.Store()
+        self.heartbeat = heartbeat
+        self.disk = disk
+        self.token = token
+        self.info = dict(info or {})  # url, pub, pid: reported by Hello and Stats
+        self.started = now
+        self.clients: dict[str, float] = {}  # client id -> when last heard
+        self.answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
+        self.silent_since: dict[str, float] = {}  # client id taken for gone -> when; its answers go later
+        self.disk_fault: str | None = None  # why the data directory cannot take writes now (None: it can)
+        self._disk_retry_at = 0.0
+        self._disk_retry_every = DISK_RETRY_FIRST
+        self.outbox = Outbox()
+        # builders of once keys get a heartbeat's grace to find a restarted writer before others take over
+        for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
+            for record in rows.values():
+                if record["state"] == "building":
+                    self.clients[record["owner"]] = now
+        self._handlers: dict[type, Callable[[Any, float, float], tuple[_table.Change | None, Any]]] = {
+            p.Insert: self._insert,
+            p.Update: self._update,
+            p.Remove: self._remove,
+            p.ClearTable: self._clear,
+            p.Drop: self._drop,
+            p.OnceClaim: self._once_claim,
+            p.OnceFinish: self._once_finish,
+        }
+
+    def take_outbox(self) -> Outbox:
+        """What to send since the last call, and a fresh outbox."""
+        outbox, self.outbox = self.outbox, Outbox()
+        return outbox
+
+    # -- time ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """About every ``heartbeat`` seconds: publish a heartbeat, keep the data directory (its
+        everysec fsync, a compaction due, a retry after a fault), and forget clients silent too long."""
+        self._heartbeat()
+        if self.disk is not None:
+            if self.disk_fault is not None:
+                if now >= self._disk_retry_at:
+                    self._recover(now)
+            else:
+                try:
+                    self.disk.tick()
+                    if self.disk.needs_compaction():
+                        self.compact(now)
+                except OSError as e:  # the everysec fsync
+                    self._fault(str(e), now)
+                except DiskFault:  # the compaction (already a fault)
+                    pass
+        silent = now - max(CLIENT_SILENCE, 6 * self.heartbeat)
+        for client_id in [c for c, seen in self.clients.items() if seen < silent]:
+            self._forget(client_id, now)
+        stale = now - ANSWERS_FORGOTTEN
+        for client_id in [c for c, since in self.silent_since.items() if since < stale]:
+            del self.silent_since[client_id]
+            self.answered.pop(client_id, None)
+
+    def resumed(self, paused: float) -> None:
+        """The writer was paused for ``paused`` seconds (SIGSTOP, a debugger): its clients' silence is
+        judged only over time it listened, so none is taken for gone (nor its once keys released) for it."""
+        log.info("resumed after %.1fs without running", paused)
+        for client_id in self.clients:
+            self.clients[client_id] += paused
+        for client_id in self.silent_since:
+            self.silent_since[client_id] += paused
+
+    # -- requests ----------------------------------------------------------------------
+
+    def handle(self, frames: list[bytes], now: float, wall: float) -> None:
+        """One request (``frames``: the ROUTER's envelope, then one payload frame); its answer, the
+        change it published and any snapshot it asked for go to the outbox. Never raises for what a
+        client sends."""
+        if len(frames) < 2:
+            log.warning("dropped a message with no payload frame")
+            return
+        envelope, data = frames[:-1], frames[-1]
+        if len(envelope) > MAX_ENVELOPE or sum(map(len, envelope)) > MAX_ENVELOPE_BYTES:
+            log.warning("dropped a message with %d envelope frames of %d bytes", len(envelope), sum(map(len, envelope)))
+            return
+        req_id: int | None = None
+        call: p.Call | None = None
+        topic = p.EVERYONE  # of the changes this request makes: a call's are its caller's
+        try:
+            obj = p.unpack_frozen(data)  # records arrive in their stored form: no copy to freeze them
+            req_id = p.request_id_of(obj)
+            request = p.call_from(obj)
+            if type(request) is p.Call:
+                call = request
+                first = self.answered.get(call.client_id, {}).get(request.request.req_id)  # type: ignore[union-attr]
+                if first is not None:  # a resent call: its first answer, not a second application
+                    self.outbox.replies.append([*envelope, first])
+                    return
+                self._heard(call.client_id, now)
+                topic = p.topic_of(call.client_id)  # its reply carries the change: its replica is not sent it
+                if wall > call.expires:
+                    raise Expired(f"the call arrived after its deadline ({wall - call.expires:.3f}s late); not applied")
+                request = call.request
+            reply = self._dispatch(envelope, request, topic, now, wall)  # type: ignore[arg-type]
+        except Exception as e:  # the writer never dies of what a client sends
+            kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
+            message = str(e)
+            if len(message) > MAX_ERROR:  # a huge bad argument must not make a huge log line and reply
+                message = f"{message[:MAX_ERROR]}... ({len(message)} characters)"
+            if kind == "internal":
+                log.exception("internal error on a request")
+            elif kind in ("not_found", "already_exists", "expired", "disk"):  # answers (a disk fault: logged once)
+                log.debug("answered a request with %s: %s", kind, message)
+            else:
+                log.warning("refused a request (%s): %s", kind, message)
+            reply = p.encode_reply(p.Failed(req_id, kind, message))
+        if reply is None:
+            return
+        if call is not None and req_id is not None and type(call.request) is not p.Sync:  # a sync may just run again
+            answered = self.answered.setdefault(call.client_id, {})
+            answered[req_id] = reply
+            if len(answered) > ANSWERS_KEPT:
+                del answered[next(iter(answered))]
+        self.outbox.replies.append([*envelope, reply])
+
+    def commit(self, now: float) -> None:
+        """End a group of requests: make what they appended durable (``--fsync always``) before any of
+        it is published or answered. A failed fsync puts the writer in the disk-fault state (later
+        writes are refused until a compaction works); the group itself stays applied and is answered,
+        as its changes are in the log file and in the store: the compaction that ends the fault writes
+        them again."""
+        if self.disk is not None and self.disk_fault is None:
+            try:
+                self.disk.commit()
+            except OSError as e:
+                self._fault(f"fsync: {e}", now)
+
+    def _dispatch(self, envelope: list[bytes], request: p.Request, topic: bytes, now: float, wall: float) -> bytes | None:
+        """Carry out one request; returns its answer (None: no answer, or it comes later)."""
+        t = type(request)
+        handler = self._handlers.get(t)
+        if handler is not None:
+            change, result = handler(request, now, wall)
+            packed = None if change is None else self._commit(change, now, topic)
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result)  # type: ignore[union-attr]
+        if t is p.Beat:
+            self._heard(request.client_id, now)  # type: ignore[union-attr]
+            return None
+        if t is p.Sync:
+            # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
+            self._heartbeat(topic)
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None)  # type: ignore[union-attr]
+        if t is p.SnapshotRequest:
+            self.outbox.snapshots.append((envelope, request.req_id))  # type: ignore[union-attr]
+            return None
+        if t is p.Hello:
+            self._heard(request.client_id, now)  # type: ignore[union-attr]
+            result = {**self._identity(), "heartbeat": self.heartbeat, "time": wall}
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
+        if t is p.Bye:
+            self._forget(request.client_id, now)  # type: ignore[union-attr]
+            return None
+        if t is p.Compact:
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.compact(now))  # type: ignore[union-attr]
+        if t is p.Stats:
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats(now))  # type: ignore[union-attr]
+        raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
+
+    def _identity(self) -> dict[str, Any]:
+        return {"pub": self.info.get("pub"), "pid": self.info.get("pid", os.getpid())}
+
+    def _commit(self, change: _table.Change, now: float, topic: bytes = p.EVERYONE) -> bytes:
+        """Log a change, apply it, number it and publish it; returns it packed (for the answer).
+
+        ``DiskFault`` while the data directory cannot take it: nothing changes."""
+        packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
+        if type(change) is _table.Put:
+            p.check_record_sizes(change.records, len(packed))
+        if self.disk is not None:
+            if self.disk_fault is None:
+                try:
+                    self.disk.append(packed)  # logged before it is applied, published and answered
+                except OSError as e:
+                    self._fault(str(e), now)
+            if self.disk_fault is not None:
+                raise DiskFault(
+                    f"the writer cannot keep writes now ({self.disk_fault}); nothing was applied; "
+                    "reads go on, and writes are taken again once the data directory works"
+                )
+        self.store.apply(change)
+        self.seq += 1
+        self.outbox.published.append((topic, p.published_bytes(self.epoch, self.seq, packed)))
+        return packed
+
+    def _heartbeat(self, topic: bytes = p.EVERYONE) -> None:
+        self.outbox.published.append((topic, p.encode_published(p.Heartbeat(self.epoch, self.seq))))
+
+    def _heard(self, client_id: str, now: float) -> None:
+        """A client spoke: it is live, and the answers kept for it stay (a client once taken for gone,
+        back now, keeps them as any live client does)."""
+        self.clients[client_id] = now
+        if client_id in self.silent_since:
+            del self.silent_since[client_id]
+
+    def _forget(self, client_id: str, now: float) -> None:
+        """A client left (goodbye or silence): release the once keys it was building and held. While the
+        data directory cannot take those changes, the client is kept (as silent) to be forgotten later."""
+        seen = self.clients.pop(client_id, None)
+        self.silent_since[client_id] = now
+        try:
+            for namespace, key in _table.claims_of(self.store, client_id):
+                change = _table.prepare_once_release(self.store, key, client_id, namespace)
+                if change is not None:
+                    self._commit(change, now)
+                    log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
+            for held in _table.prepare_once_leave(self.store, client_id):
+                self._commit(held, now)
+        except DiskFault:
+            self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
+
+    # -- the data directory -------------------------------------------------------------
+
+    def _fault(self, why: str, now: float) -> None:
+        """The data directory failed (full, read-only, an I/O error): refuse writes until it works again."""
+        if self.disk_fault is None:
+            assert self.disk is not None
+            log.error("cannot write to %s (%s): writes are refused until it can again; reads go on", self.disk.path, why)
+            self._disk_retry_every = DISK_RETRY_FIRST
+        self.disk_fault = why
+        self._disk_retry_at = now + self._disk_retry_every
+
+    def _recover(self, now: float) -> None:
+        """Try the data directory again: a compaction writes everything the writer holds (so nothing
+        acknowledged depends on what failed) and starts a fresh log. Tried again later, less often."""
+        try:
+            self.compact(now)
+        except DiskFault:
+            self._disk_retry_every = min(DISK_RETRY_MAX, self._disk_retry_every * 2)
+            self._disk_retry_at = now + self._disk_retry_every
+            return
+        assert self.disk is not None
+        log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
+        self.disk_fault = None
+
+    def compact(self, now: float) -> dict[str, Any]:
+        """Write a snapshot of the whole store and start a fresh log: {records, bytes}."""
+        if self.disk is None:
+            raise ValueError("this writer keeps no data: start it with --data DIR")
+        try:
+            size = self.disk.compact(p.pack, self.store.content())
+        except OSError as e:
+            self._fault(f"compacting: {e}", now)
+            raise DiskFault(f"the compaction failed ({e}); the snapshot and log before it stand") from e
+        log.info("compacted %s: snapshot of %d records, %d bytes", self.disk.path, len(self.store), size)
+        return {"records": len(self.store), "bytes": size}
+
+    def stats(self, now: float) -> dict[str, Any]:
+        disk = self.disk
+        return {
+            "url": self.info.get("url"),
+            "pid": self.info.get("pid", os.getpid()),
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "uptime": now - self.started,
+            "clients": len(self.clients),
+            "records": len(self.store),
+            "tables": self.store.counts(),
+            "checksum": p.checksum(self.store),
+            "data": None
+            if disk is None
+            else {"path": disk.path, "fsync": disk.fsync, "log_bytes": disk.size, "fault": self.disk_fault},
+        }
+
+    # -- writes: command -> change ------------------------------------------------------
+
+    def _insert(self, r: p.Insert, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        change = _table.prepare_insert(
+            self.store, r.table, r.namespace, r.prefix, r.records, create=r.create, now=int(wall), token=self.token
+        )
+        return change, None
+
+    def _update(self, r: p.Update, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        return _table.prepare_update(self.store, r.table, r.namespace, r.id, r.changes), None
+
+    def _remove(self, r: p.Remove, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        return _table.prepare_delete(self.store, r.table, r.namespace, r.id), None
+
+    def _clear(self, r: p.ClearTable, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        if r.namespace is None:
+            return _table.prepare_clear(self.store, r.table), None
+        return _table.prepare_clear_namespace(self.store, r.table, r.namespace), None
+
+    def _drop(self, r: p.Drop, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        return _table.prepare_drop_namespace(self.store, r.namespace), None
+
+    def _once_claim(self, r: p.OnceClaim, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        self._heard(r.client_id, now)
+        verdict, change = _table.prepare_once_claim(
+            self.store, r.key, r.client_id, r.by, self.clients, now=int(wall), namespace=r.namespace
+        )
+        return change, verdict
+
+    def _once_finish(self, r: p.OnceFinish, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        self._heard(r.client_id, now)
+        if r.outcome == "release":
+            return _table.prepare_once_release(self.store, r.key, r.client_id, r.namespace), "released"
+        if r.outcome == "retire":
+            return _table.prepare_once_retire(self.store, r.key, r.client_id, r.namespace), "retired"
+        value, error = (None, r.payload) if r.outcome == "error" else (r.payload, None)
+        verdict, change = _table.prepare_once_finish(
+            self.store, r.key, r.client_id, value, error, r.namespace, teardown=r.outcome == "resource"
+        )
+        return change, verdict
