@@ -267,10 +267,37 @@ def test_a_group_is_applied_in_arrival_order_made_durable_once_then_published_th
     outbox = rig.send(*calls)
     assert disk.commits == 1 and len(disk.durable) == 3
     assert rig.records() == [20, 10, 0]  # newest first, in arrival order
-    seqs = [p.decode_published(m).seq for _, m in outbox.published]  # type: ignore[union-attr]
-    assert seqs == [1, 2, 3]
+    [(topic, message)] = outbox.published  # one message for the group
+    group = p.decode_published(message)
+    assert type(group) is p.PublishedGroup and group.seq == 3 and len(group.changes) == 3
+    assert topic == p.EVERYONE  # two callers' changes: every replica takes it (each ignores its own by seq)
     assert [p.decode_reply(a).seq for _, a in outbox.replies] == [1, 2, 3]  # type: ignore[union-attr]
-    assert [t for t, _ in outbox.published] == [p.topic_of(ALICE), p.topic_of(BOB), p.topic_of(ALICE)]
+
+
+def published_changes(outboxes: list[_core.Outbox]) -> list[tuple[int, Any]]:
+    """Every published change as (seq, change), whether it came alone or in a group."""
+    found = []
+    for outbox in outboxes:
+        for _, message in outbox.published:
+            m = p.decode_published(message)
+            if type(m) is p.Published:
+                found.append((m.seq, m.change))
+            elif type(m) is p.PublishedGroup:
+                found.extend((m.seq - len(m.changes) + 1 + i, c) for i, c in enumerate(m.changes))
+    return found
+
+
+def test_one_callers_group_keeps_its_topic_so_its_replica_is_not_sent_it():
+    rig = Rig()
+    outbox = rig.send(rig.encode(ALICE, insert(1)), rig.encode(ALICE, insert(2)))
+    assert [t for t, _ in outbox.published] == [p.topic_of(ALICE)]
+
+
+def test_a_heartbeat_in_a_group_comes_after_the_changes_it_counts():
+    rig = Rig()
+    outbox = rig.send(rig.encode(ALICE, insert(1)), rig.encode(BOB, p.Sync(1)), rig.encode(ALICE, insert(2)))
+    kinds = [(type(m).__name__, m.seq) for m in (p.decode_published(x) for _, x in outbox.published)]
+    assert kinds == [("Published", 1), ("Heartbeat", 1), ("Published", 2)]
 
 
 def test_a_refused_request_in_a_group_changes_nothing_and_the_others_apply():
@@ -320,7 +347,11 @@ def test_any_grouping_of_the_same_requests_ends_in_the_same_store(ops, data):
     together = [grouped.send(*g) for g in groups if g]
     assert one.core.store.content() == grouped.core.store.content() and one.core.seq == grouped.core.seq
     assert [r for o in singly for r in o.replies] == [r for o in together for r in o.replies]
-    assert [m for o in singly for m in o.published] == [m for o in together for m in o.published]
+    assert (
+        published_changes(singly)
+        == published_changes(together)
+        == [(i + 1, c) for i, (_, c) in enumerate(published_changes(singly))]
+    )
 
 
 # -- the data directory ------------------------------------------------------------------------------------

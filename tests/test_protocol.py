@@ -126,10 +126,11 @@ REPLIES: list[p.Reply] = [
     p.SnapshotEnd(7, EPOCH, 9, 3),
 ]
 
-PUBLISHED: list[p.Published | p.Heartbeat] = [
+PUBLISHED: list[p.Published | p.PublishedGroup | p.Heartbeat] = [
     p.Heartbeat(EPOCH, 0),
     p.Heartbeat(EPOCH, 2**64 - 1),
     *(p.Published(EPOCH, 1 + i, change) for i, change in enumerate(CHANGES)),
+    p.PublishedGroup(EPOCH, len(CHANGES) + 3, list(CHANGES)),
 ]
 
 
@@ -408,6 +409,22 @@ def test_published_bytes_is_encode_published_of_published(change):
     assert p.decode_published(fast) == p.decode_published(p.encode_published(p.Published(EPOCH, 12, change)))
     assert p.decode_published(fast) == p.Published(EPOCH, 12, change)
     assert fast == p.encode_published(p.Published(EPOCH, 12, change))
+
+
+@pytest.mark.parametrize("size", [1, 2, 15, 16, 17, 2**16 - 1, 2**16])
+def test_group_bytes_is_encode_published_of_a_group_at_every_array_size(size):
+    changes = [CHANGES[i % len(CHANGES)] for i in range(size)]
+    fast = p.group_bytes(EPOCH, size + 5, [p.pack_change(c) for c in changes])
+    assert fast == p.encode_published(p.PublishedGroup(EPOCH, size + 5, changes))
+    assert p.decode_published(fast) == p.PublishedGroup(EPOCH, size + 5, changes)
+    assert p.peek_published(fast) == (EPOCH, size + 5)
+
+
+@pytest.mark.parametrize("count", [0, 6])
+def test_a_group_of_no_changes_or_more_changes_than_its_seq_is_refused(count):
+    data = p.pack(["g", EPOCH, 5, [p.change_to_wire(CHANGES[0])] * count])
+    with pytest.raises(ProtocolError, match="field 'changes' must hold 1 to seq"):
+        p.decode_published(data)
 
 
 # random numbers and epochs between the boundaries, which the next test checks every run (epochs here are
@@ -937,6 +954,9 @@ replies = st.one_of(*REPLY_STRATEGIES.values())
 PUBLISHED_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     p.Published: st.builds(p.Published, st.text(), seqs, changes),
     p.Heartbeat: st.builds(p.Heartbeat, st.text(), seqs),
+    p.PublishedGroup: st.lists(changes, min_size=1, max_size=4).flatmap(
+        lambda cs: st.builds(p.PublishedGroup, st.text(), st.integers(len(cs), 2**64 - 1), st.just(cs))
+    ),
 }
 published = st.one_of(*PUBLISHED_STRATEGIES.values())
 

@@ -42,6 +42,7 @@ MAX_ENVELOPE_BYTES = 1024 * 1024  # their total size: the answer echoes them, so
 ANSWERS_KEPT = 32  # answers kept per client, to answer a resent call without applying it twice
 ANSWERS_FORGOTTEN = 60.0  # seconds of silence after which a client's kept answers are dropped
 MAX_ERROR = 500  # characters of an error message the writer logs and sends back
+GROUP_BYTES = 1 << 20  # bytes of changes published as one message, at most
 CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
 DISK_RETRY_FIRST = 0.5  # seconds before a failed data directory is tried again; doubles each time
 DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
@@ -134,6 +135,8 @@ class WriterCore:
         self._disk_retry_at = 0.0
         self._disk_retry_every = DISK_RETRY_FIRST
         self.outbox = Outbox()
+        self._pending: list[tuple[bytes, bytes]] = []  # (topic, packed change) applied, not yet published
+        self._pending_bytes = 0
         # builders of once keys get a heartbeat's grace to find a restarted writer before others take over
         for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
             for record in rows.values():
@@ -151,8 +154,29 @@ class WriterCore:
 
     def take_outbox(self) -> Outbox:
         """What to send since the last call, and a fresh outbox."""
+        self._publish_pending()
         outbox, self.outbox = self.outbox, Outbox()
         return outbox
+
+    def _publish_pending(self) -> None:
+        """The changes applied since the last publication, as one message: a lone change as ``Published``,
+        several as a ``PublishedGroup`` (one message for every replica to take and apply, instead of one
+        each). Its topic is their callers' when they share one (that caller's replica has them from its
+        answers), else everyone's: a replica given its own change ignores it by seq."""
+        pending = self._pending
+        if not pending:
+            return
+        if len(pending) == 1:
+            topic, packed = pending[0]
+            message = p.published_bytes(self.epoch, self.seq, packed)
+        else:
+            topic = pending[0][0]
+            if any(t != topic for t, _ in pending):
+                topic = p.EVERYONE
+            message = p.group_bytes(self.epoch, self.seq, [packed for _, packed in pending])
+        self.outbox.published.append((topic, message))
+        self._pending = []
+        self._pending_bytes = 0
 
     # -- time ------------------------------------------------------------------------
 
@@ -309,10 +333,14 @@ class WriterCore:
                 )
         self.store.apply(change)
         self.seq += 1
-        self.outbox.published.append((topic, p.published_bytes(self.epoch, self.seq, packed)))
+        self._pending.append((topic, packed))
+        self._pending_bytes += len(packed)
+        if self._pending_bytes >= GROUP_BYTES:
+            self._publish_pending()
         return packed
 
     def _heartbeat(self, topic: bytes = p.EVERYONE) -> None:
+        self._publish_pending()  # a heartbeat promises every change up to its seq was published before it
         self.outbox.published.append((topic, p.encode_published(p.Heartbeat(self.epoch, self.seq))))
 
     def _heard(self, client_id: str, now: float) -> None:

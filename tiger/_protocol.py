@@ -587,7 +587,17 @@ class Heartbeat:
     seq: int
 
 
-_PUBLISHED_TAGS = {"c": 4, "h": 3}
+@dataclass(frozen=True, slots=True)
+class PublishedGroup:
+    """Changes applied as one group (group commit), published as one message: ``changes[i]`` has seq
+    ``seq - len(changes) + 1 + i`` (``seq`` is the last one's). A replica applies them in one go."""
+
+    epoch: str
+    seq: int
+    changes: list[Change]
+
+
+_PUBLISHED_TAGS = {"c": 4, "h": 3, "g": 4}
 
 # Every published message is two frames: a topic, then the message. A change made by a client's call
 # carries that client's topic, and the client's replica subscribes to every topic but its own: the
@@ -620,10 +630,26 @@ def subscriptions(excluded: bytes) -> list[bytes]:
     return [excluded[:i] + bytes([b]) for i in range(TOPIC_SIZE) for b in range(256) if b != excluded[i]]
 
 
-def encode_published(m: Published | Heartbeat) -> bytes:
+def encode_published(m: Published | PublishedGroup | Heartbeat) -> bytes:
     if type(m) is Published:
         return pack(["c", m.epoch, m.seq, change_to_wire(m.change)])
+    if type(m) is PublishedGroup:
+        return pack(["g", m.epoch, m.seq, [change_to_wire(c) for c in m.changes]])
     return pack(["h", m.epoch, m.seq])
+
+
+def _array_head(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements (its elements follow, packed, in a row)."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+def group_bytes(epoch: str, seq: int, packed_changes: list[bytes]) -> bytes:
+    """``encode_published(PublishedGroup(...))`` from already packed changes (``seq``: the last one's)."""
+    return b"\x94" + pack("g") + pack(epoch) + pack(seq) + _array_head(len(packed_changes)) + b"".join(packed_changes)
 
 
 def published_bytes(epoch: str, seq: int, packed_change: bytes) -> bytes:
@@ -631,13 +657,14 @@ def published_bytes(epoch: str, seq: int, packed_change: bytes) -> bytes:
     return b"\x94" + pack("c") + pack(epoch) + pack(seq) + packed_change
 
 
-_PUBLISHED_HEAD = b"\x94\xa1c"
+_PUBLISHED_HEADS = (b"\x94\xa1c", b"\x94\xa1g")
 _UINT = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q"}
 
 
 def peek_published(data: bytes) -> tuple[str, int] | None:
-    """(epoch, seq) of a published change without decoding the change; None if not that shape."""
-    if not data.startswith(_PUBLISHED_HEAD) or len(data) < 22 or data[3] != 0xB0:
+    """(epoch, seq) of a published change or group (its last seq) without decoding the changes; None if
+    not that shape."""
+    if not data.startswith(_PUBLISHED_HEADS) or len(data) < 22 or data[3] != 0xB0:
         return None
     epoch = data[4:20].decode("ascii", "replace")
     first = data[20]
@@ -649,12 +676,17 @@ def peek_published(data: bytes) -> tuple[str, int] | None:
     return epoch, struct.unpack_from(fmt, data, 21)[0]
 
 
-def decode_published(data: bytes) -> Published | Heartbeat:
+def decode_published(data: bytes) -> Published | PublishedGroup | Heartbeat:
     a = _array(unpack_frozen(data), _PUBLISHED_TAGS, "published message")
     epoch = _field(a[1], str, "epoch")
     seq = _field(a[2], int, "seq")
     if a[0] == "h":
         return Heartbeat(epoch, seq)
+    if a[0] == "g":
+        changes = _field(a[3], list, "changes")
+        if not changes or len(changes) > seq:
+            raise ProtocolError(f"field 'changes' must hold 1 to seq ({seq}) changes, not {len(changes)}")
+        return PublishedGroup(epoch, seq, [change_from_wire(c) for c in changes])
     return Published(epoch, seq, change_from_wire(a[3]))
 
 

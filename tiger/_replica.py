@@ -471,6 +471,11 @@ class Replica:
             before = self._seq.seq
             if type(m) is p.Heartbeat:
                 self._seq.heartbeat(m.seq)
+            elif type(m) is p.PublishedGroup:
+                first = m.seq - len(m.changes) + 1
+                self.changes_received += (head is None) + len(m.changes) - 1
+                for i, change in enumerate(m.changes):
+                    self._seq.published(first + i, change)
             else:
                 self.changes_received += head is None  # counted above when the header could be read
                 self._seq.published(m.seq, m.change)  # type: ignore[union-attr]
