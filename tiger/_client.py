@@ -539,7 +539,7 @@ class Client:
         req_id = request.req_id  # type: ignore[union-attr]
         resend_every = min(1.0, self.timeout / 3)
         if own:
-            self.replica.writing()  # after the pid check: a forked child may have inherited the replica's lock held
+            self.replica.call_started()  # after the pid check: a forked child may have inherited the replica's lock held
         sent = answered = False
         try:
             with self._lock:
@@ -580,7 +580,7 @@ class Client:
             return reply
         except BaseException:
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
-                self.replica.write_failed((req_id, payload, deadline) if sent and not answered else None)
+                self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
 
     def _fresh_socket(self) -> None:
