@@ -759,14 +759,14 @@ def test_a_write_that_raised_after_the_writer_applied_it_is_fetched_without_a_re
         client.sync(timeout=5)  # the replica asked the writer for that call's answer again
         assert plans.get("late_answer")["n"] == 1
         assert client.replica.resyncs == resyncs  # no snapshot reload
-        assert client.replica._seq.asking == 0
+        assert client.replica._calls.asking == 0
         assert client.checksum() == client.stats()["checksum"]
 
 
 def _refused_when_asked_again(client: tiger.Client, writer: tiger.Server, id: str, resyncs: int) -> None:
     replica = client.replica
     with replica.changed:  # notified when the writer's refusal (expired) comes back
-        assert replica.changed.wait_for(lambda: replica._seq.asking == 0, timeout=15)
+        assert replica.changed.wait_for(lambda: replica._calls.asking == 0, timeout=15)
     assert client.replica.resyncs == resyncs  # refused by the writer, not forgotten by a snapshot
     client.sync(timeout=5)
     assert client.table("plans").get(id) is None

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import tiger
+from tiger._once import once_record
 
 SCRIPT_TIMEOUT = 60
 
@@ -139,7 +140,7 @@ def test_a_paused_writer_took_its_clients_for_gone_and_released_their_once_keys(
     thread = threading.Thread(target=lambda: built.append(builder.once("paused-key", lambda: release.wait(30) and "v")))
     try:
         thread.start()
-        waiter.replica.wait_until(lambda: waiter._once_record("global", "paused-key") is not None, time.monotonic() + 10, str)
+        waiter.replica.wait_until(lambda: once_record(waiter, "global", "paused-key") is not None, time.monotonic() + 10, str)
         os.kill(own_writer.pid, signal.SIGSTOP)
         time.sleep(3.5)  # sleep-ok: the pause under test (longer than the writer's 3 s client silence)
         os.kill(own_writer.pid, signal.SIGCONT)
@@ -150,7 +151,7 @@ def test_a_paused_writer_took_its_clients_for_gone_and_released_their_once_keys(
         waiter.sync()
         time.sleep(1.0)  # sleep-ok: a second of the writer's heartbeats after resuming, in which it must not release
         waiter.sync()
-        record = waiter._once_record("global", "paused-key")
+        record = once_record(waiter, "global", "paused-key")
         assert record is not None and record["state"] == "building" and record["owner"] == builder.client_id
     finally:
         release.set()

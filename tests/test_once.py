@@ -11,6 +11,7 @@ import pytest
 
 import tiger
 from tiger import _table as t
+from tiger._once import once_record
 
 
 def test_claim_rules():
@@ -172,7 +173,7 @@ def test_waiting_for_a_live_builder_times_out(connect):
     th = threading.Thread(target=lambda: done.append(builder.once(key, slow)))
     th.start()
     # the builder's claim reaches the waiter's replica through the writer
-    waiter.replica.wait_until(lambda: waiter._once_record("global", key) is not None, time.monotonic() + 10, lambda: "no claim")
+    waiter.replica.wait_until(lambda: once_record(waiter, "global", key) is not None, time.monotonic() + 10, lambda: "no claim")
     with pytest.raises(tiger.Timeout, match=f"once '{key}'"):
         waiter.once(key, lambda: "other", timeout=0.3)
     release.set()
@@ -209,7 +210,7 @@ def test_a_generator_factory_is_torn_down_in_the_builders_close_after_every_hold
     closing = threading.Thread(target=builder.close)
     closing.start()
     deadline = time.monotonic() + 10
-    while builder._teardowns:  # popped: the builder now waits for its holders
+    while builder.has_teardown(key):  # popped: the builder now waits for its holders
         assert time.monotonic() < deadline
         time.sleep(0.01)  # sleep-ok: polling another thread's progress
     assert log == ["up"]  # not while the holder is open

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 import tiger
+from tiger._once import once_record
 
 
 def test_closing_a_client_wakes_a_caller_waiting_on_once(connect):
@@ -17,7 +18,7 @@ def test_closing_a_client_wakes_a_caller_waiting_on_once(connect):
     key = f"closing-wakes-{uuid.uuid4().hex[:8]}"
     th = threading.Thread(target=lambda: builder.once(key, lambda: release.wait(30) and 1))
     th.start()
-    waiter.replica.wait_until(lambda: waiter._once_record("global", key) is not None, time.monotonic() + 10, lambda: "no claim")
+    waiter.replica.wait_until(lambda: once_record(waiter, "global", key) is not None, time.monotonic() + 10, lambda: "no claim")
     outcome: list[BaseException] = []
 
     def wait() -> None:

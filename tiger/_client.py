@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import contextlib
-import inspect
 import itertools
 import logging
-import math
 import os
 import threading
 import time
-import traceback
 import weakref
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,13 +19,13 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
-from tiger._errors import AlreadyExists, NotFound, OnceFailed, ProtocolError, TigerError, Timeout, Unavailable
+from tiger._errors import AlreadyExists, NotFound, ProtocolError, TigerError, Unavailable
+from tiger._once import Once
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
 from tiger._server import secure
 from tiger._table import (
     GLOBAL,
-    ONCE_TABLE,
     RESERVED_PREFIX,
     Put,
     Record,
@@ -40,7 +36,6 @@ from tiger._table import (
     check_record,
     check_records,
     check_update,
-    check_value,
 )
 
 # The current namespace is a ContextVar (per thread and task); its default is the process's
@@ -190,11 +185,7 @@ class Client:
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._lock = threading.Lock()  # one request in flight on the command socket
         self._req_ids = itertools.count(1)
-        self._once_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._once_locks_guard = threading.Lock()
-        self._once_built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
-        # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
-        self._teardowns: dict[tuple[str, str], tuple[Generator[Any, None, None], bool]] = {}
+        self._once = Once()  # the once keys this client builds, and the teardowns it owes
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
         self._secure = _socket_options(url, server_key)
         self._replica: Replica | None = None
@@ -344,26 +335,8 @@ class Client:
         scope = GLOBAL if namespace is None else check_name(namespace, "namespace")
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
-        deadline = math.inf if timeout is None else time.monotonic() + _timeout(timeout, 0.0)
-        with self._once_locks_guard:
-            lock = self._once_locks.setdefault((scope, key), threading.Lock())
-        with lock:  # two threads of this process never both build one key
-            while True:
-                claim = self._write(p.OnceClaim(next(self._req_ids), key, self.client_id, self.label, scope))
-                if claim.result == "build":
-                    built = self._build(key, scope, factory, namespace is not None)
-                    if built is not _SUPERSEDED:
-                        return built
-                    continue
-                record = self._once_record(scope, key)
-                if record is not None and record["state"] != "building":
-                    return _once_value(record)
-                owner = None if record is None else record["owner"]
-                self.replica.wait_until(
-                    lambda owner=owner: _once_moved(self._once_record(scope, key), owner),  # type: ignore[misc]
-                    deadline,
-                    lambda: f"once {key!r} was not built by another process within {timeout:g}s",
-                )
+        wait = None if timeout is None else _timeout(timeout, 0.0)
+        return self._once.value(self, key, scope, factory, wait, in_scope=namespace is not None)
 
     def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """Run the teardowns of the generator factories this client built, each once, newest first, and
@@ -374,100 +347,11 @@ class Client:
         and a warning names the clients still holding it. ``close()`` waits the client's timeout; the
         pytest plugin waits for every test of the run instead.
         """
-        errors: list[tuple[str, BaseException]] = []
-        deadline = time.monotonic() + wait
-        if wait > 0 and self._teardowns:
-            with contextlib.suppress(TigerError):
-                self.sync(timeout=wait)  # every holder the writer knows of is in this replica
-        while self._teardowns:
-            (scope, key), (generator, in_scope) = self._teardowns.popitem()
-            if wait > 0 and self.replica.silent_for() <= self.heartbeat_timeout:
-                try:
-                    self.replica.wait_until(
-                        lambda scope=scope, key=key: not _held(self._once_record(scope, key)),  # type: ignore[misc]
-                        deadline,
-                        lambda: "",
-                    )
-                except Timeout:
-                    holders = _held(self._once_record(scope, key))
-                    log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
-            error = _finish_generator(key, generator, scope if in_scope else None)
-            if error is not None:  # reported, and the other teardowns still run
-                errors.append((key, error))
-            with contextlib.suppress(TigerError):
-                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "retire", None, scope))
-        return errors
+        return self._once.tear_down(self, wait)
 
     def has_teardown(self, key: str, namespace: str | None = None) -> bool:
         """Whether this client built once ``key`` with a generator factory whose teardown has not run yet."""
-        return (GLOBAL if namespace is None else namespace, key) in self._teardowns
-
-    def _once_record(self, scope: str, key: str) -> Record | None:
-        return self.replica.store.get(ONCE_TABLE, scope, key)
-
-    def _build(self, key: str, scope: str, factory: Callable[[], Any], in_scope: bool) -> Any:
-        __tracebackhide__ = True
-        if (scope, key) in self._once_built:  # built before, but the writer did not get the value: send it, build nothing
-            value = self._once_built[scope, key]
-        else:
-            try:
-                with namespace(scope) if in_scope else nullcontext():
-                    value, generator = _run_factory(factory)
-                if generator is not None:
-                    self._teardowns[scope, key] = (generator, in_scope)
-                check_value(value, "value")
-                try:
-                    packed = len(p.pack(value))  # the writer's limit, checked before it is sent: a refusal is an outcome too
-                except UnicodeEncodeError:
-                    raise ValueError(p.unencodable_value(value, "value")) from None
-                if packed > MAX_ONCE_VALUE:
-                    raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
-                self._once_built[scope, key] = value
-            except INTERRUPTIONS:  # Ctrl-C, SystemExit: let another caller build it
-                try:
-                    self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None, scope))
-                except TigerError:
-                    pass
-                raise
-            except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
-                self._tear_down_now(scope, key)  # what the factory set up before its value was refused
-                error = [type(e).__name__, str(e), self.label, _factory_frames(e)]
-                self._finish_or_release(key, scope, "error", error)
-                raise OnceFailed(key, *error) from e
-        finish = self._finish_or_release(key, scope, "resource" if (scope, key) in self._teardowns else "value", value)
-        del self._once_built[scope, key]
-        if finish.result != "stored":  # the writer gave the key to another caller meanwhile (we were silent too long)
-            self._tear_down_now(scope, key)  # our value is not the key's: nobody else will use it
-            return _SUPERSEDED
-        record = self._once_record(scope, key)
-        assert record is not None
-        return _once_value(record)
-
-    def _tear_down_now(self, scope: str, key: str) -> None:
-        entry = self._teardowns.pop((scope, key), None)
-        if entry is not None:
-            error = _finish_generator(key, entry[0], scope if entry[1] else None)
-            if error is not None:
-                log.warning("once %r: the teardown of a value that was not kept raised %r", key, error)
-
-    def _finish_or_release(self, key: str, scope: str, outcome: str, payload: Any) -> p.Ok:
-        """Deliver a build's outcome. If the writer refuses it (a value it will not store), that refusal
-        is the key's outcome for every caller; if the delivery fails otherwise (the writer gone, an
-        interruption), give the key up (best effort) so that no caller waits on it, and raise."""
-        try:
-            return self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, outcome, payload, scope))
-        except (ValueError, TypeError) as refusal:  # the writer's verdict on the value, not a lost delivery
-            if outcome == "error":
-                raise
-            error = [type(refusal).__name__, str(refusal), self.label, ""]
-            self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "error", error, scope))
-            raise OnceFailed(key, *error) from refusal
-        except BaseException:
-            try:
-                self._write(p.OnceFinish(next(self._req_ids), key, self.client_id, "release", None, scope))
-            except TigerError:
-                pass  # the writer is gone: it forgets this claim when this client falls silent
-            raise
+        return self._once.has_teardown(key, GLOBAL if namespace is None else namespace)
 
     def checksum(self) -> int:
         """The local replica's checksum; equal to ``stats()["checksum"]`` when it is up to date."""
@@ -539,7 +423,7 @@ class Client:
         req_id = request.req_id  # type: ignore[union-attr]
         resend_every = min(1.0, self.timeout / 3)
         if own:
-            self.replica.writing()  # after the pid check: a forked child may have inherited the replica's lock held
+            self.replica.call_started()  # after the pid check: a forked child may have inherited the replica's lock held
         sent = answered = False
         try:
             with self._lock:
@@ -580,7 +464,7 @@ class Client:
             return reply
         except BaseException:
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
-                self.replica.write_failed((req_id, payload, deadline) if sent and not answered else None)
+                self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
 
     def _fresh_socket(self) -> None:
@@ -597,65 +481,6 @@ class Client:
         reply = self._request(request, deadline, own=True)
         self.replica.catch_up(reply.epoch, reply.seq, reply.change, deadline, own=True)
         return reply
-
-
-_SUPERSEDED = object()
-
-
-def _finish_generator(key: str, generator: Generator[Any, None, None], scope: str | None) -> BaseException | None:
-    """Run a generator factory's teardown (the rest after its ``yield``), in ``scope`` when it was built
-    there; returns what it raised (None: it finished)."""
-    try:
-        with nullcontext() if scope is None else namespace(scope):
-            next(generator)
-    except StopIteration:
-        return None
-    except BaseException as e:
-        return e
-    generator.close()
-    return RuntimeError(f"the factory of once {key!r} yielded more than once")
-
-
-MAX_ONCE_VALUE = p.MAX_RECORD - 4096  # the value travels in a record with the key's bookkeeping
-INTERRUPTIONS = (KeyboardInterrupt, SystemExit, GeneratorExit)  # a build stopped from outside: another caller builds
-
-
-def _run_factory(factory: Callable[[], Any]) -> tuple[Any, Generator[Any, None, None] | None]:
-    """The factory's value, and its generator when it is a generator function (its teardown is the rest)."""
-    result = factory()
-    if not inspect.isgenerator(result):
-        return result, None
-    generator: Generator[Any, None, None] = result  # type: ignore[assignment]
-    try:
-        return next(generator), generator
-    except StopIteration:
-        raise ValueError("the generator factory returned without yielding a value") from None
-
-
-_TIGER_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def _factory_frames(error: BaseException, last: int = 3) -> str:
-    """The last frames of a factory's error, tiger's own left out (a value check has none to show)."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.dirname(f.filename) != _TIGER_DIR]
-    return "".join(traceback.format_list(frames[-last:]))
-
-
-def _once_value(record: Record) -> Any:
-    __tracebackhide__ = True
-    if record["state"] == "failed":
-        raise OnceFailed(record["id"], *record["error"])
-    return record["value"]
-
-
-def _held(record: Record | None) -> list[str]:
-    """The clients other than its builder holding a once value."""
-    return [] if record is None else list(record["holders"])
-
-
-def _once_moved(record: Record | None, owner: str | None) -> bool:
-    """A waiting caller's cue: the key was built, failed, released, or claimed anew."""
-    return record is None or record["state"] != "building" or record["owner"] != owner
 
 
 def _timeout(value: float | None, default: float) -> float:

@@ -9,7 +9,8 @@ the table rules' Rule 4).
 The changes this client's own calls make are not published to it (its SUB
 skips their topic): the writing thread deposits each from its reply, and a
 ``Sequencer`` applies deposits and published changes in one seq order. While
-an own call is in flight, a gap is its change on the way, not a loss.
+an own call is in flight (``PendingCalls``), a gap is its change on the way,
+not a loss.
 
 Joining: subscribe, ask the writer to publish a heartbeat until one arrives
 (the subscription is then live, so nothing published after the snapshot can
@@ -32,6 +33,7 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
+from tiger._calls import PendingCalls, Unanswered
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._table import Change, Rows, Store
 
@@ -49,30 +51,24 @@ class _Stopped(Exception):
     """The client is closing: leave the thread now."""
 
 
-MAX_ASKING = 64  # calls asked again at once, at most; a gap beyond them is left to a resync
-MAX_ASKING_BYTES = 64 << 20  # and the bytes they hold
-
-
 class Sequencer:
     """Applies numbered changes to a Store in seq order: published ones and this client's own.
 
     No sockets, no threads, no clock: the replica calls it holding its lock, and passes the
-    time. ``writing`` counts this client's calls in flight; their changes arrive by
-    ``deposit`` (from the reply), never published. ``asking`` counts calls that raised
-    without an answer, whose answer the replica asks the writer for again (the writer may
-    have applied them): their changes arrive by ``deposit`` too. A published change ahead
-    of a gap is held while either is; ``lost()`` says why the replica must resync once none
-    is, or once the gap is older than any call can be (its answer is not coming).
+    time. ``calls`` knows this client's calls whose change may still come: in flight, or
+    raised without an answer and asked again (the writer may have applied them); their
+    changes arrive by ``deposit`` (from the answer), never published. A published change
+    ahead of a gap is held while any is; ``lost()`` says why the replica must resync once
+    none is, or once the gap is older than any call can be (its answer is not coming).
     """
 
     MAX_HELD = 100_000  # published changes held behind a gap, at most; then resync
 
-    def __init__(self, store: Store, patience: float) -> None:
+    def __init__(self, store: Store, calls: PendingCalls, patience: float) -> None:
         self.store = store
+        self.calls = calls
         self.epoch: str | None = None
         self.seq = -1
-        self.writing = 0
-        self.asking = 0
         self.loading = False  # a snapshot is on its way: nothing is applied until ``reset``
         self._patience = patience  # seconds a call can stay in flight (the client's timeout)
         self._own: dict[tuple[str, int], Change] = {}  # (epoch, seq) -> this client's change, from its reply
@@ -129,7 +125,7 @@ class Sequencer:
             self._behind_since = now
         if len(self._held) > self.MAX_HELD:
             return f"{len(self._held)} published changes held behind a gap at seq {self.seq + 1}"
-        if (self.writing or self.asking) and now - self._behind_since <= self._patience:
+        if self.calls.in_flight and now - self._behind_since <= self._patience:
             return None
         if self._held:
             return f"gap: got seq {min(self._held)} after {self.seq}"
@@ -152,7 +148,8 @@ class Replica:
     ) -> None:
         self._secure = secure
         self.store = Store()
-        self._seq = Sequencer(self.store, patience=2 * timeout)
+        self._calls = PendingCalls(timeout)  # guarded by ``changed``
+        self._seq = Sequencer(self.store, self._calls, patience=2 * timeout)
         self.changed = threading.Condition(threading.Lock())  # guards applying; notified after each
         self.ready = threading.Event()
         self.failure: BaseException | None = None
@@ -169,12 +166,8 @@ class Replica:
         self._heartbeat = heartbeat
         self._timeout = timeout
         # The replica's own requests have negative ids: positive ones are the client's calls, whose
-        # answers this DEALER gets when it asks for them again (see write_failed).
+        # answers this DEALER gets when it asks for them again (see call_failed).
         self._req_ids = itertools.count(1)
-        # Calls of the client that raised unanswered (see write_failed), guarded by ``changed``; how many
-        # there are, both kinds, is the Sequencer's ``asking`` (set by _asks_changed).
-        self._to_ask: dict[int, tuple[bytes, float]] = {}  # req id -> (bytes, deadline): to ask again
-        self._asked: dict[int, float] = {}  # req id asked again -> when
         self._stopping = False  # set by stop() called on this thread (a dropped client's finalizer)
         self._term_context = False  # then this thread ends the context too, once its sockets are closed
         self._stop_url = f"inproc://tiger-replica-stop-{id(self)}"
@@ -228,13 +221,13 @@ class Replica:
     def seq(self) -> int:
         return self._seq.seq
 
-    def writing(self) -> None:
+    def call_started(self) -> None:
         """A call of this client is about to be sent: its change will come by ``catch_up(..., own=True)``."""
         with self.changed:
-            self._seq.writing += 1
+            self._calls.call_started()
 
-    def write_failed(self, unanswered: tuple[int, bytes, float] | None = None) -> None:
-        """The call announced by ``writing()`` raised: after an error answer, nothing to deposit.
+    def call_failed(self, unanswered: Unanswered | None = None) -> None:
+        """The call announced by ``call_started()`` raised: after an error answer, nothing to deposit.
 
         ``unanswered`` (its request id, bytes and deadline) when it raised with no answer: the writer
         may have applied it (its answer came too late). Once the deadline has passed, which is after
@@ -242,26 +235,17 @@ class Replica:
         keeps, or refuses it as expired if it never applied it: never applied late.
         """
         with self.changed:
-            self._seq.writing -= 1
-            if unanswered is not None and self._seq.asking < MAX_ASKING:
-                req_id, payload, deadline = unanswered
-                if sum(len(b) for b, _ in self._to_ask.values()) + len(payload) <= MAX_ASKING_BYTES:
-                    self._to_ask[req_id] = (payload, deadline)
-                    self._asks_changed()
-
-    def _asks_changed(self) -> None:
-        """The calls to ask again, or asked and not yet answered, count as calls in flight (holding ``changed``)."""
-        self._seq.asking = len(self._to_ask) + len(self._asked)
+            self._calls.call_finished(unanswered)
 
     def catch_up(self, epoch: str, seq: int, change: Change | None, deadline: float, own: bool = False) -> None:
         """Return once the replica has applied (epoch, seq).
 
-        ``own``: the answer to a call announced by ``writing()``; its ``change`` (never
+        ``own``: the answer to a call announced by ``call_started()``; its ``change`` (never
         published to this replica) is applied here, in seq order.
         """
         with self.changed:
             if own:
-                self._seq.writing -= 1
+                self._calls.call_finished()
                 if change is not None:
                     self._seq.deposit(epoch, seq, change)
                     self.changed.notify_all()
@@ -342,7 +326,7 @@ class Replica:
                                 break
                     if dealer in events:
                         self._answer(sub, dealer.recv())
-                    if self._to_ask or self._asked:
+                    if self._calls.asking:
                         self._ask_again(dealer)
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + min(self._heartbeat, 0.5)
@@ -380,19 +364,10 @@ class Replica:
                 self._ctx.term()
 
     def _ask_again(self, dealer: zmq.Socket[Any]) -> None:
-        """Send again the calls of this client that raised with no answer (``write_failed``), once
+        """Send again the calls of this client that raised with no answer (``call_failed``), once
         their deadline has passed; forget those asked longer ago than an answer can take."""
-        now = time.monotonic()
-        due: list[bytes] = []
         with self.changed:
-            for req_id, (payload, deadline) in list(self._to_ask.items()):
-                if now >= deadline:
-                    del self._to_ask[req_id]
-                    self._asked[req_id] = now
-                    due.append(payload)
-            for req_id in [r for r, at in self._asked.items() if now - at > self._timeout]:
-                del self._asked[req_id]  # its answer was lost too: a gap it leaves is a resync
-            self._asks_changed()
+            due = self._calls.due(time.monotonic())
         for payload in due:
             dealer.send(payload)
 
@@ -404,8 +379,7 @@ class Replica:
             return
         if reply.req_id is not None and reply.req_id > 0:  # a call of the client's, asked again
             with self.changed:
-                self._asked.pop(reply.req_id, None)
-                self._asks_changed()
+                self._calls.answered(reply.req_id)
                 if type(reply) is p.Ok and reply.change is not None:
                     self._seq.deposit(reply.epoch, reply.seq, reply.change)  # stale (the snapshot has it): ignored
                 self.changed.notify_all()
@@ -533,8 +507,7 @@ class Replica:
         with self.changed:
             self.store.load_rows(content)
             self._seq.reset(reply.epoch, reply.seq)  # then this client's own changes deposited meanwhile
-            self._asked.clear()  # asked before the snapshot: it covers what they applied
-            self._asks_changed()
+            self._calls.reset()  # asked before the snapshot: it covers what they applied
             self.changed.notify_all()
         sub.setsockopt(zmq.UNSUBSCRIBE, b"")  # back to every topic but this client's own
         self._everything = False

@@ -1,0 +1,251 @@
+"""PendingCalls without sockets: a client's own calls in flight, to ask again and asked, on a fake clock.
+
+The replica thread calls ``due`` with the time and sends what it returns; here the time is a
+number the test moves, and "sending" is reading the returned list.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiger._calls import MAX_ASKING, MAX_ASKING_BYTES, PendingCalls
+from tiger._replica import Sequencer
+from tiger._table import Change, Store, prepare_insert
+
+T0 = 1000.0  # the replica's clock, as it passes it in
+TIMEOUT = 2.0  # the client's timeout: how long an answer to a call asked again can take
+EPOCH = "e" * 16
+
+
+@pytest.fixture
+def calls() -> PendingCalls:
+    return PendingCalls(TIMEOUT)
+
+
+def _raised(calls: PendingCalls, req_id: int, deadline: float, payload: bytes | None = None) -> bytes:
+    """A call started and raised with no answer; returns its bytes."""
+    payload = f"call {req_id}".encode() if payload is None else payload
+    calls.call_started()
+    calls.call_finished((req_id, payload, deadline))
+    calls.check()
+    return payload
+
+
+def test_a_call_is_in_flight_from_its_start_until_it_finished(calls):
+    assert not calls.in_flight
+    calls.call_started()
+    calls.call_started()
+    assert calls.in_flight and calls.writing == 2
+    calls.call_finished()  # answered: its change deposited
+    assert calls.in_flight
+    calls.call_finished()  # refused by an error answer: nothing to deposit
+    assert not calls.in_flight and calls.writing == 0 and calls.asking == 0
+    assert calls.due(T0 + 3600) == []  # neither is asked again
+    calls.check()
+
+
+def test_a_call_that_raised_unanswered_is_asked_again_only_after_its_deadline(calls):
+    payload = _raised(calls, 1, deadline=T0 + 3)
+    assert calls.writing == 0 and calls.asking == 1
+    assert calls.in_flight  # the writer may have applied it: its change may still come
+    assert calls.due(T0) == []
+    assert calls.due(T0 + 2.999) == []  # still live at the writer: asked now, it could apply
+    assert calls.due(T0 + 3) == [payload]
+    assert calls.due(T0 + 3.5) == []  # asked once
+    assert calls.in_flight and calls.asking == 1  # asked, its answer awaited
+    calls.check()
+
+
+def test_an_answer_to_a_call_asked_again_ends_it(calls):
+    _raised(calls, 7, deadline=T0)
+    assert calls.due(T0) == [b"call 7"]
+    calls.answered(7)
+    assert not calls.in_flight and calls.asking == 0
+    calls.answered(7)  # a duplicate, or an answer to a call forgotten already: nothing to do
+    calls.answered(8)
+    assert not calls.in_flight
+    calls.check()
+
+
+def test_an_asked_call_whose_answer_never_comes_is_forgotten_after_the_timeout(calls):
+    _raised(calls, 1, deadline=T0)
+    assert calls.due(T0) == [b"call 1"]
+    assert calls.due(T0 + TIMEOUT) == [] and calls.in_flight  # an answer can take this long
+    assert calls.due(T0 + TIMEOUT + 0.001) == []
+    assert not calls.in_flight and calls.asking == 0  # its answer was lost too: a gap it leaves is a resync
+    calls.check()
+
+
+def test_calls_asked_again_are_bounded_by_count_counting_those_asked(calls):
+    for req_id in range(1, MAX_ASKING):
+        _raised(calls, req_id, deadline=T0)
+    assert calls.due(T0) == [f"call {r}".encode() for r in range(1, MAX_ASKING)]  # asked, still counted
+    _raised(calls, MAX_ASKING, deadline=T0 + 1)
+    assert calls.asking == MAX_ASKING
+    _raised(calls, MAX_ASKING + 1, deadline=T0 + 1)  # one too many: a gap it leaves is left to a resync
+    assert calls.asking == MAX_ASKING and calls.writing == 0
+    assert calls.due(T0 + 1) == [f"call {MAX_ASKING}".encode()]
+    calls.answered(1)
+    _raised(calls, MAX_ASKING + 2, deadline=T0 + 1)  # room again
+    assert calls.due(T0 + 1) == [f"call {MAX_ASKING + 2}".encode()]
+
+
+def test_calls_to_ask_again_are_bounded_by_the_bytes_they_hold():
+    calls = PendingCalls(TIMEOUT, max_asking_bytes=100)
+    _raised(calls, 1, deadline=T0 + 1, payload=b"a" * 60)
+    _raised(calls, 2, deadline=T0 + 1, payload=b"b" * 41)  # 101 bytes: dropped
+    assert calls.asking == 1
+    _raised(calls, 3, deadline=T0 + 1, payload=b"c" * 40)  # exactly 100: kept
+    assert calls.asking == 2
+    assert calls.due(T0 + 1) == [b"a" * 60, b"c" * 40]
+    _raised(calls, 4, deadline=T0 + 2, payload=b"d" * 100)  # sent calls hold no bytes any more
+    assert calls.asking == 3
+    calls.check()
+
+
+def test_the_default_byte_bound_is_max_asking_bytes(calls):
+    big = bytes(MAX_ASKING_BYTES // 2)
+    _raised(calls, 1, deadline=T0, payload=big)
+    _raised(calls, 2, deadline=T0, payload=big)
+    _raised(calls, 3, deadline=T0, payload=b"x")
+    assert calls.asking == 2
+    calls.check()
+
+
+def test_reset_after_a_snapshot_forgets_the_calls_asked_and_keeps_those_still_to_ask(calls):
+    _raised(calls, 1, deadline=T0)
+    assert calls.due(T0) == [b"call 1"]
+    _raised(calls, 2, deadline=T0 + 1)  # its deadline is after the snapshot: the writer may apply it still
+    calls.call_started()  # and one in flight
+    calls.reset()
+    assert calls.asking == 1 and calls.writing == 1
+    assert calls.due(T0 + 1) == [b"call 2"]
+    calls.check()
+
+
+# -- with the Sequencer: when a gap is a loss --------------------------------------------
+
+
+class Writer:
+    """A writer's store handing out numbered changes, as the writer process does."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        self.seq = 0
+
+    def insert(self) -> tuple[int, Change]:
+        change = prepare_insert(self.store, "t", "global", None, [{"n": self.seq}], create=False, now=1, token=secrets.token_hex)
+        self.store.apply(change)
+        self.seq += 1
+        return self.seq, change
+
+
+@pytest.fixture
+def sequencer(calls) -> Sequencer:
+    sequencer = Sequencer(Store(), calls, patience=2 * TIMEOUT)
+    sequencer.reset(EPOCH, 0)
+    return sequencer
+
+
+def test_a_gap_while_a_call_is_in_flight_is_not_a_loss_but_becomes_one_after_it_finished(calls, sequencer):
+    writer = Writer()
+    calls.call_started()
+    writer.insert()  # the call's change: its answer is lost
+    sequencer.published(*writer.insert())
+    assert sequencer.lost(T0) is None
+    calls.call_finished()  # refused, say: nothing to deposit, nothing to ask
+    assert sequencer.lost(T0) == "gap: got seq 2 after 0"
+
+
+def test_a_gap_left_by_a_call_asked_again_is_a_loss_once_its_answer_is_forgotten(calls, sequencer):
+    writer = Writer()
+    calls.call_started()
+    writer.insert()
+    sequencer.published(*writer.insert())
+    calls.call_finished((1, b"call 1", T0))
+    assert sequencer.lost(T0) is None  # to ask again
+    assert calls.due(T0) == [b"call 1"]
+    assert sequencer.lost(T0 + TIMEOUT) is None  # asked, its answer awaited
+    assert calls.due(T0 + TIMEOUT + 0.001) == []
+    assert sequencer.lost(T0 + TIMEOUT + 0.001) == "gap: got seq 2 after 0"
+
+
+def test_a_gap_filled_by_the_answer_to_a_call_asked_again_is_no_loss(calls, sequencer):
+    writer = Writer()
+    calls.call_started()
+    own = writer.insert()
+    sequencer.published(*writer.insert())
+    calls.call_finished((1, b"call 1", T0))
+    assert calls.due(T0) == [b"call 1"]
+    calls.answered(1)  # the writer's kept answer: the replica deposits its change
+    sequencer.deposit(EPOCH, *own)
+    assert sequencer.seq == 2 and sequencer.lost(T0 + 1) is None
+    assert sequencer.store.content() == writer.store.content()
+
+
+# -- any sequence of events --------------------------------------------------------------
+
+_EVENTS = st.one_of(
+    st.just(("start",)),
+    st.tuples(st.just("answered"), st.none()),  # answered or refused: nothing to ask again
+    st.tuples(st.just("raised"), st.integers(1, 60), st.integers(0, 3000)),  # bytes, deadline after now (ms)
+    st.tuples(st.just("tick"), st.integers(0, 3000)),  # ms
+    st.tuples(st.just("answer"), st.integers(0, 10)),  # which of the asked calls (if any)
+    st.just(("reset",)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENTS, max_size=60))
+def test_any_sequence_of_calls_keeps_the_bounds_asks_each_once_after_its_deadline_and_settles(events):
+    """Checked against the test's own account of the calls to ask (payload -> deadline) and asked
+    (payload -> request id and when)."""
+    calls = PendingCalls(TIMEOUT, max_asking=4, max_asking_bytes=100)
+    now, req_ids, started = T0, iter(range(1, 10_000)), 0
+    to_ask: dict[bytes, tuple[int, float]] = {}
+    asked: dict[bytes, tuple[int, float]] = {}
+    sent: set[bytes] = set()
+    for event in events:
+        if event[0] == "start":
+            calls.call_started()
+            started += 1
+        elif event[0] == "answered" and started:
+            calls.call_finished()
+            started -= 1
+        elif event[0] == "raised" and started:
+            req_id = next(req_ids)
+            payload = f"{req_id}/".encode() + bytes(event[1])
+            deadline = now + event[2] / 1000
+            calls.call_finished((req_id, payload, deadline))
+            started -= 1
+            if len(to_ask) + len(asked) < 4 and sum(map(len, to_ask)) + len(payload) <= 100:
+                to_ask[payload] = (req_id, deadline)
+        elif event[0] == "tick":
+            now += event[1] / 1000
+            due = calls.due(now)
+            assert len(due) == len(set(due)) and not set(due) & sent  # each asked once
+            assert set(due) == {p for p, (_, d) in to_ask.items() if d <= now}  # once its deadline passed, not before
+            for p in due:
+                asked[p] = (to_ask.pop(p)[0], now)
+            sent.update(due)
+            asked = {p: (r, at) for p, (r, at) in asked.items() if now - at <= TIMEOUT}  # forgotten
+        elif event[0] == "answer" and asked:
+            payload = sorted(asked)[event[1] % len(asked)]
+            calls.answered(asked.pop(payload)[0])
+        elif event[0] == "reset":
+            calls.reset()
+            asked.clear()
+        calls.check()
+        assert calls.writing == started
+        assert calls.asking == len(to_ask) + len(asked)
+        assert calls.in_flight == bool(started or to_ask or asked)
+    for _ in range(started):
+        calls.call_finished()
+    assert set(calls.due(now + 3600)) == set(to_ask)  # every call still to ask is asked...
+    calls.due(now + 3600 + TIMEOUT + 1)  # ...and, with no answer, forgotten
+    assert not calls.in_flight
+    calls.check()

@@ -1,0 +1,106 @@
+"""A client's own calls whose change may still come: in flight, to ask again, asked again.
+
+Theory of operation
+-------------------
+A client's replica is not sent the changes its own calls make: each comes in the call's
+answer, and the replica's ``Sequencer`` applies it in seq order. While such a change may
+still come, a gap before a published change is that change on its way, not a loss. This
+object keeps track of those calls; the Sequencer asks it (``in_flight``) and the replica
+thread sends what it says is ``due``.
+
+Rule 1: it is pure. No sockets, no threads, no clock: the time is passed in, and its
+owner (the replica) calls it holding its lock.
+
+Rule 2: a call is in flight from ``call_started`` to ``call_finished``, whatever the outcome.
+
+Rule 3: a call that raised with no answer (``call_finished(unanswered)``) may have been
+applied by the writer: its answer came too late. It is asked again once its deadline has
+passed, which is after the call's expiry: the writer answers a repeat from the answers it
+keeps, or refuses it as expired if it never applied it, so it is never applied late. At
+most ``MAX_ASKING`` calls, to ask or asked (and ``MAX_ASKING_BYTES`` of those waiting to be
+sent), are kept; a gap beyond them is left to a resync.
+
+Rule 4: a call asked again and not answered within ``timeout`` is forgotten: its answer
+was lost too, and a gap it leaves is a resync. A snapshot covers every call asked before
+it (``reset``); the calls still to ask are kept, as their answers may come after it.
+
+Rule 5: until forgotten, calls to ask and asked count as in flight, like those not finished.
+"""
+
+from __future__ import annotations
+
+MAX_ASKING = 64  # calls asked again at once, at most; a gap beyond them is left to a resync
+MAX_ASKING_BYTES = 64 << 20  # and the bytes they hold
+
+Unanswered = tuple[int, bytes, float]  # a call that raised with no answer: (request id, its bytes, its deadline)
+
+
+class PendingCalls:
+    """This client's calls whose change may still come in an answer (see the module's rules)."""
+
+    def __init__(self, timeout: float, max_asking: int = MAX_ASKING, max_asking_bytes: int = MAX_ASKING_BYTES) -> None:
+        self._timeout = timeout  # seconds an answer to a call asked again can take (the client's timeout)
+        self._max_asking = max_asking
+        self._max_asking_bytes = max_asking_bytes
+        self._writing = 0  # calls started and not finished
+        self._to_ask: dict[int, tuple[bytes, float]] = {}  # req id -> (bytes, deadline): to ask again
+        self._asked: dict[int, float] = {}  # req id asked again -> when
+
+    @property
+    def writing(self) -> int:
+        """Calls started and not finished."""
+        return self._writing
+
+    @property
+    def asking(self) -> int:
+        """Calls that raised unanswered and are still to be asked again, or asked and not yet answered."""
+        return len(self._to_ask) + len(self._asked)
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a change of this client's may still come in an answer (a gap may be it)."""
+        return bool(self._writing or self._to_ask or self._asked)
+
+    def call_started(self) -> None:
+        """A call is about to be sent: its change will come in its answer."""
+        self._writing += 1
+
+    def call_finished(self, unanswered: Unanswered | None = None) -> None:
+        """The call ended: answered (its change deposited), refused, or raised.
+
+        ``unanswered`` (its request id, bytes and deadline) when it raised with no answer: kept to be
+        asked again after its deadline (Rule 3), unless that goes beyond the bounds.
+        """
+        self._writing -= 1
+        if unanswered is not None and self.asking < self._max_asking:
+            req_id, payload, deadline = unanswered
+            if sum(len(b) for b, _ in self._to_ask.values()) + len(payload) <= self._max_asking_bytes:
+                self._to_ask[req_id] = (payload, deadline)
+
+    def due(self, now: float) -> list[bytes]:
+        """The calls to send again now (their deadline has passed); forgets those asked longer ago than the timeout."""
+        due: list[bytes] = []
+        for req_id, (payload, deadline) in list(self._to_ask.items()):
+            if now >= deadline:
+                del self._to_ask[req_id]
+                self._asked[req_id] = now
+                due.append(payload)
+        for req_id in [r for r, at in self._asked.items() if now - at > self._timeout]:
+            del self._asked[req_id]  # its answer was lost too: a gap it leaves is a resync
+        return due
+
+    def answered(self, req_id: int) -> None:
+        """The answer to a call asked again arrived (its change, if any, is deposited by the caller)."""
+        self._asked.pop(req_id, None)
+
+    def reset(self) -> None:
+        """A snapshot was loaded: it covers what the calls asked before it applied."""
+        self._asked.clear()
+
+    def check(self) -> None:
+        """Assert the invariants (for tests)."""
+        assert self._writing >= 0, f"{self._writing} calls in flight"
+        assert not self._to_ask.keys() & self._asked.keys(), "a call both to ask and asked"
+        assert self.asking <= self._max_asking, f"{self.asking} calls asked again, more than {self._max_asking}"
+        held = sum(len(b) for b, _ in self._to_ask.values())
+        assert held <= self._max_asking_bytes, f"{held} bytes to ask again, more than {self._max_asking_bytes}"
