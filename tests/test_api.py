@@ -12,11 +12,14 @@ import tiger
 def test_public_names_are_pinned():
     assert sorted(tiger.__all__) == [
         "AlreadyExists",
+        "Batch",
+        "BatchTable",
         "Client",
         "FrozenList",
         "NotFound",
         "OnceFailed",
         "Page",
+        "Pending",
         "Record",
         "Server",
         "Table",

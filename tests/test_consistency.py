@@ -1,7 +1,8 @@
 """The consistency checker: random operations in several processes while faults are injected.
 
 Three worker processes run a seeded random mix of insert / update / delete / read /
-create / once against one writer (``--data``, ``fsync=always``) for a fixed time.
+create / once / batch (``client.batch()``: an insert and an update together, and sometimes
+a failing update that must leave nothing) against one writer (``--data``, ``fsync=always``) for a fixed time.
 Meanwhile the test stops a worker (SIGSTOP, SIGCONT), sends garbage, and kills the
 writer with SIGKILL and restarts it on the same URL and data directory. Afterwards
 the histories are checked:
@@ -10,6 +11,7 @@ the histories are checked:
 - monotonic reads: a record seen by a process never disappears from its view later;
 - every acknowledged write is present after recovery (a write that raised may or
   may not have been applied, never half);
+- a batch refused (its last op fails) leaves nothing, then or after recovery;
 - ``create`` of one id is won by at most one acknowledged caller, and the stored
   winner is that caller;
 - each ``once`` factory ran exactly once (no process died here);
@@ -40,6 +42,7 @@ def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results
     own: dict[str, int | None] = {}  # id -> last acknowledged version (None: deleted)
     maybe: dict[str, list[int | None]] = {}  # id -> states of writes that raised after that
     creates: list[tuple[str, str]] = []  # (id, "won" | "lost" | "maybe")
+    refused: list[str] = []  # ids a refused batch would have inserted
     seen_race: set[str] = set()
     violations: list[str] = []
     once_values: dict[str, Any] = {}
@@ -60,12 +63,42 @@ def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results
     with tiger.namespace(NS):
         end = time.monotonic() + DURATION
         while time.monotonic() < end:
-            op = rng.choices(["insert", "update", "delete", "read", "create", "once"], [4, 4, 1, 4, 2, 1])[0]
+            op = rng.choices(["insert", "update", "delete", "read", "create", "once", "batch"], [4, 4, 1, 4, 2, 1, 3])[0]
             started = time.monotonic()
             live = [i for i, v in own.items() if v is not None]
             target = None
             try:
-                if op == "insert" or (op in ("update", "delete", "read") and not live):
+                if op == "batch" and live:
+                    target, fresh = rng.choice(live), f"b{index}-{counter}"
+                    counter += 1
+                    version = (own[target] or 0) + 1
+                    failing = rng.random() < 0.3
+                    try:
+                        with client.batch() as b:
+                            b.table("items").insert({"id": fresh, "v": 1})
+                            b.table("items").update(target, {"v": version})
+                            if failing:
+                                b.table("items").update(f"missing-{fresh}", {"v": 1})
+                    except tiger.NotFound:
+                        refused.append(fresh)
+                        if fresh in items or items.get(target, {}).get("v") == version:
+                            violations.append(f"a refused batch left {fresh} or {target} v{version} visible")
+                    except (tiger.Unavailable, tiger.Timeout):
+                        if not failing:
+                            own.setdefault(fresh, None)
+                            maybe.setdefault(fresh, []).append(1)
+                            maybe.setdefault(target, []).append(version)
+                        else:
+                            refused.append(fresh)
+                    else:
+                        if failing:
+                            violations.append(f"a batch with a failing update was acknowledged ({fresh})")
+                        own[fresh], maybe[fresh] = 1, []
+                        own[target], maybe[target] = version, []
+                        if items.get(fresh, {}).get("v") != 1 or items.get(target, {}).get("v") != version:
+                            violations.append(f"read-your-writes: batch {fresh}+{target} v{version} not visible")
+                    target = None  # its outcomes are recorded above
+                elif op == "insert" or (op in ("update", "delete", "read") and not live):
                     op, target = "insert", f"w{index}-{counter}"
                     counter += 1
                     items.insert({"id": target, "v": 1})
@@ -130,6 +163,7 @@ def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results
                 "own": own,
                 "maybe": maybe,
                 "creates": creates,
+                "refused": refused,
                 "violations": violations,
                 "once": once_values,
                 "checksum": client.checksum(),
@@ -206,6 +240,8 @@ def test_histories_hold_under_faults(tmp_path):
             for index, report in reports.items():
                 assert report["violations"] == [], f"worker {index}"
                 assert report["checksum"] == writer_checksum, f"worker {index}'s replica differs from the writer"
+                assert [id for id in report["refused"] if id in items] == [], f"worker {index}: a refused batch applied"
+                assert any(id.startswith("b") for id in report["own"]), f"worker {index} made no batch"
                 for id, version in report["own"].items():
                     got = items.get(id)
                     allowed = {version, *report["maybe"].get(id, [])}

@@ -68,6 +68,7 @@ CHANGES: list[_table.Change] = [
     Clear("plans"),
     ClearNamespace("plans", "test-1"),
     DropNamespace("test-1"),
+    _table.Batch((Put("plans", "global", (freeze(RECORD),)), Delete("prices", "test-1", "price_1"))),
 ]
 
 ONCE_PAYLOADS: dict[str, Any] = {  # what each outcome carries; an outcome not named here carries None
@@ -98,6 +99,14 @@ REQUESTS: list[p.Request] = [
         for i, outcome in enumerate(p.ONCE_OUTCOMES)
     ),
     p.OnceFinish(30, "db", CLIENT, "value", None),  # the default namespace, a None value
+    p.BatchWrite(
+        31,
+        [
+            p.Insert(0, "plans", "global", "plan", [{"amount": 500}], True),
+            p.Update(0, "plans", "test-1", "plan_1", {"amount": 600}),
+            p.Remove(0, "prices", "global", "price_1"),
+        ],
+    ),
     p.Beat("client-1"),
     p.Bye("client-1"),
     p.Stats(0),
@@ -918,6 +927,9 @@ CHANGE_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     ClearNamespace: st.builds(ClearNamespace, names, names),
     DropNamespace: st.builds(DropNamespace, names),
 }
+CHANGE_STRATEGIES[_table.Batch] = st.builds(
+    _table.Batch, st.lists(CHANGE_STRATEGIES[Put] | CHANGE_STRATEGIES[Delete], max_size=3).map(tuple)
+)
 changes = st.one_of(*CHANGE_STRATEGIES.values())
 REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     p.Hello: st.builds(p.Hello, req_ids, st.text()),
@@ -935,6 +947,11 @@ REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     p.Beat: st.builds(p.Beat, st.text()),
     p.Bye: st.builds(p.Bye, st.text()),
 }
+REQUEST_STRATEGIES[p.BatchWrite] = st.builds(
+    p.BatchWrite,
+    req_ids,
+    st.lists(REQUEST_STRATEGIES[p.Insert] | REQUEST_STRATEGIES[p.Update] | REQUEST_STRATEGIES[p.Remove], min_size=1, max_size=3),
+)
 requests = st.one_of(*REQUEST_STRATEGIES.values())
 calls = st.builds(
     p.Call,

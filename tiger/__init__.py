@@ -20,11 +20,15 @@ from typing import TYPE_CHECKING, Any
 from tiger._errors import AlreadyExists, NotFound, OnceFailed, TigerError, Timeout, Unavailable
 
 if TYPE_CHECKING:
+    from tiger._batch import Batch, BatchTable, Pending
     from tiger._client import Client, Page, Table, connect, current_namespace, namespace
     from tiger._server import Server, serve
     from tiger._table import FrozenList, Record, thaw
 
 _LAZY = {
+    "Batch": "tiger._batch",
+    "BatchTable": "tiger._batch",
+    "Pending": "tiger._batch",
     "Client": "tiger._client",
     "Page": "tiger._client",
     "Table": "tiger._client",
@@ -40,11 +44,14 @@ _LAZY = {
 
 __all__ = [
     "AlreadyExists",
+    "Batch",
+    "BatchTable",
     "Client",
     "FrozenList",
     "NotFound",
     "OnceFailed",
     "Page",
+    "Pending",
     "Record",
     "Server",
     "Table",

@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
+from tiger._batch import Batch
 from tiger._errors import AlreadyExists, NotFound, ProtocolError, TigerError, Unavailable
 from tiger._once import Once
 from tiger._process import unsupported_environment
@@ -305,6 +306,14 @@ class Client:
         deadline = time.monotonic() + _timeout(timeout, self.timeout)
         reply = self._request(p.Sync(next(self._req_ids)), deadline)
         self.replica.catch_up(reply.epoch, reply.seq, None, deadline)
+
+    def batch(self) -> Batch:
+        """Writes across tables and namespaces sent as one command when the ``with`` block ends, applied
+        all or none (one seq): ``with client.batch() as b: b.table("plans").insert({...})``. Each call
+        in the block returns a ``Pending`` whose ``result`` is set once the block has ended; a failing
+        operation fails the whole batch with its error (``NotFound``, ``AlreadyExists``, ``ValueError``)
+        naming the operation's index; an exception inside the block sends nothing. See ``tiger._batch``."""
+        return Batch(self, _current)
 
     def drop_namespace(self, namespace: str) -> None:
         """Remove every record of ``namespace`` in every table, in one command (a test's cleanup)."""

@@ -150,6 +150,7 @@ class WriterCore:
             p.Drop: self._drop,
             p.OnceClaim: self._once_claim,
             p.OnceFinish: self._once_finish,
+            p.BatchWrite: self._batch,
         }
 
     def take_outbox(self) -> Outbox:
@@ -320,6 +321,10 @@ class WriterCore:
         packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
         if type(change) is _table.Put:
             p.check_record_sizes(change.records, len(packed))
+        elif type(change) is _table.Batch and len(packed) > p.MAX_RECORD:
+            for part in change.changes:
+                if type(part) is _table.Put:
+                    p.check_record_sizes(part.records, len(p.pack_change(part)))
         if self.disk is not None:
             if self.disk_fault is None:
                 try:
@@ -433,6 +438,32 @@ class WriterCore:
     def _remove(self, r: p.Remove, now: float, wall: float) -> tuple[_table.Change | None, Any]:
         return _table.prepare_delete(self.store, r.table, r.namespace, r.id), None
 
+    def _batch(self, r: p.BatchWrite, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        """Every op prepared in order against the store as the ops before it leave it (``Staged``), nothing
+        applied until all are prepared: one failing op refuses the batch, naming its index."""
+        staged = _table.Staged(self.store)
+        parts: list[_table.Put | _table.Delete] = []
+        where: list[int | None] = []  # for each op, the index of its part (None: a delete of nothing)
+        for i, op in enumerate(r.ops):
+            try:
+                if type(op) is p.Insert:
+                    part: _table.Put | _table.Delete | None = _table.prepare_insert(
+                        staged, op.table, op.namespace, op.prefix, op.records, create=op.create, now=int(wall), token=self.token
+                    )
+                elif type(op) is p.Update:
+                    part = _table.prepare_update(staged, op.table, op.namespace, op.id, op.changes)
+                else:
+                    part = _table.prepare_delete(staged, op.table, op.namespace, op.id)  # type: ignore[union-attr]
+            except (NotFound, AlreadyExists, ValueError, TypeError) as e:
+                raise type(e)(f"operation {i} ({_op_name(op)} {op.table}): {e}; nothing in the batch was applied") from None
+            if part is None:
+                where.append(None)
+                continue
+            staged.stage(part)
+            where.append(len(parts))
+            parts.append(part)
+        return (_table.Batch(tuple(parts)) if parts else None), where
+
     def _clear(self, r: p.ClearTable, now: float, wall: float) -> tuple[_table.Change | None, Any]:
         if r.namespace is None:
             return _table.prepare_clear(self.store, r.table), None
@@ -459,3 +490,10 @@ class WriterCore:
             self.store, r.key, r.client_id, value, error, r.namespace, teardown=r.outcome == "resource"
         )
         return change, verdict
+
+
+def _op_name(op: p.Insert | p.Update | p.Remove) -> str:
+    """An op of a batch as the client called it."""
+    if type(op) is p.Insert:
+        return "create" if op.create else "insert" if len(op.records) == 1 else "insert_many"
+    return "update" if type(op) is p.Update else "delete"

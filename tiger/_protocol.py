@@ -26,7 +26,7 @@ import msgpack
 import zmq
 
 from tiger._errors import ProtocolError
-from tiger._table import Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
+from tiger._table import Batch, Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
 MAX_RECORD = 8 * 1024 * 1024  # bytes of one packed record
@@ -160,7 +160,7 @@ def _plain_records(records: list[Any]) -> bool:
 
 # -- changes --------------------------------------------------------------------
 
-_CHANGE_TAGS = {"put": 4, "del": 4, "clear": 2, "clear_ns": 3, "drop_ns": 2}
+_CHANGE_TAGS = {"put": 4, "del": 4, "clear": 2, "clear_ns": 3, "drop_ns": 2, "batch": 2}
 
 
 def change_to_wire(change: Change) -> list[Any]:
@@ -174,6 +174,8 @@ def change_to_wire(change: Change) -> list[Any]:
         return ["clear_ns", change.table, change.namespace]
     if type(change) is DropNamespace:
         return ["drop_ns", change.namespace]
+    if type(change) is Batch:
+        return ["batch", [change_to_wire(c) for c in change.changes]]
     raise TypeError(f"not a change: {change!r}")
 
 
@@ -182,6 +184,14 @@ def change_from_wire(obj: Any) -> Change:
     tag = a[0]
     if tag == "drop_ns":
         return DropNamespace(_field(a[1], str, "namespace"))
+    if tag == "batch":
+        parts = []
+        for i, item in enumerate(_field(a[1], list, "changes")):
+            part = change_from_wire(item)
+            if type(part) is not Put and type(part) is not Delete:
+                raise ProtocolError(f"field 'changes[{i}]' must be a put or a del, not {type(part).__name__}")
+            parts.append(part)
+        return Batch(tuple(parts))
     table = _field(a[1], str, "table")
     if tag == "put":
         return Put(table, _field(a[2], str, "namespace"), tuple(_records(a[3], "records")))
@@ -276,6 +286,16 @@ class OnceFinish:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """``client.batch()``: inserts, creates, updates and deletes applied all or none, in order, as one
+    change. Each op's own ``req_id`` is not used (0). The answer's result: for each op, the index of its
+    part in the change (None: a delete of nothing)."""
+
+    req_id: int
+    ops: list[Insert | Update | Remove]
+
+
+@dataclass(frozen=True, slots=True)
 class Sync:
     """Publish a heartbeat now, then reply with the current (epoch, seq)."""
 
@@ -322,6 +342,7 @@ Request = (
     | Drop
     | OnceClaim
     | OnceFinish
+    | BatchWrite
     | Sync
     | SnapshotRequest
     | Stats
@@ -339,6 +360,7 @@ _REQUEST_TAGS = {
     "drop_ns": 3,
     "once_claim": 6,
     "once_finish": 7,
+    "batch": 3,
     "sync": 2,
     "snapshot": 2,
     "stats": 2,
@@ -366,6 +388,8 @@ def encode_request(r: Request) -> bytes:
         return pack(["once_claim", r.req_id, r.key, r.client_id, r.by, r.namespace])  # type: ignore[union-attr]
     if t is OnceFinish:
         return pack(["once_finish", r.req_id, r.key, r.client_id, r.outcome, r.payload, r.namespace])  # type: ignore[union-attr]
+    if t is BatchWrite:
+        return b"\x93" + pack("batch") + pack(r.req_id) + _array_head(len(r.ops)) + b"".join(map(encode_request, r.ops))  # type: ignore[union-attr]
     if t is Beat or t is Bye:
         return pack(["beat" if t is Beat else "bye", r.client_id])  # type: ignore[union-attr]
     tag = "sync" if t is Sync else "snapshot" if t is SnapshotRequest else "compact" if t is Compact else "stats"
@@ -463,6 +487,21 @@ def request_from(obj: Any) -> Request:
         return OnceFinish(
             req_id, _field(a[2], str, "key"), _field(a[3], str, "client_id"), outcome, a[5], _field(a[6], str, "namespace")
         )
+    if tag == "batch":
+        ops: list[Insert | Update | Remove] = []
+        for i, item in enumerate(_field(a[2], list, "ops")):
+            if isinstance(item, list) and item and item[0] == "batch":  # refused before decoding: no recursion
+                raise ProtocolError(f"ops[{i}] must be an insert, update or delete, not a batch")
+            try:
+                op = request_from(item)
+            except ProtocolError as e:
+                raise ProtocolError(f"ops[{i}]: {e}") from None
+            if type(op) is not Insert and type(op) is not Update and type(op) is not Remove:
+                raise ProtocolError(f"ops[{i}] must be an insert, update or delete, not {type(op).__name__}")
+            ops.append(op)
+        if not ops:
+            raise ProtocolError("field 'ops' must hold at least one operation")
+        return BatchWrite(req_id, ops)
     if tag == "sync":
         return Sync(req_id)
     if tag == "snapshot":
@@ -728,6 +767,12 @@ _UNENCODABLE = (
 def unencodable(request: Request) -> str:
     """Where a request holds a str that UTF-8 cannot encode (a lone surrogate, as ``os.fsdecode`` makes of
     undecodable bytes), as the ValueError message naming the field; msgpack's own error names none."""
+    if type(request) is BatchWrite:
+        for i, op in enumerate(request.ops):
+            try:
+                encode_request(op)
+            except UnicodeEncodeError:
+                return f"operation {i}: {unencodable(op)}"
     for name in request.__dataclass_fields__:
         value = getattr(request, name)
         if name == "records":

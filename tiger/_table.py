@@ -285,7 +285,14 @@ class DropNamespace:
     namespace: str
 
 
-Change = Put | Delete | Clear | ClearNamespace | DropNamespace
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Puts and deletes applied as one change (``client.batch()``): one seq, one log entry, all or none."""
+
+    changes: tuple[Put | Delete, ...]
+
+
+Change = Put | Delete | Clear | ClearNamespace | DropNamespace | Batch
 Rows = dict[str, Record]  # id -> record, in insertion order
 
 
@@ -347,6 +354,9 @@ class Store:
                 found.clear()
                 for ns in touched:
                     self._touch(change.table, ns)
+        elif type(change) is Batch:
+            for part in change.changes:
+                self.apply(part)
         elif type(change) is DropNamespace:
             for table, found in list(self.tables.items()):
                 if table.startswith(RESERVED_PREFIX):
@@ -596,6 +606,53 @@ def prepare_insert(
             stored["created"] = existing["created"] if existing is not None else now
         out.append(freeze(stored))
     return Put(table, namespace, tuple(out))
+
+
+class _StagedRows:
+    """One namespace's rows as a batch's earlier operations leave them (None: deleted), over the store's."""
+
+    __slots__ = ("base", "staged")
+
+    def __init__(self, base: Rows) -> None:
+        self.base = base
+        self.staged: dict[str, Record | None] = {}
+
+    def get(self, id: str, default: Any = None) -> Any:
+        if id in self.staged:
+            found = self.staged[id]
+            return default if found is None else found
+        return self.base.get(id, default)
+
+    def __contains__(self, id: object) -> bool:
+        return self.get(id) is not None  # type: ignore[arg-type]
+
+
+class Staged(Store):
+    """The store as the operations of a batch prepared so far would leave it, changing nothing: the
+    ``prepare_*`` functions read it as a Store (``rows``, ``get``), ``stage`` records each change made."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self._base = store
+        self._staged: dict[tuple[str, str], _StagedRows] = {}
+
+    def rows(self, table: str, namespace: str) -> Rows:
+        key = (table, namespace)
+        found = self._staged.get(key)
+        if found is None:
+            found = self._staged[key] = _StagedRows(self._base.rows(table, namespace))
+        return found  # type: ignore[return-value]
+
+    def get(self, table: str, namespace: str, id: str) -> Record | None:
+        return self.rows(table, namespace).get(id)
+
+    def stage(self, change: Put | Delete) -> None:
+        staged = self.rows(change.table, change.namespace).staged  # type: ignore[attr-defined]
+        if type(change) is Put:
+            for record in change.records:
+                staged[record["id"]] = record
+        else:
+            staged[change.id] = None  # type: ignore[union-attr]
 
 
 def prepare_update(store: Store, table: str, namespace: str, id: str, changes: Mapping[str, Any]) -> Put:

@@ -1,0 +1,195 @@
+"""``client.batch()``: writes across tables and namespaces as one command, all or none, one seq.
+
+Real writer processes and clients (another client plays "another process": its replica is fed only by
+what the writer publishes). The rules of preparing a batch against a store are in test_table.py
+(``Staged``), the writer core's handling in test_core.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import tiger
+from tiger import _table
+
+
+def test_a_batch_of_mixed_writes_over_three_tables_and_two_namespaces_is_one_change(connect, ns):
+    author, other = connect(), connect()
+    author.sync()
+    before = author.seq
+    with author.batch() as b:
+        plan = b.table("plans", prefix="plan").insert({"amount": 500})
+        prices = b.table("prices").insert_many([{"id": "price_1"}, {"id": "price_2", "plan": "later"}])
+        changed = b.table("prices").update("price_2", {"plan": "plan_x"})  # sees the insert before it
+        with tiger.namespace(f"{ns}-other"):
+            elsewhere = b.table("events").create({"id": "evt_1", "kind": "batch"})
+        gone = b.table("prices").delete("price_1")
+        assert len(b) == 5
+    assert author.seq == before + 1  # one seq for the whole batch
+    # results, once the block has ended
+    assert plan.result["id"].startswith("plan_") and plan.result["amount"] == 500
+    assert [r["id"] for r in prices.result] == ["price_1", "price_2"]
+    assert changed.result["plan"] == "plan_x" and elsewhere.result["kind"] == "batch" and gone.result is None
+    # read-your-writes on return
+    assert author.table("plans")[plan.result["id"]] == plan.result
+    assert "price_1" not in author.table("prices") and author.table("prices")["price_2"]["plan"] == "plan_x"
+    # and the same, all of it, in another process's replica
+    other.sync()
+    assert other.table("plans")[plan.result["id"]] == plan.result
+    assert other.table("prices").all() == [changed.result]
+    with tiger.namespace(f"{ns}-other"):
+        assert other.table("events")["evt_1"] == elsewhere.result
+    author.drop_namespace(f"{ns}-other")
+
+
+@pytest.mark.parametrize(
+    ("failing", "error", "message"),
+    [
+        (lambda t: t.update("missing", {"a": 1}), tiger.NotFound, r"operation 2 \(update plans\): plans 'missing' is not in"),
+        (
+            lambda t: t.create({"id": "plan_taken"}),
+            tiger.AlreadyExists,
+            r"operation 2 \(create plans\): plans 'plan_taken' already",
+        ),
+    ],
+    ids=["update-of-a-missing-id", "create-of-a-taken-id"],
+)
+def test_a_failing_op_in_the_middle_leaves_nothing_seen_from_another_process(connect, ns, failing, error, message):
+    author, other = connect(), connect()
+    author.table("plans").insert({"id": "plan_taken", "n": 0})
+    other.sync()
+    before = other.seq
+    with pytest.raises(error, match=message) as raised, author.batch() as b:
+        first = b.table("plans").insert({"id": "plan_new"})
+        b.table("plans").update("plan_taken", {"n": 1})
+        failing(b.table("plans"))
+        b.table("prices").insert({"id": "price_after"})
+    assert "nothing in the batch was applied" in str(raised.value)
+    author.sync()
+    other.sync()
+    assert other.seq == before and author.seq == before  # no change at all: not even a seq
+    for client in (author, other):
+        assert "plan_new" not in client.table("plans") and client.table("plans")["plan_taken"]["n"] == 0
+        assert "price_after" not in client.table("prices")
+    with pytest.raises(tiger.TigerError, match="operation 0 \\(insert\\) has no result: the batch was refused"):
+        first.result  # noqa: B018
+
+
+def test_an_exception_inside_the_block_sends_nothing(connect, ns):
+    author, other = connect(), connect()
+    other.sync()
+    before = other.seq
+    with pytest.raises(RuntimeError, match="changed my mind"), author.batch() as b:
+        pending = b.table("plans").insert({"id": "plan_never"})
+        raise RuntimeError("changed my mind")
+    other.sync()
+    assert other.seq == before and "plan_never" not in author.table("plans")
+    with pytest.raises(tiger.TigerError, match="the with block raised, so nothing of the batch was sent"):
+        pending.result  # noqa: B018
+
+
+def test_a_result_read_inside_the_block_says_when_it_will_be_there(client, ns):
+    with client.batch() as b:
+        pending = b.table("plans").insert({"amount": 1})
+        with pytest.raises(tiger.TigerError, match="the batch is sent when its with block ends"):
+            pending.result  # noqa: B018
+        assert "pending" in repr(pending)
+    assert pending.result["amount"] == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda b: b.table("plans").insert({"id": 5}), TypeError, r"record\['id'\]"),
+        (lambda b: b.table("plans", prefix="plan").insert({"id": "x_1"}), ValueError, r"must start with 'plan_'"),
+        (lambda b: b.table("plans").insert({"when": object()}), TypeError, r"record\['when'\]"),
+        (lambda b: b.table("plans").update("", {"a": 1}), ValueError, "id"),
+        (lambda b: b.table("plans").update("plan_1", {"id": "plan_2"}), ValueError, r"changes\['id'\]"),
+        (lambda b: b.table("plans").insert_many([]), TypeError, "non-empty list"),
+        (lambda b: b.table("").insert({}), ValueError, "name must be 1 to 200 characters"),
+    ],
+)
+def test_a_bad_argument_raises_at_the_call_naming_the_field_and_the_batch_goes_on(client, ns, call, error, message):
+    with client.batch() as b:
+        with pytest.raises(error, match=message):
+            call(b)
+        good = b.table("plans").insert({"id": "plan_fine"})
+        assert len(b) == 1  # the bad call recorded nothing
+    assert good.result["id"] == "plan_fine"
+
+
+def test_a_str_utf8_cannot_encode_names_the_operation_and_sends_nothing(connect, ns):
+    author, other = connect(), connect()
+    other.sync()
+    before = other.seq
+    with (
+        pytest.raises(ValueError, match=r"operation 1: record\['meta'\]\['path'\]: a str UTF-8 cannot encode"),
+        author.batch() as b,
+    ):
+        b.table("files").insert({"id": "f0"})
+        b.table("files").insert({"id": "f1", "meta": {"path": os.fsdecode(b"report-\xff.pdf")}})
+    other.sync()
+    assert other.seq == before
+
+
+def test_an_empty_batch_sends_nothing(client, ns):
+    client.sync()
+    before = client.seq
+    with client.batch() as b:
+        pass
+    client.sync()
+    assert client.seq == before and len(b) == 0
+
+
+def test_writes_outside_the_block_and_a_second_block_are_refused(client, ns):
+    b = client.batch()
+    with pytest.raises(tiger.TigerError, match="inside its with block"):
+        b.table("plans").insert({})
+    with b:
+        b.table("plans").insert({})
+    with pytest.raises(tiger.TigerError, match="one with block"), b:
+        pass
+
+
+def test_insert_then_update_then_delete_of_one_id_in_one_batch(client, ns):
+    with client.batch() as b:
+        t = b.table("plans")
+        t.insert({"id": "plan_1", "n": 1})
+        t.update("plan_1", {"n": 2})
+        t.delete("plan_1")
+        t.insert({"id": "plan_2", "n": 1})
+        t.delete("plan_2")
+        t.insert({"id": "plan_2", "n": 3})
+    assert "plan_1" not in client.table("plans") and client.table("plans")["plan_2"]["n"] == 3
+
+
+def test_a_batch_survives_a_writer_restart_from_its_data_directory(tmp_path):
+    url, data = f"ipc://{tmp_path}/w", tmp_path / "data"
+    with tiger.serve(url, data=data, fsync="always") as server:
+        with tiger.connect(server.url) as client, client.batch() as b:
+            b.table("plans").insert({"id": "plan_1"})
+            b.table("prices").insert({"id": "price_1", "plan": "plan_1"})
+            b.table("plans").update("plan_1", {"price": "price_1"})
+    with tiger.serve(url, data=data) as server, tiger.connect(server.url) as client:
+        assert client.table("plans")["plan_1"]["price"] == "price_1" and "price_1" in client.table("prices")
+
+
+# -- the pure rule under it: a batch is prepared against the store as the ops before it leave it ----------------
+
+
+def test_staged_reads_see_earlier_ops_and_change_nothing():
+    store = _table.Store()
+    store.apply(_table.Put("t", "global", (_table.freeze({"id": "a", "created": 1}),)))
+    staged = _table.Staged(store)
+    put = _table.prepare_insert(staged, "t", "global", None, [{"id": "b"}], create=True, now=2, token=lambda n: "0" * n)
+    staged.stage(put)
+    staged.stage(_table.Delete("t", "global", "a"))
+    assert staged.get("t", "global", "b") is not None and staged.get("t", "global", "a") is None
+    assert "a" not in staged.rows("t", "global") and "b" in staged.rows("t", "global")
+    with pytest.raises(tiger.AlreadyExists):
+        _table.prepare_insert(staged, "t", "global", None, [{"id": "b"}], create=True, now=2, token=lambda n: "0" * n)
+    with pytest.raises(tiger.NotFound):
+        _table.prepare_update(staged, "t", "global", "a", {"x": 1})
+    assert store.content() == {"t": {"global": [{"id": "a", "created": 1}]}}  # the store itself is untouched

@@ -1,0 +1,164 @@
+"""``client.batch()``: many writes across tables and namespaces, sent as one command, applied all or none.
+
+with client.batch() as b:
+    plan = b.table("plans", prefix="plan").insert({"amount": 500})
+    b.table("prices").update("price_1", {"plan": "plan_x"})
+plan.result  # the stored record, once the block has ended
+
+Inside the block nothing is sent: each call checks its arguments at once (the same checks as the
+table's own methods, so a bad argument raises at the line that made it), records the operation in
+the current namespace, and returns a :class:`Pending` whose ``result`` is filled in when the block
+ends. At the end of the block the operations go to the writer as one command: it prepares them in
+order, each seeing the ones before it (an update may follow the insert of the same id), and applies
+all of them as one change (one seq, one log entry) or, if any fails, none: the error names the
+failing operation's index. Read-your-writes holds when the block returns. An exception inside the
+block sends nothing.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tiger import _protocol as p
+from tiger._errors import TigerError
+from tiger._table import Batch as BatchChange
+from tiger._table import Delete, Put, check_id, check_record, check_records, check_update
+
+if TYPE_CHECKING:
+    from tiger._client import Client
+
+_NOT_YET = object()
+
+
+class Pending:
+    """One write of a batch. ``result`` once the batch has been applied: the stored record (``insert``,
+    ``create``, ``update``), the list of stored records (``insert_many``) or None (``delete``).
+    Before that, or if the batch failed or was never sent, reading ``result`` raises ``TigerError``."""
+
+    __slots__ = ("_batch", "_index", "_kind", "_result")
+
+    def __init__(self, batch: Batch, index: int, kind: str) -> None:
+        self._batch = batch
+        self._index = index
+        self._kind = kind
+        self._result: Any = _NOT_YET
+
+    @property
+    def result(self) -> Any:
+        if self._result is _NOT_YET:
+            raise TigerError(f"operation {self._index} ({self._kind}) has no result: {self._batch._state}")
+        return self._result
+
+    def __repr__(self) -> str:
+        shown = "pending" if self._result is _NOT_YET else repr(self._result)
+        return f"<tiger batch operation {self._index} {self._kind}: {shown}>"
+
+
+class BatchTable:
+    """A table's writes inside a batch (``batch.table(name, prefix)``): the same arguments and checks as
+    ``Table``'s, each returning a :class:`Pending`."""
+
+    def __init__(self, batch: Batch, name: str, prefix: str | None) -> None:
+        self._batch = batch
+        self.name = name
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"<tiger BatchTable {self.name!r}>"
+
+    def insert(self, record: Mapping[str, Any]) -> Pending:
+        """Store the whole record (replacing one with the same id); ``result``: the record as stored."""
+        check_records([record], self.name, self.prefix, single=True)
+        return self._batch._add(self._insert([record], create=False), "insert")
+
+    def insert_many(self, records: Sequence[Mapping[str, Any]]) -> Pending:
+        """Insert every record; ``result``: the list of records as stored."""
+        if not isinstance(records, (list, tuple)) or not records:
+            raise TypeError(f"records must be a non-empty list, not {records!r:.60}")
+        check_records(records, self.name, self.prefix, single=False)
+        return self._batch._add(self._insert(list(records), create=False), "insert_many")
+
+    def create(self, record: Mapping[str, Any]) -> Pending:
+        """Like ``insert``, but the whole batch fails with ``tiger.AlreadyExists`` if the id is taken."""
+        check_records([record], self.name, self.prefix, single=True)
+        return self._batch._add(self._insert([record], create=True), "create")
+
+    def update(self, id: str, changes: Mapping[str, Any]) -> Pending:
+        """Merge ``changes`` into the record (stored, or written earlier in this batch); ``result``: the
+        merged record. ``tiger.NotFound`` fails the whole batch if there is no such record."""
+        check_id(id)
+        check_record(changes, "changes")
+        namespace = self._batch._namespace()
+        check_update(id, changes, self._batch._client.replica.store.get(self.name, namespace, id))
+        return self._batch._add(p.Update(0, self.name, namespace, id, dict(changes)), "update")
+
+    def delete(self, id: str) -> Pending:
+        """Remove the record if present (stored, or written earlier in this batch); ``result``: None."""
+        check_id(id)
+        return self._batch._add(p.Remove(0, self.name, self._batch._namespace(), id), "delete")
+
+    def _insert(self, records: builtins.list[Any], create: bool) -> p.Insert:
+        return p.Insert(0, self.name, self._batch._namespace(), self.prefix, records, create)
+
+
+class Batch:
+    """Writes collected by ``with client.batch() as b:`` and sent when the block ends (see the module)."""
+
+    def __init__(self, client: Client, current_namespace: Callable[[], str]) -> None:
+        self._client = client
+        self._namespace = current_namespace  # read at each call: the namespace of the call's context
+        self._ops: list[p.Insert | p.Update | p.Remove] = []
+        self._pending: list[Pending] = []
+        self._state = "the batch is sent when its with block ends"
+        self._open = False
+
+    def __repr__(self) -> str:
+        return f"<tiger Batch of {len(self._ops)} operations>"
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def table(self, name: str, prefix: str | None = None) -> BatchTable:
+        """The writes of table ``name`` in this batch (``prefix`` as for ``client.table``)."""
+        self._client.table(name, prefix)  # the same checks of the name and prefix
+        return BatchTable(self, name, prefix)
+
+    def __enter__(self) -> Batch:
+        if self._open or self._ops:
+            raise TigerError("a batch is used for one with block")
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._open = False
+        if exc_type is not None:
+            self._state = "the with block raised, so nothing of the batch was sent"
+            return
+        if self._ops:
+            self._send()
+
+    def _add(self, op: p.Insert | p.Update | p.Remove, kind: str) -> Pending:
+        if not self._open:
+            raise TigerError("batch writes are made inside its with block: with client.batch() as b: ...")
+        pending = Pending(self, len(self._ops), kind)
+        self._ops.append(op)
+        self._pending.append(pending)
+        return pending
+
+    def _send(self) -> None:
+        client = self._client
+        self._state = "the batch was refused, so none of it was applied"
+        reply = client._write(p.BatchWrite(next(client._req_ids), self._ops))
+        change = reply.change
+        parts: tuple[Put | Delete, ...] = change.changes if type(change) is BatchChange else ()
+        for pending, where in zip(self._pending, reply.result, strict=True):
+            part = None if where is None else parts[where]
+            if pending._kind == "delete" or part is None:
+                pending._result = None
+            elif pending._kind == "insert_many":
+                pending._result = list(part.records)
+            else:
+                pending._result = part.records[0]
+        self._state = "sent"
