@@ -80,17 +80,19 @@ def target_line(t: dict[str, Any]) -> tuple[str, str, str, str]:
     return t["target"], measured, limit, verdict + (f" ({t['detail']})" if t.get("detail") else "")
 
 
-def targets_table(results: list[dict[str, Any]]) -> str:
+def targets_table(results: list[dict[str, Any]], issue: int = 5) -> str:
+    """The targets of one issue (a target without one is issue 5's, the first to set targets)."""
     lines = [
-        "### targets (issue 5)",
+        f"### targets (issue {issue})",
         "",
         "| scenario | target | measured | limit | result |",
         "| --- | --- | ---: | ---: | --- |",
     ]
     for result in results:
         for t in result.get("targets", []):
-            name, measured, limit, verdict = target_line(t)
-            lines.append(f"| {result['scenario']} | {name} | {measured} | {limit} | {verdict} |")
+            if t.get("issue", 5) == issue:
+                name, measured, limit, verdict = target_line(t)
+                lines.append(f"| {result['scenario']} | {name} | {measured} | {limit} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -98,6 +100,6 @@ def report(results: list[dict[str, Any]], machine_line: str, command: str) -> st
     parts = [f"Command: `{command}`", "", f"Machine: {machine_line}", ""]
     for result in results:
         parts += [scenario_table(result), ""]
-    if any(r.get("targets") for r in results):
-        parts += [targets_table(results), ""]
+    for issue in sorted({t.get("issue", 5) for r in results for t in r.get("targets", [])}):
+        parts += [targets_table(results, issue), ""]
     return "\n".join(parts)
