@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 TIGER = "#d95f02"
+TIGERS = [TIGER, "#8c2d04", "#fd8d3c"]  # more than one tiger setup in a plot (writers: in memory, each fsync policy)
 FLOOR = "#7f7f7f"
 FLOORS = ["#444444", "#9a9a9a", "#bbbbbb"]
 PEER_COLORS = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
@@ -42,9 +43,10 @@ def _colors(subjects: list[str], roles: dict[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     peers = iter(PEER_COLORS)
     floors = iter(FLOORS)
+    tigers = iter(TIGERS)
     for s in subjects:
         role = roles[s]
-        out[s] = TIGER if role == "tiger" else next(floors, FLOOR) if role == "floor" else next(peers, "#333333")
+        out[s] = next(tigers, TIGER) if role == "tiger" else next(floors, FLOOR) if role == "floor" else next(peers, "#333333")
     return out
 
 
@@ -138,7 +140,8 @@ def _lines(ax: Any, series: dict[str, dict[str, float]], roles: dict[str, str], 
 def _writers(plt: Any, data: dict[str, Any]) -> Any:
     roles = {r["subject"]: r["role"] for r in data["rows"]}
     colors = _colors(list(roles), roles)
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8))
+    ax = axes[0]
     series = data["series"]["writes_per_s"]
     _lines(ax, series, roles, colors)
     counts = sorted({int(x) for points in series.values() for x in points})
@@ -149,9 +152,44 @@ def _writers(plt: Any, data: dict[str, Any]) -> Any:
     ax.set_ylabel("aggregate single writes/s (log)")
     ax.grid(which="both", alpha=0.25)
     ax.legend(fontsize=8)
-    ax.set_title("writers: aggregate writes/s vs concurrent writer processes")
+    ax.set_title("aggregate writes/s vs concurrent writer processes", fontsize=10)
+    _writers_scaling(axes[1], data, [s for s in series if roles.get(s) == "tiger"], colors, counts)
+    fig.suptitle("writers: N client processes writing single records at once")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
+
+
+def _writers_scaling(ax: Any, data: dict[str, Any], tigers: list[str], colors: dict[str, str], counts: list[int]) -> None:
+    """Each tiger setup's aggregate as a multiple of its one-process figure, with issue 12's targets."""
+    series = data["series"]["writes_per_s"]
+    for subject in (s for s in tigers if "1" in series[s]):
+        points = series[subject]
+        xs = sorted(int(x) for x in points)
+        label = f"{subject} (1 process: {points['1']:,.0f}/s)"
+        ax.plot(xs, [points[str(x)] / points["1"] for x in xs], marker="o", color=colors[subject], linewidth=2, label=label)
+        for x in xs[1:]:
+            ax.annotate(
+                f"{points[str(x)]:,.0f}/s",
+                (x, points[str(x)] / points["1"]),
+                xytext=(4, -10),
+                textcoords="offset points",
+                fontsize=6.5,
+                color=colors[subject],
+            )
+    ax.axhline(1.0, color=FLOOR, linewidth=0.8, linestyle=":")
+    marks = [(4, 2.0, "target: 4 processes >= 2x one"), (8, 4.0, "target (--fsync always): 8 >= 4x one")]
+    for x, y, label in marks:
+        if x in counts:
+            ax.scatter([x], [y], marker="*", s=160, color="black", zorder=5)
+            ax.annotate(label, (x, y), xytext=(-6, 6), textcoords="offset points", ha="right", fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_xlabel("client processes writing at once (target: no line falls from 4 to 8)")
+    ax.set_ylabel("aggregate writes/s / one process's")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("tiger: how the aggregate scales, in memory and with each --fsync policy", fontsize=10)
 
 
 _DRAW["writers"] = _writers

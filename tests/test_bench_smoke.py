@@ -88,3 +88,18 @@ def test_quick_plugin_runs_and_writes_valid_json(tmp_path: Path) -> None:
     assert all(t["met"] in (True, False) for t in targets)
     assert "file" in data["plot"] or "skipped" in data["plot"]
     assert "| 1 test | plugin |" in proc.stdout
+
+
+def test_quick_writers_runs_tiger_with_each_fsync_policy(tmp_path: Path) -> None:
+    """``--only writers``: tiger in memory and with --data and each --fsync policy, by process count."""
+    proc, data = run_quick(tmp_path, "writers")
+    series = data["series"]["writes_per_s"]
+    counts = [str(n) for n in data["params"]["processes"]]
+    for subject in ("tiger", "tiger --fsync never", "tiger --fsync always"):
+        assert list(series[subject]) == counts
+        assert all(rate > 0 for rate in series[subject].values())
+    assert "--fsync always" in next(r["label"] for r in data["rows"] if r["subject"] == "tiger --fsync always")
+    targets = [t for t in data["targets"] if t["issue"] == 12]
+    assert len(targets) == 5  # 4 >= 2x 1 and 8 >= 4 for each policy; 8 >= 4x 1 with always
+    assert all(t["met"] is None for t in targets)  # --quick stops at 2 processes: not measured, and said so
+    assert "| tiger --fsync always |" in proc.stdout  # the scaling table
