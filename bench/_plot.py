@@ -379,3 +379,83 @@ def _plugin(plt: Any, data: dict[str, Any]) -> Any:
 
 
 _DRAW["plugin"] = _plugin
+
+
+def _join_stall(plt: Any, data: dict[str, Any]) -> Any:
+    series = data["series"]
+    windows = series["windows_s"]
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+
+    def shade(ax: Any) -> None:
+        for i, (a, b) in enumerate(windows["lone"]):
+            ax.axvspan(a, b, color="#9ecae1", alpha=0.35, label="a lone join" if i == 0 else None)
+        group = windows["group"]
+        ax.axvspan(min(a for a, _ in group), max(b for _, b in group), color="#fdae6b", alpha=0.35, label="4 joins at once")
+
+    ax = axes[0]
+    inserts = series["inserts"]
+    ax.plot(
+        inserts["t_s"],
+        inserts["max_ms"],
+        color=TIGER,
+        linewidth=1.0,
+        marker=".",
+        markersize=3,
+        label=f"longest insert starting in each {inserts['bin_s'] * 1000:g} ms (none start during a stall)",
+    )
+    ax.plot(inserts["t_s"], inserts["median_ms"], color="#7a3b00", linewidth=0.8, alpha=0.7, label="median insert per bin")
+    limit = next((t["limit"] for t in data["targets"] if "longest single insert" in t["target"]), None)
+    if limit is not None:
+        ax.axhline(limit * 1000, color="black", linestyle="--", linewidth=0.9, label=f"target: longest < {limit * 1000:g} ms")
+    shade(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the inserter's first insert")
+    ax.set_ylabel("single insert latency, ms (log)")
+    ax.set_title("an insert loop in its own process while others join", fontsize=10)
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left")
+
+    ax = axes[1]
+    joins = series["joins_s"]
+    lone = sorted(joins["lone"])[len(joins["lone"]) // 2]
+    names = ["lone join"] + [f"joiner {i + 1}" for i in range(len(joins["group"]))] + ["all 4 done"]
+    tiger = [lone, *joins["group"], joins["all_done"]]
+    decode_lone = sorted(joins["decode_lone"])[len(joins["decode_lone"]) // 2]
+    floor = [decode_lone, *joins["decode_group"], joins["decode_all_done"]]
+    ys = range(len(names))
+    ax.barh([y - 0.2 for y in ys], tiger, height=0.4, color=TIGER, label="tiger.connect()")
+    ax.barh([y + 0.2 for y in ys], floor, height=0.4, color=FLOOR, label="msgpack decode + dict of the snapshot (floor)")
+    for y, v in zip(ys, tiger, strict=True):
+        ax.text(v * 1.02, y - 0.2, f"{v:.2f} s ({v / lone:.1f}x)", va="center", fontsize=7)
+    for y, v in zip(ys, floor, strict=True):
+        ax.text(v * 1.02, y + 0.2, f"{v:.2f} s ({v / decode_lone:.1f}x)", va="center", fontsize=7)
+    ax.axvline(2.5 * lone, color="black", linestyle="--", linewidth=0.9, label="target: all 4 done within 2.5x a lone join")
+    ax.set_yticks(list(ys), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(max(tiger), 2.5 * lone) * 1.35)
+    ax.set_xlabel(f"seconds (x: multiple of the lone one); {data['machine']['cores']} cores")
+    ax.set_title("join times: one alone, then 4 at once", fontsize=10)
+    ax.grid(axis="x", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper right")
+
+    ax = axes[2]
+    rss = series["writer_rss_mb"]
+    before = series["writer_rss_before_mb"]
+    ax.plot(rss["t_s"], rss["mb"], color=TIGER, linewidth=1.2, label="writer RSS (highest per bin)")
+    ax.axhline(before, color=FLOOR, linestyle=":", linewidth=0.9, label=f"before any join: {before:.0f} MB")
+    ax.axhline(1.5 * before, color="black", linestyle="--", linewidth=0.9, label="target: peak < 1.5x before")
+    shade(ax)
+    ax.set_xlim(left=min(0.0, *(a for a, _ in windows["lone"])) - 0.1)
+    ax.set_ylim(0, max(max(rss["mb"]), 1.5 * before) * 1.15)
+    ax.set_xlabel("seconds since the inserter's first insert")
+    ax.set_ylabel("MB")
+    ax.set_title("the writer's resident memory", fontsize=10)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, loc="lower right")
+    p = data["params"]
+    fig.suptitle(f"join-stall: {p['joiners']} fresh processes join a {p['records']:,}-record store while another inserts")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["join-stall"] = _join_stall

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -137,4 +138,26 @@ def _writers_scaling(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_EXTRA: dict[str, Callable[[dict[str, Any]], str]] = {"writers": _writers_scaling}
+def _join_stall_joins(result: dict[str, Any]) -> str:
+    """Each join: when it started (seconds since the inserter's first insert) and how long it took."""
+    joins = result["series"]["joins_s"]
+    windows = result["series"]["windows_s"]
+    lone = statistics.median(joins["lone"])
+    lines = [
+        "#### join-stall: each join",
+        "",
+        "| join | started at (s since the first insert) | join time (s) | x the lone join's median |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for i, (start, end) in enumerate(windows["lone"], 1):
+        lines.append(f"| lone join {i} | {start:.3f} | {end - start:.3f} | {(end - start) / lone:.2f}x |")
+    for i, (start, end) in enumerate(windows["group"], 1):
+        lines.append(
+            f"| joiner {i} of {len(windows['group'])} at once | {start:.3f} | {end - start:.3f} | {(end - start) / lone:.2f}x |"
+        )
+    done = joins["all_done"]
+    lines.append(f"| all {len(windows['group'])} done | - | {done:.3f} | {done / lone:.2f}x |")
+    return "\n".join(lines)
+
+
+_EXTRA: dict[str, Callable[[dict[str, Any]], str]] = {"writers": _writers_scaling, "join-stall": _join_stall_joins}
