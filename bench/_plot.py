@@ -436,7 +436,7 @@ def _join_stall(plt: Any, data: dict[str, Any]) -> Any:
     ax.set_xlabel(f"seconds (x: multiple of the lone one); {data['machine']['cores']} cores")
     ax.set_title("join times: one alone, then 4 at once", fontsize=10)
     ax.grid(axis="x", alpha=0.25)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
 
     ax = axes[2]
     rss = series["writer_rss_mb"]
