@@ -167,15 +167,6 @@ def _writers_scaling(ax: Any, data: dict[str, Any], tigers: list[str], colors: d
         xs = sorted(int(x) for x in points)
         label = f"{subject} (1 process: {points['1']:,.0f}/s)"
         ax.plot(xs, [points[str(x)] / points["1"] for x in xs], marker="o", color=colors[subject], linewidth=2, label=label)
-        for x in xs[1:]:
-            ax.annotate(
-                f"{points[str(x)]:,.0f}/s",
-                (x, points[str(x)] / points["1"]),
-                xytext=(4, -10),
-                textcoords="offset points",
-                fontsize=6.5,
-                color=colors[subject],
-            )
     ax.axhline(1.0, color=FLOOR, linewidth=0.8, linestyle=":")
     marks = [(4, 2.0, "target: 4 processes >= 2x one"), (8, 4.0, "target (--fsync always): 8 >= 4x one")]
     for x, y, label in marks:
