@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
-from bench._common import HIGHER, Children, Result, receive_all, send, step
+from bench._common import HIGHER, Children, Result, receive_all, send, step, summary, time_calls
 from bench._peers import (
     KIND_OF,
     Context,
@@ -45,7 +47,9 @@ def run(ctx: Context) -> Result:
         "elapsed time. tiger: Table.insert (read-your-writes), to a writer started by tiger.serve() in memory only "
         f"('tiger'), and to one keeping its store in a fresh directory with each fsync policy ('tiger --fsync "
         f"{FSYNCS[0]}', 'tiger --fsync {FSYNCS[1]}': tiger serve --data DIR --fsync ...); the floor: REQ/REP round "
-        "trips of the bytes tiger would send, to one echo process.",
+        "trips of the bytes tiger would send, to one echo process; and just before each 'tiger --fsync always' run, "
+        "appends + fsyncs of 300 bytes by this process in the same filesystem ('append + fsync': the disk as it is "
+        "then, the rate of a writer that fsyncs every write alone).",
         params={"processes": counts, "duration_s": duration, "fsync": list(FSYNCS)},
     )
     res.skip(
@@ -65,9 +69,12 @@ def run(ctx: Context) -> Result:
                 if kwargs.get("fsync"):
                     res.params["data_filesystem"] = filesystem_of(subject.tmp)
                 for n in counts:
+                    case = f"{n} writer{'s' if n > 1 else ''}"
+                    if kwargs.get("fsync") == "always":  # the disk as it is just now: fsync latency varies a lot here
+                        fsyncs = _fsync_floor(subject.tmp)
+                        res.row(case, FSYNC_FLOOR, "floor", "writes/s", fsyncs, better=HIGHER, label=FSYNC_LABEL)
                     with step(NAME, f"{name}: {n} writer process{'es' if n > 1 else ''}"):
                         rate, per = _writers(KIND_OF[cls], subject.spec, n, duration)
-                    case = f"{n} writer{'s' if n > 1 else ''}"
                     res.row(case, name, cls.role, "writes/s", {"median": rate}, better=HIGHER, label=label, per_process=per)
         except Exception as e:
             skip_failed(cls, res, e)
@@ -102,6 +109,32 @@ def _targets(res: Result, counts: list[int]) -> None:
                 detail=f"{a:,.0f} vs {b:,.0f} writes/s" if a and b else f"--quick runs {', '.join(map(str, counts))} processes",
                 issue=12,
             )
+
+
+FSYNC_FLOOR = "append + fsync"
+FSYNC_LABEL = (
+    "this process appends 300 bytes to a file beside the writer's data directory and fsyncs it, again and again for "
+    "up to 0.3 s, just before each tiger --fsync always run: appends / their total time, the rate of a writer that "
+    "fsyncs each write alone"
+)
+
+
+def _fsync_floor(directory: Path, budget: float = 0.3, most: int = 200) -> dict[str, Any]:
+    """Appends + fsyncs per second in ``directory`` (count / their total time), measured now."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    entry = b"x" * 300
+
+    def append() -> None:
+        os.write(fd, entry)
+        os.fsync(fd)
+
+    try:
+        seconds = time_calls(append, count=most, budget=budget)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {"median": len(seconds) / sum(seconds), "fsync_ms": summary([1000 * t for t in seconds])}
 
 
 def _writers(kind: str, spec: dict[str, object], n: int, duration: float) -> tuple[float, list[float]]:

@@ -128,6 +128,7 @@ def test_quick_writers_runs_tiger_with_each_fsync_policy(tmp_path: Path) -> None
         assert list(series[subject]) == counts
         assert all(rate > 0 for rate in series[subject].values())
     assert "--fsync always" in next(r["label"] for r in data["rows"] if r["subject"] == "tiger --fsync always")
+    assert list(series["append + fsync"]) == counts  # the disk's fsync rate, just before each of those runs
     targets = [t for t in data["targets"] if t["issue"] == 12]
     assert len(targets) == 5  # 4 >= 2x 1 and 8 >= 4 for each policy; 8 >= 4x 1 with always
     assert all(t["met"] is None for t in targets)  # --quick stops at 2 processes: not measured, and said so
