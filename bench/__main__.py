@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ["read", "write", "writers", "fanout", "join", "xdist", "plugin"]
+SCENARIOS = ["read", "write", "writers", "fanout", "join", "join-stall", "xdist", "plugin"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp) / name
             workdir.mkdir()
             try:
-                module = importlib.import_module(f"bench.{name}")
+                module = importlib.import_module(f"bench.{name.replace('-', '_')}")
                 result = module.run(Context(quick=args.quick, tmp=workdir))
             except Exception:
                 traceback.print_exc()

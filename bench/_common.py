@@ -273,14 +273,25 @@ class Result:
                 return row
         return None
 
-    def target(self, name: str, measured: float | None, limit: float, unit: str, *, at_most: bool, detail: str = "") -> None:
-        """A target from issue 5: evaluated and reported, never asserted."""
+    def target(
+        self, name: str, measured: float | None, limit: float, unit: str, *, at_most: bool, detail: str = "", issue: int = 5
+    ) -> None:
+        """A target from an issue (5 unless said): evaluated and reported, never asserted."""
         if measured is None or math.isnan(measured):
             met = None
         else:
             met = measured <= limit if at_most else measured >= limit
         self.targets.append(
-            {"target": name, "measured": measured, "limit": limit, "unit": unit, "at_most": at_most, "met": met, "detail": detail}
+            {
+                "target": name,
+                "measured": measured,
+                "limit": limit,
+                "unit": unit,
+                "at_most": at_most,
+                "met": met,
+                "detail": detail,
+                "issue": issue,
+            }
         )
 
     def skip(self, subject: str, reason: str, scenario: str | None = None) -> None:

@@ -122,15 +122,27 @@ class _TigerClient(Client):
 
 
 class Tiger(Subject):
+    """tiger's writer: in memory only, or with ``fsync`` given, keeping its store in a directory of ``tmp``
+    (``tiger serve --data DIR --fsync FSYNC``)."""
+
     name = "tiger"
     role = "tiger"
+
+    def __init__(self, tmp: Path, fsync: str | None = None) -> None:
+        super().__init__(tmp)
+        self.fsync = fsync
 
     def setup(self) -> None:
         import tiger
 
-        self.server = tiger.serve()
+        if self.fsync is None:
+            self.server = tiger.serve()
+            durability = ""
+        else:
+            self.server = tiger.serve(data=self.tmp / "data", fsync=self.fsync)
+            durability = f"; --data DIR on {filesystem_of(self.tmp)} --fsync {self.fsync}"
         self.spec = {"url": self.server.url}
-        self.label = f"tiger {_dist_version('tiger')} (replica read; insert over {self.server.url.split(':')[0]})"
+        self.label = f"tiger {_dist_version('tiger')} (replica read; insert over {self.server.url.split(':')[0]}{durability})"
 
     def teardown(self) -> None:
         server = getattr(self, "server", None)
@@ -591,6 +603,23 @@ KINDS: dict[str, type[Subject]] = {
     "ultradict": Ultra,
 }
 KIND_OF: dict[type[Subject], str] = {v: k for k, v in KINDS.items()}
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (/proc/mounts, longest mount point that contains it): a tmpfs
+    makes fsync free, so a figure with fsync means little without it."""
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1:3] for line in f]
+    except OSError:
+        return "?"
+    resolved = str(path.resolve())
+    best = max(
+        (m for m in mounts if resolved == m[0] or resolved.startswith(m[0].rstrip("/") + "/")),
+        key=lambda m: len(m[0]),
+        default=None,
+    )
+    return best[1] if best else "?"
 
 
 def _dist_version(name: str) -> str:

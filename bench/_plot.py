@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 TIGER = "#d95f02"
+TIGERS = [TIGER, "#8c2d04", "#fd8d3c"]  # more than one tiger setup in a plot (writers: in memory, each fsync policy)
 FLOOR = "#7f7f7f"
 FLOORS = ["#444444", "#9a9a9a", "#bbbbbb"]
 PEER_COLORS = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
@@ -42,9 +43,10 @@ def _colors(subjects: list[str], roles: dict[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     peers = iter(PEER_COLORS)
     floors = iter(FLOORS)
+    tigers = iter(TIGERS)
     for s in subjects:
         role = roles[s]
-        out[s] = TIGER if role == "tiger" else next(floors, FLOOR) if role == "floor" else next(peers, "#333333")
+        out[s] = next(tigers, TIGER) if role == "tiger" else next(floors, FLOOR) if role == "floor" else next(peers, "#333333")
     return out
 
 
@@ -138,7 +140,8 @@ def _lines(ax: Any, series: dict[str, dict[str, float]], roles: dict[str, str], 
 def _writers(plt: Any, data: dict[str, Any]) -> Any:
     roles = {r["subject"]: r["role"] for r in data["rows"]}
     colors = _colors(list(roles), roles)
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8))
+    ax = axes[0]
     series = data["series"]["writes_per_s"]
     _lines(ax, series, roles, colors)
     counts = sorted({int(x) for points in series.values() for x in points})
@@ -149,9 +152,35 @@ def _writers(plt: Any, data: dict[str, Any]) -> Any:
     ax.set_ylabel("aggregate single writes/s (log)")
     ax.grid(which="both", alpha=0.25)
     ax.legend(fontsize=8)
-    ax.set_title("writers: aggregate writes/s vs concurrent writer processes")
+    ax.set_title("aggregate writes/s vs concurrent writer processes", fontsize=10)
+    _writers_scaling(axes[1], data, [s for s in series if roles.get(s) == "tiger"], colors, counts)
+    fig.suptitle("writers: N client processes writing single records at once")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
+
+
+def _writers_scaling(ax: Any, data: dict[str, Any], tigers: list[str], colors: dict[str, str], counts: list[int]) -> None:
+    """Each tiger setup's aggregate as a multiple of its one-process figure, with issue 12's targets."""
+    series = data["series"]["writes_per_s"]
+    for subject in (s for s in tigers if "1" in series[s]):
+        points = series[subject]
+        xs = sorted(int(x) for x in points)
+        label = f"{subject} (1 process: {points['1']:,.0f}/s)"
+        ax.plot(xs, [points[str(x)] / points["1"] for x in xs], marker="o", color=colors[subject], linewidth=2, label=label)
+    ax.axhline(1.0, color=FLOOR, linewidth=0.8, linestyle=":")
+    marks = [(4, 2.0, "target: 4 processes >= 2x one"), (8, 4.0, "target (--fsync always): 8 >= 4x one")]
+    for x, y, label in marks:
+        if x in counts:
+            ax.scatter([x], [y], marker="*", s=160, color="black", zorder=5)
+            ax.annotate(label, (x, y), xytext=(-6, 6), textcoords="offset points", ha="right", fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_xlabel("client processes writing at once (target: no line falls from 4 to 8)")
+    ax.set_ylabel("aggregate writes/s / one process's")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("tiger: how the aggregate scales, in memory and with each --fsync policy", fontsize=10)
 
 
 _DRAW["writers"] = _writers
@@ -341,3 +370,83 @@ def _plugin(plt: Any, data: dict[str, Any]) -> Any:
 
 
 _DRAW["plugin"] = _plugin
+
+
+def _join_stall(plt: Any, data: dict[str, Any]) -> Any:
+    series = data["series"]
+    windows = series["windows_s"]
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+
+    def shade(ax: Any) -> None:
+        for i, (a, b) in enumerate(windows["lone"]):
+            ax.axvspan(a, b, color="#9ecae1", alpha=0.35, label="a lone join" if i == 0 else None)
+        group = windows["group"]
+        ax.axvspan(min(a for a, _ in group), max(b for _, b in group), color="#fdae6b", alpha=0.35, label="4 joins at once")
+
+    ax = axes[0]
+    inserts = series["inserts"]
+    ax.plot(
+        inserts["t_s"],
+        inserts["max_ms"],
+        color=TIGER,
+        linewidth=1.0,
+        marker=".",
+        markersize=3,
+        label=f"longest insert starting in each {inserts['bin_s'] * 1000:g} ms (none start during a stall)",
+    )
+    ax.plot(inserts["t_s"], inserts["median_ms"], color="#7a3b00", linewidth=0.8, alpha=0.7, label="median insert per bin")
+    limit = next((t["limit"] for t in data["targets"] if "longest single insert" in t["target"]), None)
+    if limit is not None:
+        ax.axhline(limit * 1000, color="black", linestyle="--", linewidth=0.9, label=f"target: longest < {limit * 1000:g} ms")
+    shade(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the inserter's first insert")
+    ax.set_ylabel("single insert latency, ms (log)")
+    ax.set_title("an insert loop in its own process while others join", fontsize=10)
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left")
+
+    ax = axes[1]
+    joins = series["joins_s"]
+    lone = sorted(joins["lone"])[len(joins["lone"]) // 2]
+    names = ["lone join"] + [f"joiner {i + 1}" for i in range(len(joins["group"]))] + ["all 4 done"]
+    tiger = [lone, *joins["group"], joins["all_done"]]
+    decode_lone = sorted(joins["decode_lone"])[len(joins["decode_lone"]) // 2]
+    floor = [decode_lone, *joins["decode_group"], joins["decode_all_done"]]
+    ys = range(len(names))
+    ax.barh([y - 0.2 for y in ys], tiger, height=0.4, color=TIGER, label="tiger.connect()")
+    ax.barh([y + 0.2 for y in ys], floor, height=0.4, color=FLOOR, label="msgpack decode + dict of the snapshot (floor)")
+    for y, v in zip(ys, tiger, strict=True):
+        ax.text(v * 1.02, y - 0.2, f"{v:.2f} s ({v / lone:.1f}x)", va="center", fontsize=7)
+    for y, v in zip(ys, floor, strict=True):
+        ax.text(v * 1.02, y + 0.2, f"{v:.2f} s ({v / decode_lone:.1f}x)", va="center", fontsize=7)
+    ax.axvline(2.5 * lone, color="black", linestyle="--", linewidth=0.9, label="target: all 4 done within 2.5x a lone join")
+    ax.set_yticks(list(ys), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(max(tiger), 2.5 * lone) * 1.35)
+    ax.set_xlabel(f"seconds (x: multiple of the lone one); {data['machine']['cores']} cores")
+    ax.set_title("join times: one alone, then 4 at once", fontsize=10)
+    ax.grid(axis="x", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+
+    ax = axes[2]
+    rss = series["writer_rss_mb"]
+    before = series["writer_rss_before_mb"]
+    ax.plot(rss["t_s"], rss["mb"], color=TIGER, linewidth=1.2, label="writer RSS (highest per bin)")
+    ax.axhline(before, color=FLOOR, linestyle=":", linewidth=0.9, label=f"before any join: {before:.0f} MB")
+    ax.axhline(1.5 * before, color="black", linestyle="--", linewidth=0.9, label="target: peak < 1.5x before")
+    shade(ax)
+    ax.set_xlim(left=min(0.0, *(a for a, _ in windows["lone"])) - 0.1)
+    ax.set_ylim(0, max(max(rss["mb"]), 1.5 * before) * 1.15)
+    ax.set_xlabel("seconds since the inserter's first insert")
+    ax.set_ylabel("MB")
+    ax.set_title("the writer's resident memory", fontsize=10)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, loc="lower right")
+    p = data["params"]
+    fig.suptitle(f"join-stall: {p['joiners']} fresh processes join a {p['records']:,}-record store while another inserts")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["join-stall"] = _join_stall

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Callable
 from typing import Any
 
 _TIME_UNITS = {"ns", "us", "ms", "s"}
@@ -36,6 +38,8 @@ def versus(tiger: dict[str, Any], row: dict[str, Any]) -> str:
     a, b = tiger.get("median"), row.get("median")
     if a is None or b is None or not a or not b or math.isnan(a) or math.isnan(b):
         return "-"
+    if row["role"] == "tiger":  # another tiger setup (writers: with --fsync): its figure as a multiple of the first's
+        return f"{b / a:.2f}x {tiger['subject']}'s"
     unit = row["unit"]
     if a < 0 or b < 0:  # a lag can be negative (seen before acknowledged): no meaningful ratio
         return "-"
@@ -80,17 +84,19 @@ def target_line(t: dict[str, Any]) -> tuple[str, str, str, str]:
     return t["target"], measured, limit, verdict + (f" ({t['detail']})" if t.get("detail") else "")
 
 
-def targets_table(results: list[dict[str, Any]]) -> str:
+def targets_table(results: list[dict[str, Any]], issue: int = 5) -> str:
+    """The targets of one issue (a target without one is issue 5's, the first to set targets)."""
     lines = [
-        "### targets (issue 5)",
+        f"### targets (issue {issue})",
         "",
         "| scenario | target | measured | limit | result |",
         "| --- | --- | ---: | ---: | --- |",
     ]
     for result in results:
         for t in result.get("targets", []):
-            name, measured, limit, verdict = target_line(t)
-            lines.append(f"| {result['scenario']} | {name} | {measured} | {limit} | {verdict} |")
+            if t.get("issue", 5) == issue:
+                name, measured, limit, verdict = target_line(t)
+                lines.append(f"| {result['scenario']} | {name} | {measured} | {limit} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -98,6 +104,60 @@ def report(results: list[dict[str, Any]], machine_line: str, command: str) -> st
     parts = [f"Command: `{command}`", "", f"Machine: {machine_line}", ""]
     for result in results:
         parts += [scenario_table(result), ""]
-    if any(r.get("targets") for r in results):
-        parts += [targets_table(results), ""]
+        extra = _EXTRA.get(result["scenario"])
+        if extra is not None and result["rows"]:
+            parts += [extra(result), ""]
+    for issue in sorted({t.get("issue", 5) for r in results for t in r.get("targets", [])}):
+        parts += [targets_table(results, issue), ""]
     return "\n".join(parts)
+
+
+def _writers_scaling(result: dict[str, Any]) -> str:
+    """Aggregate writes/s by process count, one line per subject, with the ratios issue 12 sets targets on."""
+    series: dict[str, dict[str, float]] = result["series"]["writes_per_s"]
+    counts = sorted({int(n) for points in series.values() for n in points})
+    roles = {r["subject"]: r["role"] for r in result["rows"]}
+    ratios = [(a, b) for a, b in ((4, 1), (8, 4), (8, 1)) if a in counts and b in counts]
+    lines = [
+        "#### writers: aggregate writes/s by client processes, and how it scales",
+        "",
+        "| subject | "
+        + " | ".join(f"{n} process{'es' if n > 1 else ''}" for n in counts)
+        + "".join(f" | {a} / {b}" for a, b in ratios)
+        + " |",
+        "| --- |" + " ---: |" * (len(counts) + len(ratios)),
+    ]
+    for subject, points in series.items():
+        rates = [points.get(str(n)) for n in counts]
+        cells = [fmt(rate, "writes/s") for rate in rates]
+        for a, b in ratios:
+            x, y = points.get(str(a)), points.get(str(b))
+            cells.append(f"{x / y:.2f}x" if x and y else "-")
+        name = subject + (" (floor)" if roles.get(subject) == "floor" else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _join_stall_joins(result: dict[str, Any]) -> str:
+    """Each join: when it started (seconds since the inserter's first insert) and how long it took."""
+    joins = result["series"]["joins_s"]
+    windows = result["series"]["windows_s"]
+    lone = statistics.median(joins["lone"])
+    lines = [
+        "#### join-stall: each join",
+        "",
+        "| join | started at (s since the first insert) | join time (s) | x the lone join's median |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for i, (start, end) in enumerate(windows["lone"], 1):
+        lines.append(f"| lone join {i} | {start:.3f} | {end - start:.3f} | {(end - start) / lone:.2f}x |")
+    for i, (start, end) in enumerate(windows["group"], 1):
+        lines.append(
+            f"| joiner {i} of {len(windows['group'])} at once | {start:.3f} | {end - start:.3f} | {(end - start) / lone:.2f}x |"
+        )
+    done = joins["all_done"]
+    lines.append(f"| all {len(windows['group'])} done | - | {done:.3f} | {done / lone:.2f}x |")
+    return "\n".join(lines)
+
+
+_EXTRA: dict[str, Callable[[dict[str, Any]], str]] = {"writers": _writers_scaling, "join-stall": _join_stall_joins}

@@ -248,6 +248,109 @@ def ultrajoin(name: str, expected: str) -> None:
     ud.close()
 
 
+def joiner(url: str, expected: str) -> None:
+    """A fresh process told when to join: its join (connect until the replica holds the snapshot) on one clock.
+
+    Started and imported ahead, so several can be told to go at once; stays attached until told to close."""
+    import tiger
+
+    _say({"ready": True})
+    _order()
+    c0, t0 = time.process_time(), time.monotonic_ns()
+    client = tiger.connect(url, timeout=300.0)
+    t1, c1 = time.monotonic_ns(), time.process_time()
+    held = client.table("plans", prefix="plan").count()
+    said = {
+        "start_ns": t0,
+        "end_ns": t1,
+        "seconds": (t1 - t0) / 1e9,
+        "cpu_s": c1 - c0,
+        "records": held,
+        "expected": int(expected),
+    }
+    _say(said)
+    _order()
+    client.close()
+
+
+def inserter(url: str, baseline: str) -> None:
+    """Single inserts back to back, each one's start and latency on CLOCK_MONOTONIC (the join-stall scenario).
+
+    Says ``{"baseline": ...}`` once it has inserted for ``baseline`` seconds, and goes on until told
+    ``{"stop_after": SECONDS}``; then says every start and latency."""
+    from array import array
+
+    import tiger
+    from bench._common import make_records
+
+    client = tiger.connect(url, timeout=60.0)
+    insert = client.table("plans", prefix="plan").insert
+    pool = make_records(500, tag="i")
+    made = 0
+
+    def fresh() -> dict[str, Any]:
+        nonlocal made
+        made += 1
+        r = dict(pool[made % len(pool)])
+        r["id"] = f"plan_i{made:014x}"
+        return r
+
+    insert(fresh())  # warm-up
+    _say({"ready": True})
+    _order()
+    stop_at = [1 << 62]  # monotonic ns; moved by the order that comes on stdin meanwhile
+
+    def watch() -> None:
+        line = sys.stdin.readline()
+        if line:
+            stop_at[0] = time.monotonic_ns() + int(json.loads(line)["stop_after"] * 1e9)
+        while line:
+            line = sys.stdin.readline()
+        os._exit(0)  # stdin closed: the parent is done with us (or gone)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    starts, latencies = array("q"), array("q")
+    clock = time.monotonic_ns
+    announce = clock() + int(float(baseline) * 1e9)
+    while True:
+        record = fresh()  # made before the clock starts
+        t0 = clock()
+        insert(record)
+        t1 = clock()
+        starts.append(t0)
+        latencies.append(t1 - t0)
+        if t1 >= announce:
+            _say({"baseline": len(starts)})
+            announce = 1 << 62
+        if t1 >= stop_at[0]:
+            break
+    _say({"starts_ns": starts.tolist(), "latencies_ns": latencies.tolist()})
+    client.close()
+    watcher.join()
+
+
+def decoder(path: str) -> None:
+    """The CPU floor of a join: decode snapshot chunks (msgpack bytes, as the writer sent them) into a plain dict."""
+    import msgpack
+
+    with open(path, "rb") as f:
+        frames = msgpack.unpackb(f.read(), raw=False)
+    unpack = msgpack.unpackb
+    _say({"ready": True})
+    _order()
+    gc.disable()  # the floor: no cyclic GC passes over the new objects (tiger's replica does the same)
+    c0, t0 = time.process_time(), time.monotonic_ns()
+    rows: dict[str, Any] = {}
+    for frame in frames:
+        for _table, _namespace, records in unpack(frame, raw=False)[2]:
+            rows.update({r["id"]: r for r in records})
+    t1, c1 = time.monotonic_ns(), time.process_time()
+    gc.enable()
+    _say({"start_ns": t0, "end_ns": t1, "seconds": (t1 - t0) / 1e9, "cpu_s": c1 - c0, "records": len(rows)})
+    _order()
+
+
 COMMANDS = {
     "manager": manager,
     "echo": echo,
@@ -258,6 +361,9 @@ COMMANDS = {
     "join": join,
     "dictmem": dictmem,
     "ultrajoin": ultrajoin,
+    "joiner": joiner,
+    "inserter": inserter,
+    "decoder": decoder,
 }
 
 if __name__ == "__main__":

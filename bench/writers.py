@@ -3,57 +3,138 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+from typing import Any
 
-from bench._common import HIGHER, Children, Result, receive_all, send, step
-from bench._peers import KIND_OF, Context, Diskcache, Manager, Redis, Sqlite, Tiger, Ultra, ZmqEcho, opened, skip_failed
+from bench._common import HIGHER, Children, Result, receive_all, send, step, summary, time_calls
+from bench._peers import (
+    KIND_OF,
+    Context,
+    Diskcache,
+    Manager,
+    Redis,
+    Sqlite,
+    Subject,
+    Tiger,
+    Ultra,
+    ZmqEcho,
+    filesystem_of,
+    opened,
+    skip_failed,
+)
 
 NAME = "writers"
+
+
+FSYNCS = ("never", "always")
 
 
 def run(ctx: Context) -> Result:
     counts = ctx.pick([1, 2, 4, 8], [1, 2])
     duration = ctx.pick(1.5, 0.3)
-    subjects = ctx.pick([Tiger, ZmqEcho, Manager, Redis, Diskcache, Sqlite], [Tiger, ZmqEcho, Redis])
+    peers = ctx.pick([ZmqEcho, Manager, Redis, Diskcache, Sqlite], [ZmqEcho, Redis])
+    # (subject, its name in the results, the arguments it is set up with): tiger in memory, then with each fsync policy
+    runs: list[tuple[type[Subject], str, dict[str, Any]]] = [(Tiger, Tiger.name, {})]
+    runs += [(Tiger, f"{Tiger.name} --fsync {fsync}", {"fsync": fsync}) for fsync in FSYNCS]
+    runs += [(cls, cls.name, {}) for cls in peers]
     res = Result(
         NAME,
         "aggregate single writes/s with N client processes writing at once",
         "Each writer is a fresh process (python -m bench._worker writer) that connects, prepares 20,000 fresh records, "
         "does one warm-up write and reports ready; then all are told to go at once and each writes single records "
         f"back to back for {duration} s (time.perf_counter). Aggregate = the sum of each process's writes / its own "
-        "elapsed time. tiger: Table.insert (read-your-writes); the floor: REQ/REP round trips of the bytes tiger would send, "
-        "to one echo process.",
-        params={"processes": counts, "duration_s": duration},
+        "elapsed time. tiger: Table.insert (read-your-writes), to a writer started by tiger.serve() in memory only "
+        f"('tiger'), and to one keeping its store in a fresh directory with each fsync policy ('tiger --fsync "
+        f"{FSYNCS[0]}', 'tiger --fsync {FSYNCS[1]}': tiger serve --data DIR --fsync ...); the floor: REQ/REP round "
+        "trips of the bytes tiger would send, to one echo process; and just before each 'tiger --fsync always' run, "
+        "appends + fsyncs of 300 bytes by this process in the same filesystem ('append + fsync': the disk as it is "
+        "then, the rate of a writer that fsyncs every write alone).",
+        params={"processes": counts, "duration_s": duration, "fsync": list(FSYNCS)},
     )
     res.skip(
         Ultra.name,
         "concurrent writers need shared_lock=True, which needs the atomics and psutil packages (not in the bench extra)",
     )
     if ctx.quick:
-        for cls in (Manager, Diskcache, Sqlite):
-            res.skip(cls.name, "not run with --quick")
-    for cls in subjects:
+        for absent in (Manager, Diskcache, Sqlite):
+            res.skip(absent.name, "not run with --quick")
+    for cls, name, kwargs in runs:
         try:
-            with opened(cls, ctx, res, connect=False) as got:
+            with opened(cls, ctx, res, connect=False, **kwargs) as got:
                 if got is None:
                     continue
                 subject, _ = got
-                label = subject.label or cls.name
+                label = subject.label or name
+                if kwargs.get("fsync"):
+                    res.params["data_filesystem"] = filesystem_of(subject.tmp)
                 for n in counts:
-                    with step(NAME, f"{cls.name}: {n} writer process{'es' if n > 1 else ''}"):
-                        rate, per = _writers(KIND_OF[cls], subject.spec, n, duration)
                     case = f"{n} writer{'s' if n > 1 else ''}"
-                    res.row(case, cls.name, cls.role, "writes/s", {"median": rate}, better=HIGHER, label=label, per_process=per)
+                    if kwargs.get("fsync") == "always":  # the disk as it is just now: fsync latency varies a lot here
+                        fsyncs = _fsync_floor(subject.tmp)
+                        res.row(case, FSYNC_FLOOR, "floor", "writes/s", fsyncs, better=HIGHER, label=FSYNC_LABEL)
+                    with step(NAME, f"{name}: {n} writer process{'es' if n > 1 else ''}"):
+                        rate, per = _writers(KIND_OF[cls], subject.spec, n, duration)
+                    res.row(case, name, cls.role, "writes/s", {"median": rate}, better=HIGHER, label=label, per_process=per)
         except Exception as e:
             skip_failed(cls, res, e)
     res.series["writes_per_s"] = {
         s: {str(int(r["case"].split()[0])): r["median"] for r in res.rows if r["subject"] == s}
         for s in dict.fromkeys(r["subject"] for r in res.rows)
     }
-    one = res.find("1 writer", role="tiger")
-    top = res.find(f"{counts[-1]} writers", role="tiger")
+    one = res.find("1 writer", Tiger.name)
+    top = res.find(f"{counts[-1]} writers", Tiger.name)
     if one and top:
         res.notes.append(f"tiger: {counts[-1]} processes write {top['median'] / one['median']:.2f}x what one does.")
+    _targets(res, counts)
     return res
+
+
+def _targets(res: Result, counts: list[int]) -> None:
+    """Issue 12's targets on how tiger's writes scale with processes, for each fsync policy."""
+    series = res.series["writes_per_s"]
+    for fsync in FSYNCS:
+        name = f"{Tiger.name} --fsync {fsync}"
+        rates = series.get(name, {})
+        goals = [(4, 1, 2.0), (8, 4, 1.0)] + ([(8, 1, 4.0)] if fsync == "always" else [])
+        for many, few, factor in goals:
+            a, b = rates.get(str(many)), rates.get(str(few))
+            what = "one" if few == 1 else f"the {few}-process figure"
+            res.target(
+                f"--fsync {fsync}: {many} processes write at least {factor:g}x {what}",
+                a / b if a and b else None,
+                factor,
+                f"x {few} process{'es' if few > 1 else ''}",
+                at_most=False,
+                detail=f"{a:,.0f} vs {b:,.0f} writes/s" if a and b else f"--quick runs {', '.join(map(str, counts))} processes",
+                issue=12,
+            )
+
+
+FSYNC_FLOOR = "append + fsync"
+FSYNC_LABEL = (
+    "this process appends 300 bytes to a file beside the writer's data directory and fsyncs it, again and again for "
+    "up to 0.3 s, just before each tiger --fsync always run: appends / their total time, the rate of a writer that "
+    "fsyncs each write alone"
+)
+
+
+def _fsync_floor(directory: Path, budget: float = 0.3, most: int = 200) -> dict[str, Any]:
+    """Appends + fsyncs per second in ``directory`` (count / their total time), measured now."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    entry = b"x" * 300
+
+    def append() -> None:
+        os.write(fd, entry)
+        os.fsync(fd)
+
+    try:
+        seconds = time_calls(append, count=most, budget=budget)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {"median": len(seconds) / sum(seconds), "fsync_ms": summary([1000 * t for t in seconds])}
 
 
 def _writers(kind: str, spec: dict[str, object], n: int, duration: float) -> tuple[float, list[float]]:

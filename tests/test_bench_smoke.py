@@ -88,3 +88,48 @@ def test_quick_plugin_runs_and_writes_valid_json(tmp_path: Path) -> None:
     assert all(t["met"] in (True, False) for t in targets)
     assert "file" in data["plot"] or "skipped" in data["plot"]
     assert "| 1 test | plugin |" in proc.stdout
+
+
+def test_quick_join_stall_runs_and_writes_valid_json(tmp_path: Path) -> None:
+    """``--only join-stall``: inserts timed in every window, each join timed, the writer's memory read, 3 targets of issue 12."""
+    proc, data = run_quick(tmp_path, "join-stall")
+    assert data["scenario"] == "join-stall"
+    assert data["quick"] is True
+    assert data["params"]["records"] <= 5_000
+    assert data["params"]["snapshot"]["records"] >= data["params"]["records"]
+    rows = {(r["case"], r["subject"]): r for r in data["rows"]}
+    for case in ("insert, writer quiet", "insert during a lone join", "insert during 4 joins at once"):
+        row = rows[(case, "tiger")]
+        assert row["unit"] == "ms" and row["samples"] > 0
+        assert 0 < row["median"] <= row["p99"] <= row["max"]
+    joins = data["series"]["joins_s"]
+    assert len(joins["lone"]) == data["params"]["lone_repeats"]
+    assert len(joins["group"]) == len(joins["decode_group"]) == 4
+    assert max(joins["group"]) <= joins["all_done"]
+    for case in ("lone join", "4 joins at once: all done", "4 joins at once: all done / a lone one"):
+        assert rows[(case, "tiger")]["median"] > 0
+        assert rows[(case, "msgpack decode + dict")]["role"] == "floor"
+    before = rows[("writer RSS before any join", "tiger writer")]["median"]
+    peak = rows[("writer peak RSS, 4 joins at once", "tiger writer")]["median"]
+    assert 0 < before and 0 < peak
+    assert [(t["issue"], t["unit"]) for t in data["targets"]] == [(12, "s"), (12, "x lone join"), (12, "x before")]
+    assert all(t["met"] in (True, False) for t in data["targets"])
+    assert "file" in data["plot"] or "skipped" in data["plot"]
+    assert "### targets (issue 12)" in proc.stdout
+    assert "| insert during 4 joins at once | tiger |" in proc.stdout
+
+
+def test_quick_writers_runs_tiger_with_each_fsync_policy(tmp_path: Path) -> None:
+    """``--only writers``: tiger in memory and with --data and each --fsync policy, by process count."""
+    proc, data = run_quick(tmp_path, "writers")
+    series = data["series"]["writes_per_s"]
+    counts = [str(n) for n in data["params"]["processes"]]
+    for subject in ("tiger", "tiger --fsync never", "tiger --fsync always"):
+        assert list(series[subject]) == counts
+        assert all(rate > 0 for rate in series[subject].values())
+    assert "--fsync always" in next(r["label"] for r in data["rows"] if r["subject"] == "tiger --fsync always")
+    assert list(series["append + fsync"]) == counts  # the disk's fsync rate, just before each of those runs
+    targets = [t for t in data["targets"] if t["issue"] == 12]
+    assert len(targets) == 5  # 4 >= 2x 1 and 8 >= 4 for each policy; 8 >= 4x 1 with always
+    assert all(t["met"] is None for t in targets)  # --quick stops at 2 processes: not measured, and said so
+    assert "| tiger --fsync always |" in proc.stdout  # the scaling table
