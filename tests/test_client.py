@@ -616,7 +616,8 @@ def test_a_client_that_just_joined_gets_the_next_change_published_without_a_resy
 
 
 def test_two_clients_sharing_a_topic_still_read_each_others_changes(writer, monkeypatch):
-    """Topics are 3 bytes of a random id: when two collide, each finds the other's changes by their gap."""
+    """Topics are 3 bytes of a random id: when two collide, each finds the other's changes by their gap (a
+    snapshot reload), or in the answers to its own calls (``Ok.before``)."""
     import secrets
 
     monkeypatch.setattr("tiger._protocol.new_client_id", lambda: "abcdef" + secrets.token_hex(5))
@@ -629,7 +630,6 @@ def test_two_clients_sharing_a_topic_still_read_each_others_changes(writer, monk
         x.sync(timeout=5)
         assert x.table("shared").get("from-y") is not None
         assert x.checksum() == y.checksum() == x.stats()["checksum"]
-        assert x.replica.resyncs >= 1 and y.replica.resyncs >= 1
 
 
 def test_a_forked_copy_of_a_client_raises_on_write_even_if_forked_while_its_replica_was_applying(writer):

@@ -128,6 +128,7 @@ REPLIES: list[p.Reply] = [
     p.Ok(1, EPOCH, 0, None),
     p.Ok(2, EPOCH, 7, None, {"pub": "ipc:///tmp/x.pub", "heartbeat": 0.5, "pid": 123}),
     *(p.Ok(3, EPOCH, 8 + i, change, [1, "x"]) for i, change in enumerate(CHANGES)),
+    p.Ok(4, EPOCH, 9, CHANGES[0], None, tuple(CHANGES[1:])),  # what the caller's replica may lack before its change
     p.Failed(None, "protocol", "not a msgpack message"),
     p.Failed(4, "not_found", "plans 'plan_1' is not in namespace 'global'"),
     p.SnapshotChunk(5, [("plans", "global", [RECORD]), ("plans", "test-1", [RECORD, OTHER])]),
@@ -705,30 +706,32 @@ WRONG_FIELDS: list[tuple[str, list[Any], str]] = [
     ("command", ["call", "c", 1.0, "stats"], "msgpack array"),
     ("command", ["call", "c", 1.0, ["call", "c", 1.0, ["stats", 1]]], "unknown request"),  # no call in a call
     # replies
-    ("reply", ["ok", "1", E, 0, None, None], "req_id"),
-    ("reply", ["ok", True, E, 0, None, None], "req_id"),
-    ("reply", ["ok", 1, 5, 0, None, None], "epoch"),
-    ("reply", ["ok", 1, E, "0", None, None], "seq"),
-    ("reply", ["ok", 1, E, True, None, None], "seq"),
-    ("reply", ["ok", 1, E, 1.0, None, None], "seq"),
-    ("reply", ["ok", 1, E, 1, "put", None], "change"),
-    ("reply", ["ok", 1, E, 1, ["put", 5, "ns", []], None], "table"),
-    ("reply", ["ok", 1, E, 1, ["put", "t", 5, []], None], "namespace"),
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", {}], None], "records"),
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [1]], None], "records"),
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"created": 1}]], None], "records"),  # no id
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": 1, "created": 1}]], None], "records"),
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a"}]], None], "records"),  # no created
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": "1"}]], None], "records"),
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": True}]], None], "records"),
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": 1}, {"id": "b"}]], None], "records"),
-    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": 1}, ["b", 1]]], None], "records"),
-    ("reply", ["ok", 1, E, 1, ["del", "t", "ns", 5], None], "id"),
-    ("reply", ["ok", 1, E, 1, ["clear", None], None], "table"),
-    ("reply", ["ok", 1, E, 1, ["clear_ns", "t", None], None], "namespace"),
-    ("reply", ["ok", 1, E, 1, ["nope", "t"], None], "change"),
-    ("reply", ["ok", 1, E, 1, ["drop_ns", 5], None], "namespace"),
-    ("reply", ["ok", 1, E, 1, ["drop_ns", "ns", "t"], None], "change"),
+    ("reply", ["ok", "1", E, 0, None, None, []], "req_id"),
+    ("reply", ["ok", True, E, 0, None, None, []], "req_id"),
+    ("reply", ["ok", 1, 5, 0, None, None, []], "epoch"),
+    ("reply", ["ok", 1, E, "0", None, None, []], "seq"),
+    ("reply", ["ok", 1, E, True, None, None, []], "seq"),
+    ("reply", ["ok", 1, E, 1.0, None, None, []], "seq"),
+    ("reply", ["ok", 1, E, 1, "put", None, []], "change"),
+    ("reply", ["ok", 1, E, 1, ["put", 5, "ns", []], None, []], "table"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", 5, []], None, []], "namespace"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", {}], None, []], "records"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [1]], None, []], "records"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"created": 1}]], None, []], "records"),  # no id
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": 1, "created": 1}]], None, []], "records"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a"}]], None, []], "records"),  # no created
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": "1"}]], None, []], "records"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": True}]], None, []], "records"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": 1}, {"id": "b"}]], None, []], "records"),
+    ("reply", ["ok", 1, E, 1, ["put", "t", "ns", [{"id": "a", "created": 1}, ["b", 1]]], None, []], "records"),
+    ("reply", ["ok", 1, E, 1, ["del", "t", "ns", 5], None, []], "id"),
+    ("reply", ["ok", 1, E, 1, ["clear", None], None, []], "table"),
+    ("reply", ["ok", 1, E, 1, ["clear_ns", "t", None], None, []], "namespace"),
+    ("reply", ["ok", 1, E, 1, ["nope", "t"], None, []], "change"),
+    ("reply", ["ok", 1, E, 1, ["drop_ns", 5], None, []], "namespace"),
+    ("reply", ["ok", 1, E, 1, ["drop_ns", "ns", "t"], None, []], "change"),
+    ("reply", ["ok", 1, E, 1, None, None, None], "before"),
+    ("reply", ["ok", 1, E, 1, None, None, [["drop_ns", 5]]], "namespace"),
     ("reply", ["fail", "1", "value", "m"], "req_id"),
     ("reply", ["fail", 1, 2, "m"], "kind"),
     ("reply", ["fail", 1, "value", None], "message"),
@@ -960,7 +963,9 @@ calls = st.builds(
     st.one_of(*(s for t, s in REQUEST_STRATEGIES.items() if t not in UNCALLABLE)),
 )
 REPLY_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
-    p.Ok: st.builds(p.Ok, req_ids, st.text(), seqs, st.none() | changes, values),
+    p.Ok: st.builds(p.Ok, req_ids, st.text(), seqs, st.none() | changes, values, st.lists(changes, max_size=2).map(tuple)).filter(
+        lambda ok: ok.seq >= len(ok.before) + 1
+    ),
     p.Failed: st.builds(p.Failed, st.none() | req_ids, st.text(), st.text()),
     p.SnapshotChunk: st.builds(
         p.SnapshotChunk, req_ids, st.lists(st.tuples(names, names, st.lists(stored_records, max_size=3)), max_size=3)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,6 +44,9 @@ ANSWERS_KEPT = 32  # answers kept per client, to answer a resent call without ap
 ANSWERS_FORGOTTEN = 60.0  # seconds of silence after which a client's kept answers are dropped
 MAX_ERROR = 500  # characters of an error message the writer logs and sends back
 GROUP_BYTES = 1 << 20  # bytes of changes published as one message, at most
+RECENT = 256  # changes kept packed to send again in answers (``Ok.before``)
+MAX_BEFORE = 64  # changes an answer carries for the caller's replica, at most
+MAX_BEFORE_BYTES = 256 * 1024  # and their packed bytes
 CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
 DISK_RETRY_FIRST = 0.5  # seconds before a failed data directory is tried again; doubles each time
 DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
@@ -137,6 +141,9 @@ class WriterCore:
         self.outbox = Outbox()
         self._pending: list[tuple[bytes, bytes]] = []  # (topic, packed change) applied, not yet published
         self._pending_bytes = 0
+        self.groups = 0  # publications of changes: a group commit of several changes is one
+        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT)  # (seq, packed change), newest last
+        self._known: dict[str, int] = {}  # client id -> the seq of the last answer it was sent
         # builders of once keys get a heartbeat's grace to find a restarted writer before others take over
         for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
             for record in rows.values():
@@ -176,6 +183,7 @@ class WriterCore:
                 topic = p.EVERYONE
             message = p.group_bytes(self.epoch, self.seq, [packed for _, packed in pending])
         self.outbox.published.append((topic, message))
+        self.groups += 1
         self._pending = []
         self._pending_bytes = 0
 
@@ -205,6 +213,7 @@ class WriterCore:
         for client_id in [c for c, since in self.silent_since.items() if since < stale]:
             del self.silent_since[client_id]
             self.answered.pop(client_id, None)
+            self._known.pop(client_id, None)
 
     def resumed(self, paused: float) -> None:
         """The writer was paused for ``paused`` seconds (SIGSTOP, a debugger): its clients' silence is
@@ -246,7 +255,7 @@ class WriterCore:
                 if wall > call.expires:
                     raise Expired(f"the call arrived after its deadline ({wall - call.expires:.3f}s late); not applied")
                 request = call.request
-            reply = self._dispatch(envelope, request, topic, now, wall)  # type: ignore[arg-type]
+            reply = self._dispatch(envelope, request, topic, now, wall, call)  # type: ignore[arg-type]
         except Exception as e:  # the writer never dies of what a client sends
             kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
             message = str(e)
@@ -280,21 +289,24 @@ class WriterCore:
             except OSError as e:
                 self._fault(f"fsync: {e}", now)
 
-    def _dispatch(self, envelope: list[bytes], request: p.Request, topic: bytes, now: float, wall: float) -> bytes | None:
+    def _dispatch(
+        self, envelope: list[bytes], request: p.Request, topic: bytes, now: float, wall: float, call: p.Call | None = None
+    ) -> bytes | None:
         """Carry out one request; returns its answer (None: no answer, or it comes later)."""
         t = type(request)
         handler = self._handlers.get(t)
         if handler is not None:
             change, result = handler(request, now, wall)
             packed = None if change is None else self._commit(change, now, topic)
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result)  # type: ignore[union-attr]
+            before = self._missed(call, self.seq if packed is None else self.seq - 1)
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result, before)  # type: ignore[union-attr]
         if t is p.Beat:
             self._heard(request.client_id, now)  # type: ignore[union-attr]
             return None
         if t is p.Sync:
             # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
             self._heartbeat(topic)
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None)  # type: ignore[union-attr]
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, None, self._missed(call, self.seq))  # type: ignore[union-attr]
         if t is p.SnapshotRequest:
             self.outbox.snapshots.append((envelope, request.req_id))  # type: ignore[union-attr]
             return None
@@ -310,6 +322,24 @@ class WriterCore:
         if t is p.Stats:
             return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats(now))  # type: ignore[union-attr]
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
+
+    def _missed(self, call: p.Call | None, upto: int) -> list[bytes]:
+        """The packed changes after the caller's last answer, up to ``upto``, if this writer still holds
+        all of them and they are few (else none: its replica thread receives them as published)."""
+        if call is None:
+            return []
+        known = self._known.get(call.client_id)
+        self._known[call.client_id] = self.seq
+        if known is None or known >= upto or upto - known > MAX_BEFORE or not self._recent:
+            return []
+        recent = self._recent
+        if recent[0][0] > known + 1 or recent[-1][0] < upto:
+            return []
+        start = len(recent) - (recent[-1][0] - known)
+        found = [packed for seq, packed in (recent[i] for i in range(start, len(recent))) if seq <= upto]
+        if sum(map(len, found)) > MAX_BEFORE_BYTES:
+            return []
+        return found
 
     def _identity(self) -> dict[str, Any]:
         return {"pub": self.info.get("pub"), "pid": self.info.get("pid", os.getpid())}
@@ -338,6 +368,7 @@ class WriterCore:
                 )
         self.store.apply(change)
         self.seq += 1
+        self._recent.append((self.seq, packed))
         self._pending.append((topic, packed))
         self._pending_bytes += len(packed)
         if self._pending_bytes >= GROUP_BYTES:
@@ -414,6 +445,7 @@ class WriterCore:
             "pid": self.info.get("pid", os.getpid()),
             "epoch": self.epoch,
             "seq": self.seq,
+            "publications": self.groups,
             "uptime": now - self.started,
             "clients": len(self.clients),
             "records": len(self.store),

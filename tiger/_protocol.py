@@ -516,13 +516,23 @@ def request_from(obj: Any) -> Request:
 
 @dataclass(frozen=True, slots=True)
 class Ok:
-    """A request succeeded. ``change`` is the change it made (None: nothing changed)."""
+    """A request succeeded. ``change`` is the change it made (None: nothing changed), with seq ``seq``.
+
+    ``before``: changes of other clients the caller's replica may not hold yet, the ones with the seqs
+    just before (``seq - len(before)`` .. ``seq - 1`` with a change, up to ``seq`` without): the
+    calling thread applies them with its own change instead of waiting for its replica thread to
+    receive their publication (which it then skips)."""
 
     req_id: int
     epoch: str
     seq: int
     change: Change | None
     result: Any = None
+    before: tuple[Change, ...] = ()
+
+    def first_before(self) -> int:
+        """The seq of ``before[0]``."""
+        return self.seq - len(self.before) + (0 if self.change is None else -1) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,7 +559,7 @@ class SnapshotEnd:
 
 
 Reply = Ok | Failed | SnapshotChunk | SnapshotEnd
-_REPLY_TAGS = {"ok": 6, "fail": 4, "chunk": 3, "end": 5}
+_REPLY_TAGS = {"ok": 7, "fail": 4, "chunk": 3, "end": 5}
 
 
 def checksum(store: Store) -> int:
@@ -563,16 +573,20 @@ def pack_change(change: Change) -> bytes:
     return pack(change_to_wire(change))
 
 
-def ok_bytes(req_id: int, epoch: str, seq: int, packed_change: bytes | None, result: Any = None) -> bytes:
-    """``encode_reply(Ok(...))`` with an already packed change (a msgpack array is its parts in a row)."""
-    return b"\x96" + pack("ok") + pack(req_id) + pack(epoch) + pack(seq) + (packed_change or b"\xc0") + pack(result)
+def ok_bytes(
+    req_id: int, epoch: str, seq: int, packed_change: bytes | None, result: Any = None, before: list[bytes] | None = None
+) -> bytes:
+    """``encode_reply(Ok(...))`` with already packed changes (a msgpack array is its parts in a row)."""
+    tail = b"\x90" if not before else _array_head(len(before)) + b"".join(before)
+    return b"\x97" + pack("ok") + pack(req_id) + pack(epoch) + pack(seq) + (packed_change or b"\xc0") + pack(result) + tail
 
 
 def encode_reply(r: Reply) -> bytes:
     t = type(r)
     if t is Ok:
         change = None if r.change is None else change_to_wire(r.change)  # type: ignore[union-attr]
-        return pack(["ok", r.req_id, r.epoch, r.seq, change, r.result])  # type: ignore[union-attr]
+        before = [change_to_wire(c) for c in r.before]  # type: ignore[union-attr]
+        return pack(["ok", r.req_id, r.epoch, r.seq, change, r.result, before])  # type: ignore[union-attr]
     if t is Failed:
         return pack(["fail", r.req_id, r.kind, r.message])  # type: ignore[union-attr]
     if t is SnapshotChunk:
@@ -595,7 +609,13 @@ def decode_reply(data: bytes) -> Reply:
     tag = a[0]
     if tag == "ok":
         change = None if a[4] is None else change_from_wire(a[4])
-        return Ok(_field(a[1], int, "req_id"), _field(a[2], str, "epoch"), _field(a[3], int, "seq"), change, a[5])
+        seq = _field(a[3], int, "seq")
+        before = _field(a[6], list, "before")
+        if before and len(before) + (change is not None) > seq:
+            raise ProtocolError(f"field 'before' holds {len(before)} changes, more than the seqs before {seq}")
+        return Ok(
+            _field(a[1], int, "req_id"), _field(a[2], str, "epoch"), seq, change, a[5], tuple(map(change_from_wire, before))
+        )
     if tag == "fail":
         req_id = a[1] if a[1] is None else _field(a[1], int, "req_id")
         return Failed(req_id, _field(a[2], str, "kind"), _field(a[3], str, "message"))
@@ -638,9 +658,11 @@ class PublishedGroup:
 
 _PUBLISHED_TAGS = {"c": 4, "h": 3, "g": 4}
 
-# Every published message is two frames: a topic, then the message. A change made by a client's call
-# carries that client's topic, and the client's replica subscribes to every topic but its own: the
-# calling thread applies the change from its reply, so the copy would only wake the replica thread.
+# Every published message is one frame: a topic (TOPIC_SIZE bytes, which SUB prefixes match), then the
+# message (one frame, not two: a second frame cost the writer and every replica a send and a receive
+# per publication). A change made by a client's call carries that client's topic, and the client's
+# replica subscribes to every topic but its own: the calling thread applies the change from its reply,
+# so the copy would only wake the replica thread.
 TOPIC_SIZE = 3
 EVERYONE = bytes(TOPIC_SIZE)  # heartbeats, and changes no reply carries (a once key released for a gone client)
 

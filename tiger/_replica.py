@@ -237,18 +237,33 @@ class Replica:
         with self.changed:
             self._calls.call_finished(unanswered)
 
-    def catch_up(self, epoch: str, seq: int, change: Change | None, deadline: float, own: bool = False) -> None:
+    def catch_up(
+        self,
+        epoch: str,
+        seq: int,
+        change: Change | None,
+        deadline: float,
+        own: bool = False,
+        before: tuple[Change, ...] = (),
+        first_before: int = 0,
+    ) -> None:
         """Return once the replica has applied (epoch, seq).
 
         ``own``: the answer to a call announced by ``call_started()``; its ``change`` (never
-        published to this replica) is applied here, in seq order.
+        published to this replica) is applied here, in seq order. ``before``: published changes the
+        answer carried (seqs from ``first_before``), applied here too, so that the calling thread
+        need not wait for the replica thread to receive them.
         """
         with self.changed:
             if own:
                 self._calls.call_finished()
-                if change is not None:
-                    self._seq.deposit(epoch, seq, change)
-                    self.changed.notify_all()
+            if before and epoch == self.epoch and not self._seq.loading:
+                for i, other in enumerate(before):
+                    self._seq.published(first_before + i, other)
+            if own and change is not None:
+                self._seq.deposit(epoch, seq, change)
+            if (own and change is not None) or before:
+                self.changed.notify_all()
             if self.epoch == epoch and self.seq >= seq:
                 return
         self.wait_until(
@@ -321,7 +336,7 @@ class Replica:
                     if sub in events:
                         for _ in range(10_000):
                             try:
-                                self._receive(p.receive(sub, zmq.NOBLOCK))
+                                self._receive(sub.recv(zmq.NOBLOCK))
                             except zmq.Again:
                                 break
                     if dealer in events:
@@ -425,11 +440,12 @@ class Replica:
         dealer.connect(self._url)
         return dealer
 
-    def _receive(self, frames: list[bytes]) -> None:
+    def _receive(self, frame: bytes) -> None:
+        """One published frame: the topic (``p.TOPIC_SIZE`` bytes), then the message."""
         self.last_heard = time.monotonic()
-        if len(frames) != 2:
-            raise _Resync(f"a published message of {len(frames)} frames, not 2 (topic, message)")
-        data = frames[1]
+        if len(frame) <= p.TOPIC_SIZE:
+            raise _Resync(f"a published frame of {len(frame)} bytes: no message after the topic")
+        data = frame[p.TOPIC_SIZE :]
         head = p.peek_published(data)
         if head is not None:
             self.changes_received += 1
@@ -459,7 +475,7 @@ class Replica:
             if self._seq.seq != before:
                 self.changed.notify_all()
 
-    def _resync(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[list[bytes]]:
+    def _resync(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
         """Load a fresh snapshot; return the published messages received meanwhile, to apply next."""
         # millions of new dicts would trigger repeated full collections (quadratic); none of them form cycles
         collecting = gc.isenabled()
@@ -477,7 +493,7 @@ class Replica:
             if collecting:
                 gc.enable()
 
-    def _load_snapshot(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[list[bytes]]:
+    def _load_snapshot(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
         with self.changed:
             self._seq.loading = True
         if not self._everything:
@@ -513,14 +529,14 @@ class Replica:
         self._everything = False
         return queued
 
-    def _confirm_subscription(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[list[bytes]]:
+    def _confirm_subscription(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
         """Ask for heartbeats until one with this client's topic arrives: from then on nothing published is missed.
 
         Returns every message received meanwhile (applied after the snapshot, which covers them).
         """
         deadline = time.monotonic() + self._timeout
         wait = 0.01
-        queued: list[list[bytes]] = []
+        queued: list[bytes] = []
         while True:
             # a call: its heartbeat has this client's topic, which only the catch-all prefix b"" matches here;
             # that prefix went after the others, so once the heartbeat arrives every prefix is live. (A negative
@@ -532,11 +548,11 @@ class Replica:
                 confirmed = False
                 while True:
                     try:
-                        frames = p.receive(sub, zmq.NOBLOCK)
+                        frame = sub.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    queued.append(frames)
-                    confirmed = confirmed or frames[0] == self._topic
+                    queued.append(frame)
+                    confirmed = confirmed or frame.startswith(self._topic)
                 if confirmed:
                     return queued
                 if time.monotonic() >= until:

@@ -37,7 +37,6 @@ HEARTBEAT = 0.5  # seconds between published heartbeats
 SNAPSHOT_CHUNK = 2000  # records per snapshot message
 PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (replicas resync)
 MAX_GROUP = 256  # requests taken off the socket as one group (one fsync, one publish burst)
-_MORE = int(zmq.SNDMORE)
 PAUSED = 1.0  # seconds between two turns of the writer's loop (at most 0.1 s apart) that mean it was paused
 
 
@@ -273,8 +272,7 @@ class Writer:
         outbox = self.core.take_outbox()
         pub, router = self.pub, self.router
         for topic, message in outbox.published:  # published first: an answer promises its change is on its way
-            pub.send(topic, _MORE)
-            pub.send(message)
+            pub.send(topic + message)
         for frames in outbox.replies:
             try:
                 p.send(router, frames)
