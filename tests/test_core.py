@@ -454,3 +454,34 @@ def test_a_store_loaded_with_a_building_once_key_gives_its_builder_the_grace_of_
     store.apply(change)
     core = WriterCore(EPOCH, heartbeat=0.5, now=T0, store=store, token=lambda n: "0" * 2 * n)
     assert core.clients == {ALICE: T0}
+
+
+# -- answers carry what the caller's replica may lack (Ok.before) ---------------------------------------------
+
+
+def test_an_answer_carries_the_changes_made_by_others_since_the_callers_last_answer():
+    rig = Rig()
+    rig.call(ALICE, insert(1))
+    bobs = [rig.call(BOB, insert(i, n=100 + i)) for i in range(1, 4)]
+    reply = rig.call(ALICE, insert(2))
+    assert type(reply) is p.Ok and reply.seq == 5
+    assert reply.before == tuple(b.change for b in bobs)  # type: ignore[union-attr]
+    assert reply.first_before() == 2
+    again = rig.call(ALICE, p.Sync(3))  # nothing new since: nothing carried
+    assert type(again) is p.Ok and again.before == ()
+
+
+def test_a_sync_answer_carries_them_up_to_its_seq():
+    rig = Rig()
+    rig.call(ALICE, p.Sync(1))
+    bob = rig.call(BOB, insert(1))
+    reply = rig.call(ALICE, p.Sync(2))
+    assert type(reply) is p.Ok and reply.before == (bob.change,) and reply.first_before() == reply.seq == 1  # type: ignore[union-attr]
+
+
+def test_an_answer_carries_nothing_past_its_bound_or_to_a_caller_it_has_not_answered():
+    rig = Rig()
+    assert rig.call(ALICE, insert(1)).before == ()  # type: ignore[union-attr]  # a first answer: nothing known
+    for i in range(_core.MAX_BEFORE + 1):
+        rig.call(BOB, insert(i + 1))
+    assert rig.call(ALICE, insert(2)).before == ()  # type: ignore[union-attr]  # too many: its replica thread has them
