@@ -11,7 +11,7 @@ Each scenario writes ``<out>/<scenario>.json`` (the exact command, the machine,
 the method, every figure, the targets) and ``<out>/<scenario>.png``. The
 committed files in ``bench/results/`` were produced by ``python -m bench``.
 
-Scenarios: ``read``, ``write``, ``writers``, ``fanout``, ``join``, ``join-stall``, ``xdist``, ``plugin``.
+Scenarios: ``read``, ``write``, ``batch``, ``writers``, ``fanout``, ``join``, ``join-stall``, ``xdist``, ``plugin``.
 Comparators (each skipped with a one-line reason when absent): a plain ``dict``
 (the read floor), a raw pyzmq REQ/REP round trip (the write floor),
 ``multiprocessing.Manager().dict()``, redis, diskcache, sqlite3 in WAL mode,

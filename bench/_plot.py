@@ -450,3 +450,71 @@ def _join_stall(plt: Any, data: dict[str, Any]) -> Any:
 
 
 _DRAW["join-stall"] = _join_stall
+
+
+def _batch(plt: Any, data: dict[str, Any]) -> Any:
+    series = data["series"]["writes_per_s"]
+    roles = {s: "floor" if s.startswith("pyzmq") else "tiger" for s in series}
+    colors = _colors(list(series), roles)
+    sizes = sorted({int(x) for points in series.values() for x in points})
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
+    ax = axes[0]
+    _lines(ax, series, roles, colors)
+    for subject in (s for s in series if roles[s] == "tiger"):
+        for x in sizes:
+            y = series[subject][str(x)]
+            ax.annotate(f"{y:,.0f}/s", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("writes per unit (one batch, or that many single calls)")
+    ax.set_ylabel("writes/s, median unit (log)")
+    ax.set_title("mixed writes over 3 tables: single calls vs one client.batch()", fontsize=10)
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    ax = axes[1]
+    pairs = [("tiger", "single calls", "client.batch()"), ("pyzmq REQ/REP (floor)", *_floor_pair(series))]
+    width = 0.38
+    for j, (name, one_each, batched) in enumerate(pairs):
+        if one_each not in series or batched not in series:
+            continue
+        ratios = [series[batched][str(s)] / series[one_each][str(s)] for s in sizes]
+        xs = [i + (j - 0.5) * width for i in range(len(sizes))]
+        ax.bar(xs, ratios, width=width * 0.95, color=TIGER if j == 0 else FLOOR, label=name)
+        for x, r in zip(xs, ratios, strict=True):
+            ax.text(x, r * 1.08, f"{r:.1f}x", ha="center", fontsize=7.5)
+    target = next((t for t in data["targets"] if "client.batch()" in t["target"]), None)
+    if target is not None:
+        size = sizes.index(100) if 100 in sizes else None
+        if size is not None:
+            ax.plot([size - 0.45, size + 0.45], [target["limit"]] * 2, color="black", linestyle="--", linewidth=1.1)
+            ax.annotate(
+                f"target >= {target['limit']:g}x at 100",
+                (size, target["limit"]),
+                textcoords="offset points",
+                xytext=(0, -11),
+                ha="center",
+                fontsize=7,
+            )
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
+    ax.set_ylim(0.8, ax.get_ylim()[1] * 2)
+    ax.axhline(1.0, color=FLOOR, linewidth=0.8, linestyle=":")
+    ax.set_xlabel("writes per unit")
+    ax.set_ylabel("batch writes/s / single-call writes/s (log)")
+    ax.set_title("how much a batch gains over single calls", fontsize=10)
+    ax.grid(axis="y", which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle("batch: N mixed writes (60% insert, 30% update, 10% delete) as N calls vs one client.batch()")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def _floor_pair(series: dict[str, Any]) -> tuple[str, str]:
+    """The floor's two series: one round trip per write, one per batch (see bench/batch.py)."""
+    floors = [s for s in series if s.startswith("pyzmq")]
+    one_each = next((s for s in floors if s.endswith("single calls")), "")
+    return one_each, next((s for s in floors if s != one_each), "")
+
+
+_DRAW["batch"] = _batch

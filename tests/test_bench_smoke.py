@@ -133,3 +133,37 @@ def test_quick_writers_runs_tiger_with_each_fsync_policy(tmp_path: Path) -> None
     assert len(targets) == 5  # 4 >= 2x 1 and 8 >= 4 for each policy; 8 >= 4x 1 with always
     assert all(t["met"] is None for t in targets)  # --quick stops at 2 processes: not measured, and said so
     assert "| tiger --fsync always |" in proc.stdout  # the scaling table
+
+
+def test_quick_batch_runs_single_calls_and_batches_of_each_size(tmp_path: Path) -> None:
+    """``--only batch``: every size sent both ways (and by the floor, both ways), a ratio a size, issue 12's target."""
+    proc, data = run_quick(tmp_path, "batch")
+    assert data["scenario"] == "batch"
+    assert data["quick"] is True
+    assert data["params"]["mix_percent"] == {"insert": 60, "update": 30, "delete": 10}
+    sizes = data["params"]["sizes"]
+    assert 100 in sizes
+    series = data["series"]["writes_per_s"]
+    for way in ("single calls", "client.batch()", "pyzmq REQ/REP, single calls", "pyzmq REQ/REP, batch"):
+        assert list(series[way]) == [str(n) for n in sizes]
+        assert all(rate > 0 for rate in series[way].values())
+    rows = {(r["case"], r["subject"]): r for r in data["rows"]}
+    for n in sizes:
+        for case in (f"{n} writes, one call each", f"{n} writes in one client.batch()"):
+            row = rows[(case, "tiger")]
+            assert row["unit"] == "writes/s" and row["units"] >= 3 * data["params"]["rounds"]
+            assert 0 < row["unit_ms"]["median"] <= row["unit_ms"]["max"]
+        assert rows[(f"{n} writes: client.batch() / single calls", "tiger")]["median"] > 0
+    # every delete found its record (an update that did not would have failed the run): a unit of n leaves n / 2
+    # more records (60% in, 10% out), after a seed of 60% of n; each way sent one unit more, as its warm-up
+    sent = {
+        n: sum(rows[(case, "tiger")]["units"] + 1 for case in (f"{n} writes, one call each", f"{n} writes in one client.batch()"))
+        for n in sizes
+    }
+    assert data["params"]["records_at_end"] == sum(n * 6 // 10 + n // 2 * sent[n] for n in sizes)
+    [target] = data["targets"]
+    assert (target["issue"], target["unit"], target["limit"]) == (12, "x single calls", 10.0)
+    assert target["met"] in (True, False)
+    assert "file" in data["plot"] or "skipped" in data["plot"]
+    assert "### targets (issue 12)" in proc.stdout
+    assert "| 100 writes in one client.batch() | tiger |" in proc.stdout
