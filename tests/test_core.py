@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import time
 from typing import Any
 
 import msgpack
@@ -416,17 +417,66 @@ def test_retries_back_off_from_half_a_second_to_ten():
     assert round(tries[0] - T0, 1) == 0.5
 
 
-def test_a_failed_group_fsync_enters_the_fault_and_later_writes_are_refused():
+def test_a_group_whose_fsync_failed_is_held_until_a_compaction_makes_it_durable():
+    """Nothing is acknowledged before it is durable, and nothing applied is answered as refused: the group
+    stays applied, its publications and answers wait, heartbeats do not announce it, and a resend of its
+    call gets no answer until the retry's compaction has written everything."""
     disk = FakeDisk()
     rig = Rig(disk)
+    rig.call(ALICE, insert(1))
     disk.failing = "commit"
-    first = rig.call(ALICE, insert(1))  # appended, applied; its fsync failed: answered, fault entered
-    assert type(first) is p.Ok and rig.core.disk_fault is not None
-    assert type(rig.call(ALICE, insert(2))) is p.Failed
+    call = rig.encode(ALICE, insert(2))
+    held = rig.send(call)
+    assert held.replies == [] and held.published == [] and rig.records() == [2, 1]  # applied, not answered
+    assert rig.send(call).replies == []  # a resend: still nothing
+    assert type(rig.call(BOB, insert(3))) is p.Failed  # later writes are refused meanwhile
+    [(_, beat)] = rig.tick().published
+    assert p.decode_published(beat) == p.Heartbeat(EPOCH, 1)  # the held change is not announced
     disk.failing = None
-    rig.advance(0.6)
-    rig.tick()  # the retry compacts everything held, the first write with it
-    assert rig.core.disk_fault is None and type(rig.call(ALICE, insert(3))) is p.Ok
+    rig.advance(0.5)
+    released = rig.tick()
+    assert disk.compactions == 1 and rig.core.disk_fault is None
+    published = [p.decode_published(m) for _, m in released.published]
+    assert [type(m).__name__ for m in published] == ["Heartbeat", "Published"] and published[1].seq == 2
+    [[_, answer]] = released.replies
+    reply = p.decode_reply(answer)
+    assert type(reply) is p.Ok and reply.seq == 2
+    assert rig.send(call).replies == [[b"peer", answer]]  # the resend now gets the same answer
+    assert type(rig.call(BOB, insert(4))) is p.Ok
+
+
+def test_a_group_is_made_durable_even_when_a_later_request_found_the_disk_full():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    first = rig.encode(ALICE, insert(1))
+    disk_full_next = rig.encode(BOB, insert(2))
+    rig.core.handle([b"peer", first], rig.now, rig.wall)
+    disk.failing = "append"
+    rig.core.handle([b"peer", disk_full_next], rig.now, rig.wall)
+    disk.failing = None
+    rig.core.commit(rig.now)
+    outbox = rig.core.take_outbox()
+    assert disk.durable == disk.appended and len(disk.durable) == 1  # the first request's change was fsynced
+    assert [type(p.decode_reply(a)).__name__ for _, a in outbox.replies] == ["Ok", "Failed"]
+
+
+def test_a_release_of_a_gone_builders_claim_is_durable_before_it_is_published():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    rig.call(ALICE, claim(1, ALICE))
+    rig.advance(CLIENT_SILENCE + 0.1)
+    rig.core.tick(rig.now)
+    rig.core.commit(rig.now)  # as the writer process does after each tick
+    assert len(disk.durable) == len(disk.appended) == 2
+    assert len(rig.core.take_outbox().published) == 2
+
+
+def test_a_change_too_big_to_carry_in_answers_is_not_kept_for_them():
+    rig = Rig()
+    rig.call(ALICE, insert(1))
+    rig.call(BOB, p.Insert(1, "t", "global", None, [{"n": 2, "blob": b"x" * (_core.MAX_BEFORE_BYTES + 1)}], False))
+    assert rig.call(ALICE, insert(3)).before == ()  # type: ignore[union-attr]
+    assert rig.core._recent_bytes < _core.MAX_BEFORE_BYTES
 
 
 # -- what a client sends never breaks the core -------------------------------------------------------------
@@ -485,3 +535,32 @@ def test_an_answer_carries_nothing_past_its_bound_or_to_a_caller_it_has_not_answ
     for i in range(_core.MAX_BEFORE + 1):
         rig.call(BOB, insert(i + 1))
     assert rig.call(ALICE, insert(2)).before == ()  # type: ignore[union-attr]  # too many: its replica thread has them
+
+
+# -- the process around the core ------------------------------------------------------------------------------
+
+
+def test_each_request_of_a_group_is_judged_on_the_clock_at_its_turn(tmp_path, monkeypatch):
+    """The writer process reads the wall clock per request, not once per group: a call whose deadline
+    passed while earlier requests of its group were handled (a compaction, a big insert_many) is refused,
+    never applied after its caller gave up."""
+    from tiger import _writer
+
+    writer = _writer.Writer(f"ipc://{tmp_path}/w")
+    try:
+        start = time.time()
+        turns = itertools.count()
+
+        class Clock:
+            monotonic = staticmethod(time.monotonic)
+
+            @staticmethod
+            def time() -> float:
+                return start + 10 * next(turns)  # each reading 10 s after the one before
+
+        monkeypatch.setattr(_writer, "time", Clock)
+        calls = [p.encode_call(p.Call(cid, start + 5, insert(1, n=i))) for i, cid in enumerate([ALICE, BOB])]
+        writer.handle_group([[b"nobody", call] for call in calls])  # (answers to an unknown peer are dropped)
+        assert [r["n"] for r in writer.core.store.ordered("t", "global")] == [0]
+    finally:
+        writer.close()

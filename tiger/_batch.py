@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tiger import _protocol as p
-from tiger._errors import TigerError
+from tiger._errors import TigerError, Timeout, Unavailable
 from tiger._table import Batch as BatchChange
 from tiger._table import Delete, Put, check_id, check_record, check_records, check_update
 
@@ -149,8 +149,14 @@ class Batch:
 
     def _send(self) -> None:
         client = self._client
-        self._state = "the batch was refused, so none of it was applied"
-        reply = client._write(p.BatchWrite(next(client._req_ids), self._ops))
+        try:
+            reply = client._write(p.BatchWrite(next(client._req_ids), self._ops))
+        except (Unavailable, Timeout):
+            self._state = "no answer came, so the batch may or may not have been applied (as for any write that raised so)"
+            raise
+        except BaseException:
+            self._state = "the batch was refused, so none of it was applied"
+            raise
         change = reply.change
         parts: tuple[Put | Delete, ...] = change.changes if type(change) is BatchChange else ()
         for pending, where in zip(self._pending, reply.result, strict=True):

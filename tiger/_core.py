@@ -45,11 +45,15 @@ ANSWERS_FORGOTTEN = 60.0  # seconds of silence after which a client's kept answe
 MAX_ERROR = 500  # characters of an error message the writer logs and sends back
 GROUP_BYTES = 1 << 20  # bytes of changes published as one message, at most
 RECENT = 256  # changes kept packed to send again in answers (``Ok.before``)
+RECENT_BYTES = 4 << 20  # and their bytes, at most (a change bigger than MAX_BEFORE_BYTES is kept as a gap)
 MAX_BEFORE = 64  # changes an answer carries for the caller's replica, at most
 MAX_BEFORE_BYTES = 256 * 1024  # and their packed bytes
 CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
 DISK_RETRY_FIRST = 0.5  # seconds before a failed data directory is tried again; doubles each time
 DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
+
+
+_HELD = b""  # a kept answer whose group is held (its fsync failed): a resend gets no answer yet
 
 
 class Expired(ValueError):
@@ -142,8 +146,15 @@ class WriterCore:
         self._pending: list[tuple[bytes, bytes]] = []  # (topic, packed change) applied, not yet published
         self._pending_bytes = 0
         self.groups = 0  # publications of changes: a group commit of several changes is one
-        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT)  # (seq, packed change), newest last
+        self._recent: deque[tuple[int, bytes]] = deque()  # (seq, packed change or b"": too big), newest last
+        self._recent_bytes = 0
         self._known: dict[str, int] = {}  # client id -> the seq of the last answer it was sent
+        self._appended = False  # this group appended to the data directory: commit() must make it durable
+        self._group_answers: list[tuple[str, int]] = []  # (client id, req id) of the answers kept this group
+        self._committed_seq = 0  # the seq of the last change made durable and published
+        # a group whose fsync failed: its publications and answers, held until a compaction succeeds
+        self._held: Outbox | None = None
+        self._held_answers: dict[tuple[str, int], bytes] = {}
         # builders of once keys get a heartbeat's grace to find a restarted writer before others take over
         for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
             for record in rows.values():
@@ -248,14 +259,15 @@ class WriterCore:
                 call = request
                 first = self.answered.get(call.client_id, {}).get(request.request.req_id)  # type: ignore[union-attr]
                 if first is not None:  # a resent call: its first answer, not a second application
-                    self.outbox.replies.append([*envelope, first])
+                    if first != _HELD:  # (held: applied, not yet durable; answered once it is)
+                        self.outbox.replies.append([*envelope, first])
                     return
                 self._heard(call.client_id, now)
                 topic = p.topic_of(call.client_id)  # its reply carries the change: its replica is not sent it
                 if wall > call.expires:
                     raise Expired(f"the call arrived after its deadline ({wall - call.expires:.3f}s late); not applied")
                 request = call.request
-            reply = self._dispatch(envelope, request, topic, now, wall, call)  # type: ignore[arg-type]
+            reply, kept = self._dispatch(envelope, request, topic, now, wall, call)  # type: ignore[arg-type]
         except Exception as e:  # the writer never dies of what a client sends
             kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
             message = str(e)
@@ -267,60 +279,108 @@ class WriterCore:
                 log.debug("answered a request with %s: %s", kind, message)
             else:
                 log.warning("refused a request (%s): %s", kind, message)
-            reply = p.encode_reply(p.Failed(req_id, kind, message))
+            reply = kept = p.encode_reply(p.Failed(req_id, kind, message))
         if reply is None:
             return
         if call is not None and req_id is not None and type(call.request) is not p.Sync:  # a sync may just run again
             answered = self.answered.setdefault(call.client_id, {})
-            answered[req_id] = reply
+            answered[req_id] = kept or reply  # (without ``before``: a resend's caller has had those changes since)
+            self._group_answers.append((call.client_id, req_id))
             if len(answered) > ANSWERS_KEPT:
                 del answered[next(iter(answered))]
         self.outbox.replies.append([*envelope, reply])
 
     def commit(self, now: float) -> None:
         """End a group of requests: make what they appended durable (``--fsync always``) before any of
-        it is published or answered. A failed fsync puts the writer in the disk-fault state (later
-        writes are refused until a compaction works); the group itself stays applied and is answered,
-        as its changes are in the log file and in the store: the compaction that ends the fault writes
-        them again."""
-        if self.disk is not None and self.disk_fault is None:
+        it is published or answered (even when a later request of the group found the disk full).
+
+        A failed fsync puts the writer in the disk-fault state (later writes are refused) and holds
+        the group: its changes stay applied (they are in the store and written to the log), but their
+        publications and answers wait until a compaction, which writes everything held, succeeds; a
+        resend of a held call is not answered meanwhile, and heartbeats announce the seq before it.
+        Nothing is acknowledged before it is durable, and nothing applied is answered as refused."""
+        appended, self._appended = self._appended, False
+        answers, self._group_answers = self._group_answers, []
+        if self.disk is not None and appended:
             try:
                 self.disk.commit()
             except OSError as e:
                 self._fault(f"fsync: {e}", now)
+                self._hold(answers)
+                return
+        if self._held is None:
+            self._committed_seq = self.seq
+
+    def _hold(self, answers: list[tuple[str, int]]) -> None:
+        """Keep this group's publications and answers back (see ``commit``)."""
+        self._publish_pending()
+        held = self._held if self._held is not None else Outbox()
+        held.published.extend(self.outbox.published)
+        held.replies.extend(self.outbox.replies)
+        self.outbox.published, self.outbox.replies = [], []
+        self._held = held
+        for client_id, req_id in answers:
+            kept = self.answered.get(client_id, {})
+            if req_id in kept:
+                self._held_answers[(client_id, req_id)] = kept[req_id]
+                kept[req_id] = _HELD
+        log.error("holding %d answers until the data directory works again: their fsync failed", len(held.replies))
+
+    def _release(self) -> None:
+        """The held group is durable now (a compaction wrote everything): publish and answer it."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        self._publish_pending()
+        self.outbox.published.extend(held.published)
+        self.outbox.replies.extend(held.replies)
+        for (client_id, req_id), answer in self._held_answers.items():
+            kept = self.answered.get(client_id)
+            if kept is not None and kept.get(req_id) == _HELD:
+                kept[req_id] = answer
+        self._held_answers.clear()
+        self._committed_seq = self.seq
 
     def _dispatch(
         self, envelope: list[bytes], request: p.Request, topic: bytes, now: float, wall: float, call: p.Call | None = None
-    ) -> bytes | None:
-        """Carry out one request; returns its answer (None: no answer, or it comes later)."""
+    ) -> tuple[bytes | None, bytes | None]:
+        """Carry out one request; returns its answer (None: no answer, or it comes later) and the answer to
+        keep for a resend (the same, without ``before``)."""
         t = type(request)
         handler = self._handlers.get(t)
         if handler is not None:
             change, result = handler(request, now, wall)
             packed = None if change is None else self._commit(change, now, topic)
+            kept = p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result)  # type: ignore[union-attr]
             before = self._missed(call, self.seq if packed is None else self.seq - 1)
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result, before)  # type: ignore[union-attr]
+            if not before:
+                return kept, kept
+            return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result, before), kept  # type: ignore[union-attr]
         if t is p.Beat:
             self._heard(request.client_id, now)  # type: ignore[union-attr]
-            return None
+            return None, None
         if t is p.Sync:
             # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
             self._heartbeat(topic)
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, None, self._missed(call, self.seq))  # type: ignore[union-attr]
+            answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, None, self._missed(call, self.seq))  # type: ignore[union-attr]
+            return answer, answer
         if t is p.SnapshotRequest:
             self.outbox.snapshots.append((envelope, request.req_id))  # type: ignore[union-attr]
-            return None
+            return None, None
         if t is p.Hello:
             self._heard(request.client_id, now)  # type: ignore[union-attr]
             result = {**self._identity(), "heartbeat": self.heartbeat, "time": wall}
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
+            answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
+            return answer, answer
         if t is p.Bye:
             self._forget(request.client_id, now)  # type: ignore[union-attr]
-            return None
+            return None, None
         if t is p.Compact:
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.compact(now))  # type: ignore[union-attr]
+            answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.compact(now))  # type: ignore[union-attr]
+            return answer, answer
         if t is p.Stats:
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats(now))  # type: ignore[union-attr]
+            answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats(now))  # type: ignore[union-attr]
+            return answer, answer
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
 
     def _missed(self, call: p.Call | None, upto: int) -> list[bytes]:
@@ -337,7 +397,7 @@ class WriterCore:
             return []
         start = len(recent) - (recent[-1][0] - known)
         found = [packed for seq, packed in (recent[i] for i in range(start, len(recent))) if seq <= upto]
-        if sum(map(len, found)) > MAX_BEFORE_BYTES:
+        if not all(found) or sum(map(len, found)) > MAX_BEFORE_BYTES:  # (b"": a change too big to keep)
             return []
         return found
 
@@ -359,6 +419,7 @@ class WriterCore:
             if self.disk_fault is None:
                 try:
                     self.disk.append(packed)  # logged before it is applied, published and answered
+                    self._appended = True
                 except OSError as e:
                     self._fault(str(e), now)
             if self.disk_fault is not None:
@@ -368,7 +429,11 @@ class WriterCore:
                 )
         self.store.apply(change)
         self.seq += 1
-        self._recent.append((self.seq, packed))
+        kept = packed if len(packed) <= MAX_BEFORE_BYTES else b""
+        self._recent.append((self.seq, kept))
+        self._recent_bytes += len(kept)
+        while len(self._recent) > RECENT or self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= len(self._recent.popleft()[1])
         self._pending.append((topic, packed))
         self._pending_bytes += len(packed)
         if self._pending_bytes >= GROUP_BYTES:
@@ -377,7 +442,8 @@ class WriterCore:
 
     def _heartbeat(self, topic: bytes = p.EVERYONE) -> None:
         self._publish_pending()  # a heartbeat promises every change up to its seq was published before it
-        self.outbox.published.append((topic, p.encode_published(p.Heartbeat(self.epoch, self.seq))))
+        seq = self.seq if self._held is None else self._committed_seq  # held changes are not announced
+        self.outbox.published.append((topic, p.encode_published(p.Heartbeat(self.epoch, seq))))
 
     def _heard(self, client_id: str, now: float) -> None:
         """A client spoke: it is live, and the answers kept for it stay (a client once taken for gone,
@@ -425,6 +491,7 @@ class WriterCore:
         assert self.disk is not None
         log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
         self.disk_fault = None
+        self._release()
 
     def compact(self, now: float) -> dict[str, Any]:
         """Write a snapshot of the whole store and start a fresh log: {records, bytes}."""

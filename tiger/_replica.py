@@ -257,7 +257,9 @@ class Replica:
         with self.changed:
             if own:
                 self._calls.call_finished()
-            if before and epoch == self.epoch and not self._seq.loading:
+            # only when they follow on from what the replica holds: ahead of a gap they would be held, and
+            # a held change with no call of ours in flight reads as a loss (a needless snapshot reload)
+            if before and epoch == self.epoch and not self._seq.loading and first_before <= self._seq.seq + 1:
                 for i, other in enumerate(before):
                     self._seq.published(first_before + i, other)
             if own and change is not None:

@@ -230,10 +230,10 @@ class Writer:
     def handle_group(self, group: list[list[bytes]]) -> None:
         """Requests taken off the socket together: applied in arrival order, made durable once, then
         their changes published and their answers sent."""
-        now, wall = time.monotonic(), time.time()
-        for frames in group:
-            self.core.handle(frames, now, wall)
-        self.core.commit(now)
+        now = time.monotonic()
+        for frames in group:  # the wall clock per request: a call is judged expired when its turn comes
+            self.core.handle(frames, now, time.time())
+        self.core.commit(time.monotonic())
         self._send_outbox()
 
     def handle(self, frames: list[bytes]) -> None:
@@ -242,7 +242,9 @@ class Writer:
 
     def tick(self) -> None:
         """About every heartbeat: the core's timed work, and whether the owner process is gone."""
-        self.core.tick(time.monotonic())
+        now = time.monotonic()
+        self.core.tick(now)
+        self.core.commit(now)  # once keys released for gone clients: durable before they are published
         self._send_outbox()
         if self.owner is not None and self.owner.ended():
             log.info("owner process %d is gone; stopping", self.owner.pid)
