@@ -141,7 +141,8 @@ def test_a_peer_that_never_reads_holds_at_most_its_queue_and_one_chunk():
     assert len(pipes.queued[b"sleeper"]) == PEER_HWM
     assert out.waiting() == (1, 1, 1)  # one chunk made and refused: it goes first once the queue takes it
     assert pipes.queued_bytes(b"sleeper") <= PEER_HWM * (2 * 32 * 1024)
-    assert out.wait() == _snapshots.RETRY
+    assert out.wait(T0) == _snapshots.RETRY
+    assert out.wait(T0 + 1) == _snapshots.RETRY_IDLE  # nothing taken for a while: tried less often
 
 
 def test_answers_wait_behind_a_full_queue_and_go_in_order():
@@ -177,7 +178,7 @@ def test_a_turn_sends_at_most_its_budget_shared_round_robin():
     peers = [b"j%d" % i for i in range(6)]
     for i, peer in enumerate(peers):
         out.snapshot([peer], -1 - i, store, EPOCH, 1, T0)
-    assert out.wait() == 0
+    assert out.wait(T0) == 0
     for turn in range(1, 4):
         out.pump(T0)
         total = sum(pipes.queued_bytes(peer) for peer in peers)

@@ -39,7 +39,9 @@ CHUNK_BYTES = 128 * 1024  # bytes of a snapshot chunk, about (one record over at
 TURN_BYTES = 512 * 1024  # snapshot bytes sent per turn of the writer's loop, all joiners together
 STALL = 30.0  # seconds a peer may take nothing while something waits for it; then that is dropped
 SHARED_CHUNKS = 64  # encoded chunks kept for the joiners behind another on the same view
-RETRY = 0.002  # seconds between two tries of peers whose queues were full
+RETRY = 0.002  # seconds between two tries of peers whose queues were full (one took something lately)
+RETRY_IDLE = 0.02  # the same once none of them took anything for RECENT seconds (it may never again)
+RECENT = 0.1
 
 Send = Callable[[list[bytes], bytes], bool]  # (envelope, message) -> sent (False: the peer's queue is full)
 
@@ -224,14 +226,14 @@ class Outgoing:
                 )
                 self._drop(key)
 
-    def wait(self) -> float | None:
+    def wait(self, now: float) -> float | None:
         """How long the writer may wait for requests before ``pump`` has work: 0 (a snapshot can go on
-        now), ``RETRY`` (queues were full), or None (nothing waits)."""
+        now), ``RETRY`` or ``RETRY_IDLE`` (queues were full), or None (nothing waits)."""
         if not self._peers:
             return None
         if any(peer.snapshot is not None and not peer.backlog for peer in self._peers.values()):
             return 0.0
-        return RETRY
+        return RETRY if any(now - peer.since < RECENT for peer in self._peers.values()) else RETRY_IDLE
 
     def waiting(self) -> tuple[int, int, int]:
         """(peers something waits for, snapshots on their way, messages in backlogs): for tests and logs."""

@@ -216,10 +216,10 @@ class Writer:
                         break
                 # Snapshots go out between requests, a turn's worth at a time; a full queue is tried again
                 # soon. (ROUTER has no per-peer POLLOUT: a short receive timeout is the wake-up.)
-                wait = outgoing.wait()
-                if wait is not None:
-                    outgoing.pump(time.monotonic())
-                    wait = outgoing.wait()
+                if outgoing.wait(now) is not None:
+                    now = time.monotonic()
+                    outgoing.pump(now)
+                wait = outgoing.wait(now)
                 ms = idle if wait is None else int(wait * 1000)
                 if ms != waits:
                     router.setsockopt(zmq.RCVTIMEO, ms)
