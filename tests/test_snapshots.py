@@ -24,7 +24,7 @@ from _util import read_line
 import tiger
 from tiger import _protocol as p
 from tiger import _snapshots
-from tiger._snapshots import PEER_HWM, Outgoing, PeerGone, View
+from tiger._snapshots import PEER_HWM, Outgoing, PeerGone, Runs, View
 from tiger._table import Put, Store
 
 EPOCH = "e" * 16
@@ -120,7 +120,7 @@ def test_chunks_are_sized_by_bytes_not_records():
     store = Store()
     store.apply(Put("t", "small", [{"id": f"s{i}", "created": i} for i in range(5000)]))
     store.apply(Put("t", "big", [{"id": f"b{i}", "created": i, "pad": "x" * 20_000} for i in range(40)]))
-    view = View(store, EPOCH, 1, chunk_bytes=64 * 1024)
+    view = View(store, EPOCH, 1, Runs(), chunk_bytes=64 * 1024)
     sizes = []
     for i in range(10_000):
         body = view.chunk(i)
@@ -187,41 +187,72 @@ def test_a_turn_sends_at_most_its_budget_shared_round_robin():
     assert max(counts) - min(counts) <= 1  # each served in turn
 
 
-def test_joiners_at_one_seq_share_one_view_and_its_chunks(monkeypatch):
-    store = store_of({"t": {"ns": 3000}}, size=200)
-    pipes = Pipes()
-    out = Outgoing(pipes.send, chunk_bytes=16 * 1024)
-    packs = {"first": 0, "again": 0}
-    first, again = View._pack_next, View._pack
-
-    def pack_next(self: View, start: Any) -> Any:
-        packs["first"] += 1
-        return first(self, start)
-
-    def pack_again(self: View, start: Any, end: Any) -> bytes:
-        packs["again"] += 1
-        return again(self, start, end)
-
-    monkeypatch.setattr(View, "_pack_next", pack_next)
-    monkeypatch.setattr(View, "_pack", pack_again)
-    out.snapshot([b"a"], -1, store, EPOCH, 5, T0)
-    out.snapshot([b"b"], -2, store, EPOCH, 5, T0)
-    ids: dict[bytes, list[str]] = {b"a": [], b"b": []}
+def read_all(out: Outgoing, pipes: Pipes, peers: dict[bytes, int]) -> dict[bytes, tuple[list[str], p.SnapshotEnd]]:
+    """Pump and read every peer's snapshot to its end (the last peer reads one message a turn, the
+    others all they can); each peer's record ids and SnapshotEnd."""
+    ids: dict[bytes, list[str]] = {peer: [] for peer in peers}
     ends: dict[bytes, p.SnapshotEnd] = {}
-    while len(ends) < 2:
+    slow = list(peers)[-1]
+    while len(ends) < len(peers):
         out.pump(T0)
-        for peer in (b"a", b"b"):
-            for reply in pipes.take(peer, 1 if peer == b"b" else None):  # b reads slower than a
+        for peer, req_id in peers.items():
+            for reply in pipes.take(peer, 1 if peer == slow else None):
+                assert reply.req_id == req_id
                 if type(reply) is p.SnapshotEnd:
                     ends[peer] = reply
                 else:
                     ids[peer].extend(r["id"] for _, _, records in reply.segments for r in records)  # type: ignore[union-attr]
-    assert ids[b"a"] == ids[b"b"] and len(ids[b"a"]) == 3000
-    assert ends[b"a"].req_id == -1 and ends[b"b"].req_id == -2  # each its own request id
-    assert packs["first"] > 10 and packs["again"] == 0  # each chunk packed once for both
+    return {peer: (ids[peer], ends[peer]) for peer in peers}
+
+
+def test_joiners_at_one_seq_share_one_view_and_its_packing():
+    store = store_of({"t": {"ns": 3000}}, size=200)
+    pipes = Pipes()
+    out = Outgoing(pipes.send, chunk_bytes=16 * 1024)
+    alone = Outgoing(Pipes(hwm=10_000).send, chunk_bytes=16 * 1024)
+    alone.snapshot([b"x"], -1, store, EPOCH, 5, T0)
+    for _ in range(1000):
+        alone.pump(T0)
+    out.snapshot([b"a"], -1, store, EPOCH, 5, T0)
+    out.snapshot([b"b"], -2, store, EPOCH, 5, T0)
+    got = read_all(out, pipes, {b"a": -1, b"b": -2})
+    assert got[b"a"][0] == got[b"b"][0] == ids_of(store)[("t", "ns")]
+    assert got[b"a"][1].seq == got[b"b"][1].seq == 5
+    assert out.runs.packed <= alone.runs.packed + 2  # packed once for both (b reads far slower than a)
     assert out._view is None and out.waiting() == (0, 0, 0)
-    out.snapshot([b"c"], -3, store, EPOCH, 6, T0)  # another seq: another view
-    assert out._view is not None and out._view.seq == 6
+
+
+def test_joiners_at_different_seqs_share_the_packing_of_what_did_not_change():
+    store = store_of({"big": {"ns": 3000}, "small": {"a": 10}}, size=200)
+    pipes = Pipes()
+    out = Outgoing(pipes.send, chunk_bytes=16 * 1024)
+    out.snapshot([b"first"], -1, store, EPOCH, 1, T0)
+    out.pump(T0)
+    first = ids_of(store)
+    store.apply(Put("small", "a", [{"id": "new", "created": 1}]))  # a write between the two requests
+    store.apply(Put("big", "ns", [{"id": "ns-2999", "created": 2, "pad": "changed"}]))  # in place, the last record
+    out.snapshot([b"second"], -1, store, EPOCH, 3, T0)
+    got = read_all(out, pipes, {b"first": -1, b"second": -1})
+    assert got[b"first"][0] == first[("big", "ns")] + first[("small", "a")]
+    assert got[b"second"][0] == first[("big", "ns")] + [*first[("small", "a")], "new"]
+    assert (got[b"first"][1].seq, got[b"second"][1].seq) == (1, 3)
+    alone = Outgoing(Pipes(hwm=10_000).send, chunk_bytes=16 * 1024)
+    alone.snapshot([b"x"], -1, store, EPOCH, 3, T0)
+    for _ in range(1000):
+        alone.pump(T0)
+    assert out.runs.packed <= alone.runs.packed + 3  # the unchanged runs packed once for both
+
+
+def test_a_run_kept_for_records_since_replaced_is_not_used():
+    store = store_of({"t": {"ns": 50}}, size=10)
+    runs = Runs()
+    before = View(store, EPOCH, 1, runs)
+    old = before.chunk(0)
+    store.apply(Put("t", "ns", [{"id": "ns-10", "created": 10, "pad": "changed"}]))
+    after = View(store, EPOCH, 2, runs)
+    assert p.unpack(after.chunk(0))[0][2][10]["pad"] == "changed"  # type: ignore[arg-type]
+    assert p.unpack(old)[0][2][10]["pad"] == "x" * 10  # type: ignore[arg-type]
+    assert View(store, EPOCH, 2, runs).chunk(0) == after.chunk(0)
 
 
 def test_a_peer_that_takes_nothing_is_dropped_after_the_stall_and_only_it():

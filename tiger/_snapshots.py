@@ -18,14 +18,17 @@ Rule 4: a peer that takes nothing for ``stall`` seconds while something waits fo
   (logged), and so does a peer that is gone; nothing of any other peer's is ever dropped.
 Rule 5: a peer has one snapshot on its way at a time: a new request replaces it (a replica waits
   for the answer to its latest request only).
-Rule 6: joiners that ask at the same seq share one ``View``: the chunk bounds are fixed by the
-  first to reach them, and a chunk one of them encoded is kept (``SHARED_CHUNKS`` at most) for
-  those behind it.
+Rule 6: joiners share the packing: runs of records packed for one snapshot serve any other whose
+  records at that place are the same objects (``Runs``; the last ``SHARED_BYTES`` are kept), so
+  processes that join together pack a large store about once, even with writes going on between
+  their requests (a write changes the runs of its namespace only). Joiners at one seq share the
+  view itself.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 from collections import deque
 from collections.abc import Callable
 
@@ -38,7 +41,7 @@ PEER_HWM = 8  # messages the ROUTER queues per peer (its SNDHWM): a full queue i
 CHUNK_BYTES = 128 * 1024  # bytes of a snapshot chunk, about (one record over at most)
 TURN_BYTES = 512 * 1024  # snapshot bytes sent per turn of the writer's loop, all joiners together
 STALL = 30.0  # seconds a peer may take nothing while something waits for it; then that is dropped
-SHARED_CHUNKS = 64  # encoded chunks kept for the joiners behind another on the same view
+SHARED_BYTES = 32 * 1024 * 1024  # packed runs of records kept for other joiners, at most
 RETRY = 0.002  # seconds between two tries of peers whose queues were full (one took something lately)
 RETRY_IDLE = 0.02  # the same once none of them took anything for RECENT seconds (it may never again)
 RECENT = 0.1
@@ -51,88 +54,120 @@ class PeerGone(Exception):
 
 
 Position = tuple[int, int]  # (segment index, record offset in it)
+Run = tuple[int, int, int]  # (segment index, record offset, count): records packed as one segment
+
+
+class Runs:
+    """Runs of a namespace's records packed as segments, shared by every view: a run packed for one
+    view serves another whose records at the same place are the same objects (records are frozen:
+    the same objects pack to the same bytes), so joiners taken at different seqs share the packing of
+    whatever did not change between them. The runs packed last are kept, ``limit`` bytes of them
+    (processes that join together are a few hundred milliseconds apart at most, about 60 MB of a
+    snapshot here: the one ahead packs, those behind find most of it kept)."""
+
+    def __init__(self, limit: int = SHARED_BYTES) -> None:
+        self.limit = limit
+        self.packed = 0  # runs packed so far (tests count them)
+        self._runs: dict[tuple[str, str, int], tuple[list[Record], bytes]] = {}  # (table, ns, offset) -> run
+        self._bytes = 0
+
+    def find(self, table: str, ns: str, records: list[Record], off: int) -> tuple[int, bytes] | None:
+        """A kept run of exactly these records from ``off``: (its length, its packed bytes)."""
+        run = self._runs.get((table, ns, off))
+        if run is None:
+            return None
+        kept, packed = run
+        if len(records) - off < len(kept) or not all(map(operator.is_, kept, records[off : off + len(kept)])):
+            return None
+        return len(kept), packed
+
+    def pack(self, table: str, ns: str, records: list[Record], off: int, n: int) -> bytes:
+        run = records[off : off + n]
+        packed = p.pack((table, ns, run))
+        self.packed += 1
+        key = (table, ns, off)
+        old = self._runs.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1])
+        self._runs[key] = (run, packed)
+        self._bytes += len(packed)
+        while self._bytes > self.limit:
+            self._bytes -= len(self._runs.pop(next(iter(self._runs)))[1])
+        return packed
+
+    def clear(self) -> None:
+        self._runs.clear()
+        self._bytes = 0
 
 
 class View:
     """The store's content at one (epoch, seq), packed in chunks on demand.
 
-    Chunk ``i`` is the same bytes whoever asks for it: the first reader to reach it fixes its
-    bounds (sized by the bytes the records packed to so far); readers behind find it kept, or
-    pack the same records again.
+    Chunk ``i`` holds the same records whoever asks for it: the first reader to reach it plans it
+    (runs sized by the bytes records packed to so far, or the runs already kept); readers behind
+    follow the plan, finding its runs kept or packing them again.
     """
 
-    def __init__(self, store: Store, epoch: str, seq: int, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, store: Store, epoch: str, seq: int, runs: Runs, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.epoch, self.seq = epoch, seq
         self.segments: list[tuple[str, str, list[Record]]] = [
-            (table, ns, list(rows.values())) for table, namespaces in store.tables.items() for ns, rows in namespaces.items()
+            (table, ns, list(rows.values()))
+            for table, namespaces in store.tables.items()
+            for ns, rows in namespaces.items()
+            if rows
         ]
         self.records = sum(len(records) for _, _, records in self.segments)
         self.chunk_bytes = chunk_bytes
         self.readers: list[_Snapshot] = []
-        self._bounds: list[Position] = [(0, 0)]  # chunk i holds the records from bounds[i] to bounds[i + 1]
-        self._kept: dict[int, bytes] = {}  # chunk -> packed segments, for the readers behind
+        self._runs = runs
+        self._plans: list[list[Run]] = []  # chunk i: its runs
+        self._at: Position = (0, 0)  # where the next chunk to plan begins
         self._per_record = 256.0  # packed bytes per record, as last seen
 
     def chunk(self, i: int) -> bytes | None:
         """Chunk ``i``'s packed segments (``p.chunk_bytes`` makes a message of them); None past the last."""
-        body = self._kept.get(i)
-        if body is not None:
-            return body
-        if i + 1 < len(self._bounds):
-            body = self._pack(self._bounds[i], self._bounds[i + 1])
-        else:
-            assert i + 1 == len(self._bounds), "a view is read in order"
-            if self._bounds[i][0] >= len(self.segments):
-                return None
-            body, end = self._pack_next(self._bounds[i])
-            self._bounds.append(end)
-        if len(self._kept) < SHARED_CHUNKS and sum(r.next <= i for r in self.readers) > 1:
-            self._kept[i] = body  # another reader has still to take it
-        return body
+        if i < len(self._plans):
+            return p.segments_bytes([self._run(*run) for run in self._plans[i]])
+        assert i == len(self._plans), "a view is read in order"
+        if self._at[0] >= len(self.segments):
+            return None
+        return self._plan_next()
 
-    def taken(self, i: int) -> None:
-        """A reader has taken chunk ``i``: forget it if no reader needs it any more."""
-        if i in self._kept and all(r.next > i for r in self.readers):
-            del self._kept[i]
+    def _run(self, si: int, off: int, n: int) -> bytes:
+        table, ns, records = self.segments[si]
+        found = self._runs.find(table, ns, records, off)
+        if found is not None and found[0] == n:
+            return found[1]
+        return self._runs.pack(table, ns, records, off, n)
 
-    def leave(self, reader: _Snapshot) -> None:
-        self.readers.remove(reader)
-        first = min((r.next for r in self.readers), default=len(self._bounds))
-        for i in [i for i in self._kept if i < first]:
-            del self._kept[i]
-
-    def _pack(self, start: Position, end: Position) -> bytes:
-        parts = []
-        si, off = start
-        while (si, off) < end:
-            table, ns, records = self.segments[si]
-            stop = end[1] if si == end[0] else len(records)
-            parts.append(p.pack((table, ns, records[off:stop])))
-            si, off = (si + 1, 0) if stop == len(records) else (si, stop)
-        return p.segments_bytes(parts)
-
-    def _pack_next(self, start: Position) -> tuple[bytes, Position]:
-        """The next chunk: records from ``start`` until about ``chunk_bytes`` are packed."""
-        parts = []
+    def _plan_next(self) -> bytes:
+        """Plan and pack the next chunk: runs from where the last one ended until about ``chunk_bytes``."""
+        parts, plan = [], []
         size = 0
-        si, off = start
+        si, off = self._at
         while si < len(self.segments) and size < self.chunk_bytes * 3 // 4:
             table, ns, records = self.segments[si]
-            want = self.chunk_bytes - size
-            n = max(1, min(len(records) - off, int(want / self._per_record)))
-            while True:
-                packed = p.pack((table, ns, records[off : off + n]))
-                if n == 1 or len(packed) <= 2 * want:
-                    break
-                n = max(1, n * want // len(packed))  # bigger records than so far: fewer of them
-            if records:
+            found = self._runs.find(table, ns, records, off)
+            if found is not None:
+                n, packed = found
+            else:
+                want = self.chunk_bytes - size
+                n = max(1, min(len(records) - off, int(want / self._per_record)))
+                while True:
+                    packed = self._runs.pack(table, ns, records, off, n)
+                    if n == 1 or len(packed) <= 2 * want:
+                        break
+                    n = max(1, n * want // len(packed))  # bigger records than so far: fewer of them
                 self._per_record = max(1.0, len(packed) / n)
             parts.append(packed)
+            plan.append((si, off, n))
             size += len(packed)
             off += n
             if off >= len(records):
                 si, off = si + 1, 0
-        return p.segments_bytes(parts), (si, off)
+        self._plans.append(plan)
+        self._at = (si, off)
+        return p.segments_bytes(parts)
 
 
 class _Snapshot:
@@ -164,6 +199,7 @@ class Outgoing:
         self.chunk_bytes = chunk_bytes
         self._peers: dict[bytes, _Peer] = {}  # only peers something waits for; the longest unserved first
         self._view: View | None = None  # the newest view, while it is read: joiners at its seq share it
+        self.runs = Runs()  # packed runs every view may use, while any snapshot is on its way
 
     def answer(self, frames: list[bytes], now: float) -> None:
         """Send one answer (envelope frames, then the answer), or keep it until its peer's queue takes it."""
@@ -187,7 +223,7 @@ class Outgoing:
         """Start sending ``store`` as it is now, at (epoch, seq), to the peer that asked (``pump`` sends it)."""
         view = self._view
         if view is None or (view.epoch, view.seq) != (epoch, seq):
-            view = self._view = View(store, epoch, seq, self.chunk_bytes)
+            view = self._view = View(store, epoch, seq, self.runs, self.chunk_bytes)
         peer = self._peers.get(envelope[0])
         if peer is None:
             peer = self._peers[envelope[0]] = _Peer(now)
@@ -266,7 +302,6 @@ class Outgoing:
         else:
             message = p.chunk_bytes(snap.req_id, body)
             snap.next += 1
-            view.taken(snap.next - 1)
         try:
             if self._send(snap.envelope, message):
                 peer.since = now
@@ -280,9 +315,11 @@ class Outgoing:
 
     def _leave(self, snap: _Snapshot) -> None:
         view = snap.view
-        view.leave(snap)
+        view.readers.remove(snap)
         if not view.readers and self._view is view:
             self._view = None
+            if not any(peer.snapshot is not None and peer.snapshot is not snap for peer in self._peers.values()):
+                self.runs.clear()  # no snapshot on its way: nothing to share
 
     def _drop(self, key: bytes) -> None:
         peer = self._peers.pop(key, None)
