@@ -6,7 +6,8 @@ logged durable once, then publish their changes (PUB) and only then answer, so a
 gets its answer can count on its change being on its way to every replica. A change is
 published under the caller's topic, which the caller's own replica does not subscribe to: the
 caller applies its change from the answer. Heartbeats on the PUB tell replicas the writer is
-alive and how far it is.
+alive and how far it is. Between groups, the loop sends a turn's worth of the snapshots on their
+way (``tiger._snapshots.Outgoing``: answers and snapshots as each peer takes them, never blocking).
 
 Every decision (what to apply, what to answer, who is gone, when to retry a failed disk) is
 the core's (``tiger._core``); this module only moves bytes between the sockets, the log and
@@ -191,7 +192,8 @@ class Writer:
 
         A blocking receive with a timeout, not poll + receive: on this path every system call and
         wake-up counts (a poll loop cost a ROUTER echo about 20 us more per round trip here). The
-        timeout (at most 0.1 s) bounds how late a heartbeat, a signal or the owner's end is noticed.
+        timeout (at most 0.1 s) bounds how late a heartbeat, a signal or the owner's end is noticed;
+        while snapshots are on their way it is 0 (a chunk can go) or 2-20 ms (queues are full).
         (pyzmq restarts a receive interrupted by a signal with its whole timeout: safe here, where the
         only handled signals stop the loop, and no other signal wakes the process without ending it.
         Clients, which live in processes with signal handlers of their own, poll instead.)
