@@ -212,8 +212,7 @@ class Outgoing:
                         peer.since = now
                     return
             except PeerGone as e:
-                log.warning("could not answer a client: %s", e)
-                self._drop(envelope[0])
+                self._gone(envelope[0], e, "an answer")
                 return
             if peer is None:
                 peer = self._peers[envelope[0]] = _Peer(now)
@@ -286,8 +285,7 @@ class Outgoing:
                 backlog.popleft()
                 peer.since = now
         except PeerGone as e:
-            log.warning("dropped %d messages for a client that left: %s", len(backlog), e)
-            self._drop(key)
+            self._gone(key, e, f"{len(backlog)} waiting messages")
 
     def _send_chunk(self, key: bytes, peer: _Peer, now: float) -> int:
         """Send the peer's next snapshot message; returns its size (0: it could not go, or the peer left)."""
@@ -307,8 +305,7 @@ class Outgoing:
                 peer.since = now
                 return len(message)
         except PeerGone as e:
-            log.warning("snapshot abandoned, its client left: %s", e)
-            self._drop(key)
+            self._gone(key, e, "a snapshot message")
             return 0
         peer.backlog.append((snap.envelope, message))  # made already: it goes first once the queue takes it
         return 0
@@ -320,6 +317,12 @@ class Outgoing:
             self._view = None
             if not any(peer.snapshot is not None and peer.snapshot is not snap for peer in self._peers.values()):
                 self.runs.clear()  # no snapshot on its way: nothing to share
+
+    def _gone(self, key: bytes, e: PeerGone, what: str) -> None:
+        peer = self._peers.get(key)
+        snapshot = "" if peer is None or peer.snapshot is None else ", and the snapshot on its way"
+        log.warning("could not send %s to a client that left (%s)%s", what, e, snapshot)
+        self._drop(key)
 
     def _drop(self, key: bytes) -> None:
         peer = self._peers.pop(key, None)
