@@ -581,6 +581,17 @@ def ok_bytes(
     return b"\x97" + pack("ok") + pack(req_id) + pack(epoch) + pack(seq) + (packed_change or b"\xc0") + pack(result) + tail
 
 
+def segments_bytes(packed_segments: list[bytes]) -> bytes:
+    """A SnapshotChunk's ``segments`` field from segments packed one by one (``pack((table, namespace, records))``)."""
+    return _array_head(len(packed_segments)) + b"".join(packed_segments)
+
+
+def chunk_bytes(req_id: int, packed_segments: bytes) -> bytes:
+    """``encode_reply(SnapshotChunk(...))`` with its segments already packed (``segments_bytes``): joiners
+    sent one snapshot share them, each with its own request id."""
+    return b"\x93" + pack("chunk") + pack(req_id) + packed_segments
+
+
 def encode_reply(r: Reply) -> bytes:
     t = type(r)
     if t is Ok:

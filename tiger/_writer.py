@@ -6,7 +6,8 @@ logged durable once, then publish their changes (PUB) and only then answer, so a
 gets its answer can count on its change being on its way to every replica. A change is
 published under the caller's topic, which the caller's own replica does not subscribe to: the
 caller applies its change from the answer. Heartbeats on the PUB tell replicas the writer is
-alive and how far it is.
+alive and how far it is. Between groups, the loop sends a turn's worth of the snapshots on their
+way (``tiger._snapshots.Outgoing``: answers and snapshots as each peer takes them, never blocking).
 
 Every decision (what to apply, what to answer, who is gone, when to retry a failed disk) is
 the core's (``tiger._core``); this module only moves bytes between the sockets, the log and
@@ -30,13 +31,15 @@ from tiger import _table
 from tiger._core import WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 from tiger._process import ProcessWatch
+from tiger._snapshots import PEER_HWM, STALL, Outgoing, PeerGone
 
 log = logging.getLogger("tiger.writer")
 
 HEARTBEAT = 0.5  # seconds between published heartbeats
-SNAPSHOT_CHUNK = 2000  # records per snapshot message
 PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (replicas resync)
 MAX_GROUP = 256  # requests taken off the socket as one group (one fsync, one publish burst)
+_MORE = int(zmq.SNDMORE)
+_NOW = int(zmq.NOBLOCK)
 PAUSED = 1.0  # seconds between two turns of the writer's loop (at most 0.1 s apart) that mean it was paused
 
 
@@ -109,7 +112,10 @@ class Writer:
         fsync: str = "everysec",
         curve_secret: bytes | None = None,
         compact_bytes: int = COMPACT_BYTES,
+        snapshot_stall: float | None = None,
     ) -> None:
+        """``snapshot_stall``: seconds a peer may take nothing of what waits for it (default ``STALL``; tests
+        shorten it, ``tiger serve`` does not offer it)."""
         if url.startswith("tcp://") and not is_loopback(url) and curve_secret is None:
             raise ValueError(
                 f"refusing to bind {url} without CurveZMQ: other machines could read and change the store; "
@@ -139,8 +145,10 @@ class Writer:
         self._ctx = zmq.Context()
         self.router = self._ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # raise, not drop, when a peer is gone
-        self.router.setsockopt(zmq.SNDHWM, 0)  # a snapshot is many messages: never drop one
+        # raise, not drop, when a peer is gone (EHOSTUNREACH) or its queue is full (EAGAIN: every send is
+        # non-blocking, and what a full queue refuses waits in ``outgoing``)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.SNDHWM, PEER_HWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
         self.pub = self._ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -160,6 +168,7 @@ class Writer:
         except BaseException:
             self.close()
             raise
+        self.outgoing = Outgoing(self._send, stall=STALL if snapshot_stall is None else snapshot_stall)
         self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.core.info.update(url=self.url, pub=self.pub_url, pid=os.getpid())
@@ -183,14 +192,17 @@ class Writer:
 
         A blocking receive with a timeout, not poll + receive: on this path every system call and
         wake-up counts (a poll loop cost a ROUTER echo about 20 us more per round trip here). The
-        timeout (at most 0.1 s) bounds how late a heartbeat, a signal or the owner's end is noticed.
+        timeout (at most 0.1 s) bounds how late a heartbeat, a signal or the owner's end is noticed;
+        while snapshots are on their way it is 0 (a chunk can go) or 2-20 ms (queues are full).
         (pyzmq restarts a receive interrupted by a signal with its whole timeout: safe here, where the
         only handled signals stop the loop, and no other signal wakes the process without ending it.
         Clients, which live in processes with signal handlers of their own, poll instead.)
         """
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        router = self.router
-        router.setsockopt(zmq.RCVTIMEO, max(1, int(min(self.heartbeat, 0.1) * 1000)))
+        router, outgoing = self.router, self.outgoing
+        idle = max(1, int(min(self.heartbeat, 0.1) * 1000))
+        router.setsockopt(zmq.RCVTIMEO, idle)
+        waits = idle  # ms the receive waits: less while something waits to be sent (see below)
         next_beat = awake = time.monotonic()
         try:
             while self._running:
@@ -204,6 +216,16 @@ class Writer:
                     if watch_fd is not None and _closed(watch_fd):
                         log.info("the process that started this writer is gone; stopping")
                         break
+                # Snapshots go out between requests, a turn's worth at a time; a full queue is tried again
+                # soon. (ROUTER has no per-peer POLLOUT: a short receive timeout is the wake-up.)
+                if outgoing.wait(now) is not None:
+                    now = time.monotonic()
+                    outgoing.pump(now)
+                wait = outgoing.wait(now)
+                ms = idle if wait is None else int(wait * 1000)
+                if ms != waits:
+                    router.setsockopt(zmq.RCVTIMEO, ms)
+                    waits = ms
                 try:
                     self._receiving = True
                     if not self._running:  # a signal that came before the line above: seen here
@@ -272,27 +294,29 @@ class Writer:
 
     def _send_outbox(self) -> None:
         outbox = self.core.take_outbox()
-        pub, router = self.pub, self.router
+        pub, outgoing, now = self.pub, self.outgoing, time.monotonic()
         for topic, message in outbox.published:  # published first: an answer promises its change is on its way
             pub.send(topic + message)
         for frames in outbox.replies:
-            try:
-                p.send(router, frames)
-            except zmq.ZMQError as e:  # EHOSTUNREACH: the client left before its answer
-                log.warning("could not answer a client: %s", e)
-        for envelope, req_id in outbox.snapshots:
-            self._snapshot(envelope, req_id)
+            outgoing.answer(frames, now)
+        if outbox.snapshots:
+            core = self.core
+            for envelope, req_id in outbox.snapshots:  # the store now, at the seq just published
+                outgoing.snapshot(envelope, req_id, core.store, core.epoch, core.seq, now)
 
-    def _snapshot(self, envelope: list[bytes], req_id: int) -> None:
-        count = 0
-        core = self.core
+    def _send(self, envelope: list[bytes], message: bytes) -> bool:
+        """One message to a peer, never blocking: False if its queue is full (only the first frame can
+        find it full: the ROUTER takes the rest of a message it has begun); ``PeerGone`` if it left."""
+        router = self.router
         try:
-            for chunk in core.store.snapshot(SNAPSHOT_CHUNK):
-                p.send(self.router, [*envelope, p.encode_reply(p.SnapshotChunk(req_id, chunk))])
-                count += sum(len(records) for _, _, records in chunk)
-            p.send(self.router, [*envelope, p.encode_reply(p.SnapshotEnd(req_id, core.epoch, core.seq, count))])
-        except zmq.ZMQError as e:
-            log.warning("snapshot abandoned, its client left: %s", e)
+            for frame in envelope:
+                router.send(frame, _MORE | _NOW)
+            router.send(message, _NOW)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as e:  # EHOSTUNREACH: the client left
+            raise PeerGone(str(e)) from None
+        return True
 
 
 def serve_forever(
