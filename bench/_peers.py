@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -329,6 +330,93 @@ class ZmqPublishEcho(ZmqEcho):
         return _PublishEchoClient(spec["url"], spec["pub_url"], spec["topic"])
 
 
+class _FanoutEchoClient(Client):
+    """A client process of the fan-out floor: DEALER round trips from the calling thread (send, poll with a
+    timeout, receive), and a second thread whose SUB takes every published frame and msgpack-decodes it."""
+
+    def __init__(self, url: str, pub_url: str) -> None:
+        import msgpack
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 200_000)  # tiger's replica's SUB_HWM
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")  # every frame, this process's own writes' too
+        self.sub.connect(pub_url)
+        self.received = 0
+        self._stop = threading.Event()
+        topic_size = 3  # tiger's TOPIC_SIZE
+
+        def receive() -> None:  # as tiger's replica thread: poll, then take all that is queued
+            sub, again, unpack, stop = self.sub, zmq.Again, msgpack.unpackb, self._stop
+            poller = zmq.Poller()
+            poller.register(sub, zmq.POLLIN)
+            recv, noblock = sub.recv, zmq.NOBLOCK
+            while not stop.is_set():
+                if poller.poll(100):
+                    while True:
+                        try:
+                            frame = recv(noblock)
+                        except again:
+                            break
+                        unpack(frame[topic_size:], raw=False)
+                        self.received += 1
+            sub.close(linger=0)
+
+        self._thread = threading.Thread(target=receive, name="fanout-sub", daemon=True)
+        self._thread.start()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(url)
+        send, poll, recv, pollin = self.sock.send, self.sock.poll, self.sock.recv, zmq.POLLIN
+
+        def round_trip(payload: bytes) -> bytes:
+            send(payload)
+            if not poll(5000, pollin):  # as tiger's client: poll with a timeout, then receive
+                raise TimeoutError("the fan-out echo did not answer within 5 s")
+            return recv()  # type: ignore[no-any-return]
+
+        self.write = round_trip  # type: ignore[assignment]
+        round_trip(tiger_insert_bytes([{"id": "plan_warm-up"}], 0))  # one warm-up round trip before any timer
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+class ZmqFanoutEcho(ZmqEcho):
+    """The transport floor of tiger's design with N clients: each request is published to every client process
+    (each decodes it on a second thread) and answered."""
+
+    name = "pyzmq REQ/REP + PUB fan-out"
+
+    def setup(self) -> None:
+        try:
+            import zmq  # noqa: F401
+        except ImportError as e:
+            raise Unavailable(f"pyzmq not importable: {e}") from None
+        url, pub_url = (
+            (f"ipc://{self.tmp}/fanout", f"ipc://{self.tmp}/fanout-pub")
+            if self.transport == "ipc"
+            else ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+        )
+        proc = self.children.worker("fanout_echo", url, pub_url)
+        ready = receive(proc, 20.0)
+        self.spec = {"url": ready["url"], "pub_url": ready["pub_url"]}
+        self.label = (
+            f"one process: a ROUTER that publishes each request's bytes (3-byte topic + payload, one frame) on a PUB "
+            f"and echoes them; each client process: DEALER round trips over {self.transport} (send, poll, recv) of the "
+            "bytes tiger would send, and a thread whose SUB (subscribed to everything) msgpack-decodes every frame"
+        )
+
+    @classmethod
+    def connect(cls, spec: dict[str, Any]) -> Client:
+        return _FanoutEchoClient(spec["url"], spec["pub_url"])
+
+
 # -- the peers -------------------------------------------------------------------------
 
 
@@ -589,13 +677,16 @@ class Ultra(Subject):
 
 
 PEERS: list[type[Subject]] = [Manager, Redis, Diskcache, Sqlite, Ultra]
-ALL: dict[str, type[Subject]] = {s.name: s for s in [Tiger, PlainDict, PythonMethod, ZmqEcho, ZmqPublishEcho, *PEERS]}
+ALL: dict[str, type[Subject]] = {
+    s.name: s for s in [Tiger, PlainDict, PythonMethod, ZmqEcho, ZmqPublishEcho, ZmqFanoutEcho, *PEERS]
+}
 KINDS: dict[str, type[Subject]] = {
     "tiger": Tiger,
     "dict": PlainDict,
     "method": PythonMethod,
     "echo": ZmqEcho,
     "publish_echo": ZmqPublishEcho,
+    "fanout_echo": ZmqFanoutEcho,
     "manager": Manager,
     "redis": Redis,
     "diskcache": Diskcache,

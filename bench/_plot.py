@@ -153,20 +153,36 @@ def _writers(plt: Any, data: dict[str, Any]) -> Any:
     ax.grid(which="both", alpha=0.25)
     ax.legend(fontsize=8)
     ax.set_title("aggregate writes/s vs concurrent writer processes", fontsize=10)
-    _writers_scaling(axes[1], data, [s for s in series if roles.get(s) == "tiger"], colors, counts)
+    scaled = [s for s in series if roles.get(s) == "tiger" or s == FANOUT_FLOOR]
+    _writers_scaling(axes[1], data, scaled, roles, colors, counts)
     fig.suptitle("writers: N client processes writing single records at once")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
-def _writers_scaling(ax: Any, data: dict[str, Any], tigers: list[str], colors: dict[str, str], counts: list[int]) -> None:
-    """Each tiger setup's aggregate as a multiple of its one-process figure, with issue 12's targets."""
+FANOUT_FLOOR = "pyzmq REQ/REP + PUB fan-out"  # bench._peers.ZmqFanoutEcho.name: the transport of tiger's design alone
+
+
+def _writers_scaling(
+    ax: Any, data: dict[str, Any], subjects: list[str], roles: dict[str, str], colors: dict[str, str], counts: list[int]
+) -> None:
+    """Each tiger setup's aggregate (and the fan-out floor's) as a multiple of its one-process figure, with issue
+    12's targets."""
     series = data["series"]["writes_per_s"]
-    for subject in (s for s in tigers if "1" in series[s]):
+    for subject in (s for s in subjects if "1" in series[s]):
         points = series[subject]
         xs = sorted(int(x) for x in points)
-        label = f"{subject} (1 process: {points['1']:,.0f}/s)"
-        ax.plot(xs, [points[str(x)] / points["1"] for x in xs], marker="o", color=colors[subject], linewidth=2, label=label)
+        floor = roles.get(subject) == "floor"
+        label = f"{subject}{' (floor)' if floor else ''} (1 process: {points['1']:,.0f}/s)"
+        ax.plot(
+            xs,
+            [points[str(x)] / points["1"] for x in xs],
+            marker="s" if floor else "o",
+            color=colors[subject],
+            linewidth=1.5 if floor else 2,
+            linestyle="--" if floor else "-",
+            label=label,
+        )
     ax.axhline(1.0, color=FLOOR, linewidth=0.8, linestyle=":")
     marks = [(4, 2.0, "target: 4 processes >= 2x one"), (8, 4.0, "target (--fsync always): 8 >= 4x one")]
     for x, y, label in marks:
@@ -180,7 +196,7 @@ def _writers_scaling(ax: Any, data: dict[str, Any], tigers: list[str], colors: d
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title("tiger: how the aggregate scales, in memory and with each --fsync policy", fontsize=10)
+    ax.set_title("how the aggregate scales: tiger (in memory, each --fsync policy) and the fan-out floor", fontsize=10)
 
 
 _DRAW["writers"] = _writers

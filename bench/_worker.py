@@ -85,6 +85,30 @@ def publish_echo(url: str, pub_url: str) -> None:
         send(change)
 
 
+def fanout_echo(url: str, pub_url: str) -> None:
+    """The server of the fan-out floor: a ROUTER that, for each request, publishes its bytes as one frame
+    (a 3-byte topic + the payload, as tiger's writer does) on a PUB, then answers it with them (echo)."""
+    import zmq
+
+    from tiger import _protocol as p
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(url)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, 200_000)  # tiger's writer's PUB_HWM
+    pub.bind(pub_url)
+    _say({"ready": True, "url": sock.getsockopt_string(zmq.LAST_ENDPOINT), "pub_url": pub.getsockopt_string(zmq.LAST_ENDPOINT)})
+    _exit_on_eof()
+    recv, send, publish, topic = sock.recv_multipart, sock.send_multipart, pub.send, p.EVERYONE
+    while True:
+        frames = recv()
+        publish(topic + frames[-1])  # as tiger's writer: publish, then answer
+        send(frames)
+
+
 def manager(authkey: str) -> None:
     """The server of the Manager peer: one dict, served to every client process by address."""
     from bench._peers import TableManager
@@ -111,7 +135,7 @@ def writer(kind: str, spec_json: str, index: str) -> None:
         r["id"] = f"plan_w{int(index):02x}{made:014x}"
         return r
 
-    if kind == "echo":  # the floor sends what tiger would send for the same insert
+    if kind in ("echo", "fanout_echo"):  # the floors send what tiger would send for the same insert
         from bench._peers import tiger_insert_bytes
 
         items: list[Any] = [tiger_insert_bytes([fresh()], i) for i in range(20_000)]
@@ -355,6 +379,7 @@ COMMANDS = {
     "manager": manager,
     "echo": echo,
     "publish_echo": publish_echo,
+    "fanout_echo": fanout_echo,
     "writer": writer,
     "replica": replica,
     "sub": sub,

@@ -19,6 +19,7 @@ from bench._peers import (
     Tiger,
     Ultra,
     ZmqEcho,
+    ZmqFanoutEcho,
     filesystem_of,
     opened,
     skip_failed,
@@ -33,7 +34,7 @@ FSYNCS = ("never", "always")
 def run(ctx: Context) -> Result:
     counts = ctx.pick([1, 2, 4, 8], [1, 2])
     duration = ctx.pick(1.5, 0.3)
-    peers = ctx.pick([ZmqEcho, Manager, Redis, Diskcache, Sqlite], [ZmqEcho, Redis])
+    peers = ctx.pick([ZmqEcho, ZmqFanoutEcho, Manager, Redis, Diskcache, Sqlite], [ZmqEcho, ZmqFanoutEcho, Redis])
     # (subject, its name in the results, the arguments it is set up with): tiger in memory, then with each fsync policy
     runs: list[tuple[type[Subject], str, dict[str, Any]]] = [(Tiger, Tiger.name, {})]
     runs += [(Tiger, f"{Tiger.name} --fsync {fsync}", {"fsync": fsync}) for fsync in FSYNCS]
@@ -46,8 +47,12 @@ def run(ctx: Context) -> Result:
         f"back to back for {duration} s (time.perf_counter). Aggregate = the sum of each process's writes / its own "
         "elapsed time. tiger: Table.insert (read-your-writes), to a writer started by tiger.serve() in memory only "
         f"('tiger'), and to one keeping its store in a fresh directory with each fsync policy ('tiger --fsync "
-        f"{FSYNCS[0]}', 'tiger --fsync {FSYNCS[1]}': tiger serve --data DIR --fsync ...); the floor: REQ/REP round "
-        "trips of the bytes tiger would send, to one echo process; and just before each 'tiger --fsync always' run, "
+        f"{FSYNCS[0]}', 'tiger --fsync {FSYNCS[1]}': tiger serve --data DIR --fsync ...); the floors: REQ/REP round "
+        "trips of the bytes tiger would send, to one echo process ('pyzmq REQ/REP'), and the transport work of "
+        "tiger's design alone ('pyzmq REQ/REP + PUB fan-out'): DEALER round trips of those bytes to one ROUTER "
+        "process that publishes each request (3-byte topic + payload, one frame) on a PUB before it echoes it, "
+        "while a thread in every client process SUBscribes to everything and msgpack-decodes every frame (every "
+        "write reaches every client process, as with tiger's replicas); and just before each 'tiger --fsync always' run, "
         "appends + fsyncs of 300 bytes by this process in the same filesystem ('append + fsync': the disk as it is "
         "then, the rate of a writer that fsyncs every write alone).",
         params={"processes": counts, "duration_s": duration, "fsync": list(FSYNCS)},
@@ -82,6 +87,13 @@ def run(ctx: Context) -> Result:
         s: {str(int(r["case"].split()[0])): r["median"] for r in res.rows if r["subject"] == s}
         for s in dict.fromkeys(r["subject"] for r in res.rows)
     }
+    fan = series_of(res, ZmqFanoutEcho.name)
+    for a, b in ((4, 1), (8, 4)):
+        if fan.get(str(a)) and fan.get(str(b)):
+            res.notes.append(
+                f"{ZmqFanoutEcho.name} (the transport alone): {a} processes write {fan[str(a)] / fan[str(b)]:.2f}x "
+                f"what {'one does' if b == 1 else f'{b} do'}."
+            )
     one = res.find("1 writer", Tiger.name)
     top = res.find(f"{counts[-1]} writers", Tiger.name)
     if one and top:
@@ -91,8 +103,10 @@ def run(ctx: Context) -> Result:
 
 
 def _targets(res: Result, counts: list[int]) -> None:
-    """Issue 12's targets on how tiger's writes scale with processes, for each fsync policy."""
+    """Issue 12's targets on how tiger's writes scale with processes, for each fsync policy; beside each figure, the
+    same ratio for the fan-out floor (what the transport of tiger's design allows on this machine)."""
     series = res.series["writes_per_s"]
+    floor = series_of(res, ZmqFanoutEcho.name)
     for fsync in FSYNCS:
         name = f"{Tiger.name} --fsync {fsync}"
         rates = series.get(name, {})
@@ -100,15 +114,24 @@ def _targets(res: Result, counts: list[int]) -> None:
         for many, few, factor in goals:
             a, b = rates.get(str(many)), rates.get(str(few))
             what = "one" if few == 1 else f"the {few}-process figure"
+            x, y = floor.get(str(many)), floor.get(str(few))
+            beside = f"; {ZmqFanoutEcho.name} (floor): {x / y:.2f}x ({x:,.0f} vs {y:,.0f})" if x and y else ""
             res.target(
                 f"--fsync {fsync}: {many} processes write at least {factor:g}x {what}",
                 a / b if a and b else None,
                 factor,
                 f"x {few} process{'es' if few > 1 else ''}",
                 at_most=False,
-                detail=f"{a:,.0f} vs {b:,.0f} writes/s" if a and b else f"--quick runs {', '.join(map(str, counts))} processes",
+                detail=f"{a:,.0f} vs {b:,.0f} writes/s{beside}"
+                if a and b
+                else f"--quick runs {', '.join(map(str, counts))} processes",
                 issue=12,
             )
+
+
+def series_of(res: Result, subject: str) -> dict[str, float]:
+    """A subject's aggregate writes/s by process count ({} if it did not run)."""
+    return res.series["writes_per_s"].get(subject, {})  # type: ignore[no-any-return]
 
 
 FSYNC_FLOOR = "append + fsync"

@@ -129,6 +129,10 @@ def test_quick_writers_runs_tiger_with_each_fsync_policy(tmp_path: Path) -> None
         assert all(rate > 0 for rate in series[subject].values())
     assert "--fsync always" in next(r["label"] for r in data["rows"] if r["subject"] == "tiger --fsync always")
     assert list(series["append + fsync"]) == counts  # the disk's fsync rate, just before each of those runs
+    fanout = "pyzmq REQ/REP + PUB fan-out"  # the transport of tiger's design alone: a floor, by process count
+    assert list(series[fanout]) == counts and all(rate > 0 for rate in series[fanout].values())
+    assert next(r["role"] for r in data["rows"] if r["subject"] == fanout) == "floor"
+    assert f"| {fanout} (floor) |" in proc.stdout  # in the scaling table
     targets = [t for t in data["targets"] if t["issue"] == 12]
     assert len(targets) == 5  # 4 >= 2x 1 and 8 >= 4 for each policy; 8 >= 4x 1 with always
     assert all(t["met"] is None for t in targets)  # --quick stops at 2 processes: not measured, and said so
