@@ -120,18 +120,53 @@ def test_a_bad_argument_raises_at_the_call_naming_the_field_and_the_batch_goes_o
     assert good.result["id"] == "plan_fine"
 
 
-def test_a_str_utf8_cannot_encode_names_the_operation_and_sends_nothing(connect, ns):
+def test_a_str_utf8_cannot_encode_is_refused_at_its_call_naming_the_field_and_sends_nothing(connect, ns):
     author, other = connect(), connect()
     other.sync()
     before = other.seq
-    with (
-        pytest.raises(ValueError, match=r"operation 1: record\['meta'\]\['path'\]: a str UTF-8 cannot encode"),
-        author.batch() as b,
-    ):
+    with author.batch() as b:
         b.table("files").insert({"id": "f0"})
-        b.table("files").insert({"id": "f1", "meta": {"path": os.fsdecode(b"report-\xff.pdf")}})
+        with pytest.raises(ValueError, match=r"record\['meta'\]\['path'\]: a str UTF-8 cannot encode"):
+            b.table("files").insert({"id": "f1", "meta": {"path": os.fsdecode(b"report-\xff.pdf")}})
+        assert len(b) == 1
     other.sync()
-    assert other.seq == before
+    assert other.seq == before + 1 and "f1" not in other.table("files")
+
+
+def test_a_record_changed_after_its_call_is_sent_as_it_was_at_the_call(client, ns):
+    """As a plain insert would have stored it: the batch encodes each write when it is made."""
+    record = {"id": "mut", "v": 1, "nested": {"a": 1}}
+    with client.batch() as b:
+        b.table("plans").insert(record)
+        record["v"] = 2
+        record["nested"]["a"] = 99
+        record["when"] = object()  # not storable: had it been sent, the batch would fail at the end
+    assert client.table("plans")["mut"] == {
+        "id": "mut",
+        "v": 1,
+        "nested": {"a": 1},
+        "created": client.table("plans")["mut"]["created"],
+    }
+
+
+def test_a_record_too_big_is_refused_at_its_call_naming_it(client, ns):
+    with client.batch() as b:
+        with pytest.raises(ValueError, match=r"record is \d+ bytes packed; a record may be at most"):
+            b.table("plans").insert({"blob": b"x" * (9 << 20)})
+        assert len(b) == 0
+
+
+def test_a_batch_inside_a_batch_of_the_same_client_is_refused(connect, ns):
+    client, other = connect(), connect()
+    with client.batch() as outer:
+        outer.table("plans").insert({"id": "outer"})
+        with pytest.raises(tiger.TigerError, match="already open here"), client.batch():
+            pass
+        with other.batch() as elsewhere:  # another client's batch: its own command
+            elsewhere.table("plans").insert({"id": "other"})
+    assert "outer" in client.table("plans") and "other" in other.table("plans")
+    with client.batch() as again:  # closed: a new one may open
+        again.table("plans").insert({"id": "again"})
 
 
 def test_an_empty_batch_sends_nothing(client, ns):

@@ -550,23 +550,30 @@ def test_clients_writing_at_once_hold_each_others_changes_without_a_resync(write
         c.close()
 
 
-def test_an_own_change_whose_answer_never_came_is_fetched_by_a_resync(writer):
-    """The writer applied a call of this client but the answer was lost: the gap is found and filled."""
+@pytest.mark.parametrize("lost", [1, 65], ids=["carried-by-the-next-answer", "past-the-answers-bound-a-resync"])
+def test_own_changes_whose_answers_never_came_are_fetched(writer, lost):
+    """The writer applied calls of this client but their answers were lost (they are never published to
+    it): the next answer carries them when they are few (``Ok.before``, at most 64), else the replica
+    finds the gap and reloads a snapshot."""
     import zmq
 
+    from tiger import _core
     from tiger import _protocol as p
 
+    assert _core.MAX_BEFORE == 64
     with tiger.connect(writer.url) as client, zmq.Context() as ctx:
-        other = ctx.socket(zmq.DEALER)  # sends a call under the client's id: published with its topic
+        other = ctx.socket(zmq.DEALER)  # sends calls under the client's id: published with its topic
         other.connect(writer.url)
-        call = p.Call(client.client_id, time.time() + 60, p.Insert(10**6, "lost", "global", None, [{"id": "a"}], False))
-        other.send(p.encode_call(call))
-        assert other.poll(5000)
-        assert type(p.decode_reply(other.recv())) is p.Ok
+        for i in range(lost):
+            request = p.Insert(10**6 + i, f"lost-{lost}", "global", None, [{"n": i}], False)
+            call = p.Call(client.client_id, time.time() + 60, request)
+            other.send(p.encode_call(call))
+            assert other.poll(5000)
+            assert type(p.decode_reply(other.recv())) is p.Ok
         other.close(linger=0)
         client.sync(timeout=5)
-        assert client.table("lost").get("a") is not None
-        assert client.replica.resyncs >= 1
+        assert len(client.table(f"lost-{lost}").all()) == lost
+        assert (client.replica.resyncs == 0) if lost == 1 else (client.replica.resyncs >= 1)
         assert client.checksum() == client.stats()["checksum"]
 
 
@@ -763,7 +770,9 @@ def test_a_write_that_raised_after_the_writer_applied_it_is_fetched_without_a_re
         client.sync(timeout=5)  # the replica asked the writer for that call's answer again
         assert plans.get("late_answer")["n"] == 1
         assert client.replica.resyncs == resyncs  # no snapshot reload
-        assert client.replica._calls.asking == 0
+        client.replica.wait_until(  # (the sync's answer may have carried it: the asking ends at its deadline)
+            lambda: client.replica._calls.asking == 0, time.monotonic() + 5, lambda: "the call asked again"
+        )
         assert client.checksum() == client.stats()["checksum"]
 
 

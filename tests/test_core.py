@@ -74,6 +74,7 @@ class Rig:
         self.now = T0
         self.wall = WALL
         self.disk = disk
+        self.known: dict[str, int] = {}
         self.core = WriterCore(
             EPOCH, heartbeat=0.5, now=self.now, disk=disk, token=lambda n: f"{next(tokens):0{2 * n}x}", info={"pid": 1}
         )
@@ -96,10 +97,14 @@ class Rig:
     def call(self, client_id: str, request: p.Request, expires_in: float = 3600.0) -> p.Reply:
         outbox = self.send(self.encode(client_id, request, expires_in))
         [[_, answer]] = outbox.replies
-        return p.decode_reply(answer)
+        reply = p.decode_reply(answer)
+        if type(reply) is p.Ok:  # the caller's replica holds what it was answered (read-your-writes)
+            self.known[client_id] = max(self.known.get(client_id, -1), reply.seq)
+        return reply
 
     def encode(self, client_id: str, request: p.Request, expires_in: float = 3600.0) -> bytes:
-        return p.encode_call(p.Call(client_id, self.wall + expires_in, request))
+        """A call as ``client_id`` sends it, saying which seq its replica holds (from the answers it got)."""
+        return p.encode_call(p.Call(client_id, self.wall + expires_in, request, self.known.get(client_id, -1)))
 
     def records(self, table: str = "t") -> list[Any]:
         return [r["n"] for r in self.core.store.ordered(table, "global")]
@@ -529,12 +534,13 @@ def test_a_sync_answer_carries_them_up_to_its_seq():
     assert type(reply) is p.Ok and reply.before == (bob.change,) and reply.first_before() == reply.seq == 1  # type: ignore[union-attr]
 
 
-def test_an_answer_carries_nothing_past_its_bound_or_to_a_caller_it_has_not_answered():
+def test_an_answer_carries_nothing_past_its_bound_or_to_a_caller_that_knows_no_seq():
     rig = Rig()
-    assert rig.call(ALICE, insert(1)).before == ()  # type: ignore[union-attr]  # a first answer: nothing known
+    rig.call(BOB, insert(1))
+    assert rig.call(ALICE, insert(2)).before == ()  # type: ignore[union-attr]  # its first call: it says -1
     for i in range(_core.MAX_BEFORE + 1):
-        rig.call(BOB, insert(i + 1))
-    assert rig.call(ALICE, insert(2)).before == ()  # type: ignore[union-attr]  # too many: its replica thread has them
+        rig.call(BOB, insert(i + 2))
+    assert rig.call(ALICE, insert(3)).before == ()  # type: ignore[union-attr]  # too many: its replica thread has them
 
 
 # -- the process around the core ------------------------------------------------------------------------------
@@ -564,3 +570,15 @@ def test_each_request_of_a_group_is_judged_on_the_clock_at_its_turn(tmp_path, mo
         assert [r["n"] for r in writer.core.store.ordered("t", "global")] == [0]
     finally:
         writer.close()
+
+
+def test_an_answer_carries_what_the_caller_lacks_even_its_own_change_it_gave_up_on():
+    """A call interrupted (Ctrl-C) or timed out may be applied later; the caller never got its answer. Its
+    next call says the seq its replica holds, so the answer carries that change too, and the caller does
+    not wait for it to come round again (the writer's own memory of what it answered would skip it)."""
+    rig = Rig()
+    rig.call(ALICE, insert(1))
+    lost = rig.send(rig.encode(ALICE, insert(2)))  # applied and answered, the answer never read
+    assert len(lost.replies) == 1
+    reply = rig.call(ALICE, insert(3))
+    assert type(reply) is p.Ok and [c.records[0]["n"] for c in reply.before] == [2]  # type: ignore[union-attr]

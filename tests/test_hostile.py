@@ -276,3 +276,18 @@ def test_connect_under_gevent_monkey_patching_hung_forever(tiger_url, patched):
         assert float(out.split()[1]) < 1.0 and "gevent's monkey-patching of threads is not supported" in out
     else:
         assert out.strip() == "worked", (out, err)
+
+
+def test_an_interrupt_while_the_client_renews_its_socket_leaves_it_usable(writer):
+    """A resend renews the client's command socket; Ctrl-C landing in between (KeyboardInterrupt) left the
+    old socket closed and in place, and every later call failed with 'Socket operation on non-socket'."""
+    with tiger.connect(writer.url) as client:
+
+        def interrupted() -> None:
+            raise KeyboardInterrupt
+
+        client._new_socket = interrupted  # type: ignore[method-assign]  # the interrupt lands while making it
+        with pytest.raises(KeyboardInterrupt):
+            client._fresh_socket()
+        del client._new_socket
+        assert client.table("hostile").insert({"id": "after"})["id"] == "after"

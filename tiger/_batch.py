@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from tiger import _protocol as p
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from tiger._client import Client
 
 _NOT_YET = object()
+_open_batches: ContextVar[frozenset[int]] = ContextVar("tiger_open_batches", default=frozenset())  # id(client)
 
 
 class Pending:
@@ -110,7 +112,10 @@ class Batch:
         self._client = client
         self._namespace = current_namespace  # read at each call: the namespace of the call's context
         self._ops: list[p.Insert | p.Update | p.Remove] = []
+        self._packed: list[bytes] = []  # each op encoded when it was made
+        self._bytes = 0
         self._pending: list[Pending] = []
+        self._token: Token[frozenset[int]] | None = None
         self._state = "the batch is sent when its with block ends"
         self._open = False
 
@@ -128,11 +133,21 @@ class Batch:
     def __enter__(self) -> Batch:
         if self._open or self._ops:
             raise TigerError("a batch is used for one with block")
+        open_here = _open_batches.get()
+        if id(self._client) in open_here:
+            raise TigerError(
+                "a batch of this client is already open here: write through it (nested batches are not "
+                "supported: an inner one would be sent on its own, before the outer one, whatever became of it)"
+            )
+        self._token = _open_batches.set(open_here | {id(self._client)})
         self._open = True
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._open = False
+        if self._token is not None:
+            _open_batches.reset(self._token)
+            self._token = None
         if exc_type is not None:
             self._state = "the with block raised, so nothing of the batch was sent"
             return
@@ -142,15 +157,31 @@ class Batch:
     def _add(self, op: p.Insert | p.Update | p.Remove, kind: str) -> Pending:
         if not self._open:
             raise TigerError("batch writes are made inside its with block: with client.batch() as b: ...")
+        try:  # encoded now: what the caller changes in its dicts later does not reach the batch
+            packed = p.encode_request(op)
+        except UnicodeEncodeError:
+            raise ValueError(p.unencodable(op)) from None
+        if len(packed) > p.MAX_RECORD:
+            if type(op) is p.Insert:
+                p.check_record_sizes(op.records, len(packed), "record" if len(op.records) == 1 else "records")
+            elif type(op) is p.Update:
+                p.check_record_sizes([op.changes], len(packed), "changes")
+        if self._bytes + len(packed) > p.MAX_MESSAGE - 1024:
+            raise ValueError(
+                f"this batch would be {self._bytes + len(packed)} bytes packed; a batch is sent as one message of at "
+                f"most {p.MAX_MESSAGE} bytes (nothing of it is sent yet: make it smaller)"
+            )
         pending = Pending(self, len(self._ops), kind)
         self._ops.append(op)
+        self._packed.append(packed)
+        self._bytes += len(packed)
         self._pending.append(pending)
         return pending
 
     def _send(self) -> None:
         client = self._client
         try:
-            reply = client._write(p.BatchWrite(next(client._req_ids), self._ops))
+            reply = client._write(p.BatchWrite(next(client._req_ids), self._ops, tuple(self._packed)))
         except (Unavailable, Timeout):
             self._state = "no answer came, so the batch may or may not have been applied (as for any write that raised so)"
             raise

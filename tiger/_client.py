@@ -435,7 +435,8 @@ class Client:
             deadline = now + self.timeout
         margin = min(0.5, 0.2 * (deadline - now))
         try:
-            payload = p.encode_call(p.Call(self.client_id, time.time() + self._clock_offset + (deadline - now) - margin, request))
+            expires = time.time() + self._clock_offset + (deadline - now) - margin
+            payload = p.encode_call(p.Call(self.client_id, expires, request, -1 if replica is None else replica.seq))
         except UnicodeEncodeError:
             raise ValueError(p.unencodable(request)) from None
         if type(request) is p.Insert:
@@ -494,8 +495,13 @@ class Client:
             raise
 
     def _fresh_socket(self) -> None:
-        self._socket.close(linger=0)
-        self._socket = self._new_socket()
+        """A new command socket in place of the old: made, swapped in, then the old one closed, so that an
+        interrupt at any point (Ctrl-C's KeyboardInterrupt during a resend) leaves a usable socket in place
+        (closing first left a closed one behind: every later call failed with 'Socket operation on
+        non-socket')."""
+        fresh = self._new_socket()
+        old, self._socket = self._socket, fresh
+        old.close(linger=0)
 
     def _write(self, request: p.Request) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes).

@@ -148,7 +148,6 @@ class WriterCore:
         self.groups = 0  # publications of changes: a group commit of several changes is one
         self._recent: deque[tuple[int, bytes]] = deque()  # (seq, packed change or b"": too big), newest last
         self._recent_bytes = 0
-        self._known: dict[str, int] = {}  # client id -> the seq of the last answer it was sent
         self._appended = False  # this group appended to the data directory: commit() must make it durable
         self._group_answers: list[tuple[str, int]] = []  # (client id, req id) of the answers kept this group
         self._committed_seq = 0  # the seq of the last change made durable and published
@@ -224,7 +223,6 @@ class WriterCore:
         for client_id in [c for c, since in self.silent_since.items() if since < stale]:
             del self.silent_since[client_id]
             self.answered.pop(client_id, None)
-            self._known.pop(client_id, None)
 
     def resumed(self, paused: float) -> None:
         """The writer was paused for ``paused`` seconds (SIGSTOP, a debugger): its clients' silence is
@@ -384,13 +382,13 @@ class WriterCore:
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
 
     def _missed(self, call: p.Call | None, upto: int) -> list[bytes]:
-        """The packed changes after the caller's last answer, up to ``upto``, if this writer still holds
-        all of them and they are few (else none: its replica thread receives them as published)."""
+        """The packed changes after the seq the caller's replica held when it called (``Call.known``), up
+        to ``upto``, if this writer still holds all of them and they are few (else none: its replica
+        thread receives them as published)."""
         if call is None:
             return []
-        known = self._known.get(call.client_id)
-        self._known[call.client_id] = self.seq
-        if known is None or known >= upto or upto - known > MAX_BEFORE or not self._recent:
+        known = call.known
+        if known < 0 or known >= upto or upto - known > MAX_BEFORE or not self._recent:
             return []
         recent = self._recent
         if recent[0][0] > known + 1 or recent[-1][0] < upto:

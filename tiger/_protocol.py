@@ -19,7 +19,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -293,6 +293,9 @@ class BatchWrite:
 
     req_id: int
     ops: list[Insert | Update | Remove]
+    # each op already encoded (the client packs an op when it is made: later changes to the caller's
+    # dicts do not reach the batch); not part of the message's value
+    packed: tuple[bytes, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +392,8 @@ def encode_request(r: Request) -> bytes:
     if t is OnceFinish:
         return pack(["once_finish", r.req_id, r.key, r.client_id, r.outcome, r.payload, r.namespace])  # type: ignore[union-attr]
     if t is BatchWrite:
-        return b"\x93" + pack("batch") + pack(r.req_id) + _array_head(len(r.ops)) + b"".join(map(encode_request, r.ops))  # type: ignore[union-attr]
+        packed = r.packed if r.packed is not None else map(encode_request, r.ops)  # type: ignore[union-attr]
+        return b"\x93" + pack("batch") + pack(r.req_id) + _array_head(len(r.ops)) + b"".join(packed)  # type: ignore[union-attr]
     if t is Beat or t is Bye:
         return pack(["beat" if t is Beat else "bye", r.client_id])  # type: ignore[union-attr]
     tag = "sync" if t is Sync else "snapshot" if t is SnapshotRequest else "compact" if t is Compact else "stats"
@@ -398,7 +402,7 @@ def encode_request(r: Request) -> bytes:
 
 def request_id_of(obj: Any) -> int | None:
     """The request id of a decoded but possibly invalid request, to address an error reply."""
-    if isinstance(obj, list) and len(obj) == 4 and obj[0] == "call":
+    if isinstance(obj, list) and len(obj) in (4, 5) and obj[0] == "call":
         return request_id_of(obj[3])
     if isinstance(obj, list) and len(obj) > 1 and type(obj[1]) is int and obj[0] not in ("beat", "bye"):
         return obj[1]
@@ -417,24 +421,26 @@ class Call:
     client_id: str
     expires: float
     request: Request
+    known: int = -1  # the seq the caller's replica held when it sent the call (-1: none): see Ok.before
 
 
 def encode_call(call: Call) -> bytes:
     # a msgpack array is its elements in a row: the inner request is packed as usual
-    return b"\x94" + pack("call") + pack(call.client_id) + pack(call.expires) + encode_request(call.request)
+    return b"\x95" + pack("call") + pack(call.client_id) + pack(call.expires) + encode_request(call.request) + pack(call.known)
 
 
 def call_from(obj: Any) -> Call | Request:
     """A Call, or a plain request, from an unpacked message."""
     if isinstance(obj, list) and obj and obj[0] == "call":
-        if len(obj) != 4:
-            raise ProtocolError(f"call has {len(obj) - 1} fields, expected 3")
+        if len(obj) not in (4, 5):
+            raise ProtocolError(f"call has {len(obj) - 1} fields, expected 3 or 4")
         client_id = _field(obj[1], str, "client_id")
         expires = _field(obj[2], (int, float), "expires")
         inner = request_from(obj[3])
         if isinstance(inner, (Beat, Bye)):
             raise ProtocolError("a call cannot carry a beat or a bye")
-        return Call(client_id, float(expires), inner)
+        known = _field(obj[4], int, "known") if len(obj) == 5 else -1  # (without it: a client that knows nothing)
+        return Call(client_id, float(expires), inner, known)
     return request_from(obj)
 
 
@@ -518,8 +524,9 @@ def request_from(obj: Any) -> Request:
 class Ok:
     """A request succeeded. ``change`` is the change it made (None: nothing changed), with seq ``seq``.
 
-    ``before``: changes of other clients the caller's replica may not hold yet, the ones with the seqs
-    just before (``seq - len(before)`` .. ``seq - 1`` with a change, up to ``seq`` without): the
+    ``before``: the changes after the seq the caller's replica held when it called (``Call.known``), the
+    ones with the seqs just before (``seq - len(before)`` .. ``seq - 1`` with a change, up to ``seq``
+    without), when the writer still holds them all and they are few: the
     calling thread applies them with its own change instead of waiting for its replica thread to
     receive their publication (which it then skips)."""
 
