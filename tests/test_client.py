@@ -506,7 +506,8 @@ def test_a_clients_own_changes_are_not_published_to_it_and_others_get_them(write
     with tiger.connect(writer.url) as author, tiger.connect(writer.url) as reader:
         plans = author.table("plans")
         plans.insert({"n": -1})  # (a join subscribes to every topic until it holds the snapshot)
-        reader.sync()
+        reader.sync()  # (its answer may carry that change: wait until the replica thread has received it too)
+        reader.replica.wait_until(lambda: reader.replica.changes_received >= 1, time.monotonic() + 5, lambda: "1 change")
         authored, read = author.replica.changes_received, reader.replica.changes_received
         made = [plans.insert({"n": i}) for i in range(20)]
         plans.update(made[0]["id"], {"n": -1})
