@@ -437,6 +437,8 @@ def test_a_group_whose_fsync_failed_is_held_until_a_compaction_makes_it_durable(
     assert type(rig.call(BOB, insert(3))) is p.Failed  # later writes are refused meanwhile
     [(_, beat)] = rig.tick().published
     assert p.decode_published(beat) == p.Heartbeat(EPOCH, 1)  # the held change is not announced
+    synced = rig.call(BOB, p.Sync(9))  # nor promised by a sync (its caller would wait for it in vain)
+    assert type(synced) is p.Ok and synced.seq == 1 and synced.before == ()
     disk.failing = None
     rig.advance(0.5)
     released = rig.tick()

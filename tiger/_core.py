@@ -360,7 +360,8 @@ class WriterCore:
         if t is p.Sync:
             # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
             self._heartbeat(topic)
-            answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, None, self._missed(call, self.seq))  # type: ignore[union-attr]
+            seq = self.seq if self._held is None else self._committed_seq  # a held group is not answered yet
+            answer = p.ok_bytes(request.req_id, self.epoch, seq, None, None, self._missed(call, seq))  # type: ignore[union-attr]
             return answer, answer
         if t is p.SnapshotRequest:
             self.outbox.snapshots.append((envelope, request.req_id))  # type: ignore[union-attr]
