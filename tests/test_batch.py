@@ -228,3 +228,18 @@ def test_staged_reads_see_earlier_ops_and_change_nothing():
     with pytest.raises(tiger.NotFound):
         _table.prepare_update(staged, "t", "global", "a", {"x": 1})
     assert store.content() == {"t": {"global": [{"id": "a", "created": 1}]}}  # the store itself is untouched
+
+
+def test_a_batch_whose_block_ends_in_another_context_still_sends_and_leaves_none_open(client, ns):
+    """The open-batch record is a contextvar: ending the block in another context (a thread, a task) raised
+    on its reset, left the batch unsent, and every later batch in the first context was refused as nested."""
+    import contextvars
+
+    b = client.batch()
+    b.__enter__()
+    b.table("plans").insert({"id": "across"})
+    contextvars.copy_context().run(b.__exit__, None, None, None)
+    assert "across" in client.table("plans")
+    with client.batch() as again:  # the first context can open a batch again
+        again.table("plans").insert({"id": "again"})
+    assert "again" in client.table("plans")

@@ -584,3 +584,51 @@ def test_an_answer_carries_what_the_caller_lacks_even_its_own_change_it_gave_up_
     assert len(lost.replies) == 1
     reply = rig.call(ALICE, insert(3))
     assert type(reply) is p.Ok and [c.records[0]["n"] for c in reply.before] == [2]  # type: ignore[union-attr]
+
+
+def held_group(disk: FakeDisk, rig: Rig) -> bytes:
+    """ALICE's insert 2 applied in a group whose fsync failed: held. Returns the call, to resend."""
+    rig.call(ALICE, insert(1))
+    rig.call(BOB, p.Sync(1))
+    disk.failing = "commit"
+    call = rig.encode(ALICE, insert(2))
+    assert rig.send(call).replies == []
+    disk.failing = "all"
+    return call
+
+
+def test_a_write_that_changes_nothing_while_a_group_is_held_promises_the_seq_before_it():
+    """A delete of nothing changes nothing and is not refused by the disk fault: its answer said the held
+    seq and carried the held change, so its caller's replica applied a change no one had been answered for."""
+    disk = FakeDisk()
+    rig = Rig(disk)
+    held_group(disk, rig)
+    reply = rig.call(BOB, p.Remove(2, "t", "global", "nope"))
+    assert type(reply) is p.Ok and reply.seq == 1 and reply.change is None and reply.before == ()
+
+
+def test_a_held_call_resent_after_many_refused_calls_is_still_held_not_answered():
+    """Refused answers are kept too (32 per client): they pushed the held call's marker out, and its resend
+    was handled as a new call (answered 'disk: nothing was applied', then Ok at the release)."""
+    disk = FakeDisk()
+    rig = Rig(disk)
+    call = held_group(disk, rig)
+    for req_id in range(10, 10 + ANSWERS_KEPT + 8):
+        assert type(rig.call(ALICE, insert(req_id))) is p.Failed
+    assert rig.send(call).replies == []  # still held: no answer
+    disk.failing = None
+    rig.advance(30)
+    released = rig.tick()
+    assert [p.decode_reply(a).seq for _, a in released.replies] == [2]  # type: ignore[union-attr]
+    assert rig.records() == [2, 1]
+
+
+def test_a_compact_request_during_a_disk_fault_ends_it_and_releases_the_held_group():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    held_group(disk, rig)
+    disk.failing = None
+    outbox = rig.send(p.encode_request(p.Compact(5)))
+    answers = [p.decode_reply(a) for _, a in outbox.replies]
+    assert rig.core.disk_fault is None and disk.compactions == 1
+    assert [type(a).__name__ for a in answers] == ["Ok", "Ok"] and {a.req_id for a in answers} == {2, 5}  # type: ignore[union-attr]

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tiger._client import Client
 
 _NOT_YET = object()
-_open_batches: ContextVar[frozenset[int]] = ContextVar("tiger_open_batches", default=frozenset())  # id(client)
+_open_batches: ContextVar[tuple[Batch, ...]] = ContextVar("tiger_open_batches", default=())  # open in this context
 
 
 class Pending:
@@ -115,7 +115,7 @@ class Batch:
         self._packed: list[bytes] = []  # each op encoded when it was made
         self._bytes = 0
         self._pending: list[Pending] = []
-        self._token: Token[frozenset[int]] | None = None
+        self._token: Token[tuple[Batch, ...]] | None = None
         self._state = "the batch is sent when its with block ends"
         self._open = False
 
@@ -133,21 +133,24 @@ class Batch:
     def __enter__(self) -> Batch:
         if self._open or self._ops:
             raise TigerError("a batch is used for one with block")
-        open_here = _open_batches.get()
-        if id(self._client) in open_here:
+        open_here = tuple(b for b in _open_batches.get() if b._open)  # (one ended in another context: closed)
+        if any(b._client is self._client for b in open_here):
             raise TigerError(
                 "a batch of this client is already open here: write through it (nested batches are not "
                 "supported: an inner one would be sent on its own, before the outer one, whatever became of it)"
             )
-        self._token = _open_batches.set(open_here | {id(self._client)})
+        self._token = _open_batches.set((*open_here, self))
         self._open = True
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._open = False
-        if self._token is not None:
-            _open_batches.reset(self._token)
-            self._token = None
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                _open_batches.reset(token)
+            except ValueError:  # the block ends in another context (thread, task) than it began in: there,
+                pass  # this batch stays listed, closed, and __enter__ skips closed ones
         if exc_type is not None:
             self._state = "the with block raised, so nothing of the batch was sent"
             return

@@ -255,7 +255,10 @@ class WriterCore:
             request = p.call_from(obj)
             if type(request) is p.Call:
                 call = request
-                first = self.answered.get(call.client_id, {}).get(request.request.req_id)  # type: ignore[union-attr]
+                key = (call.client_id, request.request.req_id)  # type: ignore[union-attr]
+                if key in self._held_answers:  # applied in a held group: answered once it is durable
+                    return
+                first = self.answered.get(call.client_id, {}).get(key[1])
                 if first is not None:  # a resent call: its first answer, not a second application
                     if first != _HELD:  # (held: applied, not yet durable; answered once it is)
                         self.outbox.replies.append([*envelope, first])
@@ -284,8 +287,10 @@ class WriterCore:
             answered = self.answered.setdefault(call.client_id, {})
             answered[req_id] = kept or reply  # (without ``before``: a resend's caller has had those changes since)
             self._group_answers.append((call.client_id, req_id))
-            if len(answered) > ANSWERS_KEPT:
-                del answered[next(iter(answered))]
+            if len(answered) > ANSWERS_KEPT:  # the oldest goes (one held for its group stays: see _hold)
+                oldest = next((r for r, a in answered.items() if a != _HELD), None)
+                if oldest is not None:
+                    del answered[oldest]
         self.outbox.replies.append([*envelope, reply])
 
     def commit(self, now: float) -> None:
@@ -349,11 +354,13 @@ class WriterCore:
         if handler is not None:
             change, result = handler(request, now, wall)
             packed = None if change is None else self._commit(change, now, topic)
-            kept = p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result)  # type: ignore[union-attr]
-            before = self._missed(call, self.seq if packed is None else self.seq - 1)
+            # a write that changed nothing while a group is held promises the seq before it (as a sync does)
+            seq = self.seq if packed is not None or self._held is None else self._committed_seq
+            kept = p.ok_bytes(request.req_id, self.epoch, seq, packed, result)  # type: ignore[union-attr]
+            before = self._missed(call, seq if packed is None else seq - 1)
             if not before:
                 return kept, kept
-            return p.ok_bytes(request.req_id, self.epoch, self.seq, packed, result, before), kept  # type: ignore[union-attr]
+            return p.ok_bytes(request.req_id, self.epoch, seq, packed, result, before), kept  # type: ignore[union-attr]
         if t is p.Beat:
             self._heard(request.client_id, now)  # type: ignore[union-attr]
             return None, None
@@ -482,15 +489,10 @@ class WriterCore:
         """Try the data directory again: a compaction writes everything the writer holds (so nothing
         acknowledged depends on what failed) and starts a fresh log. Tried again later, less often."""
         try:
-            self.compact(now)
+            self.compact(now)  # ends the fault when it works
         except DiskFault:
             self._disk_retry_every = min(DISK_RETRY_MAX, self._disk_retry_every * 2)
             self._disk_retry_at = now + self._disk_retry_every
-            return
-        assert self.disk is not None
-        log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
-        self.disk_fault = None
-        self._release()
 
     def compact(self, now: float) -> dict[str, Any]:
         """Write a snapshot of the whole store and start a fresh log: {records, bytes}."""
@@ -502,6 +504,10 @@ class WriterCore:
             self._fault(f"compacting: {e}", now)
             raise DiskFault(f"the compaction failed ({e}); the snapshot and log before it stand") from e
         log.info("compacted %s: snapshot of %d records, %d bytes", self.disk.path, len(self.store), size)
+        if self.disk_fault is not None:  # (a retry, or a Compact request during the fault)
+            log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
+            self.disk_fault = None
+            self._release()
         return {"records": len(self.store), "bytes": size}
 
     def stats(self, now: float) -> dict[str, Any]:
