@@ -66,6 +66,22 @@ def make_records(count: int, tag: str = "", start: int = 0, seed: int = SEED) ->
     return [make_record(n, rng, tag) for n in range(start, start + count)]
 
 
+def fresh_records(id_prefix: str, tag: str) -> Callable[[], dict[str, Any]]:
+    """A maker of records never made before: copies of 500 made ones, each with a new id
+    (``id_prefix`` + 14 hex digits)."""
+    pool = make_records(500, tag=tag)
+    made = 0
+
+    def fresh() -> dict[str, Any]:
+        nonlocal made
+        made += 1
+        r = dict(pool[made % len(pool)])
+        r["id"] = f"{id_prefix}{made:014x}"
+        return r
+
+    return fresh
+
+
 def missing_ids(count: int) -> list[str]:
     return [f"plan_missing{n:012x}" for n in range(count)]
 

@@ -121,19 +121,11 @@ def manager(authkey: str) -> None:
 
 def writer(kind: str, spec_json: str, index: str) -> None:
     """One of N processes writing at once: single writes of fresh records for the given duration."""
-    from bench._common import make_records
+    from bench._common import fresh_records
     from bench._peers import KINDS
 
     client = KINDS[kind].connect(json.loads(spec_json))
-    pool = make_records(500, tag=f"w{int(index):02x}")
-    made = 0
-
-    def fresh() -> dict[str, Any]:
-        nonlocal made
-        made += 1
-        r = dict(pool[made % len(pool)])
-        r["id"] = f"plan_w{int(index):02x}{made:014x}"
-        return r
+    fresh = fresh_records(f"plan_w{int(index):02x}", tag=f"w{int(index):02x}")
 
     if kind in ("echo", "fanout_echo"):  # the floors send what tiger would send for the same insert
         from bench._peers import tiger_insert_bytes
@@ -305,19 +297,11 @@ def inserter(url: str, baseline: str) -> None:
     from array import array
 
     import tiger
-    from bench._common import make_records
+    from bench._common import fresh_records
 
     client = tiger.connect(url, timeout=60.0)
     insert = client.table("plans", prefix="plan").insert
-    pool = make_records(500, tag="i")
-    made = 0
-
-    def fresh() -> dict[str, Any]:
-        nonlocal made
-        made += 1
-        r = dict(pool[made % len(pool)])
-        r["id"] = f"plan_i{made:014x}"
-        return r
+    fresh = fresh_records("plan_i", tag="i")
 
     insert(fresh())  # warm-up
     _say({"ready": True})
