@@ -106,9 +106,6 @@ class Outbox:
     replies: list[list[bytes]] = field(default_factory=list)  # envelope frames + the answer
     snapshots: list[tuple[list[bytes], int]] = field(default_factory=list)  # (envelope, req id)
 
-    def __bool__(self) -> bool:
-        return bool(self.published or self.replies or self.snapshots)
-
 
 class WriterCore:
     """The writer's state and rules: the Store, the seq, the clients heard from, the answers kept.
@@ -145,7 +142,7 @@ class WriterCore:
         self.outbox = Outbox()
         self._pending: list[tuple[bytes, bytes]] = []  # (topic, packed change) applied, not yet published
         self._pending_bytes = 0
-        self.groups = 0  # publications of changes: a group commit of several changes is one
+        self.publications = 0  # messages that published changes: a group commit of several changes is one
         self._recent: deque[tuple[int, bytes]] = deque()  # (seq, packed change or b"": too big), newest last
         self._recent_bytes = 0
         self._appended = False  # this group appended to the data directory: commit() must make it durable
@@ -193,7 +190,7 @@ class WriterCore:
                 topic = p.EVERYONE
             message = p.group_bytes(self.epoch, self.seq, [packed for _, packed in pending])
         self.outbox.published.append((topic, message))
-        self.groups += 1
+        self.publications += 1
         self._pending = []
         self._pending_bytes = 0
 
@@ -375,7 +372,12 @@ class WriterCore:
             return None, None
         if t is p.Hello:
             self._heard(request.client_id, now)  # type: ignore[union-attr]
-            result = {**self._identity(), "heartbeat": self.heartbeat, "time": wall}
+            result = {
+                "pub": self.info.get("pub"),
+                "pid": self.info.get("pid", os.getpid()),
+                "heartbeat": self.heartbeat,
+                "time": wall,
+            }
             answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
             return answer, answer
         if t is p.Bye:
@@ -406,9 +408,6 @@ class WriterCore:
         if not all(found) or sum(map(len, found)) > MAX_BEFORE_BYTES:  # (b"": a change too big to keep)
             return []
         return found
-
-    def _identity(self) -> dict[str, Any]:
-        return {"pub": self.info.get("pub"), "pid": self.info.get("pid", os.getpid())}
 
     def _commit(self, change: _table.Change, now: float, topic: bytes = p.EVERYONE) -> bytes:
         """Log a change, apply it, number it and publish it; returns it packed (for the answer).
@@ -517,7 +516,7 @@ class WriterCore:
             "pid": self.info.get("pid", os.getpid()),
             "epoch": self.epoch,
             "seq": self.seq,
-            "publications": self.groups,
+            "publications": self.publications,
             "uptime": now - self.started,
             "clients": len(self.clients),
             "records": len(self.store),

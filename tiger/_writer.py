@@ -258,10 +258,6 @@ class Writer:
         self.core.commit(time.monotonic())
         self._send_outbox()
 
-    def handle(self, frames: list[bytes]) -> None:
-        """Answer one request (``frames``: the ROUTER's envelope, then one payload frame)."""
-        self.handle_group([frames])
-
     def tick(self) -> None:
         """About every heartbeat: the core's timed work, and whether the owner process is gone."""
         now = time.monotonic()
