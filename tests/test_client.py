@@ -21,6 +21,7 @@ import zmq
 from _util import read_line
 
 import tiger
+from tiger import _protocol as p
 from tiger import _replica
 from tiger._table import Put
 
@@ -559,7 +560,6 @@ def test_own_changes_whose_answers_never_came_are_fetched(writer, lost):
     import zmq
 
     from tiger import _core
-    from tiger import _protocol as p
 
     assert _core.MAX_BEFORE == 64
     with tiger.connect(writer.url) as client, zmq.Context() as ctx:
@@ -834,9 +834,7 @@ def test_changes_an_answer_carries_ahead_of_a_gap_are_not_held_so_the_replica_do
             second = t.insert({"n": 1})
             seq = c.seq
             with pytest.raises(tiger.Timeout):  # as an answer to x would carry the second change alone
-                x.replica.catch_up(
-                    x.epoch, seq, None, time.monotonic(), before=(Put("lag", "global", (second,)),), first_before=seq
-                )
+                x.replica.catch_up(p.Ok(0, x.epoch, seq, None, None, (Put("lag", "global", (second,)),)), time.monotonic())
             assert x.replica._seq._held == {}
         finally:
             gate.set()

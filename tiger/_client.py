@@ -322,7 +322,7 @@ class Client:
         """Return once the replica holds every write any client was answered for before this call."""
         deadline = time.monotonic() + _timeout(timeout, self.timeout)
         reply = self._request(p.Sync(next(self._req_ids)), deadline)
-        self.replica.catch_up(reply.epoch, reply.seq, None, deadline, before=reply.before, first_before=reply.first_before())
+        self.replica.catch_up(reply, deadline)
 
     def batch(self) -> Batch:
         """Writes across tables and namespaces sent as one command when the ``with`` block ends, applied
@@ -511,9 +511,7 @@ class Client:
         """
         deadline = time.monotonic() + self.timeout
         reply = self._request(request, deadline, own=True)
-        self.replica.catch_up(
-            reply.epoch, reply.seq, reply.change, deadline, own=True, before=reply.before, first_before=reply.first_before()
-        )
+        self.replica.catch_up(reply, deadline, own=True)
         return reply
 
 

@@ -237,31 +237,25 @@ class Replica:
         with self.changed:
             self._calls.call_finished(unanswered)
 
-    def catch_up(
-        self,
-        epoch: str,
-        seq: int,
-        change: Change | None,
-        deadline: float,
-        own: bool = False,
-        before: tuple[Change, ...] = (),
-        first_before: int = 0,
-    ) -> None:
-        """Return once the replica has applied (epoch, seq).
+    def catch_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
+        """Return once the replica has applied the answer's (epoch, seq).
 
-        ``own``: the answer to a call announced by ``call_started()``; its ``change`` (never
-        published to this replica) is applied here, in seq order. ``before``: published changes the
-        answer carried (seqs from ``first_before``), applied here too, so that the calling thread
-        need not wait for the replica thread to receive them.
+        ``own``: the answer to a call announced by ``call_started()``; its change (never published to
+        this replica) is applied here, in seq order. ``answer.before``: published changes the answer
+        carried, applied here too, so that the calling thread need not wait for the replica thread to
+        receive them.
         """
+        epoch, seq, change, before = answer.epoch, answer.seq, answer.change, answer.before
         with self.changed:
             if own:
                 self._calls.call_finished()
             # only when they follow on from what the replica holds: ahead of a gap they would be held, and
             # a held change with no call of ours in flight reads as a loss (a needless snapshot reload)
-            if before and epoch == self.epoch and not self._seq.loading and first_before <= self._seq.seq + 1:
-                for i, other in enumerate(before):
-                    self._seq.published(first_before + i, other)
+            if before and epoch == self.epoch and not self._seq.loading:
+                first = answer.first_before()
+                if first <= self._seq.seq + 1:
+                    for i, other in enumerate(before):
+                        self._seq.published(first + i, other)
             if own and change is not None:
                 self._seq.deposit(epoch, seq, change)
             if (own and change is not None) or before:
