@@ -264,12 +264,16 @@ class ZmqEcho(Subject):
         super().__init__(tmp)
         self.transport = transport
 
+    def _endpoint(self, name: str) -> str:
+        """Where a floor's peer binds: ipc in this run's temp dir, or any loopback tcp port."""
+        return f"ipc://{self.tmp}/{name}" if self.transport == "ipc" else "tcp://127.0.0.1:*"
+
     def setup(self) -> None:
         try:
             import zmq  # noqa: F401
         except ImportError as e:  # tiger itself needs pyzmq; kept for symmetry
             raise Unavailable(f"pyzmq not importable: {e}") from None
-        url = f"ipc://{self.tmp}/echo" if self.transport == "ipc" else "tcp://127.0.0.1:*"
+        url = self._endpoint("echo")
         proc = self.children.worker("echo", url)
         ready = receive(proc, 20.0)
         self.spec = {"url": ready["url"]}
@@ -312,11 +316,7 @@ class ZmqPublishEcho(ZmqEcho):
     name = "pyzmq REQ/REP + msgpack + PUB"
 
     def setup(self) -> None:
-        url, pub_url = (
-            (f"ipc://{self.tmp}/codec", f"ipc://{self.tmp}/codec-pub")
-            if self.transport == "ipc"
-            else ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
-        )
+        url, pub_url = self._endpoint("codec"), self._endpoint("codec-pub")
         proc = self.children.worker("publish_echo", url, pub_url)
         ready = receive(proc, 20.0)
         self.spec = {"url": ready["url"], "pub_url": ready["pub_url"], "topic": ready["topic"]}
@@ -398,11 +398,7 @@ class ZmqFanoutEcho(ZmqEcho):
             import zmq  # noqa: F401
         except ImportError as e:
             raise Unavailable(f"pyzmq not importable: {e}") from None
-        url, pub_url = (
-            (f"ipc://{self.tmp}/fanout", f"ipc://{self.tmp}/fanout-pub")
-            if self.transport == "ipc"
-            else ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
-        )
+        url, pub_url = self._endpoint("fanout"), self._endpoint("fanout-pub")
         proc = self.children.worker("fanout_echo", url, pub_url)
         ready = receive(proc, 20.0)
         self.spec = {"url": ready["url"], "pub_url": ready["pub_url"]}
