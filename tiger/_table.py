@@ -249,7 +249,7 @@ def check_fields(fields: Mapping[str, Any], where: str = "find") -> None:
 # -- changes --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per write, and a frozen one costs 4x to make (nothing changes it)
 class Put:
     """Store these whole records (replacing any with the same id), in this order."""
 
@@ -258,7 +258,7 @@ class Put:
     records: tuple[Record, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per write, and a frozen one costs 4x to make (nothing changes it)
 class Delete:
     table: str
     namespace: str
@@ -578,8 +578,7 @@ def prepare_insert(
     if not records:
         raise ValueError("records must not be empty")
     rows = store.rows(table, namespace)
-    # generated ids avoid stored ids, given ids and each other
-    taken = {r.get("id") for r in records if (type(r) is Record or isinstance(r, Mapping)) and type(r.get("id")) is str}
+    taken: set[Any] | None = None  # generated ids avoid stored ids, given ids and each other: made at the first
     given: dict[str, int] = {}
     out: list[Record] = []
     single = len(records) == 1
@@ -588,6 +587,8 @@ def prepare_insert(
         _check_batch_record(record, i, "record" if single else f"records[{i}]", table, prefix, given)
         id = record.get("id")
         if id is None:
+            if taken is None:
+                taken = {r.get("id") for r in records if isinstance(r, Mapping) and type(r.get("id")) is str}
             while True:
                 id = f"{prefix}_{token(8)}" if prefix else token(12)
                 if id not in rows and id not in taken:
