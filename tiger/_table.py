@@ -597,8 +597,16 @@ def prepare_insert(
         existing = rows.get(id)
         if create and existing is not None:
             raise AlreadyExists(f"{table} {id!r} already exists in namespace {namespace!r}")
-        if type(record) is Record and record.get("id") is id and "created" in record and next(iter(record)) == "id":
-            out.append(record)  # already frozen (as the writer decodes it) and complete, id first: stored as is
+        if type(record) is Record:  # frozen all the way down, as the writer decodes it
+            if record.get("id") is id and "created" in record and next(iter(record)) == "id":
+                out.append(record)  # complete, id first: stored as is
+                continue
+            frozen = Record(id=id)  # one copy, made frozen (Record's own setters refuse)
+            dict.update(frozen, record)
+            dict.__setitem__(frozen, "id", id)
+            if "created" not in frozen:
+                dict.__setitem__(frozen, "created", existing["created"] if existing is not None else now)
+            out.append(frozen)
             continue
         stored = {"id": id}
         stored.update(record)
