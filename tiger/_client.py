@@ -154,11 +154,10 @@ def _close_open_clients() -> None:
             log.exception("closing %r at exit", client)
 
 
-class Client:
-    """A connection to a tiger writer plus a full local replica of its tables.
-
-    Use :func:`tiger.connect` to make one.
-    """
+class _Connection:
+    """What the blocking :class:`Client` and the asyncio ``tiger.aio.AsyncClient`` share: their arguments,
+    ids and context, the local replica and what is read from it, the bytes of a call (its expiry, its size)
+    and what its answer means. No socket is used here: each client moves the bytes its own way."""
 
     def __init__(
         self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
@@ -184,13 +183,157 @@ class Client:
         self._pid = os.getpid()
         self._closed = False
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._lock = threading.Lock()  # one request in flight on the command socket
         self._req_ids = itertools.count(1)
         self._once = Once()  # the once keys this client builds, and the teardowns it owes
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
         self._secure = _socket_options(url, server_key)
         self._replica: Replica | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def _new_socket(self, ctx: zmq.Context[Any] | None = None) -> zmq.Socket[Any]:
+        """A command socket (DEALER) connected to the writer, from ``ctx`` (default: the client's)."""
+        sock: zmq.Socket[Any] = (ctx or self._ctx).socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._secure(sock)
+        try:
+            sock.connect(self.url)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            raise ValueError(f"url: cannot connect to {self.url!r}: {e}") from None
+        return sock
+
+    def _hello_request(self) -> p.Hello:
+        return p.Hello(next(self._req_ids), self.client_id)
+
+    def _heard_hello(self, sent: float, received: float, info: dict[str, Any], best: float | None) -> tuple[float | None, bool]:
+        """One Hello round trip (``time.time()`` at send and receipt): the writer checks call deadlines on its
+        own clock, so the offset is its time minus the midpoint of the round trip (NTP's rule), from the
+        quickest of up to 3 round trips when the first is slow (the answer may have waited behind other work
+        at the writer, which would skew the offset by that wait). Returns the quickest round trip so far and
+        whether to stop asking."""
+        if "time" not in info:  # a writer without a clock sample: take its word as is
+            return best, True
+        if best is None or received - sent < best:
+            best = received - sent
+            self._clock_offset = info["time"] - (sent + received) / 2
+        return best, received - sent < 0.05
+
+    def _make_replica(self, info: dict[str, Any]) -> Replica:
+        """The replica (its thread not started) for the writer that answered Hello with ``info``."""
+        self.writer_pid: int = info["pid"]
+        self.heartbeat_timeout = max(self.heartbeat_timeout, 4 * info["heartbeat"])
+        return Replica(
+            self._ctx,
+            self.url,
+            _reachable(self.url, info["pub"]),
+            self.client_id,
+            heartbeat=info["heartbeat"],
+            timeout=self.timeout,
+            secure=self._secure,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"epoch {self.epoch}, seq {self.seq}"
+        return f"<tiger.{type(self).__name__} {self.url} ({state})>"
+
+    # -- the replica ----------------------------------------------------------------
+
+    @property
+    def replica(self) -> Replica:
+        if self._replica is None:
+            raise TigerError("this client is not connected")
+        return self._replica
+
+    @property
+    def epoch(self) -> str | None:
+        """The writer's epoch the replica follows."""
+        return self.replica.epoch
+
+    @property
+    def seq(self) -> int:
+        """The last change the local replica has applied."""
+        return self.replica.seq
+
+    def _checked_table(self, name: str, prefix: str | None, fallback_to_global: bool) -> None:
+        check_name(name, "name")
+        if name.startswith(RESERVED_PREFIX):
+            raise ValueError(f"name: table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
+        check_prefix(prefix)
+        if type(fallback_to_global) is not bool:
+            raise TypeError(f"fallback_to_global must be a bool, not {type(fallback_to_global).__name__}")
+
+    def tables(self) -> list[str]:
+        """Tables holding at least one record (in any namespace), from the replica."""
+        return [t for t in self.replica.store.table_names() if not t.startswith(RESERVED_PREFIX)]
+
+    def namespaces(self) -> list[str]:
+        """Namespaces holding at least one record (in any table), from the replica."""
+        return self.replica.store.namespace_names()
+
+    def checksum(self) -> int:
+        """The local replica's checksum; equal to ``stats()["checksum"]`` when it is up to date."""
+        with self.replica.changed:
+            return p.checksum(self.replica.store)
+
+    def has_teardown(self, key: str, namespace: str | None = None) -> bool:
+        """Whether this client built once ``key`` with a generator factory whose teardown has not run yet."""
+        return self._once.has_teardown(key, GLOBAL if namespace is None else namespace)
+
+    # -- calls ----------------------------------------------------------------------
+
+    def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float]:
+        """The bytes of a call carrying ``request`` and its deadline (``time.monotonic()`` seconds; None: the
+        client's timeout from now). The call expires at the writer a little before that deadline (on the
+        writer's clock), after which the writer refuses it: a call that raised is never applied later.
+        Raises (nothing sent) if the client is closed or forked, the writer silent, or the call too big."""
+        if self._closed:
+            raise TigerError("this client is closed")
+        if os.getpid() != self._pid:
+            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+        replica = self._replica
+        if replica is not None and replica.silent_for() > self.heartbeat_timeout:
+            raise Unavailable(f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s")
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.timeout
+        margin = min(0.5, 0.2 * (deadline - now))
+        try:
+            expires = time.time() + self._clock_offset + (deadline - now) - margin
+            payload = p.encode_call(p.Call(self.client_id, expires, request, -1 if replica is None else replica.seq))
+        except UnicodeEncodeError:
+            raise ValueError(p.unencodable(request)) from None
+        if type(request) is p.Insert:
+            p.check_record_sizes(request.records, len(payload), "record" if len(request.records) == 1 else "records")
+        elif type(request) is p.Update:
+            p.check_record_sizes([request.changes], len(payload), "changes")
+        if len(payload) > p.MAX_MESSAGE:
+            raise ValueError(
+                f"the request is {len(payload)} bytes; a request may be at most {p.MAX_MESSAGE} bytes (store less per call)"
+            )
+        return payload, deadline
+
+    def _outcome(self, reply: p.Reply) -> p.Ok:
+        """The Ok answer to a call, or the error its Failed answer names, raised."""
+        if type(reply) is p.Failed:
+            if reply.kind == "expired":
+                raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s ({reply.message})")
+            raise _FAILURES.get(reply.kind, TigerError)(reply.message)
+        if type(reply) is not p.Ok:
+            raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
+        return reply
+
+
+class Client(_Connection):
+    """A connection to a tiger writer plus a full local replica of its tables.
+
+    Use :func:`tiger.connect` to make one.
+    """
+
+    def __init__(
+        self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
+    ) -> None:
+        super().__init__(url, timeout, heartbeat_timeout, server_key)
+        self._lock = threading.Lock()  # one request in flight on the command socket
         try:
             # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
             self._command = [self._new_socket()]
@@ -198,18 +341,7 @@ class Client:
             self._ctx.term()
             raise
         try:
-            info = self._hello()
-            self.writer_pid: int = info["pid"]
-            self.heartbeat_timeout = max(self.heartbeat_timeout, 4 * info["heartbeat"])
-            self._replica = Replica(
-                self._ctx,
-                url,
-                _reachable(url, info["pub"]),
-                self.client_id,
-                heartbeat=info["heartbeat"],
-                timeout=self.timeout,
-                secure=self._secure,
-            )
+            self._replica = self._make_replica(self._hello())
             self._replica.start(self.timeout)
         except BaseException:
             self.close()
@@ -222,24 +354,15 @@ class Client:
     # -- lifecycle ------------------------------------------------------------------
 
     def _hello(self) -> dict[str, Any]:
-        """Say hello; learn the writer's PUB endpoint, heartbeat, pid and clock. The writer checks call
-        deadlines on its own clock: the offset is its time minus the midpoint of the round trip (NTP's
-        rule), from the quickest of up to 3 round trips when the first is slow (the answer may have
-        waited behind other work at the writer, which would skew the offset by that wait)."""
-        best: tuple[float, dict[str, Any]] | None = None
+        """Say hello; learn the writer's PUB endpoint, heartbeat, pid and clock (see ``_heard_hello``)."""
+        best: float | None = None
         for _ in range(3):
             sent = time.time()
-            info: dict[str, Any] = self._request(p.Hello(next(self._req_ids), self.client_id)).result
-            received = time.time()
-            if "time" not in info:  # a writer without a clock sample: take its word as is
-                return info
-            if best is None or received - sent < best[0]:
-                best = (received - sent, info)
-                self._clock_offset = info["time"] - (sent + received) / 2
-            if received - sent < 0.05:
+            info: dict[str, Any] = self._request(self._hello_request()).result
+            best, done = self._heard_hello(sent, time.time(), info, best)
+            if done:
                 break
-        assert best is not None
-        return best[1]
+        return info
 
     def close(self) -> None:
         """Run the teardowns of the once values this client built, say goodbye to the writer, stop the
@@ -278,45 +401,12 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"epoch {self.epoch}, seq {self.seq}"
-        return f"<tiger.Client {self.url} ({state})>"
-
     # -- the replica ----------------------------------------------------------------
-
-    @property
-    def replica(self) -> Replica:
-        if self._replica is None:
-            raise TigerError("this client is not connected")
-        return self._replica
-
-    @property
-    def epoch(self) -> str | None:
-        """The writer's epoch the replica follows."""
-        return self.replica.epoch
-
-    @property
-    def seq(self) -> int:
-        """The last change the local replica has applied."""
-        return self.replica.seq
 
     def table(self, name: str, prefix: str | None = None, fallback_to_global: bool = False) -> Table:
         """A handle on table ``name``; the table exists from its first write."""
-        check_name(name, "name")
-        if name.startswith(RESERVED_PREFIX):
-            raise ValueError(f"name: table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
-        check_prefix(prefix)
-        if type(fallback_to_global) is not bool:
-            raise TypeError(f"fallback_to_global must be a bool, not {type(fallback_to_global).__name__}")
+        self._checked_table(name, prefix, fallback_to_global)
         return Table(self, name, prefix, fallback_to_global)
-
-    def tables(self) -> list[str]:
-        """Tables holding at least one record (in any namespace), from the replica."""
-        return [t for t in self.replica.store.table_names() if not t.startswith(RESERVED_PREFIX)]
-
-    def namespaces(self) -> list[str]:
-        """Namespaces holding at least one record (in any table), from the replica."""
-        return self.replica.store.namespace_names()
 
     def sync(self, timeout: float | None = None) -> None:
         """Return once the replica holds every write any client was answered for before this call."""
@@ -375,15 +465,6 @@ class Client:
         """
         return self._once.tear_down(self, wait)
 
-    def has_teardown(self, key: str, namespace: str | None = None) -> bool:
-        """Whether this client built once ``key`` with a generator factory whose teardown has not run yet."""
-        return self._once.has_teardown(key, GLOBAL if namespace is None else namespace)
-
-    def checksum(self) -> int:
-        """The local replica's checksum; equal to ``stats()["checksum"]`` when it is up to date."""
-        with self.replica.changed:
-            return p.checksum(self.replica.store)
-
     def stats(self) -> dict[str, Any]:
         """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
         return self._request(p.Stats(next(self._req_ids))).result  # type: ignore[no-any-return]
@@ -399,17 +480,6 @@ class Client:
     def _socket(self, sock: zmq.Socket[Any]) -> None:
         self._command[0] = sock
 
-    def _new_socket(self) -> zmq.Socket[Any]:
-        sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        self._secure(sock)
-        try:
-            sock.connect(self.url)
-        except zmq.ZMQError as e:
-            sock.close(linger=0)
-            raise ValueError(f"url: cannot connect to {self.url!r}: {e}") from None
-        return sock
-
     def _request(self, request: p.Request, deadline: float | None = None, own: bool = False) -> p.Ok:
         """Send one request and return its Ok reply; raise what a Failed reply names.
 
@@ -423,30 +493,7 @@ class Client:
         ``own``: a write, whose change comes only in the answer (this client's replica is
         not sent it): the replica counts it in flight until ``catch_up(..., own=True)``.
         """
-        if self._closed:
-            raise TigerError("this client is closed")
-        if os.getpid() != self._pid:
-            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
-        replica = self._replica
-        if replica is not None and replica.silent_for() > self.heartbeat_timeout:
-            raise Unavailable(f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s")
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + self.timeout
-        margin = min(0.5, 0.2 * (deadline - now))
-        try:
-            expires = time.time() + self._clock_offset + (deadline - now) - margin
-            payload = p.encode_call(p.Call(self.client_id, expires, request, -1 if replica is None else replica.seq))
-        except UnicodeEncodeError:
-            raise ValueError(p.unencodable(request)) from None
-        if type(request) is p.Insert:
-            p.check_record_sizes(request.records, len(payload), "record" if len(request.records) == 1 else "records")
-        elif type(request) is p.Update:
-            p.check_record_sizes([request.changes], len(payload), "changes")
-        if len(payload) > p.MAX_MESSAGE:
-            raise ValueError(
-                f"the request is {len(payload)} bytes; a request may be at most {p.MAX_MESSAGE} bytes (store less per call)"
-            )
+        payload, deadline = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         resend_every = min(1.0, self.timeout / 3)
         if own:
@@ -482,13 +529,7 @@ class Client:
                     if reply.req_id == req_id:
                         answered = True
                         break
-            if type(reply) is p.Failed:
-                if reply.kind == "expired":
-                    raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s ({reply.message})")
-                raise _FAILURES.get(reply.kind, TigerError)(reply.message)
-            if type(reply) is not p.Ok:
-                raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
-            return reply
+            return self._outcome(reply)
         except BaseException:
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
@@ -523,17 +564,13 @@ def _timeout(value: float | None, default: float) -> float:
     return float(value)
 
 
-class Table:
-    """A handle on one table. Every method works in the current namespace.
-
-    Reads (``get``, ``[]``, ``in``, ``len``, ``count``, ``list``, ``find``, ``all``)
-    are answered by the local replica; writes go to the writer and return once the
-    local replica holds their change.
-    """
+class _TableReads:
+    """What a table handle of either client holds: its reads, answered by the local replica, and the
+    checked request of each write (sent by ``Table`` and awaited by ``tiger.aio.AsyncTable``)."""
 
     __slots__ = ("_client", "_namespaces", "_store", "fallback_to_global", "name", "prefix")
 
-    def __init__(self, client: Client, name: str, prefix: str | None, fallback_to_global: bool) -> None:
+    def __init__(self, client: _Connection, name: str, prefix: str | None, fallback_to_global: bool) -> None:
         self._client = client
         self.name = name
         self.prefix = prefix
@@ -542,7 +579,7 @@ class Table:
         self._namespaces = self._store.namespaces_of(name)  # stable: never replaced by the replica
 
     def __repr__(self) -> str:
-        return f"<tiger.Table {self.name!r} prefix={self.prefix!r}>"
+        return f"<tiger.{type(self).__name__} {self.name!r} prefix={self.prefix!r}>"
 
     # -- reads ------------------------------------------------------------------------
 
@@ -597,27 +634,73 @@ class Table:
         ns = _current() if namespace is None else check_name(namespace, "namespace")
         return list(self._store.ordered(self.name, ns))
 
-    def wait_for(self, id: str, timeout: float = 5.0) -> Record:
-        """Block until ``id`` is in the local replica (written by any process); else ``tiger.Timeout``."""
+    def _waiting_for(self, id: str, timeout: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
+        """``wait_for``'s predicate (run by the waiting thread or task: its current namespace), deadline
+        and message; the arguments checked."""
         check_id(id)
         timeout = _timeout(timeout, 5.0)
+        ns = _current()
+        return (
+            lambda: self.get(id) is not None,
+            time.monotonic() + timeout,
+            lambda: f"{self.name} {id!r} did not appear in namespace {ns!r} within {timeout:g}s",
+        )
+
+    # -- the request of each write ----------------------------------------------------
+
+    def _insert_request(self, records: Sequence[Mapping[str, Any]], create: bool, *, single: bool) -> p.Insert:
+        check_records(records, self.name, self.prefix, single=single)
+        return p.Insert(next(self._client._req_ids), self.name, _current(), self.prefix, builtins.list[Any](records), create)
+
+    def _insert_many_request(self, records: Sequence[Mapping[str, Any]]) -> p.Insert | None:
+        """None: nothing to insert."""
+        if not isinstance(records, (builtins.list, tuple)):
+            raise TypeError(f"records must be a list, not {type(records).__name__}")
+        return self._insert_request(records, False, single=False) if records else None
+
+    def _update_request(self, id: str, changes: Mapping[str, Any]) -> p.Update:
+        check_id(id)
+        check_record(changes, "changes")
+        check_update(id, changes, self._namespaces.get(_current(), {}).get(id))  # what the replica knows of it
+        return p.Update(next(self._client._req_ids), self.name, _current(), id, dict(changes))
+
+    def _delete_request(self, id: str) -> p.Remove:
+        check_id(id)
+        return p.Remove(next(self._client._req_ids), self.name, _current(), id)
+
+    def _clear_request(self, namespace: str | None) -> p.ClearTable:
+        """``namespace`` None: every namespace."""
+        if namespace is not None:
+            check_name(namespace, "namespace")
+        return p.ClearTable(next(self._client._req_ids), self.name, namespace)
+
+
+def _stored(reply: p.Ok) -> tuple[Record, ...]:
+    """The records a write stored, as its answer carries them."""
+    assert type(reply.change) is Put
+    return reply.change.records
+
+
+class Table(_TableReads):
+    """A handle on one table. Every method works in the current namespace.
+
+    Reads (``get``, ``[]``, ``in``, ``len``, ``count``, ``list``, ``find``, ``all``)
+    are answered by the local replica; writes go to the writer and return once the
+    local replica holds their change.
+    """
+
+    __slots__ = ()
+    _client: Client
+
+    def wait_for(self, id: str, timeout: float = 5.0) -> Record:
+        """Block until ``id`` is in the local replica (written by any process); else ``tiger.Timeout``."""
         found = self.get(id)
         if found is None:
-            ns = _current()
-            self._client.replica.wait_until(  # the predicate runs in this thread: the same current namespace
-                lambda: self.get(id) is not None,
-                time.monotonic() + timeout,
-                lambda: f"{self.name} {id!r} did not appear in namespace {ns!r} within {timeout:g}s",
-            )
+            self._client.replica.wait_until(*self._waiting_for(id, timeout))
             found = self.get(id)
         return found  # type: ignore[no-any-return]
 
     # -- writes -----------------------------------------------------------------------
-
-    def _put(self, records: builtins.list[Any], create: bool) -> tuple[Record, ...]:
-        reply = self._client._write(p.Insert(next(self._client._req_ids), self.name, _current(), self.prefix, records, create))
-        assert type(reply.change) is Put
-        return reply.change.records
 
     def insert(self, record: Mapping[str, Any]) -> Record:
         """Store the whole record (replacing one with the same id); returns it as stored.
@@ -625,45 +708,32 @@ class Table:
         Without an ``"id"`` the writer makes one (``prefix_`` + 16 hex digits);
         ``"created"`` (Unix seconds) is added when absent.
         """
-        check_records([record], self.name, self.prefix, single=True)
-        return self._put([record], create=False)[0]
+        return _stored(self._client._write(self._insert_request([record], False, single=True)))[0]
 
     def insert_many(self, records: Sequence[Mapping[str, Any]]) -> builtins.list[Record]:
         """Insert every record in one command: all of them or, on any error, none."""
-        if not isinstance(records, (list, tuple)):
-            raise TypeError(f"records must be a list, not {type(records).__name__}")
-        if not records:
-            return []
-        check_records(records, self.name, self.prefix, single=False)
-        return list(self._put(list(records), create=False))
+        request = self._insert_many_request(records)
+        return [] if request is None else builtins.list(_stored(self._client._write(request)))
 
     def create(self, record: Mapping[str, Any]) -> Record:
         """Like ``insert``, but ``tiger.AlreadyExists`` if the id is taken (decided at the writer)."""
-        check_records([record], self.name, self.prefix, single=True)
-        return self._put([record], create=True)[0]
+        return _stored(self._client._write(self._insert_request([record], True, single=True)))[0]
 
     def update(self, id: str, changes: Mapping[str, Any]) -> Record:
         """Merge ``changes`` into the stored record, atomically at the writer; returns the result."""
-        check_id(id)
-        check_record(changes, "changes")
-        check_update(id, changes, self._namespaces.get(_current(), {}).get(id))  # what the replica knows of it
-        reply = self._client._write(p.Update(next(self._client._req_ids), self.name, _current(), id, dict(changes)))
-        assert type(reply.change) is Put
-        return reply.change.records[0]
+        return _stored(self._client._write(self._update_request(id, changes)))[0]
 
     def delete(self, id: str) -> None:
         """Remove the record if present (idempotent)."""
-        check_id(id)
-        self._client._write(p.Remove(next(self._client._req_ids), self.name, _current(), id))
+        self._client._write(self._delete_request(id))
 
     def clear(self) -> None:
         """Remove every record of this table, in every namespace."""
-        self._client._write(p.ClearTable(next(self._client._req_ids), self.name, None))
+        self._client._write(self._clear_request(None))
 
     def clear_namespace(self, namespace: str) -> None:
         """Remove every record of this table in one namespace."""
-        check_name(namespace, "namespace")
-        self._client._write(p.ClearTable(next(self._client._req_ids), self.name, namespace))
+        self._client._write(self._clear_request(check_name(namespace, "namespace")))
 
 
 def connect(
