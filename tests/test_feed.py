@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
+import multiprocessing
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from test_faults import kill
 
 import tiger
-from tiger import _table
+from tiger import _log, _table
+from tiger import _protocol as p
 from tiger._calls import PendingCalls
 from tiger._feed import Feed, History
 from tiger._replica import Sequencer
@@ -315,3 +321,341 @@ async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline
         await asyncio.sleep(0)
+
+
+# -- real writers and clients ---------------------------------------------------------------------
+
+SPAWN = multiprocessing.get_context("spawn")
+PROCESSES = 3
+WRITES = 150
+
+
+def unique_table() -> str:
+    """A table no other test of the run touches (the run's writer is shared): clearing it is safe."""
+    return f"feed_{secrets.token_hex(6)}"
+
+
+def shown(change: tiger.Change) -> tuple:
+    return (change.op, change.table, change.namespace, change.id)
+
+
+def read(feed: Feed, n: int) -> list[tiger.Change]:
+    return [next(feed) for _ in range(n)]
+
+
+def mixed_writes(url: str, index: int, barrier: Any) -> None:
+    """One of the writing processes: every kind of write, in two namespaces of its own and one shared."""
+    with tiger.connect(url, timeout=10) as client:
+        plans, prices = client.table("plans"), client.table("prices")
+        barrier.wait(60)
+        for i in range(WRITES):
+            with tiger.namespace(f"p{index}" if i % 3 else "shared"):
+                record = plans.insert({"id": f"p{index}-{i}", "i": i})
+                if i % 5 == 0:
+                    plans.update(record["id"], {"updated": True})
+                if i % 7 == 0:
+                    prices.insert_many([{"id": f"q{index}-{i}-{k}"} for k in range(3)])
+                if i % 11 == 0:
+                    plans.delete(record["id"])
+                if i % 13 == 0:
+                    with client.batch() as b:
+                        b.table("plans").insert({"id": f"b{index}-{i}"})
+                        b.table("prices").delete(f"q{index}-{i - i % 7}-0")
+        prices.clear_namespace(f"p{index}")
+        client.drop_namespace(f"p{index}")
+
+
+def expected_changes(seq: int, change: _table.Change) -> list[tuple]:
+    """What a feed of every table and namespace yields for one logged change (written here again, not
+    taken from tiger._feed, so that the test checks it)."""
+    out: list[tuple] = []
+    for part in change.changes if type(change) is _table.Batch else (change,):
+        if type(part) is Put:
+            out += [(seq, "put", part.table, part.namespace, r["id"], r) for r in part.records]
+        elif type(part) is _table.Delete:
+            out.append((seq, "delete", part.table, part.namespace, part.id, None))
+        elif type(part) is _table.Clear:
+            out.append((seq, "clear", part.table, None, None, None))
+        elif type(part) is _table.ClearNamespace:
+            out.append((seq, "clear", part.table, part.namespace, None, None))
+        else:
+            out.append((seq, "clear", None, part.namespace, None, None))  # type: ignore[union-attr]
+    return out
+
+
+def test_three_processes_writing_at_once_reach_a_feed_in_the_writers_log_order_none_lost_none_twice(tmp_path):
+    data = tmp_path / "data"
+    with tiger.serve(data=data, fsync="never") as server, tiger.connect(server.url) as watcher:
+        feed = watcher.watch(namespace=None, timeout=30, max_queued=1_000_000)
+        start = watcher.seq
+        barrier = SPAWN.Barrier(PROCESSES)
+        procs = [SPAWN.Process(target=mixed_writes, args=(server.url, i, barrier)) for i in range(PROCESSES)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(120)
+        assert [proc.exitcode for proc in procs] == [0] * PROCESSES
+        watcher.sync()  # every change the writers were answered for is applied, so queued in the feed
+        got = [(c.seq, c.op, c.table, c.namespace, c.id, c.record) for c in read(feed, feed.queued)]
+        payloads, _ = _log.scan((data / "log.0").read_bytes())  # the writer's own history, seq 1 first
+    logged = [p.change_from_wire(p.unpack_frozen(payload)) for payload in payloads]
+    expected = [c for seq, change in enumerate(logged, 1) if seq > start for c in expected_changes(seq, change)]
+    assert len(logged) > PROCESSES * WRITES
+    assert got == expected
+
+
+def test_a_table_feed_follows_its_table_in_the_current_namespace_and_the_clears_that_cover_it(connect, ns):
+    author, reader = connect(), connect()
+    name = unique_table()
+    feed = reader.table(name).watch(timeout=10)
+    table = author.table(name)
+    table.insert({"id": "mine"})
+    author.table(f"{name}_other").insert({"id": "other table"})
+    with tiger.namespace(f"{ns}-other"):
+        table.insert({"id": "other namespace"})
+    table.update("mine", {"n": 1})
+    table.delete("mine")
+    table.insert({"id": "again"})  # (a clear of an empty namespace or table is no change at all)
+    table.clear_namespace(f"{ns}-other")  # not this namespace
+    table.clear_namespace(ns)
+    table.insert({"id": "again"})
+    table.clear()  # every namespace: this one too
+    author.drop_namespace(f"{ns}-other")  # not this namespace
+    author.drop_namespace(ns)  # every table (the other table's record): this one too
+    assert [shown(c) for c in read(feed, 8)] == [
+        ("put", name, ns, "mine"),
+        ("put", name, ns, "mine"),
+        ("delete", name, ns, "mine"),
+        ("put", name, ns, "again"),
+        ("clear", name, ns, None),
+        ("put", name, ns, "again"),
+        ("clear", name, None, None),
+        ("clear", None, ns, None),
+    ]
+    with pytest.raises(tiger.Timeout):
+        feed._next(0.05)  # nothing else came
+    feed.close()
+
+
+def test_a_feed_of_some_tables_in_every_namespace(connect_own):
+    author, reader = connect_own(), connect_own()
+    feed = reader.watch(tables=["plans", "prices"], namespace=None, timeout=10)
+    author.table("plans").insert({"id": "p"})
+    author.table("events").insert({"id": "e"})
+    with tiger.namespace("elsewhere"):
+        author.table("prices").insert({"id": "q"})
+    author.drop_namespace("elsewhere")
+    author.table("plans").insert({"id": "last"})
+    assert [shown(c) for c in read(feed, 4)] == [
+        ("put", "plans", "global", "p"),
+        ("put", "prices", "elsewhere", "q"),
+        ("clear", None, "elsewhere", None),
+        ("put", "plans", "global", "last"),
+    ]
+
+
+def test_insert_many_and_a_batch_are_one_change_per_record_at_the_writes_seq(connect_own):
+    author, reader = connect_own(), connect_own()
+    feed = reader.watch(namespace=None, timeout=10)
+    plans = author.table("plans")
+    stored = plans.insert_many([{"id": "a"}, {"id": "b"}, {"id": "c"}])
+    first = author.seq
+    with author.batch() as b:
+        b.table("plans").update("a", {"n": 1})
+        b.table("plans").delete("b")
+        with tiger.namespace("other"):
+            b.table("prices").insert({"id": "x"})
+    changes = read(feed, 6)
+    assert [(c.seq, *shown(c)) for c in changes] == [
+        (first, "put", "plans", "global", "a"),
+        (first, "put", "plans", "global", "b"),
+        (first, "put", "plans", "global", "c"),
+        (first + 1, "put", "plans", "global", "a"),
+        (first + 1, "delete", "plans", "global", "b"),
+        (first + 1, "put", "prices", "other", "x"),
+    ]
+    assert [c.record for c in changes[:3]] == stored
+    assert changes[3].record is reader.table("plans")["a"]  # the stored record itself, frozen
+
+
+def test_tigers_once_keys_never_appear_in_a_feed(connect_own):
+    client = connect_own()
+    feed = client.watch(namespace=None, timeout=10)
+    assert client.once("key", lambda: 42) == 42
+    client.table("plans").insert({"id": "after"})
+    assert shown(next(feed)) == ("put", "plans", "global", "after")
+
+
+def test_an_unread_feed_overflows_then_a_new_feed_works(connect, ns):
+    author, reader = connect(), connect()
+    plans = reader.table("plans")
+    slow = plans.watch(max_queued=5)
+    for i in range(6):
+        author.table("plans").insert({"id": f"r{i}"})
+    reader.sync()
+    with pytest.raises(tiger.FeedOverflow, match=r"overflowed at seq \d+: 5 changes were queued unread \(max_queued=5\)"):
+        next(slow)
+    fresh = plans.watch(timeout=10)
+    author.table("plans").insert({"id": "after"})
+    assert next(fresh).id == "after"
+
+
+def test_since_gives_the_remembered_changes_then_live_ones_and_refuses_older(connect_own):
+    client = connect_own()
+    plans = client.table("plans")
+    before = client.seq
+    for i in range(3):
+        plans.insert({"id": f"r{i}"})
+    feed = plans.watch(since=before, timeout=10)
+    plans.insert({"id": "live"})
+    assert [(c.seq - before, c.id) for c in read(feed, 4)] == [(1, "r0"), (2, "r1"), (3, "r2"), (4, "live")]
+    for i in range(History.MAX_SEQS):
+        plans.insert({"id": f"more{i}"})
+    oldest = client.seq - History.MAX_SEQS
+    with pytest.raises(ValueError, match=rf"since={before} is older .* the oldest seq a feed can start after is {oldest}"):
+        plans.watch(since=before)
+    assert len(read(plans.watch(since=oldest, timeout=10), History.MAX_SEQS)) == History.MAX_SEQS
+
+
+def test_a_writer_restart_gives_the_feed_one_reset_then_the_new_writers_changes(tmp_path):
+    url, data = f"ipc://{tmp_path}/w", tmp_path / "data"
+    server = tiger.serve(url, data=data)
+    with tiger.connect(url) as client:
+        plans = client.table("plans")
+        feed = client.watch(tables=["plans"], namespace="elsewhere", timeout=30)  # a reset passes any filter
+        plans.insert({"id": "before"})
+        kill(server)
+        with tiger.serve(url, data=data) as again, tiger.connect(again.url) as other:
+            reset = next(feed)  # the replica noticed the new writer and reloaded its snapshot
+            assert (reset.op, reset.table, reset.namespace, reset.id, reset.record) == ("reset", None, None, None, None)
+            assert reset.seq == other.stats()["seq"]  # the snapshot's seq, in the new writer's numbering
+            assert plans.get("before") is not None  # re-read after a reset: the data directory kept it
+            with tiger.namespace("elsewhere"):
+                other.table("plans").insert({"id": "after"})
+            assert shown(next(feed)) == ("put", "plans", "elsewhere", "after")
+
+
+def test_a_read_waits_at_most_the_feeds_timeout_and_says_which_feed_and_how_long(connect, ns):
+    feed = connect().table("plans").watch(timeout=0.2)
+    started = time.monotonic()
+    message = f"<tiger.Feed tables=['plans'] namespace={ns!r}> got no change within 0.2s"
+    with pytest.raises(tiger.Timeout, match=re.escape(message)):
+        next(feed)
+    assert 0.2 <= time.monotonic() - started < 5
+
+
+def test_closing_the_client_wakes_a_blocked_read_with_an_error(connect, ns):
+    client = connect()
+    feed = client.watch()
+    raised: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            next(feed)
+        except BaseException as e:
+            raised.append(e)
+
+    reader = threading.Thread(target=blocked)
+    reader.start()
+    wait_for_state(lambda: feed._sub.sleepers == 1, "the reader blocked")
+    started = time.monotonic()
+    client.close()
+    reader.join(5)
+    assert not reader.is_alive() and time.monotonic() - started < 5
+    assert type(raised[0]) is tiger.TigerError and "ended: the client was closed" in str(raised[0])
+    with pytest.raises(tiger.TigerError, match="this client is closed"):
+        client.watch()
+
+
+def test_async_for_over_a_feed_keeps_the_event_loop_running_and_a_cancelled_await_loses_nothing(connect, ns):
+    author, reader = connect(), connect()
+    feed = reader.table("plans").watch(timeout=10)
+
+    async def main() -> tuple[list[str], float]:
+        ticks: list[float] = []
+
+        async def heartbeat() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        beating = asyncio.ensure_future(heartbeat())
+        waiting = asyncio.ensure_future(feed.__anext__())
+        await until(lambda: feed._sub.waiters)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        writes = threading.Timer(0.3, lambda: [author.table("plans").insert({"id": f"r{i}"}) for i in range(2)])
+        writes.start()
+        got = []
+        async for change in feed:
+            got.append(change.id)
+            if len(got) == 2:
+                break
+        writes.join()
+        beating.cancel()
+        return got, max(b - a for a, b in itertools.pairwise(ticks))
+
+    got, longest_gap = asyncio.run(main())
+    assert got == ["r0", "r1"]  # the cancelled await consumed nothing
+    assert longest_gap < 0.1  # the loop kept running while the feed waited
+
+
+def test_wait_until_returns_a_record_stored_now_or_the_first_to_arrive(connect, ns):
+    author, reader = connect(), connect()
+    plans = reader.table("plans")
+    author.table("plans").insert({"id": "now", "status": "paid"})
+    reader.sync()
+    assert plans.wait_until(lambda r: r.get("status") == "paid", timeout=0)["id"] == "now"
+    with tiger.namespace(f"{ns}-other"):  # another namespace's record does not count
+        author.table("plans").insert({"id": "elsewhere", "status": "open"})
+    later = threading.Timer(0.2, lambda: author.table("plans").insert({"id": "later", "status": "open"}))
+    later.start()
+    try:
+        assert plans.wait_until(lambda r: r.get("status") == "open", timeout=10)["id"] == "later"
+    finally:
+        later.join()
+        author.drop_namespace(f"{ns}-other")
+
+
+def test_wait_until_times_out_naming_the_table_and_namespace(connect, ns):
+    plans = connect().table("plans")
+    started = time.monotonic()
+    message = f"no record of plans in namespace {ns!r} matched the predicate within 0.2s"
+    with pytest.raises(tiger.Timeout, match=re.escape(message)):
+        plans.wait_until(lambda r: False, timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "field"),
+    [
+        (lambda c: c.watch(tables="plans"), TypeError, "tables must be None or an iterable"),
+        (lambda c: c.watch(tables=[""]), ValueError, r"tables\[0\] must be 1 to 200 characters"),
+        (lambda c: c.watch(tables=["tiger.once"]), ValueError, r"tables\[0\]: table names starting with 'tiger.'"),
+        (lambda c: c.watch(namespace=3), TypeError, "namespace must be a str"),
+        (lambda c: c.watch(since="5"), TypeError, "since must be None or an int"),
+        (lambda c: c.watch(timeout=-1), ValueError, "timeout must be None or a non-negative number"),
+        (lambda c: c.watch(max_queued=0), ValueError, "max_queued must be a positive int"),
+        (lambda c: c.watch(max_queued=True), ValueError, "max_queued must be a positive int"),
+        (lambda c: c.table("plans").watch(timeout="1"), ValueError, "timeout must be None or a non-negative number"),
+        (lambda c: c.table("plans").wait_until("paid"), TypeError, "predicate must be callable, not str"),
+        (lambda c: c.table("plans").wait_until(bool, timeout=-1), ValueError, "timeout must be None or a non-negative"),
+    ],
+    ids=[
+        "tables-a-str",
+        "tables-an-empty-name",
+        "tables-tigers-own",
+        "namespace-not-a-str",
+        "since-not-an-int",
+        "timeout-negative",
+        "max-queued-zero",
+        "max-queued-a-bool",
+        "table-watch-timeout-a-str",
+        "predicate-not-callable",
+        "wait-until-timeout-negative",
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_field(client, call, error, field):
+    with pytest.raises(error, match=field):
+        call(client)
