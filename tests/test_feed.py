@@ -222,6 +222,17 @@ def test_a_collected_or_closed_feed_is_dropped_by_the_replica_at_its_next_change
     assert replica.feeds == []  # no cost left behind
 
 
+def test_a_feed_whose_replica_stopped_yields_what_it_queued_then_raises_why(pair):
+    writer, replica = pair
+    feed = watch(replica)
+    replica.published(*writer.insert({"id": "queued"}))
+    feed._sub.end(tiger.Unavailable, "<test feed> ended: the replica stopped")  # as Replica._end_feeds does
+    assert next(feed).id == "queued"
+    for _ in range(2):  # and on every read after
+        with pytest.raises(tiger.Unavailable, match="<test feed> ended: the replica stopped"):
+            next(feed)
+
+
 def test_since_yields_the_remembered_changes_then_the_live_ones(pair):
     writer, replica = pair
     for i in range(5):
