@@ -35,6 +35,22 @@ def connect(tiger_url: str) -> Iterator[Callable[..., tiger.Client]]:
 
 
 @pytest.fixture
+def connect_own() -> Iterator[Callable[[], tiger.Client]]:
+    """``connect_own()`` -> a fresh Client of a writer of this test's own, for tests that compare seqs: the
+    run's shared writer's seq moves with the other xdist worker's writes."""
+    clients: list[tiger.Client] = []
+    with tiger.serve() as server:
+
+        def _connect() -> tiger.Client:
+            clients.append(tiger.connect(server.url))
+            return clients[-1]
+
+        yield _connect
+        for client in clients:
+            client.close()
+
+
+@pytest.fixture
 def client(connect: Callable[..., tiger.Client]) -> tiger.Client:
     return connect()
 

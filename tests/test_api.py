@@ -14,7 +14,10 @@ def test_public_names_are_pinned():
         "AlreadyExists",
         "Batch",
         "BatchTable",
+        "Change",
         "Client",
+        "Feed",
+        "FeedOverflow",
         "FrozenList",
         "NotFound",
         "OnceFailed",
@@ -62,11 +65,13 @@ def test_error_hierarchy():
     assert issubclass(tiger.AlreadyExists, tiger.TigerError)
     assert issubclass(tiger.Unavailable, tiger.TigerError)
     assert issubclass(tiger.OnceFailed, tiger.TigerError)
+    assert issubclass(tiger.FeedOverflow, tiger.TigerError)
     # every public exception, present and future, is a TigerError
     errors = [getattr(tiger, n) for n in tiger.__all__ if isinstance(getattr(tiger, n), type)]
     errors = [e for e in errors if issubclass(e, BaseException)]
     assert sorted(e.__name__ for e in errors) == [
         "AlreadyExists",
+        "FeedOverflow",
         "NotFound",
         "OnceFailed",
         "TigerError",

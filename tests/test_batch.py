@@ -8,7 +8,7 @@ what the writer publishes). The rules of preparing a batch against a store are i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -17,19 +17,9 @@ from tiger import _table
 
 
 @pytest.fixture
-def connect() -> Iterator[Callable[..., tiger.Client]]:
-    """``connect()`` -> a fresh Client of a writer of this test's own: these tests compare seqs, which
-    the run's shared writer moves with the other xdist worker's writes."""
-    clients: list[tiger.Client] = []
-    with tiger.serve() as server:
-
-        def _connect() -> tiger.Client:
-            clients.append(tiger.connect(server.url))
-            return clients[-1]
-
-        yield _connect
-        for client in clients:
-            client.close()
+def connect(connect_own: Callable[[], tiger.Client]) -> Callable[[], tiger.Client]:
+    """A writer of the test's own: these tests compare seqs (see conftest's connect_own)."""
+    return connect_own
 
 
 def test_a_batch_of_mixed_writes_over_three_tables_and_two_namespaces_is_one_change(connect, ns):

@@ -17,11 +17,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tiger._errors import AlreadyExists, NotFound, OnceFailed, TigerError, Timeout, Unavailable
+from tiger._errors import AlreadyExists, FeedOverflow, NotFound, OnceFailed, TigerError, Timeout, Unavailable
 
 if TYPE_CHECKING:
     from tiger._batch import Batch, BatchTable, Pending
     from tiger._client import Client, Page, Table, connect, current_namespace, namespace
+    from tiger._feed import Change, Feed
     from tiger._server import Server, serve
     from tiger._table import FrozenList, Record, thaw
 
@@ -35,6 +36,8 @@ _LAZY = {
     "connect": "tiger._client",
     "current_namespace": "tiger._client",
     "namespace": "tiger._client",
+    "Change": "tiger._feed",
+    "Feed": "tiger._feed",
     "Server": "tiger._server",
     "serve": "tiger._server",
     "FrozenList": "tiger._table",
@@ -46,7 +49,10 @@ __all__ = [
     "AlreadyExists",
     "Batch",
     "BatchTable",
+    "Change",
     "Client",
+    "Feed",
+    "FeedOverflow",
     "FrozenList",
     "NotFound",
     "OnceFailed",

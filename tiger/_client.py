@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -20,7 +20,8 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import Batch
-from tiger._errors import AlreadyExists, NotFound, ProtocolError, TigerError, Unavailable
+from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable
+from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
@@ -89,6 +90,16 @@ def push_default_namespace(name: str) -> Callable[[], None]:
         _current = previous.get
 
     return restore
+
+
+class _CurrentNamespace:
+    """The default namespace of ``watch``: the current one at the call (None means every namespace)."""
+
+    def __repr__(self) -> str:
+        return "tiger.current_namespace()"
+
+
+CURRENT = _CurrentNamespace()
 
 
 @dataclass(frozen=True)
@@ -422,6 +433,43 @@ class Client(_Connection):
         naming the operation's index; an exception inside the block sends nothing. See ``tiger._batch``."""
         return Batch(self, _current)
 
+    def watch(
+        self,
+        tables: Iterable[str] | None = None,
+        namespace: str | _CurrentNamespace | None = CURRENT,
+        since: int | None = None,
+        *,
+        timeout: float | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> Feed:
+        """A feed of the changes the local replica applies from now on: ``for change in client.watch(): ...``
+        (or ``async for``); each is a ``tiger.Change`` (seq, op, table, namespace, id, record).
+
+        ``tables``: the names of the tables to follow (an iterable), or None for every table.
+        ``namespace``: the one to follow, by default the current namespace at this call; None for every
+        namespace. A clear that covers a followed table or namespace is included.
+        ``since``: a seq; the feed starts with the changes after it that the replica remembers (the last
+        1,024 seqs, 100,000 records at most, none before its last snapshot load): ``ValueError`` naming
+        the oldest seq it can start after when ``since`` is older.
+        ``timeout``: seconds a read waits for a change at most, then ``tiger.Timeout`` (None: no limit).
+        ``max_queued``: changes kept unread at most; one more and they are dropped and the next read raises
+        ``tiger.FeedOverflow``. The replica never waits for a feed.
+
+        See ``tiger.Feed`` for what a read raises, and ``tiger.Change`` for a ``"reset"``.
+        """
+        if self._closed:
+            raise TigerError("this client is closed")
+        names = check_tables(tables)
+        if isinstance(namespace, _CurrentNamespace):
+            namespace = _current()
+        elif namespace is not None:
+            check_name(namespace, "namespace")
+        since = check_since(since)
+        wait = check_timeout(timeout)
+        queued = check_max_queued(max_queued)
+        name = describe(names, namespace, since)
+        return Feed(self.replica.watch(names, namespace, since, queued, name), wait)
+
     def drop_namespace(self, namespace: str) -> None:
         """Remove every record of ``namespace`` in every table, in one command (a test's cleanup)."""
         check_name(namespace, "namespace")
@@ -700,6 +748,37 @@ class Table(_TableReads):
             found = self.get(id)
         return found  # type: ignore[no-any-return]
 
+    def watch(self, timeout: float | None = None, *, since: int | None = None, max_queued: int = DEFAULT_MAX_QUEUED) -> Feed:
+        """A feed of this table's changes in the current namespace (at this call): ``for change in
+        plans.watch(): ...``. ``client.watch(tables=[name])`` with the same arguments; see there."""
+        return self._client.watch([self.name], CURRENT, since, timeout=timeout, max_queued=max_queued)
+
+    def wait_until(self, predicate: Callable[[Record], bool], timeout: float | None = None) -> Record:
+        """The first record of the current namespace for which ``predicate(record)`` is true: one stored now
+        (in list order), else the first to be stored (by any process) within ``timeout`` seconds (None:
+        no limit); else ``tiger.Timeout``. ``predicate`` runs in this thread; what it raises is raised.
+        """
+        if not callable(predicate):
+            raise TypeError(f"predicate must be callable, not {type(predicate).__name__}")
+        wait = check_timeout(timeout)
+        ns = _current()
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            # the feed opens before the scan: a record stored meanwhile is in one or the other
+            with self._client.watch([self.name], ns) as feed:
+                for record in self._store.ordered(self.name, ns):
+                    if predicate(record):
+                        return record
+                try:
+                    found = _first_put(feed, predicate, deadline)
+                except FeedOverflow:
+                    continue  # fell behind (a slow predicate): scan again
+                except Timeout:  # past the deadline
+                    break
+                if found is not None:
+                    return found
+        raise Timeout(f"no record of {self.name} in namespace {ns!r} matched the predicate within {wait:g}s")
+
     # -- writes -----------------------------------------------------------------------
 
     def insert(self, record: Mapping[str, Any]) -> Record:
@@ -734,6 +813,17 @@ class Table(_TableReads):
     def clear_namespace(self, namespace: str) -> None:
         """Remove every record of this table in one namespace."""
         self._client._write(self._clear_request(check_name(namespace, "namespace")))
+
+
+def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float | None) -> Record | None:
+    """The record of the first "put" on ``feed`` matching ``predicate`` (``Timeout`` past ``deadline``); None
+    after a "reset" (changes may have been missed: the caller scans the table again)."""
+    while True:
+        change = feed._next(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if change.op == "reset":
+            return None
+        if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]
+            return change.record
 
 
 def connect(

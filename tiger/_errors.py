@@ -26,6 +26,11 @@ class Unavailable(TigerError):
     """The writer did not answer within the client's timeout."""
 
 
+class FeedOverflow(TigerError):
+    """A change feed fell more than its ``max_queued`` changes behind: the changes queued were dropped and
+    the feed yields no more. Open a new feed and re-read the table (reads are local)."""
+
+
 class OnceFailed(TigerError):
     """The factory of a ``once`` key failed (raised, or gave a value tiger cannot store); every caller
     of that key gets this, naming the key, the builder (``by``: worker and pid), the error's type and

@@ -35,7 +35,8 @@ import zmq
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
-from tiger._table import Change, Rows, Store
+from tiger._feed import History, Subscription, deliver, deliver_reset, subscribe
+from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
 
@@ -75,6 +76,8 @@ class Sequencer:
         self._held: dict[int, Change] = {}  # seq -> published change waiting for the gap before it
         self._announced = -1  # the highest seq a heartbeat of this epoch announced
         self._behind_since: float | None = None  # when a gap (or a heartbeat ahead) was first seen
+        self.history = History()  # the last changes applied, for feeds opened since a seq
+        self.feeds: list[Subscription] = []  # the open change feeds, each handed every change applied
 
     def reset(self, epoch: str, seq: int) -> None:
         """A snapshot of (epoch, seq) was loaded into the store."""
@@ -87,6 +90,9 @@ class Sequencer:
         self.epoch, self.seq, self._announced = epoch, seq, seq
         self._behind_since = None
         self.loading = False
+        self.history.restart()
+        if self.feeds:  # changes may have been skipped: every feed is told so, before the ones that follow
+            deliver_reset(self.feeds, seq)
         self._fill()
 
     def deposit(self, epoch: str, seq: int, change: Change) -> None:
@@ -106,7 +112,17 @@ class Sequencer:
         """The writer is at ``seq`` (current epoch): every change up to it was published or answered."""
         self._announced = max(self._announced, seq)
 
+    def watch(
+        self, tables: frozenset[str] | None, namespace: str | None, since: int | None, max_queued: int, name: str
+    ) -> Subscription:
+        """Open a change feed (see ``tiger._feed.subscribe``): fed every change applied from now on, after
+        the remembered ones since ``since`` (``ValueError`` if not remembered)."""
+        return subscribe(
+            self.feeds, self.history, self.seq, tables=tables, namespace=namespace, since=since, max_queued=max_queued, name=name
+        )
+
     def _fill(self) -> None:
+        recent = self.history.changes
         while True:
             nxt = self.seq + 1
             own = self._own.pop((self.epoch, nxt), None) if self._own else None  # type: ignore[arg-type]
@@ -115,6 +131,11 @@ class Sequencer:
                 break
             self.store.apply(change)
             self.seq += 1
+            recent.append(change)  # the history: O(1), and only a change of several records is weighed
+            if type(change) is not Put or len(change.records) != 1:
+                self.history.weigh(self.seq, change)
+            if self.feeds:  # the cost of feeds while none is open: this test
+                deliver(self.feeds, self.seq, change)
 
     def lost(self, now: float) -> str | None:
         """Why the store cannot catch up without a snapshot (None: it can, or a call in flight may fill the gap)."""
@@ -169,6 +190,7 @@ class Replica:
         # answers this DEALER gets when it asks for them again (see call_failed).
         self._req_ids = itertools.count(1)
         self._stopping = False  # set by stop() called on this thread (a dropped client's finalizer)
+        self._closed = False  # the client closed it (else a failure is the replica's own)
         self._term_context = False  # then this thread ends the context too, once its sockets are closed
         self._stop_url = f"inproc://tiger-replica-stop-{id(self)}"
         self._stop_rx = ctx.socket(zmq.PAIR)
@@ -193,7 +215,7 @@ class Replica:
         returns, and its waiters learn it then; nothing here may take ``changed``, which it may hold.
         """
         if self._thread is threading.current_thread():
-            self._stopping = True
+            self._stopping = self._closed = True
             return False
         if self._thread.is_alive():
             tx = self._ctx.socket(zmq.PAIR)
@@ -203,9 +225,11 @@ class Replica:
             tx.close(linger=0)
         if not self._thread.is_alive():  # else it still polls this socket: it closes it as it ends
             self._stop_rx.close(linger=0)
-        with self.changed:  # whoever waits on this replica (once, wait_for, sync) learns it is closed
+        with self.changed:  # whoever waits on this replica (once, wait_for, sync, a feed) learns it is closed
             if self.failure is None:
+                self._closed = True
                 self.failure = TigerError("the client was closed")
+            self._end_feeds()
             self.changed.notify_all()
         return True
 
@@ -265,6 +289,28 @@ class Replica:
         self.wait_until(
             lambda: self.epoch == epoch and self.seq >= seq, deadline, lambda: f"the local replica did not reach seq {seq}"
         )
+
+    def watch(
+        self, tables: frozenset[str] | None, namespace: str | None, since: int | None, max_queued: int, name: str
+    ) -> Subscription:
+        """Open a change feed on this replica (``Sequencer.watch``), atomically with respect to the changes applied."""
+        with self.changed:
+            if self.failure is not None:
+                raise self._stopped()
+            return self._seq.watch(tables, namespace, since, max_queued, name)
+
+    def _stopped(self) -> TigerError:
+        """What a wait on this replica raises once it has stopped (``failure`` set)."""
+        if self._closed:
+            return TigerError("the client was closed")
+        return Unavailable(f"the replica of {self._url} stopped: {self.failure}")
+
+    def _end_feeds(self) -> None:
+        """Holding ``changed``, once stopped: every open feed ends, its reader told why after what it queued."""
+        error = self._stopped()
+        for feed in self._seq.feeds:
+            feed.end(type(error), f"{feed.name} ended: {error}")
+        self._seq.feeds.clear()
 
     def wait_until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
         with self.changed:
@@ -367,6 +413,8 @@ class Replica:
             with self.changed:
                 if self._stopping and self.failure is None:
                     self.failure = TigerError("the client was closed")
+                if self.failure is not None:
+                    self._end_feeds()
                 self.changed.notify_all()
             sub.close(linger=0)
             dealer.close(linger=0)

@@ -1,0 +1,517 @@
+"""Change feeds: the changes a client's local replica applies, as a stream its code reads.
+
+for change in plans.watch(timeout=5.0):
+    if change.op == "put" and change.record["status"] == "paid":
+        break
+
+Theory of operation
+-------------------
+Rule 1: the replica never waits for a feed. Whoever applies a change (the replica thread, or a
+writing thread depositing its own change) holds the replica's lock and hands the change to every
+open feed (``deliver``): a filter check and an append to the feed's queue, O(1) per change per
+feed. A change that would take a queue past its ``max_queued`` drops the queue whole and marks the
+feed overflowed: its reader gets ``FeedOverflow`` instead of the rest (a consumer that fell behind
+must re-read the table anyway). A feed no one reads any more (closed, collected, overflowed,
+ended) is dropped from the replica at its next change.
+
+Rule 2: a feed sees the changes in the order the replica applies them, which is seq order, none
+twice, none skipped. One change of several records (``insert_many``, a ``client.batch()``) is one
+:class:`Change` per record or operation, all with its seq, in the order applied. A clear, a
+namespace clear and a namespace drop are one ``"clear"`` change each. tiger's own tables
+(``RESERVED_PREFIX``) never appear.
+
+Rule 3: a replica that reloads a snapshot (it missed changes, or the writer restarted) may have
+skipped any number of them: every open feed gets one ``"reset"`` change at the snapshot's seq,
+whatever its filter, then the changes after it.
+
+Rule 4: the :class:`History` remembers the last changes applied (at most 1,024 seqs and 100,000
+records) so that a feed can start after a seq it names (``since``). The history is read and the
+feed registered under the replica's lock, so that no change falls between them or comes twice.
+
+Rule 5: no zmq, no sockets. A blocking reader waits on its feed's Condition; an asyncio reader
+awaits a future that the applying thread resolves through ``loop.call_soon_threadsafe``: no thread
+per wait, and a cancelled wait consumes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING, Literal
+
+from tiger import _table as t
+from tiger._errors import FeedOverflow, TigerError, Timeout
+from tiger._table import RESERVED_PREFIX, Record, check_name
+
+if TYPE_CHECKING:
+    import asyncio
+
+Op = Literal["put", "delete", "clear", "reset"]
+DEFAULT_MAX_QUEUED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change a feed yields.
+
+    ``op``:
+      - ``"put"``: ``record`` (the frozen stored record) was stored under ``id`` in
+        ``table``/``namespace`` (an insert, create or update).
+      - ``"delete"``: ``id`` was removed from ``table``/``namespace``; ``record`` is None.
+      - ``"clear"``: every record went, ``id`` and ``record`` None: of one namespace of a table
+        (``clear_namespace``), of a whole table (``clear``: ``namespace`` None) or of one namespace in
+        every table (``drop_namespace``: ``table`` None).
+      - ``"reset"``: the replica reloaded a snapshot at ``seq`` (every other field None): changes
+        before it may never have been yielded. Re-read what you follow from the table (reads are
+        local), then go on reading the feed.
+
+    ``seq``: the writer's sequence number of the change; the changes of one write share it.
+    """
+
+    seq: int
+    op: Op
+    table: str | None
+    namespace: str | None
+    id: str | None
+    record: Record | None
+
+
+# -- from table changes to feed changes ------------------------------------------------
+
+
+def _where(part: t.Change) -> tuple[str | None, str | None]:
+    """(table, namespace) a change (not a Batch) touches; None: every table, or every namespace."""
+    if type(part) is t.Put or type(part) is t.Delete or type(part) is t.ClearNamespace:
+        return part.table, part.namespace
+    if type(part) is t.Clear:
+        return part.table, None
+    if type(part) is t.DropNamespace:
+        return None, part.namespace
+    raise TypeError(f"not a change of one table or namespace: {part!r}")
+
+
+def _changes(seq: int, part: t.Change) -> list[Change]:
+    """The feed changes of one table change (not a Batch), in the order it applies them."""
+    if type(part) is t.Put:
+        table, namespace, records = part.table, part.namespace, part.records
+        if len(records) == 1:  # the common case, without a comprehension's cost
+            return [Change(seq, "put", table, namespace, records[0]["id"], t.freeze(records[0]))]
+        return [Change(seq, "put", table, namespace, r["id"], t.freeze(r)) for r in records]
+    if type(part) is t.Delete:
+        return [Change(seq, "delete", part.table, part.namespace, part.id, None)]
+    where = _where(part)
+    return [Change(seq, "clear", where[0], where[1], None, None)]
+
+
+def _records(change: t.Change) -> int:
+    """How many records a change holds (the history's measure of its size)."""
+    if type(change) is t.Put:
+        return len(change.records)
+    if type(change) is t.Batch:
+        return sum(_records(part) for part in change.changes)
+    return 1 if type(change) is t.Delete else 0
+
+
+# -- one feed's queue ---------------------------------------------------------------------
+
+
+class Subscription:
+    """What the replica holds of one open feed: its filter and its queue.
+
+    ``offer``, ``reset`` and ``end`` are called by whoever applies changes, holding the replica's lock;
+    the reader takes changes with ``take`` holding ``cond`` (this feed's own lock: a reader never holds
+    the replica's). ``done`` (a plain attribute, read without a lock): no more changes are wanted.
+    """
+
+    __slots__ = (
+        "closed",
+        "cond",
+        "done",
+        "ended",
+        "max_queued",
+        "name",
+        "namespace",
+        "overflow",
+        "queue",
+        "sleepers",
+        "tables",
+        "waiters",
+    )
+
+    def __init__(self, tables: frozenset[str] | None, namespace: str | None, max_queued: int, name: str) -> None:
+        self.tables = tables  # None: every table
+        self.namespace = namespace  # None: every namespace
+        self.max_queued = max_queued
+        self.name = name  # how errors name the feed
+        self.queue: deque[Change] = deque()
+        self.cond = threading.Condition(threading.Lock())
+        self.sleepers = 0  # threads waiting on cond
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # asyncio readers waiting
+        self.overflow: str | None = None  # why the queue was dropped
+        self.ended: tuple[type[TigerError], str] | None = None  # the replica stopped: what to raise
+        self.closed = False
+        self.done = False
+
+    def wants(self, table: str | None, namespace: str | None) -> bool:
+        """Whether a change of ``table``/``namespace`` (None: all of them) passes this feed's filter."""
+        return (self.tables is None or table is None or table in self.tables) and (
+            self.namespace is None or namespace is None or namespace == self.namespace
+        )
+
+    def offer(self, changes: list[Change]) -> None:
+        """Queue changes (all of one seq), or drop the queue if they do not fit."""
+        with self.cond:
+            if self.done:
+                return
+            if len(self.queue) + len(changes) > self.max_queued:
+                self.overflow = (
+                    f"{self.name} overflowed at seq {changes[0].seq}: {len(self.queue)} changes were queued unread "
+                    f"(max_queued={self.max_queued}) and are dropped. Open a new feed and re-read the table "
+                    "(reads are local), or read faster (or open it with a larger max_queued)"
+                )
+                self.queue.clear()
+                self.done = True
+            else:
+                self.queue.extend(changes)
+            if self.sleepers or self.waiters:
+                self._wake()
+
+    def end(self, error: type[TigerError], message: str) -> None:
+        """The replica stopped: the reader gets ``error(message)`` once the queued changes are read."""
+        with self.cond:
+            if self.ended is None:
+                self.ended = (error, message)
+            self.done = True
+            self._wake()
+
+    def close(self) -> None:
+        """The reader is done: reads end the iteration from now on."""
+        with self.cond:
+            self.closed = self.done = True
+            self.queue.clear()
+            self._wake()
+
+    def abandon(self) -> None:
+        """Its Feed was collected: takes no lock (a collection may run on a thread holding it); the
+        replica drops it at its next change."""
+        self.closed = self.done = True
+
+    def take(self) -> Change | None:
+        """Holding ``cond``: the next change, or None while there is none yet. Raises ``_Closed`` once closed,
+        ``FeedOverflow`` once overflowed, the replica's error once it stopped and the queue is read."""
+        if self.closed:
+            raise _Closed
+        if self.queue:
+            return self.queue.popleft()
+        if self.overflow is not None:
+            raise FeedOverflow(self.overflow)
+        if self.ended is not None:
+            raise self.ended[0](self.ended[1])
+        return None
+
+    def _wake(self) -> None:
+        if self.sleepers:
+            self.cond.notify_all()
+        if self.waiters:
+            for loop, future in self.waiters:
+                try:
+                    loop.call_soon_threadsafe(_resolve, future)
+                except RuntimeError:  # its loop is closed: no one awaits it any more
+                    pass
+            self.waiters.clear()
+
+
+class _Closed(Exception):
+    """The feed was closed: the iteration ends (not StopIteration, which a coroutine may not raise)."""
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    """On the waiter's loop: wake it, unless it was cancelled (or timed out) meanwhile."""
+    if not future.done():
+        future.set_result(None)
+
+
+# -- the replica's side: delivery, reset, history ---------------------------------------------
+
+
+def deliver(subscriptions: list[Subscription], seq: int, change: t.Change) -> None:
+    """Hand one applied change to every open feed that wants it; drop the feeds that are done.
+
+    The caller holds the replica's lock and calls this in seq order. Each part of the change is
+    turned into feed changes once, for the first feed that wants it, and shared with the others.
+    """
+    stale = False
+    for part in change.changes if type(change) is t.Batch else (change,):
+        table, namespace = _where(part)
+        if table is not None and table.startswith(RESERVED_PREFIX):
+            continue
+        changes: list[Change] | None = None
+        for sub in subscriptions:
+            if sub.done:
+                stale = True
+            elif sub.wants(table, namespace):
+                if changes is None:
+                    changes = _changes(seq, part)
+                sub.offer(changes)
+    if stale:
+        subscriptions[:] = [sub for sub in subscriptions if not sub.done]
+
+
+def deliver_reset(subscriptions: list[Subscription], seq: int) -> None:
+    """The replica loaded a snapshot at ``seq``: one "reset" change for every open feed, filter or not."""
+    reset = [Change(seq, "reset", None, None, None, None)]
+    for sub in subscriptions:
+        sub.offer(reset)
+    subscriptions[:] = [sub for sub in subscriptions if not sub.done]
+
+
+class History:
+    """The last changes a replica applied, in seq order: at most ``MAX_SEQS`` changes and ``MAX_RECORDS``
+    records, whichever comes first; a snapshot load forgets them all.
+
+    The Sequencer appends each change it applies to ``changes`` itself (a deque that forgets its oldest
+    past ``MAX_SEQS``: the cheapest append there is) and calls ``weigh`` for each that is not a
+    one-record Put. The seqs are not stored: the changes are consecutive, the last at the replica's seq.
+    """
+
+    MAX_SEQS = 1024
+    MAX_RECORDS = 100_000
+
+    def __init__(self) -> None:
+        self.changes: deque[t.Change] = deque(maxlen=self.MAX_SEQS)
+        self._heavy: deque[tuple[int, int]] = deque()  # (seq, records) of the changes of several records kept
+        self._heavy_records = 0
+
+    def restart(self) -> None:
+        """A snapshot was loaded: remember from its seq on."""
+        self.changes.clear()
+        self._heavy.clear()
+        self._heavy_records = 0
+
+    def weigh(self, seq: int, change: t.Change) -> None:
+        """After appending ``change`` (at ``seq``): forget the oldest changes while the records kept are too many.
+
+        The changes of at most one record (not weighed) count one each, at most ``MAX_SEQS`` of them: the
+        heavy ones may hold the rest.
+        """
+        records = _records(change)
+        if records <= 1:
+            return
+        heavy, changes = self._heavy, self.changes
+        while heavy and heavy[0][0] <= seq - len(changes):  # fell off the deque meanwhile
+            self._heavy_records -= heavy.popleft()[1]
+        heavy.append((seq, records))
+        self._heavy_records += records
+        while self._heavy_records > self.MAX_RECORDS - self.MAX_SEQS:
+            oldest, records = heavy.popleft()
+            self._heavy_records -= records
+            for _ in range(oldest - (seq - len(changes))):  # forget it and every change before it
+                changes.popleft()
+
+    def since(self, since: int, seq: int) -> list[tuple[int, t.Change]]:
+        """The (seq, change) pairs after ``since``, for a replica at ``seq``; ``ValueError`` if some are forgotten."""
+        oldest = seq - len(self.changes)  # the oldest ``since`` this history can serve
+        if since < oldest:
+            raise ValueError(
+                f"since={since} is older than this replica remembers: the oldest seq a feed can start after is "
+                f"{oldest} (it remembers the last {self.MAX_SEQS} changes, {self.MAX_RECORDS} records at most, and "
+                "nothing before a snapshot load); open the feed without since and re-read the table"
+            )
+        if since > seq:
+            raise ValueError(f"since={since} is ahead of this replica, at seq {seq} (call client.sync() first)")
+        start = len(self.changes) - (seq - since)
+        return [(since + 1 + i, change) for i, change in enumerate(islice(self.changes, start, None))]
+
+
+def subscribe(
+    subscriptions: list[Subscription],
+    history: History,
+    seq: int,
+    *,
+    tables: frozenset[str] | None,
+    namespace: str | None,
+    since: int | None,
+    max_queued: int,
+    name: str,
+) -> Subscription:
+    """Open a feed on a replica at ``seq``: its queue starts with the remembered changes after ``since``.
+
+    The caller holds the replica's lock, so that no change is applied between reading the history
+    and registering the feed. ``ValueError`` if ``since`` is not remembered.
+    """
+    sub = Subscription(tables, namespace, max_queued, name)
+    if since is not None:
+        for at, change in history.since(since, seq):
+            deliver([sub], at, change)
+    if not sub.done:  # the remembered changes may have overflowed it already
+        subscriptions.append(sub)
+    return sub
+
+
+# -- the reader's side ----------------------------------------------------------------------
+
+
+class Feed:
+    """An open change feed: iterate it (``for``, or ``async for``) to get each :class:`Change`.
+
+    Made by ``Table.watch()`` or ``Client.watch()``. It yields every change the local replica applies
+    after it was opened (or after ``since``) that passes its filter, in seq order, until it is closed
+    (``close()``, or the end of a ``with`` block), which ends the iteration.
+
+    Raises, from the read that meets it:
+      - ``tiger.Timeout``: no change came within ``timeout`` seconds (None: wait as long as it takes);
+        the feed stays usable.
+      - ``tiger.FeedOverflow``: more than ``max_queued`` changes were waiting unread; they were dropped,
+        and so is every later change: open a new feed and re-read the table.
+      - ``tiger.TigerError``: the client was closed (``tiger.Unavailable``: its replica stopped), after
+        the changes queued before that.
+    A ``"reset"`` change says the replica reloaded a snapshot: see :class:`Change`.
+    """
+
+    __slots__ = ("_sub", "timeout")
+
+    def __init__(self, sub: Subscription, timeout: float | None = None) -> None:
+        self._sub = sub
+        self.timeout = timeout  # seconds a read waits for a change at most; None: no limit
+
+    def __repr__(self) -> str:
+        return self._sub.name
+
+    def __del__(self) -> None:
+        self._sub.abandon()
+
+    @property
+    def queued(self) -> int:
+        """How many changes wait to be read."""
+        return len(self._sub.queue)
+
+    def close(self) -> None:
+        """Stop the feed: the replica forgets it, reads (a waiting one too) end the iteration. Idempotent."""
+        self._sub.close()
+
+    def __enter__(self) -> Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Feed:
+        return self
+
+    def __next__(self) -> Change:
+        return self._next(self.timeout)
+
+    def _next(self, timeout: float | None) -> Change:
+        """The next change, waiting at most ``timeout`` seconds (None: no limit); ``StopIteration`` once closed."""
+        try:
+            return self._wait(timeout)
+        except _Closed:
+            raise StopIteration from None
+
+    def _wait(self, timeout: float | None) -> Change:
+        sub = self._sub
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with sub.cond:
+            while True:
+                change = sub.take()
+                if change is not None:
+                    return change
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Timeout(f"{sub.name} got no change within {timeout:g}s")
+                sub.sleepers += 1
+                try:
+                    sub.cond.wait(remaining)
+                finally:
+                    sub.sleepers -= 1
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> Change:
+        return await self._anext(self.timeout)
+
+    async def _anext(self, timeout: float | None) -> Change:
+        """``_next`` for an asyncio task (``StopAsyncIteration`` once closed): awaits a future the applying
+        thread resolves. Cancelling the awaiting task consumes nothing: the feed stays as it was."""
+        try:
+            return await self._await(timeout)
+        except _Closed:
+            raise StopAsyncIteration from None
+
+    async def _await(self, timeout: float | None) -> Change:
+        import asyncio  # here, not at the top: importing tiger stays cheap for blocking users
+
+        loop = asyncio.get_running_loop()
+        sub = self._sub
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with sub.cond:
+                change = sub.take()
+                if change is not None:
+                    return change
+                future: asyncio.Future[None] = loop.create_future()
+                sub.waiters.append((loop, future))
+            try:
+                if deadline is None:
+                    await future
+                else:
+                    await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise Timeout(f"{sub.name} got no change within {timeout:g}s") from None
+            finally:
+                with sub.cond:
+                    if (loop, future) in sub.waiters:
+                        sub.waiters.remove((loop, future))
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+
+def check_tables(tables: Iterable[str] | None) -> frozenset[str] | None:
+    """``tables`` of ``watch``: None (every table) or an iterable of table names, none of tiger's own."""
+    if tables is None:
+        return None
+    if isinstance(tables, str) or not isinstance(tables, Iterable):
+        raise TypeError(f"tables must be None or an iterable of table names (a list), not {type(tables).__name__}")
+    names = []
+    for i, name in enumerate(tables):
+        check_name(name, f"tables[{i}]")
+        if name.startswith(RESERVED_PREFIX):
+            raise ValueError(f"tables[{i}]: table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
+        names.append(name)
+    return frozenset(names)
+
+
+def check_timeout(value: object, what: str = "timeout") -> float | None:
+    """None (no limit) or a non-negative number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{what} must be None or a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_max_queued(value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"max_queued must be a positive int (changes), got {value!r}")
+    return value
+
+
+def check_since(value: object) -> int | None:
+    if value is not None and type(value) is not int:
+        raise TypeError(f"since must be None or an int (a seq), not {type(value).__name__}")
+    return value
+
+
+def describe(tables: frozenset[str] | None, namespace: str | None, since: int | None) -> str:
+    """How a feed names itself in errors: ``<tiger.Feed tables=['plans'] namespace='ns'>``."""
+    shown = "every table" if tables is None else f"tables={sorted(tables)!r}"
+    shown += " every namespace" if namespace is None else f" namespace={namespace!r}"
+    if since is not None:
+        shown += f" since={since}"
+    return f"<tiger.Feed {shown}>"
