@@ -19,18 +19,23 @@ effect's exception thrown in at that ``yield``:
     TearDown(key, teardown, namespace)  -> what the teardown raised, or None (never thrown in)
     Sync(timeout)                       -> None once the replica holds every write answered before
 
-The driver here, ``value`` and ``tear_down``, performs them with the blocking ``Client``: another
-driver (an asyncio one) needs only to perform the same effects its own way.
+Two drivers run these generators and differ only in how they perform an effect: ``value`` and
+``tear_down`` block (the blocking ``Client``); ``value_async`` and ``tear_down_async`` await
+(``tiger.aio``, through the ``AsyncOnceClient`` protocol: no thread per call).
 
 Rule 1: every decision lives in the generators; a driver performs effects and decides nothing.
 Rule 2: every exception a driver meets performing an effect goes into the generator at its
 ``yield``: the generator decides whether it releases the key, fails it for every caller, or passes.
 Rule 3: reading the replica (``once_record``) is local and never blocks: the generators do it.
-Rule 4: a build stopped from outside (``INTERRUPTIONS``) releases the key, best effort, and is
-raised again: another caller builds.
-Rule 5: one caller per (scope, key) of a ``Once`` at a time: a ``threading.Lock``. The writer hands a
-key back to the client that is building it, so this lock alone keeps two threads of one client from
-both building it.
+Rule 4: a build stopped from outside (``INTERRUPTIONS``; for the async driver also
+``asyncio.CancelledError``) releases the key, best effort, and is raised again: another caller builds.
+Rule 5: one caller per (scope, key) of a ``Once`` at a time: a ``threading.Lock`` in the blocking
+driver, an ``asyncio.Lock`` (per event loop) in the async one. The writer hands a key back to the
+client that is building it, so these locks alone keep two threads or tasks of one client from both
+building it. They do not exclude each other: a client uses one driver.
+Rule 6: a coroutine being closed (``GeneratorExit`` at an ``await``) may await nothing more: the
+async driver then finishes the generator performing nothing (each effect fails with a TigerError,
+so a release gives up) and the close goes on.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator
+import weakref
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
@@ -53,6 +59,8 @@ from tiger._errors import OnceFailed, TigerError, Timeout
 from tiger._table import ONCE_TABLE, Record, check_value
 
 if TYPE_CHECKING:
+    import asyncio
+
     from tiger._replica import Replica
 
 log = logging.getLogger("tiger.client")
@@ -62,7 +70,7 @@ INTERRUPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit,
 _SUPERSEDED = object()
 _T = TypeVar("_T")
 
-FactoryGenerator: TypeAlias = "Generator[Any, None, None]"  # its teardown is the rest after its yield
+FactoryGenerator: TypeAlias = "Generator[Any, None, None] | AsyncGenerator[Any, None]"  # its teardown is the rest after its yield
 
 
 # -- effects: what the logic asks its driver to do ---------------------------------------------
@@ -144,6 +152,20 @@ class BlockingOnceClient(OnceClient, Protocol):
     def sync(self, timeout: float) -> None: ...
 
 
+class AsyncOnceClient(OnceClient, Protocol):
+    """The async driver's client (``tiger.aio``'s): the same, awaited, never blocking the event loop.
+
+    ``_write(request)``: the writer's ``p.Ok``, its change in the replica (read-your-writes); raises
+    what ``Client._write`` raises. ``_until(predicate, deadline, what)``: returns once ``predicate()``
+    holds for the replica; raises ``Timeout(what())`` past ``deadline`` (``time.monotonic()`` seconds,
+    may be ``math.inf``), ``Unavailable`` if the replica stopped. ``sync(timeout)``: ``Client.sync``.
+    """
+
+    async def _write(self, request: p.Request) -> p.Ok: ...
+    async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None: ...
+    async def sync(self, timeout: float) -> None: ...
+
+
 # -- one client's once keys -----------------------------------------------------------------------
 
 
@@ -153,6 +175,9 @@ class Once:
     def __init__(self) -> None:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
         self._teardowns: dict[tuple[str, str], tuple[FactoryGenerator, bool]] = {}
@@ -170,7 +195,25 @@ class Once:
         with self._locks_guard:
             lock = self._locks.setdefault((scope, key), threading.Lock())
         with lock:  # two threads of this process never both build one key
-            return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope))
+            return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
+
+    async def value_async(
+        self, client: AsyncOnceClient, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool
+    ) -> Any:
+        """``value`` for ``tiger.aio``: ``await once.value_async(client, key, scope, factory, wait, in_scope)``.
+
+        The same arguments (checked by the caller, as ``Client.once`` checks them), outcomes and errors;
+        ``factory`` may also be a coroutine function (its result awaited) or an async generator function
+        (its first yielded value is the value; the rest is its teardown, awaited by
+        ``tear_down_async``). Cancelling the call raises ``CancelledError``; a build it cancels releases
+        the key for another caller. Waits never block the event loop (``client._until``)."""
+        __tracebackhide__ = True
+        import asyncio  # here: the blocking client never imports asyncio
+
+        deadline = _deadline(wait)
+        interruptions = (*INTERRUPTIONS, asyncio.CancelledError)
+        async with self._async_lock(scope, key):  # two tasks of this loop never both build one key
+            return await _drive_async(client, self._value(client, key, scope, factory, wait, deadline, in_scope, interruptions))
 
     def tear_down(self, client: BlockingOnceClient, wait: float) -> list[tuple[str, BaseException]]:
         """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys.
@@ -179,11 +222,30 @@ class Once:
         the (key, error) of each teardown that raised; raises ``Unavailable`` if the replica stopped."""
         return _drive(client, self._tear_down(client, wait))
 
+    async def tear_down_async(self, client: AsyncOnceClient, wait: float) -> list[tuple[str, BaseException]]:
+        """``tear_down`` for ``tiger.aio``: ``await once.tear_down_async(client, wait)``; async generator
+        teardowns are awaited. A teardown that is cancelled counts as one that raised ``CancelledError``
+        (the others still run): the caller raises it again after, as ``Client.close`` raises the first
+        error it gets."""
+        return await _drive_async(client, self._tear_down(client, wait))
+
     def has_teardown(self, key: str, scope: str) -> bool:
         """Whether this client built ``key`` of ``scope`` with a generator factory whose teardown has not run yet."""
         return (scope, key) in self._teardowns
 
-    # -- the logic, free of I/O ----------------------------------------------------------
+    def _async_lock(self, scope: str, key: str) -> asyncio.Lock:
+        """The key's lock in the running event loop (an asyncio.Lock serves one loop), made on first use."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        with self._locks_guard:
+            locks = self._async_locks.setdefault(loop, {})
+            lock = locks.get((scope, key))
+            if lock is None:
+                lock = locks[scope, key] = asyncio.Lock()
+            return lock
+
+    # -- the logic, once for both drivers ----------------------------------------------------------
 
     def _value(
         self,
@@ -194,12 +256,13 @@ class Once:
         wait: float | None,
         deadline: float,
         in_scope: bool,
+        interruptions: tuple[type[BaseException], ...],
     ) -> Steps[Any]:
         __tracebackhide__ = True
         while True:
             claim: p.Ok = yield Write(p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope))
             if claim.result == "build":
-                built = yield from self._build(client, key, scope, factory, in_scope)
+                built = yield from self._build(client, key, scope, factory, in_scope, interruptions)
                 if built is not _SUPERSEDED:
                     return built
                 continue
@@ -220,6 +283,7 @@ class Once:
         scope: str,
         factory: Callable[[], Any],
         in_scope: bool,
+        interruptions: tuple[type[BaseException], ...],
     ) -> Steps[Any]:
         __tracebackhide__ = True
         if (scope, key) in self._built:  # built before, but the writer did not get the value: send it, build nothing
@@ -237,7 +301,7 @@ class Once:
                 if packed > MAX_ONCE_VALUE:
                     raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
                 self._built[scope, key] = value
-            except INTERRUPTIONS:  # Ctrl-C, SystemExit: let another caller build it
+            except interruptions:  # Ctrl-C, SystemExit, a cancelled task: another caller builds
                 yield from _release(client, key, scope)
                 raise
             except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
@@ -363,11 +427,70 @@ def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
             with _in_namespace(namespace):
                 return _first_value(factory())
         case TearDown(key, teardown, namespace):
+            if isinstance(teardown, AsyncGenerator):  # only the async driver builds these
+                return TypeError(f"the teardown of once {key!r} is an async generator: tear it down with tiger.aio")
             return _finish_generator(key, teardown, namespace)
         case Sync(timeout):
             client.sync(timeout)
             return None
     raise TypeError(f"not a once effect: {effect!r}")
+
+
+async def _drive_async(client: AsyncOnceClient, steps: Steps[_T]) -> _T:
+    """Run ``steps`` to its end, awaiting each effect with the async client; returns what it returns."""
+    __tracebackhide__ = True
+    outcome = _Outcome()
+    while (effect := outcome.resume(steps)) is not None:
+        try:
+            outcome.reply = await _perform_async(client, effect)
+        except GeneratorExit as closing:  # this coroutine is being closed: it may await nothing more (rule 6)
+            _abandon(steps, closing)
+            raise
+        except BaseException as e:
+            outcome.error = e
+    return outcome.reply  # type: ignore[no-any-return]
+
+
+async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
+    __tracebackhide__ = True
+    match effect:
+        case Write(request):
+            return await client._write(request)
+        case Until(predicate, deadline, what):
+            await client._until(predicate, deadline, what)
+            return None
+        case Build(factory, namespace):
+            with _in_namespace(namespace):
+                result = factory()
+                if inspect.isasyncgen(result):
+                    try:
+                        return await anext(result), result
+                    except StopAsyncIteration:
+                        raise ValueError(_NO_VALUE) from None
+                if inspect.isawaitable(result):
+                    return await result, None
+                return _first_value(result)
+        case TearDown(key, teardown, namespace):
+            if isinstance(teardown, AsyncGenerator):
+                return await _finish_async_generator(key, teardown, namespace)
+            return _finish_generator(key, teardown, namespace)
+        case Sync(timeout):
+            await client.sync(timeout)
+            return None
+    raise TypeError(f"not a once effect: {effect!r}")
+
+
+def _abandon(steps: Steps[Any], closing: BaseException) -> None:
+    """End ``steps`` performing nothing: ``closing`` goes in, and every effect it asks for after that
+    fails with a TigerError (a best-effort release gives up; the writer forgets the claim when this
+    client says goodbye or falls silent)."""
+    failure = closing
+    while True:
+        try:
+            steps.throw(failure)
+        except BaseException:
+            return
+        failure = TigerError("the once call was closed before it could do this")
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -401,6 +524,21 @@ def _finish_generator(key: str, generator: Generator[Any, None, None], scope: st
     except BaseException as e:
         return e
     generator.close()
+    return RuntimeError(f"the factory of once {key!r} yielded more than once")
+
+
+async def _finish_async_generator(key: str, generator: AsyncGenerator[Any, None], scope: str | None) -> BaseException | None:
+    """``_finish_generator`` for an async generator factory."""
+    try:
+        with _in_namespace(scope):
+            await anext(generator)
+    except StopAsyncIteration:
+        return None
+    except GeneratorExit:  # this coroutine is being closed (rule 6), not the teardown failing
+        raise
+    except BaseException as e:
+        return e
+    await generator.aclose()
     return RuntimeError(f"the factory of once {key!r} yielded more than once")
 
 
