@@ -1,6 +1,6 @@
 """Once's logic is written once, as generators of effects; two drivers run it. Here: the logic driven by
 hand with no I/O, the async driver (tiger.aio's) on an in-test client over a blocking Client and a real
-writer."""
+writer, and the blocking driver refusing the factories only the async one can run."""
 
 from __future__ import annotations
 
@@ -359,3 +359,31 @@ def test_a_call_closed_mid_build_ends_without_awaiting_anything(aconnect):
         await client._write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", None))
 
     asyncio.run(main())
+
+
+# -- the blocking driver refuses what only the async one can run --------------------------------
+
+
+async def _coroutine_function() -> int:
+    return 1
+
+
+async def _async_generator_function():
+    yield 1
+
+
+@pytest.mark.parametrize(
+    ("factory", "kind"),
+    [
+        (_coroutine_function, "a coroutine function"),
+        (_async_generator_function, "an async generator function"),
+        (lambda: _coroutine_function(), "it returned a coroutine"),
+    ],
+    ids=["coroutine-function", "async-generator-function", "returns-a-coroutine"],
+)
+def test_the_blocking_driver_refuses_an_async_factory_and_releases_the_key(client, factory, kind):
+    key = unique("refused")
+    with pytest.raises(TypeError, match=rf"^factory: \S+ is asynchronous \({kind}\); .* use tiger\.aio"):
+        client.once(key, factory)  # the coroutine it made is closed: no "never awaited" warning (an error here)
+    assert once_record(client, "global", key) is None
+    assert client.once(key, lambda: "built") == "built"  # the key was not failed: a caller builds it

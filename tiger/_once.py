@@ -189,8 +189,13 @@ class Once:
         to wait for another builder (None: no limit), ``in_scope`` whether the factory runs in ``scope``.
 
         Returns the key's value; raises ``OnceFailed`` (the key failed, here or elsewhere), ``Timeout``
-        (past ``wait``), what a write raised, an interruption of the build (the key released)."""
+        (past ``wait``), what a write raised, an interruption of the build (the key released), and
+        ``TypeError`` for a factory this blocking call cannot await (see ``value_async``)."""
         __tracebackhide__ = True
+        if inspect.iscoroutinefunction(factory):
+            raise _async_factory(factory, "a coroutine function")
+        if inspect.isasyncgenfunction(factory):
+            raise _async_factory(factory, "an async generator function")
         deadline = _deadline(wait)
         with self._locks_guard:
             lock = self._locks.setdefault((scope, key), threading.Lock())
@@ -289,6 +294,7 @@ class Once:
         if (scope, key) in self._built:  # built before, but the writer did not get the value: send it, build nothing
             value = self._built[scope, key]
         else:
+            given_up: tuple[type[BaseException], ...] = (*interruptions, _AsyncFactory)
             try:
                 value, teardown = yield Build(factory, scope if in_scope else None)
                 if teardown is not None:
@@ -301,7 +307,7 @@ class Once:
                 if packed > MAX_ONCE_VALUE:
                     raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
                 self._built[scope, key] = value
-            except interruptions:  # Ctrl-C, SystemExit, a cancelled task: another caller builds
+            except given_up:  # Ctrl-C, SystemExit, a factory this driver cannot run: another caller builds
                 yield from _release(client, key, scope)
                 raise
             except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
@@ -425,7 +431,12 @@ def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
             return None
         case Build(factory, namespace):
             with _in_namespace(namespace):
-                return _first_value(factory())
+                result = factory()
+                if inspect.isawaitable(result) or inspect.isasyncgen(result):
+                    if inspect.iscoroutine(result):
+                        result.close()  # never awaited, and no warning saying so
+                    raise _async_factory(factory, f"it returned a {type(result).__name__}")
+                return _first_value(result)
         case TearDown(key, teardown, namespace):
             if isinstance(teardown, AsyncGenerator):  # only the async driver builds these
                 return TypeError(f"the teardown of once {key!r} is an async generator: tear it down with tiger.aio")
@@ -494,6 +505,18 @@ def _abandon(steps: Steps[Any], closing: BaseException) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+class _AsyncFactory(TypeError):
+    """A factory the blocking driver cannot await: the caller's mistake, not the key's outcome."""
+
+
+def _async_factory(factory: Callable[[], Any], kind: str) -> _AsyncFactory:
+    name = getattr(factory, "__qualname__", None) or repr(factory)
+    return _AsyncFactory(
+        f"factory: {name} is asynchronous ({kind}); the blocking Client.once cannot await it: "
+        "use tiger.aio (await client.once(key, factory))"
+    )
 
 
 def _deadline(wait: float | None) -> float:
