@@ -331,6 +331,32 @@ def test_a_value_whose_delivery_failed_is_sent_again_without_rebuilding(connect)
     assert calls == [1]
 
 
+class CancelledAfterClaim(AsyncClient):
+    """Its first claim is applied at the writer, then the call is cancelled before the answer comes back."""
+
+    cancelled = False
+
+    async def _write(self, request: p.Request) -> p.Ok:
+        reply = await super()._write(request)
+        if type(request) is p.OnceClaim and not self.cancelled:
+            self.cancelled = True
+            raise asyncio.CancelledError
+        return reply
+
+
+def test_a_call_cancelled_as_its_claim_was_answered_releases_the_key(connect, aconnect):
+    client = CancelledAfterClaim(connect())
+    key = unique("cancelled-claim")
+
+    async def main() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await client.once(key, lambda: "never")
+        assert once_record(client, "global", key) is None  # not left "building" by a caller that has gone
+        assert await aconnect().once(key, lambda: "other") == "other"
+
+    asyncio.run(main())
+
+
 class _Suspend:
     """An awaitable that suspends its coroutine once, outside any event loop's knowledge."""
 

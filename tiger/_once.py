@@ -265,7 +265,11 @@ class Once:
     ) -> Steps[Any]:
         __tracebackhide__ = True
         while True:
-            claim: p.Ok = yield Write(p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope))
+            try:
+                claim: p.Ok = yield Write(p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope))
+            except interruptions:  # the claim may have been applied: give the key up if it is ours
+                yield from _release(client, key, scope)
+                raise
             if claim.result == "build":
                 built = yield from self._build(client, key, scope, factory, in_scope, interruptions)
                 if built is not _SUPERSEDED:
