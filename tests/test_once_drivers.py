@@ -101,7 +101,7 @@ def test_the_logic_needs_no_io_a_build_and_a_failure_driven_by_hand():
     store = t.Store()
     builder, later = InMemory(store, "c1"), InMemory(store, "c2")
     factory = lambda: 1  # noqa: E731
-    steps = Once()._value(builder, "k", "global", factory, None, math.inf, False, INTERRUPTIONS)  # type: ignore[arg-type]
+    steps = Once()._value(builder, "k", "global", factory, None, math.inf, False, INTERRUPTIONS)
     claim = next(steps)
     assert type(claim) is Write and type(claim.request) is p.OnceClaim
     assert steps.send(builder.answer(claim.request)) == Build(factory, None)  # the driver runs it, not the logic
@@ -110,13 +110,13 @@ def test_the_logic_needs_no_io_a_build_and_a_failure_driven_by_hand():
     with pytest.raises(StopIteration) as done:
         steps.send(builder.answer(finish.request))
     assert done.value.value == {"v": 1}
-    steps = Once()._value(later, "k", "global", lambda: 2, None, math.inf, False, INTERRUPTIONS)  # type: ignore[arg-type]
+    steps = Once()._value(later, "k", "global", lambda: 2, None, math.inf, False, INTERRUPTIONS)
     with pytest.raises(StopIteration) as done:  # done already: no Build asked for
-        steps.send(later.answer(next(steps).request))  # type: ignore[union-attr]
+        steps.send(later.answer(next(steps).request))
     assert done.value.value == {"v": 1}
 
-    steps = Once()._value(builder, "f", "global", lambda: 1, None, math.inf, False, INTERRUPTIONS)  # type: ignore[arg-type]
-    steps.send(builder.answer(next(steps).request))  # type: ignore[union-attr]
+    steps = Once()._value(builder, "f", "global", lambda: 1, None, math.inf, False, INTERRUPTIONS)
+    steps.send(builder.answer(next(steps).request))
     failure = steps.throw(KeyError("no such fixture"))  # what the factory raised, at the Build
     assert type(failure) is Write and failure.request.outcome == "error"
     with pytest.raises(tiger.OnceFailed, match="KeyError") as failed:
@@ -265,7 +265,7 @@ def test_cancelling_the_build_releases_the_key_for_another_caller(aconnect, conn
     assert connect().once(key, lambda: "third") == "other"
 
 
-def test_an_async_waiter_lets_the_loop_run_while_another_process_builds(aconnect, connect):
+def test_an_async_waiter_lets_the_loop_run_while_another_client_builds(aconnect, connect):
     builder, waiter = connect(), aconnect()
     key = unique("slow")
     release = threading.Event()
@@ -289,7 +289,7 @@ def test_an_async_waiter_lets_the_loop_run_while_another_process_builds(aconnect
                     await asyncio.sleep(0.001)
 
             ticking = asyncio.create_task(tick())
-            assert await waiter.once(key, lambda: "other") == "slow"
+            assert await waiter.once(key, lambda: "other", timeout=10) == "slow"  # a blocked loop: Timeout
             ticking.cancel()
             return ticks
 
