@@ -3,10 +3,39 @@
 A key's record (table ``tiger.once``, in the key's namespace) is decided at the writer (the
 ``prepare_once_*`` rules in ``_table``): a client claims the key and builds, or waits on its
 replica until the record moves (built, failed, released, claimed anew). ``Once`` is one
-client's side of it: the locks that keep two threads of the process from building one key,
+client's side of it: the locks that keep two callers of the process from building one key,
 the values built whose delivery failed, and the teardowns of generator factories it still
 has to run. It holds no reference to its client (the client owns it): each call is handed the
 client whose writes and replica it uses.
+
+Theory of operation (sans-IO, h11's shape): the logic of a call is written once, as a generator
+(``Once._value``, ``Once._tear_down``) that does no I/O and never blocks. It yields an *effect*, a
+frozen description of what it needs done, and is resumed with the effect's result, or has the
+effect's exception thrown in at that ``yield``:
+
+    Write(request)                      -> the writer's ``p.Ok``, its change in the replica
+    Until(predicate, deadline, what)    -> None once ``predicate()`` holds; Timeout, Unavailable thrown in
+    Build(factory, namespace)           -> (value, teardown or None); what the factory raised thrown in
+    TearDown(key, teardown, namespace)  -> what the teardown raised, or None (never thrown in)
+    Sync(timeout)                       -> None once the replica holds every write answered before
+
+Two drivers run these generators and differ only in how they perform an effect: ``value`` and
+``tear_down`` block (the blocking ``Client``); ``value_async`` and ``tear_down_async`` await
+(``tiger.aio``, through the ``AsyncOnceClient`` protocol: no thread per call).
+
+Rule 1: every decision lives in the generators; a driver performs effects and decides nothing.
+Rule 2: every exception a driver meets performing an effect goes into the generator at its
+``yield``: the generator decides whether it releases the key, fails it for every caller, or passes.
+Rule 3: reading the replica (``once_record``) is local and never blocks: the generators do it.
+Rule 4: a build stopped from outside (``INTERRUPTIONS``; for the async driver also
+``asyncio.CancelledError``) releases the key, best effort, and is raised again: another caller builds.
+Rule 5: one caller per (scope, key) of a ``Once`` at a time: a ``threading.Lock`` in the blocking
+driver, an ``asyncio.Lock`` (per event loop) in the async one. The writer hands a key back to the
+client that is building it, so these locks alone keep two threads or tasks of one client from both
+building it. They do not exclude each other: a client uses one driver.
+Rule 6: a coroutine being closed (``GeneratorExit`` at an ``await``) may await nothing more: the
+async driver then finishes the generator performing nothing (each effect fails with a TigerError,
+so a release gives up) and the close goes on.
 """
 
 from __future__ import annotations
@@ -19,22 +48,125 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Generator
+import weakref
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._errors import OnceFailed, TigerError, Timeout
 from tiger._table import ONCE_TABLE, Record, check_value
 
 if TYPE_CHECKING:
-    from tiger._client import Client
+    import asyncio
+
+    from tiger._replica import Replica
 
 log = logging.getLogger("tiger.client")
 
 MAX_ONCE_VALUE = p.MAX_RECORD - 4096  # the value travels in a record with the key's bookkeeping
-INTERRUPTIONS = (KeyboardInterrupt, SystemExit, GeneratorExit)  # a build stopped from outside: another caller builds
+INTERRUPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)  # a build stopped from outside
 _SUPERSEDED = object()
+_T = TypeVar("_T")
+
+FactoryGenerator: TypeAlias = "Generator[Any, None, None] | AsyncGenerator[Any, None]"  # its teardown is the rest after its yield
+
+
+# -- effects: what the logic asks its driver to do ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Send ``request`` to the writer. Result: its ``p.Ok`` answer, the change already in the replica
+    (read-your-writes). Thrown in: what the write raised (``Unavailable``, ``ValueError``, ...)."""
+
+    request: p.Request
+
+
+@dataclass(frozen=True, slots=True)
+class Until:
+    """Wait on the replica until ``predicate()`` holds. Result: None. Thrown in: ``Timeout(what())``
+    past ``deadline`` (``time.monotonic()`` seconds, may be ``math.inf``), ``Unavailable`` if the
+    replica stopped."""
+
+    predicate: Callable[[], bool]
+    deadline: float
+    what: Callable[[], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """Run ``factory()`` in ``namespace`` (None: the caller's). Result: (value, teardown or None), the
+    teardown being a generator factory's generator, after its first (value's) yield. Thrown in: what
+    the factory raised; ``ValueError`` for a generator that yielded nothing."""
+
+    factory: Callable[[], Any]
+    namespace: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TearDown:
+    """Run the rest of a generator factory after its yield, in ``namespace`` (None: the caller's).
+    Result: what it raised (a ``RuntimeError`` if it yielded again), None if it finished. Never thrown."""
+
+    key: str
+    teardown: FactoryGenerator
+    namespace: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Bring the replica up to every write the writer answered before now, within ``timeout`` seconds.
+    Result: None. Thrown in: ``Timeout``, ``Unavailable``."""
+
+    timeout: float
+
+
+Effect: TypeAlias = "Write | Until | Build | TearDown | Sync"
+Steps: TypeAlias = "Generator[Effect, Any, _T]"  # the logic of one call: effects out, their results in
+
+
+# -- what the drivers need of their client --------------------------------------------------------
+
+
+class OnceClient(Protocol):
+    """What the once logic reads of its client, whichever driver runs it."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def label(self) -> str: ...  # names this process in a failure: "gw0 1234"
+    @property
+    def _req_ids(self) -> Iterator[int]: ...
+    @property
+    def replica(self) -> Replica: ...
+    @property
+    def heartbeat_timeout(self) -> float: ...  # seconds: a writer silent this long is taken for gone
+
+
+class BlockingOnceClient(OnceClient, Protocol):
+    """The blocking driver's client (``tiger.Client``); it waits with ``replica.wait_until``."""
+
+    def _write(self, request: p.Request) -> p.Ok: ...
+    def sync(self, timeout: float) -> None: ...
+
+
+class AsyncOnceClient(OnceClient, Protocol):
+    """The async driver's client (``tiger.aio``'s): the same, awaited, never blocking the event loop.
+
+    ``_write(request)``: the writer's ``p.Ok``, its change in the replica (read-your-writes); raises
+    what ``Client._write`` raises. ``_until(predicate, deadline, what)``: returns once ``predicate()``
+    holds for the replica; raises ``Timeout(what())`` past ``deadline`` (``time.monotonic()`` seconds,
+    may be ``math.inf``), ``Unavailable`` if the replica stopped. ``sync(timeout)``: ``Client.sync``.
+    """
+
+    async def _write(self, request: p.Request) -> p.Ok: ...
+    async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None: ...
+    async def sync(self, timeout: float) -> None: ...
+
+
+# -- one client's once keys -----------------------------------------------------------------------
 
 
 class Once:
@@ -43,75 +175,134 @@ class Once:
     def __init__(self) -> None:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
-        self._teardowns: dict[tuple[str, str], tuple[Generator[Any, None, None], bool]] = {}
+        self._teardowns: dict[tuple[str, str], tuple[FactoryGenerator, bool]] = {}
 
-    def value(self, client: Client, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool) -> Any:
+    def value(
+        self, client: BlockingOnceClient, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool
+    ) -> Any:
         """``Client.once`` with its arguments checked: ``scope`` the key's namespace, ``wait`` the seconds
-        to wait for another builder (None: no limit), ``in_scope`` whether the factory runs in ``scope``."""
+        to wait for another builder (None: no limit), ``in_scope`` whether the factory runs in ``scope``.
+
+        Returns the key's value; raises ``OnceFailed`` (the key failed, here or elsewhere), ``Timeout``
+        (past ``wait``), what a write raised, an interruption of the build (the key released), and
+        ``TypeError`` for a factory this blocking call cannot await (see ``value_async``)."""
         __tracebackhide__ = True
-        deadline = math.inf if wait is None else time.monotonic() + wait
+        if inspect.iscoroutinefunction(factory):
+            raise _async_factory(factory, "a coroutine function")
+        if inspect.isasyncgenfunction(factory):
+            raise _async_factory(factory, "an async generator function")
+        deadline = _deadline(wait)
         with self._locks_guard:
             lock = self._locks.setdefault((scope, key), threading.Lock())
         with lock:  # two threads of this process never both build one key
-            while True:
-                claim = client._write(p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope))
-                if claim.result == "build":
-                    built = self._build(client, key, scope, factory, in_scope)
-                    if built is not _SUPERSEDED:
-                        return built
-                    continue
-                record = once_record(client, scope, key)
-                if record is not None and record["state"] != "building":
-                    return _once_value(record)
-                owner = None if record is None else record["owner"]
-                client.replica.wait_until(
-                    lambda owner=owner: _once_moved(once_record(client, scope, key), owner),  # type: ignore[misc]
-                    deadline,
-                    lambda: f"once {key!r} was not built by another process within {wait:g}s",
-                )
+            return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
 
-    def tear_down(self, client: Client, wait: float) -> list[tuple[str, BaseException]]:
-        """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys."""
-        errors: list[tuple[str, BaseException]] = []
-        deadline = time.monotonic() + wait
-        if wait > 0 and self._teardowns:
-            with contextlib.suppress(TigerError):
-                client.sync(timeout=wait)  # every holder the writer knows of is in this replica
-        while self._teardowns:
-            (scope, key), (generator, in_scope) = self._teardowns.popitem()
-            if wait > 0 and client.replica.silent_for() <= client.heartbeat_timeout:
-                try:
-                    client.replica.wait_until(
-                        lambda scope=scope, key=key: not _held(once_record(client, scope, key)),  # type: ignore[misc]
-                        deadline,
-                        lambda: "",
-                    )
-                except Timeout:
-                    holders = _held(once_record(client, scope, key))
-                    log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
-            error = _finish_generator(key, generator, scope if in_scope else None)
-            if error is not None:  # reported, and the other teardowns still run
-                errors.append((key, error))
-            with contextlib.suppress(TigerError):
-                client._write(p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope))
-        return errors
+    async def value_async(
+        self, client: AsyncOnceClient, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool
+    ) -> Any:
+        """``value`` for ``tiger.aio``: ``await once.value_async(client, key, scope, factory, wait, in_scope)``.
+
+        The same arguments (checked by the caller, as ``Client.once`` checks them), outcomes and errors;
+        ``factory`` may also be a coroutine function (its result awaited) or an async generator function
+        (its first yielded value is the value; the rest is its teardown, awaited by
+        ``tear_down_async``). Cancelling the call raises ``CancelledError``; a build it cancels releases
+        the key for another caller. Waits never block the event loop (``client._until``)."""
+        __tracebackhide__ = True
+        import asyncio  # here: the blocking client never imports asyncio
+
+        deadline = _deadline(wait)
+        interruptions = (*INTERRUPTIONS, asyncio.CancelledError)
+        async with self._async_lock(scope, key):  # two tasks of this loop never both build one key
+            return await _drive_async(client, self._value(client, key, scope, factory, wait, deadline, in_scope, interruptions))
+
+    def tear_down(self, client: BlockingOnceClient, wait: float) -> list[tuple[str, BaseException]]:
+        """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys.
+
+        ``wait`` (seconds, for all keys together): first wait for the other holders of each value. Returns
+        the (key, error) of each teardown that raised; raises ``Unavailable`` if the replica stopped."""
+        return _drive(client, self._tear_down(client, wait))
+
+    async def tear_down_async(self, client: AsyncOnceClient, wait: float) -> list[tuple[str, BaseException]]:
+        """``tear_down`` for ``tiger.aio``: ``await once.tear_down_async(client, wait)``; async generator
+        teardowns are awaited. A teardown that is cancelled counts as one that raised ``CancelledError``
+        (the others still run): the caller raises it again after, as ``Client.close`` raises the first
+        error it gets."""
+        return await _drive_async(client, self._tear_down(client, wait))
 
     def has_teardown(self, key: str, scope: str) -> bool:
         """Whether this client built ``key`` of ``scope`` with a generator factory whose teardown has not run yet."""
         return (scope, key) in self._teardowns
 
-    def _build(self, client: Client, key: str, scope: str, factory: Callable[[], Any], in_scope: bool) -> Any:
+    def _async_lock(self, scope: str, key: str) -> asyncio.Lock:
+        """The key's lock in the running event loop (an asyncio.Lock serves one loop), made on first use."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        with self._locks_guard:
+            locks = self._async_locks.setdefault(loop, {})
+            lock = locks.get((scope, key))
+            if lock is None:
+                lock = locks[scope, key] = asyncio.Lock()
+            return lock
+
+    # -- the logic, once for both drivers ----------------------------------------------------------
+
+    def _value(
+        self,
+        client: OnceClient,
+        key: str,
+        scope: str,
+        factory: Callable[[], Any],
+        wait: float | None,
+        deadline: float,
+        in_scope: bool,
+        interruptions: tuple[type[BaseException], ...],
+    ) -> Steps[Any]:
+        __tracebackhide__ = True
+        while True:
+            try:
+                claim: p.Ok = yield Write(p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope))
+            except interruptions:  # the claim may have been applied: give the key up if it is ours
+                yield from _release(client, key, scope)
+                raise
+            if claim.result == "build":
+                built = yield from self._build(client, key, scope, factory, in_scope, interruptions)
+                if built is not _SUPERSEDED:
+                    return built
+                continue
+            record = once_record(client, scope, key)
+            if record is not None and record["state"] != "building":
+                return _once_value(record)
+            owner = None if record is None else record["owner"]
+            yield Until(
+                lambda owner=owner: _once_moved(once_record(client, scope, key), owner),  # type: ignore[misc]
+                deadline,
+                lambda: f"once {key!r} was not built by another process within {wait:g}s",
+            )
+
+    def _build(
+        self,
+        client: OnceClient,
+        key: str,
+        scope: str,
+        factory: Callable[[], Any],
+        in_scope: bool,
+        interruptions: tuple[type[BaseException], ...],
+    ) -> Steps[Any]:
         __tracebackhide__ = True
         if (scope, key) in self._built:  # built before, but the writer did not get the value: send it, build nothing
             value = self._built[scope, key]
         else:
+            given_up: tuple[type[BaseException], ...] = (*interruptions, _AsyncFactory)
             try:
-                with _in_namespace(scope if in_scope else None):
-                    value, generator = _run_factory(factory)
-                if generator is not None:
-                    self._teardowns[scope, key] = (generator, in_scope)
+                value, teardown = yield Build(factory, scope if in_scope else None)
+                if teardown is not None:
+                    self._teardowns[scope, key] = (teardown, in_scope)
                 check_value(value, "value")
                 try:
                     packed = len(p.pack(value))  # the writer's limit, checked before it is sent: a refusal is an outcome too
@@ -120,55 +311,224 @@ class Once:
                 if packed > MAX_ONCE_VALUE:
                     raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
                 self._built[scope, key] = value
-            except INTERRUPTIONS:  # Ctrl-C, SystemExit: let another caller build it
-                try:
-                    client._write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", None, scope))
-                except TigerError:
-                    pass
+            except given_up:  # Ctrl-C, SystemExit, a factory this driver cannot run: another caller builds
+                yield from _release(client, key, scope)
                 raise
             except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
-                self._tear_down_now(scope, key)  # what the factory set up before its value was refused
+                yield from self._tear_down_now(scope, key)  # what the factory set up before its value was refused
                 error = [type(e).__name__, str(e), client.label, _factory_frames(e)]
-                self._finish_or_release(client, key, scope, "error", error)
+                yield from self._finish_or_release(client, key, scope, "error", error)
                 raise OnceFailed(key, *error) from e
         outcome = "resource" if (scope, key) in self._teardowns else "value"
-        finish = self._finish_or_release(client, key, scope, outcome, value)
+        finish = yield from self._finish_or_release(client, key, scope, outcome, value)
         del self._built[scope, key]
         if finish.result != "stored":  # the writer gave the key to another caller meanwhile (we were silent too long)
-            self._tear_down_now(scope, key)  # our value is not the key's: nobody else will use it
+            yield from self._tear_down_now(scope, key)  # our value is not the key's: nobody else will use it
             return _SUPERSEDED
         record = once_record(client, scope, key)
         assert record is not None
         return _once_value(record)
 
-    def _tear_down_now(self, scope: str, key: str) -> None:
+    def _tear_down(self, client: OnceClient, wait: float) -> Steps[list[tuple[str, BaseException]]]:
+        errors: list[tuple[str, BaseException]] = []
+        deadline = time.monotonic() + wait
+        if wait > 0 and self._teardowns:
+            with contextlib.suppress(TigerError):
+                yield Sync(wait)  # every holder the writer knows of is in this replica
+        while self._teardowns:
+            (scope, key), (teardown, in_scope) = self._teardowns.popitem()
+            if wait > 0 and client.replica.silent_for() <= client.heartbeat_timeout:
+                try:
+                    yield Until(
+                        lambda scope=scope, key=key: not _held(once_record(client, scope, key)),  # type: ignore[misc]
+                        deadline,
+                        lambda: "",
+                    )
+                except Timeout:
+                    holders = _held(once_record(client, scope, key))
+                    log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
+            error = yield TearDown(key, teardown, scope if in_scope else None)
+            if error is not None:  # reported, and the other teardowns still run
+                errors.append((key, error))
+            with contextlib.suppress(TigerError):
+                yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope))
+        return errors
+
+    def _tear_down_now(self, scope: str, key: str) -> Steps[None]:
         entry = self._teardowns.pop((scope, key), None)
         if entry is not None:
-            error = _finish_generator(key, entry[0], scope if entry[1] else None)
+            error = yield TearDown(key, entry[0], scope if entry[1] else None)
             if error is not None:
                 log.warning("once %r: the teardown of a value that was not kept raised %r", key, error)
 
-    def _finish_or_release(self, client: Client, key: str, scope: str, outcome: str, payload: Any) -> p.Ok:
+    def _finish_or_release(self, client: OnceClient, key: str, scope: str, outcome: str, payload: Any) -> Steps[p.Ok]:
         """Deliver a build's outcome. If the writer refuses it (a value it will not store), that refusal
         is the key's outcome for every caller; if the delivery fails otherwise (the writer gone, an
         interruption), give the key up (best effort) so that no caller waits on it, and raise."""
         try:
-            return client._write(p.OnceFinish(next(client._req_ids), key, client.client_id, outcome, payload, scope))
+            finish: p.Ok = yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, outcome, payload, scope))
+            return finish
         except (ValueError, TypeError) as refusal:  # the writer's verdict on the value, not a lost delivery
             if outcome == "error":
                 raise
             error = [type(refusal).__name__, str(refusal), client.label, ""]
-            client._write(p.OnceFinish(next(client._req_ids), key, client.client_id, "error", error, scope))
+            yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "error", error, scope))
             raise OnceFailed(key, *error) from refusal
         except BaseException:
-            try:
-                client._write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", None, scope))
-            except TigerError:
-                pass  # the writer is gone: it forgets this claim when this client falls silent
+            yield from _release(client, key, scope)
             raise
 
 
-def once_record(client: Client, scope: str, key: str) -> Record | None:
+def _release(client: OnceClient, key: str, scope: str) -> Steps[None]:
+    """Give the key up, best effort: if the writer is gone, it forgets the claim when this client falls
+    silent. A client that does not hold the claim releases nothing."""
+    with contextlib.suppress(TigerError):
+        yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", None, scope))
+
+
+# -- the drivers ----------------------------------------------------------------------------------
+
+
+class _Outcome:
+    """What the effect a driver last performed gave, or raised: it goes into the logic next."""
+
+    __slots__ = ("error", "reply")
+
+    def __init__(self) -> None:
+        self.reply: Any = None
+        self.error: BaseException | None = None
+
+    def resume(self, steps: Steps[Any]) -> Effect | None:
+        """The next effect ``steps`` asks for, this outcome sent (or thrown) in; None once ``steps``
+        returned (``reply`` then holds what it returned). What ``steps`` raises goes through."""
+        __tracebackhide__ = True
+        reply, error = self.reply, self.error
+        self.reply = self.error = None
+        try:
+            return steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as done:
+            self.reply = done.value
+            return None
+        finally:
+            error = None  # a raised error leaves through this frame's traceback without it
+
+
+def _drive(client: BlockingOnceClient, steps: Steps[_T]) -> _T:
+    """Run ``steps`` to its end, performing each effect with the blocking client; returns what it returns."""
+    __tracebackhide__ = True
+    outcome = _Outcome()
+    while (effect := outcome.resume(steps)) is not None:
+        try:
+            outcome.reply = _perform(client, effect)
+        except BaseException as e:
+            outcome.error = e
+    return outcome.reply  # type: ignore[no-any-return]
+
+
+def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
+    __tracebackhide__ = True
+    match effect:
+        case Write(request):
+            return client._write(request)
+        case Until(predicate, deadline, what):
+            client.replica.wait_until(predicate, deadline, what)
+            return None
+        case Build(factory, namespace):
+            with _in_namespace(namespace):
+                result = factory()
+                if inspect.isawaitable(result) or inspect.isasyncgen(result):
+                    if inspect.iscoroutine(result):
+                        result.close()  # never awaited, and no warning saying so
+                    raise _async_factory(factory, f"it returned a {type(result).__name__}")
+                return _first_value(result)
+        case TearDown(key, teardown, namespace):
+            if isinstance(teardown, AsyncGenerator):  # only the async driver builds these
+                return TypeError(f"the teardown of once {key!r} is an async generator: tear it down with tiger.aio")
+            return _finish_generator(key, teardown, namespace)
+        case Sync(timeout):
+            client.sync(timeout)
+            return None
+    raise TypeError(f"not a once effect: {effect!r}")
+
+
+async def _drive_async(client: AsyncOnceClient, steps: Steps[_T]) -> _T:
+    """Run ``steps`` to its end, awaiting each effect with the async client; returns what it returns."""
+    __tracebackhide__ = True
+    outcome = _Outcome()
+    while (effect := outcome.resume(steps)) is not None:
+        try:
+            outcome.reply = await _perform_async(client, effect)
+        except GeneratorExit as closing:  # this coroutine is being closed: it may await nothing more (rule 6)
+            _abandon(steps, closing)
+            raise
+        except BaseException as e:
+            outcome.error = e
+    return outcome.reply  # type: ignore[no-any-return]
+
+
+async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
+    __tracebackhide__ = True
+    match effect:
+        case Write(request):
+            return await client._write(request)
+        case Until(predicate, deadline, what):
+            await client._until(predicate, deadline, what)
+            return None
+        case Build(factory, namespace):
+            with _in_namespace(namespace):
+                result = factory()
+                if inspect.isasyncgen(result):
+                    try:
+                        return await anext(result), result
+                    except StopAsyncIteration:
+                        raise ValueError(_NO_VALUE) from None
+                if inspect.isawaitable(result):
+                    return await result, None
+                return _first_value(result)
+        case TearDown(key, teardown, namespace):
+            if isinstance(teardown, AsyncGenerator):
+                return await _finish_async_generator(key, teardown, namespace)
+            return _finish_generator(key, teardown, namespace)
+        case Sync(timeout):
+            await client.sync(timeout)
+            return None
+    raise TypeError(f"not a once effect: {effect!r}")
+
+
+def _abandon(steps: Steps[Any], closing: BaseException) -> None:
+    """End ``steps`` performing nothing: ``closing`` goes in, and every effect it asks for after that
+    fails with a TigerError (a best-effort release gives up; the writer forgets the claim when this
+    client says goodbye or falls silent)."""
+    failure = closing
+    while True:
+        try:
+            steps.throw(failure)
+        except BaseException:
+            return
+        failure = TigerError("the once call was closed before it could do this")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+class _AsyncFactory(TypeError):
+    """A factory the blocking driver cannot await: the caller's mistake, not the key's outcome."""
+
+
+def _async_factory(factory: Callable[[], Any], kind: str) -> _AsyncFactory:
+    name = getattr(factory, "__qualname__", None) or repr(factory)
+    return _AsyncFactory(
+        f"factory: {name} is asynchronous ({kind}); the blocking Client.once cannot await it: "
+        "use tiger.aio (await client.once(key, factory))"
+    )
+
+
+def _deadline(wait: float | None) -> float:
+    """The ``time.monotonic()`` at which a wait of ``wait`` seconds (None: no limit) ends."""
+    return math.inf if wait is None else time.monotonic() + wait
+
+
+def once_record(client: OnceClient, scope: str, key: str) -> Record | None:
     """The record of once ``key`` of ``scope`` in the client's replica (None: never claimed, or released)."""
     return client.replica.store.get(ONCE_TABLE, scope, key)
 
@@ -194,16 +554,33 @@ def _finish_generator(key: str, generator: Generator[Any, None, None], scope: st
     return RuntimeError(f"the factory of once {key!r} yielded more than once")
 
 
-def _run_factory(factory: Callable[[], Any]) -> tuple[Any, Generator[Any, None, None] | None]:
-    """The factory's value, and its generator when it is a generator function (its teardown is the rest)."""
-    result = factory()
+async def _finish_async_generator(key: str, generator: AsyncGenerator[Any, None], scope: str | None) -> BaseException | None:
+    """``_finish_generator`` for an async generator factory."""
+    try:
+        with _in_namespace(scope):
+            await anext(generator)
+    except StopAsyncIteration:
+        return None
+    except GeneratorExit:  # this coroutine is being closed (rule 6), not the teardown failing
+        raise
+    except BaseException as e:
+        return e
+    await generator.aclose()
+    return RuntimeError(f"the factory of once {key!r} yielded more than once")
+
+
+_NO_VALUE = "the generator factory returned without yielding a value"
+
+
+def _first_value(result: Any) -> tuple[Any, Generator[Any, None, None] | None]:
+    """A factory's value, and its generator when it is a generator function (its teardown is the rest)."""
     if not inspect.isgenerator(result):
         return result, None
     generator: Generator[Any, None, None] = result  # type: ignore[assignment]
     try:
         return next(generator), generator
     except StopIteration:
-        raise ValueError("the generator factory returned without yielding a value") from None
+        raise ValueError(_NO_VALUE) from None
 
 
 _TIGER_DIR = os.path.dirname(os.path.abspath(__file__))

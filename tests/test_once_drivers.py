@@ -1,0 +1,415 @@
+"""Once's logic is written once, as generators of effects; two drivers run it. Here: the logic driven by
+hand with no I/O, the async driver (tiger.aio's) on an in-test client over a blocking Client and a real
+writer, and the blocking driver refusing the factories only the async one can run."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable, Generator
+from typing import Any
+
+import pytest
+
+import tiger
+from tiger import _protocol as p
+from tiger import _table as t
+from tiger._once import INTERRUPTIONS, Build, Once, Write, once_record
+
+
+def unique(name: str) -> str:
+    """A once key of this test's own (keys live at the writer for the whole run: a rerun must not find it)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+class AsyncClient:
+    """``AsyncOnceClient`` over a blocking ``tiger.Client``: test code only. Its writes block the event
+    loop for their round trip, after one suspension (the point is the driver's logic, not the transport); its waits poll the
+    replica in 10 ms slices and let the loop run between them. ``once``/``tear_down`` call the async
+    driver as ``tiger.aio``'s client would."""
+
+    def __init__(self, client: tiger.Client) -> None:
+        self.blocking = client
+        self.client_id = client.client_id
+        self.label = client.label
+        self._req_ids = client._req_ids
+        self.replica = client.replica
+        self.heartbeat_timeout = client.heartbeat_timeout
+        self.keys = Once()
+
+    async def _write(self, request: p.Request) -> p.Ok:
+        await asyncio.sleep(0)  # a write suspends its caller, as over a socket
+        return self.blocking._write(request)
+
+    async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
+        while True:
+            try:
+                self.replica.wait_until(predicate, min(deadline, time.monotonic() + 0.01), str)
+                return
+            except tiger.Timeout:
+                if time.monotonic() >= deadline:
+                    raise tiger.Timeout(what()) from None
+            await asyncio.sleep(0)
+
+    async def sync(self, timeout: float) -> None:
+        self.blocking.sync(timeout)
+
+    async def once(self, key: str, factory: Callable[[], Any], timeout: float | None = None, namespace: str | None = None) -> Any:
+        scope = "global" if namespace is None else namespace
+        return await self.keys.value_async(self, key, scope, factory, timeout, in_scope=namespace is not None)
+
+    async def tear_down(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
+        return await self.keys.tear_down_async(self, wait)
+
+
+@pytest.fixture
+def aconnect(connect: Callable[..., tiger.Client]) -> Callable[[], AsyncClient]:
+    """``aconnect()`` -> an AsyncClient on a fresh blocking Client (closed after the test)."""
+    return lambda: AsyncClient(connect())
+
+
+# -- the logic, with no I/O -------------------------------------------------------------------------
+
+
+class InMemory:
+    """A client and its writer in one object, no sockets: once requests answered by the ``_table`` rules."""
+
+    def __init__(self, store: t.Store, client_id: str) -> None:
+        self.client_id = client_id
+        self.label = f"test {client_id}"
+        self._req_ids = iter(range(1, 1000))
+        self.replica = types.SimpleNamespace(store=store)
+
+    def answer(self, request: p.Request) -> p.Ok:
+        store = self.replica.store
+        if type(request) is p.OnceClaim:
+            result, change = t.prepare_once_claim(store, request.key, request.client_id, request.by, live=set(), now=1)
+        else:
+            assert type(request) is p.OnceFinish and request.outcome in ("value", "error")
+            value, error = (None, request.payload) if request.outcome == "error" else (request.payload, None)
+            result, change = t.prepare_once_finish(store, request.key, request.client_id, value, error)
+        if change is not None:
+            store.apply(change)
+        return p.Ok(request.req_id, "epoch", 0, change, result)
+
+
+def test_the_logic_needs_no_io_a_build_and_a_failure_driven_by_hand():
+    store = t.Store()
+    builder, later = InMemory(store, "c1"), InMemory(store, "c2")
+    factory = lambda: 1  # noqa: E731
+    steps = Once()._value(builder, "k", "global", factory, None, math.inf, False, INTERRUPTIONS)
+    claim = next(steps)
+    assert type(claim) is Write and type(claim.request) is p.OnceClaim
+    assert steps.send(builder.answer(claim.request)) == Build(factory, None)  # the driver runs it, not the logic
+    finish = steps.send(({"v": 1}, None))
+    assert type(finish) is Write and (finish.request.outcome, finish.request.payload) == ("value", {"v": 1})
+    with pytest.raises(StopIteration) as done:
+        steps.send(builder.answer(finish.request))
+    assert done.value.value == {"v": 1}
+    steps = Once()._value(later, "k", "global", lambda: 2, None, math.inf, False, INTERRUPTIONS)
+    with pytest.raises(StopIteration) as done:  # done already: no Build asked for
+        steps.send(later.answer(next(steps).request))
+    assert done.value.value == {"v": 1}
+
+    steps = Once()._value(builder, "f", "global", lambda: 1, None, math.inf, False, INTERRUPTIONS)
+    steps.send(builder.answer(next(steps).request))
+    failure = steps.throw(KeyError("no such fixture"))  # what the factory raised, at the Build
+    assert type(failure) is Write and failure.request.outcome == "error"
+    with pytest.raises(tiger.OnceFailed, match="KeyError") as failed:
+        steps.send(builder.answer(failure.request))
+    assert isinstance(failed.value.__cause__, KeyError)
+    store.check()
+
+
+# -- the async driver -------------------------------------------------------------------------------
+
+
+def test_a_coroutine_factory_is_awaited_and_built_once_for_every_task_and_client(aconnect, connect):
+    first, other = aconnect(), aconnect()
+    key = unique("coroutine")
+    calls = []
+
+    async def build() -> dict[str, int]:
+        calls.append(1)  # the other client's claim makes it a holder: it is waiting, not building
+        await first._until(lambda: other.client_id in once_record(first, "global", key)["holders"], time.monotonic() + 10, str)
+        return {"n": len(calls)}
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(first.once(key, build), first.once(key, build), other.once(key, build))
+
+    assert asyncio.run(main()) == [{"n": 1}] * 3
+    assert calls == [1]
+    assert connect().once(key, lambda: "other") == {"n": 1}  # a blocking client gets the same
+
+
+def test_an_async_generator_factory_is_set_up_and_torn_down_in_the_keys_namespace(aconnect, ns):
+    client = aconnect()
+    key, scope = unique("agen"), unique("scope")
+    log: list[str] = []
+
+    async def start():
+        log.append(f"up in {tiger.current_namespace()}")
+        await asyncio.sleep(0)
+        yield {"port": 1234}
+        await asyncio.sleep(0)
+        log.append(f"down in {tiger.current_namespace()}")
+
+    async def main() -> None:
+        assert await client.once(key, start, namespace=scope) == {"port": 1234}
+        assert await client.once(key, start, namespace=scope) == {"port": 1234}
+        assert client.keys.has_teardown(key, scope)
+        assert log == [f"up in {scope}"] and tiger.current_namespace() == ns
+        assert await client.tear_down() == []
+        assert log == [f"up in {scope}", f"down in {scope}"]
+        assert not client.keys.has_teardown(key, scope)
+
+    asyncio.run(main())
+    assert once_record(client, scope, key) is None  # retired: a later caller builds anew
+
+
+def test_a_sync_generator_factory_runs_through_the_async_driver(aconnect, ns):
+    client = aconnect()
+    key = unique("gen")
+    log: list[str] = []
+
+    def start():
+        log.append(f"up in {tiger.current_namespace()}")
+        yield 7
+        log.append(f"down in {tiger.current_namespace()}")
+
+    async def main() -> list[tuple[str, BaseException]]:
+        assert await client.once(key, start) == 7
+        return await client.tear_down()
+
+    assert asyncio.run(main()) == []
+    assert log == [f"up in {ns}", f"down in {ns}"]  # no namespace given: the caller's
+
+
+def test_a_teardown_that_raises_or_yields_again_is_reported_and_the_others_still_run(aconnect):
+    client = aconnect()
+    log: list[str] = []
+
+    async def raises():
+        yield 1
+        raise RuntimeError("cannot stop the server")
+
+    async def yields_twice():
+        yield 2
+        yield 3
+
+    def fine():
+        yield 4
+        log.append("down")
+
+    keys = {"raises": unique("raises"), "twice": unique("twice"), "fine": unique("fine")}
+
+    async def main() -> list[tuple[str, BaseException]]:
+        for name, factory in (("raises", raises), ("twice", yields_twice), ("fine", fine)):
+            await client.once(keys[name], factory)
+        return await client.tear_down()
+
+    errors = dict(asyncio.run(main()))
+    assert log == ["down"]
+    assert sorted(errors) == sorted([keys["raises"], keys["twice"]])
+    assert str(errors[keys["raises"]]) == "cannot stop the server"
+    assert "yielded more than once" in str(errors[keys["twice"]])
+
+
+def test_a_failing_factory_fails_the_caller_and_every_later_one(aconnect, connect):
+    builder, later = aconnect(), aconnect()
+    key = unique("failing")
+
+    async def build() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("no such fixture")
+
+    async def never() -> int:
+        raise AssertionError("a failed key is not built again")
+
+    async def main() -> None:
+        with pytest.raises(tiger.OnceFailed, match=rf"once '{key}' failed in \S+ \S+: KeyError: 'no such fixture'") as e:
+            await builder.once(key, build)
+        assert isinstance(e.value.__cause__, KeyError) and "in build" in e.value.frames
+        with pytest.raises(tiger.OnceFailed, match="KeyError"):
+            await later.once(key, never)
+
+    asyncio.run(main())
+    with pytest.raises(tiger.OnceFailed, match="KeyError"):
+        connect().once(key, lambda: 1)
+
+
+def test_cancelling_the_build_releases_the_key_for_another_caller(aconnect, connect):
+    builder, other = aconnect(), aconnect()
+    key = unique("cancelled")
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def forever() -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        build = asyncio.create_task(builder.once(key, forever))
+        await started.wait()
+        build.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await build
+        assert once_record(builder, "global", key) is None  # released, in the builder's replica at once
+        assert await other.once(key, lambda: "other") == "other"
+
+    asyncio.run(main())
+    assert connect().once(key, lambda: "third") == "other"
+
+
+def test_an_async_waiter_lets_the_loop_run_while_another_client_builds(aconnect, connect):
+    builder, waiter = connect(), aconnect()
+    key = unique("slow")
+    release = threading.Event()
+    built: list[Any] = []
+    thread = threading.Thread(target=lambda: built.append(builder.once(key, lambda: release.wait(30) and "slow")))
+    thread.start()
+    try:
+
+        async def main() -> int:
+            await waiter._until(lambda: once_record(waiter, "global", key) is not None, time.monotonic() + 10, str)
+            with pytest.raises(tiger.Timeout, match=f"once '{key}' was not built by another process within 0.05s"):
+                await waiter.once(key, lambda: "other", timeout=0.05)
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    if ticks == 20:
+                        release.set()
+                    await asyncio.sleep(0.001)
+
+            ticking = asyncio.create_task(tick())
+            assert await waiter.once(key, lambda: "other", timeout=10) == "slow"  # a blocked loop: Timeout
+            ticking.cancel()
+            return ticks
+
+        assert asyncio.run(main()) >= 20
+    finally:
+        release.set()
+        thread.join(30)
+    assert built == ["slow"]
+
+
+class FailingDelivery(AsyncClient):
+    """Its first delivery of a value fails as if the writer had gone (Unavailable)."""
+
+    failed = False
+
+    async def _write(self, request: p.Request) -> p.Ok:
+        if type(request) is p.OnceFinish and request.outcome == "value" and not self.failed:
+            self.failed = True
+            raise tiger.Unavailable("the writer did not answer")
+        return await super()._write(request)
+
+
+def test_a_value_whose_delivery_failed_is_sent_again_without_rebuilding(connect):
+    client = FailingDelivery(connect())
+    key = unique("redelivered")
+    calls = []
+
+    async def build() -> int:
+        calls.append(1)
+        return 5
+
+    async def main() -> None:
+        with pytest.raises(tiger.Unavailable):
+            await client.once(key, build)
+        assert once_record(client, "global", key) is None  # released: nobody waits on it
+        assert await client.once(key, build) == 5
+
+    asyncio.run(main())
+    assert calls == [1]
+
+
+class CancelledAfterClaim(AsyncClient):
+    """Its first claim is applied at the writer, then the call is cancelled before the answer comes back."""
+
+    cancelled = False
+
+    async def _write(self, request: p.Request) -> p.Ok:
+        reply = await super()._write(request)
+        if type(request) is p.OnceClaim and not self.cancelled:
+            self.cancelled = True
+            raise asyncio.CancelledError
+        return reply
+
+
+def test_a_call_cancelled_as_its_claim_was_answered_releases_the_key(connect, aconnect):
+    client = CancelledAfterClaim(connect())
+    key = unique("cancelled-claim")
+
+    async def main() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await client.once(key, lambda: "never")
+        assert once_record(client, "global", key) is None  # not left "building" by a caller that has gone
+        assert await aconnect().once(key, lambda: "other") == "other"
+
+    asyncio.run(main())
+
+
+class _Suspend:
+    """An awaitable that suspends its coroutine once, outside any event loop's knowledge."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+def test_a_call_closed_mid_build_ends_without_awaiting_anything(aconnect):
+    client = aconnect()
+    key = unique("closed")
+
+    building: list[int] = []
+
+    async def build() -> int:
+        building.append(1)
+        await _Suspend()
+        return 1
+
+    async def main() -> None:
+        call = client.once(key, build)
+        while not building:  # the claim's write suspends too
+            call.send(None)
+        call.close()  # as when a pending task is garbage-collected: GeneratorExit at an await
+        record = once_record(client, "global", key)
+        assert (record["state"], record["owner"]) == ("building", client.client_id)  # its release gave up
+        await client._write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", None))
+
+    asyncio.run(main())
+
+
+# -- the blocking driver refuses what only the async one can run --------------------------------
+
+
+async def _coroutine_function() -> int:
+    return 1
+
+
+async def _async_generator_function():
+    yield 1
+
+
+@pytest.mark.parametrize(
+    ("factory", "kind"),
+    [
+        (_coroutine_function, "a coroutine function"),
+        (_async_generator_function, "an async generator function"),
+        (lambda: _coroutine_function(), "it returned a coroutine"),
+    ],
+    ids=["coroutine-function", "async-generator-function", "returns-a-coroutine"],
+)
+def test_the_blocking_driver_refuses_an_async_factory_and_releases_the_key(client, factory, kind):
+    key = unique("refused")
+    with pytest.raises(TypeError, match=rf"^factory: \S+ is asynchronous \({kind}\); .* use tiger\.aio"):
+        client.once(key, factory)  # the coroutine it made is closed: no "never awaited" warning (an error here)
+    assert once_record(client, "global", key) is None
+    assert client.once(key, lambda: "built") == "built"  # the key was not failed: a caller builds it
