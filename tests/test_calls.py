@@ -249,3 +249,18 @@ def test_any_sequence_of_calls_keeps_the_bounds_asks_each_once_after_its_deadlin
     calls.due(now + 3600 + TIMEOUT + 1)  # ...and, with no answer, forgotten
     assert not calls.in_flight
     calls.check()
+
+
+def test_lazy_pirate_attempts_wait_resend_every_interval_and_give_up_at_the_deadline():
+    from tiger._calls import GIVE_UP, RESEND, Attempts
+
+    attempts = Attempts(now=100.0, deadline=105.0, resend_every=1.0)
+    assert attempts.wait(100.0) == 1000  # ms until the first resend
+    assert attempts.wait(100.75) == 250
+    assert attempts.wait(101.0) == RESEND
+    assert attempts.wait(101.0) == 1000  # the next resend is an interval after this one
+    assert attempts.wait(104.5) == RESEND
+    assert attempts.wait(104.6) == 400  # the deadline comes before the next resend
+    assert attempts.wait(104.9999999) == 1  # never a zero (poll forever) or negative wait
+    assert attempts.wait(105.0) == GIVE_UP
+    assert attempts.wait(106.0) == GIVE_UP

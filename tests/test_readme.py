@@ -65,3 +65,27 @@ def test_readme_performance_figures_are_the_committed_results():
     assert _table_after(readme, "### read:") == _table_after(results, "### read:")
     machine = re.search(r"^Machine: (.*)$", results, re.M)
     assert machine is not None and machine.group(1) in readme
+
+
+def _block_after(heading: str) -> str:
+    """The first python block after ``heading``."""
+    text = README.read_text()
+    found = re.search(r"```python\n(.*?)```", text[text.index(heading) :], re.S)
+    assert found is not None, f"no python example after {heading!r}"
+    return found.group(1)
+
+
+def test_readme_asyncio_example_runs():
+    exec(compile(_block_after("## asyncio"), "README.md", "exec"), {"__name__": "readme"})
+
+
+def test_readme_feed_demo_runs_two_workers_one_awaiting_the_others_invoice(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("TIGER_URL", raising=False)
+    script = tmp_path / "feed_demo.py"
+    script.write_text(_block_after("`feed_demo.py`"))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"invoice in_[0-9a-f]{16} for 500\n", done.stdout)

@@ -17,6 +17,7 @@ block sends nothing.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
@@ -131,6 +132,18 @@ class Batch:
         return BatchTable(self, name, prefix)
 
     def __enter__(self) -> Batch:
+        return self._begin()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._end(exc_type):
+            try:
+                reply = self._client._write(self._request())
+            except BaseException as e:
+                self._state = _failed(e)
+                raise
+            self._settle(reply)
+
+    def _begin(self) -> Batch:
         if self._open or self._ops:
             raise TigerError("a batch is used for one with block")
         open_here = tuple(b for b in _open_batches.get() if b._open)  # (one ended in another context: closed)
@@ -143,7 +156,8 @@ class Batch:
         self._open = True
         return self
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def _end(self, exc_type: object) -> bool:
+        """The block ended (``exc_type``: what it raised, or None); True when the batch is to be sent."""
         self._open = False
         token, self._token = self._token, None
         if token is not None:
@@ -153,9 +167,8 @@ class Batch:
                 pass  # this batch stays listed, closed, and __enter__ skips closed ones
         if exc_type is not None:
             self._state = "the with block raised, so nothing of the batch was sent"
-            return
-        if self._ops:
-            self._send()
+            return False
+        return bool(self._ops)
 
     def _add(self, op: p.Insert | p.Update | p.Remove, kind: str) -> Pending:
         if not self._open:
@@ -181,16 +194,11 @@ class Batch:
         self._pending.append(pending)
         return pending
 
-    def _send(self) -> None:
-        client = self._client
-        try:
-            reply = client._write(p.BatchWrite(next(client._req_ids), self._ops, tuple(self._packed)))
-        except (Unavailable, Timeout):
-            self._state = "no answer came, so the batch may or may not have been applied (as for any write that raised so)"
-            raise
-        except BaseException:
-            self._state = "the batch was refused, so none of it was applied"
-            raise
+    def _request(self) -> p.BatchWrite:
+        return p.BatchWrite(next(self._client._req_ids), self._ops, tuple(self._packed))
+
+    def _settle(self, reply: p.Ok) -> None:
+        """The batch was applied: each operation's result from the answer."""
         change = reply.change
         parts: tuple[Put | Delete, ...] = change.changes if type(change) is BatchChange else ()
         for pending, where in zip(self._pending, reply.result, strict=True):
@@ -202,3 +210,30 @@ class Batch:
             else:
                 pending._result = part.records[0]
         self._state = "sent"
+
+
+def _failed(error: BaseException) -> str:
+    """What became of a batch whose sending raised ``error`` (a ``Pending`` without a result says it)."""
+    if isinstance(error, (Unavailable, Timeout, asyncio.CancelledError)):
+        return "no answer came, so the batch may or may not have been applied (as for any write that raised so)"
+    return "the batch was refused, so none of it was applied"
+
+
+class AsyncBatch(Batch):
+    """``async with client.batch() as b:`` of a ``tiger.aio.AsyncClient``: the same, sent when the block ends."""
+
+    def __enter__(self) -> Batch:
+        raise TypeError("the batch of a tiger.aio client is used with `async with client.batch() as b:`")
+
+    async def __aenter__(self) -> AsyncBatch:
+        self._begin()
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._end(exc_type):
+            try:
+                reply = await self._client._write(self._request())  # type: ignore[misc]
+            except BaseException as e:
+                self._state = _failed(e)
+                raise
+            self._settle(reply)

@@ -104,3 +104,29 @@ class PendingCalls:
         assert self.asking <= self._max_asking, f"{self.asking} calls asked again, more than {self._max_asking}"
         held = sum(len(b) for b, _ in self._to_ask.values())
         assert held <= self._max_asking_bytes, f"{held} bytes to ask again, more than {self._max_asking_bytes}"
+
+
+GIVE_UP = -1  # Attempts.wait: the deadline has passed
+RESEND = 0  # Attempts.wait: send the call again (on a fresh socket) now
+
+
+class Attempts:
+    """One call's Lazy Pirate schedule (the ZeroMQ guide, chapter 4, client-side reliability): wait for its
+    answer; with none within ``resend_every`` seconds, send the same bytes again on a fresh socket (the
+    writer answers a repeat with its first answer); at ``deadline``, give up (the socket is dropped with
+    what it still queued). Pure: the time (``time.monotonic()`` seconds) is passed in. Both clients, the
+    blocking and the asyncio one, move their bytes by it."""
+
+    def __init__(self, now: float, deadline: float, resend_every: float) -> None:
+        self.deadline = deadline
+        self._every = resend_every
+        self._resend_at = now + resend_every
+
+    def wait(self, now: float) -> int:
+        """Milliseconds to wait for the answer now (at least 1), or ``RESEND``, or ``GIVE_UP``."""
+        if now >= self.deadline:
+            return GIVE_UP
+        if now >= self._resend_at:
+            self._resend_at = now + self._every
+            return RESEND
+        return max(1, int((min(self.deadline, self._resend_at) - now) * 1000))

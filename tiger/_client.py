@@ -20,6 +20,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import Batch
+from tiger._calls import GIVE_UP, RESEND, Attempts
 from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
@@ -290,6 +291,43 @@ class _Connection:
         """Whether this client built once ``key`` with a generator factory whose teardown has not run yet."""
         return self._once.has_teardown(key, GLOBAL if namespace is None else namespace)
 
+    def watch(
+        self,
+        tables: Iterable[str] | None = None,
+        namespace: str | _CurrentNamespace | None = CURRENT,
+        since: int | None = None,
+        *,
+        timeout: float | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> Feed:
+        """A feed of the changes the local replica applies from now on: ``for change in client.watch(): ...``
+        (or ``async for``); each is a ``tiger.Change`` (seq, op, table, namespace, id, record).
+
+        ``tables``: the names of the tables to follow (an iterable), or None for every table.
+        ``namespace``: the one to follow, by default the current namespace at this call; None for every
+        namespace. A clear that covers a followed table or namespace is included.
+        ``since``: a seq; the feed starts with the changes after it that the replica remembers (the last
+        1,024 seqs, 100,000 records at most, none before its last snapshot load): ``ValueError`` naming
+        the oldest seq it can start after when ``since`` is older.
+        ``timeout``: seconds a read waits for a change at most, then ``tiger.Timeout`` (None: no limit).
+        ``max_queued``: changes kept unread at most; one more and they are dropped and the next read raises
+        ``tiger.FeedOverflow``. The replica never waits for a feed.
+
+        See ``tiger.Feed`` for what a read raises, and ``tiger.Change`` for a ``"reset"``.
+        """
+        if self._closed:
+            raise TigerError("this client is closed")
+        names = check_tables(tables)
+        if isinstance(namespace, _CurrentNamespace):
+            namespace = _current()
+        elif namespace is not None:
+            check_name(namespace, "namespace")
+        since = check_since(since)
+        wait = check_timeout(timeout)
+        queued = check_max_queued(max_queued)
+        name = describe(names, namespace, since)
+        return Feed(self.replica.watch(names, namespace, since, queued, name), wait)
+
     # -- calls ----------------------------------------------------------------------
 
     def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float]:
@@ -322,6 +360,16 @@ class _Connection:
                 f"the request is {len(payload)} bytes; a request may be at most {p.MAX_MESSAGE} bytes (store less per call)"
             )
         return payload, deadline
+
+    def _silence(self, wait: int) -> None:
+        """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
+        place of the old one (what it still queued goes with it); past the deadline, ``Unavailable``."""
+        self._fresh_socket()
+        if wait == GIVE_UP:
+            raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s")
+
+    def _fresh_socket(self) -> None:
+        raise NotImplementedError
 
     def _outcome(self, reply: p.Reply) -> p.Ok:
         """The Ok answer to a call, or the error its Failed answer names, raised."""
@@ -433,43 +481,6 @@ class Client(_Connection):
         naming the operation's index; an exception inside the block sends nothing. See ``tiger._batch``."""
         return Batch(self, _current)
 
-    def watch(
-        self,
-        tables: Iterable[str] | None = None,
-        namespace: str | _CurrentNamespace | None = CURRENT,
-        since: int | None = None,
-        *,
-        timeout: float | None = None,
-        max_queued: int = DEFAULT_MAX_QUEUED,
-    ) -> Feed:
-        """A feed of the changes the local replica applies from now on: ``for change in client.watch(): ...``
-        (or ``async for``); each is a ``tiger.Change`` (seq, op, table, namespace, id, record).
-
-        ``tables``: the names of the tables to follow (an iterable), or None for every table.
-        ``namespace``: the one to follow, by default the current namespace at this call; None for every
-        namespace. A clear that covers a followed table or namespace is included.
-        ``since``: a seq; the feed starts with the changes after it that the replica remembers (the last
-        1,024 seqs, 100,000 records at most, none before its last snapshot load): ``ValueError`` naming
-        the oldest seq it can start after when ``since`` is older.
-        ``timeout``: seconds a read waits for a change at most, then ``tiger.Timeout`` (None: no limit).
-        ``max_queued``: changes kept unread at most; one more and they are dropped and the next read raises
-        ``tiger.FeedOverflow``. The replica never waits for a feed.
-
-        See ``tiger.Feed`` for what a read raises, and ``tiger.Change`` for a ``"reset"``.
-        """
-        if self._closed:
-            raise TigerError("this client is closed")
-        names = check_tables(tables)
-        if isinstance(namespace, _CurrentNamespace):
-            namespace = _current()
-        elif namespace is not None:
-            check_name(namespace, "namespace")
-        since = check_since(since)
-        wait = check_timeout(timeout)
-        queued = check_max_queued(max_queued)
-        name = describe(names, namespace, since)
-        return Feed(self.replica.watch(names, namespace, since, queued, name), wait)
-
     def drop_namespace(self, namespace: str) -> None:
         """Remove every record of ``namespace`` in every table, in one command (a test's cleanup)."""
         check_name(namespace, "namespace")
@@ -543,7 +554,6 @@ class Client(_Connection):
         """
         payload, deadline = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
-        resend_every = min(1.0, self.timeout / 3)
         if own:
             self.replica.call_started()  # after the pid check: a forked child may have inherited the replica's lock held
         sent = answered = False
@@ -553,21 +563,18 @@ class Client(_Connection):
                     raise TigerError("this client is closed")
                 self._socket.send(payload)
                 sent = True
-                resend_at = time.monotonic() + resend_every
+                attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
                 while True:
-                    now = time.monotonic()
-                    if now >= deadline:
-                        self._fresh_socket()  # what the old socket still queued goes with it
-                        raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s")
-                    if now >= resend_at:
-                        self._fresh_socket()
+                    wait = attempts.wait(time.monotonic())
+                    if wait <= RESEND:
+                        self._silence(wait)
                         self._socket.send(payload)
-                        resend_at = now + resend_every
                         self.resends += 1
+                        continue
                     # poll, then receive: a poll interrupted by a signal goes on with what is left of its
                     # timeout, where a receive with RCVTIMEO starts its whole timeout again (pyzmq retries
                     # it), so a process taking signals more often than that would never time out
-                    if not self._socket.poll(max(1, int((min(deadline, resend_at) - now) * 1000)), zmq.POLLIN):
+                    if not self._socket.poll(wait, zmq.POLLIN):
                         continue
                     try:
                         data = self._socket.recv(zmq.NOBLOCK)
@@ -694,6 +701,30 @@ class _TableReads:
             lambda: f"{self.name} {id!r} did not appear in namespace {ns!r} within {timeout:g}s",
         )
 
+    def watch(self, timeout: float | None = None, *, since: int | None = None, max_queued: int = DEFAULT_MAX_QUEUED) -> Feed:
+        """A feed of this table's changes in the current namespace (at this call): ``for change in
+        plans.watch(): ...``. ``client.watch(tables=[name])`` with the same arguments; see there."""
+        return self._client.watch([self.name], CURRENT, since, timeout=timeout, max_queued=max_queued)
+
+    def _waiting_until(
+        self, predicate: Callable[[Record], bool], timeout: float | None
+    ) -> tuple[str, float | None, Callable[[], Timeout]]:
+        """``wait_until``'s namespace, deadline (None: none) and error past it; the arguments checked."""
+        if not callable(predicate):
+            raise TypeError(f"predicate must be callable, not {type(predicate).__name__}")
+        wait = check_timeout(timeout)
+        ns = _current()
+        deadline = None if wait is None else time.monotonic() + wait
+        message = f"no record of {self.name} in namespace {ns!r} matched the predicate within {wait or 0:g}s"
+        return ns, deadline, lambda: Timeout(message)
+
+    def _scan(self, namespace: str, predicate: Callable[[Record], bool]) -> Record | None:
+        """The first record of ``namespace`` stored now (list order) that ``predicate`` accepts."""
+        for record in self._store.ordered(self.name, namespace):
+            if predicate(record):
+                return record
+        return None
+
     # -- the request of each write ----------------------------------------------------
 
     def _insert_request(self, records: Sequence[Mapping[str, Any]], create: bool, *, single: bool) -> p.Insert:
@@ -748,36 +779,26 @@ class Table(_TableReads):
             found = self.get(id)
         return found  # type: ignore[no-any-return]
 
-    def watch(self, timeout: float | None = None, *, since: int | None = None, max_queued: int = DEFAULT_MAX_QUEUED) -> Feed:
-        """A feed of this table's changes in the current namespace (at this call): ``for change in
-        plans.watch(): ...``. ``client.watch(tables=[name])`` with the same arguments; see there."""
-        return self._client.watch([self.name], CURRENT, since, timeout=timeout, max_queued=max_queued)
-
     def wait_until(self, predicate: Callable[[Record], bool], timeout: float | None = None) -> Record:
         """The first record of the current namespace for which ``predicate(record)`` is true: one stored now
         (in list order), else the first to be stored (by any process) within ``timeout`` seconds (None:
         no limit); else ``tiger.Timeout``. ``predicate`` runs in this thread; what it raises is raised.
         """
-        if not callable(predicate):
-            raise TypeError(f"predicate must be callable, not {type(predicate).__name__}")
-        wait = check_timeout(timeout)
-        ns = _current()
-        deadline = None if wait is None else time.monotonic() + wait
+        ns, deadline, failed = self._waiting_until(predicate, timeout)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client.watch([self.name], ns) as feed:
-                for record in self._store.ordered(self.name, ns):
-                    if predicate(record):
-                        return record
+                found = self._scan(ns, predicate)
+                if found is not None:
+                    return found
                 try:
                     found = _first_put(feed, predicate, deadline)
                 except FeedOverflow:
                     continue  # fell behind (a slow predicate): scan again
                 except Timeout:  # past the deadline
-                    break
+                    raise failed() from None
                 if found is not None:
                     return found
-        raise Timeout(f"no record of {self.name} in namespace {ns!r} matched the predicate within {wait:g}s")
 
     # -- writes -----------------------------------------------------------------------
 
@@ -836,10 +857,16 @@ def connect(
     (writes raise ``tiger.Unavailable`` at once until it is back). ``server_key`` (default
     ``$TIGER_SERVER_KEY``) is the public key of a writer serving with CurveZMQ.
     """
+    url, server_key = _connect_arguments(url, server_key)
+    return Client(url, timeout, heartbeat_timeout, server_key)
+
+
+def _connect_arguments(url: str | None, server_key: str | None) -> tuple[str, str | None]:
+    """The URL and server key of ``connect``: from ``$TIGER_URL`` and ``$TIGER_SERVER_KEY`` when not given."""
     if url is None:
         url = os.environ.get("TIGER_URL") or None
         if url is None:
             raise ValueError("no tiger URL: pass connect(url=...) or set the TIGER_URL environment variable")
     if server_key is None:
         server_key = os.environ.get("TIGER_SERVER_KEY") or None
-    return Client(url, timeout, heartbeat_timeout, server_key)
+    return url, server_key

@@ -20,6 +20,7 @@ with a seq above the snapshot's.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import logging
@@ -153,6 +154,41 @@ class Sequencer:
         return f"heartbeat at seq {self._announced}, replica at {self.seq}"
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # (cancelled: its task stopped waiting)
+        future.set_result(None)
+
+
+class Changes(threading.Condition):
+    """The replica's lock and its signal that something changed (a change applied, the replica ready,
+    stopped or failed), for threads (``wait``) and asyncio tasks (``future``): ``notify_all`` wakes both.
+
+    A task never blocks on the lock for long (it is held only while a change is applied or a predicate
+    checked) and never waits on the condition: it awaits a future that ``notify_all`` resolves through
+    its event loop's ``call_soon_threadsafe`` (the replica thread is not the loop's thread).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A future of ``loop`` resolved at the next ``notify_all``. Call it holding the lock."""
+        future: asyncio.Future[None] = loop.create_future()
+        self._futures.append((loop, future))
+        return future
+
+    def notify_all(self) -> None:
+        super().notify_all()
+        if self._futures:
+            for loop, future in self._futures:
+                try:
+                    loop.call_soon_threadsafe(_wake, future)
+                except RuntimeError:  # its loop is closed: nobody awaits it any more
+                    pass
+            self._futures.clear()
+
+
 class Replica:
     """A Store kept equal to the writer's by a background thread."""
 
@@ -171,7 +207,7 @@ class Replica:
         self.store = Store()
         self._calls = PendingCalls(timeout)  # guarded by ``changed``
         self._seq = Sequencer(self.store, self._calls, patience=2 * timeout)
-        self.changed = threading.Condition(threading.Lock())  # guards applying; notified after each
+        self.changed = Changes()  # guards applying; notified after each
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.resyncs = 0
@@ -199,9 +235,13 @@ class Replica:
 
     # -- called from user threads -----------------------------------------------------
 
-    def start(self, timeout: float) -> None:
-        """Start the thread; return once the replica holds a full snapshot."""
+    def start(self, timeout: float | None = None) -> None:
+        """Start the thread; with a ``timeout`` (seconds), return once the replica holds a full snapshot
+        (else stop it and raise ``Unavailable``), or raise what stopped it. Without one, return at once:
+        ``ready`` is set, and ``changed`` notified, when the snapshot is loaded or the thread stopped."""
         self._thread.start()
+        if timeout is None:
+            return
         if not self.ready.wait(timeout):
             self.stop()
             raise Unavailable(f"no snapshot from the tiger writer at {self._url} within {timeout}s")
@@ -262,7 +302,18 @@ class Replica:
             self._calls.call_finished(unanswered)
 
     def catch_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
-        """Return once the replica has applied the answer's (epoch, seq).
+        """Return once the replica has applied the answer's (epoch, seq) (see ``take_answer``); past
+        ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout``."""
+        if not self.take_answer(answer, own):
+            self.wait_until(*self.reaching(answer, deadline))
+
+    def reaching(self, answer: p.Ok, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
+        """What waiting for the answer's (epoch, seq) is: the predicate, the deadline, the message past it."""
+        epoch, seq = answer.epoch, answer.seq
+        return lambda: self.epoch == epoch and self.seq >= seq, deadline, lambda: f"the local replica did not reach seq {seq}"
+
+    def take_answer(self, answer: p.Ok, own: bool = False) -> bool:
+        """Apply what an answer carries; True when the replica then holds its (epoch, seq).
 
         ``own``: the answer to a call announced by ``call_started()``; its change (never published to
         this replica) is applied here, in seq order. ``answer.before``: published changes the answer
@@ -284,11 +335,17 @@ class Replica:
                 self._seq.deposit(epoch, seq, change)
             if (own and change is not None) or before:
                 self.changed.notify_all()
-            if self.epoch == epoch and self.seq >= seq:
-                return
-        self.wait_until(
-            lambda: self.epoch == epoch and self.seq >= seq, deadline, lambda: f"the local replica did not reach seq {seq}"
-        )
+            return self.epoch == epoch and self.seq >= seq
+
+    def late_answer(self, reply: p.Reply) -> None:
+        """An answer to a call of this client that raised unanswered (``call_failed``): to this replica's
+        own asking, or come late on the client's command socket (the caller was interrupted or cancelled
+        after sending it). Its change is deposited, filling the gap it left (a stale one is ignored)."""
+        with self.changed:
+            self._calls.answered(reply.req_id)  # type: ignore[arg-type]
+            if type(reply) is p.Ok and reply.change is not None:
+                self._seq.deposit(reply.epoch, reply.seq, reply.change)
+            self.changed.notify_all()
 
     def watch(
         self, tables: frozenset[str] | None, namespace: str | None, since: int | None, max_queued: int, name: str
@@ -313,6 +370,9 @@ class Replica:
         self._seq.feeds.clear()
 
     def wait_until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
+        """Block until ``predicate()`` (checked holding the lock, after each change) is true; past
+        ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout(what())``; if the replica stopped,
+        ``Unavailable``. ``tiger.aio`` awaits the same with ``until``."""
         with self.changed:
             while not predicate():
                 if self.failure is not None:
@@ -321,6 +381,25 @@ class Replica:
                 if remaining <= 0:
                     raise Timeout(what())
                 self.changed.wait(min(remaining, 0.5))
+
+    async def until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
+        """``wait_until`` for an asyncio task: the event loop runs on while it waits (no thread)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self.changed:
+                if predicate():
+                    return
+                if self.failure is not None:
+                    raise Unavailable(f"the replica of {self._url} stopped: {self.failure}")
+                future = self.changed.future(loop)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                future.cancel()
+                raise Timeout(what())
+            try:
+                await asyncio.wait_for(future, min(remaining, 0.5))
+            except asyncio.TimeoutError:
+                pass
 
     # -- the thread ------------------------------------------------------------------
 
@@ -353,6 +432,8 @@ class Replica:
                 return
             finally:
                 self.ready.set()
+                with self.changed:  # (an asyncio task awaits this, not the event)
+                    self.changed.notify_all()
             must_resync = False
             next_beat = time.monotonic()
             while True:
@@ -437,11 +518,7 @@ class Replica:
         except ProtocolError:
             return
         if reply.req_id is not None and reply.req_id > 0:  # a call of the client's, asked again
-            with self.changed:
-                self._calls.answered(reply.req_id)
-                if type(reply) is p.Ok and reply.change is not None:
-                    self._seq.deposit(reply.epoch, reply.seq, reply.change)  # stale (the snapshot has it): ignored
-                self.changed.notify_all()
+            self.late_answer(reply)
             return
         if type(reply) is not p.Ok or not isinstance(reply.result, dict) or "pub" not in reply.result:
             return

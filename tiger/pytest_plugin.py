@@ -54,6 +54,7 @@ from tiger._process import ProcessWatch, stop_process
 
 if TYPE_CHECKING:
     from tiger._client import Client
+    from tiger.aio import AsyncClient
 
 _RUN_KEY = "tiger_run"  # the workerinput entry
 _POLL = 0.02  # seconds between looks at the run directory while waiting for the end of the run
@@ -765,6 +766,23 @@ def tiger_url(pytestconfig: pytest.Config) -> str:
 def tiger_client(pytestconfig: pytest.Config) -> Client:
     """A connected tiger.Client for this process (shared by the session; do not close it)."""
     return pytestconfig.stash[_run_key].client()
+
+
+@pytest.fixture
+def tiger_aclient(tiger_client: Client) -> Iterator[AsyncClient]:
+    """A ``tiger.aio.AsyncClient`` for this test: writes, waits, ``once`` and batches are awaited, reads
+    are plain calls; in the test's namespace as ``tiger_client`` is. It shares the connection of the
+    process's ``tiger_client`` (one replica per process; ``AsyncClient.sharing``) with a command socket
+    of its own, closed after the test.
+
+    Made without awaiting anything, so the fixture itself needs no event loop: it serves ``async def``
+    tests run by pytest-asyncio (strict or auto mode) and by anyio's pytest plugin (backend asyncio)
+    alike, whatever their loop scope; neither is required by tiger."""
+    from tiger.aio import AsyncClient
+
+    client = AsyncClient.sharing(tiger_client)
+    yield client
+    client._close_now()
 
 
 @pytest.fixture

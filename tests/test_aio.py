@@ -1,0 +1,393 @@
+"""tiger.aio (issue 13): asyncio clients against real writers and real processes.
+
+Each test runs its coroutine with ``asyncio.run`` (no async test plugin needed); the pytest fixture
+``tiger_aclient`` is tested in inner pytest runs under pytest-asyncio and anyio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from _util import read_line
+
+import tiger
+import tiger.aio
+
+# A child process that builds once key KEY for BUILD seconds (its factory says when it started).
+BUILDER = textwrap.dedent(
+    """
+    import sys, time, tiger
+    url, key, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    with tiger.connect(url) as client:
+        def build():
+            print("building", flush=True)
+            time.sleep(seconds)  # sleep-ok: the slow build this test is about
+            return {"built_by": "child"}
+        print(client.once(key, build), flush=True)
+    """
+)
+
+
+def run(coroutine: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(coroutine())  # type: ignore[arg-type]
+
+
+class Heartbeat:
+    """A task ticking every 10 ms while the code under test awaits: the longest gap between ticks is how long
+    the event loop was blocked (plus scheduling noise)."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _beat(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.gaps.append(now - last)
+            last = now
+
+    async def __aenter__(self) -> Heartbeat:
+        self._task = asyncio.get_running_loop().create_task(self._beat())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    @property
+    def longest(self) -> float:
+        return max(self.gaps)
+
+
+def test_async_writes_are_in_the_local_replica_when_they_return(tiger_url, ns):
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            plans = client.table("plans", prefix="plan")
+            plan = await plans.insert({"amount": 500})
+            assert plan["id"].startswith("plan_") and plans[plan["id"]] == plan
+            many = await plans.insert_many([{"amount": i} for i in range(3)])
+            assert [plans[r["id"]] for r in many] == many
+            assert (await plans.update(plan["id"], {"amount": 600}))["amount"] == 600 == plans[plan["id"]]["amount"]
+            created = await plans.create({"id": "plan_fixed", "amount": 1})
+            assert plans.get("plan_fixed") == created
+            with pytest.raises(tiger.AlreadyExists):
+                await plans.create({"id": "plan_fixed"})
+            await plans.delete(plan["id"])
+            assert plan["id"] not in plans
+            assert plans.count() == 4
+            await plans.clear_namespace(ns)
+            assert plans.count() == 0
+
+    run(main)
+
+
+def test_async_and_blocking_clients_share_one_writer(tiger_url, connect, ns):
+    blocking = connect()
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            plan = await client.table("plans", prefix="plan").insert({"amount": 5})
+            assert blocking.table("plans").wait_for(plan["id"]) == plan  # (a thread, the test's own: not the loop)
+            other = blocking.table("plans", prefix="plan").insert({"amount": 6})
+            assert await client.table("plans").wait_for(other["id"], timeout=5.0) == other
+
+    run(main)
+
+
+def test_async_errors_are_the_blocking_clients(tiger_url, ns):
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            plans = client.table("plans", prefix="plan")
+            with pytest.raises(tiger.NotFound):
+                await plans.update("plan_absent", {"amount": 1})
+            with pytest.raises(ValueError, match="prefix"):
+                await plans.insert({"id": "price_1"})
+            with pytest.raises(TypeError, match=r"record\['when'\]"):
+                await plans.insert({"when": object()})
+            with pytest.raises(tiger.Timeout, match="plan_never"):
+                await plans.wait_for("plan_never", timeout=0.05)
+            assert plans.count() == 0  # nothing of the refused writes was applied
+
+    run(main)
+
+
+def test_the_namespace_follows_each_task(tiger_url, ns):
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            plans = client.table("plans", prefix="plan")
+
+            async def write_in(name: str) -> str:
+                with tiger.namespace(name):
+                    await asyncio.sleep(0)  # the other task runs in between, in its own namespace
+                    return (await plans.insert({"amount": 1}))["id"]
+
+            a, b = await asyncio.gather(write_in(ns + "-a"), write_in(ns + "-b"))
+            with tiger.namespace(ns + "-a"):
+                assert a in plans and b not in plans
+            with tiger.namespace(ns + "-b"):
+                assert b in plans and a not in plans
+            await client.drop_namespace(ns + "-a")
+            await client.drop_namespace(ns + "-b")
+
+    run(main)
+
+
+def test_the_event_loop_keeps_running_while_wait_for_waits(tiger_url, connect, ns):
+    writer_client = connect()
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            async with Heartbeat() as beat:
+                waiting = asyncio.get_running_loop().create_task(client.table("plans").wait_for("plan_later", timeout=10))
+                await asyncio.sleep(0.5)  # sleep-ok: the heartbeat must keep ticking for a while meanwhile
+                assert not waiting.done()
+                await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: writer_client.table("plans", prefix="plan").insert({"id": "plan_later"})
+                )
+                assert (await waiting)["id"] == "plan_later"
+            assert beat.longest < 0.05, f"the event loop was blocked for {beat.longest:.3f}s"
+
+    run(main)
+
+
+def test_the_event_loop_keeps_running_while_once_waits_for_a_build_in_another_process(tiger_url, tmp_path):
+    key = f"slow-{tmp_path.name}"
+    child = subprocess.Popen([sys.executable, "-c", BUILDER, tiger_url, key, "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert read_line(child).strip() == "building"
+
+        async def main() -> Any:
+            async with await tiger.aio.connect(tiger_url) as client:
+                async with Heartbeat() as beat:
+                    value = await client.once(key, lambda: pytest.fail("built twice"), timeout=10)
+                assert beat.longest < 0.05, f"the event loop was blocked for {beat.longest:.3f}s"
+                assert sum(beat.gaps) > 1.0  # it did wait for the build, ticking all along
+                return value
+
+        assert run(main) == {"built_by": "child"}
+        assert read_line(child).strip() == "{'built_by': 'child'}"
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+
+
+def test_an_async_factory_builds_once_and_its_teardown_is_awaited_at_close(tiger_url, ns):
+    events: list[str] = []
+
+    async def resource() -> Any:
+        events.append("setup")
+        await asyncio.sleep(0)
+        yield {"dsn": "sqlite://"}
+        await asyncio.sleep(0)
+        events.append("teardown")
+
+    async def coroutine_factory() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def main() -> None:
+        client = await tiger.aio.connect(tiger_url)
+        other = await tiger.aio.connect(tiger_url)
+        try:
+            assert await client.once(f"res-{ns}", resource) == {"dsn": "sqlite://"}
+            assert await other.once(f"res-{ns}", resource) == {"dsn": "sqlite://"}  # built once: stored value
+            assert await client.once(f"co-{ns}", coroutine_factory) == 42
+            assert client.has_teardown(f"res-{ns}") and events == ["setup"]
+        finally:
+            await other.close()
+            await client.close()
+        assert events == ["setup", "teardown"]
+
+    run(main)
+
+
+def test_a_cancelled_write_is_applied_or_not_and_the_next_write_is_not_held_up(tiger_url, connect, ns):
+    other = connect()
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url, timeout=5.0) as client:
+            plans = client.table("plans", prefix="plan")
+            for i in range(20):  # cancelled at every point of its round trip, as the loop lets it run
+                task = asyncio.get_running_loop().create_task(plans.insert({"id": f"plan_c{i}"}))
+                for _ in range(i % 4):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                started = time.monotonic()
+                after = await plans.insert({"id": f"plan_after{i}"})
+                # its change follows the cancelled one's seq: held behind it, it would wait for the
+                # replica to ask the writer again, after the client's 5 s timeout
+                assert time.monotonic() - started < 2.0
+                assert plans[after["id"]] == after
+            # with no write after it: a record another client writes is not held behind the cancelled seq either
+            task = asyncio.get_running_loop().create_task(plans.insert({"id": "plan_last_cancelled"}))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.get_running_loop().run_in_executor(None, lambda: other.table("plans").insert({"id": "plan_other"}))
+            started = time.monotonic()
+            await plans.wait_for("plan_other", timeout=10.0)
+            assert time.monotonic() - started < 2.0
+            cancelled = [f"plan_c{i}" for i in range(20) if f"plan_c{i}" in plans] + ["plan_last_cancelled"] * (
+                "plan_last_cancelled" in plans
+            )
+            fresh = await tiger.aio.connect(tiger_url)
+            try:
+                await fresh.sync()  # every write the writer applied, whichever the cancelled ones were
+                assert sorted(r["id"] for r in fresh.table("plans").all() if "_c" in r["id"] or "cancelled" in r["id"]) == sorted(
+                    cancelled
+                )
+            finally:
+                await fresh.close()
+
+    run(main)
+
+
+def test_async_batch_applies_all_or_none(tiger_url, ns):
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            async with client.batch() as b:
+                plan = b.table("plans", prefix="plan").insert({"amount": 1})
+                price = b.table("prices", prefix="price").insert({"plan": "x"})
+            assert client.table("plans")[plan.result["id"]] == plan.result
+            assert client.table("prices")[price.result["id"]] == price.result
+            with pytest.raises(tiger.NotFound, match="operation 1"):
+                async with client.batch() as b:
+                    b.table("plans", prefix="plan").insert({"id": "plan_no"})
+                    b.table("plans").update("plan_absent", {"amount": 1})
+            assert "plan_no" not in client.table("plans")
+            with pytest.raises(TypeError, match="async with"):
+                with client.batch():
+                    pass
+
+    run(main)
+
+
+def test_a_closed_async_client_refuses_calls_and_close_is_idempotent(tiger_url):
+    async def main() -> None:
+        client = await tiger.aio.connect(tiger_url)
+        plans = client.table("plans", prefix="plan")
+        await client.close()
+        await client.close()
+        with pytest.raises(tiger.TigerError, match="closed"):
+            await plans.insert({"amount": 1})
+
+    run(main)
+
+
+def test_connect_without_a_writer_raises_unavailable_without_blocking_the_loop(tmp_path):
+    async def main() -> None:
+        async with Heartbeat() as beat:
+            with pytest.raises(tiger.Unavailable):
+                await tiger.aio.connect(f"ipc://{tmp_path}/nobody", timeout=0.5)
+        assert beat.longest < 0.05
+
+    run(main)
+
+
+@pytest.mark.parametrize("bad", [{"url": 5}, {"url": "http://x"}, {"timeout": 0}, {"timeout": "1"}])
+def test_connect_arguments_are_checked_naming_the_field(bad):
+    field = next(iter(bad))
+    arguments: dict[str, Any] = {"url": "ipc:///tmp/x", **bad}
+    with pytest.raises((TypeError, ValueError), match=field):
+        run(lambda: tiger.aio.connect(**arguments))
+
+
+FIXTURE_TESTS = """
+import asyncio
+import pytest
+import tiger
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.asyncio
+async def test_writes_with_pytest_asyncio(tiger_aclient):
+    plans = tiger_aclient.table("plans", prefix="plan")
+    assert plans.count() == 0  # a namespace of its own
+    plan = await plans.insert({"amount": 1})
+    assert plans[plan["id"]] == plan and tiger.current_namespace() != "global"
+
+
+@pytest.mark.asyncio
+async def test_a_second_test_gets_a_fresh_namespace(tiger_aclient, tiger_client):
+    plans = tiger_aclient.table("plans", prefix="plan")
+    assert plans.count() == 0
+    plan = await plans.insert({"amount": 2})
+    assert tiger_client.table("plans")[plan["id"]] == plan  # the same replica
+
+
+@pytest.mark.anyio
+async def test_writes_with_anyio(tiger_aclient):
+    plan = await tiger_aclient.table("plans", prefix="plan").insert({"amount": 3})
+    assert await tiger_aclient.table("plans").wait_for(plan["id"]) == plan
+"""
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+@pytest.mark.parametrize("workers", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist"])
+def test_tiger_aclient_serves_pytest_asyncio_and_anyio_tests(pytester, monkeypatch, mode, workers):
+    for name in ("TIGER_URL", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makeini(f"[pytest]\ntiger_isolate = true\nasyncio_mode = {mode}\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_fixture=FIXTURE_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", *workers, timeout=60)
+    result.assert_outcomes(passed=3)
+
+
+def test_async_wait_until_returns_a_stored_record_or_the_first_to_arrive(tiger_url, connect, ns):
+    other = connect()
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            invoices = client.table("invoices", prefix="in")
+            now = await invoices.insert({"customer": "cus_1", "amount": 5})
+            assert await invoices.wait_until(lambda r: r["customer"] == "cus_1", timeout=1.0) == now
+            async with Heartbeat() as beat:
+                cus_2 = invoices.wait_until(lambda r: r["customer"] == "cus_2", timeout=10)
+                waiting = asyncio.get_running_loop().create_task(cus_2)
+                await asyncio.sleep(0.2)  # sleep-ok: waiting a while before the record is written, the loop ticking
+                later = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: other.table("invoices", prefix="in").insert({"customer": "cus_2"})
+                )
+                assert await waiting == later
+            assert beat.longest < 0.05
+            with pytest.raises(tiger.Timeout, match=r"matched the predicate within 0\.1s"):
+                await invoices.wait_until(lambda r: r["customer"] == "cus_3", timeout=0.1)
+            with pytest.raises(TypeError, match="predicate"):
+                await invoices.wait_until("cus_3")  # type: ignore[arg-type]
+
+    run(main)
+
+
+def test_an_async_feed_yields_another_processes_changes_in_seq_order(tiger_url, connect, ns):
+    other = connect()
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            with client.table("plans").watch(timeout=10) as feed:
+                written = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: other.table("plans", prefix="plan").insert_many([{"n": i} for i in range(5)])
+                )
+                await asyncio.get_running_loop().run_in_executor(None, lambda: other.table("plans").delete(written[0]["id"]))
+                seen = [await feed.__anext__() for _ in range(6)]
+            assert [(c.op, c.id) for c in seen] == [("put", r["id"]) for r in written] + [("delete", written[0]["id"])]
+            assert [c.record for c in seen[:5]] == written and len({c.seq for c in seen[:5]}) == 1
+            assert seen[5].seq == seen[0].seq + 1 and {c.namespace for c in seen} == {ns}
+
+    run(main)

@@ -1,0 +1,401 @@
+"""tiger for asyncio: the same store, semantics and errors as the blocking client, awaited.
+
+import tiger.aio
+
+async with await tiger.aio.connect(url) as client:       # returns once the replica holds the snapshot
+    plans = client.table("plans", prefix="plan")
+    plan = await plans.insert({"amount": 500})           # every write is awaited; read-your-writes on return
+    assert plans[plan["id"]] == plan                     # reads stay plain calls on the local replica
+    other = await plans.wait_for("plan_x", timeout=5.0)  # the event loop runs on while it waits
+
+How it waits without blocking the event loop, and without a thread per call: a write goes out on a
+pyzmq asyncio DEALER socket (the same Lazy Pirate resends and expiry as the blocking client); the
+local replica is kept by its own thread, as for a blocking client, and a task waiting for it (a write's
+change, ``wait_for``, ``sync``, ``once``) awaits a future that the replica resolves through the event
+loop (``call_soon_threadsafe``) when it applies a change.
+
+Cancelling an awaited write (``task.cancel()``, ``asyncio.timeout``) raises ``CancelledError`` in the
+caller at once and leaves the write as a write that timed out: either never applied (the writer refuses
+it once its expiry, a little before the client's ``timeout``, has passed) or applied, and then in the
+local replica within about ``timeout`` seconds (the replica asks the writer for it after the call's
+deadline). Which one is not known when the caller is cancelled.
+
+A client is used from one event loop at a time (pyzmq's asyncio sockets follow the running loop, so one
+client may serve the successive loops of a test suite). ``tiger.aio.AsyncClient.sharing(client)`` makes
+an async client over a blocking client's connection (its replica, its id): no second replica in the
+process, nothing to await to make one; the pytest plugin's ``tiger_aclient`` is that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from tiger import _protocol as p
+from tiger._batch import AsyncBatch
+from tiger._calls import RESEND, Attempts
+from tiger._client import (
+    Client,
+    _abandoned,
+    _connect_arguments,
+    _Connection,
+    _stored,
+    _TableReads,
+    _timeout,
+)
+from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
+from tiger._table import GLOBAL, Record, check_name
+
+__all__ = ["AsyncClient", "AsyncTable", "connect"]
+
+
+async def connect(
+    url: str | None = None, timeout: float = 5.0, *, heartbeat_timeout: float = 2.0, server_key: str | None = None
+) -> AsyncClient:
+    """Connect to a tiger writer; returns once the local replica holds the full snapshot (the event loop
+    runs meanwhile). The arguments are ``tiger.connect``'s: ``url`` defaults to ``$TIGER_URL``,
+    ``timeout`` (seconds) bounds every request, a writer silent for ``heartbeat_timeout`` seconds is
+    taken for gone. Raises ``ValueError`` for a bad argument, ``tiger.Unavailable`` if no writer answers
+    within ``timeout``. ``async with client:`` closes it."""
+    url, server_key = _connect_arguments(url, server_key)
+    client = AsyncClient(url, timeout, heartbeat_timeout, server_key)
+    try:
+        await client._open()
+    except BaseException:
+        client._close_now()
+        raise
+    return client
+
+
+class AsyncClient(_Connection):
+    """A connection to a tiger writer plus a full local replica, for asyncio code: every write and every
+    wait is awaited; reads are plain calls. Made by :func:`tiger.aio.connect` or :meth:`sharing`."""
+
+    def __init__(
+        self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
+    ) -> None:
+        super().__init__(url, timeout, heartbeat_timeout, server_key)
+        self._shared: Client | None = None  # the blocking client whose connection this one uses
+        self._async_ctx = zmq.asyncio.Context.shadow(self._ctx)
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+        self._late: set[asyncio.Task[None]] = set()  # tasks awaiting the answers of cancelled writes
+        self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
+        try:
+            self._command = [self._new_socket(self._async_ctx)]  # a list the finalizer shares (a resend replaces it)
+        except ValueError:
+            self._ctx.term()
+            raise
+
+    @classmethod
+    def sharing(cls, client: Client) -> AsyncClient:
+        """An async client over a connected blocking ``client``'s connection: the same replica, id and
+        once keys (no second replica in the process), its own command socket. Closing it closes only
+        that socket; closing ``client`` ends both."""
+        if not isinstance(client, Client):
+            raise TypeError(f"client must be a tiger.Client, not {type(client).__name__}")
+        shared = cls.__new__(cls)
+        shared.__dict__.update(client.__dict__)  # its ids, settings, replica, once keys and context
+        shared._shared = client
+        shared._closed = client._closed
+        shared._finalizer = None
+        shared._async_ctx = zmq.asyncio.Context.shadow(client._ctx)
+        shared._locks = weakref.WeakKeyDictionary()
+        shared._late = set()
+        shared._unanswered = {}
+        shared._command = [shared._new_socket(shared._async_ctx)]
+        del shared.__dict__["_lock"]  # the blocking client's: not this one's
+        return shared
+
+    async def _open(self) -> None:
+        best: float | None = None
+        for _ in range(3):
+            sent = time.time()
+            info: dict[str, Any] = (await self._request(self._hello_request())).result
+            best, done = self._heard_hello(sent, time.time(), info, best)
+            if done:
+                break
+        replica = self._replica = self._make_replica(info)
+        replica.start()
+        try:
+            await replica.until(replica.ready.is_set, time.monotonic() + self.timeout, str)
+        except Timeout:
+            raise Unavailable(f"no snapshot from the tiger writer at {self.url} within {self.timeout}s") from None
+        if replica.failure is not None:
+            raise replica.failure
+        # dropped without close(): the replica thread and the sockets go with the client, at exit too
+        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Run the teardowns of the once values this client built (awaiting async generators), say goodbye
+        to the writer, stop the replica, close the sockets. Idempotent. A teardown that raised is raised
+        again at the end. An async client made by ``sharing`` closes only its own socket."""
+        if self._closed:
+            return
+        errors = await self.tear_down_once_values(wait=self.timeout) if os.getpid() == self._pid and not self._shared else []
+        self._close_now()
+        if errors:
+            raise errors[0][1]
+
+    def _close_now(self) -> None:
+        """Close without awaiting anything (no teardowns): the sockets, the replica, the context."""
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if os.getpid() != self._pid:
+            return  # a forked child: the sockets belong to the parent
+        if self._shared is not None:
+            self._socket.close(linger=0)
+            return
+        if self._replica is not None:
+            try:
+                self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK).exception()  # type: ignore[attr-defined]
+            except (zmq.ZMQError, asyncio.InvalidStateError):
+                pass
+        self._socket.close(linger=0)
+        if self._replica is not None:
+            self._replica.stop()
+        self._ctx.term()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the store --------------------------------------------------------------------
+
+    def table(self, name: str, prefix: str | None = None, fallback_to_global: bool = False) -> AsyncTable:
+        """A handle on table ``name`` (the table exists from its first write): reads are plain calls, writes
+        and waits are awaited."""
+        self._checked_table(name, prefix, fallback_to_global)
+        return AsyncTable(self, name, prefix, fallback_to_global)
+
+    async def sync(self, timeout: float | None = None) -> None:
+        """Return once the replica holds every write any client was answered for before this call."""
+        deadline = time.monotonic() + _timeout(timeout, self.timeout)
+        await self._caught_up(await self._request(p.Sync(next(self._req_ids)), deadline), deadline)
+
+    def batch(self) -> AsyncBatch:
+        """Writes across tables and namespaces sent as one command when the ``async with`` block ends,
+        applied all or none: ``async with client.batch() as b: b.table("plans").insert({...})``
+        (see ``tiger.Client.batch``)."""
+        from tiger._client import _current
+
+        return AsyncBatch(self, _current)  # type: ignore[arg-type]
+
+    async def drop_namespace(self, namespace: str) -> None:
+        """Remove every record of ``namespace`` in every table, in one command (a test's cleanup)."""
+        check_name(namespace, "namespace")
+        await self._write(p.Drop(next(self._req_ids), namespace))
+
+    async def once(
+        self, key: str, factory: Callable[[], Any], timeout: float | None = None, *, namespace: str | None = None
+    ) -> Any:
+        """``tiger.Client.once``, awaited: across every process using this writer, exactly one runs
+        ``factory``; all get its value. ``factory`` may be a plain function, a coroutine function (its
+        result is awaited) or an async generator function (its first value is the shared value; the rest,
+        its teardown, is awaited at ``close()``); a generator function as for the blocking client."""
+        check_name(key, "key")
+        scope = GLOBAL if namespace is None else check_name(namespace, "namespace")
+        if not callable(factory):
+            raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+        wait = None if timeout is None else _timeout(timeout, 0.0)
+        return await self._once.value_async(self, key, scope, factory, wait, in_scope=namespace is not None)
+
+    async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
+        """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""
+        return await self._once.tear_down_async(self, wait)
+
+    async def stats(self) -> dict[str, Any]:
+        """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
+        return (await self._request(p.Stats(next(self._req_ids)))).result  # type: ignore[no-any-return]
+
+    # -- requests -------------------------------------------------------------------
+
+    @property
+    def _socket(self) -> zmq.asyncio.Socket:
+        return self._command[0]  # type: ignore[return-value]
+
+    def _lock(self) -> asyncio.Lock:
+        """One request in flight on the command socket, per event loop (asyncio locks belong to one)."""
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
+
+    async def _request(self, request: p.Request, deadline: float | None = None, own: bool = False) -> p.Ok:
+        """``Client._request``, awaited: the same call bytes, Lazy Pirate resends on a fresh socket, expiry
+        and errors. Cancelled after sending, the call is left to the replica as one that raised unanswered."""
+        payload, deadline = self._call_bytes(request, deadline)
+        req_id = request.req_id  # type: ignore[union-attr]
+        if own:
+            self.replica.call_started()
+        sent = answered = False
+        try:
+            async with self._lock():
+                if self._closed:
+                    raise TigerError("this client is closed")
+                sent = True  # from here a cancellation may come after libzmq took the bytes
+                await self._socket.send(payload)
+                attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
+                while True:
+                    wait = attempts.wait(time.monotonic())
+                    if wait <= RESEND:
+                        self._silence(wait)
+                        await self._socket.send(payload)
+                        self.resends += 1
+                    elif not await self._socket.poll(wait):
+                        continue
+                    else:
+                        try:
+                            reply = p.decode_reply(await self._socket.recv(zmq.NOBLOCK))
+                        except zmq.Again:
+                            continue
+                        if reply.req_id == req_id:
+                            answered = True
+                            break
+                        self._late_answer(reply)
+            return self._outcome(reply)
+        except asyncio.CancelledError:
+            if own and sent and not answered:  # its answer comes in about a round trip: take it then (a task,
+                # not the replica's ask-again after the deadline, which would hold this client's later writes
+                # behind the gap for up to ``timeout`` seconds)
+                self._unanswered[req_id] = (payload, deadline)
+                task = asyncio.get_running_loop().create_task(self._answer_later(req_id))
+                self._late.add(task)
+                task.add_done_callback(self._late.discard)
+            elif own:
+                self.replica.call_failed(None)
+            raise
+        except BaseException:
+            if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
+                self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
+            raise
+
+    async def _answer_later(self, req_id: int) -> None:
+        """Wait for the answer to a write whose caller was cancelled after sending it, until its deadline:
+        whichever request reads it from the socket first (this task or another call) gives its change to
+        the replica as any write's (``_late_answer``); none by the deadline, the replica asks the writer."""
+        try:
+            async with self._lock():
+                while req_id in self._unanswered and not self._closed and time.monotonic() < self._unanswered[req_id][1]:
+                    if await self._socket.poll(max(1, int((self._unanswered[req_id][1] - time.monotonic()) * 1000))):
+                        self._late_answer(p.decode_reply(await self._socket.recv()))
+        except Exception:  # (an undecodable answer, the socket closed under it): the replica asks the writer
+            pass
+        finally:
+            entry = self._unanswered.pop(req_id, None)
+            if entry is not None:
+                self.replica.call_failed((req_id, *entry))
+
+    def _late_answer(self, reply: p.Reply) -> None:
+        """An answer on the command socket to an earlier call: a cancelled write's (its change goes to the
+        replica, filling the gap its seq would leave), or a stale one (ignored)."""
+        entry = self._unanswered.pop(reply.req_id, None)  # type: ignore[arg-type]
+        if entry is None:
+            return
+        if type(reply) is p.Ok:
+            self.replica.take_answer(reply, own=True)
+        else:
+            self.replica.call_failed(None)  # refused: nothing was applied
+
+    def _fresh_socket(self) -> None:
+        """A new command socket in place of the old (made and swapped in before the old one is closed)."""
+        fresh = self._new_socket(self._async_ctx)
+        old, self._command[0] = self._command[0], fresh
+        old.close(linger=0)
+
+    async def _write(self, request: p.Request) -> p.Ok:
+        """A write: returns once the local replica holds its change (read-your-writes)."""
+        deadline = time.monotonic() + self.timeout
+        reply = await self._request(request, deadline, own=True)
+        await self._caught_up(reply, deadline, own=True)
+        return reply
+
+    async def _caught_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
+        """``Replica.catch_up``, awaited."""
+        replica = self.replica
+        if not replica.take_answer(answer, own):
+            await replica.until(*replica.reaching(answer, deadline))
+
+    async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
+        await self.replica.until(predicate, deadline, what)
+
+
+class AsyncTable(_TableReads):
+    """A handle on one table of an :class:`AsyncClient`, in the current namespace (a contextvar: it
+    follows tasks as asyncio copies contexts). Reads as ``tiger.Table``'s; writes and waits awaited."""
+
+    __slots__ = ()
+    _client: AsyncClient
+
+    async def wait_for(self, id: str, timeout: float = 5.0) -> Record:
+        """Return once ``id`` is in the local replica (written by any process); else ``tiger.Timeout``."""
+        found = self.get(id)
+        if found is None:
+            await self._client._until(*self._waiting_for(id, timeout))
+            found = self.get(id)
+        return found  # type: ignore[no-any-return]
+
+    async def wait_until(self, predicate: Callable[[Record], bool], timeout: float | None = None) -> Record:
+        """``tiger.Table.wait_until``, awaited: the first record of the current namespace for which
+        ``predicate(record)`` is true, stored now or the first to be stored within ``timeout`` seconds
+        (None: no limit); else ``tiger.Timeout``. ``predicate`` runs in this task's thread, the loop's."""
+        ns, deadline, failed = self._waiting_until(predicate, timeout)
+        while True:
+            # the feed opens before the scan: a record stored meanwhile is in one or the other
+            with self._client.watch([self.name], ns) as feed:
+                found = self._scan(ns, predicate)
+                while found is None:
+                    try:
+                        change = await feed._anext(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    except FeedOverflow:
+                        break  # fell behind (a slow predicate): scan again
+                    except Timeout:
+                        raise failed() from None
+                    if change.op == "reset":
+                        break  # changes may have been missed: scan again
+                    if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]
+                        found = change.record
+                if found is not None:
+                    return found
+
+    async def insert(self, record: Mapping[str, Any]) -> Record:
+        """``tiger.Table.insert``, awaited: the record as stored, once the local replica holds it."""
+        return _stored(await self._client._write(self._insert_request([record], False, single=True)))[0]
+
+    async def insert_many(self, records: Sequence[Mapping[str, Any]]) -> builtins.list[Record]:
+        """``tiger.Table.insert_many``, awaited: every record in one command, all or none."""
+        request = self._insert_many_request(records)
+        return [] if request is None else builtins.list(_stored(await self._client._write(request)))
+
+    async def create(self, record: Mapping[str, Any]) -> Record:
+        """``tiger.Table.create``, awaited: ``tiger.AlreadyExists`` if the id is taken."""
+        return _stored(await self._client._write(self._insert_request([record], True, single=True)))[0]
+
+    async def update(self, id: str, changes: Mapping[str, Any]) -> Record:
+        """``tiger.Table.update``, awaited: the merged record."""
+        return _stored(await self._client._write(self._update_request(id, changes)))[0]
+
+    async def delete(self, id: str) -> None:
+        """``tiger.Table.delete``, awaited (idempotent)."""
+        await self._client._write(self._delete_request(id))
+
+    async def clear(self) -> None:
+        """Remove every record of this table, in every namespace."""
+        await self._client._write(self._clear_request(None))
+
+    async def clear_namespace(self, namespace: str) -> None:
+        """Remove every record of this table in one namespace."""
+        await self._client._write(self._clear_request(check_name(namespace, "namespace")))
