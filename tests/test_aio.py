@@ -391,3 +391,55 @@ def test_an_async_feed_yields_another_processes_changes_in_seq_order(tiger_url, 
             assert seen[5].seq == seen[0].seq + 1 and {c.namespace for c in seen} == {ns}
 
     run(main)
+
+
+RESOURCE_TESTS = """
+import os
+import pathlib
+import pytest
+
+LOG = pathlib.Path(os.environ["PLUGIN_RUNS_DIR"]) / "log"
+
+
+def note(line):
+    with LOG.open("a") as f:
+        f.write(line + "\\n")
+
+
+async def resource():
+    note("setup")
+    yield {"dsn": "x"}
+    note("teardown")
+
+
+@pytest.mark.asyncio
+async def test_1_builds(tiger_aclient):
+    assert await tiger_aclient.once("res", resource) == {"dsn": "x"}
+    note("test 1")
+
+
+@pytest.mark.asyncio
+async def test_2_uses(tiger_aclient):
+    assert await tiger_aclient.once("res", resource) == {"dsn": "x"}
+    note("test 2")
+"""
+
+
+@pytest.mark.parametrize("workers", [["-p", "no:xdist"], ["-n", "2"]], ids=["no-xdist", "xdist"])
+def test_an_async_generator_once_value_of_tiger_aclient_is_torn_down_after_the_run_not_with_its_tests_loop(
+    pytester, monkeypatch, tmp_path, workers
+):
+    """pytest-asyncio closes each test's event loop, and a loop closes the async generators it adopted
+    (shutdown_asyncgens): the value's teardown ran (skipped, in truth: GeneratorExit at its yield) right after
+    the test that built it, while other tests still used the value. tiger keeps the generator from the
+    loop and runs its teardown at the end of the run, in a loop of its own."""
+    for name in ("TIGER_URL", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PLUGIN_RUNS_DIR", str(tmp_path))
+    pytester.makeini("[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_resource=RESOURCE_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", *workers, timeout=60)
+    result.assert_outcomes(passed=2)
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log.count("setup") == 1 and log.count("teardown") == 1
+    assert log[-1] == "teardown" and {"test 1", "test 2"} <= set(log)

@@ -40,16 +40,18 @@ so a release gives up) and the close goes on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import traceback
 import weakref
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
@@ -442,8 +444,8 @@ def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
                     raise _async_factory(factory, f"it returned a {type(result).__name__}")
                 return _first_value(result)
         case TearDown(key, teardown, namespace):
-            if isinstance(teardown, AsyncGenerator):  # only the async driver builds these
-                return TypeError(f"the teardown of once {key!r} is an async generator: tear it down with tiger.aio")
+            if isinstance(teardown, AsyncGenerator):  # built by an async client sharing these keys (tiger_aclient)
+                return _finish_async_generator_here(key, teardown, namespace)
             return _finish_generator(key, teardown, namespace)
         case Sync(timeout):
             client.sync(timeout)
@@ -479,7 +481,7 @@ async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
                 result = factory()
                 if inspect.isasyncgen(result):
                     try:
-                        return await anext(result), result
+                        return await _adopted_by_no_loop(result), result
                     except StopAsyncIteration:
                         raise ValueError(_NO_VALUE) from None
                 if inspect.isawaitable(result):
@@ -567,6 +569,33 @@ async def _finish_async_generator(key: str, generator: AsyncGenerator[Any, None]
         return e
     await generator.aclose()
     return RuntimeError(f"the factory of once {key!r} yielded more than once")
+
+
+def _adopted_by_no_loop(generator: AsyncGenerator[Any, Any]) -> Awaitable[Any]:
+    """``anext(generator)``, made with no asyncgen hooks set: the running loop does not adopt the generator,
+    so when the loop closes (``shutdown_asyncgens``: pytest-asyncio closes each test's loop) it does not
+    close it too, skipping its teardown; tiger runs that, when the value's holders are done with it."""
+    hooks = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+    try:
+        return anext(generator)
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+
+
+def _finish_async_generator_here(key: str, generator: AsyncGenerator[Any, None], scope: str | None) -> BaseException | None:
+    """The blocking driver's teardown of an async generator factory (one a ``tiger.aio`` client sharing
+    this client's keys built: the pytest plugin tears down at the end of the run, after the tests' event
+    loops are gone): run in an event loop of its own. What the factory made bound to the loop it was
+    built in may refuse to be closed from another; that error is the teardown's."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_finish_async_generator(key, generator, scope))
+    return TypeError(
+        f"the teardown of once {key!r} is an async generator and this thread runs an event loop: "
+        "await the tiger.aio client's tear_down_once_values() instead"
+    )
 
 
 _NO_VALUE = "the generator factory returned without yielding a value"
