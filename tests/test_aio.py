@@ -7,9 +7,12 @@ Each test runs its coroutine with ``asyncio.run`` (no async test plugin needed);
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -443,3 +446,151 @@ def test_an_async_generator_once_value_of_tiger_aclient_is_torn_down_after_the_r
     log = (tmp_path / "log").read_text().splitlines()
     assert log.count("setup") == 1 and log.count("teardown") == 1
     assert log[-1] == "teardown" and {"test 1", "test 2"} <= set(log)
+
+
+# -- regressions from review, each named after what broke ---------------------------------------------
+
+
+def test_closing_a_blocking_client_while_an_async_client_shares_it_does_not_hang(tiger_url):
+    """The sharing async client's socket was in the blocking client's zmq context, whose term() waits for every
+    socket in it: close() never returned."""
+    blocking = tiger.connect(tiger_url)
+    shared = tiger.aio.AsyncClient.sharing(blocking)
+    done = threading.Event()
+    closer = threading.Thread(target=lambda: (blocking.close(), done.set()), daemon=True)
+    closer.start()
+    assert done.wait(10), "closing the blocking client hung"
+
+    async def main() -> None:
+        with pytest.raises(tiger.TigerError, match="closed"):
+            await shared.table("plans", prefix="plan").insert({"amount": 1})
+        await shared.close()
+
+    run(main)
+    with pytest.raises(tiger.TigerError, match="closed"):
+        tiger.aio.AsyncClient.sharing(blocking)
+
+
+def test_a_cancelled_writes_answer_lost_to_a_resend_does_not_fail_the_writes_after_it(tmp_path):
+    """A cancelled write's late answer was awaited holding the request lock until its deadline; when another call
+    had meanwhile resent on a fresh socket (the writer stalled), that answer went with the old socket: the
+    later writes, applied by the writer, raised Timeout and then Unavailable against a healthy writer."""
+    with tiger.serve(f"ipc://{tmp_path}/w") as server:
+
+        async def main() -> None:
+            client = await tiger.aio.connect(server.url, timeout=5.0, heartbeat_timeout=10.0)
+            table = client.table("t")
+            await table.insert({"id": "warm"})
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                a = asyncio.get_running_loop().create_task(table.insert({"id": "a"}))
+                await asyncio.sleep(0)
+                b = asyncio.get_running_loop().create_task(table.insert({"id": "b"}))
+                await asyncio.sleep(0.2)  # sleep-ok: a and b are sent to the stopped writer meanwhile
+                a.cancel()
+                await asyncio.sleep(0.1)  # sleep-ok: a's cancellation goes through first
+                c = asyncio.get_running_loop().create_task(table.insert({"id": "c"}))
+                await asyncio.sleep(1.2)  # sleep-ok: b resends on a fresh socket (every timeout/3 s)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            with pytest.raises(asyncio.CancelledError):
+                await a
+            assert (await b)["id"] == "b" and (await c)["id"] == "c"
+            started = time.monotonic()
+            await table.insert({"id": "d"})
+            assert time.monotonic() - started < 1.0
+            await client.sync()
+            assert "a" in table and client.replica.resyncs == 0  # its answer came on the fresh socket
+            await client.close()
+
+        run(main)
+
+
+def test_a_cancelled_close_still_closes_and_keeps_the_teardown_not_run(tiger_url, ns):
+    """close() cancelled while it waited for another holder of a once value: the client stayed open (its
+    replica thread running) and the teardown it had taken off its list never ran."""
+    ran: list[str] = []
+
+    async def resource() -> Any:
+        yield 1
+        ran.append("teardown")
+
+    async def main() -> None:
+        holder = await tiger.aio.connect(tiger_url)
+        builder = await tiger.aio.connect(tiger_url)
+        try:
+            assert await builder.once(f"held-{ns}", resource) == 1
+            assert await holder.once(f"held-{ns}", resource) == 1
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(builder.close(), 0.5)  # waits for the holder, then is cancelled
+            assert builder._closed and not builder.replica._thread.is_alive()
+            assert builder.has_teardown(f"held-{ns}") and ran == []  # kept, not lost half-way
+        finally:
+            await holder.close()
+
+    run(main)
+
+
+def test_a_write_in_flight_when_the_client_closes_raises_a_tiger_error_not_cancelled_error(tmp_path):
+    """Closing the pyzmq asyncio socket cancels its pending poll: a write in flight got a CancelledError it
+    never asked for (its task ended 'cancelled'); the blocking client raises TigerError."""
+    with tiger.serve(f"ipc://{tmp_path}/w") as server:
+
+        async def main() -> None:
+            client = await tiger.aio.connect(server.url, timeout=0.5, heartbeat_timeout=10.0)
+            await client.table("t").insert({"id": "warm"})
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                write = asyncio.get_running_loop().create_task(client.table("t").insert({"id": "x"}))
+                await asyncio.sleep(0.05)  # sleep-ok: the write is sent and waits for the stopped writer
+                await client.close()
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            with pytest.raises(tiger.TigerError):
+                await write
+            assert not write.cancelled()
+
+        run(main)
+
+
+def test_a_feed_reader_cancelled_as_a_change_arrives_is_cancelled(tiger_url, ns):
+    """asyncio.wait_for (before Python 3.12) returns the result and swallows the cancel when its future is
+    resolved at the moment of cancelling: the feed reader went on reading, its task never cancelled."""
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            for _ in range(20):
+                feed = client.watch(namespace=None, timeout=10)
+                got: list[Any] = []
+
+                async def reader(feed: Any = feed, got: list[Any] = got) -> None:
+                    async for change in feed:
+                        got.append(change)
+
+                task = asyncio.get_running_loop().create_task(reader())
+                await asyncio.sleep(0.01)  # sleep-ok: the reader waits on the feed
+                feed._sub.offer([tiger.Change(10**9, "put", "t", ns, "x", None)])  # as the replica thread offers
+                await asyncio.sleep(0)  # the waiter's future resolves in this iteration...
+                task.cancel()  # ...and the task is cancelled in the same one
+                await asyncio.gather(task, return_exceptions=True)
+                assert task.cancelled()
+                feed.close()
+
+    run(main)
+
+
+def test_waiting_tasks_leave_no_futures_behind_on_a_quiet_replica(tiger_url, ns):
+    """Each wait registered a fresh future every 0.5 s and never took back one that timed out or was
+    cancelled: on a quiet replica they piled up (each holding its event loop) until the next change."""
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            waiters = [asyncio.get_running_loop().create_task(client.table("t").wait_for(f"x{i}", 30)) for i in range(20)]
+            await asyncio.sleep(1.2)  # sleep-ok: each wait re-checks every 0.5 s
+            assert len(client.replica.changed._futures) <= 20
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+            assert client.replica.changed._futures == []
+
+    run(main)

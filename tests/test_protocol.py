@@ -1148,3 +1148,13 @@ def test_receive_gives_a_routers_envelope_and_send_answers_through_it(open_socke
     p.send(router, [identity, b"", p.encode_reply(p.Failed(1, "value", "no"))])
     assert dealer.poll(POLL_MS)
     assert dealer.recv_multipart() == [b"", p.encode_reply(p.Failed(1, "value", "no"))]
+
+
+def test_a_change_nested_in_batches_is_a_protocol_error_not_a_recursion_error():
+    """A batch inside a batch was decoded before being refused: nested some 500 deep (msgpack still unpacks
+    that), the replica thread died of a RecursionError instead of resynchronising on a ProtocolError."""
+    change: Any = ["put", "t", "ns", [{"id": "a", "created": 1}]]
+    for _ in range(450):  # 900 msgpack levels: msgpack's own limit is 1024
+        change = ["batch", [change]]
+    with pytest.raises(ProtocolError, match=r"changes\[0\]' must be a put or a del, not a batch"):
+        p.change_from_wire(p.unpack_frozen(raw(change)))

@@ -147,7 +147,7 @@ def _shut_down(replica: Replica | None, ctx: zmq.Context[Any], command: list[zmq
         replica.term_context_when_stopped()  # type: ignore[union-attr]
 
 
-def _abandoned(replica: Replica, ctx: zmq.Context[Any], command: list[zmq.Socket[Any]], pid: int) -> None:
+def _abandoned(replica: Replica | None, ctx: zmq.Context[Any], command: list[zmq.Socket[Any]], pid: int) -> None:
     """A Client collected without ``close()``: stop its replica thread and close its sockets.
 
     No goodbye is sent (the writer forgets a client after its silence). Runs in whichever thread

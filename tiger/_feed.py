@@ -457,13 +457,13 @@ class Feed:
                 future: asyncio.Future[None] = loop.create_future()
                 sub.waiters.append((loop, future))
             try:
-                if deadline is None:
-                    await future
-                else:
-                    await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise Timeout(f"{sub.name} got no change within {timeout:g}s") from None
+                # asyncio.wait: unlike wait_for before Python 3.12, it never swallows a cancellation that
+                # comes as the future resolves (the change stays queued for the next read)
+                await asyncio.wait((future,), timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if not future.done():
+                    raise Timeout(f"{sub.name} got no change within {timeout:g}s")
             finally:
+                future.cancel()
                 with sub.cond:
                     if (loop, future) in sub.waiters:
                         sub.waiters.remove((loop, future))

@@ -338,7 +338,9 @@ class Once:
             with contextlib.suppress(TigerError):
                 yield Sync(wait)  # every holder the writer knows of is in this replica
         while self._teardowns:
-            (scope, key), (teardown, in_scope) = self._teardowns.popitem()
+            # the newest first; taken off only when it runs: a wait interrupted before (a cancelled close)
+            # leaves it to run at the next tear-down
+            (scope, key), (teardown, in_scope) = next(reversed(self._teardowns.items()))
             if wait > 0 and client.replica.silent_for() <= client.heartbeat_timeout:
                 try:
                     yield Until(
@@ -349,6 +351,7 @@ class Once:
                 except Timeout:
                     holders = _held(once_record(client, scope, key))
                     log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
+            del self._teardowns[scope, key]
             error = yield TearDown(key, teardown, scope if in_scope else None)
             if error is not None:  # reported, and the other teardowns still run
                 errors.append((key, error))

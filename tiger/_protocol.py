@@ -213,6 +213,8 @@ def _change_from_wire(obj: Any) -> Change:
     if tag == "batch":
         parts = []
         for i, item in enumerate(_field(a[1], list, "changes")):
+            if isinstance(item, list) and item and item[0] == "batch":  # refused before decoding: no recursion
+                raise ProtocolError(f"field 'changes[{i}]' must be a put or a del, not a batch")
             part = change_from_wire(item)
             if type(part) is not Put and type(part) is not Delete:
                 raise ProtocolError(f"field 'changes[{i}]' must be a put or a del, not {type(part).__name__}")

@@ -178,6 +178,14 @@ class Changes(threading.Condition):
         self._futures.append((loop, future))
         return future
 
+    def forget(self, future: asyncio.Future[None]) -> None:
+        """A future no task awaits any more (its wait ended). Call it holding the lock."""
+        future.cancel()
+        try:
+            self._futures.remove((future.get_loop(), future))
+        except ValueError:  # resolved and cleared by notify_all already
+            pass
+
     def notify_all(self) -> None:
         super().notify_all()
         if self._futures:
@@ -383,7 +391,9 @@ class Replica:
                 self.changed.wait(min(remaining, 0.5))
 
     async def until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
-        """``wait_until`` for an asyncio task: the event loop runs on while it waits (no thread)."""
+        """``wait_until`` for an asyncio task: the event loop runs on while it waits (no thread). One future
+        per check, forgotten when the check ends whatever ends it; awaited with ``asyncio.wait``, which
+        (unlike ``wait_for`` before Python 3.12) never swallows a cancellation that comes as it resolves."""
         loop = asyncio.get_running_loop()
         while True:
             with self.changed:
@@ -392,14 +402,14 @@ class Replica:
                 if self.failure is not None:
                     raise Unavailable(f"the replica of {self._url} stopped: {self.failure}")
                 future = self.changed.future(loop)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                future.cancel()
-                raise Timeout(what())
             try:
-                await asyncio.wait_for(future, min(remaining, 0.5))
-            except asyncio.TimeoutError:
-                pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Timeout(what())
+                await asyncio.wait((future,), timeout=min(remaining, 0.5))
+            finally:
+                with self.changed:
+                    self.changed.forget(future)
 
     # -- the thread ------------------------------------------------------------------
 

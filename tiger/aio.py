@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import os
 import time
 import weakref
@@ -55,6 +56,7 @@ from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._table import GLOBAL, Record, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
+log = logging.getLogger("tiger.client")
 
 
 async def connect(
@@ -97,21 +99,24 @@ class AsyncClient(_Connection):
     @classmethod
     def sharing(cls, client: Client) -> AsyncClient:
         """An async client over a connected blocking ``client``'s connection: the same replica, id and
-        once keys (no second replica in the process), its own command socket. Closing it closes only
-        that socket; closing ``client`` ends both."""
+        once keys (no second replica in the process), a command socket (and zmq context) of its own.
+        Closing it closes only that socket; once ``client`` is closed, its calls raise ``TigerError``."""
         if not isinstance(client, Client):
             raise TypeError(f"client must be a tiger.Client, not {type(client).__name__}")
+        if client._closed:
+            raise TigerError("client is closed")
         shared = cls.__new__(cls)
-        shared.__dict__.update(client.__dict__)  # its ids, settings, replica, once keys and context
+        shared.__dict__.update(client.__dict__)  # its ids, settings, replica and once keys
+        del shared.__dict__["_lock"]  # the blocking client's: not this one's
         shared._shared = client
-        shared._closed = client._closed
-        shared._finalizer = None
-        shared._async_ctx = zmq.asyncio.Context.shadow(client._ctx)
+        # a context of its own: closing ``client`` terminates its context, which waits for every socket in it
+        shared._ctx = zmq.Context()
+        shared._async_ctx = zmq.asyncio.Context.shadow(shared._ctx)
         shared._locks = weakref.WeakKeyDictionary()
         shared._late = set()
         shared._unanswered = {}
         shared._command = [shared._new_socket(shared._async_ctx)]
-        del shared.__dict__["_lock"]  # the blocking client's: not this one's
+        shared._finalizer = weakref.finalize(shared, _abandoned, None, shared._ctx, shared._command, shared._pid)
         return shared
 
     async def _open(self) -> None:
@@ -136,13 +141,29 @@ class AsyncClient(_Connection):
     # -- lifecycle ------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Run the teardowns of the once values this client built (awaiting async generators), say goodbye
-        to the writer, stop the replica, close the sockets. Idempotent. A teardown that raised is raised
-        again at the end. An async client made by ``sharing`` closes only its own socket."""
+        """Run the teardowns of the once values this client built (awaiting async generators), wait for a
+        call in flight (at most ``timeout`` seconds), say goodbye to the writer, stop the replica, close the
+        sockets. Idempotent. A teardown that raised is raised again at the end. Cancelled, it still closes
+        (the teardowns not run yet are logged, not run). An async client made by ``sharing`` closes only
+        its own socket."""
         if self._closed:
             return
-        errors = await self.tear_down_once_values(wait=self.timeout) if os.getpid() == self._pid and not self._shared else []
-        self._close_now()
+        errors: list[tuple[str, BaseException]] = []
+        try:
+            if os.getpid() == self._pid and self._shared is None:
+                errors = await self.tear_down_once_values(wait=self.timeout)
+        finally:
+            if self._once._teardowns:
+                log.warning("closing %r with once teardowns not run: %s", self, sorted(k for _, k in self._once._teardowns))
+            lock = self._lock()
+            acquiring = asyncio.ensure_future(lock.acquire())  # a call in flight ends first
+            try:
+                await asyncio.wait((acquiring,), timeout=self.timeout)
+            finally:
+                acquiring.cancel()  # (not acquired in time: closed anyway; the call gets "this client is closed")
+                self._close_now()
+                if acquiring.done() and not acquiring.cancelled():
+                    lock.release()
         if errors:
             raise errors[0][1]
 
@@ -155,6 +176,7 @@ class AsyncClient(_Connection):
             return  # a forked child: the sockets belong to the parent
         if self._shared is not None:
             self._socket.close(linger=0)
+            self._ctx.term()
             return
         if self._replica is not None:
             try:
@@ -234,6 +256,11 @@ class AsyncClient(_Connection):
             lock = self._locks[loop] = asyncio.Lock()
         return lock
 
+    def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float]:
+        if self._shared is not None and self._shared._closed:
+            raise TigerError("this client is closed (the tiger.Client whose connection it shares was closed)")
+        return super()._call_bytes(request, deadline)
+
     async def _request(self, request: p.Request, deadline: float | None = None, own: bool = False) -> p.Ok:
         """``Client._request``, awaited: the same call bytes, Lazy Pirate resends on a fresh socket, expiry
         and errors. Cancelled after sending, the call is left to the replica as one that raised unanswered."""
@@ -268,6 +295,10 @@ class AsyncClient(_Connection):
                         self._late_answer(reply)
             return self._outcome(reply)
         except asyncio.CancelledError:
+            if self._closed and not _cancelling():  # the socket was closed under the call (pyzmq cancels its poll)
+                if own:
+                    self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
+                raise TigerError("this client is closed") from None
             if own and sent and not answered:  # its answer comes in about a round trip: take it then (a task,
                 # not the replica's ask-again after the deadline, which would hold this client's later writes
                 # behind the gap for up to ``timeout`` seconds)
@@ -286,12 +317,16 @@ class AsyncClient(_Connection):
     async def _answer_later(self, req_id: int) -> None:
         """Wait for the answer to a write whose caller was cancelled after sending it, until its deadline:
         whichever request reads it from the socket first (this task or another call) gives its change to
-        the replica as any write's (``_late_answer``); none by the deadline, the replica asks the writer."""
+        the replica as any write's (``_late_answer``); none by the deadline, the replica asks the writer.
+        It polls in slices of at most 50 ms, the socket free for other calls in between."""
         try:
-            async with self._lock():
-                while req_id in self._unanswered and not self._closed and time.monotonic() < self._unanswered[req_id][1]:
-                    if await self._socket.poll(max(1, int((self._unanswered[req_id][1] - time.monotonic()) * 1000))):
-                        self._late_answer(p.decode_reply(await self._socket.recv()))
+            while req_id in self._unanswered and not self._closed and time.monotonic() < self._unanswered[req_id][1]:
+                async with self._lock():
+                    if req_id in self._unanswered and not self._closed:
+                        remaining = self._unanswered[req_id][1] - time.monotonic()
+                        if await self._socket.poll(max(1, min(50, int(remaining * 1000)))):
+                            self._late_answer(p.decode_reply(await self._socket.recv()))
+                await asyncio.sleep(0)  # the calls waiting for the socket go first
         except Exception:  # (an undecodable answer, the socket closed under it): the replica asks the writer
             pass
         finally:
@@ -311,10 +346,14 @@ class AsyncClient(_Connection):
             self.replica.call_failed(None)  # refused: nothing was applied
 
     def _fresh_socket(self) -> None:
-        """A new command socket in place of the old (made and swapped in before the old one is closed)."""
+        """A new command socket in place of the old (made and swapped in before the old one is closed). The
+        cancelled writes whose answers are still awaited are sent again on it: their answers went with the
+        old socket (the writer answers a repeat from the answers it keeps, or refuses it past its expiry)."""
         fresh = self._new_socket(self._async_ctx)
         old, self._command[0] = self._command[0], fresh
         old.close(linger=0)
+        for payload, _ in self._unanswered.values():
+            fresh.send(payload, zmq.NOBLOCK)
 
     async def _write(self, request: p.Request) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes)."""
@@ -399,3 +438,10 @@ class AsyncTable(_TableReads):
     async def clear_namespace(self, namespace: str) -> None:
         """Remove every record of this table in one namespace."""
         await self._client._write(self._clear_request(check_name(namespace, "namespace")))
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (Python 3.11+ can tell; 3.10 cannot: then False)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
