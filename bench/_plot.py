@@ -534,3 +534,43 @@ def _floor_pair(series: dict[str, Any]) -> tuple[str, str]:
 
 
 _DRAW["batch"] = _batch
+
+
+def _aio(plt: Any, data: dict[str, Any]) -> Any:
+    rows = [r for r in data["rows"] if r["unit"] == "us" and r["case"] in ("blocking", "asyncio")]
+    roles = {r["subject"]: r["role"] for r in rows}
+    colors = _colors(list(roles), roles)
+    fig, axes = plt.subplots(1, 2, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
+    _bars(axes[0], rows, "us", "one insert (tiger: read-your-writes) or one DEALER round trip (floors)", colors)
+    ax = axes[1]
+    ratios = data["series"]["ratio_per_round"]
+    for subject, values in ratios.items():
+        floor = roles.get(subject) == "floor"
+        median = next(r["median"] for r in _rows(data, "asyncio / blocking") if r["subject"] == subject)
+        ax.plot(
+            range(1, len(values) + 1),
+            values,
+            marker="s" if floor else "o",
+            color=colors.get(subject, FLOOR),
+            linewidth=1.3 if floor else 2.5,
+            linestyle="--" if floor else "-",
+            label=f"{subject}{' (floor)' if floor else ''}: {median:.2f}x",
+        )
+    target = next((t for t in data["targets"] if t.get("issue") == 13), None)
+    if target is not None:
+        ax.axhline(target["limit"], color="black", linestyle="--", linewidth=0.9, label=f"target: <= {target['limit']:g}x")
+    ax.axhline(1.0, color=FLOOR, linewidth=0.8, linestyle=":")
+    ax.set_ylim(0, max(max(v) for v in ratios.values()) * 1.35)
+    rounds = max(len(v) for v in ratios.values())
+    ax.set_xticks(range(1, rounds + 1))
+    ax.set_xlabel("round (the subjects alternate within each)")
+    ax.set_ylabel("asyncio median / blocking median")
+    ax.set_title("what awaiting costs, each round (legend: over all rounds)", fontsize=10)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle("aio: a single insert awaited with tiger.aio vs the blocking call, in one process and one event loop")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["aio"] = _aio

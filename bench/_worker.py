@@ -39,17 +39,22 @@ def _exit_on_eof() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def echo(url: str) -> None:
-    """The REP side of the raw REQ/REP floor: receive one frame, send it back."""
+def echo(url: str, kind: str = "REP") -> None:
+    """The echo side of the raw round-trip floors: receive one message, send it back. ``kind`` REP (the REQ/REP
+    floor) or ROUTER (the DEALER floors: tiger's clients talk to its writer over DEALER/ROUTER)."""
     import zmq
 
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.REP)
+    sock = ctx.socket(getattr(zmq, kind))
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(url)
     _say({"ready": True, "url": sock.getsockopt_string(zmq.LAST_ENDPOINT)})
     _exit_on_eof()
-    recv, send = sock.recv, sock.send
+    if kind == "ROUTER":  # its message is the sender's id, then the payload
+        recv_message, send_message = sock.recv_multipart, sock.send_multipart
+        while True:
+            send_message(recv_message())
+    recv, send = sock.recv, sock.send  # a REP's: one frame, as it always was (the REQ/REP floor unchanged)
     while True:
         send(recv())
 

@@ -171,3 +171,36 @@ def test_quick_batch_runs_single_calls_and_batches_of_each_size(tmp_path: Path) 
     assert "file" in data["plot"] or "skipped" in data["plot"]
     assert "### targets (issue 12)" in proc.stdout
     assert "| 100 writes in one client.batch() | tiger |" in proc.stdout
+
+
+def test_quick_aio_runs_blocking_and_awaited_inserts_with_their_floors(tmp_path: Path) -> None:
+    """``--only aio``: tiger's insert blocking and awaited, the DEALER floor each way, the ratios, issue 13's target."""
+    proc, data = run_quick(tmp_path, "aio")
+    assert data["scenario"] == "aio"
+    assert data["quick"] is True
+    assert "perf_counter_ns" in data["method"] and "asyncio" in data["method"]
+    rows = {(r["case"], r["subject"]): r for r in data["rows"]}
+    cases = {
+        "tiger: Table.insert": ("blocking", "tiger"),
+        "tiger.aio: await AsyncTable.insert": ("asyncio", "tiger"),
+        "pyzmq DEALER: send, poll, recv (as tiger's client)": ("blocking", "floor"),
+        "pyzmq asyncio DEALER: await send, poll, recv (as tiger.aio)": ("asyncio", "floor"),
+        "pyzmq asyncio DEALER: await send, recv": ("asyncio", "floor"),
+    }
+    for subject, (case, role) in cases.items():
+        row = rows[(case, subject)]
+        assert (row["role"], row["unit"]) == (role, "us")
+        assert row["samples"] == data["params"]["rounds"] * data["params"]["ops_per_round"]
+        assert 0 < row["median"] <= row["p99"] <= row["max"]
+        assert len(row["round_medians"]) == data["params"]["rounds"]
+    for subject in ("tiger.aio: await AsyncTable.insert", "pyzmq asyncio DEALER: await send, poll, recv (as tiger.aio)"):
+        assert rows[("asyncio / blocking", subject)]["median"] > 0
+        assert rows[("asyncio / blocking", subject)]["unit"] == "x"
+        assert rows[("asyncio - blocking", subject)]["unit"] == "us"
+    [target] = data["targets"]
+    assert (target["issue"], target["unit"], target["limit"]) == (13, "x blocking", 1.2)
+    assert target["measured"] == rows[("asyncio / blocking", "tiger.aio: await AsyncTable.insert")]["median"]
+    assert target["met"] in (True, False)
+    assert "file" in data["plot"] or "skipped" in data["plot"]
+    assert "### targets (issue 13)" in proc.stdout
+    assert "| asyncio | tiger.aio: await AsyncTable.insert |" in proc.stdout
