@@ -574,3 +574,62 @@ def _aio(plt: Any, data: dict[str, Any]) -> Any:
 
 
 _DRAW["aio"] = _aio
+
+
+def _feed(plt: Any, data: dict[str, Any]) -> Any:
+    replicas = data["params"]["replicas"]
+    case, from_case = f"lag, {replicas} replicas", f"lag from the insert call, {replicas} replicas"
+    rows, from_rows = _rows(data, case), _rows(data, from_case)
+    colors = {r["subject"]: c for r, c in zip(rows, [FLOOR, *TIGERS], strict=False)}  # the reference first, grey
+    fig, axes = plt.subplots(1, 2, figsize=(16, 5), gridspec_kw={"width_ratios": [1.2, 1]})
+    ax = axes[0]
+    # (group label, rows, statistic, whether a target is evaluated on it)
+    groups = [
+        ("p50 from the insert call", from_rows, "median", True),
+        ("p50 from acknowledgement\n(between two modes: no ratio)", rows, "median", False),
+        ("p99 from acknowledgement", rows, "p99", True),
+    ]
+    width = 0.8 / len(rows)
+    for i, (_, group, key, target) in enumerate(groups):
+        for j, row in enumerate(group):
+            x = i + (j - (len(group) - 1) / 2) * width
+            ax.bar(x, row[key], width=width * 0.95, color=colors[row["subject"]], label=row["subject"] if i == 0 else None)
+            ax.text(x, max(row[key], 0) + 5, f"{row[key]:.0f}", ha="center", va="bottom", fontsize=7)
+        if target:
+            limit = 1.2 * group[0][key]
+            ax.plot([i - 0.45, i + 0.45], [limit, limit], color="black", linestyle="--", linewidth=1.0)
+            note = "target: 1.2x the replica's"
+            ax.annotate(note, (i, limit), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    ax.axhline(0, color=FLOOR, linewidth=0.8)
+    ax.set_xticks(range(len(groups)), [label for label, *_ in groups], fontsize=8)
+    ax.set_ylabel("lag, us")
+    ax.set_ylim(top=max(max(r["median"] for r in from_rows), max(r["p99"] for r in rows)) * 1.25)
+    ax.set_title(f"over every record and every one of {replicas} replicas (the targets: dashed)", fontsize=10)
+    ax.grid(axis="y", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper right")
+    ax = axes[1]
+    quantiles = data["series"]["quantiles"]
+    reference = rows[0]["subject"]
+    for subject, values in data["series"]["lag_quantiles_us"].items():
+        ax.plot(
+            values,
+            quantiles,
+            color=colors.get(subject, FLOOR),
+            linewidth=1.5 if subject == reference else 2,
+            linestyle="--" if subject == reference else "-",
+            label=subject,
+        )
+    ax.axvline(0, color=FLOOR, linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=10)  # a lag can be negative: B had the change before A's reply arrived
+    ax.set_xlabel("lag from acknowledgement, us (symmetric log: linear within +-10 us)")
+    ax.set_ylabel("percentile of the lags")
+    ax.set_ylim(0, 100)
+    ax.set_title("the lags from acknowledgement, percentiles 1 to 99: negative = B before A's reply", fontsize=10)
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"feed: a change acknowledged in A, yielded by a feed in B ({replicas} replica processes) vs seen by wait_for")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["feed"] = _feed

@@ -179,6 +179,75 @@ def replica(url: str, count: str) -> None:
     client.close()
 
 
+def feed_replica(url: str) -> None:
+    """A tiger replica for the feed scenario: when did each record appear here, seen one of three ways?
+
+    Each order ``{"how", "prefix", "count"}`` names the way for the next ``count`` records (ids ``prefix``
+    + 8 hex digits, inserted in that order by another process): ``"wait_for"`` (Table.wait_for of each id,
+    as the fanout replica), ``"feed"`` (``for change in table.watch()``) or ``"async feed"`` (``async for``
+    over the same feed in a running asyncio loop). The feed is open, and the loop running, before it says
+    ``{"ready": how}``; it says every stamp (``time.monotonic_ns()``) once all ``count`` came."""
+    import asyncio
+
+    import tiger
+
+    client = tiger.connect(url, timeout=30.0)
+    table = client.table("plans", prefix="plan")
+    _say({"ready": True})
+    while True:
+        order = _order()
+        how, prefix = order["how"], order["prefix"]
+        ids = [f"{prefix}{i:08x}" for i in range(int(order["count"]))]
+        gc.collect()
+        if how == "wait_for":
+            _say({"ready": how})
+            seen = _waited_for(table, ids)
+        elif how == "feed":
+            with table.watch(timeout=30.0) as feed:
+                _say({"ready": how})
+                seen = _fed(feed, ids)
+        elif how == "async feed":
+            seen = asyncio.run(_fed_async(table, ids, how))
+        else:
+            raise ValueError(f"unknown way to follow: {how!r}")
+        _say({"seen": seen})
+
+
+def _waited_for(table: Any, ids: list[str]) -> list[int]:
+    """When each id reached this replica, by Table.wait_for (as the fanout replica)."""
+    seen, clock, wait_for = [], time.monotonic_ns, table.wait_for
+    for id in ids:
+        wait_for(id, timeout=30.0)
+        seen.append(clock())
+    return seen
+
+
+def _fed(feed: Any, ids: list[str]) -> list[int]:
+    """When a blocking feed yielded each id's change."""
+    seen: list[int] = []
+    clock = time.monotonic_ns
+    for change in feed:
+        if change.id == ids[len(seen)]:
+            seen.append(clock())
+            if len(seen) == len(ids):
+                break
+    return seen
+
+
+async def _fed_async(table: Any, ids: list[str], how: str) -> list[int]:
+    """When a feed read with ``async for`` in this running loop yielded each id's change (opened here: ready)."""
+    seen: list[int] = []
+    clock = time.monotonic_ns
+    with table.watch(timeout=30.0) as feed:
+        _say({"ready": how})
+        async for change in feed:
+            if change.id == ids[len(seen)]:
+                seen.append(clock())
+                if len(seen) == len(ids):
+                    break
+    return seen
+
+
 def sub(url: str, count: str) -> None:
     """The lag floor: a raw SUB that decodes what one PUB hop delivers."""
     import msgpack
@@ -371,6 +440,7 @@ COMMANDS = {
     "fanout_echo": fanout_echo,
     "writer": writer,
     "replica": replica,
+    "feed_replica": feed_replica,
     "sub": sub,
     "join": join,
     "dictmem": dictmem,
