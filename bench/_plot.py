@@ -599,7 +599,7 @@ def _feed(plt: Any, data: dict[str, Any]) -> Any:
             limit = 1.2 * group[0][key]
             ax.plot([i - 0.45, i + 0.45], [limit, limit], color="black", linestyle="--", linewidth=1.0)
             note = "target: 1.2x the replica's"
-            ax.annotate(note, (i, limit), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+            ax.annotate(note, (i - 0.45, limit), textcoords="offset points", xytext=(0, 3), ha="left", fontsize=7)
     ax.axhline(0, color=FLOOR, linewidth=0.8)
     ax.set_xticks(range(len(groups)), [label for label, *_ in groups], fontsize=8)
     ax.set_ylabel("lag, us")
