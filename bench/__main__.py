@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ["read", "write", "batch", "writers", "fanout", "join", "join-stall", "xdist", "plugin"]
+SCENARIOS = ["read", "write", "aio", "batch", "writers", "fanout", "feed", "join", "join-stall", "xdist", "plugin"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -534,3 +534,102 @@ def _floor_pair(series: dict[str, Any]) -> tuple[str, str]:
 
 
 _DRAW["batch"] = _batch
+
+
+def _aio(plt: Any, data: dict[str, Any]) -> Any:
+    rows = [r for r in data["rows"] if r["unit"] == "us" and r["case"] in ("blocking", "asyncio")]
+    roles = {r["subject"]: r["role"] for r in rows}
+    colors = _colors(list(roles), roles)
+    fig, axes = plt.subplots(1, 2, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
+    _bars(axes[0], rows, "us", "one insert (tiger: read-your-writes) or one DEALER round trip (floors)", colors)
+    ax = axes[1]
+    ratios = data["series"]["ratio_per_round"]
+    for subject, values in ratios.items():
+        floor = roles.get(subject) == "floor"
+        median = next(r["median"] for r in _rows(data, "asyncio / blocking") if r["subject"] == subject)
+        ax.plot(
+            range(1, len(values) + 1),
+            values,
+            marker="s" if floor else "o",
+            color=colors.get(subject, FLOOR),
+            linewidth=1.3 if floor else 2.5,
+            linestyle="--" if floor else "-",
+            label=f"{subject}{' (floor)' if floor else ''}: {median:.2f}x",
+        )
+    target = next((t for t in data["targets"] if t.get("issue") == 13), None)
+    if target is not None:
+        ax.axhline(target["limit"], color="black", linestyle="--", linewidth=0.9, label=f"target: <= {target['limit']:g}x")
+    ax.axhline(1.0, color=FLOOR, linewidth=0.8, linestyle=":")
+    ax.set_ylim(0, max(max(v) for v in ratios.values()) * 1.35)
+    rounds = max(len(v) for v in ratios.values())
+    ax.set_xticks(range(1, rounds + 1))
+    ax.set_xlabel("round (the subjects alternate within each)")
+    ax.set_ylabel("asyncio median / blocking median")
+    ax.set_title("what awaiting costs, each round (legend: over all rounds)", fontsize=10)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle("aio: a single insert awaited with tiger.aio vs the blocking call, in one process and one event loop")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["aio"] = _aio
+
+
+def _feed(plt: Any, data: dict[str, Any]) -> Any:
+    replicas = data["params"]["replicas"]
+    case, from_case = f"lag, {replicas} replicas", f"lag from the insert call, {replicas} replicas"
+    rows, from_rows = _rows(data, case), _rows(data, from_case)
+    colors = {r["subject"]: c for r, c in zip(rows, [FLOOR, *TIGERS], strict=False)}  # the reference first, grey
+    fig, axes = plt.subplots(1, 2, figsize=(16, 5), gridspec_kw={"width_ratios": [1.2, 1]})
+    ax = axes[0]
+    # (group label, rows, statistic, whether a target is evaluated on it)
+    groups = [
+        ("p50 from the insert call", from_rows, "median", True),
+        ("p50 from acknowledgement\n(between two modes: no ratio)", rows, "median", False),
+        ("p99 from acknowledgement", rows, "p99", True),
+    ]
+    width = 0.8 / len(rows)
+    for i, (_, group, key, target) in enumerate(groups):
+        for j, row in enumerate(group):
+            x = i + (j - (len(group) - 1) / 2) * width
+            ax.bar(x, row[key], width=width * 0.95, color=colors[row["subject"]], label=row["subject"] if i == 0 else None)
+            ax.text(x, max(row[key], 0) + 5, f"{row[key]:.0f}", ha="center", va="bottom", fontsize=7)
+        if target:
+            limit = 1.2 * group[0][key]
+            ax.plot([i - 0.45, i + 0.45], [limit, limit], color="black", linestyle="--", linewidth=1.0)
+            note = "target: 1.2x the replica's"
+            ax.annotate(note, (i - 0.45, limit), textcoords="offset points", xytext=(0, 3), ha="left", fontsize=7)
+    ax.axhline(0, color=FLOOR, linewidth=0.8)
+    ax.set_xticks(range(len(groups)), [label for label, *_ in groups], fontsize=8)
+    ax.set_ylabel("lag, us")
+    ax.set_ylim(top=max(max(r["median"] for r in from_rows), max(r["p99"] for r in rows)) * 1.25)
+    ax.set_title(f"over every record and every one of {replicas} replicas (the targets: dashed)", fontsize=10)
+    ax.grid(axis="y", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper right")
+    ax = axes[1]
+    quantiles = data["series"]["quantiles"]
+    reference = rows[0]["subject"]
+    for subject, values in data["series"]["lag_quantiles_us"].items():
+        ax.plot(
+            values,
+            quantiles,
+            color=colors.get(subject, FLOOR),
+            linewidth=1.5 if subject == reference else 2,
+            linestyle="--" if subject == reference else "-",
+            label=subject,
+        )
+    ax.axvline(0, color=FLOOR, linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=10)  # a lag can be negative: B had the change before A's reply arrived
+    ax.set_xlabel("lag from acknowledgement, us (symmetric log: linear within +-10 us)")
+    ax.set_ylabel("percentile of the lags")
+    ax.set_ylim(0, 100)
+    ax.set_title("the lags from acknowledgement, percentiles 1 to 99: negative = B before A's reply", fontsize=10)
+    ax.grid(which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"feed: a change acknowledged in A, yielded by a feed in B ({replicas} replica processes) vs seen by wait_for")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+_DRAW["feed"] = _feed

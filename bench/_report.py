@@ -38,11 +38,11 @@ def versus(tiger: dict[str, Any], row: dict[str, Any]) -> str:
     a, b = tiger.get("median"), row.get("median")
     if a is None or b is None or not a or not b or math.isnan(a) or math.isnan(b):
         return "-"
+    if a < 0 or b < 0:  # a lag can be negative (seen before acknowledged): no meaningful ratio
+        return "-"
     if row["role"] == "tiger":  # another tiger setup (writers: with --fsync): its figure as a multiple of the first's
         return f"{b / a:.2f}x {tiger['subject']}'s"
     unit = row["unit"]
-    if a < 0 or b < 0:  # a lag can be negative (seen before acknowledged): no meaningful ratio
-        return "-"
     if unit == "builds":
         return f"tiger {a:.0f} vs {b:.0f}"
     r = a / b if row["better"] == "lower" else b / a  # > 1: tiger is worse

@@ -39,17 +39,22 @@ def _exit_on_eof() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def echo(url: str) -> None:
-    """The REP side of the raw REQ/REP floor: receive one frame, send it back."""
+def echo(url: str, kind: str = "REP") -> None:
+    """The echo side of the raw round-trip floors: receive one message, send it back. ``kind`` REP (the REQ/REP
+    floor) or ROUTER (the DEALER floors: tiger's clients talk to its writer over DEALER/ROUTER)."""
     import zmq
 
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.REP)
+    sock = ctx.socket(getattr(zmq, kind))
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(url)
     _say({"ready": True, "url": sock.getsockopt_string(zmq.LAST_ENDPOINT)})
     _exit_on_eof()
-    recv, send = sock.recv, sock.send
+    if kind == "ROUTER":  # its message is the sender's id, then the payload
+        recv_message, send_message = sock.recv_multipart, sock.send_multipart
+        while True:
+            send_message(recv_message())
+    recv, send = sock.recv, sock.send  # a REP's: one frame, as it always was (the REQ/REP floor unchanged)
     while True:
         send(recv())
 
@@ -172,6 +177,75 @@ def replica(url: str, count: str) -> None:
     _say({"seen": seen})
     _order()  # stay attached (applying changes) until told: the writer's throughput is measured meanwhile
     client.close()
+
+
+def feed_replica(url: str) -> None:
+    """A tiger replica for the feed scenario: when did each record appear here, seen one of three ways?
+
+    Each order ``{"how", "prefix", "count"}`` names the way for the next ``count`` records (ids ``prefix``
+    + 8 hex digits, inserted in that order by another process): ``"wait_for"`` (Table.wait_for of each id,
+    as the fanout replica), ``"feed"`` (``for change in table.watch()``) or ``"async feed"`` (``async for``
+    over the same feed in a running asyncio loop). The feed is open, and the loop running, before it says
+    ``{"ready": how}``; it says every stamp (``time.monotonic_ns()``) once all ``count`` came."""
+    import asyncio
+
+    import tiger
+
+    client = tiger.connect(url, timeout=30.0)
+    table = client.table("plans", prefix="plan")
+    _say({"ready": True})
+    while True:
+        order = _order()
+        how, prefix = order["how"], order["prefix"]
+        ids = [f"{prefix}{i:08x}" for i in range(int(order["count"]))]
+        gc.collect()
+        if how == "wait_for":
+            _say({"ready": how})
+            seen = _waited_for(table, ids)
+        elif how == "feed":
+            with table.watch(timeout=30.0) as feed:
+                _say({"ready": how})
+                seen = _fed(feed, ids)
+        elif how == "async feed":
+            seen = asyncio.run(_fed_async(table, ids, how))
+        else:
+            raise ValueError(f"unknown way to follow: {how!r}")
+        _say({"seen": seen})
+
+
+def _waited_for(table: Any, ids: list[str]) -> list[int]:
+    """When each id reached this replica, by Table.wait_for (as the fanout replica)."""
+    seen, clock, wait_for = [], time.monotonic_ns, table.wait_for
+    for id in ids:
+        wait_for(id, timeout=30.0)
+        seen.append(clock())
+    return seen
+
+
+def _fed(feed: Any, ids: list[str]) -> list[int]:
+    """When a blocking feed yielded each id's change."""
+    seen: list[int] = []
+    clock = time.monotonic_ns
+    for change in feed:
+        if change.id == ids[len(seen)]:
+            seen.append(clock())
+            if len(seen) == len(ids):
+                break
+    return seen
+
+
+async def _fed_async(table: Any, ids: list[str], how: str) -> list[int]:
+    """When a feed read with ``async for`` in this running loop yielded each id's change (opened here: ready)."""
+    seen: list[int] = []
+    clock = time.monotonic_ns
+    with table.watch(timeout=30.0) as feed:
+        _say({"ready": how})
+        async for change in feed:
+            if change.id == ids[len(seen)]:
+                seen.append(clock())
+                if len(seen) == len(ids):
+                    break
+    return seen
 
 
 def sub(url: str, count: str) -> None:
@@ -366,6 +440,7 @@ COMMANDS = {
     "fanout_echo": fanout_echo,
     "writer": writer,
     "replica": replica,
+    "feed_replica": feed_replica,
     "sub": sub,
     "join": join,
     "dictmem": dictmem,

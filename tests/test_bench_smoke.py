@@ -171,3 +171,66 @@ def test_quick_batch_runs_single_calls_and_batches_of_each_size(tmp_path: Path) 
     assert "file" in data["plot"] or "skipped" in data["plot"]
     assert "### targets (issue 12)" in proc.stdout
     assert "| 100 writes in one client.batch() | tiger |" in proc.stdout
+
+
+def test_quick_aio_runs_blocking_and_awaited_inserts_with_their_floors(tmp_path: Path) -> None:
+    """``--only aio``: tiger's insert blocking and awaited, the DEALER floor each way, the ratios, issue 13's target."""
+    proc, data = run_quick(tmp_path, "aio")
+    assert data["scenario"] == "aio"
+    assert data["quick"] is True
+    assert "perf_counter_ns" in data["method"] and "asyncio" in data["method"]
+    rows = {(r["case"], r["subject"]): r for r in data["rows"]}
+    cases = {
+        "tiger: Table.insert": ("blocking", "tiger"),
+        "tiger.aio: await AsyncTable.insert": ("asyncio", "tiger"),
+        "pyzmq DEALER: send, poll, recv (as tiger's client)": ("blocking", "floor"),
+        "pyzmq asyncio DEALER: await send, poll, recv (as tiger.aio)": ("asyncio", "floor"),
+        "pyzmq asyncio DEALER: await send, recv": ("asyncio", "floor"),
+    }
+    for subject, (case, role) in cases.items():
+        row = rows[(case, subject)]
+        assert (row["role"], row["unit"]) == (role, "us")
+        assert row["samples"] == data["params"]["rounds"] * data["params"]["ops_per_round"]
+        assert 0 < row["median"] <= row["p99"] <= row["max"]
+        assert len(row["round_medians"]) == data["params"]["rounds"]
+    for subject in ("tiger.aio: await AsyncTable.insert", "pyzmq asyncio DEALER: await send, poll, recv (as tiger.aio)"):
+        assert rows[("asyncio / blocking", subject)]["median"] > 0
+        assert rows[("asyncio / blocking", subject)]["unit"] == "x"
+        assert rows[("asyncio - blocking", subject)]["unit"] == "us"
+    [target] = data["targets"]
+    assert (target["issue"], target["unit"], target["limit"]) == (13, "x blocking", 1.2)
+    assert target["measured"] == rows[("asyncio / blocking", "tiger.aio: await AsyncTable.insert")]["median"]
+    assert target["met"] in (True, False)
+    assert "file" in data["plot"] or "skipped" in data["plot"]
+    assert "### targets (issue 13)" in proc.stdout
+    assert "| asyncio | tiger.aio: await AsyncTable.insert |" in proc.stdout
+
+
+def test_quick_feed_runs_each_way_of_following_with_4_replicas(tmp_path: Path) -> None:
+    """``--only feed``: every record reached every replica each way (wait_for, a feed, an async feed), the wake-up
+    floor, and issue 13's four targets (p50 and p99 of each feed against the replica lag)."""
+    proc, data = run_quick(tmp_path, "feed")
+    assert data["scenario"] == "feed"
+    assert data["quick"] is True
+    p = data["params"]
+    assert p["replicas"] == 4
+    assert p["ways"] == ["wait_for", "feed", "async feed"]
+    rows = {(r["case"], r["subject"]): r for r in data["rows"]}
+    ways = ("replica (wait_for)", "feed (for change in table.watch())", "feed (async for, asyncio)")
+    for subject in ways:
+        for case in ("lag, 4 replicas", "lag from the insert call, 4 replicas"):
+            row = rows[(case, subject)]
+            assert (row["role"], row["unit"]) == ("tiger", "us")
+            assert row["samples"] == p["replicas"] * p["rounds"] * p["records_per_round"]  # every record, every replica
+            assert row["median"] <= row["p99"] <= row["max"]
+        assert 0 <= rows[("lag, 4 replicas", subject)]["before_ack"] <= 1
+        assert len(data["series"]["lag_quantiles_us"][subject]) == len(data["series"]["quantiles"])
+    for subject in ("threading.Condition: a waiting thread", "loop.call_soon_threadsafe: a task awaiting a future"):
+        row = rows[("wake-up by another thread", subject)]
+        assert row["role"] == "floor" and 0 < row["median"] <= row["max"]
+    targets = data["targets"]
+    assert [(t["issue"], t["unit"], t["limit"]) for t in targets] == [(13, "x replica lag", 1.2)] * 4
+    assert all(t["met"] in (True, False) for t in targets)
+    assert "file" in data["plot"] or "skipped" in data["plot"]
+    assert "### targets (issue 13)" in proc.stdout
+    assert "| lag, 4 replicas | feed (async for, asyncio) |" in proc.stdout
