@@ -110,3 +110,39 @@ def test_the_writer_refuses_an_oversized_record_from_a_raw_peer(writer):
         reply = p.decode_reply(sock.recv())
         sock.close(linger=0)
     assert type(reply) is p.Failed and reply.kind == "value" and "at most" in reply.message
+
+
+def test_a_client_whose_write_failed_while_its_ipc_writer_was_down_follows_the_writer_back(tmp_path):
+    """The writer SIGKILLed, a write failing meanwhile (Unavailable), the writer started again on the same ipc
+    path: in 3 runs of 4 the replica's SUB never got a message from the new PUB again, and every later write
+    raised Timeout (the writer had applied it). A resync that cannot confirm its subscription now makes a new
+    SUB socket (a new-user trial found it; the libzmq cause is not known)."""
+    import os
+    import signal
+
+    url = f"ipc://{tmp_path}/w"
+    for _attempt in range(2):  # (it stuck in 3 runs of 4)
+        server = tiger.serve(url)
+        try:
+            with tiger.connect(url, timeout=2.0) as client:
+                table = client.table("t")
+                table.insert({"id": "a"})
+                os.kill(server.pid, signal.SIGKILL)
+                server.stop()
+                with pytest.raises(tiger.Unavailable):
+                    table.insert({"id": "b"})
+                server = tiger.serve(url)
+                deadline = time.monotonic() + 20
+                while True:  # until the replica has joined the new writer: Unavailable, or Timeout (applied)
+                    try:
+                        table.insert({"id": "c"})
+                        break
+                    except (tiger.Unavailable, tiger.Timeout):
+                        assert time.monotonic() < deadline, "the client never followed the writer back"
+                for i in range(3):
+                    table.insert({"id": f"d{i}"})
+                client.sync(timeout=10.0)
+                assert {r["id"] for r in table.all()} == {"c", "d0", "d1", "d2"}
+                assert client.epoch == client.stats()["epoch"]
+        finally:
+            server.stop()

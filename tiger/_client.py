@@ -614,7 +614,7 @@ class Client(_Connection):
 def _timeout(value: float | None, default: float) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:  # (NaN: not >= 0)
         raise ValueError(f"timeout must be a non-negative number of seconds, got {value!r}")
     return float(value)
 

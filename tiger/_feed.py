@@ -168,10 +168,15 @@ class Subscription:
             if self.done:
                 return
             if len(self.queue) + len(changes) > self.max_queued:
+                if len(changes) > self.max_queued:
+                    why = f"one write of {len(changes)} changes is more than max_queued={self.max_queued}"
+                    advice = "open it with a max_queued above the largest write it follows"
+                else:
+                    why = f"{len(self.queue)} changes were queued unread (max_queued={self.max_queued}) and are dropped"
+                    advice = "read faster (or open it with a larger max_queued)"
                 self.overflow = (
-                    f"{self.name} overflowed at seq {changes[0].seq}: {len(self.queue)} changes were queued unread "
-                    f"(max_queued={self.max_queued}) and are dropped. Open a new feed and re-read the table "
-                    "(reads are local), or read faster (or open it with a larger max_queued)"
+                    f"{self.name} overflowed at seq {changes[0].seq}: {why}. Open a new feed and re-read the table "
+                    f"(reads are local), and {advice}"
                 )
                 self.queue.clear()
                 self.done = True

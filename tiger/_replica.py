@@ -421,14 +421,20 @@ class Replica:
         for that time."""
         return max(0.0, self.last_awake - self.last_heard)
 
-    def _run(self) -> None:
-        sub = self._ctx.socket(zmq.SUB)
+    def _subscriber(self) -> zmq.Socket[Any]:
+        """The SUB socket, subscribed to every topic but this client's own changes, connected to the PUB."""
+        sub: zmq.Socket[Any] = self._ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, SUB_HWM)
         for prefix in p.subscriptions(self._topic):  # every topic but this client's own changes
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        self._everything = False
         self._secure(sub)
         sub.connect(self._pub_url)
+        return sub
+
+    def _run(self) -> None:
+        sub = self._subscriber()
         dealer = self._dealer()
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
@@ -494,6 +500,12 @@ class Replica:
                     log.info("replica waiting for the writer: %s", e)
                     must_resync = True
                     queued = []
+                    # and on a SUB of its own: a writer back on the same ipc path was seen to publish to
+                    # this one nothing ever again (after a call of this client failed while it was down)
+                    poller.unregister(sub)
+                    sub.close(linger=0)
+                    sub = self._subscriber()
+                    poller.register(sub, zmq.POLLIN)
                     self._await_writer(sub, dealer)
         except _Stopped:
             return

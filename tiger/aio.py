@@ -90,6 +90,7 @@ class AsyncClient(_Connection):
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._late: set[asyncio.Task[None]] = set()  # tasks awaiting the answers of cancelled writes
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
+        self._taken: list[bytes] = []  # messages received as their caller was cancelled
         try:
             self._command = [self._new_socket(self._async_ctx)]  # a list the finalizer shares (a resend replaces it)
         except ValueError:
@@ -115,6 +116,7 @@ class AsyncClient(_Connection):
         shared._locks = weakref.WeakKeyDictionary()
         shared._late = set()
         shared._unanswered = {}
+        shared._taken = []
         shared._command = [shared._new_socket(shared._async_ctx)]
         shared._finalizer = weakref.finalize(shared, _abandoned, None, shared._ctx, shared._command, shared._pid)
         return shared
@@ -282,13 +284,11 @@ class AsyncClient(_Connection):
                         self._silence(wait)
                         await self._socket.send(payload)
                         self.resends += 1
-                    elif not await self._socket.poll(wait):
-                        continue
                     else:
-                        try:
-                            reply = p.decode_reply(await self._socket.recv(zmq.NOBLOCK))
-                        except zmq.Again:
+                        data = await self._receive(wait)
+                        if data is None:
                             continue
+                        reply = p.decode_reply(data)
                         if reply.req_id == req_id:
                             answered = True
                             break
@@ -303,6 +303,8 @@ class AsyncClient(_Connection):
                 # not the replica's ask-again after the deadline, which would hold this client's later writes
                 # behind the gap for up to ``timeout`` seconds)
                 self._unanswered[req_id] = (payload, deadline)
+                while self._taken:  # received as the call was cancelled: its own answer, maybe
+                    self._late_answer(p.decode_reply(self._taken.pop(0)))
                 task = asyncio.get_running_loop().create_task(self._answer_later(req_id))
                 self._late.add(task)
                 task.add_done_callback(self._late.discard)
@@ -313,6 +315,31 @@ class AsyncClient(_Connection):
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
+
+    async def _receive(self, wait_ms: int) -> bytes | None:
+        """The next message on the command socket, or None after ``wait_ms`` without one. One receive awaited,
+        a timer cancelling it (not a poll, then a receive: that cost a second turn of the event loop, some
+        14 us a call, nor ``asyncio.wait``). A message taken as the caller is cancelled is kept in
+        ``_taken`` for the cancellation's handler, not lost."""
+        receiving: asyncio.Future[bytes] = self._socket.recv()  # type: ignore[assignment]
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            receiving.cancel()  # pyzmq takes back a receive not done yet
+
+        timer = asyncio.get_running_loop().call_later(wait_ms / 1000, expire)
+        try:
+            return await receiving
+        except asyncio.CancelledError:
+            if receiving.done() and not receiving.cancelled():  # the message came as the caller was cancelled
+                self._taken.append(receiving.result())
+            elif expired and not _cancelling():
+                return None
+            raise
+        finally:
+            timer.cancel()
+            receiving.cancel()
 
     async def _answer_later(self, req_id: int) -> None:
         """Wait for the answer to a write whose caller was cancelled after sending it, until its deadline:

@@ -769,11 +769,11 @@ def tiger_client(pytestconfig: pytest.Config) -> Client:
 
 
 @pytest.fixture
-def tiger_aclient(tiger_client: Client) -> Iterator[AsyncClient]:
+def tiger_aclient(tiger_client: Client, tiger_namespace: str) -> Iterator[AsyncClient]:
     """A ``tiger.aio.AsyncClient`` for this test: writes, waits, ``once`` and batches are awaited, reads
-    are plain calls; in the test's namespace as ``tiger_client`` is. It shares the connection of the
-    process's ``tiger_client`` (one replica per process; ``AsyncClient.sharing``) with a command socket
-    of its own, closed after the test.
+    are plain calls; in a namespace of the test's own (``tiger_namespace``). It shares the connection of
+    the process's ``tiger_client`` (one replica per process; ``AsyncClient.sharing``) with a command
+    socket of its own, closed after the test.
 
     Made without awaiting anything, so the fixture itself needs no event loop: it serves ``async def``
     tests run by pytest-asyncio (strict or auto mode) and by anyio's pytest plugin (backend asyncio)
