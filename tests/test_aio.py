@@ -66,9 +66,17 @@ class Heartbeat:
         assert self._task is not None
         self._task.cancel()
 
-    @property
-    def longest(self) -> float:
-        return max(self.gaps)
+    def assert_responsive(self) -> None:
+        """Ticking within 50 ms (issue 13): 95% of the gaps, and none past 0.25 s. A loop the wait blocked
+        shows one gap as long as the wait itself (0.5 s and more in these tests); a loaded machine (the
+        other xdist worker, CI) may not schedule this process for a tick or two, which says nothing of
+        tiger."""
+        gaps = sorted(self.gaps)
+        assert gaps, "the heartbeat never ticked"
+        p95 = gaps[int(0.95 * (len(gaps) - 1))]
+        assert p95 < 0.05 and gaps[-1] < 0.25, (
+            f"the event loop was blocked: 95% of gaps under {p95:.3f}s, longest {gaps[-1]:.3f}s"
+        )
 
 
 def test_async_writes_are_in_the_local_replica_when_they_return(tiger_url, ns):
@@ -157,7 +165,7 @@ def test_the_event_loop_keeps_running_while_wait_for_waits(tiger_url, connect, n
                     None, lambda: writer_client.table("plans", prefix="plan").insert({"id": "plan_later"})
                 )
                 assert (await waiting)["id"] == "plan_later"
-            assert beat.longest < 0.05, f"the event loop was blocked for {beat.longest:.3f}s"
+            beat.assert_responsive()
 
     run(main)
 
@@ -172,7 +180,7 @@ def test_the_event_loop_keeps_running_while_once_waits_for_a_build_in_another_pr
             async with await tiger.aio.connect(tiger_url) as client:
                 async with Heartbeat() as beat:
                     value = await client.once(key, lambda: pytest.fail("built twice"), timeout=10)
-                assert beat.longest < 0.05, f"the event loop was blocked for {beat.longest:.3f}s"
+                beat.assert_responsive()
                 assert sum(beat.gaps) > 1.0  # it did wait for the build, ticking all along
                 return value
 
@@ -297,7 +305,7 @@ def test_connect_without_a_writer_raises_unavailable_without_blocking_the_loop(t
         async with Heartbeat() as beat:
             with pytest.raises(tiger.Unavailable):
                 await tiger.aio.connect(f"ipc://{tmp_path}/nobody", timeout=0.5)
-        assert beat.longest < 0.05
+        beat.assert_responsive()
 
     run(main)
 
@@ -366,12 +374,12 @@ def test_async_wait_until_returns_a_stored_record_or_the_first_to_arrive(tiger_u
             async with Heartbeat() as beat:
                 cus_2 = invoices.wait_until(lambda r: r["customer"] == "cus_2", timeout=10)
                 waiting = asyncio.get_running_loop().create_task(cus_2)
-                await asyncio.sleep(0.2)  # sleep-ok: waiting a while before the record is written, the loop ticking
+                await asyncio.sleep(0.5)  # sleep-ok: waiting a while before the record is written, the loop ticking
                 later = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: other.table("invoices", prefix="in").insert({"customer": "cus_2"})
                 )
                 assert await waiting == later
-            assert beat.longest < 0.05
+            beat.assert_responsive()
             with pytest.raises(tiger.Timeout, match=r"matched the predicate within 0\.1s"):
                 await invoices.wait_until(lambda r: r["customer"] == "cus_3", timeout=0.1)
             with pytest.raises(TypeError, match="predicate"):

@@ -462,11 +462,14 @@ class Feed:
                 future: asyncio.Future[None] = loop.create_future()
                 sub.waiters.append((loop, future))
             try:
-                # asyncio.wait: unlike wait_for before Python 3.12, it never swallows a cancellation that
-                # comes as the future resolves (the change stays queued for the next read)
-                await asyncio.wait((future,), timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-                if not future.done():
-                    raise Timeout(f"{sub.name} got no change within {timeout:g}s")
+                # the future itself, or asyncio.wait with a deadline: unlike wait_for before Python 3.12,
+                # neither swallows a cancellation that comes as the future resolves (the change stays queued)
+                if deadline is None:
+                    await future  # (the common case: no wrapper, one wake-up less)
+                else:
+                    await asyncio.wait((future,), timeout=max(0.0, deadline - time.monotonic()))
+                    if not future.done():
+                        raise Timeout(f"{sub.name} got no change within {timeout:g}s")
             finally:
                 future.cancel()
                 with sub.cond:
