@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import time
 import types
@@ -413,3 +414,118 @@ def test_the_blocking_driver_refuses_an_async_factory_and_releases_the_key(clien
         client.once(key, factory)  # the coroutine it made is closed: no "never awaited" warning (an error here)
     assert once_record(client, "global", key) is None
     assert client.once(key, lambda: "built") == "built"  # the key was not failed: a caller builds it
+
+
+# -- regressions from review, each named after what broke ---------------------------------------------
+
+
+def test_a_factory_error_utf8_cannot_carry_fails_every_caller_and_leaves_no_claim(connect_own):
+    """A factory raising FileNotFoundError with a lone surrogate (os.fsdecode of a non-UTF-8 name): the error
+    report could not be encoded, the ValueError went up without releasing the key, and the key stayed
+    'building' for the builder's lifetime (others timed out waiting; the factory ran again in the builder)."""
+    a, b = connect_own(), connect_own()
+    runs: list[int] = []
+
+    def factory() -> None:
+        runs.append(1)
+        raise FileNotFoundError("no such file: '/data/caf\udce9.csv'")
+
+    for client in (a, a, b):
+        with pytest.raises(tiger.OnceFailed, match=re.escape("FileNotFoundError: no such file: '/data/caf\\udce9.csv'")):
+            client.once("k", factory, timeout=3)
+    assert runs == [1]
+
+
+def test_a_value_torn_down_after_its_delivery_failed_is_not_served_again(connect_own):
+    """The value kept to re-send after a failed delivery (Unavailable) outlived its teardown: the next once()
+    delivered the torn-down value (a dropped database) to every caller, and nothing was built anew."""
+    from tiger import _protocol as p
+
+    a, b = connect_own(), connect_own()
+    made: list[str] = []
+
+    def database() -> Any:
+        made.append(f"db{len(made) + 1}")
+        yield {"dsn": made[-1]}
+
+    real = a._write
+    failed: list[bool] = []
+
+    def first_delivery_lost(request: Any) -> Any:
+        if type(request) is p.OnceFinish and request.outcome == "resource" and not failed:
+            failed.append(True)
+            raise tiger.Unavailable("the tiger writer did not answer within 5s")
+        return real(request)
+
+    a._write = first_delivery_lost  # type: ignore[method-assign]
+    with pytest.raises(tiger.Unavailable):
+        a.once("db", database)
+    assert a.tear_down_once_values() == []
+    assert a.once("db", database) == {"dsn": "db2"} == b.once("db", database)
+
+
+def test_a_claim_whose_answer_raised_is_released_for_the_other_callers(connect_own):
+    """A claim applied by the writer whose call then raised Timeout (read-your-writes) or Unavailable was given
+    up only on an interruption: the key stayed claimed by a live client, and others waited for its close."""
+    from tiger import _protocol as p
+
+    a, b = connect_own(), connect_own()
+    real = a._write
+
+    def slow_replica(request: Any) -> Any:
+        answer = real(request)
+        if type(request) is p.OnceClaim:
+            raise tiger.Timeout(f"the local replica did not reach seq {answer.seq}")
+        return answer
+
+    a._write = slow_replica  # type: ignore[method-assign]
+    with pytest.raises(tiger.Timeout):
+        a.once("k", lambda: 1)
+    assert b.once("k", lambda: 2, timeout=3) == 2
+
+
+def test_a_feed_in_a_forked_child_refuses_instead_of_waiting_forever(connect):
+    """A forked child has no replica thread: watch() opened a feed that never got a change (wait_until timed
+    out misleadingly); calls already refused there."""
+    import os
+
+    client = connect()
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit code only
+        code = 1
+        try:
+            client.watch()
+        except tiger.TigerError as e:
+            code = 0 if "connected in process" in str(e) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_cancelled_async_close_raises_cancelled_error_not_a_teardowns_error(connect_own):
+    """Teardowns run at close: one raised RuntimeError, the next was cancelled; close raised the RuntimeError
+    and the cancellation was lost (task.cancelled() False, asyncio.timeout gave RuntimeError)."""
+    import tiger.aio
+
+    url = connect_own().url
+
+    async def raising() -> Any:
+        yield 1
+        raise RuntimeError("teardown failed")
+
+    async def slow() -> Any:
+        yield 2
+        await asyncio.sleep(30)  # sleep-ok: a teardown that is still running when the close is cancelled
+
+    async def main() -> None:
+        client = await tiger.aio.connect(url)
+        assert await client.once("slow", slow) == 2
+        assert await client.once("raising", raising) == 1  # newest: torn down first
+        closing = asyncio.get_running_loop().create_task(client.close())
+        await asyncio.sleep(0.2)  # sleep-ok: the close reaches the slow teardown
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+        assert closing.cancelled()
+
+    asyncio.run(main())

@@ -317,6 +317,8 @@ class _Connection:
         """
         if self._closed:
             raise TigerError("this client is closed")
+        if os.getpid() != self._pid:  # no replica thread here: a feed would wait forever
+            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
         names = check_tables(tables)
         if isinstance(namespace, _CurrentNamespace):
             namespace = _current()

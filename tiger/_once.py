@@ -269,8 +269,8 @@ class Once:
         while True:
             try:
                 claim: p.Ok = yield Write(p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope))
-            except interruptions:  # the claim may have been applied: give the key up if it is ours
-                yield from _release(client, key, scope)
+            except BaseException:  # (interrupted, or unanswered: Timeout, Unavailable) the claim may have been
+                yield from _release(client, key, scope)  # applied: give the key up if it is ours (else: nothing)
                 raise
             if claim.result == "build":
                 built = yield from self._build(client, key, scope, factory, in_scope, interruptions)
@@ -318,7 +318,7 @@ class Once:
                 raise
             except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
                 yield from self._tear_down_now(scope, key)  # what the factory set up before its value was refused
-                error = [type(e).__name__, str(e), client.label, _factory_frames(e)]
+                error = [_sendable(type(e).__name__), _sendable(str(e)), _sendable(client.label), _sendable(_factory_frames(e))]
                 yield from self._finish_or_release(client, key, scope, "error", error)
                 raise OnceFailed(key, *error) from e
         outcome = "resource" if (scope, key) in self._teardowns else "value"
@@ -352,6 +352,7 @@ class Once:
                     holders = _held(once_record(client, scope, key))
                     log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
             del self._teardowns[scope, key]
+            self._built.pop((scope, key), None)  # torn down: never to be delivered later
             error = yield TearDown(key, teardown, scope if in_scope else None)
             if error is not None:  # reported, and the other teardowns still run
                 errors.append((key, error))
@@ -360,6 +361,7 @@ class Once:
         return errors
 
     def _tear_down_now(self, scope: str, key: str) -> Steps[None]:
+        self._built.pop((scope, key), None)  # torn down: never to be delivered later
         entry = self._teardowns.pop((scope, key), None)
         if entry is not None:
             error = yield TearDown(key, entry[0], scope if entry[1] else None)
@@ -374,14 +376,25 @@ class Once:
             finish: p.Ok = yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, outcome, payload, scope))
             return finish
         except (ValueError, TypeError) as refusal:  # the writer's verdict on the value, not a lost delivery
-            if outcome == "error":
+            if outcome == "error":  # (the report is made sendable: refused, the key is given up, not left claimed)
+                yield from _release(client, key, scope)
                 raise
-            error = [type(refusal).__name__, str(refusal), client.label, ""]
+            error = [_sendable(type(refusal).__name__), _sendable(str(refusal)), _sendable(client.label), ""]
             yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "error", error, scope))
             raise OnceFailed(key, *error) from refusal
         except BaseException:
             yield from _release(client, key, scope)
             raise
+
+
+_MAX_REPORT = 64 * 1024  # characters of each string of a failed build's report
+
+
+def _sendable(text: str) -> str:
+    """A string of a failed build's report as the writer can take it: what UTF-8 cannot carry (a lone
+    surrogate, as os.fsdecode makes of a non-UTF-8 file name) escaped, and at most 64 Ki characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= _MAX_REPORT else text[:_MAX_REPORT] + f"... ({len(text)} characters)"
 
 
 def _release(client: OnceClient, key: str, scope: str) -> Steps[None]:

@@ -238,7 +238,11 @@ class AsyncClient(_Connection):
 
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""
-        return await self._once.tear_down_async(self, wait)
+        errors = await self._once.tear_down_async(self, wait)
+        for _, error in errors:  # the others ran: a cancellation goes on now, before any error
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+        return errors
 
     async def stats(self) -> dict[str, Any]:
         """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
