@@ -59,6 +59,23 @@ def echo(url: str, kind: str = "REP") -> None:
         send(recv())
 
 
+def _serving(kind: int, url: str, pub_url: str, pub_hwm: int | None = None) -> tuple[Any, Any]:
+    """A floor server's sockets: ``kind`` (REP or ROUTER) bound at ``url``, and a PUB (its send high-water
+    mark ``pub_hwm`` if given, else libzmq's) bound at ``pub_url``."""
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(url)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    if pub_hwm is not None:
+        pub.setsockopt(zmq.SNDHWM, pub_hwm)
+    pub.bind(pub_url)
+    return sock, pub
+
+
 def publish_echo(url: str, pub_url: str) -> None:
     """The REP side of the write floor with tiger's least work: decode the request (frozen, as tiger's
     writer does), encode it again, publish it on a PUB socket under a 3-byte topic, send it back."""
@@ -66,13 +83,7 @@ def publish_echo(url: str, pub_url: str) -> None:
 
     from tiger import _protocol as p
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.REP)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(url)
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.bind(pub_url)
+    sock, pub = _serving(zmq.REP, url, pub_url)
     topic = p.topic_of(p.new_client_id())  # the caller's topic: its own SUB filters these out, as tiger's replica does
     _say(
         {
@@ -97,14 +108,7 @@ def fanout_echo(url: str, pub_url: str) -> None:
 
     from tiger import _protocol as p
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(url)
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.setsockopt(zmq.SNDHWM, 200_000)  # tiger's writer's PUB_HWM
-    pub.bind(pub_url)
+    sock, pub = _serving(zmq.ROUTER, url, pub_url, pub_hwm=200_000)  # tiger's writer's PUB_HWM
     _say({"ready": True, "url": sock.getsockopt_string(zmq.LAST_ENDPOINT), "pub_url": pub.getsockopt_string(zmq.LAST_ENDPOINT)})
     _exit_on_eof()
     recv, send, publish, topic = sock.recv_multipart, sock.send_multipart, pub.send, p.EVERYONE

@@ -222,16 +222,23 @@ class Subscription:
         if self.sleepers:
             self.cond.notify_all()
         if self.waiters:
-            for loop, future in self.waiters:
-                try:
-                    loop.call_soon_threadsafe(_resolve, future)
-                except RuntimeError:  # its loop is closed: no one awaits it any more
-                    pass
-            self.waiters.clear()
+            wake(self.waiters)
 
 
 class _Closed(Exception):
     """The feed was closed: the iteration ends (not StopIteration, which a coroutine may not raise)."""
+
+
+def wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Resolve each waiting task's future on its own event loop (``call_soon_threadsafe``: the caller is
+    another thread), and clear the list. A future of a closed loop is skipped: nobody awaits it any more.
+    Feeds wake their readers by it, and the replica's ``Changes`` its waiting tasks."""
+    for loop, future in waiters:
+        try:
+            loop.call_soon_threadsafe(_resolve, future)
+        except RuntimeError:  # its loop is closed
+            pass
+    waiters.clear()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -36,7 +36,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
-from tiger._feed import History, Subscription, deliver, deliver_reset, subscribe
+from tiger._feed import History, Subscription, deliver, deliver_reset, subscribe, wake
 from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
@@ -154,11 +154,6 @@ class Sequencer:
         return f"heartbeat at seq {self._announced}, replica at {self.seq}"
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():  # (cancelled: its task stopped waiting)
-        future.set_result(None)
-
-
 class Changes(threading.Condition):
     """The replica's lock and its signal that something changed (a change applied, the replica ready,
     stopped or failed), for threads (``wait``) and asyncio tasks (``future``): ``notify_all`` wakes both.
@@ -189,12 +184,7 @@ class Changes(threading.Condition):
     def notify_all(self) -> None:
         super().notify_all()
         if self._futures:
-            for loop, future in self._futures:
-                try:
-                    loop.call_soon_threadsafe(_wake, future)
-                except RuntimeError:  # its loop is closed: nobody awaits it any more
-                    pass
-            self._futures.clear()
+            wake(self._futures)
 
 
 class Replica:
