@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import zmq
 from _util import read_line
 
 import tiger
@@ -321,6 +322,7 @@ def test_connect_arguments_are_checked_naming_the_field(bad):
 FIXTURE_TESTS = """
 import asyncio
 import pytest
+import zmq
 import tiger
 
 
@@ -410,6 +412,7 @@ RESOURCE_TESTS = """
 import os
 import pathlib
 import pytest
+import zmq
 
 LOG = pathlib.Path(os.environ["PLUGIN_RUNS_DIR"]) / "log"
 
@@ -621,3 +624,45 @@ def test_a_nan_or_bad_timeout_is_refused_naming_it_not_waited_forever(tiger_url,
                 await client.table("t").wait_for("x", timeout=bad)
 
     run(main)
+
+
+def test_one_async_client_serves_successive_event_loops_and_leaves_none_watching_its_socket(tiger_url, ns):
+    # A suite's loops come and go (pytest-asyncio makes one per test): the command socket's file descriptor moves
+    # to the loop running the call, and closing the client takes it off the loop, which runs on without it.
+    with tiger.connect(tiger_url) as blocking:
+        client = tiger.aio.AsyncClient.sharing(blocking)
+        plans = client.table("plans", prefix="plan")
+        kept_open = asyncio.new_event_loop()
+        try:
+            first = kept_open.run_until_complete(plans.insert({"n": 1}))
+            second = asyncio.run(plans.insert({"n": 2}))  # another loop, the first one still open
+            third = kept_open.run_until_complete(plans.insert({"n": 3}))  # and back
+            assert [r["n"] for r in (first, second, third)] == [1, 2, 3]
+            assert [plans[r["id"]]["n"] for r in (first, second, third)] == [1, 2, 3]
+            watched = kept_open._selector.get_map()  # type: ignore[attr-defined]
+            fd = client._socket.sock.get(zmq.FD)
+            assert fd in watched
+            kept_open.run_until_complete(client.close())
+            assert fd not in watched
+            assert kept_open.run_until_complete(asyncio.sleep(0, "runs on")) == "runs on"
+        finally:
+            kept_open.close()
+
+
+class _NoReaders(asyncio.SelectorEventLoop):
+    def add_reader(self, *args: Any) -> None:  # as Windows' ProactorEventLoop
+        raise NotImplementedError
+
+
+def test_a_loop_that_cannot_watch_file_descriptors_gets_a_clear_error_not_a_hang(tiger_url, ns):
+    with tiger.connect(tiger_url) as blocking:
+        client = tiger.aio.AsyncClient.sharing(blocking)
+        loop = _NoReaders()
+        try:
+            with pytest.raises(tiger.TigerError, match=r"needs an event loop that watches file descriptors .*_NoReaders"):
+                loop.run_until_complete(client.table("plans").insert({"id": "x"}))
+            loop.run_until_complete(client.close())  # closing needs no watching
+        finally:
+            loop.close()
+        blocking.sync()
+        assert blocking.table("plans").get("x") is None  # refused before anything was sent

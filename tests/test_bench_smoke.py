@@ -184,8 +184,8 @@ def test_quick_aio_runs_blocking_and_awaited_inserts_with_their_floors(tmp_path:
         "tiger: Table.insert": ("blocking", "tiger"),
         "tiger.aio: await AsyncTable.insert": ("asyncio", "tiger"),
         "pyzmq DEALER: send, poll, recv (as tiger's client)": ("blocking", "floor"),
-        "pyzmq asyncio DEALER: await send, poll, recv (as tiger.aio)": ("asyncio", "floor"),
-        "pyzmq asyncio DEALER: await send, recv": ("asyncio", "floor"),
+        "pyzmq DEALER, its FD watched by the loop: send, await readable, recv (as tiger.aio)": ("asyncio", "floor"),
+        "pyzmq asyncio DEALER (zmq.asyncio): await send, recv": ("asyncio", "floor"),
     }
     for subject, (case, role) in cases.items():
         row = rows[(case, subject)]
@@ -193,7 +193,10 @@ def test_quick_aio_runs_blocking_and_awaited_inserts_with_their_floors(tmp_path:
         assert row["samples"] == data["params"]["rounds"] * data["params"]["ops_per_round"]
         assert 0 < row["median"] <= row["p99"] <= row["max"]
         assert len(row["round_medians"]) == data["params"]["rounds"]
-    for subject in ("tiger.aio: await AsyncTable.insert", "pyzmq asyncio DEALER: await send, poll, recv (as tiger.aio)"):
+    for subject in (
+        "tiger.aio: await AsyncTable.insert",
+        "pyzmq DEALER, its FD watched by the loop: send, await readable, recv (as tiger.aio)",
+    ):
         assert rows[("asyncio / blocking", subject)]["median"] > 0
         assert rows[("asyncio / blocking", subject)]["unit"] == "x"
         assert rows[("asyncio - blocking", subject)]["unit"] == "us"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -137,7 +137,13 @@ def _socket_options(url: str, server_key: str | bytes | None) -> Callable[[zmq.S
     return apply
 
 
-def _shut_down(replica: Replica | None, ctx: zmq.Context[Any], command: list[zmq.Socket[Any]]) -> None:
+class _Closable(Protocol):
+    """A client's command socket: a ``zmq.Socket``, or tiger.aio's wrapper of one."""
+
+    def close(self, linger: int | None = ...) -> None: ...
+
+
+def _shut_down(replica: Replica | None, ctx: zmq.Context[Any], command: Sequence[_Closable]) -> None:
     """Stop the replica, close the command socket, end the context: ``close()`` and the finalizer."""
     stopped = replica is None or replica.stop()
     command[0].close(linger=0)
@@ -147,7 +153,7 @@ def _shut_down(replica: Replica | None, ctx: zmq.Context[Any], command: list[zmq
         replica.term_context_when_stopped()  # type: ignore[union-attr]
 
 
-def _abandoned(replica: Replica | None, ctx: zmq.Context[Any], command: list[zmq.Socket[Any]], pid: int) -> None:
+def _abandoned(replica: Replica | None, ctx: zmq.Context[Any], command: Sequence[_Closable], pid: int) -> None:
     """A Client collected without ``close()``: stop its replica thread and close its sockets.
 
     No goodbye is sent (the writer forgets a client after its silence). Runs in whichever thread

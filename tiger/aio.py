@@ -9,19 +9,21 @@ async with await tiger.aio.connect(url) as client:       # returns once the repl
     other = await plans.wait_for("plan_x", timeout=5.0)  # the event loop runs on while it waits
 
 How it waits without blocking the event loop, and without a thread per call: a write goes out on a
-pyzmq asyncio DEALER socket (the same Lazy Pirate resends and expiry as the blocking client); the
-local replica is kept by its own thread, as for a blocking client, and a task waiting for it (a write's
-change, ``wait_for``, ``sync``, ``once``) awaits a future that the replica resolves through the event
-loop (``call_soon_threadsafe``) when it applies a change.
+DEALER socket whose file descriptor the event loop watches (the same Lazy Pirate resends and expiry as
+the blocking client; see ``_AwaitedSocket``); the local replica is kept by its own thread, as for a
+blocking client, and a task waiting for it (a write's change, ``wait_for``, ``sync``, ``once``) awaits a
+future that the replica resolves through the event loop (``call_soon_threadsafe``) when it applies a
+change.
 
 Cancelling an awaited write (``task.cancel()``, ``asyncio.timeout``) raises ``CancelledError`` in the
 caller at once and leaves the write as a write that timed out: either never applied (the writer refuses
 it once its expiry, a little before the client's ``timeout``, has passed) or applied, and then in the
-local replica within about ``timeout`` seconds (the replica asks the writer for it after the call's
-deadline). Which one is not known when the caller is cancelled.
+local replica about a round trip later (a task of the client takes its answer; had the writer gone,
+the replica asks the writer for it after the call's deadline). Which one is not known when the caller
+is cancelled.
 
-A client is used from one event loop at a time (pyzmq's asyncio sockets follow the running loop, so one
-client may serve the successive loops of a test suite). ``tiger.aio.AsyncClient.sharing(client)`` makes
+A client is used from one event loop at a time (its socket follows the running loop, so one client may
+serve the successive loops of a test suite). ``tiger.aio.AsyncClient.sharing(client)`` makes
 an async client over a blocking client's connection (its replica, its id): no second replica in the
 process, nothing to await to make one; the pytest plugin's ``tiger_aclient`` is that.
 """
@@ -35,10 +37,9 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
-import zmq.asyncio
 
 from tiger import _protocol as p
 from tiger._batch import AsyncBatch
@@ -86,13 +87,12 @@ class AsyncClient(_Connection):
     ) -> None:
         super().__init__(url, timeout, heartbeat_timeout, server_key)
         self._shared: Client | None = None  # the blocking client whose connection this one uses
-        self._async_ctx = zmq.asyncio.Context.shadow(self._ctx)
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._late: set[asyncio.Task[None]] = set()  # tasks awaiting the answers of cancelled writes
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
-        self._taken: list[bytes] = []  # messages received as their caller was cancelled
         try:
-            self._command = [self._new_socket(self._async_ctx)]  # a list the finalizer shares (a resend replaces it)
+            # a list the finalizer shares (a resend replaces the socket)
+            self._command: list[_AwaitedSocket] = [_AwaitedSocket(self._new_socket())]
         except ValueError:
             self._ctx.term()
             raise
@@ -112,12 +112,10 @@ class AsyncClient(_Connection):
         shared._shared = client
         # a context of its own: closing ``client`` terminates its context, which waits for every socket in it
         shared._ctx = zmq.Context()
-        shared._async_ctx = zmq.asyncio.Context.shadow(shared._ctx)
         shared._locks = weakref.WeakKeyDictionary()
         shared._late = set()
         shared._unanswered = {}
-        shared._taken = []
-        shared._command = [shared._new_socket(shared._async_ctx)]
+        shared._command = [_AwaitedSocket(shared._new_socket())]
         shared._finalizer = weakref.finalize(shared, _abandoned, None, shared._ctx, shared._command, shared._pid)
         return shared
 
@@ -157,7 +155,7 @@ class AsyncClient(_Connection):
         finally:
             if self._once._teardowns:
                 log.warning("closing %r with once teardowns not run: %s", self, sorted(k for _, k in self._once._teardowns))
-            lock = self._lock()
+            lock = self._lock(watching=False)  # (a loop that cannot watch the socket closes too)
             acquiring = asyncio.ensure_future(lock.acquire())  # a call in flight ends first
             try:
                 await asyncio.wait((acquiring,), timeout=self.timeout)
@@ -182,8 +180,8 @@ class AsyncClient(_Connection):
             return
         if self._replica is not None:
             try:
-                self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK).exception()  # type: ignore[attr-defined]
-            except (zmq.ZMQError, asyncio.InvalidStateError):
+                self._socket.sock.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
+            except zmq.ZMQError:
                 pass
         self._socket.close(linger=0)
         if self._replica is not None:
@@ -251,14 +249,17 @@ class AsyncClient(_Connection):
     # -- requests -------------------------------------------------------------------
 
     @property
-    def _socket(self) -> zmq.asyncio.Socket:
-        return self._command[0]  # type: ignore[return-value]
+    def _socket(self) -> _AwaitedSocket:
+        return self._command[0]
 
-    def _lock(self) -> asyncio.Lock:
-        """One request in flight on the command socket, per event loop (asyncio locks belong to one)."""
+    def _lock(self, watching: bool = True) -> asyncio.Lock:
+        """One request in flight on the command socket, per event loop (asyncio locks belong to one). On a
+        loop's first call ``watching``, the loop is made to watch the socket (refused: ``TigerError``)."""
         loop = asyncio.get_running_loop()
         lock = self._locks.get(loop)
         if lock is None:
+            if watching:
+                self._socket.watch(loop)  # a loop that cannot is refused before anything is sent
             lock = self._locks[loop] = asyncio.Lock()
         return lock
 
@@ -289,7 +290,7 @@ class AsyncClient(_Connection):
                         await self._socket.send(payload)
                         self.resends += 1
                     else:
-                        data = await self._receive(wait)
+                        data = await self._socket.recv(wait / 1000)
                         if data is None:
                             continue
                         reply = p.decode_reply(data)
@@ -299,7 +300,7 @@ class AsyncClient(_Connection):
                         self._late_answer(reply)
             return self._outcome(reply)
         except asyncio.CancelledError:
-            if self._closed and not _cancelling():  # the socket was closed under the call (pyzmq cancels its poll)
+            if self._closed and not _cancelling():  # the socket was closed under the call (its wait is cancelled)
                 if own:
                     self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
                 raise TigerError("this client is closed") from None
@@ -307,8 +308,6 @@ class AsyncClient(_Connection):
                 # not the replica's ask-again after the deadline, which would hold this client's later writes
                 # behind the gap for up to ``timeout`` seconds)
                 self._unanswered[req_id] = (payload, deadline)
-                while self._taken:  # received as the call was cancelled: its own answer, maybe
-                    self._late_answer(p.decode_reply(self._taken.pop(0)))
                 task = asyncio.get_running_loop().create_task(self._answer_later(req_id))
                 self._late.add(task)
                 task.add_done_callback(self._late.discard)
@@ -320,31 +319,6 @@ class AsyncClient(_Connection):
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
 
-    async def _receive(self, wait_ms: int) -> bytes | None:
-        """The next message on the command socket, or None after ``wait_ms`` without one. One receive awaited,
-        a timer cancelling it (not a poll, then a receive: that cost a second turn of the event loop, some
-        14 us a call, nor ``asyncio.wait``). A message taken as the caller is cancelled is kept in
-        ``_taken`` for the cancellation's handler, not lost."""
-        receiving: asyncio.Future[bytes] = self._socket.recv()  # type: ignore[assignment]
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            receiving.cancel()  # pyzmq takes back a receive not done yet
-
-        timer = asyncio.get_running_loop().call_later(wait_ms / 1000, expire)
-        try:
-            return await receiving
-        except asyncio.CancelledError:
-            if receiving.done() and not receiving.cancelled():  # the message came as the caller was cancelled
-                self._taken.append(receiving.result())
-            elif expired and not _cancelling():
-                return None
-            raise
-        finally:
-            timer.cancel()
-            receiving.cancel()
-
     async def _answer_later(self, req_id: int) -> None:
         """Wait for the answer to a write whose caller was cancelled after sending it, until its deadline:
         whichever request reads it from the socket first (this task or another call) gives its change to
@@ -355,8 +329,9 @@ class AsyncClient(_Connection):
                 async with self._lock():
                     if req_id in self._unanswered and not self._closed:
                         remaining = self._unanswered[req_id][1] - time.monotonic()
-                        if await self._socket.poll(max(1, min(50, int(remaining * 1000)))):
-                            self._late_answer(p.decode_reply(await self._socket.recv()))
+                        data = await self._socket.recv(max(0.001, min(0.05, remaining)))
+                        if data is not None:
+                            self._late_answer(p.decode_reply(data))
                 await asyncio.sleep(0)  # the calls waiting for the socket go first
         except Exception:  # (an undecodable answer, the socket closed under it): the replica asks the writer
             pass
@@ -380,11 +355,11 @@ class AsyncClient(_Connection):
         """A new command socket in place of the old (made and swapped in before the old one is closed). The
         cancelled writes whose answers are still awaited are sent again on it: their answers went with the
         old socket (the writer answers a repeat from the answers it keeps, or refuses it past its expiry)."""
-        fresh = self._new_socket(self._async_ctx)
+        fresh = _AwaitedSocket(self._new_socket())
         old, self._command[0] = self._command[0], fresh
         old.close(linger=0)
         for payload, _ in self._unanswered.values():
-            fresh.send(payload, zmq.NOBLOCK)
+            fresh.sock.send(payload, zmq.NOBLOCK)
 
     async def _write(self, request: p.Request) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes)."""
@@ -476,3 +451,109 @@ def _cancelling() -> bool:
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)
     return bool(cancelling()) if cancelling is not None else False
+
+
+_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)  # plain ints: pyzmq's flag enums cost a call each
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+class _AwaitedSocket:
+    """An AsyncClient's command DEALER (a plain ``zmq.Socket``), awaited on the running event loop.
+
+    The socket's ``ZMQ_FD`` stays registered with the loop (``loop.add_reader``) from one call to the
+    next; a call that must wait awaits one future, which the FD's callback resolves once ``ZMQ_EVENTS``
+    shows what it waits for, or a timer after ``timeout`` seconds. ``zmq.asyncio`` registers and
+    unregisters the FD on every receive and takes a second turn of the loop after each event: a round
+    trip measured 11 us (about 1.19x against 1.05x of a blocking one) more that way. The ZeroMQ rule
+    both follow (zmq_getsockopt(3), ZMQ_FD): the FD only signals, edge-like, that ``ZMQ_EVENTS`` may
+    have changed, so ``ZMQ_EVENTS`` is read before every wait and on every signal (reading it also
+    clears the signal: a message left unread does not wake the loop again).
+
+    One wait at a time (the client's per-loop lock); a wait from another loop moves the registration
+    there. ``close`` ends a wait in progress by cancelling its future."""
+
+    __slots__ = ("_fd", "_loop", "_waiter", "_want", "sock")
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        self.sock = sock
+        self._fd = cast(int, sock.get(zmq.FD))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+        self._want = 0
+
+    def _signalled(self) -> None:
+        try:
+            events = cast(int, self.sock.get(zmq.EVENTS))
+        except zmq.ZMQError:  # closed under the loop
+            self._unregister()
+            return
+        waiter = self._waiter
+        if waiter is not None and events & self._want and not waiter.done():
+            waiter.set_result(True)
+
+    def _unregister(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.remove_reader(self._fd)
+            except Exception:  # (a loop of another thread shutting down): nothing left to undo
+                pass
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` watch the socket's FD (and no other loop). Raises ``TigerError`` for a loop that
+        cannot watch file descriptors."""
+        self._unregister()
+        try:
+            loop.add_reader(self._fd, self._signalled)
+        except NotImplementedError:
+            raise TigerError(
+                f"tiger.aio needs an event loop that watches file descriptors (loop.add_reader), which "
+                f"{type(loop).__name__} does not: the default selector loop on Linux and macOS does, uvloop too"
+            ) from None
+        self._loop = loop
+
+    async def wait(self, want: int, timeout: float) -> bool:
+        """True once ``ZMQ_EVENTS`` has ``want`` (``_POLLIN``, ``_POLLOUT``), False after ``timeout`` seconds."""
+        if cast(int, self.sock.get(zmq.EVENTS)) & want:
+            return True
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.watch(loop)
+        waiter = self._waiter = loop.create_future()
+        self._want = want
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            return bool(await waiter)
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    async def recv(self, timeout: float) -> bytes | None:
+        """The next message, or None after ``timeout`` seconds without one."""
+        if not await self.wait(_POLLIN, timeout):
+            return None
+        try:
+            return self.sock.recv(zmq.NOBLOCK)
+        except zmq.Again:  # taken back by libzmq since (a peer gone): the caller waits on
+            return None
+
+    async def send(self, payload: bytes) -> None:
+        """Queue ``payload`` (a DEALER queues at once unless at its high-water mark; then it awaits room)."""
+        while True:
+            try:
+                self.sock.send(payload, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                await self.wait(_POLLOUT, 0.05)
+
+    def close(self, linger: int | None = None) -> None:
+        """Unregister the FD, end a wait in progress (its future cancelled), close the socket."""
+        self._unregister()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        self.sock.close(linger=linger)
