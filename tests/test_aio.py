@@ -666,3 +666,42 @@ def test_a_loop_that_cannot_watch_file_descriptors_gets_a_clear_error_not_a_hang
             loop.close()
         blocking.sync()
         assert blocking.table("plans").get("x") is None  # refused before anything was sent
+
+
+def test_closing_a_client_whose_call_was_left_waiting_on_a_closed_loop_closes_it(tiger_url, ns):
+    # A loop closed with a call still waiting on it (run_until_complete, then close(), as a hand-rolled
+    # per-test loop does): closing the client from another loop must still close its socket, not raise
+    # "Event loop is closed" half way and leave the socket and its context open.
+    with tiger.connect(tiger_url) as blocking:
+        client = tiger.aio.AsyncClient.sharing(blocking)
+        abandoned = asyncio.new_event_loop()
+        for _ in range(100):  # until one is still waiting after the loop's first turn (its answer not in yet)
+            task = abandoned.create_task(client.table("plans").insert({"n": 1}))
+            abandoned.run_until_complete(asyncio.sleep(0))  # sent, waiting for its answer
+            if not task.done():
+                break
+        assert not task.done()
+        abandoned.close()
+        asyncio.run(client.close())
+        assert client._socket.sock.closed
+        assert client._ctx.closed
+
+
+def test_a_call_left_waiting_on_a_paused_loop_goes_on_without_a_resend_after_another_loop_used_the_client(tiger_url, ns):
+    with tiger.connect(tiger_url, timeout=3.0) as blocking:
+        client = tiger.aio.AsyncClient.sharing(blocking)
+        plans = client.table("plans", prefix="plan")
+        paused = asyncio.new_event_loop()
+        try:
+            for i in range(3):
+                task = paused.create_task(plans.insert({"id": f"plan_a{i}"}))
+                paused.run_until_complete(asyncio.sleep(0))  # sent, waiting on the paused loop
+                asyncio.run(plans.insert({"id": f"plan_b{i}"}))  # another loop uses the client meanwhile
+                started = time.monotonic()
+                paused.run_until_complete(task)
+                assert time.monotonic() - started < 0.5  # not its resend, 1 s later
+            assert client.resends == 0
+            assert sorted(r["id"] for r in plans.all()) == ["plan_a0", "plan_a1", "plan_a2", "plan_b0", "plan_b1", "plan_b2"]
+            paused.run_until_complete(client.close())
+        finally:
+            paused.close()

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tiger import _table as t
 from tiger._errors import FeedOverflow, TigerError, Timeout
@@ -247,6 +247,30 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+_EXPIRED: Any = object()  # what a timer resolves a waiting future with
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(_EXPIRED)
+
+
+async def woken(future: asyncio.Future[Any], timeout: float | None) -> bool:
+    """Await a future ``wake`` resolves, at most ``timeout`` seconds (None: no limit): True once woken,
+    False at the timeout. The future itself is awaited, a timer resolving it at the timeout: woken, the
+    task runs on the next turn of the loop, where ``asyncio.wait`` (or ``wait_for``) takes one turn more
+    and two objects more. A cancellation is raised as is, even one that comes as the future resolves
+    (``wait_for`` before Python 3.12 swallowed that one)."""
+    if timeout is None:
+        await future
+        return True
+    timer = future.get_loop().call_later(max(0.0, timeout), _expire, future)
+    try:
+        return await future is not _EXPIRED
+    finally:
+        timer.cancel()
+
+
 # -- the replica's side: delivery, reset, history ---------------------------------------------
 
 
@@ -449,39 +473,41 @@ class Feed:
 
     async def _anext(self, timeout: float | None) -> Change:
         """``_next`` for an asyncio task (``StopAsyncIteration`` once closed): awaits a future the applying
-        thread resolves. Cancelling the awaiting task consumes nothing: the feed stays as it was."""
-        try:
-            return await self._await(timeout)
-        except _Closed:
-            raise StopAsyncIteration from None
-
-    async def _await(self, timeout: float | None) -> Change:
+        thread resolves (no coroutine below this one: each costs a frame on every change). Cancelling the
+        awaiting task consumes nothing: the feed stays as it was."""
         import asyncio  # here, not at the top: importing tiger stays cheap for blocking users
 
-        loop = asyncio.get_running_loop()
         sub = self._sub
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with sub.cond:
-                change = sub.take()
-                if change is not None:
-                    return change
-                future: asyncio.Future[None] = loop.create_future()
-                sub.waiters.append((loop, future))
-            try:
-                # the future itself, or asyncio.wait with a deadline: unlike wait_for before Python 3.12,
-                # neither swallows a cancellation that comes as the future resolves (the change stays queued)
-                if deadline is None:
-                    await future  # (the common case: no wrapper, one wake-up less)
-                else:
-                    await asyncio.wait((future,), timeout=max(0.0, deadline - time.monotonic()))
-                    if not future.done():
-                        raise Timeout(f"{sub.name} got no change within {timeout:g}s")
-            finally:
-                future.cancel()
+        try:
+            while True:
                 with sub.cond:
-                    if (loop, future) in sub.waiters:
-                        sub.waiters.remove((loop, future))
+                    change = sub.take()
+                    if change is not None:
+                        return change
+                    loop = asyncio.get_running_loop()
+                    future: asyncio.Future[Any] = loop.create_future()
+                    waiter = (loop, future)
+                    sub.waiters.append(waiter)
+                timer = None if deadline is None else loop.call_later(max(0.0, deadline - time.monotonic()), _expire, future)
+                try:  # a cancellation, even one that comes as the future resolves, consumes nothing
+                    expired = await future is _EXPIRED
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                    if not future.done() or future.cancelled() or future.result() is _EXPIRED:
+                        future.cancel()
+                        with sub.cond:  # not woken: still listed (``wake`` clears the list it wakes)
+                            if waiter in sub.waiters:
+                                sub.waiters.remove(waiter)
+                if expired:
+                    with sub.cond:
+                        change = sub.take()
+                    if change is not None:
+                        return change
+                    raise Timeout(f"{sub.name} got no change within {timeout:g}s")
+        except _Closed:
+            raise StopAsyncIteration from None
 
 
 # -- arguments -------------------------------------------------------------------------------

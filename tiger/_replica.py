@@ -36,7 +36,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
-from tiger._feed import History, Subscription, deliver, deliver_reset, subscribe, wake
+from tiger._feed import History, Subscription, deliver, deliver_reset, subscribe, wake, woken
 from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
@@ -382,8 +382,8 @@ class Replica:
 
     async def until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
         """``wait_until`` for an asyncio task: the event loop runs on while it waits (no thread). One future
-        per check, forgotten when the check ends whatever ends it; awaited with ``asyncio.wait``, which
-        (unlike ``wait_for`` before Python 3.12) never swallows a cancellation that comes as it resolves."""
+        per check, forgotten when the check ends whatever ends it; awaited by ``_feed.woken`` (one turn of
+        the loop, and never swallowing a cancellation that comes as it resolves)."""
         loop = asyncio.get_running_loop()
         while True:
             with self.changed:
@@ -396,7 +396,7 @@ class Replica:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Timeout(what())
-                await asyncio.wait((future,), timeout=min(remaining, 0.5))
+                await woken(future, min(remaining, 0.5))
             finally:
                 with self.changed:
                     self.changed.forget(future)

@@ -90,6 +90,8 @@ class AsyncClient(_Connection):
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._late: set[asyncio.Task[None]] = set()  # tasks awaiting the answers of cancelled writes
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
+        self._in_flight: set[int] = set()  # req_ids of the calls waiting for their answers, on any loop
+        self._answers: dict[int, p.Reply] = {}  # answers one loop's call took for another's
         try:
             # a list the finalizer shares (a resend replaces the socket)
             self._command: list[_AwaitedSocket] = [_AwaitedSocket(self._new_socket())]
@@ -115,6 +117,8 @@ class AsyncClient(_Connection):
         shared._locks = weakref.WeakKeyDictionary()
         shared._late = set()
         shared._unanswered = {}
+        shared._in_flight = set()
+        shared._answers = {}
         shared._command = [_AwaitedSocket(shared._new_socket())]
         shared._finalizer = weakref.finalize(shared, _abandoned, None, shared._ctx, shared._command, shared._pid)
         return shared
@@ -281,9 +285,15 @@ class AsyncClient(_Connection):
                 if self._closed:
                     raise TigerError("this client is closed")
                 sent = True  # from here a cancellation may come after libzmq took the bytes
+                self._in_flight.add(req_id)
                 await self._socket.send(payload)
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
                 while True:
+                    if self._answers:  # taken by a call of another event loop (see _late_answer)
+                        kept = self._answers.pop(req_id, None)
+                        if kept is not None:
+                            reply, answered = kept, True
+                            break
                     wait = attempts.wait(time.monotonic())
                     if wait <= RESEND:
                         self._silence(wait)
@@ -318,6 +328,10 @@ class AsyncClient(_Connection):
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
+        finally:
+            self._in_flight.discard(req_id)
+            if self._answers:
+                self._answers.pop(req_id, None)
 
     async def _answer_later(self, req_id: int) -> None:
         """Wait for the answer to a write whose caller was cancelled after sending it, until its deadline:
@@ -343,6 +357,9 @@ class AsyncClient(_Connection):
     def _late_answer(self, reply: p.Reply) -> None:
         """An answer on the command socket to an earlier call: a cancelled write's (its change goes to the
         replica, filling the gap its seq would leave), or a stale one (ignored)."""
+        if reply.req_id in self._in_flight:  # a call's on another event loop (one used while the other was
+            self._answers[reply.req_id] = reply  # paused, a call waiting on it): kept for it, not lost
+            return
         entry = self._unanswered.pop(reply.req_id, None)  # type: ignore[arg-type]
         if entry is None:
             return
@@ -497,15 +514,22 @@ class _AwaitedSocket:
 
     def _unregister(self) -> None:
         loop, self._loop = self._loop, None
-        if loop is not None and not loop.is_closed():
-            try:
+        if loop is None or loop.is_closed():
+            return
+        try:
+            if loop.is_running() and _running_loop() is not loop:  # running in another thread (a client
+                # collected there): a loop's selector is changed only from its own thread
+                loop.call_soon_threadsafe(loop.remove_reader, self._fd)
+            else:
                 loop.remove_reader(self._fd)
-            except Exception:  # (a loop of another thread shutting down): nothing left to undo
-                pass
+        except Exception:  # (that loop closing meanwhile): nothing left to undo
+            pass
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Have ``loop`` watch the socket's FD (and no other loop). Raises ``TigerError`` for a loop that
-        cannot watch file descriptors."""
+        cannot watch file descriptors. A wait left pending on the loop watching before (a task of a loop
+        not running now) is woken to look again: its loop watches the socket again when it goes on."""
+        _look_again(self._waiter)
         self._unregister()
         try:
             loop.add_reader(self._fd, self._signalled)
@@ -530,7 +554,8 @@ class _AwaitedSocket:
             return bool(await waiter)
         finally:
             timer.cancel()
-            self._waiter = None
+            if self._waiter is waiter:
+                self._waiter = None
 
     async def recv(self, timeout: float) -> bytes | None:
         """The next message, or None after ``timeout`` seconds without one."""
@@ -551,9 +576,39 @@ class _AwaitedSocket:
                 await self.wait(_POLLOUT, 0.05)
 
     def close(self, linger: int | None = None) -> None:
-        """Unregister the FD, end a wait in progress (its future cancelled), close the socket."""
+        """Unregister the FD, end a wait in progress (its future cancelled, unless its loop was closed
+        under it), close the socket."""
         self._unregister()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done() and not waiter.get_loop().is_closed():
+            try:
+                waiter.cancel()
+            except RuntimeError:  # its loop closed meanwhile (another thread's)
+                pass
         self.sock.close(linger=linger)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _look_again(waiter: asyncio.Future[bool] | None) -> None:
+    """Wake a pending wait (True: it looks at ``ZMQ_EVENTS`` again), on its own loop's thread."""
+    if waiter is None or waiter.done():
+        return
+    loop = waiter.get_loop()
+    try:
+        if loop.is_running() and _running_loop() is not loop:
+            loop.call_soon_threadsafe(_resolve_true, waiter)
+        else:
+            _resolve_true(waiter)
+    except RuntimeError:  # its loop is closed: nobody will look
+        pass
+
+
+def _resolve_true(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(True)
