@@ -24,7 +24,7 @@ QUANTILES = list(range(1, 100))
 
 
 def run(ctx: Context) -> Result:
-    rounds = ctx.pick(4, 2)
+    rounds = ctx.pick(10, 2)  # the ways alternate round by round: a burst of noise on the shared machine lands on all
     per_round = ctx.pick(300, 60)  # records per round and way
     wakes = ctx.pick(1000, 100)  # wake-ups of each kind, the floor
     pace = 0.001  # as fanout's

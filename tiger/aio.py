@@ -54,6 +54,7 @@ from tiger._client import (
     _timeout,
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
+from tiger._feed import _EXPIRED, Alarm
 from tiger._table import GLOBAL, Record, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
@@ -473,11 +474,6 @@ def _cancelling() -> bool:
 _POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)  # plain ints: pyzmq's flag enums cost a call each
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
-
-
 class _AwaitedSocket:
     """An AsyncClient's command DEALER (a plain ``zmq.Socket``), awaited on the running event loop.
 
@@ -493,14 +489,15 @@ class _AwaitedSocket:
     One wait at a time (the client's per-loop lock); a wait from another loop moves the registration
     there. ``close`` ends a wait in progress by cancelling its future."""
 
-    __slots__ = ("_fd", "_loop", "_waiter", "_want", "sock")
+    __slots__ = ("_alarm", "_fd", "_loop", "_waiter", "_want", "sock")
 
     def __init__(self, sock: zmq.Socket[Any]) -> None:
         self.sock = sock
         self._fd = cast(int, sock.get(zmq.FD))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: asyncio.Future[bool] | None = None
+        self._waiter: asyncio.Future[Any] | None = None
         self._want = 0
+        self._alarm = Alarm()  # the waits' timeouts
 
     def _signalled(self) -> None:
         try:
@@ -549,11 +546,12 @@ class _AwaitedSocket:
             self.watch(loop)
         waiter = self._waiter = loop.create_future()
         self._want = want
-        timer = loop.call_later(timeout, _expire, waiter)
+        timer = self._alarm.set(waiter, timeout)
         try:
-            return bool(await waiter)
+            return await waiter is not _EXPIRED
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             if self._waiter is waiter:
                 self._waiter = None
 
@@ -579,6 +577,7 @@ class _AwaitedSocket:
         """Unregister the FD, end a wait in progress (its future cancelled, unless its loop was closed
         under it), close the socket."""
         self._unregister()
+        self._alarm.close()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done() and not waiter.get_loop().is_closed():
             try:
@@ -595,7 +594,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _look_again(waiter: asyncio.Future[bool] | None) -> None:
+def _look_again(waiter: asyncio.Future[Any] | None) -> None:
     """Wake a pending wait (True: it looks at ``ZMQ_EVENTS`` again), on its own loop's thread."""
     if waiter is None or waiter.done():
         return
@@ -609,6 +608,6 @@ def _look_again(waiter: asyncio.Future[bool] | None) -> None:
         pass
 
 
-def _resolve_true(waiter: asyncio.Future[bool]) -> None:
+def _resolve_true(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_result(True)
