@@ -8,6 +8,7 @@ milliseconds instead of minutes of real waiting.
 from __future__ import annotations
 
 import errno
+import gc
 import itertools
 import time
 from typing import Any
@@ -632,3 +633,54 @@ def test_a_compact_request_during_a_disk_fault_ends_it_and_releases_the_held_gro
     answers = [p.decode_reply(a) for _, a in outbox.replies]
     assert rig.core.disk_fault is None and disk.compactions == 1
     assert [type(a).__name__ for a in answers] == ["Ok", "Ok"] and {a.req_id for a in answers} == {2, 5}  # type: ignore[union-attr]
+
+
+# -- garbage the collector would have to find ------------------------------------------------------------
+
+
+def test_the_writer_core_leaves_no_cyclic_garbage():
+    # What the writer keeps (records, answers, clients, claims) is freed by reference counting when it goes,
+    # which is what lets `tiger serve` freeze what survives (Writer._freeze_long_lived): garbage caught in a
+    # reference cycle and then frozen would never be freed. Every kind of request, good and bad, and the
+    # timed work, with the collector saving what it finds.
+    rig = Rig(FakeDisk())
+    rig.call(ALICE, insert(1))
+
+    def every_kind(i: int) -> None:
+        n = 10 * i + 2
+        rig.call(ALICE, p.Hello(n, ALICE))
+        rig.call(ALICE, insert(n + 1))
+        rig.call(ALICE, p.Insert(n + 2, "t", "global", "t", [{"id": f"t_{i}", "n": 1}], True))
+        rig.call(ALICE, p.Insert(n + 3, "t", "global", "t", [{"id": f"t_{i}", "n": 1}], True))  # AlreadyExists
+        rig.call(ALICE, p.Update(n + 4, "t", "global", f"t_{i}", {"n": 2}))
+        rig.call(ALICE, p.Update(n + 5, "t", "global", "t_nope", {"n": 2}))  # NotFound
+        rig.call(ALICE, p.BatchWrite(n + 6, [insert(0), p.Update(0, "t", "global", "t_nope", {"n": 3})]))  # refused
+        rig.call(ALICE, p.BatchWrite(n + 7, [insert(0), p.Remove(0, "t", "global", f"t_{i}")]))
+        with_ns = p.Insert(n + 8, "u", f"ns{i}", None, [{"n": 1}], False)
+        rig.call(BOB, with_ns)
+        rig.call(BOB, p.Drop(n + 9, f"ns{i}"))
+        rig.call(BOB, p.OnceClaim(n + 10, f"k{i}", BOB, "test"))
+        rig.call(ALICE, p.OnceClaim(n + 11, f"k{i}", ALICE, "test"))  # held by BOB: told to wait
+        rig.call(BOB, p.OnceFinish(n + 12, f"k{i}", BOB, "value", {"v": i}))
+        rig.call(ALICE, p.Sync(n + 13))
+        rig.call(ALICE, p.Stats(n + 14))
+        rig.call(ALICE, insert(n + 15), expires_in=-1.0)  # expired
+        rig.call(ALICE, insert(n + 1))  # a resend, answered from the answers kept
+        rig.send(b"\xc1 not msgpack", p.encode_request(p.Beat(ALICE)), b"")  # garbage, a beat, nothing
+        rig.call(ALICE, p.ClearTable(n + 16, "u", None))
+        rig.advance(CLIENT_SILENCE + 1)  # BOB falls silent: forgotten, its claims released
+        rig.tick()
+        rig.send(p.encode_request(p.Bye(ALICE)))
+
+    every_kind(0)  # (first-time work: caches, the answers' structures)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for i in range(1, 20):
+            every_kind(i)
+        gc.collect()
+        found = [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert found == []

@@ -40,18 +40,18 @@ class Pending:
     ``create``, ``update``), the list of stored records (``insert_many``) or None (``delete``).
     Before that, or if the batch failed or was never sent, reading ``result`` raises ``TigerError``."""
 
-    __slots__ = ("_batch", "_index", "_kind", "_result")
+    __slots__ = ("_index", "_kind", "_result", "_state")
 
-    def __init__(self, batch: Batch, index: int, kind: str) -> None:
-        self._batch = batch
-        self._index = index
+    def __init__(self, state: list[str], index: int, kind: str) -> None:
+        self._state = state  # the batch's state, shared (not the batch: a batch and its operations
+        self._index = index  # referring to each other would leave every batch to the cyclic GC)
         self._kind = kind
         self._result: Any = _NOT_YET
 
     @property
     def result(self) -> Any:
         if self._result is _NOT_YET:
-            raise TigerError(f"operation {self._index} ({self._kind}) has no result: {self._batch._state}")
+            raise TigerError(f"operation {self._index} ({self._kind}) has no result: {self._state[0]}")
         return self._result
 
     def __repr__(self) -> str:
@@ -117,7 +117,7 @@ class Batch:
         self._bytes = 0
         self._pending: list[Pending] = []
         self._token: Token[tuple[Batch, ...]] | None = None
-        self._state = "the batch is sent when its with block ends"
+        self._states = ["the batch is sent when its with block ends"]  # shared with its Pending operations
         self._open = False
 
     def __repr__(self) -> str:
@@ -139,7 +139,7 @@ class Batch:
             try:
                 reply = self._client._write(self._request())
             except BaseException as e:
-                self._state = _failed(e)
+                self._states[0] = _failed(e)
                 raise
             self._settle(reply)
 
@@ -166,7 +166,7 @@ class Batch:
             except ValueError:  # the block ends in another context (thread, task) than it began in: there,
                 pass  # this batch stays listed, closed, and __enter__ skips closed ones
         if exc_type is not None:
-            self._state = "the with block raised, so nothing of the batch was sent"
+            self._states[0] = "the with block raised, so nothing of the batch was sent"
             return False
         return bool(self._ops)
 
@@ -187,7 +187,7 @@ class Batch:
                 f"this batch would be {self._bytes + len(packed)} bytes packed; a batch is sent as one message of at "
                 f"most {p.MAX_MESSAGE} bytes (nothing of it is sent yet: make it smaller)"
             )
-        pending = Pending(self, len(self._ops), kind)
+        pending = Pending(self._states, len(self._ops), kind)
         self._ops.append(op)
         self._packed.append(packed)
         self._bytes += len(packed)
@@ -209,7 +209,7 @@ class Batch:
                 pending._result = list(part.records)
             else:
                 pending._result = part.records[0]
-        self._state = "sent"
+        self._states[0] = "sent"
 
 
 def _failed(error: BaseException) -> str:
@@ -234,6 +234,6 @@ class AsyncBatch(Batch):
             try:
                 reply = await self._client._write(self._request())  # type: ignore[misc]
             except BaseException as e:
-                self._state = _failed(e)
+                self._states[0] = _failed(e)
                 raise
             self._settle(reply)

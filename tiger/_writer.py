@@ -16,6 +16,7 @@ the core, and reads the clock.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -113,9 +114,11 @@ class Writer:
         curve_secret: bytes | None = None,
         compact_bytes: int = COMPACT_BYTES,
         snapshot_stall: float | None = None,
+        freeze_long_lived: bool = False,
     ) -> None:
         """``snapshot_stall``: seconds a peer may take nothing of what waits for it (default ``STALL``; tests
-        shorten it, ``tiger serve`` does not offer it)."""
+        shorten it, ``tiger serve`` does not offer it). ``freeze_long_lived``: the process is this writer's
+        own (``tiger serve``), and its garbage collector is run as ``_freeze_long_lived`` says."""
         if url.startswith("tcp://") and not is_loopback(url) and curve_secret is None:
             raise ValueError(
                 f"refusing to bind {url} without CurveZMQ: other machines could read and change the store; "
@@ -172,6 +175,10 @@ class Writer:
         self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.core.info.update(url=self.url, pub=self.pub_url, pid=os.getpid())
+        self.freeze_long_lived = freeze_long_lived
+        self._frozen_at = -1  # the seq at the last freeze
+        if freeze_long_lived:
+            self._freeze_long_lived()
 
     @property
     def epoch(self) -> str:
@@ -267,6 +274,21 @@ class Writer:
         if self.owner is not None and self.owner.ended():
             log.info("owner process %d is gone; stopping", self.owner.pid)
             self._running = False
+        if self.freeze_long_lived and self.core.seq != self._frozen_at:
+            self._freeze_long_lived()
+
+    def _freeze_long_lived(self) -> None:
+        """The garbage collector of the writer's own process: at start and after each heartbeat with writes
+        since, collect the young generations (cheap: what came since) and freeze what survives
+        (``gc.freeze``: the collector never walks it again; reference counting still frees a record that is
+        deleted). A stored record lives until it is replaced or deleted and forms no reference cycle, nor
+        does anything else the writer keeps (``test_the_writer_core_leaves_no_cyclic_garbage``), yet every
+        full collection walked every record: about 4 us of the writer's CPU per batched write at 100k
+        records (bench batch). A Writer run inside another process leaves that process's collector alone."""
+        gc.collect(1)
+        gc.freeze()
+        self._frozen_at = self.core.seq
+        self.core.info["frozen_objects"] = gc.get_freeze_count()
 
     def stop(self) -> None:
         self._running = False
@@ -341,6 +363,7 @@ def serve_forever(
             fsync=fsync,
             curve_secret=secret,
             compact_bytes=compact_bytes,
+            freeze_long_lived=True,
         )
     except zmq.ZMQError as e:
         print(f"tiger: cannot bind {url}: {e}", file=sys.stderr)
