@@ -54,6 +54,9 @@ from tiger._table import (
     prepare_update,
     thaw,
 )
+from tiger._table import (
+    Batch as TableBatch,
+)
 
 NOW = 1_700_000_000
 
@@ -1415,3 +1418,36 @@ def test_the_purity_check_fails_for_a_module_that_imports_one(module: str) -> No
     done = run_pure_import(code=code)
     assert done.returncode != 0
     assert re.search(rf"(ImportError|ModuleNotFoundError): .*\b{module}\b", done.stderr), done.stderr
+
+
+@st.composite
+def a_batch(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
+    """Stored records to start from, and the parts of a batch over them: puts and deletes, some of the same ids."""
+    ids = ["plan_a", "plan_b", "plan_c", "plan_d"]
+    start = [(draw(st.sampled_from(NAMESPACES)), id) for id in draw(st.lists(st.sampled_from(ids), unique=True))]
+    parts: list[Any] = []
+    for _ in range(draw(st.integers(1, 8))):
+        ns, id = draw(st.sampled_from(NAMESPACES)), draw(st.sampled_from(ids))
+        if draw(st.booleans()):
+            parts.append(Put("plans", ns, (freeze({"id": id, "created": 1, "n": draw(st.integers(0, 9))}),)))
+        else:
+            parts.append(Delete("plans", ns, id))
+    return start, parts
+
+
+@given(a_batch())
+def test_a_batch_applied_at_once_leaves_what_its_parts_applied_one_by_one_leave(batch: tuple[list[Any], list[Any]]) -> None:
+    # Store.apply runs a Batch's parts inline, touching each (table, namespace) once at the end.
+    start, parts = batch
+    at_once, one_by_one = Store(), Store()
+    for store in (at_once, one_by_one):
+        for ns, id in start:
+            store.apply(Put("plans", ns, (freeze({"id": id, "created": 0, "n": -1}),)))
+        store.ordered("plans", "global")  # an order computed before: it must not outlive the batch
+    at_once.apply(TableBatch(tuple(parts)))
+    for part in parts:
+        one_by_one.apply(part)
+    assert at_once.tables == one_by_one.tables
+    for ns in NAMESPACES:
+        assert at_once.ordered("plans", ns) == one_by_one.ordered("plans", ns)
+    assert at_once.counts() == one_by_one.counts()

@@ -354,9 +354,8 @@ class Store:
                 found.clear()
                 for ns in touched:
                     self._touch(change.table, ns)
-        elif type(change) is Batch:
-            for part in change.changes:
-                self.apply(part)
+        elif type(change) is Batch:  # the parts inline, each (table, namespace) touched once at the end
+            self._apply_parts(change.changes)
         elif type(change) is DropNamespace:
             for table, found in list(self.tables.items()):
                 if table.startswith(RESERVED_PREFIX):
@@ -365,6 +364,30 @@ class Store:
                     self._touch(table, change.namespace)
         else:
             raise TypeError(f"not a change: {change!r}")
+
+    def _apply_parts(self, parts: tuple[Put | Delete, ...]) -> None:
+        tables, touched = self.tables, set()
+        for part in parts:
+            namespaces = tables.get(part.table)
+            if type(part) is Put:
+                if namespaces is None:
+                    namespaces = self.namespaces_of(part.table)
+                rows = namespaces.get(part.namespace)
+                if rows is None:
+                    rows = namespaces[part.namespace] = {}
+                for r in part.records:
+                    rows[r["id"]] = freeze(r)
+                touched.add((part.table, part.namespace))
+            else:  # a Delete, as ``apply`` does it
+                rows = namespaces.get(part.namespace) if namespaces else None
+                if namespaces is not None and rows is not None and part.id in rows:  # type: ignore[union-attr]
+                    if len(rows) == 1:
+                        del namespaces[part.namespace]
+                    else:
+                        del rows[part.id]  # type: ignore[union-attr]
+                    touched.add((part.table, part.namespace))
+        for table, namespace in touched:
+            self._touch(table, namespace)
 
     def load(self, content: Mapping[str, Mapping[str, list[Record]]]) -> None:
         """Replace everything by a snapshot's content, in place.
