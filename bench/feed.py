@@ -79,7 +79,7 @@ def run(ctx: Context) -> Result:
                         from_call[way] += [(s[i] - start[i]) / 1000 for s in seen for i in range(per_round)]
                         round_p50[way].append(summary(lag)["median"])
     with step(NAME, f"floor: {wakes} wake-ups of a waiting thread, then of an awaiting asyncio task, by another thread"):
-        woken = _wake_floor(wakes, pace)
+        woken, wake_cpu = _wake_floor(wakes, pace)
     case, from_case = f"lag, {REPLICAS} replicas", f"lag from the insert call, {REPLICAS} replicas"
     for way, subject in WAYS.items():
         before = sum(v < 0 for v in lags[way]) / len(lags[way])
@@ -88,6 +88,8 @@ def run(ctx: Context) -> Result:
         res.row(from_case, subject, "tiger", "us", summary(from_call[way]))
     for subject, values in woken.items():
         res.row(WAKE, subject, "floor", "us", summary(values))
+    for subject, value in wake_cpu.items():
+        res.row(WAKE_CPU, subject, "floor", "us", value)
     res.series["lag_quantiles_us"] = {
         WAYS[way]: [percentile(sorted(values), q) for q in QUANTILES] for way, values in lags.items()
     }
@@ -111,7 +113,13 @@ def run(ctx: Context) -> Result:
         assert row is not None and row_from is not None
         wake = f"the wake-up floor: a waiting thread {floor['median']:.0f} us (p99 {floor['p99']:.0f})"
         if way == "async feed":
-            wake += f", an awaiting task {floor_async['median']:.0f} us (p99 {floor_async['p99']:.0f})"
+            cpu_thread, cpu_task = res.find(WAKE_CPU, WAKE_THREAD), res.find(WAKE_CPU, WAKE_TASK)
+            assert cpu_thread is not None and cpu_task is not None
+            wake += (
+                f", an awaiting task {floor_async['median']:.0f} us (p99 {floor_async['p99']:.0f}); CPU of the woken "
+                f"reader per wake-up: a thread {cpu_thread['median']:.0f} us, a task {cpu_task['median']:.0f} us, in "
+                f"each of the {REPLICAS} replica processes sharing 2 cores"
+            )
         p50 = (
             f"p50 lag from the insert call within 1.2x the replica's ({REPLICAS} replicas)",
             row_from["median"] / reference_from["median"],
@@ -129,14 +137,16 @@ def run(ctx: Context) -> Result:
 
 
 WAKE = "wake-up by another thread"
+WAKE_CPU = "CPU of the woken reader per wake-up"
 WAKE_THREAD = "threading.Condition: a waiting thread"
 WAKE_TASK = "loop.call_soon_threadsafe: a task awaiting a future"
 
 
-def _wake_floor(samples: int, pace: float) -> dict[str, list[float]]:
+def _wake_floor(samples: int, pace: float) -> tuple[dict[str, list[float]], dict[str, float]]:
     """us from another thread's stamp to the woken reader's, ``samples`` times ``pace`` s apart: a thread waiting on
     a Condition (a blocking feed's reader), then an asyncio task awaiting a future the other thread resolves with
-    call_soon_threadsafe (an async feed's): the least a reader woken by the replica's thread waits, each way."""
+    call_soon_threadsafe (an async feed's): the least a reader woken by the replica's thread waits, each way; and
+    the CPU the woken thread spends per wake-up (time.thread_time), each way."""
     import asyncio
 
     clock = time.monotonic_ns
@@ -144,13 +154,17 @@ def _wake_floor(samples: int, pace: float) -> dict[str, list[float]]:
     sent: deque[int] = deque()
     woken: list[float] = []
 
+    cpu: dict[str, float] = {}  # us of the woken thread's CPU per wake-up, each way
+
     def read() -> None:
+        started = time.thread_time()
         for _ in range(samples):
             with cond:
                 while not sent:
                     cond.wait()
                 stamp = sent.popleft()
             woken.append((clock() - stamp) / 1000)
+        cpu[WAKE_THREAD] = (time.thread_time() - started) / samples * 1e6
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -179,6 +193,7 @@ def _wake_floor(samples: int, pace: float) -> dict[str, list[float]]:
 
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
+        started = time.thread_time()
         for _ in range(samples):
             while True:
                 with lock:
@@ -189,10 +204,11 @@ def _wake_floor(samples: int, pace: float) -> dict[str, list[float]]:
                     waiters.append(future)
                 await future
             out.append((clock() - stamp) / 1000)
+        cpu[WAKE_TASK] = (time.thread_time() - started) / samples * 1e6
         await asyncio.to_thread(writer.join, 30.0)
         return out
 
-    return {WAKE_THREAD: woken, WAKE_TASK: asyncio.run(read_async())}
+    return {WAKE_THREAD: woken, WAKE_TASK: asyncio.run(read_async())}, cpu
 
 
 def _resolve(future: Any) -> None:
