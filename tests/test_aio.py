@@ -641,6 +641,9 @@ def test_one_async_client_serves_successive_event_loops_and_leaves_none_watching
             assert [plans[r["id"]]["n"] for r in (first, second, third)] == [1, 2, 3]
             watched = kept_open._selector.get_map()  # type: ignore[attr-defined]
             fd = client._socket.sock.get(zmq.FD)
+            # a loop is made to watch the socket when a call must wait for its answer (not when the answer
+            # is in already: under load it can be, the calling thread having lost the GIL for a while)
+            assert kept_open.run_until_complete(client._socket.wait(int(zmq.POLLIN), 0.01)) is False
             assert fd in watched
             kept_open.run_until_complete(client.close())
             assert fd not in watched
