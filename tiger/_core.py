@@ -522,7 +522,7 @@ class WriterCore:
             "records": len(self.store),
             "tables": self.store.counts(),
             "checksum": p.checksum(self.store),
-            "frozen_objects": self.info.get("frozen_objects", 0),  # gc.freeze()d by the writer's process
+            "gc_freezes": self.info.get("gc_freezes", 0),  # times the writer's process froze what survived
             "data": None
             if disk is None
             else {"path": disk.path, "fsync": disk.fsync, "log_bytes": disk.size, "fault": self.disk_fault},

@@ -369,14 +369,23 @@ class Store:
         tables, touched = self.tables, set()
         for part in parts:
             namespaces = tables.get(part.table)
-            if type(part) is Put:
+            if type(part) is Put:  # each part lands through one dict operation, as ``apply`` lands it
                 if namespaces is None:
                     namespaces = self.namespaces_of(part.table)
                 rows = namespaces.get(part.namespace)
-                if rows is None:
-                    rows = namespaces[part.namespace] = {}
-                for r in part.records:
-                    rows[r["id"]] = freeze(r)
+                records = part.records
+                if len(records) == 1:
+                    record = freeze(records[0])
+                    if rows is None:
+                        namespaces[part.namespace] = {record["id"]: record}
+                    else:
+                        rows[record["id"]] = record
+                else:
+                    batch = {r["id"]: freeze(r) for r in records}
+                    if rows is None:
+                        namespaces[part.namespace] = batch
+                    else:
+                        rows.update(batch)
                 touched.add((part.table, part.namespace))
             else:  # a Delete, as ``apply`` does it
                 rows = namespaces.get(part.namespace) if namespaces else None
