@@ -29,6 +29,7 @@ so the order is the same everywhere.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -306,7 +307,11 @@ class Store:
         # table -> namespace -> id -> record. The per-table dicts are never replaced
         # once created (readers hold them); namespace dicts are replaced whole.
         self.tables: dict[str, dict[str, Rows]] = {}
+        # (table, namespace) -> the version of its rows, for the cached list order: a number drawn from one
+        # counter, never used twice, so a namespace gone (and forgotten here) then made again cannot match an
+        # order a reader thread cached for it before
         self._versions: dict[tuple[str, str], int] = {}
+        self._versions_drawn = itertools.count(1)
         self._orders: dict[tuple[str, str], tuple[int, list[Record], dict[str, int]]] = {}
 
     # -- writing -----------------------------------------------------------------
@@ -320,7 +325,11 @@ class Store:
 
     def _touch(self, table: str, namespace: str) -> None:
         key = (table, namespace)
-        self._versions[key] = self._versions.get(key, 0) + 1
+        found = self.tables.get(table)
+        if found is not None and namespace in found:
+            self._versions[key] = next(self._versions_drawn)
+        else:  # gone (emptied, cleared, dropped): nothing kept for it (a test run makes and drops thousands)
+            self._versions.pop(key, None)
         self._orders.pop(key, None)  # a stale order would keep deleted records alive
 
     def apply(self, change: Change) -> None:
@@ -439,7 +448,7 @@ class Store:
 
     def _ordered(self, table: str, namespace: str) -> tuple[list[Record], dict[str, int]]:
         key = (table, namespace)
-        version = self._versions.get(key, 0)
+        version = self._versions.get(key)
         cached = self._orders.get(key)
         if cached is not None and cached[0] == version:
             return cached[1], cached[2]
@@ -447,7 +456,8 @@ class Store:
         records.reverse()  # newest insertion first, so the stable sort breaks ties that way
         records.sort(key=_created, reverse=True)
         index = {r["id"]: i for i, r in enumerate(records)}
-        self._orders[key] = (version, records, index)
+        if version is not None:  # (a namespace with no version is gone: nothing cached for it)
+            self._orders[key] = (version, records, index)
         return records, index
 
     def ordered(self, table: str, namespace: str) -> list[Record]:
