@@ -23,6 +23,8 @@ from _util import read_line
 
 import tiger
 import tiger.aio
+from tiger import _protocol as p
+from tiger._server import request_once
 
 # A child process that builds once key KEY for BUILD seconds (its factory says when it started).
 BUILDER = textwrap.dedent(
@@ -708,3 +710,57 @@ def test_a_call_left_waiting_on_a_paused_loop_goes_on_without_a_resend_after_ano
             paused.run_until_complete(client.close())
         finally:
             paused.close()
+
+
+HUGE_TIMEOUTS = [float("inf"), 1e12, 10**400, 86_400.5]
+
+
+@pytest.mark.parametrize("bad", HUGE_TIMEOUTS, ids=["inf", "1e12", "10**400", "a-day-and-a-half-second"])
+def test_an_infinite_or_huge_timeout_is_refused_naming_it_not_an_overflow_error(tiger_url, bad):
+    # connect(timeout=inf) passed the check, then raised OverflowError from the clock (and again from close(),
+    # leaking the replica thread); 1e9 overflowed zmq_poll; wait_until and watch overflowed the lock's wait.
+    # Every timeout tiger takes is at most a day (None is no limit where a wait allows it).
+    threads = threading.active_count()
+    message = "must be a number of seconds .* to 86400 .a day."
+    for connect in (lambda: tiger.connect(tiger_url, timeout=bad), lambda: tiger.connect(tiger_url, heartbeat_timeout=bad)):
+        with pytest.raises(ValueError, match=message):
+            connect()
+    with pytest.raises(ValueError, match=f"timeout {message}"):
+        tiger.serve(timeout=bad)
+    with pytest.raises(ValueError, match=f"timeout {message}"):
+        request_once(tiger_url, p.Stats(1), timeout=bad)  # (tiger stats, the plugin's cleanup)
+    with tiger.connect(tiger_url) as client:
+        plans = client.table("plans")
+        calls = [
+            lambda: client.sync(timeout=bad),
+            lambda: plans.wait_for("x", timeout=bad),
+            lambda: plans.wait_until(bool, timeout=bad),
+            lambda: plans.watch(timeout=bad),
+            lambda: client.watch(timeout=bad),
+            lambda: client.once("k", dict, timeout=bad),
+        ]
+        for call in calls:
+            with pytest.raises(ValueError, match=f"timeout {message}"):
+                call()
+        with pytest.raises(ValueError, match=f"wait {message}"):
+            client.tear_down_once_values(wait=bad)
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match=f"timeout {message}"):
+            await tiger.aio.connect(tiger_url, timeout=bad)
+        async with await tiger.aio.connect(tiger_url) as client:
+            plans = client.table("plans")
+            for call in (
+                lambda: client.sync(timeout=bad),
+                lambda: plans.wait_for("x", timeout=bad),
+                lambda: plans.wait_until(bool, timeout=bad),
+                lambda: client.once("k", dict, timeout=bad),
+                lambda: client.tear_down_once_values(wait=bad),
+            ):
+                with pytest.raises(ValueError, match=message):
+                    await call()
+            with pytest.raises(ValueError, match=message):
+                plans.watch(timeout=bad)
+
+    run(main)
+    assert threading.active_count() == threads  # no replica thread left behind

@@ -29,6 +29,29 @@ Rule 5: until forgotten, calls to ask and asked count as in flight, like those n
 
 from __future__ import annotations
 
+import math
+
+MAX_SECONDS = 86_400.0  # the longest timeout or wait tiger takes (a day): a clock, poll or lock given more overflows
+
+
+def check_seconds(value: object, what: str, *, positive: bool = False, no_limit: bool = False) -> float | None:
+    """A timeout in seconds: an int or a float (not a bool), from 0 (above 0 when ``positive``) to
+    ``MAX_SECONDS``; None where ``no_limit`` (no limit; returned as None). Infinity and NaN are refused:
+    the clocks, polls and locks underneath take none (``math.inf`` reached ``OverflowError`` there).
+    Raises ``ValueError`` naming ``what``."""
+    if value is None and no_limit:
+        return None
+    try:
+        seconds = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not ((seconds > 0 if positive else seconds >= 0) and seconds <= MAX_SECONDS):  # (NaN: neither)
+        lowest = "above 0" if positive else "from 0"
+        hint = "; None waits without limit" if no_limit else ""
+        raise ValueError(f"{what} must be a number of seconds {lowest} to {MAX_SECONDS:g} (a day), got {value!r}{hint}")
+    return seconds
+
+
 MAX_ASKING = 64  # calls asked again at once, at most; a gap beyond them is left to a resync
 MAX_ASKING_BYTES = 64 << 20  # and the bytes they hold
 

@@ -20,7 +20,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import Batch
-from tiger._calls import GIVE_UP, RESEND, Attempts
+from tiger._calls import GIVE_UP, RESEND, Attempts, check_seconds
 from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
@@ -187,14 +187,11 @@ class _Connection:
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         if not url.startswith(("tcp://", "ipc://")):
             raise ValueError(f"url must start with tcp:// or ipc://, got {url!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
         self.url = url
         self._server_key = server_key
-        self.timeout = float(timeout)
-        if isinstance(heartbeat_timeout, bool) or not isinstance(heartbeat_timeout, (int, float)) or not heartbeat_timeout > 0:
-            raise ValueError(f"heartbeat_timeout must be a positive number of seconds, got {heartbeat_timeout!r}")
-        self.heartbeat_timeout = float(heartbeat_timeout)  # a writer silent this long is taken for gone
+        # a writer silent this long is taken for gone
+        self.heartbeat_timeout: float = check_seconds(heartbeat_timeout, "heartbeat_timeout", positive=True)  # type: ignore[assignment]
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
         self._clock_offset = 0.0  # the writer's time.time() minus ours
         self.client_id = p.new_client_id()
@@ -530,7 +527,7 @@ class Client(_Connection):
         and a warning names the clients still holding it. ``close()`` waits the client's timeout; the
         pytest plugin waits for every test of the run instead.
         """
-        return self._once.tear_down(self, wait)
+        return self._once.tear_down(self, _timeout(wait, 0.0, "wait"))
 
     def stats(self) -> dict[str, Any]:
         """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
@@ -619,12 +616,11 @@ class Client(_Connection):
         return reply
 
 
-def _timeout(value: float | None, default: float) -> float:
+def _timeout(value: float | None, default: float, what: str = "timeout") -> float:
+    """A call's or a wait's ``timeout``: None is ``default``; else ``check_seconds``."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:  # (NaN: not >= 0)
-        raise ValueError(f"timeout must be a non-negative number of seconds, got {value!r}")
-    return float(value)
+    return check_seconds(value, what)  # type: ignore[return-value]
 
 
 class _TableReads:

@@ -44,6 +44,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from tiger import _table as t
+from tiger._calls import check_seconds
 from tiger._errors import FeedOverflow, TigerError, Timeout
 from tiger._table import RESERVED_PREFIX, Record, check_name
 
@@ -584,12 +585,8 @@ def check_tables(tables: Iterable[str] | None) -> frozenset[str] | None:
 
 
 def check_timeout(value: object, what: str = "timeout") -> float | None:
-    """None (no limit) or a non-negative number of seconds."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{what} must be None or a non-negative number of seconds, got {value!r}")
-    return float(value)
+    """None (no limit) or a number of seconds (``_calls.check_seconds``)."""
+    return check_seconds(value, what, no_limit=True)
 
 
 def check_max_queued(value: object) -> int:

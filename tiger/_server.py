@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
+from tiger._calls import check_seconds
 from tiger._errors import TigerError, Unavailable
 from tiger._paths import IPC_PATH_MAX, short_temp_dir
 from tiger._process import unsupported_environment
@@ -116,8 +117,10 @@ def serve(
     ``url=None`` binds a fresh ipc endpoint in a private (0700) temporary directory.
     ``data=DIR`` keeps the store in DIR (``fsync``: "always", "everysec" or "never");
     ``curve_secret`` is a key file from ``tiger keygen`` (required for non-loopback tcp).
-    The writer exits by itself when this process dies.
+    The writer exits by itself when this process dies. ``timeout``: seconds to wait for it to answer
+    (``ValueError`` past a day, ``tiger.Unavailable`` when it does not answer in time).
     """
+    check_seconds(timeout, "timeout", positive=True)
     server = start_writer(url, timeout, data=data, fsync=fsync, curve_secret=curve_secret)
     server.wait_ready()
     return server
@@ -226,9 +229,10 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
 
     ``Unavailable`` if the writer does not answer within ``timeout`` seconds, at once if nothing
     listens at ``url`` (ZeroMQ would retry a refused connection silently until the timeout);
-    ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL.
+    ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL or timeout.
     """
     check_url(url)
+    check_seconds(timeout, "timeout", positive=True)
     refused = _refused(url)
     if refused is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {refused}")

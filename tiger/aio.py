@@ -241,7 +241,7 @@ class AsyncClient(_Connection):
 
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""
-        errors = await self._once.tear_down_async(self, wait)
+        errors = await self._once.tear_down_async(self, _timeout(wait, 0.0, "wait"))
         for _, error in errors:  # the others ran: a cancellation goes on now, before any error
             if isinstance(error, asyncio.CancelledError):
                 raise error
