@@ -42,7 +42,9 @@ def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, An
             for i, record in enumerate(records):
                 entries.append(_entry(f"{path}: ", f"{table}[{i}]", {"table": table, "record": record}, first_seen))
         return entries
-    for number, line in enumerate(text.splitlines(), 1):
+    # JSON Lines end at "\n" only: str.splitlines() also splits at U+2028, U+2029, \x85 and more, which a
+    # JSON string may hold raw (tiger dump writes them so)
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
