@@ -123,3 +123,13 @@ def test_a_served_writer_exits_when_its_owner_is_killed(tmp_path):
         if owner.poll() is None:
             owner.kill()
         owner.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("heartbeat", ["inf", "nan", "0", "1e12"])
+def test_serve_refuses_a_heartbeat_it_could_not_keep(heartbeat):
+    # --heartbeat inf started a writer that never published a heartbeat: its clients took it for gone.
+    out = subprocess.run(
+        [*TIGER, "serve", "--url", "ipc:///nowhere/x", "--heartbeat", heartbeat], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 1
+    assert f"--heartbeat must be a number of seconds above 0 to 86400 (a day), got {float(heartbeat)!r}" in out.stderr

@@ -372,3 +372,13 @@ def test_a_writer_that_cannot_start_stops_the_run_with_one_line(pytester, tmp_pa
         assert "INTERNALERROR" not in result.stdout.str()
         assert "this tiger is broken on purpose" in result.stdout.str() + result.stderr.str()  # its log is shown
         assert not ran.exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "-1", "soon"])
+def test_a_teardown_timeout_it_could_not_keep_is_a_usage_error(pytester, value):
+    # tiger_teardown_timeout = inf made the end of a run wait forever for a builder that never tore down.
+    pytester.makeini(f"[pytest]\ntiger_teardown_timeout = {value}\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = run(pytester, "-p", "no:xdist")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*tiger_teardown_timeout must be a number of seconds from 0 to 86400 (a day)*{value!r}*"])

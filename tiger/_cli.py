@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tiger._calls import check_seconds
 from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
@@ -65,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             check_url(args.url)
-            if not args.heartbeat > 0:
-                raise ValueError("--heartbeat must be a positive number of seconds")
+            check_seconds(args.heartbeat, "--heartbeat", positive=True)
             return serve_forever(
                 args.url,
                 log_level=args.log_level.upper(),

@@ -37,6 +37,7 @@ import fcntl
 import hashlib
 import inspect
 import json
+import math
 import os
 import secrets
 import shutil
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from tiger._calls import check_seconds
 from tiger._errors import OnceFailed, TigerError
 from tiger._process import ProcessWatch, stop_process
 
@@ -165,6 +167,18 @@ class _RunDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _teardown_timeout(value: object) -> float:
+    """The ``tiger_teardown_timeout`` ini value, checked as every timeout is (``pytest.UsageError``)."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    try:
+        return check_seconds(seconds, "tiger_teardown_timeout")  # type: ignore[return-value]
+    except ValueError as e:
+        raise pytest.UsageError(f"{e} (ini value {value!r})") from None
+
+
 class _Run:
     """This process's part of one test run, in lifecycle order: its identity (configure), the writer
     (first demand), each test's namespace, the once values it built (their teardowns at the end)."""
@@ -181,6 +195,7 @@ class _Run:
         self.session: pytest.Session | None = None
         self.url: str | None = None  # set at first demand
         self._seeded = not config.getini("tiger_seed")
+        self.teardown_timeout = _teardown_timeout(config.getini("tiger_teardown_timeout"))
         self._seeding = False
         self._client: Client | None = None
         self._started: Any = None  # the Server this process started: its Popen must live as long as the writer may
@@ -424,7 +439,7 @@ class _Run:
         them (at most ``tiger_teardown_timeout``) and report."""
         self.dir.mark_all_done()
         pending = self.dir.builders()
-        deadline = time.monotonic() + float(self.config.getini("tiger_teardown_timeout"))
+        deadline = time.monotonic() + self.teardown_timeout
         try:
             while pending:
                 for path in list(pending):
