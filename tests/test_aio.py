@@ -764,3 +764,38 @@ def test_an_infinite_or_huge_timeout_is_refused_naming_it_not_an_overflow_error(
 
     run(main)
     assert threading.active_count() == threads  # no replica thread left behind
+
+
+def test_one_async_client_used_from_two_threads_loops_at_once_refuses_rather_than_hangs(tiger_url, ns):
+    # A new user's trial: one AsyncClient driven by event loops of two threads at once (outside "one loop at a
+    # time") hung an insert past its timeout, even after close(), or raised a stray CancelledError. The socket
+    # is now refused to a loop while a loop running in another thread uses it; the calls that go on complete.
+    with tiger.connect(tiger_url) as blocking:
+        client = tiger.aio.AsyncClient.sharing(blocking)
+        plans = client.table("plans", prefix="plan")
+        refused: list[str] = []
+        done = threading.Event()
+
+        async def hammer(tag: str) -> int:
+            written, deadline = 0, time.monotonic() + 3.0
+            while not done.is_set() and time.monotonic() < deadline:
+                try:
+                    await asyncio.wait_for(plans.insert({"by": tag}), timeout=10.0)
+                    written += 1
+                except tiger.TigerError as e:
+                    refused.append(str(e))
+                    done.set()
+            return written
+
+        counts: dict[str, int] = {}
+        other = threading.Thread(target=lambda: counts.update(a=asyncio.run(hammer("a"))))
+        other.start()
+        counts["b"] = asyncio.run(hammer("b"))
+        other.join(30.0)
+        assert not other.is_alive()
+        assert refused and all("in use by an event loop running in another thread" in m for m in refused)
+        assert counts["a"] + counts["b"] > 0
+        blocking.sync()
+        assert len(plans.all()) == counts["a"] + counts["b"]  # each written once, nothing half sent
+        assert asyncio.run(plans.insert({"by": "after"}))["by"] == "after"  # one loop at a time: fine again
+        client._close_now()

@@ -23,7 +23,8 @@ the replica asks the writer for it after the call's deadline). Which one is not 
 is cancelled.
 
 A client is used from one event loop at a time (its socket follows the running loop, so one client may
-serve the successive loops of a test suite). ``tiger.aio.AsyncClient.sharing(client)`` makes
+serve the successive loops of a test suite; a call while a loop of another thread has one in flight
+raises ``TigerError``). ``tiger.aio.AsyncClient.sharing(client)`` makes
 an async client over a blocking client's connection (its replica, its id): no second replica in the
 process, nothing to await to make one; the pytest plugin's ``tiger_aclient`` is that.
 """
@@ -34,6 +35,7 @@ import asyncio
 import builtins
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +94,8 @@ class AsyncClient(_Connection):
         self._late: set[asyncio.Task[None]] = set()  # tasks awaiting the answers of cancelled writes
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
         self._in_flight: set[int] = set()  # req_ids of the calls waiting for their answers, on any loop
+        self._serving: dict[asyncio.AbstractEventLoop, int] = {}  # loops using the socket now -> how many calls
+        self._serving_lock = threading.Lock()
         self._answers: dict[int, p.Reply] = {}  # answers one loop's call took for another's
         try:
             # a list the finalizer shares (a resend replaces the socket)
@@ -119,6 +123,8 @@ class AsyncClient(_Connection):
         shared._late = set()
         shared._unanswered = {}
         shared._in_flight = set()
+        shared._serving = {}
+        shared._serving_lock = threading.Lock()
         shared._answers = {}
         shared._command = [_AwaitedSocket(shared._new_socket())]
         shared._finalizer = weakref.finalize(shared, _abandoned, None, shared._ctx, shared._command, shared._pid)
@@ -268,6 +274,26 @@ class AsyncClient(_Connection):
             lock = self._locks[loop] = asyncio.Lock()
         return lock
 
+    def _serve(self) -> asyncio.AbstractEventLoop:
+        """The running loop uses the socket until ``_served``. Refused (``TigerError``) while a loop running
+        in another thread uses it: a ZeroMQ socket is not thread-safe, and two loops of two threads sharing
+        one were seen to hang a call past its timeout (a loop not running, its call paused, is no obstacle)."""
+        loop = asyncio.get_running_loop()
+        with self._serving_lock:
+            if any(n and other is not loop and other.is_running() for other, n in self._serving.items()):
+                raise TigerError(
+                    "this tiger.aio client is in use by an event loop running in another thread: a client serves one "
+                    "event loop at a time; make one per thread (tiger.aio.connect, or AsyncClient.sharing(a tiger.Client))"
+                )
+            self._serving[loop] = self._serving.get(loop, 0) + 1
+        return loop
+
+    def _served(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._serving_lock:
+            left = self._serving.pop(loop) - 1
+            if left:
+                self._serving[loop] = left
+
     def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float]:
         if self._shared is not None and self._shared._closed:
             raise TigerError("this client is closed (the tiger.Client whose connection it shares was closed)")
@@ -285,30 +311,34 @@ class AsyncClient(_Connection):
             async with self._lock():
                 if self._closed:
                     raise TigerError("this client is closed")
-                sent = True  # from here a cancellation may come after libzmq took the bytes
-                self._in_flight.add(req_id)
-                await self._socket.send(payload)
-                attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
-                while True:
-                    if self._answers:  # taken by a call of another event loop (see _late_answer)
-                        kept = self._answers.pop(req_id, None)
-                        if kept is not None:
-                            reply, answered = kept, True
-                            break
-                    wait = attempts.wait(time.monotonic())
-                    if wait <= RESEND:
-                        self._silence(wait)
-                        await self._socket.send(payload)
-                        self.resends += 1
-                    else:
-                        data = await self._socket.recv(wait / 1000)
-                        if data is None:
-                            continue
-                        reply = p.decode_reply(data)
-                        if reply.req_id == req_id:
-                            answered = True
-                            break
-                        self._late_answer(reply)
+                serving = self._serve()
+                try:
+                    sent = True  # from here a cancellation may come after libzmq took the bytes
+                    self._in_flight.add(req_id)
+                    await self._socket.send(payload)
+                    attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
+                    while True:
+                        if self._answers:  # taken by a call of another event loop (see _late_answer)
+                            kept = self._answers.pop(req_id, None)
+                            if kept is not None:
+                                reply, answered = kept, True
+                                break
+                        wait = attempts.wait(time.monotonic())
+                        if wait <= RESEND:
+                            self._silence(wait)
+                            await self._socket.send(payload)
+                            self.resends += 1
+                        else:
+                            data = await self._socket.recv(wait / 1000)
+                            if data is None:
+                                continue
+                            reply = p.decode_reply(data)
+                            if reply.req_id == req_id:
+                                answered = True
+                                break
+                            self._late_answer(reply)
+                finally:
+                    self._served(serving)
             return self._outcome(reply)
         except asyncio.CancelledError:
             if self._closed and not _cancelling():  # the socket was closed under the call (its wait is cancelled)
@@ -344,7 +374,11 @@ class AsyncClient(_Connection):
                 async with self._lock():
                     if req_id in self._unanswered and not self._closed:
                         remaining = self._unanswered[req_id][1] - time.monotonic()
-                        data = await self._socket.recv(max(0.001, min(0.05, remaining)))
+                        serving = self._serve()
+                        try:
+                            data = await self._socket.recv(max(0.001, min(0.05, remaining)))
+                        finally:
+                            self._served(serving)
                         if data is not None:
                             self._late_answer(p.decode_reply(data))
                 await asyncio.sleep(0)  # the calls waiting for the socket go first
