@@ -133,3 +133,23 @@ def test_serve_refuses_a_heartbeat_it_could_not_keep(heartbeat):
     )
     assert out.returncode == 1
     assert f"--heartbeat must be a number of seconds above 0 to 86400 (a day), got {float(heartbeat)!r}" in out.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_clean_stop_removes_the_ipc_socket_files_the_writer_made(tmp_path, sig):
+    # A new user's trial: `tiger serve --url ipc://...` left its two socket files behind after a clean stop.
+    # Only its own are removed: a file another writer made at the same path since is left alone.
+    url = f"ipc://{tmp_path}/w"
+    proc = subprocess.Popen([*TIGER, "serve", "--url", url, "--owner-pid", str(os.getpid())], stdout=subprocess.PIPE, text=True)
+    try:
+        assert read_line(proc) == f"tiger writer serving at {url}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["w", "w.pub"]
+        with tiger.connect(url) as client:
+            client.table("t").insert({"id": "a"})
+        proc.send_signal(sig)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+    assert list(tmp_path.iterdir()) == []

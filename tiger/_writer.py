@@ -16,6 +16,7 @@ the core, and reads the clock.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -76,6 +77,18 @@ def is_loopback(url: str) -> bool:
     """Whether a tcp URL binds only this machine's loopback (wildcards are not loopback)."""
     host = url[len("tcp://") :].rsplit(":", 1)[0]
     return host in LOOPBACK_HOSTS or (host.startswith("127.") and host.replace(".", "").isdigit() and host.count(".") == 3)
+
+
+def _made_files(*endpoints: str) -> list[tuple[str, int]]:
+    """(path, inode) of the ipc socket files these bound endpoints made (none for tcp or Linux's abstract
+    ``ipc://@name``), so that a clean stop removes them and only them."""
+    made = []
+    for endpoint in endpoints:
+        path = endpoint.removeprefix("ipc://")
+        if path != endpoint and not path.startswith("@"):
+            with contextlib.suppress(OSError):
+                made.append((path, os.stat(path).st_ino))
+    return made
 
 
 def read_secret_key(path: str) -> bytes:
@@ -174,6 +187,7 @@ class Writer:
         self.outgoing = Outgoing(self._send, stall=STALL if snapshot_stall is None else snapshot_stall)
         self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._ipc_files = _made_files(self.url, self.pub_url)
         self.core.info.update(url=self.url, pub=self.pub_url, pid=os.getpid())
         self.freeze_long_lived = freeze_long_lived
         self._frozen_at = -1  # the seq at the last freeze
@@ -301,6 +315,10 @@ class Writer:
             self.data.close()
             self.data = None
             self.core.disk = None
+        for path, inode in getattr(self, "_ipc_files", ()):  # before closing: no later writer's file is removed
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)  # (libzmq leaves it: clients connecting after the stop find nothing there)
         self.router.close(linger=0)
         self.pub.close(linger=0)
         self._ctx.term()
