@@ -153,3 +153,13 @@ def test_a_clean_stop_removes_the_ipc_socket_files_the_writer_made(tmp_path, sig
             proc.kill()
         proc.communicate(timeout=10)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wildcard_ipc_writer_leaves_no_directory_behind(tmp_path, monkeypatch):
+    # ipc://* has libzmq make a directory of its own for the socket file and remove both on close, the
+    # directory only if it removed the file: tiger removing the file first left two empty directories.
+    monkeypatch.chdir(tmp_path)
+    with tiger.serve("ipc://*") as server, tiger.connect(server.url) as client:
+        client.table("t").insert({"id": "a"})
+        assert list(tmp_path.iterdir())  # the writer's socket directories, here while it runs
+    assert list(tmp_path.iterdir()) == []

@@ -527,7 +527,7 @@ class Client(_Connection):
         and a warning names the clients still holding it. ``close()`` waits the client's timeout; the
         pytest plugin waits for every test of the run instead.
         """
-        return self._once.tear_down(self, _timeout(wait, 0.0, "wait"))
+        return self._once.tear_down(self, check_seconds(wait, "wait"))  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, Any]:
         """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""

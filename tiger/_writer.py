@@ -79,13 +79,15 @@ def is_loopback(url: str) -> bool:
     return host in LOOPBACK_HOSTS or (host.startswith("127.") and host.replace(".", "").isdigit() and host.count(".") == 3)
 
 
-def _made_files(*endpoints: str) -> list[tuple[str, int]]:
-    """(path, inode) of the ipc socket files these bound endpoints made (none for tcp or Linux's abstract
-    ``ipc://@name``), so that a clean stop removes them and only them."""
+def _made_files(*endpoints: tuple[str, str]) -> list[tuple[str, int]]:
+    """(path, inode) of the ipc socket files made by binding these (asked, bound) endpoints, so that a
+    clean stop removes them and only them: none for tcp, Linux's abstract ``ipc://@name``, or a wildcard
+    (``ipc://*``: libzmq made the file in a directory of its own, and removes both itself, the directory
+    only if it removes the file)."""
     made = []
-    for endpoint in endpoints:
-        path = endpoint.removeprefix("ipc://")
-        if path != endpoint and not path.startswith("@"):
+    for asked, bound in endpoints:
+        path = bound.removeprefix("ipc://")
+        if path != bound and not path.startswith("@") and "*" not in asked:
             with contextlib.suppress(OSError):
                 made.append((path, os.stat(path).st_ino))
     return made
@@ -187,7 +189,7 @@ class Writer:
         self.outgoing = Outgoing(self._send, stall=STALL if snapshot_stall is None else snapshot_stall)
         self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._ipc_files = _made_files(self.url, self.pub_url)
+        self._ipc_files = _made_files((url, self.url), (publish_endpoint(url), self.pub_url))
         self.core.info.update(url=self.url, pub=self.pub_url, pid=os.getpid())
         self.freeze_long_lived = freeze_long_lived
         self._frozen_at = -1  # the seq at the last freeze

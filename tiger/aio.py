@@ -45,7 +45,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import AsyncBatch
-from tiger._calls import RESEND, Attempts
+from tiger._calls import RESEND, Attempts, check_seconds
 from tiger._client import (
     Client,
     _abandoned,
@@ -247,7 +247,7 @@ class AsyncClient(_Connection):
 
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""
-        errors = await self._once.tear_down_async(self, _timeout(wait, 0.0, "wait"))
+        errors = await self._once.tear_down_async(self, check_seconds(wait, "wait"))  # type: ignore[arg-type]
         for _, error in errors:  # the others ran: a cancellation goes on now, before any error
             if isinstance(error, asyncio.CancelledError):
                 raise error
@@ -307,38 +307,36 @@ class AsyncClient(_Connection):
         if own:
             self.replica.call_started()
         sent = answered = False
+        serving: asyncio.AbstractEventLoop | None = None
         try:
+            serving = self._serve()  # before the loop's lock: a refused call must not touch the socket (watch)
             async with self._lock():
                 if self._closed:
                     raise TigerError("this client is closed")
-                serving = self._serve()
-                try:
-                    sent = True  # from here a cancellation may come after libzmq took the bytes
-                    self._in_flight.add(req_id)
-                    await self._socket.send(payload)
-                    attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
-                    while True:
-                        if self._answers:  # taken by a call of another event loop (see _late_answer)
-                            kept = self._answers.pop(req_id, None)
-                            if kept is not None:
-                                reply, answered = kept, True
-                                break
-                        wait = attempts.wait(time.monotonic())
-                        if wait <= RESEND:
-                            self._silence(wait)
-                            await self._socket.send(payload)
-                            self.resends += 1
-                        else:
-                            data = await self._socket.recv(wait / 1000)
-                            if data is None:
-                                continue
-                            reply = p.decode_reply(data)
-                            if reply.req_id == req_id:
-                                answered = True
-                                break
-                            self._late_answer(reply)
-                finally:
-                    self._served(serving)
+                sent = True  # from here a cancellation may come after libzmq took the bytes
+                self._in_flight.add(req_id)
+                await self._socket.send(payload)
+                attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
+                while True:
+                    if self._answers:  # taken by a call of another event loop (see _late_answer)
+                        kept = self._answers.pop(req_id, None)
+                        if kept is not None:
+                            reply, answered = kept, True
+                            break
+                    wait = attempts.wait(time.monotonic())
+                    if wait <= RESEND:
+                        self._silence(wait)
+                        await self._socket.send(payload)
+                        self.resends += 1
+                    else:
+                        data = await self._socket.recv(wait / 1000)
+                        if data is None:
+                            continue
+                        reply = p.decode_reply(data)
+                        if reply.req_id == req_id:
+                            answered = True
+                            break
+                        self._late_answer(reply)
             return self._outcome(reply)
         except asyncio.CancelledError:
             if self._closed and not _cancelling():  # the socket was closed under the call (its wait is cancelled)
@@ -360,6 +358,8 @@ class AsyncClient(_Connection):
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
         finally:
+            if serving is not None:
+                self._served(serving)
             self._in_flight.discard(req_id)
             if self._answers:
                 self._answers.pop(req_id, None)
