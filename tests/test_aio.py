@@ -799,3 +799,9 @@ def test_one_async_client_used_from_two_threads_loops_at_once_refuses_rather_tha
         assert len(plans.all()) == counts["a"] + counts["b"]  # each written once, nothing half sent
         assert asyncio.run(plans.insert({"by": "after"}))["by"] == "after"  # one loop at a time: fine again
         client._close_now()
+
+
+def test_tear_down_once_values_wait_none_is_refused_naming_wait_not_taken_for_zero(tiger_url):
+    with tiger.connect(tiger_url) as client:
+        with pytest.raises(ValueError, match=r"wait must be a number of seconds from 0 to 86400 \(a day\), got None"):
+            client.tear_down_once_values(wait=None)  # type: ignore[arg-type]
