@@ -738,3 +738,15 @@ def test_a_busy_alarm_gives_a_second_waiter_a_timer_of_its_own():
         return list(await asyncio.gather(first, second))
 
     assert asyncio.run(main()) == [_EXPIRED, _EXPIRED]
+
+
+def test_a_feeds_timeout_set_after_watch_is_checked_as_watchs(connect, ns):
+    # Feed.timeout is a public attribute: set to inf after watch() it reached the lock's wait unchecked.
+    feed = connect().table("plans").watch()
+    with pytest.raises(ValueError, match=NO_LIMIT_HINT):
+        feed.timeout = float("inf")
+    feed.timeout = 0.05
+    with pytest.raises(tiger.Timeout, match=r"got no change within 0\.05s"):
+        next(feed)
+    feed.timeout = None
+    assert feed.timeout is None

@@ -463,12 +463,21 @@ class Feed:
     A ``"reset"`` change says the replica reloaded a snapshot: see :class:`Change`.
     """
 
-    __slots__ = ("_alarm", "_sub", "timeout")
+    __slots__ = ("_alarm", "_sub", "_timeout")
 
     def __init__(self, sub: Subscription, timeout: float | None = None) -> None:
         self._sub = sub
         self._alarm = Alarm()  # the timeouts of async reads
-        self.timeout = timeout  # seconds a read waits for a change at most; None: no limit
+        self.timeout = timeout
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a read waits for a change at most (None: no limit); settable, checked as ``watch``'s."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._timeout = check_timeout(value)
 
     def __repr__(self) -> str:
         return self._sub.name

@@ -83,7 +83,9 @@ class Server:
         return self._process.poll() is None
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        """Stop the writer (SIGTERM, then SIGKILL after ``timeout``); returns its exit code. Idempotent."""
+        """Stop the writer (SIGTERM, then SIGKILL after ``timeout`` seconds); returns its exit code.
+        Idempotent. ``ValueError`` for a timeout past a day, as every timeout."""
+        check_seconds(timeout, "timeout")
         _running.discard(self)
         if os.getpid() != self._owner:
             return None  # a forked child: the writer and its directory belong to the parent
