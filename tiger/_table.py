@@ -335,22 +335,10 @@ class Store:
     def apply(self, change: Change) -> None:
         """Apply one change. Never raises for a change that ``prepare_*`` produced."""
         if type(change) is Put:
-            namespaces = self.namespaces_of(change.table)
-            rows = namespaces.get(change.namespace)
-            batch = {r["id"]: freeze(r) for r in change.records}
-            if rows is None:
-                namespaces[change.namespace] = batch
-            else:
-                rows.update(batch)
+            self._put(change)
             self._touch(change.table, change.namespace)
         elif type(change) is Delete:
-            found = self.tables.get(change.table)
-            rows = found.get(change.namespace) if found else None
-            if found is not None and rows is not None and change.id in rows:
-                if len(rows) == 1:
-                    del found[change.namespace]
-                else:
-                    del rows[change.id]
+            if self._delete(change):
                 self._touch(change.table, change.namespace)
         elif type(change) is ClearNamespace:
             found = self.tables.get(change.table)
@@ -374,36 +362,45 @@ class Store:
         else:
             raise TypeError(f"not a change: {change!r}")
 
+    def _put(self, change: Put) -> None:
+        """Store a Put's records through one dict operation (reads take no lock: never a namespace seen
+        empty or half filled)."""
+        namespaces = self.namespaces_of(change.table)
+        rows = namespaces.get(change.namespace)
+        if len(change.records) == 1:
+            record = freeze(change.records[0])
+            if rows is None:
+                namespaces[change.namespace] = {record["id"]: record}
+            else:
+                rows[record["id"]] = record
+            return
+        batch = {r["id"]: freeze(r) for r in change.records}
+        if rows is None:
+            namespaces[change.namespace] = batch
+        else:
+            rows.update(batch)
+
+    def _delete(self, change: Delete) -> bool:
+        """Remove a record (its namespace with it when it was the last); False when it was not there."""
+        found = self.tables.get(change.table)
+        rows = found.get(change.namespace) if found else None
+        if found is None or rows is None or change.id not in rows:
+            return False
+        if len(rows) == 1:
+            del found[change.namespace]
+        else:
+            del rows[change.id]
+        return True
+
     def _apply_parts(self, parts: tuple[Put | Delete, ...]) -> None:
-        tables, touched = self.tables, set()
+        """A Batch's parts, each as ``apply`` applies it, each (table, namespace) touched once at the end."""
+        touched = set()
         for part in parts:
-            namespaces = tables.get(part.table)
-            if type(part) is Put:  # each part lands through one dict operation, as ``apply`` lands it
-                if namespaces is None:
-                    namespaces = self.namespaces_of(part.table)
-                rows = namespaces.get(part.namespace)
-                records = part.records
-                if len(records) == 1:
-                    record = freeze(records[0])
-                    if rows is None:
-                        namespaces[part.namespace] = {record["id"]: record}
-                    else:
-                        rows[record["id"]] = record
-                else:
-                    batch = {r["id"]: freeze(r) for r in records}
-                    if rows is None:
-                        namespaces[part.namespace] = batch
-                    else:
-                        rows.update(batch)
-                touched.add((part.table, part.namespace))
-            else:  # a Delete, as ``apply`` does it
-                rows = namespaces.get(part.namespace) if namespaces else None
-                if namespaces is not None and rows is not None and part.id in rows:  # type: ignore[union-attr]
-                    if len(rows) == 1:
-                        del namespaces[part.namespace]
-                    else:
-                        del rows[part.id]  # type: ignore[union-attr]
-                    touched.add((part.table, part.namespace))
+            if type(part) is Put:
+                self._put(part)
+            elif not self._delete(part):  # type: ignore[arg-type]
+                continue
+            touched.add((part.table, part.namespace))
         for table, namespace in touched:
             self._touch(table, namespace)
 
