@@ -515,7 +515,7 @@ class Client(_Connection):
         scope = GLOBAL if namespace is None else check_name(namespace, "namespace")
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
-        wait = None if timeout is None else _timeout(timeout, 0.0)
+        wait = check_timeout(timeout)
         return self._once.value(self, key, scope, factory, wait, in_scope=namespace is not None)
 
     def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:

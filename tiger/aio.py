@@ -56,7 +56,7 @@ from tiger._client import (
     _timeout,
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
-from tiger._feed import _EXPIRED, Alarm
+from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout
 from tiger._table import GLOBAL, Record, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
@@ -242,7 +242,7 @@ class AsyncClient(_Connection):
         scope = GLOBAL if namespace is None else check_name(namespace, "namespace")
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
-        wait = None if timeout is None else _timeout(timeout, 0.0)
+        wait = check_timeout(timeout)
         return await self._once.value_async(self, key, scope, factory, wait, in_scope=namespace is not None)
 
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
@@ -547,12 +547,8 @@ class _AwaitedSocket:
         loop, self._loop = self._loop, None
         if loop is None or loop.is_closed():
             return
-        try:
-            if loop.is_running() and _running_loop() is not loop:  # running in another thread (a client
-                # collected there): a loop's selector is changed only from its own thread
-                loop.call_soon_threadsafe(loop.remove_reader, self._fd)
-            else:
-                loop.remove_reader(self._fd)
+        try:  # (from another thread when a client is collected there)
+            _on_its_thread(loop, loop.remove_reader, self._fd)
         except Exception:  # (that loop closing meanwhile): nothing left to undo
             pass
 
@@ -628,20 +624,20 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def _on_its_thread(loop: asyncio.AbstractEventLoop, function: Callable[..., object], *args: Any) -> None:
+    """``function(*args)`` now, or on ``loop``'s own thread when it runs in another one (a loop's
+    selector and futures are changed only from its thread). ``RuntimeError`` if that loop is closed."""
+    if loop.is_running() and _running_loop() is not loop:
+        loop.call_soon_threadsafe(function, *args)
+    else:
+        function(*args)
+
+
 def _look_again(waiter: asyncio.Future[Any] | None) -> None:
-    """Wake a pending wait (True: it looks at ``ZMQ_EVENTS`` again), on its own loop's thread."""
+    """Wake a pending wait (woken, not expired: it looks at ``ZMQ_EVENTS`` again), on its loop's thread."""
     if waiter is None or waiter.done():
         return
-    loop = waiter.get_loop()
     try:
-        if loop.is_running() and _running_loop() is not loop:
-            loop.call_soon_threadsafe(_resolve_true, waiter)
-        else:
-            _resolve_true(waiter)
+        _on_its_thread(waiter.get_loop(), _resolve, waiter)
     except RuntimeError:  # its loop is closed: nobody will look
         pass
-
-
-def _resolve_true(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.done():
-        waiter.set_result(True)
