@@ -321,6 +321,92 @@ def test_an_async_read_times_out_naming_the_feed_and_stays_usable(pair):
     assert asyncio.run(main()) == "x"
 
 
+class _LockWatchingLoop(asyncio.SelectorEventLoop):
+    """A real event loop noting, each time another thread wakes one of its tasks, whether ``lock`` was free."""
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__()
+        self.lock = lock
+        self.lock_was_free: list[bool] = []
+        self.self_pipe_from_its_thread = 0  # call_soon_threadsafe from the loop's own thread
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any, context: Any = None) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            free = self.lock.acquire(blocking=False)
+            if free:
+                self.lock.release()
+            self.lock_was_free.append(free)
+        elif asyncio._get_running_loop() is self:
+            self.self_pipe_from_its_thread += 1
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+def _woken_by_another_thread(loop: _LockWatchingLoop, wait: Any, wake: Callable[[], object], waiting: Callable[[], object]):
+    async def main() -> Any:
+        task = asyncio.ensure_future(wait())
+        await until(waiting)
+        waker = threading.Thread(target=wake)
+        waker.start()
+        try:
+            return await asyncio.wait_for(task, 10)
+        finally:
+            waker.join(10)
+
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_a_feed_wakes_its_task_once_it_has_let_go_of_the_feeds_lock(pair):
+    # woken while the applying thread still held the feed's lock, the task's first step blocked its
+    # loop on that lock (seen with py-spy: the loop thread in Condition.__enter__ after each change)
+    writer, replica = pair
+    feed = watch(replica, timeout=None)
+    loop = _LockWatchingLoop(feed._sub.cond)
+    got = _woken_by_another_thread(
+        loop, feed.__anext__, lambda: replica.published(*writer.insert({"id": "x"})), lambda: feed._sub.waiters
+    )
+    assert got.id == "x"
+    assert loop.lock_was_free == [True]
+
+
+def test_a_task_awaiting_the_replica_is_woken_once_the_replicas_lock_is_let_go():
+    from tiger._replica import Changes
+
+    changes = Changes()
+    loop = _LockWatchingLoop(changes)
+    with changes:
+        future = changes.future(loop)
+
+    def notify() -> None:
+        with changes:
+            changes.notify_all()
+
+    _woken_by_another_thread(loop, lambda: future, notify, lambda: True)
+    assert loop.lock_was_free == [True]
+
+
+def test_a_change_applied_on_the_feeds_own_loop_wakes_its_reader_without_the_self_pipe(pair):
+    # an asyncio client applies its own writes' changes on its loop's thread: a task of that loop
+    # reading a feed was woken through call_soon_threadsafe, a self-pipe write and one more wake-up
+    writer, replica = pair
+    feed = watch(replica, timeout=None)
+    loop = _LockWatchingLoop(feed._sub.cond)
+
+    async def main() -> str:
+        reader = asyncio.ensure_future(feed.__anext__())
+        await until(lambda: feed._sub.waiters)
+        replica.published(*writer.insert({"id": "x"}))
+        return (await asyncio.wait_for(reader, 10)).id
+
+    try:
+        assert loop.run_until_complete(main()) == "x"
+    finally:
+        loop.close()
+    assert loop.self_pipe_from_its_thread == 0
+
+
 def wait_for_state(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     """Poll a state another thread brings about, with a deadline."""
     deadline = time.monotonic() + timeout

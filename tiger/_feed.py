@@ -183,8 +183,9 @@ class Subscription:
                 self.done = True
             else:
                 self.queue.extend(changes)
-            if self.sleepers or self.waiters:
-                self._wake()
+            waiters = self._wake()
+        if waiters:
+            wake(waiters)
 
     def end(self, error: type[TigerError], message: str) -> None:
         """The replica stopped: the reader gets ``error(message)`` once the queued changes are read."""
@@ -192,14 +193,18 @@ class Subscription:
             if self.ended is None:
                 self.ended = (error, message)
             self.done = True
-            self._wake()
+            waiters = self._wake()
+        if waiters:
+            wake(waiters)
 
     def close(self) -> None:
         """The reader is done: reads end the iteration from now on."""
         with self.cond:
             self.closed = self.done = True
             self.queue.clear()
-            self._wake()
+            waiters = self._wake()
+        if waiters:
+            wake(waiters)
 
     def abandon(self) -> None:
         """Its Feed was collected: takes no lock (a collection may run on a thread holding it); the
@@ -219,11 +224,18 @@ class Subscription:
             raise self.ended[0](self.ended[1])
         return None
 
-    def _wake(self) -> None:
+    def _wake(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None:
+        """Holding ``cond``: wake the sleeping threads, and hand back the waiting tasks (the list is
+        emptied) for the caller to ``wake`` once it has let go of ``cond``: woken at once through their
+        loop's self-pipe, a task would otherwise find ``cond`` still held (measured: the loop thread
+        blocked on it, one more thread switch per change of an async feed)."""
         if self.sleepers:
             self.cond.notify_all()
-        if self.waiters:
-            wake(self.waiters)
+        waiters = self.waiters
+        if not waiters:
+            return None  # (not the list itself: a task may add itself to it once ``cond`` is let go)
+        self.waiters = []
+        return waiters
 
 
 class _Closed(Exception):
@@ -231,12 +243,19 @@ class _Closed(Exception):
 
 
 def wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
-    """Resolve each waiting task's future on its own event loop (``call_soon_threadsafe``: the caller is
-    another thread), and clear the list. A future of a closed loop is skipped: nobody awaits it any more.
-    Feeds wake their readers by it, and the replica's ``Changes`` its waiting tasks."""
+    """Resolve each waiting task's future on its own event loop (``call_soon_threadsafe`` from another
+    thread, ``call_soon`` from the loop's own), and clear the list. A future of a closed loop is skipped:
+    nobody awaits it any more. Feeds wake their readers by it, and the replica's ``Changes`` its waiting
+    tasks."""
+    from asyncio import _get_running_loop  # (loaded already: a task waits) not at the top: see _anext
+
+    running = _get_running_loop()  # (None outside a loop): the caller's own loop needs no self-pipe
     for loop, future in waiters:
         try:
-            loop.call_soon_threadsafe(_resolve, future)
+            if loop is running:
+                loop.call_soon(_resolve, future)
+            else:
+                loop.call_soon_threadsafe(_resolve, future)
         except RuntimeError:  # its loop is closed
             pass
     waiters.clear()

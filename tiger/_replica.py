@@ -166,6 +166,7 @@ class Changes(threading.Condition):
     def __init__(self) -> None:
         super().__init__(threading.Lock())
         self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._due: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # woken once the lock is let go
 
     def future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         """A future of ``loop`` resolved at the next ``notify_all``. Call it holding the lock."""
@@ -182,9 +183,21 @@ class Changes(threading.Condition):
             pass
 
     def notify_all(self) -> None:
+        """Holding the lock: wake the waiting threads now, the waiting tasks as the lock is let go (``with``
+        is how every caller holds it): woken at once through their loop's self-pipe, a task would find
+        the lock still held and block its loop on it."""
         super().notify_all()
         if self._futures:
-            wake(self._futures)
+            self._due += self._futures
+            self._futures = []
+
+    def __exit__(self, *exc: object) -> None:
+        due = self._due
+        if due:
+            self._due = []
+        self.release()
+        if due:
+            wake(due)
 
 
 class Replica:
