@@ -165,11 +165,11 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "request": Kind(REQUEST_TYPES, p.encode_request, p.decode_request, "request", tuple(p._REQUEST_TAGS)),
+    "request": Kind(REQUEST_TYPES, p.encode_request, p.decode_request, "request", tuple(p.REQUESTS.by_tag)),
     # the writer's decoding: calls, and plain requests (the request kind's tags, tested there)
     "command": Kind((*REQUEST_TYPES, p.Call), encode_command, decode_command, "request", ("call",)),
-    "reply": Kind(REPLY_TYPES, p.encode_reply, p.decode_reply, "reply", tuple(p._REPLY_TAGS)),
-    "published": Kind(PUBLISHED_TYPES, p.encode_published, p.decode_published, "published message", tuple(p._PUBLISHED_TAGS)),
+    "reply": Kind(REPLY_TYPES, p.encode_reply, p.decode_reply, "reply", tuple(p.REPLIES.by_tag)),
+    "published": Kind(PUBLISHED_TYPES, p.encode_published, p.decode_published, "published message", tuple(p.PUBLISHED.by_tag)),
 }
 DECODERS: dict[str, Callable[[bytes], Any]] = {kind: k.decode for kind, k in KINDS.items()}
 ENCODERS: dict[str, Callable[[Any], bytes]] = {kind: k.encode for kind, k in KINDS.items()}
@@ -300,11 +300,11 @@ def test_the_tables_cover_every_message_the_protocol_declares():
     assert set(REQUEST_TYPES) - set(UNCALLABLE) - {type(c.request) for c in CALLS} == set(), "requests never called"
     # every tag on the wire, of every kind, is in an encoding above
     sent = {kind: {p.unpack(data)[0] for k, data in ENCODED if k == kind} for kind in KINDS}
-    assert sent["request"] == set(p._REQUEST_TAGS)
+    assert sent["request"] == set(p.REQUESTS.by_tag)
     assert sent["command"] == set(KINDS["command"].tags)
-    assert sent["reply"] == set(p._REPLY_TAGS)
-    assert sent["published"] == set(p._PUBLISHED_TAGS)
-    assert {p.change_to_wire(c)[0] for c in CHANGES} == set(p._CHANGE_TAGS)
+    assert sent["reply"] == set(p.REPLIES.by_tag)
+    assert sent["published"] == set(p.PUBLISHED.by_tag)
+    assert {p.change_to_wire(c)[0] for c in CHANGES} == set(p.CHANGES.by_tag)
     assert {m.outcome for m in REQUESTS if type(m) is p.OnceFinish} == set(p.ONCE_OUTCOMES)
     # and the hypothesis strategies below build every message and change there is
     assert set(REQUEST_STRATEGIES) == set(REQUEST_TYPES)
@@ -1158,3 +1158,27 @@ def test_a_change_nested_in_batches_is_a_protocol_error_not_a_recursion_error():
         change = ["batch", [change]]
     with pytest.raises(ProtocolError, match=r"changes\[0\]' must be a put or a del, not a batch"):
         p.change_from_wire(p.unpack_frozen(raw(change)))
+
+
+def test_each_message_is_described_by_its_class_fields_in_order():
+    # a description drifting from its class would pack fields under the wrong names
+    for catalogue in (p.CHANGES, p.REQUESTS, p.REPLIES, p.PUBLISHED):
+        for message in catalogue.by_tag.values():
+            wire = [f.name for f in dataclasses.fields(message.cls) if f.compare]  # BatchWrite.packed is not sent
+            assert [f.name for f in message.fields] == wire, message.tag
+            assert catalogue.arity[message.tag] == 1 + len(wire)
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda c: type(c).__name__)
+def test_change_to_wire_is_the_description_of_the_change(change):
+    assert p.change_to_wire(change) == p.CHANGES.by_class[type(change)].to_wire(change)
+
+
+def test_a_batch_of_ops_packed_as_they_were_made_encodes_as_its_description():
+    ops = [
+        p.Insert(0, "plans", "ns", "plan", [{"id": "plan_a"}], False),
+        p.Update(0, "plans", "ns", "plan_a", {"x": 1}),
+        p.Remove(0, "t", "ns", "a"),
+    ]
+    packed = p.BatchWrite(9, ops, tuple(p.encode_request(op) for op in ops))
+    assert p.encode_request(packed) == p.pack(p.REQUESTS.to_wire(p.BatchWrite(9, ops))) == p.encode_request(p.BatchWrite(9, ops))

@@ -1,9 +1,13 @@
 """Every wire message, in one place.
 
 Each message is one msgpack array in one ZeroMQ frame (the ROUTER's identity
-frames aside): ``[tag, ...fields]``. Decoding checks the shape and the type of
-every envelope field and raises :class:`ProtocolError` naming the field;
-the *content* of records is checked by the table rules (``tiger._table``).
+frames aside): ``[tag, ...fields]``, the fields in the order of the message
+class's. Each message is described once (``Message``: tag, class, each field's
+rule), in four ``Catalogue``s (``CHANGES``, ``REQUESTS``, ``REPLIES``,
+``PUBLISHED``); encoding and decoding read the descriptions. Decoding checks
+the shape and the type of every envelope field and raises
+:class:`ProtocolError` naming the field; the *content* of records is checked
+by the table rules (``tiger._table``).
 
 Sockets:
 - command socket (writer ROUTER, client DEALER): requests, replies, snapshot chunks;
@@ -18,7 +22,7 @@ import secrets
 import struct
 import threading
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,25 +170,116 @@ def _plain_records(records: list[Any]) -> bool:
         return False
 
 
-# -- changes --------------------------------------------------------------------
+# -- the messages, each described once ----------------------------------------------------------
+#
+# Every message on the wire is a msgpack array: its tag, then its fields in the order of its class's
+# fields. A ``Message`` names the tag, the class and each field's rule once; encoding and decoding (with
+# a ProtocolError naming the first bad field) are read from it. ``Catalogue`` holds one family of them
+# (changes, requests, replies, published messages). The hot paths keep hand-made shortcuts on top: the
+# batch parts (``_part_from_wire``, ``_op_from_wire``) and the pre-packed encoders (``ok_bytes``,
+# ``group_bytes``, ...), each tested equal to the description's own result.
 
-_CHANGE_TAGS = {"put": 4, "del": 4, "clear": 2, "clear_ns": 3, "drop_ns": 2, "batch": 2}
+
+class Field:
+    """One field of a message: its name (errors name it), the types it may hold (``kind``: None for any
+    value), whether it may be None, and for a nested value its own decoding (``decode(value, name)``,
+    raising ProtocolError naming ``name``) and encoding (``encode(value)``: what is packed for it)."""
+
+    __slots__ = ("decode", "encode", "fast", "kind", "name", "optional")
+
+    def __init__(
+        self,
+        name: str,
+        kind: type | tuple[type, ...] | None = None,
+        *,
+        optional: bool = False,
+        decode: Callable[[Any, str], Any] | None = None,
+        encode: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.name, self.kind, self.optional, self.decode, self.encode = name, kind, optional, decode, encode
+        # the exact types a decoded value is taken as it is without a call (the rest go through ``check``)
+        kinds = () if kind is None else kind if isinstance(kind, tuple) else (kind,)
+        fast = {*kinds, *((type(None),) if optional else ())}
+        fast |= {FrozenList for k in kinds if k is list} | {Record for k in kinds if k is dict}  # decoded frozen
+        self.fast = frozenset() if decode is not None or kind is None else frozenset(fast)
+
+    def check(self, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
+        if self.decode is not None:
+            return self.decode(value, self.name)
+        return value if self.kind is None else _field(value, self.kind, self.name)
+
+
+def _str(name: str) -> Field:
+    """A field holding a str."""
+    return Field(name, str)
+
+
+def _int(name: str) -> Field:
+    """A field holding an int (not a bool)."""
+    return Field(name, int)
+
+
+_REQ_ID = _int("req_id")
+
+
+class Message:
+    """A message's description: ``tag``, ``cls`` and the fields after the tag, in ``cls``'s field order."""
+
+    __slots__ = ("_checks", "_values", "cls", "encoders", "fields", "tag", "verify")
+
+    def __init__(self, tag: str, cls: type, *fields: Field, verify: Any = None) -> None:
+        self.tag, self.cls, self.fields = tag, cls, fields
+        self.verify = verify  # a rule across fields, run on the decoded message (ProtocolError)
+        self.encoders = tuple(f.encode for f in fields) if any(f.encode for f in fields) else None
+        # the fields a decoded value needs a look at (None: any value is taken as it is)
+        self._checks = tuple(None if f.kind is None and f.decode is None else f for f in fields)
+        names = [f.name for f in fields]
+        getter = operator.attrgetter(*names)
+        self._values = (lambda m: (getter(m),)) if len(names) == 1 else getter
+
+    def to_wire(self, m: Any) -> list[Any]:
+        if self.encoders is None:
+            return [self.tag, *self._values(m)]
+        return [self.tag, *(v if v is None or e is None else e(v) for e, v in zip(self.encoders, self._values(m), strict=True))]
+
+    def from_wire(self, a: list[Any]) -> Any:
+        """The message from its array (its tag and length already checked)."""
+        values = [v if f is None or type(v) in f.fast else f.check(v) for f, v in zip(self._checks, a[1:])]  # noqa: B905 (the length is checked)
+        m = self.cls(*values)
+        if self.verify is not None:
+            self.verify(m)
+        return m
+
+
+class Catalogue:
+    """One family of messages, looked up by tag (decoding) and by class (encoding)."""
+
+    def __init__(self, what: str, *messages: Message) -> None:
+        self.what = what  # how errors name a message of the family
+        self.by_tag = {m.tag: m for m in messages}
+        self.by_class = {m.cls: m for m in messages}
+        self.arity = {m.tag: 1 + len(m.fields) for m in messages}  # array length, tag included
+
+    def to_wire(self, m: Any) -> list[Any]:
+        message = self.by_class.get(type(m))
+        if message is None:
+            raise TypeError(f"not a {self.what}: {m!r}")
+        return message.to_wire(m)
+
+    def from_wire(self, obj: Any) -> Any:
+        a = _array(obj, self.arity, self.what)
+        return self.by_tag[a[0]].from_wire(a)
+
+
+# -- changes --------------------------------------------------------------------
 
 
 def change_to_wire(change: Change) -> list[Any]:
-    if type(change) is Put:
+    if type(change) is Put:  # the common one, a part of every batch: CHANGES.to_wire's result, made at once
         return ["put", change.table, change.namespace, change.records]
-    if type(change) is Delete:
-        return ["del", change.table, change.namespace, change.id]
-    if type(change) is Clear:
-        return ["clear", change.table]
-    if type(change) is ClearNamespace:
-        return ["clear_ns", change.table, change.namespace]
-    if type(change) is DropNamespace:
-        return ["drop_ns", change.namespace]
-    if type(change) is Batch:
-        return ["batch", [change_to_wire(c) for c in change.changes]]
-    raise TypeError(f"not a change: {change!r}")
+    return CHANGES.to_wire(change)
 
 
 def _part_from_wire(item: Any) -> Change | None:
@@ -206,28 +301,31 @@ def change_from_wire(obj: Any) -> Change:
 
 def _change_from_wire(obj: Any) -> Change:
     """``change_from_wire`` with every field checked in turn (what ``_part_from_wire`` leaves)."""
-    a = _array(obj, _CHANGE_TAGS, "change")
-    tag = a[0]
-    if tag == "drop_ns":
-        return DropNamespace(_field(a[1], str, "namespace"))
-    if tag == "batch":
-        parts = []
-        for i, item in enumerate(_field(a[1], list, "changes")):
-            if isinstance(item, list) and item and item[0] == "batch":  # refused before decoding: no recursion
-                raise ProtocolError(f"field 'changes[{i}]' must be a put or a del, not a batch")
-            part = change_from_wire(item)
-            if type(part) is not Put and type(part) is not Delete:
-                raise ProtocolError(f"field 'changes[{i}]' must be a put or a del, not {type(part).__name__}")
-            parts.append(part)
-        return Batch(tuple(parts))
-    table = _field(a[1], str, "table")
-    if tag == "put":
-        return Put(table, _field(a[2], str, "namespace"), tuple(_records(a[3], "records")))
-    if tag == "del":
-        return Delete(table, _field(a[2], str, "namespace"), _field(a[3], str, "id"))
-    if tag == "clear":
-        return Clear(table)
-    return ClearNamespace(table, _field(a[2], str, "namespace"))
+    return CHANGES.from_wire(obj)  # type: ignore[no-any-return]
+
+
+def _batch_parts(value: Any, name: str) -> tuple[Put | Delete, ...]:
+    """A batch change's parts: puts and deletes (a batch inside one is refused before it is decoded)."""
+    parts: list[Put | Delete] = []
+    for i, item in enumerate(_field(value, list, name)):
+        if isinstance(item, list) and item and item[0] == "batch":  # refused before decoding: no recursion
+            raise ProtocolError(f"field '{name}[{i}]' must be a put or a del, not a batch")
+        part = change_from_wire(item)
+        if type(part) is not Put and type(part) is not Delete:
+            raise ProtocolError(f"field '{name}[{i}]' must be a put or a del, not {type(part).__name__}")
+        parts.append(part)
+    return tuple(parts)
+
+
+CHANGES = Catalogue(
+    "change",
+    Message("put", Put, _str("table"), _str("namespace"), Field("records", decode=lambda v, n: tuple(_records(v, n)))),
+    Message("del", Delete, _str("table"), _str("namespace"), _str("id")),
+    Message("clear", Clear, _str("table")),
+    Message("clear_ns", ClearNamespace, _str("table"), _str("namespace")),
+    Message("drop_ns", DropNamespace, _str("namespace")),
+    Message("batch", Batch, Field("changes", decode=_batch_parts, encode=lambda parts: [change_to_wire(c) for c in parts])),
+)
 
 
 # -- requests: client -> writer ---------------------------------------------------
@@ -382,50 +480,11 @@ Request = (
     | Bye
 )
 
-_REQUEST_TAGS = {
-    "hello": 3,
-    "insert": 7,
-    "update": 6,
-    "delete": 5,
-    "clear": 4,
-    "drop_ns": 3,
-    "once_claim": 6,
-    "once_finish": 7,
-    "batch": 3,
-    "sync": 2,
-    "snapshot": 2,
-    "stats": 2,
-    "compact": 2,
-    "beat": 2,
-    "bye": 2,
-}
-
 
 def encode_request(r: Request) -> bytes:
-    t = type(r)
-    if t is Insert:
-        return pack(["insert", r.req_id, r.table, r.namespace, r.prefix, r.records, r.create])  # type: ignore[union-attr]
-    if t is Update:
-        return pack(["update", r.req_id, r.table, r.namespace, r.id, r.changes])  # type: ignore[union-attr]
-    if t is Remove:
-        return pack(["delete", r.req_id, r.table, r.namespace, r.id])  # type: ignore[union-attr]
-    if t is ClearTable:
-        return pack(["clear", r.req_id, r.table, r.namespace])  # type: ignore[union-attr]
-    if t is Hello:
-        return pack(["hello", r.req_id, r.client_id])  # type: ignore[union-attr]
-    if t is Drop:
-        return pack(["drop_ns", r.req_id, r.namespace])  # type: ignore[union-attr]
-    if t is OnceClaim:
-        return pack(["once_claim", r.req_id, r.key, r.client_id, r.by, r.namespace])  # type: ignore[union-attr]
-    if t is OnceFinish:
-        return pack(["once_finish", r.req_id, r.key, r.client_id, r.outcome, r.payload, r.namespace])  # type: ignore[union-attr]
-    if t is BatchWrite:
-        packed = r.packed if r.packed is not None else map(encode_request, r.ops)  # type: ignore[union-attr]
-        return b"\x93" + pack("batch") + pack(r.req_id) + _array_head(len(r.ops)) + b"".join(packed)  # type: ignore[union-attr]
-    if t is Beat or t is Bye:
-        return pack(["beat" if t is Beat else "bye", r.client_id])  # type: ignore[union-attr]
-    tag = "sync" if t is Sync else "snapshot" if t is SnapshotRequest else "compact" if t is Compact else "stats"
-    return pack([tag, r.req_id])  # type: ignore[union-attr]
+    if type(r) is BatchWrite and r.packed is not None:  # its ops packed as they were made
+        return b"\x93" + pack("batch") + pack(r.req_id) + _array_head(len(r.ops)) + b"".join(r.packed)
+    return pack(REQUESTS.to_wire(r))
 
 
 def request_id_of(obj: Any) -> int | None:
@@ -498,71 +557,73 @@ def _op_from_wire(item: Any) -> Insert | Update | Remove | None:
 
 def request_from(obj: Any) -> Request:
     """The request an unpacked message holds; ProtocolError naming the bad field if none."""
-    a = _array(obj, _REQUEST_TAGS, "request")
-    tag = a[0]
-    if tag in ("beat", "bye"):
-        client_id = _field(a[1], str, "client_id")
-        return Beat(client_id) if tag == "beat" else Bye(client_id)
-    req_id = _field(a[1], int, "req_id")
-    if tag == "insert":
-        prefix = a[4]
-        if prefix is not None:
-            _field(prefix, str, "prefix")
-        records = _field(a[5], list, "records")
-        return Insert(
-            req_id, _field(a[2], str, "table"), _field(a[3], str, "namespace"), prefix, records, _field(a[6], bool, "create")
-        )
-    if tag == "update":
-        return Update(
-            req_id,
-            _field(a[2], str, "table"),
-            _field(a[3], str, "namespace"),
-            _field(a[4], str, "id"),
-            _field(a[5], dict, "changes"),
-        )
-    if tag == "delete":
-        return Remove(req_id, _field(a[2], str, "table"), _field(a[3], str, "namespace"), _field(a[4], str, "id"))
-    if tag == "clear":
-        ns = a[3]
-        if ns is not None:
-            _field(ns, str, "namespace")
-        return ClearTable(req_id, _field(a[2], str, "table"), ns)
-    if tag == "hello":
-        return Hello(req_id, _field(a[2], str, "client_id"))
-    if tag == "drop_ns":
-        return Drop(req_id, _field(a[2], str, "namespace"))
-    if tag == "once_claim":
-        key, client_id, by = _field(a[2], str, "key"), _field(a[3], str, "client_id"), _field(a[4], str, "by")
-        return OnceClaim(req_id, key, client_id, by, _field(a[5], str, "namespace"))
-    if tag == "once_finish":
-        outcome = _field(a[4], str, "outcome")
-        if outcome not in ONCE_OUTCOMES:
-            raise ProtocolError(f"field 'outcome' must be one of {', '.join(ONCE_OUTCOMES)}, not {_shown(outcome)}")
-        return OnceFinish(
-            req_id, _field(a[2], str, "key"), _field(a[3], str, "client_id"), outcome, a[5], _field(a[6], str, "namespace")
-        )
-    if tag == "batch":
-        ops: list[Insert | Update | Remove] = []
-        for i, item in enumerate(_field(a[2], list, "ops")):
-            if isinstance(item, list) and item and item[0] == "batch":  # refused before decoding: no recursion
-                raise ProtocolError(f"ops[{i}] must be an insert, update or delete, not a batch")
-            try:
-                op = _op_from_wire(item) or request_from(item)
-            except ProtocolError as e:
-                raise ProtocolError(f"ops[{i}]: {e}") from None
-            if type(op) is not Insert and type(op) is not Update and type(op) is not Remove:
-                raise ProtocolError(f"ops[{i}] must be an insert, update or delete, not {type(op).__name__}")
-            ops.append(op)
-        if not ops:
-            raise ProtocolError("field 'ops' must hold at least one operation")
-        return BatchWrite(req_id, ops)
-    if tag == "sync":
-        return Sync(req_id)
-    if tag == "snapshot":
-        return SnapshotRequest(req_id)
-    if tag == "compact":
-        return Compact(req_id)
-    return Stats(req_id)
+    return REQUESTS.from_wire(obj)  # type: ignore[no-any-return]
+
+
+def _outcome(value: Any, name: str) -> str:
+    outcome = _field(value, str, name)
+    if outcome not in ONCE_OUTCOMES:
+        raise ProtocolError(f"field {name!r} must be one of {', '.join(ONCE_OUTCOMES)}, not {_shown(outcome)}")
+    return outcome  # type: ignore[no-any-return]
+
+
+def _batch_ops(value: Any, name: str) -> list[Insert | Update | Remove]:
+    ops: list[Insert | Update | Remove] = []
+    for i, item in enumerate(_field(value, list, name)):
+        if isinstance(item, list) and item and item[0] == "batch":  # refused before decoding: no recursion
+            raise ProtocolError(f"{name}[{i}] must be an insert, update or delete, not a batch")
+        try:
+            op = _op_from_wire(item) or request_from(item)
+        except ProtocolError as e:
+            raise ProtocolError(f"{name}[{i}]: {e}") from None
+        if type(op) is not Insert and type(op) is not Update and type(op) is not Remove:
+            raise ProtocolError(f"{name}[{i}] must be an insert, update or delete, not {type(op).__name__}")
+        ops.append(op)
+    if not ops:
+        raise ProtocolError(f"field {name!r} must hold at least one operation")
+    return ops
+
+
+def _op_to_wire(ops: list[Insert | Update | Remove]) -> list[list[Any]]:
+    return [REQUESTS.to_wire(op) for op in ops]
+
+
+REQUESTS = Catalogue(
+    "request",
+    Message("hello", Hello, _REQ_ID, _str("client_id")),
+    Message(
+        "insert",
+        Insert,
+        _REQ_ID,
+        _str("table"),
+        _str("namespace"),
+        Field("prefix", str, optional=True),
+        Field("records", list),
+        Field("create", bool),
+    ),
+    Message("update", Update, _REQ_ID, _str("table"), _str("namespace"), _str("id"), Field("changes", dict)),
+    Message("delete", Remove, _REQ_ID, _str("table"), _str("namespace"), _str("id")),
+    Message("clear", ClearTable, _REQ_ID, _str("table"), Field("namespace", str, optional=True)),
+    Message("drop_ns", Drop, _REQ_ID, _str("namespace")),
+    Message("once_claim", OnceClaim, _REQ_ID, _str("key"), _str("client_id"), _str("by"), _str("namespace")),
+    Message(
+        "once_finish",
+        OnceFinish,
+        _REQ_ID,
+        _str("key"),
+        _str("client_id"),
+        Field("outcome", decode=_outcome),
+        Field("payload"),
+        _str("namespace"),
+    ),
+    Message("batch", BatchWrite, _REQ_ID, Field("ops", decode=_batch_ops, encode=_op_to_wire)),
+    Message("sync", Sync, _REQ_ID),
+    Message("snapshot", SnapshotRequest, _REQ_ID),
+    Message("stats", Stats, _REQ_ID),
+    Message("compact", Compact, _REQ_ID),
+    Message("beat", Beat, _str("client_id")),
+    Message("bye", Bye, _str("client_id")),
+)
 
 
 # -- replies: writer -> client -----------------------------------------------------
@@ -614,7 +675,6 @@ class SnapshotEnd:
 
 
 Reply = Ok | Failed | SnapshotChunk | SnapshotEnd
-_REPLY_TAGS = {"ok": 7, "fail": 4, "chunk": 3, "end": 5}
 
 
 def checksum(store: Store) -> int:
@@ -648,48 +708,54 @@ def chunk_bytes(req_id: int, packed_segments: bytes) -> bytes:
 
 
 def encode_reply(r: Reply) -> bytes:
-    t = type(r)
-    if t is Ok:
-        change = None if r.change is None else change_to_wire(r.change)  # type: ignore[union-attr]
-        before = [change_to_wire(c) for c in r.before]  # type: ignore[union-attr]
-        return pack(["ok", r.req_id, r.epoch, r.seq, change, r.result, before])  # type: ignore[union-attr]
-    if t is Failed:
-        return pack(["fail", r.req_id, r.kind, r.message])  # type: ignore[union-attr]
-    if t is SnapshotChunk:
-        return pack(["chunk", r.req_id, r.segments])  # type: ignore[union-attr]
-    return pack(["end", r.req_id, r.epoch, r.seq, r.records])  # type: ignore[union-attr]
+    return pack(REPLIES.to_wire(r))
 
 
-def _segments(value: Any) -> list[tuple[str, str, list[Record]]]:
+def _segments(value: Any, name: str) -> list[tuple[str, str, list[Record]]]:
     segments = []
-    for segment in _field(value, list, "segments"):
+    for segment in _field(value, list, name):
         if not isinstance(segment, list) or len(segment) != 3:
-            raise ProtocolError("field 'segments' must hold [table, namespace, records] arrays")
+            raise ProtocolError(f"field {name!r} must hold [table, namespace, records] arrays")
         table, namespace, records = segment
         segments.append((_field(table, str, "table"), _field(namespace, str, "namespace"), _records(records, "records")))
     return segments
 
 
+def _changes(value: Any, name: str) -> tuple[Change, ...]:
+    return tuple(map(change_from_wire, _field(value, list, name)))
+
+
+def _changes_to_wire(changes: tuple[Change, ...] | list[Change]) -> list[list[Any]]:
+    return [change_to_wire(c) for c in changes]
+
+
+def _fewer_before_than_seqs(ok: Ok) -> None:
+    if ok.before and len(ok.before) + (ok.change is not None) > ok.seq:
+        raise ProtocolError(f"field 'before' holds {len(ok.before)} changes, more than the seqs before {ok.seq}")
+
+
 def decode_reply(data: bytes) -> Reply:
-    a = _array(unpack_frozen(data), _REPLY_TAGS, "reply")
-    tag = a[0]
-    if tag == "ok":
-        change = None if a[4] is None else change_from_wire(a[4])
-        seq = _field(a[3], int, "seq")
-        before = _field(a[6], list, "before")
-        if before and len(before) + (change is not None) > seq:
-            raise ProtocolError(f"field 'before' holds {len(before)} changes, more than the seqs before {seq}")
-        return Ok(
-            _field(a[1], int, "req_id"), _field(a[2], str, "epoch"), seq, change, a[5], tuple(map(change_from_wire, before))
-        )
-    if tag == "fail":
-        req_id = a[1] if a[1] is None else _field(a[1], int, "req_id")
-        return Failed(req_id, _field(a[2], str, "kind"), _field(a[3], str, "message"))
-    if tag == "chunk":
-        return SnapshotChunk(_field(a[1], int, "req_id"), _segments(a[2]))
-    return SnapshotEnd(
-        _field(a[1], int, "req_id"), _field(a[2], str, "epoch"), _field(a[3], int, "seq"), _field(a[4], int, "records")
-    )
+    return REPLIES.from_wire(unpack_frozen(data))  # type: ignore[no-any-return]
+
+
+_CHANGE = Field("change", optional=True, decode=lambda v, n: change_from_wire(v), encode=change_to_wire)
+REPLIES = Catalogue(
+    "reply",
+    Message(
+        "ok",
+        Ok,
+        _REQ_ID,
+        _str("epoch"),
+        _int("seq"),
+        _CHANGE,
+        Field("result"),
+        Field("before", decode=_changes, encode=_changes_to_wire),
+        verify=_fewer_before_than_seqs,
+    ),
+    Message("fail", Failed, Field("req_id", int, optional=True), _str("kind"), _str("message")),
+    Message("chunk", SnapshotChunk, _REQ_ID, Field("segments", decode=_segments)),
+    Message("end", SnapshotEnd, _REQ_ID, _str("epoch"), _int("seq"), _int("records")),
+)
 
 
 # -- published: writer PUB -> replica SUB ------------------------------------------
@@ -721,8 +787,6 @@ class PublishedGroup:
     seq: int
     changes: list[Change]
 
-
-_PUBLISHED_TAGS = {"c": 4, "h": 3, "g": 4}
 
 # Every published message is one frame: a topic (TOPIC_SIZE bytes, which SUB prefixes match), then the
 # message (one frame, not two: a second frame cost the writer and every replica a send and a receive
@@ -758,11 +822,7 @@ def subscriptions(excluded: bytes) -> list[bytes]:
 
 
 def encode_published(m: Published | PublishedGroup | Heartbeat) -> bytes:
-    if type(m) is Published:
-        return pack(["c", m.epoch, m.seq, change_to_wire(m.change)])
-    if type(m) is PublishedGroup:
-        return pack(["g", m.epoch, m.seq, [change_to_wire(c) for c in m.changes]])
-    return pack(["h", m.epoch, m.seq])
+    return pack(PUBLISHED.to_wire(m))
 
 
 def _array_head(n: int) -> bytes:
@@ -804,17 +864,33 @@ def peek_published(data: bytes) -> tuple[str, int] | None:
 
 
 def decode_published(data: bytes) -> Published | PublishedGroup | Heartbeat:
-    a = _array(unpack_frozen(data), _PUBLISHED_TAGS, "published message")
-    epoch = _field(a[1], str, "epoch")
-    seq = _field(a[2], int, "seq")
-    if a[0] == "h":
-        return Heartbeat(epoch, seq)
-    if a[0] == "g":
-        changes = _field(a[3], list, "changes")
-        if not changes or len(changes) > seq:
-            raise ProtocolError(f"field 'changes' must hold 1 to seq ({seq}) changes, not {len(changes)}")
-        return PublishedGroup(epoch, seq, [change_from_wire(c) for c in changes])
-    return Published(epoch, seq, change_from_wire(a[3]))
+    return PUBLISHED.from_wire(unpack_frozen(data))  # type: ignore[no-any-return]
+
+
+def _one_to_seq_changes(group: PublishedGroup) -> None:
+    if not group.changes or len(group.changes) > group.seq:
+        raise ProtocolError(f"field 'changes' must hold 1 to seq ({group.seq}) changes, not {len(group.changes)}")
+
+
+PUBLISHED = Catalogue(
+    "published message",
+    Message(
+        "c",
+        Published,
+        _str("epoch"),
+        _int("seq"),
+        Field("change", decode=lambda v, n: change_from_wire(v), encode=change_to_wire),
+    ),
+    Message("h", Heartbeat, _str("epoch"), _int("seq")),
+    Message(
+        "g",
+        PublishedGroup,
+        _str("epoch"),
+        _int("seq"),
+        Field("changes", decode=lambda v, n: list(_changes(v, n)), encode=_changes_to_wire),
+        verify=_one_to_seq_changes,
+    ),
+)
 
 
 # -- frames on a socket ------------------------------------------------------------------------
