@@ -805,3 +805,80 @@ def test_tear_down_once_values_wait_none_is_refused_naming_wait_not_taken_for_ze
     with tiger.connect(tiger_url) as client:
         with pytest.raises(ValueError, match=r"wait must be a number of seconds from 0 to 86400 \(a day\), got None"):
             client.tear_down_once_values(wait=None)  # type: ignore[arg-type]
+
+
+RUN_ONCE_TESTS = """
+import os
+import pathlib
+import pytest
+import tiger
+
+LOG = pathlib.Path(__file__).parent / "log"
+
+
+@pytest.fixture
+async def catalog(tiger_aclient, tiger_once):
+    async def build():
+        await tiger_aclient.table("products").insert({"id": "prod_1"})
+        return {"ns": tiger.current_namespace()}
+
+    return await tiger_once("catalog", build)
+
+
+@pytest.fixture
+async def server(tiger_once):
+    async def start():
+        with open(LOG, "a") as f:
+            f.write(f"start {os.getpid()}\\n")
+        yield {"pid": os.getpid()}
+        with open(LOG, "a") as f:
+            f.write(f"stop {os.getpid()}\\n")
+
+    return await tiger_once("server", start)
+
+
+@pytest.mark.parametrize("i", range(4))
+async def test_catalog(tiger_client, catalog, server, i):
+    assert catalog["ns"].startswith("tiger-run:")
+    with tiger.namespace(catalog["ns"]):  # what the factory wrote outlives the test that asked first
+        assert tiger_client.table("products").get("prod_1") is not None
+    with open(LOG, "a") as f:
+        f.write(f"used {catalog['ns']}\\n")
+"""
+
+
+def test_an_async_factory_is_awaited_through_tiger_once_with_the_runs_key_namespace_and_teardown(pytester, monkeypatch):
+    # tiger_once refused async factories and sent users to tiger_aclient.once, a plain Client.once: its factory ran
+    # in the namespace of the test that asked first (what it wrote was dropped with that test), under a key that was
+    # not the run's (a second run on the same writer got the first run's value), torn down when its client closed
+    for name in ("TIGER_URL", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_run_once=RUN_ONCE_TESTS)
+    with tiger.serve() as server:
+        for _ in range(2):
+            result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--tiger-url", server.url, timeout=60)
+            result.assert_outcomes(passed=4)
+    log = (pytester.path / "log").read_text().split("\n")
+    runs = [line.split()[1] for line in log if line.startswith("used")]
+    assert len(runs) == 8 and len(set(runs[:4])) == 1 and len(set(runs[4:])) == 1 and runs[0] != runs[4]
+    starts = [i for i, line in enumerate(log) if line.startswith("start")]
+    stops = [i for i, line in enumerate(log) if line.startswith("stop")]
+    assert len(starts) == len(stops) == 2  # built once per run, torn down once per run, after its tests
+    assert stops[0] > max(i for i, line in enumerate(log[: starts[1]]) if line.startswith("used"))
+
+
+def test_async_wait_until_refuses_an_async_predicate_rather_than_take_its_coroutine_for_true(tiger_url, ns):
+    async def is_paid(record):
+        return record["paid"]
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            invoices = client.table("invoices", prefix="in")
+            await invoices.insert({"paid": False})
+            with pytest.raises(TypeError, match=r"not the coroutine function .*is_paid"):
+                await invoices.wait_until(is_paid, timeout=0.1)
+            with pytest.raises(TypeError, match="returned coroutine"):
+                await invoices.wait_until(lambda r: is_paid(r), timeout=0.1)
+
+    run(main)

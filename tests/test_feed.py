@@ -836,3 +836,22 @@ def test_a_feeds_timeout_set_after_watch_is_checked_as_watchs(connect, ns):
         next(feed)
     feed.timeout = None
     assert feed.timeout is None
+
+
+def test_wait_until_refuses_an_async_predicate_rather_than_take_its_coroutine_for_true(connect, ns):
+    # an `async def` predicate returned a coroutine, truthy: wait_until returned the first record, unmatched
+    invoices = connect().table("invoices", prefix="in")
+    invoices.insert({"paid": False})
+
+    async def is_paid(record):
+        return record["paid"]
+
+    class Paid:
+        async def __call__(self, record):
+            return record["paid"]
+
+    for predicate in (is_paid, Paid()):
+        with pytest.raises(TypeError, match="predicate must be a plain function, not the coroutine function"):
+            invoices.wait_until(predicate, timeout=0.1)
+    with pytest.raises(TypeError, match=r"predicate .*<lambda> returned coroutine: wait_until calls it"):
+        invoices.wait_until(lambda r: is_paid(r), timeout=0.1)

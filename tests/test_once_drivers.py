@@ -410,7 +410,7 @@ async def _async_generator_function():
 )
 def test_the_blocking_driver_refuses_an_async_factory_and_releases_the_key(client, factory, kind):
     key = unique("refused")
-    with pytest.raises(TypeError, match=rf"^factory: \S+ is asynchronous \({kind}\); .* use tiger\.aio"):
+    with pytest.raises(TypeError, match=rf"^once {key!r}: factory \S+ is asynchronous \({kind}\); .* use tiger\.aio"):
         client.once(key, factory)  # the coroutine it made is closed: no "never awaited" warning (an error here)
     assert once_record(client, "global", key) is None
     assert client.once(key, lambda: "built") == "built"  # the key was not failed: a caller builds it

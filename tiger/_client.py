@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import inspect
 import itertools
 import logging
 import os
@@ -712,15 +713,29 @@ class _TableReads:
 
     def _waiting_until(
         self, predicate: Callable[[Record], bool], timeout: float | None
-    ) -> tuple[str, float | None, Callable[[], Timeout]]:
-        """``wait_until``'s namespace, deadline (None: none) and error past it; the arguments checked."""
+    ) -> tuple[str, float | None, Callable[[], Timeout], Callable[[Record], bool]]:
+        """``wait_until``'s namespace, deadline (None: none), error past it, and the predicate to call (one
+        that refuses an awaitable result); the arguments checked."""
         if not callable(predicate):
             raise TypeError(f"predicate must be callable, not {type(predicate).__name__}")
+        if inspect.iscoroutinefunction(predicate) or inspect.iscoroutinefunction(type(predicate).__call__):
+            raise TypeError(f"predicate must be a plain function, not the coroutine function {_name(predicate)}: {_NOT_AWAITED}")
         wait = check_timeout(timeout)
         ns = _current()
         deadline = None if wait is None else time.monotonic() + wait
         message = f"no record of {self.name} in namespace {ns!r} matched the predicate within {wait or 0:g}s"
-        return ns, deadline, lambda: Timeout(message)
+
+        def accepts(record: Record) -> bool:
+            verdict = predicate(record)
+            if verdict is True or verdict is False or verdict is None:
+                return bool(verdict)
+            if inspect.isawaitable(verdict):  # (truthy: every record would match)
+                if inspect.iscoroutine(verdict):
+                    verdict.close()  # never awaited: no warning for it
+                raise TypeError(f"predicate {_name(predicate)} returned {type(verdict).__name__}: {_NOT_AWAITED}")
+            return bool(verdict)
+
+        return ns, deadline, lambda: Timeout(message), accepts
 
     def _scan(self, namespace: str, predicate: Callable[[Record], bool]) -> Record | None:
         """The first record of ``namespace`` stored now (list order) that ``predicate`` accepts."""
@@ -788,7 +803,7 @@ class Table(_TableReads):
         (in list order), else the first to be stored (by any process) within ``timeout`` seconds (None:
         no limit); else ``tiger.Timeout``. ``predicate`` runs in this thread; what it raises is raised.
         """
-        ns, deadline, failed = self._waiting_until(predicate, timeout)
+        ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client.watch([self.name], ns) as feed:
@@ -838,6 +853,13 @@ class Table(_TableReads):
     def clear_namespace(self, namespace: str) -> None:
         """Remove every record of this table in one namespace."""
         self._client._write(self._clear_request(check_name(namespace, "namespace")))
+
+
+_NOT_AWAITED = "wait_until calls it with each record and takes its result as true or false, without awaiting it"
+
+
+def _name(function: object) -> str:
+    return getattr(function, "__qualname__", None) or type(function).__name__
 
 
 def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float | None) -> Record | None:

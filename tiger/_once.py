@@ -194,15 +194,18 @@ class Once:
         (past ``wait``), what a write raised, an interruption of the build (the key released), and
         ``TypeError`` for a factory this blocking call cannot await (see ``value_async``)."""
         __tracebackhide__ = True
-        if inspect.iscoroutinefunction(factory):
-            raise _async_factory(factory, "a coroutine function")
-        if inspect.isasyncgenfunction(factory):
-            raise _async_factory(factory, "an async generator function")
-        deadline = _deadline(wait)
-        with self._locks_guard:
-            lock = self._locks.setdefault((scope, key), threading.Lock())
-        with lock:  # two threads of this process never both build one key
-            return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
+        try:
+            if inspect.iscoroutinefunction(factory):
+                raise _async_factory(factory, "a coroutine function")
+            if inspect.isasyncgenfunction(factory):
+                raise _async_factory(factory, "an async generator function")
+            deadline = _deadline(wait)
+            with self._locks_guard:
+                lock = self._locks.setdefault((scope, key), threading.Lock())
+            with lock:  # two threads of this process never both build one key
+                return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
+        except _AsyncFactory as e:
+            raise _AsyncFactory(f"once {key!r}: {e}") from None
 
     async def value_async(
         self, client: AsyncOnceClient, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool
@@ -536,8 +539,8 @@ class _AsyncFactory(TypeError):
 def _async_factory(factory: Callable[[], Any], kind: str) -> _AsyncFactory:
     name = getattr(factory, "__qualname__", None) or repr(factory)
     return _AsyncFactory(
-        f"factory: {name} is asynchronous ({kind}); the blocking Client.once cannot await it: "
-        "use tiger.aio (await client.once(key, factory))"
+        f"factory {name} is asynchronous ({kind}); the blocking Client.once cannot await it: "
+        "use tiger.aio (await client.once(key, factory)), or in pytest await tiger_once(key, factory)"
     )
 
 

@@ -449,7 +449,7 @@ class AsyncTable(_TableReads):
         """``tiger.Table.wait_until``, awaited: the first record of the current namespace for which
         ``predicate(record)`` is true, stored now or the first to be stored within ``timeout`` seconds
         (None: no limit); else ``tiger.Timeout``. ``predicate`` runs in this task's thread, the loop's."""
-        ns, deadline, failed = self._waiting_until(predicate, timeout)
+        ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client.watch([self.name], ns) as feed:

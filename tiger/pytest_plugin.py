@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import inspect
 import json
@@ -44,7 +45,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -380,6 +381,33 @@ class _Run:
             failed: OnceFailed | None = e
         else:
             failed = None
+        return self._settled(client, key, value if failed is None else None, failed)
+
+    async def once_async(self, key: str, factory: Callable[[], Any], timeout: float | None = None) -> Any:
+        """``once`` for an async factory (a coroutine or async generator function), awaited: the same key,
+        namespace, outcomes and end-of-run teardown, through a ``tiger.aio`` client sharing this
+        process's connection."""
+        __tracebackhide__ = True
+        from tiger.aio import AsyncClient
+
+        client = self.client()
+        shared = AsyncClient.sharing(client)  # its once keys and teardowns are the process client's
+        try:
+            value = await shared.once(key, _guarded(factory), timeout, namespace=self.namespace)
+        except _BuildInterrupted as e:
+            raise e.__cause__ from None  # type: ignore[misc]
+        except OnceFailed as e:
+            failed: OnceFailed | None = e
+        else:
+            failed = None
+        finally:
+            shared._close_now()
+        return self._settled(client, key, value if failed is None else None, failed)
+
+    def _settled(self, client: Client, key: str, value: Any, failed: OnceFailed | None) -> Any:
+        """A once call's end: a failed key's outcome raised as pytest's (skip, xfail, fail) or as is; a
+        value with a teardown noted, so that this process tears it down at the run's end."""
+        __tracebackhide__ = True
         if failed is not None:  # outside the except block: pytest shows the outcome alone, not its context too
             if failed.type_name == "Skipped":
                 pytest.skip(f"once {key!r}: {failed.message}")
@@ -513,7 +541,8 @@ class _BuildInterrupted(KeyboardInterrupt):
 
 def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
     """The factory, with what stops a build from outside turned into an interruption: pytest-timeout's
-    failure is no verdict on the factory, and ``pytest.exit`` ends the run, not the key."""
+    failure is no verdict on the factory, and ``pytest.exit`` ends the run, not the key. Of the same
+    kind as ``factory``: a plain, generator, coroutine or async generator function."""
 
     def interrupted(e: BaseException) -> bool:
         return isinstance(e, pytest.exit.Exception) or (
@@ -522,6 +551,7 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
 
     if inspect.isgeneratorfunction(factory):
 
+        @functools.wraps(factory)  # named as the factory in errors
         def generator() -> Iterator[Any]:
             steps = factory()
             try:
@@ -537,6 +567,41 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
 
         return generator
 
+    if inspect.isasyncgenfunction(factory):
+
+        @functools.wraps(factory)  # named as the factory in errors
+        async def async_generator() -> AsyncIterator[Any]:
+            from tiger._once import _adopted_by_no_loop
+
+            steps = factory()
+            try:
+                value = await _adopted_by_no_loop(steps)  # as Client.once does: the test's loop must not close it
+            except StopAsyncIteration:
+                return  # Client.once names it, as for a generator
+            except BaseException as e:
+                if interrupted(e):
+                    raise _BuildInterrupted(str(e)) from e
+                raise
+            yield value
+            async for step in steps:  # the teardown (an async generator yields once here: nothing more)
+                yield step
+
+        return async_generator
+
+    if inspect.iscoroutinefunction(factory):
+
+        @functools.wraps(factory)  # named as the factory in errors
+        async def coroutine() -> Any:
+            try:
+                return await factory()
+            except BaseException as e:
+                if interrupted(e):
+                    raise _BuildInterrupted(str(e)) from e
+                raise
+
+        return coroutine
+
+    @functools.wraps(factory)  # named as the factory in errors
     def plain() -> Any:
         try:
             return factory()
@@ -822,11 +887,15 @@ def _tiger_isolate(request: pytest.FixtureRequest) -> None:
 def tiger_once(pytestconfig: pytest.Config) -> Callable[..., Any]:
     """``tiger_once(key, factory, timeout=None)``: ``factory()`` runs once across every process of the
     run; every caller gets its value. A generator factory's code after its ``yield`` runs once, after
-    every test of every process of the run. See ``Client.once`` for the outcomes."""
+    every test of every process of the run. An async factory (a coroutine or async generator function)
+    is awaited: ``await tiger_once(key, factory)`` in an async fixture or test. See ``Client.once`` for
+    the outcomes."""
     run = pytestconfig.stash[_run_key]
 
     def once(key: str, factory: Callable[[], Any], timeout: float | None = None) -> Any:
         __tracebackhide__ = True
+        if inspect.iscoroutinefunction(factory) or inspect.isasyncgenfunction(factory):
+            return run.once_async(key, factory, timeout)  # awaited by the async fixture or test that called
         return run.once(key, factory, timeout)
 
     return once
