@@ -882,3 +882,29 @@ def test_async_wait_until_refuses_an_async_predicate_rather_than_take_its_corout
                 await invoices.wait_until(lambda r: is_paid(r), timeout=0.1)
 
     run(main)
+
+
+def test_an_awaited_call_with_no_asyncio_loop_running_says_tiger_aio_runs_on_asyncio(tiger_url, ns):
+    # under trio (or anyio's trio backend) every awaited call raised asyncio's bare "no running event loop"
+    client = run(lambda: tiger.aio.connect(tiger_url))
+    plans = client.table("plans", prefix="plan")
+    feed = plans.watch(timeout=1)
+    calls = {
+        "connect": lambda: tiger.aio.connect(tiger_url),
+        "insert": lambda: plans.insert({"amount": 1}),
+        "wait_for": lambda: plans.wait_for("plan_nothing", timeout=1),
+        "wait_until": lambda: plans.wait_until(lambda r: True, timeout=1),
+        "sync": lambda: client.sync(),
+        "once": lambda: client.once(f"k-{ns}", lambda: 1),
+        "feed": lambda: feed.__anext__(),
+    }
+    try:
+        for name, call in calls.items():
+            coroutine = call()  # driven by hand, as another async library's scheduler would: no asyncio loop
+            with pytest.raises(tiger.TigerError, match=r"tiger\.aio runs on asyncio, and no asyncio event loop runs"):
+                coroutine.send(None)
+                pytest.fail(f"{name} did not raise")
+            coroutine.close()
+    finally:
+        feed.close()
+        run(client.close)

@@ -261,6 +261,24 @@ def wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) 
     waiters.clear()
 
 
+_NO_LOOP = (
+    "tiger.aio runs on asyncio, and no asyncio event loop runs in this thread (called outside one, or under "
+    "another async library: trio, or anyio's trio backend). There, use the blocking tiger.Client in a worker "
+    "thread (trio.to_thread.run_sync, anyio.to_thread.run_sync)"
+)
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """The asyncio event loop running in this thread; ``TigerError`` saying that tiger.aio needs one when
+    none does (asyncio's own ``RuntimeError: no running event loop`` says nothing of trio)."""
+    from asyncio import _get_running_loop  # loaded already: an awaited call is running
+
+    loop = _get_running_loop()
+    if loop is None:
+        raise TigerError(_NO_LOOP)
+    return loop
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     """On the waiter's loop: wake it, unless it was cancelled (or timed out) meanwhile."""
     if not future.done():
@@ -559,7 +577,6 @@ class Feed:
         """``_next`` for an asyncio task (``StopAsyncIteration`` once closed): awaits a future the applying
         thread resolves (no coroutine below this one: each costs a frame on every change). Cancelling the
         awaiting task consumes nothing: the feed stays as it was."""
-        import asyncio  # here, not at the top: importing tiger stays cheap for blocking users
 
         sub = self._sub
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -569,7 +586,7 @@ class Feed:
                     change = sub.take()
                     if change is not None:
                         return change
-                    loop = asyncio.get_running_loop()
+                    loop = running_loop()
                     future: asyncio.Future[Any] = loop.create_future()
                     waiter = (loop, future)
                     sub.waiters.append(waiter)

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._errors import OnceFailed, TigerError, Timeout
+from tiger._feed import running_loop
 from tiger._table import ONCE_TABLE, Record, check_value
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ class Once:
         """The key's lock in the running event loop (an asyncio.Lock serves one loop), made on first use."""
         import asyncio
 
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         with self._locks_guard:
             locks = self._async_locks.setdefault(loop, {})
             lock = locks.get((scope, key))

@@ -36,7 +36,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
-from tiger._feed import History, Subscription, deliver, deliver_reset, subscribe, wake, woken
+from tiger._feed import History, Subscription, deliver, deliver_reset, running_loop, subscribe, wake, woken
 from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
@@ -397,7 +397,7 @@ class Replica:
         """``wait_until`` for an asyncio task: the event loop runs on while it waits (no thread). One future
         per check, forgotten when the check ends whatever ends it; awaited by ``_feed.woken`` (one turn of
         the loop, and never swallowing a cancellation that comes as it resolves)."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         while True:
             with self.changed:
                 if predicate():

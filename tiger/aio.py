@@ -56,7 +56,7 @@ from tiger._client import (
     _timeout,
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
-from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout
+from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
 from tiger._table import GLOBAL, Record, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
@@ -266,7 +266,7 @@ class AsyncClient(_Connection):
     def _lock(self, watching: bool = True) -> asyncio.Lock:
         """One request in flight on the command socket, per event loop (asyncio locks belong to one). On a
         loop's first call ``watching``, the loop is made to watch the socket (refused: ``TigerError``)."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         lock = self._locks.get(loop)
         if lock is None:
             if watching:
@@ -278,7 +278,7 @@ class AsyncClient(_Connection):
         """The running loop uses the socket until ``_served``. Refused (``TigerError``) while a loop running
         in another thread uses it: a ZeroMQ socket is not thread-safe, and two loops of two threads sharing
         one were seen to hang a call past its timeout (a loop not running, its call paused, is no obstacle)."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         with self._serving_lock:
             if any(n and other is not loop and other.is_running() for other, n in self._serving.items()):
                 raise TigerError(
@@ -347,7 +347,7 @@ class AsyncClient(_Connection):
                 # not the replica's ask-again after the deadline, which would hold this client's later writes
                 # behind the gap for up to ``timeout`` seconds)
                 self._unanswered[req_id] = (payload, deadline)
-                task = asyncio.get_running_loop().create_task(self._answer_later(req_id))
+                task = running_loop().create_task(self._answer_later(req_id))
                 self._late.add(task)
                 task.add_done_callback(self._late.discard)
             elif own:
@@ -571,7 +571,7 @@ class _AwaitedSocket:
         """True once ``ZMQ_EVENTS`` has ``want`` (``_POLLIN``, ``_POLLOUT``), False after ``timeout`` seconds."""
         if cast(int, self.sock.get(zmq.EVENTS)) & want:
             return True
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         if self._loop is not loop:
             self.watch(loop)
         waiter = self._waiter = loop.create_future()
@@ -618,10 +618,7 @@ class _AwaitedSocket:
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    return asyncio._get_running_loop()
 
 
 def _on_its_thread(loop: asyncio.AbstractEventLoop, function: Callable[..., object], *args: Any) -> None:
