@@ -908,3 +908,31 @@ def test_an_awaited_call_with_no_asyncio_loop_running_says_tiger_aio_runs_on_asy
     finally:
         feed.close()
         run(client.close)
+
+
+def test_a_call_given_up_names_its_own_timeout_and_sync_refuses_one_of_0(tmp_path):
+    # sync(timeout=0.5) against a stopped writer said "did not answer within 5s" (the client's timeout), and
+    # sync(timeout=0), which can never be answered in time, raised Unavailable against a healthy writer
+    with tiger.serve(f"ipc://{tmp_path}/w") as server:
+        blocking = tiger.connect(server.url, timeout=5.0, heartbeat_timeout=30.0)
+
+        async def main() -> None:
+            async with await tiger.aio.connect(server.url, timeout=5.0, heartbeat_timeout=30.0) as client:
+                for sync in (client.sync, blocking.sync):
+                    with pytest.raises(ValueError, match="timeout must be a number of seconds above 0"):
+                        result = sync(timeout=0)
+                        await result if asyncio.iscoroutine(result) else None
+                os.kill(server.pid, signal.SIGSTOP)
+                try:
+                    with pytest.raises(tiger.Unavailable, match=r"did not answer within 0\.4s$"):
+                        await client.sync(timeout=0.4)
+                    with pytest.raises(tiger.Unavailable, match=r"did not answer within 0\.3s$"):
+                        blocking.sync(timeout=0.3)
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)
+                await client.sync()
+
+        try:
+            run(main)
+        finally:
+            blocking.close()

@@ -367,21 +367,22 @@ class _Connection:
             )
         return payload, deadline
 
-    def _silence(self, wait: int) -> None:
+    def _silence(self, wait: int, seconds: float) -> None:
         """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
-        place of the old one (what it still queued goes with it); past the deadline, ``Unavailable``."""
+        place of the old one (what it still queued goes with it); past the deadline, ``Unavailable``
+        naming the call's own time, ``seconds`` (its ``timeout``, else the client's)."""
         self._fresh_socket()
         if wait == GIVE_UP:
-            raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s")
+            raise Unavailable(f"the tiger writer at {self.url} did not answer within {seconds:g}s")
 
     def _fresh_socket(self) -> None:
         raise NotImplementedError
 
-    def _outcome(self, reply: p.Reply) -> p.Ok:
+    def _outcome(self, reply: p.Reply, seconds: float) -> p.Ok:
         """The Ok answer to a call, or the error its Failed answer names, raised."""
         if type(reply) is p.Failed:
             if reply.kind == "expired":
-                raise Unavailable(f"the tiger writer at {self.url} did not answer within {self.timeout:g}s ({reply.message})")
+                raise Unavailable(f"the tiger writer at {self.url} did not answer within {seconds:g}s ({reply.message})")
             raise _FAILURES.get(reply.kind, TigerError)(reply.message)
         if type(reply) is not p.Ok:
             raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
@@ -474,8 +475,9 @@ class Client(_Connection):
         return Table(self, name, prefix, fallback_to_global)
 
     def sync(self, timeout: float | None = None) -> None:
-        """Return once the replica holds every write any client was answered for before this call."""
-        deadline = time.monotonic() + _timeout(timeout, self.timeout)
+        """Return once the replica holds every write any client was answered for before this call.
+        ``timeout``: seconds, above 0 (the writer's answer takes a round trip); default the client's."""
+        deadline = time.monotonic() + _timeout(timeout, self.timeout, positive=True)
         reply = self._request(p.Sync(next(self._req_ids)), deadline)
         self.replica.catch_up(reply, deadline)
 
@@ -558,6 +560,7 @@ class Client(_Connection):
         ``own``: a write, whose change comes only in the answer (this client's replica is
         not sent it): the replica counts it in flight until ``catch_up(..., own=True)``.
         """
+        seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
         payload, deadline = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         if own:
@@ -573,7 +576,7 @@ class Client(_Connection):
                 while True:
                     wait = attempts.wait(time.monotonic())
                     if wait <= RESEND:
-                        self._silence(wait)
+                        self._silence(wait, seconds)
                         self._socket.send(payload)
                         self.resends += 1
                         continue
@@ -590,7 +593,7 @@ class Client(_Connection):
                     if reply.req_id == req_id:
                         answered = True
                         break
-            return self._outcome(reply)
+            return self._outcome(reply, seconds)
         except BaseException:
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
@@ -617,11 +620,11 @@ class Client(_Connection):
         return reply
 
 
-def _timeout(value: float | None, default: float, what: str = "timeout") -> float:
+def _timeout(value: float | None, default: float, what: str = "timeout", *, positive: bool = False) -> float:
     """A call's or a wait's ``timeout``: None is ``default``; else ``check_seconds``."""
     if value is None:
         return default
-    return check_seconds(value, what)  # type: ignore[return-value]
+    return check_seconds(value, what, positive=positive)  # type: ignore[return-value]
 
 
 class _TableReads:

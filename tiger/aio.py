@@ -214,8 +214,9 @@ class AsyncClient(_Connection):
         return AsyncTable(self, name, prefix, fallback_to_global)
 
     async def sync(self, timeout: float | None = None) -> None:
-        """Return once the replica holds every write any client was answered for before this call."""
-        deadline = time.monotonic() + _timeout(timeout, self.timeout)
+        """Return once the replica holds every write any client was answered for before this call.
+        ``timeout``: seconds, above 0; default the client's."""
+        deadline = time.monotonic() + _timeout(timeout, self.timeout, positive=True)
         await self._caught_up(await self._request(p.Sync(next(self._req_ids)), deadline), deadline)
 
     def batch(self) -> AsyncBatch:
@@ -302,6 +303,7 @@ class AsyncClient(_Connection):
     async def _request(self, request: p.Request, deadline: float | None = None, own: bool = False) -> p.Ok:
         """``Client._request``, awaited: the same call bytes, Lazy Pirate resends on a fresh socket, expiry
         and errors. Cancelled after sending, the call is left to the replica as one that raised unanswered."""
+        seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
         payload, deadline = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         if own:
@@ -325,7 +327,7 @@ class AsyncClient(_Connection):
                             break
                     wait = attempts.wait(time.monotonic())
                     if wait <= RESEND:
-                        self._silence(wait)
+                        self._silence(wait, seconds)
                         await self._socket.send(payload)
                         self.resends += 1
                     else:
@@ -337,7 +339,7 @@ class AsyncClient(_Connection):
                             answered = True
                             break
                         self._late_answer(reply)
-            return self._outcome(reply)
+            return self._outcome(reply, seconds)
         except asyncio.CancelledError:
             if self._closed and not _cancelling():  # the socket was closed under the call (its wait is cancelled)
                 if own:
