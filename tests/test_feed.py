@@ -734,6 +734,8 @@ def test_wait_until_times_out_naming_the_table_and_namespace(connect, ns):
         (lambda c: c.watch(tables=["tiger.once"]), ValueError, r"tables\[0\]: table names starting with 'tiger.'"),
         (lambda c: c.watch(namespace=3), TypeError, "namespace must be a str"),
         (lambda c: c.watch(since="5"), TypeError, "since must be None or an int"),
+        (lambda c: c.watch(since=-5), ValueError, r"since must be a seq \(an int from 0\), got -5"),
+        (lambda c: c.table("plans").wait_for("plan_x", timeout="5"), ValueError, "timeout must be a number of seconds"),
         (
             lambda c: c.watch(timeout=-1),
             ValueError,
@@ -759,6 +761,8 @@ def test_wait_until_times_out_naming_the_table_and_namespace(connect, ns):
         "tables-tigers-own",
         "namespace-not-a-str",
         "since-not-an-int",
+        "since-negative",
+        "wait-for-timeout-a-str",
         "timeout-negative",
         "max-queued-zero",
         "max-queued-a-bool",
@@ -768,6 +772,7 @@ def test_wait_until_times_out_naming_the_table_and_namespace(connect, ns):
     ],
 )
 def test_bad_arguments_are_refused_naming_the_field(client, call, error, field):
+    client.table("plans", prefix="plan").insert({"id": "plan_x"})  # wait_for checks its timeout even when found
     with pytest.raises(error, match=field):
         call(client)
 
@@ -855,3 +860,28 @@ def test_wait_until_refuses_an_async_predicate_rather_than_take_its_coroutine_fo
             invoices.wait_until(predicate, timeout=0.1)
     with pytest.raises(TypeError, match=r"predicate .*<lambda> returned coroutine: wait_until calls it"):
         invoices.wait_until(lambda r: is_paid(r), timeout=0.1)
+
+
+def test_a_wait_ended_by_close_names_the_wait_and_a_closed_client_refuses_waits_alike(tiger_url, ns):
+    # a wait_until pending at close said "<tiger.Feed tables=['invoices'] ...> ended", of a feed never opened; after
+    # close, wait_for raised Unavailable ("the replica stopped") where every other call raises "this client is closed"
+    client = tiger.connect(tiger_url)
+    invoices = client.table("invoices", prefix="in")
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            invoices.wait_until(lambda r: False, timeout=30)
+        except BaseException as e:
+            errors.append(e)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_for_state(lambda: client.replica._seq.feeds, "the wait's feed open")
+    client.close()
+    waiter.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], tiger.TigerError)
+    assert str(errors[0]).startswith(f"wait_until on invoices in namespace {ns!r} ended: ")
+    for call in (lambda: invoices.wait_for("in_x", timeout=1), lambda: invoices.wait_until(bool, timeout=1), client.watch):
+        with pytest.raises(tiger.TigerError, match=r"^this client is closed$"):
+            call()

@@ -319,10 +319,7 @@ class _Connection:
 
         See ``tiger.Feed`` for what a read raises, and ``tiger.Change`` for a ``"reset"``.
         """
-        if self._closed:
-            raise TigerError("this client is closed")
-        if os.getpid() != self._pid:  # no replica thread here: a feed would wait forever
-            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+        self._check_open()
         names = check_tables(tables)
         if isinstance(namespace, _CurrentNamespace):
             namespace = _current()
@@ -331,8 +328,19 @@ class _Connection:
         since = check_since(since)
         wait = check_timeout(timeout)
         queued = check_max_queued(max_queued)
-        name = describe(names, namespace, since)
-        return Feed(self.replica.watch(names, namespace, since, queued, name), wait)
+        return Feed(self.replica.watch(names, namespace, since, queued, describe(names, namespace, since)), wait)
+
+    def _check_open(self) -> None:
+        """``TigerError`` unless this client is open, in the process that connected it."""
+        if self._closed:
+            raise TigerError("this client is closed")
+        if os.getpid() != self._pid:  # no replica thread here: a wait would wait forever
+            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+
+    def _watch_for(self, table: str, namespace: str, what: str) -> Feed:
+        """A feed of one table in one namespace for a wait of this client; its errors name ``what``."""
+        self._check_open()
+        return Feed(self.replica.watch(frozenset((table,)), namespace, None, DEFAULT_MAX_QUEUED, what))
 
     # -- calls ----------------------------------------------------------------------
 
@@ -702,6 +710,7 @@ class _TableReads:
         and message; the arguments checked."""
         check_id(id)
         timeout = _timeout(timeout, 5.0)
+        self._client._check_open()
         ns = _current()
         return (
             lambda: self.get(id) is not None,
@@ -724,6 +733,7 @@ class _TableReads:
         if inspect.iscoroutinefunction(predicate) or inspect.iscoroutinefunction(type(predicate).__call__):
             raise TypeError(f"predicate must be a plain function, not the coroutine function {_name(predicate)}: {_NOT_AWAITED}")
         wait = check_timeout(timeout)
+        self._client._check_open()
         ns = _current()
         deadline = None if wait is None else time.monotonic() + wait
         message = f"no record of {self.name} in namespace {ns!r} matched the predicate within {wait or 0:g}s"
@@ -795,9 +805,10 @@ class Table(_TableReads):
 
     def wait_for(self, id: str, timeout: float = 5.0) -> Record:
         """Block until ``id`` is in the local replica (written by any process); else ``tiger.Timeout``."""
+        waiting = self._waiting_for(id, timeout)  # the arguments checked, found or not
         found = self.get(id)
         if found is None:
-            self._client.replica.wait_until(*self._waiting_for(id, timeout))
+            self._client.replica.wait_until(*waiting)
             found = self.get(id)
         return found  # type: ignore[no-any-return]
 
@@ -809,7 +820,7 @@ class Table(_TableReads):
         ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
-            with self._client.watch([self.name], ns) as feed:
+            with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
                 found = self._scan(ns, predicate)
                 if found is not None:
                     return found

@@ -441,9 +441,10 @@ class AsyncTable(_TableReads):
 
     async def wait_for(self, id: str, timeout: float = 5.0) -> Record:
         """Return once ``id`` is in the local replica (written by any process); else ``tiger.Timeout``."""
+        waiting = self._waiting_for(id, timeout)  # the arguments checked, found or not
         found = self.get(id)
         if found is None:
-            await self._client._until(*self._waiting_for(id, timeout))
+            await self._client._until(*waiting)
             found = self.get(id)
         return found  # type: ignore[no-any-return]
 
@@ -454,7 +455,7 @@ class AsyncTable(_TableReads):
         ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
-            with self._client.watch([self.name], ns) as feed:
+            with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
                 found = self._scan(ns, predicate)
                 while found is None:
                     try:
