@@ -9,6 +9,7 @@ being sent a snapshot all arrive.
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import subprocess
@@ -306,7 +307,8 @@ def test_a_new_request_replaces_the_peers_snapshot_on_its_way():
     assert pipes.skipped <= 1  # at most the chunk of the old request already made
 
 
-def test_a_peer_that_left_loses_what_waits_for_it_and_no_one_else():
+def test_a_peer_that_left_loses_what_waits_for_it_and_no_one_else(caplog):
+    caplog.set_level(logging.INFO, logger="tiger")
     store = store_of({"t": {"ns": 3000}}, size=200)
     pipes = Pipes()
     out = Outgoing(pipes.send, chunk_bytes=16 * 1024)
@@ -319,6 +321,10 @@ def test_a_peer_that_left_loses_what_waits_for_it_and_no_one_else():
     assert end.records == 3000
     assert out.waiting() == (0, 0, 0)
     out.answer([b"gone", p.ok_bytes(2, EPOCH, 1, None)], T0)  # logged, not raised
+    # and not as a warning: a client gives a call up (its timeout, a cancellation) or closes in the normal run
+    # of things; `tiger.serve()` printed it on the user's stderr as "WARNING could not send an answer ..."
+    left = [r for r in caplog.records if "a client that left" in r.getMessage()]
+    assert left and {r.levelno for r in left} == {logging.INFO}
 
 
 # -- a real writer ---------------------------------------------------------------------

@@ -321,7 +321,8 @@ class Outgoing:
     def _gone(self, key: bytes, e: PeerGone, what: str) -> None:
         peer = self._peers.get(key)
         snapshot = "" if peer is None or peer.snapshot is None else ", and the snapshot on its way"
-        log.warning("could not send %s to a client that left (%s)%s", what, e, snapshot)
+        # a client that gave up a call (its timeout, a cancellation) or closed: its business, not a fault here
+        log.info("could not send %s to a client that left (%s)%s", what, e, snapshot)
         self._drop(key)
 
     def _drop(self, key: bytes) -> None:
