@@ -184,6 +184,7 @@ class Once:
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
         self._teardowns: dict[tuple[str, str], tuple[FactoryGenerator, bool]] = {}
+        self.hurry = False  # a tear-down waits no longer for the value's holders (a close was cancelled)
 
     def value(
         self, client: BlockingOnceClient, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool
@@ -346,14 +347,14 @@ class Once:
             # leaves it to run at the next tear-down
             (scope, key), (teardown, in_scope) = next(reversed(self._teardowns.items()))
             if wait > 0 and client.replica.silent_for() <= client.heartbeat_timeout:
-                try:
+                with contextlib.suppress(Timeout):
                     yield Until(
-                        lambda scope=scope, key=key: not _held(once_record(client, scope, key)),  # type: ignore[misc]
+                        lambda scope=scope, key=key: self.hurry or not _held(once_record(client, scope, key)),  # type: ignore[misc]
                         deadline,
                         lambda: "",
                     )
-                except Timeout:
-                    holders = _held(once_record(client, scope, key))
+                holders = _held(once_record(client, scope, key))
+                if holders:  # past the wait, or told to hurry
                     log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
             del self._teardowns[scope, key]
             self._built.pop((scope, key), None)  # torn down: never to be delivered later
