@@ -1182,3 +1182,99 @@ def test_a_batch_of_ops_packed_as_they_were_made_encodes_as_its_description():
     ]
     packed = p.BatchWrite(9, ops, tuple(p.encode_request(op) for op in ops))
     assert p.encode_request(packed) == p.pack(p.REQUESTS.to_wire(p.BatchWrite(9, ops))) == p.encode_request(p.BatchWrite(9, ops))
+
+
+# -- an insert's answer, its records taken from the call's own --------------------------------------
+
+
+def _frozen_shape(value: Any) -> Any:
+    """``value`` with each map and list tagged by its exact type: equal only if frozen in the same places."""
+    if isinstance(value, dict):
+        return (type(value).__name__, [(k, _frozen_shape(v)) for k, v in value.items()])
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [_frozen_shape(v) for v in value])
+    return value
+
+
+def _answer_to(payload: bytes, before: tuple = ()) -> bytes:
+    """What the writer answers to an insert call: its records prepared (ids and created filled in, some
+    stored as sent), packed once."""
+    call = p.call_from(p.unpack_frozen(payload))
+    insert = call.request
+    tokens = iter(range(10**6))
+    put = _table.prepare_insert(
+        _table.Store(),
+        insert.table,
+        insert.namespace,
+        "plan",
+        insert.records,
+        create=False,
+        now=7,
+        token=lambda n: f"{next(tokens):0{2 * n}x}",
+    )
+    return p.ok_bytes(insert.req_id, EPOCH, 9 + len(before), p.pack_change(put), None, [p.pack_change(c) for c in before])
+
+
+inserted_records = st.lists(
+    st.builds(
+        lambda r, id, created, id_first: (
+            {
+                **({"id": id} if id_first and id else {}),
+                **r,
+                **({"id": id} if id and not id_first else {}),
+                **({"created": created} if created is not None else {}),
+            }
+        ),
+        plain_records.map(lambda r: {k: v for k, v in r.items() if k not in ("id", "created")}),
+        st.none() | ids.map(lambda i: f"plan_{i}"),
+        st.none() | st.integers(0, 2**40),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=5,
+    unique_by=lambda r: r.get("id") or id(r),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=inserted_records, before=st.lists(changes, max_size=2).map(tuple))
+def test_an_insert_answer_decoded_with_the_calls_own_records_is_the_answer_decoded_whole(records, before):
+    payload = p.encode_call(p.Call("c" * 16, 1e12, p.Insert(5, "plans", "ns", "plan", records, False), 3))
+    answer = _answer_to(payload, before)
+    whole = p.decode_reply(answer)
+    with_own = p.decode_reply(answer, p.own_records(payload))
+    assert with_own == whole
+    assert _frozen_shape(with_own.change.records) == _frozen_shape(whole.change.records)
+
+
+def test_records_stored_as_sent_are_taken_from_the_call_not_decoded_again():
+    sent = [{"id": "plan_a", "amount": 1, "created": 5}, {"amount": 2}]  # the second gets an id and created
+    payload = p.encode_call(p.Call("c" * 16, 1e12, p.Insert(5, "plans", "ns", "plan", sent, False), 3))
+    own = p.own_records(payload)
+    reply = p.decode_reply(_answer_to(payload), own)
+    assert reply.change.records[0] is own[0][1]
+    assert reply.change.records[1] is not own[1][1] and reply.change.records[1]["id"].startswith("plan_")
+
+
+def _decoded_or_error(data: bytes, own: Any = None) -> Any:
+    try:
+        return _frozen_shape(p.decode_reply(data, own))
+    except ProtocolError as e:
+        return str(e)
+
+
+@pytest.mark.parametrize("reply", [d for k, d in ENCODED if k == "reply"], ids=lambda d: d[:12].hex())
+def test_a_reply_cut_changed_or_extended_decodes_the_same_with_the_calls_own_records(reply):
+    sent = [{"id": "plan_a", "created": 1}, {"id": "plan_b", "created": 2}]
+    payload = p.encode_call(p.Call("c" * 16, 1e12, p.Insert(5, "plans", "ns", "plan", sent, False), 3))
+    own = p.own_records(payload)
+    for data in (reply, _answer_to(payload)):
+        variants = [data[:cut] for cut in range(len(data))] + [data + b"\x00", data + data]
+        variants += [data[:i] + bytes([b]) + data[i + 1 :] for i in range(len(data)) for b in (0x00, 0xC0, 0xC1, data[i] ^ 1)]
+        for bad in variants:
+            assert _decoded_or_error(bad, own) == _decoded_or_error(bad)
+
+
+def test_own_records_are_none_for_any_call_but_an_insert():
+    assert p.own_records(p.encode_call(p.Call("c" * 16, 1e12, p.Remove(5, "plans", "ns", "plan_a"), 3))) is None
+    assert p.own_records(b"\xc1") is None

@@ -580,6 +580,7 @@ class Client(_Connection):
                     raise TigerError("this client is closed")
                 self._socket.send(payload)
                 sent = True
+                mine = p.own_records(payload) if type(request) is p.Insert else None  # while the writer works
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
                 while True:
                     wait = attempts.wait(time.monotonic())
@@ -597,7 +598,7 @@ class Client(_Connection):
                         data = self._socket.recv(zmq.NOBLOCK)
                     except zmq.Again:  # taken back by libzmq since (a peer gone): wait on
                         continue
-                    reply = p.decode_reply(data)
+                    reply = p.decode_reply(data, mine)
                     if reply.req_id == req_id:
                         answered = True
                         break

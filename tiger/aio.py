@@ -332,6 +332,7 @@ class AsyncClient(_Connection):
                 sent = True  # from here a cancellation may come after libzmq took the bytes
                 self._in_flight.add(req_id)
                 await self._socket.send(payload)
+                mine = p.own_records(payload) if type(request) is p.Insert else None  # while the writer works
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
                 while True:
                     if self._answers:  # taken by a call of another event loop (see _late_answer)
@@ -348,7 +349,7 @@ class AsyncClient(_Connection):
                         data = await self._socket.recv(wait / 1000)
                         if data is None:
                             continue
-                        reply = p.decode_reply(data)
+                        reply = p.decode_reply(data, mine)
                         if reply.req_id == req_id:
                             answered = True
                             break
