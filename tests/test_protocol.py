@@ -1251,9 +1251,38 @@ def test_records_stored_as_sent_are_taken_from_the_call_not_decoded_again():
     sent = [{"id": "plan_a", "amount": 1, "created": 5}, {"amount": 2}]  # the second gets an id and created
     payload = p.encode_call(p.Call("c" * 16, 1e12, p.Insert(5, "plans", "ns", "plan", sent, False), 3))
     own = p.own_records(payload)
+    first, second = own.values()
     reply = p.decode_reply(_answer_to(payload), own)
-    assert reply.change.records[0] is own[0][1]
-    assert reply.change.records[1] is not own[1][1] and reply.change.records[1]["id"].startswith("plan_")
+    assert reply.change.records[0] is first
+    assert reply.change.records[1] is not second and reply.change.records[1]["id"].startswith("plan_")
+
+
+def _batch_answer(ops: list) -> bytes:
+    """What the writer answers to a batch of these ops (prepared against an empty store)."""
+    from tiger._core import WriterCore
+
+    tokens = iter(range(10**6))
+    core = WriterCore(EPOCH, heartbeat=0.5, now=0.0, token=lambda n: f"{next(tokens):0{2 * n}x}", info={"pid": 1})
+    batch = p.BatchWrite(7, ops, tuple(p.encode_request(op) for op in ops))
+    core.handle([b"peer", p.encode_call(p.Call("c" * 16, 1e12, batch, -1))], 1.0, 100.0)
+    core.commit(1.0)
+    return core.take_outbox().replies[-1][-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=inserted_records, deletes=st.integers(0, 2))
+def test_a_batch_answer_decoded_with_its_inserts_own_records_is_the_answer_decoded_whole(records, deletes):
+    ops: list = [p.Insert(0, "plans", "ns", "plan", [r], False) for r in records]
+    ops += [p.Remove(0, "plans", "ns", f"plan_gone{i}") for i in range(deletes)]
+    ops.append(p.Insert(0, "prices", "ns2", "price", [{"id": "price_1", "n": 1, "created": 3}], False))  # stored as sent
+    answer = _batch_answer(ops)
+    own = p.own_batch_records(tuple(p.encode_request(op) for op in ops))
+    whole = p.decode_reply(answer)
+    assert type(whole) is p.Ok, whole
+    with_own = p.decode_reply(answer, own)
+    assert with_own == whole and _frozen_shape(with_own.change) == _frozen_shape(whole.change)
+    price = next(r for part in with_own.change.changes if type(part) is Put for r in part.records if r["id"] == "price_1")
+    assert any(price is mine for mine in own.values())  # taken from the call, not decoded again
 
 
 def _decoded_or_error(data: bytes, own: Any = None) -> Any:
@@ -1268,13 +1297,16 @@ def test_a_reply_cut_changed_or_extended_decodes_the_same_with_the_calls_own_rec
     sent = [{"id": "plan_a", "created": 1}, {"id": "plan_b", "created": 2}]
     payload = p.encode_call(p.Call("c" * 16, 1e12, p.Insert(5, "plans", "ns", "plan", sent, False), 3))
     own = p.own_records(payload)
-    for data in (reply, _answer_to(payload)):
+    ops = [p.Insert(0, "plans", "ns", "plan", [r], False) for r in sent] + [p.Remove(0, "plans", "ns", "plan_a")]
+    batch_own = p.own_batch_records(tuple(p.encode_request(op) for op in ops))
+    for data, mine in ((reply, own), (_answer_to(payload), own), (_batch_answer(ops), batch_own)):
         variants = [data[:cut] for cut in range(len(data))] + [data + b"\x00", data + data]
         variants += [data[:i] + bytes([b]) + data[i + 1 :] for i in range(len(data)) for b in (0x00, 0xC0, 0xC1, data[i] ^ 1)]
         for bad in variants:
-            assert _decoded_or_error(bad, own) == _decoded_or_error(bad)
+            assert _decoded_or_error(bad, mine) == _decoded_or_error(bad)
 
 
-def test_own_records_are_none_for_any_call_but_an_insert():
+def test_own_records_are_none_for_any_call_but_an_insert_or_a_batch_with_one():
     assert p.own_records(p.encode_call(p.Call("c" * 16, 1e12, p.Remove(5, "plans", "ns", "plan_a"), 3))) is None
+    assert p.own_batch_records((p.encode_request(p.Remove(0, "plans", "ns", "plan_a")),)) is None
     assert p.own_records(b"\xc1") is None

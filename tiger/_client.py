@@ -580,7 +580,7 @@ class Client(_Connection):
                     raise TigerError("this client is closed")
                 self._socket.send(payload)
                 sent = True
-                mine = p.own_records(payload) if type(request) is p.Insert else None  # while the writer works
+                mine = p.own_records_of(request, payload)  # decoded while the writer works
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
                 while True:
                     wait = attempts.wait(time.monotonic())

@@ -734,10 +734,14 @@ def _fewer_before_than_seqs(ok: Ok) -> None:
         raise ProtocolError(f"field 'before' holds {len(ok.before)} changes, more than the seqs before {ok.seq}")
 
 
-def decode_reply(data: bytes, own: list[tuple[bytes, Record]] | None = None) -> Reply:
+Own = dict[bytes, Record]  # records a client sent, by their packed bytes, decoded as the writer decodes them
+
+
+def decode_reply(data: bytes, own: Own | None = None) -> Reply:
     """The reply ``data`` holds; ProtocolError naming the bad field if none. ``own``: the records of the
-    insert call answered (``own_records``): a record of the answer whose bytes are one of them, as
-    stored unchanged, is taken from them instead of decoded again (the answer carries every record back)."""
+    call answered (``own_records``, ``own_batch_records``): a record of the answer whose bytes are one
+    of them, stored as sent, is taken from them instead of decoded again (the answer carries every
+    record back)."""
     if own:
         a = _ok_of_own_records(data, own)
         if a is not None:
@@ -753,60 +757,105 @@ def _frozen_unpacker(data: bytes) -> msgpack.Unpacker:
     return u
 
 
-def own_records(payload: bytes) -> list[tuple[bytes, Record]] | None:
-    """The records of an insert call's bytes (``encode_call`` of an ``Insert``), each with its own bytes,
-    decoded as the writer decodes them; None for any other call. A client decodes them while the writer
-    works, so that ``decode_reply`` need not decode the answer's copy of each once it comes."""
+def own_records_of(request: Request, payload: bytes) -> Own | None:
+    """The records a call carries (``payload``: its bytes), for ``decode_reply``: an insert's, a batch's
+    inserts'; None for any other request."""
+    if type(request) is Insert:
+        return own_records(payload)
+    if type(request) is BatchWrite and request.packed is not None:
+        return own_batch_records(request.packed)
+    return None
+
+
+def own_records(payload: bytes) -> Own | None:
+    """The records of an insert call's bytes (``encode_call`` of an ``Insert``), by their bytes, decoded as
+    the writer decodes them; None for any other call. A client decodes them while the writer works, so
+    that ``decode_reply`` need not decode the answer's copy of each once it comes."""
     try:
         u = _frozen_unpacker(payload)
         if u.read_array_header() != 5 or u.unpack() != "call":
             return None
         u.skip()  # client id
         u.skip()  # expiry
-        if u.read_array_header() != 7 or u.unpack() != "insert":
-            return None
-        for _ in range(4):  # req id, table, namespace, prefix
-            u.skip()
-        own = []
-        count = u.read_array_header()
-        start = u.tell()
-        for _ in range(count):
-            record = u.unpack()
-            end = u.tell()
-            own.append((payload[start:end], record))
-            start = end
-        return own
+        own: Own = {}
+        if _own_insert(u, payload, own):
+            return own
     except Exception:  # (bytes this client made: not expected) the answer is then decoded whole
+        pass
+    return None
+
+
+def own_batch_records(packed_ops: tuple[bytes, ...]) -> Own | None:
+    """``own_records`` of a batch, from its operations packed one by one (``BatchWrite.packed``)."""
+    own: Own = {}
+    try:
+        for op in packed_ops:
+            if op[1:8] == b"\xa6insert":  # (after the array's header) the others carry no record to reuse
+                _own_insert(_frozen_unpacker(op), op, own)
+    except Exception:
         return None
+    return own or None
 
 
-def _ok_of_own_records(data: bytes, own: list[tuple[bytes, Record]]) -> list[Any] | None:
-    """An ok answer storing a put of ``len(own)`` records, unpacked, each record whose bytes are its
-    ``own`` one's taken from ``own`` (the others decoded); None for anything else (decoded whole then,
-    where a fault is named)."""
+def _own_insert(u: msgpack.Unpacker, data: bytes, own: Own) -> bool:
+    """Into ``own``, the records of the insert request ``u`` is at (in ``data``); False if it is none."""
+    if u.read_array_header() != 7 or u.unpack() != "insert":
+        return False
+    for _ in range(4):  # req id, table, namespace, prefix
+        u.skip()
+    count = u.read_array_header()
+    start = u.tell()
+    for _ in range(count):
+        record = u.unpack()
+        end = u.tell()
+        own[data[start:end]] = record
+        start = end
+    return True
+
+
+def _ok_of_own_records(data: bytes, own: Own) -> list[Any] | None:
+    """An ok answer storing a put, or a batch of puts and deletes, unpacked, each record whose bytes are
+    in ``own`` taken from it (the others decoded); None for anything else (decoded whole then, where a
+    fault is named)."""
     try:
         u = _frozen_unpacker(data)
         if u.read_array_header() != 7 or u.unpack() != "ok":
             return None
         req_id, epoch, seq = u.unpack(), u.unpack(), u.unpack()
-        if u.read_array_header() != 4 or u.unpack() != "put":
+        size, tag = u.read_array_header(), u.unpack()
+        if tag == "put" and size == 4:
+            change: list[Any] = ["put", u.unpack(), u.unpack(), _records_of(u, data, own)]
+        elif tag == "batch" and size == 2:
+            parts = []
+            for _ in range(u.read_array_header()):
+                size, tag = u.read_array_header(), u.unpack()
+                if tag == "put" and size == 4:
+                    parts.append(["put", u.unpack(), u.unpack(), _records_of(u, data, own)])
+                elif tag == "del" and size == 4:
+                    parts.append(["del", u.unpack(), u.unpack(), u.unpack()])
+                else:
+                    return None
+            change = ["batch", parts]
+        else:
             return None
-        table, namespace = u.unpack(), u.unpack()
-        if u.read_array_header() != len(own):
-            return None
-        records = []
-        start = u.tell()
-        for mine, record in own:
-            u.skip()
-            end = u.tell()
-            records.append(record if data[start:end] == mine else unpack_frozen(data[start:end]))
-            start = end
         result, before = u.unpack(), u.unpack()
         if u.tell() != len(data):
             return None
     except Exception:
         return None
-    return ["ok", req_id, epoch, seq, ["put", table, namespace, records], result, before]
+    return ["ok", req_id, epoch, seq, change, result, before]
+
+
+def _records_of(u: msgpack.Unpacker, data: bytes, own: Own) -> list[Record]:
+    """The records array ``u`` is at: each one whose bytes are in ``own`` taken from it, the others decoded."""
+    records = []
+    for _ in range(u.read_array_header()):
+        start = u.tell()
+        u.skip()
+        end = u.tell()
+        record = own.get(data[start:end])
+        records.append(unpack_frozen(data[start:end]) if record is None else record)
+    return records
 
 
 _CHANGE = Field("change", optional=True, decode=lambda v, n: change_from_wire(v), encode=change_to_wire)

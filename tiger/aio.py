@@ -332,7 +332,7 @@ class AsyncClient(_Connection):
                 sent = True  # from here a cancellation may come after libzmq took the bytes
                 self._in_flight.add(req_id)
                 await self._socket.send(payload)
-                mine = p.own_records(payload) if type(request) is p.Insert else None  # while the writer works
+                mine = p.own_records_of(request, payload)  # decoded while the writer works
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
                 while True:
                     if self._answers:  # taken by a call of another event loop (see _late_answer)
