@@ -666,9 +666,10 @@ def test_blocks(child, tiger_client, i):
 """
 
 
-def interrupt_and_check_nothing_is_left(tmp_path: Path, source: str, ready: list[str]) -> None:
+def interrupt_and_check_nothing_is_left(tmp_path: Path, source: str, ready: list[str], group: bool = True) -> None:
     """Run ``source`` with ``-n 2`` in a process group of its own; once the files ``ready`` exist, Ctrl-C
-    the group; the run must end in time, and its processes, its writer and the factory's child with it."""
+    the group (``group``; else SIGINT to the controller alone, as ``kill -INT PID`` does); the run must end
+    in time, and its processes, its writer and the factory's child with it."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_ctrl_c.py").write_text(source)
@@ -680,7 +681,10 @@ def interrupt_and_check_nothing_is_left(tmp_path: Path, source: str, ready: list
         pids = {name: int((tmp_path / name).read_text()) for name in ("writer", "child") if name in ready}
         assert all(alive(pid) for pid in pids.values())
         interrupted = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
+        if group:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
+        else:
+            os.kill(proc.pid, signal.SIGINT)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
@@ -703,6 +707,15 @@ def test_ctrl_c_during_a_build_left_processes_behind(tmp_path):
 
 def test_ctrl_c_after_a_generator_build_left_processes_behind(tmp_path):
     interrupt_and_check_nothing_is_left(tmp_path, CTRL_C_AFTER_BUILD, ["child", "blocking", "writer"])
+    assert [line.split()[0] for line in lines(tmp_path / "log")] == ["teardown"]
+
+
+def test_a_sigint_to_the_controller_alone_after_a_generator_build_ends_the_run_without_waiting_out_the_timeout(tmp_path):
+    # the controller waited for the builders' teardowns (tiger_teardown_timeout, 300 s) while its workers sat
+    # idle waiting for xdist to stop them, which it does only after that wait
+    source = CTRL_C_AFTER_BUILD.replace("range(2)", "range(40)")
+    source = source.replace("threading.Event().wait(60)", "threading.Event().wait(0.2)")  # idle soon after the SIGINT
+    interrupt_and_check_nothing_is_left(tmp_path, source, ["child", "blocking", "writer"], group=False)
     assert [line.split()[0] for line in lines(tmp_path / "log")] == ["teardown"]
 
 

@@ -201,6 +201,7 @@ class _Run:
         self._client: Client | None = None
         self._started: Any = None  # the Server this process started: its Popen must live as long as the writer may
         self._previous_env: str | None = None
+        self.waited = False  # the controller waited for the builders' teardowns
         self._built: dict[str, str] = {}  # once keys with a teardown built here -> their outcome (None: not run yet)
         self._entered: tuple[pytest.Item, Callable[[], None]] | None = None  # the test whose namespace is the default
         self.report: list[str] = []  # the end-of-run lines (the controller's summary)
@@ -465,6 +466,7 @@ class _Run:
     def wait_for_builders(self) -> None:
         """The xdist controller, every worker done with its tests: let the builders tear down, wait for
         them (at most ``tiger_teardown_timeout``) and report."""
+        self.waited = True
         self.dir.mark_all_done()
         pending = self.dir.builders()
         deadline = time.monotonic() + self.teardown_timeout
@@ -780,10 +782,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The xdist controller, before xdist stops its workers: the builders among them tear down now."""
+    """The xdist controller, before xdist stops its workers: the builders among them tear down now. An
+    interrupted run's workers may sit idle, waiting for xdist to stop them (a SIGINT to the controller
+    alone): told that every test is done, they tear down as xdist stops them, and are waited for then
+    (``pytest_sessionfinish_after_fixtures``, after xdist's own; waiting here hung until the timeout)."""
     run = session.config.stash.get(_run_key, None)
     if run is not None and run.is_controller and run.dir.builders():
-        run.wait_for_builders()
+        if session.exitstatus == pytest.ExitCode.INTERRUPTED:
+            run.dir.mark_all_done()
+        else:
+            run.wait_for_builders()
 
 
 @pytest.hookimpl(trylast=True, specname="pytest_sessionfinish")
@@ -796,6 +804,8 @@ def pytest_sessionfinish_after_fixtures(session: pytest.Session) -> None:
     run.leave_test()  # a test interrupted (Ctrl-C, pytest.exit) before its own teardown
     if not run.is_controller:
         return
+    if session.exitstatus == pytest.ExitCode.INTERRUPTED and run.dir.builders() and not run.waited:
+        run.wait_for_builders()  # xdist (its trylast hook registered after this one: run before it) stopped them
     run.report_outcomes(run.label, run.tear_down())
     writer = run.dir.writer()
     if writer is not None and "error" in writer:  # a worker stopped the run with that line (xdist showed it)
