@@ -107,6 +107,24 @@ def test_serve_reports_an_address_in_use(foreground):
     assert "cannot bind" in out.stderr
 
 
+def test_a_second_writer_on_a_live_ipc_url_is_refused_and_the_first_keeps_its_clients(tmp_path):
+    # libzmq binds ipc by unlinking the file at the path: a second writer took the first one's path (new clients
+    # reached the second, empty, writer; what it acknowledged was lost when it stopped, removing the file, and
+    # the first, still running, was unreachable)
+    url = f"ipc://{tmp_path}/w"
+    with tiger.serve(url) as first, tiger.connect(url) as client:
+        client.table("t").insert({"id": "r1"})
+        out = subprocess.run([*TIGER, "serve", "--url", url], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2
+        assert f"cannot bind {url}: Address already in use: a process accepts connections at {tmp_path}/w" in out.stderr
+        with pytest.raises(tiger.TigerError, match="exited with code 2 before it was ready"):
+            tiger.serve(url)
+        with tiger.connect(url) as later:
+            assert later.stats()["pid"] == first.pid and [r["id"] for r in later.table("t").all()] == ["r1"]
+    with tiger.serve(url) as again, tiger.connect(url) as client:  # the path a stopped writer left: bound again
+        assert client.stats()["pid"] == again.pid
+
+
 def test_a_served_writer_exits_when_its_owner_is_killed(tmp_path):
     """tiger.serve() in a process that then dies of SIGKILL: its writer does not outlive it."""
     script = "import sys, tiger; s = tiger.serve(); print(s.pid, flush=True); sys.stdin.read()"
@@ -163,3 +181,15 @@ def test_a_wildcard_ipc_writer_leaves_no_directory_behind(tmp_path, monkeypatch)
         client.table("t").insert({"id": "a"})
         assert list(tmp_path.iterdir())  # the writer's socket directories, here while it runs
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe not text", b"no key here\n"], ids=["missing", "binary", "no-key"])
+def test_serve_names_the_curve_secret_it_cannot_read(tmp_path, content):
+    # a missing secret file was reported as "cannot use the data directory" (there was none)
+    secret = tmp_path / "secret"
+    if content is not None:
+        secret.write_bytes(content)
+    command = [*TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--curve-secret", str(secret)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert f"tiger: cannot read --curve-secret {secret}: " in out.stderr and "data directory" not in out.stderr

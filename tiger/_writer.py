@@ -17,12 +17,14 @@ the core, and reads the clock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
 import secrets
 import select
 import signal
+import socket
 import sys
 import time
 
@@ -104,6 +106,24 @@ def read_secret_key(path: str) -> bytes:
     raise ValueError(f"{path} holds no 'secret: <40 z85 characters>' line (make one with tiger keygen)")
 
 
+def _refuse_a_live_ipc_path(url: str) -> None:
+    """``EADDRINUSE`` (as tcp's bind raises for a port in use) when some process accepts connections at an
+    ipc URL's path. libzmq binds ipc by unlinking whatever file is there: a second writer on the URL of a
+    running one took its path (new clients reached the second, the first ran on unreachable, and the
+    writes the second acknowledged were lost with it). A stale file (connection refused) is left to
+    libzmq, which replaces it; an abstract name (``@``) the kernel refuses by itself."""
+    path = url[len("ipc://") :] if url.startswith("ipc://") else ""
+    if not path or path.startswith("@") or path.endswith("*") or not os.path.exists(path):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:  # refused (stale), not a socket, not ours to reach: libzmq's bind decides
+            return
+    raise zmq.ZMQError(errno.EADDRINUSE, f"Address already in use: a process accepts connections at {path} (a tiger writer?)")
+
+
 def publish_endpoint(url: str) -> str:
     """Where the writer binds its PUB socket, given its command URL."""
     if url.startswith("ipc://"):
@@ -181,6 +201,7 @@ class Writer:
                 sock.curve_publickey = public
                 sock.curve_server = True
         try:
+            _refuse_a_live_ipc_path(url)
             self.router.bind(url)
             self.pub.bind(publish_endpoint(url))
         except BaseException:
@@ -375,6 +396,10 @@ def serve_forever(
     logging.basicConfig(level=log_level, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
     try:
         secret = None if curve_secret is None else read_secret_key(curve_secret)
+    except (OSError, ValueError) as e:  # (not the data directory's: it was said to be, naming the wrong option)
+        print(f"tiger: cannot read --curve-secret {curve_secret}: {e}", file=sys.stderr)
+        return 2
+    try:
         writer = Writer(
             url,
             heartbeat=heartbeat,
