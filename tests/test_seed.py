@@ -124,3 +124,30 @@ def test_a_record_with_bytes_made_tiger_dump_fail_half_way(tmp_path):
 @pytest.mark.parametrize("value", [b"", b"\xff", {"$bytes": "x"}, {"$dict": {}}, [{"$x": b"1"}], {"a": {"$bytes": b"\x00"}}])
 def test_the_dump_form_reads_back_the_same_value(value):
     assert from_json(json.loads(json.dumps(to_json(value)))) == value
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (  # UTF-16 (a BOM), as an editor may save it: the codec's error named no file, no line, only a frozen frame
+            "\n".join(plans(2)).encode("utf-16"),
+            "seed.jsonl:1: not UTF-8 (byte 0xff at column 1): invalid start byte",
+        ),
+        (
+            ("\n".join(plans(2)) + "\n").encode() + b'{"table": "plans", "record": {"id": "plan_x", "name": "caf\xe9"}}\n',
+            "seed.jsonl:3: not UTF-8 (byte 0xe9 at column 59)",
+        ),
+        (  # a $bytes that is no base64: "Only base64 data is allowed", naming no field
+            ("\n".join(plans(1)) + "\n" + json.dumps({"table": "plans", "record": {"id": "b", "x": {"$bytes": "no!"}}})).encode(),
+            "seed.jsonl:2: record['x']: '$bytes' must hold base64",
+        ),
+    ],
+    ids=["utf-16", "latin-1-byte", "bad-base64"],
+)
+def test_a_seed_file_that_is_not_utf8_or_holds_bad_base64_is_refused_naming_its_file_line_and_field(tmp_path, content, message):
+    seed = tmp_path / "seed.jsonl"
+    seed.write_bytes(content)
+    with tiger.serve() as server:
+        out = tiger_cli("load", str(seed), "--url", server.url)
+        assert out.returncode == 1, out
+        assert message in out.stderr, out.stderr

@@ -29,8 +29,14 @@ class SeedError(ValueError):
 def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any]]]:
     """(table, namespace, record) for every record in a seed file, in file order, each checked as a
     write would be (``SeedError`` naming the file and line, or table and index, of the first bad one)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # (the codec's own message names no file nor line)
+        number = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SeedError(f"{path}:{number}: not UTF-8 (byte 0x{data[e.start]:02x} at column {column}): {e.reason}") from None
     try:
         whole = json.loads(text)
     except json.JSONDecodeError:
@@ -152,16 +158,20 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def from_json(value: Any) -> Any:
-    """A value as ``to_json`` wrote it, back in its stored form."""
+def from_json(value: Any, where: str = "record") -> Any:
+    """A value as ``to_json`` wrote it, back in its stored form; ``ValueError`` naming where (``where``) a
+    ``$bytes`` holds no base64."""
     if isinstance(value, dict):
         if len(value) == 1:
             ((key, inner),) = value.items()
             if key == "$bytes" and type(inner) is str:
-                return base64.b64decode(inner, validate=True)
+                try:
+                    return base64.b64decode(inner, validate=True)
+                except ValueError as e:  # binascii.Error: "Only base64 data is allowed", naming nothing
+                    raise ValueError(f"{where}: '$bytes' must hold base64 ({e})") from None
             if key == "$dict" and isinstance(inner, dict):
-                return {k: from_json(v) for k, v in inner.items()}
-        return {k: from_json(v) for k, v in value.items()}
+                return {k: from_json(v, f"{where}[{k!r}]") for k, v in inner.items()}
+        return {k: from_json(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, list):
-        return [from_json(item) for item in value]
+        return [from_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
     return value
