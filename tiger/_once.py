@@ -184,7 +184,6 @@ class Once:
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
         self._teardowns: dict[tuple[str, str], tuple[FactoryGenerator, bool]] = {}
-        self.hurry = False  # a tear-down waits no longer for the value's holders (a close was cancelled)
 
     def value(
         self, client: BlockingOnceClient, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool
@@ -349,7 +348,7 @@ class Once:
             if wait > 0 and client.replica.silent_for() <= client.heartbeat_timeout:
                 with contextlib.suppress(Timeout):
                     yield Until(
-                        lambda scope=scope, key=key: self.hurry or not _held(once_record(client, scope, key)),  # type: ignore[misc]
+                        lambda scope=scope, key=key: not _held(once_record(client, scope, key)),  # type: ignore[misc]
                         deadline,
                         lambda: "",
                     )

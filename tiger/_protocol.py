@@ -761,13 +761,21 @@ def own_records_of(request: Request, payload: bytes) -> Own | None:
     """The records a call carries (``payload``: its bytes), for ``decode_reply``: an insert's, a batch's
     inserts'; None for any other request."""
     if type(request) is Insert:
-        return own_records(payload)
+        stored = [_stored_as_sent(r) for r in request.records]
+        return own_records(payload, stored) if any(stored) else None
     if type(request) is BatchWrite and request.packed is not None:
-        return own_batch_records(request.packed)
+        stored_ops = [[_stored_as_sent(r) for r in op.records] if type(op) is Insert else [] for op in request.ops]
+        return own_batch_records(request.packed, stored_ops)
     return None
 
 
-def own_records(payload: bytes) -> Own | None:
+def _stored_as_sent(record: Any) -> bool:
+    """Whether the writer stores ``record`` as it is sent (a str id first, and a created): only those are
+    worth decoding from the call (the writer fills the others in: their answer's bytes differ)."""
+    return isinstance(record.get("id"), str) and "created" in record and next(iter(record)) == "id"
+
+
+def own_records(payload: bytes, stored: list[bool] | None = None) -> Own | None:
     """The records of an insert call's bytes (``encode_call`` of an ``Insert``), by their bytes, decoded as
     the writer decodes them; None for any other call. A client decodes them while the writer works, so
     that ``decode_reply`` need not decode the answer's copy of each once it comes."""
@@ -778,38 +786,44 @@ def own_records(payload: bytes) -> Own | None:
         u.skip()  # client id
         u.skip()  # expiry
         own: Own = {}
-        if _own_insert(u, payload, own):
+        if _own_insert(u, payload, own, stored):
             return own
     except Exception:  # (bytes this client made: not expected) the answer is then decoded whole
         pass
     return None
 
 
-def own_batch_records(packed_ops: tuple[bytes, ...]) -> Own | None:
-    """``own_records`` of a batch, from its operations packed one by one (``BatchWrite.packed``)."""
+def own_batch_records(packed_ops: tuple[bytes, ...], stored: list[list[bool]] | None = None) -> Own | None:
+    """``own_records`` of a batch, from its operations packed one by one (``BatchWrite.packed``); ``stored``:
+    for each operation, which of its records to take (all of them when None)."""
     own: Own = {}
     try:
-        for op in packed_ops:
-            if op[1:8] == b"\xa6insert":  # (after the array's header) the others carry no record to reuse
-                _own_insert(_frozen_unpacker(op), op, own)
+        for i, op in enumerate(packed_ops):
+            wanted = None if stored is None else stored[i]
+            if op[1:8] == b"\xa6insert" and (wanted is None or any(wanted)):  # (after the array's header)
+                _own_insert(_frozen_unpacker(op), op, own, wanted)
     except Exception:
         return None
     return own or None
 
 
-def _own_insert(u: msgpack.Unpacker, data: bytes, own: Own) -> bool:
-    """Into ``own``, the records of the insert request ``u`` is at (in ``data``); False if it is none."""
+def _own_insert(u: msgpack.Unpacker, data: bytes, own: Own, stored: list[bool] | None) -> bool:
+    """Into ``own``, the records of the insert request ``u`` is at (in ``data``), those ``stored`` says (all
+    when None); False if it is no insert."""
     if u.read_array_header() != 7 or u.unpack() != "insert":
         return False
     for _ in range(4):  # req id, table, namespace, prefix
         u.skip()
     count = u.read_array_header()
-    start = u.tell()
-    for _ in range(count):
+    if stored is not None and len(stored) != count:
+        return False
+    for i in range(count):
+        if stored is not None and not stored[i]:
+            u.skip()
+            continue
+        start = u.tell()
         record = u.unpack()
-        end = u.tell()
-        own[data[start:end]] = record
-        start = end
+        own[data[start : u.tell()]] = record
     return True
 
 

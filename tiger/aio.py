@@ -40,8 +40,8 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import zmq
 
@@ -62,7 +62,6 @@ from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
 from tiger._table import GLOBAL, Record, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
-_T = TypeVar("_T")
 log = logging.getLogger("tiger.client")
 
 
@@ -157,18 +156,18 @@ class AsyncClient(_Connection):
     async def close(self) -> None:
         """Run the teardowns of the once values this client built (awaiting async generators), wait for a
         call in flight (at most ``timeout`` seconds), say goodbye to the writer, stop the replica, close the
-        sockets. Idempotent. A teardown that raised is raised again at the end. Cancelled, it waits no
-        longer for the values' other holders but still runs the teardowns to their end (cleanup: in a task
-        of their own, and under anyio in a shielded cancel scope, as anyio cancels again at every await),
-        closes, then raises the cancellation. An async client made by ``sharing`` closes only its own
-        socket."""
+        sockets. Idempotent. A teardown that raised is raised again at the end. Cancelled, it still closes
+        (the teardowns not run yet are logged, not run). Under anyio, the teardowns run in a shielded
+        cancel scope (at most twice ``timeout`` seconds): anyio cancels again at every await, so a close in
+        a cancelled scope or task group ran none of them and kept their keys. An async client made by
+        ``sharing`` closes only its own socket."""
         if self._closed:
             return
         errors: list[tuple[str, BaseException]] = []
-        cancelled: BaseException | None = None
         try:
-            if os.getpid() == self._pid and self._shared is None and self._once._teardowns:
-                errors, cancelled = await _to_its_end(self.tear_down_once_values(wait=self.timeout), self._hurry)
+            if os.getpid() == self._pid and self._shared is None:
+                with _shielded_under_anyio(2 * self.timeout):  # in this task: the teardown's context and scopes are its own
+                    errors = await self.tear_down_once_values(wait=self.timeout)
         finally:
             if self._once._teardowns:
                 log.warning("closing %r with once teardowns not run: %s", self, sorted(k for _, k in self._once._teardowns))
@@ -181,16 +180,8 @@ class AsyncClient(_Connection):
                 self._close_now()
                 if acquiring.done() and not acquiring.cancelled():
                     lock.release()
-        if cancelled is not None:  # the teardowns ran to their end first
-            raise cancelled
         if errors:
             raise errors[0][1]
-
-    def _hurry(self) -> None:
-        """A cancelled close: its teardowns wait no longer for the values' other holders."""
-        self._once.hurry = True
-        with self.replica.changed:  # the waits look again
-            self.replica.changed.notify_all()
 
     def _close_now(self) -> None:
         """Close without awaiting anything (no teardowns): the sockets, the replica, the context."""
@@ -635,27 +626,13 @@ class _AwaitedSocket:
         self.sock.close(linger=linger)
 
 
-async def _to_its_end(coroutine: Coroutine[Any, Any, _T], hurry: Callable[[], None]) -> tuple[_T, BaseException | None]:
-    """Await ``coroutine`` to its end in a task of its own, even when the caller is cancelled meanwhile
-    (then ``hurry()`` is called once: what can be cut short should be); returns its result and the
-    caller's cancellation, to raise once the caller's cleanup is done. For cleanup that must not be cut
-    short (once teardowns). anyio's cancel scopes cancel a task again at every await (one teardown was
-    lost that way: anyio.move_on_after around a client's ``async with``): when anyio is imported, a
-    shielded scope of its own keeps them from doing so while this waits."""
-    task = asyncio.ensure_future(coroutine)
+def _shielded_under_anyio(seconds: float) -> contextlib.AbstractContextManager[Any]:
+    """Where anyio is imported: a cancel scope shielded from outer cancellation for at most ``seconds``
+    (anyio's own way to let cleanup await under a cancelled scope); else nothing."""
     anyio = sys.modules.get("anyio")
-    shield = anyio.CancelScope(shield=True) if anyio is not None else contextlib.nullcontext()
-    cancelled: BaseException | None = None
-    with shield:
-        while True:
-            try:
-                return await asyncio.shield(task), cancelled
-            except asyncio.CancelledError as e:
-                if task.cancelled():  # the task itself (its loop closing): nothing left to wait for
-                    raise
-                if cancelled is None:
-                    hurry()
-                cancelled = e
+    if anyio is None:
+        return contextlib.nullcontext()
+    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + seconds)  # type: ignore[no-any-return]
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

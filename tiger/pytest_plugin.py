@@ -541,6 +541,34 @@ class _BuildInterrupted(KeyboardInterrupt):
     caller (if the run goes on), not the key's outcome."""
 
 
+def _is_coroutine(factory: object) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(factory) or inspect.iscoroutinefunction(type(factory).__call__)
+
+
+def _is_async_generator(factory: object) -> bool:
+    """An async generator function, or an object whose ``__call__`` is one."""
+    return inspect.isasyncgenfunction(factory) or inspect.isasyncgenfunction(type(factory).__call__)
+
+
+def _is_async(factory: object) -> bool:
+    return _is_coroutine(factory) or _is_async_generator(factory)
+
+
+def asyncio_running_loop() -> Any:
+    """The asyncio loop running in this thread, or None (asyncio not imported: none)."""
+    asyncio = sys.modules.get("asyncio")
+    return None if asyncio is None else asyncio._get_running_loop()
+
+
+def _named(wrapper: Callable[..., Any], factory: Callable[..., Any]) -> Callable[..., Any]:
+    """``wrapper`` named as ``factory`` in errors (``functools.wraps`` finds no ``__qualname__`` on a
+    callable instance)."""
+    functools.update_wrapper(wrapper, factory)
+    wrapper.__qualname__ = getattr(factory, "__qualname__", type(factory).__qualname__)
+    return wrapper
+
+
 def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
     """The factory, with what stops a build from outside turned into an interruption: pytest-timeout's
     failure is no verdict on the factory, and ``pytest.exit`` ends the run, not the key. Of the same
@@ -553,7 +581,6 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
 
     if inspect.isgeneratorfunction(factory):
 
-        @functools.wraps(factory)  # named as the factory in errors
         def generator() -> Iterator[Any]:
             steps = factory()
             try:
@@ -567,11 +594,10 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
             yield value
             yield from steps  # the teardown
 
-        return generator
+        return _named(generator, factory)
 
-    if inspect.isasyncgenfunction(factory):
+    if _is_async_generator(factory):
 
-        @functools.wraps(factory)  # named as the factory in errors
         async def async_generator() -> AsyncIterator[Any]:
             from tiger._once import _adopted_by_no_loop
 
@@ -588,11 +614,10 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
             async for step in steps:  # the teardown (an async generator yields once here: nothing more)
                 yield step
 
-        return async_generator
+        return _named(async_generator, factory)
 
-    if inspect.iscoroutinefunction(factory):
+    if _is_coroutine(factory):
 
-        @functools.wraps(factory)  # named as the factory in errors
         async def coroutine() -> Any:
             try:
                 return await factory()
@@ -601,9 +626,8 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
                     raise _BuildInterrupted(str(e)) from e
                 raise
 
-        return coroutine
+        return _named(coroutine, factory)
 
-    @functools.wraps(factory)  # named as the factory in errors
     def plain() -> Any:
         try:
             return factory()
@@ -612,7 +636,7 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
                 raise _BuildInterrupted(str(e)) from e
             raise
 
-    return plain
+    return _named(plain, factory)
 
 
 _INTERRUPTED = "interrupted"  # a teardown's outcome when Ctrl-C stopped it
@@ -904,7 +928,13 @@ def tiger_once(pytestconfig: pytest.Config) -> Callable[..., Any]:
 
     def once(key: str, factory: Callable[[], Any], timeout: float | None = None) -> Any:
         __tracebackhide__ = True
-        if inspect.iscoroutinefunction(factory) or inspect.isasyncgenfunction(factory):
+        if _is_async(factory):
+            if asyncio_running_loop() is None:  # a sync fixture or test: it would get a coroutine, never awaited
+                name = getattr(factory, "__qualname__", type(factory).__qualname__)
+                raise TypeError(
+                    f"tiger_once({key!r}, {name}): an async factory is awaited, `await tiger_once(key, factory)`, in an "
+                    "async fixture or test; this call runs in no event loop"
+                )
             return run.once_async(key, factory, timeout)  # awaited by the async fixture or test that called
         return run.once(key, factory, timeout)
 
