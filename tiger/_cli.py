@@ -67,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             check_url(args.url)
             check_seconds(args.heartbeat, "--heartbeat", positive=True)
+            if args.compact_bytes <= 0:
+                raise ValueError(f"--compact-bytes must be a number of bytes above 0, got {args.compact_bytes}")
+            if args.data is not None and not args.data.strip():
+                raise ValueError("--data must name a directory (without --data the store is kept in memory only)")
             return serve_forever(
                 args.url,
                 log_level=args.log_level.upper(),

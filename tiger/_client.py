@@ -27,7 +27,7 @@ from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since,
 from tiger._once import Once
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
-from tiger._server import secure
+from tiger._server import check_url, secure
 from tiger._table import (
     GLOBAL,
     RESERVED_PREFIX,
@@ -184,10 +184,7 @@ class _Connection:
         unsupported = unsupported_environment()
         if unsupported is not None:
             raise TigerError(unsupported)
-        if type(url) is not str:
-            raise TypeError(f"url must be a str, not {type(url).__name__}")
-        if not url.startswith(("tcp://", "ipc://")):
-            raise ValueError(f"url must start with tcp:// or ipc://, got {url!r}")
+        check_url(url)
         self.timeout: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
         self.url = url
         self._server_key = server_key

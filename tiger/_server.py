@@ -41,6 +41,9 @@ def check_url(url: object) -> str:
             raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} characters, got {len(path)}: {url!r}")
         return url
     if url.startswith("tcp://") and ":" in url[len("tcp://") :]:
+        port = url.rsplit(":", 1)[1]
+        if port != "*" and not (port.isdigit() and port.isascii() and int(port) <= 65535):  # libzmq wraps 99999 to 34463
+            raise ValueError(f"url: a tcp port must be * or 0 to 65535, got {port!r}: {url!r}")
         return url
     raise ValueError(f"url must be tcp://HOST:PORT or ipc://PATH, got {url!r}")
 
