@@ -213,3 +213,12 @@ def test_serve_refuses_what_it_silently_bent(arguments, message):
 def test_connect_refuses_a_tcp_port_out_of_range():
     with pytest.raises(ValueError, match="url: a tcp port must be"):
         tiger.connect("tcp://127.0.0.1:99999", timeout=0.5)
+
+
+@pytest.mark.parametrize("command", [["dump"], ["compact"], ["load", "seed.jsonl"]])
+def test_a_command_says_at_once_that_nothing_listens_at_its_url(tmp_path, command):
+    # dump, load and compact waited out the 5 s timeout where tiger stats says at once that nothing is bound there
+    (tmp_path / "seed.jsonl").write_text('{"table": "t", "record": {"id": "a"}}\n')
+    url = f"ipc://{tmp_path}/nothing"
+    out = subprocess.run([*TIGER, *command, "--url", url], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert out.returncode != 0 and f"the tiger writer at {url} is not there: nothing is bound at that path" in out.stderr

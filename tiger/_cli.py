@@ -12,7 +12,7 @@ from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._protocol import Compact
-from tiger._server import check_url, ping
+from tiger._server import _refused, check_url, ping
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _connected(url: str) -> Client:
+    """``connect(url)``, at once ``Unavailable`` when nothing listens there (as ``tiger stats`` says it):
+    connect would wait out its timeout (ZeroMQ retries a refused connection silently)."""
+    refused = _refused(check_url(url))
+    if refused is not None:
+        raise Unavailable(f"the tiger writer at {url} is not there: {refused}")
+    return connect(url)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -86,12 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "load":
             from tiger._seed import load_files
 
-            with connect(check_url(args.url)) as client:
+            with _connected(args.url) as client:
                 count = load_files(client, [args.file])
             print(f"loaded {count} records from {args.file}")
             return 0
         if args.command == "compact":
-            with connect(check_url(args.url)) as client:
+            with _connected(args.url) as client:
                 result = client._request(Compact(next(client._req_ids))).result
             print(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
             return 0
@@ -103,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dump":
             from tiger._seed import dump_lines
 
-            with connect(check_url(args.url)) as client:
+            with _connected(args.url) as client:
                 for line in dump_lines(client):
                     sys.stdout.write(line + "\n")
             return 0

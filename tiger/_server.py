@@ -262,11 +262,23 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
 
 def _refused(url: str) -> str | None:
     """Why nothing can answer at ``url`` (a missing or stale ipc socket file, a refused tcp port), or None."""
+    state = accepting(url)
+    if state == "absent":
+        return "nothing is bound at that path"
+    if state == "refused":
+        return "nothing listens there (connection refused)"
+    return None
+
+
+def accepting(url: str) -> str | None:
+    """Whether something accepts connections at ``url``, probed with a plain socket: "yes", "refused",
+    "absent" (no file at an ipc path), or None when it cannot tell (an unknown host, a timeout, a path
+    that is no socket, a wildcard port)."""
     try:
         if url.startswith("ipc://"):
             path = url[len("ipc://") :]
             if not os.path.exists(path):
-                return "nothing is bound at that path"
+                return "absent"
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.settimeout(1.0)
                 probe.connect(path)
@@ -276,7 +288,8 @@ def _refused(url: str) -> str | None:
                 return None
             socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
     except ConnectionRefusedError:
-        return "nothing listens there (connection refused)"
-    except (OSError, ValueError):  # unknown host, a timeout, a path that is no socket: let the request tell
+        return "refused"
+    except (OSError, ValueError):
         return None
+    return "yes"
     return None

@@ -24,7 +24,6 @@ import os
 import secrets
 import select
 import signal
-import socket
 import sys
 import time
 
@@ -35,6 +34,7 @@ from tiger import _table
 from tiger._core import WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 from tiger._process import ProcessWatch
+from tiger._server import accepting
 from tiger._snapshots import PEER_HWM, STALL, Outgoing, PeerGone
 
 log = logging.getLogger("tiger.writer")
@@ -113,15 +113,8 @@ def _refuse_a_live_ipc_path(url: str) -> None:
     writes the second acknowledged were lost with it). A stale file (connection refused) is left to
     libzmq, which replaces it; an abstract name (``@``) the kernel refuses by itself."""
     path = url[len("ipc://") :] if url.startswith("ipc://") else ""
-    if not path or path.startswith("@") or path.endswith("*") or not os.path.exists(path):
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:  # refused (stale), not a socket, not ours to reach: libzmq's bind decides
-            return
-    raise zmq.ZMQError(errno.EADDRINUSE, f"Address already in use: a process accepts connections at {path} (a tiger writer?)")
+    if path and not path.startswith("@") and not path.endswith("*") and accepting(url) == "yes":
+        raise zmq.ZMQError(errno.EADDRINUSE, f"Address already in use: a process accepts connections at {path} (a tiger writer?)")
 
 
 def publish_endpoint(url: str) -> str:
