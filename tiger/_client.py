@@ -346,10 +346,7 @@ class _Connection:
         client's timeout from now). The call expires at the writer a little before that deadline (on the
         writer's clock), after which the writer refuses it: a call that raised is never applied later.
         Raises (nothing sent) if the client is closed or forked, the writer silent, or the call too big."""
-        if self._closed:
-            raise TigerError("this client is closed")
-        if os.getpid() != self._pid:
-            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+        self._check_open()
         replica = self._replica
         if replica is not None and replica.silent_for() > self.heartbeat_timeout:
             raise Unavailable(f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s")
