@@ -140,7 +140,6 @@ class Subscription:
         "queue",
         "sleepers",
         "tables",
-        "waiters",
     )
 
     def __init__(self, tables: frozenset[str] | None, namespace: str | None, max_queued: int, name: str) -> None:
@@ -149,9 +148,8 @@ class Subscription:
         self.max_queued = max_queued
         self.name = name  # how errors name the feed
         self.queue: deque[Change] = deque()
-        self.cond = threading.Condition(threading.Lock())
+        self.cond = Waking()  # threads wait on it, asyncio readers await its futures
         self.sleepers = 0  # threads waiting on cond
-        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # asyncio readers waiting
         self.overflow: str | None = None  # why the queue was dropped
         self.ended: tuple[type[TigerError], str] | None = None  # the replica stopped: what to raise
         self.closed = False
@@ -183,9 +181,7 @@ class Subscription:
                 self.done = True
             else:
                 self.queue.extend(changes)
-            waiters = self._wake()
-        if waiters:
-            wake(waiters)
+            self._wake()
 
     def end(self, error: type[TigerError], message: str) -> None:
         """The replica stopped: the reader gets ``error(message)`` once the queued changes are read."""
@@ -193,18 +189,14 @@ class Subscription:
             if self.ended is None:
                 self.ended = (error, message)
             self.done = True
-            waiters = self._wake()
-        if waiters:
-            wake(waiters)
+            self._wake()
 
     def close(self) -> None:
         """The reader is done: reads end the iteration from now on."""
         with self.cond:
             self.closed = self.done = True
             self.queue.clear()
-            waiters = self._wake()
-        if waiters:
-            wake(waiters)
+            self._wake()
 
     def abandon(self) -> None:
         """Its Feed was collected: takes no lock (a collection may run on a thread holding it); the
@@ -224,18 +216,15 @@ class Subscription:
             raise self.ended[0](self.ended[1])
         return None
 
-    def _wake(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None:
-        """Holding ``cond``: wake the sleeping threads, and hand back the waiting tasks (the list is
-        emptied) for the caller to ``wake`` once it has let go of ``cond``: woken at once through their
-        loop's self-pipe, a task would otherwise find ``cond`` still held (measured: the loop thread
-        blocked on it, one more thread switch per change of an async feed)."""
-        if self.sleepers:
+    @property
+    def waiters(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        """The asyncio readers waiting (their loops and futures)."""
+        return self.cond._futures
+
+    def _wake(self) -> None:
+        """Holding ``cond``: the waiting threads now, the waiting tasks once ``cond`` is let go."""
+        if self.sleepers or self.cond._futures:
             self.cond.notify_all()
-        waiters = self.waiters
-        if not waiters:
-            return None  # (not the list itself: a task may add itself to it once ``cond`` is let go)
-        self.waiters = []
-        return waiters
 
 
 class _Closed(Exception):
@@ -259,6 +248,47 @@ def wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) 
         except RuntimeError:  # its loop is closed
             pass
     waiters.clear()
+
+
+class Waking(threading.Condition):
+    """A lock and a condition for threads (``wait``) and asyncio tasks (``future``). ``notify_all``,
+    called holding the lock, wakes the waiting threads at once and the waiting tasks as the lock is let
+    go (``with`` is how every caller holds it): woken at once through their loop's self-pipe, a task
+    found the lock still held and blocked its loop on it (seen with py-spy after each change of an async
+    feed). The replica's ``Changes`` and each feed's ``Subscription.cond``."""
+
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # tasks waiting
+        self._due: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # woken once the lock is let go
+
+    def future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A future of ``loop`` resolved at the next ``notify_all``. Call it holding the lock."""
+        future: asyncio.Future[None] = loop.create_future()
+        self._futures.append((loop, future))
+        return future
+
+    def forget(self, future: asyncio.Future[None]) -> None:
+        """A future no task awaits any more (its wait ended). Call it holding the lock."""
+        future.cancel()
+        try:
+            self._futures.remove((future.get_loop(), future))
+        except ValueError:  # resolved and cleared by notify_all already
+            pass
+
+    def notify_all(self) -> None:
+        super().notify_all()
+        if self._futures:
+            self._due += self._futures
+            self._futures = []
+
+    def __exit__(self, *exc: object) -> None:
+        due = self._due
+        if due:
+            self._due = []
+        self.release()
+        if due:
+            wake(due)
 
 
 _NO_LOOP = (
@@ -586,10 +616,7 @@ class Feed:
                     change = sub.take()
                     if change is not None:
                         return change
-                    loop = running_loop()
-                    future: asyncio.Future[Any] = loop.create_future()
-                    waiter = (loop, future)
-                    sub.waiters.append(waiter)
+                    future: asyncio.Future[Any] = sub.cond.future(running_loop())
                 timer = None if deadline is None else self._alarm.set(future, deadline - time.monotonic())
                 try:  # a cancellation, even one that comes as the future resolves, consumes nothing
                     expired = await future is _EXPIRED
@@ -597,10 +624,8 @@ class Feed:
                     if timer is not None:
                         timer.cancel()
                     if not future.done() or future.cancelled() or future.result() is _EXPIRED:
-                        future.cancel()
-                        with sub.cond:  # not woken: still listed (``wake`` clears the list it wakes)
-                            if waiter in sub.waiters:
-                                sub.waiters.remove(waiter)
+                        with sub.cond:  # not woken: still listed (``notify_all`` takes the ones it wakes)
+                            sub.cond.forget(future)
                 if expired:
                     with sub.cond:
                         change = sub.take()

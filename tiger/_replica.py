@@ -20,7 +20,6 @@ with a seq above the snapshot's.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import itertools
 import logging
@@ -36,7 +35,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
-from tiger._feed import History, Subscription, deliver, deliver_reset, running_loop, subscribe, wake, woken
+from tiger._feed import History, Subscription, Waking, deliver, deliver_reset, running_loop, subscribe, woken
 from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
@@ -154,50 +153,11 @@ class Sequencer:
         return f"heartbeat at seq {self._announced}, replica at {self.seq}"
 
 
-class Changes(threading.Condition):
+class Changes(Waking):
     """The replica's lock and its signal that something changed (a change applied, the replica ready,
-    stopped or failed), for threads (``wait``) and asyncio tasks (``future``): ``notify_all`` wakes both.
-
-    A task never blocks on the lock for long (it is held only while a change is applied or a predicate
-    checked) and never waits on the condition: it awaits a future that ``notify_all`` resolves through
-    its event loop's ``call_soon_threadsafe`` (the replica thread is not the loop's thread).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(threading.Lock())
-        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._due: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # woken once the lock is let go
-
-    def future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-        """A future of ``loop`` resolved at the next ``notify_all``. Call it holding the lock."""
-        future: asyncio.Future[None] = loop.create_future()
-        self._futures.append((loop, future))
-        return future
-
-    def forget(self, future: asyncio.Future[None]) -> None:
-        """A future no task awaits any more (its wait ended). Call it holding the lock."""
-        future.cancel()
-        try:
-            self._futures.remove((future.get_loop(), future))
-        except ValueError:  # resolved and cleared by notify_all already
-            pass
-
-    def notify_all(self) -> None:
-        """Holding the lock: wake the waiting threads now, the waiting tasks as the lock is let go (``with``
-        is how every caller holds it): woken at once through their loop's self-pipe, a task would find
-        the lock still held and block its loop on it."""
-        super().notify_all()
-        if self._futures:
-            self._due += self._futures
-            self._futures = []
-
-    def __exit__(self, *exc: object) -> None:
-        due = self._due
-        if due:
-            self._due = []
-        self.release()
-        if due:
-            wake(due)
+    stopped or failed), for threads (``wait``) and asyncio tasks (``future``): ``notify_all`` wakes both
+    (see ``Waking``). A task never blocks on the lock for long: it is held only while a change is applied
+    or a predicate checked."""
 
 
 class Replica:
