@@ -52,6 +52,11 @@ def check_seconds(value: object, what: str, *, positive: bool = False, no_limit:
     return seconds
 
 
+def callable_name(function: object) -> str:
+    """How errors name a user's callable: its qualified name, or its class's for an instance."""
+    return getattr(function, "__qualname__", None) or type(function).__qualname__
+
+
 MAX_ASKING = 64  # calls asked again at once, at most; a gap beyond them is left to a resync
 MAX_ASKING_BYTES = 64 << 20  # and the bytes they hold
 

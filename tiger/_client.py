@@ -21,7 +21,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import Batch
-from tiger._calls import GIVE_UP, RESEND, Attempts, check_seconds
+from tiger._calls import GIVE_UP, RESEND, Attempts, callable_name, check_seconds
 from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
@@ -726,7 +726,8 @@ class _TableReads:
         if not callable(predicate):
             raise TypeError(f"predicate must be callable, not {type(predicate).__name__}")
         if inspect.iscoroutinefunction(predicate) or inspect.iscoroutinefunction(type(predicate).__call__):
-            raise TypeError(f"predicate must be a plain function, not the coroutine function {_name(predicate)}: {_NOT_AWAITED}")
+            name = callable_name(predicate)
+            raise TypeError(f"predicate must be a plain function, not the coroutine function {name}: {_NOT_AWAITED}")
         wait = check_timeout(timeout)
         self._client._check_open()
         ns = _current()
@@ -740,7 +741,7 @@ class _TableReads:
             if inspect.isawaitable(verdict):  # (truthy: every record would match)
                 if inspect.iscoroutine(verdict):
                     verdict.close()  # never awaited: no warning for it
-                raise TypeError(f"predicate {_name(predicate)} returned {type(verdict).__name__}: {_NOT_AWAITED}")
+                raise TypeError(f"predicate {callable_name(predicate)} returned {type(verdict).__name__}: {_NOT_AWAITED}")
             return bool(verdict)
 
         return ns, deadline, lambda: Timeout(message), accepts
@@ -865,10 +866,6 @@ class Table(_TableReads):
 
 
 _NOT_AWAITED = "wait_until calls it with each record and takes its result as true or false, without awaiting it"
-
-
-def _name(function: object) -> str:
-    return getattr(function, "__qualname__", None) or type(function).__name__
 
 
 def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float | None) -> Record | None:

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
+from tiger._calls import callable_name
 from tiger._errors import OnceFailed, TigerError, Timeout
 from tiger._feed import running_loop
 from tiger._table import ONCE_TABLE, Record, check_value
@@ -538,7 +539,7 @@ class _AsyncFactory(TypeError):
 
 
 def _async_factory(factory: Callable[[], Any], kind: str) -> _AsyncFactory:
-    name = getattr(factory, "__qualname__", None) or repr(factory)
+    name = callable_name(factory)
     return _AsyncFactory(
         f"factory {name} is asynchronous ({kind}); the blocking Client.once cannot await it: "
         "use tiger.aio (await client.once(key, factory)), or in pytest await tiger_once(key, factory)"

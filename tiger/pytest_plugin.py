@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from tiger._calls import check_seconds
+from tiger._calls import callable_name, check_seconds
 from tiger._errors import OnceFailed, TigerError
 from tiger._process import ProcessWatch, stop_process
 
@@ -565,7 +565,7 @@ def _named(wrapper: Callable[..., Any], factory: Callable[..., Any]) -> Callable
     """``wrapper`` named as ``factory`` in errors (``functools.wraps`` finds no ``__qualname__`` on a
     callable instance)."""
     functools.update_wrapper(wrapper, factory)
-    wrapper.__qualname__ = getattr(factory, "__qualname__", type(factory).__qualname__)
+    wrapper.__qualname__ = callable_name(factory)
     return wrapper
 
 
@@ -930,7 +930,7 @@ def tiger_once(pytestconfig: pytest.Config) -> Callable[..., Any]:
         __tracebackhide__ = True
         if _is_async(factory):
             if asyncio_running_loop() is None:  # a sync fixture or test: it would get a coroutine, never awaited
-                name = getattr(factory, "__qualname__", type(factory).__qualname__)
+                name = callable_name(factory)
                 raise TypeError(
                     f"tiger_once({key!r}, {name}): an async factory is awaited, `await tiger_once(key, factory)`, in an "
                     "async fixture or test; this call runs in no event loop"
