@@ -239,6 +239,50 @@ def test_a_restarted_writer_on_a_new_publish_port_is_followed():
     client.close()
 
 
+def test_a_replica_hears_every_client_after_writer_restarts(tmp_path, monkeypatch):
+    """Regression: at each reconnection libzmq's SUB sends its subscriptions again (the replica has 765
+    prefixes, every topic but its own), and silently drops those past its SNDHWM (1000 by default, counting
+    ones sent before), so after a writer restart the last ~30 in its order (first topic bytes 0xe1-0xff here)
+    were gone: every change of a client with such a topic was missed and cost a snapshot reload."""
+    # the reader's topic sorts first, its writers' last
+    monkeypatch.setattr(p, "new_client_id", iter(["010101" + "00" * 5]).__next__)
+    url, data = f"ipc://{tmp_path}/w", tmp_path / "data"
+    server = tiger.serve(url, data=data)
+    reader = tiger.connect(url, timeout=10)
+    monkeypatch.undo()
+    try:
+        feed = reader.watch(namespace=None, timeout=30)
+        for restart in range(3):  # the drops came at every other reconnection
+            kill(server)
+            server = tiger.serve(url, data=data)
+            assert next(feed).op == "reset"  # the reader noticed the new writer and reloaded
+            monkeypatch.setattr(p, "new_client_id", iter(["ffffff" + f"{restart:02x}" * 5]).__next__)
+            with tiger.connect(url) as writer:
+                monkeypatch.undo()
+                writer.table("t").insert({"id": f"after-restart-{restart}"})
+                change = next(feed)
+                assert (change.op, change.id) == ("put", f"after-restart-{restart}"), "published, not reloaded"
+    finally:
+        reader.close()
+        server.stop()
+
+
+def test_a_replica_whose_writer_is_gone_longer_than_its_queue_still_closes(tmp_path):
+    """Regression: the replica thread sent a heartbeat (and a hello) to the writer at every tick with a
+    blocking send; with the writer gone, its DEALER queued them until its SNDHWM (1000 messages, about four
+    minutes at the default heartbeat), then the send blocked for good: the thread no longer listened, and
+    close() waited for it in vain. A tick of 5 ms fills the queue in seconds here."""
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--heartbeat", "0.005")
+    client = tiger.connect(url, timeout=2)
+    proc.kill()
+    proc.communicate(timeout=10)
+    wait(lambda: client.replica.unsent > 0, timeout=60, what="the replica's queue to the writer full")
+    awake = client.replica.last_awake
+    wait(lambda: client.replica.last_awake > awake, what="the replica thread listening on")
+    client.close()
+    assert not client.replica._thread.is_alive(), "the replica thread was left blocked"
+
+
 # -- stuck readers -----------------------------------------------------------------------------------
 
 READER = """

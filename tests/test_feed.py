@@ -631,18 +631,7 @@ def test_a_writer_restart_gives_the_feed_one_reset_then_the_new_writers_changes(
             assert plans.get("before") is not None  # re-read after a reset: the data directory kept it
             with tiger.namespace("elsewhere"):
                 other.table("plans").insert({"id": "after"})
-            # a second resync may come first: under load (1 run in ~25 beside a busy loop) the replica missed
-            # the new writer's first publication right after its first resync ("heartbeat at seq 1, replica at
-            # 0") and reloaded again; each resync is one reset, and what its snapshot holds is re-read from the
-            # table, not yielded (an open fault: see the session's closing note). Nothing is lost either way.
-            change = next(feed)
-            while change.op == "reset":
-                with tiger.namespace("elsewhere"):
-                    if plans.get("after") is not None:  # in the later snapshot
-                        break
-                change = next(feed)
-            else:
-                assert shown(change) == ("put", "plans", "elsewhere", "after")
+            assert shown(next(feed)) == ("put", "plans", "elsewhere", "after")
 
 
 def test_a_read_waits_at_most_the_feeds_timeout_and_says_which_feed_and_how_long(connect, ns):

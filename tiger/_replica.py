@@ -41,6 +41,7 @@ from tiger._table import Change, Put, Rows, Store
 log = logging.getLogger("tiger.replica")
 
 SUB_HWM = 200_000
+SNDHWM = 1000  # messages the replica's DEALER queues for a writer not taking them; past it, dropped (_send)
 _ID = operator.itemgetter("id")
 
 
@@ -182,6 +183,7 @@ class Replica:
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.resyncs = 0
+        self.unsent = 0  # messages to the writer dropped: its queue was full (the writer gone or paused long)
         self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
         self.last_heard = time.monotonic()
         self.last_awake = self.last_heard  # the replica thread's last wake-up: it was listening until then
@@ -389,6 +391,9 @@ class Replica:
         sub: zmq.Socket[Any] = self._ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, SUB_HWM)
+        # subscriptions are messages the SUB sends, resent in full at each reconnection: past SNDHWM libzmq drops
+        # them silently (the topics they covered then never arrive), so no limit (765 + a few per reconnection)
+        sub.setsockopt(zmq.SNDHWM, 0)
         for prefix in p.subscriptions(self._topic):  # every topic but this client's own changes
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
         self._everything = False
@@ -451,10 +456,10 @@ class Replica:
                             lost = self._seq.lost(time.monotonic())  # a gap no call in flight can fill
                         if lost is not None:
                             raise _Resync(lost)
-                        dealer.send(p.encode_request(p.Beat(self._client_id)))
+                        self._send(dealer, p.encode_request(p.Beat(self._client_id)))
                         if self.silent_for() > self._heartbeat * 3:
                             # the writer may be gone, or back with a new epoch and PUB endpoint: ask it
-                            dealer.send(p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
+                            self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
                 except _Resync as why:
                     log.info("replica resynchronising: %s", why)
                     self.resyncs += 1
@@ -494,7 +499,7 @@ class Replica:
         with self.changed:
             due = self._calls.due(time.monotonic())
         for payload in due:
-            dealer.send(payload)
+            self._send(dealer, payload)  # unsent: forgotten once asked too long ago, then a gap left is a resync
 
     def _answer(self, sub: zmq.Socket[Any], data: bytes) -> None:
         """A reply on the replica's own DEALER: a call asked again, a late sync answer, or a Hello's."""
@@ -518,7 +523,7 @@ class Replica:
     def _await_writer(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
         """Ask Hello until the writer answers (or stop), following it to a new PUB endpoint; then resync."""
         while True:
-            dealer.send(p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
+            self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
             if self._wait(dealer, self._heartbeat):
                 try:
                     self._answer(sub, dealer.recv())
@@ -538,10 +543,23 @@ class Replica:
             raise _Stopped
         return sock in events
 
+    def _send(self, dealer: zmq.Socket[Any], payload: bytes) -> bool:
+        """Queue ``payload`` for the writer without blocking; False (counted in ``unsent``) if the DEALER's
+        queue is full. A DEALER with no writer to take its messages queues them, up to ``SNDHWM``, then a
+        blocking send waits for one: the replica thread would stop listening (and answering ``stop()``)
+        until a writer came back. What it sends is asked again or repeated at the next tick anyway."""
+        try:
+            dealer.send(payload, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self.unsent += 1
+            return False
+
     def _dealer(self) -> zmq.Socket[Any]:
         dealer: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.RCVHWM, 0)  # a snapshot is many messages: never drop one
+        dealer.setsockopt(zmq.SNDHWM, SNDHWM)
         self._secure(dealer)
         dealer.connect(self._url)
         return dealer
@@ -610,7 +628,8 @@ class Replica:
             self._everything = True
         queued = self._confirm_subscription(sub, dealer)
         req_id = -next(self._req_ids)
-        dealer.send(p.encode_request(p.SnapshotRequest(req_id)))
+        if not self._send(dealer, p.encode_request(p.SnapshotRequest(req_id))):
+            raise Unavailable(f"the tiger writer at {self._url} takes no requests: {SNDHWM} queued for it already")
         content: dict[str, dict[str, Rows]] = {}
         while True:
             if not self._wait(dealer, self._timeout):
@@ -647,7 +666,7 @@ class Replica:
             # a call: its heartbeat has this client's topic, which only the catch-all prefix b"" matches here;
             # that prefix went after the others, so once the heartbeat arrives every prefix is live. (A negative
             # request id: the writer keeps answers by client id and request id, and the client counts up from 1.)
-            dealer.send(p.encode_call(p.Call(self._client_id, math.inf, p.Sync(-next(self._req_ids)))))
+            self._send(dealer, p.encode_call(p.Call(self._client_id, math.inf, p.Sync(-next(self._req_ids)))))
             until = time.monotonic() + wait
             while self._wait(sub, until - time.monotonic()):
                 self.last_heard = time.monotonic()
