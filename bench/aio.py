@@ -156,7 +156,7 @@ async def _measure(res: Result, client: Any, url: str, echo_url: str, rounds: in
             dealer.recv(zmq.NOBLOCK)
 
         async def around_trip_watched(data: bytes) -> None:
-            await watched.send(data)
+            wdealer.send(data, zmq.NOBLOCK)  # as tiger.aio queues a call: never waiting for room
             await watched.recv(5.0)
 
         async def around_trip(data: bytes) -> None:

@@ -525,6 +525,31 @@ def test_a_cancelled_writes_answer_lost_to_a_resend_does_not_fail_the_writes_aft
         run(main)
 
 
+def test_an_awaited_call_on_a_full_command_socket_ends_by_its_deadline(tmp_path):
+    """Regression: a write cancelled after sending leaves its bytes queued on the command socket; with the
+    writer away, about 1000 of them (its SNDHWM) fill the queue, and the next call awaited room there for
+    ever, past its deadline, holding the client. The queue is filled directly here."""
+    server = tiger.serve(f"ipc://{tmp_path}/w")
+
+    async def main() -> None:
+        client = await tiger.aio.connect(server.url, timeout=1)
+        try:
+            os.kill(server.pid, signal.SIGKILL)
+            server._process.wait(10)
+            with pytest.raises(zmq.Again):
+                while True:  # what cancelled calls leave queued (before the writer's silence is noticed)
+                    client._socket.sock.send(b"cancelled call", zmq.NOBLOCK)
+            with pytest.raises(tiger.Unavailable):
+                await asyncio.wait_for(client.table("t").insert({"id": "a"}), 30)
+        finally:
+            await client.close()
+
+    try:
+        run(main)
+    finally:
+        server.stop()
+
+
 def test_a_cancelled_close_still_closes_and_keeps_the_teardown_not_run(tiger_url, ns):
     """close() cancelled while it waited for another holder of a once value: the client stayed open (its
     replica thread running) and the teardown it had taken off its list never ran."""

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -267,20 +268,51 @@ def test_a_replica_hears_every_client_after_writer_restarts(tmp_path, monkeypatc
         server.stop()
 
 
-def test_a_replica_whose_writer_is_gone_longer_than_its_queue_still_closes(tmp_path):
+def test_a_replica_whose_writer_is_gone_longer_than_its_queue_still_listens_and_closes(tmp_path):
     """Regression: the replica thread sent a heartbeat (and a hello) to the writer at every tick with a
     blocking send; with the writer gone, its DEALER queued them until its SNDHWM (1000 messages, about four
     minutes at the default heartbeat), then the send blocked for good: the thread no longer listened, and
-    close() waited for it in vain. A tick of 5 ms fills the queue in seconds here."""
-    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--heartbeat", "0.005")
+    close() waited for it in vain. A tick of 2 ms fills the queue within a second or two here."""
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--heartbeat", "0.002")
     client = tiger.connect(url, timeout=2)
-    proc.kill()
-    proc.communicate(timeout=10)
-    wait(lambda: client.replica.unsent > 0, timeout=60, what="the replica's queue to the writer full")
-    awake = client.replica.last_awake
-    wait(lambda: client.replica.last_awake > awake, what="the replica thread listening on")
-    client.close()
+    try:
+        proc.kill()
+        proc.communicate(timeout=10)
+        # silent_for() grows only while the thread runs to listen: 5 s of it is 1000s of ticks (2 sends each)
+        wait(lambda: client.replica.silent_for() > 5, timeout=60, what="the replica thread listening on, 5 s on")
+        assert client.replica.unsent > 0  # (the queue was full: what it sent meanwhile was dropped)
+    finally:
+        client.close()
     assert not client.replica._thread.is_alive(), "the replica thread was left blocked"
+
+
+def test_a_call_on_a_full_command_socket_ends_by_its_deadline(tmp_path):
+    """Regression: a call interrupted after sending (Ctrl-C) leaves its bytes queued on the client's command
+    socket; with the writer away, about 1000 of them (its SNDHWM) fill the queue, and the next call's
+    blocking send then waited for the writer past the call's deadline. The queue is filled directly here."""
+    server = tiger.serve(f"ipc://{tmp_path}/w")
+    client = tiger.connect(server.url, timeout=1)
+    outcome: list[BaseException | None] = []
+    try:
+        kill(server)
+        with pytest.raises(zmq.Again):
+            while True:  # what interrupted calls leave queued (before the writer's silence is noticed)
+                client._socket.send(b"interrupted call", zmq.NOBLOCK)
+
+        def call() -> None:
+            try:
+                client.table("t").insert({"id": "a"})
+                outcome.append(None)
+            except BaseException as e:
+                outcome.append(e)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(30)
+        assert outcome, "the call blocked on the full queue"
+        assert isinstance(outcome[0], tiger.Unavailable), outcome
+    finally:
+        client.close()
 
 
 # -- stuck readers -----------------------------------------------------------------------------------

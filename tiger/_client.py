@@ -380,6 +380,20 @@ class _Connection:
     def _fresh_socket(self) -> None:
         raise NotImplementedError
 
+    def _command_socket(self) -> zmq.Socket[Any]:
+        raise NotImplementedError
+
+    def _send_call(self, payload: bytes) -> None:
+        """Queue a call's bytes on the command socket without blocking. A call interrupted after sending
+        (Ctrl-C, a cancelled task) leaves its bytes queued there; with the writer away, about 1000 of them
+        (its SNDHWM) fill the queue, and a blocking send would then wait past the call's deadline, holding
+        the client: a fresh socket, whose queue is empty, takes the bytes instead."""
+        try:
+            self._command_socket().send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            self._fresh_socket()
+            self._command_socket().send(payload, zmq.NOBLOCK)
+
     def _outcome(self, reply: p.Reply, seconds: float) -> p.Ok:
         """The Ok answer to a call, or the error its Failed answer names, raised."""
         if type(reply) is p.Failed:
@@ -572,7 +586,7 @@ class Client(_Connection):
             with self._lock:
                 if self._closed:
                     raise TigerError("this client is closed")
-                self._socket.send(payload)
+                self._send_call(payload)
                 sent = True
                 mine = p.own_records_of(request, payload)  # decoded while the writer works
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
@@ -580,7 +594,7 @@ class Client(_Connection):
                     wait = attempts.wait(time.monotonic())
                     if wait <= RESEND:
                         self._silence(wait, seconds)
-                        self._socket.send(payload)
+                        self._send_call(payload)
                         self.resends += 1
                         continue
                     # poll, then receive: a poll interrupted by a signal goes on with what is left of its
@@ -601,6 +615,9 @@ class Client(_Connection):
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
+
+    def _command_socket(self) -> zmq.Socket[Any]:
+        return self._socket
 
     def _fresh_socket(self) -> None:
         """A new command socket in place of the old: made, swapped in, then the old one closed, so that an

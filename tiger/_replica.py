@@ -547,7 +547,9 @@ class Replica:
         """Queue ``payload`` for the writer without blocking; False (counted in ``unsent``) if the DEALER's
         queue is full. A DEALER with no writer to take its messages queues them, up to ``SNDHWM``, then a
         blocking send waits for one: the replica thread would stop listening (and answering ``stop()``)
-        until a writer came back. What it sends is asked again or repeated at the next tick anyway."""
+        until a writer came back. A heartbeat or hello dropped is sent again at the next tick, a sync call
+        at the next round of ``_confirm_subscription``; a call to ask again is not (it is forgotten after the
+        client's timeout, and the gap it may leave is a snapshot reload)."""
         try:
             dealer.send(payload, zmq.NOBLOCK)
             return True

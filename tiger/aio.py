@@ -269,6 +269,9 @@ class AsyncClient(_Connection):
     def _socket(self) -> _AwaitedSocket:
         return self._command[0]
 
+    def _command_socket(self) -> zmq.Socket[Any]:
+        return self._command[0].sock
+
     def _lock(self, watching: bool = True) -> asyncio.Lock:
         """One request in flight on the command socket, per event loop (asyncio locks belong to one). On a
         loop's first call ``watching``, the loop is made to watch the socket (refused: ``TigerError``)."""
@@ -322,7 +325,7 @@ class AsyncClient(_Connection):
                     raise TigerError("this client is closed")
                 sent = True  # from here a cancellation may come after libzmq took the bytes
                 self._in_flight.add(req_id)
-                await self._socket.send(payload)
+                self._send_call(payload)
                 mine = p.own_records_of(request, payload)  # decoded while the writer works
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
                 while True:
@@ -334,7 +337,7 @@ class AsyncClient(_Connection):
                     wait = attempts.wait(time.monotonic())
                     if wait <= RESEND:
                         self._silence(wait, seconds)
-                        await self._socket.send(payload)
+                        self._send_call(payload)
                         self.resends += 1
                     else:
                         data = await self._socket.recv(wait / 1000)
@@ -419,7 +422,10 @@ class AsyncClient(_Connection):
         old, self._command[0] = self._command[0], fresh
         old.close(linger=0)
         for payload, _ in self._unanswered.values():
-            fresh.sock.send(payload, zmq.NOBLOCK)
+            try:
+                fresh.sock.send(payload, zmq.NOBLOCK)
+            except zmq.Again:  # (over 1000 of them) the rest are asked by the replica after their deadline
+                break
 
     async def _write(self, request: p.Request) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes)."""
@@ -602,15 +608,6 @@ class _AwaitedSocket:
             return self.sock.recv(zmq.NOBLOCK)
         except zmq.Again:  # taken back by libzmq since (a peer gone): the caller waits on
             return None
-
-    async def send(self, payload: bytes) -> None:
-        """Queue ``payload`` (a DEALER queues at once unless at its high-water mark; then it awaits room)."""
-        while True:
-            try:
-                self.sock.send(payload, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                await self.wait(_POLLOUT, 0.05)
 
     def close(self, linger: int | None = None) -> None:
         """Unregister the FD, end a wait in progress (its future cancelled, unless its loop was closed
