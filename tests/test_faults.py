@@ -315,6 +315,46 @@ def test_a_call_on_a_full_command_socket_ends_by_its_deadline(tmp_path):
         client.close()
 
 
+def test_a_write_answered_by_a_writer_replaced_before_the_replica_reached_it_returns(tmp_path):
+    """Regression: a write answered by a restarted writer that was itself killed before the replica
+    caught up with it waited for that writer's seq, which never came, and raised Timeout although it
+    was applied; it returns once the replica holds the next writer's snapshot (which has it: --data)."""
+    url, data = f"ipc://{tmp_path}/w", str(tmp_path / "data")
+    first, _ = cli_serve("--url", url, "--data", data, "--heartbeat", "1")
+    client = tiger.connect(url, timeout=30)
+    outcome: list[BaseException | None] = []
+    try:
+        plans = client.table("plans")
+        plans.insert({"id": "a"})
+        first.kill()
+        first.communicate(timeout=10)
+        # a writer that publishes no heartbeat the client could hear before it dies: its replica stays behind
+        second, _ = cli_serve("--url", url, "--data", data, "--heartbeat", "60")
+
+        def call() -> None:
+            try:
+                plans.insert({"id": "b"})
+                outcome.append(None)
+            except BaseException as e:
+                outcome.append(e)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        wait(lambda: client.replica._calls.writing == 0, what="the second writer's answer")  # answered
+        second.kill()
+        second.communicate(timeout=10)
+        third, _ = cli_serve("--url", url, "--data", data)
+        try:
+            caller.join(60)
+            assert outcome == [None], outcome
+            assert plans.get("b") is not None  # the third writer's snapshot had it
+            assert client.epoch == client.stats()["epoch"]
+        finally:
+            stop(third)
+    finally:
+        client.close()
+
+
 # -- stuck readers -----------------------------------------------------------------------------------
 
 READER = """

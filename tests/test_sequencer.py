@@ -165,6 +165,30 @@ def test_a_deposit_of_a_new_epoch_waits_for_the_resync_to_that_epoch(pair):
     assert replica.store.content() == restarted.store.content()
 
 
+def test_an_answer_of_a_writer_replaced_before_the_replica_reached_it_is_reached_by_a_later_writers_snapshot(pair):
+    """Regression: a write answered by a restarted writer (epoch f) that was itself replaced (epoch g) before
+    the replica caught up with it waited for seq 1 of f, which never comes, and raised Timeout although it
+    was applied; once the replica holds a later writer's snapshot, the wait is over."""
+    _, replica = pair
+    answered = ("f" * 16, 1)  # the replica is still at EPOCH when the answer comes
+    mark = replica.mark()
+    assert not replica.reached(*answered, mark)
+    replica.store.load({})
+    replica.reset(EPOCH, 3)  # a late snapshot of the writer the replica knew: not a later one
+    assert not replica.reached(*answered, mark)
+    replica.reset("g" * 16, 0)  # the writer after the one that answered
+    assert replica.reached(*answered, mark)
+
+
+def test_an_answer_of_an_epoch_the_replica_loaded_and_left_is_reached(pair):
+    _, replica = pair
+    replica.reset("f" * 16, 0)
+    mark = replica.mark()
+    replica.reset("g" * 16, 0)  # f replaced before its answer (seq 1 of f) was taken
+    assert replica.reached("f" * 16, 1, mark)
+    assert not replica.reached("g" * 16, 1, replica.mark())  # the epoch it is at: by seq, as ever
+
+
 def test_too_many_held_changes_are_a_loss_even_with_a_call_in_flight(pair, monkeypatch):
     writer, replica = pair
     monkeypatch.setattr(Sequencer, "MAX_HELD", 3)

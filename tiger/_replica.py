@@ -27,6 +27,7 @@ import math
 import operator
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,8 @@ class Sequencer:
         self.epoch: str | None = None
         self.seq = -1
         self.loading = False  # a snapshot is on its way: nothing is applied until ``reset``
+        self.loads = 0  # snapshots loaded (``reset``)
+        self.epochs: deque[str] = deque(maxlen=8)  # the last epochs loaded, oldest first
         self._patience = patience  # seconds a call can stay in flight (the client's timeout)
         self._own: dict[tuple[str, int], Change] = {}  # (epoch, seq) -> this client's change, from its reply
         self._held: dict[int, Change] = {}  # seq -> published change waiting for the gap before it
@@ -89,6 +92,9 @@ class Sequencer:
         for key in [k for k in self._own if k[0] != epoch or k[1] <= seq]:
             del self._own[key]
         self.epoch, self.seq, self._announced = epoch, seq, seq
+        self.loads += 1
+        if epoch not in self.epochs:
+            self.epochs.append(epoch)
         self._behind_since = None
         self.loading = False
         self.history.restart()
@@ -108,6 +114,22 @@ class Sequencer:
         if seq > self.seq:
             self._held[seq] = change
             self._fill()
+
+    def mark(self) -> tuple[int, frozenset[str]]:
+        """Where the store stands now, for ``reached``: the snapshots loaded so far and their epochs."""
+        return self.loads, frozenset(self.epochs)
+
+    def reached(self, epoch: str, seq: int, mark: tuple[int, frozenset[str]]) -> bool:
+        """Whether the store holds ``seq`` of ``epoch`` (an answer's), or never will and holds a later
+        writer's instead: it loaded that epoch and left it, or (``mark`` taken when the answer came) it has
+        since loaded a snapshot of an epoch it had not known. The writer that answered was replaced (a
+        restart) before the store caught up with it: its seqs will never come."""
+        if self.epoch == epoch:
+            return self.seq >= seq
+        if epoch in self.epochs:  # loaded, then left for another writer's
+            return True
+        loads, known = mark
+        return self.loads > loads and self.epoch not in known
 
     def heartbeat(self, seq: int) -> None:
         """The writer is at ``seq`` (current epoch): every change up to it was published or answered."""
@@ -275,15 +297,23 @@ class Replica:
             self._calls.call_finished(unanswered)
 
     def catch_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
-        """Return once the replica has applied the answer's (epoch, seq) (see ``take_answer``); past
-        ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout``."""
+        """Return once the replica has applied the answer's (epoch, seq), or has since loaded the snapshot
+        of a later writer (see ``reaching``); past ``deadline`` (``time.monotonic()`` seconds) raise
+        ``Timeout``."""
         if not self.take_answer(answer, own):
             self.wait_until(*self.reaching(answer, deadline))
 
     def reaching(self, answer: p.Ok, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
-        """What waiting for the answer's (epoch, seq) is: the predicate, the deadline, the message past it."""
+        """What waiting for the answer's (epoch, seq) is: the predicate, the deadline, the message past it.
+
+        Reached when the replica holds that seq of that epoch, or when it has loaded a snapshot of another
+        epoch than both the answer's and its own now: the writer that answered was replaced (a restart)
+        before the replica caught up with it, and its seqs will never come; the replica holds what the
+        writer after it has (the answered write too, if that writer kept it: ``--data``)."""
         epoch, seq = answer.epoch, answer.seq
-        return lambda: self.epoch == epoch and self.seq >= seq, deadline, lambda: f"the local replica did not reach seq {seq}"
+        with self.changed:
+            mark = self._seq.mark()
+        return lambda: self._seq.reached(epoch, seq, mark), deadline, lambda: f"the local replica did not reach seq {seq}"
 
     def take_answer(self, answer: p.Ok, own: bool = False) -> bool:
         """Apply what an answer carries; True when the replica then holds its (epoch, seq).
