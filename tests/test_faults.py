@@ -355,6 +355,45 @@ def test_a_write_answered_by_a_writer_replaced_before_the_replica_reached_it_ret
         client.close()
 
 
+def test_a_connect_whose_writer_dies_during_the_join_joins_the_next_writer(tmp_path):
+    """Regression: a writer killed while a new client loaded its snapshot made connect() fail after its
+    whole timeout ("no snapshot ... within 5s"), although a new writer was serving on the same url half
+    a second later; the replica now joins the next writer, as a running replica follows one."""
+    url, data = f"ipc://{tmp_path}/w", str(tmp_path / "data")
+    first, _ = cli_serve("--url", url, "--data", data, "--log-level", "debug")
+    admin = tiger.connect(url, timeout=30)
+    joined: list[tiger.Client | BaseException] = []
+    try:
+        for start in range(0, 100_000, 5_000):  # a snapshot that takes a while to load
+            admin.table("big").insert_many([{"id": f"r{i}", "pad": "x" * 100} for i in range(start, start + 5_000)])
+
+        def join() -> None:
+            try:
+                joined.append(tiger.connect(url, timeout=30))
+            except BaseException as e:
+                joined.append(e)
+
+        joiner = threading.Thread(target=join, daemon=True)
+        joiner.start()
+        deadline = time.monotonic() + 30
+        while "sending a snapshot of 100000 records" not in first.stderr.readline():  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no snapshot sent to the joiner"
+        first.kill()  # while the joiner loads the snapshot
+        first.communicate(timeout=10)
+        second, _ = cli_serve("--url", url, "--data", data)
+        try:
+            joiner.join(60)
+            assert joined and isinstance(joined[0], tiger.Client), joined
+            client = joined[0]
+            client.sync()
+            assert client.table("big").count() == 100_000 and client.epoch == client.stats()["epoch"]
+            client.close()
+        finally:
+            stop(second)
+    finally:
+        admin.close()
+
+
 # -- stuck readers -----------------------------------------------------------------------------------
 
 READER = """

@@ -205,6 +205,7 @@ class Replica:
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.resyncs = 0
+        self.join_error: Unavailable | None = None  # why the last attempt to join failed (then it tries again)
         self.unsent = 0  # messages to the writer dropped: its queue was full (the writer gone or paused long)
         self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
         self.last_heard = time.monotonic()
@@ -239,9 +240,14 @@ class Replica:
             return
         if not self.ready.wait(timeout):
             self.stop()
-            raise Unavailable(f"no snapshot from the tiger writer at {self._url} within {timeout}s")
+            raise self.no_snapshot(timeout)
         if self.failure is not None:
             raise self.failure
+
+    def no_snapshot(self, timeout: float) -> Unavailable:
+        """What connecting raises when this replica held no snapshot within ``timeout`` seconds."""
+        why = "" if self.join_error is None else f" (last attempt: {self.join_error})"
+        return Unavailable(f"no snapshot from the tiger writer at {self._url} within {timeout}s{why}")
 
     def stop(self) -> bool:
         """Stop the thread and wait for it (at most 5 s).
@@ -440,10 +446,15 @@ class Replica:
         poller.register(dealer, zmq.POLLIN)
         try:
             try:
-                queued = self._resync(sub, dealer)
-            except Unavailable as e:
-                self.failure = e  # connect() raises it
-                return
+                while True:
+                    try:
+                        queued = self._resync(sub, dealer)
+                        break
+                    except Unavailable as e:  # the writer went away while this replica joined: join the next one
+                        # (until connect() gives up: it stops this thread at its timeout, naming this error)
+                        log.info("replica waiting for the writer to join: %s", e)
+                        self.join_error = e
+                        sub = self._rejoin(poller, sub, dealer)
             finally:
                 self.ready.set()
                 with self.changed:  # (an asyncio task awaits this, not the event)
@@ -498,13 +509,7 @@ class Replica:
                     log.info("replica waiting for the writer: %s", e)
                     must_resync = True
                     queued = []
-                    # and on a SUB of its own: a writer back on the same ipc path was seen to publish to
-                    # this one nothing ever again (after a call of this client failed while it was down)
-                    poller.unregister(sub)
-                    sub.close(linger=0)
-                    sub = self._subscriber()
-                    poller.register(sub, zmq.POLLIN)
-                    self._await_writer(sub, dealer)
+                    sub = self._rejoin(poller, sub, dealer)
         except _Stopped:
             return
         except BaseException as e:  # reported to every waiting caller
@@ -522,6 +527,17 @@ class Replica:
             self._stop_rx.close(linger=0)  # here too: a stop() that gave up waiting left it open
             if self._term_context:
                 self._ctx.term()
+
+    def _rejoin(self, poller: zmq.Poller, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> zmq.Socket[Any]:
+        """After a resync the writer did not finish: a fresh SUB in place of ``sub`` (a writer back on the same
+        ipc path was once seen to publish to the old one nothing ever again), then wait until a writer
+        answers (``_await_writer``). Returns the new SUB."""
+        poller.unregister(sub)
+        sub.close(linger=0)
+        sub = self._subscriber()
+        poller.register(sub, zmq.POLLIN)
+        self._await_writer(sub, dealer)
+        return sub
 
     def _ask_again(self, dealer: zmq.Socket[Any]) -> None:
         """Send again the calls of this client that raised with no answer (``call_failed``), once
@@ -659,16 +675,31 @@ class Replica:
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             self._everything = True
         queued = self._confirm_subscription(sub, dealer)
+        # the writer asked for the snapshot: the one whose heartbeat (this client's topic) confirmed
+        epoch = next((_epoch_of(f) for f in reversed(queued) if f.startswith(self._topic)), None)
         req_id = -next(self._req_ids)
         if not self._send(dealer, p.encode_request(p.SnapshotRequest(req_id))):
             raise Unavailable(f"the tiger writer at {self._url} takes no requests: {SNDHWM} queued for it already")
         content: dict[str, dict[str, Rows]] = {}
+        # A writer that dies during the snapshot sends nothing more: told apart from a slow one by asking
+        # hello every heartbeat (a live writer answers between chunks), so that the join is tried again on
+        # the next writer well within connect()'s timeout.
+        silence = max(4 * self._heartbeat, 2.0)
+        heard = time.monotonic()
         while True:
-            if not self._wait(dealer, self._timeout):
-                raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
+            if not self._wait(dealer, min(self._heartbeat, silence)):
+                if time.monotonic() - heard > silence:
+                    raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot (silent {silence:g}s)")
+                self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
+                continue
             reply = p.decode_reply(dealer.recv())
             if reply.req_id != req_id:
+                if type(reply) is p.Ok:  # a hello (or sync) answered: the writer is live, if it is the same one
+                    if epoch is not None and reply.epoch != epoch:
+                        raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
+                    heard = time.monotonic()
                 continue
+            heard = time.monotonic()
             if type(reply) is p.SnapshotChunk:
                 for table, ns, records in reply.segments:
                     if records:  # decoded frozen, each checked for a str id: into the rows in C, no per-record Python
@@ -717,6 +748,14 @@ class Replica:
             if time.monotonic() >= deadline:
                 raise Unavailable(f"no published message from the tiger writer at {self._url} within {self._timeout}s")
             wait = min(wait * 2, 0.2)
+
+
+def _epoch_of(frame: bytes) -> str | None:
+    """The epoch of a published frame (topic, then message); None if it cannot be read."""
+    try:
+        return p.decode_published(frame[p.TOPIC_SIZE :]).epoch
+    except ProtocolError:
+        return None
 
 
 def _reachable(url: str, pub: str) -> str:

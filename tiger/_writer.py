@@ -355,6 +355,7 @@ class Writer:
         if outbox.snapshots:
             core = self.core
             for envelope, req_id in outbox.snapshots:  # the store now, at the seq just published
+                log.debug("sending a snapshot of %d records at seq %d to a joining client", len(core.store), core.seq)
                 outgoing.snapshot(envelope, req_id, core.store, core.epoch, core.seq, now)
 
     def _send(self, envelope: list[bytes], message: bytes) -> bool:

@@ -57,7 +57,7 @@ from tiger._client import (
     _TableReads,
     _timeout,
 )
-from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
+from tiger._errors import FeedOverflow, TigerError, Timeout
 from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
 from tiger._table import GLOBAL, Record, check_name
 
@@ -145,7 +145,7 @@ class AsyncClient(_Connection):
         try:
             await replica.until(replica.ready.is_set, time.monotonic() + self.timeout, str)
         except Timeout:
-            raise Unavailable(f"no snapshot from the tiger writer at {self.url} within {self.timeout}s") from None
+            raise replica.no_snapshot(self.timeout) from None
         if replica.failure is not None:
             raise replica.failure
         # dropped without close(): the replica thread and the sockets go with the client, at exit too
