@@ -447,8 +447,10 @@ class Client(_Connection):
         return info
 
     def close(self) -> None:
-        """Run the teardowns of the once values this client built, say goodbye to the writer, stop the
-        replica, close the sockets. Idempotent. A teardown that raised is raised again at the end."""
+        """Run the teardowns of the once values this client built, wait for a call in flight on another
+        thread (at most ``timeout`` seconds: a call ends only by its deadline, as a paused writer could
+        still apply it), say goodbye to the writer, stop the replica, close the sockets. Idempotent. A
+        teardown that raised is raised again at the end."""
         if self._closed:
             return
         errors = self.tear_down_once_values(wait=self.timeout) if os.getpid() == self._pid else []
