@@ -42,6 +42,7 @@ from tiger._table import Change, Put, Rows, Store
 log = logging.getLogger("tiger.replica")
 
 SUB_HWM = 200_000
+CATCH_UP_MIN = 10_000  # changes an answer may be ahead of the replica; beyond, and beyond half its records, it reloads
 SNDHWM = 1000  # messages the replica's DEALER queues for a writer not taking them; past it, dropped (_send)
 _ID = operator.itemgetter("id")
 
@@ -205,6 +206,7 @@ class Replica:
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.resyncs = 0
+        self._reload: str | None = None  # set by a caller far behind (``take_answer``): why the thread should reload
         self.join_error: Unavailable | None = None  # why the last attempt to join failed (then it tries again)
         self.unsent = 0  # messages to the writer dropped: its queue was full (the writer gone or paused long)
         self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
@@ -344,6 +346,11 @@ class Replica:
                 self._seq.deposit(epoch, seq, change)
             if (own and change is not None) or before:
                 self.changed.notify_all()
+            behind = seq - self._seq.seq if epoch == self._seq.epoch and not self._seq.loading else 0
+            if behind > CATCH_UP_MIN and behind > len(self.store) // 2:
+                # (a paused process with a backlog in its SUB queue) replaying it would take longer than a
+                # snapshot of the store: the replica thread reloads, so that this call ends in its time
+                self._reload = f"{behind} changes behind an answer: a snapshot is quicker than replaying them"
             return self.epoch == epoch and self.seq >= seq
 
     def late_answer(self, reply: p.Reply) -> None:
@@ -467,8 +474,11 @@ class Replica:
                         queued = self._resync(sub, dealer)
                         must_resync = False
                     for data in queued:
+                        if self._reload is not None:
+                            break
                         self._receive(data)
                     queued = []
+                    self._reload_if_asked()
                     # a short client timeout polls more often: a call to ask again goes soon after its deadline
                     interval = min(self._heartbeat, 0.5, self._timeout / 4)
                     # listening from here: set before the poll, so that after a pause it still says when
@@ -483,10 +493,13 @@ class Replica:
                         return
                     if sub in events:
                         for _ in range(10_000):
+                            if self._reload is not None:
+                                break
                             try:
                                 self._receive(sub.recv(zmq.NOBLOCK))
                             except zmq.Again:
                                 break
+                        self._reload_if_asked()
                     if dealer in events:
                         self._answer(sub, dealer.recv())
                     if self._calls.asking:
@@ -527,6 +540,12 @@ class Replica:
             self._stop_rx.close(linger=0)  # here too: a stop() that gave up waiting left it open
             if self._term_context:
                 self._ctx.term()
+
+    def _reload_if_asked(self) -> None:
+        """``_Resync`` if a caller found the replica too far behind its answer (``take_answer``)."""
+        why, self._reload = self._reload, None
+        if why is not None:
+            raise _Resync(why)
 
     def _rejoin(self, poller: zmq.Poller, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> zmq.Socket[Any]:
         """After a resync the writer did not finish: a fresh SUB in place of ``sub`` (a writer back on the same
@@ -711,6 +730,7 @@ class Replica:
         with self.changed:
             self.store.load_rows(content)
             self._seq.reset(reply.epoch, reply.seq)  # then this client's own changes deposited meanwhile
+            self._reload = None  # (asked for meanwhile: this is it)
             self._calls.reset()  # asked before the snapshot: it covers what they applied
             self.changed.notify_all()
         sub.setsockopt(zmq.UNSUBSCRIBE, b"")  # back to every topic but this client's own
