@@ -8,11 +8,13 @@ Sequencer the way the replica thread and the writing thread do.
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tiger import _protocol as p
 from tiger._calls import PendingCalls
 from tiger._replica import Sequencer
 from tiger._table import Change, Store, prepare_insert
@@ -165,28 +167,38 @@ def test_a_deposit_of_a_new_epoch_waits_for_the_resync_to_that_epoch(pair):
     assert replica.store.content() == restarted.store.content()
 
 
+def started_at(ms: int) -> str:
+    """An epoch as a writer started at ``ms`` (milliseconds since 1970) makes it (``_protocol.new_epoch``)."""
+    return f"{ms:011x}abcde"
+
+
 def test_an_answer_of_a_writer_replaced_before_the_replica_reached_it_is_reached_by_a_later_writers_snapshot(pair):
-    """Regression: a write answered by a restarted writer (epoch f) that was itself replaced (epoch g) before
-    the replica caught up with it waited for seq 1 of f, which never comes, and raised Timeout although it
+    """Regression: a write answered by a restarted writer (epoch F) that was itself replaced (epoch G) before
+    the replica caught up with it waited for seq 1 of F, which never comes, and raised Timeout although it
     was applied; once the replica holds a later writer's snapshot, the wait is over."""
     _, replica = pair
-    answered = ("f" * 16, 1)  # the replica is still at EPOCH when the answer comes
-    mark = replica.mark()
-    assert not replica.reached(*answered, mark)
-    replica.store.load({})
-    replica.reset(EPOCH, 3)  # a late snapshot of the writer the replica knew: not a later one
-    assert not replica.reached(*answered, mark)
-    replica.reset("g" * 16, 0)  # the writer after the one that answered
-    assert replica.reached(*answered, mark)
+    d, e, f, g = (started_at(1_700_000_000_000 + i) for i in range(4))
+    replica.reset(d, 5)
+    assert not replica.reached(f, 1)  # the replica is still on the writer before
+    replica.reset(e, 3)  # a late snapshot of a writer before the one that answered: not enough
+    assert not replica.reached(f, 1)
+    replica.reset(g, 0)  # the writer after the one that answered, straight from d or e
+    assert replica.reached(f, 1)
+    assert not replica.reached(g, 1) and replica.reached(g, 0)  # the epoch it is at: by seq, as ever
 
 
-def test_an_answer_of_an_epoch_the_replica_loaded_and_left_is_reached(pair):
+def test_epochs_sort_by_when_their_writer_started():
+    first = p.new_epoch()
+    assert len(first) == 16 and int(first, 16) >= 0
+    assert p.epoch_started(first) == pytest.approx(time.time() * 1000, abs=5_000)
+    assert p.epoch_started(started_at(1)) < p.epoch_started(started_at(2))  # type: ignore[operator]
+    assert p.epoch_started("e" * 16) is not None and p.epoch_started("not an epoch") is None
+
+
+def test_an_answer_is_not_taken_as_reached_by_an_epoch_it_cannot_order(pair):
     _, replica = pair
-    replica.reset("f" * 16, 0)
-    mark = replica.mark()
-    replica.reset("g" * 16, 0)  # f replaced before its answer (seq 1 of f) was taken
-    assert replica.reached("f" * 16, 1, mark)
-    assert not replica.reached("g" * 16, 1, replica.mark())  # the epoch it is at: by seq, as ever
+    replica.reset("x" * 16, 0)  # (an older tiger's writer: its epoch says nothing of when it started)
+    assert not replica.reached(started_at(1), 1)
 
 
 def test_too_many_held_changes_are_a_loss_even_with_a_call_in_flight(pair, monkeypatch):

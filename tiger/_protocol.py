@@ -21,6 +21,7 @@ import operator
 import secrets
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -938,6 +939,24 @@ def topic_of(client_id: str) -> bytes:
     except ValueError:
         return EVERYONE
     return topic if len(topic) == TOPIC_SIZE else EVERYONE
+
+
+def new_epoch() -> str:
+    """A writer's epoch: 16 hex digits, the first 11 the time it started (milliseconds since 1970), the
+    other 5 random; so a later writer's epoch sorts after an earlier one's (``epoch_started``), on one
+    clock (a writer restarted on another host compares by that host's clock)."""
+    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(3)[:5]}"
+
+
+def epoch_started(epoch: str) -> int | None:
+    """When the writer of ``epoch`` started (milliseconds since 1970), or None for an epoch not made by
+    ``new_epoch`` (of an older tiger)."""
+    if len(epoch) != 16:
+        return None
+    try:
+        return int(epoch[:11], 16)
+    except ValueError:
+        return None
 
 
 def new_client_id() -> str:

@@ -27,7 +27,6 @@ import math
 import operator
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +48,10 @@ _ID = operator.itemgetter("id")
 
 class _Resync(Exception):
     """The replica has lost track of the writer's changes and must reload."""
+
+
+class _Refused(Unavailable):
+    """The writer answered a snapshot request with an error: joining again at once would fail the same way."""
 
 
 class _Stopped(Exception):
@@ -74,8 +77,6 @@ class Sequencer:
         self.epoch: str | None = None
         self.seq = -1
         self.loading = False  # a snapshot is on its way: nothing is applied until ``reset``
-        self.loads = 0  # snapshots loaded (``reset``)
-        self.epochs: deque[str] = deque(maxlen=8)  # the last epochs loaded, oldest first
         self._patience = patience  # seconds a call can stay in flight (the client's timeout)
         self._own: dict[tuple[str, int], Change] = {}  # (epoch, seq) -> this client's change, from its reply
         self._held: dict[int, Change] = {}  # seq -> published change waiting for the gap before it
@@ -93,9 +94,6 @@ class Sequencer:
         for key in [k for k in self._own if k[0] != epoch or k[1] <= seq]:
             del self._own[key]
         self.epoch, self.seq, self._announced = epoch, seq, seq
-        self.loads += 1
-        if epoch not in self.epochs:
-            self.epochs.append(epoch)
         self._behind_since = None
         self.loading = False
         self.history.restart()
@@ -116,21 +114,20 @@ class Sequencer:
             self._held[seq] = change
             self._fill()
 
-    def mark(self) -> tuple[int, frozenset[str]]:
-        """Where the store stands now, for ``reached``: the snapshots loaded so far and their epochs."""
-        return self.loads, frozenset(self.epochs)
-
-    def reached(self, epoch: str, seq: int, mark: tuple[int, frozenset[str]]) -> bool:
+    def reached(self, epoch: str, seq: int) -> bool:
         """Whether the store holds ``seq`` of ``epoch`` (an answer's), or never will and holds a later
-        writer's instead: it loaded that epoch and left it, or (``mark`` taken when the answer came) it has
-        since loaded a snapshot of an epoch it had not known. The writer that answered was replaced (a
-        restart) before the store caught up with it: its seqs will never come."""
+        writer's instead: its epoch started after that one (``_protocol.epoch_started``). The writer that
+        answered was replaced (a restart) before the store caught up with it: its seqs will never come."""
         if self.epoch == epoch:
             return self.seq >= seq
-        if epoch in self.epochs:  # loaded, then left for another writer's
-            return True
-        loads, known = mark
-        return self.loads > loads and self.epoch not in known
+        if self.epoch is None:
+            return False
+        mine, theirs = p.epoch_started(self.epoch), p.epoch_started(epoch)
+        return mine is not None and theirs is not None and mine > theirs
+
+    def behind(self, seq: int) -> int:
+        """How many changes up to ``seq`` (of this epoch) the store has neither applied nor received."""
+        return seq - self.seq - len(self._held)
 
     def heartbeat(self, seq: int) -> None:
         """The writer is at ``seq`` (current epoch): every change up to it was published or answered."""
@@ -206,6 +203,7 @@ class Replica:
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.resyncs = 0
+        self._rejoined_at = -math.inf  # when ``_rejoin`` last began (they are a heartbeat apart at least)
         self._reload: str | None = None  # set by a caller far behind (``take_answer``): why the thread should reload
         self.join_error: Unavailable | None = None  # why the last attempt to join failed (then it tries again)
         self.unsent = 0  # messages to the writer dropped: its queue was full (the writer gone or paused long)
@@ -314,14 +312,12 @@ class Replica:
     def reaching(self, answer: p.Ok, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """What waiting for the answer's (epoch, seq) is: the predicate, the deadline, the message past it.
 
-        Reached when the replica holds that seq of that epoch, or when it has loaded a snapshot of another
-        epoch than both the answer's and its own now: the writer that answered was replaced (a restart)
-        before the replica caught up with it, and its seqs will never come; the replica holds what the
-        writer after it has (the answered write too, if that writer kept it: ``--data``)."""
+        Reached when the replica holds that seq of that epoch, or the snapshot of a writer started after
+        the one that answered (``Sequencer.reached``): that one was replaced (a restart) before the replica
+        caught up with it, and its seqs will never come; the replica holds what the writer after it has
+        (the answered write too, if that writer kept it: ``--data``)."""
         epoch, seq = answer.epoch, answer.seq
-        with self.changed:
-            mark = self._seq.mark()
-        return lambda: self._seq.reached(epoch, seq, mark), deadline, lambda: f"the local replica did not reach seq {seq}"
+        return lambda: self._seq.reached(epoch, seq), deadline, lambda: f"the local replica did not reach seq {seq}"
 
     def take_answer(self, answer: p.Ok, own: bool = False) -> bool:
         """Apply what an answer carries; True when the replica then holds its (epoch, seq).
@@ -346,7 +342,7 @@ class Replica:
                 self._seq.deposit(epoch, seq, change)
             if (own and change is not None) or before:
                 self.changed.notify_all()
-            behind = seq - self._seq.seq if epoch == self._seq.epoch and not self._seq.loading else 0
+            behind = self._seq.behind(seq) if epoch == self._seq.epoch and not self._seq.loading else 0
             if behind > CATCH_UP_MIN and behind > len(self.store) // 2:
                 # (a paused process with a backlog in its SUB queue) replaying it would take longer than a
                 # snapshot of the store: the replica thread reloads, so that this call ends in its time
@@ -457,6 +453,8 @@ class Replica:
                     try:
                         queued = self._resync(sub, dealer)
                         break
+                    except _Refused:  # connect() raises it (the outer handler records it)
+                        raise
                     except Unavailable as e:  # the writer went away while this replica joined: join the next one
                         # (until connect() gives up: it stops this thread at its timeout, naming this error)
                         log.info("replica waiting for the writer to join: %s", e)
@@ -543,14 +541,22 @@ class Replica:
 
     def _reload_if_asked(self) -> None:
         """``_Resync`` if a caller found the replica too far behind its answer (``take_answer``)."""
-        why, self._reload = self._reload, None
+        if self._reload is None:
+            return
+        with self.changed:
+            why, self._reload = self._reload, None
         if why is not None:
             raise _Resync(why)
 
     def _rejoin(self, poller: zmq.Poller, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> zmq.Socket[Any]:
         """After a resync the writer did not finish: a fresh SUB in place of ``sub`` (a writer back on the same
         ipc path was once seen to publish to the old one nothing ever again), then wait until a writer
-        answers (``_await_writer``). Returns the new SUB."""
+        answers (``_await_writer``), at most once a heartbeat (a writer refusing snapshots is not asked again
+        and again at once). Returns the new SUB."""
+        pause = self._rejoined_at + self._heartbeat - time.monotonic()
+        if self._stopping or (pause > 0 and self._stop_rx.poll(max(1, int(pause * 1000)))):
+            raise _Stopped
+        self._rejoined_at = time.monotonic()
         poller.unregister(sub)
         sub.close(linger=0)
         sub = self._subscriber()
@@ -700,25 +706,23 @@ class Replica:
         if not self._send(dealer, p.encode_request(p.SnapshotRequest(req_id))):
             raise Unavailable(f"the tiger writer at {self._url} takes no requests: {SNDHWM} queued for it already")
         content: dict[str, dict[str, Rows]] = {}
-        # A writer that dies during the snapshot sends nothing more: told apart from a slow one by asking
-        # hello every heartbeat (a live writer answers between chunks), so that the join is tried again on
-        # the next writer well within connect()'s timeout.
-        silence = max(4 * self._heartbeat, 2.0)
-        heard = time.monotonic()
+        # No chunk for the client's timeout: the writer stopped sending it (gone, or it dropped this joiner).
+        # A writer replaced meanwhile (a restart on the same url) is seen sooner: hello is asked at every
+        # heartbeat without a chunk, and an answer of another epoch ends the wait, so that the join is tried
+        # again on the next writer well within connect()'s timeout.
+        chunk_at = time.monotonic()
         while True:
-            if not self._wait(dealer, min(self._heartbeat, silence)):
-                if time.monotonic() - heard > silence:
-                    raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot (silent {silence:g}s)")
+            if not self._wait(dealer, self._heartbeat):
+                if time.monotonic() - chunk_at > self._timeout:
+                    raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
                 self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
                 continue
             reply = p.decode_reply(dealer.recv())
             if reply.req_id != req_id:
-                if type(reply) is p.Ok:  # a hello (or sync) answered: the writer is live, if it is the same one
-                    if epoch is not None and reply.epoch != epoch:
-                        raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
-                    heard = time.monotonic()
+                if type(reply) is p.Ok and epoch is not None and reply.epoch != epoch:
+                    raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
                 continue
-            heard = time.monotonic()
+            chunk_at = time.monotonic()
             if type(reply) is p.SnapshotChunk:
                 for table, ns, records in reply.segments:
                     if records:  # decoded frozen, each checked for a str id: into the rows in C, no per-record Python
@@ -726,7 +730,7 @@ class Replica:
             elif type(reply) is p.SnapshotEnd:
                 break
             else:
-                raise Unavailable(f"the tiger writer at {self._url} refused a snapshot: {reply}")
+                raise _Refused(f"the tiger writer at {self._url} refused a snapshot: {reply}")
         with self.changed:
             self.store.load_rows(content)
             self._seq.reset(reply.epoch, reply.seq)  # then this client's own changes deposited meanwhile

@@ -21,7 +21,6 @@ import errno
 import gc
 import logging
 import os
-import secrets
 import select
 import signal
 import sys
@@ -171,7 +170,7 @@ class Writer:
                 raise
             log.info("loaded %d records from %s (%d logged changes)", len(store), self.data.path, len(changes))
         self.core = WriterCore(
-            secrets.token_hex(8), heartbeat=heartbeat, now=time.monotonic(), store=store, disk=self.data, token=_Tokens()
+            p.new_epoch(), heartbeat=heartbeat, now=time.monotonic(), store=store, disk=self.data, token=_Tokens()
         )
         self._ctx = zmq.Context()
         self.router = self._ctx.socket(zmq.ROUTER)
