@@ -41,7 +41,10 @@ from tiger._table import Change, Put, Rows, Store
 log = logging.getLogger("tiger.replica")
 
 SUB_HWM = 200_000
-CATCH_UP_MIN = 10_000  # changes an answer may be ahead of the replica; beyond, and beyond half its records, it reloads
+# changes an answer may be ahead of the replica; beyond, and beyond a quarter of its records, it reloads (a snapshot
+# costs 3-6 us a record here, replaying 8-10 us a change, 25 with a feed open: a user trial's 195k changes behind
+# 400k records took over 5 s to replay with a feed)
+CATCH_UP_MIN = 10_000
 SNDHWM = 1000  # messages the replica's DEALER queues for a writer not taking them; past it, dropped (_send)
 _ID = operator.itemgetter("id")
 
@@ -343,7 +346,7 @@ class Replica:
             if (own and change is not None) or before:
                 self.changed.notify_all()
             behind = self._seq.behind(seq) if epoch == self._seq.epoch and not self._seq.loading else 0
-            if behind > CATCH_UP_MIN and behind > len(self.store) // 2:
+            if behind > CATCH_UP_MIN and behind > len(self.store) // 4:
                 # (a paused process with a backlog in its SUB queue) replaying it would take longer than a
                 # snapshot of the store: the replica thread reloads, so that this call ends in its time
                 self._reload = f"{behind} changes behind an answer: a snapshot is quicker than replaying them"
@@ -772,6 +775,24 @@ class Replica:
             if time.monotonic() >= deadline:
                 raise Unavailable(f"no published message from the tiger writer at {self._url} within {self._timeout}s")
             wait = min(wait * 2, 0.2)
+            # No heartbeat yet: the writer may publish elsewhere now (restarted on tcp: a new port). A hello
+            # says where; its answer, read here, moves the SUB there (``_answer``), as the running loop does.
+            self._follow_answers(sub, dealer)
+            if wait == 0.2:
+                self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
+
+    def _follow_answers(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
+        """Read the answers waiting on the replica's DEALER (``_answer``): a hello's of a new epoch moves the SUB
+        to where that writer publishes; the rest (syncs, stale ones) are dropped."""
+        while True:
+            try:
+                data = dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._answer(sub, data)
+            except _Resync:  # (followed: the caller goes on confirming, now on the new endpoint)
+                pass
 
 
 def _epoch_of(frame: bytes) -> str | None:
