@@ -514,7 +514,7 @@ class Replica:
                         self._send(dealer, p.encode_request(p.Beat(self._client_id)))
                         if self.silent_for() > self._heartbeat * 3:
                             # the writer may be gone, or back with a new epoch and PUB endpoint: ask it
-                            self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
+                            self._ask_hello(dealer)
                 except _Resync as why:
                     log.info("replica resynchronising: %s", why)
                     self.resyncs += 1
@@ -597,7 +597,7 @@ class Replica:
     def _await_writer(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
         """Ask Hello until the writer answers (or stop), following it to a new PUB endpoint; then resync."""
         while True:
-            self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
+            self._ask_hello(dealer)
             if self._wait(dealer, self._heartbeat):
                 try:
                     self._answer(sub, dealer.recv())
@@ -616,6 +616,11 @@ class Replica:
         if self._stop_rx in events:
             raise _Stopped
         return sock in events
+
+    def _ask_hello(self, dealer: zmq.Socket[Any]) -> None:
+        """Ask the writer hello (its answer, read by ``_answer``, names its epoch and PUB endpoint); a negative
+        request id, as all of the replica's own requests."""
+        self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
 
     def _send(self, dealer: zmq.Socket[Any], payload: bytes) -> bool:
         """Queue ``payload`` for the writer without blocking; False (counted in ``unsent``) if the DEALER's
@@ -718,7 +723,7 @@ class Replica:
             if not self._wait(dealer, self._heartbeat):
                 if time.monotonic() - chunk_at > self._timeout:
                     raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
-                self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
+                self._ask_hello(dealer)
                 continue
             reply = p.decode_reply(dealer.recv())
             if reply.req_id != req_id:
@@ -779,7 +784,7 @@ class Replica:
             # says where; its answer, read here, moves the SUB there (``_answer``), as the running loop does.
             self._follow_answers(sub, dealer)
             if wait == 0.2:
-                self._send(dealer, p.encode_request(p.Hello(-next(self._req_ids), self._client_id)))
+                self._ask_hello(dealer)
 
     def _follow_answers(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
         """Read the answers waiting on the replica's DEALER (``_answer``): a hello's of a new epoch moves the SUB

@@ -520,7 +520,7 @@ def _cancelling() -> bool:
     return bool(cancelling()) if cancelling is not None else False
 
 
-_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)  # plain ints: pyzmq's flag enums cost a call each
+_POLLIN = int(zmq.POLLIN)  # a plain int: pyzmq's flag enums cost a call each
 
 
 class _AwaitedSocket:
@@ -583,7 +583,7 @@ class _AwaitedSocket:
         self._loop = loop
 
     async def wait(self, want: int, timeout: float) -> bool:
-        """True once ``ZMQ_EVENTS`` has ``want`` (``_POLLIN``, ``_POLLOUT``), False after ``timeout`` seconds."""
+        """True once ``ZMQ_EVENTS`` has ``want`` (``_POLLIN``), False after ``timeout`` seconds."""
         if cast(int, self.sock.get(zmq.EVENTS)) & want:
             return True
         loop = running_loop()
