@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -684,3 +685,61 @@ def test_the_writer_core_leaves_no_cyclic_garbage():
         gc.set_debug(0)
         gc.garbage.clear()
     assert found == []
+
+
+# -- an insert's records published in the bytes they came in ----------------------------------------
+
+
+def _insert_payload(rig: Rig, records: list[Any]) -> bytes:
+    return rig.encode(ALICE, p.Insert(1, "t", "global", None, records, False))
+
+
+def test_an_insert_stored_as_sent_is_published_logged_and_answered_in_the_bytes_it_came_in():
+    # the writer spliced these bytes in place of packing its records again (600 us per 1000 records):
+    # a client's own non-canonical encoding (1 as a uint64) comes back as it was, and decodes to the store
+    disk = FakeDisk()
+    rig = Rig(disk)
+    canonical = _insert_payload(rig, [{"id": "a", "n": 1, "created": 5}, {"id": "b", "n": [2], "created": 6}])
+    payload = canonical.replace(b"\xa1n\x01", b"\xa1n\xcf" + (1).to_bytes(8, "big"))
+    assert payload != canonical and p.unpack(payload) == p.unpack(canonical)
+    outbox = rig.send(payload)
+    [(_, message)] = outbox.published
+    [[_, answer]] = outbox.replies
+    sent = p.insert_records_bytes(payload)
+    assert sent is not None and b"\xcf" in sent
+    assert sent in message and sent in answer and sent in disk.durable[0]
+    stored = rig.core.store.ordered("t", "global")
+    assert sorted(stored, key=lambda r: r["id"]) == [{"id": "a", "n": 1, "created": 5}, {"id": "b", "n": [2], "created": 6}]
+    change = p.decode_published(message).change  # type: ignore[union-attr]
+    assert list(change.records) == [rig.core.store.get("t", "global", "a"), rig.core.store.get("t", "global", "b")]
+    assert p.decode_reply(answer).change == change  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [{"id": "a", "n": 1}],  # no created: the writer adds it
+        [{"n": 1, "created": 5}],  # no id: the writer makes one
+        [{"n": 1, "id": "a", "created": 5}],  # the id not first: the writer puts it first
+        [{"id": "a", "n": 1, "created": 5}, {"id": "b", "n": 2}],  # one of them filled in
+    ],
+    ids=["no-created", "no-id", "id-not-first", "one-filled"],
+)
+def test_an_insert_the_writer_fills_in_is_packed_again_as_stored(records):
+    rig = Rig()
+    payload = _insert_payload(rig, records)
+    [(_, message)] = rig.send(payload).published
+    sent = p.insert_records_bytes(payload)
+    assert sent is not None and sent not in message
+    change = p.decode_published(message).change  # type: ignore[union-attr]
+    assert [r["id"] for r in change.records] == [r["id"] for r in rig.core.store.ordered("t", "global")][::-1]
+    for record in change.records:
+        assert next(iter(record)) == "id" and type(record["created"]) is int
+        assert record == rig.core.store.get("t", "global", record["id"])
+
+
+def test_insert_records_bytes_is_none_for_anything_but_an_insert_call():
+    rig = Rig()
+    assert p.insert_records_bytes(rig.encode(ALICE, p.Remove(1, "t", "global", "a"))) is None
+    assert p.insert_records_bytes(p.encode_request(insert(1))) is None  # a request, not a call
+    assert p.insert_records_bytes(b"\xc1") is None

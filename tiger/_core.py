@@ -26,6 +26,7 @@ Rules kept here (each was a fault once; see tests/test_core.py):
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections import deque
 from collections.abc import Callable
@@ -145,6 +146,7 @@ class WriterCore:
         self.publications = 0  # messages that published changes: a group commit of several changes is one
         self._recent: deque[tuple[int, bytes]] = deque()  # (seq, packed change or b"": too big), newest last
         self._recent_bytes = 0
+        self._payload: bytes | None = None  # the bytes of the call being handled (an insert's records are spliced)
         self._appended = False  # this group appended to the data directory: commit() must make it durable
         self._group_answers: list[tuple[str, int]] = []  # (client id, req id) of the answers kept this group
         self._committed_seq = 0  # the seq of the last change made durable and published
@@ -265,7 +267,11 @@ class WriterCore:
                 if wall > call.expires:
                     raise Expired(f"the call arrived after its deadline ({wall - call.expires:.3f}s late); not applied")
                 request = call.request
-            reply, kept = self._dispatch(envelope, request, topic, now, wall, call)  # type: ignore[arg-type]
+            self._payload = data if call is not None else None
+            try:
+                reply, kept = self._dispatch(envelope, request, topic, now, wall, call)  # type: ignore[arg-type]
+            finally:
+                self._payload = None
         except Exception as e:  # the writer never dies of what a client sends
             kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
             message = str(e)
@@ -534,6 +540,9 @@ class WriterCore:
         change = _table.prepare_insert(
             self.store, r.table, r.namespace, r.prefix, r.records, create=r.create, now=int(wall), token=self.token
         )
+        records = change.records
+        if self._payload is not None and len(records) == len(r.records) and all(map(operator.is_, records, r.records)):
+            change.packed = p.insert_records_bytes(self._payload)  # each stored as decoded: their bytes as they came
         return change, None
 
     def _update(self, r: p.Update, now: float, wall: float) -> tuple[_table.Change | None, Any]:

@@ -685,8 +685,33 @@ def checksum(store: Store) -> int:
 
 
 def pack_change(change: Change) -> bytes:
-    """A change packed once, to embed in both the published message and the reply."""
+    """A change packed once, to embed in the log, the published message and the reply (a Put's records
+    as they came, when it has them packed: ``Put.packed``)."""
+    if type(change) is Put and change.packed is not None:  # ["put", table, namespace, records]
+        return b"\x94\xa3put" + pack(change.table) + pack(change.namespace) + change.packed
     return pack(change_to_wire(change))
+
+
+def insert_records_bytes(data: bytes) -> bytes | None:
+    """The packed records array of an insert call (``encode_call`` of an ``Insert``: ``data``), as its
+    bytes hold it; None for any other message. About 60 us for 1000 records of 200 bytes, where packing
+    them again took about 600."""
+    try:
+        u = msgpack.Unpacker(None, max_buffer_size=len(data))
+        u.feed(data)
+        if u.read_array_header() != 5 or u.unpack() != "call":
+            return None
+        u.skip()  # client id
+        u.skip()  # expiry
+        if u.read_array_header() != 7 or u.unpack() != "insert":
+            return None
+        for _ in range(4):  # req id, table, namespace, prefix
+            u.skip()
+        start = u.tell()
+        u.skip()
+        return data[start : u.tell()]
+    except Exception:  # (the call was decoded whole before: not expected)
+        return None
 
 
 def ok_bytes(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from tiger._errors import AlreadyExists, NotFound
@@ -252,11 +252,16 @@ def check_fields(fields: Mapping[str, Any], where: str = "find") -> None:
 
 @dataclass(slots=True)  # not frozen: one per write, and a frozen one costs 4x to make (nothing changes it)
 class Put:
-    """Store these whole records (replacing any with the same id), in this order."""
+    """Store these whole records (replacing any with the same id), in this order.
+
+    ``packed``: the records as one packed msgpack array, when a writer has them so (a call's records it
+    stores exactly as decoded): packing the change embeds these bytes instead of packing the records
+    again. Not part of the change's value (equality ignores it)."""
 
     table: str
     namespace: str
     records: tuple[Record, ...]
+    packed: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)  # not frozen: one per write, and a frozen one costs 4x to make (nothing changes it)
