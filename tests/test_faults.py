@@ -394,6 +394,62 @@ def test_a_connect_whose_writer_dies_during_the_join_joins_the_next_writer(tmp_p
         admin.close()
 
 
+def test_a_connect_whose_writer_is_replaced_on_a_new_publish_port_before_its_subscription_is_live_follows_it():
+    """Regression (a user trial): on tcp, a writer restarted while a new client waited for its subscription
+    to be confirmed publishes on a new port; the joiner kept waiting on the old one and connect() failed
+    after its whole timeout (4 of 20 joins through quick restarts). It now asks hello meanwhile and moves
+    its subscription to where the answering writer publishes. Here the first writer is a stand-in that
+    answers hello and nothing else, so that the join is held at that step until the real writer comes."""
+    ctx = zmq.Context()
+    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+    for sock in (router, pub):
+        sock.setsockopt(zmq.LINGER, 0)
+    url = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    pub_url = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    joined: list[tiger.Client | BaseException] = []
+
+    def join() -> None:
+        try:
+            joined.append(tiger.connect(url, timeout=10))
+        except BaseException as e:
+            joined.append(e)
+
+    joiner = threading.Thread(target=join, daemon=True)
+    joiner.start()
+    stand_in = p.new_epoch()
+    deadline = time.monotonic() + 20
+    confirming = False
+    while not confirming:  # answer hello until the joiner asks for its subscription's heartbeat
+        assert time.monotonic() < deadline and not joined, joined or "the joiner never asked for a heartbeat"
+        if not router.poll(100):
+            continue
+        peer, data = router.recv_multipart()
+        message = p.call_from(p.unpack(data))
+        request = message.request if type(message) is p.Call else message
+        if type(request) is p.Hello:
+            hello = {"pub": pub_url, "pid": os.getpid(), "heartbeat": 0.5, "time": time.time()}
+            router.send_multipart([peer, p.ok_bytes(request.req_id, stand_in, 0, None, hello)])
+        confirming = type(request) is p.Sync
+    router.close()
+    pub.close()
+    ctx.term()
+    writer, _ = cli_serve("--url", url)
+    try:
+        joiner.join(30)
+        assert joined and isinstance(joined[0], tiger.Client), joined
+        client = joined[0]
+        assert client.epoch != stand_in and client.epoch == client.stats()["epoch"]
+        client.table("t").insert({"id": "mine"})
+        with tiger.connect(url) as other:
+            assert "mine" in other.table("t")
+            other.table("t").insert({"id": "theirs"})
+        client.sync()
+        assert "theirs" in client.table("t")  # its subscription is live, on the writer's publish port
+        client.close()
+    finally:
+        stop(writer)
+
+
 PAUSED = """
 import sys, tiger
 from tiger import _replica
