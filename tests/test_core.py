@@ -743,3 +743,17 @@ def test_insert_records_bytes_is_none_for_anything_but_an_insert_call():
     assert p.insert_records_bytes(rig.encode(ALICE, p.Remove(1, "t", "global", "a"))) is None
     assert p.insert_records_bytes(p.encode_request(insert(1))) is None  # a request, not a call
     assert p.insert_records_bytes(b"\xc1") is None
+
+
+def test_a_record_over_the_size_limit_is_refused_when_its_client_packed_it_smaller():
+    # a review: the size check looked at the total of the client's bytes, which the writer now keeps; floats
+    # sent as float32 (5 bytes) are float64 (9) in any packing of the stored record: a 10.8 MB record passed
+    rig = Rig()
+    record = {"id": "a", "created": 5, "v": [0.5] * 1_200_000}
+    canonical = p.unpack(_insert_payload(rig, [record]))
+    payload = msgpack.packb(canonical, use_bin_type=True, use_single_float=True)
+    assert len(payload) < p.MAX_RECORD < len(p.pack(record))
+    [[_, answer]] = rig.send(payload).replies
+    reply = p.decode_reply(answer)
+    assert type(reply) is p.Failed and f"bytes packed; a record may be at most {p.MAX_RECORD} bytes" in reply.message
+    assert rig.core.store.get("t", "global", "a") is None and rig.core.seq == 0
