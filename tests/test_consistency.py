@@ -37,7 +37,7 @@ WORKERS = 3
 NS = "consistency"
 
 
-def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results: Any) -> None:
+def worker(index: int, url: str, seed: int, once_dir: str, ready: Any, barrier: Any, results: Any) -> None:
     rng = random.Random(seed)
     own: dict[str, int | None] = {}  # id -> last acknowledged version (None: deleted)
     maybe: dict[str, list[int | None]] = {}  # id -> states of writes that raised after that
@@ -60,6 +60,7 @@ def worker(index: int, url: str, seed: int, once_dir: str, barrier: Any, results
 
         return factory
 
+    ready.wait(60)  # with the other workers and the test's fault schedule: the faults strike work in progress
     with tiger.namespace(NS):
         end = time.monotonic() + DURATION
         while time.monotonic() < end:
@@ -180,10 +181,10 @@ def test_histories_hold_under_faults(tmp_path):
     once_dir = tmp_path / "once"
     once_dir.mkdir()
     server = tiger.serve(url, data=data, fsync="always")
-    barrier = SPAWN.Barrier(WORKERS)
+    ready, barrier = SPAWN.Barrier(WORKERS + 1), SPAWN.Barrier(WORKERS)
     results: Any = SPAWN.Queue()
     procs = [
-        SPAWN.Process(target=worker, args=(i, url, 1000 + i, str(once_dir), barrier, results), daemon=True)
+        SPAWN.Process(target=worker, args=(i, url, 1000 + i, str(once_dir), ready, barrier, results), daemon=True)
         for i in range(WORKERS)
     ]
     for proc in procs:
@@ -191,6 +192,7 @@ def test_histories_hold_under_faults(tmp_path):
     try:
         with tiger.connect(url) as probe:
             probe.sync()  # the writer is up before the fault schedule starts
+        ready.wait(60)  # and every worker is connected, about to start (spawned and importing under load: seconds)
         start = time.monotonic()
 
         def at(offset: float) -> None:
