@@ -757,3 +757,13 @@ def test_a_record_over_the_size_limit_is_refused_when_its_client_packed_it_small
     reply = p.decode_reply(answer)
     assert type(reply) is p.Failed and f"bytes packed; a record may be at most {p.MAX_RECORD} bytes" in reply.message
     assert rig.core.store.get("t", "global", "a") is None and rig.core.seq == 0
+
+
+def test_an_update_that_grows_a_record_past_the_size_limit_is_refused_naming_the_record():
+    # a user trial: the writer's refusal said "records is 10485795 bytes packed", naming neither the table nor
+    # the id (only the writer can see this: the client checks the size of the changes it sends, not the merge)
+    rig = Rig()
+    assert type(rig.call(ALICE, p.Insert(1, "t", "global", None, [{"id": "a", "blob": b"x" * (5 << 20)}], False))) is p.Ok
+    reply = rig.call(ALICE, p.Update(2, "t", "global", "a", {"more": b"y" * (5 << 20)}))
+    assert type(reply) is p.Failed and reply.message.startswith("t record 'a' is "), reply
+    assert "more" not in rig.core.store.get("t", "global", "a") and rig.core.seq == 1

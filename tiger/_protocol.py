@@ -38,13 +38,17 @@ MAX_RECORD = 8 * 1024 * 1024  # bytes of one packed record
 
 
 def check_record_sizes(records: Any, total: int, what: str = "records") -> None:
-    """ValueError naming the first record over MAX_RECORD packed bytes (looked for only when ``total`` is over it)."""
+    """ValueError naming the first record over MAX_RECORD packed bytes (looked for only when ``total`` is over
+    it): ``what``, its index when there are several, and its id when it has one (``records[3] 'plan_x'``)."""
     if total <= MAX_RECORD:
         return
     for i, record in enumerate(records):
         size = len(pack(record))
         if size > MAX_RECORD:
             where = what if len(records) == 1 else f"{what}[{i}]"
+            id = record.get("id") if isinstance(record, Mapping) else None
+            if isinstance(id, str):
+                where += f" {_shown(id)}"
             raise ValueError(f"{where} is {size} bytes packed; a record may be at most {MAX_RECORD} bytes")
 
 
