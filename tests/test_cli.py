@@ -126,17 +126,21 @@ def test_a_second_writer_on_a_live_ipc_url_is_refused_and_the_first_keeps_its_cl
 
 
 def test_a_served_writer_exits_when_its_owner_is_killed(tmp_path):
-    """tiger.serve() in a process that then dies of SIGKILL: its writer does not outlive it."""
-    script = "import sys, tiger; s = tiger.serve(); print(s.pid, flush=True); sys.stdin.read()"
+    """tiger.serve() in a process that then dies of SIGKILL: its writer does not outlive it, nor the
+    directory tiger.serve() made for its ipc socket (every run of the suite left one in /tmp)."""
+    script = "import sys, tiger; s = tiger.serve(); print(s.pid, s.url, flush=True); sys.stdin.read()"
     owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        writer_pid = int(read_line(owner))  # type: ignore[arg-type]
+        pid, url = read_line(owner).split()  # type: ignore[union-attr]
+        writer_pid, made = int(pid), os.path.dirname(url.removeprefix("ipc://"))
+        assert os.path.isdir(made)
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
         deadline = time.monotonic() + 10
         while alive(writer_pid):
             assert time.monotonic() < deadline, f"writer {writer_pid} outlived its owner"
             time.sleep(0.05)  # sleep-ok: polling another process's exit, not a socket
+        assert not os.path.exists(made), os.listdir(made)
     finally:
         if owner.poll() is None:
             owner.kill()

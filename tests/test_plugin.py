@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -192,6 +194,7 @@ def test_no_writer_outlives_a_killed_controller(pytester, tmp_path):
             threading.Event().wait(120)
         """
     )
+    temp = tempfile.mkdtemp(prefix="tt", dir="/tmp")  # the killed run leaves its directory (README): here, removed below
     controller = subprocess.Popen(
         [sys.executable, "-u", "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "-s", str(pytester.path)],
         stdout=subprocess.PIPE,
@@ -199,6 +202,7 @@ def test_no_writer_outlives_a_killed_controller(pytester, tmp_path):
         text=True,
         cwd=pytester.path,
         start_new_session=True,
+        env={**os.environ, "TMPDIR": temp},
     )
     try:
         deadline = time.monotonic() + 60
@@ -218,6 +222,7 @@ def test_no_writer_outlives_a_killed_controller(pytester, tmp_path):
         except ProcessLookupError:
             pass
         controller.communicate(timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_keep_keeps_the_data_and_names_the_namespace_of_a_failed_test(pytester):
@@ -375,10 +380,16 @@ def test_a_writer_that_cannot_start_stops_the_run_with_one_line(pytester, tmp_pa
 
 
 @pytest.mark.parametrize("value", ["inf", "-1", "soon"])
-def test_a_teardown_timeout_it_could_not_keep_is_a_usage_error(pytester, value):
+def test_a_teardown_timeout_it_could_not_keep_is_a_usage_error(pytester, monkeypatch, value):
     # tiger_teardown_timeout = inf made the end of a run wait forever for a builder that never tore down.
     pytester.makeini(f"[pytest]\ntiger_teardown_timeout = {value}\n")
     pytester.makepyfile("def test_x():\n    pass\n")
-    result = run(pytester, "-p", "no:xdist")
+    temp = tempfile.mkdtemp(prefix="tt", dir="/tmp")  # short: the run's directory is made here, not in /tmp
+    monkeypatch.setenv("TMPDIR", temp)
+    try:
+        result = run(pytester, "-p", "no:xdist")
+        assert os.listdir(temp) == []  # the run's directory, made before the error, went with it (it stayed)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*tiger_teardown_timeout must be a number of seconds from 0 to 86400 (a day)*{value!r}*"])

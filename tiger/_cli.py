@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default %(default)s")
     serve.add_argument("--owner-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--made-dir", default=None, help=argparse.SUPPRESS)  # tiger.serve()'s ipc directory
     serve.add_argument("--pub-hwm", type=int, default=PUB_HWM, help=argparse.SUPPRESS)  # tests force drops with it
 
     stats = commands.add_parser("stats", help="show a running writer's epoch, seq, clients and record counts")
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fsync=args.fsync,
                 curve_secret=args.curve_secret,
                 compact_bytes=args.compact_bytes,
+                made_dir=args.made_dir,
             )
         if args.command == "load":
             from tiger._seed import load_files

@@ -171,6 +171,8 @@ def start_writer(
     command += ["--owner-pid", str(os.getpid() if owner_pid is None else owner_pid)]
     if owned_here:
         command += ["--watch-stdin"]
+    if tmpdir is not None:  # the writer removes it once stopped, in case this process was killed meanwhile
+        command += ["--made-dir", tmpdir]
     if data is not None:
         command += ["--data", os.fspath(data), "--fsync", fsync]
     if curve_secret is not None:

@@ -384,8 +384,12 @@ def serve_forever(
     fsync: str = "everysec",
     curve_secret: str | None = None,
     compact_bytes: int = COMPACT_BYTES,
+    made_dir: str | None = None,
 ) -> int:
-    """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code."""
+    """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code.
+
+    ``made_dir``: the directory ``tiger.serve()`` made for this writer's ipc socket: removed once the writer
+    has stopped, if empty (its owner, which removes it too, may have been killed meanwhile)."""
     logging.basicConfig(level=log_level, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
     try:
         secret = None if curve_secret is None else read_secret_key(curve_secret)
@@ -415,6 +419,11 @@ def serve_forever(
         return 2
     print(f"tiger writer serving at {writer.url}", flush=True)
     log.info("epoch %s, publishing at %s", writer.epoch, writer.pub_url)
-    writer.run(watch_fd=sys.stdin.fileno() if watch_stdin else None)
+    try:
+        writer.run(watch_fd=sys.stdin.fileno() if watch_stdin else None)
+    finally:
+        if made_dir is not None:
+            with contextlib.suppress(OSError):  # (not empty, or removed by the owner already: left as it is)
+                os.rmdir(made_dir)
     log.info("stopped at seq %d", writer.seq)
     return 0

@@ -718,15 +718,22 @@ _run_key = pytest.StashKey[_Run]()
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    identity = getattr(config, "workerinput", {}).get(_RUN_KEY)
-    if identity is None:  # the controller, or the only pytest process
+    identity: dict[str, Any] | None = getattr(config, "workerinput", {}).get(_RUN_KEY)
+    made = identity is None  # the controller, or the only pytest process: it makes the run's directory
+    if identity is None:
         identity = {
             "id": secrets.token_hex(3),
             "dir": _run_dir(),
             "controller": os.getpid(),
             "url": config.getoption("--tiger-url") or os.environ.get("TIGER_URL") or None,
         }
-    config.stash[_run_key] = _Run(config, identity)
+    try:
+        run = _Run(config, identity)
+    except BaseException:  # a usage error (a bad tiger_teardown_timeout): pytest ends with no unconfigure of ours
+        if made:
+            _RunDir(Path(identity["dir"])).remove()
+        raise
+    config.stash[_run_key] = run
 
 
 @pytest.hookimpl(optionalhook=True)
