@@ -308,6 +308,22 @@ def test_an_async_reader_awaits_without_a_thread_and_survives_a_cancelled_await(
     assert asyncio.run(main()) == ["a", "b"]
 
 
+def test_a_feed_opened_with_async_with_is_closed_at_its_end(pair):
+    # a user trial: async code reached for `async with table.watch() as feed:` and got a TypeError
+    writer, replica = pair
+    feed = watch(replica, timeout=None)
+
+    async def main() -> list[str]:
+        replica.published(*writer.insert({"id": "a"}))
+        async with feed as same:
+            assert same is feed
+            got = [(await feed.__anext__()).id]
+        return got
+
+    assert asyncio.run(main()) == ["a"]
+    assert list(feed) == []  # closed: the iteration ends
+
+
 def test_an_async_read_times_out_naming_the_feed_and_stays_usable(pair):
     writer, replica = pair
     feed = watch(replica, timeout=0.05)

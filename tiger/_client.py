@@ -710,7 +710,8 @@ class _TableReads:
         return Page(data, has_more)
 
     def find(self, **fields: Any) -> builtins.list[Record]:
-        """Records of the current namespace whose top-level fields equal all the given values, in list order."""
+        """Records of the current namespace whose top-level fields equal all the given values (Python's ``==``:
+        ``True`` matches ``1`` and ``1.0``; a tuple matches the stored list), in list order."""
         check_fields(fields)
         return self._store.find(self.name, _current(), fields)
 

@@ -567,6 +567,13 @@ class Feed:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Feed:
+        """``async with table.watch() as feed:`` as well as ``with``: the same feed, closed at the end."""
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     def __iter__(self) -> Feed:
         return self
 
