@@ -147,6 +147,20 @@ def test_a_served_writer_exits_when_its_owner_is_killed(tmp_path):
         owner.communicate(timeout=10)
 
 
+def test_a_writer_stopped_by_someone_else_leaves_its_directory_for_a_new_writer_on_the_url():
+    # a review: the writer removed tiger.serve()'s directory whenever it stopped, so a writer started again
+    # on that url (after a SIGTERM from outside) failed to bind; it now removes it only when its owner is gone
+    first = tiger.serve()
+    try:
+        os.kill(first.pid, signal.SIGTERM)
+        first._process.wait(10)
+        with tiger.serve(first.url) as second, tiger.connect(second.url) as client:
+            client.table("t").insert({"id": "a"})
+            assert "a" in client.table("t")
+    finally:
+        first.stop()
+
+
 @pytest.mark.parametrize("heartbeat", ["inf", "nan", "0", "1e12"])
 def test_serve_refuses_a_heartbeat_it_could_not_keep(heartbeat):
     # --heartbeat inf started a writer that never published a heartbeat: its clients took it for gone.

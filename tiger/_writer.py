@@ -153,6 +153,7 @@ class Writer:
             )
         self.heartbeat = heartbeat
         self.owner = None if owner_pid is None else ProcessWatch(owner_pid)
+        self.orphaned = False  # stopped because the process that started it is gone
         self.started = time.time()
         self._running = True
         self._receiving = False  # in the blocking receive: a stop signal may interrupt it at once
@@ -251,6 +252,7 @@ class Writer:
                     next_beat = time.monotonic() + self.heartbeat
                     if watch_fd is not None and _closed(watch_fd):
                         log.info("the process that started this writer is gone; stopping")
+                        self.orphaned = True
                         break
                 # Snapshots go out between requests, a turn's worth at a time; a full queue is tried again
                 # soon. (ROUTER has no per-peer POLLOUT: a short receive timeout is the wake-up.)
@@ -302,6 +304,7 @@ class Writer:
         self._send_outbox()
         if self.owner is not None and self.owner.ended():
             log.info("owner process %d is gone; stopping", self.owner.pid)
+            self.orphaned = True
             self._running = False
         if self.freeze_long_lived and self.core.seq != self._frozen_at:
             self._freeze_long_lived()
@@ -388,8 +391,9 @@ def serve_forever(
 ) -> int:
     """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code.
 
-    ``made_dir``: the directory ``tiger.serve()`` made for this writer's ipc socket: removed once the writer
-    has stopped, if empty (its owner, which removes it too, may have been killed meanwhile)."""
+    ``made_dir``: the directory ``tiger.serve()`` made for this writer's ipc socket: removed, if empty, when the
+    writer stops because its owner is gone (killed: nobody else will); a writer stopped otherwise leaves it to
+    its owner (which may start another writer on the same url)."""
     logging.basicConfig(level=log_level, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
     try:
         secret = None if curve_secret is None else read_secret_key(curve_secret)
@@ -422,7 +426,7 @@ def serve_forever(
     try:
         writer.run(watch_fd=sys.stdin.fileno() if watch_stdin else None)
     finally:
-        if made_dir is not None:
+        if made_dir is not None and writer.orphaned:
             with contextlib.suppress(OSError):  # (not empty, or removed by the owner already: left as it is)
                 os.rmdir(made_dir)
     log.info("stopped at seq %d", writer.seq)
