@@ -699,7 +699,8 @@ def test_an_insert_stored_as_sent_is_published_logged_and_answered_in_the_bytes_
     # a client's own non-canonical encoding (1 as a uint64) comes back as it was, and decodes to the store
     disk = FakeDisk()
     rig = Rig(disk)
-    canonical = _insert_payload(rig, [{"id": "a", "n": 1, "created": 5}, {"id": "b", "n": [2], "created": 6}])
+    records = [{"id": "a", "n": 1, "created": 5}, {"id": "b", "n": [2], "created": 6, "pad": "x" * _core.SPLICE_MIN}]
+    canonical = _insert_payload(rig, records)
     payload = canonical.replace(b"\xa1n\x01", b"\xa1n\xcf" + (1).to_bytes(8, "big"))
     assert payload != canonical and p.unpack(payload) == p.unpack(canonical)
     outbox = rig.send(payload)
@@ -709,7 +710,7 @@ def test_an_insert_stored_as_sent_is_published_logged_and_answered_in_the_bytes_
     assert sent is not None and b"\xcf" in sent
     assert sent in message and sent in answer and sent in disk.durable[0]
     stored = rig.core.store.ordered("t", "global")
-    assert sorted(stored, key=lambda r: r["id"]) == [{"id": "a", "n": 1, "created": 5}, {"id": "b", "n": [2], "created": 6}]
+    assert sorted(stored, key=lambda r: r["id"]) == records
     change = p.decode_published(message).change  # type: ignore[union-attr]
     assert list(change.records) == [rig.core.store.get("t", "global", "a"), rig.core.store.get("t", "global", "b")]
     assert p.decode_reply(answer).change == change  # type: ignore[union-attr]
@@ -727,7 +728,7 @@ def test_an_insert_stored_as_sent_is_published_logged_and_answered_in_the_bytes_
 )
 def test_an_insert_the_writer_fills_in_is_packed_again_as_stored(records):
     rig = Rig()
-    payload = _insert_payload(rig, records)
+    payload = _insert_payload(rig, [dict(r, pad="x" * _core.SPLICE_MIN) for r in records])  # worth splicing
     [(_, message)] = rig.send(payload).published
     sent = p.insert_records_bytes(payload)
     assert sent is not None and sent not in message
@@ -767,3 +768,11 @@ def test_an_update_that_grows_a_record_past_the_size_limit_is_refused_naming_the
     reply = rig.call(ALICE, p.Update(2, "t", "global", "a", {"more": b"y" * (5 << 20)}))
     assert type(reply) is p.Failed and reply.message.startswith("t record 'a' is "), reply
     assert "more" not in rig.core.store.get("t", "global", "a") and rig.core.seq == 1
+
+
+def test_a_record_over_the_size_limit_among_several_is_refused_naming_its_table_index_and_id():
+    rig = Rig()
+    records = [{"id": "a", "n": 1}, {"id": "b", "blob": b"x" * (p.MAX_RECORD + 1)}]
+    reply = rig.call(ALICE, p.Insert(1, "t", "global", None, records, False))
+    assert type(reply) is p.Failed and reply.message.startswith("t records[1] 'b' is "), reply
+    assert rig.core.store.get("t", "global", "a") is None and rig.core.seq == 0
