@@ -70,10 +70,12 @@ class _Bulk:
 CODEC = "msgpack codec only"
 
 
-def _codec_floor(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
-    """records/s if a write cost nothing but its msgpack work: the client packs the batch, the writer
-    decodes it (frozen, as tiger's does) and packs it again, the client decodes the answer (frozen)."""
+def _codec_floor(fresh: Callable[[int], list[dict[str, Any]]], size: int, budget: float) -> dict[str, Any]:
+    """records/s if a write cost nothing but its msgpack work: the client packs a batch of ``size``, the
+    writer decodes it (frozen, as tiger's does) and packs it again, the client decodes the answer (frozen)."""
     from tiger import _protocol as p
+
+    records = fresh(size)
 
     def trip() -> None:
         p.unpack_frozen(p.pack(p.unpack_frozen(p.pack(records))))
@@ -96,43 +98,46 @@ RULES_LABEL = (
 )
 
 
-def _rules_floor(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
-    """records/s of the work on an ``insert_many`` call's critical path, in one process, with no socket: the
-    client checks the records and packs the call; the writer decodes it (frozen), applies the table rules
-    (``prepare_insert``: checks, ids, ``created``) to its store, and packs the change and its answer; the
-    client decodes the answer (the records it sent taken from its own copy, decoded beforehand: in tiger
-    that overlaps the writer's work) and applies it to its replica's store. What tiger adds to this is
-    its sockets, its two processes and their scheduling."""
+def _rules_floor(fresh: Callable[[int], list[dict[str, Any]]], size: int, budget: float) -> dict[str, Any]:
+    """records/s of the work on an ``insert_many`` call's critical path, in one process, with no socket:
+    the client checks ``size`` fresh records and packs the call; the writer's core (``WriterCore``, as the
+    writer runs it) decodes it, applies the table rules (checks, ids, ``created``), stores the records,
+    packs the change (or reuses the call's bytes, as it does for these records) and its publication and
+    answer; the client decodes the answer (the records it sent taken from its own copy, decoded
+    beforehand: in tiger that overlaps the writer's work) and applies it to its replica's store. What
+    tiger adds to this is its sockets, its two processes and their scheduling."""
     import tiger._table as t
     from tiger import _protocol as p
+    from tiger._core import WriterCore
 
     tokens = itertools.count()
-
-    def token(n: int) -> str:
-        return f"{next(tokens):0{2 * n}x}"
-
-    writer, replica = t.Store(), t.Store()
-    first = p.Insert(1, "plans", "ns", "plan", records, False)
-    own = p.own_records_of(first, p.encode_call(p.Call("c" * 16, 1e12, first, 3)))  # decoded while the writer works
+    core = WriterCore("e" * 16, heartbeat=0.5, now=0.0, token=lambda n: f"{next(tokens):0{2 * n}x}", info={"pid": 0})
+    replica = t.Store()
+    count = max(5, 20_000 // size)
+    calls = []  # made before the clock starts: fresh records, and the client's copy of them (decoded while the writer works)
+    for req_id in range(1, count + 1):
+        records = fresh(size)
+        insert = p.Insert(req_id, "plans", "ns", "plan", records, False)
+        calls.append((records, req_id, p.own_records_of(insert, p.encode_call(p.Call("c" * 16, 1e12, insert, -1)))))
+    queue = iter(calls)
 
     def trip() -> None:
+        records, req_id, own = next(queue)
         t.check_records(records, "plans", "plan", single=False)
-        insert = p.Insert(1, "plans", "ns", "plan", records, False)
-        payload = p.encode_call(p.Call("c" * 16, 1e12, insert, 3))
-        request = p.call_from(p.unpack_frozen(payload)).request  # type: ignore[union-attr]
-        change = t.prepare_insert(writer, "plans", "ns", "plan", request.records, create=False, now=5, token=token)
-        writer.apply(change)
-        reply = p.decode_reply(p.ok_bytes(insert.req_id, "e" * 16, 1, p.pack_change(change)), own)
+        payload = p.encode_call(p.Call("c" * 16, 1e12, p.Insert(req_id, "plans", "ns", "plan", records, False), -1))
+        core.handle([b"peer", payload], 1.0, 100.0)
+        core.commit(1.0)
+        reply = p.decode_reply(core.take_outbox().replies[-1][-1], own)
         replica.apply(reply.change)  # type: ignore[union-attr]
 
     collecting = gc.isenabled()
     gc.disable()  # as the codec floor: the work, not this process's collections
     try:
-        seconds = time_calls(trip, count=max(5, 20_000 // len(records)), budget=budget)
+        seconds = time_calls(trip, count=count, budget=budget)
     finally:
         if collecting:
             gc.enable()
-    return {"median": len(records) * len(seconds) / sum(seconds), "calls": len(seconds)}
+    return {"median": len(seconds) * size / sum(seconds), "calls": len(seconds)}
 
 
 def run(ctx: Context) -> Result:
@@ -203,7 +208,7 @@ def run(ctx: Context) -> Result:
     for subject, floor, tag, what, label in floors:
         with step(NAME, f"floor: {what}, per batch size (in this process)"):
             for size in BATCH_SIZES:
-                measured = floor(_fresh(tag)(size), ctx.pick(0.3, 0.1))
+                measured = floor(_fresh(tag), size, ctx.pick(0.3, 0.1))
                 row = res.row(f"batch {size}", subject, "floor", "records/s", measured, better=HIGHER, label=label)
                 series.setdefault(subject, {})[str(size)] = row["median"]
     res.series["records_per_s"] = series
