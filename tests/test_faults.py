@@ -36,6 +36,21 @@ def wait(condition, timeout: float = 15.0, what: str = "condition") -> None:
         time.sleep(0.02)  # sleep-ok: polling a state another process changes, not a socket
 
 
+def connect_in_thread(url: str, timeout: float) -> tuple[threading.Thread, list[tiger.Client | BaseException]]:
+    """``tiger.connect()`` on a thread of its own, started: its client, or what it raised, lands in the list."""
+    joined: list[tiger.Client | BaseException] = []
+
+    def join() -> None:
+        try:
+            joined.append(tiger.connect(url, timeout=timeout))
+        except BaseException as e:
+            joined.append(e)
+
+    joiner = threading.Thread(target=join, daemon=True)
+    joiner.start()
+    return joiner, joined
+
+
 def cli_serve(*args: str) -> tuple[subprocess.Popen[str], str]:
     owner = ["--owner-pid", str(os.getpid())]  # it exits if this test process dies before stopping it
     proc = subprocess.Popen([*TIGER, "serve", *owner, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -362,19 +377,10 @@ def test_a_connect_whose_writer_dies_during_the_join_joins_the_next_writer(tmp_p
     url, data = f"ipc://{tmp_path}/w", str(tmp_path / "data")
     first, _ = cli_serve("--url", url, "--data", data, "--log-level", "debug")
     admin = tiger.connect(url, timeout=30)
-    joined: list[tiger.Client | BaseException] = []
     try:
         for start in range(0, 100_000, 5_000):  # a snapshot that takes a while to load
             admin.table("big").insert_many([{"id": f"r{i}", "pad": "x" * 100} for i in range(start, start + 5_000)])
-
-        def join() -> None:
-            try:
-                joined.append(tiger.connect(url, timeout=30))
-            except BaseException as e:
-                joined.append(e)
-
-        joiner = threading.Thread(target=join, daemon=True)
-        joiner.start()
+        joiner, joined = connect_in_thread(url, timeout=30)
         deadline = time.monotonic() + 30
         while "sending a snapshot of 100000 records" not in first.stderr.readline():  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "no snapshot sent to the joiner"
@@ -406,16 +412,7 @@ def test_a_connect_whose_writer_is_replaced_on_a_new_publish_port_before_its_sub
         sock.setsockopt(zmq.LINGER, 0)
     url = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
     pub_url = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
-    joined: list[tiger.Client | BaseException] = []
-
-    def join() -> None:
-        try:
-            joined.append(tiger.connect(url, timeout=10))
-        except BaseException as e:
-            joined.append(e)
-
-    joiner = threading.Thread(target=join, daemon=True)
-    joiner.start()
+    joiner, joined = connect_in_thread(url, timeout=10)
     stand_in = p.new_epoch()
     deadline = time.monotonic() + 20
     confirming = False
