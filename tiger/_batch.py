@@ -179,7 +179,7 @@ class Batch:
             raise ValueError(p.unencodable(op)) from None
         if len(packed) > p.MAX_RECORD:
             if type(op) is p.Insert:
-                p.check_record_sizes(op.records, len(packed), "record" if len(op.records) == 1 else "records")
+                p.check_record_sizes(op.records, len(packed))
             elif type(op) is p.Update:
                 p.check_record_sizes([op.changes], len(packed), "changes")
         if self._bytes + len(packed) > p.MAX_MESSAGE - 1024:

@@ -360,7 +360,7 @@ class _Connection:
         except UnicodeEncodeError:
             raise ValueError(p.unencodable(request)) from None
         if type(request) is p.Insert:
-            p.check_record_sizes(request.records, len(payload), "record" if len(request.records) == 1 else "records")
+            p.check_record_sizes(request.records, len(payload))
         elif type(request) is p.Update:
             p.check_record_sizes([request.changes], len(payload), "changes")
         if len(payload) > p.MAX_MESSAGE:

@@ -424,13 +424,11 @@ class WriterCore:
         if type(change) is _table.Put:
             # records spliced as a client sent them may pack larger here: float32 (5 bytes) becomes float64 (9)
             total = len(packed) if change.packed is None else len(packed) * 9 // 5
-            p.check_record_sizes(change.records, total, f"{change.table} record{'' if len(change.records) == 1 else 's'}")
+            p.check_record_sizes(change.records, total, f"{change.table} record")
         elif type(change) is _table.Batch and len(packed) > p.MAX_RECORD:
             for part in change.changes:
                 if type(part) is _table.Put:
-                    p.check_record_sizes(
-                        part.records, len(p.pack_change(part)), f"{part.table} record{'' if len(part.records) == 1 else 's'}"
-                    )
+                    p.check_record_sizes(part.records, len(p.pack_change(part)), f"{part.table} record")
         if self.disk is not None:
             if self.disk_fault is None:
                 try:

@@ -37,15 +37,16 @@ MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
 MAX_RECORD = 8 * 1024 * 1024  # bytes of one packed record
 
 
-def check_record_sizes(records: Any, total: int, what: str = "records") -> None:
+def check_record_sizes(records: Any, total: int, what: str = "record") -> None:
     """ValueError naming the first record over MAX_RECORD packed bytes (looked for only when ``total`` is over
-    it): ``what``, its index when there are several, and its id when it has one (``records[3] 'plan_x'``)."""
+    it): ``what`` (singular) alone or, of several, in the plural with its index, then its id when it has one
+    (``record 'plan_x'``, ``plans records[3] 'plan_y'``)."""
     if total <= MAX_RECORD:
         return
     for i, record in enumerate(records):
         size = len(pack(record))
         if size > MAX_RECORD:
-            where = what if len(records) == 1 else f"{what}[{i}]"
+            where = what if len(records) == 1 else f"{what}s[{i}]"
             id = record.get("id") if isinstance(record, Mapping) else None
             if isinstance(id, str):
                 where += f" {_shown(id)}"
