@@ -704,14 +704,8 @@ def insert_records_bytes(data: bytes) -> bytes | None:
     try:
         u = msgpack.Unpacker(None, max_buffer_size=len(data))
         u.feed(data)
-        if u.read_array_header() != 5 or u.unpack() != "call":
+        if not (_to_call_request(u) and _to_insert_records(u)):
             return None
-        u.skip()  # client id
-        u.skip()  # expiry
-        if u.read_array_header() != 7 or u.unpack() != "insert":
-            return None
-        for _ in range(4):  # req id, table, namespace, prefix
-            u.skip()
         start = u.tell()
         u.skip()
         return data[start : u.tell()]
@@ -812,10 +806,8 @@ def own_records(payload: bytes, stored: list[bool] | None = None) -> Own | None:
     that ``decode_reply`` need not decode the answer's copy of each once it comes."""
     try:
         u = _frozen_unpacker(payload)
-        if u.read_array_header() != 5 or u.unpack() != "call":
+        if not _to_call_request(u):
             return None
-        u.skip()  # client id
-        u.skip()  # expiry
         own: Own = {}
         if _own_insert(u, payload, own, stored):
             return own
@@ -838,13 +830,29 @@ def own_batch_records(packed_ops: tuple[bytes, ...], stored: list[list[bool]] | 
     return own or None
 
 
-def _own_insert(u: msgpack.Unpacker, data: bytes, own: Own, stored: list[bool] | None) -> bool:
-    """Into ``own``, the records of the insert request ``u`` is at (in ``data``), those ``stored`` says (all
-    when None); False if it is no insert."""
+def _to_call_request(u: msgpack.Unpacker) -> bool:
+    """Move ``u`` from the start of a call (``encode_call``) to its request; False if it is no call."""
+    if u.read_array_header() != 5 or u.unpack() != "call":
+        return False
+    u.skip()  # client id
+    u.skip()  # expiry
+    return True
+
+
+def _to_insert_records(u: msgpack.Unpacker) -> bool:
+    """Move ``u`` from the start of a request to an insert's records array; False if it is no insert."""
     if u.read_array_header() != 7 or u.unpack() != "insert":
         return False
     for _ in range(4):  # req id, table, namespace, prefix
         u.skip()
+    return True
+
+
+def _own_insert(u: msgpack.Unpacker, data: bytes, own: Own, stored: list[bool] | None) -> bool:
+    """Into ``own``, the records of the insert request ``u`` is at (in ``data``), those ``stored`` says (all
+    when None); False if it is no insert."""
+    if not _to_insert_records(u):
+        return False
     count = u.read_array_header()
     if stored is not None and len(stored) != count:
         return False
