@@ -250,7 +250,7 @@ class WriterCore:
         call: p.Call | None = None
         topic = p.EVERYONE  # of the changes this request makes: a call's are its caller's
         try:
-            obj = p.unpack_frozen(data)  # records arrive in their stored form: no copy to freeze them
+            obj = p.unpack_frozen(data, p.WALKED)  # records arrive in their stored form: no copy to freeze them
             req_id = p.request_id_of(obj)
             request = p.call_from(obj)
             if type(request) is p.Call:

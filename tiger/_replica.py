@@ -725,7 +725,7 @@ class Replica:
                     raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
                 self._ask_hello(dealer)
                 continue
-            reply = p.decode_reply(dealer.recv())
+            reply = p.decode_reply(dealer.recv(), hooks=p.WALKED)  # filed with the oldest generation after
             if reply.req_id != req_id:
                 if type(reply) is p.Ok and epoch is not None and reply.epoch != epoch:
                     raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
