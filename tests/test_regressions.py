@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -184,3 +186,31 @@ def test_records_a_replica_receives_are_left_out_of_the_garbage_collectors_walk(
     for record in stored:
         assert seen.get(record["id"]) == t.get(record["id"])
         assert _walked(seen.get(record["id"])) == [], record["id"]
+
+
+_BLOCKING_USER = """
+import sys
+import tiger
+
+with tiger.connect(sys.argv[1]) as client, tiger.namespace("blocking-imports"):
+    plans = client.table("plans", prefix="plan")
+    plans.insert({"amount": 1})
+    with client.batch() as b:
+        b.table("plans", prefix="plan").insert({"amount": 2})
+    client.once("blocking-imports", lambda: 3)
+    with plans.watch() as feed:
+        plans.insert({"amount": 4})
+        next(feed)
+    plans.wait_until(lambda r: r["amount"] == 4, timeout=10)
+    client.sync()
+print(sorted(m for m in ("asyncio", "hashlib", "secrets") if m in sys.modules))
+"""
+
+
+def test_a_blocking_client_never_imports_asyncio(tiger_url):
+    # _once and _batch imported asyncio at the top again: 15-20 ms more for every process that connects
+    # (a join, each pytest-xdist worker), where the blocking client needs none of it. secrets (via hashlib)
+    # was 3-5 ms more for two random ids.
+    done = subprocess.run([sys.executable, "-c", _BLOCKING_USER, tiger_url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -17,8 +17,8 @@ block sends nothing.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
@@ -214,7 +214,8 @@ class Batch:
 
 def _failed(error: BaseException) -> str:
     """What became of a batch whose sending raised ``error`` (a ``Pending`` without a result says it)."""
-    if isinstance(error, (Unavailable, Timeout, asyncio.CancelledError)):
+    asyncio = sys.modules.get("asyncio")  # (not imported here: the blocking client never loads asyncio)
+    if isinstance(error, (Unavailable, Timeout)) or (asyncio is not None and isinstance(error, asyncio.CancelledError)):
         return "no answer came, so the batch may or may not have been applied (as for any write that raised so)"
     return "the batch was refused, so none of it was applied"
 

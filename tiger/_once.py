@@ -40,7 +40,6 @@ so a release gives up) and the close goes on.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -609,6 +608,8 @@ def _finish_async_generator_here(key: str, generator: AsyncGenerator[Any, None],
     this client's keys built: the pytest plugin tears down at the end of the run, after the tests' event
     loops are gone): run in an event loop of its own. What the factory made bound to the loop it was
     built in may refuse to be closed from another; that error is the teardown's."""
+    import asyncio  # loaded already: an async generator factory ran
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
