@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     # imported here so `python -m bench --help` works anywhere
     from bench import _plot
-    from bench._common import DEFAULT_OUT, machine, machine_line, progress, write_json
+    from bench._common import DEFAULT_OUT, compile_tiger, machine, machine_line, progress, write_json
     from bench._peers import Context, versions
     from bench._report import report
 
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "bench", *argv])
     names = [args.only] if args.only else SCENARIOS
     box = machine()
+    compile_tiger()
     libs = versions()
     progress("bench", f"{command}: {', '.join(names)} -> {out}")
     results: list[dict[str, Any]] = []
