@@ -1086,7 +1086,7 @@ def test_client_ids_have_a_topic_of_their_own(monkeypatch):
     # Deterministic: a random id's topic is EVERYONE once in 2**24, so no number of random tries would
     # catch new_client_id handing one out; the token source is made to offer such ids first.
     offered = iter(["000000ffffffffff", "000000abcdef0123", "abcdef0123456789"])
-    monkeypatch.setattr(p.secrets, "token_hex", lambda n: next(offered))
+    monkeypatch.setattr(p, "random_hex", lambda n: next(offered))
     client_id = p.new_client_id()
     assert client_id == "abcdef0123456789"
     assert p.topic_of(client_id) == bytes.fromhex("abcdef") != p.EVERYONE
