@@ -99,7 +99,7 @@ if sys.implementation.name == "cpython":  # its C API: an object its cyclic garb
         untrack.argtypes = (ctypes.py_object,)
         untrack.restype = None
         _gc_untrack = untrack
-    except ImportError:  # a CPython built without ctypes: every record is walked
+    except (ImportError, AttributeError, OSError):  # a CPython without ctypes (or its C API): every record is walked
         pass
 
 
