@@ -240,6 +240,34 @@ def test_a_silent_builder_loses_its_claim_after_the_silence_and_the_next_caller_
     assert rig.call(BOB, claim(3, BOB)).result == "build"  # type: ignore[union-attr]
 
 
+def test_a_silent_builder_still_connected_keeps_its_claim_until_its_connection_is_gone():
+    """A builder whose Python threads cannot run (its factory in one long C call holding the GIL, a stop)
+    sends no heartbeat, yet its process is alive and its sockets open: the writer asks through the socket it
+    spoke from (``reach``) before taking it for gone. A dead process's sockets are closed by its kernel."""
+    rig = Rig()
+    connected = {b"alice"}
+    probes: list[list[bytes]] = []
+
+    def reach(frames: list[bytes]) -> bool:
+        probes.append(frames)
+        return frames[0] in connected
+
+    rig.core.reach = reach
+    [[_, answer]] = rig.send(rig.encode(ALICE, claim(1, ALICE)), peer=b"alice").replies
+    assert p.decode_reply(answer).result == "build"  # type: ignore[union-attr]
+    rig.advance(CLIENT_SILENCE + 5.0)  # alice silent
+    assert rig.call(BOB, claim(1, BOB)).result == "wait"  # type: ignore[union-attr]
+    rig.tick()
+    assert ALICE in rig.core.clients and probes and probes[-1][0] == b"alice"
+    probe = p.decode_reply(probes[-1][-1])  # a message any client ignores: an ok answer to request 0
+    assert type(probe) is p.Ok and probe.req_id == 0 and probe.change is None and probe.result is None
+    assert rig.call(BOB, claim(2, BOB)).result == "wait"  # type: ignore[union-attr]
+    connected.clear()  # alice's process died
+    rig.tick()
+    assert ALICE not in rig.core.clients
+    assert rig.call(BOB, claim(3, BOB)).result == "build"  # type: ignore[union-attr]
+
+
 def test_a_writer_pause_is_not_its_clients_silence():
     rig = Rig()
     rig.call(ALICE, claim(1, ALICE))

@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+from _util import read_line
 
 import tiger
 from tiger import _protocol as p
@@ -226,3 +227,34 @@ def test_a_blocking_client_never_imports_asyncio(tiger_url):
     done = subprocess.run([sys.executable, "-c", _BLOCKING_USER, tiger_url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+_GIL_BUILDER = """
+import ctypes, os, sys, tiger
+with tiger.connect(sys.argv[1]) as client:
+    def build():
+        print("building", flush=True)
+        ctypes.PyDLL(None).sleep(int(sys.argv[3]))  # one C call that keeps the GIL: no thread of it runs
+        return os.getpid()
+    print("value", client.once(sys.argv[2], build), flush=True)
+"""
+
+
+def test_a_once_factory_holding_the_gil_past_the_silence_limit_is_built_once(tiger_url, connect):
+    # A factory in one long C call (json.load of a big file, a regex) keeps its process's replica thread from
+    # sending heartbeats: after 3 s of silence the writer took the builder for dead and released its key, and the
+    # builder, its value refused, built again, forever (with a waiter: the two took turns). A silent client whose
+    # connection is still up is not gone: the key stays its; a dead process's connection closes at once.
+    key = f"gil-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-c", _GIL_BUILDER, tiger_url, key, "5"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as builder:
+        try:
+            assert read_line(builder, 30).strip() == "building"
+            runs: list[int] = []
+            assert connect().once(key, lambda: runs.append(1) or -1, timeout=30) == builder.pid
+            assert runs == []  # this waiter never took over
+            assert read_line(builder, 30).strip() == f"value {builder.pid}"  # the builder's own value, built once
+            assert builder.wait(10) == 0
+        finally:
+            if builder.poll() is None:
+                builder.kill()

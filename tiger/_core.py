@@ -17,8 +17,10 @@ Rules kept here (each was a fault once; see tests/test_core.py):
   client fell silent (a call the writer no longer remembers is applied again: Lazy Pirate, ZeroMQ
   guide ch. 4);
 - a call that arrives after its expiry (the client's wall clock) is refused, never applied late;
-- a client silent for ``CLIENT_SILENCE`` seconds is gone: the once keys it was building are released;
-  a writer that was itself paused does not count the pause as its clients' silence;
+- a client silent for ``CLIENT_SILENCE`` seconds is gone, unless its connection is still up
+  (``reach``: a process whose Python threads cannot run, a factory holding the GIL in one long C
+  call or a stopped process, keeps its socket; a dead one's closes): the once keys it was building
+  are then released; a writer that was itself paused does not count the pause as its clients' silence;
 - a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
   tried again (a compaction) with a backoff of 0.5 s doubling to 10 s.
 """
@@ -136,6 +138,12 @@ class WriterCore:
         self.info = dict(info or {})  # url, pub, pid: reported by Hello and Stats
         self.started = now
         self.clients: dict[str, float] = {}  # client id -> when last heard
+        # client id -> the envelopes it spoke from last (its replica's socket, its command socket): a silent
+        # client is asked through them whether it is still connected (``reach``) before it is taken for gone
+        self._envelopes: dict[str, dict[bool, tuple[bytes, ...]]] = {}
+        # Sends a message to a peer at once (the envelope, then the payload): False when the peer is not
+        # connected. Set by the process around the core (the Writer); None: silence alone decides.
+        self.reach: Callable[[list[bytes]], bool] | None = None
         self.answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
         self.silent_since: dict[str, float] = {}  # client id taken for gone -> when; its answers go later
         self.disk_fault: str | None = None  # why the data directory cannot take writes now (None: it can)
@@ -218,7 +226,8 @@ class WriterCore:
                     pass
         silent = now - max(CLIENT_SILENCE, 6 * self.heartbeat)
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
-            self._forget(client_id, now)
+            if not self._still_connected(client_id):
+                self._forget(client_id, now)
         stale = now - ANSWERS_FORGOTTEN
         for client_id in [c for c, since in self.silent_since.items() if since < stale]:
             del self.silent_since[client_id]
@@ -263,7 +272,7 @@ class WriterCore:
                     if first != _HELD:  # (held: applied, not yet durable; answered once it is)
                         self.outbox.replies.append([*envelope, first])
                     return
-                self._heard(call.client_id, now)
+                self._heard(call.client_id, now, envelope)
                 topic = p.topic_of(call.client_id)  # its reply carries the change: its replica is not sent it
                 if wall > call.expires:
                     raise Expired(f"the call arrived after its deadline ({wall - call.expires:.3f}s late); not applied")
@@ -366,7 +375,7 @@ class WriterCore:
                 return kept, kept
             return p.ok_bytes(request.req_id, self.epoch, seq, packed, result, before), kept  # type: ignore[union-attr]
         if t is p.Beat:
-            self._heard(request.client_id, now)  # type: ignore[union-attr]
+            self._heard(request.client_id, now, envelope, beat=True)  # type: ignore[union-attr]
             return None, None
         if t is p.Sync:
             # with the caller's topic: a joining replica gets it only once its catch-all subscription is live
@@ -459,10 +468,24 @@ class WriterCore:
         seq = self.seq if self._held is None else self._committed_seq  # held changes are not announced
         self.outbox.published.append((topic, p.encode_published(p.Heartbeat(self.epoch, seq))))
 
-    def _heard(self, client_id: str, now: float) -> None:
-        """A client spoke: it is live, and the answers kept for it stay (a client once taken for gone,
-        back now, keeps them as any live client does)."""
+    def _still_connected(self, client_id: str) -> bool:
+        """Whether a silent client's process still holds a connection to this writer: a message it will
+        ignore (an ok answer to request 0) is sent through each envelope it spoke from; one that is taken
+        (or finds the peer's queue full) says the peer is there. A process that died has its sockets closed
+        by its kernel, so only a live one (a long C call holding its GIL, a stop) answers so; a host that
+        vanished without closing its connections keeps them until TCP keepalive ends them."""
+        if self.reach is None:
+            return False
+        probe = p.ok_bytes(0, self.epoch, self._committed_seq if self._held is not None else self.seq, None, None)
+        return any(self.reach([*envelope, probe]) for envelope in self._envelopes.get(client_id, {}).values())
+
+    def _heard(self, client_id: str, now: float, envelope: list[bytes] | None = None, beat: bool = False) -> None:
+        """A client spoke (from ``envelope``: its replica's socket when ``beat``, else its command
+        socket): it is live, and the answers kept for it stay (a client once taken for gone, back now,
+        keeps them as any live client does)."""
         self.clients[client_id] = now
+        if envelope is not None:
+            self._envelopes.setdefault(client_id, {})[beat] = tuple(envelope)
         if client_id in self.silent_since:
             del self.silent_since[client_id]
 
@@ -470,6 +493,7 @@ class WriterCore:
         """A client left (goodbye or silence): release the once keys it was building and held. While the
         data directory cannot take those changes, the client is kept (as silent) to be forgotten later."""
         seen = self.clients.pop(client_id, None)
+        self._envelopes.pop(client_id, None)
         self.silent_since[client_id] = now
         try:
             for namespace, key in _table.claims_of(self.store, client_id):

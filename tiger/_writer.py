@@ -173,6 +173,7 @@ class Writer:
         self.core = WriterCore(
             p.new_epoch(), heartbeat=heartbeat, now=time.monotonic(), store=store, disk=self.data, token=_Tokens()
         )
+        self.core.reach = self._reach
         self._ctx = zmq.Context()
         self.router = self._ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -359,6 +360,16 @@ class Writer:
             for envelope, req_id in outbox.snapshots:  # the store now, at the seq just published
                 log.debug("sending a snapshot of %d records at seq %d to a joining client", len(core.store), core.seq)
                 outgoing.snapshot(envelope, req_id, core.store, core.epoch, core.seq, now)
+
+    def _reach(self, frames: list[bytes]) -> bool:
+        """``WriterCore.reach``: send ``frames`` (an envelope, then a message the peer ignores) at once;
+        False if the peer is not connected (ROUTER_MANDATORY's EHOSTUNREACH). A full queue is a peer
+        that is there."""
+        try:
+            self._send(frames[:-1], frames[-1])
+        except PeerGone:
+            return False
+        return True
 
     def _send(self, envelope: list[bytes], message: bytes) -> bool:
         """One message to a peer, never blocking: False if its queue is full (only the first frame can
