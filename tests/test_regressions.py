@@ -14,6 +14,7 @@ import pytest
 from _util import read_line
 
 import tiger
+from tiger import NotFound
 from tiger import _protocol as p
 from tiger._once import once_record
 
@@ -204,6 +205,7 @@ def test_records_a_replica_receives_are_left_out_of_the_garbage_collectors_walk(
 _BLOCKING_USER = """
 import sys
 import tiger
+from tiger import NotFound
 
 with tiger.connect(sys.argv[1]) as client, tiger.namespace("blocking-imports"):
     plans = client.table("plans", prefix="plan")
@@ -258,3 +260,30 @@ def test_a_once_factory_holding_the_gil_past_the_silence_limit_is_built_once(tig
         finally:
             if builder.poll() is None:
                 builder.kill()
+
+
+def test_errors_about_a_megabyte_id_or_key_stay_short(client, ns):
+    # ids and record keys have no length limit; errors repeated them whole (a user trial: 1,000,050 characters
+    # for t[id] of a megabyte id). They show its first 100 characters and its length.
+    big = "t_" + "x" * 1_000_000
+    t = client.table("t", prefix="t")
+    t.insert({"id": big})
+    attempts = [
+        (NotFound, lambda: t["t_" + "y" * 1_000_000]),
+        (NotFound, lambda: t.list(starting_after="t_" + "y" * 1_000_000)),
+        (tiger.Timeout, lambda: t.wait_for("t_" + "y" * 1_000_000, timeout=0.01)),
+        (ValueError, lambda: t.insert_many([{"id": big}, {"id": big}])),
+        (ValueError, lambda: t.insert({"id": "u_" + "y" * 1_000_000})),
+        (tiger.AlreadyExists, lambda: t.create({"id": big})),
+        (ValueError, lambda: t.update(big, {"id": "t_other"})),
+        (TypeError, lambda: t.insert({"k" * 1_000_000: {1: 2}})),
+        (ValueError, lambda: t.list(limit="9" * 1_000_000)),
+        (ValueError, lambda: t.wait_for("t_1", timeout="9" * 1_000_000)),
+        (ValueError, lambda: client.table("t", prefix="p" * 1_000_000)),
+    ]
+    for i, (kind, attempt) in enumerate(attempts):
+        with pytest.raises(kind) as raised:
+            attempt()
+        message = str(raised.value)
+        assert len(message) < 1000, (i, message[:200])
+        assert "1000002 characters" in message or "1000000 characters" in message, (i, message[:300])

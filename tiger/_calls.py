@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import math
 
+from tiger._errors import shown
+
 MAX_SECONDS = 86_400.0  # the longest timeout or wait tiger takes (a day): a clock, poll or lock given more overflows
 
 
@@ -48,7 +50,7 @@ def check_seconds(value: object, what: str, *, positive: bool = False, no_limit:
     if not ((seconds > 0 if positive else seconds >= 0) and seconds <= MAX_SECONDS):  # (NaN: neither)
         lowest = "above 0" if positive else "from 0"
         hint = "; None waits without limit" if no_limit else ""
-        raise ValueError(f"{what} must be a number of seconds {lowest} to {MAX_SECONDS:g} (a day), got {value!r}{hint}")
+        raise ValueError(f"{what} must be a number of seconds {lowest} to {MAX_SECONDS:g} (a day), got {shown(value)}{hint}")
     return seconds
 
 

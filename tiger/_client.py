@@ -22,7 +22,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._batch import Batch
 from tiger._calls import GIVE_UP, RESEND, Attempts, callable_name, check_seconds
-from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable
+from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
 from tiger._process import unsupported_environment
@@ -212,7 +212,7 @@ class _Connection:
             sock.connect(self.url)
         except zmq.ZMQError as e:
             sock.close(linger=0)
-            raise ValueError(f"url: cannot connect to {self.url!r}: {e}") from None
+            raise ValueError(f"url: cannot connect to {shown(self.url)}: {e}") from None
         return sock
 
     def _hello_request(self) -> p.Hello:
@@ -682,7 +682,7 @@ class _TableReads:
         except (KeyError, TypeError):
             record = self._miss(id)
         if record is None:
-            raise NotFound(f"{self.name} {id!r} is not in namespace {_current()!r}")
+            raise NotFound(f"{self.name} {shown(id)} is not in namespace {_current()!r}")
         return record
 
     def _miss(self, id: object) -> Record | None:
@@ -730,7 +730,7 @@ class _TableReads:
         return (
             lambda: self.get(id) is not None,
             time.monotonic() + timeout,
-            lambda: f"{self.name} {id!r} did not appear in namespace {ns!r} within {timeout:g}s",
+            lambda: f"{self.name} {shown(id)} did not appear in namespace {ns!r} within {timeout:g}s",
         )
 
     def watch(self, timeout: float | None = None, *, since: int | None = None, max_queued: int = DEFAULT_MAX_QUEUED) -> Feed:

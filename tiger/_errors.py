@@ -54,3 +54,19 @@ class OnceFailed(TigerError):
 
 class ProtocolError(TigerError, ValueError):
     """Bytes that are not a valid tiger message."""
+
+
+SHOWN_MAX = 100  # characters of a caller's str (an id, a key) an error message repeats
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut short: a str or bytes of more than ``SHOWN_MAX`` characters
+    shows its first ones and its length, any other repr its first ``2 * SHOWN_MAX`` characters (ids and
+    record keys have no length limit: a megabyte id made every error about it a megabyte long)."""
+    if isinstance(value, (str, bytes)):
+        if len(value) <= SHOWN_MAX:
+            return repr(value)
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:SHOWN_MAX]!r}... ({len(value)} {unit})"
+    text = repr(value)
+    return text if len(text) <= 2 * SHOWN_MAX else f"{text[: 2 * SHOWN_MAX]}... ({len(text)} characters)"

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tiger import _table as t
 from tiger._calls import check_seconds
-from tiger._errors import FeedOverflow, TigerError, Timeout
+from tiger._errors import FeedOverflow, TigerError, Timeout, shown
 from tiger._table import RESERVED_PREFIX, Record, check_name
 
 if TYPE_CHECKING:
@@ -668,7 +668,7 @@ def check_timeout(value: object, what: str = "timeout") -> float | None:
 
 def check_max_queued(value: object) -> int:
     if type(value) is not int or value < 1:
-        raise ValueError(f"max_queued must be a positive int (changes), got {value!r}")
+        raise ValueError(f"max_queued must be a positive int (changes), got {shown(value)}")
     return value
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from tiger._errors import AlreadyExists, NotFound
+from tiger._errors import AlreadyExists, NotFound, shown
 
 GLOBAL = "global"
 RESERVED_PREFIX = "tiger."  # table names tiger keeps for itself
@@ -144,7 +144,7 @@ def check_prefix(value: object) -> str | None:
     if type(value) is not str:
         raise TypeError(f"prefix must be a str or None, not {type(value).__name__}")
     if not value or len(value) > 50 or value.endswith("_"):
-        raise ValueError(f"prefix must be 1 to 50 characters without a trailing '_', got {value!r}")
+        raise ValueError(f"prefix must be 1 to 50 characters without a trailing '_', got {shown(value)}")
     return value
 
 
@@ -158,7 +158,7 @@ def check_id(value: object, what: str = "id") -> str:
 
 def check_limit(value: object) -> int:
     if type(value) is not int:
-        raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {type(value).__name__} {value!r}")
+        raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {type(value).__name__} {shown(value)}")
     if not 1 <= value <= MAX_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {value}")
     return value
@@ -175,8 +175,8 @@ def _check_value(value: Any, where: str, depth: int) -> None:
     if isinstance(value, Mapping):
         for k, v in value.items():
             if type(k) is not str:
-                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}; record keys must be str")
-            _check_value(v, f"{where}[{k!r}]", depth + 1)
+                raise TypeError(f"{where}: key {shown(k)} is a {type(k).__name__}; record keys must be str")
+            _check_value(v, f"{where}[{shown(k)}]", depth + 1)
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
@@ -552,7 +552,7 @@ def _check_frozen(value: Any, where: str) -> None:
     t = type(value)
     if t is Record:
         for k, v in value.items():
-            _check_frozen(v, f"{where}[{k!r}]")
+            _check_frozen(v, f"{where}[{shown(k)}]")
     elif t is FrozenList:
         for i, v in enumerate(value):
             _check_frozen(v, f"{where}[{i}]")
@@ -567,7 +567,7 @@ def _created(record: Record) -> int:
 def _cursor(index: dict[str, int], id: object, what: str, table: str, namespace: str) -> int:
     position = index.get(check_id(id, what))
     if position is None:
-        raise NotFound(f"{what}: {table} {id!r} is not in namespace {namespace!r}")
+        raise NotFound(f"{what}: {table} {shown(id)} is not in namespace {namespace!r}")
     return position
 
 
@@ -592,9 +592,9 @@ def _check_batch_record(record: object, i: int, where: str, table: str, prefix: 
     if id is None:
         return
     if prefix and not id.startswith(prefix + "_"):
-        raise ValueError(f"{where}['id']: {id!r} must start with {prefix + '_'!r} (the prefix of table {table!r})")
+        raise ValueError(f"{where}['id']: {shown(id)} must start with {prefix + '_'!r} (the prefix of table {table!r})")
     if id in given:
-        raise ValueError(f"{where}['id']: {id!r} appears twice in one batch (first at records[{given[id]}])")
+        raise ValueError(f"{where}['id']: {shown(id)} appears twice in one batch (first at records[{given[id]}])")
     given[id] = i
 
 
@@ -640,7 +640,7 @@ def prepare_insert(
             taken.add(id)
         existing = rows.get(id)
         if create and existing is not None:
-            raise AlreadyExists(f"{table} {id!r} already exists in namespace {namespace!r}")
+            raise AlreadyExists(f"{table} {shown(id)} already exists in namespace {namespace!r}")
         if type(record) is Record:  # frozen all the way down, as the writer decodes it
             if record.get("id") is id and "created" in record and next(iter(record)) == "id":
                 out.append(record)  # complete, id first: stored as is
@@ -716,7 +716,7 @@ def prepare_update(store: Store, table: str, namespace: str, id: str, changes: M
     check_record(changes, "changes")
     current = store.get(table, namespace, id)
     if current is None:
-        raise NotFound(f"{table} {id!r} is not in namespace {namespace!r}")
+        raise NotFound(f"{table} {shown(id)} is not in namespace {namespace!r}")
     check_update(id, changes, current)
     merged = dict(current)
     merged.update(changes)
@@ -728,9 +728,9 @@ def check_update(id: str, changes: Mapping[str, Any], current: Mapping[str, Any]
     None: not known here): the client checks them before sending (against its replica), the writer
     again (against the store)."""
     if "id" in changes and changes["id"] != id:
-        raise ValueError(f"changes['id']: the id of {id!r} cannot be changed")
+        raise ValueError(f"changes['id']: the id of {shown(id)} cannot be changed")
     if current is not None and "created" in changes and changes["created"] != current["created"]:
-        raise ValueError(f"changes['created']: the created time of {id!r} cannot be changed")
+        raise ValueError(f"changes['created']: the created time of {shown(id)} cannot be changed")
 
 
 def prepare_delete(store: Store, table: str, namespace: str, id: str) -> Delete | None:
