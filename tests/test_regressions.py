@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import socket
 import subprocess
 import sys
 import threading
@@ -287,3 +288,14 @@ def test_errors_about_a_megabyte_id_or_key_stay_short(client, ns):
         message = str(raised.value)
         assert len(message) < 1000, (i, message[:200])
         assert "1000002 characters" in message or "1000000 characters" in message, (i, message[:300])
+
+
+def test_connect_to_nothing_says_what_is_there_when_it_gives_up(tmp_path):
+    # tiger.connect waits its timeout (a writer may still be starting), then said only "did not answer":
+    # the plugin and `tiger stats` said at once why (a user trial). The timeout's error now says it too.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    for url, why in ((f"tcp://127.0.0.1:{port}", "nothing listens there"), (f"ipc://{tmp_path}/w", "nothing is bound")):
+        with pytest.raises(tiger.Unavailable, match=f"did not answer within 0.3s: {why}"):
+            tiger.connect(url, timeout=0.3)

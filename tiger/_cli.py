@@ -12,7 +12,7 @@ from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._protocol import Compact
-from tiger._server import _refused, check_url, ping
+from tiger._server import check_url, ping, why_refused
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 def _connected(url: str) -> Client:
     """``connect(url)``, at once ``Unavailable`` when nothing listens there (as ``tiger stats`` says it):
     connect would wait out its timeout (ZeroMQ retries a refused connection silently)."""
-    refused = _refused(check_url(url))
+    refused = why_refused(check_url(url))
     if refused is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {refused}")
     return connect(url)

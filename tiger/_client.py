@@ -27,7 +27,7 @@ from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since,
 from tiger._once import Once
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
-from tiger._server import check_url, secure
+from tiger._server import check_url, secure, why_refused
 from tiger._table import (
     GLOBAL,
     RESERVED_PREFIX,
@@ -375,7 +375,8 @@ class _Connection:
         naming the call's own time, ``seconds`` (its ``timeout``, else the client's)."""
         self._fresh_socket()
         if wait == GIVE_UP:
-            raise Unavailable(f"the tiger writer at {self.url} did not answer within {seconds:g}s")
+            why = why_refused(self.url, 0.1)  # what ZeroMQ's silent retries hid: nothing there at all
+            raise Unavailable(f"the tiger writer at {self.url} did not answer within {seconds:g}s" + (f": {why}" if why else ""))
 
     def _fresh_socket(self) -> None:
         raise NotImplementedError

@@ -240,7 +240,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     """
     check_url(url)
     check_seconds(timeout, "timeout", positive=True)
-    refused = _refused(url)
+    refused = why_refused(url)
     if refused is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {refused}")
     with zmq.Context() as ctx:
@@ -262,9 +262,10 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     return reply
 
 
-def _refused(url: str) -> str | None:
-    """Why nothing can answer at ``url`` (a missing or stale ipc socket file, a refused tcp port), or None."""
-    state = accepting(url)
+def why_refused(url: str, timeout: float = 1.0) -> str | None:
+    """Why nothing can answer at ``url`` (a missing or stale ipc socket file, a refused tcp port), or None;
+    ``timeout``: seconds the probe may take (``accepting``)."""
+    state = accepting(url, timeout)
     if state == "absent":
         return "nothing is bound at that path"
     if state == "refused":
@@ -272,23 +273,23 @@ def _refused(url: str) -> str | None:
     return None
 
 
-def accepting(url: str) -> str | None:
+def accepting(url: str, timeout: float = 1.0) -> str | None:
     """Whether something accepts connections at ``url``, probed with a plain socket: "yes", "refused",
     "absent" (no file at an ipc path), or None when it cannot tell (an unknown host, a timeout, a path
-    that is no socket, a wildcard port)."""
+    that is no socket, a wildcard port, a probe past ``timeout`` seconds)."""
     try:
         if url.startswith("ipc://"):
             path = url[len("ipc://") :]
             if not os.path.exists(path):
                 return "absent"
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(1.0)
+                probe.settimeout(timeout)
                 probe.connect(path)
         else:
             host, port = url[len("tcp://") :].rsplit(":", 1)
             if port == "*":
                 return None
-            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except ConnectionRefusedError:
         return "refused"
     except (OSError, ValueError):
