@@ -19,8 +19,9 @@ Rules kept here (each was a fault once; see tests/test_core.py):
 - a call that arrives after its expiry (the client's wall clock) is refused, never applied late;
 - a client silent for ``CLIENT_SILENCE`` seconds is gone, unless its connection is still up
   (``reach``: a process whose Python threads cannot run, a factory holding the GIL in one long C
-  call or a stopped process, keeps its socket; a dead one's closes): the once keys it was building
-  are then released; a writer that was itself paused does not count the pause as its clients' silence;
+  call, keeps its socket and answers ZeroMQ's heartbeats; a dead or stopped one does not): the once
+  keys it was building are then released; a writer that was itself paused does not count the pause
+  as its clients' silence;
 - a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
   tried again (a compaction) with a backoff of 0.5 s doubling to 10 s.
 """
@@ -472,8 +473,10 @@ class WriterCore:
         """Whether a silent client's process still holds a connection to this writer: a message it will
         ignore (an ok answer to request 0) is sent through each envelope it spoke from; one that is taken
         (or finds the peer's queue full) says the peer is there. A process that died has its sockets closed
-        by its kernel, so only a live one (a long C call holding its GIL, a stop) answers so; a host that
-        vanished without closing its connections keeps them until TCP keepalive ends them."""
+        by its kernel, and the Writer's ROUTER closes a connection whose peer answers no ZeroMQ heartbeat
+        for ``CLIENT_SILENCE`` seconds (a stopped process, a host gone, a forked child holding a dead
+        process's sockets): only a live libzmq answers, as a process whose Python threads wait on its GIL
+        (a long C call) does."""
         if self.reach is None:
             return False
         probe = p.ok_bytes(0, self.epoch, self._committed_seq if self._held is not None else self.seq, None, None)

@@ -30,7 +30,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger import _table
-from tiger._core import WriterCore
+from tiger._core import CLIENT_SILENCE, WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 from tiger._process import ProcessWatch
 from tiger._server import accepting
@@ -39,6 +39,7 @@ from tiger._snapshots import PEER_HWM, STALL, Outgoing, PeerGone
 log = logging.getLogger("tiger.writer")
 
 HEARTBEAT = 0.5  # seconds between published heartbeats
+HEARTBEAT_IVL = 1.0  # seconds between ZeroMQ heartbeats (PING) to each connected peer
 PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (replicas resync)
 MAX_GROUP = 256  # requests taken off the socket as one group (one fsync, one publish burst)
 _MORE = int(zmq.SNDMORE)
@@ -180,6 +181,13 @@ class Writer:
         # raise, not drop, when a peer is gone (EHOSTUNREACH) or its queue is full (EAGAIN: every send is
         # non-blocking, and what a full queue refuses waits in ``outgoing``)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # ZeroMQ's own heartbeats (ZMTP 3.1 PING/PONG): a peer whose libzmq I/O thread does not answer for
+        # CLIENT_SILENCE seconds has its connection closed. A client whose Python threads cannot run (a once
+        # factory holding the GIL) still answers; a dead process, a stopped one, a host gone without closing
+        # its connections, or a forked child holding copies of a dead process's sockets (no I/O thread
+        # survives fork) does not. ``WriterCore.reach`` then finds the peer gone.
+        self.router.setsockopt(zmq.HEARTBEAT_IVL, int(HEARTBEAT_IVL * 1000))
+        self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(CLIENT_SILENCE * 1000))
         self.router.setsockopt(zmq.SNDHWM, PEER_HWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
         self.pub = self._ctx.socket(zmq.PUB)
