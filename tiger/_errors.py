@@ -68,5 +68,7 @@ def shown(value: object) -> str:
             return repr(value)
         unit = "characters" if isinstance(value, str) else "bytes"
         return f"{value[:SHOWN_MAX]!r}... ({len(value)} {unit})"
+    if type(value) is int and value.bit_length() > 256:  # (repr refuses past 4300 digits, and a message needs none)
+        return f"an int of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= 2 * SHOWN_MAX else f"{text[: 2 * SHOWN_MAX]}... ({len(text)} characters)"

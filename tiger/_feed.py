@@ -676,7 +676,7 @@ def check_since(value: object) -> int | None:
     if value is not None and type(value) is not int:
         raise TypeError(f"since must be None or an int (a seq), not {type(value).__name__}")
     if value is not None and value < 0:  # (seqs count from 0: a negative one is no seq, not an old one)
-        raise ValueError(f"since must be a seq (an int from 0), got {value}")
+        raise ValueError(f"since must be a seq (an int from 0), got {shown(value)}")
     return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ipaddress
 import os
 import selectors
 import shutil
@@ -19,7 +20,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._calls import check_seconds
-from tiger._errors import TigerError, Unavailable
+from tiger._errors import TigerError, Unavailable, shown
 from tiger._paths import IPC_PATH_MAX, short_temp_dir
 from tiger._process import unsupported_environment
 
@@ -38,14 +39,14 @@ def check_url(url: object) -> str:
     if url.startswith("ipc://"):
         path = url[len("ipc://") :]
         if not path or len(path) > IPC_PATH_MAX:
-            raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} characters, got {len(path)}: {url!r}")
+            raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} characters, got {len(path)}: {shown(url)}")
         return url
     if url.startswith("tcp://") and ":" in url[len("tcp://") :]:
         port = url.rsplit(":", 1)[1]
-        if port != "*" and not (port.isdigit() and port.isascii() and int(port) <= 65535):  # libzmq wraps 99999 to 34463
-            raise ValueError(f"url: a tcp port must be * or 0 to 65535, got {port!r}: {url!r}")
+        if port != "*" and not (port.isdigit() and port.isascii() and len(port) <= 5 and int(port) <= 65535):  # (libzmq wraps)
+            raise ValueError(f"url: a tcp port must be * or 0 to 65535, got {shown(port)}: {shown(url)}")
         return url
-    raise ValueError(f"url must be tcp://HOST:PORT or ipc://PATH, got {url!r}")
+    raise ValueError(f"url must be tcp://HOST:PORT or ipc://PATH, got {shown(url)}")
 
 
 class Server:
@@ -275,24 +276,36 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
 
 def accepting(url: str, timeout: float = 1.0) -> str | None:
     """Whether something accepts connections at ``url``, probed with a plain socket: "yes", "refused",
-    "absent" (no file at an ipc path), or None when it cannot tell (an unknown host, a timeout, a path
-    that is no socket, a wildcard port, a probe past ``timeout`` seconds)."""
+    "absent" (no file at an ipc path), or None when it cannot tell (a host name, which would need a DNS
+    lookup no timeout bounds; a timeout, a path that is no socket, a wildcard port). At most ``timeout``
+    seconds: ipc paths (an abstract one, ``ipc://@name``, too) and tcp with an IP address only."""
     try:
         if url.startswith("ipc://"):
             path = url[len("ipc://") :]
-            if not os.path.exists(path):
+            if path.startswith("@"):  # Linux's abstract namespace: no file, a NUL byte first
+                path = "\0" + path[1:]
+            elif not os.path.exists(path):
                 return "absent"
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.settimeout(timeout)
                 probe.connect(path)
         else:
             host, port = url[len("tcp://") :].rsplit(":", 1)
-            if port == "*":
+            host = "127.0.0.1" if host == "localhost" else host.strip("[]")
+            if port == "*" or not _is_address(host):
                 return None
-            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            socket.create_connection((host, int(port)), timeout=timeout).close()
     except ConnectionRefusedError:
         return "refused"
     except (OSError, ValueError):
         return None
     return "yes"
-    return None
+
+
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (no lookup needed)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

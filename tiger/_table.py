@@ -160,7 +160,7 @@ def check_limit(value: object) -> int:
     if type(value) is not int:
         raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {type(value).__name__} {shown(value)}")
     if not 1 <= value <= MAX_LIMIT:
-        raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {value}")
+        raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {shown(value)}")
     return value
 
 
@@ -168,7 +168,7 @@ def _check_value(value: Any, where: str, depth: int) -> None:
     t = type(value)
     if t is str or t is int or t is float or t is bool or value is None or t is bytes:
         if t is int and not _INT_MIN <= value <= _INT_MAX:
-            raise ValueError(f"{where}: int {value} does not fit in 64 bits")
+            raise ValueError(f"{where}: {_int_shown(value)} does not fit in 64 bits")
         return
     if depth >= MAX_DEPTH:
         raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels")
@@ -186,6 +186,12 @@ def _check_value(value: Any, where: str, depth: int) -> None:
         base = next(b for b in (int, float, str, bytes) if isinstance(value, b))
         raise TypeError(f"{where}: {t.__name__} is a subclass of {base.__name__}; store a plain {base.__name__}")
     raise TypeError(f"{where}: {t.__name__} is not storable (a record holds {_STORABLE})")
+
+
+def _int_shown(value: int) -> str:
+    """An int as an error message names it: ``int 18446744073709551616``, or ``an int of 16610 bits``."""
+    what = shown(value)
+    return what if what.startswith("an int of") else f"int {what}"
 
 
 def _storable(value: Any, depth: int) -> bool:
