@@ -297,6 +297,7 @@ def test_errors_about_a_megabyte_id_or_key_stay_short(client, ns):
         (ValueError, lambda: t.insert({"n": huge})),
         (ValueError, lambda: t.list(limit=huge)),
         (ValueError, lambda: t.watch(since=-huge)),
+        (ValueError, lambda: t.watch(since=huge)),
         (ValueError, lambda: t.wait_for("t_1", timeout=huge)),
     ):
         with pytest.raises(kind, match="an int of 16610 bits"):
@@ -358,3 +359,52 @@ def test_a_writer_serves_an_abstract_ipc_address():
     # "nothing is bound at that path" (a review of the probe a call's give-up now runs).
     with tiger.serve(f"ipc://@tiger-{uuid.uuid4().hex[:8]}") as server, tiger.connect(server.url) as client:
         assert client.table("t").insert({"id": "a"})["id"] == "a"
+
+
+_PAUSED_CALLER = """
+import os, signal, sys, threading, tiger
+with tiger.connect(sys.argv[1], timeout=1.0) as client:
+    table = client.table("t")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGSTOP)).start()  # stops itself, its call sent
+    try:
+        table.insert({"id": "paused"})
+        print("ok", flush=True)
+    except tiger.TigerError as e:
+        print(type(e).__name__, e, flush=True)
+"""
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_call_whose_process_was_stopped_past_its_deadline_takes_the_answer_waiting_for_it():
+    # A user trial stopped a client (SIGSTOP) with a write in flight; the writer applied and answered it, and on
+    # SIGCONT the call, past its deadline, raised Unavailable ("did not answer within 5s") without reading the
+    # answer waiting on its socket. It is now taken.
+    with tiger.serve() as server, tiger.connect(server.url) as watcher:
+        command = [sys.executable, "-c", _PAUSED_CALLER, server.url]
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as caller:
+            assert caller.stdin is not None
+            try:
+                assert read_line(caller, 30).strip() == "ready"
+                os.kill(server.pid, signal.SIGSTOP)  # the call waits for the writer
+                caller.stdin.write("go\n")
+                caller.stdin.flush()
+                deadline = time.monotonic() + 10
+                while not _stopped(caller.pid):  # 0.3 s into its call, the caller stops itself
+                    assert time.monotonic() < deadline, "the caller did not stop"
+                    time.sleep(0.01)
+                os.kill(server.pid, signal.SIGCONT)  # the writer applies and answers: the answer waits
+                watcher.table("t").wait_for("paused", timeout=10)
+                time.sleep(1.0)  # the call's deadline (1 s from its start) passes while it is stopped
+                os.kill(caller.pid, signal.SIGCONT)
+                assert read_line(caller, 10).strip() == "ok"
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+                if caller.poll() is None:
+                    os.kill(caller.pid, signal.SIGCONT)
+                    caller.kill()

@@ -173,6 +173,9 @@ def _close_open_clients() -> None:
             log.exception("closing %r at exit", client)
 
 
+PAUSED = 0.1  # seconds past a call's deadline that say its process was not running (see _queued_answer)
+
+
 class _Connection:
     """What the blocking :class:`Client` and the asyncio ``tiger.aio.AsyncClient`` share: their arguments,
     ids and context, the local replica and what is read from it, the bytes of a call (its expiry, its size)
@@ -368,6 +371,32 @@ class _Connection:
                 f"the request is {len(payload)} bytes; a request may be at most {p.MAX_MESSAGE} bytes (store less per call)"
             )
         return payload, deadline
+
+    def _queued_answer(self, sock: zmq.Socket[Any], req_id: int, mine: p.Own | None, deadline: float) -> p.Reply | None:
+        """At a call's deadline, before giving up: its answer if it already waits on the command socket
+        (this process was stopped past the deadline while the writer answered: SIGSTOP, a debugger; a user
+        trial saw such a call raise ``Unavailable``, applied). A process that finds itself more than
+        ``PAUSED`` seconds past the deadline was not running: it gives libzmq's I/O thread, just woken too,
+        up to ``PAUSED`` seconds to hand over what it received meanwhile. Other answers read go to
+        ``_late_answer``."""
+        if time.monotonic() - deadline > PAUSED and not sock.poll(int(PAUSED * 1000), zmq.POLLIN):
+            return None
+        while True:
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            try:
+                reply = p.decode_reply(data, mine)
+            except ProtocolError:
+                continue
+            if reply.req_id == req_id:
+                return reply
+            self._late_answer(reply)
+
+    def _late_answer(self, reply: p.Reply) -> None:
+        """An answer to another call on the command socket: the blocking client's calls wait one at a time,
+        so it is stale (ignored)."""
 
     def _silence(self, wait: int, seconds: float) -> None:
         """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
@@ -595,6 +624,11 @@ class Client(_Connection):
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
                 while True:
                     wait = attempts.wait(time.monotonic())
+                    if wait == GIVE_UP:
+                        late = self._queued_answer(self._socket, req_id, mine, deadline)
+                        if late is not None:
+                            reply, answered = late, True
+                            break
                     if wait <= RESEND:
                         self._silence(wait, seconds)
                         self._send_call(payload)

@@ -475,12 +475,12 @@ class History:
         oldest = seq - len(self.changes)  # the oldest ``since`` this history can serve
         if since < oldest:
             raise ValueError(
-                f"since={since} is older than this replica remembers: the oldest seq a feed can start after is "
+                f"since={shown(since)} is older than this replica remembers: the oldest seq a feed can start after is "
                 f"{oldest} (it remembers the last {self.MAX_SEQS} changes, {self.MAX_RECORDS} records at most, and "
                 "nothing before a snapshot load); open the feed without since and re-read the table"
             )
         if since > seq:
-            raise ValueError(f"since={since} is ahead of this replica, at seq {seq} (call client.sync() first)")
+            raise ValueError(f"since={shown(since)} is ahead of this replica, at seq {seq} (call client.sync() first)")
         start = len(self.changes) - (seq - since)
         return [(since + 1 + i, change) for i, change in enumerate(islice(self.changes, start, None))]
 
@@ -682,8 +682,8 @@ def check_since(value: object) -> int | None:
 
 def describe(tables: frozenset[str] | None, namespace: str | None, since: int | None) -> str:
     """How a feed names itself in errors: ``<tiger.Feed tables=['plans'] namespace='ns'>``."""
-    shown = "every table" if tables is None else f"tables={sorted(tables)!r}"
-    shown += " every namespace" if namespace is None else f" namespace={namespace!r}"
+    what = "every table" if tables is None else f"tables={sorted(tables)!r}"
+    what += " every namespace" if namespace is None else f" namespace={namespace!r}"
     if since is not None:
-        shown += f" since={since}"
-    return f"<tiger.Feed {shown}>"
+        what += f" since={shown(since)}"
+    return f"<tiger.Feed {what}>"

@@ -47,7 +47,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import AsyncBatch
-from tiger._calls import RESEND, Attempts, check_seconds
+from tiger._calls import GIVE_UP, RESEND, Attempts, check_seconds
 from tiger._client import (
     Client,
     _abandoned,
@@ -335,6 +335,11 @@ class AsyncClient(_Connection):
                             reply, answered = kept, True
                             break
                     wait = attempts.wait(time.monotonic())
+                    if wait == GIVE_UP:
+                        late = self._queued_answer(self._socket.sock, req_id, mine, deadline)
+                        if late is not None:
+                            reply, answered = late, True
+                            break
                     if wait <= RESEND:
                         self._silence(wait, seconds)
                         self._send_call(payload)
