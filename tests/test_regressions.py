@@ -408,3 +408,43 @@ def test_a_call_whose_process_was_stopped_past_its_deadline_takes_the_answer_wai
                 if caller.poll() is None:
                     os.kill(caller.pid, signal.SIGCONT)
                     caller.kill()
+
+
+_PAUSED_WAITER = """
+import os, signal, sys, threading, tiger
+with tiger.connect(sys.argv[1]) as client:
+    table = client.table("t")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGSTOP)).start()  # stops itself while it waits
+    try:
+        print("got", table.wait_for("arrived", timeout=1.0)["id"], flush=True)
+    except tiger.TigerError as e:
+        print(type(e).__name__, e, flush=True)
+"""
+
+
+def test_a_wait_whose_process_was_stopped_past_its_deadline_looks_at_what_arrived_meanwhile(connect):
+    # The same kind as a call's answer: a wait_for whose deadline passed while its process was stopped raised
+    # Timeout at once on SIGCONT, the record it waited for queued unread on its replica's socket.
+    writer_side = connect()
+    with subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_WAITER, writer_side.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as waiter:
+        assert waiter.stdin is not None
+        try:
+            assert read_line(waiter, 30).strip() == "ready"
+            waiter.stdin.write("go\n")
+            waiter.stdin.flush()
+            deadline = time.monotonic() + 10
+            while not _stopped(waiter.pid):
+                assert time.monotonic() < deadline, "the waiter did not stop"
+                time.sleep(0.01)
+            writer_side.table("t").insert({"id": "arrived"})  # published to the stopped waiter
+            time.sleep(1.0)  # its deadline passes while it is stopped
+            os.kill(waiter.pid, signal.SIGCONT)
+            assert read_line(waiter, 10).strip() == "got arrived"
+        finally:
+            if waiter.poll() is None:
+                os.kill(waiter.pid, signal.SIGCONT)
+                waiter.kill()

@@ -33,6 +33,9 @@ import math
 
 from tiger._errors import shown
 
+# seconds past a deadline that say this process was not running as it passed (SIGSTOP, a debugger, a suspended
+# laptop): what arrived meanwhile is queued, unread, so a wait past it looks once more, up to this long
+PAUSED = 0.1
 MAX_SECONDS = 86_400.0  # the longest timeout or wait tiger takes (a day): a clock, poll or lock given more overflows
 
 

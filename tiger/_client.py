@@ -21,7 +21,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import Batch
-from tiger._calls import GIVE_UP, RESEND, Attempts, callable_name, check_seconds
+from tiger._calls import GIVE_UP, PAUSED, RESEND, Attempts, callable_name, check_seconds
 from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
@@ -171,9 +171,6 @@ def _close_open_clients() -> None:
             client.close()
         except Exception:  # a teardown that raised: the other clients still close
             log.exception("closing %r at exit", client)
-
-
-PAUSED = 0.1  # seconds past a call's deadline that say its process was not running (see _queued_answer)
 
 
 class _Connection:

@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
-from tiger._calls import PendingCalls, Unanswered
+from tiger._calls import PAUSED, PendingCalls, Unanswered
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import History, Subscription, Waking, deliver, deliver_reset, running_loop, subscribe, woken
 from tiger._table import Change, Put, Rows, Store
@@ -394,6 +394,9 @@ class Replica:
                     raise Unavailable(f"the replica of {self._url} stopped: {self.failure}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if -remaining > PAUSED:  # not running as it passed: what came meanwhile gets PAUSED s to land
+                        deadline = time.monotonic() + PAUSED
+                        continue
                     raise Timeout(what())
                 self.changed.wait(min(remaining, 0.5))
 
@@ -412,7 +415,10 @@ class Replica:
             try:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise Timeout(what())
+                    if -remaining <= PAUSED:
+                        raise Timeout(what())
+                    deadline = time.monotonic() + PAUSED  # not running as it passed (see wait_until)
+                    remaining = PAUSED
                 await woken(future, min(remaining, 0.5))
             finally:
                 with self.changed:
