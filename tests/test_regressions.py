@@ -418,18 +418,25 @@ with tiger.connect(sys.argv[1]) as client:
     sys.stdin.readline()
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGSTOP)).start()  # stops itself while it waits
     try:
-        print("got", table.wait_for("arrived", timeout=1.0)["id"], flush=True)
+        if sys.argv[2] == "wait_for":
+            print("got", table.wait_for("arrived", timeout=1.0)["id"], flush=True)
+        elif sys.argv[2] == "wait_until":
+            print("got", table.wait_until(lambda r: r["id"] == "arrived", timeout=1.0)["id"], flush=True)
+        else:
+            with table.watch(timeout=1.0) as feed:
+                print("got", next(feed).id, flush=True)
     except tiger.TigerError as e:
         print(type(e).__name__, e, flush=True)
 """
 
 
-def test_a_wait_whose_process_was_stopped_past_its_deadline_looks_at_what_arrived_meanwhile(connect):
+@pytest.mark.parametrize("how", ["wait_for", "wait_until", "feed"])
+def test_a_wait_whose_process_was_stopped_past_its_deadline_looks_at_what_arrived_meanwhile(connect, how):
     # The same kind as a call's answer: a wait_for whose deadline passed while its process was stopped raised
     # Timeout at once on SIGCONT, the record it waited for queued unread on its replica's socket.
     writer_side = connect()
     with subprocess.Popen(
-        [sys.executable, "-c", _PAUSED_WAITER, writer_side.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _PAUSED_WAITER, writer_side.url, how], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as waiter:
         assert waiter.stdin is not None
         try:

@@ -924,6 +924,8 @@ def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float 
     """The record of the first "put" on ``feed`` matching ``predicate`` (``Timeout`` past ``deadline``); None
     after a "reset" (changes may have been missed: the caller scans the table again)."""
     while True:
+        if deadline is not None and time.monotonic() - deadline > PAUSED:  # not running as it passed: what came
+            deadline = time.monotonic() + PAUSED  # meanwhile gets PAUSED s to land (see Replica.wait_until)
         change = feed._next(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if change.op == "reset":
             return None

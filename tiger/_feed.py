@@ -44,7 +44,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from tiger import _table as t
-from tiger._calls import check_seconds
+from tiger._calls import PAUSED, check_seconds
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
 from tiger._table import RESERVED_PREFIX, Record, check_name
 
@@ -597,6 +597,9 @@ class Feed:
                     return change
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    if -remaining > PAUSED:  # not running as it passed: what came meanwhile gets PAUSED s to land
+                        deadline = time.monotonic() + PAUSED
+                        continue
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
                 sub.sleepers += 1
                 try:
@@ -638,6 +641,10 @@ class Feed:
                         change = sub.take()
                     if change is not None:
                         return change
+                    assert deadline is not None  # (expired: a deadline was set)
+                    if time.monotonic() - deadline > PAUSED:  # not running as it passed (see _wait)
+                        deadline = time.monotonic() + PAUSED
+                        continue
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
         except _Closed:
             raise StopAsyncIteration from None
