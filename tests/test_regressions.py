@@ -321,9 +321,8 @@ client = tiger.connect(sys.argv[1])
 def build():
     if os.fork() == 0:  # a child, as multiprocessing's fork start method makes: it inherits the sockets' fds
         print("child", os.getpid(), flush=True)
-        time.sleep(60)  # (killed by the test)
+        time.sleep(60)  # sleep-ok: the child holds the sockets until the test kills it
         os._exit(0)
-    time.sleep(0.2)
     print("building", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # the builder dies mid-build
 client.once(sys.argv[2], build)
@@ -376,9 +375,15 @@ with tiger.connect(sys.argv[1], timeout=1.0) as client:
 """
 
 
-def _stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Return once process ``pid`` is stopped (state T in /proc), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.01)  # sleep-ok: polling /proc for the stop, with a deadline
 
 
 def test_a_call_whose_process_was_stopped_past_its_deadline_takes_the_answer_waiting_for_it():
@@ -394,13 +399,10 @@ def test_a_call_whose_process_was_stopped_past_its_deadline_takes_the_answer_wai
                 os.kill(server.pid, signal.SIGSTOP)  # the call waits for the writer
                 caller.stdin.write("go\n")
                 caller.stdin.flush()
-                deadline = time.monotonic() + 10
-                while not _stopped(caller.pid):  # 0.3 s into its call, the caller stops itself
-                    assert time.monotonic() < deadline, "the caller did not stop"
-                    time.sleep(0.01)
+                _wait_stopped(caller.pid)  # 0.3 s into its call, the caller stops itself
                 os.kill(server.pid, signal.SIGCONT)  # the writer applies and answers: the answer waits
                 watcher.table("t").wait_for("paused", timeout=10)
-                time.sleep(1.0)  # the call's deadline (1 s from its start) passes while it is stopped
+                time.sleep(1.0)  # sleep-ok: the call's deadline (1 s from its start) passes while it is stopped
                 os.kill(caller.pid, signal.SIGCONT)
                 assert read_line(caller, 10).strip() == "ok"
             finally:
@@ -443,12 +445,9 @@ def test_a_wait_whose_process_was_stopped_past_its_deadline_looks_at_what_arrive
             assert read_line(waiter, 30).strip() == "ready"
             waiter.stdin.write("go\n")
             waiter.stdin.flush()
-            deadline = time.monotonic() + 10
-            while not _stopped(waiter.pid):
-                assert time.monotonic() < deadline, "the waiter did not stop"
-                time.sleep(0.01)
+            _wait_stopped(waiter.pid)
             writer_side.table("t").insert({"id": "arrived"})  # published to the stopped waiter
-            time.sleep(1.0)  # its deadline passes while it is stopped
+            time.sleep(1.0)  # sleep-ok: its deadline passes while it is stopped
             os.kill(waiter.pid, signal.SIGCONT)
             assert read_line(waiter, 10).strip() == "got arrived"
         finally:
