@@ -319,11 +319,11 @@ _FORKING_BUILDER = """
 import os, signal, sys, time, tiger
 client = tiger.connect(sys.argv[1])
 def build():
-    if os.fork() == 0:  # a child, as multiprocessing's fork start method makes: it inherits the sockets' fds
-        print("child", os.getpid(), flush=True)
+    child = os.fork()  # as multiprocessing's fork start method does: the child inherits the sockets' fds
+    if child == 0:
         time.sleep(60)  # sleep-ok: the child holds the sockets until the test kills it
         os._exit(0)
-    print("building", flush=True)
+    print("building", child, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # the builder dies mid-build
 client.once(sys.argv[2], build)
 """
@@ -339,9 +339,9 @@ def test_a_dead_builders_key_is_released_though_a_forked_child_holds_its_sockets
     child = None
     try:
         with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as builder:
-            said = [read_line(builder, 30).split() for _ in range(2)]
-            child = int(next(words[1] for words in said if words[0] == "child"))
-            assert ["building"] in said
+            said, child_pid = read_line(builder, 30).split()
+            assert said == "building"
+            child = int(child_pid)
             assert builder.wait(10) == -9
         assert alive(child)  # holding the dead builder's sockets
         started = time.monotonic()
