@@ -35,7 +35,16 @@ from tiger._errors import shown
 
 # seconds past a deadline that say this process was not running as it passed (SIGSTOP, a debugger, a suspended
 # laptop): what arrived meanwhile is queued, unread, so a wait past it looks once more, up to this long
-PAUSED = 0.1
+PAUSE_GRACE = 0.1
+
+
+def stretched(deadline: float, now: float) -> float:
+    """The deadline a wait goes on with (``time.monotonic()`` seconds): ``deadline``, or ``now + PAUSE_GRACE``
+    when ``now`` is more than ``PAUSE_GRACE`` past it (the process was not running as it passed: what arrived
+    meanwhile, queued, gets that long to land before the wait gives up)."""
+    return now + PAUSE_GRACE if now - deadline > PAUSE_GRACE else deadline
+
+
 MAX_SECONDS = 86_400.0  # the longest timeout or wait tiger takes (a day): a clock, poll or lock given more overflows
 
 

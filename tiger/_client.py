@@ -21,7 +21,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import Batch
-from tiger._calls import GIVE_UP, PAUSED, RESEND, Attempts, callable_name, check_seconds
+from tiger._calls import GIVE_UP, PAUSE_GRACE, RESEND, Attempts, callable_name, check_seconds, stretched
 from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
@@ -373,10 +373,10 @@ class _Connection:
         """At a call's deadline, before giving up: its answer if it already waits on the command socket
         (this process was stopped past the deadline while the writer answered: SIGSTOP, a debugger; a user
         trial saw such a call raise ``Unavailable``, applied). A process that finds itself more than
-        ``PAUSED`` seconds past the deadline was not running: it gives libzmq's I/O thread, just woken too,
-        up to ``PAUSED`` seconds to hand over what it received meanwhile. Other answers read go to
+        ``PAUSE_GRACE`` seconds past the deadline was not running: it gives libzmq's I/O thread, just woken
+        too, up to that long to hand over what it received meanwhile. Other answers read go to
         ``_late_answer``."""
-        if time.monotonic() - deadline > PAUSED and not sock.poll(int(PAUSED * 1000), zmq.POLLIN):
+        if stretched(deadline, time.monotonic()) != deadline and not sock.poll(int(PAUSE_GRACE * 1000), zmq.POLLIN):
             return None
         while True:
             try:
@@ -924,8 +924,8 @@ def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float 
     """The record of the first "put" on ``feed`` matching ``predicate`` (``Timeout`` past ``deadline``); None
     after a "reset" (changes may have been missed: the caller scans the table again)."""
     while True:
-        if deadline is not None and time.monotonic() - deadline > PAUSED:  # not running as it passed: what came
-            deadline = time.monotonic() + PAUSED  # meanwhile gets PAUSED s to land (see Replica.wait_until)
+        if deadline is not None:
+            deadline = stretched(deadline, time.monotonic())
         change = feed._next(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if change.op == "reset":
             return None

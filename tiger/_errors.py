@@ -59,15 +59,15 @@ class ProtocolError(TigerError, ValueError):
 SHOWN_MAX = 100  # characters of a caller's str (an id, a key) an error message repeats
 
 
-def shown(value: object) -> str:
-    """``repr(value)`` for an error message, cut short: a str or bytes of more than ``SHOWN_MAX`` characters
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """``repr(value)`` for an error message, cut short: a str or bytes of more than ``limit`` characters
     shows its first ones and its length, any other repr its first ``2 * SHOWN_MAX`` characters (ids and
     record keys have no length limit: a megabyte id made every error about it a megabyte long)."""
     if isinstance(value, (str, bytes)):
-        if len(value) <= SHOWN_MAX:
+        if len(value) <= limit:
             return repr(value)
         unit = "characters" if isinstance(value, str) else "bytes"
-        return f"{value[:SHOWN_MAX]!r}... ({len(value)} {unit})"
+        return f"{value[:limit]!r}... ({len(value)} {unit})"
     if type(value) is int and value.bit_length() > 256:  # (repr refuses past 4300 digits, and a message needs none)
         return f"an int of {value.bit_length()} bits"
     text = repr(value)

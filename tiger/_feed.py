@@ -44,7 +44,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from tiger import _table as t
-from tiger._calls import PAUSED, check_seconds
+from tiger._calls import check_seconds, stretched
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
 from tiger._table import RESERVED_PREFIX, Record, check_name
 
@@ -595,11 +595,12 @@ class Feed:
                 change = sub.take()
                 if change is not None:
                     return change
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = None
+                if deadline is not None:
+                    now = time.monotonic()
+                    deadline = stretched(deadline, now)
+                    remaining = deadline - now
                 if remaining is not None and remaining <= 0:
-                    if -remaining > PAUSED:  # not running as it passed: what came meanwhile gets PAUSED s to land
-                        deadline = time.monotonic() + PAUSED
-                        continue
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
                 sub.sleepers += 1
                 try:
@@ -642,8 +643,9 @@ class Feed:
                     if change is not None:
                         return change
                     assert deadline is not None  # (expired: a deadline was set)
-                    if time.monotonic() - deadline > PAUSED:  # not running as it passed (see _wait)
-                        deadline = time.monotonic() + PAUSED
+                    now = time.monotonic()
+                    if stretched(deadline, now) != deadline:  # not running as it passed: one more look
+                        deadline = stretched(deadline, now)
                         continue
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
         except _Closed:

@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from tiger._errors import ProtocolError
+from tiger._errors import ProtocolError, shown
 from tiger._table import Batch, Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
@@ -147,13 +147,8 @@ _SHOWN_MAX = 40  # characters of a peer's str shown in an error message
 
 def _shown(value: Any) -> str:
     """A short description of a value a peer sent, for an error message (which is logged and sent back)."""
-    if isinstance(value, (str, bytes)):
-        if len(value) <= _SHOWN_MAX:
-            return repr(value)
-        unit = "characters" if isinstance(value, str) else "bytes"
-        return f"{value[:_SHOWN_MAX]!r}... ({len(value)} {unit})"
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)
+    if value is None or isinstance(value, (str, bytes, bool, int, float)):
+        return shown(value, _SHOWN_MAX)
     return f"a {_type_name(value)}"
 
 

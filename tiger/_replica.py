@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
-from tiger._calls import PAUSED, PendingCalls, Unanswered
+from tiger._calls import PendingCalls, Unanswered, stretched
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import History, Subscription, Waking, deliver, deliver_reset, running_loop, subscribe, woken
 from tiger._table import Change, Put, Rows, Store
@@ -392,11 +392,10 @@ class Replica:
             while not predicate():
                 if self.failure is not None:
                     raise Unavailable(f"the replica of {self._url} stopped: {self.failure}")
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                deadline = stretched(deadline, now)
+                remaining = deadline - now
                 if remaining <= 0:
-                    if -remaining > PAUSED:  # not running as it passed: what came meanwhile gets PAUSED s to land
-                        deadline = time.monotonic() + PAUSED
-                        continue
                     raise Timeout(what())
                 self.changed.wait(min(remaining, 0.5))
 
@@ -413,12 +412,11 @@ class Replica:
                     raise Unavailable(f"the replica of {self._url} stopped: {self.failure}")
                 future = self.changed.future(loop)
             try:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                deadline = stretched(deadline, now)
+                remaining = deadline - now
                 if remaining <= 0:
-                    if -remaining <= PAUSED:
-                        raise Timeout(what())
-                    deadline = time.monotonic() + PAUSED  # not running as it passed (see wait_until)
-                    remaining = PAUSED
+                    raise Timeout(what())
                 await woken(future, min(remaining, 0.5))
             finally:
                 with self.changed:

@@ -47,7 +47,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import AsyncBatch
-from tiger._calls import GIVE_UP, PAUSED, RESEND, Attempts, check_seconds
+from tiger._calls import GIVE_UP, RESEND, Attempts, check_seconds, stretched
 from tiger._client import (
     Client,
     _abandoned,
@@ -475,8 +475,8 @@ class AsyncTable(_TableReads):
             with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
                 found = self._scan(ns, predicate)
                 while found is None:
-                    if deadline is not None and time.monotonic() - deadline > PAUSED:  # not running as it passed:
-                        deadline = time.monotonic() + PAUSED  # what came meanwhile gets PAUSED s to land
+                    if deadline is not None:
+                        deadline = stretched(deadline, time.monotonic())
                     try:
                         change = await feed._anext(None if deadline is None else max(0.0, deadline - time.monotonic()))
                     except FeedOverflow:
