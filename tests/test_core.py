@@ -40,6 +40,10 @@ class FakeDisk:
         self.compactions = 0
         self.failing: str | None = None  # "append", "commit", "compact" or "all"
         self.size = 0
+        self.compact_bytes = 1 << 60  # past this log size a compaction is due
+        self.compacting = False
+        self.steps = 1  # a compaction's steps
+        self.snapshots: list[bytes] = []  # written by the compactions, in order
 
     def _maybe_fail(self, what: str) -> None:
         if self.failing in (what, "all"):
@@ -59,13 +63,43 @@ class FakeDisk:
         pass
 
     def needs_compaction(self) -> bool:
-        return False
+        return self.size > self.compact_bytes and not self.compacting
 
-    def compact(self, pack: Any, content: Any) -> int:
+    def begin_compaction(self, pack: Any, content: Any) -> FakeCompaction:
         self._maybe_fail("compact")
-        self.compactions += 1
-        self.appended, self.durable = [], []
-        return len(pack(content))
+        self.compacting = True
+        self.appended, self.durable = [], []  # a fresh log: what came before is in the snapshot
+        self.size = 0
+        return FakeCompaction(self, pack, content)
+
+
+class FakeCompaction:
+    """A snapshot written in ``FakeDisk.steps`` steps (each may fail as ``FakeDisk.failing`` says)."""
+
+    def __init__(self, disk: FakeDisk, pack: Any, content: Any) -> None:
+        self.disk = disk
+        self.records = sum(len(records) for namespaces in content.values() for records in namespaces.values())
+        self.snapshot = pack(content)
+        self.size = 0
+        self.steps_left = disk.steps
+
+    def step(self) -> bool:
+        try:
+            self.disk._maybe_fail("compact")
+        except OSError:
+            self.abandon()
+            raise
+        self.steps_left -= 1
+        self.size = len(self.snapshot) * (self.disk.steps - self.steps_left) // self.disk.steps
+        if self.steps_left > 0:
+            return False
+        self.disk.compacting = False
+        self.disk.compactions += 1
+        self.disk.snapshots.append(self.snapshot)
+        return True
+
+    def abandon(self) -> None:
+        self.disk.compacting = False
 
 
 class Rig:
@@ -87,14 +121,22 @@ class Rig:
 
     def tick(self) -> _core.Outbox:
         self.core.tick(self.now)
+        self.compaction_steps()
         return self.core.take_outbox()
 
-    def send(self, *payloads: bytes, peer: bytes = b"peer") -> _core.Outbox:
-        """One group: every payload handled in order, then committed."""
+    def send(self, *payloads: bytes, peer: bytes = b"peer", steps: int | None = None) -> _core.Outbox:
+        """One group: every payload handled in order, then committed; then the steps of a compaction under
+        way, as the writer runs them between groups (``steps``: at most so many; None: to its end)."""
         for payload in payloads:
             self.core.handle([peer, payload], self.now, self.wall)
         self.core.commit(self.now)
+        self.compaction_steps(steps)
         return self.core.take_outbox()
+
+    def compaction_steps(self, steps: int | None = None) -> None:
+        while self.core.pending_work and (steps is None or steps > 0):
+            self.core.work_step(self.now)
+            steps = None if steps is None else steps - 1
 
     def call(self, client_id: str, request: p.Request, expires_in: float = 3600.0) -> p.Reply:
         outbox = self.send(self.encode(client_id, request, expires_in))
@@ -437,13 +479,13 @@ def test_retries_back_off_from_half_a_second_to_ten():
     disk.failing = "all"
     rig.call(ALICE, insert(1))  # the fault starts: first retry 0.5 s later
     tries: list[float] = []
-    compact = disk.compact
+    begin = disk.begin_compaction
 
-    def counting(pack: Any, content: Any) -> int:
+    def counting(pack: Any, content: Any) -> FakeCompaction:
         tries.append(rig.now)
-        return compact(pack, content)
+        return begin(pack, content)
 
-    disk.compact = counting  # type: ignore[method-assign]
+    disk.begin_compaction = counting  # type: ignore[method-assign]
     for _ in range(400):  # 100 s in steps a float adds exactly
         rig.advance(0.25)
         rig.tick()
@@ -804,3 +846,99 @@ def test_a_record_over_the_size_limit_among_several_is_refused_naming_its_table_
     reply = rig.call(ALICE, p.Insert(1, "t", "global", None, records, False))
     assert type(reply) is p.Failed and reply.message.startswith("t records[1] 'b' is "), reply
     assert rig.core.store.get("t", "global", "a") is None and rig.core.seq == 0
+
+
+# -- work over the whole store, a step at a time --------------------------------------------------------
+
+
+def _compacting(steps: int) -> tuple[FakeDisk, Rig]:
+    """A store of one record (ALICE's insert 1) whose compaction of ``steps`` steps ALICE's Compact (req id
+    2) began: one step written, no answer yet."""
+    disk = FakeDisk()
+    disk.steps = steps
+    rig = Rig(disk)
+    rig.call(ALICE, insert(1))
+    assert rig.send(rig.encode(ALICE, p.Compact(2)), steps=1).replies == []
+    return disk, rig
+
+
+def _answers(outbox: _core.Outbox) -> dict[int, p.Reply]:
+    replies = [p.decode_reply(answer) for *_, answer in outbox.replies]
+    return {r.req_id: r for r in replies}  # type: ignore[union-attr]
+
+
+def test_writes_are_answered_between_the_steps_of_a_compaction_and_go_to_its_fresh_log():
+    """A compaction packed and wrote the whole store at once: at 1.4M records every client waited 3 s for
+    it. Now it starts a fresh log, writes its snapshot in steps between groups, and answers Compact when
+    the snapshot is in place; the writes made meanwhile are in the fresh log, not in that snapshot."""
+    disk, rig = _compacting(steps=3)
+    assert rig.core.stats(rig.now)["data"]["compacting"]["records"] == 1
+    outbox = rig.send(rig.encode(BOB, insert(3)), steps=1)
+    assert list(_answers(outbox)) == [3] and type(_answers(outbox)[3]) is p.Ok  # answered before the compaction ends
+    assert [p.change_from_wire(p.unpack(a)).records[0]["n"] for a in disk.appended] == [3]  # type: ignore[union-attr]
+    outbox = rig.send(steps=1)
+    [done] = _answers(outbox).values()
+    assert type(done) is p.Ok and done.req_id == 2 and done.result["records"] == 1 and done.result["bytes"] > 0
+    assert disk.compactions == 1 and [r["n"] for r in _snapshot_records(disk.snapshots[0])] == [1]
+    assert rig.core.stats(rig.now)["data"]["compacting"] is None
+
+
+def _snapshot_records(snapshot: bytes) -> list[Any]:
+    content = p.unpack(snapshot)
+    return [r for namespaces in content.values() for records in namespaces.values() for r in records]
+
+
+def test_a_compact_call_resent_while_its_compaction_runs_is_answered_once_through_its_newest_socket():
+    disk = FakeDisk()
+    disk.steps = 3
+    rig = Rig(disk)
+    call = rig.encode(ALICE, p.Compact(7))
+    assert rig.send(call, peer=b"old", steps=1).replies == []
+    assert rig.send(call, peer=b"new", steps=1).replies == []  # the resend: nothing yet, no second compaction
+    [[peer, answer]] = rig.send(steps=1).replies
+    assert peer == b"new" and type(p.decode_reply(answer)) is p.Ok and disk.compactions == 1
+    assert rig.send(call).replies == [[b"peer", answer]]  # a later resend: the answer kept
+
+
+def test_a_compaction_begun_before_a_disk_fault_does_not_end_it_and_one_of_everything_follows_it():
+    """A group whose fsync failed during a compaction is not in that compaction's snapshot: the fault may
+    end (and the group be answered) only once a snapshot holding it is in place."""
+    disk, rig = _compacting(steps=2)
+    disk.failing = "commit"
+    assert rig.send(rig.encode(BOB, insert(3)), steps=0).replies == []  # applied, held: its fsync failed
+    disk.failing = None
+    outbox = rig.send(steps=1)  # the first compaction ends: Compact answered, the fault stays
+    assert list(_answers(outbox)) == [2] and rig.core.disk_fault is not None and disk.compactions == 1
+    assert [r["n"] for r in _snapshot_records(disk.snapshots[0])] == [1]
+    outbox = rig.send()  # the one that follows it, begun at once
+    assert disk.compactions == 2 and sorted(r["n"] for r in _snapshot_records(disk.snapshots[1])) == [1, 3]
+    assert rig.core.disk_fault is None and list(_answers(outbox)) == [3]  # the held group, answered
+
+
+def test_a_compaction_that_fails_midway_refuses_writes_and_answers_compact_with_the_fault():
+    disk, rig = _compacting(steps=3)
+    disk.failing = "compact"
+    [answer] = _answers(rig.send(steps=1)).values()
+    assert type(answer) is p.Failed and answer.kind == "disk" and "the compaction failed" in answer.message
+    assert rig.core.disk_fault is not None and not rig.core.pending_work and disk.compactions == 0
+    refused = rig.call(BOB, insert(3))
+    assert type(refused) is p.Failed and refused.kind == "disk"
+    disk.failing = None
+    rig.advance(0.5)
+    rig.tick()  # the retry: a compaction of everything, which ends the fault
+    assert rig.core.disk_fault is None and disk.compactions == 1
+    assert type(rig.call(BOB, insert(4))) is p.Ok
+
+
+def test_a_stats_checksum_is_taken_in_steps_over_the_store_as_it_was_while_writes_go_on():
+    """Stats packed every record at once for its checksum (0.8 s at 1M records, the writer doing nothing
+    else); now a step at a time, over the store as it was when Stats came, answered at the end."""
+    rig = Rig()
+    rig.call(ALICE, p.Insert(1, "t", "global", None, [{"n": i, "pad": "x" * 300} for i in range(3000)], False))
+    before = p.checksum(rig.core.store)
+    assert rig.send(rig.encode(ALICE, p.Stats(2)), steps=1).replies == []  # about 1 MB packed: not one step
+    outbox = rig.send(rig.encode(BOB, insert(3)), steps=0)
+    assert list(_answers(outbox)) == [3]
+    [stats] = _answers(rig.send()).values()
+    assert type(stats) is p.Ok and stats.seq == 1 and stats.result["checksum"] == before and stats.result["records"] == 3000
+    assert p.checksum(rig.core.store) != before

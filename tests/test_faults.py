@@ -17,6 +17,7 @@ from _util import read_line
 import tiger
 from tiger import _log
 from tiger import _protocol as p
+from tiger._table import Put, freeze
 
 TIGER = [sys.executable, "-m", "tiger"]
 
@@ -156,6 +157,106 @@ def test_the_log_compacts_itself_past_its_size(tmp_path):
         wait(lambda: (data / "snapshot").exists(), what="automatic compaction")
         assert client.stats()["data"]["log_bytes"] < 20000
     stop(proc)
+
+
+@pytest.mark.parametrize("work", ["compact", "stats"])
+def test_a_compaction_or_a_stats_checksum_no_longer_stops_the_writer_for_the_whole_store(tmp_path, work):
+    """Both packed every record at once, the writer doing nothing else meanwhile: a compaction at 1.4M
+    records held every client's write for 3 s, a Stats checksum for 0.8 s at 1M. Now they go a step at a
+    time between the writer's other work: a write sent right after them on the same socket is answered
+    first, and they are answered with the store as it was when they came."""
+    with tiger.serve(data=tmp_path / "data") as server, tiger.connect(server.url) as client:
+        t = client.table("t")
+        for k in range(50):  # 100k records, about 22 MB packed: some 40 steps
+            t.insert_many([{"n": k * 2000 + i, "pad": "x" * 200} for i in range(2000)])
+        before = (client.replica.seq, client.checksum())
+        with zmq.Context() as ctx:
+            sock = ctx.socket(zmq.DEALER)
+            try:
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(server.url)
+                sock.send(p.encode_request(p.Compact(1) if work == "compact" else p.Stats(1)))
+                sock.send(p.encode_request(p.Insert(2, "t", "global", None, [{"id": "meanwhile"}], False)))
+                answers = []
+                for _ in range(2):
+                    assert sock.poll(30_000), f"no answer to {work} within 30 s"
+                    answers.append(p.decode_reply(sock.recv()))
+            finally:
+                sock.close(linger=0)
+        assert [type(a).__name__ for a in answers] == ["Ok", "Ok"] and [a.req_id for a in answers] == [2, 1]  # type: ignore[union-attr]
+        done = answers[1]
+        if work == "compact":
+            assert done.result["records"] == 100_000  # type: ignore[union-attr]
+        else:
+            assert (done.seq, done.result["checksum"]) == before  # type: ignore[union-attr]
+        expected = client.stats()["checksum"]
+    with tiger.serve(data=tmp_path / "data") as server, tiger.connect(server.url) as client:
+        assert client.stats()["checksum"] == expected and "meanwhile" in client.table("t")
+
+
+def _change(n: int) -> bytes:
+    return p.pack(p.change_to_wire(Put("t", "global", (freeze({"id": f"r{n}", "n": n, "created": 1}),))))
+
+
+def _replayed(data) -> tuple[list[int], list[int], list[str]]:
+    """(ids in the snapshot, ids of the logged changes after it, the listing after the start) of a fresh
+    DataDir loading ``data``."""
+    d = _log.DataDir(str(data))
+    try:
+        content, payloads = d.load(p.unpack)
+        snapshot = [r["n"] for namespaces in content.values() for records in namespaces.values() for r in records]
+        return snapshot, [p.change_from_wire(p.unpack(x)).records[0]["n"] for x in payloads], sorted(os.listdir(data))  # type: ignore[union-attr]
+    finally:
+        d.close()
+
+
+def test_a_snapshot_written_in_steps_is_the_snapshot_packed_whole(tmp_path):
+    content = {"t": {"global": [freeze({"id": f"r{i}", "pad": "x" * 200, "created": 1}) for i in range(5000)], "ns": []}}
+    d = _log.DataDir(str(tmp_path / "data"))
+    d.load(p.unpack)
+    compaction = d.begin_compaction(p.pack, content)
+    steps = 1
+    while not compaction.step(budget=64 * 1024):
+        steps += 1
+    d.close()
+    assert steps > 10 and compaction.records == 5000
+    assert (tmp_path / "data" / "snapshot").read_bytes() == _log.frame(p.pack({"generation": 1, "tables": content}))
+
+
+def test_a_crash_before_a_compaction_ended_replays_the_old_log_and_the_one_it_began(tmp_path):
+    """A compaction starts the next generation's log at once; until its snapshot is in place, a start
+    replays the snapshot before it with both logs, in order."""
+    data = tmp_path / "data"
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)
+    d.append(_change(1))
+    compaction = d.begin_compaction(p.pack, {"t": {"global": [freeze({"id": "r1", "n": 1, "created": 1})]}})
+    d.append(_change(2))  # after the compaction began: in log.1
+    compaction.step(budget=1)  # a step written, then the crash: the writer's end is abandon()
+    d.close()
+    assert _replayed(data) == ([], [1, 2], ["lock", "log.0", "log.1"])
+    d = _log.DataDir(str(data))  # the next start appends to the newest log; its compaction ends it all
+    d.load(p.unpack)
+    d.append(_change(3))
+    d.compact(p.pack, {"t": {"global": [freeze({"id": f"r{n}", "n": n, "created": 1}) for n in (1, 2, 3)]}})
+    d.close()
+    assert _replayed(data) == ([1, 2, 3], [], ["lock", "log.2", "snapshot"])
+
+
+def test_a_torn_tail_of_a_log_with_a_later_log_after_it_refuses_to_start(tmp_path):
+    data = tmp_path / "data"
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)
+    d.append(_change(1))
+    d.begin_compaction(p.pack, {})
+    d.append(_change(2))
+    d.close()
+    with open(data / "log.0", "ab") as f:
+        f.write(_log.frame(b"x" * 100)[:30])
+    listing = {name: (data / name).read_bytes() for name in os.listdir(data) if name != "lock"}
+    with pytest.raises(_log.Corrupt, match=r"log\.0: damaged entry at byte \d+ with .*log\.1 after it"):
+        _replayed(data)
+    assert {name: (data / name).read_bytes() for name in os.listdir(data) if name != "lock"} == listing
 
 
 def test_a_second_writer_on_the_same_directory_is_refused_naming_the_pid(tmp_path):

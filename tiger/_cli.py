@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from tiger._calls import check_seconds
@@ -53,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
 
     compact = commands.add_parser("compact", help="make a writer started with --data write a snapshot and start a fresh log")
     compact.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
+    compact.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the snapshot to be in place (about 2 s per million records; default %(default)s)",
+    )
 
     keygen = commands.add_parser("keygen", help="write a CurveZMQ key pair: DIR/tiger.key (secret, 0600) and DIR/tiger.pub")
     keygen.add_argument("dir", nargs="?", default=".", help="where to write them (default: here)")
@@ -102,8 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"loaded {count} records from {args.file}")
             return 0
         if args.command == "compact":
+            seconds = check_seconds(args.timeout, "--timeout", positive=True)
+            assert seconds is not None  # (None only where no_limit)
+            deadline = time.monotonic() + seconds
             with _connected(args.url) as client:
-                result = client._request(Compact(next(client._req_ids))).result
+                result = client._request(Compact(next(client._req_ids)), deadline).result
             print(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
             return 0
         if args.command == "keygen":

@@ -23,7 +23,12 @@ Rules kept here (each was a fault once; see tests/test_core.py):
   keys it was building are then released; a writer that was itself paused does not count the pause
   as its clients' silence;
 - a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
-  tried again (a compaction) with a backoff of 0.5 s doubling to 10 s.
+  tried again (a compaction) with a backoff of 0.5 s doubling to 10 s;
+- work over the whole store never stops the writer: a compaction starts a fresh log at once and writes
+  its snapshot a step at a time, and a ``Stats`` checksum is taken a step at a time, over a view of the
+  store as it was (``work_step``, run by the process around the core between groups); ``Compact`` is answered
+  when the snapshot is in place, and only a compaction begun during a disk fault ends it (its snapshot
+  holds everything the fault held back).
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tiger import _protocol as p
 from tiger import _table
@@ -56,6 +62,44 @@ MAX_BEFORE_BYTES = 256 * 1024  # and their packed bytes
 CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
 DISK_RETRY_FIRST = 0.5  # seconds before a failed data directory is tried again; doubles each time
 DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
+
+
+class _CallKey(NamedTuple):
+    """A call, as its client names it: the waiter of a Compact request that came as a call."""
+
+    client_id: str
+    req_id: int
+
+
+STEP_BYTES = 512 * 1024  # bytes of records a step of a Stats checksum packs (a few ms)
+
+
+class _Checksum:
+    """A Stats request's checksum, taken a step at a time over the store as it was when it came."""
+
+    __slots__ = ("crc", "envelope", "pieces", "req_id", "seq", "stats", "waiter")
+
+    def __init__(
+        self, waiter: object, envelope: list[bytes], req_id: int, seq: int, stats: dict[str, Any], pieces: Iterator[bytes]
+    ) -> None:
+        self.waiter = waiter
+        self.envelope = envelope
+        self.req_id = req_id
+        self.seq = seq
+        self.stats = stats
+        self.pieces = pieces
+        self.crc = 0
+
+    def step(self, budget: int) -> bool:
+        """Take about ``budget`` more bytes into the checksum; True once it is whole (``stats`` holds it)."""
+        taken = 0
+        for piece in self.pieces:
+            self.crc = zlib.crc32(piece, self.crc)
+            taken += len(piece)
+            if taken >= budget:
+                return False
+        self.stats["checksum"] = self.crc
+        return True
 
 
 _HELD = b""  # a kept answer whose group is held (its fsync failed): a resend gets no answer yet
@@ -97,10 +141,24 @@ class Disk(Protocol):
     def tick(self) -> None:
         """About twice a second: fsync=everysec syncs what was appended."""
 
-    def needs_compaction(self) -> bool: ...
+    def needs_compaction(self) -> bool:
+        """The log has grown enough to compact (and no compaction is under way)."""
 
-    def compact(self, pack: Callable[[Any], bytes], content: Any) -> int:
-        """Write ``content`` as a new snapshot and start a fresh log; returns the snapshot's size in bytes."""
+    def begin_compaction(self, pack: Callable[[Any], bytes], content: dict[str, dict[str, list[Any]]]) -> Compaction:
+        """Start a fresh log now and a snapshot of ``content`` (table -> namespace -> records), written by the
+        returned compaction's steps."""
+
+
+class Compaction(Protocol):
+    """A snapshot being written a step at a time (``tiger._log.Compaction``)."""
+
+    records: int  # in the snapshot
+    size: int  # bytes written so far
+
+    def step(self) -> bool:
+        """Write a few hundred KiB more; True once the snapshot is in place. ``OSError``: abandoned."""
+
+    def abandon(self) -> None: ...
 
 
 @dataclass
@@ -163,6 +221,12 @@ class WriterCore:
         # a group whose fsync failed: its publications and answers, held until a compaction succeeds
         self._held: Outbox | None = None
         self._held_answers: dict[tuple[str, int], bytes] = {}
+        self._compaction: Compaction | None = None  # under way, written by work_step
+        self._compaction_ends_fault = False  # begun during a disk fault: its snapshot holds all the fault held
+        # Compact requests waiting for the compaction under way: (client id, req id) of a call, or the
+        # envelope of a bare request -> (the envelope to answer through, the req id)
+        self._compact_waiters: dict[object, tuple[list[bytes], int]] = {}
+        self._checksums: list[_Checksum] = []  # Stats requests waiting for their checksum, oldest first
         # builders of once keys get a heartbeat's grace to find a restarted writer before others take over
         for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
             for record in rows.values():
@@ -219,12 +283,10 @@ class WriterCore:
             else:
                 try:
                     self.disk.tick()
-                    if self.disk.needs_compaction():
-                        self.compact(now)
                 except OSError as e:  # the everysec fsync
                     self._fault(str(e), now)
-                except DiskFault:  # the compaction (already a fault)
-                    pass
+                if self.disk_fault is None and self._compaction is None and self.disk.needs_compaction():
+                    self._begin_compaction(now)
         silent = now - max(CLIENT_SILENCE, 6 * self.heartbeat)
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
             if not self._still_connected(client_id):
@@ -401,11 +463,25 @@ class WriterCore:
             self._forget(request.client_id, now)  # type: ignore[union-attr]
             return None, None
         if t is p.Compact:
-            answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.compact(now))  # type: ignore[union-attr]
-            return answer, answer
+            if self.disk is None:
+                raise ValueError("this writer keeps no data: start it with --data DIR")
+            waiter = _CallKey(call.client_id, request.req_id) if call is not None else tuple(envelope)  # type: ignore[union-attr]
+            self._compact_waiters[waiter] = (envelope, request.req_id)  # type: ignore[union-attr]  # (a resend: its newest socket)
+            if self._compaction is None:
+                self._begin_compaction(now)
+            return None, None  # answered when the snapshot is in place (``work_step``)
         if t is p.Stats:
-            answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats(now))  # type: ignore[union-attr]
-            return answer, answer
+            # answered once its checksum is taken, a step at a time (``work_step``): packing every record at
+            # once kept the writer from everything else for 0.8 s at 1M records
+            waiter = _CallKey(call.client_id, request.req_id) if call is not None else tuple(envelope)  # type: ignore[union-attr]
+            for job in self._checksums:
+                if job.waiter == waiter:  # a resend: answered once, through its newest socket
+                    job.envelope = envelope
+                    return None, None
+            stats = self.stats(now, checksum=False)
+            pieces = p.checksum_pieces(self.store.content())
+            self._checksums.append(_Checksum(waiter, envelope, request.req_id, self.seq, stats, pieces))  # type: ignore[union-attr]
+            return None, None
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
 
     def _missed(self, call: p.Call | None, upto: int) -> list[bytes]:
@@ -522,30 +598,95 @@ class WriterCore:
 
     def _recover(self, now: float) -> None:
         """Try the data directory again: a compaction writes everything the writer holds (so nothing
-        acknowledged depends on what failed) and starts a fresh log. Tried again later, less often."""
+        acknowledged depends on what failed) and starts a fresh log; the fault ends once its snapshot
+        is in place. Tried again later, less often, if it fails."""
+        if self._compaction is None:
+            self._begin_compaction(now)
+        elif not self._compaction_ends_fault:
+            self._disk_retry_at = now + self._disk_retry_every  # after the one under way (it chains one)
+
+    @property
+    def pending_work(self) -> bool:
+        """Work is under way that goes a step at a time (a compaction, a Stats checksum): the process
+        around the core calls ``work_step`` between groups until there is none."""
+        return self._compaction is not None or bool(self._checksums)
+
+    def work_step(self, now: float) -> None:
+        """A step of each kind of work under way: a compaction's (about 512 KiB written) and the oldest
+        Stats checksum's (about 512 KiB of records packed); each answers its requests when done."""
+        if self._compaction is not None:
+            self._compact_step(now)
+        if self._checksums:
+            job = self._checksums[0]
+            if job.step(STEP_BYTES):
+                self._checksums.pop(0)
+                answer = p.ok_bytes(job.req_id, self.epoch, job.seq, None, job.stats)
+                self._answer(job.waiter, job.envelope, answer)
+
+    def _begin_compaction(self, now: float) -> None:
+        """Start a compaction of the store as it is now (a view: its records are frozen); its snapshot is
+        written by ``work_step``."""
+        assert self.disk is not None
         try:
-            self.compact(now)  # ends the fault when it works
-        except DiskFault:
+            self._compaction = self.disk.begin_compaction(p.pack, self.store.content())
+        except OSError as e:
+            self._compaction_failed(e, now)
+            return
+        self._compaction_ends_fault = self.disk_fault is not None
+        log.info("compacting %s: a snapshot of %d records, a step at a time", self.disk.path, self._compaction.records)
+
+    def _compact_step(self, now: float) -> None:
+        """Write the next step of the compaction under way; once its snapshot is in place, answer the
+        Compact requests waiting for it and end a disk fault it was begun in (releasing what it held)."""
+        compaction = self._compaction
+        if compaction is None:
+            return
+        try:
+            done = compaction.step()
+        except OSError as e:
+            self._compaction = None
+            self._compaction_failed(e, now)
+            return
+        if not done:
+            return
+        self._compaction = None
+        assert self.disk is not None
+        log.info("compacted %s: snapshot of %d records, %d bytes", self.disk.path, compaction.records, compaction.size)
+        self._answer_compact_waiters(ok={"records": compaction.records, "bytes": compaction.size})
+        if self.disk_fault is not None:
+            if self._compaction_ends_fault:
+                log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
+                self.disk_fault = None
+                self._release()
+            else:  # begun before the fault: the disk works again, and a compaction of everything is due now
+                self._begin_compaction(now)
+
+    def _compaction_failed(self, error: OSError, now: float) -> None:
+        """A compaction could not begin or was abandoned: the snapshot and logs before it stand."""
+        in_fault = self.disk_fault is not None
+        self._fault(f"compacting: {error}", now)
+        if in_fault:  # a retry that failed: the next one later
             self._disk_retry_every = min(DISK_RETRY_MAX, self._disk_retry_every * 2)
             self._disk_retry_at = now + self._disk_retry_every
+        self._answer_compact_waiters(failed=f"the compaction failed ({error}); the snapshot and log before it stand")
 
-    def compact(self, now: float) -> dict[str, Any]:
-        """Write a snapshot of the whole store and start a fresh log: {records, bytes}."""
-        if self.disk is None:
-            raise ValueError("this writer keeps no data: start it with --data DIR")
-        try:
-            size = self.disk.compact(p.pack, self.store.content())
-        except OSError as e:
-            self._fault(f"compacting: {e}", now)
-            raise DiskFault(f"the compaction failed ({e}); the snapshot and log before it stand") from e
-        log.info("compacted %s: snapshot of %d records, %d bytes", self.disk.path, len(self.store), size)
-        if self.disk_fault is not None:  # (a retry, or a Compact request during the fault)
-            log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
-            self.disk_fault = None
-            self._release()
-        return {"records": len(self.store), "bytes": size}
+    def _answer_compact_waiters(self, ok: dict[str, Any] | None = None, failed: str | None = None) -> None:
+        waiters, self._compact_waiters = self._compact_waiters, {}
+        for waiter, (envelope, req_id) in waiters.items():
+            if failed is not None:
+                answer = p.encode_reply(p.Failed(req_id, "disk", failed[:MAX_ERROR]))
+            else:
+                answer = p.ok_bytes(req_id, self.epoch, self.seq, None, ok)
+            self._answer(waiter, envelope, answer)
 
-    def stats(self, now: float) -> dict[str, Any]:
+    def _answer(self, waiter: object, envelope: list[bytes], answer: bytes) -> None:
+        """A request answered later than it was handled (``waiter``: its ``_CallKey`` if it came as a call)."""
+        if type(waiter) is _CallKey:
+            self.answered.setdefault(waiter.client_id, {})[waiter.req_id] = answer  # a resend gets it again
+        self.outbox.replies.append([*envelope, answer])
+
+    def stats(self, now: float, checksum: bool = True) -> dict[str, Any]:
+        """What ``Stats`` answers. ``checksum=False``: its checksum left None (``work_step`` takes it)."""
         disk = self.disk
         return {
             "url": self.info.get("url"),
@@ -557,11 +698,20 @@ class WriterCore:
             "clients": len(self.clients),
             "records": len(self.store),
             "tables": self.store.counts(),
-            "checksum": p.checksum(self.store),
+            "checksum": p.checksum(self.store) if checksum else None,
             "gc_freezes": self.info.get("gc_freezes", 0),  # times the writer's process froze what survived
             "data": None
             if disk is None
-            else {"path": disk.path, "fsync": disk.fsync, "log_bytes": disk.size, "fault": self.disk_fault},
+            else {
+                "path": disk.path,
+                "fsync": disk.fsync,
+                "log_bytes": disk.size,
+                "fault": self.disk_fault,
+                # a compaction under way: the records of its snapshot, and the bytes of it written so far
+                "compacting": None
+                if self._compaction is None
+                else {"records": self._compaction.records, "bytes_written": self._compaction.size},
+            },
         }
 
     # -- writes: command -> change ------------------------------------------------------

@@ -10,10 +10,13 @@ one is recognisable. On start, a damaged entry with no valid entry after it is a
 torn tail (a crash mid-append): the log is cut there. A damaged entry followed by
 valid ones is corruption: the start stops and nothing on disk is changed.
 
-Compaction writes a new snapshot for generation G+1 (temp file, fsync, rename,
-fsync the directory), then starts ``log.G+1`` and removes ``log.G``. A crash at
-any point leaves either the old snapshot with its log or the new one with its
-(possibly absent) log.
+A compaction never stops the writer for long: it starts ``log.G+1`` at once (later
+changes go there), takes a shallow view of the store (its records are frozen, so the
+view stays the store as it was), and writes the snapshot of generation G+1 a step at
+a time between the writer's other work (``snapshot.tmp``, then fsync, rename, fsync
+the directory), and only then removes ``log.G``. On start, the snapshot's generation g
+is replayed with every ``log.k``, k >= g, in order: a crash at any point leaves either
+the old snapshot with its logs or the new one with its (possibly absent) log.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import msgpack
 
 from tiger._errors import TigerError
 
@@ -36,6 +41,7 @@ MARKER = b"TGR\x01"
 HEADER = struct.Struct("<4sII")
 FSYNC_POLICIES = ("always", "everysec", "never")
 COMPACT_BYTES = 64 * 1024 * 1024  # compact automatically once the log grows past this
+STEP_BYTES = 512 * 1024  # bytes of snapshot a compaction writes per step (a few ms of the writer's time)
 
 
 class Corrupt(TigerError):
@@ -112,7 +118,9 @@ class DataDir:
             raise Locked(f"{self.path} is in use by the tiger writer with pid {holder}") from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-        self.generation = 0
+        self.generation = 0  # of the log appended to
+        self._snapshot_generation = 0  # of the snapshot in place (0: none)
+        self.compaction: Compaction | None = None  # a snapshot being written, a step at a time
         self._fd = -1
         self.size = 0
         self._dirty = False
@@ -121,7 +129,11 @@ class DataDir:
     # -- start ------------------------------------------------------------------------
 
     def load(self, unpack: Any) -> tuple[dict[str, Any], list[bytes]]:
-        """(snapshot content, log payloads after it). Cuts a torn tail; ``Corrupt`` changes nothing."""
+        """(snapshot content, log payloads after it). Cuts a torn tail; ``Corrupt`` changes nothing.
+
+        The logs after the snapshot are every ``log.k`` with k at least its generation, in order (more
+        than one when a compaction was cut short by a crash before its snapshot was in place); a torn
+        tail is cut only from the last of them (a damaged end of an earlier one has later changes after it)."""
         content: dict[str, Any] = {}
         snapshot = os.path.join(self.path, "snapshot")
         if os.path.exists(snapshot):
@@ -131,35 +143,64 @@ class DataDir:
             if end is None or end != len(data):
                 raise Corrupt(f"{snapshot} is damaged (it is written whole and renamed into place, so this is not a torn write)")
             saved = unpack(data[HEADER.size :])
-            self.generation = saved["generation"]
+            self.generation = self._snapshot_generation = saved["generation"]
             content = saved["tables"]
-        path = self._log_path()
+        logs = self._generations()
+        later = [g for g in logs if g >= self.generation]
         payloads: list[bytes] = []
-        if os.path.exists(path):
+        cut: tuple[str, int, int] | None = None
+        for i, generation in enumerate(later):
+            path = self._log_path(generation)
             with open(path, "rb") as f:
                 data = f.read()
             try:
-                payloads, valid = scan(data)
+                found, valid = scan(data)
             except Corrupt as e:
                 raise Corrupt(f"{path}: {e}; refusing to start (nothing on disk was changed)") from None
             if valid < len(data):
-                log.warning("cut a torn tail of %d bytes at byte %d of %s", len(data) - valid, valid, path)
-                os.truncate(path, valid)
+                if i < len(later) - 1:
+                    raise Corrupt(
+                        f"{path}: damaged entry at byte {valid} with {self._log_path(later[i + 1])} after it; "
+                        "refusing to start (nothing on disk was changed)"
+                    )
+                cut = (path, len(data) - valid, valid)
+            payloads.extend(found)
+        if cut is not None:
+            log.warning("cut a torn tail of %d bytes at byte %d of %s", cut[1], cut[2], cut[0])
+            os.truncate(cut[0], cut[2])
+        if later:
+            self.generation = later[-1]
         self._open_log()
+        self._remove_stale()
         return content, payloads
+
+    def _generations(self) -> list[int]:
+        """The generations of the logs in the directory, in order."""
+        found = []
+        for name in os.listdir(self.path):
+            if name.startswith("log.") and name[4:].isdigit():
+                found.append(int(name[4:]))
+        return sorted(found)
 
     def _log_path(self, generation: int | None = None) -> str:
         return os.path.join(self.path, f"log.{self.generation if generation is None else generation}")
 
     def _open_log(self) -> None:
+        """Open the current generation's log for appending (made, and the directory synced, if new)."""
         path = self._log_path()
         existed = os.path.exists(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.size = os.fstat(self._fd).st_size
         if not existed:
             _fsync_dir(self.path)
-        for name in os.listdir(self.path):  # left by a crash mid-compaction: older logs, an unfinished snapshot
-            if (name.startswith("log.") and name != f"log.{self.generation}") or name == "snapshot.tmp":
+
+    def _remove_stale(self) -> None:
+        """Remove what the snapshot in place made obsolete, or a crash mid-compaction left: logs of earlier
+        generations than the snapshot's, an unfinished snapshot."""
+        snapshot_generation = self._snapshot_generation
+        for name in os.listdir(self.path):
+            stale_log = name.startswith("log.") and name[4:].isdigit() and int(name[4:]) < snapshot_generation
+            if stale_log or (name == "snapshot.tmp" and self.compaction is None):
                 os.remove(os.path.join(self.path, name))
 
     # -- running ------------------------------------------------------------------------
@@ -195,36 +236,144 @@ class DataDir:
             self._last_sync = time.monotonic()
 
     def needs_compaction(self) -> bool:
-        return self.size > self.compact_bytes
+        return self.size > self.compact_bytes and self.compaction is None
 
-    def compact(self, pack: Callable[[Any], bytes], content: Any) -> int:
-        """Write ``content`` as the snapshot of the next generation and start its log; returns its size."""
-        payload = pack({"generation": self.generation + 1, "tables": content})
-        tmp = os.path.join(self.path, "snapshot.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(frame(payload))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(self.path, "snapshot"))
-        except OSError:  # a full or read-only disk: the old snapshot and log stand, as before
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
-        # the new snapshot is in place: the old log is obsolete, whatever fails from here
+    def begin_compaction(self, pack: Callable[[Any], bytes], content: dict[str, dict[str, list[Any]]]) -> Compaction:
+        """Start writing ``content`` (table -> namespace -> records, a view that no later change alters) as
+        the snapshot of the next generation, and append from now on to that generation's log. The
+        snapshot is written by the returned ``Compaction``'s steps; until it is in place, a start replays
+        this generation's log and the next one's. ``OSError``: nothing changed (the old log goes on)."""
+        if self.compaction is not None:
+            raise RuntimeError("a compaction is already under way")
+        old, old_dirty = self._fd, self._dirty
+        if old >= 0 and old_dirty and self.fsync != "never":
+            os.fsync(old)  # the old log as durable as its policy promised, before appends go elsewhere
         self.generation += 1
-        old, self._fd = self._fd, -1
+        try:
+            self._open_log()
+        except OSError:
+            self.generation -= 1
+            raise
         if old >= 0:
             os.close(old)
         self._dirty = False
-        _fsync_dir(self.path)
-        self._open_log()  # a fresh log; removes the old one
-        return len(payload)
+        self._last_sync = time.monotonic()
+        self.compaction = Compaction(self, self.generation, pack, content)
+        return self.compaction
+
+    def _compacted(self, generation: int) -> None:
+        """``Compaction``'s snapshot of ``generation`` is in place: the logs before it are obsolete."""
+        self.compaction = None
+        self._snapshot_generation = generation
+        with contextlib.suppress(OSError):  # (removed later, at the next start, if not now)
+            self._remove_stale()
+
+    def compact(self, pack: Callable[[Any], bytes], content: dict[str, dict[str, list[Any]]]) -> int:
+        """``begin_compaction`` and every step of it at once; returns the snapshot's size in bytes."""
+        compaction = self.begin_compaction(pack, content)
+        while not compaction.step():
+            pass
+        return compaction.size
 
     def close(self) -> None:
+        if self.compaction is not None:
+            self.compaction.abandon()
         if self._fd >= 0:
             if self._dirty and self.fsync != "never":
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
         os.close(self._lock_fd)
+
+
+class Compaction:
+    """The snapshot of one generation being written into ``snapshot.tmp`` a step at a time
+    (``DataDir.begin_compaction``), then put in place. Its bytes are those of one framed entry holding
+    ``{"generation": G, "tables": content}`` packed whole; the frame's header (length, crc32) is
+    written last, over the placeholder at its start."""
+
+    def __init__(
+        self, data: DataDir, generation: int, pack: Callable[[Any], bytes], content: dict[str, dict[str, list[Any]]]
+    ) -> None:
+        self._data = data
+        self.generation = generation
+        self.records = sum(len(records) for namespaces in content.values() for records in namespaces.values())
+        self.size = 0  # bytes of the payload written so far
+        self._crc = 0
+        self._pieces = _snapshot_pieces(generation, content, pack)
+        self._tmp = os.path.join(data.path, "snapshot.tmp")
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self._write(bytes(HEADER.size))  # the header's place
+        except OSError:
+            self.abandon()
+            raise
+
+    def step(self, budget: int = STEP_BYTES) -> bool:
+        """Write about ``budget`` more bytes of the snapshot; True once it is whole, synced and in place.
+        ``OSError`` (a full or read-only disk): the compaction is abandoned (see ``abandon``) and the
+        snapshot and logs before it stand."""
+        try:
+            chunk = []
+            taken = 0
+            for piece in self._pieces:
+                chunk.append(piece)
+                taken += len(piece)
+                if taken >= budget:
+                    break
+            if chunk:
+                data = b"".join(chunk)
+                self._crc = zlib.crc32(data, self._crc)
+                self._write(data)
+                if _fadvise is not None:  # start writing it back now, without waiting: the final fsync finds
+                    _fadvise(self._fd, HEADER.size + self.size, len(data), os.POSIX_FADV_DONTNEED)  # little left
+                self.size += len(data)
+            if taken >= budget:
+                return False
+            os.pwrite(self._fd, HEADER.pack(MARKER, self.size, self._crc), 0)
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(self._tmp, os.path.join(self._data.path, "snapshot"))
+        except OSError:
+            self.abandon()
+            raise
+        # the new snapshot is in place: the older logs are obsolete, whatever fails from here
+        with contextlib.suppress(OSError):
+            _fsync_dir(self._data.path)
+        self._data._compacted(self.generation)
+        return True
+
+    def abandon(self) -> None:
+        """Stop: ``snapshot.tmp`` goes; the snapshot in place and every log after it stand (changes since
+        the start go on into the new log)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(OSError):
+            os.remove(self._tmp)
+        if self._data.compaction is self:
+            self._data.compaction = None
+
+    def _write(self, data: bytes) -> None:
+        written = os.write(self._fd, data)
+        while written < len(data):  # a short write: finish it
+            written += os.write(self._fd, data[written:])
+
+
+_headers = msgpack.Packer(use_bin_type=True)
+_fadvise = getattr(os, "posix_fadvise", None)  # (Linux: DONTNEED starts writing dirty pages back)
+
+
+def _snapshot_pieces(generation: int, content: dict[str, dict[str, list[Any]]], pack: Callable[[Any], bytes]) -> Iterator[bytes]:
+    """The bytes of ``pack({"generation": generation, "tables": content})``, a piece at a time (each record
+    packed as it is reached)."""
+    yield _headers.pack_map_header(2) + _headers.pack("generation") + _headers.pack(generation) + _headers.pack("tables")
+    yield _headers.pack_map_header(len(content))
+    for table, namespaces in content.items():
+        yield _headers.pack(table) + _headers.pack_map_header(len(namespaces))
+        for namespace, records in namespaces.items():
+            yield _headers.pack(namespace) + _headers.pack_array_header(len(records))
+            for record in records:
+                yield pack(record)

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -718,8 +718,24 @@ Reply = Ok | Failed | SnapshotChunk | SnapshotEnd
 
 def checksum(store: Store) -> int:
     """A CRC32 of a store's whole content: tables and namespaces sorted, records in list order."""
-    content = store.content()
-    return zlib.crc32(pack([(t, ns, content[t][ns]) for t in sorted(content) for ns in sorted(content[t])]))
+    crc = 0
+    for piece in checksum_pieces(store.content()):
+        crc = zlib.crc32(piece, crc)
+    return crc
+
+
+def checksum_pieces(content: dict[str, dict[str, list[Record]]]) -> Iterator[bytes]:
+    """The bytes ``checksum`` takes the CRC32 of, a piece at a time (each record packed as it is reached):
+    ``pack([(table, namespace, records), ...])``, tables and namespaces sorted. ``content``: as
+    ``Store.content()`` gives it (a view no later change alters: the writer walks it a step at a time)."""
+    yield _array_head(sum(len(namespaces) for namespaces in content.values()))
+    for table in sorted(content):
+        namespaces = content[table]
+        for namespace in sorted(namespaces):
+            records = namespaces[namespace]
+            yield b"\x93" + pack(table) + pack(namespace) + _array_head(len(records))
+            for record in records:
+                yield pack(record)
 
 
 def pack_change(change: Change) -> bytes:

@@ -268,7 +268,12 @@ class Writer:
                 if outgoing.wait(now) is not None:
                     now = time.monotonic()
                     outgoing.pump(now)
-                wait = outgoing.wait(now)
+                # Work over the whole store (a compaction, a Stats checksum) goes a step (512 KiB) at a time,
+                # between groups: no wait while some is under way.
+                if self.core.pending_work:
+                    self.core.work_step(now)
+                    self._send_outbox()
+                wait = 0.0 if self.core.pending_work else outgoing.wait(now)
                 ms = idle if wait is None else int(wait * 1000)
                 if ms != waits:
                     router.setsockopt(zmq.RCVTIMEO, ms)
