@@ -3,8 +3,8 @@
 Three worker processes run a seeded random mix of insert / update / delete / read /
 create / once / batch (``client.batch()``: an insert and an update together, and sometimes
 a failing update that must leave nothing) against one writer (``--data``, ``fsync=always``) for a fixed time.
-Meanwhile the test stops a worker (SIGSTOP, SIGCONT), sends garbage, and kills the
-writer with SIGKILL and restarts it on the same URL and data directory. Afterwards
+Meanwhile the test compacts the log twice, stops a worker (SIGSTOP, SIGCONT), sends garbage, and
+kills the writer with SIGKILL and restarts it on the same URL and data directory. Afterwards
 the histories are checked:
 
 - read-your-writes in every process (checked by the workers as they go);
@@ -30,6 +30,8 @@ from typing import Any
 import zmq
 
 import tiger
+from tiger import _protocol as p
+from tiger._server import request_once
 
 SPAWN = multiprocessing.get_context("spawn")
 DURATION = 6.0
@@ -199,6 +201,9 @@ def test_histories_hold_under_faults(tmp_path):
             time.sleep(max(0.0, start + offset - time.monotonic()))  # sleep-ok: the fault schedule, not a socket wait
 
         faults: dict[str, float] = {}  # when each fault struck
+        at(0.6)
+        faults["compact"] = time.monotonic()
+        request_once(url, p.Compact(1), timeout=30)  # the log compacted (a step at a time) under the writes
         at(1.0)
         os.kill(procs[0].pid, signal.SIGSTOP)  # a reader (and writer) that stops reading
         faults["stop"] = time.monotonic()
@@ -213,6 +218,8 @@ def test_histories_hold_under_faults(tmp_path):
             for payload in (b"\x00\xff", b"\x93\xa6insert\x01\x02", os.urandom(500)):
                 junk.send(payload)
             junk.close(linger=0)
+        at(2.5)
+        request_once(url, p.Compact(2), timeout=30)  # again: the restart replays the snapshot and the logs after it
         at(2.8)
         faults["kill"] = time.monotonic()
         os.kill(server.pid, signal.SIGKILL)  # the writer dies mid-run ...
