@@ -119,6 +119,7 @@ _FAILURES: dict[str, type[Exception]] = {
     "value": ValueError,
     "type": TypeError,
     "protocol": ProtocolError,
+    "stopped": Unavailable,  # the writer stopped before it could answer (a compaction, a checksum under way)
 }
 
 _open_clients: weakref.WeakSet[Client] = weakref.WeakSet()

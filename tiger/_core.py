@@ -65,7 +65,7 @@ DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
 
 
 class _CallKey(NamedTuple):
-    """A call, as its client names it: the waiter of a Compact request that came as a call."""
+    """A call, as its client names it (a resend is the same call): a request answered after its group."""
 
     client_id: str
     req_id: int
@@ -74,31 +74,34 @@ class _CallKey(NamedTuple):
 STEP_BYTES = 512 * 1024  # bytes of records a step of a Stats checksum packs (a few ms)
 
 
+class _Waiter(NamedTuple):
+    """A request answered after the group it came in (Compact, Stats), and how to answer it."""
+
+    key: object  # its _CallKey, or (envelope, req id) for a bare request
+    envelope: list[bytes]  # the newest socket it came from (a resend's)
+    req_id: int
+    deadline: float | None  # monotonic seconds past which its caller has given up (a call's expiry); None: never
+
+
 class _Checksum:
-    """A Stats request's checksum, taken a step at a time over the store as it was when it came."""
+    """The checksum Stats requests wait for, taken a step at a time over the store as it was at ``seq``."""
 
-    __slots__ = ("crc", "envelope", "pieces", "req_id", "seq", "stats", "waiter")
+    __slots__ = ("crc", "pieces", "seq", "waiters")
 
-    def __init__(
-        self, waiter: object, envelope: list[bytes], req_id: int, seq: int, stats: dict[str, Any], pieces: Iterator[bytes]
-    ) -> None:
-        self.waiter = waiter
-        self.envelope = envelope
-        self.req_id = req_id
+    def __init__(self, seq: int, pieces: Iterator[bytes]) -> None:
         self.seq = seq
-        self.stats = stats
         self.pieces = pieces
         self.crc = 0
+        self.waiters: list[tuple[_Waiter, dict[str, Any]]] = []  # each with the figures it was asked at
 
     def step(self, budget: int) -> bool:
-        """Take about ``budget`` more bytes into the checksum; True once it is whole (``stats`` holds it)."""
+        """Take about ``budget`` more bytes into the checksum; True once it is whole (``crc``)."""
         taken = 0
         for piece in self.pieces:
             self.crc = zlib.crc32(piece, self.crc)
             taken += len(piece)
             if taken >= budget:
                 return False
-        self.stats["checksum"] = self.crc
         return True
 
 
@@ -221,12 +224,15 @@ class WriterCore:
         # a group whose fsync failed: its publications and answers, held until a compaction succeeds
         self._held: Outbox | None = None
         self._held_answers: dict[tuple[str, int], bytes] = {}
+        # A compaction begins only between groups (``work_step``, after ``commit``): begun inside one, its
+        # switch of logs would fsync the group's appends, and a failure there would go unheld.
+        self._compaction_due = False  # one is to begin at the next work_step
         self._compaction: Compaction | None = None  # under way, written by work_step
+        self._compaction_seq = 0  # the seq of the store its snapshot holds
         self._compaction_ends_fault = False  # begun during a disk fault: its snapshot holds all the fault held
-        # Compact requests waiting for the compaction under way: (client id, req id) of a call, or the
-        # envelope of a bare request -> (the envelope to answer through, the req id)
-        self._compact_waiters: dict[object, tuple[list[bytes], int]] = {}
-        self._checksums: list[_Checksum] = []  # Stats requests waiting for their checksum, oldest first
+        # Compact requests waiting for a snapshot holding the seq each came at: key -> (waiter, seq)
+        self._compact_waiters: dict[object, tuple[_Waiter, int]] = {}
+        self._checksums: list[_Checksum] = []  # the checksums Stats requests wait for, oldest first
         # builders of once keys get a heartbeat's grace to find a restarted writer before others take over
         for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
             for record in rows.values():
@@ -285,8 +291,8 @@ class WriterCore:
                     self.disk.tick()
                 except OSError as e:  # the everysec fsync
                     self._fault(str(e), now)
-                if self.disk_fault is None and self._compaction is None and self.disk.needs_compaction():
-                    self._begin_compaction(now)
+                if self.disk_fault is None and not self._compacting and self.disk.needs_compaction():
+                    self._compaction_due = True
         silent = now - max(CLIENT_SILENCE, 6 * self.heartbeat)
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
             if not self._still_connected(client_id):
@@ -465,22 +471,24 @@ class WriterCore:
         if t is p.Compact:
             if self.disk is None:
                 raise ValueError("this writer keeps no data: start it with --data DIR")
-            waiter = _CallKey(call.client_id, request.req_id) if call is not None else tuple(envelope)  # type: ignore[union-attr]
-            self._compact_waiters[waiter] = (envelope, request.req_id)  # type: ignore[union-attr]  # (a resend: its newest socket)
-            if self._compaction is None:
-                self._begin_compaction(now)
-            return None, None  # answered when the snapshot is in place (``work_step``)
+            waiter = self._waiter(envelope, request.req_id, call, now, wall)  # type: ignore[union-attr]
+            first = self._compact_waiters.get(waiter.key)  # a resend: the seq its first sending came at
+            self._compact_waiters[waiter.key] = (waiter, self.seq if first is None else first[1])
+            if not self._compacting:
+                self._compaction_due = True
+            return None, None  # answered once a snapshot holding this seq is in place (``work_step``)
         if t is p.Stats:
             # answered once its checksum is taken, a step at a time (``work_step``): packing every record at
             # once kept the writer from everything else for 0.8 s at 1M records
-            waiter = _CallKey(call.client_id, request.req_id) if call is not None else tuple(envelope)  # type: ignore[union-attr]
+            waiter = self._waiter(envelope, request.req_id, call, now, wall)  # type: ignore[union-attr]
             for job in self._checksums:
-                if job.waiter == waiter:  # a resend: answered once, through its newest socket
-                    job.envelope = envelope
-                    return None, None
-            stats = self.stats(now, checksum=False)
-            pieces = p.checksum_pieces(self.store.content())
-            self._checksums.append(_Checksum(waiter, envelope, request.req_id, self.seq, stats, pieces))  # type: ignore[union-attr]
+                for i, (other, figures) in enumerate(job.waiters):
+                    if other.key == waiter.key:  # a resend: answered once, through its newest socket
+                        job.waiters[i] = (waiter, figures)
+                        return None, None
+            if not self._checksums or self._checksums[-1].seq != self.seq:  # (one of this seq is shared)
+                self._checksums.append(_Checksum(self.seq, p.checksum_pieces(self.store.content())))
+            self._checksums[-1].waiters.append((waiter, self.stats(now, checksum=False)))
             return None, None
         raise ProtocolError(f"no handler for {t.__name__}")  # pragma: no cover - call_from returns only the above
 
@@ -600,28 +608,52 @@ class WriterCore:
         """Try the data directory again: a compaction writes everything the writer holds (so nothing
         acknowledged depends on what failed) and starts a fresh log; the fault ends once its snapshot
         is in place. Tried again later, less often, if it fails."""
-        if self._compaction is None:
-            self._begin_compaction(now)
-        elif not self._compaction_ends_fault:
-            self._disk_retry_at = now + self._disk_retry_every  # after the one under way (it chains one)
+        if not self._compacting:
+            self._compaction_due = True
+        self._disk_retry_at = now + self._disk_retry_every  # (one under way and begun before the fault chains one)
+
+    @property
+    def _compacting(self) -> bool:
+        return self._compaction is not None or self._compaction_due
 
     @property
     def pending_work(self) -> bool:
         """Work is under way that goes a step at a time (a compaction, a Stats checksum): the process
         around the core calls ``work_step`` between groups until there is none."""
-        return self._compaction is not None or bool(self._checksums)
+        return self._compacting or bool(self._checksums)
 
     def work_step(self, now: float) -> None:
-        """A step of each kind of work under way: a compaction's (about 512 KiB written) and the oldest
-        Stats checksum's (about 512 KiB of records packed); each answers its requests when done."""
-        if self._compaction is not None:
-            self._compact_step(now)
+        """A step of each kind of work under way, between groups: a compaction's (beginning it, or about 512
+        KiB written) and the oldest Stats checksum's (about 512 KiB of records packed); each answers its
+        requests when done. What goes wrong is answered to its requests: the writer goes on."""
+        try:
+            if self._compaction is None and self._compaction_due:
+                self._compaction_due = False
+                self._begin_compaction(now)
+            if self._compaction is not None:
+                self._compact_step(now)
+        except Exception as e:  # not the disk's (OSError, handled there): a fault of the writer's own
+            log.exception("internal error in a compaction; it is abandoned")
+            self._abandon_compaction(p.Failed(0, "internal", f"the compaction failed: {e!r}"[:MAX_ERROR]))
         if self._checksums:
-            job = self._checksums[0]
-            if job.step(STEP_BYTES):
-                self._checksums.pop(0)
-                answer = p.ok_bytes(job.req_id, self.epoch, job.seq, None, job.stats)
-                self._answer(job.waiter, job.envelope, answer)
+            self._checksum_step(now)
+
+    def stop_work(self) -> None:
+        """The writer stops: the requests waiting for work under way are answered that it stopped."""
+        self._abandon_compaction(p.Failed(0, "stopped", "the writer stopped before the snapshot was in place"))
+        checksums, self._checksums = self._checksums, []
+        for job in checksums:
+            for waiter, _ in job.waiters:
+                self._answer(waiter, p.Failed(0, "stopped", "the writer stopped before the checksum was taken"))
+
+    def _abandon_compaction(self, failed: p.Failed) -> None:
+        compaction, self._compaction = self._compaction, None
+        self._compaction_due = False
+        if compaction is not None:
+            compaction.abandon()
+        waiters, self._compact_waiters = self._compact_waiters, {}
+        for waiter, _ in waiters.values():
+            self._answer(waiter, failed)
 
     def _begin_compaction(self, now: float) -> None:
         """Start a compaction of the store as it is now (a view: its records are frozen); its snapshot is
@@ -632,15 +664,16 @@ class WriterCore:
         except OSError as e:
             self._compaction_failed(e, now)
             return
+        self._compaction_seq = self.seq
         self._compaction_ends_fault = self.disk_fault is not None
         log.info("compacting %s: a snapshot of %d records, a step at a time", self.disk.path, self._compaction.records)
 
     def _compact_step(self, now: float) -> None:
         """Write the next step of the compaction under way; once its snapshot is in place, answer the
-        Compact requests waiting for it and end a disk fault it was begun in (releasing what it held)."""
+        Compact requests it holds the seq of (another follows for the others) and end a disk fault it
+        was begun in (releasing what the fault held)."""
         compaction = self._compaction
-        if compaction is None:
-            return
+        assert compaction is not None and self.disk is not None
         try:
             done = compaction.step()
         except OSError as e:
@@ -650,16 +683,18 @@ class WriterCore:
         if not done:
             return
         self._compaction = None
-        assert self.disk is not None
         log.info("compacted %s: snapshot of %d records, %d bytes", self.disk.path, compaction.records, compaction.size)
-        self._answer_compact_waiters(ok={"records": compaction.records, "bytes": compaction.size})
-        if self.disk_fault is not None:
-            if self._compaction_ends_fault:
-                log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
-                self.disk_fault = None
-                self._release()
-            else:  # begun before the fault: the disk works again, and a compaction of everything is due now
-                self._begin_compaction(now)
+        result = {"records": compaction.records, "bytes": compaction.size}
+        for key, (waiter, seq) in list(self._compact_waiters.items()):
+            if seq <= self._compaction_seq:
+                del self._compact_waiters[key]
+                self._answer(waiter, p.ok_bytes(waiter.req_id, self.epoch, self._compaction_seq, None, result))
+        if self.disk_fault is not None and self._compaction_ends_fault:
+            log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
+            self.disk_fault = None
+            self._release()
+        # begun before a fault (the disk works again: one of everything ends it now), or before a Compact came
+        self._compaction_due = self.disk_fault is not None or bool(self._compact_waiters)
 
     def _compaction_failed(self, error: OSError, now: float) -> None:
         """A compaction could not begin or was abandoned: the snapshot and logs before it stand."""
@@ -668,22 +703,43 @@ class WriterCore:
         if in_fault:  # a retry that failed: the next one later
             self._disk_retry_every = min(DISK_RETRY_MAX, self._disk_retry_every * 2)
             self._disk_retry_at = now + self._disk_retry_every
-        self._answer_compact_waiters(failed=f"the compaction failed ({error}); the snapshot and log before it stand")
+        message = f"the compaction failed ({error}); the snapshot and log before it stand"
+        self._abandon_compaction(p.Failed(0, "disk", message[:MAX_ERROR]))
 
-    def _answer_compact_waiters(self, ok: dict[str, Any] | None = None, failed: str | None = None) -> None:
-        waiters, self._compact_waiters = self._compact_waiters, {}
-        for waiter, (envelope, req_id) in waiters.items():
-            if failed is not None:
-                answer = p.encode_reply(p.Failed(req_id, "disk", failed[:MAX_ERROR]))
-            else:
-                answer = p.ok_bytes(req_id, self.epoch, self.seq, None, ok)
-            self._answer(waiter, envelope, answer)
+    def _checksum_step(self, now: float) -> None:
+        """A step of the oldest checksum; its requests answered when it is whole. Requests whose callers
+        gave up are dropped (and the checksum, when none is left)."""
+        job = self._checksums[0]
+        job.waiters = [(w, figures) for w, figures in job.waiters if w.deadline is None or now <= w.deadline]
+        try:
+            done = not job.waiters or job.step(STEP_BYTES)
+        except Exception as e:  # a fault of the writer's own: answered, the writer goes on
+            log.exception("internal error taking a checksum")
+            self._checksums.pop(0)
+            for waiter, _ in job.waiters:
+                self._answer(waiter, p.Failed(0, "internal", f"the checksum failed: {e!r}"[:MAX_ERROR]))
+            return
+        if done:
+            self._checksums.pop(0)
+            for waiter, figures in job.waiters:
+                figures["checksum"] = job.crc
+                self._answer(waiter, p.ok_bytes(waiter.req_id, self.epoch, job.seq, None, figures))
 
-    def _answer(self, waiter: object, envelope: list[bytes], answer: bytes) -> None:
-        """A request answered later than it was handled (``waiter``: its ``_CallKey`` if it came as a call)."""
-        if type(waiter) is _CallKey:
-            self.answered.setdefault(waiter.client_id, {})[waiter.req_id] = answer  # a resend gets it again
-        self.outbox.replies.append([*envelope, answer])
+    def _waiter(self, envelope: list[bytes], req_id: int, call: p.Call | None, now: float, wall: float) -> _Waiter:
+        """A request to answer later: named by its call (a resend is the same), or by its socket and req id."""
+        if call is None:
+            return _Waiter((tuple(envelope), req_id), envelope, req_id, None)
+        return _Waiter(_CallKey(call.client_id, req_id), envelope, req_id, now + max(0.0, call.expires - wall))
+
+    def _answer(self, waiter: _Waiter, answer: bytes | p.Failed) -> None:
+        """Answer a request later than its group (a call's answer kept for a resend, while its client is known)."""
+        if type(answer) is p.Failed:
+            answer = p.encode_reply(p.Failed(waiter.req_id, answer.kind, answer.message))
+        assert type(answer) is bytes
+        key = waiter.key
+        if type(key) is _CallKey and (key.client_id in self.clients or key.client_id in self.answered):
+            self.answered.setdefault(key.client_id, {})[key.req_id] = answer
+        self.outbox.replies.append([*waiter.envelope, answer])
 
     def stats(self, now: float, checksum: bool = True) -> dict[str, Any]:
         """What ``Stats`` answers. ``checksum=False``: its checksum left None (``work_step`` takes it)."""

@@ -186,13 +186,19 @@ class DataDir:
         return os.path.join(self.path, f"log.{self.generation if generation is None else generation}")
 
     def _open_log(self) -> None:
-        """Open the current generation's log for appending (made, and the directory synced, if new)."""
+        """Open the current generation's log for appending (made, and the directory synced, if new).
+        ``OSError``: nothing is open (the fd before, if any, is left as it was)."""
         path = self._log_path()
         existed = os.path.exists(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self.size = os.fstat(self._fd).st_size
-        if not existed:
-            _fsync_dir(self.path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if not existed:
+                _fsync_dir(self.path)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self.size = fd, size
 
     def _remove_stale(self) -> None:
         """Remove what the snapshot in place made obsolete, or a crash mid-compaction left: logs of earlier
@@ -209,7 +215,7 @@ class DataDir:
         """Append one change (written, not yet synced: see ``commit``). ``OSError`` (a full or read-only
         disk): nothing of it stays in the log."""
         if self._fd < 0:
-            raise OSError(f"{self._log_path()} is not open (a compaction failed after its snapshot was in place)")
+            raise OSError(f"{self._log_path()} is not open")
         entry = frame(payload)
         try:
             written = os.write(self._fd, entry)
@@ -242,12 +248,17 @@ class DataDir:
         """Start writing ``content`` (table -> namespace -> records, a view that no later change alters) as
         the snapshot of the next generation, and append from now on to that generation's log. The
         snapshot is written by the returned ``Compaction``'s steps; until it is in place, a start replays
-        this generation's log and the next one's. ``OSError``: nothing changed (the old log goes on)."""
+        this generation's log and the next one's. Called between groups (nothing appended unsynced under
+        fsync=always). ``OSError`` before the switch of logs: nothing changed (the old log goes on); after
+        it (``snapshot.tmp`` could not be made): appends go to the new log, and no compaction is under way."""
         if self.compaction is not None:
             raise RuntimeError("a compaction is already under way")
-        old, old_dirty = self._fd, self._dirty
-        if old >= 0 and old_dirty and self.fsync != "never":
-            os.fsync(old)  # the old log as durable as its policy promised, before appends go elsewhere
+        old = self._fd
+        if old >= 0 and self._dirty:
+            # whatever the policy: a later log must never follow a torn or missing end of this one (a
+            # power loss under fsync=never would otherwise replay the new log over a hole: a store that
+            # never was). Once per compaction.
+            os.fsync(old)
         self.generation += 1
         try:
             self._open_log()
@@ -335,13 +346,13 @@ class Compaction:
             os.close(self._fd)
             self._fd = -1
             os.replace(self._tmp, os.path.join(self._data.path, "snapshot"))
+            # the rename is durable only once the directory is: until then the older logs stay (a failure
+            # here is a failed compaction; whichever snapshot a start then finds, its logs are there)
+            _fsync_dir(self._data.path)
         except OSError:
             self.abandon()
             raise
-        # the new snapshot is in place: the older logs are obsolete, whatever fails from here
-        with contextlib.suppress(OSError):
-            _fsync_dir(self._data.path)
-        self._data._compacted(self.generation)
+        self._data._compacted(self.generation)  # in place: the older logs are obsolete
         return True
 
     def abandon(self) -> None:

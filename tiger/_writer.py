@@ -44,6 +44,7 @@ PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (
 MAX_GROUP = 256  # requests taken off the socket as one group (one fsync, one publish burst)
 _MORE = int(zmq.SNDMORE)
 _NOW = int(zmq.NOBLOCK)
+STOP_LINGER = 0.2  # seconds the answers to requests cut short by a stop may take to leave
 PAUSED = 1.0  # seconds between two turns of the writer's loop (at most 0.1 s apart) that mean it was paused
 
 
@@ -299,7 +300,12 @@ class Writer:
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-            self.close()
+            linger = 0.0
+            if self.core.pending_work:  # what waits for it (tiger compact, stats) is told, not left to time out
+                self.core.stop_work()
+                self._send_outbox()
+                linger = STOP_LINGER
+            self.close(linger)
 
     def handle_group(self, group: list[list[bytes]]) -> None:
         """Requests taken off the socket together: applied in arrival order, made durable once, then
@@ -340,7 +346,9 @@ class Writer:
     def stop(self) -> None:
         self._running = False
 
-    def close(self) -> None:
+    def close(self, linger: float = 0) -> None:
+        """Close the data directory and the sockets (``linger``: seconds the answers queued may still take
+        to leave; 0: dropped)."""
         if self.owner is not None:
             self.owner.close()
         if self.data is not None:
@@ -351,7 +359,7 @@ class Writer:
             with contextlib.suppress(OSError):
                 if os.stat(path).st_ino == inode:
                     os.unlink(path)  # (libzmq leaves it: clients connecting after the stop find nothing there)
-        self.router.close(linger=0)
+        self.router.close(linger=int(linger * 1000))
         self.pub.close(linger=0)
         self._ctx.term()
 
