@@ -24,6 +24,7 @@ from _util import read_line
 import tiger
 import tiger.aio
 from tiger import _protocol as p
+from tiger._once import once_record
 from tiger._server import request_once
 
 # A child process that builds once key KEY for BUILD seconds (its factory says when it started).
@@ -1074,3 +1075,34 @@ def test_tiger_once_given_an_async_factory_outside_an_event_loop_says_to_await_i
     text = result.stdout.str()
     assert "tiger_once('server', Server): an async factory is awaited, `await tiger_once(key, factory)`" in text
     assert "tiger_once('direct', build): an async factory is awaited" in text
+
+
+def test_a_second_task_of_one_client_gets_its_own_once_timeout_and_reentering_a_key_fails(tiger_url, ns):
+    # A user trial: two tasks of one AsyncClient, the first building a key for 6 s, the second calling once(key,
+    # timeout=1): it waited 5.5 s. And an async factory awaiting once of its own key would wait for itself.
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            release = asyncio.Event()
+
+            async def slow() -> str:
+                await release.wait()
+                return "slow"
+
+            key = f"same-client-{ns}"
+            building = asyncio.ensure_future(client.once(key, slow))
+            claimed = lambda: once_record(client, "global", key) is not None  # noqa: E731
+            await client.replica.until(claimed, time.monotonic() + 10, lambda: "no claim")
+            started = time.monotonic()
+            with pytest.raises(tiger.Timeout, match=r"was not built by another caller within 0\.3s"):
+                await client.once(key, slow, timeout=0.3)
+            assert time.monotonic() - started < 3
+            release.set()
+            assert await building == "slow"
+
+            async def reentering() -> int:
+                return await client.once(f"again-{ns}", lambda: 1, timeout=2)  # type: ignore[no-any-return]
+
+            with pytest.raises(tiger.OnceFailed, match="called again from inside its own factory"):
+                await client.once(f"again-{ns}", reentering, timeout=3)
+
+    run(main)

@@ -252,3 +252,34 @@ def test_a_generator_that_yields_nothing_fails_the_key(connect, ns):
 
     with pytest.raises(tiger.OnceFailed, match="returned without yielding"):
         connect().once(f"empty-{ns}", start)
+
+
+def test_a_second_caller_in_the_same_client_gets_its_own_timeout(tiger_client):
+    # A user trial: thread A of a client built a key for 6 s; thread B of the same client called
+    # once(key, timeout=1) and waited 5.5 s, for A's build (a second client timed out after 1 s).
+    key = unique("same-client")
+    release = threading.Event()
+    builder = threading.Thread(target=lambda: tiger_client.once(key, lambda: release.wait(30) and "slow"))
+    builder.start()
+    try:
+        tiger_client.replica.wait_until(
+            lambda: once_record(tiger_client, "global", key) is not None, time.monotonic() + 10, lambda: "no claim"
+        )
+        started = time.monotonic()
+        with pytest.raises(tiger.Timeout, match=f"once '{key}' was not built by another caller within 0.3s"):
+            tiger_client.once(key, lambda: "other", timeout=0.3)
+        assert time.monotonic() - started < 3
+    finally:
+        release.set()
+        builder.join(30)
+    assert tiger_client.once(key, lambda: "other", timeout=0.3) == "slow"
+
+
+def test_once_of_its_own_key_from_inside_a_factory_fails_instead_of_waiting_for_itself(tiger_client):
+    # A user trial: c.once("rec", lambda: c.once("rec", ..., timeout=2), timeout=3) hung for good (the key's
+    # lock is not reentrant, and its own build would have waited for itself).
+    key = unique("reentered")
+    with pytest.raises(tiger.OnceFailed, match="called again from inside its own factory"):
+        tiger_client.once(key, lambda: tiger_client.once(key, lambda: 1, timeout=2), timeout=3)
+    other = unique("other")  # another key from inside a factory is fine
+    assert tiger_client.once(key + "-2", lambda: tiger_client.once(other, lambda: 1) + 1) == 2

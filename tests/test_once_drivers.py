@@ -40,6 +40,8 @@ class AsyncClient:
         self._req_ids = client._req_ids
         self.replica = client.replica
         self.heartbeat_timeout = client.heartbeat_timeout
+        self.url = client.url
+        self.timeout = client.timeout
         self.keys = Once()
 
     async def _write(self, request: p.Request) -> p.Ok:
@@ -302,13 +304,12 @@ def test_an_async_waiter_lets_the_loop_run_while_another_client_builds(aconnect,
 
 
 class FailingDelivery(AsyncClient):
-    """Its first delivery of a value fails as if the writer had gone (Unavailable)."""
+    """Its deliveries of a value fail as if the writer did not answer (Unavailable), until ``failing`` is cleared."""
 
-    failed = False
+    failing = True
 
     async def _write(self, request: p.Request) -> p.Ok:
-        if type(request) is p.OnceFinish and request.outcome == "value" and not self.failed:
-            self.failed = True
+        if type(request) is p.OnceFinish and request.outcome == "value" and self.failing:
             raise tiger.Unavailable("the writer did not answer")
         return await super()._write(request)
 
@@ -324,8 +325,9 @@ def test_a_value_whose_delivery_failed_is_sent_again_without_rebuilding(connect)
 
     async def main() -> None:
         with pytest.raises(tiger.Unavailable):
-            await client.once(key, build)
+            await client.once(key, build, timeout=0.3)  # tried again until its deadline (the writer is heard)
         assert once_record(client, "global", key) is None  # released: nobody waits on it
+        client.failing = False
         assert await client.once(key, build) == 5
 
     asyncio.run(main())
@@ -449,17 +451,17 @@ def test_a_value_torn_down_after_its_delivery_failed_is_not_served_again(connect
         yield {"dsn": made[-1]}
 
     real = a._write
-    failed: list[bool] = []
+    failing = [True]
 
-    def first_delivery_lost(request: Any) -> Any:
-        if type(request) is p.OnceFinish and request.outcome == "resource" and not failed:
-            failed.append(True)
+    def deliveries_lost(request: Any) -> Any:
+        if type(request) is p.OnceFinish and request.outcome == "resource" and failing:
             raise tiger.Unavailable("the tiger writer did not answer within 5s")
         return real(request)
 
-    a._write = first_delivery_lost  # type: ignore[method-assign]
+    a._write = deliveries_lost  # type: ignore[method-assign]
     with pytest.raises(tiger.Unavailable):
-        a.once("db", database)
+        a.once("db", database, timeout=0.3)  # tried again until its deadline (the writer is heard)
+    failing.clear()
     assert a.tear_down_once_values() == []
     assert a.once("db", database) == {"dsn": "db2"} == b.once("db", database)
 

@@ -454,3 +454,67 @@ def test_a_wait_whose_process_was_stopped_past_its_deadline_looks_at_what_arrive
             if waiter.poll() is None:
                 os.kill(waiter.pid, signal.SIGCONT)
                 waiter.kill()
+
+
+def test_a_once_build_that_ends_while_the_writer_is_paused_is_delivered_not_built_again():
+    # A user trial stopped the writer (SIGSTOP, 8 s) as a 6 s build was ending: the builder, unable to deliver
+    # its value to a writer silent for 3 s, released the key and raised Unavailable although its caller allowed
+    # 60 s, and on SIGCONT the waiting process built the value a second time. The builder now rides out a
+    # writer that still accepts connections, until its own deadline.
+    with tiger.serve() as server, tiger.connect(server.url) as builder, tiger.connect(server.url) as waiter:
+        key = f"paused-writer-{uuid.uuid4().hex[:8]}"
+        started, finish = threading.Event(), threading.Event()
+        builds: list[int] = []
+        results: dict[str, object] = {}
+
+        def factory() -> dict[str, int]:
+            builds.append(1)
+            started.set()
+            finish.wait(30)
+            return {"builds": len(builds)}
+
+        def call(name: str, client: tiger.Client) -> None:
+            try:
+                results[name] = client.once(key, factory, timeout=60)
+            except BaseException as e:
+                results[name] = e
+
+        threads = [threading.Thread(target=call, args=("builder", builder))]
+        threads[0].start()
+        assert started.wait(10)
+        threads.append(threading.Thread(target=call, args=("waiter", waiter)))
+        threads[1].start()
+        claimed = lambda: once_record(waiter, "global", key) is not None  # noqa: E731
+        waiter.replica.wait_until(claimed, time.monotonic() + 10, lambda: "no claim")
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            _wait_stopped(server.pid)
+            deadline = time.monotonic() + 15
+            while builder.replica.silent_for() <= builder.heartbeat_timeout + 0.5:  # writes now fail at once
+                assert time.monotonic() < deadline, "the builder's replica never found the writer silent"
+                time.sleep(0.05)  # sleep-ok: polling the replica's view of a writer we paused, with a deadline
+            finish.set()  # the build ends while the writer is paused and taken for silent: no delivery yet
+            time.sleep(0.5)  # sleep-ok: the pause goes on a little after the build's end (the trial's case)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        for thread in threads:
+            thread.join(30)
+        assert results == {"builder": {"builds": 1}, "waiter": {"builds": 1}} and builds == [1]
+
+
+def test_a_once_caller_whose_writer_is_gone_is_not_kept_waiting_for_it(tmp_path):
+    # The other side of riding out a paused writer: a writer that is gone (nothing accepts at its url) is not
+    # waited for, whatever the once timeout (a run's writer killed must not hang every tiger_once until
+    # pytest-timeout): the claim raises Unavailable within the client's timeout.
+    server = tiger.serve(f"ipc://{tmp_path}/w")
+    client = tiger.connect(server.url, timeout=2.0)
+    try:
+        os.kill(server.pid, signal.SIGKILL)
+        server._process.wait(10)
+        started = time.monotonic()
+        with pytest.raises(tiger.Unavailable):
+            client.once(f"gone-{uuid.uuid4().hex[:8]}", lambda: 1)  # no limit on waiting for a builder
+        assert time.monotonic() - started < 10
+    finally:
+        client.close()
+        server.stop()

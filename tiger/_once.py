@@ -57,8 +57,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._calls import callable_name
-from tiger._errors import OnceFailed, TigerError, Timeout
+from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable
 from tiger._feed import running_loop
+from tiger._server import why_refused
 from tiger._table import ONCE_TABLE, Record, check_value
 
 if TYPE_CHECKING:
@@ -71,6 +72,11 @@ log = logging.getLogger("tiger.client")
 MAX_ONCE_VALUE = p.MAX_RECORD - 4096  # the value travels in a record with the key's bookkeeping
 INTERRUPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)  # a build stopped from outside
 _SUPERSEDED = object()
+_REENTERED = (
+    "once {key!r} was called again from inside its own factory (or a call it is waiting for): it would wait for "
+    "itself; build what it needs under another key"
+)
+PROBE_TIMEOUT = 0.1  # seconds a probe of the writer's url may take (whether anything accepts there)
 _T = TypeVar("_T")
 
 FactoryGenerator: TypeAlias = "Generator[Any, None, None] | AsyncGenerator[Any, None]"  # its teardown is the rest after its yield
@@ -146,6 +152,10 @@ class OnceClient(Protocol):
     def replica(self) -> Replica: ...
     @property
     def heartbeat_timeout(self) -> float: ...  # seconds: a writer silent this long is taken for gone
+    @property
+    def url(self) -> str: ...  # the writer's
+    @property
+    def timeout(self) -> float: ...  # seconds: a call's default deadline
 
 
 class BlockingOnceClient(OnceClient, Protocol):
@@ -178,6 +188,8 @@ class Once:
     def __init__(self) -> None:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # (scope, key) -> the thread (its ident) or task (its id) building or waiting for it in this client
+        self._holders: dict[tuple[str, str], int] = {}
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]] = (
             weakref.WeakKeyDictionary()
         )
@@ -203,8 +215,17 @@ class Once:
             deadline = _deadline(wait)
             with self._locks_guard:
                 lock = self._locks.setdefault((scope, key), threading.Lock())
-            with lock:  # two threads of this process never both build one key
+                if self._holders.get((scope, key)) == threading.get_ident():
+                    raise TigerError(_REENTERED.format(key=key))
+            # two threads of this process never both build one key; the wait for the other is the caller's too
+            if not lock.acquire(timeout=-1 if math.isinf(deadline) else max(0.0, deadline - time.monotonic())):
+                raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
+            try:
+                self._holders[scope, key] = threading.get_ident()
                 return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
+            finally:
+                del self._holders[scope, key]
+                lock.release()
         except _AsyncFactory as e:
             raise _AsyncFactory(f"once {key!r}: {e}") from None
 
@@ -223,8 +244,19 @@ class Once:
 
         deadline = _deadline(wait)
         interruptions = (*INTERRUPTIONS, asyncio.CancelledError)
-        async with self._async_lock(scope, key):  # two tasks of this loop never both build one key
+        lock = self._async_lock(scope, key)
+        task = asyncio.current_task()
+        if self._holders.get((scope, key)) == id(task):
+            raise TigerError(_REENTERED.format(key=key))
+        # two tasks of this loop never both build one key; the wait for the other is the caller's too
+        if not await _acquired(lock, None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())):
+            raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
+        try:
+            self._holders[scope, key] = id(task)
             return await _drive_async(client, self._value(client, key, scope, factory, wait, deadline, in_scope, interruptions))
+        finally:
+            del self._holders[scope, key]
+            lock.release()
 
     def tear_down(self, client: BlockingOnceClient, wait: float) -> list[tuple[str, BaseException]]:
         """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys.
@@ -272,12 +304,14 @@ class Once:
         __tracebackhide__ = True
         while True:
             try:
-                claim: p.Ok = yield Write(p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope))
+                claim: p.Ok = yield from _written(
+                    client, lambda: p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope), deadline
+                )
             except BaseException:  # (interrupted, or unanswered: Timeout, Unavailable) the claim may have been
                 yield from _release(client, key, scope)  # applied: give the key up if it is ours (else: nothing)
                 raise
             if claim.result == "build":
-                built = yield from self._build(client, key, scope, factory, in_scope, interruptions)
+                built = yield from self._build(client, key, scope, factory, in_scope, interruptions, deadline)
                 if built is not _SUPERSEDED:
                     return built
                 continue
@@ -299,6 +333,7 @@ class Once:
         factory: Callable[[], Any],
         in_scope: bool,
         interruptions: tuple[type[BaseException], ...],
+        deadline: float,
     ) -> Steps[Any]:
         __tracebackhide__ = True
         if (scope, key) in self._built:  # built before, but the writer did not get the value: send it, build nothing
@@ -323,15 +358,16 @@ class Once:
             except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
                 yield from self._tear_down_now(scope, key)  # what the factory set up before its value was refused
                 error = [_sendable(type(e).__name__), _sendable(str(e)), _sendable(client.label), _sendable(_factory_frames(e))]
-                yield from self._finish_or_release(client, key, scope, "error", error)
+                yield from self._finish_or_release(client, key, scope, "error", error, deadline)
                 raise OnceFailed(key, *error) from e
         outcome = "resource" if (scope, key) in self._teardowns else "value"
-        finish = yield from self._finish_or_release(client, key, scope, outcome, value)
+        finish = yield from self._finish_or_release(client, key, scope, outcome, value, deadline)
         del self._built[scope, key]
-        if finish.result != "stored":  # the writer gave the key to another caller meanwhile (we were silent too long)
-            yield from self._tear_down_now(scope, key)  # our value is not the key's: nobody else will use it
-            return _SUPERSEDED
         record = once_record(client, scope, key)
+        ours = record is not None and record["state"] != "building" and record["owner"] == client.client_id
+        if finish.result != "stored" and not ours:  # the writer gave the key to another caller meanwhile (we
+            yield from self._tear_down_now(scope, key)  # were silent too long): our value is not the key's,
+            return _SUPERSEDED  # nobody else will use it. (Ours: an earlier delivery of it was applied, unanswered.)
         assert record is not None
         return _once_value(record)
 
@@ -372,12 +408,17 @@ class Once:
             if error is not None:
                 log.warning("once %r: the teardown of a value that was not kept raised %r", key, error)
 
-    def _finish_or_release(self, client: OnceClient, key: str, scope: str, outcome: str, payload: Any) -> Steps[p.Ok]:
-        """Deliver a build's outcome. If the writer refuses it (a value it will not store), that refusal
-        is the key's outcome for every caller; if the delivery fails otherwise (the writer gone, an
+    def _finish_or_release(
+        self, client: OnceClient, key: str, scope: str, outcome: str, payload: Any, deadline: float
+    ) -> Steps[p.Ok]:
+        """Deliver a build's outcome, through a writer gone silent for a while (``_written``: until
+        ``deadline``). If the writer refuses it (a value it will not store), that refusal is the key's
+        outcome for every caller; if the delivery fails otherwise (the writer gone past the deadline, an
         interruption), give the key up (best effort) so that no caller waits on it, and raise."""
         try:
-            finish: p.Ok = yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, outcome, payload, scope))
+            finish: p.Ok = yield from _written(
+                client, lambda: p.OnceFinish(next(client._req_ids), key, client.client_id, outcome, payload, scope), deadline
+            )
             return finish
         except (ValueError, TypeError) as refusal:  # the writer's verdict on the value, not a lost delivery
             if outcome == "error":  # (the report is made sendable: refused, the key is given up, not left claimed)
@@ -399,6 +440,39 @@ def _sendable(text: str) -> str:
     surrogate, as os.fsdecode makes of a non-UTF-8 file name) escaped, and at most 64 Ki characters."""
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= _MAX_REPORT else text[:_MAX_REPORT] + f"... ({len(text)} characters)"
+
+
+def _written(client: OnceClient, request: Callable[[], p.Request], deadline: float) -> Steps[p.Ok]:
+    """``Write(request())``, made again while the writer is unavailable (paused, stalled, restarting) until
+    ``deadline`` (with none, ``math.inf``: for the client's ``timeout`` from the first failure): a writer
+    silent for 3 s as a build ended made its builder give up, release the key and raise, although its
+    caller allowed 60 s, and the next caller built the value a second time. Between tries it waits until
+    the writer is heard again (``Until``). A claim or a finish made again is safe: the writer hands a key
+    back to the client building it, and says "superseded" to a second finish (the caller then finds its
+    own value stored). A writer that is gone is not waited for: when nothing accepts connections at its
+    url (a paused process's kernel still does), or past that time, the last ``Unavailable`` is raised."""
+    limit = None if math.isinf(deadline) else deadline
+    while True:
+        try:
+            reply: p.Ok = yield Write(request())
+            return reply
+        except Unavailable as unavailable:
+            now = time.monotonic()
+            if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
+                limit = now + client.timeout
+            # a writer that is gone (nothing accepts at its url: killed, stopped for good) is not waited for;
+            # a paused or busy one still accepts connections (its kernel does)
+            if now >= limit or why_refused(client.url, PROBE_TIMEOUT) is not None:
+                raise
+            try:  # until it is heard again, probing every second whether it went away meanwhile
+                yield Until(
+                    lambda: client.replica.silent_for() <= client.heartbeat_timeout,
+                    min(limit, now + 1.0),
+                    lambda unavailable=unavailable: str(unavailable),  # type: ignore[misc]
+                )
+            except Timeout:
+                if time.monotonic() >= limit:
+                    raise unavailable from None
 
 
 def _release(client: OnceClient, key: str, scope: str) -> Steps[None]:
@@ -515,6 +589,41 @@ async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
             await client.sync(timeout)
             return None
     raise TypeError(f"not a once effect: {effect!r}")
+
+
+async def _acquired(lock: asyncio.Lock, timeout: float | None) -> bool:
+    """``await lock.acquire()`` within ``timeout`` seconds (None: no limit); False past it. Past it, or
+    cancelled, the lock is left as it was (``asyncio.wait_for`` could leave it acquired, before Python
+    3.12, when the acquisition and the timeout came together)."""
+    import asyncio
+
+    if timeout is None:
+        await lock.acquire()
+        return True
+    acquiring = asyncio.ensure_future(lock.acquire())
+    try:
+        await asyncio.wait({acquiring}, timeout=timeout)
+    except BaseException:
+        _given_back(lock, acquiring)
+        raise
+    if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+        return True
+    _given_back(lock, acquiring)
+    return False
+
+
+def _given_back(lock: asyncio.Lock, acquiring: asyncio.Future[Any]) -> None:
+    """Undo an acquisition no caller will use: cancel it, or release the lock once it is acquired."""
+
+    def release(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            lock.release()
+
+    if acquiring.done():
+        release(acquiring)
+    else:
+        acquiring.cancel()
+        acquiring.add_done_callback(release)  # (in case it was acquired before the cancellation reached it)
 
 
 def _abandon(steps: Steps[Any], closing: BaseException) -> None:
