@@ -1009,3 +1009,18 @@ def test_stats_of_one_seq_share_one_checksum_and_a_caller_that_gave_up_is_droppe
     answers = _answers(rig.send())
     assert list(answers) == [3] and answers[3].result["checksum"] == p.checksum(rig.core.store)  # type: ignore[union-attr]
     assert not rig.core.pending_work
+
+
+def test_an_error_that_says_nothing_is_answered_with_a_message(monkeypatch):
+    """A user trial (the writer under ``ulimit -v``): MemoryError() reached the client as TigerError('')."""
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> None:
+        raise MemoryError
+
+    rig = Rig()
+    monkeypatch.setattr(_table, "prepare_insert", out_of_memory)
+    answer = rig.call(ALICE, insert(1))
+    assert type(answer) is p.Failed and answer.message == "the writer is out of memory; nothing was applied"
+    monkeypatch.setattr(_table, "prepare_update", lambda *a, **k: (_ for _ in ()).throw(KeyError()))
+    answer = rig.call(ALICE, p.Update(2, "t", "global", "x", {"a": 1}))
+    assert type(answer) is p.Failed and answer.message == "KeyError"

@@ -117,6 +117,33 @@ def test_a_snapshot_is_the_store_at_its_seq_whatever_changes_while_it_is_sent():
     assert out.waiting() == (0, 0, 0)
 
 
+def test_a_snapshot_the_writer_runs_out_of_memory_building_refuses_that_join_and_the_writer_goes_on(monkeypatch):
+    """A user trial (the writer under ``ulimit -v``): building a chunk raised MemoryError out of the
+    writer's loop, and the writer died with the whole store. Now that join is refused, saying why, and the
+    other joiners are served."""
+    store = store_of({"a": {"n1": 3000}})
+    pipes = Pipes()
+    out = Outgoing(pipes.send, chunk_bytes=8 * 1024)
+    real = View.chunk
+    failures = iter([True])
+
+    def chunk(self: View, i: int) -> bytes | None:
+        if i == 1 and next(failures, False):
+            raise MemoryError
+        return real(self, i)
+
+    monkeypatch.setattr(View, "chunk", chunk)
+    out.snapshot([b"first"], -1, store, EPOCH, 1, T0)
+    out.snapshot([b"second"], -2, store, EPOCH, 1, T0)
+    content, end = receive_snapshot(out, pipes, b"second", -2)
+    assert content == ids_of(store) and end.records == 3000
+    refused = [r for r in pipes.take(b"first") if type(r) is p.Failed]
+    assert [(r.req_id, r.kind, r.message) for r in refused] == [
+        (-1, "internal", "the writer could not build the snapshot (out of memory)")
+    ]
+    assert out.waiting() == (0, 0, 0)
+
+
 def test_chunks_are_sized_by_bytes_not_records():
     store = Store()
     store.apply(Put("t", "small", [{"id": f"s{i}", "created": i} for i in range(5000)]))

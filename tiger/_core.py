@@ -105,6 +105,13 @@ class _Checksum:
         return True
 
 
+def _message_of(error: BaseException) -> str:
+    """What an answer says of an error: never empty (``MemoryError()`` says nothing by itself)."""
+    if isinstance(error, MemoryError):
+        return "the writer is out of memory; nothing was applied"
+    return str(error) or type(error).__name__
+
+
 _HELD = b""  # a kept answer whose group is held (its fsync failed): a resend gets no answer yet
 
 
@@ -353,7 +360,7 @@ class WriterCore:
                 self._payload = None
         except Exception as e:  # the writer never dies of what a client sends
             kind = next((k for cls, k in _ERROR_KINDS if isinstance(e, cls)), "internal")
-            message = str(e)
+            message = _message_of(e)
             if len(message) > MAX_ERROR:  # a huge bad argument must not make a huge log line and reply
                 message = f"{message[:MAX_ERROR]}... ({len(message)} characters)"
             if kind == "internal":
@@ -634,7 +641,7 @@ class WriterCore:
                 self._compact_step(now)
         except Exception as e:  # not the disk's (OSError, handled there): a fault of the writer's own
             log.exception("internal error in a compaction; it is abandoned")
-            self._abandon_compaction(p.Failed(0, "internal", f"the compaction failed: {e!r}"[:MAX_ERROR]))
+            self._abandon_compaction(p.Failed(0, "internal", f"the compaction failed: {_message_of(e)}"[:MAX_ERROR]))
         if self._checksums:
             self._checksum_step(now)
 
@@ -717,7 +724,7 @@ class WriterCore:
             log.exception("internal error taking a checksum")
             self._checksums.pop(0)
             for waiter, _ in job.waiters:
-                self._answer(waiter, p.Failed(0, "internal", f"the checksum failed: {e!r}"[:MAX_ERROR]))
+                self._answer(waiter, p.Failed(0, "internal", f"the checksum failed: {_message_of(e)}"[:MAX_ERROR]))
             return
         if done:
             self._checksums.pop(0)

@@ -27,6 +27,7 @@ Rule 6: joiners share the packing: runs of records packed for one snapshot serve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 from collections import deque
@@ -292,13 +293,25 @@ class Outgoing:
         snap = peer.snapshot
         assert snap is not None
         view = snap.view
-        body = view.chunk(snap.next)
+        try:
+            body = view.chunk(snap.next)
+            if body is None:
+                message = p.encode_reply(p.SnapshotEnd(snap.req_id, view.epoch, view.seq, view.records))
+            else:
+                message = p.chunk_bytes(snap.req_id, body)
+        except Exception as e:  # (MemoryError: a writer near its memory limit) this join fails, the writer goes on
+            log.error("could not build a snapshot message (%r): that join is refused", e)
+            self._leave(snap)
+            peer.snapshot = None
+            why = "out of memory" if isinstance(e, MemoryError) else repr(e)
+            refusal = p.encode_reply(p.Failed(snap.req_id, "internal", f"the writer could not build the snapshot ({why})"))
+            with contextlib.suppress(PeerGone):
+                self._send(snap.envelope, refusal)  # best effort: else the joiner waits out its timeout
+            return 0
         if body is None:
-            message = p.encode_reply(p.SnapshotEnd(snap.req_id, view.epoch, view.seq, view.records))
             self._leave(snap)
             peer.snapshot = None
         else:
-            message = p.chunk_bytes(snap.req_id, body)
             snap.next += 1
         try:
             if self._send(snap.envelope, message):

@@ -396,15 +396,27 @@ class Writer:
         """One message to a peer, never blocking: False if its queue is full (only the first frame can
         find it full: the ROUTER takes the rest of a message it has begun); ``PeerGone`` if it left."""
         router = self.router
+        sent = 0  # frames of this message the ROUTER took
         try:
             for frame in envelope:
                 router.send(frame, _MORE | _NOW)
+                sent += 1
             router.send(message, _NOW)
         except zmq.Again:
+            if sent:  # (a later frame refused: only out of memory) end the begun message, lest the next
+                self._end_message()  # one's frames join it and reach its peer as one garbled message
             return False
-        except zmq.ZMQError as e:  # EHOSTUNREACH: the client left
+        except zmq.ZMQError as e:  # EHOSTUNREACH: the client left (ENOMEM: the writer near its memory limit)
+            if sent:
+                self._end_message()
             raise PeerGone(str(e)) from None
         return True
+
+    def _end_message(self) -> None:
+        """End a message whose last frames could not be sent with an empty frame (its peer takes it for
+        garbage and drops it), best effort."""
+        with contextlib.suppress(zmq.ZMQError):
+            self.router.send(b"", _NOW)
 
 
 def serve_forever(
