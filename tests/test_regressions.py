@@ -518,3 +518,55 @@ def test_a_once_caller_whose_writer_is_gone_is_not_kept_waiting_for_it(tmp_path)
     finally:
         client.close()
         server.stop()
+
+
+def test_a_wait_for_a_name_utf8_cannot_encode_is_refused_at_once(connect):
+    # A user trial: wait_for("\ud800") waited out its whole timeout, where delete and update refuse that id at
+    # once (ValueError): a record can never have it. The same for a feed of such a table or namespace.
+    client = connect()
+    table = client.table("t")
+    started = time.monotonic()
+    for call, where in [
+        (lambda: table.wait_for("\ud800", timeout=5), "id"),
+        (lambda: client.watch(tables=["ok", "t\udcff"]), r"tables\[1\]"),
+        (lambda: client.watch(namespace="a\ud800"), "namespace"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{where} .*: a str UTF-8 cannot encode"):
+            call()
+    with tiger.namespace("\ud800"), pytest.raises(ValueError, match=r"^namespace .*: a str UTF-8 cannot encode"):
+        table.watch()
+    assert time.monotonic() - started < 2
+
+
+def test_a_wait_cut_short_by_closing_its_client_says_so_and_is_no_unavailable(connect):
+    # A user trial: a wait_for pending in another thread when its client was closed raised Unavailable ("the
+    # replica ... stopped: the client was closed"), which code retrying on Unavailable retried against a closed
+    # client; feeds raised TigerError. Every wait now raises the same TigerError.
+    client = connect()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            client.table("t").wait_for("never", timeout=30)
+        except BaseException as e:
+            outcome.append(e)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not _in_function(waiter, "wait_until"):
+        assert time.monotonic() < deadline, "the thread never waited"
+        time.sleep(0.01)  # sleep-ok: polling another thread's stack, with a deadline
+    client.close()
+    waiter.join(10)
+    [error] = outcome
+    assert type(error) is tiger.TigerError and str(error) == "the client was closed"
+
+
+def _in_function(thread: threading.Thread, name: str) -> bool:
+    frame = sys._current_frames().get(thread.ident)  # type: ignore[arg-type]
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False

@@ -321,8 +321,8 @@ class _Connection:
         names = check_tables(tables)
         if isinstance(namespace, _CurrentNamespace):
             namespace = _current()
-        elif namespace is not None:
-            check_name(namespace, "namespace")
+        if namespace is not None:
+            p.check_storable_str(check_name(namespace, "namespace"), "namespace")
         since = check_since(since)
         wait = check_timeout(timeout)
         queued = check_max_queued(max_queued)
@@ -756,7 +756,7 @@ class _TableReads:
     def _waiting_for(self, id: str, timeout: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """``wait_for``'s predicate (run by the waiting thread or task: its current namespace), deadline
         and message; the arguments checked."""
-        check_id(id)
+        p.check_storable_str(check_id(id), "id")  # (a wait for an id that cannot be stored would wait in vain)
         timeout = _timeout(timeout, 5.0)
         self._client._check_open()
         ns = _current()

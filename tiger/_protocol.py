@@ -1196,6 +1196,16 @@ def unencodable(request: Request) -> str:
     return _UNENCODABLE  # pragma: no cover - called only after such an error
 
 
+def check_storable_str(value: str, where: str) -> str:
+    """``value`` (a str already checked as one), or ``ValueError`` naming ``where`` if UTF-8 cannot encode
+    it: no record, table or namespace can be named so, so a wait for one would wait in vain."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} {value!r:.60}: {_UNENCODABLE}; nothing can be stored under it") from None
+    return value
+
+
 def unencodable_value(value: Any, where: str) -> str | None:
     """The ValueError message naming the first str in ``value`` that UTF-8 cannot encode, or None."""
     found = _unencodable(value, where)

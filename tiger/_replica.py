@@ -391,7 +391,7 @@ class Replica:
         with self.changed:
             while not predicate():
                 if self.failure is not None:
-                    raise Unavailable(f"the replica of {self._url} stopped: {self.failure}")
+                    raise self._stopped()
                 now = time.monotonic()
                 deadline = stretched(deadline, now)
                 remaining = deadline - now
@@ -409,7 +409,7 @@ class Replica:
                 if predicate():
                     return
                 if self.failure is not None:
-                    raise Unavailable(f"the replica of {self._url} stopped: {self.failure}")
+                    raise self._stopped()
                 future = self.changed.future(loop)
             try:
                 now = time.monotonic()
