@@ -151,3 +151,22 @@ def test_a_seed_file_that_is_not_utf8_or_holds_bad_base64_is_refused_naming_its_
         out = tiger_cli("load", str(seed), "--url", server.url)
         assert out.returncode == 1, out
         assert message in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ('{\n  "t": {"id": "d1"}\n}\n', "table 't' holds an object, not an array of records"),
+        ("[\n  1, 2\n]\n", "a seed file is JSON lines, or one object {table: [records]}; this one is an array"),
+        ("{\n}\n", "a seed file is JSON lines, or one object {table: [records]}; this one is an object with no table"),
+    ],
+    ids=["table-of-an-object", "an-array", "no-table"],
+)
+def test_a_seed_file_that_is_one_json_document_of_the_wrong_shape_says_so(tmp_path, document, message):
+    # A user trial: valid JSON over several lines whose table held an object was refused as "line 1: not JSON
+    # (Expecting property name enclosed in double quotes)", read as JSON lines.
+    path = tmp_path / "seed.json"
+    path.write_text(document)
+    with pytest.raises(SeedError) as refused:
+        read_file(path)
+    assert str(refused.value).startswith(f"{path}: {message}")

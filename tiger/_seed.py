@@ -26,6 +26,25 @@ class SeedError(ValueError):
     """A seed file that cannot be loaded; the message names the file and line."""
 
 
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _check_document(path: str | os.PathLike[str], whole: Any) -> None:
+    """A seed file that is one JSON document (over several lines) must be {table: [records]}."""
+    what = _JSON_TYPES.get(type(whole), "null")
+    if not isinstance(whole, dict) or not whole:
+        raise SeedError(
+            f"{path}: a seed file is JSON lines, or one object {{table: [records]}}; this one is {what}"
+            + (" with no table" if isinstance(whole, dict) else "")
+        )
+    for table, records in whole.items():
+        if not isinstance(records, list):
+            raise SeedError(
+                f"{path}: table {table!r} holds {_JSON_TYPES.get(type(records), 'null')}, not an array of records "
+                "(a seed file that is one object is {table: [records]})"
+            )
+
+
 def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any]]]:
     """(table, namespace, record) for every record in a seed file, in file order, each checked as a
     write would be (``SeedError`` naming the file and line, or table and index, of the first bad one)."""
@@ -43,6 +62,8 @@ def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, An
         whole = None
     entries: list[tuple[str, str, dict[str, Any]]] = []
     first_seen: dict[tuple[str, str, str], str] = {}
+    if whole is not None and sum(1 for line in text.split("\n") if line.strip()) > 1:  # one JSON document
+        _check_document(path, whole)  # (over lines: not JSON lines, whose lines would each be "not JSON")
     if isinstance(whole, dict) and whole and all(isinstance(v, list) for v in whole.values()):
         for table, records in whole.items():
             for i, record in enumerate(records):
