@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -361,6 +362,29 @@ def test_a_write_in_the_group_of_a_compact_is_not_answered_ok_after_its_fsync_fa
     assert sorted(answers) == [1, 2] and rig.core.disk_fault is None  # released once a snapshot holds it
     d.close()
     assert _replayed(tmp_path / "data")[0] == [1]
+
+
+def test_a_data_directory_where_no_file_can_be_made_is_refused_at_start(tmp_path):
+    """A user trial: a data directory made read-only (0500) with its lock and log still writable started,
+    took writes, and failed only at its first compaction. Refused at start now, naming why."""
+    data = tmp_path / "data"
+    with tiger.serve(data=data):
+        pass
+    drop = []
+    if os.geteuid() == 0:  # root makes files anywhere: without CAP_DAC_OVERRIDE it is held to the mode
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")
+        drop = [setpriv, "--inh-caps=-dac_override", "--bounding-set=-dac_override"]
+    data.chmod(0o500)
+    try:
+        command = [*drop, *TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--data", str(data)]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    finally:
+        data.chmod(0o700)
+    assert out.returncode == 3, out.stderr
+    assert f"cannot make files in {data} (Permission denied)" in out.stderr
+    assert sorted(os.listdir(data)) == ["lock", "log.0"]
 
 
 def test_a_second_writer_on_the_same_directory_is_refused_naming_the_pid(tmp_path):

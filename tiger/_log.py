@@ -118,6 +118,15 @@ class DataDir:
             raise Locked(f"{self.path} is in use by the tiger writer with pid {holder}") from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        # a directory whose files can be written but where none can be made (chmod 0500) would take writes
+        # and fail only at the first compaction, minutes later: refused now
+        probe = os.path.join(self.path, "snapshot.tmp")
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            os.remove(probe)
+        except OSError as e:
+            os.close(self._lock_fd)
+            raise OSError(e.errno, f"cannot make files in {self.path} ({e.strerror})") from None
         self.generation = 0  # of the log appended to
         self._snapshot_generation = 0  # of the snapshot in place (0: none)
         self.compaction: Compaction | None = None  # a snapshot being written, a step at a time
