@@ -975,3 +975,30 @@ def test_a_session_fixture_writing_through_tiger_client_wrote_into_the_first_tes
     namespace."""
     pytester.makepyfile(test_session_fixture=SESSION_FIXTURE_WRITES)
     run(pytester, "-p", "no:xdist").assert_outcomes(passed=3)
+
+
+WRITER_KILLED = """
+import os, signal
+import pytest
+import tiger
+
+def test_1_kills_the_writer(tiger_client):
+    os.kill(tiger_client.stats()["pid"], signal.SIGKILL)
+
+def test_2_uses_it(tiger_client):
+    tiger_client.table("t").insert({"n": 1})
+"""
+
+
+@XDIST_OR_NOT
+def test_a_run_whose_writer_was_killed_says_so_in_its_summary(pytester, mode):
+    # A user trial: with the run's writer killed mid-run, every later test failed saying only that the writer had
+    # been silent for 5 s; nothing said the writer process had ended.
+    pytester.makepyfile(test_killed=WRITER_KILLED)
+    result = run(pytester, *mode, *(["--dist", "loadfile"] if mode[0] == "-n" else []), "-p", "no:randomly")  # in order
+    outcomes = result.parseoutcomes()  # (under xdist the second test may join on a worker of its own: an error)
+    assert outcomes.get("passed") == 1 and outcomes.get("failed", 0) + outcomes.get("error", 0) + outcomes.get("errors", 0) == 1
+    summary = [line for line in result.outlines if "the run's writer" in line]
+    assert len(summary) == 1, result.outlines
+    assert re.search(r"tiger: the run's writer \(pid \d+\) ended during the run", summary[0])
+    assert any("nothing listens there" in line for line in result.outlines), result.outlines  # the failure says why

@@ -350,7 +350,9 @@ class _Connection:
         self._check_open()
         replica = self._replica
         if replica is not None and replica.silent_for() > self.heartbeat_timeout:
-            raise Unavailable(f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s")
+            why = why_refused(self.url, 0.1)  # gone (killed, stopped for good), or only silent (paused, busy)?
+            silent = f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s"
+            raise Unavailable(silent + (f": {why}" if why else ""))
         now = time.monotonic()
         if deadline is None:
             deadline = now + self.timeout

@@ -227,7 +227,7 @@ class Once:
                 del self._holders[scope, key]
                 lock.release()
         except _AsyncFactory as e:
-            raise _AsyncFactory(f"once {key!r}: {e}") from None
+            raise TypeError(f"once {key!r}: {e}") from None  # (a plain TypeError: the class is private)
 
     async def value_async(
         self, client: AsyncOnceClient, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool

@@ -249,7 +249,11 @@ class Replica:
 
     def no_snapshot(self, timeout: float) -> Unavailable:
         """What connecting raises when this replica held no snapshot within ``timeout`` seconds."""
+        from tiger._server import why_refused  # (here: _server is not needed on any other path of a replica)
+
         why = "" if self.join_error is None else f" (last attempt: {self.join_error})"
+        gone = why_refused(self._url, 0.1)  # a writer that is gone, not only slow
+        why += f": {gone}" if gone else ""
         return Unavailable(f"no snapshot from the tiger writer at {self._url} within {timeout}s{why}")
 
     def stop(self) -> bool:

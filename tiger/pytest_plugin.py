@@ -495,6 +495,25 @@ class _Run:
                     by = state.get("by", f"pid {path.stem}")
                     self.report.append(f"teardown of once {key!r} in {by}: not waited for ({why})")
 
+    def writer_gone(self) -> str | None:
+        """For the controller's summary: what to say when the writer this run started ended before the run
+        stopped it (killed, crashed): every test that used it after failed with Unavailable, saying only
+        that it was silent."""
+        writer = self.dir.writer()
+        if self.given_url is not None or writer is None or not writer.get("pid"):
+            return None
+        from tiger._process import ProcessWatch
+
+        with ProcessWatch(int(writer["pid"])) as watch:
+            if not watch.ended():
+                return None
+        log = self.dir.path / "writer.log"
+        last = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        return (
+            f"the run's writer (pid {writer['pid']}) ended during the run, before the run stopped it: the tests "
+            f"that used it after failed with Unavailable; its log ends: {' / '.join(last) or '(empty)'}"
+        )
+
     def close(self) -> None:
         """This process's last act: close its client; the controller also stops or cleans the writer."""
         if self._client is not None:
@@ -851,6 +870,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     for line in run.report:
         terminalreporter.write_line(f"tiger: {line}", red=True)
+    gone = run.writer_gone()
+    if gone is not None:
+        terminalreporter.write_line(f"tiger: {gone}", red=True)
     if config.getoption("--tiger-stats"):
         from tiger._cli import format_run_stats
 
