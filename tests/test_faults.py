@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -843,3 +844,58 @@ def _valid(message: list[object]) -> bool:
     except Exception:
         return False
     return True
+
+
+def _limited(soft: int, hard: int):
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return limit
+
+
+def test_a_writer_raises_its_open_file_limit_itself(tmp_path):
+    """Each client holds two connections: the usual soft limit of 1024 files capped a writer near 500 clients,
+    and libzmq 4.3.5 aborts a writer on ipc that runs out (``Too many open files (src/ipc_listener.cpp:297)``,
+    a user trial). The writer raises its soft limit to its hard one (at most 65536)."""
+    proc = subprocess.Popen(
+        [*TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--owner-pid", str(os.getpid())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_limited(64, 4096),
+    )
+    try:
+        assert read_line(proc, 30).startswith("tiger writer serving at")
+        with open(f"/proc/{proc.pid}/limits") as f:
+            line = next(line for line in f if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["4096", "4096"], line
+    finally:
+        stop(proc)
+
+
+def test_connections_a_writer_cannot_accept_are_logged_not_silent(tmp_path):
+    """A writer out of file descriptors (here its hard limit is 40) refused clients without a word (a user
+    trial, tcp: libzmq retries the accept silently). It says so at start, and when it nears the limit."""
+    proc = subprocess.Popen(
+        [*TIGER, "serve", "--url", "tcp://127.0.0.1:*", "--owner-pid", str(os.getpid()), "--heartbeat", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_limited(40, 40),
+    )
+    clients = []
+    try:
+        url = read_line(proc, 30).strip().rsplit(" ", 1)[-1]
+        refused = 0
+        for _ in range(12):  # about 4 to 7 get in
+            try:
+                clients.append(tiger.connect(url, timeout=1.0))
+            except tiger.Unavailable:
+                refused += 1
+        assert refused > 0 and clients
+    finally:
+        for client in clients:
+            client.close()
+        err = stop(proc)
+    assert "this writer may open only 40 files (ulimit -n): about 4 clients can connect" in err
+    assert re.search(r"this writer holds \d+ of the 40 files it may open \(ulimit -n\): clients beyond cannot connect", err), err

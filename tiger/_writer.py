@@ -21,6 +21,7 @@ import errno
 import gc
 import logging
 import os
+import resource
 import select
 import signal
 import sys
@@ -44,6 +45,7 @@ PUB_HWM = 200_000  # published messages queued per subscriber before PUB drops (
 MAX_GROUP = 256  # requests taken off the socket as one group (one fsync, one publish burst)
 _MORE = int(zmq.SNDMORE)
 _NOW = int(zmq.NOBLOCK)
+FILES_LOG_EVERY = 10.0  # seconds between two warnings that the writer nears its limit on open files
 STOP_LINGER = 0.2  # seconds the answers to requests cut short by a stop may take to leave
 PAUSED = 1.0  # seconds between two turns of the writer's loop (at most 0.1 s apart) that mean it was paused
 
@@ -210,6 +212,7 @@ class Writer:
         except BaseException:
             self.close()
             raise
+        self._files_logged = -FILES_LOG_EVERY  # when the writer last said it was near its limit on open files
         self.outgoing = Outgoing(self._send, stall=STALL if snapshot_stall is None else snapshot_stall)
         self.url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -322,12 +325,33 @@ class Writer:
         self.core.tick(now)
         self.core.commit(now)  # once keys released for gone clients: durable before they are published
         self._send_outbox()
+        self._check_open_files(now)
         if self.owner is not None and self.owner.ended():
             log.info("owner process %d is gone; stopping", self.owner.pid)
             self.orphaned = True
             self._running = False
         if self.freeze_long_lived and self.core.seq != self._frozen_at:
             self._freeze_long_lived()
+
+    def _check_open_files(self, now: float) -> None:
+        """Say (at most every 10 s) when this process holds nearly as many files as it may open: libzmq then
+        retries the connections it cannot accept without a word (a user trial saw clients time out and
+        nothing logged). (libzmq's monitor of failed accepts cannot serve: its queue fills as fast as the
+        accept is retried, and its I/O thread then blocks, holding the lock ``disable_monitor`` needs.)"""
+        if now - self._files_logged < FILES_LOG_EVERY:
+            return
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        try:
+            held = len(os.listdir("/proc/self/fd"))
+        except OSError as e:
+            if e.errno != errno.EMFILE:  # (no /proc: nothing to say)
+                return
+            held = limit  # (the listing itself needs one more)
+        if held >= 0.9 * limit:
+            log.warning(
+                "this writer holds %d of the %d files it may open (ulimit -n): clients beyond cannot connect", held, limit
+            )
+            self._files_logged = now
 
     def _freeze_long_lived(self) -> None:
         """The garbage collector of the writer's own process: at start and after each heartbeat with writes
@@ -419,6 +443,23 @@ class Writer:
             self.router.send(b"", _NOW)
 
 
+OPEN_FILES_WANTED = 65536  # the soft limit on open files a writer of its own raises itself to, if allowed
+
+
+def _raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files towards its hard limit (each client holds two
+    connections: ``ulimit -n`` 1024 caps a writer near 500 clients); warn when it stays low. Returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft < 1024:
+        log.warning("this writer may open only %d files (ulimit -n): about %d clients can connect", soft, max(0, soft - 32) // 2)
+    return soft
+
+
 def serve_forever(
     url: str,
     *,
@@ -439,6 +480,7 @@ def serve_forever(
     writer stops because its owner is gone (killed: nobody else will); a writer stopped otherwise leaves it to
     its owner (which may start another writer on the same url)."""
     logging.basicConfig(level=log_level, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
+    _raise_open_file_limit()
     try:
         secret = None if curve_secret is None else read_secret_key(curve_secret)
     except (OSError, ValueError) as e:  # (not the data directory's: it was said to be, naming the wrong option)
