@@ -66,6 +66,19 @@ def test_stats_shows_tables_namespaces_and_counts(foreground):
         assert re.search(r"^uptime\s+[\d.]+ s$", out.stdout, re.M)
 
 
+def test_stats_prints_a_name_holding_a_newline_or_nul_on_its_own_line(foreground):
+    # A user trial: a table named "a\nb" broke tiger stats' layout, and a NUL made grep take its output for binary.
+    _, url = foreground
+    with tiger.connect(url) as client:
+        client.table("a\nb").insert({})
+        with tiger.namespace("n\x00s"):
+            client.table("plain").insert({})
+        out = subprocess.run([*TIGER, "stats", "--url", url], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "\x00" not in out.stdout
+    assert re.search(r"^'a\\nb'\s+global\s+1$", out.stdout, re.M), out.stdout
+    assert re.search(r"^plain\s+'n\\x00s'\s+1$", out.stdout, re.M), out.stdout
+
+
 def test_stats_url_defaults_to_tiger_url(foreground):
     _, url = foreground
     env = {**os.environ, "TIGER_URL": url}

@@ -162,12 +162,18 @@ def format_run_stats(client: Client, namespace: str = GLOBAL) -> str:
     lines = [f"writer {stats['url']}: {stats['seq']} writes applied in epoch {stats['epoch']}"]
     for table, namespaces in stats["tables"].items():
         if not table.startswith(RESERVED_PREFIX):
-            lines.append(f"  {table}: {sum(namespaces.values())} records in {len(namespaces)} namespaces")
+            lines.append(f"  {_printable(table)}: {sum(namespaces.values())} records in {len(namespaces)} namespaces")
     keys = client.replica.store.ordered(ONCE_TABLE, namespace)
     lines.append(f"once-keys: {len(keys)}")
     for record in reversed(keys):
-        lines.append(f"  {record['id']}: {record['state']} by {record['by']}")
+        lines.append(f"  {_printable(record['id'])}: {record['state']} by {_printable(str(record['by']))}")
     return "\n".join(lines)
+
+
+def _printable(name: str) -> str:
+    """A table or namespace name as one cell of a table printed to a terminal: the name itself, or its
+    repr when it holds what would break the layout or the terminal (a newline, NUL, other controls)."""
+    return name if name.isprintable() else repr(name)
 
 
 def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
@@ -180,7 +186,7 @@ def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
         f"clients  {stats['clients']}",
         f"records  {stats['records']}",
     ]
-    rows = [(t, ns, n) for t, namespaces in stats["tables"].items() for ns, n in namespaces.items()]
+    rows = [(_printable(t), _printable(ns), n) for t, namespaces in stats["tables"].items() for ns, n in namespaces.items()]
     if rows:
         wt = max(5, *(len(t) for t, _, _ in rows))
         wn = max(9, *(len(ns) for _, ns, _ in rows))
