@@ -456,6 +456,14 @@ def test_a_wait_whose_process_was_stopped_past_its_deadline_looks_at_what_arrive
                 waiter.kill()
 
 
+def _until_taken_for_silent(client: tiger.Client) -> None:
+    """Return once ``client``'s replica has found its (paused) writer silent past its heartbeat timeout."""
+    deadline = time.monotonic() + 15
+    while client.replica.silent_for() <= client.heartbeat_timeout + 0.5:
+        assert time.monotonic() < deadline, "the replica never found the writer silent"
+        time.sleep(0.05)  # sleep-ok: polling the replica's view of a writer we paused, with a deadline
+
+
 def test_a_once_build_that_ends_while_the_writer_is_paused_is_delivered_not_built_again():
     # A user trial stopped the writer (SIGSTOP, 8 s) as a 6 s build was ending: the builder, unable to deliver
     # its value to a writer silent for 3 s, released the key and raised Unavailable although its caller allowed
@@ -489,10 +497,7 @@ def test_a_once_build_that_ends_while_the_writer_is_paused_is_delivered_not_buil
         os.kill(server.pid, signal.SIGSTOP)
         try:
             _wait_stopped(server.pid)
-            deadline = time.monotonic() + 15
-            while builder.replica.silent_for() <= builder.heartbeat_timeout + 0.5:  # writes now fail at once
-                assert time.monotonic() < deadline, "the builder's replica never found the writer silent"
-                time.sleep(0.05)  # sleep-ok: polling the replica's view of a writer we paused, with a deadline
+            _until_taken_for_silent(builder)  # its writes now fail at once
             finish.set()  # the build ends while the writer is paused and taken for silent: no delivery yet
             time.sleep(0.5)  # sleep-ok: the pause goes on a little after the build's end (the trial's case)
         finally:
@@ -570,3 +575,53 @@ def _in_function(thread: threading.Thread, name: str) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def test_a_sync_with_time_left_waits_for_a_paused_writer_instead_of_raising_at_once():
+    # The kind of the once fault above, elsewhere: sync(timeout=30) raised Unavailable at once ("has been silent
+    # for 2.1s") when the writer was paused, although its caller allowed 30 s. It now waits for the writer to be
+    # heard again, as long as its timeout allows and something accepts connections at the url.
+    import asyncio
+
+    import tiger.aio
+
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        outcome: dict[str, object] = {}
+
+        def blocking() -> None:
+            try:
+                client.sync(timeout=30)
+                outcome["blocking"] = "synced"
+            except BaseException as e:
+                outcome["blocking"] = e
+
+        def awaited() -> None:
+            async def main() -> None:
+                async with await tiger.aio.connect(server.url) as aclient:
+                    started.set()
+                    await asyncio.get_running_loop().run_in_executor(None, paused.wait, 30)
+                    await aclient.sync(timeout=30)
+
+            try:
+                asyncio.run(main())
+                outcome["async"] = "synced"
+            except BaseException as e:
+                outcome["async"] = e
+
+        started, paused = threading.Event(), threading.Event()
+        threads = [threading.Thread(target=awaited)]
+        threads[0].start()
+        assert started.wait(30)
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            _wait_stopped(server.pid)
+            _until_taken_for_silent(client)  # its calls now fail at once
+            threads.append(threading.Thread(target=blocking))
+            threads[1].start()
+            paused.set()
+            time.sleep(1.0)  # sleep-ok: both syncs are made while the writer is paused
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        for thread in threads:
+            thread.join(40)
+        assert outcome == {"blocking": "synced", "async": "synced"}

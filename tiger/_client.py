@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import contextlib
 import inspect
 import itertools
 import logging
@@ -398,6 +399,22 @@ class _Connection:
         """An answer to another call on the command socket: the blocking client's calls wait one at a time,
         so it is stale (ignored)."""
 
+    def _heard_again(self, unavailable: Unavailable, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
+        """After ``unavailable`` from a call that may be made again (a sync), until ``deadline``: the wait
+        (``Replica.wait_until``'s arguments) for the writer to be heard again, for at most a second (then
+        the call is made again, and the url probed again). Raises ``unavailable`` past the deadline, or
+        when nothing accepts connections at the url: a writer that is gone is not waited for (a sync with
+        a timeout of 60 s raised at once when a paused writer had been silent for 2 s)."""
+        now = time.monotonic()
+        if now >= deadline or why_refused(self.url, 0.1) is not None:
+            raise unavailable
+        replica = self.replica
+
+        def heard() -> bool:
+            return replica.silent_for() <= self.heartbeat_timeout
+
+        return heard, min(deadline, now + 1.0), lambda: str(unavailable)
+
     def _silence(self, wait: int, seconds: float) -> None:
         """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
         place of the old one (what it still queued goes with it); past the deadline, ``Unavailable``
@@ -526,7 +543,15 @@ class Client(_Connection):
         """Return once the replica holds every write any client was answered for before this call.
         ``timeout``: seconds, above 0 (the writer's answer takes a round trip); default the client's."""
         deadline = time.monotonic() + _timeout(timeout, self.timeout, positive=True)
-        reply = self._request(p.Sync(next(self._req_ids)), deadline)
+        while True:
+            try:
+                reply = self._request(p.Sync(next(self._req_ids)), deadline)
+                break
+            except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
+                with contextlib.suppress(Timeout):
+                    self.replica.wait_until(*self._heard_again(unavailable, deadline))
+                if time.monotonic() >= deadline:
+                    raise
         self.replica.catch_up(reply, deadline)
 
     def batch(self) -> Batch:

@@ -57,7 +57,7 @@ from tiger._client import (
     _TableReads,
     _timeout,
 )
-from tiger._errors import FeedOverflow, TigerError, Timeout
+from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
 from tiger._table import GLOBAL, Record, check_name
 
@@ -222,7 +222,16 @@ class AsyncClient(_Connection):
         """Return once the replica holds every write any client was answered for before this call.
         ``timeout``: seconds, above 0; default the client's."""
         deadline = time.monotonic() + _timeout(timeout, self.timeout, positive=True)
-        await self._caught_up(await self._request(p.Sync(next(self._req_ids)), deadline), deadline)
+        while True:
+            try:
+                reply = await self._request(p.Sync(next(self._req_ids)), deadline)
+                break
+            except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
+                with contextlib.suppress(Timeout):
+                    await self.replica.until(*self._heard_again(unavailable, deadline))
+                if time.monotonic() >= deadline:
+                    raise
+        await self._caught_up(reply, deadline)
 
     def batch(self) -> AsyncBatch:
         """Writes across tables and namespaces sent as one command when the ``async with`` block ends,
