@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import tiger
+import tiger.aio
 from tiger import _protocol as p
 from tiger import _table as t
 from tiger._once import INTERRUPTIONS, Build, Once, Write, once_record
@@ -86,6 +87,7 @@ class InMemory:
         self.label = f"test {client_id}"
         self._req_ids = iter(range(1, 1000))
         self.replica = types.SimpleNamespace(store=store)
+        self.timeout = 5.0  # (a delivery's budget: the client's timeout at least)
 
     def answer(self, request: p.Request) -> p.Ok:
         store = self.replica.store
@@ -531,3 +533,38 @@ def test_a_cancelled_async_close_raises_cancelled_error_not_a_teardowns_error(co
         assert closing.cancelled()
 
     asyncio.run(main())
+
+
+def test_a_delivery_refused_at_once_by_a_writer_still_heard_is_not_tried_in_a_loop(connect):
+    # A review: a writer that answered a delivery at once with Unavailable (a call refused as expired: a clock
+    # stepped forward) while it was still heard made once send 19,651 deliveries and probe its url as often in
+    # 3 s. Tries are now at least half a second apart.
+    client = connect(timeout=1.0)
+    real, tries = client._write, []
+
+    def refused(request: Any) -> Any:
+        if type(request) is p.OnceFinish and request.outcome == "value":
+            tries.append(time.monotonic())
+            raise tiger.Unavailable("the call arrived after its deadline")
+        return real(request)
+
+    client._write = refused  # type: ignore[method-assign]
+    with pytest.raises(tiger.Unavailable):
+        client.once(unique("refused"), lambda: 1, timeout=0.5)  # delivered for the client's timeout (1 s) at least
+    assert 2 <= len(tries) <= 4, tries
+
+
+def test_a_blocking_once_of_its_own_key_inside_an_async_build_of_one_shared_client_raises(connect):
+    # A review: tiger_aclient shares one client's once keys between the async and the blocking driver; a sync
+    # factory of an async once calling the blocking once of the same key made the outer call fail with KeyError
+    # (the inner one had dropped the outer's holder entry).
+    client = connect()
+    shared = tiger.aio.AsyncClient.sharing(client)
+    key = unique("cross")
+
+    async def main() -> Any:
+        return await shared.once(key, lambda: client.once(key, lambda: "inner"))
+
+    with pytest.raises(tiger.OnceFailed, match="called again from inside its own factory"):
+        asyncio.run(main())
+    assert client.once(unique("after"), lambda: "fine") == "fine"

@@ -28,7 +28,7 @@ from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since,
 from tiger._once import Once
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
-from tiger._server import check_url, secure, why_refused
+from tiger._server import check_url, recently_refused, secure, why_refused
 from tiger._table import (
     GLOBAL,
     RESERVED_PREFIX,
@@ -351,7 +351,7 @@ class _Connection:
         self._check_open()
         replica = self._replica
         if replica is not None and replica.silent_for() > self.heartbeat_timeout:
-            why = why_refused(self.url, 0.1)  # gone (killed, stopped for good), or only silent (paused, busy)?
+            why = recently_refused(self.url)  # gone (killed, stopped for good), or only silent (paused, busy)?
             silent = f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s"
             raise Unavailable(silent + (f": {why}" if why else ""))
         now = time.monotonic()
@@ -406,12 +406,13 @@ class _Connection:
         when nothing accepts connections at the url: a writer that is gone is not waited for (a sync with
         a timeout of 60 s raised at once when a paused writer had been silent for 2 s)."""
         now = time.monotonic()
-        if now >= deadline or why_refused(self.url, 0.1) is not None:
+        if now >= deadline or recently_refused(self.url) is not None:
             raise unavailable
-        replica = self.replica
+        replica, retry_at = self.replica, now + 0.5  # at least half a second: a failure that came at once (a
+        # call refused as expired) from a writer still heard must not make a loop of calls
 
         def heard() -> bool:
-            return replica.silent_for() <= self.heartbeat_timeout
+            return time.monotonic() >= retry_at and replica.silent_for() <= self.heartbeat_timeout
 
         return heard, min(deadline, now + 1.0), lambda: str(unavailable)
 

@@ -59,7 +59,7 @@ from tiger import _protocol as p
 from tiger._calls import callable_name
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable
 from tiger._feed import running_loop
-from tiger._server import why_refused
+from tiger._server import recently_refused
 from tiger._table import ONCE_TABLE, Record, check_value
 
 if TYPE_CHECKING:
@@ -73,10 +73,9 @@ MAX_ONCE_VALUE = p.MAX_RECORD - 4096  # the value travels in a record with the k
 INTERRUPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)  # a build stopped from outside
 _SUPERSEDED = object()
 _REENTERED = (
-    "once {key!r} was called again from inside its own factory (or a call it is waiting for): it would wait for "
-    "itself; build what it needs under another key"
+    "once {key!r} was called again from inside its own factory: it would wait for itself; build what it needs under another key"
 )
-PROBE_TIMEOUT = 0.1  # seconds a probe of the writer's url may take (whether anything accepts there)
+RETRY_PAUSE = 0.5  # seconds between two tries of a claim or a delivery the writer did not take
 _T = TypeVar("_T")
 
 FactoryGenerator: TypeAlias = "Generator[Any, None, None] | AsyncGenerator[Any, None]"  # its teardown is the rest after its yield
@@ -188,8 +187,8 @@ class Once:
     def __init__(self) -> None:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        # (scope, key) -> the thread (its ident) or task (its id) building or waiting for it in this client
-        self._holders: dict[tuple[str, str], int] = {}
+        # (scope, key) -> (thread ident, task id or None) of the caller building or waiting for it in this client
+        self._holders: dict[tuple[str, str], tuple[int, int | None]] = {}
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]] = (
             weakref.WeakKeyDictionary()
         )
@@ -213,18 +212,20 @@ class Once:
             if inspect.isasyncgenfunction(factory):
                 raise _async_factory(factory, "an async generator function")
             deadline = _deadline(wait)
+            mine = (threading.get_ident(), None)
             with self._locks_guard:
                 lock = self._locks.setdefault((scope, key), threading.Lock())
-                if self._holders.get((scope, key)) == threading.get_ident():
+                held = self._holders.get((scope, key))
+                if held is not None and held[0] == mine[0]:  # this thread builds it (or its loop's task does)
                     raise TigerError(_REENTERED.format(key=key))
             # two threads of this process never both build one key; the wait for the other is the caller's too
             if not lock.acquire(timeout=-1 if math.isinf(deadline) else max(0.0, deadline - time.monotonic())):
                 raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
             try:
-                self._holders[scope, key] = threading.get_ident()
+                self._holders[scope, key] = mine
                 return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
             finally:
-                del self._holders[scope, key]
+                self._let_go((scope, key), mine)
                 lock.release()
         except _AsyncFactory as e:
             raise TypeError(f"once {key!r}: {e}") from None  # (a plain TypeError: the class is private)
@@ -245,18 +246,26 @@ class Once:
         deadline = _deadline(wait)
         interruptions = (*INTERRUPTIONS, asyncio.CancelledError)
         lock = self._async_lock(scope, key)
-        task = asyncio.current_task()
-        if self._holders.get((scope, key)) == id(task):
+        mine = (threading.get_ident(), id(asyncio.current_task()))
+        held = self._holders.get((scope, key))
+        if held is not None and held[1] == mine[1]:  # this task builds it
             raise TigerError(_REENTERED.format(key=key))
         # two tasks of this loop never both build one key; the wait for the other is the caller's too
         if not await _acquired(lock, None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())):
             raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
         try:
-            self._holders[scope, key] = id(task)
+            self._holders[scope, key] = mine
             return await _drive_async(client, self._value(client, key, scope, factory, wait, deadline, in_scope, interruptions))
         finally:
-            del self._holders[scope, key]
+            self._let_go((scope, key), mine)
             lock.release()
+
+    def _let_go(self, key: tuple[str, str], mine: tuple[int, int | None]) -> None:
+        """The caller ``mine`` (thread ident, task id) no longer holds ``key`` (a nested holder's entry, the
+        blocking driver's inside the async one's, is left alone)."""
+        with self._locks_guard:
+            if self._holders.get(key) == mine:
+                del self._holders[key]
 
     def tear_down(self, client: BlockingOnceClient, wait: float) -> list[tuple[str, BaseException]]:
         """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys.
@@ -361,7 +370,10 @@ class Once:
                 yield from self._finish_or_release(client, key, scope, "error", error, deadline)
                 raise OnceFailed(key, *error) from e
         outcome = "resource" if (scope, key) in self._teardowns else "value"
-        finish = yield from self._finish_or_release(client, key, scope, outcome, value, deadline)
+        # the caller's timeout is for waiting on another builder: a build that took longer still gets the
+        # client's timeout to deliver its value through a writer unavailable meanwhile
+        delivery = max(deadline, time.monotonic() + client.timeout)
+        finish = yield from self._finish_or_release(client, key, scope, outcome, value, delivery)
         del self._built[scope, key]
         record = once_record(client, scope, key)
         ours = record is not None and record["state"] != "building" and record["owner"] == client.client_id
@@ -462,17 +474,26 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
                 limit = now + client.timeout
             # a writer that is gone (nothing accepts at its url: killed, stopped for good) is not waited for;
             # a paused or busy one still accepts connections (its kernel does)
-            if now >= limit or why_refused(client.url, PROBE_TIMEOUT) is not None:
+            if now >= limit or recently_refused(client.url) is not None:
                 raise
-            try:  # until it is heard again, probing every second whether it went away meanwhile
+            # then at least RETRY_PAUSE, and until it is heard again (at most a second: the url is probed
+            # again): a failure that comes at once from a writer still heard (a call refused as expired, a
+            # clock stepped forward) must not make a loop of calls and probes
+            retry_at = now + RETRY_PAUSE
+            try:
                 yield Until(
-                    lambda: client.replica.silent_for() <= client.heartbeat_timeout,
+                    lambda retry_at=retry_at: time.monotonic() >= retry_at and _heard(client),  # type: ignore[misc]
                     min(limit, now + 1.0),
                     lambda unavailable=unavailable: str(unavailable),  # type: ignore[misc]
                 )
             except Timeout:
                 if time.monotonic() >= limit:
                     raise unavailable from None
+
+
+def _heard(client: OnceClient) -> bool:
+    """The writer was heard within the client's heartbeat timeout: a call to it goes out again."""
+    return client.replica.silent_for() <= client.heartbeat_timeout
 
 
 def _release(client: OnceClient, key: str, scope: str) -> Steps[None]:

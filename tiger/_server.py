@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from typing import Any
@@ -272,6 +273,27 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
     if state == "refused":
         return "nothing listens there (connection refused)"
     return None
+
+
+_probed: dict[str, tuple[float, str | None]] = {}  # url -> (when, what why_refused said), for recently_refused
+_probed_lock = threading.Lock()
+
+
+def recently_refused(url: str, within: float = 1.0) -> str | None:
+    """``why_refused(url, 0.1)``, probed at most once per ``within`` seconds per url (its last answer in
+    between): callers that retry while a writer is unavailable (once, sync, every call's message) must
+    not probe in a loop, and a probe of a paused tcp writer whose backlog is full takes its whole 0.1 s."""
+    now = time.monotonic()
+    with _probed_lock:
+        known = _probed.get(url)
+        if known is not None and now - known[0] < within:
+            return known[1]
+    why = why_refused(url, 0.1)
+    with _probed_lock:
+        _probed[url] = (time.monotonic(), why)
+        if len(_probed) > 256:  # (urls of writers long gone)
+            _probed.pop(next(iter(_probed)))
+    return why
 
 
 def accepting(url: str, timeout: float = 1.0) -> str | None:

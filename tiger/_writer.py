@@ -341,15 +341,18 @@ class Writer:
         if now - self._files_logged < FILES_LOG_EVERY:
             return
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        try:
-            held = len(os.listdir("/proc/self/fd"))
+        try:  # the lowest free descriptor: about how many are open (a listing of /proc/self/fd took 5 ms at 10k)
+            free = os.open(os.devnull, os.O_RDONLY)
         except OSError as e:
-            if e.errno != errno.EMFILE:  # (no /proc: nothing to say)
+            if e.errno != errno.EMFILE:
                 return
-            held = limit  # (the listing itself needs one more)
+            held = limit
+        else:
+            os.close(free)
+            held = free
         if held >= 0.9 * limit:
             log.warning(
-                "this writer holds %d of the %d files it may open (ulimit -n): clients beyond cannot connect", held, limit
+                "this writer holds about %d of the %d files it may open (ulimit -n): clients beyond cannot connect", held, limit
             )
             self._files_logged = now
 
