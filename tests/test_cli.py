@@ -253,3 +253,31 @@ def test_a_command_says_at_once_that_nothing_listens_at_its_url(tmp_path, comman
     url = f"ipc://{tmp_path}/nothing"
     out = subprocess.run([*TIGER, *command, "--url", url], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert out.returncode != 0 and f"the tiger writer at {url} is not there: nothing is bound at that path" in out.stderr
+
+
+def test_compact_and_stats_of_a_paused_writer_wait_their_timeout_and_say_why(tmp_path):
+    # A user trial: `tiger compact --timeout 20` joined a full replica first (900 MB at 1.75M records) and gave
+    # up after the join's own 5 s when the writer was paused; `tiger stats` timing out during a long compaction
+    # advised another --url. compact now sends one request, as stats does, and stats says a busy writer is busy.
+    proc = subprocess.Popen(
+        [*TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--data", str(tmp_path / "data"), "--owner-pid", str(os.getpid())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = read_line(proc).strip().rsplit(" ", 1)[-1]
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            command = [*TIGER, "stats", "--url", url, "--timeout", "0.5"]
+            stats = subprocess.run(command, capture_output=True, text=True, timeout=30)
+            assert stats.returncode == 1 and "it is busy or paused: a longer --timeout waits for it" in stats.stderr
+            compact = subprocess.Popen([*TIGER, "compact", "--url", url, "--timeout", "20"], stdout=subprocess.PIPE, text=True)
+            time.sleep(1.0)  # sleep-ok: the writer stays paused a while after the request went out
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        out, _ = compact.communicate(timeout=30)
+        assert compact.returncode == 0 and out.startswith("compacted: snapshot of 0 records"), out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 from _util import alive, read_line
@@ -625,3 +626,50 @@ def test_a_sync_with_time_left_waits_for_a_paused_writer_instead_of_raising_at_o
         for thread in threads:
             thread.join(40)
         assert outcome == {"blocking": "synced", "async": "synced"}
+
+
+def test_a_once_waiter_with_no_timeout_whose_writer_is_killed_during_the_build_raises(tmp_path):
+    # A user trial: the run's writer killed while a tiger_once build was under way left the waiting workers
+    # waiting for good (once's timeout defaults to none), and the pytest-xdist run never ended. A waiter now
+    # raises Unavailable once its writer is silent and nothing accepts connections at its url.
+    server = tiger.serve(f"ipc://{tmp_path}/w")
+    builder, waiter = tiger.connect(server.url), tiger.connect(server.url)
+    key = f"killed-{uuid.uuid4().hex[:8]}"
+    started, release = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def build() -> int:
+        started.set()
+        release.wait(30)
+        return 1
+
+    def call(name: str, client: tiger.Client, factory: Any) -> None:
+        try:
+            outcome[name] = client.once(key, factory)  # no timeout
+        except BaseException as e:
+            outcome[name] = e
+
+    threads = [threading.Thread(target=call, args=("builder", builder, build))]
+    try:
+        threads[0].start()
+        assert started.wait(10)
+        threads.append(threading.Thread(target=call, args=("waiter", waiter, lambda: 2)))
+        threads[1].start()
+        deadline = time.monotonic() + 10
+        while not _in_function(threads[1], "wait_until"):  # its claim answered "wait": waiting on the replica
+            assert time.monotonic() < deadline, "the waiter never waited"
+            time.sleep(0.01)  # sleep-ok: polling another thread's stack, with a deadline
+        killed = time.monotonic()
+        os.kill(server.pid, signal.SIGKILL)
+        server._process.wait(10)
+        threads[1].join(20)
+        assert not threads[1].is_alive(), "the waiter still waits for a writer that is gone"
+        assert time.monotonic() - killed < 10
+        assert isinstance(outcome["waiter"], tiger.Unavailable) and "is gone" in str(outcome["waiter"])
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(20)
+        builder.close()
+        waiter.close()
+        server.stop()

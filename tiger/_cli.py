@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 from tiger._calls import check_seconds
@@ -13,7 +12,7 @@ from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._protocol import Compact
-from tiger._server import check_url, ping, why_refused
+from tiger._server import check_url, ping, request_once, why_refused
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
@@ -109,11 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"loaded {count} records from {args.file}")
             return 0
         if args.command == "compact":
+            # one request on a socket of its own, as tiger stats asks: no replica (joining a store of 2M records
+            # to send one command took 900 MB and, under load, longer than the join's own timeout)
             seconds = check_seconds(args.timeout, "--timeout", positive=True)
             assert seconds is not None  # (None only where no_limit)
-            deadline = time.monotonic() + seconds
-            with _connected(args.url) as client:
-                result = client._request(Compact(next(client._req_ids)), deadline).result
+            key = os.environ.get("TIGER_SERVER_KEY") or None
+            result = request_once(check_url(args.url), Compact(1), seconds, key).result
             print(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
             return 0
         if args.command == "keygen":
@@ -131,7 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(format_stats(ping(check_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
         except Unavailable as e:
-            print(f"tiger stats: {e} (pass --url or set TIGER_URL to reach another writer)", file=sys.stderr)
+            # another url is the advice only when nothing is there: a writer that is busy (a compaction of
+            # millions of records) or paused still accepts connections, and a longer --timeout is the advice
+            there = why_refused(args.url) is None
+            advice = (
+                "it is busy or paused: a longer --timeout waits for it"
+                if there
+                else "pass --url or set TIGER_URL to reach another writer"
+            )
+            print(f"tiger stats: {e} ({advice})", file=sys.stderr)
             return 1
         return 0
     except (TigerError, ValueError, TypeError, OSError) as e:

@@ -328,11 +328,7 @@ class Once:
             if record is not None and record["state"] != "building":
                 return _once_value(record)
             owner = None if record is None else record["owner"]
-            yield Until(
-                lambda owner=owner: _once_moved(once_record(client, scope, key), owner),  # type: ignore[misc]
-                deadline,
-                lambda: f"once {key!r} was not built by another process within {wait:g}s",
-            )
+            yield from _wait_for_builder(client, key, scope, owner, deadline, wait)
 
     def _build(
         self,
@@ -489,6 +485,33 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
             except Timeout:
                 if time.monotonic() >= limit:
                     raise unavailable from None
+
+
+def _wait_for_builder(
+    client: OnceClient, key: str, scope: str, owner: str | None, deadline: float, wait: float | None
+) -> Steps[None]:
+    """Until the key's record moves (built, failed, released, claimed anew) or ``deadline`` (``Timeout``).
+    A writer that is gone (silent, and nothing accepts connections at its url) is not waited for: with no
+    timeout, a waiter whose writer was killed during the build waited for good, and a pytest-xdist run
+    with it (a user trial); it raises ``Unavailable`` within about a second of finding it so."""
+    while True:
+        now = time.monotonic()
+        try:
+            yield Until(
+                lambda: _once_moved(once_record(client, scope, key), owner),
+                min(deadline, now + 1.0),
+                lambda: f"once {key!r} was not built by another process within {wait or 0:g}s",  # (a slice: None)
+            )
+            return
+        except Timeout:
+            if time.monotonic() >= deadline:
+                raise
+        if not _heard(client):
+            gone = recently_refused(client.url)
+            if gone is not None:
+                raise Unavailable(
+                    f"once {key!r}: the tiger writer at {client.url} is gone ({gone}) while another process built the key"
+                )
 
 
 def _heard(client: OnceClient) -> bool:

@@ -440,10 +440,11 @@ class Writer:
         return True
 
     def _end_message(self) -> None:
-        """End a message whose last frames could not be sent with an empty frame (its peer takes it for
-        garbage and drops it), best effort."""
+        """End a message whose last frames could not be sent, best effort, with the answer to request 0 that
+        every client's reader ignores (what ``WriterCore.reach`` sends): an empty frame raised
+        ProtocolError in the call, or the snapshot load, that read it."""
         with contextlib.suppress(zmq.ZMQError):
-            self.router.send(b"", _NOW)
+            self.router.send(p.ok_bytes(0, self.core.epoch, self.core.seq, None, None), _NOW)
 
 
 OPEN_FILES_WANTED = 65536  # the soft limit on open files a writer of its own raises itself to, if allowed
