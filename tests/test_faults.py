@@ -64,8 +64,15 @@ def cli_serve(*args: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM a writer we started and return its stderr; one that does not stop within 10 s is killed (and
+    the test fails), never left running (two hung writers outlived their test that way)."""
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"the writer did not stop within 10 s of SIGTERM; its stderr: {err[-2000:]}") from None
     return err
 
 
