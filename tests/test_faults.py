@@ -272,7 +272,9 @@ def test_a_crash_before_a_compaction_ended_replays_the_old_log_and_the_one_it_be
     d = _log.DataDir(str(data))  # the next start appends to the newest log; its compaction ends it all
     d.load(p.unpack)
     d.append(_change(3))
-    d.compact(p.pack, {"t": {"global": [freeze({"id": f"r{n}", "n": n, "created": 1}) for n in (1, 2, 3)]}})
+    compaction = d.begin_compaction(p.pack, {"t": {"global": [freeze({"id": f"r{n}", "n": n, "created": 1}) for n in (1, 2, 3)]}})
+    while not compaction.step():
+        pass
     d.close()
     assert _replayed(data) == ([1, 2, 3], [], ["lock", "log.2", "snapshot"])
 

@@ -43,6 +43,7 @@ class AsyncClient:
         self.heartbeat_timeout = client.heartbeat_timeout
         self.url = client.url
         self.timeout = client.timeout
+        self._heard_again = client._heard_again
         self.keys = Once()
 
     async def _write(self, request: p.Request) -> p.Ok:

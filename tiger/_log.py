@@ -288,13 +288,6 @@ class DataDir:
         with contextlib.suppress(OSError):  # (removed later, at the next start, if not now)
             self._remove_stale()
 
-    def compact(self, pack: Callable[[Any], bytes], content: dict[str, dict[str, list[Any]]]) -> int:
-        """``begin_compaction`` and every step of it at once; returns the snapshot's size in bytes."""
-        compaction = self.begin_compaction(pack, content)
-        while not compaction.step():
-            pass
-        return compaction.size
-
     def close(self) -> None:
         if self.compaction is not None:
             self.compaction.abandon()

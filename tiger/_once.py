@@ -75,7 +75,6 @@ _SUPERSEDED = object()
 _REENTERED = (
     "once {key!r} was called again from inside its own factory: it would wait for itself; build what it needs under another key"
 )
-RETRY_PAUSE = 0.5  # seconds between two tries of a claim or a delivery the writer did not take
 _T = TypeVar("_T")
 
 FactoryGenerator: TypeAlias = "Generator[Any, None, None] | AsyncGenerator[Any, None]"  # its teardown is the rest after its yield
@@ -155,6 +154,9 @@ class OnceClient(Protocol):
     def url(self) -> str: ...  # the writer's
     @property
     def timeout(self) -> float: ...  # seconds: a call's default deadline
+    def _heard_again(
+        self, unavailable: Unavailable, deadline: float
+    ) -> tuple[Callable[[], bool], float, Callable[[], str]]: ...  # the wait before a call is made again
 
 
 class BlockingOnceClient(OnceClient, Protocol):
@@ -465,26 +467,12 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
             reply: p.Ok = yield Write(request())
             return reply
         except Unavailable as unavailable:
-            now = time.monotonic()
             if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
-                limit = now + client.timeout
-            # a writer that is gone (nothing accepts at its url: killed, stopped for good) is not waited for;
-            # a paused or busy one still accepts connections (its kernel does)
-            if now >= limit or recently_refused(client.url) is not None:
+                limit = time.monotonic() + client.timeout
+            with contextlib.suppress(Timeout):  # (as ``Client.sync`` waits: past the limit, or gone, it raises)
+                yield Until(*client._heard_again(unavailable, limit))
+            if time.monotonic() >= limit:
                 raise
-            # then at least RETRY_PAUSE, and until it is heard again (at most a second: the url is probed
-            # again): a failure that comes at once from a writer still heard (a call refused as expired, a
-            # clock stepped forward) must not make a loop of calls and probes
-            retry_at = now + RETRY_PAUSE
-            try:
-                yield Until(
-                    lambda retry_at=retry_at: time.monotonic() >= retry_at and _heard(client),  # type: ignore[misc]
-                    min(limit, now + 1.0),
-                    lambda unavailable=unavailable: str(unavailable),  # type: ignore[misc]
-                )
-            except Timeout:
-                if time.monotonic() >= limit:
-                    raise unavailable from None
 
 
 def _wait_for_builder(
