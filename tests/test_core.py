@@ -1011,6 +1011,19 @@ def test_stats_of_one_seq_share_one_checksum_and_a_caller_that_gave_up_is_droppe
     assert not rig.core.pending_work
 
 
+def test_answers_given_after_their_group_are_kept_within_the_answers_kept_per_client():
+    """A Stats (or Compact) call is answered after its group, and that answer was kept for a resend with no
+    bound: a long-lived client asking stats() in a loop grew the writer's memory by one answer per call."""
+    rig = Rig()
+    rig.call(ALICE, insert(1))
+    for req_id in range(2, 3 * ANSWERS_KEPT):
+        answer = rig.call(ALICE, p.Stats(req_id), steps=100)
+        assert type(answer) is p.Ok and answer.req_id == req_id
+    kept = rig.core.answered[ALICE]
+    assert len(kept) == ANSWERS_KEPT and max(kept) == 3 * ANSWERS_KEPT - 1  # the newest, as for any call
+    assert rig.call(ALICE, p.Stats(3 * ANSWERS_KEPT - 1)).req_id == 3 * ANSWERS_KEPT - 1  # a resend: its kept answer
+
+
 def test_an_error_that_says_nothing_is_answered_with_a_message(monkeypatch):
     """A user trial (the writer under ``ulimit -v``): MemoryError() reached the client as TigerError('')."""
 

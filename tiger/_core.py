@@ -373,14 +373,20 @@ class WriterCore:
         if reply is None:
             return
         if call is not None and req_id is not None and type(call.request) is not p.Sync:  # a sync may just run again
-            answered = self.answered.setdefault(call.client_id, {})
-            answered[req_id] = kept or reply  # (without ``before``: a resend's caller has had those changes since)
+            self._keep_answer(call.client_id, req_id, kept or reply)  # (without ``before``: see ``_missed``)
             self._group_answers.append((call.client_id, req_id))
-            if len(answered) > ANSWERS_KEPT:  # the oldest goes (one held for its group stays: see _hold)
-                oldest = next((r for r, a in answered.items() if a != _HELD), None)
-                if oldest is not None:
-                    del answered[oldest]
         self.outbox.replies.append([*envelope, reply])
+
+    def _keep_answer(self, client_id: str, req_id: int, answer: bytes) -> None:
+        """Keep a call's answer for a resend of it: the last ``ANSWERS_KEPT`` of each client, the oldest
+        going first (one held for its group stays: see ``_hold``)."""
+        answered = self.answered.setdefault(client_id, {})
+        answered[req_id] = answer
+        while len(answered) > ANSWERS_KEPT:
+            oldest = next((r for r, a in answered.items() if a != _HELD), None)
+            if oldest is None:
+                break
+            del answered[oldest]
 
     def commit(self, now: float) -> None:
         """End a group of requests: make what they appended durable (``--fsync always``) before any of
@@ -745,7 +751,7 @@ class WriterCore:
         assert type(answer) is bytes
         key = waiter.key
         if type(key) is _CallKey and (key.client_id in self.clients or key.client_id in self.answered):
-            self.answered.setdefault(key.client_id, {})[key.req_id] = answer
+            self._keep_answer(key.client_id, key.req_id, answer)
         self.outbox.replies.append([*waiter.envelope, answer])
 
     def stats(self, now: float, checksum: bool = True) -> dict[str, Any]:
