@@ -105,6 +105,17 @@ def test_once_in_one_process_builds_once_and_returns_the_stored_value(tiger_clie
         first["token"] = "x"
 
 
+def test_a_client_keeps_no_lock_for_each_once_key_it_ever_asked_for(connect):
+    """Each key's lock stayed in the client for good: a long run whose tests each ask for keys of their own
+    namespace grew every worker's memory by a lock per key."""
+    client = connect()
+    keys = [unique(f"lock-{i}") for i in range(50)]
+    for key in keys:
+        assert client.once(key, lambda key=key: key) == key
+    assert client.once(keys[0], lambda: "again") == keys[0]  # asked again: the value stored
+    assert len(client._once._locks) == 0
+
+
 def test_once_from_threads_and_clients_builds_once(connect):
     clients = [connect(), connect(), connect()]
     calls = []

@@ -152,6 +152,19 @@ def test_a_coroutine_factory_is_awaited_and_built_once_for_every_task_and_client
     assert connect().once(key, lambda: "other") == {"n": 1}  # a blocking client gets the same
 
 
+def test_an_async_client_keeps_no_lock_for_each_once_key_it_ever_asked_for(aconnect):
+    """The async driver's per-key locks, as the blocking one's: one kept per key ever asked for, for good."""
+    client = aconnect()
+
+    async def main() -> None:
+        for i in range(50):
+            assert await client.once(unique(f"alock-{i}"), lambda i=i: i) == i
+        loop = asyncio.get_running_loop()
+        assert len(client.keys._async_locks[loop]) == 0
+
+    asyncio.run(main())
+
+
 def test_an_async_generator_factory_is_set_up_and_torn_down_in_the_keys_namespace(aconnect, ns):
     client = aconnect()
     key, scope = unique("agen"), unique("scope")

@@ -187,13 +187,15 @@ class Once:
     """One client's once keys: builds in progress, values whose delivery failed, teardowns to run."""
 
     def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        # a key's lock lives while a caller of this client uses it (weakly held: one per key ever asked for,
+        # kept for good, grew with every namespace's keys of a long run)
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], threading.Lock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
         # (scope, key) -> (thread ident, task id or None) of the caller building or waiting for it in this client
         self._holders: dict[tuple[str, str], tuple[int, int | None]] = {}
-        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._async_locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
         self._teardowns: dict[tuple[str, str], tuple[FactoryGenerator, bool]] = {}
@@ -293,7 +295,7 @@ class Once:
 
         loop = running_loop()
         with self._locks_guard:
-            locks = self._async_locks.setdefault(loop, {})
+            locks = self._async_locks.setdefault(loop, weakref.WeakValueDictionary())
             lock = locks.get((scope, key))
             if lock is None:
                 lock = locks[scope, key] = asyncio.Lock()
