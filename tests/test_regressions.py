@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -673,3 +674,18 @@ def test_a_once_waiter_with_no_timeout_whose_writer_is_killed_during_the_build_r
         builder.close()
         waiter.close()
         server.stop()
+
+
+def test_a_writer_starts_where_the_temporary_directory_has_a_space_in_its_path(tmp_path, monkeypatch):
+    """A user trial: with TMPDIR holding a space, tiger.serve() (and so every pytest run using the plugin)
+    failed with "url must be tcp://HOST:PORT or ipc://PATH, got 'tmp/tiger-...'": the writer's 'serving at
+    URL' line was cut at the last space."""
+    spaced = tmp_path / "my tmp"
+    spaced.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spaced))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # (tempfile caches the directory it found first)
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        assert server.url.startswith(f"ipc://{spaced}/")
+        assert client.table("t").insert({"id": "t_1"})["id"] == "t_1"
+    with tiger.serve(f"ipc://{spaced}/w x") as server:
+        assert server.url == f"ipc://{spaced}/w x"

@@ -212,7 +212,9 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) ->
                 code = process.wait()
                 raise TigerError(f"the tiger writer for {url} exited with code {code} before it was ready (its log is above)")
             line += chunk
-    return line.decode().strip().rsplit(" ", 1)[-1]
+    # the whole rest of the line: an ipc path may hold spaces (a TMPDIR with one cut the url at it, and every
+    # writer tiger.serve() and the pytest plugin started there was refused)
+    return line.decode().rstrip("\r\n").partition("serving at ")[2]
 
 
 def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
