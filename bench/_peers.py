@@ -76,6 +76,7 @@ class Subject:
         self.tmp = tmp
         self.children = Children()
         self.spec: dict[str, Any] = {}
+        self.server_pid: int | None = None  # the process serving the clients, where one does (its CPU is measured)
 
     def setup(self) -> None:
         pass
@@ -143,6 +144,7 @@ class Tiger(Subject):
             self.server = tiger.serve(data=self.tmp / "data", fsync=self.fsync)
             durability = f"; --data DIR on {filesystem_of(self.tmp)} --fsync {self.fsync}"
         self.spec = {"url": self.server.url}
+        self.server_pid = self.server.pid
         self.label = f"tiger {_dist_version('tiger')} (replica read; insert over {self.server.url.split(':')[0]}{durability})"
 
     def teardown(self) -> None:
@@ -275,6 +277,7 @@ class ZmqEcho(Subject):
             raise Unavailable(f"pyzmq not importable: {e}") from None
         url = self._endpoint("echo")
         proc = self.children.worker("echo", url)
+        self.server_pid = proc.pid
         ready = receive(proc, 20.0)
         self.spec = {"url": ready["url"]}
         self.label = f"raw pyzmq REQ/REP round trip over {self.transport}, same payload, echo peer in its own process"
@@ -400,6 +403,7 @@ class ZmqFanoutEcho(ZmqEcho):
             raise Unavailable(f"pyzmq not importable: {e}") from None
         url, pub_url = self._endpoint("fanout"), self._endpoint("fanout-pub")
         proc = self.children.worker("fanout_echo", url, pub_url)
+        self.server_pid = proc.pid
         ready = receive(proc, 20.0)
         self.spec = {"url": ready["url"], "pub_url": ready["pub_url"]}
         self.label = (

@@ -148,6 +148,7 @@ def writer(kind: str, spec_json: str, index: str) -> None:
     duration = _order()["go"]
     n = 0
     clock = time.perf_counter
+    cpu = time.process_time()  # this process's CPU (every thread: a tiger client's replica thread too)
     t0 = clock()
     end = t0 + duration
     now = t0
@@ -159,7 +160,7 @@ def writer(kind: str, spec_json: str, index: str) -> None:
                 now = clock()
                 if now >= end:
                     break
-    _say({"writes": n, "seconds": now - t0})
+    _say({"writes": n, "seconds": now - t0, "cpu_s": time.process_time() - cpu})
     client.close()
     _order()
 

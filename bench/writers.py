@@ -54,7 +54,10 @@ def run(ctx: Context) -> Result:
         "while a thread in every client process SUBscribes to everything and msgpack-decodes every frame (every "
         "write reaches every client process, as with tiger's replicas); and just before each 'tiger --fsync always' run, "
         "appends + fsyncs of 300 bytes by this process in the same filesystem ('append + fsync': the disk as it is "
-        "then, the rate of a writer that fsyncs every write alone).",
+        "then, the rate of a writer that fsyncs every write alone). CPU per write (tiger and the floors, with psutil): "
+        "the CPU time (user + system, every thread) of the serving process over the run (psutil) and of each writing "
+        "process over its writes (time.process_time), divided by the writes; the CPU ceiling is the writes/s the "
+        "machine's cores allow at that CPU per write.",
         params={"processes": counts, "duration_s": duration, "fsync": list(FSYNCS)},
     )
     res.skip(
@@ -79,8 +82,10 @@ def run(ctx: Context) -> Result:
                         fsyncs = _fsync_floor(subject.tmp)
                         res.row(case, FSYNC_FLOOR, "floor", "writes/s", fsyncs, better=HIGHER, label=FSYNC_LABEL)
                     with step(NAME, f"{name}: {n} writer process{'es' if n > 1 else ''}"):
-                        rate, per = _writers(KIND_OF[cls], subject.spec, n, duration)
-                    res.row(case, name, cls.role, "writes/s", {"median": rate}, better=HIGHER, label=label, per_process=per)
+                        rate, per, cpu = _writers(KIND_OF[cls], subject.spec, n, duration, subject.server_pid)
+                    res.row(
+                        case, name, cls.role, "writes/s", {"median": rate}, better=HIGHER, label=label, per_process=per, **cpu
+                    )
         except Exception as e:
             skip_failed(cls, res, e)
     res.series["writes_per_s"] = {
@@ -94,6 +99,9 @@ def run(ctx: Context) -> Result:
                 f"{ZmqFanoutEcho.name} (the transport alone): {a} processes write {fan[str(a)] / fan[str(b)]:.2f}x "
                 f"what {'one does' if b == 1 else f'{b} do'}."
             )
+    for subject in (Tiger.name, ZmqFanoutEcho.name):
+        if any(r["subject"] == subject and "cpu_us_per_write" in r for r in res.rows):
+            res.notes.append(_cpu_note(res, subject, counts))
     one = res.find("1 writer", Tiger.name)
     top = res.find(f"{counts[-1]} writers", Tiger.name)
     if one and top:
@@ -116,6 +124,13 @@ def _targets(res: Result, counts: list[int]) -> None:
             what = "one" if few == 1 else f"the {few}-process figure"
             x, y = floor.get(str(many)), floor.get(str(few))
             beside = f"; {ZmqFanoutEcho.name} (floor): {x / y:.2f}x ({x:,.0f} vs {y:,.0f})" if x and y else ""
+            row, first = res.find(f"{many} writers", name), res.find("1 writer", name)
+            if row and first and row.get("cpu_ceiling") and fsync == "never":
+                beside += (
+                    f"; CPU per write at {many} processes {row['cpu_us_per_write']['total']:.0f} us (at 1: "
+                    f"{first['cpu_us_per_write']['total']:.0f}): {CORES} cores allow {row['cpu_ceiling']:,.0f} writes/s, "
+                    f"{row['cpu_ceiling'] / first['median']:.2f}x one process"
+                )
             res.target(
                 f"--fsync {fsync}: {many} processes write at least {factor:g}x {what}",
                 a / b if a and b else None,
@@ -160,12 +175,67 @@ def _fsync_floor(directory: Path, budget: float = 0.3, most: int = 200) -> dict[
     return {"median": len(seconds) / sum(seconds), "fsync_ms": summary([1000 * t for t in seconds])}
 
 
-def _writers(kind: str, spec: dict[str, object], n: int, duration: float) -> tuple[float, list[float]]:
+CORES = os.cpu_count() or 1
+
+
+def _writers(
+    kind: str, spec: dict[str, object], n: int, duration: float, server_pid: int | None
+) -> tuple[float, list[float], dict[str, Any]]:
+    """(aggregate writes/s, each process's writes/s, CPU figures): ``cpu_us_per_write`` (us of CPU per write:
+    the serving process's (``server``), the writing processes' (``clients``: their every thread, a tiger
+    client's replica thread applying the others' writes included) and ``total``) and ``cpu_ceiling`` (writes/s
+    that ``CORES`` cores allow at that CPU per write), when the server's CPU can be read (psutil)."""
+    server = _process(server_pid)
     with Children() as children:
         procs = [children.worker("writer", kind, json.dumps(spec), str(i)) for i in range(n)]
         receive_all(procs, 120.0)
+        before = _cpu_seconds(server)
         for proc in procs:
             send(proc, {"go": duration})
         reports = receive_all(procs, duration + 120.0)
+        after = _cpu_seconds(server)
     per = [r["writes"] / r["seconds"] for r in reports]
-    return sum(per), per
+    writes = sum(r["writes"] for r in reports)
+    if before is None or after is None or not writes:
+        return sum(per), per, {}
+    served, clients = 1e6 * (after - before) / writes, 1e6 * sum(r["cpu_s"] for r in reports) / writes
+    total = served + clients
+    cpu = {"cpu_us_per_write": {"server": served, "clients": clients, "total": total}, "cpu_ceiling": CORES * 1e6 / total}
+    return sum(per), per, cpu
+
+
+def _process(pid: int | None) -> Any:
+    """A psutil.Process for ``pid`` (None without one, or without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return None if pid is None else psutil.Process(pid)
+
+
+def _cpu_seconds(process: Any) -> float | None:
+    """CPU seconds (user + system, every thread) a process has used so far; None if it cannot be read."""
+    if process is None:
+        return None
+    try:
+        times = process.cpu_times()
+    except Exception:  # (psutil.Error: the process is gone)
+        return None
+    return float(times.user + times.system)
+
+
+def _cpu_note(res: Result, subject: str, counts: list[int]) -> str:
+    """How the CPU per write moves with the number of writing processes, and the ceiling it sets."""
+    parts = []
+    for n in counts:
+        row = res.find(f"{n} writer{'s' if n > 1 else ''}", subject)
+        if row and "cpu_us_per_write" in row:
+            cpu = row["cpu_us_per_write"]
+            parts.append(
+                f"{n}: {cpu['total']:.0f} us ({cpu['server']:.0f} serving, {cpu['clients']:.0f} writing processes; "
+                f"ceiling {row['cpu_ceiling']:,.0f}/s)"
+            )
+    return (
+        f"{subject}: CPU per write by writing processes (the serving process's and the writing processes' CPU "
+        f"over the run / writes; ceiling: the writes/s {CORES} cores allow at that CPU per write): {'; '.join(parts)}."
+    )

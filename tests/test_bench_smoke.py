@@ -6,11 +6,14 @@ so this passes with tiger's runtime and test dependencies alone.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = {"Manager().dict()", "redis", "diskcache", "sqlite3 WAL", "UltraDict"}
@@ -137,6 +140,13 @@ def test_quick_writers_runs_tiger_with_each_fsync_policy(tmp_path: Path) -> None
     assert len(targets) == 5  # 4 >= 2x 1 and 8 >= 4 for each policy; 8 >= 4x 1 with always
     assert all(t["met"] is None for t in targets)  # --quick stops at 2 processes: not measured, and said so
     assert "| tiger --fsync always |" in proc.stdout  # the scaling table
+    if importlib.util.find_spec("psutil") is not None:  # (the bench extra's): the CPU each write costs, by role
+        for subject in ("tiger", fanout):
+            for row in (r for r in data["rows"] if r["subject"] == subject):
+                cpu = row["cpu_us_per_write"]
+                assert cpu["server"] > 0 and cpu["clients"] > 0 and cpu["total"] == cpu["server"] + cpu["clients"]
+                assert row["cpu_ceiling"] == pytest.approx(os.cpu_count() * 1e6 / cpu["total"])
+            assert any(n.startswith(f"{subject}: CPU per write") for n in data["notes"])
 
 
 def test_quick_batch_runs_single_calls_and_batches_of_each_size(tmp_path: Path) -> None:
