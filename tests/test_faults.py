@@ -706,27 +706,36 @@ def test_a_write_far_ahead_of_a_paused_replica_reloads_it_instead_of_replaying_t
     changes in its SUB queue, and its first write waited for the replica to replay every one of them:
     it raised Timeout after 5 s although it was applied (a user trial, 150k to 315k changes with a feed
     open: 5 of 5). A replica that far behind an answer reloads a snapshot instead: here 10,000 changes
-    behind a store of about as many records (the threshold, 10,000 changes, is lowered in the process)."""
-    with tiger.serve() as server, tiger.connect(server.url) as other:
-        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
-        paused = subprocess.Popen([sys.executable, "-c", PAUSED, server.url], **pipes)  # type: ignore[call-overload]
-        try:
-            assert read_line(paused, 30).strip() == "ready"
-            os.kill(paused.pid, signal.SIGSTOP)
+    behind a store of about as many records (the threshold, 10,000 changes, is lowered in the process).
+    On resuming, the replica thread races the write's answer through the backlog: once in a while (seen
+    in CI, 1 run in about 8) it has replayed nearly all of it first, and nothing is far behind; so the
+    scenario is tried up to 3 times, and one of them must reload. Every one must hold every record."""
+    reloads = []
+    for _attempt in range(3):
+        with tiger.serve() as server, tiger.connect(server.url) as other:
+            pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+            paused = subprocess.Popen([sys.executable, "-c", PAUSED, server.url], **pipes)  # type: ignore[call-overload]
             try:
-                for i in range(10_000):
-                    other.table("t").insert({"id": f"r{i}"})
-                paused.stdin.write("go\n")  # type: ignore[union-attr]
-                paused.stdin.flush()  # type: ignore[union-attr]
+                assert read_line(paused, 30).strip() == "ready"
+                os.kill(paused.pid, signal.SIGSTOP)
+                try:
+                    for i in range(10_000):
+                        other.table("t").insert({"id": f"r{i}"})
+                    paused.stdin.write("go\n")  # type: ignore[union-attr]
+                    paused.stdin.flush()  # type: ignore[union-attr]
+                finally:
+                    os.kill(paused.pid, signal.SIGCONT)  # its write goes at once, its replica 10,000 changes behind
+                resyncs, count = read_line(paused, 30).split()
+                assert int(count) == 10_001  # nothing missing
+                assert paused.wait(30) == 0
+                reloads.append(int(resyncs))
             finally:
-                os.kill(paused.pid, signal.SIGCONT)  # its write goes at once, its replica 10,000 changes behind
-            resyncs, count = read_line(paused, 30).split()
-            assert (int(resyncs), int(count)) == (1, 10_001)  # reloaded, not replayed; nothing missing
-            assert paused.wait(30) == 0
-        finally:
-            if paused.poll() is None:
-                paused.kill()
-            paused.communicate(timeout=10)
+                if paused.poll() is None:
+                    paused.kill()
+                paused.communicate(timeout=10)
+        if reloads[-1] == 1:
+            break
+    assert reloads[-1] == 1, f"a snapshot reload in none of {len(reloads)} tries: {reloads}"  # reloaded, not replayed
 
 
 # -- stuck readers -----------------------------------------------------------------------------------
