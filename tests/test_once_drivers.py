@@ -46,9 +46,12 @@ class AsyncClient:
         self._heard_again = client._heard_again
         self.keys = Once()
 
-    async def _write(self, request: p.Request) -> p.Ok:
+    async def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok:
         await asyncio.sleep(0)  # a write suspends its caller, as over a socket
-        return self.blocking._write(request)
+        return self.blocking._write(request, deadline)
+
+    def _write_later(self, request: p.Request) -> asyncio.Future[p.Ok]:
+        return asyncio.ensure_future(self._write(request))
 
     async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
         while True:
@@ -324,10 +327,10 @@ class FailingDelivery(AsyncClient):
 
     failing = True
 
-    async def _write(self, request: p.Request) -> p.Ok:
+    async def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok:
         if type(request) is p.OnceFinish and request.outcome == "value" and self.failing:
             raise tiger.Unavailable("the writer did not answer")
-        return await super()._write(request)
+        return await super()._write(request, deadline)
 
 
 def test_a_value_whose_delivery_failed_is_sent_again_without_rebuilding(connect):
@@ -355,8 +358,8 @@ class CancelledAfterClaim(AsyncClient):
 
     cancelled = False
 
-    async def _write(self, request: p.Request) -> p.Ok:
-        reply = await super()._write(request)
+    async def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok:
+        reply = await super()._write(request, deadline)
         if type(request) is p.OnceClaim and not self.cancelled:
             self.cancelled = True
             raise asyncio.CancelledError
@@ -469,10 +472,10 @@ def test_a_value_torn_down_after_its_delivery_failed_is_not_served_again(connect
     real = a._write
     failing = [True]
 
-    def deliveries_lost(request: Any) -> Any:
+    def deliveries_lost(request: Any, deadline: float | None = None) -> Any:
         if type(request) is p.OnceFinish and request.outcome == "resource" and failing:
             raise tiger.Unavailable("the tiger writer did not answer within 5s")
-        return real(request)
+        return real(request, deadline)
 
     a._write = deliveries_lost  # type: ignore[method-assign]
     with pytest.raises(tiger.Unavailable):
@@ -490,8 +493,8 @@ def test_a_claim_whose_answer_raised_is_released_for_the_other_callers(connect_o
     a, b = connect_own(), connect_own()
     real = a._write
 
-    def slow_replica(request: Any) -> Any:
-        answer = real(request)
+    def slow_replica(request: Any, deadline: float | None = None) -> Any:
+        answer = real(request, deadline)
         if type(request) is p.OnceClaim:
             raise tiger.Timeout(f"the local replica did not reach seq {answer.seq}")
         return answer
@@ -556,11 +559,11 @@ def test_a_delivery_refused_at_once_by_a_writer_still_heard_is_not_tried_in_a_lo
     client = connect(timeout=1.0)
     real, tries = client._write, []
 
-    def refused(request: Any) -> Any:
+    def refused(request: Any, deadline: float | None = None) -> Any:
         if type(request) is p.OnceFinish and request.outcome == "value":
             tries.append(time.monotonic())
             raise tiger.Unavailable("the call arrived after its deadline")
-        return real(request)
+        return real(request, deadline)
 
     client._write = refused  # type: ignore[method-assign]
     with pytest.raises(tiger.Unavailable):

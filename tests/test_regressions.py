@@ -689,3 +689,116 @@ def test_a_writer_starts_where_the_temporary_directory_has_a_space_in_its_path(t
         assert client.table("t").insert({"id": "t_1"})["id"] == "t_1"
     with tiger.serve(f"ipc://{spaced}/w x") as server:
         assert server.url == f"ipc://{spaced}/w x"
+
+
+def test_a_once_build_cancelled_while_the_writer_is_paused_ends_at_once_and_releases_the_key_after():
+    # A user trial cancelled ``await client.once(...)`` (asyncio.wait_for) while the writer was paused: the
+    # cancellation waited the client's whole timeout for the release of the key. The release now goes on in a
+    # task of the client's, and reaches the writer when it resumes: another caller then builds the key.
+    import asyncio
+
+    import tiger.aio
+
+    with tiger.serve() as server, tiger.connect(server.url, timeout=10) as other:
+        key = f"cancelled-paused-{uuid.uuid4().hex[:8]}"
+
+        async def main() -> None:
+            client = await tiger.aio.connect(server.url, timeout=10, heartbeat_timeout=10)
+            started = asyncio.Event()
+
+            async def forever() -> None:
+                started.set()
+                await asyncio.Event().wait()
+
+            build = asyncio.create_task(client.once(key, forever))
+            await asyncio.wait_for(started.wait(), 10)
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                _wait_stopped(server.pid)
+                cancelled_at = time.monotonic()
+                build.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await build
+                took = time.monotonic() - cancelled_at
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert took < 3, f"the cancellation took {took:.1f}s (the client's timeout is 10 s)"
+            await client.sync()
+            assert once_record(client, "global", key) is None  # released once the writer resumed
+            await client.close()
+
+        asyncio.run(main())
+        assert other.once(key, lambda: "other", timeout=10) == "other"
+
+
+CTRL_C_IN_ONCE = """
+import os, signal, sys, threading, time, tiger
+client = tiger.connect(sys.argv[1], timeout=10, heartbeat_timeout=10)
+print("ready", flush=True)
+sys.stdin.readline()  # the writer is paused now
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C, the claim sent and unanswered
+started = time.monotonic()
+try:
+    client.once("k", lambda: 1)
+except KeyboardInterrupt:
+    print(f"interrupted {time.monotonic() - started:.2f}", flush=True)
+"""
+
+
+def test_a_once_claim_interrupted_by_ctrl_c_while_the_writer_is_paused_raises_at_once():
+    # The blocking side of the same trial: Ctrl-C in a once whose claim a paused writer had not answered
+    # waited the client's whole timeout (10 s here) for the release; it waits RELEASE_WAIT (0.5 s) now.
+    with tiger.serve() as server:
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+        child = subprocess.Popen([sys.executable, "-c", CTRL_C_IN_ONCE, server.url], **pipes)  # type: ignore[call-overload]
+        try:
+            assert read_line(child, 30).strip() == "ready"
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                _wait_stopped(server.pid)
+                child.stdin.write("go\n")  # type: ignore[union-attr]
+                child.stdin.flush()  # type: ignore[union-attr]
+                line = read_line(child, 30).split()
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert line[0] == "interrupted" and float(line[1]) < 3, line  # 0.3 s to the Ctrl-C, then the release
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("driver", ["blocking", "async"])
+def test_a_once_timeout_is_kept_when_the_writer_is_paused(driver):
+    # A user trial: once(key, f, timeout=1) on a paused writer raised after the client's timeout (3 s), not
+    # 1 s: the claim was sent with the client's deadline, and the caller's bound was kept only while waiting
+    # for another builder. Each try of a claim or a delivery now ends by the caller's deadline.
+    import asyncio
+
+    import tiger.aio
+
+    with tiger.serve() as server:
+
+        async def call_async() -> None:
+            async with await tiger.aio.connect(server.url, timeout=10, heartbeat_timeout=10) as client:
+                os.kill(server.pid, signal.SIGSTOP)
+                try:
+                    _wait_stopped(server.pid)
+                    await client.once("k", lambda: 1, timeout=1)
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)
+
+        def call() -> None:
+            with tiger.connect(server.url, timeout=10, heartbeat_timeout=10) as client:
+                os.kill(server.pid, signal.SIGSTOP)
+                try:
+                    _wait_stopped(server.pid)
+                    client.once("k", lambda: 1, timeout=1)
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)
+
+        started = time.monotonic()
+        with pytest.raises((tiger.Timeout, tiger.Unavailable)):
+            call() if driver == "blocking" else asyncio.run(call_async())
+        took = time.monotonic() - started
+        assert took < 4, f"once(timeout=1) raised after {took:.1f}s (the client's timeout is 10 s)"

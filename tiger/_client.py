@@ -695,13 +695,15 @@ class Client(_Connection):
         old, self._socket = self._socket, fresh
         old.close(linger=0)
 
-    def _write(self, request: p.Request) -> p.Ok:
-        """A write: returns once the local replica holds its change (read-your-writes).
+    def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok:
+        """A write: returns once the local replica holds its change (read-your-writes), by ``deadline``
+        (``time.monotonic()`` seconds; None: the client's timeout from now).
 
         The change is not published to this client's replica: it comes in the reply (its records
         decoded frozen), and ``catch_up`` applies it in seq order.
         """
-        deadline = time.monotonic() + self.timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         reply = self._request(request, deadline, own=True)
         self.replica.catch_up(reply, deadline, own=True)
         return reply

@@ -13,7 +13,7 @@ Theory of operation (sans-IO, h11's shape): the logic of a call is written once,
 frozen description of what it needs done, and is resumed with the effect's result, or has the
 effect's exception thrown in at that ``yield``:
 
-    Write(request)                      -> the writer's ``p.Ok``, its change in the replica
+    Write(request, deadline, waited)    -> the writer's ``p.Ok``, its change in the replica (not waited: None)
     Until(predicate, deadline, what)    -> None once ``predicate()`` holds; Timeout, Unavailable thrown in
     Build(factory, namespace)           -> (value, teardown or None); what the factory raised thrown in
     TearDown(key, teardown, namespace)  -> what the teardown raised, or None (never thrown in)
@@ -70,6 +70,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("tiger.client")
 
 MAX_ONCE_VALUE = p.MAX_RECORD - 4096  # the value travels in a record with the key's bookkeeping
+# seconds a caller waits for a release on the way out of a call that raised (cancelled, Ctrl-C, a timeout):
+# a paused writer held a cancellation for the client's whole timeout. Past it, the async client's release
+# goes on in a task; the blocking client's is given up, and the key stays claimed by this client until it
+# closes (its goodbye releases it) or falls silent, or until its next call of the key.
+RELEASE_WAIT = 0.5
 INTERRUPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)  # a build stopped from outside
 _SUPERSEDED = object()
 _REENTERED = (
@@ -85,10 +90,18 @@ FactoryGenerator: TypeAlias = "Generator[Any, None, None] | AsyncGenerator[Any, 
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """Send ``request`` to the writer. Result: its ``p.Ok`` answer, the change already in the replica
-    (read-your-writes). Thrown in: what the write raised (``Unavailable``, ``ValueError``, ...)."""
+    """Send ``request`` to the writer, within ``deadline`` (``time.monotonic()`` seconds; None: the
+    client's timeout). Result: its ``p.Ok`` answer, the change already in the replica (read-your-writes).
+    Thrown in: what the write raised (``Unavailable``, ``Timeout``, ``ValueError``, ...).
+
+    ``waited=False`` (a release on the way out of a call that raised): the caller waits for the answer
+    at most ``RELEASE_WAIT`` seconds, not the client's timeout (a paused writer held a cancellation or a
+    Ctrl-C that long: a user trial). The async driver sends it in a task of the client's, which goes on
+    after that; the blocking driver, with no other thread, gives it up then. Result: None."""
 
     request: p.Request
+    deadline: float | None = None
+    waited: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,20 +175,23 @@ class OnceClient(Protocol):
 class BlockingOnceClient(OnceClient, Protocol):
     """The blocking driver's client (``tiger.Client``); it waits with ``replica.wait_until``."""
 
-    def _write(self, request: p.Request) -> p.Ok: ...
+    def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok: ...
     def sync(self, timeout: float) -> None: ...
 
 
 class AsyncOnceClient(OnceClient, Protocol):
     """The async driver's client (``tiger.aio``'s): the same, awaited, never blocking the event loop.
 
-    ``_write(request)``: the writer's ``p.Ok``, its change in the replica (read-your-writes); raises
-    what ``Client._write`` raises. ``_until(predicate, deadline, what)``: returns once ``predicate()``
-    holds for the replica; raises ``Timeout(what())`` past ``deadline`` (``time.monotonic()`` seconds,
-    may be ``math.inf``), ``Unavailable`` if the replica stopped. ``sync(timeout)``: ``Client.sync``.
+    ``_write(request, deadline)``: the writer's ``p.Ok``, its change in the replica (read-your-writes);
+    raises what ``Client._write`` raises. ``_write_later(request)``: the same in a task of the client's,
+    returned, whose outcome is only logged if nobody awaits it. ``_until(predicate, deadline, what)``:
+    returns once ``predicate()`` holds for the replica; raises ``Timeout(what())`` past ``deadline``
+    (``time.monotonic()`` seconds, may be ``math.inf``), ``Unavailable`` if the replica stopped.
+    ``sync(timeout)``: ``Client.sync``.
     """
 
-    async def _write(self, request: p.Request) -> p.Ok: ...
+    async def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok: ...
+    def _write_later(self, request: p.Request) -> asyncio.Future[Any]: ...
     async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None: ...
     async def sync(self, timeout: float) -> None: ...
 
@@ -462,11 +478,14 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
     the writer is heard again (``Until``). A claim or a finish made again is safe: the writer hands a key
     back to the client building it, and says "superseded" to a second finish (the caller then finds its
     own value stored). A writer that is gone is not waited for: when nothing accepts connections at its
-    url (a paused process's kernel still does), or past that time, the last ``Unavailable`` is raised."""
+    url (a paused process's kernel still does), or past that time, the last ``Unavailable`` is raised.
+    Each try ends by ``deadline``: a call with a 1 s timeout raised after the client's 3 s when the
+    writer was paused (a user trial)."""
     limit = None if math.isinf(deadline) else deadline
     while True:
         try:
-            reply: p.Ok = yield Write(request())
+            tried = time.monotonic() + client.timeout
+            reply: p.Ok = yield Write(request(), None if limit is None or limit >= tried else limit)
             return reply
         except Unavailable as unavailable:
             if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
@@ -510,10 +529,12 @@ def _heard(client: OnceClient) -> bool:
 
 
 def _release(client: OnceClient, key: str, scope: str) -> Steps[None]:
-    """Give the key up, best effort: if the writer is gone, it forgets the claim when this client falls
-    silent. A client that does not hold the claim releases nothing."""
+    """Give the key up, best effort, on the way out of a call that raised: not waited for (``Write``'s
+    ``waited``), so that the caller's error or cancellation is not held up by a paused writer. If the
+    writer is gone, it forgets the claim when this client says goodbye or falls silent. A client that
+    does not hold the claim releases nothing."""
     with contextlib.suppress(TigerError):
-        yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", None, scope))
+        yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", None, scope), waited=False)
 
 
 # -- the drivers ----------------------------------------------------------------------------------
@@ -558,8 +579,11 @@ def _drive(client: BlockingOnceClient, steps: Steps[_T]) -> _T:
 def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
     __tracebackhide__ = True
     match effect:
-        case Write(request):
-            return client._write(request)
+        case Write(request, deadline, True):
+            return client._write(request, deadline)
+        case Write(request, _, False):  # no other thread to send it: a short wait, then on
+            client._write(request, time.monotonic() + min(client.timeout, RELEASE_WAIT))
+            return None
         case Until(predicate, deadline, what):
             client.replica.wait_until(predicate, deadline, what)
             return None
@@ -599,8 +623,13 @@ async def _drive_async(client: AsyncOnceClient, steps: Steps[_T]) -> _T:
 async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
     __tracebackhide__ = True
     match effect:
-        case Write(request):
-            return await client._write(request)
+        case Write(request, deadline, True):
+            return await client._write(request, deadline)
+        case Write(request, _, False):  # waited for a while, then left to its task
+            import asyncio
+
+            await asyncio.wait({client._write_later(request)}, timeout=min(client.timeout, RELEASE_WAIT))
+            return None
         case Until(predicate, deadline, what):
             await client._until(predicate, deadline, what)
             return None

@@ -93,7 +93,7 @@ class AsyncClient(_Connection):
         super().__init__(url, timeout, heartbeat_timeout, server_key)
         self._shared: Client | None = None  # the blocking client whose connection this one uses
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
-        self._late: set[asyncio.Task[None]] = set()  # tasks awaiting the answers of cancelled writes
+        self._late: set[asyncio.Task[Any]] = set()  # tasks awaiting the answers of cancelled writes, writes not waited for
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
         self._in_flight: set[int] = set()  # req_ids of the calls waiting for their answers, on any loop
         self._serving: dict[asyncio.AbstractEventLoop, int] = {}  # loops using the socket now -> how many calls
@@ -441,12 +441,29 @@ class AsyncClient(_Connection):
             except zmq.Again:  # (over 1000 of them) the rest are asked by the replica after their deadline
                 break
 
-    async def _write(self, request: p.Request) -> p.Ok:
-        """A write: returns once the local replica holds its change (read-your-writes)."""
-        deadline = time.monotonic() + self.timeout
+    async def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok:
+        """A write: returns once the local replica holds its change (read-your-writes), by ``deadline``
+        (``time.monotonic()`` seconds; None: the client's timeout from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         reply = await self._request(request, deadline, own=True)
         await self._caught_up(reply, deadline, own=True)
         return reply
+
+    def _write_later(self, request: p.Request) -> asyncio.Task[p.Ok]:
+        """``_write(request)`` in a task of this client's, returned; the caller may stop waiting for it (a
+        once release on the way out of a cancelled call): what it raises is then logged. A ``close()``
+        waits for it (as for any call in flight) before saying goodbye."""
+        task = running_loop().create_task(self._write(request))
+        self._late.add(task)
+
+        def done(task: asyncio.Task[p.Ok]) -> None:
+            self._late.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("a write not waited for (%s) raised: %r", type(request).__name__, task.exception())
+
+        task.add_done_callback(done)
+        return task
 
     async def _caught_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
         """``Replica.catch_up``, awaited."""
