@@ -552,6 +552,39 @@ def test_a_cancelled_async_close_raises_cancelled_error_not_a_teardowns_error(co
     asyncio.run(main())
 
 
+def test_a_cancelled_async_close_runs_no_other_teardown_and_keeps_their_keys(connect_own, caplog):
+    # A user trial cancelled an async close() during a slow teardown: every other teardown still ran and every
+    # key was retired, logging nothing, where the README says those not run are logged and their keys stay.
+    import tiger.aio
+
+    other = connect_own()
+    ran: list[str] = []
+
+    def factory(name: str, seconds: float) -> Any:
+        async def build() -> Any:
+            yield name
+            await asyncio.sleep(seconds)  # sleep-ok: a teardown's own work
+            ran.append(name)
+
+        return build
+
+    async def main() -> None:
+        client = await tiger.aio.connect(other.url)
+        assert await client.once("first", factory("first", 0)) == "first"
+        assert await client.once("slow", factory("slow", 30)) == "slow"  # newest: torn down first
+        closing = asyncio.get_running_loop().create_task(client.close())
+        await asyncio.sleep(0.2)  # sleep-ok: the close reaches the slow teardown
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+        assert closing.cancelled()
+
+    with caplog.at_level("WARNING", logger="tiger.client"):
+        asyncio.run(main())
+    assert ran == []  # "first" was not torn down after the cancellation
+    assert "once teardowns not run: ['first']" in caplog.text
+    assert other.once("first", lambda: "rebuilt") == "first"  # its key kept: the value still served
+
+
 def test_a_delivery_refused_at_once_by_a_writer_still_heard_is_not_tried_in_a_loop(connect):
     # A review: a writer that answered a delivery at once with Unavailable (a call refused as expired: a clock
     # stepped forward) while it was still heard made once send 19,651 deliveries and probe its url as often in

@@ -600,6 +600,42 @@ def test_a_teardown_that_raised_was_lost_or_shown_twice(pytester, mode):
     assert "INTERNALERROR" not in output
 
 
+SLOW_TEARDOWN = """
+import time
+
+def slow():
+    yield "slow"
+    time.sleep(60)  # sleep-ok: a teardown the run's timeout must stop
+
+def quick():
+    yield "quick"
+
+def test_uses(tiger_once):
+    assert tiger_once("quick", quick) == "quick"
+    assert tiger_once("slow", slow) == "slow"
+"""
+
+
+@XDIST_OR_NOT
+def test_a_teardown_past_the_teardown_timeout_held_a_run_without_xdist(pytester, mode):
+    # A user trial: with tiger_teardown_timeout = 1, a 30 s teardown held a run without xdist for 31 s (and one
+    # with -n 1 for about 6 s): the timeout bounded only the xdist controller's wait for its workers. Each
+    # builder now stops its own teardown at the timeout (SIGALRM, as pytest-timeout) and skips the rest.
+    pytester.makeini("[pytest]\ntiger_teardown_timeout = 1\n")
+    pytester.makepyfile(test_slow=SLOW_TEARDOWN)
+    started = time.monotonic()
+    result = run(pytester, *mode)
+    took = time.monotonic() - started
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    output = result.stdout.str() + result.stderr.str()
+    by = r"in (gw\d|main) \(pid \d+\)"
+    assert re.search(rf"teardown of once 'slow' {by} was stopped: still running past tiger_teardown_timeout \(1s\)", output)
+    assert re.search(rf"teardown of once 'quick' {by} did not run: past tiger_teardown_timeout \(1s\)", output)
+    assert "INTERNALERROR" not in output
+    assert took < 40, f"the run took {took:.0f}s; its teardown was 60 s"
+
+
 # -- 7. a builder that dies after building ---------------------------------------------------------
 
 BUILDER_DIES = """

@@ -16,7 +16,7 @@ effect's exception thrown in at that ``yield``:
     Write(request, deadline, waited)    -> the writer's ``p.Ok``, its change in the replica (not waited: None)
     Until(predicate, deadline, what)    -> None once ``predicate()`` holds; Timeout, Unavailable thrown in
     Build(factory, namespace)           -> (value, teardown or None); what the factory raised thrown in
-    TearDown(key, teardown, namespace)  -> what the teardown raised, or None (never thrown in)
+    TearDown(key, teardown, namespace, deadline)  -> what the teardown raised, or None (never thrown in)
     Sync(timeout)                       -> None once the replica holds every write answered before
 
 Two drivers run these generators and differ only in how they perform an effect: ``value`` and
@@ -128,11 +128,21 @@ class Build:
 @dataclass(frozen=True, slots=True)
 class TearDown:
     """Run the rest of a generator factory after its yield, in ``namespace`` (None: the caller's).
-    Result: what it raised (a ``RuntimeError`` if it yielded again), None if it finished. Never thrown."""
+    Result: what it raised (a ``RuntimeError`` if it yielded again), None if it finished. Never thrown.
+
+    Past ``deadline`` (``time.monotonic()`` seconds) the blocking driver stops it, in the main thread:
+    ``PastDeadline`` is raised in it by SIGALRM, as pytest-timeout's signal method stops a test (the
+    run's ``tiger_teardown_timeout``); it is then the result. The async driver does not stop one."""
 
     key: str
     teardown: FactoryGenerator
     namespace: str | None
+    deadline: float = math.inf
+
+
+class PastDeadline(BaseException):
+    """Raised in a teardown still running at its deadline (``TearDown``); a BaseException, as
+    KeyboardInterrupt is, so that the teardown's own ``except Exception`` does not take it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,19 +297,33 @@ class Once:
             if self._holders.get(key) == mine:
                 del self._holders[key]
 
-    def tear_down(self, client: BlockingOnceClient, wait: float) -> list[tuple[str, BaseException]]:
+    def tear_down(self, client: BlockingOnceClient, wait: float, until: float = math.inf) -> list[tuple[str, BaseException]]:
         """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys.
 
         ``wait`` (seconds, for all keys together): first wait for the other holders of each value. Returns
-        the (key, error) of each teardown that raised; raises ``Unavailable`` if the replica stopped."""
-        return _drive(client, self._tear_down(client, wait))
+        the (key, error) of each teardown that raised; raises ``Unavailable`` if the replica stopped.
+        ``until`` (``time.monotonic()`` seconds; the pytest plugin's ``tiger_teardown_timeout``): a
+        teardown running then is stopped (its error ``PastDeadline``, main thread only), and those not
+        begun by then are left (``not_torn_down``)."""
+        return _drive(client, self._tear_down(client, wait, until))
+
+    def not_torn_down(self) -> list[tuple[str, str]]:
+        """The (scope, key) of the teardowns not run yet, newest first."""
+        return list(reversed(self._teardowns))
+
+    def forget_teardowns(self) -> None:
+        """Drop the teardowns not run yet (a run's end gave up on them): ``close()`` will not run them."""
+        self._teardowns.clear()
 
     async def tear_down_async(self, client: AsyncOnceClient, wait: float) -> list[tuple[str, BaseException]]:
         """``tear_down`` for ``tiger.aio``: ``await once.tear_down_async(client, wait)``; async generator
         teardowns are awaited. A teardown that is cancelled counts as one that raised ``CancelledError``
-        (the others still run): the caller raises it again after, as ``Client.close`` raises the first
-        error it gets."""
-        return await _drive_async(client, self._tear_down(client, wait))
+        and ends the tear-down: the teardowns not run yet are left (``not_torn_down``), their keys kept,
+        and the caller raises it again after (a cancelled ``close()`` ran every other teardown and retired
+        every key, logging nothing: a user trial)."""
+        import asyncio
+
+        return await _drive_async(client, self._tear_down(client, wait, stop_on=(asyncio.CancelledError,)))
 
     def has_teardown(self, key: str, scope: str) -> bool:
         """Whether this client built ``key`` of ``scope`` with a generator factory whose teardown has not run yet."""
@@ -399,13 +423,15 @@ class Once:
         assert record is not None
         return _once_value(record)
 
-    def _tear_down(self, client: OnceClient, wait: float) -> Steps[list[tuple[str, BaseException]]]:
+    def _tear_down(
+        self, client: OnceClient, wait: float, until: float = math.inf, stop_on: tuple[type[BaseException], ...] = ()
+    ) -> Steps[list[tuple[str, BaseException]]]:
         errors: list[tuple[str, BaseException]] = []
         deadline = time.monotonic() + wait
         if wait > 0 and self._teardowns:
             with contextlib.suppress(TigerError):
                 yield Sync(wait)  # every holder the writer knows of is in this replica
-        while self._teardowns:
+        while self._teardowns and time.monotonic() < until:
             # the newest first; taken off only when it runs: a wait interrupted before (a cancelled close)
             # leaves it to run at the next tear-down
             (scope, key), (teardown, in_scope) = next(reversed(self._teardowns.items()))
@@ -421,9 +447,11 @@ class Once:
                     log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
             del self._teardowns[scope, key]
             self._built.pop((scope, key), None)  # torn down: never to be delivered later
-            error = yield TearDown(key, teardown, scope if in_scope else None)
+            error = yield TearDown(key, teardown, scope if in_scope else None, until)
             if error is not None:  # reported, and the other teardowns still run
                 errors.append((key, error))
+                if isinstance(error, stop_on):  # (cancelled) nothing more: no retire, no other teardown
+                    break
             with contextlib.suppress(TigerError):
                 yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope))
         return errors
@@ -595,10 +623,14 @@ def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
                         result.close()  # never awaited, and no warning saying so
                     raise _async_factory(factory, f"it returned a {type(result).__name__}")
                 return _first_value(result)
-        case TearDown(key, teardown, namespace):
-            if isinstance(teardown, AsyncGenerator):  # built by an async client sharing these keys (tiger_aclient)
-                return _finish_async_generator_here(key, teardown, namespace)
-            return _finish_generator(key, teardown, namespace)
+        case TearDown(key, teardown, namespace, deadline):
+            try:
+                with _stopped_at(deadline, key):
+                    if isinstance(teardown, AsyncGenerator):  # built by an async client sharing these keys (tiger_aclient)
+                        return _finish_async_generator_here(key, teardown, namespace)
+                    return _finish_generator(key, teardown, namespace)
+            except PastDeadline as stopped:  # (between the teardown's end and the timer's)
+                return stopped
         case Sync(timeout):
             client.sync(timeout)
             return None
@@ -644,7 +676,7 @@ async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
                 if inspect.isawaitable(result):
                     return await result, None
                 return _first_value(result)
-        case TearDown(key, teardown, namespace):
+        case TearDown(key, teardown, namespace, _):
             if isinstance(teardown, AsyncGenerator):
                 return await _finish_async_generator(key, teardown, namespace)
             return _finish_generator(key, teardown, namespace)
@@ -732,6 +764,37 @@ def _in_namespace(scope: str | None) -> AbstractContextManager[object]:
     from tiger._client import namespace  # here, not at the top: tiger._client imports this module
 
     return nullcontext() if scope is None else namespace(scope)
+
+
+@contextlib.contextmanager
+def _stopped_at(deadline: float, key: str) -> Iterator[None]:
+    """Raise ``PastDeadline`` in the code run inside, if it still runs at ``deadline``
+    (``time.monotonic()`` seconds): by SIGALRM (``signal.setitimer``), so in the main thread only, where
+    Python runs signal handlers; elsewhere, or with no deadline, nothing is stopped. The handler and
+    timer that were there before are put back (a timer left with what remains of it)."""
+    import signal
+
+    if math.isinf(deadline) or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    inside = [True]  # the alarm raises only inside: never in the few instructions after the code ended
+
+    def stop(signum: int, frame: object) -> None:
+        if inside[0]:
+            inside[0] = False
+            raise PastDeadline(f"the teardown of once {key!r} was still running at its deadline")
+
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, stop)
+    before, _ = signal.setitimer(signal.ITIMER_REAL, max(deadline - started, 0.001))
+    try:
+        yield
+    finally:
+        inside[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if before > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(before - (time.monotonic() - started), 0.001))
 
 
 def _finish_generator(key: str, generator: Generator[Any, None, None], scope: str | None) -> BaseException | None:

@@ -263,7 +263,7 @@ class AsyncClient(_Connection):
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""
         errors = await self._once.tear_down_async(self, check_seconds(wait, "wait"))  # type: ignore[arg-type]
-        for _, error in errors:  # the others ran: a cancellation goes on now, before any error
+        for _, error in errors:  # the tear-down ended at it: a cancellation goes on now, before any error
             if isinstance(error, asyncio.CancelledError):
                 raise error
         return errors

@@ -425,12 +425,18 @@ class _Run:
     # -- 4. end of run ---------------------------------------------------------------
 
     def tear_down(self) -> dict[str, str | None]:
-        """Run this process's once teardowns (every test of the run is done); returns each key's error
-        (shown as text), None where it finished, and leaves the outcome for the controller."""
+        """Run this process's once teardowns (every test of the run is done), for at most
+        ``tiger_teardown_timeout``: one still running then is stopped (in the main thread, by SIGALRM,
+        as pytest-timeout's signal method does), those not begun are not run (nor at the client's close).
+        Returns each key's error (shown as text), None where it finished, and leaves the outcome for
+        the controller. Without xdist, a 30 s teardown held a run with a 1 s timeout for 31 s."""
         if self._client is None or not self._built:
             return {}
-        errors = dict(self._client.tear_down_once_values())
-        outcomes = {key: _outcome(errors.get(key)) for key in self._built}
+        once = self._client._once
+        errors = dict(once.tear_down(self._client, 0.0, until=time.monotonic() + self.teardown_timeout))
+        left = [key for _, key in once.not_torn_down()]
+        once.forget_teardowns()
+        outcomes = {key: _NOT_RUN if key in left else _outcome(errors.get(key)) for key in [*self._built, *left]}
         self.dir.record_builder({"by": self._client.label, "keys": list(self._built), "outcomes": outcomes})
         self.dir.release_builder()
         self._built.clear()
@@ -439,9 +445,16 @@ class _Run:
     def report_outcomes(self, by: str, outcomes: dict[str, str | None]) -> None:
         """Add the teardowns that failed or were interrupted to the end-of-run report and its exit code."""
         for key, error in outcomes.items():
+            past = f"past tiger_teardown_timeout ({self.teardown_timeout:g}s)"
             if error == _INTERRUPTED:
                 self.end_with(pytest.ExitCode.INTERRUPTED)
                 self.report.append(f"teardown of once {key!r} in {by} was interrupted")
+            elif error == _STOPPED:
+                self.end_with(pytest.ExitCode.TESTS_FAILED)
+                self.report.append(f"teardown of once {key!r} in {by} was stopped: still running {past}")
+            elif error == _NOT_RUN:
+                self.end_with(pytest.ExitCode.TESTS_FAILED)
+                self.report.append(f"teardown of once {key!r} in {by} did not run: {past}")
             elif error is not None:
                 self.end_with(pytest.ExitCode.TESTS_FAILED)
                 self.report.append(f"teardown of once {key!r} in {by} failed:\n{error}")
@@ -465,11 +478,12 @@ class _Run:
 
     def wait_for_builders(self) -> None:
         """The xdist controller, every worker done with its tests: let the builders tear down, wait for
-        them (at most ``tiger_teardown_timeout``) and report."""
+        them (at most ``tiger_teardown_timeout``, and a moment for their report: each stops its own
+        teardowns at that timeout, see ``tear_down``) and report."""
         self.waited = True
         self.dir.mark_all_done()
         pending = self.dir.builders()
-        deadline = time.monotonic() + self.teardown_timeout
+        deadline = time.monotonic() + self.teardown_timeout + _REPORT_GRACE
         try:
             while pending:
                 for path in list(pending):
@@ -659,6 +673,9 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
 
 
 _INTERRUPTED = "interrupted"  # a teardown's outcome when Ctrl-C stopped it
+_STOPPED = "stopped"  # ... when it still ran at tiger_teardown_timeout
+_NOT_RUN = "not run"  # ... when it had not begun by then
+_REPORT_GRACE = 2.0  # seconds the controller waits past tiger_teardown_timeout for the builders' reports
 _RANK = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
 
 
@@ -669,8 +686,12 @@ def _worse(a: pytest.ExitCode | None, b: pytest.ExitCode) -> pytest.ExitCode:
 
 def _outcome(error: BaseException | None) -> str | None:
     """A teardown's outcome as the run directory keeps it: None (it finished), interrupted, or the traceback."""
+    from tiger._once import PastDeadline
+
     if error is None:
         return None
+    if isinstance(error, PastDeadline):
+        return _STOPPED
     if isinstance(error, KeyboardInterrupt):
         return _INTERRUPTED
     return "".join(traceback.format_exception(error)).rstrip()
