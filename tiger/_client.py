@@ -115,6 +115,20 @@ class Page:
 
 
 RETRY_PAUSE = 0.5  # seconds between two tries of a call made again while the writer is unavailable
+# seconds a call's url must refuse connections, seen at its resends, before the call stops waiting for its
+# deadline: a writer that is gone is not waited for, one restarting at its url (under a second) still is
+GONE_AFTER = 1.0
+
+
+class Refusals:
+    """What one call saw of its url at its resends (``Client._silence``): since when it has refused
+    connections (``time.monotonic()`` seconds), None while it accepts them or cannot tell."""
+
+    __slots__ = ("since",)
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
 
 _FAILURES: dict[str, type[Exception]] = {
     "not_found": NotFound,
@@ -420,14 +434,31 @@ class _Connection:
 
         return heard, min(deadline, now + 1.0), lambda: str(unavailable)
 
-    def _silence(self, wait: int, seconds: float) -> None:
+    def _silence(self, wait: int, seconds: float, refusals: Refusals | None = None) -> None:
         """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
         place of the old one (what it still queued goes with it); past the deadline, ``Unavailable``
-        naming the call's own time, ``seconds`` (its ``timeout``, else the client's)."""
+        naming the call's own time, ``seconds`` (its ``timeout``, else the client's).
+
+        ``refusals`` (a connected client's call; not connect's hello, which may wait for a writer being
+        started): at a resend, the url is probed (``recently_refused``); refusing connections for
+        ``GONE_AFTER`` seconds, it raises ``Unavailable`` before the deadline. A writer that is gone
+        cannot apply the call later (nothing took its bytes), and a ``sync(timeout=10)`` to a writer
+        killed a moment before waited all 10 s where the README says a gone writer is not waited for."""
         self._fresh_socket()
         if wait == GIVE_UP:
             why = why_refused(self.url, 0.1)  # what ZeroMQ's silent retries hid: nothing there at all
             raise Unavailable(f"the tiger writer at {self.url} did not answer within {seconds:g}s" + (f": {why}" if why else ""))
+        if refusals is None:
+            return
+        why = recently_refused(self.url)
+        now = time.monotonic()
+        if why is None:
+            refusals.since = None
+        elif refusals.since is None:
+            refusals.since = now
+        elif now - refusals.since >= GONE_AFTER:
+            gone = f"{why} for {now - refusals.since:.1f}s"
+            raise Unavailable(f"the tiger writer at {self.url} did not answer, and is gone: {gone}")
 
     def _fresh_socket(self) -> None:
         raise NotImplementedError
@@ -644,6 +675,7 @@ class Client(_Connection):
         if own:
             self.replica.call_started()  # after the pid check: a forked child may have inherited the replica's lock held
         sent = answered = False
+        refusals = None if type(request) is p.Hello else Refusals()
         try:
             with self._lock:
                 if self._closed:
@@ -660,7 +692,7 @@ class Client(_Connection):
                             reply, answered = late, True
                             break
                     if wait <= RESEND:
-                        self._silence(wait, seconds)
+                        self._silence(wait, seconds, refusals)
                         self._send_call(payload)
                         self.resends += 1
                         continue

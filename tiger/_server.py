@@ -277,24 +277,29 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
     return None
 
 
-_probed: dict[str, tuple[float, str | None]] = {}  # url -> (when, what why_refused said), for recently_refused
+_probed: dict[str, float] = {}  # url -> when why_refused last found it accepting (or could not tell), for recently_refused
 _probed_lock = threading.Lock()
 
 
 def recently_refused(url: str, within: float = 1.0) -> str | None:
-    """``why_refused(url, 0.1)``, probed at most once per ``within`` seconds per url (its last answer in
-    between): callers that retry while a writer is unavailable (once, sync, every call's message) must
-    not probe in a loop, and a probe of a paused tcp writer whose backlog is full takes its whole 0.1 s."""
+    """``why_refused(url, 0.1)``; an answer that it accepts connections (or cannot tell) is kept for
+    ``within`` seconds per url: callers that retry while a writer is unavailable (once, sync, every
+    call's message) must not probe in a loop, and a probe of a paused tcp writer whose backlog is full
+    takes its whole 0.1 s. A refusal is not kept (it comes at once): kept, it said "gone" of a writer
+    restarted at the url since (a user trial)."""
     now = time.monotonic()
     with _probed_lock:
         known = _probed.get(url)
-        if known is not None and now - known[0] < within:
-            return known[1]
+        if known is not None and now - known < within:
+            return None
     why = why_refused(url, 0.1)
     with _probed_lock:
-        _probed[url] = (time.monotonic(), why)
-        if len(_probed) > 256:  # (urls of writers long gone)
-            _probed.pop(next(iter(_probed)))
+        if why is None:
+            _probed[url] = time.monotonic()
+            if len(_probed) > 256:  # (urls of writers long gone)
+                _probed.pop(next(iter(_probed)))
+        else:
+            _probed.pop(url, None)
     return why
 
 

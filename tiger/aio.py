@@ -50,6 +50,7 @@ from tiger._batch import AsyncBatch
 from tiger._calls import GIVE_UP, RESEND, Attempts, check_seconds, stretched
 from tiger._client import (
     Client,
+    Refusals,
     _abandoned,
     _connect_arguments,
     _Connection,
@@ -326,6 +327,7 @@ class AsyncClient(_Connection):
         if own:
             self.replica.call_started()
         sent = answered = False
+        refusals = None if type(request) is p.Hello else Refusals()
         serving: asyncio.AbstractEventLoop | None = None
         try:
             serving = self._serve()  # before the loop's lock: a refused call must not touch the socket (watch)
@@ -350,7 +352,7 @@ class AsyncClient(_Connection):
                             reply, answered = late, True
                             break
                     if wait <= RESEND:
-                        self._silence(wait, seconds)
+                        self._silence(wait, seconds, refusals)
                         self._send_call(payload)
                         self.resends += 1
                     else:
