@@ -379,6 +379,27 @@ def test_a_writer_that_cannot_start_stops_the_run_with_one_line(pytester, tmp_pa
         assert not ran.exists()
 
 
+@pytest.mark.parametrize("uses_tiger", [False, True], ids=["no-tiger", "tiger"])
+def test_a_run_killed_by_sigterm_left_an_empty_run_directory_in_tmpdir(pytester, monkeypatch, uses_tiger):
+    # A user trial: every pytest run of an environment with tiger installed made its run directory at start;
+    # one killed by SIGTERM (a CI timeout, an IDE's stop button), which runs no cleanup, left an empty
+    # tiger-run-* directory in $TMPDIR, though none of its tests used tiger. It is made at first use now.
+    uses = "tiger_client.table('t').insert({})" if uses_tiger else "pass"
+    pytester.makepyfile(
+        f"import os, signal\ndef test_x({'tiger_client' if uses_tiger else ''}):\n    {uses}\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    temp = tempfile.mkdtemp(prefix="tt", dir="/tmp")
+    monkeypatch.setenv("TMPDIR", temp)
+    try:
+        result = run(pytester, "-p", "no:xdist")
+        assert result.ret == -signal.SIGTERM
+        left = [name for name in os.listdir(temp) if name.startswith("tiger-run-")]
+        assert len(left) == (1 if uses_tiger else 0), left  # (a run that used it keeps its writer's log)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @pytest.mark.parametrize("value", ["inf", "-1", "soon"])
 def test_a_teardown_timeout_it_could_not_keep_is_a_usage_error(pytester, monkeypatch, value):
     # tiger_teardown_timeout = inf made the end of a run wait forever for a builder that never tore down.

@@ -10,6 +10,32 @@ IPC_PATH_MAX = 107 - len(".pub")  # characters of an ipc path; the PUB socket's 
 _ROOM = len("/w0000")  # what tiger puts in such a directory: an endpoint name
 
 
+def short_temp_path(prefix: str) -> str:
+    """A path for a private temporary directory not made yet (``make_private_dir``), as ``short_temp_dir``
+    names one: ``prefix`` and 16 random hex digits, under $TMPDIR, or under /tmp when $TMPDIR is too long."""
+    import secrets  # here: it imports hashlib, 3-5 ms the blocking client need not pay
+
+    name = prefix + secrets.token_hex(8)
+    path = os.path.join(tempfile.gettempdir(), name)
+    return path if len(path) + _ROOM <= IPC_PATH_MAX else os.path.join("/tmp", name)
+
+
+def make_private_dir(path: str) -> None:
+    """Make ``path`` a private (0700) directory of this user's, or check that it already is one (another
+    process of the same run made it first); ``PermissionError`` naming it if it is anything else (a
+    file, a link, another user's directory, one others may read)."""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    import stat
+
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{path} exists and is not a private directory of this user's: tiger will not use it")
+
+
 def short_temp_dir(prefix: str) -> str:
     """A new private (0700) temporary directory whose endpoints fit in an ipc path: under $TMPDIR, or
     under /tmp when $TMPDIR is too long."""

@@ -92,7 +92,9 @@ class _Unreachable(Exception):
 
 
 class _RunDir:
-    """The files one run's processes share, in a private (0700) directory the controller makes:
+    """The files one run's processes share, in a private (0700) directory made when a process of the run
+    first writes one of them (a run whose tests never use tiger makes none: one killed by SIGTERM, which
+    runs no cleanup, left an empty directory in $TMPDIR, in every project with tiger installed):
 
     - ``lock``: held while a process reaches or starts the writer (one writer per run);
     - ``writer``: ``{"url", "pid"}`` once reached (``pid`` None: a writer the run does not own),
@@ -108,10 +110,20 @@ class _RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._builder: Any = None  # this process's locked builders file, once it built a value with a teardown
+        self._made = False
+
+    def made(self) -> Path:
+        """The directory, made (or checked) on first use in this process: ``path``."""
+        if not self._made:
+            from tiger._paths import make_private_dir
+
+            make_private_dir(str(self.path))
+            self._made = True
+        return self.path
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        with open(self.path / "lock", "w") as lock:
+        with open(self.made() / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
@@ -119,12 +131,12 @@ class _RunDir:
         return _read_json(self.path / "writer")  # type: ignore[no-any-return]
 
     def record_writer(self, state: dict[str, Any]) -> None:
-        _write_json(self.path / "writer", state)
+        _write_json(self.made() / "writer", state)
 
     def record_builder(self, state: dict[str, Any]) -> None:
         """This process's builder state (keys, then outcomes): ``builders/PID.json``, written whole (a
         reader sees all of it or nothing), beside ``builders/PID.lock``, locked by this process for life."""
-        folder = self.path / "builders"
+        folder = self.made() / "builders"
         if self._builder is None:
             folder.mkdir(exist_ok=True)
             self._builder = open(folder / f"{os.getpid()}.lock", "w")  # held for life: the lock goes with it
@@ -158,7 +170,7 @@ class _RunDir:
         return cls.builder_state(lock)
 
     def mark_all_done(self) -> None:
-        (self.path / "all-done").touch()
+        (self.made() / "all-done").touch()
 
     def all_done(self) -> bool:
         return (self.path / "all-done").exists()
@@ -745,9 +757,9 @@ def _keep_modules(activate: bool = False) -> None:
 
 
 def _run_dir() -> str:
-    from tiger._paths import short_temp_dir
+    from tiger._paths import short_temp_path
 
-    return short_temp_dir("tiger-run-")
+    return short_temp_path("tiger-run-")  # made at first use (``_RunDir.made``)
 
 
 _run_key = pytest.StashKey[_Run]()
