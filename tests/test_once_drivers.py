@@ -134,6 +134,44 @@ def test_the_logic_needs_no_io_a_build_and_a_failure_driven_by_hand():
     store.check()
 
 
+def test_a_tear_down_with_a_deadline_stops_at_it_and_retires_within_it_driven_by_hand():
+    # The run's tiger_teardown_timeout (``until``): each teardown carries it (the driver stops one still
+    # running then), the retire after it waits at most RELEASE_WAIT past it (a paused writer held the end of
+    # the run for the client's whole timeout per key), and no teardown begins after it.
+    from tiger._once import RELEASE_WAIT, TearDown
+
+    store = t.Store()
+    client = InMemory(store, "c1")
+    once = Once()
+
+    def teardown(name: str) -> Generator[None, None, None]:
+        yield
+
+    for name in ("old", "new"):
+        generator = teardown(name)
+        next(generator)
+        once._teardowns["global", name] = (generator, False)
+    until = time.monotonic() + 1.0
+    steps = once._tear_down(client, 0.0, until)
+    first = next(steps)
+    assert type(first) is TearDown and (first.key, first.deadline) == ("new", until)  # newest first
+    retire = steps.send(None)
+    assert type(retire) is Write and retire.request.outcome == "retire"
+    assert retire.deadline is not None and until <= retire.deadline <= until + RELEASE_WAIT
+    second = steps.send(p.Ok(retire.request.req_id, "epoch", 0, None, None))
+    assert type(second) is TearDown and second.key == "old"
+    steps.close()
+
+    late = Once()
+    generator = teardown("late")
+    next(generator)
+    late._teardowns["global", "late"] = (generator, False)
+    steps = late._tear_down(client, 0.0, time.monotonic() - 1)  # past it: nothing begins
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    assert done.value.value == [] and late.not_torn_down() == [("global", "late")]
+
+
 # -- the async driver -------------------------------------------------------------------------------
 
 

@@ -452,8 +452,10 @@ class Once:
                 errors.append((key, error))
                 if isinstance(error, stop_on):  # (cancelled) nothing more: no retire, no other teardown
                     break
-            with contextlib.suppress(TigerError):
-                yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope))
+            with contextlib.suppress(TigerError):  # by ``until`` too (a paused writer held the run's end its timeout)
+                now = time.monotonic()
+                retired = None if math.isinf(until) else min(now + client.timeout, max(until, now + RELEASE_WAIT))
+                yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope), retired)
         return errors
 
     def _tear_down_now(self, scope: str, key: str) -> Steps[None]:
