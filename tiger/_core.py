@@ -838,14 +838,14 @@ class WriterCore:
     def _once_claim(self, r: p.OnceClaim, now: float, wall: float) -> tuple[_table.Change | None, Any]:
         self._heard(r.client_id, now)
         verdict, change = _table.prepare_once_claim(
-            self.store, r.key, r.client_id, r.by, self.clients, now=int(wall), namespace=r.namespace
+            self.store, r.key, r.client_id, r.by, self.clients, now=int(wall), namespace=r.namespace, claim=r.req_id
         )
         return change, verdict
 
     def _once_finish(self, r: p.OnceFinish, now: float, wall: float) -> tuple[_table.Change | None, Any]:
         self._heard(r.client_id, now)
         if r.outcome == "release":
-            return _table.prepare_once_release(self.store, r.key, r.client_id, r.namespace), "released"
+            return _table.prepare_once_release(self.store, r.key, r.client_id, r.namespace, r.payload), "released"
         if r.outcome == "retire":
             return _table.prepare_once_retire(self.store, r.key, r.client_id, r.namespace), "retired"
         value, error = (None, r.payload) if r.outcome == "error" else (r.payload, None)

@@ -787,11 +787,21 @@ ONCE_ERROR_FIELDS = 4  # type name, message, builder, traceback (last frames)
 
 
 def prepare_once_claim(
-    store: Store, key: str, client_id: str, by: str, live: Container[str], *, now: int, namespace: str = GLOBAL
+    store: Store,
+    key: str,
+    client_id: str,
+    by: str,
+    live: Container[str],
+    *,
+    now: int,
+    namespace: str = GLOBAL,
+    claim: int | None = None,
 ) -> tuple[str, Put | None]:
     """The verdict for a caller of ``once``: ("build", change) | ("wait", None) | ("done", None).
 
-    A key being built by a client that is no longer ``live`` is handed to this caller.
+    A key being built by a client that is no longer ``live`` is handed to this caller. ``claim``: what
+    names this claim (its request id), kept in the record so that a release of an earlier claim by the
+    same client id (sent late, or by another socket sharing the id) cannot give this one up.
     """
     check_name(key, "key")
     check_name(namespace, "namespace")
@@ -815,6 +825,7 @@ def prepare_once_claim(
         "holders": holders,
         "teardown": False,
         "created": now,
+        "claim": claim,
     }
     return "build", Put(ONCE_TABLE, namespace, (freeze(record),))
 
@@ -870,10 +881,20 @@ def prepare_once_leave(store: Store, client_id: str) -> list[Put]:
     ]
 
 
-def prepare_once_release(store: Store, key: str, client_id: str, namespace: str = GLOBAL) -> Delete | None:
-    """Give a key up (its builder was interrupted): waiting callers then claim it anew."""
+def prepare_once_release(
+    store: Store, key: str, client_id: str, namespace: str = GLOBAL, claim: int | None = None
+) -> Delete | None:
+    """Give a key up (its builder was interrupted): waiting callers then claim it anew. ``claim`` (the
+    claim's request id; None: whichever claim ``client_id`` holds): a release of an earlier claim leaves
+    a later one alone (an async client's release goes on in a task after its caller was cancelled, and
+    could reach the writer after a new claim of the key by the same client id). Raises ``TypeError``
+    for a ``claim`` that is not an int."""
+    if claim is not None and type(claim) is not int:
+        raise TypeError(f"payload of a release must be its claim's request id (an int) or None, not {type(claim).__name__}")
     current = store.get(ONCE_TABLE, namespace, key)
     if current is None or current["state"] != "building" or current["owner"] != client_id:
+        return None
+    if claim is not None and current.get("claim", claim) != claim:  # (a record from before claims were named: any)
         return None
     return Delete(ONCE_TABLE, namespace, key)
 
