@@ -172,6 +172,44 @@ def test_a_tear_down_with_a_deadline_stops_at_it_and_retires_within_it_driven_by
     assert done.value.value == [] and late.not_torn_down() == [("global", "late")]
 
 
+def test_the_teardown_alarm_puts_back_the_timer_handler_and_interval_it_found():
+    # A review of the teardown timeout's SIGALRM: a timer set before was put back without its interval, one
+    # due before the teardown's deadline was delayed past it, and a handler not set from Python (None) made
+    # the restore raise TypeError. Each is now left as it was.
+    import signal
+
+    from tiger._once import PastDeadline, _stopped_at
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("SIGALRM handlers run in the main thread only")
+    saved = signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)
+    fired: list[int] = []
+
+    def theirs(signum: int, frame: object) -> None:
+        fired.append(signum)
+
+    try:
+        signal.signal(signal.SIGALRM, theirs)
+        signal.setitimer(signal.ITIMER_REAL, 50.0, 30.0)  # due after the teardown's deadline, repeating
+        with pytest.raises(PastDeadline), _stopped_at(time.monotonic() + 0.05, "k") as alarm:
+            time.sleep(5)  # sleep-ok: the code the alarm must stop
+        assert alarm.fired
+        assert signal.getsignal(signal.SIGALRM) is theirs
+        due, interval = signal.getitimer(signal.ITIMER_REAL)
+        assert 45 < due <= 50 and interval == pytest.approx(30.0)
+
+        signal.setitimer(signal.ITIMER_REAL, 0.05)  # due before the teardown's deadline: it stays first
+        with _stopped_at(time.monotonic() + 30, "k") as alarm:
+            time.sleep(0.2)  # sleep-ok: their timer fires meanwhile
+        assert fired == [signal.SIGALRM] and not alarm.fired
+        assert signal.getsignal(signal.SIGALRM) is theirs
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved[0])
+        if saved[1][0] > 0:
+            signal.setitimer(signal.ITIMER_REAL, *saved[1])
+
+
 # -- the async driver -------------------------------------------------------------------------------
 
 

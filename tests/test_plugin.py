@@ -414,3 +414,4 @@ def test_a_teardown_timeout_it_could_not_keep_is_a_usage_error(pytester, monkeyp
         shutil.rmtree(temp, ignore_errors=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*tiger_teardown_timeout must be a number of seconds from 0 to 86400 (a day)*{value!r}*"])
+    assert "got nan" not in result.stderr.str()  # 'soon' was reported as "got nan" (a user trial)

@@ -842,3 +842,129 @@ def test_a_writer_restarted_at_its_url_is_not_taken_for_gone_by_an_earlier_probe
     assert recently_refused(url) == "nothing is bound at that path"
     with tiger.serve(url):
         assert recently_refused(url) is None
+
+
+@pytest.mark.parametrize("driver", ["blocking", "async"])
+def test_a_once_with_timeout_zero_builds_the_value_instead_of_failing(tiger_url, driver):
+    # A review of the bounded claim: once(key, f, timeout=0) always raised Unavailable ("did not answer
+    # within -0s"): its claim was sent with a deadline already past. A claim gets at least RELEASE_WAIT now;
+    # timeout=0 still bounds the wait for another process's build (tiger.Timeout at once).
+    import asyncio
+
+    import tiger.aio
+
+    key = f"zero-{uuid.uuid4().hex[:8]}"
+
+    async def call_async() -> list[Any]:
+        async with await tiger.aio.connect(tiger_url) as client:
+            return [await client.once(key, lambda: "built", timeout=0), await client.once(key, lambda: "again", timeout=0)]
+
+    def call() -> list[Any]:
+        with tiger.connect(tiger_url) as client:
+            return [client.once(key, lambda: "built", timeout=0), client.once(key, lambda: "again", timeout=0)]
+
+    assert (call() if driver == "blocking" else asyncio.run(call_async())) == ["built", "built"]
+    with tiger.connect(tiger_url) as builder, tiger.connect(tiger_url) as waiter:
+        other = f"zero-building-{uuid.uuid4().hex[:8]}"
+        claimed, release = threading.Event(), threading.Event()
+
+        def slow() -> str:
+            claimed.set()
+            release.wait(10)
+            return "slow"
+
+        thread = threading.Thread(target=builder.once, args=(other, slow))
+        thread.start()
+        try:
+            assert claimed.wait(10)
+            started = time.monotonic()
+            with pytest.raises(tiger.Timeout, match="within 0s"):
+                waiter.once(other, lambda: "second", timeout=0)
+            assert time.monotonic() - started < 1
+        finally:
+            release.set()
+            thread.join(10)
+
+
+@pytest.mark.parametrize("driver", ["blocking", "async"])
+def test_a_call_waiting_behind_another_call_of_its_client_keeps_its_own_timeout(driver):
+    # A review: with the writer paused, sync(timeout=1) or once(timeout=1) from a second thread or task of a
+    # client waited for the socket as long as the first call's own timeout (10 s here), then said it had
+    # waited 1 s. A call now waits for its client's socket only until its own deadline, and says why.
+    import asyncio
+
+    import tiger.aio
+
+    with tiger.serve() as server:
+
+        def blocking() -> tuple[float, BaseException]:
+            with tiger.connect(server.url, timeout=10, heartbeat_timeout=10) as client:
+                plans = client.table("plans", prefix="plan")
+                os.kill(server.pid, signal.SIGSTOP)
+                try:
+                    _wait_stopped(server.pid)
+                    first = threading.Thread(target=plans.insert, args=({},))  # answered once the writer resumes
+                    first.start()
+                    assert _until(client._lock.locked)  # the insert holds the socket
+                    started = time.monotonic()
+                    with pytest.raises(tiger.TigerError) as raised:
+                        client.sync(timeout=1)
+                    return time.monotonic() - started, raised.value
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)
+                    first.join(20)
+
+        async def in_tasks() -> tuple[float, BaseException]:
+            async with await tiger.aio.connect(server.url, timeout=10, heartbeat_timeout=10) as client:
+                plans = client.table("plans", prefix="plan")
+                os.kill(server.pid, signal.SIGSTOP)
+                try:
+                    _wait_stopped(server.pid)
+                    first = asyncio.create_task(plans.insert({}))
+                    while not client._lock().locked():  # the insert holds the socket
+                        await asyncio.sleep(0.01)
+                    started = time.monotonic()
+                    with pytest.raises(tiger.TigerError) as raised:
+                        await client.once("k", lambda: 1, timeout=1)
+                    return time.monotonic() - started, raised.value
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)
+                    await asyncio.wait({first}, timeout=20)
+
+        took, error = blocking() if driver == "blocking" else asyncio.run(in_tasks())
+        assert took < 4, f"a call with timeout=1 behind another of its client raised after {took:.1f}s"
+        assert isinstance(error, (tiger.Unavailable, tiger.Timeout)), error
+        assert "another call of this client" in str(error), str(error)
+
+
+def _until(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_release_reaching_the_writer_after_a_new_claim_of_its_client_id_leaves_that_claim(tiger_url):
+    # The same fault through a real writer: a release of claim A sent after claim B of the same client id
+    # (as a cancelled async once's release, gone on in a task, may arrive after the process's blocking
+    # client claimed the key again) gave B up. It is refused as a no-op now, and a malformed one is refused.
+    with tiger.connect(tiger_url) as client:
+        key = f"late-release-{uuid.uuid4().hex[:8]}"
+
+        def claim() -> int:
+            req_id = next(client._req_ids)
+            assert client._write(p.OnceClaim(req_id, key, client.client_id, "me")).result == "build"
+            return req_id
+
+        def release(claim_id: Any) -> None:
+            client._write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", claim_id))
+
+        first, second = claim(), claim()
+        release(first)
+        assert once_record(client, "global", key)["owner"] == client.client_id  # B still holds it
+        with pytest.raises(TypeError, match="payload of a release"):
+            release("not a request id")
+        release(second)
+        assert once_record(client, "global", key) is None

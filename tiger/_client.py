@@ -460,6 +460,15 @@ class _Connection:
             gone = f"{why} for {now - refusals.since:.1f}s"
             raise Unavailable(f"the tiger writer at {self.url} did not answer, and is gone: {gone}")
 
+    def _busy(self, seconds: float) -> Unavailable:
+        """The error of a call that never got this client's socket by its deadline: another call of the
+        client (a thread's, a task's) held it all that time, waiting for the writer. Such a call waited
+        for the other's whole timeout and then said "did not answer within 1s" of its own (a review)."""
+        return Unavailable(
+            f"the tiger writer at {self.url} did not answer within {seconds:g}s: another call of this client "
+            "(from another thread or task) was waiting for its answer all that time, and a client sends one call at a time"
+        )
+
     def _fresh_socket(self) -> None:
         raise NotImplementedError
 
@@ -677,7 +686,9 @@ class Client(_Connection):
         sent = answered = False
         refusals = None if type(request) is p.Hello else Refusals()
         try:
-            with self._lock:
+            if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise self._busy(seconds)
+            try:
                 if self._closed:
                     raise TigerError("this client is closed")
                 self._send_call(payload)
@@ -709,6 +720,8 @@ class Client(_Connection):
                     if reply.req_id == req_id:
                         answered = True
                         break
+            finally:
+                self._lock.release()
             return self._outcome(reply, seconds)
         except BaseException:
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 from tiger import _protocol as p
 from tiger._calls import callable_name
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable
-from tiger._feed import running_loop
+from tiger._feed import acquired_within, running_loop
 from tiger._server import recently_refused
 from tiger._table import ONCE_TABLE, Record, check_value
 
@@ -281,7 +281,7 @@ class Once:
         if held is not None and held[1] == mine[1]:  # this task builds it
             raise TigerError(_REENTERED.format(key=key))
         # two tasks of this loop never both build one key; the wait for the other is the caller's too
-        if not await _acquired(lock, None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())):
+        if not await acquired_within(lock, None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())):
             raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
         try:
             self._holders[scope, key] = mine
@@ -312,7 +312,13 @@ class Once:
         return list(reversed(self._teardowns))
 
     def forget_teardowns(self) -> None:
-        """Drop the teardowns not run yet (a run's end gave up on them): ``close()`` will not run them."""
+        """Drop the teardowns not run yet (a run's end gave up on them): ``close()`` will not run them,
+        nor will Python when it finalizes their generators: dropped, a generator was closed at once by
+        the garbage collector (its ``finally`` and ``with`` exits running then, unbounded, past the run's
+        ``tiger_teardown_timeout``; an async one warning that it was never finished): they are kept for
+        the rest of the process instead, never finalized (CPython)."""
+        for teardown, _ in self._teardowns.values():
+            _never_finalized(teardown)
         self._teardowns.clear()
 
     async def tear_down_async(self, client: AsyncOnceClient, wait: float) -> list[tuple[str, BaseException]]:
@@ -355,16 +361,20 @@ class Once:
         interruptions: tuple[type[BaseException], ...],
     ) -> Steps[Any]:
         __tracebackhide__ = True
+        claims: list[int] = []  # the request id of each claim sent: a release names the last (``_release``)
+
+        def claim_request() -> p.OnceClaim:
+            claims.append(next(client._req_ids))
+            return p.OnceClaim(claims[-1], key, client.client_id, client.label, scope)
+
         while True:
             try:
-                claim: p.Ok = yield from _written(
-                    client, lambda: p.OnceClaim(next(client._req_ids), key, client.client_id, client.label, scope), deadline
-                )
+                claim: p.Ok = yield from _written(client, claim_request, deadline)
             except BaseException:  # (interrupted, or unanswered: Timeout, Unavailable) the claim may have been
-                yield from _release(client, key, scope)  # applied: give the key up if it is ours (else: nothing)
+                yield from _release(client, key, scope, claims[-1])  # applied: give the key up if it is ours
                 raise
             if claim.result == "build":
-                built = yield from self._build(client, key, scope, factory, in_scope, interruptions, deadline)
+                built = yield from self._build(client, key, scope, factory, in_scope, interruptions, deadline, claims[-1])
                 if built is not _SUPERSEDED:
                     return built
                 continue
@@ -383,6 +393,7 @@ class Once:
         in_scope: bool,
         interruptions: tuple[type[BaseException], ...],
         deadline: float,
+        claim: int,
     ) -> Steps[Any]:
         __tracebackhide__ = True
         if (scope, key) in self._built:  # built before, but the writer did not get the value: send it, build nothing
@@ -402,18 +413,18 @@ class Once:
                     raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
                 self._built[scope, key] = value
             except given_up:  # Ctrl-C, SystemExit, a factory this driver cannot run: another caller builds
-                yield from _release(client, key, scope)
+                yield from _release(client, key, scope, claim)
                 raise
             except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
                 yield from self._tear_down_now(scope, key)  # what the factory set up before its value was refused
                 error = [_sendable(type(e).__name__), _sendable(str(e)), _sendable(client.label), _sendable(_factory_frames(e))]
-                yield from self._finish_or_release(client, key, scope, "error", error, deadline)
+                yield from self._finish_or_release(client, key, scope, "error", error, deadline, claim)
                 raise OnceFailed(key, *error) from e
         outcome = "resource" if (scope, key) in self._teardowns else "value"
         # the caller's timeout is for waiting on another builder: a build that took longer still gets the
         # client's timeout to deliver its value through a writer unavailable meanwhile
         delivery = max(deadline, time.monotonic() + client.timeout)
-        finish = yield from self._finish_or_release(client, key, scope, outcome, value, delivery)
+        finish = yield from self._finish_or_release(client, key, scope, outcome, value, delivery, claim)
         del self._built[scope, key]
         record = once_record(client, scope, key)
         ours = record is not None and record["state"] != "building" and record["owner"] == client.client_id
@@ -467,7 +478,7 @@ class Once:
                 log.warning("once %r: the teardown of a value that was not kept raised %r", key, error)
 
     def _finish_or_release(
-        self, client: OnceClient, key: str, scope: str, outcome: str, payload: Any, deadline: float
+        self, client: OnceClient, key: str, scope: str, outcome: str, payload: Any, deadline: float, claim: int
     ) -> Steps[p.Ok]:
         """Deliver a build's outcome, through a writer gone silent for a while (``_written``: until
         ``deadline``). If the writer refuses it (a value it will not store), that refusal is the key's
@@ -480,13 +491,13 @@ class Once:
             return finish
         except (ValueError, TypeError) as refusal:  # the writer's verdict on the value, not a lost delivery
             if outcome == "error":  # (the report is made sendable: refused, the key is given up, not left claimed)
-                yield from _release(client, key, scope)
+                yield from _release(client, key, scope, claim)
                 raise
             error = [_sendable(type(refusal).__name__), _sendable(str(refusal)), _sendable(client.label), ""]
             yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "error", error, scope))
             raise OnceFailed(key, *error) from refusal
         except BaseException:
-            yield from _release(client, key, scope)
+            yield from _release(client, key, scope, claim)
             raise
 
 
@@ -510,12 +521,15 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
     own value stored). A writer that is gone is not waited for: when nothing accepts connections at its
     url (a paused process's kernel still does), or past that time, the last ``Unavailable`` is raised.
     Each try ends by ``deadline``: a call with a 1 s timeout raised after the client's 3 s when the
-    writer was paused (a user trial)."""
+    writer was paused (a user trial); but a try is given at least ``RELEASE_WAIT`` seconds (at most the
+    client's timeout), the round trip a call makes even with ``timeout=0`` (which raised at once)."""
     limit = None if math.isinf(deadline) else deadline
     while True:
         try:
-            tried = time.monotonic() + client.timeout
-            reply: p.Ok = yield Write(request(), None if limit is None or limit >= tried else limit)
+            now = time.monotonic()
+            tried = now + client.timeout
+            floor = now + min(client.timeout, RELEASE_WAIT)
+            reply: p.Ok = yield Write(request(), None if limit is None or limit >= tried else max(limit, floor))
             return reply
         except Unavailable as unavailable:
             if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
@@ -558,13 +572,15 @@ def _heard(client: OnceClient) -> bool:
     return client.replica.silent_for() <= client.heartbeat_timeout
 
 
-def _release(client: OnceClient, key: str, scope: str) -> Steps[None]:
+def _release(client: OnceClient, key: str, scope: str, claim: int) -> Steps[None]:
     """Give the key up, best effort, on the way out of a call that raised: not waited for (``Write``'s
     ``waited``), so that the caller's error or cancellation is not held up by a paused writer. If the
     writer is gone, it forgets the claim when this client says goodbye or falls silent. A client that
-    does not hold the claim releases nothing."""
+    does not hold the claim releases nothing, nor does one whose claim of the key is newer than
+    ``claim`` (the request id of the claim given up): an async client's release, gone on in a task,
+    could reach the writer after the same client id claimed the key again (``AsyncClient.sharing``)."""
     with contextlib.suppress(TigerError):
-        yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", None, scope), waited=False)
+        yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", claim, scope), waited=False)
 
 
 # -- the drivers ----------------------------------------------------------------------------------
@@ -627,12 +643,17 @@ def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
                 return _first_value(result)
         case TearDown(key, teardown, namespace, deadline):
             try:
-                with _stopped_at(deadline, key):
+                with _stopped_at(deadline, key) as alarm:
                     if isinstance(teardown, AsyncGenerator):  # built by an async client sharing these keys (tiger_aclient)
-                        return _finish_async_generator_here(key, teardown, namespace)
-                    return _finish_generator(key, teardown, namespace)
+                        error = _finish_async_generator_here(key, teardown, namespace)
+                    else:
+                        error = _finish_generator(key, teardown, namespace)
             except PastDeadline as stopped:  # (between the teardown's end and the timer's)
                 return stopped
+            if alarm.fired and not isinstance(error, PastDeadline):  # it caught the stop and ran on to its end: a
+                # teardown past the run's timeout all the same (the run ended 0 and said nothing: a review)
+                return PastDeadline(f"the teardown of once {key!r} was still running at its deadline (it caught the stop)")
+            return error
         case Sync(timeout):
             client.sync(timeout)
             return None
@@ -688,41 +709,6 @@ async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
     raise TypeError(f"not a once effect: {effect!r}")
 
 
-async def _acquired(lock: asyncio.Lock, timeout: float | None) -> bool:
-    """``await lock.acquire()`` within ``timeout`` seconds (None: no limit); False past it. Past it, or
-    cancelled, the lock is left as it was (``asyncio.wait_for`` could leave it acquired, before Python
-    3.12, when the acquisition and the timeout came together)."""
-    import asyncio
-
-    if timeout is None:
-        await lock.acquire()
-        return True
-    acquiring = asyncio.ensure_future(lock.acquire())
-    try:
-        await asyncio.wait({acquiring}, timeout=timeout)
-    except BaseException:
-        _given_back(lock, acquiring)
-        raise
-    if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
-        return True
-    _given_back(lock, acquiring)
-    return False
-
-
-def _given_back(lock: asyncio.Lock, acquiring: asyncio.Future[Any]) -> None:
-    """Undo an acquisition no caller will use: cancel it, or release the lock once it is acquired."""
-
-    def release(done: asyncio.Future[Any]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            lock.release()
-
-    if acquiring.done():
-        release(acquiring)
-    else:
-        acquiring.cancel()
-        acquiring.add_done_callback(release)  # (in case it was acquired before the cancellation reached it)
-
-
 def _abandon(steps: Steps[Any], closing: BaseException) -> None:
     """End ``steps`` performing nothing: ``closing`` goes in, and every effect it asks for after that
     fails with a TigerError (a best-effort release gives up; the writer forgets the claim when this
@@ -768,35 +754,70 @@ def _in_namespace(scope: str | None) -> AbstractContextManager[object]:
     return nullcontext() if scope is None else namespace(scope)
 
 
+_FORGOTTEN: list[FactoryGenerator] = []  # teardowns given up on: never finalized (``_never_finalized``)
+
+
+def _never_finalized(teardown: FactoryGenerator) -> None:
+    """Keep ``teardown`` (a suspended generator) from ever being finalized, even at the process's exit,
+    where clearing the modules would close it (running its ``finally``): one reference taken that is
+    never given back (CPython's ``Py_IncRef``; elsewhere, held by this module until its exit)."""
+    _FORGOTTEN.append(teardown)
+    try:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(teardown))
+    except (ImportError, AttributeError):  # (not CPython)
+        pass
+
+
+class _Alarm:
+    """What ``_stopped_at`` did: ``fired``, whether ``PastDeadline`` was raised in the code run inside
+    (which may have caught it and run on to its end)."""
+
+    __slots__ = ("fired",)
+
+    def __init__(self) -> None:
+        self.fired = False
+
+
 @contextlib.contextmanager
-def _stopped_at(deadline: float, key: str) -> Iterator[None]:
+def _stopped_at(deadline: float, key: str) -> Iterator[_Alarm]:
     """Raise ``PastDeadline`` in the code run inside, if it still runs at ``deadline``
     (``time.monotonic()`` seconds): by SIGALRM (``signal.setitimer``), so in the main thread only, where
-    Python runs signal handlers; elsewhere, or with no deadline, nothing is stopped. The handler and
-    timer that were there before are put back (a timer left with what remains of it)."""
+    Python runs signal handlers. Nothing is stopped, and SIGALRM is left alone, elsewhere, with no
+    deadline, where a timer due before ``deadline`` is set (pytest-timeout's, say: it stays first), or
+    where SIGALRM's handler was not set from Python (it could not be put back). A timer due later is put
+    back with what remains of it, and its interval; the handler too. Yields an ``_Alarm``."""
     import signal
 
+    alarm = _Alarm()
     if math.isinf(deadline) or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
+        yield alarm
+        return
+    started = time.monotonic()
+    due, _ = signal.getitimer(signal.ITIMER_REAL)
+    previous = signal.getsignal(signal.SIGALRM)
+    if previous is None or (due > 0 and due <= deadline - started):
+        yield alarm
         return
     inside = [True]  # the alarm raises only inside: never in the few instructions after the code ended
 
     def stop(signum: int, frame: object) -> None:
         if inside[0]:
             inside[0] = False
+            alarm.fired = True
             raise PastDeadline(f"the teardown of once {key!r} was still running at its deadline")
 
-    started = time.monotonic()
-    previous = signal.signal(signal.SIGALRM, stop)
-    before, _ = signal.setitimer(signal.ITIMER_REAL, max(deadline - started, 0.001))
+    signal.signal(signal.SIGALRM, stop)
+    before, interval = signal.setitimer(signal.ITIMER_REAL, max(deadline - started, 0.001))
     try:
-        yield
+        yield alarm
     finally:
         inside[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if before > 0:
-            signal.setitimer(signal.ITIMER_REAL, max(before - (time.monotonic() - started), 0.001))
+            signal.setitimer(signal.ITIMER_REAL, max(before - (time.monotonic() - started), 0.001), interval)
 
 
 def _finish_generator(key: str, generator: Generator[Any, None, None], scope: str | None) -> BaseException | None:

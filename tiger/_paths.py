@@ -11,8 +11,9 @@ _ROOM = len("/w0000")  # what tiger puts in such a directory: an endpoint name
 
 
 def short_temp_path(prefix: str) -> str:
-    """A path for a private temporary directory not made yet (``make_private_dir``), as ``short_temp_dir``
-    names one: ``prefix`` and 16 random hex digits, under $TMPDIR, or under /tmp when $TMPDIR is too long."""
+    """The path of a private temporary directory, not made yet (``make_private_dir`` makes it):
+    ``prefix`` and 16 random hex digits, under $TMPDIR, or under /tmp when $TMPDIR is too long for the
+    ipc endpoints made in it (the rule ``short_temp_dir`` follows)."""
     import secrets  # here: it imports hashlib, 3-5 ms the blocking client need not pay
 
     name = prefix + secrets.token_hex(8)

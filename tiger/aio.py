@@ -59,7 +59,7 @@ from tiger._client import (
     _timeout,
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
-from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
+from tiger._feed import _EXPIRED, Alarm, _resolve, acquired_within, check_timeout, running_loop
 from tiger._table import GLOBAL, Record, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
@@ -331,7 +331,10 @@ class AsyncClient(_Connection):
         serving: asyncio.AbstractEventLoop | None = None
         try:
             serving = self._serve()  # before the loop's lock: a refused call must not touch the socket (watch)
-            async with self._lock():
+            lock = self._lock()
+            if not await acquired_within(lock, max(0.0, deadline - time.monotonic())):
+                raise self._busy(seconds)
+            try:
                 if self._closed:
                     raise TigerError("this client is closed")
                 sent = True  # from here a cancellation may come after libzmq took the bytes
@@ -364,6 +367,8 @@ class AsyncClient(_Connection):
                             answered = True
                             break
                         self._late_answer(reply)
+            finally:
+                lock.release()
             return self._outcome(reply, seconds)
         except asyncio.CancelledError:
             if self._closed and not _cancelling():  # the socket was closed under the call (its wait is cancelled)

@@ -6,8 +6,10 @@ Registered through the ``pytest11`` entry point; ``-p no:tiger`` turns it off.
 Theory of operation: the plugin is one lifecycle, in this order.
 
 1. **Configure** (every pytest process; cheap, no zmq, no socket). The controller (xdist's, or the
-   only pytest process) makes the run's identity: a short run id and a private run directory.
-   Workers get both through ``workerinput``. ``pytest --help``, ``--version``, ``--collect-only``,
+   only pytest process) makes the run's identity: a short run id and the path of a private run
+   directory, made only when a process of the run first writes there (a run killed by SIGTERM, which
+   runs no cleanup, left an empty one in $TMPDIR in every project with tiger installed). Workers get
+   both through ``workerinput``. ``pytest --help``, ``--version``, ``--collect-only``,
    ``--fixtures`` and a run in which no test asks for tiger never get further than this.
 2. **First demand**, in whichever process first needs the writer (a tiger fixture): with
    ``--tiger-url``/``$TIGER_URL``, that writer is pinged; else the run's own writer is started, once
@@ -38,14 +40,13 @@ import functools
 import hashlib
 import inspect
 import json
-import math
 import os
 import secrets
 import shutil
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -185,7 +186,9 @@ def _teardown_timeout(value: object) -> float:
     try:
         seconds = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        seconds = math.nan
+        raise pytest.UsageError(
+            f"tiger_teardown_timeout must be a number of seconds from 0 to 86400 (a day), not {value!r}"
+        ) from None
     try:
         return check_seconds(seconds, "tiger_teardown_timeout")  # type: ignore[return-value]
     except ValueError as e:
@@ -624,63 +627,68 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
             isinstance(e, pytest.fail.Exception) and "from pytest-timeout" in str(e)  # its only mark
         )
 
-    if inspect.isgeneratorfunction(factory):
+    # each of the factory's kind, ``make`` the factory; a plain factory's result, once made, goes through
+    # the one of its kind too (``lambda: make(x)``: the build runs when it is iterated or awaited, outside
+    # the factory's call, and a pytest-timeout then was recorded as the key's failure for every caller)
 
-        def generator() -> Iterator[Any]:
-            steps = factory()
-            try:
-                value = next(steps)
-            except StopIteration:
-                return  # Client.once names it: the generator factory returned without yielding a value
-            except BaseException as e:
-                if interrupted(e):
-                    raise _BuildInterrupted(str(e)) from e
-                raise
-            yield value
-            yield from steps  # the teardown
-
-        return _named(generator, factory)
-
-    if _is_async_generator(factory):
-
-        async def async_generator() -> AsyncIterator[Any]:
-            from tiger._once import _adopted_by_no_loop
-
-            steps = factory()
-            try:
-                value = await _adopted_by_no_loop(steps)  # as Client.once does: the test's loop must not close it
-            except StopAsyncIteration:
-                return  # Client.once names it, as for a generator
-            except BaseException as e:
-                if interrupted(e):
-                    raise _BuildInterrupted(str(e)) from e
-                raise
-            yield value
-            async for step in steps:  # the teardown (an async generator yields once here: nothing more)
-                yield step
-
-        return _named(async_generator, factory)
-
-    if _is_coroutine(factory):
-
-        async def coroutine() -> Any:
-            try:
-                return await factory()
-            except BaseException as e:
-                if interrupted(e):
-                    raise _BuildInterrupted(str(e)) from e
-                raise
-
-        return _named(coroutine, factory)
-
-    def plain() -> Any:
+    def generator(make: Callable[[], Iterator[Any]] = factory) -> Iterator[Any]:
         try:
-            return factory()
+            steps = make()
+            value = next(steps)
+        except StopIteration:
+            return  # Client.once names it: the generator factory returned without yielding a value
+        except BaseException as e:
+            if interrupted(e):
+                raise _BuildInterrupted(str(e)) from e
+            raise
+        yield value
+        yield from steps  # the teardown
+
+    async def async_generator(make: Callable[[], AsyncGenerator[Any, Any]] = factory) -> AsyncIterator[Any]:
+        from tiger._once import _adopted_by_no_loop
+
+        steps = make()
+        try:
+            value = await _adopted_by_no_loop(steps)  # as Client.once does: the test's loop must not close it
+        except StopAsyncIteration:
+            return  # Client.once names it, as for a generator
+        except BaseException as e:
+            if interrupted(e):
+                raise _BuildInterrupted(str(e)) from e
+            raise
+        yield value
+        async for step in steps:  # the teardown (an async generator yields once here: nothing more)
+            yield step
+
+    async def coroutine(make: Callable[[], Awaitable[Any]] = factory) -> Any:
+        try:
+            return await make()
         except BaseException as e:
             if interrupted(e):
                 raise _BuildInterrupted(str(e)) from e
             raise
 
+    def plain() -> Any:
+        try:
+            result = factory()
+        except BaseException as e:
+            if interrupted(e):
+                raise _BuildInterrupted(str(e)) from e
+            raise
+        if inspect.isgenerator(result):
+            return generator(lambda: result)
+        if inspect.isasyncgen(result):
+            return async_generator(lambda: result)
+        if inspect.iscoroutine(result):
+            return coroutine(lambda: result)
+        return result
+
+    if inspect.isgeneratorfunction(factory):
+        return _named(generator, factory)
+    if _is_async_generator(factory):
+        return _named(async_generator, factory)
+    if _is_coroutine(factory):
+        return _named(coroutine, factory)
     return _named(plain, factory)
 
 
