@@ -77,18 +77,30 @@ def test_a_late_release_of_an_earlier_claim_leaves_the_same_clients_newer_claim(
     # A review: an async client's release goes on in a task after its caller was cancelled, and could reach
     # the writer after a new claim of the key by the same client id (AsyncClient.sharing: another socket):
     # it gave that newer claim up, and another process then built the key a second time. A release names
-    # the claim it gives up (its request id); another claim of the client's is left alone.
+    # the claims of its call, [first, last] (request ids): another claim of the client's is left alone.
     store = t.Store()
     store.apply(t.prepare_once_claim(store, "k", "c1", "me", live={"c1"}, now=1, claim=7)[1])
     store.apply(t.prepare_once_claim(store, "k", "c1", "me", live={"c1"}, now=2, claim=9)[1])  # handed back
     assert store.get(t.ONCE_TABLE, t.GLOBAL, "k")["claim"] == 9
-    assert t.prepare_once_release(store, "k", "c1", claim=7) is None
-    with pytest.raises(TypeError, match="payload of a release"):
-        t.prepare_once_release(store, "k", "c1", claim="9")  # type: ignore[arg-type]
-    store.apply(t.prepare_once_release(store, "k", "c1", claim=9))
+    assert t.prepare_once_release(store, "k", "c1", claims=[5, 7]) is None
+    for bad in (9, ["9", 9], [9], [9, 5], "x"):
+        with pytest.raises(TypeError, match="payload of a release"):
+            t.prepare_once_release(store, "k", "c1", claims=bad)  # type: ignore[arg-type]
+    store.apply(t.prepare_once_release(store, "k", "c1", claims=[9, 9]))
     assert store.get(t.ONCE_TABLE, t.GLOBAL, "k") is None
     store.apply(t.prepare_once_claim(store, "k", "c1", "me", live={"c1"}, now=3, claim=11)[1])
-    store.apply(t.prepare_once_release(store, "k", "c1"))  # no claim named (a silent client's): whichever it holds
+    store.apply(t.prepare_once_release(store, "k", "c1"))  # no claims named (a silent client's): whichever it holds
+    assert store.get(t.ONCE_TABLE, t.GLOBAL, "k") is None
+    store.check()
+
+
+def test_a_release_gives_up_its_calls_first_claim_when_that_was_the_one_applied():
+    # A review of the claim names: a call that claimed twice (its first claim applied, the answer lost; its
+    # second never applied: expired, or given up) released only "its last claim", and the key stayed claimed
+    # by its live client, every other process timing out on it. Any claim of the call's is given up.
+    store = t.Store()
+    store.apply(t.prepare_once_claim(store, "k", "c1", "me", live={"c1"}, now=1, claim=20)[1])
+    store.apply(t.prepare_once_release(store, "k", "c1", claims=[20, 23]))
     assert store.get(t.ONCE_TABLE, t.GLOBAL, "k") is None
     store.check()
 

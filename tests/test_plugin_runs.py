@@ -974,6 +974,42 @@ def test_a_build_by_a_lambda_returning_a_generator_stopped_by_pytest_timeout_fai
     assert len(lines(tmp_path / "built")) == 2
 
 
+LAMBDA_RETURNING_ASYNC = """
+import gc
+import pytest
+
+async def acoro():
+    return 1
+
+async def agen():
+    yield 1
+
+def test_a_coroutine(tiger_once):
+    with pytest.raises(TypeError, match="pass the coroutine or async generator function itself"):
+        tiger_once("c", lambda: acoro())
+    gc.collect()
+
+def test_an_async_generator(tiger_once):
+    with pytest.raises(TypeError, match="functools.partial"):
+        tiger_once("g", lambda: agen())
+    gc.collect()
+"""
+
+
+def test_a_lambda_returning_a_coroutine_given_to_tiger_once_is_refused_with_advice_and_no_warning(pytester):
+    # A review and a user trial: tiger_once(key, lambda: acoro()) warned "coroutine 'acoro' was never awaited"
+    # (the plugin's guard wrapped it, and the blocking driver closed only the wrapper; -W error fails the run),
+    # and the TypeError advised "await tiger_once(key, factory)", which the user of lambda: agen(x) had done:
+    # tiger_once cannot tell a lambda is async before calling it, which only the builder may do.
+    pytester.makepyfile(test_lambdas=LAMBDA_RETURNING_ASYNC)
+    result = run(
+        pytester, "-p", "no:xdist", "-W", "error::RuntimeWarning", "-W", "error::pytest.PytestUnraisableExceptionWarning"
+    )
+    output = result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=2)
+    assert "never awaited" not in output
+
+
 # -- found by trying the plugin as a new user ---------------------------------------------------------
 
 CTRL_C_DURING_TEARDOWN = """
@@ -995,24 +1031,60 @@ def test_uses(tiger_once, i):
 """
 
 
+def _ctrl_c_in_teardown(tmp_path: Path, source: str, *args: str) -> tuple[int, str, float]:
+    """Run ``source`` as a project, Ctrl-C its process group once a teardown wrote ``tearing``; returns
+    the run's exit code, its output and the seconds it took to end after the Ctrl-C."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_td.py").write_text(source)
+    output = tmp_path / "output"
+    proc = start_pytest(project, output, *args)
+    try:
+        wait_until(lambda: (tmp_path / "tearing").exists(), 30, "the teardown starts")
+        interrupted = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(25)
+        return proc.returncode, output.read_text(), time.monotonic() - interrupted
+    finally:
+        end_group(proc)
+
+
 @XDIST_OR_NOT
 def test_ctrl_c_during_a_teardown_ended_the_run_as_passed_or_failed(tmp_path, mode):
     """Ctrl-C while a teardown runs ends the run as interrupted (exit 2), not 0 or a failure's 1."""
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_td.py").write_text(CTRL_C_DURING_TEARDOWN)
-    output = tmp_path / "output"
-    proc = start_pytest(project, output, *mode)
-    try:
-        wait_until(lambda: (tmp_path / "tearing").exists(), 30, "the teardown starts")
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(15)
-        text = output.read_text()
-        assert proc.returncode == pytest.ExitCode.INTERRUPTED, text
-        assert "slow-teardown" in text and "interrupted" in text, text
-        assert "INTERNALERROR" not in text
-    finally:
-        end_group(proc)
+    returncode, text, _ = _ctrl_c_in_teardown(tmp_path, CTRL_C_DURING_TEARDOWN, *mode)
+    assert returncode == pytest.ExitCode.INTERRUPTED, text
+    assert "slow-teardown" in text and "interrupted" in text, text
+    assert "INTERNALERROR" not in text
+
+
+CTRL_C_THEN_NEXT_TEARDOWN = (
+    """
+import os, time
+
+def other():
+    yield 2
+    open(os.path.join(os.environ["PLUGIN_RUNS_DIR"], "other-torn-down"), "w").close()
+    time.sleep(30)  # sleep-ok: a teardown that must not begin after the Ctrl-C
+
+def test_0_builds_the_other_first(tiger_once):  # (the newest is torn down first)
+    assert tiger_once("other", other) == 2
+"""
+    + CTRL_C_DURING_TEARDOWN
+)
+
+
+@pytest.mark.parametrize("mode", [["-n", "1"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])  # (one builder)
+def test_ctrl_c_during_a_teardown_ran_the_next_teardown_in_full(tmp_path, mode):
+    # A user trial: without xdist, a Ctrl-C stopped the slow teardown and the next one ran its full 30 s; the
+    # summary named only the first. A Ctrl-C now ends the teardowns: those not begun are not run, each named.
+    returncode, text, took = _ctrl_c_in_teardown(tmp_path, CTRL_C_THEN_NEXT_TEARDOWN, "-o", "tiger_teardown_timeout=60", *mode)
+    assert returncode == pytest.ExitCode.INTERRUPTED, text
+    assert not (tmp_path / "other-torn-down").exists(), text
+    if "no:xdist" in mode:  # (xdist names both "not waited for (interrupted)": its controller's view)
+        assert re.search(r"teardown of once 'other' in main \(pid \d+\) did not run: interrupted \(Ctrl-C\)", text), text
+    assert "INTERNALERROR" not in text
+    assert took < 20, f"the run ended {took:.0f}s after the Ctrl-C"
 
 
 WRITER_KILLED = """

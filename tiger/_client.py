@@ -508,6 +508,8 @@ class Client(_Connection):
     ) -> None:
         super().__init__(url, timeout, heartbeat_timeout, server_key)
         self._lock = threading.Lock()  # one request in flight on the command socket
+        self._freed = threading.Condition()  # notified when a call lets the socket go and another waits for it
+        self._waiting = 0  # calls waiting for the socket (``_wait_for_socket``)
         try:
             # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
             self._command = [self._new_socket()]
@@ -542,15 +544,23 @@ class Client(_Connection):
         """Run the teardowns of the once values this client built, wait for a call in flight on another
         thread (at most ``timeout`` seconds: a call ends only by its deadline, as a paused writer could
         still apply it), say goodbye to the writer, stop the replica, close the sockets. Idempotent. A
-        teardown that raised is raised again at the end."""
+        teardown that raised is raised again at the end. Interrupted (Ctrl-C) in a teardown or between
+        them, it still closes, the teardowns not run yet logged, not run."""
         if self._closed:
             return
-        errors = self.tear_down_once_values(wait=self.timeout) if os.getpid() == self._pid else []
+        errors: list[tuple[str, BaseException]] = []
         try:
-            self._close()
+            if os.getpid() == self._pid:
+                errors = self.tear_down_once_values(wait=self.timeout)
         finally:
-            if errors:
-                raise errors[0][1]
+            left = self._once.not_torn_down() if os.getpid() == self._pid else []
+            if left:
+                log.warning("closing %r with once teardowns not run: %s", self, sorted(k for _, k in left))
+            try:
+                self._close()
+            finally:
+                if errors:  # a Ctrl-C that stopped a teardown first
+                    raise next((e for _, e in errors if isinstance(e, KeyboardInterrupt)), errors[0][1])
 
     def _close(self) -> None:
         self._closed = True
@@ -686,9 +696,9 @@ class Client(_Connection):
         sent = answered = False
         refusals = None if type(request) is p.Hello else Refusals()
         try:
-            if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise self._busy(seconds)
-            try:
+            if self._lock.locked():  # another call (thread) holds the socket: waited for until this call's deadline
+                self._wait_for_socket(deadline, seconds)
+            with self._lock:  # (``with``: a timed acquire then ``try`` left the lock held by a signal in between)
                 if self._closed:
                     raise TigerError("this client is closed")
                 self._send_call(payload)
@@ -720,16 +730,37 @@ class Client(_Connection):
                     if reply.req_id == req_id:
                         answered = True
                         break
-            finally:
-                self._lock.release()
+            self._socket_freed()
             return self._outcome(reply, seconds)
         except BaseException:
+            self._socket_freed()
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
 
     def _command_socket(self) -> zmq.Socket[Any]:
         return self._socket
+
+    def _wait_for_socket(self, deadline: float, seconds: float) -> None:
+        """Wait until no call holds the command socket, at most until ``deadline``: ``Unavailable`` (``_busy``)
+        past it. A call behind another waited as long as that call's own timeout, then said it had waited
+        its own (a review). The socket may be taken again before this call takes it: it then waits for
+        that call, which ends by its own deadline."""
+        with self._freed:
+            self._waiting += 1
+            try:
+                while self._lock.locked():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self._busy(seconds)
+                    self._freed.wait(min(left, 0.05))  # (notified by ``_socket_freed``; the slice is a backstop)
+            finally:
+                self._waiting -= 1
+
+    def _socket_freed(self) -> None:
+        if self._waiting:
+            with self._freed:
+                self._freed.notify_all()
 
     def _fresh_socket(self) -> None:
         """A new command socket in place of the old: made, swapped in, then the old one closed, so that an

@@ -64,6 +64,7 @@ from tiger._table import ONCE_TABLE, Record, check_value
 
 if TYPE_CHECKING:
     import asyncio
+    import types
 
     from tiger._replica import Replica
 
@@ -304,8 +305,11 @@ class Once:
         the (key, error) of each teardown that raised; raises ``Unavailable`` if the replica stopped.
         ``until`` (``time.monotonic()`` seconds; the pytest plugin's ``tiger_teardown_timeout``): a
         teardown running then is stopped (its error ``PastDeadline``, main thread only), and those not
-        begun by then are left (``not_torn_down``)."""
-        return _drive(client, self._tear_down(client, wait, until))
+        begun by then are left (``not_torn_down``). A teardown interrupted by Ctrl-C (its error
+        ``KeyboardInterrupt``) ends the tear-down too: the others are left, as for a cancelled async
+        close (Ctrl-C stopped one teardown, and the next ran in full: a user trial); a Ctrl-C between
+        teardowns is raised, the rest left."""
+        return _drive(client, self._tear_down(client, wait, until, stop_on=(KeyboardInterrupt,)))
 
     def not_torn_down(self) -> list[tuple[str, str]]:
         """The (scope, key) of the teardowns not run yet, newest first."""
@@ -361,7 +365,7 @@ class Once:
         interruptions: tuple[type[BaseException], ...],
     ) -> Steps[Any]:
         __tracebackhide__ = True
-        claims: list[int] = []  # the request id of each claim sent: a release names the last (``_release``)
+        claims: list[int] = []  # the request id of each claim sent: a release names the first and the last
 
         def claim_request() -> p.OnceClaim:
             claims.append(next(client._req_ids))
@@ -371,10 +375,12 @@ class Once:
             try:
                 claim: p.Ok = yield from _written(client, claim_request, deadline)
             except BaseException:  # (interrupted, or unanswered: Timeout, Unavailable) the claim may have been
-                yield from _release(client, key, scope, claims[-1])  # applied: give the key up if it is ours
+                yield from _release(client, key, scope, (claims[0], claims[-1]))  # applied: give it up if ours
                 raise
             if claim.result == "build":
-                built = yield from self._build(client, key, scope, factory, in_scope, interruptions, deadline, claims[-1])
+                built = yield from self._build(
+                    client, key, scope, factory, in_scope, interruptions, deadline, (claims[0], claims[-1])
+                )
                 if built is not _SUPERSEDED:
                     return built
                 continue
@@ -393,7 +399,7 @@ class Once:
         in_scope: bool,
         interruptions: tuple[type[BaseException], ...],
         deadline: float,
-        claim: int,
+        claim: tuple[int, int],
     ) -> Steps[Any]:
         __tracebackhide__ = True
         if (scope, key) in self._built:  # built before, but the writer did not get the value: send it, build nothing
@@ -478,7 +484,7 @@ class Once:
                 log.warning("once %r: the teardown of a value that was not kept raised %r", key, error)
 
     def _finish_or_release(
-        self, client: OnceClient, key: str, scope: str, outcome: str, payload: Any, deadline: float, claim: int
+        self, client: OnceClient, key: str, scope: str, outcome: str, payload: Any, deadline: float, claim: tuple[int, int]
     ) -> Steps[p.Ok]:
         """Deliver a build's outcome, through a writer gone silent for a while (``_written``: until
         ``deadline``). If the writer refuses it (a value it will not store), that refusal is the key's
@@ -572,15 +578,17 @@ def _heard(client: OnceClient) -> bool:
     return client.replica.silent_for() <= client.heartbeat_timeout
 
 
-def _release(client: OnceClient, key: str, scope: str, claim: int) -> Steps[None]:
+def _release(client: OnceClient, key: str, scope: str, claim: tuple[int, int]) -> Steps[None]:
     """Give the key up, best effort, on the way out of a call that raised: not waited for (``Write``'s
     ``waited``), so that the caller's error or cancellation is not held up by a paused writer. If the
     writer is gone, it forgets the claim when this client says goodbye or falls silent. A client that
-    does not hold the claim releases nothing, nor does one whose claim of the key is newer than
-    ``claim`` (the request id of the claim given up): an async client's release, gone on in a task,
-    could reach the writer after the same client id claimed the key again (``AsyncClient.sharing``)."""
+    does not hold the claim releases nothing, nor does one whose claim of the key is not one of the
+    call's, ``claim`` (the request ids of its first and last claim: any of them may be the one the
+    writer applied): an async client's release, gone on in a task, could reach the writer after the
+    same client id claimed the key again (``AsyncClient.sharing``)."""
     with contextlib.suppress(TigerError):
-        yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", claim, scope), waited=False)
+        payload = list(claim)
+        yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "release", payload, scope), waited=False)
 
 
 # -- the drivers ----------------------------------------------------------------------------------
@@ -731,10 +739,14 @@ class _AsyncFactory(TypeError):
 
 def _async_factory(factory: Callable[[], Any], kind: str) -> _AsyncFactory:
     name = callable_name(factory)
-    return _AsyncFactory(
-        f"factory {name} is asynchronous ({kind}); the blocking Client.once cannot await it: "
-        "use tiger.aio (await client.once(key, factory)), or in pytest await tiger_once(key, factory)"
-    )
+    advice = "use tiger.aio (await client.once(key, factory)), or in pytest await tiger_once(key, factory)"
+    if kind.startswith("it returned"):  # a plain function (a lambda) returning one: tiger_once cannot tell before
+        # calling it, which only the builder may do (a user trial: the advice was what the user had done)
+        advice = (
+            "use tiger.aio (await client.once(key, factory)), or in pytest pass the coroutine or async generator "
+            "function itself, not a function returning its result: await tiger_once(key, functools.partial(f, x))"
+        )
+    return _AsyncFactory(f"factory {name} is asynchronous ({kind}); the blocking Client.once cannot await it: {advice}")
 
 
 def _deadline(wait: float | None) -> float:
@@ -770,6 +782,9 @@ def _never_finalized(teardown: FactoryGenerator) -> None:
         pass
 
 
+STOP_EVERY = 1.0  # seconds between the stops of a teardown still running past its deadline
+
+
 class _Alarm:
     """What ``_stopped_at`` did: ``fired``, whether ``PastDeadline`` was raised in the code run inside
     (which may have caught it and run on to its end)."""
@@ -782,12 +797,15 @@ class _Alarm:
 
 @contextlib.contextmanager
 def _stopped_at(deadline: float, key: str) -> Iterator[_Alarm]:
-    """Raise ``PastDeadline`` in the code run inside, if it still runs at ``deadline``
-    (``time.monotonic()`` seconds): by SIGALRM (``signal.setitimer``), so in the main thread only, where
-    Python runs signal handlers. Nothing is stopped, and SIGALRM is left alone, elsewhere, with no
-    deadline, where a timer due before ``deadline`` is set (pytest-timeout's, say: it stays first), or
-    where SIGALRM's handler was not set from Python (it could not be put back). A timer due later is put
-    back with what remains of it, and its interval; the handler too. Yields an ``_Alarm``."""
+    """Raise ``PastDeadline`` in the teardown run inside (under ``_finish_generator`` or
+    ``_finish_async_generator_here``), if it still runs at ``deadline`` (``time.monotonic()`` seconds),
+    and again every ``STOP_EVERY`` seconds while it goes on (its ``finally`` or ``except``): by SIGALRM
+    (``signal.setitimer``), so in the main thread only, where Python runs signal handlers. A teardown
+    that takes every stop and goes on (``except BaseException`` in a loop) is not ended. Nothing is
+    stopped, and SIGALRM is left alone, elsewhere, with no deadline, where a timer due before
+    ``deadline`` is set (pytest-timeout's, say: it stays first), or where SIGALRM's handler was not set
+    from Python (it could not be put back). A timer due later is put back with what remains of it, and
+    its interval; the handler too. Yields an ``_Alarm``."""
     import signal
 
     alarm = _Alarm()
@@ -800,20 +818,22 @@ def _stopped_at(deadline: float, key: str) -> Iterator[_Alarm]:
     if previous is None or (due > 0 and due <= deadline - started):
         yield alarm
         return
-    inside = [True]  # the alarm raises only inside: never in the few instructions after the code ended
 
-    def stop(signum: int, frame: object) -> None:
-        if inside[0]:
-            inside[0] = False
-            alarm.fired = True
-            raise PastDeadline(f"the teardown of once {key!r} was still running at its deadline")
+    def stop(signum: int, frame: types.FrameType | None) -> None:
+        # only inside a teardown (its runner on the stack): never in tiger's own code around it, where it
+        # would skip putting the timer and handler back; and again each STOP_EVERY seconds, as a teardown
+        # whose finally or except went on after the first stop ran unbounded (a review)
+        while frame is not None:
+            if frame.f_code in _TEARDOWN_RUNNERS:
+                alarm.fired = True
+                raise PastDeadline(f"the teardown of once {key!r} was still running at its deadline")
+            frame = frame.f_back
 
     signal.signal(signal.SIGALRM, stop)
-    before, interval = signal.setitimer(signal.ITIMER_REAL, max(deadline - started, 0.001))
+    before, interval = signal.setitimer(signal.ITIMER_REAL, max(deadline - started, 0.001), STOP_EVERY)
     try:
         yield alarm
     finally:
-        inside[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if before > 0:
@@ -916,3 +936,7 @@ def _held(record: Record | None) -> list[str]:
 def _once_moved(record: Record | None, owner: str | None) -> bool:
     """A waiting caller's cue: the key was built, failed, released, or claimed anew."""
     return record is None or record["state"] != "building" or record["owner"] != owner
+
+
+# the functions a teardown runs under: ``_stopped_at`` stops only code they called
+_TEARDOWN_RUNNERS = frozenset({_finish_generator.__code__, _finish_async_generator_here.__code__})

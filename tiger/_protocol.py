@@ -440,7 +440,8 @@ ONCE_OUTCOMES = ("value", "resource", "error", "release", "retire")
 class OnceFinish:
     """The builder's outcome: "value" (payload: the value), "resource" (a value the builder tears down
     later), "error" (payload: [type, message, builder, traceback]), "release" (the build was interrupted;
-    payload: the request id of the claim it gives up, or None for any claim of the client's)
+    payload: ``[first, last]``, the request ids of the claims of the call giving it up, or None for
+    any claim of the client's)
     or "retire" (the value was torn down)."""
 
     req_id: int

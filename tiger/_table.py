@@ -882,20 +882,25 @@ def prepare_once_leave(store: Store, client_id: str) -> list[Put]:
 
 
 def prepare_once_release(
-    store: Store, key: str, client_id: str, namespace: str = GLOBAL, claim: int | None = None
+    store: Store, key: str, client_id: str, namespace: str = GLOBAL, claims: Sequence[int] | None = None
 ) -> Delete | None:
-    """Give a key up (its builder was interrupted): waiting callers then claim it anew. ``claim`` (the
-    claim's request id; None: whichever claim ``client_id`` holds): a release of an earlier claim leaves
-    a later one alone (an async client's release goes on in a task after its caller was cancelled, and
-    could reach the writer after a new claim of the key by the same client id). Raises ``TypeError``
-    for a ``claim`` that is not an int."""
-    if claim is not None and type(claim) is not int:
-        raise TypeError(f"payload of a release must be its claim's request id (an int) or None, not {type(claim).__name__}")
+    """Give a key up (its builder was interrupted): waiting callers then claim it anew. ``claims``: the
+    request ids of the first and the last claim of the call giving it up, ``[first, last]`` (a call
+    claims again while the writer is unavailable, and any of its claims may be the one applied); a
+    claim outside them is left alone: an async client's release goes on in a task after its caller was
+    cancelled, and could reach the writer after a newer claim of the key by the same client id. None:
+    whichever claim ``client_id`` holds (a silent client's). Raises ``TypeError`` for malformed
+    ``claims``."""
+    if claims is not None and not (
+        isinstance(claims, (list, tuple)) and len(claims) == 2 and all(type(c) is int for c in claims) and claims[0] <= claims[1]
+    ):
+        raise TypeError(f"payload of a release must be [first, last], its claims' request ids, or None, not {claims!r:.80}")
     current = store.get(ONCE_TABLE, namespace, key)
     if current is None or current["state"] != "building" or current["owner"] != client_id:
         return None
-    if claim is not None and current.get("claim", claim) != claim:  # (a record from before claims were named: any)
-        return None
+    claim = current.get("claim")
+    if claims is not None and claim is not None and not claims[0] <= claim <= claims[1]:
+        return None  # (a record from before claims were named: any release of its owner's)
     return Delete(ONCE_TABLE, namespace, key)
 
 

@@ -380,6 +380,10 @@ class AsyncClient(_Connection):
                 # behind the gap for up to ``timeout`` seconds)
                 self._unanswered[req_id] = (payload, deadline)
                 task = running_loop().create_task(self._answer_later(req_id))
+                # best effort: a loop ending with it pending (asyncio.run cancels a call, this task is made
+                # then, never awaited) closes it, its finally handing the call to the replica; no "Task was
+                # destroyed but it is pending" at exit (a user trial)
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
                 self._late.add(task)
                 task.add_done_callback(self._late.discard)
             elif own:

@@ -390,7 +390,7 @@ class _Run:
         __tracebackhide__ = True
         client = self.client()
         try:
-            value = client.once(key, _guarded(factory), timeout, namespace=self.namespace)
+            value = client.once(key, _guarded(factory, awaited=False), timeout, namespace=self.namespace)
         except _BuildInterrupted as e:  # pytest-timeout or pytest.exit stopped the build: the key went to the next caller
             raise e.__cause__ from None  # type: ignore[misc]
         except OnceFailed as e:
@@ -409,7 +409,7 @@ class _Run:
         client = self.client()
         shared = AsyncClient.sharing(client)  # its once keys and teardowns are the process client's
         try:
-            value = await shared.once(key, _guarded(factory), timeout, namespace=self.namespace)
+            value = await shared.once(key, _guarded(factory, awaited=True), timeout, namespace=self.namespace)
         except _BuildInterrupted as e:
             raise e.__cause__ from None  # type: ignore[misc]
         except OnceFailed as e:
@@ -448,10 +448,18 @@ class _Run:
         if self._client is None or not self._built:
             return {}
         once = self._client._once
-        errors = dict(once.tear_down(self._client, 0.0, until=time.monotonic() + self.teardown_timeout))
-        left = [key for _, key in once.not_torn_down()]
-        once.forget_teardowns()
-        outcomes = {key: _NOT_RUN if key in left else _outcome(errors.get(key)) for key in [*self._built, *left]}
+        errors: dict[str, BaseException] = {}
+        interrupted = False
+        try:
+            errors = dict(once.tear_down(self._client, 0.0, until=time.monotonic() + self.teardown_timeout))
+        except KeyboardInterrupt:  # between teardowns (a key's retire): the rest are not run, as after one
+            interrupted = True  # a Ctrl-C stopped; escaping, it ended the run with a traceback, and close()
+        finally:  # then ran the rest with no timeout (a review)
+            left = [key for _, key in once.not_torn_down()]
+            once.forget_teardowns()
+        interrupted = interrupted or any(isinstance(e, KeyboardInterrupt) for e in errors.values())
+        not_run = _NOT_RUN_INTERRUPTED if interrupted else _NOT_RUN
+        outcomes = {key: not_run if key in left else _outcome(errors.get(key)) for key in [*self._built, *left]}
         self.dir.record_builder({"by": self._client.label, "keys": list(self._built), "outcomes": outcomes})
         self.dir.release_builder()
         self._built.clear()
@@ -470,6 +478,9 @@ class _Run:
             elif error == _NOT_RUN:
                 self.end_with(pytest.ExitCode.TESTS_FAILED)
                 self.report.append(f"teardown of once {key!r} in {by} did not run: {past}")
+            elif error == _NOT_RUN_INTERRUPTED:
+                self.end_with(pytest.ExitCode.INTERRUPTED)
+                self.report.append(f"teardown of once {key!r} in {by} did not run: interrupted (Ctrl-C)")
             elif error is not None:
                 self.end_with(pytest.ExitCode.TESTS_FAILED)
                 self.report.append(f"teardown of once {key!r} in {by} failed:\n{error}")
@@ -617,10 +628,12 @@ def _named(wrapper: Callable[..., Any], factory: Callable[..., Any]) -> Callable
     return wrapper
 
 
-def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
+def _guarded(factory: Callable[[], Any], awaited: bool) -> Callable[[], Any]:
     """The factory, with what stops a build from outside turned into an interruption: pytest-timeout's
     failure is no verdict on the factory, and ``pytest.exit`` ends the run, not the key. Of the same
-    kind as ``factory``: a plain, generator, coroutine or async generator function."""
+    kind as ``factory``: a plain, generator, coroutine or async generator function. ``awaited``: the
+    async driver runs it (a plain function's coroutine or async generator is guarded too; the blocking
+    driver gets them as they are, to refuse and close)."""
 
     def interrupted(e: BaseException) -> bool:
         return isinstance(e, pytest.exit.Exception) or (
@@ -677,9 +690,9 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
             raise
         if inspect.isgenerator(result):
             return generator(lambda: result)
-        if inspect.isasyncgen(result):
-            return async_generator(lambda: result)
-        if inspect.iscoroutine(result):
+        if awaited and inspect.isasyncgen(result):  # (the blocking driver refuses it, and closes a coroutine:
+            return async_generator(lambda: result)  # wrapped, the factory's own went unclosed, "never awaited")
+        if awaited and inspect.iscoroutine(result):
             return coroutine(lambda: result)
         return result
 
@@ -695,6 +708,7 @@ def _guarded(factory: Callable[[], Any]) -> Callable[[], Any]:
 _INTERRUPTED = "interrupted"  # a teardown's outcome when Ctrl-C stopped it
 _STOPPED = "stopped"  # ... when it still ran at tiger_teardown_timeout
 _NOT_RUN = "not run"  # ... when it had not begun by then
+_NOT_RUN_INTERRUPTED = "not run: interrupted"  # ... when a Ctrl-C ended the teardowns before it
 _REPORT_GRACE = 2.0  # seconds the controller waits past tiger_teardown_timeout for the builders' reports
 _RANK = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
 
