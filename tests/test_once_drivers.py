@@ -198,6 +198,77 @@ def test_a_call_whose_first_claim_was_applied_unanswered_gives_that_claim_up_dri
         steps.send(None)
 
 
+def test_a_ctrl_c_at_a_keys_retire_keeps_the_teardowns_errors_and_runs_no_other_driven_by_hand():
+    # A review: a Ctrl-C while a key's retire waited (a paused writer) escaped the tear-down: the errors of the
+    # teardowns run before it were lost (the run reported them as finished, and ended 0), and the rest ran
+    # at close() with no bound. It now ends the tear-down like a Ctrl-C in a teardown, the errors kept.
+    from tiger._once import TearDown
+
+    store = t.Store()
+    client = InMemory(store, "c1")
+    once = Once()
+
+    def teardown() -> Generator[None, None, None]:
+        yield
+
+    for name in ("old", "new"):
+        generator = teardown()
+        next(generator)
+        once._teardowns["global", name] = (generator, False)
+    steps = once._tear_down(client, 0.0, math.inf, stop_on=(KeyboardInterrupt,))
+    assert type(next(steps)) is TearDown
+    failed = ValueError("the teardown of new failed")
+    retire = steps.send(failed)
+    assert type(retire) is Write and retire.request.outcome == "retire"
+    again = steps.throw(KeyboardInterrupt())  # Ctrl-C while it waits
+    assert type(again) is Write and again.request == retire.request and again.waited is False  # best effort, once more
+    with pytest.raises(StopIteration) as done:
+        steps.send(None)
+    errors = done.value.value
+    assert [(key, type(e)) for key, e in errors] == [("new", ValueError), ("new", KeyboardInterrupt)]
+    assert once.not_torn_down() == [("global", "old")]  # not run
+
+
+def test_an_async_teardown_past_its_deadline_is_cancelled_in_its_own_loop_not_stopped_inside_the_loop():
+    # A review: SIGALRM raised PastDeadline inside asyncio's own code while an async generator's teardown ran
+    # in a loop of its own: the loop was closed with the teardown pending (its finally half run, "Task was
+    # destroyed but it is pending!"). Its task is cancelled instead, again at each stop, and it ends cleanly.
+    import signal
+
+    from tiger._once import PastDeadline, _adopted_by_no_loop, _finish_async_generator_here, _stopped_at
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("SIGALRM handlers run in the main thread only")
+    seen: list[str] = []
+
+    async def resource() -> Any:
+        yield 1
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("body cancelled")
+            raise
+        finally:
+            try:
+                await asyncio.sleep(10)  # a finally that awaits (closing a connection)
+            except asyncio.CancelledError:
+                seen.append("finally cancelled")
+                raise
+
+    generator = resource()
+
+    async def first() -> Any:
+        return await _adopted_by_no_loop(generator)
+
+    asyncio.run(first())
+    handler = signal.getsignal(signal.SIGALRM)
+    with _stopped_at(time.monotonic() + 0.05, "k") as alarm:
+        error = _finish_async_generator_here("k", generator, None, alarm)
+    assert isinstance(error, PastDeadline) and alarm.fired
+    assert seen == ["body cancelled", "finally cancelled"] and generator.ag_frame is None  # ended, not pending
+    assert signal.getsignal(signal.SIGALRM) is handler
+
+
 def test_the_teardown_alarm_puts_back_the_timer_handler_and_interval_it_found():
     # A review of the teardown timeout's SIGALRM: a timer set before was put back without its interval, one
     # due before the teardown's deadline was delayed past it, and a handler not set from Python (None) made

@@ -905,7 +905,7 @@ def test_a_call_waiting_behind_another_call_of_its_client_keeps_its_own_timeout(
                     _wait_stopped(server.pid)
                     first = threading.Thread(target=plans.insert, args=({},))  # answered once the writer resumes
                     first.start()
-                    assert _until(client._lock.locked)  # the insert holds the socket
+                    assert _until(lambda: client._socket_owner is not None)  # the insert holds the socket
                     started = time.monotonic()
                     with pytest.raises(tiger.TigerError) as raised:
                         client.sync(timeout=1)
@@ -1027,3 +1027,33 @@ def test_ctrl_c_in_a_teardown_at_close_runs_no_other_teardown_and_still_closes(t
         client.close()
     assert ran == [] and client._closed and client._socket.closed
     assert f"quiet-{key}" in caplog.text  # "closing ... with once teardowns not run"
+
+
+CTRL_C_IN_AN_ASYNC_TEARDOWN = """
+import asyncio, os, signal
+from tiger._once import _adopted_by_no_loop, _finish_async_generator_here
+
+async def resource():
+    yield 1
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the teardown
+    await asyncio.sleep(30)
+
+generator = resource()
+
+async def first():
+    return await _adopted_by_no_loop(generator)
+
+asyncio.run(first())
+try:
+    error = _finish_async_generator_here("k", generator, None)
+except KeyboardInterrupt as raised:  # (Python 3.10: asyncio.run lets it through)
+    error = raised
+print(type(error).__name__, flush=True)
+"""
+
+
+def test_a_ctrl_c_in_an_async_teardown_run_by_the_blocking_client_is_a_keyboard_interrupt():
+    # A review: asyncio.run turns Ctrl-C into a cancellation of its task; the teardown returned that
+    # CancelledError as its error, so the tear-down took it for a failed teardown and ran the next one in full.
+    child = subprocess.run([sys.executable, "-c", CTRL_C_IN_AN_ASYNC_TEARDOWN], capture_output=True, text=True, timeout=60)
+    assert child.stdout.split() == ["KeyboardInterrupt"], child.stdout + child.stderr

@@ -507,9 +507,10 @@ class Client(_Connection):
         self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
     ) -> None:
         super().__init__(url, timeout, heartbeat_timeout, server_key)
-        self._lock = threading.Lock()  # one request in flight on the command socket
-        self._freed = threading.Condition()  # notified when a call lets the socket go and another waits for it
-        self._waiting = 0  # calls waiting for the socket (``_wait_for_socket``)
+        # one request in flight on the command socket: the call holding it is ``_socket_owner`` (its token),
+        # handed over under ``_socket_guard``, notified when a call lets the socket go
+        self._socket_guard = threading.Condition()
+        self._socket_owner: object | None = None
         try:
             # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
             self._command = [self._new_socket()]
@@ -559,8 +560,8 @@ class Client(_Connection):
             try:
                 self._close()
             finally:
-                if errors:  # a Ctrl-C that stopped a teardown first
-                    raise next((e for _, e in errors if isinstance(e, KeyboardInterrupt)), errors[0][1])
+                if errors:
+                    raise errors[0][1]
 
     def _close(self) -> None:
         self._closed = True
@@ -569,8 +570,10 @@ class Client(_Connection):
             self._finalizer.detach()
         if os.getpid() != self._pid:
             return  # a forked child: the sockets belong to the parent
-        locked = self._lock.acquire(timeout=self.timeout)  # a request in flight on another thread ends first
+        me = object()
         try:
+            with contextlib.suppress(Unavailable):  # a request in flight on another thread ends first (at most
+                self._take_socket(me, time.monotonic() + self.timeout, self.timeout)  # the timeout: closed anyway)
             if self._replica is not None:
                 try:
                     self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
@@ -578,8 +581,7 @@ class Client(_Connection):
                     pass
             _shut_down(self._replica, self._ctx, self._command)
         finally:
-            if locked:
-                self._lock.release()
+            self._let_go_socket(me)
 
     def __enter__(self) -> Client:
         return self
@@ -656,9 +658,15 @@ class Client(_Connection):
         ``wait`` (seconds, for all keys together): first wait for the other clients that got a value
         (its holders, known to the writer) to close or fall silent. Past it, the teardown runs anyway
         and a warning names the clients still holding it. ``close()`` waits the client's timeout; the
-        pytest plugin waits for every test of the run instead.
+        pytest plugin waits for every test of the run instead. A Ctrl-C (in a teardown or between
+        them) ends the tear-down, the rest left, and is raised again (as ``tiger.aio`` raises a
+        cancellation), before any error.
         """
-        return self._once.tear_down(self, check_seconds(wait, "wait"))  # type: ignore[arg-type]
+        errors = self._once.tear_down(self, check_seconds(wait, "wait"))  # type: ignore[arg-type]
+        for _, error in errors:
+            if isinstance(error, KeyboardInterrupt):
+                raise error
+        return errors
 
     def stats(self) -> dict[str, Any]:
         """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
@@ -668,7 +676,7 @@ class Client(_Connection):
 
     @property
     def _socket(self) -> zmq.Socket[Any]:
-        """The command socket (one request at a time, under ``_lock``)."""
+        """The command socket (one request at a time: ``_take_socket``)."""
         return self._command[0]
 
     @_socket.setter
@@ -695,45 +703,44 @@ class Client(_Connection):
             self.replica.call_started()  # after the pid check: a forked child may have inherited the replica's lock held
         sent = answered = False
         refusals = None if type(request) is p.Hello else Refusals()
+        me = object()
         try:
-            if self._lock.locked():  # another call (thread) holds the socket: waited for until this call's deadline
-                self._wait_for_socket(deadline, seconds)
-            with self._lock:  # (``with``: a timed acquire then ``try`` left the lock held by a signal in between)
-                if self._closed:
-                    raise TigerError("this client is closed")
-                self._send_call(payload)
-                sent = True
-                mine = p.own_records_of(request, payload)  # decoded while the writer works
-                attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
-                while True:
-                    wait = attempts.wait(time.monotonic())
-                    if wait == GIVE_UP:
-                        late = self._queued_answer(self._socket, req_id, mine, deadline)
-                        if late is not None:
-                            reply, answered = late, True
-                            break
-                    if wait <= RESEND:
-                        self._silence(wait, seconds, refusals)
-                        self._send_call(payload)
-                        self.resends += 1
-                        continue
-                    # poll, then receive: a poll interrupted by a signal goes on with what is left of its
-                    # timeout, where a receive with RCVTIMEO starts its whole timeout again (pyzmq retries
-                    # it), so a process taking signals more often than that would never time out
-                    if not self._socket.poll(wait, zmq.POLLIN):
-                        continue
-                    try:
-                        data = self._socket.recv(zmq.NOBLOCK)
-                    except zmq.Again:  # taken back by libzmq since (a peer gone): wait on
-                        continue
-                    reply = p.decode_reply(data, mine)
-                    if reply.req_id == req_id:
-                        answered = True
+            self._take_socket(me, deadline, seconds)  # (``me`` made before: a signal just after cannot leak it)
+            if self._closed:
+                raise TigerError("this client is closed")
+            self._send_call(payload)
+            sent = True
+            mine = p.own_records_of(request, payload)  # decoded while the writer works
+            attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
+            while True:
+                wait = attempts.wait(time.monotonic())
+                if wait == GIVE_UP:
+                    late = self._queued_answer(self._socket, req_id, mine, deadline)
+                    if late is not None:
+                        reply, answered = late, True
                         break
-            self._socket_freed()
+                if wait <= RESEND:
+                    self._silence(wait, seconds, refusals)
+                    self._send_call(payload)
+                    self.resends += 1
+                    continue
+                # poll, then receive: a poll interrupted by a signal goes on with what is left of its
+                # timeout, where a receive with RCVTIMEO starts its whole timeout again (pyzmq retries
+                # it), so a process taking signals more often than that would never time out
+                if not self._socket.poll(wait, zmq.POLLIN):
+                    continue
+                try:
+                    data = self._socket.recv(zmq.NOBLOCK)
+                except zmq.Again:  # taken back by libzmq since (a peer gone): wait on
+                    continue
+                reply = p.decode_reply(data, mine)
+                if reply.req_id == req_id:
+                    answered = True
+                    break
+            self._let_go_socket(me)
             return self._outcome(reply, seconds)
         except BaseException:
-            self._socket_freed()
+            self._let_go_socket(me)
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
             raise
@@ -741,26 +748,26 @@ class Client(_Connection):
     def _command_socket(self) -> zmq.Socket[Any]:
         return self._socket
 
-    def _wait_for_socket(self, deadline: float, seconds: float) -> None:
-        """Wait until no call holds the command socket, at most until ``deadline``: ``Unavailable`` (``_busy``)
-        past it. A call behind another waited as long as that call's own timeout, then said it had waited
-        its own (a review). The socket may be taken again before this call takes it: it then waits for
-        that call, which ends by its own deadline."""
-        with self._freed:
-            self._waiting += 1
-            try:
-                while self._lock.locked():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise self._busy(seconds)
-                    self._freed.wait(min(left, 0.05))  # (notified by ``_socket_freed``; the slice is a backstop)
-            finally:
-                self._waiting -= 1
+    def _take_socket(self, me: object, deadline: float, seconds: float) -> None:
+        """Make the call ``me`` (a token) the one holding the command socket, waiting for the call holding it
+        until ``deadline``: past it, ``Unavailable`` (``_busy``). A call behind another waited as long as that
+        call's own timeout, then said it had waited its own (a review). The token is made by the caller
+        before this, and given back by ``_let_go_socket(me)`` in its ``finally``: a timed lock acquired,
+        then ``try``, was left held by a signal landing in between (every later call then "busy")."""
+        with self._socket_guard:
+            while self._socket_owner is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._busy(seconds)
+                self._socket_guard.wait(left)
+            self._socket_owner = me
 
-    def _socket_freed(self) -> None:
-        if self._waiting:
-            with self._freed:
-                self._freed.notify_all()
+    def _let_go_socket(self, me: object) -> None:
+        """The call ``me`` lets the command socket go, if it holds it; the next waiting call takes it."""
+        with self._socket_guard:
+            if self._socket_owner is me:
+                self._socket_owner = None
+                self._socket_guard.notify()
 
     def _fresh_socket(self) -> None:
         """A new command socket in place of the old: made, swapped in, then the old one closed, so that an

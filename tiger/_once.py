@@ -469,10 +469,18 @@ class Once:
                 errors.append((key, error))
                 if isinstance(error, stop_on):  # (cancelled) nothing more: no retire, no other teardown
                     break
-            with contextlib.suppress(TigerError):  # by ``until`` too (a paused writer held the run's end its timeout)
-                now = time.monotonic()
-                retired = None if math.isinf(until) else min(now + client.timeout, max(until, now + RELEASE_WAIT))
-                yield Write(p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope), retired)
+            retire = p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope)
+            try:
+                with contextlib.suppress(TigerError):  # by ``until`` too (a paused writer held the run's end its timeout)
+                    now = time.monotonic()
+                    retired = None if math.isinf(until) else min(now + client.timeout, max(until, now + RELEASE_WAIT))
+                    yield Write(retire, retired)
+            except stop_on as stopped:  # (a Ctrl-C, a cancellation, while it waits): as in a teardown, nothing
+                # more; raised from here, the errors of the teardowns run so far were lost with it (a review)
+                errors.append((key, stopped))  # (after the teardown's own error, if it raised)
+                with contextlib.suppress(TigerError):
+                    yield Write(retire, waited=False)  # (best effort: its value is torn down)
+                break
         return errors
 
     def _tear_down_now(self, scope: str, key: str) -> Steps[None]:
@@ -653,14 +661,14 @@ def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
             try:
                 with _stopped_at(deadline, key) as alarm:
                     if isinstance(teardown, AsyncGenerator):  # built by an async client sharing these keys (tiger_aclient)
-                        error = _finish_async_generator_here(key, teardown, namespace)
+                        error = _finish_async_generator_here(key, teardown, namespace, alarm)
                     else:
                         error = _finish_generator(key, teardown, namespace)
             except PastDeadline as stopped:  # (between the teardown's end and the timer's)
                 return stopped
             if alarm.fired and not isinstance(error, PastDeadline):  # it caught the stop and ran on to its end: a
                 # teardown past the run's timeout all the same (the run ended 0 and said nothing: a review)
-                return PastDeadline(f"the teardown of once {key!r} was still running at its deadline (it caught the stop)")
+                return PastDeadline(_past(key) + " (it caught the stop)")
             return error
         case Sync(timeout):
             client.sync(timeout)
@@ -786,13 +794,20 @@ STOP_EVERY = 1.0  # seconds between the stops of a teardown still running past i
 
 
 class _Alarm:
-    """What ``_stopped_at`` did: ``fired``, whether ``PastDeadline`` was raised in the code run inside
-    (which may have caught it and run on to its end)."""
+    """What ``_stopped_at`` did: ``fired``, whether the deadline passed with the teardown running (it was
+    stopped: ``PastDeadline`` raised in it, or its task cancelled, and it may have gone on to its end).
+    ``cancel``: set while an async teardown runs in a loop of its own (``_finish_async_generator_here``):
+    a stop cancels its task instead."""
 
-    __slots__ = ("fired",)
+    __slots__ = ("cancel", "fired")
 
     def __init__(self) -> None:
         self.fired = False
+        self.cancel: Callable[[], Any] | None = None
+
+
+def _past(key: str) -> str:
+    return f"the teardown of once {key!r} was still running at its deadline"
 
 
 @contextlib.contextmanager
@@ -822,16 +837,21 @@ def _stopped_at(deadline: float, key: str) -> Iterator[_Alarm]:
     def stop(signum: int, frame: types.FrameType | None) -> None:
         # only inside a teardown (its runner on the stack): never in tiger's own code around it, where it
         # would skip putting the timer and handler back; and again each STOP_EVERY seconds, as a teardown
-        # whose finally or except went on after the first stop ran unbounded (a review)
+        # whose finally or except went on after the first stop ran unbounded (a review). An async one is
+        # cancelled instead: raised in the loop's own code, it left the loop closed with the teardown pending
         while frame is not None:
             if frame.f_code in _TEARDOWN_RUNNERS:
                 alarm.fired = True
-                raise PastDeadline(f"the teardown of once {key!r} was still running at its deadline")
+                if alarm.cancel is not None:
+                    alarm.cancel()
+                    return
+                raise PastDeadline(_past(key))
             frame = frame.f_back
 
-    signal.signal(signal.SIGALRM, stop)
-    before, interval = signal.setitimer(signal.ITIMER_REAL, max(deadline - started, 0.001), STOP_EVERY)
-    try:
+    before, interval = 0.0, 0.0
+    try:  # (armed inside: a Ctrl-C just after would leave the repeating timer set)
+        signal.signal(signal.SIGALRM, stop)
+        before, interval = signal.setitimer(signal.ITIMER_REAL, max(deadline - started, 0.001), STOP_EVERY)
         yield alarm
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -881,21 +901,45 @@ def _adopted_by_no_loop(generator: AsyncGenerator[Any, Any]) -> Awaitable[Any]:
         sys.set_asyncgen_hooks(*hooks)
 
 
-def _finish_async_generator_here(key: str, generator: AsyncGenerator[Any, None], scope: str | None) -> BaseException | None:
+def _finish_async_generator_here(
+    key: str, generator: AsyncGenerator[Any, None], scope: str | None, alarm: _Alarm | None = None
+) -> BaseException | None:
     """The blocking driver's teardown of an async generator factory (one a ``tiger.aio`` client sharing
     this client's keys built: the pytest plugin tears down at the end of the run, after the tests' event
     loops are gone): run in an event loop of its own. What the factory made bound to the loop it was
-    built in may refuse to be closed from another; that error is the teardown's."""
+    built in may refuse to be closed from another; that error is the teardown's.
+
+    ``alarm`` (``_stopped_at``'s): past the deadline the teardown's task is cancelled (at its next
+    await), not interrupted by SIGALRM inside the loop's own code, which left the loop closed with the
+    teardown pending. A cancellation the teardown ended with is the alarm's (``PastDeadline``) or else
+    a Ctrl-C's (``KeyboardInterrupt``): asyncio.run turns Ctrl-C into a cancellation of its task, which
+    a teardown returning its error hid, so that the next teardown ran in full (a review)."""
     import asyncio  # loaded already: an async generator factory ran
 
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_finish_async_generator(key, generator, scope))
-    return TypeError(
-        f"the teardown of once {key!r} is an async generator and this thread runs an event loop: "
-        "await the tiger.aio client's tear_down_once_values() instead"
-    )
+        pass
+    else:
+        return TypeError(
+            f"the teardown of once {key!r} is an async generator and this thread runs an event loop: "
+            "await the tiger.aio client's tear_down_once_values() instead"
+        )
+
+    async def run() -> BaseException | None:
+        if alarm is not None:
+            loop, task = asyncio.get_running_loop(), asyncio.current_task()
+            alarm.cancel = lambda: loop.call_soon_threadsafe(task.cancel)  # type: ignore[union-attr]
+        return await _finish_async_generator(key, generator, scope)
+
+    try:
+        error = asyncio.run(run())
+    finally:
+        if alarm is not None:
+            alarm.cancel = None
+    if isinstance(error, asyncio.CancelledError):
+        return PastDeadline(_past(key)) if alarm is not None and alarm.fired else KeyboardInterrupt()
+    return error
 
 
 _NO_VALUE = "the generator factory returned without yielding a value"

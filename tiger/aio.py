@@ -118,7 +118,8 @@ class AsyncClient(_Connection):
             raise TigerError("client is closed")
         shared = cls.__new__(cls)
         shared.__dict__.update(client.__dict__)  # its ids, settings, replica and once keys
-        del shared.__dict__["_lock"]  # the blocking client's: not this one's
+        for own in ("_socket_guard", "_socket_owner"):  # the blocking client's hold on its socket: not this one's
+            del shared.__dict__[own]
         shared._shared = client
         # a context of its own: closing ``client`` terminates its context, which waits for every socket in it
         shared._ctx = zmq.Context()

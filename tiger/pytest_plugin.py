@@ -451,15 +451,19 @@ class _Run:
         errors: dict[str, BaseException] = {}
         interrupted = False
         try:
-            errors = dict(once.tear_down(self._client, 0.0, until=time.monotonic() + self.teardown_timeout))
+            for key, error in once.tear_down(self._client, 0.0, until=time.monotonic() + self.teardown_timeout):
+                if key not in errors or isinstance(errors[key], KeyboardInterrupt):  # (its own error first)
+                    errors[key] = error
+                interrupted = interrupted or isinstance(error, KeyboardInterrupt)
         except KeyboardInterrupt:  # between teardowns (a key's retire): the rest are not run, as after one
             interrupted = True  # a Ctrl-C stopped; escaping, it ended the run with a traceback, and close()
         finally:  # then ran the rest with no timeout (a review)
             left = [key for _, key in once.not_torn_down()]
             once.forget_teardowns()
-        interrupted = interrupted or any(isinstance(e, KeyboardInterrupt) for e in errors.values())
         not_run = _NOT_RUN_INTERRUPTED if interrupted else _NOT_RUN
         outcomes = {key: not_run if key in left else _outcome(errors.get(key)) for key in [*self._built, *left]}
+        if interrupted and not any(o in (_INTERRUPTED, _NOT_RUN_INTERRUPTED) for o in outcomes.values()):
+            outcomes[_CTRL_C] = _INTERRUPTED  # (at the last key's retire, after its teardown raised: exit code 2 still)
         self.dir.record_builder({"by": self._client.label, "keys": list(self._built), "outcomes": outcomes})
         self.dir.release_builder()
         self._built.clear()
@@ -469,7 +473,10 @@ class _Run:
         """Add the teardowns that failed or were interrupted to the end-of-run report and its exit code."""
         for key, error in outcomes.items():
             past = f"past tiger_teardown_timeout ({self.teardown_timeout:g}s)"
-            if error == _INTERRUPTED:
+            if key == _CTRL_C:
+                self.end_with(pytest.ExitCode.INTERRUPTED)
+                self.report.append(f"the teardowns in {by} were interrupted (Ctrl-C)")
+            elif error == _INTERRUPTED:
                 self.end_with(pytest.ExitCode.INTERRUPTED)
                 self.report.append(f"teardown of once {key!r} in {by} was interrupted")
             elif error == _STOPPED:
@@ -709,6 +716,7 @@ _INTERRUPTED = "interrupted"  # a teardown's outcome when Ctrl-C stopped it
 _STOPPED = "stopped"  # ... when it still ran at tiger_teardown_timeout
 _NOT_RUN = "not run"  # ... when it had not begun by then
 _NOT_RUN_INTERRUPTED = "not run: interrupted"  # ... when a Ctrl-C ended the teardowns before it
+_CTRL_C = "\x00tiger:ctrl-c"  # in outcomes, not a key: a Ctrl-C no key's outcome shows
 _REPORT_GRACE = 2.0  # seconds the controller waits past tiger_teardown_timeout for the builders' reports
 _RANK = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
 
