@@ -228,6 +228,13 @@ def test_a_ctrl_c_at_a_keys_retire_keeps_the_teardowns_errors_and_runs_no_other_
     assert [(key, type(e)) for key, e in errors] == [("new", ValueError), ("new", KeyboardInterrupt)]
     assert once.not_torn_down() == [("global", "old")]  # not run
 
+    # raised by the driver around a teardown (an async one's loop let a second Ctrl-C through): the same
+    steps = once._tear_down(client, 0.0, math.inf, stop_on=(KeyboardInterrupt,))
+    assert type(next(steps)) is TearDown
+    with pytest.raises(StopIteration) as done:
+        steps.throw(KeyboardInterrupt())
+    assert [(key, type(e)) for key, e in done.value.value] == [("old", KeyboardInterrupt)]
+
 
 def test_an_async_teardown_past_its_deadline_is_cancelled_in_its_own_loop_not_stopped_inside_the_loop():
     # A review: SIGALRM raised PastDeadline inside asyncio's own code while an async generator's teardown ran
@@ -267,6 +274,28 @@ def test_an_async_teardown_past_its_deadline_is_cancelled_in_its_own_loop_not_st
     assert isinstance(error, PastDeadline) and alarm.fired
     assert seen == ["body cancelled", "finally cancelled"] and generator.ag_frame is None  # ended, not pending
     assert signal.getsignal(signal.SIGALRM) is handler
+
+
+def test_an_async_teardowns_own_cancellation_is_its_error_not_a_ctrl_c():
+    # A review: an async teardown that raised CancelledError itself (awaiting a task a library cancelled) was
+    # reported as a Ctrl-C: the run said "interrupted", skipped the other teardowns and ended 2. Only a
+    # cancellation from outside (asyncio.run's Ctrl-C handler, the deadline's) is taken for one.
+    from tiger._once import _adopted_by_no_loop, _finish_async_generator_here
+
+    async def resource() -> Any:
+        yield 1
+        cancelled = asyncio.get_running_loop().create_future()
+        cancelled.cancel()
+        await cancelled  # a library's task, cancelled
+
+    generator = resource()
+
+    async def first() -> Any:
+        return await _adopted_by_no_loop(generator)
+
+    asyncio.run(first())
+    error = _finish_async_generator_here("k", generator, None)
+    assert type(error) is asyncio.CancelledError
 
 
 def test_the_teardown_alarm_puts_back_the_timer_handler_and_interval_it_found():

@@ -755,19 +755,25 @@ class Client(_Connection):
         before this, and given back by ``_let_go_socket(me)`` in its ``finally``: a timed lock acquired,
         then ``try``, was left held by a signal landing in between (every later call then "busy")."""
         with self._socket_guard:
-            while self._socket_owner is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self._busy(seconds)
-                self._socket_guard.wait(left)
-            self._socket_owner = me
+            try:
+                while self._socket_owner is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self._busy(seconds)
+                    self._socket_guard.wait(min(left, 0.05))  # (woken by ``_let_go_socket``; the slice: a backstop)
+                self._socket_owner = me
+            except BaseException:  # (a signal, its wake-up taken): the next waiter is woken in its place
+                if self._socket_owner is None:
+                    self._socket_guard.notify_all()
+                raise
 
     def _let_go_socket(self, me: object) -> None:
-        """The call ``me`` lets the command socket go, if it holds it; the next waiting call takes it."""
+        """The call ``me`` lets the command socket go, if it holds it; every waiting call is woken, and one
+        takes it (a woken waiter a signal then ended left the others asleep until their deadlines)."""
         with self._socket_guard:
             if self._socket_owner is me:
+                self._socket_guard.notify_all()  # first: a signal at it leaves ``me`` the owner, let go again
                 self._socket_owner = None
-                self._socket_guard.notify()
 
     def _fresh_socket(self) -> None:
         """A new command socket in place of the old: made, swapped in, then the old one closed, so that an

@@ -464,7 +464,10 @@ class Once:
                     log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
             del self._teardowns[scope, key]
             self._built.pop((scope, key), None)  # torn down: never to be delivered later
-            error = yield TearDown(key, teardown, scope if in_scope else None, until)
+            try:
+                error = yield TearDown(key, teardown, scope if in_scope else None, until)
+            except stop_on as stopped:  # (raised by the driver around it): its outcome, the errors so far kept
+                error = stopped
             if error is not None:  # reported, and the other teardowns still run
                 errors.append((key, error))
                 if isinstance(error, stop_on):  # (cancelled) nothing more: no retire, no other teardown
@@ -926,20 +929,28 @@ def _finish_async_generator_here(
             "await the tiger.aio client's tear_down_once_values() instead"
         )
 
-    async def run() -> BaseException | None:
+    async def run() -> tuple[BaseException | None, bool]:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
         if alarm is not None:
-            loop, task = asyncio.get_running_loop(), asyncio.current_task()
-            alarm.cancel = lambda: loop.call_soon_threadsafe(task.cancel)  # type: ignore[union-attr]
-        return await _finish_async_generator(key, generator, scope)
+            alarm.cancel = lambda: None if loop.is_closed() else loop.call_soon_threadsafe(task.cancel)
+        try:
+            error = await _finish_async_generator(key, generator, scope)
+        finally:
+            if alarm is not None:
+                alarm.cancel = None
+        # cancelled from outside (the alarm, or asyncio.run's Ctrl-C handler, 3.11+), not by its own code
+        return error, getattr(task, "cancelling", lambda: 0)() > 0
 
     try:
-        error = asyncio.run(run())
-    finally:
-        if alarm is not None:
-            alarm.cancel = None
-    if isinstance(error, asyncio.CancelledError):
-        return PastDeadline(_past(key)) if alarm is not None and alarm.fired else KeyboardInterrupt()
-    return error
+        error, cancelled = asyncio.run(run())
+    except KeyboardInterrupt as interrupted:  # (Python 3.10's asyncio.run, or a second Ctrl-C): the
+        return interrupted  # teardown's outcome, not raised past the errors of the others (a review)
+    if isinstance(error, asyncio.CancelledError) and alarm is not None and alarm.fired:
+        return PastDeadline(_past(key))
+    if isinstance(error, asyncio.CancelledError) and cancelled:
+        return KeyboardInterrupt()
+    return error  # (a cancellation of its own code is its error, as any other: a review)
 
 
 _NO_VALUE = "the generator factory returned without yielding a value"
