@@ -865,7 +865,7 @@ class _TableReads:
         data, has_more = self._store.page(self.name, _current(), limit, starting_after, ending_before)
         return Page(data, has_more)
 
-    def find(self, **fields: Any) -> builtins.list[Record]:
+    def find(self, /, **fields: Any) -> builtins.list[Record]:  # (``/``: a field named ``self`` can be found)
         """Records of the current namespace whose top-level fields equal all the given values (Python's ``==``:
         ``True`` matches ``1`` and ``1.0``; a tuple matches the stored list), in list order."""
         check_fields(fields)

@@ -6,8 +6,14 @@ from __future__ import annotations
 import os
 import tempfile
 
-IPC_PATH_MAX = 107 - len(".pub")  # characters of an ipc path; the PUB socket's is the command path + ".pub"
+IPC_PATH_MAX = 107 - len(".pub")  # bytes of an ipc path; the PUB socket's is the command path + ".pub"
 _ROOM = len("/w0000")  # what tiger puts in such a directory: an endpoint name
+
+
+def path_bytes(path: str) -> int:
+    """The length of ``path`` in bytes, as the kernel counts an ipc path (``sockaddr_un.sun_path``): a
+    $TMPDIR of 53 characters, 93 bytes in UTF-8, was taken for short enough, and every run failed."""
+    return len(os.fsencode(path))
 
 
 def short_temp_path(prefix: str) -> str:
@@ -18,7 +24,7 @@ def short_temp_path(prefix: str) -> str:
 
     name = prefix + secrets.token_hex(8)
     path = os.path.join(tempfile.gettempdir(), name)
-    return path if len(path) + _ROOM <= IPC_PATH_MAX else os.path.join("/tmp", name)
+    return path if path_bytes(path) + _ROOM <= IPC_PATH_MAX else os.path.join("/tmp", name)
 
 
 def make_private_dir(path: str) -> None:
@@ -41,7 +47,7 @@ def short_temp_dir(prefix: str) -> str:
     """A new private (0700) temporary directory whose endpoints fit in an ipc path: under $TMPDIR, or
     under /tmp when $TMPDIR is too long."""
     path = tempfile.mkdtemp(prefix=prefix)
-    if len(path) + _ROOM > IPC_PATH_MAX:
+    if path_bytes(path) + _ROOM > IPC_PATH_MAX:
         os.rmdir(path)
         path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     return path

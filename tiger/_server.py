@@ -22,7 +22,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._calls import check_seconds
 from tiger._errors import TigerError, Unavailable, shown
-from tiger._paths import IPC_PATH_MAX, short_temp_dir
+from tiger._paths import IPC_PATH_MAX, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -39,8 +39,8 @@ def check_url(url: object) -> str:
         raise TypeError(f"url must be a str, not {type(url).__name__}")
     if url.startswith("ipc://"):
         path = url[len("ipc://") :]
-        if not path or len(path) > IPC_PATH_MAX:
-            raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} characters, got {len(path)}: {shown(url)}")
+        if not path or path_bytes(path) > IPC_PATH_MAX:
+            raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} bytes, got {path_bytes(path)}: {shown(url)}")
         return url
     if url.startswith("tcp://") and ":" in url[len("tcp://") :]:
         port = url.rsplit(":", 1)[1]
@@ -97,6 +97,7 @@ class Server:
         proc = self._process
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)  # a paused writer (SIGSTOP) waited out the whole timeout, then was killed
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -293,7 +293,7 @@ class _Run:
         except TigerError as e:
             raise _Unreachable(
                 f"tiger: no writer answers at {url} ({e}): start one with 'tiger serve --url {url}', "
-                "or unset TIGER_URL (and drop --tiger-url) so the run starts its own",
+                "or drop --tiger-url and unset TIGER_URL (whichever gave it) so the run starts its own",
                 pytest.ExitCode.USAGE_ERROR,
             ) from None
         return url, None
