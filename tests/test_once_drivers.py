@@ -136,9 +136,9 @@ def test_the_logic_needs_no_io_a_build_and_a_failure_driven_by_hand():
 
 def test_a_tear_down_with_a_deadline_stops_at_it_and_retires_within_it_driven_by_hand():
     # The run's tiger_teardown_timeout (``until``): each teardown carries it (the driver stops one still
-    # running then), the retire after it waits at most RELEASE_WAIT past it (a paused writer held the end of
-    # the run for the client's whole timeout per key), and no teardown begins after it.
-    from tiger._once import RELEASE_WAIT, TearDown
+    # running then), the retire after it is best effort, RELEASE_WAIT at most (a paused writer held the end
+    # of the run for the client's whole timeout per key), and no teardown begins after it.
+    from tiger._once import TearDown
 
     store = t.Store()
     client = InMemory(store, "c1")
@@ -157,7 +157,7 @@ def test_a_tear_down_with_a_deadline_stops_at_it_and_retires_within_it_driven_by
     assert type(first) is TearDown and (first.key, first.deadline) == ("new", until)  # newest first
     retire = steps.send(None)
     assert type(retire) is Write and retire.request.outcome == "retire"
-    assert retire.deadline is not None and until <= retire.deadline <= until + RELEASE_WAIT
+    assert retire.waited is False  # best effort, RELEASE_WAIT at most: the run is ending
     second = steps.send(p.Ok(retire.request.req_id, "epoch", 0, None, None))
     assert type(second) is TearDown and second.key == "old"
     steps.close()

@@ -1087,6 +1087,41 @@ def test_ctrl_c_during_a_teardown_ran_the_next_teardown_in_full(tmp_path, mode):
     assert took < 20, f"the run ended {took:.0f}s after the Ctrl-C"
 
 
+CTRL_C_WITH_THE_WRITER_PAUSED = """
+import os, signal
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def first():
+    yield 1
+    open(os.path.join(D, "first-torn-down"), "w").close()
+
+def second():
+    yield 2
+    open(os.path.join(D, "second-torn-down"), "w").close()
+
+def test_pauses_the_writer_then_ctrl_c(tiger_once, tiger_client, tiger_namespace):
+    assert tiger_once("first", first) == 1
+    assert tiger_once("second", second) == 2
+    os.kill(tiger_client.stats()["pid"], signal.SIGSTOP)
+    raise KeyboardInterrupt  # as a Ctrl-C
+"""
+
+
+def test_a_ctrl_c_with_the_writer_paused_held_the_run_and_its_teardowns_the_clients_timeout_each(pytester, tmp_path):
+    # A user trial: Ctrl-C while the writer was paused: each worker spent the client's timeout dropping the
+    # interrupted test's namespace, then each key's retire waited as long, and xdist killed the builder before
+    # its teardowns ran (its server left running). The namespace is dropped with the run's at the end, and a
+    # retire at the run's end waits at most 0.5 s; the writer, paused, is continued to stop.
+    pytester.makepyfile(test_paused=CTRL_C_WITH_THE_WRITER_PAUSED)
+    started = time.monotonic()
+    result = run(pytester, "-p", "no:xdist")
+    took = time.monotonic() - started
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert (tmp_path / "first-torn-down").exists() and (tmp_path / "second-torn-down").exists()
+    assert took < 4, f"the run took {took:.1f}s"  # (5.7 s before: 1.6 s here)
+
+
 WRITER_KILLED = """
 import os, signal
 

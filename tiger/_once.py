@@ -474,10 +474,10 @@ class Once:
                     break
             retire = p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope)
             try:
-                with contextlib.suppress(TigerError):  # by ``until`` too (a paused writer held the run's end its timeout)
-                    now = time.monotonic()
-                    retired = None if math.isinf(until) else min(now + client.timeout, max(until, now + RELEASE_WAIT))
-                    yield Write(retire, retired)
+                with contextlib.suppress(TigerError):  # at a run's end (``until``), best effort: waited at most
+                    # RELEASE_WAIT (a paused writer held the run's end the client's timeout per key, past
+                    # xdist's own wait for its workers, which then killed the builder before its next teardown)
+                    yield Write(retire) if math.isinf(until) else Write(retire, waited=False)
             except stop_on as stopped:  # (a Ctrl-C, a cancellation, while it waits): as in a teardown, nothing
                 # more; raised from here, the errors of the teardowns run so far were lost with it (a review)
                 errors.append((key, stopped))  # (after the teardown's own error, if it raised)

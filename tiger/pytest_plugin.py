@@ -372,14 +372,16 @@ class _Run:
         """Whether a test's namespace is the process's default now."""
         return self._entered is not None
 
-    def leave_test(self) -> None:
-        """Restore the default namespace and drop the test's (unless --tiger-keep)."""
+    def leave_test(self, drop: bool = True) -> None:
+        """Restore the default namespace and drop the test's (unless --tiger-keep, or not ``drop``: a test
+        an interruption ended, its namespace dropped with the run's at the end, as a paused writer held
+        each worker of an interrupted run the client's timeout here)."""
         if self._entered is None:
             return
         item, restore = self._entered
         self._entered = None
         restore()
-        if self.url is not None and not self.config.getoption("--tiger-keep"):
+        if drop and self.url is not None and not self.config.getoption("--tiger-keep"):
             with contextlib.suppress(TigerError):  # the writer gone (its data with it): the test's own errors say so
                 self.client().drop_namespace(item.stash[_namespace_key])
 
@@ -914,7 +916,7 @@ def pytest_sessionfinish_after_fixtures(session: pytest.Session) -> None:
     run = session.config.stash.get(_run_key, None)
     if run is None:
         return
-    run.leave_test()  # a test interrupted (Ctrl-C, pytest.exit) before its own teardown
+    run.leave_test(drop=False)  # a test interrupted (Ctrl-C, pytest.exit) before its own teardown
     if not run.is_controller:
         return
     if session.exitstatus == pytest.ExitCode.INTERRUPTED and run.dir.builders() and not run.waited:
