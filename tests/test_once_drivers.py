@@ -90,8 +90,9 @@ class InMemory:
         self.client_id = client_id
         self.label = f"test {client_id}"
         self._req_ids = iter(range(1, 1000))
-        self.replica = types.SimpleNamespace(store=store)
+        self.replica = types.SimpleNamespace(store=store, silent_for=lambda: 0.0)  # (its writer always heard)
         self.timeout = 5.0  # (a delivery's budget: the client's timeout at least)
+        self.heartbeat_timeout = 2.0
 
     def answer(self, request: p.Request) -> p.Ok:
         store = self.replica.store
@@ -136,9 +137,10 @@ def test_the_logic_needs_no_io_a_build_and_a_failure_driven_by_hand():
 
 def test_a_tear_down_with_a_deadline_stops_at_it_and_retires_within_it_driven_by_hand():
     # The run's tiger_teardown_timeout (``until``): each teardown carries it (the driver stops one still
-    # running then), the retire after it is best effort, RELEASE_WAIT at most (a paused writer held the end
-    # of the run for the client's whole timeout per key), and no teardown begins after it.
-    from tiger._once import TearDown
+    # running then), the retires come after every teardown (a paused writer held the end of the run for the
+    # client's whole timeout per key, before the next teardown), each waiting at most RELEASE_WAIT past it,
+    # and once one failed (or the writer is silent) the others are best effort; no teardown begins after it.
+    from tiger._once import RELEASE_WAIT, TearDown
 
     store = t.Store()
     client = InMemory(store, "c1")
@@ -155,12 +157,15 @@ def test_a_tear_down_with_a_deadline_stops_at_it_and_retires_within_it_driven_by
     steps = once._tear_down(client, 0.0, until)
     first = next(steps)
     assert type(first) is TearDown and (first.key, first.deadline) == ("new", until)  # newest first
+    second = steps.send(None)
+    assert type(second) is TearDown and second.key == "old"  # the retires after every teardown
     retire = steps.send(None)
-    assert type(retire) is Write and retire.request.outcome == "retire"
-    assert retire.waited is False  # best effort, RELEASE_WAIT at most: the run is ending
-    second = steps.send(p.Ok(retire.request.req_id, "epoch", 0, None, None))
-    assert type(second) is TearDown and second.key == "old"
-    steps.close()
+    assert type(retire) is Write and retire.request.key == "new" and retire.request.outcome == "retire" and retire.waited
+    assert retire.deadline is not None and until <= retire.deadline <= until + RELEASE_WAIT  # (until: in 1 s)
+    retire = steps.throw(tiger.Unavailable("the writer is paused"))  # that retire failed
+    assert retire.request.key == "old" and retire.waited is False  # the rest: best effort, the run is ending
+    with pytest.raises(StopIteration):
+        steps.send(None)
 
     late = Once()
     generator = teardown("late")

@@ -445,6 +445,7 @@ class Once:
     ) -> Steps[list[tuple[str, BaseException]]]:
         errors: list[tuple[str, BaseException]] = []
         deadline = time.monotonic() + wait
+        retires: list[tuple[str, p.OnceFinish]] = []  # at a run's end (``until``): sent after the teardowns
         if wait > 0 and self._teardowns:
             with contextlib.suppress(TigerError):
                 yield Sync(wait)  # every holder the writer knows of is in this replica
@@ -473,16 +474,31 @@ class Once:
                 if isinstance(error, stop_on):  # (cancelled) nothing more: no retire, no other teardown
                     break
             retire = p.OnceFinish(next(client._req_ids), key, client.client_id, "retire", None, scope)
+            if not math.isinf(until):  # a run's end: after every teardown, so that a paused writer holds none up
+                retires.append((key, retire))  # (it held the run's end the client's timeout per key, past xdist's
+                continue  # own wait for its workers, which then killed the builder before its next teardown)
             try:
-                with contextlib.suppress(TigerError):  # at a run's end (``until``), best effort: waited at most
-                    # RELEASE_WAIT (a paused writer held the run's end the client's timeout per key, past
-                    # xdist's own wait for its workers, which then killed the builder before its next teardown)
-                    yield Write(retire) if math.isinf(until) else Write(retire, waited=False)
+                with contextlib.suppress(TigerError):
+                    yield Write(retire)
             except stop_on as stopped:  # (a Ctrl-C, a cancellation, while it waits): as in a teardown, nothing
                 # more; raised from here, the errors of the teardowns run so far were lost with it (a review)
                 errors.append((key, stopped))  # (after the teardown's own error, if it raised)
                 with contextlib.suppress(TigerError):
                     yield Write(retire, waited=False)  # (best effort: its value is torn down)
+                break
+        hurried = False  # a retire failed, or the writer is silent: the others are best effort
+        for key, retire in retires:
+            try:
+                with contextlib.suppress(TigerError):
+                    if hurried or not _heard(client):
+                        yield Write(retire, waited=False)
+                    else:  # by ``until`` (at least RELEASE_WAIT), at most the heartbeat timeout: a writer
+                        now = time.monotonic()  # silent that long is taken for gone, as for any write
+                        hurried = True  # (unless it is answered)
+                        yield Write(retire, min(now + client.heartbeat_timeout, max(until, now + RELEASE_WAIT)))
+                        hurried = False
+            except stop_on as stopped:  # as above: nothing more, the errors kept
+                errors.append((key, stopped))
                 break
         return errors
 

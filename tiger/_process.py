@@ -82,6 +82,7 @@ def stop_process(pid: int, marker: str, timeout: float = 5.0) -> bool:
             return False
         try:
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a paused process (SIGSTOP) waited out the timeout, then was killed
             if not watch.ended(timeout):
                 os.kill(pid, signal.SIGKILL)
                 watch.ended(timeout)
