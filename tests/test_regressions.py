@@ -942,7 +942,7 @@ def _until(predicate: Any, timeout: float = 10.0) -> bool:
     while not predicate():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.01)
+        time.sleep(0.01)  # sleep-ok: a polled wait with a deadline (a thread's state, no socket to wait on)
     return True
 
 
@@ -1091,7 +1091,7 @@ with tiger.serve() as server, tiger.connect(server.url, timeout=3.0) as client:
     result = {}
 
     def third_call():
-        time.sleep(0.3)  # waits behind the main thread's call
+        time.sleep(0.3)  # sleep-ok: starts after the main thread's call waits (the order the fault needs)
         started = time.monotonic()
         try:
             table.insert({"id": "c"})
@@ -1106,7 +1106,7 @@ with tiger.serve() as server, tiger.connect(server.url, timeout=3.0) as client:
     except KeyboardInterrupt:
         print("interrupted", flush=True)
     while "c" not in result:
-        time.sleep(0.05)
+        time.sleep(0.05)  # sleep-ok: polled, the third call ends by its own 3 s deadline
     print(result["c"], flush=True)
 """
 
