@@ -1154,3 +1154,16 @@ def test_a_field_named_self_can_be_found(client, ns):
     table = client.table("t")
     table.insert({"id": "a", "self": 1})
     assert [r["id"] for r in table.find(self=1)] == ["a"]
+
+
+def test_an_ipc_path_utf8_cannot_carry_is_refused_naming_the_url_and_a_non_utf8_tmpdir_is_left_for_tmp(tmp_path, monkeypatch):
+    # A review: tiger.connect("ipc:///tmp/\ud800") raised a bare UnicodeEncodeError, and a $TMPDIR whose name is
+    # not UTF-8 passed the length check, then ZeroMQ (which encodes a path in UTF-8) refused to bind there.
+    with pytest.raises(ValueError, match="url: an ipc path must be text UTF-8 can carry"):
+        tiger.connect("ipc:///tmp/\ud800")
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/t\xff")  # a name that is not UTF-8
+    os.mkdir(odd)
+    monkeypatch.setattr(tempfile, "tempdir", odd)
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        assert server.url.startswith("ipc:///tmp/")
+        assert client.table("t").insert({"id": "a"})["id"] == "a"

@@ -39,8 +39,12 @@ def check_url(url: object) -> str:
         raise TypeError(f"url must be a str, not {type(url).__name__}")
     if url.startswith("ipc://"):
         path = url[len("ipc://") :]
-        if not path or path_bytes(path) > IPC_PATH_MAX:
-            raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} bytes, got {path_bytes(path)}: {shown(url)}")
+        try:
+            size = path_bytes(path)
+        except UnicodeEncodeError:  # (a bare UnicodeEncodeError came out of here, or pyzmq's later)
+            raise ValueError(f"url: an ipc path must be text UTF-8 can carry (ZeroMQ encodes it so): {shown(url)}") from None
+        if not path or size > IPC_PATH_MAX:
+            raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} bytes, got {size}: {shown(url)}")
         return url
     if url.startswith("tcp://") and ":" in url[len("tcp://") :]:
         port = url.rsplit(":", 1)[1]
