@@ -378,9 +378,8 @@ class Once:
                 yield from _release(client, key, scope, (claims[0], claims[-1]))  # applied: give it up if ours
                 raise
             if claim.result == "build":
-                built = yield from self._build(
-                    client, key, scope, factory, in_scope, interruptions, deadline, (claims[0], claims[-1])
-                )
+                span = (claims[0], claims[-1])  # (a release names the call's claims: any may be the one applied)
+                built = yield from self._build(client, key, scope, factory, in_scope, interruptions, deadline, span)
                 if built is not _SUPERSEDED:
                     return built
                 continue

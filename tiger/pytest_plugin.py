@@ -441,12 +441,13 @@ class _Run:
 
     # -- 4. end of run ---------------------------------------------------------------
 
-    def tear_down(self) -> dict[str, str | None]:
+    def tear_down(self) -> dict[str, Any]:
         """Run this process's once teardowns (every test of the run is done), for at most
         ``tiger_teardown_timeout``: one still running then is stopped (in the main thread, by SIGALRM,
         as pytest-timeout's signal method does), those not begun are not run (nor at the client's close).
-        Returns each key's error (shown as text), None where it finished, and leaves the outcome for
-        the controller. Without xdist, a 30 s teardown held a run with a 1 s timeout for 31 s."""
+        Returns, and leaves for the controller, this builder's state: ``outcomes``, each key's error
+        (shown as text, None where it finished), and ``interrupted``, whether a Ctrl-C ended them. Without
+        xdist, a 30 s teardown held a run with a 1 s timeout for 31 s."""
         if self._client is None or not self._built:
             return {}
         once = self._client._once
@@ -464,21 +465,22 @@ class _Run:
             once.forget_teardowns()
         not_run = _NOT_RUN_INTERRUPTED if interrupted else _NOT_RUN
         outcomes = {key: not_run if key in left else _outcome(errors.get(key)) for key in [*self._built, *left]}
-        if interrupted and not any(o in (_INTERRUPTED, _NOT_RUN_INTERRUPTED) for o in outcomes.values()):
-            outcomes[_CTRL_C] = _INTERRUPTED  # (at the last key's retire, after its teardown raised: exit code 2 still)
-        self.dir.record_builder({"by": self._client.label, "keys": list(self._built), "outcomes": outcomes})
+        state = {"by": self._client.label, "keys": list(self._built), "outcomes": outcomes, "interrupted": interrupted}
+        self.dir.record_builder(state)
         self.dir.release_builder()
         self._built.clear()
-        return outcomes
+        return state
 
-    def report_outcomes(self, by: str, outcomes: dict[str, str | None]) -> None:
-        """Add the teardowns that failed or were interrupted to the end-of-run report and its exit code."""
+    def report_outcomes(self, by: str, state: dict[str, Any]) -> None:
+        """Add the teardowns that failed or were interrupted (a builder's ``state``: ``tear_down``) to the
+        end-of-run report and its exit code."""
+        outcomes: dict[str, str | None] = state.get("outcomes", {})
+        if state.get("interrupted") and not any(o in (_INTERRUPTED, _NOT_RUN_INTERRUPTED) for o in outcomes.values()):
+            self.end_with(pytest.ExitCode.INTERRUPTED)  # (at the last key's retire, after its teardown raised)
+            self.report.append(f"the teardowns in {by} were interrupted (Ctrl-C)")
         for key, error in outcomes.items():
             past = f"past tiger_teardown_timeout ({self.teardown_timeout:g}s)"
-            if key == _CTRL_C:
-                self.end_with(pytest.ExitCode.INTERRUPTED)
-                self.report.append(f"the teardowns in {by} were interrupted (Ctrl-C)")
-            elif error == _INTERRUPTED:
+            if error == _INTERRUPTED:
                 self.end_with(pytest.ExitCode.INTERRUPTED)
                 self.report.append(f"teardown of once {key!r} in {by} was interrupted")
             elif error == _STOPPED:
@@ -528,7 +530,7 @@ class _Run:
                     pending.remove(path)
                     by = state.get("by", f"pid {path.stem}")
                     if "outcomes" in state:
-                        self.report_outcomes(by, state["outcomes"])
+                        self.report_outcomes(by, state)
                     else:
                         for key in state.get("keys", ["?"]):
                             self.report.append(f"teardown of once {key!r} did not run: its builder {by} ended before it")
@@ -718,7 +720,6 @@ _INTERRUPTED = "interrupted"  # a teardown's outcome when Ctrl-C stopped it
 _STOPPED = "stopped"  # ... when it still ran at tiger_teardown_timeout
 _NOT_RUN = "not run"  # ... when it had not begun by then
 _NOT_RUN_INTERRUPTED = "not run: interrupted"  # ... when a Ctrl-C ended the teardowns before it
-_CTRL_C = "\x00tiger:ctrl-c"  # in outcomes, not a key: a Ctrl-C no key's outcome shows
 _REPORT_GRACE = 2.0  # seconds the controller waits past tiger_teardown_timeout for the builders' reports
 _RANK = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
 
