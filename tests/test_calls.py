@@ -29,22 +29,38 @@ def calls() -> PendingCalls:
 def _raised(calls: PendingCalls, req_id: int, deadline: float, payload: bytes | None = None) -> bytes:
     """A call started and raised with no answer; returns its bytes."""
     payload = f"call {req_id}".encode() if payload is None else payload
-    calls.call_started()
-    calls.call_finished((req_id, payload, deadline))
+    calls.call_started(req_id)
+    calls.call_finished(req_id, (req_id, payload, deadline))
     calls.check()
     return payload
 
 
 def test_a_call_is_in_flight_from_its_start_until_it_finished(calls):
     assert not calls.in_flight
-    calls.call_started()
-    calls.call_started()
+    calls.call_started(1)
+    calls.call_started(2)
     assert calls.in_flight and calls.writing == 2
-    calls.call_finished()  # answered: its change deposited
+    calls.call_finished(1)  # answered: its change deposited
     assert calls.in_flight
-    calls.call_finished()  # refused by an error answer: nothing to deposit
+    calls.call_finished(2)  # refused by an error answer: nothing to deposit
     assert not calls.in_flight and calls.writing == 0 and calls.asking == 0
     assert calls.due(T0 + 3600) == []  # neither is asked again
+    calls.check()
+
+
+def test_a_signal_between_a_calls_answer_and_its_deposit_left_it_in_flight_for_good(calls):
+    # Calls were counted: the count went up before the caller's ``try`` and down when the answer was
+    # deposited, so an interrupt in either window left it one too high for good, and every later gap
+    # waited the whole timeout for a change that would never come. Calls are named now, and a finish
+    # said again (the caller's safety net) or for a call never started changes nothing.
+    calls.call_started(1)
+    calls.call_finished(1)  # the answer taken
+    calls.call_finished(1)  # the caller's ``except`` after a signal landed before the deposit
+    calls.call_finished(2)  # a signal before ``call_started(2)``: never started
+    assert not calls.in_flight and calls.writing == 0 and calls.asking == 0
+    calls.call_started(3)
+    calls.call_finished(1, (1, b"call 1", T0))  # said again with its bytes: not asked again either
+    assert calls.writing == 1 and calls.asking == 0
     calls.check()
 
 
@@ -120,7 +136,7 @@ def test_reset_after_a_snapshot_forgets_the_calls_asked_and_keeps_those_still_to
     _raised(calls, 1, deadline=T0)
     assert calls.due(T0) == [b"call 1"]
     _raised(calls, 2, deadline=T0 + 1)  # its deadline is after the snapshot: the writer may apply it still
-    calls.call_started()  # and one in flight
+    calls.call_started(3)  # and one in flight
     calls.reset()
     assert calls.asking == 1 and calls.writing == 1
     assert calls.due(T0 + 1) == [b"call 2"]
@@ -153,20 +169,20 @@ def sequencer(calls) -> Sequencer:
 
 def test_a_gap_while_a_call_is_in_flight_is_not_a_loss_but_becomes_one_after_it_finished(calls, sequencer):
     writer = Writer()
-    calls.call_started()
+    calls.call_started(1)
     writer.insert()  # the call's change: its answer is lost
     sequencer.published(*writer.insert())
     assert sequencer.lost(T0) is None
-    calls.call_finished()  # refused, say: nothing to deposit, nothing to ask
+    calls.call_finished(1)  # refused, say: nothing to deposit, nothing to ask
     assert sequencer.lost(T0) == "gap: got seq 2 after 0"
 
 
 def test_a_gap_left_by_a_call_asked_again_is_a_loss_once_its_answer_is_forgotten(calls, sequencer):
     writer = Writer()
-    calls.call_started()
+    calls.call_started(1)
     writer.insert()
     sequencer.published(*writer.insert())
-    calls.call_finished((1, b"call 1", T0))
+    calls.call_finished(1, (1, b"call 1", T0))
     assert sequencer.lost(T0) is None  # to ask again
     assert calls.due(T0) == [b"call 1"]
     assert sequencer.lost(T0 + TIMEOUT) is None  # asked, its answer awaited
@@ -176,10 +192,10 @@ def test_a_gap_left_by_a_call_asked_again_is_a_loss_once_its_answer_is_forgotten
 
 def test_a_gap_filled_by_the_answer_to_a_call_asked_again_is_no_loss(calls, sequencer):
     writer = Writer()
-    calls.call_started()
+    calls.call_started(1)
     own = writer.insert()
     sequencer.published(*writer.insert())
-    calls.call_finished((1, b"call 1", T0))
+    calls.call_finished(1, (1, b"call 1", T0))
     assert calls.due(T0) == [b"call 1"]
     calls.answered(1)  # the writer's kept answer: the replica deposits its change
     sequencer.deposit(EPOCH, *own)
@@ -196,6 +212,7 @@ _EVENTS = st.one_of(
     st.tuples(st.just("tick"), st.integers(0, 3000)),  # ms
     st.tuples(st.just("answer"), st.integers(0, 10)),  # which of the asked calls (if any)
     st.just(("reset",)),
+    st.tuples(st.just("again"), st.integers(0, 10)),  # a call finished once more (a caller's finally)
 )
 
 
@@ -205,23 +222,29 @@ def test_any_sequence_of_calls_keeps_the_bounds_asks_each_once_after_its_deadlin
     """Checked against the test's own account of the calls to ask (payload -> deadline) and asked
     (payload -> request id and when)."""
     calls = PendingCalls(TIMEOUT, max_asking=4, max_asking_bytes=100)
-    now, req_ids, started = T0, iter(range(1, 10_000)), 0
+    now, req_ids = T0, iter(range(1, 10_000))
+    started: list[int] = []  # request ids in flight
+    finished: list[int] = []
     to_ask: dict[bytes, tuple[int, float]] = {}
     asked: dict[bytes, tuple[int, float]] = {}
     sent: set[bytes] = set()
     for event in events:
         if event[0] == "start":
-            calls.call_started()
-            started += 1
-        elif event[0] == "answered" and started:
-            calls.call_finished()
-            started -= 1
-        elif event[0] == "raised" and started:
             req_id = next(req_ids)
+            calls.call_started(req_id)
+            started.append(req_id)
+        elif event[0] == "answered" and started:
+            calls.call_finished(started[0])
+            finished.append(started.pop(0))
+        elif event[0] == "again" and finished:
+            req_id = finished[event[1] % len(finished)]
+            calls.call_finished(req_id, (req_id, b"again", now))  # ignored: neither in flight nor to ask
+        elif event[0] == "raised" and started:
+            req_id = started.pop(0)
+            finished.append(req_id)
             payload = f"{req_id}/".encode() + bytes(event[1])
             deadline = now + event[2] / 1000
-            calls.call_finished((req_id, payload, deadline))
-            started -= 1
+            calls.call_finished(req_id, (req_id, payload, deadline))
             if len(to_ask) + len(asked) < 4 and sum(map(len, to_ask)) + len(payload) <= 100:
                 to_ask[payload] = (req_id, deadline)
         elif event[0] == "tick":
@@ -240,11 +263,11 @@ def test_any_sequence_of_calls_keeps_the_bounds_asks_each_once_after_its_deadlin
             calls.reset()
             asked.clear()
         calls.check()
-        assert calls.writing == started
+        assert calls.writing == len(started)
         assert calls.asking == len(to_ask) + len(asked)
         assert calls.in_flight == bool(started or to_ask or asked)
-    for _ in range(started):
-        calls.call_finished()
+    for req_id in started:
+        calls.call_finished(req_id)
     assert set(calls.due(now + 3600)) == set(to_ask)  # every call still to ask is asked...
     calls.due(now + 3600 + TIMEOUT + 1)  # ...and, with no answer, forgotten
     assert not calls.in_flight

@@ -105,11 +105,11 @@ def test_a_feed_yields_each_applied_change_in_seq_order_with_its_stored_record(p
 def test_changes_held_behind_a_gap_reach_the_feed_in_seq_order_once_it_fills(pair):
     writer, replica = pair
     feed = watch(replica)
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     own = writer.insert({"id": "own"})  # this client's own change: it comes by deposit, after the others
     replica.published(*writer.insert({"id": "later"}))
     assert feed.queued == 0  # held: nothing is yielded out of order
-    replica.calls.call_finished()
+    replica.calls.call_finished(1)
     replica.deposit(EPOCH, *own)
     assert drain(feed) == [(1, "put", "t", "a", "own"), (2, "put", "t", "a", "later")]
 

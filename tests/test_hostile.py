@@ -89,6 +89,187 @@ def test_a_call_under_a_busy_signal_timer_hung_until_the_writer_resumed(own_writ
         assert float(took[0]) < 4.0, (name, out)  # a 1 s timeout (and later calls fail at once: a silent writer)
 
 
+SIGNAL_AS_A_LOCK_IS_TAKEN = """
+import asyncio, signal, sys, threading
+import tiger, tiger.aio
+from tiger._owned import OwnedAsyncLock, OwnedLock
+
+what, driver = sys.argv[1:]
+main = threading.main_thread().ident
+
+
+class Alarm(Exception):
+    pass
+
+
+def alarm(*_):
+    raise Alarm  # a handler that raises (Ctrl-C's KeyboardInterrupt, a watchdog, pytest-timeout's signal method)
+
+
+signal.signal(signal.SIGALRM, alarm)
+armed = [False]
+
+
+def aimed(me):  # once's tokens are (thread, task) tuples; the command socket's are plain objects
+    return armed[0] and isinstance(me, tuple) == (what == "once")
+
+
+def signalled():  # Python runs the handler at the next bytecode: just after the lock was taken
+    armed[0] = False
+    signal.pthread_kill(main, signal.SIGALRM)
+
+
+take, take_async = OwnedLock.take, OwnedAsyncLock.take
+
+
+waiter = []  # once: another caller of the key, waiting for it as the signal lands (a lock no caller
+# refers to is dropped: ``Once`` holds its keys' locks weakly)
+
+
+def take_then_signal(self, me, deadline):
+    taken = take(self, me, deadline)
+    if aimed(me):
+        if what == "once":
+            waiter.append(threading.Thread(target=lambda: waiter.append(client.once("k", lambda: "the other's", timeout=5))))
+            waiter[0].start()
+            while not self._gates:
+                threading.Event().wait(0.001)  # (until the other caller waits for the key)
+        signalled()
+    return taken
+
+
+async def take_async_then_signal(self, me, deadline):
+    taken = await take_async(self, me, deadline)
+    if aimed(me):
+        if what == "once":
+            waiter.append(asyncio.ensure_future(client.once("k", lambda: "the other's", timeout=5)))
+            while not self._waiters:
+                await asyncio.sleep(0.001)
+        signalled()
+    return taken
+
+
+OwnedLock.take, OwnedAsyncLock.take = take_then_signal, take_async_then_signal
+
+
+def blocking(url):
+    global client
+    with tiger.connect(url, timeout=2.0) as client:
+        table = client.table("t")
+        armed[0] = True
+        try:
+            client.once("k", lambda: "built") if what == "once" else table.insert({"id": "a"})
+        except Alarm:
+            print("interrupted", flush=True)
+        try:
+            if what == "once":
+                waiter[0].join(10)
+                print("after", waiter[1] if len(waiter) > 1 else "the other caller raised")
+            else:
+                print("after", table.insert({"id": "b"})["id"])
+        except tiger.TigerError as e:
+            print(type(e).__name__, e)
+
+
+async def in_a_task(url):
+    global client
+    async with await tiger.aio.connect(url, timeout=2.0) as client:
+        table = client.table("t")
+        armed[0] = True
+        try:
+            await (client.once("k", lambda: "built") if what == "once" else table.insert({"id": "a"}))
+        except Alarm:
+            print("interrupted", flush=True)
+        try:
+            print("after", await waiter[0] if what == "once" else (await table.insert({"id": "b"}))["id"])
+        except tiger.TigerError as e:
+            print(type(e).__name__, e)
+
+
+with tiger.serve() as server:
+    blocking(server.url) if driver == "blocking" else asyncio.run(in_a_task(server.url))
+"""
+
+
+@pytest.mark.parametrize("driver", ["blocking", "async"])
+@pytest.mark.parametrize("what", ["once", "socket"])
+def test_a_signal_just_after_a_lock_was_taken_left_it_held_for_good(what, driver):
+    # A once key's lock (one builder per process) and a client's command socket lock were taken, then the
+    # ``try`` that lets them go was entered: a signal's exception (Ctrl-C) landing between the two left the
+    # lock held, and every later once of the key timed out, or every later call was "busy". They are held
+    # by a token now, stored inside the ``try`` (``tiger._owned``).
+    child = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AS_A_LOCK_IS_TAKEN, what, driver], capture_output=True, text=True, timeout=60
+    )
+    assert child.stdout.splitlines() == ["interrupted", "after " + ("the other's" if what == "once" else "b")], (
+        child.stdout + child.stderr
+    )
+
+
+SIGNAL_STORM = """
+import signal, sys, threading
+import tiger
+
+
+class Alarm(Exception):
+    pass
+
+
+armed = threading.Event()
+
+
+def alarm(*_):  # a handler that raises (a watchdog, pytest-timeout's signal method), at any bytecode of a call
+    if armed.is_set():
+        armed.clear()  # once per call: it never lands outside the call's ``try``
+        raise Alarm
+
+
+def calls(client, name, interrupted):
+    table = client.table("storm")
+    for i in range(400):
+        try:
+            armed.set()
+            table.insert({"id": f"{name}-{i}"})
+            client.once(f"{name}-{i % 5}", lambda: i, timeout=2)
+            armed.clear()
+        except Alarm:
+            interrupted.append(i)
+        except tiger.TigerError:
+            pass
+
+
+signal.signal(signal.SIGALRM, alarm)
+with tiger.connect(sys.argv[1], timeout=2.0) as client:
+    others = [threading.Thread(target=calls, args=(client, f"t{n}", [])) for n in range(2)]  # contending for
+    for t in others:  # the socket and the keys (Python runs the handler in the main thread only)
+        t.start()
+    interrupted = []
+    signal.setitimer(signal.ITIMER_REAL, 0.0007, 0.0007)
+    calls(client, "main", interrupted)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    armed.clear()
+    for t in others:
+        t.join(60)
+    client.table("storm").insert({"id": "after"})  # the socket is free
+    for name in ("main", "t0", "t1"):
+        for k in range(5):
+            client.once(f"{name}-{k}", lambda: "late", timeout=1)  # every key is free
+    print("interrupted", len(interrupted) > 50, file=sys.stderr)
+    print("ok", client._socket_hold.holder is None, client.replica._calls.writing == 0, flush=True)
+"""
+
+
+def test_a_signal_storm_whose_handler_raises_left_no_lock_held_and_no_call_in_flight(own_writer):
+    # A handler that raises, landing at any bytecode of hundreds of calls contending with other threads',
+    # left (before tokens and named calls) a socket lock, a once key's lock or a call counted in flight:
+    # every later call busy, every later once of the key timed out, every gap waiting the timeout.
+    child = subprocess.run(
+        [sys.executable, "-c", SIGNAL_STORM, own_writer.url], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT * 2
+    )
+    assert child.stdout.splitlines() == ["ok True True"], child.stdout + child.stderr
+    assert "interrupted True" in child.stderr, child.stderr  # the storm did land in the calls
+
+
 # -- 2. a paused client blames the writer -----------------------------------------------------------------
 
 PAUSED_CLIENT = """

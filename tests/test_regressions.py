@@ -905,7 +905,7 @@ def test_a_call_waiting_behind_another_call_of_its_client_keeps_its_own_timeout(
                     _wait_stopped(server.pid)
                     first = threading.Thread(target=plans.insert, args=({},))  # answered once the writer resumes
                     first.start()
-                    assert _until(lambda: client._socket_owner is not None)  # the insert holds the socket
+                    assert _until(lambda: client._socket_hold.holder is not None)  # the insert holds the socket
                     started = time.monotonic()
                     with pytest.raises(tiger.TigerError) as raised:
                         client.sync(timeout=1)
@@ -921,7 +921,7 @@ def test_a_call_waiting_behind_another_call_of_its_client_keeps_its_own_timeout(
                 try:
                     _wait_stopped(server.pid)
                     first = asyncio.create_task(plans.insert({}))
-                    while not client._lock().locked():  # the insert holds the socket
+                    while client._lock().holder is None:  # the insert holds the socket
                         await asyncio.sleep(0.01)
                     started = time.monotonic()
                     with pytest.raises(tiger.TigerError) as raised:
@@ -1063,28 +1063,24 @@ CTRL_C_AS_THE_SOCKET_IS_HANDED_OVER = """
 import signal, sys, threading, time
 import tiger
 
+from tiger._owned import OwnedLock
+
 main = threading.main_thread().ident
 
+armed = [True]
+wake = OwnedLock._wake
 
-class CtrlCAtHandOver(threading.Condition):
-    armed = True
 
-    def _then_ctrl_c(self):
-        if CtrlCAtHandOver.armed:  # a Ctrl-C lands in the main thread's call just as the socket is handed to it
-            CtrlCAtHandOver.armed = False
-            signal.pthread_kill(main, signal.SIGINT)
+def wake_then_ctrl_c(self):
+    wake(self)
+    if armed[0] and self._gates:  # a Ctrl-C lands in the main thread's call just as the socket is handed to it
+        armed[0] = False
+        signal.pthread_kill(main, signal.SIGINT)
 
-    def notify(self, n=1):
-        super().notify(n)
-        self._then_ctrl_c()
 
-    def notify_all(self):
-        super().notify_all()
-        self._then_ctrl_c()
-
+OwnedLock._wake = wake_then_ctrl_c
 
 with tiger.serve() as server, tiger.connect(server.url, timeout=3.0) as client:
-    client._socket_guard = CtrlCAtHandOver()
     table = client.table("t")
     holder = object()
     client._take_socket(holder, time.monotonic() + 5, 5)  # a call of another thread, in flight

@@ -56,13 +56,13 @@ def test_published_changes_apply_in_order(pair):
 
 def test_a_change_after_an_own_call_in_flight_is_held_until_the_deposit_fills_the_gap(pair):
     writer, replica = pair
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     own = writer.insert(0)  # never published to this replica
     replica.published(*writer.insert(1))
     replica.published(*writer.insert(2))
     assert replica.seq == 0  # held, not applied out of order
     assert replica.lost(T0) is None  # and not taken for a loss: the call is in flight
-    replica.calls.call_finished()
+    replica.calls.call_finished(1)
     replica.deposit(EPOCH, *own)
     assert replica.seq == 3
     assert replica.store.content() == writer.store.content()
@@ -72,9 +72,9 @@ def test_a_change_after_an_own_call_in_flight_is_held_until_the_deposit_fills_th
 def test_an_own_change_answered_before_an_earlier_foreign_change_arrives_waits_for_it(pair):
     writer, replica = pair
     foreign = writer.insert(0)
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     own = writer.insert(1)
-    replica.calls.call_finished()
+    replica.calls.call_finished(1)
     replica.deposit(EPOCH, *own)
     assert replica.seq == 0
     assert replica.lost(T0) is None  # nothing published is ahead yet
@@ -93,20 +93,20 @@ def test_a_gap_with_no_call_in_flight_is_a_loss(pair):
 
 def test_an_own_call_that_got_no_answer_leaves_a_gap_that_is_a_loss(pair):
     writer, replica = pair
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     writer.insert(0)  # applied by the writer, its answer never arrived
     replica.published(*writer.insert(1))
     assert replica.lost(T0) is None
-    replica.calls.call_finished()  # the call raised: nothing to deposit
+    replica.calls.call_finished(1)  # the call raised: nothing to deposit
     assert replica.lost(T0) == "gap: got seq 2 after 0"
 
 
 def test_a_call_that_raised_but_whose_answer_is_asked_again_fills_its_gap_without_a_loss(pair):
     writer, replica = pair
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     own = writer.insert(0)  # applied by the writer; its answer came too late for the call
     replica.published(*writer.insert(1))
-    replica.calls.call_finished((1, b"call", T0))  # the call raised Unavailable...
+    replica.calls.call_finished(1, (1, b"call", T0))  # the call raised Unavailable...
     assert replica.calls.due(T0) == [b"call"]  # ...and the replica asks the writer for its answer again
     assert replica.lost(T0) is None
     assert replica.lost(T0 + PATIENCE + 1) == "gap: got seq 2 after 0"  # not for ever
@@ -119,11 +119,11 @@ def test_a_call_that_raised_but_whose_answer_is_asked_again_fills_its_gap_withou
 
 def test_a_heartbeat_ahead_is_a_loss_unless_a_call_is_in_flight(pair):
     writer, replica = pair
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     own = writer.insert(0)
     replica.heartbeat(writer.seq)
     assert replica.lost(T0) is None
-    replica.calls.call_finished()
+    replica.calls.call_finished(1)
     assert replica.lost(T0) == "heartbeat at seq 1, replica at 0"
     replica.deposit(EPOCH, *own)
     assert replica.lost(T0) is None
@@ -131,8 +131,8 @@ def test_a_heartbeat_ahead_is_a_loss_unless_a_call_is_in_flight(pair):
 
 def test_a_snapshot_covers_what_was_held_and_deposited_and_later_deposits_still_apply(pair):
     writer, replica = pair
-    replica.calls.call_started()
-    replica.calls.call_started()
+    replica.calls.call_started(1)
+    replica.calls.call_started(2)
     own_early = writer.insert(0)  # seq 1
     replica.published(*writer.insert(1))  # seq 2: held behind own_early
     replica.loading = True  # a snapshot is on its way: nothing applied now
@@ -141,8 +141,8 @@ def test_a_snapshot_covers_what_was_held_and_deposited_and_later_deposits_still_
     snapshot = writer.store.content()  # taken at seq 2
     own_late = writer.insert(2)  # seq 3
     replica.deposit(EPOCH, *own_late)
-    replica.calls.call_finished()
-    replica.calls.call_finished()
+    replica.calls.call_finished(1)
+    replica.calls.call_finished(2)
     later = writer.insert(3)  # seq 4, published after the snapshot
     replica.store.load(snapshot)
     replica.reset(EPOCH, 2)
@@ -155,10 +155,10 @@ def test_a_snapshot_covers_what_was_held_and_deposited_and_later_deposits_still_
 
 def test_a_deposit_of_a_new_epoch_waits_for_the_resync_to_that_epoch(pair):
     _, replica = pair
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     restarted = Writer()
     seq, change = restarted.insert(7)  # answered by a restarted writer (new epoch) before the replica noticed
-    replica.calls.call_finished()
+    replica.calls.call_finished(1)
     replica.deposit("f" * 16, seq, change)
     assert replica.seq == 0 and replica.epoch == EPOCH
     replica.store.load({})  # the new epoch's snapshot, taken before that change
@@ -204,7 +204,7 @@ def test_an_answer_is_not_taken_as_reached_by_an_epoch_it_cannot_order(pair):
 def test_too_many_held_changes_are_a_loss_even_with_a_call_in_flight(pair, monkeypatch):
     writer, replica = pair
     monkeypatch.setattr(Sequencer, "MAX_HELD", 3)
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     writer.insert(0)
     for n in range(4):
         replica.published(*writer.insert(n))
@@ -221,18 +221,18 @@ def test_any_interleaving_of_published_and_own_changes_ends_equal_to_the_writer(
     answers: list[tuple[int, int, Change]] = []  # (due step, seq, change)
     for step, (own, delay) in enumerate(plan):
         if own:
-            replica.calls.call_started()
+            replica.calls.call_started(step)
             seq, change = writer.insert(step)
-            answers.append((step + delay, seq, change))
+            answers.append((step + delay, seq, change, step))
         else:
             replica.published(*writer.insert(step))
         for due in [a for a in answers if a[0] <= step]:
             answers.remove(due)
-            replica.calls.call_finished()
+            replica.calls.call_finished(due[3])
             replica.deposit(EPOCH, due[1], due[2])
         assert replica.lost(T0) is None  # a gap is always an own answer still to come
-    for _, seq, change in answers:
-        replica.calls.call_finished()
+    for _, seq, change, req_id in answers:
+        replica.calls.call_finished(req_id)
         replica.deposit(EPOCH, seq, change)
     assert replica.lost(T0) is None
     assert replica.seq == writer.seq
@@ -240,10 +240,11 @@ def test_any_interleaving_of_published_and_own_changes_ends_equal_to_the_writer(
 
 
 def test_a_gap_older_than_any_call_can_be_is_a_loss_even_while_a_call_is_counted_in_flight(pair):
-    """An interrupt between counting a call and sending it (or between its answer and the deposit)
-    would leave the call in flight for good: the gap is trusted only as long as a call can last."""
+    """A call in flight for longer than a call can last (an interrupt between counting a call and sending
+    it, or between its answer and the deposit, left one in flight for good, when calls were counted, not
+    named): the gap is trusted only that long."""
     writer, replica = pair
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     writer.insert(0)  # its answer never deposited
     replica.published(*writer.insert(1))
     assert replica.lost(T0) is None
@@ -253,7 +254,7 @@ def test_a_gap_older_than_any_call_can_be_is_a_loss_even_while_a_call_is_counted
 
 def test_the_gap_clock_restarts_once_the_replica_caught_up(pair):
     writer, replica = pair
-    replica.calls.call_started()
+    replica.calls.call_started(1)
     own = writer.insert(0)
     replica.published(*writer.insert(1))
     assert replica.lost(T0) is None
@@ -270,11 +271,11 @@ def test_deposits_of_two_epochs_are_kept_apart(pair):
     writer, replica = pair
     restarted = Writer()
     new_seq, new_change = restarted.insert(9)
-    replica.calls.call_started()
-    replica.calls.call_started()
+    replica.calls.call_started(1)
+    replica.calls.call_started(2)
     old = writer.insert(0)
-    replica.calls.call_finished()
-    replica.calls.call_finished()
+    replica.calls.call_finished(1)
+    replica.calls.call_finished(2)
     replica.deposit("f" * 16, new_seq, new_change)
     replica.deposit(EPOCH, *old)  # must not drop the new epoch's deposit
     assert replica.seq == 1

@@ -11,7 +11,10 @@ thread sends what it says is ``due``.
 Rule 1: it is pure. No sockets, no threads, no clock: the time is passed in, and its
 owner (the replica) calls it holding its lock.
 
-Rule 2: a call is in flight from ``call_started`` to ``call_finished``, whatever the outcome.
+Rule 2: a call is in flight from ``call_started(req_id)`` to ``call_finished(req_id)``, whatever the
+outcome. Calls are named by their request id, not counted: a finish said again (a caller's ``finally``
+after a signal landed between the answer and its deposit) changes nothing, where a count was left off by
+one for good (every later gap waited the whole timeout for a call that would never come).
 
 Rule 3: a call that raised with no answer (``call_finished(unanswered)``) may have been
 applied by the writer: its answer came too late. It is asked again once its deadline has
@@ -84,14 +87,14 @@ class PendingCalls:
         self._timeout = timeout  # seconds an answer to a call asked again can take (the client's timeout)
         self._max_asking = max_asking
         self._max_asking_bytes = max_asking_bytes
-        self._writing = 0  # calls started and not finished
+        self._writing: set[int] = set()  # request ids of the calls started and not finished
         self._to_ask: dict[int, tuple[bytes, float]] = {}  # req id -> (bytes, deadline): to ask again
         self._asked: dict[int, float] = {}  # req id asked again -> when
 
     @property
     def writing(self) -> int:
         """Calls started and not finished."""
-        return self._writing
+        return len(self._writing)
 
     @property
     def asking(self) -> int:
@@ -103,17 +106,25 @@ class PendingCalls:
         """Whether a change of this client's may still come in an answer (a gap may be it)."""
         return bool(self._writing or self._to_ask or self._asked)
 
-    def call_started(self) -> None:
-        """A call is about to be sent: its change will come in its answer."""
-        self._writing += 1
+    def writing_call(self, req_id: int) -> bool:
+        """Whether the call ``req_id`` is started and not finished (a read its own caller may make
+        without its owner's lock: only that caller starts or finishes it)."""
+        return req_id in self._writing
 
-    def call_finished(self, unanswered: Unanswered | None = None) -> None:
-        """The call ended: answered (its change deposited), refused, or raised.
+    def call_started(self, req_id: int) -> None:
+        """The call ``req_id`` is about to be sent: its change will come in its answer."""
+        self._writing.add(req_id)
+
+    def call_finished(self, req_id: int, unanswered: Unanswered | None = None) -> None:
+        """The call ``req_id`` ended: answered (its change deposited), refused, or raised. A call not in
+        flight (finished already, or never started) changes nothing (Rule 2).
 
         ``unanswered`` (its request id, bytes and deadline) when it raised with no answer: kept to be
         asked again after its deadline (Rule 3), unless that goes beyond the bounds.
         """
-        self._writing -= 1
+        if req_id not in self._writing:
+            return
+        self._writing.discard(req_id)
         if unanswered is not None and self.asking < self._max_asking:
             req_id, payload, deadline = unanswered
             if sum(len(b) for b, _ in self._to_ask.values()) + len(payload) <= self._max_asking_bytes:
@@ -141,7 +152,6 @@ class PendingCalls:
 
     def check(self) -> None:
         """Assert the invariants (for tests)."""
-        assert self._writing >= 0, f"{self._writing} calls in flight"
         assert not self._to_ask.keys() & self._asked.keys(), "a call both to ask and asked"
         assert self.asking <= self._max_asking, f"{self.asking} calls asked again, more than {self._max_asking}"
         held = sum(len(b) for b, _ in self._to_ask.values())

@@ -9,7 +9,6 @@ import inspect
 import itertools
 import logging
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ from tiger._calls import GIVE_UP, PAUSE_GRACE, RESEND, Attempts, callable_name, 
 from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
+from tiger._owned import OwnedLock
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
 from tiger._server import check_url, recently_refused, secure, why_refused
@@ -507,10 +507,8 @@ class Client(_Connection):
         self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
     ) -> None:
         super().__init__(url, timeout, heartbeat_timeout, server_key)
-        # one request in flight on the command socket: the call holding it is ``_socket_owner`` (its token),
-        # handed over under ``_socket_guard``, notified when a call lets the socket go
-        self._socket_guard = threading.Condition()
-        self._socket_owner: object | None = None
+        # one request in flight on the command socket: the call holding it (its token) is its holder
+        self._socket_hold = OwnedLock()
         try:
             # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
             self._command = [self._new_socket()]
@@ -699,12 +697,12 @@ class Client(_Connection):
         seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
         payload, deadline = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
-        if own:
-            self.replica.call_started()  # after the pid check: a forked child may have inherited the replica's lock held
         sent = answered = False
         refusals = None if type(request) is p.Hello else Refusals()
         me = object()
         try:
+            if own:  # (after the pid check: a forked child may have inherited the replica's lock held)
+                self.replica.call_started(req_id)
             self._take_socket(me, deadline, seconds)  # (``me`` made before: a signal just after cannot leak it)
             if self._closed:
                 raise TigerError("this client is closed")
@@ -742,7 +740,7 @@ class Client(_Connection):
         except BaseException:
             self._let_go_socket(me)
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
-                self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
+                self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
             raise
 
     def _command_socket(self) -> zmq.Socket[Any]:
@@ -752,28 +750,15 @@ class Client(_Connection):
         """Make the call ``me`` (a token) the one holding the command socket, waiting for the call holding it
         until ``deadline``: past it, ``Unavailable`` (``_busy``). A call behind another waited as long as that
         call's own timeout, then said it had waited its own (a review). The token is made by the caller
-        before this, and given back by ``_let_go_socket(me)`` in its ``finally``: a timed lock acquired,
-        then ``try``, was left held by a signal landing in between (every later call then "busy")."""
-        with self._socket_guard:
-            try:
-                while self._socket_owner is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise self._busy(seconds)
-                    self._socket_guard.wait(min(left, 0.05))  # (woken by ``_let_go_socket``; the slice: a backstop)
-                self._socket_owner = me
-            except BaseException:  # (a signal, its wake-up taken): the next waiter is woken in its place
-                if self._socket_owner is None:
-                    self._socket_guard.notify_all()
-                raise
+        before this, and given back by ``_let_go_socket(me)`` in its ``finally`` (``OwnedLock``: a timed
+        lock acquired, then ``try``, was left held by a signal landing in between; every later call was
+        then "busy")."""
+        if not self._socket_hold.take(me, deadline):
+            raise self._busy(seconds)
 
     def _let_go_socket(self, me: object) -> None:
-        """The call ``me`` lets the command socket go, if it holds it; every waiting call is woken, and one
-        takes it (a woken waiter a signal then ended left the others asleep until their deadlines)."""
-        with self._socket_guard:
-            if self._socket_owner is me:
-                self._socket_guard.notify_all()  # first: a signal at it leaves ``me`` the owner, let go again
-                self._socket_owner = None
+        """The call ``me`` lets the command socket go, if it holds it."""
+        self._socket_hold.let_go(me)
 
     def _fresh_socket(self) -> None:
         """A new command socket in place of the old: made, swapped in, then the old one closed, so that an
@@ -793,8 +778,12 @@ class Client(_Connection):
         """
         if deadline is None:
             deadline = time.monotonic() + self.timeout
-        reply = self._request(request, deadline, own=True)
-        self.replica.catch_up(reply, deadline, own=True)
+        try:
+            reply = self._request(request, deadline, own=True)
+            self.replica.catch_up(reply, deadline, own=True)
+        except BaseException:  # (a signal between the answer and its deposit: its change comes no more; a
+            self.replica.call_failed(request.req_id)  # type: ignore[union-attr]  # gap: a resync. Ended already: nothing)
+            raise
         return reply
 
 

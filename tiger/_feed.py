@@ -310,42 +310,6 @@ def running_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def acquired_within(lock: asyncio.Lock, timeout: float | None) -> bool:
-    """``await lock.acquire()`` within ``timeout`` seconds (None: no limit); False past it. Past it, or
-    cancelled, the lock is left as it was (``asyncio.wait_for`` could leave it acquired, before Python
-    3.12, when the acquisition and the timeout came together). A free lock no task queues for is taken
-    at once, with no task made (every call of a tiger.aio client takes its socket's lock so)."""
-    import asyncio
-
-    if timeout is None or (not lock.locked() and not getattr(lock, "_waiters", None)):
-        await lock.acquire()
-        return True
-    acquiring = asyncio.ensure_future(lock.acquire())
-    try:
-        await asyncio.wait({acquiring}, timeout=timeout)
-    except BaseException:
-        _given_back(lock, acquiring)
-        raise
-    if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
-        return True
-    _given_back(lock, acquiring)
-    return False
-
-
-def _given_back(lock: asyncio.Lock, acquiring: asyncio.Future[Any]) -> None:
-    """Undo an acquisition no caller will use: cancel it, or release the lock once it is acquired."""
-
-    def release(done: asyncio.Future[Any]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            lock.release()
-
-    if acquiring.done():
-        release(acquiring)
-    else:
-        acquiring.cancel()
-        acquiring.add_done_callback(release)  # (in case it was acquired before the cancellation reached it)
-
-
 def _resolve(future: asyncio.Future[None]) -> None:
     """On the waiter's loop: wake it, unless it was cancelled (or timed out) meanwhile."""
     if not future.done():

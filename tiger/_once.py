@@ -58,7 +58,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 from tiger import _protocol as p
 from tiger._calls import callable_name
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable
-from tiger._feed import acquired_within, running_loop
+from tiger._feed import running_loop
+from tiger._owned import OwnedAsyncLock, OwnedLock
 from tiger._server import recently_refused
 from tiger._table import ONCE_TABLE, Record, check_value
 
@@ -216,12 +217,12 @@ class Once:
     def __init__(self) -> None:
         # a key's lock lives while a caller of this client uses it (weakly held: one per key ever asked for,
         # kept for good, grew with every namespace's keys of a long run)
-        self._locks: weakref.WeakValueDictionary[tuple[str, str], threading.Lock] = weakref.WeakValueDictionary()
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], OwnedLock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
         # (scope, key) -> (thread ident, task id or None) of the caller building or waiting for it in this client
         self._holders: dict[tuple[str, str], tuple[int, int | None]] = {}
         self._async_locks: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock]
+            asyncio.AbstractEventLoop, weakref.WeakValueDictionary[tuple[str, str], OwnedAsyncLock]
         ] = weakref.WeakKeyDictionary()
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
@@ -245,19 +246,21 @@ class Once:
             deadline = _deadline(wait)
             mine = (threading.get_ident(), None)
             with self._locks_guard:
-                lock = self._locks.setdefault((scope, key), threading.Lock())
+                lock = self._locks.setdefault((scope, key), OwnedLock())
                 held = self._holders.get((scope, key))
                 if held is not None and held[0] == mine[0]:  # this thread builds it (or its loop's task does)
                     raise TigerError(_REENTERED.format(key=key))
-            # two threads of this process never both build one key; the wait for the other is the caller's too
-            if not lock.acquire(timeout=-1 if math.isinf(deadline) else max(0.0, deadline - time.monotonic())):
-                raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
+            # two threads of this process never both build one key; the wait for the other is the caller's
+            # too. (A timed ``threading.Lock`` acquired, then ``try``, was left held by a signal landing in
+            # between: every later ``once`` of the key in this process then timed out.)
             try:
+                if not lock.take(mine, deadline):
+                    raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
                 self._holders[scope, key] = mine
                 return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
             finally:
                 self._let_go((scope, key), mine)
-                lock.release()
+                lock.let_go(mine)
         except _AsyncFactory as e:
             raise TypeError(f"once {key!r}: {e}") from None  # (a plain TypeError: the class is private)
 
@@ -282,14 +285,14 @@ class Once:
         if held is not None and held[1] == mine[1]:  # this task builds it
             raise TigerError(_REENTERED.format(key=key))
         # two tasks of this loop never both build one key; the wait for the other is the caller's too
-        if not await acquired_within(lock, None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())):
-            raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
         try:
+            if not await lock.take(mine, deadline):
+                raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
             self._holders[scope, key] = mine
             return await _drive_async(client, self._value(client, key, scope, factory, wait, deadline, in_scope, interruptions))
         finally:
             self._let_go((scope, key), mine)
-            lock.release()
+            lock.let_go(mine)
 
     def _let_go(self, key: tuple[str, str], mine: tuple[int, int | None]) -> None:
         """The caller ``mine`` (thread ident, task id) no longer holds ``key`` (a nested holder's entry, the
@@ -339,16 +342,14 @@ class Once:
         """Whether this client built ``key`` of ``scope`` with a generator factory whose teardown has not run yet."""
         return (scope, key) in self._teardowns
 
-    def _async_lock(self, scope: str, key: str) -> asyncio.Lock:
-        """The key's lock in the running event loop (an asyncio.Lock serves one loop), made on first use."""
-        import asyncio
-
+    def _async_lock(self, scope: str, key: str) -> OwnedAsyncLock:
+        """The key's lock in the running event loop (its tasks' lock: each loop has its own), made on first use."""
         loop = running_loop()
         with self._locks_guard:
             locks = self._async_locks.setdefault(loop, weakref.WeakValueDictionary())
             lock = locks.get((scope, key))
             if lock is None:
-                lock = locks[scope, key] = asyncio.Lock()
+                lock = locks[scope, key] = OwnedAsyncLock()
             return lock
 
     # -- the logic, once for both drivers ----------------------------------------------------------

@@ -293,21 +293,25 @@ class Replica:
     def seq(self) -> int:
         return self._seq.seq
 
-    def call_started(self) -> None:
-        """A call of this client is about to be sent: its change will come by ``catch_up(..., own=True)``."""
+    def call_started(self, req_id: int) -> None:
+        """The call ``req_id`` of this client is about to be sent: its change will come by ``catch_up(...,
+        own=True)``. Its caller says ``call_failed(req_id)`` however it ends (said again after the answer
+        was taken, it changes nothing), so that a signal landing anywhere leaves no call in flight."""
         with self.changed:
-            self._calls.call_started()
+            self._calls.call_started(req_id)
 
-    def call_failed(self, unanswered: Unanswered | None = None) -> None:
-        """The call announced by ``call_started()`` raised: after an error answer, nothing to deposit.
+    def call_failed(self, req_id: int, unanswered: Unanswered | None = None) -> None:
+        """The call ``req_id`` announced by ``call_started`` raised: after an error answer, nothing to deposit.
 
         ``unanswered`` (its request id, bytes and deadline) when it raised with no answer: the writer
         may have applied it (its answer came too late). Once the deadline has passed, which is after
         the call's expiry, this thread sends it again: the writer answers a repeat from the answers it
         keeps, or refuses it as expired if it never applied it: never applied late.
         """
+        if not self._calls.writing_call(req_id):  # ended already, or never started (a forked child's call,
+            return  # refused before it started: the lock it inherited may be held for good)
         with self.changed:
-            self._calls.call_finished(unanswered)
+            self._calls.call_finished(req_id, unanswered)
 
     def catch_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
         """Return once the replica has applied the answer's (epoch, seq), or has since loaded the snapshot
@@ -337,7 +341,7 @@ class Replica:
         epoch, seq, change, before = answer.epoch, answer.seq, answer.change, answer.before
         with self.changed:
             if own:
-                self._calls.call_finished()
+                self._calls.call_finished(answer.req_id)
             # only when they follow on from what the replica holds: ahead of a gap they would be held, and
             # a held change with no call of ours in flight reads as a loss (a needless snapshot reload)
             if before and epoch == self.epoch and not self._seq.loading:

@@ -35,6 +35,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import math
 import os
 import sys
 import threading
@@ -59,7 +60,8 @@ from tiger._client import (
     _timeout,
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
-from tiger._feed import _EXPIRED, Alarm, _resolve, acquired_within, check_timeout, running_loop
+from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
+from tiger._owned import OwnedAsyncLock
 from tiger._table import GLOBAL, Record, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
@@ -93,7 +95,7 @@ class AsyncClient(_Connection):
     ) -> None:
         super().__init__(url, timeout, heartbeat_timeout, server_key)
         self._shared: Client | None = None  # the blocking client whose connection this one uses
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OwnedAsyncLock] = weakref.WeakKeyDictionary()
         self._late: set[asyncio.Task[Any]] = set()  # tasks awaiting the answers of cancelled writes, writes not waited for
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
         self._in_flight: set[int] = set()  # req_ids of the calls waiting for their answers, on any loop
@@ -118,8 +120,7 @@ class AsyncClient(_Connection):
             raise TigerError("client is closed")
         shared = cls.__new__(cls)
         shared.__dict__.update(client.__dict__)  # its ids, settings, replica and once keys
-        for own in ("_socket_guard", "_socket_owner"):  # the blocking client's hold on its socket: not this one's
-            del shared.__dict__[own]
+        del shared.__dict__["_socket_hold"]  # the blocking client's hold on its socket: not this one's
         shared._shared = client
         # a context of its own: closing ``client`` terminates its context, which waits for every socket in it
         shared._ctx = zmq.Context()
@@ -174,14 +175,12 @@ class AsyncClient(_Connection):
             if self._once._teardowns:
                 log.warning("closing %r with once teardowns not run: %s", self, sorted(k for _, k in self._once._teardowns))
             lock = self._lock(watching=False)  # (a loop that cannot watch the socket closes too)
-            acquiring = asyncio.ensure_future(lock.acquire())  # a call in flight ends first
-            try:
-                await asyncio.wait((acquiring,), timeout=self.timeout)
+            me = object()
+            try:  # a call in flight ends first (not within the timeout: closed anyway; it gets "this client is closed")
+                await lock.take(me, time.monotonic() + self.timeout)
             finally:
-                acquiring.cancel()  # (not acquired in time: closed anyway; the call gets "this client is closed")
                 self._close_now()
-                if acquiring.done() and not acquiring.cancelled():
-                    lock.release()
+                lock.let_go(me)
         if errors:
             raise errors[0][1]
 
@@ -283,7 +282,7 @@ class AsyncClient(_Connection):
     def _command_socket(self) -> zmq.Socket[Any]:
         return self._command[0].sock
 
-    def _lock(self, watching: bool = True) -> asyncio.Lock:
+    def _lock(self, watching: bool = True) -> OwnedAsyncLock:
         """One request in flight on the command socket, per event loop (asyncio locks belong to one). On a
         loop's first call ``watching``, the loop is made to watch the socket (refused: ``TigerError``)."""
         loop = running_loop()
@@ -291,7 +290,7 @@ class AsyncClient(_Connection):
         if lock is None:
             if watching:
                 self._socket.watch(loop)  # a loop that cannot is refused before anything is sent
-            lock = self._locks[loop] = asyncio.Lock()
+            lock = self._locks[loop] = OwnedAsyncLock()
         return lock
 
     def _serve(self) -> asyncio.AbstractEventLoop:
@@ -325,17 +324,17 @@ class AsyncClient(_Connection):
         seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
         payload, deadline = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
-        if own:
-            self.replica.call_started()
         sent = answered = False
         refusals = None if type(request) is p.Hello else Refusals()
         serving: asyncio.AbstractEventLoop | None = None
         try:
+            if own:
+                self.replica.call_started(req_id)
             serving = self._serve()  # before the loop's lock: a refused call must not touch the socket (watch)
-            lock = self._lock()
-            if not await acquired_within(lock, max(0.0, deadline - time.monotonic())):
-                raise self._busy(seconds)
+            lock, me = self._lock(), object()
             try:
+                if not await lock.take(me, deadline):  # (``OwnedAsyncLock``: a signal cannot leave it held)
+                    raise self._busy(seconds)
                 if self._closed:
                     raise TigerError("this client is closed")
                 sent = True  # from here a cancellation may come after libzmq took the bytes
@@ -369,12 +368,12 @@ class AsyncClient(_Connection):
                             break
                         self._late_answer(reply)
             finally:
-                lock.release()
+                lock.let_go(me)
             return self._outcome(reply, seconds)
         except asyncio.CancelledError:
             if self._closed and not _cancelling():  # the socket was closed under the call (its wait is cancelled)
                 if own:
-                    self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
+                    self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
                 raise TigerError("this client is closed") from None
             if own and sent and not answered:  # its answer comes in about a round trip: take it then (a task,
                 # not the replica's ask-again after the deadline, which would hold this client's later writes
@@ -388,11 +387,11 @@ class AsyncClient(_Connection):
                 self._late.add(task)
                 task.add_done_callback(self._late.discard)
             elif own:
-                self.replica.call_failed(None)
+                self.replica.call_failed(req_id)
             raise
         except BaseException:
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
-                self.replica.call_failed((req_id, payload, deadline) if sent and not answered else None)
+                self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
             raise
         finally:
             if serving is not None:
@@ -408,7 +407,9 @@ class AsyncClient(_Connection):
         It polls in slices of at most 50 ms, the socket free for other calls in between."""
         try:
             while req_id in self._unanswered and not self._closed and time.monotonic() < self._unanswered[req_id][1]:
-                async with self._lock():
+                lock, me = self._lock(), object()
+                try:
+                    await lock.take(me, math.inf)
                     if req_id in self._unanswered and not self._closed:
                         remaining = self._unanswered[req_id][1] - time.monotonic()
                         serving = self._serve()
@@ -418,13 +419,15 @@ class AsyncClient(_Connection):
                             self._served(serving)
                         if data is not None:
                             self._late_answer(p.decode_reply(data))
+                finally:
+                    lock.let_go(me)
                 await asyncio.sleep(0)  # the calls waiting for the socket go first
         except Exception:  # (an undecodable answer, the socket closed under it): the replica asks the writer
             pass
         finally:
             entry = self._unanswered.pop(req_id, None)
             if entry is not None:
-                self.replica.call_failed((req_id, *entry))
+                self.replica.call_failed(req_id, (req_id, *entry))
 
     def _late_answer(self, reply: p.Reply) -> None:
         """An answer on the command socket to an earlier call: a cancelled write's (its change goes to the
@@ -438,7 +441,7 @@ class AsyncClient(_Connection):
         if type(reply) is p.Ok:
             self.replica.take_answer(reply, own=True)
         else:
-            self.replica.call_failed(None)  # refused: nothing was applied
+            self.replica.call_failed(reply.req_id)  # type: ignore[arg-type]  # refused: nothing was applied
 
     def _fresh_socket(self) -> None:
         """A new command socket in place of the old (made and swapped in before the old one is closed). The
@@ -458,8 +461,14 @@ class AsyncClient(_Connection):
         (``time.monotonic()`` seconds; None: the client's timeout from now)."""
         if deadline is None:
             deadline = time.monotonic() + self.timeout
-        reply = await self._request(request, deadline, own=True)
-        await self._caught_up(reply, deadline, own=True)
+        try:
+            reply = await self._request(request, deadline, own=True)
+            await self._caught_up(reply, deadline, own=True)
+        except asyncio.CancelledError:  # (a call cancelled unanswered is finished by ``_answer_later``)
+            raise
+        except BaseException:  # (a signal between the answer and its deposit: as ``Client._write``)
+            self.replica.call_failed(request.req_id)  # type: ignore[union-attr]
+            raise
         return reply
 
     def _write_later(self, request: p.Request) -> asyncio.Task[p.Ok]:
