@@ -603,8 +603,8 @@ class Feed:
                     remaining = deadline - now
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
-                sub.sleepers += 1
-                try:
+                try:  # (counted inside the ``try``: no signal lands between a store and the call after it)
+                    sub.sleepers += 1
                     sub.cond.wait(remaining)
                 finally:
                     sub.sleepers -= 1

@@ -99,7 +99,7 @@ class AsyncClient(_Connection):
         self._late: set[asyncio.Task[Any]] = set()  # tasks awaiting the answers of cancelled writes, writes not waited for
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
         self._in_flight: set[int] = set()  # req_ids of the calls waiting for their answers, on any loop
-        self._serving: dict[asyncio.AbstractEventLoop, int] = {}  # loops using the socket now -> how many calls
+        self._serving: dict[asyncio.AbstractEventLoop, set[object]] = {}  # loops using the socket -> their calls' tokens
         self._serving_lock = threading.Lock()
         self._answers: dict[int, p.Reply] = {}  # answers one loop's call took for another's
         try:
@@ -293,25 +293,29 @@ class AsyncClient(_Connection):
             lock = self._locks[loop] = OwnedAsyncLock()
         return lock
 
-    def _serve(self) -> asyncio.AbstractEventLoop:
-        """The running loop uses the socket until ``_served``. Refused (``TigerError``) while a loop running
-        in another thread uses it: a ZeroMQ socket is not thread-safe, and two loops of two threads sharing
-        one were seen to hang a call past its timeout (a loop not running, its call paused, is no obstacle)."""
+    def _serve(self, me: object) -> None:
+        """The call ``me`` (a token) of the running loop uses the socket until ``_served(me)``, said in its
+        ``finally`` however it ends (calls are named, not counted: a signal landing between a count and the
+        ``try`` that undoes it left a loop counted for good, and every call of another thread's loop was
+        refused). Refused (``TigerError``) while a loop running in another thread uses it: a ZeroMQ socket
+        is not thread-safe, and two loops of two threads sharing one were seen to hang a call past its
+        timeout (a loop not running, its call paused, is no obstacle)."""
         loop = running_loop()
         with self._serving_lock:
-            if any(n and other is not loop and other.is_running() for other, n in self._serving.items()):
+            if any(calls and other is not loop and other.is_running() for other, calls in self._serving.items()):
                 raise TigerError(
                     "this tiger.aio client is in use by an event loop running in another thread: a client serves one "
                     "event loop at a time; make one per thread (tiger.aio.connect, or AsyncClient.sharing(a tiger.Client))"
                 )
-            self._serving[loop] = self._serving.get(loop, 0) + 1
-        return loop
+            self._serving.setdefault(loop, set()).add(me)
 
-    def _served(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _served(self, me: object) -> None:
+        """The call ``me`` no longer uses the socket (not using it, refused say: nothing)."""
         with self._serving_lock:
-            left = self._serving.pop(loop) - 1
-            if left:
-                self._serving[loop] = left
+            for loop, calls in list(self._serving.items()):
+                calls.discard(me)
+                if not calls:
+                    del self._serving[loop]
 
     def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float]:
         if self._shared is not None and self._shared._closed:
@@ -326,12 +330,12 @@ class AsyncClient(_Connection):
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
         refusals = None if type(request) is p.Hello else Refusals()
-        serving: asyncio.AbstractEventLoop | None = None
+        me = object()
         try:
             if own:
                 self.replica.call_started(req_id)
-            serving = self._serve()  # before the loop's lock: a refused call must not touch the socket (watch)
-            lock, me = self._lock(), object()
+            self._serve(me)  # before the loop's lock: a refused call must not touch the socket (watch)
+            lock = self._lock()
             try:
                 if not await lock.take(me, deadline):  # (``OwnedAsyncLock``: a signal cannot leave it held)
                     raise self._busy(seconds)
@@ -394,8 +398,7 @@ class AsyncClient(_Connection):
                 self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
             raise
         finally:
-            if serving is not None:
-                self._served(serving)
+            self._served(me)
             self._in_flight.discard(req_id)
             if self._answers:
                 self._answers.pop(req_id, None)
@@ -412,11 +415,11 @@ class AsyncClient(_Connection):
                     await lock.take(me, math.inf)
                     if req_id in self._unanswered and not self._closed:
                         remaining = self._unanswered[req_id][1] - time.monotonic()
-                        serving = self._serve()
                         try:
+                            self._serve(me)
                             data = await self._socket.recv(max(0.001, min(0.05, remaining)))
                         finally:
-                            self._served(serving)
+                            self._served(me)
                         if data is not None:
                             self._late_answer(p.decode_reply(data))
                 finally:
