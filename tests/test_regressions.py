@@ -1096,7 +1096,7 @@ with tiger.serve() as server, tiger.connect(server.url, timeout=3.0) as client:
             result["c"] = f"{type(e).__name__} {time.monotonic() - started:.2f}"
 
     threading.Thread(target=third_call).start()
-    threading.Timer(0.6, client._let_go_socket, (holder,)).start()
+    threading.Timer(0.6, client._socket_hold.let_go, (holder,)).start()
     try:
         table.insert({"id": "b"})
     except KeyboardInterrupt:

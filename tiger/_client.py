@@ -579,7 +579,10 @@ class Client(_Connection):
                     pass
             _shut_down(self._replica, self._ctx, self._command)
         finally:
-            self._let_go_socket(me)
+            try:  # (twice: see ``tiger._owned``)
+                self._socket_hold.let_go(me)
+            finally:
+                self._socket_hold.let_go(me)
 
     def __enter__(self) -> Client:
         return self
@@ -735,10 +738,13 @@ class Client(_Connection):
                 if reply.req_id == req_id:
                     answered = True
                     break
-            self._let_go_socket(me)
+            self._socket_hold.let_go(me)  # (a signal at its first bytecode: let go below)
             return self._outcome(reply, seconds)
         except BaseException:
-            self._let_go_socket(me)
+            try:  # (twice: see ``tiger._owned``)
+                self._socket_hold.let_go(me)
+            finally:
+                self._socket_hold.let_go(me)
             if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
             raise
@@ -750,15 +756,11 @@ class Client(_Connection):
         """Make the call ``me`` (a token) the one holding the command socket, waiting for the call holding it
         until ``deadline``: past it, ``Unavailable`` (``_busy``). A call behind another waited as long as that
         call's own timeout, then said it had waited its own (a review). The token is made by the caller
-        before this, and given back by ``_let_go_socket(me)`` in its ``finally`` (``OwnedLock``: a timed
+        before this, and given back by ``_socket_hold.let_go(me)`` in its ``finally`` (``OwnedLock``: a timed
         lock acquired, then ``try``, was left held by a signal landing in between; every later call was
         then "busy")."""
         if not self._socket_hold.take(me, deadline):
             raise self._busy(seconds)
-
-    def _let_go_socket(self, me: object) -> None:
-        """The call ``me`` lets the command socket go, if it holds it."""
-        self._socket_hold.let_go(me)
 
     def _fresh_socket(self) -> None:
         """A new command socket in place of the old: made, swapped in, then the old one closed, so that an

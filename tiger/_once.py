@@ -219,8 +219,6 @@ class Once:
         # kept for good, grew with every namespace's keys of a long run)
         self._locks: weakref.WeakValueDictionary[tuple[str, str], OwnedLock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
-        # (scope, key) -> (thread ident, task id or None) of the caller building or waiting for it in this client
-        self._holders: dict[tuple[str, str], tuple[int, int | None]] = {}
         self._async_locks: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, weakref.WeakValueDictionary[tuple[str, str], OwnedAsyncLock]
         ] = weakref.WeakKeyDictionary()
@@ -247,8 +245,7 @@ class Once:
             mine = (threading.get_ident(), None)
             with self._locks_guard:
                 lock = self._locks.setdefault((scope, key), OwnedLock())
-                held = self._holders.get((scope, key))
-                if held is not None and held[0] == mine[0]:  # this thread builds it (or its loop's task does)
+                if self._held_by_thread((scope, key), mine[0]):  # this thread builds it (or its loop's task does)
                     raise TigerError(_REENTERED.format(key=key))
             # two threads of this process never both build one key; the wait for the other is the caller's
             # too. (A timed ``threading.Lock`` acquired, then ``try``, was left held by a signal landing in
@@ -256,11 +253,12 @@ class Once:
             try:
                 if not lock.take(mine, deadline):
                     raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
-                self._holders[scope, key] = mine
                 return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
             finally:
-                self._let_go((scope, key), mine)
-                lock.let_go(mine)
+                try:  # (twice: see ``tiger._owned``)
+                    lock.let_go(mine)
+                finally:
+                    lock.let_go(mine)
         except _AsyncFactory as e:
             raise TypeError(f"once {key!r}: {e}") from None  # (a plain TypeError: the class is private)
 
@@ -281,25 +279,27 @@ class Once:
         interruptions = (*INTERRUPTIONS, asyncio.CancelledError)
         lock = self._async_lock(scope, key)
         mine = (threading.get_ident(), id(asyncio.current_task()))
-        held = self._holders.get((scope, key))
-        if held is not None and held[1] == mine[1]:  # this task builds it
+        held = lock.holder
+        if held is not None and held[1] == mine[1]:  # type: ignore[index]  # this task builds it
             raise TigerError(_REENTERED.format(key=key))
         # two tasks of this loop never both build one key; the wait for the other is the caller's too
         try:
             if not await lock.take(mine, deadline):
                 raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
-            self._holders[scope, key] = mine
             return await _drive_async(client, self._value(client, key, scope, factory, wait, deadline, in_scope, interruptions))
         finally:
-            self._let_go((scope, key), mine)
-            lock.let_go(mine)
+            try:  # (twice: see ``tiger._owned``)
+                lock.let_go(mine)
+            finally:
+                lock.let_go(mine)
 
-    def _let_go(self, key: tuple[str, str], mine: tuple[int, int | None]) -> None:
-        """The caller ``mine`` (thread ident, task id) no longer holds ``key`` (a nested holder's entry, the
-        blocking driver's inside the async one's, is left alone)."""
-        with self._locks_guard:
-            if self._holders.get(key) == mine:
-                del self._holders[key]
+    def _held_by_thread(self, key: tuple[str, str], thread: int) -> bool:
+        """Whether a caller of thread ``thread`` holds ``key``: blocking, or a task of a loop of that thread.
+        (Held by the key's locks, not a table of holders beside them: a signal landing as the ``finally``
+        began let one go and left its entry, and every later ``once`` of the key in that thread was
+        refused as re-entered. A lock no caller refers to is dropped with what it holds.)"""
+        held = [self._locks.get(key)] + [locks.get(key) for locks in list(self._async_locks.values())]
+        return any(lock is not None and lock.holder is not None and lock.holder[0] == thread for lock in held)  # type: ignore[index]
 
     def tear_down(self, client: BlockingOnceClient, wait: float, until: float = math.inf) -> list[tuple[str, BaseException]]:
         """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys.

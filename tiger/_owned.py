@@ -9,7 +9,10 @@ The caller makes its token first, then takes the lock and lets it go in one ``tr
             raise Timeout(...)
         ...
     finally:
-        lock.let_go(me)
+        try:
+            lock.let_go(me)
+        finally:
+            lock.let_go(me)
 
 A timed ``threading.Lock.acquire`` (or an awaited ``asyncio.Lock.acquire``) followed by ``try`` leaves
 the lock held for ever when a signal's exception (Ctrl-C's ``KeyboardInterrupt``, a handler that raises)
@@ -17,6 +20,12 @@ lands between the two: Python runs signal handlers between bytecodes, so even ``
 lock.acquire()`` can be left with the lock held and ``acquired`` still False. Here the lock is taken by
 one store of the token, inside the caller's ``try``: an exception before it took nothing, one after it
 is let go by ``let_go(me)``, which frees the lock only for its holder.
+
+``let_go`` is said twice, the second in a ``finally`` of the first: Python checks for signals at the
+first bytecode of every function it enters, so one landing there ends the ``finally`` before the
+lock is let go (a user trial, with a profile hook sending SIGINT as ``let_go`` was entered). The
+second call then lets it go, and is nothing when the first did. (Two signals in a row at those two
+bytecodes still leave it held; Python itself offers no way to close that.)
 """
 
 from __future__ import annotations

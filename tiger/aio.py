@@ -180,7 +180,10 @@ class AsyncClient(_Connection):
                 await lock.take(me, time.monotonic() + self.timeout)
             finally:
                 self._close_now()
-                lock.let_go(me)
+                try:  # (twice: see ``tiger._owned``)
+                    lock.let_go(me)
+                finally:
+                    lock.let_go(me)
         if errors:
             raise errors[0][1]
 
@@ -372,7 +375,10 @@ class AsyncClient(_Connection):
                             break
                         self._late_answer(reply)
             finally:
-                lock.let_go(me)
+                try:  # (twice: see ``tiger._owned``)
+                    lock.let_go(me)
+                finally:
+                    lock.let_go(me)
             return self._outcome(reply, seconds)
         except asyncio.CancelledError:
             if self._closed and not _cancelling():  # the socket was closed under the call (its wait is cancelled)
@@ -398,7 +404,10 @@ class AsyncClient(_Connection):
                 self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
             raise
         finally:
-            self._served(me)
+            try:  # (twice: see ``tiger._owned``)
+                self._served(me)
+            finally:
+                self._served(me)
             self._in_flight.discard(req_id)
             if self._answers:
                 self._answers.pop(req_id, None)
@@ -419,11 +428,17 @@ class AsyncClient(_Connection):
                             self._serve(me)
                             data = await self._socket.recv(max(0.001, min(0.05, remaining)))
                         finally:
-                            self._served(me)
+                            try:  # (twice: see ``tiger._owned``)
+                                self._served(me)
+                            finally:
+                                self._served(me)
                         if data is not None:
                             self._late_answer(p.decode_reply(data))
                 finally:
-                    lock.let_go(me)
+                    try:  # (twice: see ``tiger._owned``)
+                        lock.let_go(me)
+                    finally:
+                        lock.let_go(me)
                 await asyncio.sleep(0)  # the calls waiting for the socket go first
         except Exception:  # (an undecodable answer, the socket closed under it): the replica asks the writer
             pass
