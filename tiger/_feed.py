@@ -35,10 +35,10 @@ per wait, and a cancelled wait consumes nothing.
 
 from __future__ import annotations
 
-import threading
+import _thread
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
@@ -251,17 +251,60 @@ def wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) 
     waiters.clear()
 
 
-class Waking(threading.Condition):
+class Waking(_thread.RLock):  # type: ignore[misc]  # (final in typeshed; a C type that allows subclasses)
     """A lock and a condition for threads (``wait``) and asyncio tasks (``future``). ``notify_all``,
     called holding the lock, wakes the waiting threads at once and the waiting tasks as the lock is let
     go (``with`` is how every caller holds it): woken at once through their loop's self-pipe, a task
     found the lock still held and blocked its loop on it (seen with py-spy after each change of an async
-    feed). The replica's ``Changes`` and each feed's ``Subscription.cond``."""
+    feed). The replica's ``Changes`` and each feed's ``Subscription.cond``.
+
+    Not a ``threading.Condition`` over a ``Lock``: a signal whose handler raises, landing just after
+    its ``__enter__`` (Python code) took the lock, left it held, and the next ``with`` of the main
+    thread and the replica thread waited on it for ever (a signal storm test); landing inside its
+    ``wait`` as it let the lock go, the ``with`` around it raised ``RuntimeError`` (CPython gh-78667).
+    Here the lock is a C ``RLock``, taken by its own C ``__enter__`` with no Python code between it and
+    the block, and ``__exit__`` lets go of every hold this thread has (``with`` is never nested on it:
+    a hold a signal left at ``__exit__``'s first bytecode is let go by the thread's next ``with``)."""
 
     def __init__(self) -> None:
-        super().__init__(threading.Lock())
+        super().__init__()
+        self._gates: list[_thread.LockType] = []  # one per waiting thread, released by ``notify_all``
         self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # tasks waiting
         self._due: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # woken once the lock is let go
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """``threading.Condition.wait``: called holding the lock; lets it go until ``notify_all`` or
+        ``timeout`` seconds (None: no limit), then holds it again. Returns False past the timeout."""
+        gate = _thread.allocate_lock()
+        gate.acquire()
+        self._gates.append(gate)
+        woken = False
+        try:
+            self._release_save()  # type: ignore[attr-defined]
+            if timeout is None:
+                woken = gate.acquire()
+            else:
+                woken = gate.acquire(True, timeout) if timeout > 0 else gate.acquire(False)
+            return woken
+        finally:
+            if not self._is_owned():  # type: ignore[attr-defined]  # (a signal may have landed before it was let go, or after)
+                self.acquire()
+            if not woken:
+                try:
+                    self._gates.remove(gate)
+                except ValueError:  # (released by ``notify_all`` meanwhile)
+                    pass
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """``threading.Condition.wait_for``: wait until ``predicate()`` is true, or ``timeout`` seconds
+        (None: no limit) have passed; returns its last value. Called holding the lock."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (result := predicate()):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.wait(left)
+        return result
 
     def future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         """A future of ``loop`` resolved at the next ``notify_all``. Call it holding the lock."""
@@ -278,7 +321,11 @@ class Waking(threading.Condition):
             pass
 
     def notify_all(self) -> None:
-        super().notify_all()
+        """Wake every waiting thread now and every waiting task once the lock is let go. Call it holding the lock."""
+        if self._gates:
+            gates, self._gates = self._gates, []
+            for gate in gates:
+                gate.release()
         if self._futures:
             self._due += self._futures
             self._futures = []
@@ -287,7 +334,8 @@ class Waking(threading.Condition):
         due = self._due
         if due:
             self._due = []
-        self.release()
+        while self._is_owned():  # type: ignore[attr-defined]
+            self.release()
         if due:
             wake(due)
 

@@ -376,7 +376,8 @@ class Once:
             try:
                 claim: p.Ok = yield from _written(client, claim_request, deadline)
             except BaseException:  # (interrupted, or unanswered: Timeout, Unavailable) the claim may have been
-                yield from _release(client, key, scope, (claims[0], claims[-1]))  # applied: give it up if ours
+                if claims:  # applied: give it up if ours (none made: a signal before the first; an IndexError
+                    yield from _release(client, key, scope, (claims[0], claims[-1]))  # hid it, a signal storm test)
                 raise
             if claim.result == "build":
                 span = (claims[0], claims[-1])  # (a release names the call's claims: any may be the one applied)

@@ -177,7 +177,7 @@ class Sequencer:
         return f"heartbeat at seq {self._announced}, replica at {self.seq}"
 
 
-class Changes(Waking):
+class Changes(Waking):  # type: ignore[misc]
     """The replica's lock and its signal that something changed (a change applied, the replica ready,
     stopped or failed), for threads (``wait``) and asyncio tasks (``future``): ``notify_all`` wakes both
     (see ``Waking``). A task never blocks on the lock for long: it is held only while a change is applied
