@@ -1068,17 +1068,17 @@ from tiger._owned import OwnedLock
 main = threading.main_thread().ident
 
 armed = [True]
-wake = OwnedLock._wake
+wake = OwnedLock._hand_on
 
 
 def wake_then_ctrl_c(self):
     wake(self)
-    if armed[0] and self._gates:  # a Ctrl-C lands in the main thread's call just as the socket is handed to it
+    if armed[0] and self.holder is not None:  # a Ctrl-C lands in the main thread's call just as the socket is handed to it
         armed[0] = False
         signal.pthread_kill(main, signal.SIGINT)
 
 
-OwnedLock._wake = wake_then_ctrl_c
+OwnedLock._hand_on = wake_then_ctrl_c
 
 with tiger.serve() as server, tiger.connect(server.url, timeout=3.0) as client:
     table = client.table("t")

@@ -780,11 +780,12 @@ class Client(_Connection):
         """
         if deadline is None:
             deadline = time.monotonic() + self.timeout
+        reply = None
         try:
             reply = self._request(request, deadline, own=True)
             self.replica.catch_up(reply, deadline, own=True)
-        except BaseException:  # (a signal between the answer and its deposit: its change comes no more; a
-            self.replica.call_failed(request.req_id)  # type: ignore[union-attr]  # gap: a resync. Ended already: nothing)
+        except BaseException:  # (a signal between the answer and its deposit: the answer is taken now, else
+            self.replica.answer_left(request.req_id, reply)  # type: ignore[union-attr]  # a gap waits the timeout)
             raise
         return reply
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import asyncio
@@ -43,26 +43,29 @@ signal landing between the two leaves them to this)."""
 
 
 class OwnedLock:
-    """One holder at a time among threads, named by its token (``holder``; None: free).
+    """One holder at a time among threads, named by its token (``holder``; None: free), handed to the
+    waiters in the order they came (``let_go`` makes the first waiter the holder, then wakes it): a
+    caller that let go and took it again at once starved the others (a review).
 
     Not a ``threading.Condition``: its ``wait`` releases the lock before its own ``try``, so a signal's
     exception landing there made the ``with`` around it release the lock again, and the caller got
     ``RuntimeError: cannot release un-acquired lock`` in place of the signal's exception (a test of
     calls under a signal timer). A waiter here waits on a gate of its own, a lock ``let_go`` releases;
-    the guard is held only around plain stores, never across a wait."""
+    the guard is held only around plain stores, never across a wait. A waiter handed the lock as it
+    leaves (a signal, its deadline) is let go by its caller's ``finally``, which passes it on."""
 
-    __slots__ = ("__weakref__", "_gates", "_guard", "holder")
+    __slots__ = ("__weakref__", "_guard", "_queue", "holder")
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._gates: set[threading.Lock] = set()  # one per waiting thread, held until ``let_go`` wakes it
+        self._queue: dict[threading.Lock, object] = {}  # each waiter's gate (held until it is woken) -> its token
         self.holder: object | None = None
 
     def take(self, me: object, deadline: float) -> bool:
-        """Make the token ``me`` the holder, waiting for the one holding it until ``deadline``
-        (``time.monotonic()`` seconds; ``math.inf``: no limit). Returns False past it, holding nothing."""
+        """Make the token ``me`` the holder, waiting for those before it until ``deadline``
+        (``time.monotonic()`` seconds; ``math.inf``: no limit). Returns False past it."""
         with self._guard:
-            if self.holder is None:
+            if self.holder is None and not self._queue:
                 self.holder = me
                 return True
         gate = threading.Lock()
@@ -70,65 +73,85 @@ class OwnedLock:
         try:
             while True:
                 with self._guard:
-                    if self.holder is None:
+                    self._queue.setdefault(gate, me)
+                    if self.holder is None and next(iter(self._queue)) is gate:  # (a hand-off a signal skipped)
                         self.holder = me
+                    if self.holder is me:
                         return True
-                    self._gates.add(gate)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 gate.acquire(timeout=min(left, WAKE_SLICE))
         finally:
             with self._guard:
-                self._gates.discard(gate)
-                if self.holder is None:  # (a signal, past the deadline) a wake-up it took goes to the others
-                    self._wake()
+                self._queue.pop(gate, None)
+                if self.holder is None:
+                    self._hand_on()
 
     def let_go(self, me: object) -> None:
-        """The token ``me`` lets the lock go, if it holds it; every waiter is woken, and one takes it."""
+        """The token ``me`` lets the lock go, if it holds it: to the first waiter, woken."""
         with self._guard:
             if self.holder is me:
-                self.holder = None
-                self._wake()
+                self.holder = None  # first: a signal before the hand-off leaves the waiters to their next look
+                self._hand_on()
 
-    def _wake(self) -> None:
-        """Open every waiter's gate (the guard held: only here are gates released)."""
-        for gate in self._gates:
+    def _hand_on(self) -> None:
+        """Make the first waiter the holder and wake it (the guard held, the lock free)."""
+        for gate, token in self._queue.items():
+            self.holder = token
             if gate.locked():
                 gate.release()
+            return
 
 
 class OwnedAsyncLock:
-    """``OwnedLock`` among the tasks of one event loop: ``await lock.take(me, deadline)``."""
+    """``OwnedLock`` among the tasks of one event loop: ``await lock.take(me, deadline)``, handed on in
+    the order the tasks came."""
 
-    __slots__ = ("__weakref__", "_waiters", "holder")
+    __slots__ = ("__weakref__", "_queue", "holder")
 
     def __init__(self) -> None:
         self.holder: object | None = None
-        self._waiters: set[asyncio.Future[Any]] = set()
+        self._queue: dict[asyncio.Future[None], object] = {}  # each waiting task's future -> its token
 
     async def take(self, me: object, deadline: float) -> bool:
-        """``OwnedLock.take``, awaited; cancelled, it holds nothing. A free lock is taken with no await
-        (every call of a ``tiger.aio`` client takes its socket's so)."""
+        """``OwnedLock.take``, awaited; cancelled, it holds nothing once its caller let go. A free lock
+        nobody waits for is taken with no await (every call of a ``tiger.aio`` client takes its socket's so)."""
+        if self.holder is None and not self._queue:
+            self.holder = me
+            return True
         import asyncio  # here: the blocking client never imports asyncio
 
-        while self.holder is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            woken = asyncio.get_running_loop().create_future()
-            self._waiters.add(woken)
-            try:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue[woken] = me
+            while True:
+                if self.holder is None and next(iter(self._queue)) is woken:  # (a hand-off a signal skipped)
+                    self.holder = me
+                if self.holder is me:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if woken.done():  # (woken, and the lock not handed to it: wait on a fresh future)
+                    del self._queue[woken]
+                    woken = asyncio.get_running_loop().create_future()
+                    self._queue[woken] = me
                 await asyncio.wait((woken,), timeout=min(left, WAKE_SLICE))
-            finally:
-                self._waiters.discard(woken)
-        self.holder = me  # (no await since the holder was seen None: no other task came between)
-        return True
+        finally:
+            self._queue.pop(woken, None)
+            if self.holder is None:
+                self._hand_on()
 
     def let_go(self, me: object) -> None:
-        """``OwnedLock.let_go``: every waiting task is woken, and the first to run takes the lock."""
+        """``OwnedLock.let_go``: to the first waiting task, woken."""
         if self.holder is me:
-            self.holder = None  # first: a signal at the wake-up leaves the waiters to their next look
-            for woken in self._waiters:
-                if not woken.done():
-                    woken.set_result(None)
+            self.holder = None  # first: a signal before the hand-off leaves the waiters to their next look
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        for woken, token in self._queue.items():
+            self.holder = token
+            if not woken.done():
+                woken.set_result(None)
+            return

@@ -313,6 +313,18 @@ class Replica:
         with self.changed:
             self._calls.call_finished(req_id, unanswered)
 
+    def answer_left(self, req_id: int, answer: p.Ok | None) -> None:
+        """The write ``req_id`` of this client raised on its way out (a signal): its ``answer``, if it had
+        one and its change was not taken yet, is taken now (else the gap its seq leaves waits the whole
+        timeout before a resync, and this client's writes meanwhile time out: a review); with none, the
+        call is ended (``call_failed``). A call ended already: nothing."""
+        if not self._calls.writing_call(req_id):
+            return
+        if answer is not None:
+            self.take_answer(answer, own=True)
+        else:
+            self.call_failed(req_id)
+
     def catch_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
         """Return once the replica has applied the answer's (epoch, seq), or has since loaded the snapshot
         of a later writer (see ``reaching``); past ``deadline`` (``time.monotonic()`` seconds) raise

@@ -479,13 +479,14 @@ class AsyncClient(_Connection):
         (``time.monotonic()`` seconds; None: the client's timeout from now)."""
         if deadline is None:
             deadline = time.monotonic() + self.timeout
+        reply = None
         try:
             reply = await self._request(request, deadline, own=True)
             await self._caught_up(reply, deadline, own=True)
         except asyncio.CancelledError:  # (a call cancelled unanswered is finished by ``_answer_later``)
             raise
         except BaseException:  # (a signal between the answer and its deposit: as ``Client._write``)
-            self.replica.call_failed(request.req_id)  # type: ignore[union-attr]
+            self.replica.answer_left(request.req_id, reply)  # type: ignore[union-attr]
             raise
         return reply
 
