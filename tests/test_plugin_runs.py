@@ -908,9 +908,10 @@ def test_a_factory_s_writes_died_with_the_namespace_of_its_first_caller(pytester
 
 # -- 11. pytest-timeout ----------------------------------------------------------------------------
 
-TIMEOUT = """
+SLOW_BUILD = """
 import os, threading
 import pytest
+import tiger
 
 D = os.environ["PLUGIN_RUNS_DIR"]
 
@@ -921,7 +922,11 @@ def build():
     if first:
         threading.Event().wait(30)  # stopped by pytest-timeout
     return "built"
+"""
 
+TIMEOUT = (
+    SLOW_BUILD
+    + """
 @pytest.mark.timeout(1, method="signal")
 def test_1_times_out_while_building(tiger_once):
     tiger_once("slow", build)
@@ -929,10 +934,70 @@ def test_1_times_out_while_building(tiger_once):
 def test_2_builds_it(tiger_once):
     assert tiger_once("slow", build, timeout=20) == "built"
 """
+)
 
 
 def test_a_build_stopped_by_pytest_timeout_left_the_key_stuck(pytester, tmp_path):
     pytester.makepyfile(test_timeout=TIMEOUT)
+    result = run(pytester, "-p", "no:xdist")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*Timeout (>1.0s) from pytest-timeout*"])
+    result.stdout.fnmatch_lines(["FAILED test_timeout.py::test_1_times_out_while_building*"])
+    assert len(lines(tmp_path / "built")) == 2
+
+
+TIMEOUT_IN_THE_FIRST_SETUP = """
+import pytest
+
+@pytest.mark.timeout(0.05, method="signal")  # while the plugin starts the run's writer for tiger_client
+def test_1_times_out_in_setup(tiger_client):
+    pass
+
+def test_2_writes(tiger_client):
+    tiger_client.table("t").insert({"id": "a"})
+
+def test_3_reads(tiger_url, tiger_client):
+    assert tiger_client.table("t").get("a") is not None
+"""
+
+
+def test_a_pytest_timeout_in_the_first_tiger_tests_setup_errored_every_later_test(pytester):
+    # A user trial: pytest keeps a session fixture's error for the session: the first test using tiger timed
+    # out while the plugin started the writer, and every later test of the process errored with that
+    # timeout. tiger's session fixtures stopped from outside are set up again by the next test.
+    pytester.makepyfile(test_first=TIMEOUT_IN_THE_FIRST_SETUP)
+    result = run(pytester, "-p", "no:xdist", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*Timeout (>0.05s) from pytest-timeout*"])
+
+
+TIMEOUT_IN_A_CLIENT_ONCE = (
+    SLOW_BUILD
+    + """
+@pytest.fixture
+def client(tiger_client, tiger_url):
+    if CALLER == "tiger_client":
+        yield tiger_client
+    else:
+        with tiger.connect(tiger_url) as own:
+            yield own
+
+@pytest.mark.timeout(1, method="signal")
+def test_1_times_out_while_building(client):
+    client.once("slow", build, namespace="global")
+
+def test_2_builds_it(client):
+    assert client.once("slow", build, timeout=20, namespace="global") == "built"
+"""
+)
+
+
+@pytest.mark.parametrize("caller", ["tiger_client", "a client of the test's own"])
+def test_a_build_stopped_by_pytest_timeout_in_a_clients_once_failed_the_key_for_every_later_caller(pytester, tmp_path, caller):
+    # A user trial: only ``tiger_once`` guarded its factory; ``tiger_client.once`` (and a client a test made)
+    # recorded pytest-timeout's failure as the key's, and every later caller got OnceFailed. What stops a
+    # build from outside is named once for every client of the process (``STOPS_FROM_OUTSIDE``).
+    pytester.makepyfile(test_timeout=f"CALLER = {caller!r}\n" + TIMEOUT_IN_A_CLIENT_ONCE)
     result = run(pytester, "-p", "no:xdist")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*Timeout (>1.0s) from pytest-timeout*"])

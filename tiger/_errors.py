@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class TigerError(Exception):
     """Base class of every error tiger raises on purpose."""
@@ -50,6 +55,19 @@ class OnceFailed(TigerError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (OnceFailed, (self.key, self.type_name, self.message, self.by, self.frames))
+
+
+STOPS_FROM_OUTSIDE: list[Callable[[BaseException], bool]] = []
+"""Predicates naming an exception that stopped a ``once`` build from outside it, as a test runner's
+timeout or exit does: the key goes to the next caller, as on Ctrl-C, and is not failed for every caller
+(``OnceFailed``). tiger's pytest plugin adds one for pytest-timeout's failure and ``pytest.exit``, for
+every client of the process (``tiger_client.once`` or a client of the test's own as much as
+``tiger_once``)."""
+
+
+def stopped_from_outside(error: BaseException) -> bool:
+    """Whether ``error`` stopped a build from outside it (``STOPS_FROM_OUTSIDE``)."""
+    return any(stopped(error) for stopped in STOPS_FROM_OUTSIDE)
 
 
 class ProtocolError(TigerError, ValueError):

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._calls import callable_name
-from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable
+from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, stopped_from_outside
 from tiger._feed import running_loop
 from tiger._owned import OwnedAsyncLock, OwnedLock
 from tiger._server import recently_refused
@@ -419,11 +419,14 @@ class Once:
                 if packed > MAX_ONCE_VALUE:
                     raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
                 self._built[scope, key] = value
-            except given_up:  # Ctrl-C, SystemExit, a factory this driver cannot run: another caller builds
-                yield from _release(client, key, scope, claim)
-                raise
-            except BaseException as e:  # an error, pytest.skip/fail, a value tiger cannot store: every caller's outcome
-                yield from self._tear_down_now(scope, key)  # what the factory set up before its value was refused
+            except BaseException as e:
+                # Ctrl-C, SystemExit, a test runner's timeout, a factory this driver cannot run: another caller
+                # builds. Anything else (an error, pytest.skip/fail, a value tiger cannot store) is every
+                # caller's outcome, and what the factory set up before its value was refused is torn down.
+                if isinstance(e, given_up) or stopped_from_outside(e):
+                    yield from _release(client, key, scope, claim)
+                    raise
+                yield from self._tear_down_now(scope, key)
                 error = [_sendable(type(e).__name__), _sendable(str(e)), _sendable(client.label), _sendable(_factory_frames(e))]
                 yield from self._finish_or_release(client, key, scope, "error", error, deadline, claim)
                 raise OnceFailed(key, *error) from e

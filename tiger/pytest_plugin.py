@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import inspect
 import json
@@ -46,14 +45,14 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 from tiger._calls import callable_name, check_seconds
-from tiger._errors import OnceFailed, TigerError
+from tiger._errors import STOPS_FROM_OUTSIDE, OnceFailed, TigerError, stopped_from_outside
 from tiger._process import ProcessWatch, stop_process
 
 if TYPE_CHECKING:
@@ -63,6 +62,7 @@ if TYPE_CHECKING:
 _RUN_KEY = "tiger_run"  # the workerinput entry
 _POLL = 0.02  # seconds between looks at the run directory while waiting for the end of the run
 _namespace_key = pytest.StashKey[str]()
+_SESSION_FIXTURES = ("tiger_url", "tiger_client")  # tiger's fixtures of the session's scope
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -301,6 +301,8 @@ class _Run:
     def _start_writer(self) -> tuple[str, int]:
         from tiger._server import start_writer
 
+        if self._started is not None and self._started.running:  # started, then the test asking was stopped
+            return self._started.url, self._started.pid  # (pytest-timeout) before the run's directory said so
         url = f"ipc://{self.dir.path}/w{secrets.token_hex(2)}"  # a fresh path per start: a second bind would steal it
         log = self.dir.path / "writer.log"
         server = start_writer(url, owner_pid=self.controller_pid, log=log)
@@ -391,10 +393,8 @@ class _Run:
         """``Client.once`` in the run's namespace; a factory's pytest outcome is every caller's."""
         __tracebackhide__ = True
         client = self.client()
-        try:
-            value = client.once(key, _guarded(factory, awaited=False), timeout, namespace=self.namespace)
-        except _BuildInterrupted as e:  # pytest-timeout or pytest.exit stopped the build: the key went to the next caller
-            raise e.__cause__ from None  # type: ignore[misc]
+        try:  # (pytest-timeout or pytest.exit stopping the build hands the key to the next caller)
+            value = client.once(key, factory, timeout, namespace=self.namespace)
         except OnceFailed as e:
             failed: OnceFailed | None = e
         else:
@@ -411,9 +411,7 @@ class _Run:
         client = self.client()
         shared = AsyncClient.sharing(client)  # its once keys and teardowns are the process client's
         try:
-            value = await shared.once(key, _guarded(factory, awaited=True), timeout, namespace=self.namespace)
-        except _BuildInterrupted as e:
-            raise e.__cause__ from None  # type: ignore[misc]
+            value = await shared.once(key, factory, timeout, namespace=self.namespace)
         except OnceFailed as e:
             failed: OnceFailed | None = e
         else:
@@ -606,114 +604,27 @@ class _Run:
                 request_once(url, p.Drop(i, namespace), server_key=key)
 
 
-class _BuildInterrupted(KeyboardInterrupt):
-    """pytest-timeout (its ``pytest.fail``) or ``pytest.exit`` stopped a build: a hand-over to the next
-    caller (if the run goes on), not the key's outcome."""
-
-
-def _is_coroutine(factory: object) -> bool:
-    """A coroutine function, or an object whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(factory) or inspect.iscoroutinefunction(type(factory).__call__)
-
-
-def _is_async_generator(factory: object) -> bool:
-    """An async generator function, or an object whose ``__call__`` is one."""
-    return inspect.isasyncgenfunction(factory) or inspect.isasyncgenfunction(type(factory).__call__)
+def _stopped_by_pytest(error: BaseException) -> bool:
+    """pytest-timeout's failure (its ``pytest.fail``) or ``pytest.exit``: a build they stop is handed to
+    the next caller, not failed for every caller (``tiger._errors.STOPS_FROM_OUTSIDE``)."""
+    return isinstance(error, pytest.exit.Exception) or (
+        isinstance(error, pytest.fail.Exception) and "from pytest-timeout" in str(error)  # its only mark
+    )
 
 
 def _is_async(factory: object) -> bool:
-    return _is_coroutine(factory) or _is_async_generator(factory)
+    """A coroutine or async generator function, or an object whose ``__call__`` is one."""
+    return any(
+        is_async(f)
+        for f in (factory, type(factory).__call__)
+        for is_async in (inspect.iscoroutinefunction, inspect.isasyncgenfunction)
+    )
 
 
 def asyncio_running_loop() -> Any:
     """The asyncio loop running in this thread, or None (asyncio not imported: none)."""
     asyncio = sys.modules.get("asyncio")
     return None if asyncio is None else asyncio._get_running_loop()
-
-
-def _named(wrapper: Callable[..., Any], factory: Callable[..., Any]) -> Callable[..., Any]:
-    """``wrapper`` named as ``factory`` in errors (``functools.wraps`` finds no ``__qualname__`` on a
-    callable instance)."""
-    functools.update_wrapper(wrapper, factory)
-    wrapper.__qualname__ = callable_name(factory)
-    return wrapper
-
-
-def _guarded(factory: Callable[[], Any], awaited: bool) -> Callable[[], Any]:
-    """The factory, with what stops a build from outside turned into an interruption: pytest-timeout's
-    failure is no verdict on the factory, and ``pytest.exit`` ends the run, not the key. Of the same
-    kind as ``factory``: a plain, generator, coroutine or async generator function. ``awaited``: the
-    async driver runs it (a plain function's coroutine or async generator is guarded too; the blocking
-    driver gets them as they are, to refuse and close)."""
-
-    def interrupted(e: BaseException) -> bool:
-        return isinstance(e, pytest.exit.Exception) or (
-            isinstance(e, pytest.fail.Exception) and "from pytest-timeout" in str(e)  # its only mark
-        )
-
-    # each of the factory's kind, ``make`` the factory; a plain factory's result, once made, goes through
-    # the one of its kind too (``lambda: make(x)``: the build runs when it is iterated or awaited, outside
-    # the factory's call, and a pytest-timeout then was recorded as the key's failure for every caller)
-
-    def generator(make: Callable[[], Iterator[Any]] = factory) -> Iterator[Any]:
-        try:
-            steps = make()
-            value = next(steps)
-        except StopIteration:
-            return  # Client.once names it: the generator factory returned without yielding a value
-        except BaseException as e:
-            if interrupted(e):
-                raise _BuildInterrupted(str(e)) from e
-            raise
-        yield value
-        yield from steps  # the teardown
-
-    async def async_generator(make: Callable[[], AsyncGenerator[Any, Any]] = factory) -> AsyncIterator[Any]:
-        from tiger._once import _adopted_by_no_loop
-
-        steps = make()
-        try:
-            value = await _adopted_by_no_loop(steps)  # as Client.once does: the test's loop must not close it
-        except StopAsyncIteration:
-            return  # Client.once names it, as for a generator
-        except BaseException as e:
-            if interrupted(e):
-                raise _BuildInterrupted(str(e)) from e
-            raise
-        yield value
-        async for step in steps:  # the teardown (an async generator yields once here: nothing more)
-            yield step
-
-    async def coroutine(make: Callable[[], Awaitable[Any]] = factory) -> Any:
-        try:
-            return await make()
-        except BaseException as e:
-            if interrupted(e):
-                raise _BuildInterrupted(str(e)) from e
-            raise
-
-    def plain() -> Any:
-        try:
-            result = factory()
-        except BaseException as e:
-            if interrupted(e):
-                raise _BuildInterrupted(str(e)) from e
-            raise
-        if inspect.isgenerator(result):
-            return generator(lambda: result)
-        if awaited and inspect.isasyncgen(result):  # (the blocking driver refuses it, and closes a coroutine:
-            return async_generator(lambda: result)  # wrapped, the factory's own went unclosed, "never awaited")
-        if awaited and inspect.iscoroutine(result):
-            return coroutine(lambda: result)
-        return result
-
-    if inspect.isgeneratorfunction(factory):
-        return _named(generator, factory)
-    if _is_async_generator(factory):
-        return _named(async_generator, factory)
-    if _is_coroutine(factory):
-        return _named(coroutine, factory)
-    return _named(plain, factory)
 
 
 _INTERRUPTED = "interrupted"  # a teardown's outcome when Ctrl-C stopped it
@@ -803,6 +714,8 @@ _run_key = pytest.StashKey[_Run]()
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if _stopped_by_pytest not in STOPS_FROM_OUTSIDE:
+        STOPS_FROM_OUTSIDE.append(_stopped_by_pytest)
     identity: dict[str, Any] | None = getattr(config, "workerinput", {}).get(_RUN_KEY)
     made = identity is None  # the controller, or the only pytest process: it makes the run's directory
     if identity is None:
@@ -862,20 +775,27 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, None, None]:
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, None]:
     """A fixture of a wider scope than the test (session, module, ...) outlives the test's namespace:
-    it is set up in the run's namespace instead, as ``tiger_once`` factories are."""
-    run = request.config.stash.get(_run_key, None)
-    if run is None or not run.in_test or fixturedef.scope == "function":
-        yield
-        return
-    from tiger._client import push_default_namespace
+    it is set up in the run's namespace instead, as ``tiger_once`` factories are.
 
-    restore = push_default_namespace(run.namespace)
+    tiger's own session fixtures stopped from outside (pytest-timeout, ``pytest.exit``) are set up again
+    by the next test that asks: pytest keeps a session fixture's error for the session, and a timeout
+    of the first test using tiger (which starts the writer and loads the seed files) made every later
+    test of the process error with it."""
+    run = request.config.stash.get(_run_key, None)
+    restore = None
+    if run is not None and run.in_test and fixturedef.scope != "function":
+        from tiger._client import push_default_namespace
+
+        restore = push_default_namespace(run.namespace)
     try:
-        yield
+        outcome = yield
     finally:
-        restore()
+        if restore is not None:
+            restore()
+    if fixturedef.argname in _SESSION_FIXTURES and outcome.excinfo is not None and stopped_from_outside(outcome.excinfo[1]):
+        fixturedef.finish(request)  # type: ignore[arg-type]  # (pytest does so for a fixture set up again with another parameter)
 
 
 @pytest.hookimpl(hookwrapper=True)
