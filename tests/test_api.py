@@ -23,6 +23,7 @@ def test_public_names_are_pinned():
         "OnceFailed",
         "Page",
         "Pending",
+        "ProtocolError",
         "Record",
         "Server",
         "Table",
@@ -66,6 +67,7 @@ def test_error_hierarchy():
     assert issubclass(tiger.Unavailable, tiger.TigerError)
     assert issubclass(tiger.OnceFailed, tiger.TigerError)
     assert issubclass(tiger.FeedOverflow, tiger.TigerError)
+    assert issubclass(tiger.ProtocolError, tiger.TigerError) and issubclass(tiger.ProtocolError, ValueError)
     # every public exception, present and future, is a TigerError
     errors = [getattr(tiger, n) for n in tiger.__all__ if isinstance(getattr(tiger, n), type)]
     errors = [e for e in errors if issubclass(e, BaseException)]
@@ -74,6 +76,7 @@ def test_error_hierarchy():
         "FeedOverflow",
         "NotFound",
         "OnceFailed",
+        "ProtocolError",
         "TigerError",
         "Timeout",
         "Unavailable",

@@ -386,6 +386,80 @@ def test_a_signal_storm_whose_handler_raises_left_no_lock_held_and_no_call_in_fl
     assert "interrupted True" in child.stderr, child.stderr  # the storm did land in the calls
 
 
+WATCHDOG_STORM = """
+import random, signal, sys, time
+import tiger
+
+
+class Alarm(TimeoutError):  # what a watchdog's handler raises (signal.alarm, timeout-decorator): an Exception
+    pass
+
+
+armed = [False]
+raised = [0]
+
+
+def alarm(*_):
+    if armed[0]:
+        armed[0] = False  # once per call: it never lands outside the call's ``try``
+        raised[0] += 1
+        raise Alarm
+
+
+RECORD = {"blob": "x" * 2000, "items": list(range(300)), "nested": {str(k): [k, {"k": k}] for k in range(100)}}
+caught = [0]
+reworded = []  # an Alarm that came out as one of tiger's errors
+
+
+def outcome(error):
+    if isinstance(error, Alarm):
+        caught[0] += 1
+    elif "Alarm" in repr(error) or isinstance(error, tiger.ProtocolError):
+        reworded.append(f"{type(error).__name__}: {error}")
+
+
+def calls(client, i):
+    client.table("storm").insert_many([{**RECORD, "id": f"b-{i}-{k}"} for k in range(20)])
+    with client.batch() as b:
+        b.table("storm").update(f"b-{i}-0", {"n": i})
+
+
+signal.signal(signal.SIGALRM, alarm)
+with tiger.connect(sys.argv[1], timeout=2.0) as client:
+    started = time.perf_counter()
+    for i in range(20):
+        calls(client, f"warm-{i}")
+    took = (time.perf_counter() - started) / 20  # seconds a call takes: each alarm lands anywhere in one
+    for i in range(400):
+        try:
+            armed[0] = True
+            signal.setitimer(signal.ITIMER_REAL, random.uniform(0, took))
+            calls(client, i)
+            armed[0] = False
+        except BaseException as e:
+            armed[0] = False  # (first: no signal lands before a plain store)
+            outcome(e)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    armed[0] = False
+    print("raised", raised[0] > 100, file=sys.stderr)
+    print("counts", raised[0], caught[0], file=sys.stderr)
+    print("ok", raised[0] == caught[0], reworded[:3], flush=True)
+"""
+
+
+def test_a_watchdogs_timeout_raised_during_a_decode_was_swallowed_or_reworded_as_a_protocol_error(own_writer):
+    # A review: decoding ran in ``except Exception`` blocks: one that reworded any exception as a
+    # ProtocolError (which a blocking call then skipped as a stray answer), fast paths that took any
+    # exception for bytes they could not read and decoded again the slow way. An exception a signal
+    # handler raised there (a watchdog's TimeoutError) was reworded or lost, and the call went on.
+    # Every one raised must reach the caller, as raised.
+    child = subprocess.run(
+        [sys.executable, "-c", WATCHDOG_STORM, own_writer.url], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT * 2
+    )
+    assert child.stdout.splitlines() == ["ok True []"], child.stdout + child.stderr
+    assert "raised True" in child.stderr, child.stderr  # the storm did land in the calls
+
+
 # -- 2. a paused client blames the writer -----------------------------------------------------------------
 
 PAUSED_CLIENT = """

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tiger._errors import AlreadyExists, FeedOverflow, NotFound, OnceFailed, TigerError, Timeout, Unavailable
+from tiger._errors import AlreadyExists, FeedOverflow, NotFound, OnceFailed, ProtocolError, TigerError, Timeout, Unavailable
 
 if TYPE_CHECKING:
     from tiger._batch import Batch, BatchTable, Pending
@@ -58,6 +58,7 @@ __all__ = [
     "OnceFailed",
     "Page",
     "Pending",
+    "ProtocolError",
     "Record",
     "Server",
     "Table",

@@ -83,10 +83,19 @@ def _type_name(value: Any) -> str:
     return "dict" if isinstance(value, dict) else "list" if isinstance(value, list) else type(value).__name__
 
 
+# What decoding bytes that are not a valid message raises: msgpack's own errors (FormatError, StackError,
+# ExtraData and OutOfData are ValueErrors or UnpackExceptions; an int too large, OverflowError) and a
+# structure of the wrong shape met by a fast path (TypeError, KeyError, IndexError). Nothing else is taken
+# for bad bytes: an exception raised by a signal handler that ran during a decode (an alarm's TimeoutError)
+# was reworded into a ProtocolError, or swallowed by a fast path that then decoded the slow way, and the
+# caller never saw it.
+DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError, OverflowError, msgpack.UnpackException)
+
+
 def unpack(data: bytes) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises several unrelated types for bad bytes
+    except DECODE_ERRORS as e:
         raise ProtocolError(f"not a msgpack message ({type(e).__name__}: {e})") from None
 
 
@@ -131,7 +140,7 @@ def unpack_frozen(data: bytes, hooks: Hooks = WALKED) -> Any:
     the oldest generation) or ``UNWALKED`` (a replica's records arriving one change at a time)."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, object_hook=hooks[0], list_hook=hooks[1])
-    except Exception as e:
+    except DECODE_ERRORS as e:
         raise ProtocolError(f"not a msgpack message ({type(e).__name__}: {e})") from None
 
 
@@ -760,7 +769,7 @@ def insert_records_bytes(data: bytes) -> bytes | None:
         start = u.tell()
         u.skip()
         return data[start : u.tell()]
-    except Exception:  # (the call was decoded whole before: not expected)
+    except DECODE_ERRORS:  # (the call was decoded whole before: not expected)
         return None
 
 
@@ -862,7 +871,7 @@ def own_records(payload: bytes, stored: list[bool] | None = None) -> Own | None:
         own: Own = {}
         if _own_insert(u, payload, own, stored):
             return own
-    except Exception:  # (bytes this client made: not expected) the answer is then decoded whole
+    except DECODE_ERRORS:  # (bytes this client made: not expected) the answer is then decoded whole
         pass
     return None
 
@@ -876,7 +885,7 @@ def own_batch_records(packed_ops: tuple[bytes, ...], stored: list[list[bool]] | 
             wanted = None if stored is None else stored[i]
             if op[1:8] == b"\xa6insert" and (wanted is None or any(wanted)):  # (after the array's header)
                 _own_insert(_frozen_unpacker(op), op, own, wanted)
-    except Exception:
+    except DECODE_ERRORS:
         return None
     return own or None
 
@@ -945,7 +954,7 @@ def _ok_of_own_records(data: bytes, own: Own) -> list[Any] | None:
         result, before = u.unpack(), u.unpack()
         if u.tell() != len(data):
             return None
-    except Exception:
+    except DECODE_ERRORS:
         return None
     return ["ok", req_id, epoch, seq, change, result, before]
 
