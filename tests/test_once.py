@@ -263,6 +263,40 @@ def test_a_generator_factory_is_torn_down_in_the_builders_close_after_every_hold
     assert log[2:] == ["up", log[3]] and log[3].startswith("down")
 
 
+def test_a_resource_built_as_a_test_runner_stopped_the_build_was_never_torn_down(connect, ns, monkeypatch):
+    # A review: a stop from outside (pytest-timeout) landing after a generator factory yielded, as its value
+    # was checked, handed the key on with the resource's teardown still registered; the key built again in
+    # the same client replaced it, and the first resource (a server process) was never torn down.
+    from tiger import _errors, _once
+
+    class Stopped(BaseException):  # as pytest-timeout's failure
+        pass
+
+    monkeypatch.setattr(_errors, "STOPS_FROM_OUTSIDE", [lambda e: isinstance(e, Stopped)])
+    checked = _once.check_value
+
+    def stopped_once(value, where="value"):
+        monkeypatch.setattr(_once, "check_value", checked)
+        raise Stopped
+
+    monkeypatch.setattr(_once, "check_value", stopped_once)
+    made, torn = [], []
+
+    def server():
+        n = len(made) + 1
+        made.append(n)
+        yield f"server-{n}"
+        torn.append(n)
+
+    key = f"stopped-{ns}"
+    with connect() as builder:
+        with pytest.raises(Stopped):
+            builder.once(key, server)
+        assert torn == [1]  # torn down at once: the key went to the next caller
+        assert builder.once(key, server) == "server-2"
+    assert torn == [1, 2]
+
+
 def test_a_teardown_waits_for_holders_only_the_clients_timeout(connect, ns, caplog):
     key = f"held-{ns}"
     log: list[str] = []

@@ -961,14 +961,39 @@ def test_3_reads(tiger_url, tiger_client):
 """
 
 
-def test_a_pytest_timeout_in_the_first_tiger_tests_setup_errored_every_later_test(pytester):
+SESSION_FIXTURE_TIMED_OUT = (
+    SLOW_BUILD
+    + """
+@pytest.fixture(scope="session")
+def catalog(tiger_once):  # the README's pattern
+    return tiger_once("catalog", build)
+
+@pytest.mark.timeout(1, method="signal")
+def test_1_times_out_in_setup(catalog):
+    pass
+
+def test_2_writes(catalog):
+    assert catalog == "built"
+
+def test_3_reads(catalog):
+    assert catalog == "built"
+"""
+)
+
+
+@pytest.mark.parametrize("where", ["tiger's fixture", "a session fixture of the user's"])
+def test_a_pytest_timeout_in_the_first_tiger_tests_setup_errored_every_later_test(pytester, tmp_path, where):
     # A user trial: pytest keeps a session fixture's error for the session: the first test using tiger timed
-    # out while the plugin started the writer, and every later test of the process errored with that
-    # timeout. tiger's session fixtures stopped from outside are set up again by the next test.
-    pytester.makepyfile(test_first=TIMEOUT_IN_THE_FIRST_SETUP)
+    # out while the plugin started the writer (or while a session fixture built a tiger_once value), and
+    # every later test of the process errored with that timeout. A wider fixture stopped from outside inside
+    # a call of tiger's is set up again by the next test.
+    inner = TIMEOUT_IN_THE_FIRST_SETUP if where == "tiger's fixture" else SESSION_FIXTURE_TIMED_OUT
+    pytester.makepyfile(test_first=inner)
     result = run(pytester, "-p", "no:xdist", "-p", "no:randomly")
     result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*Timeout (>0.05s) from pytest-timeout*"])
+    result.stdout.fnmatch_lines(["*Timeout (>*s) from pytest-timeout*"])
+    if where != "tiger's fixture":
+        assert len(lines(tmp_path / "built")) == 2
 
 
 TIMEOUT_IN_A_CLIENT_ONCE = (

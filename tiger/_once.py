@@ -424,6 +424,8 @@ class Once:
                 # builds. Anything else (an error, pytest.skip/fail, a value tiger cannot store) is every
                 # caller's outcome, and what the factory set up before its value was refused is torn down.
                 if isinstance(e, given_up) or stopped_from_outside(e):
+                    if stopped_from_outside(e):  # the run goes on: what the factory set up is not the key's
+                        yield from self._tear_down_now(scope, key)  # (a later build here would replace it)
                     yield from _release(client, key, scope, claim)
                     raise
                 yield from self._tear_down_now(scope, key)

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 _RUN_KEY = "tiger_run"  # the workerinput entry
 _POLL = 0.02  # seconds between looks at the run directory while waiting for the end of the run
 _namespace_key = pytest.StashKey[str]()
-_SESSION_FIXTURES = ("tiger_url", "tiger_client")  # tiger's fixtures of the session's scope
+_TIGER = os.path.dirname(os.path.abspath(__file__)) + os.sep  # tiger's package directory
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -259,9 +259,9 @@ class _Run:
             failure = e
         if failure is not None:  # outside the except block: the line is shown alone, with no context
             self.give_up(str(failure), failure.returncode)
-        self.url = url
         self._previous_env = os.environ.get("TIGER_URL")
         os.environ["TIGER_URL"] = url  # tiger.connect() in tests and their subprocesses finds it
+        self.url = url  # (last: a test stopped from outside before it reaches the writer again)
         return url
 
     def _reach(self) -> str:
@@ -612,6 +612,16 @@ def _stopped_by_pytest(error: BaseException) -> bool:
     )
 
 
+def _in_tiger(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside a call of tiger's (a frame of its traceback is tiger's code)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(_TIGER):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _is_async(factory: object) -> bool:
     """A coroutine or async generator function, or an object whose ``__call__`` is one."""
     return any(
@@ -779,10 +789,11 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     """A fixture of a wider scope than the test (session, module, ...) outlives the test's namespace:
     it is set up in the run's namespace instead, as ``tiger_once`` factories are.
 
-    tiger's own session fixtures stopped from outside (pytest-timeout, ``pytest.exit``) are set up again
-    by the next test that asks: pytest keeps a session fixture's error for the session, and a timeout
-    of the first test using tiger (which starts the writer and loads the seed files) made every later
-    test of the process error with it."""
+    A fixture of a wider scope stopped from outside (pytest-timeout, ``pytest.exit``) inside a call of
+    tiger's is set up again by the next test that asks: pytest keeps such a fixture's error for its
+    scope, and a timeout of the first test using tiger (as the plugin started the writer and loaded the
+    seed files, or as a session fixture waited for a ``tiger_once`` build) made every later test of the
+    process error with it. (Stopped in code of its own, it keeps pytest's rule.)"""
     run = request.config.stash.get(_run_key, None)
     restore = None
     if run is not None and run.in_test and fixturedef.scope != "function":
@@ -794,7 +805,8 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     finally:
         if restore is not None:
             restore()
-    if fixturedef.argname in _SESSION_FIXTURES and outcome.excinfo is not None and stopped_from_outside(outcome.excinfo[1]):
+    stop = None if outcome.excinfo is None else outcome.excinfo[1]
+    if fixturedef.scope != "function" and stop is not None and stopped_from_outside(stop) and _in_tiger(stop):
         fixturedef.finish(request)  # type: ignore[arg-type]  # (pytest does so for a fixture set up again with another parameter)
 
 
