@@ -709,8 +709,8 @@ class Client(_Connection):
             self._take_socket(me, deadline, seconds)  # (``me`` made before: a signal just after cannot leak it)
             if self._closed:
                 raise TigerError("this client is closed")
+            sent = True  # (before: a signal landing as the send returns, after it, left a call sent unasked for)
             self._send_call(payload)
-            sent = True
             mine = p.own_records_of(request, payload)  # decoded while the writer works
             attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
             while True:

@@ -749,7 +749,10 @@ class Replica:
                     raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
                 self._ask_hello(dealer)
                 continue
-            reply = p.decode_reply(dealer.recv(), hooks=p.WALKED)  # filed with the oldest generation after
+            try:
+                reply = p.decode_reply(dealer.recv(), hooks=p.WALKED)  # filed with the oldest generation after
+            except ProtocolError:  # skipped as ``_answer`` does (it ended this thread, and the client with it):
+                continue  # a chunk lost so is missed at the timeout above, and the join is tried again
             if reply.req_id != req_id:
                 if type(reply) is p.Ok and epoch is not None and reply.epoch != epoch:
                     raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")

@@ -440,8 +440,8 @@ class AsyncClient(_Connection):
                     finally:
                         lock.let_go(me)
                 await asyncio.sleep(0)  # the calls waiting for the socket go first
-        except Exception:  # (an undecodable answer, the socket closed under it): the replica asks the writer
-            pass
+        except (TigerError, zmq.ZMQError):  # (an undecodable answer, the socket closed under it): the replica
+            pass  # asks the writer. (Not any Exception: a signal handler's is not swallowed.)
         finally:
             entry = self._unanswered.pop(req_id, None)
             if entry is not None:
