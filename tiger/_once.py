@@ -652,15 +652,24 @@ class _Outcome:
 
 
 def _drive(client: BlockingOnceClient, steps: Steps[_T]) -> _T:
-    """Run ``steps`` to its end, performing each effect with the blocking client; returns what it returns."""
+    """Run ``steps`` to its end, performing each effect with the blocking client; returns what it returns.
+
+    What interrupts the driver itself (a signal's exception landing as it takes a step, between two
+    effects) goes into ``steps`` as the error of the effect at hand, as one raised by the effect would:
+    raised past it, the logic was left suspended (a key claimed and being built stayed claimed by this
+    live client, every other caller waiting for it, until it called the key again)."""
     __tracebackhide__ = True
     outcome = _Outcome()
-    while (effect := outcome.resume(steps)) is not None:
+    while True:
         try:
+            effect = outcome.resume(steps)
+            if effect is None:
+                return outcome.reply  # type: ignore[no-any-return]
             outcome.reply = _perform(client, effect)
         except BaseException as e:
+            if inspect.getgeneratorstate(steps) == inspect.GEN_CLOSED:  # what ``steps`` itself raised: its outcome
+                raise
             outcome.error = e
-    return outcome.reply  # type: ignore[no-any-return]
 
 
 def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
@@ -705,15 +714,19 @@ async def _drive_async(client: AsyncOnceClient, steps: Steps[_T]) -> _T:
     """Run ``steps`` to its end, awaiting each effect with the async client; returns what it returns."""
     __tracebackhide__ = True
     outcome = _Outcome()
-    while (effect := outcome.resume(steps)) is not None:
-        try:
+    while True:
+        try:  # (what lands in the driver's own steps goes into ``steps``, as in ``_drive``)
+            effect = outcome.resume(steps)
+            if effect is None:
+                return outcome.reply  # type: ignore[no-any-return]
             outcome.reply = await _perform_async(client, effect)
         except GeneratorExit as closing:  # this coroutine is being closed: it may await nothing more (rule 6)
             _abandon(steps, closing)
             raise
         except BaseException as e:
+            if inspect.getgeneratorstate(steps) == inspect.GEN_CLOSED:  # what ``steps`` itself raised
+                raise
             outcome.error = e
-    return outcome.reply  # type: ignore[no-any-return]
 
 
 async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
