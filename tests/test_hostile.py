@@ -539,6 +539,95 @@ def test_a_ctrl_c_as_the_once_driver_took_its_next_step_left_the_key_claimed_by_
         assert second.once("k", lambda: "the second's", timeout=1) == "the second's"
 
 
+@pytest.mark.parametrize("driver", ["blocking", "async"])
+def test_a_signal_as_a_batch_block_ended_left_the_batch_open_and_every_later_batch_refused_as_nested(
+    own_writer, monkeypatch, driver
+):
+    # A user trial (a watchdog's SIGALRM raising TimeoutError, 1 batch in about 1000): a handler's exception
+    # landing as the with statement called ``__exit__``, before its first line, left the batch open for good,
+    # and every later batch of the client in that thread raised "already open here". A batch whose block was
+    # left so is closed, unsent, when the next one opens; a batch inside a batch is still refused.
+    import asyncio
+
+    import tiger.aio
+    from tiger._batch import AsyncBatch, Batch
+
+    class Alarm(Exception):
+        pass
+
+    exit_name = "__exit__" if driver == "blocking" else "__aexit__"
+    real_exit = getattr(AsyncBatch if driver == "async" else Batch, exit_name)
+
+    async def interrupted_aexit(self, *exc):
+        raise Alarm
+
+    def interrupted_exit(self, *exc):  # what a handler raising at the exit's first bytecode does
+        raise Alarm
+
+    interrupted = interrupted_exit if driver == "blocking" else interrupted_aexit
+
+    def blocking(client):
+        outcomes = []
+        for i in range(3):  # the same with statement, again
+            monkeypatch.setattr(Batch, exit_name, interrupted if i == 0 else real_exit)
+            try:
+                with client.batch() as b:
+                    b.table("t").insert({"id": f"loop-{i}"})
+                outcomes.append("sent")
+            except Alarm:
+                outcomes.append("interrupted")
+
+        def left_in_a_function():
+            monkeypatch.setattr(Batch, exit_name, interrupted)
+            with pytest.raises(Alarm), client.batch() as b:
+                b.table("t").insert({"id": "in-a-function"})
+            monkeypatch.setattr(Batch, exit_name, real_exit)
+
+        left_in_a_function()
+        with client.batch() as b:  # a frame the left one is not on
+            b.table("t").insert({"id": "after"})
+            with pytest.raises(tiger.TigerError, match="already open here"), client.batch():
+                pass
+
+            def nested():
+                with client.batch():
+                    pass
+
+            with pytest.raises(tiger.TigerError, match="already open here"):
+                nested()
+        return outcomes
+
+    async def in_a_task(client):
+        outcomes = []
+        for i in range(3):
+            monkeypatch.setattr(AsyncBatch, exit_name, interrupted if i == 0 else real_exit)
+            try:
+                async with client.batch() as b:
+                    b.table("t").insert({"id": f"loop-{i}"})
+                outcomes.append("sent")
+            except Alarm:
+                outcomes.append("interrupted")
+        async with client.batch() as b:
+            b.table("t").insert({"id": "after"})
+            with pytest.raises(tiger.TigerError, match="already open here"):
+                async with client.batch():
+                    pass
+        return outcomes
+
+    async def run_async():
+        async with await tiger.aio.connect(own_writer.url, timeout=2.0) as client:
+            return await in_a_task(client), client.table("t")
+
+    if driver == "blocking":
+        with tiger.connect(own_writer.url, timeout=2.0) as client:
+            outcomes, table = blocking(client), client.table("t")
+            assert "in-a-function" not in table
+    else:
+        outcomes, table = asyncio.run(run_async())
+    assert outcomes == ["interrupted", "sent", "sent"]
+    assert "loop-0" not in table and "loop-1" in table and "after" in table  # (the block left: nothing sent)
+
+
 # -- 2. a paused client blames the writer -----------------------------------------------------------------
 
 PAUSED_CLIENT = """

@@ -21,6 +21,7 @@ import builtins
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 from tiger import _protocol as p
@@ -119,6 +120,7 @@ class Batch:
         self._token: Token[tuple[Batch, ...]] | None = None
         self._states = ["the batch is sent when its with block ends"]  # shared with its Pending operations
         self._open = False
+        self._entered: tuple[int, CodeType | None, int] = (0, None, -1)  # the frame that entered its with block
 
     def __repr__(self) -> str:
         return f"<tiger Batch of {len(self._ops)} operations>"
@@ -132,7 +134,7 @@ class Batch:
         return BatchTable(self, name, prefix)
 
     def __enter__(self) -> Batch:
-        return self._begin()
+        return self._begin(sys._getframe(1))
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._end(exc_type):
@@ -143,10 +145,13 @@ class Batch:
                 raise
             self._settle(reply)
 
-    def _begin(self) -> Batch:
+    def _begin(self, caller: FrameType) -> Batch:
+        """Open the batch for the with block that ``caller`` (the frame running it) enters."""
         if self._open or self._ops:
             raise TigerError("a batch is used for one with block")
-        open_here = tuple(b for b in _open_batches.get() if b._open)  # (one ended in another context: closed)
+        self._entered = (id(caller), caller.f_code, caller.f_lasti)
+        # (one ended in another context: closed; one whose block was left without its exit: closed now)
+        open_here = tuple(b for b in _open_batches.get() if b._open and not b._left_without_exit(caller))
         if any(b._client is self._client for b in open_here):
             raise TigerError(
                 "a batch of this client is already open here: write through it (nested batches are not "
@@ -155,6 +160,25 @@ class Batch:
         self._token = _open_batches.set((*open_here, self))
         self._open = True
         return self
+
+    def _left_without_exit(self, caller: FrameType) -> bool:
+        """Whether this open batch's with block was left without its ``__exit__`` running, as seen from a
+        batch that ``caller`` is entering: a signal's exception landing as ``__exit__`` was called (before
+        its first line) left it open for good, and every later batch of the client in that thread was
+        refused as nested. Its block is left when ``caller`` enters its very with statement again (a loop),
+        or when the frame that entered it is no longer on ``caller``'s stack (nor awaiting in it). It is
+        then closed, sending nothing, as for a block that raised."""
+        frame_id, code, lasti = self._entered
+        if id(caller) == frame_id and caller.f_code is code:
+            left = caller.f_lasti == lasti
+        else:
+            outer = caller.f_back
+            while outer is not None and not (id(outer) == frame_id and outer.f_code is code):
+                outer = outer.f_back
+            left = outer is None
+        if left:
+            self._end(RuntimeError)
+        return left
 
     def _end(self, exc_type: object) -> bool:
         """The block ended (``exc_type``: what it raised, or None); True when the batch is to be sent."""
@@ -227,7 +251,7 @@ class AsyncBatch(Batch):
         raise TypeError("the batch of a tiger.aio client is used with `async with client.batch() as b:`")
 
     async def __aenter__(self) -> AsyncBatch:
-        self._begin()
+        self._begin(sys._getframe(1))
         return self
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
