@@ -377,6 +377,35 @@ def test_without_tiger_server_key_a_curve_writer_never_answers(curve_writer, mon
     assert time.monotonic() - started < 3.0, "connect did not give up within its timeout"
 
 
+MALFORMED_KEY = """
+import asyncio, sys, tiger, tiger.aio
+
+url, key = sys.argv[1], eval(sys.argv[2])
+for name, connect in [("blocking", lambda: tiger.connect(url, timeout=1, server_key=key)),
+                      ("async", lambda: asyncio.run(tiger.aio.connect(url, timeout=1, server_key=key)))]:
+    try:
+        connect()
+        print(name, "connected")
+    except (TypeError, ValueError) as e:
+        print(name, type(e).__name__, "server_key" in str(e))
+"""
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["'not-a-key'", "'public: ' + 'x' * 40", "'~' * 40", "'é' * 40", "b'\\x00' * 40", "12345"],
+    ids=["short", "the-pub-files-line", "not-z85", "not-ascii", "bytes", "an-int"],
+)
+def test_a_malformed_server_key_hung_connect_for_ever(curve_writer, key):
+    # A user trial: server_key=open("tiger.pub").read() ('public: KEY') raised ValueError as the command socket
+    # was configured, with the socket left open: closing the context waited for it for ever, and connect()
+    # (a whole pytest run with TIGER_SERVER_KEY set so) hung. Every malformed key is refused at once, named.
+    url, _ = curve_writer
+    child = subprocess.run([sys.executable, "-c", MALFORMED_KEY, url, key], capture_output=True, text=True, timeout=30)
+    kind = "TypeError" if key == "12345" else "ValueError"
+    assert child.stdout.splitlines() == [f"blocking {kind} True", f"async {kind} True"], child.stdout + child.stderr
+
+
 # -- 5. CurveZMQ on a non-loopback address -------------------------------------------------------------------------
 
 

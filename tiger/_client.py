@@ -28,7 +28,7 @@ from tiger._once import Once
 from tiger._owned import OwnedLock
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
-from tiger._server import check_url, recently_refused, secure, why_refused
+from tiger._server import check_server_key, check_url, recently_refused, secure, why_refused
 from tiger._table import (
     GLOBAL,
     RESERVED_PREFIX,
@@ -205,7 +205,8 @@ class _Connection:
         check_url(url)
         self.timeout: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
         self.url = url
-        self._server_key = server_key
+        check_server_key(server_key)  # (before any socket: a bad key raised with a socket open, and closing the
+        self._server_key = server_key  # context waited for it for ever: connect() hung, and the run with it)
         # a writer silent this long is taken for gone
         self.heartbeat_timeout: float = check_seconds(heartbeat_timeout, "heartbeat_timeout", positive=True)  # type: ignore[assignment]
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
@@ -224,13 +225,16 @@ class _Connection:
     def _new_socket(self, ctx: zmq.Context[Any] | None = None) -> zmq.Socket[Any]:
         """A command socket (DEALER) connected to the writer, from ``ctx`` (default: the client's)."""
         sock: zmq.Socket[Any] = (ctx or self._ctx).socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        self._secure(sock)
-        try:
-            sock.connect(self.url)
-        except zmq.ZMQError as e:
+        try:  # (closed on any error: a socket left open holds its context's term() for ever)
+            sock.setsockopt(zmq.LINGER, 0)
+            self._secure(sock)
+            try:
+                sock.connect(self.url)
+            except zmq.ZMQError as e:
+                raise ValueError(f"url: cannot connect to {shown(self.url)}: {e}") from None
+        except BaseException:
             sock.close(linger=0)
-            raise ValueError(f"url: cannot connect to {shown(self.url)}: {e}") from None
+            raise
         return sock
 
     def _hello_request(self) -> p.Hello:

@@ -267,10 +267,12 @@ class Replica:
             return False
         if self._thread.is_alive():
             tx = self._ctx.socket(zmq.PAIR)
-            tx.connect(self._stop_url)
-            tx.send(b"stop")
-            self._thread.join(5.0)
-            tx.close(linger=0)
+            try:
+                tx.connect(self._stop_url)
+                tx.send(b"stop")
+                self._thread.join(5.0)
+            finally:
+                tx.close(linger=0)
         if not self._thread.is_alive():  # else it still polls this socket: it closes it as it ends
             self._stop_rx.close(linger=0)
         with self.changed:  # whoever waits on this replica (once, wait_for, sync, a feed) learns it is closed
@@ -455,16 +457,21 @@ class Replica:
     def _subscriber(self) -> zmq.Socket[Any]:
         """The SUB socket, subscribed to every topic but this client's own changes, connected to the PUB."""
         sub: zmq.Socket[Any] = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, SUB_HWM)
-        # subscriptions are messages the SUB sends, resent in full at each reconnection: past SNDHWM libzmq drops
-        # them silently (the topics they covered then never arrive), so no limit (765 + a few per reconnection)
-        sub.setsockopt(zmq.SNDHWM, 0)
-        for prefix in p.subscriptions(self._topic):  # every topic but this client's own changes
-            sub.setsockopt(zmq.SUBSCRIBE, prefix)
-        self._everything = False
-        self._secure(sub)
-        sub.connect(self._pub_url)
+        try:  # (closed on any error, as every socket made here: one left open holds the context's term() for ever)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVHWM, SUB_HWM)
+            # subscriptions are messages the SUB sends, resent in full at each reconnection: past SNDHWM libzmq
+            # drops them silently (the topics they covered then never arrive), so no limit (765 + a few per
+            # reconnection)
+            sub.setsockopt(zmq.SNDHWM, 0)
+            for prefix in p.subscriptions(self._topic):  # every topic but this client's own changes
+                sub.setsockopt(zmq.SUBSCRIBE, prefix)
+            self._everything = False
+            self._secure(sub)
+            sub.connect(self._pub_url)
+        except BaseException:
+            sub.close(linger=0)
+            raise
         return sub
 
     def _run(self) -> None:
@@ -662,11 +669,15 @@ class Replica:
 
     def _dealer(self) -> zmq.Socket[Any]:
         dealer: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.RCVHWM, 0)  # a snapshot is many messages: never drop one
-        dealer.setsockopt(zmq.SNDHWM, SNDHWM)
-        self._secure(dealer)
-        dealer.connect(self._url)
+        try:
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.RCVHWM, 0)  # a snapshot is many messages: never drop one
+            dealer.setsockopt(zmq.SNDHWM, SNDHWM)
+            self._secure(dealer)
+            dealer.connect(self._url)
+        except BaseException:
+            dealer.close(linger=0)
+            raise
         return dealer
 
     def _receive(self, frame: bytes) -> None:

@@ -18,6 +18,7 @@ import weakref
 from typing import Any
 
 import zmq
+from zmq.utils import z85
 
 from tiger import _protocol as p
 from tiger._calls import check_seconds
@@ -222,13 +223,33 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) ->
     return line.decode().rstrip("\r\n").partition("serving at ")[2]
 
 
-def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
-    """Make ``sock`` a CurveZMQ client of the server whose public key is ``server_key`` (None: plain)."""
+def check_server_key(server_key: object) -> bytes | None:
+    """``server_key`` as the z85 bytes CurveZMQ takes (None: plain). ``TypeError`` for a type other than
+    str, bytes or None, ``ValueError`` for anything but the 40-character z85 public key ``tiger keygen``
+    printed (as ``DIR/tiger.pub`` holds it after ``public: ``), each naming ``server_key``."""
     if server_key is None:
+        return None
+    if not isinstance(server_key, (str, bytes)):
+        raise TypeError(f"server_key must be a str (the z85 public key tiger keygen printed), not {type(server_key).__name__}")
+    text = server_key if isinstance(server_key, str) else server_key.decode("ascii", "replace")
+    if len(server_key) != 40 or not text.isascii():
+        raise ValueError(
+            f"server_key must be the 40-character z85 public key tiger keygen printed (in DIR/tiger.pub after "
+            f"'public: '), got {shown(server_key)} ({len(server_key)} characters)"
+        )
+    try:
+        z85.decode(text)
+    except (KeyError, ValueError):  # (a character outside z85's alphabet)
+        raise ValueError(f"server_key is not a z85 key (tiger keygen prints one): {shown(server_key)}") from None
+    return text.encode()
+
+
+def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
+    """Make ``sock`` a CurveZMQ client of the server whose public key is ``server_key`` (None: plain);
+    raises what ``check_server_key`` raises."""
+    key = check_server_key(server_key)
+    if key is None:
         return
-    key = server_key.encode() if isinstance(server_key, str) else server_key
-    if len(key) != 40:
-        raise ValueError(f"server_key must be the 40-character z85 public key tiger keygen printed, got {len(key)} characters")
     public, secret = zmq.curve_keypair()
     sock.curve_serverkey = key
     sock.curve_publickey = public
