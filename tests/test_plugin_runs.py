@@ -8,6 +8,7 @@ Each test is named after what broke. The inner projects find their scratch direc
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -994,6 +995,30 @@ def test_a_pytest_timeout_in_the_first_tiger_tests_setup_errored_every_later_tes
     result.stdout.fnmatch_lines(["*Timeout (>*s) from pytest-timeout*"])
     if where != "tiger's fixture":
         assert len(lines(tmp_path / "built")) == 2
+
+
+SEED_TIMED_OUT = """
+import pytest
+import tiger
+
+@pytest.mark.timeout(1, method="signal")  # while the plugin loads the seed file
+def test_1_times_out_in_setup(tiger_client):
+    pass
+
+def test_2_sees_the_seed(tiger_client):
+    with tiger.namespace("global"):
+        assert tiger_client.table("plans").count() == 200_000
+"""
+
+
+def test_a_pytest_timeout_as_the_seed_loaded_left_the_process_without_it(pytester):
+    # A user trial: the seeding connects the process's client, and a timeout stopping it left that client in
+    # place: later tests took it as it was, never loading the seed again (0 records, or 243,000 of 300,000).
+    pytester.makefile(".json", seed=json.dumps({"plans": [{"id": f"plan_{i}", "n": i} for i in range(200_000)]}))
+    pytester.makeini("[pytest]\ntiger_seed = seed.json\n")
+    pytester.makepyfile(test_seed=SEED_TIMED_OUT)
+    result = run(pytester, "-p", "no:xdist", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, errors=1)
 
 
 TIMEOUT_IN_A_CLIENT_ONCE = (

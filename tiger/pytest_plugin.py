@@ -329,6 +329,8 @@ class _Run:
         pytest.fail(message, pytrace=False)
 
     def client(self) -> Client:
+        if self._client is not None and not self._seeded and not self._seeding:  # connected by a seeding that
+            self.demand()  # was stopped from outside (pytest-timeout): taken up again, not left half done
         if self._client is None:
             _keep_modules(activate=True)
             from tiger._client import connect
