@@ -612,6 +612,14 @@ def test_a_signal_as_a_batch_block_ended_left_the_batch_open_and_every_later_bat
             with pytest.raises(tiger.TigerError, match="already open here"):
                 async with client.batch():
                     pass
+
+            async def in_a_child_task():  # (it inherits the context: the open batch, its block running)
+                async with client.batch():
+                    pass
+
+            with pytest.raises(tiger.TigerError, match="already open here"):
+                await asyncio.create_task(in_a_child_task())
+            b.table("t").insert({"id": "after-the-child"})
         return outcomes
 
     async def run_async():
@@ -626,6 +634,47 @@ def test_a_signal_as_a_batch_block_ended_left_the_batch_open_and_every_later_bat
         outcomes, table = asyncio.run(run_async())
     assert outcomes == ["interrupted", "sent", "sent"]
     assert "loop-0" not in table and "loop-1" in table and "after" in table  # (the block left: nothing sent)
+    assert driver == "blocking" or "after-the-child" in table
+
+
+@pytest.mark.parametrize("driver", ["blocking", "async"])
+def test_a_signal_landing_as_a_once_call_dropped_its_keys_lock_was_lost(own_writer, driver):
+    # A user trial ("Exception ignored in: ... WeakValueDictionary...remove", 2 or 3 of 700 watchdog alarms):
+    # a key's lock was dropped by a WeakValueDictionary's callback, Python code the interpreter runs as the
+    # last reference goes, where an exception (a signal handler's) cannot be raised to anyone. No such code
+    # runs in a once call now: every Python function it calls is seen by a profiler, none is weakref's.
+    import asyncio
+
+    import tiger.aio
+
+    called: set[tuple[str, str]] = set()
+
+    def profiler(frame, event, arg):
+        if event == "call":
+            called.add((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
+
+    async def in_a_task():
+        async with await tiger.aio.connect(own_writer.url) as client:
+            await client.once("built", lambda: 1)
+            sys.setprofile(profiler)
+            try:
+                await client.once("built", lambda: 1)
+            finally:
+                sys.setprofile(None)
+
+    if driver == "blocking":
+        with tiger.connect(own_writer.url) as client:
+            client.once("built", lambda: 1)
+            sys.setprofile(profiler)
+            try:
+                client.once("built", lambda: 1)
+            finally:
+                sys.setprofile(None)
+    else:
+        asyncio.run(in_a_task())
+    assert ("_once.py", "value") in called or ("_once.py", "value_async") in called  # (the profiler saw the call)
+    callbacks = {("weakref.py", "remove"), ("_weakrefset.py", "_remove")}  # a weak dict's, a weak set's
+    assert not called & callbacks, sorted(called)
 
 
 # -- 2. a paused client blames the writer -----------------------------------------------------------------

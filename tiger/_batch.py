@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from types import CodeType, FrameType
@@ -120,7 +121,8 @@ class Batch:
         self._token: Token[tuple[Batch, ...]] | None = None
         self._states = ["the batch is sent when its with block ends"]  # shared with its Pending operations
         self._open = False
-        self._entered: tuple[int, CodeType | None, int] = (0, None, -1)  # the frame that entered its with block
+        # the frame that entered its with block (its id, code, instruction), and the thread and task it ran in
+        self._entered: tuple[int, CodeType | None, int, tuple[int, int | None]] = (0, None, -1, (0, None))
 
     def __repr__(self) -> str:
         return f"<tiger Batch of {len(self._ops)} operations>"
@@ -149,7 +151,7 @@ class Batch:
         """Open the batch for the with block that ``caller`` (the frame running it) enters."""
         if self._open or self._ops:
             raise TigerError("a batch is used for one with block")
-        self._entered = (id(caller), caller.f_code, caller.f_lasti)
+        self._entered = (id(caller), caller.f_code, caller.f_lasti, _runner())
         # (one ended in another context: closed; one whose block was left without its exit: closed now)
         open_here = tuple(b for b in _open_batches.get() if b._open and not b._left_without_exit(caller))
         if any(b._client is self._client for b in open_here):
@@ -167,8 +169,11 @@ class Batch:
         its first line) left it open for good, and every later batch of the client in that thread was
         refused as nested. Its block is left when ``caller`` enters its very with statement again (a loop),
         or when the frame that entered it is no longer on ``caller``'s stack (nor awaiting in it). It is
-        then closed, sending nothing, as for a block that raised."""
-        frame_id, code, lasti = self._entered
+        then closed, sending nothing, as for a block that raised. Seen from another thread or task (one
+        the block started, which inherits its context), it is not: that one may be running its block."""
+        frame_id, code, lasti, runner = self._entered
+        if runner != _runner():
+            return False
         if id(caller) == frame_id and caller.f_code is code:
             left = caller.f_lasti == lasti
         else:
@@ -234,6 +239,18 @@ class Batch:
             else:
                 pending._result = part.records[0]
         self._states[0] = "sent"
+
+
+def _runner() -> tuple[int, int | None]:
+    """The thread, and the asyncio task (None: no task), running the caller."""
+    asyncio = sys.modules.get("asyncio")  # (not imported here: the blocking client never loads asyncio)
+    task = None
+    if asyncio is not None:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no loop running in this thread
+            pass
+    return threading.get_ident(), None if task is None else id(task)
 
 
 def _failed(error: BaseException) -> str:

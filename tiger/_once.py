@@ -53,7 +53,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._calls import callable_name
@@ -211,17 +211,61 @@ class AsyncOnceClient(OnceClient, Protocol):
 # -- one client's once keys -----------------------------------------------------------------------
 
 
+_L = TypeVar("_L", OwnedLock, OwnedAsyncLock)
+
+
+class _KeyLocks(Generic[_L]):
+    """A lock per key, kept while callers use it (counted) and dropped when the last is done with it.
+
+    A plain dict, not a ``WeakValueDictionary``: that one's removal callback is Python code the
+    interpreter runs as the last reference goes, and a signal's exception landing in it was lost
+    ("Exception ignored in: ... WeakValueDictionary...remove", a user trial's watchdog). ``use`` and
+    ``done`` pair in the caller's ``try``/``finally``; a signal between them leaves a count too high,
+    which keeps one idle lock for good: never a second lock for a key in use."""
+
+    __slots__ = ("_guard", "_locks", "_make", "_users")
+
+    def __init__(self, guard: threading.Lock, make: Callable[[], _L]) -> None:
+        self._guard = guard
+        self._make: Callable[[], _L] = make
+        self._locks: dict[tuple[str, str], _L] = {}
+        self._users: dict[tuple[str, str], int] = {}
+
+    def use(self, key: tuple[str, str]) -> _L:
+        with self._guard:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = self._make()
+            self._users[key] = self._users.get(key, 0) + 1
+            return lock
+
+    def done(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            users = self._users.get(key, 0) - 1
+            if users > 0:
+                self._users[key] = users
+            else:
+                self._users.pop(key, None)
+                self._locks.pop(key, None)
+
+    def get(self, key: tuple[str, str]) -> _L | None:
+        return self._locks.get(key)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class Once:
     """One client's once keys: builds in progress, values whose delivery failed, teardowns to run."""
 
     def __init__(self) -> None:
-        # a key's lock lives while a caller of this client uses it (weakly held: one per key ever asked for,
+        # a key's lock lives while callers of this client use it (``_KeyLocks``; one per key ever asked for,
         # kept for good, grew with every namespace's keys of a long run)
-        self._locks: weakref.WeakValueDictionary[tuple[str, str], OwnedLock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
-        self._async_locks: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, weakref.WeakValueDictionary[tuple[str, str], OwnedAsyncLock]
-        ] = weakref.WeakKeyDictionary()
+        self._locks: _KeyLocks[OwnedLock] = _KeyLocks(self._locks_guard, OwnedLock)
+        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _KeyLocks[OwnedAsyncLock]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
         self._teardowns: dict[tuple[str, str], tuple[FactoryGenerator, bool]] = {}
@@ -243,13 +287,12 @@ class Once:
                 raise _async_factory(factory, "an async generator function")
             deadline = _deadline(wait)
             mine = (threading.get_ident(), None)
-            with self._locks_guard:
-                lock = self._locks.setdefault((scope, key), OwnedLock())
-                if self._held_by_thread((scope, key), mine[0]):  # this thread builds it (or its loop's task does)
-                    raise TigerError(_REENTERED.format(key=key))
+            if self._held_by_thread((scope, key), mine[0]):  # this thread builds it (or its loop's task does)
+                raise TigerError(_REENTERED.format(key=key))
             # two threads of this process never both build one key; the wait for the other is the caller's
             # too. (A timed ``threading.Lock`` acquired, then ``try``, was left held by a signal landing in
             # between: every later ``once`` of the key in this process then timed out.)
+            lock = self._locks.use((scope, key))
             try:
                 if not lock.take(mine, deadline):
                     raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
@@ -259,6 +302,7 @@ class Once:
                     lock.let_go(mine)
                 finally:
                     lock.let_go(mine)
+                    self._locks.done((scope, key))
         except _AsyncFactory as e:
             raise TypeError(f"once {key!r}: {e}") from None  # (a plain TypeError: the class is private)
 
@@ -277,11 +321,12 @@ class Once:
 
         deadline = _deadline(wait)
         interruptions = (*INTERRUPTIONS, asyncio.CancelledError)
-        lock = self._async_lock(scope, key)
+        locks = self._async_key_locks()  # (first: it names asyncio when no loop runs)
         mine = (threading.get_ident(), id(asyncio.current_task()))
-        held = lock.holder
-        if held is not None and held[1] == mine[1]:  # type: ignore[index]  # this task builds it
-            raise TigerError(_REENTERED.format(key=key))
+        held = locks.get((scope, key))
+        if held is not None and held.holder is not None and held.holder[1] == mine[1]:  # type: ignore[index]
+            raise TigerError(_REENTERED.format(key=key))  # (this task builds it)
+        lock = locks.use((scope, key))
         # two tasks of this loop never both build one key; the wait for the other is the caller's too
         try:
             if not await lock.take(mine, deadline):
@@ -292,12 +337,13 @@ class Once:
                 lock.let_go(mine)
             finally:
                 lock.let_go(mine)
+                locks.done((scope, key))
 
     def _held_by_thread(self, key: tuple[str, str], thread: int) -> bool:
         """Whether a caller of thread ``thread`` holds ``key``: blocking, or a task of a loop of that thread.
         (Held by the key's locks, not a table of holders beside them: a signal landing as the ``finally``
         began let one go and left its entry, and every later ``once`` of the key in that thread was
-        refused as re-entered. A lock no caller refers to is dropped with what it holds.)"""
+        refused as re-entered. A lock is dropped when its last caller is done with it.)"""
         held = [self._locks.get(key)] + [locks.get(key) for locks in list(self._async_locks.values())]
         return any(lock is not None and lock.holder is not None and lock.holder[0] == thread for lock in held)  # type: ignore[index]
 
@@ -342,15 +388,14 @@ class Once:
         """Whether this client built ``key`` of ``scope`` with a generator factory whose teardown has not run yet."""
         return (scope, key) in self._teardowns
 
-    def _async_lock(self, scope: str, key: str) -> OwnedAsyncLock:
-        """The key's lock in the running event loop (its tasks' lock: each loop has its own), made on first use."""
+    def _async_key_locks(self) -> _KeyLocks[OwnedAsyncLock]:
+        """The keys' locks of the running event loop (its tasks' locks: each loop has its own)."""
         loop = running_loop()
         with self._locks_guard:
-            locks = self._async_locks.setdefault(loop, weakref.WeakValueDictionary())
-            lock = locks.get((scope, key))
-            if lock is None:
-                lock = locks[scope, key] = OwnedAsyncLock()
-            return lock
+            locks = self._async_locks.get(loop)
+            if locks is None:
+                locks = self._async_locks[loop] = _KeyLocks(self._locks_guard, OwnedAsyncLock)
+            return locks
 
     # -- the logic, once for both drivers ----------------------------------------------------------
 
@@ -657,17 +702,23 @@ def _drive(client: BlockingOnceClient, steps: Steps[_T]) -> _T:
     What interrupts the driver itself (a signal's exception landing as it takes a step, between two
     effects) goes into ``steps`` as the error of the effect at hand, as one raised by the effect would:
     raised past it, the logic was left suspended (a key claimed and being built stayed claimed by this
-    live client, every other caller waiting for it, until it called the key again)."""
+    live client, every other caller waiting for it, until it called the key again). The loop runs inside
+    that ``try``: a signal lands at its jump back too. (Whether ``steps`` ended is read as an attribute,
+    ``gi_frame``: a function called there is one more place for a signal to land.)"""
     __tracebackhide__ = True
     outcome = _Outcome()
     while True:
         try:
-            effect = outcome.resume(steps)
-            if effect is None:
-                return outcome.reply  # type: ignore[no-any-return]
-            outcome.reply = _perform(client, effect)
+            while True:
+                effect = outcome.resume(steps)
+                if effect is None:
+                    return outcome.reply  # type: ignore[no-any-return]
+                try:
+                    outcome.reply = _perform(client, effect)
+                except BaseException as e:
+                    outcome.error = e
         except BaseException as e:
-            if inspect.getgeneratorstate(steps) == inspect.GEN_CLOSED:  # what ``steps`` itself raised: its outcome
+            if steps.gi_frame is None:  # type: ignore[attr-defined]  # what ``steps`` itself raised: its outcome
                 raise
             outcome.error = e
 
@@ -716,15 +767,21 @@ async def _drive_async(client: AsyncOnceClient, steps: Steps[_T]) -> _T:
     outcome = _Outcome()
     while True:
         try:  # (what lands in the driver's own steps goes into ``steps``, as in ``_drive``)
-            effect = outcome.resume(steps)
-            if effect is None:
-                return outcome.reply  # type: ignore[no-any-return]
-            outcome.reply = await _perform_async(client, effect)
+            while True:
+                effect = outcome.resume(steps)
+                if effect is None:
+                    return outcome.reply  # type: ignore[no-any-return]
+                try:
+                    outcome.reply = await _perform_async(client, effect)
+                except GeneratorExit:
+                    raise
+                except BaseException as e:
+                    outcome.error = e
         except GeneratorExit as closing:  # this coroutine is being closed: it may await nothing more (rule 6)
             _abandon(steps, closing)
             raise
         except BaseException as e:
-            if inspect.getgeneratorstate(steps) == inspect.GEN_CLOSED:  # what ``steps`` itself raised
+            if steps.gi_frame is None:  # type: ignore[attr-defined]  # what ``steps`` itself raised
                 raise
             outcome.error = e
 
