@@ -997,6 +997,27 @@ def test_a_pytest_timeout_in_the_first_tiger_tests_setup_errored_every_later_tes
         assert len(lines(tmp_path / "built")) == 2
 
 
+TIMEOUT_ENTERING_THE_NAMESPACE = """
+import pytest
+
+@pytest.mark.timeout(0.02, method="signal")  # as the plugin enters the test's namespace (importing the client)
+def test_1_times_out_in_setup(tiger_namespace):
+    pass
+
+def test_2_writes(tiger_client, tiger_namespace):
+    tiger_client.table("t").insert({"id": "a"})
+"""
+
+
+def test_a_pytest_timeout_as_the_plugin_entered_a_tests_namespace_added_a_keyerror_at_its_teardown(pytester):
+    # A user trial: the plugin's setup wrapper ran first (tryfirst); a timeout stopping it skipped the wrappers
+    # inside it, pytest's logging among them, and the test's teardown raised KeyError for logging's stash key.
+    pytester.makepyfile(test_first=TIMEOUT_ENTERING_THE_NAMESPACE)
+    result = run(pytester, "-p", "no:xdist", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, errors=1)
+    assert "at teardown of test_1" not in result.stdout.str()
+
+
 SEED_TIMED_OUT = """
 import pytest
 import tiger

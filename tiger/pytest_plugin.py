@@ -767,8 +767,11 @@ def _wants_namespace(item: pytest.Item) -> bool:
     return "tiger_namespace" in getattr(item, "fixturenames", ()) or bool(item.config.getini("tiger_isolate"))
 
 
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+@pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """The test's namespace entered before its fixtures are set up. The innermost wrapper (``trylast``):
+    a pytest-timeout stopping it (as it imported the client, the first time) skipped the wrappers inside
+    it, pytest's logging among them, whose teardown then raised ``KeyError`` for a stash key never set."""
     _keep_modules()
     run = item.config.stash.get(_run_key, None)
     if run is not None and _wants_namespace(item):
