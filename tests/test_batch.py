@@ -117,7 +117,7 @@ def test_a_result_read_inside_the_block_says_when_it_will_be_there(client, ns):
         (lambda b: b.table("plans").insert({"when": object()}), TypeError, r"record\['when'\]"),
         (lambda b: b.table("plans").update("", {"a": 1}), ValueError, "id"),
         (lambda b: b.table("plans").update("plan_1", {"id": "plan_2"}), ValueError, r"changes\['id'\]"),
-        (lambda b: b.table("plans").insert_many([]), TypeError, "non-empty list"),
+        (lambda b: b.table("plans").insert_many({"id": "x"}), TypeError, "records must be a list, not dict"),
         (lambda b: b.table("").insert({}), ValueError, "name must be 1 to 200 characters"),
     ],
 )
@@ -128,6 +128,20 @@ def test_a_bad_argument_raises_at_the_call_naming_the_field_and_the_batch_goes_o
         good = b.table("plans").insert({"id": "plan_fine"})
         assert len(b) == 1  # the bad call recorded nothing
     assert good.result["id"] == "plan_fine"
+
+
+def test_insert_many_of_no_records_in_a_batch_raised_where_the_tables_own_returns_an_empty_list(client, ns):
+    # A user trial: b.table(...).insert_many([]) raised TypeError ("non-empty list"), where
+    # Table.insert_many([]) returns []; a batch's calls have the table's own checks.
+    assert client.table("plans").insert_many([]) == []
+    with client.batch() as b:
+        nothing = b.table("plans").insert_many([])
+        b.table("plans").insert({"id": "plan_one"})
+        assert len(b) == 1  # nothing sent for it
+        assert nothing.result == []
+    assert nothing.result == [] and "plan_one" in client.table("plans")
+    with pytest.raises(tiger.TigerError, match="inside its with block"):
+        b.table("plans").insert_many([])
 
 
 def test_a_str_utf8_cannot_encode_is_refused_at_its_call_naming_the_field_and_sends_nothing(connect, ns):

@@ -3,6 +3,7 @@ client can make first. Real writer processes, real signals; each test is named a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -509,34 +510,48 @@ def test_a_signal_as_a_write_was_sent_made_its_replica_reload_the_whole_store(ow
 
 
 @pytest.mark.parametrize("driver", ["blocking", "async"])
-def test_a_ctrl_c_as_the_once_driver_took_its_next_step_left_the_key_claimed_by_a_live_client(own_writer, monkeypatch, driver):
+def test_a_signal_as_the_once_driver_took_its_next_step_left_the_key_claimed_by_a_live_client(own_writer, monkeypatch, driver):
     # A review: the drivers of once's logic caught what each effect raised, but not what landed in their own
-    # steps between two effects: a Ctrl-C there left the logic suspended, the key claimed for a build never
-    # made by a client still alive, and every other caller waited for it past its timeout. (The async client
-    # was closed as the Ctrl-C left asyncio.run, its goodbye releasing the key; its driver now does as well.)
+    # steps between two effects: a watchdog's exception there left the logic suspended, the key claimed for a
+    # build never made by a client still alive, and every other caller waited for it past its timeout. (Then
+    # a second review: thrown into the logic at the build, it failed the key for every caller as if the
+    # factory had raised, though the factory never ran.) The key is handed on.
     import asyncio
 
     import tiger.aio
     from tiger import _once
+
+    class Alarm(TimeoutError):  # a watchdog's
+        pass
 
     resume = _once._Outcome.resume
 
     def resume_then_interrupted(self, steps):
         effect = resume(self, steps)
         if isinstance(effect, _once.Build):
-            raise KeyboardInterrupt  # a Ctrl-C landing as the driver takes the step to the build
+            raise Alarm  # landing as the driver takes the step to the build
         return effect
 
-    async def in_a_task():
-        async with await tiger.aio.connect(own_writer.url, timeout=2.0) as first:
-            await first.once("k", lambda: "the first's")
-
-    with tiger.connect(own_writer.url, timeout=2.0) as first, tiger.connect(own_writer.url, timeout=2.0) as second:
-        monkeypatch.setattr(_once._Outcome, "resume", resume_then_interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            first.once("k", lambda: "the first's") if driver == "blocking" else asyncio.run(in_a_task())
+    def the_second_builds_it():
         monkeypatch.setattr(_once._Outcome, "resume", resume)
-        assert second.once("k", lambda: "the second's", timeout=1) == "the second's"
+        with tiger.connect(own_writer.url, timeout=2.0) as second:
+            return second.once("k", lambda: "the second's", timeout=1)
+
+    async def in_a_task():
+        async with await tiger.aio.connect(own_writer.url, timeout=2.0) as first:  # alive throughout
+            monkeypatch.setattr(_once._Outcome, "resume", resume_then_interrupted)
+            with pytest.raises(Alarm):
+                await first.once("k", lambda: "the first's")
+            return await asyncio.to_thread(the_second_builds_it)
+
+    if driver == "blocking":
+        with tiger.connect(own_writer.url, timeout=2.0) as first:  # alive throughout
+            monkeypatch.setattr(_once._Outcome, "resume", resume_then_interrupted)
+            with pytest.raises(Alarm):
+                first.once("k", lambda: "the first's")
+            assert the_second_builds_it() == "the second's"
+    else:
+        assert asyncio.run(in_a_task()) == "the second's"
 
 
 @pytest.mark.parametrize("driver", ["blocking", "async"])
@@ -595,6 +610,21 @@ def test_a_signal_as_a_batch_block_ended_left_the_batch_open_and_every_later_bat
 
             with pytest.raises(tiger.TigerError, match="already open here"):
                 nested()
+
+        @contextlib.contextmanager
+        def in_a_batch():  # (a second review: a generator suspended inside the block is on no stack)
+            with client.batch() as outer:
+                outer.table("t").insert({"id": "generator-1"})
+                yield
+                outer.table("t").insert({"id": "generator-2"})
+
+        with in_a_batch():
+            with pytest.raises(tiger.TigerError, match="already open here"), client.batch():
+                pass
+        with contextlib.ExitStack() as stack:  # (nor is the call that entered an ExitStack's, returned since)
+            stack.enter_context(client.batch()).table("t").insert({"id": "exit-stack"})
+            with pytest.raises(tiger.TigerError, match="already open here"), client.batch():
+                pass
         return outcomes
 
     async def in_a_task(client):
@@ -630,6 +660,7 @@ def test_a_signal_as_a_batch_block_ended_left_the_batch_open_and_every_later_bat
         with tiger.connect(own_writer.url, timeout=2.0) as client:
             outcomes, table = blocking(client), client.table("t")
             assert "in-a-function" not in table
+            assert all(i in table for i in ("generator-1", "generator-2", "exit-stack"))  # sent, whole
     else:
         outcomes, table = asyncio.run(run_async())
     assert outcomes == ["interrupted", "sent", "sent"]

@@ -18,11 +18,13 @@ block sends nothing.
 from __future__ import annotations
 
 import builtins
+import inspect
+import opcode
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
-from types import CodeType, FrameType
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from tiger import _protocol as p
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
     from tiger._client import Client
 
 _NOT_YET = object()
+_WITH = {opcode.opmap[name] for name in ("SETUP_WITH", "BEFORE_WITH") if name in opcode.opmap}  # a with statement's
+# frames that can be suspended (their with block open while they are not on any stack)
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
 _open_batches: ContextVar[tuple[Batch, ...]] = ContextVar("tiger_open_batches", default=())  # open in this context
 
 
@@ -79,9 +84,12 @@ class BatchTable:
         return self._batch._add(self._insert([record], create=False), "insert")
 
     def insert_many(self, records: Sequence[Mapping[str, Any]]) -> Pending:
-        """Insert every record; ``result``: the list of records as stored."""
-        if not isinstance(records, (list, tuple)) or not records:
-            raise TypeError(f"records must be a non-empty list, not {records!r:.60}")
+        """Insert every record; ``result``: the list of records as stored (``[]`` for no records, as
+        ``Table.insert_many([])`` returns: nothing is sent for them)."""
+        if not isinstance(records, (list, tuple)):
+            raise TypeError(f"records must be a list, not {type(records).__name__}")
+        if not records:
+            return self._batch._nothing("insert_many", [])
         check_records(records, self.name, self.prefix, single=False)
         return self._batch._add(self._insert(list(records), create=False), "insert_many")
 
@@ -121,8 +129,10 @@ class Batch:
         self._token: Token[tuple[Batch, ...]] | None = None
         self._states = ["the batch is sent when its with block ends"]  # shared with its Pending operations
         self._open = False
-        # the frame that entered its with block (its id, code, instruction), and the thread and task it ran in
-        self._entered: tuple[int, CodeType | None, int, tuple[int, int | None]] = (0, None, -1, (0, None))
+        # while open: the frame that entered its with block, at which instruction, whether a plain function's
+        # with statement did, and the thread and task that ran it (see ``_left_without_exit``)
+        self._entered_by: FrameType | None = None
+        self._entered: tuple[int, bool, tuple[int, int | None]] = (-1, False, (0, None))
 
     def __repr__(self) -> str:
         return f"<tiger Batch of {len(self._ops)} operations>"
@@ -151,7 +161,9 @@ class Batch:
         """Open the batch for the with block that ``caller`` (the frame running it) enters."""
         if self._open or self._ops:
             raise TigerError("a batch is used for one with block")
-        self._entered = (id(caller), caller.f_code, caller.f_lasti, _runner())
+        code = caller.f_code
+        plain_with = code.co_code[caller.f_lasti] in _WITH and not code.co_flags & _SUSPENDABLE
+        self._entered_by, self._entered = caller, (caller.f_lasti, plain_with, _runner())
         # (one ended in another context: closed; one whose block was left without its exit: closed now)
         open_here = tuple(b for b in _open_batches.get() if b._open and not b._left_without_exit(caller))
         if any(b._client is self._client for b in open_here):
@@ -166,28 +178,35 @@ class Batch:
     def _left_without_exit(self, caller: FrameType) -> bool:
         """Whether this open batch's with block was left without its ``__exit__`` running, as seen from a
         batch that ``caller`` is entering: a signal's exception landing as ``__exit__`` was called (before
-        its first line) left it open for good, and every later batch of the client in that thread was
-        refused as nested. Its block is left when ``caller`` enters its very with statement again (a loop),
-        or when the frame that entered it is no longer on ``caller``'s stack (nor awaiting in it). It is
-        then closed, sending nothing, as for a block that raised. Seen from another thread or task (one
-        the block started, which inherits its context), it is not: that one may be running its block."""
-        frame_id, code, lasti, runner = self._entered
-        if runner != _runner():
+        its first line) left it open for good, and every later batch of the client in that context was
+        refused as nested (in a pytest run, every later test's). It was left when ``caller`` is the frame
+        that entered it, entering that very with statement again (a loop), or, for a with statement of a
+        plain function run by this thread and task, when that frame is no longer on ``caller``'s stack (it
+        returned). It is then closed, sending nothing, as for a block that raised. Nothing else is taken
+        for left: a generator's or coroutine's frame may be suspended inside the block, an
+        ``ExitStack``'s block outlives the call that entered it, another thread or task may run it."""
+        frame = self._entered_by
+        if frame is None:
             return False
-        if id(caller) == frame_id and caller.f_code is code:
-            left = caller.f_lasti == lasti
-        else:
+        at, plain_with, runner = self._entered
+        if caller is frame:
+            left = caller.f_lasti == at
+        elif plain_with and runner == _runner():
             outer = caller.f_back
-            while outer is not None and not (id(outer) == frame_id and outer.f_code is code):
+            while outer is not None and outer is not frame:
                 outer = outer.f_back
             left = outer is None
+        else:
+            left = False
         if left:
             self._end(RuntimeError)
         return left
 
     def _end(self, exc_type: object) -> bool:
-        """The block ended (``exc_type``: what it raised, or None); True when the batch is to be sent."""
-        self._open = False
+        """The block ended (``exc_type``: what it raised, or None); True when the batch is to be sent (not
+        when it was closed before, as left: see ``_left_without_exit``)."""
+        was_open, self._open = self._open, False
+        self._entered_by = None  # (the frame: it refers to the batch, by its locals)
         token, self._token = self._token, None
         if token is not None:
             try:
@@ -197,7 +216,15 @@ class Batch:
         if exc_type is not None:
             self._states[0] = "the with block raised, so nothing of the batch was sent"
             return False
-        return bool(self._ops)
+        return was_open and bool(self._ops)
+
+    def _nothing(self, kind: str, result: Any) -> Pending:
+        """A write of nothing (no records): its result at once, no operation sent."""
+        if not self._open:
+            raise TigerError("batch writes are made inside its with block: with client.batch() as b: ...")
+        pending = Pending(self._states, len(self._ops), kind)
+        pending._result = result
+        return pending
 
     def _add(self, op: p.Insert | p.Update | p.Remove, kind: str) -> Pending:
         if not self._open:

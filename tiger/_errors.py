@@ -66,8 +66,17 @@ every client of the process (``tiger_client.once`` or a client of the test's own
 
 
 def stopped_from_outside(error: BaseException) -> bool:
-    """Whether ``error`` stopped a build from outside it (``STOPS_FROM_OUTSIDE``)."""
-    return any(stopped(error) for stopped in STOPS_FROM_OUTSIDE)
+    """Whether ``error`` stopped a build from outside it (``STOPS_FROM_OUTSIDE``, or ``mark_stopped``)."""
+    return getattr(error, "_tiger_stopped", False) or any(stopped(error) for stopped in STOPS_FROM_OUTSIDE)
+
+
+def mark_stopped(error: BaseException) -> None:
+    """Say that ``error`` came from outside the work it stopped: raised (by a signal handler) in tiger's
+    own steps around a ``once`` factory, not by the factory, it is no verdict on the factory."""
+    try:
+        error._tiger_stopped = True  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # (an exception type with no instance dict: taken as the factory's)
+        pass
 
 
 class ProtocolError(TigerError, ValueError):

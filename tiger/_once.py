@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._calls import callable_name
-from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, stopped_from_outside
+from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, mark_stopped, stopped_from_outside
 from tiger._feed import running_loop
 from tiger._owned import OwnedAsyncLock, OwnedLock
 from tiger._server import recently_refused
@@ -344,7 +344,8 @@ class Once:
         (Held by the key's locks, not a table of holders beside them: a signal landing as the ``finally``
         began let one go and left its entry, and every later ``once`` of the key in that thread was
         refused as re-entered. A lock is dropped when its last caller is done with it.)"""
-        held = [self._locks.get(key)] + [locks.get(key) for locks in list(self._async_locks.values())]
+        with self._locks_guard:  # (another thread's first async once adds a loop meanwhile)
+            held = [self._locks.get(key)] + [locks.get(key) for locks in list(self._async_locks.values())]
         return any(lock is not None and lock.holder is not None and lock.holder[0] == thread for lock in held)  # type: ignore[index]
 
     def tear_down(self, client: BlockingOnceClient, wait: float, until: float = math.inf) -> list[tuple[str, BaseException]]:
@@ -720,6 +721,7 @@ def _drive(client: BlockingOnceClient, steps: Steps[_T]) -> _T:
         except BaseException as e:
             if steps.gi_frame is None:  # type: ignore[attr-defined]  # what ``steps`` itself raised: its outcome
                 raise
+            mark_stopped(e)  # (no verdict on a factory it lands before: the key is handed on, not failed)
             outcome.error = e
 
 
@@ -783,6 +785,7 @@ async def _drive_async(client: AsyncOnceClient, steps: Steps[_T]) -> _T:
         except BaseException as e:
             if steps.gi_frame is None:  # type: ignore[attr-defined]  # what ``steps`` itself raised
                 raise
+            mark_stopped(e)
             outcome.error = e
 
 

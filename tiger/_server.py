@@ -239,7 +239,7 @@ def check_server_key(server_key: object) -> bytes | None:
         )
     try:
         z85.decode(text)
-    except (KeyError, ValueError):  # (a character outside z85's alphabet)
+    except Exception:  # (a character outside z85's alphabet: KeyError; a value past 32 bits: struct.error)
         raise ValueError(f"server_key is not a z85 key (tiger keygen prints one): {shown(server_key)}") from None
     return text.encode()
 
