@@ -1018,6 +1018,47 @@ def test_a_pytest_timeout_as_the_plugin_entered_a_tests_namespace_added_a_keyerr
     assert "at teardown of test_1" not in result.stdout.str()
 
 
+SERVICE_THREAD = """
+import queue, threading
+import pytest
+import tiger
+
+@pytest.fixture(scope="session")
+def audit(tiger_client):
+    events = queue.Queue()
+
+    def serve():
+        while True:
+            event, done = events.get()
+            with tiger.namespace("audit"):  # around each write: a block entered before a test is set aside
+                tiger_client.table("events").insert(event)
+                done.put(tiger.current_namespace())
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def emit(event):
+        done = queue.Queue()
+        events.put((event, done))
+        return done.get(timeout=10)
+
+    return emit
+
+def test_a_service_thread_writes_into_its_own_namespace(audit, tiger_client, tiger_namespace):
+    assert audit({"id": "ev_1"}) == "audit"
+    assert "ev_1" not in tiger_client.table("events")  # not in the test's namespace
+    with tiger.namespace("audit"):
+        assert "ev_1" in tiger_client.table("events")
+"""
+
+
+def test_a_service_thread_of_a_session_fixture_writes_into_its_own_namespace_during_a_test(pytester):
+    # A user trial: a session fixture's thread inside one `with tiger.namespace("audit"):` block wrote into
+    # the running test's namespace (each test's default replaces the variable the block set; the README
+    # promised the block still applied). The README now says to enter the block around each write.
+    pytester.makepyfile(test_service=SERVICE_THREAD)
+    run(pytester, "-p", "no:xdist").assert_outcomes(passed=1)
+
+
 SEED_TIMED_OUT = """
 import pytest
 import tiger
