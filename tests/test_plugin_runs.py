@@ -1063,20 +1063,20 @@ SEED_TIMED_OUT = """
 import pytest
 import tiger
 
-@pytest.mark.timeout(1, method="signal")  # while the plugin loads the seed file
+@pytest.mark.timeout(0.8, method="signal")  # while the plugin loads the seed file (about 4 s here)
 def test_1_times_out_in_setup(tiger_client):
     pass
 
 def test_2_sees_the_seed(tiger_client):
     with tiger.namespace("global"):
-        assert tiger_client.table("plans").count() == 200_000
+        assert tiger_client.table("plans").count() == 300_000
 """
 
 
 def test_a_pytest_timeout_as_the_seed_loaded_left_the_process_without_it(pytester):
     # A user trial: the seeding connects the process's client, and a timeout stopping it left that client in
     # place: later tests took it as it was, never loading the seed again (0 records, or 243,000 of 300,000).
-    pytester.makefile(".json", seed=json.dumps({"plans": [{"id": f"plan_{i}", "n": i} for i in range(200_000)]}))
+    pytester.makefile(".json", seed=json.dumps({"plans": [{"id": f"plan_{i}", "n": i} for i in range(300_000)]}))
     pytester.makeini("[pytest]\ntiger_seed = seed.json\n")
     pytester.makepyfile(test_seed=SEED_TIMED_OUT)
     result = run(pytester, "-p", "no:xdist", "-p", "no:randomly")

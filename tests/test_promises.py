@@ -393,8 +393,8 @@ for name, connect in [("blocking", lambda: tiger.connect(url, timeout=1, server_
 
 @pytest.mark.parametrize(
     "key",
-    ["'not-a-key'", "'public: ' + 'x' * 40", "'~' * 40", "'é' * 40", "b'\\x00' * 40", "12345"],
-    ids=["short", "the-pub-files-line", "not-z85", "not-ascii", "bytes", "an-int"],
+    ["'not-a-key'", "'public: ' + 'x' * 40", "'~' * 40", "'#' * 40", "'é' * 40", "b'\\x00' * 40", "12345"],
+    ids=["short", "the-pub-files-line", "not-z85", "z85-past-32-bits", "not-ascii", "bytes", "an-int"],
 )
 def test_a_malformed_server_key_hung_connect_for_ever(curve_writer, key):
     # A user trial: server_key=open("tiger.pub").read() ('public: KEY') raised ValueError as the command socket
