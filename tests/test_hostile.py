@@ -94,9 +94,14 @@ def test_a_call_under_a_busy_signal_timer_hung_until_the_writer_resumed(own_writ
 LOCKS = [("once", "blocking"), ("once", "async"), ("socket", "blocking"), ("socket", "async"), ("loop", "async")]
 
 
+def run_script(script: str, *args: str, timeout: float = SCRIPT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """``python -c SCRIPT ARGS``, run to its end (at most ``timeout`` seconds), its output captured."""
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout)
+
+
 def script_lines(script: str, *args: str) -> list[str]:
     """What ``python -c SCRIPT ARGS`` printed, by line (its stderr appended, for the assertion's message)."""
-    child = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    child = run_script(script, *args)
     return child.stdout.splitlines() + ([child.stderr] if child.returncode else [])
 
 
@@ -384,9 +389,7 @@ def test_a_signal_storm_whose_handler_raises_left_no_lock_held_and_no_call_in_fl
     # A handler that raises, landing at any bytecode of hundreds of calls contending with other threads',
     # left (before tokens and named calls) a socket lock, a once key's lock or a call counted in flight:
     # every later call busy, every later once of the key timed out, every gap waiting the timeout.
-    child = subprocess.run(
-        [sys.executable, "-c", SIGNAL_STORM, own_writer.url], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT * 2
-    )
+    child = run_script(SIGNAL_STORM, own_writer.url, timeout=SCRIPT_TIMEOUT * 2)
     assert child.stdout.splitlines() == ["ok True True"], child.stdout + child.stderr
     assert "interrupted True" in child.stderr, child.stderr  # the storm did land in the calls
 
@@ -459,9 +462,7 @@ def test_a_watchdogs_timeout_raised_during_a_decode_was_swallowed_or_reworded_as
     # exception for bytes they could not read and decoded again the slow way. An exception a signal
     # handler raised there (a watchdog's TimeoutError) was reworded or lost, and the call went on.
     # Every one raised must reach the caller, as raised.
-    child = subprocess.run(
-        [sys.executable, "-c", WATCHDOG_STORM, own_writer.url], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT * 2
-    )
+    child = run_script(WATCHDOG_STORM, own_writer.url, timeout=SCRIPT_TIMEOUT * 2)
     assert child.stdout.splitlines() == ["ok True []"], child.stdout + child.stderr
     assert "raised True" in child.stderr, child.stderr  # the storm did land in the calls
 
@@ -503,9 +504,7 @@ def test_a_signal_as_a_write_was_sent_made_its_replica_reload_the_whole_store(ow
     # Last session's review: a call counted as sent only after its send returned; a signal landing in
     # between left a write the writer applied unknown to its replica, which took the gap its seq left for
     # one no call can fill and reloaded a whole snapshot. Now it is asked for again, past its deadline.
-    child = subprocess.run(
-        [sys.executable, "-c", SIGNAL_AS_A_WRITE_IS_SENT, own_writer.url], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT
-    )
+    child = run_script(SIGNAL_AS_A_WRITE_IS_SENT, own_writer.url)
     assert child.stdout.splitlines() == ["interrupted", "resyncs 0"], child.stdout + child.stderr
 
 
