@@ -131,8 +131,7 @@ class Batch:
         self._open = False
         # while open: the frame that entered its with block, at which instruction, whether a plain function's
         # with statement did, and the thread and task that ran it (see ``_left_without_exit``)
-        self._entered_by: FrameType | None = None
-        self._entered: tuple[int, bool, tuple[int, int | None]] = (-1, False, (0, None))
+        self._entered: tuple[FrameType, int, bool, tuple[int, int | None]] | None = None
 
     def __repr__(self) -> str:
         return f"<tiger Batch of {len(self._ops)} operations>"
@@ -163,7 +162,7 @@ class Batch:
             raise TigerError("a batch is used for one with block")
         code = caller.f_code
         plain_with = code.co_code[caller.f_lasti] in _WITH and not code.co_flags & _SUSPENDABLE
-        self._entered_by, self._entered = caller, (caller.f_lasti, plain_with, _runner())
+        self._entered = (caller, caller.f_lasti, plain_with, _runner())
         # (one ended in another context: closed; one whose block was left without its exit: closed now)
         open_here = tuple(b for b in _open_batches.get() if b._open and not b._left_without_exit(caller))
         if any(b._client is self._client for b in open_here):
@@ -185,10 +184,9 @@ class Batch:
         returned). It is then closed, sending nothing, as for a block that raised. Nothing else is taken
         for left: a generator's or coroutine's frame may be suspended inside the block, an
         ``ExitStack``'s block outlives the call that entered it, another thread or task may run it."""
-        frame = self._entered_by
-        if frame is None:
+        if self._entered is None:
             return False
-        at, plain_with, runner = self._entered
+        frame, at, plain_with, runner = self._entered
         if caller is frame:
             left = caller.f_lasti == at
         elif plain_with and runner == _runner():
@@ -206,7 +204,7 @@ class Batch:
         """The block ended (``exc_type``: what it raised, or None); True when the batch is to be sent (not
         when it was closed before, as left: see ``_left_without_exit``)."""
         was_open, self._open = self._open, False
-        self._entered_by = None  # (the frame: it refers to the batch, by its locals)
+        self._entered = None  # (its frame refers to the batch, by its locals)
         token, self._token = self._token, None
         if token is not None:
             try:
@@ -218,17 +216,19 @@ class Batch:
             return False
         return was_open and bool(self._ops)
 
-    def _nothing(self, kind: str, result: Any) -> Pending:
-        """A write of nothing (no records): its result at once, no operation sent."""
+    def _check_open(self) -> None:
         if not self._open:
             raise TigerError("batch writes are made inside its with block: with client.batch() as b: ...")
+
+    def _nothing(self, kind: str, result: Any) -> Pending:
+        """A write of nothing (no records): its result at once, no operation sent."""
+        self._check_open()
         pending = Pending(self._states, len(self._ops), kind)
         pending._result = result
         return pending
 
     def _add(self, op: p.Insert | p.Update | p.Remove, kind: str) -> Pending:
-        if not self._open:
-            raise TigerError("batch writes are made inside its with block: with client.batch() as b: ...")
+        self._check_open()
         try:  # encoded now: what the caller changes in its dicts later does not reach the batch
             packed = p.encode_request(op)
         except UnicodeEncodeError:

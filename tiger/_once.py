@@ -469,9 +469,10 @@ class Once:
                 # Ctrl-C, SystemExit, a test runner's timeout, a factory this driver cannot run: another caller
                 # builds. Anything else (an error, pytest.skip/fail, a value tiger cannot store) is every
                 # caller's outcome, and what the factory set up before its value was refused is torn down.
-                if isinstance(e, given_up) or stopped_from_outside(e):
-                    if stopped_from_outside(e):  # the run goes on: what the factory set up is not the key's
-                        yield from self._tear_down_now(scope, key)  # (a later build here would replace it)
+                outside = stopped_from_outside(e)
+                if outside or isinstance(e, given_up):
+                    if outside:  # the run goes on: what the factory set up is not the key's (a later build
+                        yield from self._tear_down_now(scope, key)  # here would replace it)
                     yield from _release(client, key, scope, claim)
                     raise
                 yield from self._tear_down_now(scope, key)
@@ -676,18 +677,23 @@ def _release(client: OnceClient, key: str, scope: str, claim: tuple[int, int]) -
 class _Outcome:
     """What the effect a driver last performed gave, or raised: it goes into the logic next."""
 
-    __slots__ = ("error", "reply")
+    __slots__ = ("error", "outside", "reply")
 
     def __init__(self) -> None:
         self.reply: Any = None
         self.error: BaseException | None = None
+        self.outside = False  # the error landed in the driver's own steps, not in the effect
 
     def resume(self, steps: Steps[Any]) -> Effect | None:
         """The next effect ``steps`` asks for, this outcome sent (or thrown) in; None once ``steps``
-        returned (``reply`` then holds what it returned). What ``steps`` raises goes through."""
+        returned (``reply`` then holds what it returned). What ``steps`` raises goes through. An error
+        from ``outside`` is marked so (``mark_stopped``): no verdict on a factory it lands before."""
         __tracebackhide__ = True
         reply, error = self.reply, self.error
         self.reply = self.error = None
+        if self.outside and error is not None:
+            mark_stopped(error)
+        self.outside = False
         try:
             return steps.send(reply) if error is None else steps.throw(error)
         except StopIteration as done:
@@ -721,8 +727,7 @@ def _drive(client: BlockingOnceClient, steps: Steps[_T]) -> _T:
         except BaseException as e:
             if steps.gi_frame is None:  # type: ignore[attr-defined]  # what ``steps`` itself raised: its outcome
                 raise
-            mark_stopped(e)  # (no verdict on a factory it lands before: the key is handed on, not failed)
-            outcome.error = e
+            outcome.error, outcome.outside = e, True  # (plain stores: marked in ``resume``, inside the ``try``)
 
 
 def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
@@ -785,8 +790,7 @@ async def _drive_async(client: AsyncOnceClient, steps: Steps[_T]) -> _T:
         except BaseException as e:
             if steps.gi_frame is None:  # type: ignore[attr-defined]  # what ``steps`` itself raised
                 raise
-            mark_stopped(e)
-            outcome.error = e
+            outcome.error, outcome.outside = e, True
 
 
 async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
