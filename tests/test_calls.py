@@ -87,6 +87,19 @@ def test_an_answer_to_a_call_asked_again_ends_it(calls):
     calls.check()
 
 
+def test_an_answer_read_late_before_the_call_was_asked_again_ends_it_unasked(calls):
+    # A storm of signals interrupting writes after they were sent: their answers, read late by the client's
+    # next calls, now fill the gaps at once; the calls are then not asked again at their deadline.
+    _raised(calls, 7, deadline=T0 + 3)
+    _raised(calls, 8, deadline=T0 + 4)
+    assert calls.next_due() == T0 + 3
+    calls.answered(7)
+    assert calls.next_due() == T0 + 4 and calls.asking == 1
+    assert calls.due(T0 + 5) == [b"call 8"]
+    assert calls.next_due() is None  # asked: nothing more is due
+    calls.check()
+
+
 def test_an_asked_call_whose_answer_never_comes_is_forgotten_after_the_timeout(calls):
     _raised(calls, 1, deadline=T0)
     assert calls.due(T0) == [b"call 1"]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tiger import _core, _table
 from tiger import _protocol as p
-from tiger._core import ANSWERS_FORGOTTEN, ANSWERS_KEPT, CLIENT_SILENCE, WriterCore
+from tiger._core import ANSWERS_FORGOTTEN, ANSWERS_KEPT, ANSWERS_KEPT_BYTES, ANSWERS_KEPT_MAX, CLIENT_SILENCE, WriterCore
 
 EPOCH = "e" * 16
 T0 = 1000.0  # the fake monotonic clock's start
@@ -179,27 +179,56 @@ def test_a_resent_call_gets_its_first_answer_and_is_not_applied_again():
     assert again == first and rig.records() == [1] and rig.core.seq == 1
 
 
-def test_the_last_32_answers_of_a_client_are_kept_and_an_older_call_resent_is_applied_again():
+def big(req_id: int) -> p.Insert:
+    """An insert whose answer is big: 32 of them hold more than ANSWERS_KEPT_BYTES."""
+    return p.Insert(req_id, "t", "global", None, [{"n": req_id, "pad": "x" * (ANSWERS_KEPT_BYTES // ANSWERS_KEPT + 1000)}], False)
+
+
+def test_the_last_32_answers_of_a_client_are_kept_whatever_their_size_and_an_older_call_resent_is_applied_again():
     rig = Rig()
-    first = rig.call(ALICE, insert(1))
+    first = rig.call(ALICE, big(1))
     for req_id in range(2, ANSWERS_KEPT + 1):  # 31 later calls: the first answer is still one of 32
-        rig.call(ALICE, insert(req_id))
-    assert rig.call(ALICE, insert(1)) == first
-    rig.call(ALICE, insert(ANSWERS_KEPT + 1))  # the 32nd later call pushes it out
-    again = rig.call(ALICE, insert(1))
+        rig.call(ALICE, big(req_id))
+    assert rig.call(ALICE, big(1)) == first
+    rig.call(ALICE, big(ANSWERS_KEPT + 1))  # the 32nd later call pushes it out
+    again = rig.call(ALICE, big(1))
     assert type(again) is p.Ok and again.seq == ANSWERS_KEPT + 2  # applied a second time
     assert sorted(rig.records()).count(1) == 2
 
 
+def test_a_storm_of_interrupted_calls_outran_the_32_answers_kept_so_small_answers_are_kept_up_to_1024():
+    # A signal storm interrupting hundreds of a client's calls within its timeout: the calls it asked again
+    # after their deadline found their answers pushed out of 32, were refused as expired, and its replica
+    # reloaded the whole store (its writes meanwhile raised Timeout, though applied).
+    rig = Rig()
+    first = rig.call(ALICE, insert(1))
+    for req_id in range(2, ANSWERS_KEPT_MAX + 1):  # 1023 later calls
+        rig.call(ALICE, insert(req_id))
+    assert rig.call(ALICE, insert(1)) == first
+    rig.call(ALICE, insert(ANSWERS_KEPT_MAX + 1))  # the 1024th later call pushes it out
+    again = rig.call(ALICE, insert(1))
+    assert type(again) is p.Ok and again.seq == ANSWERS_KEPT_MAX + 2  # applied a second time
+
+
+def test_answers_kept_beyond_32_hold_at_most_their_byte_budget():
+    rig = Rig()
+    for req_id in range(1, 400):  # answers of about 2 KiB: 128 of them fill the budget
+        rig.call(ALICE, p.Insert(req_id, "t", "global", None, [{"n": req_id, "pad": "x" * 2048}], False))
+    kept = rig.core.answered[ALICE]
+    assert ANSWERS_KEPT < len(kept) < 400 and kept.size <= ANSWERS_KEPT_BYTES
+    assert kept.size == sum(map(len, kept.values()))
+    assert min(kept) == 400 - len(kept)  # the oldest went first
+
+
 def test_a_forgotten_answer_whose_call_has_expired_is_refused_not_applied_again():
-    """The client asks a call again after its expiry: if the answer was pushed out of the 32 kept, the
+    """The client asks a call again after its expiry: if the answer was pushed out of those kept, the
     writer refuses it as expired, so it is never applied late; the client's replica then reloads a
     snapshot to learn whether it was applied the first time (the snapshot fallback)."""
     rig = Rig()
-    call = rig.encode(ALICE, insert(1), expires_in=1.0)
+    call = rig.encode(ALICE, big(1), expires_in=1.0)
     rig.send(call)
     for req_id in range(2, ANSWERS_KEPT + 2):
-        rig.call(ALICE, insert(req_id))
+        rig.call(ALICE, big(req_id))
     rig.advance(2.0)
     [[_, answer]] = rig.send(call).replies
     reply = p.decode_reply(answer)
@@ -1016,12 +1045,14 @@ def test_answers_given_after_their_group_are_kept_within_the_answers_kept_per_cl
     bound: a long-lived client asking stats() in a loop grew the writer's memory by one answer per call."""
     rig = Rig()
     rig.call(ALICE, insert(1))
-    for req_id in range(2, 3 * ANSWERS_KEPT):
+    last = ANSWERS_KEPT_MAX + 64
+    for req_id in range(2, last + 1):
         answer = rig.call(ALICE, p.Stats(req_id), steps=100)
         assert type(answer) is p.Ok and answer.req_id == req_id
     kept = rig.core.answered[ALICE]
-    assert len(kept) == ANSWERS_KEPT and max(kept) == 3 * ANSWERS_KEPT - 1  # the newest, as for any call
-    assert rig.call(ALICE, p.Stats(3 * ANSWERS_KEPT - 1)).req_id == 3 * ANSWERS_KEPT - 1  # a resend: its kept answer
+    assert len(kept) <= ANSWERS_KEPT_MAX and kept.size <= ANSWERS_KEPT_BYTES
+    assert max(kept) == last and min(kept) == last - len(kept) + 1  # the newest, as for any call
+    assert rig.call(ALICE, p.Stats(last)).req_id == last  # a resend: its kept answer
 
 
 def test_an_error_that_says_nothing_is_answered_with_a_message(monkeypatch):

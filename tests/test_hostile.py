@@ -508,6 +508,98 @@ def test_a_signal_as_a_write_was_sent_made_its_replica_reload_the_whole_store(ow
     assert child.stdout.splitlines() == ["interrupted", "resyncs 0"], child.stdout + child.stderr
 
 
+WRITE_AFTER_AN_INTERRUPTED_ONE = """
+import asyncio, sys, threading, tiger, tiger.aio
+from tiger import _protocol as p
+from tiger._client import _Connection
+
+
+class Alarm(Exception):
+    pass
+
+
+armed = [False]
+interrupted = [0]
+INTERRUPTED = 70  # more changes than an answer carries for its caller's replica (MAX_BEFORE)
+
+
+def landing(function):  # function, with a handler that raises landing (once armed, main thread) as it returns
+
+    def wrapper(*args, **kwargs):
+        result = function(*args, **kwargs)
+        if armed[0] and threading.current_thread() is threading.main_thread():
+            armed[0] = False
+            raise Alarm
+        return result
+
+    return wrapper
+
+
+def outcome(client, table, wrote_b):
+    held = sum(f"a{i}" in table for i in range(INTERRUPTED))
+    print("b", wrote_b, "held", held, "resyncs", client.replica.resyncs, flush=True)
+
+
+def blocking(url):
+    with tiger.connect(url, timeout=30.0) as client:
+        table = client.table("t")
+        for i in range(INTERRUPTED):
+            armed[0] = True
+            try:
+                table.insert({"id": f"a{i}"})
+            except Alarm:
+                interrupted[0] += 1
+        print("interrupted", interrupted[0], flush=True)
+        client.timeout = 3.0  # those are asked again only past their deadline, 30 s on
+        try:
+            table.insert({"id": "b"})  # its answer comes after theirs: its replica needs their changes first
+            outcome(client, table, True)
+        except tiger.Timeout as e:
+            outcome(client, table, repr(e))
+
+
+async def awaited(url):
+    async with await tiger.aio.connect(url, timeout=30.0) as client:
+        table = client.table("t")
+        for i in range(INTERRUPTED):
+            armed[0] = True
+            try:
+                await table.insert({"id": f"a{i}"})
+            except Alarm:
+                interrupted[0] += 1
+        print("interrupted", interrupted[0], flush=True)
+        client.timeout = 3.0
+        try:
+            await table.insert({"id": "b"})
+            outcome(client, table, True)
+        except tiger.Timeout as e:
+            outcome(client, table, repr(e))
+
+
+where = sys.argv[3]
+if where == "as it was sent":
+    _Connection._send_call = landing(_Connection._send_call)
+elif where == "as it decoded its answer":
+    p.decode_reply = landing(p.decode_reply)
+else:  # "once it had its answer"
+    _Connection._outcome = landing(_Connection._outcome)
+blocking(sys.argv[1]) if sys.argv[2] == "blocking" else asyncio.run(awaited(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("where", ["as it was sent", "as it decoded its answer", "once it had its answer"])
+@pytest.mark.parametrize("driver", ["blocking", "async"])
+def test_a_write_after_writes_a_signal_interrupted_raised_timeout_though_applied(own_writer, driver, where):
+    # A storm of signals, each interrupting a write: the answer of one interrupted as it was sent was read
+    # by the next write, and dropped (the blocking client ignored any other answer; the async one took only
+    # a cancelled write's); the answer of one interrupted as it decoded it, or just after, was lost with
+    # the exception. Past the few changes an answer carries for its caller's replica, the next write's own
+    # change then waited behind the gaps they left, which the replica asks the writer for only past their
+    # deadline (or never: a resync): the next write raised Timeout, though applied. Each is now taken.
+    lines = script_lines(WRITE_AFTER_AN_INTERRUPTED_ONE, own_writer.url, driver, where)
+    assert lines == ["interrupted 70", "b True held 70 resyncs 0"]
+
+
 @pytest.mark.parametrize("driver", ["blocking", "async"])
 def test_a_signal_as_the_once_driver_took_its_next_step_left_the_key_claimed_by_a_live_client(own_writer, monkeypatch, driver):
     # A review: the drivers of once's logic caught what each effect raised, but not what landed in their own

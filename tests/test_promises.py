@@ -264,9 +264,11 @@ class _Caller:
         self.client_id = f"promises-{uuid.uuid4().hex}"
         self.sent: dict[int, bytes] = {}
 
-    def call(self, req_id: int, table: str = "t") -> bytes:
-        """A call inserting one record with no id (each application makes a new record); its answer."""
-        call = p.Call(self.client_id, time.time() + 3600, p.Insert(req_id, table, self.namespace, None, [{"req": req_id}], False))
+    def call(self, req_id: int, table: str = "t", pad: int = 0) -> bytes:
+        """A call inserting one record with no id (each application makes a new record; ``pad``: with so many
+        bytes more, in its answer too); its answer."""
+        record = {"req": req_id, "pad": "x" * pad} if pad else {"req": req_id}
+        call = p.Call(self.client_id, time.time() + 3600, p.Insert(req_id, table, self.namespace, None, [record], False))
         self.sent[req_id] = p.encode_call(call)
         return self.resend(req_id)
 
@@ -298,25 +300,29 @@ def test_a_resent_call_is_answered_with_its_first_answer_and_applied_once(writer
         assert [r["req"] for r in client.table("t").all()] == [1]
 
 
-def test_the_last_32_answers_per_client_are_kept_and_an_older_call_resent_is_applied_again(writer):
-    """ANSWERS_KEPT = 32: after 31 later calls the first call's resend is still answered from memory;
-    after the 32nd it is forgotten, and the resend (still within its deadline) is applied a second time."""
-    assert _core.ANSWERS_KEPT == 32
+@pytest.mark.parametrize("answers", ["big", "small"])
+def test_a_clients_last_answers_are_kept_and_an_older_call_resent_is_applied_again(writer, answers):
+    """A client's last ANSWERS_KEPT (32) answers are kept whatever their size, and more, up to ANSWERS_KEPT_MAX
+    (1024), while they hold at most ANSWERS_KEPT_BYTES: with big answers, after 31 later calls the first
+    call's resend is still answered from memory; after the 32nd it is forgotten, and the resend (still
+    within its deadline) is applied a second time. Small ones: the same at 1024."""
+    assert (_core.ANSWERS_KEPT, _core.ANSWERS_KEPT_MAX, _core.ANSWERS_KEPT_BYTES) == (32, 1024, 256 * 1024)
+    kept, pad = (32, _core.ANSWERS_KEPT_BYTES // 32 + 1000) if answers == "big" else (1024, 0)
     ns = f"kept-{uuid.uuid4().hex}"
     with zmq.Context() as ctx, tiger.connect(writer.url) as client, tiger.namespace(ns):
         caller = _Caller(ctx, writer.url, ns)
-        first = caller.call(1)
-        for req_id in range(2, 33):  # 31 later calls
-            caller.call(req_id, table="later")
-        assert caller.resend(1) == first  # 32 answers kept: the first is one of them
+        first = caller.call(1, pad=pad)
+        for req_id in range(2, kept + 1):  # kept - 1 later calls
+            caller.call(req_id, table="later", pad=pad)
+        assert caller.resend(1) == first  # the first is one of those kept
         client.sync()
         assert len(client.table("t").all()) == 1
-        caller.call(33, table="later")  # the 32nd later call pushes the first answer out
+        caller.call(kept + 1, table="later", pad=pad)  # one more later call pushes the first answer out
         again = caller.resend(1)
         assert again != first and _seq(again) > _seq(first)  # applied again: a new change
         client.sync()
         assert sorted(r["req"] for r in client.table("t").all()) == [1, 1]
-        assert len(client.table("later").all()) == 32
+        assert len(client.table("later").all()) == kept
 
 
 def test_a_restarted_writer_does_not_remember_the_answers_so_a_resent_call_is_applied_again(tmp_path):

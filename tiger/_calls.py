@@ -74,7 +74,8 @@ def callable_name(function: object) -> str:
     return getattr(function, "__qualname__", None) or type(function).__qualname__
 
 
-MAX_ASKING = 64  # calls asked again at once, at most; a gap beyond them is left to a resync
+MAX_ASKING = 1024  # calls asked again at once, at most (as many answers as a writer keeps, ``ANSWERS_KEPT_MAX``);
+# a gap beyond them is left to a resync (64 were outrun by a storm of signals interrupting hundreds of calls)
 MAX_ASKING_BYTES = 64 << 20  # and the bytes they hold
 
 Unanswered = tuple[int, bytes, float]  # a call that raised with no answer: (request id, its bytes, its deadline)
@@ -130,6 +131,10 @@ class PendingCalls:
             if sum(len(b) for b, _ in self._to_ask.values()) + len(payload) <= self._max_asking_bytes:
                 self._to_ask[req_id] = (payload, deadline)
 
+    def next_due(self) -> float | None:
+        """When the first call still to ask again is due (its deadline); None when there is none."""
+        return min((deadline for _, deadline in self._to_ask.values()), default=None)
+
     def due(self, now: float) -> list[bytes]:
         """The calls to send again now (their deadline has passed); forgets those asked longer ago than the timeout."""
         due: list[bytes] = []
@@ -143,8 +148,11 @@ class PendingCalls:
         return due
 
     def answered(self, req_id: int) -> None:
-        """The answer to a call asked again arrived (its change, if any, is deposited by the caller)."""
+        """The answer to a call that raised unanswered arrived: to its asking again, or late on the
+        client's command socket before it was asked (its change, if any, is deposited by the caller).
+        Either way it is not asked (again)."""
         self._asked.pop(req_id, None)
+        self._to_ask.pop(req_id, None)
 
     def reset(self) -> None:
         """A snapshot was loaded: it covers what the calls asked before it applied."""

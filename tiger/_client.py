@@ -416,8 +416,24 @@ class _Connection:
             self._late_answer(reply)
 
     def _late_answer(self, reply: p.Reply) -> None:
-        """An answer to another call on the command socket: the blocking client's calls wait one at a time,
-        so it is stale (ignored)."""
+        """An answer on the command socket to another call of this client: one that raised with no answer
+        (a signal's exception landing after it was sent), whose change goes to the replica now, filling the
+        gap its seq left (it was dropped, and the gap waited until the replica asked the writer again after
+        the call's deadline: this client's next writes raised ``Timeout`` though applied), or a stale one
+        (a resend's second answer), which changes nothing there."""
+        if self._replica is not None and reply.req_id is not None and reply.req_id > 0:
+            self._replica.late_answer(reply)
+
+    def _left_answer(self, data: bytes) -> None:
+        """The bytes a write that raised with no answer received last: perhaps its own answer, whose decoding
+        a signal's exception cut short (the answer was lost, and its change waited for the replica's asking
+        again after the call's deadline: the client's next writes raised ``Timeout`` though applied, in a
+        storm of such signals). Decoded now and taken as a late answer; bytes that cannot be: nothing."""
+        try:
+            reply = p.decode_reply(data)
+        except ProtocolError:
+            return
+        self._late_answer(reply)
 
     def _heard_again(self, unavailable: Unavailable, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """After ``unavailable`` from a call that may be made again (a sync, a once claim or delivery), until
@@ -705,6 +721,7 @@ class Client(_Connection):
         payload, deadline = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
+        data: bytes | None = None  # the last answer received (a signal may cut its decoding short: ``_left_answer``)
         refusals = None if type(request) is p.Hello else Refusals()
         me = object()
         try:
@@ -742,6 +759,7 @@ class Client(_Connection):
                 if reply.req_id == req_id:
                     answered = True
                     break
+                self._late_answer(reply)
             self._socket_hold.let_go(me)  # (a signal at its first bytecode: let go below)
             return self._outcome(reply, seconds)
         except BaseException:
@@ -749,8 +767,12 @@ class Client(_Connection):
                 self._socket_hold.let_go(me)
             finally:
                 self._socket_hold.let_go(me)
-            if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
+            if own and answered and type(reply) is p.Ok:  # a signal after its answer came (as the caller let
+                self.replica.answer_left(req_id, reply)  # go of the socket): its change is taken now, not lost
+            elif own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
+            if not answered and data is not None:  # (any call: it may have been reading another's answer)
+                self._left_answer(data)
             raise
 
     def _command_socket(self) -> zmq.Socket[Any]:

@@ -13,7 +13,8 @@ group, so N clients writing at once cost one fsync, not N.
 
 Rules kept here (each was a fault once; see tests/test_core.py):
 - a call is answered once: a resent call (same client id and request id) gets its first answer,
-  for the last ``ANSWERS_KEPT`` calls of each client, kept ``ANSWERS_FORGOTTEN`` seconds after the
+  for the last ``ANSWERS_KEPT`` calls of each client (and more, up to ``ANSWERS_KEPT_MAX``, while they
+  hold at most ``ANSWERS_KEPT_BYTES``), kept ``ANSWERS_FORGOTTEN`` seconds after the
   client fell silent (a call the writer no longer remembers is applied again: Lazy Pirate, ZeroMQ
   guide ch. 4);
 - a call that arrives after its expiry (the client's wall clock) is refused, never applied late;
@@ -51,7 +52,10 @@ log = logging.getLogger("tiger.writer")
 MAX_ENVELOPE = 100  # frames before the payload (ROUTER identity, REQ delimiter, a peer's extras)
 MAX_ENVELOPE_BYTES = 1024 * 1024  # their total size: the answer echoes them, so they are capped
 SPLICE_MIN = 4096  # bytes of a call from which its records are reused, not packed again (cutting them costs ~2 us)
-ANSWERS_KEPT = 32  # answers kept per client, to answer a resent call without applying it twice
+ANSWERS_KEPT = 32  # answers kept per client, whatever their size, to answer a resent call without applying it twice
+ANSWERS_KEPT_MAX = 1024  # and more of them, up to this many, while they hold at most ANSWERS_KEPT_BYTES
+ANSWERS_KEPT_BYTES = 256 * 1024  # (a storm of signals interrupting hundreds of calls within a client's timeout
+# outran 32: the calls asked again after their deadline were refused as expired, and the replica resynchronised)
 ANSWERS_FORGOTTEN = 60.0  # seconds of silence after which a client's kept answers are dropped
 MAX_ERROR = 500  # characters of an error message the writer logs and sends back
 GROUP_BYTES = 1 << 20  # bytes of changes published as one message, at most
@@ -113,6 +117,16 @@ def _message_of(error: BaseException) -> str:
 
 
 _HELD = b""  # a kept answer whose group is held (its fsync failed): a resend gets no answer yet
+
+
+class _Answers(dict[int, bytes]):
+    """One client's kept answers (req id -> answer), oldest first, and ``size``: their bytes."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
 
 
 class Expired(ValueError):
@@ -213,7 +227,7 @@ class WriterCore:
         # Sends a message to a peer at once (the envelope, then the payload): False when the peer is not
         # connected. Set by the process around the core (the Writer); None: silence alone decides.
         self.reach: Callable[[list[bytes]], bool] | None = None
-        self.answered: dict[str, dict[int, bytes]] = {}  # client id -> req id -> the answer sent
+        self.answered: dict[str, _Answers] = {}  # client id -> req id -> the answer sent
         self.silent_since: dict[str, float] = {}  # client id taken for gone -> when; its answers go later
         self.disk_fault: str | None = None  # why the data directory cannot take writes now (None: it can)
         self._disk_retry_at = 0.0
@@ -343,7 +357,8 @@ class WriterCore:
                 key = (call.client_id, request.request.req_id)  # type: ignore[union-attr]
                 if key in self._held_answers:  # applied in a held group: answered once it is durable
                     return
-                first = self.answered.get(call.client_id, {}).get(key[1])
+                answers = self.answered.get(call.client_id)
+                first = None if answers is None else answers.get(key[1])
                 if first is not None:  # a resent call: its first answer, not a second application
                     if first != _HELD:  # (held: applied, not yet durable; answered once it is)
                         self.outbox.replies.append([*envelope, first])
@@ -378,15 +393,19 @@ class WriterCore:
         self.outbox.replies.append([*envelope, reply])
 
     def _keep_answer(self, client_id: str, req_id: int, answer: bytes) -> None:
-        """Keep a call's answer for a resend of it: the last ``ANSWERS_KEPT`` of each client, the oldest
-        going first (one held for its group stays: see ``_hold``)."""
-        answered = self.answered.setdefault(client_id, {})
+        """Keep a call's answer for a resend of it: the last ``ANSWERS_KEPT`` of each client, and more up to
+        ``ANSWERS_KEPT_MAX`` while they hold at most ``ANSWERS_KEPT_BYTES``; the oldest go first (one held
+        for its group stays: see ``_hold``)."""
+        answered = self.answered.get(client_id)
+        if answered is None:
+            answered = self.answered[client_id] = _Answers()
+        answered.size += len(answer) - len(answered.get(req_id, _HELD))
         answered[req_id] = answer
-        while len(answered) > ANSWERS_KEPT:
+        while len(answered) > ANSWERS_KEPT and (len(answered) > ANSWERS_KEPT_MAX or answered.size > ANSWERS_KEPT_BYTES):
             oldest = next((r for r, a in answered.items() if a != _HELD), None)
             if oldest is None:
                 break
-            del answered[oldest]
+            answered.size -= len(answered.pop(oldest))
 
     def commit(self, now: float) -> None:
         """End a group of requests: make what they appended durable (``--fsync always``) before any of
@@ -418,9 +437,10 @@ class WriterCore:
         self.outbox.published, self.outbox.replies = [], []
         self._held = held
         for client_id, req_id in answers:
-            kept = self.answered.get(client_id, {})
-            if req_id in kept:
+            kept = self.answered.get(client_id)
+            if kept is not None and req_id in kept:
                 self._held_answers[(client_id, req_id)] = kept[req_id]
+                kept.size -= len(kept[req_id])
                 kept[req_id] = _HELD
         log.error("holding %d answers until the data directory works again: their fsync failed", len(held.replies))
 
@@ -436,6 +456,7 @@ class WriterCore:
             kept = self.answered.get(client_id)
             if kept is not None and kept.get(req_id) == _HELD:
                 kept[req_id] = answer
+                kept.size += len(answer)
         self._held_answers.clear()
         self._committed_seq = self.seq
 

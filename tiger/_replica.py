@@ -354,8 +354,6 @@ class Replica:
         """
         epoch, seq, change, before = answer.epoch, answer.seq, answer.change, answer.before
         with self.changed:
-            if own:
-                self._calls.call_finished(answer.req_id)
             # only when they follow on from what the replica holds: ahead of a gap they would be held, and
             # a held change with no call of ours in flight reads as a loss (a needless snapshot reload)
             if before and epoch == self.epoch and not self._seq.loading:
@@ -365,6 +363,9 @@ class Replica:
                         self._seq.published(first + i, other)
             if own and change is not None:
                 self._seq.deposit(epoch, seq, change)
+            if own:  # after the deposit: a signal landing before it leaves the call in flight, and the
+                # caller's ``answer_left`` takes the answer again (finished first, the change was lost)
+                self._calls.call_finished(answer.req_id)
             if (own and change is not None) or before:
                 self.changed.notify_all()
             behind = self._seq.behind(seq) if epoch == self._seq.epoch and not self._seq.loading else 0
@@ -516,6 +517,11 @@ class Replica:
                     # listening from here: set before the poll, so that after a pause it still says when
                     # the thread began to listen, until the messages queued meanwhile have been read
                     now = time.monotonic()
+                    if self._calls.asking:  # and at once when one is due: the writes after it wait for its change
+                        with self.changed:
+                            due = self._calls.next_due()
+                        if due is not None:
+                            interval = max(0.0, min(interval, due - now))
                     paused = now - self.last_awake - interval - 0.5  # longer than a poll and its work: not running
                     if paused > 0:  # (libzmq may not have handed over what came meanwhile yet: do not blame the writer)
                         self.last_heard = min(now, self.last_heard + paused)

@@ -333,6 +333,7 @@ class AsyncClient(_Connection):
         payload, deadline = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
+        received: bytes | None = None  # the last answer received (a signal may cut its decoding short)
         refusals = None if type(request) is p.Hello else Refusals()
         me = object()
         try:
@@ -370,6 +371,7 @@ class AsyncClient(_Connection):
                         data = await self._socket.recv(wait / 1000)
                         if data is None:
                             continue
+                        received = data
                         reply = p.decode_reply(data, mine)
                         if reply.req_id == req_id:
                             answered = True
@@ -401,8 +403,13 @@ class AsyncClient(_Connection):
                 self.replica.call_failed(req_id)
             raise
         except BaseException:
-            if own:  # sent and unanswered: the writer may have applied it, its replica asks it again
+            if own and answered and type(reply) is p.Ok:  # a signal after its answer came (as the caller let
+                self.replica.answer_left(req_id, reply)  # go of the socket): its change is taken now, not lost
+            elif own:  # sent and unanswered: the writer may have applied it, its replica asks it again
                 self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
+            if not answered and received is not None:  # (any call: it may have been reading another's answer)
+                self._in_flight.discard(req_id)  # (its own is not one for a call on another loop to take)
+                self._left_answer(received)
             raise
         finally:
             try:  # (twice: see ``tiger._owned``)
@@ -455,7 +462,9 @@ class AsyncClient(_Connection):
             self._answers[reply.req_id] = reply  # paused, a call waiting on it): kept for it, not lost
             return
         entry = self._unanswered.pop(reply.req_id, None)  # type: ignore[arg-type]
-        if entry is None:
+        if entry is None:  # a write that raised otherwise (a signal's exception), or a stale answer
+            if reply.req_id is not None and reply.req_id > 0:
+                self.replica.late_answer(reply)
             return
         if type(reply) is p.Ok:
             self.replica.take_answer(reply, own=True)
