@@ -1018,6 +1018,45 @@ def test_a_pytest_timeout_as_the_plugin_entered_a_tests_namespace_added_a_keyerr
     assert "at teardown of test_1" not in result.stdout.str()
 
 
+SLOW_IMPORT_OF_ZMQ = """
+import sys, time
+
+
+class SlowDisk:  # the import of zmq takes a second (a cold cache, a network file system)
+    def find_spec(self, name, path, target=None):
+        if name == "zmq.sugar.socket":
+            time.sleep(1.0)  # sleep-ok: the import being slow is the condition under test
+        return None
+
+
+sys.meta_path.insert(0, SlowDisk())
+"""
+
+TIMEOUT_IN_THE_FIRST_TESTS_SETUP = """
+import pytest
+
+@pytest.mark.timeout(0.5, method="signal")
+def test_1_may_time_out_in_setup(tiger_client):
+    pass
+
+def test_2_writes(tiger_client):
+    tiger_client.table("t").insert({"id": "a"})
+    assert "a" in tiger_client.table("t")
+"""
+
+
+def test_a_pytest_timeout_during_the_import_of_zmq_broke_zmq_for_every_later_test(pytester):
+    # Seen in this suite under load: the first test's timeout landed while the plugin imported the client,
+    # inside zmq's import; zmq stayed half imported (its compiled core keeps the first copy it saw), and
+    # every later test failed with AttributeError: module 'zmq' has no attribute 'COPY_THRESHOLD'. The
+    # plugin now imports what its fixtures need once collection is done, before any test's timeout.
+    pytester.makeconftest(SLOW_IMPORT_OF_ZMQ)
+    pytester.makepyfile(test_first=TIMEOUT_IN_THE_FIRST_TESTS_SETUP)
+    result = run(pytester, "-p", "no:xdist", "-p", "no:randomly", "-v")
+    result.stdout.fnmatch_lines(["*test_2_writes PASSED*"])  # (test 1 may time out starting the writer)
+    assert "AttributeError" not in result.stdout.str()
+
+
 SERVICE_THREAD = """
 import queue, threading
 import pytest

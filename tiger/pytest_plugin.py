@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import inspect
 import json
 import os
@@ -744,6 +745,36 @@ def pytest_configure(config: pytest.Config) -> None:
             _RunDir(Path(identity["dir"])).remove()
         raise
     config.stash[_run_key] = run
+
+
+# the modules tiger's fixtures import on first use, and the fixtures after which (tiger_aclient: tiger.aio too)
+_FIXTURE_MODULES = ("tiger._client", "tiger._server", "tiger._once", "tiger._paths", "tiger._process", "tiger._seed")
+_FIXTURES = frozenset(("tiger_url", "tiger_client", "tiger_aclient", "tiger_namespace", "tiger_once"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Import what tiger's fixtures need before the first test runs, when a collected test uses tiger (one
+    of its fixtures, ``tiger_isolate``, or a module of tests that imported tiger): a test's timeout
+    (pytest-timeout's signal method) landing in the import of zmq left it half imported for the rest of
+    the process, whose compiled core kept the first, broken copy (every later test: ``AttributeError:
+    module 'zmq' has no attribute 'COPY_THRESHOLD'``). Nothing for a run of tests that do not use tiger,
+    nor for ``--collect-only``."""
+    config = session.config
+    if config.stash.get(_run_key, None) is None or not session.items or config.option.collectonly:
+        return
+    fixturenames = [frozenset(getattr(item, "fixturenames", ())) for item in session.items]
+    used = bool(config.getini("tiger_isolate")) or any(names & _FIXTURES for names in fixturenames)
+    used = used or any(getattr(getattr(item, "module", None), "tiger", None) is sys.modules["tiger"] for item in session.items)
+    if not used:
+        return
+    modules = (*_FIXTURE_MODULES, "tiger.aio") if any("tiger_aclient" in names for names in fixturenames) else _FIXTURE_MODULES
+    _keep_modules(activate=True)
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    except Exception:  # (a broken install: the fixture that imports it says so, in its test)
+        return
+    _keep_modules()
 
 
 @pytest.hookimpl(optionalhook=True)
