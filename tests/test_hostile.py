@@ -90,6 +90,35 @@ def test_a_call_under_a_busy_signal_timer_hung_until_the_writer_resumed(own_writ
         assert float(took[0]) < 4.0, (name, out)  # a 1 s timeout (and later calls fail at once: a silent writer)
 
 
+def test_calls_that_got_the_socket_after_they_expired_were_sent_and_refused_as_late(own_writer):
+    """A user trial (tiger.aio; the blocking client's threads the same): calls waiting for the client's
+    socket behind one the paused writer held got it past their expiry (a little before their deadline),
+    were still sent, and the writer refused each, "the call arrived after its deadline". Such a call now
+    raises before sending, saying the client's other calls held the socket."""
+    with tiger.connect(own_writer.url, timeout=1.0) as client:
+        table = client.table("late")
+        table.insert({"id": "warm"})
+        errors: list[str] = []
+
+        def write(i: int) -> None:
+            try:
+                table.insert({"id": f"w{i}"})
+            except tiger.Unavailable as e:
+                errors.append(str(e))
+
+        os.kill(own_writer.pid, signal.SIGSTOP)
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.9)  # sleep-ok: the writer's pause is the condition under test (the calls expire at 0.8 s)
+        os.kill(own_writer.pid, signal.SIGCONT)
+        for t in threads:
+            t.join(10)
+    sent = [e for e in errors if "arrived after its deadline" in e]
+    assert len(sent) <= 1, errors  # (the one holding the socket was sent in time; the writer was paused)
+    assert len(errors) - len(sent) >= 1 and all("held its socket until too late" in e for e in errors if e not in sent), errors
+
+
 # what a call holds (a once key, the command socket, an async client's event loop) and which client
 LOCKS = [("once", "blocking"), ("once", "async"), ("socket", "blocking"), ("socket", "async"), ("loop", "async")]
 

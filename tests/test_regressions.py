@@ -934,7 +934,7 @@ def test_a_call_waiting_behind_another_call_of_its_client_keeps_its_own_timeout(
         took, error = blocking() if driver == "blocking" else asyncio.run(in_tasks())
         assert took < 4, f"a call with timeout=1 behind another of its client raised after {took:.1f}s"
         assert isinstance(error, (tiger.Unavailable, tiger.Timeout)), error
-        assert "another call of this client" in str(error), str(error)
+        assert "other calls of this client" in str(error), str(error)
 
 
 def _until(predicate: Any, timeout: float = 10.0) -> bool:

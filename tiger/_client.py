@@ -363,11 +363,12 @@ class _Connection:
 
     # -- calls ----------------------------------------------------------------------
 
-    def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float]:
-        """The bytes of a call carrying ``request`` and its deadline (``time.monotonic()`` seconds; None: the
-        client's timeout from now). The call expires at the writer a little before that deadline (on the
-        writer's clock), after which the writer refuses it: a call that raised is never applied later.
-        Raises (nothing sent) if the client is closed or forked, the writer silent, or the call too big."""
+    def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float, float]:
+        """The bytes of a call carrying ``request``, its deadline (``time.monotonic()`` seconds; None: the
+        client's timeout from now) and when it expires. The call expires at the writer a little before that
+        deadline (on the writer's clock), after which the writer refuses it: a call that raised is never
+        applied later. Raises (nothing sent) if the client is closed or forked, the writer silent, or the
+        call too big."""
         self._check_open()
         replica = self._replica
         if replica is not None and replica.silent_for() > self.heartbeat_timeout:
@@ -391,7 +392,7 @@ class _Connection:
             raise ValueError(
                 f"the request is {len(payload)} bytes; a request may be at most {p.MAX_MESSAGE} bytes (store less per call)"
             )
-        return payload, deadline
+        return payload, deadline, deadline - margin
 
     def _queued_answer(self, sock: zmq.Socket[Any], req_id: int, mine: p.Own | None, deadline: float) -> p.Reply | None:
         """At a call's deadline, before giving up: its answer if it already waits on the command socket
@@ -481,12 +482,15 @@ class _Connection:
             raise Unavailable(f"the tiger writer at {self.url} did not answer, and is gone: {gone}")
 
     def _busy(self, seconds: float) -> Unavailable:
-        """The error of a call that never got this client's socket by its deadline: another call of the
-        client (a thread's, a task's) held it all that time, waiting for the writer. Such a call waited
-        for the other's whole timeout and then said "did not answer within 1s" of its own (a review)."""
+        """The error of a call that did not get this client's socket in time to be sent before it expires:
+        other calls of the client (threads', tasks') held it, waiting for the writer. Such a call waited
+        for the other's whole timeout and then said "did not answer within 1s" of its own (a review); one
+        that got it just too late was sent, and refused as expired (a user trial: thousands of tasks
+        writing at once through one client)."""
         return Unavailable(
-            f"the tiger writer at {self.url} did not answer within {seconds:g}s: another call of this client "
-            "(from another thread or task) was waiting for its answer all that time, and a client sends one call at a time"
+            f"the tiger writer at {self.url} did not answer within {seconds:g}s: other calls of this client "
+            "(from other threads or tasks) held its socket until too late to send this one, and a client sends one call "
+            "at a time"
         )
 
     def _fresh_socket(self) -> None:
@@ -718,7 +722,7 @@ class Client(_Connection):
         not sent it): the replica counts it in flight until ``catch_up(..., own=True)``.
         """
         seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
-        payload, deadline = self._call_bytes(request, deadline)
+        payload, deadline, expires = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
         data: bytes | None = None  # the last answer received (a signal may cut its decoding short: ``_left_answer``)
@@ -730,6 +734,8 @@ class Client(_Connection):
             self._take_socket(me, deadline, seconds)  # (``me`` made before: a signal just after cannot leak it)
             if self._closed:
                 raise TigerError("this client is closed")
+            if time.monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
+                raise self._busy(seconds)
             sent = True  # (before: a signal landing as the send returns, after it, left a call sent unasked for)
             self._send_call(payload)
             mine = p.own_records_of(request, payload)  # decoded while the writer works

@@ -313,8 +313,11 @@ class Waking(_thread.RLock):  # type: ignore[misc]  # (final in typeshed; a C ty
         return future
 
     def forget(self, future: asyncio.Future[None]) -> None:
-        """A future no task awaits any more (its wait ended). Call it holding the lock."""
-        future.cancel()
+        """A future no task awaits any more (its wait ended). Call it holding the lock. (Not cancelled
+        when its loop was closed under it: cancelling schedules its callbacks, and raised "Event loop is
+        closed", printed as "Exception ignored" as the waiting coroutine was collected.)"""
+        if not future.get_loop().is_closed():
+            future.cancel()
         try:
             self._futures.remove((future.get_loop(), future))
         except ValueError:  # resolved and cleared by notify_all already

@@ -97,7 +97,8 @@ class AsyncClient(_Connection):
         super().__init__(url, timeout, heartbeat_timeout, server_key)
         self._shared: Client | None = None  # the blocking client whose connection this one uses
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OwnedAsyncLock] = weakref.WeakKeyDictionary()
-        self._late: set[asyncio.Task[Any]] = set()  # tasks awaiting the answers of cancelled writes, writes not waited for
+        # tasks awaiting the answers of cancelled writes (-> the write's req_id), writes not waited for (-> None)
+        self._late: dict[asyncio.Task[Any], int | None] = {}
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
         self._in_flight: set[int] = set()  # req_ids of the calls waiting for their answers, on any loop
         self._serving: dict[asyncio.AbstractEventLoop, set[object]] = {}  # loops using the socket -> their calls' tokens
@@ -126,7 +127,7 @@ class AsyncClient(_Connection):
         # a context of its own: closing ``client`` terminates its context, which waits for every socket in it
         shared._ctx = zmq.Context()
         shared._locks = weakref.WeakKeyDictionary()
-        shared._late = set()
+        shared._late = {}
         shared._unanswered = {}
         shared._in_flight = set()
         shared._serving = {}
@@ -295,7 +296,26 @@ class AsyncClient(_Connection):
             if watching:
                 self._socket.watch(loop)  # a loop that cannot is refused before anything is sent
             lock = self._locks[loop] = OwnedAsyncLock()
+            if self._late:
+                self._drop_tasks_of_closed_loops()
         return lock
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        self._late.pop(task, None)
+
+    def _drop_tasks_of_closed_loops(self) -> None:
+        """Drop the tasks this client made on event loops closed before they ran, with their loops, as a new
+        loop makes its first call: ``asyncio.run`` ending with a write in flight cancels it, and the task
+        made then to await its answer never runs (a client serving a loop per test, as pytest-asyncio
+        runs them, kept every such task and loop: 327 loops after 1000 runs, in a user trial). Each such
+        write is left to the replica to ask again after its deadline."""
+        for task, req_id in list(self._late.items()):
+            if not task.get_loop().is_closed():
+                continue
+            del self._late[task]  # (one done as its loop closed: its done callback never ran)
+            entry = None if req_id is None or task.done() else self._unanswered.pop(req_id, None)
+            if entry is not None:
+                self.replica.call_failed(req_id, (req_id, *entry))  # type: ignore[arg-type]
 
     def _serve(self, me: object) -> None:
         """The call ``me`` (a token) of the running loop uses the socket until ``_served(me)``, said in its
@@ -321,7 +341,7 @@ class AsyncClient(_Connection):
                 if not calls:
                     del self._serving[loop]
 
-    def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float]:
+    def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float, float]:
         if self._shared is not None and self._shared._closed:
             raise TigerError("this client is closed (the tiger.Client whose connection it shares was closed)")
         return super()._call_bytes(request, deadline)
@@ -330,7 +350,7 @@ class AsyncClient(_Connection):
         """``Client._request``, awaited: the same call bytes, Lazy Pirate resends on a fresh socket, expiry
         and errors. Cancelled after sending, the call is left to the replica as one that raised unanswered."""
         seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
-        payload, deadline = self._call_bytes(request, deadline)
+        payload, deadline, expires = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
         received: bytes | None = None  # the last answer received (a signal may cut its decoding short)
@@ -346,37 +366,44 @@ class AsyncClient(_Connection):
                     raise self._busy(seconds)
                 if self._closed:
                     raise TigerError("this client is closed")
+                if time.monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
+                    raise self._busy(seconds)
                 sent = True  # from here a cancellation may come after libzmq took the bytes
                 self._in_flight.add(req_id)
                 self._send_call(payload)
                 mine = p.own_records_of(request, payload)  # decoded while the writer works
                 attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
-                while True:
-                    if self._answers:  # taken by a call of another event loop (see _late_answer)
-                        kept = self._answers.pop(req_id, None)
-                        if kept is not None:
-                            reply, answered = kept, True
-                            break
-                    wait = attempts.wait(time.monotonic())
-                    if wait == GIVE_UP:
-                        late = self._queued_answer(self._socket.sock, req_id, mine, deadline)
-                        if late is not None:
-                            reply, answered = late, True
-                            break
-                    if wait <= RESEND:
-                        self._silence(wait, seconds, refusals)
-                        self._send_call(payload)
-                        self.resends += 1
-                    else:
-                        data = await self._socket.recv(wait / 1000)
-                        if data is None:
-                            continue
-                        received = data
-                        reply = p.decode_reply(data, mine)
-                        if reply.req_id == req_id:
-                            answered = True
-                            break
-                        self._late_answer(reply)
+                try:
+                    while True:
+                        if self._answers:  # taken by a call of another event loop (see _late_answer)
+                            kept = self._answers.pop(req_id, None)
+                            if kept is not None:
+                                reply, answered = kept, True
+                                break
+                        wait = attempts.wait(time.monotonic())
+                        if wait == GIVE_UP:
+                            late = self._queued_answer(self._socket.sock, req_id, mine, deadline)
+                            if late is not None:
+                                reply, answered = late, True
+                                break
+                        if wait <= RESEND:
+                            self._silence(wait, seconds, refusals)
+                            self._send_call(payload)
+                            self.resends += 1
+                        else:
+                            data = await self._socket.recv(wait / 1000)
+                            if data is None:
+                                continue
+                            received = data
+                            reply = p.decode_reply(data, mine)
+                            if reply.req_id == req_id:
+                                answered = True
+                                break
+                            self._late_answer(reply)
+                except zmq.ZMQError:  # its socket closed under it (a close() cancelled as it waited for this call)
+                    if self._closed:
+                        raise TigerError("this client is closed") from None
+                    raise
             finally:
                 try:  # (twice: see ``tiger._owned``)
                     lock.let_go(me)
@@ -397,8 +424,8 @@ class AsyncClient(_Connection):
                 # then, never awaited) closes it, its finally handing the call to the replica; no "Task was
                 # destroyed but it is pending" at exit (a user trial)
                 task._log_destroy_pending = False  # type: ignore[attr-defined]
-                self._late.add(task)
-                task.add_done_callback(self._late.discard)
+                self._late[task] = req_id
+                task.add_done_callback(self._forget_task)
             elif own:
                 self.replica.call_failed(req_id)
             raise
@@ -505,10 +532,10 @@ class AsyncClient(_Connection):
         once release on the way out of a cancelled call): what it raises is then logged. A ``close()``
         waits for it (as for any call in flight) before saying goodbye."""
         task = running_loop().create_task(self._write(request))
-        self._late.add(task)
+        self._late[task] = None
 
         def done(task: asyncio.Task[p.Ok]) -> None:
-            self._late.discard(task)
+            self._late.pop(task, None)
             if not task.cancelled() and task.exception() is not None:
                 log.debug("a write not waited for (%s) raised: %r", type(request).__name__, task.exception())
 
