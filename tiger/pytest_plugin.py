@@ -996,7 +996,8 @@ def tiger_once(pytestconfig: pytest.Config) -> Callable[..., Any]:
                 name = callable_name(factory)
                 raise TypeError(
                     f"tiger_once({key!r}, {name}): an async factory is awaited, `await tiger_once(key, factory)`, in an "
-                    "async fixture or test; this call runs in no event loop"
+                    "async fixture or test; this call runs in no asyncio event loop (under trio, or anyio's trio backend, "
+                    "async factories are not supported: use a plain factory, or the asyncio backend)"
                 )
             return run.once_async(key, factory, timeout)  # awaited by the async fixture or test that called
         return run.once(key, factory, timeout)
