@@ -425,16 +425,29 @@ class _Connection:
         if self._replica is not None and reply.req_id is not None and reply.req_id > 0:
             self._replica.late_answer(reply)
 
-    def _left_answer(self, data: bytes) -> None:
-        """The bytes a write that raised with no answer received last: perhaps its own answer, whose decoding
-        a signal's exception cut short (the answer was lost, and its change waited for the replica's asking
-        again after the call's deadline: the client's next writes raised ``Timeout`` though applied, in a
-        storm of such signals). Decoded now and taken as a late answer; bytes that cannot be: nothing."""
-        try:
-            reply = p.decode_reply(data)
-        except ProtocolError:
-            return
-        self._late_answer(reply)
+    def _raised(
+        self, req_id: int, own: bool, sent: tuple[bytes, float] | None, answer: p.Reply | None, received: bytes | None
+    ) -> None:
+        """A call raised (a signal's exception, an error, its timeout): what became of it goes to the replica.
+        ``own``: a write, whose change comes only in its answer; ``sent``: its bytes and deadline, once sent;
+        ``answer``: its own answer, if it came; ``received``: the bytes it received last.
+
+        An Ok answer that came (a signal after it, as the caller let go of the socket) is taken now, not lost;
+        a write sent and unanswered may have been applied: the replica asks it again after its deadline. The
+        bytes received last by a call with no answer may be its own answer, whose decoding a signal cut short,
+        or another call's it was reading: decoded now and taken as a late answer (lost, its change waited for
+        the replica's asking again after the deadline, and in a storm of such signals the client's next
+        writes raised ``Timeout`` though applied); bytes that cannot be decoded: nothing."""
+        if own and type(answer) is p.Ok:
+            self.replica.answer_left(req_id, answer)
+        elif own:
+            self.replica.call_failed(req_id, None if sent is None or answer is not None else (req_id, *sent))
+        if answer is None and received is not None:
+            try:
+                reply = p.decode_reply(received)
+            except ProtocolError:
+                return
+            self._late_answer(reply)
 
     def _heard_again(self, unavailable: Unavailable, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """After ``unavailable`` from a call that may be made again (a sync, a once claim or delivery), until
@@ -725,7 +738,7 @@ class Client(_Connection):
         payload, deadline, expires = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
-        data: bytes | None = None  # the last answer received (a signal may cut its decoding short: ``_left_answer``)
+        data: bytes | None = None  # the last answer received (a signal may cut its decoding short: ``_raised``)
         refusals = None if type(request) is p.Hello else Refusals()
         me = object()
         try:
@@ -773,12 +786,7 @@ class Client(_Connection):
                 self._socket_hold.let_go(me)
             finally:
                 self._socket_hold.let_go(me)
-            if own and answered and type(reply) is p.Ok:  # a signal after its answer came (as the caller let
-                self.replica.answer_left(req_id, reply)  # go of the socket): its change is taken now, not lost
-            elif own:  # sent and unanswered: the writer may have applied it, its replica asks it again
-                self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
-            if not answered and data is not None:  # (any call: it may have been reading another's answer)
-                self._left_answer(data)
+            self._raised(req_id, own, (payload, deadline) if sent else None, reply if answered else None, data)
             raise
 
     def _command_socket(self) -> zmq.Socket[Any]:

@@ -109,11 +109,9 @@ class OwnedLock:
 
     def _hand_on(self) -> None:
         """Make the first waiter the holder and wake it (the guard held, the lock free)."""
-        for gate, token in self._queue.items():
-            self.holder = token
-            if gate.locked():
-                gate.release()
-            return
+        if self._queue:
+            self.holder = next(iter(self._queue.values()))
+            self._wake_first()
 
     def _wake_first(self) -> None:
         """Wake the first waiter to look again (the guard held)."""
@@ -174,10 +172,9 @@ class OwnedAsyncLock:
             self._hand_on()
 
     def _hand_on(self) -> None:
-        for woken, token in self._queue.items():
-            self.holder = token
-            _wake(woken)
-            return
+        if self._queue:
+            self.holder = next(iter(self._queue.values()))
+            self._wake_first()
 
     def _wake_first(self) -> None:
         for woken in self._queue:

@@ -430,13 +430,8 @@ class AsyncClient(_Connection):
                 self.replica.call_failed(req_id)
             raise
         except BaseException:
-            if own and answered and type(reply) is p.Ok:  # a signal after its answer came (as the caller let
-                self.replica.answer_left(req_id, reply)  # go of the socket): its change is taken now, not lost
-            elif own:  # sent and unanswered: the writer may have applied it, its replica asks it again
-                self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
-            if not answered and received is not None:  # (any call: it may have been reading another's answer)
-                self._in_flight.discard(req_id)  # (its own is not one for a call on another loop to take)
-                self._left_answer(received)
+            self._in_flight.discard(req_id)  # (an answer of its own read below is not for a call on another loop)
+            self._raised(req_id, own, (payload, deadline) if sent else None, reply if answered else None, received)
             raise
         finally:
             try:  # (twice: see ``tiger._owned``)
