@@ -7,6 +7,7 @@ Each test runs its coroutine with ``asyncio.run`` (no async test plugin needed);
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import select
 import signal
@@ -15,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -1257,3 +1258,131 @@ def test_writes_that_got_the_socket_after_they_expired_were_sent_and_refused_as_
             assert all("held its socket until too late" in e for e in errors), errors[:3]
 
         run(main)
+
+
+def left_on_a_closed_loop(start: Callable[[], Awaitable[Any]]) -> Coroutine[Any, Any, Any]:
+    """The coroutine of a call started on an event loop that is then closed, the call waiting (its
+    answer, the socket, a build): what the garbage collector closes when it collects it."""
+    loop = asyncio.new_event_loop()
+    try:
+        for _ in range(100):  # until one still waits after the loop's first turn (its answer not in yet)
+            task = loop.create_task(start())  # type: ignore[arg-type]
+            loop.run_until_complete(asyncio.sleep(0))
+            if not task.done():
+                break
+        assert not task.done()
+        task._log_destroy_pending = False  # type: ignore[attr-defined]  # left pending on purpose
+    finally:
+        loop.close()
+    return task.get_coro()  # type: ignore[return-value]
+
+
+def close_holding(lock: Any, coroutine: Coroutine[Any, Any, Any]) -> None:
+    """Close ``coroutine`` holding ``lock``, as the collector does when it runs inside code holding it,
+    in a thread: a hang fails the test instead of the run."""
+    closed = threading.Event()
+
+    def collect() -> None:
+        with lock:
+            coroutine.close()
+        closed.set()
+
+    threading.Thread(target=collect, daemon=True).start()
+    assert closed.wait(10), "closing the call's coroutine hung: it took the lock its collector held"
+
+
+def test_a_write_collected_with_its_closed_loop_while_the_client_held_its_serving_lock_hung_the_process(tiger_url):
+    """CI, Python 3.13: a client serving a loop per test hung for good. The garbage collector closed the
+    coroutine of a write left waiting on a closed loop while the client's own code held the lock of its
+    loops' registry (the collector runs at any allocation), and the coroutine's ``finally`` took that
+    lock again. Nothing is lost either: the write, left to the replica, lands in it."""
+    client = run(lambda: tiger.aio.connect(tiger_url, timeout=1.0))
+    try:
+        table = client.table("collected")
+        coroutine = left_on_a_closed_loop(lambda: table.insert({"id": "left"}))
+        close_holding(client._serving_lock, coroutine)
+
+        async def landed() -> None:
+            await table.wait_for("left", timeout=10.0)
+            await table.insert({"id": "after"})  # the client goes on
+
+        run(landed)
+    finally:
+        run(client.close)
+
+
+def test_a_write_collected_inside_the_replicas_own_work_changed_its_state_under_it(tiger_url):
+    """The same collection, inside the replica's lock (its thread applying a change, or a caller's
+    deposit): the write's ``finally`` told the replica of the unanswered call there and then, changing
+    its pending calls under the work that held the lock. It is now told at the replica's next turn,
+    and nothing is lost."""
+    client = run(lambda: tiger.aio.connect(tiger_url, timeout=1.0))
+    try:
+        table = client.table("collected")
+        coroutine = left_on_a_closed_loop(lambda: table.insert({"id": "left-in-replica"}))
+        calls = copy.deepcopy(client.replica._calls.__dict__)
+        with client.replica.changed:  # (re-entrant: the collector's close takes it again freely)
+            coroutine.close()
+            assert client.replica._calls.__dict__ == calls, "changed under the replica's own work"
+
+        async def landed() -> None:
+            await table.wait_for("left-in-replica", timeout=10.0)
+
+        run(landed)
+    finally:
+        run(client.close)
+
+
+def test_an_async_once_collected_with_its_closed_loop_while_the_client_held_its_keys_guard_hung(tiger_url, ns):
+    """The same collection for an async ``once`` waiting for its build: its ``finally`` gives back the
+    key's lock under the client's guard of its keys' locks, which the collector's thread may hold."""
+    client = run(lambda: tiger.aio.connect(tiger_url, timeout=1.0))
+    try:
+
+        async def forever() -> None:
+            await asyncio.Event().wait()
+
+        coroutine = left_on_a_closed_loop(lambda: client.once(f"collected-{ns}", forever))
+        close_holding(client._once._locks_guard, coroutine)
+
+        async def built_again() -> None:  # the key was released: another call builds it
+            assert await client.once(f"collected-{ns}", lambda: 42, timeout=10.0) == 42
+
+        run(built_again)
+    finally:
+        run(client.close)
+
+
+def test_a_wait_collected_inside_the_replicas_own_work_let_go_of_its_lock(tiger_url, ns):
+    """A ``wait_for`` left waiting on a closed loop, collected inside the replica's work (which holds its
+    lock ``changed``): its ``finally`` took the lock again to unlist its future and, letting it go,
+    let go of every level (``Waking``'s rule), so the work went on unlocked."""
+    client = run(lambda: tiger.aio.connect(tiger_url))
+    try:
+        table = client.table("collected")
+        coroutine = left_on_a_closed_loop(lambda: table.wait_for(f"never-{ns}", timeout=30.0))
+        with client.replica.changed:
+            coroutine.close()
+            assert client.replica.changed._is_owned(), "the replica's work went on without its lock"
+        with tiger.connect(tiger_url) as other:  # a change notifies the waiters: the leftover goes
+            other.table("collected").insert({"id": f"wake-{ns}"})
+        run(lambda: table.wait_for(f"wake-{ns}", timeout=10.0))
+        assert not client.replica.changed._futures
+    finally:
+        run(client.close)
+
+
+def test_a_feed_read_collected_inside_its_delivery_let_go_of_the_feeds_lock(tiger_url, ns):
+    """The same for an ``async for`` over a feed: collected inside the delivery of a change to that feed
+    (the replica's thread holding the feed's lock), it let go of that lock."""
+    client = run(lambda: tiger.aio.connect(tiger_url))
+    try:
+        feed = client.watch(tables=["collected"], namespace=None)
+        coroutine = left_on_a_closed_loop(feed.__anext__)
+        cond = feed._sub.cond
+        with cond:
+            coroutine.close()
+            assert cond._is_owned(), "the delivery went on without the feed's lock"
+        feed.close()
+    finally:
+        run(client.close)

@@ -681,12 +681,16 @@ class Feed:
                         return change
                     future: asyncio.Future[Any] = sub.cond.future(running_loop())
                 timer = None if deadline is None else self._alarm.set(future, deadline - time.monotonic())
+                closing = False
                 try:  # a cancellation, even one that comes as the future resolves, consumes nothing
                     expired = await future is _EXPIRED
+                except GeneratorExit:  # closed: by the garbage collector, maybe inside the feed's own lock,
+                    closing = True  # which the applying thread holds: listed, it goes at the next notify_all
+                    raise  # (taking the lock again and letting it go left that thread's work unlocked)
                 finally:
                     if timer is not None:
                         timer.cancel()
-                    if not future.done() or future.cancelled() or future.result() is _EXPIRED:
+                    if not closing and (not future.done() or future.cancelled() or future.result() is _EXPIRED):
                         with sub.cond:  # not woken: still listed (``notify_all`` takes the ones it wakes)
                             sub.cond.forget(future)
                 if expired:

@@ -225,18 +225,23 @@ class _KeyLocks(Generic[_L]):
 
     __slots__ = ("_guard", "_locks", "_make", "_users")
 
-    def __init__(self, guard: threading.Lock, make: Callable[[], _L]) -> None:
+    def __init__(self, guard: threading.RLock, make: Callable[[], _L]) -> None:
         self._guard = guard
         self._make: Callable[[], _L] = make
         self._locks: dict[tuple[str, str], _L] = {}
         self._users: dict[tuple[str, str], int] = {}
 
     def use(self, key: tuple[str, str]) -> _L:
+        """The key's lock, counted as used until ``done(key)``. The guard is re-entrant: the garbage
+        collector may run a collected async once's ``done`` at any allocation in here (a coroutine whose
+        event loop was closed under it), so the count goes up first, and a ``done`` run meanwhile cannot
+        drop the lock returned."""
         with self._guard:
+            self._users[key] = self._users.get(key, 0) + 1
             lock = self._locks.get(key)
             if lock is None:
-                lock = self._locks[key] = self._make()
-            self._users[key] = self._users.get(key, 0) + 1
+                made = self._make()
+                lock = self._locks.setdefault(key, made)
             return lock
 
     def done(self, key: tuple[str, str]) -> None:
@@ -261,7 +266,7 @@ class Once:
     def __init__(self) -> None:
         # a key's lock lives while callers of this client use it (``_KeyLocks``; one per key ever asked for,
         # kept for good, grew with every namespace's keys of a long run)
-        self._locks_guard = threading.Lock()
+        self._locks_guard = threading.RLock()  # (re-entered: see ``_KeyLocks.use``)
         self._locks: _KeyLocks[OwnedLock] = _KeyLocks(self._locks_guard, OwnedLock)
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _KeyLocks[OwnedAsyncLock]] = (
             weakref.WeakKeyDictionary()

@@ -20,6 +20,7 @@ with a seq above the snapshot's.
 
 from __future__ import annotations
 
+import collections
 import gc
 import itertools
 import logging
@@ -225,6 +226,7 @@ class Replica:
         # answers this DEALER gets when it asks for them again (see call_failed).
         self._req_ids = itertools.count(1)
         self._stopping = False  # set by stop() called on this thread (a dropped client's finalizer)
+        self._later: collections.deque[Callable[[], object]] = collections.deque()  # see ``later``
         self._closed = False  # the client closed it (else a failure is the replica's own)
         self._term_context = False  # then this thread ends the context too, once its sockets are closed
         self._stop_url = f"inproc://tiger-replica-stop-{id(self)}"
@@ -314,6 +316,24 @@ class Replica:
             return  # refused before it started: the lock it inherited may be held for good)
         with self.changed:
             self._calls.call_finished(req_id, unanswered)
+
+    def later(self, work: Callable[[], object]) -> None:
+        """Have this replica's thread run ``work`` (what a call closed on its way out left to do: say
+        ``call_failed``) at the start of its next turn, outside its lock. For an async call's coroutine
+        being closed (``GeneratorExit``): the garbage collector closes the coroutine of a task whose event
+        loop was closed under it at any allocation of any thread, even inside this replica's own work under
+        ``changed`` (a lock the thread holds again freely), whose state that work would change under it. A
+        deque's ``append`` takes no lock."""
+        self._later.append(work)
+
+    def _do_later(self) -> None:
+        """Run the work ``later`` queued (on this replica's thread, outside ``changed``)."""
+        while self._later:
+            work = self._later.popleft()
+            try:
+                work()
+            except Exception:  # (one client's leftover must not stop the replica of every call)
+                log.debug("work left by a closed call raised", exc_info=True)
 
     def answer_left(self, req_id: int, answer: p.Ok | None) -> None:
         """The write ``req_id`` of this client raised on its way out (a signal): its ``answer``, if it had
@@ -441,7 +461,14 @@ class Replica:
                 if remaining <= 0:
                     raise Timeout(what())
                 await woken(future, min(remaining, 0.5))
-            finally:
+            except GeneratorExit:  # closed by the garbage collector (its loop closed under it), maybe inside
+                raise  # the replica's work holding ``changed``: taking it again and letting it go (``Waking``
+                # lets go at every level) left that work unlocked. Listed, it goes at the next notify_all.
+            except BaseException:
+                with self.changed:
+                    self.changed.forget(future)
+                raise
+            else:
                 with self.changed:
                     self.changed.forget(future)
 
@@ -529,6 +556,8 @@ class Replica:
                     events = dict(poller.poll(int(interval * 1000)))
                     if self._stop_rx in events or self._stopping:
                         return
+                    if self._later:
+                        self._do_later()
                     if sub in events:
                         for _ in range(10_000):
                             if self._reload is not None:

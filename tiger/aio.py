@@ -102,7 +102,7 @@ class AsyncClient(_Connection):
         self._unanswered: dict[int, tuple[bytes, float]] = {}  # their req_id -> (call bytes, deadline)
         self._in_flight: set[int] = set()  # req_ids of the calls waiting for their answers, on any loop
         self._serving: dict[asyncio.AbstractEventLoop, set[object]] = {}  # loops using the socket -> their calls' tokens
-        self._serving_lock = threading.Lock()
+        self._serving_lock = threading.RLock()  # (re-entered: see ``_served``)
         self._answers: dict[int, p.Reply] = {}  # answers one loop's call took for another's
         try:
             # a list the finalizer shares (a resend replaces the socket)
@@ -131,7 +131,7 @@ class AsyncClient(_Connection):
         shared._unanswered = {}
         shared._in_flight = set()
         shared._serving = {}
-        shared._serving_lock = threading.Lock()
+        shared._serving_lock = threading.RLock()
         shared._answers = {}
         shared._command = [_AwaitedSocket(shared._new_socket())]
         shared._finalizer = weakref.finalize(shared, _abandoned, None, shared._ctx, shared._command, shared._pid)
@@ -325,8 +325,8 @@ class AsyncClient(_Connection):
         is not thread-safe, and two loops of two threads sharing one were seen to hang a call past its
         timeout (a loop not running, its call paused, is no obstacle)."""
         loop = running_loop()
-        with self._serving_lock:
-            if any(calls and other is not loop and other.is_running() for other, calls in self._serving.items()):
+        with self._serving_lock:  # (a copy: a ``_served`` of a collected call may run within, see there)
+            if any(calls and other is not loop and other.is_running() for other, calls in self._serving.copy().items()):
                 raise TigerError(
                     "this tiger.aio client is in use by an event loop running in another thread: a client serves one "
                     "event loop at a time; make one per thread (tiger.aio.connect, or AsyncClient.sharing(a tiger.Client))"
@@ -334,11 +334,17 @@ class AsyncClient(_Connection):
             self._serving.setdefault(loop, set()).add(me)
 
     def _served(self, me: object) -> None:
-        """The call ``me`` no longer uses the socket (not using it, refused say: nothing)."""
+        """The call ``me`` no longer uses the socket (not using it, refused say: nothing).
+
+        Said in the ``finally`` of a call's coroutine, which the garbage collector runs when it collects
+        the coroutine of a task whose event loop was closed under it: at any allocation of any thread, so
+        maybe inside ``_serve`` or ``_served`` holding the lock (a plain lock hung the process on Python
+        3.13, in a test running a loop per test). So the lock is re-entrant, and the dict is walked as a
+        copy (``dict.copy`` runs no Python code) and changed only where the entry is still the one seen."""
         with self._serving_lock:
-            for loop, calls in list(self._serving.items()):
+            for loop, calls in self._serving.copy().items():
                 calls.discard(me)
-                if not calls:
+                if not calls and self._serving.get(loop) is calls:
                     del self._serving[loop]
 
     def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float, float]:
@@ -429,6 +435,11 @@ class AsyncClient(_Connection):
             elif own:
                 self.replica.call_failed(req_id)
             raise
+        except GeneratorExit:  # its coroutine closed (collected, its loop closed under it): see ``Replica.later``
+            self._in_flight.discard(req_id)
+            left = (req_id, own, (payload, deadline) if sent else None, reply if answered else None, received)
+            self.replica.later(lambda: self._raised(*left))
+            raise
         except BaseException:
             self._in_flight.discard(req_id)  # (an answer of its own read below is not for a call on another loop)
             self._raised(req_id, own, (payload, deadline) if sent else None, reply if answered else None, received)
@@ -472,6 +483,12 @@ class AsyncClient(_Connection):
                 await asyncio.sleep(0)  # the calls waiting for the socket go first
         except (TigerError, zmq.ZMQError):  # (an undecodable answer, the socket closed under it): the replica
             pass  # asks the writer. (Not any Exception: a signal handler's is not swallowed.)
+        except GeneratorExit:  # its coroutine closed (collected, its loop closed under it): see ``Replica.later``
+            entry = self._unanswered.pop(req_id, None)
+            if entry is not None:
+                left = (req_id, *entry)
+                self.replica.later(lambda: self.replica.call_failed(req_id, left))
+            raise
         finally:
             entry = self._unanswered.pop(req_id, None)
             if entry is not None:
@@ -516,6 +533,9 @@ class AsyncClient(_Connection):
             reply = await self._request(request, deadline, own=True)
             await self._caught_up(reply, deadline, own=True)
         except asyncio.CancelledError:  # (a call cancelled unanswered is finished by ``_answer_later``)
+            raise
+        except GeneratorExit:  # its coroutine closed (collected, its loop closed under it): see ``Replica.later``
+            self.replica.later(lambda: self.replica.answer_left(request.req_id, reply))  # type: ignore[union-attr]
             raise
         except BaseException:  # (a signal between the answer and its deposit: as ``Client._write``)
             self.replica.answer_left(request.req_id, reply)  # type: ignore[union-attr]
