@@ -1447,3 +1447,196 @@ def test_a_run_whose_writer_was_killed_says_so_in_its_summary(pytester, mode):
     assert len(summary) == 1, result.outlines
     assert re.search(r"tiger: the run's writer \(pid \d+\) ended during the run", summary[0])
     assert any("nothing listens there" in line for line in result.outlines), result.outlines  # the failure says why
+
+
+# -- a test item run more than once in one session -------------------------------------------------
+# pytest-rerunfailures (and flaky) run the runtest protocol again on the same item; pytest-retry sets it up
+# again inside its call's report; pytest-flakefinder runs copies of a unittest item that share its stash.
+
+ATTEMPTS = """
+import json, os
+import tiger
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def attempt(name, **seen):
+    \"\"\"This run's number (1, 2, ...) and what it saw, noted in $PLUGIN_RUNS_DIR/NAME (one JSON line per run).\"\"\"
+    path = os.path.join(D, name)
+    with open(path, "a") as f:
+        f.write(json.dumps({"current": tiger.current_namespace(), **seen}) + "\\n")
+    with open(path) as f:
+        return len(f.read().splitlines())
+"""
+
+RERUN_WRITES = (
+    ATTEMPTS
+    + """
+import pytest
+
+@pytest.mark.flaky(reruns=2)
+def test_1_flaky(tiger_client, tiger_namespace):
+    orders = tiger_client.table("orders")
+    n = attempt("attempts", fixture=tiger_namespace, seen=sorted(r["id"] for r in orders.all()))
+    orders.insert({"id": f"ord_{n}"})
+    assert n == 3, "fails on its first two runs"
+
+def test_2_after(tiger_client, tiger_namespace):
+    tiger_client.sync()
+    with tiger.namespace("global"):
+        in_global = tiger_client.table("orders").count()
+    attempt("after", left=[ns for ns in tiger_client.namespaces() if "test_1" in ns], in_global=in_global)
+"""
+)
+
+
+def noted(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in lines(path)]
+
+
+def held(url: str) -> dict[str, dict[str, int]]:
+    """The records a writer holds, table -> namespace -> count (tiger's own tables left out)."""
+    with tiger.connect(url) as client:
+        client.sync()
+        counts = client.replica.store.counts()
+    return {t: {ns: n for ns, n in spaces.items() if n} for t, spaces in counts.items() if not t.startswith("tiger.")}
+
+
+def check_each_run_had_an_empty_namespace_of_its_own(runs: list[dict[str, object]], expected: int) -> None:
+    assert len(runs) == expected, runs
+    for run_ in runs:
+        assert run_["current"] != "global" and run_["current"] == run_.get("fixture", run_["current"]), runs
+        assert run_.get("seen", []) == [], runs  # nothing of an earlier run (nor of "global")
+    assert len({run_["current"] for run_ in runs}) == expected, runs  # a namespace of each run's own
+
+
+@XDIST_OR_NOT
+def test_a_rerun_test_wrote_into_global_and_was_never_cleaned(pytester, tmp_path, mode):
+    # A user trial: with pytest-rerunfailures, the plugin entered a test's namespace only on its first run (the
+    # item's stash already named it on the next): the reruns wrote into "global", and nothing dropped it.
+    pytester.makepyfile(test_rerun=RERUN_WRITES)
+    with tiger.serve() as server:
+        extra = ["--dist", "loadfile"] if mode[0] == "-n" else []  # (test_2 after test_1's last run)
+        result = run(pytester, *mode, *extra, "-p", "no:randomly", "--tiger-url", server.url)
+        assert result.parseoutcomes() == {"passed": 2, "rerun": 2}, result.outlines
+        check_each_run_had_an_empty_namespace_of_its_own(noted(tmp_path / "attempts"), 3)
+        assert noted(tmp_path / "after")[0]["left"] == [] and noted(tmp_path / "after")[0]["in_global"] == 0
+        assert held(server.url) == {}  # nothing of any run in any namespace, "global" included
+
+
+def test_with_tiger_keep_a_rerun_wrote_into_global_and_the_report_named_the_first_runs_namespace(pytester, tmp_path):
+    # --tiger-keep keeps each run's records: in a namespace of each run's own, each failed run's report naming
+    # the namespace it wrote into (the reruns wrote into "global", and each report named the first run's).
+    pytester.makepyfile(test_rerun=RERUN_WRITES.replace("assert n == 3", "assert n == 4"))  # every run fails
+    with tiger.serve() as server:
+        result = run(pytester, "-p", "no:xdist", "-p", "no:randomly", "--tiger-url", server.url, "--tiger-keep")
+        assert result.parseoutcomes() == {"failed": 1, "passed": 1, "rerun": 2}, result.outlines
+        runs = noted(tmp_path / "attempts")
+        check_each_run_had_an_empty_namespace_of_its_own(runs, 3)
+        orders = held(server.url)["orders"]
+        assert "global" not in orders
+        with tiger.connect(server.url) as client:
+            client.sync()
+            for n, run_ in enumerate(runs, 1):
+                assert [r["id"] for r in client.table("orders").all(namespace=str(run_["current"]))] == [f"ord_{n}"]
+        result.stdout.fnmatch_lines([f"*namespace kept: {runs[-1]['current']}"])  # the final failure's own
+
+
+RUN_TWICE = """
+from _pytest.runner import runtestprotocol
+
+def pytest_runtest_protocol(item, nextitem):  # each test twice, as a rerun plugin or a flake hunter does
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for _ in range(2):
+        runtestprotocol(item, nextitem=nextitem)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+RUN_TWICE_TESTS = (
+    ATTEMPTS
+    + """
+def test_asks(tiger_client, tiger_namespace):
+    orders = tiger_client.table("orders")
+    attempt("asks", fixture=tiger_namespace, seen=sorted(r["id"] for r in orders.all()))
+    orders.insert({"id": "ord_1"})
+
+def test_asks_in_its_body(tiger_client, request):
+    name = request.getfixturevalue("tiger_namespace")
+    orders = tiger_client.table("orders")
+    attempt("in-body", fixture=name, seen=sorted(r["id"] for r in orders.all()))
+    orders.insert({"id": "ord_1"})
+"""
+)
+
+
+def test_a_test_run_twice_by_a_plugin_wrote_its_second_run_into_global(pytester, tmp_path):
+    # A plugin running an item's protocol twice (pytest-rerunfailures, flaky): the second run wrote into
+    # "global", whether the test asked for tiger_namespace in its signature or through getfixturevalue.
+    pytester.makeconftest(RUN_TWICE)
+    pytester.makepyfile(test_twice=RUN_TWICE_TESTS)
+    with tiger.serve() as server:
+        result = run(pytester, "-p", "no:xdist", "--tiger-url", server.url)
+        assert result.ret == pytest.ExitCode.OK, result.outlines
+        check_each_run_had_an_empty_namespace_of_its_own(noted(tmp_path / "asks"), 2)
+        check_each_run_had_an_empty_namespace_of_its_own(noted(tmp_path / "in-body"), 2)
+        assert held(server.url) == {}
+
+
+RERUN_SESSION_FIXTURE = (
+    ATTEMPTS
+    + """
+import pytest
+
+@pytest.fixture(scope="session")
+def catalog(tiger_client):
+    n = attempt("catalog")
+    tiger_client.table("catalog").insert({"id": f"cat_{n}"})
+    if n == 1:
+        raise RuntimeError("flaky setup")
+    return tiger.current_namespace()
+
+@pytest.mark.flaky(reruns=1)
+def test_uses(catalog, tiger_namespace):
+    assert catalog != tiger_namespace
+"""
+)
+
+
+def test_a_session_fixture_set_up_again_for_a_rerun_wrote_into_global(pytester, tmp_path):
+    # pytest-rerunfailures sets a failed wider fixture up again for the rerun: the plugin, which had not entered
+    # the rerun's test, set it up in "global", not in the run's namespace (where its records live as long as the run).
+    pytester.makepyfile(test_fixture=RERUN_SESSION_FIXTURE)
+    with tiger.serve() as server:
+        result = run(pytester, "-p", "no:xdist", "--tiger-url", server.url)
+        assert result.parseoutcomes() == {"passed": 1, "rerun": 1}, result.outlines
+        setups = noted(tmp_path / "catalog")
+        assert [s["current"] for s in setups] == [setups[0]["current"]] * 2, setups
+        assert str(setups[0]["current"]).startswith("tiger-run:"), setups
+        assert held(server.url) == {}
+
+
+FLAKEFINDER_UNITTEST = (
+    ATTEMPTS
+    + """
+import unittest
+
+class TestOrders(unittest.TestCase):
+    def test_writes(self):
+        with tiger.connect() as client:
+            orders = client.table("orders")
+            attempt("attempts", seen=sorted(r["id"] for r in orders.all()))
+            orders.insert({"id": "ord_1"})
+"""
+)
+
+
+def test_a_unittest_test_copied_by_pytest_flakefinder_wrote_its_copies_into_global(pytester, tmp_path):
+    # pytest-flakefinder runs a unittest test N times as copies of its item, which share the item's stash: the
+    # plugin took each copy's test as entered already (tiger_isolate), and the copies wrote into "global".
+    pytester.makeini("[pytest]\ntiger_isolate = true\n")
+    pytester.makepyfile(test_unit=FLAKEFINDER_UNITTEST)
+    with tiger.serve() as server:
+        result = run(pytester, "-p", "no:xdist", "--tiger-url", server.url, "--flake-finder", "--flake-runs", "3")
+        assert result.parseoutcomes() == {"passed": 3}, result.outlines
+        check_each_run_had_an_empty_namespace_of_its_own(noted(tmp_path / "attempts"), 3)
+        assert held(server.url) == {}

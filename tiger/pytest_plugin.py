@@ -17,7 +17,8 @@ Theory of operation: the plugin is one lifecycle, in this order.
    controller ends, even by SIGKILL), and in a session of its own (the terminal's Ctrl-C does not
    reach it). ``TIGER_URL`` is set in the process from then on. Seed files load once per run.
    A writer that cannot be reached ends the run with one line (no traceback).
-3. **Each test** with a namespace (``tiger_namespace``, ``tiger_isolate``) gets ``RUN:WORKER::NODEID``.
+3. **Each test** with a namespace (``tiger_namespace``, ``tiger_isolate``) gets ``RUN:WORKER::NODEID``
+   (each further run of it in the process, a rerun: ``RUN:WORKER::NODEID (run N)``, empty).
    It is the process's default namespace while the test runs (threads the test starts write into it;
    a ``tiger.namespace()`` block still overrides it), and it is dropped after the test.
 4. **End of run**. The teardowns of generator ``tiger_once`` factories run once each, in the process
@@ -219,7 +220,8 @@ class _Run:
         self._previous_env: str | None = None
         self.waited = False  # the controller waited for the builders' teardowns
         self._built: dict[str, str] = {}  # once keys with a teardown built here -> their outcome (None: not run yet)
-        self._entered: tuple[pytest.Item, Callable[[], None]] | None = None  # the test whose namespace is the default
+        self._entered: tuple[pytest.Item, str, Callable[[], None]] | None = None  # the test run whose namespace is the default
+        self._runs: dict[str, int] = {}  # node id -> how many times a test of that id entered its namespace here
         self.report: list[str] = []  # the end-of-run lines (the controller's summary)
         self.exit_code: pytest.ExitCode | None = None  # what the end of the run calls for, beyond the tests' own
 
@@ -351,25 +353,36 @@ class _Run:
 
     # -- 3. each test ----------------------------------------------------------------
 
-    def namespace_for(self, item: pytest.Item) -> str:
-        """A namespace unique to this test in this run: run id, worker id and node id (hashed down when too long)."""
+    def namespace_for(self, item: pytest.Item, run: int = 1) -> str:
+        """A namespace unique to this run of this test in this run of pytest: run id, worker id and node id
+        (hashed down when too long), then `` (run N)`` from a test's second run in the process on."""
         name = f"{self.id}:{self.worker}::{item.nodeid}"
-        if len(name) > 200:
-            digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        suffix = "" if run == 1 else f" (run {run})"
+        if len(name) + len(suffix) > 200:
+            digest = hashlib.sha1(f"{name}{suffix}".encode()).hexdigest()[:12]
             name = f"{name[:150]}...{digest}"
-        return name
+        return f"{name}{suffix}"
 
     def enter_test(self, item: pytest.Item) -> str:
-        """Make the test's namespace the process's default namespace until ``leave_test``."""
-        name = item.stash.get(_namespace_key, None)
-        if name is not None:
-            return name
+        """Make a namespace of this run of the test's own the process's default namespace until ``leave_test``.
+
+        A test item can run more than once in a session: pytest-rerunfailures and flaky run its protocol
+        again, pytest-retry sets it up again within its call, pytest-flakefinder runs copies of a unittest
+        item that share its stash. Each run gets a namespace of its own, empty (the first run's is named as
+        ever, the next ``NAME (run 2)``, ...): a rerun never sees what an earlier run left (``--tiger-keep``,
+        a drop that failed) and each failed run's report names its own. Entered is this run, not the item's
+        stash (the next run found the first run's name there and entered nothing: it wrote into "global")."""
+        if self._entered is not None:
+            if self._entered[0] is item:  # this run's, already (tiger_namespace asked for after the setup)
+                return self._entered[1]
+            self.leave_test()  # a test left unended (no teardown reached the plugin): not the next one's default
         _keep_modules(activate=True)
         from tiger._client import push_default_namespace
 
-        name = self.namespace_for(item)
-        item.stash[_namespace_key] = name
-        self._entered = (item, push_default_namespace(name))
+        run = self._runs[item.nodeid] = self._runs.get(item.nodeid, 0) + 1
+        name = self.namespace_for(item, run)
+        item.stash[_namespace_key] = name  # (this run's, for its reports)
+        self._entered = (item, name, push_default_namespace(name))
         return name
 
     @property
@@ -383,12 +396,12 @@ class _Run:
         each worker of an interrupted run the client's timeout here)."""
         if self._entered is None:
             return
-        item, restore = self._entered
+        _, name, restore = self._entered
         self._entered = None
         restore()
         if drop and self.url is not None and not self.config.getoption("--tiger-keep"):
             with contextlib.suppress(TigerError):  # the writer gone (its data with it): the test's own errors say so
-                self.client().drop_namespace(item.stash[_namespace_key])
+                self.client().drop_namespace(name)
 
     # -- once ------------------------------------------------------------------------
 
@@ -964,14 +977,11 @@ def tiger_aclient(tiger_client: Client, tiger_namespace: str) -> Iterator[AsyncC
 
 @pytest.fixture
 def tiger_namespace(request: pytest.FixtureRequest) -> str:
-    """A namespace of this test's own (``RUN:WORKER::NODEID``): the default namespace of every thread of
-    the process from setup to teardown, dropped afterwards."""
+    """A namespace of this test's own (``RUN:WORKER::NODEID``; a rerun's: ``... (run N)``): the default
+    namespace of every thread of the process from setup to teardown, dropped afterwards."""
     run = request.config.stash[_run_key]
     run.demand()
-    name = request.node.stash.get(_namespace_key, None)
-    if name is None:  # requested dynamically (getfixturevalue): current from now on
-        name = run.enter_test(request.node)
-    return name  # type: ignore[no-any-return]
+    return run.enter_test(request.node)  # (entered at setup; requested dynamically, getfixturevalue: from now on)
 
 
 @pytest.fixture(autouse=True)
