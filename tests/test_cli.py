@@ -281,3 +281,24 @@ def test_compact_and_stats_of_a_paused_writer_wait_their_timeout_and_say_why(tmp
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
+
+
+def test_a_non_utf8_data_directory_given_to_tiger_serve_killed_it_at_the_first_tiger_stats(tmp_path):
+    # the user trial's fault through the command line: the path in the stats answer could not be encoded, and
+    # the writer died of it (tiger stats waited out its timeout). It is served; stats shows it escaped.
+    data = os.fsencode(tmp_path) + b"/data-\xff"
+    url = f"ipc://{tmp_path}/w"
+    proc = subprocess.Popen(
+        [*TIGER, "serve", f"--url={url}", b"--data=" + data, f"--owner-pid={os.getpid()}"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert read_line(proc) == f"tiger writer serving at {url}\n"
+        out = subprocess.run([*TIGER, "stats", "--url", url, "--timeout", "3"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        with tiger.connect(url) as client:
+            assert client.stats()["data"]["path"] == f"{tmp_path}/data-\\xff"
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0 and os.path.isdir(data)

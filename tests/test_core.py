@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import gc
 import itertools
+import os
 import time
 from typing import Any
 
@@ -481,6 +482,24 @@ def test_a_full_disk_refuses_the_write_changes_nothing_and_says_why():
     assert type(reply) is p.Failed and reply.kind == "disk" and "No space left on device" in reply.message
     assert rig.records() == [1] and rig.core.seq == 1
     assert rig.core.stats(rig.now)["data"]["fault"] is not None
+
+
+def test_a_disk_fault_naming_a_data_path_not_utf8_killed_the_writer():
+    # the writer's own data path (a name that is not UTF-8, as os.fsdecode holds it) in an error it answered,
+    # or in its stats, could not be encoded: the writer died of its own configuration
+    disk = FakeDisk()
+    disk.path = os.fsdecode(b"/data-\xff")
+
+    def append(payload: bytes) -> None:
+        raise OSError(f"{disk.path}/log.0 is not open")
+
+    disk.append = append  # type: ignore[method-assign]
+    rig = Rig(disk)
+    reply = rig.call(ALICE, insert(1))
+    assert type(reply) is p.Failed and reply.kind == "disk" and "/data-\\xff/log.0 is not open" in reply.message
+    stats = rig.call(ALICE, p.Stats(2))
+    assert type(stats) is p.Ok and stats.result["data"]["path"] == "/data-\\xff"
+    assert "/data-\\xff/log.0" in stats.result["data"]["fault"]
 
 
 def test_reads_snapshots_and_syncs_go_on_during_a_disk_fault():

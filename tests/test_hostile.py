@@ -934,6 +934,26 @@ def test_a_once_value_with_a_non_utf8_str_failed_naming_no_field(client, ns):
         client.once(f"bad-value-{ns}", lambda: {"path": BAD})
 
 
+@pytest.mark.parametrize("given", ["str", "bytes"])
+def test_a_non_utf8_data_path_killed_the_writer_at_its_first_stats(tmp_path, given):
+    """A user trial: serve(data=...) of a directory whose name is not UTF-8 (as os.listdir gives it) started a
+    writer that died at its first stats (the path went into the answer, which msgpack could not encode), and
+    serve() waited out its timeout for an answer; data=b"..." the same. Such a directory is served (the os
+    functions take it), and stats shows its name with the undecodable bytes escaped."""
+    raw = os.fsencode(tmp_path) + b"/data-\xff"
+    data = raw if given == "bytes" else os.fsdecode(raw)
+    url = f"ipc://{tmp_path}/w"
+    for turn in ("written", "kept"):
+        with tiger.serve(url, timeout=5.0, data=data) as server, tiger.connect(url) as client:
+            assert client.stats()["data"]["path"] == f"{tmp_path}/data-\\xff"
+            if turn == "written":
+                client.table("t").insert({"id": "a"})
+            else:
+                assert [r["id"] for r in client.table("t").all()] == ["a"]
+            assert server.running
+    assert os.path.isdir(raw)
+
+
 # -- 9. a check the client could make first ----------------------------------------------------------------
 
 

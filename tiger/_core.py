@@ -113,7 +113,7 @@ def _message_of(error: BaseException) -> str:
     """What an answer says of an error: never empty (``MemoryError()`` says nothing by itself)."""
     if isinstance(error, MemoryError):
         return "the writer is out of memory; nothing was applied"
-    return str(error) or type(error).__name__
+    return p.wire_text(str(error) or type(error).__name__)  # (an OSError's own message may hold the data path)
 
 
 _HELD = b""  # a kept answer whose group is held (its fsync failed): a resend gets no answer yet
@@ -635,7 +635,7 @@ class WriterCore:
             assert self.disk is not None
             log.error("cannot write to %s (%s): writes are refused until it can again; reads go on", self.disk.path, why)
             self._disk_retry_every = DISK_RETRY_FIRST
-        self.disk_fault = why
+        self.disk_fault = p.wire_text(why)  # (stats and refusals say it: it may hold the data path)
         self._disk_retry_at = now + self._disk_retry_every
 
     def _recover(self, now: float) -> None:
@@ -757,7 +757,12 @@ class WriterCore:
             self._checksums.pop(0)
             for waiter, figures in job.waiters:
                 figures["checksum"] = job.crc
-                self._answer(waiter, p.ok_bytes(waiter.req_id, self.epoch, job.seq, None, figures))
+                try:
+                    answer: bytes | p.Failed = p.ok_bytes(waiter.req_id, self.epoch, job.seq, None, figures)
+                except Exception as e:  # the writer never dies of its own stats (it did of a data path not UTF-8)
+                    log.exception("internal error answering stats")
+                    answer = p.Failed(0, "internal", f"the stats could not be sent: {_message_of(e)}"[:MAX_ERROR])
+                self._answer(waiter, answer)
 
     def _waiter(self, envelope: list[bytes], req_id: int, call: p.Call | None, now: float, wall: float) -> _Waiter:
         """A request to answer later: named by its call (a resend is the same), or by its socket and req id."""
@@ -768,7 +773,7 @@ class WriterCore:
     def _answer(self, waiter: _Waiter, answer: bytes | p.Failed) -> None:
         """Answer a request later than its group (a call's answer kept for a resend, while its client is known)."""
         if type(answer) is p.Failed:
-            answer = p.encode_reply(p.Failed(waiter.req_id, answer.kind, answer.message))
+            answer = p.encode_reply(p.Failed(waiter.req_id, answer.kind, p.wire_text(answer.message)))
         assert type(answer) is bytes
         key = waiter.key
         if type(key) is _CallKey and (key.client_id in self.clients or key.client_id in self.answered):
@@ -793,7 +798,7 @@ class WriterCore:
             "data": None
             if disk is None
             else {
-                "path": disk.path,
+                "path": p.wire_text(disk.path),  # a name that is not UTF-8 escaped (the answer is text)
                 "fsync": disk.fsync,
                 "log_bytes": disk.size,
                 "fault": self.disk_fault,

@@ -1185,6 +1185,21 @@ _UNENCODABLE = (
 )
 
 
+def wire_text(text: str) -> str:
+    """``text`` (a message, a path of the writer's own) as a str UTF-8 can carry: itself, or with what it
+    cannot escaped, the bytes of a name that is not UTF-8 (as os.fsdecode holds them) as ``\\xff``, any
+    other lone surrogate as ``\\udc80``. The writer's stats and error answers go through it: a data
+    directory whose name was not UTF-8 made the first ``stats`` answer unencodable, and the writer died."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def unencodable(request: Request) -> str:
     """Where a request holds a str that UTF-8 cannot encode (a lone surrogate, as ``os.fsdecode`` makes of
     undecodable bytes), as the ValueError message naming the field; msgpack's own error names none."""
