@@ -954,6 +954,18 @@ def test_a_non_utf8_data_path_killed_the_writer_at_its_first_stats(tmp_path, giv
     assert os.path.isdir(raw)
 
 
+def test_a_writer_that_could_not_bind_left_the_data_directory_it_made_behind(tmp_path):
+    """A start that failed at its bind (the url in use) left the data directory it had made, with its lock and
+    empty log: it removes what it made now; a directory that was there before stays."""
+    url = f"ipc://{tmp_path}/w"
+    (tmp_path / "there").mkdir()
+    with tiger.serve(url, timeout=5.0):
+        for data in (tmp_path / "new" / "data", tmp_path / "there"):
+            with pytest.raises(tiger.TigerError, match="exited with code 2 before it was ready"):
+                tiger.serve(url, timeout=5.0, data=data)
+    assert not (tmp_path / "new").exists() and (tmp_path / "there").is_dir()
+
+
 # -- 9. a check the client could make first ----------------------------------------------------------------
 
 

@@ -108,6 +108,10 @@ class DataDir:
         self.path = os.path.abspath(path)
         self.fsync = fsync
         self.compact_bytes = compact_bytes
+        self.made: str | None = None  # the outermost directory of the path this start made, if any
+        missing = self.path
+        while not os.path.lexists(missing) and os.path.dirname(missing) != missing:
+            self.made, missing = missing, os.path.dirname(missing)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -287,6 +291,23 @@ class DataDir:
         self._snapshot_generation = generation
         with contextlib.suppress(OSError):  # (removed later, at the next start, if not now)
             self._remove_stale()
+
+    def remove_made(self) -> None:
+        """Undo a start that failed after this made the directory (a writer that could not bind): remove the
+        files it made there and the directories it made, each only if empty then. Call after ``close``."""
+        if self.made is None:
+            return
+        with contextlib.suppress(OSError):
+            for name in ("lock", "log.0"):
+                path = os.path.join(self.path, name)
+                if name == "lock" or os.path.getsize(path) == 0:
+                    os.remove(path)
+            directory = self.path
+            while True:
+                os.rmdir(directory)
+                if directory == self.made:
+                    break
+                directory = os.path.dirname(directory)
 
     def close(self) -> None:
         if self.compaction is not None:

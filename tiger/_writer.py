@@ -210,7 +210,10 @@ class Writer:
             self.router.bind(url)
             self.pub.bind(publish_endpoint(url))
         except BaseException:
+            data_dir = self.data
             self.close()
+            if data_dir is not None:  # a failed start leaves no data directory it made behind
+                data_dir.remove_made()
             raise
         self._files_logged = -FILES_LOG_EVERY  # when the writer last said it was near its limit on open files
         self.outgoing = Outgoing(self._send, stall=STALL if snapshot_stall is None else snapshot_stall)
