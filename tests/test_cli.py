@@ -302,3 +302,17 @@ def test_a_non_utf8_data_directory_given_to_tiger_serve_killed_it_at_the_first_t
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
     assert proc.returncode == 0 and os.path.isdir(data)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--url", "ipc:///"], "url: an ipc path must name a socket file, not a directory: 'ipc:///'"),
+        (["--url", "ipc:///nowhere/x", "--data", "d" * 256], "--data: a path may be at most"),  # exit 3, the writer's
+    ],
+    ids=["ipc-root", "data-name-too-long"],
+)
+def test_serve_refuses_an_odd_path_before_it_starts(arguments, message):
+    # ipc:/// was reported as "cannot bind ipc:///: Address already in use" (libzmq's word for a directory)
+    out = subprocess.run([*TIGER, "serve", *arguments], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and message in out.stderr and "already in use" not in out.stderr, out.stderr

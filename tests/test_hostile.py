@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -952,6 +954,74 @@ def test_a_non_utf8_data_path_killed_the_writer_at_its_first_stats(tmp_path, giv
                 assert [r["id"] for r in client.table("t").all()] == ["a"]
             assert server.running
     assert os.path.isdir(raw)
+
+
+@pytest.mark.parametrize("field", ["data", "curve_secret"])
+def test_a_path_beginning_with_a_dash_was_read_as_an_option_of_the_writers_command_line(tmp_path, monkeypatch, field):
+    """serve(data="-foo") handed the path to the writer's command line as a word of its own, which the writer
+    read as an unknown option ("expected one argument"), and the same of every other value: each is joined to
+    its option by "=" now."""
+    from tiger._cli import keygen
+
+    monkeypatch.chdir(tmp_path)
+    if field == "data":
+        with tiger.serve(f"ipc://{tmp_path}/w", timeout=5.0, data="-data") as server, tiger.connect(server.url) as client:
+            client.table("t").insert({"id": "a"})
+        assert (tmp_path / "-data" / "log.0").is_file()
+    else:
+        public = keygen(str(tmp_path))
+        os.rename(tmp_path / "tiger.key", tmp_path / "-key")
+        with tiger.serve("tcp://127.0.0.1:*", timeout=5.0, curve_secret="-key") as server:
+            with tiger.connect(server.url, server_key=public) as client:
+                client.table("t").insert({"id": "a"})
+
+
+@pytest.mark.parametrize(
+    ("given", "error", "message"),
+    [
+        ({"data": "x\0y"}, ValueError, r"^data: a path cannot hold a NUL character"),  # Popen's bare "embedded null byte"
+        ({"curve_secret": "k\0"}, ValueError, r"^curve_secret: a path cannot hold a NUL character"),
+        ({"data": 5}, TypeError, r"^data must be a path \(str, bytes or os\.PathLike\), not int$"),
+        ({"data": ""}, ValueError, r"^data must name a directory"),  # the writer refused it: TigerError
+        ({"data": "d" * 256}, ValueError, r"^data: a path may be at most \d+ bytes .*its longest name 256"),  # the writer's
+        ({"curve_secret": "missing.key"}, FileNotFoundError, "missing.key"),
+        ({"curve_secret": "binary.key"}, ValueError, r"'binary\.key' holds no 'secret: "),  # a bare UnicodeDecodeError
+    ],
+    ids=["nul-data", "nul-secret", "data-int", "data-empty", "data-name-too-long", "secret-missing", "secret-binary"],
+)
+def test_a_bad_path_given_to_serve_raised_naming_no_field_or_left_its_temp_dir_behind(
+    tmp_path, monkeypatch, given, error, message
+):
+    """Each raises in the caller, naming the field, before anything is made or started: a NUL raised Popen's bare
+    ValueError, a secret that cannot be read the error of its own, and either left serve()'s temporary directory
+    behind (made before they were looked at); a name too long, or none, started a writer to refuse it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where serve() makes its directory
+    assert len(os.fsencode(tmp_path)) + len("/tiger-01234567/w0000") <= 103  # (else it would go to /tmp)
+    (tmp_path / "binary.key").write_bytes(b"\xff\xfe not a key\n")
+    with pytest.raises(error, match=message):
+        tiger.serve(timeout=5.0, **given)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.key"]
+
+
+@pytest.mark.parametrize("path", ["/", "{tmp}/", "{tmp}", "@"], ids=["root", "slash", "directory", "abstract-empty"])
+def test_an_ipc_url_naming_a_directory_was_refused_as_address_already_in_use(tmp_path, path):
+    """ipc:/// started a writer that said "cannot bind ipc:///: Address already in use" (libzmq's word for a
+    directory); such a url is refused in the caller now, naming it."""
+    url = "ipc://" + path.format(tmp=tmp_path)
+    what = "an abstract ipc name" if path == "@" else "an ipc path must name a socket file, not a directory"
+    with pytest.raises(ValueError, match=rf"^url: {what}.*{re.escape(repr(url))}$"):
+        tiger.serve(url, timeout=5.0)
+
+
+def test_a_url_holding_a_nul_reached_the_writer_at_the_path_before_it(tmp_path):
+    """ZeroMQ reads a url as a C string: connect("ipc://DIR/w\\0other") reached the writer at DIR/w; a tcp url
+    not UTF-8 started a writer that refused it as not loopback. Both are refused in the caller, naming url."""
+    with tiger.serve(f"ipc://{tmp_path}/w", timeout=5.0):
+        with pytest.raises(ValueError, match=r"^url: a url cannot hold a NUL character"):
+            tiger.connect(f"ipc://{tmp_path}/w\0other", timeout=1.0)
+    with pytest.raises(ValueError, match=r"^url must be text UTF-8 can carry"):
+        tiger.serve("tcp://127.0.0.\udcff:*", timeout=5.0)
 
 
 def test_a_writer_that_could_not_bind_left_the_data_directory_it_made_behind(tmp_path):

@@ -11,8 +11,9 @@ from tiger._calls import check_seconds
 from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
+from tiger._paths import DATA_ROOM, check_path
 from tiger._protocol import Compact
-from tiger._server import check_url, ping, request_once, why_refused
+from tiger._server import check_bind_url, check_url, ping, request_once, why_refused
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
@@ -81,12 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            check_url(args.url)
+            check_bind_url(args.url)
             check_seconds(args.heartbeat, "--heartbeat", positive=True)
             if args.compact_bytes <= 0:
                 raise ValueError(f"--compact-bytes must be a number of bytes above 0, got {args.compact_bytes}")
             if args.data is not None and not args.data.strip():
                 raise ValueError("--data must name a directory (without --data the store is kept in memory only)")
+            if args.data is not None:  # (a name that is not UTF-8 is served: stats shows it escaped)
+                check_path(args.data, "--data", room=DATA_ROOM, names="a directory")
             return serve_forever(
                 args.url,
                 log_level=args.log_level.upper(),

@@ -6,7 +6,12 @@ from __future__ import annotations
 import os
 import tempfile
 
+from tiger._errors import shown
+
 IPC_PATH_MAX = 107 - len(".pub")  # bytes of an ipc path; the PUB socket's is the command path + ".pub"
+PATH_MAX = 4096 - 1  # bytes of a path the kernel takes (Linux's PATH_MAX holds its NUL)
+NAME_MAX = 255  # bytes of one name in a path (Linux's, and most file systems')
+DATA_ROOM = len("/snapshot.tmp")  # the longest name the writer puts in its data directory (tiger._log)
 _ROOM = len("/w0000")  # what tiger puts in such a directory: an endpoint name
 
 
@@ -60,4 +65,30 @@ def short_temp_dir(prefix: str) -> str:
     if not _fits(path):
         os.rmdir(path)
         path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    return path
+
+
+def check_path(value: object, field: str, *, room: int = 0, names: str = "a path") -> str:
+    """``value`` (a str, bytes or os.PathLike path) as the str a child process's command line and the
+    os functions take, a name that is not UTF-8 held as os.fsdecode gives it (it works: the writer's
+    messages show it escaped). ``TypeError`` for another type and ``ValueError`` for a path no process
+    could use, each naming ``field`` (and what it ``names``): empty, holding a NUL (a command line cannot carry it: Popen's bare
+    "embedded null byte"), or longer than the kernel takes once made absolute, with ``room`` bytes more
+    for the names put in it (a name past ``NAME_MAX`` bytes, the whole past ``PATH_MAX``)."""
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"{field} must be a path (str, bytes or os.PathLike), not {type(value).__name__}")
+    path = os.fspath(value)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path.strip():
+        raise ValueError(f"{field} must name {names}, got {path!r}")
+    if "\0" in path:
+        raise ValueError(f"{field}: a path cannot hold a NUL character (no command line or file name can): {shown(path)}")
+    whole = os.fsencode(os.path.abspath(path))
+    longest = max(map(len, whole.split(b"/")))
+    if longest > NAME_MAX or len(whole) + room > PATH_MAX:
+        raise ValueError(
+            f"{field}: a path may be at most {PATH_MAX - room} bytes made absolute, each name in it at most "
+            f"{NAME_MAX}; got {len(whole)} bytes, its longest name {longest}: {shown(path)}"
+        )
     return path

@@ -23,7 +23,7 @@ from zmq.utils import z85
 from tiger import _protocol as p
 from tiger._calls import check_seconds
 from tiger._errors import TigerError, Unavailable, shown
-from tiger._paths import IPC_PATH_MAX, path_bytes, short_temp_dir
+from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -36,8 +36,12 @@ def _stop_running() -> None:
 
 
 def check_url(url: object) -> str:
+    """``url`` if it is a tcp or ipc URL ZeroMQ can take as it reads it; ``TypeError``, or ``ValueError``
+    naming ``url``."""
     if type(url) is not str:
         raise TypeError(f"url must be a str, not {type(url).__name__}")
+    if "\0" in url:  # (ZeroMQ reads a C string: a NUL cut it short, and connect() reached the path before it)
+        raise ValueError(f"url: a url cannot hold a NUL character (ZeroMQ would read it only up to it): {shown(url)}")
     if url.startswith("ipc://"):
         path = url[len("ipc://") :]
         try:
@@ -46,13 +50,32 @@ def check_url(url: object) -> str:
             raise ValueError(f"url: an ipc path must be text UTF-8 can carry (ZeroMQ encodes it so): {shown(url)}") from None
         if not path or size > IPC_PATH_MAX:
             raise ValueError(f"url: an ipc path must be 1 to {IPC_PATH_MAX} bytes, got {size}: {shown(url)}")
+        if path.endswith("/"):  # (ipc:/// was reported as "Address already in use")
+            raise ValueError(f"url: an ipc path must name a socket file, not a directory: {shown(url)}")
+        if path == "@":
+            raise ValueError(f"url: an abstract ipc name (ipc://@NAME) must not be empty: {shown(url)}")
         return url
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"url must be text UTF-8 can carry (ZeroMQ encodes it so): {shown(url)}") from None
     if url.startswith("tcp://") and ":" in url[len("tcp://") :]:
         port = url.rsplit(":", 1)[1]
         if port != "*" and not (port.isdigit() and port.isascii() and len(port) <= 5 and int(port) <= 65535):  # (libzmq wraps)
             raise ValueError(f"url: a tcp port must be * or 0 to 65535, got {shown(port)}: {shown(url)}")
         return url
     raise ValueError(f"url must be tcp://HOST:PORT or ipc://PATH, got {shown(url)}")
+
+
+def check_bind_url(url: object) -> str:
+    """``check_url``, and for an ipc URL, that its path is no directory (libzmq said "Address already in
+    use" of one): what a writer can bind, checked before it is started."""
+    check_url(url)
+    assert isinstance(url, str)
+    path = url[len("ipc://") :] if url.startswith("ipc://") else ""
+    if path and not path.startswith("@") and os.path.isdir(path):
+        raise ValueError(f"url: an ipc path must name a socket file, not a directory: {shown(url)}")
+    return url
 
 
 class Server:
@@ -121,16 +144,19 @@ def serve(
     url: str | None = None,
     timeout: float = 10.0,
     *,
-    data: str | os.PathLike[str] | None = None,
+    data: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
     fsync: str = "everysec",
-    curve_secret: str | os.PathLike[str] | None = None,
+    curve_secret: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
 ) -> Server:
     """Start a writer process; return once it answers.
 
     ``url=None`` binds a fresh ipc endpoint in a private (0700) temporary directory.
     ``data=DIR`` keeps the store in DIR (``fsync``: "always", "everysec" or "never");
-    ``curve_secret`` is a key file from ``tiger keygen`` (required for non-loopback tcp).
-    The writer exits by itself when this process dies. ``timeout``: seconds to wait for it to answer
+    ``curve_secret`` is a key file from ``tiger keygen`` (required for non-loopback tcp). Each path is a
+    str, bytes or os.PathLike (a data directory whose name is not UTF-8 is served; ``stats()`` shows it
+    escaped); ``TypeError``/``ValueError`` naming the field, before anything is started, for another type,
+    an empty path, a NUL, one longer than the kernel takes, or a url ``connect`` would refuse or whose ipc
+    path is a directory. The writer exits by itself when this process dies. ``timeout``: seconds to wait for it to answer
     (``ValueError`` past a day, ``tiger.Unavailable`` when it does not answer in time).
     """
     check_seconds(timeout, "timeout", positive=True)
@@ -143,11 +169,11 @@ def start_writer(
     url: str | None = None,
     timeout: float = 10.0,
     *,
-    data: str | os.PathLike[str] | None = None,
+    data: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
     fsync: str = "everysec",
-    curve_secret: str | os.PathLike[str] | None = None,
+    curve_secret: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
     owner_pid: int | None = None,
-    log: str | os.PathLike[str] | None = None,
+    log: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
 ) -> Server:
     """``serve()`` without its wait: the writer process is started, ``Server.wait_ready()`` waits for it
     (and raises what ``serve()`` would) later, so its start overlaps other work. ``url`` is final at
@@ -162,38 +188,50 @@ def start_writer(
     unsupported = unsupported_environment()
     if unsupported is not None:
         raise TigerError(unsupported)
+    # every argument checked before anything is made or started: a bad one raises naming its field, and
+    # leaves no temporary directory behind (a NUL in data left one, and raised Popen's bare ValueError)
     if fsync not in ("always", "everysec", "never"):
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
+    if url is not None:
+        check_bind_url(url)
+    data_path = None if data is None else check_path(data, "data", room=DATA_ROOM, names="a directory")
+    secret_path = None if curve_secret is None else check_path(curve_secret, "curve_secret", names="a key file")
+    log_path = None if log is None else check_path(log, "log", names="a file")
+    server_key = None
+    if secret_path is not None:
+        from tiger._writer import read_secret_key
+
+        server_key = zmq.curve_public(read_secret_key(secret_path))
     tmpdir = None
     if url is None:
         tmpdir = short_temp_dir("tiger-")
         url = f"ipc://{tmpdir}/w"
-    check_url(url)
-    server_key = None
-    if curve_secret is not None:
-        from tiger._writer import read_secret_key
-
-        server_key = zmq.curve_public(read_secret_key(os.fspath(curve_secret)))
-    command = [sys.executable, "-m", "tiger", "serve", "--url", url, "--log-level", "warning"]
+    # each value joined to its option by "=": a path beginning with "-" (data="-foo") was read as an option
+    command = [sys.executable, "-m", "tiger", "serve", f"--url={url}", "--log-level=warning"]
     owned_here = owner_pid is None or owner_pid == os.getpid()
-    command += ["--owner-pid", str(os.getpid() if owner_pid is None else owner_pid)]
+    command += [f"--owner-pid={os.getpid() if owner_pid is None else owner_pid}"]
     if owned_here:
         command += ["--watch-stdin"]
     if tmpdir is not None:  # the writer removes it once stopped, in case this process was killed meanwhile
-        command += ["--made-dir", tmpdir]
-    if data is not None:
-        command += ["--data", os.fspath(data), "--fsync", fsync]
-    if curve_secret is not None:
-        command += ["--curve-secret", os.fspath(curve_secret)]
-    with open(log, "ab") if log is not None else contextlib.nullcontext() as log_file:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE if owned_here else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            close_fds=True,
-            start_new_session=True,
-        )
+        command += [f"--made-dir={tmpdir}"]
+    if data_path is not None:
+        command += [f"--data={data_path}", f"--fsync={fsync}"]
+    if secret_path is not None:
+        command += [f"--curve-secret={secret_path}"]
+    try:
+        with open(log_path, "ab") if log_path is not None else contextlib.nullcontext() as log_file:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE if owned_here else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                close_fds=True,
+                start_new_session=True,
+            )
+    except BaseException:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
     server = Server(url, process, tmpdir)
     server._pending = (time.monotonic() + timeout, timeout, server_key)
     if owned_here:

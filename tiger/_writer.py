@@ -99,14 +99,15 @@ def _made_files(*endpoints: tuple[str, str]) -> list[tuple[str, int]]:
 
 
 def read_secret_key(path: str) -> bytes:
-    """The z85 secret key from a file ``tiger keygen`` wrote."""
-    with open(path, encoding="ascii") as f:
+    """The z85 secret key from a file ``tiger keygen`` wrote; ``OSError`` if it cannot be read, ``ValueError``
+    naming it if it holds no such key (a binary file raised a bare UnicodeDecodeError)."""
+    with open(path, "rb") as f:
         for line in f:
-            if line.startswith("secret:"):
-                key = line.split(":", 1)[1].strip().encode()
-                if len(key) == 40:
+            if line.startswith(b"secret:"):
+                key = line.split(b":", 1)[1].strip()
+                if len(key) == 40 and key.isascii():
                     return key
-    raise ValueError(f"{path} holds no 'secret: <40 z85 characters>' line (make one with tiger keygen)")
+    raise ValueError(f"{path!r} holds no 'secret: <40 z85 characters>' line (make one with tiger keygen)")
 
 
 def _refuse_a_live_ipc_path(url: str) -> None:
@@ -116,6 +117,8 @@ def _refuse_a_live_ipc_path(url: str) -> None:
     writes the second acknowledged were lost with it). A stale file (connection refused) is left to
     libzmq, which replaces it; an abstract name (``@``) the kernel refuses by itself."""
     path = url[len("ipc://") :] if url.startswith("ipc://") else ""
+    if path and not path.startswith("@") and os.path.isdir(path):  # (libzmq: "Address already in use")
+        raise zmq.ZMQError(errno.EISDIR, f"{path} is a directory: an ipc path must name a socket file")
     if path and not path.startswith("@") and not path.endswith("*") and accepting(url) == "yes":
         raise zmq.ZMQError(errno.EADDRINUSE, f"Address already in use: a process accepts connections at {path} (a tiger writer?)")
 
