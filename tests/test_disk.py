@@ -1,17 +1,28 @@
 """A data directory that fills up or turns read-only (issue 11, item 4), on a real, small tmpfs: the
 writer stays up, refuses writes saying why, serves reads and snapshots, logs one line per state change,
-takes writes again once the directory works, and loses nothing it acknowledged."""
+takes writes again once the directory works, and loses nothing it acknowledged.
+
+And one whose files are removed, moved or replaced under the running writer (``rm -rf`` of it, a log
+unlinked or renamed over, the lock file removed): the writer refuses writes for good saying what became
+of which path, acknowledges nothing that went to a file gone from its path, and never writes into a
+directory made at that path since (a second writer's)."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
-from test_faults import cli_serve, stop
+from _util import read_line
+from test_faults import TIGER, cli_serve, stop, wait
 
 import tiger
+from tiger import _log
+from tiger import _protocol as p
 
 MIB = 1024 * 1024
 RECORD = {"blob": "x" * 20_000}  # about 20 kB packed: a 1 MiB disk fills within about 50 of them
@@ -106,3 +117,219 @@ def test_a_read_only_data_directory_is_refused_at_start_naming_why(small_disk, t
     )
     assert done.returncode == 3
     assert "cannot use the data directory" in done.stderr and "Read-only file system" in done.stderr
+
+
+# -- the data directory's files removed, moved or replaced under the writer ----------------------------
+
+
+def _refused_writes(table: tiger.Table, message: str) -> None:
+    """Writes are refused, now and again, with an error holding ``message`` (a regular expression)."""
+    for i in range(3):
+        with pytest.raises(tiger.TigerError, match=message + ".*nothing was applied.*restart it"):
+            table.insert({"id": f"refused{i}"})
+
+
+def _ids(data, tmp_path) -> set[str]:
+    """The ids a new writer started on ``data`` holds (the directory as it is on disk)."""
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/r", "--data", str(data))
+    try:
+        with tiger.connect(url) as client:
+            return {r["id"] for r in client.table("t").all()}
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_acknowledged_writes_were_lost_when_the_data_directory_was_removed(tmp_path, fsync):
+    """A user trial: ``rm -rf`` of the data directory under a running writer (a test suite's tmp cleanup).
+    Writes were acknowledged, under --fsync always too, while they went to an unlinked log: lost at the
+    next start. Now they are refused, naming the path and what happened, under every policy (a write
+    to an unlinked file is not even in the OS for a later start), and reads go on."""
+    data = tmp_path / "data"
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--fsync", fsync)
+    try:
+        with tiger.connect(url) as client:
+            table = client.table("t")
+            table.insert({"id": "before"})
+            shutil.rmtree(data)
+            removed = f"the data directory {data} was removed while this writer ran"
+            _refused_writes(table, re.escape(removed))
+            assert client.stats()["data"]["fault"] == removed
+            with tiger.connect(url) as reader:  # reads and joins go on, from what the writer holds
+                assert [r["id"] for r in reader.table("t").all()] == ["before"]
+            assert proc.poll() is None
+    finally:
+        err = stop(proc)
+    assert err.count("was removed while this writer ran: writes are refused until this writer is restarted") == 1, err
+    assert not data.exists()  # nor was it made again
+
+
+def test_an_idle_writer_did_not_notice_its_data_directory_was_removed(tmp_path):
+    """With no write coming, nothing checked the directory: ``stats`` said all was well. Its heartbeat checks
+    it now (one stat, twice a second)."""
+    data = tmp_path / "data"
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--fsync", "never")
+    try:
+        with tiger.connect(url) as client:
+            shutil.rmtree(data)
+            wait(lambda: client.stats()["data"]["fault"] is not None, what="the fault in stats")
+            assert client.stats()["data"]["fault"] == f"the data directory {data} was removed while this writer ran"
+    finally:
+        err = stop(proc)
+    assert "was removed while this writer ran" in err, err
+
+
+def test_a_compaction_of_a_writer_whose_directory_was_removed_wrote_over_a_second_writers_directory(tmp_path):
+    """The directory removed, a second writer started on its path (nothing can keep it out: its lock is a new
+    file in a new directory). The first writer's compaction, asked for or due, made its files by path: its
+    snapshot replaced the second writer's, and the second's log (an older generation) was removed with
+    every write it had acknowledged. Now every file is opened in the directory the writer opened, and the
+    compaction fails saying what became of it."""
+    data = tmp_path / "data"
+    first, url1 = cli_serve("--url", f"ipc://{tmp_path}/w1", "--data", str(data), "--fsync", "always")
+    second = None
+    try:
+        with tiger.connect(url1) as client:
+            client.table("t").insert({"id": "first"})
+        shutil.rmtree(data)
+        second, url2 = cli_serve("--url", f"ipc://{tmp_path}/w2", "--data", str(data), "--fsync", "always")
+        with tiger.connect(url2) as client:
+            client.table("t").insert({"id": "second"})
+            out = subprocess.run([*TIGER, "compact", "--url", url1], capture_output=True, text=True, timeout=30)
+            assert out.returncode == 1 and f"the data directory {data} was removed" in out.stderr, out
+            client.table("t").insert({"id": "second-after"})
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert _ids(data, tmp_path) == {"second", "second-after"}
+
+
+def test_two_writers_acknowledged_writes_for_one_path_after_its_data_directory_was_removed(tmp_path):
+    """The second writer on the path of a removed directory cannot be kept out; the first refuses every write
+    from then on (before: both acknowledged writes, and the first writer's were lost)."""
+    data = tmp_path / "data"
+    first, url1 = cli_serve("--url", f"ipc://{tmp_path}/w1", "--data", str(data), "--fsync", "always")
+    second = None
+    try:
+        with tiger.connect(url1) as client1:
+            client1.table("t").insert({"id": "first"})
+            shutil.rmtree(data)
+            second, url2 = cli_serve("--url", f"ipc://{tmp_path}/w2", "--data", str(data), "--fsync", "always")
+            with tiger.connect(url2) as client2:
+                client2.table("t").insert({"id": "second"})
+                _refused_writes(client1.table("t"), "was removed while this writer ran")
+                client2.table("t").insert({"id": "second-after"})
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert _ids(data, tmp_path) == {"second", "second-after"}
+
+
+def _start_refused(tmp_path, data) -> str:
+    """Start a writer on ``data`` that must be refused: its stderr (one that starts fails the test)."""
+    command = [*TIGER, "serve", "--owner-pid", str(os.getpid()), "--url", f"ipc://{tmp_path}/w2", "--data", str(data)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = read_line(proc, 30)
+    if line.startswith("tiger writer serving at"):
+        stop(proc)
+        pytest.fail(f"a second writer started on {data}, whose first writer runs")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    return err
+
+
+def test_a_second_writer_started_on_a_data_directory_whose_lock_file_was_removed(tmp_path):
+    """``rm DIR/lock`` under a running writer: a second writer made a new lock file, locked it and started on
+    the same directory (two writers appending to one log). The writer now also holds a lock on the directory
+    itself, which no removal of a file inside it lets go, and makes the lock file again."""
+    data = tmp_path / "data"
+    first, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--fsync", "always")
+    try:
+        with tiger.connect(url) as client:
+            client.table("t").insert({"id": "before"})
+            os.unlink(data / "lock")
+            in_use = rf"{re.escape(str(data))} is in use by the tiger writer with pid ({first.pid}|unknown)"
+            assert re.search(in_use, _start_refused(tmp_path, data))  # (unknown: the lock file is not made again yet)
+            lock = data / "lock"
+            wait(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), what="the lock file made again")
+            assert f"is in use by the tiger writer with pid {first.pid}" in _start_refused(tmp_path, data)
+            client.table("t").insert({"id": "after"})  # its own files are in place: it goes on
+            assert client.stats()["data"]["fault"] is None
+    finally:
+        err = stop(first)
+    assert f"{data / 'lock'} was removed or replaced while this writer ran: made again" in err, err
+    assert _ids(data, tmp_path) == {"before", "after"}
+
+
+@pytest.mark.parametrize("then", ["moved", "copied back"])
+def test_acknowledged_writes_went_to_a_data_directory_moved_away_under_the_writer(tmp_path, then):
+    """``mv DIR elsewhere`` (and perhaps a copy of it put back at DIR) under a running writer: its writes went
+    on into the moved directory, acknowledged, and a start on DIR did not have them."""
+    data, moved = tmp_path / "data", tmp_path / "moved"
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--fsync", "always")
+    try:
+        with tiger.connect(url) as client:
+            table = client.table("t")
+            table.insert({"id": "before"})
+            os.rename(data, moved)
+            what = f"the data directory {data} was moved to {moved} while this writer ran"
+            if then == "copied back":
+                shutil.copytree(moved, data, ignore=shutil.ignore_patterns("lock"))
+                what += ", and another directory is at that path now"
+            _refused_writes(table, re.escape(what))
+    finally:
+        stop(proc)
+    assert _ids(moved, tmp_path) == {"before"}  # nothing more went there
+    if then == "copied back":
+        assert _ids(data, tmp_path) == {"before"}
+
+
+@pytest.mark.parametrize("how", ["removed", "renamed", "replaced by another file"])
+def test_acknowledged_writes_went_to_a_log_removed_or_replaced_under_the_writer(tmp_path, how):
+    """The log alone unlinked, renamed, or replaced by a rename over it: writes were acknowledged into a file
+    no start would read (or a start would read under another name)."""
+    data = tmp_path / "data"
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--fsync", "always")
+    log0 = data / "log.0"
+    try:
+        with tiger.connect(url) as client:
+            table = client.table("t")
+            table.insert({"id": "before"})
+            if how == "removed":
+                os.unlink(log0)
+            elif how == "renamed":
+                os.rename(log0, data / "log.0.bak")
+            else:
+                (data / "log.new").write_bytes(log0.read_bytes())
+                os.rename(data / "log.new", log0)
+            _refused_writes(table, re.escape(f"the log {log0} was {how} while this writer ran"))
+            assert proc.poll() is None
+    finally:
+        stop(proc)
+
+
+def test_a_group_whose_log_was_removed_during_its_fsync_was_acknowledged(tmp_path, monkeypatch):
+    """The directory removed between a group's appends and its fsync (here: during it): the fsync succeeds,
+    on an unlinked file. The group is held now (applied, never answered, as after a failed fsync) and the
+    writer refuses writes; it was answered Ok."""
+    from test_core import ALICE, Rig, insert  # the core's test rig, over a real data directory
+
+    data = tmp_path / "data"
+    d = _log.DataDir(str(data), fsync="always")
+    d.load(p.unpack)
+    rig = Rig(d)  # type: ignore[arg-type]
+    assert type(rig.call(ALICE, insert(1))) is p.Ok
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        shutil.rmtree(data, ignore_errors=True)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    outbox = rig.send(rig.encode(ALICE, insert(2)))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert outbox.replies == [] and rig.core.disk_fault == f"the data directory {data} was removed while this writer ran"
+    assert type(rig.call(ALICE, insert(3))) is p.Failed
+    d.close()

@@ -24,7 +24,9 @@ Rules kept here (each was a fault once; see tests/test_core.py):
   keys it was building are then released; a writer that was itself paused does not count the pause
   as its clients' silence;
 - a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
-  tried again (a compaction) with a backoff of 0.5 s doubling to 10 s;
+  tried again (a compaction) with a backoff of 0.5 s doubling to 10 s; a data directory or log removed,
+  moved or replaced under the writer (``DataDirLost``) refuses writes the same way, for good: nothing
+  it appended since is answered, and it never writes to that path again (another writer may own it);
 - work over the whole store never stops the writer: a compaction starts a fresh log at once and writes
   its snapshot a step at a time, and a ``Stats`` checksum is taken a step at a time, over a view of the
   store as it was (``work_step``, run by the process around the core between groups); ``Compact`` is answered
@@ -45,7 +47,7 @@ from typing import Any, NamedTuple, Protocol
 
 from tiger import _protocol as p
 from tiger import _table
-from tiger._errors import AlreadyExists, NotFound, ProtocolError
+from tiger._errors import AlreadyExists, DataDirLost, NotFound, ProtocolError
 
 log = logging.getLogger("tiger.writer")
 
@@ -230,6 +232,7 @@ class WriterCore:
         self.answered: dict[str, _Answers] = {}  # client id -> req id -> the answer sent
         self.silent_since: dict[str, float] = {}  # client id taken for gone -> when; its answers go later
         self.disk_fault: str | None = None  # why the data directory cannot take writes now (None: it can)
+        self._disk_lost = False  # for good: the directory or its log is gone from its path (``DataDirLost``)
         self._disk_retry_at = 0.0
         self._disk_retry_every = DISK_RETRY_FIRST
         self.outbox = Outbox()
@@ -305,13 +308,13 @@ class WriterCore:
         self._heartbeat()
         if self.disk is not None:
             if self.disk_fault is not None:
-                if now >= self._disk_retry_at:
+                if now >= self._disk_retry_at and not self._disk_lost:
                     self._recover(now)
             else:
                 try:
                     self.disk.tick()
-                except OSError as e:  # the everysec fsync
-                    self._fault(str(e), now)
+                except OSError as e:  # the everysec fsync, or the directory gone from its path
+                    self._disk_failed(e, now)
                 if self.disk_fault is None and not self._compacting and self.disk.needs_compaction():
                     self._compaction_due = True
         silent = now - max(CLIENT_SILENCE, 6 * self.heartbeat)
@@ -421,14 +424,14 @@ class WriterCore:
         if self.disk is not None and appended:
             try:
                 self.disk.commit()
-            except OSError as e:
-                self._fault(f"fsync: {e}", now)
-                self._hold(answers)
+            except OSError as e:  # (DataDirLost: the group went to a log gone from its path)
+                self._disk_failed(e, now, "fsync")
+                self._hold(answers, "for good: their log is gone from its path" if self._disk_lost else "")
                 return
         if self._held is None:
             self._committed_seq = self.seq
 
-    def _hold(self, answers: list[tuple[str, int]]) -> None:
+    def _hold(self, answers: list[tuple[str, int]], why: str = "") -> None:
         """Keep this group's publications and answers back (see ``commit``)."""
         self._publish_pending()
         held = self._held if self._held is not None else Outbox()
@@ -442,7 +445,7 @@ class WriterCore:
                 self._held_answers[(client_id, req_id)] = kept[req_id]
                 kept.size -= len(kept[req_id])
                 kept[req_id] = _HELD
-        log.error("holding %d answers until the data directory works again: their fsync failed", len(held.replies))
+        log.error("holding %d answers %s", len(held.replies), why or "until the data directory works again: their fsync failed")
 
     def _release(self) -> None:
         """The held group is durable now (a compaction wrote everything): publish and answer it."""
@@ -563,11 +566,15 @@ class WriterCore:
                     self.disk.append(packed)  # logged before it is applied, published and answered
                     self._appended = True
                 except OSError as e:
-                    self._fault(str(e), now)
+                    self._disk_failed(e, now)
             if self.disk_fault is not None:
+                then = (
+                    "this writer takes no more writes: restart it (it starts from what is at that path then)"
+                    if self._disk_lost
+                    else "writes are taken again once the data directory works"
+                )
                 raise DiskFault(
-                    f"the writer cannot keep writes now ({self.disk_fault}); nothing was applied; "
-                    "reads go on, and writes are taken again once the data directory works"
+                    f"the writer cannot keep writes now ({self.disk_fault}); nothing was applied; reads go on, and {then}"
                 )
         self.store.apply(change)
         self.seq += 1
@@ -629,14 +636,33 @@ class WriterCore:
 
     # -- the data directory -------------------------------------------------------------
 
+    def _disk_failed(self, error: OSError, now: float, doing: str = "") -> None:
+        """An operation on the data directory raised ``error`` (``doing``: which, for the message)."""
+        if isinstance(error, DataDirLost):
+            self._lost(str(error))
+        else:
+            self._fault(f"{doing}: {error}" if doing else str(error), now)
+
     def _fault(self, why: str, now: float) -> None:
         """The data directory failed (full, read-only, an I/O error): refuse writes until it works again."""
+        if self._disk_lost:  # (what fails after that: the directory is gone, and that was said)
+            return
         if self.disk_fault is None:
             assert self.disk is not None
             log.error("cannot write to %s (%s): writes are refused until it can again; reads go on", self.disk.path, why)
             self._disk_retry_every = DISK_RETRY_FIRST
         self.disk_fault = p.wire_text(why)  # (stats and refusals say it: it may hold the data path)
         self._disk_retry_at = now + self._disk_retry_every
+
+    def _lost(self, why: str) -> None:
+        """The directory or its log is gone from its path (``DataDirLost``): writes are refused for good.
+        Never tried again: a compaction would write into a directory no start will read, and the path may
+        be another writer's by now."""
+        if self._disk_lost:
+            return
+        log.error("%s: writes are refused until this writer is restarted; reads go on, from what it holds", why)
+        self._disk_lost = True
+        self.disk_fault = why
 
     def _recover(self, now: float) -> None:
         """Try the data directory again: a compaction writes everything the writer holds (so nothing
@@ -723,21 +749,24 @@ class WriterCore:
             if seq <= self._compaction_seq:
                 del self._compact_waiters[key]
                 self._answer(waiter, p.ok_bytes(waiter.req_id, self.epoch, self._compaction_seq, None, result))
-        if self.disk_fault is not None and self._compaction_ends_fault:
+        if self.disk_fault is not None and self._compaction_ends_fault and not self._disk_lost:
             log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
             self.disk_fault = None
             self._release()
         # begun before a fault (the disk works again: one of everything ends it now), or before a Compact came
-        self._compaction_due = self.disk_fault is not None or bool(self._compact_waiters)
+        self._compaction_due = (self.disk_fault is not None and not self._disk_lost) or bool(self._compact_waiters)
 
     def _compaction_failed(self, error: OSError, now: float) -> None:
         """A compaction could not begin or was abandoned: the snapshot and logs before it stand."""
         in_fault = self.disk_fault is not None
-        self._fault(f"compacting: {error}", now)
+        self._disk_failed(error, now, "compacting")
         if in_fault:  # a retry that failed: the next one later
             self._disk_retry_every = min(DISK_RETRY_MAX, self._disk_retry_every * 2)
             self._disk_retry_at = now + self._disk_retry_every
-        message = f"the compaction failed ({error}); the snapshot and log before it stand"
+        if isinstance(error, DataDirLost):
+            message = f"the compaction failed ({error}); this writer writes nothing there any more"
+        else:
+            message = f"the compaction failed ({error}); the snapshot and log before it stand"
         self._abandon_compaction(p.Failed(0, "disk", message[:MAX_ERROR]))
 
     def _checksum_step(self, now: float) -> None:

@@ -83,6 +83,13 @@ class ProtocolError(TigerError, ValueError):
     """Bytes that are not a valid tiger message."""
 
 
+class DataDirLost(OSError):
+    """The writer's data directory, or its log, was removed, moved or replaced while the writer ran: what
+    it writes no longer reaches the path it was started on (``rm -rf`` of the directory: appends went to
+    an unlinked file). Lasting: the writer refuses writes until it is restarted, and never writes to that
+    path again (another writer may own it by then)."""
+
+
 SHOWN_MAX = 100  # characters of a caller's str (an id, a key) an error message repeats
 
 

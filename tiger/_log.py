@@ -1,7 +1,9 @@
 """Durability: a snapshot file plus an append-only log of changes, in one data directory.
 
 Files in DIR:
-- ``lock``: held (flock) by the one writer using DIR; holds its pid.
+- ``lock``: holds the pid of the one writer using DIR. That writer holds a flock on DIR itself and one on
+  ``lock``: the directory's survives ``rm DIR/lock`` (a second writer would have made a new lock file and
+  locked it), the file's keeps out writers of earlier versions, which lock only the file.
 - ``snapshot``: one framed entry, the whole content at the start of log generation G.
 - ``log.G``: framed entries, one packed change each, applied after that snapshot.
 
@@ -17,6 +19,12 @@ a time between the writer's other work (``snapshot.tmp``, then fsync, rename, fs
 the directory), and only then removes ``log.G``. On start, the snapshot's generation g
 is replayed with every ``log.k``, k >= g, in order: a crash at any point leaves either
 the old snapshot with its logs or the new one with its (possibly absent) log.
+
+Every file is opened relative to the directory the writer opened at start (``dir_fd``), never by its
+path again: a writer whose directory was removed or moved cannot write into (or compact over, or remove
+the logs of) another directory made at its path, a second writer's. Before a group's first append and
+after its commit (the fsync, if any), the writer checks that its log is still the file at its path (one
+stat): ``DataDirLost`` when the directory or the log was removed, moved or replaced under it.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from typing import Any
 
 import msgpack
 
-from tiger._errors import TigerError
+from tiger._errors import DataDirLost, TigerError
 
 log = logging.getLogger("tiger.writer")
 
@@ -91,12 +99,22 @@ def scan(data: bytes) -> tuple[list[bytes], int]:
     return payloads, offset
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _fsync_dir(fd: int) -> None:
+    """Make the entries of the directory open at ``fd`` durable (a file made, renamed or removed there)."""
+    os.fsync(fd)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _now_at(fd: int) -> str | None:
+    """Where the file or directory open at ``fd`` is now (Linux's /proc), if it can be told."""
+    with contextlib.suppress(OSError):
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        if where.startswith("/") and not where.endswith(" (deleted)"):
+            return where
+    return None
 
 
 class DataDir:
@@ -113,31 +131,79 @@ class DataDir:
         while not os.path.lexists(missing) and os.path.dirname(missing) != missing:
             self.made, missing = missing, os.path.dirname(missing)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock_fd = -1
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._lock_fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self._lock_fd)
-            raise Locked(f"{self.path} is in use by the tiger writer with pid {holder}") from None
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-        # a directory whose files can be written but where none can be made (chmod 0500) would take writes
-        # and fail only at the first compaction, minutes later: refused now
-        probe = os.path.join(self.path, "snapshot.tmp")
-        try:
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-            os.remove(probe)
-        except OSError as e:
-            os.close(self._lock_fd)
-            raise OSError(e.errno, f"cannot make files in {self.path} ({e.strerror})") from None
+            self._dir_id = _identity(os.fstat(self._dir_fd))
+            self._lock_dir()
+            self._lock_id = self._lock_file()
+            # a directory whose files can be written but where none can be made (chmod 0500) would take
+            # writes and fail only at the first compaction, minutes later: refused now
+            try:
+                os.close(os.open("snapshot.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=self._dir_fd))
+                os.remove("snapshot.tmp", dir_fd=self._dir_fd)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot make files in {self.path} ({e.strerror})") from None
+        except BaseException:
+            self._close_locks()
+            raise
         self.generation = 0  # of the log appended to
         self._snapshot_generation = 0  # of the snapshot in place (0: none)
         self.compaction: Compaction | None = None  # a snapshot being written, a step at a time
         self._fd = -1
+        self._log_id = (0, 0)  # (device, inode) of the log appended to
         self.size = 0
         self._dirty = False
+        self._checked = False  # the log was found at its path since the last commit: appends may follow
         self._last_sync = time.monotonic()
+
+    def _lock_dir(self) -> None:
+        """flock the directory itself. ``Locked`` if another writer holds it. A file system that cannot lock
+        a directory (NFS maps flock to POSIX locks, which want a file open for writing) leaves the lock
+        file's alone, as before."""
+        try:
+            fcntl.flock(self._dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Locked(f"{self.path} is in use by the tiger writer with pid {self._holder()}") from None
+        except OSError as e:
+            log.debug("cannot flock the directory %s (%s): only its lock file keeps other writers out", self.path, e)
+
+    def _holder(self) -> str:
+        """The pid the lock file names (read without making it)."""
+        try:
+            fd = os.open("lock", os.O_RDONLY, dir_fd=self._dir_fd)
+        except OSError:
+            return "unknown"
+        try:
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+
+    def _lock_file(self) -> tuple[int, int]:
+        """Open, flock and fill ``lock`` with this process's pid (its fd in ``_lock_fd``); its identity."""
+        fd = os.open("lock", os.O_RDWR | os.O_CREAT, 0o600, dir_fd=self._dir_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Locked(f"{self.path} is in use by the tiger writer with pid {self._holder()}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        old, self._lock_fd = self._lock_fd, fd
+        if old >= 0:
+            os.close(old)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return _identity(os.fstat(fd))
+
+    def _close_locks(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
 
     # -- start ------------------------------------------------------------------------
 
@@ -149,9 +215,8 @@ class DataDir:
         tail is cut only from the last of them (a damaged end of an earlier one has later changes after it)."""
         content: dict[str, Any] = {}
         snapshot = os.path.join(self.path, "snapshot")
-        if os.path.exists(snapshot):
-            with open(snapshot, "rb") as f:
-                data = f.read()
+        data = self._read("snapshot")
+        if data is not None:
             end = _entry_at(data, 0)
             if end is None or end != len(data):
                 raise Corrupt(f"{snapshot} is damaged (it is written whole and renamed into place, so this is not a torn write)")
@@ -164,8 +229,7 @@ class DataDir:
         cut: tuple[str, int, int] | None = None
         for i, generation in enumerate(later):
             path = self._log_path(generation)
-            with open(path, "rb") as f:
-                data = f.read()
+            data = self._read(f"log.{generation}") or b""
             try:
                 found, valid = scan(data)
             except Corrupt as e:
@@ -180,17 +244,30 @@ class DataDir:
             payloads.extend(found)
         if cut is not None:
             log.warning("cut a torn tail of %d bytes at byte %d of %s", cut[1], cut[2], cut[0])
-            os.truncate(cut[0], cut[2])
+            fd = os.open(os.path.basename(cut[0]), os.O_WRONLY, dir_fd=self._dir_fd)
+            try:
+                os.ftruncate(fd, cut[2])
+            finally:
+                os.close(fd)
         if later:
             self.generation = later[-1]
         self._open_log()
         self._remove_stale()
         return content, payloads
 
+    def _read(self, name: str) -> bytes | None:
+        """The bytes of file ``name`` of the directory; None if there is none."""
+        try:
+            fd = os.open(name, os.O_RDONLY, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return None
+        with open(fd, "rb") as f:
+            return f.read()
+
     def _generations(self) -> list[int]:
         """The generations of the logs in the directory, in order."""
         found = []
-        for name in os.listdir(self.path):
+        for name in os.listdir(self._dir_fd):
             if name.startswith("log.") and name[4:].isdigit():
                 found.append(int(name[4:]))
         return sorted(found)
@@ -201,26 +278,82 @@ class DataDir:
     def _open_log(self) -> None:
         """Open the current generation's log for appending (made, and the directory synced, if new).
         ``OSError``: nothing is open (the fd before, if any, is left as it was)."""
-        path = self._log_path()
-        existed = os.path.exists(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        name = f"log.{self.generation}"
         try:
-            size = os.fstat(fd).st_size
+            os.stat(name, dir_fd=self._dir_fd)
+            existed = True
+        except FileNotFoundError:
+            existed = False
+        fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600, dir_fd=self._dir_fd)
+        try:
+            st = os.fstat(fd)
             if not existed:
-                _fsync_dir(self.path)
+                _fsync_dir(self._dir_fd)
         except OSError:
             os.close(fd)
             raise
-        self._fd, self.size = fd, size
+        self._fd, self.size, self._log_id = fd, st.st_size, _identity(st)
+        self._checked = False
 
     def _remove_stale(self) -> None:
         """Remove what the snapshot in place made obsolete, or a crash mid-compaction left: logs of earlier
         generations than the snapshot's, an unfinished snapshot."""
         snapshot_generation = self._snapshot_generation
-        for name in os.listdir(self.path):
+        for name in os.listdir(self._dir_fd):
             stale_log = name.startswith("log.") and name[4:].isdigit() and int(name[4:]) < snapshot_generation
             if stale_log or (name == "snapshot.tmp" and self.compaction is None):
-                os.remove(os.path.join(self.path, name))
+                os.remove(name, dir_fd=self._dir_fd)
+
+    # -- where the files are ------------------------------------------------------------
+
+    def check(self) -> None:
+        """``DataDirLost`` unless the log appended to is still the file at its path (one stat of it: the
+        directory removed, moved or replaced, or the log unlinked, renamed or replaced, all fail it). Another
+        ``OSError`` of the stat (a parent directory made unreadable): raised as it is, a fault that may pass."""
+        if self._fd < 0:
+            return
+        try:
+            if _identity(os.stat(self._log_path())) == self._log_id:
+                return
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        raise DataDirLost(self._lost())
+
+    def _lost(self) -> str:
+        """What became of the directory or the log (``check`` found the log no longer at its path)."""
+        try:
+            at_path: tuple[int, int] | None = _identity(os.stat(self.path))
+        except OSError:
+            at_path = None
+        if at_path != self._dir_id:
+            if os.fstat(self._dir_fd).st_nlink == 0:
+                what = "removed"
+            else:
+                now_at = _now_at(self._dir_fd)
+                what = "moved" if now_at is None else f"moved to {now_at}"
+            also = "" if at_path is None else ", and another directory is at that path now"
+            return f"the data directory {self.path} was {what} while this writer ran{also}"
+        name = self._log_path()
+        try:
+            os.stat(os.path.basename(name), dir_fd=self._dir_fd)
+            what = "replaced by another file"
+        except OSError:
+            what = "removed" if self._fd < 0 or os.fstat(self._fd).st_nlink == 0 else "renamed"
+        return f"the log {name} was {what} while this writer ran"
+
+    def _check_lock(self) -> None:
+        """Make the lock file again (with a warning) if it was removed or replaced: the directory's own
+        flock still keeps other writers out, and a refused one is told whose pid holds it."""
+        try:
+            if _identity(os.stat("lock", dir_fd=self._dir_fd)) == self._lock_id:
+                return
+        except FileNotFoundError:
+            pass
+        log.warning("%s was removed or replaced while this writer ran: made again", os.path.join(self.path, "lock"))
+        try:
+            self._lock_id = self._lock_file()
+        except Locked as e:  # an earlier version's writer took the file: two writers on one directory
+            raise DataDirLost(f"{os.path.join(self.path, 'lock')} was removed while this writer ran, and {e}") from None
 
     # -- running ------------------------------------------------------------------------
 
@@ -229,6 +362,9 @@ class DataDir:
         disk): nothing of it stays in the log."""
         if self._fd < 0:
             raise OSError(f"{self._log_path()} is not open")
+        if not self._checked:  # the group's first append: not into a log gone from its path
+            self.check()
+            self._checked = True
         entry = frame(payload)
         try:
             written = os.write(self._fd, entry)
@@ -242,17 +378,27 @@ class DataDir:
 
     def commit(self) -> None:
         """Group commit: with fsync=always, everything appended is on disk when this returns (one fsync
-        for the whole group). ``OSError`` if the fsync fails."""
-        if self._dirty and self.fsync == "always" and self._fd >= 0:
+        for the whole group); whatever the policy, the log it went to is still the file at its path after
+        it (``check``: else ``DataDirLost``, and the group must not be answered). ``OSError`` if the fsync
+        fails."""
+        if self._fd < 0:
+            return
+        if self._dirty and self.fsync == "always":
             os.fsync(self._fd)
             self._dirty = False
+        self._checked = False
+        self.check()
 
     def tick(self) -> None:
-        """Called about twice a second: fsync=everysec syncs what was appended."""
+        """Called about twice a second: fsync=everysec syncs what was appended; the log and the lock file
+        are checked (a writer without writes says its directory is gone within a second)."""
         if self._fd >= 0 and self._dirty and self.fsync == "everysec" and time.monotonic() - self._last_sync >= 1.0:
             os.fsync(self._fd)
             self._dirty = False
             self._last_sync = time.monotonic()
+        if self._fd >= 0:
+            self.check()
+            self._check_lock()
 
     def needs_compaction(self) -> bool:
         return self.size > self.compact_bytes and self.compaction is None
@@ -266,6 +412,7 @@ class DataDir:
         it (``snapshot.tmp`` could not be made): appends go to the new log, and no compaction is under way."""
         if self.compaction is not None:
             raise RuntimeError("a compaction is already under way")
+        self.check()  # not a snapshot of a directory gone from its path
         old = self._fd
         if old >= 0 and self._dirty:
             # whatever the policy: a later log must never follow a torn or missing end of this one (a
@@ -317,7 +464,7 @@ class DataDir:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
-        os.close(self._lock_fd)
+        self._close_locks()
 
 
 class Compaction:
@@ -335,8 +482,8 @@ class Compaction:
         self.size = 0  # bytes of the payload written so far
         self._crc = 0
         self._pieces = _snapshot_pieces(generation, content, pack)
-        self._tmp = os.path.join(data.path, "snapshot.tmp")
-        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._dir_fd = data._dir_fd  # every file of it in the directory opened at start, whatever is at its path now
+        self._fd = os.open("snapshot.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=self._dir_fd)
         try:
             self._write(bytes(HEADER.size))  # the header's place
         except OSError:
@@ -368,10 +515,12 @@ class Compaction:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
-            os.replace(self._tmp, os.path.join(self._data.path, "snapshot"))
+            self._data.check()  # a snapshot put in place in a directory gone from its path keeps nothing
+            os.replace("snapshot.tmp", "snapshot", src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             # the rename is durable only once the directory is: until then the older logs stay (a failure
             # here is a failed compaction; whichever snapshot a start then finds, its logs are there)
-            _fsync_dir(self._data.path)
+            _fsync_dir(self._dir_fd)
+            self._data.check()  # (moved meanwhile: the snapshot went with it)
         except OSError:
             self.abandon()
             raise
@@ -385,8 +534,9 @@ class Compaction:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
-        with contextlib.suppress(OSError):
-            os.remove(self._tmp)
+        if self._data._dir_fd >= 0:  # (closed: the fd's number may be another file's now)
+            with contextlib.suppress(OSError):
+                os.remove("snapshot.tmp", dir_fd=self._dir_fd)
         if self._data.compaction is self:
             self._data.compaction = None
 
