@@ -18,11 +18,12 @@ import time
 
 import pytest
 from _util import read_line
-from test_faults import TIGER, cli_serve, stop, wait
+from test_faults import TIGER, _change, _replayed, cli_serve, stop, wait
 
 import tiger
 from tiger import _log
 from tiger import _protocol as p
+from tiger._table import freeze
 
 MIB = 1024 * 1024
 RECORD = {"blob": "x" * 20_000}  # about 20 kB packed: a 1 MiB disk fills within about 50 of them
@@ -333,3 +334,22 @@ def test_a_group_whose_log_was_removed_during_its_fsync_was_acknowledged(tmp_pat
     assert outbox.replies == [] and rig.core.disk_fault == f"the data directory {data} was removed while this writer ran"
     assert type(rig.call(ALICE, insert(3))) is p.Failed
     d.close()
+
+
+def test_a_snapshot_tmp_replaced_during_a_compaction_was_put_in_place_as_the_snapshot(tmp_path):
+    """Another file renamed over ``snapshot.tmp`` while a compaction wrote it (by fd): the rename put that file
+    in place as the snapshot and removed the log it replaced (the next start: corrupt, or a store that never
+    was). The compaction fails now, and the file is not its to remove."""
+    data = tmp_path / "data"
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)
+    d.append(_change(1))
+    compaction = d.begin_compaction(p.pack, {"t": {"global": [freeze({"id": "r1", "n": 1, "created": 1})]}})
+    (data / "other").write_bytes(b"not a snapshot")
+    os.rename(data / "other", data / "snapshot.tmp")
+    with pytest.raises(OSError, match=r"snapshot\.tmp was removed or replaced while this writer wrote it"):
+        while not compaction.step():
+            pass
+    assert d.compaction is None and (data / "snapshot.tmp").read_bytes() == b"not a snapshot"
+    d.close()
+    assert _replayed(data)[:2] == ([], [1])

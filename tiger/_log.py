@@ -484,7 +484,9 @@ class Compaction:
         self._pieces = _snapshot_pieces(generation, content, pack)
         self._dir_fd = data._dir_fd  # every file of it in the directory opened at start, whatever is at its path now
         self._fd = os.open("snapshot.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=self._dir_fd)
+        self._tmp_id = (0, 0)
         try:
+            self._tmp_id = _identity(os.fstat(self._fd))
             self._write(bytes(HEADER.size))  # the header's place
         except OSError:
             self.abandon()
@@ -516,6 +518,7 @@ class Compaction:
             os.close(self._fd)
             self._fd = -1
             self._data.check()  # a snapshot put in place in a directory gone from its path keeps nothing
+            self._check_tmp()
             os.replace("snapshot.tmp", "snapshot", src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             # the rename is durable only once the directory is: until then the older logs stay (a failure
             # here is a failed compaction; whichever snapshot a start then finds, its logs are there)
@@ -527,6 +530,16 @@ class Compaction:
         self._data._compacted(self.generation)  # in place: the older logs are obsolete
         return True
 
+    def _check_tmp(self) -> None:
+        """``OSError`` unless ``snapshot.tmp`` is still the file this compaction wrote: another file renamed
+        over it would be put in place as the snapshot, and the logs it does not hold removed."""
+        try:
+            if _identity(os.stat("snapshot.tmp", dir_fd=self._dir_fd)) == self._tmp_id:
+                return
+        except FileNotFoundError:
+            pass
+        raise OSError(f"{os.path.join(self._data.path, 'snapshot.tmp')} was removed or replaced while this writer wrote it")
+
     def abandon(self) -> None:
         """Stop: ``snapshot.tmp`` goes; the snapshot in place and every log after it stand (changes since
         the start go on into the new log)."""
@@ -536,7 +549,8 @@ class Compaction:
             self._fd = -1
         if self._data._dir_fd >= 0:  # (closed: the fd's number may be another file's now)
             with contextlib.suppress(OSError):
-                os.remove("snapshot.tmp", dir_fd=self._dir_fd)
+                if _identity(os.stat("snapshot.tmp", dir_fd=self._dir_fd)) == self._tmp_id:  # its own only
+                    os.remove("snapshot.tmp", dir_fd=self._dir_fd)
         if self._data.compaction is self:
             self._data.compaction = None
 
