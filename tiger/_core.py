@@ -649,7 +649,11 @@ class WriterCore:
             return
         if self.disk_fault is None:
             assert self.disk is not None
-            log.error("cannot write to %s (%s): writes are refused until it can again; reads go on", self.disk.path, why)
+            log.error(  # (the log says it as the wire does: a name that is not UTF-8 broke strict log handlers)
+                "cannot write to %s (%s): writes are refused until it can again; reads go on",
+                p.wire_text(self.disk.path),
+                p.wire_text(why),
+            )
             self._disk_retry_every = DISK_RETRY_FIRST
         self.disk_fault = p.wire_text(why)  # (stats and refusals say it: it may hold the data path)
         self._disk_retry_at = now + self._disk_retry_every
@@ -660,9 +664,9 @@ class WriterCore:
         be another writer's by now."""
         if self._disk_lost:
             return
-        log.error("%s: writes are refused until this writer is restarted; reads go on, from what it holds", why)
+        log.error("%s: writes are refused until this writer is restarted; reads go on, from what it holds", p.wire_text(why))
         self._disk_lost = True
-        self.disk_fault = why
+        self.disk_fault = p.wire_text(why)
 
     def _recover(self, now: float) -> None:
         """Try the data directory again: a compaction writes everything the writer holds (so nothing
@@ -726,7 +730,9 @@ class WriterCore:
             return
         self._compaction_seq = self.seq
         self._compaction_ends_fault = self.disk_fault is not None
-        log.info("compacting %s: a snapshot of %d records, a step at a time", self.disk.path, self._compaction.records)
+        log.info(
+            "compacting %s: a snapshot of %d records, a step at a time", p.wire_text(self.disk.path), self._compaction.records
+        )
 
     def _compact_step(self, now: float) -> None:
         """Write the next step of the compaction under way; once its snapshot is in place, answer the
@@ -743,14 +749,16 @@ class WriterCore:
         if not done:
             return
         self._compaction = None
-        log.info("compacted %s: snapshot of %d records, %d bytes", self.disk.path, compaction.records, compaction.size)
+        log.info(
+            "compacted %s: snapshot of %d records, %d bytes", p.wire_text(self.disk.path), compaction.records, compaction.size
+        )
         result = {"records": compaction.records, "bytes": compaction.size}
         for key, (waiter, seq) in list(self._compact_waiters.items()):
             if seq <= self._compaction_seq:
                 del self._compact_waiters[key]
                 self._answer(waiter, p.ok_bytes(waiter.req_id, self.epoch, self._compaction_seq, None, result))
         if self.disk_fault is not None and self._compaction_ends_fault and not self._disk_lost:
-            log.warning("%s works again: every record is in a new snapshot; writes are taken again", self.disk.path)
+            log.warning("%s works again: every record is in a new snapshot; writes are taken again", p.wire_text(self.disk.path))
             self.disk_fault = None
             self._release()
         # begun before a fault (the disk works again: one of everything ends it now), or before a Compact came

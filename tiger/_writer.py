@@ -176,7 +176,7 @@ class Writer:
             except BaseException:
                 self.data.close()
                 raise
-            log.info("loaded %d records from %s (%d logged changes)", len(store), self.data.path, len(changes))
+            log.info("loaded %d records from %s (%d logged changes)", len(store), p.wire_text(self.data.path), len(changes))
         self.core = WriterCore(
             p.new_epoch(), heartbeat=heartbeat, now=time.monotonic(), store=store, disk=self.data, token=_Tokens()
         )
