@@ -115,7 +115,7 @@ def _writers_owned_by(pid):
                 args = f.read().decode(errors="replace").split("\\0")
         except OSError:
             continue
-        owned = any(a == "--owner-pid" and b == str(pid) for a, b in zip(args, args[1:]))
+        owned = f"--owner-pid={pid}" in args or any(a == "--owner-pid" and b == str(pid) for a, b in zip(args, args[1:]))
         if owned and "serve" in args and any("tiger" in a for a in args):
             found.append(int(entry))
     return found
