@@ -353,3 +353,31 @@ def test_a_snapshot_tmp_replaced_during_a_compaction_was_put_in_place_as_the_sna
     assert d.compaction is None and (data / "snapshot.tmp").read_bytes() == b"not a snapshot"
     d.close()
     assert _replayed(data)[:2] == ([], [1])
+
+
+def test_an_rm_rf_of_the_data_directory_failed_as_the_writer_made_its_lock_file_again(tmp_path):
+    """A review: ``rm -rf`` unlinks the lock file, then the logs, then the directory; a writer's tick
+    between the unlinks made the lock file again, and the rmdir failed (ENOTEMPTY: ``['lock']``). The
+    lock file is made again only when a second tick still finds it gone with the log in place."""
+    data = tmp_path / "data"
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)
+    d.append(_change(1))
+    os.unlink(data / "lock")
+    d.tick()  # between the removal's unlinks
+    assert not (data / "lock").exists()
+    shutil.rmtree(data)  # the rest of it: ENOTEMPTY when the lock was made again
+    with pytest.raises(_log.DataDirLost, match="removed"):
+        d.tick()
+    d.close()
+
+
+def test_a_lock_file_removed_alone_is_made_again_at_the_next_tick(tmp_path):
+    data = tmp_path / "data"
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)
+    os.unlink(data / "lock")
+    d.tick()
+    d.tick()
+    assert (data / "lock").read_text().strip() == str(os.getpid())
+    d.close()

@@ -137,6 +137,7 @@ class DataDir:
             self._dir_id = _identity(os.fstat(self._dir_fd))
             self._lock_dir()
             self._lock_id = self._lock_file()
+            self._lock_gone = False  # the lock file found gone at the last tick (see ``_check_lock``)
             # a directory whose files can be written but where none can be made (chmod 0500) would take
             # writes and fail only at the first compaction, minutes later: refused now
             try:
@@ -346,9 +347,14 @@ class DataDir:
         flock still keeps other writers out, and a refused one is told whose pid holds it."""
         try:
             if _identity(os.stat("lock", dir_fd=self._dir_fd)) == self._lock_id:
+                self._lock_gone = False
                 return
         except FileNotFoundError:
             pass
+        if not self._lock_gone:  # not at the first tick that finds it gone: an ``rm -rf`` of the directory
+            self._lock_gone = True  # may be under way, and a lock made again between its unlinks made its
+            return  # rmdir fail (ENOTEMPTY, a review); a tick later that removal has failed ``check``
+        self._lock_gone = False
         log.warning("%s was removed or replaced while this writer ran: made again", os.path.join(self.path, "lock"))
         try:
             self._lock_id = self._lock_file()
