@@ -437,7 +437,9 @@ class AsyncClient(_Connection):
             raise
         except GeneratorExit:  # its coroutine closed (collected, its loop closed under it): see ``Replica.later``
             self._in_flight.discard(req_id)
-            left = (req_id, own, (payload, deadline) if sent else None, reply if answered else None, received)
+            # (not the bytes it received last: decoding them as a late answer changes this client's own
+            # dicts, which its event loop's thread reads unlocked; the replica asks the writer instead)
+            left = (req_id, own, (payload, deadline) if sent else None, reply if answered else None, None)
             self.replica.later(lambda: self._raised(*left))
             raise
         except BaseException:
