@@ -9,12 +9,14 @@ directory made at that path since (a second writer's)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 from _util import read_line
@@ -187,22 +189,12 @@ def test_a_compaction_of_a_writer_whose_directory_was_removed_wrote_over_a_secon
     every write it had acknowledged. Now every file is opened in the directory the writer opened, and the
     compaction fails saying what became of it."""
     data = tmp_path / "data"
-    first, url1 = cli_serve("--url", f"ipc://{tmp_path}/w1", "--data", str(data), "--fsync", "always")
-    second = None
-    try:
-        with tiger.connect(url1) as client:
-            client.table("t").insert({"id": "first"})
-        shutil.rmtree(data)
-        second, url2 = cli_serve("--url", f"ipc://{tmp_path}/w2", "--data", str(data), "--fsync", "always")
+    with writer_then_another_on_its_removed_directory(tmp_path, data) as (url1, url2):
         with tiger.connect(url2) as client:
             client.table("t").insert({"id": "second"})
             out = subprocess.run([*TIGER, "compact", "--url", url1], capture_output=True, text=True, timeout=30)
             assert out.returncode == 1 and f"the data directory {data} was removed" in out.stderr, out
             client.table("t").insert({"id": "second-after"})
-    finally:
-        stop(first)
-        if second is not None:
-            stop(second)
     assert _ids(data, tmp_path) == {"second", "second-after"}
 
 
@@ -210,22 +202,30 @@ def test_two_writers_acknowledged_writes_for_one_path_after_its_data_directory_w
     """The second writer on the path of a removed directory cannot be kept out; the first refuses every write
     from then on (before: both acknowledged writes, and the first writer's were lost)."""
     data = tmp_path / "data"
+    with writer_then_another_on_its_removed_directory(tmp_path, data) as (url1, url2):
+        with tiger.connect(url1) as client1, tiger.connect(url2) as client2:
+            client2.table("t").insert({"id": "second"})
+            _refused_writes(client1.table("t"), "was removed while this writer ran")
+            client2.table("t").insert({"id": "second-after"})
+    assert _ids(data, tmp_path) == {"second", "second-after"}
+
+
+@contextlib.contextmanager
+def writer_then_another_on_its_removed_directory(tmp_path, data) -> Iterator[tuple[str, str]]:
+    """A writer on ``data`` acknowledges a write ("first"); its directory is removed and a second writer
+    started on the path. Yields both urls; both writers are stopped on the way out."""
     first, url1 = cli_serve("--url", f"ipc://{tmp_path}/w1", "--data", str(data), "--fsync", "always")
     second = None
     try:
-        with tiger.connect(url1) as client1:
-            client1.table("t").insert({"id": "first"})
-            shutil.rmtree(data)
-            second, url2 = cli_serve("--url", f"ipc://{tmp_path}/w2", "--data", str(data), "--fsync", "always")
-            with tiger.connect(url2) as client2:
-                client2.table("t").insert({"id": "second"})
-                _refused_writes(client1.table("t"), "was removed while this writer ran")
-                client2.table("t").insert({"id": "second-after"})
+        with tiger.connect(url1) as client:
+            client.table("t").insert({"id": "first"})
+        shutil.rmtree(data)
+        second, url2 = cli_serve("--url", f"ipc://{tmp_path}/w2", "--data", str(data), "--fsync", "always")
+        yield url1, url2
     finally:
         stop(first)
         if second is not None:
             stop(second)
-    assert _ids(data, tmp_path) == {"second", "second-after"}
 
 
 def _start_refused(tmp_path, data) -> str:
