@@ -316,3 +316,37 @@ def test_serve_refuses_an_odd_path_before_it_starts(arguments, message):
     # ipc:/// was reported as "cannot bind ipc:///: Address already in use" (libzmq's word for a directory)
     out = subprocess.run([*TIGER, "serve", *arguments], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and message in out.stderr and "already in use" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("which", ["", ".pub"])
+def test_a_writer_bound_at_an_ipc_path_holding_a_file_deleted_that_file(tmp_path, which):
+    """A user trial: libzmq's bind unlinks whatever is at an ipc path, so ``tiger serve --url
+    ipc:///dev/null`` run as root deleted /dev/null, and a file named by mistake (or the ``.pub`` beside
+    it) went the same way. A path holding anything but a socket is refused, naming it; the file stays."""
+    url = f"ipc://{tmp_path}/notes"
+    kept = tmp_path / f"notes{which}"
+    kept.write_text("keep")
+    with pytest.raises(ValueError, match=r"url: .*notes.* exists and is not a socket"):
+        tiger.serve(url)
+    out = subprocess.run([*TIGER, "serve", f"--url={url}"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "exists and is not a socket" in out.stderr, out
+    assert kept.read_text() == "keep"
+
+
+def test_a_symbolic_link_at_an_ipc_path_is_refused_and_kept(tmp_path):
+    target = tmp_path / "target"
+    target.write_text("keep")
+    (tmp_path / "w").symlink_to(target)
+    with pytest.raises(ValueError, match="exists and is not a socket"):
+        tiger.serve(f"ipc://{tmp_path}/w")
+    assert (tmp_path / "w").is_symlink() and target.read_text() == "keep"
+
+
+def test_a_stale_socket_file_at_an_ipc_path_is_still_replaced(tmp_path):
+    import socket
+
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "w"))
+    stale.close()  # its file stays, nobody accepting there
+    with tiger.serve(f"ipc://{tmp_path}/w") as server, tiger.connect(server.url) as client:
+        client.table("t").insert({"id": "x"})

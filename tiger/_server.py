@@ -10,6 +10,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -75,7 +76,28 @@ def check_bind_url(url: object) -> str:
     path = url[len("ipc://") :] if url.startswith("ipc://") else ""
     if path and not path.startswith("@") and os.path.isdir(path):
         raise ValueError(f"url: an ipc path must name a socket file, not a directory: {shown(url)}")
+    taken = not_a_socket(url)
+    if taken is not None:
+        raise ValueError(f"url: {shown(taken)} exists and is not a socket; a writer binding there would delete it: {shown(url)}")
     return url
+
+
+def not_a_socket(url: str) -> str | None:
+    """The path an ipc ``url``'s writer binds (its own or its PUB socket's, ``.pub``) where a file that
+    is not a socket is: libzmq's bind unlinks whatever is at the path, so ``tiger serve --url
+    ipc:///dev/null`` (as root) deleted /dev/null, and any file named by mistake went the same way (a
+    user trial). None when both are free or stale sockets; symbolic links count as not sockets."""
+    path = url[len("ipc://") :] if url.startswith("ipc://") else ""
+    if not path or path.startswith("@") or path.endswith("*"):
+        return None
+    for each in (path, path + ".pub"):
+        try:
+            mode = os.lstat(each).st_mode
+        except OSError:  # (none there, or no way to see: the bind says)
+            continue
+        if not stat.S_ISSOCK(mode):
+            return each
+    return None
 
 
 class Server:
