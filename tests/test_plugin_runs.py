@@ -1422,6 +1422,35 @@ def test_a_session_fixture_writing_through_tiger_client_wrote_into_the_first_tes
     run(pytester, "-p", "no:xdist").assert_outcomes(passed=3)
 
 
+SESSION_FIXTURE_FIRST_ASKED_WITHOUT_A_NAMESPACE = """
+import pytest, tiger
+
+@pytest.fixture(scope="session")
+def customer(tiger_client):
+    record = tiger_client.table("customers").insert({"id": "cus_shared"})
+    return record, tiger.current_namespace()
+
+def test_1_without_a_namespace(customer, tiger_client):
+    record, namespace = customer
+    assert namespace == tiger.current_namespace() == "global"
+    assert tiger_client.table("customers")["cus_shared"] == record
+
+def test_2_with_a_namespace(customer, tiger_client, tiger_namespace):
+    record, namespace = customer
+    assert tiger_client.table("customers").count() == 0  # the test's own namespace
+    with tiger.namespace(namespace):
+        assert tiger_client.table("customers")["cus_shared"] == record
+"""
+
+
+def test_a_session_fixture_first_asked_by_a_test_without_a_namespace_was_documented_as_in_the_runs(pytester):
+    """The README said a wider fixture is always set up in ``tiger-run:RUN``; set up first by a test without
+    a namespace, it is in "global", as that test is, and later tests with a namespace reach it through the
+    namespace the fixture returned (the README now says so)."""
+    pytester.makepyfile(test_session_fixture=SESSION_FIXTURE_FIRST_ASKED_WITHOUT_A_NAMESPACE)
+    run(pytester, "-p", "no:xdist", "-p", "no:randomly").assert_outcomes(passed=2)
+
+
 WRITER_KILLED = """
 import os, signal
 import pytest
