@@ -7,13 +7,17 @@ import json
 import math
 import subprocess
 import sys
+import types
 
+import msgpack
 import pytest
 
 import tiger
-from tiger._seed import SeedError, from_json, read_file, to_json
+from tiger._seed import SeedError, dump_lines, from_json, read_file, to_json
+from tiger._table import Put, Record, Store
 
 TIGER = [sys.executable, "-m", "tiger"]
+EXT = msgpack.ExtType(5, b"\x01\x02")
 
 
 def tiger_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -170,3 +174,14 @@ def test_a_seed_file_that_is_one_json_document_of_the_wrong_shape_says_so(tmp_pa
     with pytest.raises(SeedError) as refused:
         read_file(path)
     assert str(refused.value).startswith(f"{path}: {message}")
+
+
+def test_a_dump_of_an_ExtType_a_replica_held_wrote_it_as_a_list():
+    # A replica fed by a writer of an older tiger (which stored ExtType values) dumped one as [code, data],
+    # which tiger load then stored as a list. The dump now refuses, naming the record and its field.
+    store = Store()
+    store.apply(Put("t", "global", (Record({"id": "ok", "created": 1}), Record({"id": "a", "x": [1, EXT], "created": 1}))))
+    client = types.SimpleNamespace(replica=types.SimpleNamespace(store=store))
+    with pytest.raises(ValueError) as raised:
+        dump_lines(client)  # type: ignore[arg-type]
+    assert str(raised.value).startswith("table 't', namespace 'global', id 'a': record['x'][1]: ExtType is not storable")

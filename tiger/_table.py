@@ -34,6 +34,8 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from msgpack import ExtType
+
 from tiger._errors import AlreadyExists, NotFound, shown
 
 GLOBAL = "global"
@@ -178,7 +180,7 @@ def _check_value(value: Any, where: str, depth: int) -> None:
                 raise TypeError(f"{where}: key {shown(k)} is a {type(k).__name__}; record keys must be str")
             _check_value(v, f"{where}[{shown(k)}]", depth + 1)
         return
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and not isinstance(value, ExtType):  # (a tuple msgpack packs as an extension)
         for i, v in enumerate(value):
             _check_value(v, f"{where}[{i}]", depth + 1)
         return
