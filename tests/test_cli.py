@@ -350,3 +350,69 @@ def test_a_stale_socket_file_at_an_ipc_path_is_still_replaced(tmp_path):
     stale.close()  # its file stays, nobody accepting there
     with tiger.serve(f"ipc://{tmp_path}/w") as server, tiger.connect(server.url) as client:
         client.table("t").insert({"id": "x"})
+
+
+@pytest.mark.parametrize(
+    ("encoding", "cafe"), [(None, "caf\u00e9"), ("utf-8", "caf\u00e9"), ("ascii", "caf\\xe9")], ids=["locale", "utf-8", "ascii"]
+)
+def test_a_name_that_is_not_utf8_was_printed_unescaped_by_the_cli(tmp_path, encoding, cafe):
+    # A user trial: tiger load and tiger keygen printed a path given in bytes (b"\xff") as os.fsdecode holds it:
+    # raw bytes on stdout under C.UTF-8, and under a strict UTF-8 stdout a UnicodeEncodeError once the file was
+    # loaded (exit 1). Every line a command prints now escapes such a name as logs and answers do: \xff (and
+    # under a locale that is not UTF-8, what it cannot carry: \xe9).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
+    if encoding is not None:
+        env["PYTHONIOENCODING"] = encoding
+    base = os.fsencode(tmp_path)
+    seed = base + b"/seed-caf\xc3\xa9-\xff.jsonl"
+    with open(seed, "w") as f:
+        f.write('{"table": "t", "record": {"id": "a"}}\n')
+
+    def run(*args: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*map(os.fsencode, TIGER), *args], capture_output=True, env=env, timeout=60)
+
+    shown = os.fsdecode(base)
+    server = tiger.serve()
+    try:
+        loaded = run(b"load", b"--url", server.url.encode(), seed)
+        with tiger.connect(server.url) as client:
+            assert client.table("t").count() == 1
+    finally:
+        server.stop()
+    assert (loaded.returncode, loaded.stdout) == (0, f"loaded 1 records from {shown}/seed-{cafe}-\\xff.jsonl\n".encode()), loaded
+    made = run(b"keygen", base + b"/keys\xff")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.decode("utf-8").startswith(f"wrote {shown}/keys\\xff/tiger.key (secret) and {shown}/keys\\xff/tiger.pub\n")
+    again = run(b"keygen", base + b"/keys\xff")  # an error naming the path, on stderr
+    assert again.returncode == 1 and again.stderr.decode("utf-8").startswith("tiger keygen: "), again.stderr
+    refused = run(b"serve", b"--curve-secret", base + b"/none\xff", b"--url", b"tcp://127.0.0.1:*")
+    assert refused.returncode == 2
+    assert refused.stderr.decode("utf-8").startswith(f"tiger: cannot read --curve-secret {shown}/none\\xff: "), refused.stderr
+
+
+def test_a_dump_under_a_locale_that_is_not_utf8_stopped_half_way(tmp_path):
+    # tiger dump wrote its lines in the locale's encoding: under ASCII a name or value holding any other
+    # character stopped it (UnicodeEncodeError, exit 1), and under Latin-1 it wrote a file tiger load refuses
+    # as not UTF-8. A dump is UTF-8 whatever the locale, as tiger load reads it.
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    first, second = tiger.serve(), tiger.serve()
+    try:
+        with tiger.connect(first.url) as client:
+            client.table("pl\u00e4ne").insert({"id": "\u20ac1", "name": "caf\u00e9 \U0001d11e"})
+            with tiger.namespace("n\u00e4"):
+                client.table("t").insert({"id": "a"})
+            want = {t: client.table(t).all() for t in ("pl\u00e4ne",)}
+        dumped = subprocess.run([*TIGER, "dump", "--url", first.url], capture_output=True, env=env, timeout=60)
+        assert dumped.returncode == 0, dumped.stderr
+        (tmp_path / "dump.jsonl").write_bytes(dumped.stdout)
+        loaded = subprocess.run(
+            [*TIGER, "load", "--url", second.url, str(tmp_path / "dump.jsonl")], capture_output=True, env=env, timeout=60
+        )
+        assert loaded.returncode == 0, loaded.stderr
+        with tiger.connect(second.url) as client:
+            assert {t: client.table(t).all() for t in want} == want
+            with tiger.namespace("n\u00e4"):
+                assert client.table("t").get("a") is not None
+    finally:
+        first.stop()
+        second.stop()

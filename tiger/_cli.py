@@ -12,7 +12,7 @@ from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._paths import DATA_ROOM, check_path
-from tiger._protocol import Compact
+from tiger._protocol import Compact, say
 from tiger._server import check_bind_url, check_url, ping, request_once, why_refused
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             with _connected(args.url) as client:
                 count = load_files(client, [args.file])
-            print(f"loaded {count} records from {args.file}")
+            say(f"loaded {count} records from {args.file}")
             return 0
         if args.command == "compact":
             # one request on a socket of its own, as tiger stats asks: no replica (joining a store of 2M records
@@ -117,22 +117,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert seconds is not None  # (None only where no_limit)
             key = os.environ.get("TIGER_SERVER_KEY") or None
             result = request_once(check_url(args.url), Compact(1), seconds, key).result
-            print(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
+            say(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
             return 0
         if args.command == "keygen":
             public = keygen(args.dir)
-            print(f"wrote {args.dir}/tiger.key (secret) and {args.dir}/tiger.pub")
-            print(f"server key for clients (tiger.connect(url, server_key=...) or TIGER_SERVER_KEY): {public}")
+            say(f"wrote {args.dir}/tiger.key (secret) and {args.dir}/tiger.pub")
+            say(f"server key for clients (tiger.connect(url, server_key=...) or TIGER_SERVER_KEY): {public}")
             return 0
         if args.command == "dump":
             from tiger._seed import dump_lines
 
             with _connected(args.url) as client:
-                for line in dump_lines(client):
-                    sys.stdout.write(line + "\n")
+                lines = dump_lines(client)
+            # UTF-8, what tiger load reads, whatever the locale: in the locale's encoding (ASCII, Latin-1) a
+            # character it lacks stopped the dump half way, and one it has made a file tiger load refuses
+            sys.stdout.flush()
+            sys.stdout.buffer.writelines(line.encode("utf-8") + b"\n" for line in lines)
+            sys.stdout.buffer.flush()
             return 0
         try:
-            print(format_stats(ping(check_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
+            say(format_stats(ping(check_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
         except Unavailable as e:
             # another url is the advice only when nothing is there: a writer that is busy (a compaction of
             # millions of records) or paused still accepts connections, and a longer --timeout is the advice
@@ -142,11 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if there
                 else "pass --url or set TIGER_URL to reach another writer"
             )
-            print(f"tiger stats: {e} ({advice})", file=sys.stderr)
+            say(f"tiger stats: {e} ({advice})", sys.stderr)
             return 1
         return 0
     except (TigerError, ValueError, TypeError, OSError) as e:
-        print(f"tiger {args.command}: {e}", file=sys.stderr)
+        say(f"tiger {args.command}: {e}", sys.stderr)
         return 1
 
 

@@ -1200,6 +1200,20 @@ def wire_text(text: str) -> str:
     return text
 
 
+def say(text: str, file: Any = None, *, flush: bool = False) -> None:
+    """Print one line of a command's output (``tiger load``, ``tiger keygen``, ``tiger serve``...) through
+    ``wire_text``: a name that is not UTF-8 (a path given in bytes, held as os.fsdecode holds them) printed
+    raw raised UnicodeEncodeError under a UTF-8 locale (after ``tiger load`` had loaded the file), or wrote
+    its raw bytes (under C.UTF-8), where logs and answers show ``\\xff``. Under a locale that is not UTF-8,
+    what its encoding cannot carry is escaped as well (``\\xe9``), not raised."""
+    line, stream = wire_text(text), sys.stdout if file is None else file
+    try:
+        print(line, file=stream, flush=flush)
+    except UnicodeEncodeError:  # a locale that is not UTF-8 (ASCII, Latin-1): what it cannot carry, escaped
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        print(line.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=flush)
+
+
 def unencodable(request: Request) -> str:
     """Where a request holds a str that UTF-8 cannot encode (a lone surrogate, as ``os.fsdecode`` makes of
     undecodable bytes), as the ValueError message naming the field; msgpack's own error names none."""

@@ -497,7 +497,7 @@ def serve_forever(
     try:
         secret = None if curve_secret is None else read_secret_key(curve_secret)
     except (OSError, ValueError) as e:  # (not the data directory's: it was said to be, naming the wrong option)
-        print(f"tiger: cannot read --curve-secret {curve_secret}: {e}", file=sys.stderr)
+        p.say(f"tiger: cannot read --curve-secret {curve_secret}: {e}", sys.stderr)
         return 2
     try:
         writer = Writer(
@@ -512,15 +512,15 @@ def serve_forever(
             freeze_long_lived=True,
         )
     except zmq.ZMQError as e:
-        print(f"tiger: cannot bind {url}: {e}", file=sys.stderr)
+        p.say(f"tiger: cannot bind {url}: {e}", sys.stderr)
         return 2
     except (Corrupt, Locked, OSError) as e:
-        print(f"tiger: cannot use the data directory: {e}", file=sys.stderr)
+        p.say(f"tiger: cannot use the data directory: {e}", sys.stderr)
         return 3
     except ValueError as e:
-        print(f"tiger: {e}", file=sys.stderr)
+        p.say(f"tiger: {e}", sys.stderr)
         return 2
-    print(f"tiger writer serving at {writer.url}", flush=True)
+    p.say(f"tiger writer serving at {writer.url}", flush=True)
     log.info("epoch %s, publishing at %s", writer.epoch, writer.pub_url)
     try:
         writer.run(watch_fd=sys.stdin.fileno() if watch_stdin else None)
