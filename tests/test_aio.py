@@ -1324,8 +1324,9 @@ def test_a_write_collected_inside_the_replicas_own_work_changed_its_state_under_
     try:
         table = client.table("collected")
         coroutine = left_on_a_closed_loop(lambda: table.insert({"id": "left-in-replica"}))
-        calls = copy.deepcopy(client.replica._calls.__dict__)
         with client.replica.changed:  # (re-entrant: the collector's close takes it again freely)
+            # (copied holding it: the replica's thread finishes a call of a closed loop under it)
+            calls = {name: copy.copy(value) for name, value in client.replica._calls.__dict__.items()}
             coroutine.close()
             assert client.replica._calls.__dict__ == calls, "changed under the replica's own work"
 
@@ -1390,3 +1391,92 @@ def test_a_feed_read_collected_inside_its_delivery_let_go_of_the_feeds_lock(tige
         feed.close()
     finally:
         run(client.close)
+
+
+def applied_and_buried(other: tiger.Client, table: str, predicate: Callable[[Any], bool]) -> None:
+    """Once the writer applied the write ``predicate`` finds (seen by ``other``, a client of its own), a
+    change from ``other`` larger than an answer carries of the changes before it (``Ok.before``): a later
+    write's answer does not fill the gap that write's change leaves in its own client's replica."""
+    other.table(table).wait_until(predicate, timeout=10.0)
+    other.table("buried").insert({"pad": "x" * 300_000})
+
+
+def test_a_write_left_on_a_closed_loop_held_the_blocking_clients_writes_behind_it_their_whole_timeout(tiger_url, ns):
+    """A user trial (pytest-asyncio's loop per test, an async client sharing the blocking one's replica):
+    a test's loop closed with a write sent and its answer not read. The replica held the gap that write's
+    change left until the garbage collector closed its coroutine, if ever, then asked the writer after
+    its deadline: every later write of the replica, the blocking client's too, waited its whole timeout
+    behind it (when its answer could not carry that change: after a large one). The replica now finishes
+    a call whose loop closed, asking the writer for it at once."""
+    with tiger.connect(tiger_url, timeout=3.0) as blocking, tiger.connect(tiger_url) as other:
+        client = tiger.aio.AsyncClient.sharing(blocking)
+        try:
+            left = left_on_a_closed_loop(lambda: client.table("left", prefix="left").insert({"n": 1}))
+            applied_and_buried(other, "left", lambda r: True)
+            after = blocking.table("after", prefix="after").insert({"n": 2})  # (Timeout: held behind the gap)
+            assert blocking.table("after")[after["id"]] == after
+            assert len(blocking.table("left").all()) == 1
+            left.close()  # (collected now: nothing changes)
+            blocking.sync()
+            assert len(blocking.table("left").all()) == 1
+        finally:
+            client._close_now()
+
+
+def test_tiger_aclients_write_in_flight_as_its_loop_ended_made_the_namespace_drop_wait_its_whole_timeout(tmp_path):
+    """The user trial itself (pytest-asyncio, tiger_aclient, tiger_isolate): a test ended with writes in
+    flight; its loop's end cancelled them, and the one sent unanswered was left to a task awaiting its
+    answer, which the closed loop never ran; the fixture then closed the async client, its socket with
+    that answer. The plugin's drop of the test's namespace, a write of the blocking client sharing the
+    replica, waited behind the gap its whole timeout (5 s; about 1 run in 40, when the other worker's
+    writes kept the drop's answer from carrying that change). The writer is paused here so that the
+    answer comes after the loop's end for certain."""
+    with tiger.serve(f"ipc://{tmp_path}/w") as server:
+        with tiger.connect(server.url, timeout=3.0, heartbeat_timeout=10.0) as blocking, tiger.connect(server.url) as other:
+            client = tiger.aio.AsyncClient.sharing(blocking)
+            table = client.table("left", prefix="left")
+            run(lambda: table.insert({"n": -1}))
+
+            async def a_test() -> None:
+                for k in range(5):  # in flight as the test ends: the first sent, the others waiting for the socket
+                    asyncio.get_running_loop().create_task(table.insert({"n": k}))
+                await asyncio.sleep(0)
+
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                run(a_test)  # (asyncio.run cancels them, as pytest-asyncio's runner does)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert client._unanswered, "no write left awaiting its answer on the closed loop"
+            client._close_now()  # as the tiger_aclient fixture does after the test
+            applied_and_buried(other, "left", lambda r: r["n"] == 0)
+            blocking.drop_namespace("tiger-test")  # (Timeout: held behind the gap)
+            blocking.sync()
+            assert sorted(r["n"] for r in blocking.table("left").all()) == [-1, 0]
+
+
+def test_a_write_left_waiting_on_a_paused_loop_as_its_client_closed_held_the_blocking_clients_writes_its_whole_timeout(
+    tiger_url, ns
+):
+    """The same with a loop kept from test to test (pytest-asyncio's session loop scope): not running as
+    tiger_aclient closed, its write waiting for an answer that went with the closed socket; it raises only
+    when the loop runs again. The replica finishes a call of a closed client, asking the writer at once."""
+    with tiger.connect(tiger_url, timeout=3.0) as blocking, tiger.connect(tiger_url) as other:
+        client = tiger.aio.AsyncClient.sharing(blocking)
+        kept = asyncio.new_event_loop()
+        try:
+            for _ in range(100):  # until one still waits after the loop's first turn (its answer not in yet)
+                task = kept.create_task(client.table("left", prefix="left").insert({"n": 1}))
+                kept.run_until_complete(asyncio.sleep(0))
+                if not task.done():
+                    break
+            assert not task.done()
+            client._close_now()  # as the tiger_aclient fixture does after the test
+            applied_and_buried(other, "left", lambda r: True)
+            blocking.table("after", prefix="after").insert({"n": 2})  # (Timeout: held behind the gap)
+            with pytest.raises(tiger.TigerError, match="closed"):
+                kept.run_until_complete(task)  # the loop runs again (the next test)
+            blocking.sync()
+            assert len(blocking.table("left").all()) == 1
+        finally:
+            kept.close()

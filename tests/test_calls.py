@@ -109,6 +109,28 @@ def test_an_asked_call_whose_answer_never_comes_is_forgotten_after_the_timeout(c
     calls.check()
 
 
+def test_a_call_whose_event_loop_closed_under_it_is_asked_again_at_once_if_it_was_sent(calls):
+    # Rule 6: its coroutine ends when the garbage collector gets to it, if ever: meanwhile the gap its change
+    # left held the replica's later writes (a blocking client's sharing it too) until its deadline and past.
+    closed = {1: False, 2: False, 3: False}
+    for req_id in closed:
+        calls.call_started(req_id, lambda req_id=req_id: closed[req_id])
+    calls.call_sent(1, b"call 1", T0 + 5)
+    calls.call_sent(3, b"call 3", T0 + 5)  # (3 is answered, its loop then closed: nothing to do)
+    calls.call_finished(3)
+    calls.call_started(4)  # a blocking call: never ended unseen
+    calls.call_sent(4, b"call 4", T0 + 5)  # (not started with ``ended``: nothing kept)
+    assert calls.ending and calls.abandon_ended(T0) == 0  # every loop still open
+    closed.update({1: True, 2: True, 3: True})
+    assert calls.abandon_ended(T0) == 2  # 1 sent, 2 still waiting for the socket
+    assert calls.writing == 1 and not calls.ending  # 4 goes on
+    assert calls.due(T0) == [b"call 1"]  # at once, not at its deadline; 2, never sent, is not sent now
+    calls.call_finished(1, (1, b"call 1", T0 + 5))  # its coroutine collected later: nothing changes
+    calls.call_finished(2)
+    assert calls.asking == 1 and calls.due(T0 + 5) == []
+    calls.check()
+
+
 def test_calls_asked_again_are_bounded_by_count_counting_those_asked(calls):
     for req_id in range(1, MAX_ASKING):
         _raised(calls, req_id, deadline=T0)

@@ -9,7 +9,7 @@ object keeps track of those calls; the Sequencer asks it (``in_flight``) and the
 thread sends what it says is ``due``.
 
 Rule 1: it is pure. No sockets, no threads, no clock: the time is passed in, and its
-owner (the replica) calls it holding its lock.
+owner (the replica) calls it holding its lock. (Rule 6's ``ended`` is a flag it reads.)
 
 Rule 2: a call is in flight from ``call_started(req_id)`` to ``call_finished(req_id)``, whatever the
 outcome. Calls are named by their request id, not counted: a finish said again (a caller's ``finally``
@@ -28,11 +28,23 @@ was lost too, and a gap it leaves is a resync. A snapshot covers every call aske
 it (``reset``); the calls still to ask are kept, as their answers may come after it.
 
 Rule 5: until forgotten, calls to ask and asked count as in flight, like those not finished.
+
+Rule 6: a call whose caller can no longer take its answer (``ended``: an asyncio call left on an
+event loop closed under it, or its client closed while that loop was not running) finishes here as its
+owner looks (``abandon_ended``): sent (``call_sent``), it is asked again at once, not after its deadline;
+never sent, nothing. Its caller's own end may never come: the coroutine of a task on a closed loop ends
+when the garbage collector gets to it, if ever, and until then the gap its change left held every later
+write of the replica, a blocking client's sharing it too (pytest-asyncio's loop per test, tiger_aclient:
+the plugin's drop of the test's namespace waited its whole timeout, a user trial). Asked before its
+expiry, the writer answers it from the answers it keeps, or applies it if the first sending never
+reached it (as that sending could have, within its expiry), or refuses it past its expiry: never
+applied twice, nor late.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from tiger._errors import shown
 
@@ -89,6 +101,8 @@ class PendingCalls:
         self._max_asking = max_asking
         self._max_asking_bytes = max_asking_bytes
         self._writing: set[int] = set()  # request ids of the calls started and not finished
+        self._ended: dict[int, Callable[[], bool]] = {}  # of those, the ones whose caller may end unseen (Rule 6)
+        self._sent: dict[int, tuple[bytes, float]] = {}  # of those, the ones sent -> (bytes, deadline)
         self._to_ask: dict[int, tuple[bytes, float]] = {}  # req id -> (bytes, deadline): to ask again
         self._asked: dict[int, float] = {}  # req id asked again -> when
 
@@ -112,9 +126,32 @@ class PendingCalls:
         without its owner's lock: only that caller starts or finishes it)."""
         return req_id in self._writing
 
-    def call_started(self, req_id: int) -> None:
-        """The call ``req_id`` is about to be sent: its change will come in its answer."""
+    @property
+    def ending(self) -> bool:
+        """Whether a call in flight has a caller that may end unseen (``abandon_ended`` has work)."""
+        return bool(self._ended)
+
+    def call_started(self, req_id: int, ended: Callable[[], bool] | None = None) -> None:
+        """The call ``req_id`` is about to be sent: its change will come in its answer. ``ended``: says
+        whether its caller can no longer take that answer (an asyncio call: its loop's ``is_closed``)."""
         self._writing.add(req_id)
+        if ended is not None:
+            self._ended[req_id] = ended
+
+    def call_sent(self, req_id: int, payload: bytes, deadline: float) -> None:
+        """The call ``req_id``, started with ``ended``, is being sent: its bytes, asked again if it is
+        abandoned (Rule 6)."""
+        if req_id in self._ended:
+            self._sent[req_id] = (payload, deadline)
+
+    def abandon_ended(self, now: float) -> int:
+        """Finish the calls whose caller ended (Rule 6): those sent are asked again from ``now``. Returns
+        how many were finished."""
+        ended = [req_id for req_id, gone in list(self._ended.items()) if gone()]
+        for req_id in ended:
+            sent = self._sent.get(req_id)
+            self.call_finished(req_id, None if sent is None else (req_id, sent[0], now))
+        return len(ended)
 
     def call_finished(self, req_id: int, unanswered: Unanswered | None = None) -> None:
         """The call ``req_id`` ended: answered (its change deposited), refused, or raised. A call not in
@@ -126,6 +163,9 @@ class PendingCalls:
         if req_id not in self._writing:
             return
         self._writing.discard(req_id)
+        if self._ended:
+            self._ended.pop(req_id, None)
+            self._sent.pop(req_id, None)
         if unanswered is not None and self.asking < self._max_asking:
             req_id, payload, deadline = unanswered
             if sum(len(b) for b, _ in self._to_ask.values()) + len(payload) <= self._max_asking_bytes:
@@ -161,6 +201,7 @@ class PendingCalls:
     def check(self) -> None:
         """Assert the invariants (for tests)."""
         assert not self._to_ask.keys() & self._asked.keys(), "a call both to ask and asked"
+        assert self._sent.keys() <= self._ended.keys() <= self._writing, "a call abandonable and not in flight"
         assert self.asking <= self._max_asking, f"{self.asking} calls asked again, more than {self._max_asking}"
         held = sum(len(b) for b, _ in self._to_ask.values())
         assert held <= self._max_asking_bytes, f"{held} bytes to ask again, more than {self._max_asking_bytes}"

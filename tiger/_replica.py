@@ -297,12 +297,21 @@ class Replica:
     def seq(self) -> int:
         return self._seq.seq
 
-    def call_started(self, req_id: int) -> None:
+    def call_started(self, req_id: int, ended: Callable[[], bool] | None = None) -> None:
         """The call ``req_id`` of this client is about to be sent: its change will come by ``catch_up(...,
         own=True)``. Its caller says ``call_failed(req_id)`` however it ends (said again after the answer
-        was taken, it changes nothing), so that a signal landing anywhere leaves no call in flight."""
+        was taken, it changes nothing), so that a signal landing anywhere leaves no call in flight.
+
+        ``ended``: whether the caller can no longer take the answer (an asyncio call: its event loop's
+        ``is_closed``); this thread then finishes the call at its next turn, asking it again at once if it
+        was sent (``call_sent``): see ``PendingCalls``' Rule 6."""
         with self.changed:
-            self._calls.call_started(req_id)
+            self._calls.call_started(req_id, ended)
+
+    def call_sent(self, req_id: int, payload: bytes, deadline: float) -> None:
+        """The call ``req_id``, started with ``ended``, is being sent (its bytes and deadline)."""
+        with self.changed:
+            self._calls.call_sent(req_id, payload, deadline)
 
     def call_failed(self, req_id: int, unanswered: Unanswered | None = None) -> None:
         """The call ``req_id`` announced by ``call_started`` raised: after an error answer, nothing to deposit.
@@ -573,6 +582,8 @@ class Replica:
                         self._ask_again(dealer)
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + min(self._heartbeat, 0.5)
+                        if self._calls.ending and self._abandon_ended():  # (a dict's truth, read unlocked)
+                            self._ask_again(dealer)
                         with self.changed:
                             lost = self._seq.lost(time.monotonic())  # a gap no call in flight can fill
                         if lost is not None:
@@ -632,6 +643,15 @@ class Replica:
         poller.register(sub, zmq.POLLIN)
         self._await_writer(sub, dealer)
         return sub
+
+    def _abandon_ended(self) -> int:
+        """Finish the calls whose callers can no longer take their answers (their event loop closed under
+        them), those sent to be asked again now (``PendingCalls``' Rule 6): not when the garbage collector
+        gets to their coroutines, if ever, and then after their deadline, the writes after them held until
+        then (a blocking client's sharing this replica too). Once a heartbeat at most: it looks at every
+        such call in flight. Returns how many were finished."""
+        with self.changed:
+            return self._calls.abandon_ended(time.monotonic())
 
     def _ask_again(self, dealer: zmq.Socket[Any]) -> None:
         """Send again the calls of this client that raised with no answer (``call_failed``), once

@@ -308,7 +308,8 @@ class AsyncClient(_Connection):
         loop makes its first call: ``asyncio.run`` ending with a write in flight cancels it, and the task
         made then to await its answer never runs (a client serving a loop per test, as pytest-asyncio
         runs them, kept every such task and loop: 327 loops after 1000 runs, in a user trial). Each such
-        write is left to the replica to ask again after its deadline."""
+        write is left to the replica to ask again after its deadline (unless the replica's own look at
+        calls of closed loops, within a heartbeat, asked it at once already: ``PendingCalls``' Rule 6)."""
         for task, req_id in list(self._late.items()):
             if not task.get_loop().is_closed():
                 continue
@@ -347,6 +348,14 @@ class AsyncClient(_Connection):
                 if not calls and self._serving.get(loop) is calls:
                     del self._serving[loop]
 
+    def _ended(self, loop: asyncio.AbstractEventLoop) -> Callable[[], bool]:
+        """Whether a call of ``loop`` can no longer take its answer: that loop closed under it (its task
+        never runs again, its coroutine ends when the garbage collector gets to it, if ever), or this
+        client closed, its socket with the answer, while the loop was not running (a loop kept from test
+        to test). The replica then finishes the call, asking the writer for it at once if it was sent
+        (``PendingCalls``' Rule 6)."""
+        return lambda: self._closed or loop.is_closed()
+
     def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float, float]:
         if self._shared is not None and self._shared._closed:
             raise TigerError("this client is closed (the tiger.Client whose connection it shares was closed)")
@@ -364,7 +373,7 @@ class AsyncClient(_Connection):
         me = object()
         try:
             if own:
-                self.replica.call_started(req_id)
+                self.replica.call_started(req_id, self._ended(running_loop()))
             self._serve(me)  # before the loop's lock: a refused call must not touch the socket (watch)
             lock = self._lock()
             try:
@@ -375,6 +384,8 @@ class AsyncClient(_Connection):
                 if time.monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
                     raise self._busy(seconds)
                 sent = True  # from here a cancellation may come after libzmq took the bytes
+                if own:
+                    self.replica.call_sent(req_id, payload, deadline)
                 self._in_flight.add(req_id)
                 self._send_call(payload)
                 mine = p.own_records_of(request, payload)  # decoded while the writer works
