@@ -1410,15 +1410,21 @@ def test_a_write_left_on_a_closed_loop_held_the_blocking_clients_writes_behind_i
     a call whose loop closed, asking the writer for it at once."""
     with tiger.connect(tiger_url, timeout=3.0) as blocking, tiger.connect(tiger_url) as other:
         client = tiger.aio.AsyncClient.sharing(blocking)
+        written: list[int] = []  # (the writes that were done after the loop's first turn are in too)
+
+        def write() -> Awaitable[Any]:
+            written.append(len(written) + 1)
+            return client.table("left", prefix="left").insert({"n": written[-1]})
+
         try:
-            left = left_on_a_closed_loop(lambda: client.table("left", prefix="left").insert({"n": 1}))
-            applied_and_buried(other, "left", lambda r: True)
-            after = blocking.table("after", prefix="after").insert({"n": 2})  # (Timeout: held behind the gap)
+            left = left_on_a_closed_loop(write)
+            applied_and_buried(other, "left", lambda r: r["n"] == written[-1])
+            after = blocking.table("after", prefix="after").insert({"n": 0})  # (Timeout: held behind the gap)
             assert blocking.table("after")[after["id"]] == after
-            assert len(blocking.table("left").all()) == 1
+            assert sorted(r["n"] for r in blocking.table("left").all()) == written
             left.close()  # (collected now: nothing changes)
             blocking.sync()
-            assert len(blocking.table("left").all()) == 1
+            assert sorted(r["n"] for r in blocking.table("left").all()) == written
         finally:
             client._close_now()
 
@@ -1465,18 +1471,48 @@ def test_a_write_left_waiting_on_a_paused_loop_as_its_client_closed_held_the_blo
         client = tiger.aio.AsyncClient.sharing(blocking)
         kept = asyncio.new_event_loop()
         try:
-            for _ in range(100):  # until one still waits after the loop's first turn (its answer not in yet)
-                task = kept.create_task(client.table("left", prefix="left").insert({"n": 1}))
+            for n in range(1, 101):  # until one still waits after the loop's first turn (its answer not in yet)
+                task = kept.create_task(client.table("left", prefix="left").insert({"n": n}))
                 kept.run_until_complete(asyncio.sleep(0))
                 if not task.done():
                     break
             assert not task.done()
             client._close_now()  # as the tiger_aclient fixture does after the test
-            applied_and_buried(other, "left", lambda r: True)
-            blocking.table("after", prefix="after").insert({"n": 2})  # (Timeout: held behind the gap)
+            applied_and_buried(other, "left", lambda r: r["n"] == n)
+            blocking.table("after", prefix="after").insert({"n": 0})  # (Timeout: held behind the gap)
             with pytest.raises(tiger.TigerError, match="closed"):
                 kept.run_until_complete(task)  # the loop runs again (the next test)
             blocking.sync()
-            assert len(blocking.table("left").all()) == 1
+            assert sorted(r["n"] for r in blocking.table("left").all()) == list(range(1, n + 1))
         finally:
             kept.close()
+
+
+def test_a_write_ended_by_its_clients_close_was_asked_again_only_after_its_deadline(tiger_url, ns):
+    """A write waiting for its answer as its (sharing) client closed, on a running loop: it raised "closed"
+    and left itself to the replica to ask again after its deadline, though its answer had gone with the
+    closed socket: the blocking client's writes waited behind its gap until then (here the async client's
+    timeout is the longer, so that they time out first). Asked at once now."""
+    with tiger.connect(tiger_url, timeout=3.0) as blocking, tiger.connect(tiger_url) as other:
+        client = tiger.aio.AsyncClient.sharing(blocking)
+        client.timeout = 10.0
+        written = 0
+
+        async def closed_under_a_write() -> None:
+            nonlocal written
+            for _ in range(100):  # until one still waits after a turn of the loop (its answer not in yet)
+                written += 1
+                task = asyncio.get_running_loop().create_task(client.table("left", prefix="left").insert({"n": written}))
+                await asyncio.sleep(0)
+                if not task.done():
+                    break
+            assert not task.done()
+            client._close_now()  # (another task of the loop closes it)
+            with pytest.raises(tiger.TigerError, match="closed"):
+                await task
+
+        run(closed_under_a_write)
+        applied_and_buried(other, "left", lambda r: r["n"] == written)
+        blocking.table("after", prefix="after").insert({"n": 0})  # (Timeout: held behind the gap)
+        blocking.sync()
+        assert sorted(r["n"] for r in blocking.table("left").all()) == list(range(1, written + 1))

@@ -308,15 +308,15 @@ class AsyncClient(_Connection):
         loop makes its first call: ``asyncio.run`` ending with a write in flight cancels it, and the task
         made then to await its answer never runs (a client serving a loop per test, as pytest-asyncio
         runs them, kept every such task and loop: 327 loops after 1000 runs, in a user trial). Each such
-        write is left to the replica to ask again after its deadline (unless the replica's own look at
-        calls of closed loops, within a heartbeat, asked it at once already: ``PendingCalls``' Rule 6)."""
+        write is left to the replica to ask again at once (its own look at calls of closed loops, within
+        a heartbeat, may have done so already: ``PendingCalls``' Rule 6)."""
         for task, req_id in list(self._late.items()):
             if not task.get_loop().is_closed():
                 continue
             del self._late[task]  # (one done as its loop closed: its done callback never ran)
             entry = None if req_id is None or task.done() else self._unanswered.pop(req_id, None)
-            if entry is not None:
-                self.replica.call_failed(req_id, (req_id, *entry))  # type: ignore[arg-type]
+            if entry is not None:  # (asked at once: no task of this client awaits its answer now)
+                self.replica.call_failed(req_id, (req_id, entry[0], time.monotonic()))  # type: ignore[arg-type]
 
     def _serve(self, me: object) -> None:
         """The call ``me`` (a token) of the running loop uses the socket until ``_served(me)``, said in its
@@ -355,6 +355,14 @@ class AsyncClient(_Connection):
         to test). The replica then finishes the call, asking the writer for it at once if it was sent
         (``PendingCalls``' Rule 6)."""
         return lambda: self._closed or loop.is_closed()
+
+    def _ask_at(self, deadline: float) -> float:
+        """When the replica is to ask the writer again for a write that raised unanswered: after its
+        ``deadline`` while its answer may still come on the command socket; at once when this client is
+        closed, that answer gone with its socket (the gap its change left held every later write of the
+        replica until the deadline, a blocking client's sharing it too). A call of a closed loop, handed
+        over as it is collected or as its loop's tasks are dropped, is asked at once too."""
+        return time.monotonic() if self._closed else deadline
 
     def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float, float]:
         if self._shared is not None and self._shared._closed:
@@ -430,7 +438,7 @@ class AsyncClient(_Connection):
         except asyncio.CancelledError:
             if self._closed and not _cancelling():  # the socket was closed under the call (its wait is cancelled)
                 if own:
-                    self.replica.call_failed(req_id, (req_id, payload, deadline) if sent and not answered else None)
+                    self.replica.call_failed(req_id, (req_id, payload, self._ask_at(deadline)) if sent and not answered else None)
                 raise TigerError("this client is closed") from None
             if own and sent and not answered:  # its answer comes in about a round trip: take it then (a task,
                 # not the replica's ask-again after the deadline, which would hold this client's later writes
@@ -450,12 +458,13 @@ class AsyncClient(_Connection):
             self._in_flight.discard(req_id)
             # (not the bytes it received last: decoding them as a late answer changes this client's own
             # dicts, which its event loop's thread reads unlocked; the replica asks the writer instead)
-            left = (req_id, own, (payload, deadline) if sent else None, reply if answered else None, None)
+            # (sent and unanswered: asked at once, its loop closed: see ``_ask_at``)
+            left = (req_id, own, (payload, time.monotonic()) if sent else None, reply if answered else None, None)
             self.replica.later(lambda: self._raised(*left))
             raise
         except BaseException:
             self._in_flight.discard(req_id)  # (an answer of its own read below is not for a call on another loop)
-            self._raised(req_id, own, (payload, deadline) if sent else None, reply if answered else None, received)
+            self._raised(req_id, own, (payload, self._ask_at(deadline)) if sent else None, reply if answered else None, received)
             raise
         finally:
             try:  # (twice: see ``tiger._owned``)
@@ -499,13 +508,13 @@ class AsyncClient(_Connection):
         except GeneratorExit:  # its coroutine closed (collected, its loop closed under it): see ``Replica.later``
             entry = self._unanswered.pop(req_id, None)
             if entry is not None:
-                left = (req_id, *entry)
+                left = (req_id, entry[0], time.monotonic())  # (its loop is closed: see ``_ask_at``)
                 self.replica.later(lambda: self.replica.call_failed(req_id, left))
             raise
         finally:
             entry = self._unanswered.pop(req_id, None)
             if entry is not None:
-                self.replica.call_failed(req_id, (req_id, *entry))
+                self.replica.call_failed(req_id, (req_id, entry[0], self._ask_at(entry[1])))
 
     def _late_answer(self, reply: p.Reply) -> None:
         """An answer on the command socket to an earlier call: a cancelled write's (its change goes to the
