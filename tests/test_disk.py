@@ -10,6 +10,7 @@ directory made at that path since (a second writer's)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from _util import read_line
@@ -313,15 +315,12 @@ def test_acknowledged_writes_went_to_a_log_removed_or_replaced_under_the_writer(
 
 def test_a_group_whose_log_was_removed_during_its_fsync_was_acknowledged(tmp_path, monkeypatch):
     """The directory removed between a group's appends and its fsync (here: during it): the fsync succeeds,
-    on an unlinked file. The group is held now (applied, never answered, as after a failed fsync) and the
-    writer refuses writes; it was answered Ok."""
-    from test_core import ALICE, Rig, insert  # the core's test rig, over a real data directory
+    on an unlinked file. It was answered Ok. Now the writer refuses writes, and the group's write is
+    answered that it may have been applied (it is in the writer's memory), never published."""
+    from test_core import ALICE, BOB, insert
 
     data = tmp_path / "data"
-    d = _log.DataDir(str(data), fsync="always")
-    d.load(p.unpack)
-    rig = Rig(d)  # type: ignore[arg-type]
-    assert type(rig.call(ALICE, insert(1))) is p.Ok
+    rig, d = _rig_over(data)
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
@@ -329,11 +328,128 @@ def test_a_group_whose_log_was_removed_during_its_fsync_was_acknowledged(tmp_pat
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    outbox = rig.send(rig.encode(ALICE, insert(2)))
+    outbox = rig.send(rig.encode(ALICE, insert(2)), rig.encode(BOB, p.Sync(7)))
     monkeypatch.setattr(os, "fsync", real_fsync)
-    assert outbox.replies == [] and rig.core.disk_fault == f"the data directory {data} was removed while this writer ran"
+    assert rig.core.disk_fault == f"the data directory {data} was removed while this writer ran"
+    answers = {r.req_id: r for r in (p.decode_reply(a) for *_, a in outbox.replies)}
+    assert type(answers[2]) is p.Failed and _MAY_HAVE_BEEN_APPLIED in answers[2].message  # not Ok, nor "nothing applied"
+    assert answers[7] == p.Ok(7, rig.core.epoch, 1, None)  # a sync in its group: the seq before it (its replica's)
+    assert not [m for _, m in outbox.published if type(p.decode_published(m)) is not p.Heartbeat]  # never published
     assert type(rig.call(ALICE, insert(3))) is p.Failed
     d.close()
+
+
+_MAY_HAVE_BEEN_APPLIED = "this write may have been applied"
+
+
+def _rig_over(data) -> tuple[Any, _log.DataDir]:
+    """The core's test rig over a real data directory (fsync always) that took ALICE's write 1; and the directory."""
+    from test_core import ALICE, Rig, insert
+
+    d = _log.DataDir(str(data), fsync="always")
+    d.load(p.unpack)
+    rig = Rig(d)  # type: ignore[arg-type]
+    assert type(rig.call(ALICE, insert(1))) is p.Ok
+    return rig, d
+
+
+def _held_write(data, monkeypatch) -> tuple[Any, _log.DataDir]:
+    """``_rig_over`` holding ALICE's write 2 too: its fsync failed once."""
+    from test_core import ALICE, insert
+
+    rig, d = _rig_over(data)
+    real_fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    assert rig.send(rig.encode(ALICE, insert(2))).replies == []  # held: the fault's retry may yet make it durable
+    return rig, d
+
+
+def test_a_held_write_was_never_answered_once_its_data_directory_was_removed(tmp_path, monkeypatch):
+    """A group held (its fsync failed) when the directory is then removed can never be made durable, yet the
+    writer went on holding it: its caller got "did not answer within 5s". It is answered when the loss is
+    found, saying it may have been applied (it is in the writer's memory), and a resend gets the same."""
+    from test_core import ALICE, insert
+
+    rig, d = _held_write(tmp_path / "data", monkeypatch)
+    shutil.rmtree(tmp_path / "data")
+    rig.advance(1.0)
+    [[_, answer]] = rig.tick().replies
+    failed = p.decode_reply(answer)
+    assert type(failed) is p.Failed and failed.kind == "disk" and _MAY_HAVE_BEEN_APPLIED in failed.message
+    assert "was removed while this writer ran" in failed.message
+    assert [p.decode_reply(a) for *_, a in rig.send(rig.encode(ALICE, insert(2))).replies] == [failed]  # a resend
+    d.close()
+
+
+def test_a_held_write_was_never_answered_when_the_writer_stopped(tmp_path, monkeypatch):
+    """A writer stopped while it held a group (its fsync failed) left the callers to their timeout: they are
+    answered as it stops, that their writes may have been applied (the log holds them)."""
+    rig, d = _held_write(tmp_path / "data", monkeypatch)
+    assert rig.core.holding
+    rig.core.stop_work()
+    [[_, answer]] = rig.core.take_outbox().replies
+    failed = p.decode_reply(answer)
+    assert type(failed) is p.Failed and "the writer stopped while this write was held" in failed.message
+    assert "it may have been applied" in failed.message and not rig.core.holding
+    d.close()
+
+
+REMOVED_IN_FSYNC = """
+import os, shutil, sys
+from tiger import _writer
+
+url, data, arm, owner = sys.argv[1:]
+real_fsync = os.fsync
+
+
+def fsync(fd):  # the directory removed during a group's fsync, once the test asks for it
+    if os.path.exists(arm):
+        os.unlink(arm)
+        shutil.rmtree(data)
+    real_fsync(fd)
+
+
+os.fsync = fsync
+sys.exit(_writer.serve_forever(url, data=data, fsync="always", owner_pid=int(owner)))
+"""
+
+
+def test_a_write_in_flight_when_the_data_directory_was_removed_got_only_a_timeout(tmp_path):
+    """A user trial: the data directory removed while a write was in flight (after its group's first append,
+    before its commit). The writer logged the loss and held the group for good: the write raised only
+    "did not answer within 5s". It raises the writer's error now, at once, saying the write may have been
+    applied; it is never published, and later writes are refused as before."""
+    data, arm = tmp_path / "data", tmp_path / "arm"
+    command = [sys.executable, "-c", REMOVED_IN_FSYNC, f"ipc://{tmp_path}/w", str(data), str(arm), str(os.getpid())]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = read_line(proc, 30)
+        assert line.startswith("tiger writer serving at"), line
+        url = line.strip().rsplit(" ", 1)[-1]
+        with tiger.connect(url, timeout=5.0) as client, tiger.connect(url) as reader:
+            table = client.table("t")
+            table.insert({"id": "before"})
+            arm.touch()
+            started = time.monotonic()
+            with pytest.raises(tiger.TigerError) as raised:
+                table.insert({"id": "in-flight"})
+            assert time.monotonic() - started < 2.0 and not isinstance(raised.value, tiger.Unavailable)
+            message = str(raised.value)
+            assert f"the data directory {data} was removed while this writer ran" in message
+            assert _MAY_HAVE_BEEN_APPLIED in message and "nothing was applied" not in message
+            _refused_writes(table, "was removed while this writer ran")
+            reader.sync()
+            client.sync()
+            assert [r["id"] for r in reader.table("t").all()] == ["before"]  # never published
+            assert [r["id"] for r in table.all()] == ["before"]
+    finally:
+        err = stop(proc)
+    assert "answered 1 held calls, 1 of them refused" in err, err
 
 
 def test_a_snapshot_tmp_replaced_during_a_compaction_was_put_in_place_as_the_snapshot(tmp_path):

@@ -426,12 +426,14 @@ class WriterCore:
                 self.disk.commit()
             except OSError as e:  # (DataDirLost: the group went to a log gone from its path)
                 self._disk_failed(e, now, "fsync")
-                self._hold(answers, "for good: their log is gone from its path" if self._disk_lost else "")
+                self._hold(answers)
+                if self._disk_lost:  # never to be answered Ok: answered now, saying so (see ``_refuse_held``)
+                    self._refuse_held(self._lost_write())
                 return
         if self._held is None:
             self._committed_seq = self.seq
 
-    def _hold(self, answers: list[tuple[str, int]], why: str = "") -> None:
+    def _hold(self, answers: list[tuple[str, int]]) -> None:
         """Keep this group's publications and answers back (see ``commit``)."""
         self._publish_pending()
         held = self._held if self._held is not None else Outbox()
@@ -445,7 +447,51 @@ class WriterCore:
                 self._held_answers[(client_id, req_id)] = kept[req_id]
                 kept.size -= len(kept[req_id])
                 kept[req_id] = _HELD
-        log.error("holding %d answers %s", len(held.replies), why or "until the data directory works again: their fsync failed")
+        if not self._disk_lost:  # (lost: ``_refuse_held`` says what became of them)
+            log.error("holding %d answers until the data directory works again: their fsync failed", len(held.replies))
+
+    def _refuse_held(self, failure: str) -> None:
+        """Answer the held calls now: they will never be answered Ok (the data directory is lost, or the
+        writer stops). A call whose answer carried a change gets a ``disk`` failure saying ``failure`` (that
+        its write may have been applied); one that changed nothing gets its answer as of the seq before
+        the held changes (which its replica reaches); a failure stays as it was. A resend gets the same.
+        The held changes stay held: never published, nor announced (the seq stays the one before them).
+        Before, the writer held them for good, and their callers got only "did not answer within 5s"."""
+        held = self._held
+        if held is None:
+            return
+        replies, held.replies = held.replies, []
+        refused = 0
+        for frames in replies:
+            answer = self._unheld(frames[-1], failure)
+            refused += answer is not frames[-1]
+            self.outbox.replies.append([*frames[:-1], answer])
+        for (client_id, req_id), kept_answer in self._held_answers.items():
+            kept = self.answered.get(client_id)
+            if kept is not None and kept.get(req_id) == _HELD:
+                kept[req_id] = answer = self._unheld(kept_answer, failure)
+                kept.size += len(answer)
+        self._held_answers.clear()
+        if replies:
+            log.error("answered %d held calls, %d of them refused: %s", len(replies), refused, failure)
+
+    def _unheld(self, answer: bytes, failure: str) -> bytes:
+        """A held answer as ``_refuse_held`` gives it."""
+        reply = p.decode_reply(answer)
+        if type(reply) is not p.Ok or (reply.change is None and reply.seq <= self._committed_seq):
+            return answer
+        if reply.change is None:  # (its ``before`` may hold held changes: left out)
+            return p.encode_reply(p.Ok(reply.req_id, reply.epoch, self._committed_seq, None, reply.result))
+        return p.encode_reply(p.Failed(reply.req_id, "disk", failure))  # (uncut: it must say "may have been applied")
+
+    def _lost_write(self) -> str:
+        """What a held write is answered once the data directory is lost (``_refuse_held``)."""
+        return (
+            f"the writer cannot keep writes now ({self.disk_fault}); this write may have been applied: it was applied in "
+            "the writer's memory, and the log it went to was gone from its path before the write was durable, so it is "
+            "never published (processes that join this writer see it; a restart may not have it); reads go on, and this "
+            "writer takes no more writes: restart it (it starts from what is at that path then)"
+        )
 
     def _release(self) -> None:
         """The held group is durable now (a compaction wrote everything): publish and answer it."""
@@ -667,6 +713,7 @@ class WriterCore:
         log.error("%s: writes are refused until this writer is restarted; reads go on, from what it holds", p.wire_text(why))
         self._disk_lost = True
         self.disk_fault = p.wire_text(why)
+        self._refuse_held(self._lost_write())  # a group held since its fsync failed is never durable now
 
     def _recover(self, now: float) -> None:
         """Try the data directory again: a compaction writes everything the writer holds (so nothing
@@ -702,8 +749,19 @@ class WriterCore:
         if self._checksums:
             self._checksum_step(now)
 
+    @property
+    def holding(self) -> bool:
+        """Calls are held unanswered (their group's fsync failed): the process around the core calls
+        ``stop_work`` when it stops, which answers them."""
+        return self._held is not None and bool(self._held.replies)
+
     def stop_work(self) -> None:
-        """The writer stops: the requests waiting for work under way are answered that it stopped."""
+        """The writer stops: the requests waiting for work under way are answered that it stopped, and the
+        held calls that their writes may have been applied."""
+        self._refuse_held(
+            f"the writer stopped while this write was held, its fsync having failed ({self.disk_fault}): it may have been "
+            "applied (it is in the log, and a restart has it if the log reached the disk)"
+        )
         self._abandon_compaction(p.Failed(0, "stopped", "the writer stopped before the snapshot was in place"))
         checksums, self._checksums = self._checksums, []
         for job in checksums:

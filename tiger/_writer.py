@@ -313,7 +313,7 @@ class Writer:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             linger = 0.0
-            if self.core.pending_work:  # what waits for it (tiger compact, stats) is told, not left to time out
+            if self.core.pending_work or self.core.holding:  # what waits (tiger compact, stats, a held write) is told
                 self.core.stop_work()
                 self._send_outbox()
                 linger = STOP_LINGER
