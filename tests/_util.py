@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import subprocess
 import threading
 from typing import Any
 
+import pytest
 import zmq
 
 
@@ -18,6 +20,17 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
         sel.register(proc.stdout, selectors.EVENT_READ)
         assert sel.select(timeout), f"no output within {timeout}s"
     return proc.stdout.readline()
+
+
+def held_to_modes() -> list[str]:
+    """The words that run a command held to file modes (nothing for a user; root makes files anywhere, and
+    without CAP_DAC_OVERRIDE is held to the modes): skips the test if root cannot drop it (no setpriv)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")
+    return [setpriv, "--inh-caps=-dac_override", "--bounding-set=-dac_override"]
 
 
 def alive(pid: int) -> bool:

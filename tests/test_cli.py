@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _util import alive, read_line
+from _util import alive, held_to_modes, read_line
 
 import tiger
+from tiger import _log
 from tiger._cli import DEFAULT_URL
 
 TIGER = [sys.executable, "-m", "tiger"]
@@ -416,3 +417,49 @@ def test_a_dump_under_a_locale_that_is_not_utf8_stopped_half_way(tmp_path):
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "a dangling link", "under a dangling link"])
+def test_a_data_path_that_is_no_directory_was_refused_saying_only_file_exists(tmp_path, kind):
+    """A user trial: ``tiger serve --data /etc/passwd`` said only "[Errno 17] File exists" (of a symbolic link
+    to nothing too). What is in the way is named with the field by ``tiger serve`` and ``tiger.serve()``
+    before anything starts, and by the writer itself; nothing is changed (nor the link's target made)."""
+    file, link, nowhere = tmp_path / "file", tmp_path / "link", tmp_path / "nowhere"
+    file.write_text("keep")
+    link.symlink_to(nowhere)
+    dangling = f"{link} is a symbolic link to {nowhere}, which does not exist"
+    data, why = {
+        "a file": (file, f"{file} is a file, not a directory"),
+        "under a file": (file / "data", f"{file / 'data'} cannot be made: {file} is a file, not a directory"),
+        "a dangling link": (link, dangling),
+        "under a dangling link": (link / "data", f"{link / 'data'} cannot be made: {dangling}"),
+    }[kind]
+    out = subprocess.run([*TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--data", str(data)], capture_output=True, text=True)
+    assert out.returncode == 1 and f"tiger serve: --data: {why}\n" in out.stderr, out.stderr
+    with pytest.raises(ValueError, match=f"^data: {re.escape(why)}$"):
+        tiger.serve(data=data)
+    with pytest.raises(OSError, match=re.escape(why)):  # the writer's own check (what changed since is found there)
+        _log.DataDir(str(data))
+    assert sorted(os.listdir(tmp_path)) == ["file", "link"] and file.read_text() == "keep"
+
+
+def test_serve_said_only_exited_with_code_3_of_a_data_directory_its_writer_could_not_use(tmp_path):
+    """``tiger.serve(data=...)`` whose writer could not use the directory raised "exited with code 3 before it
+    was ready (its log is above)": the reason was in the writer's log alone. It is in the exception now."""
+    data = tmp_path / "data"
+    with tiger.serve(data=data) as first:
+        pattern = rf"exited with code 3 before it was ready: tiger: cannot use the data directory \(--data\): .*{data} is in use"
+        with pytest.raises(tiger.TigerError, match=rf"{pattern} by the tiger writer with pid {first.pid}$"):
+            tiger.serve(data=data)
+
+
+def test_a_data_directory_that_cannot_be_made_for_want_of_permission_is_refused_naming_the_field(tmp_path):
+    """A data directory in a directory this user may not write: the writer says why, naming ``--data``."""
+    (tmp_path / "closed").mkdir(mode=0o500)
+    data = tmp_path / "closed" / "data"
+    command = [*held_to_modes(), *TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--data", str(data)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 3, out.stderr
+    why = f"[Errno 13] cannot make or open the directory {data} (Permission denied)"
+    assert f"tiger: cannot use the data directory (--data): {why}" in out.stderr
+    assert not data.exists()

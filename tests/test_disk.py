@@ -124,6 +124,18 @@ def test_a_read_only_data_directory_is_refused_at_start_naming_why(small_disk, t
     assert "cannot use the data directory" in done.stderr and "Read-only file system" in done.stderr
 
 
+def test_serve_said_only_exited_with_code_3_of_a_data_directory_in_a_read_only_place(small_disk, tmp_path):
+    """``tiger.serve(data=...)`` in a read-only place said "exited with code 3 ... (its log is above)"; the
+    writer's reason is in the exception now (``tiger serve`` says it, naming ``--data``)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    data = small_disk / "data"
+    why = rf"the data directory \(--data\): \[Errno 30\] cannot make or open the directory {data} \(Read-only file system\)"
+    with pytest.raises(tiger.TigerError, match=rf"exited with code 3 before it was ready: tiger: cannot use {why}$"):
+        tiger.serve(data=data)
+    done = subprocess.run([*TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--data", str(data)], capture_output=True, text=True)
+    assert done.returncode == 3 and re.search(why, done.stderr), done.stderr
+
+
 # -- the data directory's files removed, moved or replaced under the writer ----------------------------
 
 

@@ -6,7 +6,6 @@ import errno
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 
 import pytest
 import zmq
-from _util import read_line
+from _util import held_to_modes, read_line
 
 import tiger
 from tiger import _log
@@ -380,12 +379,7 @@ def test_a_data_directory_where_no_file_can_be_made_is_refused_at_start(tmp_path
     data = tmp_path / "data"
     with tiger.serve(data=data):
         pass
-    drop = []
-    if os.geteuid() == 0:  # root makes files anywhere: without CAP_DAC_OVERRIDE it is held to the mode
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")
-        drop = [setpriv, "--inh-caps=-dac_override", "--bounding-set=-dac_override"]
+    drop = held_to_modes()
     data.chmod(0o500)
     try:
         command = [*drop, *TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--data", str(data)]

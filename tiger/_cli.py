@@ -11,9 +11,8 @@ from tiger._calls import check_seconds
 from tiger._client import Client, connect
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
-from tiger._paths import DATA_ROOM, check_path
 from tiger._protocol import Compact, say
-from tiger._server import check_bind_url, check_url, ping, request_once, why_refused
+from tiger._server import NOT_STARTED, check_bind_url, check_data_dir, check_url, ping, request_once, why_refused
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
@@ -40,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--owner-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--made-dir", default=None, help=argparse.SUPPRESS)  # tiger.serve()'s ipc directory
+    serve.add_argument("--failure-on-stdout", action="store_true", help=argparse.SUPPRESS)  # tiger.serve() reads it
     serve.add_argument("--pub-hwm", type=int, default=PUB_HWM, help=argparse.SUPPRESS)  # tests force drops with it
 
     stats = commands.add_parser("stats", help="show a running writer's epoch, seq, clients and record counts")
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.data is not None and not args.data.strip():
                 raise ValueError("--data must name a directory (without --data the store is kept in memory only)")
             if args.data is not None:  # (a name that is not UTF-8 is served: stats shows it escaped)
-                check_path(args.data, "--data", room=DATA_ROOM, names="a directory")
+                check_data_dir(args.data, "--data")
             return serve_forever(
                 args.url,
                 log_level=args.log_level.upper(),
@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 curve_secret=args.curve_secret,
                 compact_bytes=args.compact_bytes,
                 made_dir=args.made_dir,
+                failure_on_stdout=args.failure_on_stdout,
             )
         if args.command == "load":
             from tiger._seed import load_files
@@ -151,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (TigerError, ValueError, TypeError, OSError) as e:
         say(f"tiger {args.command}: {e}", sys.stderr)
+        if args.command == "serve" and args.failure_on_stdout:  # (where tiger.serve() reads why, as serve_forever's)
+            say(f"{NOT_STARTED}tiger {args.command}: {e}", flush=True)
         return 1
 
 

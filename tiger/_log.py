@@ -42,6 +42,7 @@ from typing import Any
 import msgpack
 
 from tiger._errors import DataDirLost, TigerError
+from tiger._paths import in_the_way
 
 log = logging.getLogger("tiger.writer")
 
@@ -130,8 +131,12 @@ class DataDir:
         missing = self.path
         while not os.path.lexists(missing) and os.path.dirname(missing) != missing:
             self.made, missing = missing, os.path.dirname(missing)
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:  # (a file at the path was "[Errno 17] File exists": what is in the way, said)
+            why = in_the_way(self.path) or f"cannot make or open the directory {self.path} ({e.strerror})"
+            raise OSError(e.errno, why) from None
         self._lock_fd = -1
         try:
             self._dir_id = _identity(os.fstat(self._dir_fd))

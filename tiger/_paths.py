@@ -4,6 +4,7 @@ its run directory here before, or without, ever importing zmq)."""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 
 from tiger._errors import shown
@@ -92,3 +93,41 @@ def check_path(value: object, field: str, *, room: int = 0, names: str = "a path
             f"{NAME_MAX}; got {len(whole)} bytes, its longest name {longest}: {shown(path)}"
         )
     return path
+
+
+_KINDS = {
+    stat.S_IFREG: "a file",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def in_the_way(path: str) -> str | None:
+    """What keeps a directory from being made or opened at ``path``, found by looking (nothing is made or
+    changed): a file or other non-directory there or at the first of its parents that exists, or a symbolic
+    link to nothing (``os.makedirs`` said only "File exists" of ``tiger serve --data /etc/passwd``, and of a
+    dangling link). None when nothing is in the way: a permission or a read-only file system, the attempt
+    itself says."""
+    path = os.path.abspath(path)
+    at = path
+    while True:
+        try:
+            st = os.stat(at)
+        except (FileNotFoundError, NotADirectoryError):  # (not a directory: a parent of it, found further up)
+            if os.path.islink(at):
+                link = f"{at} is a symbolic link to {os.readlink(at)}, which does not exist"
+                return link if at == path else f"{path} cannot be made: {link}"
+            parent = os.path.dirname(at)
+            if parent == at:
+                return None
+            at = parent
+            continue
+        except (OSError, ValueError):  # (a loop of links, no permission to look: the attempt says)
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a directory")
+        what = f"{at} is {kind}, not a directory"
+        return what if at == path else f"{path} cannot be made: {what}"

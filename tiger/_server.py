@@ -24,10 +24,11 @@ from zmq.utils import z85
 from tiger import _protocol as p
 from tiger._calls import check_seconds
 from tiger._errors import TigerError, Unavailable, shown
-from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, path_bytes, short_temp_dir
+from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
+NOT_STARTED = "tiger writer not started: "  # begins the line a writer that could not start prints on stdout
 
 
 @atexit.register
@@ -80,6 +81,17 @@ def check_bind_url(url: object) -> str:
     if taken is not None:
         raise ValueError(f"url: {shown(taken)} exists and is not a socket; a writer binding there would delete it: {shown(url)}")
     return url
+
+
+def check_data_dir(value: object, field: str) -> str:
+    """``check_path`` of a data directory, and that nothing is in the way of it (``in_the_way``: a file at
+    its path or a parent's, a symbolic link to nothing); ``ValueError`` naming ``field`` and what. What
+    only the attempt can tell (a permission, a read-only file system) the writer says as it starts."""
+    path = check_path(value, field, room=DATA_ROOM, names="a directory")
+    problem = in_the_way(path)
+    if problem is not None:
+        raise ValueError(f"{field}: {problem}")
+    return path
 
 
 def not_a_socket(url: str) -> str | None:
@@ -216,7 +228,7 @@ def start_writer(
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     if url is not None:
         check_bind_url(url)
-    data_path = None if data is None else check_path(data, "data", room=DATA_ROOM, names="a directory")
+    data_path = None if data is None else check_data_dir(data, "data")
     secret_path = None if curve_secret is None else check_path(curve_secret, "curve_secret", names="a key file")
     log_path = None if log is None else check_path(log, "log", names="a file")
     server_key = None
@@ -229,7 +241,7 @@ def start_writer(
         tmpdir = short_temp_dir("tiger-")
         url = f"ipc://{tmpdir}/w"
     # each value joined to its option by "=": a path beginning with "-" (data="-foo") was read as an option
-    command = [sys.executable, "-m", "tiger", "serve", f"--url={url}", "--log-level=warning"]
+    command = [sys.executable, "-m", "tiger", "serve", f"--url={url}", "--log-level=warning", "--failure-on-stdout"]
     owned_here = owner_pid is None or owner_pid == os.getpid()
     command += [f"--owner-pid={os.getpid() if owner_pid is None else owner_pid}"]
     if owned_here:
@@ -278,6 +290,10 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) ->
                 code = process.wait()
                 raise TigerError(f"the tiger writer for {url} exited with code {code} before it was ready (its log is above)")
             line += chunk
+    if line.startswith(NOT_STARTED.encode()):  # (said only "exited with code 3": why, it printed to its log)
+        code = process.wait()
+        why = line[len(NOT_STARTED) :].decode(errors="replace").rstrip("\r\n")
+        raise TigerError(f"the tiger writer for {url} exited with code {code} before it was ready: {why}")
     # the whole rest of the line: an ipc path may hold spaces (a TMPDIR with one cut the url at it, and every
     # writer tiger.serve() and the pytest plugin started there was refused)
     return line.decode().rstrip("\r\n").partition("serving at ")[2]

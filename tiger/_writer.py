@@ -34,7 +34,7 @@ from tiger import _table
 from tiger._core import CLIENT_SILENCE, WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 from tiger._process import ProcessWatch
-from tiger._server import accepting, not_a_socket
+from tiger._server import NOT_STARTED, accepting, not_a_socket
 from tiger._snapshots import PEER_HWM, STALL, Outgoing, PeerGone
 
 log = logging.getLogger("tiger.writer")
@@ -486,19 +486,29 @@ def serve_forever(
     curve_secret: str | None = None,
     compact_bytes: int = COMPACT_BYTES,
     made_dir: str | None = None,
+    failure_on_stdout: bool = False,
 ) -> int:
     """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code.
+
+    ``failure_on_stdout``: a failure to start is said on stdout too (``NOT_STARTED`` and the line it prints
+    to stderr), where the process that started it (``tiger.serve()``) reads, and puts it in its exception.
 
     ``made_dir``: the directory ``tiger.serve()`` made for this writer's ipc socket: removed, if empty, when the
     writer stops because its owner is gone (killed: nobody else will); a writer stopped otherwise leaves it to
     its owner (which may start another writer on the same url)."""
     logging.basicConfig(level=log_level, format=f"tiger[{os.getpid()}] %(levelname)s %(message)s", stream=sys.stderr)
     _raise_open_file_limit()
+
+    def refuse(line: str, code: int) -> int:
+        p.say(line, sys.stderr)
+        if failure_on_stdout:
+            p.say(NOT_STARTED + line, flush=True)
+        return code
+
     try:
         secret = None if curve_secret is None else read_secret_key(curve_secret)
     except (OSError, ValueError) as e:  # (not the data directory's: it was said to be, naming the wrong option)
-        p.say(f"tiger: cannot read --curve-secret {curve_secret}: {e}", sys.stderr)
-        return 2
+        return refuse(f"tiger: cannot read --curve-secret {curve_secret}: {e}", 2)
     try:
         writer = Writer(
             url,
@@ -512,14 +522,11 @@ def serve_forever(
             freeze_long_lived=True,
         )
     except zmq.ZMQError as e:
-        p.say(f"tiger: cannot bind {url}: {e}", sys.stderr)
-        return 2
+        return refuse(f"tiger: cannot bind {url}: {e}", 2)
     except (Corrupt, Locked, OSError) as e:
-        p.say(f"tiger: cannot use the data directory: {e}", sys.stderr)
-        return 3
+        return refuse(f"tiger: cannot use the data directory (--data): {e}", 3)
     except ValueError as e:
-        p.say(f"tiger: {e}", sys.stderr)
-        return 2
+        return refuse(f"tiger: {e}", 2)
     p.say(f"tiger writer serving at {writer.url}", flush=True)
     log.info("epoch %s, publishing at %s", writer.epoch, writer.pub_url)
     try:
