@@ -65,6 +65,7 @@ def test_stats_shows_tables_namespaces_and_counts(foreground):
         assert re.search(r"^plans\s+global\s+3$", out.stdout, re.M)
         assert re.search(r"^plans\s+test-1\s+1$", out.stdout, re.M)
         assert re.search(r"^uptime\s+[\d.]+ s$", out.stdout, re.M)
+        assert re.search(r"^data\s+none \(memory only\)$", out.stdout, re.M)
 
 
 def test_stats_prints_a_name_holding_a_newline_or_nul_on_its_own_line(foreground):

@@ -181,6 +181,30 @@ def test_acknowledged_writes_were_lost_when_the_data_directory_was_removed(tmp_p
     assert not data.exists()  # nor was it made again
 
 
+def test_tiger_stats_did_not_show_the_data_directory_nor_its_fault(tmp_path):
+    """A user trial: ``client.stats()`` said the data directory was removed; ``tiger stats`` said nothing of
+    the data directory at all. It shows where it is, its fsync, its log and its fault."""
+    data = tmp_path / "data"
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--fsync", "always")
+    try:
+
+        def tiger_stats() -> str:
+            out = subprocess.run([*TIGER, "stats", "--url", url], capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            return out.stdout
+
+        shown = tiger_stats()
+        assert re.search(rf"^data\s+{re.escape(str(data))}$", shown, re.M) and re.search(r"^fsync\s+always$", shown, re.M)
+        assert re.search(r"^log\s+0 bytes$", shown, re.M) and re.search(r"^fault\s+none$", shown, re.M), shown
+        shutil.rmtree(data)
+        with tiger.connect(url) as client:
+            wait(lambda: client.stats()["data"]["fault"] is not None, what="the fault in stats")
+        fault = f"the data directory {data} was removed while this writer ran: writes are refused"
+        assert re.search(rf"^fault\s+{re.escape(fault)}$", tiger_stats(), re.M)
+    finally:
+        stop(proc)
+
+
 def test_an_idle_writer_did_not_notice_its_data_directory_was_removed(tmp_path):
     """With no write coming, nothing checked the directory: ``stats`` said all was well. Its heartbeat checks
     it now (one stat, twice a second)."""

@@ -194,6 +194,23 @@ def _printable(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
+def _data_lines(data: dict | None) -> list[str]:  # type: ignore[type-arg]
+    """The data directory's lines of ``tiger stats``: where, how it syncs, and whether it takes writes (its
+    fault: ``stats()`` said the directory was removed, ``tiger stats`` said nothing of it)."""
+    if data is None:
+        return ["data     none (memory only)"]
+    lines = [
+        f"data     {_printable(data['path'])}",
+        f"fsync    {data['fsync']}",
+        f"log      {data['log_bytes']} bytes",
+        f"fault    {'none' if data['fault'] is None else _printable(data['fault']) + ': writes are refused'}",
+    ]
+    compacting = data.get("compacting")
+    if compacting is not None:
+        lines.append(f"compacting  a snapshot of {compacting['records']} records, {compacting['bytes_written']} bytes written")
+    return lines
+
+
 def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
     lines = [
         f"url      {stats['url']}",
@@ -203,6 +220,7 @@ def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
         f"uptime   {stats['uptime']:.1f} s",
         f"clients  {stats['clients']}",
         f"records  {stats['records']}",
+        *_data_lines(stats.get("data")),
     ]
     rows = [(_printable(t), _printable(ns), n) for t, namespaces in stats["tables"].items() for ns, n in namespaces.items()]
     if rows:
