@@ -10,7 +10,6 @@ import selectors
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from zmq.utils import z85
 from tiger import _protocol as p
 from tiger._calls import check_seconds
 from tiger._errors import TigerError, Unavailable, shown
-from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, path_bytes, short_temp_dir
+from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, ipc_path_unusable, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -70,16 +69,13 @@ def check_url(url: object) -> str:
 
 
 def check_bind_url(url: object) -> str:
-    """``check_url``, and for an ipc URL, that its path is no directory (libzmq said "Address already in
-    use" of one): what a writer can bind, checked before it is started."""
+    """``check_url``, and for an ipc URL, that its path holds nothing a writer must not bind
+    (``ipc_path_unusable``): what a writer can bind, checked before it is started."""
     check_url(url)
     assert isinstance(url, str)
-    path = url[len("ipc://") :] if url.startswith("ipc://") else ""
-    if path and not path.startswith("@") and os.path.isdir(path):
-        raise ValueError(f"url: an ipc path must name a socket file, not a directory: {shown(url)}")
-    taken = not_a_socket(url)
-    if taken is not None:
-        raise ValueError(f"url: {shown(taken)} exists and is not a socket; a writer binding there would delete it: {shown(url)}")
+    unusable = ipc_path_unusable(url)
+    if unusable is not None:
+        raise ValueError(f"url: {unusable[1]}: {shown(url)}")
     return url
 
 
@@ -92,24 +88,6 @@ def check_data_dir(value: object, field: str) -> str:
     if problem is not None:
         raise ValueError(f"{field}: {problem}")
     return path
-
-
-def not_a_socket(url: str) -> str | None:
-    """The path an ipc ``url``'s writer binds (its own or its PUB socket's, ``.pub``) where a file that
-    is not a socket is: libzmq's bind unlinks whatever is at the path, so ``tiger serve --url
-    ipc:///dev/null`` (as root) deleted /dev/null, and any file named by mistake went the same way (a
-    user trial). None when both are free or stale sockets; symbolic links count as not sockets."""
-    path = url[len("ipc://") :] if url.startswith("ipc://") else ""
-    if not path or path.startswith("@") or path.endswith("*"):
-        return None
-    for each in (path, path + ".pub"):
-        try:
-            mode = os.lstat(each).st_mode
-        except OSError:  # (none there, or no way to see: the bind says)
-            continue
-        if not stat.S_ISSOCK(mode):
-            return each
-    return None
 
 
 class Server:

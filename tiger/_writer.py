@@ -33,8 +33,9 @@ from tiger import _protocol as p
 from tiger import _table
 from tiger._core import CLIENT_SILENCE, WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
+from tiger._paths import ipc_path_unusable
 from tiger._process import ProcessWatch
-from tiger._server import NOT_STARTED, accepting, not_a_socket
+from tiger._server import NOT_STARTED, accepting
 from tiger._snapshots import PEER_HWM, STALL, Outgoing, PeerGone
 
 log = logging.getLogger("tiger.writer")
@@ -116,12 +117,10 @@ def _refuse_a_live_ipc_path(url: str) -> None:
     running one took its path (new clients reached the second, the first ran on unreachable, and the
     writes the second acknowledged were lost with it). A stale file (connection refused) is left to
     libzmq, which replaces it; an abstract name (``@``) the kernel refuses by itself."""
+    unusable = ipc_path_unusable(url)  # (a directory: libzmq said "Address already in use"; a file: it would unlink it)
+    if unusable is not None:
+        raise zmq.ZMQError(*unusable)
     path = url[len("ipc://") :] if url.startswith("ipc://") else ""
-    if path and not path.startswith("@") and os.path.isdir(path):  # (libzmq: "Address already in use")
-        raise zmq.ZMQError(errno.EISDIR, f"{path} is a directory: an ipc path must name a socket file")
-    taken = not_a_socket(url)  # (libzmq would unlink it)
-    if taken is not None:
-        raise zmq.ZMQError(errno.EEXIST, f"{taken} exists and is not a socket: a writer binding there would delete it")
     if path and not path.startswith("@") and not path.endswith("*") and accepting(url) == "yes":
         raise zmq.ZMQError(errno.EADDRINUSE, f"Address already in use: a process accepts connections at {path} (a tiger writer?)")
 
