@@ -425,10 +425,13 @@ class WriterCore:
             try:
                 self.disk.commit()
             except OSError as e:  # (DataDirLost: the group went to a log gone from its path)
-                self._disk_failed(e, now, "fsync")
                 self._hold(answers)
-                if self._disk_lost:  # never to be answered Ok: answered now, saying so (see ``_refuse_held``)
+                self._disk_failed(e, now, "fsync")
+                if self._disk_lost:  # never to be answered Ok: answered now, saying so (``_lost`` did, unless lost before)
                     self._refuse_held(self._lost_write())
+                elif self._held is not None:
+                    count = len(self._held.replies)
+                    log.error("holding %d answers until the data directory works again: their fsync failed", count)
                 return
         if self._held is None:
             self._committed_seq = self.seq
@@ -447,8 +450,6 @@ class WriterCore:
                 self._held_answers[(client_id, req_id)] = kept[req_id]
                 kept.size -= len(kept[req_id])
                 kept[req_id] = _HELD
-        if not self._disk_lost:  # (lost: ``_refuse_held`` says what became of them)
-            log.error("holding %d answers until the data directory works again: their fsync failed", len(held.replies))
 
     def _refuse_held(self, failure: str) -> None:
         """Answer the held calls now: they will never be answered Ok (the data directory is lost, or the

@@ -137,29 +137,20 @@ def in_the_way(path: str) -> str | None:
 def ipc_path_unusable(url: str) -> tuple[int, str] | None:
     """Why a writer must not bind an ipc ``url`` (``(errno, reason)``), found by looking: a directory at its
     path (libzmq said "Address already in use"), or a file that is not a socket at it or at the ``.pub``
-    beside it (``not_a_socket``). None for any other url, or when both are free or stale sockets."""
-    path = url[len("ipc://") :] if url.startswith("ipc://") else ""
-    if path and not path.startswith("@") and os.path.isdir(path):
-        return errno.EISDIR, "an ipc path must name a socket file, not a directory"
-    taken = not_a_socket(url)
-    if taken is not None:
-        return errno.EEXIST, f"{shown(taken)} exists and is not a socket; a writer binding there would delete it"
-    return None
-
-
-def not_a_socket(url: str) -> str | None:
-    """The path an ipc ``url``'s writer binds (its own or its PUB socket's, ``.pub``) where a file that
-    is not a socket is: libzmq's bind unlinks whatever is at the path, so ``tiger serve --url
-    ipc:///dev/null`` (as root) deleted /dev/null, and any file named by mistake went the same way (a
-    user trial). None when both are free or stale sockets; symbolic links count as not sockets."""
+    beside it (its PUB socket's): libzmq's bind unlinks whatever is at the path, so ``tiger serve --url
+    ipc:///dev/null`` (as root) deleted /dev/null, and any file named by mistake went the same way (a user
+    trial). Symbolic links count as not sockets. None for any other url, or when both are free or stale
+    sockets (or cannot be seen: the bind then says)."""
     path = url[len("ipc://") :] if url.startswith("ipc://") else ""
     if not path or path.startswith("@") or path.endswith("*"):
         return None
+    if os.path.isdir(path):
+        return errno.EISDIR, "an ipc path must name a socket file, not a directory"
     for each in (path, path + ".pub"):
         try:
             mode = os.lstat(each).st_mode
-        except OSError:  # (none there, or no way to see: the bind says)
+        except OSError:
             continue
         if not stat.S_ISSOCK(mode):
-            return each
+            return errno.EEXIST, f"{shown(each)} exists and is not a socket; a writer binding there would delete it"
     return None
