@@ -306,6 +306,18 @@ def test_stats_summary(pytester):
     result.stdout.fnmatch_lines(["*tiger*", "*writes applied*", "*plans: 1 records in 1 namespaces*", "*k: done by gw*"])
 
 
+def test_stats_summary_left_out_the_data_directory_of_a_writer_given_by_url(pytester, tmp_path):
+    """``--tiger-stats`` said nothing of the writer's data directory (``tiger stats`` does: its path, fsync
+    and whether it takes writes), though a writer given by ``--tiger-url`` may keep one."""
+    pytester.makepyfile(test_s="def test_s(tiger_client):\n    tiger_client.table('plans').insert({'id': 'p'})\n")
+    with tiger.serve(data=tmp_path / "data", fsync="always") as server:
+        result = run(pytester, "-p", "no:xdist", "--tiger-url", server.url, "--tiger-stats")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*data     {tmp_path / 'data'}", "*fsync    always", "*log      * bytes", "*fault    none"])
+    result = run(pytester, "-p", "no:xdist", "--tiger-stats")  # a writer the run started: memory only
+    result.stdout.fnmatch_lines(["*data     none (memory only)"])
+
+
 def test_disabled_with_p_no_tiger(pytester):
     pytester.makepyfile(test_off="def test_off(tiger_url): pass")
     result = run(pytester, "-p", "no:tiger", "-p", "no:xdist")

@@ -173,11 +173,12 @@ def keygen(directory: str) -> str:
 
 
 def format_run_stats(client: Client, namespace: str = GLOBAL) -> str:
-    """``pytest --tiger-stats``: records per table, writes applied, the run's once-keys (in ``namespace``)
-    and who built them."""
+    """``pytest --tiger-stats``: writes applied, the data directory (as ``tiger stats`` shows it), records per
+    table, the run's once-keys (in ``namespace``) and who built them."""
     stats = client.stats()
     client.sync()
     lines = [f"writer {stats['url']}: {stats['seq']} writes applied in epoch {stats['epoch']}"]
+    lines += [f"  {line}" for line in _data_lines(stats.get("data"))]  # (a writer given by --tiger-url may keep a data directory)
     for table, namespaces in stats["tables"].items():
         if not table.startswith(RESERVED_PREFIX):
             lines.append(f"  {_printable(table)}: {sum(namespaces.values())} records in {len(namespaces)} namespaces")
