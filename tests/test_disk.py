@@ -533,3 +533,76 @@ def test_a_lock_file_removed_alone_is_made_again_at_the_next_tick(tmp_path):
     d.tick()
     assert (data / "lock").read_text().strip() == str(os.getpid())
     d.close()
+
+
+# -- a start that failed after it made the data directory ------------------------------------------------------
+
+FAILS_TO_BIND = """
+import os, sys
+from tiger import _writer
+
+url, data, owner = sys.argv[1:]
+real_unlink = os.unlink
+gate = [True]
+
+
+def unlink(path, *args, **kwargs):  # its first removal of a file it made waits for the test to go on
+    if gate and os.path.basename(os.fsdecode(path)) in ("lock", "log.0"):
+        gate.clear()
+        print("removing", flush=True)
+        sys.stdin.readline()
+    return real_unlink(path, *args, **kwargs)
+
+
+os.unlink = os.remove = unlink
+sys.exit(_writer.serve_forever(url, data=data, owner_pid=int(owner)))
+"""
+
+
+def test_a_writer_that_could_not_bind_removed_the_files_of_the_writer_that_took_its_new_data_directory(tmp_path):
+    """A start that made its data directory and failed at its bind (the url in use) removed what it made only
+    after letting its locks go, by path: a second writer that took the directory in between had its lock and
+    log removed, and its directory with them. The removal is done while the locks are held now: a writer
+    started during it is refused (the directory is in use); one started after it finds no directory, and
+    makes its own."""
+    data = tmp_path / "data"
+    with tiger.serve(f"ipc://{tmp_path}/w", timeout=5.0) as in_use:
+        command = [sys.executable, "-c", FAILS_TO_BIND, in_use.url, str(data), str(os.getpid())]
+        first = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        second = None
+        try:
+            assert read_line(first, 30) == "removing\n"  # its bind failed: it removes what it made, held at the first file
+            command = [*TIGER, "serve", "--owner-pid", str(os.getpid()), "--url", f"ipc://{tmp_path}/w2", "--data", str(data)]
+            second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            started = read_line(second, 30).startswith("tiger writer serving at")
+            first.stdin.write("\n")  # type: ignore[union-attr]
+            first.stdin.flush()  # type: ignore[union-attr]
+            _, err = first.communicate(timeout=30)
+            assert first.returncode == 2 and "cannot bind" in err, err
+            if started:  # it took the directory the first had let go: its files must stand
+                left = sorted(os.listdir(data)) if data.exists() else "no directory"
+                pytest.fail(f"the writer that could not bind removed the files of the writer that took {data} after it: {left}")
+            _, err = second.communicate(timeout=30)
+            assert second.returncode == 3 and f"{data} is in use by the tiger writer with pid {first.pid}" in err, err
+        finally:
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    stop(proc)
+    assert not data.exists()  # what the failed start made is gone
+    assert _ids(data, tmp_path) == set()  # and a writer started now makes the directory afresh
+
+
+def test_a_failed_start_removed_the_files_of_another_directory_put_at_its_path(tmp_path):
+    """What a failed start made was removed by path: another directory at that path by then (the one it made
+    moved away, another made there) lost its lock and empty log, and was removed. It is removed through the
+    directory the start opened, and a directory only if the path still names the one it made."""
+    data, moved = tmp_path / "new" / "data", tmp_path / "moved"
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)
+    os.rename(data, moved)
+    data.mkdir()
+    (data / "lock").write_text("another writer's\n")
+    (data / "log.0").write_bytes(b"")
+    d.remove_made()
+    d.close()
+    assert sorted(os.listdir(data)) == ["lock", "log.0"] and os.listdir(moved) == []  # only its own files went

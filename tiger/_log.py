@@ -30,6 +30,7 @@ stat): ``DataDirLost`` when the directory or the log was removed, moved or repla
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -140,7 +141,11 @@ class DataDir:
         self._lock_fd = -1
         try:
             self._dir_id = _identity(os.fstat(self._dir_fd))
+            self._made_ids = self._made_directories()
             self._lock_dir()
+            if os.fstat(self._dir_fd).st_nlink == 0:  # removed between its open and its lock (``remove_made``)
+                gone = f"{self.path} was removed as this writer started, by a writer that made it and could not start"
+                raise OSError(errno.ENOENT, f"{gone}: start again")
             self._lock_id = self._lock_file()
             self._lock_gone = False  # the lock file found gone at the last tick (see ``_check_lock``)
             # a directory whose files can be written but where none can be made (chmod 0500) would take
@@ -162,6 +167,18 @@ class DataDir:
         self._dirty = False
         self._checked = False  # the log was found at its path since the last commit: appends may follow
         self._last_sync = time.monotonic()
+
+    def _made_directories(self) -> list[tuple[str, tuple[int, int]]]:
+        """(path, identity) of each directory this start made (``made``), the deepest first: what
+        ``remove_made`` may remove."""
+        if self.made is None:
+            return []
+        made = [(self.path, self._dir_id)]
+        directory = self.path
+        while directory != self.made:
+            directory = os.path.dirname(directory)
+            made.append((directory, _identity(os.lstat(directory))))
+        return made
 
     def _lock_dir(self) -> None:
         """flock the directory itself. ``Locked`` if another writer holds it. A file system that cannot lock
@@ -452,20 +469,29 @@ class DataDir:
 
     def remove_made(self) -> None:
         """Undo a start that failed after this made the directory (a writer that could not bind): remove the
-        files it made there and the directories it made, each only if empty then. Call after ``close``."""
-        if self.made is None:
+        files it made there and the directories it made, each only if it is still the one it made and empty
+        then. Call before ``close``: all of it is done while the locks are held, so a writer that takes the
+        directory once they are let go finds it whole, or not at all (removed after they were let go, by
+        path, the lock and log of a second writer that took the directory in between went, and its
+        directory with them)."""
+        if self.made is None or self._dir_fd < 0:
             return
         with contextlib.suppress(OSError):
-            for name in ("lock", "log.0"):
-                path = os.path.join(self.path, name)
-                if name == "lock" or os.path.getsize(path) == 0:
-                    os.remove(path)
-            directory = self.path
-            while True:
-                os.rmdir(directory)
-                if directory == self.made:
-                    break
-                directory = os.path.dirname(directory)
+            made = [("lock", self._lock_id)]
+            if self._fd >= 0 and self.size == 0:  # (nothing was written: a failed start takes no writes)
+                made.append((f"log.{self.generation}", self._log_id))
+            for name, identity in made:  # through the directory opened at start: its own files only
+                if _identity(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)) == identity:
+                    os.unlink(name, dir_fd=self._dir_fd)
+            for directory, identity in self._made_ids:  # the deepest first, each in its parent as it is now
+                parent = os.open(os.path.dirname(directory), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    name = os.path.basename(directory)
+                    if _identity(os.stat(name, dir_fd=parent, follow_symlinks=False)) != identity:
+                        return  # another directory is at that path now: not this start's to remove
+                    os.rmdir(name, dir_fd=parent)  # (not empty: kept, and the directories above it too)
+                finally:
+                    os.close(parent)
 
     def close(self) -> None:
         if self.compaction is not None:

@@ -176,6 +176,7 @@ class Writer:
                 for payload in changes:
                     store.apply(p.change_from_wire(p.unpack(payload)))
             except BaseException:
+                self.data.remove_made()  # (a directory this start made holds nothing yet: it goes)
                 self.data.close()
                 raise
             log.info("loaded %d records from %s (%d logged changes)", len(store), p.wire_text(self.data.path), len(changes))
@@ -215,10 +216,9 @@ class Writer:
             self.router.bind(url)
             self.pub.bind(publish_endpoint(url))
         except BaseException:
-            data_dir = self.data
+            if self.data is not None:  # a failed start leaves no data directory it made behind: removed while
+                self.data.remove_made()  # it is locked still, so no writer that takes it after loses files to it
             self.close()
-            if data_dir is not None:  # a failed start leaves no data directory it made behind
-                data_dir.remove_made()
             raise
         self._files_logged = -FILES_LOG_EVERY  # when the writer last said it was near its limit on open files
         self.outgoing = Outgoing(self._send, stall=STALL if snapshot_stall is None else snapshot_stall)
