@@ -606,3 +606,81 @@ def test_a_failed_start_removed_the_files_of_another_directory_put_at_its_path(t
     d.remove_made()
     d.close()
     assert sorted(os.listdir(data)) == ["lock", "log.0"] and os.listdir(moved) == []  # only its own files went
+
+
+# -- the snapshot, or a log a start still reads, removed or replaced under the writer ---------------------------
+
+
+@pytest.mark.parametrize("how", ["removed or renamed", "replaced by another file", "changed in place"])
+def test_a_snapshot_removed_or_replaced_under_the_writer_went_unnoticed(tmp_path, how):
+    """``rm DIR/snapshot`` (or another file put in its place) under a running writer: it went on taking writes,
+    and a restart lost what the snapshot held (or read another store). It is found at the next tick, as the
+    directory's loss is: writes refused for good, naming the file, in ``stats()`` and one log line."""
+    data = tmp_path / "data"
+    snapshot = data / "snapshot"
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--fsync", "always")
+    try:
+        with tiger.connect(url) as client:
+            table = client.table("t")
+            table.insert({"id": "before"})
+            out = subprocess.run([*TIGER, "compact", "--url", url], capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0 and snapshot.exists(), out
+            table.insert({"id": "after-compaction"})
+            size = snapshot.stat().st_size
+            if how == "removed or renamed":
+                os.unlink(snapshot)
+            elif how == "replaced by another file":
+                (data / "other").write_bytes(snapshot.read_bytes())
+                os.rename(data / "other", snapshot)
+            else:
+                os.truncate(snapshot, 0)
+                how = f"changed in place ({size} bytes, now 0)"
+            lost = f"the snapshot {snapshot} was {how} while this writer ran"
+            wait(lambda: client.stats()["data"]["fault"] is not None, what="the fault in stats")
+            assert client.stats()["data"]["fault"] == lost
+            _refused_writes(table, re.escape(lost))
+            assert [r["id"] for r in table.all()] == ["after-compaction", "before"]  # reads go on
+            assert proc.poll() is None
+    finally:
+        err = stop(proc)
+    assert err.count(f"{lost}: writes are refused until this writer is restarted") == 1, err
+
+
+def test_a_snapshot_put_in_a_data_directory_that_had_none_went_unnoticed(tmp_path):
+    """Another store's snapshot copied into a directory whose writer has written none yet: a restart reads it
+    (and the log after it, or not, by generation): another store than the one acknowledged."""
+    data, other = tmp_path / "data", tmp_path / "other"
+    d = _log.DataDir(str(other))
+    d.load(p.unpack)
+    d.begin_compaction(p.pack, {}).step()
+    d.close()
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)
+    d.tick()
+    shutil.copy(other / "snapshot", data / "snapshot")
+    with pytest.raises(_log.DataDirLost, match=rf"^the snapshot {re.escape(str(data / 'snapshot'))} was put there by another"):
+        d.tick()
+    d.close()
+
+
+@pytest.mark.parametrize("when", ["compaction under way", "left by a crash"])
+def test_an_earlier_log_a_start_still_reads_removed_under_the_writer_went_unnoticed(tmp_path, when):
+    """The log before the one appended to is still read by a start until a snapshot holds it: while a
+    compaction writes its snapshot, and after a start that found a compaction cut short by a crash (its
+    snapshot never put in place) until the next one ends. Only the log appended to was checked: removing the
+    earlier one lost its changes from a restart, unnoticed."""
+    data = tmp_path / "data"
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)
+    d.append(_change(1))
+    d.commit()
+    d.begin_compaction(p.pack, {"t": {"global": [freeze({"id": "r1", "n": 1, "created": 1})]}})
+    if when == "left by a crash":  # the snapshot never in place: a start replays log.0, then log.1
+        d.close()
+        d = _log.DataDir(str(data))
+        assert d.load(p.unpack)[1] and d.generation == 1
+    d.tick()
+    os.unlink(data / "log.0")
+    with pytest.raises(_log.DataDirLost, match=rf"^the log {re.escape(str(data / 'log.0'))} was removed or renamed while"):
+        d.tick()
+    d.close()

@@ -24,8 +24,8 @@ Rules kept here (each was a fault once; see tests/test_core.py):
   keys it was building are then released; a writer that was itself paused does not count the pause
   as its clients' silence;
 - a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
-  tried again (a compaction) with a backoff of 0.5 s doubling to 10 s; a data directory or log removed,
-  moved or replaced under the writer (``DataDirLost``) refuses writes the same way, for good: nothing
+  tried again (a compaction) with a backoff of 0.5 s doubling to 10 s; a data directory, log or snapshot
+  removed, moved or replaced under the writer (``DataDirLost``) refuses writes the same way, for good: nothing
   it appended since is answered, and it never writes to that path again (another writer may own it);
 - work over the whole store never stops the writer: a compaction starts a fresh log at once and writes
   its snapshot a step at a time, and a ``Stats`` checksum is taken a step at a time, over a view of the

@@ -86,8 +86,9 @@ class ProtocolError(TigerError, ValueError):
 class DataDirLost(OSError):
     """The writer's data directory, or its log, was removed, moved or replaced while the writer ran: what
     it writes no longer reaches the path it was started on (``rm -rf`` of the directory: appends went to
-    an unlinked file). Lasting: the writer refuses writes until it is restarted, and never writes to that
-    path again (another writer may own it by then)."""
+    an unlinked file); or another file a start reads (the snapshot, an earlier log) is no longer the one
+    the writer loaded or wrote: a restart would lose or change what it held. Lasting: the writer refuses
+    writes until it is restarted, and never writes to that path again (another writer may own it by then)."""
 
 
 SHOWN_MAX = 100  # characters of a caller's str (an id, a key) an error message repeats

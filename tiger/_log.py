@@ -24,7 +24,9 @@ Every file is opened relative to the directory the writer opened at start (``dir
 path again: a writer whose directory was removed or moved cannot write into (or compact over, or remove
 the logs of) another directory made at its path, a second writer's. Before a group's first append and
 after its commit (the fsync, if any), the writer checks that its log is still the file at its path (one
-stat): ``DataDirLost`` when the directory or the log was removed, moved or replaced under it.
+stat): ``DataDirLost`` when the directory or the log was removed, moved or replaced under it. At each
+tick and before a compaction it checks the other files a start reads the same way, with their sizes
+(``check_kept``): the snapshot, and a log before the current one that no snapshot in place holds yet.
 """
 
 from __future__ import annotations
@@ -110,6 +112,11 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _kept_as(st: os.stat_result) -> tuple[int, int, int]:
+    """What ``DataDir.check_kept`` compares of a file no write changes: its identity and its size."""
+    return st.st_dev, st.st_ino, st.st_size
+
+
 def _now_at(fd: int) -> str | None:
     """Where the file or directory open at ``fd`` is now (Linux's /proc), if it can be told."""
     with contextlib.suppress(OSError):
@@ -163,6 +170,9 @@ class DataDir:
         self.compaction: Compaction | None = None  # a snapshot being written, a step at a time
         self._fd = -1
         self._log_id = (0, 0)  # (device, inode) of the log appended to
+        # the other files a start would read, each's identity and size (None: there must be none): the snapshot,
+        # and the logs before the one appended to that no snapshot in place holds yet (``check_kept``)
+        self._kept: dict[str, tuple[int, int, int] | None] = {}
         self.size = 0
         self._dirty = False
         self._checked = False  # the log was found at its path since the last commit: appends may follow
@@ -238,8 +248,10 @@ class DataDir:
         tail is cut only from the last of them (a damaged end of an earlier one has later changes after it)."""
         content: dict[str, Any] = {}
         snapshot = os.path.join(self.path, "snapshot")
-        data = self._read("snapshot")
-        if data is not None:
+        read = self._read("snapshot")
+        self._kept = {"snapshot": None if read is None else read[1]}
+        if read is not None:
+            data = read[0]
             end = _entry_at(data, 0)
             if end is None or end != len(data):
                 raise Corrupt(f"{snapshot} is damaged (it is written whole and renamed into place, so this is not a torn write)")
@@ -252,7 +264,10 @@ class DataDir:
         cut: tuple[str, int, int] | None = None
         for i, generation in enumerate(later):
             path = self._log_path(generation)
-            data = self._read(f"log.{generation}") or b""
+            read = self._read(f"log.{generation}")
+            data = b"" if read is None else read[0]
+            if read is not None and i < len(later) - 1:  # (the last: the log appended to, ``check``)
+                self._kept[f"log.{generation}"] = read[1]
             try:
                 found, valid = scan(data)
             except Corrupt as e:
@@ -278,14 +293,14 @@ class DataDir:
         self._remove_stale()
         return content, payloads
 
-    def _read(self, name: str) -> bytes | None:
-        """The bytes of file ``name`` of the directory; None if there is none."""
+    def _read(self, name: str) -> tuple[bytes, tuple[int, int, int]] | None:
+        """The bytes of file ``name`` of the directory and its identity and size; None if there is none."""
         try:
             fd = os.open(name, os.O_RDONLY, dir_fd=self._dir_fd)
         except FileNotFoundError:
             return None
         with open(fd, "rb") as f:
-            return f.read()
+            return f.read(), _kept_as(os.fstat(fd))
 
     def _generations(self) -> list[int]:
         """The generations of the logs in the directory, in order."""
@@ -364,6 +379,32 @@ class DataDir:
             what = "removed" if self._fd < 0 or os.fstat(self._fd).st_nlink == 0 else "renamed"
         return f"the log {name} was {what} while this writer ran"
 
+    def check_kept(self) -> None:
+        """``DataDirLost`` unless the other files a start would read are still those this writer loaded or
+        wrote, of the same size (one stat each): the snapshot (or still none), and the logs before the one
+        appended to that no snapshot holds yet. One removed, renamed, replaced or cut short under the writer
+        loses a restart what it held (or changes it), as the directory's loss does. Called with ``check``
+        where no write waits on it: at each tick and before a compaction (a write acknowledged meanwhile is
+        in the log appended to; what the lost file held is lost whatever is refused)."""
+        for name, identity in self._kept.items():
+            try:
+                now: tuple[int, int, int] | None = _kept_as(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False))
+            except FileNotFoundError:
+                now = None
+            if now == identity:
+                continue
+            self.check()  # (the directory or the log appended to gone too, an ``rm -rf``: that is said)
+            what = f"the {'snapshot' if name == 'snapshot' else 'log'} {os.path.join(self.path, name)}"
+            if identity is None:
+                raise DataDirLost(f"{what} was put there by another process while this writer ran (a restart would read it)")
+            if now is None:
+                happened = "removed or renamed"
+            elif now[:2] == identity[:2]:
+                happened = f"changed in place ({identity[2]} bytes, now {now[2]})"
+            else:
+                happened = "replaced by another file"
+            raise DataDirLost(f"{what} was {happened} while this writer ran")
+
     def _check_lock(self) -> None:
         """Make the lock file again (with a warning) if it was removed or replaced: the directory's own
         flock still keeps other writers out, and a refused one is told whose pid holds it."""
@@ -426,6 +467,7 @@ class DataDir:
             self._last_sync = time.monotonic()
         if self._fd >= 0:
             self.check()
+            self.check_kept()
             self._check_lock()
 
     def needs_compaction(self) -> bool:
@@ -441,7 +483,8 @@ class DataDir:
         if self.compaction is not None:
             raise RuntimeError("a compaction is already under way")
         self.check()  # not a snapshot of a directory gone from its path
-        old = self._fd
+        self.check_kept()  # nor of a store whose snapshot or earlier log a start would no longer find
+        old, old_kept = self._fd, (*self._log_id, self.size)
         if old >= 0 and self._dirty:
             # whatever the policy: a later log must never follow a torn or missing end of this one (a
             # power loss under fsync=never would otherwise replay the new log over a hole: a store that
@@ -455,15 +498,19 @@ class DataDir:
             raise
         if old >= 0:
             os.close(old)
+            self._kept[f"log.{self.generation - 1}"] = old_kept  # read by a start until the snapshot is in place
         self._dirty = False
         self._last_sync = time.monotonic()
         self.compaction = Compaction(self, self.generation, pack, content)
         return self.compaction
 
-    def _compacted(self, generation: int) -> None:
-        """``Compaction``'s snapshot of ``generation`` is in place: the logs before it are obsolete."""
+    def _compacted(self, generation: int, snapshot: tuple[int, int, int]) -> None:
+        """``Compaction``'s snapshot of ``generation`` (its identity and size: ``snapshot``) is in place: the logs
+        before it are obsolete."""
         self.compaction = None
         self._snapshot_generation = generation
+        logs = {name: identity for name, identity in self._kept.items() if name != "snapshot" and int(name[4:]) >= generation}
+        self._kept = {"snapshot": snapshot, **logs}
         with contextlib.suppress(OSError):  # (removed later, at the next start, if not now)
             self._remove_stale()
 
@@ -564,7 +611,7 @@ class Compaction:
         except OSError:
             self.abandon()
             raise
-        self._data._compacted(self.generation)  # in place: the older logs are obsolete
+        self._data._compacted(self.generation, (*self._tmp_id, HEADER.size + self.size))  # in place: the older logs are obsolete
         return True
 
     def _check_tmp(self) -> None:
