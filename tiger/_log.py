@@ -118,12 +118,36 @@ def _kept_as(st: os.stat_result) -> tuple[int, int, int]:
 
 
 def _now_at(fd: int) -> str | None:
-    """Where the file or directory open at ``fd`` is now (Linux's /proc), if it can be told."""
+    """Where the directory open at ``fd`` is now, if it can be told: its ``..`` walked up to the root, each
+    directory's name looked up in its parent (getcwd's old way: no Linux /proc needed); None once it was
+    removed, or when a directory on the way cannot be read."""
+    names: list[str] = []
     with contextlib.suppress(OSError):
-        where = os.readlink(f"/proc/self/fd/{fd}")
-        if where.startswith("/") and not where.endswith(" (deleted)"):
-            return where
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        try:
+            while True:
+                st = os.fstat(here)
+                if st.st_nlink == 0:
+                    return None
+                parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+                os.close(here)
+                here = parent
+                if _identity(os.fstat(here)) == _identity(st):  # the root is its own parent
+                    return "/" + "/".join(reversed(names))
+                names.append(_name_in(here, _identity(st)))
+        finally:
+            os.close(here)
     return None
+
+
+def _name_in(parent: int, identity: tuple[int, int]) -> str:
+    """The name of the entry of the directory open at ``parent`` that is ``identity``; ``FileNotFoundError``
+    if none is (a mount point's name stats as the root mounted there: found too)."""
+    for name in os.listdir(parent):
+        with contextlib.suppress(OSError):
+            if _identity(os.stat(name, dir_fd=parent, follow_symlinks=False)) == identity:
+                return name
+    raise FileNotFoundError(f"no entry of the directory is {identity}")
 
 
 class DataDir:
