@@ -914,7 +914,7 @@ BAD = os.fsdecode(b"report-\xff.pdf")  # a file name that is not UTF-8, as os.li
         (lambda c: c.table("files").insert({"id": "f1", BAD: 1}), "record: key"),
         (lambda c: c.table("files").insert_many([{"id": "a"}, {"id": "b", "tags": ["x", BAD]}]), "records[1]['tags'][1]"),
         (lambda c: c.table("files").update("f0", {"path": BAD}), "changes['path']"),
-        (lambda c: c.table(BAD).insert({"id": "f1"}), "table"),
+        (lambda c: c.table(BAD).insert({"id": "f1"}), "name"),  # (refused by table(), its parameter named)
         (lambda c: c.once(BAD, lambda: 1), "key"),
     ],
     ids=["value", "key", "batch", "update", "table", "once-key"],

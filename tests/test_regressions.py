@@ -540,9 +540,28 @@ def test_a_wait_for_a_name_utf8_cannot_encode_is_refused_at_once(connect):
     ]:
         with pytest.raises(ValueError, match=f"^{where} .*: a str UTF-8 cannot encode"):
             call()
-    with tiger.namespace("\ud800"), pytest.raises(ValueError, match=r"^namespace .*: a str UTF-8 cannot encode"):
-        table.watch()
     assert time.monotonic() - started < 2
+
+
+def test_a_name_utf8_cannot_encode_was_taken_where_it_was_given_and_refused_only_at_the_first_write(connect):
+    # A user trial: tiger.namespace("n\ud800") was entered, and only the first write in it was refused (a
+    # 201-character name was refused at the with statement). Every name is now refused where it is given,
+    # naming it, before anything is sent or any block entered.
+    client = connect()
+    table = client.table("t")
+    seq = client.stats()["seq"]
+    for call, where in [
+        (lambda: tiger.namespace("n\ud800").__enter__(), "namespace"),
+        (lambda: client.table("t\udcff"), "name"),
+        (lambda: client.table("t", prefix="p\ud800"), "prefix"),
+        (lambda: client.once("k\ud800", lambda: 1), "key"),
+        (lambda: client.drop_namespace("n\ud800"), "namespace"),
+        (lambda: table.clear_namespace("n\ud800"), "namespace"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{where} .*: a str UTF-8 cannot encode"):
+            call()
+    assert tiger.current_namespace() == "global"
+    assert client.stats()["seq"] == seq  # nothing was written
 
 
 def test_a_wait_cut_short_by_closing_its_client_says_so_and_is_no_unavailable(connect):

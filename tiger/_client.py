@@ -40,6 +40,7 @@ from tiger._table import (
     check_prefix,
     check_record,
     check_records,
+    check_storable_str,
     check_update,
 )
 
@@ -343,7 +344,7 @@ class _Connection:
         if isinstance(namespace, _CurrentNamespace):
             namespace = _current()
         if namespace is not None:
-            p.check_storable_str(check_name(namespace, "namespace"), "namespace")
+            check_name(namespace, "namespace")
         since = check_since(since)
         wait = check_timeout(timeout)
         queued = check_max_queued(max_queued)
@@ -911,7 +912,7 @@ class _TableReads:
     def _waiting_for(self, id: str, timeout: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """``wait_for``'s predicate (run by the waiting thread or task: its current namespace), deadline
         and message; the arguments checked."""
-        p.check_storable_str(check_id(id), "id")  # (a wait for an id that cannot be stored would wait in vain)
+        check_storable_str(check_id(id), "id")  # (a wait for an id that cannot be stored would wait in vain)
         timeout = _timeout(timeout, 5.0)
         self._client._check_open()
         ns = _current()

@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from tiger import _table as t
 from tiger._calls import check_seconds, stretched
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
-from tiger._protocol import check_storable_str
 from tiger._table import RESERVED_PREFIX, Record, check_name
 
 if TYPE_CHECKING:
@@ -719,7 +718,7 @@ def check_tables(tables: Iterable[str] | None) -> frozenset[str] | None:
         raise TypeError(f"tables must be None or an iterable of table names (a list), not {type(tables).__name__}")
     names = []
     for i, name in enumerate(tables):
-        check_storable_str(check_name(name, f"tables[{i}]"), f"tables[{i}]")  # (else: a feed of nothing)
+        check_name(name, f"tables[{i}]")  # (one UTF-8 cannot encode: refused, else a feed of nothing)
         if name.startswith(RESERVED_PREFIX):
             raise ValueError(f"tables[{i}]: table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
         names.append(name)

@@ -32,7 +32,7 @@ import msgpack
 import zmq
 
 from tiger._errors import ProtocolError, shown
-from tiger._table import Batch, Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
+from tiger._table import UNENCODABLE, Batch, Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
 MAX_RECORD = 8 * 1024 * 1024  # bytes of one packed record
@@ -1179,12 +1179,6 @@ def send(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
         sock.send(frame, _MORE if i < last else 0)
 
 
-_UNENCODABLE = (
-    "a str UTF-8 cannot encode (a lone surrogate, as os.fsdecode makes of undecodable bytes); "
-    "store bytes, or decode with errors='replace'"
-)
-
-
 def wire_text(text: str) -> str:
     """``text`` (a message, a path of the writer's own) as a str UTF-8 can carry: itself, or with what it
     cannot escaped, the bytes of a name that is not UTF-8 (as os.fsdecode holds them) as ``\\xff``, any
@@ -1233,23 +1227,13 @@ def unencodable(request: Request) -> str:
             message = unencodable_value(item, where)
             if message is not None:
                 return message
-    return _UNENCODABLE  # pragma: no cover - called only after such an error
-
-
-def check_storable_str(value: str, where: str) -> str:
-    """``value`` (a str already checked as one), or ``ValueError`` naming ``where`` if UTF-8 cannot encode
-    it: no record, table or namespace can be named so, so a wait for one would wait in vain."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where} {value!r:.60}: {_UNENCODABLE}; nothing can be stored under it") from None
-    return value
+    return UNENCODABLE  # pragma: no cover - called only after such an error
 
 
 def unencodable_value(value: Any, where: str) -> str | None:
     """The ValueError message naming the first str in ``value`` that UTF-8 cannot encode, or None."""
     found = _unencodable(value, where)
-    return None if found is None else f"{found}: {_UNENCODABLE}"
+    return None if found is None else f"{found}: {UNENCODABLE}"
 
 
 def _unencodable(value: Any, where: str) -> str | None:

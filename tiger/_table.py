@@ -131,12 +131,32 @@ def thaw(value: Any) -> Any:
 # -- validation -----------------------------------------------------------------
 
 
+UNENCODABLE = (
+    "a str UTF-8 cannot encode (a lone surrogate, as os.fsdecode makes of undecodable bytes); "
+    "store bytes, or decode with errors='replace'"
+)
+
+
 def check_name(value: object, what: str) -> str:
-    """A table or namespace name: a non-empty str of at most 200 characters."""
+    """A table or namespace name (or a once key): a non-empty str of at most 200 characters that UTF-8 can
+    encode (the wire's: msgpack, as ZeroMQ carries it). Checked where a name is first given (``namespace()``,
+    ``client.table()``), so that one no write can carry is refused there, not at the first write."""
     if type(value) is not str:
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
     if not value or len(value) > MAX_NAME_LENGTH:
         raise ValueError(f"{what} must be 1 to {MAX_NAME_LENGTH} characters, got {len(value)}")
+    if not value.isascii():
+        check_storable_str(value, what)
+    return value
+
+
+def check_storable_str(value: str, what: str) -> str:
+    """``value`` (a str already checked as one), or ``ValueError`` naming ``what`` if UTF-8 cannot encode it:
+    no record, table or namespace can be named so, so a wait for one would wait in vain."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {value!r:.60}: {UNENCODABLE}; nothing can be stored under it") from None
     return value
 
 
@@ -147,6 +167,8 @@ def check_prefix(value: object) -> str | None:
         raise TypeError(f"prefix must be a str or None, not {type(value).__name__}")
     if not value or len(value) > 50 or value.endswith("_"):
         raise ValueError(f"prefix must be 1 to 50 characters without a trailing '_', got {shown(value)}")
+    if not value.isascii():
+        check_storable_str(value, "prefix")
     return value
 
 
