@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import threading
 from typing import Any
@@ -20,6 +21,14 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
         sel.register(proc.stdout, selectors.EVENT_READ)
         assert sel.select(timeout), f"no output within {timeout}s"
     return proc.stdout.readline()
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a process a test sends SIGINT (Ctrl-C): it starts with SIGINT's default action, as
+    from a terminal, so its Python raises KeyboardInterrupt (and SIG_DFL passes on to its own children). A
+    process started with SIGINT ignored inherits that (the suite run from a background job, ``nohup .ci/run
+    &``), and Python then installs no handler: a Ctrl-C does nothing. (``restore_signals`` leaves SIGINT be.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def held_to_modes() -> list[str]:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import pytest
-from _util import Sockets
+from _util import Sockets, default_sigint
 
 import tiger
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytest's, its runs (``runpytest_subprocess``, ``run``, ``popen``) started with Ctrl-C's default action
+    however this suite was started: some are sent SIGINT, and an xdist worker still busy at its end sends
+    itself one (execnet); started with SIGINT ignored, as from a background job, they took no notice."""
+    monkeypatch.setattr(pytester, "popen", functools.partial(pytester.popen, preexec_fn=default_sigint))
+    return pytester
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _util import alive, held_to_modes, read_line
+from _util import alive, default_sigint, held_to_modes, read_line
 
 import tiger
 from tiger import _log
@@ -28,6 +28,7 @@ def foreground() -> Iterator[tuple[subprocess.Popen[str], str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # as from a terminal: some are sent Ctrl-C
     )
     try:
         line = read_line(proc)
@@ -191,7 +192,8 @@ def test_a_clean_stop_removes_the_ipc_socket_files_the_writer_made(tmp_path, sig
     # A new user's trial: `tiger serve --url ipc://...` left its two socket files behind after a clean stop.
     # Only its own are removed: a file another writer made at the same path since is left alone.
     url = f"ipc://{tmp_path}/w"
-    proc = subprocess.Popen([*TIGER, "serve", "--url", url, "--owner-pid", str(os.getpid())], stdout=subprocess.PIPE, text=True)
+    serve = [*TIGER, "serve", "--url", url, "--owner-pid", str(os.getpid())]
+    proc = subprocess.Popen(serve, stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint)  # as from a terminal
     try:
         assert read_line(proc) == f"tiger writer serving at {url}\n"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["w", "w.pub"]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _util import alive
+from _util import alive, default_sigint
 
 import tiger
 
@@ -77,6 +77,7 @@ def start_pytest(cwd: Path, output: Path, *args: str, env: dict[str, str] | None
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=default_sigint,  # some are sent Ctrl-C
         )
 
 

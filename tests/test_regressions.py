@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import pytest
-from _util import alive, read_line
+from _util import alive, default_sigint, read_line
 
 import tiger
 from tiger import NotFound
@@ -768,8 +768,8 @@ def test_a_once_claim_interrupted_by_ctrl_c_while_the_writer_is_paused_raises_at
     # The blocking side of the same trial: Ctrl-C in a once whose claim a paused writer had not answered
     # waited the client's whole timeout (10 s here) for the release; it waits RELEASE_WAIT (0.5 s) now.
     with tiger.serve() as server:
-        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
-        child = subprocess.Popen([sys.executable, "-c", CTRL_C_IN_ONCE, server.url], **pipes)  # type: ignore[call-overload]
+        script = [sys.executable, "-c", CTRL_C_IN_ONCE, server.url]
+        child = subprocess.Popen(script, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint)
         try:
             assert read_line(child, 30).strip() == "ready"
             os.kill(server.pid, signal.SIGSTOP)
@@ -1074,7 +1074,9 @@ print(type(error).__name__, flush=True)
 def test_a_ctrl_c_in_an_async_teardown_run_by_the_blocking_client_is_a_keyboard_interrupt():
     # A review: asyncio.run turns Ctrl-C into a cancellation of its task; the teardown returned that
     # CancelledError as its error, so the tear-down took it for a failed teardown and ran the next one in full.
-    child = subprocess.run([sys.executable, "-c", CTRL_C_IN_AN_ASYNC_TEARDOWN], capture_output=True, text=True, timeout=60)
+    child = subprocess.run(
+        [sys.executable, "-c", CTRL_C_IN_AN_ASYNC_TEARDOWN], capture_output=True, text=True, timeout=60, preexec_fn=default_sigint
+    )
     assert child.stdout.split() == ["KeyboardInterrupt"], child.stdout + child.stderr
 
 
@@ -1131,7 +1133,11 @@ def test_a_call_woken_for_the_socket_and_then_interrupted_left_the_next_caller_a
     # before it took it left the socket free and the next waiting call asleep until its deadline (3 s, then
     # Unavailable): one waiter was woken, not all. Every waiter is woken now, and the next one takes it.
     child = subprocess.run(
-        [sys.executable, "-c", CTRL_C_AS_THE_SOCKET_IS_HANDED_OVER], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", CTRL_C_AS_THE_SOCKET_IS_HANDED_OVER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=default_sigint,
     )
     lines = child.stdout.split("\n")
     assert lines[0] == "interrupted", child.stdout + child.stderr
