@@ -51,6 +51,33 @@ def test_serve_stops_cleanly_on_a_signal(foreground, sig):
     assert "stopping" in proc.stderr.read()  # type: ignore[union-attr]
 
 
+def test_serve_started_with_sigint_ignored_was_stopped_by_a_ctrl_c_meant_for_its_script():
+    # A review: `tiger serve &` in a script (a shell starts a background job with SIGINT ignored, so the
+    # script's Ctrl-C leaves it running) installed its own SIGINT handler and stopped on that Ctrl-C.
+    proc = subprocess.Popen(
+        [*TIGER, "serve", "--url", "tcp://127.0.0.1:*", "--owner-pid", str(os.getpid())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        match = re.fullmatch(r"tiger writer serving at (tcp://127\.0\.0\.1:\d+)\n", read_line(proc))
+        assert match
+        with tiger.connect(match.group(1), timeout=5) as client:
+            proc.send_signal(signal.SIGINT)
+            for i in range(3):  # the writer runs (and so takes the pending signal) to answer each
+                client.table("t").insert({"id": f"a{i}"})
+            assert client.stats()["seq"] == 3
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)  # still stopped by SIGTERM
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
 def test_stats_shows_tables_namespaces_and_counts(foreground):
     _, url = foreground
     with tiger.connect(url) as client:

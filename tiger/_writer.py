@@ -246,7 +246,8 @@ class Writer:
     # -- the loop ----------------------------------------------------------------
 
     def run(self, watch_fd: int | None = None) -> None:
-        """Serve until SIGTERM/SIGINT, ``stop()``, the owner process dying, or EOF on ``watch_fd``.
+        """Serve until SIGTERM/SIGINT (unless SIGINT was ignored when the process started), ``stop()``, the owner
+        process dying, or EOF on ``watch_fd``.
 
         A blocking receive with a timeout, not poll + receive: on this path every system call and
         wake-up counts (a poll loop cost a ROUTER echo about 20 us more per round trip here). The
@@ -256,7 +257,10 @@ class Writer:
         only handled signals stop the loop, and no other signal wakes the process without ending it.
         Clients, which live in processes with signal handlers of their own, poll instead.)
         """
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # SIGINT ignored when this process started stays ignored (a shell starts a background job, `tiger serve &`
+        # in a script, so that the script's Ctrl-C leaves it running; Python itself then raises no KeyboardInterrupt)
+        handled = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else [signal.SIGINT])
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in handled}
         router, outgoing = self.router, self.outgoing
         idle = max(1, int(min(self.heartbeat, 0.1) * 1000))
         router.setsockopt(zmq.RCVTIMEO, idle)
