@@ -91,6 +91,7 @@ REQUESTS: list[p.Request] = [
     p.Stats(11),
     p.Compact(12),
     p.Drop(13, "test-1"),
+    p.Lease(13, "test-1", CLIENT),
     p.OnceClaim(14, "db", CLIENT, "gw0 pid 123"),  # the default namespace
     p.OnceClaim(15, "db", CLIENT, "", "run-1"),
     # every outcome there is, from the protocol's own list
@@ -726,6 +727,8 @@ WRONG_FIELDS: list[tuple[str, list[Any], str]] = [
     ("request", ["compact", None], "req_id"),
     ("request", ["drop_ns", 1, None], "namespace"),
     ("request", ["drop_ns", 1, ["ns"]], "namespace"),
+    ("request", ["lease", 1, None, "c"], "namespace"),
+    ("request", ["lease", 1, "ns", 5], "client_id"),
     ("request", ["once_claim", "1", "k", "c", "by", "ns"], "req_id"),
     ("request", ["once_claim", 1, 5, "c", "by", "ns"], "key"),
     ("request", ["once_claim", 1, "k", b"c", "by", "ns"], "client_id"),
@@ -983,6 +986,7 @@ REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     p.Remove: st.builds(p.Remove, req_ids, names, names, ids),
     p.ClearTable: st.builds(p.ClearTable, req_ids, names, st.none() | names),
     p.Drop: st.builds(p.Drop, req_ids, names),
+    p.Lease: st.builds(p.Lease, req_ids, names, st.text()),
     p.OnceClaim: st.builds(p.OnceClaim, req_ids, st.text(), st.text(), st.text(), st.text()),
     p.OnceFinish: st.builds(p.OnceFinish, req_ids, st.text(), st.text(), st.sampled_from(p.ONCE_OUTCOMES), values, st.text()),
     p.Sync: st.builds(p.Sync, req_ids),

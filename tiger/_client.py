@@ -663,6 +663,21 @@ class Client(_Connection):
         check_name(namespace, "namespace")
         self._write(p.Drop(next(self._req_ids), namespace))
 
+    def lease_namespace(self, namespace: str | None = None) -> None:
+        """Have the writer drop ``namespace`` (default: the current namespace) from every table once this
+        client is gone: closed (its goodbye), or silent for about 3 s with its connection closed (a process
+        killed, ``os._exit``, the OOM killer). An etcd lease, a ZooKeeper ephemeral node.
+
+        Leasing a namespace this client leases already changes nothing; ``drop_namespace`` ends the lease
+        with the namespace. Several clients may lease one namespace: it is dropped when the last of them is
+        gone, not the first, so that a namespace shared by the processes of a parallel test suite (the
+        pytest plugin's run namespace, leased by every process of the run) outlives a worker that crashed
+        and was replaced while the others still use it. The lease is a record at the writer: it survives a
+        restart with a data directory, and a leasing client not heard from within about 3 s of that start
+        is taken for gone."""
+        name = _current() if namespace is None else check_name(namespace, "namespace")
+        self._write(p.Lease(next(self._req_ids), name, self.client_id))
+
     def once(self, key: str, factory: Callable[[], Any], timeout: float | None = None, *, namespace: str | None = None) -> Any:
         """Across every process using this writer, exactly one runs ``factory()``; all get its value.
 

@@ -21,7 +21,9 @@ Rules kept here (each was a fault once; see tests/test_core.py):
 - a client silent for ``CLIENT_SILENCE`` seconds is gone, unless its connection is still up
   (``reach``: a process whose Python threads cannot run, a factory holding the GIL in one long C
   call, keeps its socket and answers ZeroMQ's heartbeats; a dead or stopped one does not): the once
-  keys it was building are then released; a writer that was itself paused does not count the pause
+  keys it was building are then released, and the namespaces it leased dropped (once no other client
+  leases them; a writer started on stored content gives each leasing client ``CLIENT_SILENCE`` to be
+  heard, as it gives builders); a writer that was itself paused does not count the pause
   as its clients' silence;
 - a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
   tried again (a compaction) with a backoff of 0.5 s doubling to 10 s; a data directory, log or snapshot
@@ -262,12 +264,16 @@ class WriterCore:
             for record in rows.values():
                 if record["state"] == "building":
                     self.clients[record["owner"]] = now
+        # and so do the holders of leases: one never heard from again is gone after CLIENT_SILENCE, its leases end
+        for client_id in _table.leasing_clients(self.store):
+            self.clients.setdefault(client_id, now)
         self._handlers: dict[type, Callable[[Any, float, float], tuple[_table.Change | None, Any]]] = {
             p.Insert: self._insert,
             p.Update: self._update,
             p.Remove: self._remove,
             p.ClearTable: self._clear,
             p.Drop: self._drop,
+            p.Lease: self._lease,
             p.OnceClaim: self._once_claim,
             p.OnceFinish: self._once_finish,
             p.BatchWrite: self._batch,
@@ -665,8 +671,9 @@ class WriterCore:
             del self.silent_since[client_id]
 
     def _forget(self, client_id: str, now: float) -> None:
-        """A client left (goodbye or silence): release the once keys it was building and held. While the
-        data directory cannot take those changes, the client is kept (as silent) to be forgotten later."""
+        """A client left (goodbye or silence): release the once keys it was building and held, and end its
+        leases (a namespace no other client leases is dropped). While the data directory cannot take those
+        changes, the client is kept (as silent) to be forgotten later."""
         seen = self.clients.pop(client_id, None)
         self._envelopes.pop(client_id, None)
         self.silent_since[client_id] = now
@@ -678,6 +685,10 @@ class WriterCore:
                     log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
             for held in _table.prepare_once_leave(self.store, client_id):
                 self._commit(held, now)
+            for namespace, end in _table.prepare_lease_end(self.store, client_id):
+                self._commit(end, now)
+                if type(end) is _table.DropNamespace:
+                    log.info("dropped namespace %r: %s, the last client leasing it, is gone", namespace, client_id)
         except DiskFault:
             self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
 
@@ -956,6 +967,10 @@ class WriterCore:
 
     def _drop(self, r: p.Drop, now: float, wall: float) -> tuple[_table.Change | None, Any]:
         return _table.prepare_drop_namespace(self.store, r.namespace), None
+
+    def _lease(self, r: p.Lease, now: float, wall: float) -> tuple[_table.Change | None, Any]:
+        self._heard(r.client_id, now)
+        return _table.prepare_lease(self.store, r.namespace, r.client_id, now=int(wall)), None
 
     def _once_claim(self, r: p.OnceClaim, now: float, wall: float) -> tuple[_table.Change | None, Any]:
         self._heard(r.client_id, now)

@@ -432,6 +432,15 @@ class Drop:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """Drop ``namespace`` from every table once ``client_id`` (and every other client leasing it) is gone."""
+
+    req_id: int
+    namespace: str
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class OnceClaim:
     """Ask to build a once key; the result says "build", "wait" or "done"."""
 
@@ -519,6 +528,7 @@ Request = (
     | Remove
     | ClearTable
     | Drop
+    | Lease
     | OnceClaim
     | OnceFinish
     | BatchWrite
@@ -655,6 +665,7 @@ REQUESTS = Catalogue(
     Message("delete", Remove, _REQ_ID, _str("table"), _str("namespace"), _str("id")),
     Message("clear", ClearTable, _REQ_ID, _str("table"), Field("namespace", str, optional=True)),
     Message("drop_ns", Drop, _REQ_ID, _str("namespace")),
+    Message("lease", Lease, _REQ_ID, _str("namespace"), _str("client_id")),
     Message("once_claim", OnceClaim, _REQ_ID, _str("key"), _str("client_id"), _str("by"), _str("namespace")),
     Message(
         "once_finish",

@@ -41,6 +41,7 @@ from tiger._errors import AlreadyExists, NotFound, shown
 GLOBAL = "global"
 RESERVED_PREFIX = "tiger."  # table names tiger keeps for itself
 ONCE_TABLE = "tiger.once"  # once keys: one record per key, in namespace "global"
+LEASE_TABLE = "tiger.lease"  # namespace leases: one record per leasing client (its id), in the leased namespace
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 MAX_DEPTH = 32
@@ -390,8 +391,8 @@ class Store:
             self._apply_parts(change.changes)
         elif type(change) is DropNamespace:
             for table, found in list(self.tables.items()):
-                if table.startswith(RESERVED_PREFIX):
-                    continue  # tiger's own records (once keys) are not a test's data
+                if table.startswith(RESERVED_PREFIX) and table != LEASE_TABLE:
+                    continue  # tiger's own records (once keys) are not a test's data; its leases end with it
                 if found.pop(change.namespace, None) is not None:
                     self._touch(table, change.namespace)
         else:
@@ -808,7 +809,11 @@ def prepare_clear_namespace(store: Store, table: str, namespace: str) -> ClearNa
 
 def prepare_drop_namespace(store: Store, namespace: str) -> DropNamespace | None:
     check_name(namespace, "namespace")
-    if not any(namespace in found for table, found in store.tables.items() if not table.startswith(RESERVED_PREFIX)):
+    if not any(
+        namespace in found
+        for table, found in store.tables.items()
+        if not table.startswith(RESERVED_PREFIX) or table == LEASE_TABLE
+    ):
         return None
     return DropNamespace(namespace)
 
@@ -958,3 +963,35 @@ def claims_of(store: Store, client_id: str) -> list[tuple[str, str]]:
         for key, record in rows.items()
         if record["state"] == "building" and record["owner"] == client_id
     ]
+
+
+# -- namespace leases ---------------------------------------------------------------------
+#
+# A lease is a record {"id": client id, "created": ...} in LEASE_TABLE, in the namespace it leases: the
+# writer drops that namespace from every table once the last client leasing it is gone (goodbye, or
+# silence: see tiger._core). Stored, so replicated, logged and kept across a restart with a data
+# directory; a DropNamespace removes the namespace's leases with it (the lease ends with its namespace).
+
+
+def prepare_lease(store: Store, namespace: str, client_id: str, *, now: int) -> Put | None:
+    """``client_id`` leases ``namespace``; None when it holds that lease already."""
+    check_name(namespace, "namespace")
+    check_id(client_id, "client_id")
+    if store.get(LEASE_TABLE, namespace, client_id) is not None:
+        return None
+    return Put(LEASE_TABLE, namespace, (freeze({"id": client_id, "created": now}),))
+
+
+def prepare_lease_end(store: Store, client_id: str) -> list[tuple[str, Delete | DropNamespace]]:
+    """``client_id`` is gone: each namespace it leased, with the change that ends its lease there: the
+    namespace dropped when no other client leases it, else only its lease record deleted."""
+    return [
+        (namespace, DropNamespace(namespace) if len(rows) == 1 else Delete(LEASE_TABLE, namespace, client_id))
+        for namespace, rows in list(store.tables.get(LEASE_TABLE, {}).items())
+        if client_id in rows
+    ]
+
+
+def leasing_clients(store: Store) -> set[str]:
+    """The clients that hold a lease (a writer started on stored content waits for them as for builders)."""
+    return {client_id for rows in store.tables.get(LEASE_TABLE, {}).values() for client_id in rows}

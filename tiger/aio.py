@@ -252,6 +252,14 @@ class AsyncClient(_Connection):
         check_name(namespace, "namespace")
         await self._write(p.Drop(next(self._req_ids), namespace))
 
+    async def lease_namespace(self, namespace: str | None = None) -> None:
+        """``tiger.Client.lease_namespace``, awaited: the writer drops ``namespace`` (default: the current
+        one) from every table once the last client leasing it is gone (closed, or silent about 3 s)."""
+        from tiger._client import _current
+
+        name = _current() if namespace is None else check_name(namespace, "namespace")
+        await self._write(p.Lease(next(self._req_ids), name, self.client_id))
+
     async def once(
         self, key: str, factory: Callable[[], Any], timeout: float | None = None, *, namespace: str | None = None
     ) -> Any:

@@ -1,0 +1,99 @@
+"""Namespace leases with real processes: a client that leased a namespace dies without a goodbye (SIGKILL),
+and the writer drops the namespace once it takes the client for gone. Each test is named after what broke."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from _util import read_line
+
+import tiger
+import tiger.aio
+
+GONE_WITHIN = 20.0  # seconds: CLIENT_SILENCE (3 s) and a loaded machine's slack
+
+LEASING_CLIENT = """
+import sys
+import tiger
+
+with tiger.connect(sys.argv[1]) as client, tiger.namespace("job-1"):
+    client.lease_namespace()
+    client.table("plans").insert_many([{"n": i} for i in range(100)])
+    client.table("prices").insert({"n": 1})
+    print("leased", flush=True)
+    sys.stdin.readline()  # killed here
+"""
+
+
+def wait_gone(client: tiger.Client, namespace: str) -> None:
+    """Poll the replica, with a deadline, until ``namespace`` holds nothing in any table."""
+    deadline = time.monotonic() + GONE_WITHIN
+    while namespace in client.namespaces():
+        assert time.monotonic() < deadline, f"{namespace!r} still held {GONE_WITHIN:g}s after its client died"
+        time.sleep(0.05)  # sleep-ok: polling another process's doing, with a deadline
+
+
+def test_a_namespace_whose_client_was_killed_stayed_in_the_writer_for_good():
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(LEASING_CLIENT), server.url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert read_line(proc, 30) == "leased\n"
+            client.sync()
+            assert client.table("plans").count() == 0  # (in "global")
+            assert len(client.table("plans").all(namespace="job-1")) == 100
+            with tiger.namespace("other"):
+                client.table("plans").insert({"n": 0})  # another client's namespace: it stays
+            proc.kill()
+            proc.wait(10)
+            wait_gone(client, "job-1")
+            assert client.namespaces() == ["other"]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdin.close()  # type: ignore[union-attr]
+            proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_namespace_leased_by_a_client_that_closed_stayed_in_the_writer():
+    with tiger.serve() as server, tiger.connect(server.url) as watcher:
+        with tiger.connect(server.url) as client:
+            client.lease_namespace("job-2")
+            client.lease_namespace("job-2")  # again: nothing changes
+            with tiger.namespace("job-2"):
+                client.table("plans").insert({"n": 1})
+        watcher.sync()  # the goodbye came before this call: no silence to wait for
+        assert watcher.namespaces() == []
+
+
+def test_an_async_client_leases_a_namespace_as_the_blocking_one_does():
+    async def lease(url: str) -> None:
+        async with await tiger.aio.connect(url) as client:
+            with tiger.namespace("job-3"):
+                await client.lease_namespace()
+                await client.table("plans").insert({"n": 1})
+            assert client.namespaces() == ["job-3"]
+
+    with tiger.serve() as server, tiger.connect(server.url) as watcher:
+        asyncio.run(lease(server.url))
+        watcher.sync()
+        assert watcher.namespaces() == []
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 201, 5, b"ns"])
+def test_a_bad_namespace_to_lease_raises_naming_the_field_and_sends_nothing(bad):
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        seq = client.stats()["seq"]
+        with pytest.raises((TypeError, ValueError), match="namespace"):
+            client.lease_namespace(bad)
+        assert client.stats()["seq"] == seq
