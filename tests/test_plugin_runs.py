@@ -1670,3 +1670,41 @@ def test_a_unittest_test_copied_by_pytest_flakefinder_wrote_its_copies_into_glob
         assert result.parseoutcomes() == {"passed": 3}, result.outlines
         check_each_run_had_an_empty_namespace_of_its_own(noted(tmp_path / "attempts"), 3)
         assert held(server.url) == {}
+
+
+# -- a test process that dies without its teardown ----------------------------------------------------------
+
+ENDLESS_WRITES = """
+def test_loop(tiger_client, tiger_namespace):
+    t = tiger_client.table("plans")
+    while True:
+        t.insert({"x": 1})
+"""
+
+
+def test_a_test_process_ended_by_pytest_timeouts_thread_method_left_its_namespace_in_the_writer_for_good(pytester):
+    # A user trial: pytest-timeout's thread method ends the process with os._exit, so no teardown drops the
+    # test's namespace; on a writer of the developer's own (--tiger-url), each run left one more, for good.
+    pytester.makepyfile(test_min=ENDLESS_WRITES)
+    with tiger.serve() as server:
+        result = run(
+            pytester,
+            "-p",
+            "no:xdist",
+            "-p",
+            "no:randomly",
+            "--timeout",
+            "1",
+            "--timeout-method",
+            "thread",
+            "--tiger-url",
+            server.url,
+        )
+        assert result.ret not in (pytest.ExitCode.OK, pytest.ExitCode.USAGE_ERROR), result.outlines
+        assert "Timeout" in result.stdout.str() + result.stderr.str(), result.outlines
+        with tiger.connect(server.url) as client:
+            client.sync()
+            assert "plans" in client.tables(), "the test wrote nothing before it was ended"
+            wait_until(lambda: "plans" not in client.tables(), 20, "the dead test's namespace dropped")
+            leases = client.replica.store.tables.get("tiger.lease", {})
+            wait_until(lambda: not leases, 5, "its leases (and the run's) ended")

@@ -20,7 +20,9 @@ Theory of operation: the plugin is one lifecycle, in this order.
 3. **Each test** with a namespace (``tiger_namespace``, ``tiger_isolate``) gets ``RUN:WORKER::NODEID``
    (each further run of it in the process, a rerun: ``RUN:WORKER::NODEID (run N)``, empty).
    It is the process's default namespace while the test runs (threads the test starts write into it;
-   a ``tiger.namespace()`` block still overrides it), and it is dropped after the test.
+   a ``tiger.namespace()`` block still overrides it), and it is dropped after the test. The process
+   leases it (``Client.lease_namespace``), and the run's namespace too: the writer drops them if the
+   process dies without its teardown (pytest-timeout's ``os._exit``, SIGKILL).
 4. **End of run**. The teardowns of generator ``tiger_once`` factories run once each, in the process
    that built the value, after every test of every process: the controller writes ``all-done`` in
    the run directory at its session end, builders wait for it (xdist workers: after reporting
@@ -344,6 +346,8 @@ class _Run:
             failure: TigerError | None = None
             try:
                 self._client = connect(url)
+                # the run's namespace goes with the last process of the run, even one killed without teardown
+                self._client.lease_namespace(self.namespace)
             except TigerError as e:
                 failure = e
             if failure is not None:  # outside the except block: the line is shown alone, with no context
@@ -384,6 +388,13 @@ class _Run:
         item.stash[_namespace_key] = name  # (this run's, for its reports)
         self._entered = (item, name, push_default_namespace(name))
         return name
+
+    def lease_test(self, name: str) -> None:
+        """Have the writer drop the test's namespace if this process dies before the teardown drops it
+        (pytest-timeout's ``os._exit``, SIGKILL, the OOM killer): once it takes the process for gone, about
+        3 s later. Not with --tiger-keep: kept namespaces stay."""
+        if not self.config.getoption("--tiger-keep"):
+            self.client().lease_namespace(name)
 
     @property
     def in_test(self) -> bool:
@@ -981,7 +992,9 @@ def tiger_namespace(request: pytest.FixtureRequest) -> str:
     namespace of every thread of the process from setup to teardown, dropped afterwards."""
     run = request.config.stash[_run_key]
     run.demand()
-    return run.enter_test(request.node)  # (entered at setup; requested dynamically, getfixturevalue: from now on)
+    name = run.enter_test(request.node)  # (entered at setup; requested dynamically, getfixturevalue: from now on)
+    run.lease_test(name)
+    return name
 
 
 @pytest.fixture(autouse=True)
