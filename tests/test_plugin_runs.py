@@ -1708,3 +1708,28 @@ def test_a_test_process_ended_by_pytest_timeouts_thread_method_left_its_namespac
             wait_until(lambda: "plans" not in client.tables(), 20, "the dead test's namespace dropped")
             leases = client.replica.store.tables.get("tiger.lease", {})
             wait_until(lambda: not leases, 5, "its leases (and the run's) ended")
+
+
+LEASES_SEEN = """
+def test_leases(tiger_client, tiger_namespace):
+    tiger_client.sync()
+    leases = tiger_client.replica.store.tables.get("tiger.lease", {})
+    print("LEASED", sorted(leases))
+"""
+
+
+def test_a_run_on_its_own_writer_leased_its_namespaces_and_a_ctrl_z_of_3_s_lost_them(pytester):
+    # A review of the leases: the run's own writer ends with the run (and whatever a dead process left), so a
+    # lease there bought nothing, and cost a test stopped for 3 s (Ctrl-Z) its namespace. Only a writer the
+    # run does not own (--tiger-url) is leased: the test's namespace, and the run's by the controller.
+    pytester.makepyfile(test_l=LEASES_SEEN)
+    result = run(pytester, "-p", "no:xdist", "-s")
+    assert result.ret == 0, result.outlines
+    assert "LEASED []" in result.stdout.str(), result.outlines
+    with tiger.serve() as server:
+        result = run(pytester, "-p", "no:xdist", "-s", "--tiger-url", server.url)
+        assert result.ret == 0, result.outlines
+        leased = re.search(r"LEASED \[(.*)\]", result.stdout.str())
+        assert leased is not None and "::test_l.py::test_leases" in leased.group(1) and "tiger-run:" in leased.group(1)
+        result = run(pytester, "-p", "no:xdist", "-s", "--tiger-url", server.url, "--tiger-keep")
+        assert "LEASED []" in result.stdout.str(), result.outlines

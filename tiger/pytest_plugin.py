@@ -20,9 +20,9 @@ Theory of operation: the plugin is one lifecycle, in this order.
 3. **Each test** with a namespace (``tiger_namespace``, ``tiger_isolate``) gets ``RUN:WORKER::NODEID``
    (each further run of it in the process, a rerun: ``RUN:WORKER::NODEID (run N)``, empty).
    It is the process's default namespace while the test runs (threads the test starts write into it;
-   a ``tiger.namespace()`` block still overrides it), and it is dropped after the test. The process
-   leases it (``Client.lease_namespace``), and the run's namespace too: the writer drops them if the
-   process dies without its teardown (pytest-timeout's ``os._exit``, SIGKILL).
+   a ``tiger.namespace()`` block still overrides it), and it is dropped after the test. On a writer the
+   run does not own, the process leases it (``Client.lease_namespace``), and the controller the run's
+   namespace: the writer drops them if the process dies without its teardown (``os._exit``, SIGKILL).
 4. **End of run**. The teardowns of generator ``tiger_once`` factories run once each, in the process
    that built the value, after every test of every process: the controller writes ``all-done`` in
    the run directory at its session end, builders wait for it (xdist workers: after reporting
@@ -346,8 +346,8 @@ class _Run:
             failure: TigerError | None = None
             try:
                 self._client = connect(url)
-                # the run's namespace goes with the last process of the run, even one killed without teardown
-                self._client.lease_namespace(self.namespace)
+                if self.is_controller and self.leases():  # (a worker's lease would end with a crashed worker, the
+                    self._client.lease_namespace(self.namespace)  # last of an `-n 1` run, while its replacement reads)
             except TigerError as e:
                 failure = e
             if failure is not None:  # outside the except block: the line is shown alone, with no context
@@ -389,12 +389,20 @@ class _Run:
         self._entered = (item, name, push_default_namespace(name))
         return name
 
+    def leases(self) -> bool:
+        """Whether this run leases its namespaces (``Client.lease_namespace``): only on a writer it does not
+        own (``--tiger-url``, ``TIGER_URL``), which outlives the run; the run's own writer ends with the run,
+        and what a process that died left with it, so a test process stopped for a while (Ctrl-Z) does not
+        lose its namespace to a lease there. Not with --tiger-keep: kept namespaces stay."""
+        return self.given_url is not None and not self.config.getoption("--tiger-keep")
+
     def lease_test(self, name: str) -> None:
         """Have the writer drop the test's namespace if this process dies before the teardown drops it
         (pytest-timeout's ``os._exit``, SIGKILL, the OOM killer): once it takes the process for gone, about
-        3 s later. Not with --tiger-keep: kept namespaces stay."""
-        if not self.config.getoption("--tiger-keep"):
-            self.client().lease_namespace(name)
+        3 s later (see ``leases``)."""
+        client = self.client()
+        if self.leases():
+            client.lease_namespace(name)
 
     @property
     def in_test(self) -> bool:
