@@ -286,6 +286,16 @@ def test_a_command_says_at_once_that_nothing_listens_at_its_url(tmp_path, comman
     assert out.returncode != 0 and f"the tiger writer at {url} is not there: nothing is bound at that path" in out.stderr
 
 
+def test_compact_refused_by_the_writer_printed_the_protocols_repr_of_its_answer():
+    # A user trial: `tiger compact` on a writer whose snapshot was removed printed "answered Failed(req_id=1,
+    # kind='disk', message=...)": one request on a socket of its own (tiger compact, tiger stats) raised the
+    # reply's repr where a client raises the error it names. Shown here with a writer that keeps no data.
+    with tiger.serve() as server:
+        out = subprocess.run([*TIGER, "compact", "--url", server.url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == "tiger compact: this writer keeps no data: start it with --data DIR"
+
+
 def test_compact_and_stats_of_a_paused_writer_wait_their_timeout_and_say_why(tmp_path):
     # A user trial: `tiger compact --timeout 20` joined a full replica first (900 MB at 1.75M records) and gave
     # up after the join's own 5 s when the writer was paused; `tiger stats` timing out during a long compaction

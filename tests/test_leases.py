@@ -10,10 +10,12 @@ import textwrap
 import time
 
 import pytest
+import zmq
 from _util import read_line
 
 import tiger
 import tiger.aio
+from tiger import _protocol as p
 
 GONE_WITHIN = 20.0  # seconds: CLIENT_SILENCE (3 s) and a loaded machine's slack
 
@@ -97,3 +99,24 @@ def test_a_bad_namespace_to_lease_raises_naming_the_field_and_sends_nothing(bad)
         with pytest.raises((TypeError, ValueError), match="namespace"):
             client.lease_namespace(bad)
         assert client.stats()["seq"] == seq
+
+
+def test_a_lease_taken_outside_any_namespace_block_leased_global_and_its_close_dropped_everyones_records():
+    # A user trial: lease_namespace() with no argument, outside a namespace block, leased "global"; when that
+    # client closed, every table's "global" went, seeds and other clients' records with it.
+    with tiger.serve() as server, tiger.connect(server.url) as keeper:
+        keeper.table("shared").insert({"id": "important"})
+        with tiger.connect(server.url) as leaser:
+            for call in (leaser.lease_namespace, lambda: leaser.lease_namespace("global")):
+                with pytest.raises(ValueError, match=r"^namespace 'global' cannot be leased"):
+                    call()
+        raw = p.encode_call(p.Call("c" * 16, 1e12, p.Lease(1, "global", "c" * 16), -1))  # a client that does not check
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+            sock.connect(server.url)
+            sock.send(raw)
+            assert sock.poll(10_000), "no answer"
+            answer = p.decode_reply(sock.recv())
+        assert type(answer) is p.Failed and answer.kind == "value" and "cannot be leased" in answer.message
+        keeper.sync()
+        assert keeper.table("shared").get("important") is not None
+        assert keeper.replica.store.tables.get("tiger.lease", {}) == {}

@@ -22,7 +22,7 @@ import zmq
 from tiger import _protocol as p
 from tiger._batch import Batch
 from tiger._calls import GIVE_UP, PAUSE_GRACE, RESEND, Attempts, callable_name, check_seconds, stretched
-from tiger._errors import AlreadyExists, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
+from tiger._errors import FAILURES, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
 from tiger._owned import OwnedLock
@@ -36,6 +36,7 @@ from tiger._table import (
     Record,
     check_fields,
     check_id,
+    check_leasable,
     check_name,
     check_prefix,
     check_record,
@@ -130,15 +131,6 @@ class Refusals:
     def __init__(self) -> None:
         self.since: float | None = None
 
-
-_FAILURES: dict[str, type[Exception]] = {
-    "not_found": NotFound,
-    "already_exists": AlreadyExists,
-    "value": ValueError,
-    "type": TypeError,
-    "protocol": ProtocolError,
-    "stopped": Unavailable,  # the writer stopped before it could answer (a compaction, a checksum under way)
-}
 
 _open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -529,7 +521,7 @@ class _Connection:
         if type(reply) is p.Failed:
             if reply.kind == "expired":
                 raise Unavailable(f"the tiger writer at {self.url} did not answer within {seconds:g}s ({reply.message})")
-            raise _FAILURES.get(reply.kind, TigerError)(reply.message)
+            raise FAILURES.get(reply.kind, TigerError)(reply.message)
         if type(reply) is not p.Ok:
             raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
         return reply
@@ -670,12 +662,12 @@ class Client(_Connection):
 
         Leasing a namespace this client leases already changes nothing; ``drop_namespace`` ends the lease
         with the namespace. Several clients may lease one namespace: it is dropped when the last of them is
-        gone, not the first, so that a namespace shared by the processes of a parallel test suite (the
-        pytest plugin's run namespace, leased by every process of the run) outlives a worker that crashed
-        and was replaced while the others still use it. The lease is a record at the writer: it survives a
-        restart with a data directory, and a leasing client not heard from within about 3 s of that start
-        is taken for gone."""
-        name = _current() if namespace is None else check_name(namespace, "namespace")
+        gone, not the first, so that a namespace shared by several processes outlives one that crashed while
+        the others still use it. The lease is a record at the writer: it survives a restart with a data
+        directory, and a leasing client not heard from within about 3 s of that start is taken for gone.
+        Once keys scoped to the namespace stay (tiger's own table). ``ValueError`` naming ``namespace`` for
+        a bad name, and for ``"global"`` (every process's default: a lease would drop everyone's records)."""
+        name = check_leasable(_current() if namespace is None else namespace)
         self._write(p.Lease(next(self._req_ids), name, self.client_id))
 
     def once(self, key: str, factory: Callable[[], Any], timeout: float | None = None, *, namespace: str | None = None) -> Any:

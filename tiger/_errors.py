@@ -107,3 +107,13 @@ def shown(value: object, limit: int = SHOWN_MAX) -> str:
         return f"an int of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= 2 * SHOWN_MAX else f"{text[: 2 * SHOWN_MAX]}... ({len(text)} characters)"
+
+
+FAILURES: dict[str, type[Exception]] = {  # a Failed answer's kind -> what the caller raises (others: TigerError)
+    "not_found": NotFound,
+    "already_exists": AlreadyExists,
+    "value": ValueError,
+    "type": TypeError,
+    "protocol": ProtocolError,
+    "stopped": Unavailable,  # the writer stopped before it could answer (a compaction, a checksum under way)
+}

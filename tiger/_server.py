@@ -22,7 +22,7 @@ from zmq.utils import z85
 
 from tiger import _protocol as p
 from tiger._calls import check_seconds
-from tiger._errors import TigerError, Unavailable, shown
+from tiger._errors import FAILURES, ProtocolError, TigerError, Unavailable, shown
 from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, ipc_path_unusable, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
 
@@ -341,8 +341,10 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
             reply = p.decode_reply(sock.recv())
         finally:
             sock.close(linger=0)
+    if type(reply) is p.Failed:  # (as a client raises it: tiger compact printed the reply's repr)
+        raise FAILURES.get(reply.kind, TigerError)(reply.message)
     if type(reply) is not p.Ok:
-        raise TigerError(f"the tiger writer at {url} answered {reply}")
+        raise ProtocolError(f"the tiger writer at {url} answered a {type(reply).__name__}, not an ok or a failure")
     return reply
 
 

@@ -973,9 +973,22 @@ def claims_of(store: Store, client_id: str) -> list[tuple[str, str]]:
 # directory; a DropNamespace removes the namespace's leases with it (the lease ends with its namespace).
 
 
+def check_leasable(namespace: object) -> str:
+    """A namespace a client may lease: any but ``"global"``, every process's default namespace (leased by a
+    client that called ``lease_namespace()`` outside any namespace block, it went, seeds and every other
+    client's records with it, when that client closed: a user trial)."""
+    check_name(namespace, "namespace")
+    if namespace == GLOBAL:
+        raise ValueError(
+            "namespace 'global' cannot be leased: it is every process's default namespace, dropped with every "
+            "record in it when the lease ends; lease a namespace of its own (inside tiger.namespace(...), or name it)"
+        )
+    return namespace  # type: ignore[return-value]
+
+
 def prepare_lease(store: Store, namespace: str, client_id: str, *, now: int) -> Put | None:
     """``client_id`` leases ``namespace``; None when it holds that lease already."""
-    check_name(namespace, "namespace")
+    check_leasable(namespace)
     check_id(client_id, "client_id")
     if store.get(LEASE_TABLE, namespace, client_id) is not None:
         return None

@@ -62,7 +62,7 @@ from tiger._client import (
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
 from tiger._owned import OwnedAsyncLock
-from tiger._table import GLOBAL, Record, check_name
+from tiger._table import GLOBAL, Record, check_leasable, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
 log = logging.getLogger("tiger.client")
@@ -257,7 +257,7 @@ class AsyncClient(_Connection):
         one) from every table once the last client leasing it is gone (closed, or silent about 3 s)."""
         from tiger._client import _current
 
-        name = _current() if namespace is None else check_name(namespace, "namespace")
+        name = check_leasable(_current() if namespace is None else namespace)
         await self._write(p.Lease(next(self._req_ids), name, self.client_id))
 
     async def once(
