@@ -646,6 +646,30 @@ def test_a_snapshot_removed_or_replaced_under_the_writer_went_unnoticed(tmp_path
     assert err.count(f"{lost}: writes are refused until this writer is restarted") == 1, err
 
 
+def test_a_writer_restarted_on_a_directory_whose_snapshot_was_removed_started_empty_without_a_word(tmp_path):
+    """A user trial: after the snapshot was removed (the running writer refused writes for it), a writer
+    started on the directory found only the log after the compaction, said "loaded 0 records" and served an
+    empty store: the records the snapshot held were gone without a word. A log after a compaction with no
+    snapshot before it now refuses the start, naming both, and changes nothing."""
+    data = tmp_path / "data"
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w", "--data", str(data), "--fsync", "always")
+    try:
+        with tiger.connect(url) as client:
+            client.table("t").insert({"id": "before"})
+            out = subprocess.run([*TIGER, "compact", "--url", url], capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out
+    finally:
+        stop(proc)
+    os.unlink(data / "snapshot")
+    files = sorted(os.listdir(data))
+    out = subprocess.run(
+        [*TIGER, "serve", "--url", f"ipc://{tmp_path}/w2", "--data", str(data)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 3, out
+    assert f"follows a compaction, but {data / 'snapshot'}, which holds every record before it, is not there" in out.stderr
+    assert sorted(os.listdir(data)) == files
+
+
 def test_a_snapshot_put_in_a_data_directory_that_had_none_went_unnoticed(tmp_path):
     """Another store's snapshot copied into a directory whose writer has written none yet: a restart reads it
     (and the log after it, or not, by generation): another store than the one acknowledged."""

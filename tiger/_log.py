@@ -283,6 +283,12 @@ class DataDir:
             self.generation = self._snapshot_generation = saved["generation"]
             content = saved["tables"]
         logs = self._generations()
+        if read is None and logs and logs[0] > 0:  # a log after a compaction, and no snapshot: what it held is gone
+            raise Corrupt(
+                f"{self._log_path(logs[0])} follows a compaction, but {snapshot}, which holds every record before it, "
+                "is not there: those records are lost; refusing to start (nothing on disk was changed): put the "
+                "snapshot back, or remove the directory to start empty"
+            )
         later = [g for g in logs if g >= self.generation]
         payloads: list[bytes] = []
         cut: tuple[str, int, int] | None = None
