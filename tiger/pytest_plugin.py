@@ -400,9 +400,8 @@ class _Run:
         """Have the writer drop the test's namespace if this process dies before the teardown drops it
         (pytest-timeout's ``os._exit``, SIGKILL, the OOM killer): once it takes the process for gone, about
         3 s later (see ``leases``)."""
-        client = self.client()
-        if self.leases():
-            client.lease_namespace(name)
+        if self.leases():  # (no lease: no client connected for it, as before leases)
+            self.client().lease_namespace(name)
 
     @property
     def in_test(self) -> bool:
