@@ -259,14 +259,10 @@ class WriterCore:
         # Compact requests waiting for a snapshot holding the seq each came at: key -> (waiter, seq)
         self._compact_waiters: dict[object, tuple[_Waiter, int]] = {}
         self._checksums: list[_Checksum] = []  # the checksums Stats requests wait for, oldest first
-        # builders of once keys get a heartbeat's grace to find a restarted writer before others take over
-        for rows in self.store.tables.get(_table.ONCE_TABLE, {}).values():
-            for record in rows.values():
-                if record["state"] == "building":
-                    self.clients[record["owner"]] = now
-        # and so do the holders of leases: one never heard from again is gone after CLIENT_SILENCE, its leases end
-        for client_id in _table.leasing_clients(self.store):
-            self.clients.setdefault(client_id, now)
+        # builders of once keys and holders of leases get CLIENT_SILENCE to find a restarted writer: one never
+        # heard from again is gone then (its keys handed over, its leases ended)
+        for client_id in _table.clients_awaited(self.store):
+            self.clients[client_id] = now
         self._handlers: dict[type, Callable[[Any, float, float], tuple[_table.Change | None, Any]]] = {
             p.Insert: self._insert,
             p.Update: self._update,
@@ -473,12 +469,7 @@ class WriterCore:
             answer = self._unheld(frames[-1], failure)
             refused += answer is not frames[-1]
             self.outbox.replies.append([*frames[:-1], answer])
-        for (client_id, req_id), kept_answer in self._held_answers.items():
-            kept = self.answered.get(client_id)
-            if kept is not None and kept.get(req_id) == _HELD:
-                kept[req_id] = answer = self._unheld(kept_answer, failure)
-                kept.size += len(answer)
-        self._held_answers.clear()
+        self._unhold_answers(lambda answer: self._unheld(answer, failure))
         if replies:
             log.error("answered %d held calls, %d of them refused: %s", len(replies), refused, failure)
 
@@ -508,13 +499,17 @@ class WriterCore:
         self._publish_pending()
         self.outbox.published.extend(held.published)
         self.outbox.replies.extend(held.replies)
-        for (client_id, req_id), answer in self._held_answers.items():
+        self._unhold_answers(lambda answer: answer)
+        self._committed_seq = self.seq
+
+    def _unhold_answers(self, given: Callable[[bytes], bytes]) -> None:
+        """The answers kept for resends of the held calls (``_HELD`` meanwhile) become ``given(answer)``."""
+        for (client_id, req_id), held_answer in self._held_answers.items():
             kept = self.answered.get(client_id)
             if kept is not None and kept.get(req_id) == _HELD:
-                kept[req_id] = answer
+                kept[req_id] = answer = given(held_answer)
                 kept.size += len(answer)
         self._held_answers.clear()
-        self._committed_seq = self.seq
 
     def _dispatch(
         self, envelope: list[bytes], request: p.Request, topic: bytes, now: float, wall: float, call: p.Call | None = None

@@ -391,8 +391,8 @@ class Store:
             self._apply_parts(change.changes)
         elif type(change) is DropNamespace:
             for table, found in list(self.tables.items()):
-                if table.startswith(RESERVED_PREFIX) and table != LEASE_TABLE:
-                    continue  # tiger's own records (once keys) are not a test's data; its leases end with it
+                if not dropped_with_namespace(table):
+                    continue
                 if found.pop(change.namespace, None) is not None:
                     self._touch(table, change.namespace)
         else:
@@ -807,13 +807,15 @@ def prepare_clear_namespace(store: Store, table: str, namespace: str) -> ClearNa
     return ClearNamespace(table, namespace) if store.rows(table, namespace) else None
 
 
+def dropped_with_namespace(table: str) -> bool:
+    """Whether a namespace's drop removes its records of ``table``: a user's table, or tiger's leases (a lease
+    ends with its namespace); tiger's once keys are not a test's data, and stay."""
+    return not table.startswith(RESERVED_PREFIX) or table == LEASE_TABLE
+
+
 def prepare_drop_namespace(store: Store, namespace: str) -> DropNamespace | None:
     check_name(namespace, "namespace")
-    if not any(
-        namespace in found
-        for table, found in store.tables.items()
-        if not table.startswith(RESERVED_PREFIX) or table == LEASE_TABLE
-    ):
+    if not any(namespace in found for table, found in store.tables.items() if dropped_with_namespace(table)):
         return None
     return DropNamespace(namespace)
 
@@ -1005,6 +1007,13 @@ def prepare_lease_end(store: Store, client_id: str) -> list[tuple[str, Delete | 
     ]
 
 
-def leasing_clients(store: Store) -> set[str]:
-    """The clients that hold a lease (a writer started on stored content waits for them as for builders)."""
-    return {client_id for rows in store.tables.get(LEASE_TABLE, {}).values() for client_id in rows}
+def clients_awaited(store: Store) -> set[str]:
+    """The clients a writer started on stored content gives ``CLIENT_SILENCE`` to be heard before it takes them
+    for gone: the builders of once keys (then handed to others) and the holders of leases (then ended)."""
+    builders = {
+        record["owner"]
+        for rows in store.tables.get(ONCE_TABLE, {}).values()
+        for record in rows.values()
+        if record["state"] == "building"
+    }
+    return builders | {client_id for rows in store.tables.get(LEASE_TABLE, {}).values() for client_id in rows}
