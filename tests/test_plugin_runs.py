@@ -1686,7 +1686,7 @@ def test_a_test_process_ended_by_pytest_timeouts_thread_method_left_its_namespac
     # A user trial: pytest-timeout's thread method ends the process with os._exit, so no teardown drops the
     # test's namespace; on a writer of the developer's own (--tiger-url), each run left one more, for good.
     pytester.makepyfile(test_min=ENDLESS_WRITES)
-    with tiger.serve() as server:
+    with tiger.serve(lease_grace=1) as server:  # (a dead process's leases end the lease grace after it is gone)
         result = run(
             pytester,
             "-p",

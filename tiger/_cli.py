@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from tiger._calls import check_seconds
 from tiger._client import Client, connect
+from tiger._core import LEASE_GRACE
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._protocol import Compact, say
@@ -34,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--compact-bytes", type=int, default=COMPACT_BYTES, help="with --data: compact past this log size")
     serve.add_argument(
         "--curve-secret", default=None, metavar="FILE", help="serve with CurveZMQ using this key file (tiger keygen)"
+    )
+    serve.add_argument(
+        "--lease-grace",
+        type=float,
+        default=LEASE_GRACE,
+        metavar="SECONDS",
+        help="seconds a client taken for gone (silent 3 s, its connection closed) keeps the namespaces it leases, "
+        "so a process stopped for a while (Ctrl-Z) finds them when it resumes; a goodbye ends them at once (default %(default)g)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default %(default)s")
     serve.add_argument("--owner-pid", type=int, default=None, help=argparse.SUPPRESS)
@@ -84,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             check_bind_url(args.url)
             check_seconds(args.heartbeat, "--heartbeat", positive=True)
+            check_seconds(args.lease_grace, "--lease-grace")
             if args.compact_bytes <= 0:
                 raise ValueError(f"--compact-bytes must be a number of bytes above 0, got {args.compact_bytes}")
             if args.data is not None and not args.data.strip():
@@ -103,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 compact_bytes=args.compact_bytes,
                 made_dir=args.made_dir,
                 failure_on_stdout=args.failure_on_stdout,
+                lease_grace=args.lease_grace,
             )
         if args.command == "load":
             from tiger._seed import load_files

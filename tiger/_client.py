@@ -657,15 +657,18 @@ class Client(_Connection):
 
     def lease_namespace(self, namespace: str | None = None) -> None:
         """Have the writer drop ``namespace`` (default: the current namespace) from every table once this
-        client is gone: closed (its goodbye), or silent for about 3 s with its connection closed (a process
-        killed, ``os._exit``, the OOM killer). An etcd lease, a ZooKeeper ephemeral node.
+        client is gone: closed (its goodbye: at once), or silent for about 3 s with its connection closed (a
+        process killed, ``os._exit``, the OOM killer) and not heard again within the writer's lease grace
+        (seconds: ``tiger serve --lease-grace``, default 600; a process stopped by Ctrl-Z and resumed within
+        it keeps its namespaces). An etcd lease, a ZooKeeper ephemeral node.
 
         Leasing a namespace this client leases already changes nothing; ``drop_namespace`` ends the lease
         with the namespace. Several clients may lease one namespace: it is dropped when the last of them is
         gone, not the first, so that a namespace shared by several processes outlives one that crashed while
         the others still use it. The lease is a record at the writer: it survives a restart with a data
-        directory, and a leasing client not heard from within about 3 s of that start is taken for gone.
-        Once keys scoped to the namespace stay (tiger's own table). ``ValueError`` naming ``namespace`` for
+        directory, and a leasing client not heard from within about 3 s of that start is taken for gone (its
+        grace then begins). Once keys scoped to the namespace go with it when settled (built or failed, with
+        no teardown to wait for). ``ValueError`` naming ``namespace`` for
         a bad name, and for ``"global"`` (every process's default: a lease would drop everyone's records)."""
         name = check_leasable(_current() if namespace is None else namespace)
         self._write(p.Lease(next(self._req_ids), name, self.client_id))

@@ -22,9 +22,9 @@ Rules kept here (each was a fault once; see tests/test_core.py):
   (``reach``: a process whose Python threads cannot run, a factory holding the GIL in one long C
   call, keeps its socket and answers ZeroMQ's heartbeats; a dead or stopped one does not): the once
   keys it was building are then released, and the namespaces it leased dropped (once no other client
-  leases them; a writer started on stored content gives each leasing client ``CLIENT_SILENCE`` to be
-  heard, as it gives builders); a writer that was itself paused does not count the pause
-  as its clients' silence;
+  leases them) ``lease_grace`` seconds later unless it is heard again meanwhile (a goodbye: at once; a
+  writer started on stored content gives each leasing client ``CLIENT_SILENCE`` to be heard, as it gives
+  builders, then the grace); a writer that was itself paused does not count the pause as its clients' silence;
 - a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
   tried again (a compaction) with a backoff of 0.5 s doubling to 10 s; a data directory, log or snapshot
   removed, moved or replaced under the writer (``DataDirLost``) refuses writes the same way, for good: nothing
@@ -68,6 +68,9 @@ RECENT_BYTES = 4 << 20  # and their bytes, at most (a change bigger than MAX_BEF
 MAX_BEFORE = 64  # changes an answer carries for the caller's replica, at most
 MAX_BEFORE_BYTES = 256 * 1024  # and their packed bytes
 CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (its once claims are released)
+# seconds a client taken for gone by its silence keeps its leases: a process stopped for a while (Ctrl-Z,
+# SIGSTOP) finds its namespaces when it resumes; a dead one's are dropped this much later (a goodbye: at once)
+LEASE_GRACE = 600.0
 DISK_RETRY_FIRST = 0.5  # seconds before a failed data directory is tried again; doubles each time
 DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
 
@@ -215,8 +218,11 @@ class WriterCore:
         disk: Disk | None = None,
         token: Callable[[int], str],
         info: dict[str, Any] | None = None,
+        lease_grace: float = LEASE_GRACE,
     ) -> None:
+        """``lease_grace``: seconds a client taken for gone by its silence keeps its leases (``LEASE_GRACE``)."""
         self.epoch = epoch
+        self.lease_grace = lease_grace
         self.seq = 0
         self.store = store if store is not None else _table.Store()
         self.heartbeat = heartbeat
@@ -233,6 +239,8 @@ class WriterCore:
         self.reach: Callable[[list[bytes]], bool] | None = None
         self.answered: dict[str, _Answers] = {}  # client id -> req id -> the answer sent
         self.silent_since: dict[str, float] = {}  # client id taken for gone -> when; its answers go later
+        # client id taken for gone by its silence, holding leases -> when they end (unless it is heard again)
+        self.lease_ends: dict[str, float] = {}
         self.disk_fault: str | None = None  # why the data directory cannot take writes now (None: it can)
         self._disk_lost = False  # for good: the directory or its log is gone from its path (``DataDirLost``)
         self._disk_retry_at = 0.0
@@ -323,6 +331,8 @@ class WriterCore:
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
             if not self._still_connected(client_id):
                 self._forget(client_id, now)
+        for client_id in [c for c, at in self.lease_ends.items() if at <= now]:
+            self._end_leases(client_id, now)
         stale = now - ANSWERS_FORGOTTEN
         for client_id in [c for c, since in self.silent_since.items() if since < stale]:
             del self.silent_since[client_id]
@@ -336,6 +346,8 @@ class WriterCore:
             self.clients[client_id] += paused
         for client_id in self.silent_since:
             self.silent_since[client_id] += paused
+        for client_id in self.lease_ends:
+            self.lease_ends[client_id] += paused
 
     # -- requests ----------------------------------------------------------------------
 
@@ -551,7 +563,7 @@ class WriterCore:
             answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, result)  # type: ignore[union-attr]
             return answer, answer
         if t is p.Bye:
-            self._forget(request.client_id, now)  # type: ignore[union-attr]
+            self._forget(request.client_id, now, goodbye=True)  # type: ignore[union-attr]
             return None, None
         if t is p.Compact:
             if self.disk is None:
@@ -664,11 +676,15 @@ class WriterCore:
             self._envelopes.setdefault(client_id, {})[beat] = tuple(envelope)
         if client_id in self.silent_since:
             del self.silent_since[client_id]
+        if client_id in self.lease_ends:  # back within its grace (a stopped process resumed): its leases stay
+            del self.lease_ends[client_id]
+            log.info("client %s is heard again: the namespaces it leases stay", client_id)
 
-    def _forget(self, client_id: str, now: float) -> None:
-        """A client left (goodbye or silence): release the once keys it was building and held, and end its
-        leases (a namespace no other client leases is dropped). While the data directory cannot take those
-        changes, the client is kept (as silent) to be forgotten later."""
+    def _forget(self, client_id: str, now: float, goodbye: bool = False) -> None:
+        """A client left (``goodbye``, or silence): release the once keys it was building and held, and end its
+        leases (a namespace no other client leases is dropped): at its goodbye at once, after its silence
+        ``lease_grace`` seconds later unless it is heard again (``lease_ends``). While the data directory cannot
+        take those changes, the client is kept (as silent) to be forgotten later."""
         seen = self.clients.pop(client_id, None)
         self._envelopes.pop(client_id, None)
         self.silent_since[client_id] = now
@@ -680,12 +696,28 @@ class WriterCore:
                     log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
             for held in _table.prepare_once_leave(self.store, client_id):
                 self._commit(held, now)
+        except DiskFault:
+            self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
+            return
+        if goodbye or self.lease_grace <= 0:
+            self._end_leases(client_id, now)
+        elif client_id not in self.lease_ends and _table.leases_of(self.store, client_id):
+            self.lease_ends[client_id] = now + self.lease_grace
+            log.info("client %s is silent: what it leases is dropped in %gs unless it is heard", client_id, self.lease_grace)
+
+    def _end_leases(self, client_id: str, now: float) -> None:
+        """End the leases of ``client_id``, gone: a namespace no other client leases is dropped, with the once
+        keys scoped to it that nobody builds or holds (``prepare_lease_end``). While the data directory cannot
+        take those changes, they are tried again at the next tick."""
+        self.lease_ends[client_id] = now
+        try:
             for namespace, end in _table.prepare_lease_end(self.store, client_id):
                 self._commit(end, now)
                 if type(end) is _table.DropNamespace:
                     log.info("dropped namespace %r: %s, the last client leasing it, is gone", namespace, client_id)
         except DiskFault:
-            self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
+            return
+        del self.lease_ends[client_id]
 
     # -- the data directory -------------------------------------------------------------
 

@@ -159,6 +159,7 @@ def serve(
     data: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
     fsync: str = "everysec",
     curve_secret: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
+    lease_grace: float | None = None,
 ) -> Server:
     """Start a writer process; return once it answers.
 
@@ -169,10 +170,12 @@ def serve(
     escaped); ``TypeError``/``ValueError`` naming the field, before anything is started, for another type,
     an empty path, a NUL, one longer than the kernel takes, or a url ``connect`` would refuse or whose ipc
     path is a directory. The writer exits by itself when this process dies. ``timeout``: seconds to wait for it to answer
-    (``ValueError`` past a day, ``tiger.Unavailable`` when it does not answer in time).
+    (``ValueError`` past a day, ``tiger.Unavailable`` when it does not answer in time). ``lease_grace``: seconds a
+    client the writer takes for gone by its silence keeps its leases (``Client.lease_namespace``; None: 600,
+    ``tiger serve --lease-grace``; ``ValueError`` below 0 or past a day).
     """
     check_seconds(timeout, "timeout", positive=True)
-    server = start_writer(url, timeout, data=data, fsync=fsync, curve_secret=curve_secret)
+    server = start_writer(url, timeout, data=data, fsync=fsync, curve_secret=curve_secret, lease_grace=lease_grace)
     server.wait_ready()
     return server
 
@@ -186,6 +189,7 @@ def start_writer(
     curve_secret: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
     owner_pid: int | None = None,
     log: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
+    lease_grace: float | None = None,
 ) -> Server:
     """``serve()`` without its wait: the writer process is started, ``Server.wait_ready()`` waits for it
     (and raises what ``serve()`` would) later, so its start overlaps other work. ``url`` is final at
@@ -206,6 +210,8 @@ def start_writer(
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     if url is not None:
         check_bind_url(url)
+    if lease_grace is not None:
+        check_seconds(lease_grace, "lease_grace")
     data_path = None if data is None else check_data_dir(data, "data")
     secret_path = None if curve_secret is None else check_path(curve_secret, "curve_secret", names="a key file")
     log_path = None if log is None else check_path(log, "log", names="a file")
@@ -230,6 +236,8 @@ def start_writer(
         command += [f"--data={data_path}", f"--fsync={fsync}"]
     if secret_path is not None:
         command += [f"--curve-secret={secret_path}"]
+    if lease_grace is not None:
+        command += [f"--lease-grace={lease_grace!r}"]
     try:
         with open(log_path, "ab") if log_path is not None else contextlib.nullcontext() as log_file:
             process = subprocess.Popen(

@@ -997,14 +997,29 @@ def prepare_lease(store: Store, namespace: str, client_id: str, *, now: int) -> 
     return Put(LEASE_TABLE, namespace, (freeze({"id": client_id, "created": now}),))
 
 
+def leases_of(store: Store, client_id: str) -> list[str]:
+    """The namespaces ``client_id`` leases."""
+    return [namespace for namespace, rows in store.tables.get(LEASE_TABLE, {}).items() if client_id in rows]
+
+
 def prepare_lease_end(store: Store, client_id: str) -> list[tuple[str, Delete | DropNamespace]]:
-    """``client_id`` is gone: each namespace it leased, with the change that ends its lease there: the
-    namespace dropped when no other client leases it, else only its lease record deleted."""
-    return [
-        (namespace, DropNamespace(namespace) if len(rows) == 1 else Delete(LEASE_TABLE, namespace, client_id))
-        for namespace, rows in list(store.tables.get(LEASE_TABLE, {}).items())
-        if client_id in rows
-    ]
+    """``client_id`` is gone: each namespace it leased, with the changes that end its lease there: the
+    namespace dropped when no other client leases it, with the once keys scoped to it that are settled (built
+    or failed, with no teardown to wait for: a key being built has a live builder, else it was released),
+    else only its lease record deleted. (A dropped namespace's settled keys stayed, values and all: a killed
+    run's, for good.)"""
+    ends: list[tuple[str, Delete | DropNamespace]] = []
+    for namespace in leases_of(store, client_id):
+        if len(store.rows(LEASE_TABLE, namespace)) > 1:
+            ends.append((namespace, Delete(LEASE_TABLE, namespace, client_id)))
+            continue
+        ends.append((namespace, DropNamespace(namespace)))
+        ends.extend(
+            (namespace, Delete(ONCE_TABLE, namespace, key))
+            for key, record in store.rows(ONCE_TABLE, namespace).items()
+            if record["state"] != "building" and not record.get("teardown")
+        )
+    return ends
 
 
 def clients_awaited(store: Store) -> set[str]:

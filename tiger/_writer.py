@@ -31,7 +31,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger import _table
-from tiger._core import CLIENT_SILENCE, WriterCore
+from tiger._core import CLIENT_SILENCE, LEASE_GRACE, WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 from tiger._paths import ipc_path_unusable
 from tiger._process import ProcessWatch
@@ -151,8 +151,10 @@ class Writer:
         compact_bytes: int = COMPACT_BYTES,
         snapshot_stall: float | None = None,
         freeze_long_lived: bool = False,
+        lease_grace: float = LEASE_GRACE,
     ) -> None:
-        """``snapshot_stall``: seconds a peer may take nothing of what waits for it (default ``STALL``; tests
+        """``lease_grace``: seconds a client taken for gone by its silence keeps its leases.
+        ``snapshot_stall``: seconds a peer may take nothing of what waits for it (default ``STALL``; tests
         shorten it, ``tiger serve`` does not offer it). ``freeze_long_lived``: the process is this writer's
         own (``tiger serve``), and its garbage collector is run as ``_freeze_long_lived`` says."""
         if url.startswith("tcp://") and not is_loopback(url) and curve_secret is None:
@@ -181,7 +183,13 @@ class Writer:
                 raise
             log.info("loaded %d records from %s (%d logged changes)", len(store), p.wire_text(self.data.path), len(changes))
         self.core = WriterCore(
-            p.new_epoch(), heartbeat=heartbeat, now=time.monotonic(), store=store, disk=self.data, token=_Tokens()
+            p.new_epoch(),
+            heartbeat=heartbeat,
+            now=time.monotonic(),
+            store=store,
+            disk=self.data,
+            token=_Tokens(),
+            lease_grace=lease_grace,
         )
         self.core.reach = self._reach
         self._ctx = zmq.Context()
@@ -490,6 +498,7 @@ def serve_forever(
     compact_bytes: int = COMPACT_BYTES,
     made_dir: str | None = None,
     failure_on_stdout: bool = False,
+    lease_grace: float = LEASE_GRACE,
 ) -> int:
     """Run a writer in this process (``tiger serve``). Prints the URL, then serves; returns an exit code.
 
@@ -523,6 +532,7 @@ def serve_forever(
             curve_secret=secret,
             compact_bytes=compact_bytes,
             freeze_long_lived=True,
+            lease_grace=lease_grace,
         )
     except zmq.ZMQError as e:
         return refuse(f"tiger: cannot bind {url}: {e}", 2)
