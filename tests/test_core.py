@@ -1197,11 +1197,14 @@ def test_a_lease_grace_of_0_drops_a_silent_clients_namespace_as_it_is_taken_for_
     assert rig.core.store.namespace_names() == [] and rig.core.lease_ends == {}
 
 
-def test_a_lease_ending_on_a_failing_disk_is_tried_again_and_ends():
+@pytest.mark.parametrize("building", [False, True])
+def test_a_lease_ending_on_a_failing_disk_is_tried_again_and_ends(building):
     disk = FakeDisk()
-    rig = Rig(disk, lease_grace=0)
+    rig = Rig(disk)
     rig.call(ALICE, lease(1, ALICE))
     rig.call(ALICE, put_in(2))
+    if building:  # its goodbye's release of the key fails first
+        rig.call(ALICE, p.OnceClaim(3, "k", ALICE, "test"))
     disk.failing = "all"
     rig.send(p.encode_request(p.Bye(ALICE)))
     assert "test-1" in rig.core.store.namespace_names() and ALICE in rig.core.lease_ends

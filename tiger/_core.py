@@ -698,6 +698,8 @@ class WriterCore:
                 self._commit(held, now)
         except DiskFault:
             self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
+            if goodbye and _table.leases_of(self.store, client_id):
+                self.lease_ends[client_id] = now  # (at the next tick the disk takes them: a goodbye has no grace)
             return
         if goodbye or self.lease_grace <= 0:
             self._end_leases(client_id, now)
