@@ -1175,6 +1175,18 @@ def test_a_process_stopped_past_its_silence_lost_its_leased_namespace():
     assert rig.core.store.namespace_names() == ["global"]
 
 
+def test_stats_say_which_leased_namespaces_are_ending_and_when():
+    rig = leased_rig()
+    rig.call(BOB, lease(2, BOB, "test-2"))
+    rig.call(ALICE, lease(3, ALICE, "test-2"))  # shared: ending only once both are silent
+    assert rig.core.stats(rig.now)["leases"] == {"grace": LEASE_GRACE, "namespaces": 2, "ending": {}}
+    rig.advance(CLIENT_SILENCE + 1)
+    rig.send(p.encode_request(p.Beat(BOB)))
+    rig.tick()
+    rig.advance(10)
+    assert rig.core.stats(rig.now)["leases"]["ending"] == {"test-1": LEASE_GRACE - 10}
+
+
 def test_a_lease_grace_does_not_count_the_writers_own_pause():
     rig = leased_rig()
     rig.advance(CLIENT_SILENCE + 1)

@@ -17,6 +17,7 @@ from _util import read_line
 import tiger
 import tiger.aio
 from tiger import _protocol as p
+from tiger._cli import format_stats
 
 GONE_WITHIN = 20.0  # seconds: CLIENT_SILENCE (3 s), the writers' lease grace here (1 s) and a loaded machine's slack
 GRACE = 1.0  # seconds: the lease grace of the writers these tests start to see a dead client's lease end
@@ -163,6 +164,9 @@ def test_a_process_stopped_for_more_than_3_s_lost_its_leased_namespace():
                 time.sleep(0.1)  # sleep-ok: polling the writer's view of another process, with a deadline
             watcher.sync()
             assert len(watcher.table("plans").all(namespace="job-4")) == 10
+            leases = watcher.stats()["leases"]
+            assert list(leases["ending"]) == ["job-4"] and 500 < leases["ending"]["job-4"] <= 600, leases
+            assert "job-4 dropped in " in format_stats(watcher.stats())  # (tiger stats)
             proc.send_signal(signal.SIGCONT)
             assert proc.stdin is not None
             proc.stdin.write("go\n")

@@ -223,6 +223,20 @@ def _data_lines(data: dict | None) -> list[str]:  # type: ignore[type-arg]
     return lines
 
 
+def _lease_lines(leases: dict | None) -> list[str]:  # type: ignore[type-arg]
+    """The leases' lines of ``tiger stats``: namespaces leased, and each one whose clients are all silent, with
+    when it is dropped (a killed run's namespaces stay for the lease grace: this says why, and until when)."""
+    if not leases or not leases["namespaces"]:
+        return []
+    ending = leases["ending"]
+    lines = [f"leases   {leases['namespaces']} namespaces leased, grace {leases['grace']:g} s, {len(ending)} ending"]
+    lines += [
+        f"         {_printable(ns)} dropped in {seconds:g} s unless a client leasing it is heard"
+        for ns, seconds in ending.items()
+    ]
+    return lines
+
+
 def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
     lines = [
         f"url      {stats['url']}",
@@ -232,6 +246,7 @@ def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
         f"uptime   {stats['uptime']:.1f} s",
         f"clients  {stats['clients']}",
         f"records  {stats['records']}",
+        *_lease_lines(stats.get("leases")),
         *_data_lines(stats.get("data")),
     ]
     rows = [(_printable(t), _printable(ns), n) for t, namespaces in stats["tables"].items() for ns, n in namespaces.items()]

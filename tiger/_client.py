@@ -718,7 +718,9 @@ class Client(_Connection):
         return errors
 
     def stats(self) -> dict[str, Any]:
-        """The writer's figures: epoch, seq, uptime, clients, records per table and namespace."""
+        """The writer's figures: epoch, seq, uptime, clients, records per table and namespace, leases
+        (``{"grace": seconds, "namespaces": n, "ending": {namespace: seconds before it is dropped}}``) and
+        the data directory."""
         return self._request(p.Stats(next(self._req_ids))).result  # type: ignore[no-any-return]
 
     # -- requests -------------------------------------------------------------------

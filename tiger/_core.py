@@ -707,6 +707,17 @@ class WriterCore:
             self.lease_ends[client_id] = now + self.lease_grace
             log.info("client %s is silent: what it leases is dropped in %gs unless it is heard", client_id, self.lease_grace)
 
+    def _lease_stats(self, now: float) -> dict[str, Any]:
+        """What ``Stats`` says of leases: the grace (seconds), how many namespaces are leased, and those whose
+        every leasing client is silent, each with the seconds before it is dropped unless one is heard."""
+        leased = self.store.tables.get(_table.LEASE_TABLE, {})
+        ending = {
+            namespace: round(max(0.0, max(self.lease_ends[c] for c in rows) - now), 1)
+            for namespace, rows in leased.items()
+            if rows and all(c in self.lease_ends for c in rows)
+        }
+        return {"grace": self.lease_grace, "namespaces": sum(1 for rows in leased.values() if rows), "ending": ending}
+
     def _end_leases(self, client_id: str, now: float) -> None:
         """End the leases of ``client_id``, gone: a namespace no other client leases is dropped, with the once
         keys scoped to it that nobody builds or holds (``prepare_lease_end``). While the data directory cannot
@@ -928,6 +939,7 @@ class WriterCore:
             "uptime": now - self.started,
             "clients": len(self.clients),
             "records": len(self.store),
+            "leases": self._lease_stats(now),
             "tables": self.store.counts(),
             "checksum": p.checksum(self.store) if checksum else None,
             "gc_freezes": self.info.get("gc_freezes", 0),  # times the writer's process froze what survived
