@@ -330,30 +330,168 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     listens at ``url`` (ZeroMQ would retry a refused connection silently until the timeout);
     ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL or timeout.
     """
+    _check_reachable(url, timeout)
+    with zmq.Context() as ctx:
+        sock = _dealer(ctx, url, server_key)
+        try:
+            sock.send(p.encode_request(request))
+            return _answer(sock, url, time.monotonic() + timeout, timeout)
+        finally:
+            sock.close(linger=0)
+
+
+def _check_reachable(url: str, timeout: float) -> None:
+    """``request_once``'s checks before it makes a socket: the URL, the timeout, and that something listens."""
     check_url(url)
     check_seconds(timeout, "timeout", positive=True)
     refused = why_refused(url)
     if refused is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {refused}")
-    with zmq.Context() as ctx:
-        sock = ctx.socket(zmq.DEALER)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            if "[" in url:
-                sock.setsockopt(zmq.IPV6, 1)
-            secure(sock, server_key)
-            sock.connect(url)
-            sock.send(p.encode_request(request))
-            if not sock.poll(int(timeout * 1000)):
-                raise Unavailable(f"the tiger writer at {url} did not answer within {timeout:g}s")
-            reply = p.decode_reply(sock.recv())
-        finally:
-            sock.close(linger=0)
+
+
+def _dealer(ctx: zmq.Context[Any], url: str, server_key: str | bytes | None) -> zmq.Socket[Any]:
+    """A DEALER of ``ctx`` connected to ``url`` as a client's sockets are (no linger, IPv6 for a [::1]
+    URL, CurveZMQ with ``server_key``); closed if it cannot be made so."""
+    sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        if "[" in url:
+            sock.setsockopt(zmq.IPV6, 1)
+        secure(sock, server_key)
+        sock.connect(url)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def _answer(sock: zmq.Socket[Any], url: str, deadline: float, timeout: float) -> p.Ok:
+    """The writer's answer on ``sock`` (the next message: one request in flight) by ``deadline``
+    (``time.monotonic()``; ``timeout``: the seconds it stands for, in the message), if it is an Ok; what a
+    Failed answer names is raised as a client raises it, ``Unavailable`` past the deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000))):
+        raise Unavailable(f"the tiger writer at {url} did not answer within {timeout:g}s")
+    reply = p.decode_reply(sock.recv())
     if type(reply) is p.Failed:  # (as a client raises it: tiger compact printed the reply's repr)
         raise FAILURES.get(reply.kind, TigerError)(reply.message)
     if type(reply) is not p.Ok:
         raise ProtocolError(f"the tiger writer at {url} answered a {type(reply).__name__}, not an ok or a failure")
     return reply
+
+
+class NamespaceLease:
+    """A lease of ``namespace`` (``Client.lease_namespace``) held by a socket of its own, without a client
+    or a replica: the writer at ``url`` drops the namespace once this holder and every other client
+    leasing it are gone (``close()``, or the process's death: its kernel closes the socket). The pytest
+    plugin's controller holds its run's namespace so, from the writer's first use on, whether or not it
+    ever connects a client.
+
+    Made connected and leased: a Hello (the writer's clock, as a client's deadlines are on it), then a
+    call carrying the lease, each answered within ``timeout`` seconds. ``server_key``: the writer's
+    CurveZMQ public key (None: plain). Raises as ``request_once`` does: ``ValueError``/``TypeError`` for
+    a malformed URL, timeout, key or namespace (``"global"`` cannot be leased), ``Unavailable`` at once
+    if nothing listens at ``url`` or when an answer does not come in time, what a refusal names
+    (``TigerError``); nothing is left open then.
+
+    Held, a daemon thread owns the socket: it sends a beat every ``min(heartbeat, 0.5)`` seconds (as a
+    replica does: the holder is never silent, and a writer restarted on its data directory hears it in
+    time) and reads whatever comes (the writer probes a silent client through its socket). Read it must:
+    a DEALER whose queue reaches its RCVHWM stops reading its connection, leaves the writer's ZeroMQ
+    heartbeats unanswered, and the writer, taking it for gone 3 s later, ends the lease (a small RCVHWM
+    left unread did so within 7 s). The queue stays near empty; the default RCVHWM (1000 messages) bounds
+    it, and is minutes of the writer's probes should the thread be held up (a C call holding the GIL).
+    ``close()`` stops the thread, says goodbye, closes the socket and its context: idempotent, and a
+    no-op in a forked child (the socket is the parent's)."""
+
+    def __init__(self, url: str, namespace: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> None:
+        from tiger._table import check_leasable
+
+        check_leasable(namespace)
+        _check_reachable(url, timeout)
+        self.url = url
+        self.namespace = namespace
+        self.client_id = p.new_client_id()
+        self._owner = os.getpid()
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._sock: zmq.Socket[Any] | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            self._sock = _dealer(self._ctx, url, server_key)
+            deadline = time.monotonic() + timeout
+            sent = time.time()
+            self._sock.send(p.encode_request(p.Hello(1, self.client_id)))
+            info = _answer(self._sock, url, deadline, timeout).result or {}
+            received = time.time()
+            offset = info["time"] - (sent + received) / 2 if "time" in info else 0.0  # the writer's clock minus ours
+            now = time.monotonic()
+            margin = min(0.5, 0.2 * (deadline - now))  # the call expires (is refused) a little before we give up
+            expires = time.time() + offset + (deadline - now) - margin
+            self._sock.send(p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
+            _answer(self._sock, url, deadline, timeout)
+            self._beat = min(float(info.get("heartbeat", 0.5)), 0.5)
+            self._thread: threading.Thread | None = threading.Thread(
+                target=self._hold, args=(self._sock,), name=f"tiger lease {namespace}", daemon=True
+            )
+            self._thread.start()
+        except BaseException:
+            self._thread = None
+            self._end(goodbye=False)
+            raise
+
+    def __repr__(self) -> str:
+        return f"<tiger.NamespaceLease {self.namespace!r} at {self.url} client={self.client_id}>"
+
+    def _hold(self, sock: zmq.Socket[Any]) -> None:
+        """The thread's loop, until ``close()`` wakes it: beat, and read (and drop) what comes."""
+        beat = p.encode_request(p.Beat(self.client_id))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_beat = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self._beat
+                    with contextlib.suppress(zmq.Again):  # (the writer away: its queue full; it is heard when back)
+                        sock.send(beat, zmq.NOBLOCK)
+                events = dict(poller.poll(max(1, int((next_beat - time.monotonic()) * 1000))))
+                if self._wake_r.fileno() in events:
+                    return
+                if sock in events:
+                    with contextlib.suppress(zmq.Again):
+                        for _ in range(1000):
+                            sock.recv(zmq.NOBLOCK)
+        except zmq.ZMQError:  # (the context ended under it: the process is exiting)
+            return
+
+    def close(self) -> None:
+        """Stop holding: a goodbye, so that the writer ends the lease now (the namespace is dropped unless
+        another client leases it), then the socket and its context closed. Idempotent."""
+        if os.getpid() != self._owner:
+            return
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+            thread.join()
+        self._end(goodbye=thread is not None)
+
+    def _end(self, goodbye: bool) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if goodbye:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
+            sock.close(linger=_BYE_LINGER if goodbye else 0)  # (not lost: else the writer ends the lease ~3 s later)
+        if not self._ctx.closed:
+            self._ctx.term()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+_BYE_LINGER = 500  # milliseconds a lease's goodbye may wait to be sent (a writer paused at that moment)
 
 
 def why_refused(url: str, timeout: float = 1.0) -> str | None:
