@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _util import alive, default_sigint
+from _util import alive, default_sigint, read_line
 
 import tiger
 
@@ -1733,3 +1734,116 @@ def test_a_run_on_its_own_writer_leased_its_namespaces_and_a_ctrl_z_of_3_s_lost_
         assert leased is not None and "::test_l.py::test_leases" in leased.group(1) and "tiger-run:" in leased.group(1)
         result = run(pytester, "-p", "no:xdist", "-s", "--tiger-url", server.url, "--tiger-keep")
         assert "LEASED []" in result.stdout.str(), result.outlines
+
+
+# -- the run's namespace, leased by the controller -----------------------------------------------------------
+
+
+@pytest.fixture
+def logged_writer():
+    """A writer the runs do not own (``tiger serve``, as a developer starts one for ``--tiger-url``), logging
+    at info level to a file: ``(url, log path)``. It ends with this test (and with this process)."""
+    from tiger._paths import short_temp_dir
+
+    folder = Path(short_temp_dir("tiger-test-"))
+    url = f"ipc://{folder}/w"
+    with open(folder / "writer.log", "wb") as log:
+        command = [sys.executable, "-m", "tiger", "serve", f"--url={url}", "--log-level=info", f"--owner-pid={os.getpid()}"]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    try:
+        line = read_line(proc)
+        assert "serving at" in line, line + (folder / "writer.log").read_text()
+        yield url, folder / "writer.log"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def namespaces_at(url: str) -> dict[str, set[str]]:
+    """The namespaces a writer holds records in, by table (tiger's own tables too)."""
+    from tiger._server import ping
+
+    return {table: {ns for ns, n in spaces.items() if n} for table, spaces in ping(url)["tables"].items()}
+
+
+def lease_drops(log: Path) -> list[str]:
+    """The writer's log lines saying a namespace was dropped as the last client leasing it left."""
+    return [line for line in log.read_text().splitlines() if "the last client leasing it, is gone" in line]
+
+
+KILLED_CONTROLLER = """
+import json, os, threading
+import tiger
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+def test_blocks(tiger_client, tiger_once):
+    def build():
+        tiger_client.table("made").insert({"id": "one"})
+        return tiger.current_namespace()
+    namespace = tiger_once("made", build)
+    with open(os.path.join(D, ".ready"), "w") as f:
+        json.dump({"namespace": namespace, "pid": os.getpid()}, f)
+    os.replace(os.path.join(D, ".ready"), os.path.join(D, "ready"))
+    threading.Event().wait(120)
+"""
+
+
+@XDIST_OR_NOT
+def test_run_namespace_of_a_killed_controller_is_dropped(tmp_path, logged_writer, mode):
+    # An xdist controller runs no test, and connected its client (whose lease was the run's namespace's) only
+    # near the end of the run: SIGKILLed mid-run (a CI timeout, the OOM killer, kill -9), it left what the run's
+    # once factories wrote (namespace tiger-run:RUN) at a writer the run does not own, for good. The controller
+    # leases it on a socket of its own now, before any test runs, without xdist too.
+    url, log = logged_writer
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_killed.py").write_text(KILLED_CONTROLLER)
+    proc = start_pytest(project, tmp_path / "output", *mode, "--tiger-url", url)
+    try:
+        wait_until(lambda: (tmp_path / "ready").exists() or proc.poll() is not None, RUN_TIMEOUT, "the once value built")
+        assert proc.poll() is None, (tmp_path / "output").read_text()
+        ready = json.loads((tmp_path / "ready").read_text())
+        run_namespace = ready["namespace"]
+        assert run_namespace.startswith("tiger-run:"), ready
+        assert run_namespace in namespaces_at(url).get("made", set())
+        assert (ready["pid"] == proc.pid) == (mode[0] != "-n")  # (xdist: a worker built it, the controller is idle)
+        os.kill(proc.pid, signal.SIGKILL)  # the controller alone: xdist's workers live on (their leases too)
+        proc.wait(10)
+        wait_until(
+            lambda: all(run_namespace not in namespaces_at(url).get(table, set()) for table in ("made", "tiger.lease")),
+            15,
+            "the killed controller's run namespace dropped",
+        )  # (its once key stays in tiger.once: a namespace's drop keeps tiger's once table, the writer's rule)
+        assert any(repr(run_namespace) in line for line in lease_drops(log)), log.read_text()
+    finally:
+        end_group(proc)
+
+
+NORMAL_END = """
+import pytest
+
+@pytest.mark.parametrize("i", range(4))
+def test_uses(tiger_client, tiger_once, tiger_namespace, i):
+    def build():
+        tiger_client.table("made").insert({"id": "one"})
+        return 1
+    assert tiger_once("made", build) == 1
+    tiger_client.table("mine").insert({"id": str(i)})
+"""
+
+
+@XDIST_OR_NOT
+def test_a_normal_end_dropped_the_run_namespace_by_its_lease_racing_the_cleanup(pytester, logged_writer, mode):
+    # Without xdist, the controller's client leased the run's namespace, and its close (before the run's cleanup)
+    # ended the lease: the writer dropped the namespace as the cleanup dropped it. The lease's goodbye comes after
+    # the cleanup now, which drops the namespace and its lease record with it: nothing is left, nothing logged.
+    url, log = logged_writer
+    pytester.makepyfile(test_end=NORMAL_END)
+    result = run(pytester, *mode, "--tiger-url", url)
+    result.assert_outcomes(passed=4)
+    assert {table: spaces for table, spaces in namespaces_at(url).items() if spaces} == {}
+    assert lease_drops(log) == [], log.read_text()

@@ -23,6 +23,9 @@ Theory of operation: the plugin is one lifecycle, in this order.
    a ``tiger.namespace()`` block still overrides it), and it is dropped after the test. On a writer the
    run does not own, the process leases it (``Client.lease_namespace``), and the controller the run's
    namespace: the writer drops them if the process dies without its teardown (``os._exit``, SIGKILL).
+   The controller's lease is a ``NamespaceLease`` (a socket of its own, no client), taken as it first
+   reaches the writer, which an xdist controller does once a worker's collection shows tests using tiger,
+   before any test runs; its goodbye comes after the end-of-run cleanup.
 4. **End of run**. The teardowns of generator ``tiger_once`` factories run once each, in the process
    that built the value, after every test of every process: the controller writes ``all-done`` in
    the run directory at its session end, builders wait for it (xdist workers: after reporting
@@ -109,6 +112,8 @@ class _RunDir:
       teardowns holds an exclusive lock on its ``.lock`` for as long as it lives, and records its keys,
       then their outcomes, in its ``.json``; a lock that can be taken belongs to a process that ended
       (pid reuse and zombies cannot fool a lock);
+    - ``uses-tiger``: an xdist worker collected tests that use tiger, on a writer the run leases its
+      namespaces at (the controller takes the run's lease then, before any test runs);
     - ``all-done``: every test of every process has finished (the controller says so).
     """
 
@@ -174,6 +179,12 @@ class _RunDir:
                 return None
         return cls.builder_state(lock)
 
+    def mark_uses_tiger(self) -> None:
+        (self.made() / "uses-tiger").touch()
+
+    def uses_tiger(self) -> bool:
+        return (self.path / "uses-tiger").exists()
+
     def mark_all_done(self) -> None:
         (self.made() / "all-done").touch()
 
@@ -219,6 +230,7 @@ class _Run:
         self._seeding = False
         self._client: Client | None = None
         self._started: Any = None  # the Server this process started: its Popen must live as long as the writer may
+        self._run_lease: Any = None  # the controller's NamespaceLease of the run's namespace (``leases``)
         self._previous_env: str | None = None
         self.waited = False  # the controller waited for the builders' teardowns
         self._built: dict[str, str] = {}  # once keys with a teardown built here -> their outcome (None: not run yet)
@@ -253,21 +265,27 @@ class _Run:
         return url
 
     def _reached(self) -> str:
-        if self.url is not None:
-            return self.url
+        if self.url is None:
+            failure = self.reach()
+            if failure is not None:  # outside the except block: the line is shown alone, with no context
+                self.give_up(str(failure), failure.returncode)
+        return self.url  # type: ignore[return-value]
+
+    def reach(self) -> _Unreachable | None:
+        """Reach the writer (``url`` set) or find why not, which is returned, and recorded for every process
+        of the run. The controller, on a writer the run does not own, takes the run's lease there too."""
         _keep_modules(activate=True)
-        failure: _Unreachable | None = None
         try:
             with self.dir.locked():  # one writer per run, whichever process asks first; one verdict
                 url = self._reach()
+                if self.is_controller and self.leases():
+                    self._lease_run(url)
         except _Unreachable as e:
-            failure = e
-        if failure is not None:  # outside the except block: the line is shown alone, with no context
-            self.give_up(str(failure), failure.returncode)
+            return e
         self._previous_env = os.environ.get("TIGER_URL")
         os.environ["TIGER_URL"] = url  # tiger.connect() in tests and their subprocesses finds it
         self.url = url  # (last: a test stopped from outside before it reaches the writer again)
-        return url
+        return None
 
     def _reach(self) -> str:
         """Under the run's lock: the writer's URL, from the run directory or by reaching or starting it."""
@@ -283,6 +301,28 @@ class _Run:
             raise
         self.dir.record_writer({"url": url, "pid": pid})
         return url
+
+    def _lease_run(self, url: str) -> None:
+        """The controller leases the run's namespace (what ``tiger_once`` factories write; their once keys,
+        in tiger's own table, stay at a drop) at the writer the run does not own, before any test of the run
+        writes there: with a ``NamespaceLease``, a socket of its own (an xdist controller runs no test, and
+        connects no client). A controller killed before its cleanup (SIGKILL, the OOM killer, a CI timeout)
+        leaves it nothing. Its goodbye comes after the cleanup (``close``). Not the process's client's lease:
+        that one ended at the client's close, before the cleanup, and an xdist controller took it only at
+        its end."""
+        if self._run_lease is not None:
+            return
+        from tiger._server import NamespaceLease
+
+        try:
+            self._run_lease = NamespaceLease(url, self.namespace, server_key=os.environ.get("TIGER_SERVER_KEY") or None)
+        except (TigerError, ValueError) as e:
+            failure = _Unreachable(
+                f"tiger: the writer at {url} did not lease the run's namespace {self.namespace!r} ({e})",
+                pytest.ExitCode.INTERRUPTED,
+            )
+            self.dir.record_writer({"error": str(failure), "returncode": int(failure.returncode)})
+            raise failure from None
 
     def _ping_given(self) -> tuple[str, None]:
         from tiger._server import ping
@@ -345,9 +385,7 @@ class _Run:
                 return self._client
             failure: TigerError | None = None
             try:
-                self._client = connect(url)
-                if self.is_controller and self.leases():  # (a worker's lease would end with a crashed worker, the
-                    self._client.lease_namespace(self.namespace)  # last of an `-n 1` run, while its replacement reads)
+                self._client = connect(url)  # (the run's namespace is leased by the controller: ``_lease_run``)
             except TigerError as e:
                 failure = e
             if failure is not None:  # outside the except block: the line is shown alone, with no context
@@ -610,14 +648,19 @@ class _Run:
                 os.environ["TIGER_URL"] = self._previous_env
         if not self.is_controller:
             return
-        writer = self.dir.writer()
-        if writer is not None and "url" in writer:
-            if self.given_url is not None:
-                self._clean_shared_writer(writer["url"])
-            elif self._started is not None:
-                self._started.stop()
-            else:
-                stop_process(int(writer["pid"]), writer["url"])
+        try:
+            writer = self.dir.writer()
+            if writer is not None and "url" in writer:
+                if self.given_url is not None:
+                    self._clean_shared_writer(writer["url"])
+                elif self._started is not None:
+                    self._started.stop()
+                else:
+                    stop_process(int(writer["pid"]), writer["url"])
+        finally:
+            if self._run_lease is not None:  # after the cleanup, which dropped the run's namespace (its lease
+                self._run_lease.close()  # record with it): the lease ending cannot drop it under the cleanup
+                self._run_lease = None
         self.dir.remove()
 
     def _clean_shared_writer(self, url: str) -> None:
@@ -783,6 +826,7 @@ _FIXTURE_MODULES = ("tiger._client", "tiger._server", "tiger._once", "tiger._pat
 _FIXTURES = frozenset(("tiger_url", "tiger_client", "tiger_aclient", "tiger_namespace", "tiger_once"))
 
 
+@pytest.hookimpl(tryfirst=True)  # (an xdist worker: before xdist sends the controller its collection)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Import what tiger's fixtures need before the first test runs, when a collected test uses tiger (one
     of its fixtures, ``tiger_isolate``, or a module of tests that imported tiger): a test's timeout
@@ -798,6 +842,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     used = used or any(getattr(getattr(item, "module", None), "tiger", None) is sys.modules["tiger"] for item in session.items)
     if not used:
         return
+    run = config.stash[_run_key]
+    if not run.is_controller and run.leases():  # the xdist controller takes the run's lease before any test runs
+        run.dir.mark_uses_tiger()  # (``pytest_xdist_node_collection_finished``)
     modules = (*_FIXTURE_MODULES, "tiger.aio") if any("tiger_aclient" in names for names in fixturenames) else _FIXTURE_MODULES
     _keep_modules(activate=True)
     try:
@@ -812,6 +859,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_configure_node(node: Any) -> None:
     """xdist controller: hand the run's identity to each worker."""
     node.workerinput[_RUN_KEY] = node.config.stash[_run_key].identity
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """xdist controller, a worker's collection in (no test runs before every worker's is): if it uses tiger,
+    on a writer the run leases its namespaces at, reach the writer and lease the run's namespace now (the
+    controller runs no test: it reached the writer only at its end, and a controller killed before then left
+    the run's namespace at the writer for good). A writer that cannot be reached is recorded for the
+    workers, which say so as ever (the first test asking), and the run ends with that line's exit code,
+    which the summary says too (the tests using tiger may all have been skipped)."""
+    run = node.config.stash.get(_run_key, None)
+    if run is not None and run.url is None and run.leases() and run.dir.uses_tiger():
+        failure = run.reach()
+        line = None if failure is None else str(failure).removeprefix("tiger: ")
+        if line is not None and line not in run.report:  # (once: each worker's collection comes here)
+            run.report.append(line)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
