@@ -19,7 +19,7 @@ from tiger._core import CLIENT_SILENCE
 from tiger._errors import Unavailable
 from tiger._server import NamespaceLease, ping
 
-GONE_WITHIN = 20.0  # seconds: CLIENT_SILENCE (3 s) and a loaded machine's slack
+GONE_WITHIN = 20.0  # seconds: CLIENT_SILENCE (3 s), the writer's lease grace here (1 s) and a loaded machine's slack
 
 
 def namespaces(url: str) -> set[str]:
@@ -50,7 +50,7 @@ sys.stdin.readline()  # killed here
 
 
 def test_a_namespace_leased_by_a_holder_outlived_its_killed_or_closed_holder():
-    with tiger.serve() as server:
+    with tiger.serve(lease_grace=1) as server:
         proc = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(HOLDER), server.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )

@@ -398,8 +398,9 @@ class NamespaceLease:
     replica does: the holder is never silent, and a writer restarted on its data directory hears it in
     time) and reads whatever comes (the writer probes a silent client through its socket). Read it must:
     a DEALER whose queue reaches its RCVHWM stops reading its connection, leaves the writer's ZeroMQ
-    heartbeats unanswered, and the writer, taking it for gone 3 s later, ends the lease (a small RCVHWM
-    left unread did so within 7 s). The queue stays near empty; the default RCVHWM (1000 messages) bounds
+    heartbeats unanswered, and the writer takes it for gone 3 s later and ends the lease after its grace
+    (with a grace of 0, a small RCVHWM left unread lost the lease within 7 s). The queue stays near
+    empty; the default RCVHWM (1000 messages) bounds
     it, and is minutes of the writer's probes should the thread be held up (a C call holding the GIL).
     ``close()`` stops the thread, says goodbye, closes the socket and its context: idempotent, and a
     no-op in a forked child (the socket is the parent's)."""

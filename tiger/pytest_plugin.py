@@ -303,8 +303,8 @@ class _Run:
         return url
 
     def _lease_run(self, url: str) -> None:
-        """The controller leases the run's namespace (what ``tiger_once`` factories write; their once keys,
-        in tiger's own table, stay at a drop) at the writer the run does not own, before any test of the run
+        """The controller leases the run's namespace (what ``tiger_once`` factories write; their settled once
+        keys go with it when the lease ends) at the writer the run does not own, before any test of the run
         writes there: with a ``NamespaceLease``, a socket of its own (an xdist controller runs no test, and
         connects no client). A controller killed before its cleanup (SIGKILL, the OOM killer, a CI timeout)
         leaves it nothing. Its goodbye comes after the cleanup (``close``). Not the process's client's lease:
@@ -437,7 +437,7 @@ class _Run:
     def lease_test(self, name: str) -> None:
         """Have the writer drop the test's namespace if this process dies before the teardown drops it
         (pytest-timeout's ``os._exit``, SIGKILL, the OOM killer): once it takes the process for gone, about
-        3 s later (see ``leases``)."""
+        3 s later, and its lease grace (``tiger serve --lease-grace``) has passed (see ``leases``)."""
         if self.leases():  # (no lease: no client connected for it, as before leases)
             self.client().lease_namespace(name)
 
