@@ -1136,8 +1136,9 @@ def test_thousands_of_writes_at_once_on_one_client_each_looked_for_its_socket_ev
             monkeypatch.setattr(asyncio, "wait", wait)
             assert len(written) == 3000 and all(f"r{i}" in table for i in range(3000))
         # (13.4 per write before, on a quick machine; the first waiter's 50 ms slices grow with the time taken
-        # on a loaded machine: a full run under load counted 6396, 2.1 per write)
-        assert waits[0] <= 2 * 3000 + took / 0.05, (waits[0], took)
+        # on a loaded machine: a full run under load counted 6396, 2.1 per write; alone on this machine when
+        # it ran 2.4x slower than usual, 6148 to 6512 in 3 s, over 2 per write, in the code before this bound)
+        assert waits[0] <= 3 * 3000 + took / 0.05, (waits[0], took)
 
     run(main)
 

@@ -1244,6 +1244,10 @@ def test_settled_once_keys_of_a_namespace_dropped_at_its_lease_end_stayed_for_go
     rig.call(ALICE, p.OnceClaim(30, "torn", ALICE, "test", "test-1"))  # alice holds the value bob tears down
     rig.call(ALICE, p.OnceClaim(31, "other", ALICE, "test", "test-2"))
     rig.call(ALICE, p.OnceFinish(32, "other", ALICE, "value", 1, "test-2"))  # a namespace nobody leases
+    carol = "c3" * 8  # built a value it would tear down, then died: no teardown will ever come
+    rig.call(carol, p.OnceClaim(40, "orphan", carol, "test", "test-1"))
+    rig.call(carol, p.OnceFinish(41, "orphan", carol, "resource", 1, "test-1"))
+    rig.send(p.encode_request(p.Bye(carol)))
     rig.send(p.encode_request(p.Bye(ALICE)))
     assert sorted(rig.core.store.rows(_table.ONCE_TABLE, "test-1")) == ["building", "torn"]
     assert list(rig.core.store.rows(_table.ONCE_TABLE, "test-2")) == ["other"]

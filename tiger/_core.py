@@ -724,7 +724,7 @@ class WriterCore:
         take those changes, they are tried again at the next tick."""
         self.lease_ends[client_id] = now
         try:
-            for namespace, end in _table.prepare_lease_end(self.store, client_id):
+            for namespace, end in _table.prepare_lease_end(self.store, client_id, self.clients):
                 self._commit(end, now)
                 if type(end) is _table.DropNamespace:
                     log.info("dropped namespace %r: %s, the last client leasing it, is gone", namespace, client_id)

@@ -1002,12 +1002,12 @@ def leases_of(store: Store, client_id: str) -> list[str]:
     return [namespace for namespace, rows in store.tables.get(LEASE_TABLE, {}).items() if client_id in rows]
 
 
-def prepare_lease_end(store: Store, client_id: str) -> list[tuple[str, Delete | DropNamespace]]:
+def prepare_lease_end(store: Store, client_id: str, live: Container[str] = ()) -> list[tuple[str, Delete | DropNamespace]]:
     """``client_id`` is gone: each namespace it leased, with the changes that end its lease there: the
     namespace dropped when no other client leases it, with the once keys scoped to it that are settled (built
-    or failed, with no teardown to wait for: a key being built has a live builder, else it was released),
-    else only its lease record deleted. (A dropped namespace's settled keys stayed, values and all: a killed
-    run's, for good.)"""
+    or failed, with no teardown that a ``live`` builder will run: a key being built has a live builder, else
+    it was released), else only its lease record deleted. (A dropped namespace's settled keys stayed, values
+    and all: a killed run's, for good.)"""
     ends: list[tuple[str, Delete | DropNamespace]] = []
     for namespace in leases_of(store, client_id):
         if len(store.rows(LEASE_TABLE, namespace)) > 1:
@@ -1017,7 +1017,7 @@ def prepare_lease_end(store: Store, client_id: str) -> list[tuple[str, Delete | 
         ends.extend(
             (namespace, Delete(ONCE_TABLE, namespace, key))
             for key, record in store.rows(ONCE_TABLE, namespace).items()
-            if record["state"] != "building" and not record.get("teardown")
+            if record["state"] != "building" and not (record.get("teardown") and record.get("owner") in live)
         )
     return ends
 
