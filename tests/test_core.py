@@ -1230,6 +1230,58 @@ def test_a_lease_ending_on_a_failing_disk_is_tried_again_and_ends(building):
     rig.core.store.check()
 
 
+def test_a_disk_fault_in_the_middle_of_a_lease_end_left_its_settled_once_keys_for_good():
+    # a review: the namespace's drop went first, then its once keys; a fault after the drop left the keys,
+    # and the retry found no lease to end
+    disk = FakeDisk()
+    rig = Rig(disk)
+    rig.call(ALICE, lease(1, ALICE))
+    rig.call(ALICE, put_in(2))
+    for i, key in enumerate(("a", "b")):
+        rig.call(BOB, p.OnceClaim(10 + i, key, BOB, "test", "test-1"))
+        rig.call(BOB, p.OnceFinish(20 + i, key, BOB, "value", i, "test-1"))
+    appended = len(disk.appended)
+    append = disk.append
+
+    def second_fails(payload: bytes) -> None:
+        if len(disk.appended) == appended + 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(payload)
+
+    disk.append = second_fails  # type: ignore[method-assign]
+    rig.send(p.encode_request(p.Bye(ALICE)))
+    disk.append = append  # type: ignore[method-assign]
+    for _ in range(100):
+        rig.advance(1)
+        rig.tick()
+        if not rig.core.lease_ends and rig.core.disk_fault is None:
+            break
+    assert rig.core.store.rows(_table.ONCE_TABLE, "test-1") == {} and "test-1" not in rig.core.store.namespace_names()
+    rig.core.store.check()
+
+
+def test_a_goodbye_during_a_disk_fault_kept_its_own_teardown_key_and_a_late_beat_undid_its_lease_end():
+    # a review: the client that said goodbye was still among the live clients its lease end looked at (its own
+    # value with a teardown kept for good), and a beat of its replica sent before the goodbye, arriving after,
+    # cancelled the lease end as if it had come back
+    disk = FakeDisk()
+    rig = Rig(disk)
+    rig.call(ALICE, lease(1, ALICE))
+    rig.call(ALICE, p.OnceClaim(2, "mine", ALICE, "test", "test-1"))
+    rig.call(ALICE, p.OnceFinish(3, "mine", ALICE, "resource", 1, "test-1"))
+    disk.failing = "all"
+    rig.send(p.encode_request(p.Bye(ALICE)))
+    rig.send(p.encode_request(p.Beat(ALICE)), peer=b"replica")  # sent before the goodbye, on another socket
+    disk.failing = None
+    for _ in range(100):
+        rig.advance(1)
+        rig.tick()
+        if not rig.core.lease_ends:
+            break
+    assert rig.core.store.rows(_table.ONCE_TABLE, "test-1") == {} and rig.core.lease_ends == {}
+    assert "test-1" not in rig.core.store.namespace_names()
+
+
 def test_settled_once_keys_of_a_namespace_dropped_at_its_lease_end_stayed_for_good():
     # a killed run's namespace was dropped by its lease, but the once keys scoped to it (the run's fixtures'
     # values) stayed in tiger.once: settled ones go with it; one being built (a live builder) or awaiting

@@ -44,7 +44,9 @@ applied twice, nor late.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
+from typing import Any
 
 from tiger._errors import shown
 
@@ -231,3 +233,22 @@ class Attempts:
             self._resend_at = now + self._every
             return RESEND
         return max(1, int((min(self.deadline, self._resend_at) - now) * 1000))
+
+
+def clock_offset(sent: float, received: float, info: dict[str, Any]) -> float | None:
+    """The writer's clock minus this process's, from one Hello round trip (``time.time()`` at send and
+    receipt; ``info``: the Hello's result, its ``time`` the writer's): its time minus the round trip's
+    midpoint (NTP's rule). None for a writer that sent no clock sample."""
+    if "time" not in info:
+        return None
+    return float(info["time"]) - (sent + received) / 2
+
+
+def call_expiry(deadline: float, offset: float) -> tuple[float, float]:
+    """When a call sent now, given up at ``deadline`` (``time.monotonic()`` seconds), expires at the writer:
+    on its clock (``time.time()`` plus ``offset``, ``clock_offset``'s), a margin before the deadline (at
+    most 0.5 s, a fifth of the time left), so that the writer refuses it before the caller gives up and it
+    is never applied late. Returns (expiry, margin) in seconds."""
+    now = time.monotonic()
+    margin = min(0.5, 0.2 * (deadline - now))
+    return time.time() + offset + (deadline - now) - margin, margin

@@ -21,7 +21,17 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import Batch
-from tiger._calls import GIVE_UP, PAUSE_GRACE, RESEND, Attempts, callable_name, check_seconds, stretched
+from tiger._calls import (
+    GIVE_UP,
+    PAUSE_GRACE,
+    RESEND,
+    Attempts,
+    call_expiry,
+    callable_name,
+    check_seconds,
+    clock_offset,
+    stretched,
+)
 from tiger._errors import FAILURES, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
@@ -239,11 +249,12 @@ class _Connection:
         quickest of up to 3 round trips when the first is slow (the answer may have waited behind other work
         at the writer, which would skew the offset by that wait). Returns the quickest round trip so far and
         whether to stop asking."""
-        if "time" not in info:  # a writer without a clock sample: take its word as is
+        offset = clock_offset(sent, received, info)
+        if offset is None:  # a writer without a clock sample: take its word as is
             return best, True
         if best is None or received - sent < best:
             best = received - sent
-            self._clock_offset = info["time"] - (sent + received) / 2
+            self._clock_offset = offset
         return best, received - sent < 0.05
 
     def _make_replica(self, info: dict[str, Any]) -> Replica:
@@ -368,12 +379,10 @@ class _Connection:
             why = recently_refused(self.url)  # gone (killed, stopped for good), or only silent (paused, busy)?
             silent = f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s"
             raise Unavailable(silent + (f": {why}" if why else ""))
-        now = time.monotonic()
         if deadline is None:
-            deadline = now + self.timeout
-        margin = min(0.5, 0.2 * (deadline - now))
+            deadline = time.monotonic() + self.timeout
+        expires, margin = call_expiry(deadline, self._clock_offset)
         try:
-            expires = time.time() + self._clock_offset + (deadline - now) - margin
             payload = p.encode_call(p.Call(self.client_id, expires, request, -1 if replica is None else replica.seq))
         except UnicodeEncodeError:
             raise ValueError(p.unencodable(request)) from None

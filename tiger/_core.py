@@ -268,7 +268,7 @@ class WriterCore:
         self._compact_waiters: dict[object, tuple[_Waiter, int]] = {}
         self._checksums: list[_Checksum] = []  # the checksums Stats requests wait for, oldest first
         # builders of once keys and holders of leases get CLIENT_SILENCE to find a restarted writer: one never
-        # heard from again is gone then (its keys handed over, its leases ended)
+        # heard from again is gone then (its keys handed over, its leases' grace begun)
         for client_id in _table.clients_awaited(self.store):
             self.clients[client_id] = now
         self._handlers: dict[type, Callable[[Any, float, float], tuple[_table.Change | None, Any]]] = {
@@ -676,8 +676,8 @@ class WriterCore:
             self._envelopes.setdefault(client_id, {})[beat] = tuple(envelope)
         if client_id in self.silent_since:
             del self.silent_since[client_id]
-        if client_id in self.lease_ends:  # back within its grace (a stopped process resumed): its leases stay
-            del self.lease_ends[client_id]
+        if self.lease_ends.get(client_id, now) > now:  # back within its grace (a stopped process resumed): its
+            del self.lease_ends[client_id]  # leases stay (not after its goodbye: a beat sent before it may come after)
             log.info("client %s is heard again: the namespaces it leases stay", client_id)
 
     def _forget(self, client_id: str, now: float, goodbye: bool = False) -> None:

@@ -21,7 +21,7 @@ import zmq
 from zmq.utils import z85
 
 from tiger import _protocol as p
-from tiger._calls import check_seconds
+from tiger._calls import call_expiry, check_seconds, clock_offset
 from tiger._errors import FAILURES, ProtocolError, TigerError, Unavailable, shown
 from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, ipc_path_unusable, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
@@ -423,11 +423,7 @@ class NamespaceLease:
             sent = time.time()
             self._sock.send(p.encode_request(p.Hello(1, self.client_id)))
             info = _answer(self._sock, url, deadline, timeout).result or {}
-            received = time.time()
-            offset = info["time"] - (sent + received) / 2 if "time" in info else 0.0  # the writer's clock minus ours
-            now = time.monotonic()
-            margin = min(0.5, 0.2 * (deadline - now))  # the call expires (is refused) a little before we give up
-            expires = time.time() + offset + (deadline - now) - margin
+            expires, _ = call_expiry(deadline, clock_offset(sent, time.time(), info) or 0.0)
             self._sock.send(p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
             _answer(self._sock, url, deadline, timeout)
             self._beat = min(float(info.get("heartbeat", 0.5)), 0.5)
@@ -485,7 +481,7 @@ class NamespaceLease:
             if goodbye:
                 with contextlib.suppress(zmq.ZMQError):
                     sock.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
-            sock.close(linger=_BYE_LINGER if goodbye else 0)  # (not lost: else the writer ends the lease ~3 s later)
+            sock.close(linger=_BYE_LINGER if goodbye else 0)  # (not lost: else the lease ends 3 s and the grace later)
         if not self._ctx.closed:
             self._ctx.term()
         self._wake_r.close()

@@ -1013,18 +1013,20 @@ def prepare_lease_end(store: Store, client_id: str, live: Container[str] = ()) -
         if len(store.rows(LEASE_TABLE, namespace)) > 1:
             ends.append((namespace, Delete(LEASE_TABLE, namespace, client_id)))
             continue
-        ends.append((namespace, DropNamespace(namespace)))
-        ends.extend(
+        ends.extend(  # first: a disk fault after the drop would leave them, the lease (what a retry finds) gone
             (namespace, Delete(ONCE_TABLE, namespace, key))
             for key, record in store.rows(ONCE_TABLE, namespace).items()
-            if record["state"] != "building" and not (record.get("teardown") and record.get("owner") in live)
+            if record["state"] != "building"
+            and not (record.get("teardown") and record.get("owner") in live and record.get("owner") != client_id)
         )
+        ends.append((namespace, DropNamespace(namespace)))
     return ends
 
 
 def clients_awaited(store: Store) -> set[str]:
     """The clients a writer started on stored content gives ``CLIENT_SILENCE`` to be heard before it takes them
-    for gone: the builders of once keys (then handed to others) and the holders of leases (then ended)."""
+    for gone: the builders of once keys (then handed to others) and the holders of leases (their lease grace
+    then begins)."""
     builders = {
         record["owner"]
         for rows in store.tables.get(ONCE_TABLE, {}).values()

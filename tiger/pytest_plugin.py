@@ -312,11 +312,14 @@ class _Run:
         its end."""
         if self._run_lease is not None:
             return
+        import zmq
+
         from tiger._server import NamespaceLease
 
         try:
             self._run_lease = NamespaceLease(url, self.namespace, server_key=os.environ.get("TIGER_SERVER_KEY") or None)
-        except (TigerError, ValueError) as e:
+        except (TigerError, ValueError, OSError, zmq.ZMQError) as e:  # (a bad key, no file descriptor left: said,
+            # as an unreachable writer is, not an INTERNALERROR of the xdist hook with the workers going on)
             failure = _Unreachable(
                 f"tiger: the writer at {url} did not lease the run's namespace {self.namespace!r} ({e})",
                 pytest.ExitCode.INTERRUPTED,
