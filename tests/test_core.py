@@ -12,6 +12,7 @@ import gc
 import itertools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -146,6 +147,14 @@ class Rig:
         self.core.tick(self.now)
         self.compaction_steps()
         return self.core.take_outbox()
+
+    def tick_until(self, done: Callable[[], bool], seconds: int = 100) -> None:
+        """Tick once a second (a disk fault's retries, leases' ends) until ``done()``, for at most ``seconds``."""
+        for _ in range(seconds):
+            self.advance(1)
+            self.tick()
+            if done():
+                return
 
     def send(self, *payloads: bytes, peer: bytes = b"peer", steps: int | None = None) -> _core.Outbox:
         """One group: every payload handled in order, then committed; then the steps of a compaction under
@@ -1221,11 +1230,7 @@ def test_a_lease_ending_on_a_failing_disk_is_tried_again_and_ends(building):
     rig.send(p.encode_request(p.Bye(ALICE)))
     assert "test-1" in rig.core.store.namespace_names() and ALICE in rig.core.lease_ends
     disk.failing = None
-    for _ in range(100):
-        rig.advance(1)
-        rig.tick()
-        if not rig.core.lease_ends:
-            break
+    rig.tick_until(lambda: not rig.core.lease_ends)
     assert "test-1" not in rig.core.store.namespace_names() and rig.core.lease_ends == {}
     rig.core.store.check()
 
@@ -1251,11 +1256,7 @@ def test_a_disk_fault_in_the_middle_of_a_lease_end_left_its_settled_once_keys_fo
     disk.append = second_fails  # type: ignore[method-assign]
     rig.send(p.encode_request(p.Bye(ALICE)))
     disk.append = append  # type: ignore[method-assign]
-    for _ in range(100):
-        rig.advance(1)
-        rig.tick()
-        if not rig.core.lease_ends and rig.core.disk_fault is None:
-            break
+    rig.tick_until(lambda: not rig.core.lease_ends and rig.core.disk_fault is None)
     assert rig.core.store.rows(_table.ONCE_TABLE, "test-1") == {} and "test-1" not in rig.core.store.namespace_names()
     rig.core.store.check()
 
@@ -1273,11 +1274,7 @@ def test_a_goodbye_during_a_disk_fault_kept_its_own_teardown_key_and_a_late_beat
     rig.send(p.encode_request(p.Bye(ALICE)))
     rig.send(p.encode_request(p.Beat(ALICE)), peer=b"replica")  # sent before the goodbye, on another socket
     disk.failing = None
-    for _ in range(100):
-        rig.advance(1)
-        rig.tick()
-        if not rig.core.lease_ends:
-            break
+    rig.tick_until(lambda: not rig.core.lease_ends)
     assert rig.core.store.rows(_table.ONCE_TABLE, "test-1") == {} and rig.core.lease_ends == {}
     assert "test-1" not in rig.core.store.namespace_names()
 
