@@ -1210,6 +1210,7 @@ def test_a_lease_grace_does_not_count_the_writers_own_pause():
 
 
 def test_a_lease_grace_of_0_drops_a_silent_clients_namespace_as_it_is_taken_for_gone():
+    assert str(Rig(lease_grace=-0.0).core.stats(T0)["leases"]["grace"]) == "0.0"
     rig = Rig(lease_grace=0)
     rig.call(ALICE, lease(1, ALICE))
     rig.call(ALICE, put_in(2))

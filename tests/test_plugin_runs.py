@@ -1793,16 +1793,43 @@ def test_blocks(tiger_client, tiger_once):
 """
 
 
+# a user trial: tiger reached only through request.getfixturevalue, in a module that does not import tiger: not
+# seen in the workers' collection, so the xdist controller took no lease before its kill
+KILLED_CONTROLLER_FIXTURES_AT_RUN_TIME = """
+import json, os, threading
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+@pytest.fixture
+def made(request):
+    tiger_once, tiger_client = request.getfixturevalue("tiger_once"), request.getfixturevalue("tiger_client")
+    def build():
+        import tiger
+        tiger_client.table("made").insert({"id": "one"})
+        return tiger.current_namespace()
+    return tiger_once("made", build)
+
+def test_blocks(made):
+    with open(os.path.join(D, ".ready"), "w") as f:
+        json.dump({"namespace": made, "pid": os.getpid()}, f)
+    os.replace(os.path.join(D, ".ready"), os.path.join(D, "ready"))
+    threading.Event().wait(120)
+"""
+
+
 @XDIST_OR_NOT
-def test_run_namespace_of_a_killed_controller_is_dropped(tmp_path, logged_writer, mode):
+@pytest.mark.parametrize("script", [KILLED_CONTROLLER, KILLED_CONTROLLER_FIXTURES_AT_RUN_TIME], ids=["named", "at-run-time"])
+def test_run_namespace_of_a_killed_controller_is_dropped(tmp_path, logged_writer, mode, script):
     # An xdist controller runs no test, and connected its client (whose lease was the run's namespace's) only
     # near the end of the run: SIGKILLed mid-run (a CI timeout, the OOM killer, kill -9), it left what the run's
     # once factories wrote (namespace tiger-run:RUN) at a writer the run does not own, for good. The controller
-    # leases it on a socket of its own now, before any test runs, without xdist too.
+    # leases it on a socket of its own now, before any test runs (or, for fixtures asked for at run time, at the
+    # first report of a worker that used tiger), without xdist too.
     url, log = logged_writer
     project = tmp_path / "project"
     project.mkdir()
-    (project / "test_killed.py").write_text(KILLED_CONTROLLER)
+    (project / "test_killed.py").write_text(script)
     proc = start_pytest(project, tmp_path / "output", *mode, "--tiger-url", url)
     try:
         wait_until(lambda: (tmp_path / "ready").exists() or proc.poll() is not None, RUN_TIMEOUT, "the once value built")
@@ -1812,6 +1839,7 @@ def test_run_namespace_of_a_killed_controller_is_dropped(tmp_path, logged_writer
         assert run_namespace.startswith("tiger-run:"), ready
         assert run_namespace in namespaces_at(url).get("made", set())
         assert (ready["pid"] == proc.pid) == (mode[0] != "-n")  # (xdist: a worker built it, the controller is idle)
+        wait_until(lambda: run_namespace in namespaces_at(url).get("tiger.lease", set()), 20, "the run's namespace leased")
         os.kill(proc.pid, signal.SIGKILL)  # the controller alone: xdist's workers live on (their leases too)
         proc.wait(10)
         wait_until(

@@ -229,7 +229,8 @@ def _lease_lines(leases: dict | None) -> list[str]:  # type: ignore[type-arg]
     if not leases or not leases["namespaces"]:
         return []
     ending = leases["ending"]
-    lines = [f"leases   {leases['namespaces']} namespaces leased, grace {leases['grace']:g} s, {len(ending)} ending"]
+    n = leases["namespaces"]
+    lines = [f"leases   {n} namespace{'' if n == 1 else 's'} leased, grace {leases['grace']:g} s, {len(ending)} ending"]
     lines += [
         f"         {_printable(ns)} dropped in {seconds:g} s unless a client leasing it is heard"
         for ns, seconds in ending.items()

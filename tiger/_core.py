@@ -222,7 +222,7 @@ class WriterCore:
     ) -> None:
         """``lease_grace``: seconds a client taken for gone by its silence keeps its leases (``LEASE_GRACE``)."""
         self.epoch = epoch
-        self.lease_grace = lease_grace
+        self.lease_grace = lease_grace + 0.0  # (-0.0 is 0: stats said "grace -0 s")
         self.seq = 0
         self.store = store if store is not None else _table.Store()
         self.heartbeat = heartbeat

@@ -25,7 +25,8 @@ Theory of operation: the plugin is one lifecycle, in this order.
    namespace: the writer drops them if the process dies without its teardown (``os._exit``, SIGKILL).
    The controller's lease is a ``NamespaceLease`` (a socket of its own, no client), taken as it first
    reaches the writer, which an xdist controller does once a worker's collection shows tests using tiger,
-   before any test runs; its goodbye comes after the end-of-run cleanup.
+   before any test runs, or at the first report of a worker that reached the writer during a test (a
+   fixture asked for at run time); its goodbye comes after the end-of-run cleanup.
 4. **End of run**. The teardowns of generator ``tiger_once`` factories run once each, in the process
    that built the value, after every test of every process: the controller writes ``all-done`` in
    the run directory at its session end, builders wait for it (xdist workers: after reporting
@@ -231,6 +232,7 @@ class _Run:
         self._client: Client | None = None
         self._started: Any = None  # the Server this process started: its Popen must live as long as the writer may
         self._run_lease: Any = None  # the controller's NamespaceLease of the run's namespace (``leases``)
+        self.lease_failed = False  # the controller could not reach the writer to lease the run's namespace
         self._previous_env: str | None = None
         self.waited = False  # the controller waited for the builders' teardowns
         self._built: dict[str, str] = {}  # once keys with a teardown built here -> their outcome (None: not run yet)
@@ -280,6 +282,8 @@ class _Run:
                 url = self._reach()
                 if self.is_controller and self.leases():
                     self._lease_run(url)
+                elif self.leases():  # a worker using tiger: its controller leases the run's namespace once it sees
+                    self.dir.mark_uses_tiger()  # this (a fixture asked for at run time, not seen in the collection)
         except _Unreachable as e:
             return e
         self._previous_env = os.environ.get("TIGER_URL")
@@ -872,12 +876,31 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     the run's namespace at the writer for good). A writer that cannot be reached is recorded for the
     workers, which say so as ever (the first test asking), and the run ends with that line's exit code,
     which the summary says too (the tests using tiger may all have been skipped)."""
-    run = node.config.stash.get(_run_key, None)
-    if run is not None and run.url is None and run.leases() and run.dir.uses_tiger():
+    _lease_if_used(node.config)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """xdist controller, a worker's report in: as ``pytest_xdist_node_collection_finished``, for a worker that
+    reached the writer during a test (``request.getfixturevalue("tiger_once")``, a module that imports tiger
+    inside a function: not seen in its collection; a trial killed such a run's controller, and its run
+    namespace stayed for good). One ``stat`` of the run directory per report until then."""
+    node = getattr(report, "node", None)  # (set by xdist on a worker's report, in the controller)
+    if node is not None:
+        _lease_if_used(node.config)
+
+
+def _lease_if_used(config: pytest.Config) -> None:
+    """The controller: once a worker uses tiger (its ``uses-tiger`` mark), on a writer the run leases its
+    namespaces at, reach the writer and lease the run's namespace; a writer it cannot reach is said in the
+    summary (once)."""
+    run = config.stash.get(_run_key, None)
+    if run is None or not run.is_controller or run.url is not None or run.lease_failed or not run.leases():
+        return
+    if run.dir.uses_tiger():
         failure = run.reach()
-        line = None if failure is None else str(failure).removeprefix("tiger: ")
-        if line is not None and line not in run.report:  # (once: each worker's collection comes here)
-            run.report.append(line)
+        if failure is not None:  # said once, tried once
+            run.lease_failed = True
+            run.report.append(str(failure).removeprefix("tiger: "))
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
