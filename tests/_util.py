@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -95,3 +99,21 @@ class Sockets:
                 sock.close(linger=0)
             term.join(5)
             raise AssertionError(f"{len(strays)} zmq socket(s) opened around the open_socket fixture were left open")
+
+
+@contextlib.contextmanager
+def script_process(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -c SCRIPT ARGS`` (dedented) with pipes to its stdin and stdout, for a test to talk to and
+    signal; after the test, resumed if stopped, killed if still running, reaped, its pipes closed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait()
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.stdout.close()  # type: ignore[union-attr]

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
 import pytest
 import zmq
-from _util import read_line
+from _util import read_line, script_process
 
 import tiger
 from tiger._core import CLIENT_SILENCE
@@ -52,21 +49,12 @@ sys.stdin.readline()  # killed here
 
 def test_a_namespace_leased_by_a_holder_outlived_its_killed_or_closed_holder():
     with tiger.serve(lease_grace=1) as server:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(HOLDER), server.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        try:
+        with script_process(HOLDER, server.url) as proc:
             assert read_line(proc, 30) == "leased\n"
             write(server.url, "job-1")
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
             wait_gone(server.url, "job-1")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.stdin.close()  # type: ignore[union-attr]
-            proc.stdout.close()  # type: ignore[union-attr]
         lease = NamespaceLease(server.url, "job-2")
         write(server.url, "job-2")
         lease.close()  # its goodbye: dropped at once, no silence to wait for

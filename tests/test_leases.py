@@ -7,12 +7,11 @@ import asyncio
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 import zmq
-from _util import read_line
+from _util import read_line, script_process
 
 import tiger
 import tiger.aio
@@ -45,13 +44,7 @@ def wait_gone(client: tiger.Client, namespace: str) -> None:
 
 def test_a_namespace_whose_client_was_killed_stayed_in_the_writer_for_good():
     with tiger.serve(lease_grace=GRACE) as server, tiger.connect(server.url) as client:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(LEASING_CLIENT), server.url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with script_process(LEASING_CLIENT, server.url) as proc:
             assert read_line(proc, 30) == "leased\n"
             client.sync()
             assert client.table("plans").count() == 0  # (in "global")
@@ -62,12 +55,6 @@ def test_a_namespace_whose_client_was_killed_stayed_in_the_writer_for_good():
             proc.wait(10)
             wait_gone(client, "job-1")
             assert client.namespaces() == ["other"]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.stdin.close()  # type: ignore[union-attr]
-            proc.stdout.close()  # type: ignore[union-attr]
 
 
 def test_a_namespace_leased_by_a_client_that_closed_stayed_in_the_writer():
@@ -148,13 +135,7 @@ def test_a_process_stopped_for_more_than_3_s_lost_its_leased_namespace():
     # resumed, its tests found their records gone. Now a silent client keeps its leases for the writer's
     # lease grace (600 s by default), and keeps them for good once it is heard again.
     with tiger.serve() as server, tiger.connect(server.url) as watcher:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(STOPPED_CLIENT), server.url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with script_process(STOPPED_CLIENT, server.url) as proc:
             assert read_line(proc, 30) == "leased\n"
             assert watcher.stats()["clients"] == 2
             proc.send_signal(signal.SIGSTOP)
@@ -176,13 +157,6 @@ def test_a_process_stopped_for_more_than_3_s_lost_its_leased_namespace():
             assert proc.wait(30) == 0
             watcher.sync()  # its goodbye at the end dropped the namespace at once
             assert watcher.namespaces() == []
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-            proc.wait()
-            proc.stdin.close()  # type: ignore[union-attr]
-            proc.stdout.close()  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("bad", [-1, "600", float("nan"), True, 86401])

@@ -720,8 +720,8 @@ class WriterCore:
 
     def _end_leases(self, client_id: str, now: float) -> None:
         """End the leases of ``client_id``, gone: a namespace no other client leases is dropped, with the once
-        keys scoped to it that nobody builds or holds (``prepare_lease_end``). While the data directory cannot
-        take those changes, they are tried again at the next tick."""
+        keys scoped to it that are settled and wait for no live builder's teardown (``prepare_lease_end``).
+        While the data directory cannot take those changes, they are tried again at the next tick."""
         self.lease_ends[client_id] = now
         try:
             for namespace, end in _table.prepare_lease_end(self.store, client_id, self.clients):
