@@ -113,8 +113,9 @@ class _RunDir:
       teardowns holds an exclusive lock on its ``.lock`` for as long as it lives, and records its keys,
       then their outcomes, in its ``.json``; a lock that can be taken belongs to a process that ended
       (pid reuse and zombies cannot fool a lock);
-    - ``uses-tiger``: an xdist worker collected tests that use tiger, on a writer the run leases its
-      namespaces at (the controller takes the run's lease then, before any test runs);
+    - ``uses-tiger``: an xdist worker collected tests that use tiger, or reached the writer during a test,
+      on a writer the run leases its namespaces at (the controller takes the run's lease then: before any
+      test runs, or at that worker's next report);
     - ``all-done``: every test of every process has finished (the controller says so).
     """
 
