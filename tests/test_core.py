@@ -1376,6 +1376,24 @@ def test_after_a_restart_a_lease_whose_client_is_never_heard_from_again_ends():
     assert list(stored.tables[_table.LEASE_TABLE]) == ["test-2"]
 
 
+def test_stats_after_a_restart_counted_the_lease_holders_it_awaits_as_connected_clients():
+    rig = leased_rig()
+    rig.call(BOB, lease(2, BOB, "test-2"))
+    stored = _table.Store()  # what a restarted writer loads from its data directory
+    stored.load(rig.core.store.content())
+    core = WriterCore(EPOCH, heartbeat=0.5, now=T0, store=stored, token=lambda n: "0" * 2 * n, lease_grace=60)
+    figures = core.stats(T0, checksum=False)
+    assert (figures["clients"], figures["awaited"]) == (0, 2)  # nobody connected yet: "clients 2" before
+    core.handle([b"bob", p.encode_request(p.Beat(BOB))], T0 + 1, WALL + 1)
+    assert (core.stats(T0 + 1, checksum=False)["clients"], core.stats(T0 + 1, checksum=False)["awaited"]) == (1, 1)
+    for t in range(2, 8):  # alice, killed with the old writer, is never heard: taken for gone, no longer awaited
+        core.handle([b"bob", p.encode_request(p.Beat(BOB))], T0 + t, WALL + t)
+        core.tick(T0 + t)
+    figures = core.stats(T0 + 8, checksum=False)
+    assert (figures["clients"], figures["awaited"]) == (1, 0)
+    assert list(figures["leases"]["ending"]) == ["test-1"]  # its grace runs
+
+
 def test_hostile_leases_are_refused_and_a_lease_record_written_raw_breaks_no_goodbye_or_restart():
     rig = leased_rig()
     before = (rig.core.store.content(), rig.core.seq)

@@ -82,6 +82,36 @@ def test_an_async_client_leases_a_namespace_as_the_blocking_one_does():
         assert watcher.namespaces() == []
 
 
+LOST = r"lease of namespace 'job-5' had ended before it was dropped, and what was written there before that end was lost"
+
+
+def test_a_client_whose_lease_had_ended_dropped_its_namespace_without_a_word(recwarn):
+    # A process stopped past the writer's lease grace lost its namespace, and its drop at the end said nothing
+    # (test_plugin_runs has the real stop). Here another client's drop ends the lease: the leaser's own drop
+    # warns, once; a drop of a namespace whose lease it still held, or never held, does not.
+    with tiger.serve() as server, tiger.connect(server.url) as leaser, tiger.connect(server.url) as other:
+        leaser.lease_namespace("job-5")
+        leaser.lease_namespace("job-6")
+        with tiger.namespace("job-5"):
+            leaser.table("plans").insert({"n": 1})
+        other.drop_namespace("job-5")
+        with pytest.warns(RuntimeWarning, match=LOST):
+            leaser.drop_namespace("job-5")
+        leaser.drop_namespace("job-5")  # (said once)
+        leaser.drop_namespace("job-6")  # its own lease, ended by its own drop
+        leaser.drop_namespace("job-7")  # never leased
+        assert [str(w.message) for w in recwarn.list] == []
+
+        async def leased_and_lost(url: str) -> None:
+            async with await tiger.aio.connect(url) as client:
+                await client.lease_namespace("job-5")
+                other.drop_namespace("job-5")
+                with pytest.warns(RuntimeWarning, match=LOST):
+                    await client.drop_namespace("job-5")
+
+        asyncio.run(leased_and_lost(server.url))
+
+
 @pytest.mark.parametrize("bad", ["", "x" * 201, 5, b"ns"])
 def test_a_bad_namespace_to_lease_raises_naming_the_field_and_sends_nothing(bad):
     with tiger.serve() as server, tiger.connect(server.url) as client:

@@ -238,6 +238,12 @@ def _lease_lines(leases: dict | None) -> list[str]:  # type: ignore[type-arg]
     return lines
 
 
+def _awaited(n: int) -> str:
+    """What ``tiger stats`` adds to the clients' line for the clients a writer started on its data directory
+    still waits to hear from (once builders and lease holders it stored: about 3 s, then taken for gone)."""
+    return f" (and {n} awaited since the writer started on its data directory)" if n else ""
+
+
 def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
     lines = [
         f"url      {stats['url']}",
@@ -245,7 +251,7 @@ def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
         f"epoch    {stats['epoch']}",
         f"seq      {stats['seq']}",
         f"uptime   {stats['uptime']:.1f} s",
-        f"clients  {stats['clients']}",
+        f"clients  {stats['clients']}" + _awaited(stats.get("awaited", 0)),
         f"records  {stats['records']}",
         *_lease_lines(stats.get("leases")),
         *_data_lines(stats.get("data")),

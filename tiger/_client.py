@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from tiger._calls import (
     clock_offset,
     stretched,
 )
+from tiger._core import LEASE_GRACE
 from tiger._errors import FAILURES, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
@@ -215,6 +217,7 @@ class _Connection:
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
         self._clock_offset = 0.0  # the writer's time.time() minus ours
         self.client_id = p.new_client_id()
+        self._leased: set[str] = set()  # the namespaces this client leased and has not dropped itself
         self._pid = os.getpid()
         self._closed = False
         self._ctx: zmq.Context[Any] = zmq.Context()
@@ -535,6 +538,23 @@ class _Connection:
             raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
         return reply
 
+    def _dropped(self, namespace: str, reply: p.Ok) -> str | None:
+        """``namespace`` was dropped by this client (``reply``: the writer's answer, naming the clients whose
+        leases ended with it): None, or what to say if this client had leased it and its lease had ended
+        before (a process stopped past the lease grace found its records gone, and nothing said why)."""
+        if namespace not in self._leased:
+            return None
+        self._leased.discard(namespace)
+        holders = reply.result.get("leases", ()) if isinstance(reply.result, dict) else ()
+        if self.client_id in holders:
+            return None
+        return (
+            f"tiger: this process's lease of namespace {namespace!r} had ended before it was dropped, and what was "
+            "written there before that end was lost: the writer took the process for gone (silent about 3 s: stopped "
+            "by Ctrl-Z or SIGSTOP, paused in a debugger, its host asleep) and its lease grace passed without a word "
+            f"from it (`tiger serve --lease-grace`, default {LEASE_GRACE:g} s), or another client dropped the namespace"
+        )
+
 
 class Client(_Connection):
     """A connection to a tiger writer plus a full local replica of its tables.
@@ -660,9 +680,19 @@ class Client(_Connection):
         return Batch(self, _current)
 
     def drop_namespace(self, namespace: str) -> None:
-        """Remove every record of ``namespace`` in every table, in one command (a test's cleanup)."""
+        """Remove every record of ``namespace`` in every table, in one command (a test's cleanup).
+
+        A namespace this client leased whose lease had ended before (``lease_namespace``: the writer took this
+        client for gone and its lease grace passed, or another client dropped it) is dropped all the same,
+        with a ``RuntimeWarning`` saying that what was written there before that end was lost."""
+        lost = self._drop(namespace)
+        if lost is not None:
+            warnings.warn(lost, RuntimeWarning, stacklevel=2)
+
+    def _drop(self, namespace: str) -> str | None:
+        """``drop_namespace``, returning what it would warn of (the pytest plugin fails the test's teardown)."""
         check_name(namespace, "namespace")
-        self._write(p.Drop(next(self._req_ids), namespace))
+        return self._dropped(namespace, self._write(p.Drop(next(self._req_ids), namespace)))
 
     def lease_namespace(self, namespace: str | None = None) -> None:
         """Have the writer drop ``namespace`` (default: the current namespace) from every table once this
@@ -681,6 +711,7 @@ class Client(_Connection):
         a bad name, and for ``"global"`` (every process's default: a lease would drop everyone's records)."""
         name = check_leasable(_current() if namespace is None else namespace)
         self._write(p.Lease(next(self._req_ids), name, self.client_id))
+        self._leased.add(name)
 
     def once(self, key: str, factory: Callable[[], Any], timeout: float | None = None, *, namespace: str | None = None) -> Any:
         """Across every process using this writer, exactly one runs ``factory()``; all get its value.
@@ -727,7 +758,9 @@ class Client(_Connection):
         return errors
 
     def stats(self) -> dict[str, Any]:
-        """The writer's figures: epoch, seq, uptime, clients, records per table and namespace, leases
+        """The writer's figures: epoch, seq, uptime, clients (heard from; ``awaited``: those a writer started on
+        its data directory waits about 3 s to hear from, the once builders and lease holders it stored), records
+        per table and namespace, leases
         (``{"grace": seconds, "namespaces": n, "ending": {namespace: seconds before it is dropped}}``) and
         the data directory."""
         return self._request(p.Stats(next(self._req_ids))).result  # type: ignore[no-any-return]

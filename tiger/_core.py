@@ -269,7 +269,9 @@ class WriterCore:
         self._checksums: list[_Checksum] = []  # the checksums Stats requests wait for, oldest first
         # builders of once keys and holders of leases get CLIENT_SILENCE to find a restarted writer: one never
         # heard from again is gone then (its keys handed over, its leases' grace begun)
-        for client_id in _table.clients_awaited(self.store):
+        # (they are not counted as connected until heard: stats said the killed run's holders were connected)
+        self.awaited = _table.clients_awaited(self.store)
+        for client_id in self.awaited:
             self.clients[client_id] = now
         self._handlers: dict[type, Callable[[Any, float, float], tuple[_table.Change | None, Any]]] = {
             p.Insert: self._insert,
@@ -672,6 +674,7 @@ class WriterCore:
         socket): it is live, and the answers kept for it stay (a client once taken for gone, back now,
         keeps them as any live client does)."""
         self.clients[client_id] = now
+        self.awaited.discard(client_id)
         if envelope is not None:
             self._envelopes.setdefault(client_id, {})[beat] = tuple(envelope)
         if client_id in self.silent_since:
@@ -686,6 +689,8 @@ class WriterCore:
         ``lease_grace`` seconds later unless it is heard again (``lease_ends``). While the data directory cannot
         take those changes, the client is kept (as silent) to be forgotten later."""
         seen = self.clients.pop(client_id, None)
+        awaited = client_id in self.awaited
+        self.awaited.discard(client_id)
         self._envelopes.pop(client_id, None)
         self.silent_since[client_id] = now
         try:
@@ -698,6 +703,8 @@ class WriterCore:
                 self._commit(held, now)
         except DiskFault:
             self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
+            if awaited:
+                self.awaited.add(client_id)
             if goodbye and _table.leases_of(self.store, client_id):
                 self.lease_ends[client_id] = now  # (at the next tick the disk takes them: a goodbye has no grace)
             return
@@ -937,7 +944,8 @@ class WriterCore:
             "seq": self.seq,
             "publications": self.publications,
             "uptime": now - self.started,
-            "clients": len(self.clients),
+            "clients": len(self.clients) - len(self.awaited),  # heard from (the awaited are not, yet)
+            "awaited": len(self.awaited),
             "records": len(self.store),
             "leases": self._lease_stats(now),
             "tables": self.store.counts(),
@@ -1007,7 +1015,10 @@ class WriterCore:
         return _table.prepare_clear_namespace(self.store, r.table, r.namespace), None
 
     def _drop(self, r: p.Drop, now: float, wall: float) -> tuple[_table.Change | None, Any]:
-        return _table.prepare_drop_namespace(self.store, r.namespace), None
+        """Answers ``{"leases": [client ids]}``: the clients whose leases of the namespace end with it (one
+        that leased it and is not named lost its lease before: ``Client.drop_namespace``)."""
+        holders = sorted(self.store.rows(_table.LEASE_TABLE, r.namespace))
+        return _table.prepare_drop_namespace(self.store, r.namespace), {"leases": holders}
 
     def _lease(self, r: p.Lease, now: float, wall: float) -> tuple[_table.Change | None, Any]:
         self._heard(r.client_id, now)

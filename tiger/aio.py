@@ -40,6 +40,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -248,9 +249,12 @@ class AsyncClient(_Connection):
         return AsyncBatch(self, _current)  # type: ignore[arg-type]
 
     async def drop_namespace(self, namespace: str) -> None:
-        """Remove every record of ``namespace`` in every table, in one command (a test's cleanup)."""
+        """Remove every record of ``namespace`` in every table, in one command (a test's cleanup); a
+        ``RuntimeWarning`` if this client had leased it and that lease had ended before (``tiger.Client.drop_namespace``)."""
         check_name(namespace, "namespace")
-        await self._write(p.Drop(next(self._req_ids), namespace))
+        lost = self._dropped(namespace, await self._write(p.Drop(next(self._req_ids), namespace)))
+        if lost is not None:
+            warnings.warn(lost, RuntimeWarning, stacklevel=2)
 
     async def lease_namespace(self, namespace: str | None = None) -> None:
         """``tiger.Client.lease_namespace``, awaited: the writer drops ``namespace`` (default: the current
@@ -260,6 +264,7 @@ class AsyncClient(_Connection):
 
         name = check_leasable(_current() if namespace is None else namespace)
         await self._write(p.Lease(next(self._req_ids), name, self.client_id))
+        self._leased.add(name)
 
     async def once(
         self, key: str, factory: Callable[[], Any], timeout: float | None = None, *, namespace: str | None = None

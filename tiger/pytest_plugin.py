@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 _RUN_KEY = "tiger_run"  # the workerinput entry
 _POLL = 0.02  # seconds between looks at the run directory while waiting for the end of the run
 _namespace_key = pytest.StashKey[str]()
+_lease_lost_key = pytest.StashKey[str]()  # what to fail a test's teardown with: its lease ended during it
 _TIGER = os.path.dirname(os.path.abspath(__file__)) + os.sep  # tiger's package directory
 
 
@@ -460,12 +461,14 @@ class _Run:
         each worker of an interrupted run the client's timeout here)."""
         if self._entered is None:
             return
-        _, name, restore = self._entered
+        item, name, restore = self._entered
         self._entered = None
         restore()
         if drop and self.url is not None and not self.config.getoption("--tiger-keep"):
             with contextlib.suppress(TigerError):  # the writer gone (its data with it): the test's own errors say so
-                self.client().drop_namespace(name)
+                lost = self.client()._drop(name)
+                if lost is not None:  # its lease ended during the test: the teardown fails saying so
+                    item.stash[_lease_lost_key] = lost
 
     # -- once ------------------------------------------------------------------------
 
@@ -675,13 +678,22 @@ class _Run:
         """A writer this run does not own: drop the run's namespace, its once keys, and the namespaces of
         tests whose teardown never ran (a crashed worker, Ctrl-C)."""
         from tiger import _protocol as p
+        from tiger._protocol import say
         from tiger._server import request_once
-        from tiger._table import ONCE_TABLE
+        from tiger._table import LEASE_TABLE, ONCE_TABLE
 
         key = os.environ.get("TIGER_SERVER_KEY") or None
         with contextlib.suppress(TigerError):
-            request_once(url, p.ClearTable(1, ONCE_TABLE, self.namespace), server_key=key)
-            tables = request_once(url, p.Stats(2), server_key=key).result["tables"]
+            tables = request_once(url, p.Stats(1), server_key=key).result["tables"]
+            if self._run_lease is not None and not tables.get(LEASE_TABLE, {}).get(self.namespace):
+                say(  # (after the terminal summary: said on stderr)
+                    f"tiger: the run's lease of its namespace {self.namespace!r} (what tiger_once factories wrote) "
+                    "ended during the run: the writer took the controller for gone (silent about 3 s: stopped by Ctrl-Z "
+                    "or SIGSTOP, paused in a debugger) and its lease grace (`tiger serve --lease-grace`) passed without "
+                    "a word from it, or a test dropped that namespace; what was written there before was lost",
+                    sys.stderr,
+                )
+            request_once(url, p.ClearTable(2, ONCE_TABLE, self.namespace), server_key=key)
             kept = self.config.getoption("--tiger-keep")  # the tests' namespaces stay, then
             prefixes = (self.namespace,) if kept else (self.namespace, f"{self.id}:")
             ours = {ns for namespaces in tables.values() for ns in namespaces if ns.startswith(prefixes)}
@@ -974,6 +986,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     name = item.stash.get(_namespace_key, None)
     if name is not None and report.failed and item.config.getoption("--tiger-keep"):
         report.sections.append(("tiger", f"namespace kept: {name}"))
+    lost = item.stash.get(_lease_lost_key, None) if call.when == "teardown" else None
+    if lost is not None:  # (a test that read its records back found them gone, and nothing said why)
+        del item.stash[_lease_lost_key]
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = lost
+        else:
+            report.sections.append(("tiger", lost))
 
 
 # -- 4. end of run --------------------------------------------------------------------
