@@ -96,6 +96,39 @@ def test_stats_shows_tables_namespaces_and_counts(foreground):
         assert re.search(r"^data\s+none \(memory only\)$", out.stdout, re.M)
 
 
+def test_namespaces_a_kept_or_killed_run_left_at_a_writer_could_be_dropped_only_from_python(foreground):
+    # A user trial: --tiger-keep, or runs killed before leases, left namespaces at a writer of one's own, and
+    # nothing but a script of one's own dropped them. tiger drop NAMESPACE..., --prefix RUN: for a whole run.
+    _, url = foreground
+    with tiger.connect(url) as client:
+        plans = client.table("plans")
+        for namespace, n in (("3f9a1c:main::test_a", 2), ("3f9a1c:main::test_b", 1), ("tiger-run:3f9a1c", 1), ("keep", 1)):
+            with tiger.namespace(namespace):
+                plans.insert_many([{} for _ in range(n)])
+        client.once("fixture", lambda: 1, namespace="tiger-run:3f9a1c")
+
+        def drop(*arguments: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*TIGER, "drop", "--url", url, *arguments], capture_output=True, text=True, timeout=30)
+
+        out = drop("--prefix", "3f9a1c:")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "dropped 3f9a1c:main::test_a: 2 records\ndropped 3f9a1c:main::test_b: 1 record\n"
+        out = drop("tiger-run:3f9a1c", "nothing-here")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "dropped tiger-run:3f9a1c: 2 records\ndropped nothing-here: 0 records\n"  # (its once key too)
+        assert drop("--prefix", "3f9a1c:").stdout == "no namespace starts with 3f9a1c:\n"
+        seq = client.stats()["seq"]
+        for arguments, message in (
+            (["--prefix", ""], "prefix must not be empty"),
+            (["ok", ""], "namespace must be 1 to 200 characters, got 0"),  # (checked before anything is dropped)
+            (["keep", "--timeout", "0"], "--timeout must be"),
+        ):
+            out = drop(*arguments)
+            assert out.returncode == 1 and f"tiger drop: {message}" in out.stderr, out.stderr
+        client.sync()
+        assert client.namespaces() == ["keep"] and client.stats()["seq"] == seq
+
+
 def test_stats_prints_a_name_holding_a_newline_or_nul_on_its_own_line(foreground):
     # A user trial: a table named "a\nb" broke tiger stats' layout, and a NUL made grep take its output for binary.
     _, url = foreground

@@ -1,4 +1,4 @@
-"""The ``tiger`` command: ``tiger serve``, ``tiger stats``."""
+"""The ``tiger`` command: ``tiger serve``, ``tiger stats``, ``load``, ``dump``, ``drop``, ``compact``, ``keygen``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tiger._client import Client, connect
 from tiger._core import LEASE_GRACE
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
-from tiger._protocol import Compact, say
+from tiger._protocol import ClearTable, Compact, Drop, Stats, say
 from tiger._server import NOT_STARTED, check_bind_url, check_data_dir, check_url, ping, request_once, why_refused
-from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX
+from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX, check_name
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
 DEFAULT_URL = "tcp://127.0.0.1:7710"
@@ -69,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds to wait for the snapshot to be in place (about 2 s per million records; default %(default)s)",
     )
+
+    drop = commands.add_parser(
+        "drop", help="drop namespaces from every table (a kept run's, what a killed run left at a writer of your own)"
+    )
+    drop.add_argument("namespace", nargs="+", help="a namespace to drop (with --prefix: every namespace starting so)")
+    drop.add_argument(
+        "--prefix", action="store_true", help="drop every namespace whose name starts with one given (a run's: 'RUN:')"
+    )
+    drop.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
+    drop.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer (default %(default)s)")
 
     keygen = commands.add_parser("keygen", help="write a CurveZMQ key pair: DIR/tiger.key (secret, 0600) and DIR/tiger.pub")
     keygen.add_argument("dir", nargs="?", default=".", help="where to write them (default: here)")
@@ -131,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = request_once(check_url(args.url), Compact(1), seconds, key).result
             say(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
             return 0
+        if args.command == "drop":
+            for line in drop_namespaces(args.url, args.namespace, args.prefix, args.timeout):
+                say(line)
+            return 0
         if args.command == "keygen":
             public = keygen(args.dir)
             say(f"wrote {args.dir}/tiger.key (secret) and {args.dir}/tiger.pub")
@@ -166,6 +180,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve" and args.failure_on_stdout:  # (where tiger.serve() reads why, as serve_forever's)
             say(f"{NOT_STARTED}tiger {args.command}: {e}", flush=True)
         return 1
+
+
+def drop_namespaces(url: str, names: Sequence[str], prefix: bool = False, timeout: float = 5.0) -> list[str]:
+    """``tiger drop``: drop each namespace in ``names`` (``prefix``: every namespace whose name starts with one
+    of them) from every table, tiger's own too (its leases, and its once keys: the plugin's cleanup of a run
+    does the same), on a socket of its own (no replica). Returns the lines to print: each namespace with
+    the records it held.
+    ``ValueError`` naming ``namespace`` (or ``prefix``) for a bad name, before anything is dropped."""
+    seconds = check_seconds(timeout, "--timeout", positive=True)
+    assert seconds is not None  # (None only where no_limit)
+    for name in names:
+        if prefix and name == "":
+            raise ValueError("prefix must not be empty: it would drop every namespace (name them, or 'global')")
+        check_name(name, "prefix" if prefix else "namespace")
+    key = os.environ.get("TIGER_SERVER_KEY") or None
+    url = check_url(url)
+    held: dict[str, int] = {}
+    for namespaces in request_once(url, Stats(1), seconds, key).result["tables"].values():
+        for namespace, n in namespaces.items():
+            held[namespace] = held.get(namespace, 0) + n
+    targets = sorted(ns for ns in held if ns.startswith(tuple(names))) if prefix else list(dict.fromkeys(names))
+    if not targets:
+        return [f"no namespace starts with {' or '.join(_printable(n) for n in names)}"]
+    lines = []
+    for i, namespace in enumerate(targets, 1):
+        request_once(url, ClearTable(2 * i, ONCE_TABLE, namespace), seconds, key)  # (a Drop keeps once keys)
+        request_once(url, Drop(2 * i + 1, namespace), seconds, key)
+        n = held.get(namespace, 0)
+        lines.append(f"dropped {_printable(namespace)}: {n} record{'' if n == 1 else 's'}")
+    return lines
 
 
 def keygen(directory: str) -> str:
