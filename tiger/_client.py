@@ -538,15 +538,19 @@ class _Connection:
             raise ProtocolError(f"unexpected reply to a request: {type(reply).__name__}")
         return reply
 
-    def _dropped(self, namespace: str, reply: p.Ok) -> str | None:
-        """``namespace`` was dropped by this client (``reply``: the writer's answer, naming the clients whose
-        leases ended with it): None, or what to say if this client had leased it and its lease had ended
-        before (a process stopped past the lease grace found its records gone, and nothing said why)."""
-        if namespace not in self._leased:
-            return None
+    def _let_go(self, namespace: str) -> bool:
+        """This client is about to drop ``namespace``: whether it leased it (forgotten now, before the drop is
+        sent: a drop that raised, applied or not, makes no later drop of it warn)."""
+        leased = namespace in self._leased
         self._leased.discard(namespace)
+        return leased
+
+    def _dropped(self, namespace: str, leased: bool, reply: p.Ok) -> str | None:
+        """``namespace`` was dropped by this client (``reply``: the writer's answer, naming the clients whose
+        leases ended with it): None, or what to say if this client had ``leased`` it and its lease had ended
+        before (a process stopped past the lease grace found its records gone, and nothing said why)."""
         holders = reply.result.get("leases", ()) if isinstance(reply.result, dict) else ()
-        if self.client_id in holders:
+        if not leased or self.client_id in holders:
             return None
         return (
             f"tiger: this process's lease of namespace {namespace!r} had ended before it was dropped, and what was "
@@ -692,7 +696,8 @@ class Client(_Connection):
     def _drop(self, namespace: str) -> str | None:
         """``drop_namespace``, returning what it would warn of (the pytest plugin fails the test's teardown)."""
         check_name(namespace, "namespace")
-        return self._dropped(namespace, self._write(p.Drop(next(self._req_ids), namespace)))
+        leased = self._let_go(namespace)
+        return self._dropped(namespace, leased, self._write(p.Drop(next(self._req_ids), namespace)))
 
     def lease_namespace(self, namespace: str | None = None) -> None:
         """Have the writer drop ``namespace`` (default: the current namespace) from every table once this

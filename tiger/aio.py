@@ -252,7 +252,8 @@ class AsyncClient(_Connection):
         """Remove every record of ``namespace`` in every table, in one command (a test's cleanup); a
         ``RuntimeWarning`` if this client had leased it and that lease had ended before (``tiger.Client.drop_namespace``)."""
         check_name(namespace, "namespace")
-        lost = self._dropped(namespace, await self._write(p.Drop(next(self._req_ids), namespace)))
+        leased = self._let_go(namespace)
+        lost = self._dropped(namespace, leased, await self._write(p.Drop(next(self._req_ids), namespace)))
         if lost is not None:
             warnings.warn(lost, RuntimeWarning, stacklevel=2)
 
