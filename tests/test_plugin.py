@@ -427,3 +427,41 @@ def test_a_teardown_timeout_it_could_not_keep_is_a_usage_error(pytester, monkeyp
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*tiger_teardown_timeout must be a number of seconds from 0 to 86400 (a day)*{value!r}*"])
     assert "got nan" not in result.stderr.str()  # 'soon' was reported as "got nan" (a user trial)
+
+
+def test_a_sweep_that_took_a_run_directory_as_it_was_made_removed_it_under_its_run(tmp_path, monkeypatch):
+    # The window between the making of a run directory and its process's lock on `alive`: a sweep by another run
+    # that takes the lock then removes the directory. The maker's lock waits for that sweep, finds `alive` not
+    # the file it locked, and makes the directory again; a directory with no `alive` yet is not swept at all.
+    import fcntl
+
+    from tiger import _paths
+
+    being_made = tmp_path / "tiger-run-being-made"
+    being_made.mkdir(0o700)  # (made, its `alive` not yet)
+    _paths.sweep_ended_run_dirs(str(tmp_path / "tiger-run-sweeper"))
+    assert being_made.exists()
+
+    own = tmp_path / "tiger-run-own"
+    real_flock = fcntl.flock
+    swept = []
+
+    def flock_after_a_sweep(fd, operation):
+        if not swept and operation == fcntl.LOCK_SH:  # the sweep comes first, between the making and the lock
+            swept.append(os.listdir(own))
+            _paths.sweep_ended_run_dirs(str(tmp_path / "tiger-run-sweeper"))
+            assert not own.exists()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(_paths.fcntl, "flock", flock_after_a_sweep)
+    fd, made = _paths.hold_run_dir(str(own))
+    monkeypatch.setattr(_paths.fcntl, "flock", real_flock)
+    try:
+        assert swept == [["alive"]] and made
+        assert os.path.samestat(os.fstat(fd), os.stat(own / "alive"))
+        _paths.sweep_ended_run_dirs(str(tmp_path / "tiger-run-sweeper"))
+        assert own.exists()  # held
+    finally:
+        os.close(fd)
+    _paths.sweep_ended_run_dirs(str(tmp_path / "tiger-run-sweeper"))
+    assert not own.exists() and being_made.exists()

@@ -4,9 +4,11 @@ its run directory here before, or without, ever importing zmq)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import tempfile
+import time
 
 from tiger._errors import shown
 
@@ -44,20 +46,116 @@ def short_temp_path(prefix: str) -> str:
     return path if _fits(path) else os.path.join("/tmp", name)
 
 
-def make_private_dir(path: str) -> None:
-    """Make ``path`` a private (0700) directory of this user's, or check that it already is one (another
-    process of the same run made it first); ``PermissionError`` naming it if it is anything else (a
-    file, a link, another user's directory, one others may read)."""
+def make_private_dir(path: str) -> bool:
+    """Make ``path`` a private (0700) directory of this user's (True), or check that it already is one
+    (False: another process of the same run made it first); ``PermissionError`` naming it if it is anything
+    else (a file, a link, another user's directory, one others may read)."""
     try:
         os.mkdir(path, 0o700)
-        return
+        return True
     except FileExistsError:
         pass
-    import stat
-
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise PermissionError(f"{path} exists and is not a private directory of this user's: tiger will not use it")
+    return False
+
+
+RUN_DIR_PREFIX = "tiger-run-"  # the pytest plugin's run directories (``short_temp_path(RUN_DIR_PREFIX)``)
+ALIVE = "alive"  # in a run directory: locked (shared) by every process of the run that uses it, for life
+STALE_WITHOUT_ALIVE = 86400.0  # seconds after which a run directory of an older tiger (no ``alive``) is swept
+
+
+def hold_run_dir(path: str) -> tuple[int, bool]:
+    """Make the run directory ``path`` (``make_private_dir``), or join it, and hold a shared ``flock`` on its
+    ``alive`` file for as long as the returned descriptor is open (the process's life): while any process of
+    the run holds it, ``sweep_ended_run_dirs`` cannot take it, and a lock that can be taken belongs to
+    processes that all ended (pid reuse cannot fool it). Returns the descriptor and whether this process made
+    the directory.
+
+    No window in which a live run's directory can be swept: a sweep that takes ``alive`` between its making
+    and the lock here removes the directory, holding the lock as it does; the lock here waits for it, then
+    finds ``alive`` gone (not the file it locked), and makes the directory again. A directory with no
+    ``alive`` yet is only swept a day old (``STALE_WITHOUT_ALIVE``)."""
+    alive = os.path.join(path, ALIVE)
+    for _ in range(10):
+        made = make_private_dir(path)
+        try:
+            fd = os.open(alive, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # swept after the check above: make it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # (waits only for a sweep that took it: as long as its rmtree)
+            if os.path.samestat(os.fstat(fd), os.lstat(alive)):
+                return fd, made
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # swept before the lock: what was locked is gone
+    raise OSError(f"{path}: removed as it was made, ten times over (something else removes tiger's run directories)")
+
+
+def sweep_ended_run_dirs(own: str) -> None:
+    """Remove the run directories (``tiger-run-*``) of ended runs beside ``own``, this run's: the ones a run
+    killed by SIGKILL or SIGTERM, or ended by ``os._exit``, left behind. Only real directories (not symbolic
+    links, never followed) of this user's whose ``alive`` lock can be taken at once (LOCK_NB: never waits),
+    so every process of their run has ended; one with no ``alive`` (an older tiger's) only when nothing in
+    it changed for a day. Silent: nothing of this run depends on it, and a directory it cannot remove
+    (another's doing) would otherwise be said again in every run."""
+    parent, name = os.path.split(own)
+    try:
+        with os.scandir(parent) as entries:
+            names = [e.name for e in entries if e.name.startswith(RUN_DIR_PREFIX) and e.name != name]
+    except OSError:
+        return
+    for each in names:
+        try:
+            _remove_if_ended(os.path.join(parent, each))
+        except Exception:  # gone already, no permission, a file system error: left as it is
+            pass
+
+
+def _remove_if_ended(path: str) -> None:
+    folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a link: ELOOP
+    try:
+        st = os.fstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return
+        try:
+            alive = os.open(ALIVE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+        except FileNotFoundError:  # an older tiger's run directory, or one being made (``hold_run_dir``)
+            if time.time() - _last_change(folder, st) > STALE_WITHOUT_ALIVE:
+                _remove(path, st)
+            return
+        try:
+            try:
+                fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live run's
+                return
+            _remove(path, st)  # holding the lock: a process of that run joining now waits, then makes it again
+        finally:
+            os.close(alive)
+    finally:
+        os.close(folder)
+
+
+def _last_change(folder: int, st: os.stat_result) -> float:
+    """The latest mtime of the directory open at ``folder`` and of what is in it (not followed)."""
+    latest = st.st_mtime
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            latest = max(latest, entry.stat(follow_symlinks=False).st_mtime)
+    return latest
+
+
+def _remove(path: str, st: os.stat_result) -> None:
+    """``shutil.rmtree`` of ``path`` if it is still the directory looked at (``st``); rmtree follows no link."""
+    if os.path.samestat(os.lstat(path), st):
+        import shutil  # here: the client imports this module, and needs no shutil
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def short_temp_dir(prefix: str) -> str:
