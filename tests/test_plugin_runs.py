@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -1930,3 +1931,125 @@ def test_a_normal_end_dropped_the_run_namespace_by_its_lease_racing_the_cleanup(
     result.assert_outcomes(passed=4)
     assert {table: spaces for table, spaces in namespaces_at(url).items() if spaces} == {}
     assert lease_drops(log) == [], log.read_text()
+
+
+# -- run directories left by killed runs ----------------------------------------------------------------
+
+PAUSED_RUN = """
+import os, threading
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+STEP = os.environ["STEP"]
+
+def _ready(name):
+    with open(os.path.join(D, f".{name}"), "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.path.join(D, f".{name}"), os.path.join(D, name))
+
+def test_paused(tiger_client):
+    tiger_client.table("t").insert({"id": STEP})  # the run's directory is made (its writer started)
+    _ready(f"{STEP}.in-test")
+    if STEP == "killed":
+        threading.Event().wait(120)  # until SIGKILLed
+    else:
+        with open(os.path.join(D, f"{STEP}.go")) as f:  # a fifo: until the test writes to it
+            f.read()
+"""
+
+PAUSED_RUN_CONFTEST = """
+import os
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+STEP = os.environ["STEP"]
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config):
+    if STEP == "live" and not hasattr(config, "workerinput"):  # the controller, its workers stopped
+        with open(os.path.join(D, ".live.ending"), "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(os.path.join(D, ".live.ending"), os.path.join(D, "live.ending"))
+        with open(os.path.join(D, "live.end")) as f:  # a fifo: until the test writes to it
+            f.read()
+"""
+
+SWEEPING_RUN = "def test_uses(tiger_client):\n    tiger_client.table('t').insert({'id': 'sweeper'})\n"
+
+
+@XDIST_OR_NOT
+def test_run_directories_of_killed_runs_piled_up_in_tmpdir(tmp_path, pytester, monkeypatch, mode):
+    # A run's directory (tiger-run-*, its writer's log in it) is removed at the end of the run; a controller killed
+    # by SIGKILL (a CI timeout, kill -9) or ended by os._exit left it in $TMPDIR, and on a developer's machine or a
+    # long-lived CI runner they piled up for good. A later run that uses tiger removes those of ended runs now: not
+    # one of a run still alive (its tests running, or only its controller left at its end), nor anything that is
+    # not a tiger-run-* directory of this user's (a symbolic link, another directory).
+    temp = tempfile.mkdtemp(prefix="tt", dir="/tmp")  # short: ipc paths are made in the runs' directories
+    monkeypatch.setenv("TMPDIR", temp)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_paused.py").write_text(PAUSED_RUN)
+    (project / "conftest.py").write_text(PAUSED_RUN_CONFTEST)
+    pytester.makepyfile(test_sweeping=SWEEPING_RUN)
+    os.mkfifo(tmp_path / "live.go")
+    os.mkfifo(tmp_path / "live.end")
+
+    def run_dirs() -> set[str]:
+        return {name for name in os.listdir(temp) if name.startswith("tiger-run-")}
+
+    def start(step: str) -> subprocess.Popen[bytes]:
+        return start_pytest(project, tmp_path / f"{step}.output", *mode, env={**os.environ, "STEP": step})
+
+    def reached(proc: subprocess.Popen[bytes], step: str, point: str) -> None:
+        wait_until(lambda: (tmp_path / f"{step}.{point}").exists() or proc.poll() is not None, RUN_TIMEOUT, f"{step}: {point}")
+        assert proc.poll() is None, (tmp_path / f"{step}.output").read_text()
+
+    def sweep() -> None:  # a run that uses tiger, in the same $TMPDIR
+        run(pytester, "-p", "no:xdist").assert_outcomes(passed=1)
+
+    killed = live = None
+    try:
+        killed = start("killed")
+        reached(killed, "killed", "in-test")
+        (killed_dir,) = run_dirs()
+        end_group(killed)  # SIGKILL: the controller (and xdist's workers) run no cleanup
+        assert run_dirs() == {killed_dir}  # left behind
+
+        live = start("live")
+        reached(live, "live", "in-test")
+        (live_dir,) = run_dirs() - {killed_dir}
+        (Path(temp) / "not-tiger").mkdir()
+        (Path(temp) / "not-tiger" / "kept").write_text("")
+        (Path(temp) / "linked").mkdir()
+        (Path(temp) / "linked" / "alive").write_text("")  # (a lock that can be taken: followed, it would go)
+        os.symlink(Path(temp) / "linked", Path(temp) / "tiger-run-x")
+        older = Path(temp) / "tiger-run-older-tiger"  # an older tiger's, no `alive`: gone when a day old
+        stale = Path(temp) / "tiger-run-stale-older-tiger"
+        for each in (older, stale):
+            each.mkdir(0o700)
+            (each / "writer.log").write_text("")
+        day_ago = time.time() - 86400 - 60
+        os.utime(stale / "writer.log", (day_ago, day_ago))
+        os.utime(stale, (day_ago, day_ago))
+
+        sweep()
+        assert run_dirs() == {live_dir, "tiger-run-x", older.name}, "only the ended runs' directories go"
+        assert (Path(temp) / "tiger-run-x").is_symlink() and (Path(temp) / "linked" / "alive").exists()
+        assert (Path(temp) / "not-tiger" / "kept").exists()
+
+        with open(tmp_path / "live.go", "w") as f:  # its test ends; its controller pauses at its end (before
+            f.write("go")  # tiger's), its workers (xdist) gone: only the controller holds its directory then
+        reached(live, "live", "ending")
+        wait_until(lambda: group_members(live.pid) == [live.pid], RUN_TIMEOUT, "live: its workers ended")
+        sweep()
+        assert live_dir in run_dirs(), "the directory of a run still ending was removed"
+
+        with open(tmp_path / "live.end", "w") as f:
+            f.write("end")
+        assert live.wait(RUN_TIMEOUT) == 0, (tmp_path / "live.output").read_text()
+        assert run_dirs() == {"tiger-run-x", older.name}  # its own, at its end
+    finally:
+        for proc in (killed, live):
+            if proc is not None:
+                end_group(proc)
+        shutil.rmtree(temp, ignore_errors=True)
