@@ -465,3 +465,26 @@ def test_a_sweep_that_took_a_run_directory_as_it_was_made_removed_it_under_its_r
         os.close(fd)
     _paths.sweep_ended_run_dirs(str(tmp_path / "tiger-run-sweeper"))
     assert not own.exists() and being_made.exists()
+
+
+def test_a_sweep_removed_the_directory_of_a_run_whose_controller_alone_went_on(tmp_path):
+    # An xdist controller may never use its run's directory until its workers have ended (reading the writer's
+    # state, its builders' outcomes at the end): with every worker gone, no process held `alive`, and a sweep by
+    # another run removed the directory under it. A directory is swept only once its recorded controller ended.
+    import subprocess
+    import sys
+
+    from tiger import _paths
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    runs = {}
+    for name, controller in (("alive-controller", os.getpid()), ("dead-controller", dead_pid), ("reused-pid", None)):
+        fd, made = _paths.hold_run_dir(str(tmp_path / f"tiger-run-{name}"), controller)
+        os.close(fd)  # every process that used it has ended (the lock is free)
+        runs[name] = tmp_path / f"tiger-run-{name}"
+        assert made
+    (runs["reused-pid"] / "controller").write_text(f"{os.getpid()} 1")  # this pid, another start: a reused pid
+    assert (runs["alive-controller"] / "controller").read_text() == f"{os.getpid()} {_paths.process_start(os.getpid())}"
+    _paths.sweep_ended_run_dirs(str(tmp_path / "tiger-run-sweeper"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiger-run-alive-controller"]

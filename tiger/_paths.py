@@ -66,7 +66,7 @@ ALIVE = "alive"  # in a run directory: locked (shared) by every process of the r
 STALE_WITHOUT_ALIVE = 86400.0  # seconds after which a run directory of an older tiger (no ``alive``) is swept
 
 
-def hold_run_dir(path: str) -> tuple[int, bool]:
+def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
     """Make the run directory ``path`` (``make_private_dir``), or join it, and hold a shared ``flock`` on its
     ``alive`` file for as long as the returned descriptor is open (the process's life): while any process of
     the run holds it, ``sweep_ended_run_dirs`` cannot take it, and a lock that can be taken belongs to
@@ -76,7 +76,11 @@ def hold_run_dir(path: str) -> tuple[int, bool]:
     No window in which a live run's directory can be swept: a sweep that takes ``alive`` between its making
     and the lock here removes the directory, holding the lock as it does; the lock here waits for it, then
     finds ``alive`` gone (not the file it locked), and makes the directory again. A directory with no
-    ``alive`` yet is only swept a day old (``STALE_WITHOUT_ALIVE``)."""
+    ``alive`` yet is only swept a day old (``STALE_WITHOUT_ALIVE``).
+
+    The process that makes it records the run's ``controller`` (pid) there, with its start time: the xdist
+    controller may hold no lock (it may never use the directory until its workers have ended), and a
+    directory is swept only once its controller has ended too."""
     alive = os.path.join(path, ALIVE)
     for _ in range(10):
         made = make_private_dir(path)
@@ -87,6 +91,8 @@ def hold_run_dir(path: str) -> tuple[int, bool]:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # (waits only for a sweep that took it: as long as its rmtree)
             if os.path.samestat(os.fstat(fd), os.lstat(alive)):
+                if made and controller is not None:
+                    _write_controller(path, controller)
                 return fd, made
         except FileNotFoundError:
             pass
@@ -97,13 +103,57 @@ def hold_run_dir(path: str) -> tuple[int, bool]:
     raise OSError(f"{path}: removed as it was made, ten times over (something else removes tiger's run directories)")
 
 
+CONTROLLER = "controller"  # in a run directory: "PID START" of the run's controller (``hold_run_dir``)
+
+
+def _write_controller(path: str, pid: int) -> None:
+    """Record ``pid``, the run's controller, and its start time in the run directory ``path`` (whole or not
+    at all: written aside, then renamed)."""
+    aside = os.path.join(path, f".{CONTROLLER}")
+    with open(aside, "w") as f:
+        f.write(f"{pid} {process_start(pid)}")
+    os.replace(aside, os.path.join(path, CONTROLLER))
+
+
+def process_start(pid: int) -> str:
+    """When process ``pid`` started, in clock ticks since boot (field 22 of ``/proc/PID/stat``, after the
+    command name, which may hold spaces and parentheses); "" where there is no ``/proc`` or no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return ""
+    return stat_line.rpartition(b")")[2].split()[19].decode()
+
+
+def _controller_alive(folder: int) -> bool:
+    """Whether the controller recorded in the run directory open at ``folder`` still runs: its pid is that of
+    a live process (a zombie counts) that started when it did (pid reuse cannot fool it where there is a
+    ``/proc``; elsewhere a reused pid keeps the directory). None recorded: False."""
+    try:
+        fd = os.open(CONTROLLER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+    except FileNotFoundError:
+        return False
+    with os.fdopen(fd) as f:
+        pid_text, _, start = f.read().partition(" ")
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process now has that pid
+        return False
+    return process_start(pid) == start
+
+
 def sweep_ended_run_dirs(own: str) -> None:
     """Remove the run directories (``tiger-run-*``) of ended runs beside ``own``, this run's: the ones a run
     killed by SIGKILL or SIGTERM, or ended by ``os._exit``, left behind. Only real directories (not symbolic
     links, never followed) of this user's whose ``alive`` lock can be taken at once (LOCK_NB: never waits),
-    so every process of their run has ended; one with no ``alive`` (an older tiger's) only when nothing in
-    it changed for a day. Silent: nothing of this run depends on it, and a directory it cannot remove
-    (another's doing) would otherwise be said again in every run."""
+    so every process that used it has ended, and whose run's ``controller`` has ended too; one with no
+    ``alive`` (an older tiger's) only when nothing in it changed for a day. Silent: nothing of this run
+    depends on it, and a directory it cannot remove (another's doing) would otherwise be said again in
+    every run."""
     parent, name = os.path.split(own)
     try:
         with os.scandir(parent) as entries:
@@ -134,6 +184,8 @@ def _remove_if_ended(path: str) -> None:
                 fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # a live run's
                 return
+            if _controller_alive(folder):  # every process that used it has ended, but not the run: its controller
+                return  # (an xdist controller at its end, its workers gone) goes on using it
             _remove(path, st)  # holding the lock: a process of that run joining now waits, then makes it again
         finally:
             os.close(alive)

@@ -120,21 +120,20 @@ class _RunDir:
       test runs, or at that worker's next report);
     - ``all-done``: every test of every process has finished (the controller says so);
     - ``alive``: every process of the run that made or used the directory holds a shared ``flock`` on it
-      for as long as it lives (``tiger._paths.hold_run_dir``); the xdist controller, which may never write
-      here itself, takes it when a worker ends and the directory exists (``pytest_testnodedown``), and a
-      worker holding it waits for that before it exits (``hand_over``): the lock is held from the making of
-      the directory until its removal at the end of the run, or until every process of the run has ended;
-    - ``controller-holds``: the controller holds ``alive``.
+      for as long as it lives (``tiger._paths.hold_run_dir``);
+    - ``controller``: the run's controller (the xdist controller, or the only pytest process), written by
+      the process that made the directory: its pid and start time. The xdist controller may never use the
+      directory itself, and goes on using it (its writer, its builders' outcomes) after its workers ended.
 
     A run killed by SIGKILL or SIGTERM, or ended by ``os._exit``, leaves its directory behind: the next run
     that makes its own directory in the same parent removes it then, once its ``alive`` lock can be taken
-    (``tiger._paths.sweep_ended_run_dirs``; a directory of an older tiger, with no ``alive``, once nothing
-    in it changed for a day).
+    and its controller has ended (``tiger._paths.sweep_ended_run_dirs``; a directory of an older tiger,
+    with no ``alive``, once nothing in it changed for a day).
     """
 
-    def __init__(self, path: Path, controller: bool = False) -> None:
+    def __init__(self, path: Path, controller_pid: int | None = None) -> None:
         self.path = path
-        self.controller = controller  # the xdist controller, or the only pytest process
+        self.controller_pid = controller_pid  # the run's controller (recorded by the process making the directory)
         self._builder: Any = None  # this process's locked builders file, once it built a value with a teardown
         self._alive: int | None = None  # this process's descriptor of ``alive``, locked (shared) for life
         self._made = False
@@ -145,33 +144,11 @@ class _RunDir:
         if not self._made:
             from tiger._paths import hold_run_dir, sweep_ended_run_dirs
 
-            self._alive, made = hold_run_dir(str(self.path))
+            self._alive, made = hold_run_dir(str(self.path), self.controller_pid)
             self._made = True
-            if self.controller:
-                (self.path / "controller-holds").touch()
             if made:
                 sweep_ended_run_dirs(str(self.path))
         return self.path
-
-    def hold_if_made(self) -> None:
-        """The xdist controller: hold ``alive`` if a worker made the directory (one ``lstat`` until then)."""
-        if not self._made and os.path.lexists(self.path):
-            self.made()
-
-    def hand_over(self, controller_pid: int) -> None:
-        """An xdist worker at its end, holding ``alive``: wait until the controller holds it too (it takes it
-        as it hears of this worker's end), or has ended, so the directory is never left without a holder
-        while the run lives (a sweep would remove it under the controller). At most 10 s."""
-        if self._alive is None or self.controller:
-            return
-        deadline = time.monotonic() + 10.0
-        with ProcessWatch(controller_pid) as controller:
-            try:
-                while not (self.path / "controller-holds").exists() and not controller.ended(_POLL):
-                    if time.monotonic() > deadline:
-                        break
-            except KeyboardInterrupt:  # a second Ctrl-C: the run is over anyway
-                pass
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -263,8 +240,8 @@ class _Run:
         self.config = config
         self.id: str = identity["id"]
         self.is_controller = not hasattr(config, "workerinput")
-        self.dir = _RunDir(Path(identity["dir"]), controller=self.is_controller)
         self.controller_pid: int = identity["controller"]
+        self.dir = _RunDir(Path(identity["dir"]), self.controller_pid)
         self.given_url: str | None = identity["url"]  # --tiger-url / $TIGER_URL: a writer this run does not own
         self.worker: str = getattr(config, "workerinput", {}).get("workerid", "main")
         self.namespace = f"tiger-run:{self.id}"  # once keys and what their factories write
@@ -934,16 +911,6 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     _lease_if_used(node.config)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """xdist controller, a worker ended (or crashed): hold the run directory's ``alive`` if a worker made the
-    directory (that worker waits for it before it exits: ``_RunDir.hand_over``)."""
-    run = node.config.stash.get(_run_key, None)
-    if run is not None and run.is_controller:
-        with contextlib.suppress(OSError):  # (a directory that is not the run's: its first writer said so)
-            run.dir.hold_if_made()
-
-
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """xdist controller, a worker's report in: as ``pytest_xdist_node_collection_finished``, for a worker that
     reached the writer during a test (``request.getfixturevalue("tiger_once")``, a module that imports tiger
@@ -1062,13 +1029,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """The xdist controller, before xdist stops its workers: the builders among them tear down now. An
     interrupted run's workers may sit idle, waiting for xdist to stop them (a SIGINT to the controller
     alone): told that every test is done, they tear down as xdist stops them, and are waited for then
-    (``pytest_sessionfinish_after_fixtures``, after xdist's own; waiting here hung until the timeout).
-    The controller holds the run directory's ``alive`` from here if a worker made it (an interrupted run
-    heard of no worker's end: its workers, stopped now, would wait for it in ``_RunDir.hand_over``)."""
+    (``pytest_sessionfinish_after_fixtures``, after xdist's own; waiting here hung until the timeout)."""
     run = session.config.stash.get(_run_key, None)
-    if run is not None and run.is_controller:
-        with contextlib.suppress(OSError):  # (a directory that is not the run's: its first writer said so)
-            run.dir.hold_if_made()
     if run is not None and run.is_controller and run.dir.builders():
         if session.exitstatus == pytest.ExitCode.INTERRUPTED:
             run.dir.mark_all_done()
@@ -1124,7 +1086,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     _keep_modules()
     if not run.is_controller:
         run.worker_end()  # after xdist sent this worker's end: the controller is not held up by it
-        run.dir.hand_over(run.controller_pid)
     run.close()
     _keep_modules()  # a nested in-process run: its imports stay for the outer run
 
