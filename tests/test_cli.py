@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import pytest
 from _util import alive, default_sigint, held_to_modes, read_line
 
 import tiger
+import tiger.aio
 from tiger import _log
 from tiger._cli import DEFAULT_URL
 
@@ -117,9 +119,20 @@ def test_namespaces_a_kept_or_killed_run_left_at_a_writer_could_be_dropped_only_
         assert out.returncode == 0, out.stderr
         assert out.stdout == "dropped tiger-run:3f9a1c: 2 records\ndropped nothing-here: 0 records\n"  # (its once key too)
         assert drop("--prefix", "3f9a1c:").stdout == "no namespace starts with 3f9a1c:\n"
+        # a trial: --prefix RUN: left the run's own namespace, tiger-run:RUN (its tiger_once factories' records,
+        # once keys and lease); --run RUN drops both, and no other run's (3f is no run's id here)
+        for namespace in ("3f9a1c:gw0::test_c", "tiger-run:3f9a1c", "tiger-run:3f9a1c0", "3f9a1c0:main::test_d"):
+            with tiger.namespace(namespace):
+                plans.insert({})
+        assert drop("--run", "3f").stdout == "no namespace of run 3f\n"
+        out = drop("--run", "3f9a1c")
+        assert out.stdout == "dropped 3f9a1c:gw0::test_c: 1 record\ndropped tiger-run:3f9a1c: 1 record\n", out.stderr
+        assert drop("--run", "3f9a1c0").returncode == 0
+        assert drop("--run", "--prefix", "x").returncode == 2  # (one or the other: argparse's usage error)
         seq = client.stats()["seq"]
         for arguments, message in (
             (["--prefix", ""], "prefix must not be empty"),
+            (["--run", ""], "run must not be empty"),
             (["ok", ""], "namespace must be 1 to 200 characters, got 0"),  # (checked before anything is dropped)
             (["keep", "--timeout", "0"], "--timeout must be"),
         ):
@@ -319,6 +332,37 @@ def test_a_command_says_at_once_that_nothing_listens_at_its_url(tmp_path, comman
     assert out.returncode != 0 and f"the tiger writer at {url} is not there: nothing is bound at that path" in out.stderr
 
 
+@pytest.mark.parametrize("url", ["tcp://127.0.0.1:*", "tcp://*:7710", "tcp://127.0.0.1:0"])
+@pytest.mark.parametrize("command", [["stats"], ["dump"], ["compact"], ["drop", "x"], ["load", "seed.jsonl"]])
+def test_a_wildcard_url_copied_from_tiger_serve_gave_commands_a_traceback(tmp_path, command, url):
+    # A user trial: tiger serve takes tcp://127.0.0.1:*, and the same url given to tiger stats (dump, drop, load,
+    # compact) printed a traceback ending in zmq's bare "Invalid argument".
+    (tmp_path / "seed.jsonl").write_text('{"table": "t", "record": {"id": "a"}}\n')
+    out = subprocess.run([*TIGER, *command, "--url", url], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    expected = (
+        f"tiger {command[0]}: url: {url!r} is a wildcard only a writer binds (tiger serve picks a free port and prints "
+        "it): connect to the url it printed, `tiger writer serving at tcp://127.0.0.1:PORT`\n"
+    )
+    assert out.stderr == expected
+
+
+def test_clients_connecting_to_a_wildcard_or_a_directory_raised_zmqs_error_or_waited_their_timeout(tmp_path):
+    from tiger._server import NamespaceLease
+
+    for url in ("tcp://127.0.0.1:*", f"ipc://{tmp_path}"):  # (a directory: connect waited, then "not there")
+        for connect in (
+            lambda url: tiger.connect(url, timeout=30),
+            lambda url: asyncio.run(tiger.aio.connect(url, timeout=30)),
+            lambda url: NamespaceLease(url, "job", timeout=30),
+        ):
+            started = time.monotonic()
+            with pytest.raises(ValueError, match=r"^url: ") as raised:
+                connect(url)
+            assert time.monotonic() - started < 10
+            assert ("wildcard" if url.startswith("tcp") else "not a directory") in str(raised.value)
+
+
 def test_compact_refused_by_the_writer_printed_the_protocols_repr_of_its_answer():
     # A user trial: `tiger compact` on a writer whose snapshot was removed printed "answered Failed(req_id=1,
     # kind='disk', message=...)": one request on a socket of its own (tiger compact, tiger stats) raised the
@@ -345,7 +389,11 @@ def test_compact_and_stats_of_a_paused_writer_wait_their_timeout_and_say_why(tmp
         try:
             command = [*TIGER, "stats", "--url", url, "--timeout", "0.5"]
             stats = subprocess.run(command, capture_output=True, text=True, timeout=30)
-            assert stats.returncode == 1 and "it is busy or paused: a longer --timeout waits for it" in stats.stderr
+            assert (
+                stats.returncode == 1
+                and "a writer paused (SIGSTOP, a debugger) or busy" in stats.stderr
+                and "a longer --timeout" in stats.stderr
+            )
             compact = subprocess.Popen([*TIGER, "compact", "--url", url, "--timeout", "20"], stdout=subprocess.PIPE, text=True)
             time.sleep(1.0)  # sleep-ok: the writer stays paused a while after the request went out
         finally:

@@ -153,6 +153,16 @@ def test_a_run_that_uses_no_tiger_fixture_starts_no_writer_and_imports_no_zmq(py
     assert sorted(report) == sorted(["writers []"] + [f"{who} zmq-imported=False" for who in processes])
 
 
+@pytest.mark.parametrize("args", [["--fixtures"], ["--fixtures-per-test"], ["--collect-only"]])
+def test_pytest_fixtures_on_tests_using_tiger_imported_zmq(pytester, tmp_path, args):
+    # A user trial: `pytest --fixtures` in a project whose tests use tiger imported zmq (the README says it never
+    # gets further than configuring); it collects the tests, and the import before the first test ran.
+    pytester.makeconftest(WATCH_CONFTEST)
+    pytester.makepyfile(test_uses="def test_uses(tiger_client):\n    pass\n")
+    assert run(pytester, "-p", "no:xdist", *args).ret == 0
+    assert lines(tmp_path / "report") == ["writers []", "controller zmq-imported=False"]
+
+
 def test_the_free_run_watch_sees_a_writer_and_zmq_when_a_test_uses_tiger(pytester, tmp_path):
     """The check above can fail: the same watch, with one test asking for tiger."""
     pytester.makeconftest(WATCH_CONFTEST)
@@ -427,6 +437,18 @@ def test_asking_pytest_something_connected_to_a_silent_tcp_listener(pytester, mo
         run(pytester, "-p", "no:xdist", "-k", "test_a")
         conn, _ = listener.accept()
         conn.close()
+
+
+@XDIST_OR_NOT
+def test_a_wildcard_tiger_url_copied_from_tiger_serve_errored_every_test_with_zmqs_invalid_argument(pytester, mode):
+    # A user trial: --tiger-url tcp://127.0.0.1:* (as tiger serve takes it) gave each test ZMQError "Invalid
+    # argument" (exit 1), and an INTERNALERROR under xdist (exit 3). Now the run's one usage-error line.
+    pytester.makepyfile(test_uses=TIGER_TESTS)
+    result = run(pytester, *mode, "--tiger-url", "tcp://127.0.0.1:*")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert "'tcp://127.0.0.1:*' (--tiger-url or TIGER_URL) is not a writer's URL" in output and "wildcard" in output
+    assert "INTERNALERROR" not in output and "ZMQError" not in output
 
 
 @XDIST_OR_NOT
@@ -1900,7 +1922,7 @@ def test_a_test_stopped_past_the_lease_grace_found_its_records_gone_and_nothing_
         assert "records gone" in output  # the test's own failure
         assert "ERROR at teardown of test_stopped" in output, output
         assert f"this process's lease of namespace {ready['namespace']!r} had ended before it was dropped" in output
-        assert "the writer took the process for gone" in output and "--lease-grace" in output
+        assert "the writer took this process for gone" in output and "--lease-grace" in output
         # the run's own namespace, leased by the controller (stopped too without xdist), is said at the end
         assert ("tiger: the run's lease of its namespace 'tiger-run:" in output) == (mode[0] != "-n"), output
     finally:

@@ -13,7 +13,16 @@ from tiger._core import LEASE_GRACE
 from tiger._errors import TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._protocol import ClearTable, Compact, Drop, Stats, say
-from tiger._server import NOT_STARTED, check_bind_url, check_data_dir, check_url, ping, request_once, why_refused
+from tiger._server import (
+    NOT_STARTED,
+    check_bind_url,
+    check_connect_url,
+    check_data_dir,
+    ping,
+    request_once,
+    silence_hint,
+    why_refused,
+)
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX, check_name
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
@@ -73,9 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     drop = commands.add_parser(
         "drop", help="drop namespaces from every table (a kept run's, what a killed run left at a writer of your own)"
     )
-    drop.add_argument("namespace", nargs="+", help="a namespace to drop (with --prefix: every namespace starting so)")
     drop.add_argument(
-        "--prefix", action="store_true", help="drop every namespace whose name starts with one given (a run's: 'RUN:')"
+        "namespace", nargs="+", help="a namespace to drop (with --prefix: every namespace starting so; with --run: a run id)"
+    )
+    how = drop.add_mutually_exclusive_group()
+    how.add_argument("--prefix", action="store_true", help="drop every namespace whose name starts with one given")
+    how.add_argument(
+        "--run",
+        action="store_true",
+        help="drop every namespace of the pytest runs given by id (RUN:... of their tests, tiger-run:RUN of their "
+        "tiger_once factories): what a run kept (--tiger-keep) or a killed run left",
     )
     drop.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
     drop.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer (default %(default)s)")
@@ -91,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 def _connected(url: str) -> Client:
     """``connect(url)``, at once ``Unavailable`` when nothing listens there (as ``tiger stats`` says it):
     connect would wait out its timeout (ZeroMQ retries a refused connection silently)."""
-    refused = why_refused(check_url(url))
+    refused = why_refused(check_connect_url(url))
     if refused is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {refused}")
     return connect(url)
@@ -138,11 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = check_seconds(args.timeout, "--timeout", positive=True)
             assert seconds is not None  # (None only where no_limit)
             key = os.environ.get("TIGER_SERVER_KEY") or None
-            result = request_once(check_url(args.url), Compact(1), seconds, key).result
+            result = request_once(check_connect_url(args.url), Compact(1), seconds, key).result
             say(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
             return 0
         if args.command == "drop":
-            for line in drop_namespaces(args.url, args.namespace, args.prefix, args.timeout):
+            how = "run" if args.run else "prefix" if args.prefix else "namespace"
+            for line in drop_namespaces(args.url, args.namespace, how, args.timeout):
                 say(line)
             return 0
         if args.command == "keygen":
@@ -162,13 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.buffer.flush()
             return 0
         try:
-            say(format_stats(ping(check_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
+            say(format_stats(ping(check_connect_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
         except Unavailable as e:
             # another url is the advice only when nothing is there: a writer that is busy (a compaction of
             # millions of records) or paused still accepts connections, and a longer --timeout is the advice
             there = why_refused(args.url) is None
             advice = (
-                "it is busy or paused: a longer --timeout waits for it"
+                f"{silence_hint(args.url, os.environ.get('TIGER_SERVER_KEY'))}; a longer --timeout waits for a busy or paused one"
                 if there
                 else "pass --url or set TIGER_URL to reach another writer"
             )
@@ -182,27 +199,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def drop_namespaces(url: str, names: Sequence[str], prefix: bool = False, timeout: float = 5.0) -> list[str]:
-    """``tiger drop``: drop each namespace in ``names`` (``prefix``: every namespace whose name starts with one
-    of them) from every table, tiger's own too (its leases, and its once keys: the plugin's cleanup of a run
-    does the same), on a socket of its own (no replica). Returns the lines to print: each namespace with
-    the records it held.
-    ``ValueError`` naming ``namespace`` (or ``prefix``) for a bad name, before anything is dropped."""
+def drop_namespaces(url: str, names: Sequence[str], how: str = "namespace", timeout: float = 5.0) -> list[str]:
+    """``tiger drop``: drop from every table, tiger's own too (its leases, and its once keys: the plugin's
+    cleanup of a run does the same), on a socket of its own (no replica): each namespace in ``names``
+    (``how="namespace"``), every namespace whose name starts with one of them (``"prefix"``), or every
+    namespace of the pytest runs whose ids they are (``"run"``: ``RUN:...``, its tests', and ``tiger-run:RUN``,
+    what its ``tiger_once`` factories wrote). Returns the lines to print: each namespace with the records it
+    held. ``ValueError`` naming ``namespace`` (``prefix``, ``run``) for a bad name, before anything is dropped."""
     seconds = check_seconds(timeout, "--timeout", positive=True)
     assert seconds is not None  # (None only where no_limit)
     for name in names:
-        if prefix and name == "":
-            raise ValueError("prefix must not be empty: it would drop every namespace (name them, or 'global')")
-        check_name(name, "prefix" if prefix else "namespace")
+        if how != "namespace" and name == "":
+            raise ValueError(f"{how} must not be empty: it would drop every namespace (name them, or 'global')")
+        check_name(name, how)
     key = os.environ.get("TIGER_SERVER_KEY") or None
-    url = check_url(url)
+    url = check_connect_url(url)
     held: dict[str, int] = {}
     for namespaces in request_once(url, Stats(1), seconds, key).result["tables"].values():
         for namespace, n in namespaces.items():
             held[namespace] = held.get(namespace, 0) + n
-    targets = sorted(ns for ns in held if ns.startswith(tuple(names))) if prefix else list(dict.fromkeys(names))
+    if how == "namespace":
+        targets = list(dict.fromkeys(names))
+    elif how == "prefix":
+        targets = sorted(ns for ns in held if ns.startswith(tuple(names)))
+    else:
+        runs = {f"tiger-run:{run}" for run in names}
+        targets = sorted(ns for ns in held if ns in runs or ns.startswith(tuple(f"{run}:" for run in names)))
     if not targets:
-        return [f"no namespace starts with {' or '.join(_printable(n) for n in names)}"]
+        shown = " or ".join(_printable(n) for n in names)
+        return [f"no namespace of run {shown}" if how == "run" else f"no namespace starts with {shown}"]
     lines = []
     for i, namespace in enumerate(targets, 1):
         request_once(url, ClearTable(2 * i, ONCE_TABLE, namespace), seconds, key)  # (a Drop keeps once keys)

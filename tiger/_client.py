@@ -40,7 +40,7 @@ from tiger._once import Once
 from tiger._owned import OwnedLock
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
-from tiger._server import check_server_key, check_url, recently_refused, secure, why_refused
+from tiger._server import check_connect_url, check_server_key, recently_refused, secure, why_refused
 from tiger._table import (
     GLOBAL,
     RESERVED_PREFIX,
@@ -207,7 +207,7 @@ class _Connection:
         unsupported = unsupported_environment()
         if unsupported is not None:
             raise TigerError(unsupported)
-        check_url(url)
+        check_connect_url(url)
         self.timeout: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
         self.url = url
         check_server_key(server_key)  # (before any socket: a bad key raised with a socket open, and closing the
@@ -554,9 +554,9 @@ class _Connection:
             return None
         return (
             f"tiger: this process's lease of namespace {namespace!r} had ended before it was dropped, and what was "
-            "written there before that end was lost: the writer took the process for gone (silent about 3 s: stopped "
-            "by Ctrl-Z or SIGSTOP, paused in a debugger, its host asleep) and its lease grace passed without a word "
-            f"from it (`tiger serve --lease-grace`, default {LEASE_GRACE:g} s), or another client dropped the namespace"
+            "written there before that end was lost: another client dropped the namespace, or the writer took this "
+            "process for gone (silent about 3 s: stopped by Ctrl-Z or SIGSTOP, paused in a debugger, its host asleep) "
+            f"and its lease grace passed without a word from it (`tiger serve --lease-grace`, default {LEASE_GRACE:g} s)"
         )
 
 

@@ -68,6 +68,25 @@ def check_url(url: object) -> str:
     raise ValueError(f"url must be tcp://HOST:PORT or ipc://PATH, got {shown(url)}")
 
 
+def check_connect_url(url: object) -> str:
+    """``check_url``, and that a client can connect there: not a wildcard only a writer can bind
+    (``tcp://127.0.0.1:*``, ``tcp://*:7710``: copied from ``tiger serve --url``, ZeroMQ's connect raised a bare
+    "Invalid argument" out of ``tiger stats`` and the pytest plugin), nor an ipc path naming a directory (a
+    connect there waited out its whole timeout). ``ValueError`` naming ``url``."""
+    check_url(url)
+    assert isinstance(url, str)
+    if url.startswith("tcp://"):
+        host, _, port = url[len("tcp://") :].rpartition(":")
+        if host == "*" or port in ("*", "0"):
+            raise ValueError(
+                f"url: {shown(url)} is a wildcard only a writer binds (tiger serve picks a free port and prints it): "
+                "connect to the url it printed, `tiger writer serving at tcp://127.0.0.1:PORT`"
+            )
+    elif not url.startswith("ipc://@") and os.path.isdir(url[len("ipc://") :]):
+        raise ValueError(f"url: an ipc path must name a socket file, not a directory: {shown(url)}")
+    return url
+
+
 def check_bind_url(url: object) -> str:
     """``check_url``, and for an ipc URL, that its path holds nothing a writer must not bind
     (``ipc_path_unusable``): what a writer can bind, checked before it is started."""
@@ -342,7 +361,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
 
 def _check_reachable(url: str, timeout: float) -> None:
     """``request_once``'s checks before it makes a socket: the URL, the timeout, and that something listens."""
-    check_url(url)
+    check_connect_url(url)
     check_seconds(timeout, "timeout", positive=True)
     refused = why_refused(url)
     if refused is not None:
@@ -500,6 +519,22 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
     if state == "refused":
         return "nothing listens there (connection refused)"
     return None
+
+
+def silence_hint(url: str, server_key: object = None) -> str:
+    """What may keep a writer from answering at ``url`` when something accepts connections there (or it
+    cannot be told: a host name): the host name does not resolve (looked up now), else it is paused or
+    busy, it serves CurveZMQ and no ``server_key`` was given (its handshake fails without a word), or it
+    is no tiger writer."""
+    if url.startswith("tcp://"):
+        host = url[len("tcp://") :].rpartition(":")[0].strip("[]")
+        if not _is_address(host):
+            try:
+                socket.getaddrinfo(host, None)
+            except (OSError, UnicodeError):
+                return f"the host {shown(host)} does not resolve"
+    curve = "" if server_key else ", a writer serving CurveZMQ while TIGER_SERVER_KEY is not set here"
+    return f"something is there and does not answer: a writer paused (SIGSTOP, a debugger) or busy{curve}, or no tiger writer"
 
 
 _probed: dict[str, float] = {}  # url -> when why_refused last found it accepting (or could not tell), for recently_refused

@@ -364,8 +364,14 @@ class _Run:
                 f"tiger: {url!r} (--tiger-url or TIGER_URL) is not a writer's URL: {e}", pytest.ExitCode.USAGE_ERROR
             ) from None
         except TigerError as e:
+            from tiger._server import silence_hint, why_refused
+
+            if why_refused(url) is None:  # something is there: starting a writer at the url would fail
+                advice = f"{silence_hint(url, os.environ.get('TIGER_SERVER_KEY'))}; "
+            else:
+                advice = f"start one with 'tiger serve --url {url}', "
             raise _Unreachable(
-                f"tiger: no writer answers at {url} ({e}): start one with 'tiger serve --url {url}', "
+                f"tiger: no writer answers at {url} ({e}): {advice}"
                 "or drop --tiger-url and unset TIGER_URL (whichever gave it) so the run starts its own",
                 pytest.ExitCode.USAGE_ERROR,
             ) from None
@@ -866,15 +872,21 @@ _FIXTURES = frozenset(("tiger_url", "tiger_client", "tiger_aclient", "tiger_name
 
 
 @pytest.hookimpl(tryfirst=True)  # (an xdist worker: before xdist sends the controller its collection)
+def _runs_no_test(config: pytest.Config) -> bool:
+    """``--collect-only``, ``--fixtures``, ``--fixtures-per-test``: the tests are collected, none is run."""
+    option = config.option
+    return bool(option.collectonly or getattr(option, "showfixtures", False) or getattr(option, "show_fixtures_per_test", False))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Import what tiger's fixtures need before the first test runs, when a collected test uses tiger (one
     of its fixtures, ``tiger_isolate``, or a module of tests that imported tiger): a test's timeout
     (pytest-timeout's signal method) landing in the import of zmq left it half imported for the rest of
     the process, whose compiled core kept the first, broken copy (every later test: ``AttributeError:
     module 'zmq' has no attribute 'COPY_THRESHOLD'``). Nothing for a run of tests that do not use tiger,
-    nor for ``--collect-only``."""
+    nor for ``--collect-only``, ``--fixtures`` or ``--fixtures-per-test`` (they collect, then run no test)."""
     config = session.config
-    if config.stash.get(_run_key, None) is None or not session.items or config.option.collectonly:
+    if config.stash.get(_run_key, None) is None or not session.items or _runs_no_test(config):
         return
     fixturenames = [frozenset(getattr(item, "fixturenames", ())) for item in session.items]
     used = bool(config.getini("tiger_isolate")) or any(names & _FIXTURES for names in fixturenames)
