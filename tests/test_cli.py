@@ -112,12 +112,16 @@ def test_namespaces_a_kept_or_killed_run_left_at_a_writer_could_be_dropped_only_
         def drop(*arguments: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([*TIGER, "drop", "--url", url, *arguments], capture_output=True, text=True, timeout=30)
 
+        stats = subprocess.run([*TIGER, "stats", "--url", url], capture_output=True, text=True, timeout=30).stdout
+        assert re.search(r"^records  5 \(and 1 of tiger's own: leases, once keys\)$", stats, re.M), stats  # (it said 6)
         out = drop("--prefix", "3f9a1c:")
         assert out.returncode == 0, out.stderr
         assert out.stdout == "dropped 3f9a1c:main::test_a: 2 records\ndropped 3f9a1c:main::test_b: 1 record\n"
         out = drop("tiger-run:3f9a1c", "nothing-here")
         assert out.returncode == 0, out.stderr
-        assert out.stdout == "dropped tiger-run:3f9a1c: 2 records\ndropped nothing-here: 0 records\n"  # (its once key too)
+        assert out.stdout == (  # (its once key too)
+            "dropped tiger-run:3f9a1c: 1 record (and 1 of tiger's own: leases, once keys)\ndropped nothing-here: 0 records\n"
+        )
         assert drop("--prefix", "3f9a1c:").stdout == "no namespace starts with 3f9a1c:\n"
         # a trial: --prefix RUN: left the run's own namespace, tiger-run:RUN (its tiger_once factories' records,
         # once keys and lease); --run RUN drops both, and no other run's (3f is no run's id here)
@@ -361,6 +365,30 @@ def test_clients_connecting_to_a_wildcard_or_a_directory_raised_zmqs_error_or_wa
                 connect(url)
             assert time.monotonic() - started < 10
             assert ("wildcard" if url.startswith("tcp") else "not a directory") in str(raised.value)
+
+
+def test_a_relative_ipc_url_was_served_and_printed_as_given_and_reached_from_no_other_directory(tmp_path, monkeypatch):
+    # A user trial: tiger serve --url ipc://w.sock printed "serving at ipc://w.sock"; a client started elsewhere with
+    # that url found nothing bound there. The writer binds, and prints, the absolute path.
+    if len(str(tmp_path)) > 80:
+        pytest.skip("an ipc path this long does not fit")
+    proc = subprocess.Popen(
+        [*TIGER, "serve", "--url", "ipc://w.sock", "--owner-pid", str(os.getpid())],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert read_line(proc) == f"tiger writer serving at ipc://{tmp_path}/w.sock\n"
+        with tiger.connect(f"ipc://{tmp_path}/w.sock") as client:  # (from this test's directory)
+            assert client.stats()["url"] == f"ipc://{tmp_path}/w.sock"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    monkeypatch.chdir(tmp_path)
+    with tiger.serve("ipc://v.sock") as server:
+        assert server.url == f"ipc://{tmp_path}/v.sock"
 
 
 def test_compact_refused_by_the_writer_printed_the_protocols_repr_of_its_answer():

@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            check_bind_url(args.url)
+            args.url = check_bind_url(args.url)
             check_seconds(args.heartbeat, "--heartbeat", positive=True)
             check_seconds(args.lease_grace, "--lease-grace")
             if args.compact_bytes <= 0:
@@ -214,10 +214,8 @@ def drop_namespaces(url: str, names: Sequence[str], how: str = "namespace", time
         check_name(name, how)
     key = os.environ.get("TIGER_SERVER_KEY") or None
     url = check_connect_url(url)
-    held: dict[str, int] = {}
-    for namespaces in request_once(url, Stats(1), seconds, key).result["tables"].values():
-        for namespace, n in namespaces.items():
-            held[namespace] = held.get(namespace, 0) + n
+    tables = request_once(url, Stats(1), seconds, key).result["tables"]
+    held = {namespace for namespaces in tables.values() for namespace in namespaces}
     if how == "namespace":
         targets = list(dict.fromkeys(names))
     elif how == "prefix":
@@ -232,8 +230,7 @@ def drop_namespaces(url: str, names: Sequence[str], how: str = "namespace", time
     for i, namespace in enumerate(targets, 1):
         request_once(url, ClearTable(2 * i, ONCE_TABLE, namespace), seconds, key)  # (a Drop keeps once keys)
         request_once(url, Drop(2 * i + 1, namespace), seconds, key)
-        n = held.get(namespace, 0)
-        lines.append(f"dropped {_printable(namespace)}: {n} record{'' if n == 1 else 's'}")
+        lines.append(f"dropped {_printable(namespace)}: {_counted(_records(tables, namespace))}")
     return lines
 
 
@@ -307,6 +304,25 @@ def _lease_lines(leases: dict | None) -> list[str]:  # type: ignore[type-arg]
     return lines
 
 
+def _records(tables: dict[str, dict[str, int]], namespace: str | None = None) -> str:
+    """Records in ``tables`` (the counts of ``stats()``; one ``namespace``'s, or all), yours then tiger's own
+    apart (its leases and once keys: ``records 6`` was said of 2 records of the user's)."""
+    mine = theirs = 0
+    for table, namespaces in tables.items():
+        n = sum(namespaces.values()) if namespace is None else namespaces.get(namespace, 0)
+        if table.startswith(RESERVED_PREFIX):
+            theirs += n
+        else:
+            mine += n
+    return f"{mine}" + (f" (and {theirs} of tiger's own: leases, once keys)" if theirs else "")
+
+
+def _counted(text: str) -> str:
+    """``_records``'s text as a count of records: ``1 record``, ``2 records (and ...)``."""
+    n, _, rest = text.partition(" ")
+    return f"{n} record{'' if n == '1' else 's'}" + (f" {rest}" if rest else "")
+
+
 def _awaited(n: int) -> str:
     """What ``tiger stats`` adds to the clients' line for the clients a writer started on its data directory
     still waits to hear from (once builders and lease holders it stored: about 3 s, then taken for gone)."""
@@ -321,7 +337,7 @@ def format_stats(stats: dict) -> str:  # type: ignore[type-arg]
         f"seq      {stats['seq']}",
         f"uptime   {stats['uptime']:.1f} s",
         f"clients  {stats['clients']}" + _awaited(stats.get("awaited", 0)),
-        f"records  {stats['records']}",
+        f"records  {_records(stats['tables'])}",
         *_lease_lines(stats.get("leases")),
         *_data_lines(stats.get("data")),
     ]

@@ -89,9 +89,14 @@ def check_connect_url(url: object) -> str:
 
 def check_bind_url(url: object) -> str:
     """``check_url``, and for an ipc URL, that its path holds nothing a writer must not bind
-    (``ipc_path_unusable``): what a writer can bind, checked before it is started."""
+    (``ipc_path_unusable``): what a writer can bind, checked before it is started. Returns the URL to bind
+    and print: a relative ipc path made absolute (``tiger serve --url ipc://w.sock`` printed that relative
+    URL, which a client started in another directory could not reach)."""
     check_url(url)
     assert isinstance(url, str)
+    path = url[len("ipc://") :]
+    if url.startswith("ipc://") and not path.startswith(("/", "@")) and path != "*":  # (*: libzmq picks a path)
+        url = check_url(f"ipc://{os.path.abspath(path)}")
     unusable = ipc_path_unusable(url)
     if unusable is not None:
         raise ValueError(f"url: {unusable[1]}: {shown(url)}")
@@ -228,7 +233,7 @@ def start_writer(
     if fsync not in ("always", "everysec", "never"):
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     if url is not None:
-        check_bind_url(url)
+        url = check_bind_url(url)
     if lease_grace is not None:
         check_seconds(lease_grace, "lease_grace")
     data_path = None if data is None else check_data_dir(data, "data")
