@@ -153,10 +153,12 @@ def test_stats_prints_a_name_holding_a_newline_or_nul_on_its_own_line(foreground
         client.table("a\nb").insert({})
         with tiger.namespace("n\x00s"):
             client.table("plain").insert({})
+        client.table(" ").insert({})  # (a later trial: a name of spaces showed as a blank cell)
         out = subprocess.run([*TIGER, "stats", "--url", url], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "\x00" not in out.stdout
     assert re.search(r"^'a\\nb'\s+global\s+1$", out.stdout, re.M), out.stdout
     assert re.search(r"^plain\s+'n\\x00s'\s+1$", out.stdout, re.M), out.stdout
+    assert re.search(r"^' '\s+global\s+1$", out.stdout, re.M), out.stdout
 
 
 def test_stats_url_defaults_to_tiger_url(foreground):

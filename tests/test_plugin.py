@@ -306,6 +306,21 @@ def test_stats_summary(pytester):
     result.stdout.fnmatch_lines(["*tiger*", "*writes applied*", "*plans: 1 records in 1 namespaces*", "*k: done by gw*"])
 
 
+def test_stats_summary_listed_a_factory_that_skipped_as_failed_without_a_word(pytester):
+    # A user trial: --tiger-stats listed a key whose factory called pytest.skip as "skipping: failed by gw1".
+    pytester.makepyfile(
+        test_s="""
+        import pytest
+
+        def test_s(tiger_once):
+            tiger_once("skipping", lambda: pytest.skip("no card network here"))
+        """
+    )
+    result = run(pytester, "-p", "no:xdist", "--tiger-stats")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*skipping: failed (Skipped: no card network here) by main*"])
+
+
 def test_stats_summary_left_out_the_data_directory_of_a_writer_given_by_url(pytester, tmp_path):
     """``--tiger-stats`` said nothing of the writer's data directory (``tiger stats`` does: its path, fsync
     and whether it takes writes), though a writer given by ``--tiger-url`` may keep one."""

@@ -262,14 +262,19 @@ def format_run_stats(client: Client, namespace: str = GLOBAL) -> str:
     keys = client.replica.store.ordered(ONCE_TABLE, namespace)
     lines.append(f"once-keys: {len(keys)}")
     for record in reversed(keys):
-        lines.append(f"  {_printable(record['id'])}: {record['state']} by {_printable(str(record['by']))}")
+        state = record["state"]
+        error = record.get("error")
+        if state == "failed" and error:  # (a factory's pytest.skip was listed as "failed", bare)
+            state = f"failed ({_printable(str(error[0]))}: {_printable(str(error[1]))[:80]})"
+        lines.append(f"  {_printable(record['id'])}: {state} by {_printable(str(record['by']))}")
     return "\n".join(lines)
 
 
 def _printable(name: str) -> str:
     """A table or namespace name as one cell of a table printed to a terminal: the name itself, or its
-    repr when it holds what would break the layout or the terminal (a newline, NUL, other controls)."""
-    return name if name.isprintable() else repr(name)
+    repr when it holds what would break the layout or the terminal (a newline, NUL, other controls), or
+    begins or ends with a space (a name of spaces showed as a blank cell)."""
+    return name if name.isprintable() and name.strip() == name else repr(name)  # (" " made a blank cell)
 
 
 def _data_lines(data: dict | None) -> list[str]:  # type: ignore[type-arg]
