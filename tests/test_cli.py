@@ -391,6 +391,11 @@ def test_a_relative_ipc_url_was_served_and_printed_as_given_and_reached_from_no_
     monkeypatch.chdir(tmp_path)
     with tiger.serve("ipc://v.sock") as server:
         assert server.url == f"ipc://{tmp_path}/v.sock"
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # (a review: too long made absolute, it was refused; it used to bind)
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    with tiger.serve("ipc://v.sock") as server, tiger.connect(server.url) as client:
+        assert server.url == "ipc://v.sock" and client.stats()["url"] == "ipc://v.sock"
 
 
 def test_compact_refused_by_the_writer_printed_the_protocols_repr_of_its_answer():

@@ -1877,6 +1877,51 @@ def test_run_namespace_of_a_killed_controller_is_dropped(tmp_path, logged_writer
         end_group(proc)
 
 
+SLOW_SESSION_FIXTURE = """
+import os, time
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+
+@pytest.fixture(scope="session")
+def built(tiger_once):
+    def build():
+        open(os.path.join(D, "building"), "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(D, "go")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # sleep-ok: a long build (a CI timeout may kill the run here), until told
+        return 1
+    return tiger_once("built", build)
+
+def test_uses(built):
+    assert built == 1
+"""
+
+
+def test_the_run_namespace_was_not_leased_while_the_first_tests_session_fixtures_built(tmp_path, logged_writer):
+    # A review: a decorator meant for the plugin's pytest_collection_finish (tryfirst: the worker marks that it uses
+    # tiger before xdist sends its collection) moved onto a helper; the controller then leased the run's namespace
+    # only at the first test's report, after its session fixtures, a long tiger_once build among them: a controller
+    # killed meanwhile (a CI timeout) left tiger-run:RUN at the writer for good. Leased before any test runs.
+    url, _ = logged_writer
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_slow.py").write_text(SLOW_SESSION_FIXTURE)
+    proc = start_pytest(project, tmp_path / "output", "-n", "1", "--tiger-url", url)
+    try:
+        wait_until(lambda: (tmp_path / "building").exists() or proc.poll() is not None, RUN_TIMEOUT, "the build begun")
+        assert proc.poll() is None, (tmp_path / "output").read_text()
+        wait_until(
+            lambda: any(ns.startswith("tiger-run:") for ns in namespaces_at(url).get("tiger.lease", set())),
+            20,
+            "the run's namespace leased while its first test's session fixture builds",
+        )
+        (tmp_path / "go").touch()
+        assert proc.wait(RUN_TIMEOUT) == 0, (tmp_path / "output").read_text()
+    finally:
+        end_group(proc)
+
+
 STOPPED_TEST = """
 import json, os, time
 

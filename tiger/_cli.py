@@ -21,6 +21,7 @@ from tiger._server import (
     ping,
     request_once,
     silence_hint,
+    unresolved_host,
     why_refused,
 )
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX, check_name
@@ -184,11 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # another url is the advice only when nothing is there: a writer that is busy (a compaction of
             # millions of records) or paused still accepts connections, and a longer --timeout is the advice
             there = why_refused(args.url) is None
-            advice = (
-                f"{silence_hint(args.url, os.environ.get('TIGER_SERVER_KEY'))}; a longer --timeout waits for a busy or paused one"
-                if there
-                else "pass --url or set TIGER_URL to reach another writer"
-            )
+            unresolved = unresolved_host(args.url)
+            if unresolved is not None:
+                advice = f"{unresolved}: pass --url or set TIGER_URL to reach another writer"
+            elif there:
+                hint = silence_hint(args.url, os.environ.get("TIGER_SERVER_KEY"))
+                advice = f"{hint}; a longer --timeout waits for a busy or paused one"
+            else:
+                advice = "pass --url or set TIGER_URL to reach another writer"
             say(f"tiger stats: {e} ({advice})", sys.stderr)
             return 1
         return 0

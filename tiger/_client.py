@@ -549,8 +549,9 @@ class _Connection:
         """``namespace`` was dropped by this client (``reply``: the writer's answer, naming the clients whose
         leases ended with it): None, or what to say if this client had ``leased`` it and its lease had ended
         before (a process stopped past the lease grace found its records gone, and nothing said why)."""
-        holders = reply.result.get("leases", ()) if isinstance(reply.result, dict) else ()
-        if not leased or self.client_id in holders:
+        if not leased or not isinstance(reply.result, dict) or "leases" not in reply.result:
+            return None  # (a writer of an older tiger answers None: it says nothing of the leases)
+        if self.client_id in reply.result["leases"]:
             return None
         return (
             f"tiger: this process's lease of namespace {namespace!r} had ended before it was dropped, and what was "

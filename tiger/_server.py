@@ -77,7 +77,7 @@ def check_connect_url(url: object) -> str:
     assert isinstance(url, str)
     if url.startswith("tcp://"):
         host, _, port = url[len("tcp://") :].rpartition(":")
-        if host == "*" or port in ("*", "0"):
+        if host == "*" or port == "*" or (port.isdigit() and int(port) == 0):
             raise ValueError(
                 f"url: {shown(url)} is a wildcard only a writer binds (tiger serve picks a free port and prints it): "
                 "connect to the url it printed, `tiger writer serving at tcp://127.0.0.1:PORT`"
@@ -96,7 +96,9 @@ def check_bind_url(url: object) -> str:
     assert isinstance(url, str)
     path = url[len("ipc://") :]
     if url.startswith("ipc://") and not path.startswith(("/", "@")) and path != "*":  # (*: libzmq picks a path)
-        url = check_url(f"ipc://{os.path.abspath(path)}")
+        absolute = f"ipc://{os.path.abspath(path)}"
+        with contextlib.suppress(ValueError):  # (too long made absolute: bound relative, as it was given)
+            url = check_url(absolute)
     unusable = ipc_path_unusable(url)
     if unusable is not None:
         raise ValueError(f"url: {unusable[1]}: {shown(url)}")
@@ -526,11 +528,8 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
     return None
 
 
-def silence_hint(url: str, server_key: object = None) -> str:
-    """What may keep a writer from answering at ``url`` when something accepts connections there (or it
-    cannot be told: a host name): the host name does not resolve (looked up now), else it is paused or
-    busy, it serves CurveZMQ and no ``server_key`` was given (its handshake fails without a word), or it
-    is no tiger writer."""
+def unresolved_host(url: str) -> str | None:
+    """ "the host NAME does not resolve" for a tcp URL whose host name has no address (looked up now), else None."""
     if url.startswith("tcp://"):
         host = url[len("tcp://") :].rpartition(":")[0].strip("[]")
         if not _is_address(host):
@@ -538,6 +537,17 @@ def silence_hint(url: str, server_key: object = None) -> str:
                 socket.getaddrinfo(host, None)
             except (OSError, UnicodeError):
                 return f"the host {shown(host)} does not resolve"
+    return None
+
+
+def silence_hint(url: str, server_key: object = None) -> str:
+    """What may keep a writer from answering at ``url`` when something accepts connections there (or it
+    cannot be told: a host name): the host name does not resolve (looked up now), else it is paused or
+    busy, it serves CurveZMQ and no ``server_key`` was given (its handshake fails without a word), or it
+    is no tiger writer."""
+    unresolved = unresolved_host(url)
+    if unresolved is not None:
+        return unresolved
     curve = "" if server_key else ", a writer serving CurveZMQ while TIGER_SERVER_KEY is not set here"
     return f"something is there and does not answer: a writer paused (SIGSTOP, a debugger) or busy{curve}, or no tiger writer"
 

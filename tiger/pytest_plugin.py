@@ -140,7 +140,7 @@ class _RunDir:
 
     def made(self) -> Path:
         """The directory, made (or checked) on first use in this process, its ``alive`` locked: ``path``.
-        The process that makes it removes the run directories of ended runs beside it first."""
+        The process that makes it then removes the run directories of ended runs beside it."""
         if not self._made:
             from tiger._paths import hold_run_dir, sweep_ended_run_dirs
 
@@ -871,13 +871,13 @@ _FIXTURE_MODULES = ("tiger._client", "tiger._server", "tiger._once", "tiger._pat
 _FIXTURES = frozenset(("tiger_url", "tiger_client", "tiger_aclient", "tiger_namespace", "tiger_once"))
 
 
-@pytest.hookimpl(tryfirst=True)  # (an xdist worker: before xdist sends the controller its collection)
 def _runs_no_test(config: pytest.Config) -> bool:
     """``--collect-only``, ``--fixtures``, ``--fixtures-per-test``: the tests are collected, none is run."""
     option = config.option
     return bool(option.collectonly or getattr(option, "showfixtures", False) or getattr(option, "show_fixtures_per_test", False))
 
 
+@pytest.hookimpl(tryfirst=True)  # (an xdist worker: before xdist sends the controller its collection)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Import what tiger's fixtures need before the first test runs, when a collected test uses tiger (one
     of its fixtures, ``tiger_isolate``, or a module of tests that imported tiger): a test's timeout
