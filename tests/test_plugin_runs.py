@@ -1798,6 +1798,20 @@ def lease_drops(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "the last client leasing it, is gone" in line]
 
 
+def start_project(tmp_path: Path, name: str, script: str, *args: str) -> subprocess.Popen[bytes]:
+    """A project of one test file, ``name`` holding ``script``, run by ``start_pytest`` (output: tmp_path/output)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / name).write_text(script)
+    return start_pytest(project, tmp_path / "output", *args)
+
+
+def wait_for_mark(proc: subprocess.Popen[bytes], tmp_path: Path, mark: str, what: str) -> None:
+    """Until the inner run makes ``tmp_path/mark`` (it must still be running then)."""
+    wait_until(lambda: (tmp_path / mark).exists() or proc.poll() is not None, RUN_TIMEOUT, what)
+    assert proc.poll() is None, (tmp_path / "output").read_text()
+
+
 KILLED_CONTROLLER = """
 import json, os, threading
 import tiger
@@ -1850,13 +1864,9 @@ def test_run_namespace_of_a_killed_controller_is_dropped(tmp_path, logged_writer
     # leases it on a socket of its own now, before any test runs (or, for fixtures asked for at run time, at the
     # first report of a worker that used tiger), without xdist too.
     url, log = logged_writer
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_killed.py").write_text(script)
-    proc = start_pytest(project, tmp_path / "output", *mode, "--tiger-url", url)
+    proc = start_project(tmp_path, "test_killed.py", script, *mode, "--tiger-url", url)
     try:
-        wait_until(lambda: (tmp_path / "ready").exists() or proc.poll() is not None, RUN_TIMEOUT, "the once value built")
-        assert proc.poll() is None, (tmp_path / "output").read_text()
+        wait_for_mark(proc, tmp_path, "ready", "the once value built")
         ready = json.loads((tmp_path / "ready").read_text())
         run_namespace = ready["namespace"]
         assert run_namespace.startswith("tiger-run:"), ready
@@ -1904,13 +1914,9 @@ def test_the_run_namespace_was_not_leased_while_the_first_tests_session_fixtures
     # only at the first test's report, after its session fixtures, a long tiger_once build among them: a controller
     # killed meanwhile (a CI timeout) left tiger-run:RUN at the writer for good. Leased before any test runs.
     url, _ = logged_writer
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_slow.py").write_text(SLOW_SESSION_FIXTURE)
-    proc = start_pytest(project, tmp_path / "output", "-n", "1", "--tiger-url", url)
+    proc = start_project(tmp_path, "test_slow.py", SLOW_SESSION_FIXTURE, "-n", "1", "--tiger-url", url)
     try:
-        wait_until(lambda: (tmp_path / "building").exists() or proc.poll() is not None, RUN_TIMEOUT, "the build begun")
-        assert proc.poll() is None, (tmp_path / "output").read_text()
+        wait_for_mark(proc, tmp_path, "building", "the build begun")
         wait_until(
             lambda: any(ns.startswith("tiger-run:") for ns in namespaces_at(url).get("tiger.lease", set())),
             20,
@@ -1947,13 +1953,9 @@ def test_a_test_stopped_past_the_lease_grace_found_its_records_gone_and_nothing_
     # namespace dropped; resumed, its test failed on records gone, and nothing said why. The test's teardown
     # now fails naming the lease that ended (the writer's answer to the teardown's drop says whose ended with it).
     url, log = logged_writer
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_stopped.py").write_text(STOPPED_TEST)
-    proc = start_pytest(project, tmp_path / "output", *mode, "--tiger-url", url)
+    proc = start_project(tmp_path, "test_stopped.py", STOPPED_TEST, *mode, "--tiger-url", url)
     try:
-        wait_until(lambda: (tmp_path / "ready").exists() or proc.poll() is not None, RUN_TIMEOUT, "the test's records written")
-        assert proc.poll() is None, (tmp_path / "output").read_text()
+        wait_for_mark(proc, tmp_path, "ready", "the test's records written")
         ready = json.loads((tmp_path / "ready").read_text())
         os.kill(ready["pid"], signal.SIGSTOP)
         try:

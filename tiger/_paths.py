@@ -73,7 +73,9 @@ def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
     processes that all ended (pid reuse cannot fool it). Returns the descriptor and whether this process made
     the directory.
 
-    No window in which a live run's directory can be swept: a sweep that takes ``alive`` between its making
+    No window in which a live run's directory can be swept by a run in the same pid namespace (a controller
+    in a container sharing this /tmp looks ended from here: its directory then goes once no process of its run
+    holds ``alive``, as between its xdist workers' end and its own): a sweep that takes ``alive`` between its making
     and the lock here removes the directory, holding the lock as it does; the lock here waits for it, then
     finds ``alive`` gone (not the file it locked), and makes the directory again. A directory with no
     ``alive`` yet is only swept a day old (``STALE_WITHOUT_ALIVE``).
