@@ -338,7 +338,7 @@ def test_a_command_says_at_once_that_nothing_listens_at_its_url(tmp_path, comman
     assert out.returncode != 0 and f"the tiger writer at {url} is not there: nothing is bound at that path" in out.stderr
 
 
-@pytest.mark.parametrize("url", ["tcp://127.0.0.1:*", "tcp://*:7710", "tcp://127.0.0.1:0"])
+@pytest.mark.parametrize("url", ["tcp://127.0.0.1:*", f"tcp://*:{DEFAULT_URL.rsplit(':', 1)[1]}", "tcp://127.0.0.1:0"])
 @pytest.mark.parametrize("command", [["stats"], ["dump"], ["compact"], ["drop", "x"], ["load", "seed.jsonl"]])
 def test_a_wildcard_url_copied_from_tiger_serve_gave_commands_a_traceback(tmp_path, command, url):
     # A user trial: tiger serve takes tcp://127.0.0.1:*, and the same url given to tiger stats (dump, drop, load,
