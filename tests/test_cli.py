@@ -356,7 +356,8 @@ def test_a_wildcard_url_copied_from_tiger_serve_gave_commands_a_traceback(tmp_pa
 def test_clients_connecting_to_a_wildcard_or_a_directory_raised_zmqs_error_or_waited_their_timeout(tmp_path):
     from tiger._server import NamespaceLease
 
-    for url in ("tcp://127.0.0.1:*", f"ipc://{tmp_path}"):  # (a directory: connect waited, then "not there")
+    # (a directory: connect waited, then "not there"; ipc://*: "nothing is bound at that path")
+    for url in ("tcp://127.0.0.1:*", f"ipc://{tmp_path}", "ipc://*"):
         for connect in (
             lambda url: tiger.connect(url, timeout=30),
             lambda url: asyncio.run(tiger.aio.connect(url, timeout=30)),
@@ -366,7 +367,35 @@ def test_clients_connecting_to_a_wildcard_or_a_directory_raised_zmqs_error_or_wa
             with pytest.raises(ValueError, match=r"^url: ") as raised:
                 connect(url)
             assert time.monotonic() - started < 10
-            assert ("wildcard" if url.startswith("tcp") else "not a directory") in str(raised.value)
+            assert ("not a directory" if url == f"ipc://{tmp_path}" else "wildcard") in str(raised.value)
+
+
+UNRESOLVED = "tcp://tiger-no-such-host.invalid:5555"  # (.invalid: a name that never resolves, RFC 2606)
+
+
+@pytest.mark.parametrize("command", [["stats"], ["dump"], ["drop", "x"], ["compact"], ["load", "seed.jsonl"]])
+def test_a_command_to_a_mistyped_host_waited_out_its_timeout_and_only_tiger_stats_said_it_does_not_resolve(tmp_path, command):
+    # Each command waited out its timeout (tiger compact's: 600 s), and only tiger stats then said that the
+    # host does not resolve. A one-shot command says it at once, as it says that nothing listens at a port.
+    (tmp_path / "seed.jsonl").write_text('{"table": "t", "record": {"id": "a"}}\n')
+    started = time.monotonic()
+    out = subprocess.run([*TIGER, *command, "--url", UNRESOLVED], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert time.monotonic() - started < 4.5  # (under the 5 s timeout of stats, drop, dump and load)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    said = f"tiger {command[0]}: the tiger writer at {UNRESOLVED} is not there: the host {UNRESOLVED[6:-5]!r} does not resolve"
+    assert out.stderr.startswith(said) and out.stderr.count("does not resolve") == 1, out.stderr
+
+
+def test_a_client_to_a_mistyped_host_said_only_that_nothing_answered():
+    for connect in (
+        lambda: tiger.connect(UNRESOLVED, timeout=0.5),
+        lambda: asyncio.run(tiger.aio.connect(UNRESOLVED, timeout=0.5)),
+    ):
+        with pytest.raises(tiger.Unavailable) as raised:
+            connect()
+        assert str(raised.value) == (
+            f"the tiger writer at {UNRESOLVED} did not answer within 0.5s: the host 'tiger-no-such-host.invalid' does not resolve"
+        )
 
 
 def test_a_relative_ipc_url_was_served_and_printed_as_given_and_reached_from_no_other_directory(tmp_path, monkeypatch):

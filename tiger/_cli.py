@@ -21,8 +21,7 @@ from tiger._server import (
     ping,
     request_once,
     silence_hint,
-    unresolved_host,
-    why_refused,
+    why_unreachable,
 )
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX, check_name
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
@@ -107,10 +106,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _connected(url: str) -> Client:
     """``connect(url)``, at once ``Unavailable`` when nothing listens there (as ``tiger stats`` says it):
-    connect would wait out its timeout (ZeroMQ retries a refused connection silently)."""
-    refused = why_refused(check_connect_url(url))
-    if refused is not None:
-        raise Unavailable(f"the tiger writer at {url} is not there: {refused}")
+    connect would wait out its timeout (ZeroMQ retries a refused connection silently), or when its host
+    name does not resolve (``why_unreachable``)."""
+    unreachable = why_unreachable(check_connect_url(url))
+    if unreachable is not None:
+        raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
     return connect(url)
 
 
@@ -184,11 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Unavailable as e:
             # another url is the advice only when nothing is there: a writer that is busy (a compaction of
             # millions of records) or paused still accepts connections, and a longer --timeout is the advice
-            there = why_refused(args.url) is None
-            unresolved = unresolved_host(args.url)
-            if unresolved is not None:
-                advice = f"{unresolved}: pass --url or set TIGER_URL to reach another writer"
-            elif there:
+            if why_unreachable(args.url) is None:  # (a host name that does not resolve: said at once, in e)
                 hint = silence_hint(args.url, os.environ.get("TIGER_SERVER_KEY"))
                 advice = f"{hint}; a longer --timeout waits for a busy or paused one"
             else:

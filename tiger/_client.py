@@ -40,7 +40,7 @@ from tiger._once import Once
 from tiger._owned import OwnedLock
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
-from tiger._server import check_connect_url, check_server_key, recently_refused, secure, why_refused
+from tiger._server import check_connect_url, check_server_key, no_answer, recently_refused, secure
 from tiger._table import (
     GLOBAL,
     RESERVED_PREFIX,
@@ -485,8 +485,7 @@ class _Connection:
         killed a moment before waited all 10 s where the README says a gone writer is not waited for."""
         self._fresh_socket()
         if wait == GIVE_UP:
-            why = why_refused(self.url, 0.1)  # what ZeroMQ's silent retries hid: nothing there at all
-            raise Unavailable(f"the tiger writer at {self.url} did not answer within {seconds:g}s" + (f": {why}" if why else ""))
+            raise Unavailable(no_answer(self.url, seconds))  # with what ZeroMQ's silent retries hid, if a probe tells
         if refusals is None:
             return
         why = recently_refused(self.url)

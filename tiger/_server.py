@@ -72,7 +72,8 @@ def check_connect_url(url: object) -> str:
     """``check_url``, and that a client can connect there: not a wildcard only a writer can bind
     (``tcp://127.0.0.1:*``, ``tcp://*:7710``: copied from ``tiger serve --url``, ZeroMQ's connect raised a bare
     "Invalid argument" out of ``tiger stats`` and the pytest plugin), nor an ipc path naming a directory (a
-    connect there waited out its whole timeout). ``ValueError`` naming ``url``."""
+    connect there waited out its whole timeout; ``ipc://*``, where it said "nothing is bound at that path").
+    ``ValueError`` naming ``url``."""
     check_url(url)
     assert isinstance(url, str)
     if url.startswith("tcp://"):
@@ -82,6 +83,11 @@ def check_connect_url(url: object) -> str:
                 f"url: {shown(url)} is a wildcard only a writer binds (tiger serve picks a free port and prints it): "
                 "connect to the url it printed, `tiger writer serving at tcp://127.0.0.1:PORT`"
             )
+    elif url == "ipc://*":
+        raise ValueError(
+            "url: ipc://* is a wildcard only a writer binds (ZeroMQ picks a path and tiger serve prints it): "
+            "connect to the url it printed, `tiger writer serving at ipc://PATH`"
+        )
     elif not url.startswith("ipc://@") and os.path.isdir(url[len("ipc://") :]):
         raise ValueError(f"url: an ipc path must name a socket file, not a directory: {shown(url)}")
     return url
@@ -370,9 +376,9 @@ def _check_reachable(url: str, timeout: float) -> None:
     """``request_once``'s checks before it makes a socket: the URL, the timeout, and that something listens."""
     check_connect_url(url)
     check_seconds(timeout, "timeout", positive=True)
-    refused = why_refused(url)
-    if refused is not None:
-        raise Unavailable(f"the tiger writer at {url} is not there: {refused}")
+    unreachable = why_unreachable(url)
+    if unreachable is not None:
+        raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
 
 
 def _dealer(ctx: zmq.Context[Any], url: str, server_key: str | bytes | None) -> zmq.Socket[Any]:
@@ -397,7 +403,7 @@ def _answer(sock: zmq.Socket[Any], url: str, deadline: float, timeout: float) ->
     Failed answer names is raised as a client raises it, ``Unavailable`` past the deadline."""
     remaining = deadline - time.monotonic()
     if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000))):
-        raise Unavailable(f"the tiger writer at {url} did not answer within {timeout:g}s")
+        raise Unavailable(no_answer(url, timeout))
     reply = p.decode_reply(sock.recv())
     if type(reply) is p.Failed:  # (as a client raises it: tiger compact printed the reply's repr)
         raise FAILURES.get(reply.kind, TigerError)(reply.message)
@@ -538,6 +544,22 @@ def unresolved_host(url: str) -> str | None:
             except (OSError, UnicodeError):
                 return f"the host {shown(host)} does not resolve"
     return None
+
+
+def why_unreachable(url: str, timeout: float = 1.0) -> str | None:
+    """``why_refused``, or that the host name of a tcp ``url`` does not resolve (looked up now, so not
+    in a probe made again and again): what a one-shot request says at once (a ``tiger`` command to a
+    mistyped host waited out its timeout, 600 s for ``tiger compact``), and a client past its timeout."""
+    return why_refused(url, timeout) or unresolved_host(url)
+
+
+def no_answer(url: str, seconds: float) -> str:
+    """What ``Unavailable`` says when the writer at ``url`` did not answer within ``seconds``, with why
+    nothing can answer there if that can be told (``why_unreachable``: a client waited out its timeout
+    to a mistyped host and said nothing of it). A client waits for a host that does not resolve, as for
+    a writer not started yet: a writer's container may get its name after its clients start."""
+    why = why_unreachable(url, 0.1)
+    return f"the tiger writer at {url} did not answer within {seconds:g}s" + (f": {why}" if why else "")
 
 
 def silence_hint(url: str, server_key: object = None) -> str:

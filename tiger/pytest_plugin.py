@@ -364,9 +364,11 @@ class _Run:
                 f"tiger: {url!r} (--tiger-url or TIGER_URL) is not a writer's URL: {e}", pytest.ExitCode.USAGE_ERROR
             ) from None
         except TigerError as e:
-            from tiger._server import silence_hint, why_refused
+            from tiger._server import silence_hint, unresolved_host, why_refused
 
-            if why_refused(url) is None:  # something is there: starting a writer at the url would fail
+            if unresolved_host(url) is not None:  # (said in e)
+                advice = "pass a host name that resolves, "
+            elif why_refused(url) is None:  # something is there: starting a writer at the url would fail
                 advice = f"{silence_hint(url, os.environ.get('TIGER_SERVER_KEY'))}; "
             else:
                 advice = f"start one with 'tiger serve --url {url}', "
