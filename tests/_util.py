@@ -17,6 +17,12 @@ from typing import Any
 import pytest
 import zmq
 
+from tiger._cli import DEFAULT_URL
+
+# A url whose host never resolves (.invalid, RFC 2606), on the default port: nothing binds or connects there.
+UNRESOLVED_HOST = "tiger-no-such-host.invalid"
+UNRESOLVED = f"tcp://{UNRESOLVED_HOST}:{DEFAULT_URL.rsplit(':', 1)[1]}"
+
 
 def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
     """One line of the process's stdout, waiting at most ``timeout``."""

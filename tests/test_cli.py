@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _util import alive, default_sigint, held_to_modes, read_line
+from _util import UNRESOLVED, UNRESOLVED_HOST, alive, default_sigint, held_to_modes, read_line
 
 import tiger
 import tiger.aio
@@ -370,9 +370,6 @@ def test_clients_connecting_to_a_wildcard_or_a_directory_raised_zmqs_error_or_wa
             assert ("not a directory" if url == f"ipc://{tmp_path}" else "wildcard") in str(raised.value)
 
 
-UNRESOLVED = "tcp://tiger-no-such-host.invalid:5555"  # (.invalid: a name that never resolves, RFC 2606)
-
-
 @pytest.mark.parametrize("command", [["stats"], ["dump"], ["drop", "x"], ["compact"], ["load", "seed.jsonl"]])
 def test_a_command_to_a_mistyped_host_waited_out_its_timeout_and_only_tiger_stats_said_it_does_not_resolve(tmp_path, command):
     # Each command waited out its timeout (tiger compact's: 600 s), and only tiger stats then said that the
@@ -382,7 +379,7 @@ def test_a_command_to_a_mistyped_host_waited_out_its_timeout_and_only_tiger_stat
     out = subprocess.run([*TIGER, *command, "--url", UNRESOLVED], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert time.monotonic() - started < 4.5  # (under the 5 s timeout of stats, drop, dump and load)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    said = f"tiger {command[0]}: the tiger writer at {UNRESOLVED} is not there: the host {UNRESOLVED[6:-5]!r} does not resolve"
+    said = f"tiger {command[0]}: the tiger writer at {UNRESOLVED} is not there: the host {UNRESOLVED_HOST!r} does not resolve"
     assert out.stderr.startswith(said) and out.stderr.count("does not resolve") == 1, out.stderr
 
 
@@ -394,7 +391,7 @@ def test_a_client_to_a_mistyped_host_said_only_that_nothing_answered():
         with pytest.raises(tiger.Unavailable) as raised:
             connect()
         assert str(raised.value) == (
-            f"the tiger writer at {UNRESOLVED} did not answer within 0.5s: the host 'tiger-no-such-host.invalid' does not resolve"
+            f"the tiger writer at {UNRESOLVED} did not answer within 0.5s: the host {UNRESOLVED_HOST!r} does not resolve"
         )
 
 

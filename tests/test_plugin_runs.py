@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _util import alive, default_sigint, read_line
+from _util import UNRESOLVED, UNRESOLVED_HOST, alive, default_sigint, read_line
 
 import tiger
 
@@ -1424,13 +1424,13 @@ def test_a_stale_ipc_socket_file_made_the_run_wait_out_the_timeout(pytester, mon
 def test_a_tiger_url_with_a_mistyped_host_made_the_run_wait_out_the_timeout_and_say_the_host_twice(pytester, monkeypatch):
     # The run waited the 5 s of its contact, and said after it that the host does not resolve, in its error and
     # again in its advice. Now at once, once, with the advice to pass a host name that resolves.
-    monkeypatch.setenv("TIGER_URL", "tcp://tiger-no-such-host.invalid:5555")
+    monkeypatch.setenv("TIGER_URL", UNRESOLVED)
     pytester.makepyfile(test_uses="def test_a(tiger_client): pass\n")
     started = time.monotonic()
     result = run(pytester, "-p", "no:xdist")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     text = result.stdout.str()
-    assert text.count("the host 'tiger-no-such-host.invalid' does not resolve") == 1, text
+    assert text.count(f"the host {UNRESOLVED_HOST!r} does not resolve") == 1, text
     assert "): pass a host name that resolves, or drop --tiger-url and unset TIGER_URL" in text
     assert time.monotonic() - started < 4.5  # a contact that waited would take the 5 s timeout
 
