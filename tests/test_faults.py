@@ -810,6 +810,91 @@ def test_curve_clients_with_the_key_are_served_and_others_get_nothing(tmp_path):
                 spy.close(linger=0)
 
 
+def keygen(directory) -> str:
+    """``tiger keygen DIR``: the public key it printed (the secret is in DIR/tiger.key)."""
+    out = subprocess.run([*TIGER, "keygen", str(directory)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().rsplit(" ", 1)[-1]
+
+
+@pytest.fixture(scope="module")
+def keyed_writers(tmp_path_factory):
+    """{"curve": (url, its public key), "other": another public key, "plain": a writer's url without CurveZMQ}"""
+    keys = tmp_path_factory.mktemp("keys")
+    public, other = keygen(keys / "a"), keygen(keys / "b")
+    with (
+        tiger.serve("tcp://127.0.0.1:*", curve_secret=keys / "a" / "tiger.key") as curve,
+        tiger.serve("tcp://127.0.0.1:*") as plain,
+    ):
+        yield {"curve": (curve.url, public), "other": other, "plain": plain.url}
+
+
+# (writer, key the client gives, what the error says): a key another writer serves, none to a writer that
+# needs one, one to a writer that serves without CurveZMQ
+WRONG_KEYS = {
+    "another-key": ("curve", "other", "it serves another CurveZMQ key than the server key given"),
+    "no-key": ("curve", None, "it serves CurveZMQ and no server key was given: pass server_key or set TIGER_SERVER_KEY"),
+    "key-to-plain": ("plain", "curve", "or serves without CurveZMQ"),
+}
+
+
+def wrong_key(keyed_writers, case: str) -> tuple[str, str | None, str]:
+    writer, key, says = WRONG_KEYS[case]
+    url = keyed_writers["plain"] if writer == "plain" else keyed_writers["curve"][0]
+    given = {None: None, "other": keyed_writers["other"], "curve": keyed_writers["curve"][1]}[key]
+    return url, given, says
+
+
+@pytest.mark.parametrize("case", WRONG_KEYS)
+@pytest.mark.parametrize("kind", ["blocking", "aio", "lease"])
+def test_a_wrong_or_missing_curve_key_waited_out_the_timeout_and_said_only_that_nothing_answered(keyed_writers, case, kind):
+    # A user trial: a client with a wrong CurveZMQ key (or none, or one for a writer without CurveZMQ) waited out
+    # connect's whole timeout, then said "did not answer within 10s". Its handshake had failed in 2 ms: now said
+    # at connect's first resend (a second), naming what is wrong with the key.
+    import asyncio
+
+    import tiger.aio
+
+    url, key, says = wrong_key(keyed_writers, case)
+    started = time.monotonic()
+    with pytest.raises(tiger.Unavailable) as raised:
+        if kind == "blocking":
+            tiger.connect(url, timeout=10, server_key=key).close()
+        elif kind == "lease":  # the plugin's controller holds its run's namespace with one
+            from tiger._server import NamespaceLease
+
+            NamespaceLease(url, "ns", timeout=10, server_key=key).close()
+        else:
+            asyncio.run(tiger.aio.connect(url, timeout=10, server_key=key))
+    assert time.monotonic() - started < 8  # waiting it out takes 10 s
+    assert f"the handshake with the tiger writer at {url} failed: " in str(raised.value)
+    assert says in str(raised.value)
+    curve_url, public = keyed_writers["curve"]
+    with tiger.connect(curve_url, timeout=10, server_key=public) as client:  # the right key is served
+        assert client.stats()["url"] == curve_url
+
+
+@pytest.mark.parametrize("case", WRONG_KEYS)
+@pytest.mark.parametrize("command", [["stats", "--timeout", "60"], ["compact"], ["dump"], ["drop", "ns"]])
+def test_a_command_with_a_wrong_or_missing_curve_key_waited_out_its_timeout_and_advised_a_longer_one(
+    keyed_writers, case, command
+):
+    # tiger stats said "did not answer within 5s (... paused or busy ...; a longer --timeout waits for a busy
+    # or paused one)" after 5 s; tiger compact waited 600 s. The handshake failed at once: said at once.
+    url, key, says = wrong_key(keyed_writers, case)
+    env = {k: v for k, v in os.environ.items() if k not in ("TIGER_URL", "TIGER_SERVER_KEY")}
+    if key is not None:
+        env["TIGER_SERVER_KEY"] = key
+    started = time.monotonic()
+    out = subprocess.run([*TIGER, *command, "--url", url], capture_output=True, text=True, timeout=50, env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert time.monotonic() - started < 45  # stats waited its --timeout, compact 600 s
+    assert out.stderr.startswith(f"tiger {command[0]}: the handshake with the tiger writer at {url} failed: "), out.stderr
+    assert says in out.stderr
+    assert "paused" not in out.stderr and "--timeout" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 # -- fuzz -------------------------------------------------------------------------------------------------
 
 

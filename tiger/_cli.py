@@ -15,6 +15,7 @@ from tiger._log import COMPACT_BYTES
 from tiger._protocol import ClearTable, Compact, Drop, Stats, say
 from tiger._server import (
     NOT_STARTED,
+    HandshakeFailed,
     check_bind_url,
     check_connect_url,
     check_data_dir,
@@ -181,11 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         try:
             say(format_stats(ping(check_connect_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
+        except HandshakeFailed as e:  # (it says what to do; waiting longer cannot help)
+            say(f"tiger stats: {e}", sys.stderr)
+            return 1
         except Unavailable as e:
             # another url is the advice only when nothing is there: a writer that is busy (a compaction of
             # millions of records) or paused still accepts connections, and a longer --timeout is the advice
             if why_unreachable(args.url) is None:  # (a host name that does not resolve: said at once, in e)
-                hint = silence_hint(args.url, os.environ.get("TIGER_SERVER_KEY"))
+                hint = silence_hint(args.url)
                 advice = f"{hint}; a longer --timeout waits for a busy or paused one"
             else:
                 advice = "pass --url or set TIGER_URL to reach another writer"

@@ -40,7 +40,15 @@ from tiger._once import Once
 from tiger._owned import OwnedLock
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
-from tiger._server import check_connect_url, check_server_key, no_answer, recently_refused, secure
+from tiger._server import (
+    HandshakeFailed,
+    check_connect_url,
+    check_server_key,
+    handshake_failure,
+    no_answer,
+    recently_refused,
+    secure,
+)
 from tiger._table import (
     GLOBAL,
     RESERVED_PREFIX,
@@ -482,8 +490,15 @@ class _Connection:
         started): at a resend, the url is probed (``recently_refused``); refusing connections for
         ``GONE_AFTER`` seconds, it raises ``Unavailable`` before the deadline. A writer that is gone
         cannot apply the call later (nothing took its bytes), and a ``sync(timeout=10)`` to a writer
-        killed a moment before waited all 10 s where the README says a gone writer is not waited for."""
+        killed a moment before waited all 10 s where the README says a gone writer is not waited for.
+        Connect's hello instead probes the handshake (``handshake_failure``, 0.1 s at most), raising
+        ``HandshakeFailed`` at its first resend: a wrong or missing CurveZMQ key waited out connect's whole
+        timeout, then said only "did not answer"."""
         self._fresh_socket()
+        if refusals is None:
+            failed = handshake_failure(self.url, self._server_key)
+            if failed is not None:
+                raise HandshakeFailed(failed)
         if wait == GIVE_UP:
             raise Unavailable(no_answer(self.url, seconds))  # with what ZeroMQ's silent retries hid, if a probe tells
         if refusals is None:

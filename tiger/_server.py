@@ -350,6 +350,61 @@ def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
     sock.curve_secretkey = secret
 
 
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+
+class HandshakeFailed(Unavailable):
+    """The ZeroMQ handshake with the writer failed (ZMTP 3: CurveZMQ keys that do not match, or one side
+    serving CurveZMQ and the other not): waiting longer cannot help, so it is raised at once."""
+
+
+def handshake_refused(url: str, server_key: object) -> str:
+    """What ``HandshakeFailed`` says for ``url``, by whether the client had a ``server_key``. libzmq tells the
+    client nothing more than that the handshake failed; the writer drops the connection without a word."""
+    if server_key:
+        why = (
+            "it serves another CurveZMQ key than the server key given (server_key, TIGER_SERVER_KEY), or serves without "
+            "CurveZMQ: give the public key its tiger keygen printed (in DIR/tiger.pub), or none for a writer without "
+            "--curve-secret"
+        )
+    else:
+        why = (
+            "it serves CurveZMQ and no server key was given: pass server_key or set TIGER_SERVER_KEY to the public "
+            "key its tiger keygen printed (in DIR/tiger.pub)"
+        )
+    return f"the handshake with the tiger writer at {url} failed: {why}"
+
+
+def handshake_failure(url: str, server_key: str | bytes | None, timeout: float = 0.1) -> str | None:
+    """``handshake_refused`` if a socket connected to ``url`` as a client's (``server_key``: CurveZMQ) fails
+    its handshake within ``timeout`` seconds; None if it succeeds, if nothing listens there (yet: a connect
+    retried before any connection), or if nothing was heard by then (a paused writer). A probe of its own,
+    for a client whose hello goes unanswered (a wrong key waited out connect's whole timeout, then said
+    "did not answer"). libzmq retries the connect after each failed handshake, so a retry after a
+    connection is not "nothing listens"."""
+    from zmq.utils.monitor import parse_monitor_message  # (imports asyncio: not for every client's start)
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        events = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
+        _sock, monitor = _monitored_dealer(ctx, url, server_key, events)  # (held: a dropped socket is closed)
+        assert monitor is not None
+        deadline = time.monotonic() + timeout
+        connected = False
+        while monitor.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            if event & HANDSHAKE_FAILED:
+                return handshake_refused(url, server_key)
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (event == zmq.EVENT_CONNECT_RETRIED and not connected):
+                return None
+            connected = connected or event == zmq.EVENT_CONNECTED
+            if time.monotonic() >= deadline:
+                break
+        return None
+    finally:
+        ctx.destroy(linger=0)
+
+
 def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> dict[str, Any]:
     """One request to the writer at ``url``: its stats. ``Unavailable`` if it does not answer in time."""
     return request_once(url, p.Stats(1), timeout, server_key).result  # type: ignore[no-any-return]
@@ -363,13 +418,13 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL or timeout.
     """
     _check_reachable(url, timeout)
-    with zmq.Context() as ctx:
-        sock = _dealer(ctx, url, server_key)
-        try:
-            sock.send(p.encode_request(request))
-            return _answer(sock, url, time.monotonic() + timeout, timeout)
-        finally:
-            sock.close(linger=0)
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        sock, monitor = _monitored_dealer(ctx, url, server_key)  # a failed handshake is said at once
+        sock.send(p.encode_request(request))
+        return _answer(sock, url, time.monotonic() + timeout, timeout, monitor, server_key)
+    finally:
+        ctx.destroy(linger=0)
 
 
 def _check_reachable(url: str, timeout: float) -> None:
@@ -384,25 +439,53 @@ def _check_reachable(url: str, timeout: float) -> None:
 def _dealer(ctx: zmq.Context[Any], url: str, server_key: str | bytes | None) -> zmq.Socket[Any]:
     """A DEALER of ``ctx`` connected to ``url`` as a client's sockets are (no linger, IPv6 for a [::1]
     URL, CurveZMQ with ``server_key``); closed if it cannot be made so."""
+    return _monitored_dealer(ctx, url, server_key, 0)[0]
+
+
+def _monitored_dealer(
+    ctx: zmq.Context[Any], url: str, server_key: str | bytes | None, events: int = HANDSHAKE_FAILED
+) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
+    """``_dealer``, and a monitor of its ``events`` (0: none) attached before it connects (after, the
+    events of a quick handshake were gone before it listened)."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    monitor = None
     try:
         sock.setsockopt(zmq.LINGER, 0)
         if "[" in url:
             sock.setsockopt(zmq.IPV6, 1)
         secure(sock, server_key)
+        if events:
+            monitor = sock.get_monitor_socket(events)
         sock.connect(url)
     except BaseException:
+        if monitor is not None:
+            monitor.close(linger=0)
         sock.close(linger=0)
         raise
-    return sock
+    return sock, monitor
 
 
-def _answer(sock: zmq.Socket[Any], url: str, deadline: float, timeout: float) -> p.Ok:
+def _answer(
+    sock: zmq.Socket[Any],
+    url: str,
+    deadline: float,
+    timeout: float,
+    monitor: zmq.Socket[Any] | None = None,
+    server_key: str | bytes | None = None,
+) -> p.Ok:
     """The writer's answer on ``sock`` (the next message: one request in flight) by ``deadline``
     (``time.monotonic()``; ``timeout``: the seconds it stands for, in the message), if it is an Ok; what a
-    Failed answer names is raised as a client raises it, ``Unavailable`` past the deadline."""
+    Failed answer names is raised as a client raises it, ``Unavailable`` past the deadline, and at once
+    ``HandshakeFailed`` when ``monitor`` (``sock``'s, of ``HANDSHAKE_FAILED``) says the handshake failed."""
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    if monitor is not None:
+        poller.register(monitor, zmq.POLLIN)
     remaining = deadline - time.monotonic()
-    if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000))):
+    ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+    if sock not in ready:
+        if monitor is not None and monitor in ready:  # (it watches only HANDSHAKE_FAILED)
+            raise HandshakeFailed(handshake_refused(url, server_key))
         raise Unavailable(no_answer(url, timeout))
     reply = p.decode_reply(sock.recv())
     if type(reply) is p.Failed:  # (as a client raises it: tiger compact printed the reply's repr)
@@ -450,11 +533,16 @@ class NamespaceLease:
         self._sock: zmq.Socket[Any] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         try:
-            self._sock = _dealer(self._ctx, url, server_key)
+            self._sock, monitor = _monitored_dealer(self._ctx, url, server_key)  # a failed handshake: said at once
             deadline = time.monotonic() + timeout
             sent = time.time()
             self._sock.send(p.encode_request(p.Hello(1, self.client_id)))
-            info = _answer(self._sock, url, deadline, timeout).result or {}
+            try:
+                info = _answer(self._sock, url, deadline, timeout, monitor, server_key).result or {}
+            finally:
+                self._sock.disable_monitor()  # (its events would pile up for the lease's life)
+                assert monitor is not None
+                monitor.close(linger=0)
             expires, _ = call_expiry(deadline, clock_offset(sent, time.time(), info) or 0.0)
             self._sock.send(p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
             _answer(self._sock, url, deadline, timeout)
@@ -562,16 +650,14 @@ def no_answer(url: str, seconds: float) -> str:
     return f"the tiger writer at {url} did not answer within {seconds:g}s" + (f": {why}" if why else "")
 
 
-def silence_hint(url: str, server_key: object = None) -> str:
+def silence_hint(url: str) -> str:
     """What may keep a writer from answering at ``url`` when something accepts connections there (or it
     cannot be told: a host name): the host name does not resolve (looked up now), else it is paused or
-    busy, it serves CurveZMQ and no ``server_key`` was given (its handshake fails without a word), or it
-    is no tiger writer."""
+    busy, or it is no tiger writer. (A failed CurveZMQ handshake is told apart: ``HandshakeFailed``.)"""
     unresolved = unresolved_host(url)
     if unresolved is not None:
         return unresolved
-    curve = "" if server_key else ", a writer serving CurveZMQ while TIGER_SERVER_KEY is not set here"
-    return f"something is there and does not answer: a writer paused (SIGSTOP, a debugger) or busy{curve}, or no tiger writer"
+    return "something is there and does not answer: a writer paused (SIGSTOP, a debugger) or busy, or no tiger writer"
 
 
 _probed: dict[str, float] = {}  # url -> when why_refused last found it accepting (or could not tell), for recently_refused

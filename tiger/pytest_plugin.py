@@ -364,19 +364,19 @@ class _Run:
                 f"tiger: {url!r} (--tiger-url or TIGER_URL) is not a writer's URL: {e}", pytest.ExitCode.USAGE_ERROR
             ) from None
         except TigerError as e:
-            from tiger._server import silence_hint, unresolved_host, why_refused
+            from tiger._server import HandshakeFailed, silence_hint, unresolved_host, why_refused
 
+            drop = "drop --tiger-url and unset TIGER_URL (whichever gave it) so the run starts its own"
+            if isinstance(e, HandshakeFailed):  # e says which key is wrong or missing, and what to set
+                raise _Unreachable(f"tiger: {e}; or {drop}", pytest.ExitCode.USAGE_ERROR) from None
             if unresolved_host(url) is not None:  # (said in e)
                 advice = "pass a host name that resolves, "
             elif why_refused(url) is None:  # something is there: starting a writer at the url would fail
-                advice = f"{silence_hint(url, os.environ.get('TIGER_SERVER_KEY'))}; "
+                advice = f"{silence_hint(url)}; "
             else:
                 advice = f"start one with 'tiger serve --url {url}', "
-            raise _Unreachable(
-                f"tiger: no writer answers at {url} ({e}): {advice}"
-                "or drop --tiger-url and unset TIGER_URL (whichever gave it) so the run starts its own",
-                pytest.ExitCode.USAGE_ERROR,
-            ) from None
+            message = f"tiger: no writer answers at {url} ({e}): {advice}or {drop}"
+            raise _Unreachable(message, pytest.ExitCode.USAGE_ERROR) from None
         return url, None
 
     def _start_writer(self) -> tuple[str, int]:
