@@ -19,6 +19,7 @@ def test_public_names_are_pinned():
         "Feed",
         "FeedOverflow",
         "FrozenList",
+        "HandshakeFailed",
         "NotFound",
         "OnceFailed",
         "Page",
@@ -67,6 +68,7 @@ def test_error_hierarchy():
     assert issubclass(tiger.Unavailable, tiger.TigerError)
     assert issubclass(tiger.OnceFailed, tiger.TigerError)
     assert issubclass(tiger.FeedOverflow, tiger.TigerError)
+    assert issubclass(tiger.HandshakeFailed, tiger.Unavailable)  # (code catching Unavailable still catches it)
     assert issubclass(tiger.ProtocolError, tiger.TigerError) and issubclass(tiger.ProtocolError, ValueError)
     # every public exception, present and future, is a TigerError
     errors = [getattr(tiger, n) for n in tiger.__all__ if isinstance(getattr(tiger, n), type)]
@@ -74,6 +76,7 @@ def test_error_hierarchy():
     assert sorted(e.__name__ for e in errors) == [
         "AlreadyExists",
         "FeedOverflow",
+        "HandshakeFailed",
         "NotFound",
         "OnceFailed",
         "ProtocolError",

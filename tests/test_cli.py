@@ -383,6 +383,21 @@ def test_a_command_to_a_mistyped_host_waited_out_its_timeout_and_only_tiger_stat
     assert out.stderr.startswith(said) and out.stderr.count("does not resolve") == 1, out.stderr
 
 
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_serving_a_host_that_does_not_resolve_was_refused_as_without_curve(tmp_path, curve):
+    # tiger serve --url tcp://<mistyped host>:PORT said "refusing to bind ... without CurveZMQ: other machines
+    # could read and change the store", and with --curve-secret ZeroMQ's bare "No such device".
+    args = ["--url", UNRESOLVED]
+    if curve:
+        keys = subprocess.run([*TIGER, "keygen", str(tmp_path)], capture_output=True, text=True, timeout=30)
+        assert keys.returncode == 0, keys.stderr
+        args += ["--curve-secret", str(tmp_path / "tiger.key")]
+    out = subprocess.run([*TIGER, "serve", "--owner-pid", str(os.getpid()), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    said = f"tiger serve: url: cannot bind {UNRESOLVED!r}: the host {UNRESOLVED_HOST!r} does not resolve"
+    assert out.stderr.strip() == said
+
+
 def test_a_client_to_a_mistyped_host_said_only_that_nothing_answered():
     for connect in (
         lambda: tiger.connect(UNRESOLVED, timeout=0.5),

@@ -832,9 +832,9 @@ def keyed_writers(tmp_path_factory):
 # (writer, key the client gives, what the error says): a key another writer serves, none to a writer that
 # needs one, one to a writer that serves without CurveZMQ
 WRONG_KEYS = {
-    "another-key": ("curve", "other", "it serves another CurveZMQ key than the server key given"),
+    "another-key": ("curve", "other", "it serves CurveZMQ with another key than the server key given"),
     "no-key": ("curve", None, "it serves CurveZMQ and no server key was given: pass server_key or set TIGER_SERVER_KEY"),
-    "key-to-plain": ("plain", "curve", "or serves without CurveZMQ"),
+    "key-to-plain": ("plain", "curve", "it serves without CurveZMQ and a server key was given"),
 }
 
 
@@ -893,6 +893,51 @@ def test_a_command_with_a_wrong_or_missing_curve_key_waited_out_its_timeout_and_
     assert says in out.stderr
     assert "paused" not in out.stderr and "--timeout" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.fixture
+def closer():
+    """A tcp://127.0.0.1 url where a process that is no ZeroMQ peer accepts each connection and closes it."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stopped = threading.Event()
+
+    def serve() -> None:
+        while not stopped.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stopped.set()
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("key", [None, "curve"])
+def test_a_listener_that_closes_connections_is_said_to_be_no_tiger_writer_not_a_key_to_fix(keyed_writers, closer, key):
+    # Its handshake fails as a writer serving another CurveZMQ key does (libzmq: the connection closed): a first
+    # cut said "it serves CurveZMQ and no server key was given" of a port where no ZeroMQ peer listens. The
+    # peer's ZMTP greeting tells them apart.
+    server_key = keyed_writers["curve"][1] if key else None
+    env = {k: v for k, v in os.environ.items() if k not in ("TIGER_URL", "TIGER_SERVER_KEY")}
+    if server_key:
+        env["TIGER_SERVER_KEY"] = server_key
+    command = [*TIGER, "stats", "--url", closer, "--timeout", "60"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env)
+    assert out.returncode == 1
+    said = f"the handshake with the tiger writer at {closer} failed: it answers no ZeroMQ greeting: it is no tiger writer"
+    assert said in out.stderr, out.stderr
+    with pytest.raises(tiger.Unavailable, match="it answers no ZeroMQ greeting: it is no tiger writer"):
+        tiger.connect(closer, timeout=10, server_key=server_key)
 
 
 # -- fuzz -------------------------------------------------------------------------------------------------

@@ -1471,6 +1471,47 @@ def test_a_tiger_url_to_a_curve_writer_without_its_key_waited_and_said_paused_or
     assert took < 4.5  # a contact that waited would take the 5 s timeout
 
 
+KEY_AND_SUBPROCESS = """
+import subprocess, sys
+import tiger
+
+READ = "import sys, tiger\\nwith tiger.connect() as c, tiger.namespace(sys.argv[1]):\\n    print(c.table('t').wait_for('a'))"
+
+
+def test_a(tiger_client):
+    tiger_client.table("t").insert({"id": "a"})
+    out = subprocess.run([sys.executable, "-c", READ, tiger.current_namespace()], capture_output=True, text=True, timeout=60)
+    assert "'id': 'a'" in out.stdout, out.stderr
+"""
+
+
+def test_a_server_key_kept_for_another_writer_failed_every_test_of_a_run_with_its_own_writer(pytester, monkeypatch, tmp_path):
+    # A user trial: TIGER_SERVER_KEY exported for a writer of one's own (and no TIGER_URL): the run's own writer,
+    # which serves without CurveZMQ, failed its handshake with every client of the run, tiger.connect() in a
+    # test's subprocess too. The run's processes drop the key while they use the run's own writer.
+    out = subprocess.run([sys.executable, "-m", "tiger", "keygen", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("TIGER_SERVER_KEY", out.stdout.strip().rsplit(" ", 1)[-1])
+    pytester.makepyfile(test_key=KEY_AND_SUBPROCESS)
+    for mode in (["-p", "no:xdist"], ["-n", "2"]):
+        result = run(pytester, *mode)
+        assert result.ret == 0, result.stdout.str() + result.stderr.str()
+        result.assert_outcomes(passed=1)
+
+
+def test_a_bad_server_key_was_said_to_make_a_good_tiger_url_no_writers_url(pytester, monkeypatch):
+    # TIGER_SERVER_KEY=abc with a good TIGER_URL said "'tcp://...' (--tiger-url or TIGER_URL) is not a writer's URL".
+    with tiger.serve("tcp://127.0.0.1:*") as server:
+        monkeypatch.setenv("TIGER_URL", server.url)
+        monkeypatch.setenv("TIGER_SERVER_KEY", "abc")
+        pytester.makepyfile(test_uses="def test_a(tiger_client): pass\n")
+        result = run(pytester, "-p", "no:xdist")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str()
+    assert "tiger: TIGER_SERVER_KEY: server_key must be the 40-character z85 public key tiger keygen printed" in text, text
+    assert "is not a writer's URL" not in text
+
+
 SESSION_FIXTURE_WRITES = """
 import pytest, tiger
 

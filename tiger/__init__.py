@@ -17,7 +17,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tiger._errors import AlreadyExists, FeedOverflow, NotFound, OnceFailed, ProtocolError, TigerError, Timeout, Unavailable
+from tiger._errors import (
+    AlreadyExists,
+    FeedOverflow,
+    HandshakeFailed,
+    NotFound,
+    OnceFailed,
+    ProtocolError,
+    TigerError,
+    Timeout,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from tiger._batch import Batch, BatchTable, Pending
@@ -54,6 +64,7 @@ __all__ = [
     "Feed",
     "FeedOverflow",
     "FrozenList",
+    "HandshakeFailed",
     "NotFound",
     "OnceFailed",
     "Page",

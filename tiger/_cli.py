@@ -10,12 +10,11 @@ from collections.abc import Sequence
 from tiger._calls import check_seconds
 from tiger._client import Client, connect
 from tiger._core import LEASE_GRACE
-from tiger._errors import TigerError, Unavailable
+from tiger._errors import HandshakeFailed, TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._protocol import ClearTable, Compact, Drop, Stats, say
 from tiger._server import (
     NOT_STARTED,
-    HandshakeFailed,
     check_bind_url,
     check_connect_url,
     check_data_dir,

@@ -34,14 +34,23 @@ from tiger._calls import (
     stretched,
 )
 from tiger._core import LEASE_GRACE
-from tiger._errors import FAILURES, FeedOverflow, NotFound, ProtocolError, TigerError, Timeout, Unavailable, shown
+from tiger._errors import (
+    FAILURES,
+    FeedOverflow,
+    HandshakeFailed,
+    NotFound,
+    ProtocolError,
+    TigerError,
+    Timeout,
+    Unavailable,
+    shown,
+)
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
 from tiger._once import Once
 from tiger._owned import OwnedLock
 from tiger._process import unsupported_environment
 from tiger._replica import Replica, _reachable
 from tiger._server import (
-    HandshakeFailed,
     check_connect_url,
     check_server_key,
     handshake_failure,
@@ -140,6 +149,7 @@ RETRY_PAUSE = 0.5  # seconds between two tries of a call made again while the wr
 # seconds a call's url must refuse connections, seen at its resends, before the call stops waiting for its
 # deadline: a writer that is gone is not waited for, one restarting at its url (under a second) still is
 GONE_AFTER = 1.0
+HANDSHAKE_PROBE = 0.1  # seconds connect's probe of the handshake (``handshake_failure``) may take, at a resend
 
 
 class Refusals:
@@ -228,6 +238,7 @@ class _Connection:
         self._leased: set[str] = set()  # the namespaces this client leased and has not dropped itself
         self._pid = os.getpid()
         self._closed = False
+        self._probe_handshake = True  # (``_silence``)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._req_ids = itertools.count(1)
         self._once = Once()  # the once keys this client builds, and the teardowns it owes
@@ -491,14 +502,18 @@ class _Connection:
         ``GONE_AFTER`` seconds, it raises ``Unavailable`` before the deadline. A writer that is gone
         cannot apply the call later (nothing took its bytes), and a ``sync(timeout=10)`` to a writer
         killed a moment before waited all 10 s where the README says a gone writer is not waited for.
-        Connect's hello instead probes the handshake (``handshake_failure``, 0.1 s at most), raising
-        ``HandshakeFailed`` at its first resend: a wrong or missing CurveZMQ key waited out connect's whole
-        timeout, then said only "did not answer"."""
+        Connect's hello instead probes the handshake (``handshake_failure``, ``HANDSHAKE_PROBE`` seconds
+        at most), raising ``HandshakeFailed`` at its first resend: a wrong or missing CurveZMQ key waited out
+        connect's whole timeout, then said only "did not answer". A probe is made at each resend until one
+        hears nothing in its time (a paused writer: no handshake either way)."""
         self._fresh_socket()
-        if refusals is None:
-            failed = handshake_failure(self.url, self._server_key)
+        if refusals is None and self._probe_handshake:
+            probed = time.monotonic()
+            failed = handshake_failure(self.url, self._server_key, HANDSHAKE_PROBE)
             if failed is not None:
                 raise HandshakeFailed(failed)
+            # a probe that heard nothing (a paused writer) is not made again: each blocks an aio loop for its time
+            self._probe_handshake = time.monotonic() - probed < HANDSHAKE_PROBE
         if wait == GIVE_UP:
             raise Unavailable(no_answer(self.url, seconds))  # with what ZeroMQ's silent retries hid, if a probe tells
         if refusals is None:

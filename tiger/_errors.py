@@ -31,6 +31,12 @@ class Unavailable(TigerError):
     """The writer did not answer within the client's timeout."""
 
 
+class HandshakeFailed(Unavailable):
+    """The ZeroMQ handshake with the writer failed (ZMTP 3): a CurveZMQ key it cannot read, none for a
+    writer serving CurveZMQ, one for a writer serving without it, or no tiger writer at the url. Waiting
+    longer cannot help, so it is raised at once (within about a second of connect's start)."""
+
+
 class FeedOverflow(TigerError):
     """A change feed fell more than its ``max_queued`` changes behind: the changes queued were dropped and
     the feed yields no more. Open a new feed and re-read the table (reads are local)."""

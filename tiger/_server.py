@@ -22,7 +22,7 @@ from zmq.utils import z85
 
 from tiger import _protocol as p
 from tiger._calls import call_expiry, check_seconds, clock_offset
-from tiger._errors import FAILURES, ProtocolError, TigerError, Unavailable, shown
+from tiger._errors import FAILURES, HandshakeFailed, ProtocolError, TigerError, Unavailable, shown
 from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, ipc_path_unusable, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
 
@@ -94,10 +94,11 @@ def check_connect_url(url: object) -> str:
 
 
 def check_bind_url(url: object) -> str:
-    """``check_url``, and for an ipc URL, that its path holds nothing a writer must not bind
-    (``ipc_path_unusable``): what a writer can bind, checked before it is started. Returns the URL to bind
-    and print: a relative ipc path made absolute (``tiger serve --url ipc://w.sock`` printed that relative
-    URL, which a client started in another directory could not reach)."""
+    """``check_url``, for an ipc URL that its path holds nothing a writer must not bind
+    (``ipc_path_unusable``), for a tcp URL that its host name resolves: what a writer can bind, checked
+    before it is started. Returns the URL to bind and print: a relative ipc path made absolute (``tiger
+    serve --url ipc://w.sock`` printed that relative URL, which a client started in another directory
+    could not reach)."""
     check_url(url)
     assert isinstance(url, str)
     path = url[len("ipc://") :]
@@ -108,6 +109,11 @@ def check_bind_url(url: object) -> str:
     unusable = ipc_path_unusable(url)
     if unusable is not None:
         raise ValueError(f"url: {unusable[1]}: {shown(url)}")
+    host = url[len("tcp://") :].rpartition(":")[0] if url.startswith("tcp://") else ""
+    bindable = host == "*" or host in {name for _, name in socket.if_nameindex()}  # (libzmq binds these too)
+    unresolved = None if bindable else unresolved_host(url)  # (refused as "without CurveZMQ", or ZeroMQ's "No such device")
+    if unresolved is not None:
+        raise ValueError(f"url: cannot bind {shown(url)}: {unresolved}")
     return url
 
 
@@ -353,35 +359,43 @@ def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
 HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
-class HandshakeFailed(Unavailable):
-    """The ZeroMQ handshake with the writer failed (ZMTP 3: CurveZMQ keys that do not match, or one side
-    serving CurveZMQ and the other not): waiting longer cannot help, so it is raised at once."""
-
-
-def handshake_refused(url: str, server_key: object) -> str:
-    """What ``HandshakeFailed`` says for ``url``, by whether the client had a ``server_key``. libzmq tells the
-    client nothing more than that the handshake failed; the writer drops the connection without a word."""
-    if server_key:
+def handshake_refused(url: str, server_key: object, mechanism: str | None) -> str:
+    """What ``HandshakeFailed`` says for ``url``, by whether the client had a ``server_key`` and the
+    security mechanism the peer's ZMTP greeting names (``greeting_mechanism``: "CURVE", "NULL", None for
+    no ZMTP greeting). libzmq tells a client only that the handshake failed, and often not even which
+    mechanism the other side wanted (the writer closes the connection before its greeting is read)."""
+    if mechanism == "CURVE" and server_key:
         why = (
-            "it serves another CurveZMQ key than the server key given (server_key, TIGER_SERVER_KEY), or serves without "
-            "CurveZMQ: give the public key its tiger keygen printed (in DIR/tiger.pub), or none for a writer without "
-            "--curve-secret"
+            "it serves CurveZMQ with another key than the server key given (server_key, TIGER_SERVER_KEY): give "
+            "the public key its tiger keygen printed (in DIR/tiger.pub)"
         )
-    else:
+    elif mechanism == "CURVE":
         why = (
             "it serves CurveZMQ and no server key was given: pass server_key or set TIGER_SERVER_KEY to the public "
             "key its tiger keygen printed (in DIR/tiger.pub)"
         )
+    elif mechanism == "NULL" and server_key:
+        why = (
+            "it serves without CurveZMQ and a server key was given (server_key, TIGER_SERVER_KEY): give none for a "
+            "writer started without --curve-secret"
+        )
+    elif mechanism == "NULL":
+        why = "it is a ZeroMQ socket of another kind, no tiger writer (a writer's publish url?)"
+    elif mechanism is not None:
+        why = f"it serves the ZeroMQ security mechanism {shown(mechanism)}: it is no tiger writer"
+    else:
+        why = "it answers no ZeroMQ greeting: it is no tiger writer"
     return f"the handshake with the tiger writer at {url} failed: {why}"
 
 
 def handshake_failure(url: str, server_key: str | bytes | None, timeout: float = 0.1) -> str | None:
-    """``handshake_refused`` if a socket connected to ``url`` as a client's (``server_key``: CurveZMQ) fails
-    its handshake within ``timeout`` seconds; None if it succeeds, if nothing listens there (yet: a connect
-    retried before any connection), or if nothing was heard by then (a paused writer). A probe of its own,
-    for a client whose hello goes unanswered (a wrong key waited out connect's whole timeout, then said
-    "did not answer"). libzmq retries the connect after each failed handshake, so a retry after a
-    connection is not "nothing listens"."""
+    """``handshake_refused`` if a socket connected to ``url`` as a client's is (``server_key``: CurveZMQ)
+    fails its handshake within ``timeout`` seconds (then ``greeting_mechanism`` tells why, in as long
+    again); None if it succeeds, if nothing listens there (yet: a connect retried before any connection),
+    or if nothing was heard by then (a paused writer). A probe of its own, for a client whose hello goes
+    unanswered (a wrong key waited out connect's whole timeout, then said "did not answer"). libzmq
+    retries the connect after each failed handshake, so a retry after a connection is not "nothing
+    listens"."""
     from zmq.utils.monitor import parse_monitor_message  # (imports asyncio: not for every client's start)
 
     ctx: zmq.Context[Any] = zmq.Context()
@@ -394,7 +408,7 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
         while monitor.poll(max(1, int((deadline - time.monotonic()) * 1000))):
             event = parse_monitor_message(monitor.recv_multipart())["event"]
             if event & HANDSHAKE_FAILED:
-                return handshake_refused(url, server_key)
+                return handshake_refused(url, server_key, greeting_mechanism(url, timeout))
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (event == zmq.EVENT_CONNECT_RETRIED and not connected):
                 return None
             connected = connected or event == zmq.EVENT_CONNECTED
@@ -403,6 +417,35 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
         return None
     finally:
         ctx.destroy(linger=0)
+
+
+# the start of a ZMTP 3 greeting (rfc.zeromq.org/spec/23): its signature and major version, what makes libzmq
+# send the rest of its own greeting; the rest of ours (mechanism ...) might get the connection closed unread
+ZMTP_GREETING_START = b"\xff" + bytes(8) + b"\x7f" + b"\x03"
+
+
+def greeting_mechanism(url: str, timeout: float = 0.1) -> str | None:
+    """The security mechanism ("NULL", "CURVE") that the ZMTP 3 greeting of the peer at ``url`` names,
+    read on a plain socket that sends the start of a greeting of its own and closes once it has read
+    the peer's; None if no
+    ZMTP 3 greeting comes within ``timeout`` seconds (what answers closes, sends something else, or says
+    nothing). What a failed handshake was: libzmq's own events often lack it."""
+    received = b""
+    try:
+        with _stream(url, timeout) as probe:
+            probe.sendall(ZMTP_GREETING_START)
+            deadline = time.monotonic() + timeout
+            while len(received) < 32:  # signature (10), version (2), mechanism (20)
+                probe.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = probe.recv(64)
+                if not chunk:
+                    break
+                received += chunk
+    except (OSError, ValueError):
+        pass
+    if len(received) < 32 or received[0] != 0xFF or not received[9] & 1 or received[10] < 3:
+        return None
+    return received[12:32].rstrip(b"\0").decode("ascii", "backslashreplace")
 
 
 def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> dict[str, Any]:
@@ -443,7 +486,10 @@ def _dealer(ctx: zmq.Context[Any], url: str, server_key: str | bytes | None) -> 
 
 
 def _monitored_dealer(
-    ctx: zmq.Context[Any], url: str, server_key: str | bytes | None, events: int = HANDSHAKE_FAILED
+    ctx: zmq.Context[Any],
+    url: str,
+    server_key: str | bytes | None,
+    events: int = HANDSHAKE_FAILED,
 ) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
     """``_dealer``, and a monitor of its ``events`` (0: none) attached before it connects (after, the
     events of a quick handshake were gone before it listened)."""
@@ -481,12 +527,18 @@ def _answer(
     poller.register(sock, zmq.POLLIN)
     if monitor is not None:
         poller.register(monitor, zmq.POLLIN)
-    remaining = deadline - time.monotonic()
-    ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
-    if sock not in ready:
-        if monitor is not None and monitor in ready:  # (it watches only HANDSHAKE_FAILED)
-            raise HandshakeFailed(handshake_refused(url, server_key))
-        raise Unavailable(no_answer(url, timeout))
+    while True:
+        remaining = deadline - time.monotonic()
+        ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+        if sock in ready:
+            break
+        if monitor is None or monitor not in ready:
+            raise Unavailable(no_answer(url, timeout))
+        while monitor.poll(0):  # (it watches only HANDSHAKE_FAILED: what failed is the probe's to tell)
+            monitor.recv_multipart()
+        failed = handshake_failure(url, server_key)
+        if failed is not None:
+            raise HandshakeFailed(failed)
     reply = p.decode_reply(sock.recv())
     if type(reply) is p.Failed:  # (as a client raises it: tiger compact printed the reply's repr)
         raise FAILURES.get(reply.kind, TigerError)(reply.message)
@@ -629,7 +681,10 @@ def unresolved_host(url: str) -> str | None:
         if not _is_address(host):
             try:
                 socket.getaddrinfo(host, None)
-            except (OSError, UnicodeError):
+            except socket.gaierror as e:  # a resolver that failed for now (EAI_AGAIN) tells nothing of the name
+                if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+                    return f"the host {shown(host)} does not resolve"
+            except (OSError, UnicodeError):  # (a name idna cannot encode: no host has it)
                 return f"the host {shown(host)} does not resolve"
     return None
 
@@ -692,26 +747,40 @@ def accepting(url: str, timeout: float = 1.0) -> str | None:
     lookup no timeout bounds; a timeout, a path that is no socket, a wildcard port). At most ``timeout``
     seconds: ipc paths (an abstract one, ``ipc://@name``, too) and tcp with an IP address only."""
     try:
-        if url.startswith("ipc://"):
-            path = url[len("ipc://") :]
-            if path.startswith("@"):  # Linux's abstract namespace: no file, a NUL byte first
-                path = "\0" + path[1:]
-            elif not os.path.exists(path):
-                return "absent"
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(timeout)
-                probe.connect(path)
-        else:
-            host, port = url[len("tcp://") :].rsplit(":", 1)
-            host = "127.0.0.1" if host == "localhost" else host.strip("[]")
-            if port == "*" or not _is_address(host):
+        if url.startswith("ipc://") and not url.startswith("ipc://@") and not os.path.exists(url[len("ipc://") :]):
+            return "absent"
+        if url.startswith("tcp://"):
+            host = url[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+            if host != "localhost" and not _is_address(host):
                 return None
-            socket.create_connection((host, int(port)), timeout=timeout).close()
+        _stream(url, timeout).close()
     except ConnectionRefusedError:
         return "refused"
     except (OSError, ValueError):
         return None
     return "yes"
+
+
+def _stream(url: str, timeout: float) -> socket.socket:
+    """A plain socket connected to the tcp or ipc ``url`` (``ipc://@name``: Linux's abstract namespace),
+    within ``timeout`` seconds; ``OSError`` (``ConnectionRefusedError``), ``ValueError`` for a wildcard."""
+    if url.startswith("ipc://"):
+        path = url[len("ipc://") :]
+        if path.startswith("@"):  # no file, a NUL byte first
+            path = "\0" + path[1:]
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(timeout)
+            probe.connect(path)
+        except BaseException:
+            probe.close()
+            raise
+        return probe
+    host, port = url[len("tcp://") :].rsplit(":", 1)
+    host = "127.0.0.1" if host == "localhost" else host.strip("[]")
+    if port == "*":
+        raise ValueError(f"{url} is a wildcard")
+    return socket.create_connection((host, int(port)), timeout=timeout)
 
 
 def _is_address(host: str) -> bool:

@@ -255,6 +255,7 @@ class _Run:
         self._run_lease: Any = None  # the controller's NamespaceLease of the run's namespace (``leases``)
         self.lease_failed = False  # the controller could not reach the writer to lease the run's namespace
         self._previous_env: str | None = None
+        self._previous_key: str | None = None  # $TIGER_SERVER_KEY before ``reach`` unset it (the run's own writer)
         self.waited = False  # the controller waited for the builders' teardowns
         self._built: dict[str, str] = {}  # once keys with a teardown built here -> their outcome (None: not run yet)
         self._entered: tuple[pytest.Item, str, Callable[[], None]] | None = None  # the test run whose namespace is the default
@@ -309,6 +310,9 @@ class _Run:
             return e
         self._previous_env = os.environ.get("TIGER_URL")
         os.environ["TIGER_URL"] = url  # tiger.connect() in tests and their subprocesses finds it
+        self._previous_key = os.environ.get("TIGER_SERVER_KEY")
+        if self.given_url is None:  # the run's own writer serves without CurveZMQ: a key kept for another writer
+            os.environ.pop("TIGER_SERVER_KEY", None)  # failed every test's handshake (a user trial)
         self.url = url  # (last: a test stopped from outside before it reaches the writer again)
         return None
 
@@ -353,18 +357,24 @@ class _Run:
             raise failure from None
 
     def _ping_given(self) -> tuple[str, None]:
-        from tiger._server import ping
+        from tiger._server import check_server_key, ping
 
         url = self.given_url
         assert url is not None
+        key = os.environ.get("TIGER_SERVER_KEY") or None
         try:
-            ping(url, server_key=os.environ.get("TIGER_SERVER_KEY") or None)  # at once if nothing listens there
+            check_server_key(key)
+        except ValueError as e:  # (it was said of the url: "'tcp://...' (--tiger-url or TIGER_URL) is not a writer's URL")
+            raise _Unreachable(f"tiger: TIGER_SERVER_KEY: {e}", pytest.ExitCode.USAGE_ERROR) from None
+        try:
+            ping(url, server_key=key)  # at once if nothing listens there
         except ValueError as e:
             raise _Unreachable(
                 f"tiger: {url!r} (--tiger-url or TIGER_URL) is not a writer's URL: {e}", pytest.ExitCode.USAGE_ERROR
             ) from None
         except TigerError as e:
-            from tiger._server import HandshakeFailed, silence_hint, unresolved_host, why_refused
+            from tiger._errors import HandshakeFailed
+            from tiger._server import silence_hint, unresolved_host, why_refused
 
             drop = "drop --tiger-url and unset TIGER_URL (whichever gave it) so the run starts its own"
             if isinstance(e, HandshakeFailed):  # e says which key is wrong or missing, and what to set
@@ -684,6 +694,8 @@ class _Run:
                 os.environ.pop("TIGER_URL", None)
             else:
                 os.environ["TIGER_URL"] = self._previous_env
+            if self._previous_key is not None:
+                os.environ["TIGER_SERVER_KEY"] = self._previous_key
         if not self.is_controller:
             return
         try:
