@@ -326,13 +326,17 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) ->
 def check_server_key(server_key: object) -> bytes | None:
     """``server_key`` as the z85 bytes CurveZMQ takes (None: plain). ``TypeError`` for a type other than
     str, bytes or None, ``ValueError`` for anything but the 40-character z85 public key ``tiger keygen``
-    printed (as ``DIR/tiger.pub`` holds it after ``public: ``), each naming ``server_key``."""
+    printed (as ``DIR/tiger.pub`` holds it after ``public: ``), each naming ``server_key``. Whitespace
+    around it, and the ``public:`` of ``DIR/tiger.pub``'s line, are dropped (none is z85): a key pasted
+    with a space, or ``TIGER_SERVER_KEY="$(cat DIR/tiger.pub)"``, was refused (a user trial)."""
     if server_key is None:
         return None
     if not isinstance(server_key, (str, bytes)):
         raise TypeError(f"server_key must be a str (the z85 public key tiger keygen printed), not {type(server_key).__name__}")
-    text = server_key if isinstance(server_key, str) else server_key.decode("ascii", "replace")
-    if len(server_key) != 40 or not text.isascii():
+    text = (server_key if isinstance(server_key, str) else server_key.decode("ascii", "replace")).strip()
+    if text.startswith("public:"):
+        text = text[len("public:") :].strip()
+    if len(text) != 40 or not text.isascii():
         raise ValueError(
             f"server_key must be the 40-character z85 public key tiger keygen printed (in DIR/tiger.pub after "
             f"'public: '), got {shown(server_key)} ({len(server_key)} characters)"
