@@ -149,7 +149,9 @@ RETRY_PAUSE = 0.5  # seconds between two tries of a call made again while the wr
 # seconds a call's url must refuse connections, seen at its resends, before the call stops waiting for its
 # deadline: a writer that is gone is not waited for, one restarting at its url (under a second) still is
 GONE_AFTER = 1.0
-HANDSHAKE_PROBE = 0.1  # seconds connect's probe of the handshake (``handshake_failure``) may take, at a resend
+# seconds connect's probe of the handshake (``handshake_failure``) may take, at a resend: a handshake took 2-50 ms
+# here, and more under load (0.1 s missed it for 50 s while the suite ran on both cores)
+HANDSHAKE_PROBE = 0.5
 
 
 class Refusals:
@@ -492,7 +494,19 @@ class _Connection:
 
         return heard, min(deadline, now + 1.0), lambda: str(unavailable)
 
-    def _silence(self, wait: int, seconds: float, refusals: Refusals | None = None) -> None:
+    def _probe_hello(self) -> None:
+        """``HandshakeFailed`` if the handshake with the writer fails (``handshake_failure``, at most
+        ``HANDSHAKE_PROBE`` seconds; the async client runs it in a thread). A probe that heard nothing in its
+        time (a paused writer: no handshake either way) is not made again."""
+        if not self._probe_handshake:
+            return
+        probed = time.monotonic()
+        failed = handshake_failure(self.url, self._server_key, HANDSHAKE_PROBE)
+        if failed is not None:
+            raise HandshakeFailed(failed)
+        self._probe_handshake = time.monotonic() - probed < HANDSHAKE_PROBE
+
+    def _silence(self, wait: int, seconds: float, refusals: Refusals | None = None, probe: bool = True) -> None:
         """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
         place of the old one (what it still queued goes with it); past the deadline, ``Unavailable``
         naming the call's own time, ``seconds`` (its ``timeout``, else the client's).
@@ -502,18 +516,12 @@ class _Connection:
         ``GONE_AFTER`` seconds, it raises ``Unavailable`` before the deadline. A writer that is gone
         cannot apply the call later (nothing took its bytes), and a ``sync(timeout=10)`` to a writer
         killed a moment before waited all 10 s where the README says a gone writer is not waited for.
-        Connect's hello instead probes the handshake (``handshake_failure``, ``HANDSHAKE_PROBE`` seconds
-        at most), raising ``HandshakeFailed`` at its first resend: a wrong or missing CurveZMQ key waited out
-        connect's whole timeout, then said only "did not answer". A probe is made at each resend until one
-        hears nothing in its time (a paused writer: no handshake either way)."""
+        Connect's hello instead probes the handshake (``_probe_hello``; not with ``probe=False``: the async
+        client probes in a thread first), raising ``HandshakeFailed`` at its first resend: a wrong or missing
+        CurveZMQ key waited out connect's whole timeout, then said only "did not answer"."""
         self._fresh_socket()
-        if refusals is None and self._probe_handshake:
-            probed = time.monotonic()
-            failed = handshake_failure(self.url, self._server_key, HANDSHAKE_PROBE)
-            if failed is not None:
-                raise HandshakeFailed(failed)
-            # a probe that heard nothing (a paused writer) is not made again: each blocks an aio loop for its time
-            self._probe_handshake = time.monotonic() - probed < HANDSHAKE_PROBE
+        if refusals is None and probe:
+            self._probe_hello()
         if wait == GIVE_UP:
             raise Unavailable(no_answer(self.url, seconds))  # with what ZeroMQ's silent retries hid, if a probe tells
         if refusals is None:

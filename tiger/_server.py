@@ -540,7 +540,7 @@ def _answer(
             raise Unavailable(no_answer(url, timeout))
         while monitor.poll(0):  # (it watches only HANDSHAKE_FAILED: what failed is the probe's to tell)
             monitor.recv_multipart()
-        failed = handshake_failure(url, server_key)
+        failed = handshake_failure(url, server_key, min(max(remaining, 0.1), 1.0))  # (a loaded machine: 0.1 s missed)
         if failed is not None:
             raise HandshakeFailed(failed)
     reply = p.decode_reply(sock.recv())

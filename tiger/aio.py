@@ -427,7 +427,9 @@ class AsyncClient(_Connection):
                                 reply, answered = late, True
                                 break
                         if wait <= RESEND:
-                            self._silence(wait, seconds, refusals)
+                            if refusals is None:  # connect's hello: the handshake probe waits, in a thread
+                                await asyncio.to_thread(self._probe_hello)
+                            self._silence(wait, seconds, refusals, probe=False)
                             self._send_call(payload)
                             self.resends += 1
                         else:
