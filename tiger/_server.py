@@ -406,7 +406,6 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
     try:
         events = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
         _sock, monitor = _monitored_dealer(ctx, url, server_key, events)  # (held: a dropped socket is closed)
-        assert monitor is not None
         deadline = time.monotonic() + timeout
         connected = False
         while monitor.poll(max(1, int((deadline - time.monotonic()) * 1000))):
@@ -483,29 +482,20 @@ def _check_reachable(url: str, timeout: float) -> None:
         raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
 
 
-def _dealer(ctx: zmq.Context[Any], url: str, server_key: str | bytes | None) -> zmq.Socket[Any]:
-    """A DEALER of ``ctx`` connected to ``url`` as a client's sockets are (no linger, IPv6 for a [::1]
-    URL, CurveZMQ with ``server_key``); closed if it cannot be made so."""
-    return _monitored_dealer(ctx, url, server_key, 0)[0]
-
-
 def _monitored_dealer(
-    ctx: zmq.Context[Any],
-    url: str,
-    server_key: str | bytes | None,
-    events: int = HANDSHAKE_FAILED,
-) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
-    """``_dealer``, and a monitor of its ``events`` (0: none) attached before it connects (after, the
-    events of a quick handshake were gone before it listened)."""
+    ctx: zmq.Context[Any], url: str, server_key: str | bytes | None, events: int = HANDSHAKE_FAILED
+) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    """A DEALER of ``ctx`` connected to ``url`` as a client's sockets are (no linger, IPv6 for a [::1]
+    URL, CurveZMQ with ``server_key``), and a monitor of its ``events`` attached before it connects (after,
+    the events of a quick handshake were gone before it listened); both closed if they cannot be made so."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
-    monitor = None
+    monitor: zmq.Socket[Any] | None = None
     try:
         sock.setsockopt(zmq.LINGER, 0)
         if "[" in url:
             sock.setsockopt(zmq.IPV6, 1)
         secure(sock, server_key)
-        if events:
-            monitor = sock.get_monitor_socket(events)
+        monitor = sock.get_monitor_socket(events)
         sock.connect(url)
     except BaseException:
         if monitor is not None:
@@ -597,7 +587,6 @@ class NamespaceLease:
                 info = _answer(self._sock, url, deadline, timeout, monitor, server_key).result or {}
             finally:
                 self._sock.disable_monitor()  # (its events would pile up for the lease's life)
-                assert monitor is not None
                 monitor.close(linger=0)
             expires, _ = call_expiry(deadline, clock_offset(sent, time.time(), info) or 0.0)
             self._sock.send(p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
