@@ -1130,15 +1130,20 @@ def test_thousands_of_writes_at_once_on_one_client_each_looked_for_its_socket_ev
             table = client.table("crowd")
             await table.insert({"id": "first"})
             monkeypatch.setattr(asyncio, "wait", counted)
+            resent = client.resends
             started = time.monotonic()
             written = await asyncio.gather(*[table.insert({"id": f"r{i}"}) for i in range(3000)])
             took = time.monotonic() - started
+            resent = client.resends - resent
             monkeypatch.setattr(asyncio, "wait", wait)
             assert len(written) == 3000 and all(f"r{i}" in table for i in range(3000))
         # (13.4 per write before, on a quick machine; the first waiter's 50 ms slices grow with the time taken
         # on a loaded machine: a full run under load counted 6396, 2.1 per write; alone on this machine when
-        # it ran 2.4x slower than usual, 6148 to 6512 in 3 s, over 2 per write, in the code before this bound)
-        assert waits[0] <= 3 * 3000 + took / 0.05, (waits[0], took)
+        # it ran 2.4x slower than usual, 6148 to 6512 in 3 s, over 2 per write, in the code before this bound.
+        # The full suite on both cores counted 9920 in 5.6 s and 12017 in 7.1 s, 3.3 and 4 per write, with no
+        # change to the client: 6 per write, under half of the bug's 13.4, is the bound; and a write not answered
+        # within its resend interval (1 s) is resent and waits again, a few waits more per resend.)
+        assert waits[0] <= 6 * 3000 + took / 0.05 + 3 * resent, (waits[0], took, resent)
 
     run(main)
 
