@@ -68,6 +68,12 @@ def check_url(url: object) -> str:
     raise ValueError(f"url must be tcp://HOST:PORT or ipc://PATH, got {shown(url)}")
 
 
+def tcp_host_port(url: str) -> tuple[str, str]:
+    """The host (an IPv6 address without its brackets) and the port of a ``tcp://HOST:PORT`` URL."""
+    host, _, port = url[len("tcp://") :].rpartition(":")
+    return host.strip("[]"), port
+
+
 def check_connect_url(url: object) -> str:
     """``check_url``, and that a client can connect there: not a wildcard only a writer can bind
     (``tcp://127.0.0.1:*``, ``tcp://*:7710``: copied from ``tiger serve --url``, ZeroMQ's connect raised a bare
@@ -77,7 +83,7 @@ def check_connect_url(url: object) -> str:
     check_url(url)
     assert isinstance(url, str)
     if url.startswith("tcp://"):
-        host, _, port = url[len("tcp://") :].rpartition(":")
+        host, port = tcp_host_port(url)
         if host == "*" or port == "*" or (port.isdigit() and int(port) == 0):
             raise ValueError(
                 f"url: {shown(url)} is a wildcard only a writer binds (tiger serve picks a free port and prints it): "
@@ -109,7 +115,7 @@ def check_bind_url(url: object) -> str:
     unusable = ipc_path_unusable(url)
     if unusable is not None:
         raise ValueError(f"url: {unusable[1]}: {shown(url)}")
-    host = url[len("tcp://") :].rpartition(":")[0] if url.startswith("tcp://") else ""
+    host = tcp_host_port(url)[0] if url.startswith("tcp://") else ""
     bindable = host == "*" or host in {name for _, name in socket.if_nameindex()}  # (libzmq binds these too)
     unresolved = None if bindable else unresolved_host(url)  # (refused as "without CurveZMQ", or ZeroMQ's "No such device")
     if unresolved is not None:
@@ -430,9 +436,8 @@ ZMTP_GREETING_START = b"\xff" + bytes(8) + b"\x7f" + b"\x03"
 def greeting_mechanism(url: str, timeout: float = 0.1) -> str | None:
     """The security mechanism ("NULL", "CURVE") that the ZMTP 3 greeting of the peer at ``url`` names,
     read on a plain socket that sends the start of a greeting of its own and closes once it has read
-    the peer's; None if no
-    ZMTP 3 greeting comes within ``timeout`` seconds (what answers closes, sends something else, or says
-    nothing). What a failed handshake was: libzmq's own events often lack it."""
+    the peer's; None if no ZMTP 3 greeting comes within ``timeout`` seconds (what answers closes, sends
+    something else, or says nothing). What a failed handshake was: libzmq's own events often lack it."""
     received = b""
     try:
         with _stream(url, timeout) as probe:
@@ -670,7 +675,7 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
 def unresolved_host(url: str) -> str | None:
     """ "the host NAME does not resolve" for a tcp URL whose host name has no address (looked up now), else None."""
     if url.startswith("tcp://"):
-        host = url[len("tcp://") :].rpartition(":")[0].strip("[]")
+        host = tcp_host_port(url)[0]
         if not _is_address(host):
             try:
                 socket.getaddrinfo(host, None)
@@ -743,7 +748,7 @@ def accepting(url: str, timeout: float = 1.0) -> str | None:
         if url.startswith("ipc://") and not url.startswith("ipc://@") and not os.path.exists(url[len("ipc://") :]):
             return "absent"
         if url.startswith("tcp://"):
-            host = url[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+            host = tcp_host_port(url)[0]
             if host != "localhost" and not _is_address(host):
                 return None
         _stream(url, timeout).close()
@@ -769,8 +774,8 @@ def _stream(url: str, timeout: float) -> socket.socket:
             probe.close()
             raise
         return probe
-    host, port = url[len("tcp://") :].rsplit(":", 1)
-    host = "127.0.0.1" if host == "localhost" else host.strip("[]")
+    host, port = tcp_host_port(url)
+    host = "127.0.0.1" if host == "localhost" else host
     if port == "*":
         raise ValueError(f"{url} is a wildcard")
     return socket.create_connection((host, int(port)), timeout=timeout)
