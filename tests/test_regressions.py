@@ -543,11 +543,11 @@ def test_a_wait_for_a_name_utf8_cannot_encode_is_refused_at_once(connect):
     assert time.monotonic() - started < 2
 
 
-def test_a_name_utf8_cannot_encode_was_taken_where_it_was_given_and_refused_only_at_the_first_write(connect):
+def test_a_name_utf8_cannot_encode_was_taken_where_it_was_given_and_refused_only_at_the_first_write(connect_own):
     # A user trial: tiger.namespace("n\ud800") was entered, and only the first write in it was refused (a
     # 201-character name was refused at the with statement). Every name is now refused where it is given,
-    # naming it, before anything is sent or any block entered.
-    client = connect()
+    # naming it, before anything is sent or any block entered. (A writer of its own: it compares seqs.)
+    client = connect_own()
     table = client.table("t")
     seq = client.stats()["seq"]
     for call, where in [
