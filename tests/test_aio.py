@@ -1522,3 +1522,53 @@ def test_a_write_ended_by_its_clients_close_was_asked_again_only_after_its_deadl
         blocking.table("after", prefix="after").insert({"n": 0})  # (Timeout: held behind the gap)
         blocking.sync()
         assert sorted(r["n"] for r in blocking.table("left").all()) == list(range(1, written + 1))
+
+
+def test_probing_a_silent_writers_url_blocked_the_event_loop():
+    """A review: while the writer was silent, tiger.aio probed its url on the event loop (a plain connect, up to
+    0.1 s where connections are neither taken nor refused: a dead host dropping them, or, as here, a stopped
+    writer whose backlog is full) at every resend, at a write's end (and a DNS lookup, which no timeout bounds),
+    before each call to a writer silent past heartbeat_timeout, between a sync's tries and a once claim's. Every
+    task of the process stood still meanwhile. Each probe is now made in a thread; what they find is said as before."""
+    import socket
+
+    from tiger._server import accepting, tcp_host_port
+
+    with tiger.serve("tcp://127.0.0.1:*") as server:
+        filling: list[Any] = []
+
+        async def main() -> None:
+            client = await tiger.aio.connect(server.url, timeout=2.5, heartbeat_timeout=1.0)
+            table = client.table("t")
+            await table.insert({"id": "before"})
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                port = int(tcp_host_port(server.url)[1])
+                for _ in range(300):  # the stopped writer's backlog (100), filled: a probe's connect waits its 0.1 s
+                    stream = socket.socket()
+                    stream.setblocking(False)
+                    filling.append(stream)
+                    stream.connect_ex(("127.0.0.1", port))
+                started = time.monotonic()
+                assert accepting(server.url, 0.1) is None and time.monotonic() - started >= 0.09  # (the premise)
+                async with Heartbeat() as beat:
+                    with pytest.raises(tiger.Unavailable, match=r"did not answer within 2\.5s"):
+                        await table.insert({"id": "lost"})  # resends, then gives up
+                    with pytest.raises(tiger.Unavailable, match="has been silent for"):
+                        await table.insert({"id": "refused"})  # silent past heartbeat_timeout: not sent
+                    with pytest.raises(tiger.Unavailable):
+                        await client.sync(timeout=2.5)  # tries again each time the writer may be heard
+                    with pytest.raises(tiger.Unavailable):
+                        await client.once("k", lambda: 1, timeout=2.5)  # the claim, tried again likewise
+                blocked = [gap for gap in beat.gaps if gap >= 0.09]
+                assert len(blocked) <= 2, f"the event loop stood still {len(blocked)} times: {blocked}"
+                beat.assert_responsive()
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+                for stream in filling:
+                    stream.close()
+            await client.sync(timeout=10.0)  # the writer back: the client goes on
+            assert (await table.insert({"id": "after"}))["id"] == "after" and "refused" not in table
+            await client.close()
+
+        run(main)

@@ -93,6 +93,7 @@ class InMemory:
         self.replica = types.SimpleNamespace(store=store, silent_for=lambda: 0.0)  # (its writer always heard)
         self.timeout = 5.0  # (a delivery's budget: the client's timeout at least)
         self.heartbeat_timeout = 2.0
+        self.url = "ipc:///nowhere"  # (named by a ``Probe`` step; the test answers it)
 
     def answer(self, request: p.Request) -> p.Ok:
         store = self.replica.store
@@ -182,16 +183,17 @@ def test_a_call_whose_first_claim_was_applied_unanswered_gives_that_claim_up_dri
     # it (interrupted, expired): the release named only the last claim, the writer kept the first, and the
     # key stayed claimed by a live client, every other process timing out on it. The release names the call's
     # first and last claims.
-    from tiger._once import Until
+    from tiger._once import Probe, Until
 
     store = t.Store()
     client = InMemory(store, "c1")
     client.heartbeat_timeout = 2.0  # type: ignore[attr-defined]
-    client._heard_again = lambda unavailable, deadline: ((lambda: True), deadline, lambda: str(unavailable))  # type: ignore[attr-defined]
+    client._heard_again = lambda unavailable, deadline, refused: ((lambda: True), deadline, lambda: str(unavailable))  # type: ignore[attr-defined]
     steps = Once()._value(client, "k", "global", lambda: 1, 10.0, time.monotonic() + 10, False, INTERRUPTIONS)
     first = next(steps)
     client.answer(first.request)  # applied; its answer lost:
-    assert type(steps.throw(tiger.Unavailable("no answer"))) is Until
+    assert type(steps.throw(tiger.Unavailable("no answer"))) is Probe  # (the url: a writer gone is not waited for)
+    assert type(steps.send(None)) is Until
     second = steps.send(None)
     assert type(second.request) is p.OnceClaim and second.request.req_id > first.request.req_id
     release = steps.throw(KeyboardInterrupt())  # never sent

@@ -391,18 +391,17 @@ class _Connection:
 
     # -- calls ----------------------------------------------------------------------
 
-    def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float, float]:
+    def _call_bytes(self, request: p.Request, deadline: float | None, probe: bool = True) -> tuple[bytes, float, float]:
         """The bytes of a call carrying ``request``, its deadline (``time.monotonic()`` seconds; None: the
         client's timeout from now) and when it expires. The call expires at the writer a little before that
         deadline (on the writer's clock), after which the writer refuses it: a call that raised is never
         applied later. Raises (nothing sent) if the client is closed or forked, the writer silent, or the
-        call too big."""
+        call too big. ``probe=False``: a silent writer's url is not probed here (``_silent_writer``; the async
+        client probes in a thread first)."""
         self._check_open()
         replica = self._replica
-        if replica is not None and replica.silent_for() > self.heartbeat_timeout:
-            why = recently_refused(self.url)  # gone (killed, stopped for good), or only silent (paused, busy)?
-            silent = f"the tiger writer at {self.url} has been silent for {replica.silent_for():.1f}s"
-            raise Unavailable(silent + (f": {why}" if why else ""))
+        if self._unheard():
+            raise self._silent_writer(recently_refused(self.url) if probe else None)
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         expires, margin = call_expiry(deadline, self._clock_offset)
@@ -475,15 +474,29 @@ class _Connection:
                 return
             self._late_answer(reply)
 
-    def _heard_again(self, unavailable: Unavailable, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
+    def _unheard(self) -> bool:
+        """The writer has been silent for longer than ``heartbeat_timeout``: a call is not sent to it."""
+        return self._replica is not None and self._replica.silent_for() > self.heartbeat_timeout
+
+    def _silent_writer(self, refused: str | None) -> Unavailable:
+        """What a call raises instead of being sent to a silent writer (``_unheard``), with ``refused`` (what
+        ``recently_refused`` found at the url: a writer gone, not only paused or busy) if it says."""
+        assert self._replica is not None
+        silent = f"the tiger writer at {self.url} has been silent for {self._replica.silent_for():.1f}s"
+        return Unavailable(silent + (f": {refused}" if refused else ""))
+
+    def _heard_again(
+        self, unavailable: Unavailable, deadline: float, refused: str | None
+    ) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """After ``unavailable`` from a call that may be made again (a sync, a once claim or delivery), until
         ``deadline``: the wait (``Replica.wait_until``'s arguments) for the writer to be heard again, at
         least RETRY_PAUSE and at most a second (then the call is made again, and the url probed again).
-        Raises ``unavailable`` past the deadline, or when nothing accepts connections at the url: a writer
+        Raises ``unavailable`` past the deadline, or when nothing accepts connections at the url (``refused``,
+        ``recently_refused``'s finding, probed by the caller: the async client probes in a thread): a writer
         that is gone is not waited for (a sync with a timeout of 60 s raised at once when a paused writer
         had been silent for 2 s)."""
         now = time.monotonic()
-        if now >= deadline or recently_refused(self.url) is not None:
+        if now >= deadline or refused is not None:
             raise unavailable
         # at least RETRY_PAUSE: a failure that came at once (a call refused as expired, a clock stepped forward)
         # from a writer still heard must not make a loop of calls and probes (19,651 in 3 s)
@@ -506,7 +519,7 @@ class _Connection:
             raise HandshakeFailed(failed)
         self._probe_handshake = time.monotonic() - probed < HANDSHAKE_PROBE
 
-    def _silence(self, wait: int, seconds: float, refusals: Refusals | None = None, probe: bool = True) -> None:
+    def _silence(self, wait: int, seconds: float, refusals: Refusals | None = None) -> None:
         """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
         place of the old one (what it still queued goes with it); past the deadline, ``Unavailable``
         naming the call's own time, ``seconds`` (its ``timeout``, else the client's).
@@ -516,12 +529,18 @@ class _Connection:
         ``GONE_AFTER`` seconds, it raises ``Unavailable`` before the deadline. A writer that is gone
         cannot apply the call later (nothing took its bytes), and a ``sync(timeout=10)`` to a writer
         killed a moment before waited all 10 s where the README says a gone writer is not waited for.
-        Connect's hello instead probes the handshake (``_probe_hello``; not with ``probe=False``: the async
-        client probes in a thread first), raising ``HandshakeFailed`` at its first resend: a wrong or missing
-        CurveZMQ key waited out connect's whole timeout, then said only "did not answer"."""
+        Connect's hello instead probes the handshake (``_probe_hello``), raising ``HandshakeFailed`` at its
+        first resend: a wrong or missing CurveZMQ key waited out connect's whole timeout, then said only "did
+        not answer". (The async client makes the same steps, its probes in a thread.)"""
         self._fresh_socket()
-        if refusals is None and probe:
+        if refusals is None:
             self._probe_hello()
+        self._judge_silence(wait, seconds, refusals)
+
+    def _judge_silence(self, wait: int, seconds: float, refusals: Refusals | None) -> None:
+        """``_silence``'s verdict, from probes of the url that may take 0.1 s each (``recently_refused``,
+        ``no_answer``'s, a DNS lookup no timeout bounds): raises ``Unavailable`` past the deadline, or once
+        the url has refused connections for ``GONE_AFTER`` seconds. Touches no socket of the client's."""
         if wait == GIVE_UP:
             raise Unavailable(no_answer(self.url, seconds))  # with what ZeroMQ's silent retries hid, if a probe tells
         if refusals is None:
@@ -708,7 +727,7 @@ class Client(_Connection):
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
                 with contextlib.suppress(Timeout):
-                    self.replica.wait_until(*self._heard_again(unavailable, deadline))
+                    self.replica.wait_until(*self._heard_again(unavailable, deadline, recently_refused(self.url)))
                 if time.monotonic() >= deadline:
                     raise
         self.replica.catch_up(reply, deadline)

@@ -148,6 +148,15 @@ class PastDeadline(BaseException):
 
 
 @dataclass(frozen=True, slots=True)
+class Probe:
+    """Whether nothing accepts connections at the writer's ``url`` (``recently_refused``). Result: why
+    (a str), or None. Never thrown. A probe may take 0.1 s (a host that drops connections, a paused
+    writer's full backlog): the async driver makes it in a thread, off the event loop."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class Sync:
     """Bring the replica up to every write the writer answered before now, within ``timeout`` seconds.
     Result: None. Thrown in: ``Timeout``, ``Unavailable``."""
@@ -155,7 +164,7 @@ class Sync:
     timeout: float
 
 
-Effect: TypeAlias = "Write | Until | Build | TearDown | Sync"
+Effect: TypeAlias = "Write | Until | Build | TearDown | Probe | Sync"
 Steps: TypeAlias = "Generator[Effect, Any, _T]"  # the logic of one call: effects out, their results in
 
 
@@ -180,7 +189,7 @@ class OnceClient(Protocol):
     @property
     def timeout(self) -> float: ...  # seconds: a call's default deadline
     def _heard_again(
-        self, unavailable: Unavailable, deadline: float
+        self, unavailable: Unavailable, deadline: float, refused: str | None
     ) -> tuple[Callable[[], bool], float, Callable[[], str]]: ...  # the wait before a call is made again
 
 
@@ -625,8 +634,9 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
         except Unavailable as unavailable:
             if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
                 limit = time.monotonic() + client.timeout
+            refused = yield Probe(client.url)
             with contextlib.suppress(Timeout):  # (as ``Client.sync`` waits: past the limit, or gone, it raises)
-                yield Until(*client._heard_again(unavailable, limit))
+                yield Until(*client._heard_again(unavailable, limit, refused))
             if time.monotonic() >= limit:
                 raise
 
@@ -651,7 +661,7 @@ def _wait_for_builder(
             if time.monotonic() >= deadline:
                 raise
         if not _heard(client):
-            gone = recently_refused(client.url)
+            gone = yield Probe(client.url)
             if gone is not None:
                 raise Unavailable(
                     f"once {key!r}: the tiger writer at {client.url} is gone ({gone}) while another process built the key"
@@ -767,6 +777,8 @@ def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
                 # teardown past the run's timeout all the same (the run ended 0 and said nothing: a review)
                 return PastDeadline(_past(key) + " (it caught the stop)")
             return error
+        case Probe(url):
+            return recently_refused(url)
         case Sync(timeout):
             client.sync(timeout)
             return None
@@ -826,6 +838,10 @@ async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
             if isinstance(teardown, AsyncGenerator):
                 return await _finish_async_generator(key, teardown, namespace)
             return _finish_generator(key, teardown, namespace)
+        case Probe(url):
+            import asyncio
+
+            return await asyncio.to_thread(recently_refused, url)
         case Sync(timeout):
             await client.sync(timeout)
             return None

@@ -63,6 +63,7 @@ from tiger._client import (
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
 from tiger._owned import OwnedAsyncLock
+from tiger._server import recently_refused
 from tiger._table import GLOBAL, Record, check_leasable, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
@@ -151,7 +152,7 @@ class AsyncClient(_Connection):
         try:
             await replica.until(replica.ready.is_set, time.monotonic() + self.timeout, str)
         except Timeout:
-            raise replica.no_snapshot(self.timeout) from None
+            raise await asyncio.to_thread(replica.no_snapshot, self.timeout) from None
         if replica.failure is not None:
             raise replica.failure
         # dropped without close(): the replica thread and the sockets go with the client, at exit too
@@ -234,8 +235,9 @@ class AsyncClient(_Connection):
                 reply = await self._request(p.Sync(next(self._req_ids)), deadline)
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
+                refused = await asyncio.to_thread(recently_refused, self.url)
                 with contextlib.suppress(Timeout):
-                    await self.replica.until(*self._heard_again(unavailable, deadline))
+                    await self.replica.until(*self._heard_again(unavailable, deadline, refused))
                 if time.monotonic() >= deadline:
                     raise
         await self._caught_up(reply, deadline)
@@ -379,16 +381,19 @@ class AsyncClient(_Connection):
         over as it is collected or as its loop's tasks are dropped, is asked at once too."""
         return time.monotonic() if self._closed else deadline
 
-    def _call_bytes(self, request: p.Request, deadline: float | None) -> tuple[bytes, float, float]:
+    def _call_bytes(self, request: p.Request, deadline: float | None, probe: bool = True) -> tuple[bytes, float, float]:
         if self._shared is not None and self._shared._closed:
             raise TigerError("this client is closed (the tiger.Client whose connection it shares was closed)")
-        return super()._call_bytes(request, deadline)
+        return super()._call_bytes(request, deadline, probe)
 
     async def _request(self, request: p.Request, deadline: float | None = None, own: bool = False) -> p.Ok:
         """``Client._request``, awaited: the same call bytes, Lazy Pirate resends on a fresh socket, expiry
         and errors. Cancelled after sending, the call is left to the replica as one that raised unanswered."""
         seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
-        payload, deadline, expires = self._call_bytes(request, deadline)
+        try:
+            payload, deadline, expires = self._call_bytes(request, deadline, probe=False)
+        except Unavailable:  # a silent writer: its url probed in a thread (a probe may take 0.1 s)
+            raise self._silent_writer(await asyncio.to_thread(recently_refused, self.url)) from None
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
         received: bytes | None = None  # the last answer received (a signal may cut its decoding short)
@@ -426,10 +431,11 @@ class AsyncClient(_Connection):
                             if late is not None:
                                 reply, answered = late, True
                                 break
-                        if wait <= RESEND:
-                            if refusals is None:  # connect's hello: the handshake probe waits, in a thread
+                        if wait <= RESEND:  # ``Client._silence``'s steps, its probes in a thread
+                            self._fresh_socket()
+                            if refusals is None:  # connect's hello: the handshake probe
                                 await asyncio.to_thread(self._probe_hello)
-                            self._silence(wait, seconds, refusals, probe=False)
+                            await asyncio.to_thread(self._judge_silence, wait, seconds, refusals)
                             self._send_call(payload)
                             self.resends += 1
                         else:
