@@ -1088,3 +1088,71 @@ def test_a_garbled_answer_as_a_replica_loaded_its_snapshot_ended_the_replica_and
         finally:
             stop.set()
             thread.join(5)
+
+
+def test_an_async_connects_key_probe_waited_behind_the_applications_jobs_in_the_default_executor(keyed_writers):
+    # A review: tiger.aio made its probes (the handshake, a silent writer's url) with asyncio.to_thread, in the
+    # loop's default executor. An application whose blocking jobs (run_in_executor) held every thread of it had
+    # a wrong key said only when they ended: here 15 s, against a second with the executor free. tiger's
+    # probes now run in threads of its own.
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tiger.aio
+
+    url, key, says = wrong_key(keyed_writers, "another-key")
+    release = threading.Event()
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        job = loop.run_in_executor(None, release.wait, 15)  # the application's job, holding the executor's thread
+        started = time.monotonic()
+        try:
+            with pytest.raises(tiger.HandshakeFailed, match=says):
+                await tiger.aio.connect(url, timeout=10, server_key=key)
+            return time.monotonic() - started
+        finally:
+            release.set()
+            await job
+
+    assert asyncio.run(main()) < 8  # waiting behind the job took 15 s
+
+
+def test_a_forked_child_makes_its_own_probe_threads(keyed_writers):
+    # tiger's probe threads (tiger._feed.off_loop) are the parent's: a pool carried over by fork counts threads
+    # the child does not have, and a probe given to it would never run. The child's async connect still says
+    # a wrong key within seconds.
+    import asyncio
+    import warnings
+
+    import tiger.aio
+    from tiger import _feed
+
+    url, key, says = wrong_key(keyed_writers, "another-key")
+    with pytest.raises(tiger.HandshakeFailed, match=says):
+        asyncio.run(tiger.aio.connect(url, timeout=10, server_key=key))  # the parent's pool, its threads started
+    assert _feed._off_loop is not None
+    threads = _feed._off_loop[1]
+    deadline = time.monotonic() + 10
+    # every thread of it idle (as a pool counts them, concurrent.futures' own semaphore): such a pool carried over
+    # by fork takes the child's probe for one of them, and starts no thread (busy, it would start one)
+    while threads._idle_semaphore._value < len(threads._threads):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the probe threads never went idle"
+        time.sleep(0.01)  # sleep-ok: a thread pool's bookkeeping, no socket
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: what this test is about
+        pid = os.fork()
+    if pid == 0:  # the child: reports by exit code only
+        code = 1
+        try:
+            asyncio.run(asyncio.wait_for(tiger.aio.connect(url, timeout=10, server_key=key), 8))
+        except tiger.HandshakeFailed:
+            code = 0
+        except asyncio.TimeoutError:  # (the probe never ran: it waits for good)
+            code = 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

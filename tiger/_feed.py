@@ -36,12 +36,13 @@ per wait, and a cancelled wait consumes nothing.
 from __future__ import annotations
 
 import _thread
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tiger import _table as t
 from tiger._calls import check_seconds, stretched
@@ -50,9 +51,11 @@ from tiger._table import RESERVED_PREFIX, Record, check_name
 
 if TYPE_CHECKING:
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
 Op = Literal["put", "delete", "clear", "reset"]
 DEFAULT_MAX_QUEUED = 10_000
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +361,27 @@ def running_loop() -> asyncio.AbstractEventLoop:
     if loop is None:
         raise TigerError(_NO_LOOP)
     return loop
+
+
+_off_loop: tuple[int, ThreadPoolExecutor] | None = None  # (pid, tiger's threads for off_loop)
+_off_loop_lock = _thread.allocate_lock()
+
+
+async def off_loop(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` run in a thread of tiger's own (at most 4 per process), awaited: what may block for a
+    while (a probe of the writer's url: a connect of up to 0.5 s, a DNS lookup that no timeout bounds) must
+    not stop the event loop. Not the loop's default executor (``asyncio.to_thread``): the application's own
+    blocking jobs (its ``run_in_executor`` calls) may hold every thread of that, and a probe would wait
+    behind them, a wrong key said only when they end. A forked child makes its own: its parent's threads are
+    not in it."""
+    global _off_loop
+    with _off_loop_lock:
+        if _off_loop is None or _off_loop[0] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+
+            _off_loop = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="tiger-probe"))
+        threads = _off_loop[1]
+    return await running_loop().run_in_executor(threads, fn, *args)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 from tiger import _protocol as p
 from tiger._calls import callable_name
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, mark_stopped, stopped_from_outside
-from tiger._feed import running_loop
+from tiger._feed import off_loop, running_loop
 from tiger._owned import OwnedAsyncLock, OwnedLock
 from tiger._server import recently_refused
 from tiger._table import ONCE_TABLE, Record, check_value
@@ -839,9 +839,7 @@ async def _perform_async(client: AsyncOnceClient, effect: Effect) -> Any:
                 return await _finish_async_generator(key, teardown, namespace)
             return _finish_generator(key, teardown, namespace)
         case Probe(url):
-            import asyncio
-
-            return await asyncio.to_thread(recently_refused, url)
+            return await off_loop(recently_refused, url)
         case Sync(timeout):
             await client.sync(timeout)
             return None

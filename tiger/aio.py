@@ -61,7 +61,7 @@ from tiger._client import (
     _timeout,
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
-from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, running_loop
+from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, off_loop, running_loop
 from tiger._owned import OwnedAsyncLock
 from tiger._server import recently_refused
 from tiger._table import GLOBAL, Record, check_leasable, check_name
@@ -152,7 +152,7 @@ class AsyncClient(_Connection):
         try:
             await replica.until(replica.ready.is_set, time.monotonic() + self.timeout, str)
         except Timeout:
-            raise await asyncio.to_thread(replica.no_snapshot, self.timeout) from None
+            raise await off_loop(replica.no_snapshot, self.timeout) from None
         if replica.failure is not None:
             raise replica.failure
         # dropped without close(): the replica thread and the sockets go with the client, at exit too
@@ -235,7 +235,7 @@ class AsyncClient(_Connection):
                 reply = await self._request(p.Sync(next(self._req_ids)), deadline)
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
-                refused = await asyncio.to_thread(recently_refused, self.url)
+                refused = await off_loop(recently_refused, self.url)
                 with contextlib.suppress(Timeout):
                     await self.replica.until(*self._heard_again(unavailable, deadline, refused))
                 if time.monotonic() >= deadline:
@@ -393,7 +393,7 @@ class AsyncClient(_Connection):
         try:
             payload, deadline, expires = self._call_bytes(request, deadline, probe=False)
         except Unavailable:  # a silent writer: its url probed in a thread (a probe may take 0.1 s)
-            raise self._silent_writer(await asyncio.to_thread(recently_refused, self.url)) from None
+            raise self._silent_writer(await off_loop(recently_refused, self.url)) from None
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
         received: bytes | None = None  # the last answer received (a signal may cut its decoding short)
@@ -434,8 +434,8 @@ class AsyncClient(_Connection):
                         if wait <= RESEND:  # ``Client._silence``'s steps, its probes in a thread
                             self._fresh_socket()
                             if refusals is None:  # connect's hello: the handshake probe
-                                await asyncio.to_thread(self._probe_hello)
-                            await asyncio.to_thread(self._judge_silence, wait, seconds, refusals)
+                                await off_loop(self._probe_hello)
+                            await off_loop(self._judge_silence, wait, seconds, refusals)
                             self._send_call(payload)
                             self.resends += 1
                         else:
