@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 import zmq
@@ -1156,3 +1157,44 @@ def test_a_forked_child_makes_its_own_probe_threads(keyed_writers):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+SLOW_HOST = "tiger-slow-lookup.test"  # (.test: reserved, RFC 2606; its lookups are made slow here)
+
+
+@pytest.fixture
+def slow_resolver(monkeypatch):
+    """Python's lookups of SLOW_HOST take 5 s, as glibc's with a name server that does not answer (5 s per try)."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == SLOW_HOST:
+            time.sleep(5)  # sleep-ok: a resolver that does not answer, no socket of tiger's
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("kind", ["connect", "command", "greeting"])
+def test_a_lookup_of_a_writers_host_name_took_the_resolvers_whole_time_past_the_timeout(slow_resolver, kind):
+    # A review: what tiger tells of a url at a call's end (does its host resolve?) and its greeting probe looked
+    # the host up with no bound: with a name server that does not answer, a connect(timeout=1) took 6 s, and
+    # `tiger stats` 5 s before it even tried. A lookup now has LOOKUP_WAIT (1 s); then nothing is said of the name.
+    from tiger import _cli, _server
+
+    url = f"tcp://{SLOW_HOST}:7710"
+    started = time.monotonic()
+    if kind == "connect":
+        with pytest.raises(tiger.Unavailable, match=r"did not answer within 1s$"):
+            tiger.connect(url, timeout=1)
+        bound = 1 + 2 * _server.LOOKUP_WAIT
+    elif kind == "command":
+        assert _cli.main(["stats", "--url", url, "--timeout", "1"]) != 0
+        bound = 1 + 3 * _server.LOOKUP_WAIT  # (looked up before it asks, and in what it says of the silence)
+    else:
+        assert _server.greeting_mechanism(url, 0.5) is None
+        bound = 2 * 0.5
+    assert time.monotonic() - started < bound + 1.5  # the resolver's 5 s each, before

@@ -672,13 +672,44 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
     return None
 
 
+# seconds a DNS lookup of a writer's host name may take before tiger says nothing of the name: glibc's resolver
+# waits 5 s per try and per name server when none answers (resolv.conf's default), and no timeout of Python's bounds it
+LOOKUP_WAIT = 1.0
+
+
+def addresses(host: str, port: int | None = None, seconds: float = LOOKUP_WAIT) -> list[Any]:
+    """``socket.getaddrinfo(host, port, type=SOCK_STREAM)``, made in a thread of its own and waited for at most
+    ``seconds``: ``TimeoutError`` past them (the thread, a daemon, ends with the lookup). Raises what the
+    lookup raises (``socket.gaierror``, ``UnicodeError`` for a name idna cannot encode). A probe made at a
+    call's end took the resolver's whole time on top of the call's timeout."""
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as e:
+            outcome.append(e)
+        done.set()
+
+    threading.Thread(target=look_up, name="tiger-lookup", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"the lookup of {shown(host)} took longer than {seconds:g}s")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]  # type: ignore[no-any-return]
+
+
 def unresolved_host(url: str) -> str | None:
-    """ "the host NAME does not resolve" for a tcp URL whose host name has no address (looked up now), else None."""
+    """ "the host NAME does not resolve" for a tcp URL whose host name has no address (looked up now, for at
+    most ``LOOKUP_WAIT`` seconds: then nothing can be told), else None."""
     if url.startswith("tcp://"):
         host = tcp_host_port(url)[0]
         if not _is_address(host):
             try:
-                socket.getaddrinfo(host, None)
+                addresses(host)
+            except TimeoutError:
+                pass
             except socket.gaierror as e:  # a resolver that failed for now (EAI_AGAIN) tells nothing of the name
                 if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
                     return f"the host {shown(host)} does not resolve"
@@ -778,6 +809,10 @@ def _stream(url: str, timeout: float) -> socket.socket:
     host = "127.0.0.1" if host == "localhost" else host
     if port == "*":
         raise ValueError(f"{url} is a wildcard")
+    if not _is_address(host):  # looked up within the timeout too (``create_connection`` waits out the resolver)
+        started = time.monotonic()
+        host = addresses(host, int(port), timeout)[0][4][0]
+        timeout = max(0.001, timeout - (time.monotonic() - started))
     return socket.create_connection((host, int(port)), timeout=timeout)
 
 
