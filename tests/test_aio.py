@@ -399,11 +399,11 @@ def test_async_wait_until_returns_a_stored_record_or_the_first_to_arrive(tiger_u
     run(main)
 
 
-def test_an_async_feed_yields_another_processes_changes_in_seq_order(tiger_url, connect, ns):
-    other = connect()
+def test_an_async_feed_yields_another_processes_changes_in_seq_order(connect_own, ns):
+    other = connect_own()  # a writer of its own: the seqs compared move with no other xdist worker's writes
 
     async def main() -> None:
-        async with await tiger.aio.connect(tiger_url) as client:
+        async with await tiger.aio.connect(other.url) as client:
             with client.table("plans").watch(timeout=10) as feed:
                 written = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: other.table("plans", prefix="plan").insert_many([{"n": i} for i in range(5)])
@@ -1569,6 +1569,49 @@ def test_probing_a_silent_writers_url_blocked_the_event_loop():
                     stream.close()
             await client.sync(timeout=10.0)  # the writer back: the client goes on
             assert (await table.insert({"id": "after"}))["id"] == "after" and "refused" not in table
+            await client.close()
+
+        run(main)
+
+
+def test_a_write_cancelled_during_its_resends_probe_reached_its_replica_only_at_its_deadline(tmp_path, monkeypatch):
+    """A review: the resend made its fresh socket, then awaited the probes of the url (in a thread), then sent.
+    A write cancelled during that await had its bytes on neither socket (the old one closed, the new one not yet
+    given them): its late answer never came, and its change reached the replica only when the replica asked
+    the writer at the call's deadline. The probes now come first, the fresh socket and the send with no await
+    between them."""
+    from tiger import _client
+
+    probing = threading.Event()
+    real = _client.recently_refused
+
+    def slow_probe(url: str) -> str | None:  # (the probe of a host that drops connections takes its 0.1 s and more)
+        probing.set()
+        time.sleep(0.5)  # sleep-ok: a slow probe, the window the cancellation lands in
+        return real(url)
+
+    monkeypatch.setattr(_client, "recently_refused", slow_probe)
+    with tiger.serve(f"ipc://{tmp_path}/w") as server:
+
+        async def main() -> None:
+            client = await tiger.aio.connect(server.url, timeout=6.0, heartbeat_timeout=30.0)
+            table = client.table("t")
+            await table.insert({"id": "warm"})
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                write = asyncio.get_running_loop().create_task(table.insert({"id": "cancelled"}))
+                deadline = time.monotonic() + 10
+                while not probing.is_set():  # the resend, a second in: its probe under way
+                    assert time.monotonic() < deadline, "the write never resent"
+                    await asyncio.sleep(0.01)  # sleep-ok: polled with a deadline, the probe's thread sets it
+                write.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await write
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            started = time.monotonic()
+            await table.wait_for("cancelled", timeout=10.0)
+            assert time.monotonic() - started < 2.5, "the cancelled write reached the replica only at its deadline"
             await client.close()
 
         run(main)

@@ -531,11 +531,17 @@ class _Connection:
         killed a moment before waited all 10 s where the README says a gone writer is not waited for.
         Connect's hello instead probes the handshake (``_probe_hello``), raising ``HandshakeFailed`` at its
         first resend: a wrong or missing CurveZMQ key waited out connect's whole timeout, then said only "did
-        not answer". (The async client makes the same steps, its probes in a thread.)"""
-        self._fresh_socket()
+        not answer". (The async client makes the same steps, its probes in a thread.) The probes come
+        first, the fresh socket after them: a call cut short during a probe (a cancelled task, Ctrl-C) leaves
+        its bytes on the socket that its late answer is taken from."""
         if refusals is None:
             self._probe_hello()
-        self._judge_silence(wait, seconds, refusals)
+        try:
+            self._judge_silence(wait, seconds, refusals)
+        except Unavailable:
+            self._fresh_socket()
+            raise
+        self._fresh_socket()
 
     def _judge_silence(self, wait: int, seconds: float, refusals: Refusals | None) -> None:
         """``_silence``'s verdict, from probes of the url that may take 0.1 s each (``recently_refused``,
@@ -726,8 +732,9 @@ class Client(_Connection):
                 reply = self._request(p.Sync(next(self._req_ids)), deadline)
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
+                refused = recently_refused(self.url) if time.monotonic() < deadline else None  # (past it: raised)
                 with contextlib.suppress(Timeout):
-                    self.replica.wait_until(*self._heard_again(unavailable, deadline, recently_refused(self.url)))
+                    self.replica.wait_until(*self._heard_again(unavailable, deadline, refused))
                 if time.monotonic() >= deadline:
                     raise
         self.replica.catch_up(reply, deadline)

@@ -369,19 +369,36 @@ _off_loop_lock = _thread.allocate_lock()
 
 async def off_loop(fn: Callable[..., _T], *args: Any) -> _T:
     """``fn(*args)`` run in a thread of tiger's own (at most 4 per process), awaited: what may block for a
-    while (a probe of the writer's url: a connect of up to 0.5 s, a DNS lookup that no timeout bounds) must
-    not stop the event loop. Not the loop's default executor (``asyncio.to_thread``): the application's own
-    blocking jobs (its ``run_in_executor`` calls) may hold every thread of that, and a probe would wait
-    behind them, a wrong key said only when they end. A forked child makes its own: its parent's threads are
-    not in it."""
+    while (a probe of the writer's url: a connect of up to 0.5 s, a DNS lookup of up to 1 s) must not stop
+    the event loop. Not the loop's default executor (``asyncio.to_thread``): the application's own blocking
+    jobs (its ``run_in_executor`` calls) may hold every thread of that, and a probe would wait behind them,
+    a wrong key said only when they end. A forked child makes its own: its parent's threads are not in it.
+    Once the interpreter is shutting down (an atexit handler), when no thread can be started, here."""
     global _off_loop
-    with _off_loop_lock:
-        if _off_loop is None or _off_loop[0] != os.getpid():
-            from concurrent.futures import ThreadPoolExecutor
+    try:
+        with _off_loop_lock:
+            if _off_loop is None or _off_loop[0] != os.getpid():
+                from concurrent.futures import ThreadPoolExecutor
 
-            _off_loop = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="tiger-probe"))
-        threads = _off_loop[1]
-    return await running_loop().run_in_executor(threads, fn, *args)
+                _off_loop = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="tiger-probe"))
+            threads = _off_loop[1]
+        done = running_loop().run_in_executor(threads, fn, *args)
+    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown", or its import's atexit
+        import threading
+
+        if not getattr(threading, "_SHUTTING_DOWN", False):
+            raise
+        return fn(*args)
+    return await done
+
+
+def _forked() -> None:
+    """In a forked child: a lock the parent held at the fork is not held here (its holder is not here)."""
+    global _off_loop_lock
+    _off_loop_lock = _thread.allocate_lock()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

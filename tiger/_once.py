@@ -634,7 +634,7 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
         except Unavailable as unavailable:
             if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
                 limit = time.monotonic() + client.timeout
-            refused = yield Probe(client.url)
+            refused = (yield Probe(client.url)) if time.monotonic() < limit else None  # (past it: raised)
             with contextlib.suppress(Timeout):  # (as ``Client.sync`` waits: past the limit, or gone, it raises)
                 yield Until(*client._heard_again(unavailable, limit, refused))
             if time.monotonic() >= limit:

@@ -675,6 +675,10 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
 # seconds a DNS lookup of a writer's host name may take before tiger says nothing of the name: glibc's resolver
 # waits 5 s per try and per name server when none answers (resolv.conf's default), and no timeout of Python's bounds it
 LOOKUP_WAIT = 1.0
+# seconds a host whose lookup took longer is not looked up again by ``unresolved_host``: a command's error told
+# of it 4 times, a second each, and each lookup left a thread waiting out the resolver
+SLOW_LOOKUP_KEPT = 10.0
+_slow_lookups: dict[str, float] = {}  # host -> when its lookup last took longer than LOOKUP_WAIT
 
 
 def addresses(host: str, port: int | None = None, seconds: float = LOOKUP_WAIT) -> list[Any]:
@@ -706,10 +710,13 @@ def unresolved_host(url: str) -> str | None:
     if url.startswith("tcp://"):
         host = tcp_host_port(url)[0]
         if not _is_address(host):
+            slow = _slow_lookups.get(host)
+            if slow is not None and time.monotonic() - slow < SLOW_LOOKUP_KEPT:
+                return None
             try:
                 addresses(host)
             except TimeoutError:
-                pass
+                _slow_lookups[host] = time.monotonic()
             except socket.gaierror as e:  # a resolver that failed for now (EAI_AGAIN) tells nothing of the name
                 if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
                     return f"the host {shown(host)} does not resolve"
@@ -746,6 +753,15 @@ def silence_hint(url: str) -> str:
 
 _probed: dict[str, float] = {}  # url -> when why_refused last found it accepting (or could not tell), for recently_refused
 _probed_lock = threading.Lock()
+
+
+def _forked() -> None:
+    """In a forked child: a lock a thread of the parent held at the fork (tiger's probe threads take it) is free."""
+    global _probed_lock
+    _probed_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def recently_refused(url: str, within: float = 1.0) -> str | None:
@@ -809,11 +825,17 @@ def _stream(url: str, timeout: float) -> socket.socket:
     host = "127.0.0.1" if host == "localhost" else host
     if port == "*":
         raise ValueError(f"{url} is a wildcard")
-    if not _is_address(host):  # looked up within the timeout too (``create_connection`` waits out the resolver)
-        started = time.monotonic()
-        host = addresses(host, int(port), timeout)[0][4][0]
-        timeout = max(0.001, timeout - (time.monotonic() - started))
-    return socket.create_connection((host, int(port)), timeout=timeout)
+    if _is_address(host):
+        return socket.create_connection((host, int(port)), timeout=timeout)
+    # looked up within the timeout too (``create_connection`` waits out the resolver), then each address tried
+    deadline = time.monotonic() + timeout
+    failed: OSError | None = None
+    for ip in dict.fromkeys(info[4][0] for info in addresses(host, int(port), timeout)):
+        try:
+            return socket.create_connection((ip, int(port)), timeout=max(0.001, deadline - time.monotonic()))
+        except OSError as e:
+            failed = e
+    raise failed or OSError(f"no address of {shown(host)}")
 
 
 def _is_address(host: str) -> bool:

@@ -235,7 +235,7 @@ class AsyncClient(_Connection):
                 reply = await self._request(p.Sync(next(self._req_ids)), deadline)
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
-                refused = await off_loop(recently_refused, self.url)
+                refused = await off_loop(recently_refused, self.url) if time.monotonic() < deadline else None
                 with contextlib.suppress(Timeout):
                     await self.replica.until(*self._heard_again(unavailable, deadline, refused))
                 if time.monotonic() >= deadline:
@@ -393,7 +393,10 @@ class AsyncClient(_Connection):
         try:
             payload, deadline, expires = self._call_bytes(request, deadline, probe=False)
         except Unavailable:  # a silent writer: its url probed in a thread (a probe may take 0.1 s)
-            raise self._silent_writer(await off_loop(recently_refused, self.url)) from None
+            refused = await off_loop(recently_refused, self.url)
+            if self._unheard():
+                raise self._silent_writer(refused) from None
+            payload, deadline, expires = self._call_bytes(request, deadline, probe=False)  # heard again meanwhile
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
         received: bytes | None = None  # the last answer received (a signal may cut its decoding short)
@@ -432,10 +435,16 @@ class AsyncClient(_Connection):
                                 reply, answered = late, True
                                 break
                         if wait <= RESEND:  # ``Client._silence``'s steps, its probes in a thread
-                            self._fresh_socket()
                             if refusals is None:  # connect's hello: the handshake probe
                                 await off_loop(self._probe_hello)
-                            await off_loop(self._judge_silence, wait, seconds, refusals)
+                            try:
+                                await off_loop(self._judge_silence, wait, seconds, refusals)
+                            except Unavailable:
+                                self._fresh_socket()
+                                raise
+                            # no await from here to the send: a task cancelled in between would leave its
+                            # call on neither socket, its late answer then taken only at its deadline
+                            self._fresh_socket()
                             self._send_call(payload)
                             self.resends += 1
                         else:
