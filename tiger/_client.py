@@ -545,7 +545,7 @@ class _Connection:
 
     def _judge_silence(self, wait: int, seconds: float, refusals: Refusals | None) -> None:
         """``_silence``'s verdict, from probes of the url that may take 0.1 s each (``recently_refused``,
-        ``no_answer``'s, a DNS lookup no timeout bounds): raises ``Unavailable`` past the deadline, or once
+        ``no_answer``'s, a DNS lookup of up to ``LOOKUP_WAIT``): raises ``Unavailable`` past the deadline, or once
         the url has refused connections for ``GONE_AFTER`` seconds. Touches no socket of the client's."""
         if wait == GIVE_UP:
             raise Unavailable(no_answer(self.url, seconds))  # with what ZeroMQ's silent retries hid, if a probe tells
