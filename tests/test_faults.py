@@ -1192,9 +1192,13 @@ def test_a_lookup_of_a_writers_host_name_took_the_resolvers_whole_time_past_the_
     # A review: what tiger tells of a url at a call's end (does its host resolve?) and its greeting probe looked
     # the host up with no bound: with a name server that does not answer, a connect(timeout=1) took 6 s, and
     # `tiger stats` 5 s before it even tried. A lookup now has LOOKUP_WAIT (1 s); then nothing is said of the name.
+    import socket
+
     from tiger import _cli, _server
 
-    url = f"tcp://{SLOW_HOST}:7710"
+    with socket.socket() as free:  # a port no one listens on (nothing connects there: the name never resolves)
+        free.bind(("127.0.0.1", 0))
+        url = f"tcp://{SLOW_HOST}:{free.getsockname()[1]}"
     started = time.monotonic()
     if kind == "connect":
         with pytest.raises(tiger.Unavailable, match=r"did not answer within 1s$"):
