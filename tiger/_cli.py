@@ -21,6 +21,7 @@ from tiger._server import (
     ping,
     request_once,
     silence_hint,
+    slow_lookup,
     why_unreachable,
 )
 from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX, check_name
@@ -187,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Unavailable as e:
             # another url is the advice only when nothing is there: a writer that is busy (a compaction of
             # millions of records) or paused still accepts connections, and a longer --timeout is the advice
-            if why_unreachable(args.url) is None:  # (a host name that does not resolve: said at once, in e)
+            if slow_lookup(args.url) is not None:  # (said in e)
+                advice = "see to the name server (/etc/resolv.conf), or pass --url with the writer's address"
+            elif why_unreachable(args.url) is None:  # (a host name that does not resolve: said at once, in e)
                 hint = silence_hint(args.url)
                 advice = f"{hint}; a longer --timeout waits for a busy or paused one"
             else:

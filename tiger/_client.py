@@ -46,6 +46,7 @@ from tiger._errors import (
     shown,
 )
 from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
+from tiger._lookup import Endpoint, connect_socket, endpoint_or_why, wait_for_endpoint
 from tiger._once import Once
 from tiger._owned import OwnedLock
 from tiger._process import unsupported_environment
@@ -234,6 +235,8 @@ class _Connection:
         self._server_key = server_key  # context waited for it for ever: connect() hung, and the run with it)
         # a writer silent this long is taken for gone
         self.heartbeat_timeout: float = check_seconds(heartbeat_timeout, "heartbeat_timeout", positive=True)  # type: ignore[assignment]
+        # where the sockets connect: the url's host name looked up by tiger, within the timeout (``tiger._lookup``)
+        self._endpoint = Endpoint(url, endpoint_or_why(url, 0)[0] or wait_for_endpoint(url, self.timeout))
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
         self._clock_offset = 0.0  # the writer's time.time() minus ours
         self.client_id = p.new_client_id()
@@ -256,7 +259,7 @@ class _Connection:
             sock.setsockopt(zmq.LINGER, 0)
             self._secure(sock)
             try:
-                sock.connect(self.url)
+                connect_socket(sock, self._endpoint.now())
             except zmq.ZMQError as e:
                 raise ValueError(f"url: cannot connect to {shown(self.url)}: {e}") from None
         except BaseException:
@@ -287,8 +290,8 @@ class _Connection:
         self.heartbeat_timeout = max(self.heartbeat_timeout, 4 * info["heartbeat"])
         return Replica(
             self._ctx,
-            self.url,
-            _reachable(self.url, info["pub"]),
+            self._endpoint,
+            _reachable(self._endpoint.address, info["pub"]),
             self.client_id,
             heartbeat=info["heartbeat"],
             timeout=self.timeout,
@@ -545,7 +548,7 @@ class _Connection:
 
     def _judge_silence(self, wait: int, seconds: float, refusals: Refusals | None) -> None:
         """``_silence``'s verdict, from probes of the url that may take 0.1 s each (``recently_refused``,
-        ``no_answer``'s, a DNS lookup of up to ``LOOKUP_WAIT``): raises ``Unavailable`` past the deadline, or once
+        ``no_answer``'s; no DNS lookup): raises ``Unavailable`` past the deadline, or once
         the url has refused connections for ``GONE_AFTER`` seconds. Touches no socket of the client's."""
         if wait == GIVE_UP:
             raise Unavailable(no_answer(self.url, seconds))  # with what ZeroMQ's silent retries hid, if a probe tells

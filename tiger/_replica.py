@@ -37,6 +37,7 @@ from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered, stretched
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import History, Subscription, Waking, deliver, deliver_reset, running_loop, subscribe, woken
+from tiger._lookup import Endpoint, connect_socket
 from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
@@ -191,7 +192,7 @@ class Replica:
     def __init__(
         self,
         ctx: zmq.Context[Any],
-        url: str,
+        endpoint: Endpoint,
         pub_url: str,
         client_id: str,
         *,
@@ -215,7 +216,8 @@ class Replica:
         self.last_heard = time.monotonic()
         self.last_awake = self.last_heard  # the replica thread's last wake-up: it was listening until then
         self._ctx = ctx
-        self._url = url
+        self._url = endpoint.url
+        self._endpoint = endpoint  # where its sockets connect for the url (the host name looked up by tiger)
         self._pub_url = pub_url
         self._client_id = client_id
         self._topic = p.topic_of(client_id)
@@ -505,7 +507,7 @@ class Replica:
                 sub.setsockopt(zmq.SUBSCRIBE, prefix)
             self._everything = False
             self._secure(sub)
-            sub.connect(self._pub_url)
+            connect_socket(sub, self._pub_url)
         except BaseException:
             sub.close(linger=0)
             raise
@@ -673,10 +675,10 @@ class Replica:
         if type(reply) is not p.Ok or not isinstance(reply.result, dict) or "pub" not in reply.result:
             return
         if reply.epoch != self.epoch:
-            pub_url = _reachable(self._url, reply.result["pub"])
+            pub_url = _reachable(self._endpoint.now(), reply.result["pub"])
             if pub_url != self._pub_url:
                 sub.disconnect(self._pub_url)
-                sub.connect(pub_url)
+                connect_socket(sub, pub_url)
                 self._pub_url = pub_url
             raise _Resync(f"the writer answers with a new epoch {reply.epoch}")
 
@@ -729,7 +731,7 @@ class Replica:
             dealer.setsockopt(zmq.RCVHWM, 0)  # a snapshot is many messages: never drop one
             dealer.setsockopt(zmq.SNDHWM, SNDHWM)
             self._secure(dealer)
-            dealer.connect(self._url)
+            connect_socket(dealer, self._endpoint.now())
         except BaseException:
             dealer.close(linger=0)
             raise

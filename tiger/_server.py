@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ipaddress
 import os
 import selectors
 import shutil
@@ -23,6 +22,7 @@ from zmq.utils import z85
 from tiger import _protocol as p
 from tiger._calls import call_expiry, check_seconds, clock_offset
 from tiger._errors import FAILURES, HandshakeFailed, ProtocolError, TigerError, Unavailable, shown
+from tiger._lookup import addresses, connect_socket, endpoint_or_why, is_address, tcp_host_port, wait_for_endpoint
 from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, ipc_path_unusable, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
 
@@ -66,12 +66,6 @@ def check_url(url: object) -> str:
             raise ValueError(f"url: a tcp port must be * or 0 to 65535, got {shown(port)}: {shown(url)}")
         return url
     raise ValueError(f"url must be tcp://HOST:PORT or ipc://PATH, got {shown(url)}")
-
-
-def tcp_host_port(url: str) -> tuple[str, str]:
-    """The host (an IPv6 address without its brackets) and the port of a ``tcp://HOST:PORT`` URL."""
-    host, _, port = url[len("tcp://") :].rpartition(":")
-    return host.strip("[]"), port
 
 
 def check_connect_url(url: object) -> str:
@@ -408,10 +402,13 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
     listens"."""
     from zmq.utils.monitor import parse_monitor_message  # (imports asyncio: not for every client's start)
 
+    address = endpoint_or_why(url, timeout)[0]
+    if address is None:  # (a host name not resolved in time: nothing can be told)
+        return None
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         events = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
-        _sock, monitor = _monitored_dealer(ctx, url, server_key, events)  # (held: a dropped socket is closed)
+        _sock, monitor = _monitored_dealer(ctx, address, server_key, events)  # (held: a dropped socket is closed)
         deadline = time.monotonic() + timeout
         connected = False
         while monitor.poll(max(1, int((deadline - time.monotonic()) * 1000))):
@@ -468,10 +465,12 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     listens at ``url`` (ZeroMQ would retry a refused connection silently until the timeout);
     ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL or timeout.
     """
+    started = time.monotonic()
     _check_reachable(url, timeout)
+    address = wait_for_endpoint(url, timeout, started + timeout)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
-        sock, monitor = _monitored_dealer(ctx, url, server_key)  # a failed handshake is said at once
+        sock, monitor = _monitored_dealer(ctx, address, server_key)  # a failed handshake is said at once
         sock.send(p.encode_request(request))
         return _answer(sock, url, time.monotonic() + timeout, timeout, monitor, server_key)
     finally:
@@ -488,20 +487,19 @@ def _check_reachable(url: str, timeout: float) -> None:
 
 
 def _monitored_dealer(
-    ctx: zmq.Context[Any], url: str, server_key: str | bytes | None, events: int = HANDSHAKE_FAILED
+    ctx: zmq.Context[Any], address: str, server_key: str | bytes | None, events: int = HANDSHAKE_FAILED
 ) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
-    """A DEALER of ``ctx`` connected to ``url`` as a client's sockets are (no linger, IPv6 for a [::1]
-    URL, CurveZMQ with ``server_key``), and a monitor of its ``events`` attached before it connects (after,
-    the events of a quick handshake were gone before it listened); both closed if they cannot be made so."""
+    """A DEALER of ``ctx`` connected to ``address`` (``tiger._lookup.endpoint``) as a client's sockets are
+    (no linger, IPv6 for an IPv6 address, CurveZMQ with ``server_key``), and a monitor of its ``events``
+    attached before it connects (after, the events of a quick handshake were gone before it listened);
+    both closed if they cannot be made so."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     monitor: zmq.Socket[Any] | None = None
     try:
         sock.setsockopt(zmq.LINGER, 0)
-        if "[" in url:
-            sock.setsockopt(zmq.IPV6, 1)
         secure(sock, server_key)
         monitor = sock.get_monitor_socket(events)
-        sock.connect(url)
+        connect_socket(sock, address)
     except BaseException:
         if monitor is not None:
             monitor.close(linger=0)
@@ -575,7 +573,9 @@ class NamespaceLease:
         from tiger._table import check_leasable
 
         check_leasable(namespace)
+        started = time.monotonic()
         _check_reachable(url, timeout)
+        address = wait_for_endpoint(url, timeout, started + timeout)
         self.url = url
         self.namespace = namespace
         self.client_id = p.new_client_id()
@@ -584,7 +584,7 @@ class NamespaceLease:
         self._sock: zmq.Socket[Any] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         try:
-            self._sock, monitor = _monitored_dealer(self._ctx, url, server_key)  # a failed handshake: said at once
+            self._sock, monitor = _monitored_dealer(self._ctx, address, server_key)  # a failed handshake: said at once
             deadline = time.monotonic() + timeout
             sent = time.time()
             self._sock.send(p.encode_request(p.Hello(1, self.client_id)))
@@ -672,36 +672,10 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
     return None
 
 
-# seconds a DNS lookup of a writer's host name may take before tiger says nothing of the name: glibc's resolver
-# waits 5 s per try and per name server when none answers (resolv.conf's default), and no timeout of Python's bounds it
-LOOKUP_WAIT = 1.0
 # seconds a host whose lookup took longer is not looked up again by ``unresolved_host``: a command's error told
 # of it 4 times, a second each, and each lookup left a thread waiting out the resolver
 SLOW_LOOKUP_KEPT = 10.0
 _slow_lookups: dict[str, float] = {}  # host -> when its lookup last took longer than LOOKUP_WAIT
-
-
-def addresses(host: str, port: int | None = None, seconds: float = LOOKUP_WAIT) -> list[Any]:
-    """``socket.getaddrinfo(host, port, type=SOCK_STREAM)``, made in a thread of its own and waited for at most
-    ``seconds``: ``TimeoutError`` past them (the thread, a daemon, ends with the lookup). Raises what the
-    lookup raises (``socket.gaierror``, ``UnicodeError`` for a name idna cannot encode). A probe made at a
-    call's end took the resolver's whole time on top of the call's timeout."""
-    outcome: list[Any] = []
-    done = threading.Event()
-
-    def look_up() -> None:
-        try:
-            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except BaseException as e:
-            outcome.append(e)
-        done.set()
-
-    threading.Thread(target=look_up, name="tiger-lookup", daemon=True).start()
-    if not done.wait(seconds):
-        raise TimeoutError(f"the lookup of {shown(host)} took longer than {seconds:g}s")
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]  # type: ignore[no-any-return]
 
 
 def unresolved_host(url: str) -> str | None:
@@ -709,7 +683,7 @@ def unresolved_host(url: str) -> str | None:
     most ``LOOKUP_WAIT`` seconds: then nothing can be told), else None."""
     if url.startswith("tcp://"):
         host = tcp_host_port(url)[0]
-        if not _is_address(host):
+        if not is_address(host):
             slow = _slow_lookups.get(host)
             if slow is not None and time.monotonic() - slow < SLOW_LOOKUP_KEPT:
                 return None
@@ -725,6 +699,18 @@ def unresolved_host(url: str) -> str | None:
     return None
 
 
+def slow_lookup(url: str) -> str | None:
+    """That the lookup of the host name of a tcp ``url`` took longer than ``LOOKUP_WAIT`` within the last
+    ``SLOW_LOOKUP_KEPT`` seconds (``unresolved_host``), else None: a silence that follows one is the name
+    server's, not a paused writer's."""
+    if url.startswith("tcp://"):
+        host = tcp_host_port(url)[0]
+        slow = _slow_lookups.get(host)
+        if slow is not None and time.monotonic() - slow < SLOW_LOOKUP_KEPT:
+            return f"the lookup of the host {shown(host)} took too long (a name server that does not answer?)"
+    return None
+
+
 def why_unreachable(url: str, timeout: float = 1.0) -> str | None:
     """``why_refused``, or that the host name of a tcp ``url`` does not resolve (looked up now, so not
     in a probe made again and again): what a one-shot request says at once (a ``tiger`` command to a
@@ -734,18 +720,21 @@ def why_unreachable(url: str, timeout: float = 1.0) -> str | None:
 
 def no_answer(url: str, seconds: float) -> str:
     """What ``Unavailable`` says when the writer at ``url`` did not answer within ``seconds``, with why
-    nothing can answer there if that can be told (``why_unreachable``: a client waited out its timeout
-    to a mistyped host and said nothing of it). A client waits for a host that does not resolve, as for
-    a writer not started yet: a writer's container may get its name after its clients start."""
-    why = why_unreachable(url, 0.1)
+    nothing can answer there if that can be told (``why_refused``: ZeroMQ retries a refused connection
+    silently). Its host name is not looked up again: it had an address (``tiger._lookup.wait_for_endpoint``
+    says when a name does not resolve or its lookup is slow), and a lookup here took up to ``LOOKUP_WAIT``
+    past the call's timeout with a name server that does not answer (a writer paused meanwhile was then
+    told as the name server's fault)."""
+    why = why_refused(url, 0.1)
     return f"the tiger writer at {url} did not answer within {seconds:g}s" + (f": {why}" if why else "")
 
 
 def silence_hint(url: str) -> str:
     """What may keep a writer from answering at ``url`` when something accepts connections there (or it
-    cannot be told: a host name): the host name does not resolve (looked up now), else it is paused or
+    cannot be told: a host name): the host name does not resolve (looked up now) or its lookup is slow
+    (``slow_lookup``), else it is paused or
     busy, or it is no tiger writer. (A failed CurveZMQ handshake is told apart: ``HandshakeFailed``.)"""
-    unresolved = unresolved_host(url)
+    unresolved = unresolved_host(url) or slow_lookup(url)
     if unresolved is not None:
         return unresolved
     return "something is there and does not answer: a writer paused (SIGSTOP, a debugger) or busy, or no tiger writer"
@@ -796,7 +785,7 @@ def accepting(url: str, timeout: float = 1.0) -> str | None:
             return "absent"
         if url.startswith("tcp://"):
             host = tcp_host_port(url)[0]
-            if host != "localhost" and not _is_address(host):
+            if host != "localhost" and not is_address(host):
                 return None
         _stream(url, timeout).close()
     except ConnectionRefusedError:
@@ -825,23 +814,14 @@ def _stream(url: str, timeout: float) -> socket.socket:
     host = "127.0.0.1" if host == "localhost" else host
     if port == "*":
         raise ValueError(f"{url} is a wildcard")
-    if _is_address(host):
+    if is_address(host):
         return socket.create_connection((host, int(port)), timeout=timeout)
     # looked up within the timeout too (``create_connection`` waits out the resolver), then each address tried
     deadline = time.monotonic() + timeout
     failed: OSError | None = None
-    for ip in dict.fromkeys(info[4][0] for info in addresses(host, int(port), timeout)):
+    for ip in addresses(host, timeout):
         try:
             return socket.create_connection((ip, int(port)), timeout=max(0.001, deadline - time.monotonic()))
         except OSError as e:
             failed = e
     raise failed or OSError(f"no address of {shown(host)}")
-
-
-def _is_address(host: str) -> bool:
-    """Whether ``host`` is an IPv4 or IPv6 address (no lookup needed)."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -62,8 +62,9 @@ from tiger._client import (
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, off_loop, running_loop
+from tiger._lookup import endpoint_or_why, unresolved
 from tiger._owned import OwnedAsyncLock
-from tiger._server import recently_refused
+from tiger._server import check_connect_url, recently_refused
 from tiger._table import GLOBAL, Record, check_leasable, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
@@ -80,6 +81,7 @@ async def connect(
     ``heartbeat_timeout`` seconds is taken for gone. Raises ``ValueError`` for a bad argument,
     ``tiger.Unavailable`` if no writer answers within ``timeout``. ``async with client:`` closes it."""
     url, server_key = _connect_arguments(url, server_key)
+    await _looked_up(check_connect_url(url), check_seconds(timeout, "timeout", positive=True))  # type: ignore[arg-type]
     client = AsyncClient(url, timeout, heartbeat_timeout, server_key)
     try:
         await client._open()
@@ -87,6 +89,21 @@ async def connect(
         client._close_now()
         raise
     return client
+
+
+async def _looked_up(url: str, timeout: float) -> None:
+    """Return once the host name of ``url`` has an address (``tiger._lookup``, kept there for the client
+    made next), within ``timeout`` seconds, as ``tiger.connect`` waits for it, the event loop running
+    meanwhile: polled every 10 ms, no thread held. ``Unavailable`` naming why past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found, why = endpoint_or_why(url, 0)
+        left = deadline - time.monotonic()
+        if found is not None:
+            return
+        if left <= 0:
+            raise unresolved(url, timeout, why)
+        await asyncio.sleep(min(0.01, left))
 
 
 class AsyncClient(_Connection):
