@@ -107,6 +107,20 @@ def test_async_writes_are_in_the_local_replica_when_they_return(tiger_url, ns):
     run(main)
 
 
+def test_an_async_clients_repr_named_a_class_tiger_does_not_have(tiger_url, ns):
+    # a user's trial: repr(client) said <tiger.AsyncClient ...>, and there is no tiger.AsyncClient to look up
+    import importlib
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as client:
+            for obj in (client, client.table("plans")):
+                where, name = repr(obj)[1:].split(" ", 1)[0].rsplit(".", 1)
+                assert (where, name) == ("tiger.aio", type(obj).__name__)
+                assert getattr(importlib.import_module(where), name) is type(obj)
+
+    run(main)
+
+
 def test_async_and_blocking_clients_share_one_writer(tiger_url, connect, ns):
     blocking = connect()
 

@@ -300,7 +300,7 @@ class _Connection:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"epoch {self.epoch}, seq {self.seq}"
-        return f"<tiger.{type(self).__name__} {self.url} ({state})>"
+        return f"<{_public_name(self)} {self.url} ({state})>"
 
     # -- the replica ----------------------------------------------------------------
 
@@ -979,7 +979,7 @@ class _TableReads:
         self._namespaces = self._store.namespaces_of(name)  # stable: never replaced by the replica
 
     def __repr__(self) -> str:
-        return f"<tiger.{type(self).__name__} {self.name!r} prefix={self.prefix!r}>"
+        return f"<{_public_name(self)} {self.name!r} prefix={self.prefix!r}>"
 
     # -- reads ------------------------------------------------------------------------
 
@@ -1239,3 +1239,10 @@ def _connect_arguments(url: str | None, server_key: str | None) -> tuple[str, st
     if server_key is None:
         server_key = os.environ.get("TIGER_SERVER_KEY") or None
     return url, server_key
+
+
+def _public_name(obj: object) -> str:
+    """``tiger.Client``, ``tiger.aio.AsyncTable``: where a user imports the class of ``obj`` from (its repr
+    said ``tiger.AsyncClient``, which does not exist)."""
+    module = type(obj).__module__
+    return f"{'tiger' if module.startswith('tiger._') else module}.{type(obj).__name__}"
