@@ -1187,6 +1187,7 @@ def slow_resolver(monkeypatch):
     monkeypatch.setattr(_server, "_slow_lookups", {})  # (each test's first lookup is slow again)
     monkeypatch.setattr(_lookup, "_lookups", {})  # (not joined to a slow lookup an earlier test left in flight)
     monkeypatch.setattr(_lookup, "_found", {})
+    monkeypatch.setattr(_lookup, "_failed", {})
 
 
 @pytest.mark.parametrize("kind", ["connect", "command", "greeting"])

@@ -51,6 +51,7 @@ def resolver(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", fake)
     monkeypatch.setattr(_lookup, "_lookups", {})
     monkeypatch.setattr(_lookup, "_found", {})
+    monkeypatch.setattr(_lookup, "_failed", {})
     yield fake
     fake.released.set()  # (a lookup thread left waiting ends)
 
@@ -122,20 +123,37 @@ def test_a_client_waits_within_its_timeout_for_a_name_that_resolves_late(resolve
 
 
 @pytest.mark.parametrize(
-    ("answer", "why"),
+    ("host", "why"),
     [
-        (None, "the host 'gone.test' does not resolve"),
-        ("slow", "the lookup of the host 'gone.test' took longer than that (a name server that does not answer?)"),
+        ("unknown.test", "the host 'unknown.test' does not resolve"),
+        ("slow.test", "the lookup of the host 'slow.test' took longer than that (a name server that does not answer?)"),
     ],
 )
-def test_a_name_not_resolved_within_the_timeout_is_named_in_the_error(resolver, answer, why):
-    if answer == "slow":
+def test_a_name_not_resolved_within_the_timeout_is_named_in_the_error(resolver, host, why):
+    # (a host of its own per test: a lookup thread of the test before may end in this one)
+    if host == "slow.test":
         resolver.released.clear()
     started = time.monotonic()
     with pytest.raises(tiger.Unavailable) as raised:
-        tiger.connect("tcp://gone.test:7710", timeout=0.5)
-    assert str(raised.value) == f"the tiger writer at tcp://gone.test:7710 did not answer within 0.5s: {why}"
+        tiger.connect(f"tcp://{host}:7710", timeout=0.5)
+    assert str(raised.value) == f"the tiger writer at tcp://{host}:7710 did not answer within 0.5s: {why}"
     assert time.monotonic() - started < 0.5 + 1.0
+
+
+def test_a_name_that_does_not_resolve_was_told_as_a_slow_name_server_when_the_timeout_ended_in_a_new_lookup(
+    resolver, monkeypatch
+):
+    # the full suite: connect(timeout=0.5) to a mistyped host, its first lookup refused at once, looked the name
+    # up again (LOOKUP_KEPT 0.5 s after) just before its deadline and said the name server did not answer
+    with pytest.raises(socket.gaierror):
+        _lookup.endpoint("tcp://refused-then-slow.test:7710", 5)
+    monkeypatch.setattr(_lookup, "LOOKUP_KEPT", 0.0)  # (every call looks again)
+    resolver.released.clear()  # (and every lookup from now on is still going when the deadline comes)
+    with pytest.raises(tiger.Unavailable, match=r"the host 'refused-then-slow\.test' does not resolve$"):
+        tiger.connect("tcp://refused-then-slow.test:7710", timeout=0.3)
+    monkeypatch.setattr(_lookup, "LOOKUP_WAIT", 0.1)  # a lookup going on this long is the news: a slow name server
+    with pytest.raises(tiger.Unavailable, match=r"took longer than that \(a name server that does not answer\?\)$"):
+        tiger.connect("tcp://refused-then-slow.test:7710", timeout=0.3)
 
 
 # Runs inside a network namespace whose only name server (127.0.0.1:53) is this script: it answers

@@ -56,6 +56,7 @@ class _Lookup:
     def __init__(self, host: str) -> None:
         self.host = host
         self.done = threading.Event()
+        self.started = time.monotonic()
         self.ended = 0.0  # time.monotonic() when it ended
         self.addresses: list[str] = []
         self.error: BaseException | None = None
@@ -67,12 +68,19 @@ class _Lookup:
             self.addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
         except BaseException as e:  # (socket.gaierror, UnicodeError for a name idna cannot encode)
             self.error = e
+        with _lock:
+            if self.error is not None:
+                _failed[self.host] = self.error
+            elif self.addresses:
+                _found[self.host] = self.addresses
+                _failed.pop(self.host, None)
         self.ended = time.monotonic()
         self.done.set()
 
 
 _lookups: dict[str, _Lookup] = {}  # host -> its newest lookup
 _found: dict[str, list[str]] = {}  # host -> the addresses its last lookup that ended well found
+_failed: dict[str, BaseException] = {}  # host -> what its last lookup raised, if it failed since the last that found
 _lock = threading.Lock()
 
 
@@ -92,8 +100,9 @@ def _lookup(host: str) -> _Lookup:
         last = _lookups.get(host)
         if last is not None and (not last.done.is_set() or time.monotonic() - last.ended < LOOKUP_KEPT):
             return last
-        if len(_lookups) > 256:  # (hosts of writers long gone)
-            _lookups.pop(next(iter(_lookups)))
+        for kept in (_lookups, _found, _failed):
+            if len(kept) > 256:  # (hosts of writers long gone)
+                kept.pop(next(iter(kept)))
         new = _lookups[host] = _Lookup(host)
         return new
 
@@ -112,8 +121,6 @@ def addresses(host: str, seconds: float | None = None) -> list[str]:
         raise lookup.error
     if not lookup.addresses:
         raise socket.gaierror(socket.EAI_NONAME, f"no address of {shown(host)}")
-    with _lock:
-        _found[host] = lookup.addresses
     return lookup.addresses
 
 
@@ -123,7 +130,8 @@ def endpoint(url: str, seconds: float = 0.0) -> str:
     127.0.0.1 (in a ``tcp://SOURCE;HOST:PORT`` URL too, its SOURCE kept); an ipc URL and a tcp URL with an
     address as they are.
     Waits at most ``seconds`` for the lookup; one that takes longer gives the address this process found
-    last for the host, else raises ``TimeoutError``. Raises ``OSError`` (``socket.gaierror``) or
+    last for the host, else what the lookup before it raised (if this one has not taken ``LOOKUP_WAIT``
+    yet), else raises ``TimeoutError``. Raises ``OSError`` (``socket.gaierror``) or
     ``UnicodeError`` when the host does not resolve."""
     if not url.startswith("tcp://"):
         return url
@@ -139,7 +147,14 @@ def endpoint(url: str, seconds: float = 0.0) -> str:
     except TimeoutError:
         with _lock:
             found = _found.get(host, [])
+            failed = _failed.get(host)
+            lookup = _lookups.get(host)
         if not found:
+            # a lookup made again that has not ended yet, but is not slow: what the one before it found is the
+            # news (a connect(timeout=0.5) to a mistyped host, its first lookup refused at once, its second
+            # begun just before the deadline, said the name server did not answer)
+            if failed is not None and lookup is not None and time.monotonic() - lookup.started < LOOKUP_WAIT:
+                raise type(failed)(*failed.args) from None
             raise
     ip = next((a for a in found if ":" not in a), found[0])
     return f"tcp://{source}{ip}:{port}" if ":" not in ip else f"tcp://{source}[{ip}]:{port}"
