@@ -156,11 +156,24 @@ def test_a_name_that_does_not_resolve_was_told_as_a_slow_name_server_when_the_ti
         tiger.connect("tcp://refused-then-slow.test:7710", timeout=0.3)
 
 
+def test_a_writer_binds_the_address_tiger_looked_up_for_its_host_name(resolver):
+    from tiger._server import bind_address
+
+    resolver.answers["w.test"] = ["10.0.0.7"]
+    assert bind_address("tcp://w.test:7710") == "tcp://10.0.0.7:7710"
+    for url in ("tcp://*:7710", "tcp://lo:7710", "tcp://127.0.0.1:*", "tcp://[::1]:7710", "ipc:///tmp/tiger/w"):
+        assert bind_address(url) == url  # (a wildcard, an interface name, an address: libzmq needs no lookup)
+    with pytest.raises(ValueError, match=r"^url: cannot bind 'tcp://nowhere\.test:7710': the host 'nowhere\.test' does"):
+        bind_address("tcp://nowhere.test:7710")
+    assert resolver.calls == {"w.test": 1, "nowhere.test": 1}
+
+
 # Runs inside a network namespace whose only name server (127.0.0.1:53) is this script: it answers
 # writer.test with 127.0.0.1 (no IPv6) and any other name with NXDOMAIN, and answers nothing while muted.
 NAME_SERVER_STOPS = """
-import asyncio, json, os, signal, socket, struct, threading, time
+import asyncio, json, os, signal, socket, struct, tempfile, threading, time
 import tiger, tiger.aio
+from tiger import _cli
 
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.bind(("127.0.0.1", 53))
@@ -194,6 +207,17 @@ try:
 except tiger.Unavailable as e:
     seen["connect error"] = str(e)
 took("connect", started)
+muted.clear()
+
+keys = tempfile.mkdtemp()
+_cli.main(["keygen", keys])
+muted.set()
+started = time.monotonic()
+try:
+    tiger.serve("tcp://silent.test:7710", timeout=2, curve_secret=os.path.join(keys, "tiger.key"))
+except ValueError as e:
+    seen["serve error"] = str(e)
+took("serve", started)
 muted.clear()
 
 with tiger.serve("tcp://127.0.0.1:*") as server:
@@ -257,9 +281,10 @@ print(json.dumps(seen))
 
 def test_a_name_server_that_stopped_answering_held_connect_and_close_past_their_timeout(tmp_path):
     # A new user's trial, a name server that does not answer (glibc waits 5 s per try): connect(timeout=1)
-    # raised after 20 s; a client connected by name whose writer then paused took 2 s to time out an insert
-    # of timeout=1 and 13 s to close, as did tiger.aio's (libzmq looked the name up again for each fresh
-    # socket, and its context's end waited for the lookups).
+    # raised after 20 s; serve(timeout=2) said only that the writer did not start, after 3.2 s; a client
+    # connected by name whose writer then paused took 2 s to time out an insert of timeout=1 and 13 s to
+    # close, as did tiger.aio's (libzmq looked the name up again for each fresh socket, and its context's
+    # end waited for the lookups).
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.skip("needs root, unshare(1) and ip(8) for a network namespace with a name server of its own")
     if subprocess.run(["unshare", "-mn", "true"], capture_output=True).returncode != 0:
@@ -279,6 +304,11 @@ def test_a_name_server_that_stopped_answering_held_connect_and_close_past_their_
         "the tiger writer at tcp://silent.test:7710 did not answer within 1s: the lookup of the host 'silent.test' "
         "took longer than that (a name server that does not answer?)"
     )
+    assert seen["serve error"] == (  # (it said "did not start within the timeout", after 3.2 s)
+        "url: cannot bind 'tcp://silent.test:7710': the lookup of the host 'silent.test' took too long "
+        "(a name server that does not answer?)"
+    )
+    assert seen["serve"] < 2
     assert seen["insert error"].endswith("did not answer within 1s")  # (the writer's silence, not the name server's)
     assert seen["connect"] < 1 + 1.0  # 20 s before
     assert seen["aio connect"] < 1 + 1.0

@@ -19,10 +19,19 @@ from typing import Any
 import zmq
 from zmq.utils import z85
 
+from tiger import _lookup
 from tiger import _protocol as p
 from tiger._calls import call_expiry, check_seconds, clock_offset
 from tiger._errors import FAILURES, HandshakeFailed, ProtocolError, TigerError, Unavailable, shown
-from tiger._lookup import addresses, connect_socket, endpoint_or_why, is_address, tcp_host_port, wait_for_endpoint
+from tiger._lookup import (
+    addresses,
+    connect_socket,
+    endpoint,
+    endpoint_or_why,
+    is_address,
+    tcp_host_port,
+    wait_for_endpoint,
+)
 from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, ipc_path_unusable, path_bytes, short_temp_dir
 from tiger._process import unsupported_environment
 
@@ -111,10 +120,31 @@ def check_bind_url(url: object) -> str:
         raise ValueError(f"url: {unusable[1]}: {shown(url)}")
     host = tcp_host_port(url)[0] if url.startswith("tcp://") else ""
     bindable = host == "*" or host in {name for _, name in socket.if_nameindex()}  # (libzmq binds these too)
-    unresolved = None if bindable else unresolved_host(url)  # (refused as "without CurveZMQ", or ZeroMQ's "No such device")
+    # (refused as "without CurveZMQ", or ZeroMQ's "No such device"; a slow lookup: the writer's own bind waited it out)
+    unresolved = None if bindable else unresolved_host(url) or slow_lookup(url)
     if unresolved is not None:
         raise ValueError(f"url: cannot bind {shown(url)}: {unresolved}")
     return url
+
+
+def bind_address(url: str) -> str:
+    """Where a writer binds for ``url``: a tcp host name replaced by its address (``tiger._lookup.endpoint``,
+    looked up for at most ``LOOKUP_WAIT`` seconds), any other URL as it is (``*``, an interface name, an
+    address, ipc). libzmq's bind looked the name up itself with no bound: with a name server that does not
+    answer, ``tiger.serve(url, timeout=2)`` said only "did not start within the timeout", after 3.2 s.
+    ``ValueError`` naming the host when it does not resolve in time."""
+    if not url.startswith("tcp://"):
+        return url
+    host = tcp_host_port(url)[0]
+    if host == "*" or is_address(host) or host in {name for _, name in socket.if_nameindex()}:
+        return url
+    try:
+        return endpoint(url, _lookup.LOOKUP_WAIT)
+    except TimeoutError:
+        why = f"the lookup of the host {shown(host)} took too long (a name server that does not answer?)"
+    except (OSError, UnicodeError):
+        why = f"the host {shown(host)} does not resolve"
+    raise ValueError(f"url: cannot bind {shown(url)}: {why}")
 
 
 def check_data_dir(value: object, field: str) -> str:

@@ -35,7 +35,7 @@ from tiger._core import CLIENT_SILENCE, LEASE_GRACE, WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 from tiger._paths import ipc_path_unusable
 from tiger._process import ProcessWatch
-from tiger._server import NOT_STARTED, accepting
+from tiger._server import NOT_STARTED, accepting, bind_address
 from tiger._snapshots import PEER_HWM, STALL, Outgoing, PeerGone
 
 log = logging.getLogger("tiger.writer")
@@ -221,8 +221,9 @@ class Writer:
                 sock.curve_server = True
         try:
             _refuse_a_live_ipc_path(url)
-            self.router.bind(url)
-            self.pub.bind(publish_endpoint(url))
+            address = bind_address(url)  # (a host name looked up by tiger, within a bound)
+            self.router.bind(address)
+            self.pub.bind(publish_endpoint(address))
         except BaseException:
             if self.data is not None:  # a failed start leaves no data directory it made behind: removed while
                 self.data.remove_made()  # it is locked still, so no writer that takes it after loses files to it
