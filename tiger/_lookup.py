@@ -94,6 +94,15 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
+def _again(error: BaseException) -> BaseException:
+    """A copy of a lookup's ``error`` to raise: the one object, raised by every caller that waited for the
+    lookup (threads at once), would gather each raise's traceback."""
+    try:
+        return type(error)(*error.args)
+    except Exception:  # (an exception type made otherwise)
+        return error
+
+
 def _lookup(host: str) -> _Lookup:
     """The lookup of ``host`` in flight, or one that ended less than ``LOOKUP_KEPT`` seconds ago, else a new one."""
     with _lock:
@@ -110,15 +119,16 @@ def _lookup(host: str) -> _Lookup:
 def addresses(host: str, seconds: float | None = None) -> list[str]:
     """The addresses of ``host`` (IPv4 and IPv6, as ``getaddrinfo`` orders them, each once), waiting at most
     ``seconds`` (default ``LOOKUP_WAIT``) for the lookup: ``TimeoutError`` past them (the lookup goes on; a
-    call made meanwhile waits for the same one). Raises what the lookup raised: ``socket.gaierror`` (``EAI_NONAME``: no such host;
-    ``EAI_AGAIN``: the resolver failed for now), ``UnicodeError`` for a name idna cannot encode."""
+    call made meanwhile waits for the same one). Raises what the lookup raised: ``socket.gaierror``
+    (``EAI_NONAME``: no such host; ``EAI_AGAIN``: the resolver failed for now), ``UnicodeError`` for a
+    name idna cannot encode."""
     if seconds is None:
         seconds = LOOKUP_WAIT
     lookup = _lookup(host)
     if not lookup.done.wait(max(seconds, 0)):
         raise TimeoutError(f"the lookup of the host {shown(host)} took longer than {seconds:g}s")
     if lookup.error is not None:
-        raise lookup.error
+        raise _again(lookup.error)
     if not lookup.addresses:
         raise socket.gaierror(socket.EAI_NONAME, f"no address of {shown(host)}")
     return lookup.addresses
@@ -154,7 +164,7 @@ def endpoint(url: str, seconds: float = 0.0) -> str:
             # news (a connect(timeout=0.5) to a mistyped host, its first lookup refused at once, its second
             # begun just before the deadline, said the name server did not answer)
             if failed is not None and lookup is not None and time.monotonic() - lookup.started < LOOKUP_WAIT:
-                raise type(failed)(*failed.args) from None
+                raise _again(failed) from None
             raise
     ip = next((a for a in found if ":" not in a), found[0])
     return f"tcp://{source}{ip}:{port}" if ":" not in ip else f"tcp://{source}[{ip}]:{port}"
