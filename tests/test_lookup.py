@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -166,6 +167,46 @@ def test_a_writer_binds_the_address_tiger_looked_up_for_its_host_name(resolver):
     with pytest.raises(ValueError, match=r"^url: cannot bind 'tcp://nowhere\.test:7710': the host 'nowhere\.test' does"):
         bind_address("tcp://nowhere.test:7710")
     assert resolver.calls == {"w.test": 1, "nowhere.test": 1}
+
+
+def test_a_resolver_that_failed_for_now_was_told_as_a_host_that_does_not_resolve(resolver):
+    # a user's trial: glibc answers EAI_AGAIN once no name server answered (5 s a try); connect(timeout=5.5)
+    # then said "the host 'fresh.example.com' does not resolve"
+    resolver.answers["again.test"] = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    with pytest.raises(tiger.Unavailable) as raised:
+        tiger.connect("tcp://again.test:7710", timeout=0.3)
+    assert str(raised.value).endswith("the lookup of the host 'again.test' failed for now (a name server that does not answer?)")
+
+
+@pytest.mark.parametrize(
+    ("check", "url", "said"),
+    [
+        ("connect", "tcp://127.0.0.1;localhost:7710", "the SOURCE of a tcp://SOURCE;HOST:PORT url needs a port too"),
+        ("connect", "tcp://:7710", "a tcp url needs a host"),
+        ("bind", "tcp://:7710", "a tcp url needs a host"),
+        ("bind", "tcp://127.0.0.1:0;localhost:7710", "tcp://SOURCE;HOST:PORT is ZeroMQ's form for connecting"),
+    ],
+)
+def test_a_url_libzmq_retried_for_ever_or_said_of_as_an_empty_host_is_refused_naming_it(check, url, said):
+    from tiger._server import check_bind_url, check_connect_url
+
+    with pytest.raises(ValueError, match=f"^url: {re.escape(said)}"):
+        (check_connect_url if check == "connect" else check_bind_url)(url)
+
+
+def test_the_commands_took_the_source_of_a_source_host_url_for_part_of_its_host(capsys):
+    # a user's trial: tiger.connect took tcp://127.0.0.1:0;localhost:PORT; `tiger stats` and the pytest plugin
+    # said "the host '127.0.0.1:0;localhost' does not resolve"
+    from tiger import _cli
+    from tiger._server import unresolved_host
+
+    with tiger.serve("tcp://127.0.0.1:*") as server:
+        port = server.url.rsplit(":", 1)[1]
+        for host in ("localhost", "127.0.0.1"):
+            url = f"tcp://127.0.0.1:0;{host}:{port}"
+            assert unresolved_host(url) is None
+            assert _cli.main(["stats", "--url", url, "--timeout", "5"]) == 0, capsys.readouterr().err
+            assert f"url      {server.url}" in capsys.readouterr().out
 
 
 # Runs inside a network namespace whose only name server (127.0.0.1:53) is this script: it answers

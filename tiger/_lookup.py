@@ -45,7 +45,7 @@ def tcp_host_port(url: str) -> tuple[str, str]:
     return host.strip("[]"), port
 
 
-def _host(url: str) -> str:
+def url_host(url: str) -> str:
     """The host of a tcp ``url``, also of a ``tcp://SOURCE;HOST:PORT`` one."""
     return tcp_host_port("tcp://" + url[len("tcp://") :].rpartition(";")[2])[0]
 
@@ -172,14 +172,19 @@ def endpoint(url: str, seconds: float = 0.0) -> str:
 
 def endpoint_or_why(url: str, seconds: float) -> tuple[str | None, str]:
     """``(endpoint(url, seconds), "")``, or ``(None, why)`` when it is not known: the host does not resolve,
-    or its lookup took longer than ``seconds``."""
+    its lookup took longer than ``seconds``, or the resolver failed for now (``EAI_AGAIN``: glibc's answer
+    once no name server answered, which is not "no such host")."""
     try:
         return endpoint(url, seconds), ""
     except TimeoutError:
-        host = shown(_host(url))
+        host = shown(url_host(url))
         return None, f"the lookup of the host {host} took longer than that (a name server that does not answer?)"
+    except socket.gaierror as e:
+        if e.errno == socket.EAI_AGAIN:  # (glibc's answer once its name servers have not answered, 5 s per try)
+            return None, f"the lookup of the host {shown(url_host(url))} failed for now (a name server that does not answer?)"
+        return None, f"the host {shown(url_host(url))} does not resolve"
     except (OSError, UnicodeError):
-        return None, f"the host {shown(_host(url))} does not resolve"
+        return None, f"the host {shown(url_host(url))} does not resolve"
 
 
 def wait_for_endpoint(url: str, timeout: float, deadline: float | None = None) -> str:

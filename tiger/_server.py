@@ -30,6 +30,7 @@ from tiger._lookup import (
     endpoint_or_why,
     is_address,
     tcp_host_port,
+    url_host,
     wait_for_endpoint,
 )
 from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, ipc_path_unusable, path_bytes, short_temp_dir
@@ -70,6 +71,8 @@ def check_url(url: object) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"url must be text UTF-8 can carry (ZeroMQ encodes it so): {shown(url)}") from None
     if url.startswith("tcp://") and ":" in url[len("tcp://") :]:
+        if not url_host(url):  # (said "the host '' does not resolve")
+            raise ValueError(f"url: a tcp url needs a host, tcp://HOST:PORT, got {shown(url)}")
         port = url.rsplit(":", 1)[1]
         if port != "*" and not (port.isdigit() and port.isascii() and len(port) <= 5 and int(port) <= 65535):  # (libzmq wraps)
             raise ValueError(f"url: a tcp port must be * or 0 to 65535, got {shown(port)}: {shown(url)}")
@@ -86,7 +89,13 @@ def check_connect_url(url: object) -> str:
     check_url(url)
     assert isinstance(url, str)
     if url.startswith("tcp://"):
-        host, port = tcp_host_port(url)
+        source, semicolon, _ = url[len("tcp://") :].rpartition(";")
+        source_port = source.rpartition(":")[2]
+        if semicolon and not (source_port == "*" or (source_port.isdigit() and source_port.isascii())):
+            raise ValueError(  # (libzmq took it, and retried the connection silently for ever)
+                f"url: the SOURCE of a tcp://SOURCE;HOST:PORT url needs a port too, SOURCE:0 for any, got {shown(url)}"
+            )
+        host, port = url_host(url), url.rsplit(":", 1)[1]
         if host == "*" or port == "*" or (port.isdigit() and int(port) == 0):
             raise ValueError(
                 f"url: {shown(url)} is a wildcard only a writer binds (tiger serve picks a free port and prints it): "
@@ -118,6 +127,11 @@ def check_bind_url(url: object) -> str:
     unusable = ipc_path_unusable(url)
     if unusable is not None:
         raise ValueError(f"url: {unusable[1]}: {shown(url)}")
+    if url.startswith("tcp://") and ";" in url:
+        raise ValueError(
+            f"url: tcp://SOURCE;HOST:PORT is ZeroMQ's form for connecting from SOURCE; a writer binds tcp://HOST:PORT, "
+            f"got {shown(url)}"
+        )
     host = tcp_host_port(url)[0] if url.startswith("tcp://") else ""
     bindable = host == "*" or host in {name for _, name in socket.if_nameindex()}  # (libzmq binds these too)
     # (refused as "without CurveZMQ", or ZeroMQ's "No such device"; a slow lookup: the writer's own bind waited it out)
@@ -712,7 +726,7 @@ def unresolved_host(url: str) -> str | None:
     """ "the host NAME does not resolve" for a tcp URL whose host name has no address (looked up now, for at
     most ``LOOKUP_WAIT`` seconds: then nothing can be told), else None."""
     if url.startswith("tcp://"):
-        host = tcp_host_port(url)[0]
+        host = url_host(url)
         if not is_address(host):
             slow = _slow_lookups.get(host)
             if slow is not None and time.monotonic() - slow < SLOW_LOOKUP_KEPT:
@@ -734,7 +748,7 @@ def slow_lookup(url: str) -> str | None:
     ``SLOW_LOOKUP_KEPT`` seconds (``unresolved_host``), else None: a silence that follows one is the name
     server's, not a paused writer's."""
     if url.startswith("tcp://"):
-        host = tcp_host_port(url)[0]
+        host = url_host(url)
         slow = _slow_lookups.get(host)
         if slow is not None and time.monotonic() - slow < SLOW_LOOKUP_KEPT:
             return f"the lookup of the host {shown(host)} took too long (a name server that does not answer?)"
