@@ -166,7 +166,10 @@ def test_a_writer_binds_the_address_tiger_looked_up_for_its_host_name(resolver):
         assert bind_address(url) == url  # (a wildcard, an interface name, an address: libzmq needs no lookup)
     with pytest.raises(ValueError, match=r"^url: cannot bind 'tcp://nowhere\.test:7710': the host 'nowhere\.test' does"):
         bind_address("tcp://nowhere.test:7710")
-    assert resolver.calls == {"w.test": 1, "nowhere.test": 1}
+    resolver.answers["again.test"] = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    with pytest.raises(ValueError, match=r"the lookup of the host 'again\.test' failed for now \(a name server"):
+        bind_address("tcp://again.test:7710")  # (it said "does not resolve", as connect did)
+    assert resolver.calls == {"w.test": 1, "nowhere.test": 1, "again.test": 1}
 
 
 def test_a_resolver_that_failed_for_now_was_told_as_a_host_that_does_not_resolve(resolver):

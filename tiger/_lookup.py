@@ -170,15 +170,15 @@ def endpoint(url: str, seconds: float = 0.0) -> str:
     return f"tcp://{source}{ip}:{port}" if ":" not in ip else f"tcp://{source}[{ip}]:{port}"
 
 
-def endpoint_or_why(url: str, seconds: float) -> tuple[str | None, str]:
+def endpoint_or_why(url: str, seconds: float, waited: str = "that") -> tuple[str | None, str]:
     """``(endpoint(url, seconds), "")``, or ``(None, why)`` when it is not known: the host does not resolve,
     its lookup took longer than ``seconds``, or the resolver failed for now (``EAI_AGAIN``: glibc's answer
-    once no name server answered, which is not "no such host")."""
+    once no name server answered, which is not "no such host"). ``waited``: how the why names ``seconds``."""
     try:
         return endpoint(url, seconds), ""
     except TimeoutError:
         host = shown(url_host(url))
-        return None, f"the lookup of the host {host} took longer than that (a name server that does not answer?)"
+        return None, f"the lookup of the host {host} took longer than {waited} (a name server that does not answer?)"
     except socket.gaierror as e:
         if e.errno == socket.EAI_AGAIN:  # (glibc's answer once its name servers have not answered, 5 s per try)
             return None, f"the lookup of the host {shown(url_host(url))} failed for now (a name server that does not answer?)"

@@ -26,7 +26,6 @@ from tiger._errors import FAILURES, HandshakeFailed, ProtocolError, TigerError, 
 from tiger._lookup import (
     addresses,
     connect_socket,
-    endpoint,
     endpoint_or_why,
     is_address,
     tcp_host_port,
@@ -152,13 +151,10 @@ def bind_address(url: str) -> str:
     host = tcp_host_port(url)[0]
     if host == "*" or is_address(host) or host in {name for _, name in socket.if_nameindex()}:
         return url
-    try:
-        return endpoint(url, _lookup.LOOKUP_WAIT)
-    except TimeoutError:
-        why = f"the lookup of the host {shown(host)} took too long (a name server that does not answer?)"
-    except (OSError, UnicodeError):
-        why = f"the host {shown(host)} does not resolve"
-    raise ValueError(f"url: cannot bind {shown(url)}: {why}")
+    found, why = endpoint_or_why(url, _lookup.LOOKUP_WAIT, f"{_lookup.LOOKUP_WAIT:g}s")
+    if found is None:
+        raise ValueError(f"url: cannot bind {shown(url)}: {why}")
+    return found
 
 
 def check_data_dir(value: object, field: str) -> str:
