@@ -1173,7 +1173,7 @@ def slow_resolver(monkeypatch):
     """Python's lookups of SLOW_HOST take 5 s, as glibc's with a name server that does not answer (5 s per try)."""
     import socket
 
-    from tiger import _lookup, _server
+    from tiger import _lookup
 
     real = socket.getaddrinfo
 
@@ -1184,7 +1184,6 @@ def slow_resolver(monkeypatch):
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(_server, "_slow_lookups", {})  # (each test's first lookup is slow again)
     monkeypatch.setattr(_lookup, "_lookups", {})  # (not joined to a slow lookup an earlier test left in flight)
     monkeypatch.setattr(_lookup, "_found", {})
     monkeypatch.setattr(_lookup, "_failed", {})

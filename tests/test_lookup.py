@@ -9,6 +9,7 @@ clients against a real name server that stops answering, in a network namespace 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 import tiger
+import tiger.aio
 from tiger import _lookup
 
 
@@ -55,6 +57,8 @@ def resolver(monkeypatch):
     monkeypatch.setattr(_lookup, "_failed", {})
     yield fake
     fake.released.set()  # (a lookup thread left waiting ends)
+    for lookup in list(_lookup._lookups.values()):  # here: ended later, it stored its address in the next test's
+        lookup.done.wait(5)
 
 
 def test_lookups_of_one_host_asked_for_at_once_share_one_resolver_call(resolver):
@@ -210,6 +214,57 @@ def test_the_commands_took_the_source_of_a_source_host_url_for_part_of_its_host(
             assert unresolved_host(url) is None
             assert _cli.main(["stats", "--url", url, "--timeout", "5"]) == 0, capsys.readouterr().err
             assert f"url      {server.url}" in capsys.readouterr().out
+
+
+@pytest.fixture
+def silent_listener():
+    """A tcp port that accepts connections and never answers (no ZeroMQ greeting): a writer paused, as far as a
+    client can tell. Yields its port."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("call", ["connect", "aio connect", "request_once", "lease", "dump", "load"])
+@pytest.mark.parametrize(("lookup", "timeout"), [("never answers", 0.4), ("answers after 0.8s", 1.0)])
+def test_a_command_waited_for_the_lookup_before_its_timeout_began(
+    resolver, silent_listener, call, lookup, timeout, tmp_path, capsys
+):
+    # request_once (every `tiger` command), a NamespaceLease and `tiger dump`/`tiger load` probed the url's host
+    # (up to LOOKUP_WAIT, 1 s, whatever the call's timeout) before their own timeout began, then waited it whole
+    # again for the answer: `tiger stats --timeout 0.5` to a writer by name took 1.5 s, by a slow name server.
+    # `tiger dump`/`tiger load` took no --timeout at all (connect's 5 s). tiger.connect and tiger.aio.connect
+    # looked up within their timeout, then waited it whole again for the hello (and again for the snapshot).
+    from tiger import _cli
+    from tiger import _protocol as p
+    from tiger._server import NamespaceLease, request_once
+
+    resolver.answers["w.test"] = ["127.0.0.1"]
+    resolver.released.clear()
+    if lookup != "never answers":
+        threading.Timer(0.8, resolver.released.set).start()
+    url = f"tcp://w.test:{silent_listener}"
+    said = f"the tiger writer at {url} did not answer within {timeout:g}s"
+    started = time.monotonic()
+    if call in ("dump", "load"):
+        seed = tmp_path / "seed.jsonl"
+        seed.write_text('{"table": "plans", "record": {"id": "plan_1"}}\n')
+        args = ["dump"] if call == "dump" else ["load", str(seed)]
+        assert _cli.main([*args, "--url", url, "--timeout", str(timeout)]) == 1
+        assert said in capsys.readouterr().err
+    else:
+        with pytest.raises(tiger.Unavailable, match=f"^{re.escape(said)}"):
+            if call == "connect":
+                tiger.connect(url, timeout=timeout)
+            elif call == "aio connect":
+                asyncio.run(tiger.aio.connect(url, timeout=timeout))
+            elif call == "request_once":
+                request_once(url, p.Stats(1), timeout)
+            else:
+                NamespaceLease(url, "leased", timeout)
+    # (0.2 s past it at most: the handshake probe at the deadline, and its greeting probe)
+    assert time.monotonic() - started < timeout + 0.45
 
 
 # Runs inside a network namespace whose only name server (127.0.0.1:53) is this script: it answers

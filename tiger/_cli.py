@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from tiger._calls import check_seconds
-from tiger._client import Client, connect
+from tiger._client import Client, _connect_arguments
 from tiger._core import LEASE_GRACE
 from tiger._errors import HandshakeFailed, TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "file", help='JSON lines of {"table": ..., "record": {...}} (optional "namespace"), or one {table: [records]}'
     )
     load.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
+    load.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer (default %(default)s)")
 
     compact = commands.add_parser("compact", help="make a writer started with --data write a snapshot and start a fresh log")
     compact.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
@@ -102,17 +104,24 @@ def _parser() -> argparse.ArgumentParser:
 
     dump = commands.add_parser("dump", help="print every record as JSON lines (tables, namespaces sorted; insertion order)")
     dump.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
+    dump.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the writer and its records (default %(default)s)"
+    )
     return parser
 
 
-def _connected(url: str) -> Client:
-    """``connect(url)``, at once ``Unavailable`` when nothing listens there (as ``tiger stats`` says it):
-    connect would wait out its timeout (ZeroMQ retries a refused connection silently), or when its host
-    name does not resolve (``why_unreachable``)."""
-    unreachable = why_unreachable(check_connect_url(url))
+def _connected(url: str, timeout: float) -> Client:
+    """``connect(url, timeout)`` (``--timeout``: seconds), at once ``Unavailable`` when nothing listens there
+    (as ``tiger stats`` says it): connect would wait out its timeout (ZeroMQ retries a refused connection
+    silently), or when its host name does not resolve (``why_unreachable``, within the same timeout)."""
+    seconds = check_seconds(timeout, "--timeout", positive=True)
+    assert seconds is not None  # (None only where no_limit)
+    deadline = time.monotonic() + seconds
+    unreachable = why_unreachable(check_connect_url(url), min(1.0, seconds))
     if unreachable is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
-    return connect(url)
+    url, server_key = _connect_arguments(url, None)  # ($TIGER_SERVER_KEY, as connect takes it)
+    return Client(url, seconds, server_key=server_key, deadline=deadline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "load":
             from tiger._seed import load_files
 
-            with _connected(args.url) as client:
+            with _connected(args.url, args.timeout) as client:
                 count = load_files(client, [args.file])
             say(f"loaded {count} records from {args.file}")
             return 0
@@ -172,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dump":
             from tiger._seed import dump_lines
 
-            with _connected(args.url) as client:
+            with _connected(args.url, args.timeout) as client:
                 lines = dump_lines(client)
             # UTF-8, what tiger load reads, whatever the locale: in the locale's encoding (ASCII, Latin-1) a
             # character it lacks stopped the dump half way, and one it has made a file tiger load refuses
@@ -190,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # millions of records) or paused still accepts connections, and a longer --timeout is the advice
             if slow_lookup(args.url) is not None:  # (said in e)
                 advice = "see to the name server (/etc/resolv.conf), or pass --url with the writer's address"
-            elif why_unreachable(args.url) is None:  # (a host name that does not resolve: said at once, in e)
+            elif why_unreachable(args.url, 0.1) is None:  # (a host name that does not resolve: said at once, in e)
                 hint = silence_hint(args.url)
                 advice = f"{hint}; a longer --timeout waits for a busy or paused one"
             else:

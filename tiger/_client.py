@@ -223,20 +223,29 @@ class _Connection:
     and what its answer means. No socket is used here: each client moves the bytes its own way."""
 
     def __init__(
-        self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
+        self,
+        url: str,
+        timeout: float = 5.0,
+        heartbeat_timeout: float = 2.0,
+        server_key: str | bytes | None = None,
+        deadline: float | None = None,
     ) -> None:
         unsupported = unsupported_environment()
         if unsupported is not None:
             raise TigerError(unsupported)
         check_connect_url(url)
         self.timeout: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
+        # when connecting must be done (``time.monotonic()``): the lookup, the hello and the snapshot share the
+        # timeout (each waited it whole: a slow name server then a paused writer took twice the timeout)
+        # (``deadline``: when a timeout that began earlier, as tiger.aio's lookup or tiger dump's probe, ends)
+        self._connect_deadline = time.monotonic() + self.timeout if deadline is None else deadline
         self.url = url
         check_server_key(server_key)  # (before any socket: a bad key raised with a socket open, and closing the
         self._server_key = server_key  # context waited for it for ever: connect() hung, and the run with it)
         # a writer silent this long is taken for gone
         self.heartbeat_timeout: float = check_seconds(heartbeat_timeout, "heartbeat_timeout", positive=True)  # type: ignore[assignment]
         # where the sockets connect: the url's host name looked up by tiger, within the timeout (``tiger._lookup``)
-        self._endpoint = Endpoint(url, endpoint_or_why(url, 0)[0] or wait_for_endpoint(url, self.timeout))
+        self._endpoint = Endpoint(url, endpoint_or_why(url, 0)[0] or wait_for_endpoint(url, self.timeout, self._connect_deadline))
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
         self._clock_offset = 0.0  # the writer's time.time() minus ours
         self.client_id = p.new_client_id()
@@ -510,22 +519,26 @@ class _Connection:
 
         return heard, min(deadline, now + 1.0), lambda: str(unavailable)
 
-    def _probe_hello(self) -> None:
+    def _probe_hello(self, deadline: float) -> None:
         """``HandshakeFailed`` if the handshake with the writer fails (``handshake_failure``, at most
-        ``HANDSHAKE_PROBE`` seconds; the async client runs it in a thread). A probe that heard nothing in its
-        time (a paused writer: no handshake either way) is not made again."""
+        ``HANDSHAKE_PROBE`` seconds, and at most 0.1 s past the call's ``deadline``, ``time.monotonic()``:
+        a probe at the deadline added its whole 0.5 s to a connect's timeout; the async client runs it in a
+        thread). A probe that heard nothing in its whole time (a paused writer: no handshake either way) is
+        not made again."""
         if not self._probe_handshake:
             return
         probed = time.monotonic()
-        failed = handshake_failure(self.url, self._server_key, HANDSHAKE_PROBE)
+        seconds = min(HANDSHAKE_PROBE, max(deadline - probed, 0.1))
+        failed = handshake_failure(self.url, self._server_key, seconds)
         if failed is not None:
             raise HandshakeFailed(failed)
-        self._probe_handshake = time.monotonic() - probed < HANDSHAKE_PROBE
+        self._probe_handshake = seconds < HANDSHAKE_PROBE or time.monotonic() - probed < HANDSHAKE_PROBE
 
-    def _silence(self, wait: int, seconds: float, refusals: Refusals | None = None) -> None:
+    def _silence(self, wait: int, seconds: float, deadline: float, refusals: Refusals | None = None) -> None:
         """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
         place of the old one (what it still queued goes with it); past the deadline, ``Unavailable``
-        naming the call's own time, ``seconds`` (its ``timeout``, else the client's).
+        naming the call's own time, ``seconds`` (its ``timeout``, else the client's; ``deadline``: when it
+        ends, ``time.monotonic()``).
 
         ``refusals`` (a connected client's call; not connect's hello, which may wait for a writer being
         started): at a resend, the url is probed (``recently_refused``); refusing connections for
@@ -538,7 +551,7 @@ class _Connection:
         first, the fresh socket after them: a call cut short during a probe (a cancelled task, Ctrl-C) leaves
         its bytes on the socket that its late answer is taken from."""
         if refusals is None:
-            self._probe_hello()
+            self._probe_hello(deadline)
         try:
             self._judge_silence(wait, seconds, refusals)
         except Unavailable:
@@ -633,9 +646,14 @@ class Client(_Connection):
     """
 
     def __init__(
-        self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
+        self,
+        url: str,
+        timeout: float = 5.0,
+        heartbeat_timeout: float = 2.0,
+        server_key: str | bytes | None = None,
+        deadline: float | None = None,
     ) -> None:
-        super().__init__(url, timeout, heartbeat_timeout, server_key)
+        super().__init__(url, timeout, heartbeat_timeout, server_key, deadline)
         # one request in flight on the command socket: the call holding it (its token) is its holder
         self._socket_hold = OwnedLock()
         try:
@@ -646,7 +664,7 @@ class Client(_Connection):
             raise
         try:
             self._replica = self._make_replica(self._hello())
-            self._replica.start(self.timeout)
+            self._replica.start(self.timeout, self._connect_deadline)
         except BaseException:
             self.close()
             raise
@@ -658,11 +676,12 @@ class Client(_Connection):
     # -- lifecycle ------------------------------------------------------------------
 
     def _hello(self) -> dict[str, Any]:
-        """Say hello; learn the writer's PUB endpoint, heartbeat, pid and clock (see ``_heard_hello``)."""
+        """Say hello; learn the writer's PUB endpoint, heartbeat, pid and clock (see ``_heard_hello``), by the
+        deadline of connecting."""
         best: float | None = None
         for _ in range(3):
             sent = time.time()
-            info: dict[str, Any] = self._request(self._hello_request()).result
+            info: dict[str, Any] = self._request(self._hello_request(), self._connect_deadline, seconds=self.timeout).result
             best, done = self._heard_hello(sent, time.time(), info, best)
             if done:
                 break
@@ -848,7 +867,9 @@ class Client(_Connection):
     def _socket(self, sock: zmq.Socket[Any]) -> None:
         self._command[0] = sock
 
-    def _request(self, request: p.Request, deadline: float | None = None, own: bool = False) -> p.Ok:
+    def _request(
+        self, request: p.Request, deadline: float | None = None, own: bool = False, seconds: float | None = None
+    ) -> p.Ok:
         """Send one request and return its Ok reply; raise what a Failed reply names.
 
         Lazy Pirate: with no answer within ``resend`` seconds, the same call (same
@@ -859,9 +880,11 @@ class Client(_Connection):
         that raised is never applied later.
 
         ``own``: a write, whose change comes only in the answer (this client's replica is
-        not sent it): the replica counts it in flight until ``catch_up(..., own=True)``.
+        not sent it): the replica counts it in flight until ``catch_up(..., own=True)``. ``seconds``: the
+        timeout the deadline stands for, as errors name it (default: what is left until it).
         """
-        seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
+        if seconds is None:
+            seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)
         payload, deadline, expires = self._call_bytes(request, deadline)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
@@ -888,7 +911,7 @@ class Client(_Connection):
                         reply, answered = late, True
                         break
                 if wait <= RESEND:
-                    self._silence(wait, seconds, refusals)
+                    self._silence(wait, seconds, deadline, refusals)
                     self._send_call(payload)
                     self.resends += 1
                     continue
@@ -1221,9 +1244,10 @@ def connect(
 ) -> Client:
     """Connect to a tiger writer; returns once the local replica holds the full snapshot.
 
-    ``url`` defaults to the ``TIGER_URL`` environment variable. ``timeout`` bounds every
-    request; a writer not heard from for ``heartbeat_timeout`` seconds is taken for gone
-    (writes raise ``tiger.Unavailable`` at once until it is back). ``server_key`` (default
+    ``url`` defaults to the ``TIGER_URL`` environment variable. ``timeout`` (seconds) bounds every
+    request, and connecting as a whole (the host name's lookup, the hello, the snapshot); a writer not
+    heard from for ``heartbeat_timeout`` seconds is taken for gone (writes raise ``tiger.Unavailable``
+    at once until it is back). ``server_key`` (default
     ``$TIGER_SERVER_KEY``) is the public key of a writer serving with CurveZMQ.
     """
     url, server_key = _connect_arguments(url, server_key)

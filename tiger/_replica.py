@@ -238,14 +238,16 @@ class Replica:
 
     # -- called from user threads -----------------------------------------------------
 
-    def start(self, timeout: float | None = None) -> None:
+    def start(self, timeout: float | None = None, deadline: float | None = None) -> None:
         """Start the thread; with a ``timeout`` (seconds), return once the replica holds a full snapshot
-        (else stop it and raise ``Unavailable``), or raise what stopped it. Without one, return at once:
-        ``ready`` is set, and ``changed`` notified, when the snapshot is loaded or the thread stopped."""
+        (else stop it and raise ``Unavailable``), or raise what stopped it; ``deadline``
+        (``time.monotonic()``): when that timeout ends, if it began before (a client's connect). Without a
+        timeout, return at once: ``ready`` is set, and ``changed`` notified, when the snapshot is loaded or
+        the thread stopped."""
         self._thread.start()
         if timeout is None:
             return
-        if not self.ready.wait(timeout):
+        if not self.ready.wait(timeout if deadline is None else max(0.0, deadline - time.monotonic())):
             self.stop()
             raise self.no_snapshot(timeout)
         if self.failure is not None:

@@ -505,25 +505,28 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     listens at ``url`` (ZeroMQ would retry a refused connection silently until the timeout);
     ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL or timeout.
     """
-    started = time.monotonic()
-    _check_reachable(url, timeout)
-    address = wait_for_endpoint(url, timeout, started + timeout)
+    deadline = _check_reachable(url, timeout)
+    address = wait_for_endpoint(url, timeout, deadline)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         sock, monitor = _monitored_dealer(ctx, address, server_key)  # a failed handshake is said at once
         sock.send(p.encode_request(request))
-        return _answer(sock, url, time.monotonic() + timeout, timeout, monitor, server_key)
+        return _answer(sock, url, deadline, timeout, monitor, server_key)
     finally:
         ctx.destroy(linger=0)
 
 
-def _check_reachable(url: str, timeout: float) -> None:
-    """``request_once``'s checks before it makes a socket: the URL, the timeout, and that something listens."""
+def _check_reachable(url: str, timeout: float) -> float:
+    """``request_once``'s checks before it makes a socket: the URL, the timeout, and that something listens
+    (probed for at most 1 s of the ``timeout``); returns when the ``timeout`` ends (``time.monotonic()``),
+    counted from before the probes (they took up to 2 s before it began, and it all again)."""
     check_connect_url(url)
     check_seconds(timeout, "timeout", positive=True)
-    unreachable = why_unreachable(url)
+    deadline = time.monotonic() + timeout
+    unreachable = why_unreachable(url, min(1.0, timeout))
     if unreachable is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
+    return deadline
 
 
 def _monitored_dealer(
@@ -613,9 +616,8 @@ class NamespaceLease:
         from tiger._table import check_leasable
 
         check_leasable(namespace)
-        started = time.monotonic()
-        _check_reachable(url, timeout)
-        address = wait_for_endpoint(url, timeout, started + timeout)
+        deadline = _check_reachable(url, timeout)
+        address = wait_for_endpoint(url, timeout, deadline)
         self.url = url
         self.namespace = namespace
         self.client_id = p.new_client_id()
@@ -625,7 +627,6 @@ class NamespaceLease:
         self._wake_r, self._wake_w = socket.socketpair()
         try:
             self._sock, monitor = _monitored_dealer(self._ctx, address, server_key)  # a failed handshake: said at once
-            deadline = time.monotonic() + timeout
             sent = time.time()
             self._sock.send(p.encode_request(p.Hello(1, self.client_id)))
             try:
@@ -712,25 +713,17 @@ def why_refused(url: str, timeout: float = 1.0) -> str | None:
     return None
 
 
-# seconds a host whose lookup took longer is not looked up again by ``unresolved_host``: a command's error told
-# of it 4 times, a second each, and each lookup left a thread waiting out the resolver
-SLOW_LOOKUP_KEPT = 10.0
-_slow_lookups: dict[str, float] = {}  # host -> when its lookup last took longer than LOOKUP_WAIT
-
-
-def unresolved_host(url: str) -> str | None:
+def unresolved_host(url: str, seconds: float | None = None) -> str | None:
     """ "the host NAME does not resolve" for a tcp URL whose host name has no address (looked up now, for at
-    most ``LOOKUP_WAIT`` seconds: then nothing can be told), else None."""
+    most ``seconds``, default ``LOOKUP_WAIT``; not waited for again once a lookup of it was slow,
+    ``tiger._lookup.slow``: then nothing can be told), else None."""
     if url.startswith("tcp://"):
         host = url_host(url)
         if not is_address(host):
-            slow = _slow_lookups.get(host)
-            if slow is not None and time.monotonic() - slow < SLOW_LOOKUP_KEPT:
-                return None
             try:
-                addresses(host)
+                addresses(host, 0.0 if _lookup.slow(host) else seconds)
             except TimeoutError:
-                _slow_lookups[host] = time.monotonic()
+                pass
             except socket.gaierror as e:  # a resolver that failed for now (EAI_AGAIN) tells nothing of the name
                 if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
                     return f"the host {shown(host)} does not resolve"
@@ -740,22 +733,22 @@ def unresolved_host(url: str) -> str | None:
 
 
 def slow_lookup(url: str) -> str | None:
-    """That the lookup of the host name of a tcp ``url`` took longer than ``LOOKUP_WAIT`` within the last
-    ``SLOW_LOOKUP_KEPT`` seconds (``unresolved_host``), else None: a silence that follows one is the name
-    server's, not a paused writer's."""
+    """That the lookup of the host name of a tcp ``url`` has taken ``LOOKUP_WAIT`` seconds or more
+    (``tiger._lookup.slow``), else None: a silence that follows one is the name server's, not a paused
+    writer's."""
     if url.startswith("tcp://"):
         host = url_host(url)
-        slow = _slow_lookups.get(host)
-        if slow is not None and time.monotonic() - slow < SLOW_LOOKUP_KEPT:
+        if not is_address(host) and _lookup.slow(host):
             return f"the lookup of the host {shown(host)} took too long (a name server that does not answer?)"
     return None
 
 
 def why_unreachable(url: str, timeout: float = 1.0) -> str | None:
     """``why_refused``, or that the host name of a tcp ``url`` does not resolve (looked up now, so not
-    in a probe made again and again): what a one-shot request says at once (a ``tiger`` command to a
-    mistyped host waited out its timeout, 600 s for ``tiger compact``), and a client past its timeout."""
-    return why_refused(url, timeout) or unresolved_host(url)
+    in a probe made again and again), both within ``timeout`` seconds: what a one-shot request says at
+    once (a ``tiger`` command to a mistyped host waited out its timeout, 600 s for ``tiger compact``)."""
+    deadline = time.monotonic() + timeout
+    return why_refused(url, timeout) or unresolved_host(url, max(0.0, deadline - time.monotonic()))
 
 
 def no_answer(url: str, seconds: float) -> str:
@@ -771,10 +764,10 @@ def no_answer(url: str, seconds: float) -> str:
 
 def silence_hint(url: str) -> str:
     """What may keep a writer from answering at ``url`` when something accepts connections there (or it
-    cannot be told: a host name): the host name does not resolve (looked up now) or its lookup is slow
-    (``slow_lookup``), else it is paused or
-    busy, or it is no tiger writer. (A failed CurveZMQ handshake is told apart: ``HandshakeFailed``.)"""
-    unresolved = unresolved_host(url) or slow_lookup(url)
+    cannot be told: a host name): the host name does not resolve (as its last lookup found: said past a
+    call's timeout, it waits for none) or its lookup is slow (``slow_lookup``), else it is paused or busy,
+    or it is no tiger writer. (A failed CurveZMQ handshake is told apart: ``HandshakeFailed``.)"""
+    unresolved = unresolved_host(url, 0.0) or slow_lookup(url)  # (said past a call's timeout: not waited for)
     if unresolved is not None:
         return unresolved
     return "something is there and does not answer: a writer paused (SIGSTOP, a debugger) or busy, or no tiger writer"

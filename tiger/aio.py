@@ -81,8 +81,10 @@ async def connect(
     ``heartbeat_timeout`` seconds is taken for gone. Raises ``ValueError`` for a bad argument,
     ``tiger.Unavailable`` if no writer answers within ``timeout``. ``async with client:`` closes it."""
     url, server_key = _connect_arguments(url, server_key)
-    await _looked_up(check_connect_url(url), check_seconds(timeout, "timeout", positive=True))  # type: ignore[arg-type]
-    client = AsyncClient(url, timeout, heartbeat_timeout, server_key)
+    seconds: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
+    deadline = time.monotonic() + seconds
+    await _looked_up(check_connect_url(url), seconds, deadline)
+    client = AsyncClient(url, timeout, heartbeat_timeout, server_key, deadline)  # (the lookup counted in the timeout)
     try:
         await client._open()
     except BaseException:
@@ -91,11 +93,11 @@ async def connect(
     return client
 
 
-async def _looked_up(url: str, timeout: float) -> None:
+async def _looked_up(url: str, timeout: float, deadline: float) -> None:
     """Return once the host name of ``url`` has an address (``tiger._lookup``, kept there for the client
     made next), within ``timeout`` seconds, as ``tiger.connect`` waits for it, the event loop running
-    meanwhile: polled every 10 ms, no thread held. ``Unavailable`` naming why past ``timeout``."""
-    deadline = time.monotonic() + timeout
+    meanwhile: polled every 10 ms, no thread held. ``Unavailable`` naming why past ``deadline``
+    (``time.monotonic()``: when the ``timeout`` ends)."""
     while True:
         found, why = endpoint_or_why(url, 0)
         left = deadline - time.monotonic()
@@ -111,9 +113,14 @@ class AsyncClient(_Connection):
     wait is awaited; reads are plain calls. Made by :func:`tiger.aio.connect` or :meth:`sharing`."""
 
     def __init__(
-        self, url: str, timeout: float = 5.0, heartbeat_timeout: float = 2.0, server_key: str | bytes | None = None
+        self,
+        url: str,
+        timeout: float = 5.0,
+        heartbeat_timeout: float = 2.0,
+        server_key: str | bytes | None = None,
+        deadline: float | None = None,
     ) -> None:
-        super().__init__(url, timeout, heartbeat_timeout, server_key)
+        super().__init__(url, timeout, heartbeat_timeout, server_key, deadline)
         self._shared: Client | None = None  # the blocking client whose connection this one uses
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OwnedAsyncLock] = weakref.WeakKeyDictionary()
         # tasks awaiting the answers of cancelled writes (-> the write's req_id), writes not waited for (-> None)
@@ -160,14 +167,16 @@ class AsyncClient(_Connection):
         best: float | None = None
         for _ in range(3):
             sent = time.time()
-            info: dict[str, Any] = (await self._request(self._hello_request())).result
+            info: dict[str, Any] = (
+                await self._request(self._hello_request(), self._connect_deadline, seconds=self.timeout)
+            ).result
             best, done = self._heard_hello(sent, time.time(), info, best)
             if done:
                 break
         replica = self._replica = self._make_replica(info)
         replica.start()
         try:
-            await replica.until(replica.ready.is_set, time.monotonic() + self.timeout, str)
+            await replica.until(replica.ready.is_set, self._connect_deadline, str)
         except Timeout:
             raise await off_loop(replica.no_snapshot, self.timeout) from None
         if replica.failure is not None:
@@ -403,10 +412,13 @@ class AsyncClient(_Connection):
             raise TigerError("this client is closed (the tiger.Client whose connection it shares was closed)")
         return super()._call_bytes(request, deadline, probe)
 
-    async def _request(self, request: p.Request, deadline: float | None = None, own: bool = False) -> p.Ok:
+    async def _request(
+        self, request: p.Request, deadline: float | None = None, own: bool = False, seconds: float | None = None
+    ) -> p.Ok:
         """``Client._request``, awaited: the same call bytes, Lazy Pirate resends on a fresh socket, expiry
         and errors. Cancelled after sending, the call is left to the replica as one that raised unanswered."""
-        seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)  # as errors name it
+        if seconds is None:  # the timeout the deadline stands for, as errors name it
+            seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)
         try:
             payload, deadline, expires = self._call_bytes(request, deadline, probe=False)
         except Unavailable:  # a silent writer: its url probed in a thread (a probe may take 0.1 s)
@@ -453,7 +465,7 @@ class AsyncClient(_Connection):
                                 break
                         if wait <= RESEND:  # ``Client._silence``'s steps, its probes in a thread
                             if refusals is None:  # connect's hello: the handshake probe
-                                await off_loop(self._probe_hello)
+                                await off_loop(self._probe_hello, deadline)
                             try:
                                 await off_loop(self._judge_silence, wait, seconds, refusals)
                             except Unavailable:

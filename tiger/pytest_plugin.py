@@ -379,7 +379,7 @@ class _Run:
             drop = "drop --tiger-url and unset TIGER_URL (whichever gave it) so the run starts its own"
             if isinstance(e, HandshakeFailed):  # e says which key is wrong or missing, and what to set
                 raise _Unreachable(f"tiger: {e}; or {drop}", pytest.ExitCode.USAGE_ERROR) from None
-            if unresolved_host(url) is not None:  # (said in e)
+            if unresolved_host(url, 0.0) is not None:  # (said in e; past the ping's timeout: not waited for)
                 advice = "pass a host name that resolves, "
             elif why_refused(url) is None:  # something is there: starting a writer at the url would fail
                 advice = f"{silence_hint(url)}; "
