@@ -267,6 +267,16 @@ def test_a_command_waited_for_the_lookup_before_its_timeout_began(
     assert time.monotonic() - started < timeout + 0.45
 
 
+def test_serve_waited_a_whole_lookup_before_its_timeout_began(resolver):
+    # tiger.serve(url, timeout=0.4) checked the url's host name for up to LOOKUP_WAIT (1 s) first, then began
+    # its timeout; and it gave the first ping the whole timeout again once the writer said it served
+    resolver.released.clear()  # (this process's lookups of w.test never end; the writer's own are its resolver's)
+    started = time.monotonic()
+    with pytest.raises((ValueError, tiger.Unavailable)):
+        tiger.serve("tcp://w.test:0", timeout=0.4)
+    assert time.monotonic() - started < 0.4 + 0.45
+
+
 # Runs inside a network namespace whose only name server (127.0.0.1:53) is this script: it answers
 # writer.test with 127.0.0.1 (no IPv6) and any other name with NXDOMAIN, and answers nothing while muted.
 NAME_SERVER_STOPS = """

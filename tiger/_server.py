@@ -110,12 +110,12 @@ def check_connect_url(url: object) -> str:
     return url
 
 
-def check_bind_url(url: object) -> str:
+def check_bind_url(url: object, lookup_wait: float | None = None) -> str:
     """``check_url``, for an ipc URL that its path holds nothing a writer must not bind
     (``ipc_path_unusable``), for a tcp URL that its host name resolves: what a writer can bind, checked
     before it is started. Returns the URL to bind and print: a relative ipc path made absolute (``tiger
     serve --url ipc://w.sock`` printed that relative URL, which a client started in another directory
-    could not reach)."""
+    could not reach). ``lookup_wait``: seconds the host name's lookup may take (default ``LOOKUP_WAIT``)."""
     check_url(url)
     assert isinstance(url, str)
     path = url[len("ipc://") :]
@@ -134,7 +134,7 @@ def check_bind_url(url: object) -> str:
     host = tcp_host_port(url)[0] if url.startswith("tcp://") else ""
     bindable = host == "*" or host in {name for _, name in socket.if_nameindex()}  # (libzmq binds these too)
     # (refused as "without CurveZMQ", or ZeroMQ's "No such device"; a slow lookup: the writer's own bind waited it out)
-    unresolved = None if bindable else unresolved_host(url) or slow_lookup(url)
+    unresolved = None if bindable else unresolved_host(url, lookup_wait) or slow_lookup(url)
     if unresolved is not None:
         raise ValueError(f"url: cannot bind {shown(url)}: {unresolved}")
     return url
@@ -177,17 +177,19 @@ class Server:
         self._process = process
         self._tmpdir = tmpdir
         self._owner = os.getpid()
-        self._pending: tuple[float, float, str | bytes | None] | None = None  # deadline, timeout, server key
+        self._pending: tuple[float, str | bytes | None] | None = None  # deadline (time.monotonic()), server key
 
     def wait_ready(self) -> None:
         """Return once the writer answers (at once if it did already); stop it and raise if it cannot."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        deadline, timeout, server_key = pending
+        deadline, server_key = pending
         try:
             self.url = _await_ready(self._process, self.url, deadline)
-            ping(self.url, timeout, server_key)
+            # what is left of the timeout (it was given whole again: a serve took up to twice its timeout),
+            # at least PING_AT_LEAST for a writer that said it serves just before the deadline
+            ping(self.url, max(deadline - time.monotonic(), PING_AT_LEAST), server_key)
         except BaseException:
             self.stop()
             raise
@@ -230,6 +232,10 @@ class Server:
         return proc.returncode
 
 
+# seconds ``serve`` waits for the first answer of a writer that said it serves, if its timeout ends sooner
+PING_AT_LEAST = 0.5
+
+
 def serve(
     url: str | None = None,
     timeout: float = 10.0,
@@ -247,8 +253,10 @@ def serve(
     str, bytes or os.PathLike (a data directory whose name is not UTF-8 is served; ``stats()`` shows it
     escaped); ``TypeError``/``ValueError`` naming the field, before anything is started, for another type,
     an empty path, a NUL, one longer than the kernel takes, or a url ``connect`` would refuse or whose ipc
-    path is a directory. The writer exits by itself when this process dies. ``timeout``: seconds to wait for it to answer
-    (``ValueError`` past a day, ``tiger.Unavailable`` when it does not answer in time). ``lease_grace``: seconds a
+    path is a directory. The writer exits by itself when this process dies. ``timeout``: seconds to wait for it to
+    answer, from this call on (a host name's lookup counts in it; at most ``PING_AT_LEAST`` more for the first answer
+    of a writer that said it serves at the end; ``ValueError`` past a day, ``tiger.Unavailable`` when it does not
+    answer in time). ``lease_grace``: seconds a
     client the writer takes for gone by its silence keeps its leases (``Client.lease_namespace``; None: 600,
     ``tiger serve --lease-grace``; ``ValueError`` below 0 or past a day).
     """
@@ -279,6 +287,7 @@ def start_writer(
     run's writer, the controller owns it), this process does not stop the writer at its exit.
     ``log``: a file the writer's log goes to (appended), instead of this process's stderr.
     """
+    started = time.monotonic()  # (the timeout counts the checks too: a url's host name looked up)
     unsupported = unsupported_environment()
     if unsupported is not None:
         raise TigerError(unsupported)
@@ -287,7 +296,7 @@ def start_writer(
     if fsync not in ("always", "everysec", "never"):
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
     if url is not None:
-        url = check_bind_url(url)
+        url = check_bind_url(url, min(_lookup.LOOKUP_WAIT, timeout))
     if lease_grace is not None:
         check_seconds(lease_grace, "lease_grace")
     data_path = None if data is None else check_data_dir(data, "data")
@@ -331,7 +340,7 @@ def start_writer(
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     server = Server(url, process, tmpdir)
-    server._pending = (time.monotonic() + timeout, timeout, server_key)
+    server._pending = (started + timeout, server_key)
     if owned_here:
         _running.add(server)
     return server
