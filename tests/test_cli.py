@@ -660,3 +660,13 @@ def test_a_data_directory_that_cannot_be_made_for_want_of_permission_is_refused_
     why = f"[Errno 13] cannot make or open the directory {data} (Permission denied)"
     assert f"tiger: cannot use the data directory (--data): {why}" in out.stderr
     assert not data.exists()
+
+
+@pytest.mark.parametrize("command", [["stats"], ["dump"], ["load", "seed.jsonl"], ["drop", "x"], ["compact"]])
+def test_every_command_names_its_timeout_option_when_it_is_bad(command, capsys):
+    # a user's trial: `tiger stats --timeout 0` said "timeout must be ...", the other commands "--timeout must be"
+    # (and `tiger dump`/`tiger load` took no --timeout at all)
+    from tiger import _cli
+
+    assert _cli.main([*command, "--url", "tcp://127.0.0.1:1", "--timeout", "0"]) == 1
+    assert f"tiger {command[0]}: --timeout must be a number of seconds above 0" in capsys.readouterr().err

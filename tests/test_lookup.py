@@ -270,11 +270,47 @@ def test_a_command_waited_for_the_lookup_before_its_timeout_began(
 def test_serve_waited_a_whole_lookup_before_its_timeout_began(resolver):
     # tiger.serve(url, timeout=0.4) checked the url's host name for up to LOOKUP_WAIT (1 s) first, then began
     # its timeout; and it gave the first ping the whole timeout again once the writer said it served
-    resolver.released.clear()  # (this process's lookups of w.test never end; the writer's own are its resolver's)
+    # (a user's trial, then: under 1 s it said "did not start within the timeout", nothing started, the lookup the cause)
+    resolver.released.clear()  # (this process's lookups of w.test never end)
     started = time.monotonic()
-    with pytest.raises((ValueError, tiger.Unavailable)):
+    with pytest.raises(ValueError, match=r"the lookup of the host 'w\.test' took too long"):
         tiger.serve("tcp://w.test:0", timeout=0.4)
     assert time.monotonic() - started < 0.4 + 0.45
+
+
+def test_stats_with_a_short_timeout_took_a_slow_name_server_for_a_paused_writer(resolver, capsys):
+    # a user's trial: `tiger stats --timeout 0.5` said the lookup took too long, then advised waiting longer for
+    # "a writer paused or busy"; only from 1 s (LOOKUP_WAIT) on did it say to see to the name server
+    from tiger import _cli
+
+    resolver.released.clear()
+    assert _cli.main(["stats", "--url", "tcp://w.test:1", "--timeout", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "took longer than that" in err and "see to the name server" in err and "paused" not in err
+
+
+def test_a_command_whose_probe_spent_its_timeout_blamed_other_calls_of_the_client(capsys):
+    # a user's trial: `tiger dump --timeout 0.5` to a port whose accept queue is full (nothing answers, not even
+    # the kernel) said "other calls of this client held its socket": its probe had spent the timeout
+    from tiger import _cli
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(listener.getsockname())
+            url = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+            started = time.monotonic()
+            assert _cli.main(["dump", "--url", url, "--timeout", "0.5"]) == 1
+            assert time.monotonic() - started < 0.5 + 0.45
+        finally:
+            for filler in fillers:
+                filler.close()
+    err = capsys.readouterr().err
+    assert f"the tiger writer at {url} did not answer within 0.5s" in err and "other calls" not in err
 
 
 # Runs inside a network namespace whose only name server (127.0.0.1:53) is this script: it answers

@@ -13,6 +13,7 @@ from tiger._client import Client, _connect_arguments
 from tiger._core import LEASE_GRACE
 from tiger._errors import HandshakeFailed, TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
+from tiger._lookup import LOOKUP_WAIT
 from tiger._protocol import ClearTable, Compact, Drop, Stats, say
 from tiger._server import (
     NOT_STARTED,
@@ -71,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         "file", help='JSON lines of {"table": ..., "record": {...}} (optional "namespace"), or one {table: [records]}'
     )
     load.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
-    load.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer (default %(default)s)")
+    load.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the writer and each answer (default %(default)s)"
+    )
 
     compact = commands.add_parser("compact", help="make a writer started with --data write a snapshot and start a fresh log")
     compact.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
@@ -117,7 +120,7 @@ def _connected(url: str, timeout: float) -> Client:
     seconds = check_seconds(timeout, "--timeout", positive=True)
     assert seconds is not None  # (None only where no_limit)
     deadline = time.monotonic() + seconds
-    unreachable = why_unreachable(check_connect_url(url), min(1.0, seconds))
+    unreachable = why_unreachable(check_connect_url(url), min(1.0, seconds / 2))  # (half at most: connect follows)
     if unreachable is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
     url, server_key = _connect_arguments(url, None)  # ($TIGER_SERVER_KEY, as connect takes it)
@@ -190,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.buffer.flush()
             return 0
         try:
+            check_seconds(args.timeout, "--timeout", positive=True)  # (named as the option, as the other commands do)
             say(format_stats(ping(check_connect_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
         except HandshakeFailed as e:  # (it says what to do; waiting longer cannot help)
             say(f"tiger stats: {e}", sys.stderr)
@@ -197,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Unavailable as e:
             # another url is the advice only when nothing is there: a writer that is busy (a compaction of
             # millions of records) or paused still accepts connections, and a longer --timeout is the advice
-            if slow_lookup(args.url) is not None:  # (said in e)
+            if slow_lookup(args.url, min(LOOKUP_WAIT, args.timeout)) is not None:  # (said in e)
                 advice = "see to the name server (/etc/resolv.conf), or pass --url with the writer's address"
             elif why_unreachable(args.url, 0.1) is None:  # (a host name that does not resolve: said at once, in e)
                 hint = silence_hint(args.url)

@@ -577,6 +577,16 @@ class _Connection:
             gone = f"{why} for {now - refusals.since:.1f}s"
             raise Unavailable(f"the tiger writer at {self.url} did not answer, and is gone: {gone}")
 
+    def _check_time_left(self, expires: float, seconds: float) -> None:
+        """``Unavailable`` if a call's time was spent before it could be sent (``expires``: ``_call_bytes``',
+        ``time.monotonic()``): by its connect's lookup and probes (said as other calls holding the socket,
+        by a `tiger dump` that makes no other call)."""
+        if time.monotonic() >= expires:
+            raise Unavailable(
+                f"the tiger writer at {self.url} did not answer within {seconds:g}s: the time was spent before "
+                "the call could be sent (looking its host name up, probing it)"
+            )
+
     def _busy(self, seconds: float) -> Unavailable:
         """The error of a call that did not get this client's socket in time to be sent before it expires:
         other calls of the client (threads', tasks') held it, waiting for the writer. Such a call waited
@@ -886,6 +896,7 @@ class Client(_Connection):
         if seconds is None:
             seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)
         payload, deadline, expires = self._call_bytes(request, deadline)
+        self._check_time_left(expires, seconds)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
         data: bytes | None = None  # the last answer received (a signal may cut its decoding short: ``_raised``)

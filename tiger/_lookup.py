@@ -134,14 +134,16 @@ def addresses(host: str, seconds: float | None = None) -> list[str]:
     return lookup.addresses
 
 
-def slow(host: str) -> bool:
-    """Whether the newest lookup of ``host`` in this process has taken ``LOOKUP_WAIT`` seconds or more (ended
-    so, or still in flight): a silence that follows is the name server's, and waiting again tells nothing."""
+def slow(host: str, seconds: float | None = None) -> bool:
+    """Whether the newest lookup of ``host`` in this process has taken ``seconds`` (default ``LOOKUP_WAIT``) or
+    more (ended so, or still in flight): a silence that follows is the name server's, and waiting again tells
+    nothing."""
     with _lock:
         last = _lookups.get(host)
     if last is None:
         return False
-    return (last.ended if last.done.is_set() else time.monotonic()) - last.started >= LOOKUP_WAIT
+    took = (last.ended if last.done.is_set() else time.monotonic()) - last.started
+    return took >= (LOOKUP_WAIT if seconds is None else seconds)
 
 
 def endpoint(url: str, seconds: float = 0.0) -> str:

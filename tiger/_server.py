@@ -134,7 +134,7 @@ def check_bind_url(url: object, lookup_wait: float | None = None) -> str:
     host = tcp_host_port(url)[0] if url.startswith("tcp://") else ""
     bindable = host == "*" or host in {name for _, name in socket.if_nameindex()}  # (libzmq binds these too)
     # (refused as "without CurveZMQ", or ZeroMQ's "No such device"; a slow lookup: the writer's own bind waited it out)
-    unresolved = None if bindable else unresolved_host(url, lookup_wait) or slow_lookup(url)
+    unresolved = None if bindable else unresolved_host(url, lookup_wait) or slow_lookup(url, lookup_wait)
     if unresolved is not None:
         raise ValueError(f"url: cannot bind {shown(url)}: {unresolved}")
     return url
@@ -527,12 +527,12 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
 
 def _check_reachable(url: str, timeout: float) -> float:
     """``request_once``'s checks before it makes a socket: the URL, the timeout, and that something listens
-    (probed for at most 1 s of the ``timeout``); returns when the ``timeout`` ends (``time.monotonic()``),
+    (probed for at most 1 s, and half, of the ``timeout``); returns when the ``timeout`` ends (``time.monotonic()``),
     counted from before the probes (they took up to 2 s before it began, and it all again)."""
     check_connect_url(url)
     check_seconds(timeout, "timeout", positive=True)
     deadline = time.monotonic() + timeout
-    unreachable = why_unreachable(url, min(1.0, timeout))
+    unreachable = why_unreachable(url, min(1.0, timeout / 2))  # (half at most: the call's own wait follows)
     if unreachable is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
     return deadline
@@ -741,13 +741,13 @@ def unresolved_host(url: str, seconds: float | None = None) -> str | None:
     return None
 
 
-def slow_lookup(url: str) -> str | None:
-    """That the lookup of the host name of a tcp ``url`` has taken ``LOOKUP_WAIT`` seconds or more
-    (``tiger._lookup.slow``), else None: a silence that follows one is the name server's, not a paused
-    writer's."""
+def slow_lookup(url: str, seconds: float | None = None) -> str | None:
+    """That the lookup of the host name of a tcp ``url`` has taken ``seconds`` (default ``LOOKUP_WAIT``: a
+    call with a shorter timeout passes its own) or more (``tiger._lookup.slow``), else None: a silence that
+    follows one is the name server's, not a paused writer's."""
     if url.startswith("tcp://"):
         host = url_host(url)
-        if not is_address(host) and _lookup.slow(host):
+        if not is_address(host) and _lookup.slow(host, seconds):
             return f"the lookup of the host {shown(host)} took too long (a name server that does not answer?)"
     return None
 

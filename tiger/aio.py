@@ -426,6 +426,7 @@ class AsyncClient(_Connection):
             if self._unheard():
                 raise self._silent_writer(refused) from None
             payload, deadline, expires = self._call_bytes(request, deadline, probe=False)  # heard again meanwhile
+        self._check_time_left(expires, seconds)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
         received: bytes | None = None  # the last answer received (a signal may cut its decoding short)
