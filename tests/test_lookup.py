@@ -28,6 +28,10 @@ import tiger
 import tiger.aio
 from tiger import _lookup
 
+# the port of the urls below: nothing binds or connects there (their names never resolve, or resolve through a
+# resolver of the test's own), so no test here holds a port another could need
+PORT = 7710
+
 
 class Resolver:
     """``socket.getaddrinfo`` for the hosts of a test: answers what ``answers`` holds for a host (a list of
@@ -77,39 +81,39 @@ def test_a_lookup_that_takes_too_long_gives_the_address_found_before(resolver, m
     # a client's fresh socket (a resend, a snapshot) must not wait for a name server that stopped answering
     monkeypatch.setattr(_lookup, "LOOKUP_KEPT", 0.0)  # (each call looks up again)
     resolver.answers["w.test"] = ["10.0.0.7"]
-    assert _lookup.endpoint("tcp://w.test:7710", 5) == "tcp://10.0.0.7:7710"
+    assert _lookup.endpoint(f"tcp://w.test:{PORT}", 5) == f"tcp://10.0.0.7:{PORT}"
     resolver.released.clear()
     started = time.monotonic()
-    assert _lookup.endpoint("tcp://w.test:7710", 0.2) == "tcp://10.0.0.7:7710"
+    assert _lookup.endpoint(f"tcp://w.test:{PORT}", 0.2) == f"tcp://10.0.0.7:{PORT}"
     assert time.monotonic() - started < 1
     with pytest.raises(TimeoutError):  # (never found: nothing to fall back on)
-        _lookup.endpoint("tcp://other.test:7710", 0.1)
+        _lookup.endpoint(f"tcp://other.test:{PORT}", 0.1)
 
 
 def test_an_endpoint_follows_a_name_that_moved_without_waiting(resolver, monkeypatch):
     monkeypatch.setattr(_lookup, "LOOKUP_KEPT", 0.0)
     resolver.answers["w.test"] = ["10.0.0.7"]
-    where = _lookup.Endpoint("tcp://w.test:7710", _lookup.wait_for_endpoint("tcp://w.test:7710", 5))
-    assert where.address == "tcp://10.0.0.7:7710"
+    where = _lookup.Endpoint(f"tcp://w.test:{PORT}", _lookup.wait_for_endpoint(f"tcp://w.test:{PORT}", 5))
+    assert where.address == f"tcp://10.0.0.7:{PORT}"
     resolver.answers["w.test"] = ["10.0.0.8"]
     deadline = time.monotonic() + 5
-    while where.now() != "tcp://10.0.0.8:7710":  # each now() starts a lookup and takes what the last one found
+    while where.now() != f"tcp://10.0.0.8:{PORT}":  # each now() starts a lookup and takes what the last one found
         assert time.monotonic() < deadline, "the new address was never taken"
         time.sleep(0.01)  # sleep-ok: a lookup thread of our own resolver, no socket
     resolver.answers["w.test"] = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
     for _ in range(5):
-        assert where.now() == "tcp://10.0.0.8:7710"  # a failing name server keeps the address it had
+        assert where.now() == f"tcp://10.0.0.8:{PORT}"  # a failing name server keeps the address it had
 
 
 @pytest.mark.parametrize(
     ("url", "found", "expected"),
     [
-        ("tcp://w.test:7710", ["fe80::1", "10.0.0.7"], "tcp://10.0.0.7:7710"),  # IPv4 first, as libzmq looked
-        ("tcp://w.test:7710", ["fe80::1"], "tcp://[fe80::1]:7710"),
-        ("tcp://10.0.0.1;w.test:7710", ["10.0.0.7"], "tcp://10.0.0.1;10.0.0.7:7710"),  # ZeroMQ's SOURCE;HOST
-        ("tcp://localhost:7710", None, "tcp://127.0.0.1:7710"),
-        ("tcp://127.0.0.1:7710", None, "tcp://127.0.0.1:7710"),
-        ("tcp://[::1]:7710", None, "tcp://[::1]:7710"),
+        (f"tcp://w.test:{PORT}", ["fe80::1", "10.0.0.7"], f"tcp://10.0.0.7:{PORT}"),  # IPv4 first, as libzmq looked
+        (f"tcp://w.test:{PORT}", ["fe80::1"], f"tcp://[fe80::1]:{PORT}"),
+        (f"tcp://10.0.0.1;w.test:{PORT}", ["10.0.0.7"], f"tcp://10.0.0.1;10.0.0.7:{PORT}"),  # ZeroMQ's SOURCE;HOST
+        (f"tcp://localhost:{PORT}", None, f"tcp://127.0.0.1:{PORT}"),
+        (f"tcp://127.0.0.1:{PORT}", None, f"tcp://127.0.0.1:{PORT}"),
+        (f"tcp://[::1]:{PORT}", None, f"tcp://[::1]:{PORT}"),
         ("ipc:///tmp/tiger/w", None, "ipc:///tmp/tiger/w"),
     ],
 )
@@ -124,7 +128,7 @@ def test_a_client_waits_within_its_timeout_for_a_name_that_resolves_late(resolve
     # a writer's container may get its name after its clients start, as a writer may start after them
     monkeypatch.setattr(_lookup, "LOOKUP_KEPT", 0.0)
     threading.Timer(0.3, lambda: resolver.answers.__setitem__("late.test", ["10.0.0.9"])).start()
-    assert _lookup.wait_for_endpoint("tcp://late.test:7710", 5) == "tcp://10.0.0.9:7710"
+    assert _lookup.wait_for_endpoint(f"tcp://late.test:{PORT}", 5) == f"tcp://10.0.0.9:{PORT}"
 
 
 @pytest.mark.parametrize(
@@ -140,8 +144,8 @@ def test_a_name_not_resolved_within_the_timeout_is_named_in_the_error(resolver, 
         resolver.released.clear()
     started = time.monotonic()
     with pytest.raises(tiger.Unavailable) as raised:
-        tiger.connect(f"tcp://{host}:7710", timeout=0.5)
-    assert str(raised.value) == f"the tiger writer at tcp://{host}:7710 did not answer within 0.5s: {why}"
+        tiger.connect(f"tcp://{host}:{PORT}", timeout=0.5)
+    assert str(raised.value) == f"the tiger writer at tcp://{host}:{PORT} did not answer within 0.5s: {why}"
     assert time.monotonic() - started < 0.5 + 1.0
 
 
@@ -151,28 +155,28 @@ def test_a_name_that_does_not_resolve_was_told_as_a_slow_name_server_when_the_ti
     # the full suite: connect(timeout=0.5) to a mistyped host, its first lookup refused at once, looked the name
     # up again (LOOKUP_KEPT 0.5 s after) just before its deadline and said the name server did not answer
     with pytest.raises(socket.gaierror):
-        _lookup.endpoint("tcp://refused-then-slow.test:7710", 5)
+        _lookup.endpoint(f"tcp://refused-then-slow.test:{PORT}", 5)
     monkeypatch.setattr(_lookup, "LOOKUP_KEPT", 0.0)  # (every call looks again)
     resolver.released.clear()  # (and every lookup from now on is still going when the deadline comes)
     with pytest.raises(tiger.Unavailable, match=r"the host 'refused-then-slow\.test' does not resolve$"):
-        tiger.connect("tcp://refused-then-slow.test:7710", timeout=0.3)
+        tiger.connect(f"tcp://refused-then-slow.test:{PORT}", timeout=0.3)
     monkeypatch.setattr(_lookup, "LOOKUP_WAIT", 0.1)  # a lookup going on this long is the news: a slow name server
     with pytest.raises(tiger.Unavailable, match=r"took longer than that \(a name server that does not answer\?\)$"):
-        tiger.connect("tcp://refused-then-slow.test:7710", timeout=0.3)
+        tiger.connect(f"tcp://refused-then-slow.test:{PORT}", timeout=0.3)
 
 
 def test_a_writer_binds_the_address_tiger_looked_up_for_its_host_name(resolver):
     from tiger._server import bind_address
 
     resolver.answers["w.test"] = ["10.0.0.7"]
-    assert bind_address("tcp://w.test:7710") == "tcp://10.0.0.7:7710"
-    for url in ("tcp://*:7710", "tcp://lo:7710", "tcp://127.0.0.1:*", "tcp://[::1]:7710", "ipc:///tmp/tiger/w"):
+    assert bind_address(f"tcp://w.test:{PORT}") == f"tcp://10.0.0.7:{PORT}"
+    for url in (f"tcp://*:{PORT}", f"tcp://lo:{PORT}", "tcp://127.0.0.1:*", f"tcp://[::1]:{PORT}", "ipc:///tmp/tiger/w"):
         assert bind_address(url) == url  # (a wildcard, an interface name, an address: libzmq needs no lookup)
-    with pytest.raises(ValueError, match=r"^url: cannot bind 'tcp://nowhere\.test:7710': the host 'nowhere\.test' does"):
-        bind_address("tcp://nowhere.test:7710")
+    with pytest.raises(ValueError, match=rf"^url: cannot bind 'tcp://nowhere\.test:{PORT}': the host 'nowhere\.test' does"):
+        bind_address(f"tcp://nowhere.test:{PORT}")
     resolver.answers["again.test"] = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
     with pytest.raises(ValueError, match=r"the lookup of the host 'again\.test' failed for now \(a name server"):
-        bind_address("tcp://again.test:7710")  # (it said "does not resolve", as connect did)
+        bind_address(f"tcp://again.test:{PORT}")  # (it said "does not resolve", as connect did)
     assert resolver.calls == {"w.test": 1, "nowhere.test": 1, "again.test": 1}
 
 
@@ -181,17 +185,17 @@ def test_a_resolver_that_failed_for_now_was_told_as_a_host_that_does_not_resolve
     # then said "the host 'fresh.example.com' does not resolve"
     resolver.answers["again.test"] = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
     with pytest.raises(tiger.Unavailable) as raised:
-        tiger.connect("tcp://again.test:7710", timeout=0.3)
+        tiger.connect(f"tcp://again.test:{PORT}", timeout=0.3)
     assert str(raised.value).endswith("the lookup of the host 'again.test' failed for now (a name server that does not answer?)")
 
 
 @pytest.mark.parametrize(
     ("check", "url", "said"),
     [
-        ("connect", "tcp://127.0.0.1;localhost:7710", "the SOURCE of a tcp://SOURCE;HOST:PORT url needs a port too"),
-        ("connect", "tcp://:7710", "a tcp url needs a host"),
-        ("bind", "tcp://:7710", "a tcp url needs a host"),
-        ("bind", "tcp://127.0.0.1:0;localhost:7710", "tcp://SOURCE;HOST:PORT is ZeroMQ's form for connecting"),
+        ("connect", f"tcp://127.0.0.1;localhost:{PORT}", "the SOURCE of a tcp://SOURCE;HOST:PORT url needs a port too"),
+        ("connect", f"tcp://:{PORT}", "a tcp url needs a host"),
+        ("bind", f"tcp://:{PORT}", "a tcp url needs a host"),
+        ("bind", f"tcp://127.0.0.1:0;localhost:{PORT}", "tcp://SOURCE;HOST:PORT is ZeroMQ's form for connecting"),
     ],
 )
 def test_a_url_libzmq_retried_for_ever_or_said_of_as_an_empty_host_is_refused_naming_it(check, url, said):
@@ -320,6 +324,8 @@ import asyncio, json, os, signal, socket, struct, tempfile, threading, time
 import tiger, tiger.aio
 from tiger import _cli
 
+SILENT_URL = "tcp://silent.test:" + str(PORT)  # (PORT: the test module's, set on the line before this script)
+
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.bind(("127.0.0.1", 53))
 muted = threading.Event()
@@ -348,7 +354,7 @@ def took(name, started):
 muted.set()
 started = time.monotonic()
 try:
-    tiger.connect("tcp://silent.test:7710", timeout=1)
+    tiger.connect(SILENT_URL, timeout=1)
 except tiger.Unavailable as e:
     seen["connect error"] = str(e)
 took("connect", started)
@@ -359,7 +365,7 @@ _cli.main(["keygen", keys])
 muted.set()
 started = time.monotonic()
 try:
-    tiger.serve("tcp://silent.test:7710", timeout=2, curve_secret=os.path.join(keys, "tiger.key"))
+    tiger.serve(SILENT_URL, timeout=2, curve_secret=os.path.join(keys, "tiger.key"))
 except ValueError as e:
     seen["serve error"] = str(e)
 took("serve", started)
@@ -397,7 +403,7 @@ with tiger.serve("tcp://127.0.0.1:*") as server:
         muted.set()
         started = time.monotonic()
         try:
-            await tiger.aio.connect("tcp://silent.test:7710", timeout=1)
+            await tiger.aio.connect(SILENT_URL, timeout=1)
         except tiger.Unavailable:
             pass
         took("aio connect", started)
@@ -438,7 +444,7 @@ def test_a_name_server_that_stopped_answering_held_connect_and_close_past_their_
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:1\n")
     namespace = f'ip link set lo up && mount --bind "{resolv}" /etc/resolv.conf && exec "$0" -c "$1"'
     done = subprocess.run(
-        ["unshare", "-mn", "sh", "-c", namespace, sys.executable, textwrap.dedent(NAME_SERVER_STOPS)],
+        ["unshare", "-mn", "sh", "-c", namespace, sys.executable, f"PORT = {PORT}\n" + textwrap.dedent(NAME_SERVER_STOPS)],
         capture_output=True,
         text=True,
         timeout=90,
@@ -446,11 +452,11 @@ def test_a_name_server_that_stopped_answering_held_connect_and_close_past_their_
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["connect error"] == (
-        "the tiger writer at tcp://silent.test:7710 did not answer within 1s: the lookup of the host 'silent.test' "
+        f"the tiger writer at tcp://silent.test:{PORT} did not answer within 1s: the lookup of the host 'silent.test' "
         "took longer than that (a name server that does not answer?)"
     )
     assert seen["serve error"] == (  # (it said "did not start within the timeout", after 3.2 s)
-        "url: cannot bind 'tcp://silent.test:7710': the lookup of the host 'silent.test' took too long "
+        f"url: cannot bind 'tcp://silent.test:{PORT}': the lookup of the host 'silent.test' took too long "
         "(a name server that does not answer?)"
     )
     assert seen["serve"] < 2

@@ -177,16 +177,17 @@ class Server:
         self._process = process
         self._tmpdir = tmpdir
         self._owner = os.getpid()
-        self._pending: tuple[float, str | bytes | None] | None = None  # deadline (time.monotonic()), server key
+        # deadline (time.monotonic()), timeout (seconds), server key
+        self._pending: tuple[float, float, str | bytes | None] | None = None
 
     def wait_ready(self) -> None:
         """Return once the writer answers (at once if it did already); stop it and raise if it cannot."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        deadline, server_key = pending
+        deadline, timeout, server_key = pending
         try:
-            self.url = _await_ready(self._process, self.url, deadline)
+            self.url = _await_ready(self._process, self.url, deadline, timeout)
             # what is left of the timeout (it was given whole again: a serve took up to twice its timeout),
             # at least PING_AT_LEAST for a writer that said it serves just before the deadline
             ping(self.url, max(deadline - time.monotonic(), PING_AT_LEAST), server_key)
@@ -340,14 +341,15 @@ def start_writer(
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     server = Server(url, process, tmpdir)
-    server._pending = (started + timeout, server_key)
+    server._pending = (started + timeout, timeout, server_key)
     if owned_here:
         _running.add(server)
     return server
 
 
-def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) -> str:
-    """Read the writer's 'serving at URL' line; return the URL it bound."""
+def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float, timeout: float) -> str:
+    """Read the writer's 'serving at URL' line by ``deadline`` (``time.monotonic()``, when the ``timeout``
+    of seconds ends); return the URL it bound."""
     assert process.stdout is not None
     line = b""
     with selectors.DefaultSelector() as selector:
@@ -355,7 +357,7 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float) ->
         while not line.endswith(b"\n"):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Unavailable(f"the tiger writer for {url} did not start within the timeout")
+                raise Unavailable(f"the tiger writer for {url} did not start within {timeout:g}s")
             if not selector.select(remaining):
                 continue
             chunk = os.read(process.stdout.fileno(), 1024)
