@@ -230,6 +230,21 @@ def silent_listener():
         yield listener.getsockname()[1]
 
 
+@pytest.mark.parametrize("aio", [False, True], ids=["connect", "aio connect"])
+def test_connect_probed_the_handshake_again_at_its_deadline(silent_listener, monkeypatch, aio):
+    # a user's trial: connect(timeout=0.2) to a writer that does not answer took 0.3 to 0.4 s: the handshake
+    # probe made at its first resend was made again at its deadline, past it
+    from tiger import _client
+
+    probes = []
+    real = _client.handshake_failure
+    monkeypatch.setattr(_client, "handshake_failure", lambda *args: probes.append(args) or real(*args))
+    url = f"tcp://127.0.0.1:{silent_listener}"
+    with pytest.raises(tiger.Unavailable, match=r"did not answer within 0\.3s"):
+        asyncio.run(tiger.aio.connect(url, timeout=0.3)) if aio else tiger.connect(url, timeout=0.3)
+    assert len(probes) == 1
+
+
 @pytest.mark.parametrize("call", ["connect", "aio connect", "request_once", "lease", "dump", "load"])
 @pytest.mark.parametrize(("lookup", "timeout"), [("never answers", 0.4), ("answers after 0.8s", 1.0)])
 def test_a_command_waited_for_the_lookup_before_its_timeout_began(

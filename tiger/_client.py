@@ -253,6 +253,7 @@ class _Connection:
         self._pid = os.getpid()
         self._closed = False
         self._probe_handshake = True  # (``_silence``)
+        self._handshake_probed = False  # whether a probe was made (then none at a call's deadline)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._req_ids = itertools.count(1)
         self._once = Once()  # the once keys this client builds, and the teardowns it owes
@@ -524,9 +525,10 @@ class _Connection:
         ``HANDSHAKE_PROBE`` seconds, and at most 0.1 s past the call's ``deadline``, ``time.monotonic()``:
         a probe at the deadline added its whole 0.5 s to a connect's timeout; the async client runs it in a
         thread). A probe that heard nothing in its whole time (a paused writer: no handshake either way) is
-        not made again."""
-        if not self._probe_handshake:
+        not made again, nor one at the deadline once one was made (``connect(timeout=0.2)`` took 0.4 s)."""
+        if not self._probe_handshake or (self._handshake_probed and time.monotonic() >= deadline):
             return
+        self._handshake_probed = True
         probed = time.monotonic()
         seconds = min(HANDSHAKE_PROBE, max(deadline - probed, 0.1))
         failed = handshake_failure(self.url, self._server_key, seconds)
