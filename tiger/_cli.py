@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 from tiger._calls import check_seconds
@@ -20,6 +19,7 @@ from tiger._server import (
     check_bind_url,
     check_connect_url,
     check_data_dir,
+    check_reachable,
     ping,
     request_once,
     silence_hint,
@@ -117,12 +117,9 @@ def _connected(url: str, timeout: float) -> Client:
     """``connect(url, timeout)`` (``--timeout``: seconds), at once ``Unavailable`` when nothing listens there
     (as ``tiger stats`` says it): connect would wait out its timeout (ZeroMQ retries a refused connection
     silently), or when its host name does not resolve (``why_unreachable``, within the same timeout)."""
-    seconds = check_seconds(timeout, "--timeout", positive=True)
+    seconds = check_seconds(timeout, "--timeout", positive=True)  # (named as the option)
     assert seconds is not None  # (None only where no_limit)
-    deadline = time.monotonic() + seconds
-    unreachable = why_unreachable(check_connect_url(url), min(1.0, seconds / 2))  # (half at most: connect follows)
-    if unreachable is not None:
-        raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
+    deadline = check_reachable(url, seconds)
     url, server_key = _connect_arguments(url, None)  # ($TIGER_SERVER_KEY, as connect takes it)
     return Client(url, seconds, server_key=server_key, deadline=deadline)
 

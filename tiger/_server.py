@@ -516,7 +516,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     listens at ``url`` (ZeroMQ would retry a refused connection silently until the timeout);
     ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL or timeout.
     """
-    deadline = _check_reachable(url, timeout)
+    deadline = check_reachable(url, timeout)
     address = wait_for_endpoint(url, timeout, deadline)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
@@ -527,10 +527,11 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
         ctx.destroy(linger=0)
 
 
-def _check_reachable(url: str, timeout: float) -> float:
-    """``request_once``'s checks before it makes a socket: the URL, the timeout, and that something listens
-    (probed for at most 1 s, and half, of the ``timeout``); returns when the ``timeout`` ends (``time.monotonic()``),
-    counted from before the probes (they took up to 2 s before it began, and it all again)."""
+def check_reachable(url: str, timeout: float) -> float:
+    """The checks before a one-shot request (``request_once``, a lease, ``tiger dump``) makes a socket: the URL,
+    the timeout, and that something listens (probed for at most 1 s, and half, of the ``timeout``); returns
+    when the ``timeout`` ends (``time.monotonic()``), counted from before the probes (they took up to 2 s
+    before it began, and it all again)."""
     check_connect_url(url)
     check_seconds(timeout, "timeout", positive=True)
     deadline = time.monotonic() + timeout
@@ -627,7 +628,7 @@ class NamespaceLease:
         from tiger._table import check_leasable
 
         check_leasable(namespace)
-        deadline = _check_reachable(url, timeout)
+        deadline = check_reachable(url, timeout)
         address = wait_for_endpoint(url, timeout, deadline)
         self.url = url
         self.namespace = namespace
