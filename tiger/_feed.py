@@ -242,15 +242,45 @@ def wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) 
     from asyncio import _get_running_loop  # (loaded already: a task waits) not at the top: see _anext
 
     running = _get_running_loop()  # (None outside a loop): the caller's own loop needs no self-pipe
+    held = getattr(_holding, "wakes", None)
     for loop, future in waiters:
         try:
             if loop is running:
                 loop.call_soon(_resolve, future)
+            elif held is not None:
+                held.append((loop, future))
             else:
                 loop.call_soon_threadsafe(_resolve, future)
         except RuntimeError:  # its loop is closed
             pass
     waiters.clear()
+
+
+_holding = _thread._local()  # per thread: the wakes it holds (None: none held)
+
+
+def hold_wakes() -> None:
+    """From now on, this thread's wakes of tasks on other threads' loops wait for ``send_held_wakes``.
+
+    The replica's thread holds them while it applies what came, and sends them just before it waits
+    again (letting the interpreter lock go): a task woken at once found the lock still held by the
+    applying thread for the rest of its turn, and its loop's thread slept again until then (two wake-ups
+    where one does)."""
+    if getattr(_holding, "wakes", None) is None:
+        _holding.wakes = []
+
+
+def send_held_wakes(stop: bool = False) -> None:
+    """Wake the tasks whose wakes this thread held (``hold_wakes``); ``stop``: hold none from now on."""
+    held = getattr(_holding, "wakes", None)
+    if held is None:
+        return
+    _holding.wakes = None if stop else []
+    for loop, future in held:
+        try:
+            loop.call_soon_threadsafe(_resolve, future)
+        except RuntimeError:  # its loop is closed
+            pass
 
 
 class Waking(_thread.RLock):  # type: ignore[misc]  # (final in typeshed; a C type that allows subclasses)

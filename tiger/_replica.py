@@ -36,7 +36,18 @@ import zmq
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered, stretched
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
-from tiger._feed import History, Subscription, Waking, deliver, deliver_reset, running_loop, subscribe, woken
+from tiger._feed import (
+    History,
+    Subscription,
+    Waking,
+    deliver,
+    deliver_reset,
+    hold_wakes,
+    running_loop,
+    send_held_wakes,
+    subscribe,
+    woken,
+)
 from tiger._lookup import Endpoint, connect_socket
 from tiger._table import Change, Put, Rows, Store
 
@@ -541,9 +552,11 @@ class Replica:
                     self.changed.notify_all()
             must_resync = False
             next_beat = time.monotonic()
+            hold_wakes()  # tasks are woken as this thread waits again, not while it goes on applying
             while True:
                 try:
                     if must_resync:
+                        send_held_wakes()
                         queued = self._resync(sub, dealer)
                         must_resync = False
                     for data in queued:
@@ -566,6 +579,7 @@ class Replica:
                     if paused > 0:  # (libzmq may not have handed over what came meanwhile yet: do not blame the writer)
                         self.last_heard = min(now, self.last_heard + paused)
                     self.last_awake = now
+                    send_held_wakes()
                     events = dict(poller.poll(int(interval * 1000)))
                     if self._stop_rx in events or self._stopping:
                         return
@@ -604,6 +618,7 @@ class Replica:
                     log.info("replica waiting for the writer: %s", e)
                     must_resync = True
                     queued = []
+                    send_held_wakes()
                     sub = self._rejoin(poller, sub, dealer)
         except _Stopped:
             return
@@ -611,6 +626,7 @@ class Replica:
             self.failure = e
             log.debug("replica thread stopped: %r", e)
         finally:
+            send_held_wakes(stop=True)
             with self.changed:
                 if self._stopping and self.failure is None:
                     self.failure = TigerError("the client was closed")
