@@ -931,7 +931,7 @@ class Client(_Connection):
                 # poll, then receive: a poll interrupted by a signal goes on with what is left of its
                 # timeout, where a receive with RCVTIMEO starts its whole timeout again (pyzmq retries
                 # it), so a process taking signals more often than that would never time out
-                if not self._socket.poll(wait, zmq.POLLIN):
+                if not p.readable_within(self._socket, wait):
                     continue
                 try:
                     data = self._socket.recv(zmq.NOBLOCK)

@@ -1183,6 +1183,24 @@ def receive(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
     return frames
 
 
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_zmq_poll = zmq.zmq_poll
+
+
+def waiting(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message waits on ``sock`` now (``getsockopt(EVENTS)``): asked before another receive
+    without waiting, for less than a receive that finds none (pyzmq builds its ``zmq.Again`` in Python:
+    2.5 us against 6.8 us on the test machine), where most turns find one message and then none."""
+    return bool(sock.get(_EVENTS) & _POLLIN)  # type: ignore[operator]  # (an int for EVENTS)
+
+
+def readable_within(sock: zmq.Socket[Any], ms: int) -> bool:
+    """Whether a message reached ``sock`` within ``ms`` milliseconds: ``sock.poll(ms)`` without the
+    ``zmq.Poller`` it builds per call (1.9 us against 3.9 here). A poll interrupted by a signal goes on
+    with what is left of its timeout (pyzmq's ``zmq_poll``)."""
+    return bool(_zmq_poll([(sock, _POLLIN)], ms))
+
+
 def send(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
     """``send_multipart`` without its per-call checks and flag arithmetic (~1 us per message here)."""
     last = len(frames) - 1

@@ -593,6 +593,8 @@ class Replica:
                                 self._receive(sub.recv(zmq.NOBLOCK))
                             except zmq.Again:
                                 break
+                            if not p.waiting(sub):  # (most wake-ups bring one message)
+                                break
                         self._reload_if_asked()
                     if dealer in events:
                         self._answer(sub, dealer.recv())

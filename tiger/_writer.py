@@ -313,7 +313,7 @@ class Writer:
                 finally:
                     self._receiving = False
                 group = [frames]
-                while len(group) < MAX_GROUP:  # group commit: every request already waiting
+                while len(group) < MAX_GROUP and p.waiting(router):  # group commit: every request already waiting
                     try:
                         group.append(p.receive(router, zmq.NOBLOCK))
                     except zmq.Again:
