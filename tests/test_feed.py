@@ -426,6 +426,33 @@ def test_a_task_was_woken_while_the_replica_thread_went_on_applying_what_came_wi
     assert loop.queued_at_wake == [3]
 
 
+def test_a_thread_was_woken_while_the_replica_thread_went_on_applying_what_came_with_its_change(pair):
+    # the same for a blocked reader thread: woken at the first change, it found the replica thread still
+    # holding the interpreter lock (and the feed's lock) and slept again; its wake is held as a task's is
+    writer, replica = pair
+    feed = watch(replica, timeout=10.0)
+    returned = threading.Event()
+    got: list[Any] = []
+
+    def read() -> None:
+        change = next(feed)
+        got.append((change.id, feed.queued))
+        returned.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_for_state(lambda: feed._sub.sleepers, "the reader waiting")
+    hold_wakes()
+    try:
+        replica.published(*writer.insert({"id": "x0"}))
+        assert not returned.wait(0.3)  # held: the reader sleeps on while the applying thread goes on
+        replica.published(*writer.insert({"id": "x1"}))
+    finally:
+        send_held_wakes(stop=True)
+    reader.join(10)
+    assert got == [("x0", 1)]
+
+
 def test_wakes_held_by_a_thread_that_stops_holding_them_are_sent_and_none_held_after(pair):
     # the replica thread's end (a stop, a failure) sends what it held: a task awaiting a feed whose
     # replica stopped must wake to raise why

@@ -260,27 +260,32 @@ _holding = _thread._local()  # per thread: the wakes it holds (None: none held)
 
 
 def hold_wakes() -> None:
-    """From now on, this thread's wakes of tasks on other threads' loops wait for ``send_held_wakes``.
+    """From now on, this thread's wakes of waiting threads and of tasks on other threads' loops wait for
+    ``send_held_wakes``.
 
     The replica's thread holds them while it applies what came, and sends them just before it waits
-    again (letting the interpreter lock go): a task woken at once found the lock still held by the
-    applying thread for the rest of its turn, and its loop's thread slept again until then (two wake-ups
-    where one does)."""
+    again (letting the interpreter lock go): a thread or task woken at once found the interpreter lock
+    (and a thread the replica's lock) still held by the applying thread for the rest of its turn, and
+    slept again until then (two wake-ups where one does)."""
     if getattr(_holding, "wakes", None) is None:
         _holding.wakes = []
 
 
 def send_held_wakes(stop: bool = False) -> None:
-    """Wake the tasks whose wakes this thread held (``hold_wakes``); ``stop``: hold none from now on."""
+    """Wake the threads and tasks whose wakes this thread held (``hold_wakes``); ``stop``: hold none from now on."""
     held = getattr(_holding, "wakes", None)
     if held is None:
         return
     _holding.wakes = None if stop else []
-    for loop, future in held:
-        try:
-            loop.call_soon_threadsafe(_resolve, future)
-        except RuntimeError:  # its loop is closed
-            pass
+    for wake in held:
+        if type(wake) is tuple:
+            loop, future = wake
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # its loop is closed
+                pass
+        else:  # a waiting thread's gate
+            wake.release()
 
 
 class Waking(_thread.RLock):  # type: ignore[misc]  # (final in typeshed; a C type that allows subclasses)
@@ -359,8 +364,12 @@ class Waking(_thread.RLock):  # type: ignore[misc]  # (final in typeshed; a C ty
         """Wake every waiting thread now and every waiting task once the lock is let go. Call it holding the lock."""
         if self._gates:
             gates, self._gates = self._gates, []
-            for gate in gates:
-                gate.release()
+            held = getattr(_holding, "wakes", None)
+            if held is not None:  # (see ``hold_wakes``)
+                held += gates
+            else:
+                for gate in gates:
+                    gate.release()
         if self._futures:
             self._due += self._futures
             self._futures = []
