@@ -7,6 +7,7 @@ Each test runs its coroutine with ``asyncio.run`` (no async test plugin needed);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import select
@@ -1629,3 +1630,49 @@ def test_a_write_cancelled_during_its_resends_probe_reached_its_replica_only_at_
             await client.close()
 
         run(main)
+
+
+@pytest.mark.parametrize("wait", ["wait_for", "wait_until", "feed", "once"])
+def test_waits_on_a_loop_that_kept_waking_late_never_timed_out(tiger_url, ns, wait):
+    # a task computing for 0.15 s between awaits made every wake-up of the loop late by more than
+    # PAUSE_GRACE (0.1 s): each was taken for a paused process and the deadline stretched again, for
+    # ever (a wait with timeout=0.5 still waited when an outer asyncio.wait_for cancelled it at 8 s)
+    async def main() -> float:
+        async with await tiger.aio.connect(tiger_url) as client, await tiger.aio.connect(tiger_url) as other:
+            plans = client.table("plans", prefix="plan")
+            building, never = asyncio.Event(), asyncio.Event()
+
+            async def build_for_ever() -> int:
+                building.set()
+                await never.wait()
+                return 1
+
+            builder = asyncio.ensure_future(other.once("held", build_for_ever))  # the key the waiter waits for
+            await asyncio.wait_for(building.wait(), 10.0)  # (claimed by the other client)
+            waits = {
+                "wait_for": lambda: plans.wait_for("plan_never", timeout=0.5),
+                "wait_until": lambda: plans.wait_until(lambda r: False, timeout=0.5),
+                "feed": lambda: plans.watch(timeout=0.5).__anext__(),
+                "once": lambda: client.once("held", lambda: 2, timeout=0.5),
+            }
+            computing_stops = asyncio.Event()
+
+            async def compute() -> None:
+                while not computing_stops.is_set():
+                    time.sleep(0.15)  # sleep-ok: stands for another task's CPU-bound step between awaits
+                    await asyncio.sleep(0)
+
+            computing = asyncio.ensure_future(compute())
+            started = time.monotonic()
+            try:
+                with pytest.raises(tiger.Timeout):
+                    await asyncio.wait_for(waits[wait](), 8.0)  # (the outer bound: asyncio.TimeoutError fails)
+                return time.monotonic() - started
+            finally:
+                computing_stops.set()
+                await computing
+                builder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await builder
+
+    assert run(main) < 4.0

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiger._calls import MAX_ASKING, MAX_ASKING_BYTES, PendingCalls
+from tiger._calls import MAX_ASKING, MAX_ASKING_BYTES, PAUSE_GRACE, PendingCalls, stretched
 from tiger._replica import Sequencer
 from tiger._table import Change, Store, prepare_insert
 
@@ -322,3 +322,13 @@ def test_lazy_pirate_attempts_wait_resend_every_interval_and_give_up_at_the_dead
     assert attempts.wait(104.9999999) == 1  # never a zero (poll forever) or negative wait
     assert attempts.wait(105.0) == GIVE_UP
     assert attempts.wait(106.0) == GIVE_UP
+
+
+def test_a_wait_that_kept_waking_late_stretched_its_deadline_for_ever():
+    # each wake-up more than PAUSE_GRACE late (a thread holding the interpreter in long C calls, a busy
+    # event loop) was taken for a pause and stretched the deadline again: the wait never timed out
+    deadline = 10.0
+    first = stretched(deadline, 10.5)  # late: a pause, maybe; one more look
+    assert first == 10.5 + PAUSE_GRACE
+    assert stretched(first, 10.5 + PAUSE_GRACE + 0.5) == first  # late again: no more looks, it is past
+    assert stretched(deadline, 10.05) == deadline  # within the grace: not a pause

@@ -55,11 +55,21 @@ from tiger._errors import shown
 PAUSE_GRACE = 0.1
 
 
+class Stretched(float):
+    """A deadline ``stretched`` once already: a wait looks once more, not again and again."""
+
+    __slots__ = ()
+
+
 def stretched(deadline: float, now: float) -> float:
     """The deadline a wait goes on with (``time.monotonic()`` seconds): ``deadline``, or ``now + PAUSE_GRACE``
     when ``now`` is more than ``PAUSE_GRACE`` past it (the process was not running as it passed: what arrived
-    meanwhile, queued, gets that long to land before the wait gives up)."""
-    return now + PAUSE_GRACE if now - deadline > PAUSE_GRACE else deadline
+    meanwhile, queued, gets that long to land before the wait gives up). Once per wait: a deadline stretched
+    already is kept (a loop or thread that keeps waking late, an event loop with a task that computes for
+    0.15 s between awaits, found itself past every stretched deadline too, and its waits never timed out)."""
+    if type(deadline) is Stretched or now - deadline <= PAUSE_GRACE:
+        return deadline
+    return Stretched(now + PAUSE_GRACE)
 
 
 MAX_SECONDS = 86_400.0  # the longest timeout or wait tiger takes (a day): a clock, poll or lock given more overflows
