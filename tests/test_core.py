@@ -1418,3 +1418,46 @@ def test_hostile_leases_are_refused_and_a_lease_record_written_raw_breaks_no_goo
     core.tick(T0 + CLIENT_SILENCE + 1 + LEASE_GRACE)
     assert "test-1" not in stored.namespace_names()
     stored.check()
+
+
+# -- big calls: judged against their deadline as they are applied, looked up before they are decoded -----------
+
+
+def big_insert(req_id: int, count: int = 3000) -> p.Insert:
+    """An insert_many whose call is over PEEK_CALL_BYTES."""
+    return p.Insert(req_id, "t", "global", None, [{"n": i, "pad": "x" * 20} for i in range(count)], False)
+
+
+def test_a_big_call_whose_deadline_passed_while_it_was_prepared_was_applied_after_its_caller_gave_up():
+    # an insert_many of 150k records arrived in time, took over 2 s to decode and prepare, and was applied
+    # after its caller raised Unavailable: a retry then stored it twice. The clock is read again before
+    # a call's change is applied.
+    rig = Rig()
+    readings = iter([rig.wall + 10.0])  # the re-reading: 10 s later, past the call's 5 s
+    rig.core.wall_clock = lambda: next(readings)
+    reply = rig.call(ALICE, big_insert(1), expires_in=5.0)
+    assert type(reply) is p.Failed and reply.kind == "expired" and "while it was prepared" in reply.message
+    assert rig.records() == [] and rig.core.seq == 0
+    rig.core.wall_clock = lambda: rig.wall  # in time: applied
+    assert type(rig.call(ALICE, big_insert(2), expires_in=5.0)) is p.Ok
+    assert len(rig.records()) == 3000
+
+
+def test_each_resend_of_a_big_call_was_decoded_whole_before_it_was_found_to_be_a_repeat(monkeypatch):
+    # each resend (every second) of a 10 MB insert_many cost the writer about 2 s of decoding, only to
+    # answer it with its first answer, or to refuse it as past its deadline
+    rig = Rig()
+    call = rig.encode(ALICE, big_insert(1), expires_in=5.0)
+    [[_, first]] = rig.send(call).replies
+    decoded = []
+    real = p.unpack_frozen
+    monkeypatch.setattr(p, "unpack_frozen", lambda data, *a: decoded.append(len(data)) or real(data, *a))
+    [[_, again]] = rig.send(call).replies
+    assert again == first and decoded == []  # the first answer, nothing decoded
+    rig.advance(10.0)
+    late = rig.encode(ALICE, big_insert(2), expires_in=-1.0)
+    [[_, refused]] = rig.send(late).replies
+    assert decoded == []
+    reply = p.decode_reply(refused)
+    assert type(reply) is p.Failed and reply.kind == "expired" and reply.req_id == 2
+    assert len(rig.records()) == 3000

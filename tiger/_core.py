@@ -55,6 +55,7 @@ log = logging.getLogger("tiger.writer")
 
 MAX_ENVELOPE = 100  # frames before the payload (ROUTER identity, REQ delimiter, a peer's extras)
 MAX_ENVELOPE_BYTES = 1024 * 1024  # their total size: the answer echoes them, so they are capped
+PEEK_CALL_BYTES = 64 * 1024  # a call this big is looked up (a resend? expired?) before it is decoded whole
 SPLICE_MIN = 4096  # bytes of a call from which its records are reused, not packed again (cutting them costs ~2 us)
 ANSWERS_KEPT = 32  # answers kept per client, whatever their size, to answer a resent call without applying it twice
 ANSWERS_KEPT_MAX = 1024  # and more of them, up to this many, while they hold at most ANSWERS_KEPT_BYTES
@@ -219,8 +220,14 @@ class WriterCore:
         token: Callable[[int], str],
         info: dict[str, Any] | None = None,
         lease_grace: float = LEASE_GRACE,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
-        """``lease_grace``: seconds a client taken for gone by its silence keeps its leases (``LEASE_GRACE``)."""
+        """``lease_grace``: seconds a client taken for gone by its silence keeps its leases (``LEASE_GRACE``).
+        ``wall_clock``: ``time.time`` (or a test's clock), read once more before a call's change is applied:
+        a call that arrived in time but whose deadline passed while it was decoded and prepared (an
+        ``insert_many`` of 150k records took over 2 s) is refused, not applied after its caller raised
+        ``Unavailable``. None: only the ``wall`` each request arrives with is judged."""
+        self.wall_clock = wall_clock
         self.epoch = epoch
         self.lease_grace = lease_grace + 0.0  # (-0.0 is 0: stats said "grace -0 s")
         self.seq = 0
@@ -368,19 +375,21 @@ class WriterCore:
         call: p.Call | None = None
         topic = p.EVERYONE  # of the changes this request makes: a call's are its caller's
         try:
+            # a big call is looked up (resent? past its deadline?) before it is decoded whole
+            head = p.peek_call(data) if len(data) >= PEEK_CALL_BYTES else None
+            if head is not None:
+                req_id = head[2]
+                if self._answered_before(head[0], head[2], envelope):
+                    return
+                if wall > head[1]:
+                    self._heard(head[0], now, envelope)
+                    raise Expired(f"the call arrived after its deadline ({wall - head[1]:.3f}s late); not applied")
             obj = p.unpack_frozen(data, p.WALKED)  # records arrive in their stored form: no copy to freeze them
             req_id = p.request_id_of(obj)
             request = p.call_from(obj)
             if type(request) is p.Call:
                 call = request
-                key = (call.client_id, request.request.req_id)  # type: ignore[union-attr]
-                if key in self._held_answers:  # applied in a held group: answered once it is durable
-                    return
-                answers = self.answered.get(call.client_id)
-                first = None if answers is None else answers.get(key[1])
-                if first is not None:  # a resent call: its first answer, not a second application
-                    if first != _HELD:  # (held: applied, not yet durable; answered once it is)
-                        self.outbox.replies.append([*envelope, first])
+                if head is None and self._answered_before(call.client_id, request.request.req_id, envelope):  # type: ignore[union-attr]
                     return
                 self._heard(call.client_id, now, envelope)
                 topic = p.topic_of(call.client_id)  # its reply carries the change: its replica is not sent it
@@ -410,6 +419,19 @@ class WriterCore:
             self._keep_answer(call.client_id, req_id, kept or reply)  # (without ``before``: see ``_missed``)
             self._group_answers.append((call.client_id, req_id))
         self.outbox.replies.append([*envelope, reply])
+
+    def _answered_before(self, client_id: str, req_id: int, envelope: list[bytes]) -> bool:
+        """Whether the call ``(client_id, req_id)`` came before (a resend): then its first answer goes again (or,
+        applied in a held group, once that is durable), not a second application."""
+        if (client_id, req_id) in self._held_answers:
+            return True
+        answers = self.answered.get(client_id)
+        first = None if answers is None else answers.get(req_id)
+        if first is None:
+            return False
+        if first != _HELD:  # (held: applied, not yet durable; answered once it is)
+            self.outbox.replies.append([*envelope, first])
+        return True
 
     def _keep_answer(self, client_id: str, req_id: int, answer: bytes) -> None:
         """Keep a call's answer for a resend of it: the last ``ANSWERS_KEPT`` of each client, and more up to
@@ -534,6 +556,10 @@ class WriterCore:
         handler = self._handlers.get(t)
         if handler is not None:
             change, result = handler(request, now, wall)
+            if change is not None and call is not None and self.wall_clock is not None:
+                late = self.wall_clock() - call.expires  # judged again: preparing a big call takes a while
+                if late > 0:
+                    raise Expired(f"the call's deadline passed while it was prepared ({late:.3f}s ago); not applied")
             packed = None if change is None else self._commit(change, now, topic)
             # a write that changed nothing while a group is held promises the seq before it (as a sync does)
             seq = self.seq if packed is not None or self._held is None else self._committed_seq

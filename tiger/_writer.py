@@ -190,6 +190,7 @@ class Writer:
             disk=self.data,
             token=_Tokens(),
             lease_grace=lease_grace,
+            wall_clock=time.time,
         )
         self.core.reach = self._reach
         self._ctx = zmq.Context()
