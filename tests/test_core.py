@@ -1407,8 +1407,10 @@ def test_hostile_leases_are_refused_and_a_lease_record_written_raw_breaks_no_goo
         [[_, answer]] = rig.send(p.pack(["call", ALICE, WALL + 60, raw])).replies
         assert type(p.decode_reply(answer)) is p.Failed
     assert (rig.core.store.content(), rig.core.seq) == before
-    # a client writing into tiger's own table, as the plugin's end of run clears once keys: any record there
-    rig.call(BOB, p.Insert(5, _table.LEASE_TABLE, "test-1", None, [{"id": "x", "odd": [1]}], False))
+    # a record written raw into tiger's own table (a data directory of a tiger that took such writes)
+    refused = rig.call(BOB, p.Insert(5, _table.LEASE_TABLE, "test-1", None, [{"id": "x", "odd": [1]}], False))
+    assert type(refused) is p.Failed and "reserved for tiger" in refused.message
+    rig.core.store.apply(_table.Put(_table.LEASE_TABLE, "test-1", (_table.freeze({"id": "x", "odd": [1]}),)))
     rig.send(p.encode_request(p.Bye(ALICE)))
     assert "test-1" in rig.core.store.namespace_names()  # "x" leases it too now
     stored = _table.Store()
@@ -1461,3 +1463,26 @@ def test_each_resend_of_a_big_call_was_decoded_whole_before_it_was_found_to_be_a
     reply = p.decode_reply(refused)
     assert type(reply) is p.Failed and reply.kind == "expired" and reply.req_id == 2
     assert len(rig.records()) == 3000
+
+
+@pytest.mark.parametrize("table", [_table.ONCE_TABLE, _table.LEASE_TABLE, "tiger.anything"])
+def test_a_client_inserting_into_tigers_own_table_killed_the_writer_at_the_next_clients_end(table):
+    # a client speaking the protocol itself (client.table() refuses the name) inserted {"id": "k"} into
+    # tiger.once: the writer answered Ok, then died of KeyError 'state' when any client went silent, and
+    # again at every start on its data directory. Inserts, creates and updates there are refused (a batch
+    # too); deletes and clears are not (the plugin's end of run clears a namespace's once keys so).
+    rig = Rig()
+    before = (rig.core.store.content(), rig.core.seq)
+    writes = [
+        p.Insert(1, table, "global", None, [{"id": "k"}], False),
+        p.Insert(2, table, "global", None, [{"id": "k"}], True),
+        p.Update(3, table, "global", "k", {"state": "done"}),
+        p.BatchWrite(4, [p.Insert(0, table, "global", None, [{"id": "k"}], False)]),
+    ]
+    for write in writes:
+        reply = rig.call(ALICE, write)
+        assert type(reply) is p.Failed and "names starting with 'tiger.' are reserved for tiger" in reply.message, write
+    assert (rig.core.store.content(), rig.core.seq) == before
+    rig.advance(CLIENT_SILENCE + 1)
+    rig.tick()  # ALICE taken for gone: its once claims looked up
+    assert type(rig.call(BOB, p.ClearTable(5, table, "global"))) is p.Ok

@@ -151,6 +151,19 @@ def check_name(value: object, what: str) -> str:
     return value
 
 
+def check_table(table: object) -> str:
+    """The table of a client's insert or update: ``check_name``, and none of tiger's own (``RESERVED_PREFIX``):
+    its once keys and leases are stored only by their own requests, in their own shape. (``client.table()``
+    refuses such a name; a client speaking the protocol itself wrote ``{"id": "k"}`` into ``tiger.once``,
+    and the writer died reading that record's ``state`` at the next client's end, and again at every start
+    on its data directory.) A delete or a clear may name them: the plugin's end of run and ``tiger drop``
+    clear a namespace's once keys so."""
+    name = check_name(table, "table")
+    if name.startswith(RESERVED_PREFIX):
+        raise ValueError(f"table {name!r:.60}: names starting with {RESERVED_PREFIX!r} are reserved for tiger")
+    return name
+
+
 def check_storable_str(value: str, what: str) -> str:
     """``value`` (a str already checked as one), or ``ValueError`` naming ``what`` if UTF-8 cannot encode it:
     no record, table or namespace can be named so, so a wait for one would wait in vain."""
@@ -665,7 +678,7 @@ def prepare_insert(
     ``token(n)`` returns n random bytes as hex. All or nothing: any bad record
     rejects the whole batch.
     """
-    check_name(table, "table")
+    check_table(table)
     check_name(namespace, "namespace")
     check_prefix(prefix)
     if not isinstance(records, list):
@@ -763,7 +776,7 @@ class Staged(Store):
 
 def prepare_update(store: Store, table: str, namespace: str, id: str, changes: Mapping[str, Any]) -> Put:
     """The change for ``update``: a shallow merge of ``changes`` into the stored record."""
-    check_name(table, "table")
+    check_table(table)
     check_name(namespace, "namespace")
     check_id(id)
     check_record(changes, "changes")
