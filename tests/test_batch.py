@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -297,3 +299,67 @@ def test_tiger_serve_freezes_what_survives_so_full_collections_skip_the_records(
         while client.stats()["gc_freezes"] == at_start:
             assert time.monotonic() < deadline
             time.sleep(0.05)  # sleep-ok: polling the writer's stats, which change at its next heartbeat
+
+
+def test_a_write_made_from_another_thread_as_the_block_ended_was_lost_and_its_batch_said_refused(client, ns):
+    # a second thread's write passed the batch's open-check, then was appended (a 6 MB record takes a few
+    # ms to encode) after the block had sent the ops: it returned a Pending, was never sent, and the
+    # owner's with raised ValueError('zip() argument 2 is shorter...') although the batch was applied.
+    # Now a write is in the batch or refused (made outside the block), never lost.
+    other = tiger.connect(client.url)
+    try:
+        for trial in range(5):
+            made: dict[str, object] = {}
+            go, calling = threading.Event(), threading.Event()
+            batch = client.batch()
+            writer = threading.Thread(target=_write_late, args=(batch, trial, go, calling, made))
+            with batch as b:
+                b.table("x").insert({"id": f"first{trial}"})
+                writer.start()
+                go.set()
+                assert calling.wait(10)  # the block ends as the other thread's write is under way
+            writer.join(30)
+            other.sync()
+            assert other.table("x").get(f"first{trial}") is not None
+            late = other.table("x").get(f"late{trial}")
+            if "refused" in made:
+                assert late is None and "inside its with block" in str(made["refused"])
+            else:
+                assert late is not None, f"trial {trial}: the write returned a Pending and was never sent"
+                assert made["pending"].result["id"] == f"late{trial}"  # type: ignore[attr-defined]
+    finally:
+        other.close()
+
+
+def _write_late(batch: Any, trial: int, go: threading.Event, calling: threading.Event, made: dict[str, object]) -> None:
+    """A write through ``batch`` from this thread, once ``go`` is set (``calling`` set as it calls): its Pending,
+    or the error refusing it."""
+    go.wait(10)
+    calling.set()
+    try:
+        made["pending"] = batch.table("x").insert({"id": f"late{trial}", "blob": b"z" * 6_000_000})
+    except tiger.TigerError as e:
+        made["refused"] = e
+
+
+def test_a_failing_op_after_an_insert_many_of_nothing_was_named_by_the_wrong_index(client, ns):
+    # insert_many([]) sends nothing, and the ops were counted as sent: the 4th write failed and the error
+    # said "operation 2" (the 3rd). Each write of the block is named by its index, counted from 0.
+    client.table("plans").insert({"id": "p1"})
+    with pytest.raises(tiger.NotFound, match=r"^operation 3 \(update plans\)"), client.batch() as b:
+        plans = b.table("plans")
+        ops = [plans.insert({"id": "p2"}), plans.insert_many([]), plans.update("p1", {"a": 1}), plans.update("nope", {"a": 1})]
+    assert [repr(op).split(" ")[3] for op in ops] == ["0", "1", "2", "3"]
+
+
+def test_a_batch_update_that_grew_a_record_past_the_limit_named_no_operation(connect, ns):
+    # an insert then an update of one id in a batch, each under 8 MiB, merged past it: refused at commit
+    # naming only the record; the error names the update's index like every failing op's
+    client = connect()
+    with pytest.raises(ValueError, match=r"^operation 2 \(update big\): .*nothing in the batch was applied"), client.batch() as b:
+        big = b.table("big")
+        big.insert({"id": "small"})
+        big.insert({"id": "u2", "a": b"a" * (5 * 1024 * 1024)})
+        big.update("u2", {"b": b"b" * (5 * 1024 * 1024)})
+    client.sync()
+    assert client.table("big").get("u2") is None and client.table("big").get("small") is None

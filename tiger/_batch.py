@@ -129,6 +129,10 @@ class Batch:
         self._token: Token[tuple[Batch, ...]] | None = None
         self._states = ["the batch is sent when its with block ends"]  # shared with its Pending operations
         self._open = False
+        self._calls = 0  # writes made in the block: each one's index (one of no records too, which sends nothing)
+        # the block's end and a write made in another thread at that moment: one is first (a write once it
+        # ended is refused; one that got in is sent), never a write left out of what was sent
+        self._lock = threading.Lock()
         # while open: the frame that entered its with block, at which instruction, whether a plain function's
         # with statement did, and the thread and task that ran it (see ``_left_without_exit``)
         self._entered: tuple[FrameType, int, bool, tuple[int, int | None]] | None = None
@@ -203,7 +207,8 @@ class Batch:
     def _end(self, exc_type: object) -> bool:
         """The block ended (``exc_type``: what it raised, or None); True when the batch is to be sent (not
         when it was closed before, as left: see ``_left_without_exit``)."""
-        was_open, self._open = self._open, False
+        with self._lock:
+            was_open, self._open = self._open, False
         self._entered = None  # (its frame refers to the batch, by its locals)
         token, self._token = self._token, None
         if token is not None:
@@ -221,14 +226,24 @@ class Batch:
             raise TigerError("batch writes are made inside its with block: with client.batch() as b: ...")
 
     def _nothing(self, kind: str, result: Any) -> Pending:
-        """A write of nothing (no records): its result at once, no operation sent."""
-        self._check_open()
-        pending = Pending(self._states, len(self._ops), kind)
+        """A write of nothing (no records): its result at once, no operation sent; it takes its index."""
+        with self._lock:
+            self._check_open()
+            pending = Pending(self._states, self._calls, kind)
+            self._calls += 1
         pending._result = result
         return pending
 
     def _add(self, op: p.Insert | p.Update | p.Remove, kind: str) -> Pending:
+        with self._lock:
+            return self._add_open(op, kind)
+
+    def _add_open(self, op: p.Insert | p.Update | p.Remove, kind: str) -> Pending:
+        """``_add`` holding the lock. The op's ``req_id`` is its index among the block's writes: the writer
+        names a failing op by it (counting only the ops sent named the wrong write after an
+        ``insert_many([])``)."""
         self._check_open()
+        op.req_id = self._calls
         try:  # encoded now: what the caller changes in its dicts later does not reach the batch
             packed = p.encode_request(op)
         except UnicodeEncodeError:
@@ -243,7 +258,8 @@ class Batch:
                 f"this batch would be {self._bytes + len(packed)} bytes packed; a batch is sent as one message of at "
                 f"most {p.MAX_MESSAGE} bytes (nothing of it is sent yet: make it smaller)"
             )
-        pending = Pending(self._states, len(self._ops), kind)
+        pending = Pending(self._states, self._calls, kind)
+        self._calls += 1
         self._ops.append(op)
         self._packed.append(packed)
         self._bytes += len(packed)

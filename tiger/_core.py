@@ -137,6 +137,20 @@ class _Answers(dict[int, bytes]):
         self.size = 0
 
 
+class _BigPart(ValueError):
+    """A part of a batch's change (its index: ``part``) holds a record over the size limit."""
+
+    def __init__(self, part: int, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+def _in_batch(op: p.Insert | p.Update | p.Remove, error: Exception) -> str:
+    """The message of ``error``, raised by a batch's ``op``: named by its index (its ``req_id``: see
+    ``p.BatchWrite``), as the README promises."""
+    return f"operation {op.req_id} ({_op_name(op)} {op.table}): {error}; nothing in the batch was applied"
+
+
 class Expired(ValueError):
     """A call that arrived after its deadline: the client has given up on it."""
 
@@ -560,7 +574,10 @@ class WriterCore:
                 late = self.wall_clock() - call.expires  # judged again: preparing a big call takes a while
                 if late > 0:
                     raise Expired(f"the call's deadline passed while it was prepared ({late:.3f}s ago); not applied")
-            packed = None if change is None else self._commit(change, now, topic)
+            try:
+                packed = None if change is None else self._commit(change, now, topic)
+            except _BigPart as e:  # a batch's part: named by the op that made it (an update that grew a record)
+                raise ValueError(_in_batch(request.ops[result.index(e.part)], e)) from None  # type: ignore[union-attr]
             # a write that changed nothing while a group is held promises the seq before it (as a sync does)
             seq = self.seq if packed is not None or self._held is None else self._committed_seq
             kept = p.ok_bytes(request.req_id, self.epoch, seq, packed, result)  # type: ignore[union-attr]
@@ -645,9 +662,12 @@ class WriterCore:
             total = len(packed) if change.packed is None else len(packed) * 9 // 5
             p.check_record_sizes(change.records, total, f"{change.table} record")
         elif type(change) is _table.Batch and len(packed) > p.MAX_RECORD:
-            for part in change.changes:
+            for i, part in enumerate(change.changes):
                 if type(part) is _table.Put:
-                    p.check_record_sizes(part.records, len(p.pack_change(part)), f"{part.table} record")
+                    try:
+                        p.check_record_sizes(part.records, len(p.pack_change(part)), f"{part.table} record")
+                    except ValueError as e:
+                        raise _BigPart(i, str(e)) from None
         if self.disk is not None:
             if self.disk_fault is None:
                 try:
@@ -1015,7 +1035,7 @@ class WriterCore:
         staged = _table.Staged(self.store)
         parts: list[_table.Put | _table.Delete] = []
         where: list[int | None] = []  # for each op, the index of its part (None: a delete of nothing)
-        for i, op in enumerate(r.ops):
+        for op in r.ops:
             try:
                 if type(op) is p.Insert:
                     part: _table.Put | _table.Delete | None = _table.prepare_insert(
@@ -1026,7 +1046,7 @@ class WriterCore:
                 else:
                     part = _table.prepare_delete(staged, op.table, op.namespace, op.id)  # type: ignore[union-attr]
             except (NotFound, AlreadyExists, ValueError, TypeError) as e:
-                raise type(e)(f"operation {i} ({_op_name(op)} {op.table}): {e}; nothing in the batch was applied") from None
+                raise type(e)(_in_batch(op, e)) from None
             if part is None:
                 where.append(None)
                 continue

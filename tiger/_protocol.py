@@ -473,8 +473,9 @@ class OnceFinish:
 @dataclass(frozen=True, slots=True)
 class BatchWrite:
     """``client.batch()``: inserts, creates, updates and deletes applied all or none, in order, as one
-    change. Each op's own ``req_id`` is not used (0). The answer's result: for each op, the index of its
-    part in the change (None: a delete of nothing)."""
+    change. Each op's own ``req_id`` is its index among the writes made in the block (an ``insert_many`` of
+    no records takes one and sends nothing): errors name the failing op by it. The answer's result: for
+    each op, the index of its part in the change (None: a delete of nothing)."""
 
     req_id: int
     ops: list[Insert | Update | Remove]
