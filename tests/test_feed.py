@@ -162,7 +162,7 @@ def test_filters_take_their_table_and_namespace_and_every_clear_that_covers_them
 def test_tigers_own_tables_never_appear(pair):
     writer, replica = pair
     feed = watch(replica)
-    replica.published(*writer.insert({"id": "key"}, table=_table.ONCE_TABLE, namespace="global"))
+    replica.published(*writer.commit(_table.Put(_table.ONCE_TABLE, "global", (_table.freeze({"id": "key"}),))))
     replica.published(*writer.commit(_table.Delete(_table.ONCE_TABLE, "global", "key")))
     replica.published(*writer.insert({"id": "mine"}))
     assert drain(feed) == [(3, "put", "t", "a", "mine")]
