@@ -7,10 +7,12 @@ import os
 import re
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from typing import Any
 
 import pytest
@@ -139,6 +141,125 @@ def test_corruption_in_the_middle_refuses_to_start_and_changes_nothing(tmp_path)
     assert "nothing on disk was changed" in out.stderr
     assert log_file.read_bytes() == damaged
     assert sorted(os.listdir(data)) == listing
+
+
+OLD_MARKER, OLD_HEADER = b"TGR\x01", struct.Struct("<4sII")  # an earlier version's entries: no guard, no CRC of the header
+
+
+def _old_entry(payload: bytes) -> bytes:
+    """An entry as an earlier version framed it."""
+    return OLD_HEADER.pack(OLD_MARKER, len(payload), zlib.crc32(payload)) + payload
+
+
+def _holding_frames(log: bytes) -> bytes:
+    """Bytes a record may hold that hold whole log entries: a frame, an earlier version's, a copy of ``log``."""
+    return b"\x00" * 100 + _log.frame(b"anything") + _old_entry(b"anything else") + log
+
+
+def test_a_torn_last_entry_whose_record_held_a_log_frame_was_taken_for_corruption(tmp_path):
+    """A record holding a copy of a log, its last append torn just after that copy: the restart took the
+    copy's entries for valid ones after a damaged entry, and refused to start (exit 3, "damaged entry at
+    byte 53 followed by a valid one"), where the same cut of any other record was cut off as torn."""
+    data = tmp_path / "data"
+    log_file = data / "log.0"
+    with tiger.serve(data=data, fsync="always") as server, tiger.connect(server.url) as client:
+        client.table("t").insert({"id": "a", "n": 1})
+        valid = log_file.stat().st_size
+        blob = _holding_frames(log_file.read_bytes()) + b"\x00" * 5000
+        client.table("t").insert({"id": "backup", "blob": blob})
+    raw = log_file.read_bytes()
+    cut = raw.index(blob) + len(_holding_frames(raw[:valid]))  # right after the copy: valid entries to the end
+    os.truncate(log_file, cut)
+    proc, url = cli_serve("--url", f"ipc://{tmp_path}/w2", "--data", str(data))
+    with tiger.connect(url) as client:
+        assert [r["id"] for r in client.table("t").all()] == ["a"]
+    err = stop(proc)
+    assert f"cut a torn tail of {cut - valid} bytes at byte {valid} of {log_file}" in err
+    assert log_file.stat().st_size == valid
+
+
+def test_a_torn_last_entry_is_cut_wherever_it_was_cut_whatever_entries_its_payload_held():
+    log = _log.frame(_change(1)) + _old_entry(_change(2)) + _log.frame(_change(3))  # (an earlier version's too)
+    torn = _log.frame(_holding_frames(log) + _holding_frames(log))
+    for cut in range(1, len(torn)):
+        assert _log.scan(log + torn[:cut]) == ([_change(1), _change(2), _change(3)], len(log)), cut
+
+
+def test_a_damaged_last_entry_whose_payload_held_a_frame_was_taken_for_corruption():
+    """A power loss may leave a last entry of its whole length with a page of it never written (zeros):
+    its header says where it ends, so the frames its payload holds are no entries after it."""
+    log = _log.frame(_change(1))
+    payload = _holding_frames(log) + bytes(4096)
+    last = bytearray(_log.frame(payload))
+    last[-4096:] = b"\x01" * 4096
+    assert _log.scan(log + bytes(last)) == ([_change(1)], len(log))
+
+
+def test_a_damaged_entry_followed_by_valid_ones_is_corruption_whatever_byte_of_it_was_damaged():
+    """Not weakened by reading torn tails whatever they hold: any byte of an entry damaged, its header's
+    too, with a valid entry after it, is refused; damage within its payload names the entry after it (not
+    an entry its payload holds: it used to)."""
+    first, third = _log.frame(_change(1)), _log.frame(_change(3))
+    middle = _log.frame(_holding_frames(first) + b"\x00" * 50)
+    for i in range(len(middle)):
+        damaged = bytearray(middle)
+        damaged[i] ^= 0x40
+        after = rf"followed by a valid one at byte {len(first) + len(middle)}$" if i >= _log.HEADER.size else ""
+        with pytest.raises(_log.Corrupt, match=rf"^damaged entry at byte {len(first)} {after}"):
+            _log.scan(first + bytes(damaged) + third)
+    for length in (2**31, len(middle) + 9):  # its length made to run past the end of the file: not torn
+        damaged = bytearray(middle)
+        damaged[_log.HEADER.size - 8 : _log.HEADER.size - 4] = length.to_bytes(4, "little")
+        with pytest.raises(_log.Corrupt, match=rf"^damaged entry at byte {len(first)} followed by a valid one"):
+            _log.scan(first + bytes(damaged) + third)
+
+
+def test_a_log_and_a_snapshot_an_earlier_version_wrote_are_read_and_appended_to(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    content = {"t": {"global": [freeze({"id": "r0", "n": 0, "created": 1})]}}
+    (data / "snapshot").write_bytes(_old_entry(p.pack({"generation": 1, "tables": content})))
+    (data / "log.1").write_bytes(_old_entry(_change(1)) + _old_entry(_change(2)) + _old_entry(_change(9))[:20])
+    d = _log.DataDir(str(data))
+    d.load(p.unpack)  # the torn tail cut
+    d.append(_change(3))
+    d.close()
+    assert _replayed(data) == ([0], [1, 2, 3], ["lock", "log.1", "snapshot"])
+
+
+def _earlier_scan(data: bytes) -> tuple[list[bytes], int]:
+    """``_log.scan`` as an earlier version had it (entries without a guard)."""
+    payloads, offset = [], 0
+    while offset < len(data):
+        end = _earlier_entry_at(data, offset)
+        if end is None:
+            found = data.find(OLD_MARKER, offset + 1)
+            while found != -1:
+                if _earlier_entry_at(data, found) is not None:
+                    raise _log.Corrupt(f"damaged entry at byte {offset} followed by a valid one at byte {found}")
+                found = data.find(OLD_MARKER, found + 1)
+            return payloads, offset
+        payloads.append(data[offset + OLD_HEADER.size : end])
+        offset = end
+    return payloads, offset
+
+
+def _earlier_entry_at(data: bytes, offset: int) -> int | None:
+    if offset + OLD_HEADER.size > len(data):
+        return None
+    marker, length, crc = OLD_HEADER.unpack_from(data, offset)
+    end = offset + OLD_HEADER.size + length
+    if marker != OLD_MARKER or end > len(data) or zlib.crc32(data[offset + OLD_HEADER.size : end]) != crc:
+        return None
+    return end
+
+
+def test_an_earlier_version_refuses_a_log_of_this_one_rather_than_cutting_it_as_torn():
+    earlier = _old_entry(_change(1))
+    assert _earlier_scan(earlier + _log.frame(_change(2))[:30]) == ([_change(1)], len(earlier))  # (a torn tail, to it)
+    for log in (_log.frame(_change(2)), earlier + _log.frame(_change(2)) + _log.frame(_change(3))):
+        with pytest.raises(_log.Corrupt):
+            _earlier_scan(log)
 
 
 def test_compaction_writes_a_snapshot_and_a_fresh_log(tmp_path):

@@ -7,10 +7,21 @@ Files in DIR:
 - ``snapshot``: one framed entry, the whole content at the start of log generation G.
 - ``log.G``: framed entries, one packed change each, applied after that snapshot.
 
-An entry is ``MARKER | length (u32 LE) | crc32 (u32 LE) | payload``, so a damaged
-one is recognisable. On start, a damaged entry with no valid entry after it is a
-torn tail (a crash mid-append): the log is cut there. A damaged entry followed by
-valid ones is corruption: the start stops and nothing on disk is changed.
+An entry is ``GUARD | crc32 of the next 12 bytes (u32 LE) | MARKER | length (u32 LE) | crc32 of the
+payload (u32 LE) | payload``, so a damaged one is recognisable, and so is its extent while its header is
+whole: a record's bytes may hold anything, whole entries too (a copy of a log), so only a header whose own
+CRC holds says where the next entry begins. On start, reading from the first byte:
+- a damaged entry whose header is whole is passed over by its length: what its payload holds is never
+  taken for an entry. One that runs past the end of the file is a torn tail (a crash mid-append leaves a
+  prefix of the entry, its header first), whatever bytes it holds;
+- a damaged header (or a few bytes too short for one) does not say where the next entry begins: a valid
+  entry found at any later byte is taken for one;
+- a damaged entry followed by a valid one is corruption: the start stops and nothing on disk is changed.
+  With none after it, the log is cut at the first damaged entry (a torn tail).
+Entries an earlier version wrote (``MARKER | length | crc32 | payload``: what follows the guard) are read
+too; a damaged one has no extent to trust, as a damaged header. The guard makes an earlier version refuse
+a log of this one (it takes the guard for a damaged entry with the valid one after it) rather than cut
+it as a torn tail.
 
 A compaction never stops the writer for long: it starts ``log.G+1`` at once (later
 changes go there), takes a shallow view of the store (its records are frozen, so the
@@ -50,7 +61,10 @@ from tiger._paths import in_the_way
 log = logging.getLogger("tiger.writer")
 
 MARKER = b"TGR\x01"
-HEADER = struct.Struct("<4sII")
+GUARD = b"TGR\x02"
+HEADER = struct.Struct("<4sI4sII")  # GUARD | crc32 of the 12 bytes after it | MARKER | length | crc32 of the payload
+OLD_HEADER = struct.Struct("<4sII")  # MARKER | length | crc32 of the payload: an entry of an earlier version
+_GUARDED = HEADER.size - OLD_HEADER.size  # bytes of the guard, before the old-style header
 FSYNC_POLICIES = ("always", "everysec", "never")
 COMPACT_BYTES = 64 * 1024 * 1024  # compact automatically once the log grows past this
 STEP_BYTES = 512 * 1024  # bytes of snapshot a compaction writes per step (a few ms of the writer's time)
@@ -65,42 +79,105 @@ class Locked(TigerError):
 
 
 def frame(payload: bytes) -> bytes:
-    return HEADER.pack(MARKER, len(payload), zlib.crc32(payload)) + payload
+    return _header(len(payload), zlib.crc32(payload)) + payload
 
 
-def _entry_at(data: bytes | memoryview, offset: int) -> int | None:
-    """The offset just past a valid entry at ``offset``, or None."""
-    if offset + HEADER.size > len(data):
+def _header(length: int, crc: int) -> bytes:
+    """The header of an entry whose payload has ``length`` bytes and CRC32 ``crc``."""
+    old = OLD_HEADER.pack(MARKER, length, crc)
+    return HEADER.pack(GUARD, zlib.crc32(old), MARKER, length, crc)
+
+
+def _header_at(data: bytes | memoryview, offset: int) -> tuple[int, int, int, bool] | None:
+    """(payload start, end, payload's crc32, whether that end can be trusted) of the header at ``offset``;
+    None when there is no whole header there (or one whose own CRC fails). An entry of an earlier version
+    has no CRC of its header: its end is not to be trusted when its payload's CRC fails."""
+    if offset + HEADER.size <= len(data):
+        guard, check, marker, length, crc = HEADER.unpack_from(data, offset)
+        if guard == GUARD:
+            if marker != MARKER or zlib.crc32(data[offset + _GUARDED : offset + HEADER.size]) != check:
+                return None
+            return offset + HEADER.size, offset + HEADER.size + length, crc, True
+    if offset + OLD_HEADER.size <= len(data):
+        marker, length, crc = OLD_HEADER.unpack_from(data, offset)
+        if marker == MARKER:
+            return offset + OLD_HEADER.size, offset + OLD_HEADER.size + length, crc, False
+    return None
+
+
+def _entry_at(data: bytes | memoryview, offset: int) -> tuple[int, int] | None:
+    """(payload start, end) of a valid entry at ``offset``, or None."""
+    found = _header_at(data, offset)
+    if found is None:
         return None
-    marker, length, crc = HEADER.unpack_from(data, offset)
-    end: int = offset + HEADER.size + length
-    if marker != MARKER or end > len(data):
+    start, end, crc, _ = found
+    if end > len(data) or zlib.crc32(data[start:end]) != crc:
         return None
-    if zlib.crc32(data[offset + HEADER.size : end]) != crc:
-        return None
-    return end
+    return start, end
+
+
+def _valid_after(data: bytes, offset: int) -> int | None:
+    """The offset of a valid entry that begins after ``offset`` (the first, but for entries overlapping
+    each other), if any. Every entry holds ``MARKER``: at its start (an earlier version's) or after its
+    guard."""
+    view = memoryview(data)
+    found = data.find(MARKER, offset + 1)
+    while found != -1:
+        if found - _GUARDED > offset and _entry_at(view, found - _GUARDED) is not None:
+            return found - _GUARDED
+        if _entry_at(view, found) is not None:
+            return found
+        found = data.find(MARKER, found + 1)
+    return None
 
 
 def scan(data: bytes) -> tuple[list[bytes], int]:
-    """The payloads of the valid entries and the offset where valid data ends.
+    """The payloads of the valid entries and the offset where valid data ends (see the module's docstring).
 
     Raises ``Corrupt`` when a damaged entry has a valid one after it.
     """
     view = memoryview(data)
     payloads: list[bytes] = []
     offset = 0
-    while offset < len(data):
-        end = _entry_at(view, offset)
-        if end is None:
-            found = data.find(MARKER, offset + 1)
-            while found != -1:
-                if _entry_at(view, found) is not None:
-                    raise Corrupt(f"damaged entry at byte {offset} followed by a valid one at byte {found}")
-                found = data.find(MARKER, found + 1)
-            return payloads, offset  # a torn tail
-        payloads.append(bytes(view[offset + HEADER.size : end]))
-        offset = end
-    return payloads, offset
+    damaged: int | None = None  # the first damaged entry's offset
+    size, unpack, crc32 = len(data), HEADER.unpack_from, zlib.crc32
+    while offset < size:
+        if offset + HEADER.size <= size:  # (a valid entry of this version, inline: a start reads millions)
+            guard, check, marker, length, crc = unpack(data, offset)
+            start = offset + HEADER.size
+            end = start + length
+            if (
+                guard == GUARD
+                and marker == MARKER
+                and end <= size
+                and crc32(view[offset + _GUARDED : start]) == check
+                and crc32(view[start:end]) == crc
+            ):
+                if damaged is not None:
+                    raise Corrupt(f"damaged entry at byte {damaged} followed by a valid one at byte {offset}")
+                payloads.append(data[start:end])
+                offset = end
+                continue
+        found = _header_at(view, offset)
+        if found is not None:
+            start, end, crc, trusted = found
+            if end <= size and zlib.crc32(view[start:end]) == crc:
+                if damaged is not None:
+                    raise Corrupt(f"damaged entry at byte {damaged} followed by a valid one at byte {offset}")
+                payloads.append(bytes(view[start:end]))
+                offset = end
+                continue
+            if trusted:  # the next entry begins at its end (past the end of the file: a torn tail)
+                damaged = offset if damaged is None else damaged
+                offset = end
+                continue
+        # no header to trust: where the next entry begins is unknown
+        damaged = offset if damaged is None else damaged
+        after = _valid_after(data, offset)
+        if after is not None:
+            raise Corrupt(f"damaged entry at byte {damaged} followed by a valid one at byte {after}")
+        break
+    return payloads, len(data) if damaged is None else damaged
 
 
 def _fsync_dir(fd: int) -> None:
@@ -276,10 +353,10 @@ class DataDir:
         self._kept = {"snapshot": None if read is None else read[1]}
         if read is not None:
             data = read[0]
-            end = _entry_at(data, 0)
-            if end is None or end != len(data):
+            entry = _entry_at(data, 0)
+            if entry is None or entry[1] != len(data):
                 raise Corrupt(f"{snapshot} is damaged (it is written whole and renamed into place, so this is not a torn write)")
-            saved = unpack(data[HEADER.size :])
+            saved = unpack(data[entry[0] :])
             self.generation = self._snapshot_generation = saved["generation"]
             content = saved["tables"]
         logs = self._generations()
@@ -584,7 +661,7 @@ class DataDir:
 class Compaction:
     """The snapshot of one generation being written into ``snapshot.tmp`` a step at a time
     (``DataDir.begin_compaction``), then put in place. Its bytes are those of one framed entry holding
-    ``{"generation": G, "tables": content}`` packed whole; the frame's header (length, crc32) is
+    ``{"generation": G, "tables": content}`` packed whole; the frame's header (length and CRCs) is
     written last, over the placeholder at its start."""
 
     def __init__(
@@ -627,7 +704,7 @@ class Compaction:
                 self.size += len(data)
             if taken >= budget:
                 return False
-            os.pwrite(self._fd, HEADER.pack(MARKER, self.size, self._crc), 0)
+            os.pwrite(self._fd, _header(self.size, self._crc), 0)
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
