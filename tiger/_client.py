@@ -153,6 +153,8 @@ GONE_AFTER = 1.0
 # seconds connect's probe of the handshake (``handshake_failure``) may take, at a resend: a handshake took 2-50 ms
 # here, and more under load (0.1 s missed it for 50 s while the suite ran on both cores)
 HANDSHAKE_PROBE = 0.5
+# connect's handshake probes in a row that heard nothing after which it makes no more (``Client._probe_hello``)
+SILENT_PROBES = 2
 
 
 class Refusals:
@@ -252,7 +254,7 @@ class _Connection:
         self._leased: set[str] = set()  # the namespaces this client leased and has not dropped itself
         self._pid = os.getpid()
         self._closed = False
-        self._probe_handshake = True  # (``_silence``)
+        self._silent_probes = 0  # connect's handshake probes in a row that heard nothing (``_probe_hello``)
         self._handshake_probed = False  # whether a probe was made (then none at a call's deadline)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._req_ids = itertools.count(1)
@@ -524,9 +526,12 @@ class _Connection:
         """``HandshakeFailed`` if the handshake with the writer fails (``handshake_failure``, at most
         ``HANDSHAKE_PROBE`` seconds, and at most 0.1 s past the call's ``deadline``, ``time.monotonic()``:
         a probe at the deadline added its whole 0.5 s to a connect's timeout; the async client runs it in a
-        thread). A probe that heard nothing in its whole time (a paused writer: no handshake either way) is
-        not made again, nor one at the deadline once one was made (``connect(timeout=0.2)`` took 0.4 s)."""
-        if not self._probe_handshake or (self._handshake_probed and time.monotonic() >= deadline):
+        thread). After ``SILENT_PROBES`` probes in a row that heard nothing in their whole time (a paused
+        writer: no handshake either way) none is made again, nor one at the deadline once one was made
+        (``connect(timeout=0.2)`` took 0.4 s). One silent probe is not enough: on a loaded machine one
+        heard nothing of a wrong key's failed handshake, and connect waited its whole timeout to say
+        "did not answer"."""
+        if self._silent_probes >= SILENT_PROBES or (self._handshake_probed and time.monotonic() >= deadline):
             return
         self._handshake_probed = True
         probed = time.monotonic()
@@ -534,7 +539,8 @@ class _Connection:
         failed = handshake_failure(self.url, self._server_key, seconds)
         if failed is not None:
             raise HandshakeFailed(failed)
-        self._probe_handshake = seconds < HANDSHAKE_PROBE or time.monotonic() - probed < HANDSHAKE_PROBE
+        silent = seconds >= HANDSHAKE_PROBE and time.monotonic() - probed >= HANDSHAKE_PROBE
+        self._silent_probes = self._silent_probes + 1 if silent else 0
 
     def _silence(self, wait: int, seconds: float, deadline: float, refusals: Refusals | None = None) -> None:
         """No answer in time (``Attempts.wait`` said ``RESEND`` or ``GIVE_UP``): a fresh command socket in
@@ -611,12 +617,18 @@ class _Connection:
         """Queue a call's bytes on the command socket without blocking. A call interrupted after sending
         (Ctrl-C, a cancelled task) leaves its bytes queued there; with the writer away, about 1000 of them
         (its SNDHWM) fill the queue, and a blocking send would then wait past the call's deadline, holding
-        the client: a fresh socket, whose queue is empty, takes the bytes instead."""
+        the client: a fresh socket, whose queue is empty, takes the bytes instead. One that cannot take them
+        either has lost its only pipe already (a handshake failed on a protocol error: a server key to a
+        writer without CurveZMQ): the bytes are left unsent, as a message lost, and the call's next resend
+        (and connect's handshake probe) goes on from there; zmq.Again was raised to the caller."""
         try:
             self._command_socket().send(payload, zmq.NOBLOCK)
         except zmq.Again:
             self._fresh_socket()
-            self._command_socket().send(payload, zmq.NOBLOCK)
+            try:
+                self._command_socket().send(payload, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def _outcome(self, reply: p.Reply, seconds: float) -> p.Ok:
         """The Ok answer to a call, or the error its Failed answer names, raised."""

@@ -1227,13 +1227,6 @@ def readable_within(sock: zmq.Socket[Any], ms: int) -> bool:
     return bool(_zmq_poll([(sock, _POLLIN)], ms))
 
 
-def send(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
-    """``send_multipart`` without its per-call checks and flag arithmetic (~1 us per message here)."""
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        sock.send(frame, _MORE if i < last else 0)
-
-
 def wire_text(text: str) -> str:
     """``text`` (a message, a path of the writer's own) as a str UTF-8 can carry: itself, or with what it
     cannot escaped, the bytes of a name that is not UTF-8 (as os.fsdecode holds them) as ``\\xff``, any

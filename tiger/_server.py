@@ -463,9 +463,10 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
         deadline = time.monotonic() + timeout
         connected = False
         while monitor.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            message = parse_monitor_message(monitor.recv_multipart())
+            event = message["event"]
             if event & HANDSHAKE_FAILED:
-                return handshake_refused(url, server_key, greeting_mechanism(url, timeout))
+                return handshake_failed_why(url, server_key, event, message["value"], timeout)
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (event == zmq.EVENT_CONNECT_RETRIED and not connected):
                 return None
             connected = connected or event == zmq.EVENT_CONNECTED
@@ -474,6 +475,26 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
         return None
     finally:
         ctx.destroy(linger=0)
+
+
+def handshake_failed_why(url: str, server_key: object, event: int, value: int, timeout: float) -> str:
+    """``handshake_refused`` for a handshake that libzmq's monitor ``event`` (one of ``HANDSHAKE_FAILED``, its
+    ``value``: errno, or the ZMTP protocol error) said failed, asking the peer's greeting why
+    (``greeting_mechanism``, within ``timeout`` seconds). A ZMTP protocol error (``HANDSHAKE_FAILED_PROTOCOL``,
+    ``_AUTH``) is a verdict of its own: libzmq ends that connection for good, no retry, so the peer's greeting
+    unheard (a writer that stopped answering, a machine too loaded to answer the probe in time) does not make
+    it "no ZeroMQ greeting": a mechanism mismatch names the mechanism a tiger writer serves when it is not the
+    client's (NULL to a client with a key, CURVE to one without)."""
+    mechanism = greeting_mechanism(url, timeout)
+    if mechanism is None and event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            mechanism = "NULL" if server_key else "CURVE"
+        else:
+            return (
+                f"the handshake with the tiger writer at {url} failed: a ZeroMQ protocol error ({value:#x}) ended "
+                "the connection, and the peer greeted no probe after it"
+            )
+    return handshake_refused(url, server_key, mechanism)
 
 
 # the start of a ZMTP 3 greeting (rfc.zeromq.org/spec/23): its signature and major version, what makes libzmq
@@ -521,7 +542,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         sock, monitor = _monitored_dealer(ctx, address, server_key)  # a failed handshake is said at once
-        sock.send(p.encode_request(request))
+        _send_once(sock, p.encode_request(request))
         return _answer(sock, url, deadline, timeout, monitor, server_key)
     finally:
         ctx.destroy(linger=0)
@@ -563,6 +584,18 @@ def _monitored_dealer(
     return sock, monitor
 
 
+def _send_once(sock: zmq.Socket[Any], payload: bytes) -> None:
+    """Queue ``payload`` on ``sock`` (a fresh DEALER of ``_monitored_dealer``) without blocking; not sent if
+    it cannot be queued, and then ``_answer`` says why (``HandshakeFailed``) or waits out the deadline. A
+    handshake that failed on a protocol error before the send (another mechanism: a server key to a writer
+    without CurveZMQ) made libzmq drop the socket's only pipe, and a blocking send waited for ever:
+    `tiger stats --timeout 60` and `tiger compact` hung (CI)."""
+    try:
+        sock.send(payload, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
 def _answer(
     sock: zmq.Socket[Any],
     url: str,
@@ -586,9 +619,15 @@ def _answer(
             break
         if monitor is None or monitor not in ready:
             raise Unavailable(no_answer(url, timeout))
-        while monitor.poll(0):  # (it watches only HANDSHAKE_FAILED: what failed is the probe's to tell)
-            monitor.recv_multipart()
-        failed = handshake_failure(url, server_key, min(max(remaining, 0.1), 1.0))  # (a loaded machine: 0.1 s missed)
+        seconds = min(max(remaining, 0.1), 1.0)  # (a loaded machine: 0.1 s missed)
+        for event, value in _monitor_events(monitor):  # (it watches only HANDSHAKE_FAILED)
+            if event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                # a protocol error: libzmq gave up ``sock``'s connection for good, so no answer can come (a
+                # probe that then heard nothing in time left tiger compact waiting 600 s)
+                raise HandshakeFailed(handshake_failed_why(url, server_key, event, value, seconds))
+        # the connection closed during the handshake: a wrong CurveZMQ key, a writer restarting; libzmq
+        # retries it, so a probe that cannot tell is asked again at the next failure
+        failed = handshake_failure(url, server_key, seconds)
         if failed is not None:
             raise HandshakeFailed(failed)
     reply = p.decode_reply(sock.recv())
@@ -597,6 +636,17 @@ def _answer(
     if type(reply) is not p.Ok:
         raise ProtocolError(f"the tiger writer at {url} answered a {type(reply).__name__}, not an ok or a failure")
     return reply
+
+
+def _monitor_events(monitor: zmq.Socket[Any]) -> list[tuple[int, int]]:
+    """The (event, value) of each message waiting on ``monitor`` (a socket monitor's PAIR), taken from it."""
+    from zmq.utils.monitor import parse_monitor_message  # (imports asyncio: not for every client's start)
+
+    events = []
+    while monitor.poll(0):
+        message = parse_monitor_message(monitor.recv_multipart())
+        events.append((message["event"], message["value"]))
+    return events
 
 
 class NamespaceLease:
@@ -640,14 +690,14 @@ class NamespaceLease:
         try:
             self._sock, monitor = _monitored_dealer(self._ctx, address, server_key)  # a failed handshake: said at once
             sent = time.time()
-            self._sock.send(p.encode_request(p.Hello(1, self.client_id)))
+            _send_once(self._sock, p.encode_request(p.Hello(1, self.client_id)))
             try:
                 info = _answer(self._sock, url, deadline, timeout, monitor, server_key).result or {}
             finally:
                 self._sock.disable_monitor()  # (its events would pile up for the lease's life)
                 monitor.close(linger=0)
             expires, _ = call_expiry(deadline, clock_offset(sent, time.time(), info) or 0.0)
-            self._sock.send(p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
+            _send_once(self._sock, p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
             _answer(self._sock, url, deadline, timeout)
             self._beat = min(float(info.get("heartbeat", 0.5)), 0.5)
             self._thread: threading.Thread | None = threading.Thread(
