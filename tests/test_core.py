@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import gc
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -379,6 +380,20 @@ def test_a_writer_pause_is_not_its_clients_silence():
     rig.tick()
     assert ALICE in rig.core.clients
     assert rig.call(BOB, claim(1, BOB)).result == "wait"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("working", "says"), [(0.0, "resumed after 10.0s without running"), (9.5, "a turn of 10.0s of its own work")]
+)
+def test_a_writer_busy_with_a_big_call_logged_it_as_a_pause(caplog, working, says):
+    # A user trial: a writer decoding a 10 MB call for 1.7 s logged "resumed after 1.7s without running"
+    rig = Rig()
+    rig.call(ALICE, claim(1, ALICE))
+    with caplog.at_level(logging.INFO, logger="tiger"):
+        rig.core.resumed(10.0, working)
+    assert [says in r.getMessage() for r in caplog.records] == [True]
+    rig.tick()
+    assert ALICE in rig.core.clients  # either way, its clients' silence over it is not counted
 
 
 def test_a_goodbye_releases_the_claims_at_once():

@@ -361,10 +361,16 @@ class WriterCore:
             del self.silent_since[client_id]
             self.answered.pop(client_id, None)
 
-    def resumed(self, paused: float) -> None:
-        """The writer was paused for ``paused`` seconds (SIGSTOP, a debugger): its clients' silence is
-        judged only over time it listened, so none is taken for gone (nor its once keys released) for it."""
-        log.info("resumed after %.1fs without running", paused)
+    def resumed(self, paused: float, working: float = 0.0) -> None:
+        """The writer did not listen for ``paused`` seconds, ``working`` of them (its main thread's CPU time)
+        on work of its own (decoding a 10 MB call), the rest not running (SIGSTOP, a debugger, a machine
+        starved of CPU): its clients' silence is judged only over time it listened, so none is taken for
+        gone (nor its once keys released) for it. The log says which: a writer busy with a big call was
+        logged as "resumed after 1.7s without running" (a user trial)."""
+        if working >= paused / 2:
+            log.info("a turn of %.1fs of its own work (%.1fs of CPU) without listening to its clients", paused, working)
+        else:
+            log.info("resumed after %.1fs without running (paused, or starved of CPU)", paused)
         for client_id in self.clients:
             self.clients[client_id] += paused
         for client_id in self.silent_since:

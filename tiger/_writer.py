@@ -276,12 +276,13 @@ class Writer:
         router.setsockopt(zmq.RCVTIMEO, idle)
         waits = idle  # ms the receive waits: less while something waits to be sent (see below)
         next_beat = awake = time.monotonic()
+        awake_cpu = time.thread_time()
         try:
             while self._running:
-                now = time.monotonic()
-                if now - awake > PAUSED:  # this process was not running (SIGSTOP, a debugger): nor listening
-                    self.core.resumed(now - awake)
-                awake = now
+                now, cpu = time.monotonic(), time.thread_time()
+                if now - awake > PAUSED:  # not listening: not running (SIGSTOP, a debugger), or busy with a big call
+                    self.core.resumed(now - awake, cpu - awake_cpu)
+                awake, awake_cpu = now, cpu
                 if now >= next_beat:
                     self.tick()
                     next_beat = time.monotonic() + self.heartbeat
