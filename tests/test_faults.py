@@ -227,6 +227,28 @@ def test_a_log_and_a_snapshot_an_earlier_version_wrote_are_read_and_appended_to(
     assert _replayed(data) == ([0], [1, 2, 3], ["lock", "log.1", "snapshot"])
 
 
+@pytest.mark.parametrize(
+    "odd", [{"id": "k"}, {"id": "k", "state": "done", "owner": "c", "holders": [1]}, {"id": "k", "state": "failed"}]
+)
+def test_a_data_directory_holding_a_raw_record_in_tiger_once_stopped_every_writer_started_on_it(tmp_path, odd):
+    # An earlier tiger took a client's insert of {"id": "k"} into tiger.once (it refuses it now): its data
+    # directory then stopped every writer started on it (KeyError 'state', looking for the once builders it
+    # awaits), and a client's end killed a running one. Such a record is read as no once key's.
+    data = tmp_path / "data"
+    data.mkdir()
+    content = {"tiger.once": {"global": [freeze(odd)]}, "t": {"global": [freeze({"id": "r0", "created": 1})]}}
+    (data / "snapshot").write_bytes(_log.frame(p.pack({"generation": 1, "tables": content})))
+    with tiger.serve("tcp://127.0.0.1:*", data=data) as server:
+        with tiger.connect(server.url, timeout=10) as first:
+            assert first.once("k", lambda: 41 + 1) == 42  # the key is taken over, built once
+            assert first.once("other", lambda: "v") == "v"
+        with tiger.connect(server.url, timeout=10) as second:  # the first one's end passed the odd record by
+            assert second.once("k", lambda: 0) == 42
+            assert second.table("t")["r0"]["id"] == "r0"
+    with tiger.serve("tcp://127.0.0.1:*", data=data) as again, tiger.connect(again.url, timeout=10) as third:
+        assert third.once("k", lambda: 0) == 42
+
+
 def _earlier_scan(data: bytes) -> tuple[list[bytes], int]:
     """``_log.scan`` as an earlier version had it (entries without a guard)."""
     payloads, offset = [], 0

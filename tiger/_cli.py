@@ -26,7 +26,7 @@ from tiger._server import (
     slow_lookup,
     why_unreachable,
 )
-from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX, check_name
+from tiger._table import GLOBAL, ONCE_TABLE, RESERVED_PREFIX, check_name, well_formed_once
 from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 
 DEFAULT_URL = "tcp://127.0.0.1:7710"
@@ -275,14 +275,14 @@ def format_run_stats(client: Client, namespace: str = GLOBAL) -> str:
     for table, namespaces in stats["tables"].items():
         if not table.startswith(RESERVED_PREFIX):
             lines.append(f"  {_printable(table)}: {sum(namespaces.values())} records in {len(namespaces)} namespaces")
-    keys = client.replica.store.ordered(ONCE_TABLE, namespace)
+    keys = [r for r in client.replica.store.ordered(ONCE_TABLE, namespace) if well_formed_once(r) is not None]
     lines.append(f"once-keys: {len(keys)}")
     for record in reversed(keys):
         state = record["state"]
         error = record.get("error")
         if state == "failed" and error:  # (a factory's pytest.skip was listed as "failed", bare)
             state = f"failed ({_printable(str(error[0]))}: {_printable(str(error[1]))[:80]})"
-        lines.append(f"  {_printable(record['id'])}: {state} by {_printable(str(record['by']))}")
+        lines.append(f"  {_printable(record['id'])}: {state} by {_printable(str(record.get('by')))}")
     return "\n".join(lines)
 
 

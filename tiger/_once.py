@@ -61,7 +61,7 @@ from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, mark_sto
 from tiger._feed import off_loop, running_loop
 from tiger._owned import OwnedAsyncLock, OwnedLock
 from tiger._server import recently_refused
-from tiger._table import ONCE_TABLE, Record, check_value
+from tiger._table import ONCE_TABLE, Record, check_value, well_formed_once
 
 if TYPE_CHECKING:
     import asyncio
@@ -884,8 +884,9 @@ def _deadline(wait: float | None) -> float:
 
 
 def once_record(client: OnceClient, scope: str, key: str) -> Record | None:
-    """The record of once ``key`` of ``scope`` in the client's replica (None: never claimed, or released)."""
-    return client.replica.store.get(ONCE_TABLE, scope, key)
+    """The record of once ``key`` of ``scope`` in the client's replica (None: never claimed, or released, or
+    no once key's record: ``well_formed_once``)."""
+    return well_formed_once(client.replica.store.get(ONCE_TABLE, scope, key))
 
 
 def _in_namespace(scope: str | None) -> AbstractContextManager[object]:

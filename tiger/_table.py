@@ -850,6 +850,41 @@ def check_value(value: object, where: str = "value") -> None:
 # Waiting callers watch that record in their replica; nothing polls the writer.
 
 ONCE_ERROR_FIELDS = 4  # type name, message, builder, traceback (last frames)
+ONCE_STATES = ("building", "done", "failed")
+
+
+def well_formed_once(record: Record | None) -> Record | None:
+    """``record`` if it is a once key's record as tiger writes it (its ``state``, ``owner`` and ``holders``),
+    else None: a record of ONCE_TABLE that is not one is read as no record (a claim then takes the key, a
+    client's end passes it by). A data directory of an earlier tiger may hold one: the writer took a client's
+    insert into ``tiger.once`` (``{"id": "k"}``), and then died of KeyError 'state' at the next client's end
+    and at every start on that directory."""
+    if record is None:
+        return None
+    state = record.get("state")
+    if state not in ONCE_STATES or type(record.get("owner")) is not str or type(record.get("id")) is not str:
+        return None
+    holders, error = record.get("holders"), record.get("error")
+    if not isinstance(holders, list) or not all(type(h) is str for h in holders):
+        return None
+    if state == "failed" and not (isinstance(error, list) and len(error) == ONCE_ERROR_FIELDS):
+        return None
+    if state == "done" and "value" not in record:
+        return None
+    return record
+
+
+def _once_at(store: Store, namespace: str, key: str) -> Record | None:
+    """Once ``key``'s record in ``namespace`` (``well_formed_once``), or None."""
+    return well_formed_once(store.get(ONCE_TABLE, namespace, key))
+
+
+def _once_records(store: Store) -> Iterator[tuple[str, str, Record]]:
+    """Every once key's record (``well_formed_once``), as (namespace, key, record)."""
+    for namespace, rows in store.tables.get(ONCE_TABLE, {}).items():
+        for key, record in rows.items():
+            if well_formed_once(record) is not None:
+                yield namespace, key, record
 
 
 def prepare_once_claim(
@@ -873,7 +908,7 @@ def prepare_once_claim(
     check_name(namespace, "namespace")
     check_id(client_id, "client_id")
     check_value(by, "by")
-    current = store.get(ONCE_TABLE, namespace, key)
+    current = _once_at(store, namespace, key)
     holders: list[str] = []
     if current is not None:
         if current["state"] != "building":
@@ -900,7 +935,7 @@ def _holding(namespace: str, current: Record, client_id: str) -> Put | None:
     """``client_id`` holds the value from now on (its builder's teardown waits for it to leave)."""
     if current["owner"] == client_id or client_id in current["holders"]:
         return None
-    if current["state"] != "building" and not (current["state"] == "done" and current["teardown"]):
+    if current["state"] != "building" and not (current["state"] == "done" and current.get("teardown")):
         return None  # a value without a teardown needs no bookkeeping of who has it
     return Put(ONCE_TABLE, namespace, (freeze({**current, "holders": [*current["holders"], client_id]}),))
 
@@ -916,7 +951,7 @@ def prepare_once_finish(
     check_name(key, "key")
     check_name(namespace, "namespace")
     check_id(client_id, "client_id")
-    current = store.get(ONCE_TABLE, namespace, key)
+    current = _once_at(store, namespace, key)
     if current is None or current["state"] != "building" or current["owner"] != client_id:
         return "superseded", None
     if error is not None:
@@ -931,7 +966,7 @@ def prepare_once_finish(
 
 def prepare_once_retire(store: Store, key: str, client_id: str, namespace: str = GLOBAL) -> Delete | None:
     """Its builder tore the value down (a generator factory's teardown): the key goes; a later caller builds anew."""
-    current = store.get(ONCE_TABLE, namespace, key)
+    current = _once_at(store, namespace, key)
     if current is None or current["state"] != "done" or current["owner"] != client_id:
         return None
     return Delete(ONCE_TABLE, namespace, key)
@@ -941,8 +976,7 @@ def prepare_once_leave(store: Store, client_id: str) -> list[Put]:
     """``client_id`` left (goodbye or silence): it holds no once value any more."""
     return [
         Put(ONCE_TABLE, namespace, (freeze({**record, "holders": [h for h in record["holders"] if h != client_id]}),))
-        for namespace, rows in store.tables.get(ONCE_TABLE, {}).items()
-        for record in rows.values()
+        for namespace, _, record in _once_records(store)
         if client_id in record["holders"]
     ]
 
@@ -961,7 +995,7 @@ def prepare_once_release(
         isinstance(claims, (list, tuple)) and len(claims) == 2 and all(type(c) is int for c in claims) and claims[0] <= claims[1]
     ):
         raise TypeError(f"payload of a release must be [first, last], its claims' request ids, or None, not {claims!r:.80}")
-    current = store.get(ONCE_TABLE, namespace, key)
+    current = _once_at(store, namespace, key)
     if current is None or current["state"] != "building" or current["owner"] != client_id:
         return None
     claim = current.get("claim")
@@ -974,8 +1008,7 @@ def claims_of(store: Store, client_id: str) -> list[tuple[str, str]]:
     """The once keys ``client_id`` is building, as (namespace, key) (to release them when it goes silent)."""
     return [
         (namespace, key)
-        for namespace, rows in store.tables.get(ONCE_TABLE, {}).items()
-        for key, record in rows.items()
+        for namespace, key, record in _once_records(store)
         if record["state"] == "building" and record["owner"] == client_id
     ]
 
@@ -1029,8 +1062,11 @@ def prepare_lease_end(store: Store, client_id: str, live: Container[str] = ()) -
         ends.extend(  # first: a disk fault after the drop would leave them, the lease (what a retry finds) gone
             (namespace, Delete(ONCE_TABLE, namespace, key))
             for key, record in store.rows(ONCE_TABLE, namespace).items()
-            if record["state"] != "building"
-            and not (record.get("teardown") and record.get("owner") in live and record.get("owner") != client_id)
+            if well_formed_once(record) is None  # (no once key's: nothing but the namespace keeps it)
+            or (
+                record["state"] != "building"
+                and not (record.get("teardown") and record.get("owner") in live and record.get("owner") != client_id)
+            )
         )
         ends.append((namespace, DropNamespace(namespace)))
     return ends
@@ -1040,10 +1076,5 @@ def clients_awaited(store: Store) -> set[str]:
     """The clients a writer started on stored content gives ``CLIENT_SILENCE`` to be heard before it takes them
     for gone: the builders of once keys (then handed to others) and the holders of leases (their lease grace
     then begins)."""
-    builders = {
-        record["owner"]
-        for rows in store.tables.get(ONCE_TABLE, {}).values()
-        for record in rows.values()
-        if record["state"] == "building"
-    }
+    builders = {record["owner"] for _, _, record in _once_records(store) if record["state"] == "building"}
     return builders | {client_id for rows in store.tables.get(LEASE_TABLE, {}).values() for client_id in rows}
