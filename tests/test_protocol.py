@@ -1127,13 +1127,13 @@ def inproc_pair(open_socket: Sockets, bound: int, connected: int) -> tuple[zmq.S
     [[b""], [b"x"], [b"", b""], [b"a", b"", b"c"], [b"\x00" * 100_000, b"y"], [b"%d" % i for i in range(20)]],
     ids=["empty", "one", "two-empty", "delimiter", "large", "twenty"],
 )
-def test_send_and_receive_carry_each_message_whole(open_socket, monkeypatch, frames_know_more, frames):
+def test_receive_carries_each_message_whole(open_socket, monkeypatch, frames_know_more, frames):
     if frames_know_more and not p._FRAMES_KNOW_MORE:
         pytest.skip("this pyzmq backend's frames do not say whether more follow")
     monkeypatch.setattr(p, "_FRAMES_KNOW_MORE", frames_know_more)
     a, b = inproc_pair(open_socket, zmq.PAIR, zmq.PAIR)
-    p.send(a, frames)
-    p.send(a, [b"next"])
+    a.send_multipart(frames)
+    a.send_multipart([b"next"])
     assert b.poll(POLL_MS)
     assert p.receive(b) == frames
     assert b.poll(POLL_MS)
@@ -1143,13 +1143,13 @@ def test_send_and_receive_carry_each_message_whole(open_socket, monkeypatch, fra
         p.receive(b, zmq.NOBLOCK)
 
 
-def test_receive_gives_a_routers_envelope_and_send_answers_through_it(open_socket):
+def test_receive_gives_a_routers_envelope_that_answers_through_it(open_socket):
     router, dealer = inproc_pair(open_socket, zmq.ROUTER, zmq.DEALER)
     dealer.send_multipart([b"", p.encode_request(p.Stats(1))])
     assert router.poll(POLL_MS)
     identity, *rest = p.receive(router)
     assert identity and rest == [b"", p.encode_request(p.Stats(1))]
-    p.send(router, [identity, b"", p.encode_reply(p.Failed(1, "value", "no"))])
+    router.send_multipart([identity, b"", p.encode_reply(p.Failed(1, "value", "no"))])
     assert dealer.poll(POLL_MS)
     assert dealer.recv_multipart() == [b"", p.encode_reply(p.Failed(1, "value", "no"))]
 
