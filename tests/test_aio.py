@@ -1676,3 +1676,81 @@ def test_waits_on_a_loop_that_kept_waking_late_never_timed_out(tiger_url, ns, wa
                     await builder
 
     assert run(main) < 4.0
+
+
+def test_a_client_used_in_turn_by_two_running_loops_waited_a_resend_on_every_switch_back(tiger_url, ns):
+    # An async test calling an app that runs on a portal thread's loop (Starlette's TestClient, anyio's
+    # portal: run_coroutine_threadsafe(...).result()), both loops running, their calls never at once. The
+    # removal of the FD that the portal's loop queued to the test's loop as it took the socket ran after
+    # the test's next call had registered it again: that call's answer never woke it, and from the second
+    # round on each insert on the test's loop took ~1 s, its resend (8 rounds: an answer there
+    # before its call waits needs no wake-up, so a round may pass).
+    portal = asyncio.new_event_loop()
+    started = threading.Event()
+    thread = threading.Thread(target=lambda: (portal.call_soon(started.set), portal.run_forever()), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10.0)
+
+        async def main() -> tuple[list[float], int]:
+            async with await tiger.aio.connect(tiger_url) as client:
+                plans = client.table("plans", prefix="plan")
+                took: list[float] = []
+                for i in range(8):
+                    begun = time.monotonic()
+                    assert (await plans.insert({"id": f"plan_test{i}"}))["id"] == f"plan_test{i}"  # on this loop
+                    took.append(time.monotonic() - begun)
+                    begun = time.monotonic()
+                    on_portal = asyncio.run_coroutine_threadsafe(plans.insert({"id": f"plan_app{i}"}), portal)
+                    assert on_portal.result(10.0)["id"] == f"plan_app{i}"  # this loop's thread held meanwhile
+                    took.append(time.monotonic() - begun)
+                assert sorted(r["id"] for r in plans.all()) == sorted(
+                    [f"plan_test{i}" for i in range(8)] + [f"plan_app{i}" for i in range(8)]
+                )
+                return took, client.resends
+
+        took, resends = run(main)
+    finally:
+        portal.call_soon_threadsafe(portal.stop)
+        thread.join(10.0)
+        portal.close()
+    assert resends == 0, [round(t, 3) for t in took]
+    assert max(took) < 0.5, [round(t, 3) for t in took]  # (a stalled call waits for its resend: 1 s)
+
+
+def test_a_client_closed_on_a_portal_loop_had_its_fds_removal_undo_the_next_clients_on_the_test_loop(tiger_url, ns):
+    # The app's client closed on the portal's loop (its lifespan's end) while the test's loop, running but
+    # held in .result(), still watched its FD: the removal queued to the test's loop ran after the test's
+    # next client had registered its own socket under the same FD number (freed by the close), and the
+    # selector still held the closed FD's registration under it, so that client's calls were not woken:
+    # its connect waited for the resend of its hello (1 s), every round.
+    portal = asyncio.new_event_loop()
+    started = threading.Event()
+    thread = threading.Thread(target=lambda: (portal.call_soon(started.set), portal.run_forever()), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10.0)
+
+        async def main() -> tuple[list[float], int]:
+            took: list[float] = []
+            resends = 0
+            for i in range(4):
+                app = await tiger.aio.connect(tiger_url)
+                await app.table("plans", prefix="plan").insert({"id": f"plan_app{i}"})  # on this loop
+                asyncio.run_coroutine_threadsafe(app.close(), portal).result(10.0)  # closed on the portal's
+                begun = time.monotonic()
+                async with await tiger.aio.connect(tiger_url) as client:
+                    took.append(time.monotonic() - begun)
+                    begun = time.monotonic()
+                    await client.table("plans", prefix="plan").insert({"id": f"plan_test{i}"})
+                    took.append(time.monotonic() - begun)
+                    resends += client.resends
+            return took, resends
+
+        took, resends = run(main)
+    finally:
+        portal.call_soon_threadsafe(portal.stop)
+        thread.join(10.0)
+        portal.close()
+    assert resends == 0, [round(t, 3) for t in took]
+    assert max(took) < 0.5, [round(t, 3) for t in took]  # (a call not woken waits for its resend: 1 s)

@@ -731,6 +731,10 @@ def _cancelling() -> bool:
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: pyzmq's flag enums cost a call each
 
+# Per event loop, per FD number: the token of the ``_AwaitedSocket`` registration it holds (changed on that
+# loop's thread, or while it is not running), which a removal queued to that loop must still find there.
+_readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, object]] = weakref.WeakKeyDictionary()
+
 
 class _AwaitedSocket:
     """An AsyncClient's command DEALER (a plain ``zmq.Socket``), awaited on the running event loop.
@@ -745,19 +749,41 @@ class _AwaitedSocket:
     clears the signal: a message left unread does not wake the loop again).
 
     One wait at a time (the client's per-loop lock); a wait from another loop moves the registration
-    there. ``close`` ends a wait in progress by cancelling its future."""
+    there. ``close`` ends a wait in progress by cancelling its future.
 
-    __slots__ = ("_alarm", "_fd", "_loop", "_waiter", "_want", "sock")
+    A loop's selector and timers are changed only from its own thread, so what undoes a registration on
+    a loop running in another thread is queued to it (``_on_its_thread``) and runs when that loop gets to
+    it: maybe after a newer registration of that loop, which it must leave alone. Two loops of two threads
+    used in turn (an async test and an app on a portal thread's loop, ``run_coroutine_threadsafe(...)
+    .result()``: Starlette's TestClient) had the removal queued to the test's loop as the portal's loop
+    took the socket run after the test's next call had registered the FD again: that call's answer never
+    woke it, and every switch back cost a resend (1 s). A client closed on the portal's loop queued the
+    removal of its FD to the test's loop the same way, and the number was the FD of the next client's
+    socket there by the time it ran. So each registration has a token, kept per loop and FD number in
+    ``_readers``, and a queued removal removes only the registration it was queued for (``_unwatched``);
+    ``watch`` drops what a loop still holds under the number first (asyncio keeps a closed FD's
+    registration as if watched: re-registering the number then changes nothing in the selector); a
+    signal of a registration left on a loop that no longer watches reads nothing (the ZMQ_EVENTS read
+    clears the FD's signal the watching loop waits for) and drops that registration; the timer of each
+    wait is an alarm of the waiting loop's own (``_alarm_loop``), a new one for each loop taking over,
+    the old one cancelled on its loop's thread: a ring of one loop's timer never reaches another's wait."""
+
+    __slots__ = ("_alarm", "_alarm_loop", "_fd", "_loop", "_token", "_waiter", "_want", "sock")
 
     def __init__(self, sock: zmq.Socket[Any]) -> None:
         self.sock = sock
         self._fd = cast(int, sock.get(zmq.FD))
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the FD (set on its own thread)
+        self._token: object = None  # that registration's (see ``_readers``)
         self._waiter: asyncio.Future[Any] | None = None
         self._want = 0
-        self._alarm = Alarm()  # the waits' timeouts
+        self._alarm = Alarm()  # the waits' timeouts, on the loop ``_alarm_loop`` (None: none yet)
+        self._alarm_loop: asyncio.AbstractEventLoop | None = None
 
-    def _signalled(self) -> None:
+    def _signalled(self, loop: asyncio.AbstractEventLoop, token: object) -> None:
+        if token is not self._token:  # a registration left on a loop that no longer watches (its removal queued)
+            self._unwatched(loop, token)
+            return
         try:
             events = cast(int, self.sock.get(zmq.EVENTS))
         except zmq.ZMQError:  # closed under the loop
@@ -768,12 +794,32 @@ class _AwaitedSocket:
             waiter.set_result(True)
 
     def _unregister(self) -> None:
-        loop, self._loop = self._loop, None
+        loop, token, self._loop, self._token = self._loop, self._token, None, None
         if loop is None or loop.is_closed():
             return
         try:  # (from another thread when a client is collected there)
-            _on_its_thread(loop, loop.remove_reader, self._fd)
+            _on_its_thread(loop, self._unwatched, loop, token)
         except Exception:  # (that loop closing meanwhile): nothing left to undo
+            pass
+
+    def _unwatched(self, loop: asyncio.AbstractEventLoop, token: object) -> None:
+        """On ``loop``'s thread: remove the registration ``token`` of the FD, unless a newer one of its
+        number took its place (a removal queued to ``loop``, run after a call of that loop registered this
+        socket again, or a socket made since with the same FD number: left alone)."""
+        readers = _readers.get(loop)
+        if readers is not None and readers.get(self._fd) is token:
+            del readers[self._fd]
+            loop.remove_reader(self._fd)
+
+    def _retire_alarm(self) -> None:
+        """Cancel the alarm's timer on its loop's thread (a new alarm is set up by the next ``watch``)."""
+        alarm, loop, self._alarm_loop = self._alarm, self._alarm_loop, None
+        if loop is None:
+            alarm.close()
+            return
+        try:
+            _on_its_thread(loop, alarm.close)
+        except RuntimeError:  # its loop closed meanwhile: its timers never ring
             pass
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -782,14 +828,25 @@ class _AwaitedSocket:
         not running now) is woken to look again: its loop watches the socket again when it goes on."""
         _look_again(self._waiter)
         self._unregister()
+        token = object()
         try:
-            loop.add_reader(self._fd, self._signalled)
+            # (a registration the loop holds under this number is a closed FD's, or this socket's whose
+            # removal is still queued: dropped, so that the selector watches this FD afresh)
+            loop.remove_reader(self._fd)
+            loop.add_reader(self._fd, self._signalled, loop, token)
         except NotImplementedError:
             raise TigerError(
                 f"tiger.aio needs an event loop that watches file descriptors (loop.add_reader), which "
                 f"{type(loop).__name__} does not: the default selector loop on Linux and macOS does, uvloop too"
             ) from None
-        self._loop = loop
+        readers = _readers.get(loop)
+        if readers is None:
+            readers = _readers[loop] = {}
+        readers[self._fd] = token
+        self._loop, self._token = loop, token
+        if self._alarm_loop is not loop:
+            self._retire_alarm()
+            self._alarm, self._alarm_loop = Alarm(), loop
 
     async def wait(self, want: int, timeout: float) -> bool:
         """True once ``ZMQ_EVENTS`` has ``want`` (``_POLLIN``), False after ``timeout`` seconds."""
@@ -822,7 +879,7 @@ class _AwaitedSocket:
         """Unregister the FD, end a wait in progress (its future cancelled, unless its loop was closed
         under it), close the socket."""
         self._unregister()
-        self._alarm.close()
+        self._retire_alarm()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done() and not waiter.get_loop().is_closed():
             try:
