@@ -17,7 +17,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -1678,6 +1678,23 @@ def test_waits_on_a_loop_that_kept_waking_late_never_timed_out(tiger_url, ns, wa
     assert run(main) < 4.0
 
 
+@contextlib.contextmanager
+def portal_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a thread of its own (an anyio portal's, Starlette TestClient's app loop),
+    stopped, joined and closed at the end."""
+    portal = asyncio.new_event_loop()
+    started = threading.Event()
+    thread = threading.Thread(target=lambda: (portal.call_soon(started.set), portal.run_forever()), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10.0)
+        yield portal
+    finally:
+        portal.call_soon_threadsafe(portal.stop)
+        thread.join(10.0)
+        portal.close()
+
+
 def test_a_client_used_in_turn_by_two_running_loops_waited_a_resend_on_every_switch_back(tiger_url, ns):
     # An async test calling an app that runs on a portal thread's loop (Starlette's TestClient, anyio's
     # portal: run_coroutine_threadsafe(...).result()), both loops running, their calls never at once. The
@@ -1685,12 +1702,7 @@ def test_a_client_used_in_turn_by_two_running_loops_waited_a_resend_on_every_swi
     # the test's next call had registered it again: that call's answer never woke it, and from the second
     # round on each insert on the test's loop took ~1 s, its resend (8 rounds: an answer there
     # before its call waits needs no wake-up, so a round may pass).
-    portal = asyncio.new_event_loop()
-    started = threading.Event()
-    thread = threading.Thread(target=lambda: (portal.call_soon(started.set), portal.run_forever()), daemon=True)
-    thread.start()
-    try:
-        assert started.wait(10.0)
+    with portal_loop() as portal:
 
         async def main() -> tuple[list[float], int]:
             async with await tiger.aio.connect(tiger_url) as client:
@@ -1710,10 +1722,6 @@ def test_a_client_used_in_turn_by_two_running_loops_waited_a_resend_on_every_swi
                 return took, client.resends
 
         took, resends = run(main)
-    finally:
-        portal.call_soon_threadsafe(portal.stop)
-        thread.join(10.0)
-        portal.close()
     assert resends == 0, [round(t, 3) for t in took]
     assert max(took) < 0.5, [round(t, 3) for t in took]  # (a stalled call waits for its resend: 1 s)
 
@@ -1724,12 +1732,7 @@ def test_a_client_closed_on_a_portal_loop_had_its_fds_removal_undo_the_next_clie
     # next client had registered its own socket under the same FD number (freed by the close), and the
     # selector still held the closed FD's registration under it, so that client's calls were not woken:
     # its connect waited for the resend of its hello (1 s), every round.
-    portal = asyncio.new_event_loop()
-    started = threading.Event()
-    thread = threading.Thread(target=lambda: (portal.call_soon(started.set), portal.run_forever()), daemon=True)
-    thread.start()
-    try:
-        assert started.wait(10.0)
+    with portal_loop() as portal:
 
         async def main() -> tuple[list[float], int]:
             took: list[float] = []
@@ -1748,9 +1751,5 @@ def test_a_client_closed_on_a_portal_loop_had_its_fds_removal_undo_the_next_clie
             return took, resends
 
         took, resends = run(main)
-    finally:
-        portal.call_soon_threadsafe(portal.stop)
-        thread.join(10.0)
-        portal.close()
     assert resends == 0, [round(t, 3) for t in took]
     assert max(took) < 0.5, [round(t, 3) for t in took]  # (a call not woken waits for its resend: 1 s)
