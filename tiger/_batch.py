@@ -161,8 +161,10 @@ class Batch:
             self._settle(reply)
 
     def _begin(self, caller: FrameType) -> Batch:
-        """Open the batch for the with block that ``caller`` (the frame running it) enters."""
-        if self._open or self._ops:
+        """Open the batch for the with block that ``caller`` (the frame running it) enters. One whose block
+        made a write is used up, a write of no records too (a second block's writes were counted on from
+        the first's: its first failing write was named "operation 1")."""
+        if self._open or self._calls:
             raise TigerError("a batch is used for one with block")
         code = caller.f_code
         plain_with = code.co_code[caller.f_lasti] in _WITH and not code.co_flags & _SUSPENDABLE
