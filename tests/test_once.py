@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 import tiger
 from tiger import _table as t
 from tiger._once import once_record
+from tiger.aio import AsyncClient
 
 
 def test_claim_rules():
@@ -146,6 +148,7 @@ def test_a_client_keeps_no_lock_for_each_once_key_it_ever_asked_for(connect):
         assert client.once(key, lambda key=key: key) == key
     assert client.once(keys[0], lambda: "again") == keys[0]  # asked again: the value stored
     assert len(client._once._locks) == 0
+    assert len(client._once._drivers) == 0
 
 
 def test_once_from_threads_and_clients_builds_once(connect):
@@ -171,6 +174,127 @@ def test_once_from_threads_and_clients_builds_once(connect):
         th.join(30)
     assert calls == [1]
     assert results == [1] * 6
+
+
+def _call_once(driver: str, client: tiger.Client, key: str, factory, timeout: float, ns: str):
+    """``once`` through ``client`` itself ("blocking"), or through an ``AsyncClient.sharing(client)`` of this
+    thread's own, on an event loop of its own ("async"), as the README advises: one client per thread."""
+    if driver == "blocking":
+        return client.once(key, factory, timeout=timeout, namespace=ns)
+
+    async def main():
+        shared = AsyncClient.sharing(client)
+        try:
+            return await shared.once(key, factory, timeout=timeout, namespace=ns)
+        finally:
+            await shared.close()
+
+    return asyncio.run(main())
+
+
+def _waiting_for(client: tiger.Client, scope: str, key: str) -> bool:
+    """Whether a caller of ``client``'s once keys waits for ``key`` (it queued for the key's lock)."""
+    lock = getattr(client._once, "_drivers", {}).get((scope, key))  # (none before the fix: read as not waiting)
+    return lock is not None and bool(lock._queue)
+
+
+@pytest.mark.parametrize("drivers", [("blocking", "async"), ("async", "async")], ids=["blocking+async", "async+async"])
+def test_clients_sharing_one_connection_in_two_threads_built_one_key_twice(tiger_url, ns, drivers):
+    """Clients sharing one connection (``AsyncClient.sharing``: a blocking client and its async client, or two
+    async clients each on its own ``asyncio.run``), one per thread as the README advises, called ``once`` on
+    one key at once: the locks of their one ``Once`` kept out only callers of one driver (one event loop),
+    the writer handed the key back to their one client id, both built it, and one of them often got a raw
+    ``KeyError`` of tiger's internals (a review)."""
+    key = unique("sharing")
+    builds: list[str] = []
+    building, built_twice, hold = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def factory(name: str) -> str:
+        builds.append(name)
+        (built_twice if len(builds) > 1 else building).set()
+        assert hold.wait(10)  # the build held open until the other caller waits for it (or builds it too)
+        return f"built by {name}"
+
+    with tiger.connect(tiger_url, timeout=5.0) as client:
+
+        def call(driver: str, name: str) -> None:
+            try:
+                results[name] = _call_once(driver, client, key, lambda: factory(name), 10, ns)
+            except BaseException as e:
+                results[name] = e
+
+        first = threading.Thread(target=call, args=(drivers[0], "first"))
+        second = threading.Thread(target=call, args=(drivers[1], "second"))
+        first.start()
+        try:
+            assert building.wait(10)
+            second.start()
+            deadline = time.monotonic() + 10
+            while not built_twice.wait(0.01) and not _waiting_for(client, ns, key) and time.monotonic() < deadline:
+                pass
+        finally:
+            hold.set()
+            first.join(10)
+            if second.ident is not None:
+                second.join(10)
+        assert builds == ["first"]
+        assert results == {"first": "built by first", "second": "built by first"}
+        assert len(client._once._drivers) == 0
+
+
+def test_an_async_client_waiting_on_its_blocking_clients_build_keeps_its_loop_and_its_own_timeout(tiger_url, ns):
+    """The wait for a build of another thread's driver (rule 5) blocks no event loop, and ends at the
+    waiter's own timeout; the value is then there for it."""
+    key = unique("sharing-timeout")
+    builds: list[str] = []
+    building, hold = threading.Event(), threading.Event()
+
+    def factory() -> str:
+        builds.append("blocking")
+        building.set()
+        assert hold.wait(10)
+        return "built"
+
+    async def waits(shared: AsyncClient) -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)  # sleep-ok: a heartbeat's tick, counted
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            with pytest.raises(tiger.Timeout, match=r"not built by another caller within 0\.3s"):
+                await shared.once(key, lambda: builds.append("async"), timeout=0.3, namespace=ns)
+        finally:
+            ticker.cancel()
+        return ticks
+
+    with tiger.connect(tiger_url, timeout=5.0) as client:
+        outcome: list[object] = []
+        builder = threading.Thread(target=lambda: outcome.append(client.once(key, factory, timeout=10, namespace=ns)))
+        builder.start()
+        try:
+            assert building.wait(10)
+
+            async def main() -> tuple[int, object]:
+                shared = AsyncClient.sharing(client)
+                try:
+                    ticks = await waits(shared)
+                    hold.set()
+                    return ticks, await shared.once(key, lambda: builds.append("async"), timeout=10, namespace=ns)
+                finally:
+                    await shared.close()
+
+            ticks, value = asyncio.run(main())
+        finally:
+            hold.set()
+            builder.join(10)
+        assert ticks >= 5  # the loop ran on while its caller waited (about 30 ticks)
+        assert (value, outcome, builds) == ("built", ["built"], ["blocking"])
 
 
 def test_a_failing_factory_fails_every_caller(tiger_client, connect):
@@ -360,3 +484,99 @@ def test_once_of_its_own_key_from_inside_a_factory_fails_instead_of_waiting_for_
         tiger_client.once(key, lambda: tiger_client.once(key, lambda: 1, timeout=2), timeout=3)
     other = unique("other")  # another key from inside a factory is fine
     assert tiger_client.once(key + "-2", lambda: tiger_client.once(other, lambda: 1) + 1) == 2
+
+
+def test_once_of_its_own_key_through_a_sharing_async_client_inside_a_factory_fails(tiger_client, ns):
+    """Re-entering a key is found across the drivers of one ``Once`` (rule 5): a blocking build whose factory
+    runs ``asyncio.run`` over the client's sharing async client, calling the key again."""
+    key = unique("reentered-shared")
+
+    def factory() -> int:
+        async def again() -> int:
+            shared = AsyncClient.sharing(tiger_client)
+            try:
+                return await shared.once(key, lambda: 1, timeout=2, namespace=ns)
+            finally:
+                await shared.close()
+
+        return asyncio.run(again())
+
+    with pytest.raises(tiger.OnceFailed, match="called again from inside its own factory"):
+        tiger_client.once(key, factory, timeout=3, namespace=ns)
+
+
+def test_a_build_abandoned_with_its_event_loop_does_not_hold_the_key_from_the_other_drivers(tiger_client):
+    """A sharing async client's build whose event loop was closed under it (its task pending: it never runs
+    again) is taken for gone by a caller of another driver, which builds the key (the writer hands it back
+    to their one client id) rather than waiting for it until the garbage collector comes."""
+    key = unique("abandoned")
+    building = threading.Event()
+    tasks: list[asyncio.Task[object]] = []
+
+    async def never_done() -> str:
+        building.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    def abandon() -> None:  # in a thread of its own: a caller of another driver than the blocking one
+        loop = asyncio.new_event_loop()
+        tasks.append(loop.create_task(AsyncClient.sharing(tiger_client).once(key, never_done, timeout=10)))
+        loop.run_until_complete(asyncio.wait((loop.create_task(asyncio.to_thread(building.wait, 10)),)))
+        loop.close()  # the build pending, for good
+
+    thread = threading.Thread(target=abandon)
+    thread.start()
+    thread.join(10)
+    assert building.is_set() and not tasks[0].done()
+    try:
+        assert tiger_client.once(key, lambda: "built again", timeout=5) == "built again"
+    finally:
+        tasks[0].get_coro().close()  # (its finally, as the garbage collector would run it)
+        tasks[0]._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def test_a_caller_left_waiting_with_its_event_loop_closed_held_the_key_from_every_later_caller(tiger_client):
+    """A sharing async client's task *waiting* for another driver's build, its event loop closed under it
+    (the task pending: it never runs again), no longer stays first in the key's queue: the build's value
+    goes to a later caller at once (it waited out its whole timeout, and with timeout=None for ever)."""
+    key = unique("abandoned-waiter")
+    building, hold = threading.Event(), threading.Event()
+    tasks: list[asyncio.Task[object]] = []
+
+    def factory() -> str:
+        building.set()
+        assert hold.wait(10)
+        return "built"
+
+    outcome: list[object] = []
+    builder = threading.Thread(target=lambda: outcome.append(tiger_client.once(key, factory, timeout=10)))
+    builder.start()
+    try:
+        assert building.wait(10)
+
+        def abandon() -> None:  # in a thread of its own: a caller of another driver than the blocking one
+            loop = asyncio.new_event_loop()
+            tasks.append(loop.create_task(AsyncClient.sharing(tiger_client).once(key, lambda: "other", timeout=None)))
+
+            async def queued() -> None:  # until the task waits in the key's queue
+                deadline = time.monotonic() + 10
+                while not any(lock._queue for lock in tiger_client._once._drivers._locks.values()):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)  # sleep-ok: polled with a deadline; nothing to wait on
+
+            loop.run_until_complete(queued())
+            loop.close()  # the wait pending, for good
+
+        thread = threading.Thread(target=abandon)
+        thread.start()
+        thread.join(10)
+        assert tasks and not tasks[0].done()
+    finally:
+        hold.set()
+        builder.join(10)
+    try:
+        assert outcome == ["built"]
+        assert tiger_client.once(key, lambda: "built again", timeout=3) == "built"
+    finally:
+        tasks[0].get_coro().close()  # (its finally, as the garbage collector would run it)
+        tasks[0]._log_destroy_pending = False  # type: ignore[attr-defined]

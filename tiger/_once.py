@@ -29,10 +29,15 @@ Rule 2: every exception a driver meets performing an effect goes into the genera
 Rule 3: reading the replica (``once_record``) is local and never blocks: the generators do it.
 Rule 4: a build stopped from outside (``INTERRUPTIONS``; for the async driver also
 ``asyncio.CancelledError``) releases the key, best effort, and is raised again: another caller builds.
-Rule 5: one caller per (scope, key) of a ``Once`` at a time: a ``threading.Lock`` in the blocking
-driver, an ``asyncio.Lock`` (per event loop) in the async one. The writer hands a key back to the
-client that is building it, so these locks alone keep two threads or tasks of one client from both
-building it. They do not exclude each other: a client uses one driver.
+Rule 5: one caller per (scope, key) of a ``Once`` at a time, whatever its driver. The writer hands a
+key back to the client that is building it, and clients sharing a connection (``AsyncClient.sharing``:
+one per thread, each on an event loop of its own, or a blocking client beside its async one) share one
+client id and one ``Once``: only its locks keep their callers from both building a key. A caller takes
+its driver's lock of the key first (``OwnedLock`` among blocking threads, ``OwnedAsyncLock`` among the
+tasks of one event loop: callers come in order, and a re-entered key is found there), then the key's
+``DriversLock``, one for every driver and thread: a blocking caller waits for it blocking its thread,
+an async one awaits it without blocking its loop (woken from any thread), each until its own deadline.
+Its holder builds; the next finds the value stored.
 Rule 6: a coroutine being closed (``GeneratorExit`` at an ``await``) may await nothing more: the
 async driver then finishes the generator performing nothing (each effect fails with a TigerError,
 so a release gives up) and the close goes on.
@@ -59,7 +64,7 @@ from tiger import _protocol as p
 from tiger._calls import callable_name
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, mark_stopped, stopped_from_outside
 from tiger._feed import off_loop, running_loop
-from tiger._owned import OwnedAsyncLock, OwnedLock
+from tiger._owned import DriversLock, OwnedAsyncLock, OwnedLock
 from tiger._server import recently_refused
 from tiger._table import ONCE_TABLE, Record, check_value, well_formed_once
 
@@ -220,7 +225,7 @@ class AsyncOnceClient(OnceClient, Protocol):
 # -- one client's once keys -----------------------------------------------------------------------
 
 
-_L = TypeVar("_L", OwnedLock, OwnedAsyncLock)
+_L = TypeVar("_L", OwnedLock, OwnedAsyncLock, DriversLock)
 
 
 class _KeyLocks(Generic[_L]):
@@ -280,6 +285,9 @@ class Once:
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _KeyLocks[OwnedAsyncLock]] = (
             weakref.WeakKeyDictionary()
         )
+        # a key's lock among the callers of every driver, taken after the driver's own (rule 5): clients sharing
+        # this ``Once`` in two threads both built a key, the writer handing it back to their one client id
+        self._drivers: _KeyLocks[DriversLock] = _KeyLocks(self._locks_guard, DriversLock)
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
         self._teardowns: dict[tuple[str, str], tuple[FactoryGenerator, bool]] = {}
@@ -307,16 +315,24 @@ class Once:
             # too. (A timed ``threading.Lock`` acquired, then ``try``, was left held by a signal landing in
             # between: every later ``once`` of the key in this process then timed out.)
             lock = self._locks.use((scope, key))
+            across = self._drivers.use((scope, key))  # (and with the callers of every other driver: rule 5)
             try:
-                if not lock.take(mine, deadline):
+                if not lock.take(mine, deadline) or not across.take(mine, deadline):
                     raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
                 return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
             finally:
-                try:  # (twice: see ``tiger._owned``)
-                    lock.let_go(mine)
+                try:  # (each twice: see ``tiger._owned``)
+                    across.let_go(mine)
                 finally:
-                    lock.let_go(mine)
-                    self._locks.done((scope, key))
+                    try:
+                        across.let_go(mine)
+                    finally:
+                        try:
+                            lock.let_go(mine)
+                        finally:
+                            lock.let_go(mine)
+                            self._drivers.done((scope, key))
+                            self._locks.done((scope, key))
         except _AsyncFactory as e:
             raise TypeError(f"once {key!r}: {e}") from None  # (a plain TypeError: the class is private)
 
@@ -340,18 +356,32 @@ class Once:
         held = locks.get((scope, key))
         if held is not None and held.holder is not None and held.holder[1] == mine[1]:  # type: ignore[index]
             raise TigerError(_REENTERED.format(key=key))  # (this task builds it)
+        builder = self._drivers.get((scope, key))
+        holder = None if builder is None else builder.live_holder()
+        # (held by this task, or by a blocking caller of this thread, whose factory runs this loop)
+        if holder is not None and holder[0] == mine[0] and holder[1] in (None, mine[1]):  # type: ignore[index]
+            raise TigerError(_REENTERED.format(key=key))
         lock = locks.use((scope, key))
-        # two tasks of this loop never both build one key; the wait for the other is the caller's too
+        across = self._drivers.use((scope, key))
+        # two tasks of this loop never both build one key, nor a task and a caller of another thread or loop
+        # sharing these keys (rule 5); the wait for the other is the caller's too, never blocking the loop
         try:
-            if not await lock.take(mine, deadline):
+            if not await lock.take(mine, deadline) or not await across.take_async(mine, deadline):
                 raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
             return await _drive_async(client, self._value(client, key, scope, factory, wait, deadline, in_scope, interruptions))
         finally:
-            try:  # (twice: see ``tiger._owned``)
-                lock.let_go(mine)
+            try:  # (each twice: see ``tiger._owned``)
+                across.let_go(mine)
             finally:
-                lock.let_go(mine)
-                locks.done((scope, key))
+                try:
+                    across.let_go(mine)
+                finally:
+                    try:
+                        lock.let_go(mine)
+                    finally:
+                        lock.let_go(mine)
+                        self._drivers.done((scope, key))
+                        locks.done((scope, key))
 
     def _held_by_thread(self, key: tuple[str, str], thread: int) -> bool:
         """Whether a caller of thread ``thread`` holds ``key``: blocking, or a task of a loop of that thread.
@@ -359,8 +389,12 @@ class Once:
         began let one go and left its entry, and every later ``once`` of the key in that thread was
         refused as re-entered. A lock is dropped when its last caller is done with it.)"""
         with self._locks_guard:  # (another thread's first async once adds a loop meanwhile)
-            held = [self._locks.get(key)] + [locks.get(key) for locks in list(self._async_locks.values())]
-        return any(lock is not None and lock.holder is not None and lock.holder[0] == thread for lock in held)  # type: ignore[index]
+            # (a loop closed under a call never runs it again: its task holds nothing)
+            loops = [locks for loop, locks in list(self._async_locks.items()) if not loop.is_closed()]
+            held = [self._locks.get(key)] + [locks.get(key) for locks in loops]
+            builder = self._drivers.get(key)
+        holders = [lock.holder for lock in held if lock is not None] + [None if builder is None else builder.live_holder()]
+        return any(holder is not None and holder[0] == thread for holder in holders)  # type: ignore[index]
 
     def tear_down(self, client: BlockingOnceClient, wait: float, until: float = math.inf) -> list[tuple[str, BaseException]]:
         """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys.

@@ -30,9 +30,10 @@ bytecodes still leave it held; Python itself offers no way to close that.)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import asyncio
@@ -47,6 +48,14 @@ waiting tasks work growing with their square (a user trial: 4000 writes at once 
 LATE_SLICE = 1.0
 """Seconds the other waiters sleep at most (a backstop for the first: a signal landing as it left the
 queue, before it handed the lock on, leaves the lock free and nobody woken)."""
+
+
+class Gate(Protocol):
+    """A waiter's gate in an ``OwnedLock``'s queue: held until ``release`` wakes the waiter (a
+    ``threading.Lock``, or an awaiting caller's ``LoopGate``)."""
+
+    def locked(self) -> bool: ...
+    def release(self) -> None: ...
 
 
 class OwnedLock:
@@ -64,8 +73,8 @@ class OwnedLock:
     __slots__ = ("__weakref__", "_guard", "_queue", "holder")
 
     def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._queue: dict[threading.Lock, object] = {}  # each waiter's gate (held until it is woken) -> its token
+        self._guard: threading.Lock | threading.RLock = threading.Lock()
+        self._queue: dict[Gate, object] = {}  # each waiter's gate (held until it is woken) -> its token
         self.holder: object | None = None
 
     def take(self, me: object, deadline: float) -> bool:
@@ -80,25 +89,15 @@ class OwnedLock:
         try:
             while True:
                 with self._guard:
-                    self._queue.setdefault(gate, me)
-                    if self.holder is None and next(iter(self._queue)) is gate:  # (a hand-off a signal skipped)
-                        self.holder = me
+                    first = self._come(gate, me)
                     if self.holder is me:
                         return True
-                    first = next(iter(self._queue)) is gate
-                    if not first and self.holder is None:  # (a hand-off a signal skipped: the first looks again)
-                        self._wake_first()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 gate.acquire(timeout=min(left, WAKE_SLICE if first else LATE_SLICE))
         finally:
-            with self._guard:
-                self._queue.pop(gate, None)
-                if self.holder is None:
-                    self._hand_on()
-                elif self.holder is not me:  # left waiting (deadline, a signal): the next may be first now,
-                    self._wake_first()  # and looks every slice from now on
+            self._leave(gate, me)
 
     def let_go(self, me: object) -> None:
         """The token ``me`` lets the lock go, if it holds it: to the first waiter, woken."""
@@ -106,6 +105,26 @@ class OwnedLock:
             if self.holder is me:
                 self.holder = None  # first: a signal before the hand-off leaves the waiters to their next look
                 self._hand_on()
+
+    def _come(self, gate: Gate, me: object) -> bool:
+        """Queue ``gate`` (once), take the lock if it is free and ``gate`` first; whether it is first
+        (the guard held)."""
+        self._queue.setdefault(gate, me)
+        if self.holder is None and next(iter(self._queue)) is gate:  # (a hand-off a signal skipped)
+            self.holder = me
+        first = next(iter(self._queue)) is gate
+        if not first and self.holder is None:  # (a hand-off a signal skipped: the first looks again)
+            self._wake_first()
+        return first
+
+    def _leave(self, gate: Gate, me: object) -> None:
+        """Unqueue ``gate``, its waiter done: hand the lock on if it is free."""
+        with self._guard:
+            self._queue.pop(gate, None)
+            if self.holder is None:
+                self._hand_on()
+            elif self.holder is not me:  # left waiting (deadline, a signal, cancelled): the next may be
+                self._wake_first()  # first now, and looks every slice from now on
 
     def _hand_on(self) -> None:
         """Make the first waiter the holder and wake it (the guard held, the lock free)."""
@@ -180,6 +199,113 @@ class OwnedAsyncLock:
         for woken in self._queue:
             _wake(woken)
             return
+
+
+class LoopGate:
+    """An awaiting caller's gate: ``release``, from any thread (the guard held), resolves its ``future``
+    in its own event loop. ``rearm`` (the guard held) makes a fresh future once it was released."""
+
+    __slots__ = ("future", "loop", "opened", "thread")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.thread = threading.current_thread()
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.opened = False
+
+    def locked(self) -> bool:
+        return not self.opened
+
+    def gone(self) -> bool:
+        """Whether its waiter never runs again: its loop closed, or its thread ended."""
+        return self.loop.is_closed() or not self.thread.is_alive()
+
+    def release(self) -> None:
+        self.opened = True
+        with contextlib.suppress(RuntimeError):  # its loop closed under it: that waiter never runs again
+            self.loop.call_soon_threadsafe(_wake, self.future)
+
+    def rearm(self) -> None:
+        if self.opened:
+            self.opened = False
+            self.future = self.loop.create_future()
+
+
+class DriversLock(OwnedLock):
+    """A once key's lock among the callers of every driver of one ``Once`` (rule 5): ``OwnedLock``'s
+    rules (a token holds it, taken by one store inside the caller's ``try``, handed to the waiters in
+    the order they came, a slice's backstop for a hand-off a signal skipped), with waiters of both
+    kinds: ``take`` blocks its thread, ``await take_async`` awaits in its event loop, woken from
+    whichever thread lets it go.
+
+    The guard is re-entrant and held only around plain stores, never across a wait: the garbage
+    collector may run a collected async caller's ``let_go`` (a coroutine whose event loop was closed
+    under it) at any allocation made in here. A holder whose event loop was closed under it (``close()``
+    with its task pending: it never runs again), or whose thread ended, is taken for gone by the first
+    waiter: callers of other threads waited for it until the garbage collector came, or for good. A
+    waiter so abandoned is unqueued likewise (left first, it kept the key from every later caller)."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._guard = threading.RLock()
+        self._loop: tuple[object, LoopGate] | None = None  # an async holder's token, its gate
+
+    async def take_async(self, me: object, deadline: float) -> bool:
+        """``take``, awaited: the event loop goes on meanwhile. A free lock nobody waits for is taken
+        with no await; cancelled, it holds nothing once its caller let go."""
+        import asyncio  # here: the blocking client never imports asyncio
+
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            if self.holder is None and not self._queue:
+                self.holder = me
+                self._loop = (me, LoopGate(loop))
+                return True
+        gate = LoopGate(loop)
+        try:
+            while True:
+                with self._guard:
+                    gate.rearm()
+                    first = self._come(gate, me)
+                    if self.holder is me:
+                        return True
+                    woken = gate.future
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                await asyncio.wait((woken,), timeout=min(left, WAKE_SLICE if first else LATE_SLICE))
+        finally:
+            self._leave(gate, me)
+
+    def live_holder(self) -> object | None:
+        """The holder's token, None when free or when the holder was abandoned (its event loop closed, or
+        its thread ended)."""
+        holder, held = self.holder, self._loop
+        return None if held is not None and held[0] is holder and held[1].gone() else holder
+
+    def _come(self, gate: Gate, me: object) -> bool:
+        self._queue.setdefault(gate, me)
+        self._drop_abandoned()
+        if self.live_holder() is None:  # (an abandoned holder)
+            self.holder = None
+        first = super()._come(gate, me)
+        if self.holder is me:
+            self._loop = (me, gate) if isinstance(gate, LoopGate) else None
+        return first
+
+    def _drop_abandoned(self) -> None:
+        """Unqueue the waiters that never run again (the guard held)."""
+        for gate in [g for g in self._queue if isinstance(g, LoopGate) and g.gone()]:
+            del self._queue[gate]
+
+    def _hand_on(self) -> None:
+        self._drop_abandoned()
+        if self._queue:
+            gate, self.holder = next(iter(self._queue.items()))
+            self._loop = (self.holder, gate) if isinstance(gate, LoopGate) else None
+            self._wake_first()
 
 
 def _wake(woken: asyncio.Future[None]) -> None:
