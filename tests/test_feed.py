@@ -931,6 +931,75 @@ def test_a_busy_alarm_gives_a_second_waiter_a_timer_of_its_own():
     assert asyncio.run(main()) == [_EXPIRED, _EXPIRED]
 
 
+class _SlowCrossThreadCancelLoop(asyncio.SelectorEventLoop):
+    """A loop whose timers, cancelled from another thread, are cancelled late: the other thread is
+    preempted inside ``TimerHandle.cancel`` (the window of a race, held open)."""
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        if self._thread_id is not None and self._thread_id != threading.get_ident():  # type: ignore[attr-defined]
+            time.sleep(0.7)  # sleep-ok: a preemption simulated, the race's window held open past the ring
+        super()._timer_handle_cancelled(handle)  # type: ignore[misc]
+
+
+class _ThreadCheckingLoop(asyncio.SelectorEventLoop):
+    """A loop whose futures note each result set from another thread than the loop's (not thread-safe:
+    the loop is not woken, and under debug its callbacks are never scheduled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.foreign: list[str] = []
+
+    def create_future(self) -> asyncio.Future[Any]:
+        loop = self
+
+        class Checked(asyncio.Future):  # type: ignore[type-arg]
+            def set_result(self, result: object) -> None:
+                if threading.get_ident() != loop._thread_id:  # type: ignore[attr-defined]
+                    loop.foreign.append(threading.current_thread().name)
+                super().set_result(result)
+
+        return Checked(loop=self)
+
+
+def test_a_feed_read_in_turn_by_two_running_loops_had_its_wait_ended_from_the_other_loops_thread(connect, ns):
+    # An async test reading a feed that its app, on a portal thread's loop, read before (anyio's portal,
+    # Starlette's TestClient). The feed's alarm, armed on the portal's loop, was cancelled and re-armed
+    # from the test's thread; the portal's ring, running meanwhile, ended the test's wait from the portal's
+    # thread: its loop was not woken, and under asyncio debug its task never was (a review saw the read
+    # hang past its timeout for good).
+    table = connect().table("plans", prefix="plan")
+    feed = table.watch(timeout=0.5)  # (its alarm rings on the portal's loop 0.5 s after its read)
+    portal = _SlowCrossThreadCancelLoop()
+    thread = threading.Thread(target=portal.run_forever, name="portal", daemon=True)
+    thread.start()
+    try:
+
+        async def portal_read() -> tiger.Change:
+            asyncio.get_running_loop().run_in_executor(None, table.insert, {"id": "plan_1"})
+            return await feed.__anext__()  # woken by the change, its alarm left armed on the portal's loop
+
+        assert asyncio.run_coroutine_threadsafe(portal_read(), portal).result(10).id == "plan_1"
+
+        async def test_read() -> float:
+            feed.timeout = 0.3
+            started = time.monotonic()
+            with pytest.raises(tiger.Timeout, match=r"got no change within 0\.3s"):
+                await asyncio.wait_for(feed.__anext__(), 5.0)
+            return time.monotonic() - started
+
+        test_loop = _ThreadCheckingLoop()
+        try:
+            waited = test_loop.run_until_complete(test_read())
+        finally:
+            test_loop.close()
+        assert test_loop.foreign == []
+        assert 0.3 <= waited < 4.0
+    finally:
+        portal.call_soon_threadsafe(portal.stop)
+        thread.join(10)
+        portal.close()
+
+
 def test_a_feeds_timeout_set_after_watch_is_checked_as_watchs(connect, ns):
     # Feed.timeout is a public attribute: set to inf after watch() it reached the lock's wait unchecked.
     feed = connect().table("plans").watch()

@@ -478,7 +478,10 @@ class Alarm:
     ringing early, it finds the wait not due yet and arms again for when it is. A reader of a feed with
     a 30 s timeout so arms a timer about every 30 s, not on every change (creating, scheduling and
     cancelling one each wait cost some 8 us of CPU per change on the machine of the bench). ``set`` on a
-    busy alarm (a second task waiting at once) gives that wait a timer of its own. ``close`` cancels it."""
+    busy alarm (a second task waiting at once) gives that wait a timer of its own, and so does ``set`` from
+    a loop while the alarm is armed on another loop running in another thread (a feed read in turn by an
+    anyio portal's loop and the test's): its timer is never cancelled nor re-armed across threads, where
+    its ring, running meanwhile, ended the new wait from the wrong thread. ``close`` cancels it."""
 
     __slots__ = ("_due", "_future", "_handle", "_loop")
 
@@ -491,7 +494,10 @@ class Alarm:
     def set(self, future: asyncio.Future[Any], timeout: float) -> asyncio.TimerHandle | None:
         """Arm for ``future`` (``timeout`` seconds); returns the extra timer a busy alarm made, else None."""
         loop = future.get_loop()
-        if self._future is not None and not self._future.done():
+        owner = self._loop
+        if (self._future is not None and not self._future.done()) or (
+            owner is not None and owner is not loop and owner.is_running()
+        ):  # busy, or armed on a loop running in another thread (its timer rings there): a timer of its own
             return loop.call_later(max(0.0, timeout), _expire, future)
         due = loop.time() + max(0.0, timeout)
         self._future, self._due = future, due

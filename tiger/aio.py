@@ -444,6 +444,8 @@ class AsyncClient(_Connection):
                     raise TigerError("this client is closed")
                 if time.monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
                     raise self._busy(seconds)
+                if self._socket._loop is not running_loop():  # taken before its first use on this thread
+                    self._socket.watch(running_loop())
                 sent = True  # from here a cancellation may come after libzmq took the bytes
                 if own:
                     self.replica.call_sent(req_id, payload, deadline)
@@ -768,7 +770,7 @@ class _AwaitedSocket:
     wait is an alarm of the waiting loop's own (``_alarm_loop``), a new one for each loop taking over,
     the old one cancelled on its loop's thread: a ring of one loop's timer never reaches another's wait."""
 
-    __slots__ = ("_alarm", "_alarm_loop", "_fd", "_loop", "_token", "_waiter", "_want", "sock")
+    __slots__ = ("_alarm", "_alarm_loop", "_fd", "_guard", "_loop", "_token", "_waiter", "_want", "sock")
 
     def __init__(self, sock: zmq.Socket[Any]) -> None:
         self.sock = sock
@@ -779,14 +781,20 @@ class _AwaitedSocket:
         self._want = 0
         self._alarm = Alarm()  # the waits' timeouts, on the loop ``_alarm_loop`` (None: none yet)
         self._alarm_loop: asyncio.AbstractEventLoop | None = None
+        self._guard = threading.RLock()  # a callback's token check and ZMQ_EVENTS read / the token's change
 
     def _signalled(self, loop: asyncio.AbstractEventLoop, token: object) -> None:
-        if token is not self._token:  # a registration left on a loop that no longer watches (its removal queued)
+        with self._guard:  # (a loop taking the socket in another thread waits for this read to end)
+            current = token is self._token
+            if current:
+                try:
+                    events = cast(int, self.sock.get(zmq.EVENTS))
+                except zmq.ZMQError:  # closed under the loop
+                    events = -1
+        if not current:  # a registration left on a loop that no longer watches (its removal queued)
             self._unwatched(loop, token)
             return
-        try:
-            events = cast(int, self.sock.get(zmq.EVENTS))
-        except zmq.ZMQError:  # closed under the loop
+        if events < 0:
             self._unregister()
             return
         waiter = self._waiter
@@ -794,7 +802,8 @@ class _AwaitedSocket:
             waiter.set_result(True)
 
     def _unregister(self) -> None:
-        loop, token, self._loop, self._token = self._loop, self._token, None, None
+        with self._guard:
+            loop, token, self._loop, self._token = self._loop, self._token, None, None
         if loop is None or loop.is_closed():
             return
         try:  # (from another thread when a client is collected there)
@@ -850,11 +859,11 @@ class _AwaitedSocket:
 
     async def wait(self, want: int, timeout: float) -> bool:
         """True once ``ZMQ_EVENTS`` has ``want`` (``_POLLIN``), False after ``timeout`` seconds."""
+        loop = running_loop()
+        if self._loop is not loop:  # (first: read before, a signal it took could be read by the loop giving the socket up)
+            self.watch(loop)
         if cast(int, self.sock.get(zmq.EVENTS)) & want:
             return True
-        loop = running_loop()
-        if self._loop is not loop:
-            self.watch(loop)
         waiter = self._waiter = loop.create_future()
         self._want = want
         timer = self._alarm.set(waiter, timeout)
