@@ -334,8 +334,11 @@ class Outgoing:
     def _gone(self, key: bytes, e: PeerGone, what: str) -> None:
         peer = self._peers.get(key)
         snapshot = "" if peer is None or peer.snapshot is None else ", and the snapshot on its way"
-        # a client that gave up a call (its timeout, a cancellation) or closed: its business, not a fault here
-        log.info("could not send %s to a client that left (%s)%s", what, e, snapshot)
+        # a client that gave up a call (its timeout, a cancellation) or closed: its business, not a fault here.
+        # Or one that resent the call on a fresh socket (Lazy Pirate, after ``resend`` seconds without an
+        # answer: a call of the writer's that took longer), and is answered there: said so (a user trial read
+        # the line after every big call as a fault)
+        log.info("could not send %s to a client that left, or resent the call on a fresh socket (%s)%s", what, e, snapshot)
         self._drop(key)
 
     def _drop(self, key: bytes) -> None:
