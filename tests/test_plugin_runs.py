@@ -1465,7 +1465,7 @@ def test_a_tiger_url_to_a_curve_writer_without_its_key_waited_and_said_paused_or
         result, took = run_timed(pytester, "-p", "no:xdist")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     text = result.stdout.str()
-    assert f"the handshake with the tiger writer at {server.url} failed: it serves CurveZMQ and no server key was given" in text
+    assert f"the handshake with the ZeroMQ peer at {server.url} failed: it serves CurveZMQ and no server key was given" in text
     assert "(in DIR/tiger.pub); or drop --tiger-url and unset TIGER_URL" in text
     assert "a writer paused" not in text, text
     assert took < 4.5  # a contact that waited would take the 5 s timeout
@@ -1508,7 +1508,7 @@ def test_a_bad_server_key_was_said_to_make_a_good_tiger_url_no_writers_url(pytes
         result = run(pytester, "-p", "no:xdist")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     text = result.stdout.str()
-    assert "tiger: TIGER_SERVER_KEY: server_key must be the 40-character z85 public key tiger keygen printed" in text, text
+    assert "tiger: TIGER_SERVER_KEY must be the 40-character z85 public key tiger keygen printed" in text, text
     assert "is not a writer's URL" not in text
 
 

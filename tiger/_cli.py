@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tiger._calls import check_seconds
 from tiger._client import Client, _connect_arguments
@@ -20,7 +21,11 @@ from tiger._server import (
     check_connect_url,
     check_data_dir,
     check_reachable,
+    check_server_key,
+    env_server_key,
+    looks_like_key,
     ping,
+    refuse_key_as_path,
     request_once,
     silence_hint,
     slow_lookup,
@@ -32,8 +37,28 @@ from tiger._writer import HEARTBEAT, PUB_HWM, serve_forever
 DEFAULT_URL = "tcp://127.0.0.1:7710"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors do not repeat what looks like a key (``looks_like_key``) or what
+    follows a ``secret:`` word: ``tiger serve --curve-secret $(cat keys/tiger.key)``, unquoted, printed the
+    secret key in "unrecognized arguments: public: ... secret: ..." (a review)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_hidden_keys(message))
+
+
+def _hidden_keys(message: str) -> str:
+    """``message`` with every word that is a key, or follows a ``secret:`` or ``secret-key`` word, replaced."""
+    words = message.split(" ")
+    after_secret = False
+    for i, word in enumerate(words):
+        if after_secret or looks_like_key(word.strip("'\",=")):
+            words[i] = "<not shown: a key?>"
+        after_secret = word.lower().lstrip("'\"-").startswith("secret")
+    return " ".join(words)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiger", description="A multiprocess store: one writer, a replica in every client.")
+    parser = _Parser(prog="tiger", description="A multiprocess store: one writer, a replica in every client.")
     commands = parser.add_subparsers(dest="command", required=True)
     env_url = os.environ.get("TIGER_URL") or None
 
@@ -120,13 +145,15 @@ def _connected(url: str, timeout: float) -> Client:
     seconds = check_seconds(timeout, "--timeout", positive=True)  # (named as the option)
     assert seconds is not None  # (None only where no_limit)
     deadline = check_reachable(url, seconds)
-    url, server_key = _connect_arguments(url, None)  # ($TIGER_SERVER_KEY, as connect takes it)
+    url, server_key = _connect_arguments(url, env_server_key())  # (TIGER_SERVER_KEY only: errors name it)
     return Client(url, seconds, server_key=server_key, deadline=deadline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("stats", "load", "dump", "compact", "drop"):
+            check_server_key(env_server_key())  # (before any probe of the url: a bad key is said whatever is there)
         if args.command == "serve":
             args.url = check_bind_url(args.url)
             check_seconds(args.heartbeat, "--heartbeat", positive=True)
@@ -137,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("--data must name a directory (without --data the store is kept in memory only)")
             if args.data is not None:  # (a name that is not UTF-8 is served: stats shows it escaped)
                 check_data_dir(args.data, "--data")
+            if args.curve_secret is not None:  # (a key given in its place: refused, and not shown)
+                refuse_key_as_path(args.curve_secret, "--curve-secret")
             return serve_forever(
                 args.url,
                 log_level=args.log_level.upper(),
@@ -164,8 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # to send one command took 900 MB and, under load, longer than the join's own timeout)
             seconds = check_seconds(args.timeout, "--timeout", positive=True)
             assert seconds is not None  # (None only where no_limit)
-            key = os.environ.get("TIGER_SERVER_KEY") or None
-            result = request_once(check_connect_url(args.url), Compact(1), seconds, key).result
+            result = request_once(check_connect_url(args.url), Compact(1), seconds, env_server_key()).result
             say(f"compacted: snapshot of {result['records']} records, {result['bytes']} bytes")
             return 0
         if args.command == "drop":
@@ -189,30 +217,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.buffer.writelines(line.encode("utf-8") + b"\n" for line in lines)
             sys.stdout.buffer.flush()
             return 0
-        try:
-            check_seconds(args.timeout, "--timeout", positive=True)  # (named as the option, as the other commands do)
-            say(format_stats(ping(check_connect_url(args.url), args.timeout, os.environ.get("TIGER_SERVER_KEY") or None)))
-        except HandshakeFailed as e:  # (it says what to do; waiting longer cannot help)
-            say(f"tiger stats: {e}", sys.stderr)
-            return 1
-        except Unavailable as e:
-            # another url is the advice only when nothing is there: a writer that is busy (a compaction of
-            # millions of records) or paused still accepts connections, and a longer --timeout is the advice
-            if slow_lookup(args.url, min(LOOKUP_WAIT, args.timeout)) is not None:  # (said in e)
-                advice = "see to the name server (/etc/resolv.conf), or pass --url with the writer's address"
-            elif why_unreachable(args.url, 0.1) is None:  # (a host name that does not resolve: said at once, in e)
-                hint = silence_hint(args.url)
-                advice = f"{hint}; a longer --timeout waits for a busy or paused one"
-            else:
-                advice = "pass --url or set TIGER_URL to reach another writer"
-            say(f"tiger stats: {e} ({advice})", sys.stderr)
-            return 1
+        check_seconds(args.timeout, "--timeout", positive=True)  # (named as the option, as the other commands do)
+        say(format_stats(ping(check_connect_url(args.url), args.timeout, env_server_key())))
         return 0
+    except HandshakeFailed as e:  # (it says what to do; waiting longer cannot help)
+        say(f"tiger {args.command}: {e}", sys.stderr)
+        return 1
+    except Unavailable as e:
+        say(f"tiger {args.command}: {e} ({_advice(args.url, getattr(args, 'timeout', 5.0))})", sys.stderr)
+        return 1
     except (TigerError, ValueError, TypeError, OSError) as e:
         say(f"tiger {args.command}: {e}", sys.stderr)
         if args.command == "serve" and args.failure_on_stdout:  # (where tiger.serve() reads why, as serve_forever's)
             say(f"{NOT_STARTED}tiger {args.command}: {e}", flush=True)
         return 1
+
+
+def _advice(url: str, timeout: float) -> str:
+    """What a command adds to an ``Unavailable`` from the writer at ``url`` (``--timeout``: ``timeout``): another
+    url only when nothing is there (a writer that is busy, a compaction of millions of records, or paused still
+    accepts connections, and a longer --timeout is the advice), or to see to the name server. Every command
+    says it, as tiger stats did alone (tiger dump said only "did not answer")."""
+    if slow_lookup(url, min(LOOKUP_WAIT, timeout)) is not None:  # (said in the error)
+        return "see to the name server (/etc/resolv.conf), or pass --url with the writer's address"
+    if why_unreachable(url, 0.1) is None:  # (a host name that does not resolve: said at once, in the error)
+        return f"{silence_hint(url)}; a longer --timeout waits for a busy or paused one"
+    return "pass --url or set TIGER_URL to reach another writer"
 
 
 def drop_namespaces(url: str, names: Sequence[str], how: str = "namespace", timeout: float = 5.0) -> list[str]:
@@ -228,7 +258,7 @@ def drop_namespaces(url: str, names: Sequence[str], how: str = "namespace", time
         if how != "namespace" and name == "":
             raise ValueError(f"{how} must not be empty: it would drop every namespace (name them, or 'global')")
         check_name(name, how)
-    key = os.environ.get("TIGER_SERVER_KEY") or None
+    key = env_server_key()  # (what is said of it names TIGER_SERVER_KEY)
     url = check_connect_url(url)
     tables = request_once(url, Stats(1), seconds, key).result["tables"]
     held = {namespace for namespaces in tables.values() for namespace in namespaces}

@@ -54,6 +54,7 @@ from tiger._replica import Replica, _reachable
 from tiger._server import (
     check_connect_url,
     check_server_key,
+    env_server_key,
     handshake_failure,
     no_answer,
     recently_refused,
@@ -1280,13 +1281,14 @@ def connect(
 
 
 def _connect_arguments(url: str | None, server_key: str | None) -> tuple[str, str | None]:
-    """The URL and server key of ``connect``: from ``$TIGER_URL`` and ``$TIGER_SERVER_KEY`` when not given."""
+    """The URL and server key of ``connect``: from ``$TIGER_URL`` and ``$TIGER_SERVER_KEY`` when not given (the
+    key as an ``EnvServerKey``, so that what is said of it names TIGER_SERVER_KEY, not ``server_key``)."""
     if url is None:
         url = os.environ.get("TIGER_URL") or None
         if url is None:
             raise ValueError("no tiger URL: pass connect(url=...) or set the TIGER_URL environment variable")
     if server_key is None:
-        server_key = os.environ.get("TIGER_SERVER_KEY") or None
+        server_key = env_server_key() or None
     return url, server_key
 
 

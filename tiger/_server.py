@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -32,7 +33,16 @@ from tiger._lookup import (
     url_host,
     wait_for_endpoint,
 )
-from tiger._paths import DATA_ROOM, IPC_PATH_MAX, check_path, in_the_way, ipc_path_unusable, path_bytes, short_temp_dir
+from tiger._paths import (
+    DATA_ROOM,
+    IPC_PATH_MAX,
+    check_path,
+    in_the_way,
+    ipc_path_unusable,
+    missing_secret_file,
+    path_bytes,
+    short_temp_dir,
+)
 from tiger._process import unsupported_environment
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -301,7 +311,7 @@ def start_writer(
     if lease_grace is not None:
         check_seconds(lease_grace, "lease_grace")
     data_path = None if data is None else check_data_dir(data, "data")
-    secret_path = None if curve_secret is None else check_path(curve_secret, "curve_secret", names="a key file")
+    secret_path = None if curve_secret is None else check_secret_path(curve_secret, "curve_secret")
     log_path = None if log is None else check_path(log, "log", names="a file")
     server_key = None
     if secret_path is not None:
@@ -374,29 +384,130 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float, ti
     return line.decode().rstrip("\r\n").partition("serving at ")[2]
 
 
+class Unshown(str):
+    """A str whose repr does not show it: a key's text held in a local, where a traceback with locals
+    (``pytest -l``, ``--showlocals``) printed it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} characters, not shown>"
+
+
+class EnvServerKey(Unshown):
+    """A server key read from ``$TIGER_SERVER_KEY`` (``env_server_key``; empty: it is not set), so that what
+    tiger says of it names ``TIGER_SERVER_KEY``, not the ``server_key`` argument: the ``tiger`` commands and the
+    pytest plugin take the key from there only, and ``connect()`` given none does. Its repr shows no key."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<TIGER_SERVER_KEY: {len(self)} characters>"
+
+
+def env_server_key() -> EnvServerKey:
+    """``$TIGER_SERVER_KEY`` as an ``EnvServerKey`` (empty when it is unset or empty: no key)."""
+    return EnvServerKey(os.environ.get("TIGER_SERVER_KEY", ""))
+
+
+def key_origin(server_key: object) -> str:
+    """Where ``server_key`` came from, as an error names it: ``TIGER_SERVER_KEY`` or the ``server_key`` argument."""
+    return "TIGER_SERVER_KEY" if isinstance(server_key, EnvServerKey) else "server_key"
+
+
+# a line of a key file: tiger keygen's ``public: ...``/``secret: ...``, a ZeroMQ (CZMQ) certificate's
+# ``public-key = "..."``/``secret-key = "..."``
+_KEY_LINE = re.compile(r"^\s*(public|secret)(-key\s*=|\s*:)", re.IGNORECASE)
+
+
+def _key_lines(text: str) -> set[str]:
+    """The kinds of key line (``public``, ``secret``) in ``text``."""
+    return {m.group(1).lower() for m in map(_KEY_LINE.match, text.splitlines()) if m}
+
+
+def key_shape(value: str | bytes) -> str:
+    """What an error may say of a key (or of what was given as one, or as a key file's path): its length and
+    shape, and whether it is a secret key file's content, never the content itself (a secret key given by
+    mistake, ``TIGER_SERVER_KEY="$(cat DIR/tiger.key)"``, was printed whole in the error, to terminals and CI
+    logs: a user trial)."""
+    unit = "characters" if isinstance(value, str) else "bytes"
+    text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    lines = text.strip().splitlines()
+    shape = f"{len(value)} {unit if len(value) != 1 else unit[:-1]}" + (f" over {len(lines)} lines" if len(lines) > 1 else "")
+    if not text.strip():
+        return f"{shape}, all whitespace" if value else "nothing"
+    kinds = _key_lines(text)
+    if "secret" in kinds:
+        return f"{shape}: a secret key file's content (its secret key line, as DIR/tiger.key or a ZeroMQ certificate holds it)"
+    if "public" in kinds:
+        return f"{shape}: a key file's content (a public key line, and more)"
+    outside = sum(1 for c in text.strip() if c not in _Z85)
+    return shape + (f", {outside} of them outside z85's alphabet" if outside else "")
+
+
+_Z85 = frozenset(z85.Z85CHARS.decode())
+
+
+def looks_like_key(value: str) -> bool:
+    """Whether ``value`` (given as a path) is rather a key or a key file's content: a key line in it, or 40
+    characters of z85's alphabet. An error must not show it (``key_shape``)."""
+    text = value.strip()
+    return bool(_key_lines(value)) or (len(text) == 40 and all(c in _Z85 for c in text))
+
+
 def check_server_key(server_key: object) -> bytes | None:
-    """``server_key`` as the z85 bytes CurveZMQ takes (None: plain). ``TypeError`` for a type other than
-    str, bytes or None, ``ValueError`` for anything but the 40-character z85 public key ``tiger keygen``
-    printed (as ``DIR/tiger.pub`` holds it after ``public: ``), each naming ``server_key``. Whitespace
-    around it, and the ``public:`` of ``DIR/tiger.pub``'s line, are dropped (none is z85): a key pasted
-    with a space, or ``TIGER_SERVER_KEY="$(cat DIR/tiger.pub)"``, was refused (a user trial)."""
-    if server_key is None:
+    """``server_key`` as the z85 bytes CurveZMQ takes (None, or an empty ``EnvServerKey``: plain).
+    ``TypeError`` for a type other than str, bytes or None, ``ValueError`` for anything but the 40-character z85
+    public key ``tiger keygen`` printed (as ``DIR/tiger.pub`` holds it after ``public: ``), each naming where
+    the key came from (``key_origin``: ``server_key``, or ``TIGER_SERVER_KEY`` for an ``EnvServerKey``), and
+    saying only its shape (``key_shape``): never the key (a secret key file given in its place was printed).
+    Whitespace around it, and the ``public:`` of ``DIR/tiger.pub``'s line, are dropped (none is z85): a key
+    pasted with a space, or ``TIGER_SERVER_KEY="$(cat DIR/tiger.pub)"``, was refused (a user trial)."""
+    if server_key is None or (isinstance(server_key, EnvServerKey) and not server_key):
         return None
+    origin = key_origin(server_key)
     if not isinstance(server_key, (str, bytes)):
-        raise TypeError(f"server_key must be a str (the z85 public key tiger keygen printed), not {type(server_key).__name__}")
-    text = (server_key if isinstance(server_key, str) else server_key.decode("ascii", "replace")).strip()
+        raise TypeError(f"{origin} must be a str (the z85 public key tiger keygen printed), not {type(server_key).__name__}")
+    text = Unshown((server_key if isinstance(server_key, str) else server_key.decode("ascii", "replace")).strip())
     if text.startswith("public:"):
-        text = text[len("public:") :].strip()
+        text = Unshown(text[len("public:") :].strip())
     if len(text) != 40 or not text.isascii():
+        secret = "secret" in _key_lines(server_key if isinstance(server_key, str) else server_key.decode("utf-8", "replace"))
         raise ValueError(
-            f"server_key must be the 40-character z85 public key tiger keygen printed (in DIR/tiger.pub after "
-            f"'public: '), got {shown(server_key)} ({len(server_key)} characters)"
+            f"{origin} must be the 40-character z85 public key tiger keygen printed (in DIR/tiger.pub after "
+            f"'public: '), got {key_shape(server_key)}"
+            + ("; keep that secret (it is not shown here), and give the PUBLIC key, DIR/tiger.pub's" if secret else "")
         )
     try:
         z85.decode(text)
     except Exception:  # (a character outside z85's alphabet: KeyError; a value past 32 bits: struct.error)
-        raise ValueError(f"server_key is not a z85 key (tiger keygen prints one): {shown(server_key)}") from None
+        raise ValueError(f"{origin} is not a z85 key (tiger keygen prints one): got {key_shape(server_key)}") from None
     return text.encode()
+
+
+def refuse_key_as_path(value: object, field: str) -> None:
+    """``ValueError`` naming ``field`` (``curve_secret``, ``--curve-secret``: a CurveZMQ secret key file's path) if
+    ``value`` is rather a key or a key file's content (``--curve-secret "$(cat DIR/tiger.key)"``), saying its
+    shape only: taken for a path, the secret key was shown in the error ("No such file or directory:
+    'public: ...'")."""
+    if isinstance(value, (str, bytes)):
+        text = os.fsdecode(value)
+        if looks_like_key(text) and not os.path.exists(text):
+            raise ValueError(
+                f"{field} must be the path of the key file tiger keygen wrote (DIR/tiger.key), not a key or a key "
+                f"file's content: got {key_shape(text)} (not shown here)"
+            )
+
+
+def check_secret_path(value: object, field: str) -> str:
+    """``check_path`` of a CurveZMQ secret key file's path, after ``refuse_key_as_path``; ``FileNotFoundError``
+    (``missing_secret_file``) if no file is there and the path may not be shown."""
+    refuse_key_as_path(value, field)
+    path = check_path(value, field, names="a key file")
+    hidden = None if os.path.exists(path) else missing_secret_file(path, field)
+    if hidden is not None:
+        raise FileNotFoundError(hidden)
+    return path
 
 
 def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
@@ -414,24 +525,31 @@ def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
 HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
-def handshake_refused(url: str, server_key: object, mechanism: str | None) -> str:
+def handshake_refused(url: str, server_key: object, mechanism: str | None, writer: bool = False) -> str:
     """What ``HandshakeFailed`` says for ``url``, by whether the client had a ``server_key`` and the
     security mechanism the peer's ZMTP greeting names (``greeting_mechanism``: "CURVE", "NULL", None for
     no ZMTP greeting). libzmq tells a client only that the handshake failed, and often not even which
-    mechanism the other side wanted (the writer closes the connection before its greeting is read)."""
+    mechanism the other side wanted (the writer closes the connection before its greeting is read).
+
+    The peer is "the ZeroMQ peer at URL" unless it is known to be a tiger writer (``writer``: it answered
+    a tiger request, ``answers_as_tiger``): a bare ZeroMQ socket was said to be "the tiger writer". The key
+    is named where it came from (``key_origin``): the ``tiger`` commands take it from TIGER_SERVER_KEY only,
+    and said "pass server_key"."""
+    origin = key_origin(server_key)
     if mechanism == "CURVE" and server_key:
         why = (
-            "it serves CurveZMQ with another key than the server key given (server_key, TIGER_SERVER_KEY): give "
+            f"it serves CurveZMQ with another key than the server key given ({origin}): give "
             "the public key its tiger keygen printed (in DIR/tiger.pub)"
         )
     elif mechanism == "CURVE":
+        give = "set TIGER_SERVER_KEY" if isinstance(server_key, EnvServerKey) else "pass server_key or set TIGER_SERVER_KEY"
         why = (
-            "it serves CurveZMQ and no server key was given: pass server_key or set TIGER_SERVER_KEY to the public "
-            "key its tiger keygen printed (in DIR/tiger.pub)"
+            f"it serves CurveZMQ and no server key was given: {give} to the public key its tiger keygen printed "
+            "(in DIR/tiger.pub)"
         )
     elif mechanism == "NULL" and server_key:
         why = (
-            "it serves without CurveZMQ and a server key was given (server_key, TIGER_SERVER_KEY): give none for a "
+            f"it serves without CurveZMQ and a server key was given ({origin}): give none for a "
             "writer started without --curve-secret"
         )
     elif mechanism == "NULL":
@@ -439,18 +557,35 @@ def handshake_refused(url: str, server_key: object, mechanism: str | None) -> st
     elif mechanism is not None:
         why = f"it serves the ZeroMQ security mechanism {shown(mechanism)}: it is no tiger writer"
     else:
-        why = "it answers no ZeroMQ greeting: it is no tiger writer"
-    return f"the handshake with the tiger writer at {url} failed: {why}"
+        return f"the handshake with the peer at {url} failed: it answers no ZeroMQ greeting: it is no tiger writer"
+    return f"the handshake with the {'tiger writer' if writer else 'ZeroMQ peer'} at {url} failed: {why}"
+
+
+def no_zeromq(url: str, received: bytes) -> str:
+    """What ``HandshakeFailed`` says of a peer at ``url`` that answered a greeting probe with ``received``, bytes
+    that are no ZMTP greeting (``speaks_no_zeromq``): an HTTP server, say."""
+    return (
+        f"the peer at {url} does not speak ZeroMQ: it answered the start of a ZeroMQ greeting with "
+        f"{received[:24]!r}{'...' if len(received) > 24 else ''}: it is no tiger writer"
+    )
+
+
+# seconds a probe lets a fresh connection's handshake take before it probes the peer's greeting itself
+# (``handshake_failure``): a handshake took 2-50 ms here; a greeting probe of a ZeroMQ peer costs nothing
+GREETING_GRACE = 0.1
 
 
 def handshake_failure(url: str, server_key: str | bytes | None, timeout: float = 0.1) -> str | None:
     """``handshake_refused`` if a socket connected to ``url`` as a client's is (``server_key``: CurveZMQ)
     fails its handshake within ``timeout`` seconds (then ``greeting_mechanism`` tells why, in as long
-    again); None if it succeeds, if nothing listens there (yet: a connect retried before any connection),
-    or if nothing was heard by then (a paused writer). A probe of its own, for a client whose hello goes
-    unanswered (a wrong key waited out connect's whole timeout, then said "did not answer"). libzmq
-    retries the connect after each failed handshake, so a retry after a connection is not "nothing
-    listens"."""
+    again), or ``no_zeromq`` if it is connected and has no handshake after ``GREETING_GRACE`` seconds, and a
+    greeting probe (``greet``, within what is left of ``timeout``) is answered with what is no ZeroMQ
+    greeting (an HTTP server says nothing to a ZeroMQ greeting until it is sent a line: the handshake waited
+    for ever, and connect its whole timeout, to say "did not answer"); None if it succeeds, if nothing
+    listens there (yet: a connect retried before any connection), or if nothing was heard by then (a paused
+    writer, a listener that says nothing). A probe of its own, for a client whose hello goes unanswered (a
+    wrong key waited out connect's whole timeout, then said "did not answer"). libzmq retries the connect
+    after each failed handshake, so a retry after a connection is not "nothing listens"."""
     from zmq.utils.monitor import parse_monitor_message  # (imports asyncio: not for every client's start)
 
     address = endpoint_or_why(url, timeout)[0]
@@ -461,18 +596,28 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
         events = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
         _sock, monitor = _monitored_dealer(ctx, address, server_key, events)  # (held: a dropped socket is closed)
         deadline = time.monotonic() + timeout
-        connected = False
-        while monitor.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-            message = parse_monitor_message(monitor.recv_multipart())
-            event = message["event"]
-            if event & HANDSHAKE_FAILED:
-                return handshake_failed_why(url, server_key, event, message["value"], timeout)
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (event == zmq.EVENT_CONNECT_RETRIED and not connected):
-                return None
-            connected = connected or event == zmq.EVENT_CONNECTED
+        connected: float | None = None  # when the connection was made
+        probed = False
+        while True:
+            now = time.monotonic()
+            until = deadline if connected is None or probed else min(deadline, connected + GREETING_GRACE)
+            if monitor.poll(max(0, int((until - now) * 1000)) if until > now else 0):
+                message = parse_monitor_message(monitor.recv_multipart())
+                event = message["event"]
+                if event & HANDSHAKE_FAILED:
+                    return handshake_failed_why(url, server_key, event, message["value"], timeout)
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (event == zmq.EVENT_CONNECT_RETRIED and connected is None):
+                    return None
+                if event == zmq.EVENT_CONNECTED and connected is None:
+                    connected = time.monotonic()
+                continue
             if time.monotonic() >= deadline:
-                break
-        return None
+                return None
+            if connected is not None and not probed:  # no handshake yet: does the peer speak ZeroMQ at all?
+                probed = True
+                received = greet(url, deadline - time.monotonic())
+                if speaks_no_zeromq(received):
+                    return no_zeromq(url, received)
     finally:
         ctx.destroy(linger=0)
 
@@ -480,39 +625,77 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
 def handshake_failed_why(url: str, server_key: object, event: int, value: int, timeout: float) -> str:
     """``handshake_refused`` for a handshake that libzmq's monitor ``event`` (one of ``HANDSHAKE_FAILED``, its
     ``value``: errno, or the ZMTP protocol error) said failed, asking the peer's greeting why
-    (``greeting_mechanism``, within ``timeout`` seconds). A ZMTP protocol error (``HANDSHAKE_FAILED_PROTOCOL``,
-    ``_AUTH``) is a verdict of its own: libzmq ends that connection for good, no retry, so the peer's greeting
-    unheard (a writer that stopped answering, a machine too loaded to answer the probe in time) does not make
-    it "no ZeroMQ greeting": a mechanism mismatch names the mechanism a tiger writer serves when it is not the
-    client's (NULL to a client with a key, CURVE to one without)."""
-    mechanism = greeting_mechanism(url, timeout)
+    (``greet``, within ``timeout`` seconds; ``no_zeromq`` if it answers what is no ZeroMQ greeting). A ZMTP
+    protocol error (``HANDSHAKE_FAILED_PROTOCOL``, ``_AUTH``) is a verdict of its own: libzmq ends that
+    connection for good, no retry, so the peer's greeting unheard (a writer that stopped answering, a
+    machine too loaded to answer the probe in time) does not make it "no ZeroMQ greeting": a mechanism
+    mismatch names the mechanism a tiger writer serves when it is not the client's (NULL to a client with a
+    key, CURVE to one without). A peer serving without CurveZMQ to a client with a key is said to be a tiger
+    writer only if it answers a tiger request made without the key (``answers_as_tiger``)."""
+    received = greet(url, timeout)
+    if speaks_no_zeromq(received):
+        return no_zeromq(url, received)
+    mechanism = zmtp_mechanism(received)
     if mechanism is None and event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             mechanism = "NULL" if server_key else "CURVE"
         else:
             return (
-                f"the handshake with the tiger writer at {url} failed: a ZeroMQ protocol error ({value:#x}) ended "
+                f"the handshake with the peer at {url} failed: a ZeroMQ protocol error ({value:#x}) ended "
                 "the connection, and the peer greeted no probe after it"
             )
-    return handshake_refused(url, server_key, mechanism)
+    writer = mechanism == "NULL" and bool(server_key) and answers_as_tiger(url, timeout)
+    return handshake_refused(url, server_key, mechanism, writer)
+
+
+def answers_as_tiger(url: str, timeout: float) -> bool:
+    """Whether the peer at ``url`` answers a tiger request (``Stats``) made without CurveZMQ within ``timeout``
+    seconds as a tiger writer does: what tells a tiger writer serving without CurveZMQ from any other ZeroMQ
+    socket that does (a bare ROUTER), whose greetings are the same."""
+    deadline = time.monotonic() + timeout  # (first: the lookup is inside it)
+    address = endpoint_or_why(url, timeout)[0]
+    if address is None:
+        return False
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        connect_socket(sock, address)
+        _send_once(sock, p.encode_request(p.Stats(1)))
+        if not sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            return False
+        try:
+            reply = p.decode_reply(sock.recv())
+        except ProtocolError:
+            return False
+        return type(reply) is p.Ok and isinstance(reply.result, dict) and "epoch" in reply.result
+    except zmq.ZMQError:
+        return False
+    finally:
+        ctx.destroy(linger=0)
 
 
 # the start of a ZMTP 3 greeting (rfc.zeromq.org/spec/23): its signature and major version, what makes libzmq
 # send the rest of its own greeting; the rest of ours (mechanism ...) might get the connection closed unread
 ZMTP_GREETING_START = b"\xff" + bytes(8) + b"\x7f" + b"\x03"
+# what a greeting probe sends (``greet``): that start, then an empty line. A ZeroMQ peer takes the line for the
+# next bytes of the greeting, which it reads only once whole (64 bytes: it greeted first); a peer speaking a
+# protocol of lines (HTTP, Redis, SMTP) answers it, where it waited for ever on a greeting with no line end
+GREETING_PROBE = ZMTP_GREETING_START + b"\r\n\r\n"
 
 
-def greeting_mechanism(url: str, timeout: float = 0.1) -> str | None:
-    """The security mechanism ("NULL", "CURVE") that the ZMTP 3 greeting of the peer at ``url`` names,
-    read on a plain socket that sends the start of a greeting of its own and closes once it has read
-    the peer's; None if no ZMTP 3 greeting comes within ``timeout`` seconds (what answers closes, sends
-    something else, or says nothing). What a failed handshake was: libzmq's own events often lack it."""
+def greet(url: str, timeout: float = 0.1) -> bytes:
+    """What the peer at ``url`` answers a greeting probe (``GREETING_PROBE``, on a plain socket) within
+    ``timeout`` seconds, the connect included: its first bytes, up to the 32 of a ZMTP 3 greeting's
+    signature, version and mechanism, fewer if it closed the connection, fell silent, or began with what is
+    no ZMTP greeting (``speaks_no_zeromq``: then its first chunk); nothing if no connection was made. The
+    connection is closed once it is read."""
     received = b""
+    deadline = time.monotonic() + timeout
     try:
         with _stream(url, timeout) as probe:
-            probe.sendall(ZMTP_GREETING_START)
-            deadline = time.monotonic() + timeout
-            while len(received) < 32:  # signature (10), version (2), mechanism (20)
+            probe.sendall(GREETING_PROBE)
+            while len(received) < 32 and not speaks_no_zeromq(received):  # signature (10), version (2), mechanism (20)
                 probe.settimeout(max(deadline - time.monotonic(), 0.001))
                 chunk = probe.recv(64)
                 if not chunk:
@@ -520,9 +703,30 @@ def greeting_mechanism(url: str, timeout: float = 0.1) -> str | None:
                 received += chunk
     except (OSError, ValueError):
         pass
+    return received
+
+
+def speaks_no_zeromq(received: bytes) -> bool:
+    """Whether the first bytes a peer sent (``greet``) cannot begin a ZMTP greeting: a first byte other than
+    its signature's 0xFF, or a tenth without the bit that marks a versioned one."""
+    return bool(received) and (received[0] != 0xFF or (len(received) >= 10 and not received[9] & 1))
+
+
+def zmtp_mechanism(received: bytes) -> str | None:
+    """The security mechanism ("NULL", "CURVE") named in ``received``, a peer's first bytes (``greet``), if they
+    are a ZMTP 3 greeting's first 32; else None."""
     if len(received) < 32 or received[0] != 0xFF or not received[9] & 1 or received[10] < 3:
         return None
     return received[12:32].rstrip(b"\0").decode("ascii", "backslashreplace")
+
+
+def greeting_mechanism(url: str, timeout: float = 0.1) -> str | None:
+    """The security mechanism ("NULL", "CURVE") that the ZMTP 3 greeting of the peer at ``url`` names,
+    read on a plain socket that sends the start of a greeting of its own and closes once it has read
+    the peer's (``greet``); None if no ZMTP 3 greeting comes within ``timeout`` seconds (what answers
+    closes, sends something else, or says nothing). What a failed handshake was: libzmq's own events
+    often lack it."""
+    return zmtp_mechanism(greet(url, timeout))
 
 
 def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> dict[str, Any]:
@@ -541,7 +745,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     address = wait_for_endpoint(url, timeout, deadline)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
-        sock, monitor = _monitored_dealer(ctx, address, server_key)  # a failed handshake is said at once
+        sock, monitor = _monitored_dealer(ctx, address, server_key, ANSWER_EVENTS)  # a failed handshake: said at once
         _send_once(sock, p.encode_request(request))
         return _answer(sock, url, deadline, timeout, monitor, server_key)
     finally:
@@ -596,6 +800,17 @@ def _send_once(sock: zmq.Socket[Any], payload: bytes) -> None:
         pass
 
 
+# the monitor events a one-shot request watches (``_answer``): its handshake's failure, or its success (then the
+# peer speaks ZeroMQ, and its greeting is not probed)
+ANSWER_EVENTS = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+# seconds a one-shot request waits for its handshake before it probes the peer's greeting (``_answer``), and
+# the most one probe may take: a writer's handshake took 2-50 ms here
+GREETING_PROBE_AFTER = 0.25
+GREETING_PROBE_TIME = 0.5
+# greeting probes a one-shot request makes at most, a second apart, while its handshake says nothing
+GREETING_PROBES = 2
+
+
 def _answer(
     sock: zmq.Socket[Any],
     url: str,
@@ -607,29 +822,50 @@ def _answer(
     """The writer's answer on ``sock`` (the next message: one request in flight) by ``deadline``
     (``time.monotonic()``; ``timeout``: the seconds it stands for, in the message), if it is an Ok; what a
     Failed answer names is raised as a client raises it, ``Unavailable`` past the deadline, and at once
-    ``HandshakeFailed`` when ``monitor`` (``sock``'s, of ``HANDSHAKE_FAILED``) says the handshake failed."""
+    ``HandshakeFailed`` when ``monitor`` (``sock``'s, of ``ANSWER_EVENTS``) says the handshake failed, or when,
+    with no handshake after ``GREETING_PROBE_AFTER`` seconds, a greeting probe (``greet``) is answered with
+    what is no ZeroMQ greeting: `tiger stats` to an HTTP server's port waited out its timeout and said "did
+    not answer" (the server waits for a line, libzmq for its greeting)."""
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     if monitor is not None:
         poller.register(monitor, zmq.POLLIN)
+    probes = 0 if monitor is not None else GREETING_PROBES  # (none without a monitor: the handshake was had)
+    probe_at = time.monotonic() + GREETING_PROBE_AFTER
     while True:
-        remaining = deadline - time.monotonic()
-        ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+        now = time.monotonic()
+        until = deadline if probes >= GREETING_PROBES else min(deadline, probe_at)
+        ready = dict(poller.poll(max(1, int((until - now) * 1000)) if until > now else 0))  # (0: an answer there is taken)
         if sock in ready:
             break
-        if monitor is None or monitor not in ready:
+        if monitor is not None and monitor in ready:
+            seconds = min(max(deadline - time.monotonic(), 0.1), 1.0)  # (a loaded machine: 0.1 s missed)
+            failed = False
+            for event, value in _monitor_events(monitor):
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    probes = GREETING_PROBES  # a ZeroMQ peer: its silence is a writer's, paused or busy
+                elif event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    # a protocol error: libzmq gave up ``sock``'s connection for good, so no answer can come (a
+                    # probe that then heard nothing in time left tiger compact waiting 600 s)
+                    raise HandshakeFailed(handshake_failed_why(url, server_key, event, value, seconds))
+                else:
+                    failed = True
+            if failed:
+                # the connection closed during the handshake: a wrong CurveZMQ key, a writer restarting; libzmq
+                # retries it, so a probe that cannot tell is asked again at the next failure
+                why = handshake_failure(url, server_key, seconds)
+                if why is not None:
+                    raise HandshakeFailed(why)
+            continue
+        now = time.monotonic()
+        if now >= deadline:
             raise Unavailable(no_answer(url, timeout))
-        seconds = min(max(remaining, 0.1), 1.0)  # (a loaded machine: 0.1 s missed)
-        for event, value in _monitor_events(monitor):  # (it watches only HANDSHAKE_FAILED)
-            if event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                # a protocol error: libzmq gave up ``sock``'s connection for good, so no answer can come (a
-                # probe that then heard nothing in time left tiger compact waiting 600 s)
-                raise HandshakeFailed(handshake_failed_why(url, server_key, event, value, seconds))
-        # the connection closed during the handshake: a wrong CurveZMQ key, a writer restarting; libzmq
-        # retries it, so a probe that cannot tell is asked again at the next failure
-        failed = handshake_failure(url, server_key, seconds)
-        if failed is not None:
-            raise HandshakeFailed(failed)
+        if probes < GREETING_PROBES and now >= probe_at:  # no handshake yet: does the peer speak ZeroMQ at all?
+            probes += 1
+            received = greet(url, min(GREETING_PROBE_TIME, deadline - now))
+            if speaks_no_zeromq(received):
+                raise HandshakeFailed(no_zeromq(url, received))
+            probe_at = time.monotonic() + 1.0
     reply = p.decode_reply(sock.recv())
     if type(reply) is p.Failed:  # (as a client raises it: tiger compact printed the reply's repr)
         raise FAILURES.get(reply.kind, TigerError)(reply.message)
@@ -688,7 +924,7 @@ class NamespaceLease:
         self._sock: zmq.Socket[Any] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         try:
-            self._sock, monitor = _monitored_dealer(self._ctx, address, server_key)  # a failed handshake: said at once
+            self._sock, monitor = _monitored_dealer(self._ctx, address, server_key, ANSWER_EVENTS)  # (said at once)
             sent = time.time()
             _send_once(self._sock, p.encode_request(p.Hello(1, self.client_id)))
             try:

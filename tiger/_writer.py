@@ -33,7 +33,7 @@ from tiger import _protocol as p
 from tiger import _table
 from tiger._core import CLIENT_SILENCE, LEASE_GRACE, WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
-from tiger._paths import ipc_path_unusable
+from tiger._paths import ipc_path_unusable, missing_secret_file
 from tiger._process import ProcessWatch
 from tiger._server import NOT_STARTED, accepting, bind_address
 from tiger._snapshots import PEER_HWM, STALL, Outgoing, PeerGone
@@ -522,6 +522,9 @@ def serve_forever(
 
     try:
         secret = None if curve_secret is None else read_secret_key(curve_secret)
+    except FileNotFoundError as e:  # (the path not shown if it may be a key given in its place)
+        hidden = missing_secret_file(curve_secret or "", "--curve-secret")
+        return refuse(f"tiger: cannot read {hidden}" if hidden else f"tiger: cannot read --curve-secret {curve_secret}: {e}", 2)
     except (OSError, ValueError) as e:  # (not the data directory's: it was said to be, naming the wrong option)
         return refuse(f"tiger: cannot read --curve-secret {curve_secret}: {e}", 2)
     try:

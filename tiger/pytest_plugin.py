@@ -343,10 +343,10 @@ class _Run:
             return
         import zmq
 
-        from tiger._server import NamespaceLease
+        from tiger._server import NamespaceLease, env_server_key
 
         try:
-            self._run_lease = NamespaceLease(url, self.namespace, server_key=os.environ.get("TIGER_SERVER_KEY") or None)
+            self._run_lease = NamespaceLease(url, self.namespace, server_key=env_server_key())
         except (TigerError, ValueError, OSError, zmq.ZMQError) as e:  # (a bad key, no file descriptor left: said,
             # as an unreachable writer is, not an INTERNALERROR of the xdist hook with the workers going on)
             failure = _Unreachable(
@@ -357,15 +357,15 @@ class _Run:
             raise failure from None
 
     def _ping_given(self) -> tuple[str, None]:
-        from tiger._server import check_server_key, ping
+        from tiger._server import check_server_key, env_server_key, ping
 
         url = self.given_url
         assert url is not None
-        key = os.environ.get("TIGER_SERVER_KEY") or None
+        key = env_server_key()  # (what is said of it names TIGER_SERVER_KEY, never the key itself)
         try:
             check_server_key(key)
         except ValueError as e:  # (it was said of the url: "'tcp://...' (--tiger-url or TIGER_URL) is not a writer's URL")
-            raise _Unreachable(f"tiger: TIGER_SERVER_KEY: {e}", pytest.ExitCode.USAGE_ERROR) from None
+            raise _Unreachable(f"tiger: {e}", pytest.ExitCode.USAGE_ERROR) from None
         try:
             ping(url, server_key=key)  # at once if nothing listens there
         except ValueError as e:
@@ -718,10 +718,10 @@ class _Run:
         tests whose teardown never ran (a crashed worker, Ctrl-C)."""
         from tiger import _protocol as p
         from tiger._protocol import say
-        from tiger._server import request_once
+        from tiger._server import env_server_key, request_once
         from tiger._table import LEASE_TABLE, ONCE_TABLE
 
-        key = os.environ.get("TIGER_SERVER_KEY") or None
+        key = env_server_key()
         with contextlib.suppress(TigerError):
             tables = request_once(url, p.Stats(1), server_key=key).result["tables"]
             if self._run_lease is not None and not tables.get(LEASE_TABLE, {}).get(self.namespace):
