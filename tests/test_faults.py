@@ -1311,6 +1311,25 @@ def test_a_secret_key_given_as_the_server_key_was_printed_in_the_error(keyed_wri
         assert "give the PUBLIC key, DIR/tiger.pub's" in text, text
 
 
+def test_a_secret_key_given_as_tiger_server_key_was_printed_by_a_traceback_with_locals(tmp_path):
+    # A review: pytest -l (--showlocals) showed check_server_key's local holding the stripped key text, so a
+    # secret key file given as TIGER_SERVER_KEY reached the test run's output after all.
+    secret = zmq.curve_keypair()[1].decode()
+    (tmp_path / "test_key.py").write_text(
+        "import tiger\n\ndef test_connect():\n    tiger.connect('tcp://127.0.0.1:9', timeout=1)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "test_key.py", "-l", "--tb=long", "-p", "no:cacheprovider", "-p", "no:tiger"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=without_key_env(f"public: {'x' * 40}\nsecret: {secret}\n"),
+    )
+    assert "TIGER_SERVER_KEY must be the 40-character z85 public key" in out.stdout, out.stdout
+    assert secret not in out.stdout + out.stderr
+
+
 # a secret key given where the key file's path goes, near enough to a key's shape to pass for a path
 NEAR_MISSES = {
     "quoted": lambda secret: f'"{secret}"',
