@@ -1348,7 +1348,7 @@ def test_a_secret_key_near_a_keys_shape_given_as_the_curve_secret_path_was_print
     secret = zmq.curve_keypair()[1].decode()
     given = NEAR_MISSES[form](secret)
     out = subprocess.run(
-        [*TIGER, "serve", "--url", "tcp://127.0.0.1:*", "--owner-pid", str(os.getpid()), "--curve-secret", given],
+        [*TIGER, "serve", "--url", "tcp://127.0.0.1:*", "--owner-pid", str(os.getpid()), f"--curve-secret={given}"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -353,6 +353,105 @@ def test_a_signal_as_a_call_let_its_lock_go_left_it_held_for_good(what, driver):
     assert script_lines(SIGNAL_AS_A_LOCK_IS_LET_GO, what, driver) == ["interrupted", f"after {after}"]
 
 
+LOCK_STORM = """
+import asyncio, math, random, signal, sys, threading, time
+from tiger._owned import DriversLock, OwnedLock
+
+lock = DriversLock() if sys.argv[1] == "drivers" else OwnedLock()
+stop = threading.Event()
+rng = random.Random(int(sys.argv[2]))
+
+
+def contend():  # another thread's caller, taking and holding it in turn
+    while not stop.is_set():
+        me = object()
+        try:
+            if lock.take(me, time.monotonic() + 1):
+                time.sleep(0.0005)  # sleep-ok: holding it a while
+        finally:
+            try:
+                lock.let_go(me)
+            finally:
+                lock.let_go(me)
+
+
+async def contend_async():  # a task on another thread's loop (the drivers' lock takes both kinds)
+    while not stop.is_set():
+        me = object()
+        try:
+            if await lock.take_async(me, time.monotonic() + 1):
+                await asyncio.sleep(0.0005)  # sleep-ok: holding it a while
+        finally:
+            try:
+                lock.let_go(me)
+            finally:
+                lock.let_go(me)
+
+
+def interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def one():
+    me = object()
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, rng.random() * 0.001)  # one signal, anywhere in the take
+            lock.take(me, math.inf)
+        finally:
+            try:
+                lock.let_go(me)
+            finally:
+                lock.let_go(me)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def storm(takes, interrupted):
+    done = 0
+    while done < takes:
+        try:
+            done += 1
+            one()
+        except KeyboardInterrupt:
+            interrupted.append(done)
+
+
+others = [threading.Thread(target=contend)]
+if sys.argv[1] == "drivers":
+    others.append(threading.Thread(target=lambda: asyncio.run(contend_async())))
+for t in others:
+    t.start()
+signal.signal(signal.SIGALRM, interrupt)
+interrupted = []
+try:
+    storm(2000, interrupted)
+except KeyboardInterrupt:  # (one landing between two takes, outside them)
+    pass
+signal.setitimer(signal.ITIMER_REAL, 0)
+stop.set()
+for t in others:
+    t.join(10)
+me = object()
+took = lock.take(me, time.monotonic() + 3)
+lock.let_go(me)
+print("interrupted", len(interrupted) > 100, file=sys.stderr)
+print("ok", took, lock.holder is None, len(lock._queue), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["owned", "drivers"])
+def test_a_signal_as_a_waiter_left_the_lock_left_its_gate_queued_and_the_lock_held_by_nobody_for_good(kind):
+    # A signal's exception landing at the first bytecode of the method a waiter called in its ``finally`` to
+    # leave the queue (a refactor moved the leaving there) ended it before the gate was unqueued: the lock was
+    # later handed to that gone waiter, and every take after waited for ever (so left in 4 runs of 4, of 3000
+    # takes each under random signals; none before the refactor). The leaving is inline in the ``finally`` again, with no call before the unqueueing.
+    for seed in ("1", "2"):
+        child = run_script(LOCK_STORM, kind, seed)
+        assert child.stdout.splitlines() == ["ok True True 0"], child.stdout + child.stderr
+        assert "interrupted True" in child.stderr, child.stderr
+
+
 SIGNAL_STORM = """
 import signal, sys, threading
 import tiger

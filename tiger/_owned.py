@@ -96,8 +96,13 @@ class OwnedLock:
                 if left <= 0:
                     return False
                 gate.acquire(timeout=min(left, WAKE_SLICE if first else LATE_SLICE))
-        finally:
-            self._leave(gate, me)
+        finally:  # inline, no call first: a signal at the first bytecode of a method left the gate queued
+            with self._guard:
+                self._queue.pop(gate, None)
+                if self.holder is None:
+                    self._hand_on()
+                elif self.holder is not me:  # left waiting (deadline, a signal, cancelled): the next may be
+                    self._wake_first()  # first now, and looks every slice from now on
 
     def let_go(self, me: object) -> None:
         """The token ``me`` lets the lock go, if it holds it: to the first waiter, woken."""
@@ -116,15 +121,6 @@ class OwnedLock:
         if not first and self.holder is None:  # (a hand-off a signal skipped: the first looks again)
             self._wake_first()
         return first
-
-    def _leave(self, gate: Gate, me: object) -> None:
-        """Unqueue ``gate``, its waiter done: hand the lock on if it is free."""
-        with self._guard:
-            self._queue.pop(gate, None)
-            if self.holder is None:
-                self._hand_on()
-            elif self.holder is not me:  # left waiting (deadline, a signal, cancelled): the next may be
-                self._wake_first()  # first now, and looks every slice from now on
 
     def _hand_on(self) -> None:
         """Make the first waiter the holder and wake it (the guard held, the lock free)."""
@@ -276,8 +272,13 @@ class DriversLock(OwnedLock):
                 if left <= 0:
                     return False
                 await asyncio.wait((woken,), timeout=min(left, WAKE_SLICE if first else LATE_SLICE))
-        finally:
-            self._leave(gate, me)
+        finally:  # inline, no call first: a signal at the first bytecode of a method left the gate queued
+            with self._guard:
+                self._queue.pop(gate, None)
+                if self.holder is None:
+                    self._hand_on()
+                elif self.holder is not me:  # left waiting (deadline, a signal, cancelled): the next may be
+                    self._wake_first()  # first now, and looks every slice from now on
 
     def live_holder(self) -> object | None:
         """The holder's token, None when free or when the holder was abandoned (its event loop closed, or

@@ -248,14 +248,20 @@ def check_path(value: object, field: str, *, room: int = 0, names: str = "a path
     return path
 
 
+NEAR_A_KEY = range(36, 61)
+"""Lengths of what may be a z85 key (40 characters) given with a little more or less: quoted, ``secret=``
+before it, a character short."""
+
+
 def missing_secret_file(path: str, field: str) -> str | None:
     """What an error says of a CurveZMQ secret key file's ``path`` (``field``: ``curve_secret``,
     ``--curve-secret``) where no file is, when it may not show the path: its length only. A path with no
     file there may be the key itself, near enough to a key's shape to pass for a path (quoted from a .env
     file, a character short), and the error printed it whole (a review). None (the path may be shown, as
-    the error of a mistyped path should) when it names a file in a directory that exists: no key is that."""
+    the error of a mistyped path should) when it names a file in a directory that exists, or is a bare name
+    of a length far from a key's 40 characters (``NEAR_A_KEY``)."""
     parent = os.path.dirname(path)
-    if parent and os.path.isdir(parent):
+    if (parent and os.path.isdir(parent)) or (not parent and len(path) not in NEAR_A_KEY):
         return None
     return (
         f"{field}: no file at the path given ({len(path)} characters; not shown, as it may be a key): give the "
