@@ -1311,12 +1311,26 @@ def test_a_secret_key_given_as_the_server_key_was_printed_in_the_error(keyed_wri
         assert "give the PUBLIC key, DIR/tiger.pub's" in text, text
 
 
-def test_a_secret_key_given_as_tiger_server_key_was_printed_by_a_traceback_with_locals(tmp_path):
-    # A review: pytest -l (--showlocals) showed check_server_key's local holding the stripped key text, so a
-    # secret key file given as TIGER_SERVER_KEY reached the test run's output after all.
-    secret = zmq.curve_keypair()[1].decode()
+# a test's call given a secret key file's content (read from a file, so the test's own locals never hold
+# it), or TIGER_SERVER_KEY holding it
+KEY_IN_A_CALL = {
+    "env": "tiger.connect('tcp://127.0.0.1:9', timeout=1)",
+    "connect": "tiger.connect('tcp://127.0.0.1:9', timeout=1, server_key=open('key').read())",
+    "aio": "asyncio.run(tiger.aio.connect('tcp://127.0.0.1:9', timeout=1, server_key=open('key').read()))",
+    "serve": "tiger.serve(curve_secret=open('key').read())",
+    "serve-quoted": "tiger.serve(curve_secret=repr(open('key').read().split()[-1]))",
+}
+
+
+@pytest.mark.parametrize("call", KEY_IN_A_CALL)
+def test_a_secret_key_given_to_a_call_was_printed_by_a_traceback_with_locals(tmp_path, call):
+    # A review, then a user trial: pytest -l (--showlocals) showed the locals of tiger's frames, the key given
+    # among them (check_server_key's stripped text, connect's server_key, serve's curve_secret): a secret key
+    # file given by mistake reached the test run's output after all.
+    public, secret = (key.decode() for key in zmq.curve_keypair())
+    (tmp_path / "key").write_text(f"public: {public}\nsecret: {secret}\n")
     (tmp_path / "test_key.py").write_text(
-        "import tiger\n\ndef test_connect():\n    tiger.connect('tcp://127.0.0.1:9', timeout=1)\n"
+        f"import asyncio\nimport tiger, tiger.aio\n\ndef test_call():\n    {KEY_IN_A_CALL[call]}\n"
     )
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "test_key.py", "-l", "--tb=long", "-p", "no:cacheprovider", "-p", "no:tiger"],
@@ -1324,10 +1338,11 @@ def test_a_secret_key_given_as_tiger_server_key_was_printed_by_a_traceback_with_
         text=True,
         timeout=60,
         cwd=tmp_path,
-        env=without_key_env(f"public: {'x' * 40}\nsecret: {secret}\n"),
+        env=without_key_env((tmp_path / "key").read_text() if call == "env" else None),
     )
-    assert "TIGER_SERVER_KEY must be the 40-character z85 public key" in out.stdout, out.stdout
-    assert secret not in out.stdout + out.stderr
+    assert "1 failed" in out.stdout, out.stdout
+    assert re.search(r"(server_key|curve_secret)\b.* (must|no file)", out.stdout, re.IGNORECASE), out.stdout
+    assert secret not in out.stdout + out.stderr and secret[5:25] not in out.stdout + out.stderr
 
 
 # a secret key given where the key file's path goes, near enough to a key's shape to pass for a path

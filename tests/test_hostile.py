@@ -445,7 +445,8 @@ def test_a_signal_as_a_waiter_left_the_lock_left_its_gate_queued_and_the_lock_he
     # A signal's exception landing at the first bytecode of the method a waiter called in its ``finally`` to
     # leave the queue (a refactor moved the leaving there) ended it before the gate was unqueued: the lock was
     # later handed to that gone waiter, and every take after waited for ever (so left in 4 runs of 4, of 3000
-    # takes each under random signals; none before the refactor). The leaving is inline in the ``finally`` again, with no call before the unqueueing.
+    # takes each under random signals; none before the refactor). The leaving is inline in the ``finally``
+    # again, with no call before the unqueueing.
     for seed in ("1", "2"):
         child = run_script(LOCK_STORM, kind, seed)
         assert child.stdout.splitlines() == ["ok True True 0"], child.stdout + child.stderr

@@ -59,6 +59,7 @@ from tiger._server import (
     no_answer,
     recently_refused,
     secure,
+    unshown,
 )
 from tiger._table import (
     GLOBAL,
@@ -1276,6 +1277,7 @@ def connect(
     at once until it is back). ``server_key`` (default
     ``$TIGER_SERVER_KEY``) is the public key of a writer serving with CurveZMQ.
     """
+    server_key = unshown(server_key)  # (first: see ``unshown``)
     url, server_key = _connect_arguments(url, server_key)
     return Client(url, timeout, heartbeat_timeout, server_key)
 

@@ -271,6 +271,7 @@ def serve(
     client the writer takes for gone by its silence keeps its leases (``Client.lease_namespace``; None: 600,
     ``tiger serve --lease-grace``; ``ValueError`` below 0 or past a day).
     """
+    curve_secret = unshown(curve_secret)  # (first: see ``unshown``)
     check_seconds(timeout, "timeout", positive=True)
     server = start_writer(url, timeout, data=data, fsync=fsync, curve_secret=curve_secret, lease_grace=lease_grace)
     server.wait_ready()
@@ -298,6 +299,7 @@ def start_writer(
     run's writer, the controller owns it), this process does not stop the writer at its exit.
     ``log``: a file the writer's log goes to (appended), instead of this process's stderr.
     """
+    curve_secret = unshown(curve_secret)  # (first: see ``unshown``)
     started = time.monotonic()  # (the timeout counts the checks too: a url's host name looked up)
     unsupported = unsupported_environment()
     if unsupported is not None:
@@ -392,6 +394,28 @@ class Unshown(str):
 
     def __repr__(self) -> str:
         return f"<{len(self)} characters, not shown>"
+
+
+class UnshownBytes(bytes):
+    """``Unshown`` for bytes."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} bytes, not shown>"
+
+
+def unshown(value: Any) -> Any:
+    """``value`` made ``Unshown`` (``UnshownBytes``) if it is a plain str (bytes); anything else as it is. A
+    public call taking a key (``server_key``), or a path where a key may be given by mistake
+    (``curve_secret``), rebinds its argument so first: its frame, and the frames it calls, then show no key
+    in a traceback with locals (``pytest -l``: a secret key file's content given as ``server_key`` was
+    printed from six of tiger's frames, a user trial)."""
+    if type(value) is str:
+        return Unshown(value)
+    if type(value) is bytes:
+        return UnshownBytes(value)
+    return value
 
 
 class EnvServerKey(Unshown):
@@ -507,7 +531,7 @@ def check_secret_path(value: object, field: str) -> str:
     hidden = None if os.path.exists(path) else missing_secret_file(path, field)
     if hidden is not None:
         raise FileNotFoundError(hidden)
-    return path
+    return str(path)  # (a plain str: an ``Unshown`` one would hide a path in the errors that name it)
 
 
 def secure(sock: zmq.Socket[Any], server_key: str | bytes | None) -> None:
@@ -741,6 +765,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     listens at ``url`` (ZeroMQ would retry a refused connection silently until the timeout);
     ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL or timeout.
     """
+    server_key = unshown(server_key)  # (first: see ``unshown``)
     deadline = check_reachable(url, timeout)
     address = wait_for_endpoint(url, timeout, deadline)
     ctx: zmq.Context[Any] = zmq.Context()
@@ -911,6 +936,7 @@ class NamespaceLease:
     no-op in a forked child (the socket is the parent's)."""
 
     def __init__(self, url: str, namespace: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> None:
+        server_key = unshown(server_key)  # (first: see ``unshown``)
         from tiger._table import check_leasable
 
         check_leasable(namespace)

@@ -64,7 +64,7 @@ from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
 from tiger._owned import OwnedAsyncLock
-from tiger._server import check_connect_url, recently_refused
+from tiger._server import check_connect_url, recently_refused, unshown
 from tiger._table import GLOBAL, Record, check_leasable, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
@@ -80,6 +80,7 @@ async def connect(
     ``url`` defaults to ``$TIGER_URL``, ``timeout`` (seconds) bounds every request, a writer silent for
     ``heartbeat_timeout`` seconds is taken for gone. Raises ``ValueError`` for a bad argument,
     ``tiger.Unavailable`` if no writer answers within ``timeout``. ``async with client:`` closes it."""
+    server_key = unshown(server_key)  # (first: see ``unshown``)
     url, server_key = _connect_arguments(url, server_key)
     seconds: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
     deadline = time.monotonic() + seconds
