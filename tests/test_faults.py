@@ -1387,7 +1387,30 @@ def test_a_key_file_given_unquoted_to_tiger_serve_was_printed_by_the_usage_error
         out = subprocess.run([*TIGER, "serve", "--url", "tcp://127.0.0.1:*", *argv], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2
         assert "unrecognized arguments: <not shown: a key?>" in out.stderr, out.stderr
+        assert "give --curve-secret the key file's path" in out.stderr, out.stderr  # (what to do: a user trial)
         assert secret not in out.stderr and public not in out.stderr, out.stderr
+
+
+def test_key_mistakes_a_user_trial_met_were_said_as_bare_os_errors(tmp_path):
+    # A user trial: tiger keygen into a directory holding a key said "[Errno 17] File exists", and a key
+    # directory given as --curve-secret (or curve_secret) "[Errno 21] Is a directory". Each says what to do.
+    keys = tmp_path / "keys"
+    assert subprocess.run([*TIGER, "keygen", str(keys)], capture_output=True, timeout=60).returncode == 0
+    before = (keys / "tiger.key").read_bytes()
+    again = subprocess.run([*TIGER, "keygen", str(keys)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1
+    assert "tiger.key exists already: tiger keygen never overwrites a key" in again.stderr, again.stderr
+    assert (keys / "tiger.key").read_bytes() == before
+    out = subprocess.run(
+        [*TIGER, "serve", "--url", "tcp://127.0.0.1:*", "--owner-pid", str(os.getpid()), "--curve-secret", str(keys)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert f"is a directory: give the key file tiger keygen wrote in it ('{keys}/tiger.key')" in out.stderr, out.stderr
+    with pytest.raises(IsADirectoryError, match=r"^curve_secret: .* is a directory: give the key file"):
+        tiger.serve("tcp://127.0.0.1:*", curve_secret=keys)
 
 
 # (key given, writer): a key that is no key, none to a writer serving CurveZMQ, one to a writer without it

@@ -21,11 +21,11 @@ from tiger._server import (
     check_connect_url,
     check_data_dir,
     check_reachable,
+    check_secret_path,
     check_server_key,
     env_server_key,
     looks_like_key,
     ping,
-    refuse_key_as_path,
     request_once,
     silence_hint,
     slow_lookup,
@@ -43,7 +43,13 @@ class _Parser(argparse.ArgumentParser):
     secret key in "unrecognized arguments: public: ... secret: ..." (a review)."""
 
     def error(self, message: str) -> NoReturn:
-        super().error(_hidden_keys(message))
+        hidden = _hidden_keys(message)
+        if hidden != message:  # (a user trial: what to do was not said)
+            hidden += (
+                " (a key file's content split into words by an unquoted $(cat ...)? give --curve-secret the key "
+                "file's path, DIR/tiger.key, and quote what holds spaces)"
+            )
+        super().error(hidden)
 
 
 def _hidden_keys(message: str) -> str:
@@ -164,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("--data must name a directory (without --data the store is kept in memory only)")
             if args.data is not None:  # (a name that is not UTF-8 is served: stats shows it escaped)
                 check_data_dir(args.data, "--data")
-            if args.curve_secret is not None:  # (a key given in its place: refused, and not shown)
-                refuse_key_as_path(args.curve_secret, "--curve-secret")
+            if args.curve_secret is not None:  # (a key given in its place, or a directory: refused; a key not shown)
+                check_secret_path(args.curve_secret, "--curve-secret")
             return serve_forever(
                 args.url,
                 log_level=args.log_level.upper(),
@@ -287,7 +293,13 @@ def keygen(directory: str) -> str:
     public, secret = zmq.curve_keypair()
     os.makedirs(directory, exist_ok=True)
     key_path = os.path.join(directory, "tiger.key")
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # (said as a bare "[Errno 17] File exists": a user trial)
+        raise FileExistsError(
+            f"{key_path} exists already: tiger keygen never overwrites a key (its writer and clients use it); "
+            "remove it first, or write the new pair into another directory"
+        ) from None
     with os.fdopen(fd, "w") as f:
         f.write(f"public: {public.decode()}\nsecret: {secret.decode()}\n")
     with open(os.path.join(directory, "tiger.pub"), "w") as f:

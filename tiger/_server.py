@@ -528,6 +528,11 @@ def check_secret_path(value: object, field: str) -> str:
     (``missing_secret_file``) if no file is there and the path may not be shown."""
     refuse_key_as_path(value, field)
     path = check_path(value, field, names="a key file")
+    if os.path.isdir(path):  # (said as a bare "[Errno 21] Is a directory": a user trial)
+        raise IsADirectoryError(
+            f"{field}: {shown(str(path))} is a directory: give the key file tiger keygen wrote in it "
+            f"({shown(os.path.join(str(path), 'tiger.key'))})"
+        )
     hidden = None if os.path.exists(path) else missing_secret_file(path, field)
     if hidden is not None:
         raise FileNotFoundError(hidden)
