@@ -1461,7 +1461,7 @@ def not_zeromq():
     Python's HTTP server (it says nothing until it is sent a line: a ZeroMQ greeting holds none), or "banner", a
     server that speaks first (as SSH does) and then reads what comes."""
     import http.server
-    import socket
+    import socketserver
 
     stops: list[Any] = []
 
@@ -1477,28 +1477,21 @@ def not_zeromq():
             threading.Thread(target=server.serve_forever, daemon=True).start()
             stops.append(lambda: (server.shutdown(), server.server_close()))
             return f"tcp://127.0.0.1:{server.server_address[1]}"
-        listener = socket.create_server(("127.0.0.1", 0))
 
-        def one(conn: socket.socket) -> None:
-            with conn:
+        class Banner(socketserver.BaseRequestHandler):  # speaks first, as SSH and SMTP do
+            def handle(self) -> None:
                 try:
-                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
-                    while conn.recv(4096):
+                    self.request.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                    while self.request.recv(4096):
                         pass
                 except OSError:
                     pass
 
-        def serve() -> None:
-            while True:
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    return
-                threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-        threading.Thread(target=serve, daemon=True).start()
-        stops.append(listener.close)
-        return f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        banner = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Banner)
+        banner.daemon_threads = True
+        threading.Thread(target=banner.serve_forever, daemon=True).start()
+        stops.append(lambda: (banner.shutdown(), banner.server_close()))
+        return f"tcp://127.0.0.1:{banner.server_address[1]}"
 
     try:
         yield start
