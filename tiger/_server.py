@@ -556,7 +556,7 @@ HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FA
 
 def handshake_refused(url: str, server_key: object, mechanism: str | None, writer: bool = False) -> str:
     """What ``HandshakeFailed`` says for ``url``, by whether the client had a ``server_key`` and the
-    security mechanism the peer's ZMTP greeting names (``greeting_mechanism``: "CURVE", "NULL", None for
+    security mechanism the peer's ZMTP greeting names (``zmtp_mechanism`` of ``greet``: "CURVE", "NULL", None for
     no ZMTP greeting). libzmq tells a client only that the handshake failed, and often not even which
     mechanism the other side wanted (the writer closes the connection before its greeting is read).
 
@@ -606,7 +606,7 @@ GREETING_GRACE = 0.1
 
 def handshake_failure(url: str, server_key: str | bytes | None, timeout: float = 0.1) -> str | None:
     """``handshake_refused`` if a socket connected to ``url`` as a client's is (``server_key``: CurveZMQ)
-    fails its handshake within ``timeout`` seconds (then ``greeting_mechanism`` tells why, in as long
+    fails its handshake within ``timeout`` seconds (then ``greet`` tells why, in as long
     again), or ``no_zeromq`` if it is connected and has no handshake after ``GREETING_GRACE`` seconds, and a
     greeting probe (``greet``, within what is left of ``timeout``) is answered with what is no ZeroMQ
     greeting (an HTTP server says nothing to a ZeroMQ greeting until it is sent a line: the handshake waited
@@ -747,15 +747,6 @@ def zmtp_mechanism(received: bytes) -> str | None:
     if len(received) < 32 or received[0] != 0xFF or not received[9] & 1 or received[10] < 3:
         return None
     return received[12:32].rstrip(b"\0").decode("ascii", "backslashreplace")
-
-
-def greeting_mechanism(url: str, timeout: float = 0.1) -> str | None:
-    """The security mechanism ("NULL", "CURVE") that the ZMTP 3 greeting of the peer at ``url`` names,
-    read on a plain socket that sends the start of a greeting of its own and closes once it has read
-    the peer's (``greet``); None if no ZMTP 3 greeting comes within ``timeout`` seconds (what answers
-    closes, sends something else, or says nothing). What a failed handshake was: libzmq's own events
-    often lack it."""
-    return zmtp_mechanism(greet(url, timeout))
 
 
 def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> dict[str, Any]:
