@@ -324,6 +324,26 @@ def test_lazy_pirate_attempts_wait_resend_every_interval_and_give_up_at_the_dead
     assert attempts.wait(106.0) == GIVE_UP
 
 
+def test_connects_hello_probed_its_handshake_only_at_the_first_resend_a_second_in():
+    # a wrong CurveZMQ key was said by connect after 1.0 s, by `tiger stats` after 0.25 s: the hello is now
+    # probed once after probe_after seconds without an answer, the socket left as it is (no resend)
+    from tiger._calls import PROBE, RESEND, Attempts
+
+    attempts = Attempts(now=100.0, deadline=105.0, resend_every=1.0, probe_after=0.25)
+    assert attempts.wait(100.0) == 250  # ms until the probe, not the resend
+    assert attempts.wait(100.25) == PROBE
+    assert attempts.wait(100.5) == 500  # once: then the resends as before
+    assert attempts.wait(101.0) == RESEND
+    assert attempts.wait(101.0) == 1000
+    late = Attempts(now=100.0, deadline=100.9, resend_every=0.3, probe_after=0.25)
+    assert late.wait(100.125) == 125
+    assert late.wait(100.3) == PROBE  # a probe due is made before a resend due at the same time
+    assert late.wait(100.3) == RESEND
+    short = Attempts(now=100.0, deadline=100.5, resend_every=0.125, probe_after=0.25)  # resends come first:
+    assert short.wait(100.0) == 125  # no probe of its own (the resend's probes the handshake)
+    assert short.wait(100.25) == RESEND
+
+
 def test_a_wait_that_kept_waking_late_stretched_its_deadline_for_ever():
     # each wake-up more than PAUSE_GRACE late (a thread holding the interpreter in long C calls, a busy
     # event loop) was taken for a pause and stretched the deadline again: the wait never timed out

@@ -1025,6 +1025,41 @@ def test_a_wrong_or_missing_curve_key_waited_out_the_timeout_and_said_only_that_
         assert client.stats()["url"] == curve_url
 
 
+@pytest.mark.parametrize("peer", [*WRONG_KEYS, "http"])
+@pytest.mark.parametrize("kind", ["blocking", "aio"])
+def test_connect_said_a_failed_handshake_only_at_its_first_resend_a_second_in(keyed_writers, not_zeromq, peer, kind, monkeypatch):
+    # connect (and `tiger dump`/`load`, which connect) said a wrong CurveZMQ key, or a port that speaks no
+    # ZeroMQ, at the hello's first resend: 1.0 s, where `tiger stats` said it in 0.25 s. The hello's handshake is
+    # now probed once a quarter second in, before any resend. (The probe is given long enough to hear the
+    # failure on a loaded machine: what is asserted is which step said it, not how fast.)
+    import asyncio
+
+    import tiger.aio
+    from tiger import _calls, _client
+
+    monkeypatch.setattr(_client, "HANDSHAKE_PROBE", 20.0)
+    steps: list[int] = []
+
+    class Recorded(_calls.Attempts):
+        def wait(self, now: float) -> int:
+            steps.append(super().wait(now))
+            return steps[-1]
+
+    monkeypatch.setattr(_client, "Attempts", Recorded)
+    monkeypatch.setattr(tiger.aio, "Attempts", Recorded)
+    if peer == "http":
+        url, key, says = not_zeromq("http"), None, "does not speak ZeroMQ"
+    else:
+        url, key, says = wrong_key(keyed_writers, peer)
+    with pytest.raises(tiger.HandshakeFailed, match=re.escape(says)):
+        if kind == "blocking":
+            tiger.connect(url, timeout=30, server_key=key).close()
+        else:
+            asyncio.run(tiger.aio.connect(url, timeout=30, server_key=key))
+    assert _calls.PROBE in steps
+    assert _calls.RESEND not in steps and _calls.GIVE_UP not in steps, steps
+
+
 @pytest.mark.parametrize("case", WRONG_KEYS)
 @pytest.mark.parametrize("command", [["stats", "--timeout", "60"], ["compact"], ["dump"], ["drop", "ns"]])
 def test_a_command_with_a_wrong_or_missing_curve_key_waited_out_its_timeout_and_advised_a_longer_one(

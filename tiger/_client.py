@@ -25,6 +25,7 @@ from tiger._batch import Batch
 from tiger._calls import (
     GIVE_UP,
     PAUSE_GRACE,
+    PROBE,
     RESEND,
     Attempts,
     call_expiry,
@@ -157,6 +158,9 @@ GONE_AFTER = 1.0
 HANDSHAKE_PROBE = 0.5
 # connect's handshake probes in a row that heard nothing after which it makes no more (``Client._probe_hello``)
 SILENT_PROBES = 2
+# seconds connect's hello waits for its answer before it probes the handshake the first time (``Attempts``'
+# ``PROBE``), as a one-shot request does (``GREETING_PROBE_AFTER``): a writer answers a hello in milliseconds
+HELLO_PROBE_AFTER = 0.25
 
 
 class Refusals:
@@ -555,9 +559,10 @@ class _Connection:
         ``GONE_AFTER`` seconds, it raises ``Unavailable`` before the deadline. A writer that is gone
         cannot apply the call later (nothing took its bytes), and a ``sync(timeout=10)`` to a writer
         killed a moment before waited all 10 s where the README says a gone writer is not waited for.
-        Connect's hello instead probes the handshake (``_probe_hello``), raising ``HandshakeFailed`` at its
-        first resend: a wrong or missing CurveZMQ key waited out connect's whole timeout, then said only "did
-        not answer". (The async client makes the same steps, its probes in a thread.) The probes come
+        Connect's hello instead probes the handshake (``_probe_hello``), raising ``HandshakeFailed`` at each
+        resend (and once before the first, ``HELLO_PROBE_AFTER``): a wrong or missing CurveZMQ key waited out
+        connect's whole timeout, then said only "did not answer". (The async client makes the same steps, its
+        probes in a thread.) The probes come
         first, the fresh socket after them: a call cut short during a probe (a cancelled task, Ctrl-C) leaves
         its bytes on the socket that its late answer is taken from."""
         if refusals is None:
@@ -929,9 +934,13 @@ class Client(_Connection):
             sent = True  # (before: a signal landing as the send returns, after it, left a call sent unasked for)
             self._send_call(payload)
             mine = p.own_records_of(request, payload)  # decoded while the writer works
-            attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
+            probe_after = HELLO_PROBE_AFTER if refusals is None else None
+            attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3), probe_after)
             while True:
                 wait = attempts.wait(time.monotonic())
+                if wait == PROBE:  # connect's hello, unanswered a moment: a failed handshake is said now
+                    self._probe_hello(deadline)
+                    continue
                 if wait == GIVE_UP:
                     late = self._queued_answer(self._socket, req_id, mine, deadline)
                     if late is not None:

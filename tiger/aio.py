@@ -49,8 +49,9 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import AsyncBatch
-from tiger._calls import GIVE_UP, RESEND, Attempts, check_seconds, stretched
+from tiger._calls import GIVE_UP, PROBE, RESEND, Attempts, check_seconds, stretched
 from tiger._client import (
+    HELLO_PROBE_AFTER,
     Client,
     Refusals,
     _abandoned,
@@ -453,7 +454,8 @@ class AsyncClient(_Connection):
                 self._in_flight.add(req_id)
                 self._send_call(payload)
                 mine = p.own_records_of(request, payload)  # decoded while the writer works
-                attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3))
+                probe_after = HELLO_PROBE_AFTER if refusals is None else None
+                attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3), probe_after)
                 try:
                     while True:
                         if self._answers:  # taken by a call of another event loop (see _late_answer)
@@ -462,6 +464,9 @@ class AsyncClient(_Connection):
                                 reply, answered = kept, True
                                 break
                         wait = attempts.wait(time.monotonic())
+                        if wait == PROBE:  # ``Client._request``'s: connect's hello, its handshake probed in a thread
+                            await off_loop(self._probe_hello, deadline)
+                            continue
                         if wait == GIVE_UP:
                             late = self._queued_answer(self._socket.sock, req_id, mine, deadline)
                             if late is not None:
