@@ -1726,6 +1726,54 @@ def test_a_client_used_in_turn_by_two_running_loops_waited_a_resend_on_every_swi
     assert max(took) < 0.5, [round(t, 3) for t in took]  # (a stalled call waits for its resend: 1 s)
 
 
+def test_a_signal_of_the_registration_a_loop_gave_up_took_the_wake_up_of_the_loop_waiting_now():
+    # A review of the two-loop work: the portal's loop, giving the socket up (the removal of its registration
+    # queued to it, not run yet), took a signal of that registration; reading ZMQ_EVENTS there clears the FD's
+    # edge (zmq_getsockopt(3), ZMQ_FD) that the test's loop, waiting for the answer now, waited on: its wait
+    # ended only at its timer (a resend, 1 s). A stale registration's signal must read nothing. Real sockets
+    # and loops; the stale signal is run on the portal's thread at the moment the race made it run.
+    from tiger.aio import _POLLIN, _AwaitedSocket
+
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        router.bind("tcp://127.0.0.1:*")
+        dealer.connect(router.getsockopt_string(zmq.LAST_ENDPOINT))
+        dealer.send(b"hello")
+        assert router.poll(10_000)
+        peer = router.recv_multipart()[0]
+        awaited = _AwaitedSocket(dealer)
+        with portal_loop() as portal:
+
+            async def take() -> object:
+                awaited.watch(asyncio.get_running_loop())
+                return awaited._token
+
+            stale = asyncio.run_coroutine_threadsafe(take(), portal).result(10.0)
+
+            async def main() -> bool:
+                waiting = asyncio.ensure_future(awaited.wait(_POLLIN, 10.0))  # the test's loop takes the socket
+                await asyncio.sleep(0)
+                assert not waiting.done() and awaited._token is not stale
+                router.send_multipart([peer, b"answer"])
+                assert select.select([awaited._fd], [], [], 10.0)[0]  # its edge is up (not read: that clears it)
+                ran = asyncio.run_coroutine_threadsafe(_run_soon(awaited._signalled, portal, stale), portal)
+                ran.result(10.0)  # the portal's loop took the stale registration's signal
+                return await asyncio.wait_for(waiting, 5.0)  # (not woken: its timer ends it at 10 s)
+
+            assert run(main) is True
+            assert dealer.recv(zmq.NOBLOCK) == b"answer"
+            awaited.close()
+    finally:
+        router.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()
+
+
+async def _run_soon(call: Callable[..., Any], *args: Any) -> None:
+    call(*args)
+
+
 def test_a_client_closed_on_a_portal_loop_had_its_fds_removal_undo_the_next_clients_on_the_test_loop(tiger_url, ns):
     # The app's client closed on the portal's loop (its lifespan's end) while the test's loop, running but
     # held in .result(), still watched its FD: the removal queued to the test's loop ran after the test's
