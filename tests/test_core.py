@@ -43,6 +43,7 @@ class FakeDisk:
 
     path = "/fake/data"
     fsync = "always"
+    whole = True  # (a failure that could have torn or lost entries: set False by a test)
 
     def __init__(self) -> None:
         self.appended: list[bytes] = []
@@ -50,6 +51,7 @@ class FakeDisk:
         self.commits = 0
         self.compactions = 0
         self.failing: str | None = None  # "append", "commit", "compact" or "all"
+        self.error = errno.ENOSPC  # what a failing operation raises (ENOSPC: the disk has no room for it)
         self.size = 0
         self.compact_bytes = 1 << 60  # past this log size a compaction is due
         self.compacting = False
@@ -60,7 +62,7 @@ class FakeDisk:
 
     def _maybe_fail(self, what: str) -> None:
         if self.failing in (what, "all"):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(self.error, os.strerror(self.error))
 
     def append(self, payload: bytes) -> None:
         self._maybe_fail("append")
@@ -551,6 +553,7 @@ def test_reads_snapshots_and_syncs_go_on_during_a_disk_fault():
 
 def test_a_failed_disk_is_tried_again_with_a_backoff_and_writes_resume_once_it_works():
     disk = FakeDisk()
+    disk.error = errno.EIO  # (a disk with no room is not tried so: see test_a_write_the_disk_had_no_room_for...)
     rig = Rig(disk)
     rig.call(ALICE, insert(1))
     disk.failing = "all"
@@ -567,11 +570,8 @@ def test_a_failed_disk_is_tried_again_with_a_backoff_and_writes_resume_once_it_w
     assert type(rig.call(ALICE, insert(3))) is p.Ok and rig.records() == [3, 1]
 
 
-def test_retries_back_off_from_half_a_second_to_ten():
-    disk = FakeDisk()
-    rig = Rig(disk)
-    disk.failing = "all"
-    rig.call(ALICE, insert(1))  # the fault starts: first retry 0.5 s later
+def _counting_begins(disk: FakeDisk, rig: Rig) -> list[float]:
+    """The times (``rig.now``) at which the core begins each compaction of ``disk`` from now on."""
     tries: list[float] = []
     begin = disk.begin_compaction
 
@@ -580,6 +580,16 @@ def test_retries_back_off_from_half_a_second_to_ten():
         return begin(pack, content)
 
     disk.begin_compaction = counting  # type: ignore[method-assign]
+    return tries
+
+
+def test_retries_back_off_from_half_a_second_to_ten():
+    disk = FakeDisk()
+    disk.error = errno.EIO
+    rig = Rig(disk)
+    disk.failing = "all"
+    rig.call(ALICE, insert(1))  # the fault starts: first retry 0.5 s later
+    tries = _counting_begins(disk, rig)
     for _ in range(400):  # 100 s in steps a float adds exactly
         rig.advance(0.25)
         rig.tick()
@@ -1011,6 +1021,7 @@ def test_a_compaction_begun_before_a_disk_fault_does_not_end_it_and_one_of_every
 
 def test_a_compaction_that_fails_midway_refuses_writes_and_answers_compact_with_the_fault():
     disk, rig = _compacting(steps=3)
+    disk.error = errno.EIO  # (one that had no room for its snapshot: see test_a_compaction_that_failed_for_room...)
     disk.failing = "compact"
     [answer] = _answers(rig.send(steps=1)).values()
     assert type(answer) is p.Failed and answer.kind == "disk" and "the compaction failed" in answer.message
@@ -1022,6 +1033,89 @@ def test_a_compaction_that_fails_midway_refuses_writes_and_answers_compact_with_
     rig.tick()  # the retry: a compaction of everything, which ends the fault
     assert rig.core.disk_fault is None and disk.compactions == 1
     assert type(rig.call(BOB, insert(4))) is p.Ok
+
+
+def test_a_compaction_that_failed_for_room_refused_every_write_though_they_fitted():
+    # A user trial (a 512 KiB disk, --compact-bytes 290000): once the log passed it, the compaction's snapshot
+    # of the whole store did not fit beside the log, and every write was refused, a 10-byte one too, with 40%
+    # of the disk free. A compaction that fails for room is no fault now: the snapshot and log before it
+    # stand, writes go on into the log, and it is tried again later, less and less often.
+    disk, rig = _compacting(steps=3)
+    disk.failing = "compact"
+    [answer] = _answers(rig.send(steps=1)).values()
+    assert type(answer) is p.Failed and answer.kind == "disk" and "the compaction failed" in answer.message
+    assert rig.core.disk_fault is None and not rig.core.pending_work
+    assert type(rig.call(BOB, insert(3))) is p.Ok
+    tries = _counting_begins(disk, rig)
+    failed_at = rig.now
+    for _ in range(160):  # 40 s, each try failing for room
+        rig.advance(0.25)
+        rig.tick()
+        assert rig.core.disk_fault is None
+    assert [round(t - failed_at, 2) for t in tries] == [5.0, 15.0, 35.0]  # after 5 s, then 10, 20...
+    disk.failing = None
+    rig.advance(40.0)
+    rig.tick()
+    assert disk.compactions == 1 and not rig.core.pending_work
+    assert type(rig.call(BOB, insert(4))) is p.Ok and sorted(rig.records()) == [1, 3, 4]
+
+
+def test_a_write_the_disk_had_no_room_for_held_every_later_write_back_until_it_had_room_for_the_whole_store(caplog):
+    # A user trial: after a full disk, writes were refused until a snapshot of the whole store fitted (the
+    # fault's retry is a compaction of everything): freeing room for a few records brought none back. A write
+    # the disk had no room for, its log left whole, starts a fault that the first later write that fits ends.
+    disk = FakeDisk()
+    rig = Rig(disk)
+    rig.call(ALICE, insert(1))
+    disk.failing = "append"
+    refused = rig.call(ALICE, insert(2))
+    assert type(refused) is p.Failed and refused.kind == "disk" and "No space left on device" in refused.message
+    assert "nothing was applied" in refused.message and "each later write is tried again" in refused.message
+    assert rig.core.stats(rig.now)["data"]["fault"] is not None
+    for _ in range(80):  # 20 s: a snapshot of everything is never tried for it
+        rig.advance(0.25)
+        rig.tick()
+    assert type(rig.call(ALICE, insert(3))) is p.Failed  # still no room: tried, refused
+    assert "begin" not in disk.events and disk.appended == disk.durable and len(disk.appended) == 1
+    disk.failing = None  # room for a record (not for a snapshot of every one: nothing needs it)
+    with caplog.at_level(logging.WARNING, "tiger.writer"):
+        assert type(rig.call(ALICE, insert(4))) is p.Ok
+    assert rig.core.disk_fault is None and rig.core.stats(rig.now)["data"]["fault"] is None
+    assert sorted(rig.records()) == [1, 4] and "begin" not in disk.events and len(disk.durable) == 2
+    assert "has room again" in caplog.text
+
+
+def test_a_write_refused_for_room_whose_bytes_could_not_be_cut_off_waits_for_a_snapshot_of_everything():
+    # the log not whole (a failed append's bytes left in it, an fsync that failed): a later append would
+    # follow a torn entry, so only a compaction of everything ends the fault, as for any other
+    disk = FakeDisk()
+    rig = Rig(disk)
+    rig.call(ALICE, insert(1))
+    disk.failing, disk.whole = "append", False
+    assert type(rig.call(ALICE, insert(2))) is p.Failed
+    disk.failing = None
+    assert type(rig.call(ALICE, insert(3))) is p.Failed  # not tried: the fault waits for the retry's compaction
+    rig.advance(0.5)
+    rig.tick()
+    assert disk.compactions == 1 and rig.core.disk_fault is None
+    assert type(rig.call(ALICE, insert(4))) is p.Ok and sorted(rig.records()) == [1, 4]
+
+
+def test_a_fault_for_room_that_an_fsync_failure_followed_waits_for_a_snapshot_of_everything():
+    disk = FakeDisk()
+    rig = Rig(disk)
+    rig.call(ALICE, insert(1))
+    disk.failing = "append"
+    assert type(rig.call(ALICE, insert(2))) is p.Failed  # no room
+    disk.failing, disk.error = "commit", errno.EIO
+    assert rig.send(rig.encode(ALICE, insert(3))).replies == []  # fits, then its fsync fails: held
+    disk.failing = None
+    assert type(rig.call(BOB, insert(4))) is p.Failed  # refused until everything is in a snapshot
+    rig.advance(0.5)
+    released = rig.tick()
+    assert disk.compactions == 1 and rig.core.disk_fault is None
+    assert [type(p.decode_reply(a)) for _, a in released.replies] == [p.Ok]  # the held write, answered
+    assert type(rig.call(BOB, insert(5))) is p.Ok and sorted(rig.records()) == [1, 3, 5]
 
 
 def test_a_stats_checksum_is_taken_in_steps_over_the_store_as_it_was_while_writes_go_on():

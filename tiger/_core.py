@@ -38,6 +38,7 @@ Rules kept here (each was a fault once; see tests/test_core.py):
 
 from __future__ import annotations
 
+import errno
 import logging
 import operator
 import os
@@ -74,6 +75,13 @@ CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (
 LEASE_GRACE = 600.0
 DISK_RETRY_FIRST = 0.5  # seconds before a failed data directory is tried again; doubles each time
 DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
+# A write the disk had no room for (its log whole: the failed append left nothing of itself): the fault it
+# starts ends at the first write that fits, with no snapshot of everything. (A fault that needed one held
+# writes back until the disk had room for the whole store: freeing room for a few records took none.)
+ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# seconds before a compaction that failed for room is tried again (the writer goes on meanwhile); doubles each time
+COMPACTION_RETRY_FIRST = 5.0
+COMPACTION_RETRY_MAX = 300.0
 
 
 class _CallKey(NamedTuple):
@@ -177,6 +185,9 @@ class Disk(Protocol):
     path: str
     fsync: str
     size: int
+    # no failure since the last snapshot put in place could have torn or lost an entry of the logs (a failed
+    # fsync, a failed append that could not be cut off): False, only a snapshot of everything mends them
+    whole: bool
 
     def append(self, payload: bytes) -> None:
         """Write one change (fsync: ``commit``); on OSError nothing of it stays."""
@@ -266,6 +277,11 @@ class WriterCore:
         self._disk_lost = False  # for good: the directory or its log is gone from its path (``DataDirLost``)
         self._disk_retry_at = 0.0
         self._disk_retry_every = DISK_RETRY_FIRST
+        # the fault is a write the disk had no room for, the log whole: each write tries again, the first that
+        # fits ends it (no snapshot of everything needed)
+        self._fault_for_room = False
+        self._compaction_retry_at: float | None = None  # a compaction that failed for room: tried again then
+        self._compaction_retry_every = COMPACTION_RETRY_FIRST
         self.outbox = Outbox()
         self._pending: list[tuple[bytes, bytes]] = []  # (topic, packed change) applied, not yet published
         self._pending_bytes = 0
@@ -340,15 +356,16 @@ class WriterCore:
         everysec fsync, a compaction due, a retry after a fault), and forget clients silent too long."""
         self._heartbeat()
         if self.disk is not None:
-            if self.disk_fault is not None:
+            if self.disk_fault is not None and not self._fault_for_room:
                 if now >= self._disk_retry_at and not self._disk_lost:
                     self._recover(now)
-            else:
+            else:  # (a fault for room: the log is whole, kept and synced as usual; writes end the fault)
                 try:
                     self.disk.tick()
                 except OSError as e:  # the everysec fsync, or the directory gone from its path
                     self._disk_failed(e, now)
-                if self.disk_fault is None and not self._compacting and self.disk.needs_compaction():
+                retry = self._compaction_retry_at is not None and now >= self._compaction_retry_at
+                if self.disk_fault is None and not self._compacting and (retry or self.disk.needs_compaction()):
                     self._compaction_due = True
         silent = now - max(CLIENT_SILENCE, 6 * self.heartbeat)
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
@@ -675,18 +692,22 @@ class WriterCore:
                     except ValueError as e:
                         raise _BigPart(i, str(e)) from None
         if self.disk is not None:
-            if self.disk_fault is None:
+            if self.disk_fault is None or self._fault_for_room:  # (for room: each write tries, the first that fits ends it)
                 try:
                     self.disk.append(packed)  # logged before it is applied, published and answered
                     self._appended = True
                 except OSError as e:
-                    self._disk_failed(e, now)
+                    self._disk_failed(e, now, room=e.errno in ROOM_ERRNOS and self.disk.whole)
+                else:
+                    if self.disk_fault is not None:
+                        self._room_again()
             if self.disk_fault is not None:
-                then = (
-                    "this writer takes no more writes: restart it (it starts from what is at that path then)"
-                    if self._disk_lost
-                    else "writes are taken again once the data directory works"
-                )
+                if self._disk_lost:
+                    then = "this writer takes no more writes: restart it (it starts from what is at that path then)"
+                elif self._fault_for_room:
+                    then = "each later write is tried again: one is taken once the data directory has room for it"
+                else:
+                    then = "writes are taken again once the data directory works"
                 raise DiskFault(
                     f"the writer cannot keep writes now ({self.disk_fault}); nothing was applied; reads go on, and {then}"
                 )
@@ -793,27 +814,41 @@ class WriterCore:
 
     # -- the data directory -------------------------------------------------------------
 
-    def _disk_failed(self, error: OSError, now: float, doing: str = "") -> None:
-        """An operation on the data directory raised ``error`` (``doing``: which, for the message)."""
+    def _disk_failed(self, error: OSError, now: float, doing: str = "", room: bool = False) -> None:
+        """An operation on the data directory raised ``error`` (``doing``: which, for the message; ``room``:
+        an append the disk had no room for, the log left whole)."""
         if isinstance(error, DataDirLost):
             self._lost(str(error))
         else:
-            self._fault(f"{doing}: {error}" if doing else str(error), now)
+            self._fault(f"{doing}: {error}" if doing else str(error), now, room)
 
-    def _fault(self, why: str, now: float) -> None:
-        """The data directory failed (full, read-only, an I/O error): refuse writes until it works again."""
+    def _fault(self, why: str, now: float, room: bool = False) -> None:
+        """The data directory failed (full, read-only, an I/O error): refuse writes until it works again.
+        ``room``: only a write it had no room for, its log whole (``ROOM_ERRNOS``): each later write tries
+        again, the first that fits ends the fault. Any other fault needs a snapshot of everything to end, and
+        is never made one for room again."""
         if self._disk_lost:  # (what fails after that: the directory is gone, and that was said)
             return
         if self.disk_fault is None:
             assert self.disk is not None
+            until = "each later write is tried again" if room else "writes are refused until it can again"
             log.error(  # (the log says it as the wire does: a name that is not UTF-8 broke strict log handlers)
-                "cannot write to %s (%s): writes are refused until it can again; reads go on",
-                p.wire_text(self.disk.path),
-                p.wire_text(why),
+                "cannot write to %s (%s): %s; reads go on", p.wire_text(self.disk.path), p.wire_text(why), until
             )
+            self._disk_retry_every = DISK_RETRY_FIRST
+            self._fault_for_room = room
+        elif not room and self._fault_for_room:
+            self._fault_for_room = False  # (worse now: its retries make a snapshot of everything)
             self._disk_retry_every = DISK_RETRY_FIRST
         self.disk_fault = p.wire_text(why)  # (stats and refusals say it: it may hold the data path)
         self._disk_retry_at = now + self._disk_retry_every
+
+    def _room_again(self) -> None:
+        """A write fitted after writes the disk had no room for: the fault ends (nothing was held by it)."""
+        assert self.disk is not None and self._held is None
+        log.warning("%s has room again: writes are taken again", p.wire_text(self.disk.path))
+        self.disk_fault = None
+        self._fault_for_room = False
 
     def _lost(self, why: str) -> None:
         """The directory or its log is gone from its path (``DataDirLost``): writes are refused for good.
@@ -918,6 +953,7 @@ class WriterCore:
         if not done:
             return
         self._compaction = None
+        self._compaction_retry_at, self._compaction_retry_every = None, COMPACTION_RETRY_FIRST
         log.info(
             "compacted %s: snapshot of %d records, %d bytes", p.wire_text(self.disk.path), compaction.records, compaction.size
         )
@@ -929,14 +965,32 @@ class WriterCore:
         if self.disk_fault is not None and self._compaction_ends_fault and not self._disk_lost:
             log.warning("%s works again: every record is in a new snapshot; writes are taken again", p.wire_text(self.disk.path))
             self.disk_fault = None
+            self._fault_for_room = False
             self._release()
         # begun before a fault (the disk works again: one of everything ends it now), or before a Compact came
-        self._compaction_due = (self.disk_fault is not None and not self._disk_lost) or bool(self._compact_waiters)
+        full_fault = self.disk_fault is not None and not self._fault_for_room and not self._disk_lost
+        self._compaction_due = full_fault or bool(self._compact_waiters)
 
     def _compaction_failed(self, error: OSError, now: float) -> None:
-        """A compaction could not begin or was abandoned: the snapshot and logs before it stand."""
-        in_fault = self.disk_fault is not None
-        self._disk_failed(error, now, "compacting")
+        """A compaction could not begin or was abandoned: the snapshot and logs before it stand. One that
+        failed for room (``ROOM_ERRNOS``, the logs whole) is no fault: writes go on into the log, and it is
+        tried again later (``COMPACTION_RETRY_FIRST``, doubling): a full store's snapshot needs room for all
+        of it, and every write was refused until there was (a user trial: a 10-byte insert refused with 40%
+        of the disk free). Any other failure is a fault (a failed fsync may have lost entries of the log)."""
+        assert self.disk is not None
+        in_fault = self.disk_fault is not None and not self._fault_for_room  # (a retry's: of everything)
+        if not in_fault and not isinstance(error, DataDirLost) and error.errno in ROOM_ERRNOS and self.disk.whole:
+            retry_in = self._compaction_retry_every
+            self._compaction_retry_at = now + retry_in
+            self._compaction_retry_every = min(COMPACTION_RETRY_MAX, retry_in * 2)
+            log.warning(
+                "the compaction of %s failed (%s): the snapshot and log before it stand, writes go on; tried again in %gs",
+                p.wire_text(self.disk.path),
+                p.wire_text(str(error)),
+                retry_in,
+            )
+        else:
+            self._disk_failed(error, now, "compacting")
         if in_fault:  # a retry that failed: the next one later
             self._disk_retry_every = min(DISK_RETRY_MAX, self._disk_retry_every * 2)
             self._disk_retry_at = now + self._disk_retry_every

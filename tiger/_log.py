@@ -278,6 +278,11 @@ class DataDir:
         self._dirty = False
         self._checked = False  # the log was found at its path since the last commit: appends may follow
         self._last_sync = time.monotonic()
+        # no failure since the last snapshot put in place could have torn or lost an entry of the logs (an
+        # fsync that failed, a failed append whose bytes could not be cut off): what a write the disk had
+        # no room for may be retried on (``tiger._core``), where a snapshot of everything is needed otherwise
+        self.whole = True
+        self._breaks = 0  # such failures so far: a compaction begun after the last one mends them
 
     def _made_directories(self) -> list[tuple[str, tuple[int, int]]]:
         """(path, identity) of each directory this start made (``made``), the deepest first: what
@@ -547,7 +552,10 @@ class DataDir:
             while written < len(entry):  # a short write: finish it
                 written += os.write(self._fd, entry[written:])
         except OSError:
-            os.ftruncate(self._fd, self.size)  # leave no partial entry for later appends to follow
+            try:
+                os.ftruncate(self._fd, self.size)  # leave no partial entry for later appends to follow
+            except OSError:
+                self._broken()
             raise
         self.size += len(entry)
         self._dirty = True
@@ -560,7 +568,7 @@ class DataDir:
         if self._fd < 0:
             return
         if self._dirty and self.fsync == "always":
-            os.fsync(self._fd)
+            self._fsync_log(self._fd)
             self._dirty = False
         self._checked = False
         self.check()
@@ -569,13 +577,26 @@ class DataDir:
         """Called about twice a second: fsync=everysec syncs what was appended; the log and the lock file
         are checked (a writer without writes says its directory is gone within a second)."""
         if self._fd >= 0 and self._dirty and self.fsync == "everysec" and time.monotonic() - self._last_sync >= 1.0:
-            os.fsync(self._fd)
+            self._fsync_log(self._fd)
             self._dirty = False
             self._last_sync = time.monotonic()
         if self._fd >= 0:
             self.check()
             self.check_kept()
             self._check_lock()
+
+    def _fsync_log(self, fd: int) -> None:
+        """fsync(2) a log; a failure may have lost what was written to it (Linux drops the pages it could not
+        write back, and a later fsync succeeds): the logs are not ``whole`` until a snapshot of everything."""
+        try:
+            os.fsync(fd)
+        except OSError:
+            self._broken()
+            raise
+
+    def _broken(self) -> None:
+        self.whole = False
+        self._breaks += 1
 
     def needs_compaction(self) -> bool:
         return self.size > self.compact_bytes and self.compaction is None
@@ -586,17 +607,23 @@ class DataDir:
         snapshot is written by the returned ``Compaction``'s steps; until it is in place, a start replays
         this generation's log and the next one's. Called between groups (nothing appended unsynced under
         fsync=always). ``OSError`` before the switch of logs: nothing changed (the old log goes on); after
-        it (``snapshot.tmp`` could not be made): appends go to the new log, and no compaction is under way."""
+        it (``snapshot.tmp`` could not be made): appends go to the new log, and no compaction is under way.
+        A log with nothing in it yet is kept, not switched (the snapshot is then of its generation): a
+        compaction tried again and again on a full disk left an empty log behind at each try."""
         if self.compaction is not None:
             raise RuntimeError("a compaction is already under way")
         self.check()  # not a snapshot of a directory gone from its path
         self.check_kept()  # nor of a store whose snapshot or earlier log a start would no longer find
+        breaks = self._breaks
+        if self._fd >= 0 and self.size == 0:  # nothing after the view in it yet: what the snapshot's log is to hold
+            self.compaction = Compaction(self, self.generation, pack, content, breaks)
+            return self.compaction
         old, old_kept = self._fd, (*self._log_id, self.size)
         if old >= 0 and self._dirty:
             # whatever the policy: a later log must never follow a torn or missing end of this one (a
             # power loss under fsync=never would otherwise replay the new log over a hole: a store that
             # never was). Once per compaction.
-            os.fsync(old)
+            self._fsync_log(old)
         self.generation += 1
         try:
             self._open_log()
@@ -608,13 +635,16 @@ class DataDir:
             self._kept[f"log.{self.generation - 1}"] = old_kept  # read by a start until the snapshot is in place
         self._dirty = False
         self._last_sync = time.monotonic()
-        self.compaction = Compaction(self, self.generation, pack, content)
+        self.compaction = Compaction(self, self.generation, pack, content, breaks)
         return self.compaction
 
-    def _compacted(self, generation: int, snapshot: tuple[int, int, int]) -> None:
+    def _compacted(self, generation: int, snapshot: tuple[int, int, int], breaks: int) -> None:
         """``Compaction``'s snapshot of ``generation`` (its identity and size: ``snapshot``) is in place: the logs
-        before it are obsolete."""
+        before it are obsolete. ``breaks``: the failures (``whole``) before it began, which it mends (its
+        snapshot holds everything then) unless another came since."""
         self.compaction = None
+        if self._breaks == breaks:
+            self.whole = True
         self._snapshot_generation = generation
         logs = {name: identity for name, identity in self._kept.items() if name != "snapshot" and int(name[4:]) >= generation}
         self._kept = {"snapshot": snapshot, **logs}
@@ -665,10 +695,16 @@ class Compaction:
     written last, over the placeholder at its start."""
 
     def __init__(
-        self, data: DataDir, generation: int, pack: Callable[[Any], bytes], content: dict[str, dict[str, list[Any]]]
+        self,
+        data: DataDir,
+        generation: int,
+        pack: Callable[[Any], bytes],
+        content: dict[str, dict[str, list[Any]]],
+        breaks: int = 0,
     ) -> None:
         self._data = data
         self.generation = generation
+        self._breaks = breaks  # the data directory's failures before it began (``DataDir.whole``)
         self.records = sum(len(records) for namespaces in content.values() for records in namespaces.values())
         self.size = 0  # bytes of the payload written so far
         self._crc = 0
@@ -718,7 +754,8 @@ class Compaction:
         except OSError:
             self.abandon()
             raise
-        self._data._compacted(self.generation, (*self._tmp_id, HEADER.size + self.size))  # in place: the older logs are obsolete
+        # in place: the older logs are obsolete
+        self._data._compacted(self.generation, (*self._tmp_id, HEADER.size + self.size), self._breaks)
         return True
 
     def _check_tmp(self) -> None:
