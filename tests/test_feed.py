@@ -28,7 +28,7 @@ import tiger
 from tiger import _log, _table
 from tiger import _protocol as p
 from tiger._calls import PendingCalls
-from tiger._feed import _EXPIRED, Alarm, Feed, History, hold_wakes, send_held_wakes
+from tiger._feed import _EXPIRED, Alarm, Feed, History, Subscription, hold_wakes, send_held_wakes
 from tiger._replica import Sequencer
 from tiger._table import Put, Store
 
@@ -75,7 +75,7 @@ def watch(
 ) -> Feed:
     """A Feed on the in-memory replica (the test's thread stands for the replica's lock)."""
     names = None if tables is None else frozenset(tables)
-    return Feed(replica.watch(names, namespace, since, max_queued, "<test feed>"), timeout)
+    return Feed(replica.watch(Subscription(names, namespace, max_queued, "<test feed>"), since), timeout)
 
 
 def drain(feed: Feed) -> list[tuple]:
