@@ -659,18 +659,18 @@ def test_waiting_tasks_leave_no_futures_behind_on_a_quiet_replica(tiger_url, ns)
     run(main)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), -1.0, "1", True])
-def test_a_nan_or_bad_timeout_is_refused_naming_it_not_waited_forever(tiger_url, bad):
+@pytest.mark.parametrize(("bad", "error"), [(float("nan"), ValueError), (-1.0, ValueError), ("1", TypeError), (True, TypeError)])
+def test_a_nan_or_bad_timeout_is_refused_naming_it_not_waited_forever(tiger_url, bad, error):
     """wait_for(id, timeout=nan) waited forever (NaN < 0 is False: it passed the check), blocking and async."""
     with tiger.connect(tiger_url) as client:
-        with pytest.raises(ValueError, match="timeout"):
+        with pytest.raises(error, match="timeout"):
             client.table("t").wait_for("x", timeout=bad)
-        with pytest.raises(ValueError, match="timeout"):
+        with pytest.raises(error, match="timeout"):
             client.sync(timeout=bad)
 
     async def main() -> None:
         async with await tiger.aio.connect(tiger_url) as client:
-            with pytest.raises(ValueError, match="timeout"):
+            with pytest.raises(error, match="timeout"):
                 await client.table("t").wait_for("x", timeout=bad)
 
     run(main)
@@ -852,7 +852,7 @@ def test_one_async_client_used_from_two_threads_loops_at_once_refuses_rather_tha
 
 def test_tear_down_once_values_wait_none_is_refused_naming_wait_not_taken_for_zero(tiger_url):
     with tiger.connect(tiger_url) as client:
-        with pytest.raises(ValueError, match=r"wait must be a number of seconds from 0 to 86400 \(a day\), got None"):
+        with pytest.raises(TypeError, match=r"wait must be a number of seconds \(an int or a float\), not None"):
             client.tear_down_once_values(wait=None)  # type: ignore[arg-type]
 
 

@@ -386,7 +386,9 @@ class _Connection:
         """A feed of the changes the local replica applies from now on: ``for change in client.watch(): ...``
         (or ``async for``); each is a ``tiger.Change`` (seq, op, table, namespace, id, record).
 
-        ``tables``: the names of the tables to follow (an iterable), or None for every table.
+        ``tables``: the names of the tables to follow (an iterable of at least one), or None for every table.
+        An argument of the wrong type raises ``TypeError`` (``tables="plans"``, ``timeout="1"``, ``since="3"``), a
+        bad value ``ValueError`` (``tables=[]``, ``timeout=-1``, ``since=-1``, ``max_queued=0``), naming it.
         ``namespace``: the one to follow, by default the current namespace at this call; None for every
         namespace. A clear that covers a followed table or namespace is included.
         ``since``: a seq; the feed starts with the changes after it that the replica remembers (the last

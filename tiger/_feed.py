@@ -805,7 +805,9 @@ class Feed:
 
 
 def check_tables(tables: Iterable[str] | None) -> frozenset[str] | None:
-    """``tables`` of ``watch``: None (every table) or an iterable of table names, none of tiger's own."""
+    """``tables`` of ``watch``: None (every table) or an iterable of table names, at least one, none of
+    tiger's own. ``TypeError`` for another type (a str: one name is ``[name]``), ``ValueError`` for a bad
+    name or none at all (a feed of no table would yield nothing, for ever)."""
     if tables is None:
         return None
     if isinstance(tables, str) or not isinstance(tables, Iterable):
@@ -816,6 +818,8 @@ def check_tables(tables: Iterable[str] | None) -> frozenset[str] | None:
         if name.startswith(RESERVED_PREFIX):
             raise ValueError(f"tables[{i}]: table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
         names.append(name)
+    if not names:
+        raise ValueError("tables must name at least one table (a feed of none would yield nothing); None follows every table")
     return frozenset(names)
 
 
@@ -825,7 +829,11 @@ def check_timeout(value: object, what: str = "timeout") -> float | None:
 
 
 def check_max_queued(value: object) -> int:
-    if type(value) is not int or value < 1:
+    """``max_queued`` of ``watch``: an int from 1 (changes). ``TypeError`` for another type (a bool too),
+    ``ValueError`` below 1."""
+    if type(value) is not int:
+        raise TypeError(f"max_queued must be an int (changes), not {type(value).__name__} {shown(value)}")
+    if value < 1:
         raise ValueError(f"max_queued must be a positive int (changes), got {shown(value)}")
     return value
 

@@ -81,7 +81,7 @@ async def connect(
     runs meanwhile, between the replica thread's stretches of decoding it, which hold the GIL: up to
     0.17 s at a time for a 200k-record store in a user trial). The arguments are ``tiger.connect``'s:
     ``url`` defaults to ``$TIGER_URL``, ``timeout`` (seconds) bounds every request, a writer silent for
-    ``heartbeat_timeout`` seconds is taken for gone. Raises ``ValueError`` for a bad argument,
+    ``heartbeat_timeout`` seconds is taken for gone. Raises ``TypeError`` / ``ValueError`` for a bad argument,
     ``tiger.Unavailable`` if no writer answers within ``timeout``. ``async with client:`` closes it."""
     server_key = unshown(server_key)  # (first: see ``unshown``)
     url, server_key = _connect_arguments(url, server_key)
