@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import gc
 import os
 import select
 import signal
@@ -658,18 +659,18 @@ def test_waiting_tasks_leave_no_futures_behind_on_a_quiet_replica(tiger_url, ns)
     run(main)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), -1.0, "1", True])
-def test_a_nan_or_bad_timeout_is_refused_naming_it_not_waited_forever(tiger_url, bad):
+@pytest.mark.parametrize(("bad", "error"), [(float("nan"), ValueError), (-1.0, ValueError), ("1", TypeError), (True, TypeError)])
+def test_a_nan_or_bad_timeout_is_refused_naming_it_not_waited_forever(tiger_url, bad, error):
     """wait_for(id, timeout=nan) waited forever (NaN < 0 is False: it passed the check), blocking and async."""
     with tiger.connect(tiger_url) as client:
-        with pytest.raises(ValueError, match="timeout"):
+        with pytest.raises(error, match="timeout"):
             client.table("t").wait_for("x", timeout=bad)
-        with pytest.raises(ValueError, match="timeout"):
+        with pytest.raises(error, match="timeout"):
             client.sync(timeout=bad)
 
     async def main() -> None:
         async with await tiger.aio.connect(tiger_url) as client:
-            with pytest.raises(ValueError, match="timeout"):
+            with pytest.raises(error, match="timeout"):
                 await client.table("t").wait_for("x", timeout=bad)
 
     run(main)
@@ -851,7 +852,7 @@ def test_one_async_client_used_from_two_threads_loops_at_once_refuses_rather_tha
 
 def test_tear_down_once_values_wait_none_is_refused_naming_wait_not_taken_for_zero(tiger_url):
     with tiger.connect(tiger_url) as client:
-        with pytest.raises(ValueError, match=r"wait must be a number of seconds from 0 to 86400 \(a day\), got None"):
+        with pytest.raises(TypeError, match=r"wait must be a number of seconds \(an int or a float\), not None"):
             client.tear_down_once_values(wait=None)  # type: ignore[arg-type]
 
 
@@ -1801,3 +1802,188 @@ def test_a_client_closed_on_a_portal_loop_had_its_fds_removal_undo_the_next_clie
         took, resends = run(main)
     assert resends == 0, [round(t, 3) for t in took]
     assert max(took) < 0.5, [round(t, 3) for t in took]  # (a call not woken waits for its resend: 1 s)
+
+
+# -- closing a client ends what was opened through it, on a replica it shares too ---------------------------------
+
+
+async def _polled(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Return once ``condition()`` (state the replica's thread or another thread brings about), looked at every
+    millisecond; fail naming ``what`` past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout}s"
+        await asyncio.sleep(0.001)
+
+
+async def _open_and_close(client: tiger.aio.AsyncClient) -> dict[str, str]:
+    """Through ``client``: a feed read (no timeout) and a ``wait_for`` and ``wait_until`` (30 s) in tasks, and a
+    thread iterating a feed; then ``client.close()``. Returns what each raised (``"Type: message"``) within 5 s
+    of the close."""
+    plans = client.table("plans", prefix="plan")
+    replica = client.replica
+    feeds, futures = len(replica._seq.feeds), len(replica.changed._futures)
+    threaded = client.watch(tables=["plans"])
+    raised = {"thread": "still iterating 5 s after the close"}
+
+    def read() -> None:
+        try:
+            for _ in threaded:
+                pass
+        except BaseException as e:
+            raised["thread"] = f"{type(e).__name__}: {e}"
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    tasks = {
+        "feed": asyncio.get_running_loop().create_task(plans.watch().__anext__()),
+        "wait_for": asyncio.get_running_loop().create_task(plans.wait_for("plan_never", timeout=30)),
+        "wait_until": asyncio.get_running_loop().create_task(plans.wait_until(lambda r: False, timeout=30)),
+    }
+    await _polled(
+        lambda: len(replica._seq.feeds) == feeds + 3 and len(replica.changed._futures) > futures and threaded._sub.sleepers,
+        "the waits waiting",
+    )
+    await client.close()
+    await asyncio.wait(tasks.values(), timeout=5)
+    for name, task in tasks.items():
+        if not task.done():
+            task.cancel()
+            raised[name] = "still waiting 5 s after the close"
+        else:
+            error = task.exception()
+            raised[name] = f"{type(error).__name__}: {error}"
+    await asyncio.to_thread(reader.join, 5)
+    return raised
+
+
+def test_closing_a_sharing_async_client_left_its_feeds_and_waits_running(tiger_url, connect, ns):
+    """A user trial: AsyncClient.sharing(client) (what tiger_aclient is) closed only its own socket. Its feeds and
+    waits live on the replica it shares, so a pending wait_for and wait_until waited out their timeouts, a feed
+    without one never ended and went on yielding the blocking client's writes, and a thread iterating it stayed
+    alive. They end now as a plain client's close ends them, with its errors; the blocking client's own feed and
+    waits go on."""
+    base = connect()
+    kept_feed = base.watch(tables=["plans"], timeout=10)  # opened through the blocking client: untouched
+
+    ended = f"<tiger.Feed tables=['plans'] namespace={ns!r}> ended: the client was closed"
+    closed = {
+        "feed": f"TigerError: {ended}",
+        "thread": f"TigerError: {ended}",
+        "wait_for": "TigerError: the client was closed",
+        "wait_until": f"TigerError: wait_until on plans in namespace {ns!r} ended: the client was closed",
+    }
+
+    async def main() -> None:
+        assert await _open_and_close(await tiger.aio.connect(tiger_url)) == closed  # a plain client's close
+        shared = tiger.aio.AsyncClient.sharing(base)
+        kept_wait = asyncio.get_running_loop().create_task(asyncio.to_thread(base.table("plans").wait_for, "plan_kept", 10))
+        await _polled(lambda: base.replica.changed._gates, "the blocking client's wait_for waiting")
+        assert await _open_and_close(shared) == closed
+        await asyncio.to_thread(base.table("plans", prefix="plan").insert, {"id": "plan_kept"})
+        assert (await asyncio.wait_for(kept_wait, 10))["id"] == "plan_kept"
+        with pytest.raises(tiger.TigerError, match=r"^this client is closed$"):
+            shared.watch()
+
+    run(main)
+    assert next(kept_feed).id == "plan_kept"
+
+
+def test_closing_a_sharing_async_client_left_its_once_wait_for_another_processes_build_running(tiger_url, connect, tmp_path):
+    """The same for a ``once`` waiting through the sharing client for a build in another process: it waited on
+    the shared replica until its own timeout; it raises as a plain client's close makes it raise."""
+    key = f"slow-{tmp_path.name}"
+    child = subprocess.Popen([sys.executable, "-c", BUILDER, tiger_url, key, "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert read_line(child).strip() == "building"
+        base = connect()
+
+        async def main() -> None:
+            shared = tiger.aio.AsyncClient.sharing(base)
+            waiting = asyncio.get_running_loop().create_task(shared.once(key, lambda: pytest.fail("built twice"), timeout=30))
+            await _polled(lambda: base.replica.changed._futures, "the once call waiting for the build")
+            await shared.close()
+            with pytest.raises(tiger.TigerError) as raised:
+                await asyncio.wait_for(waiting, 5)
+            assert type(raised.value) is tiger.TigerError and str(raised.value) == "the client was closed"
+
+        run(main)
+        assert child.poll() is None  # (still building: the wait ended by the close, not by the build)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_sharing_async_client_dropped_unclosed_left_its_feeds_running(connect, ns):
+    """Dropped without ``close()``, a sharing client's finalizer closed only its socket: a feed opened through it
+    stayed open on the shared replica. It ends as at a close (the replica's thread ends it within half a second),
+    and the blocking client's feed goes on."""
+    base = connect()
+    kept = base.watch(tables=["plans"], timeout=10)
+    shared = tiger.aio.AsyncClient.sharing(base)
+    feed = shared.watch(tables=["plans"], timeout=5)
+    del shared
+    gc.collect()
+    with pytest.raises(tiger.TigerError) as raised:
+        next(feed)
+    assert type(raised.value) is tiger.TigerError
+    assert str(raised.value) == f"<tiger.Feed tables=['plans'] namespace={ns!r}> ended: the client was closed"
+    base.table("plans", prefix="plan").insert({"id": "plan_kept"})
+    assert next(kept).id == "plan_kept"
+
+
+LEFTOVER_READER_TESTS = """
+import asyncio
+import time
+
+import pytest
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+left = {}
+
+
+async def test_1_leaves_a_reader(tiger_aclient):
+    plans = tiger_aclient.table("plans", prefix="plan")
+    seen = left["seen"] = []
+
+    async def read():
+        try:
+            async for change in plans.watch():
+                seen.append((change.op, change.id))
+        except Exception as e:
+            seen.append(("ended", f"{type(e).__name__}: {e}"))
+
+    left["reader"] = asyncio.create_task(read())
+    left["wait"] = asyncio.create_task(plans.wait_for("plan_never", timeout=60))
+    await asyncio.sleep(0)  # the reader's feed open
+    await plans.insert({"id": "plan_1"})
+    deadline = time.monotonic() + 10
+    while not seen:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+
+
+async def test_2_finds_it_ended(tiger_aclient):
+    deadline = time.monotonic() + 5
+    while not (left["reader"].done() and left["wait"].done()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+    assert left["reader"].done(), f"the reader of test 1's tiger_aclient still reads: {left['seen']}"
+    assert left["wait"].done(), "the wait_for of test 1's tiger_aclient still waits"
+    assert str(left["wait"].exception()) == "the client was closed"
+    assert left["seen"][0] == ("put", "plan_1") and len(left["seen"]) == 2, left["seen"]
+    assert left["seen"][1][1].startswith("TigerError: <tiger.Feed tables=['plans'] namespace="), left["seen"]
+    assert left["seen"][1][1].endswith("> ended: the client was closed"), left["seen"]
+"""
+
+
+def test_a_feed_reader_and_a_wait_of_tiger_aclient_outlived_their_test(pytester, monkeypatch):
+    """The user trial under pytest (a session-scoped loop): a task reading a feed opened through
+    ``tiger_aclient`` in test 1 read on in test 2, and got test 1's namespace drop; its wait_for waited on.
+    tiger_aclient is closed after each test: they end there, before the drop."""
+    for name in ("TIGER_URL", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makeini("[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = session\n")
+    pytester.makepyfile(test_leftover=LEFTOVER_READER_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist", timeout=60)
+    result.assert_outcomes(passed=2)

@@ -25,10 +25,11 @@ import pytest
 from test_faults import kill
 
 import tiger
+import tiger.aio
 from tiger import _log, _table
 from tiger import _protocol as p
 from tiger._calls import PendingCalls
-from tiger._feed import _EXPIRED, Alarm, Feed, History, hold_wakes, send_held_wakes
+from tiger._feed import _EXPIRED, Alarm, Feed, History, Subscription, hold_wakes, send_held_wakes
 from tiger._replica import Sequencer
 from tiger._table import Put, Store
 
@@ -75,7 +76,7 @@ def watch(
 ) -> Feed:
     """A Feed on the in-memory replica (the test's thread stands for the replica's lock)."""
     names = None if tables is None else frozenset(tables)
-    return Feed(replica.watch(names, namespace, since, max_queued, "<test feed>"), timeout)
+    return Feed(replica.watch(Subscription(names, namespace, max_queued, "<test feed>"), since), timeout)
 
 
 def drain(feed: Feed) -> list[tuple]:
@@ -835,18 +836,18 @@ def test_wait_until_times_out_naming_the_table_and_namespace(connect, ns):
         (lambda c: c.watch(namespace=3), TypeError, "namespace must be a str"),
         (lambda c: c.watch(since="5"), TypeError, "since must be None or an int"),
         (lambda c: c.watch(since=-5), ValueError, r"since must be a seq \(an int from 0\), got -5"),
-        (lambda c: c.table("plans").wait_for("plan_x", timeout="5"), ValueError, "timeout must be a number of seconds"),
+        (lambda c: c.table("plans").wait_for("plan_x", timeout="5"), TypeError, "timeout must be a number of seconds"),
         (
             lambda c: c.watch(timeout=-1),
             ValueError,
             NO_LIMIT_HINT,
         ),
         (lambda c: c.watch(max_queued=0), ValueError, "max_queued must be a positive int"),
-        (lambda c: c.watch(max_queued=True), ValueError, "max_queued must be a positive int"),
+        (lambda c: c.watch(max_queued=True), TypeError, "max_queued must be an int .changes., not bool True"),
         (
             lambda c: c.table("plans").watch(timeout="1"),
-            ValueError,
-            NO_LIMIT_HINT,
+            TypeError,
+            "timeout must be a number of seconds .an int or a float, or None for no limit., not str '1'",
         ),
         (lambda c: c.table("plans").wait_until("paid"), TypeError, "predicate must be callable, not str"),
         (
@@ -875,6 +876,42 @@ def test_bad_arguments_are_refused_naming_the_field(client, call, error, field):
     client.table("plans", prefix="plan").insert({"id": "plan_x"})  # wait_for checks its timeout even when found
     with pytest.raises(error, match=field):
         call(client)
+
+
+def test_a_watch_timeout_of_the_wrong_type_raised_value_error_where_since_raises_type_error(tiger_url, client):
+    """A user trial: watch(timeout="1") raised ValueError and watch(since="3") TypeError. As tiger's other checks
+    (a name, a prefix, a record, since): a wrong type is a TypeError naming the argument, a bad value a ValueError;
+    the blocking and the async client alike."""
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as aclient:
+            for c in (client, aclient):
+                plans = c.table("plans")
+                wrongs = ((plans.watch, {"timeout": "1"}), (c.watch, {"timeout": True}), (c.watch, {"max_queued": True}))
+                for watch, wrong in wrongs:
+                    with pytest.raises(TypeError, match=r"^(timeout|max_queued) must be .*, not (str '1'|bool True)$"):
+                        watch(**wrong)
+                with pytest.raises(TypeError, match=r"^since must be None or an int \(a seq\), not str$"):
+                    plans.watch(since="3")
+                for watch, bad in ((plans.watch, {"timeout": -1}), (c.watch, {"max_queued": 0}), (plans.watch, {"since": -1})):
+                    with pytest.raises(ValueError, match=r"^(timeout|max_queued|since) must be "):
+                        watch(**bad)
+
+    asyncio.run(main())
+
+
+def test_watch_tables_empty_was_accepted_and_yielded_nothing_for_ever(tiger_url, client):
+    """A user trial: client.watch(tables=[]) opened a feed of no table, which never yields. Refused, naming the
+    argument and saying that None follows every table; the blocking and the async client alike."""
+
+    async def main() -> None:
+        async with await tiger.aio.connect(tiger_url) as aclient:
+            for c in (client, aclient):
+                for empty in ([], (), iter([])):
+                    with pytest.raises(ValueError, match=r"^tables must name at least one table .*; None follows every table$"):
+                        c.watch(tables=empty)
+
+    asyncio.run(main())
 
 
 # -- Alarm: the timeouts of awaited waits, one timer re-used (no socket) ---------------------------------------

@@ -79,11 +79,16 @@ def check_seconds(value: object, what: str, *, positive: bool = False, no_limit:
     """A timeout in seconds: an int or a float (not a bool), from 0 (above 0 when ``positive``) to
     ``MAX_SECONDS``; None where ``no_limit`` (no limit; returned as None). Infinity and NaN are refused:
     the clocks, polls and locks underneath take none (``math.inf`` reached ``OverflowError`` there).
-    Raises ``ValueError`` naming ``what``."""
+    Raises, naming ``what`` (as tiger's other argument checks do): ``TypeError`` for another type (a
+    str, a bool; None where not ``no_limit``), ``ValueError`` for a number out of that range."""
     if value is None and no_limit:
         return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        allowed = "an int or a float, or None for no limit" if no_limit else "an int or a float"
+        given = "None" if value is None else f"{type(value).__name__} {shown(value)}"
+        raise TypeError(f"{what} must be a number of seconds ({allowed}), not {given}")
     try:
-        seconds = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        seconds = float(value)
     except OverflowError:  # an int too large for a float
         seconds = math.inf
     if not ((seconds > 0 if positive else seconds >= 0) and seconds <= MAX_SECONDS):  # (NaN: neither)

@@ -46,7 +46,17 @@ from tiger._errors import (
     Unavailable,
     shown,
 )
-from tiger._feed import DEFAULT_MAX_QUEUED, Feed, check_max_queued, check_since, check_tables, check_timeout, describe
+from tiger._feed import (
+    DEFAULT_MAX_QUEUED,
+    Feed,
+    Owner,
+    Subscription,
+    check_max_queued,
+    check_since,
+    check_tables,
+    check_timeout,
+    describe,
+)
 from tiger._lookup import Endpoint, connect_socket, endpoint_or_why, wait_for_endpoint
 from tiger._once import Once
 from tiger._owned import OwnedLock
@@ -265,6 +275,7 @@ class _Connection:
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._req_ids = itertools.count(1)
         self._once = Once()  # the once keys this client builds, and the teardowns it owes
+        self._owner = Owner()  # what this client opens on the replica: feeds and waits (``Replica.end_owner``)
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
         self._secure = _socket_options(url, server_key)
         self._replica: Replica | None = None
@@ -375,7 +386,9 @@ class _Connection:
         """A feed of the changes the local replica applies from now on: ``for change in client.watch(): ...``
         (or ``async for``); each is a ``tiger.Change`` (seq, op, table, namespace, id, record).
 
-        ``tables``: the names of the tables to follow (an iterable), or None for every table.
+        ``tables``: the names of the tables to follow (an iterable of at least one), or None for every table.
+        An argument of the wrong type raises ``TypeError`` (``tables="plans"``, ``timeout="1"``, ``since="3"``), a
+        bad value ``ValueError`` (``tables=[]``, ``timeout=-1``, ``since=-1``, ``max_queued=0``), naming it.
         ``namespace``: the one to follow, by default the current namespace at this call; None for every
         namespace. A clear that covers a followed table or namespace is included.
         ``since``: a seq; the feed starts with the changes after it that the replica remembers (the last
@@ -396,7 +409,8 @@ class _Connection:
         since = check_since(since)
         wait = check_timeout(timeout)
         queued = check_max_queued(max_queued)
-        return Feed(self.replica.watch(names, namespace, since, queued, describe(names, namespace, since)), wait)
+        opened = Subscription(names, namespace, queued, describe(names, namespace, since), self._owner)
+        return Feed(self.replica.watch(opened, since), wait)
 
     def _check_open(self) -> None:
         """``TigerError`` unless this client is open, in the process that connected it."""
@@ -408,7 +422,7 @@ class _Connection:
     def _watch_for(self, table: str, namespace: str, what: str) -> Feed:
         """A feed of one table in one namespace for a wait of this client; its errors name ``what``."""
         self._check_open()
-        return Feed(self.replica.watch(frozenset((table,)), namespace, None, DEFAULT_MAX_QUEUED, what))
+        return Feed(self.replica.watch(Subscription(frozenset((table,)), namespace, DEFAULT_MAX_QUEUED, what, self._owner), None))
 
     # -- calls ----------------------------------------------------------------------
 

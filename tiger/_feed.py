@@ -123,6 +123,18 @@ def _records(change: t.Change) -> int:
 # -- one feed's queue ---------------------------------------------------------------------
 
 
+class Owner:
+    """The client a feed or a wait on a replica was opened through (``Subscription.owner``, ``Replica.until``'s
+    ``owner``). Clients sharing one replica (``tiger.aio.AsyncClient.sharing``) each have their own: closing one
+    ends what was opened through it (``Replica.end_owner``: the feeds' next reads, and its waits, raise
+    ``TigerError``) and leaves the other's alone. ``closed`` is set holding the replica's lock."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
 class Subscription:
     """What the replica holds of one open feed: its filter and its queue.
 
@@ -140,16 +152,20 @@ class Subscription:
         "name",
         "namespace",
         "overflow",
+        "owner",
         "queue",
         "sleepers",
         "tables",
     )
 
-    def __init__(self, tables: frozenset[str] | None, namespace: str | None, max_queued: int, name: str) -> None:
+    def __init__(
+        self, tables: frozenset[str] | None, namespace: str | None, max_queued: int, name: str, owner: Owner | None = None
+    ) -> None:
         self.tables = tables  # None: every table
         self.namespace = namespace  # None: every namespace
         self.max_queued = max_queued
         self.name = name  # how errors name the feed
+        self.owner = owner  # the client it was opened through (None: not known)
         self.queue: deque[Change] = deque()
         self.cond = Waking()  # threads wait on it, asyncio readers await its futures
         self.sleepers = 0  # threads waiting on cond
@@ -623,22 +639,14 @@ class History:
 
 
 def subscribe(
-    subscriptions: list[Subscription],
-    history: History,
-    seq: int,
-    *,
-    tables: frozenset[str] | None,
-    namespace: str | None,
-    since: int | None,
-    max_queued: int,
-    name: str,
+    subscriptions: list[Subscription], history: History, seq: int, sub: Subscription, since: int | None
 ) -> Subscription:
-    """Open a feed on a replica at ``seq``: its queue starts with the remembered changes after ``since``.
+    """Open the feed ``sub`` (new) on a replica at ``seq``: its queue starts with the remembered changes after
+    ``since``; returns it.
 
     The caller holds the replica's lock, so that no change is applied between reading the history
     and registering the feed. ``ValueError`` if ``since`` is not remembered.
     """
-    sub = Subscription(tables, namespace, max_queued, name)
     if since is not None:
         for at, change in history.since(since, seq):
             deliver([sub], at, change)
@@ -797,7 +805,9 @@ class Feed:
 
 
 def check_tables(tables: Iterable[str] | None) -> frozenset[str] | None:
-    """``tables`` of ``watch``: None (every table) or an iterable of table names, none of tiger's own."""
+    """``tables`` of ``watch``: None (every table) or an iterable of table names, at least one, none of
+    tiger's own. ``TypeError`` for another type (a str: one name is ``[name]``), ``ValueError`` for a bad
+    name or none at all (a feed of no table would yield nothing, for ever)."""
     if tables is None:
         return None
     if isinstance(tables, str) or not isinstance(tables, Iterable):
@@ -808,6 +818,8 @@ def check_tables(tables: Iterable[str] | None) -> frozenset[str] | None:
         if name.startswith(RESERVED_PREFIX):
             raise ValueError(f"tables[{i}]: table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
         names.append(name)
+    if not names:
+        raise ValueError("tables must name at least one table (a feed of none would yield nothing); None follows every table")
     return frozenset(names)
 
 
@@ -817,7 +829,11 @@ def check_timeout(value: object, what: str = "timeout") -> float | None:
 
 
 def check_max_queued(value: object) -> int:
-    if type(value) is not int or value < 1:
+    """``max_queued`` of ``watch``: an int from 1 (changes). ``TypeError`` for another type (a bool too),
+    ``ValueError`` below 1."""
+    if type(value) is not int:
+        raise TypeError(f"max_queued must be an int (changes), not {type(value).__name__} {shown(value)}")
+    if value < 1:
         raise ValueError(f"max_queued must be a positive int (changes), got {shown(value)}")
     return value
 

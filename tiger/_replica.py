@@ -38,6 +38,7 @@ from tiger._calls import PendingCalls, Unanswered, stretched
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import (
     History,
+    Owner,
     Subscription,
     Waking,
     deliver,
@@ -149,14 +150,10 @@ class Sequencer:
         """The writer is at ``seq`` (current epoch): every change up to it was published or answered."""
         self._announced = max(self._announced, seq)
 
-    def watch(
-        self, tables: frozenset[str] | None, namespace: str | None, since: int | None, max_queued: int, name: str
-    ) -> Subscription:
-        """Open a change feed (see ``tiger._feed.subscribe``): fed every change applied from now on, after
-        the remembered ones since ``since`` (``ValueError`` if not remembered)."""
-        return subscribe(
-            self.feeds, self.history, self.seq, tables=tables, namespace=namespace, since=since, max_queued=max_queued, name=name
-        )
+    def watch(self, sub: Subscription, since: int | None) -> Subscription:
+        """Open the change feed ``sub`` (see ``tiger._feed.subscribe``): fed every change applied from now on,
+        after the remembered ones since ``since`` (``ValueError`` if not remembered); returns it."""
+        return subscribe(self.feeds, self.history, self.seq, sub, since)
 
     def _fill(self) -> None:
         recent = self.history.changes
@@ -429,14 +426,31 @@ class Replica:
                 self._seq.deposit(reply.epoch, reply.seq, reply.change)
             self.changed.notify_all()
 
-    def watch(
-        self, tables: frozenset[str] | None, namespace: str | None, since: int | None, max_queued: int, name: str
-    ) -> Subscription:
-        """Open a change feed on this replica (``Sequencer.watch``), atomically with respect to the changes applied."""
+    def watch(self, sub: Subscription, since: int | None) -> Subscription:
+        """Open the change feed ``sub`` on this replica (``Sequencer.watch``), atomically with respect to the
+        changes applied; it ends with the client ``sub.owner`` (``end_owner``). ``TigerError`` if that client
+        is closed (``"this client is closed"``) or this replica stopped."""
         with self.changed:
             if self.failure is not None:
                 raise self._stopped()
-            return self._seq.watch(tables, namespace, since, max_queued, name)
+            if sub.owner is not None and sub.owner.closed:  # (checked under the lock ``end_owner`` sets it in)
+                raise TigerError("this client is closed")
+            return self._seq.watch(sub, since)
+
+    def end_owner(self, owner: Owner) -> None:
+        """The client ``owner`` closed while this replica goes on for another client sharing it
+        (``tiger.aio.AsyncClient.sharing``): each feed opened through it ends (its reader, a thread or a
+        task, gets ``TigerError("<feed> ended: the client was closed")`` after the changes queued), and each
+        of its waits (``until`` given ``owner``) raises ``TigerError("the client was closed")``,
+        as they would if this replica stopped; the other client's feeds and waits go on. Idempotent."""
+        with self.changed:
+            owner.closed = True
+            mine = [feed for feed in self._seq.feeds if feed.owner is owner]
+            for feed in mine:
+                feed.end(TigerError, f"{feed.name} ended: the client was closed")
+            if mine:
+                self._seq.feeds[:] = [feed for feed in self._seq.feeds if feed.owner is not owner]
+            self.changed.notify_all()
 
     def _stopped(self) -> TigerError:
         """What a wait on this replica raises once it has stopped (``failure`` set)."""
@@ -454,7 +468,8 @@ class Replica:
     def wait_until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
         """Block until ``predicate()`` (checked holding the lock, after each change) is true; past
         ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout(what())``; if the replica stopped,
-        ``Unavailable``. ``tiger.aio`` awaits the same with ``until``."""
+        ``Unavailable`` (``TigerError("the client was closed")`` if its client closed it). ``tiger.aio``
+        awaits the same with ``until``. (A blocking client never shares its replica: its close stops it.)"""
         with self.changed:
             while not predicate():
                 if self.failure is not None:
@@ -466,10 +481,14 @@ class Replica:
                     raise Timeout(what())
                 self.changed.wait(min(remaining, 0.5))
 
-    async def until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
-        """``wait_until`` for an asyncio task: the event loop runs on while it waits (no thread). One future
-        per check, forgotten when the check ends whatever ends it; awaited by ``_feed.woken`` (one turn of
-        the loop, and never swallowing a cancellation that comes as it resolves)."""
+    async def until(
+        self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str], owner: Owner | None = None
+    ) -> None:
+        """``wait_until`` for an asyncio task (the same errors), of the client ``owner``: once it is closed
+        (``end_owner``), ``TigerError("the client was closed")``. The event loop runs on while it waits (no
+        thread). One future per check, forgotten when the check ends whatever ends it;
+        awaited by ``_feed.woken`` (one turn of the loop, and never swallowing a cancellation that comes as
+        it resolves)."""
         loop = running_loop()
         while True:
             with self.changed:
@@ -477,6 +496,8 @@ class Replica:
                     return
                 if self.failure is not None:
                     raise self._stopped()
+                if owner is not None and owner.closed:
+                    raise TigerError("the client was closed")
                 future = self.changed.future(loop)
             try:
                 now = time.monotonic()

@@ -195,8 +195,10 @@ def check_id(value: object, what: str = "id") -> str:
 
 
 def check_limit(value: object) -> int:
+    """``limit`` of ``list``: an int from 1 to ``MAX_LIMIT``. ``TypeError`` for another type (a bool, a float
+    too), ``ValueError`` out of that range."""
     if type(value) is not int:
-        raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {type(value).__name__} {shown(value)}")
+        raise TypeError(f"limit must be an int from 1 to {MAX_LIMIT}, not {type(value).__name__} {shown(value)}")
     if not 1 <= value <= MAX_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {shown(value)}")
     return value

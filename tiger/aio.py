@@ -57,14 +57,16 @@ from tiger._client import (
     _abandoned,
     _connect_arguments,
     _Connection,
+    _shut_down,
     _stored,
     _TableReads,
     _timeout,
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
-from tiger._feed import _EXPIRED, Alarm, _resolve, check_timeout, off_loop, running_loop
+from tiger._feed import _EXPIRED, Alarm, Owner, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
 from tiger._owned import OwnedAsyncLock
+from tiger._replica import Replica
 from tiger._server import check_connect_url, recently_refused, unshown
 from tiger._table import GLOBAL, Record, check_leasable, check_name
 
@@ -79,7 +81,7 @@ async def connect(
     runs meanwhile, between the replica thread's stretches of decoding it, which hold the GIL: up to
     0.17 s at a time for a 200k-record store in a user trial). The arguments are ``tiger.connect``'s:
     ``url`` defaults to ``$TIGER_URL``, ``timeout`` (seconds) bounds every request, a writer silent for
-    ``heartbeat_timeout`` seconds is taken for gone. Raises ``ValueError`` for a bad argument,
+    ``heartbeat_timeout`` seconds is taken for gone. Raises ``TypeError`` / ``ValueError`` for a bad argument,
     ``tiger.Unavailable`` if no writer answers within ``timeout``. ``async with client:`` closes it."""
     server_key = unshown(server_key)  # (first: see ``unshown``)
     url, server_key = _connect_arguments(url, server_key)
@@ -143,7 +145,12 @@ class AsyncClient(_Connection):
     def sharing(cls, client: Client) -> AsyncClient:
         """An async client over a connected blocking ``client``'s connection: the same replica, id and
         once keys (no second replica in the process), a command socket (and zmq context) of its own.
-        Closing it closes only that socket; once ``client`` is closed, its calls raise ``TigerError``."""
+        Closing it (or dropping it unclosed) closes that socket and ends what was opened through it, as
+        closing any client does: its feeds (their next reads, after the changes queued, raise
+        ``TigerError("... ended: the client was closed")``) and its pending waits (``wait_for``,
+        ``wait_until``, ``sync``, a write's wait for its change, ``once``: ``TigerError``); ``client``'s own
+        feeds and waits go on. Once ``client`` is closed, this one's calls raise ``TigerError``, and its
+        feeds and waits end with ``client``'s."""
         if not isinstance(client, Client):
             raise TypeError(f"client must be a tiger.Client, not {type(client).__name__}")
         if client._closed:
@@ -152,6 +159,7 @@ class AsyncClient(_Connection):
         shared.__dict__.update(client.__dict__)  # its ids, settings, replica and once keys
         del shared.__dict__["_socket_hold"]  # the blocking client's hold on its socket: not this one's
         shared._shared = client
+        shared._owner = Owner()  # its own feeds and waits on the shared replica, ended by its close (not ``client``'s)
         # a context of its own: closing ``client`` terminates its context, which waits for every socket in it
         shared._ctx = zmq.Context()
         shared._locks = weakref.WeakKeyDictionary()
@@ -162,7 +170,9 @@ class AsyncClient(_Connection):
         shared._serving_lock = threading.RLock()
         shared._answers = {}
         shared._command = [_AwaitedSocket(shared._new_socket())]
-        shared._finalizer = weakref.finalize(shared, _abandoned, None, shared._ctx, shared._command, shared._pid)
+        shared._finalizer = weakref.finalize(
+            shared, _abandoned_sharing, client.replica, shared._owner, shared._ctx, shared._command, shared._pid
+        )
         return shared
 
     async def _open(self) -> None:
@@ -194,8 +204,11 @@ class AsyncClient(_Connection):
         sockets. Idempotent. A teardown that raised is raised again at the end. Cancelled, it still closes
         (the teardowns not run yet are logged, not run). Under anyio, the teardowns run in a shielded
         cancel scope (at most twice ``timeout`` seconds): anyio cancels again at every await, so a close in
-        a cancelled scope or task group ran none of them and kept their keys. An async client made by
-        ``sharing`` closes only its own socket."""
+        a cancelled scope or task group ran none of them and kept their keys. The feeds opened through this
+        client end (their next reads, after the changes queued, raise ``TigerError("... ended: the client
+        was closed")``, in a thread reading one too) and its pending waits raise ``TigerError``. An async
+        client made by ``sharing`` runs no teardowns (the shared client's), leaves the shared replica
+        running, and ends only its own feeds and waits (``Replica.end_owner``)."""
         if self._closed:
             return
         errors: list[tuple[str, BaseException]] = []
@@ -220,15 +233,21 @@ class AsyncClient(_Connection):
             raise errors[0][1]
 
     def _close_now(self) -> None:
-        """Close without awaiting anything (no teardowns): the sockets, the replica, the context."""
+        """Close without awaiting anything (no teardowns): the sockets, the replica, the context; for a
+        client made by ``sharing``, its own socket and context, and what was opened through it on the
+        shared replica (its feeds and waits end: ``Replica.end_owner``)."""
         self._closed = True
         if self._finalizer is not None:
             self._finalizer.detach()
         if os.getpid() != self._pid:
             return  # a forked child: the sockets belong to the parent
         if self._shared is not None:
-            self._socket.close(linger=0)
-            self._ctx.term()
+            try:
+                if self._replica is not None:
+                    self._replica.end_owner(self._owner)  # (after ``_closed``: a feed opened meanwhile is refused)
+            finally:
+                self._socket.close(linger=0)
+                self._ctx.term()
             return
         if self._replica is not None:
             try:
@@ -265,7 +284,7 @@ class AsyncClient(_Connection):
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
                 refused = await off_loop(recently_refused, self.url) if time.monotonic() < deadline else None
                 with contextlib.suppress(Timeout):
-                    await self.replica.until(*self._heard_again(unavailable, deadline, refused))
+                    await self.replica.until(*self._heard_again(unavailable, deadline, refused), self._owner)
                 if time.monotonic() >= deadline:
                     raise
         await self._caught_up(reply, deadline)
@@ -653,10 +672,11 @@ class AsyncClient(_Connection):
         """``Replica.catch_up``, awaited."""
         replica = self.replica
         if not replica.take_answer(answer, own):
-            await replica.until(*replica.reaching(answer, deadline))
+            await replica.until(*replica.reaching(answer, deadline), self._owner)
 
     async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
-        await self.replica.until(predicate, deadline, what)
+        """``Replica.until`` for a wait of this client (``wait_for``, ``once``): ``TigerError`` once it is closed."""
+        await self.replica.until(predicate, deadline, what, self._owner)
 
 
 class AsyncTable(_TableReads):
@@ -902,6 +922,18 @@ class _AwaitedSocket:
             except RuntimeError:  # its loop closed meanwhile (another thread's)
                 pass
         self.sock.close(linger=linger)
+
+
+def _abandoned_sharing(
+    replica: Replica, owner: Owner, ctx: zmq.Context[Any], command: Sequence[_AwaitedSocket], pid: int
+) -> None:
+    """An async client made by ``sharing`` collected without ``close()``: what was opened through it on the
+    shared ``replica`` ends, as at its close, and its socket and context close (``_abandoned``). The ending
+    is left to the replica's thread (``Replica.later``, within half a second): a collection runs at any
+    allocation of any thread, maybe one holding the replica's lock."""
+    if os.getpid() == pid:
+        replica.later(lambda: replica.end_owner(owner))
+        _shut_down(None, ctx, command)
 
 
 def _shielded_under_anyio(seconds: float) -> contextlib.AbstractContextManager[Any]:
