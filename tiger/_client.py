@@ -48,6 +48,7 @@ from tiger._errors import (
 )
 from tiger._feed import (
     DEFAULT_MAX_QUEUED,
+    Change,
     Feed,
     Owner,
     Subscription,
@@ -1277,16 +1278,42 @@ _NOT_AWAITED = "wait_until calls it with each record and takes its result as tru
 
 
 def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float | None) -> Record | None:
-    """The record of the first "put" on ``feed`` matching ``predicate`` (``Timeout`` past ``deadline``); None
-    after a "reset" (changes may have been missed: the caller scans the table again)."""
+    """The record of the first "put" on ``feed`` matching ``predicate`` that its write leaves stored
+    (``lasting_match``; ``Timeout`` past ``deadline``); None after a "reset" (changes may have been missed:
+    the caller scans the table again)."""
+    change: Change | None = None  # read already, not yet looked at
     while True:
-        if deadline is not None:
-            deadline = stretched(deadline, time.monotonic())
-        change = feed._next(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if change is None:
+            if deadline is not None:
+                deadline = stretched(deadline, time.monotonic())
+            change = feed._next(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if change.op == "reset":
             return None
         if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]
-            return change.record
+            found, change = lasting_match(feed, change, predicate)
+            if found is not None:
+                return found
+        else:
+            change = None
+
+
+def lasting_match(feed: Feed, first: Change, predicate: Callable[[Record], bool]) -> tuple[Record | None, Change | None]:
+    """``wait_until``'s pick in the write whose matching put ``first`` is: the first record a put of that
+    write (one seq: a batch's parts) stores that matches and that no later part of it removes, or replaces
+    with one that does not match (a batch that inserted a record and deleted it returned a record no replica
+    ever held); None if none stands. The write's other parts are queued with ``first`` (``deliver``): read
+    without waiting. Also returns the change read after them, not yet looked at (None: none)."""
+    found: dict[str | None, Record] = {first.id: first.record}  # type: ignore[dict-item]
+    change = feed._queued()
+    while change is not None and change.seq == first.seq:
+        if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]
+            found[change.id] = change.record  # type: ignore[assignment]  # (a record replaced keeps its place)
+        elif change.op in ("put", "delete"):
+            found.pop(change.id, None)
+        elif change.op == "clear":
+            found.clear()
+        change = feed._queued()
+    return next(iter(found.values()), None), change
 
 
 def connect(

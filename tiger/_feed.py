@@ -553,9 +553,13 @@ def deliver(subscriptions: list[Subscription], seq: int, change: t.Change) -> No
     """Hand one applied change to every open feed that wants it; drop the feeds that are done.
 
     The caller holds the replica's lock and calls this in seq order. Each part of the change is
-    turned into feed changes once, for the first feed that wants it, and shared with the others.
+    turned into feed changes once, for the first feed that wants it, and shared with the others. A
+    batch's parts are queued to each feed at once: a reader that has read one finds the others of its
+    seq queued (``Feed._queued``: wait_until took a record a later part of its batch removed for one
+    that was stored).
     """
     stale = False
+    offers: dict[Subscription, list[Change]] | None = {} if type(change) is t.Batch else None
     for part in change.changes if type(change) is t.Batch else (change,):
         table, namespace = _where(part)
         if table is not None and table.startswith(RESERVED_PREFIX):
@@ -567,7 +571,12 @@ def deliver(subscriptions: list[Subscription], seq: int, change: t.Change) -> No
             elif sub.wants(table, namespace):
                 if changes is None:
                     changes = _changes(seq, part)
-                sub.offer(changes)
+                if offers is None:
+                    sub.offer(changes)
+                else:
+                    offers.setdefault(sub, []).extend(changes)
+    for sub, changes in (offers or {}).items():
+        sub.offer(changes)
     if stale:
         subscriptions[:] = [sub for sub in subscriptions if not sub.done]
 
@@ -724,6 +733,16 @@ class Feed:
 
     def __next__(self) -> Change:
         return self._next(self.timeout)
+
+    def _queued(self) -> Change | None:
+        """The next change if one is queued now, else None (no wait; None once closed). Raises as ``next``
+        does (``FeedOverflow``, the replica's error) when the queue is read. The parts of a batch are queued
+        at once: after one of them, the others of its seq are here."""
+        with self._sub.cond:
+            try:
+                return self._sub.take()
+            except _Closed:
+                return None
 
     def _next(self, timeout: float | None) -> Change:
         """The next change, waiting at most ``timeout`` seconds (None: no limit); ``StopIteration`` once closed."""

@@ -61,9 +61,10 @@ from tiger._client import (
     _stored,
     _TableReads,
     _timeout,
+    lasting_match,
 )
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
-from tiger._feed import _EXPIRED, Alarm, Owner, _resolve, check_timeout, off_loop, running_loop
+from tiger._feed import _EXPIRED, Alarm, Change, Owner, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
 from tiger._owned import OwnedAsyncLock
 from tiger._replica import Replica
@@ -704,19 +705,23 @@ class AsyncTable(_TableReads):
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
                 found = self._scan(ns, predicate)
+                change: Change | None = None  # read already, not yet looked at (after a write's parts)
                 while found is None:
-                    if deadline is not None:
-                        deadline = stretched(deadline, time.monotonic())
                     try:
-                        change = await feed._anext(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                        if change is None:
+                            if deadline is not None:
+                                deadline = stretched(deadline, time.monotonic())
+                            change = await feed._anext(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                        if change.op == "reset":
+                            break  # changes may have been missed: scan again
+                        if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]
+                            found, change = lasting_match(feed, change, predicate)
+                        else:
+                            change = None
                     except FeedOverflow:
                         break  # fell behind (a slow predicate): scan again
                     except Timeout:
                         raise failed() from None
-                    if change.op == "reset":
-                        break  # changes may have been missed: scan again
-                    if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]
-                        found = change.record
                 if found is not None:
                     return found
 
