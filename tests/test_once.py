@@ -616,6 +616,48 @@ def test_two_client_processes_closing_together_each_waited_its_whole_timeout_for
     assert torn["A"][0][1] >= began["B"] and torn["B"][0][1] >= began["A"]  # after the other holder let go, closing
 
 
+LEFT_OPEN_AT_EXIT = """
+import sys, time
+import tiger
+
+url, timeout, a_key, b_key = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+
+def resource(name):
+    def start():
+        yield name
+        sys.stdout.write(f"teardown {name} {time.monotonic()}\\n")  # one write: the two close in two threads
+        sys.stdout.flush()
+
+    return start
+
+
+a, b = tiger.connect(url, timeout=timeout), tiger.connect(url, timeout=timeout)
+a.once(a_key, resource("A")), b.once(b_key, resource("B")), b.once(a_key, resource("A")), a.once(b_key, resource("B"))
+print("exiting", time.monotonic(), flush=True)  # a and b left open: closed at exit
+"""
+
+
+def test_two_clients_left_open_at_exit_were_closed_one_after_the_other_the_first_waiting_its_whole_timeout(tiger_url, ns):
+    # The same kind at a process's exit: the clients it left open were closed one after another, and the first,
+    # holding the second's value and building one the second held, waited its whole timeout for the second,
+    # which was about to close too. Every client open at exit is closing: they close together.
+    timeout = 20.0
+    child = subprocess.run(
+        [sys.executable, "-c", LEFT_OPEN_AT_EXIT, tiger_url, str(timeout), f"A-exit-{ns}", f"B-exit-{ns}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    words = [line.split() for line in child.stdout.splitlines()]
+    exiting = float(next(w[1] for w in words if w[0] == "exiting"))
+    torn = sorted((w[1], float(w[2])) for w in words if w[0] == "teardown")
+    assert [name for name, _ in torn] == ["A", "B"], child.stdout  # once each
+    assert max(when for _, when in torn) - exiting < timeout / 2, child.stdout
+    assert "still hold it" not in child.stderr, child.stderr
+
+
 def test_a_teardown_that_raises_is_raised_by_close(connect, ns):
     def start():
         yield 1

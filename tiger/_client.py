@@ -9,6 +9,7 @@ import inspect
 import itertools
 import logging
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -218,11 +219,34 @@ def _abandoned(replica: Replica | None, ctx: zmq.Context[Any], command: Sequence
 
 @atexit.register
 def _close_open_clients() -> None:
-    for client in list(_open_clients):
+    """Close the clients left open at exit, all at the same time: every one is closing, and each lets go of
+    what it got as it tears its own values down (``close``). One after another, a client holding the next
+    one's value and building one that client held waited its whole timeout for it. The last closes in this
+    thread, each other in a thread of its own (its teardowns run there); where no thread can be started,
+    one after another."""
+    clients = list(_open_clients)
+    closing: list[threading.Thread] = []
+    for client in clients[:-1]:
+        thread = threading.Thread(target=_close_at_exit, args=(client,), name=f"tiger close {client.client_id}", daemon=True)
         try:
-            client.close()
-        except Exception:  # a teardown that raised: the other clients still close
-            log.exception("closing %r at exit", client)
+            thread.start()
+        except RuntimeError:  # (an interpreter that starts no thread at its exit)
+            _close_at_exit(client)
+        else:
+            closing.append(thread)
+    try:
+        for client in clients[-1:]:
+            _close_at_exit(client)
+    finally:
+        for thread in closing:
+            thread.join()
+
+
+def _close_at_exit(client: Client) -> None:
+    try:
+        client.close()
+    except Exception:  # a teardown that raised: the other clients still close
+        log.exception("closing %r at exit", client)
 
 
 class _Connection:
