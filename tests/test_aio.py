@@ -244,6 +244,48 @@ def test_an_async_factory_builds_once_and_its_teardown_is_awaited_at_close(tiger
     run(main)
 
 
+def test_two_async_clients_closing_together_each_waited_its_whole_timeout_for_the_other_to_let_go(tiger_url, ns, caplog):
+    # A user trial: a built A, b built B (async generator factories), each got the other's; ``await
+    # asyncio.gather(a.close(), b.close())`` waited the clients' whole timeout, each close for the other to let
+    # go ("still hold it"), which it did only with its goodbye, after its own wait. A closing client now lets go
+    # of the values it got as it tears its own down.
+    timeout = 20.0  # (the assertion is about waiting it out, not speed)
+    key = {name: f"{name}-{ns}" for name in "AB"}
+    torn: list[tuple[str, float]] = []
+
+    def noted(name: str) -> Callable[[], Any]:
+        async def resource() -> Any:
+            yield name
+            await asyncio.sleep(0)
+            torn.append((name, time.monotonic()))
+
+        return resource
+
+    async def main() -> tuple[dict[str, float], dict[str, float]]:
+        a = await tiger.aio.connect(tiger_url, timeout=timeout)
+        b = await tiger.aio.connect(tiger_url, timeout=timeout)
+        began: dict[str, float] = {}
+        took: dict[str, float] = {}
+
+        async def close(name: str, client: tiger.aio.AsyncClient) -> None:
+            began[name] = time.monotonic()
+            await client.close()
+            took[name] = time.monotonic() - began[name]
+
+        try:
+            assert await a.once(key["A"], noted("A")) == "A" and await b.once(key["B"], noted("B")) == "B"
+            assert await b.once(key["A"], noted("A")) == "A" and await a.once(key["B"], noted("B")) == "B"
+        finally:
+            await asyncio.gather(close("a", a), close("b", b))
+        return began, took
+
+    began, took = run(main)
+    assert max(took.values()) < timeout / 2, took
+    assert sorted(name for name, _ in torn) == ["A", "B"]  # each torn down once, by its builder
+    assert dict(torn)["A"] >= began["b"] and dict(torn)["B"] >= began["a"]  # after its other holder let go: closing
+    assert "still hold it" not in caplog.text
+
+
 def test_a_cancelled_write_is_applied_or_not_and_the_next_write_is_not_held_up(tiger_url, connect, ns):
     other = connect()
 

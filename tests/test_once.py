@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import uuid
 
 import pytest
+from _util import read_line
 
 import tiger
 from tiger import _table as t
@@ -432,6 +435,227 @@ def test_a_teardown_waits_for_holders_only_the_clients_timeout(connect, ns, capl
     assert 0.9 < time.monotonic() - started < 5
     assert log[0] == "up" and log[1].startswith("down")
     assert "still hold it" in caplog.text
+
+
+def _noted(name: str, log: list[tuple[str, float]]):
+    """A generator factory whose value is ``name`` and whose teardown notes (name, when)."""
+
+    def start():
+        yield name
+        log.append((name, time.monotonic()))
+
+    return start
+
+
+def _closed_together(*clients: tiger.Client) -> tuple[dict[int, float], dict[int, float]]:
+    """Close ``clients`` at the same time, each in a thread of its own: (when each close began, how long it
+    took), by index."""
+    began: dict[int, float] = {}
+    took: dict[int, float] = {}
+    together = threading.Barrier(len(clients))
+
+    def close(i: int, client: tiger.Client) -> None:
+        together.wait(10)
+        began[i] = time.monotonic()
+        client.close()
+        took[i] = time.monotonic() - began[i]
+
+    threads = [threading.Thread(target=close, args=(i, c)) for i, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(took) == list(range(len(clients)))
+    return began, took
+
+
+def test_two_clients_closing_together_each_waited_its_whole_timeout_for_the_other_to_let_go(connect, ns, caplog):
+    # A user trial: a built A, b built B, each got the other's. Closed at the same time (two threads), each close
+    # waited its whole timeout for the other to let go ("still hold it"), which the other did only with its
+    # goodbye, after its own wait. A closing client now lets go of the values it got as it tears its own down.
+    timeout = 20.0  # (the assertion is about waiting it out, not speed)
+    a, b = connect(timeout=timeout), connect(timeout=timeout)
+    log: list[tuple[str, float]] = []
+    key = {name: f"{name}-{ns}" for name in "AB"}
+    assert a.once(key["A"], _noted("A", log)) == "A" and b.once(key["B"], _noted("B", log)) == "B"
+    assert b.once(key["A"], _noted("A", log)) == "A" and a.once(key["B"], _noted("B", log)) == "B"
+    began, took = _closed_together(a, b)
+    assert max(took.values()) < timeout / 2, took
+    assert sorted(name for name, _ in log) == ["A", "B"]  # each torn down once, by its builder
+    torn = dict(log)
+    assert torn["A"] >= began[1] and torn["B"] >= began[0]  # after its other holder let go: as it closed
+    assert "still hold it" not in caplog.text
+    with connect() as later:  # each key retired with its value
+        assert later.once(key["A"], lambda: "anew") == "anew" and later.once(key["B"], lambda: "anew") == "anew"
+
+
+def test_a_value_got_before_one_built_from_it_stays_up_through_that_ones_teardown_as_both_builders_close_together(
+    connect, ns, caplog
+):
+    # The same trial, the other way round for a: a got B inside A's factory (A is built from B), and b got A.
+    # Closed together, b lets go of A (got after it built B) and waits for a; a tears A down while it still holds
+    # B (what A's teardown may use), then lets go of it with its goodbye; only then is B torn down. (Each
+    # waited its whole timeout before; letting go of every value at the start of close would tear B down first.)
+    timeout = 20.0
+    a, b = connect(timeout=timeout), connect(timeout=timeout)
+    log: list[tuple[str, float]] = []
+    key = {name: f"{name}-{ns}" for name in "AB"}
+    assert b.once(key["B"], _noted("B", log)) == "B"
+
+    def built_from_b():
+        used = a.once(key["B"], _noted("B", log))
+        yield f"A on {used}"
+        assert [name for name, _ in log] == [], "B was torn down before A, which uses it"
+        log.append(("A", time.monotonic()))
+
+    assert a.once(key["A"], built_from_b) == "A on B" and b.once(key["A"], built_from_b) == "A on B"
+    began, took = _closed_together(a, b)
+    assert max(took.values()) < timeout / 2, took
+    assert [name for name, _ in log] == ["A", "B"]
+    assert dict(log)["A"] >= began[1]
+    assert "still hold it" not in caplog.text
+
+
+CLOSING_TOGETHER = """
+import asyncio, sys, time
+import tiger, tiger.aio
+
+url, driver, mine, other, timeout = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+
+
+def say(*words):
+    print(*words, flush=True)
+
+
+def go(step):  # the test's go-ahead, a line on stdin
+    assert sys.stdin.readline().strip() == step
+
+
+def resource(name):
+    def blocking():
+        yield name
+        say("teardown", name, time.monotonic())
+
+    async def awaited():
+        yield name
+        say("teardown", name, time.monotonic())
+
+    return awaited if driver == "async" else blocking
+
+
+def blocking():
+    client = tiger.connect(url, timeout=timeout)
+    client.once(mine, resource(mine))
+    say("built")
+    go("get")
+    client.once(other, resource(other), timeout=timeout)
+    say("got")
+    go("close")
+    began = time.monotonic()
+    say("closing", began)
+    client.close()
+    say("closed", time.monotonic() - began)
+
+
+async def awaited():
+    client = await tiger.aio.connect(url, timeout=timeout)
+    await client.once(mine, resource(mine))
+    say("built")
+    go("get")
+    await client.once(other, resource(other), timeout=timeout)
+    say("got")
+    go("close")
+    began = time.monotonic()
+    say("closing", began)
+    await client.close()
+    say("closed", time.monotonic() - began)
+
+
+asyncio.run(awaited()) if driver == "async" else blocking()
+"""
+
+
+@pytest.mark.parametrize("driver", ["blocking", "async"])
+def test_two_client_processes_closing_together_each_waited_its_whole_timeout_for_the_other_to_let_go(tiger_url, ns, driver):
+    # The user trial across processes: each builds one value and gets the other's; told to close at the same
+    # moment, each close waited its whole timeout for the other process, and logged "still hold it".
+    timeout = 20.0
+    key = {"A": f"A-{driver}-{ns}", "B": f"B-{driver}-{ns}"}
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", CLOSING_TOGETHER, tiger_url, driver, key[name], key[other], str(timeout)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, other in (("A", "B"), ("B", "A"))
+    }
+    try:
+        for step, heard in (("get", "built"), ("close", "got")):
+            for child in children.values():
+                assert read_line(child, 30).split() == [heard]
+            for child in children.values():
+                assert child.stdin is not None
+                child.stdin.write(step + "\n")
+                child.stdin.flush()
+        said = {name: child.communicate(timeout=60) for name, child in children.items()}
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
+    lines = {name: [line.split() for line in out.splitlines()] for name, (out, _) in said.items()}
+    for name, (_, err) in said.items():
+        assert children[name].returncode == 0, err
+        assert "still hold it" not in err, err
+    began = {name: float(next(w[1] for w in words if w[0] == "closing")) for name, words in lines.items()}
+    took = {name: float(next(w[1] for w in words if w[0] == "closed")) for name, words in lines.items()}
+    torn = {name: [(w[1], float(w[2])) for w in words if w[0] == "teardown"] for name, words in lines.items()}
+    assert max(took.values()) < timeout / 2, took
+    assert [k for k, _ in torn["A"]] == [key["A"]] and [k for k, _ in torn["B"]] == [key["B"]]  # once each, by its builder
+    assert torn["A"][0][1] >= began["B"] and torn["B"][0][1] >= began["A"]  # after the other holder let go, closing
+
+
+LEFT_OPEN_AT_EXIT = """
+import sys, time
+import tiger
+
+url, timeout, a_key, b_key = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+
+def resource(name):
+    def start():
+        yield name
+        sys.stdout.write(f"teardown {name} {time.monotonic()}\\n")  # one write: the two close in two threads
+        sys.stdout.flush()
+
+    return start
+
+
+a, b = tiger.connect(url, timeout=timeout), tiger.connect(url, timeout=timeout)
+a.once(a_key, resource("A")), b.once(b_key, resource("B")), b.once(a_key, resource("A")), a.once(b_key, resource("B"))
+print("exiting", time.monotonic(), flush=True)  # a and b left open: closed at exit
+"""
+
+
+def test_two_clients_left_open_at_exit_were_closed_one_after_the_other_the_first_waiting_its_whole_timeout(tiger_url, ns):
+    # The same kind at a process's exit: the clients it left open were closed one after another, and the first,
+    # holding the second's value and building one the second held, waited its whole timeout for the second,
+    # which was about to close too. Every client open at exit is closing: they close together.
+    timeout = 20.0
+    child = subprocess.run(
+        [sys.executable, "-c", LEFT_OPEN_AT_EXIT, tiger_url, str(timeout), f"A-exit-{ns}", f"B-exit-{ns}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    words = [line.split() for line in child.stdout.splitlines()]
+    exiting = float(next(w[1] for w in words if w[0] == "exiting"))
+    torn = sorted((w[1], float(w[2])) for w in words if w[0] == "teardown")
+    assert [name for name, _ in torn] == ["A", "B"], child.stdout  # once each
+    assert max(when for _, when in torn) - exiting < timeout / 2, child.stdout
+    assert "still hold it" not in child.stderr, child.stderr
 
 
 def test_a_teardown_that_raises_is_raised_by_close(connect, ns):

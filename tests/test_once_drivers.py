@@ -178,6 +178,73 @@ def test_a_tear_down_with_a_deadline_stops_at_it_and_retires_within_it_driven_by
     assert done.value.value == [] and late.not_torn_down() == [("global", "late")]
 
 
+def test_a_closing_client_lets_go_of_what_it_got_after_its_own_value_before_waiting_for_its_holders_driven_by_hand():
+    # A user trial: two clients closing together, each holding the other's value, each waited its whole timeout
+    # for the other to let go, which it did only with its goodbye, after its own wait. Closing (``leaving``),
+    # a client unwinds what it got as a stack: what it got after a value it built is let go of before the
+    # wait for that value's holders; what it got before (what that value's factory may have used) it keeps
+    # (its goodbye lets go of it). A plain tear-down (``tear_down_once_values``) lets go of nothing.
+    from tiger._once import Sync, TearDown, Until, _first_value
+
+    store = t.Store()
+    a, c = InMemory(store, "a"), InMemory(store, "c")
+
+    def resource() -> Generator[str, None, None]:
+        yield "up"
+
+    def answer(client: InMemory, request: p.Request) -> p.Ok:
+        if type(request) is p.OnceFinish and request.outcome == "resource":
+            result, change = t.prepare_once_finish(store, request.key, request.client_id, request.payload, None, teardown=True)
+        elif type(request) is p.OnceFinish and request.outcome == "leave":
+            result, change = "left", t.prepare_once_let_go(store, request.key, request.client_id)
+        else:
+            return client.answer(request)
+        if change is not None:
+            store.apply(change)
+        return p.Ok(request.req_id, "epoch", 0, change, result)
+
+    def got(once: Once, client: InMemory, key: str) -> Any:
+        steps = once._value(client, key, "global", resource, None, math.inf, False, INTERRUPTIONS)
+        reply: Any = None
+        try:
+            while True:
+                effect = steps.send(reply)
+                reply = answer(client, effect.request) if type(effect) is Write else _first_value(effect.factory())
+        except StopIteration as done:
+            return done.value
+
+    others, mine = Once(), Once()
+    assert got(others, c, "before") == "up" and got(others, c, "after") == "up"  # c builds both
+    assert got(mine, a, "before") == "up"  # a gets "before",
+    assert got(mine, a, "mine") == "up"  # builds "mine",
+    assert got(others, c, "mine") == "up"  # (which c gets)
+    assert got(mine, a, "after") == "up"  # and gets "after"
+
+    def holders(key: str) -> list[str]:
+        return store.get(t.ONCE_TABLE, t.GLOBAL, key)["holders"]
+
+    assert (holders("before"), holders("mine"), holders("after")) == (["a"], ["c"], ["a"])
+    plain = mine._tear_down(a, 10.0)
+    assert type(next(plain)) is Sync and type(plain.send(None)) is Until  # not leaving: straight to the wait
+    plain.close()
+    steps = mine._tear_down(a, 10.0, leaving=True)
+    assert type(next(steps)) is Sync
+    leave = steps.send(None)
+    assert type(leave) is Write and (leave.request.key, leave.request.outcome, leave.request.payload) == ("after", "leave", None)
+    wait = steps.send(answer(a, leave.request))
+    assert type(wait) is Until and holders("after") == [] and holders("before") == ["a"]  # "before" still held
+    assert not wait.predicate()  # c still holds "mine": waited for
+    store.apply(t.prepare_once_let_go(store, "mine", "c"))
+    assert wait.predicate()
+    assert t.prepare_once_let_go(store, "mine", "c") is None  # (let go of already: nothing)
+    assert type(steps.send(None)) is TearDown
+    retire = steps.send(None)
+    assert type(retire) is Write and retire.request.outcome == "retire"
+    with pytest.raises(StopIteration) as done:
+        steps.send(None)
+    assert done.value.value == [] and holders("before") == ["a"]  # let go of with the goodbye
+
+
 def test_a_call_whose_first_claim_was_applied_unanswered_gives_that_claim_up_driven_by_hand():
     # A review: a claim applied by the writer whose answer was lost, then a second claim that never reached
     # it (interrupted, expired): the release named only the last claim, the writer kept the first, and the

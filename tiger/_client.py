@@ -9,6 +9,7 @@ import inspect
 import itertools
 import logging
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -229,11 +230,34 @@ def _abandoned(replica: Replica | None, ctx: zmq.Context[Any], command: Sequence
 
 @atexit.register
 def _close_open_clients() -> None:
-    for client in list(_open_clients):
+    """Close the clients left open at exit, all at the same time: every one is closing, and each lets go of
+    what it got as it tears its own values down (``close``). One after another, a client holding the next
+    one's value and building one that client held waited its whole timeout for it. The last closes in this
+    thread, each other in a thread of its own (its teardowns run there); where no thread can be started,
+    one after another."""
+    clients = list(_open_clients)
+    closing: list[threading.Thread] = []
+    for client in clients[:-1]:
+        thread = threading.Thread(target=_close_at_exit, args=(client,), name=f"tiger close {client.client_id}", daemon=True)
         try:
-            client.close()
-        except Exception:  # a teardown that raised: the other clients still close
-            log.exception("closing %r at exit", client)
+            thread.start()
+        except RuntimeError:  # (an interpreter that starts no thread at its exit)
+            _close_at_exit(client)
+        else:
+            closing.append(thread)
+    try:
+        for client in clients[-1:]:
+            _close_at_exit(client)
+    finally:
+        for thread in closing:
+            thread.join()
+
+
+def _close_at_exit(client: Client) -> None:
+    try:
+        client.close()
+    except Exception:  # a teardown that raised: the other clients still close
+        log.exception("closing %r at exit", client)
 
 
 class _Connection:
@@ -734,17 +758,20 @@ class Client(_Connection):
         return info
 
     def close(self) -> None:
-        """Run the teardowns of the once values this client built, wait for a call in flight on another
-        thread (at most ``timeout`` seconds: a call ends only by its deadline, as a paused writer could
-        still apply it), say goodbye to the writer, stop the replica, close the sockets. Idempotent. A
-        teardown that raised is raised again at the end. Interrupted (Ctrl-C) in a teardown or between
-        them, it still closes, the teardowns not run yet logged, not run."""
+        """Run the teardowns of the once values this client built, each once its other holders have let go
+        of it (closed, closing, or silent; at most ``timeout`` seconds for all: past it, a warning names
+        them), newest first, letting go of the values of other builders it got after each as it goes (two
+        clients closing together, each holding the other's value, each waited its whole ``timeout``); wait
+        for a call in flight on another thread (at most ``timeout`` seconds: a call ends only by its
+        deadline, as a paused writer could still apply it), say goodbye to the writer, stop the replica,
+        close the sockets. Idempotent. A teardown that raised is raised again at the end. Interrupted
+        (Ctrl-C) in a teardown or between them, it still closes, the teardowns not run yet logged, not run."""
         if self._closed:
             return
         errors: list[tuple[str, BaseException]] = []
         try:
             if os.getpid() == self._pid:
-                errors = self.tear_down_once_values(wait=self.timeout)
+                errors = self._tear_down_once_values(self.timeout, leaving=True)
         finally:
             left = self._once.not_torn_down() if os.getpid() == self._pid else []
             if left:
@@ -888,7 +915,12 @@ class Client(_Connection):
         them) ends the tear-down, the rest left, and is raised again (as ``tiger.aio`` raises a
         cancellation), before any error.
         """
-        errors = self._once.tear_down(self, check_seconds(wait, "wait"))  # type: ignore[arg-type]
+        return self._tear_down_once_values(check_seconds(wait, "wait"))  # type: ignore[arg-type]
+
+    def _tear_down_once_values(self, wait: float, leaving: bool = False) -> list[tuple[str, BaseException]]:
+        """``tear_down_once_values``; ``leaving`` (``close()``): letting go of the values other clients built
+        as it goes (``Once.tear_down``)."""
+        errors = self._once.tear_down(self, wait, leaving=leaving)
         for _, error in errors:
             if isinstance(error, KeyboardInterrupt):
                 raise error

@@ -1143,6 +1143,8 @@ class WriterCore:
             return _table.prepare_once_release(self.store, r.key, r.client_id, r.namespace, r.payload), "released"
         if r.outcome == "retire":
             return _table.prepare_once_retire(self.store, r.key, r.client_id, r.namespace), "retired"
+        if r.outcome == "leave":
+            return _table.prepare_once_let_go(self.store, r.key, r.client_id, r.namespace), "left"
         value, error = (None, r.payload) if r.outcome == "error" else (r.payload, None)
         verdict, change = _table.prepare_once_finish(
             self.store, r.key, r.client_id, value, error, r.namespace, teardown=r.outcome == "resource"

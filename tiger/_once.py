@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -291,6 +292,13 @@ class Once:
         self._built: dict[tuple[str, str], Any] = {}  # values built whose delivery to the writer failed
         # (namespace, key) -> its generator factory, still to finish, and whether it ran in that namespace
         self._teardowns: dict[tuple[str, str], tuple[FactoryGenerator, bool]] = {}
+        # when each value came to this client, in one order (``_got``): the values with a teardown it built
+        # (its builds' ``Build`` answered) and those another client built that it holds ((owner, claim) names
+        # which build: a key retired and built anew is another value). A closing client lets go of what it
+        # got after a value it built before it waits for that value's holders (``_tear_down``'s ``leaving``)
+        self._got = itertools.count()
+        self._built_at: dict[tuple[str, str], int] = {}
+        self._held: dict[tuple[str, str], tuple[int, str, Any]] = {}
 
     def value(
         self, client: BlockingOnceClient, key: str, scope: str, factory: Callable[[], Any], wait: float | None, in_scope: bool
@@ -396,10 +404,14 @@ class Once:
         holders = [lock.holder for lock in held if lock is not None] + [None if builder is None else builder.live_holder()]
         return any(holder is not None and holder[0] == thread for holder in holders)  # type: ignore[index]
 
-    def tear_down(self, client: BlockingOnceClient, wait: float, until: float = math.inf) -> list[tuple[str, BaseException]]:
+    def tear_down(
+        self, client: BlockingOnceClient, wait: float, until: float = math.inf, leaving: bool = False
+    ) -> list[tuple[str, BaseException]]:
         """``Client.tear_down_once_values``: run the teardowns, newest first, and retire their keys.
 
-        ``wait`` (seconds, for all keys together): first wait for the other holders of each value. Returns
+        ``wait`` (seconds, for all keys together): first wait for the other holders of each value.
+        ``leaving`` (``close()``): this client lets go of the values it got from other builders as it
+        goes, so that clients closing together do not wait for each other (``_tear_down``). Returns
         the (key, error) of each teardown that raised; raises ``Unavailable`` if the replica stopped.
         ``until`` (``time.monotonic()`` seconds; the pytest plugin's ``tiger_teardown_timeout``): a
         teardown running then is stopped (its error ``PastDeadline``, main thread only), and those not
@@ -407,7 +419,7 @@ class Once:
         ``KeyboardInterrupt``) ends the tear-down too: the others are left, as for a cancelled async
         close (Ctrl-C stopped one teardown, and the next ran in full: a user trial); a Ctrl-C between
         teardowns is raised, the rest left."""
-        return _drive(client, self._tear_down(client, wait, until, stop_on=(KeyboardInterrupt,)))
+        return _drive(client, self._tear_down(client, wait, until, stop_on=(KeyboardInterrupt,), leaving=leaving))
 
     def not_torn_down(self) -> list[tuple[str, str]]:
         """The (scope, key) of the teardowns not run yet, newest first."""
@@ -422,16 +434,19 @@ class Once:
         for teardown, _ in self._teardowns.values():
             _never_finalized(teardown)
         self._teardowns.clear()
+        self._built_at.clear()
 
-    async def tear_down_async(self, client: AsyncOnceClient, wait: float) -> list[tuple[str, BaseException]]:
-        """``tear_down`` for ``tiger.aio``: ``await once.tear_down_async(client, wait)``; async generator
+    async def tear_down_async(
+        self, client: AsyncOnceClient, wait: float, leaving: bool = False
+    ) -> list[tuple[str, BaseException]]:
+        """``tear_down`` for ``tiger.aio``: ``await once.tear_down_async(client, wait, leaving)``; async generator
         teardowns are awaited. A teardown that is cancelled counts as one that raised ``CancelledError``
         and ends the tear-down: the teardowns not run yet are left (``not_torn_down``), their keys kept,
         and the caller raises it again after (a cancelled ``close()`` ran every other teardown and retired
         every key, logging nothing: a user trial)."""
         import asyncio
 
-        return await _drive_async(client, self._tear_down(client, wait, stop_on=(asyncio.CancelledError,)))
+        return await _drive_async(client, self._tear_down(client, wait, stop_on=(asyncio.CancelledError,), leaving=leaving))
 
     def has_teardown(self, key: str, scope: str) -> bool:
         """Whether this client built ``key`` of ``scope`` with a generator factory whose teardown has not run yet."""
@@ -481,9 +496,42 @@ class Once:
                 continue
             record = once_record(client, scope, key)
             if record is not None and record["state"] != "building":
+                self._holding(client, scope, key, record)
                 return _once_value(record)
             owner = None if record is None else record["owner"]
             yield from _wait_for_builder(client, key, scope, owner, deadline, wait)
+
+    def _holding(self, client: OnceClient, scope: str, key: str, record: Record) -> None:
+        """Note that this client got ``key``'s value, built by another client with a teardown (the writer
+        counts it among the value's holders): when, in the order of ``_got``. A value got again keeps
+        its first time, unless it is another build of the key."""
+        if record["owner"] == client.client_id or not record.get("teardown"):
+            return
+        build = (record["owner"], record.get("claim"))
+        held = self._held.get((scope, key))
+        if held is None or held[1:] != build:
+            self._held[scope, key] = (next(self._got), *build)
+
+    def _let_go(self, client: OnceClient, after: int, deadline: float) -> Steps[None]:
+        """Tell the writer this client no longer holds the values of other builders it got after ``after``
+        (``_got``), newest first: their builders' teardowns wait for it no longer. Each is waited for by
+        ``deadline`` (at least ``RELEASE_WAIT`` seconds, at most the heartbeat timeout); unanswered (a
+        writer paused, gone, or an older writer that knows no "leave"), it is given up: the goodbye lets
+        go of it too. A value the replica says it holds no more (retired, let go of) asks nothing of the
+        writer. What the driver raises at the ``yield`` (a cancellation) goes through."""
+        newer = sorted(((at, held) for held, (at, *_) in list(self._held.items()) if at > after), reverse=True)
+        for _, (scope, key) in newer:
+            self._held.pop((scope, key), None)
+            record = once_record(client, scope, key)
+            if record is None or client.client_id not in record["holders"]:
+                continue
+            leave = p.OnceFinish(next(client._req_ids), key, client.client_id, "leave", None, scope)
+            with contextlib.suppress(TigerError):
+                if _heard(client):
+                    now = time.monotonic()
+                    yield Write(leave, min(now + client.heartbeat_timeout, max(deadline, now + RELEASE_WAIT)))
+                else:
+                    yield Write(leave, waited=False)
 
     def _build(
         self,
@@ -505,6 +553,8 @@ class Once:
                 value, teardown = yield Build(factory, scope if in_scope else None)
                 if teardown is not None:
                     self._teardowns[scope, key] = (teardown, in_scope)
+                    self._built_at[scope, key] = next(self._got)
+                    self._held.pop((scope, key), None)
                 check_value(value, "value")
                 try:
                     packed = len(p.pack(value))  # the writer's limit, checked before it is sent: a refusal is an outcome too
@@ -542,8 +592,22 @@ class Once:
         return _once_value(record)
 
     def _tear_down(
-        self, client: OnceClient, wait: float, until: float = math.inf, stop_on: tuple[type[BaseException], ...] = ()
+        self,
+        client: OnceClient,
+        wait: float,
+        until: float = math.inf,
+        stop_on: tuple[type[BaseException], ...] = (),
+        leaving: bool = False,
     ) -> Steps[list[tuple[str, BaseException]]]:
+        """The teardowns, newest first, each after waiting for its value's holders (``wait`` seconds for all).
+
+        ``leaving`` (a client closing): before the wait for a value's holders, this client lets go of the
+        values of other builders it got after it built that one (``_let_go``): two clients closing
+        together, each holding a value the other built, each waited its whole timeout for the other,
+        which let go only with its goodbye, after its own wait. In the order the values came (a stack, as
+        pytest unwinds fixtures), no two closing clients wait for each other: each waits only for values
+        newer than the one it tears down. What it got before one it built (what that one's factory used)
+        it still holds while that one is torn down, until its goodbye."""
         errors: list[tuple[str, BaseException]] = []
         deadline = time.monotonic() + wait
         retires: list[tuple[str, p.OnceFinish]] = []  # at a run's end (``until``): sent after the teardowns
@@ -554,6 +618,12 @@ class Once:
             # the newest first; taken off only when it runs: a wait interrupted before (a cancelled close)
             # leaves it to run at the next tear-down
             (scope, key), (teardown, in_scope) = next(reversed(self._teardowns.items()))
+            if leaving:
+                try:
+                    yield from self._let_go(client, self._built_at.get((scope, key), -1), deadline)
+                except stop_on as stopped:  # (a cancelled close, a Ctrl-C): as in a teardown, nothing more
+                    errors.append((key, stopped))
+                    break
             if wait > 0 and client.replica.silent_for() <= client.heartbeat_timeout:
                 with contextlib.suppress(Timeout):
                     yield Until(
@@ -565,6 +635,7 @@ class Once:
                 if holders:  # past the wait, or told to hurry
                     log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
             del self._teardowns[scope, key]
+            self._built_at.pop((scope, key), None)
             self._built.pop((scope, key), None)  # torn down: never to be delivered later
             try:
                 error = yield TearDown(key, teardown, scope if in_scope else None, until)
@@ -606,6 +677,7 @@ class Once:
     def _tear_down_now(self, scope: str, key: str) -> Steps[None]:
         self._built.pop((scope, key), None)  # torn down: never to be delivered later
         entry = self._teardowns.pop((scope, key), None)
+        self._built_at.pop((scope, key), None)
         if entry is not None:
             error = yield TearDown(key, entry[0], scope if entry[1] else None)
             if error is not None:

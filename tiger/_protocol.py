@@ -451,7 +451,7 @@ class OnceClaim:
     namespace: str = "global"  # the key's scope (the pytest plugin: one per test run)
 
 
-ONCE_OUTCOMES = ("value", "resource", "error", "release", "retire")
+ONCE_OUTCOMES = ("value", "resource", "error", "release", "retire", "leave")
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,8 +459,9 @@ class OnceFinish:
     """The builder's outcome: "value" (payload: the value), "resource" (a value the builder tears down
     later), "error" (payload: [type, message, builder, traceback]), "release" (the build was interrupted;
     payload: ``[first, last]``, the request ids of the claims of the call giving it up, or None for
-    any claim of the client's)
-    or "retire" (the value was torn down)."""
+    any claim of the client's), "retire" (the value was torn down), or, from a client that is not its
+    builder, "leave" (payload None: the client, closing, lets go of the value: its builder's teardown
+    no longer waits for it)."""
 
     req_id: int
     key: str

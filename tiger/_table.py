@@ -974,6 +974,15 @@ def prepare_once_retire(store: Store, key: str, client_id: str, namespace: str =
     return Delete(ONCE_TABLE, namespace, key)
 
 
+def prepare_once_let_go(store: Store, key: str, client_id: str, namespace: str = GLOBAL) -> Put | None:
+    """``client_id`` lets go of once ``key``'s value (a closing client, before it waits for the holders of
+    the values it built): its builder's teardown no longer waits for it. None when it does not hold it."""
+    current = _once_at(store, namespace, key)
+    if current is None or client_id not in current["holders"]:
+        return None
+    return Put(ONCE_TABLE, namespace, (freeze({**current, "holders": [h for h in current["holders"] if h != client_id]}),))
+
+
 def prepare_once_leave(store: Store, client_id: str) -> list[Put]:
     """``client_id`` left (goodbye or silence): it holds no once value any more."""
     return [

@@ -200,7 +200,8 @@ class AsyncClient(_Connection):
     # -- lifecycle ------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Run the teardowns of the once values this client built (awaiting async generators), wait for a
+        """Run the teardowns of the once values this client built (awaiting async generators; as
+        ``tiger.Client.close`` does: letting go of the values it got as it goes), wait for a
         call in flight (at most ``timeout`` seconds), say goodbye to the writer, stop the replica, close the
         sockets. Idempotent. A teardown that raised is raised again at the end. Cancelled, it still closes
         (the teardowns not run yet are logged, not run). Under anyio, the teardowns run in a shielded
@@ -216,7 +217,7 @@ class AsyncClient(_Connection):
         try:
             if os.getpid() == self._pid and self._shared is None:
                 with _shielded_under_anyio(2 * self.timeout):  # in this task: the teardown's context and scopes are its own
-                    errors = await self.tear_down_once_values(wait=self.timeout)
+                    errors = await self._tear_down_once_values(self.timeout, leaving=True)
         finally:
             if self._once._teardowns:
                 log.warning("closing %r with once teardowns not run: %s", self, sorted(k for _, k in self._once._teardowns))
@@ -333,7 +334,12 @@ class AsyncClient(_Connection):
 
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""
-        errors = await self._once.tear_down_async(self, check_seconds(wait, "wait"))  # type: ignore[arg-type]
+        return await self._tear_down_once_values(check_seconds(wait, "wait"))  # type: ignore[arg-type]
+
+    async def _tear_down_once_values(self, wait: float, leaving: bool = False) -> list[tuple[str, BaseException]]:
+        """``tear_down_once_values``; ``leaving`` (``close()``): letting go of the values other clients built
+        as it goes (``Once.tear_down``)."""
+        errors = await self._once.tear_down_async(self, wait, leaving)
         for _, error in errors:  # the tear-down ended at it: a cancellation goes on now, before any error
             if isinstance(error, asyncio.CancelledError):
                 raise error
