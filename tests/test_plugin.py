@@ -293,6 +293,24 @@ def test_a_bad_seed_file_fails_every_test_using_tiger_naming_the_line(pytester, 
     assert len(failures) == 2
 
 
+def test_a_seed_nested_past_the_recursion_limit_failed_tiger_seed_naming_no_file_nor_line(pytester, tmp_path):
+    # 5000 nested arrays: OnceFailed "... RecursionError: maximum recursion depth exceeded while decoding a JSON
+    # array", where 40 levels are refused naming the file, the line and the field
+    (tmp_path / "deep.jsonl").write_text('{"table": "t", "record": {"id": "x", "v": ' + "[" * 5000 + "]" * 5000 + "}}\n")
+    pytester.makeini(f"[pytest]\ntiger_seed = {tmp_path / 'deep.jsonl'}\n")
+    pytester.makepyfile(test_x="def test_x(tiger_client): pass\ndef test_y(tiger_client): pass")
+    result = run(pytester, "-p", "no:xdist")
+    result.assert_outcomes(errors=2)
+    assert "RecursionError" not in result.stdout.str()
+    failures = re.findall(
+        r"^E\s+\S*OnceFailed: once 'tiger_seed' failed in main \(pid \d+\): SeedError: "
+        r"\S*deep.jsonl:1: record\['v'\](\[0\]){31}: nested deeper than 32 levels$",
+        result.stdout.str(),
+        re.MULTILINE,
+    )
+    assert len(failures) == 2, result.stdout.str()
+
+
 def test_stats_summary(pytester):
     pytester.makepyfile(
         test_s="""
