@@ -293,6 +293,103 @@ def test_a_bad_seed_file_fails_every_test_using_tiger_naming_the_line(pytester, 
     assert len(failures) == 2
 
 
+def test_a_seed_nested_past_the_recursion_limit_failed_tiger_seed_naming_no_file_nor_line(pytester, tmp_path):
+    # 5000 nested arrays: OnceFailed "... RecursionError: maximum recursion depth exceeded while decoding a JSON
+    # array", where 40 levels are refused naming the file, the line and the field
+    (tmp_path / "deep.jsonl").write_text('{"table": "t", "record": {"id": "x", "v": ' + "[" * 5000 + "]" * 5000 + "}}\n")
+    pytester.makeini(f"[pytest]\ntiger_seed = {tmp_path / 'deep.jsonl'}\n")
+    pytester.makepyfile(test_x="def test_x(tiger_client): pass\ndef test_y(tiger_client): pass")
+    result = run(pytester, "-p", "no:xdist")
+    result.assert_outcomes(errors=2)
+    assert "RecursionError" not in result.stdout.str()
+    failures = re.findall(
+        r"^E\s+\S*OnceFailed: once 'tiger_seed' failed in main \(pid \d+\): SeedError: "
+        r"\S*deep.jsonl:1: record\['v'\](\[0\]){31}: nested deeper than 32 levels$",
+        result.stdout.str(),
+        re.MULTILINE,
+    )
+    assert len(failures) == 2, result.stdout.str()
+
+
+SHARED_SUITE = """
+import asyncio
+import pytest
+import tiger
+
+def build():
+    yield {{"token": 1}}
+    with open({torn!r}, "a") as f:
+        f.write("torn\\n")
+
+@pytest.fixture(scope="session")
+def value(tiger_once):
+    return tiger_once("value", build)
+
+SHARED = "tiger_client is shared by every test of this pytest process"
+
+def test_a_close(tiger_client, value):
+    with pytest.raises(tiger.TigerError, match=SHARED + ".* use tiger.connect"):
+        tiger_client.close()
+
+def test_b_with_block(tiger_client):
+    with pytest.raises(tiger.TigerError, match=SHARED):
+        with tiger_client:
+            pytest.fail("the block ran")
+
+def test_c_tear_down(tiger_client, tiger_aclient):
+    with pytest.raises(tiger.TigerError, match=SHARED):
+        tiger_client.tear_down_once_values()
+    with pytest.raises(tiger.TigerError, match=SHARED):
+        asyncio.run(tiger_aclient.tear_down_once_values())
+
+def test_d_closes_its_own_aclient(tiger_aclient):
+    asyncio.run(tiger_aclient.close())  # its own socket only: the fixture closes it again, after the test
+
+@pytest.mark.parametrize("i", range(3))
+def test_later(tiger_client, tiger_aclient, tiger_namespace, value, i):
+    assert value == {{"token": 1}}
+    assert tiger_client.table("t").insert({{"id": "x"}})["id"] == "x"
+    assert asyncio.run(tiger_aclient.table("t").insert({{"id": "y"}}))["id"] == "y"
+    with open({torn!r}, "a"):
+        pass
+    with open({torn!r}) as f:
+        assert f.read() == ""  # not torn down yet
+
+def test_own_client_closes(tiger_url):
+    with tiger.connect(tiger_url) as client:
+        client.table("t").insert({{"id": "own"}})
+"""
+
+
+@pytest.mark.parametrize("xdist", [["-n", "2", "--dist", "loadfile"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
+def test_a_test_closing_the_shared_tiger_client_failed_every_later_test_of_its_process(pytester, tmp_path, xdist):
+    # tiger_client.close() (or a `with tiger_client:` block) in a test closed the session's client: the run's
+    # tiger_once teardowns ran then, and every later test of the process failed with "this client is closed"
+    torn = tmp_path / "torn"
+    pytester.makepyfile(test_shared=SHARED_SUITE.format(torn=str(torn)))
+    result = run(pytester, "-p", "no:randomly", *xdist)
+    result.assert_outcomes(passed=8)
+    assert torn.read_text() == "torn\n"  # once, at the end of the run
+
+
+def test_the_plugins_own_close_of_the_shared_client_still_runs_its_once_teardowns(pytester, tmp_path):
+    # The shared client refuses close() and tear_down_once_values(), which Client.close calls: the plugin's
+    # close at the end of the run must still run the teardown of a value built by tiger_client.once
+    torn = tmp_path / "torn"
+    pytester.makepyfile(
+        test_own=f"""
+        def build():
+            yield 1
+            open({str(torn)!r}, "w").close()
+
+        def test_own_once(tiger_client):
+            assert tiger_client.once("own", build) == 1
+        """
+    )
+    run(pytester, "-p", "no:xdist").assert_outcomes(passed=1)
+    assert torn.exists()
+
+
 def test_stats_summary(pytester):
     pytester.makepyfile(
         test_s="""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import types
@@ -14,7 +15,7 @@ import pytest
 
 import tiger
 from tiger._seed import SeedError, dump_lines, from_json, read_file, to_json
-from tiger._table import Put, Record, Store
+from tiger._table import Put, Record, Store, check_record
 
 TIGER = [sys.executable, "-m", "tiger"]
 EXT = msgpack.ExtType(5, b"\x01\x02")
@@ -185,3 +186,147 @@ def test_a_dump_of_an_ExtType_a_replica_held_wrote_it_as_a_list():
     with pytest.raises(ValueError) as raised:
         dump_lines(client)  # type: ignore[arg-type]
     assert str(raised.value).startswith("table 't', namespace 'global', id 'a': record['x'][1]: ExtType is not storable")
+
+
+def load_refused(tmp_path, name: str, content: str | bytes) -> str:
+    """``tiger load`` of a file ``name`` holding ``content``, refused (exit 1, nothing loaded): its stderr."""
+    seed = tmp_path / name
+    seed.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with tiger.serve() as server:
+        out = tiger_cli("load", str(seed), "--url", server.url)
+        assert out.returncode == 1, out
+        with tiger.connect(server.url) as client:
+            assert client.tables() == []  # nothing loaded
+    return out.stderr
+
+
+DEEP = 5000  # levels of nesting: Python's json decoder raised RecursionError past about 1000
+NESTED_TOO_DEEP = "nested deeper than 32 levels"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (  # one line of 5000 nested arrays: a json.decoder traceback, "RecursionError: maximum recursion depth exceeded"
+            "deep.jsonl",
+            '{"table": "plans", "record": {"id": "plan_a"}}\n'
+            + json.dumps({"table": "t", "record": {"id": "x"}})[:-2]
+            + ', "v": '
+            + "[" * DEEP
+            + "]" * DEEP
+            + "}}\n",
+            "deep.jsonl:2: record['v']" + "[0]" * 31 + f": {NESTED_TOO_DEEP}",
+        ),
+        (  # objects, and brackets in a string before them
+            "objects.jsonl",
+            '{"table": "t", "record": {"id": "x", "s": "[[{{", "v": ' + '{"k": ' * DEEP + "1" + "}" * DEEP + "}}\n",
+            "objects.jsonl:1: record['v']" + "['k']" * 31 + f": {NESTED_TOO_DEEP}",
+        ),
+        (  # a document over lines, {table: [records]}
+            "deep.json",
+            '{\n  "t": [{"id": "x"}, {"id": "y", "v": ' + "[" * DEEP + "]" * DEEP + "}]\n}\n",
+            "deep.json: t[1]: record['v']" + "[0]" * 31 + f": {NESTED_TOO_DEEP}",
+        ),
+        (  # a table holding arrays 5000 deep: no record
+            "arrays.json",
+            '{"t": ' + "[" * DEEP + "]" * DEEP + "}",
+            "arrays.json: t[0]: record must be a mapping (dict), not list",
+        ),
+        (
+            "open.jsonl",
+            '{"table": "t", "record": {"id": "x", "v": ' + "[" * DEEP + "\n",
+            "open.jsonl:1: not JSON (an array or object is never closed)",
+        ),
+    ],
+    ids=["arrays-line-2", "objects", "document", "no-record", "never-closed"],
+)
+def test_tiger_load_of_deeply_nested_json_printed_a_recursion_traceback(tmp_path, name, content, message):
+    stderr = load_refused(tmp_path, name, content)
+    assert stderr.splitlines() == [f"tiger load: {tmp_path / message}"], stderr
+
+
+def test_a_dump_holding_bytes_or_a_dollar_map_at_the_depth_limit_did_not_load_back(tmp_path):
+    # tiger load counted the depth of the dump's JSON, where {"$bytes": ...} and {"$dict": {...}} add a level:
+    # a record tiger stores (32 levels) was refused, "nested deeper than 32 levels".
+    blob, tagged = b"\x00", {"$k": 1}
+    for _ in range(31):
+        blob = [blob]
+    for _ in range(30):
+        tagged = {"$a": tagged}
+    records = [{"id": "bytes", "v": blob}, {"id": "dollar", "v": tagged}]
+    for record in records:
+        check_record(record)  # storable
+    seed = tmp_path / "dump.jsonl"
+    seed.write_text("".join(json.dumps({"table": "t", "record": to_json(r)}) + "\n" for r in records))
+    assert [record for _, _, record in read_file(seed)] == records
+    tagged = {"$a": tagged}  # one level more, each level tagged: refused as deep, naming the field
+    seed.write_text(json.dumps({"table": "t", "record": to_json({"id": "deeper", "v": tagged})}) + "\n")
+    with pytest.raises(SeedError, match=re.escape("dump.jsonl:1: record['v']" + "['$a']" * 31 + f": {NESTED_TOO_DEEP}")):
+        read_file(seed)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"table": "t", "record": {"id": "k1", "id": "k2"}}\n', "seed.jsonl:1: record: key 'id' is given twice"),
+        ('{"table": "t", "record": {"id": "k", "v": {"a": 1, "a": 2}}}\n', "seed.jsonl:1: record['v']: key 'a' is given twice"),
+        ('{"table": "t", "table": "u", "record": {"id": "k"}}\n', "seed.jsonl:1: key 'table' is given twice"),
+        ('{"t": [{"id": "a"}], "t": [{"id": "b"}]}\n', "seed.jsonl: table 't' is given twice"),
+        ('{"table": "t", "record": {"id": "k", "v": {"$dict": {"$x": 1, "$x": 2}}}}\n', "record['v']: key '$x' is given twice"),
+    ],
+    ids=["record-id", "nested", "envelope", "table-of-a-document", "in-a-dict-tag"],
+)
+def test_a_key_given_twice_in_a_seed_object_was_loaded_with_the_last_silently(tmp_path, content, message):
+    stderr = load_refused(tmp_path, "seed.jsonl", content)
+    assert message in stderr and "JSON keeps the last" in stderr, stderr
+
+
+def test_a_seed_file_starting_with_a_utf8_bom_as_windows_editors_write_was_refused(tmp_path):
+    (tmp_path / "lines.jsonl").write_bytes(b'\xef\xbb\xbf{"table": "t", "record": {"id": "a"}}\r\n')
+    (tmp_path / "doc.json").write_bytes(b'\xef\xbb\xbf{\r\n  "u": [{"id": "b", "s": "\xc3\xa9"}]\r\n}\r\n')
+    with tiger.serve() as server:
+        for name in ("lines.jsonl", "doc.json"):
+            out = tiger_cli("load", str(tmp_path / name), "--url", server.url)
+            assert out.returncode == 0, out.stderr
+        with tiger.connect(server.url) as client:
+            assert client.table("t")["a"]["id"] == "a" and client.table("u")["b"]["s"] == "é"
+    # a mark anywhere else (two files joined) is not taken: the file starts at line 1 only
+    content = b'{"table": "t", "record": {"id": "a"}}\n\xef\xbb\xbf{"table": "t", "record": {"id": "b"}}\n'
+    stderr = load_refused(tmp_path, "joined.jsonl", content)
+    mark = "not JSON (a byte-order mark, U+FEFF, is taken only at the start of the file)"
+    assert stderr.splitlines() == [f"tiger load: {tmp_path / 'joined.jsonl'}:2: {mark}"], stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"$dict": 5}, "record['v']: '$dict' must hold an object, not a number"),  # was stored as {"$dict": 5}
+        ({"$bytes": 5}, "record['v']: '$bytes' must hold base64 text (a string), not a number"),
+        ({"$bytes": None}, "record['v']: '$bytes' must hold base64 text (a string), not null"),
+        ({"$byte": "AA=="}, "record['v']: '$byte' is no tag tiger knows ('$bytes', '$dict')"),  # a typo, stored as a map
+        ([{"$foo": 1}], "record['v'][0]: '$foo' is no tag tiger knows"),
+    ],
+    ids=["dict-of-a-number", "bytes-of-a-number", "bytes-of-null", "unknown-tag", "unknown-in-a-list"],
+)
+def test_a_dollar_map_holding_the_wrong_kind_was_stored_as_a_literal_where_bad_base64_was_refused(tmp_path, value, message):
+    stderr = load_refused(tmp_path, "seed.jsonl", json.dumps({"table": "t", "record": {"id": "d", "v": value}}) + "\n")
+    assert f"seed.jsonl:1: {message}" in stderr, stderr
+
+
+def test_a_map_whose_only_key_starts_with_a_dollar_loads_written_as_the_dump_writes_it():
+    for value in [{"$foo": 1}, {"$dict": 5}, {"$bytes": 5}, {"$dict": {"$dict": {}}}]:
+        assert from_json(json.loads(json.dumps(to_json(value)))) == value
+    assert to_json({"$dict": 5}) == {"$dict": {"$dict": 5}}
+
+
+@pytest.mark.skipif(not hasattr(sys, "get_int_max_str_digits"), reason="a Python that reads ints of any length")
+def test_an_int_of_more_than_4300_digits_was_refused_naming_no_file_nor_line(tmp_path):
+    # Python's int parsing refuses it with a ValueError, not the JSONDecodeError tiger load caught: the
+    # error said "Exceeds the limit (4300 digits)" alone
+    stderr = load_refused(
+        tmp_path,
+        "seed.jsonl",
+        '{"table": "t", "record": {"id": "a"}}\n{"table": "t", "record": {"id": "b", "v": ' + "7" * 5000 + "}}\n",
+    )
+    assert stderr.startswith(f"tiger load: {tmp_path / 'seed.jsonl'}:2: not JSON (Exceeds the limit (4300 digits)"), stderr
+    assert len(stderr.splitlines()) == 1, stderr

@@ -11,27 +11,35 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from tiger import _protocol as p
 from tiger._client import Client
 from tiger._client import namespace as in_namespace
-from tiger._table import GLOBAL, RESERVED_PREFIX, check_name, check_record, check_records
+from tiger._errors import shown
+from tiger._table import GLOBAL, MAX_DEPTH, RESERVED_PREFIX, check_name, check_record, check_records
 
 BATCH = 1000
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which editors on Windows write at the start of a file
 
 
 class SeedError(ValueError):
     """A seed file that cannot be loaded; the message names the file and line."""
 
 
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _json_kind(value: Any) -> str:
+    """What a value parsed from JSON is, in JSON's words: ``an object``, ``an array``, ``a string``..."""
+    return "an object" if isinstance(value, dict) else _JSON_TYPES.get(type(value), "null")
 
 
 def _check_document(path: str | os.PathLike[str], whole: Any) -> None:
     """A seed file that is one JSON document (over several lines) must be {table: [records]}."""
-    what = _JSON_TYPES.get(type(whole), "null")
+    what = _json_kind(whole)
     if not isinstance(whole, dict) or not whole:
         raise SeedError(
             f"{path}: a seed file is JSON lines, or one object {{table: [records]}}; this one is {what}"
@@ -40,16 +48,23 @@ def _check_document(path: str | os.PathLike[str], whole: Any) -> None:
     for table, records in whole.items():
         if not isinstance(records, list):
             raise SeedError(
-                f"{path}: table {table!r} holds {_JSON_TYPES.get(type(records), 'null')}, not an array of records "
+                f"{path}: table {table!r} holds {_json_kind(records)}, not an array of records "
                 "(a seed file that is one object is {table: [records]})"
             )
 
 
 def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any]]]:
     """(table, namespace, record) for every record in a seed file, in file order, each checked as a
-    write would be (``SeedError`` naming the file and line, or table and index, of the first bad one)."""
+    write would be (``SeedError`` naming the file and line, or table and index, of the first bad one).
+
+    UTF-8, with a byte-order mark taken at the very start of the file (only there: one starting a later
+    line is refused). A key given twice in one JSON object is refused, naming it (JSON parsers keep the
+    last, silently). Nesting of any depth is refused as "nested deeper than 32 levels", naming the field
+    (Python's decoder raised ``RecursionError`` past about 1000 levels: see ``_loads``)."""
     with open(path, "rb") as f:
         data = f.read()
+    if data.startswith(BOM):  # (not part of line 1: an editor shows none, so columns count from after it)
+        data = data[len(BOM) :]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:  # (the codec's own message names no file nor line)
@@ -57,14 +72,16 @@ def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, An
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise SeedError(f"{path}:{number}: not UTF-8 (byte 0x{data[e.start]:02x} at column {column}): {e.reason}") from None
     try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
+        whole = _loads(text)
+    except ValueError:  # (a JSONDecodeError; or an int of more than 4300 digits, which Python refuses to read)
         whole = None
     entries: list[tuple[str, str, dict[str, Any]]] = []
     first_seen: dict[tuple[str, str, str], str] = {}
     if whole is not None and sum(1 for line in text.split("\n") if line.strip()) > 1:  # one JSON document
         _check_document(path, whole)  # (over lines: not JSON lines, whose lines would each be "not JSON")
     if isinstance(whole, dict) and whole and all(isinstance(v, list) for v in whole.values()):
+        if type(whole) is _Twice:
+            raise SeedError(f"{path}: table {shown(whole.key)} is given twice ({_TWICE})")
         for table, records in whole.items():
             for i, record in enumerate(records):
                 entries.append(_entry(f"{path}: ", f"{table}[{i}]", {"table": table, "record": record}, first_seen))
@@ -74,12 +91,92 @@ def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, An
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
+        if line.startswith("\ufeff"):  # (json's own message says "decode using utf-8-sig")
+            raise SeedError(f"{path}:{number}: not JSON (a byte-order mark, U+FEFF, is taken only at the start of the file)")
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SeedError(f"{path}:{number}: not JSON ({e.msg})") from None
+            obj = _loads(line)
+        except ValueError as e:
+            raise SeedError(f"{path}:{number}: not JSON ({e.msg if isinstance(e, json.JSONDecodeError) else e})") from None
         entries.append(_entry(f"{path}:", f"{number}", obj, first_seen))
     return entries
+
+
+_TWICE = "JSON keeps the last, silently: which one was meant is not for the loader to guess"
+
+
+class _Twice(dict[str, Any]):
+    """A JSON object of a seed file that gives a key twice (``key``: the first one given again), refused
+    where it is read, naming its place."""
+
+    key = ""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The ``object_pairs_hook`` of ``_DECODER``: a dict, or a ``_Twice`` when a key is given twice."""
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    twice = _Twice(value)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            twice.key = key
+            break
+        seen.add(key)
+    return twice
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs)  # (one, reused: json.loads with a hook makes one per call)
+
+# Nesting deeper than any storable record's JSON form can be (32 levels of maps and lists, each map
+# perhaps in a {"$dict": ...}, a {"$bytes": ...} at the bottom, the envelope above): what ``_loads`` cuts
+_JSON_DEPTH = 2 * MAX_DEPTH + 4
+# A JSON string (to its end, or the text's: one left open), or a run of brackets opening or closing
+_SCAN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[{]+|[\]}]+', re.DOTALL)
+
+
+def _loads(text: str) -> Any:
+    """``text`` as JSON, an object giving a key twice as a ``_Twice``; ``ValueError`` (``JSONDecodeError``,
+    or Python's refusal of an int of more than 4300 digits) if it is not.
+
+    Python's decoder recurses, one level of nesting a call: past about 1000 levels (fewer where the stack
+    is already deep, as in a pytest fixture) it raised ``RecursionError``. Text that deep is read again
+    with every array or object nested deeper than ``_JSON_DEPTH`` levels cut to ``null``: that depth no
+    record reaches, so the record's check refuses it, naming the field as for 40 levels, and what is
+    kept has the shape of the whole (one document, or JSON lines)."""
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        pass
+    return _DECODER.decode(_cut_deeper(text, _JSON_DEPTH))
+
+
+def _cut_deeper(text: str, limit: int) -> str:
+    """``text`` with every array or object opened deeper than ``limit`` levels replaced by ``null``;
+    ``JSONDecodeError`` if one is never closed. Brackets in strings are skipped; the text is read once,
+    a run of brackets at a time."""
+    parts: list[str] = []
+    depth = 0
+    kept = 0  # where the text still to copy starts (while inside a cut: where the cut started)
+    for match in _SCAN.finditer(text):
+        run = match.group()
+        if run[0] == '"':
+            continue
+        if run[0] in "[{":
+            if depth <= limit < depth + len(run):  # opens level limit + 1: cut from its bracket
+                cut = match.start() + limit - depth
+                parts.append(text[kept:cut])
+                parts.append("null")
+                kept = -1
+            depth += len(run)
+        else:
+            if depth > limit >= depth - len(run):  # closes level limit + 1: copy again after its bracket
+                kept = match.start() + depth - limit
+            depth -= len(run)
+    if kept < 0:  # (cut to its end, the text read as "Expecting ',' delimiter")
+        raise json.JSONDecodeError("an array or object is never closed", text, cut)
+    parts.append(text[kept:])
+    return "".join(parts)
 
 
 def _entry(file: str, place: str, obj: Any, first_seen: dict[tuple[str, str, str], str]) -> tuple[str, str, dict[str, Any]]:
@@ -88,13 +185,17 @@ def _entry(file: str, place: str, obj: Any, first_seen: dict[tuple[str, str, str
     An id given twice for one table and namespace is refused (as ``insert_many`` refuses it), naming both
     places: which one a seed meant is not for the loader to guess."""
     try:
+        if type(obj) is _Twice:
+            raise ValueError(f"key {shown(obj.key)} is given twice ({_TWICE})")
         if not isinstance(obj, dict) or set(obj) - {"table", "namespace", "record"} or "table" not in obj or "record" not in obj:
             raise ValueError('expected {"table": ..., "record": {...}} (and optionally "namespace")')
         table = check_name(obj["table"], "table")
         if table.startswith(RESERVED_PREFIX):
             raise ValueError(f"table names starting with {RESERVED_PREFIX!r} are reserved for tiger")
         namespace = check_name(obj.get("namespace", GLOBAL), "namespace")
-        record = from_json(check_record(obj["record"], "record"))
+        if not isinstance(obj["record"], dict):  # (before its values: a list 5000 deep is no record, whatever its depth)
+            raise TypeError(f"record must be a mapping (dict), not {type(obj['record']).__name__}")
+        record = from_json(obj["record"])  # (its depth counted as stored: tags add levels a dump's JSON has)
         check_records([record], table, None, single=True)
         try:
             size = len(p.pack(record))
@@ -167,9 +268,13 @@ def dump_lines(client: Client) -> list[str]:
     return lines
 
 
-# Values JSON has no form for, tagged: bytes as {"$bytes": base64}; a dict whose only key starts with "$"
-# (it could read as a tag) as {"$dict": {...}}. Floats NaN, Infinity and -Infinity are written as Python's
+# Values JSON has no form for, tagged: a map whose only key starts with "$" is a tag. Bytes are written as
+# {"$bytes": base64}; a dict whose only key starts with "$" (it would read as a tag) as {"$dict": {...}}.
+# Read back, any other map whose only key starts with "$" (an unknown tag, one holding the wrong kind of
+# value) is refused, naming the field: no dump writes one, and stored as it reads it would differ from
+# what a seed's author most likely meant. Floats NaN, Infinity and -Infinity are written as Python's
 # json module writes and reads them.
+TAGS = {"$bytes": "base64 text (a string)", "$dict": "an object"}
 
 
 def to_json(value: Any) -> Any:
@@ -186,20 +291,48 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def from_json(value: Any, where: str = "record") -> Any:
-    """A value as ``to_json`` wrote it, back in its stored form; ``ValueError`` naming where (``where``) a
-    ``$bytes`` holds no base64."""
+def from_json(value: Any, where: str = "record", depth: int = 0) -> Any:
+    """A value as ``to_json`` wrote it (a value parsed from JSON), back in its stored form.
+
+    ``ValueError`` naming the field (``where``, its path) of: a map whose only key starts with ``$`` and
+    is no tag of ``TAGS`` holding the kind of value it holds (``{"$bytes": "!!!"}``, ``{"$dict": 5}``,
+    ``{"$byte": ...}``); a key given twice in one object (parsed by ``read_file``); a map or list nested
+    deeper than ``MAX_DEPTH`` levels, counted as stored (``depth``: the levels above ``value``; a
+    ``$dict`` adds none, so that whatever tiger stores, its dump loads back)."""
     if isinstance(value, dict):
-        if len(value) == 1:
+        if len(value) == 1 and type(value) is not _Twice:
             ((key, inner),) = value.items()
-            if key == "$bytes" and type(inner) is str:
-                try:
-                    return base64.b64decode(inner, validate=True)
-                except ValueError as e:  # binascii.Error: "Only base64 data is allowed", naming nothing
-                    raise ValueError(f"{where}: '$bytes' must hold base64 ({e})") from None
-            if key == "$dict" and isinstance(inner, dict):
-                return {k: from_json(v, f"{where}[{k!r}]") for k, v in inner.items()}
-        return {k: from_json(v, f"{where}[{k!r}]") for k, v in value.items()}
+            if key.startswith("$"):
+                return _tagged(key, inner, where, depth)
+        return _map(value, where, depth)
     if isinstance(value, list):
-        return [from_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        return [from_json(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     return value
+
+
+def _tagged(key: str, inner: Any, where: str, depth: int) -> Any:
+    """The value of the tag ``{key: inner}`` (``from_json``'s)."""
+    if key == "$bytes" and type(inner) is str:
+        try:
+            return base64.b64decode(inner, validate=True)
+        except ValueError as e:  # binascii.Error: "Only base64 data is allowed", naming nothing
+            raise ValueError(f"{where}: '$bytes' must hold base64 ({e})") from None
+    if key == "$dict" and isinstance(inner, dict):
+        return _map(inner, where, depth)  # (its items as they are: {"$dict": {"$dict": 5}} is {"$dict": 5})
+    if key in TAGS:
+        raise ValueError(f"{where}: {key!r} must hold {TAGS[key]}, not {_json_kind(inner)}")
+    raise ValueError(
+        f"{where}: {shown(key)} is no tag tiger knows ({', '.join(repr(tag) for tag in TAGS)}), and a map whose only key "
+        'starts with "$" is read as a tag: write this map as {"$dict": {...}}'
+    )
+
+
+def _map(value: dict[str, Any], where: str, depth: int) -> dict[str, Any]:
+    """A map's items, each ``from_json`` (``from_json``'s)."""
+    if type(value) is _Twice:
+        raise ValueError(f"{where}: key {shown(value.key)} is given twice ({_TWICE})")
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    return {k: from_json(v, f"{where}[{shown(k)}]", depth + 1) for k, v in value.items()}

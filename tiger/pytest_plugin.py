@@ -42,12 +42,14 @@ started inside a test, never see, build, clear or drop each other's.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
 import importlib
 import inspect
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -432,6 +434,7 @@ class _Run:
             failure: TigerError | None = None
             try:
                 self._client = connect(url)  # (the run's namespace is leased by the controller: ``_lease_run``)
+                self._client.__class__ = _shared_client_class()  # (connect's client, its close refused to tests)
             except TigerError as e:
                 failure = e
             if failure is not None:  # outside the except block: the line is shown alone, with no context
@@ -687,7 +690,7 @@ class _Run:
         """This process's last act: close its client; the controller also stops or cleans the writer."""
         if self._client is not None:
             with contextlib.suppress(Exception):  # its teardowns ran and were reported already
-                self._client.close()
+                _close_shared(self._client)
             self._client = None
         if self.url is not None:
             if self._previous_env is None:
@@ -797,6 +800,95 @@ def _outcome(error: BaseException | None) -> str | None:
     if isinstance(error, KeyboardInterrupt):
         return _INTERRUPTED
     return "".join(traceback.format_exception(error)).rstrip()
+
+
+_SHARED = (
+    "tiger_client is shared by every test of this pytest process (an xdist worker, or the whole run without "
+    "xdist) and closed by the tiger plugin at the end of the run"
+)
+_CLOSE_REFUSED = (
+    f"{_SHARED}: closed by a test, every later test of the process failed with 'this client is closed' (and the "
+    "run's tiger_once teardowns ran then); for a client of your own to close, use tiger.connect()"
+)
+_TEAR_DOWN_REFUSED = (
+    f"{_SHARED}, after the teardowns of its once values (tiger_once's among them), which run after every test of "
+    "the run: torn down by a test, they were gone for the tests after it; for once values of your own to tear "
+    "down, use a client of your own: tiger.connect()"
+)
+_shared_classes: dict[str, type[Any]] = {}
+
+
+def _shared_client_class() -> type[Client]:
+    """The class of the plugin's ``tiger_client``: a ``tiger.Client`` whose ``close()``, ``with`` block
+    and ``tear_down_once_values()`` raise ``TigerError`` (``_CLOSE_REFUSED``, ``_TEAR_DOWN_REFUSED``). A
+    test that closed the session's client (``with tiger_client:`` closes it on leaving) failed every
+    later test of its process, and ran the run's ``tiger_once`` teardowns in the middle of the run. The
+    plugin closes it at the end (``_close_shared``). Made at first use (tiger._client imports zmq)."""
+    if "client" not in _shared_classes:
+        from tiger._client import Client
+
+        class SharedClient(Client):
+            """The pytest plugin's ``tiger_client``: a ``tiger.Client`` that tests may not close (``_CLOSE_REFUSED``)."""
+
+            def close(self) -> None:
+                """Refused (``TigerError``): see the class."""
+                __tracebackhide__ = True
+                raise TigerError(_CLOSE_REFUSED)
+
+            def __enter__(self) -> Client:
+                """Refused (``TigerError``), before the block runs: leaving it would close the client."""
+                __tracebackhide__ = True
+                raise TigerError(_CLOSE_REFUSED)
+
+            def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
+                """Refused (``TigerError``): see the class."""
+                __tracebackhide__ = True
+                raise TigerError(_TEAR_DOWN_REFUSED)
+
+        _shared_classes["client"] = SharedClient
+        atexit.register(_close_left_open)  # (after tiger._client's own handler: run before it)
+    return _shared_classes["client"]
+
+
+def _close_shared(client: Client) -> None:
+    """Close the plugin's shared client, its once teardowns run as ``Client.close`` runs them: made a plain
+    ``tiger.Client`` again first (the shared class refuses ``close`` and the ``tear_down_once_values`` it calls)."""
+    from tiger._client import Client
+
+    client.__class__ = Client
+    client.close()
+
+
+def _close_left_open() -> None:
+    """At exit, a shared client still open (a run that ended without ``pytest_unconfigure``) is closed, as
+    tiger's own exit handler closes every client (run after this one: its ``close()`` would be refused)."""
+    from tiger._client import _open_clients
+
+    for client in list(_open_clients):
+        if isinstance(client, _shared_classes["client"]):
+            try:
+                _close_shared(client)
+            except Exception:  # a teardown that raised: as tiger's handler logs it
+                logging.getLogger("tiger.client").exception("closing %r at exit", client)
+
+
+def _shared_async_client_class() -> type[AsyncClient]:
+    """The class of ``tiger_aclient``: ``AsyncClient.sharing`` the process's ``tiger_client``, so its once
+    values are that client's: its ``tear_down_once_values()`` raises ``TigerError`` (``_TEAR_DOWN_REFUSED``).
+    Its ``close()`` closes only its own socket (the fixture's teardown closes it again, as a no-op)."""
+    if "aclient" not in _shared_classes:
+        from tiger.aio import AsyncClient
+
+        class SharedAsyncClient(AsyncClient):
+            """The pytest plugin's ``tiger_aclient``, over ``tiger_client``'s connection (its once values)."""
+
+            async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
+                """Refused (``TigerError``): see the class."""
+                __tracebackhide__ = True
+                raise TigerError(_TEAR_DOWN_REFUSED)
+
+        _shared_classes["aclient"] = SharedAsyncClient
+    return _shared_classes["aclient"]
 
 
 def _load_seeds(client: Client, paths: list[Any]) -> int:
@@ -1127,7 +1219,9 @@ def tiger_url(pytestconfig: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def tiger_client(pytestconfig: pytest.Config) -> Client:
-    """A connected tiger.Client for this process (shared by the session; do not close it)."""
+    """A connected tiger.Client for this process, shared by every test of the process: its ``close()``, a
+    ``with tiger_client:`` block and its ``tear_down_once_values()`` raise ``TigerError`` (the plugin closes
+    it at the end of the run; ``tiger.connect()`` makes a client of a test's own)."""
     return pytestconfig.stash[_run_key].client()
 
 
@@ -1141,9 +1235,7 @@ def tiger_aclient(tiger_client: Client, tiger_namespace: str) -> Iterator[AsyncC
     Made without awaiting anything, so the fixture itself needs no event loop: it serves ``async def``
     tests run by pytest-asyncio (strict or auto mode) and by anyio's pytest plugin (backend asyncio)
     alike, whatever their loop scope; neither is required by tiger."""
-    from tiger.aio import AsyncClient
-
-    client = AsyncClient.sharing(tiger_client)
+    client = _shared_async_client_class().sharing(tiger_client)
     yield client
     client._close_now()
 
