@@ -1440,6 +1440,10 @@ NEAR_MISSES = {
     "one more": lambda secret: secret + "x",
     "one less": lambda secret: secret[:-1],
     "spaced": lambda secret: f"secret:  {secret[:20]} {secret[20:]}",
+    # '/' is a z85 character: a key beginning with it was a path in the root, a directory that exists, and
+    # shown (the random key of "one less" began with it once in a full run)
+    "slash first": lambda secret: "/" + secret[1:],
+    "slash first, one less": lambda secret: "/" + secret[1:-1],
 }
 
 

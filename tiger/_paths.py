@@ -259,9 +259,13 @@ def missing_secret_file(path: str, field: str) -> str | None:
     file there may be the key itself, near enough to a key's shape to pass for a path (quoted from a .env
     file, a character short), and the error printed it whole (a review). None (the path may be shown, as
     the error of a mistyped path should) when it names a file in a directory that exists, or is a bare name
-    of a length far from a key's 40 characters (``NEAR_A_KEY``)."""
+    of a length far from a key's 40 characters (``NEAR_A_KEY``). The root does not count as such a directory
+    for a path of about a key's length: ``/`` is one of z85's characters, and a key beginning with it was
+    shown (a random key's test failed 1 time in about 85)."""
     parent = os.path.dirname(path)
-    if (parent and os.path.isdir(parent)) or (not parent and len(path) not in NEAR_A_KEY):
+    near = len(path) in NEAR_A_KEY
+    in_a_directory = bool(parent) and os.path.isdir(parent) and not (near and os.path.dirname(parent) == parent)
+    if in_a_directory or (not parent and not near):
         return None
     return (
         f"{field}: no file at the path given ({len(path)} characters; not shown, as it may be a key): give the "
