@@ -327,7 +327,7 @@ def test_lazy_pirate_attempts_wait_resend_every_interval_and_give_up_at_the_dead
 def test_connects_hello_probed_its_handshake_only_at_the_first_resend_a_second_in():
     # a wrong CurveZMQ key was said by connect after 1.0 s, by `tiger stats` after 0.25 s: the hello is now
     # probed once after probe_after seconds without an answer, the socket left as it is (no resend)
-    from tiger._calls import PROBE, RESEND, Attempts
+    from tiger._calls import GIVE_UP, PROBE, RESEND, Attempts
 
     attempts = Attempts(now=100.0, deadline=105.0, resend_every=1.0, probe_after=0.25)
     assert attempts.wait(100.0) == 250  # ms until the probe, not the resend
@@ -342,6 +342,9 @@ def test_connects_hello_probed_its_handshake_only_at_the_first_resend_a_second_i
     short = Attempts(now=100.0, deadline=100.5, resend_every=0.125, probe_after=0.25)  # resends come first:
     assert short.wait(100.0) == 125  # no probe of its own (the resend's probes the handshake)
     assert short.wait(100.25) == RESEND
+    soon = Attempts(now=100.0, deadline=100.125, resend_every=1.0, probe_after=0.25)  # a review: the probe's
+    assert soon.wait(100.0) == 125  # wait went past a deadline before it (a command's, its lookup taken)
+    assert soon.wait(100.125) == GIVE_UP
 
 
 def test_a_wait_that_kept_waking_late_stretched_its_deadline_for_ever():

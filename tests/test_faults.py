@@ -1444,6 +1444,7 @@ NEAR_MISSES = {
     # shown (the random key of "one less" began with it once in a full run)
     "slash first": lambda secret: "/" + secret[1:],
     "slash first, one less": lambda secret: "/" + secret[1:-1],
+    "dot slash first, one less": lambda secret: "./" + secret[2:-1],  # (a review: shown in the directory ".")
 }
 
 

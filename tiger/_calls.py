@@ -256,7 +256,7 @@ class Attempts:
         if now >= self._resend_at:
             self._resend_at = now + self._every
             return RESEND
-        until = min(self.deadline, self._resend_at) if self._probe_at is None else self._probe_at
+        until = min(self.deadline, self._resend_at if self._probe_at is None else self._probe_at)
         return max(1, int((until - now) * 1000))
 
 

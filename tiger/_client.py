@@ -9,7 +9,6 @@ import inspect
 import itertools
 import logging
 import os
-import threading
 import time
 import warnings
 import weakref
@@ -230,27 +229,34 @@ def _abandoned(replica: Replica | None, ctx: zmq.Context[Any], command: Sequence
 
 @atexit.register
 def _close_open_clients() -> None:
-    """Close the clients left open at exit, all at the same time: every one is closing, and each lets go of
-    what it got as it tears its own values down (``close``). One after another, a client holding the next
-    one's value and building one that client held waited its whole timeout for it. The last closes in this
-    thread, each other in a thread of its own (its teardowns run there); where no thread can be started,
-    one after another."""
-    clients = list(_open_clients)
-    closing: list[threading.Thread] = []
-    for client in clients[:-1]:
-        thread = threading.Thread(target=_close_at_exit, args=(client,), name=f"tiger close {client.client_id}", daemon=True)
+    """Close the clients left open at exit, in this thread (their teardowns run where their values were
+    built: one run in another thread failed on a sqlite connection made here). One after another, a client
+    holding the next one's value and building one that client held waited its whole timeout for it. So
+    each first lets go of what none of its teardowns may use (``Once.let_go_of_newer``), then they close
+    in turn, each when no client still open holds a value it built (or, none such left, the first)."""
+    clients = [client for client in _open_clients if not client._closed and os.getpid() == client._pid]
+    for client in clients:
         try:
-            thread.start()
-        except RuntimeError:  # (an interpreter that starts no thread at its exit)
-            _close_at_exit(client)
-        else:
-            closing.append(thread)
+            client._once.let_go_of_newer(client, RELEASE_AT_EXIT)
+        except Exception:  # (a replica stopped, a writer gone): its goodbye lets go as before
+            log.debug("letting go of once values at exit", exc_info=True)
+    while clients:
+        still_open = {client.client_id for client in clients}
+        ready = next((c for c in clients if not (_holders(c) & still_open - {c.client_id})), clients[0])
+        clients.remove(ready)
+        _close_at_exit(ready)
+    for client in list(_open_clients):  # (forked children's, closed without teardowns)
+        _close_at_exit(client)
+
+
+RELEASE_AT_EXIT = 1.0  # seconds a client left open at exit waits for each writer's answer as it lets go of a value
+
+
+def _holders(client: Client) -> set[str]:
     try:
-        for client in clients[-1:]:
-            _close_at_exit(client)
-    finally:
-        for thread in closing:
-            thread.join()
+        return client._once.holders(client)
+    except Exception:  # (a replica stopped): nothing to wait for
+        return set()
 
 
 def _close_at_exit(client: Client) -> None:

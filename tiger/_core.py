@@ -364,8 +364,10 @@ class WriterCore:
                     self.disk.tick()
                 except OSError as e:  # the everysec fsync, or the directory gone from its path
                     self._disk_failed(e, now)
-                retry = self._compaction_retry_at is not None and now >= self._compaction_retry_at
-                if self.disk_fault is None and not self._compacting and (retry or self.disk.needs_compaction()):
+                # (a compaction that failed for room waits for its retry, even with the log still past its size)
+                retry_at = self._compaction_retry_at
+                due = self.disk.needs_compaction() if retry_at is None else now >= retry_at
+                if self.disk_fault is None and not self._compacting and due:
                     self._compaction_due = True
         silent = now - max(CLIENT_SILENCE, 6 * self.heartbeat)
         for client_id in [c for c, seen in self.clients.items() if seen < silent]:
@@ -692,7 +694,7 @@ class WriterCore:
                     except ValueError as e:
                         raise _BigPart(i, str(e)) from None
         if self.disk is not None:
-            if self.disk_fault is None or self._fault_for_room:  # (for room: each write tries, the first that fits ends it)
+            if (self.disk_fault is None or self._fault_for_room) and not self._disk_lost:  # (for room: each write tries)
                 try:
                     self.disk.append(packed)  # logged before it is applied, published and answered
                     self._appended = True
@@ -845,7 +847,7 @@ class WriterCore:
 
     def _room_again(self) -> None:
         """A write fitted after writes the disk had no room for: the fault ends (nothing was held by it)."""
-        assert self.disk is not None and self._held is None
+        assert self.disk is not None and self._held is None and not self._disk_lost
         log.warning("%s has room again: writes are taken again", p.wire_text(self.disk.path))
         self.disk_fault = None
         self._fault_for_room = False
@@ -858,6 +860,7 @@ class WriterCore:
             return
         log.error("%s: writes are refused until this writer is restarted; reads go on, from what it holds", p.wire_text(why))
         self._disk_lost = True
+        self._fault_for_room = False  # (a write that fits would have ended it: a review)
         self.disk_fault = p.wire_text(why)
         self._refuse_held(self._lost_write())  # a group held since its fsync failed is never durable now
 
@@ -933,7 +936,11 @@ class WriterCore:
             self._compaction_failed(e, now)
             return
         self._compaction_seq = self.seq
-        self._compaction_ends_fault = self.disk_fault is not None
+        # begun during a fault that refuses every write: its snapshot holds everything then, and nothing is
+        # appended until it is in place. Not during a fault for room, which a write that fits ends while it
+        # goes on: what comes after is in no snapshot (a review: a group held by a failed fsync then was
+        # answered Ok when this compaction ended).
+        self._compaction_ends_fault = self.disk_fault is not None and not self._fault_for_room
         log.info(
             "compacting %s: a snapshot of %d records, a step at a time", p.wire_text(self.disk.path), self._compaction.records
         )

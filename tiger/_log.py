@@ -441,6 +441,9 @@ class DataDir:
                 _fsync_dir(self._dir_fd)
         except OSError:
             os.close(fd)
+            if not existed:  # (left, a log the writer never appends to would sit after the one it does)
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=self._dir_fd)
             raise
         self._fd, self.size, self._log_id = fd, st.st_size, _identity(st)
         self._checked = False
@@ -615,7 +618,9 @@ class DataDir:
         self.check()  # not a snapshot of a directory gone from its path
         self.check_kept()  # nor of a store whose snapshot or earlier log a start would no longer find
         breaks = self._breaks
-        if self._fd >= 0 and self.size == 0:  # nothing after the view in it yet: what the snapshot's log is to hold
+        # nothing in it yet: what the snapshot's log is to hold (whole, and empty on disk too: a first append cut
+        # short whose bytes could not be cut off left them there, which later appends would follow)
+        if self._fd >= 0 and self.size == 0 and self.whole and os.fstat(self._fd).st_size == 0:
             self.compaction = Compaction(self, self.generation, pack, content, breaks)
             return self.compaction
         old, old_kept = self._fd, (*self._log_id, self.size)

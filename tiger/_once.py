@@ -421,6 +421,20 @@ class Once:
         teardowns is raised, the rest left."""
         return _drive(client, self._tear_down(client, wait, until, stop_on=(KeyboardInterrupt,), leaving=leaving))
 
+    def let_go_of_newer(self, client: BlockingOnceClient, wait: float) -> None:
+        """Let go of the values of other builders this client got after the newest value it built with a
+        teardown (all it got, when it built none): what none of its own teardowns may use (``_tear_down``'s
+        order). Waits at most ``wait`` seconds for each writer's answer (``_let_go``), for no holder. A process
+        exiting with several clients open makes each do this first, then closes them in turn: no close waits
+        for a client that is still to close (``tiger._client._close_open_clients``)."""
+        newest = max(self._built_at.values(), default=-1)
+        with contextlib.suppress(TigerError):
+            _drive(client, self._let_go(client, newest, time.monotonic() + wait))
+
+    def holders(self, client: OnceClient) -> set[str]:
+        """The other clients holding a value this client built with a teardown (the replica's view)."""
+        return {holder for scope, key in self._teardowns for holder in _held(once_record(client, scope, key))}
+
     def not_torn_down(self) -> list[tuple[str, str]]:
         """The (scope, key) of the teardowns not run yet, newest first."""
         return list(reversed(self._teardowns))

@@ -259,12 +259,14 @@ def missing_secret_file(path: str, field: str) -> str | None:
     file there may be the key itself, near enough to a key's shape to pass for a path (quoted from a .env
     file, a character short), and the error printed it whole (a review). None (the path may be shown, as
     the error of a mistyped path should) when it names a file in a directory that exists, or is a bare name
-    of a length far from a key's 40 characters (``NEAR_A_KEY``). The root does not count as such a directory
-    for a path of about a key's length: ``/`` is one of z85's characters, and a key beginning with it was
-    shown (a random key's test failed 1 time in about 85)."""
+    of a length far from a key's 40 characters (``NEAR_A_KEY``). For a path of about a key's length, only an
+    absolute directory two levels deep or more counts: ``/`` and ``.`` are z85 characters, and a key beginning
+    with ``/`` (a path in the root) was shown (a random key's test failed 1 time in about 85), as one
+    beginning with ``./`` or with the name of a directory in the current one would be."""
     parent = os.path.dirname(path)
     near = len(path) in NEAR_A_KEY
-    in_a_directory = bool(parent) and os.path.isdir(parent) and not (near and os.path.dirname(parent) == parent)
+    deep = os.path.isabs(parent) and len([part for part in parent.split(os.sep) if part]) >= 2
+    in_a_directory = bool(parent) and os.path.isdir(parent) and (deep or not near)
     if in_a_directory or (not parent and not near):
         return None
     return (
