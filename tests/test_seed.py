@@ -200,6 +200,20 @@ def load_refused(tmp_path, name: str, content: str | bytes) -> str:
     return out.stderr
 
 
+def test_tiger_dump_piped_to_tiger_load_dash_said_no_such_file(tmp_path):
+    # A user trial: `tiger dump --url A | tiger load - --url B` said "No such file or directory: '-'"; - reads
+    # standard input now, and its errors name it <stdin>.
+    with tiger.serve() as source, tiger.serve() as target:
+        with tiger.connect(source.url) as client:
+            client.table("t").insert_many([{"id": f"r{i}", "v": b"\x00" if i else {"$k": 1}} for i in range(3)])
+        dumped = tiger_cli("dump", "--url", source.url).stdout
+        out = subprocess.run([*TIGER, "load", "-", "--url", target.url], input=dumped, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "loaded 3 records" in out.stdout, out
+        assert tiger_cli("dump", "--url", target.url).stdout == dumped
+        bad = subprocess.run([*TIGER, "load", "-", "--url", target.url], input="{", capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and bad.stderr.startswith("tiger load: <stdin>:1: not JSON"), bad.stderr
+
+
 DEEP = 5000  # levels of nesting: Python's json decoder raised RecursionError past about 1000
 NESTED_TOO_DEEP = "nested deeper than 32 levels"
 

@@ -42,6 +42,10 @@ _SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ITERABLE
 _open_batches: ContextVar[tuple[Batch, ...]] = ContextVar("tiger_open_batches", default=())  # open in this context
 
 
+class BatchTooBig(ValueError):
+    """A batch's writes would not fit in one message (``p.MAX_MESSAGE`` bytes packed); nothing was sent."""
+
+
 class Pending:
     """One write of a batch. ``result`` once the batch has been applied: the stored record (``insert``,
     ``create``, ``update``), the list of stored records (``insert_many``) or None (``delete``).
@@ -256,7 +260,7 @@ class Batch:
             elif type(op) is p.Update:
                 p.check_record_sizes([op.changes], len(packed), "changes")
         if self._bytes + len(packed) > p.MAX_MESSAGE - 1024:
-            raise ValueError(
+            raise BatchTooBig(
                 f"this batch would be {self._bytes + len(packed)} bytes packed; a batch is sent as one message of at "
                 f"most {p.MAX_MESSAGE} bytes (nothing of it is sent yet: make it smaller)"
             )

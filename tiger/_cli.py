@@ -100,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
 
     load = commands.add_parser("load", help="insert the records of a JSON or JSON-lines seed file")
     load.add_argument(
-        "file", help='JSON lines of {"table": ..., "record": {...}} (optional "namespace"), or one {table: [records]}'
+        "file",
+        help='JSON lines of {"table": ..., "record": {...}} (optional "namespace"), or one {table: [records]}; '
+        "- reads standard input (tiger dump | tiger load -)",
     )
     load.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
     load.add_argument(

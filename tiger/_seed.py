@@ -12,10 +12,12 @@ import base64
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 from tiger import _protocol as p
+from tiger._batch import BatchTooBig
 from tiger._client import Client
 from tiger._client import namespace as in_namespace
 from tiger._errors import shown
@@ -60,9 +62,13 @@ def read_file(path: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, An
     UTF-8, with a byte-order mark taken at the very start of the file (only there: one starting a later
     line is refused). A key given twice in one JSON object is refused, naming it (JSON parsers keep the
     last, silently). Nesting of any depth is refused as "nested deeper than 32 levels", naming the field
-    (Python's decoder raised ``RecursionError`` past about 1000 levels: see ``_loads``)."""
-    with open(path, "rb") as f:
-        data = f.read()
+    (Python's decoder raised ``RecursionError`` past about 1000 levels: see ``_loads``). ``-`` reads standard
+    input, named ``<stdin>`` in errors (``tiger dump | tiger load -``: it said "No such file or directory: '-'")."""
+    if os.fspath(path) == "-":
+        data, path = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
     if data.startswith(BOM):  # (not part of line 1: an editor shows none, so columns count from after it)
         data = data[len(BOM) :]
     try:
@@ -234,14 +240,38 @@ def load_files(client: Client, paths: Iterable[str | os.PathLike[str]]) -> int:
 
 
 def load_entries(client: Client, entries: list[tuple[str, str, dict[str, Any]]]) -> int:
+    """Insert checked ``entries`` (table, namespace, record); returns their count. In one write
+    (``client.batch()``: all or none) when they fit in one message (``p.MAX_MESSAGE`` bytes packed): a seed
+    of two tables on a full disk loaded the first and said "nothing was applied" of the second (a user
+    trial). A bigger seed goes in several writes (``BATCH`` records each): one that fails after others were
+    applied says how many records were loaded before it."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for table, namespace, record in entries:
         groups.setdefault((table, namespace), []).append(record)
+    try:
+        with client.batch() as batch:
+            for (table, namespace), records in groups.items():
+                with in_namespace(namespace):
+                    batch.table(table).insert_many(records)
+        return len(entries)
+    except BatchTooBig:  # (nothing of it was sent)
+        pass
+    loaded = 0
     for (table, namespace), records in groups.items():
         handle = client.table(table)
         with in_namespace(namespace):
             for start in range(0, len(records), BATCH):
-                handle.insert_many(records[start : start + BATCH])
+                try:
+                    handle.insert_many(records[start : start + BATCH])
+                except Exception as e:
+                    if loaded and e.args and isinstance(e.args[0], str):
+                        e.args = (
+                            f"{e.args[0]} (this seed is more than {p.MAX_MESSAGE // (1024 * 1024)} MiB packed, so it is "
+                            f"loaded in several writes: {loaded} of its {len(entries)} records were loaded before this one)",
+                            *e.args[1:],
+                        )
+                    raise
+                loaded += len(records[start : start + BATCH])
     return len(entries)
 
 
