@@ -249,14 +249,18 @@ NESTED_TOO_DEEP = "nested deeper than 32 levels"
         (
             "open.jsonl",
             '{"table": "t", "record": {"id": "x", "v": ' + "[" * DEEP + "\n",
-            "open.jsonl:1: not JSON (an array or object is never closed)",
+            (  # Python 3.13's decoder reads it to its end without a RecursionError: its own words then
+                "open.jsonl:1: not JSON (an array or object is never closed)",
+                "open.jsonl:1: not JSON (Expecting value)",
+            ),
         ),
     ],
     ids=["arrays-line-2", "objects", "document", "no-record", "never-closed"],
 )
 def test_tiger_load_of_deeply_nested_json_printed_a_recursion_traceback(tmp_path, name, content, message):
     stderr = load_refused(tmp_path, name, content)
-    assert stderr.splitlines() == [f"tiger load: {tmp_path / message}"], stderr
+    said = (message,) if isinstance(message, str) else message
+    assert stderr.splitlines() in [[f"tiger load: {tmp_path / m}"] for m in said], stderr
 
 
 def test_a_dump_holding_bytes_or_a_dollar_map_at_the_depth_limit_did_not_load_back(tmp_path):
