@@ -735,14 +735,10 @@ def test_each_request_of_a_group_is_judged_on_the_clock_at_its_turn(tmp_path, mo
         start = time.time()
         turns = itertools.count()
 
-        class Clock:
-            monotonic = staticmethod(time.monotonic)
+        def wall() -> float:
+            return start + 10 * next(turns)  # each reading 10 s after the one before
 
-            @staticmethod
-            def time() -> float:
-                return start + 10 * next(turns)  # each reading 10 s after the one before
-
-        monkeypatch.setattr(_writer, "time", Clock)
+        monkeypatch.setattr(_writer, "wall", wall)
         calls = [p.encode_call(p.Call(cid, start + 5, insert(1, n=i))) for i, cid in enumerate([ALICE, BOB])]
         writer.handle_group([[b"nobody", call] for call in calls])  # (answers to an unknown peer are dropped)
         assert [r["n"] for r in writer.core.store.ordered("t", "global")] == [0]

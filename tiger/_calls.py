@@ -44,10 +44,10 @@ applied twice, nor late.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
+from tiger._clock import monotonic, wall
 from tiger._errors import shown
 
 # seconds past a deadline that say this process was not running as it passed (SIGSTOP, a debugger, a suspended
@@ -274,6 +274,6 @@ def call_expiry(deadline: float, offset: float) -> tuple[float, float]:
     on its clock (``time.time()`` plus ``offset``, ``clock_offset``'s), a margin before the deadline (at
     most 0.5 s, a fifth of the time left), so that the writer refuses it before the caller gives up and it
     is never applied late. Returns (expiry, margin) in seconds."""
-    now = time.monotonic()
+    now = monotonic()
     margin = min(0.5, 0.2 * (deadline - now))
-    return time.time() + offset + (deadline - now) - margin, margin
+    return wall() + offset + (deadline - now) - margin, margin

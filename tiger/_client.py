@@ -9,7 +9,6 @@ import inspect
 import itertools
 import logging
 import os
-import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from tiger._calls import (
     clock_offset,
     stretched,
 )
+from tiger._clock import monotonic, wall
 from tiger._core import LEASE_GRACE
 from tiger._errors import (
     FAILURES,
@@ -287,7 +287,7 @@ class _Connection:
         # when connecting must be done (``time.monotonic()``): the lookup, the hello and the snapshot share the
         # timeout (each waited it whole: a slow name server then a paused writer took twice the timeout)
         # (``deadline``: when a timeout that began earlier, as tiger.aio's lookup or tiger dump's probe, ends)
-        self._connect_deadline = time.monotonic() + self.timeout if deadline is None else deadline
+        self._connect_deadline = monotonic() + self.timeout if deadline is None else deadline
         self.url = url
         check_server_key(server_key)  # (before any socket: a bad key raised with a socket open, and closing the
         self._server_key = server_key  # context waited for it for ever: connect() hung, and the run with it)
@@ -469,7 +469,7 @@ class _Connection:
         if self._unheard():
             raise self._silent_writer(recently_refused(self.url) if probe else None)
         if deadline is None:
-            deadline = time.monotonic() + self.timeout
+            deadline = monotonic() + self.timeout
         expires, margin = call_expiry(deadline, self._clock_offset)
         try:
             payload = p.encode_call(p.Call(self.client_id, expires, request, -1 if replica is None else replica.seq))
@@ -492,7 +492,7 @@ class _Connection:
         ``PAUSE_GRACE`` seconds past the deadline was not running: it gives libzmq's I/O thread, just woken
         too, up to that long to hand over what it received meanwhile. Other answers read go to
         ``_late_answer``."""
-        if stretched(deadline, time.monotonic()) != deadline and not sock.poll(int(PAUSE_GRACE * 1000), zmq.POLLIN):
+        if stretched(deadline, monotonic()) != deadline and not sock.poll(int(PAUSE_GRACE * 1000), zmq.POLLIN):
             return None
         while True:
             try:
@@ -561,7 +561,7 @@ class _Connection:
         ``recently_refused``'s finding, probed by the caller: the async client probes in a thread): a writer
         that is gone is not waited for (a sync with a timeout of 60 s raised at once when a paused writer
         had been silent for 2 s)."""
-        now = time.monotonic()
+        now = monotonic()
         if now >= deadline or refused is not None:
             raise unavailable
         # at least RETRY_PAUSE: a failure that came at once (a call refused as expired, a clock stepped forward)
@@ -569,7 +569,7 @@ class _Connection:
         replica, retry_at = self.replica, now + RETRY_PAUSE
 
         def heard() -> bool:
-            return time.monotonic() >= retry_at and replica.silent_for() <= self.heartbeat_timeout
+            return monotonic() >= retry_at and replica.silent_for() <= self.heartbeat_timeout
 
         return heard, min(deadline, now + 1.0), lambda: str(unavailable)
 
@@ -582,15 +582,15 @@ class _Connection:
         (``connect(timeout=0.2)`` took 0.4 s). One silent probe is not enough: on a loaded machine one
         heard nothing of a wrong key's failed handshake, and connect waited its whole timeout to say
         "did not answer"."""
-        if self._silent_probes >= SILENT_PROBES or (self._handshake_probed and time.monotonic() >= deadline):
+        if self._silent_probes >= SILENT_PROBES or (self._handshake_probed and monotonic() >= deadline):
             return
         self._handshake_probed = True
-        probed = time.monotonic()
+        probed = monotonic()
         seconds = min(HANDSHAKE_PROBE, max(deadline - probed, 0.1))
         failed = handshake_failure(self.url, self._server_key, seconds)
         if failed is not None:
             raise HandshakeFailed(failed)
-        silent = seconds >= HANDSHAKE_PROBE and time.monotonic() - probed >= HANDSHAKE_PROBE
+        silent = seconds >= HANDSHAKE_PROBE and monotonic() - probed >= HANDSHAKE_PROBE
         self._silent_probes = self._silent_probes + 1 if silent else 0
 
     def _silence(self, wait: int, seconds: float, deadline: float, refusals: Refusals | None = None) -> None:
@@ -628,7 +628,7 @@ class _Connection:
         if refusals is None:
             return
         why = recently_refused(self.url)
-        now = time.monotonic()
+        now = monotonic()
         if why is None:
             refusals.since = None
         elif refusals.since is None:
@@ -641,7 +641,7 @@ class _Connection:
         """``Unavailable`` if a call's time was spent before it could be sent (``expires``: ``_call_bytes``',
         ``time.monotonic()``): by its connect's lookup and probes (said as other calls holding the socket,
         by a `tiger dump` that makes no other call)."""
-        if time.monotonic() >= expires:
+        if monotonic() >= expires:
             raise Unavailable(
                 f"the tiger writer at {self.url} did not answer within {seconds:g}s: the time was spent before "
                 "the call could be sent (looking its host name up, probing it)"
@@ -756,9 +756,9 @@ class Client(_Connection):
         deadline of connecting."""
         best: float | None = None
         for _ in range(3):
-            sent = time.time()
+            sent = wall()
             info: dict[str, Any] = self._request(self._hello_request(), self._connect_deadline, seconds=self.timeout).result
-            best, done = self._heard_hello(sent, time.time(), info, best)
+            best, done = self._heard_hello(sent, wall(), info, best)
             if done:
                 break
         return info
@@ -798,7 +798,7 @@ class Client(_Connection):
         me = object()
         try:
             with contextlib.suppress(Unavailable):  # a request in flight on another thread ends first (at most
-                self._take_socket(me, time.monotonic() + self.timeout, self.timeout)  # the timeout: closed anyway)
+                self._take_socket(me, monotonic() + self.timeout, self.timeout)  # the timeout: closed anyway)
             if self._replica is not None:
                 try:
                     self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
@@ -827,16 +827,16 @@ class Client(_Connection):
     def sync(self, timeout: float | None = None) -> None:
         """Return once the replica holds every write any client was answered for before this call.
         ``timeout``: seconds, above 0 (the writer's answer takes a round trip); default the client's."""
-        deadline = time.monotonic() + _timeout(timeout, self.timeout, positive=True)
+        deadline = monotonic() + _timeout(timeout, self.timeout, positive=True)
         while True:
             try:
                 reply = self._request(p.Sync(next(self._req_ids)), deadline)
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
-                refused = recently_refused(self.url) if time.monotonic() < deadline else None  # (past it: raised)
+                refused = recently_refused(self.url) if monotonic() < deadline else None  # (past it: raised)
                 with contextlib.suppress(Timeout):
                     self.replica.wait_until(*self._heard_again(unavailable, deadline, refused))
-                if time.monotonic() >= deadline:
+                if monotonic() >= deadline:
                     raise
         self.replica.catch_up(reply, deadline)
 
@@ -968,7 +968,7 @@ class Client(_Connection):
         timeout the deadline stands for, as errors name it (default: what is left until it).
         """
         if seconds is None:
-            seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)
+            seconds = self.timeout if deadline is None else round(deadline - monotonic(), 3)
         payload, deadline, expires = self._call_bytes(request, deadline)
         self._check_time_left(expires, seconds)
         req_id = request.req_id  # type: ignore[union-attr]
@@ -982,15 +982,15 @@ class Client(_Connection):
             self._take_socket(me, deadline, seconds)  # (``me`` made before: a signal just after cannot leak it)
             if self._closed:
                 raise TigerError("this client is closed")
-            if time.monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
+            if monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
                 raise self._busy(seconds)
             sent = True  # (before: a signal landing as the send returns, after it, left a call sent unasked for)
             self._send_call(payload)
             mine = p.own_records_of(request, payload)  # decoded while the writer works
             probe_after = HELLO_PROBE_AFTER if refusals is None else None
-            attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3), probe_after)
+            attempts = Attempts(monotonic(), deadline, min(1.0, self.timeout / 3), probe_after)
             while True:
-                wait = attempts.wait(time.monotonic())
+                wait = attempts.wait(monotonic())
                 if wait == PROBE:  # connect's hello, unanswered a moment: a failed handshake is said now
                     self._probe_hello(deadline)
                     continue
@@ -1058,7 +1058,7 @@ class Client(_Connection):
         decoded frozen), and ``catch_up`` applies it in seq order.
         """
         if deadline is None:
-            deadline = time.monotonic() + self.timeout
+            deadline = monotonic() + self.timeout
         reply = None
         try:
             reply = self._request(request, deadline, own=True)
@@ -1156,7 +1156,7 @@ class _TableReads:
         ns = _current()
         return (
             lambda: self.get(id) is not None,
-            time.monotonic() + timeout,
+            monotonic() + timeout,
             lambda: f"{self.name} {shown(id)} did not appear in namespace {ns!r} within {timeout:g}s",
         )
 
@@ -1178,7 +1178,7 @@ class _TableReads:
         wait = check_timeout(timeout)
         self._client._check_open()
         ns = _current()
-        deadline = None if wait is None else time.monotonic() + wait
+        deadline = None if wait is None else monotonic() + wait
         message = f"no record of {self.name} in namespace {ns!r} matched the predicate within {wait or 0:g}s"
 
         def accepts(record: Record) -> bool:
@@ -1323,8 +1323,8 @@ def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float 
     while True:
         if change is None:
             if deadline is not None:
-                deadline = stretched(deadline, time.monotonic())
-            change = feed._next(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                deadline = stretched(deadline, monotonic())
+            change = feed._next(None if deadline is None else max(0.0, deadline - monotonic()))
         if change.op == "reset":
             return None
         if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import _thread
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tiger import _table as t
 from tiger._calls import check_seconds, stretched
+from tiger._clock import monotonic
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
 from tiger._table import RESERVED_PREFIX, Record, check_name
 
@@ -351,9 +351,9 @@ class Waking(_thread.RLock):  # type: ignore[misc]  # (final in typeshed; a C ty
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         """``threading.Condition.wait_for``: wait until ``predicate()`` is true, or ``timeout`` seconds
         (None: no limit) have passed; returns its last value. Called holding the lock."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else monotonic() + timeout
         while not (result := predicate()):
-            left = None if deadline is None else deadline - time.monotonic()
+            left = None if deadline is None else deadline - monotonic()
             if left is not None and left <= 0:
                 break
             self.wait(left)
@@ -753,7 +753,7 @@ class Feed:
 
     def _wait(self, timeout: float | None) -> Change:
         sub = self._sub
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else monotonic() + timeout
         with sub.cond:
             while True:
                 change = sub.take()
@@ -761,7 +761,7 @@ class Feed:
                     return change
                 remaining = None
                 if deadline is not None:
-                    now = time.monotonic()
+                    now = monotonic()
                     deadline = stretched(deadline, now)
                     remaining = deadline - now
                 if remaining is not None and remaining <= 0:
@@ -784,7 +784,7 @@ class Feed:
         awaiting task consumes nothing: the feed stays as it was."""
 
         sub = self._sub
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else monotonic() + timeout
         try:
             while True:
                 with sub.cond:
@@ -792,7 +792,7 @@ class Feed:
                     if change is not None:
                         return change
                     future: asyncio.Future[Any] = sub.cond.future(running_loop())
-                timer = None if deadline is None else self._alarm.set(future, deadline - time.monotonic())
+                timer = None if deadline is None else self._alarm.set(future, deadline - monotonic())
                 closing = False
                 try:  # a cancellation, even one that comes as the future resolves, consumes nothing
                     expired = await future is _EXPIRED
@@ -811,7 +811,7 @@ class Feed:
                     if change is not None:
                         return change
                     assert deadline is not None  # (expired: a deadline was set)
-                    now = time.monotonic()
+                    now = monotonic()
                     if stretched(deadline, now) != deadline:  # not running as it passed: one more look
                         deadline = stretched(deadline, now)
                         continue

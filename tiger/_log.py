@@ -48,13 +48,13 @@ import fcntl
 import logging
 import os
 import struct
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
 
+from tiger._clock import monotonic
 from tiger._errors import DataDirLost, TigerError
 from tiger._paths import in_the_way
 
@@ -277,7 +277,7 @@ class DataDir:
         self.size = 0
         self._dirty = False
         self._checked = False  # the log was found at its path since the last commit: appends may follow
-        self._last_sync = time.monotonic()
+        self._last_sync = monotonic()
         # no failure since the last snapshot put in place could have torn or lost an entry of the logs (an
         # fsync that failed, a failed append whose bytes could not be cut off): what a write the disk had
         # no room for may be retried on (``tiger._core``), where a snapshot of everything is needed otherwise
@@ -579,10 +579,10 @@ class DataDir:
     def tick(self) -> None:
         """Called about twice a second: fsync=everysec syncs what was appended; the log and the lock file
         are checked (a writer without writes says its directory is gone within a second)."""
-        if self._fd >= 0 and self._dirty and self.fsync == "everysec" and time.monotonic() - self._last_sync >= 1.0:
+        if self._fd >= 0 and self._dirty and self.fsync == "everysec" and monotonic() - self._last_sync >= 1.0:
             self._fsync_log(self._fd)
             self._dirty = False
-            self._last_sync = time.monotonic()
+            self._last_sync = monotonic()
         if self._fd >= 0:
             self.check()
             self.check_kept()
@@ -639,7 +639,7 @@ class DataDir:
             os.close(old)
             self._kept[f"log.{self.generation - 1}"] = old_kept  # read by a start until the snapshot is in place
         self._dirty = False
-        self._last_sync = time.monotonic()
+        self._last_sync = monotonic()
         self.compaction = Compaction(self, self.generation, pack, content, breaks)
         return self.compaction
 

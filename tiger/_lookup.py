@@ -19,6 +19,7 @@ from typing import Any
 
 import zmq
 
+from tiger._clock import monotonic
 from tiger._errors import Unavailable, shown
 
 # seconds a DNS lookup of a writer's host name may take before tiger says nothing of the name: glibc's resolver
@@ -56,7 +57,7 @@ class _Lookup:
     def __init__(self, host: str) -> None:
         self.host = host
         self.done = threading.Event()
-        self.started = time.monotonic()
+        self.started = monotonic()
         self.ended = 0.0  # time.monotonic() when it ended
         self.addresses: list[str] = []
         self.error: BaseException | None = None
@@ -74,7 +75,7 @@ class _Lookup:
             elif self.addresses:
                 _found[self.host] = self.addresses
                 _failed.pop(self.host, None)
-        self.ended = time.monotonic()
+        self.ended = monotonic()
         self.done.set()
 
 
@@ -107,7 +108,7 @@ def _lookup(host: str) -> _Lookup:
     """The lookup of ``host`` in flight, or one that ended less than ``LOOKUP_KEPT`` seconds ago, else a new one."""
     with _lock:
         last = _lookups.get(host)
-        if last is not None and (not last.done.is_set() or time.monotonic() - last.ended < LOOKUP_KEPT):
+        if last is not None and (not last.done.is_set() or monotonic() - last.ended < LOOKUP_KEPT):
             return last
         for kept in (_lookups, _found, _failed):
             if len(kept) > 256:  # (hosts of writers long gone)
@@ -142,7 +143,7 @@ def slow(host: str, seconds: float | None = None) -> bool:
         last = _lookups.get(host)
     if last is None:
         return False
-    took = (last.ended if last.done.is_set() else time.monotonic()) - last.started
+    took = (last.ended if last.done.is_set() else monotonic()) - last.started
     return took >= (LOOKUP_WAIT if seconds is None else seconds)
 
 
@@ -175,7 +176,7 @@ def endpoint(url: str, seconds: float = 0.0) -> str:
             # a lookup made again that has not ended yet, but is not slow: what the one before it found is the
             # news (a connect(timeout=0.5) to a mistyped host, its first lookup refused at once, its second
             # begun just before the deadline, said the name server did not answer)
-            if failed is not None and lookup is not None and time.monotonic() - lookup.started < LOOKUP_WAIT:
+            if failed is not None and lookup is not None and monotonic() - lookup.started < LOOKUP_WAIT:
                 raise _again(failed) from None
             raise
     ip = next((a for a in found if ":" not in a), found[0])
@@ -206,12 +207,12 @@ def wait_for_endpoint(url: str, timeout: float, deadline: float | None = None) -
     waits the same way without blocking its event loop. ``deadline`` (``time.monotonic()``): when the
     ``timeout`` of a call that began earlier ends."""
     if deadline is None:
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
     while True:
-        found, why = endpoint_or_why(url, deadline - time.monotonic())
+        found, why = endpoint_or_why(url, deadline - monotonic())
         if found is not None:
             return found
-        left = deadline - time.monotonic()
+        left = deadline - monotonic()
         if left <= 0:
             raise unresolved(url, timeout, why)
         time.sleep(min(LOOKUP_AGAIN, left))  # sleep-ok: between lookups of a name, no socket to wait on

@@ -53,7 +53,6 @@ import math
 import os
 import sys
 import threading
-import time
 import traceback
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
@@ -63,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._calls import callable_name
+from tiger._clock import monotonic
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, mark_stopped, stopped_from_outside
 from tiger._feed import off_loop, running_loop
 from tiger._owned import DriversLock, OwnedAsyncLock, OwnedLock
@@ -429,7 +429,7 @@ class Once:
         for a client that is still to close (``tiger._client._close_open_clients``)."""
         newest = max(self._built_at.values(), default=-1)
         with contextlib.suppress(TigerError):
-            _drive(client, self._let_go(client, newest, time.monotonic() + wait))
+            _drive(client, self._let_go(client, newest, monotonic() + wait))
 
     def holders(self, client: OnceClient) -> set[str]:
         """The other clients holding a value this client built with a teardown (the replica's view)."""
@@ -542,7 +542,7 @@ class Once:
             leave = p.OnceFinish(next(client._req_ids), key, client.client_id, "leave", None, scope)
             with contextlib.suppress(TigerError):
                 if _heard(client):
-                    now = time.monotonic()
+                    now = monotonic()
                     yield Write(leave, min(now + client.heartbeat_timeout, max(deadline, now + RELEASE_WAIT)))
                 else:
                     yield Write(leave, waited=False)
@@ -594,7 +594,7 @@ class Once:
         outcome = "resource" if (scope, key) in self._teardowns else "value"
         # the caller's timeout is for waiting on another builder: a build that took longer still gets the
         # client's timeout to deliver its value through a writer unavailable meanwhile
-        delivery = max(deadline, time.monotonic() + client.timeout)
+        delivery = max(deadline, monotonic() + client.timeout)
         finish = yield from self._finish_or_release(client, key, scope, outcome, value, delivery, claim)
         del self._built[scope, key]
         record = once_record(client, scope, key)
@@ -623,12 +623,12 @@ class Once:
         newer than the one it tears down. What it got before one it built (what that one's factory used)
         it still holds while that one is torn down, until its goodbye."""
         errors: list[tuple[str, BaseException]] = []
-        deadline = time.monotonic() + wait
+        deadline = monotonic() + wait
         retires: list[tuple[str, p.OnceFinish]] = []  # at a run's end (``until``): sent after the teardowns
         if wait > 0 and self._teardowns:
             with contextlib.suppress(TigerError):
                 yield Sync(wait)  # every holder the writer knows of is in this replica
-        while self._teardowns and time.monotonic() < until:
+        while self._teardowns and monotonic() < until:
             # the newest first; taken off only when it runs: a wait interrupted before (a cancelled close)
             # leaves it to run at the next tear-down
             (scope, key), (teardown, in_scope) = next(reversed(self._teardowns.items()))
@@ -679,7 +679,7 @@ class Once:
                     if hurried or not _heard(client):
                         yield Write(retire, waited=False)
                     else:  # by ``until`` (at least RELEASE_WAIT), at most the heartbeat timeout: a writer
-                        now = time.monotonic()  # silent that long is taken for gone, as for any write
+                        now = monotonic()  # silent that long is taken for gone, as for any write
                         hurried = True  # (unless it is answered)
                         yield Write(retire, min(now + client.heartbeat_timeout, max(until, now + RELEASE_WAIT)))
                         hurried = False
@@ -746,18 +746,18 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
     limit = None if math.isinf(deadline) else deadline
     while True:
         try:
-            now = time.monotonic()
+            now = monotonic()
             tried = now + client.timeout
             floor = now + min(client.timeout, RELEASE_WAIT)
             reply: p.Ok = yield Write(request(), None if limit is None or limit >= tried else max(limit, floor))
             return reply
         except Unavailable as unavailable:
             if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
-                limit = time.monotonic() + client.timeout
-            refused = (yield Probe(client.url)) if time.monotonic() < limit else None  # (past it: raised)
+                limit = monotonic() + client.timeout
+            refused = (yield Probe(client.url)) if monotonic() < limit else None  # (past it: raised)
             with contextlib.suppress(Timeout):  # (as ``Client.sync`` waits: past the limit, or gone, it raises)
                 yield Until(*client._heard_again(unavailable, limit, refused))
-            if time.monotonic() >= limit:
+            if monotonic() >= limit:
                 raise
 
 
@@ -769,7 +769,7 @@ def _wait_for_builder(
     timeout, a waiter whose writer was killed during the build waited for good, and a pytest-xdist run
     with it (a user trial); it raises ``Unavailable`` within about a second of finding it so."""
     while True:
-        now = time.monotonic()
+        now = monotonic()
         try:
             yield Until(
                 lambda: _once_moved(once_record(client, scope, key), owner),
@@ -778,7 +778,7 @@ def _wait_for_builder(
             )
             return
         except Timeout:
-            if time.monotonic() >= deadline:
+            if monotonic() >= deadline:
                 raise
         if not _heard(client):
             gone = yield Probe(client.url)
@@ -871,7 +871,7 @@ def _perform(client: BlockingOnceClient, effect: Effect) -> Any:
         case Write(request, deadline, True):
             return client._write(request, deadline)
         case Write(request, _, False):  # no other thread to send it: a short wait, then on
-            client._write(request, time.monotonic() + min(client.timeout, RELEASE_WAIT))
+            client._write(request, monotonic() + min(client.timeout, RELEASE_WAIT))
             return None
         case Until(predicate, deadline, what):
             client.replica.wait_until(predicate, deadline, what)
@@ -1000,7 +1000,7 @@ def _async_factory(factory: Callable[[], Any], kind: str) -> _AsyncFactory:
 
 def _deadline(wait: float | None) -> float:
     """The ``time.monotonic()`` at which a wait of ``wait`` seconds (None: no limit) ends."""
-    return math.inf if wait is None else time.monotonic() + wait
+    return math.inf if wait is None else monotonic() + wait
 
 
 def once_record(client: OnceClient, scope: str, key: str) -> Record | None:
@@ -1069,7 +1069,7 @@ def _stopped_at(deadline: float, key: str) -> Iterator[_Alarm]:
     if math.isinf(deadline) or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield alarm
         return
-    started = time.monotonic()
+    started = monotonic()
     due, _ = signal.getitimer(signal.ITIMER_REAL)
     previous = signal.getsignal(signal.SIGALRM)
     if previous is None or (due > 0 and due <= deadline - started):
@@ -1099,7 +1099,7 @@ def _stopped_at(deadline: float, key: str) -> Iterator[_Alarm]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if before > 0:
-            signal.setitimer(signal.ITIMER_REAL, max(before - (time.monotonic() - started), 0.001), interval)
+            signal.setitimer(signal.ITIMER_REAL, max(before - (monotonic() - started), 0.001), interval)
 
 
 def _finish_generator(key: str, generator: Generator[Any, None, None], scope: str | None) -> BaseException | None:

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from typing import TYPE_CHECKING, Protocol
+
+from tiger._clock import monotonic
 
 if TYPE_CHECKING:
     import asyncio
@@ -92,7 +93,7 @@ class OwnedLock:
                     first = self._come(gate, me)
                     if self.holder is me:
                         return True
-                left = deadline - time.monotonic()
+                left = deadline - monotonic()
                 if left <= 0:
                     return False
                 gate.acquire(timeout=min(left, WAKE_SLICE if first else LATE_SLICE))
@@ -162,7 +163,7 @@ class OwnedAsyncLock:
                     self.holder = me
                 if self.holder is me:
                     return True
-                left = deadline - time.monotonic()
+                left = deadline - monotonic()
                 if left <= 0:
                     return False
                 if woken.done():  # (woken, and the lock not handed to it: wait on a fresh future)
@@ -268,7 +269,7 @@ class DriversLock(OwnedLock):
                     if self.holder is me:
                         return True
                     woken = gate.future
-                left = deadline - time.monotonic()
+                left = deadline - monotonic()
                 if left <= 0:
                     return False
                 await asyncio.wait((woken,), timeout=min(left, WAKE_SLICE if first else LATE_SLICE))

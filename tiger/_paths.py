@@ -8,8 +8,8 @@ import fcntl
 import os
 import stat
 import tempfile
-import time
 
+from tiger._clock import wall
 from tiger._errors import shown
 
 IPC_PATH_MAX = 107 - len(".pub")  # bytes of an ipc path; the PUB socket's is the command path + ".pub"
@@ -178,7 +178,7 @@ def _remove_if_ended(path: str) -> None:
         try:
             alive = os.open(ALIVE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
         except FileNotFoundError:  # an older tiger's run directory, or one being made (``hold_run_dir``)
-            if time.time() - _last_change(folder, st) > STALE_WITHOUT_ALIVE:
+            if wall() - _last_change(folder, st) > STALE_WITHOUT_ALIVE:
                 _remove(path, st)
             return
         try:

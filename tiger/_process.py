@@ -9,6 +9,8 @@ import signal
 import sys
 import time
 
+from tiger._clock import monotonic
+
 
 class ProcessWatch:
     """Whether a process (by pid) has ended: a writer's owner, a ``tiger_once`` builder.
@@ -38,7 +40,7 @@ class ProcessWatch:
             readable, _, _ = select.select([self._fd], [], [], wait)  # readable once the process has exited
             self._ended = bool(readable)
             return self._ended
-        deadline = time.monotonic() + wait
+        deadline = monotonic() + wait
         while True:
             try:
                 os.kill(self.pid, 0)
@@ -48,9 +50,9 @@ class ProcessWatch:
                 self._ended = True
             except PermissionError:  # alive, someone else's
                 pass
-            if self._ended or time.monotonic() >= deadline:
+            if self._ended or monotonic() >= deadline:
                 return self._ended
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.05, max(0.0, deadline - monotonic())))
 
     def close(self) -> None:
         if self._fd is not None:

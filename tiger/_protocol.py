@@ -22,7 +22,6 @@ import os
 import struct
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from tiger._clock import monotonic, wall
 from tiger._errors import ProtocolError, shown
 from tiger._table import UNENCODABLE, Batch, Change, Clear, ClearNamespace, Delete, DropNamespace, FrozenList, Put, Record, Store
 
@@ -1087,7 +1087,7 @@ def new_epoch() -> str:
     """A writer's epoch: 16 hex digits, the first 11 the time it started (milliseconds since 1970), the
     other 5 random; so a later writer's epoch sorts after an earlier one's (``epoch_started``), on one
     clock (a writer restarted on another host compares by that host's clock)."""
-    return f"{time.time_ns() // 1_000_000:011x}{random_hex(3)[:5]}"
+    return f"{int(wall() * 1000):011x}{random_hex(3)[:5]}"
 
 
 def epoch_started(epoch: str) -> int | None:
@@ -1212,6 +1212,21 @@ def receive(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
 
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _zmq_poll = zmq.zmq_poll
+
+
+def _poll_on_a_real_clock() -> None:
+    """Point pyzmq's ``zmq_poll`` at tiger's monotonic clock (``tiger._clock``). It reads ``monotonic``
+    from its module's globals, to go on after a signal with what is left of its timeout; freezegun's
+    ``freeze_time`` replaces every module global that is ``time.monotonic`` with its fake, and then a
+    date past 2038 failed every poll, tiger's and the application's own ("OverflowError: value too
+    large to convert to int": pyzmq keeps the time in a C int), an earlier one restarted a poll's whole
+    timeout at each signal. tiger's clock reads the same clock, and freezegun leaves it alone."""
+    backend = sys.modules.get(_zmq_poll.__module__)  # (zmq.backend.cython._zmq)
+    if backend is not None and callable(getattr(backend, "monotonic", None)):
+        backend.monotonic = monotonic  # type: ignore[attr-defined]
+
+
+_poll_on_a_real_clock()
 
 
 def waiting(sock: zmq.Socket[Any]) -> bool:

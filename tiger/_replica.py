@@ -27,7 +27,6 @@ import logging
 import math
 import operator
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered, stretched
+from tiger._clock import monotonic
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import (
     History,
@@ -221,7 +221,7 @@ class Replica:
         self.join_error: Unavailable | None = None  # why the last attempt to join failed (then it tries again)
         self.unsent = 0  # messages to the writer dropped: its queue was full (the writer gone or paused long)
         self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
-        self.last_heard = time.monotonic()
+        self.last_heard = monotonic()
         self.last_awake = self.last_heard  # the replica thread's last wake-up: it was listening until then
         self._ctx = ctx
         self._url = endpoint.url
@@ -255,7 +255,7 @@ class Replica:
         self._thread.start()
         if timeout is None:
             return
-        if not self.ready.wait(timeout if deadline is None else max(0.0, deadline - time.monotonic())):
+        if not self.ready.wait(timeout if deadline is None else max(0.0, deadline - monotonic())):
             self.stop()
             raise self.no_snapshot(timeout)
         if self.failure is not None:
@@ -474,7 +474,7 @@ class Replica:
             while not predicate():
                 if self.failure is not None:
                     raise self._stopped()
-                now = time.monotonic()
+                now = monotonic()
                 deadline = stretched(deadline, now)
                 remaining = deadline - now
                 if remaining <= 0:
@@ -500,7 +500,7 @@ class Replica:
                     raise TigerError("the client was closed")
                 future = self.changed.future(loop)
             try:
-                now = time.monotonic()
+                now = monotonic()
                 deadline = stretched(deadline, now)
                 remaining = deadline - now
                 if remaining <= 0:
@@ -572,7 +572,7 @@ class Replica:
                 with self.changed:  # (an asyncio task awaits this, not the event)
                     self.changed.notify_all()
             must_resync = False
-            next_beat = time.monotonic()
+            next_beat = monotonic()
             hold_wakes()  # tasks are woken as this thread waits again, not while it goes on applying
             while True:
                 try:
@@ -590,7 +590,7 @@ class Replica:
                     interval = min(self._heartbeat, 0.5, self._timeout / 4)
                     # listening from here: set before the poll, so that after a pause it still says when
                     # the thread began to listen, until the messages queued meanwhile have been read
-                    now = time.monotonic()
+                    now = monotonic()
                     if self._calls.asking:  # and at once when one is due: the writes after it wait for its change
                         with self.changed:
                             due = self._calls.next_due()
@@ -621,12 +621,12 @@ class Replica:
                         self._answer(sub, dealer.recv())
                     if self._calls.asking:
                         self._ask_again(dealer)
-                    if time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + min(self._heartbeat, 0.5)
+                    if monotonic() >= next_beat:
+                        next_beat = monotonic() + min(self._heartbeat, 0.5)
                         if self._calls.ending and self._abandon_ended():  # (a dict's truth, read unlocked)
                             self._ask_again(dealer)
                         with self.changed:
-                            lost = self._seq.lost(time.monotonic())  # a gap no call in flight can fill
+                            lost = self._seq.lost(monotonic())  # a gap no call in flight can fill
                         if lost is not None:
                             raise _Resync(lost)
                         self._send(dealer, p.encode_request(p.Beat(self._client_id)))
@@ -676,10 +676,10 @@ class Replica:
         ipc path was once seen to publish to the old one nothing ever again), then wait until a writer
         answers (``_await_writer``), at most once a heartbeat (a writer refusing snapshots is not asked again
         and again at once). Returns the new SUB."""
-        pause = self._rejoined_at + self._heartbeat - time.monotonic()
+        pause = self._rejoined_at + self._heartbeat - monotonic()
         if self._stopping or (pause > 0 and self._stop_rx.poll(max(1, int(pause * 1000)))):
             raise _Stopped
-        self._rejoined_at = time.monotonic()
+        self._rejoined_at = monotonic()
         poller.unregister(sub)
         sub.close(linger=0)
         sub = self._subscriber()
@@ -694,13 +694,13 @@ class Replica:
         then (a blocking client's sharing this replica too). Once a heartbeat at most: it looks at every
         such call in flight. Returns how many were finished."""
         with self.changed:
-            return self._calls.abandon_ended(time.monotonic())
+            return self._calls.abandon_ended(monotonic())
 
     def _ask_again(self, dealer: zmq.Socket[Any]) -> None:
         """Send again the calls of this client that raised with no answer (``call_failed``), once
         their deadline has passed; forget those asked longer ago than an answer can take."""
         with self.changed:
-            due = self._calls.due(time.monotonic())
+            due = self._calls.due(monotonic())
         for payload in due:
             self._send(dealer, payload)  # unsent: forgotten once asked too long ago, then a gap left is a resync
 
@@ -780,7 +780,7 @@ class Replica:
 
     def _receive(self, frame: bytes) -> None:
         """One published frame: the topic (``p.TOPIC_SIZE`` bytes), then the message."""
-        self.last_heard = time.monotonic()
+        self.last_heard = monotonic()
         if len(frame) <= p.TOPIC_SIZE:
             raise _Resync(f"a published frame of {len(frame)} bytes: no message after the topic")
         data = frame[p.TOPIC_SIZE :]
@@ -807,7 +807,7 @@ class Replica:
             else:
                 self.changes_received += head is None  # counted above when the header could be read
                 self._seq.published(m.seq, m.change)  # type: ignore[union-attr]
-            lost = self._seq.lost(time.monotonic())
+            lost = self._seq.lost(monotonic())
             if lost is not None:
                 raise _Resync(lost)
             if self._seq.seq != before:
@@ -851,10 +851,10 @@ class Replica:
         # A writer replaced meanwhile (a restart on the same url) is seen sooner: hello is asked at every
         # heartbeat without a chunk, and an answer of another epoch ends the wait, so that the join is tried
         # again on the next writer well within connect()'s timeout.
-        chunk_at = time.monotonic()
+        chunk_at = monotonic()
         while True:
             if not self._wait(dealer, self._heartbeat):
-                if time.monotonic() - chunk_at > self._timeout:
+                if monotonic() - chunk_at > self._timeout:
                     raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
                 self._ask_hello(dealer)
                 continue
@@ -866,7 +866,7 @@ class Replica:
                 if type(reply) is p.Ok and epoch is not None and reply.epoch != epoch:
                     raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
                 continue
-            chunk_at = time.monotonic()
+            chunk_at = monotonic()
             if type(reply) is p.SnapshotChunk:
                 for table, ns, records in reply.segments:
                     if records:  # decoded frozen, each checked for a str id: into the rows in C, no per-record Python
@@ -890,7 +890,7 @@ class Replica:
 
         Returns every message received meanwhile (applied after the snapshot, which covers them).
         """
-        deadline = time.monotonic() + self._timeout
+        deadline = monotonic() + self._timeout
         wait = 0.01
         queued: list[bytes] = []
         while True:
@@ -898,9 +898,9 @@ class Replica:
             # that prefix went after the others, so once the heartbeat arrives every prefix is live. (A negative
             # request id: the writer keeps answers by client id and request id, and the client counts up from 1.)
             self._send(dealer, p.encode_call(p.Call(self._client_id, math.inf, p.Sync(-next(self._req_ids)))))
-            until = time.monotonic() + wait
-            while self._wait(sub, until - time.monotonic()):
-                self.last_heard = time.monotonic()
+            until = monotonic() + wait
+            while self._wait(sub, until - monotonic()):
+                self.last_heard = monotonic()
                 confirmed = False
                 while True:
                     try:
@@ -911,9 +911,9 @@ class Replica:
                     confirmed = confirmed or frame.startswith(self._topic)
                 if confirmed:
                     return queued
-                if time.monotonic() >= until:
+                if monotonic() >= until:
                     break
-            if time.monotonic() >= deadline:
+            if monotonic() >= deadline:
                 raise Unavailable(f"no published message from the tiger writer at {self._url} within {self._timeout}s")
             wait = min(wait * 2, 0.2)
             # No heartbeat yet: the writer may publish elsewhere now (restarted on tcp: a new port). A hello

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -23,6 +22,7 @@ from zmq.utils import z85
 from tiger import _lookup
 from tiger import _protocol as p
 from tiger._calls import call_expiry, check_seconds, clock_offset
+from tiger._clock import monotonic, wall
 from tiger._errors import FAILURES, HandshakeFailed, ProtocolError, TigerError, Unavailable, shown
 from tiger._lookup import (
     addresses,
@@ -43,7 +43,7 @@ from tiger._paths import (
     path_bytes,
     short_temp_dir,
 )
-from tiger._process import unsupported_environment
+from tiger._process import ProcessWatch, unsupported_environment
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
 NOT_STARTED = "tiger writer not started: "  # begins the line a writer that could not start prints on stdout
@@ -200,7 +200,7 @@ class Server:
             self.url = _await_ready(self._process, self.url, deadline, timeout)
             # what is left of the timeout (it was given whole again: a serve took up to twice its timeout),
             # at least PING_AT_LEAST for a writer that said it serves just before the deadline
-            ping(self.url, max(deadline - time.monotonic(), PING_AT_LEAST), server_key)
+            ping(self.url, max(deadline - monotonic(), PING_AT_LEAST), server_key)
         except BaseException:
             self.stop()
             raise
@@ -227,13 +227,14 @@ class Server:
             return None  # a forked child: the writer and its directory belong to the parent
         proc = self._process
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.send_signal(signal.SIGCONT)  # a paused writer (SIGSTOP) waited out the whole timeout, then was killed
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            # (watched by its pidfd, not proc.wait(timeout): that reads subprocess's time.monotonic, which a
+            # test's freeze_time replaces, and a writer that did not end was waited for for ever)
+            with ProcessWatch(proc.pid) as watch:
+                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGCONT)  # a paused writer (SIGSTOP) waited out the whole timeout, then was killed
+                if not watch.ended(timeout):
+                    proc.kill()
+            proc.wait()
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
@@ -300,7 +301,7 @@ def start_writer(
     ``log``: a file the writer's log goes to (appended), instead of this process's stderr.
     """
     curve_secret = unshown(curve_secret)  # (first: see ``unshown``)
-    started = time.monotonic()  # (the timeout counts the checks too: a url's host name looked up)
+    started = monotonic()  # (the timeout counts the checks too: a url's host name looked up)
     unsupported = unsupported_environment()
     if unsupported is not None:
         raise TigerError(unsupported)
@@ -367,7 +368,7 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float, ti
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
         while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
+            remaining = deadline - monotonic()
             if remaining <= 0:
                 raise Unavailable(f"the tiger writer for {url} did not start within {timeout:g}s")
             if not selector.select(remaining):
@@ -624,11 +625,11 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
     try:
         events = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
         _sock, monitor = _monitored_dealer(ctx, address, server_key, events)  # (held: a dropped socket is closed)
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
         connected: float | None = None  # when the connection was made
         probed = False
         while True:
-            now = time.monotonic()
+            now = monotonic()
             until = deadline if connected is None or probed else min(deadline, connected + GREETING_GRACE)
             if monitor.poll(max(0, int((until - now) * 1000)) if until > now else 0):
                 message = parse_monitor_message(monitor.recv_multipart())
@@ -638,13 +639,13 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (event == zmq.EVENT_CONNECT_RETRIED and connected is None):
                     return None
                 if event == zmq.EVENT_CONNECTED and connected is None:
-                    connected = time.monotonic()
+                    connected = monotonic()
                 continue
-            if time.monotonic() >= deadline:
+            if monotonic() >= deadline:
                 return None
             if connected is not None and not probed:  # no handshake yet: does the peer speak ZeroMQ at all?
                 probed = True
-                received = greet(url, deadline - time.monotonic())
+                received = greet(url, deadline - monotonic())
                 if speaks_no_zeromq(received):
                     return no_zeromq(url, received)
     finally:
@@ -681,7 +682,7 @@ def answers_as_tiger(url: str, timeout: float) -> bool:
     """Whether the peer at ``url`` answers a tiger request (``Stats``) made without CurveZMQ within ``timeout``
     seconds as a tiger writer does: what tells a tiger writer serving without CurveZMQ from any other ZeroMQ
     socket that does (a bare ROUTER), whose greetings are the same."""
-    deadline = time.monotonic() + timeout  # (first: the lookup is inside it)
+    deadline = monotonic() + timeout  # (first: the lookup is inside it)
     address = endpoint_or_why(url, timeout)[0]
     if address is None:
         return False
@@ -691,7 +692,7 @@ def answers_as_tiger(url: str, timeout: float) -> bool:
         sock.setsockopt(zmq.LINGER, 0)
         connect_socket(sock, address)
         _send_once(sock, p.encode_request(p.Stats(1)))
-        if not sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+        if not sock.poll(max(1, int((deadline - monotonic()) * 1000))):
             return False
         try:
             reply = p.decode_reply(sock.recv())
@@ -720,12 +721,12 @@ def greet(url: str, timeout: float = 0.1) -> bytes:
     no ZMTP greeting (``speaks_no_zeromq``: then its first chunk); nothing if no connection was made. The
     connection is closed once it is read."""
     received = b""
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     try:
         with _stream(url, timeout) as probe:
             probe.sendall(GREETING_PROBE)
             while len(received) < 32 and not speaks_no_zeromq(received):  # signature (10), version (2), mechanism (20)
-                probe.settimeout(max(deadline - time.monotonic(), 0.001))
+                probe.settimeout(max(deadline - monotonic(), 0.001))
                 chunk = probe.recv(64)
                 if not chunk:
                     break
@@ -780,7 +781,7 @@ def check_reachable(url: str, timeout: float) -> float:
     before it began, and it all again)."""
     check_connect_url(url)
     check_seconds(timeout, "timeout", positive=True)
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     unreachable = why_unreachable(url, min(1.0, timeout / 2))  # (half at most: the call's own wait follows)
     if unreachable is not None:
         raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
@@ -852,15 +853,15 @@ def _answer(
     if monitor is not None:
         poller.register(monitor, zmq.POLLIN)
     probes = 0 if monitor is not None else GREETING_PROBES  # (none without a monitor: the handshake was had)
-    probe_at = time.monotonic() + GREETING_PROBE_AFTER
+    probe_at = monotonic() + GREETING_PROBE_AFTER
     while True:
-        now = time.monotonic()
+        now = monotonic()
         until = deadline if probes >= GREETING_PROBES else min(deadline, probe_at)
         ready = dict(poller.poll(max(1, int((until - now) * 1000)) if until > now else 0))  # (0: an answer there is taken)
         if sock in ready:
             break
         if monitor is not None and monitor in ready:
-            seconds = min(max(deadline - time.monotonic(), 0.1), 1.0)  # (a loaded machine: 0.1 s missed)
+            seconds = min(max(deadline - monotonic(), 0.1), 1.0)  # (a loaded machine: 0.1 s missed)
             failed = False
             for event, value in _monitor_events(monitor):
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -878,7 +879,7 @@ def _answer(
                 if why is not None:
                     raise HandshakeFailed(why)
             continue
-        now = time.monotonic()
+        now = monotonic()
         if now >= deadline:
             raise Unavailable(no_answer(url, timeout))
         if probes < GREETING_PROBES and now >= probe_at:  # no handshake yet: does the peer speak ZeroMQ at all?
@@ -886,7 +887,7 @@ def _answer(
             received = greet(url, min(GREETING_PROBE_TIME, deadline - now))
             if speaks_no_zeromq(received):
                 raise HandshakeFailed(no_zeromq(url, received))
-            probe_at = time.monotonic() + 1.0
+            probe_at = monotonic() + 1.0
     reply = p.decode_reply(sock.recv())
     if type(reply) is p.Failed:  # (as a client raises it: tiger compact printed the reply's repr)
         raise FAILURES.get(reply.kind, TigerError)(reply.message)
@@ -947,14 +948,14 @@ class NamespaceLease:
         self._wake_r, self._wake_w = socket.socketpair()
         try:
             self._sock, monitor = _monitored_dealer(self._ctx, address, server_key, ANSWER_EVENTS)  # (said at once)
-            sent = time.time()
+            sent = wall()
             _send_once(self._sock, p.encode_request(p.Hello(1, self.client_id)))
             try:
                 info = _answer(self._sock, url, deadline, timeout, monitor, server_key).result or {}
             finally:
                 self._sock.disable_monitor()  # (its events would pile up for the lease's life)
                 monitor.close(linger=0)
-            expires, _ = call_expiry(deadline, clock_offset(sent, time.time(), info) or 0.0)
+            expires, _ = call_expiry(deadline, clock_offset(sent, wall(), info) or 0.0)
             _send_once(self._sock, p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
             _answer(self._sock, url, deadline, timeout)
             self._beat = min(float(info.get("heartbeat", 0.5)), 0.5)
@@ -979,12 +980,12 @@ class NamespaceLease:
         next_beat = 0.0
         try:
             while True:
-                now = time.monotonic()
+                now = monotonic()
                 if now >= next_beat:
                     next_beat = now + self._beat
                     with contextlib.suppress(zmq.Again):  # (the writer away: its queue full; it is heard when back)
                         sock.send(beat, zmq.NOBLOCK)
-                events = dict(poller.poll(max(1, int((next_beat - time.monotonic()) * 1000))))
+                events = dict(poller.poll(max(1, int((next_beat - monotonic()) * 1000))))
                 if self._wake_r.fileno() in events:
                     return
                 if sock in events:
@@ -1067,8 +1068,8 @@ def why_unreachable(url: str, timeout: float = 1.0) -> str | None:
     """``why_refused``, or that the host name of a tcp ``url`` does not resolve (looked up now, so not
     in a probe made again and again), both within ``timeout`` seconds: what a one-shot request says at
     once (a ``tiger`` command to a mistyped host waited out its timeout, 600 s for ``tiger compact``)."""
-    deadline = time.monotonic() + timeout
-    return why_refused(url, timeout) or unresolved_host(url, max(0.0, deadline - time.monotonic()))
+    deadline = monotonic() + timeout
+    return why_refused(url, timeout) or unresolved_host(url, max(0.0, deadline - monotonic()))
 
 
 def no_answer(url: str, seconds: float) -> str:
@@ -1112,7 +1113,7 @@ def recently_refused(url: str, within: float = 1.0) -> str | None:
     call's message) must not probe in a loop, and a probe of a paused tcp writer whose backlog is full
     takes its whole 0.1 s. A refusal is not kept (it comes at once): kept, it said "gone" of a writer
     restarted at the url since (a user trial)."""
-    now = time.monotonic()
+    now = monotonic()
     with _probed_lock:
         known = _probed.get(url)
         if known is not None and now - known < within:
@@ -1120,7 +1121,7 @@ def recently_refused(url: str, within: float = 1.0) -> str | None:
     why = why_refused(url, 0.1)
     with _probed_lock:
         if why is None:
-            _probed[url] = time.monotonic()
+            _probed[url] = monotonic()
             if len(_probed) > 256:  # (urls of writers long gone)
                 _probed.pop(next(iter(_probed)))
         else:
@@ -1170,11 +1171,11 @@ def _stream(url: str, timeout: float) -> socket.socket:
     if is_address(host):
         return socket.create_connection((host, int(port)), timeout=timeout)
     # looked up within the timeout too (``create_connection`` waits out the resolver), then each address tried
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     failed: OSError | None = None
     for ip in addresses(host, timeout):
         try:
-            return socket.create_connection((ip, int(port)), timeout=max(0.001, deadline - time.monotonic()))
+            return socket.create_connection((ip, int(port)), timeout=max(0.001, deadline - monotonic()))
         except OSError as e:
             failed = e
     raise failed or OSError(f"no address of {shown(host)}")

@@ -31,6 +31,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger import _table
+from tiger._clock import monotonic, wall
 from tiger._core import CLIENT_SILENCE, LEASE_GRACE, WriterCore
 from tiger._log import COMPACT_BYTES, Corrupt, DataDir, Locked
 from tiger._paths import ipc_path_unusable, missing_secret_file
@@ -165,7 +166,7 @@ class Writer:
         self.heartbeat = heartbeat
         self.owner = None if owner_pid is None else ProcessWatch(owner_pid)
         self.orphaned = False  # stopped because the process that started it is gone
-        self.started = time.time()
+        self.started = wall()
         self._running = True
         self._receiving = False  # in the blocking receive: a stop signal may interrupt it at once
         self.data: DataDir | None = None
@@ -185,12 +186,12 @@ class Writer:
         self.core = WriterCore(
             p.new_epoch(),
             heartbeat=heartbeat,
-            now=time.monotonic(),
+            now=monotonic(),
             store=store,
             disk=self.data,
             token=_Tokens(),
             lease_grace=lease_grace,
-            wall_clock=time.time,
+            wall_clock=wall,
         )
         self.core.reach = self._reach
         self._ctx = zmq.Context()
@@ -275,17 +276,17 @@ class Writer:
         idle = max(1, int(min(self.heartbeat, 0.1) * 1000))
         router.setsockopt(zmq.RCVTIMEO, idle)
         waits = idle  # ms the receive waits: less while something waits to be sent (see below)
-        next_beat = awake = time.monotonic()
+        next_beat = awake = monotonic()
         awake_cpu = time.thread_time()
         try:
             while self._running:
-                now, cpu = time.monotonic(), time.thread_time()
+                now, cpu = monotonic(), time.thread_time()
                 if now - awake > PAUSED:  # not listening: not running (SIGSTOP, a debugger), or busy with a big call
                     self.core.resumed(now - awake, cpu - awake_cpu)
                 awake, awake_cpu = now, cpu
                 if now >= next_beat:
                     self.tick()
-                    next_beat = time.monotonic() + self.heartbeat
+                    next_beat = monotonic() + self.heartbeat
                     if watch_fd is not None and _closed(watch_fd):
                         log.info("the process that started this writer is gone; stopping")
                         self.orphaned = True
@@ -293,7 +294,7 @@ class Writer:
                 # Snapshots go out between requests, a turn's worth at a time; a full queue is tried again
                 # soon. (ROUTER has no per-peer POLLOUT: a short receive timeout is the wake-up.)
                 if outgoing.wait(now) is not None:
-                    now = time.monotonic()
+                    now = monotonic()
                     outgoing.pump(now)
                 # Work over the whole store (a compaction, a Stats checksum) goes a step (512 KiB) at a time,
                 # between groups: no wait while some is under way.
@@ -336,15 +337,15 @@ class Writer:
     def handle_group(self, group: list[list[bytes]]) -> None:
         """Requests taken off the socket together: applied in arrival order, made durable once, then
         their changes published and their answers sent."""
-        now = time.monotonic()
+        now = monotonic()
         for frames in group:  # the wall clock per request: a call is judged expired when its turn comes
-            self.core.handle(frames, now, time.time())
-        self.core.commit(time.monotonic())
+            self.core.handle(frames, now, wall())
+        self.core.commit(monotonic())
         self._send_outbox()
 
     def tick(self) -> None:
         """About every heartbeat: the core's timed work, and whether the owner process is gone."""
-        now = time.monotonic()
+        now = monotonic()
         self.core.tick(now)
         self.core.commit(now)  # once keys released for gone clients: durable before they are published
         self._send_outbox()
@@ -421,7 +422,7 @@ class Writer:
 
     def _send_outbox(self) -> None:
         outbox = self.core.take_outbox()
-        pub, outgoing, now = self.pub, self.outgoing, time.monotonic()
+        pub, outgoing, now = self.pub, self.outgoing, monotonic()
         for topic, message in outbox.published:  # published first: an answer promises its change is on its way
             pub.send(topic + message)
         for frames in outbox.replies:

@@ -39,7 +39,6 @@ import math
 import os
 import sys
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +62,7 @@ from tiger._client import (
     _timeout,
     lasting_match,
 )
+from tiger._clock import monotonic, wall
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, Change, Owner, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
@@ -87,7 +87,7 @@ async def connect(
     server_key = unshown(server_key)  # (first: see ``unshown``)
     url, server_key = _connect_arguments(url, server_key)
     seconds: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
-    deadline = time.monotonic() + seconds
+    deadline = monotonic() + seconds
     await _looked_up(check_connect_url(url), seconds, deadline)
     client = AsyncClient(url, timeout, heartbeat_timeout, server_key, deadline)  # (the lookup counted in the timeout)
     try:
@@ -105,7 +105,7 @@ async def _looked_up(url: str, timeout: float, deadline: float) -> None:
     (``time.monotonic()``: when the ``timeout`` ends)."""
     while True:
         found, why = endpoint_or_why(url, 0)
-        left = deadline - time.monotonic()
+        left = deadline - monotonic()
         if found is not None:
             return
         if left <= 0:
@@ -179,11 +179,11 @@ class AsyncClient(_Connection):
     async def _open(self) -> None:
         best: float | None = None
         for _ in range(3):
-            sent = time.time()
+            sent = wall()
             info: dict[str, Any] = (
                 await self._request(self._hello_request(), self._connect_deadline, seconds=self.timeout)
             ).result
-            best, done = self._heard_hello(sent, time.time(), info, best)
+            best, done = self._heard_hello(sent, wall(), info, best)
             if done:
                 break
         replica = self._replica = self._make_replica(info)
@@ -224,7 +224,7 @@ class AsyncClient(_Connection):
             lock = self._lock(watching=False)  # (a loop that cannot watch the socket closes too)
             me = object()
             try:  # a call in flight ends first (not within the timeout: closed anyway; it gets "this client is closed")
-                await lock.take(me, time.monotonic() + self.timeout)
+                await lock.take(me, monotonic() + self.timeout)
             finally:
                 self._close_now()
                 try:  # (twice: see ``tiger._owned``)
@@ -278,16 +278,16 @@ class AsyncClient(_Connection):
     async def sync(self, timeout: float | None = None) -> None:
         """Return once the replica holds every write any client was answered for before this call.
         ``timeout``: seconds, above 0; default the client's."""
-        deadline = time.monotonic() + _timeout(timeout, self.timeout, positive=True)
+        deadline = monotonic() + _timeout(timeout, self.timeout, positive=True)
         while True:
             try:
                 reply = await self._request(p.Sync(next(self._req_ids)), deadline)
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
-                refused = await off_loop(recently_refused, self.url) if time.monotonic() < deadline else None
+                refused = await off_loop(recently_refused, self.url) if monotonic() < deadline else None
                 with contextlib.suppress(Timeout):
                     await self.replica.until(*self._heard_again(unavailable, deadline, refused), self._owner)
-                if time.monotonic() >= deadline:
+                if monotonic() >= deadline:
                     raise
         await self._caught_up(reply, deadline)
 
@@ -387,7 +387,7 @@ class AsyncClient(_Connection):
             del self._late[task]  # (one done as its loop closed: its done callback never ran)
             entry = None if req_id is None or task.done() else self._unanswered.pop(req_id, None)
             if entry is not None:  # (asked at once: no task of this client awaits its answer now)
-                self.replica.call_failed(req_id, (req_id, entry[0], time.monotonic()))  # type: ignore[arg-type]
+                self.replica.call_failed(req_id, (req_id, entry[0], monotonic()))  # type: ignore[arg-type]
 
     def _serve(self, me: object) -> None:
         """The call ``me`` (a token) of the running loop uses the socket until ``_served(me)``, said in its
@@ -433,7 +433,7 @@ class AsyncClient(_Connection):
         closed, that answer gone with its socket (the gap its change left held every later write of the
         replica until the deadline, a blocking client's sharing it too). A call of a closed loop, handed
         over as it is collected or as its loop's tasks are dropped, is asked at once too."""
-        return time.monotonic() if self._closed else deadline
+        return monotonic() if self._closed else deadline
 
     def _call_bytes(self, request: p.Request, deadline: float | None, probe: bool = True) -> tuple[bytes, float, float]:
         if self._shared is not None and self._shared._closed:
@@ -446,7 +446,7 @@ class AsyncClient(_Connection):
         """``Client._request``, awaited: the same call bytes, Lazy Pirate resends on a fresh socket, expiry
         and errors. Cancelled after sending, the call is left to the replica as one that raised unanswered."""
         if seconds is None:  # the timeout the deadline stands for, as errors name it
-            seconds = self.timeout if deadline is None else round(deadline - time.monotonic(), 3)
+            seconds = self.timeout if deadline is None else round(deadline - monotonic(), 3)
         try:
             payload, deadline, expires = self._call_bytes(request, deadline, probe=False)
         except Unavailable:  # a silent writer: its url probed in a thread (a probe may take 0.1 s)
@@ -470,7 +470,7 @@ class AsyncClient(_Connection):
                     raise self._busy(seconds)
                 if self._closed:
                     raise TigerError("this client is closed")
-                if time.monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
+                if monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
                     raise self._busy(seconds)
                 if self._socket._loop is not running_loop():  # taken before its first use on this thread
                     self._socket.watch(running_loop())
@@ -481,7 +481,7 @@ class AsyncClient(_Connection):
                 self._send_call(payload)
                 mine = p.own_records_of(request, payload)  # decoded while the writer works
                 probe_after = HELLO_PROBE_AFTER if refusals is None else None
-                attempts = Attempts(time.monotonic(), deadline, min(1.0, self.timeout / 3), probe_after)
+                attempts = Attempts(monotonic(), deadline, min(1.0, self.timeout / 3), probe_after)
                 try:
                     while True:
                         if self._answers:  # taken by a call of another event loop (see _late_answer)
@@ -489,7 +489,7 @@ class AsyncClient(_Connection):
                             if kept is not None:
                                 reply, answered = kept, True
                                 break
-                        wait = attempts.wait(time.monotonic())
+                        wait = attempts.wait(monotonic())
                         if wait == PROBE:  # ``Client._request``'s: connect's hello, its handshake probed in a thread
                             await off_loop(self._probe_hello, deadline)
                             continue
@@ -555,7 +555,7 @@ class AsyncClient(_Connection):
             # (not the bytes it received last: decoding them as a late answer changes this client's own
             # dicts, which its event loop's thread reads unlocked; the replica asks the writer instead)
             # (sent and unanswered: asked at once, its loop closed: see ``_ask_at``)
-            left = (req_id, own, (payload, time.monotonic()) if sent else None, reply if answered else None, None)
+            left = (req_id, own, (payload, monotonic()) if sent else None, reply if answered else None, None)
             self.replica.later(lambda: self._raised(*left))
             raise
         except BaseException:
@@ -577,12 +577,12 @@ class AsyncClient(_Connection):
         the replica as any write's (``_late_answer``); none by the deadline, the replica asks the writer.
         It polls in slices of at most 50 ms, the socket free for other calls in between."""
         try:
-            while req_id in self._unanswered and not self._closed and time.monotonic() < self._unanswered[req_id][1]:
+            while req_id in self._unanswered and not self._closed and monotonic() < self._unanswered[req_id][1]:
                 lock, me = self._lock(), object()
                 try:
                     await lock.take(me, math.inf)
                     if req_id in self._unanswered and not self._closed:
-                        remaining = self._unanswered[req_id][1] - time.monotonic()
+                        remaining = self._unanswered[req_id][1] - monotonic()
                         try:
                             self._serve(me)
                             data = await self._socket.recv(max(0.001, min(0.05, remaining)))
@@ -604,7 +604,7 @@ class AsyncClient(_Connection):
         except GeneratorExit:  # its coroutine closed (collected, its loop closed under it): see ``Replica.later``
             entry = self._unanswered.pop(req_id, None)
             if entry is not None:
-                left = (req_id, entry[0], time.monotonic())  # (its loop is closed: see ``_ask_at``)
+                left = (req_id, entry[0], monotonic())  # (its loop is closed: see ``_ask_at``)
                 self.replica.later(lambda: self.replica.call_failed(req_id, left))
             raise
         finally:
@@ -645,7 +645,7 @@ class AsyncClient(_Connection):
         """A write: returns once the local replica holds its change (read-your-writes), by ``deadline``
         (``time.monotonic()`` seconds; None: the client's timeout from now)."""
         if deadline is None:
-            deadline = time.monotonic() + self.timeout
+            deadline = monotonic() + self.timeout
         reply = None
         try:
             reply = await self._request(request, deadline, own=True)
@@ -716,8 +716,8 @@ class AsyncTable(_TableReads):
                     try:
                         if change is None:
                             if deadline is not None:
-                                deadline = stretched(deadline, time.monotonic())
-                            change = await feed._anext(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                                deadline = stretched(deadline, monotonic())
+                            change = await feed._anext(None if deadline is None else max(0.0, deadline - monotonic()))
                         if change.op == "reset":
                             break  # changes may have been missed: scan again
                         if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from tiger._calls import callable_name, check_seconds
+from tiger._clock import monotonic
 from tiger._errors import STOPS_FROM_OUTSIDE, OnceFailed, TigerError, stopped_from_outside
 from tiger._process import ProcessWatch, stop_process
 
@@ -575,7 +576,7 @@ class _Run:
         errors: dict[str, BaseException] = {}
         interrupted = False
         try:
-            for key, error in once.tear_down(self._client, 0.0, until=time.monotonic() + self.teardown_timeout):
+            for key, error in once.tear_down(self._client, 0.0, until=monotonic() + self.teardown_timeout):
                 if key not in errors or isinstance(errors[key], KeyboardInterrupt):  # (its own error first)
                     errors[key] = error
                 interrupted = interrupted or isinstance(error, KeyboardInterrupt)
@@ -641,7 +642,7 @@ class _Run:
         self.waited = True
         self.dir.mark_all_done()
         pending = self.dir.builders()
-        deadline = time.monotonic() + self.teardown_timeout + _REPORT_GRACE
+        deadline = monotonic() + self.teardown_timeout + _REPORT_GRACE
         try:
             while pending:
                 for path in list(pending):
@@ -655,7 +656,7 @@ class _Run:
                     else:
                         for key in state.get("keys", ["?"]):
                             self.report.append(f"teardown of once {key!r} did not run: its builder {by} ended before it")
-                if pending and time.monotonic() > deadline:
+                if pending and monotonic() > deadline:
                     raise TimeoutError
                 time.sleep(_POLL)
         except (TimeoutError, KeyboardInterrupt) as e:  # past the deadline, or a second Ctrl-C: stop waiting
