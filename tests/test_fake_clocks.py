@@ -6,8 +6,12 @@ deadline (470062846s late)", and a connect inside it did not connect)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import resource
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -162,3 +166,81 @@ def test_a_pytest_run_whose_tests_froze_the_clock_before_tigers_fixtures(pyteste
     pytester.makepyfile(test_frozen=FROZEN_SUITE.format(when=when, tick=tick))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=120)
     result.assert_outcomes(passed=6)
+
+
+SHIM_SCRIPTS = {
+    # zmq imported and a freeze used before tiger: freezegun kept the pyzmq module's clock globals by their
+    # names and put its fake back over tiger's clock at the next freeze
+    "a-freeze-before-tiger-was-imported": """
+import zmq
+from freezegun import freeze_time
+with freeze_time("2012-01-14"):
+    pass
+import tiger
+""",
+    # tiger first used inside a freeze: freezegun's stop() put pyzmq's clock back as its start() found it
+    "tiger-first-used-inside-a-freeze": """
+import zmq
+from freezegun import freeze_time
+with freeze_time("2012-01-14"):
+    import tiger
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        client.table("t").insert({"id": "first"})
+""",
+}
+SHIM_THEN = """
+client = tiger.connect(SERVER_URL, timeout=5.0)
+with freeze_time("2040-06-01", tick=True):
+    with tiger.serve() as server, tiger.connect(server.url, timeout=5.0) as other:
+        other.table("t").insert({"id": "a"})
+    client.table("t").insert({"id": "b"})
+    zmq.Poller().poll(10)  # the application's own polls too
+client.close()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("order", list(SHIM_SCRIPTS))
+def test_a_clock_past_2038_failed_every_poll_after_freezegun_undid_tigers_clock_in_pyzmq(tiger_url, order, tmp_path):
+    script = tmp_path / "order.py"
+    script.write_text(SHIM_SCRIPTS[order] + f"SERVER_URL = {tiger_url!r}\n" + SHIM_THEN)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_stopping_a_writer_in_a_process_holding_over_1024_descriptors_raised():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048 <= hard or hard == resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    fds: list[int] = []
+    try:
+        server = tiger.serve()
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the pidfd comes past 1024
+        assert server.stop() == 0  # select.select: "filedescriptor out of range in select()", the writer left
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_async_feed_read_timed_out_early_when_a_ticking_freeze_moved_the_loops_clock_ahead(tiger_url, ns):
+    real = functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC)
+
+    async def main() -> float:
+        async with await tiger.aio.connect(tiger_url) as client:
+            with tiger.namespace(ns):
+                feed = client.table("t").watch(timeout=1.5)
+
+                async def read() -> float:
+                    started = real()
+                    with pytest.raises(tiger.Timeout):
+                        await feed.__anext__()
+                    return real() - started
+
+                reading = asyncio.create_task(read())
+                await asyncio.sleep(0.1)  # (the feed's timer armed on the loop's real clock)
+                with freeze_time("2040-06-01", tick=True):  # no real_asyncio: the loop's clock jumps 16 years
+                    return await reading
+
+    took = asyncio.run(main())
+    assert took >= 1.4  # it raised Timeout after 0.1 s

@@ -492,6 +492,7 @@ class _Connection:
         ``PAUSE_GRACE`` seconds past the deadline was not running: it gives libzmq's I/O thread, just woken
         too, up to that long to hand over what it received meanwhile. Other answers read go to
         ``_late_answer``."""
+        p.poll_on_a_real_clock()
         if stretched(deadline, monotonic()) != deadline and not sock.poll(int(PAUSE_GRACE * 1000), zmq.POLLIN):
             return None
         while True:

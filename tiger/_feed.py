@@ -812,6 +812,8 @@ class Feed:
                         return change
                     assert deadline is not None  # (expired: a deadline was set)
                     now = monotonic()
+                    if now < deadline:  # the loop's clock ran ahead of tiger's (freeze_time without real_asyncio
+                        continue  # jumped it): the rest of the wait, as Replica.until's waits do
                     if stretched(deadline, now) != deadline:  # not running as it passed: one more look
                         deadline = stretched(deadline, now)
                         continue

@@ -3,6 +3,7 @@ plugin uses this before, or without, ever importing zmq). Linux: pidfd (5.3+) an
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -37,8 +38,9 @@ class ProcessWatch:
         if self._ended:
             return True
         if self._fd is not None:
-            readable, _, _ = select.select([self._fd], [], [], wait)  # readable once the process has exited
-            self._ended = bool(readable)
+            poller = select.poll()  # (not select.select: it refuses a descriptor past 1024, and a process holding
+            poller.register(self._fd, select.POLLIN)  # that many failed to stop its writer)
+            self._ended = bool(poller.poll(math.ceil(max(0.0, wait) * 1000)))  # readable once the process has exited
             return self._ended
         deadline = monotonic() + wait
         while True:

@@ -1214,19 +1214,25 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _zmq_poll = zmq.zmq_poll
 
 
-def _poll_on_a_real_clock() -> None:
-    """Point pyzmq's ``zmq_poll`` at tiger's monotonic clock (``tiger._clock``). It reads ``monotonic``
-    from its module's globals, to go on after a signal with what is left of its timeout; freezegun's
-    ``freeze_time`` replaces every module global that is ``time.monotonic`` with its fake, and then a
-    date past 2038 failed every poll, tiger's and the application's own ("OverflowError: value too
-    large to convert to int": pyzmq keeps the time in a C int), an earlier one restarted a poll's whole
-    timeout at each signal. tiger's clock reads the same clock, and freezegun leaves it alone."""
-    backend = sys.modules.get(_zmq_poll.__module__)  # (zmq.backend.cython._zmq)
-    if backend is not None and callable(getattr(backend, "monotonic", None)):
-        backend.monotonic = monotonic  # type: ignore[attr-defined]
+_backend = vars(sys.modules[_zmq_poll.__module__]) if _zmq_poll.__module__ in sys.modules else {}  # zmq.backend.cython._zmq
 
 
-_poll_on_a_real_clock()
+def poll_on_a_real_clock() -> None:
+    """Point pyzmq's ``zmq_poll`` at tiger's monotonic clock (``tiger._clock``): called before each of
+    tiger's polls (a dict lookup). It reads ``monotonic`` from its module's globals, to go on after a
+    signal with what is left of its timeout; freezegun's ``freeze_time`` replaces every module global
+    that is ``time.monotonic`` with its fake, and then a date past 2038 failed every poll ("OverflowError:
+    value too large to convert to int": pyzmq keeps the time in a C int), an earlier one restarted a
+    poll's whole timeout at each signal. tiger's clock reads the same clock, and freezegun leaves it
+    alone, but its ``stop()`` puts back what its ``start()`` found (tiger first used inside a freeze),
+    hence the check at each poll. The name added beside it makes freezegun read the module's globals
+    again (it keeps a module's clock globals by the module's names: the fake came back from that)."""
+    if _backend.get("monotonic", monotonic) is not monotonic:
+        _backend["monotonic"] = monotonic
+        _backend["tiger_monotonic"] = monotonic
+
+
+poll_on_a_real_clock()
 
 
 def waiting(sock: zmq.Socket[Any]) -> bool:
@@ -1240,6 +1246,7 @@ def readable_within(sock: zmq.Socket[Any], ms: int) -> bool:
     """Whether a message reached ``sock`` within ``ms`` milliseconds: ``sock.poll(ms)`` without the
     ``zmq.Poller`` it builds per call (1.9 us against 3.9 here). A poll interrupted by a signal goes on
     with what is left of its timeout (pyzmq's ``zmq_poll``)."""
+    poll_on_a_real_clock()
     return bool(_zmq_poll([(sock, _POLLIN)], ms))
 
 

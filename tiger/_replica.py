@@ -601,6 +601,7 @@ class Replica:
                         self.last_heard = min(now, self.last_heard + paused)
                     self.last_awake = now
                     send_held_wakes()
+                    p.poll_on_a_real_clock()
                     events = dict(poller.poll(int(interval * 1000)))
                     if self._stop_rx in events or self._stopping:
                         return
@@ -677,6 +678,7 @@ class Replica:
         answers (``_await_writer``), at most once a heartbeat (a writer refusing snapshots is not asked again
         and again at once). Returns the new SUB."""
         pause = self._rejoined_at + self._heartbeat - monotonic()
+        p.poll_on_a_real_clock()
         if self._stopping or (pause > 0 and self._stop_rx.poll(max(1, int(pause * 1000)))):
             raise _Stopped
         self._rejoined_at = monotonic()
@@ -741,6 +743,7 @@ class Replica:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._stop_rx, zmq.POLLIN)
+        p.poll_on_a_real_clock()
         events = dict(poller.poll(max(1, int(timeout * 1000))))
         if self._stop_rx in events:
             raise _Stopped

@@ -631,6 +631,7 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
         while True:
             now = monotonic()
             until = deadline if connected is None or probed else min(deadline, connected + GREETING_GRACE)
+            p.poll_on_a_real_clock()
             if monitor.poll(max(0, int((until - now) * 1000)) if until > now else 0):
                 message = parse_monitor_message(monitor.recv_multipart())
                 event = message["event"]
@@ -692,6 +693,7 @@ def answers_as_tiger(url: str, timeout: float) -> bool:
         sock.setsockopt(zmq.LINGER, 0)
         connect_socket(sock, address)
         _send_once(sock, p.encode_request(p.Stats(1)))
+        p.poll_on_a_real_clock()
         if not sock.poll(max(1, int((deadline - monotonic()) * 1000))):
             return False
         try:
@@ -857,6 +859,7 @@ def _answer(
     while True:
         now = monotonic()
         until = deadline if probes >= GREETING_PROBES else min(deadline, probe_at)
+        p.poll_on_a_real_clock()
         ready = dict(poller.poll(max(1, int((until - now) * 1000)) if until > now else 0))  # (0: an answer there is taken)
         if sock in ready:
             break
@@ -901,6 +904,7 @@ def _monitor_events(monitor: zmq.Socket[Any]) -> list[tuple[int, int]]:
     from zmq.utils.monitor import parse_monitor_message  # (imports asyncio: not for every client's start)
 
     events = []
+    p.poll_on_a_real_clock()
     while monitor.poll(0):
         message = parse_monitor_message(monitor.recv_multipart())
         events.append((message["event"], message["value"]))
@@ -985,6 +989,7 @@ class NamespaceLease:
                     next_beat = now + self._beat
                     with contextlib.suppress(zmq.Again):  # (the writer away: its queue full; it is heard when back)
                         sock.send(beat, zmq.NOBLOCK)
+                p.poll_on_a_real_clock()
                 events = dict(poller.poll(max(1, int((next_beat - monotonic()) * 1000))))
                 if self._wake_r.fileno() in events:
                     return

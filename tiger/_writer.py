@@ -69,8 +69,9 @@ class _Tokens:
 
 def _closed(fd: int) -> bool:
     """Whether ``fd`` (the starter's end of a pipe) is at EOF: readable, and nothing to read."""
-    readable, _, _ = select.select([fd], [], [], 0)
-    return bool(readable) and not os.read(fd, 4096)
+    poller = select.poll()  # (not select.select, which refuses a descriptor numbered past 1024)
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0)) and not os.read(fd, 4096)
 
 
 class _Interrupted(Exception):
