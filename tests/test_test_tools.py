@@ -183,11 +183,221 @@ def test_tiger_url_was_lost_for_the_run_when_first_set_under_mock_patch_dict(pyt
     result.assert_outcomes(passed=3)
 
 
-def test_tigers_modules_are_on_pyfakefs_list_of_modules_left_alone():
-    """The plugin puts them there at configure (pyfakefs's plugin imported it): also modules not imported yet."""
-    from pyfakefs.fake_filesystem_unittest import Patcher
+UNSET_SUITE = """
+import os, pytest
 
-    assert {"tiger._server", "tiger._paths", "tiger._once", "tiger._writer"} <= Patcher.SKIPNAMES
+def test_uses_tiger(tiger_namespace):
+    assert os.environ["TIGER_URL"]
+
+@pytest.fixture(scope="module")
+def unconfigured():
+    patch = pytest.MonkeyPatch()
+    patch.delenv("TIGER_URL")
+    yield
+    patch.undo()
+
+def test_a(unconfigured):
+    assert "TIGER_URL" not in os.environ
+
+def test_b(unconfigured):
+    assert "TIGER_URL" not in os.environ
+"""
+
+
+def test_tiger_url_came_back_in_tests_whose_module_fixture_unset_it(pytester, monkeypatch):
+    """A review of the first fix: TIGER_URL was set again at every test's start, also in tests using no
+    fixture of tiger's, whose wider fixture had unset it on purpose."""
+    monkeypatch.delenv("TIGER_URL", raising=False)
+    pytester.makepyfile(test_unset=UNSET_SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", timeout=120)
+    result.assert_outcomes(passed=3)
+
+
+PREFIX_SUITE = """
+import os
+import t, sub
+
+def test_modules_named_as_the_start_of_tigers_are_still_faked(fs):
+    fs.create_file("/fake/file")
+    assert t.exists("/fake/file") and sub.exists("/fake/file")
+"""
+
+
+def test_a_test_projects_modules_named_t_or_sub_were_no_longer_faked_by_pyfakefs(pytester):
+    """A review of the first fix: pyfakefs skips a module whose name is the start of a name on its skip list,
+    and ``tiger._server`` and ``subprocess`` were put there: a test's own ``t.py`` read the real disk."""
+    pytester.makepyfile(t="import os\nexists = os.path.exists\n", sub="import os\nexists = os.path.exists\n")
+    pytester.makepyfile(test_prefix=PREFIX_SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1)
+
+
+APP_SUITE = """
+import myapp
+
+def test_first(fs):
+    myapp.start_and_write()
+
+def test_second(fs):
+    myapp.start_and_write()
+
+def test_plain():
+    myapp.start_and_write()
+"""
+APP = """
+import tiger
+
+def start_and_write():
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        client.table("t").insert({"id": "a"})
+"""
+
+
+def test_tiger_first_used_under_fs_through_an_app_module_broke_every_later_test(pytester):
+    """A review of the first fix: tiger's modules imported under the fake were bound to its ``os`` for good
+    (``import tiger`` is lazy), and dropped from sys.modules at its end: the next tests failed."""
+    pytester.makepyfile(myapp=APP, test_app=APP_SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", timeout=120)
+    result.assert_outcomes(passed=3)
+
+
+FP_SUITE = """
+import myapp
+
+def test_with_fp(fp):
+    myapp.start_and_write()
+
+def test_later_without_fp():
+    myapp.start_and_write()
+"""
+
+
+def test_a_writer_started_under_fp_took_its_popen_for_good(pytester):
+    """A review of the first fix: tiger took ``Popen`` as its modules were first imported, which was under
+    ``fp`` when the test module did not import tiger itself (no pyfakefs to import it early): the start
+    failed ProcessNotRegisteredError, and so did the next one, with fp gone."""
+    pytester.makepyfile(myapp=APP, test_fp=FP_SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:fakefs", timeout=120)
+    result.assert_outcomes(passed=2)
+
+
+def test_a_writer_started_under_mock_patch_took_its_popen_for_good(tmp_path):
+    script = """
+from unittest import mock
+import tiger
+with mock.patch("subprocess.Popen", side_effect=AssertionError("the mock")):
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        client.table("t").insert({"id": "a"})
+with tiger.serve() as server, tiger.connect(server.url) as client:
+    client.table("t").insert({"id": "b"})
+print("ok")
+"""
+    done = _run_script(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def _run_script(script: str, cwd) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIGER_")}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+
+
+def test_two_unittest_cases_under_pyfakefs_each_starting_a_writer(tmp_path):
+    """A review of the first fix: the second failed (tiger's modules bound to the first fake's ``os``)."""
+    (tmp_path / "test_ut.py").write_text(
+        """
+import pyfakefs.fake_filesystem_unittest as ffu
+import tiger
+
+class Each(ffu.TestCase):
+    def setUp(self):
+        self.setUpPyfakefs()
+
+    def _write(self):
+        with tiger.serve() as server, tiger.connect(server.url) as client:
+            client.table("t").insert({"id": "a"})
+            self.assertEqual(client.table("t")["a"]["id"], "a")
+
+    def test_1(self):
+        self._write()
+
+    def test_2(self):
+        self._write()
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIGER_")}
+    command = [sys.executable, "-m", "unittest", "test_ut"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+UNITTEST_SUITE = """
+import pyfakefs.fake_filesystem_unittest as ffu
+import tiger
+
+class Each(ffu.TestCase):
+    def setUp(self):
+        self.setUpPyfakefs()
+
+    def test_1(self):
+        with tiger.serve() as server, tiger.connect(server.url) as client:
+            client.table("t").insert({"id": "a"})
+
+    def test_2(self):
+        with tiger.serve() as server, tiger.connect(server.url) as client:
+            client.table("t").insert({"id": "b"})
+"""
+
+
+def test_unittest_cases_under_pyfakefs_collected_by_pytest(pytester):
+    pytester.makepyfile(test_ut=UNITTEST_SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", timeout=120)
+    result.assert_outcomes(passed=2)
+
+
+def test_tiger_first_imported_under_a_fake_filesystem_says_so(tmp_path):
+    script = """
+import importlib.util, os
+import pyfakefs.fake_filesystem_unittest as ffu
+package = os.path.dirname(importlib.util.find_spec("tiger").origin)
+with ffu.Patcher() as patcher:
+    patcher.fs.add_real_directory(package)  # (else "No module named 'tiger'": pyfakefs's own answer)
+    try:
+        import tiger
+    except ImportError as e:
+        print(e)
+"""
+    done = _run_script(script, tmp_path)
+    assert "tiger was first imported while a pyfakefs fake filesystem was set up" in done.stdout, done.stderr
+
+
+def _link_local() -> tuple[str, str] | None:
+    """(address, interface) of an IPv6 link-local address of this machine, if it has one."""
+    try:
+        with open("/proc/net/if_inet6") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return None
+    for row in rows:
+        if row[0].startswith("fe80"):
+            return ":".join(row[0][i : i + 4] for i in range(0, 32, 4)), row[5]
+    return None
+
+
+def test_a_refused_link_local_ipv6_url_lost_its_reason():
+    """A review of the first fix: the probe connected to (address, port), dropping the ``%zone``: EINVAL, and
+    the error no longer said "nothing listens there (connection refused)"."""
+    found = _link_local()
+    if found is None:
+        pytest.skip("this machine has no IPv6 link-local address")
+    address, interface = found
+    import socket
+
+    with socket.socket(socket.AF_INET6) as free:
+        free.bind(socket.getaddrinfo(f"{address}%{interface}", 0, socket.AF_INET6)[0][4])
+        port = free.getsockname()[1]
+    with pytest.raises(tiger.Unavailable, match="connection refused"):
+        tiger.connect(f"tcp://[{address}%{interface}]:{port}", timeout=1.0)
 
 
 def test_a_unittest_that_imports_pyfakefs_before_using_tiger(tmp_path):
@@ -200,8 +410,7 @@ with ffu.Patcher():
         client.table("t").insert({"id": "a"})
         print(client.table("t")["a"]["id"])
 """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIGER_")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    done = _run_script(script, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "a"
 

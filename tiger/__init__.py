@@ -85,16 +85,12 @@ __all__ = [
 ]
 
 
-if "pyfakefs.fake_filesystem_unittest" in sys.modules:  # (before a fake filesystem is set up: see _unpatched)
-    importlib.import_module("tiger._unpatched").leave_tiger_alone()
-
-
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tiger' has no attribute {name!r}")
     if "pyfakefs.fake_filesystem_unittest" in sys.modules:  # (before tiger's modules are imported: see _unpatched)
-        importlib.import_module("tiger._unpatched").leave_tiger_alone()
+        importlib.import_module("tiger._unpatched").leave_tiger_alone(import_modules=True)
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # once imported, a plain attribute
     return value
@@ -102,3 +98,8 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+# what test tools replace (subprocess.Popen), taken now, before a test replaces it; and pyfakefs kept away (its
+# modules imported now, outside pytest: under pytest, the plugin imports them before a fixture of pyfakefs's)
+importlib.import_module("tiger._unpatched").leave_tiger_alone(import_modules="_pytest" not in sys.modules)

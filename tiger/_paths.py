@@ -3,6 +3,7 @@ its run directory here before, or without, ever importing zmq)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -205,11 +206,26 @@ def _last_change(folder: int, st: os.stat_result) -> float:
 
 
 def _remove(path: str, st: os.stat_result) -> None:
-    """``shutil.rmtree`` of ``path`` if it is still the directory looked at (``st``); rmtree follows no link."""
+    """``remove_tree`` of ``path`` if it is still the directory looked at (``st``)."""
     if os.path.samestat(os.lstat(path), st):
-        import shutil  # here: the client imports this module, and needs no shutil
+        remove_tree(path)
 
-        shutil.rmtree(path, ignore_errors=True)
+
+def remove_tree(path: str) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)`` for tiger's own small private directories (a writer's ipc
+    directory, a run's directory: files, and one folder of them), made of ``os`` calls alone, following no
+    link. Under pyfakefs, what tiger calls itself reaches the real disk, but what shutil calls for it several
+    frames down did not, and on Python 3.13 rmtree then failed an assertion of its own (a real ``open`` of
+    a directory its faked ``lstat`` had seen): see ``_unpatched.leave_tiger_alone``."""
+    for root, folders, files in os.walk(path, topdown=False):
+        for name in files + [f for f in folders if os.path.islink(os.path.join(root, f))]:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(root, name))
+        for name in folders:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def short_temp_dir(prefix: str) -> str:

@@ -8,7 +8,6 @@ import contextlib
 import os
 import re
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,10 +41,11 @@ from tiger._paths import (
     ipc_path_unusable,
     missing_secret_file,
     path_bytes,
+    remove_tree,
     short_temp_dir,
 )
 from tiger._process import ProcessWatch, unsupported_environment
-from tiger._unpatched import AF_INET, AF_INET6, AF_UNIX, connected, interface_names, socketpair, start_process
+from tiger._unpatched import connected, interface_names, socketpair, start_process
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
 NOT_STARTED = "tiger writer not started: "  # begins the line a writer that could not start prints on stdout
@@ -144,7 +144,7 @@ def check_bind_url(url: object, lookup_wait: float | None = None) -> str:
             f"got {shown(url)}"
         )
     host = tcp_host_port(url)[0] if url.startswith("tcp://") else ""
-    bindable = host == "*" or host in {name for _, name in socket.if_nameindex()}  # (libzmq binds these too)
+    bindable = host == "*" or host in interface_names()  # (libzmq binds these too)
     # (refused as "without CurveZMQ", or ZeroMQ's "No such device"; a slow lookup: the writer's own bind waited it out)
     unresolved = None if bindable else unresolved_host(url, lookup_wait) or slow_lookup(url, lookup_wait)
     if unresolved is not None:
@@ -241,7 +241,7 @@ class Server:
             if pipe is not None:
                 pipe.close()
         if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            remove_tree(self._tmpdir)
             self._tmpdir = None
         return proc.returncode
 
@@ -353,7 +353,7 @@ def start_writer(
             )
     except BaseException:
         if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            remove_tree(tmpdir)
         raise
     server = Server(url, process, tmpdir)
     server._pending = (started + timeout, timeout, server_key)
@@ -1156,10 +1156,6 @@ def accepting(url: str, timeout: float = 1.0) -> str | None:
     return "yes"
 
 
-def _family(ip: str) -> int:
-    return AF_INET6 if ":" in ip else AF_INET
-
-
 def _stream(url: str, timeout: float) -> _socket.socket:
     """A plain socket connected to the tcp or ipc ``url`` (``ipc://@name``: Linux's abstract namespace),
     within ``timeout`` seconds; ``OSError`` (``ConnectionRefusedError``), ``ValueError`` for a wildcard."""
@@ -1167,19 +1163,19 @@ def _stream(url: str, timeout: float) -> _socket.socket:
         path = url[len("ipc://") :]
         if path.startswith("@"):  # no file, a NUL byte first
             path = "\0" + path[1:]
-        return connected(AF_UNIX, path, timeout)
+        return connected(path, timeout)
     host, port = tcp_host_port(url)
     host = "127.0.0.1" if host == "localhost" else host
     if port == "*":
         raise ValueError(f"{url} is a wildcard")
     if is_address(host):
-        return connected(_family(host), (host, int(port)), timeout)
+        return connected((host, int(port)), timeout)
     # looked up within the timeout too (``create_connection`` waits out the resolver), then each address tried
     deadline = monotonic() + timeout
     failed: OSError | None = None
     for ip in addresses(host, timeout):
         try:
-            return connected(_family(ip), (ip, int(port)), max(0.001, deadline - monotonic()))
+            return connected((ip, int(port)), max(0.001, deadline - monotonic()))
         except OSError as e:
             failed = e
     raise failed or OSError(f"no address of {shown(host)}")

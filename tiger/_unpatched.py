@@ -25,6 +25,8 @@ import subprocess
 import sys
 from typing import Any
 
+from tiger._errors import TigerError
+
 # in a tuple: mock.patch replaces subprocess's attribute, pytest-subprocess every module-level name bound to Popen too
 _POPEN = (subprocess.Popen,)
 
@@ -32,8 +34,23 @@ AF_INET, AF_INET6, AF_UNIX = _socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX
 SOCK_STREAM = _socket.SOCK_STREAM
 
 
+def _real_popen(candidate: Any) -> bool:
+    return isinstance(candidate, type) and candidate.__module__ == "subprocess" and candidate.__qualname__ == "Popen"
+
+
 def start_process(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen(command, **options)``, of the ``Popen`` class there was when tiger was imported."""
+    """``subprocess.Popen(command, **options)`` of the real ``Popen`` class: the one there was when tiger was
+    imported (``import tiger``, the pytest plugin's start), or else ``subprocess``'s own when it is real again.
+    ``TigerError`` when neither is (tiger first imported under a test's replacement of it: it took that one
+    for good, and every later start failed, the replacement gone or not)."""
+    global _POPEN
+    if not _real_popen(_POPEN[0]):
+        if not _real_popen(subprocess.Popen):
+            raise TigerError(
+                "cannot start a tiger writer: subprocess.Popen is replaced (mock.patch, pytest-subprocess's fp) "
+                "and was when tiger first needed it: import tiger before the replacement is made"
+            )
+        _POPEN = (subprocess.Popen,)
     return _POPEN[0](command, **options)
 
 
@@ -42,13 +59,19 @@ def stream_socket(family: int) -> _socket.socket:
     return _socket.socket(family, SOCK_STREAM)
 
 
-def connected(family: int, address: Any, timeout: float) -> _socket.socket:
-    """A stream socket of ``family`` connected to ``address`` (a path, or ``(ip, port)``) within ``timeout``
-    seconds. Raises ``OSError`` (``ConnectionRefusedError``, ``TimeoutError``) as ``socket.connect`` does."""
+def connected(address: str | tuple[str, int], timeout: float) -> _socket.socket:
+    """A stream socket connected to ``address`` (an ipc path, or ``(ip, port)``: an IPv6 one with its zone,
+    ``fe80::1%eth0``, as ``getaddrinfo`` reads it) within ``timeout`` seconds. Raises ``OSError``
+    (``ConnectionRefusedError``, ``TimeoutError``) as ``socket.connect`` does."""
+    sockaddr: Any
+    if isinstance(address, str):
+        family, sockaddr = AF_UNIX, address
+    else:
+        family, _, _, _, sockaddr = _socket.getaddrinfo(address[0], address[1], 0, SOCK_STREAM, 0, _socket.AI_NUMERICHOST)[0]
     sock = stream_socket(family)
     try:
         sock.settimeout(timeout)
-        sock.connect(address)
+        sock.connect(sockaddr)
     except BaseException:
         sock.close()
         raise
@@ -70,34 +93,72 @@ def interface_names() -> set[str]:
     return {name for _, name in _socket.if_nameindex()}
 
 
-def leave_tiger_alone() -> None:
-    """Put tiger's modules, and ``subprocess``, on pyfakefs's lists of modules it does not patch, when pyfakefs
-    is imported (its pytest plugin is, when installed; a ``fake_filesystem_unittest`` test imports it). A fake
-    filesystem set up after this sees tiger use the real one; one set up before it has patched tiger's
-    modules already.
+# the modules whose functions tiger's API and plugin run in a test's process: imported before a fake filesystem
+# begins (pyfakefs binds a module imported under it to its fake ``os`` for good, and drops it at its end)
+_MODULES = ("tiger._client", "tiger._server", "tiger._once", "tiger._paths", "tiger._process", "tiger._seed", "tiger._feed")
 
-    ``Patcher.SKIPNAMES`` (module names: every tiger module's, imported yet or not) keeps a module unpatched,
-    and sends the calls it makes through the standard library (``shutil``, ``tempfile``, ``pathlib``) to the
-    real filesystem when it made them within the last 6 frames; ``Patcher.SKIPMODULES`` (module objects) is
-    what pyfakefs's own pytest plugin adds pytest's modules to. ``subprocess`` goes deeper (``Popen`` closes
-    its pipes' descriptors 7 frames down, and they were faked: "Bad file descriptor", whoever started a
-    process under a fake filesystem); its descriptors and the started process are real whatever the test
-    fakes, so it is left unpatched for every caller. Pausing pyfakefs instead (``Patcher.pause``) unloads
-    every module imported since the fake began: ``zmq.Again`` was then two classes, and connecting failed."""
-    unittest_module = sys.modules.get("pyfakefs.fake_filesystem_unittest")
-    patcher = getattr(unittest_module, "Patcher", None)
+
+def faking_files() -> bool:
+    """Whether a pyfakefs fake filesystem is set up in this process now (``Patcher.PATCHER``, pyfakefs's one
+    patcher at a time, or its doctest one, ``is_patching``)."""
+    patcher_class = getattr(sys.modules.get("pyfakefs.fake_filesystem_unittest"), "Patcher", None)
+    patchers = (getattr(patcher_class, name, None) for name in ("PATCHER", "DOC_PATCHER"))
+    return any(getattr(patcher, "is_patching", False) for patcher in patchers)
+
+
+def leave_tiger_alone(import_modules: bool = False) -> None:
+    """Keep pyfakefs's fake filesystem away from tiger, when pyfakefs is imported (its pytest plugin is, when
+    installed; a ``fake_filesystem_unittest`` test imports it). Called as ``tiger`` is imported and at the
+    plugin's configure (``import_modules=False``: a run that uses no tiger fixture imports no zmq), and with
+    ``import_modules`` as tiger's API is first used and before the plugin sets up a fixture of pyfakefs's
+    (``fs``...): tiger's modules are imported then, before a fake begins (a module imported under a fake was
+    bound to its ``os`` for good, and dropped from ``sys.modules`` at its end: every later use failed).
+    ``TigerError`` if one has begun and they are not imported yet (tiger first used inside it, in a unittest).
+
+    tiger's modules are put with ``subprocess`` on ``Patcher.SKIPMODULES``, which pyfakefs's own pytest plugin
+    adds pytest's modules to: their globals are not patched. ``subprocess``, for every caller: its descriptors
+    and the process it starts are real whatever a test fakes (``Popen`` closes its pipes 7 frames down, and
+    they were faked: "Bad file descriptor", whoever started a process under a fake filesystem). What tiger
+    calls through the standard library reaches the real filesystem by pyfakefs's check of the caller, which
+    takes a name in ``Patcher.SKIPNAMES`` equal to the caller's file path with dots for slashes: tiger's
+    modules' own, so that no module is skipped for its name being the start of one of them (pyfakefs skips a
+    module whose name is: a test's own ``t`` or ``sub``, had ``tiger._server`` or ``subprocess`` been given);
+    that check looks 6 frames up, so tiger's own files are read and written with ``os`` and ``open``, never
+    pathlib, shutil or tempfile's deeper calls (``_paths.remove_tree``). Pausing pyfakefs instead
+    (``Patcher.pause``) unloads every module imported since the fake began: ``zmq.Again`` was then two
+    classes, and connecting failed."""
+    patcher = getattr(sys.modules.get("pyfakefs.fake_filesystem_unittest"), "Patcher", None)
     if patcher is None:
         return
-    import pkgutil  # (here: only where pyfakefs is)
+    if import_modules and not all(name in sys.modules for name in _MODULES):
+        if faking_files():
+            raise TigerError(
+                "tiger is first used inside a pyfakefs fake filesystem: its modules would be bound to the fake "
+                "os; use tiger once before the fake is set up (import tiger._client), or tiger's pytest plugin"
+            )
+        import importlib
 
-    names = {f"{__package__}.{module.name}" for module in pkgutil.iter_modules([os.path.dirname(__file__)])}
-    skip_names = getattr(patcher, "SKIPNAMES", None)
-    if isinstance(skip_names, set):
-        skip_names.update(names | {"subprocess"})
+        for name in _MODULES:
+            importlib.import_module(name)
+    ours = [module for name, module in list(sys.modules.items()) if name.startswith("tiger") and module is not None]
     skip_modules = getattr(patcher, "SKIPMODULES", None)
     if isinstance(skip_modules, set):
-        loaded = (sys.modules.get(name) for name in [__package__, "subprocess", *names])
-        skip_modules.update(module for module in loaded if module is not None)
+        skip_modules.update([*(m for m in ours if m.__name__ == "tiger" or m.__name__.startswith("tiger.")), subprocess])
+    skip_names = getattr(patcher, "SKIPNAMES", None)
+    if isinstance(skip_names, set):
+        import pkgutil
+
+        folder = os.path.dirname(os.path.abspath(__file__))
+        names = [module.name for module in pkgutil.iter_modules([folder])]
+        skip_names.update(os.path.join(folder, name).replace(os.sep, ".") for name in names)
 
 
-leave_tiger_alone()  # (tiger touches the filesystem, sockets and processes only through modules importing this one)
+def _check_real_os() -> None:
+    if not isinstance(os, type(sys)):  # (pyfakefs's FakeOsModule, in sys.modules while a fake filesystem is set up)
+        raise ImportError(
+            "tiger was first imported while a pyfakefs fake filesystem was set up: its processes and files are "
+            "real; import tiger before the fake filesystem (pyfakefs's pytest plugin does, at pytest's start)"
+        )
+
+
+_check_real_os()

@@ -170,7 +170,7 @@ class _RunDir:
         reader sees all of it or nothing), beside ``builders/PID.lock``, locked by this process for life."""
         folder = self.made() / "builders"
         if self._builder is None:
-            folder.mkdir(exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             self._builder = open(folder / f"{os.getpid()}.lock", "w")  # held for life: the lock goes with it
             fcntl.flock(self._builder, fcntl.LOCK_EX)
         _write_json(folder / f"{os.getpid()}.json", state)
@@ -184,7 +184,8 @@ class _RunDir:
     def builders(self) -> list[Path]:
         """The lock files of the other processes of the run that built values with teardowns."""
         folder = self.path / "builders"
-        return sorted(p for p in folder.glob("*.lock") if p.stem != str(os.getpid())) if folder.exists() else []
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        return sorted(folder / name for name in names if name.endswith(".lock") and name != f"{os.getpid()}.lock")
 
     @staticmethod
     def builder_state(lock: Path) -> dict[str, Any]:
@@ -202,16 +203,16 @@ class _RunDir:
         return cls.builder_state(lock)
 
     def mark_uses_tiger(self) -> None:
-        (self.made() / "uses-tiger").touch()
+        _touch(self.made() / "uses-tiger")
 
     def uses_tiger(self) -> bool:
-        return (self.path / "uses-tiger").exists()
+        return os.path.exists(self.path / "uses-tiger")
 
     def mark_all_done(self) -> None:
-        (self.made() / "all-done").touch()
+        _touch(self.made() / "all-done")
 
     def all_done(self) -> bool:
-        return (self.path / "all-done").exists()
+        return os.path.exists(self.path / "all-done")
 
     def remove(self) -> None:
         self.release_builder()
@@ -304,8 +305,9 @@ class _Run:
         ``TIGER_SERVER_KEY`` that ``reach`` unset, back again, unset again. A test's tool restores the
         environment it copied (``mock.patch.dict(os.environ)``, entered in a fixture before tiger's first
         use): every later ``tiger.connect()`` of the process and its subprocesses failed "no tiger URL" (a
-        user trial). A test that sets or unsets them itself (``monkeypatch``) is left alone: this runs as
-        each test's setup begins, and as a fixture of tiger's asks for the writer."""
+        user trial). This runs as a test using a fixture of tiger's begins its setup, and as such a fixture
+        asks for the writer: a test that sets or unsets them itself (``monkeypatch``), and tests using none of
+        tiger's fixtures (unset for them in a fixture of a wider scope), are left alone."""
         if self.url is None:
             return
         if "TIGER_URL" not in os.environ:
@@ -418,7 +420,7 @@ class _Run:
         try:
             server.wait_ready()
         except TigerError as e:
-            shown = log.read_text(errors="replace").strip().splitlines()[-5:]
+            shown = _read_text(log).strip().splitlines()[-5:]
             raise _Unreachable(
                 f"tiger: the run's writer did not start ({e}); its log: {' / '.join(shown) or '(empty)'}",
                 pytest.ExitCode.INTERRUPTED,
@@ -696,7 +698,7 @@ class _Run:
             if not watch.ended():
                 return None
         log = self.dir.path / "writer.log"
-        last = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        last = _read_text(log).strip().splitlines()[-3:] if os.path.exists(log) else []
         return (
             f"the run's writer (pid {writer['pid']}) ended during the run, before the run stopped it: the tests "
             f"that used it after failed with Unavailable; its log ends: {' / '.join(last) or '(empty)'}"
@@ -913,18 +915,33 @@ def _load_seeds(client: Client, paths: list[Any]) -> int:
     return load_files(client, paths)
 
 
+# The run directory's files are read and written with ``os`` and ``open`` alone, never through pathlib (its
+# methods call ``os`` several frames down): under pyfakefs, what a module it leaves alone (tiger's) calls
+# reaches the real disk, and what pathlib calls for it did not on Python 3.13 (_unpatched.leave_tiger_alone).
+
+
 def _write_json(path: Path, value: Any) -> None:
     """Atomically (temp file, rename): a reader sees all of it or nothing."""
     temp = path.with_name(f".{path.name}.{os.getpid()}")
-    temp.write_text(json.dumps(value))
+    with open(temp, "w") as f:
+        f.write(json.dumps(value))
     os.replace(temp, path)
 
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(_read_text(path))
     except FileNotFoundError:
         return None
+
+
+def _read_text(path: Path) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def _touch(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
 
 _KEPT = ("zmq", "msgpack", "tiger")  # packages whose modules must stay the ones first imported
@@ -968,10 +985,9 @@ _run_key = pytest.StashKey[_Run]()
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    if "pyfakefs.fake_filesystem_unittest" in sys.modules:  # (pyfakefs's plugin: before any ``fs`` is set up)
-        from tiger._unpatched import leave_tiger_alone
+    from tiger import _unpatched  # (what test tools replace, taken before any test replaces it)
 
-        leave_tiger_alone()
+    _unpatched.leave_tiger_alone()  # (pyfakefs's plugin imported pyfakefs: before any ``fs`` is set up)
     if _stopped_by_pytest not in STOPS_FROM_OUTSIDE:
         STOPS_FROM_OUTSIDE.append(_stopped_by_pytest)
     identity: dict[str, Any] | None = getattr(config, "workerinput", {}).get(_RUN_KEY)
@@ -994,6 +1010,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # the modules tiger's fixtures import on first use, and the fixtures after which (tiger_aclient: tiger.aio too)
 _FIXTURE_MODULES = ("tiger._client", "tiger._server", "tiger._once", "tiger._paths", "tiger._process", "tiger._seed")
+_FAKE_FILESYSTEMS = frozenset(("fs", "fs_class", "fs_module", "fs_session"))  # pyfakefs's fixtures
 _FIXTURES = frozenset(("tiger_url", "tiger_client", "tiger_aclient", "tiger_namespace", "tiger_once"))
 
 
@@ -1095,7 +1112,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     it, pytest's logging among them, whose teardown then raised ``KeyError`` for a stash key never set."""
     _keep_modules()
     run = item.config.stash.get(_run_key, None)
-    if run is not None:
+    if run is not None and _FIXTURES.intersection(getattr(item, "fixturenames", ())):
         run.keep_env()
     if run is not None and _wants_namespace(item):
         run.enter_test(item)  # current for every fixture's setup, the call, and teardowns
@@ -1122,6 +1139,10 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     scope, and a timeout of the first test using tiger (as the plugin started the writer and loaded the
     seed files, or as a session fixture waited for a ``tiger_once`` build) made every later test of the
     process error with it. (Stopped in code of its own, it keeps pytest's rule.)"""
+    if fixturedef.argname in _FAKE_FILESYSTEMS:  # (pyfakefs's: tiger's modules imported before its fake begins)
+        from tiger._unpatched import leave_tiger_alone
+
+        leave_tiger_alone(import_modules=True)
     run = request.config.stash.get(_run_key, None)
     restore = None
     if run is not None and run.in_test and fixturedef.scope != "function":
