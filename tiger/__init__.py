@@ -100,6 +100,8 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-# what test tools replace (subprocess.Popen), taken now, before a test replaces it; and pyfakefs kept away (its
+# what test tools replace (subprocess.Popen), taken now, before a test replaces it, when it is imported already
+# (not imported, nothing replaced it yet; and tiger._table imports nothing it forbids); pyfakefs kept away (tiger's
 # modules imported now, outside pytest: under pytest, the plugin imports them before a fixture of pyfakefs's)
-importlib.import_module("tiger._unpatched").leave_tiger_alone(import_modules="_pytest" not in sys.modules)
+if "subprocess" in sys.modules or "pyfakefs.fake_filesystem_unittest" in sys.modules:
+    importlib.import_module("tiger._unpatched").leave_tiger_alone(import_modules="_pytest" not in sys.modules)
