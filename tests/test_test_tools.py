@@ -356,6 +356,8 @@ def test_unittest_cases_under_pyfakefs_collected_by_pytest(pytester):
 
 
 def test_tiger_first_imported_under_a_fake_filesystem_says_so(tmp_path):
+    """Also tiger imported before pyfakefs in a unittest, first used in its fake (a user trial: the message
+    said tiger was imported under it, which it was not): the message names both ways out."""
     script = """
 import importlib.util, os
 import pyfakefs.fake_filesystem_unittest as ffu
@@ -368,7 +370,7 @@ with ffu.Patcher() as patcher:
         print(e)
 """
     done = _run_script(script, tmp_path)
-    assert "tiger was first imported while a pyfakefs fake filesystem was set up" in done.stdout, done.stderr
+    assert "tiger's modules are first imported inside a pyfakefs fake filesystem" in done.stdout, done.stderr
 
 
 def _link_local() -> tuple[str, str] | None:

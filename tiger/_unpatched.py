@@ -93,6 +93,12 @@ def interface_names() -> set[str]:
     return {name for _, name in _socket.if_nameindex()}
 
 
+FIRST_USED_IN_A_FAKE = (
+    "tiger's modules are first imported inside a pyfakefs fake filesystem (they would be bound to its fake os; "
+    "tiger's processes and files are real): import pyfakefs before tiger (import tiger then imports them), or "
+    "use tiger once (tiger.connect, tiger.serve) before the fake filesystem is set up"
+)
+
 # the modules whose functions tiger's API and plugin run in a test's process: imported before a fake filesystem
 # begins (pyfakefs binds a module imported under it to its fake ``os`` for good, and drops it at its end)
 _MODULES = ("tiger._client", "tiger._server", "tiger._once", "tiger._paths", "tiger._process", "tiger._seed", "tiger._feed")
@@ -132,10 +138,7 @@ def leave_tiger_alone(import_modules: bool = False) -> None:
         return
     if import_modules and not all(name in sys.modules for name in _MODULES):
         if faking_files():
-            raise TigerError(
-                "tiger is first used inside a pyfakefs fake filesystem: its modules would be bound to the fake "
-                "os; use tiger once before the fake is set up (import tiger._client), or tiger's pytest plugin"
-            )
+            raise TigerError(FIRST_USED_IN_A_FAKE)
         import importlib
 
         for name in _MODULES:
@@ -155,10 +158,7 @@ def leave_tiger_alone(import_modules: bool = False) -> None:
 
 def _check_real_os() -> None:
     if not isinstance(os, type(sys)):  # (pyfakefs's FakeOsModule, in sys.modules while a fake filesystem is set up)
-        raise ImportError(
-            "tiger was first imported while a pyfakefs fake filesystem was set up: its processes and files are "
-            "real; import tiger before the fake filesystem (pyfakefs's pytest plugin does, at pytest's start)"
-        )
+        raise ImportError(FIRST_USED_IN_A_FAKE)
 
 
 _check_real_os()
