@@ -53,11 +53,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _hidden_keys(message: str) -> str:
-    """``message`` with every word that is a key, or follows a ``secret:`` or ``secret-key`` word, replaced."""
+    """``message`` with every word that is a key, or follows a ``secret:`` or ``secret-key`` word, replaced.
+    A word is taken whole and without its quotes or trailing comma, and also without ``=`` at its ends and as
+    the value of ``--option=``: ``=`` is one of z85's characters (a key ending in it was shown: 1 run in 20)."""
     words = message.split(" ")
     after_secret = False
     for i, word in enumerate(words):
-        if after_secret or looks_like_key(word.strip("'\",=")):
+        bare = word.strip("'\",")
+        candidates = [bare, bare.strip("="), bare.partition("=")[2]]
+        candidates += [candidate.rstrip(":") for candidate in candidates]  # (":" is z85's too: "--opt=KEY:")
+        if after_secret or any(looks_like_key(candidate) for candidate in candidates):
             words[i] = "<not shown: a key?>"
         after_secret = word.lower().lstrip("'\"-").startswith("secret")
     return " ".join(words)
