@@ -297,15 +297,16 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
+def _no_tiger_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TIGER_")}
+
+
 def _run_script(script: str, cwd) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIGER_")}
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+    command = [sys.executable, "-c", script]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=_no_tiger_env(), cwd=cwd)
 
 
-def test_two_unittest_cases_under_pyfakefs_each_starting_a_writer(tmp_path):
-    """A review of the first fix: the second failed (tiger's modules bound to the first fake's ``os``)."""
-    (tmp_path / "test_ut.py").write_text(
-        """
+UNITTEST_SUITE = """
 import pyfakefs.fake_filesystem_unittest as ffu
 import tiger
 
@@ -324,29 +325,14 @@ class Each(ffu.TestCase):
     def test_2(self):
         self._write()
 """
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIGER_")}
+
+
+def test_two_unittest_cases_under_pyfakefs_each_starting_a_writer(tmp_path):
+    """A review of the first fix: the second failed (tiger's modules bound to the first fake's ``os``)."""
+    (tmp_path / "test_ut.py").write_text(UNITTEST_SUITE)
     command = [sys.executable, "-m", "unittest", "test_ut"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=_no_tiger_env(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-
-
-UNITTEST_SUITE = """
-import pyfakefs.fake_filesystem_unittest as ffu
-import tiger
-
-class Each(ffu.TestCase):
-    def setUp(self):
-        self.setUpPyfakefs()
-
-    def test_1(self):
-        with tiger.serve() as server, tiger.connect(server.url) as client:
-            client.table("t").insert({"id": "a"})
-
-    def test_2(self):
-        with tiger.serve() as server, tiger.connect(server.url) as client:
-            client.table("t").insert({"id": "b"})
-"""
 
 
 def test_unittest_cases_under_pyfakefs_collected_by_pytest(pytester):

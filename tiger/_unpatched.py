@@ -30,7 +30,7 @@ from tiger._errors import TigerError
 # in a tuple: mock.patch replaces subprocess's attribute, pytest-subprocess every module-level name bound to Popen too
 _POPEN = (subprocess.Popen,)
 
-AF_INET, AF_INET6, AF_UNIX = _socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX
+AF_UNIX = _socket.AF_UNIX
 SOCK_STREAM = _socket.SOCK_STREAM
 
 
@@ -54,13 +54,8 @@ def start_process(command: list[str], **options: Any) -> subprocess.Popen[bytes]
     return _POPEN[0](command, **options)
 
 
-def stream_socket(family: int) -> _socket.socket:
-    """A new stream socket of ``family`` (``AF_UNIX``, ``AF_INET``, ``AF_INET6``), of the C socket module."""
-    return _socket.socket(family, SOCK_STREAM)
-
-
 def connected(address: str | tuple[str, int], timeout: float) -> _socket.socket:
-    """A stream socket connected to ``address`` (an ipc path, or ``(ip, port)``: an IPv6 one with its zone,
+    """A stream socket of the C socket module connected to ``address`` (an ipc path, or ``(ip, port)``: an IPv6 one with its zone,
     ``fe80::1%eth0``, as ``getaddrinfo`` reads it) within ``timeout`` seconds. Raises ``OSError``
     (``ConnectionRefusedError``, ``TimeoutError``) as ``socket.connect`` does."""
     sockaddr: Any
@@ -68,7 +63,7 @@ def connected(address: str | tuple[str, int], timeout: float) -> _socket.socket:
         family, sockaddr = AF_UNIX, address
     else:
         family, _, _, _, sockaddr = _socket.getaddrinfo(address[0], address[1], 0, SOCK_STREAM, 0, _socket.AI_NUMERICHOST)[0]
-    sock = stream_socket(family)
+    sock = _socket.socket(family, SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(sockaddr)
