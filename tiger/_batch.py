@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiger import _protocol as p
 from tiger._errors import TigerError, Timeout, Unavailable
+from tiger._handles import Unportable
 from tiger._table import Batch as BatchChange
 from tiger._table import Delete, Put, check_id, check_record, check_records, check_update
 
@@ -120,8 +121,11 @@ class BatchTable:
         return p.Insert(0, self.name, self._batch._namespace(), self.prefix, records, create)
 
 
-class Batch:
-    """Writes collected by ``with client.batch() as b:`` and sent when the block ends (see the module)."""
+class Batch(Unportable):
+    """Writes collected by ``with client.batch() as b:`` and sent when the block ends (see the module).
+    Neither copied nor pickled (``TypeError``)."""
+
+    _instead = "it is used in its with block, by the process that opened it"
 
     def __init__(self, client: Client, current_namespace: Callable[[], str]) -> None:
         self._client = client

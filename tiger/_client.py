@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import zmq
 
@@ -58,6 +58,8 @@ from tiger._feed import (
     check_timeout,
     describe,
 )
+from tiger._handles import SENT_BY_PICKLE, Handle
+from tiger._handles import public_name as _public_name
 from tiger._lookup import Endpoint, connect_socket, endpoint_or_why, wait_for_endpoint
 from tiger._once import Once
 from tiger._owned import OwnedLock
@@ -266,7 +268,7 @@ def _close_at_exit(client: Client) -> None:
         log.exception("closing %r at exit", client)
 
 
-class _Connection:
+class _Connection(Handle):
     """What the blocking :class:`Client` and the asyncio ``tiger.aio.AsyncClient`` share: their arguments,
     ids and context, the local replica and what is read from it, the bytes of a call (its expiry, its size)
     and what its answer means. No socket is used here: each client moves the bytes its own way."""
@@ -719,8 +721,11 @@ class _Connection:
 class Client(_Connection):
     """A connection to a tiger writer plus a full local replica of its tables.
 
-    Use :func:`tiger.connect` to make one.
+    Use :func:`tiger.connect` to make one. ``copy.copy``/``copy.deepcopy`` give the client itself; pickling
+    raises ``TypeError`` (another process connects itself: ``tiger._handles``).
     """
+
+    _instead = "Another process connects itself: pass it the url (client.url) and call tiger.connect(url) there"
 
     def __init__(
         self,
@@ -1091,6 +1096,24 @@ class _TableReads:
         self._store = client.replica.store
         self._namespaces = self._store.namespaces_of(name)  # stable: never replaced by the replica
 
+    def __copy__(self) -> Any:
+        """A new handle on the same table of the same client (``fallback_to_global`` copied, then its own)."""
+        new = object.__new__(type(self))
+        for name in _TableReads.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self.__copy__()  # (the client is a handle: the same one)
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        connect = "tiger.aio.connect(url)" if type(self._client).__name__ == "AsyncClient" else "tiger.connect(url)"
+        raise TypeError(
+            f"a {_public_name(self)} cannot be pickled: it reads this process's replica. Make it in the other "
+            f"process: {connect}.table(name, prefix), with this table's client.url, name ({self.name!r}) and prefix "
+            f"({self.prefix!r}) ({SENT_BY_PICKLE})"
+        )
+
     def __repr__(self) -> str:
         return f"<{_public_name(self)} {self.name!r} prefix={self.prefix!r}>"
 
@@ -1381,10 +1404,3 @@ def _connect_arguments(url: str | None, server_key: str | None) -> tuple[str, st
     if server_key is None:
         server_key = env_server_key() or None
     return url, server_key
-
-
-def _public_name(obj: object) -> str:
-    """``tiger.Client``, ``tiger.aio.AsyncTable``: where a user imports the class of ``obj`` from (its repr
-    said ``tiger.AsyncClient``, which does not exist)."""
-    module = type(obj).__module__
-    return f"{'tiger' if module.startswith('tiger._') else module}.{type(obj).__name__}"

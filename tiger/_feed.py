@@ -47,6 +47,7 @@ from tiger import _table as t
 from tiger._calls import check_seconds, stretched
 from tiger._clock import monotonic
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
+from tiger._handles import Unportable
 from tiger._table import RESERVED_PREFIX, Record, check_name
 
 if TYPE_CHECKING:
@@ -667,7 +668,7 @@ def subscribe(
 # -- the reader's side ----------------------------------------------------------------------
 
 
-class Feed:
+class Feed(Unportable):
     """An open change feed: iterate it (``for``, or ``async for``) to get each :class:`Change`.
 
     Made by ``Table.watch()`` or ``Client.watch()``. It yields every change the local replica applies
@@ -681,10 +682,12 @@ class Feed:
         and so is every later change: open a new feed and re-read the table.
       - ``tiger.TigerError``: the client was closed (``tiger.Unavailable``: its replica stopped), after
         the changes queued before that.
-    A ``"reset"`` change says the replica reloaded a snapshot: see :class:`Change`.
+    A ``"reset"`` change says the replica reloaded a snapshot: see :class:`Change`. It is neither copied
+    nor pickled (``TypeError``): it is a place in this process's replica's changes.
     """
 
     __slots__ = ("_alarm", "_sub", "_timeout")
+    _instead = "it is a place in this process's replica's changes: open another feed (watch()) where it is read"
 
     def __init__(self, sub: Subscription, timeout: float | None = None) -> None:
         self._sub = sub

@@ -24,6 +24,7 @@ from tiger import _protocol as p
 from tiger._calls import call_expiry, check_seconds, clock_offset
 from tiger._clock import monotonic, wall
 from tiger._errors import FAILURES, HandshakeFailed, ProtocolError, TigerError, Unavailable, shown
+from tiger._handles import Handle
 from tiger._lookup import (
     addresses,
     connect_socket,
@@ -180,8 +181,15 @@ def check_data_dir(value: object, field: str) -> str:
     return path
 
 
-class Server:
-    """A writer process started by :func:`tiger.serve`. Context manager; ``stop()`` ends it."""
+class Server(Handle):
+    """A writer process started by :func:`tiger.serve`. Context manager; ``stop()`` ends it. ``copy.copy``/
+    ``copy.deepcopy`` give the server itself; pickling raises ``TypeError`` (other processes use its url).
+    """
+
+    _instead = (
+        "Other processes reach its writer by its url (server.url): tiger.connect(url); the writer stays owned by "
+        "the process that started it"
+    )
 
     def __init__(self, url: str, process: subprocess.Popen[bytes], tmpdir: str | None) -> None:
         self.url = url
@@ -913,7 +921,7 @@ def _monitor_events(monitor: zmq.Socket[Any]) -> list[tuple[int, int]]:
     return events
 
 
-class NamespaceLease:
+class NamespaceLease(Handle):
     """A lease of ``namespace`` (``Client.lease_namespace``) held by a socket of its own, without a client
     or a replica: the writer at ``url`` drops the namespace once this holder and every other client
     leasing it are gone (``close()``, or the process's death: its kernel closes the socket). The pytest
@@ -936,7 +944,10 @@ class NamespaceLease:
     empty; the default RCVHWM (1000 messages) bounds
     it, and is minutes of the writer's probes should the thread be held up (a C call holding the GIL).
     ``close()`` stops the thread, says goodbye, closes the socket and its context: idempotent, and a
-    no-op in a forked child (the socket is the parent's)."""
+    no-op in a forked child (the socket is the parent's). ``copy.copy``/``copy.deepcopy`` give the lease
+    itself; pickling raises ``TypeError``."""
+
+    _instead = "A lease is held by a socket of the process that made it: make one in the other process"
 
     def __init__(self, url: str, namespace: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> None:
         server_key = unshown(server_key)  # (first: see ``unshown``)

@@ -117,6 +117,8 @@ class AsyncClient(_Connection):
     """A connection to a tiger writer plus a full local replica, for asyncio code: every write and every
     wait is awaited; reads are plain calls. Made by :func:`tiger.aio.connect` or :meth:`sharing`."""
 
+    _instead = "Another process connects itself: pass it the url (client.url) and call tiger.aio.connect(url) there"
+
     def __init__(
         self,
         url: str,
