@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 import types
 
 import msgpack
@@ -349,3 +350,32 @@ def test_an_int_of_more_than_4300_digits_was_refused_naming_no_file_nor_line(tmp
     # (Python's own words: "(4300 digits)" on 3.11 and later, "(4300)" on 3.10)
     assert stderr.startswith(f"tiger load: {tmp_path / 'seed.jsonl'}:2: not JSON (Exceeds the limit (4300"), stderr
     assert len(stderr.splitlines()) == 1, stderr
+
+
+def test_a_seed_whose_one_write_took_longer_than_the_clients_timeout_failed_to_load(writer):
+    # the seed went as one write within the client's timeout (the plugin's: 5 s), though the writer's work
+    # grows with it: a 300k-record tiger_seed on 2 cores busy with a pytest -n 4 start failed every test
+    from tiger._seed import load_entries
+
+    def seed(namespace: str) -> list[tuple[str, str, dict[str, object]]]:
+        return [("plans", namespace, {"id": f"plan_{i}", "n": i, "name": "x" * 40}) for i in range(100_000)]
+
+    with tiger.connect(writer.url, timeout=60) as client:
+        began = time.monotonic()
+        assert load_entries(client, seed("seeded-1")) == 100_000
+        took = time.monotonic() - began  # the write alone: the records sent, applied and in the replica
+    with tiger.connect(writer.url, timeout=max(0.05, took / 4)) as client:
+        assert load_entries(client, seed("seeded-2")) == 100_000  # given a second more per 10,000 records
+        with tiger.namespace("seeded-2"):
+            assert client.table("plans").count() == 100_000
+
+
+def test_a_batchs_timeout_is_checked_as_every_timeout(writer):
+    with tiger.connect(writer.url) as client:
+        with pytest.raises(ValueError, match="timeout"):
+            client.batch(timeout=0)
+        with pytest.raises(TypeError, match="timeout"):
+            client.batch(timeout="5")  # type: ignore[arg-type]
+        with client.batch(timeout=30) as batch:
+            pending = batch.table("plans", "plan").insert({"id": "plan_timed"})
+        assert pending.result["id"] == "plan_timed"

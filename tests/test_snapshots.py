@@ -9,11 +9,14 @@ being sent a snapshot all arrive.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import selectors
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,8 +26,9 @@ import zmq
 from _util import read_line
 
 import tiger
+import tiger.aio
 from tiger import _protocol as p
-from tiger import _snapshots
+from tiger import _replica, _snapshots
 from tiger._snapshots import PEER_HWM, Outgoing, PeerGone, Runs, View
 from tiger._table import Put, Store
 
@@ -507,3 +511,78 @@ def test_writes_keep_flowing_while_four_processes_join_a_large_store(tmp_path):
         assert outputs == [["100000", "True"]] * 4
         assert longest < 1.0, f"an insert took {longest:.2f}s while 4 processes joined"
         assert writes.count() == count and count > 4
+
+
+@pytest.fixture(scope="module")
+def big_store() -> Iterator[tuple[tiger.Server, float]]:
+    """A writer of this module's own holding 300k records, and how long a lone join of it took (seconds)."""
+    with tiger.serve() as server, tiger.connect(server.url, timeout=60) as client:
+        plans = client.table("plans")
+        for start in range(0, 300_000, 20_000):
+            plans.insert_many([{"id": f"plan_{i}", "n": i, "name": "x" * 40} for i in range(start, start + 20_000)])
+        began = time.monotonic()
+        with tiger.connect(server.url, timeout=60):
+            lone = time.monotonic() - began
+        yield server, lone
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_joining_a_store_whose_snapshot_took_longer_than_the_timeout_gave_up_halfway_through_it(big_store, kind):
+    # connect's timeout bounded the whole join: a seeded store of 300k records that took longer than it to
+    # send and load (a pytest -n 4 start on 2 busy cores) raised "no snapshot within 5s" halfway through,
+    # and every test of that worker failed. Now the join goes on while its chunks keep coming.
+    server, lone = big_store
+    timeout = max(0.05, lone / 3)  # the first chunk comes well within it; the whole snapshot does not
+    began = time.monotonic()
+    if kind == "blocking":
+        with tiger.connect(server.url, timeout=timeout) as client:
+            assert client.table("plans").count() == 300_000
+    else:
+
+        async def join() -> int:
+            async with await tiger.aio.connect(server.url, timeout=timeout) as client:
+                return client.table("plans").count()
+
+        assert asyncio.run(join()) == 300_000
+    print(f"joined in {time.monotonic() - began:.2f}s with a timeout of {timeout:.2f}s (a lone join: {lone:.2f}s)")
+
+
+def test_a_writer_stopped_in_the_middle_of_a_snapshot_is_given_up_a_timeout_after_its_last_chunk(big_store, monkeypatch):
+    # the other side of the join going on past its timeout: a writer that stops sending (SIGSTOP) is not waited
+    # for longer than the timeout after the last chunk that came
+    server, _ = big_store
+    replicas: list[_replica.Replica] = []
+    made = _replica.Replica.__init__
+
+    def watched(self: _replica.Replica, *args: Any, **kwargs: Any) -> None:  # (a spy: the joining replica, to
+        made(self, *args, **kwargs)  # see its first chunk come)
+        replicas.append(self)
+
+    monkeypatch.setattr(_replica.Replica, "__init__", watched)
+    outcome: list[BaseException | None] = []
+    ended = threading.Event()
+
+    def join() -> None:
+        try:
+            tiger.connect(server.url, timeout=0.5).close()
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+        finally:
+            ended.set()
+
+    threading.Thread(target=join, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not (replicas and replicas[0].chunk_at is not None):
+        assert time.monotonic() < deadline and not ended.is_set(), f"no chunk came: {outcome}"
+        ended.wait(0.001)
+    os.kill(server.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        assert ended.wait(10), "the join waited on for a writer that stopped sending"
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    waited = time.monotonic() - stopped
+    assert isinstance(outcome[0], tiger.Unavailable), outcome
+    assert "its last chunk came" in str(outcome[0])
+    assert waited < 0.5 + 3.0, f"given up {waited:.2f}s after the writer stopped"

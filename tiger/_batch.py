@@ -28,6 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from tiger import _protocol as p
+from tiger._clock import monotonic
 from tiger._errors import TigerError, Timeout, Unavailable
 from tiger._handles import Unportable
 from tiger._table import Batch as BatchChange
@@ -127,8 +128,9 @@ class Batch(Unportable):
 
     _instead = "it is used in its with block, by the process that opened it"
 
-    def __init__(self, client: Client, current_namespace: Callable[[], str]) -> None:
+    def __init__(self, client: Client, current_namespace: Callable[[], str], timeout: float) -> None:
         self._client = client
+        self._timeout = timeout  # seconds the block's end waits for the answer
         self._namespace = current_namespace  # read at each call: the namespace of the call's context
         self._ops: list[p.Insert | p.Update | p.Remove] = []
         self._packed: list[bytes] = []  # each op encoded when it was made
@@ -162,7 +164,7 @@ class Batch(Unportable):
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._end(exc_type):
             try:
-                reply = self._client._write(self._request())
+                reply = self._client._write(self._request(), monotonic() + self._timeout)
             except BaseException as e:
                 self._states[0] = _failed(e)
                 raise
@@ -327,7 +329,7 @@ class AsyncBatch(Batch):
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._end(exc_type):
             try:
-                reply = await self._client._write(self._request())  # type: ignore[misc]
+                reply = await self._client._write(self._request(), monotonic() + self._timeout)  # type: ignore[misc]
             except BaseException as e:
                 self._states[0] = _failed(e)
                 raise

@@ -111,7 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
     load.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the writer and each answer (default %(default)s)"
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the writer and each answer; a seed loaded in one write is given a second more "
+        "per 10,000 records (default %(default)s)",
     )
 
     compact = commands.add_parser("compact", help="make a writer started with --data write a snapshot and start a fresh log")

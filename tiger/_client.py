@@ -846,13 +846,16 @@ class Client(_Connection):
                     raise
         self.replica.catch_up(reply, deadline)
 
-    def batch(self) -> Batch:
+    def batch(self, timeout: float | None = None) -> Batch:
         """Writes across tables and namespaces sent as one command when the ``with`` block ends, applied
         all or none (one seq): ``with client.batch() as b: b.table("plans").insert({...})``. Each call
         in the block returns a ``Pending`` whose ``result`` is set once the block has ended; a failing
         operation fails the whole batch with its error (``NotFound``, ``AlreadyExists``, ``ValueError``)
-        naming the operation's index; an exception inside the block sends nothing. See ``tiger._batch``."""
-        return Batch(self, _current)
+        naming the operation's index; an exception inside the block sends nothing. ``timeout``: seconds
+        the block's end waits for the batch to be applied (None: the client's ``timeout``; a batch of
+        hundreds of thousands of records may need more: ``tiger.Unavailable`` past it, the batch then
+        never applied); ``TypeError``/``ValueError`` as every timeout. See ``tiger._batch``."""
+        return Batch(self, _current, _timeout(timeout, self.timeout, positive=True))
 
     def drop_namespace(self, namespace: str) -> None:
         """Remove every record of ``namespace`` in every table, in one command (a test's cleanup).

@@ -219,6 +219,7 @@ class Replica:
         self._rejoined_at = -math.inf  # when ``_rejoin`` last began (they are a heartbeat apart at least)
         self._reload: str | None = None  # set by a caller far behind (``take_answer``): why the thread should reload
         self.join_error: Unavailable | None = None  # why the last attempt to join failed (then it tries again)
+        self.chunk_at: float | None = None  # when the last chunk of a snapshot came (``joined_by``)
         self.unsent = 0  # messages to the writer dropped: its queue was full (the writer gone or paused long)
         self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
         self.last_heard = monotonic()
@@ -255,17 +256,34 @@ class Replica:
         self._thread.start()
         if timeout is None:
             return
-        if not self.ready.wait(timeout if deadline is None else max(0.0, deadline - monotonic())):
-            self.stop()
-            raise self.no_snapshot(timeout)
+        end = monotonic() + timeout if deadline is None else deadline
+        while not self.ready.is_set():
+            now = monotonic()
+            until = self.joined_by(end)
+            if now >= until:
+                self.stop()
+                raise self.no_snapshot(timeout)
+            self.ready.wait(min(until - now, 0.5))
         if self.failure is not None:
             raise self.failure
+
+    def joined_by(self, deadline: float) -> float:
+        """When a join begun to be done by ``deadline`` (``time.monotonic()``) is given up: at ``deadline``, or
+        later while its snapshot's chunks keep coming, each within the timeout of the one before. A store
+        whose snapshot takes longer than the timeout to send and load (300k records in a ``pytest -n 4``
+        start on 2 busy cores) is joined all the same: before, connect raised "no snapshot within 5s"
+        halfway through it, and every test of that worker failed. A writer that stops sending is given up
+        a timeout after its last chunk."""
+        chunk_at = self.chunk_at
+        return deadline if chunk_at is None else max(deadline, chunk_at + self._timeout)
 
     def no_snapshot(self, timeout: float) -> Unavailable:
         """What connecting raises when this replica held no snapshot within ``timeout`` seconds."""
         from tiger._server import why_refused  # (here: _server is not needed on any other path of a replica)
 
         why = "" if self.join_error is None else f" (last attempt: {self.join_error})"
+        if self.chunk_at is not None:
+            why += f" (its last chunk came {monotonic() - self.chunk_at:.1f}s ago)"
         gone = why_refused(self._url, 0.1)  # a writer that is gone, not only slow
         why += f": {gone}" if gone else ""
         return Unavailable(f"no snapshot from the tiger writer at {self._url} within {timeout}s{why}")
@@ -869,7 +887,7 @@ class Replica:
                 if type(reply) is p.Ok and epoch is not None and reply.epoch != epoch:
                     raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
                 continue
-            chunk_at = monotonic()
+            chunk_at = self.chunk_at = monotonic()
             if type(reply) is p.SnapshotChunk:
                 for table, ns, records in reply.segments:
                     if records:  # decoded frozen, each checked for a str id: into the rows in C, no per-record Python

@@ -24,6 +24,7 @@ from tiger._errors import shown
 from tiger._table import GLOBAL, MAX_DEPTH, RESERVED_PREFIX, check_name, check_record, check_records
 
 BATCH = 1000
+SEED_RATE = 10_000  # records a second a seed's one write is given, beyond the client's timeout
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which editors on Windows write at the start of a file
 
 
@@ -244,12 +245,16 @@ def load_entries(client: Client, entries: list[tuple[str, str, dict[str, Any]]])
     (``client.batch()``: all or none) when they fit in one message (``p.MAX_MESSAGE`` bytes packed): a seed
     of two tables on a full disk loaded the first and said "nothing was applied" of the second (a user
     trial). A bigger seed goes in several writes (``BATCH`` records each): one that fails after others were
-    applied says how many records were loaded before it."""
+    applied says how many records were loaded before it.
+
+    The one write is given the client's timeout and a second more per ``SEED_RATE`` records: the writer's
+    work grows with the seed, and a 300k-record seed (a few seconds' work for the writer on 2 cores busy
+    with a parallel run's start) failed every test of the run at the client's 5 s."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for table, namespace, record in entries:
         groups.setdefault((table, namespace), []).append(record)
     try:
-        with client.batch() as batch:
+        with client.batch(timeout=client.timeout + len(entries) / SEED_RATE) as batch:
             for (table, namespace), records in groups.items():
                 with in_namespace(namespace):
                     batch.table(table).insert_many(records)

@@ -190,10 +190,13 @@ class AsyncClient(_Connection):
                 break
         replica = self._replica = self._make_replica(info)
         replica.start()
-        try:
-            await replica.until(replica.ready.is_set, self._connect_deadline, str)
-        except Timeout:
-            raise await off_loop(replica.no_snapshot, self.timeout) from None
+        while True:  # past the deadline while the snapshot's chunks keep coming (``Replica.joined_by``)
+            try:
+                await replica.until(replica.ready.is_set, replica.joined_by(self._connect_deadline), str)
+                break
+            except Timeout:
+                if monotonic() >= replica.joined_by(self._connect_deadline):
+                    raise await off_loop(replica.no_snapshot, self.timeout) from None
         if replica.failure is not None:
             raise replica.failure
         # dropped without close(): the replica thread and the sockets go with the client, at exit too
@@ -293,13 +296,13 @@ class AsyncClient(_Connection):
                     raise
         await self._caught_up(reply, deadline)
 
-    def batch(self) -> AsyncBatch:
+    def batch(self, timeout: float | None = None) -> AsyncBatch:
         """Writes across tables and namespaces sent as one command when the ``async with`` block ends,
         applied all or none: ``async with client.batch() as b: b.table("plans").insert({...})``
-        (see ``tiger.Client.batch``)."""
-        from tiger._client import _current
+        (``timeout`` and the rest: see ``tiger.Client.batch``)."""
+        from tiger._client import _current, _timeout
 
-        return AsyncBatch(self, _current)  # type: ignore[arg-type]
+        return AsyncBatch(self, _current, _timeout(timeout, self.timeout, positive=True))  # type: ignore[arg-type]
 
     async def drop_namespace(self, namespace: str) -> None:
         """Remove every record of ``namespace`` in every table, in one command (a test's cleanup); a
