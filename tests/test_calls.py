@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiger._calls import MAX_ASKING, MAX_ASKING_BYTES, PAUSE_GRACE, PendingCalls, stretched
+from tiger._calls import MAX_ASKING, MAX_ASKING_BYTES, PAUSE_GRACE, PendingCalls, call_expiry, resend_interval, stretched
 from tiger._replica import Sequencer
 from tiger._table import Change, Store, prepare_insert
 
@@ -355,3 +355,22 @@ def test_a_wait_that_kept_waking_late_stretched_its_deadline_for_ever():
     assert first == 10.5 + PAUSE_GRACE
     assert stretched(first, 10.5 + PAUSE_GRACE + 0.5) == first  # late again: no more looks, it is past
     assert stretched(deadline, 10.05) == deadline  # within the grace: not a pause
+
+
+def test_a_big_batch_given_a_long_timeout_was_sent_again_every_second():
+    # a seed's one write given 35 s (300k records) went again, whole, every second: a busy writer queued each copy
+    assert resend_interval(5.0, 35.0, 20 * 2**20) == 7.0  # a fifth of its own time
+    assert resend_interval(5.0, 35.0, 2000) == 1.0  # a small call as before: min(1, timeout / 3)
+    assert resend_interval(0.3, 0.3, 2000) == pytest.approx(0.1)
+    assert resend_interval(5.0, 2.0, 20 * 2**20) == 1.0
+
+
+def test_a_big_call_expired_too_close_to_its_deadline_to_be_answered_in_time():
+    # after judging a call the writer logs, applies and answers it: 0.5 s was too little for a 21 MB batch
+    # on busy cores, and its caller raised Unavailable for a batch applied after all
+    deadline = 1e9  # (monotonic seconds: far ahead, so no fifth of the time left caps the margins)
+    assert call_expiry(deadline, 0.0)[1] == 0.5
+    assert call_expiry(deadline, 0.0, 21_000_000)[1] == pytest.approx(0.5 + 21_000_000 / 20e6)
+    from tiger._clock import monotonic
+
+    assert call_expiry(monotonic() + 2.0, 0.0, 21_000_000)[1] == pytest.approx(0.4, abs=0.01)  # a fifth of 2 s

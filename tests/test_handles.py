@@ -77,6 +77,13 @@ def test_a_deep_copy_of_settings_holding_a_client_a_table_and_a_server_failed(wr
         assert plans.fallback_to_global is False
         assert copy.copy(plans).name == "plans" and copy.copy(plans).prefix == "plan"
 
+        class Plans(tiger.Table):  # a user's subclass, with an attribute of its own
+            pass
+
+        mine = Plans(client, "plans", "plan", False)
+        mine.label = "mine"  # type: ignore[attr-defined]
+        assert copy.copy(mine).label == "mine" and copy.deepcopy(mine)["plan_through_the_copy"]["id"] == "plan_through_the_copy"
+
 
 def _pickled(obj: object) -> str:
     with pytest.raises(TypeError) as raised:

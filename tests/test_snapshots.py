@@ -564,7 +564,7 @@ def test_a_writer_stopped_in_the_middle_of_a_snapshot_is_given_up_a_timeout_afte
 
     def join() -> None:
         try:
-            tiger.connect(server.url, timeout=0.5).close()
+            tiger.connect(server.url, timeout=2.0).close()  # (the first chunk comes well within it)
             outcome.append(None)
         except BaseException as e:
             outcome.append(e)
@@ -585,4 +585,29 @@ def test_a_writer_stopped_in_the_middle_of_a_snapshot_is_given_up_a_timeout_afte
     waited = time.monotonic() - stopped
     assert isinstance(outcome[0], tiger.Unavailable), outcome
     assert "its last chunk came" in str(outcome[0])
-    assert waited < 0.5 + 3.0, f"given up {waited:.2f}s after the writer stopped"
+    assert waited < 2.0 + 3.0, f"given up {waited:.2f}s after the writer stopped"
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_a_writer_failing_part_way_through_every_snapshot_kept_connect_waiting_for_ever(writer, monkeypatch, kind):
+    # (a review of the join going on past its timeout) each attempt's chunks extended the wait, and the next
+    # attempt, begun past the deadline, counted the last one's: a writer restarted over and over, failing each
+    # snapshot part-way, kept connect waiting for ever. Each attempt here gets a chunk, then fails.
+    def failing_part_way(self: _replica.Replica, sub: Any, dealer: Any) -> list[bytes]:
+        time.sleep(0.2)
+        self.chunk_at = time.monotonic()  # a chunk of this attempt came
+        time.sleep(0.1)
+        raise tiger.Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
+
+    monkeypatch.setattr(_replica.Replica, "_load_snapshot", failing_part_way)
+    began = time.monotonic()
+    with pytest.raises(tiger.Unavailable, match="no snapshot from the tiger writer"):
+        if kind == "blocking":
+            tiger.connect(writer.url, timeout=1.0).close()
+        else:
+
+            async def join() -> None:
+                await (await tiger.aio.connect(writer.url, timeout=1.0)).close()
+
+            asyncio.run(join())
+    assert time.monotonic() - began < 1.0 + 2.5, "connect waited on past its timeout for attempts begun after it"

@@ -150,7 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     dump = commands.add_parser("dump", help="print every record as JSON lines (tables, namespaces sorted; insertion order)")
     dump.add_argument("--url", default=env_url or DEFAULT_URL, help=f"the writer's URL (default: $TIGER_URL or {DEFAULT_URL})")
     dump.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the writer and its records (default %(default)s)"
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the writer, and for each part of its records while they keep coming (default %(default)s)",
     )
     return parser
 

@@ -31,6 +31,7 @@ from tiger._calls import (
     callable_name,
     check_seconds,
     clock_offset,
+    resend_interval,
     stretched,
 )
 from tiger._clock import monotonic, wall
@@ -63,7 +64,7 @@ from tiger._handles import public_name as _public_name
 from tiger._lookup import Endpoint, connect_socket, endpoint_or_why, wait_for_endpoint
 from tiger._once import Once
 from tiger._owned import OwnedLock
-from tiger._process import unsupported_environment
+from tiger._process import check_descriptors, unsupported_environment
 from tiger._replica import Replica, _reachable
 from tiger._server import (
     check_connect_url,
@@ -305,6 +306,7 @@ class _Connection(Handle):
         self._closed = False
         self._silent_probes = 0  # connect's handshake probes in a row that heard nothing (``_probe_hello``)
         self._handshake_probed = False  # whether a probe was made (then none at a call's deadline)
+        check_descriptors("a tiger client")
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._req_ids = itertools.count(1)
         self._once = Once()  # the once keys this client builds, and the teardowns it owes
@@ -472,11 +474,12 @@ class _Connection(Handle):
             raise self._silent_writer(recently_refused(self.url) if probe else None)
         if deadline is None:
             deadline = monotonic() + self.timeout
-        expires, margin = call_expiry(deadline, self._clock_offset)
         try:
-            payload = p.encode_call(p.Call(self.client_id, expires, request, -1 if replica is None else replica.seq))
+            packed = p.encode_request(request)
         except UnicodeEncodeError:
             raise ValueError(p.unencodable(request)) from None
+        expires, margin = call_expiry(deadline, self._clock_offset, len(packed))
+        payload = p.call_bytes(self.client_id, expires, packed, -1 if replica is None else replica.seq)
         if type(request) is p.Insert:
             p.check_record_sizes(request.records, len(payload))
         elif type(request) is p.Update:
@@ -997,7 +1000,7 @@ class Client(_Connection):
             self._send_call(payload)
             mine = p.own_records_of(request, payload)  # decoded while the writer works
             probe_after = HELLO_PROBE_AFTER if refusals is None else None
-            attempts = Attempts(monotonic(), deadline, min(1.0, self.timeout / 3), probe_after)
+            attempts = Attempts(monotonic(), deadline, resend_interval(self.timeout, seconds, len(payload)), probe_after)
             while True:
                 wait = attempts.wait(monotonic())
                 if wait == PROBE:  # connect's hello, unanswered a moment: a failed handshake is said now
@@ -1090,6 +1093,7 @@ class _TableReads:
     checked request of each write (sent by ``Table`` and awaited by ``tiger.aio.AsyncTable``)."""
 
     __slots__ = ("_client", "_namespaces", "_store", "fallback_to_global", "name", "prefix")
+    _connect = "tiger.connect(url)"  # how another process makes the client of such a table (pickling's advice)
 
     def __init__(self, client: _Connection, name: str, prefix: str | None, fallback_to_global: bool) -> None:
         self._client = client
@@ -1100,20 +1104,26 @@ class _TableReads:
         self._namespaces = self._store.namespaces_of(name)  # stable: never replaced by the replica
 
     def __copy__(self) -> Any:
-        """A new handle on the same table of the same client (``fallback_to_global`` copied, then its own)."""
-        new = object.__new__(type(self))
-        for name in _TableReads.__slots__:
-            setattr(new, name, getattr(self, name))
+        """A new handle on the same table of the same client (``fallback_to_global`` copied, then its own;
+        a subclass's own attributes too)."""
+        cls = type(self)
+        new = object.__new__(cls)
+        for klass in cls.__mro__:
+            slots = getattr(klass, "__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in ("__dict__", "__weakref__") and hasattr(self, name):
+                    object.__setattr__(new, name, getattr(self, name))
+        if hasattr(self, "__dict__"):
+            new.__dict__.update(self.__dict__)
         return new
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         return self.__copy__()  # (the client is a handle: the same one)
 
     def __reduce_ex__(self, protocol: Any) -> NoReturn:
-        connect = "tiger.aio.connect(url)" if type(self._client).__name__ == "AsyncClient" else "tiger.connect(url)"
         raise TypeError(
             f"a {_public_name(self)} cannot be pickled: it reads this process's replica. Make it in the other "
-            f"process: {connect}.table(name, prefix), with this table's client.url, name ({self.name!r}) and prefix "
+            f"process: {self._connect}.table(name, prefix), with this table's client.url, name ({self.name!r}) and prefix "
             f"({self.prefix!r}) ({SENT_BY_PICKLE})"
         )
 

@@ -3,6 +3,7 @@ plugin uses this before, or without, ever importing zmq). Linux: pidfd (5.3+) an
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import select
@@ -11,6 +12,7 @@ import sys
 import time
 
 from tiger._clock import monotonic
+from tiger._errors import TigerError
 
 
 class ProcessWatch:
@@ -51,6 +53,8 @@ class ProcessWatch:
             except (ProcessLookupError, FileNotFoundError):
                 self._ended = True
             except PermissionError:  # alive, someone else's
+                pass
+            except OSError:  # alive, and no descriptor left to read how (EMFILE): waited for as alive
                 pass
             if self._ended or monotonic() >= deadline:
                 return self._ended
@@ -93,6 +97,37 @@ def stop_process(pid: int, marker: str, timeout: float = 5.0) -> bool:
         except ProcessLookupError:
             pass
     return True
+
+
+DESCRIPTORS_PER_CLIENT = 16  # a client's: its ZeroMQ context (12 measured: epoll, mailboxes, 2 connections), and more
+
+
+def check_descriptors(what: str, need: int = DESCRIPTORS_PER_CLIENT) -> None:
+    """``TigerError`` when this process cannot open ``need`` more file descriptors, before ``what`` (a client)
+    makes its ZeroMQ context: out of them, libzmq aborted the whole process from its I/O thread ("Too many
+    open files (src/epoll.cpp:38)", SIGABRT: a pytest run died with no summary), or a replica thread died
+    unseen. Opens and closes that many (a few microseconds); best effort (another thread may take some
+    meanwhile). Nothing is checked where ``/dev/null`` cannot be opened for another reason."""
+    held: list[int] = []
+    try:
+        held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        while len(held) < need:
+            held.append(os.dup(held[0]))
+    except OSError as e:
+        if e.errno not in (errno.EMFILE, errno.ENFILE):
+            return
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        left = "none" if not held else f"only {len(held)}"
+        which = "the system's file table is full" if e.errno == errno.ENFILE else f"`ulimit -n` is {soft}"
+        raise TigerError(
+            f"{what} needs about {need} file descriptors, and this process has {left} left ({which}): close "
+            "clients or files it no longer needs, or raise the limit (each client holds about 12 while it is open)"
+        ) from None
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def unsupported_environment() -> str | None:

@@ -574,8 +574,12 @@ class Call:
 
 
 def encode_call(call: Call) -> bytes:
-    # a msgpack array is its elements in a row: the inner request is packed as usual
-    return b"\x95" + pack("call") + pack(call.client_id) + pack(call.expires) + encode_request(call.request) + pack(call.known)
+    return call_bytes(call.client_id, call.expires, encode_request(call.request), call.known)
+
+
+def call_bytes(client_id: str, expires: float, request: bytes, known: int) -> bytes:
+    """``encode_call`` of a request already packed (``encode_request``): a msgpack array is its elements in a row."""
+    return b"\x95" + pack("call") + pack(client_id) + pack(expires) + request + pack(known)
 
 
 def call_from(obj: Any) -> Call | Request:

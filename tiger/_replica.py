@@ -219,7 +219,8 @@ class Replica:
         self._rejoined_at = -math.inf  # when ``_rejoin`` last began (they are a heartbeat apart at least)
         self._reload: str | None = None  # set by a caller far behind (``take_answer``): why the thread should reload
         self.join_error: Unavailable | None = None  # why the last attempt to join failed (then it tries again)
-        self.chunk_at: float | None = None  # when the last chunk of a snapshot came (``joined_by``)
+        self.chunk_at: float | None = None  # when the last chunk of this attempt's snapshot came (``joined_by``)
+        self._join_began = math.inf  # when the attempt to join under way began
         self.unsent = 0  # messages to the writer dropped: its queue was full (the writer gone or paused long)
         self.changes_received = 0  # published changes that reached this replica (its own calls' never do)
         self.last_heard = monotonic()
@@ -273,17 +274,19 @@ class Replica:
         whose snapshot takes longer than the timeout to send and load (300k records in a ``pytest -n 4``
         start on 2 busy cores) is joined all the same: before, connect raised "no snapshot within 5s"
         halfway through it, and every test of that worker failed. A writer that stops sending is given up
-        a timeout after its last chunk."""
-        chunk_at = self.chunk_at
-        return deadline if chunk_at is None else max(deadline, chunk_at + self._timeout)
+        a timeout after its last chunk; only the chunks of an attempt begun by ``deadline`` count (a writer
+        failing part-way through every snapshot, restarted over and over, kept a connect waiting for ever)."""
+        chunk_at, began = self.chunk_at, self._join_began
+        return deadline if chunk_at is None or began > deadline else max(deadline, chunk_at + self._timeout)
 
     def no_snapshot(self, timeout: float) -> Unavailable:
         """What connecting raises when this replica held no snapshot within ``timeout`` seconds."""
         from tiger._server import why_refused  # (here: _server is not needed on any other path of a replica)
 
         why = "" if self.join_error is None else f" (last attempt: {self.join_error})"
-        if self.chunk_at is not None:
-            why += f" (its last chunk came {monotonic() - self.chunk_at:.1f}s ago)"
+        chunk_at = self.chunk_at
+        if chunk_at is not None:
+            why += f" (its last chunk came {monotonic() - chunk_at:.1f}s ago)"
         gone = why_refused(self._url, 0.1)  # a writer that is gone, not only slow
         why += f": {gone}" if gone else ""
         return Unavailable(f"no snapshot from the tiger writer at {self._url} within {timeout}s{why}")
@@ -298,13 +301,18 @@ class Replica:
             self._stopping = self._closed = True
             return False
         if self._thread.is_alive():
-            tx = self._ctx.socket(zmq.PAIR)
             try:
-                tx.connect(self._stop_url)
-                tx.send(b"stop")
+                tx = self._ctx.socket(zmq.PAIR)
+            except zmq.ZMQError:  # no descriptor left for it ("Too many open files": every close failed so, and
+                self._stopping = self._closed = True  # freed nothing): seen at the thread's next wake-up
                 self._thread.join(5.0)
-            finally:
-                tx.close(linger=0)
+            else:
+                try:
+                    tx.connect(self._stop_url)
+                    tx.send(b"stop")
+                    self._thread.join(5.0)
+                finally:
+                    tx.close(linger=0)
         if not self._thread.is_alive():  # else it still polls this socket: it closes it as it ends
             self._stop_rx.close(linger=0)
         with self.changed:  # whoever waits on this replica (once, wait_for, sync, a feed) learns it is closed
@@ -566,14 +574,19 @@ class Replica:
         return sub
 
     def _run(self) -> None:
-        sub = self._subscriber()
-        dealer = self._dealer()
-        poller = zmq.Poller()
-        poller.register(sub, zmq.POLLIN)
-        poller.register(self._stop_rx, zmq.POLLIN)
-        poller.register(dealer, zmq.POLLIN)
+        sub: zmq.Socket[Any] | None = None
+        dealer: zmq.Socket[Any] | None = None
         try:
             try:
+                # made here, inside: sockets that cannot be made (out of file descriptors: "Too many open
+                # files") end this thread with that error, which connect raises at once (made before, they
+                # ended the thread unseen, and connect waited its whole timeout and blamed the writer)
+                sub = self._subscriber()
+                dealer = self._dealer()
+                poller = zmq.Poller()
+                poller.register(sub, zmq.POLLIN)
+                poller.register(self._stop_rx, zmq.POLLIN)
+                poller.register(dealer, zmq.POLLIN)
                 while True:
                     try:
                         queued = self._resync(sub, dealer)
@@ -585,6 +598,10 @@ class Replica:
                         log.info("replica waiting for the writer to join: %s", e)
                         self.join_error = e
                         sub = self._rejoin(poller, sub, dealer)
+            except BaseException as e:
+                if type(e) is not _Stopped:  # (before ``ready``: connect, woken by it, raises this failure)
+                    self.failure = e
+                raise
             finally:
                 self.ready.set()
                 with self.changed:  # (an asyncio task awaits this, not the event)
@@ -675,8 +692,10 @@ class Replica:
                 if self.failure is not None:
                     self._end_feeds()
                 self.changed.notify_all()
-            sub.close(linger=0)
-            dealer.close(linger=0)
+            if sub is not None:
+                sub.close(linger=0)
+            if dealer is not None:
+                dealer.close(linger=0)
             self._stop_rx.close(linger=0)  # here too: a stop() that gave up waiting left it open
             if self._term_context:
                 self._ctx.term()
@@ -836,6 +855,7 @@ class Replica:
 
     def _resync(self, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> list[bytes]:
         """Load a fresh snapshot; return the published messages received meanwhile, to apply next."""
+        self.chunk_at, self._join_began = None, monotonic()  # an attempt begins: an earlier one's chunks count no more
         # millions of new dicts would trigger repeated full collections (quadratic); none of them form cycles
         collecting = gc.isenabled()
         gc.disable()

@@ -18,6 +18,7 @@ from typing import Any
 
 from tiger import _protocol as p
 from tiger._batch import BatchTooBig
+from tiger._calls import MAX_SECONDS
 from tiger._client import Client
 from tiger._client import namespace as in_namespace
 from tiger._errors import shown
@@ -254,7 +255,7 @@ def load_entries(client: Client, entries: list[tuple[str, str, dict[str, Any]]])
     for table, namespace, record in entries:
         groups.setdefault((table, namespace), []).append(record)
     try:
-        with client.batch(timeout=client.timeout + len(entries) / SEED_RATE) as batch:
+        with client.batch(timeout=min(MAX_SECONDS, client.timeout + len(entries) / SEED_RATE)) as batch:
             for (table, namespace), records in groups.items():
                 with in_namespace(namespace):
                     batch.table(table).insert_many(records)

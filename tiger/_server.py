@@ -45,7 +45,7 @@ from tiger._paths import (
     remove_tree,
     short_temp_dir,
 )
-from tiger._process import ProcessWatch, unsupported_environment
+from tiger._process import ProcessWatch, check_descriptors, unsupported_environment
 from tiger._unpatched import connected, interface_names, socketpair, start_process
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -700,6 +700,7 @@ def answers_as_tiger(url: str, timeout: float) -> bool:
     address = endpoint_or_why(url, timeout)[0]
     if address is None:
         return False
+    check_descriptors("a tiger probe", 8)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
@@ -780,6 +781,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     server_key = unshown(server_key)  # (first: see ``unshown``)
     deadline = check_reachable(url, timeout)
     address = wait_for_endpoint(url, timeout, deadline)
+    check_descriptors("a tiger request", 10)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         sock, monitor = _monitored_dealer(ctx, address, server_key, ANSWER_EVENTS)  # a failed handshake: said at once
@@ -963,6 +965,7 @@ class NamespaceLease(Handle):
         self.namespace = namespace
         self.client_id = p.new_client_id()
         self._owner = os.getpid()
+        check_descriptors("a tiger namespace lease", 10)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._sock: zmq.Socket[Any] | None = None
         self._wake_r, self._wake_w = socketpair()

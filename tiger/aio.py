@@ -48,7 +48,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import AsyncBatch
-from tiger._calls import GIVE_UP, PROBE, RESEND, Attempts, check_seconds, stretched
+from tiger._calls import GIVE_UP, PROBE, RESEND, Attempts, check_seconds, resend_interval, stretched
 from tiger._client import (
     HELLO_PROBE_AFTER,
     Client,
@@ -67,6 +67,7 @@ from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, Change, Owner, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
 from tiger._owned import OwnedAsyncLock
+from tiger._process import check_descriptors
 from tiger._replica import Replica
 from tiger._server import check_connect_url, recently_refused, unshown
 from tiger._table import GLOBAL, Record, check_leasable, check_name
@@ -164,6 +165,7 @@ class AsyncClient(_Connection):
         shared._shared = client
         shared._owner = Owner()  # its own feeds and waits on the shared replica, ended by its close (not ``client``'s)
         # a context of its own: closing ``client`` terminates its context, which waits for every socket in it
+        check_descriptors("a sharing tiger.aio client", 8)  # (a context and one socket of its own)
         shared._ctx = zmq.Context()
         shared._locks = weakref.WeakKeyDictionary()
         shared._late = {}
@@ -486,7 +488,7 @@ class AsyncClient(_Connection):
                 self._send_call(payload)
                 mine = p.own_records_of(request, payload)  # decoded while the writer works
                 probe_after = HELLO_PROBE_AFTER if refusals is None else None
-                attempts = Attempts(monotonic(), deadline, min(1.0, self.timeout / 3), probe_after)
+                attempts = Attempts(monotonic(), deadline, resend_interval(self.timeout, seconds, len(payload)), probe_after)
                 try:
                     while True:
                         if self._answers:  # taken by a call of another event loop (see _late_answer)
@@ -694,6 +696,8 @@ class AsyncClient(_Connection):
 class AsyncTable(_TableReads):
     """A handle on one table of an :class:`AsyncClient`, in the current namespace (a contextvar: it
     follows tasks as asyncio copies contexts). Reads as ``tiger.Table``'s; writes and waits awaited."""
+
+    _connect = "tiger.aio.connect(url)"
 
     __slots__ = ()
     _client: AsyncClient
