@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from _util import script_process
 
 import tiger
 from tiger._once import once_record
@@ -1292,3 +1293,101 @@ def test_a_caller_writing_in_a_loop_starved_the_other_callers_of_its_client(writ
 
     took = asyncio.run(in_tasks()) if driver == "async" else in_threads()
     assert max(took) < 1.0, took  # a write or two of the other caller's ahead of each, not the 2 s timeout
+
+
+IN_A_SIGNAL_HANDLER = """
+import os, signal, sys, threading, time
+import tiger
+
+client = tiger.connect(sys.argv[1], timeout=5)
+plans = client.table("plans")
+plans.insert({"n": 0})
+
+
+def handler(*_):
+    began = time.monotonic()
+    held = client._held_by_this_thread()  # (the interrupted insert holds the socket)
+    if sys.argv[2] == "close":
+        client.close()
+        print(f"held={held} closed in {time.monotonic() - began:.2f}s", flush=True)
+    else:
+        try:
+            plans.insert({"n": 2})
+            print("written", flush=True)
+        except Exception as e:
+            print(f"held={held} {type(e).__name__} in {time.monotonic() - began:.2f}s: {e}", flush=True)
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, handler)
+print("ready", flush=True)
+sys.stdin.readline()
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()  # while the insert below waits
+plans.insert({"n": 1})
+"""
+
+
+@pytest.mark.parametrize("what", ["close", "write"])
+def test_a_signal_handler_closing_the_client_or_writing_waited_for_the_call_it_interrupted_until_the_timeout(what):
+    # a SIGTERM handler's close() waited for the call in flight, the very one it interrupted, which cannot end
+    # before the handler does: 5 s (the client's timeout) every time; a write there waited as long, then said
+    # "other calls of this client (from other threads or tasks) held its socket"
+    with tiger.serve() as writer, script_process(IN_A_SIGNAL_HANDLER, writer.url, what) as proc:
+        assert proc.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        os.kill(writer.pid, signal.SIGSTOP)  # the next insert waits for an answer
+        try:
+            proc.stdin.write("\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+            said = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        finally:
+            os.kill(writer.pid, signal.SIGCONT)
+        assert said.startswith("held=True"), said
+        seconds = float(re.search(r" in ([0-9.]+)s", said).group(1))  # type: ignore[union-attr]
+        assert seconds < 1.0, said
+        if what == "write":
+            assert "TigerError" in said and "signal handler" in said
+
+
+AT_EXIT = """
+import asyncio, atexit, sys
+
+
+def at_exit():
+    try:
+        if sys.argv[2] == "asyncio":
+            asyncio.run(S["plans"].insert({"at": "exit"}))
+        else:
+            S["plans"].insert({"at": "exit"})
+        print("written at exit", flush=True)
+    except Exception as e:
+        print(f"at exit: {type(e).__name__}: {e}", flush=True)
+
+
+atexit.register(at_exit)  # before tiger is first used: it runs after tiger's own exit handler
+import tiger, tiger.aio
+
+S = {}
+
+
+async def main():
+    client = await tiger.aio.connect(sys.argv[1])
+    S["plans"] = client.table("plans", prefix="plan")
+    await S["plans"].insert({"n": 1})
+
+
+if sys.argv[2] == "asyncio":
+    asyncio.run(main())
+else:
+    S["plans"] = tiger.connect(sys.argv[1]).table("plans", prefix="plan")
+"""
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "blocking"])
+def test_a_client_used_by_an_atexit_handler_after_tiger_closed_it_failed_with_bad_file_descriptor(tiger_url, kind):
+    # a tiger.aio client left open was closed at exit by its finalizer, which left it open in name: the handler's
+    # write failed with "OSError: [Errno 9] Bad file descriptor" from asyncio's selector; a blocking one said only
+    # "this client is closed", not that tiger had closed it at exit, nor what to do
+    done = subprocess.run([sys.executable, "-c", AT_EXIT, tiger_url, kind], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "at exit: TigerError: this client is closed: tiger closed it as the interpreter exits" in done.stdout, done.stdout
+    assert "register the handler after" in done.stdout

@@ -9,6 +9,7 @@ import inspect
 import itertools
 import logging
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -237,6 +238,8 @@ def _close_open_clients() -> None:
     holding the next one's value and building one that client held waited its whole timeout for it. So
     each first lets go of what none of its teardowns may use (``Once.let_go_of_newer``), then they close
     in turn, each when no client still open holds a value it built (or, none such left, the first)."""
+    global _exiting
+    _exiting = True
     clients = [client for client in _open_clients if not client._closed and os.getpid() == client._pid]
     for client in clients:
         try:
@@ -253,6 +256,12 @@ def _close_open_clients() -> None:
 
 
 RELEASE_AT_EXIT = 1.0  # seconds a client left open at exit waits for each writer's answer as it lets go of a value
+_exiting = False  # the interpreter is exiting: tiger closed (or is closing) the clients left open
+CLOSED_AT_EXIT = (
+    "this client is closed: tiger closed it as the interpreter exits, with every client left open (an atexit "
+    "handler runs after tiger's when it was registered before tiger was first used, or before the client was "
+    "made: close the client yourself in that handler, or register the handler after)"
+)
 
 
 def _holders(client: Client) -> set[str]:
@@ -267,6 +276,15 @@ def _close_at_exit(client: Client) -> None:
         client.close()
     except Exception:  # a teardown that raised: the other clients still close
         log.exception("closing %r at exit", client)
+
+
+class _Caller:
+    """A call's token for its client's command socket (``OwnedLock``'s holder): the thread making it."""
+
+    __slots__ = ("thread",)
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
 
 
 class _Connection(Handle):
@@ -449,8 +467,9 @@ class _Connection(Handle):
 
     def _check_open(self) -> None:
         """``TigerError`` unless this client is open, in the process that connected it."""
-        if self._closed:
-            raise TigerError("this client is closed")
+        if self._closed or (self._replica is not None and self._replica.closed):  # (closed by its finalizer at exit)
+            at_exit = _exiting or getattr(weakref.finalize, "_shutdown", False)  # (finalizers run at exit)
+            raise TigerError(CLOSED_AT_EXIT if at_exit else "this client is closed")
         if os.getpid() != self._pid:  # no replica thread here: a wait would wait forever
             raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
 
@@ -804,10 +823,14 @@ class Client(_Connection):
             self._finalizer.detach()
         if os.getpid() != self._pid:
             return  # a forked child: the sockets belong to the parent
-        me = object()
+        me = _Caller()
         try:
-            with contextlib.suppress(Unavailable):  # a request in flight on another thread ends first (at most
-                self._take_socket(me, monotonic() + self.timeout, self.timeout)  # the timeout: closed anyway)
+            # a request in flight on another thread ends first (at most the timeout: closed anyway); one of this
+            # thread, interrupted by a signal handler closing the client, is not waited for: it never ends
+            # before the handler does (a SIGTERM handler's close() waited the whole timeout, 5 s, 3 of 3 times)
+            if not self._held_by_this_thread():
+                with contextlib.suppress(Unavailable):
+                    self._take_socket(me, monotonic() + self.timeout, self.timeout)
             if self._replica is not None:
                 try:
                     self._socket.send(p.encode_request(p.Bye(self.client_id)), zmq.NOBLOCK)
@@ -987,7 +1010,7 @@ class Client(_Connection):
         sent = answered = False
         data: bytes | None = None  # the last answer received (a signal may cut its decoding short: ``_raised``)
         refusals = None if type(request) is p.Hello else Refusals()
-        me = object()
+        me = _Caller()
         try:
             if own:  # (after the pid check: a forked child may have inherited the replica's lock held)
                 self.replica.call_started(req_id)
@@ -1050,8 +1073,21 @@ class Client(_Connection):
         before this, and given back by ``_socket_hold.let_go(me)`` in its ``finally`` (``OwnedLock``: a timed
         lock acquired, then ``try``, was left held by a signal landing in between; every later call was
         then "busy")."""
+        if self._held_by_this_thread():
+            raise TigerError(
+                "a call of this client is under way in this very thread and was interrupted to run this code (a "
+                "signal handler, or a finalizer): this call would wait for it, in vain, until its timeout. From a "
+                "signal handler, set a flag or raise (KeyboardInterrupt, SystemExit) and call tiger after; close() "
+                "works there"
+            )
         if not self._socket_hold.take(me, deadline):
             raise self._busy(seconds)
+
+    def _held_by_this_thread(self) -> bool:
+        """Whether the command socket is held by a call of the running thread: one this code interrupted (a
+        signal handler runs in the main thread between two steps of whatever it was doing)."""
+        holder = self._socket_hold.holder
+        return type(holder) is _Caller and holder.thread == threading.get_ident()
 
     def _fresh_socket(self) -> None:
         """A new command socket in place of the old: made, swapped in, then the old one closed, so that an

@@ -279,6 +279,11 @@ class Replica:
         chunk_at, began = self.chunk_at, self._join_began
         return deadline if chunk_at is None or began > deadline else max(deadline, chunk_at + self._timeout)
 
+    @property
+    def closed(self) -> bool:
+        """Whether its client (or the client's finalizer, at exit) stopped it."""
+        return self._closed
+
     def no_snapshot(self, timeout: float) -> Unavailable:
         """What connecting raises when this replica held no snapshot within ``timeout`` seconds."""
         from tiger._server import why_refused  # (here: _server is not needed on any other path of a replica)

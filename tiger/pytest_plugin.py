@@ -53,7 +53,9 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
@@ -261,6 +263,8 @@ class _Run:
         self._previous_env: str | None = None
         self._previous_key: str | None = None  # $TIGER_SERVER_KEY before ``reach`` unset it (the run's own writer)
         self.waited = False  # the controller waited for the builders' teardowns
+        self.interrupted = False  # a Ctrl-C reached this process (``note_interrupts``), whatever the exit status says
+        self._sigint: Any = None  # the SIGINT handler ``note_interrupts`` replaced (restored at the end)
         self._built: dict[str, str] = {}  # once keys with a teardown built here -> their outcome (None: not run yet)
         self._entered: tuple[pytest.Item, str, Callable[[], None]] | None = None  # the test run whose namespace is the default
         self._runs: dict[str, int] = {}  # node id -> how many times a test of that id entered its namespace here
@@ -652,6 +656,33 @@ class _Run:
                 pass
         self.tear_down()
 
+    def note_interrupts(self) -> None:
+        """The controller: note each SIGINT (Ctrl-C) before the handler there was runs (raising KeyboardInterrupt).
+        A user trial: a second Ctrl-C, as pytest formatted the first (a session fixture's teardown had failed),
+        left the session's exit status OK, and the controller waited ``tiger_teardown_timeout`` (300 s) for the
+        builders' teardowns, which xdist lets the workers run only after. Left alone where SIGINT is ignored
+        or not a Python handler's (nothing waits then), and outside the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous):
+            return
+
+        def noted(signum: int, frame: Any) -> Any:
+            self.interrupted = True
+            return previous(signum, frame)
+
+        signal.signal(signal.SIGINT, noted)
+        self._sigint = (previous, noted)
+
+    def stop_noting_interrupts(self) -> None:
+        """Put back the SIGINT handler ``note_interrupts`` found, unless another replaced ours since."""
+        if self._sigint is not None and threading.current_thread() is threading.main_thread():
+            previous, noted = self._sigint
+            if signal.getsignal(signal.SIGINT) is noted:
+                signal.signal(signal.SIGINT, previous)
+            self._sigint = None
+
     def wait_for_builders(self) -> None:
         """The xdist controller, every worker done with its tests: let the builders tear down, wait for
         them (at most ``tiger_teardown_timeout``, and a moment for their report: each stops its own
@@ -1006,6 +1037,8 @@ def pytest_configure(config: pytest.Config) -> None:
             _RunDir(Path(identity["dir"])).remove()
         raise
     config.stash[_run_key] = run
+    if run.is_controller:
+        run.note_interrupts()
 
 
 # the modules tiger's fixtures import on first use, and the fixtures after which (tiger_aclient: tiger.aio too)
@@ -1193,7 +1226,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     (``pytest_sessionfinish_after_fixtures``, after xdist's own; waiting here hung until the timeout)."""
     run = session.config.stash.get(_run_key, None)
     if run is not None and run.is_controller and run.dir.builders():
-        if session.exitstatus == pytest.ExitCode.INTERRUPTED:
+        if session.exitstatus == pytest.ExitCode.INTERRUPTED or run.interrupted:
             run.dir.mark_all_done()
         else:
             run.wait_for_builders()
@@ -1209,7 +1242,7 @@ def pytest_sessionfinish_after_fixtures(session: pytest.Session) -> None:
     run.leave_test(drop=False)  # a test interrupted (Ctrl-C, pytest.exit) before its own teardown
     if not run.is_controller:
         return
-    if session.exitstatus == pytest.ExitCode.INTERRUPTED and run.dir.builders() and not run.waited:
+    if (session.exitstatus == pytest.ExitCode.INTERRUPTED or run.interrupted) and run.dir.builders() and not run.waited:
         run.wait_for_builders()  # xdist (its trylast hook registered after this one: run before it) stopped them
     run.report_outcomes(run.label, run.tear_down())
     writer = run.dir.writer()
@@ -1245,6 +1278,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if run is None:
         return
     _keep_modules()
+    run.stop_noting_interrupts()
     if not run.is_controller:
         run.worker_end()  # after xdist sent this worker's end: the controller is not held up by it
     run.close()
