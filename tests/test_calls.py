@@ -359,7 +359,9 @@ def test_a_wait_that_kept_waking_late_stretched_its_deadline_for_ever():
 
 def test_a_big_batch_given_a_long_timeout_was_sent_again_every_second():
     # a seed's one write given 35 s (300k records) went again, whole, every second: a busy writer queued each copy
-    assert resend_interval(5.0, 35.0, 20 * 2**20) == 7.0  # a fifth of its own time
+    assert resend_interval(5.0, 35.0, 20 * 2**20) == pytest.approx(2.0 + 20 * 2**20 / 20e6)  # not every second
+    assert resend_interval(5.0, 5.0, 20 * 2**20) == 1.0  # a fifth of its own time
+    assert resend_interval(5.0, 600.0, 100_000) == pytest.approx(2.005)  # a gone writer is still found soon
     assert resend_interval(5.0, 35.0, 2000) == 1.0  # a small call as before: min(1, timeout / 3)
     assert resend_interval(0.3, 0.3, 2000) == pytest.approx(0.1)
     assert resend_interval(5.0, 2.0, 20 * 2**20) == 1.0

@@ -3,14 +3,14 @@ as a parallel run in someone else's CI meets it. Each case runs in a process of 
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 
 import pytest
 
 CONNECT_UNTIL_REFUSED = """
-import resource, sys, time
-resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+import sys, time
 import tiger
 clients = []
 began = time.monotonic()
@@ -28,7 +28,15 @@ print("closed them all, and connected again")
 
 
 def run(script: str, url: str, limit: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", script, url, str(limit)], capture_output=True, text=True, timeout=120)
+    """``script`` in a process whose soft limit of open files is ``limit`` (set before it starts, as
+    ``ulimit -n`` does: the script imports nothing of its own to set it, ``resource`` neither)."""
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    return subprocess.run(
+        [sys.executable, "-c", script, url, str(limit)], capture_output=True, text=True, timeout=120, preexec_fn=limited
+    )
 
 
 @pytest.mark.parametrize("limit", range(60, 72))  # a client takes 12 descriptors: every place a limit may fall in that cycle
@@ -46,8 +54,7 @@ def test_out_of_descriptors_connect_aborted_the_process_or_waited_its_timeout_an
 
 
 CLOSE_WITH_NONE_LEFT = """
-import os, resource, sys
-resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+import os, sys
 import tiger
 clients = [tiger.connect(sys.argv[1]) for _ in range(2)]
 files = []

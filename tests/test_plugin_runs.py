@@ -2264,3 +2264,24 @@ def test_run_directories_of_killed_runs_piled_up_in_tmpdir(tmp_path, pytester, m
             if proc is not None:
                 end_group(proc)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_run_without_xdist_kept_pythons_sigint_handler_which_asyncio_run_and_trio_take_ctrl_c_by(pytester):
+    # (a review) noting Ctrl-C in every run's main process replaced Python's handler there: asyncio.run (and
+    # trio) install their own, which cancels the main task, only over Python's, and pytest's report of a
+    # Ctrl-C pointed at tiger's plugin; only an xdist controller, which runs no test, notes it now
+    pytester.makepyfile(
+        test_sigint="""
+import asyncio, signal
+
+def test_plain(tiger_client):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+def test_in_asyncio_run(tiger_client):
+    async def main():
+        return signal.getsignal(signal.SIGINT)
+    handler = asyncio.run(main())  # (a functools.partial of Runner._on_sigint)
+    assert getattr(getattr(handler, "func", handler), "__qualname__", "") == "Runner._on_sigint"
+"""
+    )
+    run(pytester, "-p", "no:xdist", "-p", "no:randomly").assert_outcomes(passed=2)

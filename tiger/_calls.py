@@ -288,6 +288,8 @@ def call_expiry(deadline: float, offset: float, size: int = 0) -> tuple[float, f
 def resend_interval(timeout: float, seconds: float, size: int) -> float:
     """Seconds without an answer before a call goes again (Lazy Pirate): ``min(1, timeout / 3)`` of the
     client's ``timeout``; a big call (``BIG_CALL`` bytes and more) no sooner than a fifth of its own
-    ``seconds``: a busy writer queues every copy whole (a 300k-record seed given 35 s was sent 30 times)."""
+    ``seconds``, nor later than 2 s and a second per ``COMMIT_RATE`` bytes: a busy writer queues every copy
+    whole (a 300k-record seed given 35 s was sent 30 times), and a writer that is gone is found at a resend
+    (a fifth of a long timeout found it minutes late)."""
     interval = min(1.0, timeout / 3)
-    return max(interval, seconds / 5) if size >= BIG_CALL else interval
+    return max(interval, min(seconds / 5, 2.0 + size / COMMIT_RATE)) if size >= BIG_CALL else interval

@@ -238,8 +238,6 @@ def _close_open_clients() -> None:
     holding the next one's value and building one that client held waited its whole timeout for it. So
     each first lets go of what none of its teardowns may use (``Once.let_go_of_newer``), then they close
     in turn, each when no client still open holds a value it built (or, none such left, the first)."""
-    global _exiting
-    _exiting = True
     clients = [client for client in _open_clients if not client._closed and os.getpid() == client._pid]
     for client in clients:
         try:
@@ -256,7 +254,6 @@ def _close_open_clients() -> None:
 
 
 RELEASE_AT_EXIT = 1.0  # seconds a client left open at exit waits for each writer's answer as it lets go of a value
-_exiting = False  # the interpreter is exiting: tiger closed (or is closing) the clients left open
 CLOSED_AT_EXIT = (
     "this client is closed: tiger closed it as the interpreter exits, with every client left open (an atexit "
     "handler runs after tiger's when it was registered before tiger was first used, or before the client was "
@@ -272,6 +269,7 @@ def _holders(client: Client) -> set[str]:
 
 
 def _close_at_exit(client: Client) -> None:
+    client._closed_at_exit = True  # (its later use says so)
     try:
         client.close()
     except Exception:  # a teardown that raised: the other clients still close
@@ -333,6 +331,7 @@ class _Connection(Handle):
         self._secure = _socket_options(url, server_key)
         self._replica: Replica | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._closed_at_exit = False  # closed by tiger as the interpreter exits (``_close_open_clients``)
 
     def _new_socket(self, ctx: zmq.Context[Any] | None = None) -> zmq.Socket[Any]:
         """A command socket (DEALER) connected to the writer, from ``ctx`` (default: the client's)."""
@@ -467,9 +466,10 @@ class _Connection(Handle):
 
     def _check_open(self) -> None:
         """``TigerError`` unless this client is open, in the process that connected it."""
-        if self._closed or (self._replica is not None and self._replica.closed):  # (closed by its finalizer at exit)
-            at_exit = _exiting or getattr(weakref.finalize, "_shutdown", False)  # (finalizers run at exit)
-            raise TigerError(CLOSED_AT_EXIT if at_exit else "this client is closed")
+        # closed by its finalizer, not by close() (which detaches it): at exit (a tiger.aio client's, a sharing one's)
+        finalized = not self._closed and self._finalizer is not None and not self._finalizer.alive
+        if self._closed or finalized or (self._replica is not None and self._replica.closed):
+            raise TigerError(CLOSED_AT_EXIT if finalized or self._closed_at_exit else "this client is closed")
         if os.getpid() != self._pid:  # no replica thread here: a wait would wait forever
             raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
 
@@ -1055,12 +1055,14 @@ class Client(_Connection):
                 self._late_answer(reply)
             self._socket_hold.let_go(me)  # (a signal at its first bytecode: let go below)
             return self._outcome(reply, seconds)
-        except BaseException:
+        except BaseException as e:
             try:  # (twice: see ``tiger._owned``)
                 self._socket_hold.let_go(me)
             finally:
                 self._socket_hold.let_go(me)
             self._raised(req_id, own, (payload, deadline) if sent else None, reply if answered else None, data)
+            if self._closed and isinstance(e, zmq.ZMQError):  # closed under it (a signal handler's close(): its
+                raise TigerError("this client is closed") from None  # socket gone, "Socket operation on non-socket")
             raise
 
     def _command_socket(self) -> zmq.Socket[Any]:
@@ -1147,6 +1149,8 @@ class _TableReads:
         for klass in cls.__mro__:
             slots = getattr(klass, "__slots__", ())
             for name in (slots,) if isinstance(slots, str) else slots:
+                if name.startswith("__") and not name.endswith("__"):  # stored mangled: ``_Class__name``
+                    name = f"_{klass.__name__.lstrip('_')}{name}"
                 if name not in ("__dict__", "__weakref__") and hasattr(self, name):
                     object.__setattr__(new, name, getattr(self, name))
         if hasattr(self, "__dict__"):

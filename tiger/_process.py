@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import resource  # (here, not where it is needed: with no descriptor left, an import fails)
 import select
 import signal
 import sys
@@ -116,8 +117,6 @@ def check_descriptors(what: str, need: int = DESCRIPTORS_PER_CLIENT) -> None:
     except OSError as e:
         if e.errno not in (errno.EMFILE, errno.ENFILE):
             return
-        import resource
-
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         left = "none" if not held else f"only {len(held)}"
         which = "the system's file table is full" if e.errno == errno.ENFILE else f"`ulimit -n` is {soft}"

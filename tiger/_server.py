@@ -634,6 +634,10 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
     address = endpoint_or_why(url, timeout)[0]
     if address is None:  # (a host name not resolved in time: nothing can be told)
         return None
+    try:
+        check_descriptors("a tiger probe", 8)
+    except TigerError:  # (out of descriptors: libzmq would abort the process; a probe only tells more)
+        return None
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         events = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED

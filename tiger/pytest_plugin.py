@@ -657,7 +657,7 @@ class _Run:
         self.tear_down()
 
     def note_interrupts(self) -> None:
-        """The controller: note each SIGINT (Ctrl-C) before the handler there was runs (raising KeyboardInterrupt).
+        """The xdist controller: note each SIGINT (Ctrl-C) before the handler there was runs (raising KeyboardInterrupt).
         A user trial: a second Ctrl-C, as pytest formatted the first (a session fixture's teardown had failed),
         left the session's exit status OK, and the controller waited ``tiger_teardown_timeout`` (300 s) for the
         builders' teardowns, which xdist lets the workers run only after. Left alone where SIGINT is ignored
@@ -669,6 +669,7 @@ class _Run:
             return
 
         def noted(signum: int, frame: Any) -> Any:
+            __tracebackhide__ = True  # (pytest's report of the Ctrl-C names where it landed, not this)
             self.interrupted = True
             return previous(signum, frame)
 
@@ -1037,8 +1038,6 @@ def pytest_configure(config: pytest.Config) -> None:
             _RunDir(Path(identity["dir"])).remove()
         raise
     config.stash[_run_key] = run
-    if run.is_controller:
-        run.note_interrupts()
 
 
 # the modules tiger's fixtures import on first use, and the fixtures after which (tiger_aclient: tiger.aio too)
@@ -1216,6 +1215,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     run = session.config.stash.get(_run_key, None)
     if run is not None:
         run.session = session
+        if run.is_controller and session.config.pluginmanager.hasplugin("dsession"):  # an xdist controller alone:
+            run.note_interrupts()  # it runs no test (asyncio.run and trio take Ctrl-C only from Python's own handler)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -1277,8 +1278,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(_run_key, None)
     if run is None:
         return
-    _keep_modules()
     run.stop_noting_interrupts()
+    _keep_modules()
     if not run.is_controller:
         run.worker_end()  # after xdist sent this worker's end: the controller is not held up by it
     run.close()
