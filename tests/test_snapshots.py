@@ -594,9 +594,9 @@ def test_a_writer_failing_part_way_through_every_snapshot_kept_connect_waiting_f
     # attempt, begun past the deadline, counted the last one's: a writer restarted over and over, failing each
     # snapshot part-way, kept connect waiting for ever. Each attempt here gets a chunk, then fails.
     def failing_part_way(self: _replica.Replica, sub: Any, dealer: Any) -> list[bytes]:
-        time.sleep(0.2)
+        time.sleep(0.2)  # sleep-ok: the fake attempt's own time
         self.chunk_at = time.monotonic()  # a chunk of this attempt came
-        time.sleep(0.1)
+        time.sleep(0.1)  # sleep-ok: the fake attempt's own time
         raise tiger.Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
 
     monkeypatch.setattr(_replica.Replica, "_load_snapshot", failing_part_way)
