@@ -2029,3 +2029,50 @@ def test_a_feed_reader_and_a_wait_of_tiger_aclient_outlived_their_test(pytester,
     pytester.makepyfile(test_leftover=LEFTOVER_READER_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist", timeout=60)
     result.assert_outcomes(passed=2)
+
+
+AIO_LEFT_OPEN = """
+import asyncio, sys
+import tiger.aio
+
+url, key, how = sys.argv[1], sys.argv[2], sys.argv[3]
+kept = []
+
+
+async def main():
+    client = await tiger.aio.connect(url)
+
+    async def session():  # an async generator factory: its teardown awaited
+        yield "session"
+        await asyncio.sleep(0)
+        print("async teardown ran", flush=True)
+
+    def pool():
+        yield "pool"
+        print("teardown ran", flush=True)
+
+    assert await client.once(key + "-session", session) == "session"
+    assert await client.once(key + "-pool", pool) == "pool"
+    if how == "kept":
+        kept.append(client)  # left open past the loop's end
+
+
+asyncio.run(main())
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["dropped", "kept"])
+def test_an_async_clients_once_teardowns_never_ran_when_it_was_left_open(tiger_url, connect, how):
+    # A user trial: a tiger.aio client left open (kept, or dropped as its task ended) at the end of asyncio.run:
+    # the teardowns of its once values never ran, and nothing said so. It is kept while it owes teardowns and
+    # closes at exit with every other client: they run then (an async generator's in an event loop of its own),
+    # newest first, and their keys are retired.
+    key = f"left-{how}-{os.getpid()}-{time.monotonic_ns()}"
+    child = subprocess.run([sys.executable, "-c", AIO_LEFT_OPEN, tiger_url, key, how], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == ["exiting", "teardown ran", "async teardown ran"], child.stdout + child.stderr
+    assert "not run" not in child.stderr, child.stderr
+    reader = connect()
+    reader.sync()
+    assert once_record(reader, "global", key + "-session") is None and once_record(reader, "global", key + "-pool") is None

@@ -662,6 +662,49 @@ def test_two_clients_left_open_at_exit_were_closed_one_after_the_other_the_first
     assert "still hold it" not in child.stderr, child.stderr
 
 
+WRITES_THROUGH_ANOTHER_CLIENT_AT_EXIT = """
+import sys
+import tiger
+
+url, key, ns = sys.argv[1], sys.argv[2], sys.argv[3]
+tiger.namespace(ns).__enter__()  # (the test's: it reads what the teardown wrote there)
+older = [tiger.connect(url) for _ in range(3)]
+builder = tiger.connect(url)
+newer = [tiger.connect(url) for _ in range(3)]
+
+
+def resource():
+    yield "made"
+    for n, other in enumerate(older + newer):  # the teardown writes through every other client left open
+        other.table("audit").insert({"torn_down": key, "by": n})
+    print("torn down", flush=True)
+
+
+builder.once(key, resource, namespace=ns)
+"""  # every client left open at exit
+
+
+def test_a_teardown_writing_through_another_client_left_open_at_exit_found_it_closed(tiger_url, connect, ns):
+    # A user trial: two clients left open at exit, a teardown of the first's once value writing through the
+    # second: 1 run in 2, the second was closed first (the clients closed in the order of a set, each running
+    # its own teardowns) and the teardown raised "this client is closed: tiger closed it as the interpreter
+    # exits". Every client's teardowns run first, every client still open; then they close.
+    key = f"audited-{ns}"
+    child = subprocess.run(
+        [sys.executable, "-c", WRITES_THROUGH_ANOTHER_CLIENT_AT_EXIT, tiger_url, key, ns],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == ["torn down"], child.stdout + child.stderr
+    assert "closed" not in child.stderr, child.stderr
+    reader = connect()
+    reader.sync()
+    assert sorted(r["by"] for r in reader.table("audit").find(torn_down=key)) == list(range(6))
+    assert once_record(reader, ns, key) is None  # retired: a later caller builds anew
+
+
 def test_a_teardown_that_raises_is_raised_by_close(connect, ns):
     def start():
         yield 1

@@ -188,7 +188,7 @@ class Refusals:
         self.since: float | None = None
 
 
-_open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_open_clients: weakref.WeakSet[_Connection] = weakref.WeakSet()  # (made by tiger.connect or tiger.aio.connect)
 
 
 def _socket_options(url: str, server_key: str | bytes | None) -> Callable[[zmq.Socket[Any]], None]:
@@ -233,24 +233,33 @@ def _abandoned(replica: Replica | None, ctx: zmq.Context[Any], command: Sequence
 
 @atexit.register
 def _close_open_clients() -> None:
-    """Close the clients left open at exit, in this thread (their teardowns run where their values were
-    built: one run in another thread failed on a sqlite connection made here). One after another, a client
-    holding the next one's value and building one that client held waited its whole timeout for it. So
-    each first lets go of what none of its teardowns may use (``Once.let_go_of_newer``), then they close
-    in turn, each when no client still open holds a value it built (or, none such left, the first)."""
-    clients = [client for client in _open_clients if not client._closed and os.getpid() == client._pid]
+    """Close the clients left open at exit (blocking and ``tiger.aio``), in this thread: their teardowns run
+    where their values were built (one run in another thread failed on a sqlite connection made here).
+
+    Every teardown runs first, with every client still open: closed one after another, each running its
+    own, a teardown writing through another client left open found it closed already (a user trial:
+    1 time in 2, by the order of a set). Newest client first (as ``ExitStack`` unwinds), but first
+    those whose values no client still to tear down holds: one after another, a client holding the
+    next one's value and building one that client held waited its whole timeout for it. So each first
+    lets go of what none of its teardowns may use (``Once.let_go_of_newer``), and of the rest once its
+    own teardowns ran. Then every client closes. A ``tiger.aio`` client's teardowns are awaited in an
+    event loop of their own (``asyncio.run``: its loop is gone; what they made bound to that loop may
+    refuse to be closed from another, that error is the teardown's, logged). A Ctrl-C ends the
+    teardowns (the rest logged, not run); the clients still close."""
+    here = os.getpid()
+    clients = sorted((c for c in _open_clients if not c._closed and c._pid == here), key=lambda c: c._made, reverse=True)
     for client in clients:
-        try:
-            client._once.let_go_of_newer(client, RELEASE_AT_EXIT)
-        except Exception:  # (a replica stopped, a writer gone): its goodbye lets go as before
-            log.debug("letting go of once values at exit", exc_info=True)
-    while clients:
-        still_open = {client.client_id for client in clients}
-        ready = next((c for c in clients if not (_holders(c) & still_open - {c.client_id})), clients[0])
-        clients.remove(ready)
-        _close_at_exit(ready)
-    for client in list(_open_clients):  # (forked children's, closed without teardowns)
+        client._let_go_at_exit()
+    waiting = list(clients)
+    while waiting:
+        still_open = {client.client_id for client in waiting}
+        ready = next((c for c in waiting if not (_holders(c) & still_open - {c.client_id})), waiting[0])
+        waiting.remove(ready)
+        if not _tear_down_at_exit(ready):
+            break
+    for client in clients + [c for c in list(_open_clients) if c not in clients]:  # (forked children's too)
         _close_at_exit(client)
+    _owing.clear()
 
 
 RELEASE_AT_EXIT = 1.0  # seconds a client left open at exit waits for each writer's answer as it lets go of a value
@@ -261,19 +270,51 @@ CLOSED_AT_EXIT = (
 )
 
 
-def _holders(client: Client) -> set[str]:
+def _holders(client: _Connection) -> set[str]:
     try:
         return client._once.holders(client)
     except Exception:  # (a replica stopped): nothing to wait for
         return set()
 
 
-def _close_at_exit(client: Client) -> None:
+def _tear_down_at_exit(client: _Connection) -> bool:
+    """Run ``client``'s teardowns at exit, then let go of every value it still holds (as its goodbye
+    would); each error logged. False when a Ctrl-C ended them (the rest are not run)."""
+    try:
+        errors = client._tear_down_at_exit()
+    except KeyboardInterrupt:
+        log.warning("tearing down the once values of %r at exit: interrupted (Ctrl-C)", client)
+        return False
+    except Exception:  # (a replica stopped, a writer gone): the other clients still tear down
+        log.exception("tearing down the once values of %r at exit", client)
+        errors = []
+    for key, error in errors:
+        log.error("once %r: its teardown raised at exit", key, exc_info=(type(error), error, error.__traceback__))
+    client._let_go_at_exit()
+    return True
+
+
+def _close_at_exit(client: _Connection) -> None:
     client._closed_at_exit = True  # (its later use says so)
     try:
-        client.close()
-    except Exception:  # a teardown that raised: the other clients still close
+        left = client._once.not_torn_down() if os.getpid() == client._pid else []
+        if left:
+            log.warning("closing %r at exit with once teardowns not run: %s", client, sorted(k for _, k in left))
+        client._close_now()
+    except Exception:  # the other clients still close
         log.exception("closing %r at exit", client)
+
+
+# the clients owing once teardowns, kept until closed: dropped unclosed, a client's teardowns never ran (and
+# nothing said so: a user trial, ``tiger.aio``); kept, they run at exit with every other client's
+_owing: set[_Connection] = set()
+_made = itertools.count()  # each client's place in the order they were made (closed at exit newest first)
+
+
+def _keep_while_owing(client: _Connection) -> None:
+    """Keep ``client`` until it is closed if it owes once teardowns (``_owing``)."""
+    if client._once._teardowns and not client._closed:
+        _owing.add(client)
 
 
 class _Caller:
@@ -332,6 +373,21 @@ class _Connection(Handle):
         self._replica: Replica | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed_at_exit = False  # closed by tiger as the interpreter exits (``_close_open_clients``)
+        self._made = next(_made)
+
+    # -- at exit (``_close_open_clients``): each kind of client its own way, no event loop running
+
+    def _tear_down_at_exit(self) -> list[tuple[str, BaseException]]:
+        """Run the teardowns this client owes (as ``close()`` runs them); the (key, error) of each that raised."""
+        raise NotImplementedError
+
+    def _let_go_at_exit(self) -> None:
+        """Let go of the values of other builders none of its teardowns may use (``Once.let_go_of_newer``)."""
+        raise NotImplementedError
+
+    def _close_now(self) -> None:
+        """Close without running teardowns."""
+        raise NotImplementedError
 
     def _new_socket(self, ctx: zmq.Context[Any] | None = None) -> zmq.Socket[Any]:
         """A command socket (DEALER) connected to the writer, from ``ctx`` (default: the client's)."""
@@ -816,9 +872,22 @@ class Client(_Connection):
                 if errors:
                     raise errors[0][1]
 
+    def _tear_down_at_exit(self) -> list[tuple[str, BaseException]]:
+        return self._tear_down_once_values(self.timeout, leaving=True)
+
+    def _let_go_at_exit(self) -> None:
+        try:
+            self._once.let_go_of_newer(self, RELEASE_AT_EXIT)
+        except Exception:  # (a replica stopped, a writer gone): its goodbye lets go as before
+            log.debug("letting go of once values at exit", exc_info=True)
+
+    def _close_now(self) -> None:
+        self._close()
+
     def _close(self) -> None:
         self._closed = True
         _open_clients.discard(self)
+        _owing.discard(self)
         if self._finalizer is not None:
             self._finalizer.detach()
         if os.getpid() != self._pid:
@@ -943,7 +1012,10 @@ class Client(_Connection):
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         wait = check_timeout(timeout)
-        return self._once.value(self, key, scope, factory, wait, in_scope=namespace is not None)
+        try:
+            return self._once.value(self, key, scope, factory, wait, in_scope=namespace is not None)
+        finally:
+            _keep_while_owing(self)
 
     def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """Run the teardowns of the generator factories this client built, each once, newest first, and

@@ -427,9 +427,13 @@ class Once:
         order). Waits at most ``wait`` seconds for each writer's answer (``_let_go``), for no holder. A process
         exiting with several clients open makes each do this first, then closes them in turn: no close waits
         for a client that is still to close (``tiger._client._close_open_clients``)."""
-        newest = max(self._built_at.values(), default=-1)
         with contextlib.suppress(TigerError):
-            _drive(client, self._let_go(client, newest, monotonic() + wait))
+            _drive(client, self._let_go(client, max(self._built_at.values(), default=-1), monotonic() + wait))
+
+    async def let_go_of_newer_async(self, client: AsyncOnceClient, wait: float) -> None:
+        """``let_go_of_newer`` for ``tiger.aio``, awaited."""
+        with contextlib.suppress(TigerError):
+            await _drive_async(client, self._let_go(client, max(self._built_at.values(), default=-1), monotonic() + wait))
 
     def holders(self, client: OnceClient) -> set[str]:
         """The other clients holding a value this client built with a teardown (the replica's view)."""

@@ -51,11 +51,15 @@ from tiger._batch import AsyncBatch
 from tiger._calls import GIVE_UP, PROBE, RESEND, Attempts, check_seconds, resend_interval, stretched
 from tiger._client import (
     HELLO_PROBE_AFTER,
+    RELEASE_AT_EXIT,
     Client,
     Refusals,
     _abandoned,
     _connect_arguments,
     _Connection,
+    _keep_while_owing,
+    _open_clients,
+    _owing,
     _shut_down,
     _stored,
     _TableReads,
@@ -201,8 +205,11 @@ class AsyncClient(_Connection):
                     raise await off_loop(replica.no_snapshot, self.timeout) from None
         if replica.failure is not None:
             raise replica.failure
-        # dropped without close(): the replica thread and the sockets go with the client, at exit too
+        # dropped without close(): the replica thread and the sockets go with the client; left open at exit, it
+        # closes with the others, its teardowns awaited in a loop of their own (``_close_open_clients``)
         self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid)
+        self._finalizer.atexit = False
+        _open_clients.add(self)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -241,11 +248,26 @@ class AsyncClient(_Connection):
         if errors:
             raise errors[0][1]
 
+    def _tear_down_at_exit(self) -> list[tuple[str, BaseException]]:
+        if self._shared is not None:
+            return []  # (its blocking client's)
+        return asyncio.run(self._tear_down_once_values(self.timeout, leaving=True))
+
+    def _let_go_at_exit(self) -> None:
+        if self._shared is not None:
+            return
+        try:
+            asyncio.run(self._once.let_go_of_newer_async(self, RELEASE_AT_EXIT))
+        except Exception:  # (a replica stopped, a writer gone): its goodbye lets go as before
+            log.debug("letting go of once values at exit", exc_info=True)
+
     def _close_now(self) -> None:
         """Close without awaiting anything (no teardowns): the sockets, the replica, the context; for a
         client made by ``sharing``, its own socket and context, and what was opened through it on the
         shared replica (its feeds and waits end: ``Replica.end_owner``)."""
         self._closed = True
+        _open_clients.discard(self)
+        _owing.discard(self)
         if self._finalizer is not None:
             self._finalizer.detach()
         if os.getpid() != self._pid:
@@ -337,7 +359,10 @@ class AsyncClient(_Connection):
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         wait = check_timeout(timeout)
-        return await self._once.value_async(self, key, scope, factory, wait, in_scope=namespace is not None)
+        try:
+            return await self._once.value_async(self, key, scope, factory, wait, in_scope=namespace is not None)
+        finally:
+            _keep_while_owing(self._shared or self)  # (a sharing client's keys are its blocking client's)
 
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""

@@ -49,7 +49,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import logging
 import os
 import secrets
 import shutil
@@ -910,16 +909,15 @@ def _close_shared(client: Client) -> None:
 
 
 def _close_left_open() -> None:
-    """At exit, a shared client still open (a run that ended without ``pytest_unconfigure``) is closed, as
-    tiger's own exit handler closes every client (run after this one: its ``close()`` would be refused)."""
-    from tiger._client import _open_clients
+    """At exit, a shared client still open (a run that ended without ``pytest_unconfigure``) is made a plain
+    ``tiger.Client`` again (its class refuses ``close``), so that tiger's own exit handler (run after this
+    one) closes it with every other client left open: their teardowns first, every client still open
+    (closed here first, a teardown of another client's value writing through it failed)."""
+    from tiger._client import Client, _open_clients
 
     for client in list(_open_clients):
         if isinstance(client, _shared_classes["client"]):
-            try:
-                _close_shared(client)
-            except Exception:  # a teardown that raised: as tiger's handler logs it
-                logging.getLogger("tiger.client").exception("closing %r at exit", client)
+            client.__class__ = Client
 
 
 def _shared_async_client_class() -> type[AsyncClient]:
