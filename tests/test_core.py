@@ -1627,7 +1627,7 @@ def test_hostile_leases_are_refused_and_a_lease_record_written_raw_breaks_no_goo
 
 
 def big_insert(req_id: int, count: int = 3000) -> p.Insert:
-    """An insert_many whose call is over PEEK_CALL_BYTES."""
+    """An insert_many whose call is over BIG_CALL."""
     return p.Insert(req_id, "t", "global", None, [{"n": i, "pad": "x" * 20} for i in range(count)], False)
 
 

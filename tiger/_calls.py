@@ -49,6 +49,7 @@ from typing import Any
 
 from tiger._clock import monotonic, wall
 from tiger._errors import shown
+from tiger._protocol import BIG_CALL
 
 # seconds past a deadline that say this process was not running as it passed (SIGSTOP, a debugger, a suspended
 # laptop): what arrived meanwhile is queued, unread, so a wait past it looks once more, up to this long
@@ -269,7 +270,6 @@ def clock_offset(sent: float, received: float, info: dict[str, Any]) -> float | 
     return float(info["time"]) - (sent + received) / 2
 
 
-BIG_CALL = 64 * 1024  # bytes: a call this big is resent sparingly, and given a wider margin before its deadline
 COMMIT_RATE = 20e6  # bytes a second the writer is counted on to commit and answer a call after judging it
 
 

@@ -15,6 +15,7 @@ from tiger._errors import HandshakeFailed, TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._lookup import LOOKUP_WAIT
 from tiger._protocol import ClearTable, Compact, Drop, Stats, say
+from tiger._seed import SEED_RATE
 from tiger._server import (
     NOT_STARTED,
     check_bind_url,
@@ -115,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="seconds to wait for the writer and each answer; a seed loaded in one write is given a second more "
-        "per 10,000 records (default %(default)s)",
+        f"per {SEED_RATE:,} records (default %(default)s)",
     )
 
     compact = commands.add_parser("compact", help="make a writer started with --data write a snapshot and start a fresh log")

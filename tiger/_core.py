@@ -56,7 +56,6 @@ log = logging.getLogger("tiger.writer")
 
 MAX_ENVELOPE = 100  # frames before the payload (ROUTER identity, REQ delimiter, a peer's extras)
 MAX_ENVELOPE_BYTES = 1024 * 1024  # their total size: the answer echoes them, so they are capped
-PEEK_CALL_BYTES = 64 * 1024  # a call this big is looked up (a resend? expired?) before it is decoded whole
 SPLICE_MIN = 4096  # bytes of a call from which its records are reused, not packed again (cutting them costs ~2 us)
 ANSWERS_KEPT = 32  # answers kept per client, whatever their size, to answer a resent call without applying it twice
 ANSWERS_KEPT_MAX = 1024  # and more of them, up to this many, while they hold at most ANSWERS_KEPT_BYTES
@@ -415,7 +414,7 @@ class WriterCore:
         topic = p.EVERYONE  # of the changes this request makes: a call's are its caller's
         try:
             # a big call is looked up (resent? past its deadline?) before it is decoded whole
-            head = p.peek_call(data) if len(data) >= PEEK_CALL_BYTES else None
+            head = p.peek_call(data) if len(data) >= p.BIG_CALL else None
             if head is not None:
                 req_id = head[2]
                 if self._answered_before(head[0], head[2], envelope):
