@@ -79,3 +79,55 @@ def test_clients_could_not_be_closed_once_the_process_had_no_descriptor_left(tig
     done = run(CLOSE_WITH_NONE_LEFT, tiger_url, 80)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "closed, and connected again" in done.stdout
+
+
+RESEND_WITH_NONE_LEFT = """
+import asyncio, os, signal, sys, threading
+import tiger, tiger.aio
+
+writer = tiger.serve()  # (its own: this process pauses it)
+
+
+async def insert_async():
+    async with await tiger.aio.connect(writer.url) as client:
+        fill_and_pause()
+        return await client.table("plans").insert({"n": 1})
+
+
+def fill_and_pause():
+    try:
+        while True:
+            files.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    os.kill(writer.pid, signal.SIGSTOP)  # the insert is resent (about every second) until the writer goes on
+    threading.Timer(2.5, os.kill, (writer.pid, signal.SIGCONT)).start()
+
+
+files = []
+try:
+    if sys.argv[3] == "asyncio":
+        record = asyncio.run(insert_async())
+    else:
+        with tiger.connect(writer.url) as client:
+            fill_and_pause()
+            record = client.table("plans").insert({"n": 1})
+    print("inserted", record["n"], flush=True)
+finally:
+    for fd in files:
+        os.close(fd)
+    writer.stop()
+"""
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_a_call_resent_with_no_descriptor_left_raised_too_many_open_files(tiger_url, kind):
+    # A user trial: a write resent to a paused writer with the process out of descriptors raised ZeroMQ's
+    # "Too many open files" from the fresh socket of its resend (its bytes perhaps applied later, though it
+    # raised): the resend keeps the socket it has, and the write is answered once the writer goes on
+    done = subprocess.run(
+        [sys.executable, "-c", RESEND_WITH_NONE_LEFT, tiger_url, "200", kind], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["inserted 1"], done.stdout + done.stderr[-2000:]
+    assert "keeps its command socket for a resend" in done.stderr and "`ulimit -n` is" not in done.stdout

@@ -65,7 +65,7 @@ from tiger._handles import public_name as _public_name
 from tiger._lookup import Endpoint, connect_socket, endpoint_or_why, wait_for_endpoint
 from tiger._once import Once
 from tiger._owned import OwnedLock
-from tiger._process import check_descriptors, unsupported_environment
+from tiger._process import OUT_OF_DESCRIPTORS, check_descriptors, out_of_descriptors, unsupported_environment
 from tiger._replica import Replica, _reachable
 from tiger._server import (
     check_connect_url,
@@ -374,6 +374,7 @@ class _Connection(Handle):
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed_at_exit = False  # closed by tiger as the interpreter exits (``_close_open_clients``)
         self._made = next(_made)
+        self._short_of_descriptors = False  # a resend found no descriptor for a fresh socket (logged once)
 
     # -- at exit (``_close_open_clients``): each kind of client its own way, no event loop running
 
@@ -390,14 +391,22 @@ class _Connection(Handle):
         raise NotImplementedError
 
     def _new_socket(self, ctx: zmq.Context[Any] | None = None) -> zmq.Socket[Any]:
-        """A command socket (DEALER) connected to the writer, from ``ctx`` (default: the client's)."""
-        sock: zmq.Socket[Any] = (ctx or self._ctx).socket(zmq.DEALER)
+        """A command socket (DEALER) connected to the writer, from ``ctx`` (default: the client's). Raises
+        ``TigerError`` when the process is out of file descriptors (``out_of_descriptors``)."""
+        try:
+            sock: zmq.Socket[Any] = (ctx or self._ctx).socket(zmq.DEALER)
+        except zmq.ZMQError as e:
+            if e.errno in OUT_OF_DESCRIPTORS:
+                raise out_of_descriptors("a tiger client's command socket", e.errno) from None
+            raise
         try:  # (closed on any error: a socket left open holds its context's term() for ever)
             sock.setsockopt(zmq.LINGER, 0)
             self._secure(sock)
             try:
                 connect_socket(sock, self._endpoint.now())
             except zmq.ZMQError as e:
+                if e.errno in OUT_OF_DESCRIPTORS:  # (not the url's fault: it said "cannot connect")
+                    raise out_of_descriptors("a tiger client's command socket", e.errno) from None
                 raise ValueError(f"url: cannot connect to {shown(self.url)}: {e}") from None
         except BaseException:
             sock.close(linger=0)
@@ -742,6 +751,19 @@ class _Connection(Handle):
 
     def _fresh_socket(self) -> None:
         raise NotImplementedError
+
+    def _new_socket_or_none(self) -> zmq.Socket[Any] | None:
+        """A fresh command socket for a call's resend, or None when the process is out of file descriptors:
+        the call goes on with the socket it has (which reconnects by itself), to its answer or its
+        deadline, as any call (it raised ZeroMQ's "Too many open files" mid-call, its write perhaps applied
+        later, and the client then refused as busy). Logged once per client."""
+        try:
+            return self._new_socket()
+        except TigerError as e:
+            if not self._short_of_descriptors:
+                self._short_of_descriptors = True
+                log.warning("%r keeps its command socket for a resend: %s", self, e)
+            return None
 
     def _command_socket(self) -> zmq.Socket[Any]:
         raise NotImplementedError
@@ -1168,9 +1190,10 @@ class Client(_Connection):
         interrupt at any point (Ctrl-C's KeyboardInterrupt during a resend) leaves a usable socket in place
         (closing first left a closed one behind: every later call failed with 'Socket operation on
         non-socket')."""
-        fresh = self._new_socket()
-        old, self._socket = self._socket, fresh
-        old.close(linger=0)
+        fresh = self._new_socket_or_none()
+        if fresh is not None:
+            old, self._socket = self._socket, fresh
+            old.close(linger=0)
 
     def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes), by ``deadline``

@@ -1032,7 +1032,7 @@ def _never_finalized(teardown: FactoryGenerator) -> None:
         import ctypes
 
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(teardown))
-    except (ImportError, AttributeError):  # (not CPython)
+    except (ImportError, AttributeError, OSError):  # (not CPython; or out of descriptors, ctypes not loaded yet)
         pass
 
 

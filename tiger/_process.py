@@ -115,18 +115,27 @@ def check_descriptors(what: str, need: int = DESCRIPTORS_PER_CLIENT) -> None:
         while len(held) < need:
             held.append(os.dup(held[0]))
     except OSError as e:
-        if e.errno not in (errno.EMFILE, errno.ENFILE):
+        if e.errno not in OUT_OF_DESCRIPTORS:
             return
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        left = "none" if not held else f"only {len(held)}"
-        which = "the system's file table is full" if e.errno == errno.ENFILE else f"`ulimit -n` is {soft}"
-        raise TigerError(
-            f"{what} needs about {need} file descriptors, and this process has {left} left ({which}): close "
-            "clients or files it no longer needs, or raise the limit (each client holds about 12 while it is open)"
-        ) from None
+        raise out_of_descriptors(what, e.errno, f"about {need}", len(held)) from None
     finally:
         for fd in held:
             os.close(fd)
+
+
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})  # a process's limit (``ulimit -n``), the system's
+
+
+def out_of_descriptors(what: str, error_no: int, need: str = "one more", left: int = 0) -> TigerError:
+    """The error of ``what`` (a client, a socket of one) that could not get the ``need`` file descriptors it
+    needs (``error_no``: ``EMFILE`` or ``ENFILE``), ``left`` being how many the process still had."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    which = "the system's file table is full" if error_no == errno.ENFILE else f"`ulimit -n` is {soft}"
+    return TigerError(
+        f"{what} needs {need} file descriptors, and this process has {'none' if not left else f'only {left}'} "
+        f"left ({which}): close clients or files it no longer needs, or raise the limit (each client holds "
+        "about 12 while it is open)"
+    )
 
 
 def unsupported_environment() -> str | None:

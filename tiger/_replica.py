@@ -50,6 +50,7 @@ from tiger._feed import (
     woken,
 )
 from tiger._lookup import Endpoint, connect_socket
+from tiger._process import OUT_OF_DESCRIPTORS
 from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
@@ -724,10 +725,17 @@ class Replica:
         if self._stopping or (pause > 0 and self._stop_rx.poll(max(1, int(pause * 1000)))):
             raise _Stopped
         self._rejoined_at = monotonic()
-        poller.unregister(sub)
-        sub.close(linger=0)
-        sub = self._subscriber()
-        poller.register(sub, zmq.POLLIN)
+        try:  # (made before the old one is closed: out of file descriptors, the old one is kept and reconnects
+            fresh = self._subscriber()  # by itself; the thread died of ZeroMQ's "Too many open files")
+        except zmq.ZMQError as e:
+            if e.errno not in OUT_OF_DESCRIPTORS:
+                raise
+            log.warning("replica keeps its SUB socket: this process is out of file descriptors (%s)", e)
+        else:
+            poller.unregister(sub)
+            sub.close(linger=0)
+            sub = fresh
+            poller.register(sub, zmq.POLLIN)
         self._await_writer(sub, dealer)
         return sub
 

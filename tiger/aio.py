@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures.thread  # noqa: F401  (off_loop's threads: imported at first use, it failed out of descriptors)
 import contextlib
 import logging
 import math
@@ -664,7 +665,10 @@ class AsyncClient(_Connection):
         """A new command socket in place of the old (made and swapped in before the old one is closed). The
         cancelled writes whose answers are still awaited are sent again on it: their answers went with the
         old socket (the writer answers a repeat from the answers it keeps, or refuses it past its expiry)."""
-        fresh = _AwaitedSocket(self._new_socket())
+        made = self._new_socket_or_none()
+        if made is None:  # out of file descriptors: the calls go on with the socket they have
+            return
+        fresh = _AwaitedSocket(made)
         old, self._command[0] = self._command[0], fresh
         old.close(linger=0)
         for payload, _ in self._unanswered.values():
