@@ -2076,3 +2076,40 @@ def test_an_async_clients_once_teardowns_never_ran_when_it_was_left_open(tiger_u
     reader = connect()
     reader.sync()
     assert once_record(reader, "global", key + "-session") is None and once_record(reader, "global", key + "-pool") is None
+
+
+CANCELLED_BUILD_WITH_THE_WRITER_GONE = """
+import asyncio
+import tiger, tiger.aio
+
+writer = tiger.serve()  # (its own: stopped as the build runs)
+
+
+async def never_done():
+    await asyncio.sleep(30)
+
+
+async def main():
+    client = await tiger.aio.connect(writer.url)
+    building = asyncio.create_task(client.once("k", never_done))
+    while tiger._once.once_record(client, "global", "k") is None:  # claimed: the build runs
+        await asyncio.sleep(0.01)
+    writer.stop()
+    # main returns: asyncio.run cancels the build, whose release of the key goes out in a task of its own
+
+
+asyncio.run(main())
+print("asyncio.run returned", flush=True)
+"""
+
+
+def test_a_cancelled_build_with_the_writer_gone_printed_task_was_destroyed_but_it_is_pending():
+    # A user trial: asyncio.run ending while a once build ran, its writer just stopped: the build's release of
+    # the key, sent in a task made as asyncio.run cancelled the others (never awaited), was still resending
+    # when the loop closed: "Task was destroyed but it is pending!" (5 of 5). Its coroutine, closed, hands the
+    # release to the replica, as a write's late answer's task does.
+    script = CANCELLED_BUILD_WITH_THE_WRITER_GONE
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["asyncio.run returned"]
+    assert "Task was destroyed" not in done.stderr, done.stderr

@@ -131,3 +131,38 @@ def test_a_call_resent_with_no_descriptor_left_raised_too_many_open_files(tiger_
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["inserted 1"], done.stdout + done.stderr[-2000:]
     assert "keeps its command socket for a resend" in done.stderr and "`ulimit -n` is" not in done.stdout
+
+
+CONNECT_UNTIL_OUT_OF_MEMORY = """
+import resource, sys
+import tiger
+
+status = open("/proc/self/status").read()
+size = int(status.split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[2]) * 2**20, resource.RLIM_INFINITY))  # ulimit -v
+clients = []
+try:
+    while True:
+        clients.append(tiger.connect(sys.argv[1]))
+except Exception as e:
+    print(f"refused after {len(clients)} clients: {type(e).__name__}: {e}", flush=True)
+for client in clients:
+    client.close()
+resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+with tiger.connect(sys.argv[1]) as again:
+    again.table("plans").insert({"n": 1})
+print("closed them all, and connected again")
+"""
+
+
+@pytest.mark.parametrize("spare", [40, 60, 100])  # MiB of address space left once tiger is imported
+def test_out_of_memory_for_threads_connect_aborted_the_process_in_libzmq(tiger_url, spare):
+    # A user trial (ulimit -v; a container's pids limit ends the same way): libzmq could not start its I/O
+    # thread and aborted the process ("Resource temporarily unavailable (src/thread.cpp:241)", SIGABRT), or the
+    # replica thread's start raised a bare "RuntimeError: can't start new thread". Connect checks first.
+    done = subprocess.run(
+        [sys.executable, "-c", CONNECT_UNTIL_OUT_OF_MEMORY, tiger_url, str(spare)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TigerError: a tiger client needs 3 more threads, and this process cannot start another" in done.stdout, done.stdout
+    assert "`ulimit -v` is" in done.stdout and "closed them all, and connected again" in done.stdout

@@ -901,6 +901,61 @@ def test_ctrl_c_while_a_session_fixtures_teardown_failed_hung_the_run_for_its_te
     assert [line.split()[0] for line in lines(tmp_path / "log")] == ["teardown"]
 
 
+SIGINT_AS_A_WORKERS_SESSION_ENDS = """
+import os, signal
+import pytest
+
+D = os.environ["PLUGIN_RUNS_DIR"]
+BUILT = []
+
+def value():
+    yield {"pid": os.getpid()}
+    with open(os.path.join(D, "log"), "a") as f:
+        f.write(f"teardown {os.getpid()}\\n")
+
+@pytest.fixture
+def shared(tiger_once):
+    built = tiger_once("shared", value)
+    if built["pid"] == os.getpid():
+        BUILT.append(1)
+    return built
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    if BUILT:  # the builder: the second SIGINT lands as its session ends (in a slow session fixture's teardown)
+        os.kill(os.getpid(), signal.SIGINT)
+
+"""  # a conftest: its hook is a plugin's
+
+
+SHARED_BY_6_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("i", range(6))
+def test_j(shared, i):
+    pass
+"""
+
+
+def test_a_second_sigint_as_a_builders_session_ended_hung_the_run_or_said_its_teardown_did_not_run(pytester, tmp_path):
+    # A user trial, Ctrl-C: execnet sends each worker a SIGINT of its own 5 s after xdist stops them; landing in a
+    # slow session fixture's teardown (pytest_sessionfinish), its KeyboardInterrupt made pytest skip
+    # pytest_unconfigure, where the worker's once teardowns run and their outcomes are left for the controller.
+    # The worker sat waiting for xdist, its teardowns not run, and the controller waited tiger_teardown_timeout
+    # for it (here 30 s; 300 by default); or, the worker stopped, its teardowns ran at exit and the summary said
+    # "teardown of once 'shared' ... did not run: its builder ... ended before it".
+    pytester.makeini("[pytest]\ntiger_teardown_timeout = 30\n")
+    pytester.makeconftest(SIGINT_AS_A_WORKERS_SESSION_ENDS)
+    pytester.makepyfile(test_sigint=SHARED_BY_6_TESTS)
+    began = time.monotonic()
+    result = run(pytester, "-n", "2")
+    took = time.monotonic() - began
+    output = result.stdout.str()
+    assert [line.split()[0] for line in lines(tmp_path / "log")] == ["teardown"], output
+    assert took < 20, output  # (not the teardown timeout)
+    assert not [line for line in result.stdout.lines if line.startswith("tiger: teardown")], output
+
+
 # -- 9. build outcomes are the run's, once ---------------------------------------------------------
 
 OUTCOME = """

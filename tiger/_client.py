@@ -65,7 +65,7 @@ from tiger._handles import public_name as _public_name
 from tiger._lookup import Endpoint, connect_socket, endpoint_or_why, wait_for_endpoint
 from tiger._once import Once
 from tiger._owned import OwnedLock
-from tiger._process import OUT_OF_DESCRIPTORS, check_descriptors, out_of_descriptors, unsupported_environment
+from tiger._process import OUT_OF_DESCRIPTORS, ZMQ_THREADS, check_room, out_of_descriptors, unsupported_environment
 from tiger._replica import Replica, _reachable
 from tiger._server import (
     check_connect_url,
@@ -363,7 +363,7 @@ class _Connection(Handle):
         self._closed = False
         self._silent_probes = 0  # connect's handshake probes in a row that heard nothing (``_probe_hello``)
         self._handshake_probed = False  # whether a probe was made (then none at a call's deadline)
-        check_descriptors("a tiger client")
+        check_room("a tiger client", threads=ZMQ_THREADS + 1)  # (+ its replica thread)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._req_ids = itertools.count(1)
         self._once = Once()  # the once keys this client builds, and the teardowns it owes

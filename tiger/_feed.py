@@ -429,7 +429,8 @@ async def off_loop(fn: Callable[..., _T], *args: Any) -> _T:
     the event loop. Not the loop's default executor (``asyncio.to_thread``): the application's own blocking
     jobs (its ``run_in_executor`` calls) may hold every thread of that, and a probe would wait behind them,
     a wrong key said only when they end. A forked child makes its own: its parent's threads are not in it.
-    Once the interpreter is shutting down (an atexit handler), when no thread can be started, here."""
+    Once the interpreter is shutting down (an atexit handler), or when no thread can be started (a limit on
+    threads or memory: it raised the bare ``RuntimeError``), here."""
     global _off_loop
     try:
         with _off_loop_lock:
@@ -439,10 +440,10 @@ async def off_loop(fn: Callable[..., _T], *args: Any) -> _T:
                 _off_loop = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="tiger-probe"))
             threads = _off_loop[1]
         done = running_loop().run_in_executor(threads, fn, *args)
-    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown", or its import's atexit
-        import threading
+    except RuntimeError as e:  # "cannot schedule new futures after interpreter shutdown", or its import's atexit;
+        import threading  # or "can't start new thread" (a limit on threads or memory): run here, the loop held
 
-        if not getattr(threading, "_SHUTTING_DOWN", False):
+        if not getattr(threading, "_SHUTTING_DOWN", False) and "can't start new thread" not in str(e):
             raise
         return fn(*args)
     return await done

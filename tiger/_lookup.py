@@ -62,7 +62,11 @@ class _Lookup:
         self.ended = 0.0  # time.monotonic() when it ended
         self.addresses: list[str] = []
         self.error: BaseException | None = None
-        threading.Thread(target=self._run, name="tiger-lookup", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, name="tiger-lookup", daemon=True).start()
+        except RuntimeError as e:  # "can't start new thread" (a limit on threads or memory): this lookup's failure
+            self.error, self.ended = e, monotonic()
+            self.done.set()
 
     def _run(self) -> None:
         try:

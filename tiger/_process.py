@@ -3,6 +3,7 @@ plugin uses this before, or without, ever importing zmq). Linux: pidfd (5.3+) an
 
 from __future__ import annotations
 
+import _thread
 import errno
 import math
 import os
@@ -101,14 +102,22 @@ def stop_process(pid: int, marker: str, timeout: float = 5.0) -> bool:
 
 
 DESCRIPTORS_PER_CLIENT = 16  # a client's: its ZeroMQ context (12 measured: epoll, mailboxes, 2 connections), and more
+ZMQ_THREADS = 2  # a ZeroMQ context's threads (its I/O thread and its reaper), started with its first socket
 
 
-def check_descriptors(what: str, need: int = DESCRIPTORS_PER_CLIENT) -> None:
-    """``TigerError`` when this process cannot open ``need`` more file descriptors, before ``what`` (a client)
-    makes its ZeroMQ context: out of them, libzmq aborted the whole process from its I/O thread ("Too many
-    open files (src/epoll.cpp:38)", SIGABRT: a pytest run died with no summary), or a replica thread died
-    unseen. Opens and closes that many (a few microseconds); best effort (another thread may take some
-    meanwhile). Nothing is checked where ``/dev/null`` cannot be opened for another reason."""
+def check_room(what: str, descriptors: int = DESCRIPTORS_PER_CLIENT, threads: int = ZMQ_THREADS) -> None:
+    """``TigerError`` when this process cannot open ``descriptors`` more file descriptors or start ``threads``
+    more threads, before ``what`` (a client) makes its ZeroMQ context. Out of either, libzmq aborted the whole
+    process from its I/O thread or as it started one ("Too many open files (src/epoll.cpp:38)", "Resource
+    temporarily unavailable (src/thread.cpp:241)": SIGABRT, a pytest run died with no summary), or a replica
+    thread died unseen. Opens and closes that many descriptors (a few microseconds), starts and ends one
+    threads more than ``threads`` (tens of microseconds each); best effort (another thread may take some
+    meanwhile). Descriptors are not checked where ``/dev/null`` cannot be opened for another reason."""
+    _check_descriptors(what, descriptors)
+    _check_threads(what, threads)
+
+
+def _check_descriptors(what: str, need: int) -> None:
     held: list[int] = []
     try:
         held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
@@ -121,6 +130,41 @@ def check_descriptors(what: str, need: int = DESCRIPTORS_PER_CLIENT) -> None:
     finally:
         for fd in held:
             os.close(fd)
+
+
+def _check_threads(what: str, need: int) -> None:
+    """``check_room``'s threads: ``need`` + 2 started together, each ending once all have started (two to
+    spare: a thread just ended may hold its stack a moment longer, and under ``ulimit -v`` memory the new
+    threads take beyond their stacks failed in glibc, which aborted: "cannot allocate memory for
+    thread-local data", at 60 MiB to spare with one)."""
+    go = _thread.allocate_lock()
+    go.acquire()
+    ended: list[_thread.LockType] = []
+    try:
+        for _ in range(need + 2):
+            done = _thread.allocate_lock()
+            done.acquire()
+            _thread.start_new_thread(_started, (go, done))
+            ended.append(done)
+    except RuntimeError:  # "can't start new thread"
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        memory = "unlimited" if limit == resource.RLIM_INFINITY else f"{limit / 2**20:.0f} MiB"
+        raise TigerError(
+            f"{what} needs {need} more threads, and this process cannot start another: a limit on threads "
+            f"(`ulimit -u`, a container's pids limit) or on memory (`ulimit -v` is {memory}; each thread reserves "
+            "its stack, `ulimit -s`) is reached: close clients it no longer needs, or raise the limit (each client "
+            "runs 3 threads while it is open)"
+        ) from None
+    finally:
+        go.release()
+        for done in ended:
+            done.acquire()
+
+
+def _started(go: _thread.LockType, done: _thread.LockType) -> None:
+    go.acquire()
+    go.release()
+    done.release()
 
 
 OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})  # a process's limit (``ulimit -n``), the system's

@@ -45,7 +45,7 @@ from tiger._paths import (
     remove_tree,
     short_temp_dir,
 )
-from tiger._process import ProcessWatch, check_descriptors, unsupported_environment
+from tiger._process import ZMQ_THREADS, ProcessWatch, check_room, unsupported_environment
 from tiger._unpatched import connected, interface_names, socketpair, start_process
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -635,7 +635,7 @@ def handshake_failure(url: str, server_key: str | bytes | None, timeout: float =
     if address is None:  # (a host name not resolved in time: nothing can be told)
         return None
     try:
-        check_descriptors("a tiger probe", 8)
+        check_room("a tiger probe", 8)
     except TigerError:  # (out of descriptors: libzmq would abort the process; a probe only tells more)
         return None
     ctx: zmq.Context[Any] = zmq.Context()
@@ -704,7 +704,7 @@ def answers_as_tiger(url: str, timeout: float) -> bool:
     address = endpoint_or_why(url, timeout)[0]
     if address is None:
         return False
-    check_descriptors("a tiger probe", 8)
+    check_room("a tiger probe", 8)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
@@ -785,7 +785,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     server_key = unshown(server_key)  # (first: see ``unshown``)
     deadline = check_reachable(url, timeout)
     address = wait_for_endpoint(url, timeout, deadline)
-    check_descriptors("a tiger request", 10)
+    check_room("a tiger request", 10)
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         sock, monitor = _monitored_dealer(ctx, address, server_key, ANSWER_EVENTS)  # a failed handshake: said at once
@@ -969,7 +969,7 @@ class NamespaceLease(Handle):
         self.namespace = namespace
         self.client_id = p.new_client_id()
         self._owner = os.getpid()
-        check_descriptors("a tiger namespace lease", 10)
+        check_room("a tiger namespace lease", 10, threads=ZMQ_THREADS + 1)  # (+ its own thread)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._sock: zmq.Socket[Any] | None = None
         self._wake_r, self._wake_w = socketpair()

@@ -42,8 +42,8 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import zmq
 
@@ -72,13 +72,14 @@ from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, Change, Owner, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
 from tiger._owned import OwnedAsyncLock
-from tiger._process import check_descriptors
+from tiger._process import check_room
 from tiger._replica import Replica
 from tiger._server import check_connect_url, recently_refused, unshown
 from tiger._table import GLOBAL, Record, check_leasable, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
 log = logging.getLogger("tiger.client")
+_T = TypeVar("_T")
 
 
 async def connect(
@@ -117,6 +118,16 @@ async def _looked_up(url: str, timeout: float, deadline: float) -> None:
         if left <= 0:
             raise unresolved(url, timeout, why)
         await asyncio.sleep(min(0.01, left))
+
+
+def _best_effort_task(call: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+    """A task of tiger's own that nothing awaits to the end (a write's late answer, a once release on the way
+    out of a cancelled call): a loop ending with it pending (asyncio.run cancels the tasks it had, and one
+    made as they are cancelled is never awaited) closes its coroutine, which hands the call to the replica,
+    without "Task was destroyed but it is pending!" at exit (a user trial, each of the two)."""
+    task = running_loop().create_task(call)
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+    return task
 
 
 class AsyncClient(_Connection):
@@ -170,7 +181,7 @@ class AsyncClient(_Connection):
         shared._shared = client
         shared._owner = Owner()  # its own feeds and waits on the shared replica, ended by its close (not ``client``'s)
         # a context of its own: closing ``client`` terminates its context, which waits for every socket in it
-        check_descriptors("a sharing tiger.aio client", 8)  # (a context and one socket of its own)
+        check_room("a sharing tiger.aio client", 8)  # (a context and one socket of its own)
         shared._ctx = zmq.Context()
         shared._locks = weakref.WeakKeyDictionary()
         shared._late = {}
@@ -573,11 +584,7 @@ class AsyncClient(_Connection):
                 # not the replica's ask-again after the deadline, which would hold this client's later writes
                 # behind the gap for up to ``timeout`` seconds)
                 self._unanswered[req_id] = (payload, deadline)
-                task = running_loop().create_task(self._answer_later(req_id))
-                # best effort: a loop ending with it pending (asyncio.run cancels a call, this task is made
-                # then, never awaited) closes it, its finally handing the call to the replica; no "Task was
-                # destroyed but it is pending" at exit (a user trial)
-                task._log_destroy_pending = False  # type: ignore[attr-defined]
+                task = _best_effort_task(self._answer_later(req_id))  # (its finally hands the call to the replica)
                 self._late[task] = req_id
                 task.add_done_callback(self._forget_task)
             elif own:
@@ -700,7 +707,7 @@ class AsyncClient(_Connection):
         """``_write(request)`` in a task of this client's, returned; the caller may stop waiting for it (a
         once release on the way out of a cancelled call): what it raises is then logged. A ``close()``
         waits for it (as for any call in flight) before saying goodbye."""
-        task = running_loop().create_task(self._write(request))
+        task = _best_effort_task(self._write(request))  # (the replica asks it again: ``_write``'s GeneratorExit)
         self._late[task] = None
 
         def done(task: asyncio.Task[p.Ok]) -> None:

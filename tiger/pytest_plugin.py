@@ -1231,6 +1231,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             run.wait_for_builders()
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True, specname="pytest_sessionfinish")
+def pytest_sessionfinish_raised(session: pytest.Session) -> Generator[None, Any, None]:
+    """A worker whose session finish raised: pytest then skips ``pytest_unconfigure``, where its once
+    teardowns run and their outcomes are left for the controller (``worker_end``), so they run here,
+    after xdist sent the worker's end (its hook wrapper, inside this one). A second Ctrl-C (execnet sends
+    one 5 s after xdist stops its workers) landing in a slow session fixture's teardown: the worker sat
+    waiting for xdist, its teardowns not run, and the controller waited ``tiger_teardown_timeout`` (300 s)
+    for it; or, the worker stopped, its teardowns ran at exit and the summary said they "did not run"."""
+    outcome = yield
+    run = session.config.stash.get(_run_key, None)
+    if outcome.excinfo is not None and run is not None and not run.is_controller:
+        run.worker_end()
+
+
 @pytest.hookimpl(trylast=True, specname="pytest_sessionfinish")
 def pytest_sessionfinish_after_fixtures(session: pytest.Session) -> None:
     """After pytest tore down the session's fixtures (an interrupted or stopped run tears them down at
