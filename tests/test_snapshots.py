@@ -547,6 +547,43 @@ def test_joining_a_store_whose_snapshot_took_longer_than_the_timeout_gave_up_hal
     print(f"joined in {time.monotonic() - began:.2f}s with a timeout of {timeout:.2f}s (a lone join: {lone:.2f}s)")
 
 
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_a_write_answered_as_a_big_stores_resync_began_raised_timeout_though_applied(big_store, kind):
+    # The same kind past connect: a write answered while the replica reloaded the snapshot of a big store (a gap,
+    # a writer restarted, a process far behind) waited for the replica to reach its seq within the client's
+    # timeout, and raised Timeout halfway through the snapshot, though the writer had applied it. It waits on
+    # while the snapshot's chunks keep coming, as a join does.
+    server, lone = big_store
+    timeout = max(0.05, lone / 3)  # the first chunk comes well within it; the whole snapshot does not
+
+    def reloading(replica: _replica.Replica) -> None:
+        replica._reload = "a test: the replica reloads the snapshot"  # (as a caller far behind its answer asks)
+        deadline = time.monotonic() + 30
+        while not replica._seq.loading:
+            assert time.monotonic() < deadline, "the replica did not begin to reload"
+            time.sleep(0.001)  # sleep-ok: polling the replica thread's state, with a deadline
+
+    if kind == "blocking":
+        with tiger.connect(server.url, timeout=timeout) as client:
+            reloading(client.replica)
+            began = time.monotonic()
+            record = client.table("plans").insert({"n": -1})
+            assert client.table("plans").get(record["id"]) == record
+            client.table("plans").delete(record["id"])  # (the store is the module's: 300k records)
+    else:
+
+        async def write() -> None:
+            async with await tiger.aio.connect(server.url, timeout=timeout) as client:
+                await asyncio.get_running_loop().run_in_executor(None, reloading, client.replica)
+                record = await client.table("plans").insert({"n": -1})
+                assert client.table("plans").get(record["id"]) == record
+                await client.table("plans").delete(record["id"])
+
+        began = time.monotonic()
+        asyncio.run(write())
+    print(f"written in {time.monotonic() - began:.2f}s with a timeout of {timeout:.2f}s (a lone join: {lone:.2f}s)")
+
+
 def test_a_writer_stopped_in_the_middle_of_a_snapshot_is_given_up_a_timeout_after_its_last_chunk(big_store, monkeypatch):
     # the other side of the join going on past its timeout: a writer that stops sending (SIGSTOP) is not waited
     # for longer than the timeout after the last chunk that came

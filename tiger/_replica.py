@@ -402,10 +402,27 @@ class Replica:
 
     def catch_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
         """Return once the replica has applied the answer's (epoch, seq), or has since loaded the snapshot
-        of a later writer (see ``reaching``); past ``deadline`` (``time.monotonic()`` seconds) raise
-        ``Timeout``."""
-        if not self.take_answer(answer, own):
-            self.wait_until(*self.reaching(answer, deadline))
+        of a later writer (see ``reaching``); past ``deadline`` (``time.monotonic()`` seconds), or past the
+        last chunk of a resync under way then (``joined_by``), raise ``Timeout``."""
+        if self.take_answer(answer, own):
+            return
+        predicate, _, what = self.reaching(answer, deadline)
+        while True:
+            try:
+                return self.wait_until(predicate, deadline, what)
+            except Timeout:
+                later = self.caught_up_by(deadline)
+                if later is None:
+                    raise
+                deadline = later
+
+    def caught_up_by(self, deadline: float) -> float | None:
+        """A wait for an answered seq (``catch_up``) past ``deadline``: the later deadline while a resync begun
+        by then keeps loading the snapshot (``joined_by``: each chunk within the timeout of the one before),
+        else None (``Timeout``). A write answered as a big store's resync began (a gap, a writer restarted)
+        raised ``Timeout`` at the client's timeout, though applied, halfway through the snapshot."""
+        later = self.joined_by(deadline)
+        return later if later > monotonic() else None
 
     def reaching(self, answer: p.Ok, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """What waiting for the answer's (epoch, seq) is: the predicate, the deadline, the message past it.
@@ -415,7 +432,12 @@ class Replica:
         caught up with it, and its seqs will never come; the replica holds what the writer after it has
         (the answered write too, if that writer kept it: ``--data``)."""
         epoch, seq = answer.epoch, answer.seq
-        return lambda: self._seq.reached(epoch, seq), deadline, lambda: f"the local replica did not reach seq {seq}"
+
+        def what() -> str:
+            where = "it is loading a snapshot of the store" if self._seq.loading else f"it holds seq {self._seq.seq}"
+            return f"the local replica did not reach seq {seq} in time ({where}); the writer answered at that seq"
+
+        return lambda: self._seq.reached(epoch, seq), deadline, what
 
     def take_answer(self, answer: p.Ok, own: bool = False) -> bool:
         """Apply what an answer carries; True when the replica then holds its (epoch, seq).

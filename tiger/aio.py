@@ -721,8 +721,17 @@ class AsyncClient(_Connection):
     async def _caught_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
         """``Replica.catch_up``, awaited."""
         replica = self.replica
-        if not replica.take_answer(answer, own):
-            await replica.until(*replica.reaching(answer, deadline), self._owner)
+        if replica.take_answer(answer, own):
+            return
+        predicate, _, what = replica.reaching(answer, deadline)
+        while True:
+            try:
+                return await replica.until(predicate, deadline, what, self._owner)
+            except Timeout:
+                later = replica.caught_up_by(deadline)
+                if later is None:
+                    raise
+                deadline = later
 
     async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
         """``Replica.until`` for a wait of this client (``wait_for``, ``once``): ``TigerError`` once it is closed."""
