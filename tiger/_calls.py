@@ -49,7 +49,6 @@ from typing import Any
 
 from tiger._clock import monotonic, wall
 from tiger._errors import shown
-from tiger._protocol import BIG_CALL
 
 # seconds past a deadline that say this process was not running as it passed (SIGSTOP, a debugger, a suspended
 # laptop): what arrived meanwhile is queued, unread, so a wait past it looks once more, up to this long
@@ -270,6 +269,9 @@ def clock_offset(sent: float, received: float, info: dict[str, Any]) -> float | 
     return float(info["time"]) - (sent + received) / 2
 
 
+# bytes: a call this big is big: its client resends it sparingly and gives it a wider margin before its deadline,
+# its writer looks it up (a resend? expired?) before decoding it whole (``_protocol.peek_call``)
+BIG_CALL = 64 * 1024
 COMMIT_RATE = 20e6  # bytes a second the writer is counted on to commit and answer a call after judging it
 
 

@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, Protocol
 
 from tiger import _protocol as p
 from tiger import _table
+from tiger._calls import BIG_CALL
 from tiger._errors import AlreadyExists, DataDirLost, NotFound, ProtocolError
 
 log = logging.getLogger("tiger.writer")
@@ -414,7 +415,7 @@ class WriterCore:
         topic = p.EVERYONE  # of the changes this request makes: a call's are its caller's
         try:
             # a big call is looked up (resent? past its deadline?) before it is decoded whole
-            head = p.peek_call(data) if len(data) >= p.BIG_CALL else None
+            head = p.peek_call(data) if len(data) >= BIG_CALL else None
             if head is not None:
                 req_id = head[2]
                 if self._answered_before(head[0], head[2], envelope):

@@ -36,9 +36,6 @@ from tiger._table import UNENCODABLE, Batch, Change, Clear, ClearNamespace, Dele
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes; the writer's MAXMSGSIZE as well
 MAX_RECORD = 8 * 1024 * 1024  # bytes of one packed record
-# bytes: a call this big is big: its writer looks it up (a resend? expired?) before decoding it whole
-# (``peek_call``), its client resends it sparingly and gives it a wider margin before its deadline
-BIG_CALL = 64 * 1024
 
 
 def check_record_sizes(records: Any, total: int, what: str = "record") -> None:
