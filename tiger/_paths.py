@@ -141,9 +141,10 @@ def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
     controller may hold no lock (it may never use the directory until its workers have ended), and a
     directory is swept only once its controller has ended too.
 
-    A file system with no room for it (or for ``alive``, or the controller's record) raises ``NoRoom``, and a
-    directory made here is removed again: the next process to try meets the same, rather than a directory
-    with no controller recorded."""
+    A file system with no room for it (or for ``alive``, or the controller's record) raises ``NoRoom``; a
+    directory made here whose controller could not be recorded gets a ``no-room`` file (``NO_ROOM``, as far
+    as there is room for an empty file) for the run's other processes to find: removed, another process
+    that joined it meanwhile started the writer in a directory gone (a test's run)."""
     alive = os.path.join(path, ALIVE)
     for _ in range(10):
         made = make_private_dir(path)
@@ -152,10 +153,6 @@ def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
                 fd = os.open(alive, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:  # swept after the check above: make it again
             continue
-        except NoRoom:
-            if made:
-                remove_tree(path)
-            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # (waits only for a sweep that took it: as long as its rmtree)
             if os.path.samestat(os.fstat(fd), os.lstat(alive)):
@@ -164,16 +161,20 @@ def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
                 return fd, made
         except FileNotFoundError:
             pass
-        except BaseException as e:
+        except NoRoom:
             os.close(fd)
-            if made and isinstance(e, NoRoom):
-                remove_tree(path)
+            with contextlib.suppress(OSError):
+                touch(os.path.join(path, NO_ROOM))
+            raise
+        except BaseException:
+            os.close(fd)
             raise
         os.close(fd)  # swept before the lock: what was locked is gone
     raise OSError(f"{path}: removed as it was made, ten times over (something else removes tiger's run directories)")
 
 
 CONTROLLER = "controller"  # in a run directory: "PID START" of the run's controller (``hold_run_dir``)
+NO_ROOM = "no-room"  # in a run directory: a process of the run found no room for a record every process needs
 
 
 def _write_controller(path: str, pid: int) -> None:

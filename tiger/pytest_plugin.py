@@ -128,7 +128,8 @@ class _RunDir:
       from making ``all-done``, so the builders never tore down and the controller waited
       ``tiger_teardown_timeout`` for them);
     - ``no-room``: a process of the run found no room to write the ``writer`` record (it stopped the writer
-      it started): the others end as it did, rather than each starting a writer of its own;
+      it started) or the ``controller`` one: the others end as it did, rather than each starting a writer of
+      its own;
       ``builders/PID.no-room``: that builder could not record its keys or its teardowns' outcomes;
     - ``alive``: every process of the run that made or used the directory holds a shared ``flock`` on it
       for as long as it lives (``tiger._paths.hold_run_dir``);
@@ -177,14 +178,17 @@ class _RunDir:
     def mark_no_room(self) -> None:
         """Say to the run's other processes that this one found no room for the ``writer`` record (as far as
         the file system has room left for an empty file)."""
+        from tiger._paths import NO_ROOM
+
         with contextlib.suppress(OSError):
-            _touch(self.path / "no-room")
+            _touch(self.path / NO_ROOM)
 
     def no_room(self) -> str | None:
         """What a process of the run that found no room for the ``writer`` record leaves the others to say."""
-        if not os.path.exists(self.path / "no-room"):
+        from tiger._paths import NO_ROOM, TEMP_REMEDY
+
+        if not os.path.exists(self.path / NO_ROOM):
             return None
-        from tiger._paths import TEMP_REMEDY
 
         return (
             f"tiger: another process of this run found no room to write in the run's directory {self.path} (its disk "
