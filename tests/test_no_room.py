@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,3 +177,52 @@ def test_tiger_keygen_with_no_room_left_a_key_cut_short_that_the_next_keygen_ref
     keygen = [sys.executable, "-m", "tiger", "keygen", str(tmp_path / "keys")]
     again = subprocess.run(keygen, capture_output=True, timeout=RUN_TIMEOUT)
     assert again.returncode == 0, again.stderr
+
+
+FILLS_THE_INODES = """
+import errno, os
+import pytest
+
+def build():
+    yield "value"
+
+@pytest.mark.parametrize("i", range(2))
+def test_x(tiger_once, i):
+    assert tiger_once("the-key", build) == "value"
+    n = 0
+    try:  # no inode left in $TMPDIR: not even an empty file can be made there
+        while True:
+            os.close(os.open(f"{os.environ['TMPDIR']}/fill-{os.getpid()}-{n}", os.O_CREAT | os.O_WRONLY))
+            n += 1
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+"""
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A tmpfs of 400 inodes mounted at ``tmp_path/t`` for the test (root and mount(8) needed)."""
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounts a tmpfs: needs root and mount(8)")
+    os.mkdir(tmp_path / "t")
+    options = "size=1m,nr_inodes=400"
+    made = subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(tmp_path / "t")], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"mounts a tmpfs: mount failed here ({made.stderr.decode().strip()})")
+    try:
+        yield tmp_path / "t"
+    finally:
+        subprocess.run(["umount", str(tmp_path / "t")], check=True)
+
+
+def test_a_controller_with_no_room_for_all_done_raised_a_raw_oserror_and_its_builders_never_tore_down(tmp_path, small_tmpfs):
+    (tmp_path / "test_built.py").write_text(FILLS_THE_INODES)
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntiger_teardown_timeout = 30\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIGER_", "PYTEST_"))}
+    env["TMPDIR"] = str(small_tmpfs)
+    code, output, took = run_pytest(tmp_path, env, "-n", "1", f"--basetemp={tmp_path / 'basetemp'}")
+    assert took < 20, f"waited {took:.1f}s: {output}"
+    assert "Errno" not in output and "Traceback" not in output, output
+    assert code == 1, output
+    assert "outcomes of the teardowns of once 'the-key' in gw0" in output and "no room to record them" in output, output
