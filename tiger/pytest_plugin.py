@@ -902,15 +902,14 @@ class _Run:
 
 
 def _still_runs(pid: str) -> bool:
-    """Whether process ``pid`` (a builder's, from its lock file's name) still runs: a builder lets go of its
-    lock before it ends only once its teardowns are done."""
+    """Whether process ``pid`` (a builder's, from its lock file's name) still runs, not a zombie (an xdist
+    worker that crashed, not yet reaped): a builder lets go of its lock before it ends only once its
+    teardowns are done."""
     try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (ValueError, OSError, IndexError):
         return False
-    except PermissionError:  # (another user's process now has that pid)
-        return False
-    return True
 
 
 def _stopped_by_pytest(error: BaseException) -> bool:
