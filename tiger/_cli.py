@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from tiger._core import LEASE_GRACE
 from tiger._errors import HandshakeFailed, TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._lookup import LOOKUP_WAIT
+from tiger._paths import room_for, write_whole
 from tiger._protocol import ClearTable, Compact, Drop, Stats, say
 from tiger._seed import SEED_RATE
 from tiger._server import (
@@ -306,19 +308,26 @@ def keygen(directory: str) -> str:
     import zmq
 
     public, secret = zmq.curve_keypair()
-    os.makedirs(directory, exist_ok=True)
+    remedy = "free space there, or write the pair into a directory on a file system with room"
+    with room_for(directory, remedy):
+        os.makedirs(directory, exist_ok=True)
     key_path = os.path.join(directory, "tiger.key")
     try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with room_for(key_path, remedy):
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # (said as a bare "[Errno 17] File exists": a user trial)
         raise FileExistsError(
             f"{key_path} exists already: tiger keygen never overwrites a key (its writer and clients use it); "
             "remove it first, or write the new pair into another directory"
         ) from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"public: {public.decode()}\nsecret: {secret.decode()}\n")
-    with open(os.path.join(directory, "tiger.pub"), "w") as f:
-        f.write(f"public: {public.decode()}\n")
+    try:  # (a key cut short by a full disk was left, and every later keygen there refused: "exists already")
+        with room_for(key_path, remedy), os.fdopen(fd, "w") as f:
+            f.write(f"public: {public.decode()}\nsecret: {secret.decode()}\n")
+        write_whole(os.path.join(directory, "tiger.pub"), f"public: {public.decode()}\n", remedy)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(key_path)
+        raise
     return public.decode()
 
 

@@ -38,7 +38,6 @@ Rules kept here (each was a fault once; see tests/test_core.py):
 
 from __future__ import annotations
 
-import errno
 import logging
 import operator
 import os
@@ -51,7 +50,7 @@ from typing import Any, NamedTuple, Protocol
 from tiger import _protocol as p
 from tiger import _table
 from tiger._calls import BIG_CALL
-from tiger._errors import AlreadyExists, DataDirLost, NotFound, ProtocolError
+from tiger._errors import ROOM_ERRNOS, AlreadyExists, DataDirLost, NotFound, ProtocolError
 
 log = logging.getLogger("tiger.writer")
 
@@ -78,7 +77,7 @@ DISK_RETRY_MAX = 10.0  # seconds: the longest wait between two tries
 # A write the disk had no room for (its log whole: the failed append left nothing of itself): the fault it
 # starts ends at the first write that fits, with no snapshot of everything. (A fault that needed one held
 # writes back until the disk had room for the whole store: freeing room for a few records took none.)
-ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# Which errnos are a write with no room: ``ROOM_ERRNOS`` (tiger._errors: tiger's own small files use it too).
 # seconds before a compaction that failed for room is tried again (the writer goes on meanwhile); doubles each time
 COMPACTION_RETRY_FIRST = 5.0
 COMPACTION_RETRY_MAX = 300.0

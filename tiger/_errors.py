@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -95,6 +96,32 @@ class DataDirLost(OSError):
     an unlinked file); or another file a start reads (the snapshot, an earlier log) is no longer the one
     the writer loaded or wrote: a restart would lose or change what it held. Lasting: the writer refuses
     writes until it is restarted, and never writes to that path again (another writer may own it by then)."""
+
+
+# errnos of a write the file system had no room for: its disk or quota full, or a file size limit met
+# (``ulimit -f``, RLIMIT_FSIZE): the writer's data directory (tiger._core) and tiger's own small files alike
+ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class NoRoom(TigerError):
+    """A file of tiger's own (the pytest plugin's run directory, a key pair) could not be written: its file
+    system had no room (``ROOM_ERRNOS``). Says which path, which errno, and what to do (``no_room``)."""
+
+    def __init__(self, message: str, path: str, errno_: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno_
+
+
+def no_room(path: str, error: OSError, remedy: str) -> NoRoom | None:
+    """``NoRoom`` for ``error``, raised writing ``path``, if the file system had no room for it (``ROOM_ERRNOS``),
+    saying what happened and ``remedy`` (what to do); None for any other error."""
+    if error.errno not in ROOM_ERRNOS:
+        return None
+    name = errno.errorcode.get(error.errno, str(error.errno))
+    why = "a file size limit was met (ulimit -f)" if error.errno == errno.EFBIG else "its disk or quota is full"
+    message = f"no room to write {shown(path, 2 * SHOWN_MAX)}: {why} ({name}: {error.strerror}); {remedy}"
+    return NoRoom(message, path, error.errno)
 
 
 SHOWN_MAX = 100  # characters of a caller's str (an id, a key) an error message repeats

@@ -9,9 +9,10 @@ import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 
 from tiger._clock import wall
-from tiger._errors import shown
+from tiger._errors import NoRoom, no_room, shown
 
 IPC_PATH_MAX = 107 - len(".pub")  # bytes of an ipc path; the PUB socket's is the command path + ".pub"
 PATH_MAX = 4096 - 1  # bytes of a path the kernel takes (Linux's PATH_MAX holds its NUL)
@@ -43,16 +44,71 @@ def short_temp_path(prefix: str) -> str:
     import secrets  # here: it imports hashlib, 3-5 ms the blocking client need not pay
 
     name = prefix + secrets.token_hex(8)
-    path = os.path.join(tempfile.gettempdir(), name)
+    path = os.path.join(_temp_dir(), name)
     return path if _fits(path) else os.path.join("/tmp", name)
+
+
+def _temp_dir() -> str:
+    """``tempfile.gettempdir()``, or, where it finds no directory it can write a file in (each full, or past
+    a file size limit: it writes one to try), $TMPDIR (or $TEMP, $TMP, /tmp) untried: a full $TMPDIR raised
+    ``FileNotFoundError`` from every pytest run's configure, tests using tiger or not (the plugin names its
+    run directory there); the directory's first use says why it cannot be made (``NoRoom``)."""
+    try:
+        return tempfile.gettempdir()
+    except FileNotFoundError:
+        return next((os.environ[name] for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)), "/tmp")
+
+
+TEMP_REMEDY = "free space there, or set $TMPDIR to a directory on a file system with room"
+
+
+def write_whole(path: str, text: str, remedy: str = TEMP_REMEDY) -> None:
+    """Write ``text`` to the file ``path`` whole or not at all: written aside (``.NAME.PID`` beside it), then
+    renamed over it. On any failure the aside file is removed (a full disk left it behind, as big as what
+    fitted); a file system with no room raises ``NoRoom`` naming ``path``, the errno and ``remedy``."""
+    folder, name = os.path.split(path)
+    aside = os.path.join(folder, f".{name}.{os.getpid()}")
+    try:
+        with open(aside, "w") as f:  # (no room: said by write, or by the flush at close)
+            f.write(text)
+        os.replace(aside, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
+        room = no_room(path, e, remedy) if isinstance(e, OSError) else None
+        if room is not None:
+            raise room from None
+        raise
+
+
+@contextlib.contextmanager
+def room_for(path: str, remedy: str = TEMP_REMEDY) -> Iterator[None]:
+    """An ``OSError`` of the block that says its file system had no room (``ROOM_ERRNOS``) raised as
+    ``NoRoom`` naming ``path`` and ``remedy``; any other, as it is."""
+    try:
+        yield
+    except OSError as e:
+        room = no_room(path, e, remedy)
+        if room is None:
+            raise
+        raise room from None
+
+
+def touch(path: str, remedy: str = TEMP_REMEDY) -> None:
+    """Make the empty file ``path`` (0600) if it is not there; ``NoRoom`` where the file system has no room
+    even for that (no inode left, a directory that needs a block more)."""
+    with room_for(path, remedy):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
 
 def make_private_dir(path: str) -> bool:
     """Make ``path`` a private (0700) directory of this user's (True), or check that it already is one
     (False: another process of the same run made it first); ``PermissionError`` naming it if it is anything
-    else (a file, a link, another user's directory, one others may read)."""
+    else (a file, a link, another user's directory, one others may read); ``NoRoom`` where its file system
+    has no room for it."""
     try:
-        os.mkdir(path, 0o700)
+        with room_for(path):
+            os.mkdir(path, 0o700)
         return True
     except FileExistsError:
         pass
@@ -83,12 +139,18 @@ def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
 
     The process that makes it records the run's ``controller`` (pid) there, with its start time: the xdist
     controller may hold no lock (it may never use the directory until its workers have ended), and a
-    directory is swept only once its controller has ended too."""
+    directory is swept only once its controller has ended too.
+
+    A file system with no room for it (or for ``alive``, or the controller's record) raises ``NoRoom``; a
+    directory made here whose controller could not be recorded gets a ``no-room`` file (``NO_ROOM``, as far
+    as there is room for an empty file) for the run's other processes to find: removed, another process
+    that joined it meanwhile started the writer in a directory gone (a test's run)."""
     alive = os.path.join(path, ALIVE)
     for _ in range(10):
         made = make_private_dir(path)
         try:
-            fd = os.open(alive, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with room_for(alive):
+                fd = os.open(alive, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:  # swept after the check above: make it again
             continue
         try:
@@ -99,6 +161,11 @@ def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
                 return fd, made
         except FileNotFoundError:
             pass
+        except NoRoom:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                touch(os.path.join(path, NO_ROOM))
+            raise
         except BaseException:
             os.close(fd)
             raise
@@ -107,15 +174,13 @@ def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
 
 
 CONTROLLER = "controller"  # in a run directory: "PID START" of the run's controller (``hold_run_dir``)
+NO_ROOM = "no-room"  # in a run directory: a process of the run found no room for a record every process needs
 
 
 def _write_controller(path: str, pid: int) -> None:
     """Record ``pid``, the run's controller, and its start time in the run directory ``path`` (whole or not
-    at all: written aside, then renamed)."""
-    aside = os.path.join(path, f".{CONTROLLER}")
-    with open(aside, "w") as f:
-        f.write(f"{pid} {process_start(pid)}")
-    os.replace(aside, os.path.join(path, CONTROLLER))
+    at all: ``write_whole``; ``NoRoom`` where its file system has none)."""
+    write_whole(os.path.join(path, CONTROLLER), f"{pid} {process_start(pid)}")
 
 
 def process_start(pid: int) -> str:
@@ -230,11 +295,14 @@ def remove_tree(path: str) -> None:
 
 def short_temp_dir(prefix: str) -> str:
     """A new private (0700) temporary directory whose endpoints fit in an ipc path: under $TMPDIR, or
-    under /tmp when $TMPDIR is too long or not UTF-8."""
-    path = tempfile.mkdtemp(prefix=prefix)
+    under /tmp when $TMPDIR is too long or not UTF-8. ``NoRoom`` where its file system has no room for it."""
+    base = _temp_dir()
+    with room_for(os.path.join(base, f"{prefix}...")):
+        path = tempfile.mkdtemp(prefix=prefix, dir=base)
     if not _fits(path):
         os.rmdir(path)
-        path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+        with room_for(os.path.join("/tmp", f"{prefix}...")):
+            path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     return path
 
 

@@ -65,7 +65,7 @@ import pytest
 
 from tiger._calls import callable_name, check_seconds
 from tiger._clock import monotonic
-from tiger._errors import STOPS_FROM_OUTSIDE, OnceFailed, TigerError, stopped_from_outside
+from tiger._errors import STOPS_FROM_OUTSIDE, NoRoom, OnceFailed, TigerError, stopped_from_outside
 from tiger._process import ProcessWatch, stop_process
 
 if TYPE_CHECKING:
@@ -122,7 +122,14 @@ class _RunDir:
     - ``uses-tiger``: an xdist worker collected tests that use tiger, or reached the writer during a test,
       on a writer the run leases its namespaces at (the controller takes the run's lease then: before any
       test runs, or at that worker's next report);
-    - ``all-done``: every test of every process has finished (the controller says so);
+    - ``all-done``: every test of every process has finished (the controller says so, by renaming
+      ``not-done``, made with the directory: a rename needs no room, and a full disk kept the controller
+      from making ``all-done``, so the builders never tore down and the controller waited
+      ``tiger_teardown_timeout`` for them);
+    - ``no-room``: a process of the run found no room to write the ``writer`` record (it stopped the writer
+      it started) or the ``controller`` one: the others end as it did, rather than each starting a writer of
+      its own;
+      ``builders/PID.no-room``: that builder could not record its keys or its teardowns' outcomes;
     - ``alive``: every process of the run that made or used the directory holds a shared ``flock`` on it
       for as long as it lives (``tiger._paths.hold_run_dir``);
     - ``controller``: the run's controller (the xdist controller, or the only pytest process), written by
@@ -151,14 +158,41 @@ class _RunDir:
             self._alive, made = hold_run_dir(str(self.path), self.controller_pid)
             self._made = True
             if made:
+                with contextlib.suppress(NoRoom):  # (then ``mark_all_done`` makes ``all-done`` itself)
+                    _touch(self.path / "not-done")
                 sweep_ended_run_dirs(str(self.path))
         return self.path
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        with open(self.made() / "lock", "w") as lock:
+        from tiger._paths import room_for
+
+        path = self.made() / "lock"
+        with room_for(str(path)):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with open(fd) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
+
+    def mark_no_room(self) -> None:
+        """Say to the run's other processes that this one found no room for the ``writer`` record (as far as
+        the file system has room left for an empty file)."""
+        from tiger._paths import NO_ROOM
+
+        with contextlib.suppress(OSError):
+            _touch(self.path / NO_ROOM)
+
+    def no_room(self) -> str | None:
+        """What a process of the run that found no room for the ``writer`` record leaves the others to say."""
+        from tiger._paths import NO_ROOM, TEMP_REMEDY
+
+        if not os.path.exists(self.path / NO_ROOM):
+            return None
+
+        return (
+            f"tiger: another process of this run found no room to write in the run's directory {self.path} (its disk "
+            f"or quota is full, or a file size limit was met): {TEMP_REMEDY}"
+        )
 
     def writer(self) -> dict[str, Any] | None:
         return _read_json(self.path / "writer")  # type: ignore[no-any-return]
@@ -169,12 +203,26 @@ class _RunDir:
     def record_builder(self, state: dict[str, Any]) -> None:
         """This process's builder state (keys, then outcomes): ``builders/PID.json``, written whole (a
         reader sees all of it or nothing), beside ``builders/PID.lock``, locked by this process for life."""
+        from tiger._paths import room_for
+
         folder = self.made() / "builders"
         if self._builder is None:
-            os.makedirs(folder, exist_ok=True)
-            self._builder = open(folder / f"{os.getpid()}.lock", "w")  # held for life: the lock goes with it
+            lock = folder / f"{os.getpid()}.lock"
+            with room_for(str(lock)):
+                os.makedirs(folder, exist_ok=True)
+                self._builder = open(lock, "w")  # held for life: the lock goes with it
             fcntl.flock(self._builder, fcntl.LOCK_EX)
         _write_json(folder / f"{os.getpid()}.json", state)
+
+    def mark_builder_no_room(self) -> None:
+        """This builder could not record its state (``NoRoom``): said to the controller by an empty file, as far
+        as the file system has room left for one."""
+        with contextlib.suppress(OSError):
+            _touch(self.path / "builders" / f"{os.getpid()}.no-room")
+
+    @staticmethod
+    def builder_had_no_room(lock: Path) -> bool:
+        return os.path.exists(lock.with_suffix(".no-room"))
 
     def release_builder(self) -> None:
         """This process's teardowns are done (their outcomes written): the controller may read them."""
@@ -210,7 +258,17 @@ class _RunDir:
         return os.path.exists(self.path / "uses-tiger")
 
     def mark_all_done(self) -> None:
-        _touch(self.made() / "all-done")
+        """Every test of the run is done: ``not-done`` renamed ``all-done`` (no room needed), or ``all-done``
+        made; ``NoRoom`` when neither can be."""
+        folder = self.made()
+        try:
+            os.rename(folder / "not-done", folder / "all-done")
+        except FileNotFoundError:  # (made by an older tiger, or with no room for it then)
+            _touch(folder / "all-done")
+
+    def exists(self) -> bool:
+        """Whether a process of the run made the directory."""
+        return os.path.isdir(self.path)
 
     def all_done(self) -> bool:
         return os.path.exists(self.path / "all-done")
@@ -331,6 +389,8 @@ class _Run:
                     self.dir.mark_uses_tiger()  # this (a fixture asked for at run time, not seen in the collection)
         except _Unreachable as e:
             return e
+        except NoRoom as e:  # the run's directory (its lock, the writer's record): one line, as an unreachable writer
+            return _Unreachable(f"tiger: the run cannot share its writer: {e}", pytest.ExitCode.INTERRUPTED)
         self._previous_env = os.environ.get("TIGER_URL")
         os.environ["TIGER_URL"] = url  # tiger.connect() in tests and their subprocesses finds it
         self._previous_key = os.environ.get("TIGER_SERVER_KEY")
@@ -346,12 +406,23 @@ class _Run:
             if "error" in known:  # another process of the run found it so: say it at once
                 raise _Unreachable(known["error"], pytest.ExitCode(known["returncode"]))
             return str(known["url"])
+        no_room = self.dir.no_room()
+        if no_room is not None:  # (not a writer of this process's own: the run's processes would not share one)
+            raise _Unreachable(no_room, pytest.ExitCode.INTERRUPTED)
         try:
             url, pid = self._ping_given() if self.given_url is not None else self._start_writer()
         except _Unreachable as e:
-            self.dir.record_writer({"error": str(e), "returncode": int(e.returncode)})
+            with contextlib.suppress(NoRoom):  # (each process finds it then)
+                self.dir.record_writer({"error": str(e), "returncode": int(e.returncode)})
             raise
-        self.dir.record_writer({"url": url, "pid": pid})
+        try:
+            self.dir.record_writer({"url": url, "pid": pid})
+        except NoRoom:  # unrecorded, every other process of the run would start a writer of its own: none runs
+            if self._started is not None:
+                self._started.stop()
+                self._started = None
+            self.dir.mark_no_room()
+            raise
         return url
 
     def _lease_run(self, url: str) -> None:
@@ -376,7 +447,8 @@ class _Run:
                 f"tiger: the writer at {url} did not lease the run's namespace {self.namespace!r} ({e})",
                 pytest.ExitCode.INTERRUPTED,
             )
-            self.dir.record_writer({"error": str(failure), "returncode": int(failure.returncode)})
+            with contextlib.suppress(NoRoom):
+                self.dir.record_writer({"error": str(failure), "returncode": int(failure.returncode)})
             raise failure from None
 
     def _ping_given(self) -> tuple[str, None]:
@@ -413,13 +485,15 @@ class _Run:
         return url, None
 
     def _start_writer(self) -> tuple[str, int]:
+        from tiger._paths import room_for
         from tiger._server import start_writer
 
         if self._started is not None and self._started.running:  # started, then the test asking was stopped
             return self._started.url, self._started.pid  # (pytest-timeout) before the run's directory said so
         url = f"ipc://{self.dir.path}/w{secrets.token_hex(2)}"  # a fresh path per start: a second bind would steal it
         log = self.dir.path / "writer.log"
-        server = start_writer(url, owner_pid=self.controller_pid, log=log)
+        with room_for(str(log)):  # (the log, made before the writer starts)
+            server = start_writer(url, owner_pid=self.controller_pid, log=log)
         try:
             server.wait_ready()
         except TigerError as e:
@@ -578,7 +652,10 @@ class _Run:
             raise failed.with_traceback(None) from None  # the builder's frames are in its message
         if key not in self._built and client.has_teardown(key, self.namespace):
             self._built[key] = client.label
-            self.dir.record_builder({"by": client.label, "keys": list(self._built)})
+            try:
+                self.dir.record_builder({"by": client.label, "keys": list(self._built)})
+            except NoRoom:  # the value is built and torn down at the end all the same: the controller says
+                self.dir.mark_builder_no_room()  # it could not learn of it (``wait_for_builders``)
         return value
 
     # -- 4. end of run ---------------------------------------------------------------
@@ -608,8 +685,12 @@ class _Run:
         not_run = _NOT_RUN_INTERRUPTED if interrupted else _NOT_RUN
         outcomes = {key: not_run if key in left else _outcome(errors.get(key)) for key in [*self._built, *left]}
         state = {"by": self._client.label, "keys": list(self._built), "outcomes": outcomes, "interrupted": interrupted}
-        self.dir.record_builder(state)
-        self.dir.release_builder()
+        try:
+            self.dir.record_builder(state)
+        except NoRoom:  # the controller, waiting for this lock, says the outcomes were lost (``wait_for_builders``);
+            self.dir.mark_builder_no_room()  # without xdist, it reports them from ``state``
+        finally:  # (held on, the controller waited tiger_teardown_timeout for a builder that was done)
+            self.dir.release_builder()
         self._built.clear()
         return state
 
@@ -688,7 +769,8 @@ class _Run:
         them (at most ``tiger_teardown_timeout``, and a moment for their report: each stops its own
         teardowns at that timeout, see ``tear_down``) and report."""
         self.waited = True
-        self.dir.mark_all_done()
+        if not self.tell_all_done():
+            return
         pending = self.dir.builders()
         deadline = monotonic() + self.teardown_timeout + _REPORT_GRACE
         try:
@@ -701,6 +783,17 @@ class _Run:
                     by = state.get("by", f"pid {path.stem}")
                     if "outcomes" in state:
                         self.report_outcomes(by, state)
+                    elif self.dir.builder_had_no_room(path) or _still_runs(path.stem):  # (let go of its lock,
+                        # its outcomes unrecorded: no room even for an empty file to say so)
+                        from tiger._paths import TEMP_REMEDY
+
+                        self.end_with(pytest.ExitCode.TESTS_FAILED)
+                        keys = ", ".join(repr(key) for key in state.get("keys", [])) or "(not recorded)"
+                        self.report.append(
+                            f"the outcomes of the teardowns of once {keys} in {by} are unknown: it found no room to "
+                            f"record them in the run's directory {self.dir.path} (its disk or quota is full, or a file "
+                            f"size limit was met): {TEMP_REMEDY}"
+                        )
                     else:
                         for key in state.get("keys", ["?"]):
                             self.report.append(f"teardown of once {key!r} did not run: its builder {by} ended before it")
@@ -715,6 +808,21 @@ class _Run:
                 for key in state.get("keys", ["?"]):
                     by = state.get("by", f"pid {path.stem}")
                     self.report.append(f"teardown of once {key!r} in {by}: not waited for ({why})")
+
+    def tell_all_done(self) -> bool:
+        """The controller: tell the builders every test is done (``mark_all_done``). False, said in the report,
+        when the run's directory has no room for it: the builders tear down only as this process ends then,
+        unreported, and nothing waits for them (a full disk made the run wait ``tiger_teardown_timeout``)."""
+        try:
+            self.dir.mark_all_done()
+        except NoRoom as e:
+            self.end_with(pytest.ExitCode.TESTS_FAILED)
+            self.report.append(
+                f"could not tell the builders of tiger_once values that every test is done ({e}): their teardowns "
+                "run as this process ends, unreported"
+            )
+            return False
+        return True
 
     def writer_gone(self) -> str | None:
         """For the controller's summary: what to say when the writer this run started ended before the run
@@ -790,6 +898,17 @@ class _Run:
             ours = {ns for namespaces in tables.values() for ns in namespaces if ns.startswith(prefixes)}
             for i, namespace in enumerate(sorted(ours), 3):
                 request_once(url, p.Drop(i, namespace), server_key=key)
+
+
+def _still_runs(pid: str) -> bool:
+    """Whether process ``pid`` (a builder's, from its lock file's name) still runs, not a zombie (an xdist
+    worker that crashed, not yet reaped): a builder lets go of its lock before it ends only once its
+    teardowns are done."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (ValueError, OSError, IndexError):
+        return False
 
 
 def _stopped_by_pytest(error: BaseException) -> bool:
@@ -951,11 +1070,11 @@ def _load_seeds(client: Client, paths: list[Any]) -> int:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    """Atomically (temp file, rename): a reader sees all of it or nothing."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(temp, "w") as f:
-        f.write(json.dumps(value))
-    os.replace(temp, path)
+    """Atomically (``tiger._paths.write_whole``: aside, then renamed): a reader sees all of it or nothing;
+    ``NoRoom`` where the file system has no room for it, the aside file removed."""
+    from tiger._paths import write_whole
+
+    write_whole(str(path), json.dumps(value))
 
 
 def _read_json(path: Path) -> Any:
@@ -971,7 +1090,9 @@ def _read_text(path: Path) -> str:
 
 
 def _touch(path: Path) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    from tiger._paths import touch
+
+    touch(str(path))
 
 
 _KEPT = ("zmq", "msgpack", "tiger")  # packages whose modules must stay the ones first imported
@@ -1068,7 +1189,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     run = config.stash[_run_key]
     if not run.is_controller and run.leases():  # the xdist controller takes the run's lease before any test runs
-        run.dir.mark_uses_tiger()  # (``pytest_xdist_node_collection_finished``)
+        with contextlib.suppress(NoRoom):  # (``pytest_xdist_node_collection_finished``; with no room, the first
+            run.dir.mark_uses_tiger()  # test using tiger says so)
     modules = (*_FIXTURE_MODULES, "tiger.aio") if any("tiger_aclient" in names for names in fixturenames) else _FIXTURE_MODULES
     _keep_modules(activate=True)
     try:
@@ -1224,11 +1346,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     alone): told that every test is done, they tear down as xdist stops them, and are waited for then
     (``pytest_sessionfinish_after_fixtures``, after xdist's own; waiting here hung until the timeout)."""
     run = session.config.stash.get(_run_key, None)
-    if run is not None and run.is_controller and run.dir.builders():
+    if run is not None and run.is_controller and run.dir.exists():  # (a builder with no room to say so: told too)
         if session.exitstatus == pytest.ExitCode.INTERRUPTED or run.interrupted:
-            run.dir.mark_all_done()
-        else:
+            run.tell_all_done()
+        elif run.dir.builders():
             run.wait_for_builders()
+        else:
+            run.tell_all_done()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True, specname="pytest_sessionfinish")
