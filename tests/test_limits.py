@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+import tiger
+
 CONNECT_UNTIL_REFUSED = """
 import sys, time
 import tiger
@@ -166,3 +168,33 @@ def test_out_of_memory_for_threads_connect_aborted_the_process_in_libzmq(tiger_u
     assert done.returncode == 0, done.stderr[-2000:]
     assert "TigerError: a tiger client needs 3 more threads, and this process cannot start another" in done.stdout, done.stdout
     assert "`ulimit -v` is" in done.stdout and "closed them all, and connected again" in done.stdout
+
+
+JOIN_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+import tiger
+
+status = open("/proc/self/status").read()
+size = int(status.split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 80 * 2**20, resource.RLIM_INFINITY))  # ulimit -v: 80 MiB to spare
+try:
+    tiger.connect(sys.argv[1], timeout=10).close()
+    print("joined")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+"""
+
+
+def test_joining_a_store_bigger_than_the_memory_limit_raised_a_bare_memory_error_or_blamed_the_writer():
+    # A user trial (ulimit -v; a container's memory limit): connect raised a bare MemoryError from msgpack inside
+    # the replica (4 of 6), or said "no snapshot from the tiger writer ... within 5.0s", blaming the writer (2 of 6)
+    with tiger.serve() as writer, tiger.connect(writer.url, timeout=60) as client:
+        plans = client.table("plans")
+        for start in range(0, 200_000, 20_000):  # about 100 MiB of records
+            plans.insert_many([{"id": f"plan_{i}", "name": "x" * 400} for i in range(start, start + 20_000)])
+        command = [sys.executable, "-c", JOIN_UNDER_A_MEMORY_LIMIT, writer.url]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = done.stdout.strip()
+    assert said.startswith("TigerError: the local replica of ") and "ran out of memory loading the snapshot" in said, said
+    assert "`ulimit -v` is" in said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import subprocess
 import sys
@@ -703,6 +704,80 @@ def test_a_teardown_writing_through_another_client_left_open_at_exit_found_it_cl
     reader.sync()
     assert sorted(r["by"] for r in reader.table("audit").find(torn_down=key)) == list(range(6))
     assert once_record(reader, ns, key) is None  # retired: a later caller builds anew
+
+
+MULTIPROCESSING_CHILD_LEFT_OPEN = """
+import multiprocessing, os, sys
+import tiger
+
+
+def child(url, key, log):
+    client = tiger.connect(url)  # left open: the child returns without closing it
+
+    def resource():
+        yield "made"
+        with open(log, "a") as f:
+            f.write(f"teardown {os.getpid()}\\n")
+
+    client.once(key, resource)
+
+
+if __name__ == "__main__":
+    url, key, log, method = sys.argv[1:]
+    process = multiprocessing.get_context(method).Process(target=child, args=(url, key, log))
+    process.start()
+    process.join(60)
+    print("exitcode", process.exitcode, flush=True)
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_multiprocessing_child_left_its_clients_open_and_its_once_teardowns_never_ran(tiger_url, connect, tmp_path, method):
+    # A user trial: a child multiprocessing started by fork or forkserver ends with os._exit after its own exit
+    # hooks, and no atexit handler runs: its clients left open were never closed, the teardowns of its once values
+    # never ran (4 of 4), their keys held by a client gone silent (the parent got the dead child's value at once,
+    # and its own teardowns waited for it). multiprocessing's exit hooks close them too.
+    script = tmp_path / "child.py"
+    script.write_text(MULTIPROCESSING_CHILD_LEFT_OPEN)
+    key, log = f"child-{method}-{uuid.uuid4().hex[:8]}", tmp_path / "log"
+    command = [sys.executable, str(script), tiger_url, key, str(log), method]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0 and done.stdout.splitlines() == ["exitcode 0"], done.stdout + done.stderr
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["teardown"], done.stderr
+    reader = connect()
+    reader.sync()
+    assert once_record(reader, "global", key) is None  # retired: a later caller builds anew
+
+
+def test_tear_down_once_values_on_a_forked_copy_ran_the_parents_teardowns_and_the_parent_ran_them_again(connect, ns):
+    # A user trial: close() on a client copied by os.fork() runs nothing, and its writes raise TigerError, but its
+    # tear_down_once_values() ran the parent's teardowns in the child; the parent then ran them again
+    client = connect()
+    read, write = os.pipe()
+
+    def resource():
+        yield "made"
+        os.write(write, f"teardown {os.getpid()}\n".encode())
+
+    client.once(f"forked-{ns}", resource)
+    pid = os.fork()
+    if pid == 0:  # the child: report what tear_down_once_values did, and end without running anything else
+        try:
+            client.tear_down_once_values()
+            os.write(write, b"child: returned\n")
+        except BaseException as e:
+            os.write(write, f"child: {type(e).__name__}: {e}\n".encode())
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    client.close()
+    os.close(write)
+    with os.fdopen(read) as said:
+        lines = said.read().splitlines()
+    assert lines == [
+        f"child: TigerError: this client was connected in process {os.getpid()}; call tiger.connect() again in this process",
+        f"teardown {os.getpid()}",
+    ]
 
 
 def test_a_teardown_that_raises_is_raised_by_close(connect, ns):

@@ -1428,9 +1428,39 @@ def test_ctrl_c_during_a_teardown_ran_the_next_teardown_in_full(tmp_path, mode):
     returncode, text, took = _ctrl_c_in_teardown(tmp_path, CTRL_C_THEN_NEXT_TEARDOWN, "-o", "tiger_teardown_timeout=60", *mode)
     assert returncode == pytest.ExitCode.INTERRUPTED, text
     assert not (tmp_path / "other-torn-down").exists(), text
-    if "no:xdist" in mode:  # (xdist names both "not waited for (interrupted)": its controller's view)
-        assert re.search(r"teardown of once 'other' in main \(pid \d+\) did not run: interrupted \(Ctrl-C\)", text), text
+    # (xdist named both "not waited for (interrupted)", its controller's view: it now takes the builder's report)
+    assert re.search(r"teardown of once 'other' in (main|gw0) \(pid \d+\) did not run: interrupted \(Ctrl-C\)", text), text
     assert "INTERNALERROR" not in text
+    assert took < 20, f"the run ended {took:.0f}s after the Ctrl-C"
+
+
+CTRL_C_AFTER_A_TEARDOWN_RAN = (
+    CTRL_C_DURING_TEARDOWN
+    + """
+import os
+
+def quick():
+    yield 2
+    open(os.path.join(os.environ["PLUGIN_RUNS_DIR"], "quick-torn-down"), "w").close()
+
+def test_z_builds_the_quick_one_last(tiger_once):  # (the newest is torn down first)
+    assert tiger_once("quick", quick) == 2
+"""
+)
+
+
+@pytest.mark.parametrize("mode", [["-n", "1"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])  # (one builder)
+def test_a_teardown_done_before_a_ctrl_c_was_said_not_waited_for(tmp_path, mode):
+    # A user trial (3 of 3, with xdist): a Ctrl-C during a slow teardown, the quick one done before it; the
+    # controller, interrupted as it waited for the builder, said every key of the builder "not waited for
+    # (interrupted)". It waits a moment for the builder's own report (the Ctrl-C reached it too): only the one
+    # it cut short is named.
+    returncode, text, took = _ctrl_c_in_teardown(tmp_path, CTRL_C_AFTER_A_TEARDOWN_RAN, "-o", "tiger_teardown_timeout=60", *mode)
+    assert returncode == pytest.ExitCode.INTERRUPTED, text
+    assert (tmp_path / "quick-torn-down").exists(), text
+    said = [line for line in text.splitlines() if line.startswith("tiger: teardown")]
+    assert len(said) == 1, text
+    assert re.fullmatch(r"tiger: teardown of once 'slow-teardown' in (main|gw0) \(pid \d+\) was interrupted", said[0]), text
     assert took < 20, f"the run ended {took:.0f}s after the Ctrl-C"
 
 

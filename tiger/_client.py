@@ -9,6 +9,7 @@ import inspect
 import itertools
 import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -305,6 +306,27 @@ def _close_at_exit(client: _Connection) -> None:
         log.exception("closing %r at exit", client)
 
 
+_closed_by_multiprocessing = 0  # the pid of the multiprocessing child whose exit hooks run _close_open_clients
+
+
+def _close_as_multiprocessing_ends() -> None:
+    """In a child process multiprocessing started (fork, forkserver), have its exit hooks close the clients
+    left open (``_close_open_clients``): such a child ends with ``os._exit`` after them, no atexit handler
+    runs, and its clients' once teardowns never ran, their keys held by a client gone silent (a user trial, 4
+    of 4; a parent's teardown then waited for it). Once per such process, at its first client; ahead of
+    multiprocessing's own pools (``exitpriority``)."""
+    global _closed_by_multiprocessing
+    if _closed_by_multiprocessing == os.getpid():
+        return
+    process = sys.modules.get("multiprocessing.process")
+    if process is None or process.parent_process() is None:  # (not a child multiprocessing started)
+        return
+    import multiprocessing.util
+
+    _closed_by_multiprocessing = os.getpid()
+    multiprocessing.util.Finalize(None, _close_open_clients, exitpriority=20)
+
+
 # the clients owing once teardowns, kept until closed: dropped unclosed, a client's teardowns never ran (and
 # nothing said so: a user trial, ``tiger.aio``); kept, they run at exit with every other client's
 _owing: set[_Connection] = set()
@@ -535,7 +557,13 @@ class _Connection(Handle):
         finalized = not self._closed and self._finalizer is not None and not self._finalizer.alive
         if self._closed or finalized or (self._replica is not None and self._replica.closed):
             raise TigerError(CLOSED_AT_EXIT if finalized or self._closed_at_exit else "this client is closed")
-        if os.getpid() != self._pid:  # no replica thread here: a wait would wait forever
+        self._check_process()
+
+    def _check_process(self) -> None:
+        """``TigerError`` in a process forked from the one that connected this client: no replica thread
+        here (a wait would wait for ever), and its once teardowns are that process's (a forked copy's
+        ``tear_down_once_values()`` ran them here, and the parent ran them again: a user trial)."""
+        if os.getpid() != self._pid:
             raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
 
     def _watch_for(self, table: str, namespace: str, what: str) -> Feed:
@@ -851,6 +879,7 @@ class Client(_Connection):
             self.close()
             raise
         _open_clients.add(self)
+        _close_as_multiprocessing_ends()
         # dropped without close(): the replica thread and the sockets go with the client (at exit, close() runs)
         self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid)
         self._finalizer.atexit = False
@@ -1046,10 +1075,12 @@ class Client(_Connection):
         ``wait`` (seconds, for all keys together): first wait for the other clients that got a value
         (its holders, known to the writer) to close or fall silent. Past it, the teardown runs anyway
         and a warning names the clients still holding it. ``close()`` waits the client's timeout; the
-        pytest plugin waits for every test of the run instead. A Ctrl-C (in a teardown or between
+        pytest plugin waits for every test of the run instead. ``TigerError`` in a process forked from
+        the one that connected the client (its teardowns are that process's). A Ctrl-C (in a teardown or between
         them) ends the tear-down, the rest left, and is raised again (as ``tiger.aio`` raises a
         cancellation), before any error.
         """
+        self._check_process()
         return self._tear_down_once_values(check_seconds(wait, "wait"))  # type: ignore[arg-type]
 
     def _tear_down_once_values(self, wait: float, leaving: bool = False) -> list[tuple[str, BaseException]]:

@@ -147,11 +147,9 @@ def _check_threads(what: str, need: int) -> None:
             _thread.start_new_thread(_started, (go, done))
             ended.append(done)
     except RuntimeError:  # "can't start new thread"
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        memory = "unlimited" if limit == resource.RLIM_INFINITY else f"{limit / 2**20:.0f} MiB"
         raise TigerError(
             f"{what} needs {need} more threads, and this process cannot start another: a limit on threads "
-            f"(`ulimit -u`, a container's pids limit) or on memory (`ulimit -v` is {memory}; each thread reserves "
+            f"(`ulimit -u`, a container's pids limit) or on memory (`ulimit -v` is {memory_limit()}; each thread reserves "
             "its stack, `ulimit -s`) is reached: close clients it no longer needs, or raise the limit (each client "
             "runs 3 threads while it is open)"
         ) from None
@@ -159,6 +157,12 @@ def _check_threads(what: str, need: int) -> None:
         go.release()
         for done in ended:
             done.acquire()
+
+
+def memory_limit() -> str:
+    """This process's limit of address space (``ulimit -v``), as said in an error: "unlimited" or "N MiB"."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return "unlimited" if limit == resource.RLIM_INFINITY else f"{limit / 2**20:.0f} MiB"
 
 
 def _started(go: _thread.LockType, done: _thread.LockType) -> None:

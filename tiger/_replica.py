@@ -50,7 +50,7 @@ from tiger._feed import (
     woken,
 )
 from tiger._lookup import Endpoint, connect_socket
-from tiger._process import OUT_OF_DESCRIPTORS
+from tiger._process import OUT_OF_DESCRIPTORS, memory_limit
 from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
@@ -506,6 +506,20 @@ class Replica:
                 self._seq.feeds[:] = [feed for feed in self._seq.feeds if feed.owner is not owner]
             self.changed.notify_all()
 
+    def _failure_of(self, error: BaseException) -> BaseException:
+        """What the replica thread's ``error`` is said as to its callers: out of memory (``ulimit -v``, a
+        container's limit), a ``TigerError`` saying so; connect raised a bare ``MemoryError`` from msgpack,
+        or blamed the writer ("no snapshot ... within 5s") (a user trial)."""
+        if not isinstance(error, MemoryError):
+            return error
+        doing = "loading the snapshot of the store" if self._seq.loading or not self.ready.is_set() else "applying changes"
+        failure = TigerError(
+            f"the local replica of {self._url} ran out of memory {doing} (this process's `ulimit -v` is {memory_limit()}; "
+            "a container's memory limit ends the same way): every client holds a full replica of the store"
+        )
+        failure.__cause__ = error
+        return failure
+
     def _stopped(self) -> TigerError:
         """What a wait on this replica raises once it has stopped (``failure`` set)."""
         if self._closed:
@@ -628,7 +642,7 @@ class Replica:
                         sub = self._rejoin(poller, sub, dealer)
             except BaseException as e:
                 if type(e) is not _Stopped:  # (before ``ready``: connect, woken by it, raises this failure)
-                    self.failure = e
+                    self.failure = self._failure_of(e)
                 raise
             finally:
                 self.ready.set()
@@ -710,7 +724,7 @@ class Replica:
         except _Stopped:
             return
         except BaseException as e:  # reported to every waiting caller
-            self.failure = e
+            self.failure = self._failure_of(e)
             log.debug("replica thread stopped: %r", e)
         finally:
             send_held_wakes(stop=True)

@@ -56,6 +56,7 @@ from tiger._client import (
     Client,
     Refusals,
     _abandoned,
+    _close_as_multiprocessing_ends,
     _connect_arguments,
     _Connection,
     _keep_while_owing,
@@ -222,6 +223,7 @@ class AsyncClient(_Connection):
         self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid)
         self._finalizer.atexit = False
         _open_clients.add(self)
+        _close_as_multiprocessing_ends()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -378,6 +380,7 @@ class AsyncClient(_Connection):
 
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""
+        self._check_process()
         return await self._tear_down_once_values(check_seconds(wait, "wait"))  # type: ignore[arg-type]
 
     async def _tear_down_once_values(self, wait: float, leaving: bool = False) -> list[tuple[str, BaseException]]:

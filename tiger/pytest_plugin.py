@@ -772,42 +772,52 @@ class _Run:
         if not self.tell_all_done():
             return
         pending = self.dir.builders()
-        deadline = monotonic() + self.teardown_timeout + _REPORT_GRACE
         try:
-            while pending:
-                for path in list(pending):
-                    state = self.dir.ended_builder(path)
-                    if state is None:
-                        continue
-                    pending.remove(path)
-                    by = state.get("by", f"pid {path.stem}")
-                    if "outcomes" in state:
-                        self.report_outcomes(by, state)
-                    elif self.dir.builder_had_no_room(path) or _still_runs(path.stem):  # (let go of its lock,
-                        # its outcomes unrecorded: no room even for an empty file to say so)
-                        from tiger._paths import TEMP_REMEDY
+            self._collect_builders(pending, monotonic() + self.teardown_timeout + _REPORT_GRACE)
+            return
+        except TimeoutError:  # past the deadline
+            why = "past tiger_teardown_timeout"
+            self.end_with(pytest.ExitCode.TESTS_FAILED)
+        except KeyboardInterrupt:  # a second Ctrl-C: the builders got it too (a terminal sends it to the whole
+            why = "interrupted"  # group), and report what they tore down and what they did not a moment later:
+            self.end_with(pytest.ExitCode.INTERRUPTED)  # every key of theirs was said "not waited for
+            with contextlib.suppress(TimeoutError, KeyboardInterrupt):  # (interrupted)" (a user trial, 3 of 3)
+                self._collect_builders(pending, monotonic() + _REPORT_GRACE)
+        for path in pending:
+            state = self.dir.builder_state(path)
+            for key in state.get("keys", ["?"]):
+                by = state.get("by", f"pid {path.stem}")
+                self.report.append(f"teardown of once {key!r} in {by}: not waited for ({why})")
 
-                        self.end_with(pytest.ExitCode.TESTS_FAILED)
-                        keys = ", ".join(repr(key) for key in state.get("keys", [])) or "(not recorded)"
-                        self.report.append(
-                            f"the outcomes of the teardowns of once {keys} in {by} are unknown: it found no room to "
-                            f"record them in the run's directory {self.dir.path} (its disk or quota is full, or a file "
-                            f"size limit was met): {TEMP_REMEDY}"
-                        )
-                    else:
-                        for key in state.get("keys", ["?"]):
-                            self.report.append(f"teardown of once {key!r} did not run: its builder {by} ended before it")
-                if pending and monotonic() > deadline:
-                    raise TimeoutError
-                time.sleep(_POLL)
-        except (TimeoutError, KeyboardInterrupt) as e:  # past the deadline, or a second Ctrl-C: stop waiting
-            why = "interrupted" if isinstance(e, KeyboardInterrupt) else "past tiger_teardown_timeout"
-            self.end_with(pytest.ExitCode.INTERRUPTED if isinstance(e, KeyboardInterrupt) else pytest.ExitCode.TESTS_FAILED)
-            for path in pending:
-                state = self.dir.builder_state(path)
-                for key in state.get("keys", ["?"]):
-                    by = state.get("by", f"pid {path.stem}")
-                    self.report.append(f"teardown of once {key!r} in {by}: not waited for ({why})")
+    def _collect_builders(self, pending: list[Path], deadline: float) -> None:
+        """Report each builder of ``pending`` as it ends (taken off the list), until none is left; past
+        ``deadline`` (``time.monotonic()``), ``TimeoutError``."""
+        while pending:
+            for path in list(pending):
+                state = self.dir.ended_builder(path)
+                if state is None:
+                    continue
+                pending.remove(path)
+                by = state.get("by", f"pid {path.stem}")
+                if "outcomes" in state:
+                    self.report_outcomes(by, state)
+                elif self.dir.builder_had_no_room(path) or _still_runs(path.stem):  # (let go of its lock,
+                    # its outcomes unrecorded: no room even for an empty file to say so)
+                    from tiger._paths import TEMP_REMEDY
+
+                    self.end_with(pytest.ExitCode.TESTS_FAILED)
+                    keys = ", ".join(repr(key) for key in state.get("keys", [])) or "(not recorded)"
+                    self.report.append(
+                        f"the outcomes of the teardowns of once {keys} in {by} are unknown: it found no room to "
+                        f"record them in the run's directory {self.dir.path} (its disk or quota is full, or a file "
+                        f"size limit was met): {TEMP_REMEDY}"
+                    )
+                else:
+                    for key in state.get("keys", ["?"]):
+                        self.report.append(f"teardown of once {key!r} did not run: its builder {by} ended before it")
+            if pending and monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(_POLL)
 
     def tell_all_done(self) -> bool:
         """The controller: tell the builders every test is done (``mark_all_done``). False, said in the report,
