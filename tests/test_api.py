@@ -20,6 +20,7 @@ def test_public_names_are_pinned():
         "FeedOverflow",
         "FrozenList",
         "HandshakeFailed",
+        "NoRoom",
         "NotFound",
         "OnceFailed",
         "Page",
@@ -77,6 +78,7 @@ def test_error_hierarchy():
         "AlreadyExists",
         "FeedOverflow",
         "HandshakeFailed",
+        "NoRoom",
         "NotFound",
         "OnceFailed",
         "ProtocolError",
@@ -86,3 +88,14 @@ def test_error_hierarchy():
     ]
     assert all(issubclass(e, tiger.TigerError) for e in errors)
     assert str(tiger.NotFound("plans 'x' is not here")) == "plans 'x' is not here"  # not KeyError's quoting
+
+
+def test_no_room_could_not_be_unpickled():
+    # a NoRoom raised in a process pool's worker (multiprocessing pickles it to the parent) failed to unpickle:
+    # "NoRoom.__init__() missing 2 required positional arguments", hiding the error itself
+    import errno
+    import pickle
+
+    error = tiger.NoRoom("no room to write /tmp/run/writer", "/tmp/run/writer", errno.ENOSPC)
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), str(again), again.path, again.errno) == (tiger.NoRoom, str(error), error.path, errno.ENOSPC)

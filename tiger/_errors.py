@@ -112,6 +112,9 @@ class NoRoom(TigerError):
         self.path = path
         self.errno = errno_
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (NoRoom, (str(self), self.path, self.errno))
+
 
 def no_room(path: str, error: OSError, remedy: str) -> NoRoom | None:
     """``NoRoom`` for ``error``, raised writing ``path``, if the file system had no room for it (``ROOM_ERRNOS``),
