@@ -132,7 +132,7 @@ def test_a_call_resent_with_no_descriptor_left_raised_too_many_open_files(tiger_
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["inserted 1"], done.stdout + done.stderr[-2000:]
-    assert "keeps its command socket for a resend" in done.stderr and "`ulimit -n` is" not in done.stdout
+    assert "keeps its command socket for a resend" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 CONNECT_UNTIL_OUT_OF_MEMORY = """

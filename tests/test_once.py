@@ -711,8 +711,12 @@ import multiprocessing, os, sys
 import tiger
 
 
+CLIENTS = []  # a worker's clients, as a pool's initializer keeps them
+
+
 def child(url, key, log):
-    client = tiger.connect(url)  # left open: the child returns without closing it
+    client = tiger.connect(url)
+    CLIENTS.append(client)  # left open: the child returns without closing it
 
     def resource():
         yield "made"

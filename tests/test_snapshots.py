@@ -554,7 +554,7 @@ def test_a_write_answered_as_a_big_stores_resync_began_raised_timeout_though_app
     # timeout, and raised Timeout halfway through the snapshot, though the writer had applied it. It waits on
     # while the snapshot's chunks keep coming, as a join does.
     server, lone = big_store
-    timeout = max(0.05, lone / 3)  # the first chunk comes well within it; the whole snapshot does not
+    timeout = max(0.5, lone / 3)  # the first chunk comes well within it, the write's answer too; the snapshot does not
 
     def reloading(replica: _replica.Replica) -> None:
         replica._reload = "a test: the replica reloads the snapshot"  # (as a caller far behind its answer asks)

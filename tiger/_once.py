@@ -55,7 +55,7 @@ import sys
 import threading
 import traceback
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
@@ -438,6 +438,12 @@ class Once:
     def holders(self, client: OnceClient) -> set[str]:
         """The other clients holding a value this client built with a teardown (the replica's view)."""
         return {holder for scope, key in self._teardowns for holder in _held(once_record(client, scope, key))}
+
+    @property
+    def owed(self) -> Mapping[tuple[str, str], int]:
+        """The (scope, key) of the teardowns still to run, live: names only, so that a client's finalizer may
+        hold it without holding the client (a teardown generator's frame may hold it: never collected)."""
+        return self._built_at
 
     def not_torn_down(self) -> list[tuple[str, str]]:
         """The (scope, key) of the teardowns not run yet, newest first."""

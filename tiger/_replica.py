@@ -406,12 +406,12 @@ class Replica:
         last chunk of a resync under way then (``joined_by``), raise ``Timeout``."""
         if self.take_answer(answer, own):
             return
-        predicate, _, what = self.reaching(answer, deadline)
+        predicate, first, what = self.reaching(answer, deadline)
         while True:
             try:
                 return self.wait_until(predicate, deadline, what)
             except Timeout:
-                later = self.caught_up_by(deadline)
+                later = self.caught_up_by(first)
                 if later is None:
                     raise
                 deadline = later
@@ -420,9 +420,11 @@ class Replica:
         """A wait for an answered seq (``catch_up``) past ``deadline``: the later deadline while a resync begun
         by then keeps loading the snapshot (``joined_by``: each chunk within the timeout of the one before),
         else None (``Timeout``). A write answered as a big store's resync began (a gap, a writer restarted)
-        raised ``Timeout`` at the client's timeout, though applied, halfway through the snapshot."""
+        raised ``Timeout`` at the client's timeout, though applied, halfway through the snapshot. ``deadline``
+        is the wait's first: a resync begun after it (a writer replaced mid-snapshot, again and again) counts
+        no more, nor one done (a review: both kept a write waiting on)."""
         later = self.joined_by(deadline)
-        return later if later > monotonic() else None
+        return later if self._seq.loading and later > monotonic() else None
 
     def reaching(self, answer: p.Ok, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """What waiting for the answer's (epoch, seq) is: the predicate, the deadline, the message past it.

@@ -59,9 +59,7 @@ from tiger._client import (
     _close_as_multiprocessing_ends,
     _connect_arguments,
     _Connection,
-    _keep_while_owing,
     _open_clients,
-    _owing,
     _shut_down,
     _stored,
     _TableReads,
@@ -220,7 +218,7 @@ class AsyncClient(_Connection):
             raise replica.failure
         # dropped without close(): the replica thread and the sockets go with the client; left open at exit, it
         # closes with the others, its teardowns awaited in a loop of their own (``_close_open_clients``)
-        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid)
+        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid, self._once.owed)
         self._finalizer.atexit = False
         _open_clients.add(self)
         _close_as_multiprocessing_ends()
@@ -265,10 +263,26 @@ class AsyncClient(_Connection):
     def _tear_down_at_exit(self) -> list[tuple[str, BaseException]]:
         if self._shared is not None:
             return []  # (its blocking client's)
+        busy = self._loop_busy_at_exit()
+        if busy is not None:
+            log.warning("%r: its once teardowns do not run at exit: %s (close the client there first)", self, busy)
+            return []
         return asyncio.run(self._tear_down_once_values(self.timeout, leaving=True))
 
+    def _loop_busy_at_exit(self) -> str | None:
+        """Why this client's teardowns cannot be awaited at exit in an event loop of their own: a loop that
+        used it still runs (in another thread: two threads would use one socket, which libzmq does not
+        survive), or one runs in this thread (``asyncio.run`` refuses). None when they can (a review)."""
+        if any(loop.is_running() for loop in list(self._locks)):
+            return "an event loop that used it still runs"
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return "an event loop runs in the thread that exits"
+
     def _let_go_at_exit(self) -> None:
-        if self._shared is not None:
+        if self._shared is not None or self._loop_busy_at_exit() is not None:
             return
         try:
             asyncio.run(self._once.let_go_of_newer_async(self, RELEASE_AT_EXIT))
@@ -281,7 +295,6 @@ class AsyncClient(_Connection):
         shared replica (its feeds and waits end: ``Replica.end_owner``)."""
         self._closed = True
         _open_clients.discard(self)
-        _owing.discard(self)
         if self._finalizer is not None:
             self._finalizer.detach()
         if os.getpid() != self._pid:
@@ -373,10 +386,7 @@ class AsyncClient(_Connection):
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         wait = check_timeout(timeout)
-        try:
-            return await self._once.value_async(self, key, scope, factory, wait, in_scope=namespace is not None)
-        finally:
-            _keep_while_owing(self._shared or self)  # (a sharing client's keys are its blocking client's)
+        return await self._once.value_async(self, key, scope, factory, wait, in_scope=namespace is not None)
 
     async def tear_down_once_values(self, wait: float = 0.0) -> list[tuple[str, BaseException]]:
         """``tiger.Client.tear_down_once_values``, awaited (async generator factories' teardowns too)."""
@@ -726,12 +736,12 @@ class AsyncClient(_Connection):
         replica = self.replica
         if replica.take_answer(answer, own):
             return
-        predicate, _, what = replica.reaching(answer, deadline)
+        predicate, first, what = replica.reaching(answer, deadline)
         while True:
             try:
                 return await replica.until(predicate, deadline, what, self._owner)
             except Timeout:
-                later = replica.caught_up_by(deadline)
+                later = replica.caught_up_by(first)
                 if later is None:
                     raise
                 deadline = later

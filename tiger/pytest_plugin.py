@@ -217,7 +217,7 @@ class _RunDir:
     def mark_builder_no_room(self) -> None:
         """This builder could not record its state (``NoRoom``): said to the controller by an empty file, as far
         as the file system has room left for one."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, NoRoom):
             _touch(self.path / "builders" / f"{os.getpid()}.no-room")
 
     @staticmethod
@@ -689,8 +689,10 @@ class _Run:
             self.dir.record_builder(state)
         except NoRoom:  # the controller, waiting for this lock, says the outcomes were lost (``wait_for_builders``);
             self.dir.mark_builder_no_room()  # without xdist, it reports them from ``state``
-        finally:  # (held on, the controller waited tiger_teardown_timeout for a builder that was done)
-            self.dir.release_builder()
+        # (held on, the controller waited tiger_teardown_timeout for a builder that was done; let go after
+        # any other error, a Ctrl-C say, the controller said "no room" of a disk that had room: a review.
+        # Held then, it is let go as this process ends)
+        self.dir.release_builder()
         self._built.clear()
         return state
 
@@ -913,7 +915,8 @@ class _Run:
 def _still_runs(pid: str) -> bool:
     """Whether process ``pid`` (a builder's, from its lock file's name) still runs, not a zombie (an xdist
     worker that crashed, not yet reaped): a builder lets go of its lock before it ends only once its
-    teardowns are done."""
+    teardowns are done and recorded, or found no room for it. (Left: a killed one lets go of it a moment
+    before it is a zombie; looked at again a moment later, a builder that found no room had ended too.)"""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as f:
             return f.read().rpartition(b")")[2].split()[0] != b"Z"
