@@ -870,7 +870,7 @@ class Client(_Connection):
         try:
             # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
             self._command = [self._new_socket()]
-        except ValueError:
+        except (ValueError, TigerError):  # (a bad url; out of descriptors): the context made goes too
             self._ctx.term()
             raise
         try:

@@ -156,7 +156,7 @@ class AsyncClient(_Connection):
         try:
             # a list the finalizer shares (a resend replaces the socket)
             self._command: list[_AwaitedSocket] = [_AwaitedSocket(self._new_socket())]
-        except ValueError:
+        except (ValueError, TigerError):  # (a bad url; out of descriptors): the context made goes too
             self._ctx.term()
             raise
 
@@ -189,7 +189,11 @@ class AsyncClient(_Connection):
         shared._serving = {}
         shared._serving_lock = threading.RLock()
         shared._answers = {}
-        shared._command = [_AwaitedSocket(shared._new_socket())]
+        try:
+            shared._command = [_AwaitedSocket(shared._new_socket())]
+        except (ValueError, TigerError):  # (out of descriptors, say): its context made goes too
+            shared._ctx.term()
+            raise
         shared._finalizer = weakref.finalize(
             shared, _abandoned_sharing, client.replica, shared._owner, shared._ctx, shared._command, shared._pid
         )
