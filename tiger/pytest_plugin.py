@@ -42,7 +42,6 @@ started inside a test, never see, build, clear or drop each other's.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -1004,7 +1003,9 @@ def _shared_client_class() -> type[Client]:
     and ``tear_down_once_values()`` raise ``TigerError`` (``_CLOSE_REFUSED``, ``_TEAR_DOWN_REFUSED``). A
     test that closed the session's client (``with tiger_client:`` closes it on leaving) failed every
     later test of its process, and ran the run's ``tiger_once`` teardowns in the middle of the run. The
-    plugin closes it at the end (``_close_shared``). Made at first use (tiger._client imports zmq)."""
+    plugin closes it at the end (``_close_shared``); left open at exit (a run that ended without
+    ``pytest_unconfigure``), tiger's exit handler closes it with every other client (it calls no refused method).
+    Made at first use (tiger._client imports zmq)."""
     if "client" not in _shared_classes:
         from tiger._client import Client
 
@@ -1027,7 +1028,6 @@ def _shared_client_class() -> type[Client]:
                 raise TigerError(_TEAR_DOWN_REFUSED)
 
         _shared_classes["client"] = SharedClient
-        atexit.register(_close_left_open)  # (after tiger._client's own handler: run before it)
     return _shared_classes["client"]
 
 
@@ -1038,18 +1038,6 @@ def _close_shared(client: Client) -> None:
 
     client.__class__ = Client
     client.close()
-
-
-def _close_left_open() -> None:
-    """At exit, a shared client still open (a run that ended without ``pytest_unconfigure``) is made a plain
-    ``tiger.Client`` again (its class refuses ``close``), so that tiger's own exit handler (run after this
-    one) closes it with every other client left open: their teardowns first, every client still open
-    (closed here first, a teardown of another client's value writing through it failed)."""
-    from tiger._client import Client, _open_clients
-
-    for client in list(_open_clients):
-        if isinstance(client, _shared_classes["client"]):
-            client.__class__ = Client
 
 
 def _shared_async_client_class() -> type[AsyncClient]:
