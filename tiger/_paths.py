@@ -163,7 +163,7 @@ def hold_run_dir(path: str, controller: int | None = None) -> tuple[int, bool]:
             pass
         except NoRoom:
             os.close(fd)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, NoRoom):  # (as far as there is room: its own NoRoom hid the record's)
                 touch(os.path.join(path, NO_ROOM))
             raise
         except BaseException:

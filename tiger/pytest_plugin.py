@@ -174,15 +174,16 @@ class _RunDir:
             yield
 
     def mark_no_room(self) -> None:
-        """Say to the run's other processes that this one found no room for the ``writer`` record (as far as
-        the file system has room left for an empty file)."""
+        """Say to the run's other processes that this one found no room for the ``writer`` or ``controller``
+        record (as far as the file system has room left for an empty file: its own ``NoRoom`` hid the record's)."""
         from tiger._paths import NO_ROOM
 
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, NoRoom):
             _touch(self.path / NO_ROOM)
 
     def no_room(self) -> str | None:
-        """What a process of the run that found no room for the ``writer`` record leaves the others to say."""
+        """What a process of the run that found no room for the ``writer`` or ``controller`` record leaves the
+        others to say."""
         from tiger._paths import NO_ROOM, TEMP_REMEDY
 
         if not os.path.exists(self.path / NO_ROOM):
