@@ -261,13 +261,13 @@ def _close_open_clients() -> None:
     here = os.getpid()
     clients = sorted((c for c in _open_clients if not c._closed and c._pid == here), key=lambda c: c._made, reverse=True)
     for client in clients:
-        client._let_go_at_exit()
+        _let_go_at_exit(client)
     waiting = list(clients)
     while waiting:
         still_open = {client.client_id for client in waiting}
         ready = next((c for c in waiting if not (_holders(c) & still_open - {c.client_id})), waiting[0])
         waiting.remove(ready)
-        if not _tear_down_at_exit(ready):
+        if not _run_teardowns_at_exit(ready):
             break
     for client in clients + [c for c in list(_open_clients) if c not in clients]:  # (forked children's too)
         _close_at_exit(client)
@@ -288,7 +288,7 @@ def _holders(client: _Connection) -> set[str]:
         return set()
 
 
-def _tear_down_at_exit(client: _Connection) -> bool:
+def _run_teardowns_at_exit(client: _Connection) -> bool:
     """Run ``client``'s teardowns at exit, then let go of every value it still holds (as its goodbye
     would); each error logged. False when a Ctrl-C ended them (the rest are not run)."""
     try:
@@ -301,8 +301,15 @@ def _tear_down_at_exit(client: _Connection) -> bool:
         errors = []
     for key, error in errors:
         log.error("once %r: its teardown raised at exit", key, exc_info=(type(error), error, error.__traceback__))
-    client._let_go_at_exit()
+    _let_go_at_exit(client)
     return True
+
+
+def _let_go_at_exit(client: _Connection) -> None:
+    try:
+        client._let_go_at_exit()
+    except Exception:  # (a replica stopped, a writer gone): its goodbye lets go as before
+        log.debug("letting go of once values at exit", exc_info=True)
 
 
 def _close_at_exit(client: _Connection) -> None:
@@ -398,6 +405,16 @@ class _Connection(Handle):
         self._closed_at_exit = False  # closed by tiger as the interpreter exits (``_close_open_clients``)
         self._made = next(_made)
         self._short_of_descriptors = False  # a resend found no descriptor for a fresh socket (logged once)
+
+    def _track_open(self) -> None:
+        """Once connected: dropped without close(), the replica thread and the sockets go with the client, its
+        teardowns named as not run (``_abandoned``); left open at exit, ``_close_open_clients`` tears it down
+        and closes it with the others (in a child multiprocessing started too)."""
+        command: Sequence[_Closable] = self._command  # type: ignore[attr-defined]  # (each kind of client's own list)
+        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, command, self._pid, self._once.owed)
+        self._finalizer.atexit = False
+        _open_clients.add(self)
+        _close_as_multiprocessing_ends()
 
     # -- at exit (``_close_open_clients``): each kind of client its own way, no event loop running
 
@@ -879,11 +896,7 @@ class Client(_Connection):
         except BaseException:
             self.close()
             raise
-        _open_clients.add(self)
-        _close_as_multiprocessing_ends()
-        # dropped without close(): the replica thread and the sockets go with the client (at exit, close() runs)
-        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid, self._once.owed)
-        self._finalizer.atexit = False
+        self._track_open()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -928,10 +941,7 @@ class Client(_Connection):
         return self._tear_down_once_values(self.timeout, leaving=True)
 
     def _let_go_at_exit(self) -> None:
-        try:
-            self._once.let_go_of_newer(self, RELEASE_AT_EXIT)
-        except Exception:  # (a replica stopped, a writer gone): its goodbye lets go as before
-            log.debug("letting go of once values at exit", exc_info=True)
+        self._once.let_go_of_newer(self, RELEASE_AT_EXIT)
 
     def _close_now(self) -> None:
         self._close()

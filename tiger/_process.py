@@ -110,7 +110,7 @@ def check_room(what: str, descriptors: int = DESCRIPTORS_PER_CLIENT, threads: in
     more threads, before ``what`` (a client) makes its ZeroMQ context. Out of either, libzmq aborted the whole
     process from its I/O thread or as it started one ("Too many open files (src/epoll.cpp:38)", "Resource
     temporarily unavailable (src/thread.cpp:241)": SIGABRT, a pytest run died with no summary), or a replica
-    thread died unseen. Opens and closes that many descriptors (a few microseconds), starts and ends one
+    thread died unseen. Opens and closes that many descriptors (a few microseconds), starts and ends two
     threads more than ``threads`` (tens of microseconds each); best effort (another thread may take some
     meanwhile). Descriptors are not checked where ``/dev/null`` cannot be opened for another reason."""
     _check_descriptors(what, descriptors)
@@ -151,7 +151,7 @@ def _check_threads(what: str, need: int) -> None:
             f"{what} needs {need} more threads, and this process cannot start another: a limit on threads "
             f"(`ulimit -u`, a container's pids limit) or on memory (`ulimit -v` is {memory_limit()}; each thread reserves "
             "its stack, `ulimit -s`) is reached: close clients it no longer needs, or raise the limit (each client "
-            "runs 3 threads while it is open)"
+            f"runs {ZMQ_THREADS + 1} threads while it is open)"
         ) from None
     finally:
         go.release()

@@ -55,8 +55,6 @@ from tiger._client import (
     RELEASE_AT_EXIT,
     Client,
     Refusals,
-    _abandoned,
-    _close_as_multiprocessing_ends,
     _connect_arguments,
     _Connection,
     _open_clients,
@@ -220,12 +218,7 @@ class AsyncClient(_Connection):
                     raise await off_loop(replica.no_snapshot, self.timeout) from None
         if replica.failure is not None:
             raise replica.failure
-        # dropped without close(): the replica thread and the sockets go with the client; left open at exit, it
-        # closes with the others, its teardowns awaited in a loop of their own (``_close_open_clients``)
-        self._finalizer = weakref.finalize(self, _abandoned, self._replica, self._ctx, self._command, self._pid, self._once.owed)
-        self._finalizer.atexit = False
-        _open_clients.add(self)
-        _close_as_multiprocessing_ends()
+        self._track_open()  # (left open at exit: its teardowns awaited in a loop of their own)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -286,12 +279,8 @@ class AsyncClient(_Connection):
         return "an event loop runs in the thread that exits"
 
     def _let_go_at_exit(self) -> None:
-        if self._shared is not None or self._loop_busy_at_exit() is not None:
-            return
-        try:
+        if self._shared is None and self._loop_busy_at_exit() is None:
             asyncio.run(self._once.let_go_of_newer_async(self, RELEASE_AT_EXIT))
-        except Exception:  # (a replica stopped, a writer gone): its goodbye lets go as before
-            log.debug("letting go of once values at exit", exc_info=True)
 
     def _close_now(self) -> None:
         """Close without awaiting anything (no teardowns): the sockets, the replica, the context; for a

@@ -1349,12 +1349,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     (``pytest_sessionfinish_after_fixtures``, after xdist's own; waiting here hung until the timeout)."""
     run = session.config.stash.get(_run_key, None)
     if run is not None and run.is_controller and run.dir.exists():  # (a builder with no room to say so: told too)
-        if session.exitstatus == pytest.ExitCode.INTERRUPTED or run.interrupted:
+        if session.exitstatus == pytest.ExitCode.INTERRUPTED or run.interrupted or not run.dir.builders():
             run.tell_all_done()
-        elif run.dir.builders():
-            run.wait_for_builders()
         else:
-            run.tell_all_done()
+            run.wait_for_builders()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True, specname="pytest_sessionfinish")
