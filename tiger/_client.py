@@ -435,23 +435,32 @@ class _Connection(Handle):
         ``TigerError`` when the process is out of file descriptors (``out_of_descriptors``)."""
         try:
             sock: zmq.Socket[Any] = (ctx or self._ctx).socket(zmq.DEALER)
+            try:  # (closed on any error: a socket left open holds its context's term() for ever)
+                sock.setsockopt(zmq.LINGER, 0)
+                self._secure(sock)
+                try:
+                    connect_socket(sock, self._endpoint.now())
+                except zmq.ZMQError as e:
+                    if e.errno in OUT_OF_DESCRIPTORS:  # (not the url's fault: it said "cannot connect")
+                        raise
+                    raise ValueError(f"url: cannot connect to {shown(self.url)}: {e}") from None
+            except BaseException:
+                sock.close(linger=0)
+                raise
         except zmq.ZMQError as e:
             if e.errno in OUT_OF_DESCRIPTORS:
                 raise out_of_descriptors("a tiger client's command socket", e.errno) from None
             raise
-        try:  # (closed on any error: a socket left open holds its context's term() for ever)
-            sock.setsockopt(zmq.LINGER, 0)
-            self._secure(sock)
-            try:
-                connect_socket(sock, self._endpoint.now())
-            except zmq.ZMQError as e:
-                if e.errno in OUT_OF_DESCRIPTORS:  # (not the url's fault: it said "cannot connect")
-                    raise out_of_descriptors("a tiger client's command socket", e.errno) from None
-                raise ValueError(f"url: cannot connect to {shown(self.url)}: {e}") from None
-        except BaseException:
-            sock.close(linger=0)
-            raise
         return sock
+
+    def _first_socket(self) -> zmq.Socket[Any]:
+        """The client's first command socket (``_new_socket``); one that cannot be made (a bad url, out of
+        descriptors) terminates the context made for it."""
+        try:
+            return self._new_socket()
+        except (ValueError, TigerError):
+            self._ctx.term()
+            raise
 
     def _hello_request(self) -> p.Hello:
         return p.Hello(next(self._req_ids), self.client_id)
@@ -884,12 +893,8 @@ class Client(_Connection):
         super().__init__(url, timeout, heartbeat_timeout, server_key, deadline)
         # one request in flight on the command socket: the call holding it (its token) is its holder
         self._socket_hold = OwnedLock()
-        try:
-            # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
-            self._command = [self._new_socket()]
-        except (ValueError, TigerError):  # (a bad url; out of descriptors): the context made goes too
-            self._ctx.term()
-            raise
+        # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
+        self._command = [self._first_socket()]
         try:
             self._replica = self._make_replica(self._hello())
             self._replica.start(self.timeout, self._connect_deadline)

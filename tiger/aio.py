@@ -151,12 +151,8 @@ class AsyncClient(_Connection):
         self._serving: dict[asyncio.AbstractEventLoop, set[object]] = {}  # loops using the socket -> their calls' tokens
         self._serving_lock = threading.RLock()  # (re-entered: see ``_served``)
         self._answers: dict[int, p.Reply] = {}  # answers one loop's call took for another's
-        try:
-            # a list the finalizer shares (a resend replaces the socket)
-            self._command: list[_AwaitedSocket] = [_AwaitedSocket(self._new_socket())]
-        except (ValueError, TigerError):  # (a bad url; out of descriptors): the context made goes too
-            self._ctx.term()
-            raise
+        # a list the finalizer shares (a resend replaces the socket)
+        self._command: list[_AwaitedSocket] = [_AwaitedSocket(self._first_socket())]
 
     @classmethod
     def sharing(cls, client: Client) -> AsyncClient:
@@ -187,11 +183,7 @@ class AsyncClient(_Connection):
         shared._serving = {}
         shared._serving_lock = threading.RLock()
         shared._answers = {}
-        try:
-            shared._command = [_AwaitedSocket(shared._new_socket())]
-        except (ValueError, TigerError):  # (out of descriptors, say): its context made goes too
-            shared._ctx.term()
-            raise
+        shared._command = [_AwaitedSocket(shared._first_socket())]
         shared._finalizer = weakref.finalize(
             shared, _abandoned_sharing, client.replica, shared._owner, shared._ctx, shared._command, shared._pid
         )

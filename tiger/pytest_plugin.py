@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 _RUN_KEY = "tiger_run"  # the workerinput entry
 _POLL = 0.02  # seconds between looks at the run directory while waiting for the end of the run
+_NO_ROOM_WHY = "(its disk or quota is full, or a file size limit was met)"  # why a file of the run could not be written
 _namespace_key = pytest.StashKey[str]()
 _lease_lost_key = pytest.StashKey[str]()  # what to fail a test's teardown with: its lease ended during it
 _TIGER = os.path.dirname(os.path.abspath(__file__)) + os.sep  # tiger's package directory
@@ -190,8 +191,8 @@ class _RunDir:
             return None
 
         return (
-            f"tiger: another process of this run found no room to write in the run's directory {self.path} (its disk "
-            f"or quota is full, or a file size limit was met): {TEMP_REMEDY}"
+            f"tiger: another process of this run found no room to write in the run's directory {self.path} "
+            f"{_NO_ROOM_WHY}: {TEMP_REMEDY}"
         )
 
     def writer(self) -> dict[str, Any] | None:
@@ -811,8 +812,7 @@ class _Run:
                     keys = ", ".join(repr(key) for key in state.get("keys", [])) or "(not recorded)"
                     self.report.append(
                         f"the outcomes of the teardowns of once {keys} in {by} are unknown: it found no room to "
-                        f"record them in the run's directory {self.dir.path} (its disk or quota is full, or a file "
-                        f"size limit was met): {TEMP_REMEDY}"
+                        f"record them in the run's directory {self.dir.path} {_NO_ROOM_WHY}: {TEMP_REMEDY}"
                     )
                 else:
                     for key in state.get("keys", ["?"]):
