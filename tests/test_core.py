@@ -406,6 +406,74 @@ def test_a_goodbye_releases_the_claims_at_once():
     assert rig.call(BOB, claim(1, BOB)).result == "build"  # type: ignore[union-attr]
 
 
+def finish(req_id: int, client_id: str, outcome: str, payload: Any = "v", key: str = "k") -> p.OnceFinish:
+    return p.OnceFinish(req_id, key, client_id, outcome, payload)
+
+
+def test_a_value_whose_builder_died_before_its_teardown_was_still_handed_out():
+    # A user trial: `with Pool(...)` ends by terminate() (SIGTERM): a worker's generator-factory value (a server
+    # it ran) never torn down, yet stored and handed to every later caller, though it ended with the worker.
+    # The writer retires such a value when it takes its builder for gone; a plain value (no teardown) stays.
+    rig = Rig()
+    assert rig.call(ALICE, claim(1, ALICE)).result == "build"  # type: ignore[union-attr]
+    assert rig.call(ALICE, finish(2, ALICE, "resource", "http://127.0.0.1:8001")).result == "stored"  # type: ignore[union-attr]
+    assert rig.call(ALICE, claim(3, ALICE, key="plain")).result == "build"  # type: ignore[union-attr]
+    assert rig.call(ALICE, finish(4, ALICE, "value", key="plain")).result == "stored"  # type: ignore[union-attr]
+    assert rig.call(BOB, claim(1, BOB)).result == "done"  # type: ignore[union-attr]
+    rig.advance(CLIENT_SILENCE - 0.5)
+    rig.call(BOB, p.Sync(2))
+    rig.tick()
+    assert rig.call(BOB, claim(3, BOB)).result == "done"  # type: ignore[union-attr]  # not yet gone
+    rig.advance(1.0)
+    rig.call(BOB, p.Sync(4))
+    rig.tick()
+    assert ALICE not in rig.core.clients
+    assert rig.call(BOB, claim(5, BOB)).result == "build"  # type: ignore[union-attr]  # built anew
+    assert rig.call(BOB, claim(6, BOB, key="plain")).result == "done"  # type: ignore[union-attr]
+
+
+def test_a_goodbye_with_a_teardown_not_run_keeps_its_value():
+    # README: a cancelled close of a tiger.aio client leaves the teardowns it did not run logged and their keys
+    # as they are (the builder's process lives on; what the value stands for may too)
+    rig = Rig()
+    rig.call(ALICE, claim(1, ALICE))
+    rig.call(ALICE, finish(2, ALICE, "resource"))
+    rig.send(p.encode_request(p.Bye(ALICE)))
+    assert ALICE not in rig.core.clients
+    assert rig.call(BOB, claim(1, BOB)).result == "done"  # type: ignore[union-attr]
+    rig.advance(CLIENT_SILENCE + LEASE_GRACE + 1.0)
+    rig.tick()
+    assert rig.call(BOB, claim(2, BOB)).result == "done"  # type: ignore[union-attr]
+
+
+def test_a_builder_taken_for_gone_that_resumes_tears_down_its_own_value_not_the_one_built_anew():
+    rig = Rig()
+    rig.call(ALICE, claim(1, ALICE))
+    rig.call(ALICE, finish(2, ALICE, "resource"))
+    rig.advance(CLIENT_SILENCE + 1.0)  # alice stopped (SIGSTOP): taken for gone, its value retired
+    rig.tick()
+    assert rig.call(BOB, claim(1, BOB)).result == "build"  # type: ignore[union-attr]
+    rig.call(BOB, finish(2, BOB, "resource", "bob's"))
+    rig.call(ALICE, finish(3, ALICE, "retire", None))  # alice resumed, ran its teardown, retires its own: a no-op
+    assert rig.core.store.get(_table.ONCE_TABLE, "global", "k")["value"] == "bob's"
+
+
+def test_a_store_loaded_with_a_value_to_tear_down_retires_it_once_its_builder_is_not_heard():
+    # A writer started on stored content (--data): a builder of a killed run is never heard again
+    store = _table.Store()
+    for prepare in (
+        lambda: _table.prepare_once_claim(store, "k", ALICE, "gw0", set(), now=1),
+        lambda: _table.prepare_once_finish(store, "k", ALICE, "v", None, teardown=True),
+    ):
+        _, change = prepare()
+        assert change is not None
+        store.apply(change)
+    core = WriterCore(EPOCH, heartbeat=0.5, now=T0, store=store, token=lambda n: "0" * 2 * n)
+    assert core.clients == {ALICE: T0}
+    core.tick(T0 + CLIENT_SILENCE + 0.1)
+    assert core.store.get(_table.ONCE_TABLE, "global", "k") is None
+
+
 def test_a_heartbeat_tells_the_seq():
     rig = Rig()
     rig.call(ALICE, insert(1))

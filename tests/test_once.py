@@ -753,6 +753,51 @@ def test_a_multiprocessing_child_left_its_clients_open_and_its_once_teardowns_ne
     assert once_record(reader, "global", key) is None  # retired: a later caller builds anew
 
 
+POOL_TERMINATED = """
+import multiprocessing, os, sys
+import tiger
+
+CLIENT = None
+
+
+def start(url):
+    global CLIENT
+    CLIENT = tiger.connect(url)
+
+
+def server():
+    yield f"server of {os.getpid()}"
+    print("teardown", flush=True)
+
+
+def build(key):
+    return CLIENT.once(key, server)
+
+
+if __name__ == "__main__":
+    url, key = sys.argv[1:]
+    with multiprocessing.get_context("fork").Pool(1, initializer=start, initargs=(url,)) as pool:
+        print(pool.apply(build, (key,)), flush=True)
+"""
+
+
+def test_a_pool_terminated_left_its_workers_once_values_handed_out_though_their_teardowns_never_ran(tiger_url, connect, tmp_path):
+    # A user trial: `with Pool(...)` ends by terminate(): SIGTERM, so a worker's once teardowns never ran, and the
+    # value it built (a server of its own) stayed stored and was handed to every later caller (8 of 9), though
+    # it ended with the worker. The writer retires it once it takes the worker for gone; a later caller builds.
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_TERMINATED)
+    key = f"pool-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run([sys.executable, str(script), tiger_url, key], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0 and done.stdout.startswith("server of "), done.stdout + done.stderr
+    assert "teardown" not in done.stdout  # (what the fix cannot give back: the worker was killed)
+    reader = connect()
+    deadline = time.monotonic() + 30
+    while once_record(reader, "global", key) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # (a local read: the writer takes the worker for gone after its silence, about 3 s)
+    assert reader.once(key, lambda: "built anew") == "built anew"
+
+
 def test_tear_down_once_values_on_a_forked_copy_ran_the_parents_teardowns_and_the_parent_ran_them_again(connect, ns):
     # A user trial: close() on a client copied by os.fork() runs nothing, and its writes raise TigerError, but its
     # tear_down_once_values() ran the parent's teardowns in the child; the parent then ran them again

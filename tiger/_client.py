@@ -1062,6 +1062,8 @@ class Client(_Connection):
         ``factory`` may be a generator function: its first yielded value is the shared value,
         and the code after that ``yield`` is its teardown, run once, by this client, in
         ``close()`` (the pytest plugin runs it after every test of every process of the run).
+        A builder that dies first (killed: ``Pool.terminate()``) cannot run it: the writer retires
+        its value when it notices the silence (about 3 s), and the next caller builds anew.
 
         Outcomes, the same for every caller: if the factory raises (or ``pytest.skip``/``fail``),
         or returns a value tiger cannot store, it is built once and every caller gets

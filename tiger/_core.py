@@ -18,13 +18,15 @@ Rules kept here (each was a fault once; see tests/test_core.py):
   client fell silent (a call the writer no longer remembers is applied again: Lazy Pirate, ZeroMQ
   guide ch. 4);
 - a call that arrives after its expiry (the client's wall clock) is refused, never applied late;
-- a client silent for ``CLIENT_SILENCE`` seconds is gone, unless its connection is still up
-  (``reach``: a process whose Python threads cannot run, a factory holding the GIL in one long C
-  call, keeps its socket and answers ZeroMQ's heartbeats; a dead or stopped one does not): the once
-  keys it was building are then released, and the namespaces it leased dropped (once no other client
-  leases them) ``lease_grace`` seconds later unless it is heard again meanwhile (a goodbye: at once; a
-  writer started on stored content gives each leasing client ``CLIENT_SILENCE`` to be heard, as it gives
-  builders, then the grace); a writer that was itself paused does not count the pause as its clients' silence;
+- a client silent for ``CLIENT_SILENCE`` seconds is gone, unless its connection is still up (``reach``: a
+  process whose Python threads cannot run, a factory holding the GIL in one long C call, keeps its socket
+  and answers ZeroMQ's heartbeats; a dead or stopped one does not): the once keys it was building are then
+  released, the values it built with a teardown of its own retired (that teardown will not run; a stopped
+  builder that resumes still runs it, on its own value), and the namespaces it leased dropped (once no
+  other client leases them) ``lease_grace`` seconds later unless it is heard again meanwhile (a goodbye:
+  at once; a writer started on stored content gives each leasing client ``CLIENT_SILENCE`` to be heard, as
+  it gives builders, then the grace); a writer that was itself paused does not count the pause as its
+  clients' silence;
 - a full or failing disk refuses writes (``DiskFault``), keeps reads and snapshots going, and is
   tried again (a compaction) with a backoff of 0.5 s doubling to 10 s; a data directory, log or snapshot
   removed, moved or replaced under the writer (``DataDirLost``) refuses writes the same way, for good: nothing
@@ -758,10 +760,12 @@ class WriterCore:
             log.info("client %s is heard again: the namespaces it leases stay", client_id)
 
     def _forget(self, client_id: str, now: float, goodbye: bool = False) -> None:
-        """A client left (``goodbye``, or silence): release the once keys it was building and held, and end its
-        leases (a namespace no other client leases is dropped): at its goodbye at once, after its silence
-        ``lease_grace`` seconds later unless it is heard again (``lease_ends``). While the data directory cannot
-        take those changes, the client is kept (as silent) to be forgotten later."""
+        """A client left (``goodbye``, or silence): release the once keys it was building and held, after its
+        silence retire the values it built and was to tear down itself (``prepare_once_orphans``; a client
+        that said goodbye left their keys as they are: a cancelled close), and end its leases (a namespace
+        no other client leases is dropped): at its goodbye at once, after its silence ``lease_grace`` seconds
+        later unless it is heard again (``lease_ends``). While the data directory cannot take those changes,
+        the client is kept (as silent) to be forgotten later."""
         seen = self.clients.pop(client_id, None)
         awaited = client_id in self.awaited
         self.awaited.discard(client_id)
@@ -775,6 +779,9 @@ class WriterCore:
                     log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
             for held in _table.prepare_once_leave(self.store, client_id):
                 self._commit(held, now)
+            for namespace, key, retire in [] if goodbye else _table.prepare_once_orphans(self.store, client_id):
+                self._commit(retire, now)
+                log.info("retired once key %r (namespace %r): builder %s gone, cannot tear it down", key, namespace, client_id)
         except DiskFault:
             self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
             if awaited:

@@ -992,6 +992,19 @@ def prepare_once_leave(store: Store, client_id: str) -> list[Put]:
     ]
 
 
+def prepare_once_orphans(store: Store, client_id: str) -> list[tuple[str, str, Delete]]:
+    """``client_id`` fell silent (killed) with values it built that it was to tear down itself (a generator
+    factory's, ``teardown``): that teardown will not run, and what the value stood for (a server, a directory of
+    its process) may have ended with it. Each is retired, as its teardown would have done (a later caller builds
+    anew), as (namespace, key, change). Before, they stayed stored and were handed to later callers: a
+    ``multiprocessing.Pool``'s workers ended by ``terminate()`` (SIGTERM), a user trial."""
+    return [
+        (namespace, key, Delete(ONCE_TABLE, namespace, key))
+        for namespace, key, record in _once_records(store)
+        if record["state"] == "done" and record.get("teardown") and record["owner"] == client_id
+    ]
+
+
 def prepare_once_release(
     store: Store, key: str, client_id: str, namespace: str = GLOBAL, claims: Sequence[int] | None = None
 ) -> Delete | None:
@@ -1085,7 +1098,11 @@ def prepare_lease_end(store: Store, client_id: str, live: Container[str] = ()) -
 
 def clients_awaited(store: Store) -> set[str]:
     """The clients a writer started on stored content gives ``CLIENT_SILENCE`` to be heard before it takes them
-    for gone: the builders of once keys (then handed to others) and the holders of leases (their lease grace
-    then begins)."""
-    builders = {record["owner"] for _, _, record in _once_records(store) if record["state"] == "building"}
+    for gone: the builders of once keys (then handed to others), of values they tear down themselves (then
+    retired: ``prepare_once_orphans``), and the holders of leases (their lease grace then begins)."""
+    builders = {
+        record["owner"]
+        for _, _, record in _once_records(store)
+        if record["state"] == "building" or (record["state"] == "done" and record.get("teardown"))
+    }
     return builders | {client_id for rows in store.tables.get(LEASE_TABLE, {}).values() for client_id in rows}
