@@ -259,13 +259,11 @@ class Replica:
         if timeout is None:
             return
         end = monotonic() + timeout if deadline is None else deadline
-        while not self.ready.is_set():
-            now = monotonic()
-            until = self.joined_by(end)
-            if now >= until:
-                self.stop()
-                raise self.no_snapshot(timeout)
-            self.ready.wait(min(until - now, 0.5))
+        try:
+            self.wait_until(self.joined_or_failed, end, str, extend=lambda: self.joining_by(end))
+        except Timeout:
+            self.stop()
+            raise self.no_snapshot(timeout) from None
         if self.failure is not None:
             raise self.failure
 
@@ -279,6 +277,17 @@ class Replica:
         failing part-way through every snapshot, restarted over and over, kept a connect waiting for ever)."""
         chunk_at, began = self.chunk_at, self._join_began
         return deadline if chunk_at is None or began > deadline else max(deadline, chunk_at + self._timeout)
+
+    def joined_or_failed(self) -> bool:
+        """The join is over: the snapshot loaded (``ready``), or the thread stopped with ``failure`` (which the
+        connect raises: set a moment before ``ready``, a wait for ``ready`` alone could take it for a stop)."""
+        return self.ready.is_set() or self.failure is not None
+
+    def joining_by(self, deadline: float) -> float | None:
+        """A join past ``deadline`` (``extend`` of a wait for ``ready``): the later deadline while its snapshot's
+        chunks keep coming (``joined_by``), else None."""
+        later = self.joined_by(deadline)
+        return later if later > monotonic() else None
 
     @property
     def closed(self) -> bool:
@@ -406,15 +415,7 @@ class Replica:
         last chunk of a resync under way then (``joined_by``), raise ``Timeout``."""
         if self.take_answer(answer, own):
             return
-        predicate, first, what = self.reaching(answer, deadline)
-        while True:
-            try:
-                return self.wait_until(predicate, deadline, what)
-            except Timeout:
-                later = self.caught_up_by(first)
-                if later is None:
-                    raise
-                deadline = later
+        self.wait_until(*self.reaching(answer, deadline), extend=lambda: self.caught_up_by(deadline))
 
     def caught_up_by(self, deadline: float) -> float | None:
         """A wait for an answered seq (``catch_up``) past ``deadline``: the later deadline while a resync begun
@@ -535,11 +536,19 @@ class Replica:
             feed.end(type(error), f"{feed.name} ended: {error}")
         self._seq.feeds.clear()
 
-    def wait_until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
+    def wait_until(
+        self,
+        predicate: Callable[[], bool],
+        deadline: float,
+        what: Callable[[], str],
+        extend: Callable[[], float | None] | None = None,
+    ) -> None:
         """Block until ``predicate()`` (checked holding the lock, after each change) is true; past
-        ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout(what())``; if the replica stopped,
-        ``Unavailable`` (``TigerError("the client was closed")`` if its client closed it). ``tiger.aio``
-        awaits the same with ``until``. (A blocking client never shares its replica: its close stops it.)"""
+        ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout(what())``, unless ``extend()`` then gives a
+        later deadline (work that grows with the store still going on: a join's or a resync's snapshot); if
+        the replica stopped, ``Unavailable`` (``TigerError("the client was closed")`` if its client closed it).
+        ``tiger.aio`` awaits the same with ``until``. (A blocking client never shares its replica: its close
+        stops it.)"""
         with self.changed:
             while not predicate():
                 if self.failure is not None:
@@ -548,13 +557,21 @@ class Replica:
                 deadline = stretched(deadline, now)
                 remaining = deadline - now
                 if remaining <= 0:
-                    raise Timeout(what())
+                    later = None if extend is None else extend()
+                    if later is None:
+                        raise Timeout(what())
+                    deadline, remaining = later, later - now
                 self.changed.wait(min(remaining, 0.5))
 
     async def until(
-        self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str], owner: Owner | None = None
+        self,
+        predicate: Callable[[], bool],
+        deadline: float,
+        what: Callable[[], str],
+        owner: Owner | None = None,
+        extend: Callable[[], float | None] | None = None,
     ) -> None:
-        """``wait_until`` for an asyncio task (the same errors), of the client ``owner``: once it is closed
+        """``wait_until`` for an asyncio task (the same errors, ``extend`` as there), of the client ``owner``: once it is closed
         (``end_owner``), ``TigerError("the client was closed")``. The event loop runs on while it waits (no
         thread). One future per check, forgotten when the check ends whatever ends it;
         awaited by ``_feed.woken`` (one turn of the loop, and never swallowing a cancellation that comes as
@@ -574,7 +591,10 @@ class Replica:
                 deadline = stretched(deadline, now)
                 remaining = deadline - now
                 if remaining <= 0:
-                    raise Timeout(what())
+                    later = None if extend is None else extend()
+                    if later is None:
+                        raise Timeout(what())
+                    deadline, remaining = later, later - now
                 await woken(future, min(remaining, 0.5))
             except GeneratorExit:  # closed by the garbage collector (its loop closed under it), maybe inside
                 raise  # the replica's work holding ``changed``: taking it again and letting it go (``Waking``

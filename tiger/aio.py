@@ -201,13 +201,11 @@ class AsyncClient(_Connection):
                 break
         replica = self._replica = self._make_replica(info)
         replica.start()
-        while True:  # past the deadline while the snapshot's chunks keep coming (``Replica.joined_by``)
-            try:
-                await replica.until(replica.ready.is_set, replica.joined_by(self._connect_deadline), str)
-                break
-            except Timeout:
-                if monotonic() >= replica.joined_by(self._connect_deadline):
-                    raise await off_loop(replica.no_snapshot, self.timeout) from None
+        deadline = self._connect_deadline
+        try:  # past the deadline while the snapshot's chunks keep coming (``Replica.joined_by``)
+            await replica.until(replica.joined_or_failed, deadline, str, extend=lambda: replica.joining_by(deadline))
+        except Timeout:
+            raise await off_loop(replica.no_snapshot, self.timeout) from None
         if replica.failure is not None:
             raise replica.failure
         self._track_open()  # (left open at exit: its teardowns awaited in a loop of their own)
@@ -719,17 +717,8 @@ class AsyncClient(_Connection):
     async def _caught_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
         """``Replica.catch_up``, awaited."""
         replica = self.replica
-        if replica.take_answer(answer, own):
-            return
-        predicate, first, what = replica.reaching(answer, deadline)
-        while True:
-            try:
-                return await replica.until(predicate, deadline, what, self._owner)
-            except Timeout:
-                later = replica.caught_up_by(first)
-                if later is None:
-                    raise
-                deadline = later
+        if not replica.take_answer(answer, own):
+            await replica.until(*replica.reaching(answer, deadline), self._owner, lambda: replica.caught_up_by(deadline))
 
     async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
         """``Replica.until`` for a wait of this client (``wait_for``, ``once``): ``TigerError`` once it is closed."""
