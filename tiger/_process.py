@@ -158,14 +158,15 @@ def _check_threads(what: str, need: int) -> None:
         go.release()
         for done in ended:
             done.acquire()
-        _wait_gone(native_ids)
+        wait_gone(native_ids)
 
 
-def _wait_gone(native_ids: list[int], within: float = 1.0) -> None:
+def wait_gone(native_ids: list[int], within: float = 1.0) -> None:
     """Wait up to ``within`` seconds until the threads of ``native_ids`` have ended in the kernel, not only in
-    Python: a thread that let its lock go still holds its stack until then, and the threads started next (libzmq's,
-    a replica's) found no room for theirs under ``ulimit -v`` and libzmq aborted the process (a CI run;
-    one of a check's threads was still there just after it returned, 53 times in 500). Linux only (``/proc``)."""
+    Python (a lock let go, ``Thread.join`` returned): a thread holds its stack until then, and the threads
+    started next (libzmq's, a replica's) found no room for theirs under ``ulimit -v``, and libzmq aborted the
+    process (a CI run; one of ``check_room``'s threads was still there just after it returned, 53 times in
+    500; a closed client's replica thread 14 times in 100). Linux only (``/proc``)."""
     deadline = monotonic() + within
     for native_id in native_ids:
         while os.path.exists(f"/proc/self/task/{native_id}") and monotonic() < deadline:

@@ -50,7 +50,7 @@ from tiger._feed import (
     woken,
 )
 from tiger._lookup import Endpoint, connect_socket
-from tiger._process import OUT_OF_DESCRIPTORS, memory_limit
+from tiger._process import OUT_OF_DESCRIPTORS, memory_limit, wait_gone
 from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
@@ -330,6 +330,8 @@ class Replica:
                     tx.close(linger=0)
         if not self._thread.is_alive():  # else it still polls this socket: it closes it as it ends
             self._stop_rx.close(linger=0)
+            if self._thread.native_id is not None:  # (its stack taken until it is gone: the next client's threads)
+                wait_gone([self._thread.native_id])
         with self.changed:  # whoever waits on this replica (once, wait_for, sync, a feed) learns it is closed
             if self.failure is None:
                 self._closed = True
