@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -796,6 +797,64 @@ def test_a_pool_terminated_left_its_workers_once_values_handed_out_though_their_
     while once_record(reader, "global", key) is not None and time.monotonic() < deadline:
         time.sleep(0.05)  # (a local read: the writer takes the worker for gone after its silence, about 3 s)
     assert reader.once(key, lambda: "built anew") == "built anew"
+
+
+STOPPED_BUILDER = """
+import itertools, sys
+import tiger
+
+url, key = sys.argv[1:]
+builds = itertools.count(1)
+
+
+def server():
+    n = next(builds)
+    print("build", n, flush=True)
+    yield f"server #{n}"
+    print("teardown", n, flush=True)
+
+
+client = tiger.connect(url)
+print("got", client.once(key, server), flush=True)
+sys.stdin.readline()  # (stopped and resumed meanwhile)
+print("got", client.once(key, server), flush=True)
+client.close()
+"""
+
+
+def test_a_stopped_builder_taken_for_gone_built_its_value_again_and_never_tore_down_the_first(tiger_url, connect, ns):
+    # A user trial of the retirement of a gone builder's values: a builder stopped (SIGSTOP) past its silence,
+    # resumed, asked for its key again: the writer had retired its value, and it built a second one; the first
+    # was never torn down (its generator dropped: "ResourceWarning: subprocess N is still running"). It gives
+    # its own value again.
+    key = f"stopped-{ns}"
+    builder = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_BUILDER, tiger_url, key],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert [read_line(builder, 30).strip(), read_line(builder, 30).strip()] == ["build 1", "got server #1"]
+        reader = connect()
+        reader.sync()
+        assert once_record(reader, "global", key) is not None
+        os.kill(builder.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 30
+            while once_record(reader, "global", key) is not None and time.monotonic() < deadline:
+                time.sleep(0.05)  # (a local read: the writer takes the stopped builder for gone after about 3 s)
+            assert once_record(reader, "global", key) is None
+        finally:
+            os.kill(builder.pid, signal.SIGCONT)
+        out, err = builder.communicate("go\n", timeout=60)
+    finally:
+        builder.kill()
+        builder.wait()
+    assert builder.returncode == 0, err
+    assert out.splitlines() == ["got server #1", "teardown 1"], out + err
+    assert "given again" in err and "ResourceWarning" not in err, err
 
 
 def test_tear_down_once_values_on_a_forked_copy_ran_the_parents_teardowns_and_the_parent_ran_them_again(connect, ns):

@@ -298,6 +298,8 @@ class Once:
         # got after a value it built before it waits for that value's holders (``_tear_down``'s ``leaving``)
         self._got = itertools.count()
         self._built_at: dict[tuple[str, str], int] = {}
+        # the values of those teardowns (delivered again if the writer retired one, taking this client for gone)
+        self._own_values: dict[tuple[str, str], Any] = {}
         self._held: dict[tuple[str, str], tuple[int, str, Any]] = {}
 
     def value(
@@ -459,6 +461,7 @@ class Once:
             _never_finalized(teardown)
         self._teardowns.clear()
         self._built_at.clear()
+        self._own_values.clear()
 
     async def tear_down_async(
         self, client: AsyncOnceClient, wait: float, leaving: bool = False
@@ -571,6 +574,13 @@ class Once:
         __tracebackhide__ = True
         if (scope, key) in self._built:  # built before, but the writer did not get the value: send it, build nothing
             value = self._built[scope, key]
+        elif (scope, key) in self._own_values:  # built, its teardown still to run, and the writer retired it: it took
+            value = self._built[scope, key] = self._own_values[scope, key]  # this client for gone (stopped over 3 s)
+            log.warning(  # and nobody built it since. Built again, the first was never torn down (a user trial)
+                "once %r: the writer retired this client's value, taking it for gone (silent for over 3 s: stopped?); "
+                "given again: processes that got it before may have torn it down meanwhile or hold it still",
+                key,
+            )
         else:
             given_up: tuple[type[BaseException], ...] = (*interruptions, _AsyncFactory)
             try:
@@ -587,6 +597,8 @@ class Once:
                 if packed > MAX_ONCE_VALUE:
                     raise ValueError(f"value is {packed} bytes packed; a once value may be at most {MAX_ONCE_VALUE} bytes")
                 self._built[scope, key] = value
+                if teardown is not None:
+                    self._own_values[scope, key] = value
             except BaseException as e:
                 # Ctrl-C, SystemExit, a test runner's timeout, a factory this driver cannot run: another caller
                 # builds. Anything else (an error, pytest.skip/fail, a value tiger cannot store) is every
@@ -660,6 +672,7 @@ class Once:
                     log.warning("once %r: tearing down while %d other clients still hold it (%s)", key, len(holders), holders)
             del self._teardowns[scope, key]
             self._built_at.pop((scope, key), None)
+            self._own_values.pop((scope, key), None)
             self._built.pop((scope, key), None)  # torn down: never to be delivered later
             try:
                 error = yield TearDown(key, teardown, scope if in_scope else None, until)
@@ -702,6 +715,7 @@ class Once:
         self._built.pop((scope, key), None)  # torn down: never to be delivered later
         entry = self._teardowns.pop((scope, key), None)
         self._built_at.pop((scope, key), None)
+        self._own_values.pop((scope, key), None)
         if entry is not None:
             error = yield TearDown(key, entry[0], scope if entry[1] else None)
             if error is not None:
