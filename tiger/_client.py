@@ -1036,7 +1036,7 @@ class Client(_Connection):
 
     def lease_namespace(self, namespace: str | None = None) -> None:
         """Have the writer drop ``namespace`` (default: the current namespace) from every table once this
-        client is gone: closed (its goodbye: at once), or silent for about 3 s with its connection closed (a
+        client is gone: closed (its goodbye: at once), or silent for about 1 s with its connection closed (a
         process killed, ``os._exit``, the OOM killer) and not heard again within the writer's lease grace
         (seconds: ``tiger serve --lease-grace``, default 600; a process stopped by Ctrl-Z and resumed within
         it keeps its namespaces). An etcd lease, a ZooKeeper ephemeral node.
@@ -1063,7 +1063,7 @@ class Client(_Connection):
         and the code after that ``yield`` is its teardown, run once, by this client, in
         ``close()`` (the pytest plugin runs it after every test of every process of the run).
         A builder that dies first (killed: ``Pool.terminate()``) cannot run it: the writer retires
-        its value when it notices the silence (about 3 s), and the next caller builds anew.
+        its value when it notices the silence (about 1 s), and the next caller builds anew.
 
         Outcomes, the same for every caller: if the factory raises (or ``pytest.skip``/``fail``),
         or returns a value tiger cannot store, it is built once and every caller gets

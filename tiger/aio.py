@@ -349,8 +349,8 @@ class AsyncClient(_Connection):
 
     async def lease_namespace(self, namespace: str | None = None) -> None:
         """``tiger.Client.lease_namespace``, awaited: the writer drops ``namespace`` (default: the current
-        one) from every table once the last client leasing it is gone (closed, or silent about 3 s and not
-        heard again within the writer's lease grace)."""
+        one) from every table once the last client leasing it is gone (closed, or silent about 1 s with its
+        connection closed, 3 s without, and not heard again within the writer's lease grace)."""
         from tiger._client import _current
 
         name = check_leasable(_current() if namespace is None else namespace)
