@@ -14,10 +14,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tiger._paths import IPC_PATH_MAX
 
 RUN_TIMEOUT = 90
 XDIST_OR_NOT = pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
@@ -29,12 +33,25 @@ def limit_file_size(size: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
 
 
-def clean_env(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture
+def temp_dir() -> Iterator[Path]:
+    """The inner run's $TMPDIR: short, so that the plugin makes its run directory there. It makes it in /tmp
+    instead where the writer's ipc paths in it would be too long (README), and a ``tmp_path`` is, in an xdist
+    worker of this run (``popen-gwN/`` in it: the run directory's endpoint 108 bytes, past 103): the inner run
+    kept its files in /tmp, with room, and the tests looked at (and filled) a directory it never used."""
+    path = Path(tempfile.mkdtemp(prefix="tt", dir="/tmp"))
+    assert len(os.fsencode(path / f"tiger-run-{'0' * 16}" / "w0000")) <= IPC_PATH_MAX, path
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_env(temp_dir: Path) -> dict[str, str]:
     """The inner run starts its own writer, is no xdist worker of this run, and makes its run directory in
-    ``tmp_path`` (looked at after it)."""
+    ``temp_dir`` (the fixture: looked at after it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TIGER_", "PYTEST_"))}
-    env["TMPDIR"] = str(tmp_path / "t")
-    os.mkdir(env["TMPDIR"])
+    env["TMPDIR"] = str(temp_dir)
     return env
 
 
@@ -95,10 +112,10 @@ def test_x(tiger_client, tiger_namespace, i):
     [10, 40],  # (xdist writes its pid, 4-7 bytes) no room for the controller record; room for it, not the writer's
     ids=["no-room-for-the-controller-record", "no-room-for-the-writer-record"],
 )
-def test_a_full_run_directory_raised_a_raw_oserror_and_each_worker_started_its_own_writer(tmp_path, mode, limit):
+def test_a_full_run_directory_raised_a_raw_oserror_and_each_worker_started_its_own_writer(tmp_path, temp_dir, mode, limit):
     (tmp_path / "conftest.py").write_text(LIMIT_CONFTEST)
     (tmp_path / "test_uses.py").write_text(USES_TIGER)
-    env = clean_env(tmp_path)
+    env = clean_env(temp_dir)
     env["FILE_SIZE_LIMIT"] = str(limit)
     code, output, _ = run_pytest(tmp_path, env, *mode)
     assert code != 0, output
@@ -106,7 +123,7 @@ def test_a_full_run_directory_raised_a_raw_oserror_and_each_worker_started_its_o
     assert "no room to write" in output and "EFBIG" in output, output
     assert "TMPDIR" in output, output  # what to do
     assert "writers at the end: 0" in output, output  # none left unshared, none left running
-    assert not [n for n in os.listdir(tmp_path / "t") if n.startswith("tiger-run-")], "the run directory was left behind"
+    assert not [n for n in os.listdir(temp_dir) if n.startswith("tiger-run-")], "the run directory was left behind"
 
 
 @pytest.mark.parametrize("name", ["writer", "controller"])
@@ -148,10 +165,10 @@ def test_x(tiger_once, i):
 
 
 @pytest.mark.parametrize("mode", [["-n", "1"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
-def test_a_builder_with_no_room_for_its_outcomes_held_the_run_for_the_teardown_timeout(tmp_path, mode):
+def test_a_builder_with_no_room_for_its_outcomes_held_the_run_for_the_teardown_timeout(tmp_path, temp_dir, mode):
     (tmp_path / "test_built.py").write_text(BUILT_THEN_FULL)
     (tmp_path / "pytest.ini").write_text("[pytest]\ntiger_teardown_timeout = 30\n")
-    code, output, took = run_pytest(tmp_path, clean_env(tmp_path), *mode)
+    code, output, took = run_pytest(tmp_path, clean_env(temp_dir), *mode)
     assert took < 20, f"waited {took:.1f}s: {output}"
     assert "Errno" not in output and "Traceback" not in output, output
     if mode[0] == "-n":  # the controller cannot know how the builder's teardowns went: it says so, and fails the run
@@ -160,7 +177,7 @@ def test_a_builder_with_no_room_for_its_outcomes_held_the_run_for_the_teardown_t
         assert "no room to record them" in output and "TMPDIR" in output, output
     else:  # the controller is the builder: it knows
         assert code == 0, output
-    assert not [n for n in os.listdir(tmp_path / "t") if n.startswith("tiger-run-")], "the run directory was left behind"
+    assert not [n for n in os.listdir(temp_dir) if n.startswith("tiger-run-")], "the run directory was left behind"
 
 
 def test_tiger_keygen_with_no_room_left_a_key_cut_short_that_the_next_keygen_refused(tmp_path):
@@ -204,23 +221,19 @@ def test_x(tiger_once, i):
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A tmpfs of 400 inodes mounted at ``tmp_path/t`` for the test (root and mount(8) needed)."""
+def small_tmpfs(temp_dir: Path) -> Iterator[Path]:
+    """A tmpfs of 400 inodes mounted at ``temp_dir`` for the test (root and mount(8) needed)."""
     mount = shutil.which("mount")
     if os.geteuid() != 0 or mount is None:
         pytest.skip("mounts a tmpfs: needs root and mount(8)")
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # (not understood yet: in an xdist worker the inner run found
-        # the tmpfs empty at its end, its files gone, and ran as if it had room: 5 of 5; alone it passes 5 of 5)
-        pytest.skip("mounts a tmpfs: run it without xdist (-p no:xdist)")
-    os.mkdir(tmp_path / "t")
     options = "size=1m,nr_inodes=400"
-    made = subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(tmp_path / "t")], capture_output=True)
+    made = subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(temp_dir)], capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"mounts a tmpfs: mount failed here ({made.stderr.decode().strip()})")
     try:
-        yield tmp_path / "t"
+        yield temp_dir
     finally:
-        subprocess.run(["umount", str(tmp_path / "t")], check=True)
+        subprocess.run(["umount", str(temp_dir)], check=True)
 
 
 def test_a_controller_with_no_room_for_all_done_raised_a_raw_oserror_and_its_builders_never_tore_down(tmp_path, small_tmpfs):
@@ -233,3 +246,4 @@ def test_a_controller_with_no_room_for_all_done_raised_a_raw_oserror_and_its_bui
     assert "Errno" not in output and "Traceback" not in output, output
     assert code == 1, output
     assert "outcomes of the teardowns of once 'the-key' in gw0" in output and "no room to record them" in output, output
+    assert f"the run's directory {small_tmpfs}/tiger-run-" in output, output  # on the tmpfs, not in /tmp
