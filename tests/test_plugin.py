@@ -600,3 +600,42 @@ def test_a_sweep_removed_the_directory_of_a_run_whose_controller_alone_went_on(t
     assert (runs["alive-controller"] / "controller").read_text() == f"{os.getpid()} {_paths.process_start(os.getpid())}"
     _paths.sweep_ended_run_dirs(str(tmp_path / "tiger-run-sweeper"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiger-run-alive-controller"]
+
+
+BUILDER_LETTING_GO = """
+import fcntl, json, os, sys, time
+folder, stays = sys.argv[1], float(sys.argv[2])
+os.makedirs(folder, exist_ok=True)
+lock = open(os.path.join(folder, f"{os.getpid()}.lock"), "w")
+fcntl.flock(lock, fcntl.LOCK_EX)
+with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as f:
+    json.dump({"by": "gw0", "keys": ["server"]}, f)
+print("locked", flush=True)
+sys.stdin.readline()
+lock.close()  # its lock let go, as a killed process's kernel closes its files a moment before it ends
+time.sleep(stays)  # sleep-ok: that moment, drawn out; or a builder that found no room, running on
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize(("stays", "reported"), [(0.1, "did not run: its builder gw0 ended before it"), (5.0, "no room")])
+def test_a_killed_builder_letting_go_of_its_lock_a_moment_before_it_ended_was_reported_out_of_room(tmp_path, stays, reported):
+    # Left by the last session: a builder killed after building lets go of its lock (its kernel closes its files)
+    # a moment before it is a zombie; the controller, looking then, found it running with its outcomes unrecorded
+    # and said it "found no room to record them". It now gives such a builder half a second to end; one that
+    # runs on past that found no room indeed.
+    from tiger.pytest_plugin import _Run, _RunDir
+
+    command = [sys.executable, "-c", BUILDER_LETTING_GO, str(tmp_path / "builders"), str(stays)]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None and child.stdin is not None
+            assert child.stdout.readline().strip() == "locked"
+            run = _Run.__new__(_Run)  # (the controller's part that reads the run directory: no run, no writer)
+            run.dir, run.report, run.exit_code = _RunDir(tmp_path), [], None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            run._collect_builders(run.dir.builders(), time.monotonic() + 30)
+        finally:
+            child.kill()
+    assert len(run.report) == 1 and reported in run.report[0], run.report

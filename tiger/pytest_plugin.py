@@ -795,17 +795,22 @@ class _Run:
     def _collect_builders(self, pending: list[Path], deadline: float) -> None:
         """Report each builder of ``pending`` as it ends (taken off the list), until none is left; past
         ``deadline`` (``time.monotonic()``), ``TimeoutError``."""
+        freed: dict[Path, float] = {}  # builders whose lock is free, still running: when they are given up
         while pending:
             for path in list(pending):
                 state = self.dir.ended_builder(path)
                 if state is None:
                     continue
+                no_room, running = self.dir.builder_had_no_room(path), "outcomes" not in state and _still_runs(path.stem)
+                if running and not no_room and monotonic() < freed.setdefault(path, monotonic() + _EXITING):
+                    continue  # a killed builder lets go of its lock a moment before it ends (its kernel closes its
+                    # files first): it was reported "no room" in that moment (a race left in the last session)
                 pending.remove(path)
                 by = state.get("by", f"pid {path.stem}")
                 if "outcomes" in state:
                     self.report_outcomes(by, state)
-                elif self.dir.builder_had_no_room(path) or _still_runs(path.stem):  # (let go of its lock,
-                    # its outcomes unrecorded: no room even for an empty file to say so)
+                elif no_room or running:  # (let go of its lock, its outcomes unrecorded: no room even for an empty
+                    # file to say so)
                     from tiger._paths import TEMP_REMEDY
 
                     self.end_with(pytest.ExitCode.TESTS_FAILED)
@@ -915,8 +920,8 @@ class _Run:
 def _still_runs(pid: str) -> bool:
     """Whether process ``pid`` (a builder's, from its lock file's name) still runs, not a zombie (an xdist
     worker that crashed, not yet reaped): a builder lets go of its lock before it ends only once its
-    teardowns are done and recorded, or found no room for it. (Left: a killed one lets go of it a moment
-    before it is a zombie; looked at again a moment later, a builder that found no room had ended too.)"""
+    teardowns are done and recorded, or found no room for it; a killed one a moment before it ends
+    (``_EXITING``)."""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as f:
             return f.read().rpartition(b")")[2].split()[0] != b"Z"
@@ -962,6 +967,8 @@ _STOPPED = "stopped"  # ... when it still ran at tiger_teardown_timeout
 _NOT_RUN = "not run"  # ... when it had not begun by then
 _NOT_RUN_INTERRUPTED = "not run: interrupted"  # ... when a Ctrl-C ended the teardowns before it
 _REPORT_GRACE = 2.0  # seconds the controller waits past tiger_teardown_timeout for the builders' reports
+_EXITING = 0.5  # seconds a builder whose lock is free, its outcomes unrecorded, is given to end (killed) before it is
+# taken for one that found no room to record them (it runs on)
 _RANK = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
 
 
