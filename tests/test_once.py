@@ -822,14 +822,20 @@ client.close()
 """
 
 
-def test_a_stopped_builder_taken_for_gone_built_its_value_again_and_never_tore_down_the_first(tiger_url, connect, ns):
-    # A user trial of the retirement of a gone builder's values: a builder stopped (SIGSTOP) past its silence,
-    # resumed, asked for its key again: the writer had retired its value, and it built a second one; the first
-    # was never torn down (its generator dropped: "ResourceWarning: subprocess N is still running"). It gives
-    # its own value again.
+def test_a_stopped_builder_taken_for_gone_built_its_value_again_and_never_tore_down_the_first(ns):
+    # A user trial of the retirement of a gone builder's values: a builder stopped (SIGSTOP) past its silence
+    # (and its lease grace, here 0), resumed, asked for its key again: the writer had retired its value, and it
+    # built a second one; the first was never torn down (its generator dropped: "ResourceWarning: subprocess N
+    # is still running"). It gives its own value again.
     key = f"stopped-{ns}"
+    with tiger.serve(lease_grace=0) as writer, tiger.connect(writer.url) as reader:
+        _stop_then_ask_again(writer.url, reader, key)
+
+
+def _stop_then_ask_again(url: str, reader: tiger.Client, key: str) -> None:
+    """Stop a builder of `key` (STOPPED_BUILDER) until the writer retires its value, resume it, let it ask again."""
     builder = subprocess.Popen(
-        [sys.executable, "-c", STOPPED_BUILDER, tiger_url, key],
+        [sys.executable, "-c", STOPPED_BUILDER, url, key],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -837,7 +843,6 @@ def test_a_stopped_builder_taken_for_gone_built_its_value_again_and_never_tore_d
     )
     try:
         assert [read_line(builder, 30).strip(), read_line(builder, 30).strip()] == ["build 1", "got server #1"]
-        reader = connect()
         reader.sync()
         assert once_record(reader, "global", key) is not None
         os.kill(builder.pid, signal.SIGSTOP)

@@ -92,8 +92,9 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=LEASE_GRACE,
         metavar="SECONDS",
-        help="seconds a client taken for gone (silent 3 s, its connection closed) keeps the namespaces it leases, "
-        "so a process stopped for a while (Ctrl-Z) finds them when it resumes; a goodbye ends them at once (default %(default)g)",
+        help="seconds a client taken for gone (its connection closed: silent 3 s, stopped) keeps the namespaces it leases "
+        "and the once values it is to tear down, so a process stopped for a while (Ctrl-Z) finds them when it resumes; "
+        "a goodbye ends its leases at once (default %(default)g)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default %(default)s")
     serve.add_argument("--owner-pid", type=int, default=None, help=argparse.SUPPRESS)

@@ -1063,7 +1063,8 @@ class Client(_Connection):
         and the code after that ``yield`` is its teardown, run once, by this client, in
         ``close()`` (the pytest plugin runs it after every test of every process of the run).
         A builder that dies first (killed: ``Pool.terminate()``) cannot run it: the writer retires
-        its value when it notices the silence (about 1 s), and the next caller builds anew.
+        its value once it finds the builder dead (about 1 s; one stopped, after its lease grace),
+        and the next caller builds anew.
 
         Outcomes, the same for every caller: if the factory raises (or ``pytest.skip``/``fail``),
         or returns a value tiger cannot store, it is built once and every caller gets

@@ -22,8 +22,10 @@ Rules kept here (each was a fault once; see tests/test_core.py):
   process whose Python threads cannot run, a factory holding the GIL in one long C call, keeps its socket
   and answers ZeroMQ's heartbeats; a dead or stopped one does not; a dead one's is closed at once, so a
   client that spoke is asked from ``GONE_PROBE`` seconds of silence on): the once keys it was building are then
-  released, the values it built with a teardown of its own retired (that teardown will not run; a stopped
-  builder that resumes still runs it, on its own value), and the namespaces it leased dropped (once no
+  released, the values it built with a teardown of its own retired if it is dead (its connection closed
+  before ZeroMQ's heartbeat would: ``KILLED_WITHIN``; a claim of such a key asks at once, ``CLAIM_PROBE``),
+  else with its leases (that teardown will not run; a stopped builder that resumes still runs it, on its
+  own value), and the namespaces it leased dropped (once no
   other client leases them) ``lease_grace`` seconds later unless it is heard again meanwhile (a goodbye:
   at once; a writer started on stored content gives each leasing client ``CLIENT_SILENCE`` to be heard, as
   it gives builders, then the grace); a writer that was itself paused does not count the pause as its
@@ -78,6 +80,10 @@ CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (
 # dead builder's value before the writer retired it (a user trial, 4 of 4: it asked 1.8 to 2.8 s after the
 # kill). A killed client is now gone in 1.0 to 1.4 s (3.0 to 3.3 before).
 GONE_PROBE = 1.0
+CLAIM_PROBE = 0.5  # seconds: a builder this silent is asked at once by a claim of its key (``WriterCore._dead``)
+# seconds of silence within which a connection found closed was closed by its peer's kernel: dead (ZeroMQ's heartbeat
+# closes a stopped process's at CLIENT_SILENCE; a writer busy for a moment read its last beat late)
+KILLED_WITHIN = 2.0
 # seconds a client taken for gone by its silence keeps its leases: a process stopped for a while (Ctrl-Z,
 # SIGSTOP) finds its namespaces when it resumes; a dead one's are dropped this much later (a goodbye: at once)
 LEASE_GRACE = 600.0
@@ -382,7 +388,10 @@ class WriterCore:
             # (from GONE_PROBE on when it can be asked: one restored with the store, never heard, gets its silence)
             askable = self.reach is not None and client_id in self._envelopes
             if (self.clients[client_id] < silent or askable) and not self._still_connected(client_id):
-                self._forget(client_id, now)
+                # its connection closed before ZeroMQ's heartbeat would have closed it: by its kernel, dead (a
+                # stopped process's is closed at CLIENT_SILENCE); one restored with the store: of a run gone
+                dead = self.clients[client_id] >= now - KILLED_WITHIN or client_id in self.awaited
+                self._forget(client_id, now, dead=dead)
         for client_id in [c for c, at in self.lease_ends.items() if at <= now]:
             self._end_leases(client_id, now)
         stale = now - ANSWERS_FORGOTTEN
@@ -754,6 +763,16 @@ class WriterCore:
         probe = p.ok_bytes(0, self.epoch, self._committed_seq if self._held is not None else self.seq, None, None)
         return any(self.reach([*envelope, probe]) for envelope in self._envelopes.get(client_id, {}).values())
 
+    def _dead(self, client_id: str, now: float) -> bool:
+        """Whether ``client_id`` (a builder a claim finds) is found dead at once: silent ``CLAIM_PROBE`` seconds
+        (a beat missed) and its connection closed (``reach``; a stopped process's stays open until ZeroMQ's
+        heartbeat closes it, at CLIENT_SILENCE). A pytest-xdist worker started in place of a crashed builder
+        asked within the tick's ``GONE_PROBE`` and was handed the dead builder's value (a review)."""
+        seen = self.clients.get(client_id)
+        if seen is None or now - seen < CLAIM_PROBE or self.reach is None or client_id not in self._envelopes:
+            return False
+        return not self._still_connected(client_id)
+
     def _heard(self, client_id: str, now: float, envelope: list[bytes] | None = None, beat: bool = False) -> None:
         """A client spoke (from ``envelope``: its replica's socket when ``beat``, else its command
         socket): it is live, and the answers kept for it stay (a client once taken for gone, back now,
@@ -768,13 +787,14 @@ class WriterCore:
             del self.lease_ends[client_id]  # leases stay (not after its goodbye: a beat sent before it may come after)
             log.info("client %s is heard again: the namespaces it leases stay", client_id)
 
-    def _forget(self, client_id: str, now: float, goodbye: bool = False) -> None:
-        """A client left (``goodbye``, or silence): release the once keys it was building and held, after its
-        silence retire the values it built and was to tear down itself (``prepare_once_orphans``; a client
-        that said goodbye left their keys as they are: a cancelled close), and end its leases (a namespace
-        no other client leases is dropped): at its goodbye at once, after its silence ``lease_grace`` seconds
-        later unless it is heard again (``lease_ends``). While the data directory cannot take those changes,
-        the client is kept (as silent) to be forgotten later."""
+    def _forget(self, client_id: str, now: float, goodbye: bool = False, dead: bool = False) -> None:
+        """A client left (``goodbye``, or silence): release the once keys it was building and held; retire the
+        values it built and was to tear down itself (``prepare_once_orphans``) when it is ``dead`` (its
+        connection closed by its kernel), else with its leases; and end its leases (a namespace no other client
+        leases is dropped): at its goodbye at once, after its silence ``lease_grace`` seconds later unless it is
+        heard again (``lease_ends``: a stopped process resumed keeps all of it). At a goodbye its values whose
+        teardown did not run (a cancelled close) stay, as values with none (``prepare_once_kept``). While the
+        data directory cannot take those changes, the client is kept (as silent) to be forgotten later."""
         seen = self.clients.pop(client_id, None)
         awaited = client_id in self.awaited
         self.awaited.discard(client_id)
@@ -788,9 +808,10 @@ class WriterCore:
                     log.info("released once key %r (namespace %r): its builder %s is gone", key, namespace, client_id)
             for held in _table.prepare_once_leave(self.store, client_id):
                 self._commit(held, now)
-            for namespace, key, retire in [] if goodbye else _table.prepare_once_orphans(self.store, client_id):
-                self._commit(retire, now)
-                log.info("retired once key %r (namespace %r): builder %s gone, cannot tear it down", key, namespace, client_id)
+            for kept in _table.prepare_once_kept(self.store, client_id) if goodbye else ():
+                self._commit(kept, now)
+            if dead:
+                self._retire_orphans(client_id, now)
         except DiskFault:
             self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
             if awaited:
@@ -800,9 +821,21 @@ class WriterCore:
             return
         if goodbye or self.lease_grace <= 0:
             self._end_leases(client_id, now)
-        elif client_id not in self.lease_ends and _table.leases_of(self.store, client_id):
+        elif client_id not in self.lease_ends and (
+            _table.leases_of(self.store, client_id) or _table.prepare_once_orphans(self.store, client_id)
+        ):
             self.lease_ends[client_id] = now + self.lease_grace
-            log.info("client %s is silent: what it leases is dropped in %gs unless it is heard", client_id, self.lease_grace)
+            log.info(
+                "client %s is silent: what it leases, and the once values it was to tear down, go in %gs unless it is heard",
+                client_id,
+                self.lease_grace,
+            )
+
+    def _retire_orphans(self, client_id: str, now: float) -> None:
+        """Retire the once values ``client_id``, gone, was to tear down itself (``prepare_once_orphans``)."""
+        for namespace, key, retire in _table.prepare_once_orphans(self.store, client_id):
+            self._commit(retire, now)
+            log.info("retired once key %r (namespace %r): builder %s gone, cannot tear it down", key, namespace, client_id)
 
     def _lease_stats(self, now: float) -> dict[str, Any]:
         """What ``Stats`` says of leases: the grace (seconds), how many namespaces are leased, and those whose
@@ -816,11 +849,13 @@ class WriterCore:
         return {"grace": self.lease_grace, "namespaces": sum(1 for rows in leased.values() if rows), "ending": ending}
 
     def _end_leases(self, client_id: str, now: float) -> None:
-        """End the leases of ``client_id``, gone: a namespace no other client leases is dropped, with the once
-        keys scoped to it that are settled and wait for no live builder's teardown (``prepare_lease_end``).
+        """End the leases of ``client_id``, gone, and retire the once values it was to tear down: a namespace no
+        other client leases is dropped, with the once keys scoped to it that are settled and wait for no live
+        builder's teardown (``prepare_lease_end``).
         While the data directory cannot take those changes, they are tried again at the next tick."""
         self.lease_ends[client_id] = now
         try:
+            self._retire_orphans(client_id, now)  # (none after a goodbye: ``prepare_once_kept``)
             for namespace, end in _table.prepare_lease_end(self.store, client_id, self.clients):
                 self._commit(end, now)
                 if type(end) is _table.DropNamespace:
@@ -1154,6 +1189,9 @@ class WriterCore:
 
     def _once_claim(self, r: p.OnceClaim, now: float, wall: float) -> tuple[_table.Change | None, Any]:
         self._heard(r.client_id, now)
+        owner = _table.once_owner(self.store, r.namespace, r.key)
+        if owner is not None and owner != r.client_id and self._dead(owner, now):
+            self._forget(owner, now, dead=True)  # (a killed builder's value: not handed out while the tick comes)
         verdict, change = _table.prepare_once_claim(
             self.store, r.key, r.client_id, r.by, self.clients, now=int(wall), namespace=r.namespace, claim=r.req_id
         )

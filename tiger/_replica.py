@@ -315,7 +315,8 @@ class Replica:
         if self._thread is threading.current_thread():
             self._stopping = self._closed = True
             return False
-        if self._thread.is_alive():
+        was_alive = self._thread.is_alive()
+        if was_alive:
             try:
                 tx = self._ctx.socket(zmq.PAIR)
             except zmq.ZMQError:  # no descriptor left for it ("Too many open files": every close failed so, and
@@ -330,8 +331,8 @@ class Replica:
                     tx.close(linger=0)
         if not self._thread.is_alive():  # else it still polls this socket: it closes it as it ends
             self._stop_rx.close(linger=0)
-            if self._thread.native_id is not None:  # (its stack taken until it is gone: the next client's threads)
-                wait_gone([self._thread.native_id])
+            if was_alive and self._thread.native_id is not None:  # (its stack taken until it is gone: the next
+                wait_gone([self._thread.native_id])  # client's threads; not for one ended long ago: a tid reused)
         with self.changed:  # whoever waits on this replica (once, wait_for, sync, a feed) learns it is closed
             if self.failure is None:
                 self._closed = True
@@ -426,8 +427,7 @@ class Replica:
         raised ``Timeout`` at the client's timeout, though applied, halfway through the snapshot. ``deadline``
         is the wait's first: a resync begun after it (a writer replaced mid-snapshot, again and again) counts
         no more, nor one done (a review: both kept a write waiting on)."""
-        later = self.joined_by(deadline)
-        return later if self._seq.loading and later > monotonic() else None
+        return self.joining_by(deadline) if self._seq.loading else None
 
     def reaching(self, answer: p.Ok, deadline: float) -> tuple[Callable[[], bool], float, Callable[[], str]]:
         """What waiting for the answer's (epoch, seq) is: the predicate, the deadline, the message past it.

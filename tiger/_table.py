@@ -881,6 +881,17 @@ def _once_at(store: Store, namespace: str, key: str) -> Record | None:
     return well_formed_once(store.get(ONCE_TABLE, namespace, key))
 
 
+def once_owner(store: Store, namespace: object, key: object) -> str | None:
+    """The client that builds once ``key`` of ``namespace``, or built it with a teardown of its own, else None
+    (no key, a plain value, a failure; a key or namespace that is not a str)."""
+    if type(namespace) is not str or type(key) is not str:
+        return None
+    record = _once_at(store, namespace, key)
+    if record is None or not (record["state"] == "building" or (record["state"] == "done" and record.get("teardown"))):
+        return None
+    return record["owner"]  # type: ignore[no-any-return]
+
+
 def _once_records(store: Store) -> Iterator[tuple[str, str, Record]]:
     """Every once key's record (``well_formed_once``), as (namespace, key, record)."""
     for namespace, rows in store.tables.get(ONCE_TABLE, {}).items():
@@ -993,7 +1004,7 @@ def prepare_once_leave(store: Store, client_id: str) -> list[Put]:
 
 
 def prepare_once_orphans(store: Store, client_id: str) -> list[tuple[str, str, Delete]]:
-    """``client_id`` fell silent (killed) with values it built that it was to tear down itself (a generator
+    """``client_id`` is gone (killed) with values it built that it was to tear down itself (a generator
     factory's, ``teardown``): that teardown will not run, and what the value stood for (a server, a directory of
     its process) may have ended with it. Each is retired, as its teardown would have done (a later caller builds
     anew), as (namespace, key, change). Before, they stayed stored and were handed to later callers: a
@@ -1001,6 +1012,18 @@ def prepare_once_orphans(store: Store, client_id: str) -> list[tuple[str, str, D
     return [
         (namespace, key, Delete(ONCE_TABLE, namespace, key))
         for namespace, key, record in _once_records(store)
+        if record["state"] == "done" and record.get("teardown") and record["owner"] == client_id
+    ]
+
+
+def prepare_once_kept(store: Store, client_id: str) -> list[Put]:
+    """``client_id`` said goodbye with values it built and was to tear down itself, their teardowns not run (a
+    cancelled ``close()``): they stay, as values of no teardown (holders no longer counted), so that nothing
+    retires them later as a gone builder's (``prepare_once_orphans``): a beat of the client read after its
+    goodbye, or a writer restarted on its data directory, took it for gone by silence (a review)."""
+    return [
+        Put(ONCE_TABLE, namespace, (freeze({**record, "teardown": False, "holders": []}),))
+        for namespace, _, record in _once_records(store)
         if record["state"] == "done" and record.get("teardown") and record["owner"] == client_id
     ]
 

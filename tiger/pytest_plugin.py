@@ -582,7 +582,7 @@ class _Run:
     def lease_test(self, name: str) -> None:
         """Have the writer drop the test's namespace if this process dies before the teardown drops it
         (pytest-timeout's ``os._exit``, SIGKILL, the OOM killer): once it takes the process for gone, about
-        3 s later, and its lease grace (``tiger serve --lease-grace``) has passed (see ``leases``)."""
+        1 s later, and its lease grace (``tiger serve --lease-grace``) has passed (see ``leases``)."""
         if self.leases():  # (no lease: no client connected for it, as before leases)
             self.client().lease_namespace(name)
 
