@@ -80,7 +80,9 @@ CLIENT_SILENCE = 3.0  # seconds: a client not heard from for this long is gone (
 # dead builder's value before the writer retired it (a user trial, 4 of 4: it asked 1.8 to 2.8 s after the
 # kill). A killed client is now gone in 1.0 to 1.4 s (3.0 to 3.3 before).
 GONE_PROBE = 1.0
-CLAIM_PROBE = 0.5  # seconds: a builder this silent is asked at once by a claim of its key (``WriterCore._dead``)
+# seconds: a builder this silent is asked at once by a claim of its key (``WriterCore._dead``): a pytest-xdist
+# worker started in place of a crashed builder asked 0.5 to 0.65 s after the kill on a quiet machine (a trial)
+CLAIM_PROBE = 0.1
 # seconds of silence within which a connection found closed was closed by its peer's kernel: dead (ZeroMQ's heartbeat
 # closes a stopped process's at CLIENT_SILENCE; a writer busy for a moment read its last beat late)
 KILLED_WITHIN = 2.0
@@ -765,7 +767,7 @@ class WriterCore:
 
     def _dead(self, client_id: str, now: float) -> bool:
         """Whether ``client_id`` (a builder a claim finds) is found dead at once: silent ``CLAIM_PROBE`` seconds
-        (a beat missed) and its connection closed (``reach``; a stopped process's stays open until ZeroMQ's
+        and its connection closed (``reach``; a stopped process's stays open until ZeroMQ's
         heartbeat closes it, at CLIENT_SILENCE). A pytest-xdist worker started in place of a crashed builder
         asked within the tick's ``GONE_PROBE`` and was handed the dead builder's value (a review)."""
         seen = self.clients.get(client_id)
