@@ -503,6 +503,41 @@ def test_a_stopped_builder_kept_its_value_until_the_lease_grace_and_keeps_it_whe
     assert rig.call(BOB, claim(25, BOB)).result == "build"  # type: ignore[union-attr]
 
 
+def test_a_claim_after_the_heartbeat_closed_a_stopped_builders_connection_retired_its_value():
+    # A review: ZeroMQ's heartbeat closes a stopped process's connection at about 3 s; a claim before the next tick
+    # found it closed and took the builder for dead. Past KILLED_WITHIN, the claim leaves it to the tick.
+    rig = Rig(lease_grace=60.0)
+    connected = {b"alice", b"bob"}
+    built_with_teardown(rig, connected)
+    for _ in range(3):
+        rig.advance(1.0)
+        rig.send(rig.encode(BOB, p.Sync(10)), peer=b"bob")
+        rig.tick()
+    rig.advance(0.05)
+    connected.discard(b"alice")  # alice stopped 3 s ago: its connection closed by the heartbeat
+    assert rig.call(BOB, claim(20, BOB)).result == "done"  # type: ignore[union-attr]
+    rig.advance(0.5)
+    rig.tick()
+    assert ALICE not in rig.core.clients and ALICE in rig.core.lease_ends  # (the grace begins)
+    assert rig.call(BOB, claim(21, BOB)).result == "done"  # type: ignore[union-attr]
+
+
+def test_a_goodbye_the_disk_could_not_take_at_once_kept_its_values_all_the_same():
+    # A review: a goodbye whose changes the data directory refused was forgotten later as a silent client's,
+    # and the values its cancelled close left were retired
+    disk = FakeDisk()
+    rig = Rig(disk, lease_grace=0.0)
+    rig.call(ALICE, claim(1, ALICE))
+    rig.call(ALICE, finish(2, ALICE, "resource"))
+    disk.failing = "append"
+    rig.send(p.encode_request(p.Bye(ALICE)))
+    assert ALICE in rig.core.clients  # kept, to be forgotten once the disk takes it
+    disk.failing = None
+    rig.tick_until(lambda: ALICE not in rig.core.clients and rig.core.disk_fault is None)
+    assert ALICE not in rig.core.clients
+    assert rig.call(BOB, claim(1, BOB)).result == "done"  # type: ignore[union-attr]
+
+
 def test_a_builder_taken_for_gone_that_resumes_tears_down_its_own_value_not_the_one_built_anew():
     rig = Rig(lease_grace=0.0)
     rig.call(ALICE, claim(1, ALICE))

@@ -289,6 +289,7 @@ class WriterCore:
         self.silent_since: dict[str, float] = {}  # client id taken for gone -> when; its answers go later
         # client id taken for gone by its silence, holding leases -> when they end (unless it is heard again)
         self.lease_ends: dict[str, float] = {}
+        self._goodbyes_held: set[str] = set()  # clients whose goodbye the data directory could not take yet
         self.disk_fault: str | None = None  # why the data directory cannot take writes now (None: it can)
         self._disk_lost = False  # for good: the directory or its log is gone from its path (``DataDirLost``)
         self._disk_retry_at = 0.0
@@ -771,7 +772,9 @@ class WriterCore:
         heartbeat closes it, at CLIENT_SILENCE). A pytest-xdist worker started in place of a crashed builder
         asked within the tick's ``GONE_PROBE`` and was handed the dead builder's value (a review)."""
         seen = self.clients.get(client_id)
-        if seen is None or now - seen < CLAIM_PROBE or self.reach is None or client_id not in self._envelopes:
+        if seen is None or not CLAIM_PROBE <= now - seen < KILLED_WITHIN or self.reach is None:
+            return False  # (past KILLED_WITHIN a closed connection may be a stopped process's: the tick decides)
+        if client_id not in self._envelopes:
             return False
         return not self._still_connected(client_id)
 
@@ -797,10 +800,11 @@ class WriterCore:
         heard again (``lease_ends``: a stopped process resumed keeps all of it). At a goodbye its values whose
         teardown did not run (a cancelled close) stay, as values with none (``prepare_once_kept``). While the
         data directory cannot take those changes, the client is kept (as silent) to be forgotten later."""
+        goodbye = goodbye or client_id in self._goodbyes_held
         seen = self.clients.pop(client_id, None)
         awaited = client_id in self.awaited
         self.awaited.discard(client_id)
-        self._envelopes.pop(client_id, None)
+        envelopes = self._envelopes.pop(client_id, None)
         self.silent_since[client_id] = now
         try:
             for namespace, key in _table.claims_of(self.store, client_id):
@@ -818,9 +822,14 @@ class WriterCore:
             self.clients[client_id] = seen if seen is not None else now - CLIENT_SILENCE
             if awaited:
                 self.awaited.add(client_id)
-            if goodbye and _table.leases_of(self.store, client_id):
-                self.lease_ends[client_id] = now  # (at the next tick the disk takes them: a goodbye has no grace)
+            if envelopes is not None:  # (found dead later all the same)
+                self._envelopes[client_id] = envelopes
+            if goodbye:  # forgotten again later as after its goodbye: its values kept (a review)
+                self._goodbyes_held.add(client_id)
+                if _table.leases_of(self.store, client_id):
+                    self.lease_ends[client_id] = now  # (at the next tick the disk takes them: a goodbye has no grace)
             return
+        self._goodbyes_held.discard(client_id)
         if goodbye or self.lease_grace <= 0:
             self._end_leases(client_id, now)
         elif client_id not in self.lease_ends and (
@@ -857,7 +866,8 @@ class WriterCore:
         While the data directory cannot take those changes, they are tried again at the next tick."""
         self.lease_ends[client_id] = now
         try:
-            self._retire_orphans(client_id, now)  # (none after a goodbye: ``prepare_once_kept``)
+            if client_id not in self._goodbyes_held:  # (none after a goodbye: ``prepare_once_kept``)
+                self._retire_orphans(client_id, now)
             for namespace, end in _table.prepare_lease_end(self.store, client_id, self.clients):
                 self._commit(end, now)
                 if type(end) is _table.DropNamespace:

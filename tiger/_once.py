@@ -624,9 +624,9 @@ class Once:
         if finish.result != "stored" and not ours:  # the writer gave the key to another caller meanwhile (we
             yield from self._tear_down_now(scope, key)  # were silent too long): our value is not the key's,
             return _SUPERSEDED  # nobody else will use it. (Ours: an earlier delivery of it was applied, unanswered.)
-        if record is None:  # stored, then retired before the replica looked (this client, stopped, taken for gone
-            return freeze({"value": value})["value"]  # past its grace; its namespace dropped): still ours to give
-            # and tear down (a bare AssertionError here, a trial: a worker stopped 5 s during a build)
+        if record is None or not ours:  # stored, then retired before the replica looked (this client, stopped,
+            return freeze({"value": value})["value"]  # taken for gone past its grace), maybe claimed again since:
+            # still ours to give and tear down (a bare AssertionError here, a trial: a worker stopped 5 s in a build)
         return _once_value(record)
 
     def _tear_down(
