@@ -714,7 +714,8 @@ D = os.environ["PLUGIN_RUNS_DIR"]
 
 def start():
     yield {"pid": os.getpid()}
-    open(os.path.join(D, "torn-down"), "w").close()
+    with open(os.path.join(D, "torn-down"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
 
 @pytest.mark.parametrize("i", range(8))
 def test_uses(tiger_once, i):
@@ -740,7 +741,10 @@ def test_a_builder_killed_after_building_hung_the_run(pytester, tmp_path):
     assert re.fullmatch(
         rf"tiger: teardown of once 'resource' did not run: its builder gw\d \(pid {builder}\) ended before it", summary[0]
     )
-    assert not (tmp_path / "torn-down").exists()
+    # the dead builder's value is retired: a test asking after the kill gets one built anew, torn down once by
+    # its own builder at the end (before, the dead one was handed out, and nothing was torn down)
+    torn = (tmp_path / "torn-down").read_text().split() if (tmp_path / "torn-down").exists() else []
+    assert len(torn) <= 1 and str(builder) not in torn, torn
 
 
 # -- 8. Ctrl-C -------------------------------------------------------------------------------------
