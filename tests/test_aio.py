@@ -1328,16 +1328,24 @@ def test_writes_that_got_the_socket_after_they_expired_were_sent_and_refused_as_
         run(main)
 
 
-def left_on_a_closed_loop(start: Callable[[], Awaitable[Any]]) -> Coroutine[Any, Any, Any]:
+def left_on_a_closed_loop(start: Callable[[], Awaitable[Any]], writer: tiger.Server | None = None) -> Coroutine[Any, Any, Any]:
     """The coroutine of a call started on an event loop that is then closed, the call waiting (its
-    answer, the socket, a build): what the garbage collector closes when it collects it."""
+    answer, the socket, a build): what the garbage collector closes when it collects it. ``writer``: stopped
+    (SIGSTOP) while the call starts, so that its answer is not in after the loop's first turn (CI, 3.10: a
+    quick writer answered each of 100 tries within it)."""
     loop = asyncio.new_event_loop()
     try:
-        for _ in range(100):  # until one still waits after the loop's first turn (its answer not in yet)
-            task = loop.create_task(start())  # type: ignore[arg-type]
-            loop.run_until_complete(asyncio.sleep(0))
-            if not task.done():
-                break
+        if writer is not None:
+            os.kill(writer.pid, signal.SIGSTOP)
+        try:
+            for _ in range(100):  # until one still waits after the loop's first turn (its answer not in yet)
+                task = loop.create_task(start())  # type: ignore[arg-type]
+                loop.run_until_complete(asyncio.sleep(0))
+                if not task.done():
+                    break
+        finally:
+            if writer is not None:
+                os.kill(writer.pid, signal.SIGCONT)
         assert not task.done()
         task._log_destroy_pending = False  # type: ignore[attr-defined]  # left pending on purpose
     finally:
@@ -1359,15 +1367,20 @@ def close_holding(lock: Any, coroutine: Coroutine[Any, Any, Any]) -> None:
     assert closed.wait(10), "closing the call's coroutine hung: it took the lock its collector held"
 
 
-def test_a_write_collected_with_its_closed_loop_while_the_client_held_its_serving_lock_hung_the_process(tiger_url):
+def test_a_write_collected_with_its_closed_loop_while_the_client_held_its_serving_lock_hung_the_process():
     """CI, Python 3.13: a client serving a loop per test hung for good. The garbage collector closed the
     coroutine of a write left waiting on a closed loop while the client's own code held the lock of its
     loops' registry (the collector runs at any allocation), and the coroutine's ``finally`` took that
     lock again. Nothing is lost either: the write, left to the replica, lands in it."""
-    client = run(lambda: tiger.aio.connect(tiger_url, timeout=1.0))
+    with tiger.serve() as writer:
+        write_collected_holding_the_serving_lock(writer)
+
+
+def write_collected_holding_the_serving_lock(writer: tiger.Server) -> None:
+    client = run(lambda: tiger.aio.connect(writer.url, timeout=1.0))
     try:
         table = client.table("collected")
-        coroutine = left_on_a_closed_loop(lambda: table.insert({"id": "left"}))
+        coroutine = left_on_a_closed_loop(lambda: table.insert({"id": "left"}), writer)
         close_holding(client._serving_lock, coroutine)
 
         async def landed() -> None:
@@ -1379,15 +1392,20 @@ def test_a_write_collected_with_its_closed_loop_while_the_client_held_its_servin
         run(client.close)
 
 
-def test_a_write_collected_inside_the_replicas_own_work_changed_its_state_under_it(tiger_url):
+def test_a_write_collected_inside_the_replicas_own_work_changed_its_state_under_it():
     """The same collection, inside the replica's lock (its thread applying a change, or a caller's
     deposit): the write's ``finally`` told the replica of the unanswered call there and then, changing
     its pending calls under the work that held the lock. It is now told at the replica's next turn,
     and nothing is lost."""
-    client = run(lambda: tiger.aio.connect(tiger_url, timeout=1.0))
+    with tiger.serve() as writer:
+        write_collected_inside_the_replicas_work(writer)
+
+
+def write_collected_inside_the_replicas_work(writer: tiger.Server) -> None:
+    client = run(lambda: tiger.aio.connect(writer.url, timeout=1.0))
     try:
         table = client.table("collected")
-        coroutine = left_on_a_closed_loop(lambda: table.insert({"id": "left-in-replica"}))
+        coroutine = left_on_a_closed_loop(lambda: table.insert({"id": "left-in-replica"}), writer)
         with client.replica.changed:  # (re-entrant: the collector's close takes it again freely)
             # (copied holding it: the replica's thread finishes a call of a closed loop under it)
             calls = {name: copy.copy(value) for name, value in client.replica._calls.__dict__.items()}
@@ -1465,14 +1483,14 @@ def applied_and_buried(other: tiger.Client, table: str, predicate: Callable[[Any
     other.table("buried").insert({"pad": "x" * 300_000})
 
 
-def test_a_write_left_on_a_closed_loop_held_the_blocking_clients_writes_behind_it_their_whole_timeout(tiger_url, ns):
+def test_a_write_left_on_a_closed_loop_held_the_blocking_clients_writes_behind_it_their_whole_timeout(ns):
     """A user trial (pytest-asyncio's loop per test, an async client sharing the blocking one's replica):
     a test's loop closed with a write sent and its answer not read. The replica held the gap that write's
     change left until the garbage collector closed its coroutine, if ever, then asked the writer after
     its deadline: every later write of the replica, the blocking client's too, waited its whole timeout
     behind it (when its answer could not carry that change: after a large one). The replica now finishes
     a call whose loop closed, asking the writer for it at once."""
-    with tiger.connect(tiger_url, timeout=3.0) as blocking, tiger.connect(tiger_url) as other:
+    with tiger.serve() as writer, tiger.connect(writer.url, timeout=3.0) as blocking, tiger.connect(writer.url) as other:
         client = tiger.aio.AsyncClient.sharing(blocking)
         written: list[int] = []  # (the writes that were done after the loop's first turn are in too)
 
@@ -1481,7 +1499,7 @@ def test_a_write_left_on_a_closed_loop_held_the_blocking_clients_writes_behind_i
             return client.table("left", prefix="left").insert({"n": written[-1]})
 
         try:
-            left = left_on_a_closed_loop(write)
+            left = left_on_a_closed_loop(write, writer)
             applied_and_buried(other, "left", lambda r: r["n"] == written[-1])
             after = blocking.table("after", prefix="after").insert({"n": 0})  # (Timeout: held behind the gap)
             assert blocking.table("after")[after["id"]] == after
