@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiger._calls import MAX_ASKING, MAX_ASKING_BYTES, PAUSE_GRACE, PendingCalls, call_expiry, resend_interval, stretched
+from tiger._clock import PAUSE_OVER, overslept, paused_since
 from tiger._replica import Sequencer
 from tiger._table import Change, Store, prepare_insert
 
@@ -376,3 +377,18 @@ def test_a_big_call_expired_too_close_to_its_deadline_to_be_answered_in_time():
     from tiger._clock import monotonic
 
     assert call_expiry(monotonic() + 2.0, 0.0, 21_000_000)[1] == pytest.approx(0.4, abs=0.01)  # a fifth of 2 s
+
+
+def test_a_pause_every_thread_of_a_stopped_process_slept_through_is_counted_once():
+    """Regression: a ``pytest -n 4`` worker stopped (SIGSTOP, Ctrl-Z then fg) as it connected failed "no
+    snapshot within 5.0s": connect's deadline counted the time it was not running. Each waiting thread finds
+    the pause by waking late (``overslept``); ``paused_since`` counts it once, however many found it, and
+    only the part after its mark. Times far before this process's clock: no real pause is among them."""
+    base = -10_000.0
+    assert overslept(base, 0.5, base + 0.5 + PAUSE_OVER) == 0.0  # late by up to PAUSE_OVER: still running
+    assert overslept(base, 0.5, base + 5.5) == pytest.approx(5.0)  # the main thread's wait, woken 5 s late
+    assert overslept(base + 0.2, 0.1, base + 5.6) == pytest.approx(5.3)  # the replica thread's, the same pause
+    assert paused_since(base) - paused_since(base + 100) == pytest.approx(5.3)  # one pause, base + 0.3 to + 5.6
+    assert paused_since(base + 3.0) - paused_since(base + 100) == pytest.approx(2.6)  # the part after the mark
+    assert overslept(base + 50, 0.1, base + 52.1) == pytest.approx(2.0)  # another pause: added
+    assert paused_since(base) - paused_since(base + 100) == pytest.approx(7.3)

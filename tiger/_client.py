@@ -36,7 +36,7 @@ from tiger._calls import (
     resend_interval,
     stretched,
 )
-from tiger._clock import monotonic, wall
+from tiger._clock import monotonic, moved, paused_since, wall
 from tiger._core import LEASE_GRACE
 from tiger._errors import (
     FAILURES,
@@ -66,7 +66,14 @@ from tiger._handles import public_name as _public_name
 from tiger._lookup import Endpoint, connect_socket, endpoint_or_why, wait_for_endpoint
 from tiger._once import Once
 from tiger._owned import OwnedLock
-from tiger._process import OUT_OF_DESCRIPTORS, ZMQ_THREADS, check_room, out_of_descriptors, unsupported_environment
+from tiger._process import (
+    OUT_OF_DESCRIPTORS,
+    ZMQ_THREADS,
+    PauseWatch,
+    check_room,
+    out_of_descriptors,
+    unsupported_environment,
+)
 from tiger._replica import Replica, _reachable
 from tiger._server import (
     check_connect_url,
@@ -377,12 +384,24 @@ class _Connection(Handle):
         # when connecting must be done (``time.monotonic()``): the lookup, the hello and the snapshot share the
         # timeout (each waited it whole: a slow name server then a paused writer took twice the timeout)
         # (``deadline``: when a timeout that began earlier, as tiger.aio's lookup or tiger dump's probe, ends)
-        self._connect_deadline = monotonic() + self.timeout if deadline is None else deadline
+        self._connect_began = monotonic()
+        self._connect_deadline = self._connect_began + self.timeout if deadline is None else deadline
         self.url = url
         check_server_key(server_key)  # (before any socket: a bad key raised with a socket open, and closing the
         self._server_key = server_key  # context waited for it for ever: connect() hung, and the run with it)
         # a writer silent this long is taken for gone
         self.heartbeat_timeout: float = check_seconds(heartbeat_timeout, "heartbeat_timeout", positive=True)  # type: ignore[assignment]
+        # connect's deadline does not count time this process was not running (``_connect_by``): watched until
+        # connected, from its first step (a worker stopped as it checked for room failed "did not answer")
+        self._pause_watch = PauseWatch(self._connect_deadline + 1.0)
+        try:
+            self._first_steps(url)
+        except BaseException:
+            self._pause_watch.stop()
+            raise
+
+    def _first_steps(self, url: str) -> None:
+        """``__init__``'s steps that do something: the lookup, the checks for room, the context."""
         # where the sockets connect: the url's host name looked up by tiger, within the timeout (``tiger._lookup``)
         self._endpoint = Endpoint(url, endpoint_or_why(url, 0)[0] or wait_for_endpoint(url, self.timeout, self._connect_deadline))
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
@@ -393,13 +412,13 @@ class _Connection(Handle):
         self._closed = False
         self._silent_probes = 0  # connect's handshake probes in a row that heard nothing (``_probe_hello``)
         self._handshake_probed = False  # whether a probe was made (then none at a call's deadline)
-        check_room("a tiger client", threads=ZMQ_THREADS + 1)  # (+ its replica thread)
+        check_room("a tiger client", threads=ZMQ_THREADS + 1)  # (+ its replica thread; its pause watch runs already)
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._req_ids = itertools.count(1)
         self._once = Once()  # the once keys this client builds, and the teardowns it owes
         self._owner = Owner()  # what this client opens on the replica: feeds and waits (``Replica.end_owner``)
         self.label = f"{os.environ.get('PYTEST_XDIST_WORKER', 'pid')} {os.getpid()}"
-        self._secure = _socket_options(url, server_key)
+        self._secure = _socket_options(url, self._server_key)
         self._replica: Replica | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed_at_exit = False  # closed by tiger as the interpreter exits (``_close_open_clients``)
@@ -478,6 +497,23 @@ class _Connection(Handle):
             best = received - sent
             self._clock_offset = offset
         return best, received - sent < 0.05
+
+    def _connect_by(self) -> float:
+        """When connecting must be done (``time.monotonic()``): its deadline, moved by the time this process was
+        found not running since it began (``paused_since``: SIGSTOP, Ctrl-Z then fg, a debugger). A ``pytest
+        -n 4`` worker stopped 5 s as it connected failed "no snapshot within 5.0s", and the run was aborted (a
+        user trial)."""
+        return self._connect_deadline + self._pause_watch.paused_since(self._connect_began)
+
+    def _paused_hello(self, error: Unavailable, counted: float) -> float:
+        """After connect's hello raised ``error``: the seconds this process was found not running since connect
+        began, when more than the ``counted`` ones (the hello is asked again, by the later ``_connect_by``: it
+        changes nothing; the writer's ZeroMQ heartbeat closes a stopped process's connection at 3 s, and the
+        answer on it goes with it); else ``error`` is raised."""
+        paused = self._pause_watch.paused_since(self._connect_began)
+        if type(error) is HandshakeFailed or paused <= counted:
+            raise error
+        return paused
 
     def _make_replica(self, info: dict[str, Any]) -> Replica:
         """The replica (its thread not started) for the writer that answered Hello with ``info``."""
@@ -786,10 +822,15 @@ class _Connection(Handle):
         """``Unavailable`` if a call's time was spent before it could be sent (``expires``: ``_call_bytes``',
         ``time.monotonic()``): by its connect's lookup and probes (said as other calls holding the socket,
         by a `tiger dump` that makes no other call)."""
-        if monotonic() >= expires:
+        now = monotonic()
+        if now >= expires:
+            spent = "looking its host name up, probing it" if self.url.startswith("tcp://") else "probing it"
+            paused = paused_since(now - seconds)
+            if paused:  # (an ipc url has no host name to look up: a paused worker was told so)
+                spent += f"; this process was not running for {paused:.1f}s of it (SIGSTOP, Ctrl-Z)"
             raise Unavailable(
                 f"the tiger writer at {self.url} did not answer within {seconds:g}s: the time was spent before "
-                "the call could be sent (looking its host name up, probing it)"
+                f"the call could be sent ({spent})"
             )
 
     def _busy(self, seconds: float) -> Unavailable:
@@ -897,25 +938,35 @@ class Client(_Connection):
         self._command = [self._first_socket()]
         try:
             self._replica = self._make_replica(self._hello())
-            self._replica.start(self.timeout, self._connect_deadline)
+            self._replica.start(self.timeout, self._connect_by())
         except BaseException:
             self.close()
             raise
+        finally:
+            self._pause_watch.stop()
         self._track_open()
 
     # -- lifecycle ------------------------------------------------------------------
 
     def _hello(self) -> dict[str, Any]:
         """Say hello; learn the writer's PUB endpoint, heartbeat, pid and clock (see ``_heard_hello``), by the
-        deadline of connecting."""
+        deadline of connecting, moved by the time this process was not running (``_paused_hello``)."""
         best: float | None = None
-        for _ in range(3):
+        counted, asked = 0.0, 0
+        info: dict[str, Any] | None = None
+        while True:
             sent = wall()
-            info: dict[str, Any] = self._request(self._hello_request(), self._connect_deadline, seconds=self.timeout).result
+            try:
+                info = self._request(self._hello_request(), self._connect_by(), seconds=self.timeout).result
+            except Unavailable as e:
+                if info is not None:  # (a round trip done already: its clock sample is enough)
+                    return info
+                counted = self._paused_hello(e, counted)
+                continue
+            asked += 1
             best, done = self._heard_hello(sent, wall(), info, best)
-            if done:
-                break
-        return info
+            if done or asked == 3:
+                return info
 
     def close(self) -> None:
         """Run the teardowns of the once values this client built, each once its other holders have let go
@@ -1538,9 +1589,11 @@ def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float 
     (``lasting_match``; ``Timeout`` past ``deadline``); None after a "reset" (changes may have been missed:
     the caller scans the table again)."""
     change: Change | None = None  # read already, not yet looked at
+    began, counted = monotonic(), 0.0
     while True:
         if change is None:
             if deadline is not None:
+                deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
                 deadline = stretched(deadline, monotonic())
             change = feed._next(None if deadline is None else max(0.0, deadline - monotonic()))
         if change.op == "reset":
@@ -1578,10 +1631,10 @@ def connect(
     """Connect to a tiger writer; returns once the local replica holds the full snapshot.
 
     ``url`` defaults to the ``TIGER_URL`` environment variable. ``timeout`` (seconds) bounds every
-    request, and connecting as a whole (the host name's lookup, the hello, the snapshot); a writer not
-    heard from for ``heartbeat_timeout`` seconds is taken for gone (writes raise ``tiger.Unavailable``
-    at once until it is back). ``server_key`` (default
-    ``$TIGER_SERVER_KEY``) is the public key of a writer serving with CurveZMQ.
+    request, and connecting as a whole (the host name's lookup, the hello, the snapshot; time this process
+    was not running, SIGSTOP or Ctrl-Z, does not count); a writer not heard from for ``heartbeat_timeout``
+    seconds is taken for gone (writes raise ``tiger.Unavailable`` at once until it is back). ``server_key``
+    (default ``$TIGER_SERVER_KEY``) is the public key of a writer serving with CurveZMQ.
     """
     server_key = unshown(server_key)  # (first: see ``unshown``)
     url, server_key = _connect_arguments(url, server_key)

@@ -15,9 +15,10 @@ from the writer's clock, in its own process: a test's fake clock does not reach 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
-__all__ = ["monotonic", "wall"]
+__all__ = ["PAUSE_OVER", "monotonic", "moved", "overslept", "paused_since", "wall"]
 
 _modules = sys.modules
 try:
@@ -47,3 +48,48 @@ def wall() -> float:
     if _REALTIME < 0:
         return time.time()
     return _clock_gettime(_REALTIME)
+
+
+# seconds a wait may wake later than it asked before tiger takes the difference for time this process was not
+# running (SIGSTOP then SIGCONT, Ctrl-Z then fg on a pytest run, a debugger's breakpoint): a thread on 2 busy
+# cores wakes late by milliseconds, one waiting for a GIL that C code holds by tens of them
+PAUSE_OVER = 1.0
+_PAUSES_KEPT = 64  # the latest pauses ``paused_since`` can count (a wait longer than 64 pauses counts the latest)
+_pauses: list[tuple[float, float]] = []  # (began, ended) in ``monotonic()`` seconds, oldest first, disjoint
+_pauses_lock = threading.Lock()
+
+
+def overslept(began: float, asked: float, now: float | None = None) -> float:
+    """Seconds a wait begun at ``began`` (``monotonic()``) for at most ``asked`` seconds woke later than that,
+    when more than ``PAUSE_OVER``: this process was not running meanwhile (a deadline counting that time
+    gave up on work that was waiting for it: a ``pytest -n 4`` worker stopped 5 s as it connected failed
+    "no snapshot within 5.0s", and the run was aborted); else 0. The pause is kept for ``paused_since``
+    (every thread of a stopped process finds the same pause: counted once)."""
+    if now is None:
+        now = monotonic()
+    late = now - began - asked
+    if late <= PAUSE_OVER:
+        return 0.0
+    start = now - late
+    with _pauses_lock:
+        while _pauses and _pauses[-1][1] >= start:  # overlapping the latest ones: one pause
+            first, last = _pauses.pop()
+            start, now = min(start, first), max(now, last)
+        _pauses.append((start, now))
+        del _pauses[:-_PAUSES_KEPT]
+    return late
+
+
+def paused_since(mark: float) -> float:
+    """Seconds since ``mark`` (``monotonic()``) that a wait of this process found it not running (``overslept``)."""
+    with _pauses_lock:
+        return sum(max(0.0, end - max(start, mark)) for start, end in _pauses if end > mark)
+
+
+def moved(deadline: float, began: float, counted: float) -> tuple[float, float]:
+    """A wait's ``deadline`` (``monotonic()``) moved by the pauses found since it ``began``, beyond the ``counted``
+    ones; and the pauses counted now. Time this process was not running does not count against a wait."""
+    paused = paused_since(began)
+    if paused <= counted:
+        return deadline, counted
+    return deadline + paused - counted, paused

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tiger import _table as t
 from tiger._calls import check_seconds, stretched
-from tiger._clock import monotonic
+from tiger._clock import monotonic, moved, overslept
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
 from tiger._handles import Unportable
 from tiger._table import RESERVED_PREFIX, Record, check_name
@@ -757,15 +757,17 @@ class Feed(Unportable):
 
     def _wait(self, timeout: float | None) -> Change:
         sub = self._sub
-        deadline = None if timeout is None else monotonic() + timeout
+        began, counted = monotonic(), 0.0
+        deadline = None if timeout is None else began + timeout
         with sub.cond:
             while True:
                 change = sub.take()
                 if change is not None:
                     return change
                 remaining = None
+                now = monotonic()
                 if deadline is not None:
-                    now = monotonic()
+                    deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
                     deadline = stretched(deadline, now)
                     remaining = deadline - now
                 if remaining is not None and remaining <= 0:
@@ -775,6 +777,8 @@ class Feed(Unportable):
                     sub.cond.wait(remaining)
                 finally:
                     sub.sleepers -= 1
+                if remaining is not None:
+                    overslept(now, remaining)
 
     def __aiter__(self) -> Feed:
         return self
@@ -788,7 +792,8 @@ class Feed(Unportable):
         awaiting task consumes nothing: the feed stays as it was."""
 
         sub = self._sub
-        deadline = None if timeout is None else monotonic() + timeout
+        began, counted = monotonic(), 0.0
+        deadline = None if timeout is None else began + timeout
         try:
             while True:
                 with sub.cond:
@@ -816,8 +821,9 @@ class Feed(Unportable):
                         return change
                     assert deadline is not None  # (expired: a deadline was set)
                     now = monotonic()
+                    deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
                     if now < deadline:  # the loop's clock ran ahead of tiger's (freeze_time without real_asyncio
-                        continue  # jumped it): the rest of the wait, as Replica.until's waits do
+                        continue  # jumped it), or a pause moved it: the rest of the wait, as Replica.until's waits do
                     if stretched(deadline, now) != deadline:  # not running as it passed: one more look
                         deadline = stretched(deadline, now)
                         continue

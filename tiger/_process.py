@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from tiger._clock import monotonic
+from tiger._clock import PAUSE_OVER, monotonic, overslept, paused_since
 from tiger._errors import TigerError
 
 
@@ -171,6 +171,61 @@ def wait_gone(native_ids: list[int], within: float = 1.0) -> None:
     for native_id in native_ids:
         while os.path.exists(f"/proc/self/task/{native_id}") and monotonic() < deadline:
             time.sleep(0.0001)
+
+
+WATCH_EVERY = 0.1  # seconds between a ``PauseWatch``'s looks at the clock
+
+
+class PauseWatch:
+    """A thread that looks at the clock every ``WATCH_EVERY`` seconds until ``stop()``, or ``until``
+    (``time.monotonic()``, moved by the pauses it saw): a look more than ``PAUSE_OVER`` late is time this
+    process was not running (SIGSTOP, Ctrl-Z then fg, a debugger), noted by ``overslept`` for
+    ``paused_since``. Kept while connecting: its waits note the pauses they sleep through themselves,
+    this one those that stop its work between them (a ``pytest -n 4`` worker stopped as it began to
+    connect, before its hello, failed "did not answer within 5s: the time was spent before the call could
+    be sent", and the run was aborted). Best effort: with no thread to be had, nothing is watched. One
+    thread more for ``check_room`` to count."""
+
+    def __init__(self, until: float) -> None:
+        self._stop = _thread.allocate_lock()
+        self._stop.acquire()
+        self._ended = _thread.allocate_lock()
+        self._ended.acquire()
+        self._native_ids: list[int] = []
+        self._stopped = False
+        self.looked = self._began = monotonic()  # its last look at the clock (the first: now, before it starts)
+        try:
+            _thread.start_new_thread(self._run, (until,))
+        except RuntimeError:  # ("can't start new thread")
+            self._stopped = True
+
+    def _run(self, until: float) -> None:
+        self._native_ids.append(_thread.get_native_id())
+        try:
+            while self.looked < until + paused_since(self._began):
+                if self._stop.acquire(timeout=WATCH_EVERY):
+                    return
+                now = monotonic()
+                overslept(self.looked, WATCH_EVERY, now)
+                self.looked = now
+        finally:
+            self._ended.release()
+
+    def paused_since(self, mark: float) -> float:
+        """``paused_since(mark)``, and a pause going on for this watch: it has not looked for more than
+        ``PAUSE_OVER`` past its time (a process resumed a moment ago, its thread not yet run: it will
+        count that pause once it looks)."""
+        unseen = 0.0 if self._stopped else monotonic() - self.looked - WATCH_EVERY
+        return paused_since(mark) + (unseen if unseen > PAUSE_OVER else 0.0)
+
+    def stop(self) -> None:
+        """End the thread, and wait (at most 1 s) until it has ended in the kernel (``wait_gone``). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.release()
+        if self._ended.acquire(timeout=1.0):
+            wait_gone(self._native_ids)
 
 
 def memory_limit() -> str:

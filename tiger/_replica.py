@@ -34,7 +34,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered, stretched
-from tiger._clock import monotonic
+from tiger._clock import monotonic, overslept, paused_since
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import (
     History,
@@ -260,7 +260,7 @@ class Replica:
             return
         end = monotonic() + timeout if deadline is None else deadline
         try:
-            self.wait_until(self.joined_or_failed, end, str, extend=lambda: self.joining_by(end))
+            self.wait_until(self.joined_or_failed, end, str, extend=self.joining_by)
         except Timeout:
             self.stop()
             raise self.no_snapshot(timeout) from None
@@ -418,7 +418,7 @@ class Replica:
         last chunk of a resync under way then (``joined_by``), raise ``Timeout``."""
         if self.take_answer(answer, own):
             return
-        self.wait_until(*self.reaching(answer, deadline), extend=lambda: self.caught_up_by(deadline))
+        self.wait_until(*self.reaching(answer, deadline), extend=self.caught_up_by)
 
     def caught_up_by(self, deadline: float) -> float | None:
         """A wait for an answered seq (``catch_up``) past ``deadline``: the later deadline while a resync begun
@@ -543,27 +543,33 @@ class Replica:
         predicate: Callable[[], bool],
         deadline: float,
         what: Callable[[], str],
-        extend: Callable[[], float | None] | None = None,
+        extend: Callable[[float], float | None] | None = None,
     ) -> None:
         """Block until ``predicate()`` (checked holding the lock, after each change) is true; past
-        ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout(what())``, unless ``extend()`` then gives a
-        later deadline (work that grows with the store still going on: a join's or a resync's snapshot); if
-        the replica stopped, ``Unavailable`` (``TigerError("the client was closed")`` if its client closed it).
-        ``tiger.aio`` awaits the same with ``until``. (A blocking client never shares its replica: its close
-        stops it.)"""
+        ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout(what())``, unless ``extend(first)`` then
+        gives a later deadline (work that grows with the store still going on: a join's or a resync's
+        snapshot; ``first``: ``deadline``, moved by pauses only); if the replica stopped, ``Unavailable``
+        (``TigerError("the client was closed")`` if its client closed it). Time this process was not running
+        (``overslept``: SIGSTOP, Ctrl-Z) does not count: the deadline moves by it. ``tiger.aio`` awaits the
+        same with ``until``. (A blocking client never shares its replica: its close stops it.)"""
+        first, began, counted = deadline, monotonic(), 0.0
         with self.changed:
             while not predicate():
                 if self.failure is not None:
                     raise self._stopped()
                 now = monotonic()
+                paused = paused_since(began)  # (seen by this wait, the replica thread, a connect's watch)
+                if paused > counted:  # (only then: a ``Stretched`` deadline stays one)
+                    deadline, first, counted = deadline + paused - counted, first + paused - counted, paused
                 deadline = stretched(deadline, now)
                 remaining = deadline - now
                 if remaining <= 0:
-                    later = None if extend is None else extend()
+                    later = None if extend is None else extend(first)
                     if later is None:
                         raise Timeout(what())
                     deadline, remaining = later, later - now
                 self.changed.wait(min(remaining, 0.5))
+                overslept(now, min(remaining, 0.5))
 
     async def until(
         self,
@@ -571,14 +577,15 @@ class Replica:
         deadline: float,
         what: Callable[[], str],
         owner: Owner | None = None,
-        extend: Callable[[], float | None] | None = None,
+        extend: Callable[[float], float | None] | None = None,
     ) -> None:
-        """``wait_until`` for an asyncio task (the same errors, ``extend`` as there), of the client ``owner``: once it is closed
-        (``end_owner``), ``TigerError("the client was closed")``. The event loop runs on while it waits (no
-        thread). One future per check, forgotten when the check ends whatever ends it;
-        awaited by ``_feed.woken`` (one turn of the loop, and never swallowing a cancellation that comes as
-        it resolves)."""
+        """``wait_until`` for an asyncio task (the same errors, ``extend`` and pauses as there), of the client
+        ``owner``: once it is closed (``end_owner``), ``TigerError("the client was closed")``. The event loop
+        runs on while it waits (no thread). One future per check, forgotten when the check ends whatever ends
+        it; awaited by ``_feed.woken`` (one turn of the loop, and never swallowing a cancellation that comes
+        as it resolves)."""
         loop = running_loop()
+        first, began, counted = deadline, monotonic(), 0.0
         while True:
             with self.changed:
                 if predicate():
@@ -590,10 +597,13 @@ class Replica:
                 future = self.changed.future(loop)
             try:
                 now = monotonic()
+                paused = paused_since(began)  # (an event loop held by a task is no pause: not its own lateness)
+                if paused > counted:
+                    deadline, first, counted = deadline + paused - counted, first + paused - counted, paused
                 deadline = stretched(deadline, now)
                 remaining = deadline - now
                 if remaining <= 0:
-                    later = None if extend is None else extend()
+                    later = None if extend is None else extend(first)
                     if later is None:
                         raise Timeout(what())
                     deadline, remaining = later, later - now
@@ -697,6 +707,7 @@ class Replica:
                             due = self._calls.next_due()
                         if due is not None:
                             interval = max(0.0, min(interval, due - now))
+                    overslept(self.last_awake, 1.0, now)  # (a poll and its work: for the waits of ``paused_since``)
                     paused = now - self.last_awake - interval - 0.5  # longer than a poll and its work: not running
                     if paused > 0:  # (libzmq may not have handed over what came meanwhile yet: do not blame the writer)
                         self.last_heard = min(now, self.last_heard + paused)
@@ -965,9 +976,26 @@ class Replica:
         # A writer replaced meanwhile (a restart on the same url) is seen sooner: hello is asked at every
         # heartbeat without a chunk, and an answer of another epoch ends the wait, so that the join is tried
         # again on the next writer well within connect()'s timeout.
-        chunk_at = monotonic()
+        # A pause of this process (SIGSTOP, Ctrl-Z: ``overslept``, by any of its threads) does not count; with
+        # no chunk a heartbeat after it, the snapshot is asked again (a new request replaces the old at the
+        # writer): the writer's ZeroMQ heartbeat may have closed the connection meanwhile, with its chunks.
+        chunk_at = asked_at = monotonic()
+        counted = 0.0  # pauses since it was asked, counted already
+        resumed = False  # a pause was seen, and no chunk came since
         while True:
-            if not self._wait(dealer, self._heartbeat):
+            began = monotonic()
+            got = self._wait(dealer, self._heartbeat)
+            overslept(began, self._heartbeat)
+            paused = paused_since(asked_at)
+            if paused > counted:
+                chunk_at += paused - counted
+                self.chunk_at = None if self.chunk_at is None else self.chunk_at + paused - counted
+                counted, resumed = paused, True
+            if not got:
+                if resumed:
+                    resumed, content, req_id = False, {}, -next(self._req_ids)
+                    self._send(dealer, p.encode_request(p.SnapshotRequest(req_id)))  # (unsent: the timeout below)
+                    continue
                 if monotonic() - chunk_at > self._timeout:
                     raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
                 self._ask_hello(dealer)
@@ -981,6 +1009,7 @@ class Replica:
                     raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
                 continue
             chunk_at = self.chunk_at = monotonic()
+            resumed = False
             if type(reply) is p.SnapshotChunk:
                 for table, ns, records in reply.segments:
                     if records:  # decoded frozen, each checked for a str id: into the rows in C, no per-record Python
@@ -1012,7 +1041,8 @@ class Replica:
             # that prefix went after the others, so once the heartbeat arrives every prefix is live. (A negative
             # request id: the writer keeps answers by client id and request id, and the client counts up from 1.)
             self._send(dealer, p.encode_call(p.Call(self._client_id, math.inf, p.Sync(-next(self._req_ids)))))
-            until = monotonic() + wait
+            began = monotonic()
+            until = began + wait
             while self._wait(sub, until - monotonic()):
                 self.last_heard = monotonic()
                 confirmed = False
@@ -1027,6 +1057,7 @@ class Replica:
                     return queued
                 if monotonic() >= until:
                     break
+            deadline += overslept(began, wait)  # (a pause of this process does not count)
             if monotonic() >= deadline:
                 raise Unavailable(f"no published message from the tiger writer at {self._url} within {self._timeout}s")
             wait = min(wait * 2, 0.2)

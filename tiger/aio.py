@@ -64,7 +64,7 @@ from tiger._client import (
     _timeout,
     lasting_match,
 )
-from tiger._clock import monotonic, wall
+from tiger._clock import monotonic, moved, wall
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, Change, Owner, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
@@ -99,6 +99,8 @@ async def connect(
     except BaseException:
         client._close_now()
         raise
+    finally:
+        client._pause_watch.stop()
     return client
 
 
@@ -190,20 +192,27 @@ class AsyncClient(_Connection):
         return shared
 
     async def _open(self) -> None:
-        best: float | None = None
-        for _ in range(3):
+        best: float | None = None  # (``Client._hello``'s steps)
+        counted, asked = 0.0, 0
+        info: dict[str, Any] | None = None
+        while True:
             sent = wall()
-            info: dict[str, Any] = (
-                await self._request(self._hello_request(), self._connect_deadline, seconds=self.timeout)
-            ).result
+            try:
+                info = (await self._request(self._hello_request(), self._connect_by(), seconds=self.timeout)).result
+            except Unavailable as e:
+                if info is not None:
+                    break
+                counted = self._paused_hello(e, counted)
+                continue
+            asked += 1
             best, done = self._heard_hello(sent, wall(), info, best)
-            if done:
+            if done or asked == 3:
                 break
         replica = self._replica = self._make_replica(info)
         replica.start()
-        deadline = self._connect_deadline
+        deadline = self._connect_by()
         try:  # past the deadline while the snapshot's chunks keep coming (``Replica.joined_by``)
-            await replica.until(replica.joined_or_failed, deadline, str, extend=lambda: replica.joining_by(deadline))
+            await replica.until(replica.joined_or_failed, deadline, str, extend=replica.joining_by)
         except Timeout:
             raise await off_loop(replica.no_snapshot, self.timeout) from None
         if replica.failure is not None:
@@ -718,7 +727,7 @@ class AsyncClient(_Connection):
         """``Replica.catch_up``, awaited."""
         replica = self.replica
         if not replica.take_answer(answer, own):
-            await replica.until(*replica.reaching(answer, deadline), self._owner, lambda: replica.caught_up_by(deadline))
+            await replica.until(*replica.reaching(answer, deadline), self._owner, replica.caught_up_by)
 
     async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
         """``Replica.until`` for a wait of this client (``wait_for``, ``once``): ``TigerError`` once it is closed."""
@@ -753,10 +762,12 @@ class AsyncTable(_TableReads):
             with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
                 found = self._scan(ns, predicate)
                 change: Change | None = None  # read already, not yet looked at (after a write's parts)
+                began, counted = monotonic(), 0.0
                 while found is None:
                     try:
                         if change is None:
                             if deadline is not None:
+                                deadline, counted = moved(deadline, began, counted)  # (a pause does not count)
                                 deadline = stretched(deadline, monotonic())
                             change = await feed._anext(None if deadline is None else max(0.0, deadline - monotonic()))
                         if change.op == "reset":
