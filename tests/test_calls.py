@@ -7,6 +7,7 @@ number the test moves, and "sending" is reading the returned list.
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -384,11 +385,24 @@ def test_a_pause_every_thread_of_a_stopped_process_slept_through_is_counted_once
     snapshot within 5.0s": connect's deadline counted the time it was not running. Each waiting thread finds
     the pause by waking late (``overslept``); ``paused_since`` counts it once, however many found it, and
     only the part after its mark. Times far before this process's clock: no real pause is among them."""
-    base = -10_000.0
-    assert overslept(base, 0.5, base + 0.5 + PAUSE_OVER) == 0.0  # late by up to PAUSE_OVER: still running
-    assert overslept(base, 0.5, base + 5.5) == pytest.approx(5.0)  # the main thread's wait, woken 5 s late
-    assert overslept(base + 0.2, 0.1, base + 5.6) == pytest.approx(5.3)  # the replica thread's, the same pause
+    base, cpu = -10_000.0, time.process_time()
+    assert overslept((base, cpu), 0.5, base + 0.5 + PAUSE_OVER) == 0.0  # late by up to PAUSE_OVER: still running
+    assert overslept((base, cpu), 0.5, base + 5.5) == pytest.approx(5.0)  # the main thread's wait, woken 5 s late
+    assert overslept((base + 0.2, cpu), 0.1, base + 5.6) == pytest.approx(5.3)  # the replica thread's, the same pause
     assert paused_since(base) - paused_since(base + 100) == pytest.approx(5.3)  # one pause, base + 0.3 to + 5.6
     assert paused_since(base + 3.0) - paused_since(base + 100) == pytest.approx(2.6)  # the part after the mark
-    assert overslept(base + 50, 0.1, base + 52.1) == pytest.approx(2.0)  # another pause: added
+    assert overslept((base + 50, cpu), 0.1, base + 52.1) == pytest.approx(2.0)  # another pause: added
     assert paused_since(base) - paused_since(base + 100) == pytest.approx(7.3)
+    assert overslept((base + 4, cpu), 0.5, base + 6.0) == pytest.approx(1.5)  # found late, overlapping the first
+    # merged with the first only (0.3 to 6.0): the running time up to the second pause is not swallowed
+    assert paused_since(base) - paused_since(base + 100) == pytest.approx(7.7)
+
+
+def test_a_thread_woken_late_while_the_process_worked_took_it_for_a_pause():
+    """Review: a wait woken 2 s late because C code held the GIL (or a replica loaded a snapshot under its
+    lock) took those 2 s for a pause of the process, and ``wait_for(timeout=3)`` lasted 12 s. A late wake-up
+    is a pause only if the process used less CPU than half as long meanwhile (a stopped process uses none)."""
+    base = -20_000.0
+    before = paused_since(base)
+    assert overslept((base, time.process_time() - 2.5), 0.5, base + 3.0) == 0.0  # 2.5 s of CPU in a 2.5 s lateness
+    assert paused_since(base) == before

@@ -1074,6 +1074,36 @@ def test_a_write_in_flight_as_its_process_was_stopped_returns_its_answer():
             end_worker(worker)
 
 
+def test_an_async_connect_whose_loop_was_held_past_its_timeout_spun_for_ever_instead_of_raising():
+    """Review: ``tiger.aio.connect(timeout=1)`` to a stopped writer, its event loop held 3.5 s by another
+    task, never returned: the watch of its pauses had ended (at its deadline and a second) but went on
+    counting the time since its last look as a pause, and the hello was asked again and again at 100% CPU,
+    the loop frozen. Not a pause of the process (the watch looked on meanwhile): it raises, in about that
+    time."""
+    import asyncio
+
+    import tiger.aio
+
+    async def main(url: str) -> float:
+        async def hold() -> None:
+            await asyncio.sleep(0.05)
+            time.sleep(3.5)  # sleep-ok: a task that holds the loop (blocking work between awaits)
+
+        holder = asyncio.ensure_future(hold())
+        began = time.monotonic()
+        with pytest.raises(tiger.Unavailable):
+            await asyncio.wait_for(tiger.aio.connect(url, timeout=1.0), 30)
+        await holder
+        return time.monotonic() - began
+
+    with tiger.serve() as server:
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            assert asyncio.run(main(server.url)) < 10
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+
+
 # -- stuck readers -----------------------------------------------------------------------------------
 
 READER = """

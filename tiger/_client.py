@@ -500,7 +500,7 @@ class _Connection(Handle):
 
     def _connect_by(self) -> float:
         """When connecting must be done (``time.monotonic()``): its deadline, moved by the time this process was
-        found not running since it began (``paused_since``: SIGSTOP, Ctrl-Z then fg, a debugger). A ``pytest
+        found not running since it began (``paused_since``: SIGSTOP, Ctrl-Z then fg). A ``pytest
         -n 4`` worker stopped 5 s as it connected failed "no snapshot within 5.0s", and the run was aborted (a
         user trial)."""
         return self._connect_deadline + self._pause_watch.paused_since(self._connect_began)
@@ -932,16 +932,17 @@ class Client(_Connection):
         deadline: float | None = None,
     ) -> None:
         super().__init__(url, timeout, heartbeat_timeout, server_key, deadline)
-        # one request in flight on the command socket: the call holding it (its token) is its holder
-        self._socket_hold = OwnedLock()
-        # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
-        self._command = [self._first_socket()]
         try:
-            self._replica = self._make_replica(self._hello())
-            self._replica.start(self.timeout, self._connect_by())
-        except BaseException:
-            self.close()
-            raise
+            # one request in flight on the command socket: the call holding it (its token) is its holder
+            self._socket_hold = OwnedLock()
+            # the command socket, in a list the finalizer shares (a resend replaces it): see _socket
+            self._command = [self._first_socket()]
+            try:
+                self._replica = self._make_replica(self._hello())
+                self._replica.start(self.timeout, self._connect_by())
+            except BaseException:
+                self.close()
+                raise
         finally:
             self._pause_watch.stop()
         self._track_open()

@@ -14,11 +14,13 @@ from the writer's clock, in its own process: a test's fake clock does not reach 
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import threading
 import time
 
-__all__ = ["PAUSE_OVER", "monotonic", "moved", "overslept", "paused_since", "wall"]
+__all__ = ["PAUSE_OVER", "Mark", "last_pause_end", "mark", "monotonic", "moved", "overslept", "paused_since", "wall"]
 
 _modules = sys.modules
 try:
@@ -51,32 +53,51 @@ def wall() -> float:
 
 
 # seconds a wait may wake later than it asked before tiger takes the difference for time this process was not
-# running (SIGSTOP then SIGCONT, Ctrl-Z then fg on a pytest run, a debugger's breakpoint): a thread on 2 busy
-# cores wakes late by milliseconds, one waiting for a GIL that C code holds by tens of them
+# running (SIGSTOP then SIGCONT, Ctrl-Z then fg on a pytest run): a thread on 2 busy cores wakes late by
+# milliseconds, one waiting for a GIL that C code holds by tens of them
 PAUSE_OVER = 1.0
 _PAUSES_KEPT = 64  # the latest pauses ``paused_since`` can count (a wait longer than 64 pauses counts the latest)
-_pauses: list[tuple[float, float]] = []  # (began, ended) in ``monotonic()`` seconds, oldest first, disjoint
-_pauses_lock = threading.Lock()
+_pauses: list[tuple[float, float]] = []  # (began, ended) in ``monotonic()`` seconds, sorted, disjoint
+_pauses_lock = threading.RLock()  # (re-entrant: a signal handler's close() may land inside ``paused_since``)
 
 
-def overslept(began: float, asked: float, now: float | None = None) -> float:
-    """Seconds a wait begun at ``began`` (``monotonic()``) for at most ``asked`` seconds woke later than that,
-    when more than ``PAUSE_OVER``: this process was not running meanwhile (a deadline counting that time
-    gave up on work that was waiting for it: a ``pytest -n 4`` worker stopped 5 s as it connected failed
-    "no snapshot within 5.0s", and the run was aborted); else 0. The pause is kept for ``paused_since``
-    (every thread of a stopped process finds the same pause: counted once)."""
+def _new_lock() -> None:
+    global _pauses_lock
+    _pauses_lock = threading.RLock()  # (a child forked while another thread held it would wait on it for ever)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock)
+
+Mark = tuple[float, float]  # (``monotonic()``, this process's CPU seconds): when a wait began, for ``overslept``
+
+
+def mark() -> Mark:
+    """Now, as ``overslept`` takes it: ``monotonic()`` and this process's CPU time (``time.process_time()``)."""
+    return monotonic(), time.process_time()
+
+
+def overslept(since: Mark, asked: float, now: float | None = None) -> float:
+    """Seconds a wait begun at ``since`` (``mark()``) for at most ``asked`` seconds woke later than that, when
+    more than ``PAUSE_OVER`` while the process used less CPU than half as long: it was not running
+    (SIGSTOP, Ctrl-Z then fg, a machine starved of CPU; a ``pytest -n 4`` worker stopped 5 s as it connected
+    failed "no snapshot within 5.0s", and the run was aborted); else 0 (a thread late because the process
+    worked meanwhile, C code holding the GIL, a replica loading a snapshot under its lock, is no pause). The
+    pause is kept for ``paused_since`` (every thread of a stopped process finds it: counted once)."""
+    began, cpu = since
     if now is None:
         now = monotonic()
     late = now - began - asked
-    if late <= PAUSE_OVER:
+    if late <= PAUSE_OVER or time.process_time() - cpu > late / 2:
         return 0.0
-    start = now - late
     with _pauses_lock:
-        while _pauses and _pauses[-1][1] >= start:  # overlapping the latest ones: one pause
-            first, last = _pauses.pop()
-            start, now = min(start, first), max(now, last)
-        _pauses.append((start, now))
-        del _pauses[:-_PAUSES_KEPT]
+        merged: list[tuple[float, float]] = []
+        for start, end in sorted([*_pauses, (now - late, now)]):
+            if merged and start <= merged[-1][1]:  # overlapping: one pause
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        _pauses[:] = merged[-_PAUSES_KEPT:]
     return late
 
 
@@ -84,6 +105,12 @@ def paused_since(mark: float) -> float:
     """Seconds since ``mark`` (``monotonic()``) that a wait of this process found it not running (``overslept``)."""
     with _pauses_lock:
         return sum(max(0.0, end - max(start, mark)) for start, end in _pauses if end > mark)
+
+
+def last_pause_end() -> float:
+    """When the latest pause found ended (``monotonic()``; -inf: none)."""
+    with _pauses_lock:
+        return _pauses[-1][1] if _pauses else -math.inf
 
 
 def moved(deadline: float, began: float, counted: float) -> tuple[float, float]:

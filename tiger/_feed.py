@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tiger import _table as t
 from tiger._calls import check_seconds, stretched
-from tiger._clock import monotonic, moved, overslept
+from tiger._clock import mark, monotonic, moved, overslept
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
 from tiger._handles import Unportable
 from tiger._table import RESERVED_PREFIX, Record, check_name
@@ -772,13 +772,14 @@ class Feed(Unportable):
                     remaining = deadline - now
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
+                slept = mark()
                 try:  # (counted inside the ``try``: no signal lands between a store and the call after it)
                     sub.sleepers += 1
                     sub.cond.wait(remaining)
                 finally:
                     sub.sleepers -= 1
                 if remaining is not None:
-                    overslept(now, remaining)
+                    overslept(slept, remaining)
 
     def __aiter__(self) -> Feed:
         return self

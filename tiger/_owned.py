@@ -34,7 +34,7 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING, Protocol
 
-from tiger._clock import monotonic
+from tiger._clock import mark, monotonic, moved, overslept
 
 if TYPE_CHECKING:
     import asyncio
@@ -87,16 +87,20 @@ class OwnedLock:
                 return True
         gate = threading.Lock()
         gate.acquire()
+        began, counted = monotonic(), 0.0
         try:
             while True:
                 with self._guard:
                     first = self._come(gate, me)
                     if self.holder is me:
                         return True
+                deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
                 left = deadline - monotonic()
                 if left <= 0:
                     return False
-                gate.acquire(timeout=min(left, WAKE_SLICE if first else LATE_SLICE))
+                slept, asked = mark(), min(left, WAKE_SLICE if first else LATE_SLICE)
+                gate.acquire(timeout=asked)
+                overslept(slept, asked)
         finally:  # inline, no call first: a signal at the first bytecode of a method left the gate queued
             with self._guard:
                 self._queue.pop(gate, None)

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from tiger._clock import PAUSE_OVER, monotonic, overslept, paused_since
+from tiger._clock import PAUSE_OVER, last_pause_end, mark, monotonic, overslept, paused_since
 from tiger._errors import TigerError
 
 
@@ -179,7 +179,7 @@ WATCH_EVERY = 0.1  # seconds between a ``PauseWatch``'s looks at the clock
 class PauseWatch:
     """A thread that looks at the clock every ``WATCH_EVERY`` seconds until ``stop()``, or ``until``
     (``time.monotonic()``, moved by the pauses it saw): a look more than ``PAUSE_OVER`` late is time this
-    process was not running (SIGSTOP, Ctrl-Z then fg, a debugger), noted by ``overslept`` for
+    process was not running (SIGSTOP, Ctrl-Z then fg; not a debugger stopping one thread), noted by ``overslept`` for
     ``paused_since``. Kept while connecting: its waits note the pauses they sleep through themselves,
     this one those that stop its work between them (a ``pytest -n 4`` worker stopped as it began to
     connect, before its hello, failed "did not answer within 5s: the time was spent before the call could
@@ -193,30 +193,41 @@ class PauseWatch:
         self._ended.acquire()
         self._native_ids: list[int] = []
         self._stopped = False
-        self.looked = self._began = monotonic()  # its last look at the clock (the first: now, before it starts)
+        self._began = monotonic()
+        self.looked = mark()  # its last look at the clock (the first: now, before it starts)
+        self._watching = True  # until its thread ends (by ``stop()``, or at ``until``)
         try:
             _thread.start_new_thread(self._run, (until,))
         except RuntimeError:  # ("can't start new thread")
-            self._stopped = True
+            self._stopped, self._watching = True, False
 
     def _run(self, until: float) -> None:
         self._native_ids.append(_thread.get_native_id())
         try:
-            while self.looked < until + paused_since(self._began):
+            while self.looked[0] < until + paused_since(self._began):
                 if self._stop.acquire(timeout=WATCH_EVERY):
                     return
                 now = monotonic()
                 overslept(self.looked, WATCH_EVERY, now)
-                self.looked = now
+                self.looked = (now, time.process_time())
         finally:
+            self._watching = False  # (what it saw is kept; none unseen is counted from now on)
             self._ended.release()
 
-    def paused_since(self, mark: float) -> float:
-        """``paused_since(mark)``, and a pause going on for this watch: it has not looked for more than
-        ``PAUSE_OVER`` past its time (a process resumed a moment ago, its thread not yet run: it will
-        count that pause once it looks)."""
-        unseen = 0.0 if self._stopped else monotonic() - self.looked - WATCH_EVERY
-        return paused_since(mark) + (unseen if unseen > PAUSE_OVER else 0.0)
+    def paused_since(self, since: float) -> float:
+        """``paused_since(since)``, and a pause going on for this watch while it watches: it has not looked
+        for more than ``PAUSE_OVER`` past its time, the process using less CPU than half as long meanwhile (a
+        process resumed a moment ago, its thread not yet run: it counts that pause once it looks), from the
+        end of the latest pause found (another thread may have found this one first)."""
+        found = paused_since(since)
+        if not self._watching:
+            return found
+        looked, cpu = self.looked
+        now = monotonic()
+        unseen = now - max(looked + WATCH_EVERY, last_pause_end(), since)
+        if unseen <= PAUSE_OVER or time.process_time() - cpu > (now - looked) / 2:
+            return found
+        return found + unseen
 
     def stop(self) -> None:
         """End the thread, and wait (at most 1 s) until it has ended in the kernel (``wait_gone``). Idempotent."""

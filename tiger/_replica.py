@@ -27,6 +27,7 @@ import logging
 import math
 import operator
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._calls import PendingCalls, Unanswered, stretched
-from tiger._clock import monotonic, overslept, paused_since
+from tiger._clock import mark, monotonic, overslept, paused_since
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import (
     History,
@@ -568,8 +569,9 @@ class Replica:
                     if later is None:
                         raise Timeout(what())
                     deadline, remaining = later, later - now
+                slept = mark()
                 self.changed.wait(min(remaining, 0.5))
-                overslept(now, min(remaining, 0.5))
+                overslept(slept, min(remaining, 0.5))
 
     async def until(
         self,
@@ -683,7 +685,7 @@ class Replica:
                 with self.changed:  # (an asyncio task awaits this, not the event)
                     self.changed.notify_all()
             must_resync = False
-            next_beat = monotonic()
+            next_beat, beat_cpu = monotonic(), time.process_time()
             hold_wakes()  # tasks are woken as this thread waits again, not while it goes on applying
             while True:
                 try:
@@ -707,7 +709,6 @@ class Replica:
                             due = self._calls.next_due()
                         if due is not None:
                             interval = max(0.0, min(interval, due - now))
-                    overslept(self.last_awake, 1.0, now)  # (a poll and its work: for the waits of ``paused_since``)
                     paused = now - self.last_awake - interval - 0.5  # longer than a poll and its work: not running
                     if paused > 0:  # (libzmq may not have handed over what came meanwhile yet: do not blame the writer)
                         self.last_heard = min(now, self.last_heard + paused)
@@ -715,6 +716,8 @@ class Replica:
                     send_held_wakes()
                     p.poll_on_a_real_clock()
                     events = dict(poller.poll(int(interval * 1000)))
+                    # (for the waits of ``paused_since``; the CPU time read once a beat: 0.7 us a read)
+                    overslept((now, beat_cpu), interval)
                     if self._stop_rx in events or self._stopping:
                         return
                     if self._later:
@@ -736,6 +739,7 @@ class Replica:
                         self._ask_again(dealer)
                     if monotonic() >= next_beat:
                         next_beat = monotonic() + min(self._heartbeat, 0.5)
+                        beat_cpu = time.process_time()
                         if self._calls.ending and self._abandon_ended():  # (a dict's truth, read unlocked)
                             self._ask_again(dealer)
                         with self.changed:
@@ -983,7 +987,7 @@ class Replica:
         counted = 0.0  # pauses since it was asked, counted already
         resumed = False  # a pause was seen, and no chunk came since
         while True:
-            began = monotonic()
+            began = mark()
             got = self._wait(dealer, self._heartbeat)
             overslept(began, self._heartbeat)
             paused = paused_since(asked_at)
@@ -1041,8 +1045,8 @@ class Replica:
             # that prefix went after the others, so once the heartbeat arrives every prefix is live. (A negative
             # request id: the writer keeps answers by client id and request id, and the client counts up from 1.)
             self._send(dealer, p.encode_call(p.Call(self._client_id, math.inf, p.Sync(-next(self._req_ids)))))
-            began = monotonic()
-            until = began + wait
+            began = mark()
+            until = began[0] + wait
             while self._wait(sub, until - monotonic()):
                 self.last_heard = monotonic()
                 confirmed = False

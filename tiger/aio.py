@@ -153,8 +153,12 @@ class AsyncClient(_Connection):
         self._serving: dict[asyncio.AbstractEventLoop, set[object]] = {}  # loops using the socket -> their calls' tokens
         self._serving_lock = threading.RLock()  # (re-entered: see ``_served``)
         self._answers: dict[int, p.Reply] = {}  # answers one loop's call took for another's
-        # a list the finalizer shares (a resend replaces the socket)
-        self._command: list[_AwaitedSocket] = [_AwaitedSocket(self._first_socket())]
+        try:  # (connect stops its pause watch once it is done: here, if it never gets there)
+            # a list the finalizer shares (a resend replaces the socket)
+            self._command: list[_AwaitedSocket] = [_AwaitedSocket(self._first_socket())]
+        except BaseException:
+            self._pause_watch.stop()
+            raise
 
     @classmethod
     def sharing(cls, client: Client) -> AsyncClient:
