@@ -310,6 +310,36 @@ def test_a_peer_that_takes_nothing_is_dropped_after_the_stall_and_only_it():
     assert [r.req_id for r in pipes.take(b"sleeper")] == [2]
 
 
+def test_a_writer_stopped_past_the_stall_dropped_every_peers_answers_and_snapshots_as_it_resumed():
+    """Regression: the writer's own pause (Ctrl-Z on a pytest run for over 30 s, SIGSTOP, a debugger) was
+    counted as its peers taking nothing: as it resumed, every answer waiting for a full queue and every
+    snapshot on its way was dropped (Rule 4), though no peer had been given a chance to read. The time the
+    writer did not run (``resumed``) is not the peers'; a peer that then takes nothing is still dropped."""
+    store = store_of({"t": {"ns": 5000}}, size=200)
+    pipes = Pipes()
+    out = Outgoing(pipes.send, chunk_bytes=16 * 1024, stall=30.0)
+    out.snapshot([b"joiner"], -1, store, EPOCH, 1, T0)
+    out.pump(T0)
+    pipes.take(b"joiner", 1)  # it took one chunk: its queue has room for one more, and the snapshot goes on
+    out.pump(T0 + 0.1)
+    out.resumed(60.0)  # the writer was stopped from T0 + 0.1 to T0 + 60.1
+    out.pump(T0 + 60.1)
+    assert out.waiting()[1] == 1  # kept: the joiner had no chance to read
+    end = None
+    now = T0 + 60.1
+    while end is None:
+        now += 0.1
+        out.pump(now)
+        for reply in pipes.take(b"joiner"):
+            end = reply if type(reply) is p.SnapshotEnd else None
+    assert end.records == 5000
+    out.snapshot([b"sleeper"], -1, store, EPOCH, 1, now)
+    out.pump(now)
+    out.resumed(10.0)
+    out.pump(now + 40.5)  # 30.5 s of the writer running, and nothing taken: dropped as before
+    assert out.waiting() == (0, 0, 0)
+
+
 def test_a_slow_reader_is_not_dropped_while_it_takes_something():
     store = store_of({"t": {"ns": 5000}}, size=200)
     pipes = Pipes()

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._calls import callable_name
-from tiger._clock import monotonic
+from tiger._clock import monotonic, paused_since
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, mark_stopped, stopped_from_outside
 from tiger._feed import off_loop, running_loop
 from tiger._owned import DriversLock, OwnedAsyncLock, OwnedLock
@@ -647,12 +647,15 @@ class Once:
         newer than the one it tears down. What it got before one it built (what that one's factory used)
         it still holds while that one is torn down, until its goodbye."""
         errors: list[tuple[str, BaseException]] = []
-        deadline = monotonic() + wait
+        began = monotonic()
+        deadline = began + wait
         retires: list[tuple[str, p.OnceFinish]] = []  # at a run's end (``until``): sent after the teardowns
         if wait > 0 and self._teardowns:
             with contextlib.suppress(TigerError):
                 yield Sync(wait)  # every holder the writer knows of is in this replica
-        while self._teardowns and monotonic() < until:
+        # ``until`` moves by the time this process was not running (Ctrl-Z on the run then fg: the teardowns
+        # left were skipped as not run)
+        while self._teardowns and monotonic() < until + paused_since(began):
             # the newest first; taken off only when it runs: a wait interrupted before (a cancelled close)
             # leaves it to run at the next tear-down
             (scope, key), (teardown, in_scope) = next(reversed(self._teardowns.items()))
@@ -677,7 +680,7 @@ class Once:
             self._own_values.pop((scope, key), None)
             self._built.pop((scope, key), None)  # torn down: never to be delivered later
             try:
-                error = yield TearDown(key, teardown, scope if in_scope else None, until)
+                error = yield TearDown(key, teardown, scope if in_scope else None, until + paused_since(began))
             except stop_on as stopped:  # (raised by the driver around it): its outcome, the errors so far kept
                 error = stopped
             if error is not None:  # reported, and the other teardowns still run

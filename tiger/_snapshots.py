@@ -15,7 +15,9 @@ Rule 2: a snapshot is the store's content at one seq (``View``: lists of its fro
 Rule 3: snapshots share the writer's time with requests: ``pump`` sends at most ``TURN_BYTES`` of
   chunks per turn of the loop, round-robin between the peers that can take one.
 Rule 4: a peer that takes nothing for ``stall`` seconds while something waits for it loses it all
-  (logged), and so does a peer that is gone; nothing of any other peer's is ever dropped.
+  (logged), and so does a peer that is gone; nothing of any other peer's is ever dropped. Time the
+  writer itself was not running (``resumed``) is not the peer's: a writer stopped 30 s (Ctrl-Z on a
+  pytest run) dropped every answer and snapshot it had waiting as it resumed.
 Rule 5: a peer has one snapshot on its way at a time: a new request replaces it (a replica waits
   for the answer to its latest request only).
 Rule 6: joiners share the packing: runs of records packed for one snapshot serve any other whose
@@ -231,6 +233,12 @@ class Outgoing:
             self._leave(peer.snapshot)
         peer.snapshot = _Snapshot(view, envelope, req_id)
         view.readers.append(peer.snapshot)
+
+    def resumed(self, paused: float) -> None:
+        """The writer did not run for ``paused`` seconds (SIGSTOP, a debugger; ``WriterCore.resumed``'s
+        finding): no peer could take anything from it meanwhile, so that time is not counted as a stall."""
+        for peer in self._peers.values():
+            peer.since += paused
 
     def pump(self, now: float) -> None:
         """Send what waits: every backlog first, then snapshot chunks (``turn_bytes`` at most); drop

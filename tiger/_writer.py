@@ -284,6 +284,7 @@ class Writer:
                 now, cpu = monotonic(), time.thread_time()
                 if now - awake > PAUSED:  # not listening: not running (SIGSTOP, a debugger), or busy with a big call
                     self.core.resumed(now - awake, cpu - awake_cpu)
+                    outgoing.resumed(now - awake)  # (nor is it its peers' stall: they could take nothing)
                 awake, awake_cpu = now, cpu
                 if now >= next_beat:
                     self.tick()

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from tiger._calls import callable_name, check_seconds
-from tiger._clock import monotonic
+from tiger._clock import monotonic, moved, overslept
 from tiger._errors import STOPS_FROM_OUTSIDE, NoRoom, OnceFailed, TigerError, stopped_from_outside
 from tiger._process import ProcessWatch, stop_process
 
@@ -794,8 +794,10 @@ class _Run:
 
     def _collect_builders(self, pending: list[Path], deadline: float) -> None:
         """Report each builder of ``pending`` as it ends (taken off the list), until none is left; past
-        ``deadline`` (``time.monotonic()``), ``TimeoutError``."""
+        ``deadline`` (``time.monotonic()``, moved by the time this process was not running: Ctrl-Z on the run
+        then fg stopped the builders' teardowns with it), ``TimeoutError``."""
         freed: dict[Path, float] = {}  # builders whose lock is free, still running: when they are given up
+        began, counted = monotonic(), 0.0
         while pending:
             for path in list(pending):
                 state = self.dir.ended_builder(path)
@@ -822,9 +824,12 @@ class _Run:
                 else:
                     for key in state.get("keys", ["?"]):
                         self.report.append(f"teardown of once {key!r} did not run: its builder {by} ended before it")
+            deadline, counted = moved(deadline, began, counted)
             if pending and monotonic() > deadline:
                 raise TimeoutError
+            slept = monotonic()
             time.sleep(_POLL)
+            overslept(slept, _POLL)
 
     def tell_all_done(self) -> bool:
         """The controller: tell the builders every test is done (``mark_all_done``). False, said in the report,
