@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from tiger._calls import callable_name, check_seconds
-from tiger._clock import monotonic, moved, overslept
+from tiger._clock import mark, monotonic, moved, overslept
 from tiger._errors import STOPS_FROM_OUTSIDE, NoRoom, OnceFailed, TigerError, stopped_from_outside
 from tiger._process import ProcessWatch, stop_process
 
@@ -827,7 +827,7 @@ class _Run:
             deadline, counted = moved(deadline, began, counted)
             if pending and monotonic() > deadline:
                 raise TimeoutError
-            slept = monotonic()
+            slept = mark()
             time.sleep(_POLL)
             overslept(slept, _POLL)
 
