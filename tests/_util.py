@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import shutil
 import signal
 import subprocess
@@ -25,12 +24,18 @@ UNRESOLVED = f"tcp://{UNRESOLVED_HOST}:{DEFAULT_URL.rsplit(':', 1)[1]}"
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
-    """One line of the process's stdout, waiting at most ``timeout``."""
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        assert sel.select(timeout), f"no output within {timeout}s"
-    return proc.stdout.readline()
+    """One line of the process's stdout, waiting at most ``timeout``. Read by a thread: a line that came with
+    the one before waits in the stream's own buffer, where a ``select`` on its descriptor does not see it (a
+    builder printing two lines at once: the second "came" only after 30 s, 2 runs in 6 on a loaded machine,
+    and the test failed), and a ``select`` that sees part of a line lets ``readline`` block for the rest."""
+    stdout = proc.stdout
+    assert stdout is not None
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert got, f"no output within {timeout}s"
+    return got[0]
 
 
 def default_sigint() -> None:
