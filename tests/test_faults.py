@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -228,12 +230,18 @@ def test_a_log_and_a_snapshot_an_earlier_version_wrote_are_read_and_appended_to(
 
 
 @pytest.mark.parametrize(
-    "odd", [{"id": "k"}, {"id": "k", "state": "done", "owner": "c", "holders": [1]}, {"id": "k", "state": "failed"}]
+    "odd",
+    [
+        {"id": "k", "created": 1},
+        {"id": "k", "created": 1, "state": "done", "owner": "c", "holders": [1]},
+        {"id": "k", "created": 1, "state": "failed"},
+    ],
 )
 def test_a_data_directory_holding_a_raw_record_in_tiger_once_stopped_every_writer_started_on_it(tmp_path, odd):
     # An earlier tiger took a client's insert of {"id": "k"} into tiger.once (it refuses it now): its data
     # directory then stopped every writer started on it (KeyError 'state', looking for the once builders it
-    # awaits), and a client's end killed a running one. Such a record is read as no once key's.
+    # awaits), and a client's end killed a running one. Such a record is read as no once key's. (The insert
+    # gave it a created time; one without is refused at the start: the test after this one.)
     data = tmp_path / "data"
     data.mkdir()
     content = {"tiger.once": {"global": [freeze(odd)]}, "t": {"global": [freeze({"id": "r0", "created": 1})]}}
@@ -247,6 +255,33 @@ def test_a_data_directory_holding_a_raw_record_in_tiger_once_stopped_every_write
             assert second.table("t")["r0"]["id"] == "r0"
     with tiger.serve("tcp://127.0.0.1:*", data=data) as again, tiger.connect(again.url, timeout=10) as third:
         assert third.once("k", lambda: 0) == 42
+
+
+@pytest.mark.parametrize(
+    ("odd", "says"),
+    [
+        ({"id": "k"}, "table 'tiger.once', namespace 'global', record 'k': 'created' must be an int"),
+        ({"id": "k", "created": "1"}, "record 'k': 'created' must be an int"),
+        ({"id": 7, "created": 1}, "table 'tiger.once', namespace 'global', record 0: must be a map with a str 'id'"),
+        ("k", "record 0: must be a map with a str 'id'"),
+    ],
+)
+def test_a_data_directory_holding_a_record_without_created_served_joiners_a_store_short_of_its_records(tmp_path, odd, says):
+    # Regression: a record without an int 'created' in a data directory (written by hand, or by an earlier
+    # tiger) was served; every joiner's snapshot chunk holding it did not decode, was skipped, and the joiner
+    # connected to a store without that chunk's records (here: 'r0' too), with no error. The writer now refuses
+    # to start on it, naming the record, and changes nothing on disk.
+    data = tmp_path / "data"
+    data.mkdir()
+    content = {"tiger.once": {"global": [odd]}, "t": {"global": [freeze({"id": "r0", "created": 1})]}}
+    snapshot = _log.frame(p.pack({"generation": 1, "tables": content}))
+    (data / "snapshot").write_bytes(snapshot)
+    with pytest.raises(tiger.TigerError) as raised:
+        tiger.serve("tcp://127.0.0.1:*", data=data)
+    message = str(raised.value)
+    assert "exited with code 3" in message and says in message and "refusing to start (nothing on disk was changed)" in message
+    # (the directory's lock file, made to take the directory before reading it, is all that was added)
+    assert (data / "snapshot").read_bytes() == snapshot and sorted(os.listdir(data)) == ["lock", "snapshot"]
 
 
 def _earlier_scan(data: bytes) -> tuple[list[bytes], int]:
@@ -983,7 +1018,22 @@ def test_a_worker_stopped_as_it_connected_failed_no_snapshot_within_its_timeout(
     a stop past 3 s (the writer's ZeroMQ heartbeat then closes the stopped client's connection, with the
     answer or the snapshot's chunks on it) is longer than the timeout here. Stopped as it begins
     (blocking and asyncio), and halfway through the snapshot of 50,000 records (``again``)."""
-    records = 50_000 if kind == "again" else 10
+    stop_while_connecting(kind, 50_000 if kind == "again" else 10, 0.5)
+
+
+def test_a_join_stopped_as_its_first_chunks_came_took_those_sent_before_the_stop_for_a_snapshot_going_on():
+    """Regression (CI, the test above, ``again``): a worker stopped past the writer's ZeroMQ heartbeat early in
+    its snapshot lost the connection, and the rest of the snapshot with it; but the chunks the writer sent
+    before then waited in the worker's socket, and came after the stop: taken for the snapshot going on, the
+    replica did not ask for it again, and connect failed "no snapshot within 2.0s (its last chunk came 2.0s
+    ago)". A pause now asks for the snapshot again at once. A store of 200,000 records, the worker stopped a
+    tenth of the way through its join (on the code before: 6 of 6 failed from 4% to 20% of the way)."""
+    stop_while_connecting("again", 200_000, 0.1)
+
+
+def stop_while_connecting(kind: str, records: int, where: float) -> None:
+    """Run ``STOPPED_CONNECTING`` (``kind``: blocking, aio, again) on a store of ``records`` and stop it 4.5 s
+    as it connects (``again``: ``where`` of the way through a join as long as its first); it must connect."""
     with tiger.serve() as server, tiger.connect(server.url, timeout=30) as loader:
         t = loader.table("t")
         for i in range(0, records, 1000):
@@ -997,7 +1047,7 @@ def test_a_worker_stopped_as_it_connected_failed_no_snapshot_within_its_timeout(
                 worker.stdin.flush()  # type: ignore[union-attr]
             assert read_line(worker, 30).strip() == "connecting"
             if kind == "again":
-                time.sleep(joined / 2)  # sleep-ok: where in its join the worker is stopped
+                time.sleep(joined * where)  # sleep-ok: where in its join the worker is stopped
             stop_for(worker.pid, 4.5)  # past the writer's 3 s ZeroMQ heartbeat
             assert read_line(worker, 30).strip() == f"connected {records + 1}"
             assert worker.wait(30) == 0
@@ -1970,49 +2020,89 @@ def test_connections_a_writer_cannot_accept_are_logged_not_silent(tmp_path):
     assert re.search(near, err), err
 
 
+@contextlib.contextmanager
+def reply_proxy(
+    open_socket: Any, url: str, writer_url: str, tamper: Callable[[p.Reply, list[bytes]], list[list[bytes]]]
+) -> Iterator[None]:
+    """A proxy at ``url`` between clients and the writer at ``writer_url``: requests pass as they are; each
+    reply goes to its client as the frame lists ``tamper(reply, frames)`` returns (``[frames]``: as
+    it is). A DEALER to the writer per socket of a client, for as long as the block runs."""
+    front = open_socket(zmq.ROUTER, None)
+    front.bind(url)
+    backs: dict[bytes, zmq.Socket] = {}
+    stop = threading.Event()
+
+    def proxy() -> None:
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        while not stop.is_set():
+            for sock, _ in poller.poll(50):
+                if sock is front:
+                    identity, *frames = front.recv_multipart()
+                    if identity not in backs:
+                        backs[identity] = open_socket(zmq.DEALER, writer_url)
+                        poller.register(backs[identity], zmq.POLLIN)
+                    backs[identity].send_multipart(frames)
+                    continue
+                identity = next(i for i, back in backs.items() if back is sock)
+                frames = sock.recv_multipart()
+                for sent in tamper(p.decode_reply(frames[-1]), frames):
+                    front.send_multipart([identity, *sent])
+
+    thread = threading.Thread(target=proxy, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def test_a_garbled_answer_as_a_replica_loaded_its_snapshot_ended_the_replica_and_its_client(open_socket, tmp_path):
     # A review: an undecodable message on the replica's socket while it loaded the snapshot was not skipped
     # as a stray answer, as at any other time, but ended the replica's thread: connect() raised
     # ProtocolError. A proxy between the client and the writer sends one before the snapshot's first chunk.
+    garbled: list[bool] = []
+
+    def garble_once(reply: p.Reply, frames: list[bytes]) -> list[list[bytes]]:
+        if garbled or type(reply) is not p.SnapshotChunk:
+            return [frames]
+        garbled.append(True)
+        return [[b"\xc1 not msgpack"], frames]
+
     with tiger.serve() as server:
         with tiger.connect(server.url) as seeder:
             seeder.table("t").insert_many([{"id": f"r{i}"} for i in range(100)])
-        front = open_socket(zmq.ROUTER, None)
-        front.bind(f"ipc://{tmp_path}/proxy")
-        backs: dict[bytes, zmq.Socket] = {}  # a DEALER to the writer per socket of the client
-        garbled: list[bytes] = []
-        stop = threading.Event()
-
-        def proxy() -> None:
-            poller = zmq.Poller()
-            poller.register(front, zmq.POLLIN)
-            while not stop.is_set():
-                for sock, _ in poller.poll(50):
-                    if sock is front:
-                        identity, *frames = front.recv_multipart()
-                        if identity not in backs:
-                            backs[identity] = open_socket(zmq.DEALER, server.url)
-                            poller.register(backs[identity], zmq.POLLIN)
-                        backs[identity].send_multipart(frames)
-                        continue
-                    identity = next(i for i, back in backs.items() if back is sock)
-                    frames = sock.recv_multipart()
-                    if not garbled and type(p.decode_reply(frames[-1])) is p.SnapshotChunk:
-                        garbled.append(identity)
-                        front.send_multipart([identity, b"\xc1 not msgpack"])
-                    front.send_multipart([identity, *frames])
-
-        thread = threading.Thread(target=proxy, daemon=True)
-        thread.start()
-        try:
+        with reply_proxy(open_socket, f"ipc://{tmp_path}/proxy", server.url, garble_once):
             with tiger.connect(f"ipc://{tmp_path}/proxy", timeout=5.0) as client:
                 assert garbled  # (the proxy did send it)
                 assert len(client.table("t").list(limit=100).data) == 100
                 client.table("t").insert({"id": "after"})  # the replica goes on
                 assert client.replica.failure is None
-        finally:
-            stop.set()
-            thread.join(5)
+
+
+def test_a_snapshot_chunk_lost_on_the_way_was_loaded_without_its_records(open_socket, tmp_path):
+    # Found with the CI fault of a join stopped early: a chunk that did not decode was skipped, and the snapshot
+    # loaded without its records when its end came (the comment said the join would time out and be tried
+    # again): a replica short of records for good, with no error. The snapshot's end says how many records
+    # it sent; short of them, the replica asks for it again. A proxy garbles the second chunk of the first.
+    chunks: list[int] = []
+
+    def garble_second_chunk(reply: p.Reply, frames: list[bytes]) -> list[list[bytes]]:
+        if type(reply) is p.SnapshotChunk:
+            chunks.append(reply.req_id)
+            if len(chunks) == 2:
+                return [[b"\xc1 not msgpack"]]
+        return [frames]
+
+    with tiger.serve() as server:
+        with tiger.connect(server.url) as seeder:  # about 400 kB: several chunks of about 128 kB
+            seeder.table("t").insert_many([{"id": f"r{i}", "pad": "x" * 1000} for i in range(400)])
+        with reply_proxy(open_socket, f"ipc://{tmp_path}/proxy", server.url, garble_second_chunk):
+            with tiger.connect(f"ipc://{tmp_path}/proxy", timeout=5.0) as client:
+                assert len(set(chunks)) == 2  # the snapshot was asked again
+                assert client.table("t").count() == 400
+                assert sorted(r["id"] for r in client.table("t").all()) == sorted(f"r{i}" for i in range(400))
 
 
 def test_an_async_connects_key_probe_waited_behind_the_applications_jobs_in_the_default_executor(keyed_writers):

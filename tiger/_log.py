@@ -346,8 +346,12 @@ class DataDir:
 
     # -- start ------------------------------------------------------------------------
 
-    def load(self, unpack: Any) -> tuple[dict[str, Any], list[bytes]]:
+    def load(
+        self, unpack: Any, restore: Callable[[dict[str, Any], list[bytes]], None] | None = None
+    ) -> tuple[dict[str, Any], list[bytes]]:
         """(snapshot content, log payloads after it). Cuts a torn tail; ``Corrupt`` changes nothing.
+        ``restore(content, payloads)``, if given, is called before anything on disk is touched (the cut, the
+        log opened): what it raises ends the load with nothing changed.
 
         The logs after the snapshot are every ``log.k`` with k at least its generation, in order (more
         than one when a compaction was cut short by a crash before its snapshot was in place); a torn
@@ -392,6 +396,8 @@ class DataDir:
                     )
                 cut = (path, len(data) - valid, valid)
             payloads.extend(found)
+        if restore is not None:
+            restore(content, payloads)
         if cut is not None:
             log.warning("cut a torn tail of %d bytes at byte %d of %s", cut[1], cut[2], cut[0])
             fd = os.open(os.path.basename(cut[0]), os.O_WRONLY, dir_fd=self._dir_fd)

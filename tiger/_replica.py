@@ -56,6 +56,8 @@ from tiger._table import Change, Put, Rows, Store
 
 log = logging.getLogger("tiger.replica")
 
+SHORT_SNAPSHOTS = 3  # snapshots in a row that came short of records (a chunk unreadable): then the join fails
+
 SUB_HWM = 200_000
 # changes an answer may be ahead of the replica; beyond, and beyond a quarter of its records, it reloads (a snapshot
 # costs 3-6 us a record here, replaying 8-10 us a change, 25 with a feed open: a user trial's 195k changes behind
@@ -976,16 +978,21 @@ class Replica:
         if not self._send(dealer, p.encode_request(p.SnapshotRequest(req_id))):
             raise Unavailable(f"the tiger writer at {self._url} takes no requests: {SNDHWM} queued for it already")
         content: dict[str, dict[str, Rows]] = {}
+        received = 0  # records in the chunks of request ``req_id`` (its end says how many it sent)
+        short, unread = 0, None  # snapshots that came short of records, and why the last chunk missed was
         # No chunk for the client's timeout: the writer stopped sending it (gone, or it dropped this joiner).
         # A writer replaced meanwhile (a restart on the same url) is seen sooner: hello is asked at every
         # heartbeat without a chunk, and an answer of another epoch ends the wait, so that the join is tried
         # again on the next writer well within connect()'s timeout.
-        # A pause of this process (SIGSTOP, Ctrl-Z: ``overslept``, by any of its threads) does not count; with
-        # no chunk a heartbeat after it, the snapshot is asked again (a new request replaces the old at the
-        # writer): the writer's ZeroMQ heartbeat may have closed the connection meanwhile, with its chunks.
+        # A pause of this process (SIGSTOP, Ctrl-Z: ``overslept``, by any of its threads) does not count, and
+        # the snapshot is asked again at once (a new request replaces the old at the writer), then at every
+        # heartbeat until a chunk of the new one comes: the writer's ZeroMQ heartbeat may have closed the
+        # connection meanwhile, with the rest of the chunks. Chunks that came before the connection closed
+        # still arrive after the pause (the socket's buffers): taken for the snapshot going on, they stopped
+        # at their end and the join timed out (CI, a worker stopped 4.5 s halfway through 50k records).
         chunk_at = asked_at = monotonic()
         counted = 0.0  # pauses since it was asked, counted already
-        resumed = False  # a pause was seen, and no chunk came since
+        asked_again: float | None = None  # when asked again after a pause, while no chunk of that request came
         while True:
             began = mark()
             got = self._wait(dealer, self._heartbeat)
@@ -994,32 +1001,48 @@ class Replica:
             if paused > counted:
                 chunk_at += paused - counted
                 self.chunk_at = None if self.chunk_at is None else self.chunk_at + paused - counted
-                counted, resumed = paused, True
+                counted = paused
+                if asked_again is None:  # (else asked again already, a moment ago: a pause found in parts)
+                    asked_again = -math.inf
+            if asked_again is not None and monotonic() - asked_again >= self._heartbeat:
+                # (again a heartbeat later: sent on a connection that was closing, it is lost with it)
+                content, received, req_id, asked_again = {}, 0, -next(self._req_ids), monotonic()
+                self._send(dealer, p.encode_request(p.SnapshotRequest(req_id)))  # (unsent: the timeout below)
             if not got:
-                if resumed:
-                    resumed, content, req_id = False, {}, -next(self._req_ids)
-                    self._send(dealer, p.encode_request(p.SnapshotRequest(req_id)))  # (unsent: the timeout below)
-                    continue
                 if monotonic() - chunk_at > self._timeout:
                     raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
                 self._ask_hello(dealer)
                 continue
             try:
                 reply = p.decode_reply(dealer.recv(), hooks=p.WALKED)  # filed with the oldest generation after
-            except ProtocolError:  # skipped as ``_answer`` does (it ended this thread, and the client with it):
-                continue  # a chunk lost so is missed at the timeout above, and the join is tried again
+            except ProtocolError as e:  # skipped as ``_answer`` does (it ended this thread, and the client with it):
+                unread = e  # a chunk lost so is missed by the count at its end, and the snapshot asked again
+                continue
             if reply.req_id != req_id:
                 if type(reply) is p.Ok and epoch is not None and reply.epoch != epoch:
                     raise Unavailable(f"the tiger writer at {self._url} was replaced during the snapshot")
                 continue
             chunk_at = self.chunk_at = monotonic()
-            resumed = False
+            asked_again = None
             if type(reply) is p.SnapshotChunk:
                 for table, ns, records in reply.segments:
                     if records:  # decoded frozen, each checked for a str id: into the rows in C, no per-record Python
                         content.setdefault(table, {}).setdefault(ns, {}).update(zip(map(_ID, records), records, strict=True))
+                        received += len(records)
             elif type(reply) is p.SnapshotEnd:
-                break
+                if received == reply.records:
+                    break
+                # a chunk missed (undecodable): loaded, the replica would lack its records for good
+                short += 1
+                why = "" if unread is None else f" ({unread})"
+                if short == SHORT_SNAPSHOTS:  # the same each time: what the writer sends, not the way
+                    raise _Refused(
+                        f"the tiger writer at {self._url} sent {SHORT_SNAPSHOTS} snapshots this client could not read "
+                        f"whole: {received} of {reply.records} records{why}"
+                    )
+                log.warning("snapshot %d had %d of its %d records%s: asked again", -req_id, received, reply.records, why)
+                content, received, req_id = {}, 0, -next(self._req_ids)
+                self._send(dealer, p.encode_request(p.SnapshotRequest(req_id)))  # (unsent: the timeout above)
             else:
                 raise _Refused(f"the tiger writer at {self._url} refused a snapshot: {reply}")
         with self.changed:

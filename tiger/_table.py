@@ -459,8 +459,12 @@ class Store:
         """Replace everything by a snapshot's content, in place.
 
         A reader in another thread sees, per namespace, either the old rows or the
-        new ones, never an empty table in between.
+        new ones, never an empty table in between. ``ValueError`` naming the place (nothing changed): content
+        that is not table -> namespace -> list of records (maps) with a str ``id`` and an int ``created``,
+        what every replica relies on (a data directory's record without ``created`` made every joiner skip
+        the snapshot's chunk holding it, and hold a store short of its records).
         """
+        check_content(content)
         self.load_rows(
             {
                 table: {ns: {r["id"]: freeze(r) for r in records} for ns, records in namespaces.items() if records}
@@ -592,6 +596,25 @@ class Store:
                     _check_frozen(r, f"{table}/{ns}/{id}")
                     assert r["id"] == id, f"{table}/{ns}/{id} stored under another id"
                     assert type(r["created"]) is int, f"{table}/{ns}/{id} has no int created"
+
+
+def check_content(content: Any) -> None:
+    """Raise ``ValueError`` naming the first place where ``content`` is not a store's content: a map of table
+    (str) -> namespace (str) -> list of records, each a map with a str ``id`` and an int ``created``."""
+    if not isinstance(content, Mapping):
+        raise ValueError(f"tables: must be a map of table -> namespace -> records, not {type(content).__name__}")
+    for table, namespaces in content.items():
+        if type(table) is not str or not isinstance(namespaces, Mapping):
+            raise ValueError(f"tables[{shown(table)}]: must be a map of namespace -> records under a str table name")
+        for ns, records in namespaces.items():
+            where = f"table {shown(table)}, namespace {shown(ns)}"
+            if type(ns) is not str or not isinstance(records, list):
+                raise ValueError(f"{where}: must be a list of records under a str namespace")
+            for i, record in enumerate(records):
+                if not isinstance(record, Mapping) or type(record.get("id")) is not str:
+                    raise ValueError(f"{where}, record {i}: must be a map with a str 'id'")
+                if type(record.get("created")) is not int:
+                    raise ValueError(f"{where}, record {shown(record['id'])}: 'created' must be an int (Unix seconds)")
 
 
 def _check_frozen(value: Any, where: str) -> None:

@@ -26,6 +26,7 @@ import select
 import signal
 import sys
 import time
+from typing import Any
 
 import zmq
 
@@ -175,10 +176,18 @@ class Writer:
         if data is not None:  # before any socket: a directory that cannot be used stops the start
             self.data = DataDir(data, fsync, compact_bytes)
             try:
-                content, changes = self.data.load(p.unpack)
-                store.load(content)
-                for payload in changes:
-                    store.apply(p.change_from_wire(p.unpack(payload)))
+                data_path = self.data.path
+
+                def restore(content: dict[str, Any], changes: list[bytes]) -> None:
+                    try:
+                        store.load(content)
+                        for payload in changes:
+                            store.apply(p.change_from_wire(p.unpack(payload)))
+                    except (ValueError, TypeError, KeyError) as e:  # (shapes the store and every replica rely on)
+                        why = f"{p.wire_text(data_path)} holds what tiger cannot serve: {e}"
+                        raise Corrupt(f"{why}; refusing to start (nothing on disk was changed)") from None
+
+                _, changes = self.data.load(p.unpack, restore)
             except BaseException:
                 self.data.remove_made()  # (a directory this start made holds nothing yet: it goes)
                 self.data.close()
