@@ -1124,6 +1124,89 @@ def test_a_write_in_flight_as_its_process_was_stopped_returns_its_answer():
             end_worker(worker)
 
 
+STOPPED_BEFORE_SENDING = """
+import asyncio, sys, threading, time, tiger, tiger.aio
+url, kind = sys.argv[1], sys.argv[2]
+records = [{"id": f"r{i}", "pad": "x" * 50, "n": i, "tags": ["a", "b", "c"]} for i in range(200_000)]
+
+def report(write):
+    try:
+        print("written", write(), flush=True)
+    except tiger.TigerError as e:
+        print("raised:", type(e).__name__, e, flush=True)
+
+if kind == "encoding":  # stopped as its write of 200,000 records is encoded (0.24 s here), before it is sent
+    with tiger.connect(url, timeout=5.0) as client:
+        print("writing", flush=True)
+        report(lambda: len(client.table("t").insert_many(records)))
+elif kind == "behind":  # stopped as its write waits for the socket, held by a call to a stopped writer
+    with tiger.connect(url, timeout=4.0) as client:
+        print("connected", flush=True)
+        sys.stdin.readline()  # (the writer stopped meanwhile)
+        first = threading.Thread(target=report, args=(lambda: client.table("t").insert({"id": "first"})["id"],))
+        first.start()
+        time.sleep(0.3)  # sleep-ok: the first call is sent (to a stopped writer) and holds the socket
+        second = threading.Thread(target=report, args=(lambda: client.table("t").insert({"id": "second"})["id"],))
+        second.start()
+        time.sleep(0.3)  # sleep-ok: the second waits for the socket
+        print("writing", flush=True)
+        first.join(); second.join()
+else:  # the same for two tasks of an asyncio client
+    async def main():
+        async with await tiger.aio.connect(url, timeout=4.0) as client:
+            print("connected", flush=True)
+            sys.stdin.readline()  # (the writer stopped meanwhile)
+
+            async def write(id):
+                try:
+                    print("written", (await client.table("t").insert({"id": id}))["id"], flush=True)
+                except tiger.TigerError as e:
+                    print("raised:", type(e).__name__, e, flush=True)
+            first = asyncio.create_task(write("first"))
+            await asyncio.sleep(0.3)
+            second = asyncio.create_task(write("second"))
+            await asyncio.sleep(0.3)
+            print("writing", flush=True)
+            await first; await second
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["encoding", "behind", "aio-behind"])
+def test_a_write_stopped_before_it_was_sent_raised_that_its_time_was_spent_before_it_could_be_sent(kind):
+    """Regression (a user trial: 2 of 120 Ctrl-Z stops of 10 s on a whole ``pytest -n 4`` run): a worker
+    stopped after its write took its deadline but before it was sent raised "did not answer within 5s: the
+    time was spent before the call could be sent", and one stopped while its write waited for the socket
+    behind another call "other calls of this client held its socket until too late". Nothing was sent: the
+    call is made again with its deadline and expiry moved by the pause. Stopped 6 s (past the timeout and
+    the writer's 3 s ZeroMQ heartbeat) as a write of 200,000 records is encoded, and as a write waits for
+    the socket held by a call to a stopped writer (blocking threads, asyncio tasks)."""
+    with tiger.serve() as server:
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+        worker = subprocess.Popen([sys.executable, "-c", STOPPED_BEFORE_SENDING, server.url, kind], **pipes)  # type: ignore[call-overload]
+        try:
+            if kind == "encoding":
+                assert read_line(worker, 60).strip() == "writing"
+                time.sleep(0.42)  # sleep-ok: into its encoding (here 0.30 to 0.54 s into the call, checks first)
+                stop_for(worker.pid, 6.0)
+                assert read_line(worker, 60).strip() == "written 200000"
+            else:
+                assert read_line(worker, 60).strip() == "connected"
+                os.kill(server.pid, signal.SIGSTOP)  # the first call waits for it, the second for the socket
+                try:
+                    worker.stdin.write("go\n")  # type: ignore[union-attr]
+                    worker.stdin.flush()  # type: ignore[union-attr]
+                    assert read_line(worker, 60).strip() == "writing"
+                    os.kill(worker.pid, signal.SIGSTOP)
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)  # it answers the first call of the stopped worker
+                stop_for(worker.pid, 6.0)  # (stopped already: past the second call's 4 s and the heartbeat)
+                assert sorted(read_line(worker, 60).strip() for _ in range(2)) == ["written first", "written second"]
+            assert worker.wait(30) == 0
+        finally:
+            end_worker(worker)
+
+
 def test_an_async_connect_whose_loop_was_held_past_its_timeout_spun_for_ever_instead_of_raising():
     """Review: ``tiger.aio.connect(timeout=1)`` to a stopped writer, its event loop held 3.5 s by another
     task, never returned: the watch of its pauses had ended (at its deadline and a second) but went on

@@ -36,7 +36,7 @@ from tiger._calls import (
     resend_interval,
     stretched,
 )
-from tiger._clock import monotonic, moved, paused_since, wall
+from tiger._clock import mark, monotonic, moved, overslept, paused_since, wall
 from tiger._core import LEASE_GRACE
 from tiger._errors import (
     FAILURES,
@@ -665,6 +665,21 @@ class _Connection(Handle):
             )
         return payload, deadline, deadline - margin
 
+    def _unpaused(
+        self, request: p.Request, call: tuple[bytes, float, float], began: float, counted: float, probe: bool = True
+    ) -> tuple[tuple[bytes, float, float], float]:
+        """A call not sent yet (``_call_bytes``' payload, deadline, expiry), made again with its deadline and
+        expiry later by the time this process was not running since ``began`` (``time.monotonic()``), less
+        ``counted`` (moved by already); returns it and the pauses counted. Nothing was sent: the writer
+        cannot have it. A worker stopped (Ctrl-Z on a ``pytest -n 4`` run) between its write's deadline and
+        its send raised "did not answer within 5s: the time was spent before the call could be sent", and a
+        call waiting for the socket behind another one "other calls of this client held its socket" (a user
+        trial: 2 whole-run stops of 10 s in 120)."""
+        paused = paused_since(began)
+        if paused <= counted:
+            return call, counted
+        return self._call_bytes(request, call[1] + paused - counted, probe), paused
+
     def _queued_answer(self, sock: zmq.Socket[Any], req_id: int, mine: p.Own | None, deadline: float) -> p.Reply | None:
         """At a call's deadline, before giving up: its answer if it already waits on the command socket
         (this process was stopped past the deadline while the writer answered: SIGSTOP, a debugger; a user
@@ -1194,9 +1209,14 @@ class Client(_Connection):
         not sent it): the replica counts it in flight until ``catch_up(..., own=True)``. ``seconds``: the
         timeout the deadline stands for, as errors name it (default: what is left until it).
         """
+        began = mark()
         if seconds is None:
             seconds = self.timeout if deadline is None else round(deadline - monotonic(), 3)
-        payload, deadline, expires = self._call_bytes(request, deadline)
+        call = self._call_bytes(request, deadline)
+        if monotonic() >= call[2]:  # (rare) its time ran out before it could be sent: this process stopped?
+            overslept(began, 0.0)  # (nothing but this thread's own work since ``began``: a late now is a pause)
+        call, counted = self._unpaused(request, call, began[0], 0.0)
+        payload, deadline, expires = call
         self._check_time_left(expires, seconds)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
@@ -1209,6 +1229,8 @@ class Client(_Connection):
             self._take_socket(me, deadline, seconds)  # (``me`` made before: a signal just after cannot leak it)
             if self._closed:
                 raise TigerError("this client is closed")
+            if monotonic() >= expires:  # (its wait for the socket moved by the pauses it found)
+                (payload, deadline, expires), counted = self._unpaused(request, (payload, deadline, expires), began[0], counted)
             if monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
                 raise self._busy(seconds)
             sent = True  # (before: a signal landing as the send returns, after it, left a call sent unasked for)

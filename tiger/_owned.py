@@ -160,6 +160,7 @@ class OwnedAsyncLock:
         import asyncio  # here: the blocking client never imports asyncio
 
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        began, counted = monotonic(), 0.0
         try:
             self._queue[woken] = me
             while True:
@@ -167,6 +168,7 @@ class OwnedAsyncLock:
                     self.holder = me
                 if self.holder is me:
                     return True
+                deadline, counted = moved(deadline, began, counted)  # (by pauses other threads found)
                 left = deadline - monotonic()
                 if left <= 0:
                     return False

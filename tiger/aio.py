@@ -498,15 +498,18 @@ class AsyncClient(_Connection):
     ) -> p.Ok:
         """``Client._request``, awaited: the same call bytes, Lazy Pirate resends on a fresh socket, expiry
         and errors. Cancelled after sending, the call is left to the replica as one that raised unanswered."""
+        began = monotonic()  # (time unsent moves by the pauses other threads found: a loop held is no pause)
         if seconds is None:  # the timeout the deadline stands for, as errors name it
-            seconds = self.timeout if deadline is None else round(deadline - monotonic(), 3)
+            seconds = self.timeout if deadline is None else round(deadline - began, 3)
         try:
-            payload, deadline, expires = self._call_bytes(request, deadline, probe=False)
+            call = self._call_bytes(request, deadline, probe=False)
         except Unavailable:  # a silent writer: its url probed in a thread (a probe may take 0.1 s)
             refused = await off_loop(recently_refused, self.url)
             if self._unheard():
                 raise self._silent_writer(refused) from None
-            payload, deadline, expires = self._call_bytes(request, deadline, probe=False)  # heard again meanwhile
+            call = self._call_bytes(request, deadline, probe=False)  # heard again meanwhile
+        call, counted = self._unpaused(request, call, began, 0.0, probe=False)
+        payload, deadline, expires = call
         self._check_time_left(expires, seconds)
         req_id = request.req_id  # type: ignore[union-attr]
         sent = answered = False
@@ -523,6 +526,9 @@ class AsyncClient(_Connection):
                     raise self._busy(seconds)
                 if self._closed:
                     raise TigerError("this client is closed")
+                if monotonic() >= expires:
+                    call, counted = self._unpaused(request, (payload, deadline, expires), began, counted, probe=False)
+                    payload, deadline, expires = call
                 if monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
                     raise self._busy(seconds)
                 if self._socket._loop is not running_loop():  # taken before its first use on this thread
