@@ -1207,6 +1207,30 @@ def test_a_write_stopped_before_it_was_sent_raised_that_its_time_was_spent_befor
             end_worker(worker)
 
 
+def test_a_probe_stopped_as_it_waited_for_the_writers_answer_said_it_did_not_answer():
+    """Where else the kind was: the one-request waits of ``tiger stats``/``dump``/``compact``, of the pytest
+    plugin's probes and its run lease (``_answer``) counted the time their process was stopped (Ctrl-Z on a
+    ``pytest -n 4`` run as its controller starts): past its timeout, "did not answer within 3s", though the
+    answer came soon after it resumed. ``tiger stats --timeout 3`` waits for a stopped writer; 1 s in, it is
+    stopped 5 s itself; the writer is resumed half a second after it, and answers well within what was left
+    of its timeout when it was stopped."""
+    with tiger.serve() as server:
+        command = [*TIGER, "stats", "--url", server.url, "--timeout", "3"]
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            stats = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            time.sleep(1.0)  # sleep-ok: the probe sends its request, and waits for the stopped writer
+            stop_for(stats.pid, 5.0)
+            time.sleep(0.5)  # sleep-ok: the probe runs on, its timeout not over (its stop does not count)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        try:
+            out, _ = stats.communicate(timeout=30)
+            assert stats.returncode == 0 and f"pid      {server.pid}" in out, out
+        finally:
+            end_worker(stats)
+
+
 def test_an_async_connect_whose_loop_was_held_past_its_timeout_spun_for_ever_instead_of_raising():
     """Review: ``tiger.aio.connect(timeout=1)`` to a stopped writer, its event loop held 3.5 s by another
     task, never returned: the watch of its pauses had ended (at its deadline and a second) but went on

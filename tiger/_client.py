@@ -375,7 +375,9 @@ class _Connection(Handle):
         heartbeat_timeout: float = 2.0,
         server_key: str | bytes | None = None,
         deadline: float | None = None,
+        pause_watch: PauseWatch | None = None,
     ) -> None:
+        began = mark()  # (before any step: a stop from here on is seen by the pause watch's first look)
         unsupported = unsupported_environment()
         if unsupported is not None:
             raise TigerError(unsupported)
@@ -383,8 +385,9 @@ class _Connection(Handle):
         self.timeout: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
         # when connecting must be done (``time.monotonic()``): the lookup, the hello and the snapshot share the
         # timeout (each waited it whole: a slow name server then a paused writer took twice the timeout)
-        # (``deadline``: when a timeout that began earlier, as tiger.aio's lookup or tiger dump's probe, ends)
-        self._connect_began = monotonic()
+        # (``deadline``: when a timeout that began earlier, as tiger.aio's lookup or tiger dump's probe, ends;
+        # ``pause_watch``: the watch begun with it, as tiger.aio's connect begins one before its lookup)
+        self._connect_began = began[0] if pause_watch is None else pause_watch.began
         self._connect_deadline = self._connect_began + self.timeout if deadline is None else deadline
         self.url = url
         check_server_key(server_key)  # (before any socket: a bad key raised with a socket open, and closing the
@@ -393,7 +396,7 @@ class _Connection(Handle):
         self.heartbeat_timeout: float = check_seconds(heartbeat_timeout, "heartbeat_timeout", positive=True)  # type: ignore[assignment]
         # connect's deadline does not count time this process was not running (``_connect_by``): watched until
         # connected, from its first step (a worker stopped as it checked for room failed "did not answer")
-        self._pause_watch = PauseWatch(self._connect_deadline + 1.0)
+        self._pause_watch = PauseWatch(self._connect_deadline + 1.0, began) if pause_watch is None else pause_watch
         try:
             self._first_steps(url)
         except BaseException:
@@ -666,16 +669,23 @@ class _Connection(Handle):
         return payload, deadline, deadline - margin
 
     def _unpaused(
-        self, request: p.Request, call: tuple[bytes, float, float], began: float, counted: float, probe: bool = True
+        self,
+        request: p.Request,
+        call: tuple[bytes, float, float],
+        began: float,
+        counted: float,
+        probe: bool = True,
+        own: float = 0.0,
     ) -> tuple[tuple[bytes, float, float], float]:
         """A call not sent yet (``_call_bytes``' payload, deadline, expiry), made again with its deadline and
         expiry later by the time this process was not running since ``began`` (``time.monotonic()``), less
-        ``counted`` (moved by already); returns it and the pauses counted. Nothing was sent: the writer
-        cannot have it. A worker stopped (Ctrl-Z on a ``pytest -n 4`` run) between its write's deadline and
-        its send raised "did not answer within 5s: the time was spent before the call could be sent", and a
-        call waiting for the socket behind another one "other calls of this client held its socket" (a user
-        trial: 2 whole-run stops of 10 s in 120)."""
-        paused = paused_since(began)
+        ``counted`` (moved by already); returns it and the pauses counted. ``own``: a pause the calling thread
+        found in its own time since ``began`` (``overslept(..., keep=False)``), if longer. Nothing was sent:
+        the writer cannot have it. A worker stopped (Ctrl-Z on a ``pytest -n 4`` run) between its write's
+        deadline and its send raised "did not answer within 5s: the time was spent before the call could be
+        sent", and a call waiting for the socket behind another one "other calls of this client held its
+        socket" (a user trial: 2 whole-run stops of 10 s in 120)."""
+        paused = max(paused_since(began), own)
         if paused <= counted:
             return call, counted
         return self._call_bytes(request, call[1] + paused - counted, probe), paused
@@ -1213,9 +1223,10 @@ class Client(_Connection):
         if seconds is None:
             seconds = self.timeout if deadline is None else round(deadline - monotonic(), 3)
         call = self._call_bytes(request, deadline)
-        if monotonic() >= call[2]:  # (rare) its time ran out before it could be sent: this process stopped?
-            overslept(began, 0.0)  # (nothing but this thread's own work since ``began``: a late now is a pause)
-        call, counted = self._unpaused(request, call, began[0], 0.0)
+        # (rare) its time ran out before it could be sent: this process stopped? Only this thread ran here, but
+        # a signal handler or a finalizer may have waited in it: taken for this call's pause, not the process's
+        stopped = overslept(began, 0.0, keep=False) if monotonic() >= call[2] else 0.0  # (0.0: none)
+        call, counted = self._unpaused(request, call, began[0], 0.0, own=stopped)
         payload, deadline, expires = call
         self._check_time_left(expires, seconds)
         req_id = request.req_id  # type: ignore[union-attr]
@@ -1230,7 +1241,8 @@ class Client(_Connection):
             if self._closed:
                 raise TigerError("this client is closed")
             if monotonic() >= expires:  # (its wait for the socket moved by the pauses it found)
-                (payload, deadline, expires), counted = self._unpaused(request, (payload, deadline, expires), began[0], counted)
+                call, counted = self._unpaused(request, (payload, deadline, expires), began[0], counted, probe=False)
+                payload, deadline, expires = call
             if monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
                 raise self._busy(seconds)
             sent = True  # (before: a signal landing as the send returns, after it, left a call sent unasked for)

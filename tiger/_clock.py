@@ -77,19 +77,23 @@ def mark() -> Mark:
     return monotonic(), time.process_time()
 
 
-def overslept(since: Mark, asked: float, now: float | None = None) -> float:
+def overslept(since: Mark, asked: float, now: float | None = None, keep: bool = True) -> float:
     """Seconds a wait begun at ``since`` (``mark()``) for at most ``asked`` seconds woke later than that, when
     more than ``PAUSE_OVER`` while the process used less CPU than half as long: it was not running
     (SIGSTOP, Ctrl-Z then fg, a machine starved of CPU; a ``pytest -n 4`` worker stopped 5 s as it connected
     failed "no snapshot within 5.0s", and the run was aborted); else 0 (a thread late because the process
     worked meanwhile, C code holding the GIL, a replica loading a snapshot under its lock, is no pause). The
-    pause is kept for ``paused_since`` (every thread of a stopped process finds it: counted once)."""
+    pause is kept for ``paused_since`` (every thread of a stopped process finds it: counted once); with
+    ``keep=False``, only returned (what a thread cannot tell from its own time blocked: a signal handler or a
+    finalizer run in it, waiting for a lock, is no pause of the process)."""
     began, cpu = since
     if now is None:
         now = monotonic()
     late = now - began - asked
     if late <= PAUSE_OVER or time.process_time() - cpu > late / 2:
         return 0.0
+    if not keep:
+        return late
     with _pauses_lock:
         merged: list[tuple[float, float]] = []
         for start, end in sorted([*_pauses, (now - late, now)]):

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from tiger._clock import PAUSE_OVER, last_pause_end, mark, monotonic, overslept, paused_since
+from tiger._clock import PAUSE_OVER, Mark, last_pause_end, mark, monotonic, overslept, paused_since
 from tiger._errors import TigerError
 
 
@@ -186,15 +186,17 @@ class PauseWatch:
     be sent", and the run was aborted). Best effort: with no thread to be had, nothing is watched. One
     thread more for ``check_room`` to count."""
 
-    def __init__(self, until: float) -> None:
+    def __init__(self, until: float, since: Mark | None = None) -> None:
         self._stop = _thread.allocate_lock()
         self._stop.acquire()
         self._ended = _thread.allocate_lock()
         self._ended.acquire()
         self._native_ids: list[int] = []
         self._stopped = False
-        self._began = monotonic()
-        self.looked = mark()  # its last look at the clock (the first: now, before it starts)
+        # its last look at the clock; the first: ``since`` (``mark()``, taken before the deadline it watches for:
+        # a stop between the two is seen at its first look; nothing but the caller's own work in between), or now
+        self.looked = mark() if since is None else since
+        self.began = self.looked[0]  # (``time.monotonic()``)
         self._watching = True  # until its thread ends (by ``stop()``, or at ``until``)
         try:
             _thread.start_new_thread(self._run, (until,))
@@ -204,7 +206,7 @@ class PauseWatch:
     def _run(self, until: float) -> None:
         self._native_ids.append(_thread.get_native_id())
         try:
-            while self.looked[0] < until + paused_since(self._began):
+            while self.looked[0] < until + paused_since(self.began):
                 if self._stop.acquire(timeout=WATCH_EVERY):
                     return
                 now = monotonic()

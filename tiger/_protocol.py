@@ -803,10 +803,28 @@ def segments_bytes(packed_segments: list[bytes]) -> bytes:
     return _array_head(len(packed_segments)) + b"".join(packed_segments)
 
 
+_CHUNK_HEAD = b"\x93" + pack("chunk")  # how a snapshot chunk's bytes begin (then its request id)
+
+
 def chunk_bytes(req_id: int, packed_segments: bytes) -> bytes:
     """``encode_reply(SnapshotChunk(...))`` with its segments already packed (``segments_bytes``): joiners
     sent one snapshot share them, each with its own request id."""
-    return b"\x93" + pack("chunk") + pack(req_id) + packed_segments
+    return _CHUNK_HEAD + pack(req_id) + packed_segments
+
+
+def chunk_req_id(data: bytes) -> int | None:
+    """The request id of the snapshot chunk ``data``, read without decoding its records (a replica skips the
+    chunks of a request it asked before: decoding each took longer than the writer took to send them);
+    None if ``data`` is no chunk."""
+    if not data.startswith(_CHUNK_HEAD):
+        return None
+    u = msgpack.Unpacker(raw=False)
+    u.feed(data[len(_CHUNK_HEAD) : len(_CHUNK_HEAD) + 9])  # (an int packs to 9 bytes at most)
+    try:
+        req_id = u.unpack()
+    except (msgpack.OutOfData, ValueError):
+        return None
+    return req_id if type(req_id) is int else None
 
 
 def encode_reply(r: Reply) -> bytes:

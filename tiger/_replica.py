@@ -75,6 +75,11 @@ class _Refused(Unavailable):
     """The writer answered a snapshot request with an error: joining again at once would fail the same way."""
 
 
+class _Unreadable(_Refused):
+    """Snapshots came short of records ``SHORT_SNAPSHOTS`` times in a row: a running replica stops on it (asked
+    again once a heartbeat, each time pulling that many snapshots for nothing)."""
+
+
 class _Stopped(Exception):
     """The client is closing: leave the thread now."""
 
@@ -756,6 +761,8 @@ class Replica:
                     log.info("replica resynchronising: %s", why)
                     self.resyncs += 1
                     must_resync = True
+                except _Unreadable:  # (reported to every waiting caller, below)
+                    raise
                 except Unavailable as e:  # the writer went away during a resync: try again once it answers
                     log.info("replica waiting for the writer: %s", e)
                     must_resync = True
@@ -993,6 +1000,7 @@ class Replica:
         chunk_at = asked_at = monotonic()
         counted = 0.0  # pauses since it was asked, counted already
         asked_again: float | None = None  # when asked again after a pause, while no chunk of that request came
+        again_every = self._heartbeat  # and then again this long after, doubled each time (a slow first chunk)
         while True:
             began = mark()
             got = self._wait(dealer, self._heartbeat)
@@ -1003,18 +1011,24 @@ class Replica:
                 self.chunk_at = None if self.chunk_at is None else self.chunk_at + paused - counted
                 counted = paused
                 if asked_again is None:  # (else asked again already, a moment ago: a pause found in parts)
-                    asked_again = -math.inf
-            if asked_again is not None and monotonic() - asked_again >= self._heartbeat:
-                # (again a heartbeat later: sent on a connection that was closing, it is lost with it)
-                content, received, req_id, asked_again = {}, 0, -next(self._req_ids), monotonic()
+                    asked_again, again_every = -math.inf, self._heartbeat
+            if asked_again is not None and monotonic() - asked_again >= again_every:
+                # (again a heartbeat later, then two, four...: sent on a connection that was closing, it is lost
+                # with it; each request replaces the one before at the writer, so not too often: a slow writer)
+                if asked_again > -math.inf:
+                    again_every *= 2
+                content, received, unread, req_id, asked_again = {}, 0, None, -next(self._req_ids), monotonic()
                 self._send(dealer, p.encode_request(p.SnapshotRequest(req_id)))  # (unsent: the timeout below)
+            if monotonic() - chunk_at > self._timeout:  # (every turn: an earlier request's chunks may keep coming)
+                raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
             if not got:
-                if monotonic() - chunk_at > self._timeout:
-                    raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
                 self._ask_hello(dealer)
                 continue
+            data = dealer.recv()
+            if p.chunk_req_id(data) not in (None, req_id):  # a chunk of a request asked before: skipped undecoded
+                continue  # (decoding each, a pause's backlog took longer than the writer took to send a new one)
             try:
-                reply = p.decode_reply(dealer.recv(), hooks=p.WALKED)  # filed with the oldest generation after
+                reply = p.decode_reply(data, hooks=p.WALKED)  # filed with the oldest generation after
             except ProtocolError as e:  # skipped as ``_answer`` does (it ended this thread, and the client with it):
                 unread = e  # a chunk lost so is missed by the count at its end, and the snapshot asked again
                 continue
@@ -1036,12 +1050,12 @@ class Replica:
                 short += 1
                 why = "" if unread is None else f" ({unread})"
                 if short == SHORT_SNAPSHOTS:  # the same each time: what the writer sends, not the way
-                    raise _Refused(
+                    raise _Unreadable(
                         f"the tiger writer at {self._url} sent {SHORT_SNAPSHOTS} snapshots this client could not read "
                         f"whole: {received} of {reply.records} records{why}"
                     )
                 log.warning("snapshot %d had %d of its %d records%s: asked again", -req_id, received, reply.records, why)
-                content, received, req_id = {}, 0, -next(self._req_ids)
+                content, received, unread, req_id = {}, 0, None, -next(self._req_ids)
                 self._send(dealer, p.encode_request(p.SnapshotRequest(req_id)))  # (unsent: the timeout above)
             else:
                 raise _Refused(f"the tiger writer at {self._url} refused a snapshot: {reply}")

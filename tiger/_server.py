@@ -22,7 +22,7 @@ from zmq.utils import z85
 from tiger import _lookup
 from tiger import _protocol as p
 from tiger._calls import call_expiry, check_seconds, clock_offset
-from tiger._clock import monotonic, wall
+from tiger._clock import mark, monotonic, moved, overslept, wall
 from tiger._errors import FAILURES, HandshakeFailed, ProtocolError, TigerError, Unavailable, shown
 from tiger._handles import Handle
 from tiger._lookup import (
@@ -874,12 +874,21 @@ def _answer(
     if monitor is not None:
         poller.register(monitor, zmq.POLLIN)
     probes = 0 if monitor is not None else GREETING_PROBES  # (none without a monitor: the handshake was had)
-    probe_at = monotonic() + GREETING_PROBE_AFTER
+    probe_at = began = monotonic()
+    probe_at += GREETING_PROBE_AFTER
+    counted = 0.0
     while True:
         now = monotonic()
         until = deadline if probes >= GREETING_PROBES else min(deadline, probe_at)
         p.poll_on_a_real_clock()
-        ready = dict(poller.poll(max(1, int((until - now) * 1000)) if until > now else 0))  # (0: an answer there is taken)
+        slept, asked = mark(), max(0.001, until - now) if until > now else 0.0
+        ready = dict(poller.poll(max(1, int(asked * 1000)) if asked else 0))  # (0: an answer there is taken)
+        # time this process was not running (SIGSTOP, Ctrl-Z: a stopped ``pytest -n 4`` run's controller making
+        # its run lease) is not the writer's: the deadline moves by it (an answer sent meanwhile is read)
+        overslept(slept, asked)
+        moved_to, counted = moved(deadline, began, counted)
+        probe_at += moved_to - deadline
+        deadline = moved_to
         if sock in ready:
             break
         if monitor is not None and monitor in ready:

@@ -183,7 +183,7 @@ class Writer:
                         store.load(content)
                         for payload in changes:
                             store.apply(p.change_from_wire(p.unpack(payload)))
-                    except (ValueError, TypeError, KeyError) as e:  # (shapes the store and every replica rely on)
+                    except ValueError as e:  # (shapes the store and every replica rely on; ProtocolError, msgpack's)
                         why = f"{p.wire_text(data_path)} holds what tiger cannot serve: {e}"
                         raise Corrupt(f"{why}; refusing to start (nothing on disk was changed)") from None
 

@@ -64,17 +64,18 @@ from tiger._client import (
     _timeout,
     lasting_match,
 )
-from tiger._clock import monotonic, moved, wall
+from tiger._clock import mark, monotonic, moved, wall
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, Change, Owner, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
 from tiger._owned import OwnedAsyncLock
-from tiger._process import check_room
+from tiger._process import PauseWatch, check_room
 from tiger._replica import Replica
 from tiger._server import check_connect_url, recently_refused, unshown
 from tiger._table import GLOBAL, Record, check_leasable, check_name
 
 __all__ = ["AsyncClient", "AsyncTable", "connect"]
+LOOK_WAIT = 0.6  # seconds a call out of time before its send waits for the replica thread to look for a pause
 log = logging.getLogger("tiger.client")
 _T = TypeVar("_T")
 
@@ -91,9 +92,18 @@ async def connect(
     server_key = unshown(server_key)  # (first: see ``unshown``)
     url, server_key = _connect_arguments(url, server_key)
     seconds: float = check_seconds(timeout, "timeout", positive=True)  # type: ignore[assignment]
-    deadline = monotonic() + seconds
-    await _looked_up(check_connect_url(url), seconds, deadline)
-    client = AsyncClient(url, timeout, heartbeat_timeout, server_key, deadline)  # (the lookup counted in the timeout)
+    began = mark()
+    deadline = began[0] + seconds
+    # watched from before the lookup (a stop before the client's own watch began was seen by nothing: its
+    # time counted, and the connect failed "did not answer" as the blocking one no longer does)
+    watch = PauseWatch(deadline + 1.0, began)
+    try:
+        await _looked_up(check_connect_url(url), seconds, deadline, watch)
+        # (the lookup counted in the timeout)
+        client = AsyncClient(url, timeout, heartbeat_timeout, server_key, deadline, pause_watch=watch)
+    except BaseException:
+        watch.stop()
+        raise
     try:
         await client._open()
     except BaseException:
@@ -104,14 +114,14 @@ async def connect(
     return client
 
 
-async def _looked_up(url: str, timeout: float, deadline: float) -> None:
+async def _looked_up(url: str, timeout: float, deadline: float, watch: PauseWatch) -> None:
     """Return once the host name of ``url`` has an address (``tiger._lookup``, kept there for the client
     made next), within ``timeout`` seconds, as ``tiger.connect`` waits for it, the event loop running
     meanwhile: polled every 10 ms, no thread held. ``Unavailable`` naming why past ``deadline``
-    (``time.monotonic()``: when the ``timeout`` ends)."""
+    (``time.monotonic()``: when the ``timeout`` ends), moved by the pauses ``watch`` found."""
     while True:
         found, why = endpoint_or_why(url, 0)
-        left = deadline - monotonic()
+        left = deadline + watch.paused_since(watch.began) - monotonic()
         if found is not None:
             return
         if left <= 0:
@@ -142,8 +152,9 @@ class AsyncClient(_Connection):
         heartbeat_timeout: float = 2.0,
         server_key: str | bytes | None = None,
         deadline: float | None = None,
+        pause_watch: PauseWatch | None = None,
     ) -> None:
-        super().__init__(url, timeout, heartbeat_timeout, server_key, deadline)
+        super().__init__(url, timeout, heartbeat_timeout, server_key, deadline, pause_watch)
         self._shared: Client | None = None  # the blocking client whose connection this one uses
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OwnedAsyncLock] = weakref.WeakKeyDictionary()
         # tasks awaiting the answers of cancelled writes (-> the write's req_id), writes not waited for (-> None)
@@ -493,6 +504,17 @@ class AsyncClient(_Connection):
             raise TigerError("this client is closed (the tiger.Client whose connection it shares was closed)")
         return super()._call_bytes(request, deadline, probe)
 
+    async def _pauses_looked_for(self) -> None:
+        """Return once the replica thread has looked at the clock since now (at most ``LOOK_WAIT`` seconds): a
+        pause of this process that has just ended is then found (``paused_since``). The event loop does not
+        find its own (a loop held by a task is no pause), and it may run before that thread after a stop: a
+        call that waited for the socket behind another then raised "held its socket until too late" (1 run
+        in 3 of its test)."""
+        replica, asked = self._replica, monotonic()
+        until = asked + LOOK_WAIT
+        while replica is not None and replica.last_awake < asked and replica.failure is None and monotonic() < until:
+            await asyncio.sleep(0.005)
+
     async def _request(
         self, request: p.Request, deadline: float | None = None, own: bool = False, seconds: float | None = None
     ) -> p.Ok:
@@ -508,6 +530,8 @@ class AsyncClient(_Connection):
             if self._unheard():
                 raise self._silent_writer(refused) from None
             call = self._call_bytes(request, deadline, probe=False)  # heard again meanwhile
+        if monotonic() >= call[2]:
+            await self._pauses_looked_for()
         call, counted = self._unpaused(request, call, began, 0.0, probe=False)
         payload, deadline, expires = call
         self._check_time_left(expires, seconds)
@@ -523,10 +547,13 @@ class AsyncClient(_Connection):
             lock = self._lock()
             try:
                 if not await lock.take(me, deadline):  # (``OwnedAsyncLock``: a signal cannot leave it held)
-                    raise self._busy(seconds)
+                    await self._pauses_looked_for()  # (its wait moved by pauses found: one just ended may not be yet)
+                    if not await lock.take(me, moved(deadline, began, 0.0)[0]):
+                        raise self._busy(seconds)
                 if self._closed:
                     raise TigerError("this client is closed")
                 if monotonic() >= expires:
+                    await self._pauses_looked_for()
                     call, counted = self._unpaused(request, (payload, deadline, expires), began, counted, probe=False)
                     payload, deadline, expires = call
                 if monotonic() >= expires:  # the socket came too late: sent now, the writer would refuse it
