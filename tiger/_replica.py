@@ -1000,6 +1000,14 @@ class Replica:
         chunk_at = asked_at = monotonic()
         counted = 0.0  # pauses since it was asked, counted already
         asked_again: float | None = None  # when asked again after a pause, while no chunk of that request came
+
+        def anew() -> tuple[dict[str, dict[str, Rows]], int, ProtocolError | None, int]:
+            """Ask for the snapshot again (a new request replaces the old at the writer; unsent: the join's
+            timeout); what is kept of the old one is dropped: (content, received, unread, req_id) afresh."""
+            fresh = -next(self._req_ids)
+            self._send(dealer, p.encode_request(p.SnapshotRequest(fresh)))
+            return {}, 0, None, fresh
+
         again_every = self._heartbeat  # and then again this long after, doubled each time (a slow first chunk)
         while True:
             began = mark()
@@ -1017,8 +1025,8 @@ class Replica:
                 # with it; each request replaces the one before at the writer, so not too often: a slow writer)
                 if asked_again > -math.inf:
                     again_every *= 2
-                content, received, unread, req_id, asked_again = {}, 0, None, -next(self._req_ids), monotonic()
-                self._send(dealer, p.encode_request(p.SnapshotRequest(req_id)))  # (unsent: the timeout below)
+                content, received, unread, req_id = anew()
+                asked_again = monotonic()
             if monotonic() - chunk_at > self._timeout:  # (every turn: an earlier request's chunks may keep coming)
                 raise Unavailable(f"the tiger writer at {self._url} stopped sending its snapshot")
             if not got:
@@ -1055,8 +1063,7 @@ class Replica:
                         f"whole: {received} of {reply.records} records{why}"
                     )
                 log.warning("snapshot %d had %d of its %d records%s: asked again", -req_id, received, reply.records, why)
-                content, received, unread, req_id = {}, 0, None, -next(self._req_ids)
-                self._send(dealer, p.encode_request(p.SnapshotRequest(req_id)))  # (unsent: the timeout above)
+                content, received, unread, req_id = anew()
             else:
                 raise _Refused(f"the tiger writer at {self._url} refused a snapshot: {reply}")
         with self.changed:

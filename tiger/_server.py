@@ -874,8 +874,8 @@ def _answer(
     if monitor is not None:
         poller.register(monitor, zmq.POLLIN)
     probes = 0 if monitor is not None else GREETING_PROBES  # (none without a monitor: the handshake was had)
-    probe_at = began = monotonic()
-    probe_at += GREETING_PROBE_AFTER
+    began = monotonic()
+    probe_at = began + GREETING_PROBE_AFTER
     counted = 0.0
     while True:
         now = monotonic()
