@@ -896,7 +896,8 @@ class _Connection(Handle):
         the client: a fresh socket, whose queue is empty, takes the bytes instead. One that cannot take them
         either has lost its only pipe already (a handshake failed on a protocol error: a server key to a
         writer without CurveZMQ): the bytes are left unsent, as a message lost, and the call's next resend
-        (and connect's handshake probe) goes on from there; zmq.Again was raised to the caller."""
+        (and connect's handshake probe) goes on from there; zmq.Again was raised to the caller. A big call
+        lets libzmq's I/O thread send it before the caller goes on (``p.let_io_thread_send``)."""
         try:
             self._command_socket().send(payload, zmq.NOBLOCK)
         except zmq.Again:
@@ -904,7 +905,8 @@ class _Connection(Handle):
             try:
                 self._command_socket().send(payload, zmq.NOBLOCK)
             except zmq.Again:
-                pass
+                return
+        p.let_io_thread_send(len(payload))
 
     def _outcome(self, reply: p.Reply, seconds: float) -> p.Ok:
         """The Ok answer to a call, or the error its Failed answer names, raised."""
