@@ -1301,11 +1301,12 @@ YIELD_AFTER_BYTES = 2048  # a message at least this big: its sender goes on with
 def let_io_thread_send(size: int) -> None:
     """After queueing a message of ``size`` bytes on a socket, by a thread about to work on (decoding the
     records it sent while the writer works, a ``client.batch()`` or an ``insert_many``): give up the CPU
-    once (``os.sched_yield``), so that libzmq's I/O thread, which moves the bytes out and was woken onto
-    this very CPU, sends them first. Linux places a woken thread beside its waker; the I/O thread then
-    waited until this thread blocked: a batch of 100 writes reached the writer 550 to 600 us after its
-    send, 130 to 160 us with the yield (medians of 300, this 2-core VM), and the whole batch took about 10%
-    less. A small message is not worth the system call: the wait after it is short."""
+    once (``os.sched_yield``), so that libzmq's I/O thread, which moves the bytes out, sends them first.
+    Without it, the bytes left about when this thread next blocked, as if the I/O thread, woken by the
+    send, waited for this very CPU: a batch of 100 writes reached the writer 550 to 600 us after its send,
+    130 to 160 us with the yield (medians of 300, both processes timed on one clock, this 2-core VM), and
+    the whole batch took about 6% less (alternating runs). A small message is not worth the system call:
+    the wait after it is short (a single insert showed no difference)."""
     if size >= YIELD_AFTER_BYTES:
         _sched_yield()
 
