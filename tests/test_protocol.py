@@ -1310,6 +1310,26 @@ def test_a_reply_cut_changed_or_extended_decodes_the_same_with_the_calls_own_rec
             assert _decoded_or_error(bad, mine) == _decoded_or_error(bad)
 
 
+@pytest.mark.parametrize("record", [{"id": "plan_a", "created": True}, {"id": "plan_a", "created": 1.5}, {"amount": 1}])
+def test_an_answer_echoing_a_record_without_an_int_created_is_refused_with_the_calls_own_records_too(record):
+    # A review: an answer decoded into its Ok at once took the records of the call's own as they were,
+    # unchecked, where the whole decode refuses a record without a str id and an int created (a bool is no
+    # int): a writer echoing one was answered Ok with own records, ProtocolError without. The client's own
+    # checks refuse such a record before it is sent; the decode no longer leans on them.
+    insert = p.Insert(5, "plans", "ns", "plan", [record], False)
+    own = p.own_records(p.encode_call(p.Call("c" * 16, 1e12, insert, 3)))  # (every record: not only those stored as sent)
+    batch_own = p.own_batch_records((p.encode_request(insert),))
+    answers = [
+        p.pack(["ok", 5, EPOCH, 1, ["put", "plans", "ns", [record]], None, []]),
+        p.pack(["ok", 7, EPOCH, 1, ["batch", [["put", "plans", "ns", [record]]]], [0], []]),
+    ]
+    for answer, mine in zip(answers, (own, batch_own), strict=True):
+        with pytest.raises(ProtocolError, match="must hold records"):
+            p.decode_reply(answer)
+        with pytest.raises(ProtocolError, match="must hold records"):
+            p.decode_reply(answer, mine)
+
+
 def test_own_records_are_none_for_any_call_but_an_insert_or_a_batch_with_one():
     assert p.own_records(p.encode_call(p.Call("c" * 16, 1e12, p.Remove(5, "plans", "ns", "plan_a"), 3))) is None
     assert p.own_batch_records((p.encode_request(p.Remove(0, "plans", "ns", "plan_a")),)) is None

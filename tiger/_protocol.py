@@ -983,15 +983,16 @@ def _own_insert(u: msgpack.Unpacker, data: bytes, own: Own, stored: list[bool] |
             continue
         start = u.tell()
         record = u.unpack()
-        own[data[start : u.tell()]] = record
+        if _plain_record(record):  # (what a reply's records are checked for: taken from here, they are not again)
+            own[data[start : u.tell()]] = record
     return True
 
 
 def _ok_of_own_records(data: bytes, own: Own) -> Ok | None:
     """An ok answer storing a put, or a batch of puts and deletes, each record whose bytes are in ``own``
-    taken from it (the others decoded), checked as ``REPLIES`` checks it (field by field here: the records
-    taken from ``own`` are this client's own, decoded from its call's bytes, and are not checked again); None
-    for anything else or anything wrong (decoded whole then, where a fault is named)."""
+    taken from it (the others decoded), checked as ``REPLIES`` checks it (field by field here; a record of
+    ``own`` was checked as it was put there: ``_own_insert``); None for anything else or anything wrong
+    (decoded whole then, where a fault is named)."""
     try:
         u = _frozen_unpacker(data)
         if u.read_array_header() != 7 or u.unpack() != "ok":
@@ -1294,19 +1295,37 @@ def readable_within(sock: zmq.Socket[Any], ms: int) -> bool:
     return bool(_zmq_poll([(sock, _POLLIN)], ms))
 
 
-_sched_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)  # (Unix: Linux, macOS)
+def _yield_holding_the_gil() -> Callable[[], object]:
+    """libc's ``sched_yield`` called without letting the interpreter lock go (``ctypes.PyDLL``); a function
+    doing nothing where there is none (Windows) or no ctypes. ``os.sched_yield`` lets the lock go, and with
+    another thread of the process busy in Python, taking it back waited up to the switch interval: a review
+    measured p90 8 ms of a round trip against 5.7 ms without the yield (the yield's own max here: 11.8 ms
+    through ``os``, 60 us through this)."""
+    try:
+        import ctypes
+
+        call = ctypes.PyDLL(None).sched_yield
+        call.restype, call.argtypes = ctypes.c_int, ()
+        return call
+    except (ImportError, AttributeError, OSError, TypeError):
+        return lambda: None
+
+
+_sched_yield = _yield_holding_the_gil()
 YIELD_AFTER_BYTES = 2048  # a message at least this big: its sender goes on with work of its own in proportion
 
 
 def let_io_thread_send(size: int) -> None:
     """After queueing a message of ``size`` bytes on a socket, by a thread about to work on (decoding the
     records it sent while the writer works, a ``client.batch()`` or an ``insert_many``): give up the CPU
-    once (``os.sched_yield``), so that libzmq's I/O thread, which moves the bytes out, sends them first.
-    Without it, the bytes left about when this thread next blocked, as if the I/O thread, woken by the
-    send, waited for this very CPU: a batch of 100 writes reached the writer 550 to 600 us after its send,
-    130 to 160 us with the yield (medians of 300, both processes timed on one clock, this 2-core VM), and
-    the whole batch took about 6% less (alternating runs). A small message is not worth the system call:
-    the wait after it is short (a single insert showed no difference)."""
+    once (``sched_yield``, holding the interpreter lock: no other Python thread takes this moment), so that
+    libzmq's I/O thread, which moves the bytes out, sends them first. Without it, the bytes left about when
+    this thread next blocked, as if the I/O thread, woken by the send, waited for this very CPU: a batch of
+    100 writes reached the writer 550 to 600 us after its send, 130 to 160 us with the yield (medians of
+    300, both processes timed on one clock, this 2-core VM), and the whole batch took about 6% less
+    (alternating runs). A small message is not worth the system call: the wait after it is short (a single
+    insert showed no difference). A resend, or a call with no records of its own to decode, yields too:
+    one system call for nothing."""
     if size >= YIELD_AFTER_BYTES:
         _sched_yield()
 
