@@ -1828,6 +1828,28 @@ def test_a_big_call_whose_deadline_passed_while_it_was_prepared_was_applied_afte
     assert len(rig.records()) == 3000
 
 
+def test_a_writer_stopped_as_it_packed_a_calls_change_applied_it_after_its_caller_gave_up(monkeypatch):
+    # A user trial: a writer stopped (SIGSTOP) for 7 s in the middle of a 2000-record batch applied it after its
+    # caller had raised Unavailable: the deadline was judged after preparing the change, then the change was
+    # packed (milliseconds for a big one), and a stop there went unseen. It is judged last, after the packing,
+    # before anything is logged or applied. Here the stop lands inside the packing.
+    rig = Rig()
+    rig.core.wall_clock = lambda: rig.wall
+    pack_change = p.pack_change
+
+    def stopped_while_packing(change: object) -> bytes:
+        rig.wall += 10.0  # the writer stopped 10 s, past the call's 5 s
+        return pack_change(change)
+
+    monkeypatch.setattr(p, "pack_change", stopped_while_packing)
+    reply = rig.call(ALICE, big_insert(1), expires_in=5.0)
+    assert type(reply) is p.Failed and reply.kind == "expired" and "while it was prepared" in reply.message
+    assert rig.records() == [] and rig.core.seq == 0
+    monkeypatch.setattr(p, "pack_change", pack_change)  # not stopped: applied
+    assert type(rig.call(ALICE, big_insert(2), expires_in=5.0)) is p.Ok
+    assert len(rig.records()) == 3000
+
+
 def test_each_resend_of_a_big_call_was_decoded_whole_before_it_was_found_to_be_a_repeat(monkeypatch):
     # each resend (every second) of a 10 MB insert_many cost the writer about 2 s of decoding, only to
     # answer it with its first answer, or to refuse it as past its deadline

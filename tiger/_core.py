@@ -264,10 +264,11 @@ class WriterCore:
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         """``lease_grace``: seconds a client taken for gone by its silence keeps its leases (``LEASE_GRACE``).
-        ``wall_clock``: ``time.time`` (or a test's clock), read once more before a call's change is applied:
-        a call that arrived in time but whose deadline passed while it was decoded and prepared (an
-        ``insert_many`` of 150k records took over 2 s) is refused, not applied after its caller raised
-        ``Unavailable``. None: only the ``wall`` each request arrives with is judged."""
+        ``wall_clock``: ``time.time`` (or a test's clock), read once more before a call's change is logged and
+        applied (after it is packed): a call that arrived in time but whose deadline passed while it was decoded,
+        prepared and packed (an ``insert_many`` of 150k records took over 2 s; a writer stopped meanwhile) is
+        refused, not applied after its caller raised ``Unavailable``. None: only the ``wall`` each request
+        arrives with is judged."""
         self.wall_clock = wall_clock
         self.epoch = epoch
         self.lease_grace = lease_grace + 0.0  # (-0.0 is 0: stats said "grace -0 s")
@@ -617,12 +618,8 @@ class WriterCore:
         handler = self._handlers.get(t)
         if handler is not None:
             change, result = handler(request, now, wall)
-            if change is not None and call is not None and self.wall_clock is not None:
-                late = self.wall_clock() - call.expires  # judged again: preparing a big call takes a while
-                if late > 0:
-                    raise Expired(f"the call's deadline passed while it was prepared ({late:.3f}s ago); not applied")
             try:
-                packed = None if change is None else self._commit(change, now, topic)
+                packed = None if change is None else self._commit(change, now, topic, None if call is None else call.expires)
             except _BigPart as e:  # a batch's part: named by the op that made it (an update that grew a record)
                 raise ValueError(_in_batch(request.ops[result.index(e.part)], e)) from None  # type: ignore[union-attr]
             # a write that changed nothing while a group is held promises the seq before it (as a sync does)
@@ -699,10 +696,12 @@ class WriterCore:
             return []
         return found
 
-    def _commit(self, change: _table.Change, now: float, topic: bytes = p.EVERYONE) -> bytes:
+    def _commit(self, change: _table.Change, now: float, topic: bytes = p.EVERYONE, expires: float | None = None) -> bytes:
         """Log a change, apply it, number it and publish it; returns it packed (for the answer).
 
-        ``DiskFault`` while the data directory cannot take it: nothing changes."""
+        ``DiskFault`` while the data directory cannot take it: nothing changes. ``expires``: the wall-clock
+        time (``Call.expires``) past which the call that made it must not be applied, judged again last
+        thing before the change is logged (``Expired``: nothing changes)."""
         packed = p.pack_change(change)  # before applying: a change that cannot be sent changes nothing
         if type(change) is _table.Put:
             # records spliced as a client sent them may pack larger here: float32 (5 bytes) becomes float64 (9)
@@ -715,6 +714,13 @@ class WriterCore:
                         p.check_record_sizes(part.records, len(p.pack_change(part)), f"{part.table} record")
                     except ValueError as e:
                         raise _BigPart(i, str(e)) from None
+        if expires is not None and self.wall_clock is not None:
+            # judged again, last: preparing and packing a big call takes a while, and a writer stopped meanwhile
+            # (SIGSTOP) applied a 2000-record batch seconds after its caller had raised Unavailable (a user
+            # trial); judged before the packing, a stop during it was not seen
+            late = self.wall_clock() - expires
+            if late > 0:
+                raise Expired(f"the call's deadline passed while it was prepared ({late:.3f}s ago); not applied")
         if self.disk is not None:
             if (self.disk_fault is None or self._fault_for_room) and not self._disk_lost:  # (for room: each write tries)
                 try:
