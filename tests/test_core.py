@@ -1405,6 +1405,21 @@ def test_a_stats_checksum_is_taken_in_steps_over_the_store_as_it_was_while_write
     assert p.checksum(rig.core.store) != before
 
 
+def test_a_probe_of_a_writer_whose_checksum_takes_many_steps_is_answered_at_once():
+    """The pytest plugin's probe of a --tiger-url writer (and serve()'s, tiger drop's, the run's cleanup) was a
+    Stats, answered once the checksum of the whole store was taken: 4.5 s at 3M records, so a probe's 5 s ran
+    out on a writer paused 1.5 s, and the run ended "no writer answers". A Stats without the checksum is
+    answered in the group it came in, with every other figure."""
+    rig = Rig()
+    rig.call(ALICE, p.Insert(1, "t", "global", None, [{"n": i, "pad": "x" * 300} for i in range(3000)], False))
+    outbox = rig.send(rig.encode(ALICE, p.Stats(2)), p.encode_request(p.Stats(3, checksum=False)), steps=1)
+    [probe] = _answers(outbox).values()  # the checksum's Stats (2) still waits: about 1 MB packed, not one step
+    assert type(probe) is p.Ok and probe.req_id == 3 and probe.result["checksum"] is None
+    assert probe.result["records"] == 3000 and probe.result["tables"] == {"t": {"global": 3000}}
+    [stats] = _answers(rig.send()).values()
+    assert stats.req_id == 2 and stats.result["checksum"] == p.checksum(rig.core.store)
+
+
 def test_a_compact_in_the_group_of_a_write_begins_after_the_group_is_made_durable():
     """Begun inside the group, the compaction's switch of logs fsynced the write's append: when that fsync
     failed, the group was not held, and commit's fsync (which Linux lets succeed once a writeback error was

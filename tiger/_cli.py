@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.buffer.flush()
             return 0
         check_seconds(args.timeout, "--timeout", positive=True)  # (named as the option, as the other commands do)
-        say(format_stats(ping(check_connect_url(args.url), args.timeout, env_server_key())))
+        say(format_stats(ping(check_connect_url(args.url), args.timeout, env_server_key())))  # (no checksum shown)
         return 0
     except HandshakeFailed as e:  # (it says what to do; waiting longer cannot help)
         say(f"tiger {args.command}: {e}", sys.stderr)
@@ -284,7 +284,7 @@ def drop_namespaces(url: str, names: Sequence[str], how: str = "namespace", time
         check_name(name, how)
     key = env_server_key()  # (what is said of it names TIGER_SERVER_KEY)
     url = check_connect_url(url)
-    tables = request_once(url, Stats(1), seconds, key).result["tables"]
+    tables = request_once(url, Stats(1, checksum=False), seconds, key).result["tables"]
     held = {namespace for namespaces in tables.values() for namespace in namespaces}
     if how == "namespace":
         targets = list(dict.fromkeys(names))

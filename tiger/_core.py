@@ -663,6 +663,9 @@ class WriterCore:
             if not self._compacting:
                 self._compaction_due = True
             return None, None  # answered once a snapshot holding this seq is in place (``work_step``)
+        if t is p.Stats and not request.checksum:  # type: ignore[union-attr]
+            answer = p.ok_bytes(request.req_id, self.epoch, self.seq, None, self.stats(now, checksum=False))  # type: ignore[union-attr]
+            return answer, answer
         if t is p.Stats:
             # answered once its checksum is taken, a step at a time (``work_step``): packing every record at
             # once kept the writer from everything else for 0.8 s at 1M records

@@ -162,7 +162,7 @@ def _shown(value: Any) -> str:
     return f"a {_type_name(value)}"
 
 
-def _array(obj: Any, tags: dict[str, int], what: str) -> list[Any]:
+def _array(obj: Any, tags: dict[str, int], what: str, least: dict[str, int] | None = None) -> list[Any]:
     if not isinstance(obj, list):
         raise ProtocolError(f"a {what} must be a msgpack array, not {_type_name(obj)}")
     if not obj:
@@ -172,7 +172,10 @@ def _array(obj: Any, tags: dict[str, int], what: str) -> list[Any]:
     if arity is None:
         raise ProtocolError(f"unknown {what}: tag {_shown(tag)}")
     if len(obj) != arity:
-        raise ProtocolError(f"{what} {tag!r} has {len(obj) - 1} fields, expected {arity - 1}")
+        fewest = arity if least is None else least.get(tag, arity)  # (its last fields may be left out)
+        if not fewest <= len(obj) <= arity:
+            expected = f"{arity - 1}" if fewest == arity else f"{fewest - 1} {'or' if arity - fewest == 1 else 'to'} {arity - 1}"
+            raise ProtocolError(f"{what} {tag!r} has {len(obj) - 1} fields, expected {expected}")
     return obj
 
 
@@ -229,12 +232,15 @@ def _plain_records(records: list[Any]) -> bool:
 # ``group_bytes``, ...), each tested equal to the description's own result.
 
 
+_REQUIRED: Any = object()  # a field that is never left out of its message's array
+
+
 class Field:
     """One field of a message: its name (errors name it), the types it may hold (``kind``: None for any
     value), whether it may be None, and for a nested value its own decoding (``decode(value, name)``,
     raising ProtocolError naming ``name``) and encoding (``encode(value)``: what is packed for it)."""
 
-    __slots__ = ("decode", "encode", "fast", "kind", "name", "optional")
+    __slots__ = ("decode", "encode", "fast", "kind", "name", "omitted", "optional")
 
     def __init__(
         self,
@@ -244,8 +250,12 @@ class Field:
         optional: bool = False,
         decode: Callable[[Any, str], Any] | None = None,
         encode: Callable[[Any], Any] | None = None,
+        omitted: Any = _REQUIRED,
     ) -> None:
         self.name, self.kind, self.optional, self.decode, self.encode = name, kind, optional, decode, encode
+        # a last field added to a message later: left out of the array when it holds this value (its class's
+        # default), so that a writer of before still reads the message, and taken as it when left out
+        self.omitted = omitted
         # the exact types a decoded value is taken as it is without a call (the rest go through ``check``)
         kinds = () if kind is None else kind if isinstance(kind, tuple) else (kind,)
         fast = {*kinds, *((type(None),) if optional else ())}
@@ -276,10 +286,13 @@ _REQ_ID = _int("req_id")
 class Message:
     """A message's description: ``tag``, ``cls`` and the fields after the tag, in ``cls``'s field order."""
 
-    __slots__ = ("_checks", "_values", "cls", "encoders", "fields", "tag", "verify")
+    __slots__ = ("_checks", "_values", "cls", "encoders", "fields", "least", "tag", "verify")
 
     def __init__(self, tag: str, cls: type, *fields: Field, verify: Any = None) -> None:
         self.tag, self.cls, self.fields = tag, cls, fields
+        required = [i for i, f in enumerate(fields) if f.omitted is _REQUIRED]
+        self.least = 1 + (required[-1] + 1 if required else 0)  # the shortest array (tag included)
+        assert all(f.omitted is not _REQUIRED for f in fields[self.least - 1 :])
         self.verify = verify  # a rule across fields, run on the decoded message (ProtocolError)
         self.encoders = tuple(f.encode for f in fields) if any(f.encode for f in fields) else None
         # the fields a decoded value needs a look at (None: any value is taken as it is)
@@ -290,8 +303,12 @@ class Message:
 
     def to_wire(self, m: Any) -> list[Any]:
         if self.encoders is None:
-            return [self.tag, *self._values(m)]
-        return [self.tag, *(v if v is None or e is None else e(v) for e, v in zip(self.encoders, self._values(m), strict=True))]
+            a = [self.tag, *self._values(m)]
+        else:
+            a = [self.tag, *(v if v is None or e is None else e(v) for e, v in zip(self.encoders, self._values(m), strict=True))]
+        while len(a) > self.least and a[-1] is self.fields[len(a) - 2].omitted:  # (its value when left out)
+            a.pop()
+        return a
 
     def from_wire(self, a: list[Any]) -> Any:
         """The message from its array (its tag and length already checked)."""
@@ -310,6 +327,7 @@ class Catalogue:
         self.by_tag = {m.tag: m for m in messages}
         self.by_class = {m.cls: m for m in messages}
         self.arity = {m.tag: 1 + len(m.fields) for m in messages}  # array length, tag included
+        self.least = {m.tag: m.least for m in messages if m.least < 1 + len(m.fields)} or None  # with fields left out
 
     def to_wire(self, m: Any) -> list[Any]:
         message = self.by_class.get(type(m))
@@ -318,7 +336,7 @@ class Catalogue:
         return message.to_wire(m)
 
     def from_wire(self, obj: Any) -> Any:
-        a = _array(obj, self.arity, self.what)
+        a = _array(obj, self.arity, self.what, self.least)
         return self.by_tag[a[0]].from_wire(a)
 
 
@@ -507,7 +525,12 @@ class Compact:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
+    """The writer's figures. ``checksum``: with the CRC32 of every record (answered once it is taken, a step
+    at a time: seconds on a store of millions); False for the figures alone, answered at once (what a probe
+    asks: whether a writer is there and answers)."""
+
     req_id: int
+    checksum: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -687,7 +710,7 @@ REQUESTS = Catalogue(
     Message("batch", BatchWrite, _REQ_ID, Field("ops", decode=_batch_ops, encode=_op_to_wire)),
     Message("sync", Sync, _REQ_ID),
     Message("snapshot", SnapshotRequest, _REQ_ID),
-    Message("stats", Stats, _REQ_ID),
+    Message("stats", Stats, _REQ_ID, Field("checksum", bool, omitted=True)),
     Message("compact", Compact, _REQ_ID),
     Message("beat", Beat, _str("client_id")),
     Message("bye", Bye, _str("client_id")),
