@@ -350,6 +350,62 @@ def test_two_runs_on_one_writer_saw_each_others_records_and_once_keys(tmp_path):
             assert not any(rows for rows in once.values()), once  # and its once keys
 
 
+RESTARTED = """
+import os, signal, time
+
+def test_x(tiger_client, tiger_namespace):
+    tiger_client.table("invoices").insert({"id": "in_1"})
+    os.kill(int(os.environ["WRITER_PID"]), signal.SIGTERM)  # the writer goes down as the test ends
+    deadline = time.monotonic() + 20
+    while os.path.exists(os.environ["WRITER_SOCKET"]):  # (it removes its socket file as it stops)
+        assert time.monotonic() < deadline, "the writer did not stop"
+        time.sleep(0.02)  # sleep-ok: polling for the writer's end, with a deadline
+    open(os.path.join(os.environ["PLUGIN_RUNS_DIR"], "stopped"), "w").close()
+"""
+
+
+@pytest.mark.parametrize("back", [True, False], ids=["back", "not-back"])
+def test_a_run_whose_tiger_url_writer_restarted_as_it_ended_left_its_namespaces_and_said_nothing(tmp_path, back):
+    # A user trial: a --tiger-url writer with a data directory, restarted as a test ended (its teardown's drop
+    # and the run's cleanup found nothing there): the run passed saying nothing, and the test's namespace (and
+    # the run's, its once keys) stayed at the writer for its lease grace, 10 minutes. The end of the run now
+    # waits for a writer that is not there (CLEANUP_WAIT) and drops them; one that does not come back is said.
+    from tiger.pytest_plugin import CLEANUP_WAIT
+
+    project, data = tmp_path / "project", tmp_path / "data"
+    project.mkdir()
+    (project / "test_restart.py").write_text(RESTARTED)
+    url = f"ipc://{tmp_path}/w"
+    first = tiger.serve(url, data=data)
+    second = None
+    env = {**os.environ, "WRITER_PID": str(first.pid), "WRITER_SOCKET": f"{tmp_path}/w"}
+    proc = start_pytest(project, tmp_path / "out", "-p", "no:xdist", "--tiger-url", url, env=env)
+    try:
+        wait_until(lambda: (tmp_path / "stopped").exists() or proc.poll() is not None, RUN_TIMEOUT, "the test stopped the writer")
+        if back:  # on its data directory, once the run has printed its summary: its cleanup comes after that
+            summary = lambda: " passed in " in (tmp_path / "out").read_text() or proc.poll() is not None  # noqa: E731
+            wait_until(summary, RUN_TIMEOUT, "the summary")
+            second = tiger.serve(url, data=data)
+        proc.wait(RUN_TIMEOUT + CLEANUP_WAIT)
+        output = (tmp_path / "out").read_text()
+        assert proc.returncode == 0 and "1 passed" in output, output
+        if second is None:
+            assert "tiger: the run's cleanup at" in output and "--run" in output and "are left" in output, output
+            second = tiger.serve(url, data=data)
+        with tiger.connect(url) as client:
+            client.sync()
+            left = [ns for ns in client.namespaces() if ns != "global"]
+            if back:
+                assert left == [] and "cleanup" not in output, (left, output)
+            else:  # what it said is left is there
+                assert len(left) == 1 and left[0].endswith("test_restart.py::test_x"), left
+    finally:
+        end_group(proc)
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 # -- 3. no writer needed to ask pytest anything ----------------------------------------------------
 
 TIGER_TESTS = """

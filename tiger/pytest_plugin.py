@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 _RUN_KEY = "tiger_run"  # the workerinput entry
 _POLL = 0.02  # seconds between looks at the run directory while waiting for the end of the run
+CLEANUP_WAIT = 10.0  # seconds the end of a run waits for a --tiger-url writer not there (restarting) to drop its namespaces
 _NO_ROOM_WHY = "(its disk or quota is full, or a file size limit was met)"  # why a file of the run could not be written
 _namespace_key = pytest.StashKey[str]()
 _lease_lost_key = pytest.StashKey[str]()  # what to fail a test's teardown with: its lease ended during it
@@ -601,7 +602,9 @@ class _Run:
         self._entered = None
         restore()
         if drop and self.url is not None and not self.config.getoption("--tiger-keep"):
-            with contextlib.suppress(TigerError):  # the writer gone (its data with it): the test's own errors say so
+            # the run's own writer gone (its data with it): the test's own errors say so; a --tiger-url one down
+            # (restarting on its data): the end of the run drops the namespace, or says it could not
+            with contextlib.suppress(TigerError):
                 lost = self.client()._drop(name)
                 if lost is not None:  # its lease ended during the test: the teardown fails saying so
                     item.stash[_lease_lost_key] = lost
@@ -897,29 +900,58 @@ class _Run:
 
     def _clean_shared_writer(self, url: str) -> None:
         """A writer this run does not own: drop the run's namespace, its once keys, and the namespaces of
-        tests whose teardown never ran (a crashed worker, Ctrl-C)."""
+        tests whose teardown never ran (a crashed worker, Ctrl-C) or could not drop them (the writer down).
+
+        A writer that is not there (nothing bound at its url: restarting on its data directory) is waited
+        for ``CLEANUP_WAIT`` seconds; a cleanup that fails is said, with what is left and the command that
+        drops it (it was silent, and a writer restarted as the run ended kept the run's namespaces for its
+        lease grace, 10 minutes)."""
+        from tiger._errors import HandshakeFailed
+        from tiger._protocol import say
+        from tiger._server import why_refused
+
+        until = monotonic() + CLEANUP_WAIT
+        while True:
+            try:
+                self._drop_run_namespaces(url)
+                return
+            except TigerError as e:
+                down = not isinstance(e, HandshakeFailed) and why_refused(url, 0.5) is not None
+                if down and monotonic() < until:
+                    time.sleep(0.1)  # a writer restarting: nothing is there to wake this wait
+                    continue
+                say(
+                    f"tiger: the run's cleanup at {url} failed ({e}): this run's namespaces there (its tests' "
+                    f"{self.id}:..., and {self.namespace!r}: what tiger_once factories wrote) are left; the writer "
+                    "drops those a process of this run leased once its lease grace passes (`tiger serve "
+                    f"--lease-grace`, default 600 s); `tiger drop --url {url} --run {self.id}` drops them now",
+                    sys.stderr,
+                )
+                return
+
+    def _drop_run_namespaces(self, url: str) -> None:
+        """``_clean_shared_writer``'s requests; ``TigerError`` as the first that fails raises it."""
         from tiger import _protocol as p
         from tiger._protocol import say
         from tiger._server import env_server_key, request_once
         from tiger._table import LEASE_TABLE, ONCE_TABLE
 
         key = env_server_key()
-        with contextlib.suppress(TigerError):
-            tables = request_once(url, p.Stats(1, checksum=False), server_key=key).result["tables"]
-            if self._run_lease is not None and not tables.get(LEASE_TABLE, {}).get(self.namespace):
-                say(  # (after the terminal summary: said on stderr)
-                    f"tiger: the run's lease of its namespace {self.namespace!r} (what tiger_once factories wrote) "
-                    "ended during the run: the writer took the controller for gone (silent about 3 s: stopped by Ctrl-Z "
-                    "or SIGSTOP, paused in a debugger) and its lease grace (`tiger serve --lease-grace`) passed without "
-                    "a word from it, or a test dropped that namespace; what was written there before was lost",
-                    sys.stderr,
-                )
-            request_once(url, p.ClearTable(2, ONCE_TABLE, self.namespace), server_key=key)
-            kept = self.config.getoption("--tiger-keep")  # the tests' namespaces stay, then
-            prefixes = (self.namespace,) if kept else (self.namespace, f"{self.id}:")
-            ours = {ns for namespaces in tables.values() for ns in namespaces if ns.startswith(prefixes)}
-            for i, namespace in enumerate(sorted(ours), 3):
-                request_once(url, p.Drop(i, namespace), server_key=key)
+        tables = request_once(url, p.Stats(1, checksum=False), server_key=key).result["tables"]
+        if self._run_lease is not None and not tables.get(LEASE_TABLE, {}).get(self.namespace):
+            say(  # (after the terminal summary: said on stderr)
+                f"tiger: the run's lease of its namespace {self.namespace!r} (what tiger_once factories wrote) "
+                "ended during the run: the writer took the controller for gone (silent about 3 s: stopped by Ctrl-Z "
+                "or SIGSTOP, paused in a debugger) and its lease grace (`tiger serve --lease-grace`) passed without "
+                "a word from it, or a test dropped that namespace; what was written there before was lost",
+                sys.stderr,
+            )
+        request_once(url, p.ClearTable(2, ONCE_TABLE, self.namespace), server_key=key)
+        kept = self.config.getoption("--tiger-keep")  # the tests' namespaces stay, then
+        prefixes = (self.namespace,) if kept else (self.namespace, f"{self.id}:")
+        ours = {ns for namespaces in tables.values() for ns in namespaces if ns.startswith(prefixes)}
+        for i, namespace in enumerate(sorted(ours), 3):
+            request_once(url, p.Drop(i, namespace), server_key=key)
 
 
 def _still_runs(pid: str) -> bool:
