@@ -760,6 +760,46 @@ def test_a_teardown_that_caught_the_stop_passed_for_finished_and_one_not_run_ran
     assert not (tmp_path / "quick-finally-ran").exists()
 
 
+SLOWLY_STOPPED = """
+import time
+
+def quick():
+    yield "quick"
+
+def slow():
+    yield "slow"
+    try:
+        time.sleep(60)  # sleep-ok: a teardown the run's timeout must stop
+    except BaseException:  # stopped on time; its own cleanup then takes 3 s (each stop of it caught)
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            try:
+                time.sleep(0.05)  # sleep-ok: the cleanup's work
+            except BaseException:
+                pass
+
+def test_uses(tiger_once):
+    assert tiger_once("quick", quick) == "quick"
+    assert tiger_once("slow", slow) == "slow"
+"""
+
+
+def test_a_builder_that_reported_its_stopped_teardown_late_was_said_not_waited_for(pytester):
+    # A user trial, -n 4 with two busy loops beside (3 of 3, 6 of 6 at load 3 to 4): a teardown stopped on time,
+    # and another that had run to its end, were said "not waited for (past tiger_teardown_timeout)": the xdist
+    # controller waited 2 s past the timeout for the builder's report, which a loaded machine delayed further.
+    # Here the builder reports 3 s late (a teardown's cleanup after its stop); the controller now waits for a
+    # builder still running (up to 10 s more), and says what it reported.
+    pytester.makeini("[pytest]\ntiger_teardown_timeout = 1\n")
+    pytester.makepyfile(test_late=SLOWLY_STOPPED)
+    result = run(pytester, "-n", "1")
+    result.assert_outcomes(passed=1)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output
+    assert re.search(r"teardown of once 'slow' in gw0 \(pid \d+\) was stopped: still running past tiger_teardown_timeout", output)
+    assert "not waited for" not in output, output
+
+
 # -- 7. a builder that dies after building ---------------------------------------------------------
 
 BUILDER_DIES = """
