@@ -297,6 +297,19 @@ def test_a_wildcard_ipc_writer_leaves_no_directory_behind(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_fsync_policy_given_without_a_data_directory_was_accepted_and_meant_nothing(tmp_path):
+    # A user trial: tiger.serve(fsync="always") and tiger serve --fsync always, without a data directory, started
+    # a writer keeping nothing on disk, saying nothing. Both now refuse, naming the option, and start nothing.
+    with pytest.raises(ValueError, match=r"^fsync='always' applies to a data directory: give data=DIR too"):
+        tiger.serve(f"ipc://{tmp_path}/w", fsync="always")
+    command = [*TIGER, "serve", "--url", f"ipc://{tmp_path}/w", "--fsync", "always"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "--fsync applies to a data directory: give --data DIR too" in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing bound
+    with tiger.serve(f"ipc://{tmp_path}/w", data=tmp_path / "data") as server:  # the default with one: everysec
+        assert tiger.connect(server.url).stats()["data"]["fsync"] == "everysec"
+
+
 @pytest.mark.parametrize("content", [None, b"\xff\xfe not text", b"no key here\n"], ids=["missing", "binary", "no-key"])
 def test_serve_names_the_curve_secret_it_cannot_read(tmp_path, content):
     # a missing secret file was reported as "cannot use the data directory" (there was none)

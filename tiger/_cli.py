@@ -80,9 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--url", default=env_url or DEFAULT_URL, help=f"where to bind (default: $TIGER_URL or {DEFAULT_URL})")
     serve.add_argument("--heartbeat", type=float, default=HEARTBEAT, help="seconds between heartbeats (default %(default)s)")
     serve.add_argument("--data", default=None, help="keep the store in this directory (created if missing); default: memory only")
-    serve.add_argument(
-        "--fsync", default="everysec", choices=["always", "everysec", "never"], help="with --data (default %(default)s)"
-    )
+    serve.add_argument("--fsync", choices=["always", "everysec", "never"], help="with --data (default everysec)")
     serve.add_argument("--compact-bytes", type=int, default=COMPACT_BYTES, help="with --data: compact past this log size")
     serve.add_argument(
         "--curve-secret", default=None, metavar="FILE", help="serve with CurveZMQ using this key file (tiger keygen)"
@@ -188,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("--data must name a directory (without --data the store is kept in memory only)")
             if args.data is not None:  # (a name that is not UTF-8 is served: stats shows it escaped)
                 check_data_dir(args.data, "--data")
+            elif args.fsync is not None:  # (accepted, and meant nothing: a user trial)
+                raise ValueError("--fsync applies to a data directory: give --data DIR too (without it: in memory only)")
             if args.curve_secret is not None:  # (a key given in its place, or a directory: refused; a key not shown)
                 check_secret_path(args.curve_secret, "--curve-secret")
             return serve_forever(
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 watch_stdin=args.watch_stdin,
                 pub_hwm=args.pub_hwm,
                 data=args.data,
-                fsync=args.fsync,
+                fsync=args.fsync or "everysec",
                 curve_secret=args.curve_secret,
                 compact_bytes=args.compact_bytes,
                 made_dir=args.made_dir,

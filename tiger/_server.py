@@ -263,14 +263,15 @@ def serve(
     timeout: float = 10.0,
     *,
     data: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
-    fsync: str = "everysec",
+    fsync: str | None = None,
     curve_secret: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
     lease_grace: float | None = None,
 ) -> Server:
     """Start a writer process; return once it answers.
 
     ``url=None`` binds a fresh ipc endpoint in a private (0700) temporary directory.
-    ``data=DIR`` keeps the store in DIR (``fsync``: "always", "everysec" or "never");
+    ``data=DIR`` keeps the store in DIR (``fsync``: "always", "everysec" or "never"; None: "everysec"; given
+    without ``data``, ``ValueError``: it would mean nothing);
     ``curve_secret`` is a key file from ``tiger keygen`` (required for non-loopback tcp). Each path is a
     str, bytes or os.PathLike (a data directory whose name is not UTF-8 is served; ``stats()`` shows it
     escaped); ``TypeError``/``ValueError`` naming the field, before anything is started, for another type,
@@ -294,7 +295,7 @@ def start_writer(
     timeout: float = 10.0,
     *,
     data: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
-    fsync: str = "everysec",
+    fsync: str | None = None,
     curve_secret: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
     owner_pid: int | None = None,
     log: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
@@ -317,8 +318,10 @@ def start_writer(
         raise TigerError(unsupported)
     # every argument checked before anything is made or started: a bad one raises naming its field, and
     # leaves no temporary directory behind (a NUL in data left one, and raised Popen's bare ValueError)
-    if fsync not in ("always", "everysec", "never"):
+    if fsync is not None and fsync not in ("always", "everysec", "never"):
         raise ValueError(f"fsync must be 'always', 'everysec' or 'never', got {fsync!r}")
+    if fsync is not None and data is None:  # (accepted, and meant nothing: a user trial)
+        raise ValueError(f"fsync={fsync!r} applies to a data directory: give data=DIR too (without it: in memory only)")
     if url is not None:
         url = check_bind_url(url, min(_lookup.LOOKUP_WAIT, timeout))
     if lease_grace is not None:
@@ -330,7 +333,14 @@ def start_writer(
     if secret_path is not None:
         from tiger._writer import read_secret_key
 
-        server_key = zmq.curve_public(read_secret_key(secret_path))
+        try:  # (said without the field: "'/etc/passwd' holds no 'secret: ...' line", a user trial)
+            server_key = zmq.curve_public(read_secret_key(secret_path))
+        except ValueError as e:
+            raise ValueError(f"curve_secret: {e}") from None
+        except OSError as e:  # (its own type and errno: FileNotFoundError, PermissionError)
+            error = type(e)(f"curve_secret: cannot read {shown(secret_path)} ({e.strerror})")
+            error.errno = e.errno
+            raise error from None
     tmpdir = None
     if url is None:
         tmpdir = short_temp_dir("tiger-")
@@ -344,7 +354,7 @@ def start_writer(
     if tmpdir is not None:  # the writer removes it once stopped, in case this process was killed meanwhile
         command += [f"--made-dir={tmpdir}"]
     if data_path is not None:
-        command += [f"--data={data_path}", f"--fsync={fsync}"]
+        command += [f"--data={data_path}", f"--fsync={fsync or 'everysec'}"]
     if secret_path is not None:
         command += [f"--curve-secret={secret_path}"]
     if lease_grace is not None:
