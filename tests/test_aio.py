@@ -1206,6 +1206,68 @@ def test_thousands_of_writes_at_once_on_one_client_each_looked_for_its_socket_ev
     run(main)
 
 
+def test_tasks_waiting_for_a_held_socket_each_looked_again_every_second(monkeypatch):
+    """A user trial: 30,000 writes gathered on one client got 25 through in time (2,000 a second when fewer
+    waited): every waiting task but the first woke every ``LATE_SLICE`` (1 s) to look again, work growing
+    with their number each second. Only the second waiter keeps that backstop now; the rest wait to be woken."""
+    from tiger import _owned
+
+    monkeypatch.setattr(_owned, "LATE_SLICE", 0.1)  # (the slices of a 1 s slice, in a tenth of the time)
+    waits = [0]
+    wait = asyncio.wait
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        waits[0] += 1
+        return await wait(*args, **kwargs)
+
+    async def main() -> None:
+        lock, holder = _owned.OwnedAsyncLock(), object()
+        assert await lock.take(holder, time.monotonic() + 60)
+        monkeypatch.setattr(asyncio, "wait", counted)
+        waiters = [asyncio.ensure_future(lock.take(object(), time.monotonic() + 60)) for _ in range(300)]
+        started = time.monotonic()
+        await asyncio.sleep(0.45)  # sleep-ok: the time the lock is held, over 4 slices of the waiters' backstop
+        held = time.monotonic() - started
+        lock.let_go(holder)
+        assert await waiters[0]  # handed on in order (the first, then each as the one before lets go)
+        monkeypatch.setattr(asyncio, "wait", wait)
+        for task in waiters[1:]:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        # each waiter's first wait, the first's 50 ms slices and the second's: 1200 more waits before
+        assert waits[0] <= 300 + held / _owned.WAKE_SLICE + 2 * held / 0.1 + 10, (waits[0], held)
+
+    run(main)
+
+
+def test_a_task_woken_for_the_socket_it_was_not_handed_lost_its_place_in_the_queue():
+    """A task waiting first for the socket, woken to look again (a waiter behind it gave up at its deadline)
+    and not handed it, waited on a fresh future put at the back of the queue: the tasks behind it went first."""
+    from tiger import _owned
+
+    async def main() -> None:
+        lock, holder = _owned.OwnedAsyncLock(), object()
+        assert await lock.take(holder, time.monotonic() + 60)
+        order: list[str] = []
+
+        async def write(name: str, seconds: float) -> None:
+            me = object()
+            if await lock.take(me, time.monotonic() + seconds):
+                order.append(name)
+                lock.let_go(me)
+
+        tasks = [asyncio.ensure_future(write(name, 60)) for name in "abc"]
+        impatient = asyncio.ensure_future(write("d", 0.05))
+        await impatient  # gave up at its deadline, waking the first to look again
+        for _ in range(5):  # turns of the loop: the first looks, and waits again
+            await asyncio.sleep(0)
+        lock.let_go(holder)
+        await asyncio.gather(*tasks)
+        assert order == ["a", "b", "c"]
+
+    run(main)
+
+
 def test_a_write_whose_socket_a_cancelled_close_closed_raised_a_raw_zmq_error(tiger_url):
     """A user trial: close() cancelled (a shutdown deadline) closes the sockets anyway; a write whose answer
     had just arrived then read the closed socket: ``zmq.error.ZMQError: Socket operation on non-socket``."""
