@@ -1171,17 +1171,24 @@ def test_a_second_task_of_one_client_gets_its_own_once_timeout_and_reentering_a_
     run(main)
 
 
-def test_thousands_of_writes_at_once_on_one_client_each_looked_for_its_socket_every_50_ms(tiger_url, monkeypatch):
-    """A user trial: every call waiting for the client's socket woke every 50 ms to look again, so the loop's
-    work grew with the square of the calls waiting (23.7 waits per write at 4000 writes at once; 6000 then
-    took longer than the timeout and 1184 raised Unavailable). Only the first waiter looks every slice now;
-    the others wait to be handed the socket."""
+def counting_waits() -> tuple[list[int], Callable[..., Any], Callable[..., Any]]:
+    """([count], an ``asyncio.wait`` that counts its calls in it, the real ``asyncio.wait``)."""
     waits = [0]
     wait = asyncio.wait
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
         waits[0] += 1
         return await wait(*args, **kwargs)
+
+    return waits, counted, wait
+
+
+def test_thousands_of_writes_at_once_on_one_client_each_looked_for_its_socket_every_50_ms(tiger_url, monkeypatch):
+    """A user trial: every call waiting for the client's socket woke every 50 ms to look again, so the loop's
+    work grew with the square of the calls waiting (23.7 waits per write at 4000 writes at once; 6000 then
+    took longer than the timeout and 1184 raised Unavailable). Only the first waiter looks every slice now;
+    the others wait to be handed the socket."""
+    waits, counted, wait = counting_waits()
 
     async def main() -> None:
         async with await tiger.aio.connect(tiger_url, timeout=60.0) as client:
@@ -1213,12 +1220,7 @@ def test_tasks_waiting_for_a_held_socket_each_looked_again_every_second(monkeypa
     from tiger import _owned
 
     monkeypatch.setattr(_owned, "LATE_SLICE", 0.1)  # (the slices of a 1 s slice, in a tenth of the time)
-    waits = [0]
-    wait = asyncio.wait
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        waits[0] += 1
-        return await wait(*args, **kwargs)
+    waits, counted, wait = counting_waits()
 
     async def main() -> None:
         lock, holder = _owned.OwnedAsyncLock(), object()
