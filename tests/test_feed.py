@@ -686,6 +686,43 @@ def test_tigers_once_keys_never_appear_in_a_feed(connect_own):
     assert shown(next(feed)) == ("put", "plans", "global", "after")
 
 
+@pytest.mark.parametrize("how", ["for", "async for", "timeout"])
+def test_a_feed_read_in_a_forked_child_waited_for_ever(connect, ns, how):
+    # A user trial: a feed opened before os.fork() and read in the child (no timeout) waited for ever there,
+    # where the client's writes, sync() and wait_for raise TigerError at once: no replica thread feeds it in the
+    # child. Each read raises so too now, at once (before the feed's lock: the parent's thread may hold it).
+    import os
+
+    client = connect()
+    feed = client.table("t").watch(timeout=None if how != "timeout" else 30.0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what the read did, then end running nothing else
+        try:
+            if how == "async for":
+
+                async def first() -> Any:
+                    async for change in feed:
+                        return change
+
+                asyncio.run(first())
+            else:
+                next(feed)
+            os.write(write, b"returned\n")
+        except BaseException as e:
+            os.write(write, f"{type(e).__name__}: {e}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        with os.fdopen(read) as said:  # (the read raised within the test's timeout, or the line never comes)
+            line = said.readline().strip()
+    finally:
+        os.waitpid(pid, 0)
+    assert line.startswith("TigerError: ") and f"opened in process {os.getpid()}" in line, line
+    feed.close()
+
+
 def test_an_unread_feed_overflows_then_a_new_feed_works(connect, ns):
     author, reader = connect(), connect()
     plans = reader.table("plans")

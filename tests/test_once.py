@@ -888,7 +888,8 @@ def test_tear_down_once_values_on_a_forked_copy_ran_the_parents_teardowns_and_th
     with os.fdopen(read) as said:
         lines = said.read().splitlines()
     assert lines == [
-        f"child: TigerError: this client was connected in process {os.getpid()}; call tiger.connect() again in this process",
+        f"child: TigerError: this client was connected in process {os.getpid()}; connect again in this process "
+        "(tiger.connect(), or tiger.aio.connect())",
         f"teardown {os.getpid()}",
     ]
 

@@ -630,7 +630,10 @@ class _Connection(Handle):
         here (a wait would wait for ever), and its once teardowns are that process's (a forked copy's
         ``tear_down_once_values()`` ran them here, and the parent ran them again: a user trial)."""
         if os.getpid() != self._pid:
-            raise TigerError(f"this client was connected in process {self._pid}; call tiger.connect() again in this process")
+            raise TigerError(
+                f"this client was connected in process {self._pid}; connect again in this process (tiger.connect(), "
+                "or tiger.aio.connect())"
+            )
 
     def _watch_for(self, table: str, namespace: str, what: str) -> Feed:
         """A feed of one table in one namespace for a wait of this client; its errors name ``what``."""

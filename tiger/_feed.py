@@ -154,6 +154,7 @@ class Subscription:
         "namespace",
         "overflow",
         "owner",
+        "pid",
         "queue",
         "sleepers",
         "tables",
@@ -174,6 +175,17 @@ class Subscription:
         self.ended: tuple[type[TigerError], str] | None = None  # the replica stopped: what to raise
         self.closed = False
         self.done = False
+        self.pid = os.getpid()  # the process whose replica feeds it
+
+    def check_process(self) -> None:
+        """``TigerError`` in a process forked from the one that opened the feed (before its lock is taken: the
+        replica's thread may have held it as the process forked): no thread feeds it there, and a read
+        without a timeout waited for ever (a user trial), where the client's calls raise at once."""
+        if os.getpid() != self.pid:
+            raise TigerError(
+                f"{self.name} was opened in process {self.pid}, and no replica feeds it in this one: connect again "
+                "in this process and open another feed there"
+            )
 
     def wants(self, table: str | None, namespace: str | None) -> bool:
         """Whether a change of ``table``/``namespace`` (None: all of them) passes this feed's filter."""
@@ -742,6 +754,7 @@ class Feed(Unportable):
         """The next change if one is queued now, else None (no wait; None once closed). Raises as ``next``
         does (``FeedOverflow``, the replica's error) when the queue is read. The parts of a batch are queued
         at once: after one of them, the others of its seq are here."""
+        self._sub.check_process()
         with self._sub.cond:
             try:
                 return self._sub.take()
@@ -757,6 +770,7 @@ class Feed(Unportable):
 
     def _wait(self, timeout: float | None) -> Change:
         sub = self._sub
+        sub.check_process()
         began, counted = monotonic(), 0.0
         deadline = None if timeout is None else began + timeout
         with sub.cond:
@@ -793,6 +807,7 @@ class Feed(Unportable):
         awaiting task consumes nothing: the feed stays as it was."""
 
         sub = self._sub
+        sub.check_process()
         began, counted = monotonic(), 0.0
         deadline = None if timeout is None else began + timeout
         try:
