@@ -392,7 +392,7 @@ def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float, ti
             if remaining <= 0:
                 raise Unavailable(
                     f"the tiger writer for {url} did not start within {timeout:g}s (one given a data directory loads "
-                    "all of it first, about 5 s per million records here: a big one needs a longer timeout)"
+                    "all of it first, 5 to 12 s per million records here: a big one needs a longer timeout)"
                 )
             if not selector.select(remaining):
                 continue
