@@ -109,6 +109,34 @@ def test_async_writes_are_in_the_local_replica_when_they_return(tiger_url, ns):
     run(main)
 
 
+def test_a_generator_factory_whose_client_closed_as_it_built_was_never_torn_down(tiger_url, ns):
+    """A user trial: close() as an async generator factory built its value (a mock server started) returned at
+    once, the once call then raised "this client is closed", and the factory's teardown never ran: the close
+    ran the teardowns it had then, without this one, and nothing later would. It runs as the call fails now."""
+    said: list[str] = []
+    started = asyncio.Event()
+
+    async def server() -> Any:
+        said.append("started")
+        started.set()
+        await asyncio.sleep(0.3)  # sleep-ok: the build, during which the client is closed
+        try:
+            yield {"port": 1234}
+        finally:
+            said.append("stopped")
+
+    async def main() -> None:
+        client = await tiger.aio.connect(tiger_url)
+        building = asyncio.ensure_future(client.once(f"server-{ns}", server, timeout=30))
+        await started.wait()
+        await client.close()
+        with pytest.raises(tiger.TigerError, match="closed"):
+            await building
+
+    run(main)
+    assert said == ["started", "stopped"]
+
+
 def test_an_async_clients_repr_named_a_class_tiger_does_not_have(tiger_url, ns):
     # a user's trial: repr(client) said <tiger.AsyncClient ...>, and there is no tiger.AsyncClient to look up
     import importlib

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from _util import read_line
@@ -370,6 +371,31 @@ def _resource(log: list[str]):
         log.append(f"down {time.monotonic()}")
 
     return start
+
+
+def test_a_generator_factory_whose_client_closed_as_it_built_was_never_torn_down(connect, ns):
+    # A user trial (tiger.aio's, and the same here): the client closed by another thread as the factory built its
+    # value; the once call then raised "this client is closed", and the teardown never ran (the garbage collector
+    # finalized the generator at the interpreter's exit, failing there). It runs as the call fails now.
+    client = connect()
+    said: list[str] = []
+    started = threading.Event()
+
+    def server() -> Iterator[dict[str, int]]:
+        said.append("started")
+        started.set()
+        time.sleep(0.3)  # sleep-ok: the build, during which the client is closed
+        try:
+            yield {"port": 1234}
+        finally:
+            said.append("stopped")
+
+    closer = threading.Thread(target=lambda: (started.wait(10), client.close()))
+    closer.start()
+    with pytest.raises(tiger.TigerError, match="closed"):
+        client.once(f"server-{ns}", server, timeout=30)
+    closer.join(10)
+    assert said == ["started", "stopped"]
 
 
 def test_a_generator_factory_is_torn_down_in_the_builders_close_after_every_holder_closed(connect, ns):

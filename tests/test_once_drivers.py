@@ -43,6 +43,7 @@ class AsyncClient:
         self.heartbeat_timeout = client.heartbeat_timeout
         self.url = client.url
         self.timeout = client.timeout
+        self._closed = False
         self._heard_again = client._heard_again
         self.keys = Once()
 
@@ -92,6 +93,7 @@ class InMemory:
         self._req_ids = iter(range(1, 1000))
         self.replica = types.SimpleNamespace(store=store, silent_for=lambda: 0.0)  # (its writer always heard)
         self.timeout = 5.0  # (a delivery's budget: the client's timeout at least)
+        self._closed = False
         self.heartbeat_timeout = 2.0
         self.url = "ipc:///nowhere"  # (named by a ``Probe`` step; the test answers it)
 

@@ -194,6 +194,8 @@ class OnceClient(Protocol):
     def url(self) -> str: ...  # the writer's
     @property
     def timeout(self) -> float: ...  # seconds: a call's default deadline
+    @property
+    def _closed(self) -> bool: ...  # close() was called
     def _heard_again(
         self, unavailable: Unavailable, deadline: float, refused: str | None
     ) -> tuple[Callable[[], bool], float, Callable[[], str]]: ...  # the wait before a call is made again
@@ -617,7 +619,12 @@ class Once:
         # the caller's timeout is for waiting on another builder: a build that took longer still gets the
         # client's timeout to deliver its value through a writer unavailable meanwhile
         delivery = max(deadline, monotonic() + client.timeout)
-        finish = yield from self._finish_or_release(client, key, scope, outcome, value, delivery, claim)
+        try:
+            finish = yield from self._finish_or_release(client, key, scope, outcome, value, delivery, claim)
+        except BaseException:
+            if client._closed:  # closed during the build, its teardowns run without this one: the value is nobody's,
+                yield from self._tear_down_now(scope, key)  # and no later call sends it (it was never torn down: a
+            raise  # user trial, an async generator factory's server left running)
         del self._built[scope, key]
         record = once_record(client, scope, key)
         ours = record is not None and record["state"] != "building" and record["owner"] == client.client_id
