@@ -297,6 +297,13 @@ def test_a_wildcard_ipc_writer_leaves_no_directory_behind(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tiger_keygen_into_a_file_said_only_file_exists(tmp_path):
+    # A user trial: tiger keygen /etc/passwd said "[Errno 17] File exists"
+    (tmp_path / "a-file").write_text("x")
+    out = subprocess.run([*TIGER, "keygen", str(tmp_path / "a-file")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and out.stderr.strip() == f"tiger keygen: {tmp_path / 'a-file'} is a file, not a directory"
+
+
 def test_an_fsync_policy_given_without_a_data_directory_was_accepted_and_meant_nothing(tmp_path):
     # A user trial: tiger.serve(fsync="always") and tiger serve --fsync always, without a data directory, started
     # a writer keeping nothing on disk, saying nothing. Both now refuse, naming the option, and start nothing.

@@ -583,6 +583,16 @@ def test_an_rm_rf_of_the_data_directory_failed_as_the_writer_made_its_lock_file_
     d.close()
 
 
+def test_a_lock_file_that_could_not_be_made_was_named_by_its_bare_name(tmp_path):
+    # A user trial: a read-only data directory was refused with "[Errno 30] Read-only file system: 'lock'", and
+    # a full one's lock file as "No space left on device" alone; the error now names the lock file's whole path.
+    # (Here a directory stands where the lock file goes: the same open that a read-only or full one fails.)
+    data = tmp_path / "data"
+    (data / "lock").mkdir(parents=True)
+    with pytest.raises(OSError, match=rf"^\[Errno {errno.EISDIR}\] cannot make the lock file {re.escape(str(data / 'lock'))} "):
+        _log.DataDir(str(data))
+
+
 def test_a_lock_file_removed_alone_is_made_again_at_the_next_tick(tmp_path):
     data = tmp_path / "data"
     d = _log.DataDir(str(data))

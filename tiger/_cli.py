@@ -15,7 +15,7 @@ from tiger._core import LEASE_GRACE
 from tiger._errors import HandshakeFailed, TigerError, Unavailable
 from tiger._log import COMPACT_BYTES
 from tiger._lookup import LOOKUP_WAIT
-from tiger._paths import room_for, write_whole
+from tiger._paths import in_the_way, room_for, write_whole
 from tiger._protocol import ClearTable, Compact, Drop, Stats, say
 from tiger._seed import SEED_RATE
 from tiger._server import (
@@ -310,8 +310,11 @@ def keygen(directory: str) -> str:
 
     public, secret = zmq.curve_keypair()
     remedy = "free space there, or write the pair into a directory on a file system with room"
-    with room_for(directory, remedy):
-        os.makedirs(directory, exist_ok=True)
+    try:
+        with room_for(directory, remedy):
+            os.makedirs(directory, exist_ok=True)
+    except FileExistsError:  # (a file there: said as a bare "[Errno 17] File exists", a user trial)
+        raise FileExistsError(in_the_way(directory) or f"{directory} is not a directory") from None
     key_path = os.path.join(directory, "tiger.key")
     try:
         with room_for(key_path, remedy):

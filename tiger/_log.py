@@ -319,8 +319,12 @@ class DataDir:
             os.close(fd)
 
     def _lock_file(self) -> tuple[int, int]:
-        """Open, flock and fill ``lock`` with this process's pid (its fd in ``_lock_fd``); its identity."""
-        fd = os.open("lock", os.O_RDWR | os.O_CREAT, 0o600, dir_fd=self._dir_fd)
+        """Open, flock and fill ``lock`` with this process's pid (its fd in ``_lock_fd``); its identity.
+        ``OSError`` naming the lock file's whole path (a read-only or full file system said only "'lock'")."""
+        try:
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT, 0o600, dir_fd=self._dir_fd)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot make the lock file {os.path.join(self.path, 'lock')} ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -332,8 +336,11 @@ class DataDir:
         old, self._lock_fd = self._lock_fd, fd
         if old >= 0:
             os.close(old)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write the lock file {os.path.join(self.path, 'lock')} ({e.strerror})") from None
         return _identity(os.fstat(fd))
 
     def _close_locks(self) -> None:
