@@ -665,7 +665,7 @@ def test_a_forked_copy_of_a_client_raises_on_write_even_if_forked_while_its_repl
                 try:
                     table.insert({"id": "from-child"})
                 except tiger.TigerError as e:
-                    os._exit(0 if "connect() again" in str(e) else 2)
+                    os._exit(0 if "connect again in this process" in str(e) else 2)
                 except BaseException:
                     os._exit(3)
                 os._exit(4)
