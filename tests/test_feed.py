@@ -710,6 +710,7 @@ def test_a_feed_read_in_a_forked_child_waited_for_ever(connect, ns, how):
                 next(feed)
             os.write(write, b"returned\n")
         except BaseException as e:
+            feed.close()  # (takes no lock there: the parent's thread may have held it as the process forked)
             os.write(write, f"{type(e).__name__}: {e}\n".encode())
         finally:
             os._exit(0)

@@ -1088,8 +1088,9 @@ def test_a_path_beginning_with_a_dash_was_read_as_an_option_of_the_writers_comma
         # (a user trial: the missing file and the file holding no key were said without the field)
         ({"curve_secret": "missing.key"}, FileNotFoundError, r"^curve_secret: cannot read 'missing\.key' \(No such file"),
         ({"curve_secret": "binary.key"}, ValueError, r"^curve_secret: 'binary\.key' holds no 'secret: "),  # (UnicodeDecodeError)
+        ({"curve_secret": "bad-z85.key"}, ValueError, r"^curve_secret: 'bad-z85\.key' holds no valid key"),  # (zmq's bare EINVAL)
     ],
-    ids=["nul-data", "nul-secret", "data-int", "data-empty", "data-name-too-long", "secret-missing", "secret-binary"],
+    ids=["nul-data", "nul-secret", "data-int", "data-empty", "data-name-too-long", "secret-missing", "secret-binary", "z85"],
 )
 def test_a_bad_path_given_to_serve_raised_naming_no_field_or_left_its_temp_dir_behind(
     tmp_path, monkeypatch, given, error, message
@@ -1101,9 +1102,10 @@ def test_a_bad_path_given_to_serve_raised_naming_no_field_or_left_its_temp_dir_b
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where serve() makes its directory
     assert len(os.fsencode(tmp_path)) + len("/tiger-01234567/w0000") <= 103  # (else it would go to /tmp)
     (tmp_path / "binary.key").write_bytes(b"\xff\xfe not a key\n")
+    (tmp_path / "bad-z85.key").write_text("secret: " + "~" * 40 + "\n")  # 40 characters, no z85 key
     with pytest.raises(error, match=message):
         tiger.serve(timeout=5.0, **given)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.key"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-z85.key", "binary.key"]
 
 
 @pytest.mark.parametrize("path", ["/", "{tmp}/", "{tmp}", "@"], ids=["root", "slash", "directory", "abstract-empty"])

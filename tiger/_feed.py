@@ -225,6 +225,9 @@ class Subscription:
 
     def close(self) -> None:
         """The reader is done: reads end the iteration from now on."""
+        if os.getpid() != self.pid:  # a forked child: the lock may be held by the parent's thread, gone here
+            self.abandon()
+            return
         with self.cond:
             self.closed = self.done = True
             self.queue.clear()

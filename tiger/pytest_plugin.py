@@ -308,6 +308,7 @@ class _Run:
         self.controller_pid: int = identity["controller"]
         self.dir = _RunDir(Path(identity["dir"]), self.controller_pid)
         self.given_url: str | None = identity["url"]  # --tiger-url / $TIGER_URL: a writer this run does not own
+        self._given_keeps_data: bool | None = None  # whether that writer keeps a data directory (None: not asked here)
         self.worker: str = getattr(config, "workerinput", {}).get("workerid", "main")
         self.namespace = f"tiger-run:{self.id}"  # once keys and what their factories write
         self.session: pytest.Session | None = None
@@ -464,7 +465,7 @@ class _Run:
         except ValueError as e:  # (it was said of the url: "'tcp://...' (--tiger-url or TIGER_URL) is not a writer's URL")
             raise _Unreachable(f"tiger: {e}", pytest.ExitCode.USAGE_ERROR) from None
         try:
-            ping(url, server_key=key)  # at once if nothing listens there
+            self._given_keeps_data = ping(url, server_key=key)["data"] is not None  # at once if nothing listens there
         except ValueError as e:
             raise _Unreachable(
                 f"tiger: {url!r} (--tiger-url or TIGER_URL) is not a writer's URL: {e}", pytest.ExitCode.USAGE_ERROR
@@ -914,18 +915,30 @@ class _Run:
         from tiger._protocol import say
         from tiger._server import why_refused
 
-        until = monotonic() + CLEANUP_WAIT
+        until, said = monotonic() + CLEANUP_WAIT, False
         while True:
             try:
                 self._drop_run_namespaces(url)
                 return
             except TigerError as e:
+                why = str(e)
                 down = not isinstance(e, HandshakeFailed) and why_refused(url, 0.5) is not None
+                if down and self._given_keeps_data is False:  # its store went with it: nothing is left there
+                    return
                 if down and monotonic() < until:
-                    time.sleep(0.1)  # a writer restarting: nothing is there to wake this wait
-                    continue
+                    if not said:
+                        say(
+                            f"tiger: no writer at {url}: waiting up to {CLEANUP_WAIT:g}s to drop this run's namespaces",
+                            sys.stderr,
+                        )
+                        said = True
+                    try:
+                        time.sleep(0.1)  # a writer restarting: nothing is there to wake this wait
+                        continue
+                    except KeyboardInterrupt:  # (Ctrl-C: the wait is given up, said below; the run's end goes on)
+                        why = f"the tiger writer at {url} is not there, and the wait for it was interrupted"
                 say(
-                    f"tiger: the run's cleanup at {url} failed ({e}): this run's namespaces there (its tests' "
+                    f"tiger: the run's cleanup at {url} failed ({why}): this run's namespaces there (its tests' "
                     f"{self.id}:..., and {self.namespace!r}: what tiger_once factories wrote) are left; the writer "
                     "drops those a process of this run leased once its lease grace passes (`tiger serve "
                     f"--lease-grace`, default 600 s); `tiger drop --url {url} --run {self.id}` drops them now",
