@@ -784,11 +784,11 @@ def zmtp_mechanism(received: bytes) -> str | None:
     return received[12:32].rstrip(b"\0").decode("ascii", "backslashreplace")
 
 
-def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None, checksum: bool = False) -> dict[str, Any]:
-    """One request to the writer at ``url``: its stats (``checksum``: with the store's, which takes seconds on
-    a store of millions of records; else None, answered at once). ``Unavailable`` if it does not answer in
+def ping(url: str, timeout: float = 5.0, server_key: str | bytes | None = None) -> dict[str, Any]:
+    """One request to the writer at ``url``: its stats without the checksum (None: answered at once, where the
+    checksum takes seconds on a store of millions of records). ``Unavailable`` if it does not answer in
     ``timeout`` seconds."""
-    return request_once(url, p.Stats(1, checksum), timeout, server_key).result  # type: ignore[no-any-return]
+    return request_once(url, p.Stats(1, checksum=False), timeout, server_key).result  # type: ignore[no-any-return]
 
 
 def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key: str | bytes | None = None) -> p.Ok:
