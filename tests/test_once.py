@@ -781,10 +781,11 @@ def test_a_multiprocessing_child_left_its_clients_open_and_its_once_teardowns_ne
 
 
 POOL_TERMINATED = """
-import multiprocessing, os, sys
+import multiprocessing, os, sys, time
 import tiger
 
 CLIENT = None
+BUSY = multiprocessing.get_context("fork").Event()
 
 
 def start(url):
@@ -801,10 +802,20 @@ def build(key):
     return CLIENT.once(key, server)
 
 
+def hold():
+    BUSY.set()
+    time.sleep(60)  # sleep-ok: keeps the worker busy until terminate() kills it
+
+
 if __name__ == "__main__":
     url, key = sys.argv[1:]
     with multiprocessing.get_context("fork").Pool(1, initializer=start, initargs=(url,)) as pool:
         print(pool.apply(build, (key,)), flush=True)
+        # The worker busy as the block ends, so terminate()'s SIGTERM is what ends it: an idle worker may take the
+        # pool's stop sentinel first and end cleanly, its teardowns run (multiprocessing's finalizers).
+        pool.apply_async(hold)
+        if not BUSY.wait(60):
+            sys.exit("the worker never took the hold task")
 """
 
 
