@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,3 +129,14 @@ def script_process(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
         proc.wait()
         proc.stdin.close()  # type: ignore[union-attr]
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Return once process ``pid`` is stopped (state T in /proc), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.01)  # sleep-ok: polling /proc for the stop, with a deadline

@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import pytest
-from _util import alive, default_sigint, read_line
+from _util import alive, default_sigint, read_line, wait_stopped
 
 import tiger
 from tiger import NotFound
@@ -377,17 +377,6 @@ with tiger.connect(sys.argv[1], timeout=1.0) as client:
 """
 
 
-def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
-    """Return once process ``pid`` is stopped (state T in /proc), at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                return
-        assert time.monotonic() < deadline, f"process {pid} did not stop"
-        time.sleep(0.01)  # sleep-ok: polling /proc for the stop, with a deadline
-
-
 def test_a_call_whose_process_was_stopped_past_its_deadline_takes_the_answer_waiting_for_it():
     # A user trial stopped a client (SIGSTOP) with a write in flight; the writer applied and answered it, and on
     # SIGCONT the call, past its deadline, raised Unavailable ("did not answer within 5s") without reading the
@@ -401,7 +390,7 @@ def test_a_call_whose_process_was_stopped_past_its_deadline_takes_the_answer_wai
                 os.kill(server.pid, signal.SIGSTOP)  # the call waits for the writer
                 caller.stdin.write("go\n")
                 caller.stdin.flush()
-                _wait_stopped(caller.pid)  # 0.3 s into its call, the caller stops itself
+                wait_stopped(caller.pid)  # 0.3 s into its call, the caller stops itself
                 os.kill(server.pid, signal.SIGCONT)  # the writer applies and answers: the answer waits
                 watcher.table("t").wait_for("paused", timeout=10)
                 time.sleep(1.0)  # sleep-ok: the call's deadline (1 s from its start) passes while it is stopped
@@ -447,7 +436,7 @@ def test_a_wait_whose_process_was_stopped_past_its_deadline_looks_at_what_arrive
             assert read_line(waiter, 30).strip() == "ready"
             waiter.stdin.write("go\n")
             waiter.stdin.flush()
-            _wait_stopped(waiter.pid)
+            wait_stopped(waiter.pid)
             writer_side.table("t").insert({"id": "arrived"})  # published to the stopped waiter
             time.sleep(1.0)  # sleep-ok: its deadline passes while it is stopped
             os.kill(waiter.pid, signal.SIGCONT)
@@ -498,7 +487,7 @@ def test_a_once_build_that_ends_while_the_writer_is_paused_is_delivered_not_buil
         waiter.replica.wait_until(claimed, time.monotonic() + 10, lambda: "no claim")
         os.kill(server.pid, signal.SIGSTOP)
         try:
-            _wait_stopped(server.pid)
+            wait_stopped(server.pid)
             _until_taken_for_silent(builder)  # its writes now fail at once
             finish.set()  # the build ends while the writer is paused and taken for silent: no delivery yet
             time.sleep(0.5)  # sleep-ok: the pause goes on a little after the build's end (the trial's case)
@@ -635,7 +624,7 @@ def test_a_sync_with_time_left_waits_for_a_paused_writer_instead_of_raising_at_o
         assert started.wait(30)
         os.kill(server.pid, signal.SIGSTOP)
         try:
-            _wait_stopped(server.pid)
+            wait_stopped(server.pid)
             _until_taken_for_silent(client)  # its calls now fail at once
             threads.append(threading.Thread(target=blocking))
             threads[1].start()
@@ -733,7 +722,7 @@ def test_a_once_build_cancelled_while_the_writer_is_paused_ends_at_once_and_rele
             await asyncio.wait_for(started.wait(), 10)
             os.kill(server.pid, signal.SIGSTOP)
             try:
-                _wait_stopped(server.pid)
+                wait_stopped(server.pid)
                 cancelled_at = time.monotonic()
                 build.cancel()
                 with pytest.raises(asyncio.CancelledError):
@@ -774,7 +763,7 @@ def test_a_once_claim_interrupted_by_ctrl_c_while_the_writer_is_paused_raises_at
             assert read_line(child, 30).strip() == "ready"
             os.kill(server.pid, signal.SIGSTOP)
             try:
-                _wait_stopped(server.pid)
+                wait_stopped(server.pid)
                 child.stdin.write("go\n")  # type: ignore[union-attr]
                 child.stdin.flush()  # type: ignore[union-attr]
                 line = read_line(child, 30).split()
@@ -802,7 +791,7 @@ def test_a_once_timeout_is_kept_when_the_writer_is_paused(driver):
             async with await tiger.aio.connect(server.url, timeout=10, heartbeat_timeout=10) as client:
                 os.kill(server.pid, signal.SIGSTOP)
                 try:
-                    _wait_stopped(server.pid)
+                    wait_stopped(server.pid)
                     await client.once("k", lambda: 1, timeout=1)
                 finally:
                     os.kill(server.pid, signal.SIGCONT)
@@ -811,7 +800,7 @@ def test_a_once_timeout_is_kept_when_the_writer_is_paused(driver):
             with tiger.connect(server.url, timeout=10, heartbeat_timeout=10) as client:
                 os.kill(server.pid, signal.SIGSTOP)
                 try:
-                    _wait_stopped(server.pid)
+                    wait_stopped(server.pid)
                     client.once("k", lambda: 1, timeout=1)
                 finally:
                     os.kill(server.pid, signal.SIGCONT)
@@ -921,7 +910,7 @@ def test_a_call_waiting_behind_another_call_of_its_client_keeps_its_own_timeout(
                 plans = client.table("plans", prefix="plan")
                 os.kill(server.pid, signal.SIGSTOP)
                 try:
-                    _wait_stopped(server.pid)
+                    wait_stopped(server.pid)
                     first = threading.Thread(target=plans.insert, args=({},))  # answered once the writer resumes
                     first.start()
                     assert _until(lambda: client._socket_hold.holder is not None)  # the insert holds the socket
@@ -938,7 +927,7 @@ def test_a_call_waiting_behind_another_call_of_its_client_keeps_its_own_timeout(
                 plans = client.table("plans", prefix="plan")
                 os.kill(server.pid, signal.SIGSTOP)
                 try:
-                    _wait_stopped(server.pid)
+                    wait_stopped(server.pid)
                     first = asyncio.create_task(plans.insert({}))
                     while client._lock().holder is None:  # the insert holds the socket
                         await asyncio.sleep(0.01)
@@ -1163,7 +1152,7 @@ def test_stopping_a_paused_writer_waited_out_its_whole_timeout():
     # a process that could not run, then SIGKILL. The writer is continued after the SIGTERM, and stops at once.
     server = tiger.serve()
     os.kill(server.pid, signal.SIGSTOP)
-    _wait_stopped(server.pid)
+    wait_stopped(server.pid)
     started = time.monotonic()
     server.stop()
     assert time.monotonic() - started < 3

@@ -166,9 +166,12 @@ def _connected(url: str, timeout: float) -> Client:
     silently), or when its host name does not resolve (``why_unreachable``, within the same timeout)."""
     seconds = check_seconds(timeout, "--timeout", positive=True)  # (named as the option)
     assert seconds is not None  # (None only where no_limit)
-    deadline = check_reachable(url, seconds)
-    url, server_key = _connect_arguments(url, env_server_key())  # (TIGER_SERVER_KEY only: errors name it)
-    return Client(url, seconds, server_key=server_key, deadline=deadline)
+    deadline, watch = check_reachable(url, seconds)  # (a pause from its probes on does not count: the watch's)
+    try:
+        url, server_key = _connect_arguments(url, env_server_key())  # (TIGER_SERVER_KEY only: errors name it)
+        return Client(url, seconds, server_key=server_key, deadline=deadline, pause_watch=watch)
+    finally:
+        watch.stop()  # (idempotent: the client stopped it once connected)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -960,8 +960,9 @@ class Client(_Connection):
         heartbeat_timeout: float = 2.0,
         server_key: str | bytes | None = None,
         deadline: float | None = None,
+        pause_watch: PauseWatch | None = None,
     ) -> None:
-        super().__init__(url, timeout, heartbeat_timeout, server_key, deadline)
+        super().__init__(url, timeout, heartbeat_timeout, server_key, deadline, pause_watch)
         try:
             # one request in flight on the command socket: the call holding it (its token) is its holder
             self._socket_hold = OwnedLock()

@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 __all__ = ["PAUSE_OVER", "Mark", "last_pause_end", "mark", "monotonic", "moved", "overslept", "paused_since", "wall"]
 
@@ -117,10 +118,12 @@ def last_pause_end() -> float:
         return _pauses[-1][1] if _pauses else -math.inf
 
 
-def moved(deadline: float, began: float, counted: float) -> tuple[float, float]:
+def moved(deadline: float, began: float, counted: float, found: Callable[[float], float] | None = None) -> tuple[float, float]:
     """A wait's ``deadline`` (``monotonic()``) moved by the pauses found since it ``began``, beyond the ``counted``
-    ones; and the pauses counted now. Time this process was not running does not count against a wait."""
-    paused = paused_since(began)
+    ones; and the pauses counted now. Time this process was not running does not count against a wait.
+    ``found``: what tells the pauses since a time, when not ``paused_since`` (a ``PauseWatch``'s, which also
+    counts one going on that its thread has not yet looked at)."""
+    paused = (found or paused_since)(began)
     if paused <= counted:
         return deadline, counted
     return deadline + paused - counted, paused

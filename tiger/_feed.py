@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 
 Op = Literal["put", "delete", "clear", "reset"]
 DEFAULT_MAX_QUEUED = 10_000
+# the longest a blocking feed's read sleeps at once: a stop of the process found by a wait counts only past what
+# it asked for (``tiger._clock.overslept``), so a read asking for all of its timeout counted little of a stop
+# begun within it (``Replica.until``'s waits look as often)
+WAIT_SLICE = 0.5
 _T = TypeVar("_T")
 
 
@@ -789,14 +793,14 @@ class Feed(Unportable):
                     remaining = deadline - now
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
-                slept = mark()
+                slept, asked = mark(), None if remaining is None else min(remaining, WAIT_SLICE)
                 try:  # (counted inside the ``try``: no signal lands between a store and the call after it)
                     sub.sleepers += 1
-                    sub.cond.wait(remaining)
+                    sub.cond.wait(asked)
                 finally:
                     sub.sleepers -= 1
-                if remaining is not None:
-                    overslept(slept, remaining)
+                if asked is not None:
+                    overslept(slept, asked)
 
     def __aiter__(self) -> Feed:
         return self

@@ -45,7 +45,7 @@ from tiger._paths import (
     remove_tree,
     short_temp_dir,
 )
-from tiger._process import ZMQ_THREADS, ProcessWatch, check_room, unsupported_environment
+from tiger._process import ZMQ_THREADS, PauseWatch, ProcessWatch, check_room, unsupported_environment
 from tiger._unpatched import connected, interface_names, socketpair, start_process
 
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -799,39 +799,51 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     ``TigerError`` naming its answer if that is a refusal; ``ValueError`` for a malformed URL or timeout.
     """
     server_key = unshown(server_key)  # (first: see ``unshown``)
-    deadline = check_reachable(url, timeout)
-    address = wait_for_endpoint(url, timeout, deadline)
-    check_room("a tiger request", 10)
-    ctx: zmq.Context[Any] = zmq.Context()
+    deadline, watch = check_reachable(url, timeout)
     try:
-        sock, monitor = _monitored_dealer(ctx, address, server_key, ANSWER_EVENTS)  # a failed handshake: said at once
-        _send_once(sock, p.encode_request(request))
+        address = wait_for_endpoint(url, timeout, deadline)
+        check_room("a tiger request", 10)
+        ctx: zmq.Context[Any] = zmq.Context()
         try:
-            return _answer(sock, url, deadline, timeout, monitor, server_key)
-        except ProtocolError as e:  # a writer of before Stats' checksum field: asked as it reads it (the
-            if type(request) is not p.Stats or request.checksum or _OLD_STATS not in str(e):  # checksum taken)
-                raise
-            _send_once(sock, p.encode_request(p.Stats(request.req_id)))
-            return _answer(sock, url, deadline, timeout, monitor, server_key)
+            sock, monitor = _monitored_dealer(ctx, address, server_key, ANSWER_EVENTS)  # a failed handshake: said at once
+            _send_once(sock, p.encode_request(request))
+            try:
+                return _answer(sock, url, deadline, timeout, monitor, server_key, watch)
+            except ProtocolError as e:  # a writer of before Stats' checksum field: asked as it reads it (the
+                if type(request) is not p.Stats or request.checksum or _OLD_STATS not in str(e):  # checksum taken)
+                    raise
+                _send_once(sock, p.encode_request(p.Stats(request.req_id)))
+                return _answer(sock, url, deadline, timeout, monitor, server_key, watch)
+        finally:
+            ctx.destroy(linger=0)
     finally:
-        ctx.destroy(linger=0)
+        watch.stop()
 
 
 _OLD_STATS = "request 'stats' has 2 fields, expected 1"  # a writer of before Stats' checksum field, refusing one
 
 
-def check_reachable(url: str, timeout: float) -> float:
+def check_reachable(url: str, timeout: float) -> tuple[float, PauseWatch]:
     """The checks before a one-shot request (``request_once``, a lease, ``tiger dump``) makes a socket: the URL,
     the timeout, and that something listens (probed for at most 1 s, and half, of the ``timeout``); returns
     when the ``timeout`` ends (``time.monotonic()``), counted from before the probes (they took up to 2 s
-    before it began, and it all again)."""
+    before it began, and it all again), and a ``PauseWatch`` begun before them, which the caller stops: the
+    deadline does not count time the process was not running, whichever step it stopped (``tiger stats``
+    stopped 9 s as it probed raised "did not answer within 8s" as it resumed)."""
     check_connect_url(url)
     check_seconds(timeout, "timeout", positive=True)
-    deadline = monotonic() + timeout
-    unreachable = why_unreachable(url, min(1.0, timeout / 2))  # (half at most: the call's own wait follows)
+    began = mark()
+    deadline = began[0] + timeout
+    watch = PauseWatch(deadline + 1.0, began)
+    try:
+        unreachable = why_unreachable(url, min(1.0, timeout / 2))  # (half at most: the call's own wait follows)
+    except BaseException:
+        watch.stop()
+        raise
     if unreachable is not None:
+        watch.stop()
         raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
-    return deadline
+    return deadline, watch
 
 
 def _monitored_dealer(
@@ -877,6 +889,11 @@ GREETING_PROBE_AFTER = 0.25
 GREETING_PROBE_TIME = 0.5
 # greeting probes a one-shot request makes at most, a second apart, while its handshake says nothing
 GREETING_PROBES = 2
+# the longest a one-shot request's wait sleeps at once (``_answer``): a stop of its process found by a wait is
+# counted only past what the wait asked for, so one asking for all of its timeout counted nothing of a stop that
+# began within it but what ran past the deadline (``tiger stats --timeout 3`` stopped 5 s as it waited: "did not
+# answer within 3s" as it resumed)
+ANSWER_SLICE = 0.5
 
 
 def _answer(
@@ -886,9 +903,11 @@ def _answer(
     timeout: float,
     monitor: zmq.Socket[Any] | None = None,
     server_key: str | bytes | None = None,
+    watch: PauseWatch | None = None,
 ) -> p.Ok:
     """The writer's answer on ``sock`` (the next message: one request in flight) by ``deadline``
-    (``time.monotonic()``; ``timeout``: the seconds it stands for, in the message), if it is an Ok; what a
+    (``time.monotonic()``; ``timeout``: the seconds it stands for, in the message), moved by the pauses of the
+    process since ``watch`` began (the ``PauseWatch`` of ``check_reachable``; None: since this wait began), if it is an Ok; what a
     Failed answer names is raised as a client raises it, ``Unavailable`` past the deadline, and at once
     ``HandshakeFailed`` when ``monitor`` (``sock``'s, of ``ANSWER_EVENTS``) says the handshake failed, or when,
     with no handshake after ``GREETING_PROBE_AFTER`` seconds, a greeting probe (``greet``) is answered with
@@ -902,16 +921,20 @@ def _answer(
     began = monotonic()
     probe_at = began + GREETING_PROBE_AFTER
     counted = 0.0
+    if watch is not None:  # (the pauses before this wait too: the deadline was taken before the probes)
+        began, found = watch.began, watch.paused_since
+    else:
+        found = None
     while True:
         now = monotonic()
         until = deadline if probes >= GREETING_PROBES else min(deadline, probe_at)
         p.poll_on_a_real_clock()
-        slept, asked = mark(), max(0.001, until - now) if until > now else 0.0
+        slept, asked = mark(), min(max(0.001, until - now), ANSWER_SLICE) if until > now else 0.0
         ready = dict(poller.poll(max(1, int(asked * 1000)) if asked else 0))  # (0: an answer there is taken)
         # time this process was not running (SIGSTOP, Ctrl-Z: a stopped ``pytest -n 4`` run's controller making
         # its run lease) is not the writer's: the deadline moves by it (an answer sent meanwhile is read)
         overslept(slept, asked)
-        moved_to, counted = moved(deadline, began, counted)
+        moved_to, counted = moved(deadline, began, counted, found)
         probe_at += moved_to - deadline
         deadline = moved_to
         if sock in ready:
@@ -997,7 +1020,17 @@ class NamespaceLease(Handle):
         from tiger._table import check_leasable
 
         check_leasable(namespace)
-        deadline = check_reachable(url, timeout)
+        deadline, watch = check_reachable(url, timeout)
+        try:
+            self._lease(url, namespace, timeout, server_key, deadline, watch)
+        finally:
+            watch.stop()
+
+    def _lease(
+        self, url: str, namespace: str, timeout: float, server_key: str | bytes | None, deadline: float, watch: PauseWatch
+    ) -> None:
+        """``__init__``'s steps after its checks: connected and leased by ``deadline``, moved by the pauses
+        ``watch`` finds (see ``check_reachable``)."""
         address = wait_for_endpoint(url, timeout, deadline)
         self.url = url
         self.namespace = namespace
@@ -1012,13 +1045,14 @@ class NamespaceLease(Handle):
             sent = wall()
             _send_once(self._sock, p.encode_request(p.Hello(1, self.client_id)))
             try:
-                info = _answer(self._sock, url, deadline, timeout, monitor, server_key).result or {}
+                info = _answer(self._sock, url, deadline, timeout, monitor, server_key, watch).result or {}
             finally:
                 self._sock.disable_monitor()  # (its events would pile up for the lease's life)
                 monitor.close(linger=0)
-            expires, _ = call_expiry(deadline, clock_offset(sent, wall(), info) or 0.0)
+            by = moved(deadline, watch.began, 0.0, watch.paused_since)[0]  # (a pause so far does not count)
+            expires, _ = call_expiry(by, clock_offset(sent, wall(), info) or 0.0)
             _send_once(self._sock, p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
-            _answer(self._sock, url, deadline, timeout)
+            _answer(self._sock, url, deadline, timeout, watch=watch)
             self._beat = min(float(info.get("heartbeat", 0.5)), 0.5)
             self._thread: threading.Thread | None = threading.Thread(
                 target=self._hold, args=(self._sock,), name=f"tiger lease {namespace}", daemon=True
