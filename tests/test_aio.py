@@ -1927,23 +1927,25 @@ async def _run_soon(call: Callable[..., Any], *args: Any) -> None:
     call(*args)
 
 
-def test_a_client_closed_on_a_portal_loop_had_its_fds_removal_undo_the_next_clients_on_the_test_loop(tiger_url, ns):
+def test_a_client_closed_on_a_portal_loop_had_its_fds_removal_undo_the_next_clients_on_the_test_loop(ns):
     # The app's client closed on the portal's loop (its lifespan's end) while the test's loop, running but
     # held in .result(), still watched its FD: the removal queued to the test's loop ran after the test's
     # next client had registered its own socket under the same FD number (freed by the close), and the
     # selector still held the closed FD's registration under it, so that client's calls were not woken:
     # its connect waited for the resend of its hello (1 s), every round.
-    with portal_loop() as portal:
+    # A writer of the test's own: the 0.5 s bound below times its connects, a join of the run's shared writer
+    # (which the other xdist worker may have loaded with 100k records) took ~1 s under load.
+    with tiger.serve() as server, portal_loop() as portal:
 
         async def main() -> tuple[list[float], int]:
             took: list[float] = []
             resends = 0
             for i in range(4):
-                app = await tiger.aio.connect(tiger_url)
+                app = await tiger.aio.connect(server.url)
                 await app.table("plans", prefix="plan").insert({"id": f"plan_app{i}"})  # on this loop
                 asyncio.run_coroutine_threadsafe(app.close(), portal).result(10.0)  # closed on the portal's
                 begun = time.monotonic()
-                async with await tiger.aio.connect(tiger_url) as client:
+                async with await tiger.aio.connect(server.url) as client:
                     took.append(time.monotonic() - begun)
                     begun = time.monotonic()
                     await client.table("plans", prefix="plan").insert({"id": f"plan_test{i}"})

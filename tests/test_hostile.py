@@ -117,9 +117,13 @@ def test_calls_that_got_the_socket_after_they_expired_were_sent_and_refused_as_l
         os.kill(own_writer.pid, signal.SIGCONT)
         for t in threads:
             t.join(10)
-    sent = [e for e in errors if "arrived after its deadline" in e]
-    assert len(sent) <= 1, errors  # (the one holding the socket was sent in time; the writer was paused)
-    assert len(errors) - len(sent) >= 1 and all("held its socket until too late" in e for e in errors if e not in sent), errors
+    # The one holding the socket was sent in time, and is not judged (as in test_aio's twin): its answer, due
+    # between the SIGCONT (0.9 s) and its 1.0 s deadline, may come too late under load ("did not answer within
+    # 1s"), or the writer may read it late ("arrived after its deadline"). Every other error says why it was
+    # not sent: the fault had them sent and refused as late.
+    held = [e for e in errors if "held its socket until too late" in e]
+    assert len(errors) - len(held) <= 1, errors
+    assert len(held) >= 1, errors
 
 
 # what a call holds (a once key, the command socket, an async client's event loop) and which client

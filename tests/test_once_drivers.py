@@ -824,16 +824,20 @@ def test_a_cancelled_async_close_raises_cancelled_error_not_a_teardowns_error(co
         yield 1
         raise RuntimeError("teardown failed")
 
+    slow_begun: list[asyncio.Event] = []
+
     async def slow() -> Any:
         yield 2
+        slow_begun[0].set()
         await asyncio.sleep(30)  # sleep-ok: a teardown that is still running when the close is cancelled
 
     async def main() -> None:
+        slow_begun.append(asyncio.Event())
         client = await tiger.aio.connect(url)
         assert await client.once("slow", slow) == 2
         assert await client.once("raising", raising) == 1  # newest: torn down first
         closing = asyncio.get_running_loop().create_task(client.close())
-        await asyncio.sleep(0.2)  # sleep-ok: the close reaches the slow teardown
+        await asyncio.wait_for(slow_begun[0].wait(), 10)  # the close reaches the slow teardown (a sleep stood for it)
         closing.cancel()
         await asyncio.gather(closing, return_exceptions=True)
         assert closing.cancelled()
@@ -849,9 +853,11 @@ def test_a_cancelled_async_close_runs_no_other_teardown_and_keeps_their_keys(con
     other = connect_own()
     ran: list[str] = []
 
-    def factory(name: str, seconds: float) -> Any:
+    def factory(name: str, seconds: float, begun: asyncio.Event | None = None) -> Any:
         async def build() -> Any:
             yield name
+            if begun is not None:
+                begun.set()
             await asyncio.sleep(seconds)  # sleep-ok: a teardown's own work
             ran.append(name)
 
@@ -859,10 +865,12 @@ def test_a_cancelled_async_close_runs_no_other_teardown_and_keeps_their_keys(con
 
     async def main() -> None:
         client = await tiger.aio.connect(other.url)
+        slow_begun = asyncio.Event()
         assert await client.once("first", factory("first", 0)) == "first"
-        assert await client.once("slow", factory("slow", 30)) == "slow"  # newest: torn down first
+        assert await client.once("slow", factory("slow", 30, slow_begun)) == "slow"  # newest: torn down first
         closing = asyncio.get_running_loop().create_task(client.close())
-        await asyncio.sleep(0.2)  # sleep-ok: the close reaches the slow teardown
+        # The close reaches the slow teardown (after a round trip to the writer; a 0.2 s sleep stood for it)
+        await asyncio.wait_for(slow_begun.wait(), 10)
         closing.cancel()
         await asyncio.gather(closing, return_exceptions=True)
         assert closing.cancelled()
