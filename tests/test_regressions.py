@@ -364,7 +364,7 @@ def test_a_writer_serves_an_abstract_ipc_address():
 
 _PAUSED_CALLER = """
 import os, signal, sys, threading, tiger
-with tiger.connect(sys.argv[1], timeout=1.0) as client:
+with tiger.connect(sys.argv[1], timeout=3.0) as client:
     table = client.table("t")
     print("ready", flush=True)
     sys.stdin.readline()
@@ -393,7 +393,9 @@ def test_a_call_whose_process_was_stopped_past_its_deadline_takes_the_answer_wai
                 wait_stopped(caller.pid)  # 0.3 s into its call, the caller stops itself
                 os.kill(server.pid, signal.SIGCONT)  # the writer applies and answers: the answer waits
                 watcher.table("t").wait_for("paused", timeout=10)
-                time.sleep(1.0)  # sleep-ok: the call's deadline (1 s from its start) passes while it is stopped
+                # (a 1 s timeout left the writer some 0.5 s after the caller's stop to apply the call before it
+                # expired: a late timer or a slow resume under load refused it)
+                time.sleep(3.0)  # sleep-ok: the call's deadline (3 s from its start) passes while it is stopped
                 os.kill(caller.pid, signal.SIGCONT)
                 assert read_line(caller, 10).strip() == "ok"
             finally:
