@@ -1258,19 +1258,25 @@ import asyncio, sys, tiger, tiger.aio
 url, table, how = sys.argv[1:]
 if how == "blocking":
     with tiger.connect(url) as client:
-        with client.watch(tables=[table], namespace=None, timeout=6.0) as feed:
+        with client.watch(tables=[table], namespace=None, timeout=2.0) as feed:
             print("watching", flush=True)
             try:
-                print("got", next(feed).id, flush=True)
+                change = next(feed)
+                while change.op == "reset":  # (stopped past 3 s: its replica reloads a snapshot)
+                    change = next(feed)
+                print("got", change.id, flush=True)
             except tiger.TigerError as e:
                 print(type(e).__name__, e, flush=True)
 else:
     async def main():
         async with await tiger.aio.connect(url) as client:
-            with client.watch(tables=[table], namespace=None, timeout=6.0) as feed:
+            with client.watch(tables=[table], namespace=None, timeout=2.0) as feed:
                 print("watching", flush=True)
                 try:
-                    print("got", (await feed.__anext__()).id, flush=True)
+                    change = await feed.__anext__()
+                    while change.op == "reset":  # (stopped past 3 s: its replica reloads a snapshot)
+                        change = await feed.__anext__()
+                    print("got", change.id, flush=True)
                 except tiger.TigerError as e:
                     print(type(e).__name__, e, flush=True)
     asyncio.run(main())
@@ -1280,17 +1286,18 @@ else:
 @pytest.mark.parametrize("how", ["blocking", "async"])
 def test_a_feed_read_stopped_as_it_waited_counted_the_stop_against_its_timeout(connect, how):
     """The same kind in a feed's read: it slept for all of its timeout at once, so a stop of its process begun
-    within it was counted only as far as the replica's thread found it. A read with a 6 s timeout, stopped 2 s
-    in for 8 s; a change comes 1 s after it resumes, within what was left."""
+    within it was counted only past the deadline, and only if by more than 1 s. A read with a 2 s timeout,
+    stopped 0.5 s in for 2.5 s (under the writer's 3 s heartbeat timeout, past which its replica reloads a
+    snapshot, a reset the read returns); a change comes 0.5 s after it resumes, within what was left."""
     writer_side = connect()
     table = f"t{uuid.uuid4().hex[:8]}"
     pipes = {"stdout": subprocess.PIPE, "text": True}
     reader = subprocess.Popen([sys.executable, "-c", FEED_READER, writer_side.url, table, how], **pipes)  # type: ignore[call-overload]
     try:
         assert read_line(reader, 60).strip() == "watching"
-        time.sleep(2.0)  # sleep-ok: the read waits, 2 s of its 6 s spent
-        stop_for(reader.pid, 8.0)
-        time.sleep(1.0)  # sleep-ok: it runs on, its timeout not over (its stop does not count)
+        time.sleep(0.5)  # sleep-ok: the read waits, 0.5 s of its 2 s spent
+        stop_for(reader.pid, 2.5)
+        time.sleep(0.5)  # sleep-ok: it runs on, its timeout not over (its stop does not count)
         writer_side.table(table).insert({"id": "late"})
         assert read_line(reader, 30).strip() == "got late"
         assert reader.wait(30) == 0

@@ -1179,3 +1179,70 @@ def test_an_ipc_path_utf8_cannot_carry_is_refused_naming_the_url_and_a_non_utf8_
     with tiger.serve() as server, tiger.connect(server.url) as client:
         assert server.url.startswith("ipc:///tmp/")
         assert client.table("t").insert({"id": "a"})["id"] == "a"
+
+
+def _writer_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _until_writer_fds(pid: int, count: int, what: str, timeout: float = 20.0) -> None:
+    """Return once the writer ``pid`` holds ``count`` descriptors (its connections gone), else fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while _writer_fds(pid) != count:
+        assert time.monotonic() < deadline, f"{what}: the writer holds {_writer_fds(pid)} descriptors, {count} before it"
+        time.sleep(0.1)  # sleep-ok: polling /proc for the writer's connections, with a deadline
+
+
+_SUBSCRIBER = """
+import os, signal, sys, tiger
+client = tiger.connect(sys.argv[1])
+if sys.argv[2] == "forked":  # a prefork server's master: connects, forks a worker, closes its own client
+    worker = os.fork()
+    if worker == 0:
+        signal.pause()  # (holds copies of every descriptor of the master's client, until killed)
+        os._exit(0)
+    client.close()
+    print("worker", worker, flush=True)
+else:
+    print("connected", flush=True)
+sys.stdin.readline()
+if sys.argv[2] == "stopped":
+    print("got", client.table("t").wait_for("last", timeout=20)["id"], flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["stopped", "forked"])
+def test_a_subscriber_nobody_reads_grew_the_writers_memory_with_every_publication(how):
+    # A user trial: PUB bounds what it queues for a subscriber in messages (200,000), not bytes, and a subscriber
+    # whose I/O thread does not answer stayed connected: a stopped client (SIGSTOP, Ctrl-Z), or a prefork
+    # server's master that closed its client after forking workers, which held copies of its sockets. The writer
+    # grew by every publication (1 GB in 15 s of 100 KB batches), kept after. Its connection is closed as the
+    # command socket's is (ZeroMQ heartbeats, 3 s); a stopped client, resumed, connects again and catches up.
+    with tiger.serve() as server, tiger.connect(server.url) as writer:
+        before = _writer_fds(server.pid)
+        command = [sys.executable, "-c", _SUBSCRIBER, server.url, how]
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+            assert child.stdin is not None
+            worker = None
+            try:
+                said = read_line(child, 30).split()
+                if how == "forked":
+                    worker = int(said[1])
+                else:
+                    os.kill(child.pid, signal.SIGSTOP)
+                writer.table("t").insert_many([{"pad": "x" * 1000} for _ in range(100)])  # queued for it
+                _until_writer_fds(server.pid, before, f"a {how} subscriber's connections")
+                writer.table("t").insert({"id": "last"})
+                if how == "stopped":
+                    os.kill(child.pid, signal.SIGCONT)
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                if how == "stopped":
+                    assert read_line(child, 30).strip() == "got last"
+                assert child.wait(30) == 0
+            finally:
+                if worker is not None:
+                    os.kill(worker, signal.SIGKILL)
+                if child.poll() is None:
+                    os.kill(child.pid, signal.SIGCONT)
+                    child.kill()

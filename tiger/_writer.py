@@ -222,6 +222,14 @@ class Writer:
         self.pub = self._ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
+        # the same heartbeats on the publishing socket: PUB bounds a subscriber's queue in messages (``pub_hwm``),
+        # not bytes, and a subscriber whose I/O thread does not answer never leaves, so what it is sent piles up
+        # in the writer (a stopped process, and a forked child holding a closed client's socket: 1 GB in 15 s of
+        # 100 KB batches, a user trial); its connection is closed after CLIENT_SILENCE, its queue freed (the
+        # replica, resumed, connects again and reloads a snapshot at the gap, as ``WriterCore.reach`` already
+        # took the client for gone)
+        self.pub.setsockopt(zmq.HEARTBEAT_IVL, int(HEARTBEAT_IVL * 1000))
+        self.pub.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(CLIENT_SILENCE * 1000))
         if "[" in url:
             for sock in (self.router, self.pub):
                 sock.setsockopt(zmq.IPV6, 1)
