@@ -88,6 +88,23 @@ def drain(feed: Feed) -> list[tuple]:
     return out
 
 
+def test_feeds_closed_on_a_store_nobody_writes_to_stayed_listed_until_the_next_change(pair):
+    # A user trial: a poller's wait_until that timed out, and each feed closed, stayed in the replica's list of
+    # feeds (with its queue and lock) until a change came: on an idle store, some 2 KB each, for ever.
+    _, replica = pair
+    for _ in range(100):
+        watch(replica).close()
+    assert len(replica.feeds) <= 1
+
+
+def test_wait_untils_that_timed_out_on_an_idle_store_were_kept_by_the_replica(client, ns):
+    table = client.table("idle")
+    for _ in range(50):
+        with pytest.raises(tiger.Timeout):
+            table.wait_until(lambda record: False, timeout=0.001)
+    assert len(client.replica._seq.feeds) <= 1
+
+
 def test_a_feed_yields_each_applied_change_in_seq_order_with_its_stored_record(pair):
     writer, replica = pair
     feed = watch(replica)
