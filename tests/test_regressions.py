@@ -1246,3 +1246,38 @@ def test_a_subscriber_nobody_reads_grew_the_writers_memory_with_every_publicatio
                 if child.poll() is None:
                     os.kill(child.pid, signal.SIGCONT)
                     child.kill()
+
+
+_FORK_AS_A_THREAD_CONNECTS = """
+import os, signal, sys, threading, time
+import tiger
+url = sys.argv[1]
+clients = []
+threading.Thread(target=lambda: clients.append(tiger.connect(url)), daemon=True).start()
+time.sleep(0.02)  # sleep-ok: the thread imports tiger's client (about 0.1 s) as the process forks
+child = os.fork()
+if child == 0:
+    with tiger.connect(url, timeout=5):
+        pass
+    os._exit(0)
+deadline = time.monotonic() + 30
+while os.waitpid(child, os.WNOHANG) == (0, 0):
+    if time.monotonic() > deadline:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        print("the child hung", flush=True)
+        sys.exit(1)
+    time.sleep(0.05)  # sleep-ok: polls the child's exit, with a deadline
+print("the child connected", flush=True)
+"""
+
+
+def test_a_process_forked_as_another_thread_made_the_first_connect_hung_in_its_own_connect(tiger_url):
+    # A user trial (a prefork server whose master connects in a thread): `import tiger` alone does not load the
+    # client, zmq and msgpack (the first `tiger.connect` does, in about 0.1 s); a fork meanwhile gave a child
+    # whose own connect waited for ever on an import lock held by a thread it does not have (9 of 9 forks at
+    # 0.05 s). A fork waits for that import to end.
+    for _ in range(3):  # (a fresh interpreter each: the import happens once)
+        command = [sys.executable, "-c", _FORK_AS_A_THREAD_CONNECTS, tiger_url]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=90)
+        assert done.stdout.strip() == "the child connected", done.stdout + done.stderr[-2000:]
