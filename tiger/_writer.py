@@ -494,8 +494,9 @@ OPEN_FILES_WANTED = 65536  # the soft limit on open files a writer of its own ra
 
 
 def _raise_open_file_limit() -> int:
-    """Raise this process's soft limit on open files towards its hard limit (each client holds two
-    connections: ``ulimit -n`` 1024 caps a writer near 500 clients); warn when it stays low. Returns it."""
+    """Raise this process's soft limit on open files towards its hard limit (each client holds three
+    connections, the writer about 20 descriptors of its own: ``ulimit -n`` 1024 caps a writer near 330
+    clients); warn when it stays low. Returns it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
     if soft < wanted:
@@ -503,7 +504,7 @@ def _raise_open_file_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             soft = wanted
     if soft < 1024:
-        log.warning("this writer may open only %d files (ulimit -n): about %d clients can connect", soft, max(0, soft - 32) // 2)
+        log.warning("this writer may open only %d files (ulimit -n): about %d clients can connect", soft, max(0, soft - 20) // 3)
     return soft
 
 
