@@ -1249,11 +1249,25 @@ def test_a_subscriber_nobody_reads_grew_the_writers_memory_with_every_publicatio
 
 
 _FORK_AS_A_THREAD_CONNECTS = """
-import os, signal, sys, threading, time
+import asyncio, os, signal, sys, threading, time
 import tiger
-url = sys.argv[1]
+url, how = sys.argv[1:]
 clients = []
-threading.Thread(target=lambda: clients.append(tiger.connect(url)), daemon=True).start()
+
+
+def connect():
+    if how == "aio":  # an asyncio master connecting on its loop's thread
+        import tiger.aio
+
+        async def main():
+            clients.append(await tiger.aio.connect(url))
+
+        asyncio.run(main())
+    else:
+        clients.append(tiger.connect(url))
+
+
+threading.Thread(target=connect, daemon=True).start()
 time.sleep(0.02)  # sleep-ok: the thread imports tiger's client (about 0.1 s) as the process forks
 child = os.fork()
 if child == 0:
@@ -1272,12 +1286,13 @@ print("the child connected", flush=True)
 """
 
 
-def test_a_process_forked_as_another_thread_made_the_first_connect_hung_in_its_own_connect(tiger_url):
+@pytest.mark.parametrize("how", ["blocking", "aio"])
+def test_a_process_forked_as_another_thread_made_the_first_connect_hung_in_its_own_connect(tiger_url, how):
     # A user trial (a prefork server whose master connects in a thread): `import tiger` alone does not load the
     # client, zmq and msgpack (the first `tiger.connect` does, in about 0.1 s); a fork meanwhile gave a child
     # whose own connect waited for ever on an import lock held by a thread it does not have (9 of 9 forks at
-    # 0.05 s). A fork waits for that import to end.
+    # 0.05 s). A fork waits for that import to end; `import tiger.aio` too (a review: 3 of 3 hung).
     for _ in range(3):  # (a fresh interpreter each: the import happens once)
-        command = [sys.executable, "-c", _FORK_AS_A_THREAD_CONNECTS, tiger_url]
+        command = [sys.executable, "-c", _FORK_AS_A_THREAD_CONNECTS, tiger_url, how]
         done = subprocess.run(command, capture_output=True, text=True, timeout=90)
         assert done.stdout.strip() == "the child connected", done.stdout + done.stderr[-2000:]

@@ -96,25 +96,25 @@ __all__ = [
 # lazy name. A fork waits for it at most FORK_WAIT seconds (a thread importing tiger could itself wait on an
 # import the forking thread is in the middle of), then forks as before.
 _importing = _thread.RLock()
-_fork_took = False
+# per thread, whether each fork under way took it (a stack: a signal handler's fork may run inside another's hooks)
+_fork_took: dict[int, list[bool]] = {}
 FORK_WAIT = 10.0
 
 
 def _before_fork() -> None:
-    global _fork_took
-    _fork_took = _importing.acquire(timeout=FORK_WAIT)
+    _fork_took.setdefault(_thread.get_ident(), []).append(_importing.acquire(timeout=FORK_WAIT))
 
 
 def _after_fork_in_parent() -> None:
-    global _fork_took
-    if _fork_took:
-        _fork_took = False
+    took = _fork_took.get(_thread.get_ident())
+    if took and took.pop():
         _importing.release()
 
 
 def _after_fork_in_child() -> None:
-    global _importing, _fork_took
-    _importing, _fork_took = _thread.RLock(), False  # (the parent's may be held by a thread the child has not)
+    global _importing
+    _importing = _thread.RLock()  # (the parent's may be held by a thread the child has not)
+    _fork_took.clear()
 
 
 if hasattr(os, "register_at_fork"):

@@ -648,6 +648,12 @@ class Replica:
             # drops them silently (the topics they covered then never arrive), so no limit (765 + a few per
             # reconnection)
             sub.setsockopt(zmq.SNDHWM, 0)
+            # ZeroMQ heartbeats of its own, upstream: the writer closes a subscriber it hears nothing from for 3 s
+            # (a stopped process), and its own PING waits behind what is queued for this one, so a live
+            # subscriber on a slow link, or one whose queue is full, was cut off; any frame from here tells it
+            # this one lives. No timeout of its own (the writer's silence is the replica's to judge: heartbeats)
+            sub.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 86_400_000)
             for prefix in p.subscriptions(self._topic):  # every topic but this client's own changes
                 sub.setsockopt(zmq.SUBSCRIBE, prefix)
             self._everything = False

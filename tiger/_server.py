@@ -801,7 +801,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     server_key = unshown(server_key)  # (first: see ``unshown``)
     deadline, watch = check_reachable(url, timeout)
     try:
-        address = wait_for_endpoint(url, timeout, deadline)
+        address = wait_for_endpoint(url, timeout, moved(deadline, watch.began, 0.0, watch.paused_since)[0])
         check_room("a tiger request", 10)
         ctx: zmq.Context[Any] = zmq.Context()
         try:
@@ -1031,7 +1031,7 @@ class NamespaceLease(Handle):
     ) -> None:
         """``__init__``'s steps after its checks: connected and leased by ``deadline``, moved by the pauses
         ``watch`` finds (see ``check_reachable``)."""
-        address = wait_for_endpoint(url, timeout, deadline)
+        address = wait_for_endpoint(url, timeout, moved(deadline, watch.began, 0.0, watch.paused_since)[0])
         self.url = url
         self.namespace = namespace
         self.client_id = p.new_client_id()

@@ -31,7 +31,13 @@ process, nothing to await to make one; the pytest plugin's ``tiger_aclient`` is 
 
 from __future__ import annotations
 
-import asyncio
+import tiger
+
+with tiger._importing:  # a fork waits for what this module loads first (zmq, tiger's client: see tiger._importing)
+    import asyncio
+
+    import tiger._client
+
 import builtins
 import concurrent.futures.thread  # noqa: F401  (off_loop's threads: imported at first use, it failed out of descriptors)
 import contextlib
