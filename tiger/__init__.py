@@ -14,9 +14,7 @@ plugin relies on this: a test run that uses no tiger fixture never imports zmq.
 
 from __future__ import annotations
 
-import _thread
 import importlib
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -89,49 +87,11 @@ __all__ = [
 ]
 
 
-# Held while ``__getattr__`` imports tiger's modules (zmq and msgpack with them: about 0.1 s), and taken by a fork
-# before it forks (``os.register_at_fork``): a process forked while another of its threads made the first
-# ``tiger.connect()`` got a child whose own connect hung for ever, on an import lock held by a thread the child does
-# not have (a user trial: 9 of 9 forks 0.05 s after the thread began). Re-entrant: an import may ask for another
-# lazy name. A fork waits for it at most FORK_WAIT seconds (a thread importing tiger could itself wait on an
-# import the forking thread is in the middle of), then forks as before.
-_importing = _thread.RLock()
-# per thread, whether each fork under way took it (a stack: a signal handler's fork may run inside another's hooks)
-_fork_took: dict[int, list[bool]] = {}
-FORK_WAIT = 10.0
-
-
-def _before_fork() -> None:
-    _fork_took.setdefault(_thread.get_ident(), []).append(_importing.acquire(timeout=FORK_WAIT))
-
-
-def _after_fork_in_parent() -> None:
-    took = _fork_took.get(_thread.get_ident())
-    if took and took.pop():
-        _importing.release()
-
-
-def _after_fork_in_child() -> None:
-    global _importing
-    _importing = _thread.RLock()  # (the parent's may be held by a thread the child has not)
-    _fork_took.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    # logging first: a fork takes logging's lock in its own hook (``logging`` registers one), and runs the hooks
-    # registered last first; registered before logging's (logging imported by tiger's modules as they load), this
-    # one waited for an import that waited for logging's lock (``getLogger`` as tiger's modules load), the fork
-    # went on after FORK_WAIT, and its child hung as before
-    import logging  # noqa: F401
-
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
-
-
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tiger' has no attribute {name!r}")
-    with _importing:
+    with importlib.import_module("tiger._loading").lock:  # (a fork waits for this load: see tiger._loading)
         if "pyfakefs.fake_filesystem_unittest" in sys.modules:  # (before tiger's modules are imported: see _unpatched)
             importlib.import_module("tiger._unpatched").leave_tiger_alone(import_modules=True)
         value = getattr(importlib.import_module(module), name)

@@ -31,12 +31,12 @@ process, nothing to await to make one; the pytest plugin's ``tiger_aclient`` is 
 
 from __future__ import annotations
 
-import tiger
+from tiger import _loading
 
-with tiger._importing:  # a fork waits for what this module loads first (zmq, tiger's client: see tiger._importing)
+with _loading.lock:  # a fork waits for what this module loads first (zmq, tiger's client: see tiger._loading)
     import asyncio
 
-    import tiger._client
+    import tiger._client  # noqa: F401
 
 import builtins
 import concurrent.futures.thread  # noqa: F401  (off_loop's threads: imported at first use, it failed out of descriptors)
