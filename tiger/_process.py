@@ -216,6 +216,10 @@ class PauseWatch:
             self._watching = False  # (what it saw is kept; none unseen is counted from now on)
             self._ended.release()
 
+    def moved(self, deadline: float) -> float:
+        """``deadline`` (``time.monotonic()``, taken as this watch began) moved by every pause found since then."""
+        return deadline + self.paused_since(self.began)
+
     def paused_since(self, since: float) -> float:
         """``paused_since(since)``, and a pause going on for this watch while it watches: it has not looked
         for more than ``PAUSE_OVER`` past its time, the process using less CPU than half as long meanwhile (a

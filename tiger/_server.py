@@ -801,7 +801,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     server_key = unshown(server_key)  # (first: see ``unshown``)
     deadline, watch = check_reachable(url, timeout)
     try:
-        address = wait_for_endpoint(url, timeout, moved(deadline, watch.began, 0.0, watch.paused_since)[0])
+        address = wait_for_endpoint(url, timeout, watch.moved(deadline))
         check_room("a tiger request", 10)
         ctx: zmq.Context[Any] = zmq.Context()
         try:
@@ -1031,7 +1031,7 @@ class NamespaceLease(Handle):
     ) -> None:
         """``__init__``'s steps after its checks: connected and leased by ``deadline``, moved by the pauses
         ``watch`` finds (see ``check_reachable``)."""
-        address = wait_for_endpoint(url, timeout, moved(deadline, watch.began, 0.0, watch.paused_since)[0])
+        address = wait_for_endpoint(url, timeout, watch.moved(deadline))
         self.url = url
         self.namespace = namespace
         self.client_id = p.new_client_id()
@@ -1049,7 +1049,7 @@ class NamespaceLease(Handle):
             finally:
                 self._sock.disable_monitor()  # (its events would pile up for the lease's life)
                 monitor.close(linger=0)
-            by = moved(deadline, watch.began, 0.0, watch.paused_since)[0]  # (a pause so far does not count)
+            by = watch.moved(deadline)  # (a pause so far does not count)
             expires, _ = call_expiry(by, clock_offset(sent, wall(), info) or 0.0)
             _send_once(self._sock, p.encode_call(p.Call(self.client_id, expires, p.Lease(2, namespace, self.client_id))))
             _answer(self._sock, url, deadline, timeout, watch=watch)
