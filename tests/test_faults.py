@@ -1305,6 +1305,123 @@ def test_a_feed_read_stopped_as_it_waited_counted_the_stop_against_its_timeout(c
         end_worker(reader)
 
 
+def stopped_past_the_heartbeat_timeout(pid: int, table: tiger.Table) -> None:
+    """A process 0.5 s into a wait of 3 s stopped for 5 s, past the writer's 3 s heartbeat timeout; a write to
+    ``table`` as it is stopped, and one after, which its replica finds a gap before: it reloads a snapshot (a
+    feed's reset). Returns 0.5 s after it resumed: 1 s of its wait spent."""
+    time.sleep(0.5)  # sleep-ok: the wait runs, 0.5 s of its 3 s spent
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        table.insert({"id": "missed"})  # (published as it is stopped: a gap to reload)
+        time.sleep(5.0)  # sleep-ok: how long the process is stopped
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    table.insert({"id": "next"})
+    time.sleep(0.5)  # sleep-ok: it runs on, its timeout not over (its stop does not count)
+
+
+WAIT_UNTIL_READER = """
+import asyncio, sys, tiger, tiger.aio
+url, table, how = sys.argv[1:]
+matches = lambda record: record.get("match", False)
+if how == "blocking":
+    with tiger.connect(url) as client:
+        print("waiting", flush=True)
+        try:
+            print("got", client.table(table).wait_until(matches, timeout=3.0)["id"], flush=True)
+        except tiger.TigerError as e:
+            print(type(e).__name__, e, flush=True)
+else:
+    async def main():
+        async with await tiger.aio.connect(url) as client:
+            print("waiting", flush=True)
+            try:
+                print("got", (await client.table(table).wait_until(matches, timeout=3.0))["id"], flush=True)
+            except tiger.TigerError as e:
+                print(type(e).__name__, e, flush=True)
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["blocking", "async"])
+def test_a_wait_until_stopped_past_the_heartbeat_timeout_raised_timeout_when_its_replica_reloaded(connect, how):
+    """Found by a trial (5 of 5): ``wait_until(predicate, timeout=3)`` stopped 0.5 s in for 5 s raised
+    ``Timeout`` as it resumed. Past the writer's 3 s heartbeat timeout its replica reloads a snapshot, and the
+    wait's feed yields a reset: the wait scanned the table again and went on with its first deadline, the stop
+    it had counted forgotten (and the async one began counting anew after the reset). A match stored 0.5 s
+    after it resumes is within what is left of its 3 s."""
+    writer_side = connect()
+    table = f"t{uuid.uuid4().hex[:8]}"
+    pipes = {"stdout": subprocess.PIPE, "text": True}
+    reader = subprocess.Popen([sys.executable, "-c", WAIT_UNTIL_READER, writer_side.url, table, how], **pipes)  # type: ignore[call-overload]
+    try:
+        assert read_line(reader, 60).strip() == "waiting"
+        stopped_past_the_heartbeat_timeout(reader.pid, writer_side.table(table))
+        writer_side.table(table).insert({"id": "late", "match": True})
+        assert read_line(reader, 30).strip() == "got late"
+        assert reader.wait(30) == 0
+    finally:
+        end_worker(reader)
+
+
+ONCE_WAITER = """
+import asyncio, sys, tiger, tiger.aio
+url, key, how = sys.argv[1:]
+if how == "blocking":
+    with tiger.connect(url) as client:
+        print("waiting", flush=True)
+        try:
+            print("got", client.once(key, lambda: "mine", timeout=3.0), flush=True)
+        except tiger.TigerError as e:
+            print(type(e).__name__, e, flush=True)
+else:
+    async def main():
+        async with await tiger.aio.connect(url) as client:
+            print("waiting", flush=True)
+            try:
+                print("got", await client.once(key, lambda: "mine", timeout=3.0), flush=True)
+            except tiger.TigerError as e:
+                print(type(e).__name__, e, flush=True)
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["blocking", "async"])
+def test_a_once_waiting_for_another_builder_stopped_midway_raised_timeout_as_it_resumed(connect, how):
+    """The same kind in ``once``: a caller waiting (``timeout=3``) for another process's build, stopped 0.5 s in
+    for 5 s, raised ``Timeout`` as it resumed. Its wait is made of 1 s slices, each moving its own deadline by
+    the pause it found, and it judged the whole wait against the unmoved one. The build ends 0.5 s after it
+    resumes, within what is left of its 3 s."""
+    builder = connect()
+    key = f"k{uuid.uuid4().hex[:8]}"
+    building, release = threading.Event(), threading.Event()
+
+    def build() -> str:
+        building.set()
+        assert release.wait(60)
+        return "built"
+
+    values: list[Any] = []
+    thread = threading.Thread(target=lambda: values.append(builder.once(key, build, timeout=60)), daemon=True)
+    thread.start()
+    pipes = {"stdout": subprocess.PIPE, "text": True}
+    waiter = None
+    try:
+        assert building.wait(30)
+        waiter = subprocess.Popen([sys.executable, "-c", ONCE_WAITER, builder.url, key, how], **pipes)  # type: ignore[call-overload]
+        assert read_line(waiter, 60).strip() == "waiting"
+        stopped_past_the_heartbeat_timeout(waiter.pid, builder.table("noise"))
+        release.set()
+        assert read_line(waiter, 30).strip() == "got built"
+        assert waiter.wait(30) == 0
+    finally:
+        release.set()
+        thread.join(30)
+        if waiter is not None:
+            end_worker(waiter)
+    assert values == ["built"]
+
+
 def test_an_async_connect_whose_loop_was_held_past_its_timeout_spun_for_ever_instead_of_raising():
     """Review: ``tiger.aio.connect(timeout=1)`` to a stopped writer, its event loop held 3.5 s by another
     task, never returned: the watch of its pauses had ended (at its deadline and a second) but went on

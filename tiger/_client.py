@@ -1077,8 +1077,10 @@ class Client(_Connection):
     def sync(self, timeout: float | None = None) -> None:
         """Return once the replica holds every write any client was answered for before this call.
         ``timeout``: seconds, above 0 (the writer's answer takes a round trip); default the client's."""
-        deadline = monotonic() + _timeout(timeout, self.timeout, positive=True)
+        began = monotonic()
+        first = began + _timeout(timeout, self.timeout, positive=True)
         while True:
+            deadline = moved(first, began, 0.0)[0]  # (by every pause found since it began, each step's own too)
             try:
                 reply = self._request(p.Sync(next(self._req_ids)), deadline)
                 break
@@ -1086,9 +1088,9 @@ class Client(_Connection):
                 refused = recently_refused(self.url) if monotonic() < deadline else None  # (past it: raised)
                 with contextlib.suppress(Timeout):
                     self.replica.wait_until(*self._heard_again(unavailable, deadline, refused))
-                if monotonic() >= deadline:
+                if monotonic() >= moved(first, began, 0.0)[0]:
                     raise
-        self.replica.catch_up(reply, deadline)
+        self.replica.catch_up(reply, moved(first, began, 0.0)[0])
 
     def batch(self, timeout: float | None = None) -> Batch:
         """Writes across tables and namespaces sent as one command when the ``with`` block ends, applied
@@ -1340,12 +1342,16 @@ class Client(_Connection):
         The change is not published to this client's replica: it comes in the reply (its records
         decoded frozen), and ``catch_up`` applies it in seq order.
         """
+        began = monotonic()
         if deadline is None:
-            deadline = monotonic() + self.timeout
+            deadline = began + self.timeout
         reply = None
         try:
             reply = self._request(request, deadline, own=True)
-            self.replica.catch_up(reply, deadline, own=True)
+            # each step moves its deadline by the pauses it found: the next is given the deadline moved by all
+            # of them (a write stopped 10 s in flight raised Timeout "loading a snapshot" though applied: its
+            # replica reloaded as it resumed, and the wait for it began past the unmoved deadline)
+            self.replica.catch_up(reply, moved(deadline, began, 0.0)[0], own=True)
         except BaseException:  # (a signal between the answer and its deposit: the answer is taken now, else
             self.replica.answer_left(request.req_id, reply)  # type: ignore[union-attr]  # a gap waits the timeout)
             raise
@@ -1571,6 +1577,7 @@ class Table(_TableReads):
         no limit); else ``tiger.Timeout``. ``predicate`` runs in this thread; what it raises is raised.
         """
         ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
+        began = monotonic()  # (once: a stop counted by a feed before its reset still does not count after it)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
@@ -1578,7 +1585,7 @@ class Table(_TableReads):
                 if found is not None:
                     return found
                 try:
-                    found = _first_put(feed, predicate, deadline)
+                    found = _first_put(feed, predicate, deadline, began)
                 except FeedOverflow:
                     continue  # fell behind (a slow predicate): scan again
                 except Timeout:  # past the deadline
@@ -1625,12 +1632,13 @@ class Table(_TableReads):
 _NOT_AWAITED = "wait_until calls it with each record and takes its result as true or false, without awaiting it"
 
 
-def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float | None) -> Record | None:
+def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float | None, began: float) -> Record | None:
     """The record of the first "put" on ``feed`` matching ``predicate`` that its write leaves stored
-    (``lasting_match``; ``Timeout`` past ``deadline``); None after a "reset" (changes may have been missed:
-    the caller scans the table again)."""
+    (``lasting_match``; ``Timeout`` past ``deadline``, moved by the pauses since the wait ``began``, every one
+    of them: a wait that scanned again after a reset and counted anew raised as it resumed from a stop); None
+    after a "reset" (changes may have been missed: the caller scans the table again)."""
     change: Change | None = None  # read already, not yet looked at
-    began, counted = monotonic(), 0.0
+    counted = 0.0
     while True:
         if change is None:
             if deadline is not None:

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._calls import callable_name
-from tiger._clock import monotonic, paused_since
+from tiger._clock import monotonic, moved, paused_since
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, mark_stopped, stopped_from_outside
 from tiger._feed import off_loop, running_loop
 from tiger._owned import DriversLock, OwnedAsyncLock, OwnedLock
@@ -319,7 +319,7 @@ class Once:
                 raise _async_factory(factory, "a coroutine function")
             if inspect.isasyncgenfunction(factory):
                 raise _async_factory(factory, "an async generator function")
-            deadline = _deadline(wait)
+            deadline, began = _deadline(wait), monotonic()
             mine = (threading.get_ident(), None)
             if self._held_by_thread((scope, key), mine[0]):  # this thread builds it (or its loop's task does)
                 raise TigerError(_REENTERED.format(key=key))
@@ -331,7 +331,8 @@ class Once:
             try:
                 if not lock.take(mine, deadline) or not across.take(mine, deadline):
                     raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
-                return _drive(client, self._value(client, key, scope, factory, wait, deadline, in_scope, INTERRUPTIONS))
+                value = self._value(client, key, scope, factory, wait, moved(deadline, began, 0.0)[0], in_scope, INTERRUPTIONS)
+                return _drive(client, value)
             finally:
                 try:  # (each twice: see ``tiger._owned``)
                     across.let_go(mine)
@@ -361,7 +362,7 @@ class Once:
         __tracebackhide__ = True
         import asyncio  # here: the blocking client never imports asyncio
 
-        deadline = _deadline(wait)
+        deadline, began = _deadline(wait), monotonic()
         interruptions = (*INTERRUPTIONS, asyncio.CancelledError)
         locks = self._async_key_locks()  # (first: it names asyncio when no loop runs)
         mine = (threading.get_ident(), id(asyncio.current_task()))
@@ -380,7 +381,8 @@ class Once:
         try:
             if not await lock.take(mine, deadline) or not await across.take_async(mine, deadline):
                 raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
-            return await _drive_async(client, self._value(client, key, scope, factory, wait, deadline, in_scope, interruptions))
+            value = self._value(client, key, scope, factory, wait, moved(deadline, began, 0.0)[0], in_scope, interruptions)
+            return await _drive_async(client, value)
         finally:
             try:  # (each twice: see ``tiger._owned``)
                 across.let_go(mine)
@@ -505,6 +507,8 @@ class Once:
     ) -> Steps[Any]:
         __tracebackhide__ = True
         claims: list[int] = []  # the request id of each claim sent: a release names the first and the last
+        began = monotonic()  # each step is given ``deadline`` moved by every pause found since (its own waits
+        # count only those they find: a wait for another builder stopped past its timeout raised as it resumed)
 
         def claim_request() -> p.OnceClaim:
             claims.append(next(client._req_ids))
@@ -512,14 +516,16 @@ class Once:
 
         while True:
             try:
-                claim: p.Ok = yield from _written(client, claim_request, deadline)
+                claim: p.Ok = yield from _written(client, claim_request, moved(deadline, began, 0.0)[0])
             except BaseException:  # (interrupted, or unanswered: Timeout, Unavailable) the claim may have been
                 if claims:  # applied: give it up if ours (none made: a signal before the first; an IndexError
                     yield from _release(client, key, scope, (claims[0], claims[-1]))  # hid it, a signal storm test)
                 raise
             if claim.result == "build":
                 span = (claims[0], claims[-1])  # (a release names the call's claims: any may be the one applied)
-                built = yield from self._build(client, key, scope, factory, in_scope, interruptions, deadline, span)
+                built = yield from self._build(
+                    client, key, scope, factory, in_scope, interruptions, moved(deadline, began, 0.0)[0], span
+                )
                 if built is not _SUPERSEDED:
                     return built
                 continue
@@ -528,7 +534,7 @@ class Once:
                 self._holding(client, scope, key, record)
                 return _once_value(record)
             owner = None if record is None else record["owner"]
-            yield from _wait_for_builder(client, key, scope, owner, deadline, wait)
+            yield from _wait_for_builder(client, key, scope, owner, moved(deadline, began, 0.0)[0], wait)
 
     def _holding(self, client: OnceClient, scope: str, key: str, record: Record) -> None:
         """Note that this client got ``key``'s value, built by another client with a teardown (the writer
@@ -780,7 +786,10 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
     writer was paused (a user trial); but a try is given at least ``RELEASE_WAIT`` seconds (at most the
     client's timeout), the round trip a call makes even with ``timeout=0`` (which raised at once)."""
     limit = None if math.isinf(deadline) else deadline
+    began, counted = monotonic(), 0.0
     while True:
+        if limit is not None:
+            limit, counted = moved(limit, began, counted)  # (a pause of this process does not count)
         try:
             now = monotonic()
             tried = now + client.timeout
@@ -789,11 +798,11 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
             return reply
         except Unavailable as unavailable:
             if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
-                limit = monotonic() + client.timeout
+                limit, counted = monotonic() + client.timeout, paused_since(began)
             refused = (yield Probe(client.url)) if monotonic() < limit else None  # (past it: raised)
             with contextlib.suppress(Timeout):  # (as ``Client.sync`` waits: past the limit, or gone, it raises)
                 yield Until(*client._heard_again(unavailable, limit, refused))
-            if monotonic() >= limit:
+            if monotonic() >= moved(limit, began, counted)[0]:
                 raise
 
 
@@ -804,7 +813,9 @@ def _wait_for_builder(
     A writer that is gone (silent, and nothing accepts connections at its url) is not waited for: with no
     timeout, a waiter whose writer was killed during the build waited for good, and a pytest-xdist run
     with it (a user trial); it raises ``Unavailable`` within about a second of finding it so."""
+    began, counted = monotonic(), 0.0
     while True:
+        deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
         now = monotonic()
         try:
             yield Until(
@@ -814,7 +825,7 @@ def _wait_for_builder(
             )
             return
         except Timeout:
-            if monotonic() >= deadline:
+            if monotonic() >= moved(deadline, began, counted)[0]:  # (the slice's wait found a pause: not past it)
                 raise
         if not _heard(client):
             gone = yield Probe(client.url)

@@ -347,8 +347,10 @@ class AsyncClient(_Connection):
     async def sync(self, timeout: float | None = None) -> None:
         """Return once the replica holds every write any client was answered for before this call.
         ``timeout``: seconds, above 0; default the client's."""
-        deadline = monotonic() + _timeout(timeout, self.timeout, positive=True)
+        began = monotonic()
+        first = began + _timeout(timeout, self.timeout, positive=True)
         while True:
+            deadline = moved(first, began, 0.0)[0]  # (as ``Client.sync``)
             try:
                 reply = await self._request(p.Sync(next(self._req_ids)), deadline)
                 break
@@ -356,9 +358,9 @@ class AsyncClient(_Connection):
                 refused = await off_loop(recently_refused, self.url) if monotonic() < deadline else None
                 with contextlib.suppress(Timeout):
                     await self.replica.until(*self._heard_again(unavailable, deadline, refused), self._owner)
-                if monotonic() >= deadline:
+                if monotonic() >= moved(first, began, 0.0)[0]:
                     raise
-        await self._caught_up(reply, deadline)
+        await self._caught_up(reply, moved(first, began, 0.0)[0])
 
     def batch(self, timeout: float | None = None) -> AsyncBatch:
         """Writes across tables and namespaces sent as one command when the ``async with`` block ends,
@@ -735,12 +737,13 @@ class AsyncClient(_Connection):
     async def _write(self, request: p.Request, deadline: float | None = None) -> p.Ok:
         """A write: returns once the local replica holds its change (read-your-writes), by ``deadline``
         (``time.monotonic()`` seconds; None: the client's timeout from now)."""
+        began = monotonic()
         if deadline is None:
-            deadline = monotonic() + self.timeout
+            deadline = began + self.timeout
         reply = None
         try:
             reply = await self._request(request, deadline, own=True)
-            await self._caught_up(reply, deadline, own=True)
+            await self._caught_up(reply, moved(deadline, began, 0.0)[0], own=True)  # (as ``Client._write``)
         except asyncio.CancelledError:  # (a call cancelled unanswered is finished by ``_answer_later``)
             raise
         except GeneratorExit:  # its coroutine closed (collected, its loop closed under it): see ``Replica.later``
@@ -800,12 +803,12 @@ class AsyncTable(_TableReads):
         ``predicate(record)`` is true, stored now or the first to be stored within ``timeout`` seconds
         (None: no limit); else ``tiger.Timeout``. ``predicate`` runs in this task's thread, the loop's."""
         ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
+        began, counted = monotonic(), 0.0  # (once: a stop found by a feed before its reset counts after it too)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
                 found = self._scan(ns, predicate)
                 change: Change | None = None  # read already, not yet looked at (after a write's parts)
-                began, counted = monotonic(), 0.0
                 while found is None:
                     try:
                         if change is None:
