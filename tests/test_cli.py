@@ -146,6 +146,33 @@ def test_namespaces_a_kept_or_killed_run_left_at_a_writer_could_be_dropped_only_
         assert client.namespaces() == ["keep"] and client.stats()["seq"] == seq
 
 
+@pytest.mark.parametrize("command", ["dump", "stats"])
+def test_a_command_whose_reader_went_away_printed_broken_pipe_and_a_traceback(foreground, command):
+    """A user trial: ``tiger dump | head`` and ``tiger stats | head -1`` printed "[Errno 32] Broken pipe" (and,
+    for a short output written by the flush at exit, a traceback). A command of a pipeline whose reader is gone
+    says nothing: exit status 1, stderr empty (Python's documented way, its SIGPIPE note)."""
+    _, url = foreground
+    with tiger.connect(url) as client:
+        client.table("plans").insert_many([{"n": n} for n in range(2000)])
+    proc = subprocess.Popen([*TIGER, command, "--url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()  # gone before it writes a byte (it takes a tenth of a second to start)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (1, "")
+
+
+def test_a_writer_that_could_not_print_its_url_left_its_ipc_socket_files(tmp_path):
+    """Where else a closed output was met: ``tiger serve | true``. The writer cannot say where it serves, so it
+    ends, saying why on stderr (as before), and now removes the socket files it made (it left them)."""
+    url = f"ipc://{tmp_path}/w.ipc"
+    proc = subprocess.Popen([*TIGER, "serve", "--url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (1, "tiger serve: [Errno 32] Broken pipe\n")
+    assert os.listdir(tmp_path) == []
+
+
 def test_stats_prints_a_name_holding_a_newline_or_nul_on_its_own_line(foreground):
     # A user trial: a table named "a\nb" broke tiger stats' layout, and a NUL made grep take its output for binary.
     _, url = foreground

@@ -177,6 +177,18 @@ def _connected(url: str, timeout: float) -> Client:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        code = _command(args)
+        sys.stdout.flush()  # (here: a reader gone is found now, not by the flush at exit, which printed a traceback)
+        return code
+    except BrokenPipeError:  # what read the output went away (``tiger dump | head``): nothing to say, as other
+        # commands of a pipeline; "tiger dump: [Errno 32] Broken pipe" was printed, and a traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's documented way: its "SIGPIPE" note)
+        return 1
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` name; its exit status. Its errors are said on stderr (status 1)."""
+    try:
         if args.command in ("stats", "load", "dump", "compact", "drop"):
             check_server_key(env_server_key())  # (before any probe of the url: a bad key is said whatever is there)
         if args.command == "serve":
@@ -254,7 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"tiger {args.command}: {e} ({_advice(args.url, getattr(args, 'timeout', 5.0))})", sys.stderr)
         return 1
     except (TigerError, ValueError, TypeError, OSError) as e:
-        say(f"tiger {args.command}: {e}", sys.stderr)
+        if isinstance(e, BrokenPipeError) and args.command != "serve":  # (its output's reader gone: ``main``)
+            raise
+        say(f"tiger {args.command}: {e}", sys.stderr)  # (a writer that could not print its url says why it ends)
         if args.command == "serve" and args.failure_on_stdout:  # (where tiger.serve() reads why, as serve_forever's)
             say(f"{NOT_STARTED}tiger {args.command}: {e}", flush=True)
         return 1

@@ -567,7 +567,11 @@ def serve_forever(
         return refuse(f"tiger: cannot use the data directory (--data): {e}", 3)
     except ValueError as e:
         return refuse(f"tiger: {e}", 2)
-    p.say(f"tiger writer serving at {writer.url}", flush=True)
+    try:
+        p.say(f"tiger writer serving at {writer.url}", flush=True)
+    except BaseException:  # (its output closed, ``tiger serve | true``: it ended, and left its ipc socket files)
+        writer.close()
+        raise
     log.info("epoch %s, publishing at %s", writer.epoch, writer.pub_url)
     try:
         writer.run(watch_fd=sys.stdin.fileno() if watch_stdin else None)
