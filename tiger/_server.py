@@ -837,12 +837,11 @@ def check_reachable(url: str, timeout: float) -> tuple[float, PauseWatch]:
     watch = PauseWatch(deadline + 1.0, began)
     try:
         unreachable = why_unreachable(url, min(1.0, timeout / 2))  # (half at most: the call's own wait follows)
-    except BaseException:
+        if unreachable is not None:
+            raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
+    except BaseException:  # (the watch is the caller's only once returned)
         watch.stop()
         raise
-    if unreachable is not None:
-        watch.stop()
-        raise Unavailable(f"the tiger writer at {url} is not there: {unreachable}")
     return deadline, watch
 
 
