@@ -114,7 +114,7 @@ def test_the_logic_needs_no_io_a_build_and_a_failure_driven_by_hand():
     store = t.Store()
     builder, later = InMemory(store, "c1"), InMemory(store, "c2")
     factory = lambda: 1  # noqa: E731
-    steps = Once()._value(builder, "k", "global", factory, None, math.inf, False, INTERRUPTIONS)
+    steps = Once()._value(builder, "k", "global", factory, None, (math.inf, 0.0), False, INTERRUPTIONS)
     claim = next(steps)
     assert type(claim) is Write and type(claim.request) is p.OnceClaim
     assert steps.send(builder.answer(claim.request)) == Build(factory, None)  # the driver runs it, not the logic
@@ -123,12 +123,12 @@ def test_the_logic_needs_no_io_a_build_and_a_failure_driven_by_hand():
     with pytest.raises(StopIteration) as done:
         steps.send(builder.answer(finish.request))
     assert done.value.value == {"v": 1}
-    steps = Once()._value(later, "k", "global", lambda: 2, None, math.inf, False, INTERRUPTIONS)
+    steps = Once()._value(later, "k", "global", lambda: 2, None, (math.inf, 0.0), False, INTERRUPTIONS)
     with pytest.raises(StopIteration) as done:  # done already: no Build asked for
         steps.send(later.answer(next(steps).request))
     assert done.value.value == {"v": 1}
 
-    steps = Once()._value(builder, "f", "global", lambda: 1, None, math.inf, False, INTERRUPTIONS)
+    steps = Once()._value(builder, "f", "global", lambda: 1, None, (math.inf, 0.0), False, INTERRUPTIONS)
     steps.send(builder.answer(next(steps).request))
     failure = steps.throw(KeyError("no such fixture"))  # what the factory raised, at the Build
     assert type(failure) is Write and failure.request.outcome == "error"
@@ -206,7 +206,7 @@ def test_a_closing_client_lets_go_of_what_it_got_after_its_own_value_before_wait
         return p.Ok(request.req_id, "epoch", 0, change, result)
 
     def got(once: Once, client: InMemory, key: str) -> Any:
-        steps = once._value(client, key, "global", resource, None, math.inf, False, INTERRUPTIONS)
+        steps = once._value(client, key, "global", resource, None, (math.inf, 0.0), False, INTERRUPTIONS)
         reply: Any = None
         try:
             while True:
@@ -258,7 +258,7 @@ def test_a_call_whose_first_claim_was_applied_unanswered_gives_that_claim_up_dri
     client = InMemory(store, "c1")
     client.heartbeat_timeout = 2.0  # type: ignore[attr-defined]
     client._heard_again = lambda unavailable, deadline, refused: ((lambda: True), deadline, lambda: str(unavailable))  # type: ignore[attr-defined]
-    steps = Once()._value(client, "k", "global", lambda: 1, 10.0, time.monotonic() + 10, False, INTERRUPTIONS)
+    steps = Once()._value(client, "k", "global", lambda: 1, 10.0, (time.monotonic() + 10, time.monotonic()), False, INTERRUPTIONS)
     first = next(steps)
     client.answer(first.request)  # applied; its answer lost:
     assert type(steps.throw(tiger.Unavailable("no answer"))) is Probe  # (the url: a writer gone is not waited for)

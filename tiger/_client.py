@@ -36,7 +36,7 @@ from tiger._calls import (
     resend_interval,
     stretched,
 )
-from tiger._clock import mark, monotonic, moved, overslept, paused_since, wall
+from tiger._clock import mark, monotonic, moved, overslept, paused_since, unpaused, wall
 from tiger._core import LEASE_GRACE
 from tiger._errors import (
     FAILURES,
@@ -1078,19 +1078,19 @@ class Client(_Connection):
         """Return once the replica holds every write any client was answered for before this call.
         ``timeout``: seconds, above 0 (the writer's answer takes a round trip); default the client's."""
         began = monotonic()
-        first = began + _timeout(timeout, self.timeout, positive=True)
+        deadline = began + _timeout(timeout, self.timeout, positive=True)  # (each step's moved by the pauses since)
         while True:
-            deadline = moved(first, began, 0.0)[0]  # (by every pause found since it began, each step's own too)
             try:
-                reply = self._request(p.Sync(next(self._req_ids)), deadline)
+                reply = self._request(p.Sync(next(self._req_ids)), unpaused(deadline, began))
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
-                refused = recently_refused(self.url) if monotonic() < deadline else None  # (past it: raised)
+                left_until = unpaused(deadline, began)
+                refused = recently_refused(self.url) if monotonic() < left_until else None  # (past it: raised)
                 with contextlib.suppress(Timeout):
-                    self.replica.wait_until(*self._heard_again(unavailable, deadline, refused))
-                if monotonic() >= moved(first, began, 0.0)[0]:
+                    self.replica.wait_until(*self._heard_again(unavailable, left_until, refused))
+                if monotonic() >= unpaused(deadline, began):
                     raise
-        self.replica.catch_up(reply, moved(first, began, 0.0)[0])
+        self.replica.catch_up(reply, deadline, since=began)
 
     def batch(self, timeout: float | None = None) -> Batch:
         """Writes across tables and namespaces sent as one command when the ``with`` block ends, applied
@@ -1348,10 +1348,8 @@ class Client(_Connection):
         reply = None
         try:
             reply = self._request(request, deadline, own=True)
-            # each step moves its deadline by the pauses it found: the next is given the deadline moved by all
-            # of them (a write stopped 10 s in flight raised Timeout "loading a snapshot" though applied: its
-            # replica reloaded as it resumed, and the wait for it began past the unmoved deadline)
-            self.replica.catch_up(reply, moved(deadline, began, 0.0)[0], own=True)
+            # every pause since the write began counts, the request's too (``since``)
+            self.replica.catch_up(reply, deadline, own=True, since=began)
         except BaseException:  # (a signal between the answer and its deposit: the answer is taken now, else
             self.replica.answer_left(request.req_id, reply)  # type: ignore[union-attr]  # a gap waits the timeout)
             raise
@@ -1577,7 +1575,7 @@ class Table(_TableReads):
         no limit); else ``tiger.Timeout``. ``predicate`` runs in this thread; what it raises is raised.
         """
         ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
-        began = monotonic()  # (once: a stop counted by a feed before its reset still does not count after it)
+        began = monotonic()  # (outside the loop: a stop counted before a feed's reset counts after it too)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:

@@ -118,6 +118,14 @@ def last_pause_end() -> float:
         return _pauses[-1][1] if _pauses else -math.inf
 
 
+def unpaused(deadline: float, since: float) -> float:
+    """``deadline`` (``monotonic()``) of a call that began at ``since``, moved by every pause found since: what
+    a call made of several steps gives its next step, which counts from its own start only the pauses it
+    finds. (A pause is found by the first wait that ends late after it, often the replica thread's, a moment
+    after the step that slept through it: a step that must count that one too is given ``since`` itself.)"""
+    return deadline + paused_since(since)
+
+
 def moved(deadline: float, began: float, counted: float, found: Callable[[float], float] | None = None) -> tuple[float, float]:
     """A wait's ``deadline`` (``monotonic()``) moved by the pauses found since it ``began``, beyond the ``counted``
     ones; and the pauses counted now. Time this process was not running does not count against a wait.

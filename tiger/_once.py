@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 
 from tiger import _protocol as p
 from tiger._calls import callable_name
-from tiger._clock import monotonic, moved, paused_since
+from tiger._clock import monotonic, moved, paused_since, unpaused
 from tiger._errors import OnceFailed, TigerError, Timeout, Unavailable, mark_stopped, stopped_from_outside
 from tiger._feed import off_loop, running_loop
 from tiger._owned import DriversLock, OwnedAsyncLock, OwnedLock
@@ -319,7 +319,8 @@ class Once:
                 raise _async_factory(factory, "a coroutine function")
             if inspect.isasyncgenfunction(factory):
                 raise _async_factory(factory, "an async generator function")
-            deadline, began = _deadline(wait), monotonic()
+            began = monotonic()  # (each step's deadline moved by every pause since: ``unpaused``)
+            deadline = _deadline(wait, began)
             mine = (threading.get_ident(), None)
             if self._held_by_thread((scope, key), mine[0]):  # this thread builds it (or its loop's task does)
                 raise TigerError(_REENTERED.format(key=key))
@@ -329,10 +330,9 @@ class Once:
             lock = self._locks.use((scope, key))
             across = self._drivers.use((scope, key))  # (and with the callers of every other driver: rule 5)
             try:
-                if not lock.take(mine, deadline) or not across.take(mine, deadline):
+                if not lock.take(mine, deadline) or not across.take(mine, unpaused(deadline, began)):
                     raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
-                value = self._value(client, key, scope, factory, wait, moved(deadline, began, 0.0)[0], in_scope, INTERRUPTIONS)
-                return _drive(client, value)
+                return _drive(client, self._value(client, key, scope, factory, wait, (deadline, began), in_scope, INTERRUPTIONS))
             finally:
                 try:  # (each twice: see ``tiger._owned``)
                     across.let_go(mine)
@@ -362,7 +362,8 @@ class Once:
         __tracebackhide__ = True
         import asyncio  # here: the blocking client never imports asyncio
 
-        deadline, began = _deadline(wait), monotonic()
+        began = monotonic()  # (as ``value``)
+        deadline = _deadline(wait, began)
         interruptions = (*INTERRUPTIONS, asyncio.CancelledError)
         locks = self._async_key_locks()  # (first: it names asyncio when no loop runs)
         mine = (threading.get_ident(), id(asyncio.current_task()))
@@ -379,10 +380,10 @@ class Once:
         # two tasks of this loop never both build one key, nor a task and a caller of another thread or loop
         # sharing these keys (rule 5); the wait for the other is the caller's too, never blocking the loop
         try:
-            if not await lock.take(mine, deadline) or not await across.take_async(mine, deadline):
+            if not await lock.take(mine, deadline) or not await across.take_async(mine, unpaused(deadline, began)):
                 raise Timeout(f"once {key!r} was not built by another caller within {wait:g}s")
-            value = self._value(client, key, scope, factory, wait, moved(deadline, began, 0.0)[0], in_scope, interruptions)
-            return await _drive_async(client, value)
+            steps = self._value(client, key, scope, factory, wait, (deadline, began), in_scope, interruptions)
+            return await _drive_async(client, steps)
         finally:
             try:  # (each twice: see ``tiger._owned``)
                 across.let_go(mine)
@@ -501,14 +502,16 @@ class Once:
         scope: str,
         factory: Callable[[], Any],
         wait: float | None,
-        deadline: float,
+        call: tuple[float, float],
         in_scope: bool,
         interruptions: tuple[type[BaseException], ...],
     ) -> Steps[Any]:
+        """The steps of ``once``: claim the key, build it or wait for its builder. ``call``: the call's deadline
+        (``time.monotonic()``; ``math.inf``: none) and when it began, since when every pause found moves the
+        deadline (a waiter for another builder stopped midway raised as it resumed: each step counted only the
+        pauses it found itself)."""
         __tracebackhide__ = True
         claims: list[int] = []  # the request id of each claim sent: a release names the first and the last
-        began = monotonic()  # each step is given ``deadline`` moved by every pause found since (its own waits
-        # count only those they find: a wait for another builder stopped past its timeout raised as it resumed)
 
         def claim_request() -> p.OnceClaim:
             claims.append(next(client._req_ids))
@@ -516,16 +519,14 @@ class Once:
 
         while True:
             try:
-                claim: p.Ok = yield from _written(client, claim_request, moved(deadline, began, 0.0)[0])
+                claim: p.Ok = yield from _written(client, claim_request, *call)
             except BaseException:  # (interrupted, or unanswered: Timeout, Unavailable) the claim may have been
                 if claims:  # applied: give it up if ours (none made: a signal before the first; an IndexError
                     yield from _release(client, key, scope, (claims[0], claims[-1]))  # hid it, a signal storm test)
                 raise
             if claim.result == "build":
                 span = (claims[0], claims[-1])  # (a release names the call's claims: any may be the one applied)
-                built = yield from self._build(
-                    client, key, scope, factory, in_scope, interruptions, moved(deadline, began, 0.0)[0], span
-                )
+                built = yield from self._build(client, key, scope, factory, in_scope, interruptions, unpaused(*call), span)
                 if built is not _SUPERSEDED:
                     return built
                 continue
@@ -534,7 +535,7 @@ class Once:
                 self._holding(client, scope, key, record)
                 return _once_value(record)
             owner = None if record is None else record["owner"]
-            yield from _wait_for_builder(client, key, scope, owner, moved(deadline, began, 0.0)[0], wait)
+            yield from _wait_for_builder(client, key, scope, owner, call, wait)
 
     def _holding(self, client: OnceClient, scope: str, key: str, record: Record) -> None:
         """Note that this client got ``key``'s value, built by another client with a teardown (the writer
@@ -668,21 +669,21 @@ class Once:
                 yield Sync(wait)  # every holder the writer knows of is in this replica
         # ``until`` moves by the time this process was not running (Ctrl-Z on the run then fg: the teardowns
         # left were skipped as not run)
-        while self._teardowns and monotonic() < until + paused_since(began):
+        while self._teardowns and monotonic() < unpaused(until, began):
             # the newest first; taken off only when it runs: a wait interrupted before (a cancelled close)
             # leaves it to run at the next tear-down
             (scope, key), (teardown, in_scope) = next(reversed(self._teardowns.items()))
             if leaving:
                 try:
-                    yield from self._let_go(client, self._built_at.get((scope, key), -1), deadline)
+                    yield from self._let_go(client, self._built_at.get((scope, key), -1), unpaused(deadline, began))
                 except stop_on as stopped:  # (a cancelled close, a Ctrl-C): as in a teardown, nothing more
                     errors.append((key, stopped))
                     break
             if wait > 0 and client.replica.silent_for() <= client.heartbeat_timeout:
                 with contextlib.suppress(Timeout):
-                    yield Until(
+                    yield Until(  # (a stop during a teardown before, or the sync: not counted)
                         lambda scope=scope, key=key: not _held(once_record(client, scope, key)),  # type: ignore[misc]
-                        deadline,
+                        unpaused(deadline, began),
                         lambda: "",
                     )
                 holders = _held(once_record(client, scope, key))
@@ -693,7 +694,7 @@ class Once:
             self._own_values.pop((scope, key), None)
             self._built.pop((scope, key), None)  # torn down: never to be delivered later
             try:
-                error = yield TearDown(key, teardown, scope if in_scope else None, until + paused_since(began))
+                error = yield TearDown(key, teardown, scope if in_scope else None, unpaused(until, began))
             except stop_on as stopped:  # (raised by the driver around it): its outcome, the errors so far kept
                 error = stopped
             if error is not None:  # reported, and the other teardowns still run
@@ -773,7 +774,7 @@ def _sendable(text: str) -> str:
     return text if len(text) <= _MAX_REPORT else text[:_MAX_REPORT] + f"... ({len(text)} characters)"
 
 
-def _written(client: OnceClient, request: Callable[[], p.Request], deadline: float) -> Steps[p.Ok]:
+def _written(client: OnceClient, request: Callable[[], p.Request], deadline: float, since: float | None = None) -> Steps[p.Ok]:
     """``Write(request())``, made again while the writer is unavailable (paused, stalled, restarting) until
     ``deadline`` (with none, ``math.inf``: for the client's ``timeout`` from the first failure): a writer
     silent for 3 s as a build ended made its builder give up, release the key and raise, although its
@@ -784,9 +785,10 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
     url (a paused process's kernel still does), or past that time, the last ``Unavailable`` is raised.
     Each try ends by ``deadline``: a call with a 1 s timeout raised after the client's 3 s when the
     writer was paused (a user trial); but a try is given at least ``RELEASE_WAIT`` seconds (at most the
-    client's timeout), the round trip a call makes even with ``timeout=0`` (which raised at once)."""
+    client's timeout), the round trip a call makes even with ``timeout=0`` (which raised at once). ``since``:
+    when the call began (``deadline`` is then unmoved): every pause since moves the deadline (``unpaused``)."""
     limit = None if math.isinf(deadline) else deadline
-    began, counted = monotonic(), 0.0
+    began, counted = monotonic() if since is None else since, 0.0
     while True:
         if limit is not None:
             limit, counted = moved(limit, began, counted)  # (a pause of this process does not count)
@@ -797,8 +799,9 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
             reply: p.Ok = yield Write(request(), None if limit is None or limit >= tried else max(limit, floor))
             return reply
         except Unavailable as unavailable:
-            if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure
-                limit, counted = monotonic() + client.timeout, paused_since(began)
+            if limit is None:  # no deadline of the caller's: the client's timeout, from the first failure (the
+                limit, counted = monotonic() + client.timeout, paused_since(began)  # pauses before it: not its)
+            limit, counted = moved(limit, began, counted)  # (the try may have been stopped: not past it then)
             refused = (yield Probe(client.url)) if monotonic() < limit else None  # (past it: raised)
             with contextlib.suppress(Timeout):  # (as ``Client.sync`` waits: past the limit, or gone, it raises)
                 yield Until(*client._heard_again(unavailable, limit, refused))
@@ -807,15 +810,15 @@ def _written(client: OnceClient, request: Callable[[], p.Request], deadline: flo
 
 
 def _wait_for_builder(
-    client: OnceClient, key: str, scope: str, owner: str | None, deadline: float, wait: float | None
+    client: OnceClient, key: str, scope: str, owner: str | None, call: tuple[float, float], wait: float | None
 ) -> Steps[None]:
     """Until the key's record moves (built, failed, released, claimed anew) or ``deadline`` (``Timeout``).
     A writer that is gone (silent, and nothing accepts connections at its url) is not waited for: with no
     timeout, a waiter whose writer was killed during the build waited for good, and a pytest-xdist run
-    with it (a user trial); it raises ``Unavailable`` within about a second of finding it so."""
-    began, counted = monotonic(), 0.0
+    with it (a user trial); it raises ``Unavailable`` within about a second of finding it so. ``call``: the
+    call's deadline (``time.monotonic()``) and when it began: every pause since moves it (``unpaused``)."""
     while True:
-        deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
+        deadline = unpaused(*call)  # (each 1 s slice counts only the pauses it found, and not all of those)
         now = monotonic()
         try:
             yield Until(
@@ -825,7 +828,7 @@ def _wait_for_builder(
             )
             return
         except Timeout:
-            if monotonic() >= moved(deadline, began, counted)[0]:  # (the slice's wait found a pause: not past it)
+            if monotonic() >= unpaused(*call):  # (the slice's wait found a pause: not past it)
                 raise
         if not _heard(client):
             gone = yield Probe(client.url)
@@ -1045,9 +1048,9 @@ def _async_factory(factory: Callable[[], Any], kind: str) -> _AsyncFactory:
     return _AsyncFactory(f"factory {name} is asynchronous ({kind}); the blocking Client.once cannot await it: {advice}")
 
 
-def _deadline(wait: float | None) -> float:
-    """The ``time.monotonic()`` at which a wait of ``wait`` seconds (None: no limit) ends."""
-    return math.inf if wait is None else monotonic() + wait
+def _deadline(wait: float | None, began: float) -> float:
+    """The ``time.monotonic()`` at which a wait of ``wait`` seconds (None: no limit) begun at ``began`` ends."""
+    return math.inf if wait is None else began + wait
 
 
 def once_record(client: OnceClient, scope: str, key: str) -> Record | None:

@@ -291,6 +291,7 @@ class DriversLock(OwnedLock):
                 self._loop = (me, LoopGate(loop))
                 return True
         gate = LoopGate(loop)
+        began, counted = monotonic(), 0.0
         try:
             while True:
                 with self._guard:
@@ -299,6 +300,7 @@ class DriversLock(OwnedLock):
                     if self.holder is me:
                         return True
                     woken = gate.future
+                deadline, counted = moved(deadline, began, counted)  # (by pauses other threads found, as ``take``)
                 left = deadline - monotonic()
                 if left <= 0:
                     return False

@@ -420,13 +420,14 @@ class Replica:
         else:
             self.call_failed(req_id)
 
-    def catch_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
+    def catch_up(self, answer: p.Ok, deadline: float, own: bool = False, since: float | None = None) -> None:
         """Return once the replica has applied the answer's (epoch, seq), or has since loaded the snapshot
-        of a later writer (see ``reaching``); past ``deadline`` (``time.monotonic()`` seconds), or past the
-        last chunk of a resync under way then (``joined_by``), raise ``Timeout``."""
+        of a later writer (see ``reaching``); past ``deadline`` (``time.monotonic()`` seconds; moved by the
+        pauses ``since``, as ``wait_until``), or past the last chunk of a resync under way then (``joined_by``),
+        raise ``Timeout``."""
         if self.take_answer(answer, own):
             return
-        self.wait_until(*self.reaching(answer, deadline), extend=self.caught_up_by)
+        self.wait_until(*self.reaching(answer, deadline), extend=self.caught_up_by, since=since)
 
     def caught_up_by(self, deadline: float) -> float | None:
         """A wait for an answered seq (``catch_up``) past ``deadline``: the later deadline while a resync begun
@@ -552,15 +553,20 @@ class Replica:
         deadline: float,
         what: Callable[[], str],
         extend: Callable[[float], float | None] | None = None,
+        since: float | None = None,
     ) -> None:
         """Block until ``predicate()`` (checked holding the lock, after each change) is true; past
         ``deadline`` (``time.monotonic()`` seconds) raise ``Timeout(what())``, unless ``extend(first)`` then
         gives a later deadline (work that grows with the store still going on: a join's or a resync's
         snapshot; ``first``: ``deadline``, moved by pauses only); if the replica stopped, ``Unavailable``
         (``TigerError("the client was closed")`` if its client closed it). Time this process was not running
-        (``overslept``: SIGSTOP, Ctrl-Z) does not count: the deadline moves by it. ``tiger.aio`` awaits the
-        same with ``until``. (A blocking client never shares its replica: its close stops it.)"""
-        first, began, counted = deadline, monotonic(), 0.0
+        (``overslept``: SIGSTOP, Ctrl-Z) does not count: the deadline moves by it. ``since``: when the call
+        this wait is a step of began (``time.monotonic()``; ``deadline`` is the call's, unmoved): every pause
+        found since counts, also one the replica thread finds only after this wait began (a write stopped 10 s
+        as it waited for its answer raised Timeout "loading a snapshot" though applied: its wait for the
+        replica began past the deadline, the stop not yet found). ``tiger.aio`` awaits the same with
+        ``until``. (A blocking client never shares its replica: its close stops it.)"""
+        first, began, counted = deadline, monotonic() if since is None else since, 0.0
         with self.changed:
             while not predicate():
                 if self.failure is not None:
@@ -587,14 +593,15 @@ class Replica:
         what: Callable[[], str],
         owner: Owner | None = None,
         extend: Callable[[float], float | None] | None = None,
+        since: float | None = None,
     ) -> None:
-        """``wait_until`` for an asyncio task (the same errors, ``extend`` and pauses as there), of the client
+        """``wait_until`` for an asyncio task (the same errors, ``extend``, ``since`` and pauses as there), of the client
         ``owner``: once it is closed (``end_owner``), ``TigerError("the client was closed")``. The event loop
         runs on while it waits (no thread). One future per check, forgotten when the check ends whatever ends
         it; awaited by ``_feed.woken`` (one turn of the loop, and never swallowing a cancellation that comes
         as it resolves)."""
         loop = running_loop()
-        first, began, counted = deadline, monotonic(), 0.0
+        first, began, counted = deadline, monotonic() if since is None else since, 0.0
         while True:
             with self.changed:
                 if predicate():

@@ -70,7 +70,7 @@ from tiger._client import (
     _timeout,
     lasting_match,
 )
-from tiger._clock import mark, monotonic, moved, wall
+from tiger._clock import mark, monotonic, moved, unpaused, wall
 from tiger._errors import FeedOverflow, TigerError, Timeout, Unavailable
 from tiger._feed import _EXPIRED, Alarm, Change, Owner, _resolve, check_timeout, off_loop, running_loop
 from tiger._lookup import endpoint_or_why, unresolved
@@ -348,19 +348,19 @@ class AsyncClient(_Connection):
         """Return once the replica holds every write any client was answered for before this call.
         ``timeout``: seconds, above 0; default the client's."""
         began = monotonic()
-        first = began + _timeout(timeout, self.timeout, positive=True)
+        deadline = began + _timeout(timeout, self.timeout, positive=True)  # (as ``Client.sync``)
         while True:
-            deadline = moved(first, began, 0.0)[0]  # (as ``Client.sync``)
             try:
-                reply = await self._request(p.Sync(next(self._req_ids)), deadline)
+                reply = await self._request(p.Sync(next(self._req_ids)), unpaused(deadline, began))
                 break
             except Unavailable as unavailable:  # a paused writer is waited for, as long as the call allows
-                refused = await off_loop(recently_refused, self.url) if monotonic() < deadline else None
+                left_until = unpaused(deadline, began)
+                refused = await off_loop(recently_refused, self.url) if monotonic() < left_until else None
                 with contextlib.suppress(Timeout):
-                    await self.replica.until(*self._heard_again(unavailable, deadline, refused), self._owner)
-                if monotonic() >= moved(first, began, 0.0)[0]:
+                    await self.replica.until(*self._heard_again(unavailable, left_until, refused), self._owner)
+                if monotonic() >= unpaused(deadline, began):
                     raise
-        await self._caught_up(reply, moved(first, began, 0.0)[0])
+        await self._caught_up(reply, deadline, since=began)
 
     def batch(self, timeout: float | None = None) -> AsyncBatch:
         """Writes across tables and namespaces sent as one command when the ``async with`` block ends,
@@ -556,7 +556,7 @@ class AsyncClient(_Connection):
             try:
                 if not await lock.take(me, deadline):  # (``OwnedAsyncLock``: a signal cannot leave it held)
                     await self._pauses_looked_for()  # (its wait moved by pauses found: one just ended may not be yet)
-                    if not await lock.take(me, moved(deadline, began, 0.0)[0]):
+                    if not await lock.take(me, moved(deadline, began, counted)[0]):  # (``deadline`` moved by ``counted``)
                         raise self._busy(seconds)
                 if self._closed:
                     raise TigerError("this client is closed")
@@ -743,7 +743,7 @@ class AsyncClient(_Connection):
         reply = None
         try:
             reply = await self._request(request, deadline, own=True)
-            await self._caught_up(reply, moved(deadline, began, 0.0)[0], own=True)  # (as ``Client._write``)
+            await self._caught_up(reply, deadline, own=True, since=began)  # (as ``Client._write``)
         except asyncio.CancelledError:  # (a call cancelled unanswered is finished by ``_answer_later``)
             raise
         except GeneratorExit:  # its coroutine closed (collected, its loop closed under it): see ``Replica.later``
@@ -769,11 +769,11 @@ class AsyncClient(_Connection):
         task.add_done_callback(done)
         return task
 
-    async def _caught_up(self, answer: p.Ok, deadline: float, own: bool = False) -> None:
+    async def _caught_up(self, answer: p.Ok, deadline: float, own: bool = False, since: float | None = None) -> None:
         """``Replica.catch_up``, awaited."""
         replica = self.replica
         if not replica.take_answer(answer, own):
-            await replica.until(*replica.reaching(answer, deadline), self._owner, replica.caught_up_by)
+            await replica.until(*replica.reaching(answer, deadline), self._owner, replica.caught_up_by, since)
 
     async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
         """``Replica.until`` for a wait of this client (``wait_for``, ``once``): ``TigerError`` once it is closed."""
@@ -803,7 +803,7 @@ class AsyncTable(_TableReads):
         ``predicate(record)`` is true, stored now or the first to be stored within ``timeout`` seconds
         (None: no limit); else ``tiger.Timeout``. ``predicate`` runs in this task's thread, the loop's."""
         ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
-        began, counted = monotonic(), 0.0  # (once: a stop found by a feed before its reset counts after it too)
+        began, counted = monotonic(), 0.0  # (outside the loop: a stop counted before a feed's reset counts after it too)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
