@@ -1422,6 +1422,39 @@ def test_a_once_waiting_for_another_builder_stopped_midway_raised_timeout_as_it_
     assert values == ["built"]
 
 
+STARTS_A_WRITER = """
+import os, signal, sys, tiger
+from tiger._server import start_writer
+server = start_writer(timeout=2.0)  # (its start overlaps other work: serve() without its wait)
+os.kill(os.getpid(), signal.SIGSTOP)  # Ctrl-Z in that other work; the writer, in a session of its own, runs on
+try:
+    server.wait_ready()
+    with tiger.connect(server.url) as client:
+        client.table("t").insert({"id": "x"})
+    print("ready", flush=True)
+except tiger.TigerError as e:
+    print(type(e).__name__, e, flush=True)
+finally:
+    server.stop()
+"""
+
+
+def test_a_process_stopped_while_its_writer_started_stopped_a_ready_writer_as_it_resumed():
+    """Where else a stop counted against a wait (a review): ``start_writer`` then other work, stopped 4 s,
+    then ``wait_ready()``: it judged its 2 s deadline past before reading the "serving at" line the writer had
+    printed meanwhile, raised "did not start within 2s" and stopped the writer. It reads what is there first."""
+    pipes = {"stdout": subprocess.PIPE, "text": True}
+    proc = subprocess.Popen([sys.executable, "-c", STARTS_A_WRITER], **pipes)  # type: ignore[call-overload]
+    try:
+        wait_stopped(proc.pid)
+        time.sleep(4.0)  # sleep-ok: how long the process is stopped
+        os.kill(proc.pid, signal.SIGCONT)
+        assert read_line(proc, 30).strip() == "ready"
+        assert proc.wait(30) == 0
+    finally:
+        end_worker(proc)
+
+
 def test_an_async_connect_whose_loop_was_held_past_its_timeout_spun_for_ever_instead_of_raising():
     """Review: ``tiger.aio.connect(timeout=1)`` to a stopped writer, its event loop held 3.5 s by another
     task, never returned: the watch of its pauses had ended (at its deadline and a second) but went on

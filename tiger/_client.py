@@ -406,7 +406,10 @@ class _Connection(Handle):
     def _first_steps(self, url: str) -> None:
         """``__init__``'s steps that do something: the lookup, the checks for room, the context."""
         # where the sockets connect: the url's host name looked up by tiger, within the timeout (``tiger._lookup``)
-        self._endpoint = Endpoint(url, endpoint_or_why(url, 0)[0] or wait_for_endpoint(url, self.timeout, self._connect_deadline))
+        address = endpoint_or_why(url, 0)[0]
+        if address is None:  # (its deadline moved by the pauses the watch finds, between lookups too)
+            address = wait_for_endpoint(url, self.timeout, self._connect_deadline, self._pause_watch.moved)
+        self._endpoint = Endpoint(url, address)
         self.resends = 0  # calls sent again for want of an answer (Lazy Pirate)
         self._clock_offset = 0.0  # the writer's time.time() minus ours
         self.client_id = p.new_client_id()

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -205,18 +206,27 @@ def endpoint_or_why(url: str, seconds: float, waited: str = "that") -> tuple[str
         return None, f"the host {shown(url_host(url))} does not resolve"
 
 
-def wait_for_endpoint(url: str, timeout: float, deadline: float | None = None) -> str:
+def wait_for_endpoint(
+    url: str, timeout: float, deadline: float | None = None, moved: Callable[[float], float] | None = None
+) -> str:
     """``endpoint(url)``, waiting up to ``timeout`` seconds for a host name that does not resolve yet (a
     writer's container may get its name after its clients start, as a writer may start after them) or
     whose lookup is slow. ``Unavailable`` past ``timeout``, naming why (``endpoint_or_why``). tiger.aio
     waits the same way without blocking its event loop. ``deadline`` (``time.monotonic()``): when the
-    ``timeout`` of a call that began earlier ends."""
+    ``timeout`` of a call that began earlier ends; ``moved``: what moves it by the pauses of this process
+    found since (a ``PauseWatch``'s ``moved``, looked at before each lookup: a stop between two lookups
+    does not count)."""
     if deadline is None:
         deadline = monotonic() + timeout
+    unmoved = deadline
     while True:
+        if moved is not None:
+            deadline = moved(unmoved)
         found, why = endpoint_or_why(url, deadline - monotonic())
         if found is not None:
             return found
+        if moved is not None:
+            deadline = moved(unmoved)
         left = deadline - monotonic()
         if left <= 0:
             raise unresolved(url, timeout, why)

@@ -22,7 +22,7 @@ from zmq.utils import z85
 from tiger import _lookup
 from tiger import _protocol as p
 from tiger._calls import call_expiry, check_seconds, clock_offset
-from tiger._clock import mark, monotonic, moved, overslept, wall
+from tiger._clock import mark, monotonic, moved, overslept, unpaused, wall
 from tiger._errors import FAILURES, HandshakeFailed, ProtocolError, TigerError, Unavailable, shown
 from tiger._handles import Handle
 from tiger._lookup import (
@@ -197,7 +197,7 @@ class Server(Handle):
         self._process = process
         self._tmpdir = tmpdir
         self._owner = os.getpid()
-        # deadline (time.monotonic()), timeout (seconds), server key
+        # when it started (time.monotonic()), timeout (seconds), server key
         self._pending: tuple[float, float, str | bytes | None] | None = None
 
     def wait_ready(self) -> None:
@@ -205,12 +205,12 @@ class Server(Handle):
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        deadline, timeout, server_key = pending
+        started, timeout, server_key = pending
         try:
-            self.url = _await_ready(self._process, self.url, deadline, timeout)
+            self.url = _await_ready(self._process, self.url, started, timeout)
             # what is left of the timeout (it was given whole again: a serve took up to twice its timeout),
             # at least PING_AT_LEAST for a writer that said it serves just before the deadline
-            ping(self.url, max(deadline - monotonic(), PING_AT_LEAST), server_key)
+            ping(self.url, max(unpaused(started + timeout, started) - monotonic(), PING_AT_LEAST), server_key)
         except BaseException:
             self.stop()
             raise
@@ -376,27 +376,33 @@ def start_writer(
             remove_tree(tmpdir)
         raise
     server = Server(url, process, tmpdir)
-    server._pending = (started + timeout, timeout, server_key)
+    server._pending = (started, timeout, server_key)
     if owned_here:
         _running.add(server)
     return server
 
 
-def _await_ready(process: subprocess.Popen[bytes], url: str, deadline: float, timeout: float) -> str:
-    """Read the writer's 'serving at URL' line by ``deadline`` (``time.monotonic()``, when the ``timeout``
-    of seconds ends); return the URL it bound."""
+def _await_ready(process: subprocess.Popen[bytes], url: str, started: float, timeout: float) -> str:
+    """Read the writer's 'serving at URL' line within ``timeout`` seconds of when it ``started``
+    (``time.monotonic()``; time this process was not running does not count); return the URL it bound.
+    What the writer printed is read before the deadline is judged: a run stopped (Ctrl-Z then fg) while its
+    writer, in a session of its own, started, raised "did not start within" as it resumed, and stopped a
+    writer that was ready."""
     assert process.stdout is not None
     line = b""
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
         while not line.endswith(b"\n"):
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                raise Unavailable(
-                    f"the tiger writer for {url} did not start within {timeout:g}s (one given a data directory loads "
-                    "all of it first, 5 to 12 s per million records here: a big one needs a longer timeout)"
-                )
-            if not selector.select(remaining):
+            remaining = unpaused(started + timeout, started) - monotonic()
+            slept, asked = mark(), max(remaining, 0.0)
+            ready = selector.select(asked)
+            overslept(slept, asked)  # (nothing else may be looking: a process that starts a writer and no client)
+            if not ready:
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"the tiger writer for {url} did not start within {timeout:g}s (one given a data directory "
+                        "loads all of it first, 5 to 12 s per million records here: a big one needs a longer timeout)"
+                    )
                 continue
             chunk = os.read(process.stdout.fileno(), 1024)
             if not chunk:
@@ -801,7 +807,7 @@ def request_once(url: str, request: p.Request, timeout: float = 5.0, server_key:
     server_key = unshown(server_key)  # (first: see ``unshown``)
     deadline, watch = check_reachable(url, timeout)
     try:
-        address = wait_for_endpoint(url, timeout, watch.moved(deadline))
+        address = wait_for_endpoint(url, timeout, deadline, watch.moved)
         check_room("a tiger request", 10)
         ctx: zmq.Context[Any] = zmq.Context()
         try:
@@ -1030,7 +1036,7 @@ class NamespaceLease(Handle):
     ) -> None:
         """``__init__``'s steps after its checks: connected and leased by ``deadline``, moved by the pauses
         ``watch`` finds (see ``check_reachable``)."""
-        address = wait_for_endpoint(url, timeout, watch.moved(deadline))
+        address = wait_for_endpoint(url, timeout, deadline, watch.moved)
         self.url = url
         self.namespace = namespace
         self.client_id = p.new_client_id()
