@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -2071,20 +2072,26 @@ def test_closing_a_sharing_async_client_left_its_once_wait_for_another_processes
 
 def test_a_sharing_async_client_dropped_unclosed_left_its_feeds_running(connect, ns):
     """Dropped without ``close()``, a sharing client's finalizer closed only its socket: a feed opened through it
-    stayed open on the shared replica. It ends as at a close (the replica's thread ends it within half a second),
-    and the blocking client's feed goes on."""
+    stayed open on the shared replica. A feed now keeps the client it was opened through alive (a user trial: a
+    feed returned alone ended "the client was closed"), and dropped together they both go: the feed off the
+    shared replica's list, the client's finalizer run; the blocking client's feed goes on."""
     base = connect()
     kept = base.watch(tables=["plans"], timeout=10)
     shared = tiger.aio.AsyncClient.sharing(base)
     feed = shared.watch(tables=["plans"], timeout=5)
+    dropped = weakref.ref(shared)
     del shared
     gc.collect()
-    with pytest.raises(tiger.TigerError) as raised:
-        next(feed)
-    assert type(raised.value) is tiger.TigerError
-    assert str(raised.value) == f"<tiger.Feed tables=['plans'] namespace={ns!r}> ended: the client was closed"
+    assert dropped() is not None  # (kept by its feed)
+    base.table("plans", prefix="plan").insert({"id": "plan_seen"})
+    assert next(feed).id == "plan_seen"
+    assert len(base.replica._seq.feeds) == 2
+    del feed
+    gc.collect()
+    assert dropped() is None
     base.table("plans", prefix="plan").insert({"id": "plan_kept"})
-    assert next(kept).id == "plan_kept"
+    assert [next(kept).id, next(kept).id] == ["plan_seen", "plan_kept"]
+    assert len(base.replica._seq.feeds) == 1  # (the kept one: the dropped feed was taken off)
 
 
 LEFTOVER_READER_TESTS = """

@@ -18,6 +18,8 @@ import re
 import secrets
 import threading
 import time
+import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +105,41 @@ def test_wait_untils_that_timed_out_on_an_idle_store_were_kept_by_the_replica(cl
         with pytest.raises(tiger.Timeout):
             table.wait_until(lambda record: False, timeout=0.001)
     assert len(client.replica._seq.feeds) <= 1
+
+
+@pytest.mark.parametrize("how", ["blocking", "aio"])
+def test_a_feed_whose_client_nothing_else_referenced_ended_as_if_the_client_was_closed(tiger_url, connect, how):
+    """A user trial (5 of 5, each client): a helper that connected and returned only a feed
+    (``client = await tiger.aio.connect(url); return client.table(t).watch()``) had its client collected, and
+    the feed's first read raised "ended: the client was closed", though nothing closed it. A feed keeps its
+    client alive, as a table handle does; dropped with it, the client goes too."""
+    table = f"t{uuid.uuid4().hex[:8]}"
+    writer_side = connect()
+
+    async def follow() -> tiger.Feed:
+        return (await tiger.aio.connect(tiger_url)).table(table).watch(timeout=10)
+
+    async def read(feed: tiger.Feed) -> tiger.Change:
+        return await feed.__anext__()
+
+    if how == "blocking":
+        feed = tiger.connect(tiger_url).table(table).watch(timeout=10)
+    else:
+        loop = asyncio.new_event_loop()
+        feed = loop.run_until_complete(follow())
+    try:
+        gc.collect()
+        writer_side.table(table).insert({"id": "a"})
+        with feed:
+            change = next(feed) if how == "blocking" else loop.run_until_complete(read(feed))
+        assert (change.op, change.id) == ("put", "a")
+        client = weakref.ref(feed._client)  # type: ignore[attr-defined]
+        del feed
+        gc.collect()
+        assert client() is None  # (dropped with its feed: closed by its finalizer)
+    finally:
+        if how == "aio":
+            loop.close()
 
 
 def test_a_feed_yields_each_applied_change_in_seq_order_with_its_stored_record(pair):

@@ -618,7 +618,7 @@ class _Connection(Handle):
         wait = check_timeout(timeout)
         queued = check_max_queued(max_queued)
         opened = Subscription(names, namespace, queued, describe(names, namespace, since), self._owner)
-        return Feed(self.replica.watch(opened, since), wait)
+        return Feed(self.replica.watch(opened, since), wait, self)
 
     def _check_open(self) -> None:
         """``TigerError`` unless this client is open, in the process that connected it."""

@@ -711,10 +711,14 @@ class Feed(Unportable):
     nor pickled (``TypeError``): it is a place in this process's replica's changes.
     """
 
-    __slots__ = ("_alarm", "_sub", "_timeout")
+    __slots__ = ("_alarm", "_client", "_sub", "_timeout")
     _instead = "it is a place in this process's replica's changes: open another feed (watch()) where it is read"
 
-    def __init__(self, sub: Subscription, timeout: float | None = None) -> None:
+    def __init__(self, sub: Subscription, timeout: float | None = None, client: object = None) -> None:
+        # the client that opened it, kept alive by it as a table handle keeps its client: a helper that
+        # connected and returned only a feed (``return (await connect()).table(t).watch()``) had its client
+        # collected, and the feed ended "the client was closed" though nothing closed it (a user trial)
+        self._client = client
         self._sub = sub
         self._alarm = Alarm()  # the timeouts of async reads
         self.timeout = timeout
