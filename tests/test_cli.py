@@ -161,6 +161,21 @@ def test_a_command_whose_reader_went_away_printed_broken_pipe_and_a_traceback(fo
     assert (proc.returncode, err) == (1, "")
 
 
+def test_a_command_started_with_its_output_closed_ended_in_a_traceback(foreground, tmp_path):
+    """A review of the broken-pipe fix: with standard output closed (``tiger keygen DIR >&-``, a daemon's
+    ``tiger serve >&-``) Python has no ``sys.stdout``, and the flush added for the broken pipe raised
+    AttributeError (keygen, which had worked, exited 1 with a traceback). keygen works; dump, whose records
+    would go nowhere, says so."""
+    _, url = foreground
+    closed = {"preexec_fn": lambda: os.close(1), "capture_output": False, "stderr": subprocess.PIPE, "text": True}
+    keygen = subprocess.run([*TIGER, "keygen", str(tmp_path / "keys")], timeout=30, **closed)  # type: ignore[call-overload]
+    assert (keygen.returncode, keygen.stderr) == (0, "")
+    assert sorted(os.listdir(tmp_path / "keys")) == ["tiger.key", "tiger.pub"]
+    dump = subprocess.run([*TIGER, "dump", "--url", url], timeout=30, **closed)  # type: ignore[call-overload]
+    assert dump.returncode == 1
+    assert dump.stderr == "tiger dump: standard output is closed: nothing to dump the records to (redirect it to a file)\n"
+
+
 def test_a_writer_that_could_not_print_its_url_left_its_ipc_socket_files(tmp_path):
     """Where else a closed output was met: ``tiger serve | true``. The writer cannot say where it serves, so it
     ends, saying why on stderr (as before), and now removes the socket files it made (it left them)."""

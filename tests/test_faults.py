@@ -1455,6 +1455,32 @@ def test_a_process_stopped_while_its_writer_started_stopped_a_ready_writer_as_it
         end_worker(proc)
 
 
+def test_a_stop_found_only_after_a_wait_began_was_counted_twice(connect):
+    """A review: a wait that begins past its deadline, its process's stop not yet found (the replica thread
+    finds most, a moment after the process resumed), is stretched by 0.1 s to look once more; the stop, found
+    then, was added to the stretched deadline, counted twice. A call that began 3 s ago with 2 s to wait, of
+    which 2.4 s its process was stopped, has 1.4 s left: the wait (one that cannot succeed) raised at 2.5 s.
+    The stop is noted as the thread that finds it notes one (``overslept``), 0.05 s into the wait (within the
+    0.1 s look)."""
+    from tiger._clock import overslept
+
+    replica = connect().replica
+    since = time.monotonic() - 3.0
+
+    def found_late() -> None:
+        overslept((since + 0.5, time.process_time()), 0.0, now=since + 2.9)
+
+    finder = threading.Timer(0.05, found_late)
+    began = time.monotonic()
+    finder.start()
+    try:
+        with pytest.raises(tiger.Timeout):
+            replica.wait_until(lambda: False, since + 2.0, lambda: "never", since=since)
+    finally:
+        finder.join()
+    assert 1.2 < time.monotonic() - began < 2.2  # (1.4 s left; counted twice: 2.5 s)
+
+
 def test_an_async_connect_whose_loop_was_held_past_its_timeout_spun_for_ever_instead_of_raising():
     """Review: ``tiger.aio.connect(timeout=1)`` to a stopped writer, its event loop held 3.5 s by another
     task, never returned: the watch of its pauses had ended (at its deadline and a second) but went on

@@ -47,7 +47,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from tiger._clock import monotonic, wall
+from tiger._clock import monotonic, paused_since, wall
 from tiger._errors import shown
 
 # seconds past a deadline that say this process was not running as it passed (SIGSTOP, a debugger, a suspended
@@ -70,6 +70,32 @@ def stretched(deadline: float, now: float) -> float:
     if type(deadline) is Stretched or now - deadline <= PAUSE_GRACE:
         return deadline
     return Stretched(now + PAUSE_GRACE)
+
+
+class WaitDeadline:
+    """A wait's deadline (``time.monotonic()`` seconds) as it goes on: moved by every pause of this process
+    found since the wait (or the call it is a step of) ``began`` (``paused_since``), and ``stretched`` by
+    ``PAUSE_GRACE`` once when found past it, until a pause found moves it again. A pause found only after the
+    stretch (by another thread: the replica's finds most, a moment after the process resumed) moves the
+    deadline from where it was before the stretch: added to the stretched one, a stop of 10 s found 0.1 s late
+    was counted twice, and a wait that could not succeed raised 10 s late (a review). ``first``: the deadline
+    moved by pauses only (what ``Replica.wait_until``'s ``extend`` is given)."""
+
+    __slots__ = ("_began", "_counted", "_grace", "first", "moved")
+
+    def __init__(self, deadline: float, began: float) -> None:
+        self.first = self.moved = deadline  # ``moved``: also replaced by a later deadline (``extend``)
+        self._began, self._counted, self._grace = began, 0.0, math.inf
+
+    def at(self, now: float) -> float:
+        """The deadline at ``now``: ``moved``, or its one stretch if later."""
+        paused = paused_since(self._began)
+        if paused > self._counted:
+            step, self._counted = paused - self._counted, paused
+            self.first, self.moved, self._grace = self.first + step, self.moved + step, math.inf
+        if math.isinf(self._grace) and now - self.moved > PAUSE_GRACE:
+            self._grace = now + PAUSE_GRACE  # (once, until a pause found moves it: see ``stretched``)
+        return self.moved if math.isinf(self._grace) else max(self.moved, self._grace)
 
 
 MAX_SECONDS = 86_400.0  # the longest timeout or wait tiger takes (a day): a clock, poll or lock given more overflows

@@ -178,12 +178,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code = _command(args)
-        sys.stdout.flush()  # (here: a reader gone is found now, not by the flush at exit, which printed a traceback)
+        if sys.stdout is not None:  # (None: started with it closed, ``>&-``; print() then prints nothing)
+            sys.stdout.flush()  # (here: a reader gone is found now, not by the flush at exit: a traceback)
         return code
     except BrokenPipeError:  # what read the output went away (``tiger dump | head``): nothing to say, as other
         # commands of a pipeline; "tiger dump: [Errno 32] Broken pipe" was printed, and a traceback at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's documented way: its "SIGPIPE" note)
+        _stdout_to_devnull()
         return 1
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output's descriptor at /dev/null, so the flush at exit writes nowhere rather than raise
+    again (Python's documented way: its "Note on SIGPIPE"); nothing if it has none (a StringIO)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -248,6 +263,8 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "dump":
             from tiger._seed import dump_lines
 
+            if sys.stdout is None:  # (started with it closed: the records would go nowhere, said nowhere)
+                raise ValueError("standard output is closed: nothing to dump the records to (redirect it to a file)")
             with _connected(args.url, args.timeout) as client:
                 lines = dump_lines(client)
             # UTF-8, what tiger load reads, whatever the locale: in the locale's encoding (ASCII, Latin-1) a

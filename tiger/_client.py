@@ -29,6 +29,7 @@ from tiger._calls import (
     PROBE,
     RESEND,
     Attempts,
+    WaitDeadline,
     call_expiry,
     callable_name,
     check_seconds,
@@ -36,7 +37,7 @@ from tiger._calls import (
     resend_interval,
     stretched,
 )
-from tiger._clock import mark, monotonic, moved, overslept, paused_since, unpaused, wall
+from tiger._clock import mark, monotonic, overslept, paused_since, unpaused, wall
 from tiger._core import LEASE_GRACE
 from tiger._errors import (
     FAILURES,
@@ -1279,7 +1280,10 @@ class Client(_Connection):
                 # poll, then receive: a poll interrupted by a signal goes on with what is left of its
                 # timeout, where a receive with RCVTIMEO starts its whole timeout again (pyzmq retries
                 # it), so a process taking signals more often than that would never time out
-                if not p.readable_within(self._socket, wait):
+                slept = mark()
+                readable = p.readable_within(self._socket, wait)
+                overslept(slept, wait / 1000)  # (a stop found here, not only by the replica thread a moment later:
+                if not readable:  # the wait for the replica that follows counts it from its first look)
                     continue
                 try:
                     data = self._socket.recv(zmq.NOBLOCK)
@@ -1639,13 +1643,11 @@ def _first_put(feed: Feed, predicate: Callable[[Record], bool], deadline: float 
     of them: a wait that scanned again after a reset and counted anew raised as it resumed from a stop); None
     after a "reset" (changes may have been missed: the caller scans the table again)."""
     change: Change | None = None  # read already, not yet looked at
-    counted = 0.0
+    wait = None if deadline is None else WaitDeadline(deadline, began)  # (a pause of this process does not count)
     while True:
         if change is None:
-            if deadline is not None:
-                deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
-                deadline = stretched(deadline, monotonic())
-            change = feed._next(None if deadline is None else max(0.0, deadline - monotonic()))
+            now = monotonic()
+            change = feed._next(None if wait is None else max(0.0, wait.at(now) - now))
         if change.op == "reset":
             return None
         if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]

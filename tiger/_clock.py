@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["PAUSE_OVER", "Mark", "last_pause_end", "mark", "monotonic", "moved", "overslept", "paused_since", "wall"]
+__all__ = ["PAUSE_OVER", "Mark", "last_pause_end", "mark", "monotonic", "moved", "overslept", "paused_since", "unpaused", "wall"]
 
 _modules = sys.modules
 try:

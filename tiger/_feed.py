@@ -44,7 +44,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tiger import _table as t
-from tiger._calls import check_seconds, stretched
+from tiger._calls import WaitDeadline, check_seconds, stretched
 from tiger._clock import mark, monotonic, moved, overslept
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
 from tiger._handles import Unportable
@@ -787,19 +787,15 @@ class Feed(Unportable):
     def _wait(self, timeout: float | None) -> Change:
         sub = self._sub
         sub.check_process()
-        began, counted = monotonic(), 0.0
-        deadline = None if timeout is None else began + timeout
+        began = monotonic()
+        wait = None if timeout is None else WaitDeadline(began + timeout, began)  # (a pause does not count)
         with sub.cond:
             while True:
                 change = sub.take()
                 if change is not None:
                     return change
-                remaining = None
                 now = monotonic()
-                if deadline is not None:
-                    deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
-                    deadline = stretched(deadline, now)
-                    remaining = deadline - now
+                remaining = None if wait is None else wait.at(now) - now
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
                 slept, asked = mark(), None if remaining is None else min(remaining, WAIT_SLICE)

@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from tiger import _protocol as p
-from tiger._calls import PendingCalls, Unanswered, stretched
+from tiger._calls import PendingCalls, Unanswered, WaitDeadline
 from tiger._clock import mark, monotonic, overslept, paused_since
 from tiger._errors import ProtocolError, TigerError, Timeout, Unavailable
 from tiger._feed import (
@@ -566,22 +566,18 @@ class Replica:
         as it waited for its answer raised Timeout "loading a snapshot" though applied: its wait for the
         replica began past the deadline, the stop not yet found). ``tiger.aio`` awaits the same with
         ``until``. (A blocking client never shares its replica: its close stops it.)"""
-        first, began, counted = deadline, monotonic() if since is None else since, 0.0
+        wait = WaitDeadline(deadline, monotonic() if since is None else since)  # (pauses found by any thread)
         with self.changed:
             while not predicate():
                 if self.failure is not None:
                     raise self._stopped()
                 now = monotonic()
-                paused = paused_since(began)  # (seen by this wait, the replica thread, a connect's watch)
-                if paused > counted:  # (only then: a ``Stretched`` deadline stays one)
-                    deadline, first, counted = deadline + paused - counted, first + paused - counted, paused
-                deadline = stretched(deadline, now)
-                remaining = deadline - now
+                remaining = wait.at(now) - now
                 if remaining <= 0:
-                    later = None if extend is None else extend(first)
+                    later = None if extend is None else extend(wait.first)
                     if later is None:
                         raise Timeout(what())
-                    deadline, remaining = later, later - now
+                    wait.moved, remaining = later, later - now
                 slept = mark()
                 self.changed.wait(min(remaining, 0.5))
                 overslept(slept, min(remaining, 0.5))
@@ -601,7 +597,7 @@ class Replica:
         it; awaited by ``_feed.woken`` (one turn of the loop, and never swallowing a cancellation that comes
         as it resolves)."""
         loop = running_loop()
-        first, began, counted = deadline, monotonic() if since is None else since, 0.0
+        wait = WaitDeadline(deadline, monotonic() if since is None else since)  # (a loop held by a task is no pause)
         while True:
             with self.changed:
                 if predicate():
@@ -613,16 +609,12 @@ class Replica:
                 future = self.changed.future(loop)
             try:
                 now = monotonic()
-                paused = paused_since(began)  # (an event loop held by a task is no pause: not its own lateness)
-                if paused > counted:
-                    deadline, first, counted = deadline + paused - counted, first + paused - counted, paused
-                deadline = stretched(deadline, now)
-                remaining = deadline - now
+                remaining = wait.at(now) - now
                 if remaining <= 0:
-                    later = None if extend is None else extend(first)
+                    later = None if extend is None else extend(wait.first)
                     if later is None:
                         raise Timeout(what())
-                    deadline, remaining = later, later - now
+                    wait.moved, remaining = later, later - now
                 await woken(future, min(remaining, 0.5))
             except GeneratorExit:  # closed by the garbage collector (its loop closed under it), maybe inside
                 raise  # the replica's work holding ``changed``: taking it again and letting it go (``Waking``

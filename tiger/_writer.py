@@ -569,8 +569,13 @@ def serve_forever(
         return refuse(f"tiger: {e}", 2)
     try:
         p.say(f"tiger writer serving at {writer.url}", flush=True)
-    except BaseException:  # (its output closed, ``tiger serve | true``: it ended, and left its ipc socket files)
-        writer.close()
+    except BaseException:  # (its output closed, ``tiger serve | true``: it ended, and left its ipc socket files;
+        try:  # tiger.serve()'s directory too, when the process that made it is gone: nobody else removes it)
+            writer.close()
+            if made_dir is not None:
+                os.rmdir(made_dir)
+        except OSError:  # (what the print raised is what is said)
+            pass
         raise
     log.info("epoch %s, publishing at %s", writer.epoch, writer.pub_url)
     try:

@@ -55,7 +55,7 @@ import zmq
 
 from tiger import _protocol as p
 from tiger._batch import AsyncBatch
-from tiger._calls import GIVE_UP, PROBE, RESEND, Attempts, check_seconds, resend_interval, stretched
+from tiger._calls import GIVE_UP, PROBE, RESEND, Attempts, WaitDeadline, check_seconds, resend_interval
 from tiger._client import (
     HELLO_PROBE_AFTER,
     RELEASE_AT_EXIT,
@@ -360,6 +360,8 @@ class AsyncClient(_Connection):
                     await self.replica.until(*self._heard_again(unavailable, left_until, refused), self._owner)
                 if monotonic() >= unpaused(deadline, began):
                     raise
+        if monotonic() >= unpaused(deadline, began):  # (as ``_write``)
+            await self._pauses_looked_for()
         await self._caught_up(reply, deadline, since=began)
 
     def batch(self, timeout: float | None = None) -> AsyncBatch:
@@ -743,6 +745,8 @@ class AsyncClient(_Connection):
         reply = None
         try:
             reply = await self._request(request, deadline, own=True)
+            if monotonic() >= unpaused(deadline, began):  # (a stop just ended is found first: the loop finds none)
+                await self._pauses_looked_for()
             await self._caught_up(reply, deadline, own=True, since=began)  # (as ``Client._write``)
         except asyncio.CancelledError:  # (a call cancelled unanswered is finished by ``_answer_later``)
             raise
@@ -803,7 +807,8 @@ class AsyncTable(_TableReads):
         ``predicate(record)`` is true, stored now or the first to be stored within ``timeout`` seconds
         (None: no limit); else ``tiger.Timeout``. ``predicate`` runs in this task's thread, the loop's."""
         ns, deadline, failed, predicate = self._waiting_until(predicate, timeout)
-        began, counted = monotonic(), 0.0  # (outside the loop: a stop counted before a feed's reset counts after it too)
+        wait = None if deadline is None else WaitDeadline(deadline, monotonic())  # (outside the loop: a stop
+        # counted before a feed's reset counts after it too)
         while True:
             # the feed opens before the scan: a record stored meanwhile is in one or the other
             with self._client._watch_for(self.name, ns, f"wait_until on {self.name} in namespace {ns!r}") as feed:
@@ -812,10 +817,8 @@ class AsyncTable(_TableReads):
                 while found is None:
                     try:
                         if change is None:
-                            if deadline is not None:
-                                deadline, counted = moved(deadline, began, counted)  # (a pause does not count)
-                                deadline = stretched(deadline, monotonic())
-                            change = await feed._anext(None if deadline is None else max(0.0, deadline - monotonic()))
+                            now = monotonic()
+                            change = await feed._anext(None if wait is None else max(0.0, wait.at(now) - now))
                         if change.op == "reset":
                             break  # changes may have been missed: scan again
                         if change.op == "put" and predicate(change.record):  # type: ignore[arg-type]
