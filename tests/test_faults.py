@@ -1481,6 +1481,33 @@ def test_a_stop_found_only_after_a_wait_began_was_counted_twice(connect):
     assert 1.2 < time.monotonic() - began < 2.2  # (1.4 s left; counted twice: 2.5 s)
 
 
+@pytest.mark.parametrize("wait", ["wait_for", "wait_until", "aio-wait_for"])
+def test_a_wait_whose_writer_was_killed_timed_out_blaming_the_record(wait):
+    """A user trial (2 of 2): ``wait_for(id, timeout=3)`` after the writer was killed said only "did not appear
+    within 3s", where ``sync`` said the writer was silent and gone. A wait's ``Timeout`` says the writer went
+    unheard past the heartbeat timeout."""
+    import asyncio
+
+    import tiger.aio
+
+    async def main(server: tiger.Server) -> None:
+        async with await tiger.aio.connect(server.url) as aclient:
+            kill(server)
+            await aclient.table("t").wait_for("zz", timeout=4)
+
+    with tiger.serve() as server, tiger.connect(server.url) as client:
+        with pytest.raises(tiger.Timeout) as raised:
+            if wait == "aio-wait_for":
+                asyncio.run(main(server))
+            else:
+                kill(server)
+                if wait == "wait_for":
+                    client.table("t").wait_for("zz", timeout=4)
+                else:
+                    client.table("t").wait_until(lambda record: False, timeout=4)
+    assert re.search(rf"within 4s \(the tiger writer at {re.escape(server.url)} has been silent for [\d.]+s", str(raised.value))
+
+
 def test_an_async_connect_whose_loop_was_held_past_its_timeout_spun_for_ever_instead_of_raising():
     """Review: ``tiger.aio.connect(timeout=1)`` to a stopped writer, its event loop held 3.5 s by another
     task, never returned: the watch of its pauses had ended (at its deadline and a second) but went on

@@ -1478,7 +1478,7 @@ class _TableReads:
         return (
             lambda: self.get(id) is not None,
             monotonic() + timeout,
-            lambda: f"{self.name} {shown(id)} did not appear in namespace {ns!r} within {timeout:g}s",
+            lambda: f"{self.name} {shown(id)} did not appear in namespace {ns!r} within {timeout:g}s{self._silence()}",
         )
 
     def watch(self, timeout: float | None = None, *, since: int | None = None, max_queued: int = DEFAULT_MAX_QUEUED) -> Feed:
@@ -1512,7 +1512,16 @@ class _TableReads:
                 raise TypeError(f"predicate {callable_name(predicate)} returned {type(verdict).__name__}: {_NOT_AWAITED}")
             return bool(verdict)
 
-        return ns, deadline, lambda: Timeout(message), accepts
+        return ns, deadline, lambda: Timeout(message + self._silence()), accepts
+
+    def _silence(self) -> str:
+        """What a wait's ``Timeout`` adds when the writer went unheard past the heartbeat timeout meanwhile:
+        "did not appear within 3s" alone blamed the record of a writer killed seconds before (a user trial;
+        ``sync`` at that moment said the writer was silent, and gone)."""
+        silent = self._client.replica.silent_for()
+        if silent <= self._client.heartbeat_timeout:
+            return ""
+        return f" (the tiger writer at {self._client.url} has been silent for {silent:.1f}s: stopped, or gone)"
 
     def _scan(self, namespace: str, predicate: Callable[[Record], bool]) -> Record | None:
         """The first record of ``namespace`` stored now (list order) that ``predicate`` accepts."""
