@@ -1481,6 +1481,34 @@ def test_a_stop_found_only_after_a_wait_began_was_counted_twice(connect):
     assert 1.2 < time.monotonic() - began < 2.2  # (1.4 s left; counted twice: 2.5 s)
 
 
+def test_an_async_feed_read_counted_a_stop_found_after_its_look_twice(connect):
+    """The same in an async feed read (a review): its loop held 3 s as by a stop, the stop noted 0.05 s after (by
+    the replica thread, as a thread notes one: ``overslept``), a read with a 0.5 s timeout raised 6.2 s in: the
+    stop added to the deadline already stretched for one more look. 0.5 s of its own, and the stop: 3.5 s."""
+    import asyncio
+
+    from tiger._clock import overslept
+
+    feed = connect().watch(tables=["quiet"], namespace=None, timeout=0.5)
+
+    async def main() -> float:
+        began = time.monotonic()
+        read = asyncio.ensure_future(feed.__anext__())
+        await asyncio.sleep(0)  # (the read waits, its timer set)
+        held = time.monotonic()
+        time.sleep(3.0)  # sleep-ok: the loop held, as by a stop of the process
+        finder = threading.Timer(0.05, lambda: overslept((held, time.process_time()), 0.0, now=held + 3.0))
+        finder.start()
+        try:
+            with pytest.raises(tiger.Timeout):
+                await read
+        finally:
+            finder.join()
+        return time.monotonic() - began
+
+    assert 3.3 < asyncio.run(main()) < 5.0  # (counted twice: 6.2 s)
+
+
 @pytest.mark.parametrize("wait", ["wait_for", "wait_until", "aio-wait_for"])
 def test_a_wait_whose_writer_was_killed_timed_out_blaming_the_record(wait):
     """A user trial (2 of 2): ``wait_for(id, timeout=3)`` after the writer was killed said only "did not appear

@@ -44,8 +44,8 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tiger import _table as t
-from tiger._calls import WaitDeadline, check_seconds, stretched
-from tiger._clock import mark, monotonic, moved, overslept
+from tiger._calls import WaitDeadline, check_seconds
+from tiger._clock import mark, monotonic, overslept
 from tiger._errors import FeedOverflow, TigerError, Timeout, shown
 from tiger._handles import Unportable
 from tiger._table import RESERVED_PREFIX, Record, check_name
@@ -820,8 +820,8 @@ class Feed(Unportable):
 
         sub = self._sub
         sub.check_process()
-        began, counted = monotonic(), 0.0
-        deadline = None if timeout is None else began + timeout
+        began = monotonic()
+        wait = None if timeout is None else WaitDeadline(began + timeout, began)  # (a pause does not count)
         try:
             while True:
                 with sub.cond:
@@ -829,7 +829,8 @@ class Feed(Unportable):
                     if change is not None:
                         return change
                     future: asyncio.Future[Any] = sub.cond.future(running_loop())
-                timer = None if deadline is None else self._alarm.set(future, deadline - monotonic())
+                now = monotonic()
+                timer = None if wait is None else self._alarm.set(future, wait.at(now) - now)
                 closing = False
                 try:  # a cancellation, even one that comes as the future resolves, consumes nothing
                     expired = await future is _EXPIRED
@@ -847,13 +848,11 @@ class Feed(Unportable):
                         change = sub.take()
                     if change is not None:
                         return change
-                    assert deadline is not None  # (expired: a deadline was set)
+                    assert wait is not None  # (expired: a deadline was set)
                     now = monotonic()
-                    deadline, counted = moved(deadline, began, counted)  # (a pause of this process does not count)
-                    if now < deadline:  # the loop's clock ran ahead of tiger's (freeze_time without real_asyncio
-                        continue  # jumped it), or a pause moved it: the rest of the wait, as Replica.until's waits do
-                    if stretched(deadline, now) != deadline:  # not running as it passed: one more look
-                        deadline = stretched(deadline, now)
+                    # the loop's clock ran ahead of tiger's (freeze_time without real_asyncio jumped it), or a pause
+                    # moved the deadline, or it was not running as it passed (one more look): the rest of the wait
+                    if now < wait.at(now):
                         continue
                     raise Timeout(f"{sub.name} got no change within {timeout:g}s")
         except _Closed:

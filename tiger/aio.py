@@ -181,8 +181,8 @@ class AsyncClient(_Connection):
     def sharing(cls, client: Client) -> AsyncClient:
         """An async client over a connected blocking ``client``'s connection: the same replica, id and
         once keys (no second replica in the process), a command socket (and zmq context) of its own.
-        Closing it (or dropping it unclosed) closes that socket and ends what was opened through it, as
-        closing any client does: its feeds (their next reads, after the changes queued, raise
+        Closing it (or dropping it unclosed: a feed opened through it keeps it) closes that socket and ends
+        what was opened through it, as closing any client does: its feeds (their next reads, after the changes queued, raise
         ``TigerError("... ended: the client was closed")``) and its pending waits (``wait_for``,
         ``wait_until``, ``sync``, a write's wait for its change, ``once``: ``TigerError``); ``client``'s own
         feeds and waits go on. Once ``client`` is closed, this one's calls raise ``TigerError``, and its
@@ -360,8 +360,6 @@ class AsyncClient(_Connection):
                     await self.replica.until(*self._heard_again(unavailable, left_until, refused), self._owner)
                 if monotonic() >= unpaused(deadline, began):
                     raise
-        if monotonic() >= unpaused(deadline, began):  # (as ``_write``)
-            await self._pauses_looked_for()
         await self._caught_up(reply, deadline, since=began)
 
     def batch(self, timeout: float | None = None) -> AsyncBatch:
@@ -745,8 +743,6 @@ class AsyncClient(_Connection):
         reply = None
         try:
             reply = await self._request(request, deadline, own=True)
-            if monotonic() >= unpaused(deadline, began):  # (a stop just ended is found first: the loop finds none)
-                await self._pauses_looked_for()
             await self._caught_up(reply, deadline, own=True, since=began)  # (as ``Client._write``)
         except asyncio.CancelledError:  # (a call cancelled unanswered is finished by ``_answer_later``)
             raise
@@ -774,9 +770,13 @@ class AsyncClient(_Connection):
         return task
 
     async def _caught_up(self, answer: p.Ok, deadline: float, own: bool = False, since: float | None = None) -> None:
-        """``Replica.catch_up``, awaited."""
+        """``Replica.catch_up``, awaited. Past its deadline (``since`` the call began), a stop just ended is looked
+        for first (the event loop finds none: the replica thread may find it after the wait's one more look),
+        once the answer is taken: a cancellation before it lost an answered write's change (a review)."""
         replica = self.replica
         if not replica.take_answer(answer, own):
+            if since is not None and monotonic() >= unpaused(deadline, since):
+                await self._pauses_looked_for()
             await replica.until(*replica.reaching(answer, deadline), self._owner, replica.caught_up_by, since)
 
     async def _until(self, predicate: Callable[[], bool], deadline: float, what: Callable[[], str]) -> None:
